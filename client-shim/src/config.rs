@@ -1,0 +1,52 @@
+//! Shim configuration, from the environment (the program's own command line
+//! is not ours to read):
+//! - `GPUPOOL_SERVER`: `tcp://host:port` or `quic://host:port[?fingerprint=…]`
+//! - `GPUPOOL_TLS_CA`: PEM file of CA certificates to verify a QUIC server
+//!   against, instead of pinning a fingerprint
+//! - `GPUPOOL_LEASE_TOKEN`: lease token to present (issued by the broker)
+//! - `GPUPOOL_LOG`: log filter (`warn` by default), e.g. `info`, `gpupool=debug`
+//! - `GPUPOOL_LOG_FORMAT`: `json` for JSON logs
+//! - `GPUPOOL_CALL_REPORT`: when set, print at exit where each call went and
+//!   the time it took
+
+use gpupool_proto::transport::{ClientTls, ServerUrl};
+
+/// The shim's settings.
+pub struct Config {
+    pub server: Result<ServerUrl, String>,
+    pub tls: ClientTls,
+    pub lease_token: Option<String>,
+    pub call_report: bool,
+}
+
+impl Config {
+    pub fn from_env() -> Config {
+        let server = match std::env::var("GPUPOOL_SERVER") {
+            Ok(url) => ServerUrl::parse(&url).map_err(|e| e.to_string()),
+            Err(_) => Err("GPUPOOL_SERVER is not set: set it to the GPU server's address, e.g. tcp://gpu-host:7070".into()),
+        };
+        let tls = match std::env::var_os("GPUPOOL_TLS_CA") {
+            Some(p) => ClientTls::CaFile(p.into()),
+            None => ClientTls::Pinned,
+        };
+        Config {
+            server,
+            tls,
+            lease_token: std::env::var("GPUPOOL_LEASE_TOKEN").ok().filter(|t| !t.is_empty()),
+            call_report: std::env::var_os("GPUPOOL_CALL_REPORT").is_some_and(|v| !v.is_empty() && v != "0"),
+        }
+    }
+}
+
+/// Start logging to standard error, once.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = EnvFilter::try_from_env("GPUPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        let json = std::env::var("GPUPOOL_LOG_FORMAT").is_ok_and(|f| f == "json");
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+        // A program may have installed its own subscriber; then ours stays out.
+        let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    });
+}

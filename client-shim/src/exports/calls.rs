@@ -1,0 +1,1475 @@
+//! The implemented driver entry points: C arguments in, checked, then plain
+//! Rust over `state` (answered locally) and `remote` (sent to the server).
+//! Each function here is `unsafe` because it dereferences pointers the
+//! program passed; each checks them for null before use.
+
+use super::{c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUkernel, CUlaunchConfig, CUlibrary, CUmodule, CUresult, CUstream};
+use crate::config::{self, Config};
+use crate::error::{self, CuError, CuResult};
+use crate::remote::{ConnectOptions, Remote};
+use crate::state::{self, DefaultStream, DeviceRange, Shim};
+use gpupool_proto::frame::COPY_CHUNK;
+use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request};
+use std::ffi::{c_void, CStr};
+use std::sync::{Arc, OnceLock};
+
+static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
+
+/// Driver API version gpupool presents.
+const API_VERSION: u32 = 13000;
+
+fn shim() -> CuResult<&'static Shim> {
+    match SHIM.get() {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(e)) => Err(*e),
+        None => Err(CuError::NOT_INITIALIZED),
+    }
+}
+
+pub(crate) fn server_label() -> String {
+    match SHIM.get() {
+        Some(Ok(s)) => {
+            let sim = if s.remote.session.simulated { ", simulated GPU" } else { "" };
+            format!("server {} session {}{sim}", s.remote.peer, s.remote.session.session_id)
+        }
+        _ => "not connected".into(),
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Write an out-parameter, refusing NULL.
+unsafe fn out<T>(ptr: *mut T, value: T) -> CuResult {
+    if ptr.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null, and the driver API makes the caller pass a writable T.
+    unsafe { ptr.write(value) };
+    Ok(())
+}
+
+/// Write an optional out-parameter (NULL means "not wanted").
+unsafe fn out_opt<T>(ptr: *mut T, value: T) {
+    if !ptr.is_null() {
+        // SAFETY: as in `out`.
+        unsafe { ptr.write(value) };
+    }
+}
+
+unsafe fn c_string(ptr: *const c_char) -> CuResult<String> {
+    if ptr.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the driver API passes NUL-terminated names.
+    let s = unsafe { CStr::from_ptr(ptr) };
+    s.to_str().map(str::to_owned).map_err(|_| CuError::INVALID_VALUE)
+}
+
+fn current_ctx() -> CuResult<Handle> {
+    state::current().map(|(c, _)| c).ok_or(CuError::INVALID_CONTEXT)
+}
+
+fn handle(ptr: *mut c_void) -> Handle {
+    ptr as usize as Handle
+}
+
+fn as_ptr(h: Handle) -> *mut c_void {
+    h as usize as *mut c_void
+}
+
+// ---- initialisation and errors ------------------------------------------
+
+pub unsafe fn init(flags: u32) -> CuResult {
+    if flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let result = SHIM.get_or_init(|| {
+        config::init_logging();
+        let cfg = Config::from_env();
+        if cfg.call_report {
+            crate::report::enable();
+        }
+        let url = cfg.server.map_err(|reason| {
+            tracing::error!("{reason}");
+            CuError::NO_DEVICE
+        })?;
+        let opts = ConnectOptions { url: url.clone(), tls: cfg.tls, lease_token: cfg.lease_token };
+        match Remote::connect(&opts) {
+            Ok(remote) => {
+                let s = &remote.session;
+                tracing::info!(server = %url, session = s.session_id, devices = s.devices.len(), simulated = s.simulated, "connected to gpupool server");
+                if s.devices.is_empty() {
+                    tracing::error!(server = %url, "the server offers no GPU to this session");
+                    return Err(CuError::NO_DEVICE);
+                }
+                Ok(Shim::new(remote))
+            }
+            Err(e) => {
+                tracing::error!(server = %url, "cannot reach the gpupool server: {e}");
+                Err(CuError::NO_DEVICE)
+            }
+        }
+    });
+    result.as_ref().map(|_| ()).map_err(|e| *e)
+}
+
+pub unsafe fn driver_get_version(version: *mut i32) -> CuResult {
+    let v = match SHIM.get() {
+        Some(Ok(s)) => s.remote.session.driver_version.min(API_VERSION as i32),
+        _ => API_VERSION as i32,
+    };
+    unsafe { out(version, v) }
+}
+
+pub unsafe fn get_error_name(err: CUresult, text: *mut *const c_char) -> CuResult {
+    match error::name_c(err) {
+        Some(s) => unsafe { out(text, s.as_ptr().cast()) },
+        None => {
+            unsafe { out_opt(text, std::ptr::null()) };
+            Err(CuError::INVALID_VALUE)
+        }
+    }
+}
+
+pub unsafe fn get_error_string(err: CUresult, text: *mut *const c_char) -> CuResult {
+    match error::description(err) {
+        Some(s) => unsafe { out(text, s.as_ptr().cast()) },
+        None => {
+            unsafe { out_opt(text, std::ptr::null()) };
+            Err(CuError::INVALID_VALUE)
+        }
+    }
+}
+
+/// `cuGetProcAddress` statuses.
+const SYMBOL_SUCCESS: i32 = 0;
+const SYMBOL_NOT_FOUND: i32 = 1;
+
+pub unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CuResult {
+    unsafe { get_proc_address_v2(symbol, pfn, version, flags, std::ptr::null_mut()) }
+}
+
+extern "C" fn anonymous_entry() -> CUresult {
+    super::unsupported("(unnamed entry point)")
+}
+
+pub unsafe fn get_proc_address_v2(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: i32,
+    flags: u64,
+    status: *mut i32,
+) -> CuResult {
+    if pfn.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let name = unsafe { c_string(symbol)? };
+    // The real driver answers an empty name with an internal function.
+    if name.is_empty() {
+        unsafe { out(pfn, anonymous_entry as *mut c_void)? };
+        unsafe { out_opt(status, SYMBOL_SUCCESS) };
+        return Ok(());
+    }
+    match crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address) {
+        Some(f) => {
+            unsafe { out(pfn, f)? };
+            unsafe { out_opt(status, SYMBOL_SUCCESS) };
+            Ok(())
+        }
+        None => {
+            unsafe { out(pfn, std::ptr::null_mut())? };
+            unsafe { out_opt(status, SYMBOL_NOT_FOUND) };
+            tracing::debug!(symbol = %name, version, flags, "cuGetProcAddress: unknown symbol");
+            Err(CuError::NOT_FOUND)
+        }
+    }
+}
+
+pub unsafe fn get_export_table(table: *mut *const c_void, uuid: *const u8) -> CuResult {
+    if table.is_null() || uuid.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: a CUuuid is 16 bytes.
+    let id = unsafe { std::slice::from_raw_parts(uuid, 16) };
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    tracing::warn!(table = %hex, "cuGetExportTable: export tables are not served yet; returning CUDA_ERROR_NOT_SUPPORTED");
+    unsafe { out(table, std::ptr::null()) }?;
+    Err(CuError::NOT_SUPPORTED)
+}
+
+// ---- devices ------------------------------------------------------------
+
+pub unsafe fn device_get(device: *mut CUdevice, ordinal: i32) -> CuResult {
+    let s = shim()?;
+    s.device(ordinal)?;
+    unsafe { out(device, ordinal) }
+}
+
+pub unsafe fn device_get_count(count: *mut i32) -> CuResult {
+    let s = shim()?;
+    unsafe { out(count, s.remote.session.devices.len() as i32) }
+}
+
+pub unsafe fn device_get_name(name: *mut c_char, len: i32, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    let d = s.device(device)?;
+    if name.is_null() || len <= 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let bytes = d.name.as_bytes();
+    let n = bytes.len().min(len as usize - 1);
+    // SAFETY: the caller gave `len` writable bytes; we write n + 1 <= len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), name.cast::<u8>(), n);
+        *name.add(n) = 0;
+    }
+    Ok(())
+}
+
+pub unsafe fn device_get_uuid(uuid: *mut u8, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    let d = s.device(device)?;
+    if uuid.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: a CUuuid is 16 writable bytes.
+    unsafe { std::ptr::copy_nonoverlapping(d.uuid.as_ptr(), uuid, 16) };
+    Ok(())
+}
+
+pub unsafe fn device_total_mem(bytes: *mut usize, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    let d = s.device(device)?;
+    unsafe { out(bytes, d.total_mem as usize) }
+}
+
+pub unsafe fn device_get_attribute(value: *mut i32, attribute: i32, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    let v = s.attribute(device, attribute)?;
+    unsafe { out(value, v) }
+}
+
+// ---- primary contexts ---------------------------------------------------
+
+pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    if ctx.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let mut primaries = lock(&s.primaries);
+    let p = &mut primaries[device as usize];
+    let h = match p.handle {
+        Some(h) => h,
+        None => {
+            let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])? else {
+                return Err(CuError::UNKNOWN);
+            };
+            write(&s.contexts).insert(h, device);
+            p.handle = Some(h);
+            h
+        }
+    };
+    p.retains += 1;
+    unsafe { out(ctx, as_ptr(h)) }
+}
+
+pub unsafe fn primary_ctx_release(device: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    let mut primaries = lock(&s.primaries);
+    let p = &mut primaries[device as usize];
+    if p.retains == 0 {
+        return Err(CuError::INVALID_CONTEXT);
+    }
+    p.retains -= 1;
+    if p.retains == 0 {
+        if let Some(h) = p.handle.take() {
+            write(&s.contexts).remove(&h);
+            s.forget_context_memory(h);
+            s.remote.post(&Request::PrimaryCtxRelease { device }, &[])?;
+        }
+    }
+    Ok(())
+}
+
+pub unsafe fn primary_ctx_set_flags(device: CUdevice, flags: u32) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    s.remote.call(&Request::PrimaryCtxSetFlags { device, flags }, &[])?;
+    lock(&s.primaries)[device as usize].flags = flags;
+    Ok(())
+}
+
+pub unsafe fn primary_ctx_get_state(device: CUdevice, flags: *mut u32, active: *mut i32) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    if flags.is_null() || active.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let p = lock(&s.primaries)[device as usize].clone();
+    unsafe {
+        out(flags, p.flags)?;
+        out(active, i32::from(p.retains > 0))
+    }
+}
+
+pub unsafe fn primary_ctx_reset(device: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    s.remote.call(&Request::PrimaryCtxReset { device }, &[])?;
+    let mut primaries = lock(&s.primaries);
+    let p = &mut primaries[device as usize];
+    if let Some(h) = p.handle.take() {
+        write(&s.contexts).remove(&h);
+        s.forget_context_memory(h);
+    }
+    p.retains = 0;
+    p.flags = 0;
+    Ok(())
+}
+
+// ---- contexts -----------------------------------------------------------
+
+pub unsafe fn ctx_create(ctx: *mut CUcontext, flags: u32, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    if ctx.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let Reply::Handle(h) = s.remote.call(&Request::CtxCreate { device, flags }, &[])? else {
+        return Err(CuError::UNKNOWN);
+    };
+    write(&s.contexts).insert(h, device);
+    state::push_current((h, device));
+    unsafe { out(ctx, as_ptr(h)) }
+}
+
+pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32, device: CUdevice) -> CuResult {
+    if !params.is_null() {
+        tracing::warn!("cuCtxCreate_v4 with execution-affinity or CIG parameters is not supported");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    unsafe { ctx_create(ctx, flags, device) }
+}
+
+pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
+    let s = shim()?;
+    let h = handle(ctx);
+    let removed = write(&s.contexts).remove(&h);
+    if removed.is_none() {
+        return Err(CuError::INVALID_CONTEXT);
+    }
+    state::drop_from_stack(h);
+    s.forget_context_memory(h);
+    s.remote.post(&Request::CtxDestroy { ctx: h }, &[])
+}
+
+pub unsafe fn ctx_set_current(ctx: CUcontext) -> CuResult {
+    if ctx.is_null() {
+        state::set_current(None);
+        return Ok(());
+    }
+    let s = shim()?;
+    let h = handle(ctx);
+    let device = s.context_device(h)?;
+    state::set_current(Some((h, device)));
+    Ok(())
+}
+
+pub unsafe fn ctx_get_current(ctx: *mut CUcontext) -> CuResult {
+    shim()?;
+    unsafe { out(ctx, state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))) }
+}
+
+pub unsafe fn ctx_push_current(ctx: CUcontext) -> CuResult {
+    let s = shim()?;
+    let h = handle(ctx);
+    let device = s.context_device(h)?;
+    state::push_current((h, device));
+    Ok(())
+}
+
+pub unsafe fn ctx_pop_current(ctx: *mut CUcontext) -> CuResult {
+    shim()?;
+    let (c, _) = state::pop_current().ok_or(CuError::INVALID_CONTEXT)?;
+    unsafe { out_opt(ctx, as_ptr(c)) };
+    Ok(())
+}
+
+pub unsafe fn ctx_get_device(device: *mut CUdevice) -> CuResult {
+    shim()?;
+    let (_, d) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    unsafe { out(device, d) }
+}
+
+pub unsafe fn ctx_get_device_v2(device: *mut CUdevice, ctx: CUcontext) -> CuResult {
+    if ctx.is_null() {
+        return unsafe { ctx_get_device(device) };
+    }
+    let s = shim()?;
+    let d = s.context_device(handle(ctx))?;
+    unsafe { out(device, d) }
+}
+
+pub unsafe fn ctx_synchronize() -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
+}
+
+pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CuResult {
+    let s = shim()?;
+    let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    s.context_device(ctx)?;
+    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
+}
+
+pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(&Request::CtxGetLimit { ctx, limit }, &[])? {
+        Reply::Size(v) => unsafe { out(value, v as usize) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn ctx_set_limit(limit: i32, value: usize) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    s.remote.call(&Request::CtxSetLimit { ctx, limit, value: value as u64 }, &[]).map(|_| ())
+}
+
+pub unsafe fn ctx_get_api_version(ctx: CUcontext, version: *mut u32) -> CuResult {
+    let s = shim()?;
+    let h = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    s.context_device(h)?;
+    unsafe { out(version, API_VERSION) }
+}
+
+pub unsafe fn ctx_get_stream_priority_range(least: *mut i32, greatest: *mut i32) -> CuResult {
+    shim()?;
+    current_ctx()?;
+    // Answered locally: the range is a property of the architecture (every
+    // GPU since compute capability 7.0 answers 0 and -5).
+    unsafe {
+        out_opt(least, 0);
+        out_opt(greatest, -5);
+    }
+    Ok(())
+}
+
+// ---- modules, functions, libraries, kernels -------------------------------
+
+/// Largest module image gpupool ships.
+const MAX_IMAGE: usize = 1 << 30;
+
+/// How many bytes a module image occupies: PTX text (NUL-terminated), an ELF
+/// cubin (its headers give the extent), or a fat binary (its header gives the
+/// size).
+unsafe fn image_len(image: *const c_void) -> CuResult<usize> {
+    if image.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let p = image.cast::<u8>();
+    // SAFETY: any valid image has at least 4 bytes (a PTX text shorter than
+    // that has its NUL within them, and we stop at it).
+    let head = unsafe { std::slice::from_raw_parts(p, 4) };
+    if head == b"\x7fELF" {
+        // SAFETY: an ELF64 header is 64 bytes.
+        let h = unsafe { std::slice::from_raw_parts(p, 64) };
+        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+        let u16_at = |o: usize| u16::from_le_bytes(h[o..o + 2].try_into().unwrap()) as u64;
+        let sh_end = u64_at(0x28) + u16_at(0x3a) * u16_at(0x3c);
+        let ph_end = u64_at(0x20) + u16_at(0x36) * u16_at(0x38);
+        let len = sh_end.max(ph_end).max(64) as usize;
+        return if len <= MAX_IMAGE { Ok(len) } else { Err(CuError::INVALID_IMAGE) };
+    }
+    if u32::from_le_bytes(head.try_into().unwrap()) == 0xBA55_ED50 {
+        // SAFETY: a fat binary header is 16 bytes.
+        let h = unsafe { std::slice::from_raw_parts(p, 16) };
+        let header = u16::from_le_bytes([h[6], h[7]]) as u64;
+        let body = u64::from_le_bytes(h[8..16].try_into().unwrap());
+        let len = header.checked_add(body).ok_or(CuError::INVALID_IMAGE)? as usize;
+        return if len <= MAX_IMAGE { Ok(len) } else { Err(CuError::INVALID_IMAGE) };
+    }
+    // PTX text.
+    // SAFETY: PTX images are NUL-terminated strings.
+    let len = unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
+    Ok(len)
+}
+
+/// The fat binary wrapper `__cudaFatCudaBinary2`: magic, version, data, ...
+const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43b1;
+
+unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
+    let mut p = image;
+    if !p.is_null() {
+        // SAFETY: the first word of any image is readable (see image_len).
+        let magic = unsafe { p.cast::<u32>().read_unaligned() };
+        if magic == FATBIN_WRAPPER_MAGIC {
+            // SAFETY: the wrapper holds a pointer to the fat binary at offset 8.
+            p = unsafe { p.cast::<u8>().add(8).cast::<*const c_void>().read_unaligned() };
+        }
+    }
+    let len = unsafe { image_len(p)? };
+    // SAFETY: image_len derived the extent from the image's own headers.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
+unsafe fn load_module(module: *mut CUmodule, image: *const c_void) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if module.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let bytes = unsafe { image_bytes(image)? };
+    match s.remote.call(&Request::ModuleLoad { ctx }, bytes)? {
+        Reply::Handle(h) => unsafe { out(module, as_ptr(h)) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn module_load_data(module: *mut CUmodule, image: *const c_void) -> CuResult {
+    unsafe { load_module(module, image) }
+}
+
+pub unsafe fn module_load_data_ex(
+    module: *mut CUmodule,
+    image: *const c_void,
+    _num_options: u32,
+    _options: *mut i32,
+    _values: *mut *mut c_void,
+) -> CuResult {
+    // JIT options (log buffers, optimisation level) are hints; the server's
+    // driver compiles with its defaults.
+    unsafe { load_module(module, image) }
+}
+
+pub unsafe fn module_load_fat_binary(module: *mut CUmodule, image: *const c_void) -> CuResult {
+    unsafe { load_module(module, image) }
+}
+
+pub unsafe fn module_unload(module: CUmodule) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    s.remote.call(&Request::ModuleUnload { ctx, module: handle(module) }, &[]).map(|_| ())
+}
+
+pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, name: *const c_char) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if function.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let name = unsafe { c_string(name)? };
+    match s.remote.call(&Request::ModuleGetFunction { ctx, module: handle(module), name }, &[])? {
+        Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
+    let device = s.context_device(ctx).unwrap_or(0);
+    lock(&s.device_memory).insert(ptr, DeviceRange { size, ctx, device, global: true });
+}
+
+pub unsafe fn module_get_global(ptr: *mut CUdeviceptr, bytes: *mut usize, module: CUmodule, name: *const c_char) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    let name = unsafe { c_string(name)? };
+    match s.remote.call(&Request::ModuleGetGlobal { ctx, module: handle(module), name }, &[])? {
+        Reply::Global { ptr: p, size } => {
+            record_global(s, ctx, p, size);
+            unsafe {
+                out_opt(ptr, p);
+                out_opt(bytes, size as usize);
+            }
+            Ok(())
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+fn cached_attribute(map: &std::sync::RwLock<std::collections::HashMap<(Handle, i32), i32>>, key: (Handle, i32), fetch: impl FnOnce() -> CuResult<i32>) -> CuResult<i32> {
+    if let Some(v) = read(map).get(&key) {
+        return Ok(*v);
+    }
+    let v = fetch()?;
+    write(map).insert(key, v);
+    Ok(v)
+}
+
+pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfunction) -> CuResult {
+    let s = shim()?;
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let func = handle(function);
+    let v = cached_attribute(&s.func_attributes, (func, attribute), || {
+        let ctx = current_ctx()?;
+        match s.remote.call(&Request::FuncGetAttribute { ctx, func, attr: attribute }, &[])? {
+            Reply::Int(v) => Ok(v as i32),
+            _ => Err(CuError::UNKNOWN),
+        }
+    })?;
+    unsafe { out(value, v) }
+}
+
+pub unsafe fn func_set_attribute(function: CUfunction, attribute: i32, value: i32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    let func = handle(function);
+    s.remote.call(&Request::FuncSetAttribute { ctx, func, attr: attribute, value }, &[])?;
+    // Setting one attribute can change others (e.g. shared memory limits).
+    write(&s.func_attributes).retain(|(f, _), _| *f != func);
+    Ok(())
+}
+
+/// A function's (or kernel's) parameter layout, fetched once.
+fn param_layout(s: &Shim, func: Handle, kernel: bool) -> CuResult<Arc<Vec<(u32, u32)>>> {
+    if let Some(p) = read(&s.params).get(&func) {
+        return Ok(Arc::clone(p));
+    }
+    let ctx = current_ctx()?;
+    match s.remote.call(&Request::ParamInfo { ctx, func, kernel }, &[])? {
+        Reply::Params(p) => {
+            let p = Arc::new(p);
+            write(&s.params).insert(func, Arc::clone(&p));
+            Ok(p)
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+unsafe fn param_info(func: Handle, kernel: bool, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
+    let s = shim()?;
+    let layout = param_layout(s, func, kernel)?;
+    let &(o, n) = layout.get(index).ok_or(CuError::INVALID_VALUE)?;
+    unsafe {
+        out_opt(offset, o as usize);
+        out_opt(size, n as usize);
+    }
+    Ok(())
+}
+
+pub unsafe fn func_get_param_info(function: CUfunction, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
+    let kernel = shim().is_ok_and(|s| read(&s.kernels).contains(&handle(function)));
+    unsafe { param_info(handle(function), kernel, index, offset, size) }
+}
+
+pub unsafe fn kernel_get_param_info(kernel: CUkernel, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
+    unsafe { param_info(handle(kernel), true, index, offset, size) }
+}
+
+pub unsafe fn library_load_data(
+    library: *mut CUlibrary,
+    code: *const c_void,
+    _jit_options: *mut i32,
+    _jit_values: *mut *mut c_void,
+    _num_jit: u32,
+    _library_options: *mut i32,
+    _library_values: *mut *mut c_void,
+    _num_library: u32,
+) -> CuResult {
+    let s = shim()?;
+    if library.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let bytes = unsafe { image_bytes(code)? };
+    match s.remote.call(&Request::LibraryLoad, bytes)? {
+        Reply::Handle(h) => unsafe { out(library, as_ptr(h)) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn library_unload(library: CUlibrary) -> CuResult {
+    let s = shim()?;
+    s.remote.call(&Request::LibraryUnload { library: handle(library) }, &[]).map(|_| ())
+}
+
+pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char) -> CuResult {
+    let s = shim()?;
+    if kernel.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let name = unsafe { c_string(name)? };
+    match s.remote.call(&Request::LibraryGetKernel { library: handle(library), name }, &[])? {
+        Reply::Handle(h) => {
+            write(&s.kernels).insert(h);
+            unsafe { out(kernel, as_ptr(h)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn library_get_global(ptr: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    let name = unsafe { c_string(name)? };
+    match s.remote.call(&Request::LibraryGetGlobal { ctx, library: handle(library), name }, &[])? {
+        Reply::Global { ptr: p, size } => {
+            record_global(s, ctx, p, size);
+            unsafe {
+                out_opt(ptr, p);
+                out_opt(bytes, size as usize);
+            }
+            Ok(())
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if function.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(&Request::KernelGetFunction { ctx, kernel: handle(kernel) }, &[])? {
+        Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let key = (handle(kernel), attribute, device);
+    if let Some(v) = read(&s.kernel_attributes).get(&key) {
+        return unsafe { out(value, *v) };
+    }
+    let v = match s.remote.call(&Request::KernelGetAttribute { kernel: key.0, attr: attribute, device }, &[])? {
+        Reply::Int(v) => v as i32,
+        _ => return Err(CuError::UNKNOWN),
+    };
+    write(&s.kernel_attributes).insert(key, v);
+    unsafe { out(value, v) }
+}
+
+pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    let k = handle(kernel);
+    s.remote.call(&Request::KernelSetAttribute { kernel: k, attr: attribute, value, device }, &[])?;
+    write(&s.kernel_attributes).retain(|(h, _, _), _| *h != k);
+    Ok(())
+}
+
+// ---- memory ---------------------------------------------------------------
+
+pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
+    let s = shim()?;
+    let (ctx, device) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    if ptr.is_null() || size == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[])? {
+        Reply::Pointer(p) => {
+            lock(&s.device_memory).insert(p, DeviceRange { size: size as u64, ctx, device, global: false });
+            unsafe { out(ptr, p) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
+    let s = shim()?;
+    if ptr == 0 {
+        return Ok(());
+    }
+    let range = {
+        let mut map = lock(&s.device_memory);
+        match map.get(&ptr) {
+            Some(r) if !r.global => map.remove(&ptr),
+            _ => None,
+        }
+    };
+    let range = range.ok_or(CuError::INVALID_VALUE)?;
+    s.remote.post(&Request::MemFree { ctx: range.ctx, ptr }, &[])
+}
+
+pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    match s.remote.call(&Request::MemGetInfo { ctx }, &[])? {
+        Reply::MemInfo { free: f, total: t } => unsafe {
+            out_opt(free, f as usize);
+            out_opt(total, t as usize);
+            Ok(())
+        },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+/// Host memory from `cuMemAllocHost`/`cuMemHostAlloc` is ordinary client
+/// memory, page-aligned; it is not pinned on the GPU server (the server
+/// stages copies through pinned buffers of its own).
+unsafe fn alloc_host(host: *mut *mut c_void, size: usize) -> CuResult {
+    let s = shim()?;
+    current_ctx()?;
+    if host.is_null() || size == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let mut p: *mut c_void = std::ptr::null_mut();
+    // SAFETY: posix_memalign writes the new address into p.
+    let rc = unsafe { libc::posix_memalign(&mut p, 4096, size) };
+    if rc != 0 || p.is_null() {
+        return Err(CuError::OUT_OF_MEMORY);
+    }
+    lock(&s.host_memory).insert(p as usize, size);
+    unsafe { out(host, p) }
+}
+
+pub unsafe fn mem_alloc_host(host: *mut *mut c_void, size: usize) -> CuResult {
+    unsafe { alloc_host(host, size) }
+}
+
+/// `CU_MEMHOSTALLOC_DEVICEMAP`: the program wants a device alias.
+const MEMHOSTALLOC_DEVICEMAP: u32 = 0x02;
+
+pub unsafe fn mem_host_alloc(host: *mut *mut c_void, size: usize, flags: u32) -> CuResult {
+    if flags & !0x07 != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if flags & MEMHOSTALLOC_DEVICEMAP != 0 {
+        tracing::debug!("cuMemHostAlloc(DEVICEMAP): the memory is allocated, but kernels on the remote GPU cannot address it");
+    }
+    unsafe { alloc_host(host, size) }
+}
+
+pub unsafe fn mem_free_host(host: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let size = lock(&s.host_memory).remove(&(host as usize));
+    if size.is_none() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the pointer came from posix_memalign in alloc_host.
+    unsafe { libc::free(host) };
+    Ok(())
+}
+
+pub unsafe fn mem_host_get_device_pointer(_ptr: *mut CUdeviceptr, _host: *mut c_void, _flags: u32) -> CuResult {
+    shim()?;
+    // A GPU on another machine cannot address this process's memory.
+    tracing::warn!("cuMemHostGetDevicePointer: host-mapped (zero-copy) memory cannot work over the network; returning CUDA_ERROR_NOT_SUPPORTED");
+    Err(CuError::NOT_SUPPORTED)
+}
+
+/// `CUpointer_attribute` numbers.
+mod pointer_attr {
+    pub const CONTEXT: i32 = 1;
+    pub const MEMORY_TYPE: i32 = 2;
+    pub const DEVICE_POINTER: i32 = 3;
+    pub const HOST_POINTER: i32 = 4;
+    pub const SYNC_MEMOPS: i32 = 6;
+    pub const BUFFER_ID: i32 = 7;
+    pub const IS_MANAGED: i32 = 8;
+    pub const DEVICE_ORDINAL: i32 = 9;
+    pub const RANGE_START_ADDR: i32 = 11;
+    pub const RANGE_SIZE: i32 = 12;
+    pub const MAPPED: i32 = 13;
+}
+
+const MEMORYTYPE_HOST: u32 = 1;
+const MEMORYTYPE_DEVICE: u32 = 2;
+
+pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr) -> CuResult {
+    use pointer_attr::*;
+    let s = shim()?;
+    if data.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if let Some((base, r)) = s.find_device_range(ptr, 0) {
+        return unsafe {
+            match attribute {
+                CONTEXT => out(data.cast::<*mut c_void>(), as_ptr(r.ctx)),
+                MEMORY_TYPE => out(data.cast::<u32>(), MEMORYTYPE_DEVICE),
+                DEVICE_POINTER => out(data.cast::<u64>(), ptr),
+                HOST_POINTER => Err(CuError::INVALID_VALUE),
+                SYNC_MEMOPS | MAPPED => out(data.cast::<i32>(), 1),
+                BUFFER_ID => out(data.cast::<u64>(), base),
+                IS_MANAGED => out(data.cast::<i32>(), 0),
+                DEVICE_ORDINAL => out(data.cast::<i32>(), r.device),
+                RANGE_START_ADDR => out(data.cast::<u64>(), base),
+                RANGE_SIZE => out(data.cast::<usize>(), r.size as usize),
+                _ => Err(CuError::NOT_SUPPORTED),
+            }
+        };
+    }
+    if let Some((base, size)) = s.find_host_range(ptr as usize) {
+        let device = state::current().map_or(0, |(_, d)| d);
+        return unsafe {
+            match attribute {
+                CONTEXT => out(data.cast::<*mut c_void>(), state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))),
+                MEMORY_TYPE => out(data.cast::<u32>(), MEMORYTYPE_HOST),
+                HOST_POINTER => out(data.cast::<*mut c_void>(), ptr as usize as *mut c_void),
+                DEVICE_POINTER => Err(CuError::NOT_SUPPORTED),
+                IS_MANAGED => out(data.cast::<i32>(), 0),
+                MAPPED => out(data.cast::<i32>(), 1),
+                DEVICE_ORDINAL => out(data.cast::<i32>(), device),
+                BUFFER_ID => out(data.cast::<u64>(), base as u64),
+                RANGE_START_ADDR => out(data.cast::<u64>(), base as u64),
+                RANGE_SIZE => out(data.cast::<usize>(), size),
+                _ => Err(CuError::NOT_SUPPORTED),
+            }
+        };
+    }
+    Err(CuError::INVALID_VALUE)
+}
+
+// ---- copies and memsets ----------------------------------------------------
+
+/// The context owning `ptr..ptr+len`, or INVALID_VALUE when the range is not
+/// inside one of the program's allocations.
+fn device_range_ctx(s: &Shim, ptr: u64, len: u64) -> CuResult<Handle> {
+    s.find_device_range(ptr, len).map(|(_, r)| r.ctx).ok_or_else(|| {
+        tracing::debug!(ptr = format_args!("{ptr:#x}"), len, "device range outside the program's allocations");
+        CuError::INVALID_VALUE
+    })
+}
+
+unsafe fn htod(mode: DefaultStream, dst: u64, src: *const c_void, size: usize, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if size == 0 {
+        return Ok(());
+    }
+    if src.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = device_range_ctx(s, dst, size as u64)?;
+    let stream = Shim::stream_ref(mode, handle(stream));
+    // SAFETY: the program passed `size` readable bytes at src.
+    let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
+    let chunks = bytes.len().div_ceil(COPY_CHUNK);
+    for (i, chunk) in bytes.chunks(COPY_CHUNK).enumerate() {
+        let req = Request::MemcpyHtoD { ctx, stream, dst, offset: (i * COPY_CHUNK) as u64, total: size as u64 };
+        if sync && i + 1 == chunks {
+            s.remote.call(&req, chunk)?;
+        } else {
+            s.remote.post(&req, chunk)?;
+        }
+    }
+    Ok(())
+}
+
+unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if size == 0 {
+        return Ok(());
+    }
+    if dst.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = device_range_ctx(s, src, size as u64)?;
+    let stream = Shim::stream_ref(mode, handle(stream));
+    let req = Request::MemcpyDtoH { ctx, stream, src, len: size as u64 };
+    // SAFETY: the program gave `size` writable bytes at dst, which CUDA lets
+    // us fill until the copy is observed complete (a sync call drains them).
+    unsafe { s.remote.call_into(&req, dst.cast(), size, sync) }
+}
+
+fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if size == 0 {
+        return Ok(());
+    }
+    let ctx = device_range_ctx(s, dst, size as u64)?;
+    device_range_ctx(s, src, size as u64)?;
+    let req = Request::MemcpyDtoD { ctx, stream: Shim::stream_ref(mode, handle(stream)), dst, src, len: size as u64 };
+    if sync {
+        s.remote.call(&req, &[]).map(|_| ())
+    } else {
+        s.remote.post(&req, &[])
+    }
+}
+
+fn memset(mode: DefaultStream, dst: u64, value: u32, elem_size: u8, count: usize, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if count == 0 {
+        return Ok(());
+    }
+    if dst % elem_size as u64 != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let bytes = (count as u64).checked_mul(elem_size as u64).ok_or(CuError::INVALID_VALUE)?;
+    let ctx = device_range_ctx(s, dst, bytes)?;
+    let req = Request::Memset { ctx, stream: Shim::stream_ref(mode, handle(stream)), dst, value, elem_size, count: count as u64 };
+    if sync {
+        s.remote.call(&req, &[]).map(|_| ())
+    } else {
+        s.remote.post(&req, &[])
+    }
+}
+
+pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {
+    unsafe { htod(mode, dst, src, size, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_htod_async(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize, stream: CUstream) -> CuResult {
+    unsafe { htod(mode, dst, src, size, stream, false) }
+}
+
+pub unsafe fn memcpy_dtoh(mode: DefaultStream, dst: *mut c_void, src: CUdeviceptr, size: usize) -> CuResult {
+    unsafe { dtoh(mode, dst, src, size, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_dtoh_async(mode: DefaultStream, dst: *mut c_void, src: CUdeviceptr, size: usize, stream: CUstream) -> CuResult {
+    unsafe { dtoh(mode, dst, src, size, stream, false) }
+}
+
+pub unsafe fn memcpy_dtod(mode: DefaultStream, dst: CUdeviceptr, src: CUdeviceptr, size: usize) -> CuResult {
+    dtod(mode, dst, src, size, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memcpy_dtod_async(mode: DefaultStream, dst: CUdeviceptr, src: CUdeviceptr, size: usize, stream: CUstream) -> CuResult {
+    dtod(mode, dst, src, size, stream, false)
+}
+
+pub unsafe fn memset_d8(mode: DefaultStream, dst: CUdeviceptr, value: u8, count: usize) -> CuResult {
+    memset(mode, dst, value as u32, 1, count, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memset_d16(mode: DefaultStream, dst: CUdeviceptr, value: u16, count: usize) -> CuResult {
+    memset(mode, dst, value as u32, 2, count, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memset_d32(mode: DefaultStream, dst: CUdeviceptr, value: u32, count: usize) -> CuResult {
+    memset(mode, dst, value, 4, count, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memset_d8_async(mode: DefaultStream, dst: CUdeviceptr, value: u8, count: usize, stream: CUstream) -> CuResult {
+    memset(mode, dst, value as u32, 1, count, stream, false)
+}
+
+pub unsafe fn memset_d16_async(mode: DefaultStream, dst: CUdeviceptr, value: u16, count: usize, stream: CUstream) -> CuResult {
+    memset(mode, dst, value as u32, 2, count, stream, false)
+}
+
+pub unsafe fn memset_d32_async(mode: DefaultStream, dst: CUdeviceptr, value: u32, count: usize, stream: CUstream) -> CuResult {
+    memset(mode, dst, value, 4, count, stream, false)
+}
+
+// ---- streams and events -----------------------------------------------------
+
+unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if stream.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(&Request::StreamCreate { ctx, flags, priority }, &[])? {
+        Reply::Handle(h) => {
+            write(&s.stream_contexts).insert(h, ctx);
+            unsafe { out(stream, as_ptr(h)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn stream_create(stream: *mut CUstream, flags: u32) -> CuResult {
+    unsafe { create_stream(stream, flags, 0) }
+}
+
+pub unsafe fn stream_create_with_priority(stream: *mut CUstream, flags: u32, priority: i32) -> CuResult {
+    unsafe { create_stream(stream, flags, priority) }
+}
+
+/// The context a stream belongs to (the current one for default streams).
+fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
+    let h = handle(stream);
+    match read(&s.stream_contexts).get(&h) {
+        Some(c) => Ok(*c),
+        None if h <= 2 => current_ctx(),
+        None => Err(CuError::INVALID_HANDLE),
+    }
+}
+
+pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let h = handle(stream);
+    let ctx = write(&s.stream_contexts).remove(&h).ok_or(CuError::INVALID_HANDLE)?;
+    s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
+}
+
+pub unsafe fn stream_synchronize(mode: DefaultStream, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    s.remote.call(&Request::StreamSynchronize { ctx, stream: Shim::stream_ref(mode, handle(stream)) }, &[]).map(|_| ())
+}
+
+pub unsafe fn stream_query(mode: DefaultStream, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    s.remote.call(&Request::StreamQuery { ctx, stream: Shim::stream_ref(mode, handle(stream)) }, &[]).map(|_| ())
+}
+
+pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CUevent, flags: u32) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    s.remote.post(&Request::StreamWaitEvent { ctx, stream: Shim::stream_ref(mode, handle(stream)), event: handle(event), flags }, &[])
+}
+
+/// `CU_STREAM_CAPTURE_STATUS_NONE`: gpupool does not capture graphs yet, so
+/// no stream is ever capturing (`cuStreamBeginCapture` is not supported).
+const CAPTURE_NONE: i32 = 0;
+
+pub unsafe fn stream_is_capturing(_mode: DefaultStream, stream: CUstream, status: *mut i32) -> CuResult {
+    let s = shim()?;
+    stream_ctx(s, stream)?;
+    unsafe { out(status, CAPTURE_NONE) }
+}
+
+pub unsafe fn stream_get_capture_info(mode: DefaultStream, stream: CUstream, status: *mut i32, id: *mut u64) -> CuResult {
+    unsafe {
+        stream_is_capturing(mode, stream, status)?;
+        out_opt(id, 0);
+    }
+    Ok(())
+}
+
+pub unsafe fn stream_get_capture_info_v2(
+    mode: DefaultStream,
+    stream: CUstream,
+    status: *mut i32,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    deps: *mut *const c_void,
+    count: *mut usize,
+) -> CuResult {
+    unsafe {
+        stream_get_capture_info(mode, stream, status, id)?;
+        out_opt(graph, std::ptr::null_mut());
+        out_opt(deps, std::ptr::null());
+        out_opt(count, 0);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn stream_get_capture_info_v3(
+    mode: DefaultStream,
+    stream: CUstream,
+    status: *mut i32,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    deps: *mut *const c_void,
+    edges: *mut *const c_void,
+    count: *mut usize,
+) -> CuResult {
+    unsafe {
+        stream_get_capture_info_v2(mode, stream, status, id, graph, deps, count)?;
+        out_opt(edges, std::ptr::null());
+    }
+    Ok(())
+}
+
+pub unsafe fn event_create(event: *mut CUevent, flags: u32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if event.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(&Request::EventCreate { ctx, flags }, &[])? {
+        Reply::Handle(h) => unsafe { out(event, as_ptr(h)) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+fn event_ctx() -> Handle {
+    state::current().map_or(0, |(c, _)| c)
+}
+
+pub unsafe fn event_destroy(event: CUevent) -> CuResult {
+    let s = shim()?;
+    s.remote.post(&Request::EventDestroy { ctx: event_ctx(), event: handle(event) }, &[])
+}
+
+pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    s.remote.post(&Request::EventRecord { ctx, event: handle(event), stream: Shim::stream_ref(mode, handle(stream)) }, &[])
+}
+
+pub unsafe fn event_synchronize(event: CUevent) -> CuResult {
+    let s = shim()?;
+    s.remote.call(&Request::EventSynchronize { ctx: event_ctx(), event: handle(event) }, &[]).map(|_| ())
+}
+
+pub unsafe fn event_query(event: CUevent) -> CuResult {
+    let s = shim()?;
+    s.remote.call(&Request::EventQuery { ctx: event_ctx(), event: handle(event) }, &[]).map(|_| ())
+}
+
+pub unsafe fn event_elapsed_time(ms: *mut f32, start: CUevent, end: CUevent) -> CuResult {
+    let s = shim()?;
+    if ms.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(&Request::EventElapsedTime { ctx: event_ctx(), start: handle(start), end: handle(end) }, &[])? {
+        Reply::Float(v) => unsafe { out(ms, v) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+// ---- launches ----------------------------------------------------------------
+
+/// `CU_LAUNCH_PARAM_*` markers of the `extra` list.
+const LAUNCH_PARAM_END: usize = 0x00;
+const LAUNCH_PARAM_BUFFER_POINTER: usize = 0x01;
+const LAUNCH_PARAM_BUFFER_SIZE: usize = 0x02;
+
+/// Most bytes of kernel parameters the driver accepts (CUDA 12.1+).
+const MAX_PARAM_BYTES: usize = 32764;
+
+/// Pack a launch's arguments into one block laid out by the function's
+/// parameter offsets, from either `kernelParams` or `extra`.
+unsafe fn pack_params(s: &Shim, func: Handle, kernel: bool, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult<Vec<u8>> {
+    if !params.is_null() {
+        let layout = param_layout(s, func, kernel)?;
+        let size = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
+        let mut block = vec![0u8; size];
+        for (i, &(o, n)) in layout.iter().enumerate() {
+            // SAFETY: kernelParams holds one pointer per parameter.
+            let arg = unsafe { *params.add(i) };
+            if arg.is_null() {
+                return Err(CuError::INVALID_VALUE);
+            }
+            // SAFETY: each argument pointer addresses the parameter's n bytes.
+            let src = unsafe { std::slice::from_raw_parts(arg.cast::<u8>(), n as usize) };
+            block[o as usize..(o + n) as usize].copy_from_slice(src);
+        }
+        return Ok(block);
+    }
+    if extra.is_null() {
+        // A kernel without parameters.
+        let layout = param_layout(s, func, kernel)?;
+        return if layout.is_empty() { Ok(Vec::new()) } else { Err(CuError::INVALID_VALUE) };
+    }
+    let (mut buffer, mut size): (*const u8, Option<usize>) = (std::ptr::null(), None);
+    for i in (0..64).step_by(2) {
+        // SAFETY: `extra` is a key/value list ended by CU_LAUNCH_PARAM_END.
+        let key = unsafe { *extra.add(i) } as usize;
+        match key {
+            LAUNCH_PARAM_END => break,
+            LAUNCH_PARAM_BUFFER_POINTER => buffer = unsafe { *extra.add(i + 1) }.cast(),
+            LAUNCH_PARAM_BUFFER_SIZE => {
+                let p = unsafe { *extra.add(i + 1) }.cast::<usize>();
+                if p.is_null() {
+                    return Err(CuError::INVALID_VALUE);
+                }
+                // SAFETY: the size entry points at a size_t.
+                size = Some(unsafe { p.read_unaligned() });
+            }
+            _ => return Err(CuError::INVALID_VALUE),
+        }
+    }
+    let size = size.ok_or(CuError::INVALID_VALUE)?;
+    if buffer.is_null() || size > MAX_PARAM_BYTES {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the buffer entry points at `size` bytes of packed parameters.
+    Ok(unsafe { std::slice::from_raw_parts(buffer, size) }.to_vec())
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch(
+    mode: DefaultStream,
+    function: CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_mem: u32,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    attrs: Vec<(u32, Vec<u8>)>,
+) -> CuResult {
+    let s = shim()?;
+    let func = handle(function);
+    if func == 0 || grid.contains(&0) || block.contains(&0) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if !params.is_null() && !extra.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let kernel = read(&s.kernels).contains(&func);
+    let ctx = stream_ctx(s, stream)?;
+    let block_bytes = unsafe { pack_params(s, func, kernel, params, extra)? };
+    let launch = Launch { ctx, func, kernel, grid, block, shared_mem, stream: Shim::stream_ref(mode, handle(stream)), attrs };
+    s.remote.post(&Request::Launch(launch), &block_bytes)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn launch_kernel(
+    mode: DefaultStream,
+    function: CUfunction,
+    grid_x: u32,
+    grid_y: u32,
+    grid_z: u32,
+    block_x: u32,
+    block_y: u32,
+    block_z: u32,
+    shared_mem: u32,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
+    unsafe { launch(mode, function, [grid_x, grid_y, grid_z], [block_x, block_y, block_z], shared_mem, stream, params, extra, Vec::new()) }
+}
+
+/// Most launch attributes a config may carry.
+const MAX_LAUNCH_ATTRS: u32 = 64;
+
+unsafe fn launch_attrs(config: &CUlaunchConfig) -> CuResult<Vec<(u32, Vec<u8>)>> {
+    if config.num_attrs == 0 {
+        return Ok(Vec::new());
+    }
+    if config.attrs.is_null() || config.num_attrs > MAX_LAUNCH_ATTRS {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: attrs points at num_attrs launch attributes.
+    let attrs = unsafe { std::slice::from_raw_parts(config.attrs, config.num_attrs as usize) };
+    Ok(attrs.iter().map(|a| (a.id, a.value.to_vec())).collect())
+}
+
+pub unsafe fn launch_kernel_ex(
+    mode: DefaultStream,
+    config: *const CUlaunchConfig,
+    function: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
+    if config.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null, and the API passes a CUlaunchConfig.
+    let c = unsafe { &*config };
+    let attrs = unsafe { launch_attrs(c)? };
+    unsafe {
+        launch(
+            mode,
+            function,
+            [c.grid_dim_x, c.grid_dim_y, c.grid_dim_z],
+            [c.block_dim_x, c.block_dim_y, c.block_dim_z],
+            c.shared_mem_bytes,
+            c.stream,
+            params,
+            extra,
+            attrs,
+        )
+    }
+}
+
+// ---- occupancy -----------------------------------------------------------------
+
+fn occupancy(function: CUfunction, query: OccupancyQuery) -> CuResult<Reply> {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    s.remote.call(&Request::Occupancy { ctx, func: handle(function), query }, &[])
+}
+
+fn int_reply(r: Reply) -> CuResult<i64> {
+    match r {
+        Reply::Int(v) => Ok(v),
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn occupancy_max_active_blocks(blocks: *mut i32, function: CUfunction, block_size: i32, dynamic_smem: usize) -> CuResult {
+    unsafe { occupancy_max_active_blocks_with_flags(blocks, function, block_size, dynamic_smem, 0) }
+}
+
+pub unsafe fn occupancy_max_active_blocks_with_flags(blocks: *mut i32, function: CUfunction, block_size: i32, dynamic_smem: usize, flags: u32) -> CuResult {
+    if blocks.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let q = OccupancyQuery::MaxActiveBlocksPerMultiprocessor { block_size, dynamic_smem: dynamic_smem as u64, flags };
+    let v = int_reply(occupancy(function, q)?)?;
+    unsafe { out(blocks, v as i32) }
+}
+
+pub unsafe fn occupancy_max_potential_block_size(
+    min_grid: *mut i32,
+    block_size: *mut i32,
+    function: CUfunction,
+    smem_callback: *const c_void,
+    dynamic_smem: usize,
+    block_size_limit: i32,
+) -> CuResult {
+    unsafe { occupancy_max_potential_block_size_with_flags(min_grid, block_size, function, smem_callback, dynamic_smem, block_size_limit, 0) }
+}
+
+pub unsafe fn occupancy_max_potential_block_size_with_flags(
+    min_grid: *mut i32,
+    block_size: *mut i32,
+    function: CUfunction,
+    smem_callback: *const c_void,
+    dynamic_smem: usize,
+    block_size_limit: i32,
+    flags: u32,
+) -> CuResult {
+    if min_grid.is_null() || block_size.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if !smem_callback.is_null() {
+        // The callback is code in this process; the server cannot call it.
+        tracing::warn!("cuOccupancyMaxPotentialBlockSize with a shared-memory callback is not supported remotely");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let q = OccupancyQuery::MaxPotentialBlockSize { dynamic_smem: dynamic_smem as u64, block_size_limit, flags };
+    match occupancy(function, q)? {
+        Reply::Pair(g, b) => unsafe {
+            out(min_grid, g as i32)?;
+            out(block_size, b as i32)
+        },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn occupancy_available_dynamic_smem(smem: *mut usize, function: CUfunction, num_blocks: i32, block_size: i32) -> CuResult {
+    if smem.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let v = int_reply(occupancy(function, OccupancyQuery::AvailableDynamicSmemPerBlock { num_blocks, block_size })?)?;
+    unsafe { out(smem, v as usize) }
+}
+
+/// `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`.
+const LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: u32 = 4;
+
+pub unsafe fn occupancy_max_active_clusters(clusters: *mut i32, function: CUfunction, config: *const CUlaunchConfig) -> CuResult {
+    if clusters.is_null() || config.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null CUlaunchConfig.
+    let c = unsafe { &*config };
+    let attrs = unsafe { launch_attrs(c)? };
+    let mut cluster = [1u32; 3];
+    if let Some((_, v)) = attrs.iter().find(|(id, _)| *id == LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+        for (i, slot) in cluster.iter_mut().enumerate() {
+            *slot = u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+    }
+    let q = OccupancyQuery::MaxActiveClusters {
+        grid: [c.grid_dim_x, c.grid_dim_y, c.grid_dim_z],
+        block: [c.block_dim_x, c.block_dim_y, c.block_dim_z],
+        shared_mem: c.shared_mem_bytes,
+        cluster,
+    };
+    let v = int_reply(occupancy(function, q)?)?;
+    unsafe { out(clusters, v as i32) }
+}

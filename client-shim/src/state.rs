@@ -1,0 +1,218 @@
+//! What the shim answers locally: the session's devices and their
+//! attributes, the contexts and the current context of each thread, cached
+//! function and kernel attributes and parameter layouts, and the map of the
+//! program's device and host allocations. None of these costs a round trip
+//! after its first fetch.
+
+use crate::error::{CuError, CuResult};
+use crate::remote::Remote;
+use gpupool_proto::handshake::DeviceInfo;
+use gpupool_proto::message::{Handle, StreamRef};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Which default stream an entry point uses for stream 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultStream {
+    Legacy,
+    PerThread,
+}
+
+/// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`, the driver's special handles.
+const STREAM_LEGACY: u64 = 0x1;
+const STREAM_PER_THREAD: u64 = 0x2;
+
+/// The primary context of one device, as this process holds it.
+#[derive(Debug, Default, Clone)]
+pub struct Primary {
+    pub handle: Option<Handle>,
+    pub retains: u32,
+    pub flags: u32,
+}
+
+/// A device allocation or module global the program may address.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRange {
+    pub size: u64,
+    pub ctx: Handle,
+    pub device: i32,
+    /// Module globals cannot be freed with `cuMemFree`.
+    pub global: bool,
+}
+
+/// Attribute numbers are small; a dense table answers them by index.
+const MAX_ATTRIBUTE: usize = 256;
+
+/// Everything the shim holds for the process.
+pub struct Shim {
+    pub remote: Arc<Remote>,
+    attributes: Vec<Vec<Option<i32>>>,
+    pub contexts: RwLock<HashMap<Handle, i32>>,
+    pub primaries: Mutex<Vec<Primary>>,
+    pub kernels: RwLock<HashSet<Handle>>,
+    pub params: RwLock<HashMap<Handle, Arc<Vec<(u32, u32)>>>>,
+    pub func_attributes: RwLock<HashMap<(Handle, i32), i32>>,
+    pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), i32>>,
+    pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
+    pub host_memory: Mutex<BTreeMap<usize, usize>>,
+    pub stream_contexts: RwLock<HashMap<Handle, Handle>>,
+}
+
+thread_local! {
+    /// This thread's context stack: (context, its device). The top is current.
+    static CONTEXT_STACK: RefCell<Vec<(Handle, i32)>> = const { RefCell::new(Vec::new()) };
+    static THREAD_ID: u64 = {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+impl Shim {
+    pub fn new(remote: Arc<Remote>) -> Shim {
+        let devices = &remote.session.devices;
+        let attributes = devices
+            .iter()
+            .map(|d| {
+                let mut table = vec![None; MAX_ATTRIBUTE];
+                for &(a, v) in &d.attributes {
+                    if let Some(slot) = usize::try_from(a).ok().and_then(|a| table.get_mut(a)) {
+                        *slot = Some(v);
+                    }
+                }
+                table
+            })
+            .collect();
+        let primaries = vec![Primary::default(); devices.len()];
+        Shim {
+            remote,
+            attributes,
+            contexts: RwLock::default(),
+            primaries: Mutex::new(primaries),
+            kernels: RwLock::default(),
+            params: RwLock::default(),
+            func_attributes: RwLock::default(),
+            kernel_attributes: RwLock::default(),
+            device_memory: Mutex::default(),
+            host_memory: Mutex::default(),
+            stream_contexts: RwLock::default(),
+        }
+    }
+
+    pub fn device(&self, ordinal: i32) -> CuResult<&DeviceInfo> {
+        usize::try_from(ordinal)
+            .ok()
+            .and_then(|i| self.remote.session.devices.get(i))
+            .ok_or(CuError::INVALID_DEVICE)
+    }
+
+    pub fn attribute(&self, device: i32, attribute: i32) -> CuResult<i32> {
+        self.device(device)?;
+        let table = &self.attributes[device as usize];
+        usize::try_from(attribute)
+            .ok()
+            .and_then(|a| table.get(a).copied().flatten())
+            .ok_or(CuError::INVALID_VALUE)
+    }
+
+    pub fn context_device(&self, ctx: Handle) -> CuResult<i32> {
+        self.contexts.read().unwrap_or_else(|p| p.into_inner()).get(&ctx).copied().ok_or(CuError::INVALID_CONTEXT)
+    }
+
+    /// Map a stream argument to the server's notion of it.
+    pub fn stream_ref(mode: DefaultStream, stream: u64) -> StreamRef {
+        match (stream, mode) {
+            (0, DefaultStream::Legacy) | (STREAM_LEGACY, _) => StreamRef::Legacy,
+            (0, DefaultStream::PerThread) | (STREAM_PER_THREAD, _) => StreamRef::PerThread(thread_id()),
+            (h, _) => StreamRef::Handle(h),
+        }
+    }
+
+    /// The device range containing `ptr..ptr+len`, if one does.
+    pub fn find_device_range(&self, ptr: u64, len: u64) -> Option<(u64, DeviceRange)> {
+        let map = self.device_memory.lock().unwrap_or_else(|p| p.into_inner());
+        let (&base, &range) = map.range(..=ptr).next_back()?;
+        let end = ptr.checked_add(len)?;
+        (end <= base + range.size && ptr < base + range.size.max(1)).then_some((base, range))
+    }
+
+    /// The host allocation containing `ptr`, if one does.
+    pub fn find_host_range(&self, ptr: usize) -> Option<(usize, usize)> {
+        let map = self.host_memory.lock().unwrap_or_else(|p| p.into_inner());
+        let (&base, &size) = map.range(..=ptr).next_back()?;
+        (ptr < base + size).then_some((base, size))
+    }
+
+    /// Forget everything that belonged to a destroyed or reset context.
+    pub fn forget_context_memory(&self, ctx: Handle) {
+        self.device_memory.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, r| r.ctx != ctx);
+    }
+}
+
+/// This thread's id for per-thread default streams.
+pub fn thread_id() -> u64 {
+    THREAD_ID.with(|id| *id)
+}
+
+/// The current context and its device.
+pub fn current() -> Option<(Handle, i32)> {
+    CONTEXT_STACK.with(|s| s.borrow().last().copied())
+}
+
+/// `cuCtxSetCurrent`: replace the top of the stack (NULL pops it).
+pub fn set_current(entry: Option<(Handle, i32)>) {
+    CONTEXT_STACK.with(|s| {
+        let mut s = s.borrow_mut();
+        match entry {
+            Some(e) => match s.last_mut() {
+                Some(top) => *top = e,
+                None => s.push(e),
+            },
+            None => {
+                s.pop();
+            }
+        }
+    })
+}
+
+pub fn push_current(entry: (Handle, i32)) {
+    CONTEXT_STACK.with(|s| s.borrow_mut().push(entry))
+}
+
+pub fn pop_current() -> Option<(Handle, i32)> {
+    CONTEXT_STACK.with(|s| s.borrow_mut().pop())
+}
+
+/// Remove a destroyed context from this thread's stack.
+pub fn drop_from_stack(ctx: Handle) {
+    CONTEXT_STACK.with(|s| s.borrow_mut().retain(|(c, _)| *c != ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_stack_follows_cuda_rules() {
+        assert_eq!(current(), None);
+        set_current(Some((10, 0)));
+        assert_eq!(current(), Some((10, 0)));
+        push_current((20, 1));
+        assert_eq!(current(), Some((20, 1)));
+        set_current(Some((30, 0)));
+        assert_eq!(pop_current(), Some((30, 0)));
+        assert_eq!(current(), Some((10, 0)));
+        set_current(None);
+        assert_eq!(current(), None);
+    }
+
+    #[test]
+    fn stream_mapping() {
+        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 0), StreamRef::Legacy);
+        assert_eq!(Shim::stream_ref(DefaultStream::PerThread, 0), StreamRef::PerThread(thread_id()));
+        assert_eq!(Shim::stream_ref(DefaultStream::PerThread, 1), StreamRef::Legacy);
+        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 2), StreamRef::PerThread(thread_id()));
+        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 0xabc0), StreamRef::Handle(0xabc0));
+    }
+}

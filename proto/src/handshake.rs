@@ -1,0 +1,74 @@
+//! The opening exchange of a session: the client says who it is and what it
+//! holds, the server answers with what it offers or why it refuses.
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes every `Hello` starts with, so a stray connection fails fast.
+pub const MAGIC: [u8; 8] = *b"GPUPOOL\0";
+
+/// Client to server, first frame of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// The lease token issued by the broker, presented before the first call.
+    /// Opaque here; its format and verification belong to the broker.
+    pub lease_token: Option<String>,
+    pub client: ClientInfo,
+}
+
+/// Who the client is, for logs and accounting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub host: String,
+    pub pid: u32,
+    pub program: String,
+}
+
+/// Server to client, answer to `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Welcome {
+    Accepted(SessionInfo),
+    Refused { reason: String },
+}
+
+/// What the server offers this session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub version: u32,
+    pub server_id: String,
+    pub session_id: u64,
+    pub driver_version: i32,
+    /// True when the server runs on the software driver (no real GPU).
+    pub simulated: bool,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// A device as the client sees it. Everything the driver would answer about
+/// it that cannot change is here, so the shim answers locally.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub uuid: [u8; 16],
+    pub total_mem: u64,
+    /// `(attribute number, value)` for every `CUdevice_attribute` the server's
+    /// driver answered.
+    pub attributes: Vec<(i32, i32)>,
+}
+
+impl Hello {
+    pub fn new(lease_token: Option<String>, client: ClientInfo) -> Hello {
+        Hello { magic: MAGIC, version: crate::PROTOCOL_VERSION, lease_token, client }
+    }
+
+    /// Check magic and version; the caller checks credentials.
+    pub fn validate(&self) -> Result<(), crate::ProtoError> {
+        if self.magic != MAGIC {
+            return Err(crate::ProtoError::Malformed("hello has the wrong magic bytes".into()));
+        }
+        if self.version != crate::PROTOCOL_VERSION {
+            return Err(crate::ProtoError::VersionMismatch { peer: self.version, ours: crate::PROTOCOL_VERSION });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Requests (client to server) and replies (server to client).
+//!
+//! Handles (`Handle`) are the server driver's own values: the shim hands them
+//! to the program unchanged, and the server looks every one up in that
+//! client's own tables before use. Device pointers are the GPU's real
+//! addresses, for the same reason (programs do arithmetic on them).
+//!
+//! Bulk data (copy payloads, module images, kernel parameter blocks) travels
+//! in the frame's bulk tail, never inside these messages.
+
+use serde::{Deserialize, Serialize};
+
+/// An opaque server-side handle (context, module, function, library, kernel,
+/// stream, event).
+pub type Handle = u64;
+/// A device address.
+pub type DevicePtr = u64;
+/// A CUDA driver status code (`CUresult`), carried as the driver's number.
+pub type Status = u32;
+
+/// Which stream a streamed call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StreamRef {
+    /// The NULL stream under legacy semantics (also `CU_STREAM_LEGACY`).
+    Legacy,
+    /// The per-thread default stream of one client thread (`_ptsz`/`_ptds`
+    /// entry points, or `CU_STREAM_PER_THREAD`). The server keeps one stream
+    /// per client thread id.
+    PerThread(u64),
+    /// A stream the client created.
+    Handle(Handle),
+}
+
+/// One requested driver operation. The comment on each says whether the
+/// client waits for it (sync) or streams it (async: status-only, errors kept
+/// for the next synchronising call).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// sync -> `Reply::Handle` (the primary context).
+    PrimaryCtxRetain { device: i32 },
+    /// async.
+    PrimaryCtxRelease { device: i32 },
+    /// sync.
+    PrimaryCtxSetFlags { device: i32, flags: u32 },
+    /// sync.
+    PrimaryCtxReset { device: i32 },
+    /// sync -> `Reply::Handle`.
+    CtxCreate { device: i32, flags: u32 },
+    /// async.
+    CtxDestroy { ctx: Handle },
+    /// sync. Waits for all work of the context; returns any kept async error.
+    CtxSynchronize { ctx: Handle },
+    /// sync -> `Reply::Size`.
+    CtxGetLimit { ctx: Handle, limit: i32 },
+    /// sync.
+    CtxSetLimit { ctx: Handle, limit: i32, value: u64 },
+    /// sync -> `Reply::MemInfo`.
+    MemGetInfo { ctx: Handle },
+    /// sync -> `Reply::Pointer`.
+    MemAlloc { ctx: Handle, size: u64 },
+    /// async.
+    MemFree { ctx: Handle, ptr: DevicePtr },
+    /// One chunk of a host-to-device copy; the bytes are the bulk tail.
+    /// `offset` is the chunk's position within the whole copy of `total`
+    /// bytes starting at `dst`. Async unless the frame asks for a reply (a
+    /// synchronous copy asks on its last chunk).
+    MemcpyHtoD { ctx: Handle, stream: StreamRef, dst: DevicePtr, offset: u64, total: u64 },
+    /// Device-to-host copy: the server answers with `Reply::Data` chunks
+    /// (bulk tails) and ends with `Reply::Done`. Both the sync and async forms
+    /// ask for a reply, since the data must come back.
+    MemcpyDtoH { ctx: Handle, stream: StreamRef, src: DevicePtr, len: u64 },
+    /// async (or sync when the frame asks).
+    MemcpyDtoD { ctx: Handle, stream: StreamRef, dst: DevicePtr, src: DevicePtr, len: u64 },
+    /// Memset of `count` elements of `elem_size` (1, 2 or 4) bytes.
+    Memset { ctx: Handle, stream: StreamRef, dst: DevicePtr, value: u32, elem_size: u8, count: u64 },
+    /// sync -> `Reply::Handle`. The image is the bulk tail.
+    ModuleLoad { ctx: Handle },
+    /// sync.
+    ModuleUnload { ctx: Handle, module: Handle },
+    /// sync -> `Reply::Function`.
+    ModuleGetFunction { ctx: Handle, module: Handle, name: String },
+    /// sync -> `Reply::Global`.
+    ModuleGetGlobal { ctx: Handle, module: Handle, name: String },
+    /// sync -> `Reply::Handle`. The image is the bulk tail.
+    LibraryLoad,
+    /// sync.
+    LibraryUnload { library: Handle },
+    /// sync -> `Reply::Function` (the handle is a kernel).
+    LibraryGetKernel { library: Handle, name: String },
+    /// sync -> `Reply::Global`.
+    LibraryGetGlobal { ctx: Handle, library: Handle, name: String },
+    /// sync -> `Reply::Handle`: the kernel's function in the current context.
+    KernelGetFunction { ctx: Handle, kernel: Handle },
+    /// sync -> `Reply::Int`.
+    FuncGetAttribute { ctx: Handle, func: Handle, attr: i32 },
+    /// sync.
+    FuncSetAttribute { ctx: Handle, func: Handle, attr: i32, value: i32 },
+    /// sync -> `Reply::Int`.
+    KernelGetAttribute { kernel: Handle, attr: i32, device: i32 },
+    /// sync.
+    KernelSetAttribute { kernel: Handle, attr: i32, value: i32, device: i32 },
+    /// sync -> `Reply::Int`. `kind` picks the occupancy query.
+    Occupancy { ctx: Handle, func: Handle, query: OccupancyQuery },
+    /// sync -> `Reply::Handle`.
+    StreamCreate { ctx: Handle, flags: u32, priority: i32 },
+    /// async.
+    StreamDestroy { ctx: Handle, stream: Handle },
+    /// sync.
+    StreamSynchronize { ctx: Handle, stream: StreamRef },
+    /// sync; `Reply::Status` may be `CUDA_ERROR_NOT_READY`.
+    StreamQuery { ctx: Handle, stream: StreamRef },
+    /// async.
+    StreamWaitEvent { ctx: Handle, stream: StreamRef, event: Handle, flags: u32 },
+    /// sync -> `Reply::Handle`.
+    EventCreate { ctx: Handle, flags: u32 },
+    /// async.
+    EventDestroy { ctx: Handle, event: Handle },
+    /// async.
+    EventRecord { ctx: Handle, event: Handle, stream: StreamRef },
+    /// sync.
+    EventSynchronize { ctx: Handle, event: Handle },
+    /// sync; may answer `CUDA_ERROR_NOT_READY`.
+    EventQuery { ctx: Handle, event: Handle },
+    /// sync -> `Reply::Float`.
+    EventElapsedTime { ctx: Handle, start: Handle, end: Handle },
+    /// async. The packed parameter block (laid out by the function's
+    /// parameter offsets) is the bulk tail.
+    Launch(Launch),
+    /// sync -> `Reply::Params`: offsets and sizes of a function's (or, with
+    /// `kernel`, a library kernel's) parameters.
+    ParamInfo { ctx: Handle, func: Handle, kernel: bool },
+}
+
+/// The launch of one kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    pub ctx: Handle,
+    /// A `CUfunction`, or a `CUkernel` when `kernel` is set.
+    pub func: Handle,
+    pub kernel: bool,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+    pub stream: StreamRef,
+    /// `cuLaunchKernelEx` attributes: (id, 64 value bytes as the driver lays
+    /// them out). Empty for `cuLaunchKernel`.
+    pub attrs: Vec<(u32, Vec<u8>)>,
+}
+
+/// The occupancy calculator's questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OccupancyQuery {
+    MaxActiveBlocksPerMultiprocessor { block_size: i32, dynamic_smem: u64, flags: u32 },
+    /// Answers `Reply::Pair(min_grid_size, block_size)`.
+    MaxPotentialBlockSize { dynamic_smem: u64, block_size_limit: i32, flags: u32 },
+    AvailableDynamicSmemPerBlock { num_blocks: i32, block_size: i32 },
+    MaxActiveClusters { grid: [u32; 3], block: [u32; 3], shared_mem: u32, cluster: [u32; 3] },
+}
+
+/// A server answer to a request that asked for one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Only a status. Non-zero is the driver's error code.
+    Status(Status),
+    Handle(Handle),
+    Pointer(DevicePtr),
+    Size(u64),
+    Int(i64),
+    Pair(i64, i64),
+    Float(f32),
+    MemInfo { free: u64, total: u64 },
+    Global { ptr: DevicePtr, size: u64 },
+    /// Parameter (offset, size) pairs in declaration order.
+    Params(Vec<(u32, u32)>),
+    /// A chunk of device-to-host data: `len` bytes at `offset` of the copy
+    /// follow as the bulk tail. More frames with the same id follow.
+    Data { offset: u64 },
+    /// The end of a multi-frame reply, with its status.
+    Done(Status),
+}
+
+impl Reply {
+    /// The status this reply carries (success for value replies).
+    pub fn status(&self) -> Status {
+        match self {
+            Reply::Status(s) | Reply::Done(s) => *s,
+            _ => 0,
+        }
+    }
+}
