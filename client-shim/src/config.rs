@@ -32,8 +32,11 @@ impl Config {
         Config {
             server,
             tls,
-            lease_token: std::env::var("GPUPOOL_LEASE_TOKEN").ok().filter(|t| !t.is_empty()),
-            call_report: std::env::var_os("GPUPOOL_CALL_REPORT").is_some_and(|v| !v.is_empty() && v != "0"),
+            lease_token: std::env::var("GPUPOOL_LEASE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            call_report: std::env::var_os("GPUPOOL_CALL_REPORT")
+                .is_some_and(|v| !v.is_empty() && v != "0"),
         }
     }
 }
@@ -43,10 +46,18 @@ pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let filter = EnvFilter::try_from_env("GPUPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        let filter =
+            EnvFilter::try_from_env("GPUPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
         let json = std::env::var("GPUPOOL_LOG_FORMAT").is_ok_and(|f| f == "json");
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false);
         // A program may have installed its own subscriber; then ours stays out.
-        let _ = if json { builder.json().try_init() } else { builder.try_init() };
+        let _ = if json {
+            builder.json().try_init()
+        } else {
+            builder.try_init()
+        };
     });
 }

@@ -91,11 +91,24 @@ pub struct ConnectOptions {
 impl Remote {
     /// Connect, shake hands, and start the reader thread.
     pub fn connect(opts: &ConnectOptions) -> Result<Arc<Remote>, ProtoError> {
-        let ClientStream { reader, mut writer, keep, peer } = transport::connect(&opts.url, &opts.tls)?;
+        let ClientStream {
+            reader,
+            mut writer,
+            keep,
+            peer,
+        } = transport::connect(&opts.url, &opts.tls)?;
         let mut reader = BufReader::with_capacity(256 << 10, reader);
         let hello = Hello::new(opts.lease_token.clone(), client_info());
         let mut scratch = Vec::new();
-        frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
+        frame::write_frame(
+            &mut *writer,
+            &mut scratch,
+            0,
+            FLAG_WANTS_REPLY,
+            &hello,
+            &[],
+            MAX_FRAME,
+        )?;
         writer.flush()?;
         let mut msg = Vec::new();
         let header = frame::read_frame(&mut reader, &mut msg, MAX_FRAME)?;
@@ -105,10 +118,16 @@ impl Remote {
             Welcome::Refused { reason } => return Err(ProtoError::Refused(reason)),
         };
         if session.version != gpupool_proto::PROTOCOL_VERSION {
-            return Err(ProtoError::VersionMismatch { peer: session.version, ours: gpupool_proto::PROTOCOL_VERSION });
+            return Err(ProtoError::VersionMismatch {
+                peer: session.version,
+                ours: gpupool_proto::PROTOCOL_VERSION,
+            });
         }
         let remote = Arc::new(Remote {
-            writer: Mutex::new(Writer { stream: writer, scratch }),
+            writer: Mutex::new(Writer {
+                stream: writer,
+                scratch,
+            }),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
@@ -142,10 +161,14 @@ impl Remote {
         let Writer { stream, scratch } = &mut *w;
         match frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME) {
             Ok(()) => {
-                self.traffic.bytes_out.fetch_add((frame::HEADER_LEN + bulk.len()) as u64, Ordering::Relaxed);
+                self.traffic
+                    .bytes_out
+                    .fetch_add((frame::HEADER_LEN + bulk.len()) as u64, Ordering::Relaxed);
                 Ok(())
             }
-            Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => Err(CuError::INVALID_VALUE),
+            Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => {
+                Err(CuError::INVALID_VALUE)
+            }
             Err(e) => {
                 drop(w);
                 self.mark_dead(format!("sending to {} failed: {e}", self.peer));
@@ -175,24 +198,48 @@ impl Remote {
     ///
     /// # Safety
     /// `dst..dst+len` must stay valid and writable until the data has landed.
-    pub unsafe fn call_into(&self, req: &Request, dst: *mut u8, len: usize, wait: bool) -> CuResult {
+    pub unsafe fn call_into(
+        &self,
+        req: &Request,
+        dst: *mut u8,
+        len: usize,
+        wait: bool,
+    ) -> CuResult {
         if wait {
-            self.call_with_sink(req, &[], Some((dst as usize, len))).map(|_| ())
+            self.call_with_sink(req, &[], Some((dst as usize, len)))
+                .map(|_| ())
         } else {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            self.lock_pending().insert(id, Pending { waiter: None, sink: Some((dst as usize, len)) });
+            self.lock_pending().insert(
+                id,
+                Pending {
+                    waiter: None,
+                    sink: Some((dst as usize, len)),
+                },
+            );
             self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
-        crate::report::note_streamed();
+            crate::report::note_streamed();
             self.send(id, FLAG_WANTS_REPLY, req, &[]).inspect_err(|_| {
                 self.lock_pending().remove(&id);
             })
         }
     }
 
-    fn call_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<(usize, usize)>) -> CuResult<Reply> {
+    fn call_with_sink(
+        &self,
+        req: &Request,
+        bulk: &[u8],
+        sink: Option<(usize, usize)>,
+    ) -> CuResult<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter::default());
-        self.lock_pending().insert(id, Pending { waiter: Some(Arc::clone(&waiter)), sink });
+        self.lock_pending().insert(
+            id,
+            Pending {
+                waiter: Some(Arc::clone(&waiter)),
+                sink,
+            },
+        );
         self.traffic.round_trips.fetch_add(1, Ordering::Relaxed);
         crate::report::note_round_trip();
         if let Err(e) = self.send(id, FLAG_WANTS_REPLY, req, bulk) {
@@ -228,7 +275,9 @@ impl Remote {
         let reason = loop {
             match self.read_one(&mut reader, &mut msg) {
                 Ok(()) => {}
-                Err(ProtoError::Closed) => break format!("server {} closed the connection", self.peer),
+                Err(ProtoError::Closed) => {
+                    break format!("server {} closed the connection", self.peer)
+                }
                 Err(e) => break format!("connection to {} failed: {e}", self.peer),
             }
         };
@@ -238,31 +287,52 @@ impl Remote {
     fn read_one(&self, reader: &mut impl Read, msg: &mut Vec<u8>) -> Result<(), ProtoError> {
         let header = frame::read_frame(reader, msg, MAX_FRAME)?;
         let reply: Reply = codec::decode(msg)?;
-        self.traffic.bytes_in.fetch_add(frame::HEADER_LEN as u64 + header.bulk_len, Ordering::Relaxed);
+        self.traffic.bytes_in.fetch_add(
+            frame::HEADER_LEN as u64 + header.bulk_len,
+            Ordering::Relaxed,
+        );
         if let Reply::Data { offset } = reply {
             let sink = self.lock_pending().get(&header.id).and_then(|p| p.sink);
             let (addr, len) = sink.ok_or_else(|| {
                 ProtoError::Malformed(format!("data for request {} which expects none", header.id))
             })?;
-            let end = offset.checked_add(header.bulk_len).filter(|&e| e <= len as u64).ok_or_else(|| {
-                ProtoError::Malformed(format!("data at {offset}+{} beyond the {len}-byte destination", header.bulk_len))
-            })?;
+            let end = offset
+                .checked_add(header.bulk_len)
+                .filter(|&e| e <= len as u64)
+                .ok_or_else(|| {
+                    ProtoError::Malformed(format!(
+                        "data at {offset}+{} beyond the {len}-byte destination",
+                        header.bulk_len
+                    ))
+                })?;
             // SAFETY: the caller of `call_into` promised that addr..addr+len
             // stays valid and writable until the reply completes; the range
             // offset..end was checked to lie inside it.
-            let dst = unsafe { std::slice::from_raw_parts_mut((addr as *mut u8).add(offset as usize), (end - offset) as usize) };
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (addr as *mut u8).add(offset as usize),
+                    (end - offset) as usize,
+                )
+            };
             return frame::read_bulk(reader, dst);
         }
         frame::skip_bulk(reader, header.bulk_len)?;
         let pending = self.lock_pending().remove(&header.id);
         match pending {
-            Some(Pending { waiter: Some(w), .. }) => w.deliver(Ok(reply)),
+            Some(Pending {
+                waiter: Some(w), ..
+            }) => w.deliver(Ok(reply)),
             Some(Pending { waiter: None, .. }) => {
                 if reply.status() != 0 {
                     tracing::debug!(id = header.id, status = reply.status(), "streamed copy failed; the server reports it at the next synchronising call");
                 }
             }
-            None => return Err(ProtoError::Malformed(format!("reply to unknown request {}", header.id))),
+            None => {
+                return Err(ProtoError::Malformed(format!(
+                    "reply to unknown request {}",
+                    header.id
+                )))
+            }
         }
         Ok(())
     }
@@ -276,5 +346,9 @@ fn client_info() -> ClientInfo {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    ClientInfo { host, pid: std::process::id(), program }
+    ClientInfo {
+        host,
+        pid: std::process::id(),
+        program,
+    }
 }

@@ -117,14 +117,21 @@ impl Shim {
     }
 
     pub fn context_device(&self, ctx: Handle) -> CuResult<i32> {
-        self.contexts.read().unwrap_or_else(|p| p.into_inner()).get(&ctx).copied().ok_or(CuError::INVALID_CONTEXT)
+        self.contexts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ctx)
+            .copied()
+            .ok_or(CuError::INVALID_CONTEXT)
     }
 
     /// Map a stream argument to the server's notion of it.
     pub fn stream_ref(mode: DefaultStream, stream: u64) -> StreamRef {
         match (stream, mode) {
             (0, DefaultStream::Legacy) | (STREAM_LEGACY, _) => StreamRef::Legacy,
-            (0, DefaultStream::PerThread) | (STREAM_PER_THREAD, _) => StreamRef::PerThread(thread_id()),
+            (0, DefaultStream::PerThread) | (STREAM_PER_THREAD, _) => {
+                StreamRef::PerThread(thread_id())
+            }
             (h, _) => StreamRef::Handle(h),
         }
     }
@@ -146,7 +153,10 @@ impl Shim {
 
     /// Forget everything that belonged to a destroyed or reset context.
     pub fn forget_context_memory(&self, ctx: Handle) {
-        self.device_memory.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, r| r.ctx != ctx);
+        self.device_memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, r| r.ctx != ctx);
     }
 }
 
@@ -209,10 +219,25 @@ mod tests {
 
     #[test]
     fn stream_mapping() {
-        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 0), StreamRef::Legacy);
-        assert_eq!(Shim::stream_ref(DefaultStream::PerThread, 0), StreamRef::PerThread(thread_id()));
-        assert_eq!(Shim::stream_ref(DefaultStream::PerThread, 1), StreamRef::Legacy);
-        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 2), StreamRef::PerThread(thread_id()));
-        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 0xabc0), StreamRef::Handle(0xabc0));
+        assert_eq!(
+            Shim::stream_ref(DefaultStream::Legacy, 0),
+            StreamRef::Legacy
+        );
+        assert_eq!(
+            Shim::stream_ref(DefaultStream::PerThread, 0),
+            StreamRef::PerThread(thread_id())
+        );
+        assert_eq!(
+            Shim::stream_ref(DefaultStream::PerThread, 1),
+            StreamRef::Legacy
+        );
+        assert_eq!(
+            Shim::stream_ref(DefaultStream::Legacy, 2),
+            StreamRef::PerThread(thread_id())
+        );
+        assert_eq!(
+            Shim::stream_ref(DefaultStream::Legacy, 0xabc0),
+            StreamRef::Handle(0xabc0)
+        );
     }
 }

@@ -56,14 +56,18 @@ impl FrameHeader {
 
     /// Parse and validate a header against `max_body`.
     pub fn decode(bytes: &[u8; HEADER_LEN], max_body: u64) -> Result<FrameHeader, ProtoError> {
-        let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let body = word(0) as u64;
         let msg_len = word(4);
         let flags = word(8);
         let mut id = [0u8; 8];
         id.copy_from_slice(&bytes[12..20]);
         if body > max_body {
-            return Err(ProtoError::FrameTooLarge { size: body, limit: max_body });
+            return Err(ProtoError::FrameTooLarge {
+                size: body,
+                limit: max_body,
+            });
         }
         if msg_len as u64 > body {
             return Err(ProtoError::Malformed(format!(
@@ -82,7 +86,12 @@ impl FrameHeader {
         if flags & !FLAG_WANTS_REPLY != 0 {
             return Err(ProtoError::Malformed(format!("unknown flags {flags:#x}")));
         }
-        Ok(FrameHeader { id: u64::from_le_bytes(id), flags, msg_len, bulk_len: body - msg_len as u64 })
+        Ok(FrameHeader {
+            id: u64::from_le_bytes(id),
+            flags,
+            msg_len,
+            bulk_len: body - msg_len as u64,
+        })
     }
 }
 
@@ -102,9 +111,17 @@ pub fn encode_frame<T: Serialize>(
     let msg_len = out.len() - HEADER_LEN;
     let body = msg_len as u64 + bulk.len() as u64;
     if body > max_body {
-        return Err(ProtoError::FrameTooLarge { size: body, limit: max_body });
+        return Err(ProtoError::FrameTooLarge {
+            size: body,
+            limit: max_body,
+        });
     }
-    let header = FrameHeader { id, flags, msg_len: msg_len as u32, bulk_len: bulk.len() as u64 };
+    let header = FrameHeader {
+        id,
+        flags,
+        msg_len: msg_len as u32,
+        bulk_len: bulk.len() as u64,
+    };
     out[..HEADER_LEN].copy_from_slice(&header.encode());
     out.extend_from_slice(bulk);
     Ok(())
@@ -128,9 +145,17 @@ pub fn write_frame<W: Write + ?Sized, T: Serialize>(
         let msg_len = (scratch.len() - HEADER_LEN) as u32;
         let body = msg_len as u64 + bulk.len() as u64;
         if body > max_body {
-            return Err(ProtoError::FrameTooLarge { size: body, limit: max_body });
+            return Err(ProtoError::FrameTooLarge {
+                size: body,
+                limit: max_body,
+            });
         }
-        let header = FrameHeader { id, flags, msg_len, bulk_len: bulk.len() as u64 };
+        let header = FrameHeader {
+            id,
+            flags,
+            msg_len,
+            bulk_len: bulk.len() as u64,
+        };
         scratch[..HEADER_LEN].copy_from_slice(&header.encode());
         w.write_all(scratch)?;
         w.write_all(bulk)?;
@@ -195,7 +220,10 @@ fn read_exact_or_closed<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<(
 /// the message bytes and the bulk bytes of the first frame and how many bytes
 /// it used, or `None` when more bytes are needed. The fuzz target and the
 /// relay use this.
-pub fn split_frame(buf: &[u8], max_body: u64) -> Result<Option<(FrameHeader, &[u8], &[u8], usize)>, ProtoError> {
+pub fn split_frame(
+    buf: &[u8],
+    max_body: u64,
+) -> Result<Option<(FrameHeader, &[u8], &[u8], usize)>, ProtoError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -217,29 +245,60 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = FrameHeader { id: 77, flags: FLAG_WANTS_REPLY, msg_len: 12, bulk_len: 4096 };
-        assert_eq!(FrameHeader::decode(&h.encode(), DEFAULT_MAX_FRAME).unwrap(), h);
+        let h = FrameHeader {
+            id: 77,
+            flags: FLAG_WANTS_REPLY,
+            msg_len: 12,
+            bulk_len: 4096,
+        };
+        assert_eq!(
+            FrameHeader::decode(&h.encode(), DEFAULT_MAX_FRAME).unwrap(),
+            h
+        );
     }
 
     #[test]
     fn oversized_frame_is_refused() {
-        let h = FrameHeader { id: 1, flags: 0, msg_len: 8, bulk_len: 1 << 30 };
+        let h = FrameHeader {
+            id: 1,
+            flags: 0,
+            msg_len: 8,
+            bulk_len: 1 << 30,
+        };
         let err = FrameHeader::decode(&h.encode(), DEFAULT_MAX_FRAME).unwrap_err();
         assert!(matches!(err, ProtoError::FrameTooLarge { .. }), "{err}");
     }
 
     #[test]
     fn message_longer_than_body_is_malformed() {
-        let mut b = FrameHeader { id: 1, flags: 0, msg_len: 8, bulk_len: 0 }.encode();
+        let mut b = FrameHeader {
+            id: 1,
+            flags: 0,
+            msg_len: 8,
+            bulk_len: 0,
+        }
+        .encode();
         b[4..8].copy_from_slice(&100u32.to_le_bytes());
-        assert!(matches!(FrameHeader::decode(&b, DEFAULT_MAX_FRAME), Err(ProtoError::Malformed(_))));
+        assert!(matches!(
+            FrameHeader::decode(&b, DEFAULT_MAX_FRAME),
+            Err(ProtoError::Malformed(_))
+        ));
     }
 
     #[test]
     fn unknown_flags_are_malformed() {
-        let mut b = FrameHeader { id: 1, flags: 0, msg_len: 8, bulk_len: 0 }.encode();
+        let mut b = FrameHeader {
+            id: 1,
+            flags: 0,
+            msg_len: 8,
+            bulk_len: 0,
+        }
+        .encode();
         b[8] = 0x80;
-        assert!(matches!(FrameHeader::decode(&b, DEFAULT_MAX_FRAME), Err(ProtoError::Malformed(_))));
+        assert!(matches!(
+            FrameHeader::decode(&b, DEFAULT_MAX_FRAME),
+            Err(ProtoError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -247,8 +306,26 @@ mod tests {
         let bulk: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let mut wire = Vec::new();
         let mut scratch = Vec::new();
-        write_frame(&mut wire, &mut scratch, 5, 0, &("hello", 3u32), &bulk, DEFAULT_MAX_FRAME).unwrap();
-        write_frame(&mut wire, &mut scratch, 6, 1, &7u64, b"tiny", DEFAULT_MAX_FRAME).unwrap();
+        write_frame(
+            &mut wire,
+            &mut scratch,
+            5,
+            0,
+            &("hello", 3u32),
+            &bulk,
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        write_frame(
+            &mut wire,
+            &mut scratch,
+            6,
+            1,
+            &7u64,
+            b"tiny",
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
         let mut r = &wire[..];
         let mut msg = Vec::new();
         let h = read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME).unwrap();
@@ -261,21 +338,29 @@ mod tests {
         let h = read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME).unwrap();
         assert!(h.wants_reply());
         skip_bulk(&mut r, h.bulk_len).unwrap();
-        assert!(matches!(read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME), Err(ProtoError::Closed)));
+        assert!(matches!(
+            read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME),
+            Err(ProtoError::Closed)
+        ));
     }
 
     #[test]
     fn truncated_header_is_malformed_not_closed() {
         let mut r = &[1u8, 2, 3][..];
         let mut msg = Vec::new();
-        assert!(matches!(read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME), Err(ProtoError::Malformed(_))));
+        assert!(matches!(
+            read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME),
+            Err(ProtoError::Malformed(_))
+        ));
     }
 
     #[test]
     fn split_frame_needs_whole_frame() {
         let mut out = Vec::new();
         encode_frame(&mut out, 9, 0, &1u8, b"abc", DEFAULT_MAX_FRAME).unwrap();
-        assert!(split_frame(&out[..out.len() - 1], DEFAULT_MAX_FRAME).unwrap().is_none());
+        assert!(split_frame(&out[..out.len() - 1], DEFAULT_MAX_FRAME)
+            .unwrap()
+            .is_none());
         let (h, _, bulk, used) = split_frame(&out, DEFAULT_MAX_FRAME).unwrap().unwrap();
         assert_eq!((h.id, bulk, used), (9, &b"abc"[..], out.len()));
     }

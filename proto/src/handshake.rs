@@ -58,16 +58,26 @@ pub struct DeviceInfo {
 
 impl Hello {
     pub fn new(lease_token: Option<String>, client: ClientInfo) -> Hello {
-        Hello { magic: MAGIC, version: crate::PROTOCOL_VERSION, lease_token, client }
+        Hello {
+            magic: MAGIC,
+            version: crate::PROTOCOL_VERSION,
+            lease_token,
+            client,
+        }
     }
 
     /// Check magic and version; the caller checks credentials.
     pub fn validate(&self) -> Result<(), crate::ProtoError> {
         if self.magic != MAGIC {
-            return Err(crate::ProtoError::Malformed("hello has the wrong magic bytes".into()));
+            return Err(crate::ProtoError::Malformed(
+                "hello has the wrong magic bytes".into(),
+            ));
         }
         if self.version != crate::PROTOCOL_VERSION {
-            return Err(crate::ProtoError::VersionMismatch { peer: self.version, ours: crate::PROTOCOL_VERSION });
+            return Err(crate::ProtoError::VersionMismatch {
+                peer: self.version,
+                ours: crate::PROTOCOL_VERSION,
+            });
         }
         Ok(())
     }

@@ -64,23 +64,55 @@ pub enum Request {
     /// `offset` is the chunk's position within the whole copy of `total`
     /// bytes starting at `dst`. Async unless the frame asks for a reply (a
     /// synchronous copy asks on its last chunk).
-    MemcpyHtoD { ctx: Handle, stream: StreamRef, dst: DevicePtr, offset: u64, total: u64 },
+    MemcpyHtoD {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: DevicePtr,
+        offset: u64,
+        total: u64,
+    },
     /// Device-to-host copy: the server answers with `Reply::Data` chunks
     /// (bulk tails) and ends with `Reply::Done`. Both the sync and async forms
     /// ask for a reply, since the data must come back.
-    MemcpyDtoH { ctx: Handle, stream: StreamRef, src: DevicePtr, len: u64 },
+    MemcpyDtoH {
+        ctx: Handle,
+        stream: StreamRef,
+        src: DevicePtr,
+        len: u64,
+    },
     /// async (or sync when the frame asks).
-    MemcpyDtoD { ctx: Handle, stream: StreamRef, dst: DevicePtr, src: DevicePtr, len: u64 },
+    MemcpyDtoD {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: DevicePtr,
+        src: DevicePtr,
+        len: u64,
+    },
     /// Memset of `count` elements of `elem_size` (1, 2 or 4) bytes.
-    Memset { ctx: Handle, stream: StreamRef, dst: DevicePtr, value: u32, elem_size: u8, count: u64 },
+    Memset {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: DevicePtr,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+    },
     /// sync -> `Reply::Handle`. The image is the bulk tail.
     ModuleLoad { ctx: Handle },
     /// sync.
     ModuleUnload { ctx: Handle, module: Handle },
     /// sync -> `Reply::Function`.
-    ModuleGetFunction { ctx: Handle, module: Handle, name: String },
+    ModuleGetFunction {
+        ctx: Handle,
+        module: Handle,
+        name: String,
+    },
     /// sync -> `Reply::Global`.
-    ModuleGetGlobal { ctx: Handle, module: Handle, name: String },
+    ModuleGetGlobal {
+        ctx: Handle,
+        module: Handle,
+        name: String,
+    },
     /// sync -> `Reply::Handle`. The image is the bulk tail.
     LibraryLoad,
     /// sync.
@@ -88,21 +120,51 @@ pub enum Request {
     /// sync -> `Reply::Function` (the handle is a kernel).
     LibraryGetKernel { library: Handle, name: String },
     /// sync -> `Reply::Global`.
-    LibraryGetGlobal { ctx: Handle, library: Handle, name: String },
+    LibraryGetGlobal {
+        ctx: Handle,
+        library: Handle,
+        name: String,
+    },
     /// sync -> `Reply::Handle`: the kernel's function in the current context.
     KernelGetFunction { ctx: Handle, kernel: Handle },
     /// sync -> `Reply::Int`.
-    FuncGetAttribute { ctx: Handle, func: Handle, attr: i32 },
+    FuncGetAttribute {
+        ctx: Handle,
+        func: Handle,
+        attr: i32,
+    },
     /// sync.
-    FuncSetAttribute { ctx: Handle, func: Handle, attr: i32, value: i32 },
+    FuncSetAttribute {
+        ctx: Handle,
+        func: Handle,
+        attr: i32,
+        value: i32,
+    },
     /// sync -> `Reply::Int`.
-    KernelGetAttribute { kernel: Handle, attr: i32, device: i32 },
+    KernelGetAttribute {
+        kernel: Handle,
+        attr: i32,
+        device: i32,
+    },
     /// sync.
-    KernelSetAttribute { kernel: Handle, attr: i32, value: i32, device: i32 },
+    KernelSetAttribute {
+        kernel: Handle,
+        attr: i32,
+        value: i32,
+        device: i32,
+    },
     /// sync -> `Reply::Int`. `kind` picks the occupancy query.
-    Occupancy { ctx: Handle, func: Handle, query: OccupancyQuery },
+    Occupancy {
+        ctx: Handle,
+        func: Handle,
+        query: OccupancyQuery,
+    },
     /// sync -> `Reply::Handle`.
-    StreamCreate { ctx: Handle, flags: u32, priority: i32 },
+    StreamCreate {
+        ctx: Handle,
+        flags: u32,
+        priority: i32,
+    },
     /// async.
     StreamDestroy { ctx: Handle, stream: Handle },
     /// sync.
@@ -110,25 +172,42 @@ pub enum Request {
     /// sync; `Reply::Status` may be `CUDA_ERROR_NOT_READY`.
     StreamQuery { ctx: Handle, stream: StreamRef },
     /// async.
-    StreamWaitEvent { ctx: Handle, stream: StreamRef, event: Handle, flags: u32 },
+    StreamWaitEvent {
+        ctx: Handle,
+        stream: StreamRef,
+        event: Handle,
+        flags: u32,
+    },
     /// sync -> `Reply::Handle`.
     EventCreate { ctx: Handle, flags: u32 },
     /// async.
     EventDestroy { ctx: Handle, event: Handle },
     /// async.
-    EventRecord { ctx: Handle, event: Handle, stream: StreamRef },
+    EventRecord {
+        ctx: Handle,
+        event: Handle,
+        stream: StreamRef,
+    },
     /// sync.
     EventSynchronize { ctx: Handle, event: Handle },
     /// sync; may answer `CUDA_ERROR_NOT_READY`.
     EventQuery { ctx: Handle, event: Handle },
     /// sync -> `Reply::Float`.
-    EventElapsedTime { ctx: Handle, start: Handle, end: Handle },
+    EventElapsedTime {
+        ctx: Handle,
+        start: Handle,
+        end: Handle,
+    },
     /// async. The packed parameter block (laid out by the function's
     /// parameter offsets) is the bulk tail.
     Launch(Launch),
     /// sync -> `Reply::Params`: offsets and sizes of a function's (or, with
     /// `kernel`, a library kernel's) parameters.
-    ParamInfo { ctx: Handle, func: Handle, kernel: bool },
+    ParamInfo {
+        ctx: Handle,
+        func: Handle,
+        kernel: bool,
+    },
 }
 
 /// The launch of one kernel.
@@ -150,11 +229,27 @@ pub struct Launch {
 /// The occupancy calculator's questions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OccupancyQuery {
-    MaxActiveBlocksPerMultiprocessor { block_size: i32, dynamic_smem: u64, flags: u32 },
+    MaxActiveBlocksPerMultiprocessor {
+        block_size: i32,
+        dynamic_smem: u64,
+        flags: u32,
+    },
     /// Answers `Reply::Pair(min_grid_size, block_size)`.
-    MaxPotentialBlockSize { dynamic_smem: u64, block_size_limit: i32, flags: u32 },
-    AvailableDynamicSmemPerBlock { num_blocks: i32, block_size: i32 },
-    MaxActiveClusters { grid: [u32; 3], block: [u32; 3], shared_mem: u32, cluster: [u32; 3] },
+    MaxPotentialBlockSize {
+        dynamic_smem: u64,
+        block_size_limit: i32,
+        flags: u32,
+    },
+    AvailableDynamicSmemPerBlock {
+        num_blocks: i32,
+        block_size: i32,
+    },
+    MaxActiveClusters {
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        cluster: [u32; 3],
+    },
 }
 
 /// A server answer to a request that asked for one.
@@ -168,13 +263,21 @@ pub enum Reply {
     Int(i64),
     Pair(i64, i64),
     Float(f32),
-    MemInfo { free: u64, total: u64 },
-    Global { ptr: DevicePtr, size: u64 },
+    MemInfo {
+        free: u64,
+        total: u64,
+    },
+    Global {
+        ptr: DevicePtr,
+        size: u64,
+    },
     /// Parameter (offset, size) pairs in declaration order.
     Params(Vec<(u32, u32)>),
     /// A chunk of device-to-host data: `len` bytes at `offset` of the copy
     /// follow as the bulk tail. More frames with the same id follow.
-    Data { offset: u64 },
+    Data {
+        offset: u64,
+    },
     /// The end of a multi-frame reply, with its status.
     Done(Status),
 }

@@ -3,7 +3,10 @@
 //! Each function here is `unsafe` because it dereferences pointers the
 //! program passed; each checks them for null before use.
 
-use super::{c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUkernel, CUlaunchConfig, CUlibrary, CUmodule, CUresult, CUstream};
+use super::{
+    c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUkernel, CUlaunchConfig,
+    CUlibrary, CUmodule, CUresult, CUstream,
+};
 use crate::config::{self, Config};
 use crate::error::{self, CuError, CuResult};
 use crate::remote::{ConnectOptions, Remote};
@@ -29,8 +32,15 @@ fn shim() -> CuResult<&'static Shim> {
 pub(crate) fn server_label() -> String {
     match SHIM.get() {
         Some(Ok(s)) => {
-            let sim = if s.remote.session.simulated { ", simulated GPU" } else { "" };
-            format!("server {} session {}{sim}", s.remote.peer, s.remote.session.session_id)
+            let sim = if s.remote.session.simulated {
+                ", simulated GPU"
+            } else {
+                ""
+            };
+            format!(
+                "server {} session {}{sim}",
+                s.remote.peer, s.remote.session.session_id
+            )
         }
         _ => "not connected".into(),
     }
@@ -72,11 +82,15 @@ unsafe fn c_string(ptr: *const c_char) -> CuResult<String> {
     }
     // SAFETY: the driver API passes NUL-terminated names.
     let s = unsafe { CStr::from_ptr(ptr) };
-    s.to_str().map(str::to_owned).map_err(|_| CuError::INVALID_VALUE)
+    s.to_str()
+        .map(str::to_owned)
+        .map_err(|_| CuError::INVALID_VALUE)
 }
 
 fn current_ctx() -> CuResult<Handle> {
-    state::current().map(|(c, _)| c).ok_or(CuError::INVALID_CONTEXT)
+    state::current()
+        .map(|(c, _)| c)
+        .ok_or(CuError::INVALID_CONTEXT)
 }
 
 fn handle(ptr: *mut c_void) -> Handle {
@@ -155,7 +169,12 @@ pub unsafe fn get_error_string(err: CUresult, text: *mut *const c_char) -> CuRes
 const SYMBOL_SUCCESS: i32 = 0;
 const SYMBOL_NOT_FOUND: i32 = 1;
 
-pub unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CuResult {
+pub unsafe fn get_proc_address(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: i32,
+    flags: u64,
+) -> CuResult {
     unsafe { get_proc_address_v2(symbol, pfn, version, flags, std::ptr::null_mut()) }
 }
 
@@ -180,7 +199,8 @@ pub unsafe fn get_proc_address_v2(
         unsafe { out_opt(status, SYMBOL_SUCCESS) };
         return Ok(());
     }
-    match crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address) {
+    match crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address)
+    {
         Some(f) => {
             unsafe { out(pfn, f)? };
             unsafe { out_opt(status, SYMBOL_SUCCESS) };
@@ -272,7 +292,8 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, device: CUdevice) -> CuRes
     let h = match p.handle {
         Some(h) => h,
         None => {
-            let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])? else {
+            let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])?
+            else {
                 return Err(CuError::UNKNOWN);
             };
             write(&s.contexts).insert(h, device);
@@ -306,12 +327,17 @@ pub unsafe fn primary_ctx_release(device: CUdevice) -> CuResult {
 pub unsafe fn primary_ctx_set_flags(device: CUdevice, flags: u32) -> CuResult {
     let s = shim()?;
     s.device(device)?;
-    s.remote.call(&Request::PrimaryCtxSetFlags { device, flags }, &[])?;
+    s.remote
+        .call(&Request::PrimaryCtxSetFlags { device, flags }, &[])?;
     lock(&s.primaries)[device as usize].flags = flags;
     Ok(())
 }
 
-pub unsafe fn primary_ctx_get_state(device: CUdevice, flags: *mut u32, active: *mut i32) -> CuResult {
+pub unsafe fn primary_ctx_get_state(
+    device: CUdevice,
+    flags: *mut u32,
+    active: *mut i32,
+) -> CuResult {
     let s = shim()?;
     s.device(device)?;
     if flags.is_null() || active.is_null() {
@@ -355,7 +381,12 @@ pub unsafe fn ctx_create(ctx: *mut CUcontext, flags: u32, device: CUdevice) -> C
     unsafe { out(ctx, as_ptr(h)) }
 }
 
-pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32, device: CUdevice) -> CuResult {
+pub unsafe fn ctx_create_v4(
+    ctx: *mut CUcontext,
+    params: *mut c_void,
+    flags: u32,
+    device: CUdevice,
+) -> CuResult {
     if !params.is_null() {
         tracing::warn!("cuCtxCreate_v4 with execution-affinity or CIG parameters is not supported");
         return Err(CuError::NOT_SUPPORTED);
@@ -389,7 +420,12 @@ pub unsafe fn ctx_set_current(ctx: CUcontext) -> CuResult {
 
 pub unsafe fn ctx_get_current(ctx: *mut CUcontext) -> CuResult {
     shim()?;
-    unsafe { out(ctx, state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))) }
+    unsafe {
+        out(
+            ctx,
+            state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c)),
+        )
+    }
 }
 
 pub unsafe fn ctx_push_current(ctx: CUcontext) -> CuResult {
@@ -425,14 +461,22 @@ pub unsafe fn ctx_get_device_v2(device: *mut CUdevice, ctx: CUcontext) -> CuResu
 pub unsafe fn ctx_synchronize() -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
+    s.remote
+        .call(&Request::CtxSynchronize { ctx }, &[])
+        .map(|_| ())
 }
 
 pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CuResult {
     let s = shim()?;
-    let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    let ctx = if ctx.is_null() {
+        current_ctx()?
+    } else {
+        handle(ctx)
+    };
     s.context_device(ctx)?;
-    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
+    s.remote
+        .call(&Request::CtxSynchronize { ctx }, &[])
+        .map(|_| ())
 }
 
 pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
@@ -450,12 +494,25 @@ pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
 pub unsafe fn ctx_set_limit(limit: i32, value: usize) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(&Request::CtxSetLimit { ctx, limit, value: value as u64 }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::CtxSetLimit {
+                ctx,
+                limit,
+                value: value as u64,
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
 pub unsafe fn ctx_get_api_version(ctx: CUcontext, version: *mut u32) -> CuResult {
     let s = shim()?;
-    let h = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    let h = if ctx.is_null() {
+        current_ctx()?
+    } else {
+        handle(ctx)
+    };
     s.context_device(h)?;
     unsafe { out(version, API_VERSION) }
 }
@@ -496,7 +553,11 @@ unsafe fn image_len(image: *const c_void) -> CuResult<usize> {
         let sh_end = u64_at(0x28) + u16_at(0x3a) * u16_at(0x3c);
         let ph_end = u64_at(0x20) + u16_at(0x36) * u16_at(0x38);
         let len = sh_end.max(ph_end).max(64) as usize;
-        return if len <= MAX_IMAGE { Ok(len) } else { Err(CuError::INVALID_IMAGE) };
+        return if len <= MAX_IMAGE {
+            Ok(len)
+        } else {
+            Err(CuError::INVALID_IMAGE)
+        };
     }
     if u32::from_le_bytes(head.try_into().unwrap()) == 0xBA55_ED50 {
         // SAFETY: a fat binary header is 16 bytes.
@@ -504,11 +565,17 @@ unsafe fn image_len(image: *const c_void) -> CuResult<usize> {
         let header = u16::from_le_bytes([h[6], h[7]]) as u64;
         let body = u64::from_le_bytes(h[8..16].try_into().unwrap());
         let len = header.checked_add(body).ok_or(CuError::INVALID_IMAGE)? as usize;
-        return if len <= MAX_IMAGE { Ok(len) } else { Err(CuError::INVALID_IMAGE) };
+        return if len <= MAX_IMAGE {
+            Ok(len)
+        } else {
+            Err(CuError::INVALID_IMAGE)
+        };
     }
     // PTX text.
     // SAFETY: PTX images are NUL-terminated strings.
-    let len = unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
+    let len = unsafe { CStr::from_ptr(p.cast()) }
+        .to_bytes_with_nul()
+        .len();
     Ok(len)
 }
 
@@ -522,7 +589,12 @@ unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
         let magic = unsafe { p.cast::<u32>().read_unaligned() };
         if magic == FATBIN_WRAPPER_MAGIC {
             // SAFETY: the wrapper holds a pointer to the fat binary at offset 8.
-            p = unsafe { p.cast::<u8>().add(8).cast::<*const c_void>().read_unaligned() };
+            p = unsafe {
+                p.cast::<u8>()
+                    .add(8)
+                    .cast::<*const c_void>()
+                    .read_unaligned()
+            };
         }
     }
     let len = unsafe { image_len(p)? };
@@ -566,17 +638,36 @@ pub unsafe fn module_load_fat_binary(module: *mut CUmodule, image: *const c_void
 pub unsafe fn module_unload(module: CUmodule) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(&Request::ModuleUnload { ctx, module: handle(module) }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::ModuleUnload {
+                ctx,
+                module: handle(module),
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
-pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, name: *const c_char) -> CuResult {
+pub unsafe fn module_get_function(
+    function: *mut CUfunction,
+    module: CUmodule,
+    name: *const c_char,
+) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
     if function.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
     let name = unsafe { c_string(name)? };
-    match s.remote.call(&Request::ModuleGetFunction { ctx, module: handle(module), name }, &[])? {
+    match s.remote.call(
+        &Request::ModuleGetFunction {
+            ctx,
+            module: handle(module),
+            name,
+        },
+        &[],
+    )? {
         Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
         _ => Err(CuError::UNKNOWN),
     }
@@ -584,14 +675,34 @@ pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, n
 
 fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
     let device = s.context_device(ctx).unwrap_or(0);
-    lock(&s.device_memory).insert(ptr, DeviceRange { size, ctx, device, global: true });
+    lock(&s.device_memory).insert(
+        ptr,
+        DeviceRange {
+            size,
+            ctx,
+            device,
+            global: true,
+        },
+    );
 }
 
-pub unsafe fn module_get_global(ptr: *mut CUdeviceptr, bytes: *mut usize, module: CUmodule, name: *const c_char) -> CuResult {
+pub unsafe fn module_get_global(
+    ptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    module: CUmodule,
+    name: *const c_char,
+) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
     let name = unsafe { c_string(name)? };
-    match s.remote.call(&Request::ModuleGetGlobal { ctx, module: handle(module), name }, &[])? {
+    match s.remote.call(
+        &Request::ModuleGetGlobal {
+            ctx,
+            module: handle(module),
+            name,
+        },
+        &[],
+    )? {
         Reply::Global { ptr: p, size } => {
             record_global(s, ctx, p, size);
             unsafe {
@@ -604,7 +715,11 @@ pub unsafe fn module_get_global(ptr: *mut CUdeviceptr, bytes: *mut usize, module
     }
 }
 
-fn cached_attribute(map: &std::sync::RwLock<std::collections::HashMap<(Handle, i32), i32>>, key: (Handle, i32), fetch: impl FnOnce() -> CuResult<i32>) -> CuResult<i32> {
+fn cached_attribute(
+    map: &std::sync::RwLock<std::collections::HashMap<(Handle, i32), i32>>,
+    key: (Handle, i32),
+    fetch: impl FnOnce() -> CuResult<i32>,
+) -> CuResult<i32> {
     if let Some(v) = read(map).get(&key) {
         return Ok(*v);
     }
@@ -613,7 +728,11 @@ fn cached_attribute(map: &std::sync::RwLock<std::collections::HashMap<(Handle, i
     Ok(v)
 }
 
-pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfunction) -> CuResult {
+pub unsafe fn func_get_attribute(
+    value: *mut i32,
+    attribute: i32,
+    function: CUfunction,
+) -> CuResult {
     let s = shim()?;
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -621,7 +740,14 @@ pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfu
     let func = handle(function);
     let v = cached_attribute(&s.func_attributes, (func, attribute), || {
         let ctx = current_ctx()?;
-        match s.remote.call(&Request::FuncGetAttribute { ctx, func, attr: attribute }, &[])? {
+        match s.remote.call(
+            &Request::FuncGetAttribute {
+                ctx,
+                func,
+                attr: attribute,
+            },
+            &[],
+        )? {
             Reply::Int(v) => Ok(v as i32),
             _ => Err(CuError::UNKNOWN),
         }
@@ -633,7 +759,15 @@ pub unsafe fn func_set_attribute(function: CUfunction, attribute: i32, value: i3
     let s = shim()?;
     let ctx = current_ctx()?;
     let func = handle(function);
-    s.remote.call(&Request::FuncSetAttribute { ctx, func, attr: attribute, value }, &[])?;
+    s.remote.call(
+        &Request::FuncSetAttribute {
+            ctx,
+            func,
+            attr: attribute,
+            value,
+        },
+        &[],
+    )?;
     // Setting one attribute can change others (e.g. shared memory limits).
     write(&s.func_attributes).retain(|(f, _), _| *f != func);
     Ok(())
@@ -645,7 +779,10 @@ fn param_layout(s: &Shim, func: Handle, kernel: bool) -> CuResult<Arc<Vec<(u32, 
         return Ok(Arc::clone(p));
     }
     let ctx = current_ctx()?;
-    match s.remote.call(&Request::ParamInfo { ctx, func, kernel }, &[])? {
+    match s
+        .remote
+        .call(&Request::ParamInfo { ctx, func, kernel }, &[])?
+    {
         Reply::Params(p) => {
             let p = Arc::new(p);
             write(&s.params).insert(func, Arc::clone(&p));
@@ -655,7 +792,13 @@ fn param_layout(s: &Shim, func: Handle, kernel: bool) -> CuResult<Arc<Vec<(u32, 
     }
 }
 
-unsafe fn param_info(func: Handle, kernel: bool, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
+unsafe fn param_info(
+    func: Handle,
+    kernel: bool,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CuResult {
     let s = shim()?;
     let layout = param_layout(s, func, kernel)?;
     let &(o, n) = layout.get(index).ok_or(CuError::INVALID_VALUE)?;
@@ -666,12 +809,22 @@ unsafe fn param_info(func: Handle, kernel: bool, index: usize, offset: *mut usiz
     Ok(())
 }
 
-pub unsafe fn func_get_param_info(function: CUfunction, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
+pub unsafe fn func_get_param_info(
+    function: CUfunction,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CuResult {
     let kernel = shim().is_ok_and(|s| read(&s.kernels).contains(&handle(function)));
     unsafe { param_info(handle(function), kernel, index, offset, size) }
 }
 
-pub unsafe fn kernel_get_param_info(kernel: CUkernel, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
+pub unsafe fn kernel_get_param_info(
+    kernel: CUkernel,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CuResult {
     unsafe { param_info(handle(kernel), true, index, offset, size) }
 }
 
@@ -698,16 +851,33 @@ pub unsafe fn library_load_data(
 
 pub unsafe fn library_unload(library: CUlibrary) -> CuResult {
     let s = shim()?;
-    s.remote.call(&Request::LibraryUnload { library: handle(library) }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::LibraryUnload {
+                library: handle(library),
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
-pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char) -> CuResult {
+pub unsafe fn library_get_kernel(
+    kernel: *mut CUkernel,
+    library: CUlibrary,
+    name: *const c_char,
+) -> CuResult {
     let s = shim()?;
     if kernel.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
     let name = unsafe { c_string(name)? };
-    match s.remote.call(&Request::LibraryGetKernel { library: handle(library), name }, &[])? {
+    match s.remote.call(
+        &Request::LibraryGetKernel {
+            library: handle(library),
+            name,
+        },
+        &[],
+    )? {
         Reply::Handle(h) => {
             write(&s.kernels).insert(h);
             unsafe { out(kernel, as_ptr(h)) }
@@ -716,11 +886,23 @@ pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name
     }
 }
 
-pub unsafe fn library_get_global(ptr: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char) -> CuResult {
+pub unsafe fn library_get_global(
+    ptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    library: CUlibrary,
+    name: *const c_char,
+) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
     let name = unsafe { c_string(name)? };
-    match s.remote.call(&Request::LibraryGetGlobal { ctx, library: handle(library), name }, &[])? {
+    match s.remote.call(
+        &Request::LibraryGetGlobal {
+            ctx,
+            library: handle(library),
+            name,
+        },
+        &[],
+    )? {
         Reply::Global { ptr: p, size } => {
             record_global(s, ctx, p, size);
             unsafe {
@@ -739,13 +921,24 @@ pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -
     if function.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::KernelGetFunction { ctx, kernel: handle(kernel) }, &[])? {
+    match s.remote.call(
+        &Request::KernelGetFunction {
+            ctx,
+            kernel: handle(kernel),
+        },
+        &[],
+    )? {
         Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
         _ => Err(CuError::UNKNOWN),
     }
 }
 
-pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
+pub unsafe fn kernel_get_attribute(
+    value: *mut i32,
+    attribute: i32,
+    kernel: CUkernel,
+    device: CUdevice,
+) -> CuResult {
     let s = shim()?;
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -754,7 +947,14 @@ pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUke
     if let Some(v) = read(&s.kernel_attributes).get(&key) {
         return unsafe { out(value, *v) };
     }
-    let v = match s.remote.call(&Request::KernelGetAttribute { kernel: key.0, attr: attribute, device }, &[])? {
+    let v = match s.remote.call(
+        &Request::KernelGetAttribute {
+            kernel: key.0,
+            attr: attribute,
+            device,
+        },
+        &[],
+    )? {
         Reply::Int(v) => v as i32,
         _ => return Err(CuError::UNKNOWN),
     };
@@ -762,10 +962,23 @@ pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUke
     unsafe { out(value, v) }
 }
 
-pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
+pub unsafe fn kernel_set_attribute(
+    attribute: i32,
+    value: i32,
+    kernel: CUkernel,
+    device: CUdevice,
+) -> CuResult {
     let s = shim()?;
     let k = handle(kernel);
-    s.remote.call(&Request::KernelSetAttribute { kernel: k, attr: attribute, value, device }, &[])?;
+    s.remote.call(
+        &Request::KernelSetAttribute {
+            kernel: k,
+            attr: attribute,
+            value,
+            device,
+        },
+        &[],
+    )?;
     write(&s.kernel_attributes).retain(|(h, _, _), _| *h != k);
     Ok(())
 }
@@ -778,9 +991,23 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
     if ptr.is_null() || size == 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[])? {
+    match s.remote.call(
+        &Request::MemAlloc {
+            ctx,
+            size: size as u64,
+        },
+        &[],
+    )? {
         Reply::Pointer(p) => {
-            lock(&s.device_memory).insert(p, DeviceRange { size: size as u64, ctx, device, global: false });
+            lock(&s.device_memory).insert(
+                p,
+                DeviceRange {
+                    size: size as u64,
+                    ctx,
+                    device,
+                    global: false,
+                },
+            );
             unsafe { out(ptr, p) }
         }
         _ => Err(CuError::UNKNOWN),
@@ -800,7 +1027,13 @@ pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
         }
     };
     let range = range.ok_or(CuError::INVALID_VALUE)?;
-    s.remote.post(&Request::MemFree { ctx: range.ctx, ptr }, &[])
+    s.remote.post(
+        &Request::MemFree {
+            ctx: range.ctx,
+            ptr,
+        },
+        &[],
+    )
 }
 
 pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CuResult {
@@ -863,7 +1096,11 @@ pub unsafe fn mem_free_host(host: *mut c_void) -> CuResult {
     Ok(())
 }
 
-pub unsafe fn mem_host_get_device_pointer(_ptr: *mut CUdeviceptr, _host: *mut c_void, _flags: u32) -> CuResult {
+pub unsafe fn mem_host_get_device_pointer(
+    _ptr: *mut CUdeviceptr,
+    _host: *mut c_void,
+    _flags: u32,
+) -> CuResult {
     shim()?;
     // A GPU on another machine cannot address this process's memory.
     tracing::warn!("cuMemHostGetDevicePointer: host-mapped (zero-copy) memory cannot work over the network; returning CUDA_ERROR_NOT_SUPPORTED");
@@ -888,7 +1125,11 @@ mod pointer_attr {
 const MEMORYTYPE_HOST: u32 = 1;
 const MEMORYTYPE_DEVICE: u32 = 2;
 
-pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr) -> CuResult {
+pub unsafe fn pointer_get_attribute(
+    data: *mut c_void,
+    attribute: i32,
+    ptr: CUdeviceptr,
+) -> CuResult {
     use pointer_attr::*;
     let s = shim()?;
     if data.is_null() {
@@ -915,7 +1156,10 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
         let device = state::current().map_or(0, |(_, d)| d);
         return unsafe {
             match attribute {
-                CONTEXT => out(data.cast::<*mut c_void>(), state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))),
+                CONTEXT => out(
+                    data.cast::<*mut c_void>(),
+                    state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c)),
+                ),
                 MEMORY_TYPE => out(data.cast::<u32>(), MEMORYTYPE_HOST),
                 HOST_POINTER => out(data.cast::<*mut c_void>(), ptr as usize as *mut c_void),
                 DEVICE_POINTER => Err(CuError::NOT_SUPPORTED),
@@ -937,13 +1181,26 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
 /// The context owning `ptr..ptr+len`, or INVALID_VALUE when the range is not
 /// inside one of the program's allocations.
 fn device_range_ctx(s: &Shim, ptr: u64, len: u64) -> CuResult<Handle> {
-    s.find_device_range(ptr, len).map(|(_, r)| r.ctx).ok_or_else(|| {
-        tracing::debug!(ptr = format_args!("{ptr:#x}"), len, "device range outside the program's allocations");
-        CuError::INVALID_VALUE
-    })
+    s.find_device_range(ptr, len)
+        .map(|(_, r)| r.ctx)
+        .ok_or_else(|| {
+            tracing::debug!(
+                ptr = format_args!("{ptr:#x}"),
+                len,
+                "device range outside the program's allocations"
+            );
+            CuError::INVALID_VALUE
+        })
 }
 
-unsafe fn htod(mode: DefaultStream, dst: u64, src: *const c_void, size: usize, stream: CUstream, sync: bool) -> CuResult {
+unsafe fn htod(
+    mode: DefaultStream,
+    dst: u64,
+    src: *const c_void,
+    size: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
     let s = shim()?;
     if size == 0 {
         return Ok(());
@@ -957,7 +1214,13 @@ unsafe fn htod(mode: DefaultStream, dst: u64, src: *const c_void, size: usize, s
     let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
     let chunks = bytes.len().div_ceil(COPY_CHUNK);
     for (i, chunk) in bytes.chunks(COPY_CHUNK).enumerate() {
-        let req = Request::MemcpyHtoD { ctx, stream, dst, offset: (i * COPY_CHUNK) as u64, total: size as u64 };
+        let req = Request::MemcpyHtoD {
+            ctx,
+            stream,
+            dst,
+            offset: (i * COPY_CHUNK) as u64,
+            total: size as u64,
+        };
         if sync && i + 1 == chunks {
             s.remote.call(&req, chunk)?;
         } else {
@@ -967,7 +1230,14 @@ unsafe fn htod(mode: DefaultStream, dst: u64, src: *const c_void, size: usize, s
     Ok(())
 }
 
-unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
+unsafe fn dtoh(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    src: u64,
+    size: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
     let s = shim()?;
     if size == 0 {
         return Ok(());
@@ -977,20 +1247,38 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
     }
     let ctx = device_range_ctx(s, src, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
-    let req = Request::MemcpyDtoH { ctx, stream, src, len: size as u64 };
+    let req = Request::MemcpyDtoH {
+        ctx,
+        stream,
+        src,
+        len: size as u64,
+    };
     // SAFETY: the program gave `size` writable bytes at dst, which CUDA lets
     // us fill until the copy is observed complete (a sync call drains them).
     unsafe { s.remote.call_into(&req, dst.cast(), size, sync) }
 }
 
-fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
+fn dtod(
+    mode: DefaultStream,
+    dst: u64,
+    src: u64,
+    size: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
     let s = shim()?;
     if size == 0 {
         return Ok(());
     }
     let ctx = device_range_ctx(s, dst, size as u64)?;
     device_range_ctx(s, src, size as u64)?;
-    let req = Request::MemcpyDtoD { ctx, stream: Shim::stream_ref(mode, handle(stream)), dst, src, len: size as u64 };
+    let req = Request::MemcpyDtoD {
+        ctx,
+        stream: Shim::stream_ref(mode, handle(stream)),
+        dst,
+        src,
+        len: size as u64,
+    };
     if sync {
         s.remote.call(&req, &[]).map(|_| ())
     } else {
@@ -998,7 +1286,15 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
     }
 }
 
-fn memset(mode: DefaultStream, dst: u64, value: u32, elem_size: u8, count: usize, stream: CUstream, sync: bool) -> CuResult {
+fn memset(
+    mode: DefaultStream,
+    dst: u64,
+    value: u32,
+    elem_size: u8,
+    count: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
     let s = shim()?;
     if count == 0 {
         return Ok(());
@@ -1006,9 +1302,18 @@ fn memset(mode: DefaultStream, dst: u64, value: u32, elem_size: u8, count: usize
     if dst % elem_size as u64 != 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    let bytes = (count as u64).checked_mul(elem_size as u64).ok_or(CuError::INVALID_VALUE)?;
+    let bytes = (count as u64)
+        .checked_mul(elem_size as u64)
+        .ok_or(CuError::INVALID_VALUE)?;
     let ctx = device_range_ctx(s, dst, bytes)?;
-    let req = Request::Memset { ctx, stream: Shim::stream_ref(mode, handle(stream)), dst, value, elem_size, count: count as u64 };
+    let req = Request::Memset {
+        ctx,
+        stream: Shim::stream_ref(mode, handle(stream)),
+        dst,
+        value,
+        elem_size,
+        count: count as u64,
+    };
     if sync {
         s.remote.call(&req, &[]).map(|_| ())
     } else {
@@ -1016,51 +1321,133 @@ fn memset(mode: DefaultStream, dst: u64, value: u32, elem_size: u8, count: usize
     }
 }
 
-pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {
+pub unsafe fn memcpy_htod(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    src: *const c_void,
+    size: usize,
+) -> CuResult {
     unsafe { htod(mode, dst, src, size, std::ptr::null_mut(), true) }
 }
 
-pub unsafe fn memcpy_htod_async(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize, stream: CUstream) -> CuResult {
+pub unsafe fn memcpy_htod_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    src: *const c_void,
+    size: usize,
+    stream: CUstream,
+) -> CuResult {
     unsafe { htod(mode, dst, src, size, stream, false) }
 }
 
-pub unsafe fn memcpy_dtoh(mode: DefaultStream, dst: *mut c_void, src: CUdeviceptr, size: usize) -> CuResult {
+pub unsafe fn memcpy_dtoh(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    size: usize,
+) -> CuResult {
     unsafe { dtoh(mode, dst, src, size, std::ptr::null_mut(), true) }
 }
 
-pub unsafe fn memcpy_dtoh_async(mode: DefaultStream, dst: *mut c_void, src: CUdeviceptr, size: usize, stream: CUstream) -> CuResult {
+pub unsafe fn memcpy_dtoh_async(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    size: usize,
+    stream: CUstream,
+) -> CuResult {
     unsafe { dtoh(mode, dst, src, size, stream, false) }
 }
 
-pub unsafe fn memcpy_dtod(mode: DefaultStream, dst: CUdeviceptr, src: CUdeviceptr, size: usize) -> CuResult {
+pub unsafe fn memcpy_dtod(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    size: usize,
+) -> CuResult {
     dtod(mode, dst, src, size, std::ptr::null_mut(), true)
 }
 
-pub unsafe fn memcpy_dtod_async(mode: DefaultStream, dst: CUdeviceptr, src: CUdeviceptr, size: usize, stream: CUstream) -> CuResult {
+pub unsafe fn memcpy_dtod_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    size: usize,
+    stream: CUstream,
+) -> CuResult {
     dtod(mode, dst, src, size, stream, false)
 }
 
-pub unsafe fn memset_d8(mode: DefaultStream, dst: CUdeviceptr, value: u8, count: usize) -> CuResult {
-    memset(mode, dst, value as u32, 1, count, std::ptr::null_mut(), true)
+pub unsafe fn memset_d8(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    value: u8,
+    count: usize,
+) -> CuResult {
+    memset(
+        mode,
+        dst,
+        value as u32,
+        1,
+        count,
+        std::ptr::null_mut(),
+        true,
+    )
 }
 
-pub unsafe fn memset_d16(mode: DefaultStream, dst: CUdeviceptr, value: u16, count: usize) -> CuResult {
-    memset(mode, dst, value as u32, 2, count, std::ptr::null_mut(), true)
+pub unsafe fn memset_d16(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    value: u16,
+    count: usize,
+) -> CuResult {
+    memset(
+        mode,
+        dst,
+        value as u32,
+        2,
+        count,
+        std::ptr::null_mut(),
+        true,
+    )
 }
 
-pub unsafe fn memset_d32(mode: DefaultStream, dst: CUdeviceptr, value: u32, count: usize) -> CuResult {
+pub unsafe fn memset_d32(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    value: u32,
+    count: usize,
+) -> CuResult {
     memset(mode, dst, value, 4, count, std::ptr::null_mut(), true)
 }
 
-pub unsafe fn memset_d8_async(mode: DefaultStream, dst: CUdeviceptr, value: u8, count: usize, stream: CUstream) -> CuResult {
+pub unsafe fn memset_d8_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    value: u8,
+    count: usize,
+    stream: CUstream,
+) -> CuResult {
     memset(mode, dst, value as u32, 1, count, stream, false)
 }
 
-pub unsafe fn memset_d16_async(mode: DefaultStream, dst: CUdeviceptr, value: u16, count: usize, stream: CUstream) -> CuResult {
+pub unsafe fn memset_d16_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    value: u16,
+    count: usize,
+    stream: CUstream,
+) -> CuResult {
     memset(mode, dst, value as u32, 2, count, stream, false)
 }
 
-pub unsafe fn memset_d32_async(mode: DefaultStream, dst: CUdeviceptr, value: u32, count: usize, stream: CUstream) -> CuResult {
+pub unsafe fn memset_d32_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    value: u32,
+    count: usize,
+    stream: CUstream,
+) -> CuResult {
     memset(mode, dst, value, 4, count, stream, false)
 }
 
@@ -1072,7 +1459,14 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
     if stream.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::StreamCreate { ctx, flags, priority }, &[])? {
+    match s.remote.call(
+        &Request::StreamCreate {
+            ctx,
+            flags,
+            priority,
+        },
+        &[],
+    )? {
         Reply::Handle(h) => {
             write(&s.stream_contexts).insert(h, ctx);
             unsafe { out(stream, as_ptr(h)) }
@@ -1085,7 +1479,11 @@ pub unsafe fn stream_create(stream: *mut CUstream, flags: u32) -> CuResult {
     unsafe { create_stream(stream, flags, 0) }
 }
 
-pub unsafe fn stream_create_with_priority(stream: *mut CUstream, flags: u32, priority: i32) -> CuResult {
+pub unsafe fn stream_create_with_priority(
+    stream: *mut CUstream,
+    flags: u32,
+    priority: i32,
+) -> CuResult {
     unsafe { create_stream(stream, flags, priority) }
 }
 
@@ -1102,39 +1500,80 @@ fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
 pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
     let s = shim()?;
     let h = handle(stream);
-    let ctx = write(&s.stream_contexts).remove(&h).ok_or(CuError::INVALID_HANDLE)?;
-    s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
+    let ctx = write(&s.stream_contexts)
+        .remove(&h)
+        .ok_or(CuError::INVALID_HANDLE)?;
+    s.remote
+        .post(&Request::StreamDestroy { ctx, stream: h }, &[])
 }
 
 pub unsafe fn stream_synchronize(mode: DefaultStream, stream: CUstream) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
-    s.remote.call(&Request::StreamSynchronize { ctx, stream: Shim::stream_ref(mode, handle(stream)) }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::StreamSynchronize {
+                ctx,
+                stream: Shim::stream_ref(mode, handle(stream)),
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
 pub unsafe fn stream_query(mode: DefaultStream, stream: CUstream) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
-    s.remote.call(&Request::StreamQuery { ctx, stream: Shim::stream_ref(mode, handle(stream)) }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::StreamQuery {
+                ctx,
+                stream: Shim::stream_ref(mode, handle(stream)),
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
-pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CUevent, flags: u32) -> CuResult {
+pub unsafe fn stream_wait_event(
+    mode: DefaultStream,
+    stream: CUstream,
+    event: CUevent,
+    flags: u32,
+) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
-    s.remote.post(&Request::StreamWaitEvent { ctx, stream: Shim::stream_ref(mode, handle(stream)), event: handle(event), flags }, &[])
+    s.remote.post(
+        &Request::StreamWaitEvent {
+            ctx,
+            stream: Shim::stream_ref(mode, handle(stream)),
+            event: handle(event),
+            flags,
+        },
+        &[],
+    )
 }
 
 /// `CU_STREAM_CAPTURE_STATUS_NONE`: gpupool does not capture graphs yet, so
 /// no stream is ever capturing (`cuStreamBeginCapture` is not supported).
 const CAPTURE_NONE: i32 = 0;
 
-pub unsafe fn stream_is_capturing(_mode: DefaultStream, stream: CUstream, status: *mut i32) -> CuResult {
+pub unsafe fn stream_is_capturing(
+    _mode: DefaultStream,
+    stream: CUstream,
+    status: *mut i32,
+) -> CuResult {
     let s = shim()?;
     stream_ctx(s, stream)?;
     unsafe { out(status, CAPTURE_NONE) }
 }
 
-pub unsafe fn stream_get_capture_info(mode: DefaultStream, stream: CUstream, status: *mut i32, id: *mut u64) -> CuResult {
+pub unsafe fn stream_get_capture_info(
+    mode: DefaultStream,
+    stream: CUstream,
+    status: *mut i32,
+    id: *mut u64,
+) -> CuResult {
     unsafe {
         stream_is_capturing(mode, stream, status)?;
         out_opt(id, 0);
@@ -1196,23 +1635,52 @@ fn event_ctx() -> Handle {
 
 pub unsafe fn event_destroy(event: CUevent) -> CuResult {
     let s = shim()?;
-    s.remote.post(&Request::EventDestroy { ctx: event_ctx(), event: handle(event) }, &[])
+    s.remote.post(
+        &Request::EventDestroy {
+            ctx: event_ctx(),
+            event: handle(event),
+        },
+        &[],
+    )
 }
 
 pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
-    s.remote.post(&Request::EventRecord { ctx, event: handle(event), stream: Shim::stream_ref(mode, handle(stream)) }, &[])
+    s.remote.post(
+        &Request::EventRecord {
+            ctx,
+            event: handle(event),
+            stream: Shim::stream_ref(mode, handle(stream)),
+        },
+        &[],
+    )
 }
 
 pub unsafe fn event_synchronize(event: CUevent) -> CuResult {
     let s = shim()?;
-    s.remote.call(&Request::EventSynchronize { ctx: event_ctx(), event: handle(event) }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::EventSynchronize {
+                ctx: event_ctx(),
+                event: handle(event),
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
 pub unsafe fn event_query(event: CUevent) -> CuResult {
     let s = shim()?;
-    s.remote.call(&Request::EventQuery { ctx: event_ctx(), event: handle(event) }, &[]).map(|_| ())
+    s.remote
+        .call(
+            &Request::EventQuery {
+                ctx: event_ctx(),
+                event: handle(event),
+            },
+            &[],
+        )
+        .map(|_| ())
 }
 
 pub unsafe fn event_elapsed_time(ms: *mut f32, start: CUevent, end: CUevent) -> CuResult {
@@ -1220,7 +1688,14 @@ pub unsafe fn event_elapsed_time(ms: *mut f32, start: CUevent, end: CUevent) -> 
     if ms.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::EventElapsedTime { ctx: event_ctx(), start: handle(start), end: handle(end) }, &[])? {
+    match s.remote.call(
+        &Request::EventElapsedTime {
+            ctx: event_ctx(),
+            start: handle(start),
+            end: handle(end),
+        },
+        &[],
+    )? {
         Reply::Float(v) => unsafe { out(ms, v) },
         _ => Err(CuError::UNKNOWN),
     }
@@ -1238,10 +1713,20 @@ const MAX_PARAM_BYTES: usize = 32764;
 
 /// Pack a launch's arguments into one block laid out by the function's
 /// parameter offsets, from either `kernelParams` or `extra`.
-unsafe fn pack_params(s: &Shim, func: Handle, kernel: bool, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult<Vec<u8>> {
+unsafe fn pack_params(
+    s: &Shim,
+    func: Handle,
+    kernel: bool,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult<Vec<u8>> {
     if !params.is_null() {
         let layout = param_layout(s, func, kernel)?;
-        let size = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
+        let size = layout
+            .iter()
+            .map(|&(o, n)| (o + n) as usize)
+            .max()
+            .unwrap_or(0);
         let mut block = vec![0u8; size];
         for (i, &(o, n)) in layout.iter().enumerate() {
             // SAFETY: kernelParams holds one pointer per parameter.
@@ -1258,7 +1743,11 @@ unsafe fn pack_params(s: &Shim, func: Handle, kernel: bool, params: *mut *mut c_
     if extra.is_null() {
         // A kernel without parameters.
         let layout = param_layout(s, func, kernel)?;
-        return if layout.is_empty() { Ok(Vec::new()) } else { Err(CuError::INVALID_VALUE) };
+        return if layout.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(CuError::INVALID_VALUE)
+        };
     }
     let (mut buffer, mut size): (*const u8, Option<usize>) = (std::ptr::null(), None);
     for i in (0..64).step_by(2) {
@@ -1309,7 +1798,16 @@ unsafe fn launch(
     let kernel = read(&s.kernels).contains(&func);
     let ctx = stream_ctx(s, stream)?;
     let block_bytes = unsafe { pack_params(s, func, kernel, params, extra)? };
-    let launch = Launch { ctx, func, kernel, grid, block, shared_mem, stream: Shim::stream_ref(mode, handle(stream)), attrs };
+    let launch = Launch {
+        ctx,
+        func,
+        kernel,
+        grid,
+        block,
+        shared_mem,
+        stream: Shim::stream_ref(mode, handle(stream)),
+        attrs,
+    };
     s.remote.post(&Request::Launch(launch), &block_bytes)
 }
 
@@ -1328,7 +1826,19 @@ pub unsafe fn launch_kernel(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CuResult {
-    unsafe { launch(mode, function, [grid_x, grid_y, grid_z], [block_x, block_y, block_z], shared_mem, stream, params, extra, Vec::new()) }
+    unsafe {
+        launch(
+            mode,
+            function,
+            [grid_x, grid_y, grid_z],
+            [block_x, block_y, block_z],
+            shared_mem,
+            stream,
+            params,
+            extra,
+            Vec::new(),
+        )
+    }
 }
 
 /// Most launch attributes a config may carry.
@@ -1379,7 +1889,14 @@ pub unsafe fn launch_kernel_ex(
 fn occupancy(function: CUfunction, query: OccupancyQuery) -> CuResult<Reply> {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(&Request::Occupancy { ctx, func: handle(function), query }, &[])
+    s.remote.call(
+        &Request::Occupancy {
+            ctx,
+            func: handle(function),
+            query,
+        },
+        &[],
+    )
 }
 
 fn int_reply(r: Reply) -> CuResult<i64> {
@@ -1389,15 +1906,30 @@ fn int_reply(r: Reply) -> CuResult<i64> {
     }
 }
 
-pub unsafe fn occupancy_max_active_blocks(blocks: *mut i32, function: CUfunction, block_size: i32, dynamic_smem: usize) -> CuResult {
+pub unsafe fn occupancy_max_active_blocks(
+    blocks: *mut i32,
+    function: CUfunction,
+    block_size: i32,
+    dynamic_smem: usize,
+) -> CuResult {
     unsafe { occupancy_max_active_blocks_with_flags(blocks, function, block_size, dynamic_smem, 0) }
 }
 
-pub unsafe fn occupancy_max_active_blocks_with_flags(blocks: *mut i32, function: CUfunction, block_size: i32, dynamic_smem: usize, flags: u32) -> CuResult {
+pub unsafe fn occupancy_max_active_blocks_with_flags(
+    blocks: *mut i32,
+    function: CUfunction,
+    block_size: i32,
+    dynamic_smem: usize,
+    flags: u32,
+) -> CuResult {
     if blocks.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    let q = OccupancyQuery::MaxActiveBlocksPerMultiprocessor { block_size, dynamic_smem: dynamic_smem as u64, flags };
+    let q = OccupancyQuery::MaxActiveBlocksPerMultiprocessor {
+        block_size,
+        dynamic_smem: dynamic_smem as u64,
+        flags,
+    };
     let v = int_reply(occupancy(function, q)?)?;
     unsafe { out(blocks, v as i32) }
 }
@@ -1410,7 +1942,17 @@ pub unsafe fn occupancy_max_potential_block_size(
     dynamic_smem: usize,
     block_size_limit: i32,
 ) -> CuResult {
-    unsafe { occupancy_max_potential_block_size_with_flags(min_grid, block_size, function, smem_callback, dynamic_smem, block_size_limit, 0) }
+    unsafe {
+        occupancy_max_potential_block_size_with_flags(
+            min_grid,
+            block_size,
+            function,
+            smem_callback,
+            dynamic_smem,
+            block_size_limit,
+            0,
+        )
+    }
 }
 
 pub unsafe fn occupancy_max_potential_block_size_with_flags(
@@ -1430,7 +1972,11 @@ pub unsafe fn occupancy_max_potential_block_size_with_flags(
         tracing::warn!("cuOccupancyMaxPotentialBlockSize with a shared-memory callback is not supported remotely");
         return Err(CuError::NOT_SUPPORTED);
     }
-    let q = OccupancyQuery::MaxPotentialBlockSize { dynamic_smem: dynamic_smem as u64, block_size_limit, flags };
+    let q = OccupancyQuery::MaxPotentialBlockSize {
+        dynamic_smem: dynamic_smem as u64,
+        block_size_limit,
+        flags,
+    };
     match occupancy(function, q)? {
         Reply::Pair(g, b) => unsafe {
             out(min_grid, g as i32)?;
@@ -1440,18 +1986,33 @@ pub unsafe fn occupancy_max_potential_block_size_with_flags(
     }
 }
 
-pub unsafe fn occupancy_available_dynamic_smem(smem: *mut usize, function: CUfunction, num_blocks: i32, block_size: i32) -> CuResult {
+pub unsafe fn occupancy_available_dynamic_smem(
+    smem: *mut usize,
+    function: CUfunction,
+    num_blocks: i32,
+    block_size: i32,
+) -> CuResult {
     if smem.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    let v = int_reply(occupancy(function, OccupancyQuery::AvailableDynamicSmemPerBlock { num_blocks, block_size })?)?;
+    let v = int_reply(occupancy(
+        function,
+        OccupancyQuery::AvailableDynamicSmemPerBlock {
+            num_blocks,
+            block_size,
+        },
+    )?)?;
     unsafe { out(smem, v as usize) }
 }
 
 /// `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`.
 const LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: u32 = 4;
 
-pub unsafe fn occupancy_max_active_clusters(clusters: *mut i32, function: CUfunction, config: *const CUlaunchConfig) -> CuResult {
+pub unsafe fn occupancy_max_active_clusters(
+    clusters: *mut i32,
+    function: CUfunction,
+    config: *const CUlaunchConfig,
+) -> CuResult {
     if clusters.is_null() || config.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
@@ -1459,7 +2020,10 @@ pub unsafe fn occupancy_max_active_clusters(clusters: *mut i32, function: CUfunc
     let c = unsafe { &*config };
     let attrs = unsafe { launch_attrs(c)? };
     let mut cluster = [1u32; 3];
-    if let Some((_, v)) = attrs.iter().find(|(id, _)| *id == LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+    if let Some((_, v)) = attrs
+        .iter()
+        .find(|(id, _)| *id == LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+    {
         for (i, slot) in cluster.iter_mut().enumerate() {
             *slot = u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
         }

@@ -64,7 +64,10 @@ pub(crate) fn guard(name: &'static str, f: impl FnOnce() -> Result<(), CuError>)
         Ok(Ok(())) => 0,
         Ok(Err(e)) => e.0,
         Err(_) => {
-            tracing::error!(call = name, "internal error in the gpupool shim (panic caught); returning CUDA_ERROR_UNKNOWN");
+            tracing::error!(
+                call = name,
+                "internal error in the gpupool shim (panic caught); returning CUDA_ERROR_UNKNOWN"
+            );
             CuError::UNKNOWN.0
         }
     }
@@ -78,7 +81,10 @@ pub(crate) fn unsupported(name: &'static str) -> CUresult {
         let mut seen = UNSUPPORTED_SEEN.lock().unwrap_or_else(|p| p.into_inner());
         if seen.get_or_insert_with(HashSet::new).insert(name) {
             crate::config::init_logging();
-            tracing::warn!(call = name, "gpupool does not support {name} yet; returning CUDA_ERROR_NOT_SUPPORTED");
+            tracing::warn!(
+                call = name,
+                "gpupool does not support {name} yet; returning CUDA_ERROR_NOT_SUPPORTED"
+            );
         }
     });
     CuError::NOT_SUPPORTED.0

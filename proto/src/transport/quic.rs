@@ -28,7 +28,9 @@ fn transport_config() -> quinn::TransportConfig {
     t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(CONNECTION_WINDOW as u64);
     t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        30_000,
+    ))));
     t
 }
 
@@ -38,7 +40,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Lower-case hex SHA-256 of a DER certificate.
 pub fn cert_fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// How a client decides to trust a server certificate.
@@ -84,7 +89,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -93,11 +103,18 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -118,12 +135,17 @@ fn client_config(url: &ServerUrl, tls: &ClientTls) -> Result<quinn::ClientConfig
             })?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier { fingerprint, provider: provider() }))
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    fingerprint,
+                    provider: provider(),
+                }))
                 .with_no_client_auth()
         }
         ClientTls::CaFile(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))? {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
+            {
                 roots.add(cert.map_err(tls_err)?).map_err(tls_err)?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -187,7 +209,10 @@ struct QuicKeep {
 /// that drives the connection runs on one thread of its own.
 pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStream, ProtoError> {
     let peer = url.authority();
-    let fail = |reason: String| ProtoError::Connect { peer: peer.clone(), reason };
+    let fail = |reason: String| ProtoError::Connect {
+        peer: peer.clone(),
+        reason,
+    };
     let config = client_config(url, tls)?;
     let addr: SocketAddr = peer
         .to_socket_addrs()
@@ -199,24 +224,40 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
         .thread_name("gpupool-quic")
         .enable_all()
         .build()?;
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().unwrap()
+    } else {
+        "0.0.0.0:0".parse().unwrap()
+    };
     let server_name = url.host.clone();
     let (endpoint, connection, send, recv) = runtime.block_on(async {
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
         endpoint.set_default_client_config(config);
-        let connecting = endpoint.connect(addr, &server_name).map_err(|e| fail(e.to_string()))?;
+        let connecting = endpoint
+            .connect(addr, &server_name)
+            .map_err(|e| fail(e.to_string()))?;
         let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| fail("timed out".into()))?
             .map_err(|e| fail(e.to_string()))?;
-        let (send, recv) = connection.open_bi().await.map_err(|e| fail(e.to_string()))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         Ok::<_, ProtoError>((endpoint, connection, send, recv))
     })?;
     let rt = runtime.handle().clone();
     Ok(ClientStream {
-        reader: Box::new(QuicReader { rt: rt.clone(), recv }),
+        reader: Box::new(QuicReader {
+            rt: rt.clone(),
+            recv,
+        }),
         writer: Box::new(QuicWriter { rt, send }),
-        keep: Some(Box::new(QuicKeep { _runtime: runtime, _endpoint: endpoint, _connection: connection })),
+        keep: Some(Box::new(QuicKeep {
+            _runtime: runtime,
+            _endpoint: endpoint,
+            _connection: connection,
+        })),
         peer: url.to_string(),
     })
 }
@@ -253,16 +294,28 @@ pub fn load_or_create_server_identity(
             }
             (c, k, true)
         }
-        _ => return Err(ProtoError::Tls("a certificate file needs its key file, and the reverse".into())),
+        _ => {
+            return Err(ProtoError::Tls(
+                "a certificate file needs its key file, and the reverse".into(),
+            ))
+        }
     };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .map_err(|e| tls_err(format!("{}: {e}", cert_path.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err(format!("{}: {e}", cert_path.display())))?;
-    let leaf = chain.first().ok_or_else(|| tls_err(format!("{} holds no certificate", cert_path.display())))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| tls_err(format!("{} holds no certificate", cert_path.display())))?;
     let fingerprint = cert_fingerprint(leaf.as_ref());
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(format!("{}: {e}", key_path.display())))?;
-    Ok(ServerIdentity { chain, key, fingerprint, self_signed })
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| tls_err(format!("{}: {e}", key_path.display())))?;
+    Ok(ServerIdentity {
+        chain,
+        key,
+        fingerprint,
+        self_signed,
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProtoError> {
@@ -274,11 +327,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProtoError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| tls_err(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(bytes).map_err(|e| tls_err(format!("cannot write {}: {e}", path.display())))
+    f.write_all(bytes)
+        .map_err(|e| tls_err(format!("cannot write {}: {e}", path.display())))
 }
 
 /// A QUIC server endpoint on `addr` (must be called inside a tokio runtime).
-pub fn quic_server_endpoint(identity: &ServerIdentity, addr: SocketAddr) -> Result<quinn::Endpoint, ProtoError> {
+pub fn quic_server_endpoint(
+    identity: &ServerIdentity,
+    addr: SocketAddr,
+) -> Result<quinn::Endpoint, ProtoError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?

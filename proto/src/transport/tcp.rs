@@ -8,8 +8,14 @@ use std::time::Duration;
 
 pub fn tcp_client_connect(url: &ServerUrl) -> Result<ClientStream, ProtoError> {
     let peer = url.authority();
-    let fail = |reason: String| ProtoError::Connect { peer: peer.clone(), reason };
-    let addrs: Vec<_> = peer.to_socket_addrs().map_err(|e| fail(e.to_string()))?.collect();
+    let fail = |reason: String| ProtoError::Connect {
+        peer: peer.clone(),
+        reason,
+    };
+    let addrs: Vec<_> = peer
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
     let mut last = String::from("no address");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {

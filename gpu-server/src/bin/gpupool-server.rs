@@ -1,0 +1,100 @@
+//! `gpupool-server`: the GPU server daemon.
+//!
+//! ```text
+//! gpupool-server [--config FILE] [--listen-tcp ADDR] [--listen-quic ADDR] [--driver PATH] [--simulated]
+//! ```
+//! (`gpupool-server worker ...` is the per-session worker the daemon starts.)
+
+use anyhow::{bail, Context};
+use gpupool_gpu_server::config::ServerConfig;
+use gpupool_gpu_server::session::{self, WorkerLauncher};
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: gpupool-server [--config FILE] [--listen-tcp HOST:PORT] [--listen-quic HOST:PORT] [--driver PATH] [--simulated]";
+
+fn main() -> anyhow::Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let worker = args.first().is_some_and(|a| a == "worker");
+    if worker {
+        args.remove(0);
+    }
+    let mut config_file: Option<PathBuf> = None;
+    let mut session: Option<u64> = None;
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--config" => config_file = Some(value("--config")?.into()),
+            "--session" => session = Some(value("--session")?.parse().context("--session")?),
+            "--listen-tcp" => overrides.push(("GPUPOOL_LISTEN_TCP", value("--listen-tcp")?)),
+            "--listen-quic" => overrides.push(("GPUPOOL_LISTEN_QUIC", value("--listen-quic")?)),
+            "--driver" => overrides.push(("GPUPOOL_DRIVER", value("--driver")?)),
+            "--simulated" => overrides.push(("GPUPOOL_SIMULATED", "true".into())),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    // Flags become the environment variables they stand for, so that the
+    // worker processes, which inherit the environment, see them too. This
+    // runs before any thread starts.
+    for (name, value) in overrides {
+        std::env::set_var(name, value);
+    }
+    gpupool_gpu_server::init_logging();
+    let cfg = ServerConfig::load(config_file.as_deref())?;
+    if worker {
+        let session = session.context("worker needs --session")?;
+        // SAFETY: the daemon placed this session's socket at fd 3 before exec.
+        let fd = unsafe { OwnedFd::from_raw_fd(3) };
+        return session::run_worker(&cfg, session, fd);
+    }
+    let exe =
+        std::env::current_exe().context("cannot find this program's path to start workers")?;
+    let launcher = WorkerLauncher { exe, config_file };
+    check_driver(&cfg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(session::serve(cfg, launcher, |bound| {
+        let mut line = String::from("gpupool-server ready:");
+        if let Some(a) = bound.tcp {
+            line += &format!(" tcp://{a}");
+        }
+        if let Some((a, fp)) = &bound.quic {
+            line += &format!(" quic://{a}?fingerprint={fp}");
+        }
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    }))
+}
+
+/// Load the driver once at start so a broken installation fails now, with
+/// its reason, rather than at the first client; and say what is served.
+fn check_driver(cfg: &ServerConfig) -> anyhow::Result<()> {
+    let driver = gpupool_gpu_server::driver::Driver::load(&cfg.driver)?;
+    let count = driver
+        .device_count()
+        .map_err(|s| anyhow::anyhow!("cuDeviceGetCount failed with status {s}"))?;
+    let label = if cfg.simulated {
+        " (simulated: software driver, no real GPU)"
+    } else {
+        ""
+    };
+    for d in 0..count {
+        if let Ok(f) = driver.device_facts(d) {
+            tracing::info!(device = d, name = %f.name, memory_mib = f.total_mem >> 20, "serving GPU{label}");
+        }
+    }
+    tracing::info!(driver = %driver.path, devices = count, "driver loaded{label}");
+    Ok(())
+}

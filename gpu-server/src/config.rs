@@ -1,0 +1,174 @@
+//! Server configuration: a TOML file, then `GPUPOOL_*` environment variables
+//! over it, then command-line flags over both. See `docs/configuration.md`.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Everything the server reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// TCP listen address (`host:port`), or empty for none.
+    pub listen_tcp: String,
+    /// QUIC listen address (`host:port`), or empty for none.
+    pub listen_quic: String,
+    /// The CUDA driver library to load.
+    pub driver: PathBuf,
+    /// Say "simulated" in the handshake and logs (set when the driver is the
+    /// software test double).
+    pub simulated: bool,
+    /// Where the server keeps its self-signed certificate.
+    pub state_dir: PathBuf,
+    /// TLS certificate and key (PEM); both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest frame body accepted from a client, in bytes.
+    pub max_frame: u64,
+    /// Refuse clients that present no lease token.
+    pub require_lease: bool,
+    /// Name reported to clients and the broker.
+    pub server_id: String,
+    /// Most concurrent sessions (worker processes).
+    pub max_sessions: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen_tcp: "127.0.0.1:7070".into(),
+            listen_quic: String::new(),
+            driver: PathBuf::from("libcuda.so.1"),
+            simulated: false,
+            state_dir: PathBuf::from(".gpupool/server"),
+            tls_cert: None,
+            tls_key: None,
+            max_frame: gpupool_proto::frame::DEFAULT_MAX_FRAME,
+            require_lease: false,
+            server_id: String::new(),
+            max_sessions: 256,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("environment variable {name}={value:?} is not valid: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl ServerConfig {
+    /// Load from an optional TOML file, then apply `GPUPOOL_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+            None => ServerConfig::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        if cfg.server_id.is_empty() {
+            cfg.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "gpupool-server".into());
+        }
+        Ok(cfg)
+    }
+
+    /// Apply environment overrides from `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let bad = |name: &str, value: &str, reason: &str| ConfigError::Env {
+            name: name.into(),
+            value: value.into(),
+            reason: reason.into(),
+        };
+        if let Some(v) = get("GPUPOOL_LISTEN_TCP") {
+            self.listen_tcp = v;
+        }
+        if let Some(v) = get("GPUPOOL_LISTEN_QUIC") {
+            self.listen_quic = v;
+        }
+        if let Some(v) = get("GPUPOOL_DRIVER") {
+            self.driver = v.into();
+        }
+        if let Some(v) = get("GPUPOOL_SIMULATED") {
+            self.simulated = parse_bool(&v)
+                .ok_or_else(|| bad("GPUPOOL_SIMULATED", &v, "expected true or false"))?;
+        }
+        if let Some(v) = get("GPUPOOL_STATE_DIR") {
+            self.state_dir = v.into();
+        }
+        if let Some(v) = get("GPUPOOL_TLS_CERT") {
+            self.tls_cert = Some(v.into());
+        }
+        if let Some(v) = get("GPUPOOL_TLS_KEY") {
+            self.tls_key = Some(v.into());
+        }
+        if let Some(v) = get("GPUPOOL_MAX_FRAME") {
+            self.max_frame = v
+                .parse()
+                .map_err(|_| bad("GPUPOOL_MAX_FRAME", &v, "expected a byte count"))?;
+        }
+        if let Some(v) = get("GPUPOOL_REQUIRE_LEASE") {
+            self.require_lease = parse_bool(&v)
+                .ok_or_else(|| bad("GPUPOOL_REQUIRE_LEASE", &v, "expected true or false"))?;
+        }
+        if let Some(v) = get("GPUPOOL_SERVER_ID") {
+            self.server_id = v;
+        }
+        if let Some(v) = get("GPUPOOL_MAX_SESSIONS") {
+            self.max_sessions = v
+                .parse()
+                .map_err(|_| bad("GPUPOOL_MAX_SESSIONS", &v, "expected a number"))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_then_env() {
+        let mut cfg: ServerConfig =
+            toml::from_str("listen_tcp = \"0.0.0.0:9000\"\nmax_frame = 1024\n").unwrap();
+        assert_eq!(cfg.listen_tcp, "0.0.0.0:9000");
+        cfg.apply_env(|k| (k == "GPUPOOL_MAX_FRAME").then(|| "2048".to_string()))
+            .unwrap();
+        assert_eq!(cfg.max_frame, 2048);
+        assert!(cfg
+            .apply_env(|k| (k == "GPUPOOL_REQUIRE_LEASE").then(|| "maybe".to_string()))
+            .is_err());
+        assert!(toml::from_str::<ServerConfig>("no_such_key = 1").is_err());
+    }
+}

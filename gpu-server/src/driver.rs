@@ -1,0 +1,254 @@
+//! The only place that calls the real driver: `libcuda.so.1` (or the
+//! software driver test double) loaded with libloading. Each entry point is a
+//! typed function pointer; callers get `Result`s with the driver's status.
+
+#![allow(non_snake_case)]
+
+use std::ffi::{c_char, c_void, CStr};
+use std::path::Path;
+use thiserror::Error;
+
+/// A driver status other than success.
+pub type Status = u32;
+pub type DriverResult<T = ()> = Result<T, Status>;
+
+pub type CUdeviceptr = u64;
+pub type Ptr = *mut c_void;
+
+/// Failure to load the driver library.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot load the CUDA driver {path}: {source}")]
+    Library {
+        path: String,
+        source: libloading::Error,
+    },
+    #[error("the CUDA driver {path} lacks {symbol}: {source}")]
+    Symbol {
+        path: String,
+        symbol: &'static str,
+        source: libloading::Error,
+    },
+    #[error("cuInit failed with status {0}")]
+    Init(Status),
+}
+
+/// `CUlaunchConfig` as the driver lays it out.
+#[repr(C)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+    pub stream: Ptr,
+    pub attrs: *const LaunchAttribute,
+    pub num_attrs: u32,
+}
+
+/// `CUlaunchAttribute`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LaunchAttribute {
+    pub id: u32,
+    pub pad: [u8; 4],
+    pub value: [u8; 64],
+}
+
+macro_rules! driver_api {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
+        /// Typed entry points of the loaded driver.
+        struct Fns {
+            $( $name: unsafe extern "C" fn($($ty),*) -> Status, )*
+        }
+
+        impl Fns {
+            fn load(lib: &libloading::Library, path: &str) -> Result<Fns, LoadError> {
+                Ok(Fns {
+                    $( $name: {
+                        // SAFETY: the symbol has this C signature in every
+                        // driver that exports it (CUDA driver API, 12.4+).
+                        let sym = unsafe {
+                            lib.get::<unsafe extern "C" fn($($ty),*) -> Status>(concat!(stringify!($name), "\0").as_bytes())
+                        }.map_err(|source| LoadError::Symbol { path: path.to_string(), symbol: stringify!($name), source })?;
+                        *sym
+                    }, )*
+                })
+            }
+        }
+
+        impl Driver {
+            $(
+                /// Calls the driver's entry point of the same name.
+                ///
+                /// # Safety
+                /// Pointer arguments must be valid as the driver API requires.
+                #[inline]
+                pub unsafe fn $name(&self, $($arg: $ty),*) -> DriverResult {
+                    // SAFETY: the caller upholds the driver API's contract.
+                    match unsafe { (self.fns.$name)($($arg),*) } {
+                        0 => Ok(()),
+                        s => Err(s),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+driver_api! {
+    cuInit(flags: u32);
+    cuDriverGetVersion(version: *mut i32);
+    cuDeviceGetCount(count: *mut i32);
+    cuDeviceGet(device: *mut i32, ordinal: i32);
+    cuDeviceGetName(name: *mut c_char, len: i32, device: i32);
+    cuDeviceGetUuid_v2(uuid: *mut u8, device: i32);
+    cuDeviceTotalMem_v2(bytes: *mut usize, device: i32);
+    cuDeviceGetAttribute(value: *mut i32, attribute: i32, device: i32);
+    cuDevicePrimaryCtxRetain(ctx: *mut Ptr, device: i32);
+    cuDevicePrimaryCtxRelease_v2(device: i32);
+    cuDevicePrimaryCtxSetFlags_v2(device: i32, flags: u32);
+    cuDevicePrimaryCtxReset_v2(device: i32);
+    cuCtxCreate_v2(ctx: *mut Ptr, flags: u32, device: i32);
+    cuCtxDestroy_v2(ctx: Ptr);
+    cuCtxSetCurrent(ctx: Ptr);
+    cuCtxSynchronize();
+    cuCtxGetLimit(value: *mut usize, limit: i32);
+    cuCtxSetLimit(limit: i32, value: usize);
+    cuModuleLoadData(module: *mut Ptr, image: *const c_void);
+    cuModuleUnload(module: Ptr);
+    cuModuleGetFunction(function: *mut Ptr, module: Ptr, name: *const c_char);
+    cuModuleGetGlobal_v2(ptr: *mut CUdeviceptr, bytes: *mut usize, module: Ptr, name: *const c_char);
+    cuLibraryLoadData(library: *mut Ptr, code: *const c_void, jit_options: *mut i32, jit_values: *mut Ptr, num_jit: u32, library_options: *mut i32, library_values: *mut Ptr, num_library: u32);
+    cuLibraryUnload(library: Ptr);
+    cuLibraryGetKernel(kernel: *mut Ptr, library: Ptr, name: *const c_char);
+    cuLibraryGetGlobal(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
+    cuKernelGetFunction(function: *mut Ptr, kernel: Ptr);
+    cuKernelGetAttribute(value: *mut i32, attribute: i32, kernel: Ptr, device: i32);
+    cuKernelSetAttribute(attribute: i32, value: i32, kernel: Ptr, device: i32);
+    cuKernelGetParamInfo(kernel: Ptr, index: usize, offset: *mut usize, size: *mut usize);
+    cuFuncGetAttribute(value: *mut i32, attribute: i32, function: Ptr);
+    cuFuncSetAttribute(function: Ptr, attribute: i32, value: i32);
+    cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
+    cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
+    cuMemFree_v2(ptr: CUdeviceptr);
+    cuMemGetInfo_v2(free: *mut usize, total: *mut usize);
+    cuMemAllocHost_v2(host: *mut Ptr, size: usize);
+    cuMemFreeHost(host: Ptr);
+    cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, size: usize, stream: Ptr);
+    cuMemcpyDtoHAsync_v2(dst: Ptr, src: CUdeviceptr, size: usize, stream: Ptr);
+    cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, size: usize, stream: Ptr);
+    cuMemsetD8Async(dst: CUdeviceptr, value: u8, count: usize, stream: Ptr);
+    cuMemsetD16Async(dst: CUdeviceptr, value: u16, count: usize, stream: Ptr);
+    cuMemsetD32Async(dst: CUdeviceptr, value: u32, count: usize, stream: Ptr);
+    cuStreamCreateWithPriority(stream: *mut Ptr, flags: u32, priority: i32);
+    cuStreamDestroy_v2(stream: Ptr);
+    cuStreamSynchronize(stream: Ptr);
+    cuStreamQuery(stream: Ptr);
+    cuStreamWaitEvent(stream: Ptr, event: Ptr, flags: u32);
+    cuEventCreate(event: *mut Ptr, flags: u32);
+    cuEventDestroy_v2(event: Ptr);
+    cuEventRecord(event: Ptr, stream: Ptr);
+    cuEventSynchronize(event: Ptr);
+    cuEventQuery(event: Ptr);
+    cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr);
+    cuLaunchKernel(function: Ptr, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared_mem: u32, stream: Ptr, params: *mut Ptr, extra: *mut Ptr);
+    cuLaunchKernelEx(config: *const LaunchConfig, function: Ptr, params: *mut Ptr, extra: *mut Ptr);
+    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, function: Ptr, block_size: i32, smem: usize, flags: u32);
+    cuOccupancyMaxPotentialBlockSizeWithFlags(min_grid: *mut i32, block_size: *mut i32, function: Ptr, callback: *const c_void, smem: usize, limit: i32, flags: u32);
+    cuOccupancyAvailableDynamicSMemPerBlock(smem: *mut usize, function: Ptr, num_blocks: i32, block_size: i32);
+    cuOccupancyMaxActiveClusters(clusters: *mut i32, function: Ptr, config: *const LaunchConfig);
+}
+
+/// The loaded driver.
+pub struct Driver {
+    fns: Fns,
+    pub path: String,
+    _lib: libloading::Library,
+}
+
+// SAFETY: the CUDA driver API is thread-safe; the function pointers stay
+// valid while `_lib` is loaded, which is as long as the Driver lives.
+unsafe impl Send for Driver {}
+// SAFETY: as above.
+unsafe impl Sync for Driver {}
+
+/// `CUdevice_attribute` numbers are below this.
+const MAX_DEVICE_ATTRIBUTE: i32 = 160;
+
+/// What a device tells about itself.
+pub struct DeviceFacts {
+    pub name: String,
+    pub uuid: [u8; 16],
+    pub total_mem: u64,
+    pub attributes: Vec<(i32, i32)>,
+}
+
+impl Driver {
+    /// Load the driver library at `path` and initialise it.
+    pub fn load(path: &Path) -> Result<Driver, LoadError> {
+        let shown = path.display().to_string();
+        // SAFETY: loading the driver runs its initialisers, which is what
+        // loading libcuda is for.
+        let lib =
+            unsafe { libloading::Library::new(path) }.map_err(|source| LoadError::Library {
+                path: shown.clone(),
+                source,
+            })?;
+        let fns = Fns::load(&lib, &shown)?;
+        let driver = Driver {
+            fns,
+            path: shown,
+            _lib: lib,
+        };
+        // SAFETY: cuInit takes a flags word.
+        unsafe { driver.cuInit(0) }.map_err(LoadError::Init)?;
+        Ok(driver)
+    }
+
+    pub fn version(&self) -> DriverResult<i32> {
+        let mut v = 0;
+        // SAFETY: v is a writable int.
+        unsafe { self.cuDriverGetVersion(&mut v) }?;
+        Ok(v)
+    }
+
+    pub fn device_count(&self) -> DriverResult<i32> {
+        let mut n = 0;
+        // SAFETY: n is a writable int.
+        unsafe { self.cuDeviceGetCount(&mut n) }?;
+        Ok(n)
+    }
+
+    /// Everything that cannot change about device `ordinal`.
+    pub fn device_facts(&self, ordinal: i32) -> DriverResult<DeviceFacts> {
+        let mut dev = 0;
+        let mut name = [0 as c_char; 256];
+        let mut uuid = [0u8; 16];
+        let mut total = 0usize;
+        // SAFETY: each out-pointer addresses a buffer of the size the API
+        // requires (name: 256 chars as passed, uuid: 16 bytes).
+        unsafe {
+            self.cuDeviceGet(&mut dev, ordinal)?;
+            self.cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev)?;
+            self.cuDeviceGetUuid_v2(uuid.as_mut_ptr(), dev)?;
+            self.cuDeviceTotalMem_v2(&mut total, dev)?;
+        }
+        // SAFETY: the driver NUL-terminates the name within the buffer.
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let mut attributes = Vec::new();
+        for a in 1..MAX_DEVICE_ATTRIBUTE {
+            let mut v = 0;
+            // SAFETY: v is a writable int.
+            if unsafe { self.cuDeviceGetAttribute(&mut v, a, dev) }.is_ok() {
+                attributes.push((a, v));
+            }
+        }
+        Ok(DeviceFacts {
+            name,
+            uuid,
+            total_mem: total as u64,
+            attributes,
+        })
+    }
+}

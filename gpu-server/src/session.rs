@@ -1,0 +1,372 @@
+//! Accepting sessions: the daemon listens on TCP and QUIC, reads each
+//! client's `Hello`, checks version and credentials, and starts a worker
+//! process for the session. A TCP socket is handed to the worker whole; a
+//! QUIC stream is relayed to the worker over a socket pair. A client's
+//! crash, sticky error or leak stays inside its own worker.
+
+use crate::config::ServerConfig;
+use gpupool_proto::codec;
+use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
+use gpupool_proto::handshake::{Hello, Welcome};
+use gpupool_proto::transport::{self, ServerIdentity};
+use gpupool_proto::ProtoError;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The hello must arrive within this long of connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest hello accepted.
+const MAX_HELLO: u64 = 64 << 10;
+
+/// How to start a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerLauncher {
+    pub exe: PathBuf,
+    pub config_file: Option<PathBuf>,
+}
+
+/// Where the daemon listens, once bound.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub tcp: Option<std::net::SocketAddr>,
+    pub quic: Option<(std::net::SocketAddr, String)>,
+}
+
+struct Daemon {
+    cfg: ServerConfig,
+    launcher: WorkerLauncher,
+    next_session: AtomicU64,
+    live: AtomicUsize,
+}
+
+/// Bind the configured listeners and serve until the process is stopped.
+/// `on_ready` is told the bound addresses (with the QUIC fingerprint).
+pub async fn serve(
+    cfg: ServerConfig,
+    launcher: WorkerLauncher,
+    on_ready: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
+    let tcp = if cfg.listen_tcp.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&cfg.listen_tcp)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on tcp {}: {e}", cfg.listen_tcp))?,
+        )
+    };
+    let quic = if cfg.listen_quic.is_empty() {
+        None
+    } else {
+        let identity: ServerIdentity = transport::load_or_create_server_identity(
+            cfg.tls_cert.as_deref(),
+            cfg.tls_key.as_deref(),
+            &cfg.state_dir,
+        )?;
+        let addr = tokio::net::lookup_host(&cfg.listen_quic)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no address for {}", cfg.listen_quic))?;
+        let endpoint = transport::quic_server_endpoint(&identity, addr)?;
+        Some((endpoint, identity.fingerprint))
+    };
+    if tcp.is_none() && quic.is_none() {
+        anyhow::bail!("no listener configured: set listen_tcp and/or listen_quic");
+    }
+    let bound = Bound {
+        tcp: tcp.as_ref().map(|l| l.local_addr()).transpose()?,
+        quic: quic
+            .as_ref()
+            .map(|(e, fp)| e.local_addr().map(|a| (a, fp.clone())))
+            .transpose()?,
+    };
+    on_ready(&bound);
+    let daemon = Arc::new(Daemon {
+        cfg,
+        launcher,
+        next_session: AtomicU64::new(1),
+        live: AtomicUsize::new(0),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = tcp {
+        let d = Arc::clone(&daemon);
+        tasks.spawn(async move { d.accept_tcp(listener).await });
+    }
+    if let Some((endpoint, _)) = quic {
+        let d = Arc::clone(&daemon);
+        tasks.spawn(async move { d.accept_quic(endpoint).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+impl Daemon {
+    async fn accept_tcp(self: Arc<Self>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let d = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(e) = d.start_tcp(stream).await {
+                    tracing::warn!(%peer, "session not started: {e}");
+                }
+            });
+        }
+    }
+
+    async fn start_tcp(self: Arc<Self>, mut stream: tokio::net::TcpStream) -> anyhow::Result<()> {
+        stream.set_nodelay(true)?;
+        let Some(hello) = self.handshake(&mut stream).await? else {
+            return Ok(());
+        };
+        let std_stream = stream.into_std()?;
+        std_stream.set_nonblocking(false)?;
+        let fd: OwnedFd = std_stream.into();
+        self.spawn_worker(fd, &hello)
+    }
+
+    async fn accept_quic(self: Arc<Self>, endpoint: quinn::Endpoint) -> anyhow::Result<()> {
+        while let Some(incoming) = endpoint.accept().await {
+            let d = Arc::clone(&self);
+            tokio::spawn(async move {
+                let peer = incoming.remote_address();
+                if let Err(e) = d.start_quic(incoming).await {
+                    tracing::warn!(%peer, "session not started: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn start_quic(self: Arc<Self>, incoming: quinn::Incoming) -> anyhow::Result<()> {
+        let connection = incoming.await?;
+        let (mut send, mut recv) =
+            tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await??;
+        let mut duplex = Duplex {
+            r: &mut recv,
+            w: &mut send,
+        };
+        let Some(hello) = self.handshake(&mut duplex).await? else {
+            return Ok(());
+        };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        self.spawn_worker(theirs.into(), &hello)?;
+        ours.set_nonblocking(true)?;
+        let ours = tokio::net::UnixStream::from_std(ours)?;
+        let (mut from_worker, mut to_worker) = ours.into_split();
+        let upstream = async move {
+            let _ = tokio::io::copy(&mut recv, &mut to_worker).await;
+            let _ = to_worker.shutdown().await;
+        };
+        let downstream = async move {
+            let _ = tokio::io::copy(&mut from_worker, &mut send).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        };
+        tokio::join!(upstream, downstream);
+        connection.close(0u32.into(), b"session ended");
+        Ok(())
+    }
+
+    /// Read and check the hello. `None` means the client was refused (and
+    /// told why).
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> anyhow::Result<Option<Hello>> {
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(stream))
+            .await
+            .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))??;
+        let refusal = if let Err(e) = hello.validate() {
+            Some(e.to_string())
+        } else if self.cfg.require_lease && hello.lease_token.is_none() {
+            Some("this server requires a lease token from the gpupool broker (set GPUPOOL_LEASE_TOKEN or GPUPOOL_BROKER)".into())
+        } else if self.live.load(Ordering::Relaxed) >= self.cfg.max_sessions {
+            Some(format!(
+                "server {} is at its limit of {} sessions",
+                self.cfg.server_id, self.cfg.max_sessions
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(client = ?hello.client, "refusing session: {reason}");
+            let mut out = Vec::new();
+            gpupool_proto::frame::encode_frame(
+                &mut out,
+                0,
+                0,
+                &Welcome::Refused { reason },
+                &[],
+                MAX_HELLO,
+            )?;
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            return Ok(None);
+        }
+        Ok(Some(hello))
+    }
+
+    fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = std::process::Command::new(&self.launcher.exe);
+        cmd.arg("worker").arg("--session").arg(session.to_string());
+        if let Some(c) = &self.launcher.config_file {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env(
+            "GPUPOOL_CLIENT",
+            format!(
+                "{}/{}/{}",
+                hello.client.host, hello.client.pid, hello.client.program
+            ),
+        );
+        let raw = fd.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls run:
+        // dup2 puts the session's socket at fd 3 (clearing close-on-exec),
+        // prctl ties the worker's life to the daemon's.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            anyhow::anyhow!("cannot start worker {}: {e}", self.launcher.exe.display())
+        })?;
+        drop(fd);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(session, client = %format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program), pid = child.id(), "session started");
+        let d = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("session-{session}"))
+            .spawn(move || {
+                let status = child.wait();
+                d.live.fetch_sub(1, Ordering::Relaxed);
+                match status {
+                    Ok(s) if s.success() => tracing::info!(session, "worker exited"),
+                    Ok(s) => tracing::warn!(session, "worker exited abnormally: {s}"),
+                    Err(e) => tracing::warn!(session, "cannot wait for worker: {e}"),
+                }
+            })?;
+        Ok(())
+    }
+}
+
+async fn read_hello<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Hello, ProtoError> {
+    let mut hb = [0u8; HEADER_LEN];
+    stream.read_exact(&mut hb).await?;
+    let header = FrameHeader::decode(&hb, MAX_HELLO)?;
+    if header.bulk_len != 0 {
+        return Err(ProtoError::Malformed("hello carries bulk data".into()));
+    }
+    let mut msg = vec![0u8; header.msg_len as usize];
+    stream.read_exact(&mut msg).await?;
+    codec::decode(&msg)
+}
+
+/// A QUIC stream pair as one async read/write object.
+struct Duplex<'a> {
+    r: &'a mut quinn::RecvStream,
+    w: &'a mut quinn::SendStream,
+}
+
+impl AsyncRead for Duplex<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.r).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Duplex<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(std::pin::Pin::new(&mut *self.w), cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(std::pin::Pin::new(&mut *self.w), cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut *self.w), cx)
+    }
+}
+
+/// Run one session in this (worker) process over the socket at `fd`.
+pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::Result<()> {
+    use crate::worker::{SessionEnd, Worker};
+    let client = std::env::var("GPUPOOL_CLIENT").unwrap_or_default();
+    let span = tracing::info_span!("session", id = session_id, client = %client);
+    let _enter = span.enter();
+    let reader = std::fs::File::from(fd);
+    let mut writer = reader.try_clone()?;
+    let driver = match crate::driver::Driver::load(&cfg.driver) {
+        Ok(d) => d,
+        Err(e) => {
+            let reason = format!("server {} cannot serve GPUs: {e}", cfg.server_id);
+            tracing::error!("{reason}");
+            let mut scratch = Vec::new();
+            gpupool_proto::frame::write_frame(
+                &mut writer,
+                &mut scratch,
+                0,
+                0,
+                &Welcome::Refused { reason },
+                &[],
+                MAX_HELLO,
+            )?;
+            return Ok(());
+        }
+    };
+    let info = Worker::session_info(&driver, session_id, &cfg.server_id, cfg.simulated);
+    let mut worker = Worker::new(&driver, session_id, cfg.max_frame);
+    worker.welcome(&mut writer, info)?;
+    let (end, freed) = worker.serve(reader, writer);
+    let how = match &end {
+        SessionEnd::Disconnected => "client disconnected".to_string(),
+        SessionEnd::ProtocolViolation(why) => format!("protocol violation: {why}"),
+        SessionEnd::Io(why) => format!("connection failed: {why}"),
+    };
+    if matches!(end, SessionEnd::ProtocolViolation(_)) {
+        tracing::warn!("session ended ({how}); closing it");
+    }
+    tracing::info!(
+        calls = worker.calls,
+        allocations = freed.allocations,
+        bytes = freed.bytes,
+        streams = freed.streams,
+        events = freed.events,
+        modules = freed.modules,
+        contexts = freed.contexts,
+        "session ended ({how}): freed {} allocations ({} bytes), {} streams, {} events, {} modules, {} contexts",
+        freed.allocations, freed.bytes, freed.streams, freed.events, freed.modules, freed.contexts
+    );
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! One client's own tables: every handle and device address the client sends
+//! is looked up here before the driver sees it. Plain data, no driver calls.
+
+use gpupool_proto::message::Handle;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// `CUDA_ERROR_INVALID_VALUE`, `CUDA_ERROR_INVALID_CONTEXT`,
+/// `CUDA_ERROR_INVALID_HANDLE`.
+pub const INVALID_VALUE: u32 = 1;
+pub const INVALID_CONTEXT: u32 = 201;
+pub const INVALID_HANDLE: u32 = 400;
+
+/// A device memory range the client may address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub size: u64,
+    pub ctx: Handle,
+    /// Module globals belong to their module, not to `cuMemFree`.
+    pub global: bool,
+}
+
+/// What one client holds.
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// Context -> device.
+    pub contexts: HashMap<Handle, i32>,
+    /// Device -> its primary context, while retained.
+    pub primaries: HashMap<i32, Handle>,
+    /// Module -> context.
+    pub modules: HashMap<Handle, Handle>,
+    /// Function -> module (0 for functions of library kernels).
+    pub functions: HashMap<Handle, Handle>,
+    pub libraries: HashSet<Handle>,
+    /// Kernel -> library.
+    pub kernels: HashMap<Handle, Handle>,
+    /// Stream -> context.
+    pub streams: HashMap<Handle, Handle>,
+    /// Event -> context.
+    pub events: HashMap<Handle, Handle>,
+    /// Base address -> region.
+    pub memory: BTreeMap<u64, Region>,
+}
+
+impl Tables {
+    pub fn context(&self, ctx: Handle) -> Result<i32, u32> {
+        self.contexts.get(&ctx).copied().ok_or(INVALID_CONTEXT)
+    }
+
+    /// Check that `ptr..ptr+len` lies inside one region of this client.
+    pub fn check_range(&self, ptr: u64, len: u64) -> Result<Region, u32> {
+        let (&base, &region) = self.memory.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
+        let end = ptr.checked_add(len).ok_or(INVALID_VALUE)?;
+        if ptr >= base + region.size.max(1) || end > base + region.size {
+            return Err(INVALID_VALUE);
+        }
+        Ok(region)
+    }
+
+    /// Record an allocation; refuses overlap with anything already held
+    /// (a driver handing out overlapping memory would be a bug to surface).
+    pub fn add_region(&mut self, base: u64, region: Region) -> Result<(), u32> {
+        if let Some((&b, r)) = self
+            .memory
+            .range(..base.saturating_add(region.size))
+            .next_back()
+        {
+            let overlaps = b + r.size > base;
+            let same_global = r.global && region.global && b == base && r.size == region.size;
+            if overlaps && !same_global {
+                return Err(INVALID_VALUE);
+            }
+        }
+        self.memory.insert(base, region);
+        Ok(())
+    }
+
+    /// Remove an allocation made by `cuMemAlloc`; the base must be exact.
+    pub fn remove_allocation(&mut self, base: u64) -> Result<Region, u32> {
+        match self.memory.get(&base) {
+            Some(r) if !r.global => Ok(self.memory.remove(&base).expect("present")),
+            _ => Err(INVALID_VALUE),
+        }
+    }
+
+    /// Bytes of device memory allocated (not counting module globals).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.memory
+            .values()
+            .filter(|r| !r.global)
+            .map(|r| r.size)
+            .sum()
+    }
+
+    /// Forget everything that lived in `ctx`.
+    pub fn drop_context(&mut self, ctx: Handle) {
+        self.contexts.remove(&ctx);
+        self.primaries.retain(|_, c| *c != ctx);
+        let modules: HashSet<Handle> = self
+            .modules
+            .iter()
+            .filter(|(_, c)| **c == ctx)
+            .map(|(m, _)| *m)
+            .collect();
+        self.modules.retain(|m, _| !modules.contains(m));
+        self.functions.retain(|_, m| !modules.contains(m));
+        self.streams.retain(|_, c| *c != ctx);
+        self.events.retain(|_, c| *c != ctx);
+        self.memory.retain(|_, r| r.ctx != ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(size: u64) -> Region {
+        Region {
+            size,
+            ctx: 1,
+            global: false,
+        }
+    }
+
+    #[test]
+    fn ranges_must_lie_in_one_allocation() {
+        let mut t = Tables::default();
+        t.add_region(0x1000, region(0x100)).unwrap();
+        t.add_region(0x2000, region(0x100)).unwrap();
+        assert!(t.check_range(0x1000, 0x100).is_ok());
+        assert!(t.check_range(0x10ff, 1).is_ok());
+        assert_eq!(t.check_range(0x10ff, 2), Err(INVALID_VALUE));
+        assert_eq!(t.check_range(0x0fff, 1), Err(INVALID_VALUE));
+        assert_eq!(t.check_range(0x1100, 1), Err(INVALID_VALUE));
+        // Spanning two allocations is not one allocation.
+        assert_eq!(t.check_range(0x1000, 0x1100), Err(INVALID_VALUE));
+        assert_eq!(t.check_range(u64::MAX - 1, 4), Err(INVALID_VALUE));
+    }
+
+    #[test]
+    fn free_needs_the_exact_base_and_not_a_global() {
+        let mut t = Tables::default();
+        t.add_region(0x1000, region(0x100)).unwrap();
+        t.add_region(
+            0x4000,
+            Region {
+                size: 8,
+                ctx: 1,
+                global: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(t.remove_allocation(0x1010), Err(INVALID_VALUE));
+        assert_eq!(t.remove_allocation(0x4000), Err(INVALID_VALUE));
+        assert_eq!(t.allocated_bytes(), 0x100);
+        assert!(t.remove_allocation(0x1000).is_ok());
+        assert_eq!(t.allocated_bytes(), 0);
+        assert_eq!(t.check_range(0x1000, 1), Err(INVALID_VALUE));
+    }
+
+    #[test]
+    fn overlapping_regions_are_refused() {
+        let mut t = Tables::default();
+        t.add_region(0x1000, region(0x100)).unwrap();
+        assert_eq!(t.add_region(0x10f0, region(0x100)), Err(INVALID_VALUE));
+        assert_eq!(t.add_region(0x0f80, region(0x100)), Err(INVALID_VALUE));
+        assert!(t.add_region(0x1100, region(0x100)).is_ok());
+    }
+
+    #[test]
+    fn dropping_a_context_forgets_its_objects() {
+        let mut t = Tables::default();
+        t.contexts.insert(1, 0);
+        t.contexts.insert(2, 0);
+        t.add_region(0x1000, region(0x10)).unwrap();
+        t.add_region(
+            0x2000,
+            Region {
+                size: 0x10,
+                ctx: 2,
+                global: false,
+            },
+        )
+        .unwrap();
+        t.modules.insert(50, 1);
+        t.functions.insert(60, 50);
+        t.streams.insert(70, 1);
+        t.drop_context(1);
+        assert!(t.check_range(0x1000, 1).is_err());
+        assert!(t.check_range(0x2000, 1).is_ok());
+        assert!(t.modules.is_empty() && t.functions.is_empty() && t.streams.is_empty());
+        assert_eq!(t.context(1), Err(INVALID_CONTEXT));
+    }
+}

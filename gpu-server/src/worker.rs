@@ -1,0 +1,1499 @@
+//! One client session, in its own process: reads the client's frames in
+//! order, checks every handle and address against the client's own tables,
+//! runs the call on the driver, and answers the calls that asked for an
+//! answer. Streamed calls that fail leave their error with their context;
+//! the next synchronising call of that context returns it.
+//!
+//! When the connection ends, for whatever reason, everything the client held
+//! is freed before the process exits.
+
+use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, Ptr, Status};
+use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
+use gpupool_proto::codec;
+use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
+use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
+use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef};
+use gpupool_proto::ProtoError;
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::io::{BufReader, Read, Write};
+use std::time::Instant;
+
+/// `CU_STREAM_LEGACY`.
+const STREAM_LEGACY: Ptr = 0x1 as Ptr;
+/// CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_INVALID_IMAGE.
+const OUT_OF_MEMORY: Status = 2;
+const INVALID_IMAGE: Status = 200;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client closed the connection or died.
+    Disconnected,
+    /// The client sent something the protocol does not allow.
+    ProtocolViolation(String),
+    /// The connection failed.
+    Io(String),
+}
+
+/// What the worker frees when the session ends, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub allocations: usize,
+    pub bytes: u64,
+    pub streams: usize,
+    pub events: usize,
+    pub modules: usize,
+    pub contexts: usize,
+}
+
+/// Staging buffer for one chunk of a copy, pinned when the driver allows,
+/// with the event that tells when the device is done with it.
+struct Staging {
+    host: Ptr,
+    pinned: bool,
+    fallback: Vec<u8>,
+    event: Ptr,
+    busy: bool,
+}
+
+/// The executing side of one session.
+pub struct Worker<'d> {
+    driver: &'d Driver,
+    tables: Tables,
+    /// First error of a streamed call, per context.
+    kept: HashMap<Handle, Status>,
+    /// Per-thread default streams: (context, client thread) -> stream.
+    per_thread: HashMap<(Handle, u64), Ptr>,
+    /// Parameter layouts of functions and kernels.
+    layouts: HashMap<Handle, Vec<(u32, u32)>>,
+    current: Option<Handle>,
+    staging: Vec<Staging>,
+    next_staging: usize,
+    max_frame: u64,
+    scratch: Vec<u8>,
+    msg: Vec<u8>,
+    pub session_id: u64,
+    pub calls: u64,
+}
+
+fn as_ptr(h: Handle) -> Ptr {
+    h as usize as Ptr
+}
+
+fn handle(p: Ptr) -> Handle {
+    p as usize as Handle
+}
+
+impl<'d> Worker<'d> {
+    pub fn new(driver: &'d Driver, session_id: u64, max_frame: u64) -> Worker<'d> {
+        Worker {
+            driver,
+            tables: Tables::default(),
+            kept: HashMap::new(),
+            per_thread: HashMap::new(),
+            layouts: HashMap::new(),
+            current: None,
+            staging: Vec::new(),
+            next_staging: 0,
+            max_frame,
+            scratch: Vec::new(),
+            msg: Vec::new(),
+            session_id,
+            calls: 0,
+        }
+    }
+
+    /// The devices this session offers, as the handshake describes them.
+    pub fn session_info(
+        driver: &Driver,
+        session_id: u64,
+        server_id: &str,
+        simulated: bool,
+    ) -> SessionInfo {
+        let count = driver.device_count().unwrap_or(0);
+        let devices = (0..count)
+            .filter_map(|d| driver.device_facts(d).ok())
+            .map(|f| DeviceInfo {
+                name: f.name,
+                uuid: f.uuid,
+                total_mem: f.total_mem,
+                attributes: f.attributes,
+            })
+            .collect();
+        SessionInfo {
+            version: gpupool_proto::PROTOCOL_VERSION,
+            server_id: server_id.to_string(),
+            session_id,
+            driver_version: driver.version().unwrap_or(0),
+            simulated,
+            devices,
+        }
+    }
+
+    /// Send the handshake answer.
+    pub fn welcome<W: Write + ?Sized>(
+        &mut self,
+        w: &mut W,
+        info: SessionInfo,
+    ) -> Result<(), ProtoError> {
+        frame::write_frame(
+            w,
+            &mut self.scratch,
+            0,
+            0,
+            &Welcome::Accepted(info),
+            &[],
+            self.max_frame,
+        )?;
+        w.flush()?;
+        Ok(())
+    }
+
+    /// Serve frames until the connection ends; then free everything.
+    pub fn serve<R: Read, W: Write>(&mut self, reader: R, mut writer: W) -> (SessionEnd, Cleanup) {
+        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        let end = loop {
+            match self.serve_one(&mut reader, &mut writer) {
+                Ok(()) => {}
+                Err(ProtoError::Closed) => break SessionEnd::Disconnected,
+                Err(e) if e.is_disconnect() => break SessionEnd::Disconnected,
+                Err(ProtoError::Io(e)) => break SessionEnd::Io(e.to_string()),
+                Err(e) => break SessionEnd::ProtocolViolation(e.to_string()),
+            }
+        };
+        (end, self.cleanup())
+    }
+
+    fn serve_one<R: Read, W: Write>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<(), ProtoError> {
+        let mut msg = std::mem::take(&mut self.msg);
+        let header = frame::read_frame(reader, &mut msg, self.max_frame)?;
+        let decoded = codec::decode::<Request>(&msg);
+        self.msg = msg;
+        let request = decoded?;
+        self.calls += 1;
+        let reply = self.execute(&header, request, reader, writer)?;
+        if let Some(reply) = reply {
+            frame::write_frame(
+                writer,
+                &mut self.scratch,
+                header.id,
+                0,
+                &reply,
+                &[],
+                self.max_frame,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Keep a streamed call's error for its context.
+    fn keep(&mut self, ctx: Handle, status: Status) {
+        self.kept.entry(ctx).or_insert(status);
+    }
+
+    /// The answer of a synchronising call: its own error, else the first
+    /// error a streamed call of the context left.
+    fn sync_status(&mut self, ctx: Handle, own: DriverResult) -> Status {
+        match own {
+            Err(s) => {
+                self.kept.remove(&ctx);
+                s
+            }
+            Ok(()) => self.kept.remove(&ctx).unwrap_or(0),
+        }
+    }
+
+    fn make_current(&mut self, ctx: Handle) -> DriverResult {
+        self.tables.context(ctx)?;
+        if self.current != Some(ctx) {
+            // SAFETY: ctx is a live context of this client (checked above).
+            unsafe { self.driver.cuCtxSetCurrent(as_ptr(ctx)) }?;
+            self.current = Some(ctx);
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<Ptr> {
+        match s {
+            StreamRef::Legacy => Ok(STREAM_LEGACY),
+            StreamRef::Handle(h) => match self.tables.streams.get(&h) {
+                Some(c) if *c == ctx => Ok(as_ptr(h)),
+                _ => Err(INVALID_HANDLE),
+            },
+            StreamRef::PerThread(t) => {
+                if let Some(p) = self.per_thread.get(&(ctx, t)) {
+                    return Ok(*p);
+                }
+                let mut p: Ptr = std::ptr::null_mut();
+                // SAFETY: p is writable; flags 0 make a stream that
+                // synchronises with the legacy stream, as the per-thread
+                // default stream does.
+                unsafe { self.driver.cuStreamCreateWithPriority(&mut p, 0, 0) }?;
+                self.per_thread.insert((ctx, t), p);
+                Ok(p)
+            }
+        }
+    }
+
+    /// Make `ctx` current and resolve the stream.
+    fn enter(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<Ptr> {
+        self.make_current(ctx)?;
+        self.stream(ctx, s)
+    }
+
+    fn execute<R: Read, W: Write>(
+        &mut self,
+        header: &FrameHeader,
+        request: Request,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<Option<Reply>, ProtoError> {
+        let wants = header.wants_reply();
+        // Requests that carry bulk data read it themselves; any other bulk is
+        // a protocol violation.
+        let carries_bulk = matches!(
+            request,
+            Request::MemcpyHtoD { .. }
+                | Request::ModuleLoad { .. }
+                | Request::LibraryLoad
+                | Request::Launch(_)
+        );
+        if !carries_bulk && header.bulk_len != 0 {
+            return Err(ProtoError::Malformed(format!(
+                "{} unexpected bulk bytes",
+                header.bulk_len
+            )));
+        }
+        let d = self.driver;
+        let reply = match request {
+            Request::MemcpyHtoD {
+                ctx,
+                stream,
+                dst,
+                offset,
+                total,
+            } => {
+                let status =
+                    self.copy_in(ctx, stream, dst, offset, total, header.bulk_len, reader)?;
+                if wants {
+                    let own = if status == 0 {
+                        self.sync_stream(ctx, stream)
+                    } else {
+                        Err(status)
+                    };
+                    Reply::Status(self.sync_status(ctx, own))
+                } else {
+                    if status != 0 {
+                        self.keep(ctx, status);
+                    }
+                    return Ok(None);
+                }
+            }
+            Request::MemcpyDtoH {
+                ctx,
+                stream,
+                src,
+                len,
+            } => {
+                let status = self.copy_out(header.id, ctx, stream, src, len, writer)?;
+                // The client reads the data either way; its status tells a
+                // waiting caller, and is kept for one that did not wait.
+                let status = if status == 0 {
+                    self.kept.get(&ctx).copied().unwrap_or(0)
+                } else {
+                    status
+                };
+                Reply::Done(status)
+            }
+            Request::ModuleLoad { ctx } => {
+                let image = read_image(reader, header.bulk_len)?;
+                to_reply(self.module_load(ctx, &image))
+            }
+            Request::LibraryLoad => {
+                let image = read_image(reader, header.bulk_len)?;
+                to_reply(self.library_load(&image))
+            }
+            Request::Launch(launch) => {
+                let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
+                // SAFETY: viewing the u64 buffer as bytes; the length is within it.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        params.as_mut_ptr().cast::<u8>(),
+                        header.bulk_len as usize,
+                    )
+                };
+                frame::read_bulk(reader, bytes)?;
+                let ctx = launch.ctx;
+                let result = self.launch(&launch, &mut params, header.bulk_len as usize);
+                if wants {
+                    Reply::Status(self.sync_status(ctx, result))
+                } else {
+                    if let Err(s) = result {
+                        self.keep(ctx, s);
+                    }
+                    return Ok(None);
+                }
+            }
+            other => {
+                let (ctx, result) = self.call(d, other);
+                match (wants, result) {
+                    (true, r) => r,
+                    (false, r) => {
+                        if r.status() != 0 {
+                            self.keep(ctx, r.status());
+                        }
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        Ok(Some(reply))
+    }
+
+    /// Calls with no bulk data. Returns the context (for keeping errors) and
+    /// the reply.
+    fn call(&mut self, d: &Driver, request: Request) -> (Handle, Reply) {
+        use Request as R;
+        let ctx_of = |r: &Request| -> Handle {
+            match r {
+                R::CtxDestroy { ctx }
+                | R::CtxSynchronize { ctx }
+                | R::CtxGetLimit { ctx, .. }
+                | R::CtxSetLimit { ctx, .. } => *ctx,
+                R::MemGetInfo { ctx } | R::MemAlloc { ctx, .. } | R::MemFree { ctx, .. } => *ctx,
+                R::MemcpyDtoD { ctx, .. } | R::Memset { ctx, .. } => *ctx,
+                R::ModuleUnload { ctx, .. }
+                | R::ModuleGetFunction { ctx, .. }
+                | R::ModuleGetGlobal { ctx, .. } => *ctx,
+                R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
+                R::FuncGetAttribute { ctx, .. }
+                | R::FuncSetAttribute { ctx, .. }
+                | R::Occupancy { ctx, .. } => *ctx,
+                R::StreamCreate { ctx, .. }
+                | R::StreamDestroy { ctx, .. }
+                | R::StreamSynchronize { ctx, .. } => *ctx,
+                R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
+                R::EventCreate { ctx, .. }
+                | R::EventDestroy { ctx, .. }
+                | R::EventRecord { ctx, .. } => *ctx,
+                R::EventSynchronize { ctx, .. }
+                | R::EventQuery { ctx, .. }
+                | R::EventElapsedTime { ctx, .. } => *ctx,
+                R::ParamInfo { ctx, .. } => *ctx,
+                _ => 0,
+            }
+        };
+        let ctx = ctx_of(&request);
+        let reply = match request {
+            R::PrimaryCtxRetain { device } => to_reply(self.primary_retain(device)),
+            R::PrimaryCtxRelease { device } => to_reply(self.primary_release(device)),
+            R::PrimaryCtxSetFlags { device, flags } => {
+                // SAFETY: plain values; the driver validates the device.
+                to_reply(unsafe { d.cuDevicePrimaryCtxSetFlags_v2(device, flags) })
+            }
+            R::PrimaryCtxReset { device } => to_reply(self.primary_reset(device)),
+            R::CtxCreate { device, flags } => to_reply(self.ctx_create(device, flags)),
+            R::CtxDestroy { ctx } => to_reply(self.ctx_destroy(ctx)),
+            R::CtxSynchronize { ctx } => {
+                let own = self.make_current(ctx).and_then(|()| {
+                    // SAFETY: no arguments; ctx is current.
+                    unsafe { d.cuCtxSynchronize() }
+                });
+                Reply::Status(self.sync_status(ctx, own))
+            }
+            R::CtxGetLimit { ctx, limit } => to_reply(self.make_current(ctx).and_then(|()| {
+                let mut v = 0usize;
+                // SAFETY: v is writable.
+                unsafe { d.cuCtxGetLimit(&mut v, limit) }.map(|()| Reply::Size(v as u64))
+            })),
+            R::CtxSetLimit { ctx, limit, value } => {
+                to_reply(self.make_current(ctx).and_then(|()| {
+                    // SAFETY: plain values.
+                    unsafe { d.cuCtxSetLimit(limit, value as usize) }
+                }))
+            }
+            R::MemGetInfo { ctx } => to_reply(self.make_current(ctx).and_then(|()| {
+                let (mut free, mut total) = (0usize, 0usize);
+                // SAFETY: both are writable.
+                unsafe { d.cuMemGetInfo_v2(&mut free, &mut total) }.map(|()| Reply::MemInfo {
+                    free: free as u64,
+                    total: total as u64,
+                })
+            })),
+            R::MemAlloc { ctx, size } => to_reply(self.mem_alloc(ctx, size)),
+            R::MemFree { ctx, ptr } => to_reply(self.mem_free(ctx, ptr)),
+            R::MemcpyDtoD {
+                ctx,
+                stream,
+                dst,
+                src,
+                len,
+            } => {
+                let r = self.enter(ctx, stream).and_then(|s| {
+                    self.tables.check_range(dst, len)?;
+                    self.tables.check_range(src, len)?;
+                    // SAFETY: both ranges lie inside this client's allocations.
+                    unsafe { d.cuMemcpyDtoDAsync_v2(dst, src, len as usize, s) }
+                });
+                let r = r.and_then(|()| self.sync_stream(ctx, stream));
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::Memset {
+                ctx,
+                stream,
+                dst,
+                value,
+                elem_size,
+                count,
+            } => {
+                let r = self.memset(ctx, stream, dst, value, elem_size, count);
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::ModuleUnload { ctx, module } => to_reply(self.module_unload(ctx, module)),
+            R::ModuleGetFunction { ctx, module, name } => {
+                to_reply(self.module_get_function(ctx, module, &name))
+            }
+            R::ModuleGetGlobal { ctx, module, name } => {
+                to_reply(self.module_get_global(ctx, module, &name))
+            }
+            R::LibraryUnload { library } => to_reply(self.library_unload(library)),
+            R::LibraryGetKernel { library, name } => {
+                to_reply(self.library_get_kernel(library, &name))
+            }
+            R::LibraryGetGlobal { ctx, library, name } => {
+                to_reply(self.library_get_global(ctx, library, &name))
+            }
+            R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
+            R::FuncGetAttribute { ctx, func, attr } => {
+                to_reply(self.make_current(ctx).and_then(|()| {
+                    self.check_function(func)?;
+                    let mut v = 0;
+                    // SAFETY: func is this client's function; v is writable.
+                    unsafe { d.cuFuncGetAttribute(&mut v, attr, as_ptr(func)) }
+                        .map(|()| Reply::Int(v as i64))
+                }))
+            }
+            R::FuncSetAttribute {
+                ctx,
+                func,
+                attr,
+                value,
+            } => to_reply(self.make_current(ctx).and_then(|()| {
+                self.check_function(func)?;
+                // SAFETY: func is this client's function.
+                unsafe { d.cuFuncSetAttribute(as_ptr(func), attr, value) }
+            })),
+            R::KernelGetAttribute {
+                kernel,
+                attr,
+                device,
+            } => to_reply(self.check_kernel(kernel).and_then(|()| {
+                let mut v = 0;
+                // SAFETY: kernel is this client's; v is writable.
+                unsafe { d.cuKernelGetAttribute(&mut v, attr, as_ptr(kernel), device) }
+                    .map(|()| Reply::Int(v as i64))
+            })),
+            R::KernelSetAttribute {
+                kernel,
+                attr,
+                value,
+                device,
+            } => to_reply(self.check_kernel(kernel).and_then(|()| {
+                // SAFETY: kernel is this client's.
+                unsafe { d.cuKernelSetAttribute(attr, value, as_ptr(kernel), device) }
+            })),
+            R::Occupancy { ctx, func, query } => to_reply(self.occupancy(ctx, func, query)),
+            R::StreamCreate {
+                ctx,
+                flags,
+                priority,
+            } => to_reply(self.make_current(ctx).and_then(|()| {
+                let mut s: Ptr = std::ptr::null_mut();
+                // SAFETY: s is writable.
+                unsafe { d.cuStreamCreateWithPriority(&mut s, flags, priority) }?;
+                self.tables.streams.insert(handle(s), ctx);
+                Ok(Reply::Handle(handle(s)))
+            })),
+            R::StreamDestroy { ctx, stream } => to_reply(self.make_current(ctx).and_then(|()| {
+                match self.tables.streams.get(&stream) {
+                    Some(c) if *c == ctx => {}
+                    _ => return Err(INVALID_HANDLE),
+                }
+                self.tables.streams.remove(&stream);
+                // SAFETY: the stream belongs to this client.
+                unsafe { d.cuStreamDestroy_v2(as_ptr(stream)) }
+            })),
+            R::StreamSynchronize { ctx, stream } => {
+                let r = self.sync_stream(ctx, stream);
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::StreamQuery { ctx, stream } => {
+                let r = self.enter(ctx, stream).and_then(|s| {
+                    // SAFETY: s is resolved from this client's tables.
+                    unsafe { d.cuStreamQuery(s) }
+                });
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::StreamWaitEvent {
+                ctx,
+                stream,
+                event,
+                flags,
+            } => to_reply(self.enter(ctx, stream).and_then(|s| {
+                self.check_event(event)?;
+                // SAFETY: stream and event belong to this client.
+                unsafe { d.cuStreamWaitEvent(s, as_ptr(event), flags) }
+            })),
+            R::EventCreate { ctx, flags } => to_reply(self.make_current(ctx).and_then(|()| {
+                let mut e: Ptr = std::ptr::null_mut();
+                // SAFETY: e is writable.
+                unsafe { d.cuEventCreate(&mut e, flags) }?;
+                self.tables.events.insert(handle(e), ctx);
+                Ok(Reply::Handle(handle(e)))
+            })),
+            R::EventDestroy { event, .. } => to_reply(self.check_event(event).and_then(|()| {
+                self.tables.events.remove(&event);
+                // SAFETY: the event belongs to this client.
+                unsafe { d.cuEventDestroy_v2(as_ptr(event)) }
+            })),
+            R::EventRecord { ctx, event, stream } => {
+                to_reply(self.enter(ctx, stream).and_then(|s| {
+                    self.check_event(event)?;
+                    // SAFETY: stream and event belong to this client.
+                    unsafe { d.cuEventRecord(as_ptr(event), s) }
+                }))
+            }
+            R::EventSynchronize { event, .. } => {
+                let ectx = self.tables.events.get(&event).copied().unwrap_or(ctx);
+                let r = self.check_event(event).and_then(|()| {
+                    // SAFETY: the event belongs to this client.
+                    unsafe { d.cuEventSynchronize(as_ptr(event)) }
+                });
+                Reply::Status(self.sync_status(ectx, r))
+            }
+            R::EventQuery { event, .. } => {
+                let ectx = self.tables.events.get(&event).copied().unwrap_or(ctx);
+                let r = self.check_event(event).and_then(|()| {
+                    // SAFETY: the event belongs to this client.
+                    unsafe { d.cuEventQuery(as_ptr(event)) }
+                });
+                Reply::Status(self.sync_status(ectx, r))
+            }
+            R::EventElapsedTime { start, end, .. } => to_reply(
+                self.check_event(start)
+                    .and_then(|()| self.check_event(end))
+                    .and_then(|()| {
+                        let mut ms = 0f32;
+                        // SAFETY: both events belong to this client; ms is writable.
+                        unsafe { d.cuEventElapsedTime(&mut ms, as_ptr(start), as_ptr(end)) }
+                            .map(|()| Reply::Float(ms))
+                    }),
+            ),
+            R::ParamInfo { ctx, func, kernel } => to_reply(
+                self.make_current(ctx)
+                    .and_then(|()| self.layout(func, kernel).map(Reply::Params)),
+            ),
+            // Bulk-carrying requests are handled by `execute`.
+            R::MemcpyHtoD { .. }
+            | R::MemcpyDtoH { .. }
+            | R::ModuleLoad { .. }
+            | R::LibraryLoad
+            | R::Launch(_) => Reply::Status(INVALID_VALUE),
+        };
+        (ctx, reply)
+    }
+
+    fn check_function(&self, func: Handle) -> DriverResult {
+        if self.tables.functions.contains_key(&func) {
+            Ok(())
+        } else {
+            Err(INVALID_HANDLE)
+        }
+    }
+
+    fn check_kernel(&self, kernel: Handle) -> DriverResult {
+        if self.tables.kernels.contains_key(&kernel) {
+            Ok(())
+        } else {
+            Err(INVALID_HANDLE)
+        }
+    }
+
+    fn check_event(&self, event: Handle) -> DriverResult {
+        if self.tables.events.contains_key(&event) {
+            Ok(())
+        } else {
+            Err(INVALID_HANDLE)
+        }
+    }
+
+    fn sync_stream(&mut self, ctx: Handle, stream: StreamRef) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        // SAFETY: s is resolved from this client's tables.
+        unsafe { self.driver.cuStreamSynchronize(s) }
+    }
+
+    // ---- contexts ----
+
+    fn primary_retain(&mut self, device: i32) -> DriverResult<Reply> {
+        let mut ctx: Ptr = std::ptr::null_mut();
+        // SAFETY: ctx is writable; the driver validates the device.
+        unsafe { self.driver.cuDevicePrimaryCtxRetain(&mut ctx, device) }?;
+        let h = handle(ctx);
+        self.tables.contexts.insert(h, device);
+        self.tables.primaries.insert(device, h);
+        Ok(Reply::Handle(h))
+    }
+
+    fn primary_release(&mut self, device: i32) -> DriverResult {
+        let ctx = self
+            .tables
+            .primaries
+            .get(&device)
+            .copied()
+            .ok_or(crate::tables::INVALID_CONTEXT)?;
+        self.release_context_resources(ctx);
+        self.tables.drop_context(ctx);
+        if self.current == Some(ctx) {
+            self.current = None;
+        }
+        // SAFETY: this client retained the primary context of `device`.
+        unsafe { self.driver.cuDevicePrimaryCtxRelease_v2(device) }
+    }
+
+    fn primary_reset(&mut self, device: i32) -> DriverResult {
+        if let Some(ctx) = self.tables.primaries.get(&device).copied() {
+            self.per_thread.retain(|(c, _), _| *c != ctx);
+            self.tables.drop_context(ctx);
+            self.kept.remove(&ctx);
+            if self.current == Some(ctx) {
+                self.current = None;
+            }
+        }
+        // SAFETY: plain value; the driver frees everything in the context.
+        unsafe { self.driver.cuDevicePrimaryCtxReset_v2(device) }
+    }
+
+    fn ctx_create(&mut self, device: i32, flags: u32) -> DriverResult<Reply> {
+        let mut ctx: Ptr = std::ptr::null_mut();
+        // SAFETY: ctx is writable; the driver validates device and flags.
+        unsafe { self.driver.cuCtxCreate_v2(&mut ctx, flags, device) }?;
+        // cuCtxCreate makes the new context current on this thread.
+        self.current = Some(handle(ctx));
+        self.tables.contexts.insert(handle(ctx), device);
+        Ok(Reply::Handle(handle(ctx)))
+    }
+
+    fn ctx_destroy(&mut self, ctx: Handle) -> DriverResult {
+        self.tables.context(ctx)?;
+        if self.tables.primaries.values().any(|c| *c == ctx) {
+            return Err(crate::tables::INVALID_CONTEXT);
+        }
+        self.per_thread.retain(|(c, _), _| *c != ctx);
+        self.tables.drop_context(ctx);
+        self.kept.remove(&ctx);
+        if self.current == Some(ctx) {
+            self.current = None;
+        }
+        // SAFETY: the context was created by this client.
+        unsafe { self.driver.cuCtxDestroy_v2(as_ptr(ctx)) }
+    }
+
+    /// Free what a context holds before it is released (its allocations,
+    /// streams, events, modules), since releasing a primary context that
+    /// another client also holds would not free them.
+    fn release_context_resources(&mut self, ctx: Handle) {
+        if self.make_current(ctx).is_err() {
+            return;
+        }
+        let d = self.driver;
+        let bases: Vec<u64> = self
+            .tables
+            .memory
+            .iter()
+            .filter(|(_, r)| r.ctx == ctx && !r.global)
+            .map(|(b, _)| *b)
+            .collect();
+        for b in bases {
+            // SAFETY: b is an allocation of this client.
+            let _ = unsafe { d.cuMemFree_v2(b) };
+        }
+        let streams: Vec<Ptr> = self
+            .per_thread
+            .iter()
+            .filter(|((c, _), _)| *c == ctx)
+            .map(|(_, s)| *s)
+            .chain(
+                self.tables
+                    .streams
+                    .iter()
+                    .filter(|(_, c)| **c == ctx)
+                    .map(|(s, _)| as_ptr(*s)),
+            )
+            .collect();
+        for s in streams {
+            // SAFETY: s is a stream of this client.
+            let _ = unsafe { d.cuStreamDestroy_v2(s) };
+        }
+        self.per_thread.retain(|(c, _), _| *c != ctx);
+        for (e, _) in self.tables.events.iter().filter(|(_, c)| **c == ctx) {
+            // SAFETY: e is an event of this client.
+            let _ = unsafe { d.cuEventDestroy_v2(as_ptr(*e)) };
+        }
+        for (m, _) in self.tables.modules.iter().filter(|(_, c)| **c == ctx) {
+            // SAFETY: m is a module of this client.
+            let _ = unsafe { d.cuModuleUnload(as_ptr(*m)) };
+        }
+        if self.staging.iter().any(|s| s.pinned) {
+            self.free_staging();
+        }
+    }
+
+    // ---- memory ----
+
+    fn mem_alloc(&mut self, ctx: Handle, size: u64) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let mut p = 0u64;
+        // SAFETY: p is writable.
+        unsafe { self.driver.cuMemAlloc_v2(&mut p, size as usize) }?;
+        if self
+            .tables
+            .add_region(
+                p,
+                Region {
+                    size,
+                    ctx,
+                    global: false,
+                },
+            )
+            .is_err()
+        {
+            tracing::error!(
+                ptr = p,
+                size,
+                "driver returned memory overlapping an existing allocation"
+            );
+            // SAFETY: p was just allocated.
+            let _ = unsafe { self.driver.cuMemFree_v2(p) };
+            return Err(OUT_OF_MEMORY);
+        }
+        Ok(Reply::Pointer(p))
+    }
+
+    fn mem_free(&mut self, ctx: Handle, ptr: u64) -> DriverResult {
+        self.make_current(ctx)?;
+        match self.tables.memory.get(&ptr) {
+            Some(r) if r.ctx == ctx && !r.global => {}
+            _ => return Err(INVALID_VALUE),
+        }
+        self.tables.remove_allocation(ptr)?;
+        // SAFETY: ptr is an allocation of this client.
+        unsafe { self.driver.cuMemFree_v2(ptr) }
+    }
+
+    fn memset(
+        &mut self,
+        ctx: Handle,
+        stream: StreamRef,
+        dst: u64,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+    ) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        let bytes = count.checked_mul(elem_size as u64).ok_or(INVALID_VALUE)?;
+        self.tables.check_range(dst, bytes)?;
+        let d = self.driver;
+        // SAFETY: dst..dst+bytes lies inside this client's allocations.
+        unsafe {
+            match elem_size {
+                1 => d.cuMemsetD8Async(dst, value as u8, count as usize, s),
+                2 => d.cuMemsetD16Async(dst, value as u16, count as usize, s),
+                4 => d.cuMemsetD32Async(dst, value, count as usize, s),
+                _ => Err(INVALID_VALUE),
+            }
+        }
+    }
+
+    /// Allocate the staging buffers on first use (pinned by the driver when
+    /// it can; plain memory otherwise).
+    fn ensure_staging(&mut self) {
+        if !self.staging.is_empty() {
+            return;
+        }
+        for _ in 0..2 {
+            let mut host: Ptr = std::ptr::null_mut();
+            // SAFETY: host is writable.
+            let pinned = unsafe { self.driver.cuMemAllocHost_v2(&mut host, COPY_CHUNK) }.is_ok();
+            let mut event: Ptr = std::ptr::null_mut();
+            // SAFETY: event is writable; flag 0x2 (CU_EVENT_DISABLE_TIMING) keeps it cheap.
+            if unsafe { self.driver.cuEventCreate(&mut event, 0x2) }.is_err() {
+                event = std::ptr::null_mut();
+            }
+            let fallback = if pinned {
+                Vec::new()
+            } else {
+                vec![0u8; COPY_CHUNK]
+            };
+            self.staging.push(Staging {
+                host,
+                pinned,
+                fallback,
+                event,
+                busy: false,
+            });
+        }
+    }
+
+    fn free_staging(&mut self) {
+        for s in self.staging.drain(..) {
+            if s.pinned {
+                // SAFETY: allocated with cuMemAllocHost.
+                let _ = unsafe { self.driver.cuMemFreeHost(s.host) };
+            }
+            if !s.event.is_null() {
+                // SAFETY: created with cuEventCreate.
+                let _ = unsafe { self.driver.cuEventDestroy_v2(s.event) };
+            }
+        }
+    }
+
+    /// Take the next staging buffer, waiting until the device is done with it.
+    fn take_staging(&mut self) -> DriverResult<usize> {
+        self.ensure_staging();
+        let i = self.next_staging;
+        self.next_staging = (i + 1) % self.staging.len();
+        let s = &mut self.staging[i];
+        if s.busy && !s.event.is_null() {
+            // SAFETY: the event was recorded after the copy that used this buffer.
+            unsafe { self.driver.cuEventSynchronize(s.event) }?;
+        }
+        s.busy = false;
+        Ok(i)
+    }
+
+    fn staging_slice(&mut self, i: usize, len: usize) -> &mut [u8] {
+        let s = &mut self.staging[i];
+        if s.pinned {
+            // SAFETY: the pinned buffer has COPY_CHUNK bytes and len <= COPY_CHUNK.
+            unsafe { std::slice::from_raw_parts_mut(s.host.cast::<u8>(), len) }
+        } else {
+            &mut s.fallback[..len]
+        }
+    }
+
+    /// Mark a staging buffer in use by work just queued on `stream`.
+    fn staging_in_flight(&mut self, i: usize, stream: Ptr) -> DriverResult {
+        let s = &mut self.staging[i];
+        if s.event.is_null() {
+            // Without an event, wait for the stream itself.
+            // SAFETY: stream is resolved from this client's tables.
+            return unsafe { self.driver.cuStreamSynchronize(stream) };
+        }
+        // SAFETY: the event and stream are live.
+        unsafe { self.driver.cuEventRecord(s.event, stream) }?;
+        s.busy = true;
+        Ok(())
+    }
+
+    /// One chunk of a host-to-device copy: the bulk bytes go from the socket
+    /// into a staging buffer, then to the device asynchronously while the
+    /// next chunk arrives. Returns the status; only I/O errors end the session.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_in<R: Read>(
+        &mut self,
+        ctx: Handle,
+        stream: StreamRef,
+        dst: u64,
+        offset: u64,
+        total: u64,
+        len: u64,
+        reader: &mut R,
+    ) -> Result<Status, ProtoError> {
+        let target = dst.checked_add(offset);
+        let checked = self.enter(ctx, stream).and_then(|s| {
+            let target = target.ok_or(INVALID_VALUE)?;
+            if offset.checked_add(len).is_none_or(|e| e > total) {
+                return Err(INVALID_VALUE);
+            }
+            self.tables.check_range(target, len)?;
+            Ok((s, target))
+        });
+        let (s, target) = match checked {
+            Ok(v) => v,
+            Err(status) => {
+                frame::skip_bulk(reader, len)?;
+                return Ok(status);
+            }
+        };
+        if len as usize > COPY_CHUNK {
+            // Larger than a staging buffer: copy through plain memory, synchronously.
+            let mut buf = vec![0u8; len as usize];
+            frame::read_bulk(reader, &mut buf)?;
+            // SAFETY: the range was checked; buf outlives the synchronised copy.
+            let r = unsafe {
+                self.driver
+                    .cuMemcpyHtoDAsync_v2(target, buf.as_ptr().cast(), buf.len(), s)
+            }
+            // SAFETY: s is live.
+            .and_then(|()| unsafe { self.driver.cuStreamSynchronize(s) });
+            return Ok(r.err().unwrap_or(0));
+        }
+        let i = match self.take_staging() {
+            Ok(i) => i,
+            Err(status) => {
+                frame::skip_bulk(reader, len)?;
+                return Ok(status);
+            }
+        };
+        frame::read_bulk(reader, self.staging_slice(i, len as usize))?;
+        let src = self.staging_slice(i, len as usize).as_ptr();
+        // SAFETY: the target range was checked; the staging buffer stays
+        // untouched until its event says the copy is done.
+        let r = unsafe {
+            self.driver
+                .cuMemcpyHtoDAsync_v2(target, src.cast(), len as usize, s)
+        }
+        .and_then(|()| self.staging_in_flight(i, s));
+        Ok(r.err().unwrap_or(0))
+    }
+
+    /// A device-to-host copy: chunks go device -> staging -> socket, the
+    /// device copy of one chunk overlapping the send of the previous one.
+    fn copy_out<W: Write>(
+        &mut self,
+        id: u64,
+        ctx: Handle,
+        stream: StreamRef,
+        src: u64,
+        len: u64,
+        writer: &mut W,
+    ) -> Result<Status, ProtoError> {
+        let s = match self
+            .enter(ctx, stream)
+            .and_then(|s| self.tables.check_range(src, len).map(|_| s))
+        {
+            Ok(s) => s,
+            Err(status) => return Ok(status),
+        };
+        let chunks: Vec<(u64, usize)> = (0..len)
+            .step_by(COPY_CHUNK)
+            .map(|o| (o, (len - o).min(COPY_CHUNK as u64) as usize))
+            .collect();
+        let mut queued: Option<(usize, u64, usize)> = None;
+        for &(offset, n) in &chunks {
+            let i = match self.take_staging() {
+                Ok(i) => i,
+                Err(status) => return Ok(status),
+            };
+            let dst = self.staging_slice(i, n).as_mut_ptr();
+            // SAFETY: the source range was checked; the staging buffer has n bytes.
+            let r = unsafe {
+                self.driver
+                    .cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src + offset, n, s)
+            }
+            .and_then(|()| self.staging_in_flight(i, s));
+            if let Err(status) = r {
+                return Ok(status);
+            }
+            if let Some(prev) = queued.replace((i, offset, n)) {
+                if let Err(status) = self.send_chunk(id, prev, writer)? {
+                    return Ok(status);
+                }
+            }
+        }
+        if let Some(prev) = queued {
+            if let Err(status) = self.send_chunk(id, prev, writer)? {
+                return Ok(status);
+            }
+        }
+        Ok(0)
+    }
+
+    fn send_chunk<W: Write>(
+        &mut self,
+        id: u64,
+        (i, offset, n): (usize, u64, usize),
+        writer: &mut W,
+    ) -> Result<DriverResult, ProtoError> {
+        let st = &mut self.staging[i];
+        if st.busy && !st.event.is_null() {
+            // SAFETY: the event was recorded after this chunk's copy.
+            if let Err(status) = unsafe { self.driver.cuEventSynchronize(st.event) } {
+                return Ok(Err(status));
+            }
+            st.busy = false;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let max_frame = self.max_frame;
+        let data = self.staging_slice(i, n);
+        let r = frame::write_frame(
+            writer,
+            &mut scratch,
+            id,
+            0,
+            &Reply::Data { offset },
+            data,
+            max_frame,
+        );
+        self.scratch = scratch;
+        r?;
+        Ok(Ok(()))
+    }
+
+    // ---- modules and kernels ----
+
+    fn module_load(&mut self, ctx: Handle, image: &[u8]) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        image_kind_ok(&image[..image.len() - 1])?;
+        let mut m: Ptr = std::ptr::null_mut();
+        // SAFETY: image is a complete, NUL-terminated buffer (read_image).
+        unsafe { self.driver.cuModuleLoadData(&mut m, image.as_ptr().cast()) }?;
+        self.tables.modules.insert(handle(m), ctx);
+        Ok(Reply::Handle(handle(m)))
+    }
+
+    fn module_unload(&mut self, ctx: Handle, module: Handle) -> DriverResult {
+        self.make_current(ctx)?;
+        if self.tables.modules.get(&module) != Some(&ctx) {
+            return Err(INVALID_HANDLE);
+        }
+        // SAFETY: the module belongs to this client.
+        unsafe { self.driver.cuModuleUnload(as_ptr(module)) }?;
+        self.tables.modules.remove(&module);
+        self.tables.functions.retain(|_, m| *m != module);
+        Ok(())
+    }
+
+    fn module_get_function(
+        &mut self,
+        ctx: Handle,
+        module: Handle,
+        name: &str,
+    ) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        if !self.tables.modules.contains_key(&module) {
+            return Err(INVALID_HANDLE);
+        }
+        let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
+        let mut f: Ptr = std::ptr::null_mut();
+        // SAFETY: the module belongs to this client; name is NUL-terminated.
+        unsafe {
+            self.driver
+                .cuModuleGetFunction(&mut f, as_ptr(module), name.as_ptr())
+        }?;
+        self.tables.functions.insert(handle(f), module);
+        Ok(Reply::Handle(handle(f)))
+    }
+
+    fn module_get_global(
+        &mut self,
+        ctx: Handle,
+        module: Handle,
+        name: &str,
+    ) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        if !self.tables.modules.contains_key(&module) {
+            return Err(INVALID_HANDLE);
+        }
+        let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
+        let (mut p, mut size) = (0u64, 0usize);
+        // SAFETY: as above; p and size are writable.
+        unsafe {
+            self.driver
+                .cuModuleGetGlobal_v2(&mut p, &mut size, as_ptr(module), name.as_ptr())
+        }?;
+        let _ = self.tables.add_region(
+            p,
+            Region {
+                size: size as u64,
+                ctx,
+                global: true,
+            },
+        );
+        Ok(Reply::Global {
+            ptr: p,
+            size: size as u64,
+        })
+    }
+
+    fn library_load(&mut self, image: &[u8]) -> DriverResult<Reply> {
+        image_kind_ok(&image[..image.len() - 1])?;
+        let mut l: Ptr = std::ptr::null_mut();
+        let null = std::ptr::null_mut();
+        // SAFETY: image is complete and NUL-terminated; no options.
+        unsafe {
+            self.driver.cuLibraryLoadData(
+                &mut l,
+                image.as_ptr().cast(),
+                null,
+                null.cast(),
+                0,
+                null,
+                null.cast(),
+                0,
+            )
+        }?;
+        self.tables.libraries.insert(handle(l));
+        Ok(Reply::Handle(handle(l)))
+    }
+
+    fn library_unload(&mut self, library: Handle) -> DriverResult {
+        if !self.tables.libraries.contains(&library) {
+            return Err(INVALID_HANDLE);
+        }
+        // SAFETY: the library belongs to this client.
+        unsafe { self.driver.cuLibraryUnload(as_ptr(library)) }?;
+        self.tables.libraries.remove(&library);
+        self.tables.kernels.retain(|_, l| *l != library);
+        Ok(())
+    }
+
+    fn library_get_kernel(&mut self, library: Handle, name: &str) -> DriverResult<Reply> {
+        if !self.tables.libraries.contains(&library) {
+            return Err(INVALID_HANDLE);
+        }
+        let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
+        let mut k: Ptr = std::ptr::null_mut();
+        // SAFETY: the library belongs to this client; name is NUL-terminated.
+        unsafe {
+            self.driver
+                .cuLibraryGetKernel(&mut k, as_ptr(library), name.as_ptr())
+        }?;
+        self.tables.kernels.insert(handle(k), library);
+        Ok(Reply::Handle(handle(k)))
+    }
+
+    fn library_get_global(
+        &mut self,
+        ctx: Handle,
+        library: Handle,
+        name: &str,
+    ) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        if !self.tables.libraries.contains(&library) {
+            return Err(INVALID_HANDLE);
+        }
+        let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
+        let (mut p, mut size) = (0u64, 0usize);
+        // SAFETY: as above.
+        unsafe {
+            self.driver
+                .cuLibraryGetGlobal(&mut p, &mut size, as_ptr(library), name.as_ptr())
+        }?;
+        let _ = self.tables.add_region(
+            p,
+            Region {
+                size: size as u64,
+                ctx,
+                global: true,
+            },
+        );
+        Ok(Reply::Global {
+            ptr: p,
+            size: size as u64,
+        })
+    }
+
+    fn kernel_get_function(&mut self, ctx: Handle, kernel: Handle) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        self.check_kernel(kernel)?;
+        let mut f: Ptr = std::ptr::null_mut();
+        // SAFETY: the kernel belongs to this client.
+        unsafe { self.driver.cuKernelGetFunction(&mut f, as_ptr(kernel)) }?;
+        self.tables.functions.insert(handle(f), 0);
+        Ok(Reply::Handle(handle(f)))
+    }
+
+    /// A function's parameter layout, from the driver once, then cached.
+    fn layout(&mut self, func: Handle, kernel: bool) -> DriverResult<Vec<(u32, u32)>> {
+        if let Some(l) = self.layouts.get(&func) {
+            return Ok(l.clone());
+        }
+        if kernel {
+            self.check_kernel(func)?
+        } else {
+            self.check_function(func)?
+        }
+        let mut layout = Vec::new();
+        for index in 0..4096usize {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: the handle belongs to this client; out-pointers writable.
+            let r = unsafe {
+                if kernel {
+                    self.driver
+                        .cuKernelGetParamInfo(as_ptr(func), index, &mut offset, &mut size)
+                } else {
+                    self.driver
+                        .cuFuncGetParamInfo(as_ptr(func), index, &mut offset, &mut size)
+                }
+            };
+            match r {
+                Ok(()) => layout.push((offset as u32, size as u32)),
+                // The driver answers INVALID_VALUE past the last parameter.
+                Err(INVALID_VALUE) => break,
+                Err(s) => return Err(s),
+            }
+        }
+        self.layouts.insert(func, layout.clone());
+        Ok(layout)
+    }
+
+    fn launch(&mut self, l: &Launch, params: &mut [u64], len: usize) -> DriverResult {
+        let s = self.enter(l.ctx, l.stream)?;
+        let layout = self.layout(l.func, l.kernel)?;
+        let extent = layout
+            .iter()
+            .map(|&(o, n)| (o + n) as usize)
+            .max()
+            .unwrap_or(0);
+        if len < extent {
+            return Err(INVALID_VALUE);
+        }
+        let base = params.as_mut_ptr().cast::<u8>();
+        // SAFETY: every offset + size is within `extent` <= len bytes of params.
+        let mut args: Vec<Ptr> = layout
+            .iter()
+            .map(|&(o, _)| unsafe { base.add(o as usize) }.cast())
+            .collect();
+        let args_ptr = if args.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            args.as_mut_ptr()
+        };
+        let f = as_ptr(l.func);
+        if l.attrs.is_empty() {
+            // SAFETY: f is this client's function or kernel; args point into
+            // the parameter block laid out by the driver's own offsets.
+            unsafe {
+                self.driver.cuLaunchKernel(
+                    f,
+                    l.grid[0],
+                    l.grid[1],
+                    l.grid[2],
+                    l.block[0],
+                    l.block[1],
+                    l.block[2],
+                    l.shared_mem,
+                    s,
+                    args_ptr,
+                    std::ptr::null_mut(),
+                )
+            }
+        } else {
+            let attrs = launch_attributes(&l.attrs)?;
+            let config = LaunchConfig {
+                grid: l.grid,
+                block: l.block,
+                shared_mem: l.shared_mem,
+                stream: s,
+                attrs: attrs.as_ptr(),
+                num_attrs: attrs.len() as u32,
+            };
+            // SAFETY: as above; config and attrs outlive the call.
+            unsafe {
+                self.driver
+                    .cuLaunchKernelEx(&config, f, args_ptr, std::ptr::null_mut())
+            }
+        }
+    }
+
+    fn occupancy(
+        &mut self,
+        ctx: Handle,
+        func: Handle,
+        query: OccupancyQuery,
+    ) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        self.check_function(func)
+            .or_else(|_| self.check_kernel(func))?;
+        let d = self.driver;
+        let f = as_ptr(func);
+        match query {
+            OccupancyQuery::MaxActiveBlocksPerMultiprocessor {
+                block_size,
+                dynamic_smem,
+                flags,
+            } => {
+                let mut v = 0;
+                // SAFETY: f is this client's; v writable.
+                unsafe {
+                    d.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+                        &mut v,
+                        f,
+                        block_size,
+                        dynamic_smem as usize,
+                        flags,
+                    )
+                }?;
+                Ok(Reply::Int(v as i64))
+            }
+            OccupancyQuery::MaxPotentialBlockSize {
+                dynamic_smem,
+                block_size_limit,
+                flags,
+            } => {
+                let (mut g, mut b) = (0, 0);
+                // SAFETY: as above; no callback.
+                unsafe {
+                    d.cuOccupancyMaxPotentialBlockSizeWithFlags(
+                        &mut g,
+                        &mut b,
+                        f,
+                        std::ptr::null(),
+                        dynamic_smem as usize,
+                        block_size_limit,
+                        flags,
+                    )
+                }?;
+                Ok(Reply::Pair(g as i64, b as i64))
+            }
+            OccupancyQuery::AvailableDynamicSmemPerBlock {
+                num_blocks,
+                block_size,
+            } => {
+                let mut v = 0usize;
+                // SAFETY: as above.
+                unsafe {
+                    d.cuOccupancyAvailableDynamicSMemPerBlock(&mut v, f, num_blocks, block_size)
+                }?;
+                Ok(Reply::Int(v as i64))
+            }
+            OccupancyQuery::MaxActiveClusters {
+                grid,
+                block,
+                shared_mem,
+                cluster,
+            } => {
+                let mut value = [0u8; 64];
+                for (i, c) in cluster.iter().enumerate() {
+                    value[i * 4..i * 4 + 4].copy_from_slice(&c.to_le_bytes());
+                }
+                // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+                let attrs = [LaunchAttribute {
+                    id: 4,
+                    pad: [0; 4],
+                    value,
+                }];
+                let config = LaunchConfig {
+                    grid,
+                    block,
+                    shared_mem,
+                    stream: std::ptr::null_mut(),
+                    attrs: attrs.as_ptr(),
+                    num_attrs: 1,
+                };
+                let mut v = 0;
+                // SAFETY: config and attrs outlive the call.
+                unsafe { d.cuOccupancyMaxActiveClusters(&mut v, f, &config) }?;
+                Ok(Reply::Int(v as i64))
+            }
+        }
+    }
+
+    /// Free everything the client held, context by context.
+    pub fn cleanup(&mut self) -> Cleanup {
+        let started = Instant::now();
+        let c = Cleanup {
+            allocations: self.tables.memory.values().filter(|r| !r.global).count(),
+            bytes: self.tables.allocated_bytes(),
+            streams: self.tables.streams.len() + self.per_thread.len(),
+            events: self.tables.events.len(),
+            modules: self.tables.modules.len(),
+            contexts: self.tables.contexts.len(),
+        };
+        let contexts: Vec<(Handle, i32)> =
+            self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
+        for (ctx, device) in contexts {
+            self.release_context_resources(ctx);
+            if self.tables.primaries.get(&device) == Some(&ctx) {
+                // SAFETY: this client retained the primary context.
+                let _ = unsafe { self.driver.cuDevicePrimaryCtxRelease_v2(device) };
+            } else {
+                // SAFETY: the context was created by this client.
+                let _ = unsafe { self.driver.cuCtxDestroy_v2(as_ptr(ctx)) };
+            }
+            self.tables.drop_context(ctx);
+        }
+        for l in self.tables.libraries.drain() {
+            // SAFETY: the library belongs to this client.
+            let _ = unsafe { self.driver.cuLibraryUnload(as_ptr(l)) };
+        }
+        self.free_staging();
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "cleanup done"
+        );
+        c
+    }
+}
+
+/// Read a module image from the bulk tail, validating its form: an ELF
+/// cubin, a fat binary, or PTX text (which must end in NUL within the image).
+fn read_image<R: Read>(reader: &mut R, len: u64) -> Result<Vec<u8>, ProtoError> {
+    let mut image = vec![0u8; len as usize];
+    frame::read_bulk(reader, &mut image)?;
+    // A trailing NUL keeps a driver that scans for one inside the buffer.
+    image.push(0);
+    Ok(image)
+}
+
+fn launch_attributes(attrs: &[(u32, Vec<u8>)]) -> DriverResult<Vec<LaunchAttribute>> {
+    attrs
+        .iter()
+        .map(|(id, v)| {
+            if v.len() != 64 {
+                return Err(INVALID_VALUE);
+            }
+            let mut value = [0u8; 64];
+            value.copy_from_slice(v);
+            Ok(LaunchAttribute {
+                id: *id,
+                pad: [0; 4],
+                value,
+            })
+        })
+        .collect()
+}
+
+/// A driver result as the reply that carries it.
+trait IntoReply {
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for DriverResult<Reply> {
+    fn into_reply(self) -> Reply {
+        self.unwrap_or_else(Reply::Status)
+    }
+}
+
+impl IntoReply for DriverResult {
+    fn into_reply(self) -> Reply {
+        Reply::Status(self.err().unwrap_or(0))
+    }
+}
+
+fn to_reply(r: impl IntoReply) -> Reply {
+    r.into_reply()
+}
+
+/// Whether an image looks like one the driver can load.
+pub fn image_kind_ok(image: &[u8]) -> Result<(), Status> {
+    if image.starts_with(b"\x7fELF") || image.starts_with(&0xBA55_ED50u32.to_le_bytes()) {
+        return Ok(());
+    }
+    // PTX: text with a NUL before the end.
+    if image.iter().position(|&b| b == 0).is_some_and(|p| p > 0) {
+        Ok(())
+    } else {
+        Err(INVALID_IMAGE)
+    }
+}

@@ -1,0 +1,78 @@
+/* The CUDA driver API declarations the gpupool test programs use, written
+ * from the published API reference (types, numbers and signatures), so the
+ * programs build without a CUDA toolkit. Programs resolve every entry point
+ * the way real ones do: dlopen("libcuda.so.1"), then cuGetProcAddress. */
+#ifndef GPUPOOL_TEST_DRIVER_API_H
+#define GPUPOOL_TEST_DRIVER_API_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
+typedef struct CUstream_st *CUstream;
+typedef struct CUevent_st *CUevent;
+
+#define CUDA_SUCCESS 0
+#define CUDA_ERROR_INVALID_VALUE 1
+#define CUDA_ERROR_NOT_READY 600
+#define CUDA_ERROR_ILLEGAL_ADDRESS 700
+#define CUDA_ERROR_NOT_SUPPORTED 801
+#define CU_LAUNCH_PARAM_END ((void *)0x00)
+#define CU_LAUNCH_PARAM_BUFFER_POINTER ((void *)0x01)
+#define CU_LAUNCH_PARAM_BUFFER_SIZE ((void *)0x02)
+#define CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK 1
+#define CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT 16
+#define CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
+#define CU_MEMORYTYPE_DEVICE 2
+
+typedef CUresult (*PFN_cuGetProcAddress_v2)(const char *, void **, int, uint64_t, int *);
+typedef CUresult (*PFN_cuInit)(unsigned);
+typedef CUresult (*PFN_cuDriverGetVersion)(int *);
+typedef CUresult (*PFN_cuDeviceGet)(CUdevice *, int);
+typedef CUresult (*PFN_cuDeviceGetCount)(int *);
+typedef CUresult (*PFN_cuDeviceGetName)(char *, int, CUdevice);
+typedef CUresult (*PFN_cuDeviceTotalMem)(size_t *, CUdevice);
+typedef CUresult (*PFN_cuDeviceGetAttribute)(int *, int, CUdevice);
+typedef CUresult (*PFN_cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
+typedef CUresult (*PFN_cuDevicePrimaryCtxRelease)(CUdevice);
+typedef CUresult (*PFN_cuDevicePrimaryCtxGetState)(CUdevice, unsigned *, int *);
+typedef CUresult (*PFN_cuCtxSetCurrent)(CUcontext);
+typedef CUresult (*PFN_cuCtxGetCurrent)(CUcontext *);
+typedef CUresult (*PFN_cuCtxGetDevice)(CUdevice *);
+typedef CUresult (*PFN_cuCtxSynchronize)(void);
+typedef CUresult (*PFN_cuModuleLoadData)(CUmodule *, const void *);
+typedef CUresult (*PFN_cuModuleUnload)(CUmodule);
+typedef CUresult (*PFN_cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
+typedef CUresult (*PFN_cuFuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *);
+typedef CUresult (*PFN_cuMemAlloc)(CUdeviceptr *, size_t);
+typedef CUresult (*PFN_cuMemFree)(CUdeviceptr);
+typedef CUresult (*PFN_cuMemGetInfo)(size_t *, size_t *);
+typedef CUresult (*PFN_cuMemAllocHost)(void **, size_t);
+typedef CUresult (*PFN_cuMemFreeHost)(void *);
+typedef CUresult (*PFN_cuMemHostGetDevicePointer)(CUdeviceptr *, void *, unsigned);
+typedef CUresult (*PFN_cuPointerGetAttribute)(void *, int, CUdeviceptr);
+typedef CUresult (*PFN_cuMemcpyHtoD)(CUdeviceptr, const void *, size_t);
+typedef CUresult (*PFN_cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuMemcpyDtoD)(CUdeviceptr, CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
+typedef CUresult (*PFN_cuMemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
+typedef CUresult (*PFN_cuMemsetD32)(CUdeviceptr, unsigned, size_t);
+typedef CUresult (*PFN_cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
+typedef CUresult (*PFN_cuStreamCreate)(CUstream *, unsigned);
+typedef CUresult (*PFN_cuStreamDestroy)(CUstream);
+typedef CUresult (*PFN_cuStreamSynchronize)(CUstream);
+typedef CUresult (*PFN_cuStreamQuery)(CUstream);
+typedef CUresult (*PFN_cuEventCreate)(CUevent *, unsigned);
+typedef CUresult (*PFN_cuEventRecord)(CUevent, CUstream);
+typedef CUresult (*PFN_cuEventSynchronize)(CUevent);
+typedef CUresult (*PFN_cuEventElapsedTime)(float *, CUevent, CUevent);
+typedef CUresult (*PFN_cuEventDestroy)(CUevent);
+typedef CUresult (*PFN_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, void **);
+typedef CUresult (*PFN_cuGetErrorName)(CUresult, const char **);
+typedef CUresult (*PFN_cuArrayCreate)(void *, const void *);
+
+#endif

@@ -1,0 +1,332 @@
+/* A driver-API program for gpupool's whole-system tests and GPU script.
+ * It loads libcuda.so.1 the way real programs do and checks every result it
+ * gets against values it computes itself.
+ *
+ *   driver_check vadd      vector add from a PTX module (kernelParams and extra)
+ *   driver_check fault     a faulting kernel: the error surfaces at the next sync
+ *   driver_check oob       out-of-bounds copies and memsets are refused
+ *   driver_check big MIB   round trip of MIB mebibytes through device memory
+ *   driver_check streams   async copies, events, query-until-done
+ *   driver_check hold MIB  allocate MIB mebibytes, print HOLDING, wait to be killed
+ *   driver_check unsupported  call an entry point gpupool does not implement
+ *   driver_check bench     timings: sync round trip, launch rate, bandwidth
+ */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "driver_api.h"
+#include "kernels.ptx.h"
+
+static PFN_cuGetProcAddress_v2 getProc;
+static PFN_cuGetErrorName errName;
+
+static void *sym(const char *name, int version) {
+    void *f = NULL;
+    int status = -1;
+    CUresult r = getProc(name, &f, version, 0, &status);
+    if (r != CUDA_SUCCESS || f == NULL) {
+        fprintf(stderr, "FAIL cuGetProcAddress(%s) = %d\n", name, r);
+        exit(2);
+    }
+    return f;
+}
+
+#define GET(name, ver) PFN_##name name = (PFN_##name)sym(#name, ver)
+#define CHECK(call)                                                                  \
+    do {                                                                             \
+        CUresult r_ = (call);                                                        \
+        if (r_ != CUDA_SUCCESS) {                                                    \
+            const char *n_ = "?";                                                    \
+            errName(r_, &n_);                                                        \
+            fprintf(stderr, "FAIL %s:%d %s = %d (%s)\n", __FILE__, __LINE__, #call, r_, n_); \
+            exit(1);                                                                 \
+        }                                                                            \
+    } while (0)
+#define EXPECT(cond, ...)                        \
+    do {                                         \
+        if (!(cond)) {                           \
+            fprintf(stderr, "FAIL " __VA_ARGS__); \
+            fprintf(stderr, "\n");               \
+            exit(1);                             \
+        }                                        \
+    } while (0)
+
+static double now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "vadd";
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!lib) {
+        fprintf(stderr, "FAIL dlopen(libcuda.so.1): %s\n", dlerror());
+        return 2;
+    }
+    getProc = (PFN_cuGetProcAddress_v2)dlsym(lib, "cuGetProcAddress_v2");
+    EXPECT(getProc != NULL, "no cuGetProcAddress_v2");
+    errName = (PFN_cuGetErrorName)sym("cuGetErrorName", 6000);
+    GET(cuInit, 2000);
+    GET(cuDriverGetVersion, 2020);
+    GET(cuDeviceGet, 2000);
+    GET(cuDeviceGetCount, 2000);
+    GET(cuDeviceGetName, 2000);
+    GET(cuDeviceTotalMem, 3020);
+    GET(cuDeviceGetAttribute, 2000);
+    GET(cuDevicePrimaryCtxRetain, 7000);
+    GET(cuDevicePrimaryCtxRelease, 11000);
+    GET(cuDevicePrimaryCtxGetState, 7000);
+    GET(cuCtxSetCurrent, 4000);
+    GET(cuCtxGetCurrent, 4000);
+    GET(cuCtxGetDevice, 2000);
+    GET(cuCtxSynchronize, 2000);
+    GET(cuModuleLoadData, 2000);
+    GET(cuModuleUnload, 2000);
+    GET(cuModuleGetFunction, 2000);
+    GET(cuFuncGetParamInfo, 12040);
+    GET(cuMemAlloc, 3020);
+    GET(cuMemFree, 3020);
+    GET(cuMemGetInfo, 3020);
+    GET(cuMemAllocHost, 3020);
+    GET(cuMemFreeHost, 2000);
+    GET(cuMemHostGetDevicePointer, 3020);
+    GET(cuPointerGetAttribute, 4000);
+    GET(cuMemcpyHtoD, 3020);
+    GET(cuMemcpyDtoH, 3020);
+    GET(cuMemcpyDtoD, 3020);
+    GET(cuMemcpyHtoDAsync, 3020);
+    GET(cuMemcpyDtoHAsync, 3020);
+    GET(cuMemsetD32, 3020);
+    GET(cuMemsetD8Async, 3020);
+    GET(cuStreamCreate, 2000);
+    GET(cuStreamDestroy, 4000);
+    GET(cuStreamSynchronize, 2000);
+    GET(cuStreamQuery, 2000);
+    GET(cuEventCreate, 2000);
+    GET(cuEventRecord, 2000);
+    GET(cuEventSynchronize, 2000);
+    GET(cuEventElapsedTime, 2000);
+    GET(cuEventDestroy, 4000);
+    GET(cuLaunchKernel, 4000);
+
+    CHECK(cuInit(0));
+    int version = 0, count = 0;
+    CHECK(cuDriverGetVersion(&version));
+    CHECK(cuDeviceGetCount(&count));
+    EXPECT(count >= 1, "no device");
+    CUdevice dev;
+    CHECK(cuDeviceGet(&dev, 0));
+    char name[256];
+    size_t total = 0;
+    int threads = 0, sms = 0;
+    CHECK(cuDeviceGetName(name, sizeof name, dev));
+    CHECK(cuDeviceTotalMem(&total, dev));
+    CHECK(cuDeviceGetAttribute(&threads, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, dev));
+    CHECK(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
+    EXPECT(threads >= 256 && sms >= 1, "implausible attributes %d %d", threads, sms);
+    printf("device 0: %s, %zu MiB, %d SMs, driver %d\n", name, total >> 20, sms, version);
+
+    CUcontext ctx, cur = NULL;
+    unsigned flags;
+    int active = 0;
+    CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
+    CHECK(cuDevicePrimaryCtxGetState(dev, &flags, &active));
+    EXPECT(active == 1, "primary context not active after retain");
+    CHECK(cuCtxSetCurrent(ctx));
+    CHECK(cuCtxGetCurrent(&cur));
+    EXPECT(cur == ctx, "current context mismatch");
+    CUdevice cdev = -1;
+    CHECK(cuCtxGetDevice(&cdev));
+    EXPECT(cdev == dev, "context device mismatch");
+
+    CUmodule mod;
+    CHECK(cuModuleLoadData(&mod, KERNELS_PTX));
+    CUfunction vadd, scale, fault, null_kernel;
+    CHECK(cuModuleGetFunction(&vadd, mod, "gp_vector_add"));
+    CHECK(cuModuleGetFunction(&scale, mod, "gp_scale"));
+    CHECK(cuModuleGetFunction(&fault, mod, "gp_fault"));
+    CHECK(cuModuleGetFunction(&null_kernel, mod, "gp_null"));
+    size_t off = 0, size = 0;
+    CHECK(cuFuncGetParamInfo(vadd, 3, &off, &size));
+    EXPECT(off == 24 && size == 4, "param 3 of gp_vector_add at %zu size %zu", off, size);
+
+    if (!strcmp(mode, "vadd")) {
+        const int n = 100000;
+        size_t bytes = n * sizeof(float);
+        float *a = malloc(bytes), *b = malloc(bytes), *c = malloc(bytes);
+        for (int i = 0; i < n; i++) {
+            a[i] = (float)i * 0.5f;
+            b[i] = (float)(n - i) * 0.25f;
+        }
+        CUdeviceptr da, db, dc;
+        CHECK(cuMemAlloc(&da, bytes));
+        CHECK(cuMemAlloc(&db, bytes));
+        CHECK(cuMemAlloc(&dc, bytes));
+        unsigned mt = 0;
+        CHECK(cuPointerGetAttribute(&mt, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, db + 16));
+        EXPECT(mt == CU_MEMORYTYPE_DEVICE, "pointer attribute memory type %u", mt);
+        CHECK(cuMemcpyHtoD(da, a, bytes));
+        CHECK(cuMemcpyHtoD(db, b, bytes));
+        CHECK(cuMemsetD32(dc, 0xffffffffu, n));
+        unsigned nn = n;
+        void *args[] = {&da, &db, &dc, &nn};
+        CHECK(cuLaunchKernel(vadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CHECK(cuMemcpyDtoH(c, dc, bytes));
+        for (int i = 0; i < n; i++)
+            EXPECT(c[i] == a[i] + b[i], "c[%d] = %f, expected %f", i, c[i], a[i] + b[i]);
+        /* The same through `extra`, into a scaled copy. */
+        struct {
+            CUdeviceptr x;
+            float s;
+            unsigned n;
+        } packed = {dc, 3.0f, (unsigned)n};
+        size_t packed_size = sizeof packed;
+        void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, &packed, CU_LAUNCH_PARAM_BUFFER_SIZE, &packed_size, CU_LAUNCH_PARAM_END};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, NULL, extra));
+        CHECK(cuMemcpyDtoD(da, dc, bytes));
+        CHECK(cuMemcpyDtoH(c, da, bytes));
+        for (int i = 0; i < n; i++)
+            EXPECT(c[i] == (a[i] + b[i]) * 3.0f, "scaled c[%d] = %f", i, c[i]);
+        CHECK(cuMemFree(da));
+        CHECK(cuMemFree(db));
+        CHECK(cuMemFree(dc));
+        printf("OK vadd n=%d\n", n);
+    } else if (!strcmp(mode, "fault")) {
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, 4096));
+        void *args[] = {&p};
+        CUresult launch = cuLaunchKernel(fault, 1, 1, 1, 1, 1, 1, 0, NULL, args, NULL);
+        EXPECT(launch == CUDA_SUCCESS, "launch of a faulting kernel returned %d at once", launch);
+        CUresult sync = cuCtxSynchronize();
+        EXPECT(sync == CUDA_ERROR_ILLEGAL_ADDRESS, "synchronize after fault returned %d", sync);
+        CUresult again = cuCtxSynchronize();
+        EXPECT(again == CUDA_ERROR_ILLEGAL_ADDRESS, "sticky error not kept: %d", again);
+        printf("OK fault reported at synchronize: %d\n", sync);
+        return 0;
+    } else if (!strcmp(mode, "oob")) {
+        CUdeviceptr p;
+        char buf[8192] = {0};
+        CHECK(cuMemAlloc(&p, 4096));
+        CUresult r1 = cuMemcpyHtoD(p + 4000, buf, 200);
+        CUresult r2 = cuMemcpyDtoH(buf, p, 8192);
+        CUresult r3 = cuMemcpyHtoD(p + 4096 * 1024, buf, 4);
+        CUresult r4 = cuMemcpyHtoDAsync(p - 8, buf, 16, NULL);
+        CUresult r5 = cuMemFree(p + 8);
+        EXPECT(r1 == CUDA_ERROR_INVALID_VALUE && r2 == CUDA_ERROR_INVALID_VALUE && r3 == CUDA_ERROR_INVALID_VALUE &&
+                   r4 == CUDA_ERROR_INVALID_VALUE && r5 == CUDA_ERROR_INVALID_VALUE,
+               "out-of-bounds results %d %d %d %d %d", r1, r2, r3, r4, r5);
+        /* In-bounds work still succeeds afterwards. */
+        CHECK(cuMemcpyHtoD(p + 4092, buf, 4));
+        CHECK(cuCtxSynchronize());
+        CHECK(cuMemFree(p));
+        printf("OK out-of-bounds refused\n");
+    } else if (!strcmp(mode, "big")) {
+        size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 20;
+        size_t bytes = mib << 20;
+        unsigned char *src = malloc(bytes), *dst = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++) src[i] = (unsigned char)(i * 7 + (i >> 12));
+        memset(dst, 0, bytes);
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, bytes));
+        CHECK(cuMemcpyHtoD(p, src, bytes));
+        CHECK(cuMemcpyDtoH(dst, p, bytes));
+        EXPECT(memcmp(src, dst, bytes) == 0, "big round trip differs");
+        CHECK(cuMemFree(p));
+        printf("OK big %zu MiB\n", mib);
+    } else if (!strcmp(mode, "streams")) {
+        const size_t n = 3 << 20;
+        unsigned char *host;
+        CHECK(cuMemAllocHost((void **)&host, n));
+        for (size_t i = 0; i < n; i++) host[i] = (unsigned char)(i % 251);
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, n));
+        CUstream s;
+        CUevent e0, e1;
+        CHECK(cuStreamCreate(&s, 0));
+        CHECK(cuEventCreate(&e0, 0));
+        CHECK(cuEventCreate(&e1, 0));
+        CHECK(cuEventRecord(e0, s));
+        CHECK(cuMemcpyHtoDAsync(p, host, n, s));
+        CHECK(cuMemsetD8Async(p + 1000, 0xab, 500, s));
+        memset(host, 0, n);
+        CHECK(cuMemcpyDtoHAsync(host, p, n, s));
+        CHECK(cuEventRecord(e1, s));
+        CUresult q;
+        while ((q = cuStreamQuery(s)) == CUDA_ERROR_NOT_READY) usleep(100);
+        EXPECT(q == CUDA_SUCCESS, "stream query %d", q);
+        for (size_t i = 0; i < n; i++) {
+            unsigned char want = (i >= 1000 && i < 1500) ? 0xab : (unsigned char)(i % 251);
+            EXPECT(host[i] == want, "host[%zu] = %u after query said done, want %u", i, host[i], want);
+        }
+        float ms = -1;
+        CHECK(cuEventSynchronize(e1));
+        CHECK(cuEventElapsedTime(&ms, e0, e1));
+        EXPECT(ms >= 0, "elapsed %f", ms);
+        CUdeviceptr mapped;
+        CUresult zc = cuMemHostGetDevicePointer(&mapped, host, 0);
+        EXPECT(zc == CUDA_ERROR_NOT_SUPPORTED || zc == CUDA_SUCCESS, "host device pointer %d", zc);
+        CHECK(cuEventDestroy(e0));
+        CHECK(cuEventDestroy(e1));
+        CHECK(cuStreamDestroy(s));
+        CHECK(cuMemFree(p));
+        CHECK(cuMemFreeHost(host));
+        printf("OK streams\n");
+    } else if (!strcmp(mode, "hold")) {
+        size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
+        CUdeviceptr p1, p2;
+        CHECK(cuMemAlloc(&p1, mib << 20));
+        CHECK(cuMemAlloc(&p2, 4096));
+        CHECK(cuCtxSynchronize());
+        printf("HOLDING %zu\n", (mib << 20) + 4096);
+        fflush(stdout);
+        for (;;) pause();
+    } else if (!strcmp(mode, "unsupported")) {
+        PFN_cuArrayCreate arrayCreate = (PFN_cuArrayCreate)sym("cuArrayCreate", 3020);
+        CUresult r = arrayCreate(NULL, NULL);
+        EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "cuArrayCreate returned %d", r);
+        printf("OK unsupported call refused\n");
+    } else if (!strcmp(mode, "bench")) {
+        int iters = argc > 2 ? atoi(argv[2]) : 2000;
+        CUdeviceptr p;
+        static char buf[4];
+        CHECK(cuMemAlloc(&p, 1 << 20));
+        double *lat = malloc(sizeof(double) * iters);
+        for (int i = 0; i < iters; i++) {
+            double t0 = now_us();
+            CHECK(cuCtxSynchronize());
+            lat[i] = now_us() - t0;
+        }
+        qsort(lat, iters, sizeof(double), cmp_double);
+        printf("BENCH sync_roundtrip_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
+        for (int i = 0; i < iters; i++) {
+            double t0 = now_us();
+            CHECK(cuMemcpyDtoH(buf, p, 4));
+            lat[i] = now_us() - t0;
+        }
+        qsort(lat, iters, sizeof(double), cmp_double);
+        printf("BENCH dtoh4_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
+        int launches = iters * 20;
+        double t0 = now_us();
+        for (int i = 0; i < launches; i++) CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+        CHECK(cuCtxSynchronize());
+        double el = now_us() - t0;
+        printf("BENCH launches_per_s %.0f\n", launches / (el / 1e6));
+        CHECK(cuMemFree(p));
+    } else {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
+    }
+    CHECK(cuModuleUnload(mod));
+    CHECK(cuDevicePrimaryCtxRelease(dev));
+    return 0;
+}

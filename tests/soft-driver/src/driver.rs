@@ -1,0 +1,1333 @@
+//! State and semantics of the simulated driver.
+//!
+//! One global [`Driver`] behind a `Mutex` holds every object (devices,
+//! contexts, allocations, modules, functions, libraries, kernels, streams,
+//! events). Handles are unique non-null values issued from a counter and
+//! validated against these tables on every call. The current context is
+//! thread-local, as in the real driver.
+//!
+//! Work is executed synchronously when it is enqueued: a stream is always
+//! idle, an event is complete as soon as it is recorded. A kernel fault
+//! leaves its context in a sticky error state that every later call using
+//! that context reports, until the context is destroyed or reset.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::kernels::{self, Known};
+use crate::memory::{
+    page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN,
+};
+use crate::ptx::{self, PtxError};
+use crate::result::*;
+
+/// `cuDriverGetVersion` / `cuCtxGetApiVersion`: CUDA 13.0.
+pub const DRIVER_VERSION: i32 = 13000;
+/// Default simulated memory per device (16 GiB).
+const DEFAULT_MEMORY_MIB: u64 = 16 * 1024;
+/// Streams `NULL`, `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`.
+const BUILTIN_STREAMS: [u64; 3] = [0, 1, 2];
+/// First handle value; handles advance in steps of 16.
+const FIRST_HANDLE: u64 = 0x5eed_0000_1000;
+
+pub const SM_COUNT: i32 = 132;
+pub const MAX_THREADS_PER_BLOCK: u32 = 1024;
+pub const MAX_THREADS_PER_SM: i32 = 2048;
+pub const MAX_SHARED_PER_SM: i32 = 233472;
+pub const MAX_SHARED_PER_BLOCK: i32 = 49152;
+pub const MAX_SHARED_PER_BLOCK_OPTIN: i32 = 232448;
+const RESERVED_SHARED_PER_BLOCK: i32 = 1024;
+
+thread_local! {
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+}
+
+static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
+
+/// Runs `f` on the initialised driver (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
+pub fn with<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuResult<T> {
+    let mut guard = DRIVER.lock().unwrap_or_else(|e| e.into_inner());
+    let driver = guard.as_mut().ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
+    f(driver)
+}
+
+/// `cuInit`: creates the driver state on first call. Reads
+/// `GPUPOOL_SOFT_MEMORY_MIB` (memory per device, default 16384) and
+/// `GPUPOOL_SOFT_DEVICE_COUNT` (default 1).
+pub fn init(flags: u32) -> CuResult<()> {
+    if flags != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut guard = DRIVER.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        let env_num = |name: &str, default: u64| -> CuResult<u64> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().parse().map_err(|_| CUDA_ERROR_INVALID_VALUE),
+                Err(_) => Ok(default),
+            }
+        };
+        let mib = env_num("GPUPOOL_SOFT_MEMORY_MIB", DEFAULT_MEMORY_MIB)?;
+        let count = env_num("GPUPOOL_SOFT_DEVICE_COUNT", 1)?;
+        if count == 0 {
+            return Err(100); // CUDA_ERROR_NO_DEVICE
+        }
+        if mib == 0 || count > 64 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let capacity = mib.checked_mul(1 << 20).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        *guard = Some(Driver::new(count as usize, capacity));
+    }
+    Ok(())
+}
+
+fn current() -> u64 {
+    CURRENT.with(Cell::get)
+}
+
+fn set_current(ctx: u64) {
+    CURRENT.with(|c| c.set(ctx));
+}
+
+struct Device {
+    capacity: u64,
+    used: u64,
+    primary_handle: u64,
+    primary_refs: u32,
+    primary_flags: u32,
+}
+
+struct Context {
+    device: usize,
+    flags: u32,
+    primary: bool,
+    sticky: Option<CUresult>,
+    limits: [u64; LIMITS.len()],
+}
+
+struct ModuleObj {
+    ctx: u64,
+    ptx: Arc<ptx::Module>,
+    /// Function handle of each entry, in `ptx.entries` order.
+    functions: Vec<u64>,
+    /// Variable name → (device address, size).
+    variables: HashMap<String, (u64, u64)>,
+    library: Option<u64>,
+}
+
+/// Number of `CUfunction_attribute` values (`CU_FUNC_ATTRIBUTE_MAX`).
+pub const FUNC_ATTRIBUTE_COUNT: usize = 16;
+const ATTR_MAX_THREADS: usize = 0;
+const ATTR_PTX_VERSION: usize = 5;
+const ATTR_MAX_DYNAMIC_SHARED: usize = 8;
+
+type FuncAttrs = [i32; FUNC_ATTRIBUTE_COUNT];
+
+struct FunctionObj {
+    ctx: u64,
+    ptx: Arc<ptx::Module>,
+    entry: usize,
+    known: Option<Known>,
+    attrs: FuncAttrs,
+}
+
+struct LibraryObj {
+    ptx: Arc<ptx::Module>,
+    /// Kernel handle of each entry, in `ptx.entries` order.
+    kernels: Vec<u64>,
+    /// Context → the module this library was loaded as there.
+    modules: HashMap<u64, u64>,
+}
+
+struct KernelObj {
+    library: u64,
+    entry: usize,
+    /// Attributes set per device with `cuKernelSetAttribute`.
+    attrs: HashMap<usize, FuncAttrs>,
+}
+
+struct StreamObj {
+    ctx: u64,
+}
+
+struct EventObj {
+    ctx: u64,
+    flags: u32,
+    recorded: Option<Instant>,
+}
+
+struct HostAlloc {
+    ctx: u64,
+    _mapping: Mapping,
+}
+
+/// `CUlimit` defaults (0 stack size … 6 persisting L2 cache size).
+const LIMITS: [u64; 7] = [1024, 1 << 20, 8 << 20, 2, 2048, 64, 0];
+/// Number of `CUlimit` values (`CU_LIMIT_MAX`).
+const LIMIT_COUNT: i32 = 10;
+
+const EVENT_DISABLE_TIMING: u32 = 0x2;
+const EVENT_INTERPROCESS: u32 = 0x4;
+
+/// Grid, block and stream of one launch.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+    pub stream: u64,
+}
+
+/// The whole simulated driver.
+pub struct Driver {
+    devices: Vec<Device>,
+    next_handle: u64,
+    contexts: HashMap<u64, Context>,
+    /// Handles of destroyed (non-primary) contexts.
+    retired: HashSet<u64>,
+    allocs: AllocationMap,
+    host_allocs: BTreeMap<u64, HostAlloc>,
+    modules: HashMap<u64, ModuleObj>,
+    functions: HashMap<u64, FunctionObj>,
+    libraries: HashMap<u64, LibraryObj>,
+    kernels: HashMap<u64, KernelObj>,
+    streams: HashMap<u64, StreamObj>,
+    events: HashMap<u64, EventObj>,
+}
+
+fn ptx_error(e: PtxError) -> CUresult {
+    match e {
+        PtxError::NotPtx(_) => CUDA_ERROR_INVALID_IMAGE,
+        PtxError::Syntax(_) => CUDA_ERROR_INVALID_PTX,
+        PtxError::UnsupportedVersion(_) => CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+        PtxError::Unsupported(_) => CUDA_ERROR_NOT_SUPPORTED,
+    }
+}
+
+/// Checks `CUctx_flags`: scheduling mode (0, 1, 2 or 4) plus known bits.
+fn check_ctx_flags(flags: u32) -> CuResult<()> {
+    const KNOWN: u32 = 0x07 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80;
+    if flags & !KNOWN != 0 || ![0, 1, 2, 4].contains(&(flags & 0x07)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(())
+}
+
+fn default_attrs(module: &ptx::Module, entry: &ptx::Entry) -> FuncAttrs {
+    let mut a = [0; FUNC_ATTRIBUTE_COUNT];
+    a[ATTR_MAX_THREADS] = entry.max_threads_per_block() as i32;
+    a[4] = 16; // NUM_REGS
+    a[ATTR_PTX_VERSION] = module.target_sm as i32;
+    a[6] = 90; // BINARY_VERSION: JIT-compiled for the sm_90 device
+    a[ATTR_MAX_DYNAMIC_SHARED] = MAX_SHARED_PER_BLOCK;
+    a[9] = -1; // PREFERRED_SHARED_MEMORY_CARVEOUT: no preference
+    a
+}
+
+/// Applies `cuFuncSetAttribute` / `cuKernelSetAttribute` to an attribute set.
+fn set_attr(attrs: &mut FuncAttrs, attrib: i32, value: i32) -> CuResult<()> {
+    let ok = match attrib {
+        8 => (0..=MAX_SHARED_PER_BLOCK_OPTIN).contains(&value),
+        9 => (-1..=100).contains(&value),
+        11..=13 => (0..=16).contains(&value),
+        14 => (0..=1).contains(&value),
+        15 => (0..=2).contains(&value),
+        _ => false,
+    };
+    if !ok {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    attrs[attrib as usize] = value;
+    Ok(())
+}
+
+fn get_attr(attrs: &FuncAttrs, attrib: i32) -> CuResult<i32> {
+    usize::try_from(attrib)
+        .ok()
+        .and_then(|i| attrs.get(i).copied())
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
+}
+
+/// Value of a `CUdevice_attribute` for the simulated H100-like device
+/// (attributes not listed are 0; the last arm is the intended fallback).
+#[allow(clippy::match_overlapping_arm)]
+fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
+    Ok(match attrib {
+        1 => MAX_THREADS_PER_BLOCK as i32,
+        2 | 3 => 1024,
+        4 => 64,
+        5 => i32::MAX,
+        6 | 7 => 65535,
+        8 => MAX_SHARED_PER_BLOCK,
+        9 => 65536,      // TOTAL_CONSTANT_MEMORY
+        10 => 32,        // WARP_SIZE
+        11 => i32::MAX,  // MAX_PITCH
+        12 => 65536,     // MAX_REGISTERS_PER_BLOCK
+        13 => 1_980_000, // CLOCK_RATE (kHz)
+        14 => 512,       // TEXTURE_ALIGNMENT
+        15 => 1,         // GPU_OVERLAP
+        16 => SM_COUNT,
+        19 => 1, // CAN_MAP_HOST_MEMORY
+        21 => 131072,
+        22 => 131072,
+        23 => 65536,
+        24..=26 => 16384,
+        30 => 512,                   // SURFACE_ALIGNMENT
+        31 => 1,                     // CONCURRENT_KERNELS
+        32 => 1,                     // ECC_ENABLED
+        33 => 0x18 + ordinal as i32, // PCI_BUS_ID
+        34 => 0,                     // PCI_DEVICE_ID
+        36 => 2_619_000,             // MEMORY_CLOCK_RATE (kHz)
+        37 => 5120,                  // GLOBAL_MEMORY_BUS_WIDTH
+        38 => 52_428_800,            // L2_CACHE_SIZE
+        39 => MAX_THREADS_PER_SM,
+        40 => 3,      // ASYNC_ENGINE_COUNT
+        41 => 1,      // UNIFIED_ADDRESSING
+        50 => 0,      // PCI_DOMAIN_ID
+        51 => 32,     // TEXTURE_PITCH_ALIGNMENT
+        75 => 9,      // COMPUTE_CAPABILITY_MAJOR
+        76 => 0,      // COMPUTE_CAPABILITY_MINOR
+        78 => 1,      // STREAM_PRIORITIES_SUPPORTED
+        79 | 80 => 1, // GLOBAL/LOCAL_L1_CACHE_SUPPORTED
+        81 => MAX_SHARED_PER_SM,
+        82 => 65536,          // MAX_REGISTERS_PER_MULTIPROCESSOR
+        85 => ordinal as i32, // MULTI_GPU_BOARD_GROUP_ID
+        87 => 2,              // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
+        90 => 1,              // COMPUTE_PREEMPTION_SUPPORTED
+        97 => MAX_SHARED_PER_BLOCK_OPTIN,
+        106 => 32,          // MAX_BLOCKS_PER_MULTIPROCESSOR
+        108 => 78_643_200,  // MAX_PERSISTING_L2_CACHE_SIZE
+        109 => 134_213_632, // MAX_ACCESS_POLICY_WINDOW_SIZE
+        111 => RESERVED_SHARED_PER_BLOCK,
+        120 => 1,        // CLUSTER_LAUNCH
+        126 => 4,        // MEM_SYNC_DOMAIN_COUNT
+        131 | 134 => -1, // NUMA_ID, HOST_NUMA_ID
+        1..=150 => 0,
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    })
+}
+
+impl Driver {
+    fn new(count: usize, capacity: u64) -> Driver {
+        let mut d = Driver {
+            devices: Vec::new(),
+            next_handle: FIRST_HANDLE,
+            contexts: HashMap::new(),
+            retired: HashSet::new(),
+            allocs: AllocationMap::default(),
+            host_allocs: BTreeMap::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            libraries: HashMap::new(),
+            kernels: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+        };
+        for _ in 0..count {
+            let primary_handle = d.handle();
+            d.devices.push(Device {
+                capacity,
+                used: 0,
+                primary_handle,
+                primary_refs: 0,
+                primary_flags: 0,
+            });
+        }
+        d
+    }
+
+    fn handle(&mut self) -> u64 {
+        let h = self.next_handle;
+        self.next_handle += 0x10;
+        h
+    }
+
+    // ----- devices -----
+
+    fn device(&self, dev: i32) -> CuResult<usize> {
+        usize::try_from(dev)
+            .ok()
+            .filter(|&d| d < self.devices.len())
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)
+    }
+
+    pub fn device_count(&self) -> i32 {
+        self.devices.len() as i32
+    }
+
+    pub fn device_get(&self, ordinal: i32) -> CuResult<i32> {
+        self.device(ordinal).map(|d| d as i32)
+    }
+
+    pub fn device_name(&self, dev: i32) -> CuResult<String> {
+        let d = self.device(dev)?;
+        Ok(format!("gpupool simulated GPU {d} (soft driver)"))
+    }
+
+    pub fn device_uuid(&self, dev: i32) -> CuResult<[u8; 16]> {
+        let d = self.device(dev)?;
+        let mut uuid = *b"gpupool-softgpu\0";
+        uuid[15] = d as u8;
+        Ok(uuid)
+    }
+
+    pub fn device_total_mem(&self, dev: i32) -> CuResult<u64> {
+        let d = self.device(dev)?;
+        Ok(self.devices[d].capacity)
+    }
+
+    pub fn device_attribute(&self, attrib: i32, dev: i32) -> CuResult<i32> {
+        let d = self.device(dev)?;
+        device_attribute(attrib, d)
+    }
+
+    // ----- contexts -----
+
+    /// The calling thread's current context (which must still exist).
+    fn current_ctx(&self) -> CuResult<u64> {
+        let ctx = current();
+        if ctx == 0 {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        if self.contexts.contains_key(&ctx) {
+            Ok(ctx)
+        } else if self.retired.contains(&ctx) || self.is_primary_handle(ctx) {
+            Err(CUDA_ERROR_CONTEXT_IS_DESTROYED)
+        } else {
+            Err(CUDA_ERROR_INVALID_CONTEXT)
+        }
+    }
+
+    fn is_primary_handle(&self, ctx: u64) -> bool {
+        self.devices.iter().any(|d| d.primary_handle == ctx)
+    }
+
+    /// Fails with the context's sticky error, if it has one.
+    fn healthy(&self, ctx: u64) -> CuResult<u64> {
+        match self.contexts.get(&ctx) {
+            None => Err(CUDA_ERROR_CONTEXT_IS_DESTROYED),
+            Some(c) => match c.sticky {
+                Some(e) => Err(e),
+                None => Ok(ctx),
+            },
+        }
+    }
+
+    /// The current context, which must exist and be free of sticky errors.
+    fn active_ctx(&self) -> CuResult<u64> {
+        self.current_ctx().and_then(|c| self.healthy(c))
+    }
+
+    fn new_context(&mut self, handle: u64, device: usize, flags: u32, primary: bool) {
+        self.contexts.insert(
+            handle,
+            Context {
+                device,
+                flags,
+                primary,
+                sticky: None,
+                limits: LIMITS,
+            },
+        );
+    }
+
+    /// Frees everything a context owns and removes it.
+    fn drop_context(&mut self, ctx: u64) {
+        let Some(c) = self.contexts.remove(&ctx) else {
+            return;
+        };
+        let modules: Vec<u64> = self
+            .modules
+            .iter()
+            .filter(|(_, m)| m.ctx == ctx)
+            .map(|(h, _)| *h)
+            .collect();
+        for m in modules {
+            self.drop_module(m);
+        }
+        for a in self.allocs.remove_where(|a| a.ctx == ctx) {
+            self.devices[a.device].used -= a.charged;
+        }
+        self.host_allocs.retain(|_, h| h.ctx != ctx);
+        self.streams.retain(|_, s| s.ctx != ctx);
+        self.events.retain(|_, e| e.ctx != ctx);
+        if !c.primary {
+            self.retired.insert(ctx);
+        }
+        if current() == ctx && !c.primary {
+            set_current(0);
+        }
+    }
+
+    pub fn ctx_create(&mut self, flags: u32, dev: i32) -> CuResult<u64> {
+        let d = self.device(dev)?;
+        check_ctx_flags(flags)?;
+        let h = self.handle();
+        self.new_context(h, d, flags, false);
+        set_current(h);
+        Ok(h)
+    }
+
+    pub fn ctx_destroy(&mut self, ctx: u64) -> CuResult<()> {
+        match self.contexts.get(&ctx) {
+            Some(c) if !c.primary => {
+                self.drop_context(ctx);
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_CONTEXT),
+        }
+    }
+
+    pub fn ctx_set_current(&mut self, ctx: u64) -> CuResult<()> {
+        if ctx == 0 || self.contexts.contains_key(&ctx) || self.is_primary_handle(ctx) {
+            set_current(ctx);
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_CONTEXT)
+        }
+    }
+
+    pub fn ctx_get_current(&self) -> u64 {
+        current()
+    }
+
+    pub fn ctx_synchronize(&self) -> CuResult<()> {
+        self.active_ctx().map(drop)
+    }
+
+    pub fn ctx_get_limit(&self, limit: i32) -> CuResult<u64> {
+        let ctx = self.current_ctx()?;
+        let i = usize::try_from(limit)
+            .ok()
+            .filter(|&l| l < LIMIT_COUNT as usize)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.contexts[&ctx]
+            .limits
+            .get(i)
+            .copied()
+            .ok_or(CUDA_ERROR_UNSUPPORTED_LIMIT)
+    }
+
+    pub fn ctx_set_limit(&mut self, limit: i32, value: u64) -> CuResult<()> {
+        let ctx = self.active_ctx()?;
+        let i = usize::try_from(limit)
+            .ok()
+            .filter(|&l| l < LIMIT_COUNT as usize)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let value = match i {
+            0 | 1 | 2 | 4 => value,
+            3 => value.min(24), // device runtime sync depth
+            5 => value.clamp(32, 128).next_power_of_two(), // L2 fetch granularity
+            6 => value.min(78_643_200),
+            _ => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+        };
+        if let Some(c) = self.contexts.get_mut(&ctx) {
+            c.limits[i] = value;
+        }
+        Ok(())
+    }
+
+    pub fn ctx_api_version(&self, ctx: u64) -> CuResult<u32> {
+        if ctx == 0 {
+            self.current_ctx()?;
+        } else if !self.contexts.contains_key(&ctx) {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        Ok(DRIVER_VERSION as u32)
+    }
+
+    // ----- primary contexts -----
+
+    pub fn primary_retain(&mut self, dev: i32) -> CuResult<u64> {
+        let d = self.device(dev)?;
+        let (h, flags, refs) = {
+            let dv = &self.devices[d];
+            (dv.primary_handle, dv.primary_flags, dv.primary_refs)
+        };
+        if refs == 0 {
+            self.new_context(h, d, flags, true);
+        }
+        self.devices[d].primary_refs = refs.saturating_add(1);
+        Ok(h)
+    }
+
+    pub fn primary_release(&mut self, dev: i32) -> CuResult<()> {
+        let d = self.device(dev)?;
+        let dv = &mut self.devices[d];
+        if dv.primary_refs == 0 {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        dv.primary_refs -= 1;
+        if dv.primary_refs == 0 {
+            let h = dv.primary_handle;
+            self.drop_context(h);
+        }
+        Ok(())
+    }
+
+    pub fn primary_set_flags(&mut self, dev: i32, flags: u32) -> CuResult<()> {
+        let d = self.device(dev)?;
+        check_ctx_flags(flags)?;
+        self.devices[d].primary_flags = flags;
+        let h = self.devices[d].primary_handle;
+        if let Some(c) = self.contexts.get_mut(&h) {
+            c.flags = flags;
+        }
+        Ok(())
+    }
+
+    pub fn primary_get_state(&self, dev: i32) -> CuResult<(u32, bool)> {
+        let d = self.device(dev)?;
+        let dv = &self.devices[d];
+        Ok((dv.primary_flags, dv.primary_refs > 0))
+    }
+
+    /// Destroys the primary context's resources and state (sticky errors
+    /// included); it is inactive afterwards until retained again.
+    pub fn primary_reset(&mut self, dev: i32) -> CuResult<()> {
+        let d = self.device(dev)?;
+        let h = self.devices[d].primary_handle;
+        self.drop_context(h);
+        self.devices[d].primary_refs = 0;
+        Ok(())
+    }
+
+    // ----- memory -----
+
+    fn ctx_device(&self, ctx: u64) -> usize {
+        self.contexts[&ctx].device
+    }
+
+    /// Maps and charges `size` bytes on the context's device.
+    fn allocate(&mut self, ctx: u64, size: u64, kind: AllocKind) -> CuResult<u64> {
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let device = self.ctx_device(ctx);
+        let charged = round_up(size, ALLOC_ALIGN).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let dv = &self.devices[device];
+        if charged > dv.capacity - dv.used {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let len = round_up(size, page_size())
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let mapping = Mapping::new(len).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        self.devices[device].used += charged;
+        Ok(self.allocs.insert(Allocation {
+            size,
+            charged,
+            ctx,
+            device,
+            kind,
+            mapping,
+        }))
+    }
+
+    pub fn mem_alloc(&mut self, size: u64) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        self.allocate(ctx, size, AllocKind::Device)
+    }
+
+    pub fn mem_free(&mut self, dptr: u64) -> CuResult<()> {
+        self.active_ctx()?;
+        match self.allocs.get(dptr) {
+            Some(a) if a.kind == AllocKind::Device => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        if let Some(a) = self.allocs.remove(dptr) {
+            self.devices[a.device].used -= a.charged;
+        }
+        Ok(())
+    }
+
+    pub fn mem_get_info(&self) -> CuResult<(u64, u64)> {
+        let ctx = self.active_ctx()?;
+        let dv = &self.devices[self.ctx_device(ctx)];
+        Ok((dv.capacity - dv.used, dv.capacity))
+    }
+
+    pub fn mem_alloc_host(&mut self, size: u64) -> CuResult<*mut u8> {
+        let ctx = self.active_ctx()?;
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let len = round_up(size, page_size())
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let mapping = Mapping::new(len).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let addr = mapping.addr();
+        self.host_allocs.insert(
+            addr,
+            HostAlloc {
+                ctx,
+                _mapping: mapping,
+            },
+        );
+        Ok(addr as *mut u8)
+    }
+
+    pub fn mem_free_host(&mut self, p: u64) -> CuResult<()> {
+        self.active_ctx()?;
+        self.host_allocs
+            .remove(&p)
+            .map(drop)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    /// Host pointer for a device range that must lie in one allocation.
+    fn device_range(&self, dptr: u64, len: u64) -> CuResult<*mut u8> {
+        self.allocs
+            .containing(dptr, len)
+            .map(|_| dptr as *mut u8)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    /// Checks `stream` for an operation in the current context and returns
+    /// that context (healthy).
+    fn enqueue_ctx(&self, stream: u64) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        if !BUILTIN_STREAMS.contains(&stream) {
+            match self.streams.get(&stream) {
+                Some(s) if s.ctx == ctx => {}
+                _ => return Err(CUDA_ERROR_INVALID_HANDLE),
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// `cuMemcpyHtoD`: copies `n` bytes from host `src` into device `dst`.
+    /// `copy(dst_host_ptr)` performs the copy once the range is checked.
+    pub fn memcpy_htod(
+        &mut self,
+        dst: u64,
+        n: u64,
+        stream: u64,
+        copy: impl FnOnce(*mut u8),
+    ) -> CuResult<()> {
+        self.enqueue_ctx(stream)?;
+        if n == 0 {
+            return Ok(());
+        }
+        copy(self.device_range(dst, n)?);
+        Ok(())
+    }
+
+    /// `cuMemcpyDtoH`: `copy(src_host_ptr)` copies out once checked.
+    pub fn memcpy_dtoh(
+        &mut self,
+        src: u64,
+        n: u64,
+        stream: u64,
+        copy: impl FnOnce(*const u8),
+    ) -> CuResult<()> {
+        self.enqueue_ctx(stream)?;
+        if n == 0 {
+            return Ok(());
+        }
+        copy(self.device_range(src, n)?);
+        Ok(())
+    }
+
+    pub fn memcpy_dtod(&mut self, dst: u64, src: u64, n: u64, stream: u64) -> CuResult<()> {
+        self.enqueue_ctx(stream)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let d = self.device_range(dst, n)?;
+        let s = self.device_range(src, n)?;
+        // SAFETY: both ranges were checked to lie inside live allocations,
+        // which are writable mappings owned by the driver; `copy` allows overlap.
+        unsafe { std::ptr::copy(s, d, n as usize) };
+        Ok(())
+    }
+
+    /// `cuMemsetD8/16/32`: writes `count` elements of `pattern`
+    /// (little-endian, 1, 2 or 4 bytes) at `dst`.
+    pub fn memset(&mut self, dst: u64, pattern: &[u8], count: u64, stream: u64) -> CuResult<()> {
+        self.enqueue_ctx(stream)?;
+        let elem = pattern.len() as u64;
+        if dst & (elem - 1) != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let len = count.checked_mul(elem).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let p = self.device_range(dst, len)?;
+        if pattern.iter().all(|&b| b == pattern[0]) {
+            // SAFETY: `p .. p + len` was checked to lie in a live, writable allocation.
+            unsafe { std::ptr::write_bytes(p, pattern[0], len as usize) };
+        } else {
+            // SAFETY: as above; `p` is `elem`-aligned (checked above) and the
+            // slice covers exactly the checked range.
+            let dst = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
+            for chunk in dst.chunks_exact_mut(pattern.len()) {
+                chunk.copy_from_slice(pattern);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- modules -----
+
+    /// Loads a parsed module into `ctx`: allocates its variables and makes
+    /// a function for each entry.
+    fn instantiate(
+        &mut self,
+        ctx: u64,
+        ptx: Arc<ptx::Module>,
+        library: Option<u64>,
+    ) -> CuResult<u64> {
+        let h = self.handle();
+        let mut variables = HashMap::new();
+        for v in &ptx.variables {
+            match self.allocate(ctx, v.size as u64, AllocKind::ModuleVariable { module: h }) {
+                Ok(addr) => {
+                    if !v.init.is_empty() {
+                        let n = v.init.len().min(v.size);
+                        // SAFETY: `addr` is a fresh mapping of at least `v.size`
+                        // bytes and `n <= v.size`.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(v.init.as_ptr(), addr as *mut u8, n)
+                        };
+                    }
+                    variables.insert(v.name.clone(), (addr, v.size as u64));
+                }
+                Err(e) => {
+                    for a in self
+                        .allocs
+                        .remove_where(|a| a.kind == AllocKind::ModuleVariable { module: h })
+                    {
+                        self.devices[a.device].used -= a.charged;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut functions = Vec::with_capacity(ptx.entries.len());
+        for (i, entry) in ptx.entries.iter().enumerate() {
+            let f = self.handle();
+            let mut attrs = default_attrs(&ptx, entry);
+            if let Some(lib) = library {
+                let kernel = self.libraries[&lib].kernels[i];
+                if let Some(a) = self.kernels[&kernel].attrs.get(&self.ctx_device(ctx)) {
+                    attrs = *a;
+                }
+            }
+            self.functions.insert(
+                f,
+                FunctionObj {
+                    ctx,
+                    ptx: ptx.clone(),
+                    entry: i,
+                    known: kernels::lookup(entry),
+                    attrs,
+                },
+            );
+            functions.push(f);
+        }
+        self.modules.insert(
+            h,
+            ModuleObj {
+                ctx,
+                ptx,
+                functions,
+                variables,
+                library,
+            },
+        );
+        Ok(h)
+    }
+
+    fn drop_module(&mut self, m: u64) {
+        let Some(module) = self.modules.remove(&m) else {
+            return;
+        };
+        for f in &module.functions {
+            self.functions.remove(f);
+        }
+        for a in self
+            .allocs
+            .remove_where(|a| a.kind == AllocKind::ModuleVariable { module: m })
+        {
+            self.devices[a.device].used -= a.charged;
+        }
+        if let Some(lib) = module.library.and_then(|l| self.libraries.get_mut(&l)) {
+            lib.modules.remove(&module.ctx);
+        }
+    }
+
+    pub fn module_load(&mut self, image: &[u8]) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        let ptx = ptx::parse_image(image).map_err(ptx_error)?;
+        self.instantiate(ctx, Arc::new(ptx), None)
+    }
+
+    pub fn module_unload(&mut self, m: u64) -> CuResult<()> {
+        let module = self.modules.get(&m).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if module.library.is_some() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        self.healthy(module.ctx)?;
+        self.drop_module(m);
+        Ok(())
+    }
+
+    pub fn module_get_function(&self, m: u64, name: &str) -> CuResult<u64> {
+        let module = self.modules.get(&m).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        module
+            .ptx
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .map(|i| module.functions[i])
+            .ok_or(CUDA_ERROR_NOT_FOUND)
+    }
+
+    pub fn module_get_global(&self, m: u64, name: &str) -> CuResult<(u64, u64)> {
+        let module = self.modules.get(&m).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.healthy(module.ctx)?;
+        module
+            .variables
+            .get(name)
+            .copied()
+            .ok_or(CUDA_ERROR_NOT_FOUND)
+    }
+
+    // ----- libraries and kernels -----
+
+    pub fn library_load(&mut self, image: &[u8]) -> CuResult<u64> {
+        let ptx = Arc::new(ptx::parse_image(image).map_err(ptx_error)?);
+        let h = self.handle();
+        let mut kernels = Vec::with_capacity(ptx.entries.len());
+        for i in 0..ptx.entries.len() {
+            let k = self.handle();
+            self.kernels.insert(
+                k,
+                KernelObj {
+                    library: h,
+                    entry: i,
+                    attrs: HashMap::new(),
+                },
+            );
+            kernels.push(k);
+        }
+        self.libraries.insert(
+            h,
+            LibraryObj {
+                ptx,
+                kernels,
+                modules: HashMap::new(),
+            },
+        );
+        Ok(h)
+    }
+
+    pub fn library_unload(&mut self, lib: u64) -> CuResult<()> {
+        let library = self.libraries.get(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let modules: Vec<u64> = library.modules.values().copied().collect();
+        let kernels = library.kernels.clone();
+        for m in modules {
+            self.drop_module(m);
+        }
+        for k in kernels {
+            self.kernels.remove(&k);
+        }
+        self.libraries.remove(&lib);
+        Ok(())
+    }
+
+    pub fn library_get_kernel(&self, lib: u64, name: &str) -> CuResult<u64> {
+        let library = self.libraries.get(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        library
+            .ptx
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .map(|i| library.kernels[i])
+            .ok_or(CUDA_ERROR_NOT_FOUND)
+    }
+
+    /// The module a library is loaded as in the current context (loaded on
+    /// first use, as the real driver does for context-independent loading).
+    fn library_module(&mut self, lib: u64) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        let library = self.libraries.get(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(&m) = library.modules.get(&ctx) {
+            return Ok(m);
+        }
+        let ptx = library.ptx.clone();
+        let m = self.instantiate(ctx, ptx, Some(lib))?;
+        if let Some(l) = self.libraries.get_mut(&lib) {
+            l.modules.insert(ctx, m);
+        }
+        Ok(m)
+    }
+
+    pub fn library_get_global(&mut self, lib: u64, name: &str) -> CuResult<(u64, u64)> {
+        if !self.libraries.contains_key(&lib) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        if self.libraries[&lib].ptx.variable(name).is_none() {
+            return Err(CUDA_ERROR_NOT_FOUND);
+        }
+        let m = self.library_module(lib)?;
+        self.module_get_global(m, name)
+    }
+
+    pub fn kernel_get_function(&mut self, kernel: u64) -> CuResult<u64> {
+        let k = self.kernels.get(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let entry = k.entry;
+        let m = self.library_module(k.library)?;
+        Ok(self.modules[&m].functions[entry])
+    }
+
+    fn kernel_entry(&self, kernel: u64) -> CuResult<(&ptx::Module, &ptx::Entry)> {
+        let k = self.kernels.get(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let ptx = &self.libraries[&k.library].ptx;
+        Ok((ptx, &ptx.entries[k.entry]))
+    }
+
+    fn kernel_attrs(&self, kernel: u64, device: usize) -> CuResult<FuncAttrs> {
+        let (ptx, entry) = self.kernel_entry(kernel)?;
+        Ok(self.kernels[&kernel]
+            .attrs
+            .get(&device)
+            .copied()
+            .unwrap_or_else(|| default_attrs(ptx, entry)))
+    }
+
+    pub fn kernel_get_attribute(&self, attrib: i32, kernel: u64, dev: i32) -> CuResult<i32> {
+        let d = self.device(dev)?;
+        get_attr(&self.kernel_attrs(kernel, d)?, attrib)
+    }
+
+    pub fn kernel_set_attribute(
+        &mut self,
+        attrib: i32,
+        value: i32,
+        kernel: u64,
+        dev: i32,
+    ) -> CuResult<()> {
+        let d = self.device(dev)?;
+        let mut attrs = self.kernel_attrs(kernel, d)?;
+        set_attr(&mut attrs, attrib, value)?;
+        let k = self
+            .kernels
+            .get_mut(&kernel)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        k.attrs.insert(d, attrs);
+        let (lib, entry) = (k.library, k.entry);
+        // Functions already made from this kernel on that device follow.
+        let mods: Vec<(u64, u64)> = self.libraries[&lib]
+            .modules
+            .iter()
+            .map(|(c, m)| (*c, *m))
+            .collect();
+        for (ctx, m) in mods {
+            if self.contexts.get(&ctx).is_some_and(|c| c.device == d) {
+                let f = self.modules[&m].functions[entry];
+                if let Some(func) = self.functions.get_mut(&f) {
+                    func.attrs[attrib as usize] = value;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kernel_param_info(&self, kernel: u64, index: usize) -> CuResult<(usize, usize)> {
+        let (_, entry) = self.kernel_entry(kernel)?;
+        entry
+            .params
+            .get(index)
+            .map(|p| (p.offset, p.size))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    // ----- functions -----
+
+    /// A function handle, or a kernel handle used as one (allowed by the
+    /// real driver), resolved to a function of the current context.
+    fn resolve_function(&mut self, f: u64) -> CuResult<u64> {
+        if self.functions.contains_key(&f) {
+            Ok(f)
+        } else if self.kernels.contains_key(&f) {
+            self.kernel_get_function(f)
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+
+    fn function(&mut self, f: u64) -> CuResult<&mut FunctionObj> {
+        let f = self.resolve_function(f)?;
+        self.functions.get_mut(&f).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    pub fn func_get_attribute(&mut self, attrib: i32, f: u64) -> CuResult<i32> {
+        get_attr(&self.function(f)?.attrs, attrib)
+    }
+
+    pub fn func_set_attribute(&mut self, f: u64, attrib: i32, value: i32) -> CuResult<()> {
+        set_attr(&mut self.function(f)?.attrs, attrib, value)
+    }
+
+    pub fn func_param_info(&mut self, f: u64, index: usize) -> CuResult<(usize, usize)> {
+        let func = self.function(f)?;
+        func.ptx.entries[func.entry]
+            .params
+            .get(index)
+            .map(|p| (p.offset, p.size))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    // ----- launches -----
+
+    /// Validates and runs one launch. `fill(params, buffer)` packs the
+    /// caller's arguments into `buffer` (zeroed, `params` layout).
+    pub fn launch(
+        &mut self,
+        f: u64,
+        cfg: &LaunchConfig,
+        fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
+    ) -> CuResult<()> {
+        let ctx = self.enqueue_ctx(cfg.stream)?;
+        let fid = self.resolve_function(f)?;
+        let func = &self.functions[&fid];
+        if func.ctx != ctx {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let [bx, by, bz] = cfg.block;
+        let [gx, gy, gz] = cfg.grid;
+        let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
+        if cfg.block.contains(&0)
+            || cfg.grid.contains(&0)
+            || bx > 1024
+            || by > 1024
+            || bz > 64
+            || threads > u64::from(MAX_THREADS_PER_BLOCK)
+            || gx > i32::MAX as u32
+            || gy > 65535
+            || gz > 65535
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let entry = &func.ptx.entries[func.entry];
+        if let Some(req) = entry.reqntid {
+            if req != cfg.block {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+        }
+        if threads > func.attrs[ATTR_MAX_THREADS] as u64 {
+            return Err(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+        }
+        if cfg.shared_mem > func.attrs[ATTR_MAX_DYNAMIC_SHARED] as u32 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut params = vec![0u8; entry.param_bytes()];
+        fill(&entry.params, &mut params)?;
+        let known = func.known.ok_or(CUDA_ERROR_NOT_SUPPORTED)?;
+        let result = kernels::run(
+            known,
+            entry,
+            &params,
+            u64::from(gx) * u64::from(bx),
+            &self.allocs,
+        );
+        if let Err(fault) = result {
+            if let Some(c) = self.contexts.get_mut(&ctx) {
+                c.sticky = Some(fault);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- occupancy -----
+
+    pub fn occupancy_max_blocks(
+        &mut self,
+        f: u64,
+        block_size: i32,
+        dyn_smem: u64,
+        flags: u32,
+    ) -> CuResult<i32> {
+        if flags > 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let max_threads = self.function(f)?.attrs[ATTR_MAX_THREADS];
+        let max_dyn = self.function(f)?.attrs[ATTR_MAX_DYNAMIC_SHARED];
+        if block_size <= 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if block_size > max_threads || dyn_smem > max_dyn as u64 {
+            return Ok(0);
+        }
+        let mut blocks = MAX_THREADS_PER_SM / block_size;
+        if dyn_smem > 0 {
+            let per_block = dyn_smem + RESERVED_SHARED_PER_BLOCK as u64;
+            blocks = blocks.min((MAX_SHARED_PER_SM as u64 / per_block) as i32);
+        }
+        Ok(blocks.max(0))
+    }
+
+    pub fn occupancy_max_potential_block_size(
+        &mut self,
+        f: u64,
+        dyn_smem: u64,
+        limit: i32,
+    ) -> CuResult<(i32, i32)> {
+        let max_threads = self.function(f)?.attrs[ATTR_MAX_THREADS];
+        let mut block = max_threads.min(MAX_THREADS_PER_BLOCK as i32);
+        if limit > 0 {
+            block = block.min(limit);
+        }
+        if block >= 32 {
+            block -= block % 32;
+        }
+        let blocks = self.occupancy_max_blocks(f, block, dyn_smem, 0)?;
+        Ok((SM_COUNT * blocks, block))
+    }
+
+    pub fn occupancy_available_dyn_smem(
+        &mut self,
+        f: u64,
+        num_blocks: i32,
+        block_size: i32,
+    ) -> CuResult<u64> {
+        self.function(f)?;
+        if num_blocks <= 0 || block_size <= 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let per_block = (MAX_SHARED_PER_SM / num_blocks - RESERVED_SHARED_PER_BLOCK).max(0);
+        Ok(per_block.min(MAX_SHARED_PER_BLOCK_OPTIN) as u64)
+    }
+
+    pub fn occupancy_max_active_clusters(&mut self, f: u64) -> CuResult<i32> {
+        self.function(f)?;
+        Ok(SM_COUNT)
+    }
+
+    // ----- streams -----
+
+    pub fn stream_create(&mut self, flags: u32) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        if flags & !1 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = self.handle();
+        self.streams.insert(h, StreamObj { ctx });
+        Ok(h)
+    }
+
+    pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {
+        self.streams
+            .remove(&stream)
+            .map(drop)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// The context `stream` belongs to, which must be healthy.
+    fn stream_ctx(&self, stream: u64) -> CuResult<u64> {
+        if BUILTIN_STREAMS.contains(&stream) {
+            self.active_ctx()
+        } else {
+            let s = self.streams.get(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            self.healthy(s.ctx)
+        }
+    }
+
+    pub fn stream_synchronize(&self, stream: u64) -> CuResult<()> {
+        self.stream_ctx(stream).map(drop)
+    }
+
+    pub fn stream_wait_event(&self, stream: u64, event: u64, flags: u32) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        if !self.events.contains_key(&event) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        if flags > 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    }
+
+    pub fn stream_is_capturing(&self, stream: u64) -> CuResult<i32> {
+        if BUILTIN_STREAMS.contains(&stream) {
+            self.current_ctx()?;
+        } else if !self.streams.contains_key(&stream) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        Ok(0) // CU_STREAM_CAPTURE_STATUS_NONE
+    }
+
+    // ----- events -----
+
+    pub fn event_create(&mut self, flags: u32) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        if flags & !0x7 != 0
+            || (flags & EVENT_INTERPROCESS != 0 && flags & EVENT_DISABLE_TIMING == 0)
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = self.handle();
+        self.events.insert(
+            h,
+            EventObj {
+                ctx,
+                flags,
+                recorded: None,
+            },
+        );
+        Ok(h)
+    }
+
+    pub fn event_destroy(&mut self, event: u64) -> CuResult<()> {
+        self.events
+            .remove(&event)
+            .map(drop)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    pub fn event_record(&mut self, event: u64, stream: u64) -> CuResult<()> {
+        let ev_ctx = self
+            .events
+            .get(&event)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?
+            .ctx;
+        let ctx = self.stream_ctx(stream)?;
+        if ctx != ev_ctx {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        if let Some(e) = self.events.get_mut(&event) {
+            e.recorded = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// `cuEventSynchronize` / `cuEventQuery`: work is synchronous, so an
+    /// event is complete once recorded (and trivially so if never recorded).
+    pub fn event_wait(&self, event: u64) -> CuResult<()> {
+        let e = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.healthy(e.ctx).map(drop)
+    }
+
+    pub fn event_elapsed(&self, start: u64, end: u64) -> CuResult<f32> {
+        let s = self.events.get(&start).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let e = self.events.get(&end).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.healthy(s.ctx)?;
+        self.healthy(e.ctx)?;
+        if (s.flags | e.flags) & EVENT_DISABLE_TIMING != 0 {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let (Some(t0), Some(t1)) = (s.recorded, e.recorded) else {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        };
+        let ms = if t1 >= t0 {
+            (t1 - t0).as_secs_f64() * 1e3
+        } else {
+            -((t0 - t1).as_secs_f64() * 1e3)
+        };
+        Ok(ms as f32)
+    }
+}

@@ -1,0 +1,1162 @@
+//! The `extern "C"` driver API entry points of the simulated `libcuda.so.1`.
+//!
+//! Each export only converts its raw arguments, calls the safe simulated
+//! driver in [`crate::driver`], and writes results through the caller's
+//! out-pointers. Every export runs inside [`std::panic::catch_unwind`]; a
+//! panic becomes `CUDA_ERROR_UNKNOWN` and never crosses the FFI boundary.
+//!
+//! # Safety
+//!
+//! The contract is the real driver API's: every non-null pointer argument
+//! must be valid for the reads or writes that call performs in CUDA (host
+//! buffers of the stated size, out-pointers to the stated type,
+//! NUL-terminated strings and PTX images, `kernelParams` with one pointer
+//! per kernel parameter). Null out-pointers are rejected with
+//! `CUDA_ERROR_INVALID_VALUE`; device pointers and handles are always
+//! validated and never dereferenced unchecked.
+
+#![allow(non_snake_case)]
+#![allow(clippy::missing_safety_doc)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::ffi::{c_char, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::driver::{self, LaunchConfig};
+use crate::ptx::Param;
+use crate::result::*;
+
+pub use crate::result::CUresult;
+
+pub type CUdevice = i32;
+pub type CUdeviceptr = u64;
+pub type CUcontext = *mut c_void;
+pub type CUmodule = *mut c_void;
+pub type CUfunction = *mut c_void;
+pub type CUlibrary = *mut c_void;
+pub type CUkernel = *mut c_void;
+pub type CUstream = *mut c_void;
+pub type CUevent = *mut c_void;
+
+/// `CU_LAUNCH_PARAM_END`
+pub const CU_LAUNCH_PARAM_END: *mut c_void = std::ptr::null_mut();
+/// `CU_LAUNCH_PARAM_BUFFER_POINTER` (a sentinel key, never dereferenced)
+#[allow(clippy::manual_dangling_ptr)]
+pub const CU_LAUNCH_PARAM_BUFFER_POINTER: *mut c_void = 0x01 as *mut c_void;
+/// `CU_LAUNCH_PARAM_BUFFER_SIZE` (a sentinel key, never dereferenced)
+#[allow(clippy::manual_dangling_ptr)]
+pub const CU_LAUNCH_PARAM_BUFFER_SIZE: *mut c_void = 0x02 as *mut c_void;
+/// Longest `extra` list accepted (key/value pairs plus terminator).
+const MAX_EXTRA_ENTRIES: usize = 64;
+
+/// `CUlaunchAttribute` (the value union is 64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUlaunchAttribute {
+    pub id: u32,
+    pub pad: [u8; 4],
+    pub value: [u8; 64],
+}
+
+/// `CUlaunchConfig`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUlaunchConfig {
+    pub gridDimX: u32,
+    pub gridDimY: u32,
+    pub gridDimZ: u32,
+    pub blockDimX: u32,
+    pub blockDimY: u32,
+    pub blockDimZ: u32,
+    pub sharedMemBytes: u32,
+    pub hStream: CUstream,
+    pub attrs: *mut CUlaunchAttribute,
+    pub numAttrs: u32,
+}
+
+/// Runs an export body, turning panics into `CUDA_ERROR_UNKNOWN`.
+fn ffi(body: impl FnOnce() -> CuResult<()>) -> CUresult {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => CUDA_SUCCESS,
+        Ok(Err(code)) => code,
+        Err(_) => CUDA_ERROR_UNKNOWN,
+    }
+}
+
+/// Rejects a null out-pointer before any work is done.
+fn need<T>(p: *const T) -> CuResult<()> {
+    if p.is_null() {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes through an out-pointer (null → `CUDA_ERROR_INVALID_VALUE`).
+///
+/// # Safety
+/// A non-null `p` must be valid for a write of `T`.
+unsafe fn out<T>(p: *mut T, v: T) -> CuResult<()> {
+    need(p)?;
+    // SAFETY: `p` is non-null and valid for writes per this function's contract.
+    unsafe { p.write_unaligned(v) };
+    Ok(())
+}
+
+/// Writes through an optional out-pointer (null → nothing).
+///
+/// # Safety
+/// A non-null `p` must be valid for a write of `T`.
+unsafe fn out_opt<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: `p` is non-null and valid for writes per this function's contract.
+        unsafe { p.write_unaligned(v) };
+    }
+}
+
+/// Borrows a NUL-terminated symbol name.
+///
+/// # Safety
+/// A non-null `p` must point to a NUL-terminated string.
+unsafe fn name<'a>(p: *const c_char) -> CuResult<&'a str> {
+    need(p)?;
+    // SAFETY: `p` is non-null and NUL-terminated per this function's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)
+}
+
+/// Borrows a NUL-terminated module image.
+///
+/// # Safety
+/// A non-null `p` must point to a NUL-terminated image.
+unsafe fn image<'a>(p: *const c_void) -> CuResult<&'a [u8]> {
+    need(p)?;
+    // SAFETY: `p` is non-null and NUL-terminated per this function's contract.
+    Ok(unsafe { CStr::from_ptr(p.cast()) }.to_bytes())
+}
+
+fn h(p: *mut c_void) -> u64 {
+    p as u64
+}
+
+fn ptr(v: u64) -> *mut c_void {
+    v as *mut c_void
+}
+
+// ----- initialisation, version, errors -----
+
+#[no_mangle]
+pub extern "C" fn cuInit(flags: u32) -> CUresult {
+    ffi(|| driver::init(flags))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDriverGetVersion(version: *mut i32) -> CUresult {
+    // SAFETY: `version` is valid for writes when non-null (API contract).
+    ffi(|| unsafe { out(version, driver::DRIVER_VERSION) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorName(error: CUresult, pstr: *mut *const c_char) -> CUresult {
+    ffi(|| {
+        need(pstr)?;
+        let s = error_name(error);
+        // SAFETY: `pstr` is non-null and valid for writes (API contract).
+        unsafe { out(pstr, s.map_or(std::ptr::null(), CStr::as_ptr)) }?;
+        s.map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorString(error: CUresult, pstr: *mut *const c_char) -> CUresult {
+    ffi(|| {
+        need(pstr)?;
+        let s = error_string(error);
+        // SAFETY: `pstr` is non-null and valid for writes (API contract).
+        unsafe { out(pstr, s.map_or(std::ptr::null(), CStr::as_ptr)) }?;
+        s.map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+    })
+}
+
+// ----- devices -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetCount(count: *mut i32) -> CUresult {
+    ffi(|| {
+        let n = driver::with(|d| Ok(d.device_count()))?;
+        // SAFETY: `count` is valid for writes when non-null (API contract).
+        unsafe { out(count, n) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: i32) -> CUresult {
+    ffi(|| {
+        let dev = driver::with(|d| d.device_get(ordinal))?;
+        // SAFETY: `device` is valid for writes when non-null (API contract).
+        unsafe { out(device, dev) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetName(
+    name_out: *mut c_char,
+    len: i32,
+    dev: CUdevice,
+) -> CUresult {
+    ffi(|| {
+        need(name_out)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let name = driver::with(|d| d.device_name(dev))?;
+        let n = name.len().min(len - 1);
+        // SAFETY: `name_out` is non-null and valid for `len` bytes (API
+        // contract); `n + 1 <= len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(name.as_ptr(), name_out.cast::<u8>(), n);
+            name_out.add(n).write(0);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
+    ffi(|| {
+        let u = driver::with(|d| d.device_uuid(dev))?;
+        // SAFETY: `uuid` is valid for a 16-byte write when non-null (API contract).
+        unsafe { out(uuid, u) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
+    // SAFETY: same contract as `cuDeviceGetUuid`.
+    unsafe { cuDeviceGetUuid(uuid, dev) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    ffi(|| {
+        let n = driver::with(|d| d.device_total_mem(dev))?;
+        // SAFETY: `bytes` is valid for writes when non-null (API contract).
+        unsafe { out(bytes, n as usize) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetAttribute(
+    pi: *mut i32,
+    attrib: i32,
+    dev: CUdevice,
+) -> CUresult {
+    ffi(|| {
+        need(pi)?;
+        let v = driver::with(|d| d.device_attribute(attrib, dev))?;
+        // SAFETY: `pi` is valid for writes when non-null (API contract).
+        unsafe { out(pi, v) }
+    })
+}
+
+// ----- primary contexts -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    ffi(|| {
+        need(pctx)?;
+        let c = driver::with(|d| d.primary_retain(dev))?;
+        // SAFETY: `pctx` is valid for writes when non-null (API contract).
+        unsafe { out(pctx, ptr(c)) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    ffi(|| driver::with(|d| d.primary_release(dev)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.primary_set_flags(dev, flags)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
+    dev: CUdevice,
+    flags: *mut u32,
+    active: *mut i32,
+) -> CUresult {
+    ffi(|| {
+        need(flags)?;
+        need(active)?;
+        let (f, a) = driver::with(|d| d.primary_get_state(dev))?;
+        // SAFETY: both pointers are non-null and valid for writes (API contract).
+        unsafe {
+            out(flags, f)?;
+            out(active, i32::from(a))
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
+    ffi(|| driver::with(|d| d.primary_reset(dev)))
+}
+
+// ----- contexts -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    pctx: *mut CUcontext,
+    flags: u32,
+    dev: CUdevice,
+) -> CUresult {
+    ffi(|| {
+        need(pctx)?;
+        let c = driver::with(|d| d.ctx_create(flags, dev))?;
+        // SAFETY: `pctx` is valid for writes when non-null (API contract).
+        unsafe { out(pctx, ptr(c)) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_destroy(h(ctx))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_set_current(h(ctx))))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
+    ffi(|| {
+        let c = driver::with(|d| Ok(d.ctx_get_current()))?;
+        // SAFETY: `pctx` is valid for writes when non-null (API contract).
+        unsafe { out(pctx, ptr(c)) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSynchronize() -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_synchronize()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetLimit(pvalue: *mut usize, limit: i32) -> CUresult {
+    ffi(|| {
+        need(pvalue)?;
+        let v = driver::with(|d| d.ctx_get_limit(limit))?;
+        // SAFETY: `pvalue` is valid for writes when non-null (API contract).
+        unsafe { out(pvalue, v as usize) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSetLimit(limit: i32, value: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_set_limit(limit, value as u64)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
+    least: *mut i32,
+    greatest: *mut i32,
+) -> CUresult {
+    ffi(|| {
+        driver::with(|_| Ok(()))?;
+        // SAFETY: either pointer may be null; non-null ones are valid for
+        // writes (API contract).
+        unsafe {
+            out_opt(least, 0);
+            out_opt(greatest, -5);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetApiVersion(ctx: CUcontext, version: *mut u32) -> CUresult {
+    ffi(|| {
+        need(version)?;
+        let v = driver::with(|d| d.ctx_api_version(h(ctx)))?;
+        // SAFETY: `version` is valid for writes when non-null (API contract).
+        unsafe { out(version, v) }
+    })
+}
+
+// ----- modules -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, img: *const c_void) -> CUresult {
+    ffi(|| {
+        need(module)?;
+        // SAFETY: `img` is a NUL-terminated PTX image when non-null (API contract).
+        let bytes = unsafe { image(img) }?;
+        let m = driver::with(|d| d.module_load(bytes))?;
+        // SAFETY: `module` is non-null and valid for writes (API contract).
+        unsafe { out(module, ptr(m)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadDataEx(
+    module: *mut CUmodule,
+    img: *const c_void,
+    _num_options: u32,
+    _options: *mut i32,
+    _option_values: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: same contract as `cuModuleLoadData`; JIT options are ignored.
+    unsafe { cuModuleLoadData(module, img) }
+}
+
+#[no_mangle]
+pub extern "C" fn cuModuleUnload(module: CUmodule) -> CUresult {
+    ffi(|| driver::with(|d| d.module_unload(h(module))))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetFunction(
+    func: *mut CUfunction,
+    module: CUmodule,
+    fname: *const c_char,
+) -> CUresult {
+    ffi(|| {
+        need(func)?;
+        // SAFETY: `fname` is NUL-terminated when non-null (API contract).
+        let n = unsafe { name(fname) }?;
+        let f = driver::with(|d| d.module_get_function(h(module), n))?;
+        // SAFETY: `func` is non-null and valid for writes (API contract).
+        unsafe { out(func, ptr(f)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetGlobal_v2(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    module: CUmodule,
+    gname: *const c_char,
+) -> CUresult {
+    ffi(|| {
+        // SAFETY: `gname` is NUL-terminated when non-null (API contract).
+        let n = unsafe { name(gname) }?;
+        let (addr, size) = driver::with(|d| d.module_get_global(h(module), n))?;
+        // SAFETY: either out-pointer may be null; non-null ones are valid
+        // for writes (API contract).
+        unsafe {
+            out_opt(dptr, addr);
+            out_opt(bytes, size as usize);
+        }
+        Ok(())
+    })
+}
+
+// ----- libraries and kernels -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryLoadData(
+    library: *mut CUlibrary,
+    code: *const c_void,
+    _jit_options: *mut i32,
+    _jit_option_values: *mut *mut c_void,
+    _num_jit_options: u32,
+    _library_options: *mut i32,
+    _library_option_values: *mut *mut c_void,
+    _num_library_options: u32,
+) -> CUresult {
+    ffi(|| {
+        need(library)?;
+        // SAFETY: `code` is a NUL-terminated PTX image when non-null (API contract).
+        let bytes = unsafe { image(code) }?;
+        let l = driver::with(|d| d.library_load(bytes))?;
+        // SAFETY: `library` is non-null and valid for writes (API contract).
+        unsafe { out(library, ptr(l)) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuLibraryUnload(library: CUlibrary) -> CUresult {
+    ffi(|| driver::with(|d| d.library_unload(h(library))))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetKernel(
+    kernel: *mut CUkernel,
+    library: CUlibrary,
+    kname: *const c_char,
+) -> CUresult {
+    ffi(|| {
+        need(kernel)?;
+        // SAFETY: `kname` is NUL-terminated when non-null (API contract).
+        let n = unsafe { name(kname) }?;
+        let k = driver::with(|d| d.library_get_kernel(h(library), n))?;
+        // SAFETY: `kernel` is non-null and valid for writes (API contract).
+        unsafe { out(kernel, ptr(k)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetGlobal(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    library: CUlibrary,
+    gname: *const c_char,
+) -> CUresult {
+    ffi(|| {
+        // SAFETY: `gname` is NUL-terminated when non-null (API contract).
+        let n = unsafe { name(gname) }?;
+        let (addr, size) = driver::with(|d| d.library_get_global(h(library), n))?;
+        // SAFETY: either out-pointer may be null; non-null ones are valid
+        // for writes (API contract).
+        unsafe {
+            out_opt(dptr, addr);
+            out_opt(bytes, size as usize);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetFunction(func: *mut CUfunction, kernel: CUkernel) -> CUresult {
+    ffi(|| {
+        need(func)?;
+        let f = driver::with(|d| d.kernel_get_function(h(kernel)))?;
+        // SAFETY: `func` is non-null and valid for writes (API contract).
+        unsafe { out(func, ptr(f)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetAttribute(
+    pi: *mut i32,
+    attrib: i32,
+    kernel: CUkernel,
+    dev: CUdevice,
+) -> CUresult {
+    ffi(|| {
+        need(pi)?;
+        let v = driver::with(|d| d.kernel_get_attribute(attrib, h(kernel), dev))?;
+        // SAFETY: `pi` is non-null and valid for writes (API contract).
+        unsafe { out(pi, v) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuKernelSetAttribute(
+    attrib: i32,
+    val: i32,
+    kernel: CUkernel,
+    dev: CUdevice,
+) -> CUresult {
+    ffi(|| driver::with(|d| d.kernel_set_attribute(attrib, val, h(kernel), dev)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetParamInfo(
+    kernel: CUkernel,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CUresult {
+    ffi(|| {
+        need(offset)?;
+        let (o, s) = driver::with(|d| d.kernel_param_info(h(kernel), index))?;
+        // SAFETY: `offset` is non-null and `size` may be null; both are
+        // valid for writes when non-null (API contract).
+        unsafe {
+            out(offset, o)?;
+            out_opt(size, s);
+        }
+        Ok(())
+    })
+}
+
+// ----- functions -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetAttribute(
+    pi: *mut i32,
+    attrib: i32,
+    func: CUfunction,
+) -> CUresult {
+    ffi(|| {
+        need(pi)?;
+        let v = driver::with(|d| d.func_get_attribute(attrib, h(func)))?;
+        // SAFETY: `pi` is non-null and valid for writes (API contract).
+        unsafe { out(pi, v) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuFuncSetAttribute(func: CUfunction, attrib: i32, value: i32) -> CUresult {
+    ffi(|| driver::with(|d| d.func_set_attribute(h(func), attrib, value)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetParamInfo(
+    func: CUfunction,
+    index: usize,
+    offset: *mut usize,
+    size: *mut usize,
+) -> CUresult {
+    ffi(|| {
+        need(offset)?;
+        let (o, s) = driver::with(|d| d.func_param_info(h(func), index))?;
+        // SAFETY: `offset` is non-null and `size` may be null; both are
+        // valid for writes when non-null (API contract).
+        unsafe {
+            out(offset, o)?;
+            out_opt(size, s);
+        }
+        Ok(())
+    })
+}
+
+// ----- memory -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
+    ffi(|| {
+        need(dptr)?;
+        let p = driver::with(|d| d.mem_alloc(bytesize as u64))?;
+        // SAFETY: `dptr` is non-null and valid for writes (API contract).
+        unsafe { out(dptr, p) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_free(dptr)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    ffi(|| {
+        let (f, t) = driver::with(|d| d.mem_get_info())?;
+        // SAFETY: either pointer may be null; non-null ones are valid for
+        // writes (API contract).
+        unsafe {
+            out_opt(free, f as usize);
+            out_opt(total, t as usize);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytesize: usize) -> CUresult {
+    ffi(|| {
+        need(pp)?;
+        let p = driver::with(|d| d.mem_alloc_host(bytesize as u64))?;
+        // SAFETY: `pp` is non-null and valid for writes (API contract).
+        unsafe { out(pp, p.cast()) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_free_host(h(p))))
+}
+
+/// Host-to-device copy shared by the sync and async exports.
+///
+/// # Safety
+/// A non-null `src` must be valid for reads of `n` bytes.
+unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize, stream: u64) -> CUresult {
+    ffi(|| {
+        if n > 0 {
+            need(src)?;
+        }
+        driver::with(|d| {
+            d.memcpy_htod(dst, n as u64, stream, |to| {
+                // SAFETY: `to` addresses `n` checked device bytes; `src` is
+                // valid for `n` bytes (contract); `copy` tolerates overlap.
+                unsafe { std::ptr::copy(src.cast::<u8>(), to, n) }
+            })
+        })
+    })
+}
+
+/// Device-to-host copy shared by the sync and async exports.
+///
+/// # Safety
+/// A non-null `dst` must be valid for writes of `n` bytes.
+unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: u64) -> CUresult {
+    ffi(|| {
+        if n > 0 {
+            need(dst)?;
+        }
+        driver::with(|d| {
+            d.memcpy_dtoh(src, n as u64, stream, |from| {
+                // SAFETY: `from` addresses `n` checked device bytes; `dst` is
+                // valid for `n` bytes (contract); `copy` tolerates overlap.
+                unsafe { std::ptr::copy(from, dst.cast::<u8>(), n) }
+            })
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { htod(dst, src, n, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { htod(dst, src, n, h(stream)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { dtoh(dst, src, n, 0) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    n: usize,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { dtoh(dst, src, n, h(stream)) }
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.memcpy_dtod(dst, src, n as u64, 0)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    stream: CUstream,
+) -> CUresult {
+    ffi(|| driver::with(|d| d.memcpy_dtod(dst, src, n as u64, h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, uc: u8, n: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.memset(dst, &[uc], n as u64, 0)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD16_v2(dst: CUdeviceptr, us: u16, n: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.memset(dst, &us.to_le_bytes(), n as u64, 0)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, ui: u32, n: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.memset(dst, &ui.to_le_bytes(), n as u64, 0)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD8Async(
+    dst: CUdeviceptr,
+    uc: u8,
+    n: usize,
+    stream: CUstream,
+) -> CUresult {
+    ffi(|| driver::with(|d| d.memset(dst, &[uc], n as u64, h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD16Async(
+    dst: CUdeviceptr,
+    us: u16,
+    n: usize,
+    stream: CUstream,
+) -> CUresult {
+    ffi(|| driver::with(|d| d.memset(dst, &us.to_le_bytes(), n as u64, h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD32Async(
+    dst: CUdeviceptr,
+    ui: u32,
+    n: usize,
+    stream: CUstream,
+) -> CUresult {
+    ffi(|| driver::with(|d| d.memset(dst, &ui.to_le_bytes(), n as u64, h(stream))))
+}
+
+// ----- streams -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreate(pstream: *mut CUstream, flags: u32) -> CUresult {
+    ffi(|| {
+        need(pstream)?;
+        let s = driver::with(|d| d.stream_create(flags))?;
+        // SAFETY: `pstream` is non-null and valid for writes (API contract).
+        unsafe { out(pstream, ptr(s)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    pstream: *mut CUstream,
+    flags: u32,
+    _priority: i32,
+) -> CUresult {
+    // SAFETY: same contract as `cuStreamCreate`; every priority is valid
+    // (the driver clamps it) and all streams run work synchronously.
+    unsafe { cuStreamCreate(pstream, flags) }
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_destroy(h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_synchronize(h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_synchronize(h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamWaitEvent(stream: CUstream, event: CUevent, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_wait_event(h(stream), h(event), flags)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing(stream: CUstream, status: *mut i32) -> CUresult {
+    ffi(|| {
+        need(status)?;
+        let s = driver::with(|d| d.stream_is_capturing(h(stream)))?;
+        // SAFETY: `status` is non-null and valid for writes (API contract).
+        unsafe { out(status, s) }
+    })
+}
+
+// ----- events -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventCreate(pevent: *mut CUevent, flags: u32) -> CUresult {
+    ffi(|| {
+        need(pevent)?;
+        let e = driver::with(|d| d.event_create(flags))?;
+        // SAFETY: `pevent` is non-null and valid for writes (API contract).
+        unsafe { out(pevent, ptr(e)) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuEventDestroy_v2(event: CUevent) -> CUresult {
+    ffi(|| driver::with(|d| d.event_destroy(h(event))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.event_record(h(event), h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
+    ffi(|| driver::with(|d| d.event_wait(h(event))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
+    ffi(|| driver::with(|d| d.event_wait(h(event))))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(
+    ms: *mut f32,
+    start: CUevent,
+    end: CUevent,
+) -> CUresult {
+    ffi(|| {
+        need(ms)?;
+        let v = driver::with(|d| d.event_elapsed(h(start), h(end)))?;
+        // SAFETY: `ms` is non-null and valid for writes (API contract).
+        unsafe { out(ms, v) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime_v2(
+    ms: *mut f32,
+    start: CUevent,
+    end: CUevent,
+) -> CUresult {
+    // SAFETY: same contract as `cuEventElapsedTime`.
+    unsafe { cuEventElapsedTime(ms, start, end) }
+}
+
+// ----- launches -----
+
+/// Packs launch arguments from `kernelParams` or `extra` into `buf`.
+///
+/// # Safety
+/// `kernel_params`, when non-null, holds one valid pointer per parameter,
+/// each addressing a value of that parameter's size; `extra`, when
+/// non-null, is a `CU_LAUNCH_PARAM_END`-terminated key/value list whose
+/// buffer and size pointers are valid.
+unsafe fn pack_params(
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    params: &[Param],
+    buf: &mut [u8],
+) -> CuResult<()> {
+    if !kernel_params.is_null() && !extra.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if !kernel_params.is_null() {
+        for (i, p) in params.iter().enumerate() {
+            // SAFETY: `kernel_params` has one entry per parameter (contract).
+            let arg = unsafe { *kernel_params.add(i) };
+            need(arg)?;
+            // SAFETY: `arg` addresses `p.size` readable bytes (contract), and
+            // `buf` holds `p.offset + p.size` bytes by construction.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    arg.cast::<u8>(),
+                    buf[p.offset..].as_mut_ptr(),
+                    p.size,
+                )
+            };
+        }
+        return Ok(());
+    }
+    if extra.is_null() {
+        return if params.is_empty() {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        };
+    }
+    let (mut buffer, mut size): (*const u8, *const usize) = (std::ptr::null(), std::ptr::null());
+    let mut i = 0;
+    loop {
+        if i >= MAX_EXTRA_ENTRIES {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: the list is terminated by CU_LAUNCH_PARAM_END (contract),
+        // and every key read so far was followed by its value.
+        let key = unsafe { *extra.add(i) };
+        if key == CU_LAUNCH_PARAM_END {
+            break;
+        }
+        // SAFETY: a key other than END is followed by its value (contract).
+        let value = unsafe { *extra.add(i + 1) };
+        match key {
+            k if k == CU_LAUNCH_PARAM_BUFFER_POINTER => buffer = value.cast(),
+            k if k == CU_LAUNCH_PARAM_BUFFER_SIZE => size = value.cast(),
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        i += 2;
+    }
+    if buf.is_empty() {
+        return Ok(());
+    }
+    need(buffer)?;
+    need(size)?;
+    // SAFETY: `size` points to a `size_t` (contract).
+    let size = unsafe { size.read_unaligned() };
+    if size < buf.len() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: `buffer` holds `size >= buf.len()` readable bytes (contract).
+    unsafe { std::ptr::copy_nonoverlapping(buffer, buf.as_mut_ptr(), buf.len()) };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernel(
+    f: CUfunction,
+    grid_x: u32,
+    grid_y: u32,
+    grid_z: u32,
+    block_x: u32,
+    block_y: u32,
+    block_z: u32,
+    shared_mem_bytes: u32,
+    stream: CUstream,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    let cfg = LaunchConfig {
+        grid: [grid_x, grid_y, grid_z],
+        block: [block_x, block_y, block_z],
+        shared_mem: shared_mem_bytes,
+        stream: h(stream),
+    };
+    ffi(|| {
+        driver::with(|d| {
+            d.launch(h(f), &cfg, |params, buf| {
+                // SAFETY: `kernel_params` / `extra` follow the launch contract.
+                unsafe { pack_params(kernel_params, extra, params, buf) }
+            })
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx(
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        need(config)?;
+        // SAFETY: `config` is non-null and points to a CUlaunchConfig (contract).
+        let c = unsafe { config.read_unaligned() };
+        if c.numAttrs > 0 && c.attrs.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let cfg = LaunchConfig {
+            grid: [c.gridDimX, c.gridDimY, c.gridDimZ],
+            block: [c.blockDimX, c.blockDimY, c.blockDimZ],
+            shared_mem: c.sharedMemBytes,
+            stream: h(c.hStream),
+        };
+        driver::with(|d| {
+            d.launch(h(f), &cfg, |params, buf| {
+                // SAFETY: `kernel_params` / `extra` follow the launch contract.
+                unsafe { pack_params(kernel_params, extra, params, buf) }
+            })
+        })
+    })
+}
+
+// ----- occupancy -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(
+    num_blocks: *mut i32,
+    func: CUfunction,
+    block_size: i32,
+    dynamic_smem: usize,
+) -> CUresult {
+    // SAFETY: same contract as the `WithFlags` variant.
+    unsafe {
+        cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+            num_blocks,
+            func,
+            block_size,
+            dynamic_smem,
+            0,
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+    num_blocks: *mut i32,
+    func: CUfunction,
+    block_size: i32,
+    dynamic_smem: usize,
+    flags: u32,
+) -> CUresult {
+    ffi(|| {
+        need(num_blocks)?;
+        let n = driver::with(|d| {
+            d.occupancy_max_blocks(h(func), block_size, dynamic_smem as u64, flags)
+        })?;
+        // SAFETY: `num_blocks` is non-null and valid for writes (API contract).
+        unsafe { out(num_blocks, n) }
+    })
+}
+
+/// `cuOccupancyMaxPotentialBlockSizeWithFlags`: as without flags (the
+/// simulated device has no caching modes to choose between).
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSizeWithFlags(
+    min_grid_size: *mut i32,
+    block_size: *mut i32,
+    func: CUfunction,
+    block_size_to_dynamic_smem: *const c_void,
+    dynamic_smem: usize,
+    block_size_limit: i32,
+    _flags: u32,
+) -> CUresult {
+    // SAFETY: same arguments and contract as the call without flags.
+    unsafe {
+        cuOccupancyMaxPotentialBlockSize(
+            min_grid_size,
+            block_size,
+            func,
+            block_size_to_dynamic_smem,
+            dynamic_smem,
+            block_size_limit,
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSize(
+    min_grid_size: *mut i32,
+    block_size: *mut i32,
+    func: CUfunction,
+    _block_size_to_dynamic_smem: *const c_void,
+    dynamic_smem: usize,
+    block_size_limit: i32,
+) -> CUresult {
+    ffi(|| {
+        need(min_grid_size)?;
+        need(block_size)?;
+        let (g, b) = driver::with(|d| {
+            d.occupancy_max_potential_block_size(h(func), dynamic_smem as u64, block_size_limit)
+        })?;
+        // SAFETY: both pointers are non-null and valid for writes (API contract).
+        unsafe {
+            out(min_grid_size, g)?;
+            out(block_size, b)
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyAvailableDynamicSMemPerBlock(
+    dynamic_smem: *mut usize,
+    func: CUfunction,
+    num_blocks: i32,
+    block_size: i32,
+) -> CUresult {
+    ffi(|| {
+        need(dynamic_smem)?;
+        let n = driver::with(|d| d.occupancy_available_dyn_smem(h(func), num_blocks, block_size))?;
+        // SAFETY: `dynamic_smem` is non-null and valid for writes (API contract).
+        unsafe { out(dynamic_smem, n as usize) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(
+    num_clusters: *mut i32,
+    func: CUfunction,
+    config: *const CUlaunchConfig,
+) -> CUresult {
+    ffi(|| {
+        need(num_clusters)?;
+        need(config)?;
+        let n = driver::with(|d| d.occupancy_max_active_clusters(h(func)))?;
+        // SAFETY: `num_clusters` is non-null and valid for writes (API contract).
+        unsafe { out(num_clusters, n) }
+    })
+}

@@ -1,0 +1,39 @@
+//! # gpupool soft driver — a simulated GPU (test double)
+//!
+//! **This is not a GPU driver.** It is a software test double for NVIDIA's
+//! `libcuda.so.1`, built as a `cdylib` so gpupool's GPU server can load it
+//! in place of the real driver and be tested end to end on machines with no
+//! GPU. It implements a subset of the CUDA driver API over host memory:
+//!
+//! * one or more simulated H100-like devices (compute capability 9.0,
+//!   132 SMs) with plausible attributes;
+//! * primary and created contexts, thread-local current context;
+//! * device memory as real, lazily committed host memory with capacity
+//!   accounting (`GPUPOOL_SOFT_MEMORY_MIB`, default 16 GiB per device);
+//!   device pointers are host addresses, every device range is
+//!   bounds-checked against the live allocations;
+//! * copies and memsets (synchronous and "async", all executed at enqueue);
+//! * modules and libraries loaded from PTX text, with parameter layouts and
+//!   `.global` / `.const` variables read by a small PTX parser ([`ptx`]);
+//! * launches of a fixed set of known kernels executed on the host
+//!   ([`kernels`]); other kernels load but fail to launch with
+//!   `CUDA_ERROR_NOT_SUPPORTED`;
+//! * streams, events with host timestamps, occupancy queries;
+//! * sticky errors: a faulting kernel (`gp_fault`, or any out-of-bounds
+//!   access) leaves its context in `CUDA_ERROR_ILLEGAL_ADDRESS` until the
+//!   context is destroyed or the primary context is reset.
+//!
+//! Handles are validated against the driver's own tables and every call
+//! returns the real driver's error code for the situations modelled. The
+//! C entry points live in [`exports`]; the same functions can be called
+//! from Rust through this crate's `rlib`.
+
+pub mod exports;
+pub mod kernels;
+pub mod ptx;
+pub mod result;
+
+mod driver;
+mod memory;
+
+pub use driver::DRIVER_VERSION;
