@@ -1,1 +1,191 @@
-//! Support code for whole-system tests.
+//! Support for gpupool's whole-system tests: find the built artifacts (the
+//! shim, the GPU server, the software driver test double), compile the C test
+//! programs with the system C compiler, start a server on loopback, and run
+//! programs through the shim.
+//!
+//! The tests need `cargo build --workspace` to have run first (the README's
+//! test command does it).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The cargo target directory holding the built binaries and libraries.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests", p.display());
+    p
+}
+
+pub fn server_binary() -> PathBuf {
+    artifact("gpupool-server")
+}
+
+/// The software driver test double (simulated GPU).
+pub fn soft_driver() -> PathBuf {
+    artifact("libgpupool_softcuda.so")
+}
+
+/// A directory holding `libcuda.so.1`, the gpupool shim, to put first on
+/// `LD_LIBRARY_PATH`.
+pub fn shim_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let shim = artifact("libcuda.so");
+        let dir = scratch_dir().join("shim");
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("libcuda.so.1");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&shim, &link).unwrap();
+        dir
+    })
+    .clone()
+}
+
+/// A per-process scratch directory under the target dir.
+pub fn scratch_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = target_dir().join("gpupool-tests").join(std::process::id().to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+    .clone()
+}
+
+/// Compile a C test program from `tests/c/` (once per process).
+pub fn c_program(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(format!("{name}.c"));
+    let out = scratch_dir().join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc).args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src).arg("-ldl").status().unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
+    assert!(status.success(), "compiling {} failed", src.display());
+    built.push((name.to_string(), out.clone()));
+    out
+}
+
+/// A GPU server on loopback, on the software driver, for one test.
+pub struct Server {
+    child: Child,
+    pub tcp: String,
+    pub quic: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let state = scratch_dir().join(format!("server-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let mut cmd = Command::new(server_binary());
+        cmd.args(["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", "--simulated", "--driver"])
+            .arg(soft_driver())
+            .env("GPUPOOL_STATE_DIR", &state)
+            .env("GPUPOOL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start gpupool-server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("server ready line");
+        assert!(line.starts_with("gpupool-server ready:"), "unexpected server output {line:?}; log: {}", log.lock().unwrap());
+        let urls: Vec<&str> = line.split_whitespace().skip(2).collect();
+        let tcp = urls.iter().find(|u| u.starts_with("tcp://")).expect("tcp url").to_string();
+        let quic = urls.iter().find(|u| u.starts_with("quic://")).expect("quic url").to_string();
+        Server { child, tcp, quic, log }
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn tcp_addr(&self) -> String {
+        self.tcp.trim_start_matches("tcp://").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command that runs `program` with the shim as its `libcuda.so.1`.
+pub fn through_shim(program: &Path, server_url: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("LD_LIBRARY_PATH", shim_dir()).env("GPUPOOL_SERVER", server_url).env("NO_COLOR", "1").env("GPUPOOL_LOG", "warn");
+    cmd
+}
+
+/// Run to completion, killing the program if it takes longer than `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn test program");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("program hung for {timeout:?}; stdout: {} stderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Run the driver-API check program in `mode` through the shim and return
+/// its output; asserts success.
+pub fn driver_check(server_url: &str, args: &[&str]) -> String {
+    let mut cmd = through_shim(&c_program("driver_check"), server_url);
+    cmd.args(args);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "driver_check {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
