@@ -8,7 +8,7 @@ pub const PER_THREAD_DEFAULT_STREAM: u64 = 2;
 
 /// The symbol answering `name` at `version` with `flags`, or `None` when the
 /// driver knows no such function.
-pub fn resolve<'a>(name: &'a str, version: i32, flags: u64) -> Option<&'a str> {
+pub fn resolve(name: &str, version: i32, flags: u64) -> Option<&str> {
     let kind = if flags & PER_THREAD_DEFAULT_STREAM != 0 {
         2
     } else {

@@ -79,7 +79,7 @@ fn print() {
     let table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
     let Some(table) = table.as_ref() else { return };
     let mut rows: Vec<_> = table.iter().collect();
-    rows.sort_by(|a, b| b.1.nanos.cmp(&a.1.nanos));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.nanos));
     let server = crate::exports::server_label();
     let mut out = format!(
         "\ngpupool call report ({server})\n{:<44} {:>8} {:>12} {:>12} {:>12}  where\n",

@@ -42,6 +42,9 @@ pub struct DeviceRange {
     pub global: bool,
 }
 
+/// A function's parameters: (offset, size) in declaration order.
+pub type ParamLayout = Arc<Vec<(u32, u32)>>;
+
 /// Attribute numbers are small; a dense table answers them by index.
 const MAX_ATTRIBUTE: usize = 256;
 
@@ -52,7 +55,7 @@ pub struct Shim {
     pub contexts: RwLock<HashMap<Handle, i32>>,
     pub primaries: Mutex<Vec<Primary>>,
     pub kernels: RwLock<HashSet<Handle>>,
-    pub params: RwLock<HashMap<Handle, Arc<Vec<(u32, u32)>>>>,
+    pub params: RwLock<HashMap<Handle, ParamLayout>>,
     pub func_attributes: RwLock<HashMap<(Handle, i32), i32>>,
     pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), i32>>,
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,

@@ -216,6 +216,9 @@ fn read_exact_or_closed<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<(
     Ok(())
 }
 
+/// A frame found in a buffer: header, message bytes, bulk bytes, bytes used.
+pub type SplitFrame<'a> = (FrameHeader, &'a [u8], &'a [u8], usize);
+
 /// Parse frames from a byte buffer without any stream: returns the header,
 /// the message bytes and the bulk bytes of the first frame and how many bytes
 /// it used, or `None` when more bytes are needed. The fuzz target and the
@@ -223,7 +226,7 @@ fn read_exact_or_closed<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<(
 pub fn split_frame(
     buf: &[u8],
     max_body: u64,
-) -> Result<Option<(FrameHeader, &[u8], &[u8], usize)>, ProtoError> {
+) -> Result<Option<SplitFrame<'_>>, ProtoError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }

@@ -1299,7 +1299,7 @@ fn memset(
     if count == 0 {
         return Ok(());
     }
-    if dst % elem_size as u64 != 0 {
+    if !dst.is_multiple_of(elem_size as u64) {
         return Err(CuError::INVALID_VALUE);
     }
     let bytes = (count as u64)
