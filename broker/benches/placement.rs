@@ -10,8 +10,7 @@ fn decisions(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     for policy in Policy::ALL {
-        let mut load =
-            SteadyLoad::new(10_000, PoolConfig::with_policy(policy)).expect("pool builds");
+        let mut load = SteadyLoad::new(10_000, PoolConfig::with_policy(policy)).expect("pool builds");
         group.bench_function(policy.name(), |b| b.iter(|| load.step()));
     }
     group.finish();

@@ -8,10 +8,7 @@ use gpupool_broker::placement::workload::SteadyLoad;
 use gpupool_broker::placement::{Policy, PoolConfig};
 
 fn main() {
-    let servers: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+    let servers: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let decisions = 100_000;
     println!("pool: {servers} servers x 8 GPUs, {decisions} decisions per policy");
     println!(
@@ -19,8 +16,7 @@ fn main() {
         "policy", "decisions/s", "p50 us", "p99 us", "max us", "placed%"
     );
     for policy in Policy::ALL {
-        let mut load =
-            SteadyLoad::new(servers, PoolConfig::with_policy(policy)).expect("pool builds");
+        let mut load = SteadyLoad::new(servers, PoolConfig::with_policy(policy)).expect("pool builds");
         let mut latencies = Vec::with_capacity(decisions);
         let mut placed = 0usize;
         let started = Instant::now();

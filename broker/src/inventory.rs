@@ -116,13 +116,7 @@ impl Server {
 
     /// A DGX-like server: `count` GPUs all joined by NVSwitch, split evenly
     /// over `numa_nodes` NUMA nodes, one RDMA NIC per NUMA node.
-    pub fn nvswitch(
-        name: impl Into<String>,
-        model: &str,
-        count: usize,
-        gpu_memory_mib: u64,
-        numa_nodes: u16,
-    ) -> Self {
+    pub fn nvswitch(name: impl Into<String>, model: &str, count: usize, gpu_memory_mib: u64, numa_nodes: u16) -> Self {
         let mut server = Server::uniform(name, model, count, gpu_memory_mib, 128_000, 1 << 20);
         let per_numa = count.div_ceil(numa_nodes.max(1) as usize).max(1);
         for (i, gpu) in server.gpus.iter_mut().enumerate() {
@@ -149,11 +143,7 @@ pub enum InventoryError {
     #[error("server {server} has {count} GPUs; at most {MAX_GPUS_PER_SERVER} per server are supported — split it into several registrations")]
     TooManyGpus { server: String, count: usize },
     #[error("server {server}: GPU {gpu} names NVLink peer {peer}, which is not a GPU index on that server")]
-    BadNvlinkPeer {
-        server: String,
-        gpu: usize,
-        peer: u8,
-    },
+    BadNvlinkPeer { server: String, gpu: usize, peer: u8 },
     #[error("server name {0:?} appears twice; server names must be unique")]
     DuplicateServer(String),
     #[error("the pool has more than 64 GPU models; model constraints are kept as 64-bit sets")]
@@ -187,11 +177,7 @@ impl Inventory {
             }
             for (i, gpu) in server.gpus.iter().enumerate() {
                 models.insert(gpu.model.as_str());
-                if let Some(&peer) = gpu
-                    .nvlink_peers
-                    .iter()
-                    .find(|&&p| p as usize >= server.gpus.len())
-                {
+                if let Some(&peer) = gpu.nvlink_peers.iter().find(|&&p| p as usize >= server.gpus.len()) {
                     return Err(InventoryError::BadNvlinkPeer {
                         server: server.name.clone(),
                         gpu: i,

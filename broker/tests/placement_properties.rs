@@ -5,8 +5,7 @@
 
 use gpupool_broker::inventory::{Inventory, Server};
 use gpupool_broker::placement::{
-    AllocationId, CandidateLimits, GpuDemand, PlacementEngine, Policy, PoolConfig, Request,
-    ServerId,
+    AllocationId, CandidateLimits, GpuDemand, PlacementEngine, Policy, PoolConfig, Request, ServerId,
 };
 use proptest::prelude::*;
 

@@ -23,7 +23,9 @@ impl Config {
     pub fn from_env() -> Config {
         let server = match std::env::var("GPUPOOL_SERVER") {
             Ok(url) => ServerUrl::parse(&url).map_err(|e| e.to_string()),
-            Err(_) => Err("GPUPOOL_SERVER is not set: set it to the GPU server's address, e.g. tcp://gpu-host:7070".into()),
+            Err(_) => {
+                Err("GPUPOOL_SERVER is not set: set it to the GPU server's address, e.g. tcp://gpu-host:7070".into())
+            }
         };
         let tls = match std::env::var_os("GPUPOOL_TLS_CA") {
             Some(p) => ClientTls::CaFile(p.into()),
@@ -32,11 +34,8 @@ impl Config {
         Config {
             server,
             tls,
-            lease_token: std::env::var("GPUPOOL_LEASE_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-            call_report: std::env::var_os("GPUPOOL_CALL_REPORT")
-                .is_some_and(|v| !v.is_empty() && v != "0"),
+            lease_token: std::env::var("GPUPOOL_LEASE_TOKEN").ok().filter(|t| !t.is_empty()),
+            call_report: std::env::var_os("GPUPOOL_CALL_REPORT").is_some_and(|v| !v.is_empty() && v != "0"),
         }
     }
 }
@@ -46,8 +45,7 @@ pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let filter =
-            EnvFilter::try_from_env("GPUPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        let filter = EnvFilter::try_from_env("GPUPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
         let json = std::env::var("GPUPOOL_LOG_FORMAT").is_ok_and(|f| f == "json");
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -101,9 +101,6 @@ mod tests {
         assert_eq!(name_c(700), Some("CUDA_ERROR_ILLEGAL_ADDRESS\0"));
         assert_eq!(description(801), Some("operation not supported\0"));
         assert_eq!(name(12345), None);
-        assert_eq!(
-            CuError::NOT_SUPPORTED.to_string(),
-            "CUDA_ERROR_NOT_SUPPORTED (801)"
-        );
+        assert_eq!(CuError::NOT_SUPPORTED.to_string(), "CUDA_ERROR_NOT_SUPPORTED (801)");
     }
 }

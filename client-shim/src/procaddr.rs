@@ -9,15 +9,9 @@ pub const PER_THREAD_DEFAULT_STREAM: u64 = 2;
 /// The symbol answering `name` at `version` with `flags`, or `None` when the
 /// driver knows no such function.
 pub fn resolve(name: &str, version: i32, flags: u64) -> Option<&str> {
-    let kind = if flags & PER_THREAD_DEFAULT_STREAM != 0 {
-        2
-    } else {
-        0
-    };
+    let kind = if flags & PER_THREAD_DEFAULT_STREAM != 0 { 2 } else { 0 };
     let pick = |kind: u64| -> Option<&'static str> {
-        let mut candidates = PROC_TABLE
-            .iter()
-            .filter(|(n, _, k, _)| *n == name && *k == kind);
+        let mut candidates = PROC_TABLE.iter().filter(|(n, _, k, _)| *n == name && *k == kind);
         let first = candidates.next()?;
         // Highest version not above the request; the lowest when all are.
         let mut best: Option<&(&str, i32, u64, &str)> = (first.1 <= version).then_some(first);
@@ -65,32 +59,17 @@ mod tests {
     #[test]
     fn answers_by_version() {
         assert_eq!(resolve("cuCtxGetDevice", 2000, 0), Some("cuCtxGetDevice"));
-        assert_eq!(
-            resolve("cuCtxGetDevice", 13000, 0),
-            Some("cuCtxGetDevice_v2")
-        );
+        assert_eq!(resolve("cuCtxGetDevice", 13000, 0), Some("cuCtxGetDevice_v2"));
         assert_eq!(resolve("cuCtxGetDevice", 12080, 0), Some("cuCtxGetDevice"));
         assert_eq!(resolve("cuMemAlloc", 13000, 0), Some("cuMemAlloc_v2"));
-        assert_eq!(
-            resolve("cuGetProcAddress", 12000, 0),
-            Some("cuGetProcAddress_v2")
-        );
-        assert_eq!(
-            resolve("cuGetProcAddress", 11030, 0),
-            Some("cuGetProcAddress")
-        );
+        assert_eq!(resolve("cuGetProcAddress", 12000, 0), Some("cuGetProcAddress_v2"));
+        assert_eq!(resolve("cuGetProcAddress", 11030, 0), Some("cuGetProcAddress"));
     }
 
     #[test]
     fn answers_per_thread_variants() {
-        assert_eq!(
-            resolve("cuLaunchKernel", 12000, 2),
-            Some("cuLaunchKernel_ptsz")
-        );
-        assert_eq!(
-            resolve("cuMemcpyHtoD", 12000, 2),
-            Some("cuMemcpyHtoD_v2_ptds")
-        );
+        assert_eq!(resolve("cuLaunchKernel", 12000, 2), Some("cuLaunchKernel_ptsz"));
+        assert_eq!(resolve("cuMemcpyHtoD", 12000, 2), Some("cuMemcpyHtoD_v2_ptds"));
         assert_eq!(resolve("cuLaunchKernel", 12000, 0), Some("cuLaunchKernel"));
         // No per-thread form: the default answer serves.
         assert_eq!(resolve("cuInit", 12000, 2), Some("cuInit"));
@@ -107,13 +86,7 @@ mod tests {
     fn unrecorded_names_take_their_v2_and_per_thread_forms() {
         assert_eq!(resolve("cuMemsetD32", 12000, 0), Some("cuMemsetD32_v2"));
         assert_eq!(resolve("cuMemsetD32", 2000, 0), Some("cuMemsetD32"));
-        assert_eq!(
-            resolve("cuMemsetD32", 12000, 2),
-            Some("cuMemsetD32_v2_ptds")
-        );
-        assert_eq!(
-            resolve("cuMemAllocHost", 12000, 0),
-            Some("cuMemAllocHost_v2")
-        );
+        assert_eq!(resolve("cuMemsetD32", 12000, 2), Some("cuMemsetD32_v2_ptds"));
+        assert_eq!(resolve("cuMemAllocHost", 12000, 0), Some("cuMemAllocHost_v2"));
     }
 }

@@ -100,15 +100,7 @@ impl Remote {
         let mut reader = BufReader::with_capacity(256 << 10, reader);
         let hello = Hello::new(opts.lease_token.clone(), client_info());
         let mut scratch = Vec::new();
-        frame::write_frame(
-            &mut *writer,
-            &mut scratch,
-            0,
-            FLAG_WANTS_REPLY,
-            &hello,
-            &[],
-            MAX_FRAME,
-        )?;
+        frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
         writer.flush()?;
         let mut msg = Vec::new();
         let header = frame::read_frame(&mut reader, &mut msg, MAX_FRAME)?;
@@ -166,9 +158,7 @@ impl Remote {
                     .fetch_add((frame::HEADER_LEN + bulk.len()) as u64, Ordering::Relaxed);
                 Ok(())
             }
-            Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => {
-                Err(CuError::INVALID_VALUE)
-            }
+            Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => Err(CuError::INVALID_VALUE),
             Err(e) => {
                 drop(w);
                 self.mark_dead(format!("sending to {} failed: {e}", self.peer));
@@ -198,16 +188,9 @@ impl Remote {
     ///
     /// # Safety
     /// `dst..dst+len` must stay valid and writable until the data has landed.
-    pub unsafe fn call_into(
-        &self,
-        req: &Request,
-        dst: *mut u8,
-        len: usize,
-        wait: bool,
-    ) -> CuResult {
+    pub unsafe fn call_into(&self, req: &Request, dst: *mut u8, len: usize, wait: bool) -> CuResult {
         if wait {
-            self.call_with_sink(req, &[], Some((dst as usize, len)))
-                .map(|_| ())
+            self.call_with_sink(req, &[], Some((dst as usize, len))).map(|_| ())
         } else {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             self.lock_pending().insert(
@@ -225,12 +208,7 @@ impl Remote {
         }
     }
 
-    fn call_with_sink(
-        &self,
-        req: &Request,
-        bulk: &[u8],
-        sink: Option<(usize, usize)>,
-    ) -> CuResult<Reply> {
+    fn call_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<(usize, usize)>) -> CuResult<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter::default());
         self.lock_pending().insert(
@@ -275,9 +253,7 @@ impl Remote {
         let reason = loop {
             match self.read_one(&mut reader, &mut msg) {
                 Ok(()) => {}
-                Err(ProtoError::Closed) => {
-                    break format!("server {} closed the connection", self.peer)
-                }
+                Err(ProtoError::Closed) => break format!("server {} closed the connection", self.peer),
                 Err(e) => break format!("connection to {} failed: {e}", self.peer),
             }
         };
@@ -287,15 +263,13 @@ impl Remote {
     fn read_one(&self, reader: &mut impl Read, msg: &mut Vec<u8>) -> Result<(), ProtoError> {
         let header = frame::read_frame(reader, msg, MAX_FRAME)?;
         let reply: Reply = codec::decode(msg)?;
-        self.traffic.bytes_in.fetch_add(
-            frame::HEADER_LEN as u64 + header.bulk_len,
-            Ordering::Relaxed,
-        );
+        self.traffic
+            .bytes_in
+            .fetch_add(frame::HEADER_LEN as u64 + header.bulk_len, Ordering::Relaxed);
         if let Reply::Data { offset } = reply {
             let sink = self.lock_pending().get(&header.id).and_then(|p| p.sink);
-            let (addr, len) = sink.ok_or_else(|| {
-                ProtoError::Malformed(format!("data for request {} which expects none", header.id))
-            })?;
+            let (addr, len) = sink
+                .ok_or_else(|| ProtoError::Malformed(format!("data for request {} which expects none", header.id)))?;
             let end = offset
                 .checked_add(header.bulk_len)
                 .filter(|&e| e <= len as u64)
@@ -309,30 +283,24 @@ impl Remote {
             // stays valid and writable until the reply completes; the range
             // offset..end was checked to lie inside it.
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    (addr as *mut u8).add(offset as usize),
-                    (end - offset) as usize,
-                )
+                std::slice::from_raw_parts_mut((addr as *mut u8).add(offset as usize), (end - offset) as usize)
             };
             return frame::read_bulk(reader, dst);
         }
         frame::skip_bulk(reader, header.bulk_len)?;
         let pending = self.lock_pending().remove(&header.id);
         match pending {
-            Some(Pending {
-                waiter: Some(w), ..
-            }) => w.deliver(Ok(reply)),
+            Some(Pending { waiter: Some(w), .. }) => w.deliver(Ok(reply)),
             Some(Pending { waiter: None, .. }) => {
                 if reply.status() != 0 {
-                    tracing::debug!(id = header.id, status = reply.status(), "streamed copy failed; the server reports it at the next synchronising call");
+                    tracing::debug!(
+                        id = header.id,
+                        status = reply.status(),
+                        "streamed copy failed; the server reports it at the next synchronising call"
+                    );
                 }
             }
-            None => {
-                return Err(ProtoError::Malformed(format!(
-                    "reply to unknown request {}",
-                    header.id
-                )))
-            }
+            None => return Err(ProtoError::Malformed(format!("reply to unknown request {}", header.id))),
         }
         Ok(())
     }

@@ -64,10 +64,7 @@ pub fn measure<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
     let rt = ROUND_TRIPS.with(Cell::get) - rt0;
     let st = STREAMED.with(Cell::get) - st0;
     let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let s = table
-        .get_or_insert_with(HashMap::new)
-        .entry(name)
-        .or_default();
+    let s = table.get_or_insert_with(HashMap::new).entry(name).or_default();
     s.calls += 1;
     s.nanos += nanos;
     s.round_trips += rt;

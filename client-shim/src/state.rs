@@ -132,9 +132,7 @@ impl Shim {
     pub fn stream_ref(mode: DefaultStream, stream: u64) -> StreamRef {
         match (stream, mode) {
             (0, DefaultStream::Legacy) | (STREAM_LEGACY, _) => StreamRef::Legacy,
-            (0, DefaultStream::PerThread) | (STREAM_PER_THREAD, _) => {
-                StreamRef::PerThread(thread_id())
-            }
+            (0, DefaultStream::PerThread) | (STREAM_PER_THREAD, _) => StreamRef::PerThread(thread_id()),
             (h, _) => StreamRef::Handle(h),
         }
     }
@@ -222,18 +220,12 @@ mod tests {
 
     #[test]
     fn stream_mapping() {
-        assert_eq!(
-            Shim::stream_ref(DefaultStream::Legacy, 0),
-            StreamRef::Legacy
-        );
+        assert_eq!(Shim::stream_ref(DefaultStream::Legacy, 0), StreamRef::Legacy);
         assert_eq!(
             Shim::stream_ref(DefaultStream::PerThread, 0),
             StreamRef::PerThread(thread_id())
         );
-        assert_eq!(
-            Shim::stream_ref(DefaultStream::PerThread, 1),
-            StreamRef::Legacy
-        );
+        assert_eq!(Shim::stream_ref(DefaultStream::PerThread, 1), StreamRef::Legacy);
         assert_eq!(
             Shim::stream_ref(DefaultStream::Legacy, 2),
             StreamRef::PerThread(thread_id())

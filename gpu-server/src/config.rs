@@ -54,15 +54,9 @@ impl Default for ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("configuration file {path} is not valid: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    Parse { path: String, source: toml::de::Error },
     #[error("environment variable {name}={value:?} is not valid: {reason}")]
     Env {
         name: String,
@@ -113,8 +107,7 @@ impl ServerConfig {
             self.driver = v.into();
         }
         if let Some(v) = get("GPUPOOL_SIMULATED") {
-            self.simulated = parse_bool(&v)
-                .ok_or_else(|| bad("GPUPOOL_SIMULATED", &v, "expected true or false"))?;
+            self.simulated = parse_bool(&v).ok_or_else(|| bad("GPUPOOL_SIMULATED", &v, "expected true or false"))?;
         }
         if let Some(v) = get("GPUPOOL_STATE_DIR") {
             self.state_dir = v.into();
@@ -131,8 +124,8 @@ impl ServerConfig {
                 .map_err(|_| bad("GPUPOOL_MAX_FRAME", &v, "expected a byte count"))?;
         }
         if let Some(v) = get("GPUPOOL_REQUIRE_LEASE") {
-            self.require_lease = parse_bool(&v)
-                .ok_or_else(|| bad("GPUPOOL_REQUIRE_LEASE", &v, "expected true or false"))?;
+            self.require_lease =
+                parse_bool(&v).ok_or_else(|| bad("GPUPOOL_REQUIRE_LEASE", &v, "expected true or false"))?;
         }
         if let Some(v) = get("GPUPOOL_SERVER_ID") {
             self.server_id = v;
@@ -160,8 +153,7 @@ mod tests {
 
     #[test]
     fn toml_then_env() {
-        let mut cfg: ServerConfig =
-            toml::from_str("listen_tcp = \"0.0.0.0:9000\"\nmax_frame = 1024\n").unwrap();
+        let mut cfg: ServerConfig = toml::from_str("listen_tcp = \"0.0.0.0:9000\"\nmax_frame = 1024\n").unwrap();
         assert_eq!(cfg.listen_tcp, "0.0.0.0:9000");
         cfg.apply_env(|k| (k == "GPUPOOL_MAX_FRAME").then(|| "2048".to_string()))
             .unwrap();

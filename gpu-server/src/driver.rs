@@ -20,10 +20,7 @@ pub type Ptr = *mut c_void;
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("cannot load the CUDA driver {path}: {source}")]
-    Library {
-        path: String,
-        source: libloading::Error,
-    },
+    Library { path: String, source: libloading::Error },
     #[error("the CUDA driver {path} lacks {symbol}: {source}")]
     Symbol {
         path: String,
@@ -189,11 +186,10 @@ impl Driver {
         let shown = path.display().to_string();
         // SAFETY: loading the driver runs its initialisers, which is what
         // loading libcuda is for.
-        let lib =
-            unsafe { libloading::Library::new(path) }.map_err(|source| LoadError::Library {
-                path: shown.clone(),
-                source,
-            })?;
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|source| LoadError::Library {
+            path: shown.clone(),
+            source,
+        })?;
         let fns = Fns::load(&lib, &shown)?;
         let driver = Driver {
             fns,
@@ -234,9 +230,7 @@ impl Driver {
             self.cuDeviceTotalMem_v2(&mut total, dev)?;
         }
         // SAFETY: the driver NUL-terminates the name within the buffer.
-        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
         let mut attributes = Vec::new();
         for a in 1..MAX_DEVICE_ATTRIBUTE {
             let mut v = 0;

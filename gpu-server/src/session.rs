@@ -45,11 +45,7 @@ struct Daemon {
 
 /// Bind the configured listeners and serve until the process is stopped.
 /// `on_ready` is told the bound addresses (with the QUIC fingerprint).
-pub async fn serve(
-    cfg: ServerConfig,
-    launcher: WorkerLauncher,
-    on_ready: impl FnOnce(&Bound),
-) -> anyhow::Result<()> {
+pub async fn serve(cfg: ServerConfig, launcher: WorkerLauncher, on_ready: impl FnOnce(&Bound)) -> anyhow::Result<()> {
     let tcp = if cfg.listen_tcp.is_empty() {
         None
     } else {
@@ -62,11 +58,8 @@ pub async fn serve(
     let quic = if cfg.listen_quic.is_empty() {
         None
     } else {
-        let identity: ServerIdentity = transport::load_or_create_server_identity(
-            cfg.tls_cert.as_deref(),
-            cfg.tls_key.as_deref(),
-            &cfg.state_dir,
-        )?;
+        let identity: ServerIdentity =
+            transport::load_or_create_server_identity(cfg.tls_cert.as_deref(), cfg.tls_key.as_deref(), &cfg.state_dir)?;
         let addr = tokio::net::lookup_host(&cfg.listen_quic)
             .await?
             .next()
@@ -152,8 +145,7 @@ impl Daemon {
 
     async fn start_quic(self: Arc<Self>, incoming: quinn::Incoming) -> anyhow::Result<()> {
         let connection = incoming.await?;
-        let (mut send, mut recv) =
-            tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await??;
+        let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await??;
         let mut duplex = Duplex {
             r: &mut recv,
             w: &mut send,
@@ -182,10 +174,7 @@ impl Daemon {
 
     /// Read and check the hello. `None` means the client was refused (and
     /// told why).
-    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        stream: &mut S,
-    ) -> anyhow::Result<Option<Hello>> {
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S) -> anyhow::Result<Option<Hello>> {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(stream))
             .await
             .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))??;
@@ -204,14 +193,7 @@ impl Daemon {
         if let Some(reason) = refusal {
             tracing::warn!(client = ?hello.client, "refusing session: {reason}");
             let mut out = Vec::new();
-            gpupool_proto::frame::encode_frame(
-                &mut out,
-                0,
-                0,
-                &Welcome::Refused { reason },
-                &[],
-                MAX_HELLO,
-            )?;
+            gpupool_proto::frame::encode_frame(&mut out, 0, 0, &Welcome::Refused { reason }, &[], MAX_HELLO)?;
             stream.write_all(&out).await?;
             stream.flush().await?;
             return Ok(None);
@@ -229,10 +211,7 @@ impl Daemon {
         }
         cmd.env(
             "GPUPOOL_CLIENT",
-            format!(
-                "{}/{}/{}",
-                hello.client.host, hello.client.pid, hello.client.program
-            ),
+            format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program),
         );
         let raw = fd.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls run:
@@ -247,9 +226,9 @@ impl Daemon {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            anyhow::anyhow!("cannot start worker {}: {e}", self.launcher.exe.display())
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start worker {}: {e}", self.launcher.exe.display()))?;
         drop(fd);
         self.live.fetch_add(1, Ordering::Relaxed);
         tracing::info!(session, client = %format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program), pid = child.id(), "session started");
@@ -366,7 +345,12 @@ pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::R
         modules = freed.modules,
         contexts = freed.contexts,
         "session ended ({how}): freed {} allocations ({} bytes), {} streams, {} events, {} modules, {} contexts",
-        freed.allocations, freed.bytes, freed.streams, freed.events, freed.modules, freed.contexts
+        freed.allocations,
+        freed.bytes,
+        freed.streams,
+        freed.events,
+        freed.modules,
+        freed.contexts
     );
     Ok(())
 }

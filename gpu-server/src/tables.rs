@@ -59,11 +59,7 @@ impl Tables {
     /// Record an allocation; refuses overlap with anything already held
     /// (a driver handing out overlapping memory would be a bug to surface).
     pub fn add_region(&mut self, base: u64, region: Region) -> Result<(), u32> {
-        if let Some((&b, r)) = self
-            .memory
-            .range(..base.saturating_add(region.size))
-            .next_back()
-        {
+        if let Some((&b, r)) = self.memory.range(..base.saturating_add(region.size)).next_back() {
             let overlaps = b + r.size > base;
             let same_global = r.global && region.global && b == base && r.size == region.size;
             if overlaps && !same_global {
@@ -84,11 +80,7 @@ impl Tables {
 
     /// Bytes of device memory allocated (not counting module globals).
     pub fn allocated_bytes(&self) -> u64 {
-        self.memory
-            .values()
-            .filter(|r| !r.global)
-            .map(|r| r.size)
-            .sum()
+        self.memory.values().filter(|r| !r.global).map(|r| r.size).sum()
     }
 
     /// Forget everything that lived in `ctx`.

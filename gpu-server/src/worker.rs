@@ -105,12 +105,7 @@ impl<'d> Worker<'d> {
     }
 
     /// The devices this session offers, as the handshake describes them.
-    pub fn session_info(
-        driver: &Driver,
-        session_id: u64,
-        server_id: &str,
-        simulated: bool,
-    ) -> SessionInfo {
+    pub fn session_info(driver: &Driver, session_id: u64, server_id: &str, simulated: bool) -> SessionInfo {
         let count = driver.device_count().unwrap_or(0);
         let devices = (0..count)
             .filter_map(|d| driver.device_facts(d).ok())
@@ -132,11 +127,7 @@ impl<'d> Worker<'d> {
     }
 
     /// Send the handshake answer.
-    pub fn welcome<W: Write + ?Sized>(
-        &mut self,
-        w: &mut W,
-        info: SessionInfo,
-    ) -> Result<(), ProtoError> {
+    pub fn welcome<W: Write + ?Sized>(&mut self, w: &mut W, info: SessionInfo) -> Result<(), ProtoError> {
         frame::write_frame(
             w,
             &mut self.scratch,
@@ -165,11 +156,7 @@ impl<'d> Worker<'d> {
         (end, self.cleanup())
     }
 
-    fn serve_one<R: Read, W: Write>(
-        &mut self,
-        reader: &mut R,
-        writer: &mut W,
-    ) -> Result<(), ProtoError> {
+    fn serve_one<R: Read, W: Write>(&mut self, reader: &mut R, writer: &mut W) -> Result<(), ProtoError> {
         let mut msg = std::mem::take(&mut self.msg);
         let header = frame::read_frame(reader, &mut msg, self.max_frame)?;
         let decoded = codec::decode::<Request>(&msg);
@@ -178,15 +165,7 @@ impl<'d> Worker<'d> {
         self.calls += 1;
         let reply = self.execute(&header, request, reader, writer)?;
         if let Some(reply) = reply {
-            frame::write_frame(
-                writer,
-                &mut self.scratch,
-                header.id,
-                0,
-                &reply,
-                &[],
-                self.max_frame,
-            )?;
+            frame::write_frame(writer, &mut self.scratch, header.id, 0, &reply, &[], self.max_frame)?;
         }
         Ok(())
     }
@@ -258,10 +237,7 @@ impl<'d> Worker<'d> {
         // a protocol violation.
         let carries_bulk = matches!(
             request,
-            Request::MemcpyHtoD { .. }
-                | Request::ModuleLoad { .. }
-                | Request::LibraryLoad
-                | Request::Launch(_)
+            Request::MemcpyHtoD { .. } | Request::ModuleLoad { .. } | Request::LibraryLoad | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
             return Err(ProtoError::Malformed(format!(
@@ -278,8 +254,7 @@ impl<'d> Worker<'d> {
                 offset,
                 total,
             } => {
-                let status =
-                    self.copy_in(ctx, stream, dst, offset, total, header.bulk_len, reader)?;
+                let status = self.copy_in(ctx, stream, dst, offset, total, header.bulk_len, reader)?;
                 if wants {
                     let own = if status == 0 {
                         self.sync_stream(ctx, stream)
@@ -294,12 +269,7 @@ impl<'d> Worker<'d> {
                     return Ok(None);
                 }
             }
-            Request::MemcpyDtoH {
-                ctx,
-                stream,
-                src,
-                len,
-            } => {
+            Request::MemcpyDtoH { ctx, stream, src, len } => {
                 let status = self.copy_out(header.id, ctx, stream, src, len, writer)?;
                 // The client reads the data either way; its status tells a
                 // waiting caller, and is kept for one that did not wait.
@@ -322,10 +292,7 @@ impl<'d> Worker<'d> {
                 let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
                 // SAFETY: viewing the u64 buffer as bytes; the length is within it.
                 let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        params.as_mut_ptr().cast::<u8>(),
-                        header.bulk_len as usize,
-                    )
+                    std::slice::from_raw_parts_mut(params.as_mut_ptr().cast::<u8>(), header.bulk_len as usize)
                 };
                 frame::read_bulk(reader, bytes)?;
                 let ctx = launch.ctx;
@@ -367,23 +334,13 @@ impl<'d> Worker<'d> {
                 | R::CtxSetLimit { ctx, .. } => *ctx,
                 R::MemGetInfo { ctx } | R::MemAlloc { ctx, .. } | R::MemFree { ctx, .. } => *ctx,
                 R::MemcpyDtoD { ctx, .. } | R::Memset { ctx, .. } => *ctx,
-                R::ModuleUnload { ctx, .. }
-                | R::ModuleGetFunction { ctx, .. }
-                | R::ModuleGetGlobal { ctx, .. } => *ctx,
+                R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
-                R::FuncGetAttribute { ctx, .. }
-                | R::FuncSetAttribute { ctx, .. }
-                | R::Occupancy { ctx, .. } => *ctx,
-                R::StreamCreate { ctx, .. }
-                | R::StreamDestroy { ctx, .. }
-                | R::StreamSynchronize { ctx, .. } => *ctx,
+                R::FuncGetAttribute { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
+                R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
-                R::EventCreate { ctx, .. }
-                | R::EventDestroy { ctx, .. }
-                | R::EventRecord { ctx, .. } => *ctx,
-                R::EventSynchronize { ctx, .. }
-                | R::EventQuery { ctx, .. }
-                | R::EventElapsedTime { ctx, .. } => *ctx,
+                R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
+                R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } => *ctx,
                 _ => 0,
             }
@@ -455,48 +412,29 @@ impl<'d> Worker<'d> {
                 Reply::Status(self.sync_status(ctx, r))
             }
             R::ModuleUnload { ctx, module } => to_reply(self.module_unload(ctx, module)),
-            R::ModuleGetFunction { ctx, module, name } => {
-                to_reply(self.module_get_function(ctx, module, &name))
-            }
-            R::ModuleGetGlobal { ctx, module, name } => {
-                to_reply(self.module_get_global(ctx, module, &name))
-            }
+            R::ModuleGetFunction { ctx, module, name } => to_reply(self.module_get_function(ctx, module, &name)),
+            R::ModuleGetGlobal { ctx, module, name } => to_reply(self.module_get_global(ctx, module, &name)),
             R::LibraryUnload { library } => to_reply(self.library_unload(library)),
-            R::LibraryGetKernel { library, name } => {
-                to_reply(self.library_get_kernel(library, &name))
-            }
-            R::LibraryGetGlobal { ctx, library, name } => {
-                to_reply(self.library_get_global(ctx, library, &name))
-            }
+            R::LibraryGetKernel { library, name } => to_reply(self.library_get_kernel(library, &name)),
+            R::LibraryGetGlobal { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
             R::FuncGetAttribute { ctx, func, attr } => {
                 to_reply(self.make_current(ctx).and_then(|()| {
                     self.check_function(func)?;
                     let mut v = 0;
                     // SAFETY: func is this client's function; v is writable.
-                    unsafe { d.cuFuncGetAttribute(&mut v, attr, as_ptr(func)) }
-                        .map(|()| Reply::Int(v as i64))
+                    unsafe { d.cuFuncGetAttribute(&mut v, attr, as_ptr(func)) }.map(|()| Reply::Int(v as i64))
                 }))
             }
-            R::FuncSetAttribute {
-                ctx,
-                func,
-                attr,
-                value,
-            } => to_reply(self.make_current(ctx).and_then(|()| {
+            R::FuncSetAttribute { ctx, func, attr, value } => to_reply(self.make_current(ctx).and_then(|()| {
                 self.check_function(func)?;
                 // SAFETY: func is this client's function.
                 unsafe { d.cuFuncSetAttribute(as_ptr(func), attr, value) }
             })),
-            R::KernelGetAttribute {
-                kernel,
-                attr,
-                device,
-            } => to_reply(self.check_kernel(kernel).and_then(|()| {
+            R::KernelGetAttribute { kernel, attr, device } => to_reply(self.check_kernel(kernel).and_then(|()| {
                 let mut v = 0;
                 // SAFETY: kernel is this client's; v is writable.
-                unsafe { d.cuKernelGetAttribute(&mut v, attr, as_ptr(kernel), device) }
-                    .map(|()| Reply::Int(v as i64))
+                unsafe { d.cuKernelGetAttribute(&mut v, attr, as_ptr(kernel), device) }.map(|()| Reply::Int(v as i64))
             })),
             R::KernelSetAttribute {
                 kernel,
@@ -508,11 +446,7 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuKernelSetAttribute(attr, value, as_ptr(kernel), device) }
             })),
             R::Occupancy { ctx, func, query } => to_reply(self.occupancy(ctx, func, query)),
-            R::StreamCreate {
-                ctx,
-                flags,
-                priority,
-            } => to_reply(self.make_current(ctx).and_then(|()| {
+            R::StreamCreate { ctx, flags, priority } => to_reply(self.make_current(ctx).and_then(|()| {
                 let mut s: Ptr = std::ptr::null_mut();
                 // SAFETY: s is writable.
                 unsafe { d.cuStreamCreateWithPriority(&mut s, flags, priority) }?;
@@ -590,8 +524,7 @@ impl<'d> Worker<'d> {
                     .and_then(|()| {
                         let mut ms = 0f32;
                         // SAFETY: both events belong to this client; ms is writable.
-                        unsafe { d.cuEventElapsedTime(&mut ms, as_ptr(start), as_ptr(end)) }
-                            .map(|()| Reply::Float(ms))
+                        unsafe { d.cuEventElapsedTime(&mut ms, as_ptr(start), as_ptr(end)) }.map(|()| Reply::Float(ms))
                     }),
             ),
             R::ParamInfo { ctx, func, kernel } => to_reply(
@@ -599,11 +532,9 @@ impl<'d> Worker<'d> {
                     .and_then(|()| self.layout(func, kernel).map(Reply::Params)),
             ),
             // Bulk-carrying requests are handled by `execute`.
-            R::MemcpyHtoD { .. }
-            | R::MemcpyDtoH { .. }
-            | R::ModuleLoad { .. }
-            | R::LibraryLoad
-            | R::Launch(_) => Reply::Status(INVALID_VALUE),
+            R::MemcpyHtoD { .. } | R::MemcpyDtoH { .. } | R::ModuleLoad { .. } | R::LibraryLoad | R::Launch(_) => {
+                Reply::Status(INVALID_VALUE)
+            }
         };
         (ctx, reply)
     }
@@ -838,11 +769,7 @@ impl<'d> Worker<'d> {
             if unsafe { self.driver.cuEventCreate(&mut event, 0x2) }.is_err() {
                 event = std::ptr::null_mut();
             }
-            let fallback = if pinned {
-                Vec::new()
-            } else {
-                vec![0u8; COPY_CHUNK]
-            };
+            let fallback = if pinned { Vec::new() } else { vec![0u8; COPY_CHUNK] };
             self.staging.push(Staging {
                 host,
                 pinned,
@@ -958,11 +885,8 @@ impl<'d> Worker<'d> {
         let src = self.staging_slice(i, len as usize).as_ptr();
         // SAFETY: the target range was checked; the staging buffer stays
         // untouched until its event says the copy is done.
-        let r = unsafe {
-            self.driver
-                .cuMemcpyHtoDAsync_v2(target, src.cast(), len as usize, s)
-        }
-        .and_then(|()| self.staging_in_flight(i, s));
+        let r = unsafe { self.driver.cuMemcpyHtoDAsync_v2(target, src.cast(), len as usize, s) }
+            .and_then(|()| self.staging_in_flight(i, s));
         Ok(r.err().unwrap_or(0))
     }
 
@@ -1035,15 +959,7 @@ impl<'d> Worker<'d> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let max_frame = self.max_frame;
         let data = self.staging_slice(i, n);
-        let r = frame::write_frame(
-            writer,
-            &mut scratch,
-            id,
-            0,
-            &Reply::Data { offset },
-            data,
-            max_frame,
-        );
+        let r = frame::write_frame(writer, &mut scratch, id, 0, &Reply::Data { offset }, data, max_frame);
         self.scratch = scratch;
         r?;
         Ok(Ok(()))
@@ -1073,12 +989,7 @@ impl<'d> Worker<'d> {
         Ok(())
     }
 
-    fn module_get_function(
-        &mut self,
-        ctx: Handle,
-        module: Handle,
-        name: &str,
-    ) -> DriverResult<Reply> {
+    fn module_get_function(&mut self, ctx: Handle, module: Handle, name: &str) -> DriverResult<Reply> {
         self.make_current(ctx)?;
         if !self.tables.modules.contains_key(&module) {
             return Err(INVALID_HANDLE);
@@ -1086,20 +997,12 @@ impl<'d> Worker<'d> {
         let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
         let mut f: Ptr = std::ptr::null_mut();
         // SAFETY: the module belongs to this client; name is NUL-terminated.
-        unsafe {
-            self.driver
-                .cuModuleGetFunction(&mut f, as_ptr(module), name.as_ptr())
-        }?;
+        unsafe { self.driver.cuModuleGetFunction(&mut f, as_ptr(module), name.as_ptr()) }?;
         self.tables.functions.insert(handle(f), module);
         Ok(Reply::Handle(handle(f)))
     }
 
-    fn module_get_global(
-        &mut self,
-        ctx: Handle,
-        module: Handle,
-        name: &str,
-    ) -> DriverResult<Reply> {
+    fn module_get_global(&mut self, ctx: Handle, module: Handle, name: &str) -> DriverResult<Reply> {
         self.make_current(ctx)?;
         if !self.tables.modules.contains_key(&module) {
             return Err(INVALID_HANDLE);
@@ -1164,20 +1067,12 @@ impl<'d> Worker<'d> {
         let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
         let mut k: Ptr = std::ptr::null_mut();
         // SAFETY: the library belongs to this client; name is NUL-terminated.
-        unsafe {
-            self.driver
-                .cuLibraryGetKernel(&mut k, as_ptr(library), name.as_ptr())
-        }?;
+        unsafe { self.driver.cuLibraryGetKernel(&mut k, as_ptr(library), name.as_ptr()) }?;
         self.tables.kernels.insert(handle(k), library);
         Ok(Reply::Handle(handle(k)))
     }
 
-    fn library_get_global(
-        &mut self,
-        ctx: Handle,
-        library: Handle,
-        name: &str,
-    ) -> DriverResult<Reply> {
+    fn library_get_global(&mut self, ctx: Handle, library: Handle, name: &str) -> DriverResult<Reply> {
         self.make_current(ctx)?;
         if !self.tables.libraries.contains(&library) {
             return Err(INVALID_HANDLE);
@@ -1250,11 +1145,7 @@ impl<'d> Worker<'d> {
     fn launch(&mut self, l: &Launch, params: &mut [u64], len: usize) -> DriverResult {
         let s = self.enter(l.ctx, l.stream)?;
         let layout = self.layout(l.func, l.kernel)?;
-        let extent = layout
-            .iter()
-            .map(|&(o, n)| (o + n) as usize)
-            .max()
-            .unwrap_or(0);
+        let extent = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
         if len < extent {
             return Err(INVALID_VALUE);
         }
@@ -1299,22 +1190,13 @@ impl<'d> Worker<'d> {
                 num_attrs: attrs.len() as u32,
             };
             // SAFETY: as above; config and attrs outlive the call.
-            unsafe {
-                self.driver
-                    .cuLaunchKernelEx(&config, f, args_ptr, std::ptr::null_mut())
-            }
+            unsafe { self.driver.cuLaunchKernelEx(&config, f, args_ptr, std::ptr::null_mut()) }
         }
     }
 
-    fn occupancy(
-        &mut self,
-        ctx: Handle,
-        func: Handle,
-        query: OccupancyQuery,
-    ) -> DriverResult<Reply> {
+    fn occupancy(&mut self, ctx: Handle, func: Handle, query: OccupancyQuery) -> DriverResult<Reply> {
         self.make_current(ctx)?;
-        self.check_function(func)
-            .or_else(|_| self.check_kernel(func))?;
+        self.check_function(func).or_else(|_| self.check_kernel(func))?;
         let d = self.driver;
         let f = as_ptr(func);
         match query {
@@ -1356,15 +1238,10 @@ impl<'d> Worker<'d> {
                 }?;
                 Ok(Reply::Pair(g as i64, b as i64))
             }
-            OccupancyQuery::AvailableDynamicSmemPerBlock {
-                num_blocks,
-                block_size,
-            } => {
+            OccupancyQuery::AvailableDynamicSmemPerBlock { num_blocks, block_size } => {
                 let mut v = 0usize;
                 // SAFETY: as above.
-                unsafe {
-                    d.cuOccupancyAvailableDynamicSMemPerBlock(&mut v, f, num_blocks, block_size)
-                }?;
+                unsafe { d.cuOccupancyAvailableDynamicSMemPerBlock(&mut v, f, num_blocks, block_size) }?;
                 Ok(Reply::Int(v as i64))
             }
             OccupancyQuery::MaxActiveClusters {
@@ -1410,8 +1287,7 @@ impl<'d> Worker<'d> {
             modules: self.tables.modules.len(),
             contexts: self.tables.contexts.len(),
         };
-        let contexts: Vec<(Handle, i32)> =
-            self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
+        let contexts: Vec<(Handle, i32)> = self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
         for (ctx, device) in contexts {
             self.release_context_resources(ctx);
             if self.tables.primaries.get(&device) == Some(&ctx) {
@@ -1428,10 +1304,7 @@ impl<'d> Worker<'d> {
             let _ = unsafe { self.driver.cuLibraryUnload(as_ptr(l)) };
         }
         self.free_staging();
-        tracing::debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "cleanup done"
-        );
+        tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "cleanup done");
         c
     }
 }

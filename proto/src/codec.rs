@@ -33,8 +33,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
 /// Decode exactly one value from `bytes`; trailing bytes are an error, so a
 /// message can never smuggle unparsed data.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| ProtoError::Decode(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| ProtoError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(ProtoError::Decode(format!(
             "{} trailing bytes after message",

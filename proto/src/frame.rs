@@ -56,8 +56,7 @@ impl FrameHeader {
 
     /// Parse and validate a header against `max_body`.
     pub fn decode(bytes: &[u8; HEADER_LEN], max_body: u64) -> Result<FrameHeader, ProtoError> {
-        let word =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let body = word(0) as u64;
         let msg_len = word(4);
         let flags = word(8);
@@ -165,11 +164,7 @@ pub fn write_frame<W: Write + ?Sized, T: Serialize>(
 
 /// Read one frame's header and message bytes into `msg`; the bulk tail
 /// (`header.bulk_len` bytes) is left in the stream for the caller.
-pub fn read_frame<R: Read + ?Sized>(
-    r: &mut R,
-    msg: &mut Vec<u8>,
-    max_body: u64,
-) -> Result<FrameHeader, ProtoError> {
+pub fn read_frame<R: Read + ?Sized>(r: &mut R, msg: &mut Vec<u8>, max_body: u64) -> Result<FrameHeader, ProtoError> {
     let mut hb = [0u8; HEADER_LEN];
     read_exact_or_closed(r, &mut hb)?;
     let header = FrameHeader::decode(&hb, max_body)?;
@@ -223,10 +218,7 @@ pub type SplitFrame<'a> = (FrameHeader, &'a [u8], &'a [u8], usize);
 /// the message bytes and the bulk bytes of the first frame and how many bytes
 /// it used, or `None` when more bytes are needed. The fuzz target and the
 /// relay use this.
-pub fn split_frame(
-    buf: &[u8],
-    max_body: u64,
-) -> Result<Option<SplitFrame<'_>>, ProtoError> {
+pub fn split_frame(buf: &[u8], max_body: u64) -> Result<Option<SplitFrame<'_>>, ProtoError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -254,10 +246,7 @@ mod tests {
             msg_len: 12,
             bulk_len: 4096,
         };
-        assert_eq!(
-            FrameHeader::decode(&h.encode(), DEFAULT_MAX_FRAME).unwrap(),
-            h
-        );
+        assert_eq!(FrameHeader::decode(&h.encode(), DEFAULT_MAX_FRAME).unwrap(), h);
     }
 
     #[test]
@@ -319,16 +308,7 @@ mod tests {
             DEFAULT_MAX_FRAME,
         )
         .unwrap();
-        write_frame(
-            &mut wire,
-            &mut scratch,
-            6,
-            1,
-            &7u64,
-            b"tiny",
-            DEFAULT_MAX_FRAME,
-        )
-        .unwrap();
+        write_frame(&mut wire, &mut scratch, 6, 1, &7u64, b"tiny", DEFAULT_MAX_FRAME).unwrap();
         let mut r = &wire[..];
         let mut msg = Vec::new();
         let h = read_frame(&mut r, &mut msg, DEFAULT_MAX_FRAME).unwrap();
@@ -361,9 +341,7 @@ mod tests {
     fn split_frame_needs_whole_frame() {
         let mut out = Vec::new();
         encode_frame(&mut out, 9, 0, &1u8, b"abc", DEFAULT_MAX_FRAME).unwrap();
-        assert!(split_frame(&out[..out.len() - 1], DEFAULT_MAX_FRAME)
-            .unwrap()
-            .is_none());
+        assert!(split_frame(&out[..out.len() - 1], DEFAULT_MAX_FRAME).unwrap().is_none());
         let (h, _, bulk, used) = split_frame(&out, DEFAULT_MAX_FRAME).unwrap().unwrap();
         assert_eq!((h.id, bulk, used), (9, &b"abc"[..], out.len()));
     }

@@ -69,9 +69,7 @@ impl Hello {
     /// Check magic and version; the caller checks credentials.
     pub fn validate(&self) -> Result<(), crate::ProtoError> {
         if self.magic != MAGIC {
-            return Err(crate::ProtoError::Malformed(
-                "hello has the wrong magic bytes".into(),
-            ));
+            return Err(crate::ProtoError::Malformed("hello has the wrong magic bytes".into()));
         }
         if self.version != crate::PROTOCOL_VERSION {
             return Err(crate::ProtoError::VersionMismatch {

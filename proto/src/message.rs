@@ -102,17 +102,9 @@ pub enum Request {
     /// sync.
     ModuleUnload { ctx: Handle, module: Handle },
     /// sync -> `Reply::Function`.
-    ModuleGetFunction {
-        ctx: Handle,
-        module: Handle,
-        name: String,
-    },
+    ModuleGetFunction { ctx: Handle, module: Handle, name: String },
     /// sync -> `Reply::Global`.
-    ModuleGetGlobal {
-        ctx: Handle,
-        module: Handle,
-        name: String,
-    },
+    ModuleGetGlobal { ctx: Handle, module: Handle, name: String },
     /// sync -> `Reply::Handle`. The image is the bulk tail.
     LibraryLoad,
     /// sync.
@@ -120,19 +112,11 @@ pub enum Request {
     /// sync -> `Reply::Function` (the handle is a kernel).
     LibraryGetKernel { library: Handle, name: String },
     /// sync -> `Reply::Global`.
-    LibraryGetGlobal {
-        ctx: Handle,
-        library: Handle,
-        name: String,
-    },
+    LibraryGetGlobal { ctx: Handle, library: Handle, name: String },
     /// sync -> `Reply::Handle`: the kernel's function in the current context.
     KernelGetFunction { ctx: Handle, kernel: Handle },
     /// sync -> `Reply::Int`.
-    FuncGetAttribute {
-        ctx: Handle,
-        func: Handle,
-        attr: i32,
-    },
+    FuncGetAttribute { ctx: Handle, func: Handle, attr: i32 },
     /// sync.
     FuncSetAttribute {
         ctx: Handle,
@@ -141,11 +125,7 @@ pub enum Request {
         value: i32,
     },
     /// sync -> `Reply::Int`.
-    KernelGetAttribute {
-        kernel: Handle,
-        attr: i32,
-        device: i32,
-    },
+    KernelGetAttribute { kernel: Handle, attr: i32, device: i32 },
     /// sync.
     KernelSetAttribute {
         kernel: Handle,
@@ -160,11 +140,7 @@ pub enum Request {
         query: OccupancyQuery,
     },
     /// sync -> `Reply::Handle`.
-    StreamCreate {
-        ctx: Handle,
-        flags: u32,
-        priority: i32,
-    },
+    StreamCreate { ctx: Handle, flags: u32, priority: i32 },
     /// async.
     StreamDestroy { ctx: Handle, stream: Handle },
     /// sync.
@@ -193,21 +169,13 @@ pub enum Request {
     /// sync; may answer `CUDA_ERROR_NOT_READY`.
     EventQuery { ctx: Handle, event: Handle },
     /// sync -> `Reply::Float`.
-    EventElapsedTime {
-        ctx: Handle,
-        start: Handle,
-        end: Handle,
-    },
+    EventElapsedTime { ctx: Handle, start: Handle, end: Handle },
     /// async. The packed parameter block (laid out by the function's
     /// parameter offsets) is the bulk tail.
     Launch(Launch),
     /// sync -> `Reply::Params`: offsets and sizes of a function's (or, with
     /// `kernel`, a library kernel's) parameters.
-    ParamInfo {
-        ctx: Handle,
-        func: Handle,
-        kernel: bool,
-    },
+    ParamInfo { ctx: Handle, func: Handle, kernel: bool },
 }
 
 /// The launch of one kernel.

@@ -21,7 +21,11 @@ pub fn target_dir() -> PathBuf {
 
 fn artifact(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        p.display()
+    );
     p
 }
 
@@ -68,10 +72,18 @@ pub fn c_program(name: &str) -> PathBuf {
     if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
         return p.clone();
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("c")
+        .join(format!("{name}.c"));
     let out = scratch_dir().join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(&cc).args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src).arg("-ldl").status().unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
+    let status = Command::new(&cc)
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
     assert!(status.success(), "compiling {} failed", src.display());
     built.push((name.to_string(), out.clone()));
     out
@@ -91,15 +103,28 @@ impl Server {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Server {
-        let state = scratch_dir().join(format!("server-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let state = scratch_dir().join(format!(
+            "server-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let mut cmd = Command::new(server_binary());
-        cmd.args(["--listen-tcp", "127.0.0.1:0", "--listen-quic", "127.0.0.1:0", "--simulated", "--driver"])
-            .arg(soft_driver())
-            .env("GPUPOOL_STATE_DIR", &state)
-            .env("GPUPOOL_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--listen-tcp",
+            "127.0.0.1:0",
+            "--listen-quic",
+            "127.0.0.1:0",
+            "--simulated",
+            "--driver",
+        ])
+        .arg(soft_driver())
+        .env("GPUPOOL_STATE_DIR", &state)
+        .env("GPUPOOL_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -119,10 +144,22 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("server ready line");
-        assert!(line.starts_with("gpupool-server ready:"), "unexpected server output {line:?}; log: {}", log.lock().unwrap());
+        assert!(
+            line.starts_with("gpupool-server ready:"),
+            "unexpected server output {line:?}; log: {}",
+            log.lock().unwrap()
+        );
         let urls: Vec<&str> = line.split_whitespace().skip(2).collect();
-        let tcp = urls.iter().find(|u| u.starts_with("tcp://")).expect("tcp url").to_string();
-        let quic = urls.iter().find(|u| u.starts_with("quic://")).expect("quic url").to_string();
+        let tcp = urls
+            .iter()
+            .find(|u| u.starts_with("tcp://"))
+            .expect("tcp url")
+            .to_string();
+        let quic = urls
+            .iter()
+            .find(|u| u.starts_with("quic://"))
+            .expect("quic url")
+            .to_string();
         Server { child, tcp, quic, log }
     }
 
@@ -158,13 +195,20 @@ impl Drop for Server {
 /// A command that runs `program` with the shim as its `libcuda.so.1`.
 pub fn through_shim(program: &Path, server_url: &str) -> Command {
     let mut cmd = Command::new(program);
-    cmd.env("LD_LIBRARY_PATH", shim_dir()).env("GPUPOOL_SERVER", server_url).env("NO_COLOR", "1").env("GPUPOOL_LOG", "warn");
+    cmd.env("LD_LIBRARY_PATH", shim_dir())
+        .env("GPUPOOL_SERVER", server_url)
+        .env("NO_COLOR", "1")
+        .env("GPUPOOL_LOG", "warn");
     cmd
 }
 
 /// Run to completion, killing the program if it takes longer than `timeout`.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn test program");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn test program");
     let start = Instant::now();
     loop {
         if child.try_wait().expect("wait").is_some() {
@@ -173,7 +217,11 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
         if start.elapsed() > timeout {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("program hung for {timeout:?}; stdout: {} stderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "program hung for {timeout:?}; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -186,6 +234,11 @@ pub fn driver_check(server_url: &str, args: &[&str]) -> String {
     cmd.args(args);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "driver_check {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "driver_check {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }

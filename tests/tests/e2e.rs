@@ -69,7 +69,10 @@ fn unsupported_call_fails_loudly_by_name() {
     let out = run_with_timeout(cmd, Duration::from_secs(30));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("does not support cuArrayCreate_v2"), "the log must name the call: {stderr}");
+    assert!(
+        stderr.contains("does not support cuArrayCreate_v2"),
+        "the log must name the call: {stderr}"
+    );
 }
 
 #[test]
@@ -91,12 +94,27 @@ fn killed_client_memory_is_freed() {
     child.kill().unwrap();
     child.wait().unwrap();
     let line = format!("freed 2 allocations ({held} bytes)");
-    assert!(server.wait_for_log(&line, Duration::from_secs(15)), "server did not free the killed client's memory; log:\n{}", server.log());
-    assert!(server.wait_for_log("worker exited", Duration::from_secs(15)), "worker process did not exit:\n{}", server.log());
+    assert!(
+        server.wait_for_log(&line, Duration::from_secs(15)),
+        "server did not free the killed client's memory; log:\n{}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log("worker exited", Duration::from_secs(15)),
+        "worker process did not exit:\n{}",
+        server.log()
+    );
 }
 
 fn hello_frame(version: u32) -> Vec<u8> {
-    let mut hello = Hello::new(None, ClientInfo { host: "test".into(), pid: 1, program: "e2e".into() });
+    let mut hello = Hello::new(
+        None,
+        ClientInfo {
+            host: "test".into(),
+            pid: 1,
+            program: "e2e".into(),
+        },
+    );
     hello.version = version;
     let mut out = Vec::new();
     frame::encode_frame(&mut out, 0, FLAG_WANTS_REPLY, &hello, &[], 1 << 20).unwrap();
@@ -120,11 +138,28 @@ fn malformed_frames_end_that_session_only() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     // A good hello, then a frame claiming 1 GiB, then a frame that does not decode.
-    for bad in [frame::FrameHeader { id: 1, flags: 0, msg_len: 8, bulk_len: 1 << 30 }.encode().to_vec(), {
-        let mut f = frame::FrameHeader { id: 2, flags: 1, msg_len: 4, bulk_len: 0 }.encode().to_vec();
-        f.extend_from_slice(&[0xee, 0xee, 0xee, 0xee]);
-        f
-    }] {
+    for bad in [
+        frame::FrameHeader {
+            id: 1,
+            flags: 0,
+            msg_len: 8,
+            bulk_len: 1 << 30,
+        }
+        .encode()
+        .to_vec(),
+        {
+            let mut f = frame::FrameHeader {
+                id: 2,
+                flags: 1,
+                msg_len: 4,
+                bulk_len: 0,
+            }
+            .encode()
+            .to_vec();
+            f.extend_from_slice(&[0xee, 0xee, 0xee, 0xee]);
+            f
+        },
+    ] {
         let mut s = TcpStream::connect(server.tcp_addr()).unwrap();
         s.write_all(&hello_frame(gpupool_proto::PROTOCOL_VERSION)).unwrap();
         assert!(matches!(read_welcome(&mut s), Welcome::Accepted(_)));
@@ -134,7 +169,11 @@ fn malformed_frames_end_that_session_only() {
         let n = s.read_to_end(&mut rest).unwrap_or(0);
         assert_eq!(n, 0, "server answered a malformed frame");
     }
-    assert!(server.wait_for_log("protocol violation", Duration::from_secs(10)), "{}", server.log());
+    assert!(
+        server.wait_for_log("protocol violation", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     // The server still serves others.
     let out = driver_check(&server.tcp, &["vadd"]);
     assert!(out.contains("OK vadd"));
@@ -172,7 +211,10 @@ fn quic_refuses_an_unpinned_or_wrong_certificate() {
         let out = run_with_timeout(cmd, Duration::from_secs(30));
         assert!(!out.status.success(), "{url} should not connect");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("cuInit") && (stderr.contains("fingerprint")), "{url}: {stderr}");
+        assert!(
+            stderr.contains("cuInit") && (stderr.contains("fingerprint")),
+            "{url}: {stderr}"
+        );
     }
 }
 

@@ -40,12 +40,7 @@ fn parse_args() -> Result<Args> {
                 };
             }
             "--traces" => traces = value()?.split(',').map(str::to_string).collect(),
-            "--policies" => {
-                policies = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
+            "--policies" => policies = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--threads" => threads = value()?.parse()?,
             "-h" | "--help" => {
                 println!("usage: gpupool-sim TRACE_DIR OUT_DIR [--seeds 42..51] [--traces default,gpushare40,multigpu20] [--policies best-fit,packing,spread,random,dot-product,fgd] [--threads N]");
@@ -73,8 +68,7 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("creating {}", args.out_dir.display()))?;
     let nodes = sim::trace::load_nodes(&args.trace_dir)?;
     let started = Instant::now();
     for trace in &args.traces {
@@ -97,8 +91,7 @@ fn main() -> Result<()> {
                             let Some(&(policy, seed)) = jobs.get(j) else {
                                 return Ok(());
                             };
-                            let order =
-                                sim::tuned_workload(&tasks, capacity, sim::TUNE_PERCENT, seed);
+                            let order = sim::tuned_workload(&tasks, capacity, sim::TUNE_PERCENT, seed);
                             let run = sim::replay(&nodes, &tasks, &order, policy, seed)?;
                             results.lock().expect("results lock").push(run);
                         }
@@ -106,8 +99,7 @@ fn main() -> Result<()> {
                 })
                 .collect();
             for w in workers {
-                w.join()
-                    .map_err(|_| anyhow::anyhow!("a replay thread panicked"))??;
+                w.join().map_err(|_| anyhow::anyhow!("a replay thread panicked"))??;
             }
             Ok(())
         })?;

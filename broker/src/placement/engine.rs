@@ -11,8 +11,8 @@ use super::fragmentation::{GpuNeed, ShapeKey, TypicalMix};
 use super::index::BucketIndex;
 use super::topology::{bits, TopologyView};
 use super::{
-    Allocation, AllocationId, CandidateScore, Explanation, GpuDemand, GpuGrant, ModelSet,
-    PlacementError, Policy, PoolConfig, Request, ServerId,
+    Allocation, AllocationId, CandidateScore, Explanation, GpuDemand, GpuGrant, ModelSet, PlacementError, Policy,
+    PoolConfig, Request, ServerId,
 };
 use crate::inventory::{Inventory, ServerState, FULL_GPU_MILLI, MAX_GPUS_PER_SERVER};
 
@@ -163,16 +163,8 @@ impl PlacementEngine {
                 .map(|g| g.nvlink_peers.iter().fold(0u32, |m, &p| m | (1 << p)))
                 .collect();
             let count = server.gpus.len();
-            let all = if count == 0 {
-                0
-            } else {
-                (1u64 << count) as u32 - 1
-            };
-            let full_nvlink = count > 1
-                && nvlink
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &m)| (m | (1 << i)) & all == all);
+            let all = if count == 0 { 0 } else { (1u64 << count) as u32 - 1 };
+            let full_nvlink = count > 1 && nvlink.iter().enumerate().all(|(i, &m)| (m | (1 << i)) & all == all);
             let rdma_numa_mask = server
                 .nics
                 .iter()
@@ -285,9 +277,7 @@ impl PlacementEngine {
 
     /// Free host CPU (thousandths) and memory of a server.
     pub fn host_free(&self, server: ServerId) -> Option<(u64, u64)> {
-        self.servers
-            .get(server.0 as usize)
-            .map(|s| (s.cpu_free, s.memory_free))
+        self.servers.get(server.0 as usize).map(|s| (s.cpu_free, s.memory_free))
     }
 
     /// GPU compute granted across the pool, in thousandths of a GPU.
@@ -315,16 +305,9 @@ impl PlacementEngine {
 
     /// Changes a server's state; servers not `Up` get no new placements but
     /// keep what they hold.
-    pub fn set_server_state(
-        &mut self,
-        server: ServerId,
-        state: ServerState,
-    ) -> Result<(), PlacementError> {
+    pub fn set_server_state(&mut self, server: ServerId, state: ServerState) -> Result<(), PlacementError> {
         let s = server.0 as usize;
-        let slot = self
-            .servers
-            .get_mut(s)
-            .ok_or(PlacementError::UnknownServer(server.0))?;
+        let slot = self.servers.get_mut(s).ok_or(PlacementError::UnknownServer(server.0))?;
         slot.state = state;
         slot.version += 1;
         self.reindex(s);
@@ -338,10 +321,7 @@ impl PlacementEngine {
 
     /// Places a request and also explains the decision: every candidate
     /// scored and the one chosen. Costs more than [`place`](Self::place).
-    pub fn place_explained(
-        &mut self,
-        request: &Request,
-    ) -> (Result<Allocation, PlacementError>, Explanation) {
+    pub fn place_explained(&mut self, request: &Request) -> (Result<Allocation, PlacementError>, Explanation) {
         let mut why = Explanation {
             policy: Some(self.config.policy),
             ..Explanation::default()
@@ -397,20 +377,14 @@ impl PlacementEngine {
                     "asks for {count} whole GPUs; a gang must be 1..={MAX_GPUS_PER_SERVER}"
                 )))
             }
-            GpuDemand::Slice { milli, .. } if milli == 0 || milli > FULL => {
-                Err(PlacementError::InvalidRequest(format!(
-                    "slice of {milli} thousandths; must be 1..=1000"
-                )))
-            }
+            GpuDemand::Slice { milli, .. } if milli == 0 || milli > FULL => Err(PlacementError::InvalidRequest(
+                format!("slice of {milli} thousandths; must be 1..=1000"),
+            )),
             _ => Ok(()),
         }
     }
 
-    fn decide(
-        &mut self,
-        request: &Request,
-        mut why: Option<&mut Explanation>,
-    ) -> Result<Allocation, PlacementError> {
+    fn decide(&mut self, request: &Request, mut why: Option<&mut Explanation>) -> Result<Allocation, PlacementError> {
         self.validate(request)?;
         if self.config.policy == Policy::Fragmentation {
             self.observe(request);
@@ -483,9 +457,7 @@ impl PlacementEngine {
                     }
                     let mut taken_here = 0;
                     let index = &self.whole_index[m];
-                    'buckets: for b in
-                        index.buckets_in(count as usize, index.bucket_count() - 1, descending)
-                    {
+                    'buckets: for b in index.buckets_in(count as usize, index.bucket_count() - 1, descending) {
                         let mut from_bucket = 0;
                         for &s in index.bucket(b) {
                             let server = &self.servers[s as usize];
@@ -655,11 +627,7 @@ impl PlacementEngine {
     /// it does not fit.
     fn evaluate(&mut self, s: u32, request: &Request) -> Option<Choice> {
         let policy = self.config.policy;
-        let salt: u64 = if policy == Policy::Random {
-            self.rng.gen()
-        } else {
-            0
-        };
+        let salt: u64 = if policy == Policy::Random { self.rng.gen() } else { 0 };
         let this = &*self;
         this.evaluate_with(s, request, salt)
     }
@@ -674,10 +642,8 @@ impl PlacementEngine {
         let first = server.first_gpu as usize;
         let gpus = &self.gpus[first..first + server.gpu_count as usize];
         let capacity = server.gpu_milli_capacity().max(1) as f64;
-        let cpu_left =
-            (server.cpu_free - request.cpu_milli) as f64 / server.cpu_capacity.max(1) as f64;
-        let memory_left =
-            (server.memory_free - request.memory_mib) as f64 / server.memory_capacity.max(1) as f64;
+        let cpu_left = (server.cpu_free - request.cpu_milli) as f64 / server.cpu_capacity.max(1) as f64;
+        let memory_left = (server.memory_free - request.memory_mib) as f64 / server.memory_capacity.max(1) as f64;
         let untouched = gpus.iter().filter(|g| g.is_untouched()).count() as f64;
         let mut choice = Choice {
             server: s,
@@ -695,11 +661,10 @@ impl PlacementEngine {
                         && g.memory_capacity >= request.min_memory_mib;
                     mask | (u32::from(ok) << i)
                 });
-                let (set, rank) = server.topology().choose_whole(
-                    eligible,
-                    count as usize,
-                    request.locality.numa_node,
-                )?;
+                let (set, rank) =
+                    server
+                        .topology()
+                        .choose_whole(eligible, count as usize, request.locality.numa_node)?;
                 choice.gpus = set;
                 choice.rank = rank;
                 let untouched_after = untouched - count as f64;
@@ -714,9 +679,7 @@ impl PlacementEngine {
                     Policy::Spread => (-gpu_free_after / capacity, -cpu_left),
                     Policy::DotProduct => (-self.dot(s, request), untouched_after),
                     Policy::Random => (0.0, 0.0),
-                    Policy::Fragmentation => {
-                        (self.fragmentation_delta(s, request, set), untouched_after)
-                    }
+                    Policy::Fragmentation => (self.fragmentation_delta(s, request, set), untouched_after),
                 };
             }
             GpuDemand::Slice { milli, memory_mib } => {
@@ -837,11 +800,9 @@ impl PlacementEngine {
         let before = if cached.0 == server.version && cached.1 == self.mix.generation {
             cached.2
         } else {
-            let value = self.mix.expected_fragmentation(
-                &free[..count],
-                server.cpu_free,
-                server.memory_free,
-            );
+            let value = self
+                .mix
+                .expected_fragmentation(&free[..count], server.cpu_free, server.memory_free);
             self.fragmentation_cache[s as usize].set((server.version, self.mix.generation, value));
             value
         };
@@ -989,10 +950,7 @@ mod tests {
         let first = engine.place(&Request::slice(600, 0)).unwrap();
         let second = engine.place(&Request::slice(300, 0)).unwrap();
         assert_eq!(first.server, second.server);
-        assert_eq!(
-            first.gpus[0].gpu, second.gpus[0].gpu,
-            "300 fits in the 400 left"
-        );
+        assert_eq!(first.gpus[0].gpu, second.gpus[0].gpu, "300 fits in the 400 left");
         assert_eq!(engine.allocated_gpu_milli(), 900);
     }
 
@@ -1039,9 +997,7 @@ mod tests {
         let a100 = engine.model_set(&["A100"]).unwrap();
         let placed = engine.place(&Request::whole(1).with_models(a100)).unwrap();
         assert_eq!(engine.server_name(placed.server), Some("a100"));
-        let placed = engine
-            .place(&Request::slice(100, 0).with_min_memory(40_000))
-            .unwrap();
+        let placed = engine.place(&Request::slice(100, 0).with_min_memory(40_000)).unwrap();
         assert_eq!(engine.server_name(placed.server), Some("a100"));
         assert!(matches!(
             engine.model_set(&["H100"]),
@@ -1051,25 +1007,16 @@ mod tests {
 
     #[test]
     fn release_restores_capacity_and_cordon_stops_placement() {
-        let mut engine = pool(
-            Policy::Packing,
-            vec![Server::uniform("a", "T4", 2, 16_000, 8000, 8000)],
-        );
-        let a = engine
-            .place(&Request::whole(2).with_host(1000, 1000))
-            .unwrap();
+        let mut engine = pool(Policy::Packing, vec![Server::uniform("a", "T4", 2, 16_000, 8000, 8000)]);
+        let a = engine.place(&Request::whole(2).with_host(1000, 1000)).unwrap();
         assert!(engine.place(&Request::slice(1, 0)).is_err());
         engine.release(a.id).unwrap();
         assert_eq!(engine.allocated_gpu_milli(), 0);
         assert_eq!(engine.host_free(ServerId(0)), Some((8000, 8000)));
         assert!(engine.release(a.id).is_err());
-        engine
-            .set_server_state(ServerId(0), ServerState::Cordoned)
-            .unwrap();
+        engine.set_server_state(ServerId(0), ServerState::Cordoned).unwrap();
         assert!(engine.place(&Request::slice(1, 0)).is_err());
-        engine
-            .set_server_state(ServerId(0), ServerState::Up)
-            .unwrap();
+        engine.set_server_state(ServerId(0), ServerState::Up).unwrap();
         assert!(engine.place(&Request::slice(1, 0)).is_ok());
     }
 
@@ -1108,10 +1055,7 @@ mod tests {
         let half = engine.place(&Request::slice(500, 0)).unwrap();
         let other = engine.place(&Request::slice(500, 0)).unwrap();
         // The second half goes beside the first rather than breaking a new GPU.
-        assert_eq!(
-            (half.server, half.gpus[0].gpu),
-            (other.server, other.gpus[0].gpu)
-        );
+        assert_eq!((half.server, half.gpus[0].gpu), (other.server, other.gpus[0].gpu));
         assert!(engine.typical_shape_count() >= 1);
     }
 
@@ -1135,10 +1079,7 @@ mod tests {
 
     #[test]
     fn invalid_requests_are_refused() {
-        let mut engine = pool(
-            Policy::BestFit,
-            vec![Server::uniform("a", "T4", 1, 16_000, 8000, 8000)],
-        );
+        let mut engine = pool(Policy::BestFit, vec![Server::uniform("a", "T4", 1, 16_000, 8000, 8000)]);
         assert!(matches!(
             engine.place(&Request::whole(0)),
             Err(PlacementError::InvalidRequest(_))

@@ -118,12 +118,7 @@ impl TypicalMix {
 
     /// Expected fragmented GPU thousandths on a node whose GPUs have `free`
     /// thousandths free each and whose host has the given CPU and memory free.
-    pub(crate) fn expected_fragmentation(
-        &self,
-        free: &[u16],
-        cpu_free: u64,
-        memory_free: u64,
-    ) -> f64 {
+    pub(crate) fn expected_fragmentation(&self, free: &[u16], cpu_free: u64, memory_free: u64) -> f64 {
         let mut total = 0u32;
         let mut whole = 0u32;
         let mut largest = 0u16;
@@ -141,10 +136,7 @@ impl TypicalMix {
         for class in &self.classes {
             let (gpu_fits, unusable) = match class.need {
                 GpuNeed::Whole(n) => (whole >= n as u32, total - whole * FULL_GPU_MILLI),
-                GpuNeed::Slice(m) => (
-                    largest >= m,
-                    free.iter().filter(|&&f| f < m).map(|&f| f as u32).sum(),
-                ),
+                GpuNeed::Slice(m) => (largest >= m, free.iter().filter(|&&f| f < m).map(|&f| f as u32).sum()),
             };
             for &(cpu, memory, weight) in &class.shapes {
                 let fits = gpu_fits && cpu <= cpu_free && memory <= memory_free;

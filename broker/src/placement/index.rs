@@ -114,9 +114,7 @@ impl BucketIndex {
 
     /// Number of keys in buckets `[lo, hi]`.
     pub(crate) fn count_in(&self, lo: usize, hi: usize) -> usize {
-        self.buckets_in(lo, hi, false)
-            .map(|b| self.buckets[b].len())
-            .sum()
+        self.buckets_in(lo, hi, false).map(|b| self.buckets[b].len()).sum()
     }
 }
 

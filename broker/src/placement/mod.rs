@@ -333,9 +333,7 @@ pub enum PlacementError {
     InvalidRequest(String),
     #[error("unknown GPU model {0:?}; the pool has no GPU of that model")]
     UnknownModel(String),
-    #[error(
-        "unknown placement policy {0:?}; use best-fit, packing, spread, random, dot-product or fgd"
-    )]
+    #[error("unknown placement policy {0:?}; use best-fit, packing, spread, random, dot-product or fgd")]
     UnknownPolicy(String),
     #[error("allocation {0} is not held in this pool (already released?)")]
     UnknownAllocation(u64),

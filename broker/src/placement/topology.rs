@@ -32,12 +32,7 @@ impl TopologyView<'_> {
 
     /// Picks `n` GPUs out of `eligible` (a bitmask of free, acceptable GPUs).
     /// Returns the chosen mask and its rank.
-    pub(crate) fn choose_whole(
-        &self,
-        eligible: u32,
-        n: usize,
-        prefer_numa: Option<u16>,
-    ) -> Option<(u32, u8)> {
+    pub(crate) fn choose_whole(&self, eligible: u32, n: usize, prefer_numa: Option<u16>) -> Option<(u32, u8)> {
         if n == 0 || (eligible.count_ones() as usize) < n {
             return None;
         }
@@ -45,13 +40,7 @@ impl TopologyView<'_> {
             let (_, g) = bits(eligible)
                 .map(|g| {
                     let numa = self.numa[g];
-                    (
-                        (
-                            self.nic_penalty(numa),
-                            Self::hint_penalty(numa, prefer_numa),
-                        ),
-                        g,
-                    )
+                    ((self.nic_penalty(numa), Self::hint_penalty(numa, prefer_numa)), g)
                 })
                 .min()?;
             return Some((1u32 << g, self.nic_penalty(self.numa[g])));
@@ -66,13 +55,7 @@ impl TopologyView<'_> {
     /// When links do not distinguish sets, only NUMA placement matters: one
     /// NUMA node if any has room, the smallest such (big groups stay whole for
     /// later gangs); otherwise as few NUMA nodes as possible.
-    fn choose_by_numa(
-        &self,
-        eligible: u32,
-        n: usize,
-        prefer: Option<u16>,
-        link_rank: u8,
-    ) -> (u32, u8) {
+    fn choose_by_numa(&self, eligible: u32, n: usize, prefer: Option<u16>, link_rank: u8) -> (u32, u8) {
         let mut groups: Vec<(u16, u32)> = Vec::with_capacity(4);
         for g in bits(eligible) {
             let numa = self.numa[g];
@@ -144,10 +127,7 @@ impl TopologyView<'_> {
         };
         let first_numa = self.numa[set.trailing_zeros() as usize];
         let one_numa = bits(set).all(|g| self.numa[g] == first_numa);
-        let nic = bits(set)
-            .map(|g| self.nic_penalty(self.numa[g]))
-            .min()
-            .unwrap_or(0);
+        let nic = bits(set).map(|g| self.nic_penalty(self.numa[g])).min().unwrap_or(0);
         link_rank * 4 + if one_numa { 0 } else { 2 } + nic
     }
 

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::placement::{
-    CandidateLimits, ModelSet, PlacementEngine, PlacementError, Policy, PoolConfig, Request,
-};
+use crate::placement::{CandidateLimits, ModelSet, PlacementEngine, PlacementError, Policy, PoolConfig, Request};
 pub use trace::{NodeRecord, TaskRecord, TraceError};
 
 /// The pod lists the published figures cover.
@@ -53,12 +51,7 @@ impl RunResult {
 
 /// The trace's tasks in order, then random copies of them (drawn with
 /// `seed`) until the GPU demand reaches `percent` of `capacity_milli`.
-pub fn tuned_workload(
-    tasks: &[TaskRecord],
-    capacity_milli: u64,
-    percent: f64,
-    seed: u64,
-) -> Vec<usize> {
+pub fn tuned_workload(tasks: &[TaskRecord], capacity_milli: u64, percent: f64, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..tasks.len()).collect();
     let target = capacity_milli as f64 * percent / 100.0;
     let mut demand: f64 = tasks.iter().map(|t| t.gpu_demand_milli() as f64).sum();
@@ -86,11 +79,7 @@ pub fn request_for(engine: &PlacementEngine, task: &TaskRecord) -> Request {
         return request;
     }
     // Models the cluster lacks simply cannot be chosen.
-    let known: Vec<&String> = task
-        .gpu_spec
-        .iter()
-        .filter(|m| engine.models().contains(m))
-        .collect();
+    let known: Vec<&String> = task.gpu_spec.iter().filter(|m| engine.models().contains(m)).collect();
     let set = engine.model_set(&known).unwrap_or(ModelSet::ANY);
     request.with_models(if known.is_empty() { ModelSet(0) } else { set })
 }
@@ -126,10 +115,7 @@ pub fn replay(
             Err(e) => return Err(e),
         }
         let allocated = engine.allocated_gpu_milli() as f64;
-        points.push((
-            100.0 * arrived / capacity,
-            100.0 * (1.0 - allocated / capacity),
-        ));
+        points.push((100.0 * arrived / capacity, 100.0 * (1.0 - allocated / capacity)));
     }
     tracing::debug!(%policy, seed, placed, submitted = order.len(), "replay done");
     Ok(RunResult {

@@ -9,13 +9,7 @@ use crate::placement::Policy;
 /// simulator results (mean of 10 seeds), by trace and policy.
 pub fn published(trace: &str, policy: Policy) -> Option<(f64, f64)> {
     let row = match trace {
-        "default" => [
-            (13.70, 12.53),
-            (9.38, 9.15),
-            (8.22, 8.00),
-            (7.14, 6.92),
-            (4.77, 4.61),
-        ],
+        "default" => [(13.70, 12.53), (9.38, 9.15), (8.22, 8.00), (7.14, 6.92), (4.77, 4.61)],
         "gpushare40" => [
             (15.14, 14.00),
             (10.70, 10.44),
@@ -23,13 +17,7 @@ pub fn published(trace: &str, policy: Policy) -> Option<(f64, f64)> {
             (8.56, 8.31),
             (6.04, 5.85),
         ],
-        "multigpu20" => [
-            (13.08, 11.31),
-            (8.15, 7.94),
-            (6.50, 6.29),
-            (6.27, 6.07),
-            (4.47, 4.35),
-        ],
+        "multigpu20" => [(13.08, 11.31), (8.15, 7.94), (6.50, 6.29), (6.27, 6.07), (4.47, 4.35)],
         _ => return None,
     };
     match policy {
@@ -56,17 +44,13 @@ impl Curve {
     pub fn from_runs(policy: Policy, runs: &[&RunResult]) -> Curve {
         let grid = 0..=super::TUNE_PERCENT as usize;
         let unallocated = grid
-            .map(|x| {
-                runs.iter().map(|r| r.unallocated_at(x as f64)).sum::<f64>()
-                    / runs.len().max(1) as f64
-            })
+            .map(|x| runs.iter().map(|r| r.unallocated_at(x as f64)).sum::<f64>() / runs.len().max(1) as f64)
             .collect();
         Curve {
             policy,
             unallocated,
             seeds: runs.len(),
-            mean_run_seconds: runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>()
-                / runs.len().max(1) as f64,
+            mean_run_seconds: runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>() / runs.len().max(1) as f64,
         }
     }
 
@@ -93,9 +77,7 @@ pub fn csv(curves: &[Curve]) -> String {
     out
 }
 
-const COLOURS: [&str; 6] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#111111",
-];
+const COLOURS: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#111111"];
 
 /// Two panels: the whole curve, and a zoom on 80–130% arrived.
 pub fn svg(trace: &str, curves: &[Curve]) -> String {
@@ -111,25 +93,9 @@ pub fn svg(trace: &str, curves: &[Curve]) -> String {
         r#"<text x="{}" y="20" text-anchor="middle" font-size="15">openb {trace}: unallocated GPU share vs arrived GPU demand</text>"#,
         width / 2.0
     );
-    let top = curves
-        .iter()
-        .map(|c| c.at(80))
-        .fold(5.0f64, f64::max)
-        .ceil();
-    panel(
-        &mut out,
-        curves,
-        (60.0, 40.0, 400.0, 360.0),
-        (0.0, 130.0),
-        (0.0, 100.0),
-    );
-    panel(
-        &mut out,
-        curves,
-        (540.0, 40.0, 400.0, 360.0),
-        (80.0, 130.0),
-        (0.0, top),
-    );
+    let top = curves.iter().map(|c| c.at(80)).fold(5.0f64, f64::max).ceil();
+    panel(&mut out, curves, (60.0, 40.0, 400.0, 360.0), (0.0, 130.0), (0.0, 100.0));
+    panel(&mut out, curves, (540.0, 40.0, 400.0, 360.0), (80.0, 130.0), (0.0, top));
     for (i, c) in curves.iter().enumerate() {
         let x = 60.0 + i as f64 * 150.0;
         let colour = COLOURS[i % COLOURS.len()];
@@ -145,13 +111,7 @@ pub fn svg(trace: &str, curves: &[Curve]) -> String {
     out
 }
 
-fn panel(
-    out: &mut String,
-    curves: &[Curve],
-    frame: (f64, f64, f64, f64),
-    xr: (f64, f64),
-    yr: (f64, f64),
-) {
+fn panel(out: &mut String, curves: &[Curve], frame: (f64, f64, f64, f64), xr: (f64, f64), yr: (f64, f64)) {
     let (left, top, w, h) = frame;
     let sx = |x: f64| left + (x - xr.0) / (xr.1 - xr.0) * w;
     let sy = |y: f64| top + h - (y.clamp(yr.0, yr.1) - yr.0) / (yr.1 - yr.0) * h;

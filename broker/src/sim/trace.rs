@@ -56,11 +56,7 @@ pub enum TraceError {
         header: String,
     },
     #[error("{file} line {line}: {what}")]
-    BadField {
-        file: String,
-        line: usize,
-        what: String,
-    },
+    BadField { file: String, line: usize, what: String },
     #[error("{file} has no rows")]
     Empty { file: String },
 }
@@ -73,22 +69,15 @@ struct Table<'a> {
 
 impl<'a> Table<'a> {
     fn parse(file: &'a str, text: &'a str) -> Result<Self, TraceError> {
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let (_, header) = lines.next().ok_or_else(|| TraceError::Empty {
-            file: file.to_string(),
-        })?;
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| TraceError::Empty { file: file.to_string() })?;
         let columns = header.trim().split(',').map(str::trim).collect();
         let rows = lines
             .map(|(i, l)| (i + 1, l.trim_end_matches('\r').split(',').collect()))
             .collect();
-        Ok(Table {
-            file,
-            columns,
-            rows,
-        })
+        Ok(Table { file, columns, rows })
     }
 
     fn column(&self, name: &'static str) -> Result<usize, TraceError> {
@@ -102,13 +91,7 @@ impl<'a> Table<'a> {
             })
     }
 
-    fn number<T: std::str::FromStr>(
-        &self,
-        line: usize,
-        row: &[&str],
-        col: usize,
-        name: &str,
-    ) -> Result<T, TraceError> {
+    fn number<T: std::str::FromStr>(&self, line: usize, row: &[&str], col: usize, name: &str) -> Result<T, TraceError> {
         let field = row.get(col).map(|f| f.trim()).unwrap_or("");
         field.parse().map_err(|_| TraceError::BadField {
             file: self.file.to_string(),
@@ -285,11 +268,7 @@ mod tests {
             parse_nodes("x", "sn,cpu_milli,memory_mib,gpu,model\nn,lots,1,0,\n"),
             Err(TraceError::BadField { line: 2, .. })
         ));
-        let nodes = parse_nodes(
-            "x",
-            "sn,cpu_milli,memory_mib,gpu,model\nn,1,2,8,G2\nc,1,2,0,\n",
-        )
-        .unwrap();
+        let nodes = parse_nodes("x", "sn,cpu_milli,memory_mib,gpu,model\nn,1,2,8,G2\nc,1,2,0,\n").unwrap();
         let inv = inventory(&nodes);
         assert_eq!(inv.gpu_count(), 8);
         assert_eq!(inv.servers[1].gpus.len(), 0);

@@ -4,8 +4,8 @@
 //! program passed; each checks them for null before use.
 
 use super::{
-    c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUkernel, CUlaunchConfig,
-    CUlibrary, CUmodule, CUresult, CUstream,
+    c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUkernel, CUlaunchConfig, CUlibrary, CUmodule,
+    CUresult, CUstream,
 };
 use crate::config::{self, Config};
 use crate::error::{self, CuError, CuResult};
@@ -37,10 +37,7 @@ pub(crate) fn server_label() -> String {
             } else {
                 ""
             };
-            format!(
-                "server {} session {}{sim}",
-                s.remote.peer, s.remote.session.session_id
-            )
+            format!("server {} session {}{sim}", s.remote.peer, s.remote.session.session_id)
         }
         _ => "not connected".into(),
     }
@@ -82,15 +79,11 @@ unsafe fn c_string(ptr: *const c_char) -> CuResult<String> {
     }
     // SAFETY: the driver API passes NUL-terminated names.
     let s = unsafe { CStr::from_ptr(ptr) };
-    s.to_str()
-        .map(str::to_owned)
-        .map_err(|_| CuError::INVALID_VALUE)
+    s.to_str().map(str::to_owned).map_err(|_| CuError::INVALID_VALUE)
 }
 
 fn current_ctx() -> CuResult<Handle> {
-    state::current()
-        .map(|(c, _)| c)
-        .ok_or(CuError::INVALID_CONTEXT)
+    state::current().map(|(c, _)| c).ok_or(CuError::INVALID_CONTEXT)
 }
 
 fn handle(ptr: *mut c_void) -> Handle {
@@ -169,12 +162,7 @@ pub unsafe fn get_error_string(err: CUresult, text: *mut *const c_char) -> CuRes
 const SYMBOL_SUCCESS: i32 = 0;
 const SYMBOL_NOT_FOUND: i32 = 1;
 
-pub unsafe fn get_proc_address(
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
-) -> CuResult {
+pub unsafe fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CuResult {
     unsafe { get_proc_address_v2(symbol, pfn, version, flags, std::ptr::null_mut()) }
 }
 
@@ -199,8 +187,7 @@ pub unsafe fn get_proc_address_v2(
         unsafe { out_opt(status, SYMBOL_SUCCESS) };
         return Ok(());
     }
-    match crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address)
-    {
+    match crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address) {
         Some(f) => {
             unsafe { out(pfn, f)? };
             unsafe { out_opt(status, SYMBOL_SUCCESS) };
@@ -292,8 +279,7 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, device: CUdevice) -> CuRes
     let h = match p.handle {
         Some(h) => h,
         None => {
-            let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])?
-            else {
+            let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])? else {
                 return Err(CuError::UNKNOWN);
             };
             write(&s.contexts).insert(h, device);
@@ -327,17 +313,12 @@ pub unsafe fn primary_ctx_release(device: CUdevice) -> CuResult {
 pub unsafe fn primary_ctx_set_flags(device: CUdevice, flags: u32) -> CuResult {
     let s = shim()?;
     s.device(device)?;
-    s.remote
-        .call(&Request::PrimaryCtxSetFlags { device, flags }, &[])?;
+    s.remote.call(&Request::PrimaryCtxSetFlags { device, flags }, &[])?;
     lock(&s.primaries)[device as usize].flags = flags;
     Ok(())
 }
 
-pub unsafe fn primary_ctx_get_state(
-    device: CUdevice,
-    flags: *mut u32,
-    active: *mut i32,
-) -> CuResult {
+pub unsafe fn primary_ctx_get_state(device: CUdevice, flags: *mut u32, active: *mut i32) -> CuResult {
     let s = shim()?;
     s.device(device)?;
     if flags.is_null() || active.is_null() {
@@ -381,12 +362,7 @@ pub unsafe fn ctx_create(ctx: *mut CUcontext, flags: u32, device: CUdevice) -> C
     unsafe { out(ctx, as_ptr(h)) }
 }
 
-pub unsafe fn ctx_create_v4(
-    ctx: *mut CUcontext,
-    params: *mut c_void,
-    flags: u32,
-    device: CUdevice,
-) -> CuResult {
+pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32, device: CUdevice) -> CuResult {
     if !params.is_null() {
         tracing::warn!("cuCtxCreate_v4 with execution-affinity or CIG parameters is not supported");
         return Err(CuError::NOT_SUPPORTED);
@@ -420,12 +396,7 @@ pub unsafe fn ctx_set_current(ctx: CUcontext) -> CuResult {
 
 pub unsafe fn ctx_get_current(ctx: *mut CUcontext) -> CuResult {
     shim()?;
-    unsafe {
-        out(
-            ctx,
-            state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c)),
-        )
-    }
+    unsafe { out(ctx, state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))) }
 }
 
 pub unsafe fn ctx_push_current(ctx: CUcontext) -> CuResult {
@@ -461,22 +432,14 @@ pub unsafe fn ctx_get_device_v2(device: *mut CUdevice, ctx: CUcontext) -> CuResu
 pub unsafe fn ctx_synchronize() -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote
-        .call(&Request::CtxSynchronize { ctx }, &[])
-        .map(|_| ())
+    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
 }
 
 pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CuResult {
     let s = shim()?;
-    let ctx = if ctx.is_null() {
-        current_ctx()?
-    } else {
-        handle(ctx)
-    };
+    let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
     s.context_device(ctx)?;
-    s.remote
-        .call(&Request::CtxSynchronize { ctx }, &[])
-        .map(|_| ())
+    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
 }
 
 pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
@@ -508,11 +471,7 @@ pub unsafe fn ctx_set_limit(limit: i32, value: usize) -> CuResult {
 
 pub unsafe fn ctx_get_api_version(ctx: CUcontext, version: *mut u32) -> CuResult {
     let s = shim()?;
-    let h = if ctx.is_null() {
-        current_ctx()?
-    } else {
-        handle(ctx)
-    };
+    let h = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
     s.context_device(h)?;
     unsafe { out(version, API_VERSION) }
 }
@@ -573,9 +532,7 @@ unsafe fn image_len(image: *const c_void) -> CuResult<usize> {
     }
     // PTX text.
     // SAFETY: PTX images are NUL-terminated strings.
-    let len = unsafe { CStr::from_ptr(p.cast()) }
-        .to_bytes_with_nul()
-        .len();
+    let len = unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
     Ok(len)
 }
 
@@ -589,12 +546,7 @@ unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
         let magic = unsafe { p.cast::<u32>().read_unaligned() };
         if magic == FATBIN_WRAPPER_MAGIC {
             // SAFETY: the wrapper holds a pointer to the fat binary at offset 8.
-            p = unsafe {
-                p.cast::<u8>()
-                    .add(8)
-                    .cast::<*const c_void>()
-                    .read_unaligned()
-            };
+            p = unsafe { p.cast::<u8>().add(8).cast::<*const c_void>().read_unaligned() };
         }
     }
     let len = unsafe { image_len(p)? };
@@ -649,11 +601,7 @@ pub unsafe fn module_unload(module: CUmodule) -> CuResult {
         .map(|_| ())
 }
 
-pub unsafe fn module_get_function(
-    function: *mut CUfunction,
-    module: CUmodule,
-    name: *const c_char,
-) -> CuResult {
+pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, name: *const c_char) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
     if function.is_null() {
@@ -728,11 +676,7 @@ fn cached_attribute(
     Ok(v)
 }
 
-pub unsafe fn func_get_attribute(
-    value: *mut i32,
-    attribute: i32,
-    function: CUfunction,
-) -> CuResult {
+pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfunction) -> CuResult {
     let s = shim()?;
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -779,10 +723,7 @@ fn param_layout(s: &Shim, func: Handle, kernel: bool) -> CuResult<Arc<Vec<(u32, 
         return Ok(Arc::clone(p));
     }
     let ctx = current_ctx()?;
-    match s
-        .remote
-        .call(&Request::ParamInfo { ctx, func, kernel }, &[])?
-    {
+    match s.remote.call(&Request::ParamInfo { ctx, func, kernel }, &[])? {
         Reply::Params(p) => {
             let p = Arc::new(p);
             write(&s.params).insert(func, Arc::clone(&p));
@@ -792,13 +733,7 @@ fn param_layout(s: &Shim, func: Handle, kernel: bool) -> CuResult<Arc<Vec<(u32, 
     }
 }
 
-unsafe fn param_info(
-    func: Handle,
-    kernel: bool,
-    index: usize,
-    offset: *mut usize,
-    size: *mut usize,
-) -> CuResult {
+unsafe fn param_info(func: Handle, kernel: bool, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
     let s = shim()?;
     let layout = param_layout(s, func, kernel)?;
     let &(o, n) = layout.get(index).ok_or(CuError::INVALID_VALUE)?;
@@ -819,12 +754,7 @@ pub unsafe fn func_get_param_info(
     unsafe { param_info(handle(function), kernel, index, offset, size) }
 }
 
-pub unsafe fn kernel_get_param_info(
-    kernel: CUkernel,
-    index: usize,
-    offset: *mut usize,
-    size: *mut usize,
-) -> CuResult {
+pub unsafe fn kernel_get_param_info(kernel: CUkernel, index: usize, offset: *mut usize, size: *mut usize) -> CuResult {
     unsafe { param_info(handle(kernel), true, index, offset, size) }
 }
 
@@ -861,11 +791,7 @@ pub unsafe fn library_unload(library: CUlibrary) -> CuResult {
         .map(|_| ())
 }
 
-pub unsafe fn library_get_kernel(
-    kernel: *mut CUkernel,
-    library: CUlibrary,
-    name: *const c_char,
-) -> CuResult {
+pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char) -> CuResult {
     let s = shim()?;
     if kernel.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -933,12 +859,7 @@ pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -
     }
 }
 
-pub unsafe fn kernel_get_attribute(
-    value: *mut i32,
-    attribute: i32,
-    kernel: CUkernel,
-    device: CUdevice,
-) -> CuResult {
+pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
     let s = shim()?;
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -962,12 +883,7 @@ pub unsafe fn kernel_get_attribute(
     unsafe { out(value, v) }
 }
 
-pub unsafe fn kernel_set_attribute(
-    attribute: i32,
-    value: i32,
-    kernel: CUkernel,
-    device: CUdevice,
-) -> CuResult {
+pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
     let s = shim()?;
     let k = handle(kernel);
     s.remote.call(
@@ -991,13 +907,7 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
     if ptr.is_null() || size == 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(
-        &Request::MemAlloc {
-            ctx,
-            size: size as u64,
-        },
-        &[],
-    )? {
+    match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[])? {
         Reply::Pointer(p) => {
             lock(&s.device_memory).insert(
                 p,
@@ -1027,13 +937,7 @@ pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
         }
     };
     let range = range.ok_or(CuError::INVALID_VALUE)?;
-    s.remote.post(
-        &Request::MemFree {
-            ctx: range.ctx,
-            ptr,
-        },
-        &[],
-    )
+    s.remote.post(&Request::MemFree { ctx: range.ctx, ptr }, &[])
 }
 
 pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CuResult {
@@ -1080,7 +984,9 @@ pub unsafe fn mem_host_alloc(host: *mut *mut c_void, size: usize, flags: u32) ->
         return Err(CuError::INVALID_VALUE);
     }
     if flags & MEMHOSTALLOC_DEVICEMAP != 0 {
-        tracing::debug!("cuMemHostAlloc(DEVICEMAP): the memory is allocated, but kernels on the remote GPU cannot address it");
+        tracing::debug!(
+            "cuMemHostAlloc(DEVICEMAP): the memory is allocated, but kernels on the remote GPU cannot address it"
+        );
     }
     unsafe { alloc_host(host, size) }
 }
@@ -1096,11 +1002,7 @@ pub unsafe fn mem_free_host(host: *mut c_void) -> CuResult {
     Ok(())
 }
 
-pub unsafe fn mem_host_get_device_pointer(
-    _ptr: *mut CUdeviceptr,
-    _host: *mut c_void,
-    _flags: u32,
-) -> CuResult {
+pub unsafe fn mem_host_get_device_pointer(_ptr: *mut CUdeviceptr, _host: *mut c_void, _flags: u32) -> CuResult {
     shim()?;
     // A GPU on another machine cannot address this process's memory.
     tracing::warn!("cuMemHostGetDevicePointer: host-mapped (zero-copy) memory cannot work over the network; returning CUDA_ERROR_NOT_SUPPORTED");
@@ -1125,11 +1027,7 @@ mod pointer_attr {
 const MEMORYTYPE_HOST: u32 = 1;
 const MEMORYTYPE_DEVICE: u32 = 2;
 
-pub unsafe fn pointer_get_attribute(
-    data: *mut c_void,
-    attribute: i32,
-    ptr: CUdeviceptr,
-) -> CuResult {
+pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr) -> CuResult {
     use pointer_attr::*;
     let s = shim()?;
     if data.is_null() {
@@ -1181,16 +1079,14 @@ pub unsafe fn pointer_get_attribute(
 /// The context owning `ptr..ptr+len`, or INVALID_VALUE when the range is not
 /// inside one of the program's allocations.
 fn device_range_ctx(s: &Shim, ptr: u64, len: u64) -> CuResult<Handle> {
-    s.find_device_range(ptr, len)
-        .map(|(_, r)| r.ctx)
-        .ok_or_else(|| {
-            tracing::debug!(
-                ptr = format_args!("{ptr:#x}"),
-                len,
-                "device range outside the program's allocations"
-            );
-            CuError::INVALID_VALUE
-        })
+    s.find_device_range(ptr, len).map(|(_, r)| r.ctx).ok_or_else(|| {
+        tracing::debug!(
+            ptr = format_args!("{ptr:#x}"),
+            len,
+            "device range outside the program's allocations"
+        );
+        CuError::INVALID_VALUE
+    })
 }
 
 unsafe fn htod(
@@ -1230,14 +1126,7 @@ unsafe fn htod(
     Ok(())
 }
 
-unsafe fn dtoh(
-    mode: DefaultStream,
-    dst: *mut c_void,
-    src: u64,
-    size: usize,
-    stream: CUstream,
-    sync: bool,
-) -> CuResult {
+unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
     let s = shim()?;
     if size == 0 {
         return Ok(());
@@ -1258,14 +1147,7 @@ unsafe fn dtoh(
     unsafe { s.remote.call_into(&req, dst.cast(), size, sync) }
 }
 
-fn dtod(
-    mode: DefaultStream,
-    dst: u64,
-    src: u64,
-    size: usize,
-    stream: CUstream,
-    sync: bool,
-) -> CuResult {
+fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
     let s = shim()?;
     if size == 0 {
         return Ok(());
@@ -1321,12 +1203,7 @@ fn memset(
     }
 }
 
-pub unsafe fn memcpy_htod(
-    mode: DefaultStream,
-    dst: CUdeviceptr,
-    src: *const c_void,
-    size: usize,
-) -> CuResult {
+pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {
     unsafe { htod(mode, dst, src, size, std::ptr::null_mut(), true) }
 }
 
@@ -1340,12 +1217,7 @@ pub unsafe fn memcpy_htod_async(
     unsafe { htod(mode, dst, src, size, stream, false) }
 }
 
-pub unsafe fn memcpy_dtoh(
-    mode: DefaultStream,
-    dst: *mut c_void,
-    src: CUdeviceptr,
-    size: usize,
-) -> CuResult {
+pub unsafe fn memcpy_dtoh(mode: DefaultStream, dst: *mut c_void, src: CUdeviceptr, size: usize) -> CuResult {
     unsafe { dtoh(mode, dst, src, size, std::ptr::null_mut(), true) }
 }
 
@@ -1359,12 +1231,7 @@ pub unsafe fn memcpy_dtoh_async(
     unsafe { dtoh(mode, dst, src, size, stream, false) }
 }
 
-pub unsafe fn memcpy_dtod(
-    mode: DefaultStream,
-    dst: CUdeviceptr,
-    src: CUdeviceptr,
-    size: usize,
-) -> CuResult {
+pub unsafe fn memcpy_dtod(mode: DefaultStream, dst: CUdeviceptr, src: CUdeviceptr, size: usize) -> CuResult {
     dtod(mode, dst, src, size, std::ptr::null_mut(), true)
 }
 
@@ -1378,46 +1245,15 @@ pub unsafe fn memcpy_dtod_async(
     dtod(mode, dst, src, size, stream, false)
 }
 
-pub unsafe fn memset_d8(
-    mode: DefaultStream,
-    dst: CUdeviceptr,
-    value: u8,
-    count: usize,
-) -> CuResult {
-    memset(
-        mode,
-        dst,
-        value as u32,
-        1,
-        count,
-        std::ptr::null_mut(),
-        true,
-    )
+pub unsafe fn memset_d8(mode: DefaultStream, dst: CUdeviceptr, value: u8, count: usize) -> CuResult {
+    memset(mode, dst, value as u32, 1, count, std::ptr::null_mut(), true)
 }
 
-pub unsafe fn memset_d16(
-    mode: DefaultStream,
-    dst: CUdeviceptr,
-    value: u16,
-    count: usize,
-) -> CuResult {
-    memset(
-        mode,
-        dst,
-        value as u32,
-        2,
-        count,
-        std::ptr::null_mut(),
-        true,
-    )
+pub unsafe fn memset_d16(mode: DefaultStream, dst: CUdeviceptr, value: u16, count: usize) -> CuResult {
+    memset(mode, dst, value as u32, 2, count, std::ptr::null_mut(), true)
 }
 
-pub unsafe fn memset_d32(
-    mode: DefaultStream,
-    dst: CUdeviceptr,
-    value: u32,
-    count: usize,
-) -> CuResult {
+pub unsafe fn memset_d32(mode: DefaultStream, dst: CUdeviceptr, value: u32, count: usize) -> CuResult {
     memset(mode, dst, value, 4, count, std::ptr::null_mut(), true)
 }
 
@@ -1459,14 +1295,7 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
     if stream.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(
-        &Request::StreamCreate {
-            ctx,
-            flags,
-            priority,
-        },
-        &[],
-    )? {
+    match s.remote.call(&Request::StreamCreate { ctx, flags, priority }, &[])? {
         Reply::Handle(h) => {
             write(&s.stream_contexts).insert(h, ctx);
             unsafe { out(stream, as_ptr(h)) }
@@ -1479,11 +1308,7 @@ pub unsafe fn stream_create(stream: *mut CUstream, flags: u32) -> CuResult {
     unsafe { create_stream(stream, flags, 0) }
 }
 
-pub unsafe fn stream_create_with_priority(
-    stream: *mut CUstream,
-    flags: u32,
-    priority: i32,
-) -> CuResult {
+pub unsafe fn stream_create_with_priority(stream: *mut CUstream, flags: u32, priority: i32) -> CuResult {
     unsafe { create_stream(stream, flags, priority) }
 }
 
@@ -1500,11 +1325,8 @@ fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
 pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
     let s = shim()?;
     let h = handle(stream);
-    let ctx = write(&s.stream_contexts)
-        .remove(&h)
-        .ok_or(CuError::INVALID_HANDLE)?;
-    s.remote
-        .post(&Request::StreamDestroy { ctx, stream: h }, &[])
+    let ctx = write(&s.stream_contexts).remove(&h).ok_or(CuError::INVALID_HANDLE)?;
+    s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
 }
 
 pub unsafe fn stream_synchronize(mode: DefaultStream, stream: CUstream) -> CuResult {
@@ -1535,12 +1357,7 @@ pub unsafe fn stream_query(mode: DefaultStream, stream: CUstream) -> CuResult {
         .map(|_| ())
 }
 
-pub unsafe fn stream_wait_event(
-    mode: DefaultStream,
-    stream: CUstream,
-    event: CUevent,
-    flags: u32,
-) -> CuResult {
+pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CUevent, flags: u32) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
     s.remote.post(
@@ -1558,11 +1375,7 @@ pub unsafe fn stream_wait_event(
 /// no stream is ever capturing (`cuStreamBeginCapture` is not supported).
 const CAPTURE_NONE: i32 = 0;
 
-pub unsafe fn stream_is_capturing(
-    _mode: DefaultStream,
-    stream: CUstream,
-    status: *mut i32,
-) -> CuResult {
+pub unsafe fn stream_is_capturing(_mode: DefaultStream, stream: CUstream, status: *mut i32) -> CuResult {
     let s = shim()?;
     stream_ctx(s, stream)?;
     unsafe { out(status, CAPTURE_NONE) }
@@ -1722,11 +1535,7 @@ unsafe fn pack_params(
 ) -> CuResult<Vec<u8>> {
     if !params.is_null() {
         let layout = param_layout(s, func, kernel)?;
-        let size = layout
-            .iter()
-            .map(|&(o, n)| (o + n) as usize)
-            .max()
-            .unwrap_or(0);
+        let size = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
         let mut block = vec![0u8; size];
         for (i, &(o, n)) in layout.iter().enumerate() {
             // SAFETY: kernelParams holds one pointer per parameter.
@@ -1997,10 +1806,7 @@ pub unsafe fn occupancy_available_dynamic_smem(
     }
     let v = int_reply(occupancy(
         function,
-        OccupancyQuery::AvailableDynamicSmemPerBlock {
-            num_blocks,
-            block_size,
-        },
+        OccupancyQuery::AvailableDynamicSmemPerBlock { num_blocks, block_size },
     )?)?;
     unsafe { out(smem, v as usize) }
 }
@@ -2020,10 +1826,7 @@ pub unsafe fn occupancy_max_active_clusters(
     let c = unsafe { &*config };
     let attrs = unsafe { launch_attrs(c)? };
     let mut cluster = [1u32; 3];
-    if let Some((_, v)) = attrs
-        .iter()
-        .find(|(id, _)| *id == LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-    {
+    if let Some((_, v)) = attrs.iter().find(|(id, _)| *id == LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
         for (i, slot) in cluster.iter_mut().enumerate() {
             *slot = u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
         }

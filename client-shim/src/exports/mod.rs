@@ -5,7 +5,12 @@
 //! boundary.
 
 // The C entry points mirror the driver API's signatures, however long.
-#![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc, clippy::too_many_arguments)]
+#![allow(
+    non_snake_case,
+    non_camel_case_types,
+    clippy::missing_safety_doc,
+    clippy::too_many_arguments
+)]
 
 pub(crate) mod calls;
 

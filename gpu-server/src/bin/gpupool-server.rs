@@ -25,10 +25,7 @@ fn main() -> anyhow::Result<()> {
     let mut overrides: Vec<(&str, String)> = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{USAGE}"));
         match a.as_str() {
             "--config" => config_file = Some(value("--config")?.into()),
             "--session" => session = Some(value("--session")?.parse().context("--session")?),
@@ -57,8 +54,7 @@ fn main() -> anyhow::Result<()> {
         let fd = unsafe { OwnedFd::from_raw_fd(3) };
         return session::run_worker(&cfg, session, fd);
     }
-    let exe =
-        std::env::current_exe().context("cannot find this program's path to start workers")?;
+    let exe = std::env::current_exe().context("cannot find this program's path to start workers")?;
     let launcher = WorkerLauncher { exe, config_file };
     check_driver(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

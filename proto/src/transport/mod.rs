@@ -10,8 +10,8 @@ mod tcp;
 mod url;
 
 pub use quic::{
-    cert_fingerprint, load_or_create_server_identity, quic_client_connect, quic_server_endpoint,
-    ClientTls, ServerIdentity, ALPN,
+    cert_fingerprint, load_or_create_server_identity, quic_client_connect, quic_server_endpoint, ClientTls,
+    ServerIdentity, ALPN,
 };
 pub use tcp::tcp_client_connect;
 pub use url::{Scheme, ServerUrl};

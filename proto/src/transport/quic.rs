@@ -28,9 +28,7 @@ fn transport_config() -> quinn::TransportConfig {
     t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(CONNECTION_WINDOW as u64);
     t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        30_000,
-    ))));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
     t
 }
 
@@ -40,10 +38,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Lower-case hex SHA-256 of a DER certificate.
 pub fn cert_fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How a client decides to trust a server certificate.
@@ -89,12 +84,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -103,18 +93,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -143,9 +126,7 @@ fn client_config(url: &ServerUrl, tls: &ClientTls) -> Result<quinn::ClientConfig
         }
         ClientTls::CaFile(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| tls_err(format!("{}: {e}", path.display())))?
-            {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))? {
                 roots.add(cert.map_err(tls_err)?).map_err(tls_err)?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -233,25 +214,17 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
     let (endpoint, connection, send, recv) = runtime.block_on(async {
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
         endpoint.set_default_client_config(config);
-        let connecting = endpoint
-            .connect(addr, &server_name)
-            .map_err(|e| fail(e.to_string()))?;
+        let connecting = endpoint.connect(addr, &server_name).map_err(|e| fail(e.to_string()))?;
         let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| fail("timed out".into()))?
             .map_err(|e| fail(e.to_string()))?;
-        let (send, recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| fail(e.to_string()))?;
         Ok::<_, ProtoError>((endpoint, connection, send, recv))
     })?;
     let rt = runtime.handle().clone();
     Ok(ClientStream {
-        reader: Box::new(QuicReader {
-            rt: rt.clone(),
-            recv,
-        }),
+        reader: Box::new(QuicReader { rt: rt.clone(), recv }),
         writer: Box::new(QuicWriter { rt, send }),
         keep: Some(Box::new(QuicKeep {
             _runtime: runtime,
@@ -308,8 +281,7 @@ pub fn load_or_create_server_identity(
         .first()
         .ok_or_else(|| tls_err(format!("{} holds no certificate", cert_path.display())))?;
     let fingerprint = cert_fingerprint(leaf.as_ref());
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| tls_err(format!("{}: {e}", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(format!("{}: {e}", key_path.display())))?;
     Ok(ServerIdentity {
         chain,
         key,
@@ -332,10 +304,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProtoError> {
 }
 
 /// A QUIC server endpoint on `addr` (must be called inside a tokio runtime).
-pub fn quic_server_endpoint(
-    identity: &ServerIdentity,
-    addr: SocketAddr,
-) -> Result<quinn::Endpoint, ProtoError> {
+pub fn quic_server_endpoint(identity: &ServerIdentity, addr: SocketAddr) -> Result<quinn::Endpoint, ProtoError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?

@@ -12,10 +12,7 @@ pub fn tcp_client_connect(url: &ServerUrl) -> Result<ClientStream, ProtoError> {
         peer: peer.clone(),
         reason,
     };
-    let addrs: Vec<_> = peer
-        .to_socket_addrs()
-        .map_err(|e| fail(e.to_string()))?
-        .collect();
+    let addrs: Vec<_> = peer.to_socket_addrs().map_err(|e| fail(e.to_string()))?.collect();
     let mut last = String::from("no address");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {

@@ -43,17 +43,13 @@ impl ServerUrl {
                 .ok_or_else(|| bad("IPv6 address needs [addr]:port"))?;
             (h.to_string(), p)
         } else {
-            let (h, p) = authority
-                .rsplit_once(':')
-                .ok_or_else(|| bad("missing :port"))?;
+            let (h, p) = authority.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
             (h.to_string(), p)
         };
         if host.is_empty() {
             return Err(bad("missing host"));
         }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad("port is not a number from 1 to 65535"))?;
+        let port: u16 = port.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
         if port == 0 {
             return Err(bad("port 0 is not an address"));
         }
@@ -105,16 +101,10 @@ mod tests {
     #[test]
     fn parses_tcp_and_quic() {
         let u = ServerUrl::parse("tcp://127.0.0.1:7070").unwrap();
-        assert_eq!(
-            (u.scheme, u.host.as_str(), u.port),
-            (Scheme::Tcp, "127.0.0.1", 7070)
-        );
+        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Tcp, "127.0.0.1", 7070));
         let fp = "ab".repeat(32);
         let u = ServerUrl::parse(&format!("quic://[::1]:9?fingerprint={fp}")).unwrap();
-        assert_eq!(
-            (u.scheme, u.host.as_str(), u.port),
-            (Scheme::Quic, "::1", 9)
-        );
+        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Quic, "::1", 9));
         assert_eq!(u.fingerprint.as_deref(), Some(fp.as_str()));
         assert_eq!(u.to_string(), "quic://[::1]:9");
     }

@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::kernels::{self, Known};
-use crate::memory::{
-    page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN,
-};
+use crate::memory::{page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN};
 use crate::ptx::{self, PtxError};
 use crate::result::*;
 
@@ -517,7 +515,7 @@ impl Driver {
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let value = match i {
             0 | 1 | 2 | 4 => value,
-            3 => value.min(24), // device runtime sync depth
+            3 => value.min(24),                            // device runtime sync depth
             5 => value.clamp(32, 128).next_power_of_two(), // L2 fetch granularity
             6 => value.min(78_643_200),
             _ => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
@@ -658,22 +656,13 @@ impl Driver {
             .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         let mapping = Mapping::new(len).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         let addr = mapping.addr();
-        self.host_allocs.insert(
-            addr,
-            HostAlloc {
-                ctx,
-                _mapping: mapping,
-            },
-        );
+        self.host_allocs.insert(addr, HostAlloc { ctx, _mapping: mapping });
         Ok(addr as *mut u8)
     }
 
     pub fn mem_free_host(&mut self, p: u64) -> CuResult<()> {
         self.active_ctx()?;
-        self.host_allocs
-            .remove(&p)
-            .map(drop)
-            .ok_or(CUDA_ERROR_INVALID_VALUE)
+        self.host_allocs.remove(&p).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 
     /// Host pointer for a device range that must lie in one allocation.
@@ -699,13 +688,7 @@ impl Driver {
 
     /// `cuMemcpyHtoD`: copies `n` bytes from host `src` into device `dst`.
     /// `copy(dst_host_ptr)` performs the copy once the range is checked.
-    pub fn memcpy_htod(
-        &mut self,
-        dst: u64,
-        n: u64,
-        stream: u64,
-        copy: impl FnOnce(*mut u8),
-    ) -> CuResult<()> {
+    pub fn memcpy_htod(&mut self, dst: u64, n: u64, stream: u64, copy: impl FnOnce(*mut u8)) -> CuResult<()> {
         self.enqueue_ctx(stream)?;
         if n == 0 {
             return Ok(());
@@ -715,13 +698,7 @@ impl Driver {
     }
 
     /// `cuMemcpyDtoH`: `copy(src_host_ptr)` copies out once checked.
-    pub fn memcpy_dtoh(
-        &mut self,
-        src: u64,
-        n: u64,
-        stream: u64,
-        copy: impl FnOnce(*const u8),
-    ) -> CuResult<()> {
+    pub fn memcpy_dtoh(&mut self, src: u64, n: u64, stream: u64, copy: impl FnOnce(*const u8)) -> CuResult<()> {
         self.enqueue_ctx(stream)?;
         if n == 0 {
             return Ok(());
@@ -774,12 +751,7 @@ impl Driver {
 
     /// Loads a parsed module into `ctx`: allocates its variables and makes
     /// a function for each entry.
-    fn instantiate(
-        &mut self,
-        ctx: u64,
-        ptx: Arc<ptx::Module>,
-        library: Option<u64>,
-    ) -> CuResult<u64> {
+    fn instantiate(&mut self, ctx: u64, ptx: Arc<ptx::Module>, library: Option<u64>) -> CuResult<u64> {
         let h = self.handle();
         let mut variables = HashMap::new();
         for v in &ptx.variables {
@@ -789,9 +761,7 @@ impl Driver {
                         let n = v.init.len().min(v.size);
                         // SAFETY: `addr` is a fresh mapping of at least `v.size`
                         // bytes and `n <= v.size`.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(v.init.as_ptr(), addr as *mut u8, n)
-                        };
+                        unsafe { std::ptr::copy_nonoverlapping(v.init.as_ptr(), addr as *mut u8, n) };
                     }
                     variables.insert(v.name.clone(), (addr, v.size as u64));
                 }
@@ -889,11 +859,7 @@ impl Driver {
     pub fn module_get_global(&self, m: u64, name: &str) -> CuResult<(u64, u64)> {
         let module = self.modules.get(&m).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         self.healthy(module.ctx)?;
-        module
-            .variables
-            .get(name)
-            .copied()
-            .ok_or(CUDA_ERROR_NOT_FOUND)
+        module.variables.get(name).copied().ok_or(CUDA_ERROR_NOT_FOUND)
     }
 
     // ----- libraries and kernels -----
@@ -1004,28 +970,15 @@ impl Driver {
         get_attr(&self.kernel_attrs(kernel, d)?, attrib)
     }
 
-    pub fn kernel_set_attribute(
-        &mut self,
-        attrib: i32,
-        value: i32,
-        kernel: u64,
-        dev: i32,
-    ) -> CuResult<()> {
+    pub fn kernel_set_attribute(&mut self, attrib: i32, value: i32, kernel: u64, dev: i32) -> CuResult<()> {
         let d = self.device(dev)?;
         let mut attrs = self.kernel_attrs(kernel, d)?;
         set_attr(&mut attrs, attrib, value)?;
-        let k = self
-            .kernels
-            .get_mut(&kernel)
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let k = self.kernels.get_mut(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         k.attrs.insert(d, attrs);
         let (lib, entry) = (k.library, k.entry);
         // Functions already made from this kernel on that device follow.
-        let mods: Vec<(u64, u64)> = self.libraries[&lib]
-            .modules
-            .iter()
-            .map(|(c, m)| (*c, *m))
-            .collect();
+        let mods: Vec<(u64, u64)> = self.libraries[&lib].modules.iter().map(|(c, m)| (*c, *m)).collect();
         for (ctx, m) in mods {
             if self.contexts.get(&ctx).is_some_and(|c| c.device == d) {
                 let f = self.modules[&m].functions[entry];
@@ -1128,13 +1081,7 @@ impl Driver {
         let mut params = vec![0u8; entry.param_bytes()];
         fill(&entry.params, &mut params)?;
         let known = func.known.ok_or(CUDA_ERROR_NOT_SUPPORTED)?;
-        let result = kernels::run(
-            known,
-            entry,
-            &params,
-            u64::from(gx) * u64::from(bx),
-            &self.allocs,
-        );
+        let result = kernels::run(known, entry, &params, u64::from(gx) * u64::from(bx), &self.allocs);
         if let Err(fault) = result {
             if let Some(c) = self.contexts.get_mut(&ctx) {
                 c.sticky = Some(fault);
@@ -1145,13 +1092,7 @@ impl Driver {
 
     // ----- occupancy -----
 
-    pub fn occupancy_max_blocks(
-        &mut self,
-        f: u64,
-        block_size: i32,
-        dyn_smem: u64,
-        flags: u32,
-    ) -> CuResult<i32> {
+    pub fn occupancy_max_blocks(&mut self, f: u64, block_size: i32, dyn_smem: u64, flags: u32) -> CuResult<i32> {
         if flags > 1 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -1171,12 +1112,7 @@ impl Driver {
         Ok(blocks.max(0))
     }
 
-    pub fn occupancy_max_potential_block_size(
-        &mut self,
-        f: u64,
-        dyn_smem: u64,
-        limit: i32,
-    ) -> CuResult<(i32, i32)> {
+    pub fn occupancy_max_potential_block_size(&mut self, f: u64, dyn_smem: u64, limit: i32) -> CuResult<(i32, i32)> {
         let max_threads = self.function(f)?.attrs[ATTR_MAX_THREADS];
         let mut block = max_threads.min(MAX_THREADS_PER_BLOCK as i32);
         if limit > 0 {
@@ -1189,12 +1125,7 @@ impl Driver {
         Ok((SM_COUNT * blocks, block))
     }
 
-    pub fn occupancy_available_dyn_smem(
-        &mut self,
-        f: u64,
-        num_blocks: i32,
-        block_size: i32,
-    ) -> CuResult<u64> {
+    pub fn occupancy_available_dyn_smem(&mut self, f: u64, num_blocks: i32, block_size: i32) -> CuResult<u64> {
         self.function(f)?;
         if num_blocks <= 0 || block_size <= 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1221,10 +1152,7 @@ impl Driver {
     }
 
     pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {
-        self.streams
-            .remove(&stream)
-            .map(drop)
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        self.streams.remove(&stream).map(drop).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
     /// The context `stream` belongs to, which must be healthy.
@@ -1265,9 +1193,7 @@ impl Driver {
 
     pub fn event_create(&mut self, flags: u32) -> CuResult<u64> {
         let ctx = self.active_ctx()?;
-        if flags & !0x7 != 0
-            || (flags & EVENT_INTERPROCESS != 0 && flags & EVENT_DISABLE_TIMING == 0)
-        {
+        if flags & !0x7 != 0 || (flags & EVENT_INTERPROCESS != 0 && flags & EVENT_DISABLE_TIMING == 0) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let h = self.handle();
@@ -1283,18 +1209,11 @@ impl Driver {
     }
 
     pub fn event_destroy(&mut self, event: u64) -> CuResult<()> {
-        self.events
-            .remove(&event)
-            .map(drop)
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        self.events.remove(&event).map(drop).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
     pub fn event_record(&mut self, event: u64, stream: u64) -> CuResult<()> {
-        let ev_ctx = self
-            .events
-            .get(&event)
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)?
-            .ctx;
+        let ev_ctx = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
         let ctx = self.stream_ctx(stream)?;
         if ctx != ev_ctx {
             return Err(CUDA_ERROR_INVALID_HANDLE);

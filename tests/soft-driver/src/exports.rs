@@ -199,11 +199,7 @@ pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: i32) -> CUr
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetName(
-    name_out: *mut c_char,
-    len: i32,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetName(name_out: *mut c_char, len: i32, dev: CUdevice) -> CUresult {
     ffi(|| {
         need(name_out)?;
         let len = usize::try_from(len)
@@ -247,11 +243,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetAttribute(
-    pi: *mut i32,
-    attrib: i32,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetAttribute(pi: *mut i32, attrib: i32, dev: CUdevice) -> CUresult {
     ffi(|| {
         need(pi)?;
         let v = driver::with(|d| d.device_attribute(attrib, dev))?;
@@ -283,11 +275,7 @@ pub extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, flags: u32) -> CU
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
-    dev: CUdevice,
-    flags: *mut u32,
-    active: *mut i32,
-) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut u32, active: *mut i32) -> CUresult {
     ffi(|| {
         need(flags)?;
         need(active)?;
@@ -308,11 +296,7 @@ pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
 // ----- contexts -----
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxCreate_v2(
-    pctx: *mut CUcontext,
-    flags: u32,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: u32, dev: CUdevice) -> CUresult {
     ffi(|| {
         need(pctx)?;
         let c = driver::with(|d| d.ctx_create(flags, dev))?;
@@ -361,10 +345,7 @@ pub extern "C" fn cuCtxSetLimit(limit: i32, value: usize) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
-    least: *mut i32,
-    greatest: *mut i32,
-) -> CUresult {
+pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(least: *mut i32, greatest: *mut i32) -> CUresult {
     ffi(|| {
         driver::with(|_| Ok(()))?;
         // SAFETY: either pointer may be null; non-null ones are valid for
@@ -531,12 +512,7 @@ pub unsafe extern "C" fn cuKernelGetFunction(func: *mut CUfunction, kernel: CUke
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuKernelGetAttribute(
-    pi: *mut i32,
-    attrib: i32,
-    kernel: CUkernel,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuKernelGetAttribute(pi: *mut i32, attrib: i32, kernel: CUkernel, dev: CUdevice) -> CUresult {
     ffi(|| {
         need(pi)?;
         let v = driver::with(|d| d.kernel_get_attribute(attrib, h(kernel), dev))?;
@@ -546,12 +522,7 @@ pub unsafe extern "C" fn cuKernelGetAttribute(
 }
 
 #[no_mangle]
-pub extern "C" fn cuKernelSetAttribute(
-    attrib: i32,
-    val: i32,
-    kernel: CUkernel,
-    dev: CUdevice,
-) -> CUresult {
+pub extern "C" fn cuKernelSetAttribute(attrib: i32, val: i32, kernel: CUkernel, dev: CUdevice) -> CUresult {
     ffi(|| driver::with(|d| d.kernel_set_attribute(attrib, val, h(kernel), dev)))
 }
 
@@ -578,11 +549,7 @@ pub unsafe extern "C" fn cuKernelGetParamInfo(
 // ----- functions -----
 
 #[no_mangle]
-pub unsafe extern "C" fn cuFuncGetAttribute(
-    pi: *mut i32,
-    attrib: i32,
-    func: CUfunction,
-) -> CUresult {
+pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut i32, attrib: i32, func: CUfunction) -> CUresult {
     ffi(|| {
         need(pi)?;
         let v = driver::with(|d| d.func_get_attribute(attrib, h(func)))?;
@@ -701,11 +668,7 @@ unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: u64) -> CUr
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpyHtoD_v2(
-    dst: CUdeviceptr,
-    src: *const c_void,
-    n: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
     // SAFETY: forwarded under the same contract.
     unsafe { htod(dst, src, n, 0) }
 }
@@ -744,12 +707,7 @@ pub extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) 
 }
 
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoDAsync_v2(
-    dst: CUdeviceptr,
-    src: CUdeviceptr,
-    n: usize,
-    stream: CUstream,
-) -> CUresult {
+pub extern "C" fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize, stream: CUstream) -> CUresult {
     ffi(|| driver::with(|d| d.memcpy_dtod(dst, src, n as u64, h(stream))))
 }
 
@@ -769,32 +727,17 @@ pub extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, ui: u32, n: usize) -> CUresul
 }
 
 #[no_mangle]
-pub extern "C" fn cuMemsetD8Async(
-    dst: CUdeviceptr,
-    uc: u8,
-    n: usize,
-    stream: CUstream,
-) -> CUresult {
+pub extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, uc: u8, n: usize, stream: CUstream) -> CUresult {
     ffi(|| driver::with(|d| d.memset(dst, &[uc], n as u64, h(stream))))
 }
 
 #[no_mangle]
-pub extern "C" fn cuMemsetD16Async(
-    dst: CUdeviceptr,
-    us: u16,
-    n: usize,
-    stream: CUstream,
-) -> CUresult {
+pub extern "C" fn cuMemsetD16Async(dst: CUdeviceptr, us: u16, n: usize, stream: CUstream) -> CUresult {
     ffi(|| driver::with(|d| d.memset(dst, &us.to_le_bytes(), n as u64, h(stream))))
 }
 
 #[no_mangle]
-pub extern "C" fn cuMemsetD32Async(
-    dst: CUdeviceptr,
-    ui: u32,
-    n: usize,
-    stream: CUstream,
-) -> CUresult {
+pub extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, ui: u32, n: usize, stream: CUstream) -> CUresult {
     ffi(|| driver::with(|d| d.memset(dst, &ui.to_le_bytes(), n as u64, h(stream))))
 }
 
@@ -811,11 +754,7 @@ pub unsafe extern "C" fn cuStreamCreate(pstream: *mut CUstream, flags: u32) -> C
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamCreateWithPriority(
-    pstream: *mut CUstream,
-    flags: u32,
-    _priority: i32,
-) -> CUresult {
+pub unsafe extern "C" fn cuStreamCreateWithPriority(pstream: *mut CUstream, flags: u32, _priority: i32) -> CUresult {
     // SAFETY: same contract as `cuStreamCreate`; every priority is valid
     // (the driver clamps it) and all streams run work synchronously.
     unsafe { cuStreamCreate(pstream, flags) }
@@ -884,11 +823,7 @@ pub extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime(
-    ms: *mut f32,
-    start: CUevent,
-    end: CUevent,
-) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
     ffi(|| {
         need(ms)?;
         let v = driver::with(|d| d.event_elapsed(h(start), h(end)))?;
@@ -898,11 +833,7 @@ pub unsafe extern "C" fn cuEventElapsedTime(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime_v2(
-    ms: *mut f32,
-    start: CUevent,
-    end: CUevent,
-) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
     // SAFETY: same contract as `cuEventElapsedTime`.
     unsafe { cuEventElapsedTime(ms, start, end) }
 }
@@ -932,13 +863,7 @@ unsafe fn pack_params(
             need(arg)?;
             // SAFETY: `arg` addresses `p.size` readable bytes (contract), and
             // `buf` holds `p.offset + p.size` bytes by construction.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    arg.cast::<u8>(),
-                    buf[p.offset..].as_mut_ptr(),
-                    p.size,
-                )
-            };
+            unsafe { std::ptr::copy_nonoverlapping(arg.cast::<u8>(), buf[p.offset..].as_mut_ptr(), p.size) };
         }
         return Ok(());
     }
@@ -1054,15 +979,7 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(
     dynamic_smem: usize,
 ) -> CUresult {
     // SAFETY: same contract as the `WithFlags` variant.
-    unsafe {
-        cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
-            num_blocks,
-            func,
-            block_size,
-            dynamic_smem,
-            0,
-        )
-    }
+    unsafe { cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(num_blocks, func, block_size, dynamic_smem, 0) }
 }
 
 #[no_mangle]
@@ -1075,9 +992,7 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
 ) -> CUresult {
     ffi(|| {
         need(num_blocks)?;
-        let n = driver::with(|d| {
-            d.occupancy_max_blocks(h(func), block_size, dynamic_smem as u64, flags)
-        })?;
+        let n = driver::with(|d| d.occupancy_max_blocks(h(func), block_size, dynamic_smem as u64, flags))?;
         // SAFETY: `num_blocks` is non-null and valid for writes (API contract).
         unsafe { out(num_blocks, n) }
     })
@@ -1120,9 +1035,8 @@ pub unsafe extern "C" fn cuOccupancyMaxPotentialBlockSize(
     ffi(|| {
         need(min_grid_size)?;
         need(block_size)?;
-        let (g, b) = driver::with(|d| {
-            d.occupancy_max_potential_block_size(h(func), dynamic_smem as u64, block_size_limit)
-        })?;
+        let (g, b) =
+            driver::with(|d| d.occupancy_max_potential_block_size(h(func), dynamic_smem as u64, block_size_limit))?;
         // SAFETY: both pointers are non-null and valid for writes (API contract).
         unsafe {
             out(min_grid_size, g)?;

@@ -58,10 +58,7 @@ pub(crate) struct DeviceAccess<'a> {
 
 impl<'a> DeviceAccess<'a> {
     pub(crate) fn new(mem: &'a AllocationMap) -> Self {
-        DeviceAccess {
-            mem,
-            cached: (0, 0),
-        }
+        DeviceAccess { mem, cached: (0, 0) }
     }
 
     /// Host pointer for a naturally aligned `size`-byte access at `addr`.
@@ -72,10 +69,7 @@ impl<'a> DeviceAccess<'a> {
         }
         let end = addr.checked_add(size).ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
         if !(addr >= self.cached.0 && end <= self.cached.1) {
-            let (base, alloc) = self
-                .mem
-                .containing(addr, size)
-                .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+            let (base, alloc) = self.mem.containing(addr, size).ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
             self.cached = (base, base + alloc.size);
         }
         Ok(addr as *mut u8)
@@ -179,10 +173,7 @@ pub(crate) fn run(
             for i in 0..count(args.i32(0)) {
                 let off = i * 4;
                 // nvcc contracts `a * x + y` into one fused multiply-add.
-                let v = a.mul_add(
-                    dev.read_f32(x.wrapping_add(off))?,
-                    dev.read_f32(y.wrapping_add(off))?,
-                );
+                let v = a.mul_add(dev.read_f32(x.wrapping_add(off))?, dev.read_f32(y.wrapping_add(off))?);
                 dev.write_f32(y.wrapping_add(off), v)?;
             }
             Ok(())

@@ -43,10 +43,7 @@ impl Mapping {
         if addr == libc::MAP_FAILED || addr.is_null() {
             return None;
         }
-        Some(Mapping {
-            addr: addr.cast(),
-            len,
-        })
+        Some(Mapping { addr: addr.cast(), len })
     }
 
     pub fn addr(&self) -> u64 {
@@ -108,16 +105,8 @@ impl AllocationMap {
 
     /// Removes every allocation matching `pred`, returning them.
     pub fn remove_where(&mut self, mut pred: impl FnMut(&Allocation) -> bool) -> Vec<Allocation> {
-        let bases: Vec<u64> = self
-            .map
-            .iter()
-            .filter(|(_, a)| pred(a))
-            .map(|(b, _)| *b)
-            .collect();
-        bases
-            .into_iter()
-            .filter_map(|b| self.map.remove(&b))
-            .collect()
+        let bases: Vec<u64> = self.map.iter().filter(|(_, a)| pred(a)).map(|(b, _)| *b).collect();
+        bases.into_iter().filter_map(|b| self.map.remove(&b)).collect()
     }
 
     /// The allocation containing all of `addr .. addr + len` (`len` > 0),

@@ -66,10 +66,7 @@ impl Entry {
     /// Largest block size this kernel may be launched with, from its
     /// launch-bound directives (1024 when it has none).
     pub fn max_threads_per_block(&self) -> u32 {
-        let prod = |d: [u32; 3]| {
-            d.iter()
-                .fold(1u64, |acc, &x| acc.saturating_mul(u64::from(x)))
-        };
+        let prod = |d: [u32; 3]| d.iter().fold(1u64, |acc, &x| acc.saturating_mul(u64::from(x)));
         let mut max = 1024u64;
         if let Some(d) = self.maxntid {
             max = max.min(prod(d));
@@ -142,17 +139,10 @@ pub fn parse_image(bytes: &[u8]) -> Result<Module, PtxError> {
 /// Parses PTX text.
 pub fn parse(text: &str) -> Result<Module, PtxError> {
     let tokens = tokenize(text)?;
-    if !tokens
-        .iter()
-        .any(|t| matches!(t, Tok::Word(w) if w == ".version"))
-    {
+    if !tokens.iter().any(|t| matches!(t, Tok::Word(w) if w == ".version")) {
         return Err(PtxError::NotPtx("no .version directive".into()));
     }
-    Parser {
-        toks: tokens,
-        pos: 0,
-    }
-    .module()
+    Parser { toks: tokens, pos: 0 }.module()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,9 +187,7 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, PtxError> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None | Some('\n') => {
-                        return Err(PtxError::Syntax("unterminated string literal".into()))
-                    }
+                    None | Some('\n') => return Err(PtxError::Syntax("unterminated string literal".into())),
                     Some('\\') => i += 2,
                     Some('"') => {
                         i += 1;
@@ -211,13 +199,11 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, PtxError> {
             toks.push(Tok::Str);
         } else if c.is_ascii_digit() {
             let start = i;
-            let hex =
-                c == '0' && matches!(chars.get(i + 1), Some('x' | 'X' | 'f' | 'F' | 'd' | 'D'));
+            let hex = c == '0' && matches!(chars.get(i + 1), Some('x' | 'X' | 'f' | 'F' | 'd' | 'D'));
             while i < chars.len() {
                 let d = chars[i];
-                let exponent_sign = (d == '+' || d == '-')
-                    && !hex
-                    && matches!(chars.get(i.wrapping_sub(1)), Some('e' | 'E'));
+                let exponent_sign =
+                    (d == '+' || d == '-') && !hex && matches!(chars.get(i.wrapping_sub(1)), Some('e' | 'E'));
                 if d.is_ascii_alphanumeric() || d == '.' || exponent_sign {
                     i += 1;
                 } else {
@@ -449,9 +435,7 @@ impl Parser {
                                 .and_then(|s| s.parse::<u32>().ok())
                                 .ok_or_else(|| PtxError::Syntax(format!("bad .target `{t}`")))?;
                             if sm > DEVICE_SM {
-                                return syntax(format!(
-                                    "target {t} is newer than the device (sm_{DEVICE_SM})"
-                                ));
+                                return syntax(format!("target {t} is newer than the device (sm_{DEVICE_SM})"));
                             }
                             target_sm = Some(sm);
                             first = false;
@@ -492,8 +476,8 @@ impl Parser {
                         self.pos += 1;
                     }
                 }
-                ".pragma" | ".shared" | ".tex" | ".texref" | ".surfref" | ".samplerref"
-                | ".alias" | ".callprototype" => self.skip_declaration()?,
+                ".pragma" | ".shared" | ".tex" | ".texref" | ".surfref" | ".samplerref" | ".alias"
+                | ".callprototype" => self.skip_declaration()?,
                 ".section" => {
                     self.word("section name")?;
                     self.skip_block()?;
@@ -551,11 +535,7 @@ impl Parser {
                 Ok(())
             }
             ".global" | ".const" => {
-                let space = if kind == ".global" {
-                    Space::Global
-                } else {
-                    Space::Const
-                };
+                let space = if kind == ".global" { Space::Global } else { Space::Const };
                 let vars = self.variables(space)?;
                 if !external {
                     for v in vars {
@@ -698,8 +678,7 @@ impl Parser {
             self.pos += 1;
         }
         let ty = self.word("type")?;
-        let size = type_size(&ty)
-            .ok_or_else(|| PtxError::Syntax(format!("unknown or unsupported type `{ty}`")))?;
+        let size = type_size(&ty).ok_or_else(|| PtxError::Syntax(format!("unknown or unsupported type `{ty}`")))?;
         Ok((size * lanes, size * lanes))
     }
 
@@ -761,9 +740,7 @@ impl Parser {
                 n_init = self.initializer(elem, is_float, &mut init)?;
             }
             let count = match count {
-                Some(0) if n_init == 0 => {
-                    return syntax(format!("`{name}[]` needs an initializer"))
-                }
+                Some(0) if n_init == 0 => return syntax(format!("`{name}[]` needs an initializer")),
                 Some(0) => n_init,
                 Some(c) => c,
                 None => 1,
@@ -790,12 +767,7 @@ impl Parser {
 
     /// Parses `value` or `{ v, v, ... }` (nested braces flatten) and appends
     /// the little-endian bytes; returns the number of elements.
-    fn initializer(
-        &mut self,
-        elem: usize,
-        is_float: bool,
-        out: &mut Vec<u8>,
-    ) -> Result<usize, PtxError> {
+    fn initializer(&mut self, elem: usize, is_float: bool, out: &mut Vec<u8>) -> Result<usize, PtxError> {
         if self.eat_punct('{') {
             let mut n = 0;
             if self.eat_punct('}') {
@@ -816,8 +788,8 @@ impl Parser {
                 "address initializer `{w}` is not simulated"
             )));
         }
-        let bytes = literal_bytes(&w, neg, elem, is_float)
-            .ok_or_else(|| PtxError::Syntax(format!("bad initializer `{w}`")))?;
+        let bytes =
+            literal_bytes(&w, neg, elem, is_float).ok_or_else(|| PtxError::Syntax(format!("bad initializer `{w}`")))?;
         out.extend_from_slice(&bytes);
         Ok(1)
     }
@@ -826,9 +798,7 @@ impl Parser {
 /// Encodes one literal for a variable whose elements are `elem` bytes wide.
 fn literal_bytes(w: &str, neg: bool, elem: usize, is_float: bool) -> Option<Vec<u8>> {
     let hex_float = |prefix: [&str; 2], digits: usize| {
-        let h = w
-            .strip_prefix(prefix[0])
-            .or_else(|| w.strip_prefix(prefix[1]))?;
+        let h = w.strip_prefix(prefix[0]).or_else(|| w.strip_prefix(prefix[1]))?;
         (h.len() == digits).then(|| u64::from_str_radix(h, 16).ok())?
     };
     let mut bytes = if let Some(bits) = hex_float(["0f", "0F"], 8) {
@@ -891,9 +861,7 @@ mod tests {
 
     #[test]
     fn mixed_param_layout() {
-        let m = module(
-            ".visible .entry k(.param .u64 a, .param .f32 b, .param .u32 c, .param .u64 d)\n{\n ret;\n}\n",
-        );
+        let m = module(".visible .entry k(.param .u64 a, .param .f32 b, .param .u32 c, .param .u64 d)\n{\n ret;\n}\n");
         let e = m.entry("k").unwrap();
         assert_eq!(layout(e), vec![(0, 8), (8, 4), (12, 4), (16, 8)]);
         assert_eq!(e.param_bytes(), 24);
@@ -975,10 +943,7 @@ $L__BB0_2:
             ".entry k(.param .u8 a, .param .align 16 .b8 s[24], .param .u16 b, .param .s64 c, .param .f64 d, .param .b32 e)\n{ ret; }\n",
         );
         let e = m.entry("k").unwrap();
-        assert_eq!(
-            layout(e),
-            vec![(0, 1), (16, 24), (40, 2), (48, 8), (56, 8), (64, 4)]
-        );
+        assert_eq!(layout(e), vec![(0, 1), (16, 24), (40, 2), (48, 8), (56, 8), (64, 4)]);
         assert_eq!(e.params[1].align, 16);
     }
 
@@ -991,17 +956,12 @@ $L__BB0_2:
 
     #[test]
     fn multiple_variables_and_unsized_array() {
-        let m = module(
-            ".global .u32 a, b[4];\n.global .u8 bytes[] = {1, 2, 3};\n.global .s32 neg = -2;\n",
-        );
+        let m = module(".global .u32 a, b[4];\n.global .u8 bytes[] = {1, 2, 3};\n.global .s32 neg = -2;\n");
         assert_eq!(m.variable("a").unwrap().size, 4);
         assert_eq!(m.variable("b").unwrap().size, 16);
         assert_eq!(m.variable("bytes").unwrap().size, 3);
         assert_eq!(m.variable("bytes").unwrap().init, vec![1, 2, 3]);
-        assert_eq!(
-            m.variable("neg").unwrap().init,
-            (-2i32).to_le_bytes().to_vec()
-        );
+        assert_eq!(m.variable("neg").unwrap().init, (-2i32).to_le_bytes().to_vec());
     }
 
     #[test]
@@ -1014,22 +974,14 @@ $L__BB0_2:
 
     #[test]
     fn debug_sections_are_skipped() {
-        let m = module(
-            ".file 1 \"k.cu\"\n.entry k() { ret; }\n.section .debug_info { .b32 1 .b8 0 }\n",
-        );
+        let m = module(".file 1 \"k.cu\"\n.entry k() { ret; }\n.section .debug_info { .b32 1 .b8 0 }\n");
         assert!(m.entry("k").is_some());
     }
 
     #[test]
     fn not_ptx() {
-        assert!(matches!(
-            parse_image(b"\x7fELF\x02\x01"),
-            Err(PtxError::NotPtx(_))
-        ));
-        assert!(matches!(
-            parse_image(&[0xff, 0xfe, 0x00]),
-            Err(PtxError::NotPtx(_))
-        ));
+        assert!(matches!(parse_image(b"\x7fELF\x02\x01"), Err(PtxError::NotPtx(_))));
+        assert!(matches!(parse_image(&[0xff, 0xfe, 0x00]), Err(PtxError::NotPtx(_))));
         assert!(matches!(parse("hello world"), Err(PtxError::NotPtx(_))));
         assert!(matches!(parse(""), Err(PtxError::NotPtx(_))));
     }
@@ -1074,9 +1026,7 @@ $L__BB0_2:
         for end in 0..=src.len() {
             let _ = parse(&src[..end]);
         }
-        for junk in [
-            "(", ")", "[", "]", "{", "}", ",", "=", "-", ".param", ".align", ";",
-        ] {
+        for junk in ["(", ")", "[", "]", "{", "}", ",", "=", "-", ".param", ".align", ";"] {
             for i in 0..src.len() {
                 let mut s = src.clone();
                 s.insert_str(i, junk);

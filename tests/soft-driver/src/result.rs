@@ -153,10 +153,7 @@ mod tests {
             error_name(CUDA_ERROR_ILLEGAL_ADDRESS).unwrap(),
             c"CUDA_ERROR_ILLEGAL_ADDRESS"
         );
-        assert_eq!(
-            error_string(CUDA_ERROR_INVALID_VALUE).unwrap(),
-            c"invalid argument"
-        );
+        assert_eq!(error_string(CUDA_ERROR_INVALID_VALUE).unwrap(), c"invalid argument");
         assert!(error_name(12345).is_none());
         let mut codes: Vec<_> = ERRORS.iter().map(|e| e.0).collect();
         codes.dedup();

@@ -111,21 +111,7 @@ fn download<T: Copy + Default>(src: CUdeviceptr, n: usize) -> Vec<T> {
 /// Launches `f` on a 1-D grid with `kernelParams`.
 fn launch(f: CUfunction, grid: u32, block: u32, args: &mut [*mut c_void]) -> CUresult {
     // SAFETY: `args` holds one pointer per kernel parameter.
-    unsafe {
-        cuLaunchKernel(
-            f,
-            grid,
-            1,
-            1,
-            block,
-            1,
-            1,
-            0,
-            null_mut(),
-            args.as_mut_ptr(),
-            null_mut(),
-        )
-    }
+    unsafe { cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, null_mut(), args.as_mut_ptr(), null_mut()) }
 }
 
 fn arg<T>(v: &mut T) -> *mut c_void {
@@ -201,10 +187,7 @@ fn error_names_and_strings() {
     // SAFETY: valid out-pointers; returned strings are static.
     unsafe {
         ok(cuGetErrorName(700, &mut p));
-        assert_eq!(
-            CStr::from_ptr(p).to_str().unwrap(),
-            "CUDA_ERROR_ILLEGAL_ADDRESS"
-        );
+        assert_eq!(CStr::from_ptr(p).to_str().unwrap(), "CUDA_ERROR_ILLEGAL_ADDRESS");
         ok(cuGetErrorString(1, &mut p));
         assert_eq!(CStr::from_ptr(p).to_str().unwrap(), "invalid argument");
         ok(cuGetErrorName(0, &mut p));
@@ -238,11 +221,7 @@ fn memory_alloc_copy_free() {
     let ctx = context();
     let a = alloc(1000);
     assert_eq!(a % 256, 0, "device pointers are 256-byte aligned");
-    assert_eq!(
-        download::<u8>(a, 1000),
-        vec![0u8; 1000],
-        "fresh memory is zeroed"
-    );
+    assert_eq!(download::<u8>(a, 1000), vec![0u8; 1000], "fresh memory is zeroed");
 
     let data: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
     upload(a, &data);
@@ -262,10 +241,7 @@ fn memory_alloc_copy_free() {
     let got = download::<u8>(b, 16);
     assert_eq!(&got[..3], &[0xab; 3]);
     assert_eq!(&got[4..8], &[0x34, 0x12, 0x34, 0x12]);
-    assert_eq!(
-        &got[8..16],
-        &[0xef, 0xbe, 0xad, 0xde, 0xef, 0xbe, 0xad, 0xde]
-    );
+    assert_eq!(&got[8..16], &[0xef, 0xbe, 0xad, 0xde, 0xef, 0xbe, 0xad, 0xde]);
     assert_eq!(cuMemsetD32_v2(b + 2, 0, 1), 1, "misaligned memset");
     assert_eq!(cuMemsetD16_v2(b + 1, 0, 1), 1, "misaligned memset");
 
@@ -380,21 +356,7 @@ fn vector_add_with_kernel_params_and_extra() {
         CU_LAUNCH_PARAM_END,
     ];
     // SAFETY: `extra` is a terminated key/value list with valid pointers.
-    ok(unsafe {
-        cuLaunchKernel(
-            f,
-            4,
-            1,
-            1,
-            256,
-            1,
-            1,
-            0,
-            null_mut(),
-            null_mut(),
-            extra.as_mut_ptr(),
-        )
-    });
+    ok(unsafe { cuLaunchKernel(f, 4, 1, 1, 256, 1, 1, 0, null_mut(), null_mut(), extra.as_mut_ptr()) });
     let c2: Vec<f32> = download(dc, n);
     for i in 0..n {
         assert_eq!(c2[i], c[i] + a[i], "element {i}");
@@ -484,11 +446,7 @@ fn vector_add_with_kernel_params_and_extra() {
     assert_eq!(download::<f32>(dc, n), c);
     assert_eq!(std::mem::size_of::<CUlaunchAttribute>(), 72);
     ok(cuModuleUnload(m));
-    assert_eq!(
-        launch(f, 1, 1, &mut args),
-        400,
-        "function of an unloaded module"
-    );
+    assert_eq!(launch(f, 1, 1, &mut args), 400, "function of an unloaded module");
     ok(cuCtxDestroy_v2(ctx));
 }
 
@@ -564,99 +522,27 @@ fn unknown_kernels_and_bad_launches() {
     // SAFETY: gp_null takes no parameters; all pointers are null or valid.
     unsafe {
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                1,
-                1,
-                1,
-                1025,
-                1,
-                1,
-                0,
-                null_mut(),
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 1, 1, 1, 1025, 1, 1, 0, null_mut(), null_mut(), null_mut()),
             1
         );
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                1,
-                1,
-                1,
-                32,
-                32,
-                2,
-                0,
-                null_mut(),
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 1, 1, 1, 32, 32, 2, 0, null_mut(), null_mut(), null_mut()),
             1
         );
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                1,
-                1,
-                1,
-                1,
-                1,
-                65,
-                0,
-                null_mut(),
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 1, 1, 1, 1, 1, 65, 0, null_mut(), null_mut(), null_mut()),
             1
         );
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                0,
-                1,
-                1,
-                1,
-                1,
-                1,
-                0,
-                null_mut(),
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 0, 1, 1, 1, 1, 1, 0, null_mut(), null_mut(), null_mut()),
             1
         );
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                1,
-                65536,
-                1,
-                1,
-                1,
-                1,
-                0,
-                null_mut(),
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 1, 65536, 1, 1, 1, 1, 0, null_mut(), null_mut(), null_mut()),
             1
         );
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                1,
-                1,
-                1,
-                1,
-                1,
-                1,
-                49153,
-                null_mut(),
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 1, 1, 1, 1, 1, 1, 49153, null_mut(), null_mut(), null_mut()),
             1
         );
         ok(cuLaunchKernel(
@@ -699,19 +585,7 @@ fn unknown_kernels_and_bad_launches() {
             null_mut(),
         ));
         assert_eq!(
-            cuLaunchKernel(
-                null,
-                1,
-                1,
-                1,
-                1,
-                1,
-                1,
-                0,
-                0x77 as CUstream,
-                null_mut(),
-                null_mut()
-            ),
+            cuLaunchKernel(null, 1, 1, 1, 1, 1, 1, 0, 0x77 as CUstream, null_mut(), null_mut()),
             400
         );
         assert_eq!(
@@ -773,26 +647,14 @@ fn param_info_and_function_attributes() {
         }
         assert_eq!(cuFuncGetParamInfo(f, 4, &mut off, &mut size), 1);
         ok(cuFuncGetParamInfo(f, 0, &mut off, null_mut()));
-        assert_eq!(
-            cuFuncGetParamInfo(0x99 as CUfunction, 0, &mut off, &mut size),
-            400
-        );
+        assert_eq!(cuFuncGetParamInfo(0x99 as CUfunction, 0, &mut off, &mut size), 400);
     }
     assert_eq!(layout, vec![(0, 8), (8, 4), (12, 4), (16, 8)]);
 
     let mut v = 0;
     // SAFETY: valid out-pointers.
     unsafe {
-        for (attr, want) in [
-            (0, 1024),
-            (1, 0),
-            (2, 0),
-            (3, 0),
-            (4, 16),
-            (5, 90),
-            (6, 90),
-            (8, 49152),
-        ] {
+        for (attr, want) in [(0, 1024), (1, 0), (2, 0), (3, 0), (4, 16), (5, 90), (6, 90), (8, 49152)] {
             ok(cuFuncGetAttribute(&mut v, attr, f));
             assert_eq!(v, want, "attribute {attr}");
         }
@@ -840,21 +702,11 @@ fn out_of_bounds_kernel_access_faults() {
     let d = alloc(100 * 4);
     // In bounds: fine.
     let (mut p, mut v, mut n) = (d, 1u32, 100i32);
-    ok(launch(
-        f,
-        1,
-        128,
-        &mut [arg(&mut p), arg(&mut v), arg(&mut n)],
-    ));
+    ok(launch(f, 1, 128, &mut [arg(&mut p), arg(&mut v), arg(&mut n)]));
     ok(cuCtxSynchronize());
     // One element past the end: the launch succeeds, the context faults.
     n = 101;
-    ok(launch(
-        f,
-        1,
-        128,
-        &mut [arg(&mut p), arg(&mut v), arg(&mut n)],
-    ));
+    ok(launch(f, 1, 128, &mut [arg(&mut p), arg(&mut v), arg(&mut n)]));
     assert_eq!(cuCtxSynchronize(), 700);
     ok(cuCtxDestroy_v2(ctx));
 
@@ -863,12 +715,7 @@ fn out_of_bounds_kernel_access_faults() {
     let m = load(PTX).unwrap();
     let f = function(m, "gp_fill_u32").unwrap();
     let (mut p, mut v, mut n) = (0x1000u64, 1u32, 1i32);
-    ok(launch(
-        f,
-        1,
-        1,
-        &mut [arg(&mut p), arg(&mut v), arg(&mut n)],
-    ));
+    ok(launch(f, 1, 1, &mut [arg(&mut p), arg(&mut v), arg(&mut n)]));
     assert_eq!(cuCtxSynchronize(), 700);
     ok(cuCtxDestroy_v2(ctx));
 
@@ -877,12 +724,7 @@ fn out_of_bounds_kernel_access_faults() {
     let f = function(m, "gp_fill_u32").unwrap();
     let d = alloc(64);
     let (mut p, mut v, mut n) = (d + 2, 1u32, 1i32);
-    ok(launch(
-        f,
-        1,
-        1,
-        &mut [arg(&mut p), arg(&mut v), arg(&mut n)],
-    ));
+    ok(launch(f, 1, 1, &mut [arg(&mut p), arg(&mut v), arg(&mut n)]));
     assert_eq!(cuCtxSynchronize(), 716);
     ok(cuCtxDestroy_v2(ctx));
 }
@@ -906,19 +748,10 @@ fn primary_context_lifecycle_and_reset() {
         ok(cuDevicePrimaryCtxRelease_v2(0));
     }
     ok(cuCtxSetCurrent(ctx));
-    assert_eq!(
-        cuCtxDestroy_v2(ctx),
-        201,
-        "primary contexts are not destroyed"
-    );
+    assert_eq!(cuCtxDestroy_v2(ctx), 201, "primary contexts are not destroyed");
     let m = load(PTX).unwrap();
     let mut p = alloc(64);
-    ok(launch(
-        function(m, "gp_fault").unwrap(),
-        1,
-        1,
-        &mut [arg(&mut p)],
-    ));
+    ok(launch(function(m, "gp_fault").unwrap(), 1, 1, &mut [arg(&mut p)]));
     assert_eq!(cuCtxSynchronize(), 700);
 
     // Reset clears the sticky error along with every resource.
@@ -962,19 +795,12 @@ fn module_globals() {
         ok(cuModuleGetGlobal_v2(&mut again, null_mut(), m, g.as_ptr()));
         assert_eq!(again, dptr);
         assert_eq!(download::<u32>(dptr, 16), vec![5u32; 16]);
-        assert_eq!(
-            cuMemFree_v2(dptr),
-            1,
-            "module memory is not cuMemAlloc memory"
-        );
+        assert_eq!(cuMemFree_v2(dptr), 1, "module memory is not cuMemAlloc memory");
 
         ok(cuModuleGetGlobal_v2(&mut dptr, &mut size, m, c.as_ptr()));
         assert_eq!(size, 4);
         assert_eq!(download::<u32>(dptr, 1), vec![42]);
-        assert_eq!(
-            cuModuleGetGlobal_v2(&mut dptr, &mut size, m, missing.as_ptr()),
-            500
-        );
+        assert_eq!(cuModuleGetGlobal_v2(&mut dptr, &mut size, m, missing.as_ptr()), 500);
         assert_eq!(
             cuModuleGetGlobal_v2(&mut dptr, &mut size, 0x55 as CUmodule, c.as_ptr()),
             400
@@ -994,20 +820,14 @@ fn bad_images() {
         load(".version 8.0\n.target sm_90\n.entry k(.param .u64 a { ret; }").unwrap_err(),
         218
     );
-    assert_eq!(
-        load(".version 8.0\n.target sm_90\n.entry k() { ret;").unwrap_err(),
-        218
-    );
+    assert_eq!(load(".version 8.0\n.target sm_90\n.entry k() { ret;").unwrap_err(), 218);
     assert_eq!(load(".version 12.0\n.target sm_90\n").unwrap_err(), 222);
     let mut m = null_mut();
     // SAFETY: null image is rejected before being read.
     assert_eq!(unsafe { cuModuleLoadData(&mut m, std::ptr::null()) }, 1);
     let elf = b"\x7fELF\x02\x01\x01\0";
     // SAFETY: NUL-terminated image.
-    assert_eq!(
-        unsafe { cuModuleLoadData(&mut m, elf.as_ptr().cast()) },
-        200
-    );
+    assert_eq!(unsafe { cuModuleLoadData(&mut m, elf.as_ptr().cast()) }, 200);
     let src = CString::new(PTX).unwrap();
     // SAFETY: valid out-pointer and image; options are ignored.
     ok(unsafe { cuModuleLoadDataEx(&mut m, src.as_ptr().cast(), 0, null_mut(), null_mut()) });
@@ -1118,19 +938,11 @@ fn streams_and_events() {
         ok(cuEventCreate(&mut e0, 0));
         ok(cuEventCreate(&mut e1, 0));
         ok(cuEventCreate(&mut nt, 2));
-        assert_eq!(
-            cuEventCreate(&mut nt, 4),
-            1,
-            "interprocess needs DISABLE_TIMING"
-        );
+        assert_eq!(cuEventCreate(&mut nt, 4), 1, "interprocess needs DISABLE_TIMING");
         ok(cuEventQuery(e0));
         assert_eq!(cuEventElapsedTime(&mut ms, e0, e1), 400, "never recorded");
         ok(cuEventRecord(e0, s));
-        assert_eq!(
-            cuEventElapsedTime(&mut ms, e0, e1),
-            400,
-            "end never recorded"
-        );
+        assert_eq!(cuEventElapsedTime(&mut ms, e0, e1), 400, "end never recorded");
         std::thread::sleep(std::time::Duration::from_millis(5));
         ok(cuEventRecord(e1, null_mut()));
         ok(cuEventSynchronize(e1));
@@ -1195,17 +1007,13 @@ fn limits_and_occupancy() {
     let mut smem = 0usize;
     // SAFETY: valid out-pointers; the cluster config is valid.
     unsafe {
-        ok(cuOccupancyMaxActiveBlocksPerMultiprocessor(
-            &mut n, f, 256, 0,
-        ));
+        ok(cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, 256, 0));
         assert_eq!(n, 8);
         ok(cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
             &mut n, f, 1000, 0, 0,
         ));
         assert_eq!(n, 2);
-        ok(cuOccupancyMaxActiveBlocksPerMultiprocessor(
-            &mut n, f, 2048, 0,
-        ));
+        ok(cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, f, 2048, 0));
         assert_eq!(n, 0);
         ok(cuOccupancyMaxPotentialBlockSize(
             &mut grid,
@@ -1225,9 +1033,7 @@ fn limits_and_occupancy() {
             256,
         ));
         assert_eq!((grid, block), (132 * 8, 256));
-        ok(cuOccupancyAvailableDynamicSMemPerBlock(
-            &mut smem, f, 1, 128,
-        ));
+        ok(cuOccupancyAvailableDynamicSMemPerBlock(&mut smem, f, 1, 128));
         assert_eq!(smem, 232448);
         let cfg = CUlaunchConfig {
             gridDimX: 1,
@@ -1263,12 +1069,7 @@ fn concurrent_contexts_on_threads() {
                 let d = alloc(4096 * 4);
                 for round in 0..20u32 {
                     let (mut p, mut v, mut n) = (d, t * 1000 + round, 4096i32);
-                    ok(launch(
-                        f,
-                        16,
-                        256,
-                        &mut [arg(&mut p), arg(&mut v), arg(&mut n)],
-                    ));
+                    ok(launch(f, 16, 256, &mut [arg(&mut p), arg(&mut v), arg(&mut n)]));
                     assert_eq!(download::<u32>(d, 4096), vec![t * 1000 + round; 4096]);
                 }
                 ok(cuCtxDestroy_v2(ctx));
