@@ -34,16 +34,27 @@ struct Pending {
 struct Waiter {
     slot: Mutex<Option<Result<Reply, CuError>>>,
     ready: Condvar,
+    /// Set once the slot is filled: lets the waiter spin briefly before
+    /// sleeping, which saves a thread wake-up on a loopback-fast reply.
+    filled: AtomicBool,
 }
+
+/// How long a caller spins for its reply before sleeping.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 impl Waiter {
     fn deliver(&self, value: Result<Reply, CuError>) {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(value);
+        self.filled.store(true, Ordering::Release);
         self.ready.notify_one();
     }
 
     fn wait(&self) -> Result<Reply, CuError> {
+        let start = std::time::Instant::now();
+        while !self.filled.load(Ordering::Acquire) && start.elapsed() < SPIN {
+            std::hint::spin_loop();
+        }
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(v) = slot.take() {

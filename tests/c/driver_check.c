@@ -322,6 +322,27 @@ int main(int argc, char **argv) {
         double el = now_us() - t0;
         printf("BENCH launches_per_s %.0f\n", launches / (el / 1e6));
         CHECK(cuMemFree(p));
+    } else if (!strcmp(mode, "bw")) {
+        size_t max_mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 256;
+        size_t max = max_mib << 20;
+        unsigned char *host = malloc(max);
+        memset(host, 1, max);
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, max));
+        for (size_t size = 4096; size <= max; size *= 4) {
+            int reps = (int)((256u << 20) / size);
+            if (reps < 3) reps = 3;
+            if (reps > 2000) reps = 2000;
+            double t0 = now_us();
+            for (int i = 0; i < reps; i++) CHECK(cuMemcpyHtoD(p, host, size));
+            double h2d = now_us() - t0;
+            t0 = now_us();
+            for (int i = 0; i < reps; i++) CHECK(cuMemcpyDtoH(host, p, size));
+            double d2h = now_us() - t0;
+            printf("BENCH bw size=%zu htod_MBps=%.1f dtoh_MBps=%.1f\n", size, size * reps / h2d, size * reps / d2h);
+            if (size * 4 > max && size != max) size = max / 4;
+        }
+        CHECK(cuMemFree(p));
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;
