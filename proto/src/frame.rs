@@ -26,8 +26,7 @@ pub const DEFAULT_MAX_FRAME: u64 = 64 << 20;
 /// Size of the chunks bulk copies are cut into, so that network transfer
 /// of one chunk overlaps the device copy of the previous one.
 pub const COPY_CHUNK: usize = 1 << 20;
-/// Bulk tails up to this size are written with their header in one buffer
-/// (one system call, one packet for small frames).
+/// Bulk tails up to this size are written with their header in one buffer.
 const COALESCE_LIMIT: usize = 64 << 10;
 
 /// A decoded frame header.
@@ -94,21 +93,21 @@ impl FrameHeader {
     }
 }
 
-/// Encode a whole frame (header, message, bulk) into `out`, which is cleared
-/// first. Used where the caller wants the bytes rather than a writer.
-pub fn encode_frame<T: Serialize>(
+/// Encode a frame's header and message into `out` (cleared first), for a
+/// bulk tail of `bulk_len` bytes that the caller appends or writes after.
+fn encode_head<T: Serialize>(
     out: &mut Vec<u8>,
     id: u64,
     flags: u32,
     msg: &T,
-    bulk: &[u8],
+    bulk_len: usize,
     max_body: u64,
 ) -> Result<(), ProtoError> {
     out.clear();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     codec::encode_into(msg, out)?;
     let msg_len = out.len() - HEADER_LEN;
-    let body = msg_len as u64 + bulk.len() as u64;
+    let body = msg_len as u64 + bulk_len as u64;
     if body > max_body {
         return Err(ProtoError::FrameTooLarge {
             size: body,
@@ -119,14 +118,30 @@ pub fn encode_frame<T: Serialize>(
         id,
         flags,
         msg_len: msg_len as u32,
-        bulk_len: bulk.len() as u64,
+        bulk_len: bulk_len as u64,
     };
     out[..HEADER_LEN].copy_from_slice(&header.encode());
+    Ok(())
+}
+
+/// Encode a whole frame (header, message, bulk) into `out`, which is cleared
+/// first. Used where the caller wants the bytes rather than a writer.
+pub fn encode_frame<T: Serialize>(
+    out: &mut Vec<u8>,
+    id: u64,
+    flags: u32,
+    msg: &T,
+    bulk: &[u8],
+    max_body: u64,
+) -> Result<(), ProtoError> {
+    encode_head(out, id, flags, msg, bulk.len(), max_body)?;
     out.extend_from_slice(bulk);
     Ok(())
 }
 
 /// Write one frame. `scratch` is reused between calls to avoid allocation.
+/// Small bulk tails go out in the same write as the header (one system call,
+/// one packet); large ones are written from where they are, uncopied.
 pub fn write_frame<W: Write + ?Sized, T: Serialize>(
     w: &mut W,
     scratch: &mut Vec<u8>,
@@ -140,22 +155,7 @@ pub fn write_frame<W: Write + ?Sized, T: Serialize>(
         encode_frame(scratch, id, flags, msg, bulk, max_body)?;
         w.write_all(scratch)?;
     } else {
-        encode_frame(scratch, id, flags, msg, &[], max_body)?;
-        let msg_len = (scratch.len() - HEADER_LEN) as u32;
-        let body = msg_len as u64 + bulk.len() as u64;
-        if body > max_body {
-            return Err(ProtoError::FrameTooLarge {
-                size: body,
-                limit: max_body,
-            });
-        }
-        let header = FrameHeader {
-            id,
-            flags,
-            msg_len,
-            bulk_len: bulk.len() as u64,
-        };
-        scratch[..HEADER_LEN].copy_from_slice(&header.encode());
+        encode_head(scratch, id, flags, msg, bulk.len(), max_body)?;
         w.write_all(scratch)?;
         w.write_all(bulk)?;
     }

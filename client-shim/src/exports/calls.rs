@@ -634,6 +634,20 @@ fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
     );
 }
 
+/// Record a module or library global the server reported and hand its
+/// address and size to the program.
+unsafe fn deliver_global(s: &Shim, ctx: Handle, reply: Reply, ptr: *mut CUdeviceptr, bytes: *mut usize) -> CuResult {
+    let Reply::Global { ptr: p, size } = reply else {
+        return Err(CuError::UNKNOWN);
+    };
+    record_global(s, ctx, p, size);
+    unsafe {
+        out_opt(ptr, p);
+        out_opt(bytes, size as usize);
+    }
+    Ok(())
+}
+
 pub unsafe fn module_get_global(
     ptr: *mut CUdeviceptr,
     bytes: *mut usize,
@@ -651,15 +665,7 @@ pub unsafe fn module_get_global(
         },
         &[],
     )? {
-        Reply::Global { ptr: p, size } => {
-            record_global(s, ctx, p, size);
-            unsafe {
-                out_opt(ptr, p);
-                out_opt(bytes, size as usize);
-            }
-            Ok(())
-        }
-        _ => Err(CuError::UNKNOWN),
+        reply => unsafe { deliver_global(s, ctx, reply, ptr, bytes) },
     }
 }
 
@@ -829,15 +835,7 @@ pub unsafe fn library_get_global(
         },
         &[],
     )? {
-        Reply::Global { ptr: p, size } => {
-            record_global(s, ctx, p, size);
-            unsafe {
-                out_opt(ptr, p);
-                out_opt(bytes, size as usize);
-            }
-            Ok(())
-        }
-        _ => Err(CuError::UNKNOWN),
+        reply => unsafe { deliver_global(s, ctx, reply, ptr, bytes) },
     }
 }
 
