@@ -448,7 +448,7 @@ pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::CtxGetLimit { ctx, limit }, &[])? {
+    let reply = s.remote.call(&Request::CtxGetLimit { ctx, limit }, &[])? {
         Reply::Size(v) => unsafe { out(value, v as usize) },
         _ => Err(CuError::UNKNOWN),
     }
@@ -664,9 +664,8 @@ pub unsafe fn module_get_global(
             name,
         },
         &[],
-    )? {
-        reply => unsafe { deliver_global(s, ctx, reply, ptr, bytes) },
-    }
+    )?;
+    unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
 fn cached_attribute(
@@ -690,7 +689,7 @@ pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfu
     let func = handle(function);
     let v = cached_attribute(&s.func_attributes, (func, attribute), || {
         let ctx = current_ctx()?;
-        match s.remote.call(
+        let reply = s.remote.call(
             &Request::FuncGetAttribute {
                 ctx,
                 func,
@@ -834,9 +833,8 @@ pub unsafe fn library_get_global(
             name,
         },
         &[],
-    )? {
-        reply => unsafe { deliver_global(s, ctx, reply, ptr, bytes) },
-    }
+    )?;
+    unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
 pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -> CuResult {
