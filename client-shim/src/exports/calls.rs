@@ -448,7 +448,7 @@ pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    let reply = s.remote.call(&Request::CtxGetLimit { ctx, limit }, &[])? {
+    match s.remote.call(&Request::CtxGetLimit { ctx, limit }, &[])? {
         Reply::Size(v) => unsafe { out(value, v as usize) },
         _ => Err(CuError::UNKNOWN),
     }
@@ -657,7 +657,7 @@ pub unsafe fn module_get_global(
     let s = shim()?;
     let ctx = current_ctx()?;
     let name = unsafe { c_string(name)? };
-    match s.remote.call(
+    let reply = s.remote.call(
         &Request::ModuleGetGlobal {
             ctx,
             module: handle(module),
@@ -689,7 +689,7 @@ pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfu
     let func = handle(function);
     let v = cached_attribute(&s.func_attributes, (func, attribute), || {
         let ctx = current_ctx()?;
-        let reply = s.remote.call(
+        match s.remote.call(
             &Request::FuncGetAttribute {
                 ctx,
                 func,
@@ -826,7 +826,7 @@ pub unsafe fn library_get_global(
     let s = shim()?;
     let ctx = current_ctx()?;
     let name = unsafe { c_string(name)? };
-    match s.remote.call(
+    let reply = s.remote.call(
         &Request::LibraryGetGlobal {
             ctx,
             library: handle(library),
