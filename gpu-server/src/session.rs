@@ -204,15 +204,13 @@ impl Daemon {
     fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let client = format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program);
         let mut cmd = std::process::Command::new(&self.launcher.exe);
         cmd.arg("worker").arg("--session").arg(session.to_string());
         if let Some(c) = &self.launcher.config_file {
             cmd.arg("--config").arg(c);
         }
-        cmd.env(
-            "GPUPOOL_CLIENT",
-            format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program),
-        );
+        cmd.env("GPUPOOL_CLIENT", &client);
         let raw = fd.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls run:
         // dup2 puts the session's socket at fd 3 (clearing close-on-exec),
@@ -231,7 +229,7 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot start worker {}: {e}", self.launcher.exe.display()))?;
         drop(fd);
         self.live.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(session, client = %format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program), pid = child.id(), "session started");
+        tracing::info!(session, client = %client, pid = child.id(), "session started");
         let d = Arc::clone(self);
         std::thread::Builder::new()
             .name(format!("session-{session}"))

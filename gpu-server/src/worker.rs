@@ -1014,18 +1014,22 @@ impl<'d> Worker<'d> {
             self.driver
                 .cuModuleGetGlobal_v2(&mut p, &mut size, as_ptr(module), name.as_ptr())
         }?;
+        Ok(self.register_global(ctx, p, size as u64))
+    }
+
+    /// Let the client address a module or library global it looked up. A
+    /// global looked up twice is the same region, so a refusal to re-add it
+    /// is expected and ignored.
+    fn register_global(&mut self, ctx: Handle, ptr: u64, size: u64) -> Reply {
         let _ = self.tables.add_region(
-            p,
+            ptr,
             Region {
-                size: size as u64,
+                size,
                 ctx,
                 global: true,
             },
         );
-        Ok(Reply::Global {
-            ptr: p,
-            size: size as u64,
-        })
+        Reply::Global { ptr, size }
     }
 
     fn library_load(&mut self, image: &[u8]) -> DriverResult<Reply> {
@@ -1084,18 +1088,7 @@ impl<'d> Worker<'d> {
             self.driver
                 .cuLibraryGetGlobal(&mut p, &mut size, as_ptr(library), name.as_ptr())
         }?;
-        let _ = self.tables.add_region(
-            p,
-            Region {
-                size: size as u64,
-                ctx,
-                global: true,
-            },
-        );
-        Ok(Reply::Global {
-            ptr: p,
-            size: size as u64,
-        })
+        Ok(self.register_global(ctx, p, size as u64))
     }
 
     fn kernel_get_function(&mut self, ctx: Handle, kernel: Handle) -> DriverResult<Reply> {
@@ -1309,8 +1302,8 @@ impl<'d> Worker<'d> {
     }
 }
 
-/// Read a module image from the bulk tail, validating its form: an ELF
-/// cubin, a fat binary, or PTX text (which must end in NUL within the image).
+/// Read a module image from the bulk tail, with a NUL appended (its form is
+/// checked by `image_kind_ok` before the driver sees it).
 fn read_image<R: Read>(reader: &mut R, len: u64) -> Result<Vec<u8>, ProtoError> {
     let mut image = vec![0u8; len as usize];
     frame::read_bulk(reader, &mut image)?;

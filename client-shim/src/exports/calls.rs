@@ -668,9 +668,10 @@ pub unsafe fn module_get_global(
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
-fn cached_attribute(
-    map: &std::sync::RwLock<std::collections::HashMap<(Handle, i32), i32>>,
-    key: (Handle, i32),
+/// An attribute from `map`, fetched once with `fetch` when absent.
+fn cached_attribute<K: std::hash::Hash + Eq>(
+    map: &std::sync::RwLock<std::collections::HashMap<K, i32>>,
+    key: K,
     fetch: impl FnOnce() -> CuResult<i32>,
 ) -> CuResult<i32> {
     if let Some(v) = read(map).get(&key) {
@@ -860,22 +861,20 @@ pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUke
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    let key = (handle(kernel), attribute, device);
-    if let Some(v) = read(&s.kernel_attributes).get(&key) {
-        return unsafe { out(value, *v) };
-    }
-    let v = match s.remote.call(
-        &Request::KernelGetAttribute {
-            kernel: key.0,
-            attr: attribute,
-            device,
-        },
-        &[],
-    )? {
-        Reply::Int(v) => v as i32,
-        _ => return Err(CuError::UNKNOWN),
-    };
-    write(&s.kernel_attributes).insert(key, v);
+    let kernel = handle(kernel);
+    let v = cached_attribute(&s.kernel_attributes, (kernel, attribute, device), || {
+        match s.remote.call(
+            &Request::KernelGetAttribute {
+                kernel,
+                attr: attribute,
+                device,
+            },
+            &[],
+        )? {
+            Reply::Int(v) => Ok(v as i32),
+            _ => Err(CuError::UNKNOWN),
+        }
+    })?;
     unsafe { out(value, v) }
 }
 
