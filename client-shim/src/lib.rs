@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod exports;
+pub mod integrity;
 pub mod procaddr;
 pub mod remote;
 pub mod report;

@@ -21,7 +21,7 @@ static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
 /// Driver API version gpupool presents.
 const API_VERSION: u32 = 13000;
 
-fn shim() -> CuResult<&'static Shim> {
+pub(super) fn shim() -> CuResult<&'static Shim> {
     match SHIM.get() {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) => Err(*e),
@@ -56,7 +56,7 @@ fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Write an out-parameter, refusing NULL.
-unsafe fn out<T>(ptr: *mut T, value: T) -> CuResult {
+pub(super) unsafe fn out<T>(ptr: *mut T, value: T) -> CuResult {
     if ptr.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
@@ -130,12 +130,16 @@ pub unsafe fn init(flags: u32) -> CuResult {
     result.as_ref().map(|_| ()).map_err(|e| *e)
 }
 
-pub unsafe fn driver_get_version(version: *mut i32) -> CuResult {
-    let v = match SHIM.get() {
+/// The driver version the program is told (and the integrity hash covers).
+pub(super) fn reported_driver_version() -> i32 {
+    match SHIM.get() {
         Some(Ok(s)) => s.remote.session.driver_version.min(API_VERSION as i32),
         _ => API_VERSION as i32,
-    };
-    unsafe { out(version, v) }
+    }
+}
+
+pub unsafe fn driver_get_version(version: *mut i32) -> CuResult {
+    unsafe { out(version, reported_driver_version()) }
 }
 
 pub unsafe fn get_error_name(err: CUresult, text: *mut *const c_char) -> CuResult {
@@ -206,12 +210,27 @@ pub unsafe fn get_export_table(table: *mut *const c_void, uuid: *const u8) -> Cu
     if table.is_null() || uuid.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    // SAFETY: a CUuuid is 16 bytes.
-    let id = unsafe { std::slice::from_raw_parts(uuid, 16) };
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    tracing::warn!(table = %hex, "cuGetExportTable: export tables are not served yet; returning CUDA_ERROR_NOT_SUPPORTED");
-    unsafe { out(table, std::ptr::null()) }?;
-    Err(CuError::NOT_SUPPORTED)
+    let mut id = [0u8; 16];
+    // SAFETY: a CUuuid is 16 readable bytes.
+    unsafe { std::ptr::copy_nonoverlapping(uuid, id.as_mut_ptr(), 16) };
+    match super::tables::lookup(&id) {
+        Some(t) => unsafe { out(table, t) },
+        None => {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            tracing::warn!(table = %hex, "cuGetExportTable: gpupool does not serve this table");
+            unsafe { out(table, std::ptr::null()) }?;
+            Err(CuError::NOT_SUPPORTED)
+        }
+    }
+}
+
+/// `cuModuleGetLoadingMode`: lazy unless the program's environment asks for
+/// eager loading, as the driver decides (`CUDA_MODULE_LOADING`).
+pub unsafe fn module_get_loading_mode(mode: *mut i32) -> CuResult {
+    const EAGER: i32 = 1;
+    const LAZY: i32 = 2;
+    let eager = std::env::var("CUDA_MODULE_LOADING").is_ok_and(|v| v.eq_ignore_ascii_case("EAGER"));
+    unsafe { out(mode, if eager { EAGER } else { LAZY }) }
 }
 
 // ---- devices ------------------------------------------------------------
@@ -268,6 +287,28 @@ pub unsafe fn device_get_attribute(value: *mut i32, attribute: i32, device: CUde
 
 // ---- primary contexts ---------------------------------------------------
 
+/// The primary context of `device` on the server, created on first use.
+fn primary_handle(s: &Shim, p: &mut state::Primary, device: CUdevice) -> CuResult<Handle> {
+    if let Some(h) = p.handle {
+        return Ok(h);
+    }
+    let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])? else {
+        return Err(CuError::UNKNOWN);
+    };
+    write(&s.contexts).insert(h, device);
+    p.handle = Some(h);
+    Ok(h)
+}
+
+/// The primary context of a device without retaining it (cudart's interface
+/// table asks for it this way).
+pub(super) fn primary_context(device: CUdevice) -> CuResult<Handle> {
+    let s = shim()?;
+    s.device(device)?;
+    let mut primaries = lock(&s.primaries);
+    primary_handle(s, &mut primaries[device as usize], device)
+}
+
 pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, device: CUdevice) -> CuResult {
     let s = shim()?;
     s.device(device)?;
@@ -276,17 +317,7 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, device: CUdevice) -> CuRes
     }
     let mut primaries = lock(&s.primaries);
     let p = &mut primaries[device as usize];
-    let h = match p.handle {
-        Some(h) => h,
-        None => {
-            let Reply::Handle(h) = s.remote.call(&Request::PrimaryCtxRetain { device }, &[])? else {
-                return Err(CuError::UNKNOWN);
-            };
-            write(&s.contexts).insert(h, device);
-            p.handle = Some(h);
-            h
-        }
-    };
+    let h = primary_handle(s, p, device)?;
     p.retains += 1;
     unsafe { out(ctx, as_ptr(h)) }
 }
@@ -294,18 +325,24 @@ pub unsafe fn primary_ctx_retain(ctx: *mut CUcontext, device: CUdevice) -> CuRes
 pub unsafe fn primary_ctx_release(device: CUdevice) -> CuResult {
     let s = shim()?;
     s.device(device)?;
-    let mut primaries = lock(&s.primaries);
-    let p = &mut primaries[device as usize];
-    if p.retains == 0 {
-        return Err(CuError::INVALID_CONTEXT);
-    }
-    p.retains -= 1;
-    if p.retains == 0 {
-        if let Some(h) = p.handle.take() {
-            write(&s.contexts).remove(&h);
-            s.forget_context_memory(h);
-            s.remote.post(&Request::PrimaryCtxRelease { device }, &[])?;
+    let gone = {
+        let mut primaries = lock(&s.primaries);
+        let p = &mut primaries[device as usize];
+        if p.retains == 0 {
+            return Err(CuError::INVALID_CONTEXT);
         }
+        p.retains -= 1;
+        if p.retains == 0 {
+            p.handle.take()
+        } else {
+            None
+        }
+    };
+    if let Some(h) = gone {
+        super::tables::context_gone(h);
+        write(&s.contexts).remove(&h);
+        s.forget_context_memory(h);
+        s.remote.post(&Request::PrimaryCtxRelease { device }, &[])?;
     }
     Ok(())
 }
@@ -334,15 +371,19 @@ pub unsafe fn primary_ctx_get_state(device: CUdevice, flags: *mut u32, active: *
 pub unsafe fn primary_ctx_reset(device: CUdevice) -> CuResult {
     let s = shim()?;
     s.device(device)?;
-    s.remote.call(&Request::PrimaryCtxReset { device }, &[])?;
-    let mut primaries = lock(&s.primaries);
-    let p = &mut primaries[device as usize];
-    if let Some(h) = p.handle.take() {
+    let gone = {
+        let mut primaries = lock(&s.primaries);
+        let p = &mut primaries[device as usize];
+        p.retains = 0;
+        p.flags = 0;
+        p.handle.take()
+    };
+    if let Some(h) = gone {
+        super::tables::context_gone(h);
         write(&s.contexts).remove(&h);
         s.forget_context_memory(h);
     }
-    p.retains = 0;
-    p.flags = 0;
+    s.remote.call(&Request::PrimaryCtxReset { device }, &[])?;
     Ok(())
 }
 
@@ -377,6 +418,7 @@ pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
     if removed.is_none() {
         return Err(CuError::INVALID_CONTEXT);
     }
+    super::tables::context_gone(h);
     state::drop_from_stack(h);
     s.forget_context_memory(h);
     s.remote.post(&Request::CtxDestroy { ctx: h }, &[])
@@ -554,7 +596,7 @@ unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
 }
 
-unsafe fn load_module(module: *mut CUmodule, image: *const c_void) -> CuResult {
+pub(super) unsafe fn load_module(module: *mut CUmodule, image: *const c_void) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
     if module.is_null() {

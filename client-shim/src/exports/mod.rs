@@ -13,6 +13,7 @@
 )]
 
 pub(crate) mod calls;
+pub(crate) mod tables;
 
 use crate::error::CuError;
 use std::collections::HashSet;
