@@ -45,6 +45,37 @@ pub struct DeviceRange {
 /// A function's parameters: (offset, size) in declaration order.
 pub type ParamLayout = Arc<Vec<(u32, u32)>>;
 
+/// A library the program loaded: held in the shim and shipped to the server
+/// when one of its kernels or globals is first used.
+pub struct LazyLibrary {
+    pub image: Vec<u8>,
+    pub sha256: [u8; 32],
+    /// The kernel names the image defines, when it could be read.
+    pub kernels: Option<HashSet<String>>,
+    /// The server's library, once loaded there.
+    pub remote: Mutex<Option<Handle>>,
+}
+
+/// A kernel looked up in a lazy library: resolved on the server at first use.
+pub struct LazyKernel {
+    pub library: Arc<LazyLibrary>,
+    pub name: String,
+    pub remote: Mutex<Option<Handle>>,
+}
+
+/// Handles the shim makes itself carry this tag: addresses in the upper half,
+/// which no user-space pointer of the server can have.
+const LOCAL_TAG: u64 = 0xffff_c000_0000_0000;
+
+pub fn is_local(h: Handle) -> bool {
+    h & LOCAL_TAG == LOCAL_TAG
+}
+
+fn new_local_handle() -> Handle {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    LOCAL_TAG | (NEXT.fetch_add(1, Ordering::Relaxed) << 4)
+}
+
 /// Attribute numbers are small; a dense table answers them by index.
 const MAX_ATTRIBUTE: usize = 256;
 
@@ -61,6 +92,10 @@ pub struct Shim {
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
     pub host_memory: Mutex<BTreeMap<usize, usize>>,
     pub stream_contexts: RwLock<HashMap<Handle, Handle>>,
+    pub libraries: RwLock<HashMap<Handle, Arc<LazyLibrary>>>,
+    pub lazy_kernels: RwLock<HashMap<Handle, Arc<LazyKernel>>>,
+    /// (library, kernel name) -> kernel handle, so a name maps to one handle.
+    pub kernel_names: Mutex<HashMap<(Handle, String), Handle>>,
 }
 
 thread_local! {
@@ -100,7 +135,57 @@ impl Shim {
             device_memory: Mutex::default(),
             host_memory: Mutex::default(),
             stream_contexts: RwLock::default(),
+            libraries: RwLock::default(),
+            lazy_kernels: RwLock::default(),
+            kernel_names: Mutex::default(),
         }
+    }
+
+    /// Keep a library; its handle.
+    pub fn add_library(&self, lib: LazyLibrary) -> Handle {
+        let h = new_local_handle();
+        self.libraries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h, Arc::new(lib));
+        h
+    }
+
+    /// The handle of kernel `name` of `library`, made on first lookup.
+    pub fn lazy_kernel(&self, library: Handle, lib: &Arc<LazyLibrary>, name: &str) -> Handle {
+        let mut names = self.kernel_names.lock().unwrap_or_else(|p| p.into_inner());
+        *names.entry((library, name.to_owned())).or_insert_with(|| {
+            let h = new_local_handle();
+            let k = LazyKernel {
+                library: Arc::clone(lib),
+                name: name.to_owned(),
+                remote: Mutex::new(None),
+            };
+            self.lazy_kernels
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(h, Arc::new(k));
+            h
+        })
+    }
+
+    /// Forget a library and its kernels; the library, if it was found.
+    pub fn remove_library(&self, library: Handle) -> Option<Arc<LazyLibrary>> {
+        let lib = self
+            .libraries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&library)?;
+        let mut names = self.kernel_names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kernels = self.lazy_kernels.write().unwrap_or_else(|p| p.into_inner());
+        names.retain(|(l, _), h| {
+            let keep = *l != library;
+            if !keep {
+                kernels.remove(h);
+            }
+            keep
+        });
+        Some(lib)
     }
 
     pub fn device(&self, ordinal: i32) -> CuResult<&DeviceInfo> {

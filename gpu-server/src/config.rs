@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub server_id: String,
     /// Most concurrent sessions (worker processes).
     pub max_sessions: usize,
+    /// Disk space for code images kept by content (`<state_dir>/images`), MiB.
+    pub image_cache_mib: u64,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +48,7 @@ impl Default for ServerConfig {
             require_lease: false,
             server_id: String::new(),
             max_sessions: 256,
+            image_cache_mib: 4096,
         }
     }
 }
@@ -134,6 +137,11 @@ impl ServerConfig {
             self.max_sessions = v
                 .parse()
                 .map_err(|_| bad("GPUPOOL_MAX_SESSIONS", &v, "expected a number"))?;
+        }
+        if let Some(v) = get("GPUPOOL_IMAGE_CACHE_MIB") {
+            self.image_cache_mib = v
+                .parse()
+                .map_err(|_| bad("GPUPOOL_IMAGE_CACHE_MIB", &v, "expected a number of MiB"))?;
         }
         Ok(())
     }

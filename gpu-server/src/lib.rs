@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod images;
 pub mod session;
 pub mod tables;
 pub mod worker;

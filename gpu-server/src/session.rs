@@ -5,6 +5,7 @@
 //! crash, sticky error or leak stays inside its own worker.
 
 use crate::config::ServerConfig;
+use crate::images::ImageCache;
 use gpupool_proto::codec;
 use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
 use gpupool_proto::handshake::{Hello, Welcome};
@@ -323,7 +324,8 @@ pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::R
         }
     };
     let info = Worker::session_info(&driver, session_id, &cfg.server_id, cfg.simulated);
-    let mut worker = Worker::new(&driver, session_id, cfg.max_frame);
+    let images = ImageCache::open(&cfg.state_dir.join("images"), cfg.image_cache_mib << 20);
+    let mut worker = Worker::new(&driver, session_id, cfg.max_frame).with_image_cache(images);
     worker.welcome(&mut writer, info)?;
     let (end, freed) = worker.serve(reader, writer);
     let how = match &end {

@@ -8,6 +8,7 @@
 //! is freed before the process exits.
 
 use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, Ptr, Status};
+use crate::images::ImageCache;
 use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
@@ -73,6 +74,8 @@ pub struct Worker<'d> {
     max_frame: u64,
     scratch: Vec<u8>,
     msg: Vec<u8>,
+    /// Images by content, shared with the server's other workers.
+    images: Option<ImageCache>,
     pub session_id: u64,
     pub calls: u64,
 }
@@ -99,9 +102,16 @@ impl<'d> Worker<'d> {
             max_frame,
             scratch: Vec::new(),
             msg: Vec::new(),
+            images: None,
             session_id,
             calls: 0,
         }
+    }
+
+    /// Load and keep images by content in `cache`.
+    pub fn with_image_cache(mut self, cache: Option<ImageCache>) -> Self {
+        self.images = cache;
+        self
     }
 
     /// The devices this session offers, as the handshake describes them.
@@ -237,7 +247,7 @@ impl<'d> Worker<'d> {
         // a protocol violation.
         let carries_bulk = matches!(
             request,
-            Request::MemcpyHtoD { .. } | Request::ModuleLoad { .. } | Request::LibraryLoad | Request::Launch(_)
+            Request::MemcpyHtoD { .. } | Request::ModuleLoad { .. } | Request::LibraryLoad { .. } | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
             return Err(ProtoError::Malformed(format!(
@@ -280,14 +290,22 @@ impl<'d> Worker<'d> {
                 };
                 Reply::Done(status)
             }
-            Request::ModuleLoad { ctx } => {
-                let image = read_image(reader, header.bulk_len)?;
-                to_reply(self.module_load(ctx, &image))
-            }
-            Request::LibraryLoad => {
-                let image = read_image(reader, header.bulk_len)?;
-                to_reply(self.library_load(&image))
-            }
+            Request::ModuleLoad { ctx, sha256 } => match self.image(reader, header.bulk_len, &sha256)? {
+                Some((image, fresh)) => {
+                    let r = self.module_load(ctx, &image);
+                    self.cache_loaded(&r, &image, fresh);
+                    to_reply(r)
+                }
+                None => Reply::ImageUnknown,
+            },
+            Request::LibraryLoad { sha256 } => match self.image(reader, header.bulk_len, &sha256)? {
+                Some((image, fresh)) => {
+                    let r = self.library_load(&image);
+                    self.cache_loaded(&r, &image, fresh);
+                    to_reply(r)
+                }
+                None => Reply::ImageUnknown,
+            },
             Request::Launch(launch) => {
                 let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
                 // SAFETY: viewing the u64 buffer as bytes; the length is within it.
@@ -532,9 +550,11 @@ impl<'d> Worker<'d> {
                     .and_then(|()| self.layout(func, kernel).map(Reply::Params)),
             ),
             // Bulk-carrying requests are handled by `execute`.
-            R::MemcpyHtoD { .. } | R::MemcpyDtoH { .. } | R::ModuleLoad { .. } | R::LibraryLoad | R::Launch(_) => {
-                Reply::Status(INVALID_VALUE)
-            }
+            R::MemcpyHtoD { .. }
+            | R::MemcpyDtoH { .. }
+            | R::ModuleLoad { .. }
+            | R::LibraryLoad { .. }
+            | R::Launch(_) => Reply::Status(INVALID_VALUE),
         };
         (ctx, reply)
     }
@@ -966,6 +986,32 @@ impl<'d> Worker<'d> {
     }
 
     // ---- modules and kernels ----
+
+    /// The image a load carries, or the cached one its hash names (`None`
+    /// when there is neither). `true` when it came over the wire.
+    fn image<R: Read>(
+        &mut self,
+        reader: &mut R,
+        bulk_len: u64,
+        sha256: &[u8; 32],
+    ) -> Result<Option<(Vec<u8>, bool)>, ProtoError> {
+        if bulk_len > 0 {
+            return Ok(Some((read_image(reader, bulk_len)?, true)));
+        }
+        let cached = self.images.as_ref().and_then(|c| c.get(sha256));
+        Ok(cached.map(|mut image| {
+            image.push(0);
+            (image, false)
+        }))
+    }
+
+    /// Keep an image the driver accepted, so that the next client that names
+    /// it need not send it.
+    fn cache_loaded(&self, result: &DriverResult<Reply>, image: &[u8], fresh: bool) {
+        if let (Ok(_), true, Some(cache)) = (result, fresh, &self.images) {
+            cache.put(&image[..image.len() - 1]);
+        }
+    }
 
     fn module_load(&mut self, ctx: Handle, image: &[u8]) -> DriverResult<Reply> {
         self.make_current(ctx)?;

@@ -97,16 +97,18 @@ pub enum Request {
         elem_size: u8,
         count: u64,
     },
-    /// sync -> `Reply::Handle`. The image is the bulk tail.
-    ModuleLoad { ctx: Handle },
+    /// sync -> `Reply::Handle`. The image is the bulk tail; with no tail the
+    /// server loads the image it holds under `sha256`, or answers
+    /// `Reply::ImageUnknown` so the client sends it.
+    ModuleLoad { ctx: Handle, sha256: [u8; 32] },
     /// sync.
     ModuleUnload { ctx: Handle, module: Handle },
     /// sync -> `Reply::Function`.
     ModuleGetFunction { ctx: Handle, module: Handle, name: String },
     /// sync -> `Reply::Global`.
     ModuleGetGlobal { ctx: Handle, module: Handle, name: String },
-    /// sync -> `Reply::Handle`. The image is the bulk tail.
-    LibraryLoad,
+    /// sync -> `Reply::Handle`; the image as for `ModuleLoad`.
+    LibraryLoad { sha256: [u8; 32] },
     /// sync.
     LibraryUnload { library: Handle },
     /// sync -> `Reply::Function` (the handle is a kernel).
@@ -248,6 +250,8 @@ pub enum Reply {
     },
     /// The end of a multi-frame reply, with its status.
     Done(Status),
+    /// The server holds no image with the hash a load named: send it.
+    ImageUnknown,
 }
 
 impl Reply {

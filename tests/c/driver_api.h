@@ -15,9 +15,12 @@ typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
+typedef struct CUlib_st *CUlibrary;
+typedef struct CUkern_st *CUkernel;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
+#define CUDA_ERROR_NOT_FOUND 500
 #define CUDA_ERROR_NOT_READY 600
 #define CUDA_ERROR_ILLEGAL_ADDRESS 700
 #define CUDA_ERROR_NOT_SUPPORTED 801
@@ -48,6 +51,11 @@ typedef CUresult (*PFN_cuModuleLoadData)(CUmodule *, const void *);
 typedef CUresult (*PFN_cuModuleUnload)(CUmodule);
 typedef CUresult (*PFN_cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
 typedef CUresult (*PFN_cuFuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *);
+typedef CUresult (*PFN_cuLibraryLoadData)(CUlibrary *, const void *, void *, void *, unsigned, void *, void *, unsigned);
+typedef CUresult (*PFN_cuLibraryUnload)(CUlibrary);
+typedef CUresult (*PFN_cuLibraryGetKernel)(CUkernel *, CUlibrary, const char *);
+typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
+typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
 typedef CUresult (*PFN_cuMemAlloc)(CUdeviceptr *, size_t);
 typedef CUresult (*PFN_cuMemFree)(CUdeviceptr);
 typedef CUresult (*PFN_cuMemGetInfo)(size_t *, size_t *);

@@ -10,6 +10,8 @@
  *   driver_check hold MIB  allocate MIB mebibytes, print HOLDING, wait to be killed
  *   driver_check unsupported  call an entry point gpupool does not implement
  *   driver_check bench     timings: sync round trip, launch rate, bandwidth
+ *   driver_check library   kernels of a library (cuLibrary*, cuKernel*), launched
+ *                          by kernel handle and by function
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -118,6 +120,11 @@ int main(int argc, char **argv) {
     GET(cuEventElapsedTime, 2000);
     GET(cuEventDestroy, 4000);
     GET(cuLaunchKernel, 4000);
+    GET(cuLibraryLoadData, 12000);
+    GET(cuLibraryUnload, 12000);
+    GET(cuLibraryGetKernel, 12000);
+    GET(cuKernelGetFunction, 12000);
+    GET(cuKernelGetParamInfo, 12040);
 
     CHECK(cuInit(0));
     int version = 0, count = 0;
@@ -201,6 +208,44 @@ int main(int argc, char **argv) {
         CHECK(cuMemFree(db));
         CHECK(cuMemFree(dc));
         printf("OK vadd n=%d\n", n);
+    } else if (!strcmp(mode, "library")) {
+        CUlibrary l;
+        CUkernel kadd, kscale, missing = NULL;
+        CHECK(cuLibraryLoadData(&l, KERNELS_PTX, NULL, NULL, 0, NULL, NULL, 0));
+        CHECK(cuLibraryGetKernel(&kadd, l, "gp_vector_add"));
+        CHECK(cuLibraryGetKernel(&kscale, l, "gp_scale"));
+        CUresult r = cuLibraryGetKernel(&missing, l, "gp_no_such_kernel");
+        EXPECT(r == CUDA_ERROR_NOT_FOUND, "lookup of a missing kernel gave %d", r);
+        CUkernel again;
+        CHECK(cuLibraryGetKernel(&again, l, "gp_vector_add"));
+        EXPECT(again == kadd, "one name, two kernel handles");
+        CHECK(cuKernelGetParamInfo(kadd, 3, &off, &size));
+        EXPECT(off == 24 && size == 4, "kernel param 3 at %zu size %zu", off, size);
+        const int n = 5000;
+        size_t bytes = n * sizeof(float);
+        float *a = malloc(bytes), *c = malloc(bytes);
+        for (int i = 0; i < n; i++)
+            a[i] = (float)i;
+        CUdeviceptr da, dc;
+        CHECK(cuMemAlloc(&da, bytes));
+        CHECK(cuMemAlloc(&dc, bytes));
+        CHECK(cuMemcpyHtoD(da, a, bytes));
+        unsigned nn = n;
+        void *args[] = {&da, &da, &dc, &nn};
+        /* cudart launches a kernel handle as a function. */
+        CHECK(cuLaunchKernel((CUfunction)kadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CUfunction fscale;
+        CHECK(cuKernelGetFunction(&fscale, kscale));
+        float s = 0.5f;
+        void *sargs[] = {&dc, &s, &nn};
+        CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, sargs, NULL));
+        CHECK(cuMemcpyDtoH(c, dc, bytes));
+        for (int i = 0; i < n; i++)
+            EXPECT(c[i] == a[i], "c[%d] = %f, expected %f", i, c[i], a[i]);
+        CHECK(cuLibraryUnload(l));
+        CHECK(cuMemFree(da));
+        CHECK(cuMemFree(dc));
+        printf("OK library n=%d\n", n);
     } else if (!strcmp(mode, "fault")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

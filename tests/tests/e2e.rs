@@ -6,9 +6,12 @@
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FLAG_WANTS_REPLY};
 use gpupool_proto::handshake::{ClientInfo, Hello, Welcome};
+use gpupool_proto::message::{Reply, Request};
 use gpupool_tests::*;
+use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 fn both(server: &Server) -> [String; 2] {
@@ -22,6 +25,15 @@ fn ptx_kernels_run_with_results_checked() {
         let out = driver_check(&url, &["vadd"]);
         assert!(out.contains("OK vadd n=100000"), "{url}: {out}");
         assert!(out.contains("simulated"), "the device must say it is simulated: {out}");
+    }
+}
+
+#[test]
+fn library_kernels_resolve_and_launch() {
+    let server = Server::start();
+    for url in both(&server) {
+        let out = driver_check(&url, &["library"]);
+        assert!(out.contains("OK library n=5000"), "{url}: {out}");
     }
 }
 
@@ -226,4 +238,132 @@ fn no_server_configured_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("GPUPOOL_SERVER is not set"), "{stderr}");
+}
+
+/// One session spoken at the protocol level, for tests of server behaviour
+/// the shim hides.
+struct RawSession {
+    stream: TcpStream,
+    next_id: u64,
+    msg: Vec<u8>,
+}
+
+impl RawSession {
+    fn open(server: &Server) -> RawSession {
+        let mut stream = TcpStream::connect(server.tcp_addr()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.write_all(&hello_frame(gpupool_proto::PROTOCOL_VERSION)).unwrap();
+        assert!(matches!(read_welcome(&mut stream), Welcome::Accepted(_)));
+        RawSession {
+            stream,
+            next_id: 1,
+            msg: Vec::new(),
+        }
+    }
+
+    fn call(&mut self, request: &Request, bulk: &[u8]) -> Reply {
+        self.next_id += 1;
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, self.next_id, FLAG_WANTS_REPLY, request, bulk, 1 << 30).unwrap();
+        self.stream.write_all(&out).unwrap();
+        let h = frame::read_frame(&mut self.stream, &mut self.msg, 1 << 20).unwrap();
+        frame::skip_bulk(&mut self.stream, h.bulk_len).unwrap();
+        assert_eq!(h.id, self.next_id);
+        codec::decode(&self.msg).unwrap()
+    }
+}
+
+/// The PTX module of the C test programs, as the bytes a program passes.
+fn test_ptx() -> Vec<u8> {
+    let header = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("c/kernels.ptx.h")).unwrap();
+    let mut ptx = String::new();
+    for line in header.lines().filter(|l| l.starts_with('"')) {
+        let body = line.trim_end_matches(';').trim().trim_matches('"');
+        ptx.push_str(&body.replace("\\n", "\n").replace("\\\"", "\"").replace("\\\\", "\\"));
+    }
+    assert!(ptx.contains(".entry gp_vector_add"));
+    // Programs pass PTX NUL-terminated, and the shim sends the NUL.
+    ptx.push('\0');
+    ptx.into_bytes()
+}
+
+#[test]
+fn images_are_shipped_once_per_server_and_checked_by_content() {
+    let server = Server::start();
+    let image = test_ptx();
+    let sha256: [u8; 32] = Sha256::digest(&image).into();
+
+    let mut a = RawSession::open(&server);
+    assert!(
+        matches!(a.call(&Request::LibraryLoad { sha256 }, &[]), Reply::ImageUnknown),
+        "a server that never saw the image asks for it"
+    );
+    let lib = match a.call(&Request::LibraryLoad { sha256 }, &image) {
+        Reply::Handle(h) => h,
+        other => panic!("library load with the image failed: {other:?}\n{}", server.log()),
+    };
+    let Reply::Handle(_) = a.call(
+        &Request::LibraryGetKernel {
+            library: lib,
+            name: "gp_vector_add".into(),
+        },
+        &[],
+    ) else {
+        panic!("kernel lookup failed");
+    };
+
+    // Another session of the same server loads it by hash alone.
+    let mut b = RawSession::open(&server);
+    let Reply::Handle(lib_b) = b.call(&Request::LibraryLoad { sha256 }, &[]) else {
+        panic!("second session could not load the cached image by hash");
+    };
+    assert!(matches!(
+        b.call(
+            &Request::LibraryGetKernel {
+                library: lib_b,
+                name: "gp_scale".into(),
+            },
+            &[],
+        ),
+        Reply::Handle(_)
+    ));
+
+    // A client cannot file bytes under another image's hash: the server
+    // files what it receives under the hash it computes itself.
+    let mut other = image.clone();
+    let pos = other.windows(13).position(|w| w == b"gp_vector_add").unwrap();
+    other[pos..pos + 13].copy_from_slice(b"gp_vector_sub");
+    let claimed = Sha256::digest(b"some other image").into();
+    assert!(matches!(
+        b.call(&Request::LibraryLoad { sha256: claimed }, &other),
+        Reply::Handle(_)
+    ));
+    let mut c = RawSession::open(&server);
+    assert!(
+        matches!(
+            c.call(&Request::LibraryLoad { sha256: claimed }, &[]),
+            Reply::ImageUnknown
+        ),
+        "a claimed hash must not name bytes that do not have it"
+    );
+    let real: [u8; 32] = Sha256::digest(&other).into();
+    assert!(matches!(
+        c.call(&Request::LibraryLoad { sha256: real }, &[]),
+        Reply::Handle(_)
+    ));
+    // An image the driver refuses is not kept.
+    let junk = b"\x7fELF this is not a cubin".to_vec();
+    assert!(matches!(
+        c.call(&Request::LibraryLoad { sha256: Sha256::digest(&junk).into() }, &junk),
+        Reply::Status(s) if s != 0
+    ));
+    assert!(matches!(
+        c.call(
+            &Request::LibraryLoad {
+                sha256: Sha256::digest(&junk).into()
+            },
+            &[]
+        ),
+        Reply::ImageUnknown
+    ));
 }

@@ -13,6 +13,7 @@ use crate::remote::{ConnectOptions, Remote};
 use crate::state::{self, DefaultStream, DeviceRange, Shim};
 use gpupool_proto::frame::COPY_CHUNK;
 use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request};
+use sha2::{Digest, Sha256};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
@@ -603,10 +604,73 @@ pub(super) unsafe fn load_module(module: *mut CUmodule, image: *const c_void) ->
         return Err(CuError::INVALID_VALUE);
     }
     let bytes = unsafe { image_bytes(image)? };
-    match s.remote.call(&Request::ModuleLoad { ctx }, bytes)? {
-        Reply::Handle(h) => unsafe { out(module, as_ptr(h)) },
+    let h = ship_image(s, bytes, |sha256| Request::ModuleLoad { ctx, sha256 })?;
+    unsafe { out(module, as_ptr(h)) }
+}
+
+/// Images up to this size go with the first request; larger ones are named
+/// by hash first and sent only when the server does not hold them.
+const INLINE_IMAGE: usize = 64 << 10;
+
+/// Load an image on the server, sending its bytes only when needed.
+fn ship_image(s: &Shim, bytes: &[u8], request: impl Fn([u8; 32]) -> Request) -> CuResult<Handle> {
+    let sha256: [u8; 32] = Sha256::digest(bytes).into();
+    let first: &[u8] = if bytes.len() <= INLINE_IMAGE { bytes } else { &[] };
+    let reply = match s.remote.call(&request(sha256), first)? {
+        Reply::ImageUnknown if first.is_empty() => s.remote.call(&request(sha256), bytes)?,
+        r => r,
+    };
+    match reply {
+        Reply::Handle(h) => Ok(h),
         _ => Err(CuError::UNKNOWN),
     }
+}
+
+/// The server's handle for a function or kernel handle the program holds:
+/// a kernel of a lazy library is loaded and looked up on first use.
+fn resolve(s: &Shim, h: Handle) -> CuResult<Handle> {
+    if !state::is_local(h) {
+        return Ok(h);
+    }
+    let kernel = read(&s.lazy_kernels).get(&h).cloned().ok_or(CuError::INVALID_HANDLE)?;
+    let mut remote = lock(&kernel.remote);
+    if let Some(r) = *remote {
+        return Ok(r);
+    }
+    let library = remote_library(s, &kernel.library)?;
+    let Reply::Handle(r) = s.remote.call(
+        &Request::LibraryGetKernel {
+            library,
+            name: kernel.name.clone(),
+        },
+        &[],
+    )?
+    else {
+        return Err(CuError::UNKNOWN);
+    };
+    write(&s.kernels).insert(r);
+    *remote = Some(r);
+    Ok(r)
+}
+
+/// The server's copy of a lazy library, loaded on first need.
+fn remote_library(s: &Shim, lib: &state::LazyLibrary) -> CuResult<Handle> {
+    let mut remote = lock(&lib.remote);
+    if let Some(h) = *remote {
+        return Ok(h);
+    }
+    let h = ship_image(s, &lib.image, |sha256| Request::LibraryLoad { sha256 })?;
+    *remote = Some(h);
+    Ok(h)
+}
+
+/// The kernel names an image defines, when the shim can read them.
+fn image_kernels(_bytes: &[u8]) -> Option<std::collections::HashSet<String>> {
+    None
+}
+
+fn is_kernel(s: &Shim, h: Handle) -> bool {
+    state::is_local(h) || read(&s.kernels).contains(&h)
 }
 
 pub unsafe fn module_load_data(module: *mut CUmodule, image: *const c_void) -> CuResult {
@@ -735,7 +799,7 @@ pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfu
         match s.remote.call(
             &Request::FuncGetAttribute {
                 ctx,
-                func,
+                func: resolve(s, func)?,
                 attr: attribute,
             },
             &[],
@@ -754,7 +818,7 @@ pub unsafe fn func_set_attribute(function: CUfunction, attribute: i32, value: i3
     s.remote.call(
         &Request::FuncSetAttribute {
             ctx,
-            func,
+            func: resolve(s, func)?,
             attr: attribute,
             value,
         },
@@ -771,7 +835,15 @@ fn param_layout(s: &Shim, func: Handle, kernel: bool) -> CuResult<Arc<Vec<(u32, 
         return Ok(Arc::clone(p));
     }
     let ctx = current_ctx()?;
-    match s.remote.call(&Request::ParamInfo { ctx, func, kernel }, &[])? {
+    let remote = resolve(s, func)?;
+    match s.remote.call(
+        &Request::ParamInfo {
+            ctx,
+            func: remote,
+            kernel,
+        },
+        &[],
+    )? {
         Reply::Params(p) => {
             let p = Arc::new(p);
             write(&s.params).insert(func, Arc::clone(&p));
@@ -798,7 +870,7 @@ pub unsafe fn func_get_param_info(
     offset: *mut usize,
     size: *mut usize,
 ) -> CuResult {
-    let kernel = shim().is_ok_and(|s| read(&s.kernels).contains(&handle(function)));
+    let kernel = shim().is_ok_and(|s| is_kernel(s, handle(function)));
     unsafe { param_info(handle(function), kernel, index, offset, size) }
 }
 
@@ -821,22 +893,35 @@ pub unsafe fn library_load_data(
         return Err(CuError::INVALID_VALUE);
     }
     let bytes = unsafe { image_bytes(code)? };
-    match s.remote.call(&Request::LibraryLoad, bytes)? {
-        Reply::Handle(h) => unsafe { out(library, as_ptr(h)) },
-        _ => Err(CuError::UNKNOWN),
+    let kernels = image_kernels(bytes);
+    let lib = state::LazyLibrary {
+        image: bytes.to_vec(),
+        sha256: Sha256::digest(bytes).into(),
+        kernels,
+        remote: std::sync::Mutex::new(None),
+    };
+    let eager = lib.kernels.is_none();
+    let h = s.add_library(lib);
+    if eager {
+        // The server's driver is the judge of an image the shim cannot read.
+        if let Some(lib) = read(&s.libraries).get(&h).cloned() {
+            if let Err(e) = remote_library(s, &lib) {
+                s.remove_library(h);
+                return Err(e);
+            }
+        }
     }
+    unsafe { out(library, as_ptr(h)) }
 }
 
 pub unsafe fn library_unload(library: CUlibrary) -> CuResult {
     let s = shim()?;
-    s.remote
-        .call(
-            &Request::LibraryUnload {
-                library: handle(library),
-            },
-            &[],
-        )
-        .map(|_| ())
+    let lib = s.remove_library(handle(library)).ok_or(CuError::INVALID_HANDLE)?;
+    let remote = *lock(&lib.remote);
+    match remote {
+        Some(h) => s.remote.post(&Request::LibraryUnload { library: h }, &[]),
+        None => Ok(()),
+    }
 }
 
 pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name: *const c_char) -> CuResult {
@@ -845,19 +930,19 @@ pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name
         return Err(CuError::INVALID_VALUE);
     }
     let name = unsafe { c_string(name)? };
-    match s.remote.call(
-        &Request::LibraryGetKernel {
-            library: handle(library),
-            name,
-        },
-        &[],
-    )? {
-        Reply::Handle(h) => {
-            write(&s.kernels).insert(h);
-            unsafe { out(kernel, as_ptr(h)) }
+    let lh = handle(library);
+    let lib = read(&s.libraries).get(&lh).cloned().ok_or(CuError::INVALID_HANDLE)?;
+    if let Some(names) = &lib.kernels {
+        if !names.contains(&name) {
+            return Err(CuError::NOT_FOUND);
         }
-        _ => Err(CuError::UNKNOWN),
     }
+    let h = s.lazy_kernel(lh, &lib, &name);
+    if lib.kernels.is_none() {
+        // Names unknown to the shim: the server answers whether it exists.
+        resolve(s, h)?;
+    }
+    unsafe { out(kernel, as_ptr(h)) }
 }
 
 pub unsafe fn library_get_global(
@@ -869,14 +954,12 @@ pub unsafe fn library_get_global(
     let s = shim()?;
     let ctx = current_ctx()?;
     let name = unsafe { c_string(name)? };
-    let reply = s.remote.call(
-        &Request::LibraryGetGlobal {
-            ctx,
-            library: handle(library),
-            name,
-        },
-        &[],
-    )?;
+    let lib = read(&s.libraries)
+        .get(&handle(library))
+        .cloned()
+        .ok_or(CuError::INVALID_HANDLE)?;
+    let library = remote_library(s, &lib)?;
+    let reply = s.remote.call(&Request::LibraryGetGlobal { ctx, library, name }, &[])?;
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
@@ -886,13 +969,8 @@ pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -
     if function.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(
-        &Request::KernelGetFunction {
-            ctx,
-            kernel: handle(kernel),
-        },
-        &[],
-    )? {
+    let kernel = resolve(s, handle(kernel))?;
+    match s.remote.call(&Request::KernelGetFunction { ctx, kernel }, &[])? {
         Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
         _ => Err(CuError::UNKNOWN),
     }
@@ -907,7 +985,7 @@ pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUke
     let v = cached_attribute(&s.kernel_attributes, (kernel, attribute, device), || {
         match s.remote.call(
             &Request::KernelGetAttribute {
-                kernel,
+                kernel: resolve(s, kernel)?,
                 attr: attribute,
                 device,
             },
@@ -925,7 +1003,7 @@ pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel,
     let k = handle(kernel);
     s.remote.call(
         &Request::KernelSetAttribute {
-            kernel: k,
+            kernel: resolve(s, k)?,
             attr: attribute,
             value,
             device,
@@ -1641,12 +1719,12 @@ unsafe fn launch(
     if !params.is_null() && !extra.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    let kernel = read(&s.kernels).contains(&func);
+    let kernel = is_kernel(s, func);
     let ctx = stream_ctx(s, stream)?;
     let block_bytes = unsafe { pack_params(s, func, kernel, params, extra)? };
     let launch = Launch {
         ctx,
-        func,
+        func: resolve(s, func)?,
         kernel,
         grid,
         block,
@@ -1738,7 +1816,7 @@ fn occupancy(function: CUfunction, query: OccupancyQuery) -> CuResult<Reply> {
     s.remote.call(
         &Request::Occupancy {
             ctx,
-            func: handle(function),
+            func: resolve(s, handle(function))?,
             query,
         },
         &[],
