@@ -49,7 +49,6 @@ pub type ParamLayout = Arc<Vec<(u32, u32)>>;
 /// when one of its kernels or globals is first used.
 pub struct LazyLibrary {
     pub image: Vec<u8>,
-    pub sha256: [u8; 32],
     /// The kernel names the image defines, when it could be read.
     pub kernels: Option<HashSet<String>>,
     /// The server's library, once loaded there.
@@ -142,12 +141,9 @@ impl Shim {
     }
 
     /// Keep a library; its handle.
-    pub fn add_library(&self, lib: LazyLibrary) -> Handle {
+    pub fn add_library(&self, lib: Arc<LazyLibrary>) -> Handle {
         let h = new_local_handle();
-        self.libraries
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(h, Arc::new(lib));
+        self.libraries.write().unwrap_or_else(|p| p.into_inner()).insert(h, lib);
         h
     }
 

@@ -894,23 +894,16 @@ pub unsafe fn library_load_data(
     }
     let bytes = unsafe { image_bytes(code)? };
     let kernels = image_kernels(bytes);
-    let lib = state::LazyLibrary {
+    let lib = Arc::new(state::LazyLibrary {
         image: bytes.to_vec(),
-        sha256: Sha256::digest(bytes).into(),
         kernels,
         remote: std::sync::Mutex::new(None),
-    };
-    let eager = lib.kernels.is_none();
-    let h = s.add_library(lib);
-    if eager {
+    });
+    if lib.kernels.is_none() {
         // The server's driver is the judge of an image the shim cannot read.
-        if let Some(lib) = read(&s.libraries).get(&h).cloned() {
-            if let Err(e) = remote_library(s, &lib) {
-                s.remove_library(h);
-                return Err(e);
-            }
-        }
+        remote_library(s, &lib)?;
     }
+    let h = s.add_library(lib);
     unsafe { out(library, as_ptr(h)) }
 }
 
