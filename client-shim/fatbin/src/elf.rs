@@ -191,6 +191,16 @@ fn section(b: &[u8], shoff: u64, i: u64) -> Result<Section, Error> {
     })
 }
 
+/// The fields of an ELF symbol this crate uses.
+struct Symbol {
+    name: String,
+    /// `STT_*` (low nibble of `st_info`).
+    kind: u8,
+    other: u8,
+    shndx: u16,
+    size: u64,
+}
+
 /// A parsed cubin: its sections with names resolved.
 pub(crate) struct Elf<'a> {
     bytes: &'a [u8],
@@ -268,8 +278,8 @@ impl<'a> Elf<'a> {
         self.sections.iter().find(|(n, _)| n == name).map(|(_, s)| s)
     }
 
-    /// Every symbol: (name, type, st_other, section index, size).
-    fn symbols(&self) -> Result<Vec<(String, u8, u8, u16, u64)>, Error> {
+    /// Every symbol but the null one.
+    fn symbols(&self) -> Result<Vec<Symbol>, Error> {
         let mut out = Vec::new();
         for (_, s) in self.sections.iter().filter(|(_, s)| s.kind == SHT_SYMTAB) {
             let data = self.data(s, "ELF symbol table")?;
@@ -291,7 +301,13 @@ impl<'a> Elf<'a> {
                 if i == 0 {
                     continue;
                 }
-                out.push((name_at(strtab, name, "symbol")?, info & 0xf, other, shndx, size));
+                out.push(Symbol {
+                    name: name_at(strtab, name, "symbol")?,
+                    kind: info & 0xf,
+                    other,
+                    shndx,
+                    size,
+                });
             }
         }
         Ok(out)
@@ -301,7 +317,14 @@ impl<'a> Elf<'a> {
     /// entry points or have an `.nv.info.<name>` section.
     pub(crate) fn kernels(&self) -> Result<Vec<KernelInfo>, Error> {
         let mut out: Vec<KernelInfo> = Vec::new();
-        for (name, kind, other, shndx, _) in self.symbols()? {
+        for Symbol {
+            name,
+            kind,
+            other,
+            shndx,
+            ..
+        } in self.symbols()?
+        {
             if kind != STT_FUNC || shndx == 0 || shndx >= SHN_LORESERVE {
                 continue;
             }
@@ -332,7 +355,14 @@ impl<'a> Elf<'a> {
     /// Variables: defined `STT_OBJECT` symbols with a size.
     pub(crate) fn globals(&self) -> Result<Vec<GlobalInfo>, Error> {
         let mut out: Vec<GlobalInfo> = Vec::new();
-        for (name, kind, _, shndx, size) in self.symbols()? {
+        for Symbol {
+            name,
+            kind,
+            shndx,
+            size,
+            ..
+        } in self.symbols()?
+        {
             if kind != STT_OBJECT || shndx == 0 || shndx >= SHN_LORESERVE || size == 0 {
                 continue;
             }

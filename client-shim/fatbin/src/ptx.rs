@@ -95,9 +95,9 @@ fn tokenize(src: &[u8]) -> Result<Vec<Token>, Error> {
             }
             // Only ASCII bytes pass `is_word`.
             let w = String::from_utf8_lossy(&src[start..i]);
-            if w.starts_with('.') {
+            if let Some(directives) = w.strip_prefix('.') {
                 // `.ptr.global.align` is three directives written together.
-                for part in w[1..].split('.') {
+                for part in directives.split('.') {
                     out.push(Token {
                         tok: Tok::Word(format!(".{part}")),
                         line,

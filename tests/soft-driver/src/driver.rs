@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::kernels::{self, Known};
+use crate::kernels::{self, Recognised};
 use crate::memory::{page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN};
-use crate::ptx::{self, PtxError};
+use crate::ptx;
 use crate::result::*;
 
 /// `cuDriverGetVersion` / `cuCtxGetApiVersion`: CUDA 13.0.
@@ -126,7 +126,7 @@ struct FunctionObj {
     ctx: u64,
     ptx: Arc<ptx::Module>,
     entry: usize,
-    known: Option<Known>,
+    recognised: Recognised,
     attrs: FuncAttrs,
 }
 
@@ -192,15 +192,6 @@ pub struct Driver {
     kernels: HashMap<u64, KernelObj>,
     streams: HashMap<u64, StreamObj>,
     events: HashMap<u64, EventObj>,
-}
-
-fn ptx_error(e: PtxError) -> CUresult {
-    match e {
-        PtxError::NotPtx(_) => CUDA_ERROR_INVALID_IMAGE,
-        PtxError::Syntax(_) => CUDA_ERROR_INVALID_PTX,
-        PtxError::UnsupportedVersion(_) => CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
-        PtxError::Unsupported(_) => CUDA_ERROR_NOT_SUPPORTED,
-    }
 }
 
 /// Checks `CUctx_flags`: scheduling mode (0, 1, 2 or 4) plus known bits.
@@ -792,7 +783,7 @@ impl Driver {
                     ctx,
                     ptx: ptx.clone(),
                     entry: i,
-                    known: kernels::lookup(entry),
+                    recognised: kernels::recognise(entry),
                     attrs,
                 },
             );
@@ -831,7 +822,7 @@ impl Driver {
 
     pub fn module_load(&mut self, image: &[u8]) -> CuResult<u64> {
         let ctx = self.active_ctx()?;
-        let ptx = ptx::parse_image(image).map_err(ptx_error)?;
+        let ptx = crate::image::load(image)?;
         self.instantiate(ctx, Arc::new(ptx), None)
     }
 
@@ -865,7 +856,7 @@ impl Driver {
     // ----- libraries and kernels -----
 
     pub fn library_load(&mut self, image: &[u8]) -> CuResult<u64> {
-        let ptx = Arc::new(ptx::parse_image(image).map_err(ptx_error)?);
+        let ptx = Arc::new(crate::image::load(image)?);
         let h = self.handle();
         let mut kernels = Vec::with_capacity(ptx.entries.len());
         for i in 0..ptx.entries.len() {
@@ -1080,7 +1071,14 @@ impl Driver {
         }
         let mut params = vec![0u8; entry.param_bytes()];
         fill(&entry.params, &mut params)?;
-        let known = func.known.ok_or(CUDA_ERROR_NOT_SUPPORTED)?;
+        let known = match &func.recognised {
+            Recognised::Known(k) => *k,
+            Recognised::WrongLayout(why) => {
+                eprintln!("gpupool soft driver: launch refused (CUDA_ERROR_INVALID_VALUE): {why}");
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            Recognised::Unknown => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        };
         let result = kernels::run(known, entry, &params, u64::from(gx) * u64::from(bx), &self.allocs);
         if let Err(fault) = result {
             if let Some(c) = self.contexts.get_mut(&ctx) {

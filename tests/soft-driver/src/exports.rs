@@ -10,7 +10,8 @@
 //! The contract is the real driver API's: every non-null pointer argument
 //! must be valid for the reads or writes that call performs in CUDA (host
 //! buffers of the stated size, out-pointers to the stated type,
-//! NUL-terminated strings and PTX images, `kernelParams` with one pointer
+//! NUL-terminated strings and PTX images, cubins and fat binaries as long
+//! as their headers say, `kernelParams` with one pointer
 //! per kernel parameter). Null out-pointers are rejected with
 //! `CUDA_ERROR_INVALID_VALUE`; device pointers and handles are always
 //! validated and never dereferenced unchecked.
@@ -125,14 +126,50 @@ unsafe fn name<'a>(p: *const c_char) -> CuResult<&'a str> {
     s.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)
 }
 
-/// Borrows a NUL-terminated module image.
+/// Borrows a module image: PTX text up to its NUL, or a cubin or fat binary
+/// of the length its headers give (read as `gpupool_fatbin::required_len`
+/// directs, which never asks past the end of a well-formed image).
+/// Text that is not recognisable goes to the PTX parser as before, which
+/// tells a syntax error from something that is not an image.
 ///
 /// # Safety
-/// A non-null `p` must point to a NUL-terminated image.
+/// A non-null `p` must point to a whole image of its format: a
+/// NUL-terminated string, or a cubin or fat binary as long as its headers say.
 unsafe fn image<'a>(p: *const c_void) -> CuResult<&'a [u8]> {
+    use gpupool_fatbin::LenQuery;
     need(p)?;
-    // SAFETY: `p` is non-null and NUL-terminated per this function's contract.
-    Ok(unsafe { CStr::from_ptr(p.cast()) }.to_bytes())
+    let base = p.cast::<u8>();
+    let mut have = 0usize;
+    loop {
+        // SAFETY: `have` bytes were asked for by `required_len`, which never
+        // exceeds the length of a well-formed image of the format seen so
+        // far; the image is whole per this function's contract.
+        let prefix = unsafe { std::slice::from_raw_parts(base, have) };
+        match gpupool_fatbin::required_len(prefix) {
+            Ok(LenQuery::NeedAtLeast(n)) => {
+                have = usize::try_from(n).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+            }
+            Ok(LenQuery::Exact(n)) => {
+                let len = usize::try_from(n).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+                // SAFETY: the headers read so far say the image is `len`
+                // bytes, and it is whole per this function's contract.
+                return Ok(unsafe { std::slice::from_raw_parts(base, len) });
+            }
+            Ok(LenQuery::NulTerminated) => {
+                // SAFETY: PTX text is NUL-terminated per the contract.
+                return Ok(unsafe { CStr::from_ptr(p.cast()) }.to_bytes());
+            }
+            Err(gpupool_fatbin::Error::UnknownFormat { .. } | gpupool_fatbin::Error::Empty) => {
+                // Not a binary format: a string, judged by the PTX parser.
+                // SAFETY: a non-binary image is NUL-terminated text per the contract.
+                return Ok(unsafe { CStr::from_ptr(p.cast()) }.to_bytes());
+            }
+            Err(e) => {
+                eprintln!("gpupool soft driver: module image refused (CUDA_ERROR_INVALID_IMAGE): {e}");
+                return Err(CUDA_ERROR_INVALID_IMAGE);
+            }
+        }
+    }
 }
 
 fn h(p: *mut c_void) -> u64 {
@@ -374,7 +411,7 @@ pub unsafe extern "C" fn cuCtxGetApiVersion(ctx: CUcontext, version: *mut u32) -
 pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, img: *const c_void) -> CUresult {
     ffi(|| {
         need(module)?;
-        // SAFETY: `img` is a NUL-terminated PTX image when non-null (API contract).
+        // SAFETY: `img` is a whole PTX, cubin or fat-binary image when non-null (API contract).
         let bytes = unsafe { image(img) }?;
         let m = driver::with(|d| d.module_load(bytes))?;
         // SAFETY: `module` is non-null and valid for writes (API contract).
@@ -392,6 +429,12 @@ pub unsafe extern "C" fn cuModuleLoadDataEx(
 ) -> CUresult {
     // SAFETY: same contract as `cuModuleLoadData`; JIT options are ignored.
     unsafe { cuModuleLoadData(module, img) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadFatBinary(module: *mut CUmodule, fat_cubin: *const c_void) -> CUresult {
+    // SAFETY: same contract as `cuModuleLoadData` (a fat binary, cubin or PTX).
+    unsafe { cuModuleLoadData(module, fat_cubin) }
 }
 
 #[no_mangle]
@@ -451,7 +494,7 @@ pub unsafe extern "C" fn cuLibraryLoadData(
 ) -> CUresult {
     ffi(|| {
         need(library)?;
-        // SAFETY: `code` is a NUL-terminated PTX image when non-null (API contract).
+        // SAFETY: `code` is a whole PTX, cubin or fat-binary image when non-null (API contract).
         let bytes = unsafe { image(code) }?;
         let l = driver::with(|d| d.library_load(bytes))?;
         // SAFETY: `library` is non-null and valid for writes (API contract).

@@ -37,16 +37,57 @@ pub const KNOWN_KERNELS: &[(&str, Known, &[usize])] = &[
     ("gp_fault", Known::Fault, &[8]),
 ];
 
-/// The known kernel an entry implements, if any.
+/// How a kernel entry relates to the known kernels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recognised {
+    /// A known kernel with the parameter layout it needs.
+    Known(Known),
+    /// Named like a known kernel, but its parameters are not the ones that
+    /// kernel takes (the message says how): launches are refused with
+    /// `CUDA_ERROR_INVALID_VALUE`.
+    WrongLayout(String),
+    /// Not a kernel this double can run.
+    Unknown,
+}
+
+/// The source-level name of a kernel symbol: the symbol itself for an
+/// `extern "C"` kernel, the identifier of a C++-mangled one
+/// (`_Z13gp_vector_addPKfS0_Pfi` → `gp_vector_add`).
+pub fn base_name(symbol: &str) -> &str {
+    let Some(rest) = symbol.strip_prefix("_Z") else {
+        return symbol;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let Ok(len) = rest[..digits].parse::<usize>() else {
+        return symbol;
+    };
+    rest.get(digits..digits.saturating_add(len)).unwrap_or(symbol)
+}
+
+/// Which known kernel an entry is, checking its parameter sizes.
+pub fn recognise(entry: &Entry) -> Recognised {
+    let name = base_name(&entry.name);
+    let Some((known_name, kernel, sizes)) = KNOWN_KERNELS.iter().find(|(n, _, _)| *n == name) else {
+        return Recognised::Unknown;
+    };
+    let actual: Vec<usize> = entry.params.iter().map(|p| p.size).collect();
+    if actual.as_slice() == *sizes {
+        Recognised::Known(*kernel)
+    } else {
+        Recognised::WrongLayout(format!(
+            "`{}` is {known_name}, which takes parameters of {sizes:?} bytes, but the module declares {actual:?}",
+            entry.name
+        ))
+    }
+}
+
+/// The known kernel an entry implements, if any (by name, plain or
+/// mangled, and parameter sizes).
 pub fn lookup(entry: &Entry) -> Option<Known> {
-    KNOWN_KERNELS
-        .iter()
-        .find(|(name, _, sizes)| {
-            *name == entry.name
-                && sizes.len() == entry.params.len()
-                && sizes.iter().zip(&entry.params).all(|(s, p)| *s == p.size)
-        })
-        .map(|(_, k, _)| *k)
+    match recognise(entry) {
+        Recognised::Known(k) => Some(k),
+        _ => None,
+    }
 }
 
 /// Bounds- and alignment-checked access to simulated device memory.
@@ -179,5 +220,59 @@ pub(crate) fn run(
             Ok(())
         }
         Known::Fault => Err(CUDA_ERROR_ILLEGAL_ADDRESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ptx::Param;
+
+    fn entry(name: &str, sizes: &[usize]) -> Entry {
+        let mut offset = 0usize;
+        let params = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                offset = offset.div_ceil(size) * size;
+                let p = Param {
+                    name: format!("p{i}"),
+                    offset,
+                    size,
+                    align: size,
+                };
+                offset += size;
+                p
+            })
+            .collect();
+        Entry {
+            name: name.into(),
+            params,
+            maxntid: None,
+            reqntid: None,
+        }
+    }
+
+    #[test]
+    fn base_names() {
+        assert_eq!(base_name("_Z13gp_vector_addPKfS0_Pfi"), "gp_vector_add");
+        assert_eq!(base_name("gp_scale"), "gp_scale");
+        assert_eq!(base_name("_Z8gp_nul"), "_Z8gp_nul", "length past the end");
+        assert_eq!(base_name("_Z"), "_Z");
+        assert_eq!(base_name("_Zx"), "_Zx");
+        assert_eq!(base_name("_Z99999999999999999999999a"), "_Z99999999999999999999999a");
+    }
+
+    #[test]
+    fn recognition_checks_the_layout() {
+        let add = entry("_Z13gp_vector_addPKfS0_Pfi", &[8, 8, 8, 4]);
+        assert_eq!(recognise(&add), Recognised::Known(Known::VectorAdd));
+        assert_eq!(lookup(&entry("gp_saxpy", &[4, 4, 8, 8])), Some(Known::Saxpy));
+        assert!(matches!(
+            recognise(&entry("_Z8gp_scalePfi", &[8, 4])),
+            Recognised::WrongLayout(_)
+        ));
+        assert_eq!(recognise(&entry("_Z9gp_scalerPfi", &[8, 4, 4])), Recognised::Unknown);
+        assert_eq!(recognise(&entry("mystery", &[])), Recognised::Unknown);
     }
 }

@@ -13,11 +13,13 @@
 //!   device pointers are host addresses, every device range is
 //!   bounds-checked against the live allocations;
 //! * copies and memsets (synchronous and "async", all executed at enqueue);
-//! * modules and libraries loaded from PTX text, with parameter layouts and
-//!   `.global` / `.const` variables read by a small PTX parser ([`ptx`]);
+//! * modules and libraries loaded from PTX text, cubin ELF images or fat
+//!   binaries ([`image`]), with parameter layouts and `.global` / `.const`
+//!   variables read by a small PTX parser ([`ptx`]) or, for cubins, from
+//!   the ELF's kernel attributes;
 //! * launches of a fixed set of known kernels executed on the host
-//!   ([`kernels`]); other kernels load but fail to launch with
-//!   `CUDA_ERROR_NOT_SUPPORTED`;
+//!   ([`kernels`]), recognised by name, plain or C++-mangled; other kernels
+//!   load but fail to launch with `CUDA_ERROR_NOT_SUPPORTED`;
 //! * streams, events with host timestamps, occupancy queries;
 //! * sticky errors: a faulting kernel (`gp_fault`, or any out-of-bounds
 //!   access) leaves its context in `CUDA_ERROR_ILLEGAL_ADDRESS` until the
@@ -29,6 +31,7 @@
 //! from Rust through this crate's `rlib`.
 
 pub mod exports;
+pub mod image;
 pub mod kernels;
 pub mod ptx;
 pub mod result;

@@ -825,8 +825,10 @@ fn bad_images() {
     let mut m = null_mut();
     // SAFETY: null image is rejected before being read.
     assert_eq!(unsafe { cuModuleLoadData(&mut m, std::ptr::null()) }, 1);
-    let elf = b"\x7fELF\x02\x01\x01\0";
-    // SAFETY: NUL-terminated image.
+    // An ELF header (no sections) for no CUDA machine: 64 bytes, as its header says.
+    let mut elf = [0u8; 64];
+    elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    // SAFETY: a whole 64-byte ELF image.
     assert_eq!(unsafe { cuModuleLoadData(&mut m, elf.as_ptr().cast()) }, 200);
     let src = CString::new(PTX).unwrap();
     // SAFETY: valid out-pointer and image; options are ignored.
