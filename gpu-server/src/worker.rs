@@ -279,16 +279,27 @@ impl<'d> Worker<'d> {
                     return Ok(None);
                 }
             }
-            Request::MemcpyDtoH { ctx, stream, src, len } => {
+            Request::MemcpyDtoH {
+                ctx,
+                stream,
+                src,
+                len,
+                sync,
+            } => {
                 let status = self.copy_out(header.id, ctx, stream, src, len, writer)?;
-                // The client reads the data either way; its status tells a
-                // waiting caller, and is kept for one that did not wait.
-                let status = if status == 0 {
-                    self.kept.get(&ctx).copied().unwrap_or(0)
+                // The client reads the data either way. A synchronous copy
+                // reports its own error or the context's kept one, and clears
+                // it; an asynchronous one keeps its own error for the next
+                // synchronising call.
+                let own = if status == 0 { Ok(()) } else { Err(status) };
+                if sync {
+                    Reply::Done(self.sync_status(ctx, own))
                 } else {
-                    status
-                };
-                Reply::Done(status)
+                    if status != 0 {
+                        self.keep(ctx, status);
+                    }
+                    Reply::Done(status)
+                }
             }
             Request::ModuleLoad { ctx, sha256 } => match self.image(reader, header.bulk_len, &sha256)? {
                 Some((image, fresh)) => {

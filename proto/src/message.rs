@@ -74,11 +74,14 @@ pub enum Request {
     /// Device-to-host copy: the server answers with `Reply::Data` chunks
     /// (bulk tails) and ends with `Reply::Done`. Both the sync and async forms
     /// ask for a reply, since the data must come back.
+    /// `sync` marks the synchronous form, which (like every synchronising
+    /// call) also returns and clears the context's kept error.
     MemcpyDtoH {
         ctx: Handle,
         stream: StreamRef,
         src: DevicePtr,
         len: u64,
+        sync: bool,
     },
     /// async (or sync when the frame asks).
     MemcpyDtoD {

@@ -25,12 +25,15 @@ fn request() -> impl Strategy<Value = Request> {
                 total
             }
         ),
-        (any::<u64>(), stream(), any::<u64>(), any::<u64>()).prop_map(|(ctx, stream, src, len)| Request::MemcpyDtoH {
-            ctx,
-            stream,
-            src,
-            len
-        }),
+        (any::<u64>(), stream(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(ctx, stream, src, len, sync)| Request::MemcpyDtoH {
+                ctx,
+                stream,
+                src,
+                len,
+                sync
+            }
+        ),
         (any::<u64>(), any::<u64>(), ".{0,40}").prop_map(|(ctx, module, name)| Request::ModuleGetFunction {
             ctx,
             module,

@@ -270,6 +270,11 @@ int main(int argc, char **argv) {
         EXPECT(r1 == CUDA_ERROR_INVALID_VALUE && r2 == CUDA_ERROR_INVALID_VALUE && r3 == CUDA_ERROR_INVALID_VALUE &&
                    r4 == CUDA_ERROR_INVALID_VALUE && r5 == CUDA_ERROR_INVALID_VALUE,
                "out-of-bounds results %d %d %d %d %d", r1, r2, r3, r4, r5);
+        /* A launch the device cannot run is refused at the call. */
+        void *nargs[] = {NULL};
+        CUresult r6 = cuLaunchKernel(null_kernel, 1, 1, 1, 4096, 1, 1, 0, NULL, nargs, NULL);
+        CUresult r7 = cuLaunchKernel(null_kernel, 1, 1, 1, 64, 64, 64, 0, NULL, nargs, NULL);
+        EXPECT(r6 == CUDA_ERROR_INVALID_VALUE && r7 == CUDA_ERROR_INVALID_VALUE, "oversized blocks gave %d %d", r6, r7);
         /* In-bounds work still succeeds afterwards. */
         CHECK(cuMemcpyHtoD(p + 4092, buf, 4));
         CHECK(cuCtxSynchronize());

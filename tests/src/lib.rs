@@ -138,7 +138,9 @@ impl Server {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -161,6 +163,11 @@ impl Server {
             .expect("quic url")
             .to_string();
         Server { child, tcp, quic, log }
+    }
+
+    /// A live view of the server's log, for helpers that outlive a borrow.
+    pub fn log_handle(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.log)
     }
 
     /// Everything the server has logged so far.

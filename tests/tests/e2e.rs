@@ -246,6 +246,7 @@ struct RawSession {
     stream: TcpStream,
     next_id: u64,
     msg: Vec<u8>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl RawSession {
@@ -258,6 +259,7 @@ impl RawSession {
             stream,
             next_id: 1,
             msg: Vec::new(),
+            log: server.log_handle(),
         }
     }
 
@@ -266,10 +268,17 @@ impl RawSession {
         let mut out = Vec::new();
         frame::encode_frame(&mut out, self.next_id, FLAG_WANTS_REPLY, request, bulk, 1 << 30).unwrap();
         self.stream.write_all(&out).unwrap();
-        let h = frame::read_frame(&mut self.stream, &mut self.msg, 1 << 20).unwrap();
-        frame::skip_bulk(&mut self.stream, h.bulk_len).unwrap();
-        assert_eq!(h.id, self.next_id);
-        codec::decode(&self.msg).unwrap()
+        // Data frames of a device-to-host copy come before its final reply.
+        loop {
+            let h = frame::read_frame(&mut self.stream, &mut self.msg, 1 << 20)
+                .unwrap_or_else(|e| panic!("{e:?}; server log:\n{}", self.log.lock().unwrap()));
+            frame::skip_bulk(&mut self.stream, h.bulk_len).unwrap();
+            assert_eq!(h.id, self.next_id);
+            match codec::decode(&self.msg).unwrap() {
+                Reply::Data { .. } => continue,
+                r => return r,
+            }
+        }
     }
 }
 
@@ -365,5 +374,58 @@ fn images_are_shipped_once_per_server_and_checked_by_content() {
             &[]
         ),
         Reply::ImageUnknown
+    ));
+}
+
+#[test]
+fn kept_errors_are_returned_once_by_a_synchronous_copy() {
+    let server = Server::start();
+    let mut s = RawSession::open(&server);
+    let Reply::Handle(ctx) = s.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
+        panic!("no primary context");
+    };
+    let Reply::Pointer(ptr) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+        panic!("no allocation");
+    };
+    // A streamed launch of a function the session never looked up fails on
+    // the server; its error is kept for the context.
+    let bad_launch = |s: &mut RawSession| {
+        s.next_id += 1;
+        let launch = Request::Launch(gpupool_proto::message::Launch {
+            ctx,
+            func: 0xdead_0000,
+            kernel: false,
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_mem: 0,
+            stream: gpupool_proto::message::StreamRef::Legacy,
+            attrs: Vec::new(),
+        });
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, s.next_id, 0, &launch, &[], 1 << 20).unwrap();
+        s.stream.write_all(&out).unwrap();
+    };
+    let dtoh = |sync| Request::MemcpyDtoH {
+        ctx,
+        stream: gpupool_proto::message::StreamRef::Legacy,
+        src: ptr,
+        len: 16,
+        sync,
+    };
+    bad_launch(&mut s);
+    // An asynchronous copy does not report (or clear) it...
+    assert!(matches!(s.call(&dtoh(false), &[]), Reply::Done(0)));
+    // ...a synchronous one reports it once...
+    assert!(matches!(s.call(&dtoh(true), &[]), Reply::Done(400)));
+    assert!(matches!(s.call(&dtoh(true), &[]), Reply::Done(0)));
+    // ...and so does any synchronising call.
+    bad_launch(&mut s);
+    assert!(matches!(
+        s.call(&Request::CtxSynchronize { ctx }, &[]),
+        Reply::Status(400)
+    ));
+    assert!(matches!(
+        s.call(&Request::CtxSynchronize { ctx }, &[]),
+        Reply::Status(0)
     ));
 }

@@ -1249,6 +1249,7 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
         stream,
         src,
         len: size as u64,
+        sync,
     };
     // SAFETY: the program gave `size` writable bytes at dst, which CUDA lets
     // us fill until the copy is observed complete (a sync call drains them).
@@ -1692,6 +1693,27 @@ unsafe fn pack_params(
     Ok(unsafe { std::slice::from_raw_parts(buffer, size) }.to_vec())
 }
 
+/// Device attributes bounding a launch: threads per block, block and grid
+/// dimensions.
+const ATTR_MAX_THREADS_PER_BLOCK: i32 = 1;
+const ATTR_MAX_BLOCK_DIM: [i32; 3] = [2, 3, 4];
+const ATTR_MAX_GRID_DIM: [i32; 3] = [5, 6, 7];
+
+/// Refuse a launch configuration the device cannot run, at the call, as the
+/// driver does (rather than at the next synchronise).
+fn check_launch_dims(s: &Shim, ctx: Handle, grid: [u32; 3], block: [u32; 3]) -> CuResult {
+    let device = s.context_device(ctx)?;
+    let limit = |attr| s.attribute(device, attr).ok().map(|v| v as u64);
+    let threads: u64 = block.iter().map(|&b| b as u64).product();
+    let over = |v: u32, attr| limit(attr).is_some_and(|l| v as u64 > l);
+    if limit(ATTR_MAX_THREADS_PER_BLOCK).is_some_and(|l| threads > l)
+        || (0..3).any(|i| over(block[i], ATTR_MAX_BLOCK_DIM[i]) || over(grid[i], ATTR_MAX_GRID_DIM[i]))
+    {
+        return Err(CuError::INVALID_VALUE);
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe fn launch(
     mode: DefaultStream,
@@ -1714,6 +1736,7 @@ unsafe fn launch(
     }
     let kernel = is_kernel(s, func);
     let ctx = stream_ctx(s, stream)?;
+    check_launch_dims(s, ctx, grid, block)?;
     let block_bytes = unsafe { pack_params(s, func, kernel, params, extra)? };
     let launch = Launch {
         ctx,
