@@ -225,6 +225,32 @@ pub unsafe fn get_export_table(table: *mut *const c_void, uuid: *const u8) -> Cu
     }
 }
 
+/// Registered driver-log callbacks. The driver's own log messages are about
+/// the server's GPU and stay there (in the server's log); a program that
+/// registers a callback gets a handle, and no calls.
+static LOG_CALLBACKS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+pub unsafe fn logs_register_callback(callback: *mut c_void, _user: *mut c_void, handle: *mut *mut c_void) -> CuResult {
+    if callback.is_null() || handle.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let mut callbacks = lock(&LOG_CALLBACKS);
+    callbacks.push(callback as usize);
+    // Handles are 1-based positions: never NULL.
+    unsafe { out(handle, callbacks.len() as *mut c_void) }
+}
+
+pub unsafe fn logs_unregister_callback(handle: *mut c_void) -> CuResult {
+    let mut callbacks = lock(&LOG_CALLBACKS);
+    match (handle as usize).checked_sub(1).and_then(|i| callbacks.get_mut(i)) {
+        Some(slot) if *slot != 0 => {
+            *slot = 0;
+            Ok(())
+        }
+        _ => Err(CuError::INVALID_VALUE),
+    }
+}
+
 /// `cuModuleGetLoadingMode`: lazy unless the program's environment asks for
 /// eager loading, as the driver decides (`CUDA_MODULE_LOADING`).
 pub unsafe fn module_get_loading_mode(mode: *mut i32) -> CuResult {
