@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs every gpupool test. Installs what the tests need first (a C compiler
-# for the test programs; Rust through rustup when cargo is missing).
+# Runs every gpupool test. Installs what the tests need first: a C compiler
+# for the test programs, and the CUDA compiler and runtime from PyPI (no GPU
+# needed) for the tests that run unmodified nvcc programs through gpupool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -27,5 +30,8 @@ echo "== build (the whole-system tests run the built shim, server and software d
 cargo build --workspace --all-targets
 echo "== lint"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== CUDA toolchains from PyPI (for the nvcc program tests)"
+GPUPOOL_TEST_CUDA_HOMES="$(./scripts/cuda-toolchain.sh)"
+export GPUPOOL_TEST_CUDA_HOMES GPUPOOL_REQUIRE_CUDA=1
 echo "== tests"
 cargo test --workspace

@@ -98,7 +98,6 @@ int main(int argc, char **argv) {
     GET(cuFuncGetParamInfo, 12040);
     GET(cuMemAlloc, 3020);
     GET(cuMemFree, 3020);
-    GET(cuMemGetInfo, 3020);
     GET(cuMemAllocHost, 3020);
     GET(cuMemFreeHost, 2000);
     GET(cuMemHostGetDevicePointer, 3020);
@@ -112,7 +111,6 @@ int main(int argc, char **argv) {
     GET(cuMemsetD8Async, 3020);
     GET(cuStreamCreate, 2000);
     GET(cuStreamDestroy, 4000);
-    GET(cuStreamSynchronize, 2000);
     GET(cuStreamQuery, 2000);
     GET(cuEventCreate, 2000);
     GET(cuEventRecord, 2000);

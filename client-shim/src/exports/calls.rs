@@ -13,6 +13,7 @@ use crate::remote::{ConnectOptions, Remote};
 use crate::state::{self, DefaultStream, DeviceRange, Shim};
 use gpupool_proto::frame::COPY_CHUNK;
 use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request};
+use gpupool_fatbin::{ImageKind, LenQuery};
 use sha2::{Digest, Sha256};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
@@ -559,68 +560,48 @@ pub unsafe fn ctx_get_stream_priority_range(least: *mut i32, greatest: *mut i32)
 
 // ---- modules, functions, libraries, kernels -------------------------------
 
-/// Largest module image gpupool ships.
-const MAX_IMAGE: usize = 1 << 30;
-
-/// How many bytes a module image occupies: PTX text (NUL-terminated), an ELF
-/// cubin (its headers give the extent), or a fat binary (its header gives the
-/// size).
-unsafe fn image_len(image: *const c_void) -> CuResult<usize> {
-    if image.is_null() {
-        return Err(CuError::INVALID_VALUE);
-    }
-    let p = image.cast::<u8>();
-    // SAFETY: any valid image has at least 4 bytes (a PTX text shorter than
-    // that has its NUL within them, and we stop at it).
-    let head = unsafe { std::slice::from_raw_parts(p, 4) };
-    if head == b"\x7fELF" {
-        // SAFETY: an ELF64 header is 64 bytes.
-        let h = unsafe { std::slice::from_raw_parts(p, 64) };
-        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
-        let u16_at = |o: usize| u16::from_le_bytes(h[o..o + 2].try_into().unwrap()) as u64;
-        let sh_end = u64_at(0x28) + u16_at(0x3a) * u16_at(0x3c);
-        let ph_end = u64_at(0x20) + u16_at(0x36) * u16_at(0x38);
-        let len = sh_end.max(ph_end).max(64) as usize;
-        return if len <= MAX_IMAGE {
-            Ok(len)
-        } else {
-            Err(CuError::INVALID_IMAGE)
-        };
-    }
-    if u32::from_le_bytes(head.try_into().unwrap()) == 0xBA55_ED50 {
-        // SAFETY: a fat binary header is 16 bytes.
-        let h = unsafe { std::slice::from_raw_parts(p, 16) };
-        let header = u16::from_le_bytes([h[6], h[7]]) as u64;
-        let body = u64::from_le_bytes(h[8..16].try_into().unwrap());
-        let len = header.checked_add(body).ok_or(CuError::INVALID_IMAGE)? as usize;
-        return if len <= MAX_IMAGE {
-            Ok(len)
-        } else {
-            Err(CuError::INVALID_IMAGE)
-        };
-    }
-    // PTX text.
-    // SAFETY: PTX images are NUL-terminated strings.
-    let len = unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
-    Ok(len)
-}
-
-/// The fat binary wrapper `__cudaFatCudaBinary2`: magic, version, data, ...
-const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43b1;
-
+/// The bytes of the code image at `image`: PTX text, a cubin, a fat binary,
+/// or a fat-binary wrapper (followed to its fat binary). The image's own
+/// headers say how long it is (`gpupool_fatbin::required_len`); the shim
+/// reads no further than they say.
 unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
-    let mut p = image;
-    if !p.is_null() {
-        // SAFETY: the first word of any image is readable (see image_len).
-        let magic = unsafe { p.cast::<u32>().read_unaligned() };
-        if magic == FATBIN_WRAPPER_MAGIC {
-            // SAFETY: the wrapper holds a pointer to the fat binary at offset 8.
-            p = unsafe { p.cast::<u8>().add(8).cast::<*const c_void>().read_unaligned() };
+    let mut p = image.cast::<u8>();
+    for _hop in 0..2 {
+        if p.is_null() {
+            return Err(CuError::INVALID_VALUE);
         }
+        let mut have = 1usize;
+        let len = loop {
+            // SAFETY: `have` bytes were vouched for by the image's headers
+            // read so far (one byte to start: every image has one).
+            let prefix = unsafe { std::slice::from_raw_parts(p, have) };
+            match gpupool_fatbin::required_len(prefix) {
+                Ok(LenQuery::NeedAtLeast(n)) if (n as usize) > have => have = n as usize,
+                Ok(LenQuery::Exact(n)) => break n as usize,
+                Ok(LenQuery::NulTerminated) => {
+                    // SAFETY: PTX images are NUL-terminated strings.
+                    break unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
+                }
+                Ok(LenQuery::NeedAtLeast(_)) => return Err(CuError::INVALID_IMAGE),
+                Err(e) => {
+                    tracing::warn!("not a code image gpupool can read: {e}");
+                    return Err(CuError::INVALID_IMAGE);
+                }
+            }
+        };
+        // SAFETY: the image's headers say it occupies `len` bytes from p.
+        let bytes = unsafe { std::slice::from_raw_parts(p, len) };
+        if gpupool_fatbin::detect(bytes) != Ok(ImageKind::Wrapper) {
+            return Ok(bytes);
+        }
+        let wrapper = gpupool_fatbin::parse_wrapper(bytes).map_err(|e| {
+            tracing::warn!("fat-binary wrapper refused: {e}");
+            CuError::INVALID_IMAGE
+        })?;
+        p = wrapper.data as usize as *const u8;
     }
-    let len = unsafe { image_len(p)? };
-    // SAFETY: image_len derived the extent from the image's own headers.
-    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+    // A wrapper pointing at a wrapper.
+    Err(CuError::INVALID_IMAGE)
 }
 
 pub(super) unsafe fn load_module(module: *mut CUmodule, image: *const c_void) -> CuResult {
@@ -691,8 +672,14 @@ fn remote_library(s: &Shim, lib: &state::LazyLibrary) -> CuResult<Handle> {
 }
 
 /// The kernel names an image defines, when the shim can read them.
-fn image_kernels(_bytes: &[u8]) -> Option<std::collections::HashSet<String>> {
-    None
+fn image_kernels(bytes: &[u8]) -> Option<std::collections::HashSet<String>> {
+    match gpupool_fatbin::kernels(bytes) {
+        Ok(k) => Some(k.into_iter().map(|k| k.name).collect()),
+        Err(e) => {
+            tracing::debug!("cannot list the kernels of an image ({e}); the server will be asked");
+            None
+        }
+    }
 }
 
 fn is_kernel(s: &Shim, h: Handle) -> bool {

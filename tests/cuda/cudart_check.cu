@@ -1,0 +1,123 @@
+// An ordinary CUDA runtime program, built by nvcc with static or shared
+// cudart, for gpupool's tests: it must run unmodified through the shim. Its
+// kernels carry the names gpupool's software driver knows (as C++ names,
+// mangled by nvcc), so the same program runs on the software driver and on
+// a GPU. Every result is checked against values computed here.
+//
+//   cudart_check          allocations, copies, kernels, streams, events
+//   cudart_check fault    a faulting kernel: error 700 at the next synchronise
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cuda_runtime.h>
+
+__global__ void gp_vector_add(const float *a, const float *b, float *c, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) c[i] = a[i] + b[i];
+}
+
+__global__ void gp_scale(float *x, float s, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
+__global__ void gp_fault(unsigned *p) {
+    *(volatile unsigned *)(p - (1ull << 40)) = 1;
+}
+
+#define CHECK(call)                                                                              \
+    do {                                                                                         \
+        cudaError_t e_ = (call);                                                                 \
+        if (e_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "FAIL %s:%d %s = %d (%s)\n", __FILE__, __LINE__, #call, (int)e_,     \
+                    cudaGetErrorString(e_));                                                     \
+            return 1;                                                                            \
+        }                                                                                        \
+    } while (0)
+#define EXPECT(cond, ...)                                                                        \
+    do {                                                                                         \
+        if (!(cond)) {                                                                           \
+            fprintf(stderr, "FAIL " __VA_ARGS__);                                                \
+            fprintf(stderr, "\n");                                                               \
+            return 1;                                                                            \
+        }                                                                                        \
+    } while (0)
+
+static int fault() {
+    unsigned *p;
+    CHECK(cudaMalloc(&p, 256));
+    gp_fault<<<1, 1>>>(p);
+    cudaError_t launch = cudaGetLastError();
+    EXPECT(launch == cudaSuccess, "launch itself failed: %d", (int)launch);
+    cudaError_t e = cudaDeviceSynchronize();
+    EXPECT(e == cudaErrorIllegalAddress, "synchronise after a fault gave %d (%s)", (int)e, cudaGetErrorString(e));
+    e = cudaDeviceSynchronize();
+    EXPECT(e == cudaErrorIllegalAddress, "the fault is not sticky: %d", (int)e);
+    printf("OK fault\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "all";
+    int runtime = 0, driver = 0, count = 0;
+    CHECK(cudaRuntimeGetVersion(&runtime));
+    CHECK(cudaDriverGetVersion(&driver));
+    CHECK(cudaGetDeviceCount(&count));
+    EXPECT(count >= 1, "no device");
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    EXPECT(prop.multiProcessorCount >= 1 && prop.maxThreadsPerBlock >= 256, "implausible properties");
+    printf("device 0: %s, cc %d.%d, runtime %d, driver %d\n", prop.name, prop.major, prop.minor, runtime, driver);
+    if (!strcmp(mode, "fault")) return fault();
+
+    const int n = 1 << 16;
+    const size_t bytes = n * sizeof(float);
+    float *a = (float *)malloc(bytes), *b = (float *)malloc(bytes), *c = (float *)malloc(bytes);
+    for (int i = 0; i < n; i++) {
+        a[i] = (float)i;
+        b[i] = (float)(2 * i + 1);
+    }
+    size_t free_before = 0, total = 0;
+    CHECK(cudaMemGetInfo(&free_before, &total));
+    float *da, *db, *dc;
+    CHECK(cudaMalloc(&da, bytes));
+    CHECK(cudaMalloc(&db, bytes));
+    CHECK(cudaMalloc(&dc, bytes));
+    CHECK(cudaMemcpy(da, a, bytes, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(db, b, bytes, cudaMemcpyHostToDevice));
+    CHECK(cudaMemset(dc, 0, bytes));
+    gp_vector_add<<<(n + 255) / 256, 256>>>(da, db, dc, n);
+    CHECK(cudaGetLastError());
+    CHECK(cudaMemcpy(c, dc, bytes, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; i++) EXPECT(c[i] == a[i] + b[i], "c[%d] = %f", i, c[i]);
+
+    // A stream, pinned host memory, async copies and events.
+    cudaStream_t s;
+    cudaEvent_t start, stop;
+    float *pinned;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CHECK(cudaEventCreate(&start));
+    CHECK(cudaEventCreate(&stop));
+    CHECK(cudaMallocHost(&pinned, bytes));
+    CHECK(cudaEventRecord(start, s));
+    gp_scale<<<(n + 255) / 256, 256, 0, s>>>(dc, 0.5f, n);
+    CHECK(cudaGetLastError());
+    CHECK(cudaMemcpyAsync(pinned, dc, bytes, cudaMemcpyDeviceToHost, s));
+    CHECK(cudaEventRecord(stop, s));
+    CHECK(cudaEventSynchronize(stop));
+    for (int i = 0; i < n; i++) EXPECT(pinned[i] == (a[i] + b[i]) * 0.5f, "scaled[%d] = %f", i, pinned[i]);
+    float ms = -1;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    EXPECT(ms >= 0, "elapsed time %f", ms);
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaStreamDestroy(s));
+    CHECK(cudaEventDestroy(start));
+    CHECK(cudaEventDestroy(stop));
+    CHECK(cudaFreeHost(pinned));
+    CHECK(cudaFree(da));
+    CHECK(cudaFree(db));
+    CHECK(cudaFree(dc));
+    CHECK(cudaDeviceSynchronize());
+    printf("OK cudart n=%d\n", n);
+    return 0;
+}
