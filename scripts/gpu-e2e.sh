@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU machine check: runs a driver-API program (PTX module, several kernels)
-# natively and through gpupool over loopback, compares the output, and puts
-# the timings side by side.
+# GPU machine check: runs a driver-API program (PTX module, several kernels),
+# nvcc-built runtime programs (static and shared cudart, cuBLAS SGEMM) and
+# PyTorch training steps natively and through gpupool over loopback, compares
+# the outputs, and puts the timings side by side.
 #
 # Needs the release binaries already built (this script does not run cargo):
 #   cargo build --release --workspace
@@ -40,13 +41,51 @@ native() { "$WORK/driver_check" "$@"; }
 
 status=0
 printf "%-12s %-8s %-8s %s\n" mode native remote same-output
-for mode in vadd fault oob "big 256" streams; do
+for mode in vadd library fault oob "big 256" streams; do
     n=$(native $mode 2>&1) && nr=ok || nr=fail
     r=$(remote $mode 2>&1) && rr=ok || rr=fail
     same=no; [ "$(grep -v '^device' <<<"$n" | grep OK)" = "$(grep -v '^device' <<<"$r" | grep OK)" ] && same=yes
     printf "%-12s %-8s %-8s %s\n" "$mode" "$nr" "$rr" "$same"
     [ "$nr$rr$same" = "okokyes" ] || { status=1; echo "--- native:"; echo "$n"; echo "--- remote:"; echo "$r"; }
 done
+
+# Runtime-API programs as nvcc builds them: (a) static cudart, (b) shared
+# cudart, (c) cuBLAS SGEMM checked against the CPU.
+cuda_case() { # name, nvcc flags...
+    local name=$1; shift
+    nvcc -O2 -arch=sm_90 "$@" -o "$WORK/$name" "tests/cuda/${name%%-*}.cu" || { echo "$name: nvcc failed"; status=1; return; }
+    local n r nr=ok rr=ok
+    n=$("$WORK/$name" 2>&1) || nr=fail
+    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" "$WORK/$name" 2>&1) || rr=fail
+    local same=no
+    [ "$(grep OK <<<"$n")" = "$(grep OK <<<"$r")" ] && same=yes
+    printf "%-24s %-8s %-8s %s\n" "$name" "$nr" "$rr" "$same"
+    [ "$nr$rr$same" = "okokyes" ] || { status=1; echo "--- native:"; echo "$n"; echo "--- remote:"; echo "$r"; }
+    paste <(grep BENCH <<<"$n") <(grep BENCH <<<"$r" | sed 's/^BENCH /| /') || true
+}
+if command -v nvcc >/dev/null 2>&1; then
+    echo "== nvcc programs (native | through gpupool)"
+    cuda_case cudart_check-static -cudart static
+    cuda_case cudart_check-shared -cudart shared
+    cuda_case sgemm_check-static -lcublas
+else
+    echo "== no nvcc: runtime-API programs skipped"
+fi
+# (d) PyTorch training steps, loss compared step for step.
+if python3 -c "import torch" 2>/dev/null; then
+    echo "== PyTorch (native | through gpupool)"
+    n=$(python3 benches/torch_step.py 300 2>&1) || status=1
+    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" python3 benches/torch_step.py 300 2>&1) || status=1
+    paste <(grep -E 'LOSS|BENCH' <<<"$n") <(grep -E 'LOSS|BENCH' <<<"$r" | sed 's/^/| /')
+    # Kernels may pick non-deterministic algorithms: compare within 1e-3.
+    paste <(grep LOSS <<<"$n") <(grep LOSS <<<"$r") | awk '
+        { d = $4 - $8; if (d < 0) d = -d; m = ($4 < 0 ? -$4 : $4); if (m < 1) m = 1;
+          if (d / m > worst) worst = d / m; rows++ }
+        END { printf "losses compared: %d, largest relative difference %.2e\n", rows, worst;
+              exit (rows == 0 || worst > 1e-3) }' || { echo "losses differ"; status=1; }
+else
+    echo "== no PyTorch: training steps skipped"
+fi
 
 echo "== timings (native | through gpupool, loopback TCP)"
 paste <(native bench 5000 | grep BENCH) <(remote bench 5000 | grep BENCH | sed 's/^BENCH /| /')

@@ -1,0 +1,58 @@
+"""PyTorch training steps for gpupool's GPU machine script: an MLP
+(1024 -> 4096 -> 4096 -> 10, batch 256) and a small CNN (batch 64, 64x64),
+with fixed seeds, so a run natively and a run through gpupool can be compared
+loss for loss and step time for step time.
+
+Prints `LOSS <model> <step> <value>` every 50 steps and
+`BENCH <model>_step_ms <mean over the timed steps>`.
+"""
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 16 * 16, 10),
+    )
+
+
+def run(name, model, shape, steps, warmup=20):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = model.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(*shape, generator=g).to(dev)
+    y = torch.randint(0, 10, (shape[0],), generator=g).to(dev)
+    times = []
+    for step in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+        if step % 50 == 0 or step == steps - 1:
+            print(f"LOSS {name} {step} {loss.item():.6f}", flush=True)
+    print(f"BENCH {name}_step_ms {1000 * sum(times) / len(times):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    assert torch.cuda.is_available(), "no CUDA device visible to PyTorch"
+    print(f"device 0: {torch.cuda.get_device_name(0)}", flush=True)
+    run("mlp", mlp(), (256, 1024), steps)
+    run("cnn", cnn(), (64, 3, 64, 64), steps)
