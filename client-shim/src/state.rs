@@ -7,7 +7,7 @@
 use crate::error::{CuError, CuResult};
 use crate::remote::Remote;
 use gpupool_proto::handshake::DeviceInfo;
-use gpupool_proto::message::{Handle, StreamRef};
+use gpupool_proto::message::{Handle, OccupancyQuery, Reply, StreamRef};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +95,11 @@ pub struct Shim {
     pub lazy_kernels: RwLock<HashMap<Handle, Arc<LazyKernel>>>,
     /// (library, kernel name) -> kernel handle, so a name maps to one handle.
     pub kernel_names: Mutex<HashMap<(Handle, String), Handle>>,
+    /// (kernel, context) -> the kernel's function in that context.
+    pub kernel_functions: RwLock<HashMap<(Handle, Handle), Handle>>,
+    /// Occupancy answers: fixed for a function, a context and a question
+    /// until a function or kernel attribute is set.
+    pub occupancy: RwLock<HashMap<(Handle, Handle, OccupancyQuery), Reply>>,
 }
 
 thread_local! {
@@ -137,6 +142,8 @@ impl Shim {
             libraries: RwLock::default(),
             lazy_kernels: RwLock::default(),
             kernel_names: Mutex::default(),
+            kernel_functions: RwLock::default(),
+            occupancy: RwLock::default(),
         }
     }
 
@@ -239,6 +246,14 @@ impl Shim {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, r| r.ctx != ctx);
+        self.kernel_functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, c), _| *c != ctx);
+        self.occupancy
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, c, _), _| *c != ctx);
     }
 }
 

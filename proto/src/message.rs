@@ -200,7 +200,7 @@ pub struct Launch {
 }
 
 /// The occupancy calculator's questions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OccupancyQuery {
     MaxActiveBlocksPerMultiprocessor {
         block_size: i32,

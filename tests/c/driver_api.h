@@ -53,6 +53,7 @@ typedef CUresult (*PFN_cuModuleGetFunction)(CUfunction *, CUmodule, const char *
 typedef CUresult (*PFN_cuFuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *);
 typedef CUresult (*PFN_cuLibraryLoadData)(CUlibrary *, const void *, void *, void *, unsigned, void *, void *, unsigned);
 typedef CUresult (*PFN_cuLibraryUnload)(CUlibrary);
+typedef CUresult (*PFN_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
 typedef CUresult (*PFN_cuLibraryGetKernel)(CUkernel *, CUlibrary, const char *);
 typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
 typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);

@@ -123,6 +123,7 @@ int main(int argc, char **argv) {
     GET(cuLibraryGetKernel, 12000);
     GET(cuKernelGetFunction, 12000);
     GET(cuKernelGetParamInfo, 12040);
+    GET(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050);
 
     CHECK(cuInit(0));
     int version = 0, count = 0;
@@ -232,8 +233,14 @@ int main(int argc, char **argv) {
         void *args[] = {&da, &da, &dc, &nn};
         /* cudart launches a kernel handle as a function. */
         CHECK(cuLaunchKernel((CUfunction)kadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
-        CUfunction fscale;
+        CUfunction fscale, fscale2;
         CHECK(cuKernelGetFunction(&fscale, kscale));
+        CHECK(cuKernelGetFunction(&fscale2, kscale));
+        EXPECT(fscale == fscale2, "one kernel, two functions in one context");
+        int blocks1 = 0, blocks2 = 0;
+        CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks1, fscale, 256, 0));
+        CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks2, fscale, 256, 0));
+        EXPECT(blocks1 >= 1 && blocks1 == blocks2, "occupancy answers %d then %d", blocks1, blocks2);
         float s = 0.5f;
         void *sargs[] = {&dc, &s, &nn};
         CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, sargs, NULL));

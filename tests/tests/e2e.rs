@@ -37,6 +37,40 @@ fn library_kernels_resolve_and_launch() {
     }
 }
 
+/// (count, round trips) of one call in the shim's call report.
+fn report_row(report: &str, call: &str) -> (u64, u64) {
+    let row = report
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(call))
+        .unwrap_or_else(|| panic!("{call} missing from the call report:\n{report}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    (cols[1].parse().unwrap(), cols[4].parse().unwrap())
+}
+
+#[test]
+fn repeated_queries_are_answered_in_the_shim() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("library").env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stderr);
+    // Kernel names come from the image itself: no round trip at all.
+    assert_eq!(report_row(&report, "cuLibraryGetKernel"), (4, 0));
+    // The same question twice costs one round trip.
+    assert_eq!(
+        report_row(&report, "cuOccupancyMaxActiveBlocksPerMultiprocessor"),
+        (2, 1)
+    );
+    let (calls, trips) = report_row(&report, "cuKernelGetFunction");
+    assert_eq!(calls, 2);
+    assert!(
+        trips <= 2,
+        "the second lookup of a kernel's function went to the server"
+    );
+    assert_eq!(report_row(&report, "cuDevicePrimaryCtxGetState").1, 0);
+}
+
 #[test]
 fn asynchronous_error_is_reported_at_the_next_synchronise() {
     let server = Server::start();

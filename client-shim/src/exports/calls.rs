@@ -837,8 +837,10 @@ pub unsafe fn func_set_attribute(function: CUfunction, attribute: i32, value: i3
         },
         &[],
     )?;
-    // Setting one attribute can change others (e.g. shared memory limits).
+    // Setting one attribute can change others (e.g. shared memory limits),
+    // and the occupancy answers that depend on them.
     write(&s.func_attributes).retain(|(f, _), _| *f != func);
+    write(&s.occupancy).clear();
     Ok(())
 }
 
@@ -975,9 +977,16 @@ pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -
     if function.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
+    let key = (handle(kernel), ctx);
+    if let Some(&f) = read(&s.kernel_functions).get(&key) {
+        return unsafe { out(function, as_ptr(f)) };
+    }
     let kernel = resolve(s, handle(kernel))?;
     match s.remote.call(&Request::KernelGetFunction { ctx, kernel }, &[])? {
-        Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
+        Reply::Handle(h) => {
+            write(&s.kernel_functions).insert(key, h);
+            unsafe { out(function, as_ptr(h)) }
+        }
         _ => Err(CuError::UNKNOWN),
     }
 }
@@ -1017,6 +1026,9 @@ pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel,
         &[],
     )?;
     write(&s.kernel_attributes).retain(|(h, _, _), _| *h != k);
+    write(&s.occupancy).clear();
+    // The kernel's functions carry its attributes too.
+    write(&s.func_attributes).clear();
     Ok(())
 }
 
@@ -1842,14 +1854,20 @@ pub unsafe fn launch_kernel_ex(
 fn occupancy(function: CUfunction, query: OccupancyQuery) -> CuResult<Reply> {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(
+    let key = (handle(function), ctx, query);
+    if let Some(r) = read(&s.occupancy).get(&key) {
+        return Ok(r.clone());
+    }
+    let reply = s.remote.call(
         &Request::Occupancy {
             ctx,
             func: resolve(s, handle(function))?,
             query,
         },
         &[],
-    )
+    )?;
+    write(&s.occupancy).insert(key, reply.clone());
+    Ok(reply)
 }
 
 fn int_reply(r: Reply) -> CuResult<i64> {
