@@ -4,6 +4,14 @@
 //! - `GPUPOOL_TLS_CA`: PEM file of CA certificates to verify a QUIC server
 //!   against, instead of pinning a fingerprint
 //! - `GPUPOOL_LEASE_TOKEN`: lease token to present (issued by the broker)
+//! - `GPUPOOL_BROKER`: `http://host:port` of a gpupool broker; when set, the
+//!   shim asks it for a lease and connects to the server the lease names
+//!   (`GPUPOOL_SERVER` is then not needed)
+//! - `GPUPOOL_BROKER_TOKEN`: bearer token for the broker
+//! - `GPUPOOL_REQUEST`: what to ask the broker for, e.g. `gpus=1` (default)
+//!   or `memory_mib=8192,compute=0.5,model=H100`
+//! - `GPUPOOL_BROKER_WAIT_S`: how long to wait while the broker queues the
+//!   request (300 s by default)
 //! - `GPUPOOL_LOG`: log filter (`warn` by default), e.g. `info`, `gpupool=debug`
 //! - `GPUPOOL_LOG_FORMAT`: `json` for JSON logs
 //! - `GPUPOOL_CALL_REPORT`: when set, print at exit where each call went and
@@ -17,6 +25,10 @@ pub struct Config {
     pub tls: ClientTls,
     pub lease_token: Option<String>,
     pub call_report: bool,
+    pub broker: Option<String>,
+    pub broker_token: Option<String>,
+    pub request: String,
+    pub broker_wait: std::time::Duration,
 }
 
 impl Config {
@@ -36,6 +48,15 @@ impl Config {
             tls,
             lease_token: std::env::var("GPUPOOL_LEASE_TOKEN").ok().filter(|t| !t.is_empty()),
             call_report: std::env::var_os("GPUPOOL_CALL_REPORT").is_some_and(|v| !v.is_empty() && v != "0"),
+            broker: std::env::var("GPUPOOL_BROKER").ok().filter(|b| !b.is_empty()),
+            broker_token: std::env::var("GPUPOOL_BROKER_TOKEN").ok().filter(|t| !t.is_empty()),
+            request: std::env::var("GPUPOOL_REQUEST").unwrap_or_default(),
+            broker_wait: std::time::Duration::from_secs(
+                std::env::var("GPUPOOL_BROKER_WAIT_S")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300),
+            ),
         }
     }
 }

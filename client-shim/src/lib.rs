@@ -8,6 +8,7 @@
 //! without waiting, and their errors come back at the next synchronising
 //! call, as CUDA reports asynchronous errors.
 
+pub mod broker;
 pub mod config;
 pub mod error;
 pub mod exports;

@@ -246,6 +246,12 @@ impl Remote {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// End the session from the client side (its lease ended): every later
+    /// call fails with `reason` logged once.
+    pub fn fail(&self, reason: String) {
+        self.mark_dead(reason)
+    }
+
     fn mark_dead(&self, reason: String) {
         if !self.dead.swap(true, Ordering::AcqRel) {
             tracing::error!(server = %self.peer, "{reason}; every later CUDA call fails with CUDA_ERROR_DEVICE_UNAVAILABLE");
@@ -317,7 +323,7 @@ impl Remote {
     }
 }
 
-fn client_info() -> ClientInfo {
+pub(crate) fn client_info() -> ClientInfo {
     let program = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

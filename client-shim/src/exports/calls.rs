@@ -108,13 +108,30 @@ pub unsafe fn init(flags: u32) -> CuResult {
         if cfg.call_report {
             crate::report::enable();
         }
-        let url = cfg.server.map_err(|reason| {
-            tracing::error!("{reason}");
-            CuError::NO_DEVICE
-        })?;
-        let opts = ConnectOptions { url: url.clone(), tls: cfg.tls, lease_token: cfg.lease_token };
+        let (url, lease_token, lease) = match &cfg.broker {
+            Some(b) => {
+                let (url, lease) = lease_from_broker(b, &cfg).map_err(|e| {
+                    tracing::error!("cannot get a GPU from the broker: {e}");
+                    CuError::NO_DEVICE
+                })?;
+                let token = Some(lease.1.token.clone());
+                (url, token, Some(lease))
+            }
+            None => {
+                let url = cfg.server.map_err(|reason| {
+                    tracing::error!("{reason}");
+                    CuError::NO_DEVICE
+                })?;
+                (url, cfg.lease_token, None)
+            }
+        };
+        let opts = ConnectOptions { url: url.clone(), tls: cfg.tls, lease_token };
         match Remote::connect(&opts) {
             Ok(remote) => {
+                if let Some((broker, granted)) = lease {
+                    let r = Arc::clone(&remote);
+                    crate::broker::hold(broker, &granted, move |why| r.fail(format!("the GPU lease ended: {why}")));
+                }
                 let s = &remote.session;
                 tracing::info!(server = %url, session = s.session_id, devices = s.devices.len(), simulated = s.simulated, "connected to gpupool server");
                 if s.devices.is_empty() {
@@ -125,6 +142,9 @@ pub unsafe fn init(flags: u32) -> CuResult {
             }
             Err(e) => {
                 tracing::error!(server = %url, "cannot reach the gpupool server: {e}");
+                if let Some((broker, granted)) = lease {
+                    let _ = broker.release(granted.id);
+                }
                 Err(CuError::NO_DEVICE)
             }
         }
@@ -138,6 +158,34 @@ pub(super) fn reported_driver_version() -> i32 {
         Some(Ok(s)) => s.remote.session.driver_version.min(API_VERSION as i32),
         _ => API_VERSION as i32,
     }
+}
+
+/// Ask the broker for a lease; the server it names and the lease.
+fn lease_from_broker(
+    url: &str,
+    cfg: &Config,
+) -> Result<
+    (
+        gpupool_proto::transport::ServerUrl,
+        (crate::broker::Broker, crate::broker::Granted),
+    ),
+    String,
+> {
+    use crate::broker::{parse_request, Broker};
+    let broker = Broker::new(url, cfg.broker_token.clone()).map_err(|e| e.to_string())?;
+    let who = crate::remote::client_info();
+    let holder = format!("{}/{}/{}", who.host, who.pid, who.program);
+    let request = parse_request(&cfg.request, &holder).map_err(|e| e.to_string())?;
+    let granted = broker.acquire(&request, cfg.broker_wait).map_err(|e| e.to_string())?;
+    tracing::info!(lease = granted.id, server = %granted.endpoint, "lease granted by the broker");
+    let server = gpupool_proto::transport::ServerUrl::parse(&granted.endpoint).map_err(|e| {
+        let _ = broker.release(granted.id);
+        format!(
+            "the lease names server {:?}, which is not a gpupool address: {e}",
+            granted.endpoint
+        )
+    })?;
+    Ok((server, (broker, granted)))
 }
 
 pub unsafe fn driver_get_version(version: *mut i32) -> CuResult {

@@ -1,0 +1,361 @@
+//! Leases from the gpupool broker, for a shim started with `GPUPOOL_BROKER`.
+//!
+//! At `cuInit` the shim asks the broker for a lease for the request in
+//! `GPUPOOL_REQUEST` (one whole GPU by default), waits while the broker
+//! queues it, and connects to the server the lease names with the lease's
+//! token. A thread renews the lease at a third of its TTL; if the broker says
+//! the lease has ended (server down, preempted, expired), the session is
+//! closed with that reason and every later CUDA call fails with
+//! `CUDA_ERROR_DEVICE_UNAVAILABLE`. At exit the lease is released.
+//!
+//! The broker speaks HTTP/1.1 with JSON bodies; this module has its own small
+//! blocking client (one request per connection) so the shim needs no async
+//! runtime.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("GPUPOOL_BROKER {0:?} is not an http://host:port address")]
+    BadUrl(String),
+    #[error("GPUPOOL_REQUEST {0:?}: {1}")]
+    BadRequest(String, String),
+    #[error("cannot reach the broker at {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("the broker answered {0}: {1}")]
+    Status(u16, String),
+    #[error("the broker's answer is not understood: {0}")]
+    Malformed(String),
+    #[error("lease {0} {1}")]
+    Ended(u64, String),
+    #[error("no GPU within {0:?}: lease {1} still queued ({2})")]
+    Timeout(Duration, u64, String),
+}
+
+/// A broker address: `http://host:port`.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    addr: String,
+    token: Option<String>,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub id: u64,
+    pub endpoint: String,
+    pub token: String,
+    pub ttl: Duration,
+}
+
+impl Broker {
+    pub fn new(url: &str, token: Option<String>) -> Result<Broker, BrokerError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| BrokerError::BadUrl(url.into()))?;
+        let addr = rest.trim_end_matches('/');
+        if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
+            return Err(BrokerError::BadUrl(url.into()));
+        }
+        Ok(Broker {
+            addr: addr.to_string(),
+            token,
+        })
+    }
+
+    /// One HTTP exchange; the JSON body of a 2xx answer.
+    fn exchange(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, BrokerError> {
+        let io = |e| BrokerError::Io(self.addr.clone(), e);
+        let mut s = TcpStream::connect(&self.addr).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+        s.set_write_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).map_err(io)?;
+        s.write_all(body.as_bytes()).map_err(io)?;
+        let mut answer = Vec::new();
+        s.take(16 << 20).read_to_end(&mut answer).map_err(io)?;
+        parse_response(&answer)
+    }
+
+    /// Ask for a lease and wait (up to `wait`) while the broker queues it.
+    pub fn acquire(&self, request: &Value, wait: Duration) -> Result<Granted, BrokerError> {
+        let started = Instant::now();
+        let mut view = self.exchange("POST", "/v1/leases", Some(request))?;
+        loop {
+            let id = view["id"]
+                .as_u64()
+                .ok_or_else(|| BrokerError::Malformed("lease without an id".into()))?;
+            match view["state"].as_str() {
+                Some("active") => return granted(id, &view),
+                Some("queued") => {
+                    if started.elapsed() >= wait {
+                        let _ = self.release(id);
+                        return Err(BrokerError::Timeout(wait, id, reason(&view)));
+                    }
+                    tracing::info!(lease = id, "waiting for a GPU: {}", reason(&view));
+                    std::thread::sleep(Duration::from_millis(250));
+                    view = self.exchange("POST", &format!("/v1/leases/{id}/renew"), None)?;
+                }
+                _ => return Err(BrokerError::Ended(id, ended(&view))),
+            }
+        }
+    }
+
+    /// Renew; an error when the lease is no longer active.
+    pub fn renew(&self, id: u64) -> Result<(), BrokerError> {
+        let view = self.exchange("POST", &format!("/v1/leases/{id}/renew"), None)?;
+        match view["state"].as_str() {
+            Some("active") => Ok(()),
+            _ => Err(BrokerError::Ended(id, ended(&view))),
+        }
+    }
+
+    pub fn release(&self, id: u64) -> Result<(), BrokerError> {
+        self.exchange("DELETE", &format!("/v1/leases/{id}"), None).map(|_| ())
+    }
+}
+
+fn reason(view: &Value) -> String {
+    view["reason"].as_str().unwrap_or("no reason given").to_string()
+}
+
+fn ended(view: &Value) -> String {
+    format!(
+        "is {}: {}",
+        view["state"].as_str().unwrap_or("in an unknown state"),
+        reason(view)
+    )
+}
+
+fn granted(id: u64, view: &Value) -> Result<Granted, BrokerError> {
+    let field = |k: &str| {
+        view[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| BrokerError::Malformed(format!("active lease {id} without {k}")))
+    };
+    Ok(Granted {
+        id,
+        endpoint: field("endpoint")?,
+        token: field("token")?,
+        ttl: Duration::from_millis(view["ttl_ms"].as_u64().unwrap_or(60_000).max(300)),
+    })
+}
+
+/// Status line, headers and body of an HTTP/1.1 answer (`Connection: close`).
+fn parse_response(answer: &[u8]) -> Result<Value, BrokerError> {
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| BrokerError::Malformed("no end of headers".into()))?;
+    let head = std::str::from_utf8(&answer[..split]).map_err(|_| BrokerError::Malformed("headers not UTF-8".into()))?;
+    let mut body = &answer[split + 4..];
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| BrokerError::Malformed(format!("status line {:?}", head.lines().next())))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let decoded;
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        decoded = dechunk(body)?;
+        body = &decoded;
+    } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body = body
+            .get(..n)
+            .ok_or_else(|| BrokerError::Malformed("body shorter than declared".into()))?;
+    }
+    let text = String::from_utf8_lossy(body).into_owned();
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        return Err(BrokerError::Status(status, message));
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| BrokerError::Malformed(e.to_string()))
+}
+
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, BrokerError> {
+    let bad = || BrokerError::Malformed("bad chunked body".into());
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| bad())?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad())?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(body.get(..size).ok_or_else(bad)?);
+        body = body.get(size + 2..).ok_or_else(bad)?;
+    }
+}
+
+/// `GPUPOOL_REQUEST`: comma-separated `key=value`: `gpus=N`, or a slice with
+/// `memory_mib=M` and `compute=F` (a share, 0 < F <= 1); optionally `model`,
+/// `min_memory_mib`, `tenant`, `priority`, `ttl_ms`. Empty: one whole GPU.
+pub fn parse_request(text: &str, holder: &str) -> Result<Value, BrokerError> {
+    let bad = |why: &str| BrokerError::BadRequest(text.into(), why.into());
+    let mut req = json!({ "holder": holder });
+    let (mut memory, mut compute) = (None, None);
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(&format!("{k} must be a whole number")))
+        };
+        match k {
+            "gpus" => req["gpus"] = json!(num(v)?),
+            "memory_mib" => memory = Some(num(v)?),
+            "compute" => {
+                let f: f64 = v.parse().map_err(|_| bad("compute must be a share such as 0.5"))?;
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(bad("compute must be more than 0 and at most 1"));
+                }
+                compute = Some((f * 1000.0).round().max(1.0) as u64);
+            }
+            "min_memory_mib" | "ttl_ms" => req[k] = json!(num(v)?),
+            "priority" => req["priority"] = json!(v.parse::<i32>().map_err(|_| bad("priority must be an integer"))?),
+            "model" | "tenant" => req[k] = json!(v),
+            _ => return Err(bad(&format!("unknown key {k}"))),
+        }
+    }
+    match (memory, compute) {
+        (None, None) => {
+            if req.get("gpus").is_none() {
+                req["gpus"] = json!(1);
+            }
+        }
+        (Some(m), Some(c)) => {
+            if req.get("gpus").is_some() {
+                return Err(bad("ask for gpus or for a slice, not both"));
+            }
+            req["slice"] = json!({ "memory_mib": m, "compute_milli": c });
+        }
+        _ => return Err(bad("a slice needs both memory_mib and compute")),
+    }
+    Ok(req)
+}
+
+/// The lease this process holds, released at exit.
+static HELD: Mutex<Option<(Broker, u64)>> = Mutex::new(None);
+static AT_EXIT: OnceLock<()> = OnceLock::new();
+
+extern "C" fn release_at_exit() {
+    let held = HELD.lock().map(|mut h| h.take()).unwrap_or(None);
+    if let Some((broker, id)) = held {
+        if let Err(e) = broker.release(id) {
+            tracing::warn!(lease = id, "could not release the lease at exit: {e}");
+        }
+    }
+}
+
+/// Hold `lease`: renew it in the background (calling `lost` with the reason
+/// if it ends) and release it when the process exits.
+pub fn hold(broker: Broker, lease: &Granted, lost: impl Fn(String) + Send + 'static) {
+    if let Ok(mut h) = HELD.lock() {
+        *h = Some((broker.clone(), lease.id));
+    }
+    AT_EXIT.get_or_init(|| {
+        // SAFETY: registering a plain extern "C" function with no arguments.
+        unsafe { libc::atexit(release_at_exit) };
+    });
+    let (id, period) = (lease.id, lease.ttl / 3);
+    let spawned = std::thread::Builder::new()
+        .name("gpupool-lease".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            match broker.renew(id) {
+                Ok(()) => {}
+                Err(BrokerError::Io(addr, e)) => {
+                    // The broker may be restarting; the lease survives until
+                    // its TTL, so keep trying.
+                    tracing::warn!(lease = id, "cannot renew the lease at {addr}: {e}");
+                }
+                Err(e) => {
+                    if let Ok(mut h) = HELD.lock() {
+                        h.take();
+                    }
+                    lost(e.to_string());
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the lease renewal thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_refuse_nonsense() {
+        let r = parse_request("", "h").unwrap();
+        assert_eq!(r["gpus"], 1);
+        let r = parse_request("memory_mib=8192, compute=0.25, model=H100, tenant=ml", "h").unwrap();
+        assert_eq!(r["slice"]["memory_mib"], 8192);
+        assert_eq!(r["slice"]["compute_milli"], 250);
+        assert_eq!(r["model"], "H100");
+        assert!(r.get("gpus").is_none());
+        assert_eq!(parse_request("gpus=4,priority=-2", "h").unwrap()["priority"], -2);
+        for bad in [
+            "gpus",
+            "gpus=x",
+            "memory_mib=10",
+            "compute=2",
+            "gpus=1,memory_mib=1,compute=0.5",
+            "colour=red",
+        ] {
+            assert!(parse_request(bad, "h").is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn http_answers_parse() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{\"id\":42}";
+        assert_eq!(parse_response(ok).unwrap()["id"], 42);
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap()["a"], 1);
+        let refused = b"HTTP/1.1 409 Conflict\r\ncontent-length: 24\r\n\r\n{\"error\":\"over quota x\"}";
+        match parse_response(refused) {
+            Err(BrokerError::Status(409, m)) => assert_eq!(m, "over quota x"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n{}").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert!(Broker::new("http://broker:7080", None).is_ok());
+        assert!(Broker::new("http://broker:7080/", None).is_ok());
+        for bad in ["broker:7080", "https://b:1", "http://", "http://b:1/x"] {
+            assert!(Broker::new(bad, None).is_err(), "{bad}");
+        }
+    }
+}
