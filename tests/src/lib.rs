@@ -49,7 +49,13 @@ pub fn shim_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch_dir().join("shim");
-        link_libraries(&dir, &[("libcuda.so.1", artifact("libcuda.so")), ("libnvidia-ml.so.1", nvml_shim())]);
+        link_libraries(
+            &dir,
+            &[
+                ("libcuda.so.1", artifact("libcuda.so")),
+                ("libnvidia-ml.so.1", nvml_shim()),
+            ],
+        );
         dir
     })
     .clone()

@@ -57,7 +57,16 @@ fn the_server_answers_device_status_for_session_devices_only() {
         pid: 1,
         program: "nvml-test".into(),
     };
-    frame::write_frame(&mut s, &mut scratch, 0, FLAG_WANTS_REPLY, &Hello::new(None, client), &[], 1 << 20).unwrap();
+    frame::write_frame(
+        &mut s,
+        &mut scratch,
+        0,
+        FLAG_WANTS_REPLY,
+        &Hello::new(None, client),
+        &[],
+        1 << 20,
+    )
+    .unwrap();
     s.flush().unwrap();
     let mut msg = Vec::new();
     frame::read_frame(&mut s, &mut msg, 64 << 20).unwrap();
@@ -105,5 +114,8 @@ fn nvml_refuses_a_libcuda_that_is_not_gpupools() {
     let (ok, out, err) = nvml_check(cmd);
     assert!(ok, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("OK init fails: 12 NVML Shared Library Not Found"), "{out}");
-    assert!(err.contains("not gpupool's client shim"), "the reason must be said: {err}");
+    assert!(
+        err.contains("not gpupool's client shim"),
+        "the reason must be said: {err}"
+    );
 }

@@ -85,7 +85,9 @@ impl DeviceTable {
 
     /// The device with this UUID text (any case).
     pub fn by_uuid(&self, text: &str) -> Option<&Device> {
-        self.devices.iter().find(|d| d.uuid_text.eq_ignore_ascii_case(text.trim()))
+        self.devices
+            .iter()
+            .find(|d| d.uuid_text.eq_ignore_ascii_case(text.trim()))
     }
 
     /// The device at this PCI bus id, in any form NVML accepts.
@@ -106,7 +108,17 @@ mod tests {
         let dev = |i: u32, bus: u32| {
             let mut uuid = [0u8; 16];
             uuid[15] = i as u8 + 1;
-            Device::new(i, format!("GPU {i}"), uuid, 1 << 30, PciAddress { domain: 0, bus, device: 0 })
+            Device::new(
+                i,
+                format!("GPU {i}"),
+                uuid,
+                1 << 30,
+                PciAddress {
+                    domain: 0,
+                    bus,
+                    device: 0,
+                },
+            )
         };
         DeviceTable::new(vec![dev(0, 0x41), dev(1, 0x81)])
     }

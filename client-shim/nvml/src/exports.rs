@@ -102,7 +102,10 @@ fn guard(name: &'static str, f: impl FnOnce() -> NvmlResult) -> nvmlReturn_t {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => e.0,
         Err(_) => {
-            tracing::error!(call = name, "internal error in gpupool NVML (panic caught); returning NVML_ERROR_UNKNOWN");
+            tracing::error!(
+                call = name,
+                "internal error in gpupool NVML (panic caught); returning NVML_ERROR_UNKNOWN"
+            );
             NvmlError::UNKNOWN.0
         }
     }
@@ -236,13 +239,17 @@ unsafe fn cuda_driver_version(version: *mut c_int) -> NvmlResult {
 #[no_mangle]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> nvmlReturn_t {
     // SAFETY: the caller's argument, passed on.
-    guard("nvmlSystemGetCudaDriverVersion", || unsafe { cuda_driver_version(version) })
+    guard("nvmlSystemGetCudaDriverVersion", || unsafe {
+        cuda_driver_version(version)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> nvmlReturn_t {
     // SAFETY: the caller's argument, passed on.
-    guard("nvmlSystemGetCudaDriverVersion_v2", || unsafe { cuda_driver_version(version) })
+    guard("nvmlSystemGetCudaDriverVersion_v2", || unsafe {
+        cuda_driver_version(version)
+    })
 }
 
 /// No S-class units.
@@ -285,13 +292,17 @@ unsafe fn handle_by_index(index: c_uint, device: *mut nvmlDevice_t) -> NvmlResul
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
     // SAFETY: the caller's arguments, passed on.
-    guard("nvmlDeviceGetHandleByIndex", || unsafe { handle_by_index(index, device) })
+    guard("nvmlDeviceGetHandleByIndex", || unsafe {
+        handle_by_index(index, device)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
     // SAFETY: the caller's arguments, passed on.
-    guard("nvmlDeviceGetHandleByIndex_v2", || unsafe { handle_by_index(index, device) })
+    guard("nvmlDeviceGetHandleByIndex_v2", || unsafe {
+        handle_by_index(index, device)
+    })
 }
 
 #[no_mangle]
@@ -322,9 +333,14 @@ unsafe fn handle_by_pci_bus_id(bus_id: *const c_char, device: *mut nvmlDevice_t)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(bus_id: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
+    bus_id: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
     // SAFETY: the caller's arguments, passed on.
-    guard("nvmlDeviceGetHandleByPciBusId", || unsafe { handle_by_pci_bus_id(bus_id, device) })
+    guard("nvmlDeviceGetHandleByPciBusId", || unsafe {
+        handle_by_pci_bus_id(bus_id, device)
+    })
 }
 
 #[no_mangle]
@@ -333,7 +349,9 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
     device: *mut nvmlDevice_t,
 ) -> nvmlReturn_t {
     // SAFETY: the caller's arguments, passed on.
-    guard("nvmlDeviceGetHandleByPciBusId_v2", || unsafe { handle_by_pci_bus_id(bus_id, device) })
+    guard("nvmlDeviceGetHandleByPciBusId_v2", || unsafe {
+        handle_by_pci_bus_id(bus_id, device)
+    })
 }
 
 // ---- what a device is -----------------------------------------------------
@@ -480,7 +498,11 @@ fn clock_mhz(d: &Device, kind: c_uint) -> NvmlResult<c_uint> {
 
 /// Reports the maximum clock: the current one is not known to CUDA.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetClockInfo(device: nvmlDevice_t, kind: c_uint, clock: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    device: nvmlDevice_t,
+    kind: c_uint,
+    clock: *mut c_uint,
+) -> nvmlReturn_t {
     guard("nvmlDeviceGetClockInfo", || {
         let (_, d) = self::device(device)?;
         let mhz = clock_mhz(d, kind)?;
@@ -524,7 +546,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_v2_t,
+) -> nvmlReturn_t {
     guard("nvmlDeviceGetMemoryInfo_v2", || {
         let (b, d) = self::device(device)?;
         if memory.is_null() {
@@ -572,7 +597,11 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 
 /// Only the GPU sensor; not supported when the server has no NVML.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetTemperature(device: nvmlDevice_t, sensor: c_uint, temp: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    device: nvmlDevice_t,
+    sensor: c_uint,
+    temp: *mut c_uint,
+) -> nvmlReturn_t {
     guard("nvmlDeviceGetTemperature", || {
         let (b, d) = self::device(device)?;
         if sensor != NVML_TEMPERATURE_GPU || temp.is_null() {
@@ -636,7 +665,10 @@ fn not_supported(name: &'static str) -> nvmlReturn_t {
     if !session::initialised() {
         return NvmlError::UNINITIALIZED.0;
     }
-    tracing::debug!(call = name, "gpupool NVML does not answer {name}; returning NVML_ERROR_NOT_SUPPORTED");
+    tracing::debug!(
+        call = name,
+        "gpupool NVML does not answer {name}; returning NVML_ERROR_NOT_SUPPORTED"
+    );
     NvmlError::NOT_SUPPORTED.0
 }
 
@@ -839,11 +871,17 @@ mod tests {
         let mut buf = [0x55 as c_char; 8];
         // SAFETY: buf has the 8 writable bytes passed.
         unsafe {
-            assert_eq!(out_string(buf.as_mut_ptr(), 8, "abcdefgh"), Err(NvmlError::INSUFFICIENT_SIZE));
+            assert_eq!(
+                out_string(buf.as_mut_ptr(), 8, "abcdefgh"),
+                Err(NvmlError::INSUFFICIENT_SIZE)
+            );
             assert_eq!(buf[0], 0x55, "nothing written on failure");
             assert_eq!(out_string(buf.as_mut_ptr(), 8, "abcdefg"), Ok(()));
             assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str(), Ok("abcdefg"));
-            assert_eq!(out_string(std::ptr::null_mut(), 8, "a"), Err(NvmlError::INVALID_ARGUMENT));
+            assert_eq!(
+                out_string(std::ptr::null_mut(), 8, "a"),
+                Err(NvmlError::INVALID_ARGUMENT)
+            );
         }
         let mut fixed = [0x55 as c_char; 4];
         fill(&mut fixed, "abcdef");

@@ -111,7 +111,15 @@ mod tests {
         assert_eq!(PciAddress::parse("0000:41:00.1"), Some((a, 1)));
         assert_eq!(PciAddress::parse("0000:4a:00.0").map(|(p, _)| p.bus), Some(0x4a));
         assert_eq!(PciAddress::parse("0000:4A:00.0").map(|(p, _)| p.bus), Some(0x4a));
-        for bad in ["", "41", "41:00", "zz:00.0", "0:0:0:0.0", "000000000:41:00.0", "0000:41:.0"] {
+        for bad in [
+            "",
+            "41",
+            "41:00",
+            "zz:00.0",
+            "0:0:0:0.0",
+            "000000000:41:00.0",
+            "0000:41:.0",
+        ] {
             assert_eq!(PciAddress::parse(bad), None, "{bad:?}");
         }
     }
