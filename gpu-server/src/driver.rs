@@ -215,6 +215,30 @@ impl Driver {
         Ok(n)
     }
 
+    /// The device's UUID, as `cuDeviceGetUuid_v2` gives it.
+    pub fn device_uuid(&self, ordinal: i32) -> DriverResult<[u8; 16]> {
+        let mut dev = 0;
+        let mut uuid = [0u8; 16];
+        // SAFETY: dev is a writable int; uuid is the 16 bytes a CUuuid holds.
+        unsafe {
+            self.cuDeviceGet(&mut dev, ordinal)?;
+            self.cuDeviceGetUuid_v2(uuid.as_mut_ptr(), dev)?;
+        }
+        Ok(uuid)
+    }
+
+    /// The device's whole memory in bytes.
+    pub fn device_total_mem(&self, ordinal: i32) -> DriverResult<u64> {
+        let mut dev = 0;
+        let mut total = 0usize;
+        // SAFETY: both are writable.
+        unsafe {
+            self.cuDeviceGet(&mut dev, ordinal)?;
+            self.cuDeviceTotalMem_v2(&mut total, dev)?;
+        }
+        Ok(total as u64)
+    }
+
     /// Everything that cannot change about device `ordinal`.
     pub fn device_facts(&self, ordinal: i32) -> DriverResult<DeviceFacts> {
         let mut dev = 0;

@@ -4,7 +4,8 @@
 //! The daemon (`session`) accepts clients over TCP and QUIC, checks each
 //! client's hello, and starts one worker process per session; the worker
 //! (`worker`) executes the client's calls in order on the driver (`driver`,
-//! the only module that calls `libcuda.so.1`), checking every handle and
+//! the only module that calls `libcuda.so.1`; `nvml` reads what only NVML
+//! knows, such as utilisation), checking every handle and
 //! address against the client's own tables (`tables`). A client's crash,
 //! sticky error or leak stays in its own process, and everything it held is
 //! freed when its connection ends.
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod driver;
 pub mod images;
+pub mod nvml;
 pub mod session;
 pub mod tables;
 pub mod worker;

@@ -9,11 +9,12 @@
 
 use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, Ptr, Status};
 use crate::images::ImageCache;
+use crate::nvml::ServerNvml;
 use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
-use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef};
+use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, DEVICE_STATUS_NO_SERVER_NVML};
 use gpupool_proto::ProtoError;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -25,6 +26,8 @@ const STREAM_LEGACY: Ptr = 0x1 as Ptr;
 /// CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_INVALID_IMAGE.
 const OUT_OF_MEMORY: Status = 2;
 const INVALID_IMAGE: Status = 200;
+/// CUDA_ERROR_INVALID_DEVICE.
+const INVALID_DEVICE: Status = 101;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -76,6 +79,13 @@ pub struct Worker<'d> {
     msg: Vec<u8>,
     /// Images by content, shared with the server's other workers.
     images: Option<ImageCache>,
+    /// NVML, loaded at the first `DeviceStatus`.
+    nvml: Option<ServerNvml>,
+    /// The memory this session may use on each device, when it holds a slice
+    /// of a GPU rather than the whole of it. `DeviceStatus` reports this as
+    /// the device's total. None (the whole device) until the broker assigns
+    /// slices to sessions.
+    memory_limit: Option<u64>,
     pub session_id: u64,
     pub calls: u64,
 }
@@ -103,6 +113,8 @@ impl<'d> Worker<'d> {
             scratch: Vec::new(),
             msg: Vec::new(),
             images: None,
+            nvml: None,
+            memory_limit: None,
             session_id,
             calls: 0,
         }
@@ -111,6 +123,18 @@ impl<'d> Worker<'d> {
     /// Load and keep images by content in `cache`.
     pub fn with_image_cache(mut self, cache: Option<ImageCache>) -> Self {
         self.images = cache;
+        self
+    }
+
+    /// Use `nvml` for `DeviceStatus` instead of loading NVML at first use.
+    pub fn with_nvml(mut self, nvml: ServerNvml) -> Self {
+        self.nvml = Some(nvml);
+        self
+    }
+
+    /// Limit the memory `DeviceStatus` reports to a slice of `bytes`.
+    pub fn with_memory_limit(mut self, bytes: Option<u64>) -> Self {
+        self.memory_limit = bytes;
         self
     }
 
@@ -556,6 +580,7 @@ impl<'d> Worker<'d> {
                         unsafe { d.cuEventElapsedTime(&mut ms, as_ptr(start), as_ptr(end)) }.map(|()| Reply::Float(ms))
                     }),
             ),
+            R::DeviceStatus { device } => to_reply(self.device_status(device)),
             R::ParamInfo { ctx, func, kernel } => to_reply(
                 self.make_current(ctx)
                     .and_then(|()| self.layout(func, kernel).map(Reply::Params)),
@@ -598,6 +623,81 @@ impl<'d> Worker<'d> {
         let s = self.enter(ctx, stream)?;
         // SAFETY: s is resolved from this client's tables.
         unsafe { self.driver.cuStreamSynchronize(s) }
+    }
+
+    // ---- device status ----
+
+    /// `DeviceStatus`: memory as this session sees it, and what NVML reads.
+    fn device_status(&mut self, device: i32) -> DriverResult<Reply> {
+        let count = self.driver.device_count()?;
+        if !(0..count).contains(&device) {
+            return Err(INVALID_DEVICE);
+        }
+        let uuid = self.driver.device_uuid(device)?;
+        let sample = self.nvml.get_or_insert_with(ServerNvml::load).sample(&uuid);
+        let (mut total, mut free) = match sample.as_ref().and_then(|s| s.memory) {
+            Some((total, free, _)) => (total, free),
+            None => self.driver_memory(device)?,
+        };
+        if let Some(limit) = self.memory_limit {
+            total = total.min(limit);
+            free = total.saturating_sub(self.client_bytes(device));
+        }
+        let free = free.min(total);
+        let sample = sample.unwrap_or_default();
+        let (gpu_util, mem_util) = sample.utilization.unwrap_or((0, 0));
+        let flags = if self.nvml.as_ref().is_some_and(ServerNvml::available) {
+            0
+        } else {
+            DEVICE_STATUS_NO_SERVER_NVML
+        };
+        Ok(Reply::DeviceStatus {
+            total_bytes: total,
+            free_bytes: free,
+            used_bytes: total - free,
+            gpu_util_percent: gpu_util,
+            mem_util_percent: mem_util,
+            temperature_c: sample.temperature_c.unwrap_or(0),
+            power_mw: sample.power_mw.unwrap_or(0),
+            flags,
+        })
+    }
+
+    /// (total, free) from the driver: `cuMemGetInfo` in a context this
+    /// client holds on the device; with none, the device's size less what
+    /// this client allocated (nothing), rather than creating a context,
+    /// which on a real GPU costs hundreds of MiB and milliseconds.
+    fn driver_memory(&mut self, device: i32) -> DriverResult<(u64, u64)> {
+        let held = self.tables.primaries.get(&device).copied().or_else(|| {
+            self.tables
+                .contexts
+                .iter()
+                .find(|(_, d)| **d == device)
+                .map(|(c, _)| *c)
+        });
+        match held {
+            Some(ctx) => {
+                self.make_current(ctx)?;
+                let (mut free, mut total) = (0usize, 0usize);
+                // SAFETY: both are writable; ctx, a context of this client, is current.
+                unsafe { self.driver.cuMemGetInfo_v2(&mut free, &mut total) }?;
+                Ok((total as u64, free as u64))
+            }
+            None => {
+                let total = self.driver.device_total_mem(device)?;
+                Ok((total, total.saturating_sub(self.client_bytes(device))))
+            }
+        }
+    }
+
+    /// Bytes this client holds in allocations on `device`.
+    fn client_bytes(&self, device: i32) -> u64 {
+        self.tables
+            .memory
+            .values()
+            .filter(|r| !r.global && self.tables.contexts.get(&r.ctx) == Some(&device))
+            .map(|r| r.size)
+            .sum()
     }
 
     // ---- contexts ----

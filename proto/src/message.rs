@@ -181,6 +181,11 @@ pub enum Request {
     /// sync -> `Reply::Params`: offsets and sizes of a function's (or, with
     /// `kernel`, a library kernel's) parameters.
     ParamInfo { ctx: Handle, func: Handle, kernel: bool },
+    /// sync -> `Reply::DeviceStatus`: what the device holds and does now
+    /// (memory, utilisation, temperature, power), for the NVML shim. Needs no
+    /// context; an ordinal the session does not have answers
+    /// `CUDA_ERROR_INVALID_DEVICE`.
+    DeviceStatus { device: i32 },
 }
 
 /// The launch of one kernel.
@@ -255,7 +260,26 @@ pub enum Reply {
     Done(Status),
     /// The server holds no image with the hash a load named: send it.
     ImageUnknown,
+    /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
+    /// whole device, or the slice assigned to the session.
+    DeviceStatus {
+        total_bytes: u64,
+        free_bytes: u64,
+        used_bytes: u64,
+        gpu_util_percent: u32,
+        mem_util_percent: u32,
+        temperature_c: u32,
+        power_mw: u32,
+        /// `DEVICE_STATUS_*` bits.
+        flags: u32,
+    },
 }
+
+/// `Reply::DeviceStatus` flag: the device is simulated (software driver).
+pub const DEVICE_STATUS_SIMULATED: u32 = 1 << 0;
+/// `Reply::DeviceStatus` flag: the server has no NVML, so utilisation,
+/// temperature and power are unknown (reported as zero).
+pub const DEVICE_STATUS_NO_SERVER_NVML: u32 = 1 << 1;
 
 impl Reply {
     /// The status this reply carries (success for value replies).

@@ -88,6 +88,7 @@ fn request() -> impl Strategy<Value = Request> {
                 elem_size,
                 count
             }),
+        any::<i32>().prop_map(|device| Request::DeviceStatus { device }),
     ]
 }
 
@@ -98,6 +99,18 @@ fn reply() -> impl Strategy<Value = Reply> {
         (any::<u64>(), any::<u64>()).prop_map(|(free, total)| Reply::MemInfo { free, total }),
         prop::collection::vec((any::<u32>(), any::<u32>()), 0..20).prop_map(Reply::Params),
         any::<u64>().prop_map(|offset| Reply::Data { offset }),
+        (any::<[u64; 3]>(), any::<[u32; 5]>()).prop_map(|([total, free, used], [g, m, t, p, flags])| {
+            Reply::DeviceStatus {
+                total_bytes: total,
+                free_bytes: free,
+                used_bytes: used,
+                gpu_util_percent: g,
+                mem_util_percent: m,
+                temperature_c: t,
+                power_mw: p,
+                flags,
+            }
+        }),
     ]
 }
 

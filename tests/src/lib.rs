@@ -38,20 +38,37 @@ pub fn soft_driver() -> PathBuf {
     artifact("libgpupool_softcuda.so")
 }
 
-/// A directory holding `libcuda.so.1`, the gpupool shim, to put first on
-/// `LD_LIBRARY_PATH`.
+/// gpupool's NVML (`libnvidia-ml.so.1`).
+pub fn nvml_shim() -> PathBuf {
+    artifact("libnvidia_ml.so")
+}
+
+/// A directory holding `libcuda.so.1` (the gpupool shim) and
+/// `libnvidia-ml.so.1` (gpupool's NVML), to put first on `LD_LIBRARY_PATH`.
 pub fn shim_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shim = artifact("libcuda.so");
         let dir = scratch_dir().join("shim");
-        std::fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("libcuda.so.1");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&shim, &link).unwrap();
+        link_libraries(
+            &dir,
+            &[
+                ("libcuda.so.1", artifact("libcuda.so")),
+                ("libnvidia-ml.so.1", nvml_shim()),
+            ],
+        );
         dir
     })
     .clone()
+}
+
+/// Make `dir` hold a symbolic link `name -> target` for each pair.
+pub fn link_libraries(dir: &Path, links: &[(&str, PathBuf)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, target) in links {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+    }
 }
 
 /// A per-process scratch directory under the target dir.

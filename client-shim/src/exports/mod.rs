@@ -13,6 +13,7 @@
 )]
 
 pub(crate) mod calls;
+pub mod gpupool_ext;
 pub(crate) mod tables;
 
 use crate::error::CuError;

@@ -1,0 +1,213 @@
+//! The boundary to `libcuda.so.1`: loaded with libloading, which where
+//! gpupool is used finds gpupool's client shim, the same library (and so the
+//! same session) the program's own CUDA calls use. Standard driver entry
+//! points describe the devices; gpupool's extension `gpupoolDeviceStatus`
+//! gives what changes (memory in use, utilisation, temperature, power), and
+//! its presence is how this library knows the driver is gpupool's.
+
+use crate::devices::Device;
+use crate::format::PciAddress;
+use std::ffi::{c_char, CStr};
+use thiserror::Error;
+
+/// A CUDA driver status.
+pub type CuResult = u32;
+
+/// The name the loader finds the driver (gpupool's shim) under.
+pub const LIBRARY: &str = "libcuda.so.1";
+
+/// `GpupoolDeviceStatus`, as the client shim defines it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    pub gpu_util_percent: u32,
+    pub mem_util_percent: u32,
+    pub temperature_c: u32,
+    pub power_mw: u32,
+    pub flags: u32,
+}
+
+/// `DeviceStatus.flags`: simulated device.
+pub const STATUS_SIMULATED: u32 = 1 << 0;
+/// `DeviceStatus.flags`: the server has no NVML; utilisation, temperature
+/// and power are unknown.
+pub const STATUS_NO_SERVER_NVML: u32 = 1 << 1;
+
+/// Why the driver could not be used.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot load {LIBRARY}: {0}")]
+    NotFound(libloading::Error),
+    #[error(
+        "the {LIBRARY} the loader found is not gpupool's client shim (it has no gpupoolDeviceStatus); \
+         this libnvidia-ml.so.1 answers only for gpupool GPUs: put gpupool's libcuda.so.1 first on \
+         LD_LIBRARY_PATH, or take this libnvidia-ml.so.1 off it to use the real NVML"
+    )]
+    NotGpupool,
+    #[error("{LIBRARY} lacks {0}: {1}")]
+    MissingSymbol(&'static str, libloading::Error),
+}
+
+type InitFn = unsafe extern "C" fn(u32) -> CuResult;
+type IntOutFn = unsafe extern "C" fn(*mut i32) -> CuResult;
+type DeviceGetFn = unsafe extern "C" fn(*mut i32, i32) -> CuResult;
+type NameFn = unsafe extern "C" fn(*mut c_char, i32, i32) -> CuResult;
+type UuidFn = unsafe extern "C" fn(*mut u8, i32) -> CuResult;
+type TotalMemFn = unsafe extern "C" fn(*mut usize, i32) -> CuResult;
+type AttributeFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
+type StatusFn = unsafe extern "C" fn(i32, *mut DeviceStatus) -> CuResult;
+
+/// `CUdevice_attribute` numbers NVML's answers come from.
+const ATTRIBUTE_CLOCK_RATE: i32 = 13;
+const ATTRIBUTE_COMPUTE_MODE: i32 = 20;
+const ATTRIBUTE_PCI_BUS_ID: i32 = 33;
+const ATTRIBUTE_PCI_DEVICE_ID: i32 = 34;
+const ATTRIBUTE_MEMORY_CLOCK_RATE: i32 = 36;
+const ATTRIBUTE_PCI_DOMAIN_ID: i32 = 50;
+const ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: i32 = 75;
+const ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: i32 = 76;
+
+/// The loaded driver's entry points.
+pub struct Cuda {
+    init: InitFn,
+    driver_get_version: IntOutFn,
+    device_get_count: IntOutFn,
+    device_get: DeviceGetFn,
+    device_get_name: NameFn,
+    device_get_uuid: UuidFn,
+    device_total_mem: TotalMemFn,
+    device_get_attribute: AttributeFn,
+    device_status: StatusFn,
+    // Keeps the function pointers above valid.
+    _library: libloading::Library,
+}
+
+fn check(status: CuResult) -> Result<(), CuResult> {
+    match status {
+        0 => Ok(()),
+        s => Err(s),
+    }
+}
+
+impl Cuda {
+    /// Load `libcuda.so.1` and check that it is gpupool's.
+    pub fn load() -> Result<Cuda, LoadError> {
+        // SAFETY: loading the driver runs its initialisers, which is what
+        // loading libcuda is for; where the program already loaded it, this
+        // returns the same library.
+        let library = unsafe { libloading::Library::new(LIBRARY) }.map_err(LoadError::NotFound)?;
+        // SAFETY: gpupoolDeviceStatus has the StatusFn signature in every
+        // gpupool shim that exports it.
+        let device_status = match unsafe { library.get::<StatusFn>(b"gpupoolDeviceStatus\0") } {
+            Ok(f) => *f,
+            Err(_) => return Err(LoadError::NotGpupool),
+        };
+        macro_rules! entry {
+            ($name:literal, $ty:ty) => {{
+                // SAFETY: the symbol has this C signature in the CUDA driver
+                // API, which gpupool's shim implements.
+                let f = unsafe { library.get::<$ty>(concat!($name, "\0").as_bytes()) }
+                    .map_err(|e| LoadError::MissingSymbol($name, e))?;
+                *f
+            }};
+        }
+        Ok(Cuda {
+            init: entry!("cuInit", InitFn),
+            driver_get_version: entry!("cuDriverGetVersion", IntOutFn),
+            device_get_count: entry!("cuDeviceGetCount", IntOutFn),
+            device_get: entry!("cuDeviceGet", DeviceGetFn),
+            device_get_name: entry!("cuDeviceGetName", NameFn),
+            device_get_uuid: entry!("cuDeviceGetUuid_v2", UuidFn),
+            device_total_mem: entry!("cuDeviceTotalMem_v2", TotalMemFn),
+            device_get_attribute: entry!("cuDeviceGetAttribute", AttributeFn),
+            device_status,
+            _library: library,
+        })
+    }
+
+    /// `cuInit(0)`: connects the shim to its server if the program has not.
+    pub fn init(&self) -> Result<(), CuResult> {
+        // SAFETY: cuInit takes a flags word.
+        check(unsafe { (self.init)(0) })
+    }
+
+    pub fn driver_version(&self) -> Result<i32, CuResult> {
+        let mut v = 0;
+        // SAFETY: v is a writable int.
+        check(unsafe { (self.driver_get_version)(&mut v) })?;
+        Ok(v)
+    }
+
+    pub fn device_count(&self) -> Result<i32, CuResult> {
+        let mut n = 0;
+        // SAFETY: n is a writable int.
+        check(unsafe { (self.device_get_count)(&mut n) })?;
+        Ok(n)
+    }
+
+    fn attribute(&self, attribute: i32, device: i32) -> Option<i32> {
+        let mut v = 0;
+        // SAFETY: v is a writable int.
+        check(unsafe { (self.device_get_attribute)(&mut v, attribute, device) }).ok()?;
+        Some(v)
+    }
+
+    /// Everything NVML answers about device `ordinal` that cannot change.
+    pub fn device(&self, ordinal: i32) -> Result<Device, CuResult> {
+        let mut device = 0;
+        let mut name = [0 as c_char; 256];
+        let mut uuid = [0u8; 16];
+        let mut total = 0usize;
+        // SAFETY: each out-pointer addresses a buffer of the size the API
+        // requires (name: the 256 chars passed, uuid: 16 bytes).
+        unsafe {
+            check((self.device_get)(&mut device, ordinal))?;
+            check((self.device_get_name)(name.as_mut_ptr(), name.len() as i32, device))?;
+            check((self.device_get_uuid)(uuid.as_mut_ptr(), device))?;
+            check((self.device_total_mem)(&mut total, device))?;
+        }
+        // The driver NUL-terminates within the buffer; a last NUL makes sure.
+        name[name.len() - 1] = 0;
+        // SAFETY: `name` holds a NUL within its bounds.
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+        let attribute = |a| self.attribute(a, device);
+        let pci = PciAddress {
+            domain: attribute(ATTRIBUTE_PCI_DOMAIN_ID).unwrap_or(0) as u32,
+            bus: attribute(ATTRIBUTE_PCI_BUS_ID).unwrap_or(0) as u32,
+            device: attribute(ATTRIBUTE_PCI_DEVICE_ID).unwrap_or(0) as u32,
+        };
+        let mut d = Device::new(ordinal as u32, name, uuid, total as u64, pci);
+        d.compute_capability = (
+            attribute(ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).unwrap_or(0),
+            attribute(ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).unwrap_or(0),
+        );
+        d.clock_khz = attribute(ATTRIBUTE_CLOCK_RATE).filter(|&v| v > 0);
+        d.memory_clock_khz = attribute(ATTRIBUTE_MEMORY_CLOCK_RATE).filter(|&v| v > 0);
+        d.compute_mode = attribute(ATTRIBUTE_COMPUTE_MODE);
+        Ok(d)
+    }
+
+    /// What device `ordinal` holds and does now (the shim caches it briefly).
+    pub fn status(&self, ordinal: u32) -> Result<DeviceStatus, CuResult> {
+        let mut s = DeviceStatus::default();
+        // SAFETY: s is a writable DeviceStatus, laid out as the shim's
+        // GpupoolDeviceStatus.
+        check(unsafe { (self.device_status)(ordinal as i32, &mut s) })?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_layout_matches_the_shim() {
+        assert_eq!(std::mem::size_of::<DeviceStatus>(), 48);
+        assert_eq!(std::mem::offset_of!(DeviceStatus, gpu_util_percent), 24);
+        assert_eq!(std::mem::offset_of!(DeviceStatus, flags), 40);
+    }
+}

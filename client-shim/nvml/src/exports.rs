@@ -1,0 +1,930 @@
+//! The C boundary: NVML's entry points with the signatures of `nvml.h`.
+//! Each converts its C arguments, checks them (NULL outputs and foreign
+//! handles answer `NVML_ERROR_INVALID_ARGUMENT`, short buffers
+//! `NVML_ERROR_INSUFFICIENT_SIZE`, any call before `nvmlInit*`
+//! `NVML_ERROR_UNINITIALIZED`) and answers from `session`. No panic crosses
+//! this boundary.
+//!
+//! Entry points NVML has and gpupool cannot answer (NVLink, ECC, fans,
+//! clocks policy, MIG, events, ...) are exported as stubs answering
+//! `NVML_ERROR_NOT_SUPPORTED`, as NVML itself does for a query a device
+//! lacks; names outside both lists are not exported, and a program looking
+//! them up with `dlsym` finds nothing (pynvml then raises
+//! `NVMLError_FunctionNotFound`).
+
+// The entry points keep NVML's names.
+#![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc)]
+
+use crate::cuda::{DeviceStatus, STATUS_NO_SERVER_NVML};
+use crate::devices::{Device, DeviceTable};
+use crate::error::{self, NvmlError, NvmlResult, NvmlReturn};
+use crate::format::cuda_version;
+use crate::session::{self, Backend};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+
+pub type nvmlReturn_t = NvmlReturn;
+pub type nvmlDevice_t = *mut c_void;
+
+/// `nvmlPciInfo_t` (the layout of `nvmlDeviceGetPciInfo_v2` and `_v3`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlPciInfo_t {
+    pub busIdLegacy: [c_char; 16],
+    pub domain: c_uint,
+    pub bus: c_uint,
+    pub device: c_uint,
+    pub pciDeviceId: c_uint,
+    pub pciSubSystemId: c_uint,
+    pub busId: [c_char; 32],
+}
+
+/// The first fields of `nvmlPciInfo_t`, which the original
+/// `nvmlDeviceGetPciInfo` (whose struct ends in reserved words instead of
+/// `busId`) shares with the later versions.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlPciInfoCommon_t {
+    pub busId: [c_char; 16],
+    pub domain: c_uint,
+    pub bus: c_uint,
+    pub device: c_uint,
+    pub pciDeviceId: c_uint,
+    pub pciSubSystemId: c_uint,
+}
+
+/// `nvmlMemory_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct nvmlMemory_t {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlMemory_v2_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct nvmlMemory_v2_t {
+    pub version: c_uint,
+    pub total: u64,
+    pub reserved: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlMemory_v2`: the struct's size with the version in the top byte.
+pub const NVML_MEMORY_V2: c_uint = std::mem::size_of::<nvmlMemory_v2_t>() as c_uint | (2 << 24);
+
+/// `nvmlUtilization_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct nvmlUtilization_t {
+    pub gpu: c_uint,
+    pub memory: c_uint,
+}
+
+/// `NVML_BRAND_NVIDIA`.
+pub const NVML_BRAND_NVIDIA: c_uint = 14;
+/// `NVML_TEMPERATURE_GPU`.
+pub const NVML_TEMPERATURE_GPU: c_uint = 0;
+/// `nvmlClockType_t`.
+pub const NVML_CLOCK_GRAPHICS: c_uint = 0;
+pub const NVML_CLOCK_SM: c_uint = 1;
+pub const NVML_CLOCK_MEM: c_uint = 2;
+pub const NVML_CLOCK_VIDEO: c_uint = 3;
+/// `pciDeviceId` is (product << 16) | vendor; CUDA does not tell the product.
+const PCI_VENDOR_NVIDIA: c_uint = 0x10de;
+
+/// Run an entry point: turn its result into an `nvmlReturn_t`, and stop any
+/// panic at the boundary.
+fn guard(name: &'static str, f: impl FnOnce() -> NvmlResult) -> nvmlReturn_t {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => e.0,
+        Err(_) => {
+            tracing::error!(
+                call = name,
+                "internal error in gpupool NVML (panic caught); returning NVML_ERROR_UNKNOWN"
+            );
+            NvmlError::UNKNOWN.0
+        }
+    }
+}
+
+/// Write an out-parameter, refusing NULL.
+unsafe fn out<T>(ptr: *mut T, value: T) -> NvmlResult {
+    if ptr.is_null() {
+        return Err(NvmlError::INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null, and NVML makes the caller pass a writable T.
+    unsafe { ptr.write_unaligned(value) };
+    Ok(())
+}
+
+/// Copy `text` and a NUL into `buf` of `len` bytes.
+unsafe fn out_string(buf: *mut c_char, len: c_uint, text: &str) -> NvmlResult {
+    if buf.is_null() {
+        return Err(NvmlError::INVALID_ARGUMENT);
+    }
+    let bytes = text.as_bytes();
+    if (len as usize) < bytes.len() + 1 {
+        return Err(NvmlError::INSUFFICIENT_SIZE);
+    }
+    // SAFETY: the caller gave `len` writable bytes at `buf`; we write
+    // bytes.len() + 1 <= len of them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len());
+        *buf.add(bytes.len()) = 0;
+    }
+    Ok(())
+}
+
+/// Fill a fixed C char array with `text`, NUL-terminated, cut to fit.
+fn fill(dst: &mut [c_char], text: &str) {
+    dst.fill(0);
+    let n = text.len().min(dst.len().saturating_sub(1));
+    for (d, s) in dst.iter_mut().zip(&text.as_bytes()[..n]) {
+        *d = *s as c_char;
+    }
+}
+
+/// A C string argument, refusing NULL and non-UTF-8.
+unsafe fn in_string<'a>(ptr: *const c_char) -> NvmlResult<&'a str> {
+    if ptr.is_null() {
+        return Err(NvmlError::INVALID_ARGUMENT);
+    }
+    // SAFETY: NVML's string arguments are NUL-terminated.
+    let s = unsafe { CStr::from_ptr(ptr) };
+    s.to_str().map_err(|_| NvmlError::INVALID_ARGUMENT)
+}
+
+/// The device a handle names; the handle must be one this library gave out.
+fn device(handle: nvmlDevice_t) -> NvmlResult<(&'static Backend, &'static Device)> {
+    let b = session::backend()?;
+    let d = b.devices.get(handle).ok_or(NvmlError::INVALID_ARGUMENT)?;
+    Ok((b, d))
+}
+
+/// A device's status, refusing the fields the server could not read.
+fn sensors(b: &Backend, d: &Device) -> NvmlResult<DeviceStatus> {
+    let s = b.status(d.index)?;
+    if s.flags & STATUS_NO_SERVER_NVML != 0 {
+        return Err(NvmlError::NOT_SUPPORTED);
+    }
+    Ok(s)
+}
+
+// ---- initialisation and errors --------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn nvmlInit() -> nvmlReturn_t {
+    guard("nvmlInit", session::init)
+}
+
+#[no_mangle]
+pub extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
+    guard("nvmlInit_v2", session::init)
+}
+
+/// Flags (`NVML_INIT_FLAG_NO_GPUS`, `NVML_INIT_FLAG_NO_ATTACH`) change
+/// nothing here: gpupool attaches no GPU locally.
+#[no_mangle]
+pub extern "C" fn nvmlInitWithFlags(flags: c_uint) -> nvmlReturn_t {
+    guard("nvmlInitWithFlags", || {
+        tracing::debug!(flags, "nvmlInitWithFlags");
+        session::init()
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn nvmlShutdown() -> nvmlReturn_t {
+    guard("nvmlShutdown", session::shutdown)
+}
+
+#[no_mangle]
+pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
+    error::description_c(result).as_ptr().cast()
+}
+
+// ---- system ---------------------------------------------------------------
+
+/// There is no NVIDIA driver on this machine: the version names gpupool and
+/// the CUDA version the session's server offers.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    guard("nvmlSystemGetDriverVersion", || {
+        let b = session::backend()?;
+        let text = format!("gpupool (CUDA {})", cuda_version(b.cuda_version));
+        // SAFETY: the caller gave `length` writable bytes at `version`.
+        unsafe { out_string(version, length, &text) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    guard("nvmlSystemGetNVMLVersion", || {
+        let b = session::backend()?;
+        let text = format!("{}.gpupool", cuda_version(b.cuda_version));
+        // SAFETY: the caller gave `length` writable bytes at `version`.
+        unsafe { out_string(version, length, &text) }
+    })
+}
+
+unsafe fn cuda_driver_version(version: *mut c_int) -> NvmlResult {
+    let b = session::backend()?;
+    // SAFETY: `version` is the caller's int pointer, NULL-checked by `out`.
+    unsafe { out(version, b.cuda_version) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> nvmlReturn_t {
+    // SAFETY: the caller's argument, passed on.
+    guard("nvmlSystemGetCudaDriverVersion", || unsafe {
+        cuda_driver_version(version)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> nvmlReturn_t {
+    // SAFETY: the caller's argument, passed on.
+    guard("nvmlSystemGetCudaDriverVersion_v2", || unsafe {
+        cuda_driver_version(version)
+    })
+}
+
+/// No S-class units.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlUnitGetCount(count: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlUnitGetCount", || {
+        session::backend()?;
+        // SAFETY: `count` is the caller's, NULL-checked by `out`.
+        unsafe { out(count, 0) }
+    })
+}
+
+// ---- finding devices ------------------------------------------------------
+
+unsafe fn device_count(count: *mut c_uint) -> NvmlResult {
+    let b = session::backend()?;
+    // SAFETY: `count` is the caller's, NULL-checked by `out`.
+    unsafe { out(count, b.devices.len() as c_uint) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut c_uint) -> nvmlReturn_t {
+    // SAFETY: the caller's argument, passed on.
+    guard("nvmlDeviceGetCount", || unsafe { device_count(count) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t {
+    // SAFETY: the caller's argument, passed on.
+    guard("nvmlDeviceGetCount_v2", || unsafe { device_count(count) })
+}
+
+unsafe fn handle_by_index(index: c_uint, device: *mut nvmlDevice_t) -> NvmlResult {
+    let b = session::backend()?;
+    let h = b.devices.handle(index).ok_or(NvmlError::INVALID_ARGUMENT)?;
+    // SAFETY: `device` is the caller's, NULL-checked by `out`.
+    unsafe { out(device, h) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetHandleByIndex", || unsafe {
+        handle_by_index(index, device)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetHandleByIndex_v2", || unsafe {
+        handle_by_index(index, device)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+    guard("nvmlDeviceGetHandleByUUID", || {
+        let b = session::backend()?;
+        // SAFETY: the caller's NUL-terminated string, NULL-checked.
+        let text = unsafe { in_string(uuid)? };
+        if device.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let d = b.devices.by_uuid(text).ok_or(NvmlError::NOT_FOUND)?;
+        // SAFETY: `device` is the caller's, NULL-checked above.
+        unsafe { out(device, DeviceTable::handle_of(d)) }
+    })
+}
+
+unsafe fn handle_by_pci_bus_id(bus_id: *const c_char, device: *mut nvmlDevice_t) -> NvmlResult {
+    let b = session::backend()?;
+    // SAFETY: the caller's NUL-terminated string, NULL-checked.
+    let text = unsafe { in_string(bus_id)? };
+    if device.is_null() {
+        return Err(NvmlError::INVALID_ARGUMENT);
+    }
+    let d = b.devices.by_pci_bus_id(text).ok_or(NvmlError::NOT_FOUND)?;
+    // SAFETY: `device` is the caller's, NULL-checked above.
+    unsafe { out(device, DeviceTable::handle_of(d)) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
+    bus_id: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetHandleByPciBusId", || unsafe {
+        handle_by_pci_bus_id(bus_id, device)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
+    bus_id: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetHandleByPciBusId_v2", || unsafe {
+        handle_by_pci_bus_id(bus_id, device)
+    })
+}
+
+// ---- what a device is -----------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetIndex", || {
+        let (_, d) = self::device(device)?;
+        // SAFETY: `index` is the caller's, NULL-checked by `out`.
+        unsafe { out(index, d.index) }
+    })
+}
+
+/// The device file number has no meaning on a machine without the GPU; the
+/// index stands in for it.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetMinorNumber", || {
+        let (_, d) = self::device(device)?;
+        // SAFETY: `minor` is the caller's, NULL-checked by `out`.
+        unsafe { out(minor, d.index) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetName", || {
+        let (_, d) = self::device(device)?;
+        // SAFETY: the caller gave `length` writable bytes at `name`.
+        unsafe { out_string(name, length, &d.name) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetUUID", || {
+        let (_, d) = self::device(device)?;
+        // SAFETY: the caller gave `length` writable bytes at `uuid`.
+        unsafe { out_string(uuid, length, &d.uuid_text) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetBrand(device: nvmlDevice_t, brand: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetBrand", || {
+        self::device(device)?;
+        // SAFETY: `brand` is the caller's, NULL-checked by `out`.
+        unsafe { out(brand, NVML_BRAND_NVIDIA) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetComputeMode(device: nvmlDevice_t, mode: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetComputeMode", || {
+        let (_, d) = self::device(device)?;
+        let m = d.compute_mode.ok_or(NvmlError::NOT_SUPPORTED)?;
+        // SAFETY: `mode` is the caller's, NULL-checked by `out`.
+        unsafe { out(mode, m as c_uint) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
+    device: nvmlDevice_t,
+    major: *mut c_int,
+    minor: *mut c_int,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetCudaComputeCapability", || {
+        let (_, d) = self::device(device)?;
+        if major.is_null() || minor.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        // SAFETY: both are the caller's, NULL-checked above.
+        unsafe {
+            out(major, d.compute_capability.0)?;
+            out(minor, d.compute_capability.1)
+        }
+    })
+}
+
+fn pci_info(d: &Device) -> nvmlPciInfo_t {
+    let mut p = nvmlPciInfo_t {
+        busIdLegacy: [0; 16],
+        domain: d.pci.domain,
+        bus: d.pci.bus,
+        device: d.pci.device,
+        pciDeviceId: PCI_VENDOR_NVIDIA,
+        pciSubSystemId: 0,
+        busId: [0; 32],
+    };
+    fill(&mut p.busIdLegacy, &d.pci.bus_id_legacy());
+    fill(&mut p.busId, &d.pci.bus_id());
+    p
+}
+
+unsafe fn device_pci_info(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> NvmlResult {
+    let (_, d) = self::device(device)?;
+    // SAFETY: `pci` is the caller's, NULL-checked by `out`.
+    unsafe { out(pci, pci_info(d)) }
+}
+
+/// The original layout: the common fields only (its struct has reserved
+/// words where the later ones have `busId`).
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo(device: nvmlDevice_t, pci: *mut nvmlPciInfoCommon_t) -> nvmlReturn_t {
+    guard("nvmlDeviceGetPciInfo", || {
+        let (_, d) = self::device(device)?;
+        let p = pci_info(d);
+        let common = nvmlPciInfoCommon_t {
+            busId: p.busIdLegacy,
+            domain: p.domain,
+            bus: p.bus,
+            device: p.device,
+            pciDeviceId: p.pciDeviceId,
+            pciSubSystemId: p.pciSubSystemId,
+        };
+        // SAFETY: `pci` is the caller's, NULL-checked by `out`.
+        unsafe { out(pci, common) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v2(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetPciInfo_v2", || unsafe { device_pci_info(device, pci) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetPciInfo_v3", || unsafe { device_pci_info(device, pci) })
+}
+
+/// The device's maximum clock of a kind, in MHz: what CUDA tells of clocks.
+fn clock_mhz(d: &Device, kind: c_uint) -> NvmlResult<c_uint> {
+    let khz = match kind {
+        NVML_CLOCK_GRAPHICS | NVML_CLOCK_SM => d.clock_khz,
+        NVML_CLOCK_MEM => d.memory_clock_khz,
+        NVML_CLOCK_VIDEO => None,
+        _ => return Err(NvmlError::INVALID_ARGUMENT),
+    };
+    khz.map(|k| (k / 1000) as c_uint).ok_or(NvmlError::NOT_SUPPORTED)
+}
+
+/// Reports the maximum clock: the current one is not known to CUDA.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+    device: nvmlDevice_t,
+    kind: c_uint,
+    clock: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetClockInfo", || {
+        let (_, d) = self::device(device)?;
+        let mhz = clock_mhz(d, kind)?;
+        // SAFETY: `clock` is the caller's, NULL-checked by `out`.
+        unsafe { out(clock, mhz) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
+    device: nvmlDevice_t,
+    kind: c_uint,
+    clock: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetMaxClockInfo", || {
+        let (_, d) = self::device(device)?;
+        let mhz = clock_mhz(d, kind)?;
+        // SAFETY: `clock` is the caller's, NULL-checked by `out`.
+        unsafe { out(clock, mhz) }
+    })
+}
+
+// ---- what a device does now -----------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t {
+    guard("nvmlDeviceGetMemoryInfo", || {
+        let (b, d) = self::device(device)?;
+        if memory.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let s = b.status(d.index)?;
+        let m = nvmlMemory_t {
+            total: s.total_bytes,
+            free: s.free_bytes,
+            used: s.used_bytes,
+        };
+        // SAFETY: `memory` is the caller's, NULL-checked above.
+        unsafe { out(memory, m) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_v2_t,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetMemoryInfo_v2", || {
+        let (b, d) = self::device(device)?;
+        if memory.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        // SAFETY: non-null; the caller passes an nvmlMemory_v2_t whose
+        // version word it set.
+        let version = unsafe { std::ptr::addr_of!((*memory).version).read_unaligned() };
+        if version != NVML_MEMORY_V2 {
+            return Err(NvmlError::ARGUMENT_VERSION_MISMATCH);
+        }
+        let s = b.status(d.index)?;
+        let m = nvmlMemory_v2_t {
+            version,
+            total: s.total_bytes,
+            reserved: 0,
+            free: s.free_bytes,
+            used: s.used_bytes,
+        };
+        // SAFETY: `memory` is the caller's, NULL-checked above.
+        unsafe { out(memory, m) }
+    })
+}
+
+/// Not supported when the server has no NVML to read it from.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
+    device: nvmlDevice_t,
+    utilization: *mut nvmlUtilization_t,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetUtilizationRates", || {
+        let (b, d) = self::device(device)?;
+        if utilization.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let s = sensors(b, d)?;
+        let u = nvmlUtilization_t {
+            gpu: s.gpu_util_percent,
+            memory: s.mem_util_percent,
+        };
+        // SAFETY: `utilization` is the caller's, NULL-checked above.
+        unsafe { out(utilization, u) }
+    })
+}
+
+/// Only the GPU sensor; not supported when the server has no NVML.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    device: nvmlDevice_t,
+    sensor: c_uint,
+    temp: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetTemperature", || {
+        let (b, d) = self::device(device)?;
+        if sensor != NVML_TEMPERATURE_GPU || temp.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let s = sensors(b, d)?;
+        // SAFETY: `temp` is the caller's, NULL-checked above.
+        unsafe { out(temp, s.temperature_c) }
+    })
+}
+
+/// Milliwatts; not supported when the server has no NVML.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetPowerUsage", || {
+        let (b, d) = self::device(device)?;
+        if power.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let s = sensors(b, d)?;
+        // SAFETY: `power` is the caller's, NULL-checked above.
+        unsafe { out(power, s.power_mw) }
+    })
+}
+
+/// The program's own work runs on the server, under its process there;
+/// no process runs on a device of this machine.
+unsafe fn no_processes(device: nvmlDevice_t, count: *mut c_uint) -> NvmlResult {
+    self::device(device)?;
+    // SAFETY: `count` is the caller's, NULL-checked by `out`.
+    unsafe { out(count, 0) }
+}
+
+macro_rules! process_queries {
+    ($($name:ident),* $(,)?) => {$(
+        /// Answers no processes (`*count = 0`); `infos` is not written.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(device: nvmlDevice_t, count: *mut c_uint, _infos: *mut c_void) -> nvmlReturn_t {
+            // SAFETY: the caller's arguments, passed on.
+            guard(stringify!($name), || unsafe { no_processes(device, count) })
+        }
+    )*};
+}
+
+process_queries! {
+    nvmlDeviceGetComputeRunningProcesses,
+    nvmlDeviceGetComputeRunningProcesses_v2,
+    nvmlDeviceGetComputeRunningProcesses_v3,
+    nvmlDeviceGetGraphicsRunningProcesses,
+    nvmlDeviceGetGraphicsRunningProcesses_v2,
+    nvmlDeviceGetGraphicsRunningProcesses_v3,
+    nvmlDeviceGetMPSComputeRunningProcesses,
+    nvmlDeviceGetMPSComputeRunningProcesses_v2,
+    nvmlDeviceGetMPSComputeRunningProcesses_v3,
+}
+
+// ---- what gpupool cannot answer ---------------------------------------------
+
+/// A known NVML entry point gpupool does not answer.
+fn not_supported(name: &'static str) -> nvmlReturn_t {
+    if !session::initialised() {
+        return NvmlError::UNINITIALIZED.0;
+    }
+    tracing::debug!(
+        call = name,
+        "gpupool NVML does not answer {name}; returning NVML_ERROR_NOT_SUPPORTED"
+    );
+    NvmlError::NOT_SUPPORTED.0
+}
+
+macro_rules! not_supported {
+    ($($name:ident),* $(,)?) => {
+        $(
+            /// Not answered by gpupool: `NVML_ERROR_NOT_SUPPORTED` (after
+            /// `nvmlInit`; `NVML_ERROR_UNINITIALIZED` before). Declared without
+            /// parameters: under the C calling convention the caller's
+            /// arguments are simply not read.
+            #[no_mangle]
+            pub extern "C" fn $name() -> nvmlReturn_t {
+                not_supported(stringify!($name))
+            }
+        )*
+        /// The entry points exported as `NVML_ERROR_NOT_SUPPORTED` stubs.
+        pub const NOT_SUPPORTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+not_supported! {
+    // NVLink and fabric: no NVLink is visible through gpupool.
+    nvmlDeviceGetNvLinkState,
+    nvmlDeviceGetNvLinkVersion,
+    nvmlDeviceGetNvLinkCapability,
+    nvmlDeviceGetNvLinkRemotePciInfo,
+    nvmlDeviceGetNvLinkRemotePciInfo_v2,
+    nvmlDeviceGetNvLinkRemoteDeviceType,
+    nvmlDeviceGetNvLinkErrorCounter,
+    nvmlDeviceGetGpuFabricInfo,
+    nvmlDeviceGetGpuFabricInfoV,
+    // Topology and affinity of a device on another machine.
+    nvmlDeviceGetTopologyCommonAncestor,
+    nvmlDeviceGetTopologyNearestGpus,
+    nvmlSystemGetTopologyGpuSet,
+    nvmlDeviceGetP2PStatus,
+    nvmlDeviceGetCpuAffinity,
+    nvmlDeviceGetCpuAffinityWithinScope,
+    nvmlDeviceGetMemoryAffinity,
+    nvmlDeviceGetNumaNodeId,
+    // Board, firmware and identity details CUDA does not tell.
+    nvmlDeviceGetSerial,
+    nvmlDeviceGetBoardId,
+    nvmlDeviceGetBoardPartNumber,
+    nvmlDeviceGetMultiGpuBoard,
+    nvmlDeviceGetVbiosVersion,
+    nvmlDeviceGetInforomVersion,
+    nvmlDeviceGetInforomImageVersion,
+    nvmlDeviceGetArchitecture,
+    nvmlDeviceGetAttributes,
+    nvmlDeviceGetAttributes_v2,
+    nvmlDeviceGetModuleId,
+    nvmlDeviceGetNumGpuCores,
+    nvmlDeviceGetMemoryBusWidth,
+    nvmlDeviceGetBusType,
+    nvmlDeviceGetHandleBySerial,
+    nvmlDeviceGetGspFirmwareMode,
+    nvmlDeviceGetGspFirmwareVersion,
+    nvmlDeviceGetVirtualizationMode,
+    nvmlDeviceGetHostVgpuMode,
+    nvmlDeviceGetDisplayMode,
+    nvmlDeviceGetDisplayActive,
+    nvmlDeviceGetPersistenceMode,
+    nvmlDeviceGetDriverModel,
+    nvmlDeviceGetDriverModel_v2,
+    // PCIe link.
+    nvmlDeviceGetCurrPcieLinkGeneration,
+    nvmlDeviceGetCurrPcieLinkWidth,
+    nvmlDeviceGetMaxPcieLinkGeneration,
+    nvmlDeviceGetMaxPcieLinkWidth,
+    nvmlDeviceGetGpuMaxPcieLinkGeneration,
+    nvmlDeviceGetPcieSpeed,
+    nvmlDeviceGetPcieLinkMaxSpeed,
+    nvmlDeviceGetPcieThroughput,
+    nvmlDeviceGetPcieReplayCounter,
+    nvmlDeviceGetPciInfoExt,
+    // Power, thermal and clock policy.
+    nvmlDeviceGetFanSpeed,
+    nvmlDeviceGetFanSpeed_v2,
+    nvmlDeviceGetNumFans,
+    nvmlDeviceGetTemperatureThreshold,
+    nvmlDeviceGetTemperatureV,
+    nvmlDeviceGetThermalSettings,
+    nvmlDeviceGetPowerState,
+    nvmlDeviceGetPerformanceState,
+    nvmlDeviceGetPowerManagementMode,
+    nvmlDeviceGetPowerManagementLimit,
+    nvmlDeviceGetPowerManagementLimitConstraints,
+    nvmlDeviceGetPowerManagementDefaultLimit,
+    nvmlDeviceGetEnforcedPowerLimit,
+    nvmlDeviceGetTotalEnergyConsumption,
+    nvmlDeviceGetPowerSource,
+    nvmlDeviceGetClock,
+    nvmlDeviceGetApplicationsClock,
+    nvmlDeviceGetDefaultApplicationsClock,
+    nvmlDeviceGetMaxCustomerBoostClock,
+    nvmlDeviceGetSupportedMemoryClocks,
+    nvmlDeviceGetSupportedGraphicsClocks,
+    nvmlDeviceGetCurrentClocksThrottleReasons,
+    nvmlDeviceGetCurrentClocksEventReasons,
+    nvmlDeviceGetSupportedClocksThrottleReasons,
+    nvmlDeviceGetSupportedClocksEventReasons,
+    nvmlDeviceGetAutoBoostedClocksEnabled,
+    nvmlDeviceGetClkMonStatus,
+    nvmlDeviceGetViolationStatus,
+    nvmlDeviceGetDynamicPstatesInfo,
+    nvmlDeviceGetAdaptiveClockInfoStatus,
+    // Memory health and BAR1.
+    nvmlDeviceGetEccMode,
+    nvmlDeviceGetDefaultEccMode,
+    nvmlDeviceGetTotalEccErrors,
+    nvmlDeviceGetDetailedEccErrors,
+    nvmlDeviceGetMemoryErrorCounter,
+    nvmlDeviceGetRetiredPages,
+    nvmlDeviceGetRetiredPages_v2,
+    nvmlDeviceGetRetiredPagesPendingStatus,
+    nvmlDeviceGetRemappedRows,
+    nvmlDeviceGetRowRemapperHistogram,
+    nvmlDeviceGetBAR1MemoryInfo,
+    nvmlDeviceGetConfComputeMemSizeInfo,
+    nvmlSystemGetConfComputeState,
+    // Sampling, encoder/decoder, accounting and events.
+    nvmlDeviceGetSamples,
+    nvmlDeviceGetProcessUtilization,
+    nvmlDeviceGetProcessesUtilizationInfo,
+    nvmlDeviceGetEncoderUtilization,
+    nvmlDeviceGetDecoderUtilization,
+    nvmlDeviceGetJpgUtilization,
+    nvmlDeviceGetOfaUtilization,
+    nvmlDeviceGetEncoderCapacity,
+    nvmlDeviceGetEncoderStats,
+    nvmlDeviceGetEncoderSessions,
+    nvmlDeviceGetFBCStats,
+    nvmlDeviceGetFBCSessions,
+    nvmlDeviceGetAccountingMode,
+    nvmlDeviceGetAccountingStats,
+    nvmlDeviceGetAccountingPids,
+    nvmlDeviceGetAccountingBufferSize,
+    nvmlDeviceGetFieldValues,
+    nvmlDeviceGetSupportedEventTypes,
+    nvmlDeviceRegisterEvents,
+    nvmlEventSetCreate,
+    nvmlEventSetWait,
+    nvmlEventSetWait_v2,
+    nvmlEventSetFree,
+    nvmlSystemGetProcessName,
+    nvmlSystemGetHicVersion,
+    // MIG and vGPU.
+    nvmlDeviceGetMigMode,
+    nvmlDeviceGetMaxMigDeviceCount,
+    nvmlDeviceGetMigDeviceHandleByIndex,
+    nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
+    nvmlDeviceIsMigDeviceHandle,
+    nvmlDeviceGetGpuInstanceId,
+    nvmlDeviceGetComputeInstanceId,
+    nvmlDeviceGetGpuInstances,
+    nvmlDeviceGetGpuInstanceProfileInfo,
+    nvmlDeviceGetGpuInstanceProfileInfoV,
+    nvmlDeviceGetActiveVgpus,
+    nvmlDeviceGetSupportedVgpus,
+    nvmlDeviceGetCreatableVgpus,
+    nvmlDeviceGetGridLicensableFeatures,
+    nvmlDeviceGetGridLicensableFeatures_v4,
+    // Settings: a client does not change the server's GPU.
+    nvmlDeviceSetPersistenceMode,
+    nvmlDeviceSetComputeMode,
+    nvmlDeviceSetEccMode,
+    nvmlDeviceClearEccErrorCounts,
+    nvmlDeviceSetPowerManagementLimit,
+    nvmlDeviceSetApplicationsClocks,
+    nvmlDeviceResetApplicationsClocks,
+    nvmlDeviceSetGpuLockedClocks,
+    nvmlDeviceResetGpuLockedClocks,
+    nvmlDeviceSetMemoryLockedClocks,
+    nvmlDeviceResetMemoryLockedClocks,
+    nvmlDeviceSetAccountingMode,
+    nvmlDeviceClearAccountingPids,
+    nvmlDeviceSetMigMode,
+    nvmlDeviceSetAutoBoostedClocksEnabled,
+    nvmlDeviceSetDefaultAutoBoostedClocksEnabled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_layouts_are_nvmls() {
+        assert_eq!(std::mem::size_of::<nvmlPciInfo_t>(), 68);
+        assert_eq!(std::mem::offset_of!(nvmlPciInfo_t, busId), 36);
+        assert_eq!(std::mem::size_of::<nvmlPciInfoCommon_t>(), 36);
+        assert_eq!(std::mem::size_of::<nvmlMemory_t>(), 24);
+        assert_eq!(std::mem::size_of::<nvmlMemory_v2_t>(), 40);
+        assert_eq!(NVML_MEMORY_V2, 0x0200_0028);
+        assert_eq!(std::mem::size_of::<nvmlUtilization_t>(), 8);
+    }
+
+    #[test]
+    fn strings_respect_the_buffer() {
+        let mut buf = [0x55 as c_char; 8];
+        // SAFETY: buf has the 8 writable bytes passed.
+        unsafe {
+            assert_eq!(
+                out_string(buf.as_mut_ptr(), 8, "abcdefgh"),
+                Err(NvmlError::INSUFFICIENT_SIZE)
+            );
+            assert_eq!(buf[0], 0x55, "nothing written on failure");
+            assert_eq!(out_string(buf.as_mut_ptr(), 8, "abcdefg"), Ok(()));
+            assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str(), Ok("abcdefg"));
+            assert_eq!(
+                out_string(std::ptr::null_mut(), 8, "a"),
+                Err(NvmlError::INVALID_ARGUMENT)
+            );
+        }
+        let mut fixed = [0x55 as c_char; 4];
+        fill(&mut fixed, "abcdef");
+        assert_eq!(fixed, [b'a' as c_char, b'b' as c_char, b'c' as c_char, 0]);
+    }
+
+    #[test]
+    fn pci_info_is_filled() {
+        let d = Device::new(
+            0,
+            "x".into(),
+            [0; 16],
+            0,
+            crate::format::PciAddress {
+                domain: 0,
+                bus: 0x41,
+                device: 0,
+            },
+        );
+        let p = pci_info(&d);
+        // SAFETY: `fill` NUL-terminates both arrays.
+        let (id, legacy) = unsafe { (CStr::from_ptr(p.busId.as_ptr()), CStr::from_ptr(p.busIdLegacy.as_ptr())) };
+        assert_eq!(id.to_str(), Ok("00000000:41:00.0"));
+        assert_eq!(legacy.to_str(), Ok("0000:41:00.0"));
+        assert_eq!((p.bus, p.pciDeviceId & 0xffff), (0x41, 0x10de));
+    }
+
+    #[test]
+    fn uninitialised_calls_and_error_strings() {
+        // No test in this crate initialises NVML (there is no gpupool shim
+        // to load here), so every device call is refused as uninitialised.
+        let mut n: c_uint = 7;
+        // SAFETY: valid pointers, or NULL where NULL is tested.
+        unsafe {
+            assert_eq!(nvmlDeviceGetCount_v2(&mut n), NvmlError::UNINITIALIZED.0);
+            assert_eq!(n, 7);
+            let mut h: nvmlDevice_t = std::ptr::null_mut();
+            assert_eq!(nvmlDeviceGetHandleByIndex_v2(0, &mut h), NvmlError::UNINITIALIZED.0);
+            assert_eq!(nvmlShutdown(), NvmlError::UNINITIALIZED.0);
+            assert_eq!(nvmlDeviceGetNvLinkState(), NvmlError::UNINITIALIZED.0);
+            assert_eq!(CStr::from_ptr(nvmlErrorString(7)).to_str(), Ok("Insufficient Size"));
+            assert_eq!(CStr::from_ptr(nvmlErrorString(4242)).to_str(), Ok("Unknown Error"));
+        }
+        assert!(NOT_SUPPORTED.contains(&"nvmlDeviceGetNvLinkRemoteDeviceType"));
+    }
+}

@@ -1,0 +1,353 @@
+/* An NVML program for gpupool's whole-system tests. It loads
+ * libnvidia-ml.so.1 and libcuda.so.1 the way monitoring tools and frameworks
+ * do (dlopen), and checks what NVML says about each device against what the
+ * CUDA driver says, then the error paths.
+ *
+ *   nvml_check [exact]    every check; prints OK lines. With `exact` (a
+ *                         server on the software driver, where nothing else
+ *                         allocates), memory must match cuMemGetInfo exactly
+ *   nvml_check init-fails CODE
+ *                         nvmlInit_v2 must fail with CODE (for a libcuda.so.1
+ *                         that is not gpupool's)
+ *
+ * NVML declarations are written from the published API reference.
+ */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef int nvmlReturn_t;
+typedef struct nvmlDevice_st *nvmlDevice_t;
+
+#define NVML_SUCCESS 0
+#define NVML_ERROR_UNINITIALIZED 1
+#define NVML_ERROR_INVALID_ARGUMENT 2
+#define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NOT_FOUND 6
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain;
+    unsigned int bus;
+    unsigned int device;
+    unsigned int pciDeviceId;
+    unsigned int pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+typedef struct {
+    unsigned long long total;
+    unsigned long long free;
+    unsigned long long used;
+} nvmlMemory_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned long long total;
+    unsigned long long reserved;
+    unsigned long long free;
+    unsigned long long used;
+} nvmlMemory_v2_t;
+#define nvmlMemory_v2 ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2 << 24)))
+
+typedef struct {
+    unsigned int gpu;
+    unsigned int memory;
+} nvmlUtilization_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_t;
+
+/* CUDA driver declarations (driver API reference). */
+typedef int CUresult;
+typedef int CUdevice;
+typedef struct CUctx_st *CUcontext;
+typedef unsigned long long CUdeviceptr;
+#define CU_DEVICE_ATTRIBUTE_PCI_BUS_ID 33
+#define CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID 34
+#define CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID 50
+#define CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR 75
+#define CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR 76
+
+#define FAIL(...)                             \
+    do {                                      \
+        fprintf(stderr, "FAIL " __VA_ARGS__); \
+        fprintf(stderr, "\n");                \
+        exit(1);                              \
+    } while (0)
+#define EXPECT(cond, ...)      \
+    do {                       \
+        if (!(cond)) {         \
+            FAIL(__VA_ARGS__); \
+        }                      \
+    } while (0)
+/* An NVML call that must answer `want`. */
+#define NV(want, call)                                                                              \
+    do {                                                                                            \
+        nvmlReturn_t r_ = (call);                                                                   \
+        if (r_ != (want))                                                                           \
+            FAIL("%s:%d %s = %d (%s), expected %d", __FILE__, __LINE__, #call, r_, nvmlErrorString(r_), \
+                 (want));                                                                           \
+    } while (0)
+#define CU(call)                                                              \
+    do {                                                                      \
+        CUresult r_ = (call);                                                 \
+        if (r_ != 0)                                                          \
+            FAIL("%s:%d %s = %d", __FILE__, __LINE__, #call, r_);             \
+    } while (0)
+
+static void *need(void *lib, const char *name) {
+    void *f = dlsym(lib, name);
+    if (f == NULL)
+        FAIL("dlsym(%s): %s", name, dlerror());
+    return f;
+}
+#define LOAD(lib, ret, name, args) ret(*name) args = (ret(*) args)need(lib, #name)
+
+static const char *(*nvmlErrorString)(nvmlReturn_t);
+
+static void sleep_ms(int ms) { usleep(ms * 1000); }
+
+int main(int argc, char **argv) {
+    void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+    if (nvml == NULL)
+        FAIL("dlopen(libnvidia-ml.so.1): %s", dlerror());
+    nvmlErrorString = (const char *(*)(nvmlReturn_t))need(nvml, "nvmlErrorString");
+    LOAD(nvml, nvmlReturn_t, nvmlInit_v2, (void));
+    LOAD(nvml, nvmlReturn_t, nvmlShutdown, (void));
+
+    if (argc == 3 && strcmp(argv[1], "init-fails") == 0) {
+        int want = atoi(argv[2]);
+        nvmlReturn_t r = nvmlInit_v2();
+        EXPECT(r == want, "nvmlInit_v2 = %d (%s), expected %d", r, nvmlErrorString(r), want);
+        printf("OK init fails: %d %s\n", r, nvmlErrorString(r));
+        return 0;
+    }
+
+    LOAD(nvml, nvmlReturn_t, nvmlSystemGetDriverVersion, (char *, unsigned));
+    LOAD(nvml, nvmlReturn_t, nvmlSystemGetCudaDriverVersion_v2, (int *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCount_v2, (unsigned *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByIndex_v2, (unsigned, nvmlDevice_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByUUID, (const char *, nvmlDevice_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByPciBusId_v2, (const char *, nvmlDevice_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetIndex, (nvmlDevice_t, unsigned *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetName, (nvmlDevice_t, char *, unsigned));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetUUID, (nvmlDevice_t, char *, unsigned));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetMemoryInfo, (nvmlDevice_t, nvmlMemory_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetMemoryInfo_v2, (nvmlDevice_t, nvmlMemory_v2_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetUtilizationRates, (nvmlDevice_t, nvmlUtilization_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetTemperature, (nvmlDevice_t, int, unsigned *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetPowerUsage, (nvmlDevice_t, unsigned *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetPciInfo_v3, (nvmlDevice_t, nvmlPciInfo_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCudaComputeCapability, (nvmlDevice_t, int *, int *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetComputeRunningProcesses_v3,
+         (nvmlDevice_t, unsigned *, nvmlProcessInfo_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkState, (nvmlDevice_t, unsigned, int *));
+
+    /* Before nvmlInit: everything is refused as uninitialised. */
+    unsigned count = 12345;
+    NV(NVML_ERROR_UNINITIALIZED, nvmlDeviceGetCount_v2(&count));
+    EXPECT(count == 12345, "count written before init");
+    NV(NVML_ERROR_UNINITIALIZED, nvmlShutdown());
+    nvmlDevice_t h = NULL;
+    NV(NVML_ERROR_UNINITIALIZED, nvmlDeviceGetHandleByIndex_v2(0, &h));
+    printf("OK uninitialised calls refused\n");
+
+    NV(NVML_SUCCESS, nvmlInit_v2());
+
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+    if (cuda == NULL)
+        FAIL("dlopen(libcuda.so.1): %s", dlerror());
+    LOAD(cuda, CUresult, cuInit, (unsigned));
+    LOAD(cuda, CUresult, cuDriverGetVersion, (int *));
+    LOAD(cuda, CUresult, cuDeviceGetCount, (int *));
+    LOAD(cuda, CUresult, cuDeviceGet, (CUdevice *, int));
+    LOAD(cuda, CUresult, cuDeviceGetName, (char *, int, CUdevice));
+    LOAD(cuda, CUresult, cuDeviceGetUuid_v2, (unsigned char *, CUdevice));
+    LOAD(cuda, CUresult, cuDeviceTotalMem_v2, (size_t *, CUdevice));
+    LOAD(cuda, CUresult, cuDeviceGetAttribute, (int *, int, CUdevice));
+    LOAD(cuda, CUresult, cuDevicePrimaryCtxRetain, (CUcontext *, CUdevice));
+    LOAD(cuda, CUresult, cuDevicePrimaryCtxRelease_v2, (CUdevice));
+    LOAD(cuda, CUresult, cuCtxSetCurrent, (CUcontext));
+    LOAD(cuda, CUresult, cuMemAlloc_v2, (CUdeviceptr *, size_t));
+    LOAD(cuda, CUresult, cuMemFree_v2, (CUdeviceptr));
+    LOAD(cuda, CUresult, cuMemGetInfo_v2, (size_t *, size_t *));
+    CU(cuInit(0));
+
+    int cu_version = 0, nv_version = 0;
+    CU(cuDriverGetVersion(&cu_version));
+    NV(NVML_SUCCESS, nvmlSystemGetCudaDriverVersion_v2(&nv_version));
+    EXPECT(cu_version == nv_version, "CUDA version: NVML %d, driver %d", nv_version, cu_version);
+    char text[96];
+    NV(NVML_SUCCESS, nvmlSystemGetDriverVersion(text, sizeof text));
+    NV(NVML_ERROR_INSUFFICIENT_SIZE, nvmlSystemGetDriverVersion(text, 2));
+    printf("OK versions cuda=%d driver=\"%s\"\n", nv_version, text);
+
+    int cu_count = 0;
+    CU(cuDeviceGetCount(&cu_count));
+    NV(NVML_SUCCESS, nvmlDeviceGetCount_v2(&count));
+    EXPECT((int)count == cu_count && count > 0, "device count: NVML %u, driver %d", count, cu_count);
+
+    for (unsigned i = 0; i < count; i++) {
+        CUdevice dev;
+        CU(cuDeviceGet(&dev, (int)i));
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByIndex_v2(i, &h));
+        EXPECT(h != NULL, "NULL handle for %u", i);
+        unsigned index = 99;
+        NV(NVML_SUCCESS, nvmlDeviceGetIndex(h, &index));
+        EXPECT(index == i, "index %u for device %u", index, i);
+
+        char cu_name[256], nv_name[96];
+        CU(cuDeviceGetName(cu_name, sizeof cu_name, dev));
+        NV(NVML_SUCCESS, nvmlDeviceGetName(h, nv_name, sizeof nv_name));
+        EXPECT(strcmp(cu_name, nv_name) == 0, "name: NVML \"%s\", driver \"%s\"", nv_name, cu_name);
+
+        unsigned char u[16];
+        CU(cuDeviceGetUuid_v2(u, dev));
+        char want_uuid[64], nv_uuid[96];
+        snprintf(want_uuid, sizeof want_uuid,
+                 "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2],
+                 u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+        NV(NVML_SUCCESS, nvmlDeviceGetUUID(h, nv_uuid, sizeof nv_uuid));
+        EXPECT(strcmp(want_uuid, nv_uuid) == 0, "UUID: NVML %s, driver %s", nv_uuid, want_uuid);
+        nvmlDevice_t by = NULL;
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByUUID(nv_uuid, &by));
+        EXPECT(by == h, "handle by UUID differs");
+
+        int bus, slot, domain, major, minor;
+        CU(cuDeviceGetAttribute(&bus, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, dev));
+        CU(cuDeviceGetAttribute(&slot, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, dev));
+        CU(cuDeviceGetAttribute(&domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, dev));
+        CU(cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
+        CU(cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
+        nvmlPciInfo_t pci;
+        memset(&pci, 0x55, sizeof pci);
+        NV(NVML_SUCCESS, nvmlDeviceGetPciInfo_v3(h, &pci));
+        char want_bus[32];
+        snprintf(want_bus, sizeof want_bus, "%08X:%02X:%02X.0", domain, bus, slot);
+        EXPECT(strcmp(pci.busId, want_bus) == 0, "busId \"%s\", expected \"%s\"", pci.busId, want_bus);
+        EXPECT(pci.domain == (unsigned)domain && pci.bus == (unsigned)bus && pci.device == (unsigned)slot,
+               "PCI fields %x:%x:%x", pci.domain, pci.bus, pci.device);
+        /* The short form cudaDeviceGetPCIBusId gives, in lowercase. */
+        char short_bus[32];
+        snprintf(short_bus, sizeof short_bus, "%04x:%02x:%02x.0", domain, bus, slot);
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByPciBusId_v2(short_bus, &by));
+        EXPECT(by == h, "handle by PCI bus id differs");
+
+        int nv_major = -1, nv_minor = -1;
+        NV(NVML_SUCCESS, nvmlDeviceGetCudaComputeCapability(h, &nv_major, &nv_minor));
+        EXPECT(nv_major == major && nv_minor == minor, "compute capability %d.%d, driver %d.%d", nv_major,
+               nv_minor, major, minor);
+
+        unsigned procs = 5;
+        NV(NVML_SUCCESS, nvmlDeviceGetComputeRunningProcesses_v3(h, &procs, NULL));
+        EXPECT(procs == 0, "%u processes", procs);
+        printf("OK device %u \"%s\" %s %s sm_%d%d\n", i, nv_name, nv_uuid, pci.busId, major, minor);
+    }
+
+    /* Memory, as the session sees it, with an allocation of its own. */
+    CUcontext ctx;
+    CU(cuDevicePrimaryCtxRetain(&ctx, 0));
+    CU(cuCtxSetCurrent(ctx));
+    const size_t held = 8 << 20;
+    CUdeviceptr p;
+    CU(cuMemAlloc_v2(&p, held));
+    size_t cu_free = 0, cu_total = 0, dev_total = 0;
+    CU(cuMemGetInfo_v2(&cu_free, &cu_total));
+    CU(cuDeviceTotalMem_v2(&dev_total, 0));
+    NV(NVML_SUCCESS, nvmlDeviceGetHandleByIndex_v2(0, &h));
+    nvmlMemory_t mem;
+    NV(NVML_SUCCESS, nvmlDeviceGetMemoryInfo(h, &mem));
+    EXPECT(mem.total == dev_total, "total %llu, cuDeviceTotalMem %zu", mem.total, dev_total);
+    EXPECT(mem.used == mem.total - mem.free, "used %llu != total - free", mem.used);
+    EXPECT(mem.used >= held, "used %llu with %zu allocated", mem.used, held);
+    /* On a real GPU others may allocate between the two reads; on the
+     * software driver the numbers are the session's own and exact. */
+    int exact = argc == 2 && strcmp(argv[1], "exact") == 0;
+    if (exact)
+        EXPECT(mem.free == cu_free && mem.total == cu_total, "free %llu, cuMemGetInfo %zu", mem.free, cu_free);
+    nvmlMemory_v2_t mem2;
+    memset(&mem2, 0, sizeof mem2);
+    mem2.version = nvmlMemory_v2;
+    NV(NVML_SUCCESS, nvmlDeviceGetMemoryInfo_v2(h, &mem2));
+    EXPECT(mem2.total == mem.total && mem2.version == nvmlMemory_v2, "memory v2 total %llu", mem2.total);
+    mem2.version = 1;
+    NV(NVML_ERROR_ARGUMENT_VERSION_MISMATCH, nvmlDeviceGetMemoryInfo_v2(h, &mem2));
+    CU(cuMemFree_v2(p));
+    sleep_ms(150); /* past the shim's cache */
+    nvmlMemory_t after;
+    NV(NVML_SUCCESS, nvmlDeviceGetMemoryInfo(h, &after));
+    if (exact)
+        EXPECT(after.free == mem.free + held, "free after cuMemFree %llu, before %llu", after.free, mem.free);
+    printf("OK memory total=%llu used=%llu free=%llu free-after-release=%llu\n", mem.total, mem.used, mem.free,
+           after.free);
+    CU(cuDevicePrimaryCtxRelease_v2(0));
+
+    /* Sensors: known when the server has NVML, else not supported. */
+    nvmlUtilization_t util;
+    nvmlReturn_t r = nvmlDeviceGetUtilizationRates(h, &util);
+    unsigned temp = 0, power = 0;
+    if (r == NVML_SUCCESS) {
+        EXPECT(util.gpu <= 100 && util.memory <= 100, "utilisation %u%% %u%%", util.gpu, util.memory);
+        NV(NVML_SUCCESS, nvmlDeviceGetTemperature(h, 0, &temp));
+        NV(NVML_SUCCESS, nvmlDeviceGetPowerUsage(h, &power));
+        printf("OK sensors gpu=%u%% mem=%u%% temp=%uC power=%umW\n", util.gpu, util.memory, temp, power);
+    } else {
+        EXPECT(r == NVML_ERROR_NOT_SUPPORTED, "nvmlDeviceGetUtilizationRates = %d", r);
+        NV(NVML_ERROR_NOT_SUPPORTED, nvmlDeviceGetTemperature(h, 0, &temp));
+        NV(NVML_ERROR_NOT_SUPPORTED, nvmlDeviceGetPowerUsage(h, &power));
+        printf("OK sensors not supported\n");
+    }
+
+    /* Error paths. */
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetHandleByIndex_v2(count, &h));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetHandleByIndex_v2(0, NULL));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetCount_v2(NULL));
+    NV(NVML_SUCCESS, nvmlDeviceGetHandleByIndex_v2(0, &h));
+    char small[4];
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetName(h, NULL, 64));
+    NV(NVML_ERROR_INSUFFICIENT_SIZE, nvmlDeviceGetName(h, small, sizeof small));
+    char uuid40[40];
+    NV(NVML_ERROR_INSUFFICIENT_SIZE, nvmlDeviceGetUUID(h, uuid40, sizeof uuid40));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetMemoryInfo(h, NULL));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetUtilizationRates(h, NULL));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetPciInfo_v3(h, NULL));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetCudaComputeCapability(h, NULL, NULL));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetTemperature(h, 7, &temp));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetComputeRunningProcesses_v3(h, NULL, NULL));
+    nvmlDevice_t foreign = (nvmlDevice_t)&mem;
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetMemoryInfo(foreign, &mem));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetName(NULL, text, sizeof text));
+    nvmlDevice_t by = NULL;
+    NV(NVML_ERROR_NOT_FOUND, nvmlDeviceGetHandleByUUID("GPU-00000000-0000-0000-0000-0000000000ff", &by));
+    NV(NVML_ERROR_NOT_FOUND, nvmlDeviceGetHandleByPciBusId_v2("0000:ff:1f.0", &by));
+    int active = 0;
+    NV(NVML_ERROR_NOT_SUPPORTED, nvmlDeviceGetNvLinkState(h, 0, &active));
+    EXPECT(strcmp(nvmlErrorString(NVML_ERROR_INVALID_ARGUMENT), "Invalid Argument") == 0, "error string \"%s\"",
+           nvmlErrorString(NVML_ERROR_INVALID_ARGUMENT));
+    printf("OK error paths\n");
+
+    /* Initialisation is counted. */
+    NV(NVML_SUCCESS, nvmlInit_v2());
+    NV(NVML_SUCCESS, nvmlShutdown());
+    NV(NVML_SUCCESS, nvmlDeviceGetCount_v2(&count));
+    NV(NVML_SUCCESS, nvmlShutdown());
+    NV(NVML_ERROR_UNINITIALIZED, nvmlDeviceGetCount_v2(&count));
+    NV(NVML_ERROR_UNINITIALIZED, nvmlShutdown());
+    /* Handles stay valid across a new initialisation. */
+    NV(NVML_SUCCESS, nvmlInit_v2());
+    NV(NVML_SUCCESS, nvmlDeviceGetName(h, text, sizeof text));
+    NV(NVML_SUCCESS, nvmlShutdown());
+    printf("OK init counted\n");
+
+    printf("OK nvml devices=%u\n", count);
+    return 0;
+}

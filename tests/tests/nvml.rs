@@ -1,0 +1,121 @@
+//! Whole-system tests of gpupool's NVML: a C program loads
+//! `libnvidia-ml.so.1` (gpupool's NVML) and `libcuda.so.1` (the gpupool
+//! shim), as monitoring tools and PyTorch do, and checks what NVML says
+//! against what the driver says, over TCP and QUIC to a server on the
+//! software driver test double.
+
+use gpupool_tests::*;
+use std::time::Duration;
+
+fn nvml_check(cmd: std::process::Command) -> (bool, String, String) {
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn nvml_answers_what_the_driver_answers() {
+    let server = Server::start();
+    for url in [server.tcp.clone(), server.quic.clone()] {
+        let mut cmd = through_shim(&c_program("nvml_check"), &url);
+        cmd.arg("exact");
+        let (ok, out, err) = nvml_check(cmd);
+        assert!(ok, "{url}: nvml_check failed:\nstdout: {out}\nstderr: {err}");
+        for line in [
+            "OK uninitialised calls refused",
+            "OK versions cuda=",
+            "OK device 0 ",
+            "OK memory total=",
+            "OK error paths",
+            "OK init counted",
+            "OK nvml devices=",
+        ] {
+            assert!(out.contains(line), "{url}: missing {line:?} in:\n{out}");
+        }
+        // The software driver has no sensors and the server no NVML.
+        assert!(out.contains("OK sensors not supported"), "{url}: {out}");
+    }
+}
+
+#[test]
+fn the_server_answers_device_status_for_session_devices_only() {
+    use gpupool_proto::codec;
+    use gpupool_proto::frame::{self, FLAG_WANTS_REPLY};
+    use gpupool_proto::handshake::{ClientInfo, Hello, Welcome};
+    use gpupool_proto::message::{Reply, Request, DEVICE_STATUS_NO_SERVER_NVML};
+    use std::io::Write;
+
+    let server = Server::start();
+    let mut s = std::net::TcpStream::connect(server.tcp_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut scratch = Vec::new();
+    let client = ClientInfo {
+        host: "test".into(),
+        pid: 1,
+        program: "nvml-test".into(),
+    };
+    frame::write_frame(
+        &mut s,
+        &mut scratch,
+        0,
+        FLAG_WANTS_REPLY,
+        &Hello::new(None, client),
+        &[],
+        1 << 20,
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut msg = Vec::new();
+    frame::read_frame(&mut s, &mut msg, 64 << 20).unwrap();
+    let Welcome::Accepted(info) = codec::decode::<Welcome>(&msg).unwrap() else {
+        panic!("refused");
+    };
+    let mut ask = |id: u64, device: i32| -> Reply {
+        let req = Request::DeviceStatus { device };
+        frame::write_frame(&mut s, &mut scratch, id, FLAG_WANTS_REPLY, &req, &[], 1 << 20).unwrap();
+        s.flush().unwrap();
+        let h = frame::read_frame(&mut s, &mut msg, 64 << 20).unwrap();
+        assert_eq!(h.id, id);
+        codec::decode::<Reply>(&msg).unwrap()
+    };
+    match ask(1, 0) {
+        Reply::DeviceStatus {
+            total_bytes,
+            free_bytes,
+            used_bytes,
+            flags,
+            ..
+        } => {
+            assert_eq!(total_bytes, info.devices[0].total_mem);
+            assert_eq!(free_bytes + used_bytes, total_bytes);
+            assert_ne!(flags & DEVICE_STATUS_NO_SERVER_NVML, 0, "the test server has no NVML");
+        }
+        other => panic!("unexpected reply {other:?}"),
+    }
+    // CUDA_ERROR_INVALID_DEVICE for ordinals the session does not have.
+    assert_eq!(ask(2, info.devices.len() as i32), Reply::Status(101));
+    assert_eq!(ask(3, -1), Reply::Status(101));
+}
+
+#[test]
+fn nvml_refuses_a_libcuda_that_is_not_gpupools() {
+    // libnvidia-ml.so.1 is gpupool's, but libcuda.so.1 is another driver
+    // (here the software driver): nvmlInit fails, saying why.
+    let dir = scratch_dir().join("foreign-driver");
+    link_libraries(
+        &dir,
+        &[("libcuda.so.1", soft_driver()), ("libnvidia-ml.so.1", nvml_shim())],
+    );
+    let mut cmd = std::process::Command::new(c_program("nvml_check"));
+    cmd.args(["init-fails", "12"]).env("LD_LIBRARY_PATH", &dir);
+    let (ok, out, err) = nvml_check(cmd);
+    assert!(ok, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("OK init fails: 12 NVML Shared Library Not Found"), "{out}");
+    assert!(
+        err.contains("not gpupool's client shim"),
+        "the reason must be said: {err}"
+    );
+}
