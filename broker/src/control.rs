@@ -682,7 +682,7 @@ impl Broker {
             if used_milli + demand_milli > max {
                 return Ok(Attempt::Waiting(
                     format!(
-                        "tenant {} holds {} of its {} GPU quota and asks for {} more; release leases or raise the quota",
+                        "tenant {} holds {} of its {} quota and asks for {} more; release leases or raise the quota",
                         lease.tenant,
                         gpus_text(used_milli),
                         gpus_text(max),
