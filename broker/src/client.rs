@@ -70,10 +70,7 @@ impl Client {
     }
 
     pub fn with_token(&self, token: Option<String>) -> Client {
-        Client {
-            token,
-            ..self.clone()
-        }
+        Client { token, ..self.clone() }
     }
 
     /// Sends one request; any status comes back as a [`Response`].
@@ -107,12 +104,11 @@ impl Client {
         request.extend_from_slice(body);
         stream.write_all(&request).map_err(io)?;
         let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut raw)
-            .map_err(io)?;
+        stream.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw).map_err(io)?;
         if raw.len() > MAX_RESPONSE {
-            return Err(ClientError::BadResponse(format!("answer is larger than {MAX_RESPONSE} bytes")));
+            return Err(ClientError::BadResponse(format!(
+                "answer is larger than {MAX_RESPONSE} bytes"
+            )));
         }
         parse_response(&raw)
     }
@@ -162,7 +158,9 @@ fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     let mut chunked = false;
     let mut length: Option<usize> = None;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
             chunked = true;
@@ -219,8 +217,10 @@ mod tests {
     fn parses_plain_and_chunked_answers() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-            .unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
         assert!(parse_response(b"garbage").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err());

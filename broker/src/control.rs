@@ -21,8 +21,8 @@ use crate::inventory::{Gpu, Inventory, Nic, Server, ServerState, FULL_GPU_MILLI}
 use crate::lease::{Lease, LeaseGrant, LeaseRequest, LeaseState, LeaseView};
 use crate::metrics::Metrics;
 use crate::placement::{
-    Allocation, AllocationId, Explanation, GpuGrant, LocalityHint, PlacementEngine, PlacementError, Policy,
-    PoolConfig, Request,
+    Allocation, AllocationId, Explanation, GpuGrant, LocalityHint, PlacementEngine, PlacementError, Policy, PoolConfig,
+    Request,
 };
 use crate::store::{Store, StoreError, Table, Write};
 use crate::tenant::{self, Quota, Tenant, TenantView, DEFAULT_TENANT};
@@ -220,7 +220,11 @@ pub enum BrokerError {
     NoCapacity(String),
     /// The lease has ended; `reason` says how (lost, preempted, expired...).
     #[error("lease {lease} is {state}: {reason}")]
-    LeaseEnded { lease: u64, state: &'static str, reason: String },
+    LeaseEnded {
+        lease: u64,
+        state: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -454,7 +458,9 @@ impl Broker {
     /// Records a heartbeat; a server that was down comes back up (its lost
     /// leases stay lost).
     pub fn heartbeat(&self, name: &str) -> Result<HeartbeatReply, BrokerError> {
-        self.metrics.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .heartbeats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = now_ms();
         let mut st = self.lock();
         let record = st.servers.get_mut(name).ok_or_else(|| {
@@ -474,7 +480,10 @@ impl Broker {
             self.store.apply(&writes)?;
             info!(server = %name, "server back up after heartbeats resumed");
         }
-        let record = st.servers.get(name).ok_or_else(|| BrokerError::Internal("server vanished".into()))?;
+        let record = st
+            .servers
+            .get(name)
+            .ok_or_else(|| BrokerError::Internal("server vanished".into()))?;
         Ok(HeartbeatReply {
             server: name.to_string(),
             state: record.state(),
@@ -529,9 +538,7 @@ impl Broker {
         for (name, record) in &st.servers {
             let id = st.engine.server_id(name);
             for (i, gpu) in record.registration.gpus.iter().enumerate() {
-                let (free_milli, free_memory_mib) = id
-                    .and_then(|id| st.engine.gpu_free(id, i as u8))
-                    .unwrap_or((0, 0));
+                let (free_milli, free_memory_mib) = id.and_then(|id| st.engine.gpu_free(id, i as u8)).unwrap_or((0, 0));
                 let leases = st
                     .leases
                     .values()
@@ -749,10 +756,16 @@ impl Broker {
         queued.sort_by_key(|&(p, id)| (std::cmp::Reverse(p), id));
         let mut writes = Vec::new();
         for (_, id) in queued {
-            let Some(mut lease) = st.leases.remove(&id) else { continue };
+            let Some(mut lease) = st.leases.remove(&id) else {
+                continue;
+            };
             match self.attempt(st, &mut lease, now, false) {
                 Ok(Attempt::Granted(_)) => {
-                    info!(lease = id, server = lease.server.as_deref().unwrap_or("-"), "queued lease granted");
+                    info!(
+                        lease = id,
+                        server = lease.server.as_deref().unwrap_or("-"),
+                        "queued lease granted"
+                    );
                     writes.push(put_lease(&lease)?);
                 }
                 Ok(Attempt::Waiting(reason, _)) => {
@@ -988,7 +1001,7 @@ impl Broker {
 
     fn view(&self, lease: &Lease, with_token: bool) -> LeaseView {
         let token = (with_token && lease.state == LeaseState::Active)
-            .then(|| lease.server.as_ref())
+            .then_some(lease.server.as_ref())
             .flatten()
             .map(|server| {
                 self.signer.sign(&LeaseClaims {
@@ -1079,7 +1092,12 @@ impl Broker {
             .map(|(s, n)| (format!("state=\"{s}\""), *n as f64))
             .collect();
         let lease_labels: Vec<(&str, f64)> = lease_labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        gauge(&mut out, "gpupool_leases", "Leases the broker remembers, by state.", &lease_labels);
+        gauge(
+            &mut out,
+            "gpupool_leases",
+            "Leases the broker remembers, by state.",
+            &lease_labels,
+        );
         self.metrics.render_counters(&mut out);
         out
     }
@@ -1112,7 +1130,9 @@ fn rebuild(policy: Policy, st: &mut State, now: u64) -> Result<Vec<Write>, Broke
         .map(|l| l.id)
         .collect();
     for id in active {
-        let Some(mut lease) = st.leases.remove(&id) else { continue };
+        let Some(mut lease) = st.leases.remove(&id) else {
+            continue;
+        };
         match restore_allocation(st, &mut lease) {
             Ok(allocation) => {
                 st.allocations.insert(id, allocation);
@@ -1197,7 +1217,7 @@ fn usage(st: &State, tenant: &str) -> (u64, u64) {
 }
 
 fn gpus_text(milli: u64) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         format!("{} GPU", milli / 1000)
     } else {
         format!("{:.3} GPU", milli as f64 / 1000.0)
@@ -1292,7 +1312,9 @@ fn preempt_for(st: &mut State, request: &Request) -> Option<(Allocation, Vec<(u6
     let candidates: Vec<u64> = candidates.iter().map(|l| l.id).collect();
     let mut released: Vec<(u64, Allocation)> = Vec::new();
     for id in candidates {
-        let Some(aid) = st.allocations.remove(&id) else { continue };
+        let Some(aid) = st.allocations.remove(&id) else {
+            continue;
+        };
         match st.engine.release(aid) {
             Ok(a) => released.push((id, a)),
             Err(_) => continue,
@@ -1311,10 +1333,14 @@ fn preempt_for(st: &mut State, request: &Request) -> Option<(Allocation, Vec<(u6
 fn restore_victims(st: &mut State, released: &[(u64, Allocation)]) -> Vec<(u64, Allocation)> {
     let mut gone = Vec::new();
     for (id, a) in released.iter().rev() {
-        match st
-            .engine
-            .reserve(a.server, &a.gpus, a.cpu_milli, a.memory_mib, a.priority, a.tenant.clone())
-        {
+        match st.engine.reserve(
+            a.server,
+            &a.gpus,
+            a.cpu_milli,
+            a.memory_mib,
+            a.priority,
+            a.tenant.clone(),
+        ) {
             Ok(back) => {
                 st.allocations.insert(*id, back.id);
             }
@@ -1403,10 +1429,11 @@ fn server_view(st: &State, name: &str) -> Result<ServerView, BrokerError> {
 }
 
 fn tenant_view(st: &State, name: &str) -> Result<TenantView, BrokerError> {
-    let t = st
-        .tenants
-        .get(name)
-        .ok_or_else(|| BrokerError::NotFound(format!("tenant {name} is not known (it appears with its first request or quota)")))?;
+    let t = st.tenants.get(name).ok_or_else(|| {
+        BrokerError::NotFound(format!(
+            "tenant {name} is not known (it appears with its first request or quota)"
+        ))
+    })?;
     let (used_gpu_milli, used_memory_mib) = usage(st, name);
     let count = |s: LeaseState| st.leases.values().filter(|l| l.tenant == name && l.state == s).count();
     Ok(TenantView {

@@ -49,16 +49,30 @@ impl Metrics {
     /// Appends the counters and the histogram in Prometheus text format.
     pub fn render_counters(&self, out: &mut String) {
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         };
-        counter(out, "gpupool_heartbeats_total", "Heartbeats received from GPU servers.", &self.heartbeats);
+        counter(
+            out,
+            "gpupool_heartbeats_total",
+            "Heartbeats received from GPU servers.",
+            &self.heartbeats,
+        );
         counter(
             out,
             "gpupool_heartbeat_timeouts_total",
             "Times a GPU server was marked down for missing heartbeats.",
             &self.heartbeat_timeouts,
         );
-        counter(out, "gpupool_registrations_total", "GPU server registrations.", &self.registrations);
+        counter(
+            out,
+            "gpupool_registrations_total",
+            "GPU server registrations.",
+            &self.registrations,
+        );
         let _ = writeln!(
             out,
             "# HELP gpupool_placements_total Lease requests by outcome.\n# TYPE gpupool_placements_total counter"
@@ -68,9 +82,18 @@ impl Metrics {
             ("queued", &self.placements_queued),
             ("refused", &self.placements_refused),
         ] {
-            let _ = writeln!(out, "gpupool_placements_total{{outcome=\"{outcome}\"}} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "gpupool_placements_total{{outcome=\"{outcome}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
-        counter(out, "gpupool_preemptions_total", "Leases preempted for higher-priority requests.", &self.preemptions);
+        counter(
+            out,
+            "gpupool_preemptions_total",
+            "Leases preempted for higher-priority requests.",
+            &self.preemptions,
+        );
         let _ = writeln!(
             out,
             "# HELP gpupool_placement_seconds Time the placement engine took per decision.\n# TYPE gpupool_placement_seconds histogram"

@@ -44,12 +44,20 @@ fn register_heartbeat_request_renew_release() {
     assert_eq!(claims.gpus[0].uuid, lease["gpus"][0]["uuid"].as_str().unwrap());
     assert_eq!(claims.gpus[0].compute_milli, 250);
     assert_eq!(claims.tenant, "vision");
-    assert!(matches!(key.verify(token, "gpu-b", unix_ms_now()), Err(LeaseTokenError::WrongServer { .. })));
+    assert!(matches!(
+        key.verify(token, "gpu-b", unix_ms_now()),
+        Err(LeaseTokenError::WrongServer { .. })
+    ));
 
     // The heartbeat now reports the lease; the GPU shows it.
     assert_eq!(h.heartbeat("gpu-a")["active_leases"], json!([id]));
     let gpus = h.get("/v1/gpus");
-    let used: Vec<&Value> = gpus.as_array().unwrap().iter().filter(|g| g["free_milli"] == 750).collect();
+    let used: Vec<&Value> = gpus
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["free_milli"] == 750)
+        .collect();
     assert_eq!(used.len(), 1);
     assert_eq!(used[0]["leases"], json!([id]));
     assert_eq!(h.get("/v1/slices")[0]["lease"], id);
@@ -57,7 +65,9 @@ fn register_heartbeat_request_renew_release() {
     std::thread::sleep(Duration::from_millis(5));
     let renewed: Value = h.admin.call("POST", &format!("/v1/leases/{id}/renew"), None).unwrap();
     assert!(renewed["expires_at_ms"].as_u64() > lease["expires_at_ms"].as_u64());
-    let renewed_claims = key.verify(renewed["token"].as_str().unwrap(), "gpu-a", unix_ms_now()).unwrap();
+    let renewed_claims = key
+        .verify(renewed["token"].as_str().unwrap(), "gpu-a", unix_ms_now())
+        .unwrap();
     assert!(renewed_claims.expires_at_ms > claims.expires_at_ms);
 
     let pool = &h.get("/v1/pools")[0];
@@ -101,11 +111,18 @@ fn gangs_are_all_or_nothing_and_fragmentation_is_reported() {
     cfg.admission = Admission::Refuse;
     let h = start(&cfg);
     h.register("gpu-a", "H100", 4, 81_559);
-    let slice = h.request(json!({ "slice": { "memory_mib": 1000, "compute_milli": 500 } })).unwrap();
+    let slice = h
+        .request(json!({ "slice": { "memory_mib": 1000, "compute_milli": 500 } }))
+        .unwrap();
     let gang = h.request(json!({ "gpus": 3, "model": "H100" })).unwrap();
     assert_eq!(gang["gpus"].as_array().unwrap().len(), 3);
     assert_ne!(
-        gang["gpus"].as_array().unwrap().iter().map(|g| g["index"].clone()).collect::<Vec<_>>(),
+        gang["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["index"].clone())
+            .collect::<Vec<_>>(),
         vec![slice["gpus"][0]["index"].clone()]
     );
     // Half of one GPU is left: no gang of two, not even one whole GPU.
@@ -116,7 +133,9 @@ fn gangs_are_all_or_nothing_and_fragmentation_is_reported() {
     // All that is free is half of the sliced GPU: fully fragmented.
     assert_eq!(refusal(h.request(json!({ "gpus": 1 }))).0, 503);
     assert_eq!(h.get("/v1/pools")[0]["fragmentation"], 1.0);
-    h.admin.call::<Value>("DELETE", &format!("/v1/leases/{}", gang["id"]), None).unwrap();
+    h.admin
+        .call::<Value>("DELETE", &format!("/v1/leases/{}", gang["id"]), None)
+        .unwrap();
     let frag = h.get("/v1/pools")[0]["fragmentation"].as_f64().unwrap();
     assert!((frag - 500.0 / 3500.0).abs() < 1e-9, "{frag}");
     let (status, _, message) = refusal(h.request(json!({ "gpus": 1, "model": "T4" })));
@@ -141,7 +160,10 @@ fn auth_failures_are_refused_with_reasons() {
     let (status, _, message) = refusal(h.admin.call("POST", "/v1/servers/register", Some(&reg)));
     assert_eq!(status, 401);
     assert!(message.contains("server_secret"), "{message}");
-    assert_eq!(refusal(h.anonymous.call("POST", "/v1/servers/gpu-a/heartbeat", None)).0, 401);
+    assert_eq!(
+        refusal(h.anonymous.call("POST", "/v1/servers/gpu-a/heartbeat", None)).0,
+        401
+    );
     // Open endpoints stay open.
     assert_eq!(h.raw(&h.anonymous, "GET", "/healthz", None).status, 200);
 }
@@ -155,19 +177,42 @@ fn malformed_input_gets_400_with_a_clear_error() {
     assert_eq!(r.status, 400);
     let body: Value = r.json().unwrap();
     assert_eq!(body["code"], "bad_json");
-    assert!(body["error"].as_str().unwrap().contains("not a valid lease request"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not a valid lease request"),
+        "{body}"
+    );
     let r = h.raw(&h.admin, "POST", "/v1/leases", Some("{\"gpuz\": 1}"));
     assert_eq!(r.status, 400);
     assert!(r.text().contains("unknown field"), "{}", r.text());
-    let r = h.raw(&h.admin, "POST", "/v1/leases", Some("{\"gpus\": 1, \"slice\": {\"memory_mib\": 1, \"compute_milli\": 1}}"));
+    let r = h.raw(
+        &h.admin,
+        "POST",
+        "/v1/leases",
+        Some("{\"gpus\": 1, \"slice\": {\"memory_mib\": 1, \"compute_milli\": 1}}"),
+    );
     assert_eq!(r.status, 400);
     assert!(r.text().contains("exactly one of gpus"), "{}", r.text());
-    let r = h.raw(&h.admin, "POST", "/v1/leases", Some("{\"slice\": {\"memory_mib\": 1, \"compute_milli\": 1001}}"));
+    let r = h.raw(
+        &h.admin,
+        "POST",
+        "/v1/leases",
+        Some("{\"slice\": {\"memory_mib\": 1, \"compute_milli\": 1001}}"),
+    );
     assert_eq!(r.status, 400);
-    let r = h.raw(&h.admin, "POST", "/v1/leases", Some("{\"gpus\": 1, \"ttl_ms\": 99999999999}"));
+    let r = h.raw(
+        &h.admin,
+        "POST",
+        "/v1/leases",
+        Some("{\"gpus\": 1, \"ttl_ms\": 99999999999}"),
+    );
     assert_eq!(r.status, 400);
     assert!(r.text().contains("ttl_ms"), "{}", r.text());
-    let r = h.raw(&h.admin, "POST", "/v1/leases", Some("{\"gpus\": 1, \"tenant\": \"no spaces\"}"));
+    let r = h.raw(
+        &h.admin,
+        "POST",
+        "/v1/leases",
+        Some("{\"gpus\": 1, \"tenant\": \"no spaces\"}"),
+    );
     assert_eq!(r.status, 400);
     let r = h.raw(&h.admin, "GET", "/v1/leases/abc", None);
     assert_eq!(r.status, 400);
@@ -213,16 +258,24 @@ fn over_quota_requests_are_refused_when_so_configured() {
     h.request(json!({ "tenant": "nlp", "gpus": 1 })).unwrap();
     let (status, code, message) = refusal(h.request(json!({ "tenant": "nlp", "gpus": 1 })));
     assert_eq!((status, code.as_str()), (403, "quota_exceeded"));
-    assert!(message.contains("tenant nlp holds 1 GPU of its 1.500 GPU quota"), "{message}");
+    assert!(
+        message.contains("tenant nlp holds 1 GPU of its 1.500 GPU quota"),
+        "{message}"
+    );
     // A half-GPU slice still fits the quota; another tenant is not limited.
     h.request(json!({ "tenant": "nlp", "slice": { "memory_mib": 1024, "compute_milli": 500 } }))
         .unwrap();
     h.request(json!({ "tenant": "vision", "gpus": 2 })).unwrap();
     // Memory quotas count the whole memory of whole GPUs.
     h.admin
-        .call::<Value>("PUT", "/v1/tenants/vision/quota", Some(&json!({ "max_memory_mib": 100_000 })))
+        .call::<Value>(
+            "PUT",
+            "/v1/tenants/vision/quota",
+            Some(&json!({ "max_memory_mib": 100_000 })),
+        )
         .unwrap();
-    let (status, _, message) = refusal(h.request(json!({ "tenant": "vision", "slice": { "memory_mib": 30000, "compute_milli": 100 } })));
+    let (status, _, message) =
+        refusal(h.request(json!({ "tenant": "vision", "slice": { "memory_mib": 30000, "compute_milli": 100 } })));
     assert_eq!(status, 403);
     assert!(message.contains("memory quota"), "{message}");
     assert_eq!(h.get("/v1/tenants/vision")["used_memory_mib"], 81_920);
@@ -261,7 +314,10 @@ fn over_quota_requests_queue_and_are_granted_when_quota_frees() {
         .call::<Value>("PUT", "/v1/tenants/nlp/quota", Some(&json!({ "max_gpu_milli": 3000 })))
         .unwrap();
     assert_eq!(h.get(&format!("/v1/leases/{}", third["id"]))["state"], "active");
-    assert_eq!(h.raw(&h.anonymous, "GET", "/metrics", None).text().contains("gpupool_placements_total{outcome=\"queued\"} 2"), true);
+    assert!(h
+        .raw(&h.anonymous, "GET", "/metrics", None)
+        .text()
+        .contains("gpupool_placements_total{outcome=\"queued\"} 2"));
 }
 
 #[test]
@@ -269,14 +325,24 @@ fn cordon_and_drain_stop_new_placements_only() {
     let dir = Dir::new("cordon");
     let h = start(&config(&dir));
     h.register("gpu-a", "H100", 1, 81_559);
-    let held = h.request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 100 } })).unwrap();
+    let held = h
+        .request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 100 } }))
+        .unwrap();
     let s: Value = h.admin.call("POST", "/v1/servers/gpu-a/cordon", None).unwrap();
     assert_eq!(s["state"], "Cordoned");
-    let waiting = h.request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 100 } })).unwrap();
+    let waiting = h
+        .request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 100 } }))
+        .unwrap();
     assert_eq!(waiting["state"], "queued");
-    assert!(waiting["reason"].as_str().unwrap().contains("no server can take"), "{waiting}");
+    assert!(
+        waiting["reason"].as_str().unwrap().contains("no server can take"),
+        "{waiting}"
+    );
     // The held lease keeps running and renewing on the cordoned server.
-    let renewed: Value = h.admin.call("POST", &format!("/v1/leases/{}/renew", held["id"]), None).unwrap();
+    let renewed: Value = h
+        .admin
+        .call("POST", &format!("/v1/leases/{}/renew", held["id"]), None)
+        .unwrap();
     assert_eq!(renewed["state"], "active");
     let s: Value = h.admin.call("POST", "/v1/servers/gpu-a/drain", None).unwrap();
     assert_eq!(s["state"], "Draining");
@@ -295,8 +361,12 @@ fn explanations_show_the_candidates_and_the_choice() {
     let h = start(&config(&dir));
     h.register("gpu-a", "H100", 2, 81_559);
     h.register("gpu-b", "H100", 2, 81_559);
-    let first = h.request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 300 } })).unwrap();
-    let second = h.request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 300 } })).unwrap();
+    let first = h
+        .request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 300 } }))
+        .unwrap();
+    let second = h
+        .request(json!({ "slice": { "memory_mib": 1024, "compute_milli": 300 } }))
+        .unwrap();
     // Best fit puts the second slice beside the first.
     assert_eq!(second["gpus"][0]["uuid"], first["gpus"][0]["uuid"]);
     let why = h.get(&format!("/v1/leases/{}/explain", second["id"]));
@@ -307,10 +377,19 @@ fn explanations_show_the_candidates_and_the_choice() {
     assert_eq!(chosen["server_name"], second["server"]);
     // A dry run explains without allocating.
     let before = h.get("/v1/pools")[0]["allocated_milli"].clone();
-    let dry: Value = h.admin.call("POST", "/v1/explain", Some(&json!({ "gpus": 2 }))).unwrap();
+    let dry: Value = h
+        .admin
+        .call("POST", "/v1/explain", Some(&json!({ "gpus": 2 })))
+        .unwrap();
     assert_eq!(dry["placeable"], true);
-    assert!(dry["outcome"].as_str().unwrap().starts_with("would place on server"), "{dry}");
-    let dry: Value = h.admin.call("POST", "/v1/explain", Some(&json!({ "gpus": 3 }))).unwrap();
+    assert!(
+        dry["outcome"].as_str().unwrap().starts_with("would place on server"),
+        "{dry}"
+    );
+    let dry: Value = h
+        .admin
+        .call("POST", "/v1/explain", Some(&json!({ "gpus": 3 })))
+        .unwrap();
     assert_eq!(dry["placeable"], false);
     assert!(dry["outcome"].as_str().unwrap().contains("no server can take"), "{dry}");
     assert_eq!(h.get("/v1/pools")[0]["allocated_milli"], before);
@@ -325,18 +404,30 @@ fn preemption_only_when_configured() {
     cfg.preemption = true;
     let h = start(&cfg);
     h.register("gpu-a", "H100", 2, 81_559);
-    let low = h.request(json!({ "gpus": 1, "priority": 0, "tenant": "batch" })).unwrap();
-    let lower = h.request(json!({ "gpus": 1, "priority": -5, "tenant": "batch" })).unwrap();
+    let low = h
+        .request(json!({ "gpus": 1, "priority": 0, "tenant": "batch" }))
+        .unwrap();
+    let lower = h
+        .request(json!({ "gpus": 1, "priority": -5, "tenant": "batch" }))
+        .unwrap();
     // Equal priority does not preempt.
     assert_eq!(refusal(h.request(json!({ "gpus": 1, "priority": -5 }))).0, 503);
-    let high = h.request(json!({ "gpus": 1, "priority": 10, "tenant": "prod" })).unwrap();
+    let high = h
+        .request(json!({ "gpus": 1, "priority": 10, "tenant": "prod" }))
+        .unwrap();
     assert_eq!(high["state"], "active");
     // The lowest-priority lease went; the other stays.
     let (status, code, message) = refusal(h.admin.call("POST", &format!("/v1/leases/{}/renew", lower["id"]), None));
     assert_eq!((status, code.as_str()), (410, "lease_ended"));
-    assert!(message.contains(&format!("preempted by higher-priority lease {}", high["id"])), "{message}");
+    assert!(
+        message.contains(&format!("preempted by higher-priority lease {}", high["id"])),
+        "{message}"
+    );
     assert_eq!(h.get(&format!("/v1/leases/{}", low["id"]))["state"], "active");
-    assert!(h.raw(&h.anonymous, "GET", "/metrics", None).text().contains("gpupool_preemptions_total 1"));
+    assert!(h
+        .raw(&h.anonymous, "GET", "/metrics", None)
+        .text()
+        .contains("gpupool_preemptions_total 1"));
 
     // Without the setting, priority only orders the queue.
     let dir2 = Dir::new("no-preempt");
@@ -360,7 +451,9 @@ fn unrenewed_leases_expire_and_free_their_gpus() {
     let waiting = h.request(json!({ "gpus": 1, "ttl_ms": 5000 })).unwrap();
     assert_eq!(waiting["state"], "queued");
     let id = lease["id"].as_u64().unwrap();
-    assert!(eventually(Duration::from_secs(3), || h.get(&format!("/v1/leases/{id}"))["state"] == "expired"));
+    assert!(eventually(Duration::from_secs(3), || h
+        .get(&format!("/v1/leases/{id}"))["state"]
+        == "expired"));
     let (status, _, message) = refusal(h.admin.call("POST", &format!("/v1/leases/{id}/renew"), None));
     assert_eq!(status, 410);
     assert!(message.contains("lease expired"), "{message}");

@@ -20,12 +20,19 @@ fn restart_on_the_same_file_loses_nothing() {
         h.register("gpu-a", "H100", 2, 81_559);
         h.register("gpu-b", "L4", 1, 23_034);
         h.admin
-            .call::<Value>("PUT", "/v1/tenants/nlp/quota", Some(&json!({ "max_gpu_milli": 2000, "max_memory_mib": 200000 })))
+            .call::<Value>(
+                "PUT",
+                "/v1/tenants/nlp/quota",
+                Some(&json!({ "max_gpu_milli": 2000, "max_memory_mib": 200000 })),
+            )
             .unwrap();
-        h.request(json!({ "tenant": "nlp", "gpus": 2, "model": "H100" })).unwrap();
+        h.request(json!({ "tenant": "nlp", "gpus": 2, "model": "H100" }))
+            .unwrap();
         h.request(json!({ "tenant": "vision", "slice": { "memory_mib": 4096, "compute_milli": 250 } }))
             .unwrap();
-        let released = h.request(json!({ "tenant": "vision", "slice": { "memory_mib": 1024, "compute_milli": 100 } })).unwrap();
+        let released = h
+            .request(json!({ "tenant": "vision", "slice": { "memory_mib": 1024, "compute_milli": 100 } }))
+            .unwrap();
         h.admin
             .call::<Value>("DELETE", &format!("/v1/leases/{}", released["id"]), None)
             .unwrap();
@@ -33,13 +40,22 @@ fn restart_on_the_same_file_loses_nothing() {
         assert_eq!(queued["state"], "queued");
         h.admin.call::<Value>("POST", "/v1/servers/gpu-b/cordon", None).unwrap();
         let key: Value = h.anonymous.call("GET", "/v1/public-key", None).unwrap();
-        (h.get("/v1/leases"), h.get("/v1/tenants"), key["public_key"].clone(), queued["id"].clone())
+        (
+            h.get("/v1/leases"),
+            h.get("/v1/tenants"),
+            key["public_key"].clone(),
+            queued["id"].clone(),
+        )
         // The broker stops here: runtime, listener and database closed.
     };
     assert_eq!(leases_before.as_array().unwrap().len(), 4);
 
     let h = start(&cfg);
-    assert_eq!(h.get("/v1/leases"), leases_before, "every lease, in every state, came back");
+    assert_eq!(
+        h.get("/v1/leases"),
+        leases_before,
+        "every lease, in every state, came back"
+    );
     assert_eq!(h.get("/v1/tenants"), tenants_before, "tenants and quotas came back");
     let servers = h.get("/v1/servers");
     assert_eq!(servers.as_array().unwrap().len(), 2);
@@ -57,23 +73,35 @@ fn restart_on_the_same_file_loses_nothing() {
     assert_eq!(active.len(), 2);
     let verifier = LeasePublicKey::from_text(public_key.as_str().unwrap()).unwrap();
     for lease in &active {
-        let renewed: Value = h.admin.call("POST", &format!("/v1/leases/{}/renew", lease["id"]), None).unwrap();
+        let renewed: Value = h
+            .admin
+            .call("POST", &format!("/v1/leases/{}/renew", lease["id"]), None)
+            .unwrap();
         assert_eq!(renewed["gpus"], lease["gpus"]);
         let server = renewed["server"].as_str().unwrap();
-        verifier.verify(renewed["token"].as_str().unwrap(), server, unix_ms_now()).unwrap();
+        verifier
+            .verify(renewed["token"].as_str().unwrap(), server, unix_ms_now())
+            .unwrap();
     }
     // The capacity they hold is still held: the restored engine refuses what
     // would need it, and GPU views show it.
     assert_eq!(h.get("/v1/pools")[0]["allocated_milli"], 2250);
-    let dry: Value = h.admin.call("POST", "/v1/explain", Some(&json!({ "gpus": 1, "model": "H100" }))).unwrap();
+    let dry: Value = h
+        .admin
+        .call("POST", "/v1/explain", Some(&json!({ "gpus": 1, "model": "H100" })))
+        .unwrap();
     assert_eq!(dry["placeable"], false, "{dry}");
     // The queued request is still queued, and lease ids never repeat.
     assert_eq!(h.get(&format!("/v1/leases/{queued_id}"))["state"], "queued");
-    let next = h.request(json!({ "tenant": "other", "slice": { "memory_mib": 1, "compute_milli": 1 } })).unwrap();
+    let next = h
+        .request(json!({ "tenant": "other", "slice": { "memory_mib": 1, "compute_milli": 1 } }))
+        .unwrap();
     assert!(next["id"].as_u64().unwrap() > queued_id.as_u64().unwrap());
     // Releasing a restored lease frees its GPUs for the queued request.
     let gang = active.iter().find(|l| l["tenant"] == "nlp").unwrap();
-    h.admin.call::<Value>("DELETE", &format!("/v1/leases/{}", gang["id"]), None).unwrap();
+    h.admin
+        .call::<Value>("DELETE", &format!("/v1/leases/{}", gang["id"]), None)
+        .unwrap();
     assert_eq!(h.get(&format!("/v1/leases/{queued_id}"))["state"], "active");
 }
 
@@ -85,7 +113,9 @@ fn a_silent_server_goes_down_within_its_timeout_and_its_leases_are_lost() {
     let h = start(&cfg);
     h.register("gpu-a", "H100", 1, 81_559);
     h.register("gpu-b", "H100", 1, 81_559);
-    let on_a = h.request(json!({ "gpus": 1, "locality": { "server": "gpu-a" } })).unwrap();
+    let on_a = h
+        .request(json!({ "gpus": 1, "locality": { "server": "gpu-a" } }))
+        .unwrap();
     assert_eq!(on_a["server"], "gpu-a");
     let on_b = h.request(json!({ "gpus": 1 })).unwrap();
     assert_eq!(on_b["server"], "gpu-b");
@@ -110,14 +140,20 @@ fn a_silent_server_goes_down_within_its_timeout_and_its_leases_are_lost() {
     // (allowing for a loaded machine).
     assert!(down_after >= Duration::from_millis(200), "{down_after:?}");
     assert!(down_after < Duration::from_millis(1000), "{down_after:?}");
-    println!("gpu-a marked down {} ms after its last heartbeat (timeout 200 ms)", down_after.as_millis());
+    println!(
+        "gpu-a marked down {} ms after its last heartbeat (timeout 200 ms)",
+        down_after.as_millis()
+    );
 
     let (status, code, message) = refusal(h.admin.call("POST", &format!("/v1/leases/{}/renew", on_a["id"]), None));
     assert_eq!((status, code.as_str()), (410, "lease_ended"));
     assert!(message.contains("lease lost: server gpu-a down"), "{message}");
     assert_eq!(h.get(&format!("/v1/leases/{}", on_a["id"]))["state"], "lost");
     // The healthy server's lease is untouched; a down server takes nothing.
-    let renewed: Value = h.admin.call("POST", &format!("/v1/leases/{}/renew", on_b["id"]), None).unwrap();
+    let renewed: Value = h
+        .admin
+        .call("POST", &format!("/v1/leases/{}/renew", on_b["id"]), None)
+        .unwrap();
     assert_eq!(renewed["state"], "active");
     assert_eq!(h.get(&format!("/v1/leases/{}", waiting["id"]))["state"], "queued");
     let metrics = h.raw(&h.anonymous, "GET", "/metrics", None).text();

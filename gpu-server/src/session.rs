@@ -418,7 +418,9 @@ mod tests {
         let broker = LeaseSigner::from_seed([3; 32]);
         let key = broker.public_key();
         let good = token(&broker, "gpu-a", 10_000);
-        let claims = check_lease(Some(&key), false, "gpu-a", Some(&good), 5_000).unwrap().unwrap();
+        let claims = check_lease(Some(&key), false, "gpu-a", Some(&good), 5_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(claims.lease_id, "12");
         let refused = |token: Option<&str>, server: &str, now: u64| {
             check_lease(Some(&key), false, server, token, now).unwrap_err()
@@ -442,7 +444,8 @@ mod tests {
         let key = LeaseSigner::from_seed([5; 32]).public_key();
         let mut cfg = ServerConfig::default();
         assert_eq!(cfg.lease_public_key().unwrap(), None);
-        cfg.apply_env(|k| (k == "GPUPOOL_BROKER_PUBLIC_KEY").then(|| key.to_text())).unwrap();
+        cfg.apply_env(|k| (k == "GPUPOOL_BROKER_PUBLIC_KEY").then(|| key.to_text()))
+            .unwrap();
         assert_eq!(cfg.lease_public_key().unwrap(), Some(key));
         let path = std::env::temp_dir().join(format!("gpupool-broker-key-{}", std::process::id()));
         std::fs::write(&path, format!("{}\n", key.to_text())).unwrap();

@@ -63,7 +63,9 @@ pub enum LeaseTokenError {
     Malformed(String),
     #[error("lease token signature does not verify with the broker's public key (tampered with, or issued by another broker)")]
     BadSignature,
-    #[error("lease {lease_id} expired at {expires_at_ms} ms (now {now_ms} ms); renew it at the broker for a fresh token")]
+    #[error(
+        "lease {lease_id} expired at {expires_at_ms} ms (now {now_ms} ms); renew it at the broker for a fresh token"
+    )]
     Expired {
         lease_id: String,
         expires_at_ms: u64,
@@ -292,8 +294,18 @@ mod tests {
         let signature = token.rsplit_once('.').unwrap().1;
         let spliced = format!("gpl1.{forged_claims}.{signature}");
         assert_eq!(key.verify(&spliced, "gpu-a", 1_500), Err(LeaseTokenError::BadSignature));
-        for bad in ["", "gpl1", "gpl1.x", "gpl2.a.b", "gpl1.!!.??", &"x".repeat(MAX_TOKEN_LEN + 1)] {
-            assert!(matches!(key.verify(bad, "gpu-a", 0), Err(LeaseTokenError::Malformed(_))), "{bad:?}");
+        for bad in [
+            "",
+            "gpl1",
+            "gpl1.x",
+            "gpl2.a.b",
+            "gpl1.!!.??",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            assert!(
+                matches!(key.verify(bad, "gpu-a", 0), Err(LeaseTokenError::Malformed(_))),
+                "{bad:?}"
+            );
         }
     }
 

@@ -104,7 +104,12 @@ fn lease_id(text: &str) -> Result<u64, ApiError> {
 
 /// Compares without an early exit, so timing does not leak the token.
 fn same_secret(given: &str, expected: &str) -> bool {
-    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -293,7 +298,9 @@ pub struct RunningBroker {
 
 impl std::fmt::Debug for RunningBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningBroker").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("RunningBroker")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 

@@ -87,7 +87,10 @@ fn run() -> anyhow::Result<()> {
             let body = Options::parse(opts)?.request()?;
             (client.call("POST", "/v1/leases", Some(&body))?, lease_detail)
         }
-        ("renew", [id]) => (client.call("POST", &format!("/v1/leases/{id}/renew"), None)?, lease_detail),
+        ("renew", [id]) => (
+            client.call("POST", &format!("/v1/leases/{id}/renew"), None)?,
+            lease_detail,
+        ),
         ("release", [id]) => (client.call("DELETE", &format!("/v1/leases/{id}"), None)?, lease_detail),
         ("explain", [id]) if id.parse::<u64>().is_ok() => (
             client.call("GET", &format!("/v1/leases/{id}/explain"), None)?,
@@ -138,7 +141,10 @@ impl Options {
                     .filter(|x| x.is_finite() && *x >= 0.0)
                     .with_context(|| format!("{what} {v:?} is not a number"))
             };
-            let int = |what: &str| v.parse::<u64>().with_context(|| format!("{what} {v:?} is not a whole number"));
+            let int = |what: &str| {
+                v.parse::<u64>()
+                    .with_context(|| format!("{what} {v:?} is not a whole number"))
+            };
             match flag.as_str() {
                 "--gpus" => o.gpus = Some(num("--gpus")?),
                 "--slice-memory-mib" => o.slice_memory_mib = Some(int("--slice-memory-mib")?),
@@ -161,7 +167,7 @@ impl Options {
     fn request(&self) -> anyhow::Result<Value> {
         let mut body = json!({ "priority": self.priority.unwrap_or(0) });
         match (self.gpus, self.slice_memory_mib) {
-            (Some(n), None) if n.fract() == 0.0 && n >= 1.0 && n <= 255.0 => body["gpus"] = json!(n as u64),
+            (Some(n), None) if n.fract() == 0.0 && (1.0..=255.0).contains(&n) => body["gpus"] = json!(n as u64),
             (None, Some(m)) => {
                 let share = self.compute.unwrap_or(1.0);
                 if !(share > 0.0 && share <= 1.0) {
@@ -198,7 +204,7 @@ fn s(v: &Value) -> String {
 
 fn gpus(milli: &Value) -> String {
     milli.as_u64().map_or("-".into(), |m| {
-        if m % 1000 == 0 {
+        if m.is_multiple_of(1000) {
             (m / 1000).to_string()
         } else {
             format!("{:.3}", m as f64 / 1000.0)
@@ -260,7 +266,16 @@ fn pool_table(v: &Value) -> String {
 
 fn servers_table(v: &Value) -> String {
     table(
-        &["SERVER", "STATE", "GPUS", "MODELS", "ALLOCATED", "LEASES", "HEARTBEAT", "ENDPOINT"],
+        &[
+            "SERVER",
+            "STATE",
+            "GPUS",
+            "MODELS",
+            "ALLOCATED",
+            "LEASES",
+            "HEARTBEAT",
+            "ENDPOINT",
+        ],
         rows(v)
             .iter()
             .map(|r| {
@@ -284,7 +299,9 @@ fn servers_table(v: &Value) -> String {
 
 fn gpus_table(v: &Value) -> String {
     table(
-        &["SERVER", "IDX", "UUID", "MODEL", "MEMORY", "FREE", "FREE MEM", "NUMA", "LEASES"],
+        &[
+            "SERVER", "IDX", "UUID", "MODEL", "MEMORY", "FREE", "FREE MEM", "NUMA", "LEASES",
+        ],
         rows(v)
             .iter()
             .map(|r| {
@@ -341,7 +358,16 @@ fn lease_row(r: &Value) -> Vec<String> {
     ]
 }
 
-const LEASE_HEADER: [&str; 8] = ["LEASE", "TENANT", "STATE", "SERVER", "GPUS(idx:share)", "PRIO", "EXPIRES(ms)", "REASON"];
+const LEASE_HEADER: [&str; 8] = [
+    "LEASE",
+    "TENANT",
+    "STATE",
+    "SERVER",
+    "GPUS(idx:share)",
+    "PRIO",
+    "EXPIRES(ms)",
+    "REASON",
+];
 
 fn leases_table(v: &Value) -> String {
     table(&LEASE_HEADER, rows(v).iter().map(lease_row).collect())
@@ -357,7 +383,15 @@ fn lease_detail(v: &Value) -> String {
 
 fn tenants_table(v: &Value) -> String {
     table(
-        &["TENANT", "GPUS USED", "GPU QUOTA", "MEMORY USED", "MEMORY QUOTA", "ACTIVE", "QUEUED"],
+        &[
+            "TENANT",
+            "GPUS USED",
+            "GPU QUOTA",
+            "MEMORY USED",
+            "MEMORY QUOTA",
+            "ACTIVE",
+            "QUEUED",
+        ],
         rows(v)
             .iter()
             .map(|r| {
@@ -385,7 +419,11 @@ fn explanation_table(v: &Value) -> String {
             .enumerate()
             .map(|(i, c)| {
                 vec![
-                    if chosen == Some(i as u64) { "*".into() } else { String::new() },
+                    if chosen == Some(i as u64) {
+                        "*".into()
+                    } else {
+                        String::new()
+                    },
                     s(&c["server_name"]),
                     s(&c["gpus"]),
                     s(&c["topology_rank"]),

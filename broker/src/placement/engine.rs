@@ -390,11 +390,14 @@ impl PlacementEngine {
         let first = slot.first_gpu;
         let mut seen = 0u32;
         for grant in grants {
-            let free = self
-                .gpu_free(server, grant.gpu)
-                .ok_or_else(|| PlacementError::InvalidRequest(format!("server {} has no GPU {}", slot.name, grant.gpu)))?;
+            let free = self.gpu_free(server, grant.gpu).ok_or_else(|| {
+                PlacementError::InvalidRequest(format!("server {} has no GPU {}", slot.name, grant.gpu))
+            })?;
             if seen & (1 << grant.gpu) != 0 {
-                return Err(PlacementError::InvalidRequest(format!("GPU {} granted twice", grant.gpu)));
+                return Err(PlacementError::InvalidRequest(format!(
+                    "GPU {} granted twice",
+                    grant.gpu
+                )));
             }
             seen |= 1 << grant.gpu;
             if grant.milli == 0 || free.0 < grant.milli || free.1 < grant.memory_mib {
@@ -1154,16 +1157,30 @@ mod tests {
 
     #[test]
     fn reserve_restores_exact_grants_and_refuses_overcommit() {
-        let mut p = pool(Policy::BestFit, vec![Server::uniform("a", "T4", 2, 16_000, 8_000, 64_000)]);
+        let mut p = pool(
+            Policy::BestFit,
+            vec![Server::uniform("a", "T4", 2, 16_000, 8_000, 64_000)],
+        );
         let a = p.place(&Request::slice(600, 8_000)).unwrap();
         p.release(a.id).unwrap();
         let again = p.reserve(a.server, &a.gpus, 0, 0, 0, None).unwrap();
         assert_eq!(again.gpus, a.gpus);
         let g = a.gpus[0].gpu;
         assert_eq!(p.gpu_free(a.server, g), Some((400, 8_000)));
-        let too_much = [GpuGrant { gpu: g, milli: 500, memory_mib: 1 }];
-        assert!(matches!(p.reserve(a.server, &too_much, 0, 0, 0, None), Err(PlacementError::NoCapacity { .. })));
-        let no_gpu = [GpuGrant { gpu: 9, milli: 1, memory_mib: 1 }];
+        let too_much = [GpuGrant {
+            gpu: g,
+            milli: 500,
+            memory_mib: 1,
+        }];
+        assert!(matches!(
+            p.reserve(a.server, &too_much, 0, 0, 0, None),
+            Err(PlacementError::NoCapacity { .. })
+        ));
+        let no_gpu = [GpuGrant {
+            gpu: 9,
+            milli: 1,
+            memory_mib: 1,
+        }];
         assert!(p.reserve(a.server, &no_gpu, 0, 0, 0, None).is_err());
         assert_eq!(p.gpu_free(a.server, g), Some((400, 8_000)));
     }

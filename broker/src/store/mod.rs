@@ -134,7 +134,11 @@ pub(crate) mod tests {
             value: value.as_bytes().to_vec(),
         };
         store
-            .apply(&[put(Table::Leases, "2", "b"), put(Table::Leases, "1", "a"), put(Table::Servers, "s", "x")])
+            .apply(&[
+                put(Table::Leases, "2", "b"),
+                put(Table::Leases, "1", "a"),
+                put(Table::Servers, "s", "x"),
+            ])
             .unwrap();
         let leases = store.load(Table::Leases).unwrap();
         assert_eq!(leases, vec![("1".into(), b"a".to_vec()), ("2".into(), b"b".to_vec())]);

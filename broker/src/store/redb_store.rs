@@ -47,7 +47,8 @@ impl RedbStore {
         })?;
         let txn = db.begin_write().map_err(|e| backend("open")(e.into()))?;
         for table in Table::ALL {
-            txn.open_table(definition(table)).map_err(|e| backend("open")(e.into()))?;
+            txn.open_table(definition(table))
+                .map_err(|e| backend("open")(e.into()))?;
         }
         txn.commit().map_err(|e| backend("open")(e.into()))?;
         Ok(RedbStore { db, path: shown })

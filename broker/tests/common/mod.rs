@@ -93,7 +93,11 @@ pub fn registration(name: &str, model: &str, count: usize, memory_mib: u64) -> V
 impl Harness {
     pub fn register(&self, name: &str, model: &str, count: usize, memory_mib: u64) -> Value {
         self.server
-            .call("POST", "/v1/servers/register", Some(&registration(name, model, count, memory_mib)))
+            .call(
+                "POST",
+                "/v1/servers/register",
+                Some(&registration(name, model, count, memory_mib)),
+            )
             .expect("registration accepted")
     }
 
@@ -112,7 +116,9 @@ impl Harness {
     }
 
     pub fn raw(&self, client: &Client, method: &str, path: &str, body: Option<&str>) -> Response {
-        client.send(method, path, body.map(str::as_bytes)).expect("broker answers")
+        client
+            .send(method, path, body.map(str::as_bytes))
+            .expect("broker answers")
     }
 }
 
