@@ -354,6 +354,19 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Writes a batch through to the store; a standby broker (not the
+    /// store's leader) refuses to change anything.
+    fn commit(&self, writes: &[Write]) -> Result<(), BrokerError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        if !self.store.is_leader() {
+            return Err(StoreError::NotLeader.into());
+        }
+        self.store.apply(writes)?;
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -447,7 +460,7 @@ impl Broker {
         st.servers.insert(name.clone(), record);
         writes.extend(rebuild(self.settings.policy, &mut st, now)?);
         writes.extend(self.pump(&mut st, now)?);
-        self.store.apply(&writes)?;
+        self.commit(&writes)?;
         self.metrics
             .registrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -477,7 +490,7 @@ impl Broker {
             set_engine_state(&mut st, name, state);
             let mut writes = vec![write];
             writes.extend(self.pump(&mut st, now)?);
-            self.store.apply(&writes)?;
+            self.commit(&writes)?;
             info!(server = %name, "server back up after heartbeats resumed");
         }
         let record = st
@@ -518,7 +531,7 @@ impl Broker {
         let mut writes = vec![put(Table::Servers, name, &*record)?];
         set_engine_state(&mut st, name, state);
         writes.extend(self.pump(&mut st, now)?);
-        self.store.apply(&writes)?;
+        self.commit(&writes)?;
         info!(server = %name, state = ?admin, "server state set");
         server_view(&st, name)
     }
@@ -653,7 +666,7 @@ impl Broker {
                 if self.settings.admission == Admission::Refuse {
                     self.metrics.placements_refused.fetch_add(1, Relaxed);
                     // The id is spent; record it so ids never repeat.
-                    self.store.apply(&writes)?;
+                    self.commit(&writes)?;
                     return Err(if over_quota {
                         BrokerError::QuotaExceeded(reason)
                     } else {
@@ -665,7 +678,7 @@ impl Broker {
             }
         }
         writes.push(put_lease(&lease)?);
-        self.store.apply(&writes)?;
+        self.commit(&writes)?;
         info!(
             lease = id,
             tenant = %lease.tenant,
@@ -799,7 +812,7 @@ impl Broker {
         lease.expires_at_ms = now.saturating_add(lease.ttl_ms);
         let write = put_lease(lease)?;
         let lease = lease.clone();
-        self.store.apply(&[write])?;
+        self.commit(&[write])?;
         Ok(self.view(&lease, true))
     }
 
@@ -814,7 +827,7 @@ impl Broker {
                 writes.push(w);
             }
             writes.extend(self.pump(&mut st, now)?);
-            self.store.apply(&writes)?;
+            self.commit(&writes)?;
             info!(lease = id, "lease released");
         }
         let lease = st.leases.get(&id).ok_or_else(|| unknown_lease(id))?;
@@ -904,7 +917,7 @@ impl Broker {
         t.quota = quota;
         let mut writes = vec![put(Table::Tenants, name, &*t)?];
         writes.extend(self.pump(&mut st, now)?);
-        self.store.apply(&writes)?;
+        self.commit(&writes)?;
         info!(tenant = %name, ?quota, "quota set");
         tenant_view(&st, name)
     }
@@ -993,7 +1006,7 @@ impl Broker {
         if freed {
             writes.extend(self.pump(&mut st, now)?);
         }
-        self.store.apply(&writes)?;
+        self.commit(&writes)?;
         Ok(())
     }
 
@@ -1466,5 +1479,127 @@ fn fragmentation(st: &State) -> f64 {
         0.0
     } else {
         partial as f64 / free as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::SliceSpec;
+    use crate::store::MemoryStore;
+
+    fn broker(settings: Settings) -> Broker {
+        Broker::open(settings, Box::new(MemoryStore::new()), LeaseSigner::from_seed([1; 32])).unwrap()
+    }
+
+    fn registration(name: &str, gpus: usize) -> Registration {
+        let server = Server::uniform(name, "H100", gpus, 80_000, 0, 0);
+        Registration {
+            name: name.into(),
+            endpoint: format!("tcp://{name}:7070"),
+            gpus: server.gpus,
+            nics: Vec::new(),
+            cpu_milli: 0,
+            memory_mib: 0,
+        }
+    }
+
+    fn slice(compute_milli: u16, priority: i32) -> LeaseRequest {
+        LeaseRequest {
+            slice: Some(SliceSpec {
+                memory_mib: 1000,
+                compute_milli,
+            }),
+            priority,
+            ..LeaseRequest::default()
+        }
+    }
+
+    #[test]
+    fn re_registration_without_a_gpu_loses_only_its_leases() {
+        let b = broker(Settings::default());
+        b.register(registration("a", 2)).unwrap();
+        let whole = LeaseRequest {
+            gpus: Some(1),
+            ..LeaseRequest::default()
+        };
+        let first = b.request(whole.clone()).unwrap().lease;
+        let second = b.request(whole).unwrap().lease;
+        assert_ne!(first.gpus[0].uuid, second.gpus[0].uuid);
+        // The server comes back with only the GPU of the second lease, now
+        // at index 0.
+        let mut reg = registration("a", 2);
+        reg.gpus.retain(|g| g.uuid == second.gpus[0].uuid);
+        b.register(reg).unwrap();
+        let first = b.lease(first.id).unwrap().lease;
+        assert_eq!(first.state, LeaseState::Lost);
+        assert!(first.reason.unwrap().contains("re-registered without GPU"));
+        let second = b.lease(second.id).unwrap().lease;
+        assert_eq!(second.state, LeaseState::Active);
+        assert_eq!(second.gpus[0].index, 0);
+        assert_eq!(b.pool().allocated_milli, 1000);
+    }
+
+    #[test]
+    fn preemption_ends_only_the_leases_it_needs() {
+        let b = broker(Settings {
+            preemption: true,
+            admission: Admission::Refuse,
+            ..Settings::default()
+        });
+        b.register(registration("a", 1)).unwrap();
+        let older = b.request(slice(600, 0)).unwrap().lease;
+        let younger = b.request(slice(300, 0)).unwrap().lease;
+        // 500 needs the 600 slice gone; the 300 slice was tried first
+        // (youngest), did not suffice, and is put back.
+        let high = b.request(slice(500, 5)).unwrap().lease;
+        assert_eq!(high.state, LeaseState::Active);
+        assert_eq!(b.lease(older.id).unwrap().lease.state, LeaseState::Preempted);
+        assert_eq!(b.lease(younger.id).unwrap().lease.state, LeaseState::Active);
+        assert_eq!(b.pool().allocated_milli, 800);
+        assert!(matches!(
+            b.renew(older.id),
+            Err(BrokerError::LeaseEnded { state: "preempted", .. })
+        ));
+        // Nothing of lower priority can make room for a whole GPU: nothing changes.
+        let whole = LeaseRequest {
+            gpus: Some(1),
+            priority: 3,
+            ..LeaseRequest::default()
+        };
+        assert!(matches!(b.request(whole), Err(BrokerError::NoCapacity(_))));
+        assert_eq!(b.lease(younger.id).unwrap().lease.state, LeaseState::Active);
+        assert_eq!(b.pool().allocated_milli, 800);
+    }
+
+    struct Standby(MemoryStore);
+
+    impl Store for Standby {
+        fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.0.load(table)
+        }
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            self.0.apply(writes)
+        }
+        fn is_leader(&self) -> bool {
+            false
+        }
+        fn describe(&self) -> String {
+            "standby".into()
+        }
+    }
+
+    #[test]
+    fn a_standby_broker_changes_nothing() {
+        let b = Broker::open(
+            Settings::default(),
+            Box::new(Standby(MemoryStore::new())),
+            LeaseSigner::from_seed([1; 32]),
+        )
+        .unwrap();
+        assert!(matches!(
+            b.register(registration("a", 1)),
+            Err(BrokerError::Store(StoreError::NotLeader))
+        ));
     }
 }
