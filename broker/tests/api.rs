@@ -443,7 +443,7 @@ fn preemption_only_when_configured() {
 fn unrenewed_leases_expire_and_free_their_gpus() {
     let dir = Dir::new("expiry");
     let mut cfg = config(&dir);
-    cfg.lease_ttl_ms = 150;
+    cfg.lease_ttl_ms = 400;
     cfg.heartbeat_timeout_ms = 60_000;
     let h = start(&cfg);
     h.register("gpu-a", "H100", 1, 81_559);

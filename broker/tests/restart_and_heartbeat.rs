@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -111,8 +113,29 @@ fn a_silent_server_goes_down_within_its_timeout_and_its_leases_are_lost() {
     let mut cfg = config(&dir);
     cfg.heartbeat_timeout_ms = 200;
     let h = start(&cfg);
-    h.register("gpu-a", "H100", 1, 81_559);
     h.register("gpu-b", "H100", 1, 81_559);
+    h.register("gpu-a", "H100", 1, 81_559);
+    // Both servers heartbeat from their own thread, however slow the
+    // requests below are on a loaded machine, until gpu-a is told to fall
+    // silent; the thread notes when it sent gpu-a's last heartbeat.
+    let stop = Arc::new(AtomicBool::new(false));
+    let gpu_a = Arc::new(Mutex::new((true, Instant::now())));
+    let beating = {
+        let (client, stop, gpu_a) = (h.server.clone(), stop.clone(), gpu_a.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client.call::<Value>("POST", "/v1/servers/gpu-b/heartbeat", None);
+                {
+                    let mut a = gpu_a.lock().unwrap();
+                    if a.0 {
+                        a.1 = Instant::now();
+                        let _ = client.call::<Value>("POST", "/v1/servers/gpu-a/heartbeat", None);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
     let on_a = h
         .request(json!({ "gpus": 1, "locality": { "server": "gpu-a" } }))
         .unwrap();
@@ -122,11 +145,14 @@ fn a_silent_server_goes_down_within_its_timeout_and_its_leases_are_lost() {
     let waiting = h.request(json!({ "gpus": 1, "ttl_ms": 10_000 })).unwrap();
     assert_eq!(waiting["state"], "queued");
 
+    let silent_since = {
+        let mut a = gpu_a.lock().unwrap();
+        a.0 = false;
+        a.1
+    };
     // gpu-b keeps beating; gpu-a falls silent.
-    let silent_since = Instant::now();
     let mut down_after = None;
     while silent_since.elapsed() < Duration::from_secs(3) {
-        h.heartbeat("gpu-b");
         let a = h.get("/v1/servers/gpu-a");
         if a["state"] == "Down" {
             down_after = Some(silent_since.elapsed());
@@ -168,4 +194,6 @@ fn a_silent_server_goes_down_within_its_timeout_and_its_leases_are_lost() {
     assert_eq!(granted["state"], "active");
     assert_eq!(granted["server"], "gpu-a");
     assert_eq!(h.get(&format!("/v1/leases/{}", on_a["id"]))["state"], "lost");
+    stop.store(true, Ordering::Relaxed);
+    beating.join().unwrap();
 }

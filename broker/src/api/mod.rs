@@ -205,20 +205,34 @@ async fn public_key(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 }
 
 async fn register(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let result = (|| {
+    blocking(move || {
         app.server(&headers)?;
         let registration: Registration = parse(&body, "server registration")?;
-        Ok::<_, ApiError>(Json(app.broker.register(registration)?))
-    })();
-    respond(result)
+        Ok(Json(app.broker.register(registration)?))
+    })
+    .await
 }
 
 async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    let result = (|| {
+    blocking(move || {
         app.server(&headers)?;
-        Ok::<_, ApiError>(Json(app.broker.heartbeat(&name)?))
-    })();
-    respond(result)
+        Ok(Json(app.broker.heartbeat(&name)?))
+    })
+    .await
+}
+
+/// Runs a broker call off the async workers: it takes the state lock and
+/// waits for the store's fsync.
+async fn blocking<T: Serialize + Send + 'static>(call: impl FnOnce() -> ApiResult<T> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => respond(result),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the request's handler failed: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 fn respond<T: Serialize>(result: ApiResult<T>) -> Response {
@@ -231,11 +245,11 @@ fn respond<T: Serialize>(result: ApiResult<T>) -> Response {
 macro_rules! admin_handler {
     ($name:ident, |$app:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {
         async fn $name(State($app): State<Arc<App>>, headers: HeaderMap $(, $arg: $ty)*) -> Response {
-            let result = (|| {
+            blocking(move || {
                 $app.admin(&headers)?;
-                Ok::<_, ApiError>(Json($body))
-            })();
-            respond(result)
+                Ok(Json($body))
+            })
+            .await
         }
     };
 }
@@ -397,8 +411,11 @@ pub fn start(config: &BrokerConfig) -> Result<RunningBroker, StartError> {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            if let Err(e) = ticking.tick() {
-                tracing::error!("checking heartbeats and lease expiry failed: {e}");
+            let broker = Arc::clone(&ticking);
+            match tokio::task::spawn_blocking(move || broker.tick()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("checking heartbeats and lease expiry failed: {e}"),
+                Err(e) => tracing::error!("checking heartbeats and lease expiry stopped: {e}"),
             }
         }
     });
