@@ -426,3 +426,61 @@ pub fn start(config: &BrokerConfig) -> Result<RunningBroker, StartError> {
         runtime: Some(runtime),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let routes = [
+            ("get", "/healthz"),
+            ("get", "/openapi.json"),
+            ("get", "/metrics"),
+            ("get", "/v1/public-key"),
+            ("post", "/v1/servers/register"),
+            ("post", "/v1/servers/{name}/heartbeat"),
+            ("get", "/v1/pools"),
+            ("get", "/v1/servers"),
+            ("get", "/v1/servers/{name}"),
+            ("post", "/v1/servers/{name}/cordon"),
+            ("post", "/v1/servers/{name}/uncordon"),
+            ("post", "/v1/servers/{name}/drain"),
+            ("get", "/v1/gpus"),
+            ("get", "/v1/slices"),
+            ("get", "/v1/leases"),
+            ("post", "/v1/leases"),
+            ("get", "/v1/leases/{id}"),
+            ("delete", "/v1/leases/{id}"),
+            ("post", "/v1/leases/{id}/renew"),
+            ("get", "/v1/leases/{id}/explain"),
+            ("post", "/v1/explain"),
+            ("get", "/v1/tenants"),
+            ("get", "/v1/tenants/{name}"),
+            ("put", "/v1/tenants/{name}/quota"),
+        ];
+        for (method, path) in routes {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from openapi.json"
+            );
+        }
+        assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(22));
+        // Every schema reference resolves.
+        let text = OPENAPI;
+        for part in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("ab", "abc"));
+        assert!(!same_secret("", "abc"));
+    }
+}
