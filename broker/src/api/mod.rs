@@ -206,6 +206,7 @@ async fn public_key(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 
 async fn register(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     blocking(move || {
+        let _span = tracing::info_span!("api", call = "register").entered();
         app.server(&headers)?;
         let registration: Registration = parse(&body, "server registration")?;
         Ok(Json(app.broker.register(registration)?))
@@ -215,6 +216,7 @@ async fn register(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) 
 
 async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     blocking(move || {
+        let _span = tracing::info_span!("api", call = "heartbeat", server = %name).entered();
         app.server(&headers)?;
         Ok(Json(app.broker.heartbeat(&name)?))
     })
@@ -246,6 +248,7 @@ macro_rules! admin_handler {
     ($name:ident, |$app:ident $(, $arg:ident : $ty:ty)*| $body:expr) => {
         async fn $name(State($app): State<Arc<App>>, headers: HeaderMap $(, $arg: $ty)*) -> Response {
             blocking(move || {
+                let _span = tracing::info_span!("api", call = stringify!($name)).entered();
                 $app.admin(&headers)?;
                 Ok(Json($body))
             })
