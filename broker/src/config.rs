@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::control::{Admission, Settings};
 use crate::placement::Policy;
+use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 
 /// Everything the broker daemon reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,8 +17,20 @@ use crate::placement::Policy;
 pub struct BrokerConfig {
     /// HTTP listen address (`host:port`).
     pub listen: String,
+    /// Where state is kept: `redb` (the embedded file `db_path`) or `etcd`.
+    pub store: String,
     /// The embedded database file; `:memory:` keeps nothing (tests, demos).
     pub db_path: PathBuf,
+    /// etcd client URLs, for `store = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this pool in etcd (ends in `/`).
+    pub etcd_prefix: String,
+    /// TTL of the leadership lease in etcd, in seconds: how soon a standby
+    /// broker takes over from a leader that vanished.
+    pub etcd_lease_ttl_s: u64,
+    /// This broker's name in the leader election; host name and listen
+    /// address when empty.
+    pub broker_name: String,
     /// Bearer token administrators (and the CLI) present.
     pub admin_token: String,
     /// Bearer token GPU servers present to register and heartbeat.
@@ -42,7 +55,12 @@ impl Default for BrokerConfig {
         let s = Settings::default();
         BrokerConfig {
             listen: "127.0.0.1:7080".into(),
+            store: "redb".into(),
             db_path: PathBuf::from(".gpupool/broker/broker.redb"),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd_prefix: "/gpupool/".into(),
+            etcd_lease_ttl_s: 5,
+            broker_name: String::new(),
             admin_token: String::new(),
             server_secret: String::new(),
             heartbeat_timeout_ms: s.heartbeat_timeout.as_millis() as u64,
@@ -109,6 +127,25 @@ impl BrokerConfig {
         }
         if let Some(v) = get("GPUPOOL_BROKER_DB") {
             self.db_path = v.into();
+        }
+        if let Some(v) = get("GPUPOOL_BROKER_STORE") {
+            self.store = v;
+        }
+        if let Some(v) = get("GPUPOOL_BROKER_ETCD_ENDPOINTS") {
+            self.etcd_endpoints = v
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("GPUPOOL_BROKER_ETCD_PREFIX") {
+            self.etcd_prefix = v;
+        }
+        if let Some(v) = get("GPUPOOL_BROKER_ETCD_LEASE_TTL_S") {
+            self.etcd_lease_ttl_s = number("GPUPOOL_BROKER_ETCD_LEASE_TTL_S", &v)?;
+        }
+        if let Some(v) = get("GPUPOOL_BROKER_NAME") {
+            self.broker_name = v;
         }
         if let Some(v) = get("GPUPOOL_BROKER_ADMIN_TOKEN") {
             self.admin_token = v;
@@ -180,6 +217,52 @@ impl BrokerConfig {
             preemption: self.preemption,
             ended_lease_retention_ms: self.ended_lease_retention_ms,
         })
+    }
+}
+
+impl BrokerConfig {
+    /// Opens the configured store. With etcd this waits until this broker is
+    /// elected leader.
+    pub fn open_store(&self) -> Result<Box<dyn Store>, ConfigError> {
+        let failed = |e: StoreError| ConfigError::Invalid(e.to_string());
+        match self.store.as_str() {
+            "redb" if self.db_path.as_os_str() == ":memory:" => Ok(Box::new(MemoryStore::new())),
+            "redb" => Ok(Box::new(RedbStore::open(&self.db_path).map_err(failed)?)),
+            "memory" => Ok(Box::new(MemoryStore::new())),
+            "etcd" => self.open_etcd(),
+            other => Err(ConfigError::Invalid(format!(
+                "store {other:?} is not known; use redb or etcd"
+            ))),
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    fn open_etcd(&self) -> Result<Box<dyn Store>, ConfigError> {
+        if self.etcd_endpoints.is_empty() {
+            return Err(ConfigError::Invalid("store = etcd needs etcd_endpoints".into()));
+        }
+        let name = if self.broker_name.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}/{}", host.trim(), self.listen)
+        } else {
+            self.broker_name.clone()
+        };
+        let store = crate::store::EtcdStore::open(crate::store::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            name,
+            lease_ttl_s: self.etcd_lease_ttl_s.clamp(1, 3600) as i64,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Box::new(store))
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn open_etcd(&self) -> Result<Box<dyn Store>, ConfigError> {
+        Err(ConfigError::Invalid(
+            "store = etcd, but this build has no etcd support; build gpupool-broker with --features etcd".into(),
+        ))
     }
 }
 

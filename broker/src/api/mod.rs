@@ -25,7 +25,6 @@ use crate::config::{load_or_create_signing_key, BrokerConfig, ConfigError};
 use crate::control::{Broker, BrokerError, Registration};
 use crate::inventory::ServerState;
 use crate::lease::LeaseRequest;
-use crate::store::{MemoryStore, RedbStore, Store};
 use crate::tenant::Quota;
 
 /// The OpenAPI document, kept beside this file.
@@ -366,11 +365,7 @@ impl Drop for RunningBroker {
 pub fn start(config: &BrokerConfig) -> Result<RunningBroker, StartError> {
     let settings = config.settings()?;
     let signer = load_or_create_signing_key(&config.signing_key_file)?;
-    let store: Box<dyn Store> = if config.db_path.as_os_str() == ":memory:" {
-        Box::new(MemoryStore::new())
-    } else {
-        Box::new(RedbStore::open(&config.db_path).map_err(BrokerError::from)?)
-    };
+    let store = config.open_store()?;
     let tick_every = (settings.heartbeat_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let broker = Arc::new(Broker::open(settings, store, signer)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,9 +6,12 @@
 //! default is [`RedbStore`] (one local file); [`MemoryStore`] keeps nothing
 //! and serves tests. A replicated backend (etcd) fits the same trait: tables
 //! become key prefixes, a batch one transaction guarded by the leader's
-//! election key, and [`Store::is_leader`] tells a standby broker to serve
-//! reads only.
+//! election key, and [`Store::is_leader`] tells a broker that lost its
+//! leadership to refuse changes. `EtcdStore` (built with the `etcd` feature)
+//! is that backend.
 
+#[cfg(feature = "etcd")]
+mod etcd_store;
 mod redb_store;
 
 use std::collections::BTreeMap;
@@ -16,6 +19,8 @@ use std::sync::Mutex;
 
 use thiserror::Error;
 
+#[cfg(feature = "etcd")]
+pub use etcd_store::{EtcdOptions, EtcdStore};
 pub use redb_store::RedbStore;
 
 /// The tables the broker keeps. Values are JSON documents.
