@@ -24,6 +24,8 @@ use super::{Store, StoreError, Table, Write};
 /// Most operations in one etcd transaction (etcd's default `--max-txn-ops`
 /// is 128). Larger batches are split; each part is still guarded.
 const MAX_TXN_OPS: usize = 120;
+/// Longest a read or write may wait for etcd.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn backend(op: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
     move |e| StoreError::Backend {
@@ -82,9 +84,9 @@ impl EtcdStore {
             .map_err(|e| open_err(format!("cannot start its runtime: {e}")))?;
         let leading = Arc::new(AtomicBool::new(false));
         let (client, leader, lease_id) = runtime.block_on(async {
-            let connect = ConnectOptions::new()
-                .with_connect_timeout(options.connect_timeout)
-                .with_timeout(options.connect_timeout);
+            // No per-request timeout here: a standby's campaign waits as long
+            // as the leader lives. Reads and writes set their own.
+            let connect = ConnectOptions::new().with_connect_timeout(options.connect_timeout);
             let mut client = Client::connect(&options.endpoints, Some(connect))
                 .await
                 .map_err(|e| open_err(format!("cannot connect: {e}")))?;
@@ -140,9 +142,20 @@ impl EtcdStore {
         format!("{}{}/{key}", self.options.prefix, table.name())
     }
 
-    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, StoreError> {
+    /// Runs one etcd call to completion, or fails after [`CALL_TIMEOUT`].
+    fn block_on<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
         let runtime = self.runtime.as_ref().ok_or(StoreError::NotLeader)?;
-        Ok(runtime.block_on(f))
+        runtime
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, f).await })
+            .map_err(|_| StoreError::Backend {
+                op,
+                reason: format!("etcd did not answer within {CALL_TIMEOUT:?}"),
+            })?
+            .map_err(backend(op))
     }
 }
 
@@ -150,9 +163,10 @@ impl Store for EtcdStore {
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = self.key(table, "");
         let mut client = self.client.clone();
-        let response = self
-            .block_on(client.get(prefix.clone(), Some(GetOptions::new().with_prefix())))?
-            .map_err(backend("read"))?;
+        let response = self.block_on(
+            "read",
+            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )?;
         let mut out: Vec<(String, Vec<u8>)> = response
             .kvs()
             .iter()
@@ -183,7 +197,7 @@ impl Store for EtcdStore {
             let guard = Compare::create_revision(self.leader.key().to_vec(), CompareOp::Equal, self.leader.rev());
             let txn = Txn::new().when(vec![guard]).and_then(ops);
             let mut client = self.client.clone();
-            let response = self.block_on(client.txn(txn))?.map_err(backend("write"))?;
+            let response = self.block_on("write", client.txn(txn))?;
             if !response.succeeded() {
                 self.leading.store(false, Ordering::SeqCst);
                 return Err(StoreError::NotLeader);
@@ -226,5 +240,191 @@ impl Drop for EtcdStore {
             runtime.shutdown_background();
         })
         .join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each test starts its own etcd on free loopback ports; without the
+    //! `etcd` binary (Debian: etcd-server) they say so and pass.
+
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    struct Etcd {
+        child: Child,
+        dir: std::path::PathBuf,
+        url: String,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    fn etcd(test: &str) -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            println!("skipping {test}: no etcd binary on PATH (install etcd-server)");
+            return None;
+        }
+        let (client, peer) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("gpupool-etcd-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "gpupool-test", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("gpupool-test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd { child, dir, url };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "etcd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(etcd)
+    }
+
+    fn options(etcd: &Etcd, name: &str) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: vec![etcd.url.clone()],
+            prefix: "/gpupool-test/".into(),
+            name: name.into(),
+            lease_ttl_s: 2,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn etcd_store_keeps_the_contract_and_survives_reconnecting() {
+        let Some(etcd) = etcd("contract") else { return };
+        {
+            let store = EtcdStore::open(options(&etcd, "a")).unwrap();
+            assert!(store.is_leader());
+            crate::store::tests::exercise(&store);
+            // A batch larger than one etcd transaction.
+            let many: Vec<Write> = (0..300)
+                .map(|i| Write::Put {
+                    table: Table::Tenants,
+                    key: format!("{i:04}"),
+                    value: vec![1],
+                })
+                .collect();
+            store.apply(&many).unwrap();
+        }
+        let store = EtcdStore::open(options(&etcd, "b")).unwrap();
+        assert_eq!(store.load(Table::Leases).unwrap(), vec![("2".into(), b"c".to_vec())]);
+        assert_eq!(store.load(Table::Tenants).unwrap().len(), 300);
+    }
+
+    #[test]
+    fn a_standby_takes_over_when_the_leader_goes_and_a_deposed_leader_cannot_write() {
+        let Some(etcd) = etcd("failover") else { return };
+        let first = EtcdStore::open(options(&etcd, "first")).unwrap();
+        let put = |v: &[u8]| {
+            vec![Write::Put {
+                table: Table::Meta,
+                key: "k".into(),
+                value: v.to_vec(),
+            }]
+        };
+        first.apply(&put(b"1")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let standby_options = options(&etcd, "second");
+        let standby = std::thread::spawn(move || {
+            let store = EtcdStore::open(standby_options);
+            let _ = tx.send(());
+            store
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(rx.try_recv().is_err(), "the standby must wait while the leader lives");
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10)).expect("standby elected");
+        let second = standby.join().unwrap().unwrap();
+        assert_eq!(second.load(Table::Meta).unwrap(), vec![("k".into(), b"1".to_vec())]);
+        second.apply(&put(b"2")).unwrap();
+
+        // Its lease revoked behind its back (as when it is cut off for
+        // longer than the TTL), the leader's writes are refused.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async {
+                let mut client = Client::connect([etcd.url.as_str()], None).await?;
+                client.lease_revoke(second.lease_id).await
+            })
+            .unwrap();
+        assert!(matches!(second.apply(&put(b"3")), Err(StoreError::NotLeader)));
+        assert!(!second.is_leader());
+        assert_eq!(second.load(Table::Meta).unwrap(), vec![("k".into(), b"2".to_vec())]);
+    }
+
+    #[test]
+    fn a_broker_restarts_on_etcd_with_its_leases() {
+        use crate::control::{Broker, Registration, Settings};
+        use crate::lease::{LeaseRequest, LeaseState, SliceSpec};
+        let Some(etcd) = etcd("broker") else { return };
+        let signer = || gpupool_proto::lease::LeaseSigner::from_seed([2; 32]);
+        let open = || {
+            Broker::open(
+                Settings::default(),
+                Box::new(EtcdStore::open(options(&etcd, "b")).unwrap()),
+                signer(),
+            )
+            .unwrap()
+        };
+        let id = {
+            let broker = open();
+            let server = crate::inventory::Server::uniform("gpu-a", "H100", 2, 80_000, 0, 0);
+            broker
+                .register(Registration {
+                    name: "gpu-a".into(),
+                    endpoint: String::new(),
+                    gpus: server.gpus,
+                    nics: Vec::new(),
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                })
+                .unwrap();
+            let request = LeaseRequest {
+                slice: Some(SliceSpec {
+                    memory_mib: 1024,
+                    compute_milli: 400,
+                }),
+                ..LeaseRequest::default()
+            };
+            broker.request(request).unwrap().lease.id
+        };
+        let broker = open();
+        let lease = broker.lease(id).unwrap();
+        assert_eq!(lease.lease.state, LeaseState::Active);
+        assert!(lease.token.is_some());
+        assert_eq!(broker.pool().allocated_milli, 400);
+        assert!(broker.pool().store.starts_with("etcd "));
     }
 }
