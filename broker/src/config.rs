@@ -337,6 +337,22 @@ mod tests {
     }
 
     #[test]
+    fn unknown_or_unbuilt_stores_are_refused() {
+        let mut cfg = BrokerConfig {
+            store: "zookeeper".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(cfg.open_store().err().unwrap().to_string().contains("not known"));
+        cfg.store = "memory".into();
+        assert!(cfg.open_store().unwrap().describe().contains("in-memory"));
+        #[cfg(not(feature = "etcd"))]
+        {
+            cfg.store = "etcd".into();
+            assert!(cfg.open_store().err().unwrap().to_string().contains("--features etcd"));
+        }
+    }
+
+    #[test]
     fn signing_key_is_created_once_then_reused() {
         let dir = std::env::temp_dir().join(format!("gpupool-key-{}", std::process::id()));
         let path = dir.join("k");

@@ -310,9 +310,15 @@ impl Broker {
             let t: Tenant = decode(Table::Tenants, &k, &v)?;
             tenants.insert(t.name.clone(), t);
         }
+        // Holders could not renew while no broker ran: every live lease gets
+        // a full TTL from now.
+        let now = now_ms();
         let mut leases = BTreeMap::new();
         for (k, v) in store.load(Table::Leases)? {
-            let l: Lease = decode(Table::Leases, &k, &v)?;
+            let mut l: Lease = decode(Table::Leases, &k, &v)?;
+            if !l.state.is_ended() {
+                l.expires_at_ms = l.expires_at_ms.max(now.saturating_add(l.ttl_ms));
+            }
             leases.insert(l.id, l);
         }
         let mut next_lease = leases.keys().next_back().map_or(1, |id| id + 1);
@@ -333,7 +339,7 @@ impl Broker {
             explanations: HashMap::new(),
             next_lease,
         };
-        let writes = rebuild(settings.policy, &mut state, now_ms())?;
+        let writes = rebuild(settings.policy, &mut state, now)?;
         store.apply(&writes)?;
         let active = state.leases.values().filter(|l| l.state == LeaseState::Active).count();
         info!(
