@@ -300,46 +300,7 @@ impl Broker {
     /// Opens a broker over `store`, restoring every server, tenant and lease
     /// it holds. Restored servers get a fresh heartbeat window.
     pub fn open(settings: Settings, store: Box<dyn Store>, signer: LeaseSigner) -> Result<Broker, BrokerError> {
-        let mut servers = BTreeMap::new();
-        for (k, v) in store.load(Table::Servers)? {
-            let record: ServerRecord = decode(Table::Servers, &k, &v)?;
-            servers.insert(record.registration.name.clone(), record);
-        }
-        let mut tenants = BTreeMap::new();
-        for (k, v) in store.load(Table::Tenants)? {
-            let t: Tenant = decode(Table::Tenants, &k, &v)?;
-            tenants.insert(t.name.clone(), t);
-        }
-        // Holders could not renew while no broker ran: every live lease gets
-        // a full TTL from now.
-        let now = now_ms();
-        let mut leases = BTreeMap::new();
-        for (k, v) in store.load(Table::Leases)? {
-            let mut l: Lease = decode(Table::Leases, &k, &v)?;
-            if !l.state.is_ended() {
-                l.expires_at_ms = l.expires_at_ms.max(now.saturating_add(l.ttl_ms));
-            }
-            leases.insert(l.id, l);
-        }
-        let mut next_lease = leases.keys().next_back().map_or(1, |id| id + 1);
-        for (k, v) in store.load(Table::Meta)? {
-            if k == "next_lease" {
-                let n: u64 = decode(Table::Meta, &k, &v)?;
-                next_lease = next_lease.max(n);
-            }
-        }
-        let engine = PlacementEngine::new(&Inventory::default(), PoolConfig::with_policy(settings.policy))
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let mut state = State {
-            servers,
-            engine,
-            leases,
-            allocations: HashMap::new(),
-            tenants,
-            explanations: HashMap::new(),
-            next_lease,
-        };
-        let writes = rebuild(settings.policy, &mut state, now)?;
+        let (state, writes) = load_state(store.as_ref(), settings.policy)?;
         store.apply(&writes)?;
         let active = state.leases.values().filter(|l| l.state == LeaseState::Active).count();
         info!(
@@ -362,14 +323,35 @@ impl Broker {
 
     /// Writes a batch through to the store; a standby broker (not the
     /// store's leader) refuses to change anything.
-    fn commit(&self, writes: &[Write]) -> Result<(), BrokerError> {
+    ///
+    /// The state in memory changes before its batch is written; when the
+    /// write fails, the state is read back from the store, so that memory
+    /// never runs ahead of what a restart would find.
+    fn commit(&self, st: &mut State, writes: &[Write]) -> Result<(), BrokerError> {
         if writes.is_empty() {
             return Ok(());
         }
-        if !self.store.is_leader() {
-            return Err(StoreError::NotLeader.into());
+        let result = if self.store.is_leader() {
+            self.store.apply(writes)
+        } else {
+            Err(StoreError::NotLeader)
+        };
+        if let Err(e) = result {
+            warn!("store write failed ({e}); reloading the broker's state from the store");
+            match load_state(self.store.as_ref(), self.settings.policy) {
+                Ok((mut fresh, _)) => {
+                    fresh.explanations = std::mem::take(&mut st.explanations);
+                    for (name, record) in &mut fresh.servers {
+                        if let Some(old) = st.servers.get(name) {
+                            record.last_heartbeat = old.last_heartbeat;
+                        }
+                    }
+                    *st = fresh;
+                }
+                Err(reload) => tracing::error!("cannot reload the broker's state from the store: {reload}"),
+            }
+            return Err(e.into());
         }
-        self.store.apply(writes)?;
         Ok(())
     }
 
@@ -466,7 +448,7 @@ impl Broker {
         st.servers.insert(name.clone(), record);
         writes.extend(rebuild(self.settings.policy, &mut st, now)?);
         writes.extend(self.pump(&mut st, now)?);
-        self.commit(&writes)?;
+        self.commit(&mut st, &writes)?;
         self.metrics
             .registrations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -496,7 +478,7 @@ impl Broker {
             set_engine_state(&mut st, name, state);
             let mut writes = vec![write];
             writes.extend(self.pump(&mut st, now)?);
-            self.commit(&writes)?;
+            self.commit(&mut st, &writes)?;
             info!(server = %name, "server back up after heartbeats resumed");
         }
         let record = st
@@ -537,7 +519,7 @@ impl Broker {
         let mut writes = vec![put(Table::Servers, name, &*record)?];
         set_engine_state(&mut st, name, state);
         writes.extend(self.pump(&mut st, now)?);
-        self.commit(&writes)?;
+        self.commit(&mut st, &writes)?;
         info!(server = %name, state = ?admin, "server state set");
         server_view(&st, name)
     }
@@ -672,7 +654,7 @@ impl Broker {
                 if self.settings.admission == Admission::Refuse {
                     self.metrics.placements_refused.fetch_add(1, Relaxed);
                     // The id is spent; record it so ids never repeat.
-                    self.commit(&writes)?;
+                    self.commit(&mut st, &writes)?;
                     return Err(if over_quota {
                         BrokerError::QuotaExceeded(reason)
                     } else {
@@ -684,7 +666,7 @@ impl Broker {
             }
         }
         writes.push(put_lease(&lease)?);
-        self.commit(&writes)?;
+        self.commit(&mut st, &writes)?;
         info!(
             lease = id,
             tenant = %lease.tenant,
@@ -818,7 +800,7 @@ impl Broker {
         lease.expires_at_ms = now.saturating_add(lease.ttl_ms);
         let write = put_lease(lease)?;
         let lease = lease.clone();
-        self.commit(&[write])?;
+        self.commit(&mut st, &[write])?;
         Ok(self.view(&lease, true))
     }
 
@@ -833,7 +815,7 @@ impl Broker {
                 writes.push(w);
             }
             writes.extend(self.pump(&mut st, now)?);
-            self.commit(&writes)?;
+            self.commit(&mut st, &writes)?;
             info!(lease = id, "lease released");
         }
         let lease = st.leases.get(&id).ok_or_else(|| unknown_lease(id))?;
@@ -923,7 +905,7 @@ impl Broker {
         t.quota = quota;
         let mut writes = vec![put(Table::Tenants, name, &*t)?];
         writes.extend(self.pump(&mut st, now)?);
-        self.commit(&writes)?;
+        self.commit(&mut st, &writes)?;
         info!(tenant = %name, ?quota, "quota set");
         tenant_view(&st, name)
     }
@@ -1012,7 +994,7 @@ impl Broker {
         if freed {
             writes.extend(self.pump(&mut st, now)?);
         }
-        self.commit(&writes)?;
+        self.commit(&mut st, &writes)?;
         Ok(())
     }
 
@@ -1167,6 +1149,52 @@ fn rebuild(policy: Policy, st: &mut State, now: u64) -> Result<Vec<Write>, Broke
         st.leases.insert(id, lease);
     }
     Ok(writes)
+}
+
+/// Reads the whole state from the store and rebuilds the placement pool;
+/// also the records the rebuild changed (leases whose GPUs are gone).
+fn load_state(store: &dyn Store, policy: Policy) -> Result<(State, Vec<Write>), BrokerError> {
+    let mut servers = BTreeMap::new();
+    for (k, v) in store.load(Table::Servers)? {
+        let record: ServerRecord = decode(Table::Servers, &k, &v)?;
+        servers.insert(record.registration.name.clone(), record);
+    }
+    let mut tenants = BTreeMap::new();
+    for (k, v) in store.load(Table::Tenants)? {
+        let t: Tenant = decode(Table::Tenants, &k, &v)?;
+        tenants.insert(t.name.clone(), t);
+    }
+    // Holders could not renew while no broker ran: every live lease gets
+    // a full TTL from now.
+    let now = now_ms();
+    let mut leases = BTreeMap::new();
+    for (k, v) in store.load(Table::Leases)? {
+        let mut l: Lease = decode(Table::Leases, &k, &v)?;
+        if !l.state.is_ended() {
+            l.expires_at_ms = l.expires_at_ms.max(now.saturating_add(l.ttl_ms));
+        }
+        leases.insert(l.id, l);
+    }
+    let mut next_lease = leases.keys().next_back().map_or(1, |id| id + 1);
+    for (k, v) in store.load(Table::Meta)? {
+        if k == "next_lease" {
+            let n: u64 = decode(Table::Meta, &k, &v)?;
+            next_lease = next_lease.max(n);
+        }
+    }
+    let engine = PlacementEngine::new(&Inventory::default(), PoolConfig::with_policy(policy))
+        .map_err(|e| BrokerError::Internal(e.to_string()))?;
+    let mut state = State {
+        servers,
+        engine,
+        leases,
+        allocations: HashMap::new(),
+        tenants,
+        explanations: HashMap::new(),
+        next_lease,
+    };
+    let writes = rebuild(policy, &mut state, now)?;
+    Ok((state, writes))
 }
 
 enum Attempt {
@@ -1593,6 +1621,56 @@ mod tests {
         fn describe(&self) -> String {
             "standby".into()
         }
+    }
+
+    /// Fails every write while `failing` is set.
+    struct Flaky {
+        inner: MemoryStore,
+        failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Flaky {
+        fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.load(table)
+        }
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend {
+                    op: "write",
+                    reason: "disk full".into(),
+                });
+            }
+            self.inner.apply(writes)
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_memory_as_the_store_has_it() {
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = Flaky {
+            inner: MemoryStore::new(),
+            failing: failing.clone(),
+        };
+        let b = Broker::open(Settings::default(), Box::new(store), LeaseSigner::from_seed([1; 32])).unwrap();
+        b.register(registration("a", 2)).unwrap();
+        let kept = b.request(slice(300, 0)).unwrap().lease;
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(b.request(slice(300, 0)), Err(BrokerError::Store(_))));
+        assert!(matches!(b.release(kept.id), Err(BrokerError::Store(_))));
+        assert!(matches!(b.set_quota("t", Quota::default()), Err(BrokerError::Store(_))));
+        // Nothing the store did not take is believed.
+        assert_eq!(b.leases().len(), 1);
+        assert_eq!(b.lease(kept.id).unwrap().lease.state, LeaseState::Active);
+        assert_eq!(b.pool().allocated_milli, 300);
+        assert!(b.tenant("t").is_err());
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(b.release(kept.id).unwrap().lease.state, LeaseState::Released);
+        assert_eq!(b.pool().allocated_milli, 0);
+        let next = b.request(slice(300, 0)).unwrap().lease;
+        assert!(next.id > kept.id);
     }
 
     #[test]
