@@ -1,6 +1,7 @@
 //! Server configuration: a TOML file, then `GPUPOOL_*` environment variables
 //! over it, then command-line flags over both. See `docs/configuration.md`.
 
+use gpupool_proto::lease::{LeasePublicKey, PUBLIC_KEY_PREFIX};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -26,6 +27,10 @@ pub struct ServerConfig {
     pub max_frame: u64,
     /// Refuse clients that present no lease token.
     pub require_lease: bool,
+    /// The broker's lease-token public key (`ed25519:...`), or a file
+    /// holding it. When set, every client must present a lease token the
+    /// broker signed for this server, not yet expired.
+    pub broker_public_key: Option<String>,
     /// Name reported to clients and the broker.
     pub server_id: String,
     /// Most concurrent sessions (worker processes).
@@ -46,6 +51,7 @@ impl Default for ServerConfig {
             tls_key: None,
             max_frame: gpupool_proto::frame::DEFAULT_MAX_FRAME,
             require_lease: false,
+            broker_public_key: None,
             server_id: String::new(),
             max_sessions: 256,
             image_cache_mib: 4096,
@@ -60,6 +66,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("configuration file {path} is not valid: {source}")]
     Parse { path: String, source: toml::de::Error },
+    #[error("{0}")]
+    Key(String),
     #[error("environment variable {name}={value:?} is not valid: {reason}")]
     Env {
         name: String,
@@ -130,6 +138,9 @@ impl ServerConfig {
             self.require_lease =
                 parse_bool(&v).ok_or_else(|| bad("GPUPOOL_REQUIRE_LEASE", &v, "expected true or false"))?;
         }
+        if let Some(v) = get("GPUPOOL_BROKER_PUBLIC_KEY") {
+            self.broker_public_key = Some(v).filter(|v| !v.is_empty());
+        }
         if let Some(v) = get("GPUPOOL_SERVER_ID") {
             self.server_id = v;
         }
@@ -144,6 +155,27 @@ impl ServerConfig {
                 .map_err(|_| bad("GPUPOOL_IMAGE_CACHE_MIB", &v, "expected a number of MiB"))?;
         }
         Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// The broker's public key from `broker_public_key`: the key text itself,
+    /// or the path of a file holding it. `None` when not configured.
+    pub fn lease_public_key(&self) -> Result<Option<LeasePublicKey>, ConfigError> {
+        let Some(value) = self.broker_public_key.as_deref() else {
+            return Ok(None);
+        };
+        let text = if value.trim_start().starts_with(PUBLIC_KEY_PREFIX) {
+            value.to_string()
+        } else {
+            std::fs::read_to_string(value).map_err(|source| ConfigError::Read {
+                path: value.to_string(),
+                source,
+            })?
+        };
+        LeasePublicKey::from_text(&text)
+            .map(Some)
+            .map_err(|e| ConfigError::Key(format!("broker_public_key ({value}): {e}")))
     }
 }
 

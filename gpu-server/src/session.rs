@@ -9,6 +9,7 @@ use crate::images::ImageCache;
 use gpupool_proto::codec;
 use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
 use gpupool_proto::handshake::{Hello, Welcome};
+use gpupool_proto::lease::{unix_ms_now, LeaseClaims, LeasePublicKey};
 use gpupool_proto::transport::{self, ServerIdentity};
 use gpupool_proto::ProtoError;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -39,6 +40,8 @@ pub struct Bound {
 
 struct Daemon {
     cfg: ServerConfig,
+    /// The broker's key, when lease tokens are verified.
+    lease_key: Option<LeasePublicKey>,
     launcher: WorkerLauncher,
     next_session: AtomicU64,
     live: AtomicUsize,
@@ -78,8 +81,13 @@ pub async fn serve(cfg: ServerConfig, launcher: WorkerLauncher, on_ready: impl F
             .map(|(e, fp)| e.local_addr().map(|a| (a, fp.clone())))
             .transpose()?,
     };
+    let lease_key = cfg.lease_public_key()?;
+    if lease_key.is_some() {
+        tracing::info!(server = %cfg.server_id, "verifying lease tokens with the broker's public key");
+    }
     on_ready(&bound);
     let daemon = Arc::new(Daemon {
+        lease_key,
         cfg,
         launcher,
         next_session: AtomicU64::new(1),
@@ -181,8 +189,14 @@ impl Daemon {
             .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))??;
         let refusal = if let Err(e) = hello.validate() {
             Some(e.to_string())
-        } else if self.cfg.require_lease && hello.lease_token.is_none() {
-            Some("this server requires a lease token from the gpupool broker (set GPUPOOL_LEASE_TOKEN or GPUPOOL_BROKER)".into())
+        } else if let Err(reason) = check_lease(
+            self.lease_key.as_ref(),
+            self.cfg.require_lease,
+            &self.cfg.server_id,
+            hello.lease_token.as_deref(),
+            unix_ms_now(),
+        ) {
+            Some(reason)
         } else if self.live.load(Ordering::Relaxed) >= self.cfg.max_sessions {
             Some(format!(
                 "server {} is at its limit of {} sessions",
@@ -244,6 +258,32 @@ impl Daemon {
                 }
             })?;
         Ok(())
+    }
+}
+
+/// Checks a client's lease token against the broker's public key, without
+/// asking the broker: signature, expiry, and that it names this server.
+/// Without a key, only `require_lease` asks that some token be present.
+pub fn check_lease(
+    key: Option<&LeasePublicKey>,
+    require_lease: bool,
+    server_id: &str,
+    token: Option<&str>,
+    now_ms: u64,
+) -> Result<Option<LeaseClaims>, String> {
+    match (key, token) {
+        (Some(key), Some(token)) => key
+            .verify(token, server_id, now_ms)
+            .map(Some)
+            .map_err(|e| format!("server {server_id} refuses the lease token: {e}")),
+        (Some(_), None) => Err(format!(
+            "server {server_id} requires a lease token signed by the gpupool broker (set GPUPOOL_LEASE_TOKEN)"
+        )),
+        (None, None) if require_lease => Err(
+            "this server requires a lease token from the gpupool broker (set GPUPOOL_LEASE_TOKEN or GPUPOOL_BROKER)"
+                .into(),
+        ),
+        (None, _) => Ok(None),
     }
 }
 
@@ -353,4 +393,70 @@ pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::R
         freed.contexts
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpupool_proto::lease::{LeaseGpu, LeaseSigner};
+
+    fn token(signer: &LeaseSigner, server: &str, expires_at_ms: u64) -> String {
+        signer.sign(&LeaseClaims {
+            lease_id: "12".into(),
+            server_id: server.into(),
+            gpus: vec![LeaseGpu {
+                uuid: "GPU-0".into(),
+                compute_milli: 500,
+                memory_mib: 2048,
+            }],
+            tenant: "t".into(),
+            issued_at_ms: 1_000,
+            expires_at_ms,
+        })
+    }
+
+    #[test]
+    fn lease_tokens_are_verified_without_the_broker() {
+        let broker = LeaseSigner::from_seed([3; 32]);
+        let key = broker.public_key();
+        let good = token(&broker, "gpu-a", 10_000);
+        let claims = check_lease(Some(&key), false, "gpu-a", Some(&good), 5_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(claims.lease_id, "12");
+        let refused = |token: Option<&str>, server: &str, now: u64| {
+            check_lease(Some(&key), false, server, token, now).unwrap_err()
+        };
+        assert!(refused(Some(&good), "gpu-a", 10_000).contains("expired"));
+        assert!(refused(Some(&good), "gpu-b", 5_000).contains("not this server"));
+        assert!(refused(None, "gpu-a", 5_000).contains("requires a lease token"));
+        let forged = token(&LeaseSigner::from_seed([4; 32]), "gpu-a", 10_000);
+        assert!(refused(Some(&forged), "gpu-a", 5_000).contains("signature"));
+        let mut tampered = good.clone();
+        tampered.insert(10, 'A');
+        assert!(refused(Some(&tampered), "gpu-a", 5_000).contains("refuses the lease token"));
+        // Without a key: presence only, and only when required.
+        assert!(check_lease(None, true, "gpu-a", None, 0).is_err());
+        assert_eq!(check_lease(None, true, "gpu-a", Some("anything"), 0), Ok(None));
+        assert_eq!(check_lease(None, false, "gpu-a", None, 0), Ok(None));
+    }
+
+    #[test]
+    fn public_key_is_read_as_text_or_from_a_file() {
+        let key = LeaseSigner::from_seed([5; 32]).public_key();
+        let mut cfg = ServerConfig::default();
+        assert_eq!(cfg.lease_public_key().unwrap(), None);
+        cfg.apply_env(|k| (k == "GPUPOOL_BROKER_PUBLIC_KEY").then(|| key.to_text()))
+            .unwrap();
+        assert_eq!(cfg.lease_public_key().unwrap(), Some(key));
+        let path = std::env::temp_dir().join(format!("gpupool-broker-key-{}", std::process::id()));
+        std::fs::write(&path, format!("{}\n", key.to_text())).unwrap();
+        cfg.broker_public_key = Some(path.display().to_string());
+        assert_eq!(cfg.lease_public_key().unwrap(), Some(key));
+        std::fs::write(&path, "ed25519:short").unwrap();
+        assert!(cfg.lease_public_key().is_err());
+        let _ = std::fs::remove_file(&path);
+        cfg.broker_public_key = Some("/no/such/key/file".into());
+        assert!(cfg.lease_public_key().is_err());
+    }
 }

@@ -12,7 +12,7 @@ pub struct Hello {
     pub magic: [u8; 8],
     pub version: u32,
     /// The lease token issued by the broker, presented before the first call.
-    /// Opaque here; its format and verification belong to the broker.
+    /// Its format and verification are in [`crate::lease`].
     pub lease_token: Option<String>,
     pub client: ClientInfo,
 }

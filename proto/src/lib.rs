@@ -17,6 +17,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod lease;
 pub mod message;
 pub mod transport;
 

@@ -370,6 +370,84 @@ impl PlacementEngine {
         Ok(allocation)
     }
 
+    /// Takes exactly the given grants on `server`, as an earlier decision
+    /// made them: how a broker restores its leases into a rebuilt pool
+    /// (after a restart or a server's re-registration) and puts back leases
+    /// it tentatively released. Refused, changing nothing, when a GPU index
+    /// is out of range or lacks the free capacity; the server's state is not
+    /// checked, so leases on cordoned or draining servers come back too.
+    pub fn reserve(
+        &mut self,
+        server: ServerId,
+        grants: &[GpuGrant],
+        cpu_milli: u64,
+        memory_mib: u64,
+        priority: i32,
+        tenant: Option<String>,
+    ) -> Result<Allocation, PlacementError> {
+        let s = server.0 as usize;
+        let slot = self.servers.get(s).ok_or(PlacementError::UnknownServer(server.0))?;
+        let first = slot.first_gpu;
+        let mut seen = 0u32;
+        for grant in grants {
+            let free = self.gpu_free(server, grant.gpu).ok_or_else(|| {
+                PlacementError::InvalidRequest(format!("server {} has no GPU {}", slot.name, grant.gpu))
+            })?;
+            if seen & (1 << grant.gpu) != 0 {
+                return Err(PlacementError::InvalidRequest(format!(
+                    "GPU {} granted twice",
+                    grant.gpu
+                )));
+            }
+            seen |= 1 << grant.gpu;
+            if grant.milli == 0 || free.0 < grant.milli || free.1 < grant.memory_mib {
+                return Err(PlacementError::NoCapacity {
+                    demand: format!(
+                        "{}/1000 of GPU {} with {} MiB on server {} (free: {}/1000, {} MiB)",
+                        grant.milli, grant.gpu, grant.memory_mib, slot.name, free.0, free.1
+                    ),
+                });
+            }
+        }
+        if slot.cpu_free < cpu_milli || slot.memory_free < memory_mib {
+            return Err(PlacementError::NoCapacity {
+                demand: format!("{cpu_milli} mCPU, {memory_mib} MiB host memory on server {}", slot.name),
+            });
+        }
+        for grant in grants {
+            let gpu = &mut self.gpus[(first + grant.gpu as u32) as usize];
+            gpu.milli_free -= grant.milli;
+            gpu.memory_free -= grant.memory_mib;
+            self.allocated_milli += grant.milli as u64;
+        }
+        let slot = &mut self.servers[s];
+        slot.cpu_free -= cpu_milli;
+        slot.memory_free -= memory_mib;
+        slot.gpu_milli_free -= grants.iter().map(|g| g.milli as u64).sum::<u64>();
+        slot.version += 1;
+        let numa_node = grants
+            .first()
+            .map(|g| slot.numa[g.gpu as usize])
+            .filter(|&n| grants.iter().all(|g| slot.numa[g.gpu as usize] == n));
+        let nic = pick_nic(&slot.nics, numa_node);
+        let id = AllocationId(self.next_allocation);
+        self.next_allocation += 1;
+        let allocation = Allocation {
+            id,
+            server,
+            gpus: grants.to_vec(),
+            cpu_milli,
+            memory_mib,
+            numa_node,
+            nic,
+            priority,
+            tenant,
+        };
+        self.reindex(s);
+        self.allocations.insert(id.0, allocation.clone());
+        Ok(allocation)
+    }
+
     fn validate(&self, request: &Request) -> Result<(), PlacementError> {
         match request.gpus {
             GpuDemand::Whole { count } if count == 0 || count as usize > MAX_GPUS_PER_SERVER => {
@@ -1075,6 +1153,36 @@ mod tests {
         let third = engine.place(&Request::slice(100, 0)).unwrap();
         assert_eq!(engine.gpu_free(third.server, 0).unwrap().0, 0);
         assert_eq!(engine.allocated_gpu_milli(), 1900);
+    }
+
+    #[test]
+    fn reserve_restores_exact_grants_and_refuses_overcommit() {
+        let mut p = pool(
+            Policy::BestFit,
+            vec![Server::uniform("a", "T4", 2, 16_000, 8_000, 64_000)],
+        );
+        let a = p.place(&Request::slice(600, 8_000)).unwrap();
+        p.release(a.id).unwrap();
+        let again = p.reserve(a.server, &a.gpus, 0, 0, 0, None).unwrap();
+        assert_eq!(again.gpus, a.gpus);
+        let g = a.gpus[0].gpu;
+        assert_eq!(p.gpu_free(a.server, g), Some((400, 8_000)));
+        let too_much = [GpuGrant {
+            gpu: g,
+            milli: 500,
+            memory_mib: 1,
+        }];
+        assert!(matches!(
+            p.reserve(a.server, &too_much, 0, 0, 0, None),
+            Err(PlacementError::NoCapacity { .. })
+        ));
+        let no_gpu = [GpuGrant {
+            gpu: 9,
+            milli: 1,
+            memory_mib: 1,
+        }];
+        assert!(p.reserve(a.server, &no_gpu, 0, 0, 0, None).is_err());
+        assert_eq!(p.gpu_free(a.server, g), Some((400, 8_000)));
     }
 
     #[test]
