@@ -105,13 +105,35 @@ unsafe extern "C" fn module_from_wrapper_ext(
     a4: *mut c_void,
     a5: u32,
 ) -> CUresult {
-    guard("cudart interface: module from wrapper (ext)", || {
-        if !a3.is_null() || !a4.is_null() || a5 != 0 {
-            tracing::warn!("cudart interface slot 6 called with non-zero extra arguments; not supported");
+    // SAFETY: as in `module_from_wrapper`.
+    unsafe {
+        load_with_extras(
+            "cudart interface: module from wrapper (ext)",
+            6,
+            module,
+            wrapper,
+            [a3, a4],
+            a5,
+        )
+    }
+}
+
+/// Slots 6 and 8: a module load whose extra arguments must be zero.
+unsafe fn load_with_extras(
+    name: &'static str,
+    slot: u32,
+    module: *mut CUmodule,
+    image: *const c_void,
+    extra: [*mut c_void; 2],
+    flags: u32,
+) -> CUresult {
+    guard(name, || {
+        if extra.iter().any(|p| !p.is_null()) || flags != 0 {
+            tracing::warn!("cudart interface slot {slot} called with non-zero extra arguments; not supported");
             return Err(CuError::NOT_SUPPORTED);
         }
-        // SAFETY: as in `module_from_wrapper`.
-        unsafe { calls::load_module(module, wrapper) }
+        // SAFETY: cudart passes a writable module slot and an image it owns.
+        unsafe { calls::load_module(module, image) }
     })
 }
 
@@ -126,14 +148,17 @@ unsafe extern "C" fn module_from_fatbin(
     a4: *mut c_void,
     a5: u32,
 ) -> CUresult {
-    guard("cudart interface: module from fat binary", || {
-        if !a3.is_null() || !a4.is_null() || a5 != 0 {
-            tracing::warn!("cudart interface slot 8 called with non-zero extra arguments; not supported");
-            return Err(CuError::NOT_SUPPORTED);
-        }
-        // SAFETY: as in `module_from_wrapper`.
-        unsafe { calls::load_module(module, fatbin) }
-    })
+    // SAFETY: as in `module_from_wrapper`.
+    unsafe {
+        load_with_extras(
+            "cudart interface: module from fat binary",
+            8,
+            module,
+            fatbin,
+            [a3, a4],
+            a5,
+        )
+    }
 }
 
 /// [12]: load the JIT compilers; the server's driver has its own.
