@@ -7,6 +7,7 @@
 //! Devices are matched by UUID, not by index: CUDA's ordinals and NVML's
 //! indices differ when `CUDA_VISIBLE_DEVICES` reorders or hides devices.
 
+use gpupool_proto::handshake::gpu_uuid_string;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::Nvml;
 
@@ -53,10 +54,10 @@ impl ServerNvml {
     /// NVML does not know the device.
     pub fn sample(&self, uuid: &[u8; 16]) -> Option<Sample> {
         let nvml = self.nvml.as_ref()?;
-        let device = match nvml.device_by_uuid(uuid_string(uuid)) {
+        let device = match nvml.device_by_uuid(gpu_uuid_string(uuid)) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(uuid = %uuid_string(uuid), "NVML does not know this CUDA device: {e}");
+                tracing::warn!(uuid = %gpu_uuid_string(uuid), "NVML does not know this CUDA device: {e}");
                 return None;
             }
         };
@@ -69,31 +70,9 @@ impl ServerNvml {
     }
 }
 
-/// NVML's spelling of a device UUID: `GPU-` and the 16 bytes as 8-4-4-4-12
-/// lowercase hex digits.
-pub fn uuid_string(uuid: &[u8; 16]) -> String {
-    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuid_is_spelled_as_nvml_does() {
-        let uuid = [
-            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
-        ];
-        assert_eq!(uuid_string(&uuid), "GPU-12345678-9abc-def0-0123-456789abcdef");
-    }
 
     #[test]
     fn absent_nvml_samples_nothing() {

@@ -56,6 +56,20 @@ pub struct DeviceInfo {
     pub attributes: Vec<(i32, i32)>,
 }
 
+/// NVML's spelling of a device UUID (also the pool's, in the broker): `GPU-`
+/// and the 16 bytes as 8-4-4-4-12 lowercase hexadecimal digits.
+pub fn gpu_uuid_string(uuid: &[u8; 16]) -> String {
+    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 impl Hello {
     pub fn new(lease_token: Option<String>, client: ClientInfo) -> Hello {
         Hello {
@@ -78,5 +92,25 @@ impl Hello {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpu_uuid_string;
+
+    #[test]
+    fn uuid_is_spelled_as_nvml_does() {
+        let uuid = [
+            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+        ];
+        assert_eq!(gpu_uuid_string(&uuid), "GPU-12345678-9abc-def0-0123-456789abcdef");
+        let uuid = [
+            0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xff,
+        ];
+        let s = gpu_uuid_string(&uuid);
+        assert_eq!(s, "GPU-deadbeef-0102-0304-0506-a0b0c0d0e0ff");
+        assert_eq!(s.len(), 40);
+        assert_eq!(gpu_uuid_string(&[0; 16]), "GPU-00000000-0000-0000-0000-000000000000");
     }
 }

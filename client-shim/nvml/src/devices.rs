@@ -4,7 +4,8 @@
 //! table never moves or shrinks, so handles stay valid for the life of the
 //! process, and a handle is accepted only if it is one of those addresses.
 
-use crate::format::{uuid_string, PciAddress};
+use crate::format::PciAddress;
+use gpupool_proto::handshake::gpu_uuid_string;
 use std::ffi::c_void;
 
 /// What NVML answers about a device that cannot change.
@@ -35,7 +36,7 @@ impl Device {
             index,
             name,
             uuid,
-            uuid_text: uuid_string(&uuid),
+            uuid_text: gpu_uuid_string(&uuid),
             total_mem,
             pci,
             compute_capability: (0, 0),

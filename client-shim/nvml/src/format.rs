@@ -46,20 +46,6 @@ impl PciAddress {
     }
 }
 
-/// NVML's spelling of a device UUID: `GPU-` and the 16 bytes as 8-4-4-4-12
-/// lowercase hexadecimal digits.
-pub fn uuid_string(uuid: &[u8; 16]) -> String {
-    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// A CUDA version number (1000 × major + 10 × minor) as `major.minor`.
 pub fn cuda_version(version: i32) -> String {
     format!("{}.{}", version / 1000, (version % 1000) / 10)
@@ -68,17 +54,6 @@ pub fn cuda_version(version: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuid_format() {
-        let uuid = [
-            0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xff,
-        ];
-        let s = uuid_string(&uuid);
-        assert_eq!(s, "GPU-deadbeef-0102-0304-0506-a0b0c0d0e0ff");
-        assert_eq!(s.len(), 40);
-        assert_eq!(uuid_string(&[0; 16]), "GPU-00000000-0000-0000-0000-000000000000");
-    }
 
     #[test]
     fn bus_id_format() {
