@@ -241,7 +241,7 @@ impl Shim {
     }
 
     /// Forget everything that belonged to a destroyed or reset context.
-    pub fn forget_context_memory(&self, ctx: Handle) {
+    pub fn forget_context(&self, ctx: Handle) {
         self.device_memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -417,7 +417,7 @@ pub unsafe fn primary_ctx_release(device: CUdevice) -> CuResult {
     if let Some(h) = gone {
         super::tables::context_gone(h);
         write(&s.contexts).remove(&h);
-        s.forget_context_memory(h);
+        s.forget_context(h);
         s.remote.post(&Request::PrimaryCtxRelease { device }, &[])?;
     }
     Ok(())
@@ -457,7 +457,7 @@ pub unsafe fn primary_ctx_reset(device: CUdevice) -> CuResult {
     if let Some(h) = gone {
         super::tables::context_gone(h);
         write(&s.contexts).remove(&h);
-        s.forget_context_memory(h);
+        s.forget_context(h);
     }
     s.remote.call(&Request::PrimaryCtxReset { device }, &[])?;
     Ok(())
@@ -496,7 +496,7 @@ pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
     }
     super::tables::context_gone(h);
     state::drop_from_stack(h);
-    s.forget_context_memory(h);
+    s.forget_context(h);
     s.remote.post(&Request::CtxDestroy { ctx: h }, &[])
 }
 
