@@ -5,24 +5,29 @@
 //! transport's, with the ratio.
 //!
 //! ```text
-//! gpupool-e2e-bench [--driver PATH] [--max-mib N] [--iters N]
+//! gpupool-e2e-bench [--driver PATH] [--max-mib N] [--iters N] [--rounds N]
 //! ```
 //! Without `--driver` the server runs on the software driver (simulated GPU;
 //! it measures the remoting path, not a GPU). Build first:
 //! `cargo build --release --workspace`.
 
 use anyhow::{bail, Context, Result};
-use gpupool_proto::transport::{self, ClientTls, ServerUrl};
+use gpupool_proto::transport::{self, ClientTls, Polling, ServerUrl, SocketRead};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// What the bare TCP ends poll for before they block: gpupool's default
+/// (`GPUPOOL_POLL_US`, the server's `poll_us`).
+const POLL: Duration = Duration::from_micros(100);
 
 struct Options {
     driver: Option<PathBuf>,
     max_mib: usize,
     iters: usize,
+    rounds: usize,
 }
 
 fn main() -> Result<()> {
@@ -30,6 +35,7 @@ fn main() -> Result<()> {
         driver: None,
         max_mib: 256,
         iters: 2000,
+        rounds: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -37,6 +43,7 @@ fn main() -> Result<()> {
             "--driver" => opts.driver = Some(args.next().context("--driver PATH")?.into()),
             "--max-mib" => opts.max_mib = args.next().context("--max-mib N")?.parse()?,
             "--iters" => opts.iters = args.next().context("--iters N")?.parse()?,
+            "--rounds" => opts.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -44,61 +51,89 @@ fn main() -> Result<()> {
     let sizes: Vec<usize> = std::iter::successors(Some(4096usize), |s| Some(s * 4))
         .take_while(|s| *s <= opts.max_mib << 20)
         .collect();
-
-    println!("== bare transports (loopback)");
-    let tcp_rtt = tcp_ping_pong(opts.iters)?;
-    let quic = QuicPair::start()?;
-    let quic_rtt = quic.ping_pong(opts.iters)?;
-    println!("tcp  round trip p50 {:.1} µs", tcp_rtt);
-    println!("quic round trip p50 {:.1} µs", quic_rtt);
-    let mut tcp_bw = Vec::new();
-    let mut quic_bw = Vec::new();
-    for &s in &sizes {
-        tcp_bw.push(tcp_bulk(s)?);
-        quic_bw.push(quic.bulk(s)?);
-    }
-
-    println!("== through gpupool");
     let program = compile_program(&bin)?;
-    let results_tcp = run_gpupool(&bin, &program, &opts, false)?;
-    let results_quic = run_gpupool(&bin, &program, &opts, true)?;
+    let pool = Pool::start(&bin, &program, &opts)?;
+    let quic = QuicPair::start()?;
+    println!(
+        "gpupool-server on {} ({}); bare transports: loopback echo and sink",
+        pool.tcp_url,
+        if pool.simulated { "simulated GPU" } else { "real driver" }
+    );
+
+    // Latency: bare and gpupool measured back to back, round after round,
+    // so that drift on a busy machine hits both; the ratio is taken per
+    // round and its median reported.
+    let mut rows: Vec<(String, Vec<f64>, Vec<f64>)> = [
+        "tcp: sync call p50",
+        "tcp: 4-byte DtoH p50",
+        "tcp: sync vs blocking bare",
+        "quic: sync call p50",
+        "quic: 4-byte DtoH p50",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), Vec::new(), Vec::new()))
+    .collect();
+    for round in 0..opts.rounds {
+        let tcp_blocking = tcp_ping_pong(opts.iters, Duration::ZERO)?;
+        let tcp_rtt = tcp_ping_pong(opts.iters, POLL)?;
+        let tcp = pool.latency(false, opts.iters)?;
+        let quic_rtt = quic.ping_pong(opts.iters)?;
+        let q = pool.latency(true, opts.iters)?;
+        println!(
+            "round {round}: tcp bare {tcp_rtt:.1} µs (blocking {tcp_blocking:.1}), sync {:.1}, dtoh4 {:.1} | quic bare {quic_rtt:.1} µs, sync {:.1}, dtoh4 {:.1}",
+            tcp.0, tcp.1, q.0, q.1
+        );
+        for (row, (value, bare)) in rows.iter_mut().zip([
+            (tcp.0, tcp_rtt),
+            (tcp.1, tcp_rtt),
+            (tcp.0, tcp_blocking),
+            (q.0, quic_rtt),
+            (q.1, quic_rtt),
+        ]) {
+            row.1.push(value);
+            row.2.push(bare);
+        }
+    }
+    let launches_tcp = pool.launches(false, opts.iters)?;
+    let launches_quic = pool.launches(true, opts.iters)?;
 
     println!();
-    println!("{:<34} {:>12} {:>12} {:>8}", "what", "gpupool", "bare", "ratio");
-    for (name, res, rtt) in [("tcp", &results_tcp, tcp_rtt), ("quic", &results_quic, quic_rtt)] {
+    println!(
+        "{:<26} {:>12} {:>12} {:>14}",
+        "what (median of rounds)", "gpupool", "bare RTT", "ratio (median)"
+    );
+    for (name, values, bares) in &rows {
+        let ratios: Vec<f64> = values.iter().zip(bares).map(|(v, b)| v / b).collect();
         println!(
-            "{:<34} {:>10.1}µs {:>10.1}µs {:>7.2}x",
-            format!("{name}: sync call (cuCtxSynchronize) p50"),
-            res.sync_us,
-            rtt,
-            res.sync_us / rtt
-        );
-        println!(
-            "{:<34} {:>10.1}µs {:>10.1}µs {:>7.2}x",
-            format!("{name}: 4-byte DtoH p50"),
-            res.dtoh4_us,
-            rtt,
-            res.dtoh4_us / rtt
-        );
-        println!(
-            "{:<34} {:>12.0} {:>12} {:>8}",
-            format!("{name}: async launches / s"),
-            res.launches,
-            "-",
-            "-"
+            "{:<26} {:>10.1}µs {:>10.1}µs {:>13.2}x",
+            name,
+            median(values.clone()),
+            median(bares.clone()),
+            median(ratios)
         );
     }
+    println!("{:<26} {:>12.0}", "tcp: async launches / s", launches_tcp);
+    println!("{:<26} {:>12.0}", "quic: async launches / s", launches_quic);
+
+    // Bandwidth: per transport, the bare stream at every size, then
+    // gpupool's copies at every size.
     println!();
     println!(
         "{:<10} {:>10} {:>12} {:>12} {:>12} {:>8} {:>8}",
         "transport", "size", "bare MB/s", "HtoD MB/s", "DtoH MB/s", "HtoD %", "DtoH %"
     );
-    for (name, res, bare) in [("tcp", &results_tcp, &tcp_bw), ("quic", &results_quic, &quic_bw)] {
+    for transport in ["tcp", "quic"] {
+        let is_quic = transport == "quic";
+        let mut bare = Vec::new();
+        for &s in &sizes {
+            bare.push(if is_quic { quic.bulk(s)? } else { tcp_bulk(s)? });
+        }
+        let bw = pool.bandwidth(is_quic, opts.max_mib)?;
         for (i, &s) in sizes.iter().enumerate() {
-            if let Some(&(h, d)) = res.bw.get(&s) {
+            if let Some(&(h, d)) = bw.get(&s) {
                 println!(
                     "{:<10} {:>10} {:>12.0} {:>12.0} {:>12.0} {:>7.0}% {:>7.0}%",
-                    name,
+                    transport,
                     human(s),
                     bare[i],
                     h,
@@ -128,40 +163,50 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Ping-pong of a request-sized message (a frame header plus a small
-/// message) over TCP, echoed by a thread.
-fn tcp_ping_pong(iters: usize) -> Result<f64> {
+/// message) over TCP, echoed by a thread. With a non-zero `poll`, both ends
+/// poll for up to that long before they block, as gpupool's shim and worker
+/// do by default; with zero they block at once.
+fn tcp_ping_pong(iters: usize, poll: Duration) -> Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
+        let (s, _) = listener.accept()?;
         s.set_nodelay(true)?;
+        let mut w = s.try_clone()?;
+        let mut r = Polling::new(SocketRead(s), poll);
         let mut buf = [0u8; 48];
-        while s.read_exact(&mut buf).is_ok() {
-            s.write_all(&buf)?;
+        while r.read_exact(&mut buf).is_ok() {
+            w.write_all(&buf)?;
         }
         Ok(())
     });
-    let mut c = TcpStream::connect(addr)?;
+    let c = TcpStream::connect(addr)?;
     c.set_nodelay(true)?;
+    let mut w = c.try_clone()?;
+    let mut r = Polling::new(SocketRead(c), poll);
     let mut buf = [7u8; 48];
     let mut lat = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        c.write_all(&buf)?;
-        c.read_exact(&mut buf)?;
+        w.write_all(&buf)?;
+        r.read_exact(&mut buf)?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    drop(c);
+    drop(w);
+    drop(r);
     let _ = echo.join();
     Ok(median(lat))
 }
 
-/// Throughput of sending `size` bytes and getting a one-byte acknowledgement.
+/// Throughput of sending `size` bytes and getting a one-byte acknowledgement
+/// (the sink polls, as gpupool's worker does).
 fn tcp_bulk(size: usize) -> Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let sink = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
+        let (s, _) = listener.accept()?;
+        let mut ack = s.try_clone()?;
+        let mut s = Polling::new(SocketRead(s), POLL);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let mut left = size;
@@ -172,7 +217,7 @@ fn tcp_bulk(size: usize) -> Result<f64> {
                 }
                 left -= n;
             }
-            s.write_all(&[1])?;
+            ack.write_all(&[1])?;
         }
     });
     let mut c = TcpStream::connect(addr)?;
@@ -304,98 +349,120 @@ fn compile_program(bin: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-struct GpupoolResults {
-    sync_us: f64,
-    dtoh4_us: f64,
-    launches: f64,
-    bw: std::collections::HashMap<usize, (f64, f64)>,
-}
-
 fn field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .and_then(|v| v.parse().ok())
 }
 
-fn run_gpupool(bin: &Path, program: &Path, opts: &Options, quic: bool) -> Result<GpupoolResults> {
-    let shim_dir = bin.join("gpupool-bench-shim");
-    std::fs::create_dir_all(&shim_dir)?;
-    let link = shim_dir.join("libcuda.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(bin.join("libcuda.so"), &link)?;
-    let (driver, simulated) = match &opts.driver {
-        Some(d) => (d.clone(), false),
-        None => (bin.join("libgpupool_softcuda.so"), true),
-    };
-    let mut cmd = Command::new(bin.join("gpupool-server"));
-    cmd.args([
-        "--listen-tcp",
-        "127.0.0.1:0",
-        "--listen-quic",
-        "127.0.0.1:0",
-        "--driver",
-    ])
-    .arg(&driver);
-    if simulated {
-        cmd.arg("--simulated");
+/// A gpupool-server on loopback (TCP and QUIC) and the benchmark program,
+/// run through the shim against it.
+struct Pool {
+    server: std::process::Child,
+    program: PathBuf,
+    shim_dir: PathBuf,
+    tcp_url: String,
+    quic_url: String,
+    simulated: bool,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
-    let mut server = cmd
-        .env("GPUPOOL_LOG", "warn")
-        .env("GPUPOOL_STATE_DIR", std::env::temp_dir().join("gpupool-bench-server"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("start gpupool-server (build with cargo build --release --workspace)")?;
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line)?;
-    let url = line
-        .split_whitespace()
-        .find(|u| u.starts_with(if quic { "quic://" } else { "tcp://" }))
-        .context("server ready line")?
-        .to_string();
-    let run = |args: &[String]| -> Result<String> {
-        let out = Command::new(program)
+}
+
+impl Pool {
+    fn start(bin: &Path, program: &Path, opts: &Options) -> Result<Pool> {
+        let shim_dir = bin.join("gpupool-bench-shim");
+        std::fs::create_dir_all(&shim_dir)?;
+        let link = shim_dir.join("libcuda.so.1");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin.join("libcuda.so"), &link)?;
+        let (driver, simulated) = match &opts.driver {
+            Some(d) => (d.clone(), false),
+            None => (bin.join("libgpupool_softcuda.so"), true),
+        };
+        let mut cmd = Command::new(bin.join("gpupool-server"));
+        cmd.args([
+            "--listen-tcp",
+            "127.0.0.1:0",
+            "--listen-quic",
+            "127.0.0.1:0",
+            "--driver",
+        ])
+        .arg(&driver);
+        if simulated {
+            cmd.arg("--simulated");
+        }
+        let mut server = cmd
+            .env("GPUPOOL_LOG", "warn")
+            .env("GPUPOOL_STATE_DIR", std::env::temp_dir().join("gpupool-bench-server"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start gpupool-server (build with cargo build --release --workspace)")?;
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let url = |scheme: &str| {
+            line.split_whitespace()
+                .find(|u| u.starts_with(scheme))
+                .map(str::to_string)
+                .context("server ready line")
+        };
+        Ok(Pool {
+            tcp_url: url("tcp://")?,
+            quic_url: url("quic://")?,
+            server,
+            program: program.to_path_buf(),
+            shim_dir,
+            simulated,
+        })
+    }
+
+    fn run(&self, quic: bool, args: &[String]) -> Result<String> {
+        let out = Command::new(&self.program)
             .args(args)
-            .env("LD_LIBRARY_PATH", &shim_dir)
-            .env("GPUPOOL_SERVER", &url)
+            .env("LD_LIBRARY_PATH", &self.shim_dir)
+            .env("GPUPOOL_SERVER", if quic { &self.quic_url } else { &self.tcp_url })
             .output()?;
         if !out.status.success() {
             bail!("benchmark program failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let bench = run(&["bench".into(), opts.iters.to_string()])?;
-    let bw = run(&["bw".into(), opts.max_mib.to_string()])?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let mut r = GpupoolResults {
-        sync_us: 0.0,
-        dtoh4_us: 0.0,
-        launches: 0.0,
-        bw: Default::default(),
-    };
-    for l in bench.lines().chain(bw.lines()) {
-        if l.starts_with("BENCH sync_roundtrip_us") {
-            r.sync_us = field(l, "p50=").unwrap_or(0.0);
-        } else if l.starts_with("BENCH dtoh4_us") {
-            r.dtoh4_us = field(l, "p50=").unwrap_or(0.0);
-        } else if l.starts_with("BENCH launches_per_s") {
-            r.launches = l.split_whitespace().last().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        } else if l.starts_with("BENCH bw") {
+    }
+
+    /// p50 of a synchronising call and of a 4-byte device-to-host copy, µs.
+    fn latency(&self, quic: bool, iters: usize) -> Result<(f64, f64)> {
+        let out = self.run(quic, &["latency".into(), iters.to_string()])?;
+        let p50 = |key: &str| {
+            out.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| field(l, "p50="))
+                .with_context(|| format!("no {key} line in {out:?}"))
+        };
+        Ok((p50("BENCH sync_roundtrip_us")?, p50("BENCH dtoh4_us")?))
+    }
+
+    fn launches(&self, quic: bool, iters: usize) -> Result<f64> {
+        let out = self.run(quic, &["bench".into(), iters.to_string()])?;
+        out.lines()
+            .find(|l| l.starts_with("BENCH launches_per_s"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .context("no launch rate line")
+    }
+
+    /// Size -> (host-to-device, device-to-host) MB/s.
+    fn bandwidth(&self, quic: bool, max_mib: usize) -> Result<std::collections::HashMap<usize, (f64, f64)>> {
+        let out = self.run(quic, &["bw".into(), max_mib.to_string()])?;
+        let mut bw = std::collections::HashMap::new();
+        for l in out.lines().filter(|l| l.starts_with("BENCH bw")) {
             if let (Some(s), Some(h), Some(d)) = (field(l, "size="), field(l, "htod_MBps="), field(l, "dtoh_MBps=")) {
-                r.bw.insert(s as usize, (h, d));
+                bw.insert(s as usize, (h, d));
             }
         }
+        Ok(bw)
     }
-    println!(
-        "{} ({}): {}",
-        url.split("?").next().unwrap_or(&url),
-        if simulated { "simulated GPU" } else { "real driver" },
-        bench
-            .lines()
-            .filter(|l| l.starts_with("BENCH"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    Ok(r)
 }

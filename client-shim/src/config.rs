@@ -12,6 +12,8 @@
 //!   or `memory_mib=8192,compute=0.5,model=H100`
 //! - `GPUPOOL_BROKER_WAIT_S`: how long to wait while the broker queues the
 //!   request (300 s by default)
+//! - `GPUPOOL_POLL_US`: how long a thread waiting for a reply polls the
+//!   connection before it sleeps (default 100; 0 sleeps at once)
 //! - `GPUPOOL_LOG`: log filter (`warn` by default), e.g. `info`, `gpupool=debug`
 //! - `GPUPOOL_LOG_FORMAT`: `json` for JSON logs
 //! - `GPUPOOL_CALL_REPORT`: when set, print at exit where each call went and
@@ -29,7 +31,12 @@ pub struct Config {
     pub broker_token: Option<String>,
     pub request: String,
     pub broker_wait: std::time::Duration,
+    pub poll: std::time::Duration,
 }
+
+/// Default of `GPUPOOL_POLL_US`: a little more than a loopback or LAN
+/// round trip through the server.
+const DEFAULT_POLL_US: u64 = 100;
 
 impl Config {
     pub fn from_env() -> Config {
@@ -56,6 +63,12 @@ impl Config {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(300),
+            ),
+            poll: std::time::Duration::from_micros(
+                std::env::var("GPUPOOL_POLL_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DEFAULT_POLL_US),
             ),
         }
     }

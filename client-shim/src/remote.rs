@@ -2,23 +2,29 @@
 //! of the program.
 //!
 //! Calling threads write frames under a short lock (never held across a round
-//! trip). One reader thread reads every frame the server sends, in order:
-//! device-to-host data goes straight into the program's buffer, replies wake
-//! the thread that waits for them. Because the server answers in request
-//! order on one ordered stream, by the time a synchronising call's reply is
-//! read, every earlier device-to-host transfer has landed.
+//! trip). Frames from the server are read in order by whoever holds the read
+//! side: a thread that waits for a reply takes it itself when nobody else is
+//! reading (leader/follower), so a synchronous call costs the transport's
+//! round trip and no thread hand-off; while it reads, replies for other
+//! threads are delivered to them and device-to-host data goes straight into
+//! the program's buffers. A background reader takes over whenever replies are
+//! outstanding and no caller reads (streamed device-to-host copies). Because
+//! the server answers in request order on one ordered stream, by the time a
+//! synchronising call's reply is read, every earlier device-to-host transfer
+//! has landed.
 
 use crate::error::{CuError, CuResult};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FLAG_WANTS_REPLY};
 use gpupool_proto::handshake::{ClientInfo, Hello, SessionInfo, Welcome};
 use gpupool_proto::message::{Reply, Request};
-use gpupool_proto::transport::{self, ClientStream, ClientTls, ServerUrl};
+use gpupool_proto::transport::{self, ClientStream, ClientTls, PollRead, Polling, ServerUrl};
 use gpupool_proto::ProtoError;
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Frames larger than this are refused from the server.
 const MAX_FRAME: u64 = frame::DEFAULT_MAX_FRAME;
@@ -33,21 +39,32 @@ struct Pending {
 #[derive(Default)]
 struct Waiter {
     slot: Mutex<Option<Result<Reply, CuError>>>,
+    /// True while the waiting thread sleeps on `ready`: only then is a
+    /// wake-up (a system call) worth making.
+    sleeping: AtomicBool,
     ready: Condvar,
     /// Set once the slot is filled: lets the waiter spin briefly before
     /// sleeping, which saves a thread wake-up on a loopback-fast reply.
     filled: AtomicBool,
 }
 
-/// How long a caller spins for its reply before sleeping.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long a caller whose reply another thread is reading spins before
+/// sleeping. Short: on a small machine a spinning caller takes the core the
+/// reading thread needs.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl Waiter {
     fn deliver(&self, value: Result<Reply, CuError>) {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(value);
         self.filled.store(true, Ordering::Release);
-        self.ready.notify_one();
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.ready.notify_one();
+        }
+    }
+
+    fn is_filled(&self) -> bool {
+        self.filled.load(Ordering::Acquire)
     }
 
     fn wait(&self) -> Result<Reply, CuError> {
@@ -60,6 +77,8 @@ impl Waiter {
             if let Some(v) = slot.take() {
                 return v;
             }
+            // Set under the slot's lock, which `deliver` holds to fill it.
+            self.sleeping.store(true, Ordering::Relaxed);
             slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -68,6 +87,20 @@ impl Waiter {
 struct Writer {
     stream: Box<dyn Write + Send>,
     scratch: Vec<u8>,
+}
+
+/// The read side of the connection: held by the one thread reading frames.
+struct ReadSide {
+    stream: BufReader<Polling<Box<dyn PollRead>>>,
+    msg: Vec<u8>,
+}
+
+/// Wakes the background reader when replies are outstanding and no caller
+/// is reading them.
+#[derive(Default)]
+struct Wake {
+    wanted: Mutex<bool>,
+    cv: Condvar,
 }
 
 /// Counters of what crossed the wire, for the call report and benchmarks.
@@ -82,10 +115,13 @@ pub struct Traffic {
 /// The connection to one GPU server.
 pub struct Remote {
     writer: Mutex<Writer>,
+    read_side: Mutex<ReadSide>,
+    wake: Wake,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     dead: AtomicBool,
     dead_reason: OnceLock<String>,
+    poll: Duration,
     pub session: SessionInfo,
     pub peer: String,
     pub traffic: Traffic,
@@ -97,10 +133,13 @@ pub struct ConnectOptions {
     pub url: ServerUrl,
     pub tls: ClientTls,
     pub lease_token: Option<String>,
+    /// How long a caller polls a TCP connection for its reply before it
+    /// sleeps (`GPUPOOL_POLL_US`).
+    pub poll: Duration,
 }
 
 impl Remote {
-    /// Connect, shake hands, and start the reader thread.
+    /// Connect, shake hands, and start the background reader.
     pub fn connect(opts: &ConnectOptions) -> Result<Arc<Remote>, ProtoError> {
         let ClientStream {
             reader,
@@ -108,7 +147,7 @@ impl Remote {
             keep,
             peer,
         } = transport::connect(&opts.url, &opts.tls)?;
-        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        let mut reader = BufReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
         let hello = Hello::new(opts.lease_token.clone(), client_info());
         let mut scratch = Vec::new();
         frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
@@ -131,10 +170,22 @@ impl Remote {
                 stream: writer,
                 scratch,
             }),
+            read_side: Mutex::new(ReadSide {
+                stream: reader,
+                msg: Vec::new(),
+            }),
+            wake: Wake::default(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             dead_reason: OnceLock::new(),
+            // Polling pays off where the kernel hands the bytes over (TCP).
+            // A QUIC stream's bytes come through the runtime's own thread,
+            // which a polling caller would starve of a core.
+            poll: match opts.url.scheme {
+                transport::Scheme::Tcp => opts.poll,
+                transport::Scheme::Quic => Duration::ZERO,
+            },
             session,
             peer,
             traffic: Traffic::default(),
@@ -143,7 +194,7 @@ impl Remote {
         let for_reader = Arc::clone(&remote);
         std::thread::Builder::new()
             .name("gpupool-reader".into())
-            .spawn(move || for_reader.read_loop(reader))?;
+            .spawn(move || for_reader.background_reader())?;
         Ok(remote)
     }
 
@@ -215,7 +266,10 @@ impl Remote {
             crate::report::note_streamed();
             self.send(id, FLAG_WANTS_REPLY, req, &[]).inspect_err(|_| {
                 self.lock_pending().remove(&id);
-            })
+            })?;
+            // Nobody waits for this reply: the background reader lands it.
+            self.wake_background();
+            Ok(())
         }
     }
 
@@ -235,7 +289,7 @@ impl Remote {
             self.lock_pending().remove(&id);
             return Err(e);
         }
-        let reply = waiter.wait()?;
+        let reply = self.await_reply(&waiter)?;
         match reply.status() {
             0 => Ok(reply),
             s => Err(CuError(s)),
@@ -265,19 +319,97 @@ impl Remote {
         }
     }
 
-    fn read_loop(self: Arc<Self>, mut reader: BufReader<Box<dyn Read + Send>>) {
-        let mut msg = Vec::new();
-        let reason = loop {
-            match self.read_one(&mut reader, &mut msg) {
-                Ok(()) => {}
-                Err(ProtoError::Closed) => break format!("server {} closed the connection", self.peer),
-                Err(e) => break format!("connection to {} failed: {e}", self.peer),
+    /// Wait for `waiter`'s reply, reading the connection ourselves when no
+    /// other thread is.
+    fn await_reply(&self, waiter: &Waiter) -> Result<Reply, CuError> {
+        if !waiter.is_filled() && !self.dead.load(Ordering::Acquire) {
+            let side = match self.read_side.try_lock() {
+                Ok(side) => Some(side),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut side) = side {
+                // Our reply is due within a round trip: poll for it rather
+                // than sleep and pay a wake-up.
+                side.stream.get_mut().set_spin(self.poll);
+                while !waiter.is_filled() && !self.dead.load(Ordering::Acquire) {
+                    if let Err(reason) = self.read_one(&mut side) {
+                        drop(side);
+                        self.mark_dead(reason);
+                        return waiter.wait();
+                    }
+                }
+                drop(side);
+                self.hand_over();
             }
-        };
-        self.mark_dead(reason);
+            // Otherwise the thread that holds the read side delivers our
+            // reply, or hands over to the background reader before it lets
+            // go (`hand_over`).
+        }
+        waiter.wait()
     }
 
-    fn read_one(&self, reader: &mut impl Read, msg: &mut Vec<u8>) -> Result<(), ProtoError> {
+    /// After letting go of the read side: if replies are still outstanding,
+    /// the background reader must read them.
+    fn hand_over(&self) {
+        if !self.lock_pending().is_empty() {
+            self.wake_background();
+        }
+    }
+
+    fn wake_background(&self) {
+        let mut wanted = self.wake.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        *wanted = true;
+        self.wake.cv.notify_one();
+    }
+
+    /// Reads for outstanding replies that no caller reads: streamed
+    /// device-to-host copies, and replies left when a reading caller got its
+    /// own and returned.
+    fn background_reader(self: Arc<Self>) {
+        loop {
+            {
+                let mut wanted = self.wake.wanted.lock().unwrap_or_else(|p| p.into_inner());
+                while !*wanted {
+                    wanted = self.wake.cv.wait(wanted).unwrap_or_else(|p| p.into_inner());
+                }
+                *wanted = false;
+            }
+            loop {
+                if self.dead.load(Ordering::Acquire) {
+                    return;
+                }
+                let mut side = self.read_side.lock().unwrap_or_else(|p| p.into_inner());
+                // Nobody waits on these replies: sleep until they come.
+                side.stream.get_mut().set_spin(Duration::ZERO);
+                while !self.lock_pending().is_empty() && !self.dead.load(Ordering::Acquire) {
+                    if let Err(reason) = self.read_one(&mut side) {
+                        drop(side);
+                        self.mark_dead(reason);
+                        return;
+                    }
+                }
+                drop(side);
+                // A caller may have registered a reply after the last check
+                // and failed to take the read side while we held it.
+                if self.lock_pending().is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Read and dispatch one frame; an error is the reason the connection
+    /// is gone.
+    fn read_one(&self, side: &mut ReadSide) -> Result<(), String> {
+        let ReadSide { stream, msg } = side;
+        self.read_frame(stream, msg).map_err(|e| match e {
+            ProtoError::Closed => format!("server {} closed the connection", self.peer),
+            e => format!("connection to {} failed: {e}", self.peer),
+        })
+    }
+
+    fn read_frame(&self, reader: &mut impl Read, msg: &mut Vec<u8>) -> Result<(), ProtoError> {
         let header = frame::read_frame(reader, msg, MAX_FRAME)?;
         let reply: Reply = codec::decode(msg)?;
         self.traffic

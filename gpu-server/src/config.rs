@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Disk space for code images kept by content (`<state_dir>/images`), MiB.
     pub image_cache_mib: u64,
+    /// How long a worker polls its connection for the next request before
+    /// it sleeps, µs (0: sleep at once). Saves the wake-up between the
+    /// requests of a busy client, at the cost of that much CPU per idle gap.
+    pub poll_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             server_id: String::new(),
             max_sessions: 256,
             image_cache_mib: 4096,
+            poll_us: 100,
         }
     }
 }
@@ -153,6 +158,11 @@ impl ServerConfig {
             self.image_cache_mib = v
                 .parse()
                 .map_err(|_| bad("GPUPOOL_IMAGE_CACHE_MIB", &v, "expected a number of MiB"))?;
+        }
+        if let Some(v) = get("GPUPOOL_POLL_US") {
+            self.poll_us = v
+                .parse()
+                .map_err(|_| bad("GPUPOOL_POLL_US", &v, "expected a number of microseconds"))?;
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The hello must arrive within this long of connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Set for a worker whose session the daemon relays (QUIC).
+const RELAYED_ENV: &str = "GPUPOOL_SESSION_RELAYED";
 /// Largest hello accepted.
 const MAX_HELLO: u64 = 64 << 10;
 
@@ -136,7 +138,7 @@ impl Daemon {
         let std_stream = stream.into_std()?;
         std_stream.set_nonblocking(false)?;
         let fd: OwnedFd = std_stream.into();
-        self.spawn_worker(fd, &hello)
+        self.spawn_worker(fd, &hello, false)
     }
 
     async fn accept_quic(self: Arc<Self>, endpoint: quinn::Endpoint) -> anyhow::Result<()> {
@@ -163,7 +165,7 @@ impl Daemon {
             return Ok(());
         };
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        self.spawn_worker(theirs.into(), &hello)?;
+        self.spawn_worker(theirs.into(), &hello, true)?;
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
         let (mut from_worker, mut to_worker) = ours.into_split();
@@ -216,7 +218,7 @@ impl Daemon {
         Ok(Some(hello))
     }
 
-    fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello) -> anyhow::Result<()> {
+    fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello, relayed: bool) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let client = format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program);
@@ -226,6 +228,11 @@ impl Daemon {
             cmd.arg("--config").arg(c);
         }
         cmd.env("GPUPOOL_CLIENT", &client);
+        if relayed {
+            cmd.env(RELAYED_ENV, "1");
+        } else {
+            cmd.env_remove(RELAYED_ENV);
+        }
         let raw = fd.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls run:
         // dup2 puts the session's socket at fd 3 (clearing close-on-exec),
@@ -367,6 +374,12 @@ pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::R
     let images = ImageCache::open(&cfg.state_dir.join("images"), cfg.image_cache_mib << 20);
     let mut worker = Worker::new(&driver, session_id, cfg.max_frame).with_image_cache(images);
     worker.welcome(&mut writer, info)?;
+    // A client's TCP socket is polled between requests; a QUIC session's
+    // socket pair is fed by the daemon's runtime, which polling would only
+    // starve of a core.
+    let relayed = std::env::var_os(RELAYED_ENV).is_some();
+    let poll = if relayed { 0 } else { cfg.poll_us };
+    let reader = transport::Polling::new(transport::SocketRead(reader), Duration::from_micros(poll));
     let (end, freed) = worker.serve(reader, writer);
     let how = match &end {
         SessionEnd::Disconnected => "client disconnected".to_string(),

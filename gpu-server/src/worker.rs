@@ -18,9 +18,11 @@ use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, Str
 use gpupool_proto::ProtoError;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::time::Instant;
 
+/// Output buffer of a session: replies and small copies of one request go out in one write.
+const OUT_BUFFER: usize = 64 << 10;
 /// `CU_STREAM_LEGACY`.
 const STREAM_LEGACY: Ptr = 0x1 as Ptr;
 /// CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_INVALID_IMAGE.
@@ -176,8 +178,11 @@ impl<'d> Worker<'d> {
     }
 
     /// Serve frames until the connection ends; then free everything.
-    pub fn serve<R: Read, W: Write>(&mut self, reader: R, mut writer: W) -> (SessionEnd, Cleanup) {
+    pub fn serve<R: Read, W: Write>(&mut self, reader: R, writer: W) -> (SessionEnd, Cleanup) {
         let mut reader = BufReader::with_capacity(256 << 10, reader);
+        // What one request sends (a small copy's data and its reply) leaves
+        // in one write; bulk chunks larger than the buffer go straight out.
+        let mut writer = BufWriter::with_capacity(OUT_BUFFER, writer);
         let end = loop {
             match self.serve_one(&mut reader, &mut writer) {
                 Ok(()) => {}
@@ -201,6 +206,7 @@ impl<'d> Worker<'d> {
         if let Some(reply) = reply {
             frame::write_frame(writer, &mut self.scratch, header.id, 0, &reply, &[], self.max_frame)?;
         }
+        writer.flush()?;
         Ok(())
     }
 

@@ -10,10 +10,14 @@
  *   driver_check hold MIB  allocate MIB mebibytes, print HOLDING, wait to be killed
  *   driver_check unsupported  call an entry point gpupool does not implement
  *   driver_check bench     timings: sync round trip, launch rate, bandwidth
+ *   driver_check latency   timings: sync round trip and 4-byte copy only
+ *   driver_check threads   several threads at once, each on its own stream: async
+ *                          copies, launches and sync calls, results checked
  *   driver_check library   kernels of a library (cuLibrary*, cuKernel*), launched
  *                          by kernel handle and by function
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +70,86 @@ static double now_us(void) {
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The `threads` mode: what each thread needs. */
+struct threads_arg {
+    int id;
+    CUcontext ctx;
+    CUfunction scale;
+    PFN_cuCtxSetCurrent setCurrent;
+    PFN_cuCtxSynchronize ctxSync;
+    PFN_cuMemAlloc alloc;
+    PFN_cuMemFree free_;
+    PFN_cuMemcpyHtoD htod;
+    PFN_cuMemcpyDtoH dtoh;
+    PFN_cuMemcpyHtoDAsync htodAsync;
+    PFN_cuMemcpyDtoHAsync dtohAsync;
+    PFN_cuStreamCreate streamCreate;
+    PFN_cuStreamDestroy streamDestroy;
+    PFN_cuStreamQuery streamQuery;
+    PFN_cuLaunchKernel launch;
+    int failed;
+};
+
+/* Each round: host data -> device (async), scale on the thread's stream,
+ * device -> host (async), then either poll the stream until done or make a
+ * synchronous copy and a context synchronise; every value is checked. The
+ * threads' replies interleave on the one connection. */
+static void *threads_body(void *p) {
+    struct threads_arg *a = p;
+    const unsigned n = 4096 + 512 * a->id;
+    float *host = malloc(n * sizeof(float)), *back = malloc(n * sizeof(float));
+    float check = 0;
+    CUdeviceptr d;
+    CUstream s;
+#define TCHECK(call)                                                      \
+    do {                                                                  \
+        CUresult r_ = (call);                                             \
+        if (r_ != CUDA_SUCCESS) {                                         \
+            fprintf(stderr, "FAIL thread %d: %s = %d\n", a->id, #call, r_); \
+            a->failed = 1;                                                \
+            return NULL;                                                  \
+        }                                                                 \
+    } while (0)
+    TCHECK(a->setCurrent(a->ctx));
+    TCHECK(a->alloc(&d, n * sizeof(float)));
+    TCHECK(a->streamCreate(&s, 1 /* non-blocking */));
+    for (int round = 0; round < 150; round++) {
+        for (unsigned i = 0; i < n; i++) host[i] = (float)(i % 97) + (float)a->id;
+        float factor = (float)(round % 5 + 1);
+        memset(back, 0, n * sizeof(float));
+        TCHECK(a->htodAsync(d, host, n * sizeof(float), s));
+        unsigned nn = n;
+        void *args[] = {&d, &factor, &nn};
+        TCHECK(a->launch(a->scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, args, NULL));
+        if (round % 2 == 0) {
+            TCHECK(a->dtohAsync(back, d, n * sizeof(float), s));
+            CUresult q;
+            while ((q = a->streamQuery(s)) == CUDA_ERROR_NOT_READY) {
+            }
+            TCHECK(q);
+        } else {
+            TCHECK(a->ctxSync());
+            TCHECK(a->dtoh(back, d, n * sizeof(float)));
+        }
+        for (unsigned i = 0; i < n; i++) {
+            float want = ((float)(i % 97) + (float)a->id) * factor;
+            if (back[i] != want) {
+                fprintf(stderr, "FAIL thread %d round %d: back[%u] = %f, want %f\n", a->id, round, i, back[i], want);
+                a->failed = 1;
+                return NULL;
+            }
+            check += back[i];
+        }
+    }
+    TCHECK(a->streamDestroy(s));
+    TCHECK(a->free_(d));
+#undef TCHECK
+    free(host);
+    free(back);
+    (void)check;
+    return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -350,8 +434,40 @@ int main(int argc, char **argv) {
         CUresult r = arrayCreate(NULL, NULL);
         EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "cuArrayCreate returned %d", r);
         printf("OK unsupported call refused\n");
-    } else if (!strcmp(mode, "bench")) {
+    } else if (!strcmp(mode, "threads")) {
+        enum { THREADS = 6 };
+        pthread_t tid[THREADS];
+        struct threads_arg args[THREADS];
+        for (int t = 0; t < THREADS; t++) {
+            args[t] = (struct threads_arg){
+                .id = t,
+                .ctx = ctx,
+                .scale = scale,
+                .setCurrent = cuCtxSetCurrent,
+                .ctxSync = cuCtxSynchronize,
+                .alloc = cuMemAlloc,
+                .free_ = cuMemFree,
+                .htod = cuMemcpyHtoD,
+                .dtoh = cuMemcpyDtoH,
+                .htodAsync = cuMemcpyHtoDAsync,
+                .dtohAsync = cuMemcpyDtoHAsync,
+                .streamCreate = cuStreamCreate,
+                .streamDestroy = cuStreamDestroy,
+                .streamQuery = cuStreamQuery,
+                .launch = cuLaunchKernel,
+            };
+            EXPECT(pthread_create(&tid[t], NULL, threads_body, &args[t]) == 0, "pthread_create");
+        }
+        int failed = 0;
+        for (int t = 0; t < THREADS; t++) {
+            pthread_join(tid[t], NULL);
+            failed |= args[t].failed;
+        }
+        EXPECT(!failed, "a thread failed");
+        printf("OK %d threads, 150 rounds each, every result checked\n", THREADS);
+    } else if (!strcmp(mode, "bench") || !strcmp(mode, "latency")) {
         int iters = argc > 2 ? atoi(argv[2]) : 2000;
+        int with_launches = !strcmp(mode, "bench");
         CUdeviceptr p;
         static char buf[4];
         CHECK(cuMemAlloc(&p, 1 << 20));
@@ -370,12 +486,15 @@ int main(int argc, char **argv) {
         }
         qsort(lat, iters, sizeof(double), cmp_double);
         printf("BENCH dtoh4_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
-        int launches = iters * 20;
-        double t0 = now_us();
-        for (int i = 0; i < launches; i++) CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
-        CHECK(cuCtxSynchronize());
-        double el = now_us() - t0;
-        printf("BENCH launches_per_s %.0f\n", launches / (el / 1e6));
+        if (with_launches) {
+            int launches = iters * 20;
+            double t0 = now_us();
+            for (int i = 0; i < launches; i++)
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+            CHECK(cuCtxSynchronize());
+            double el = now_us() - t0;
+            printf("BENCH launches_per_s %.0f\n", launches / (el / 1e6));
+        }
         CHECK(cuMemFree(p));
     } else if (!strcmp(mode, "bw")) {
         size_t max_mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 256;
@@ -384,6 +503,11 @@ int main(int argc, char **argv) {
         memset(host, 1, max);
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, max));
+        /* Untimed first touch: a GPU's memory is backed when it is
+         * allocated, a host-memory driver's (the software driver) only when
+         * it is first written, which would be timed as transfer. */
+        CHECK(cuMemcpyHtoD(p, host, max));
+        CHECK(cuMemcpyDtoH(host, p, max));
         for (size_t size = 4096; size <= max; size *= 4) {
             int reps = (int)((256u << 20) / size);
             if (reps < 3) reps = 3;

@@ -99,6 +99,7 @@ pub fn c_program(name: &str) -> PathBuf {
         .arg(&out)
         .arg(&src)
         .arg("-ldl")
+        .arg("-pthread")
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
     assert!(status.success(), "compiling {} failed", src.display());

@@ -107,6 +107,19 @@ fn async_copies_land_before_a_query_says_done() {
     }
 }
 
+/// Six threads share the one connection, each on its own stream: their
+/// async copies, launches, queries and sync calls interleave, whichever
+/// thread reads the connection delivers the others' replies and data, and
+/// every value comes back right.
+#[test]
+fn threads_share_one_connection_and_get_their_own_results() {
+    let server = Server::start();
+    for url in both(&server) {
+        let out = driver_check(&url, &["threads"]);
+        assert!(out.contains("OK 6 threads"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn unsupported_call_fails_loudly_by_name() {
     let server = Server::start();

@@ -125,7 +125,12 @@ pub unsafe fn init(flags: u32) -> CuResult {
                 (url, cfg.lease_token, None)
             }
         };
-        let opts = ConnectOptions { url: url.clone(), tls: cfg.tls, lease_token };
+        let opts = ConnectOptions {
+            url: url.clone(),
+            tls: cfg.tls,
+            lease_token,
+            poll: cfg.poll,
+        };
         match Remote::connect(&opts) {
             Ok(remote) => {
                 if let Some((broker, granted)) = lease {

@@ -5,10 +5,12 @@
 //! `tcp://host:port` and `quic://host:port`; a QUIC URL may carry
 //! `?fingerprint=<sha256 hex>` to pin a self-signed server certificate.
 
+mod poll;
 mod quic;
 mod tcp;
 mod url;
 
+pub use poll::{PollRead, Polling, SocketRead};
 pub use quic::{
     cert_fingerprint, load_or_create_server_identity, quic_client_connect, quic_server_endpoint, ClientTls,
     ServerIdentity, ALPN,
@@ -18,13 +20,13 @@ pub use url::{Scheme, ServerUrl};
 
 use crate::error::ProtoError;
 use std::any::Any;
-use std::io::{Read, Write};
+use std::io::Write;
 
 /// A connected client stream, split into halves usable from different
 /// threads. `keep` holds whatever must stay alive for the halves to work
 /// (for QUIC: the runtime and the connection).
 pub struct ClientStream {
-    pub reader: Box<dyn Read + Send>,
+    pub reader: Box<dyn PollRead>,
     pub writer: Box<dyn Write + Send>,
     pub keep: Option<Box<dyn Any + Send + Sync>>,
     pub peer: String,

@@ -8,6 +8,7 @@ use crate::error::ProtoError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -151,6 +152,21 @@ impl Read for QuicReader {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Ok(0),
             Err(e) => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, e)),
+        }
+    }
+}
+
+impl super::PollRead for QuicReader {
+    fn read_now(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        // One poll with a waker that does nothing: the read is cancel-safe,
+        // so dropping it when it is not ready loses no data.
+        let mut read = std::pin::pin!(self.recv.read(buf));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match read.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(Some(n))) => Ok(Some(n)),
+            std::task::Poll::Ready(Ok(None)) => Ok(Some(0)),
+            std::task::Poll::Ready(Err(e)) => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, e)),
+            std::task::Poll::Pending => Ok(None),
         }
     }
 }

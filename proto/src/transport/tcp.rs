@@ -20,7 +20,7 @@ pub fn tcp_client_connect(url: &ServerUrl) -> Result<ClientStream, ProtoError> {
                 stream.set_nodelay(true)?;
                 let writer = stream.try_clone()?;
                 return Ok(ClientStream {
-                    reader: Box::new(stream),
+                    reader: Box::new(super::SocketRead(stream)),
                     writer: Box::new(writer),
                     keep: None,
                     peer: url.to_string(),
