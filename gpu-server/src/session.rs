@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Set for a worker whose session the daemon relays (QUIC).
 const RELAYED_ENV: &str = "GPUPOOL_SESSION_RELAYED";
+/// Relay buffer of a QUIC session, each way.
+const RELAY_BUFFER: usize = 1 << 20;
 /// Largest hello accepted.
 const MAX_HELLO: u64 = 64 << 10;
 
@@ -168,13 +170,17 @@ impl Daemon {
         self.spawn_worker(theirs.into(), &hello, true)?;
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
-        let (mut from_worker, mut to_worker) = ours.into_split();
+        let (from_worker, mut to_worker) = ours.into_split();
+        // Buffers the size of a copy chunk: a bulk copy crosses the relay in
+        // a few large writes rather than thousands of small ones.
         let upstream = async move {
-            let _ = tokio::io::copy(&mut recv, &mut to_worker).await;
+            let mut recv = tokio::io::BufReader::with_capacity(RELAY_BUFFER, &mut recv);
+            let _ = tokio::io::copy_buf(&mut recv, &mut to_worker).await;
             let _ = to_worker.shutdown().await;
         };
         let downstream = async move {
-            let _ = tokio::io::copy(&mut from_worker, &mut send).await;
+            let mut from_worker = tokio::io::BufReader::with_capacity(RELAY_BUFFER, from_worker);
+            let _ = tokio::io::copy_buf(&mut from_worker, &mut send).await;
             let _ = send.finish();
             let _ = send.stopped().await;
         };
