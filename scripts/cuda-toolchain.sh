@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the CUDA compiler and runtime from PyPI (no GPU needed to compile)
-# for the tests that run unmodified nvcc programs through gpupool. Each
+# for the tests that run unmodified nvcc programs through gpupool, and cuBLAS
+# for the 13.0 toolchain (target/cuda/13.0/cublas). Each
 # toolchain goes to target/cuda/<version>; prints the list of homes, joined
 # by ':', for GPUPOOL_TEST_CUDA_HOMES. Two cudart minor versions are tested
 # because they ask different things of the driver at start-up.
@@ -31,4 +32,18 @@ for v in 13.0 13.5; do
     fi
     homes+=("$home/nvidia/cu13")
 done
+
+# cuBLAS for the 13.0 toolchain, in its own folder beside it (the wheels share
+# the nvidia/cu13 namespace, which pip --target will not merge): the shared
+# library, and the CCCL headers that cublas_v2.h includes.
+blas="$PWD/target/cuda/13.0/cublas"
+stamp="$blas/.installed-13.0.2.14"
+if [ ! -f "$stamp" ]; then
+    rm -rf "$blas"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+        --no-deps --target "$blas" "nvidia-cublas==13.0.2.14" "nvidia-cuda-cccl==13.0.85" >&2
+    ln -sf libcublas.so.13 "$blas/nvidia/cu13/lib/libcublas.so"
+    ln -sf libcublasLt.so.13 "$blas/nvidia/cu13/lib/libcublasLt.so"
+    touch "$stamp"
+fi
 (IFS=:; echo "${homes[*]}")

@@ -16,6 +16,9 @@ struct Stats {
     nanos: u128,
     round_trips: u64,
     streamed: u64,
+    /// Calls that returned an error, and the last error's code.
+    errors: u64,
+    last_error: u32,
 }
 
 static TABLE: Mutex<Option<HashMap<&'static str, Stats>>> = Mutex::new(None);
@@ -72,6 +75,17 @@ pub fn measure<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Count an error that the entry point `name` returned.
+pub fn note_error(name: &'static str, code: u32) {
+    if !enabled() {
+        return;
+    }
+    let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let s = table.get_or_insert_with(HashMap::new).entry(name).or_default();
+    s.errors += 1;
+    s.last_error = code;
+}
+
 fn print() {
     let table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
     let Some(table) = table.as_ref() else { return };
@@ -79,8 +93,8 @@ fn print() {
     rows.sort_by_key(|r| std::cmp::Reverse(r.1.nanos));
     let server = crate::exports::server_label();
     let mut out = format!(
-        "\ngpupool call report ({server})\n{:<44} {:>8} {:>12} {:>12} {:>12}  where\n",
-        "call", "count", "total µs", "mean µs", "round trips"
+        "\ngpupool call report ({server})\n{:<44} {:>8} {:>12} {:>12} {:>12} {:>14}  where\n",
+        "call", "count", "total µs", "mean µs", "round trips", "errors (last)"
     );
     for (name, s) in rows {
         let route = if s.round_trips > 0 {
@@ -90,13 +104,19 @@ fn print() {
         } else {
             "answered in the shim"
         };
+        let errors = if s.errors > 0 {
+            format!("{} ({})", s.errors, s.last_error)
+        } else {
+            "0".into()
+        };
         out.push_str(&format!(
-            "{:<44} {:>8} {:>12.1} {:>12.2} {:>12}  {route}\n",
+            "{:<44} {:>8} {:>12.1} {:>12.2} {:>12} {:>14}  {route}\n",
             name,
             s.calls,
             s.nanos as f64 / 1e3,
             s.nanos as f64 / 1e3 / s.calls.max(1) as f64,
-            s.round_trips
+            s.round_trips,
+            errors
         ));
     }
     eprint!("{out}");

@@ -43,18 +43,23 @@ fn version_of(home: &Path) -> String {
 /// Build `tests/cuda/<name>.cu` with this toolchain; static or shared cudart.
 /// Each build happens once per test process (tests run in parallel).
 fn nvcc_build(home: &Path, name: &str, shared: bool) -> PathBuf {
+    nvcc_build_with(home, name, shared, &[])
+}
+
+/// `nvcc_build` with extra nvcc arguments (include and library folders).
+fn nvcc_build_with(home: &Path, name: &str, shared: bool, extra: &[String]) -> PathBuf {
     static BUILT: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     let key = home.join(format!("{name}-{shared}"));
     if let Some((_, p)) = built.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
-    let out = nvcc_compile(home, name, shared);
+    let out = nvcc_compile(home, name, shared, extra);
     built.push((key, out.clone()));
     out
 }
 
-fn nvcc_compile(home: &Path, name: &str, shared: bool) -> PathBuf {
+fn nvcc_compile(home: &Path, name: &str, shared: bool, extra: &[String]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("cuda")
         .join(format!("{name}.cu"));
@@ -68,6 +73,7 @@ fn nvcc_compile(home: &Path, name: &str, shared: bool) -> PathBuf {
         .arg(&out)
         .arg(&src)
         .arg(format!("-L{}", home.join("lib").display()))
+        .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
     assert!(
@@ -130,4 +136,89 @@ fn cudart_reports_a_kernel_fault_at_the_next_synchronise() {
     let program = nvcc_build(home, "cudart_check", false);
     let out = run(home, &program, &server, &["fault"]);
     assert!(out.contains("OK fault"), "{out}");
+}
+
+/// cuBLAS installed beside a toolchain (`<toolchain>/cublas/nvidia/cu13`;
+/// the test command installs it for 13.0).
+fn cublas_home(home: &Path) -> Option<PathBuf> {
+    let blas = home.ancestors().nth(2)?.join("cublas").join("nvidia").join("cu13");
+    blas.join("lib").join("libcublas.so.13").exists().then_some(blas)
+}
+
+/// (count, round trips, errors) of one call in the shim's call report.
+fn report_row(report: &str, call: &str) -> Option<(u64, u64, u64)> {
+    // Names may hold spaces ("integrity check"); the numbers follow them.
+    let rest = report
+        .lines()
+        .find_map(|l| l.strip_prefix(call).filter(|r| r.starts_with(' ')))?;
+    let cols: Vec<&str> = rest.split_whitespace().collect();
+    Some((cols[0].parse().ok()?, cols[3].parse().ok()?, cols[4].parse().ok()?))
+}
+
+/// cuBLAS 13 starts through gpupool: two cudart instances (the program's and
+/// cuBLAS's own) pass the integrity check, cuBLAS's export tables are served,
+/// its thousands of fat binaries are registered lazily in the shim, and
+/// `cublasSgemm` resolves its kernel and launches it with `cuLaunchKernelEx`.
+/// The software driver knows no cuBLAS kernel, so the launch is refused on
+/// the server (CUDA_ERROR_NOT_SUPPORTED) and that error comes back at the
+/// next synchronise, as an asynchronous error does; on a GPU the script runs
+/// the same program to a checked result.
+#[test]
+fn cublas_starts_and_its_first_gemm_reaches_the_server() {
+    let homes = cuda_homes();
+    let Some(home) = homes.iter().find(|h| version_of(h) == "13.0") else {
+        return;
+    };
+    let Some(blas) = cublas_home(home) else {
+        assert!(
+            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "GPUPOOL_REQUIRE_CUDA=1 but cuBLAS is not installed beside {}: run scripts/cuda-toolchain.sh",
+            home.display()
+        );
+        eprintln!("cuBLAS not installed; the cuBLAS test did not run");
+        return;
+    };
+    let include = blas.join("include");
+    let extra = [
+        format!("-I{}", include.display()),
+        format!("-L{}", blas.join("lib").display()),
+        "-lcublas".to_string(),
+    ];
+    let program = nvcc_build_with(home, "sgemm_check", false, &extra);
+    let server = Server::start();
+    let mut cmd = through_shim(&program, &server.tcp);
+    cmd.env(
+        "LD_LIBRARY_PATH",
+        format!("{}:{}", shim_dir().display(), blas.join("lib").display()),
+    )
+    .env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let context = || format!("stderr: {stderr}\nserver: {}", server.log());
+    assert!(
+        stderr.contains("FAIL cudaDeviceSynchronize() = 801"),
+        "cuBLAS should get as far as its first GEMM, refused by the software driver at the synchronise:\n{}",
+        context()
+    );
+    let (launches, _, launch_errors) =
+        report_row(&stderr, "cuLaunchKernelEx").unwrap_or_else(|| panic!("no launch arrived:\n{}", context()));
+    assert!(launches >= 1 && launch_errors == 0, "{}", context());
+    let (loads, load_trips, load_errors) =
+        report_row(&stderr, "cuLibraryLoadData").unwrap_or_else(|| panic!("no library loads:\n{}", context()));
+    assert!(
+        loads >= 1 && load_trips == 0 && load_errors == 0,
+        "libraries are registered in the shim and shipped at first use:\n{}",
+        context()
+    );
+    let (checks, check_trips, _) =
+        report_row(&stderr, "integrity check").unwrap_or_else(|| panic!("no integrity check:\n{}", context()));
+    assert!(
+        checks >= 2 && check_trips == 0,
+        "both cudart instances check:\n{}",
+        context()
+    );
+    let (syncs, _, sync_errors) = report_row(&stderr, "cuCtxSynchronize_v2")
+        .or_else(|| report_row(&stderr, "cuCtxSynchronize"))
+        .unwrap_or_else(|| panic!("no synchronise:\n{}", context()));
+    assert!(syncs >= 1 && sync_errors == 1, "{}", context());
 }

@@ -70,7 +70,11 @@ pub(crate) fn guard(name: &'static str, f: impl FnOnce() -> Result<(), CuError>)
     let run = std::panic::AssertUnwindSafe(|| crate::report::measure(name, f));
     match std::panic::catch_unwind(run) {
         Ok(Ok(())) => 0,
-        Ok(Err(e)) => e.0,
+        Ok(Err(e)) => {
+            tracing::debug!(call = name, status = e.0, "call failed");
+            crate::report::note_error(name, e.0);
+            e.0
+        }
         Err(_) => {
             tracing::error!(
                 call = name,

@@ -160,8 +160,10 @@ struct HostAlloc {
     _mapping: Mapping,
 }
 
-/// `CUlimit` defaults (0 stack size … 6 persisting L2 cache size).
-const LIMITS: [u64; 7] = [1024, 1 << 20, 8 << 20, 2, 2048, 64, 0];
+/// `CUlimit` defaults (0 stack size … 6 persisting L2 cache size, then 7
+/// shared memory size, 8 CIG enabled and 9 CIG shared-memory fallback: 0 in
+/// a context that is not a CUDA-in-graphics one; cuBLAS reads 8).
+const LIMITS: [u64; 10] = [1024, 1 << 20, 8 << 20, 2, 2048, 64, 0, 0, 0, 0];
 /// Number of `CUlimit` values (`CU_LIMIT_MAX`).
 const LIMIT_COUNT: i32 = 10;
 
