@@ -115,33 +115,47 @@ fn main() -> Result<()> {
     println!("{:<26} {:>12.0}", "tcp: async launches / s", launches_tcp);
     println!("{:<26} {:>12.0}", "quic: async launches / s", launches_quic);
 
-    // Bandwidth: per transport, the bare stream at every size, then
-    // gpupool's copies at every size.
+    // Bandwidth: per transport and round, the bare stream at every size,
+    // then gpupool's copies at every size; each figure is the median over
+    // the rounds, and so is each ratio.
     println!();
     println!(
         "{:<10} {:>10} {:>12} {:>12} {:>12} {:>8} {:>8}",
         "transport", "size", "bare MB/s", "HtoD MB/s", "DtoH MB/s", "HtoD %", "DtoH %"
     );
+    let bw_rounds = opts.rounds.min(3);
     for transport in ["tcp", "quic"] {
         let is_quic = transport == "quic";
-        let mut bare = Vec::new();
-        for &s in &sizes {
-            bare.push(if is_quic { quic.bulk(s)? } else { tcp_bulk(s)? });
-        }
-        let bw = pool.bandwidth(is_quic, opts.max_mib)?;
-        for (i, &s) in sizes.iter().enumerate() {
-            if let Some(&(h, d)) = bw.get(&s) {
-                println!(
-                    "{:<10} {:>10} {:>12.0} {:>12.0} {:>12.0} {:>7.0}% {:>7.0}%",
-                    transport,
-                    human(s),
-                    bare[i],
-                    h,
-                    d,
-                    100.0 * h / bare[i],
-                    100.0 * d / bare[i]
-                );
+        // size -> per round (bare, htod, dtoh)
+        let mut samples: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); sizes.len()];
+        for _ in 0..bw_rounds {
+            let mut bare = Vec::new();
+            for &s in &sizes {
+                bare.push(if is_quic { quic.bulk(s)? } else { tcp_bulk(s)? });
             }
+            let bw = pool.bandwidth(is_quic, opts.max_mib)?;
+            for (i, &s) in sizes.iter().enumerate() {
+                if let Some(&(h, d)) = bw.get(&s) {
+                    samples[i].push((bare[i], h, d));
+                }
+            }
+        }
+        for (i, &s) in sizes.iter().enumerate() {
+            let v = &samples[i];
+            if v.is_empty() {
+                continue;
+            }
+            let pick = |f: &dyn Fn(&(f64, f64, f64)) -> f64| median(v.iter().map(f).collect());
+            println!(
+                "{:<10} {:>10} {:>12.0} {:>12.0} {:>12.0} {:>7.0}% {:>7.0}%",
+                transport,
+                human(s),
+                pick(&|x| x.0),
+                pick(&|x| x.1),
+                pick(&|x| x.2),
+                100.0 * pick(&|x| x.1 / x.0),
+                100.0 * pick(&|x| x.2 / x.0)
+            );
         }
     }
     Ok(())
