@@ -125,6 +125,7 @@ pub struct Remote {
     pub session: SessionInfo,
     pub peer: String,
     pub traffic: Traffic,
+    close: Box<dyn Fn() + Send + Sync>,
     _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -145,6 +146,7 @@ impl Remote {
             reader,
             mut writer,
             keep,
+            close,
             peer,
         } = transport::connect(&opts.url, &opts.tls)?;
         let mut reader = BufReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
@@ -189,6 +191,7 @@ impl Remote {
             session,
             peer,
             traffic: Traffic::default(),
+            close,
             _keep: keep,
         });
         let for_reader = Arc::clone(&remote);
@@ -301,9 +304,11 @@ impl Remote {
     }
 
     /// End the session from the client side (its lease ended): every later
-    /// call fails with `reason` logged once.
+    /// call fails with `reason` logged once, and a thread blocked reading the
+    /// connection returns.
     pub fn fail(&self, reason: String) {
-        self.mark_dead(reason)
+        self.mark_dead(reason);
+        (self.close)();
     }
 
     fn mark_dead(&self, reason: String) {

@@ -29,6 +29,10 @@ pub struct ClientStream {
     pub reader: Box<dyn PollRead>,
     pub writer: Box<dyn Write + Send>,
     pub keep: Option<Box<dyn Any + Send + Sync>>,
+    /// Ends the connection from any thread, so that a thread blocked
+    /// reading or writing it returns at once (with an error or end of
+    /// stream).
+    pub close: Box<dyn Fn() + Send + Sync>,
     pub peer: String,
 }
 

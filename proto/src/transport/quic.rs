@@ -239,6 +239,7 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
         Ok::<_, ProtoError>((endpoint, connection, send, recv))
     })?;
     let rt = runtime.handle().clone();
+    let closer = connection.clone();
     Ok(ClientStream {
         reader: Box::new(QuicReader { rt: rt.clone(), recv }),
         writer: Box::new(QuicWriter { rt, send }),
@@ -247,6 +248,7 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
             _endpoint: endpoint,
             _connection: connection,
         })),
+        close: Box::new(move || closer.close(0u32.into(), b"client ended the session")),
         peer: url.to_string(),
     })
 }

@@ -19,10 +19,14 @@ pub fn tcp_client_connect(url: &ServerUrl) -> Result<ClientStream, ProtoError> {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
                 let writer = stream.try_clone()?;
+                let closer = stream.try_clone()?;
                 return Ok(ClientStream {
                     reader: Box::new(super::SocketRead(stream)),
                     writer: Box::new(writer),
                     keep: None,
+                    close: Box::new(move || {
+                        let _ = closer.shutdown(std::net::Shutdown::Both);
+                    }),
                     peer: url.to_string(),
                 });
             }
