@@ -142,24 +142,42 @@ pub struct ConnectOptions {
 impl Remote {
     /// Connect, shake hands, and start the background reader.
     pub fn connect(opts: &ConnectOptions) -> Result<Arc<Remote>, ProtoError> {
-        let ClientStream {
-            reader,
-            mut writer,
-            keep,
-            close,
-            peer,
-        } = transport::connect(&opts.url, &opts.tls)?;
-        let mut reader = BufReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
-        let hello = Hello::new(opts.lease_token.clone(), client_info());
-        let mut scratch = Vec::new();
-        frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
-        writer.flush()?;
-        let mut msg = Vec::new();
-        let header = frame::read_frame(&mut reader, &mut msg, MAX_FRAME)?;
-        frame::skip_bulk(&mut reader, header.bulk_len)?;
-        let session = match codec::decode::<Welcome>(&msg)? {
-            Welcome::Accepted(info) => info,
-            Welcome::Refused { reason } => return Err(ProtoError::Refused(reason)),
+        // A QUIC server may hand the session to a worker on a port of its
+        // own (`Welcome::Redirect`): connect there once, with the ticket.
+        let mut url = opts.url.clone();
+        let mut ticket = None;
+        let (writer, keep, close, peer, reader, session, scratch) = loop {
+            let ClientStream {
+                reader,
+                mut writer,
+                keep,
+                close,
+                peer,
+            } = transport::connect(&url, &opts.tls)?;
+            let mut reader = BufReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
+            let mut hello = Hello::new(opts.lease_token.clone(), client_info());
+            hello.session_ticket = ticket;
+            let mut scratch = Vec::new();
+            frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
+            writer.flush()?;
+            let mut msg = Vec::new();
+            let header = frame::read_frame(&mut reader, &mut msg, MAX_FRAME)?;
+            frame::skip_bulk(&mut reader, header.bulk_len)?;
+            match codec::decode::<Welcome>(&msg)? {
+                Welcome::Accepted(info) => break (writer, keep, close, peer, reader, info, scratch),
+                Welcome::Refused { reason } => return Err(ProtoError::Refused(reason)),
+                Welcome::Redirect { port, ticket: t } if ticket.is_none() && url.scheme == transport::Scheme::Quic => {
+                    close();
+                    drop(keep);
+                    url.port = port;
+                    ticket = Some(t);
+                }
+                Welcome::Redirect { .. } => {
+                    return Err(ProtoError::Malformed(format!(
+                        "{url} redirected the session again or over TCP"
+                    )))
+                }
+            }
         };
         if session.version != gpupool_proto::PROTOCOL_VERSION {
             return Err(ProtoError::VersionMismatch {

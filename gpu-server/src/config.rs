@@ -41,6 +41,13 @@ pub struct ServerConfig {
     /// it sleeps, µs (0: sleep at once). Saves the wake-up between the
     /// requests of a busy client, at the cost of that much CPU per idle gap.
     pub poll_us: u64,
+    /// QUIC sessions are terminated by their worker on a UDP port of its
+    /// own (the client is redirected there at connection); off, the daemon
+    /// relays every QUIC session on the listening port.
+    pub quic_direct: bool,
+    /// Ports for direct QUIC sessions, `FIRST-LAST` (for firewalls); empty
+    /// takes any free port.
+    pub quic_session_ports: String,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +67,8 @@ impl Default for ServerConfig {
             max_sessions: 256,
             image_cache_mib: 4096,
             poll_us: 100,
+            quic_direct: true,
+            quic_session_ports: String::new(),
         }
     }
 }
@@ -98,6 +107,7 @@ impl ServerConfig {
             None => ServerConfig::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.quic_session_port_range()?;
         if cfg.server_id.is_empty() {
             cfg.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -159,6 +169,13 @@ impl ServerConfig {
                 .parse()
                 .map_err(|_| bad("GPUPOOL_IMAGE_CACHE_MIB", &v, "expected a number of MiB"))?;
         }
+        if let Some(v) = get("GPUPOOL_QUIC_DIRECT") {
+            self.quic_direct =
+                parse_bool(&v).ok_or_else(|| bad("GPUPOOL_QUIC_DIRECT", &v, "expected true or false"))?;
+        }
+        if let Some(v) = get("GPUPOOL_QUIC_SESSION_PORTS") {
+            self.quic_session_ports = v;
+        }
         if let Some(v) = get("GPUPOOL_POLL_US") {
             self.poll_us = v
                 .parse()
@@ -169,6 +186,26 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
+    /// `quic_session_ports` as an inclusive range; (0, 0) for any free port.
+    pub fn quic_session_port_range(&self) -> Result<(u16, u16), ConfigError> {
+        let text = self.quic_session_ports.trim();
+        if text.is_empty() {
+            return Ok((0, 0));
+        }
+        let bad = || {
+            ConfigError::Key(format!(
+                "quic_session_ports {text:?} is not FIRST-LAST (e.g. 40000-40999)"
+            ))
+        };
+        let (a, b) = text.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok((first, last))
+    }
+
     /// The broker's public key from `broker_public_key`: the key text itself,
     /// or the path of a file holding it. `None` when not configured.
     pub fn lease_public_key(&self) -> Result<Option<LeasePublicKey>, ConfigError> {
@@ -212,5 +249,22 @@ mod tests {
             .apply_env(|k| (k == "GPUPOOL_REQUIRE_LEASE").then(|| "maybe".to_string()))
             .is_err());
         assert!(toml::from_str::<ServerConfig>("no_such_key = 1").is_err());
+    }
+
+    #[test]
+    fn quic_session_ports_are_a_range_or_any() {
+        let mut cfg = ServerConfig::default();
+        assert!(cfg.quic_direct);
+        assert_eq!(cfg.quic_session_port_range().unwrap(), (0, 0));
+        cfg.apply_env(|k| (k == "GPUPOOL_QUIC_SESSION_PORTS").then(|| "40000-40010".to_string()))
+            .unwrap();
+        assert_eq!(cfg.quic_session_port_range().unwrap(), (40000, 40010));
+        for bad in ["40000", "40010-40000", "0-10", "a-b", "1-70000"] {
+            cfg.quic_session_ports = bad.into();
+            assert!(cfg.quic_session_port_range().is_err(), "{bad}");
+        }
+        cfg.apply_env(|k| (k == "GPUPOOL_QUIC_DIRECT").then(|| "false".to_string()))
+            .unwrap();
+        assert!(!cfg.quic_direct);
     }
 }

@@ -12,17 +12,33 @@ use gpupool_proto::handshake::{Hello, Welcome};
 use gpupool_proto::lease::{unix_ms_now, LeaseClaims, LeasePublicKey};
 use gpupool_proto::transport::{self, ServerIdentity};
 use gpupool_proto::ProtoError;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The hello must arrive within this long of connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Set for a worker whose session the daemon relays (QUIC).
 const RELAYED_ENV: &str = "GPUPOOL_SESSION_RELAYED";
+/// Set (hex) for a worker that terminates QUIC itself on the UDP socket at
+/// fd 3: the ticket its client must present.
+const TICKET_ENV: &str = "GPUPOOL_SESSION_TICKET";
+/// How long a redirected client has to reach its worker.
+const REDIRECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a worker gets its session's bytes.
+enum SessionSocket {
+    /// The client's TCP socket itself.
+    Tcp,
+    /// A socket pair; the daemon relays the QUIC stream.
+    Relayed,
+    /// A UDP socket of its own; the client comes back with this ticket.
+    QuicDirect([u8; 32]),
+}
 /// Relay buffer of a QUIC session, each way.
 const RELAY_BUFFER: usize = 1 << 20;
 /// Largest hello accepted.
@@ -140,7 +156,7 @@ impl Daemon {
         let std_stream = stream.into_std()?;
         std_stream.set_nonblocking(false)?;
         let fd: OwnedFd = std_stream.into();
-        self.spawn_worker(fd, &hello, false)
+        self.spawn_worker(fd, &hello, SessionSocket::Tcp)
     }
 
     async fn accept_quic(self: Arc<Self>, endpoint: quinn::Endpoint) -> anyhow::Result<()> {
@@ -166,8 +182,35 @@ impl Daemon {
         let Some(hello) = self.handshake(&mut duplex).await? else {
             return Ok(());
         };
+        if self.cfg.quic_direct {
+            match self.session_socket(connection.local_ip()) {
+                Ok(socket) => {
+                    let port = socket.local_addr()?.port();
+                    let ticket = random_ticket()?;
+                    self.spawn_worker(socket.into(), &hello, SessionSocket::QuicDirect(ticket))?;
+                    let mut out = Vec::new();
+                    gpupool_proto::frame::encode_frame(
+                        &mut out,
+                        0,
+                        0,
+                        &Welcome::Redirect { port, ticket },
+                        &[],
+                        MAX_HELLO,
+                    )?;
+                    send.write_all(&out).await?;
+                    let _ = send.finish();
+                    // The client closes this connection once it has the
+                    // redirect; do not drop it before.
+                    let _ = tokio::time::timeout(REDIRECT_TIMEOUT, connection.closed()).await;
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(
+                    "no UDP port for a direct QUIC session ({e}); relaying this session through the daemon"
+                ),
+            }
+        }
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        self.spawn_worker(theirs.into(), &hello, true)?;
+        self.spawn_worker(theirs.into(), &hello, SessionSocket::Relayed)?;
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
         let (from_worker, mut to_worker) = ours.into_split();
@@ -187,6 +230,25 @@ impl Daemon {
         tokio::join!(upstream, downstream);
         connection.close(0u32.into(), b"session ended");
         Ok(())
+    }
+
+    /// A UDP socket for one direct QUIC session, on the address the client
+    /// reached and a port of `quic_session_ports` (any free port when that
+    /// is empty).
+    fn session_socket(&self, local_ip: Option<std::net::IpAddr>) -> anyhow::Result<std::net::UdpSocket> {
+        let ip = local_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let (first, last) = self.cfg.quic_session_port_range()?;
+        let mut last_error = None;
+        for port in first..=last {
+            match std::net::UdpSocket::bind((ip, port)) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(anyhow::anyhow!(
+            "ports {first}-{last} on {ip}: {}",
+            last_error.map(|e| e.to_string()).unwrap_or_default()
+        ))
     }
 
     /// Read and check the hello. `None` means the client was refused (and
@@ -224,7 +286,7 @@ impl Daemon {
         Ok(Some(hello))
     }
 
-    fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello, relayed: bool) -> anyhow::Result<()> {
+    fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello, socket: SessionSocket) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let client = format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program);
@@ -234,10 +296,15 @@ impl Daemon {
             cmd.arg("--config").arg(c);
         }
         cmd.env("GPUPOOL_CLIENT", &client);
-        if relayed {
-            cmd.env(RELAYED_ENV, "1");
-        } else {
-            cmd.env_remove(RELAYED_ENV);
+        cmd.env_remove(RELAYED_ENV).env_remove(TICKET_ENV);
+        match socket {
+            SessionSocket::Tcp => {}
+            SessionSocket::Relayed => {
+                cmd.env(RELAYED_ENV, "1");
+            }
+            SessionSocket::QuicDirect(ticket) => {
+                cmd.env(TICKET_ENV, hex(&ticket));
+            }
         }
         let raw = fd.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls run:
@@ -352,12 +419,110 @@ impl AsyncWrite for Duplex<'_> {
 
 /// Run one session in this (worker) process over the socket at `fd`.
 pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::Result<()> {
-    use crate::worker::{SessionEnd, Worker};
     let client = std::env::var("GPUPOOL_CLIENT").unwrap_or_default();
     let span = tracing::info_span!("session", id = session_id, client = %client);
     let _enter = span.enter();
+    if let Ok(ticket) = std::env::var(TICKET_ENV) {
+        let ticket = parse_ticket(&ticket).ok_or_else(|| anyhow::anyhow!("{TICKET_ENV} is not a session ticket"))?;
+        let identity =
+            transport::load_or_create_server_identity(cfg.tls_cert.as_deref(), cfg.tls_key.as_deref(), &cfg.state_dir)?;
+        let listener = transport::DirectQuicListener::new(std::net::UdpSocket::from(fd), &identity)?;
+        let mut stream = accept_redirected(&listener, &ticket, Instant::now() + REDIRECT_TIMEOUT)?;
+        let result = serve_session(cfg, session_id, &mut stream.reader, &mut stream.writer);
+        stream.writer.finish(Duration::from_secs(1));
+        stream.close("session ended");
+        return result;
+    }
     let reader = std::fs::File::from(fd);
     let mut writer = reader.try_clone()?;
+    // A client's TCP socket is polled between requests; a QUIC session's
+    // socket pair is fed by the daemon's runtime, which polling would only
+    // starve of a core.
+    let relayed = std::env::var_os(RELAYED_ENV).is_some();
+    let poll = if relayed { 0 } else { cfg.poll_us };
+    let mut reader = transport::Polling::new(transport::SocketRead(reader), Duration::from_micros(poll));
+    serve_session(cfg, session_id, &mut reader, &mut writer)
+}
+
+/// Wait for the redirected client: the first connection whose hello carries
+/// `ticket`. Others are refused and closed; at `deadline` the worker gives up.
+fn accept_redirected(
+    listener: &transport::DirectQuicListener,
+    ticket: &[u8; 32],
+    deadline: Instant,
+) -> anyhow::Result<transport::DirectQuicStream> {
+    loop {
+        let mut stream = listener
+            .accept(deadline)
+            .map_err(|e| anyhow::anyhow!("the redirected client did not arrive: {e}"))?;
+        stream.reader.set_deadline(Some(deadline));
+        let mut msg = Vec::new();
+        let hello = gpupool_proto::frame::read_frame(&mut stream.reader, &mut msg, MAX_HELLO).and_then(|h| {
+            gpupool_proto::frame::skip_bulk(&mut stream.reader, h.bulk_len)?;
+            codec::decode::<Hello>(&msg)
+        });
+        stream.reader.set_deadline(None);
+        let refusal = match &hello {
+            Ok(h) if h.validate().is_err() => Some("hello is not valid".to_string()),
+            Ok(h) if h.session_ticket.is_some_and(|t| same_ticket(&t, ticket)) => None,
+            Ok(_) => Some("this port serves another session".to_string()),
+            Err(e) => Some(format!("no hello: {e}")),
+        };
+        let Some(reason) = refusal else {
+            return Ok(stream);
+        };
+        tracing::warn!(peer = %stream.peer, "refusing a connection to the session's port: {reason}");
+        let mut scratch = Vec::new();
+        let _ = gpupool_proto::frame::write_frame(
+            &mut stream.writer,
+            &mut scratch,
+            0,
+            0,
+            &Welcome::Refused { reason },
+            &[],
+            MAX_HELLO,
+        );
+        stream.writer.finish(Duration::from_millis(200));
+        stream.close("refused");
+    }
+}
+
+/// 32 bytes from the kernel's random source.
+fn random_ticket() -> std::io::Result<[u8; 32]> {
+    let mut ticket = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut ticket)?;
+    Ok(ticket)
+}
+
+/// Compare tickets in time independent of where they differ.
+fn same_ticket(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_ticket(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Serve one session: load the driver, welcome the client, run its requests
+/// until it goes, and free what it held.
+fn serve_session<R: Read, W: Write>(
+    cfg: &ServerConfig,
+    session_id: u64,
+    reader: &mut R,
+    writer: &mut W,
+) -> anyhow::Result<()> {
+    use crate::worker::{SessionEnd, Worker};
     let driver = match crate::driver::Driver::load(&cfg.driver) {
         Ok(d) => d,
         Err(e) => {
@@ -365,7 +530,7 @@ pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::R
             tracing::error!("{reason}");
             let mut scratch = Vec::new();
             gpupool_proto::frame::write_frame(
-                &mut writer,
+                writer,
                 &mut scratch,
                 0,
                 0,
@@ -379,13 +544,7 @@ pub fn run_worker(cfg: &ServerConfig, session_id: u64, fd: OwnedFd) -> anyhow::R
     let info = Worker::session_info(&driver, session_id, &cfg.server_id, cfg.simulated);
     let images = ImageCache::open(&cfg.state_dir.join("images"), cfg.image_cache_mib << 20);
     let mut worker = Worker::new(&driver, session_id, cfg.max_frame).with_image_cache(images);
-    worker.welcome(&mut writer, info)?;
-    // A client's TCP socket is polled between requests; a QUIC session's
-    // socket pair is fed by the daemon's runtime, which polling would only
-    // starve of a core.
-    let relayed = std::env::var_os(RELAYED_ENV).is_some();
-    let poll = if relayed { 0 } else { cfg.poll_us };
-    let reader = transport::Polling::new(transport::SocketRead(reader), Duration::from_micros(poll));
+    worker.welcome(writer, info)?;
     let (end, freed) = worker.serve(reader, writer);
     let how = match &end {
         SessionEnd::Disconnected => "client disconnected".to_string(),
@@ -432,6 +591,20 @@ mod tests {
             issued_at_ms: 1_000,
             expires_at_ms,
         })
+    }
+
+    #[test]
+    fn tickets_round_trip_through_hex_and_compare_whole() {
+        let ticket: [u8; 32] = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let text = hex(&ticket);
+        assert_eq!(text.len(), 64);
+        assert_eq!(parse_ticket(&text), Some(ticket));
+        assert_eq!(parse_ticket(&text[..62]), None);
+        assert_eq!(parse_ticket(&format!("{}zz", &text[..62])), None);
+        let mut other = ticket;
+        other[31] ^= 0x80;
+        assert!(same_ticket(&ticket, &ticket));
+        assert!(!same_ticket(&ticket, &other));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub struct Hello {
     /// Its format and verification are in [`crate::lease`].
     pub lease_token: Option<String>,
     pub client: ClientInfo,
+    /// The ticket of a `Welcome::Redirect`, presented on the connection it
+    /// redirected to.
+    pub session_ticket: Option<[u8; 32]>,
 }
 
 /// Who the client is, for logs and accounting.
@@ -29,7 +32,16 @@ pub struct ClientInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Welcome {
     Accepted(SessionInfo),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
+    /// The session waits on another QUIC port of the same host (a worker
+    /// process that terminates QUIC itself): connect there, with the same
+    /// certificate check, and present `ticket` in the hello.
+    Redirect {
+        port: u16,
+        ticket: [u8; 32],
+    },
 }
 
 /// What the server offers this session.
@@ -77,6 +89,7 @@ impl Hello {
             version: crate::PROTOCOL_VERSION,
             lease_token,
             client,
+            session_ticket: None,
         }
     }
 

@@ -476,3 +476,68 @@ fn kept_errors_are_returned_once_by_a_synchronous_copy() {
         Reply::Status(0)
     ));
 }
+
+/// One QUIC exchange at the protocol level: connect to `url`, send a hello
+/// with `ticket`, read the welcome. The connection is returned so that the
+/// caller decides when it closes.
+fn quic_hello(url: &str, ticket: Option<[u8; 32]>) -> (Welcome, gpupool_proto::transport::ClientStream) {
+    use gpupool_proto::transport::{self, ClientTls, ServerUrl};
+    let url = ServerUrl::parse(url).unwrap();
+    let mut stream = transport::connect(&url, &ClientTls::Pinned).unwrap();
+    let mut hello = Hello::new(
+        None,
+        ClientInfo {
+            host: "test".into(),
+            pid: 1,
+            program: "e2e".into(),
+        },
+    );
+    hello.session_ticket = ticket;
+    let mut out = Vec::new();
+    frame::encode_frame(&mut out, 0, FLAG_WANTS_REPLY, &hello, &[], 1 << 20).unwrap();
+    stream.writer.write_all(&out).unwrap();
+    let mut msg = Vec::new();
+    let h = frame::read_frame(&mut stream.reader, &mut msg, 1 << 20).unwrap();
+    frame::skip_bulk(&mut stream.reader, h.bulk_len).unwrap();
+    (codec::decode(&msg).unwrap(), stream)
+}
+
+/// A QUIC session is handed to its worker on a port of its own; that port
+/// serves only the client holding the session's ticket.
+#[test]
+fn a_redirected_session_port_serves_only_its_ticket() {
+    let server = Server::start();
+    let (welcome, first) = quic_hello(&server.quic, None);
+    let Welcome::Redirect { port, ticket } = welcome else {
+        panic!("expected a redirect, got {welcome:?}");
+    };
+    (first.close)();
+    let fingerprint = server.quic.split("fingerprint=").nth(1).unwrap();
+    let session_url = format!("quic://127.0.0.1:{port}?fingerprint={fingerprint}");
+    let mut wrong = ticket;
+    wrong[0] ^= 1;
+    for bad in [None, Some(wrong)] {
+        match quic_hello(&session_url, bad).0 {
+            Welcome::Refused { reason } => assert!(reason.contains("another session"), "{reason}"),
+            other => panic!("a connection without the ticket got {other:?}"),
+        }
+    }
+    match quic_hello(&session_url, Some(ticket)).0 {
+        Welcome::Accepted(info) => assert!(info.simulated && !info.devices.is_empty(), "{info:?}"),
+        other => panic!("the ticket holder got {other:?}"),
+    }
+}
+
+/// With direct sessions off, the daemon relays QUIC sessions itself; the
+/// program sees no difference.
+#[test]
+fn quic_sessions_are_relayed_when_direct_sessions_are_off() {
+    let server = Server::start_with(&[("GPUPOOL_QUIC_DIRECT", "false")]);
+    let (welcome, first) = quic_hello(&server.quic, None);
+    assert!(matches!(welcome, Welcome::Accepted(_)), "{welcome:?}");
+    (first.close)();
+    for mode in ["vadd", "threads"] {
+        let out = driver_check(&server.quic, &[mode]);
+        assert!(out.contains("OK"), "{mode}: {out}");
+    }
+}

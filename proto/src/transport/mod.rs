@@ -7,6 +7,7 @@
 
 mod poll;
 mod quic;
+mod quic_direct;
 mod tcp;
 mod url;
 
@@ -15,6 +16,7 @@ pub use quic::{
     cert_fingerprint, load_or_create_server_identity, quic_client_connect, quic_server_endpoint, ClientTls,
     ServerIdentity, ALPN,
 };
+pub use quic_direct::{DirectQuicListener, DirectQuicReader, DirectQuicStream, DirectQuicWriter};
 pub use tcp::tcp_client_connect;
 pub use url::{Scheme, ServerUrl};
 

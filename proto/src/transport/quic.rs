@@ -323,6 +323,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProtoError> {
 
 /// A QUIC server endpoint on `addr` (must be called inside a tokio runtime).
 pub fn quic_server_endpoint(identity: &ServerIdentity, addr: SocketAddr) -> Result<quinn::Endpoint, ProtoError> {
+    Ok(quinn::Endpoint::server(quic_server_config(identity)?, addr)?)
+}
+
+/// The server side's QUIC configuration: this identity, TLS 1.3, gpupool's
+/// ALPN and transport windows.
+pub(crate) fn quic_server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, ProtoError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -333,5 +339,5 @@ pub fn quic_server_endpoint(identity: &ServerIdentity, addr: SocketAddr) -> Resu
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
-    Ok(quinn::Endpoint::server(config, addr)?)
+    Ok(config)
 }
