@@ -321,6 +321,13 @@ impl Remote {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// End the session at process exit: the server frees what it held at
+    /// once.
+    pub fn end(&self) {
+        self.dead.store(true, Ordering::Release);
+        (self.close)();
+    }
+
     /// End the session from the client side (its lease ended): every later
     /// call fails with `reason` logged once, and a thread blocked reading the
     /// connection returns.

@@ -541,3 +541,17 @@ fn quic_sessions_are_relayed_when_direct_sessions_are_off() {
         assert!(out.contains("OK"), "{mode}: {out}");
     }
 }
+
+/// A program that exits ends its QUIC session at once: the server frees what
+/// it held then, not after the connection's idle timeout (30 s).
+#[test]
+fn a_quic_session_ends_when_its_program_exits() {
+    let server = Server::start();
+    let out = driver_check(&server.quic, &["vadd"]);
+    assert!(out.contains("OK vadd"), "{out}");
+    assert!(
+        server.wait_for_log("session ended (client disconnected)", Duration::from_secs(5)),
+        "the session outlived its program:\n{}",
+        server.log()
+    );
+}

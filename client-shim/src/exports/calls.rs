@@ -137,6 +137,9 @@ pub unsafe fn init(flags: u32) -> CuResult {
                     let r = Arc::clone(&remote);
                     crate::broker::hold(broker, &granted, move |why| r.fail(format!("the GPU lease ended: {why}")));
                 }
+                // SAFETY: registering a plain extern "C" function with no
+                // captured state.
+                unsafe { libc::atexit(end_session_at_exit) };
                 let s = &remote.session;
                 tracing::info!(server = %url, session = s.session_id, devices = s.devices.len(), simulated = s.simulated, "connected to gpupool server");
                 if s.devices.is_empty() {
@@ -155,6 +158,16 @@ pub unsafe fn init(flags: u32) -> CuResult {
         }
     });
     result.as_ref().map(|_| ()).map_err(|e| *e)
+}
+
+/// At exit, end the session so the server frees it now (a QUIC peer would
+/// otherwise wait for its idle timeout).
+extern "C" fn end_session_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(s)) = SHIM.get() {
+            s.remote.end();
+        }
+    });
 }
 
 /// The driver version the program is told (and the integrity hash covers).

@@ -240,6 +240,8 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
     })?;
     let rt = runtime.handle().clone();
     let closer = connection.clone();
+    let draining = endpoint.clone();
+    let close_rt = rt.clone();
     Ok(ClientStream {
         reader: Box::new(QuicReader { rt: rt.clone(), recv }),
         writer: Box::new(QuicWriter { rt, send }),
@@ -248,7 +250,20 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
             _endpoint: endpoint,
             _connection: connection,
         })),
-        close: Box::new(move || closer.close(0u32.into(), b"client ended the session")),
+        // Tell the server at once (it frees the session then, not after an
+        // idle timeout) and give the close a moment to leave.
+        close: Box::new(move || {
+            closer.close(0u32.into(), b"client ended the session");
+            // Waited for on a thread of its own: this runs at process exit
+            // too, when the calling thread's locals may be gone already.
+            let (rt, endpoint) = (close_rt.clone(), draining.clone());
+            let waiter = std::thread::spawn(move || {
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
+                })
+            });
+            let _ = waiter.join();
+        }),
         peer: url.to_string(),
     })
 }

@@ -6,7 +6,7 @@
 //! The worker thread drives the connection whenever it reads or writes the
 //! session stream (a current-thread runtime, entered with `block_on`). While
 //! it runs a long driver call (a synchronise on a kernel that takes seconds)
-//! nobody would answer the peer's packets; a keeper thread then drives the
+//! nobody would answer the peer's packets; a keeper thread then (after 20 ms) drives the
 //! runtime until the worker comes back to the stream, so acknowledgements
 //! and keep-alives flow and the connection does not time out.
 
@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 
 /// After the worker has been away from the stream this long, the keeper
 /// drives the connection.
-const KEEPER_AFTER: Duration = Duration::from_millis(5);
-/// How often the keeper looks, and how soon it gives the runtime back.
+const KEEPER_AFTER: Duration = Duration::from_millis(20);
+/// How often the keeper looks (rarely: an idle session should cost nothing).
+const KEEPER_LOOK: Duration = Duration::from_millis(20);
+/// While driving, how soon the keeper gives the runtime back.
 const KEEPER_TICK: Duration = Duration::from_millis(1);
 
 /// Who drives the runtime: `away_since` is 0 while the worker is at the
@@ -50,7 +52,7 @@ impl Drive {
 
     fn keeper(self: Arc<Self>) {
         while !self.stop.load(Ordering::Acquire) {
-            std::thread::sleep(KEEPER_TICK);
+            std::thread::sleep(KEEPER_LOOK);
             let since = self.away_since.load(Ordering::Acquire);
             if since == 0 || self.now_us().saturating_sub(since) < KEEPER_AFTER.as_micros() as u64 {
                 continue;
