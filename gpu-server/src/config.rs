@@ -48,6 +48,45 @@ pub struct ServerConfig {
     /// Ports for direct QUIC sessions, `FIRST-LAST` (for firewalls); empty
     /// takes any free port.
     pub quic_session_ports: String,
+    /// Broker URLs (`http://host:port`, comma-separated for several) this
+    /// server registers with and heartbeats to; empty: no broker.
+    pub broker: String,
+    /// The secret the broker's servers present (its `server_secret`).
+    pub broker_server_secret: Option<String>,
+    /// The URL clients dial, as the broker hands it out in leases; empty:
+    /// the QUIC listener (with its fingerprint) when there is one, else the
+    /// TCP one, on this host's name when listening on every address.
+    pub advertise: String,
+    /// Topology the server cannot discover (the software driver), or that
+    /// corrects discovery: one entry per GPU ordinal to change.
+    pub gpu: Vec<GpuTopology>,
+    /// Network devices to report instead of those found in sysfs.
+    pub nic: Vec<NicTopology>,
+}
+
+/// A `[[gpu]]` table: what to report for one GPU instead of what was found.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuTopology {
+    /// The CUDA ordinal on this server.
+    pub ordinal: u8,
+    pub model: Option<String>,
+    pub numa_node: Option<u16>,
+    pub local_cpus: Option<Vec<u32>>,
+    pub pci_address: Option<String>,
+    /// Ordinals of the GPUs this one reaches over NVLink.
+    pub nvlink_peers: Option<Vec<u8>>,
+}
+
+/// A `[[nic]]` table: one network device of this server.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NicTopology {
+    pub name: String,
+    #[serde(default)]
+    pub numa_node: u16,
+    #[serde(default)]
+    pub rdma: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +108,11 @@ impl Default for ServerConfig {
             poll_us: 100,
             quic_direct: true,
             quic_session_ports: String::new(),
+            broker: String::new(),
+            broker_server_secret: None,
+            advertise: String::new(),
+            gpu: Vec::new(),
+            nic: Vec::new(),
         }
     }
 }
@@ -108,6 +152,11 @@ impl ServerConfig {
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
         cfg.quic_session_port_range()?;
+        if !cfg.broker.is_empty() && cfg.broker_server_secret.is_none() {
+            return Err(ConfigError::Key(
+                "broker is set but broker_server_secret (GPUPOOL_BROKER_SERVER_SECRET) is not: the broker registers only servers that present it".into(),
+            ));
+        }
         if cfg.server_id.is_empty() {
             cfg.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -175,6 +224,15 @@ impl ServerConfig {
         }
         if let Some(v) = get("GPUPOOL_QUIC_SESSION_PORTS") {
             self.quic_session_ports = v;
+        }
+        if let Some(v) = get("GPUPOOL_BROKER") {
+            self.broker = v;
+        }
+        if let Some(v) = get("GPUPOOL_BROKER_SERVER_SECRET") {
+            self.broker_server_secret = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = get("GPUPOOL_ADVERTISE") {
+            self.advertise = v;
         }
         if let Some(v) = get("GPUPOOL_POLL_US") {
             self.poll_us = v

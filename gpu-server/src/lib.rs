@@ -13,7 +13,9 @@
 pub mod config;
 pub mod driver;
 pub mod images;
+pub mod inventory;
 pub mod nvml;
+pub mod registration;
 pub mod session;
 pub mod tables;
 pub mod worker;

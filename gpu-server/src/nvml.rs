@@ -70,6 +70,31 @@ impl ServerNvml {
     }
 }
 
+/// NVLink links a device has (NVML's `NVML_NVLINK_MAX_LINKS`).
+const MAX_NVLINKS: u32 = 18;
+
+impl ServerNvml {
+    /// The PCI addresses (domain, bus, device) of what this device's active
+    /// NVLink links reach: other GPUs, or NVSwitches. Empty without NVML.
+    pub fn nvlink_remotes(&self, uuid: &[u8; 16]) -> Vec<(u32, u32, u32)> {
+        let Some(nvml) = self.nvml.as_ref() else {
+            return Vec::new();
+        };
+        let Ok(device) = nvml.device_by_uuid(gpu_uuid_string(uuid)) else {
+            return Vec::new();
+        };
+        (0..MAX_NVLINKS)
+            .filter_map(|link| {
+                let link = device.link_wrapper_for(link);
+                if !link.is_active().unwrap_or(false) {
+                    return None;
+                }
+                link.remote_pci_info().ok().map(|p| (p.domain, p.bus, p.device))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

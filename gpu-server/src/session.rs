@@ -6,6 +6,7 @@
 
 use crate::config::ServerConfig;
 use crate::images::ImageCache;
+use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
 use gpupool_proto::handshake::{Hello, Welcome};
@@ -58,8 +59,19 @@ pub struct Bound {
     pub quic: Option<(std::net::SocketAddr, String)>,
 }
 
+/// A running session, as the broker agent may end it.
+struct LiveSession {
+    pid: u32,
+    /// The broker's lease id the client presented, when it presented one.
+    lease: Option<String>,
+    started: Instant,
+}
+
 struct Daemon {
     cfg: ServerConfig,
+    /// Sessions whose workers run (entries leave before the worker is
+    /// reaped, so a pid here is never another process's).
+    sessions: std::sync::Mutex<std::collections::HashMap<u64, LiveSession>>,
     /// The broker's key, when lease tokens are verified.
     lease_key: Option<LeasePublicKey>,
     launcher: WorkerLauncher,
@@ -68,8 +80,15 @@ struct Daemon {
 }
 
 /// Bind the configured listeners and serve until the process is stopped.
-/// `on_ready` is told the bound addresses (with the QUIC fingerprint).
-pub async fn serve(cfg: ServerConfig, launcher: WorkerLauncher, on_ready: impl FnOnce(&Bound)) -> anyhow::Result<()> {
+/// `on_ready` is told the bound addresses (with the QUIC fingerprint). With
+/// `inventory` (the server's GPUs and NICs) and a broker configured, the
+/// server registers with the broker and heartbeats.
+pub async fn serve(
+    cfg: ServerConfig,
+    launcher: WorkerLauncher,
+    inventory: Option<(Vec<Gpu>, Vec<Nic>)>,
+    on_ready: impl FnOnce(&Bound),
+) -> anyhow::Result<()> {
     let tcp = if cfg.listen_tcp.is_empty() {
         None
     } else {
@@ -101,18 +120,34 @@ pub async fn serve(cfg: ServerConfig, launcher: WorkerLauncher, on_ready: impl F
             .map(|(e, fp)| e.local_addr().map(|a| (a, fp.clone())))
             .transpose()?,
     };
-    let lease_key = cfg.lease_public_key()?;
+    let lease_key = match cfg.lease_public_key()? {
+        None if !cfg.broker.is_empty() => {
+            let cfg = cfg.clone();
+            Some(tokio::task::spawn_blocking(move || crate::registration::fetch_public_key(&cfg)).await??)
+        }
+        key => key,
+    };
     if lease_key.is_some() {
         tracing::info!(server = %cfg.server_id, "verifying lease tokens with the broker's public key");
     }
+    let endpoint = match inventory {
+        Some(_) => Some(crate::registration::advertised_url(&cfg, &bound)?),
+        None => None,
+    };
     on_ready(&bound);
     let daemon = Arc::new(Daemon {
         lease_key,
         cfg,
+        sessions: Default::default(),
         launcher,
         next_session: AtomicU64::new(1),
         live: AtomicUsize::new(0),
     });
+    if let (Some((gpus, nics)), Some(endpoint)) = (inventory, endpoint) {
+        tracing::info!(broker = %daemon.cfg.broker, %endpoint, gpus = gpus.len(), "registering with the broker");
+        let sessions: Arc<dyn crate::registration::Sessions> = Arc::clone(&daemon) as _;
+        crate::registration::start(&daemon.cfg, endpoint, gpus, nics, sessions)?;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = tcp {
         let d = Arc::clone(&daemon);
@@ -150,13 +185,13 @@ impl Daemon {
 
     async fn start_tcp(self: Arc<Self>, mut stream: tokio::net::TcpStream) -> anyhow::Result<()> {
         stream.set_nodelay(true)?;
-        let Some(hello) = self.handshake(&mut stream).await? else {
+        let Some((hello, lease)) = self.handshake(&mut stream).await? else {
             return Ok(());
         };
         let std_stream = stream.into_std()?;
         std_stream.set_nonblocking(false)?;
         let fd: OwnedFd = std_stream.into();
-        self.spawn_worker(fd, &hello, SessionSocket::Tcp)
+        self.spawn_worker(fd, &hello, lease, SessionSocket::Tcp)
     }
 
     async fn accept_quic(self: Arc<Self>, endpoint: quinn::Endpoint) -> anyhow::Result<()> {
@@ -179,7 +214,7 @@ impl Daemon {
             r: &mut recv,
             w: &mut send,
         };
-        let Some(hello) = self.handshake(&mut duplex).await? else {
+        let Some((hello, lease)) = self.handshake(&mut duplex).await? else {
             return Ok(());
         };
         if self.cfg.quic_direct {
@@ -187,7 +222,7 @@ impl Daemon {
                 Ok(socket) => {
                     let port = socket.local_addr()?.port();
                     let ticket = random_ticket()?;
-                    self.spawn_worker(socket.into(), &hello, SessionSocket::QuicDirect(ticket))?;
+                    self.spawn_worker(socket.into(), &hello, lease, SessionSocket::QuicDirect(ticket))?;
                     let mut out = Vec::new();
                     gpupool_proto::frame::encode_frame(
                         &mut out,
@@ -210,7 +245,7 @@ impl Daemon {
             }
         }
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        self.spawn_worker(theirs.into(), &hello, SessionSocket::Relayed)?;
+        self.spawn_worker(theirs.into(), &hello, lease, SessionSocket::Relayed)?;
         ours.set_nonblocking(true)?;
         let ours = tokio::net::UnixStream::from_std(ours)?;
         let (from_worker, mut to_worker) = ours.into_split();
@@ -252,11 +287,16 @@ impl Daemon {
     }
 
     /// Read and check the hello. `None` means the client was refused (and
-    /// told why).
-    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S) -> anyhow::Result<Option<Hello>> {
+    /// told why); otherwise the hello, with the lease it holds when it
+    /// presented a token.
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> anyhow::Result<Option<(Hello, Option<String>)>> {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(stream))
             .await
             .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))??;
+        let mut lease = None;
         let refusal = if let Err(e) = hello.validate() {
             Some(e.to_string())
         } else if let Err(reason) = check_lease(
@@ -265,7 +305,9 @@ impl Daemon {
             &self.cfg.server_id,
             hello.lease_token.as_deref(),
             unix_ms_now(),
-        ) {
+        )
+        .map(|claims| lease = claims.map(|c| c.lease_id))
+        {
             Some(reason)
         } else if self.live.load(Ordering::Relaxed) >= self.cfg.max_sessions {
             Some(format!(
@@ -283,10 +325,16 @@ impl Daemon {
             stream.flush().await?;
             return Ok(None);
         }
-        Ok(Some(hello))
+        Ok(Some((hello, lease)))
     }
 
-    fn spawn_worker(self: &Arc<Self>, fd: OwnedFd, hello: &Hello, socket: SessionSocket) -> anyhow::Result<()> {
+    fn spawn_worker(
+        self: &Arc<Self>,
+        fd: OwnedFd,
+        hello: &Hello,
+        lease: Option<String>,
+        socket: SessionSocket,
+    ) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let client = format!("{}/{}/{}", hello.client.host, hello.client.pid, hello.client.program);
@@ -324,11 +372,22 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot start worker {}: {e}", self.launcher.exe.display()))?;
         drop(fd);
         self.live.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(session, client = %client, pid = child.id(), "session started");
+        let pid = child.id();
+        tracing::info!(session, client = %client, pid, lease = %lease.as_deref().unwrap_or("-"), "session started");
+        self.sessions_lock().insert(
+            session,
+            LiveSession {
+                pid,
+                lease,
+                started: Instant::now(),
+            },
+        );
         let d = Arc::clone(self);
         std::thread::Builder::new()
             .name(format!("session-{session}"))
             .spawn(move || {
+                wait_without_reaping(pid);
+                d.sessions_lock().remove(&session);
                 let status = child.wait();
                 d.live.fetch_sub(1, Ordering::Relaxed);
                 match status {
@@ -338,6 +397,53 @@ impl Daemon {
                 }
             })?;
         Ok(())
+    }
+}
+
+impl Daemon {
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, LiveSession>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl crate::registration::Sessions for Daemon {
+    fn end_unleased(&self, active: &[u64], asked: Instant) -> usize {
+        let sessions = self.sessions_lock();
+        let mut ended = 0;
+        for (id, s) in sessions.iter() {
+            let Some(lease) = &s.lease else { continue };
+            if s.started >= asked || active.iter().any(|a| a.to_string() == *lease) {
+                continue;
+            }
+            tracing::warn!(
+                session = id,
+                lease = %lease,
+                "ending the session: its lease is no longer active at the broker (lost, preempted or released)"
+            );
+            // SAFETY: plain syscall on a pid that is ours and not yet reaped
+            // (entries leave the table before their worker is reaped, and
+            // the table is locked).
+            if unsafe { libc::kill(s.pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                ended += 1;
+            }
+        }
+        ended
+    }
+}
+
+/// Wait until the process `pid` (a child) has exited, leaving it to be
+/// reaped afterwards.
+fn wait_without_reaping(pid: u32) {
+    loop {
+        // SAFETY: waitid with WNOWAIT only reads the child's state into
+        // `info`, a zeroed siginfo_t we own.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
     }
 }
 

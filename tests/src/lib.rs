@@ -121,6 +121,12 @@ impl Server {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        Server::start_configured(env, None)
+    }
+
+    /// A server with `config` as its TOML configuration file (the flags of
+    /// [`Server::start_with`] still apply over it).
+    pub fn start_configured(env: &[(&str, &str)], config: Option<&str>) -> Server {
         let state = scratch_dir().join(format!(
             "server-{}",
             std::time::SystemTime::now()
@@ -143,6 +149,12 @@ impl Server {
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        if let Some(text) = config {
+            std::fs::create_dir_all(&state).expect("server state folder");
+            let file = state.join("server.toml");
+            std::fs::write(&file, text).expect("write the server configuration");
+            cmd.arg("--config").arg(file);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -203,6 +215,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// The daemon's process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn tcp_addr(&self) -> String {

@@ -6,7 +6,10 @@
 //! (`gpupool-server worker ...` is the per-session worker the daemon starts.)
 
 use anyhow::{bail, Context};
+use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_gpu_server::config::ServerConfig;
+use gpupool_gpu_server::inventory;
+use gpupool_gpu_server::nvml::ServerNvml;
 use gpupool_gpu_server::session::{self, WorkerLauncher};
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -56,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find this program's path to start workers")?;
     let launcher = WorkerLauncher { exe, config_file };
-    check_driver(&cfg)?;
+    let inventory = check_driver(&cfg)?;
     // One runtime thread: the daemon only accepts, checks hellos and relays
     // QUIC sessions, and a QUIC packet, its connection and its relay task
     // handled on one thread cross no thread boundary (QUIC sync call p50
@@ -66,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(session::serve(cfg, launcher, |bound| {
+    runtime.block_on(session::serve(cfg, launcher, inventory, |bound| {
         let mut line = String::from("gpupool-server ready:");
         if let Some(a) = bound.tcp {
             line += &format!(" tcp://{a}");
@@ -81,7 +84,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Load the driver once at start so a broken installation fails now, with
 /// its reason, rather than at the first client; and say what is served.
-fn check_driver(cfg: &ServerConfig) -> anyhow::Result<()> {
+/// With a broker configured, describe the GPUs and NICs for it.
+fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>)>> {
     let driver = gpupool_gpu_server::driver::Driver::load(&cfg.driver)?;
     let count = driver
         .device_count()
@@ -97,5 +101,17 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!(driver = %driver.path, devices = count, "driver loaded{label}");
-    Ok(())
+    if cfg.broker.is_empty() {
+        return Ok(None);
+    }
+    let nvml = if cfg.simulated {
+        ServerNvml::absent()
+    } else {
+        ServerNvml::load()
+    };
+    let (gpus, nics) = inventory::describe(cfg, &driver, &nvml)?;
+    for g in &gpus {
+        tracing::info!(uuid = %g.uuid, model = %g.model, numa_node = g.numa_node, pci = %g.pci_address, nvlink_peers = ?g.nvlink_peers, "GPU for the broker");
+    }
+    Ok(Some((gpus, nics)))
 }

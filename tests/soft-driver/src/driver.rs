@@ -52,8 +52,10 @@ pub fn with<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuResult<T> {
 }
 
 /// `cuInit`: creates the driver state on first call. Reads
-/// `GPUPOOL_SOFT_MEMORY_MIB` (memory per device, default 16384) and
-/// `GPUPOOL_SOFT_DEVICE_COUNT` (default 1).
+/// `GPUPOOL_SOFT_MEMORY_MIB` (memory per device, default 16384),
+/// `GPUPOOL_SOFT_DEVICE_COUNT` (default 1) and `GPUPOOL_SOFT_MACHINE_ID`
+/// (0 to 65535, default 0: goes into the device UUIDs, so that simulated
+/// servers of one pool have GPUs of their own).
 pub fn init(flags: u32) -> CuResult<()> {
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -68,14 +70,17 @@ pub fn init(flags: u32) -> CuResult<()> {
         };
         let mib = env_num("GPUPOOL_SOFT_MEMORY_MIB", DEFAULT_MEMORY_MIB)?;
         let count = env_num("GPUPOOL_SOFT_DEVICE_COUNT", 1)?;
+        let machine = env_num("GPUPOOL_SOFT_MACHINE_ID", 0)?;
         if count == 0 {
             return Err(100); // CUDA_ERROR_NO_DEVICE
         }
-        if mib == 0 || count > 64 {
+        if mib == 0 || count > 64 || machine > u16::MAX as u64 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let capacity = mib.checked_mul(1 << 20).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        *guard = Some(Driver::new(count as usize, capacity));
+        let mut driver = Driver::new(count as usize, capacity);
+        driver.machine_id = machine as u16;
+        *guard = Some(driver);
     }
     Ok(())
 }
@@ -182,6 +187,8 @@ pub struct LaunchConfig {
 /// The whole simulated driver.
 pub struct Driver {
     devices: Vec<Device>,
+    /// Distinguishes this simulated machine's device UUIDs.
+    machine_id: u16,
     next_handle: u64,
     contexts: HashMap<u64, Context>,
     /// Handles of destroyed (non-primary) contexts.
@@ -303,6 +310,7 @@ impl Driver {
     fn new(count: usize, capacity: u64) -> Driver {
         let mut d = Driver {
             devices: Vec::new(),
+            machine_id: 0,
             next_handle: FIRST_HANDLE,
             contexts: HashMap::new(),
             retired: HashSet::new(),
@@ -359,6 +367,9 @@ impl Driver {
     pub fn device_uuid(&self, dev: i32) -> CuResult<[u8; 16]> {
         let d = self.device(dev)?;
         let mut uuid = *b"gpupool-softgpu\0";
+        if self.machine_id != 0 {
+            uuid[13..15].copy_from_slice(&self.machine_id.to_be_bytes());
+        }
         uuid[15] = d as u8;
         Ok(uuid)
     }
