@@ -85,6 +85,31 @@ fn http_raw(broker: &Broker, method: &str, path: &str, token: &str, body: Option
     (head.to_string(), body.to_string())
 }
 
+/// `driver_check args` with only the broker named: the shim takes a lease.
+fn brokered(broker: &Broker, request: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = through_shim(&c_program("driver_check"), "");
+    cmd.env_remove("GPUPOOL_SERVER")
+        .env("GPUPOOL_BROKER", &broker.url)
+        .env("GPUPOOL_BROKER_TOKEN", ADMIN)
+        .args(args);
+    if let Some(r) = request {
+        cmd.env("GPUPOOL_REQUEST", r);
+    }
+    cmd
+}
+
+/// Runs `cmd` and checks that it printed `expected` and succeeded.
+fn assert_runs(cmd: Command, expected: &str, server: &Server) {
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(expected),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+}
+
 /// The program's output up to its `HOLDING` line (or its end).
 fn held(program: &mut Child) -> String {
     let mut out = String::new();
@@ -188,19 +213,10 @@ fn a_program_gets_its_gpu_through_a_broker_lease() {
     );
 
     // With only the broker named, the program runs.
-    let mut cmd = through_shim(&c_program("driver_check"), "");
-    cmd.env_remove("GPUPOOL_SERVER")
-        .env("GPUPOOL_BROKER", &broker.url)
-        .env("GPUPOOL_BROKER_TOKEN", ADMIN)
-        .env("GPUPOOL_REQUEST", "memory_mib=4096,compute=0.5")
-        .arg("vadd");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("OK vadd"),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
+    assert_runs(
+        brokered(&broker, Some("memory_mib=4096,compute=0.5"), &["vadd"]),
+        "OK vadd",
+        &server,
     );
 
     // The lease was a half-GPU slice on sim-a, and it was released at exit.
@@ -217,13 +233,8 @@ fn a_program_gets_its_gpu_through_a_broker_lease() {
 #[test]
 fn a_request_the_pool_cannot_meet_fails_clearly() {
     let broker = start_broker("empty");
-    let mut cmd = through_shim(&c_program("driver_check"), "");
-    cmd.env_remove("GPUPOOL_SERVER")
-        .env("GPUPOOL_BROKER", &broker.url)
-        .env("GPUPOOL_BROKER_TOKEN", ADMIN)
-        .env("GPUPOOL_BROKER_WAIT_S", "1")
-        .env("GPUPOOL_REQUEST", "gpus=1")
-        .arg("vadd");
+    let mut cmd = brokered(&broker, Some("gpus=1"), &["vadd"]);
+    cmd.env("GPUPOOL_BROKER_WAIT_S", "1");
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -279,20 +290,7 @@ fn a_server_registers_itself_and_serves_the_leases_of_its_gpus() {
     assert!(!out.status.success(), "a client without a lease token was served");
 
     // Both GPUs as one gang, over the advertised QUIC endpoint.
-    let mut cmd = through_shim(&c_program("driver_check"), "");
-    cmd.env_remove("GPUPOOL_SERVER")
-        .env("GPUPOOL_BROKER", &broker.url)
-        .env("GPUPOOL_BROKER_TOKEN", ADMIN)
-        .env("GPUPOOL_REQUEST", "gpus=2")
-        .arg("vadd");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("OK vadd"),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    assert_runs(brokered(&broker, Some("gpus=2"), &["vadd"]), "OK vadd", &server);
     let leases = http(&broker, "GET", "/v1/leases", ADMIN, None);
     let lease = &leases.as_array().unwrap()[0];
     assert_eq!(lease["gpus"].as_array().unwrap().len(), 2, "{lease}");
@@ -358,13 +356,8 @@ fn a_silent_server_is_marked_down_and_its_holders_are_told() {
     let server = registering_server(&broker, "sim-s", "9");
     wait_for(Duration::from_secs(20), || server_view(&broker, "sim-s"))
         .unwrap_or_else(|| panic!("the server did not register:\n{}", server.log()));
-    let mut cmd = through_shim(&c_program("driver_check"), "");
-    cmd.env_remove("GPUPOOL_SERVER")
-        .env("GPUPOOL_BROKER", &broker.url)
-        .env("GPUPOOL_BROKER_TOKEN", ADMIN)
-        .arg("hold")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = brokered(&broker, None, &["hold"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut program = cmd.spawn().unwrap();
     let holder_log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stderr = program.stderr.take().unwrap();
@@ -417,16 +410,5 @@ fn a_silent_server_is_marked_down_and_its_holders_are_told() {
         server_view(&broker, "sim-s").filter(|v| v["state"] == "Up")
     })
     .unwrap_or_else(|| panic!("the server did not come back up:\n{}", server.log()));
-    let mut cmd = through_shim(&c_program("driver_check"), "");
-    cmd.env_remove("GPUPOOL_SERVER")
-        .env("GPUPOOL_BROKER", &broker.url)
-        .env("GPUPOOL_BROKER_TOKEN", ADMIN)
-        .arg("vadd");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("OK vadd"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        server.log()
-    );
+    assert_runs(brokered(&broker, None, &["vadd"]), "OK vadd", &server);
 }
