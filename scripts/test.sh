@@ -33,5 +33,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== CUDA toolchains from PyPI (for the nvcc program tests)"
 GPUPOOL_TEST_CUDA_HOMES="$(./scripts/cuda-toolchain.sh)"
 export GPUPOOL_TEST_CUDA_HOMES GPUPOOL_REQUIRE_CUDA=1
+if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
+    # Opt-in: PyTorch through gpupool (a cu13 wheel and its CUDA libraries,
+    # about 5 GB), in a virtual environment of its own.
+    echo "== PyTorch from PyPI (GPUPOOL_TEST_TORCH=1)"
+    venv=target/torch-venv
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q "torch==2.15.0"
+    export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
+fi
 echo "== tests"
 cargo test --workspace

@@ -1273,6 +1273,52 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
     Err(CuError::INVALID_VALUE)
 }
 
+/// Bytes of a pointer attribute's value (`cuPointerGetAttributes` writes a
+/// zero of this size for one that does not apply).
+fn pointer_attribute_size(attribute: i32) -> usize {
+    match attribute {
+        // CUDA_POINTER_ATTRIBUTE_P2P_TOKENS
+        5 => 16,
+        // Memory type, and the int-valued flags and ordinals.
+        2 | 6 | 8 | 9 | 10 | 13 | 15 | 16 | 21 => 4,
+        _ => 8,
+    }
+}
+
+/// `cuPointerGetAttributes`: each attribute as `cuPointerGetAttribute`
+/// answers it; one that does not apply to the pointer (an unknown pointer
+/// among them: CUDA's plural form does not fail for those) reads as zero.
+pub unsafe fn pointer_get_attributes(
+    count: u32,
+    attributes: *const i32,
+    data: *mut *mut c_void,
+    ptr: CUdeviceptr,
+) -> CuResult {
+    shim()?;
+    if count == 0 || attributes.is_null() || data.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    for i in 0..count as usize {
+        // SAFETY: the caller passes `count` attributes and `count` slots
+        // (API contract); both were checked for null.
+        let (attribute, slot) = unsafe { (*attributes.add(i), *data.add(i)) };
+        if slot.is_null() {
+            continue;
+        }
+        // SAFETY: `slot` holds room for the attribute's value (API
+        // contract).
+        match unsafe { pointer_get_attribute(slot, attribute, ptr) } {
+            Ok(()) => {}
+            Err(e) if e == CuError::INVALID_VALUE || e == CuError::NOT_SUPPORTED => {
+                // SAFETY: as above; the zero is the attribute's own size.
+                unsafe { std::ptr::write_bytes(slot.cast::<u8>(), 0, pointer_attribute_size(attribute)) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 // ---- copies and memsets ----------------------------------------------------
 
 /// The context owning `ptr..ptr+len`, or INVALID_VALUE when the range is not
@@ -1655,6 +1701,16 @@ pub unsafe fn event_destroy(event: CUevent) -> CuResult {
         },
         &[],
     )
+}
+
+/// `cuEventRecordWithFlags`: outside stream capture, CU_EVENT_RECORD_EXTERNAL
+/// (1) records as plain `cuEventRecord` does (gpupool does not capture).
+pub unsafe fn event_record_with_flags(mode: DefaultStream, event: CUevent, stream: CUstream, flags: u32) -> CuResult {
+    if flags & !1 != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: same contract as cuEventRecord.
+    unsafe { event_record(mode, event, stream) }
 }
 
 pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {

@@ -1,0 +1,175 @@
+//! PyTorch (an unmodified cu13 wheel from PyPI) through gpupool, against a
+//! server on the software driver: CUDA start-up (cudart 13.2's export tables
+//! and integrity check, NVML), the caching allocator, copies each way and
+//! device to device, pinned memory on a side stream, events with timing, and
+//! the first kernel launch reaching the server.
+//!
+//! The wheel and its CUDA libraries are about 5 GB, so this runs only when
+//! asked: `GPUPOOL_TEST_TORCH_PYTHON` names a Python with torch
+//! (`GPUPOOL_TEST_TORCH=1 ./scripts/test.sh` installs one and sets it).
+//! Without it the tests say so and pass, unless `GPUPOOL_REQUIRE_TORCH=1`.
+
+use gpupool_tests::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("GPUPOOL_TEST_TORCH_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        assert!(
+            std::env::var("GPUPOOL_REQUIRE_TORCH").as_deref() != Ok("1"),
+            "GPUPOOL_REQUIRE_TORCH=1 but GPUPOOL_TEST_TORCH_PYTHON is not set"
+        );
+        eprintln!("no PyTorch given (GPUPOOL_TEST_TORCH_PYTHON); the PyTorch tests did not run");
+    }
+    python
+}
+
+/// Runs `script` with PyTorch through the shim (and the NVML shim); returns
+/// (success, stdout, stderr with the call report).
+fn run_torch(python: &PathBuf, server: &Server, script: &str) -> (bool, String, String) {
+    let dir = scratch_dir().join("torch-libs");
+    link_libraries(
+        &dir,
+        &[
+            ("libcuda.so.1", shim_dir().join("libcuda.so.1")),
+            ("libnvidia-ml.so.1", nvml_shim()),
+        ],
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg("-c")
+        .arg(script)
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("GPUPOOL_SERVER", &server.tcp)
+        .env("GPUPOOL_LOG", "warn")
+        .env("GPUPOOL_CALL_REPORT", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(300));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Tensors go to the (simulated) GPU and back through PyTorch's own paths:
+/// pageable and pinned copies, device-to-device, a side stream, memory
+/// queries and timed events. No kernel runs.
+#[test]
+fn pytorch_moves_tensors_through_gpupool() {
+    let Some(python) = python() else { return };
+    let server = Server::start();
+    let script = r#"
+import torch
+assert torch.cuda.is_available() and torch.cuda.device_count() == 1
+print("name", torch.cuda.get_device_name(0))
+a = torch.arange(100000, dtype=torch.float32)
+x = torch.empty(100000, device="cuda")
+x.copy_(a)
+y = torch.empty_like(x)
+y.copy_(x)
+print("roundtrip", torch.equal(a, y.cpu()))
+s = torch.cuda.Stream()
+with torch.cuda.stream(s):
+    z = a.pin_memory().to("cuda", non_blocking=True)
+s.synchronize()
+print("pinned", torch.equal(z.cpu(), a))
+free, total = torch.cuda.mem_get_info()
+print("memory", total, free < total)
+e1 = torch.cuda.Event(enable_timing=True)
+e2 = torch.cuda.Event(enable_timing=True)
+e1.record(); w = x.cpu(); e2.record(); e2.synchronize()
+print("events", e1.elapsed_time(e2) >= 0, e2.query())
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("name gpupool simulated GPU 0"), "{}", context());
+    assert!(stdout.contains("roundtrip True"), "{}", context());
+    assert!(stdout.contains("pinned True"), "{}", context());
+    assert!(
+        stdout.contains(&format!("memory {} True", 16384u64 << 20)),
+        "{}",
+        context()
+    );
+    assert!(stdout.contains("events True True"), "{}", context());
+    // PyTorch's hot queries cost no round trip.
+    let row = |call: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{call} ")))
+            .map(|l| l.split_whitespace().nth(4).unwrap_or("").to_string())
+    };
+    for call in [
+        "cuCtxGetDevice_v2",
+        "cuDevicePrimaryCtxGetState",
+        "cuPointerGetAttributes",
+    ] {
+        assert_eq!(
+            row(call).as_deref(),
+            Some("0"),
+            "{call} went to the server:\n{}",
+            context()
+        );
+    }
+}
+
+/// PyTorch's first kernel (the fill of `torch.ones`) is resolved from its
+/// fat binaries and launched on the server; the software driver knows no
+/// PyTorch kernel, refuses it, and the error comes back at the synchronise,
+/// as an asynchronous error does.
+#[test]
+fn pytorch_first_kernel_reaches_the_server() {
+    let Some(python) = python() else { return };
+    let server = Server::start();
+    let script = r#"
+import torch
+x = torch.ones(4, device="cuda")
+print("launched")
+try:
+    torch.cuda.synchronize()
+    print("synchronised")
+except Exception as e:
+    print("sync error:", e)
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("launched"), "{}", context());
+    assert!(
+        stdout.contains("sync error: CUDA error: operation not supported"),
+        "{}",
+        context()
+    );
+    let launch = stderr
+        .lines()
+        .find(|l| l.starts_with("cuLaunchKernel "))
+        .unwrap_or_else(|| panic!("no launch arrived:\n{}", context()));
+    let cols: Vec<&str> = launch.split_whitespace().collect();
+    assert!(
+        cols[1] != "0" && cols[5] == "0",
+        "the launch itself failed: {launch}\n{}",
+        context()
+    );
+    // The kernel came from a library registered in the shim (no round trip)
+    // and shipped to the server at its first use.
+    let row = |call: &str| -> Vec<String> {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{call} ")))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        row("cuLibraryLoadData").get(4).map(String::as_str),
+        Some("0"),
+        "{}",
+        context()
+    );
+    assert!(!row("cuLibraryGetKernel").is_empty(), "{}", context());
+    assert!(
+        cols[4] != "0",
+        "the kernel's image was not shipped at its launch: {launch}"
+    );
+}
