@@ -69,10 +69,10 @@ fn main() -> anyhow::Result<()> {
         }
         Stopping::LostLeadership => {
             // Clients that still call get a clear `503 not_leader` (and try
-            // the next broker) for one lease TTL; then the port closes and
+            // the next broker) for a lease TTL (2 s at least); then the port closes and
             // the process ends, for its supervisor to start it again as a
             // standby.
-            let linger = Duration::from_secs(cfg.etcd_lease_ttl_s.clamp(1, 60));
+            let linger = Duration::from_secs(cfg.etcd_lease_ttl_s.clamp(2, 60));
             tracing::error!(
                 "lost the leadership: answering 503 not_leader for {linger:?}, then exiting to rejoin as a standby"
             );

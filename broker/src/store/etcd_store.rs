@@ -145,23 +145,29 @@ enum Beat {
     Failed(String),
 }
 
-/// Sends one keep-alive (opening the stream first when there is none: that
-/// sends one itself) and reads its answer.
-async fn beat(client: &mut Client, lease_id: i64, stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>) -> Beat {
-    match stream {
-        Some((keeper, _)) => {
-            if let Err(e) = keeper.keep_alive().await {
-                return Beat::Failed(e.to_string());
+/// Sends one keep-alive and reads its answer. With no stream yet, opening
+/// one is the keep-alive: etcd-client sends a first request and reads its
+/// answer itself (refusing a lease that has expired), which renews the lease
+/// to its full TTL (`ttl_s`).
+async fn beat(
+    client: &mut Client,
+    lease_id: i64,
+    ttl_s: i64,
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Beat {
+    let Some((keeper, responses)) = stream.as_mut() else {
+        return match client.lease_keep_alive(lease_id).await {
+            Ok(opened) => {
+                *stream = Some(opened);
+                Beat::Alive(ttl_s)
             }
-        }
-        None => match client.lease_keep_alive(lease_id).await {
-            Ok(opened) => *stream = Some(opened),
-            Err(e) => return Beat::Failed(e.to_string()),
-        },
-    }
-    let Some((_, responses)) = stream.as_mut() else {
-        return Beat::Failed("no keep-alive stream".into());
+            Err(etcd_client::Error::LeaseKeepAliveError(why)) if why.contains("not found") => Beat::Expired,
+            Err(e) => Beat::Failed(e.to_string()),
+        };
     };
+    if let Err(e) = keeper.keep_alive().await {
+        return Beat::Failed(e.to_string());
+    }
     match responses.message().await {
         Ok(Some(r)) if r.ttl() > 0 => Beat::Alive(r.ttl()),
         Ok(Some(_)) => Beat::Expired,
@@ -181,7 +187,7 @@ async fn keep_alive(mut client: Client, lease_id: i64, ttl_s: i64, leadership: A
             return;
         }
         let sent = Instant::now();
-        let answer = tokio::time::timeout(every, beat(&mut client, lease_id, &mut stream))
+        let answer = tokio::time::timeout(every, beat(&mut client, lease_id, ttl_s, &mut stream))
             .await
             .unwrap_or_else(|_| Beat::Failed("etcd did not answer the keep-alive in time".into()));
         match answer {
