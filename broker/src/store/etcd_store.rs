@@ -577,5 +577,17 @@ mod tests {
         assert!(lease.token.is_some());
         assert_eq!(broker.pool().allocated_milli, 400);
         assert!(broker.pool().store.starts_with("etcd "));
+        drop(broker);
+        // A broker with a key of its own would sign tokens the GPU servers
+        // refuse: it does not start.
+        let other = Broker::open(
+            Settings::default(),
+            Box::new(EtcdStore::open(options(&etcd, "c")).unwrap()),
+            gpupool_proto::lease::LeaseSigner::from_seed([3; 32]),
+        );
+        match other {
+            Err(crate::control::BrokerError::KeyMismatch(why)) => assert!(why.contains("signing_key_file"), "{why}"),
+            other => panic!("expected a key mismatch, got {other:?}"),
+        }
     }
 }
