@@ -70,6 +70,8 @@ struct Leadership {
     stepped_down: AtomicBool,
     /// Milliseconds after `base` until which the lease is surely alive.
     valid_until_ms: AtomicU64,
+    /// Told when leadership is lost, so that a campaign stops waiting.
+    lost: tokio::sync::Notify,
 }
 
 impl Leadership {
@@ -79,6 +81,7 @@ impl Leadership {
             elected: AtomicBool::new(false),
             stepped_down: AtomicBool::new(false),
             valid_until_ms: AtomicU64::new(0),
+            lost: tokio::sync::Notify::new(),
         }
     }
 
@@ -97,8 +100,13 @@ impl Leadership {
     }
 
     fn step_down(&self, why: &str) {
-        if !self.stepped_down.swap(true, Ordering::SeqCst) && self.elected.load(Ordering::SeqCst) {
-            tracing::error!("{why}: this broker is no longer the leader and refuses every change");
+        if !self.stepped_down.swap(true, Ordering::SeqCst) {
+            if self.elected.load(Ordering::SeqCst) {
+                tracing::error!("{why}: this broker is no longer the leader and refuses every change");
+            } else {
+                tracing::error!("{why} while standing by");
+            }
+            self.lost.notify_one();
         }
     }
 
@@ -250,10 +258,14 @@ impl EtcdStore {
                 lease_ttl_s = ttl_s,
                 "campaigning for broker leadership; standing by until elected"
             );
-            let mut response = client
-                .campaign(format!("{}leader", options.prefix), options.name.clone(), lease_id)
-                .await
-                .map_err(|e| open_err(format!("election failed: {e}")))?;
+            let mut campaigner = client.clone();
+            let campaign = campaigner.campaign(format!("{}leader", options.prefix), options.name.clone(), lease_id);
+            let mut response = tokio::select! {
+                r = campaign => r.map_err(|e| open_err(format!("election failed: {e}")))?,
+                _ = leadership.lost.notified() => {
+                    return Err(open_err("lost the etcd lease while standing by; start again".into()));
+                }
+            };
             let leader = response
                 .take_leader()
                 .ok_or_else(|| open_err("election answered without a leader key".into()))?;
@@ -533,6 +545,43 @@ mod tests {
         assert!(matches!(second.apply(&put(b"3")), Err(StoreError::NotLeader)));
         assert!(!second.is_leader());
         assert_eq!(second.load(Table::Meta).unwrap(), vec![("k".into(), b"2".to_vec())]);
+    }
+
+    #[test]
+    fn a_standby_that_loses_its_lease_stops_waiting() {
+        let Some(etcd) = etcd("standby-lost") else { return };
+        let first = EtcdStore::open(options(&etcd, "first")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let standby_options = options(&etcd, "second");
+        std::thread::spawn(move || {
+            let _ = tx.send(EtcdStore::open(standby_options).map(|_| ()));
+        });
+        // The standby's campaign key is the other one under the election
+        // prefix; revoke its lease.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async {
+                let mut client = Client::connect([etcd.url.as_str()], None).await?;
+                loop {
+                    let keys = client
+                        .get("/gpupool-test/leader", Some(GetOptions::new().with_prefix()))
+                        .await?;
+                    if let Some(kv) = keys.kvs().iter().find(|kv| kv.lease() != first.lease_id) {
+                        client.lease_revoke(kv.lease()).await?;
+                        return Ok::<_, etcd_client::Error>(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .unwrap();
+        let opened = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the standby stopped waiting");
+        assert!(opened.is_err(), "a standby without a lease must not become leader");
+        assert!(first.is_leader());
     }
 
     #[test]
