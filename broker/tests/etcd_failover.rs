@@ -2,7 +2,8 @@
 //! `gpupool-broker` processes on one prefix and one signing key. The leader
 //! is killed and the standby takes over every lease; a leader stopped past
 //! its lease's TTL comes back deposed, refuses every call with
-//! `503 not_leader` and changes nothing.
+//! `503 not_leader` and changes nothing; a leader stopped cleanly hands over
+//! at once.
 //!
 //! Needs the `etcd` binary (Debian: etcd-server): without it the tests say
 //! so and pass, unless `GPUPOOL_REQUIRE_ETCD=1` (as `scripts/test.sh` sets).
@@ -118,12 +119,12 @@ struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    fn start(dir: &Dir, name: &str, etcd: &EtcdFixture, prefix: &str, key_file: &Path) -> BrokerProcess {
+    fn start(dir: &Dir, name: &str, etcd: &EtcdFixture, prefix: &str, key_file: &Path, ttl_s: u64) -> BrokerProcess {
         let port = free_port();
         let config = dir.0.join(format!("{name}.toml"));
         let text = format!(
             "listen = \"127.0.0.1:{port}\"\nstore = \"etcd\"\netcd_endpoints = [\"{}\"]\n\
-             etcd_prefix = \"{prefix}\"\netcd_lease_ttl_s = {LEASE_TTL_S}\nbroker_name = \"{name}\"\n\
+             etcd_prefix = \"{prefix}\"\netcd_lease_ttl_s = {ttl_s}\nbroker_name = \"{name}\"\n\
              admin_token = \"{ADMIN}\"\nserver_secret = \"{SECRET}\"\nsigning_key_file = \"{}\"\n\
              heartbeat_timeout_ms = 60000\n",
             etcd.url,
@@ -217,19 +218,19 @@ struct Pool {
     _dir: Dir,
 }
 
-fn pool(test: &str, etcd: &EtcdFixture) -> Pool {
+fn pool(test: &str, etcd: &EtcdFixture, ttl_s: u64) -> Pool {
     let dir = Dir::new(test);
     // One key file for both, made before either starts.
     let key_file = dir.0.join("signing.key");
     let public_key = load_or_create_signing_key(&key_file).unwrap().public_key();
     let prefix = format!("/gpupool-{test}/");
-    let a = BrokerProcess::start(&dir, "broker-a", etcd, &prefix, &key_file);
+    let a = BrokerProcess::start(&dir, "broker-a", etcd, &prefix, &key_file, ttl_s);
     assert!(
         eventually(Duration::from_secs(20), || a.serving()),
         "broker A never served:\n{}",
         a.output()
     );
-    let mut b = BrokerProcess::start(&dir, "broker-b", etcd, &prefix, &key_file);
+    let mut b = BrokerProcess::start(&dir, "broker-b", etcd, &prefix, &key_file, ttl_s);
     b.standing_by();
     Pool {
         a,
@@ -319,7 +320,7 @@ fn the_standby_takes_over_every_lease_when_the_leader_is_killed() {
     let Some(etcd) = EtcdFixture::start("takeover") else {
         return;
     };
-    let pool = pool("takeover", &etcd);
+    let pool = pool("takeover", &etcd, LEASE_TTL_S);
     // Clients given both brokers, the leader first.
     let both = format!("{},{}", pool.a.url, pool.b.url);
     let admin = Client::new(&both, Some(ADMIN.into())).unwrap();
@@ -455,7 +456,7 @@ fn a_leader_stopped_past_its_lease_comes_back_deposed_and_changes_nothing() {
     let Some(etcd) = EtcdFixture::start("deposed") else {
         return;
     };
-    let mut pool = pool("deposed", &etcd);
+    let mut pool = pool("deposed", &etcd, LEASE_TTL_S);
     let (a, b) = (pool.a.admin(), pool.b.admin());
     call(
         &pool.a.server(),
@@ -540,4 +541,35 @@ fn a_leader_stopped_past_its_lease_comes_back_deposed_and_changes_nothing() {
     let next = lease_request(&b, json!({ "tenant": "nlp", "gpus": 1 }));
     assert_eq!(next["id"].as_u64(), third["id"].as_u64().map(|id| id + 1));
     nothing_over_allocated(&b);
+}
+
+#[test]
+fn a_leader_that_stops_cleanly_hands_over_at_once() {
+    let Some(etcd) = EtcdFixture::start("handover") else {
+        return;
+    };
+    // A long lease: only the old leader's resignation can make this quick.
+    let ttl_s = 10;
+    let mut pool = pool("handover", &etcd, ttl_s);
+    let lease = lease_request(
+        &pool.a.admin(),
+        json!({ "tenant": "nlp", "slice": { "memory_mib": 1024, "compute_milli": 100 } }),
+    );
+    assert_eq!(lease["state"], "queued", "no server registered: {lease}");
+    pool.a.signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let took_over = eventually(Duration::from_secs(ttl_s + 5), || pool.b.serving());
+    let handover = stopped.elapsed();
+    assert!(took_over, "the standby never took over:\n{}", pool.b.output());
+    println!(
+        "handover: {} ms from SIGTERM to the standby serving",
+        handover.as_millis()
+    );
+    assert!(
+        handover < Duration::from_secs(3),
+        "took {handover:?}: the leader did not resign"
+    );
+    assert!(pool.a.child.wait().unwrap().success(), "{}", pool.a.output());
+    let kept = call(&pool.b.admin(), "GET", &format!("/v1/leases/{}", lease["id"]), None);
+    assert_eq!(kept["state"], "queued");
 }
