@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every gpupool test. Installs what the tests need first: a C compiler
-# for the test programs, and the CUDA compiler and runtime from PyPI (no GPU
-# needed) for the tests that run unmodified nvcc programs through gpupool.
+# for the test programs, protoc and etcd for the broker's etcd backend (built
+# with its `etcd` feature; its failover tests run a real etcd), and the CUDA
+# compiler and runtime from PyPI (no GPU needed) for the tests that run
+# unmodified nvcc programs through gpupool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,8 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -24,12 +28,15 @@ fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 export CARGO_TERM_COLOR=never
+# The broker's etcd backend is built, linted and tested with the rest: the
+# same features on every step, so that no step rebuilds differently.
+features=(--features gpupool-broker/etcd)
 echo "== format"
 cargo fmt --all -- --check
 echo "== build (the whole-system tests run the built shim, server and software driver)"
-cargo build --workspace --all-targets
+cargo build --workspace --all-targets "${features[@]}"
 echo "== lint"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 echo "== CUDA toolchains from PyPI (for the nvcc program tests)"
 GPUPOOL_TEST_CUDA_HOMES="$(./scripts/cuda-toolchain.sh)"
 export GPUPOOL_TEST_CUDA_HOMES GPUPOOL_REQUIRE_CUDA=1
@@ -42,5 +49,7 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     "$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q "torch==2.15.0"
     export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
 fi
+# The etcd tests fail, rather than skip, without an etcd to run.
+export GPUPOOL_REQUIRE_ETCD=1
 echo "== tests"
-cargo test --workspace
+cargo test --workspace "${features[@]}"

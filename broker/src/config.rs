@@ -285,17 +285,32 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<LeaseSigner, ConfigErro
             let mut seed = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut seed);
             let signer = LeaseSigner::from_seed(seed);
-            let mut file = std::fs::OpenOptions::new()
+            // Written whole under a name of its own, then linked into place:
+            // brokers starting together on one key file all end up with the
+            // key that was linked first, never with a half-written file.
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{}.new", std::process::id()));
+            let fresh = PathBuf::from(name);
+            let _ = std::fs::remove_file(&fresh);
+            let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .map_err(|e| err(format!("cannot create it: {e}")))?;
-            file.write_all(format!("{}\n", signer.to_text()).as_bytes())
-                .and_then(|_| file.sync_all())
-                .map_err(|e| err(format!("cannot write it: {e}")))?;
-            tracing::info!(path = %path.display(), public_key = %signer.public_key().to_text(), "created a new signing key");
-            Ok(signer)
+                .open(&fresh)
+                .and_then(|mut file| {
+                    file.write_all(format!("{}\n", signer.to_text()).as_bytes())?;
+                    file.sync_all()
+                })
+                .and_then(|_| std::fs::hard_link(&fresh, path));
+            let _ = std::fs::remove_file(&fresh);
+            match written {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), public_key = %signer.public_key().to_text(), "created a new signing key");
+                    Ok(signer)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_signing_key(path),
+                Err(e) => Err(err(format!("cannot create it: {e}"))),
+            }
         }
         Err(e) => Err(err(format!("cannot read it: {e}"))),
     }

@@ -227,6 +227,10 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The shared store's tokens are signed with another key than this
+    /// broker's.
+    #[error("{0}")]
+    KeyMismatch(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -300,7 +304,8 @@ impl Broker {
     /// Opens a broker over `store`, restoring every server, tenant and lease
     /// it holds. Restored servers get a fresh heartbeat window.
     pub fn open(settings: Settings, store: Box<dyn Store>, signer: LeaseSigner) -> Result<Broker, BrokerError> {
-        let (state, writes) = load_state(store.as_ref(), settings.policy)?;
+        let (state, mut writes) = load_state(store.as_ref(), settings.policy)?;
+        writes.extend(check_signing_key(store.as_ref(), &signer)?);
         store.apply(&writes)?;
         let active = state.leases.values().filter(|l| l.state == LeaseState::Active).count();
         info!(
@@ -337,6 +342,12 @@ impl Broker {
             Err(StoreError::NotLeader)
         };
         if let Err(e) = result {
+            if matches!(e, StoreError::NotLeader) {
+                // A deposed leader serves nothing more; what it believes no
+                // longer matters, and the store is the new leader's.
+                warn!("store write refused: this broker is not the leader");
+                return Err(e.into());
+            }
             warn!("store write failed ({e}); reloading the broker's state from the store");
             match load_state(self.store.as_ref(), self.settings.policy) {
                 Ok((mut fresh, _)) => {
@@ -357,6 +368,12 @@ impl Broker {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this broker may serve: always with an embedded store; with a
+    /// replicated one, while it holds the leadership (once lost, never again).
+    pub fn is_leader(&self) -> bool {
+        self.store.is_leader()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -925,6 +942,10 @@ impl Broker {
     /// go down and their leases are lost; leases not renewed expire; ended
     /// leases past retention are forgotten; freed capacity goes to the queue.
     pub fn tick(&self) -> Result<(), BrokerError> {
+        if !self.is_leader() {
+            // Timing rules are the leader's to apply.
+            return Ok(());
+        }
         let now = now_ms();
         let timeout = self.settings.heartbeat_timeout;
         let mut st = self.lock();
@@ -1064,6 +1085,12 @@ impl Broker {
         let mut out = String::new();
         gauge(
             &mut out,
+            "gpupool_broker_leader",
+            "1 while this broker leads (may change the pool), 0 once it lost its leadership.",
+            &[("", if self.is_leader() { 1.0 } else { 0.0 })],
+        );
+        gauge(
+            &mut out,
             "gpupool_gpu_capacity",
             "GPU compute in the pool, in GPUs.",
             &[("", pool.capacity_milli as f64 / 1000.0)],
@@ -1149,6 +1176,40 @@ fn rebuild(policy: Policy, st: &mut State, now: u64) -> Result<Vec<Write>, Broke
         st.leases.insert(id, lease);
     }
     Ok(writes)
+}
+
+/// The `meta` record of the public key the pool's tokens verify with.
+const PUBLIC_KEY: &str = "public_key";
+
+/// Compares this broker's signing key with the one recorded in the store:
+/// brokers sharing a replicated store must sign alike, or the GPU servers
+/// would refuse the tokens of whichever is not the first. The write records
+/// the key when the store has none (or, embedded, when the key was changed).
+fn check_signing_key(store: &dyn Store, signer: &LeaseSigner) -> Result<Option<Write>, BrokerError> {
+    let ours = signer.public_key().to_text();
+    let mut recorded: Option<String> = None;
+    for (k, v) in store.load(Table::Meta)? {
+        if k == PUBLIC_KEY {
+            recorded = Some(decode(Table::Meta, &k, &v)?);
+        }
+    }
+    match recorded {
+        Some(key) if key == ours => Ok(None),
+        Some(key) if store.replicated() => Err(BrokerError::KeyMismatch(format!(
+            "this broker signs with public key {ours}, but the pool's leases are signed with {key}: \
+             give every broker of the pool the same signing_key_file"
+        ))),
+        Some(key) => {
+            warn!(
+                previous = %key,
+                now = %ours,
+                "the signing key changed: GPU servers that verify with the previous public key refuse the new tokens"
+            );
+            Ok(Some(put(Table::Meta, PUBLIC_KEY, &ours)?))
+        }
+        None if store.is_leader() => Ok(Some(put(Table::Meta, PUBLIC_KEY, &ours)?)),
+        None => Ok(None),
+    }
 }
 
 /// Reads the whole state from the store and rebuilds the placement pool;

@@ -11,21 +11,37 @@
 //! The broker speaks HTTP/1.1 with JSON bodies; this module has its own small
 //! blocking client (one request per connection) so the shim needs no async
 //! runtime.
+//!
+//! `GPUPOOL_BROKER` may list several brokers of one pool (comma-separated):
+//! a call goes to the one that answered last, and on to the next of the list
+//! when it cannot be reached or answers `503 not_leader` (neither changed
+//! anything, so the call is safe to repeat there).
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::{Mutex, OnceLock};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Longest a connection attempt to one broker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("GPUPOOL_BROKER {0:?} is not an http://host:port address")]
+    #[error("GPUPOOL_BROKER {0:?} is not an http://host:port address (or several, comma-separated)")]
     BadUrl(String),
     #[error("GPUPOOL_REQUEST {0:?}: {1}")]
     BadRequest(String, String),
     #[error("cannot reach the broker at {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("talking to the broker at {0} failed: {1}")]
     Io(String, std::io::Error),
+    /// The broker is not its pool's leader (`503 not_leader`).
+    #[error("the broker at {0} is not the leader: {1}")]
+    NotLeader(String, String),
+    #[error("no broker is serving as the leader: {0}")]
+    NoLeader(String),
     #[error("the broker answered {0}: {1}")]
     Status(u16, String),
     #[error("the broker's answer is not understood: {0}")]
@@ -36,10 +52,13 @@ pub enum BrokerError {
     Timeout(Duration, u64, String),
 }
 
-/// A broker address: `http://host:port`.
+/// The brokers of `GPUPOOL_BROKER`: `http://host:port`, or several
+/// separated by commas.
 #[derive(Debug, Clone)]
 pub struct Broker {
-    addr: String,
+    addrs: Vec<String>,
+    /// The broker that answered last (an index of `addrs`), shared by clones.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
 }
 
@@ -52,8 +71,10 @@ pub struct Granted {
     pub ttl: Duration,
 }
 
-impl Broker {
-    pub fn new(url: &str, token: Option<String>) -> Result<Broker, BrokerError> {
+/// `host:port` of each `http://host:port` of a comma-separated list.
+pub fn parse_urls(text: &str) -> Result<Vec<String>, BrokerError> {
+    let mut addrs = Vec::new();
+    for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| BrokerError::BadUrl(url.into()))?;
@@ -61,16 +82,57 @@ impl Broker {
         if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
             return Err(BrokerError::BadUrl(url.into()));
         }
+        addrs.push(addr.to_string());
+    }
+    if addrs.is_empty() {
+        return Err(BrokerError::BadUrl(text.into()));
+    }
+    Ok(addrs)
+}
+
+impl Broker {
+    pub fn new(url: &str, token: Option<String>) -> Result<Broker, BrokerError> {
         Ok(Broker {
-            addr: addr.to_string(),
+            addrs: parse_urls(url)?,
+            current: Arc::new(AtomicUsize::new(0)),
             token,
         })
     }
 
-    /// One HTTP exchange; the JSON body of a 2xx answer.
+    /// The broker calls go to first: the one that answered last.
+    pub fn url(&self) -> String {
+        let i = self.current.load(Ordering::Relaxed) % self.addrs.len();
+        format!("http://{}", self.addrs[i])
+    }
+
+    /// One call, at the broker that answered last, passed on down the list
+    /// while brokers cannot be reached or are not the leader.
     fn exchange(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, BrokerError> {
-        let io = |e| BrokerError::Io(self.addr.clone(), e);
-        let mut s = TcpStream::connect(&self.addr).map_err(io)?;
+        let n = self.addrs.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut passed = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            match self.exchange_with(&self.addrs[i], method, path, body) {
+                Err(e @ (BrokerError::Connect(..) | BrokerError::NotLeader(..))) if n > 1 => {
+                    passed.push(e.to_string());
+                }
+                Err(e @ (BrokerError::Connect(..) | BrokerError::NotLeader(..))) => return Err(e),
+                other => {
+                    // This broker serves (or failed in mid-call, when the call
+                    // may have been done: not repeated elsewhere).
+                    self.current.store(i, Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+        Err(BrokerError::NoLeader(passed.join("; ")))
+    }
+
+    /// One HTTP exchange with one broker; the JSON body of a 2xx answer.
+    fn exchange_with(&self, addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, BrokerError> {
+        let io = |e| BrokerError::Io(addr.to_string(), e);
+        let mut s = connect(addr).map_err(|e| BrokerError::Connect(addr.to_string(), e))?;
         s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
         s.set_write_timeout(Some(Duration::from_secs(30))).map_err(io)?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -80,15 +142,17 @@ impl Broker {
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes()).map_err(io)?;
         s.write_all(body.as_bytes()).map_err(io)?;
         let mut answer = Vec::new();
         s.take(16 << 20).read_to_end(&mut answer).map_err(io)?;
-        parse_response(&answer)
+        parse_response(&answer).map_err(|e| match e {
+            BrokerError::NotLeader(_, why) => BrokerError::NotLeader(addr.to_string(), why),
+            other => other,
+        })
     }
 
     /// Ask for a lease and wait (up to `wait`) while the broker queues it.
@@ -186,10 +250,14 @@ fn parse_response(answer: &[u8]) -> Result<Value, BrokerError> {
     }
     let text = String::from_utf8_lossy(body).into_owned();
     if !(200..300).contains(&status) {
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
+        let parsed = serde_json::from_str::<Value>(&text).ok();
+        let message = parsed
+            .as_ref()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or(text);
+        if status == 503 && parsed.is_some_and(|v| v["code"] == "not_leader") {
+            return Err(BrokerError::NotLeader(String::new(), message));
+        }
         return Err(BrokerError::Status(status, message));
     }
     if text.trim().is_empty() {
@@ -212,6 +280,18 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, BrokerError> {
         out.extend_from_slice(body.get(..size).ok_or_else(bad)?);
         body = body.get(size + 2..).ok_or_else(bad)?;
     }
+}
+
+/// Connects to the first address `addr` resolves to that answers.
+fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for socket in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address")))
 }
 
 /// `GPUPOOL_REQUEST`: comma-separated `key=value`: `gpus=N`, or a slice with
@@ -290,10 +370,15 @@ pub fn hold(broker: Broker, lease: &Granted, lost: impl Fn(String) + Send + 'sta
             std::thread::sleep(period);
             match broker.renew(id) {
                 Ok(()) => {}
-                Err(BrokerError::Io(addr, e)) => {
-                    // The broker may be restarting; the lease survives until
-                    // its TTL, so keep trying.
-                    tracing::warn!(lease = id, "cannot renew the lease at {addr}: {e}");
+                Err(
+                    e @ (BrokerError::Connect(..)
+                    | BrokerError::Io(..)
+                    | BrokerError::NotLeader(..)
+                    | BrokerError::NoLeader(..)),
+                ) => {
+                    // The broker may be restarting, or another taking over;
+                    // the lease survives until its TTL, so keep trying.
+                    tracing::warn!(lease = id, "cannot renew the lease: {e}");
                 }
                 Err(e) => {
                     if let Ok(mut h) = HELD.lock() {
@@ -354,8 +439,117 @@ mod tests {
     fn urls() {
         assert!(Broker::new("http://broker:7080", None).is_ok());
         assert!(Broker::new("http://broker:7080/", None).is_ok());
-        for bad in ["broker:7080", "https://b:1", "http://", "http://b:1/x"] {
+        for bad in [
+            "broker:7080",
+            "https://b:1",
+            "http://",
+            "http://b:1/x",
+            "",
+            " , ",
+            "http://a:1,b:2",
+            "http://a:1,https://b:2",
+        ] {
             assert!(Broker::new(bad, None).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_urls("http://a:1, http://b:2/ ,,http://c:3").unwrap(),
+            vec!["a:1".to_string(), "b:2".into(), "c:3".into()]
+        );
+        assert_eq!(Broker::new("http://a:1,http://b:2", None).unwrap().url(), "http://a:1");
+    }
+
+    /// A one-answer-per-connection HTTP server on a free loopback port;
+    /// counts the connections it took.
+    fn canned(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&taken);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                // Headers, then the body its Content-Length announces.
+                loop {
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (addr, taken)
+    }
+
+    fn closed_port() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    const NOT_LEADER: &str = r#"{"error":"this broker lost its leadership","code":"not_leader"}"#;
+
+    #[test]
+    fn calls_fall_through_to_the_leader_and_stay_there() {
+        let refused = closed_port();
+        let (deposed, deposed_calls) = canned("503 Service Unavailable", NOT_LEADER);
+        let (leader, leader_calls) = canned(
+            "200 OK",
+            r#"{"id":7,"state":"active","endpoint":"tcp://gpu:7070","token":"t","ttl_ms":9000}"#,
+        );
+        let broker = Broker::new(&format!("http://{refused},http://{deposed},http://{leader}"), None).unwrap();
+        let granted = broker.acquire(&json!({ "gpus": 1 }), Duration::from_secs(1)).unwrap();
+        assert_eq!((granted.id, granted.endpoint.as_str()), (7, "tcp://gpu:7070"));
+        assert_eq!(broker.url(), format!("http://{leader}"));
+        // Remembered, by the clone the renewal thread holds too.
+        let held = broker.clone();
+        held.renew(7).unwrap();
+        broker.release(7).unwrap();
+        assert_eq!(deposed_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(leader_calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn without_a_leader_the_error_names_every_broker_and_renewal_keeps_trying() {
+        let refused = closed_port();
+        let (deposed, _) = canned("503 Service Unavailable", NOT_LEADER);
+        let broker = Broker::new(&format!("http://{refused},http://{deposed}"), None).unwrap();
+        match broker.renew(1) {
+            Err(BrokerError::NoLeader(why)) => assert!(why.contains(&refused) && why.contains(&deposed), "{why}"),
+            other => panic!("expected NoLeader, got {other:?}"),
+        }
+        match Broker::new(&format!("http://{deposed}"), None).unwrap().renew(1) {
+            Err(BrokerError::NotLeader(addr, why)) => {
+                assert_eq!(addr, deposed);
+                assert!(why.contains("lost its leadership"), "{why}");
+            }
+            other => panic!("expected NotLeader, got {other:?}"),
+        }
+        // Another refusal is the answer: no retry at the next broker.
+        let (gone, _) = canned(
+            "410 Gone",
+            r#"{"error":"lease 1 is released: released by its holder","code":"lease_ended"}"#,
+        );
+        let (leader, leader_calls) = canned("200 OK", "{}");
+        let broker = Broker::new(&format!("http://{gone},http://{leader}"), None).unwrap();
+        assert!(matches!(broker.renew(1), Err(BrokerError::Status(410, _))));
+        assert_eq!(leader_calls.load(Ordering::SeqCst), 0);
     }
 }

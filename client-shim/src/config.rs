@@ -4,9 +4,10 @@
 //! - `GPUPOOL_TLS_CA`: PEM file of CA certificates to verify a QUIC server
 //!   against, instead of pinning a fingerprint
 //! - `GPUPOOL_LEASE_TOKEN`: lease token to present (issued by the broker)
-//! - `GPUPOOL_BROKER`: `http://host:port` of a gpupool broker; when set, the
-//!   shim asks it for a lease and connects to the server the lease names
-//!   (`GPUPOOL_SERVER` is then not needed)
+//! - `GPUPOOL_BROKER`: `http://host:port` of a gpupool broker, or the URLs of
+//!   all the brokers of a pool, comma-separated (tried in order until the
+//!   leader answers); when set, the shim asks it for a lease and connects to
+//!   the server the lease names (`GPUPOOL_SERVER` is then not needed)
 //! - `GPUPOOL_BROKER_TOKEN`: bearer token for the broker
 //! - `GPUPOOL_REQUEST`: what to ask the broker for, e.g. `gpus=1` (default)
 //!   or `memory_mib=8192,compute=0.5,model=H100`

@@ -25,7 +25,12 @@ use crate::config::{load_or_create_signing_key, BrokerConfig, ConfigError};
 use crate::control::{Broker, BrokerError, Registration};
 use crate::inventory::ServerState;
 use crate::lease::LeaseRequest;
+use crate::store::StoreError;
 use crate::tenant::Quota;
+
+/// The error code of an answer from a broker that is not the leader: the
+/// client should try the next broker of its list.
+pub const NOT_LEADER: &str = "not_leader";
 
 /// The OpenAPI document, kept beside this file.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -63,7 +68,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
             BrokerError::NoCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
             BrokerError::LeaseEnded { .. } => (StatusCode::GONE, "lease_ended"),
+            BrokerError::Store(StoreError::NotLeader) => (StatusCode::SERVICE_UNAVAILABLE, NOT_LEADER),
             BrokerError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+            BrokerError::KeyMismatch(_) => (StatusCode::INTERNAL_SERVER_ERROR, "signing_key"),
             BrokerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
@@ -120,9 +127,24 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl App {
+    /// Refuses every call on the pool's state once this broker is not the
+    /// leader: its memory may be behind the new leader's, and it may not
+    /// write.
+    fn leading(&self) -> Result<(), ApiError> {
+        if self.broker.is_leader() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                NOT_LEADER,
+                "this broker lost its leadership and serves nothing more; send requests to the pool's other brokers (list them all, comma-separated, in the broker URL)",
+            ))
+        }
+    }
+
     fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match bearer(headers) {
-            Some(t) if same_secret(t, &self.admin_token) => Ok(()),
+            Some(t) if same_secret(t, &self.admin_token) => self.leading(),
             Some(_) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -138,7 +160,7 @@ impl App {
 
     fn server(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match bearer(headers) {
-            Some(t) if same_secret(t, &self.server_secret) => Ok(()),
+            Some(t) if same_secret(t, &self.server_secret) => self.leading(),
             _ => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -320,23 +342,53 @@ impl std::fmt::Debug for RunningBroker {
     }
 }
 
+/// Why [`RunningBroker::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopping {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The broker lost its leadership of a replicated store; it answers
+    /// `503 not_leader` from now on.
+    LostLeadership,
+}
+
 impl RunningBroker {
+    /// Serves until the process gets SIGINT or SIGTERM, or the broker loses
+    /// its leadership (looked at every 50 ms).
+    pub fn wait(&self) -> Stopping {
+        let Some(rt) = &self.runtime else {
+            return Stopping::Signal;
+        };
+        let broker = Arc::clone(&self.broker);
+        rt.block_on(async {
+            let deposed = async {
+                let mut every = tokio::time::interval(Duration::from_millis(50));
+                while broker.is_leader() {
+                    every.tick().await;
+                }
+            };
+            tokio::select! {
+                _ = wait_for_signal() => Stopping::Signal,
+                _ = deposed => Stopping::LostLeadership,
+            }
+        })
+    }
+
     /// Serves until the process gets SIGINT or SIGTERM.
     pub fn wait_for_signal(&self) {
         if let Some(rt) = &self.runtime {
+            rt.block_on(wait_for_signal());
+        }
+    }
+
+    /// Keeps serving (`503 not_leader`, once deposed) for `period`, or until
+    /// SIGINT or SIGTERM.
+    pub fn linger(&self, period: Duration) {
+        if let Some(rt) = &self.runtime {
             rt.block_on(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                let terminated = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminated => {}
+                    _ = wait_for_signal() => {}
+                    _ = tokio::time::sleep(period) => {}
                 }
             });
         }
@@ -357,6 +409,23 @@ impl RunningBroker {
 impl Drop for RunningBroker {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Returns at SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
     }
 }
 

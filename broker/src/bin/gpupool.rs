@@ -4,8 +4,10 @@
 //! gpupool [--broker URL] [--token TOKEN] [--json] COMMAND ...
 //! ```
 //! `--broker` defaults to `GPUPOOL_BROKER_URL` (else http://127.0.0.1:7080),
-//! `--token` to `GPUPOOL_BROKER_ADMIN_TOKEN`. Tables for people by default;
-//! `--json` prints the API's JSON as it came.
+//! `--token` to `GPUPOOL_BROKER_ADMIN_TOKEN`. The URL may list the brokers of
+//! a pool, comma-separated: each call goes on down the list until the leader
+//! answers. Tables for people by default; `--json` prints the API's JSON as
+//! it came.
 
 use anyhow::{bail, Context};
 use gpupool_broker::client::Client;

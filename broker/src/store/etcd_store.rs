@@ -9,15 +9,26 @@
 //! by the leader's election key: a broker that lost its leadership (its lease
 //! expired while it was cut off) cannot write, even before it notices.
 //!
+//! A leader also steps down on its own, for good, when it cannot confirm its
+//! lease in time: each keep-alive answer extends its leadership to the time
+//! the keep-alive was *sent* plus the TTL etcd granted, which is never later
+//! than the moment etcd itself lets the lease expire. Past that deadline —
+//! etcd unreachable, or the process stopped for longer than the TTL —
+//! [`Store::is_leader`] answers false before any other broker can have been
+//! elected, so a deposed leader never serves from stale memory.
+//!
 //! etcd-client is async; the store owns a small runtime of its own and
 //! blocks on it, as the [`Store`] trait is synchronous (the broker calls it
 //! off its async workers).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaderKey, ResignOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaderKey, LeaseKeepAliveStream, LeaseKeeper,
+    ResignOptions, Txn, TxnOp,
+};
 
 use super::{Store, StoreError, Table, Write};
 
@@ -48,6 +59,74 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
 }
 
+/// Whether this broker leads, shared with the keep-alive task.
+#[derive(Debug)]
+struct Leadership {
+    /// Origin of `valid_until_ms`.
+    base: Instant,
+    /// Set once the election is won.
+    elected: AtomicBool,
+    /// Set once leadership is lost or given up; never cleared.
+    stepped_down: AtomicBool,
+    /// Milliseconds after `base` until which the lease is surely alive.
+    valid_until_ms: AtomicU64,
+    /// Told when leadership is lost, so that a campaign stops waiting.
+    lost: tokio::sync::Notify,
+}
+
+impl Leadership {
+    fn new() -> Leadership {
+        Leadership {
+            base: Instant::now(),
+            elected: AtomicBool::new(false),
+            stepped_down: AtomicBool::new(false),
+            valid_until_ms: AtomicU64::new(0),
+            lost: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn since_base(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_millis() as u64
+    }
+
+    /// Records that the lease lives at least until `sent + ttl`.
+    fn confirmed(&self, sent: Instant, ttl_s: i64) {
+        let until = self.since_base(sent) + (ttl_s.max(0) as u64) * 1000;
+        self.valid_until_ms.fetch_max(until, Ordering::SeqCst);
+    }
+
+    fn expired(&self) -> bool {
+        self.since_base(Instant::now()) >= self.valid_until_ms.load(Ordering::SeqCst)
+    }
+
+    fn step_down(&self, why: &str) {
+        if !self.stepped_down.swap(true, Ordering::SeqCst) {
+            if self.elected.load(Ordering::SeqCst) {
+                tracing::error!("{why}: this broker is no longer the leader and refuses every change");
+            } else {
+                tracing::error!("{why} while standing by");
+            }
+            self.lost.notify_one();
+        }
+    }
+
+    /// Gives leadership up quietly (the broker is stopping).
+    fn resign(&self) {
+        self.stepped_down.store(true, Ordering::SeqCst);
+    }
+
+    fn holds(&self) -> bool {
+        if !self.elected.load(Ordering::SeqCst) || self.stepped_down.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.expired() {
+            self.step_down("the etcd lease could not be confirmed within its TTL");
+            return false;
+        }
+        true
+    }
+}
+
 /// State kept in etcd; see the module docs.
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
@@ -55,7 +134,7 @@ pub struct EtcdStore {
     options: EtcdOptions,
     leader: LeaderKey,
     lease_id: i64,
-    leading: Arc<AtomicBool>,
+    leadership: Arc<Leadership>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -63,6 +142,79 @@ impl std::fmt::Debug for EtcdStore {
         f.debug_struct("EtcdStore")
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// What one keep-alive round trip found.
+enum Beat {
+    /// The lease lives; its TTL, in seconds, from when the request was sent.
+    Alive(i64),
+    Expired,
+    Failed(String),
+}
+
+/// Sends one keep-alive and reads its answer. With no stream yet, opening
+/// one is the keep-alive: etcd-client sends a first request and reads its
+/// answer itself (refusing a lease that has expired), which renews the lease
+/// to its full TTL (`ttl_s`).
+async fn beat(
+    client: &mut Client,
+    lease_id: i64,
+    ttl_s: i64,
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Beat {
+    let Some((keeper, responses)) = stream.as_mut() else {
+        return match client.lease_keep_alive(lease_id).await {
+            Ok(opened) => {
+                *stream = Some(opened);
+                Beat::Alive(ttl_s)
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(why)) if why.contains("not found") => Beat::Expired,
+            Err(e) => Beat::Failed(e.to_string()),
+        };
+    };
+    if let Err(e) = keeper.keep_alive().await {
+        return Beat::Failed(e.to_string());
+    }
+    match responses.message().await {
+        Ok(Some(r)) if r.ttl() > 0 => Beat::Alive(r.ttl()),
+        Ok(Some(_)) => Beat::Expired,
+        Ok(None) => Beat::Failed("etcd closed the keep-alive stream".into()),
+        Err(e) => Beat::Failed(e.to_string()),
+    }
+}
+
+/// Keeps the lease alive every third of its TTL until it is lost (answered
+/// expired, or not confirmed before its deadline) or given up.
+async fn keep_alive(mut client: Client, lease_id: i64, ttl_s: i64, leadership: Arc<Leadership>) {
+    let every = Duration::from_millis((ttl_s.max(1) as u64 * 1000) / 3);
+    let mut stream = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if leadership.stepped_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(every, beat(&mut client, lease_id, ttl_s, &mut stream))
+            .await
+            .unwrap_or_else(|_| Beat::Failed("etcd did not answer the keep-alive in time".into()));
+        match answer {
+            Beat::Alive(ttl) => leadership.confirmed(sent, ttl),
+            Beat::Expired => {
+                leadership.step_down(&format!("etcd lease {lease_id:x} expired"));
+                return;
+            }
+            Beat::Failed(why) => {
+                tracing::warn!(lease = lease_id, "keeping the etcd lease alive failed: {why}");
+                // A fresh stream next time: a late answer on this one would
+                // be taken for the next request's.
+                stream = None;
+            }
+        }
+        if leadership.expired() {
+            leadership.step_down(&format!("etcd lease {lease_id:x} could not be renewed within its TTL"));
+            return;
+        }
     }
 }
 
@@ -82,7 +234,7 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| open_err(format!("cannot start its runtime: {e}")))?;
-        let leading = Arc::new(AtomicBool::new(false));
+        let leadership = Arc::new(Leadership::new());
         let (client, leader, lease_id) = runtime.block_on(async {
             // No per-request timeout here: a standby's campaign waits as long
             // as the leader lives. Reads and writes set their own.
@@ -90,52 +242,52 @@ impl EtcdStore {
             let mut client = Client::connect(&options.endpoints, Some(connect))
                 .await
                 .map_err(|e| open_err(format!("cannot connect: {e}")))?;
+            let sent = Instant::now();
             let lease = client
                 .lease_grant(options.lease_ttl_s.max(1), None)
                 .await
                 .map_err(|e| open_err(format!("cannot get a lease: {e}")))?;
             let lease_id = lease.id();
-            let (mut keeper, mut stream) = client
-                .lease_keep_alive(lease_id)
-                .await
-                .map_err(|e| open_err(format!("cannot keep the lease alive: {e}")))?;
-            let every = Duration::from_millis((options.lease_ttl_s.max(1) as u64 * 1000) / 3);
-            let alive = Arc::clone(&leading);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let ok = keeper.keep_alive().await.is_ok()
-                        && matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0);
-                    if !ok {
-                        alive.store(false, Ordering::SeqCst);
-                        tracing::error!(
-                            lease = lease_id,
-                            "lost the etcd lease: this broker is no longer the leader"
-                        );
-                        return;
-                    }
+            // etcd may grant more than asked (its minimum TTL).
+            let ttl_s = lease.ttl().max(1);
+            leadership.confirmed(sent, ttl_s);
+            tokio::spawn(keep_alive(client.clone(), lease_id, ttl_s, Arc::clone(&leadership)));
+            tracing::info!(
+                name = %options.name,
+                prefix = %options.prefix,
+                lease_ttl_s = ttl_s,
+                "campaigning for broker leadership; standing by until elected"
+            );
+            let mut campaigner = client.clone();
+            let campaign = campaigner.campaign(format!("{}leader", options.prefix), options.name.clone(), lease_id);
+            let mut response = tokio::select! {
+                r = campaign => r.map_err(|e| open_err(format!("election failed: {e}")))?,
+                _ = leadership.lost.notified() => {
+                    return Err(open_err("lost the etcd lease while standing by; start again".into()));
                 }
-            });
-            tracing::info!(name = %options.name, prefix = %options.prefix, "campaigning for broker leadership");
-            let mut response = client
-                .campaign(format!("{}leader", options.prefix), options.name.clone(), lease_id)
-                .await
-                .map_err(|e| open_err(format!("election failed: {e}")))?;
+            };
             let leader = response
                 .take_leader()
                 .ok_or_else(|| open_err("election answered without a leader key".into()))?;
             Ok::<_, StoreError>((client, leader, lease_id))
         })?;
-        leading.store(true, Ordering::SeqCst);
-        tracing::info!(name = %options.name, "elected broker leader");
-        Ok(EtcdStore {
+        leadership.elected.store(true, Ordering::SeqCst);
+        let store = EtcdStore {
             runtime: Some(runtime),
             client,
             options,
             leader,
             lease_id,
-            leading,
-        })
+            leadership,
+        };
+        if !store.is_leader() {
+            return Err(StoreError::Open {
+                path: format!("etcd {}", store.options.endpoints.join(",")),
+                reason: "elected, but the etcd lease had expired meanwhile; start again".into(),
+            });
+        }
+        tracing::info!(name = %store.options.name, lease = lease_id, "elected broker leader");
+        Ok(store)
     }
 
     fn key(&self, table: Table, key: &str) -> String {
@@ -199,7 +351,8 @@ impl Store for EtcdStore {
             let mut client = self.client.clone();
             let response = self.block_on("write", client.txn(txn))?;
             if !response.succeeded() {
-                self.leading.store(false, Ordering::SeqCst);
+                self.leadership
+                    .step_down("etcd refused a write: this broker's election key is gone");
                 return Err(StoreError::NotLeader);
             }
         }
@@ -207,7 +360,11 @@ impl Store for EtcdStore {
     }
 
     fn is_leader(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
+        self.leadership.holds()
+    }
+
+    fn replicated(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {
@@ -224,7 +381,7 @@ impl Drop for EtcdStore {
     /// Resigns and drops the lease, so a standby takes over at once rather
     /// than after the lease's TTL.
     fn drop(&mut self) {
-        self.leading.store(false, Ordering::SeqCst);
+        self.leadership.resign();
         let Some(runtime) = self.runtime.take() else { return };
         let mut client = self.client.clone();
         let leader = self.leader.clone();
@@ -246,7 +403,9 @@ impl Drop for EtcdStore {
 #[cfg(test)]
 mod tests {
     //! Each test starts its own etcd on free loopback ports; without the
-    //! `etcd` binary (Debian: etcd-server) they say so and pass.
+    //! `etcd` binary (Debian: etcd-server) they say so and pass, unless
+    //! `GPUPOOL_REQUIRE_ETCD=1` (as `scripts/test.sh` sets) makes it a
+    //! failure.
 
     use super::*;
     use std::net::{TcpListener, TcpStream};
@@ -276,6 +435,10 @@ mod tests {
 
     fn etcd(test: &str) -> Option<Etcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
+            assert!(
+                std::env::var("GPUPOOL_REQUIRE_ETCD").map_or(true, |v| v != "1"),
+                "GPUPOOL_REQUIRE_ETCD=1 but there is no etcd binary on PATH (install etcd-server)"
+            );
             println!("skipping {test}: no etcd binary on PATH (install etcd-server)");
             return None;
         }
@@ -385,6 +548,43 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_that_loses_its_lease_stops_waiting() {
+        let Some(etcd) = etcd("standby-lost") else { return };
+        let first = EtcdStore::open(options(&etcd, "first")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let standby_options = options(&etcd, "second");
+        std::thread::spawn(move || {
+            let _ = tx.send(EtcdStore::open(standby_options).map(|_| ()));
+        });
+        // The standby's campaign key is the other one under the election
+        // prefix; revoke its lease.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async {
+                let mut client = Client::connect([etcd.url.as_str()], None).await?;
+                loop {
+                    let keys = client
+                        .get("/gpupool-test/leader", Some(GetOptions::new().with_prefix()))
+                        .await?;
+                    if let Some(kv) = keys.kvs().iter().find(|kv| kv.lease() != first.lease_id) {
+                        client.lease_revoke(kv.lease()).await?;
+                        return Ok::<_, etcd_client::Error>(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .unwrap();
+        let opened = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the standby stopped waiting");
+        assert!(opened.is_err(), "a standby without a lease must not become leader");
+        assert!(first.is_leader());
+    }
+
+    #[test]
     fn a_broker_restarts_on_etcd_with_its_leases() {
         use crate::control::{Broker, Registration, Settings};
         use crate::lease::{LeaseRequest, LeaseState, SliceSpec};
@@ -426,5 +626,17 @@ mod tests {
         assert!(lease.token.is_some());
         assert_eq!(broker.pool().allocated_milli, 400);
         assert!(broker.pool().store.starts_with("etcd "));
+        drop(broker);
+        // A broker with a key of its own would sign tokens the GPU servers
+        // refuse: it does not start.
+        let other = Broker::open(
+            Settings::default(),
+            Box::new(EtcdStore::open(options(&etcd, "c")).unwrap()),
+            gpupool_proto::lease::LeaseSigner::from_seed([3; 32]),
+        );
+        match other {
+            Err(crate::control::BrokerError::KeyMismatch(why)) => assert!(why.contains("signing_key_file"), "{why}"),
+            other => panic!("expected a key mismatch, got {other:?}"),
+        }
     }
 }

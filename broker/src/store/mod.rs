@@ -72,8 +72,14 @@ pub trait Store: Send + Sync + 'static {
     /// Applies all writes or none.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// Whether this broker may write (always, for a single embedded store).
+    /// Once false, a store never becomes the leader again.
     fn is_leader(&self) -> bool {
         true
+    }
+    /// Whether several brokers share this store (one leads, others stand
+    /// by), so that they must all sign with the same key.
+    fn replicated(&self) -> bool {
+        false
     }
     /// A line for logs and the pool summary.
     fn describe(&self) -> String;
