@@ -9,7 +9,8 @@
 //! Only sessions that started before the heartbeat was sent are judged: a
 //! lease granted after the broker answered is not in the answer yet.
 //!
-//! The broker unreachable: the server keeps serving the sessions it has
+//! Several broker URLs (the brokers of one pool on etcd) are tried in turn
+//! (`gpupool_broker::client`). The broker unreachable: the server keeps serving the sessions it has
 //! and retries, with growing pauses, logging each outage once. A broker that
 //! no longer knows the server (a restart on an empty store) answers the
 //! heartbeat with 404, and the server registers again.
@@ -26,6 +27,9 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 /// Heartbeats go at a third of the broker's timeout, within these bounds.
 const MIN_INTERVAL: Duration = Duration::from_millis(20);
 const MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest wait for one answer: a heartbeat that hangs must not outlast the
+/// broker's timeout by much.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent can do to the sessions the daemon runs.
 pub trait Sessions: Send + Sync + 'static {
@@ -34,69 +38,12 @@ pub trait Sessions: Send + Sync + 'static {
     fn end_unleased(&self, active: &[u64], asked: Instant) -> usize;
 }
 
-/// The broker's addresses, tried in order; the one that answered last is
-/// tried first.
-struct Brokers {
-    clients: Vec<Client>,
-    current: usize,
-}
-
-impl Brokers {
-    fn new(urls: &str, secret: &str) -> anyhow::Result<Brokers> {
-        let clients = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| Client::new(u, Some(secret.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        if clients.is_empty() {
-            anyhow::bail!("broker {urls:?} names no broker URL");
-        }
-        Ok(Brokers { clients, current: 0 })
-    }
-
-    /// One call, to the current broker and then to the others while they
-    /// cannot be reached (a standby that took over, behind another URL).
-    fn call<T: serde::de::DeserializeOwned>(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<T, ClientError> {
-        let n = self.clients.len();
-        let mut last = None;
-        for k in 0..n {
-            let i = (self.current + k) % n;
-            match self.clients[i].call(method, path, body) {
-                Err(e @ (ClientError::Connect { .. } | ClientError::Io { .. })) => last = Some(e),
-                Err(ClientError::Api {
-                    status: 503,
-                    code,
-                    message,
-                }) if k + 1 < n => {
-                    last = Some(ClientError::Api {
-                        status: 503,
-                        code,
-                        message,
-                    });
-                }
-                other => {
-                    self.current = i;
-                    return other;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| ClientError::BadResponse("no broker to ask".into())))
-    }
-}
-
 /// The broker's lease-token key, asked of the broker itself (for a server
 /// given `broker` but no `broker_public_key`). Waits, retrying, while the
 /// broker cannot be reached: the server must not serve before it can check
 /// tokens.
 pub fn fetch_public_key(cfg: &ServerConfig) -> anyhow::Result<gpupool_proto::lease::LeasePublicKey> {
-    let secret = cfg.broker_server_secret.clone().unwrap_or_default();
-    let mut brokers = Brokers::new(&cfg.broker, &secret)?;
+    let brokers = Client::new(&cfg.broker, cfg.broker_server_secret.clone())?.with_timeout(CALL_TIMEOUT);
     let mut retry = FIRST_RETRY;
     let mut logged = false;
     loop {
@@ -163,7 +110,7 @@ pub fn start(
     let secret = cfg.broker_server_secret.as_deref().ok_or_else(|| {
         anyhow::anyhow!("broker is set but broker_server_secret (GPUPOOL_BROKER_SERVER_SECRET) is not")
     })?;
-    let brokers = Brokers::new(&cfg.broker, secret)?;
+    let brokers = Client::new(&cfg.broker, Some(secret.to_string()))?.with_timeout(CALL_TIMEOUT);
     let registration = Registration {
         name: cfg.server_id.clone(),
         endpoint,
@@ -184,14 +131,14 @@ pub fn start(
 }
 
 struct Agent {
-    brokers: Brokers,
+    brokers: Client,
     registration: Registration,
     sessions: std::sync::Arc<dyn Sessions>,
     urls: String,
 }
 
 impl Agent {
-    fn run(mut self) {
+    fn run(self) {
         let name = self.registration.name.clone();
         let body = match serde_json::to_value(&self.registration) {
             Ok(b) => b,
@@ -286,40 +233,5 @@ mod tests {
         assert_eq!(advertised_url(&cfg, &bound).unwrap(), "tcp://gpu-a.example:7070");
         cfg.advertise = "ftp://nowhere".into();
         assert!(advertised_url(&cfg, &bound).is_err());
-    }
-
-    #[test]
-    fn broker_lists_are_parsed_and_checked() {
-        assert_eq!(Brokers::new("http://a:1, http://b:2", "s").unwrap().clients.len(), 2);
-        assert!(Brokers::new(" , ", "s").is_err());
-        assert!(Brokers::new("https://a:1", "s").is_err());
-    }
-
-    #[test]
-    fn an_unreachable_broker_is_passed_over_for_the_next() {
-        // A port nobody listens on, then a listener that answers one request.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
-        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let live_addr = live.local_addr().unwrap();
-        let answer = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let (mut s, _) = live.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).unwrap();
-            let body = r#"{"ok":true}"#;
-            write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-        });
-        let mut brokers = Brokers::new(&format!("http://{dead_addr},http://{live_addr}"), "s").unwrap();
-        let v: serde_json::Value = brokers.call("GET", "/healthz", None).unwrap();
-        assert_eq!(v["ok"], true);
-        assert_eq!(brokers.current, 1, "the broker that answered is tried first next time");
-        answer.join().unwrap();
     }
 }
