@@ -173,3 +173,34 @@ except Exception as e:
         "the kernel's image was not shipped at its launch: {launch}"
     );
 }
+
+/// Mixed precision: cuBLASLt's half-precision GEMM heuristics ask for an
+/// export table of their own (`1734dc26`), and crash without it; through
+/// gpupool the GEMM gets as far as its kernel launch.
+#[test]
+fn pytorch_mixed_precision_gemm_gets_to_its_launch() {
+    let Some(python) = python() else { return };
+    let server = Server::start();
+    let script = r#"
+import torch
+m = torch.nn.Linear(64, 128).cuda()
+x = torch.empty(32, 64, device="cuda")
+for _ in range(2):
+    try:
+        with torch.autocast("cuda"):
+            y = m(x)
+        torch.cuda.synchronize()
+    except Exception as e:
+        print("sync error:", e)
+print("done")
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok && stdout.contains("done"), "{}", context());
+    assert!(
+        stdout.contains("sync error: CUDA error: operation not supported"),
+        "{}",
+        context()
+    );
+    assert!(!stderr.contains("does not serve this table"), "{}", context());
+}
