@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub gpu: Vec<GpuTopology>,
     /// Network devices to report instead of those found in sysfs.
     pub nic: Vec<NicTopology>,
+    /// Pin each session's worker to the CPUs near its GPUs.
+    pub pin_workers: bool,
 }
 
 /// A `[[gpu]]` table: what to report for one GPU instead of what was found.
@@ -113,6 +115,7 @@ impl Default for ServerConfig {
             advertise: String::new(),
             gpu: Vec::new(),
             nic: Vec::new(),
+            pin_workers: true,
         }
     }
 }
@@ -230,6 +233,10 @@ impl ServerConfig {
         }
         if let Some(v) = get("GPUPOOL_BROKER_SERVER_SECRET") {
             self.broker_server_secret = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = get("GPUPOOL_PIN_WORKERS") {
+            self.pin_workers =
+                parse_bool(&v).ok_or_else(|| bad("GPUPOOL_PIN_WORKERS", &v, "expected true or false"))?;
         }
         if let Some(v) = get("GPUPOOL_ADVERTISE") {
             self.advertise = v;

@@ -69,6 +69,8 @@ struct LiveSession {
 
 struct Daemon {
     cfg: ServerConfig,
+    /// This server's GPUs, by ordinal (their local CPUs pin workers).
+    gpus: Vec<Gpu>,
     /// Sessions whose workers run (entries leave before the worker is
     /// reaped, so a pid here is never another process's).
     sessions: std::sync::Mutex<std::collections::HashMap<u64, LiveSession>>,
@@ -81,8 +83,9 @@ struct Daemon {
 
 /// Bind the configured listeners and serve until the process is stopped.
 /// `on_ready` is told the bound addresses (with the QUIC fingerprint). With
-/// `inventory` (the server's GPUs and NICs) and a broker configured, the
-/// server registers with the broker and heartbeats.
+/// `inventory` (the server's GPUs and NICs) workers are pinned to the CPUs
+/// near their GPUs (`pin_workers`), and with a broker configured the server
+/// registers with it and heartbeats.
 pub async fn serve(
     cfg: ServerConfig,
     launcher: WorkerLauncher,
@@ -131,14 +134,16 @@ pub async fn serve(
         tracing::info!(server = %cfg.server_id, "verifying lease tokens with the broker's public key");
     }
     let endpoint = match inventory {
-        Some(_) => Some(crate::registration::advertised_url(&cfg, &bound)?),
-        None => None,
+        Some(_) if !cfg.broker.is_empty() => Some(crate::registration::advertised_url(&cfg, &bound)?),
+        _ => None,
     };
+    let gpus = inventory.as_ref().map(|(g, _)| g.clone()).unwrap_or_default();
     on_ready(&bound);
     let daemon = Arc::new(Daemon {
         lease_key,
         cfg,
         sessions: Default::default(),
+        gpus,
         launcher,
         next_session: AtomicU64::new(1),
         live: AtomicUsize::new(0),
@@ -292,7 +297,7 @@ impl Daemon {
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
-    ) -> anyhow::Result<Option<(Hello, Option<String>)>> {
+    ) -> anyhow::Result<Option<(Hello, Option<LeaseClaims>)>> {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, read_hello(stream))
             .await
             .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"))??;
@@ -306,7 +311,7 @@ impl Daemon {
             hello.lease_token.as_deref(),
             unix_ms_now(),
         )
-        .map(|claims| lease = claims.map(|c| c.lease_id))
+        .map(|claims| lease = claims)
         {
             Some(reason)
         } else if self.live.load(Ordering::Relaxed) >= self.cfg.max_sessions {
@@ -332,7 +337,7 @@ impl Daemon {
         self: &Arc<Self>,
         fd: OwnedFd,
         hello: &Hello,
-        lease: Option<String>,
+        lease: Option<LeaseClaims>,
         socket: SessionSocket,
     ) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
@@ -354,16 +359,27 @@ impl Daemon {
                 cmd.env(TICKET_ENV, hex(&ticket));
             }
         }
+        let cpus = if self.cfg.pin_workers {
+            worker_cpus(&self.gpus, lease.as_ref())
+        } else {
+            Vec::new()
+        };
+        let cpu_set = cpu_set(&cpus);
         let raw = fd.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls run:
         // dup2 puts the session's socket at fd 3 (clearing close-on-exec),
-        // prctl ties the worker's life to the daemon's.
+        // prctl ties the worker's life to the daemon's, sched_setaffinity
+        // pins it (the set was built before the fork; a refusal leaves the
+        // worker unpinned, which the daemon reports below).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(raw, 3) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(set) = &cpu_set {
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+                }
                 Ok(())
             });
         }
@@ -373,7 +389,18 @@ impl Daemon {
         drop(fd);
         self.live.fetch_add(1, Ordering::Relaxed);
         let pid = child.id();
+        let lease = lease.map(|c| c.lease_id);
         tracing::info!(session, client = %client, pid, lease = %lease.as_deref().unwrap_or("-"), "session started");
+        if cpu_set.is_some() {
+            match affinity_of(pid) {
+                Some(now) if now == cpus => {
+                    tracing::info!(session, cpus = ?cpus, "worker pinned to the CPUs near its GPUs")
+                }
+                now => {
+                    tracing::warn!(session, wanted = ?cpus, now = ?now, "could not pin the worker to the CPUs near its GPUs")
+                }
+            }
+        }
         self.sessions_lock().insert(
             session,
             LiveSession {
@@ -428,6 +455,55 @@ impl crate::registration::Sessions for Daemon {
             }
         }
         ended
+    }
+}
+
+/// The CPUs a session's worker runs on: those near the GPUs of its lease, or
+/// near any GPU of this server for a session without one. Empty when the
+/// GPUs name none (no sysfs entry, as on the software driver).
+pub fn worker_cpus(gpus: &[Gpu], lease: Option<&LeaseClaims>) -> Vec<u32> {
+    let mut cpus: Vec<u32> = gpus
+        .iter()
+        .filter(|g| lease.is_none_or(|l| l.gpus.iter().any(|lg| lg.uuid == g.uuid)))
+        .flat_map(|g| g.local_cpus.iter().copied())
+        .filter(|&c| (c as usize) < libc::CPU_SETSIZE as usize)
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
+/// A kernel CPU set of `cpus`; `None` for none.
+fn cpu_set(cpus: &[u32]) -> Option<libc::cpu_set_t> {
+    if cpus.is_empty() {
+        return None;
+    }
+    // SAFETY: cpu_set_t is plain bits; all-zero is the empty set, and
+    // CPU_SET is given indices below CPU_SETSIZE (filtered above).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c as usize, &mut set);
+        }
+        Some(set)
+    }
+}
+
+/// The CPUs process `pid` may run on.
+fn affinity_of(pid: u32) -> Option<Vec<u32>> {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes
+    // into `set`, which we own; CPU_ISSET reads it within CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(pid as libc::pid_t, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        Some(
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .map(|c| c as u32)
+                .collect(),
+        )
     }
 }
 
@@ -711,6 +787,37 @@ mod tests {
         other[31] ^= 0x80;
         assert!(same_ticket(&ticket, &ticket));
         assert!(!same_ticket(&ticket, &other));
+    }
+
+    #[test]
+    fn workers_run_near_the_gpus_of_their_lease() {
+        let gpu = |uuid: &str, cpus: &[u32]| Gpu {
+            local_cpus: cpus.to_vec(),
+            ..Gpu::plain(uuid, "H100", 80 << 10)
+        };
+        let gpus = vec![gpu("GPU-a", &[2, 3]), gpu("GPU-b", &[0, 1]), gpu("GPU-c", &[0, 1])];
+        let claims = |uuids: &[&str]| LeaseClaims {
+            lease_id: "1".into(),
+            server_id: "s".into(),
+            gpus: uuids
+                .iter()
+                .map(|u| gpupool_proto::lease::LeaseGpu {
+                    uuid: u.to_string(),
+                    compute_milli: 1000,
+                    memory_mib: 1,
+                })
+                .collect(),
+            tenant: "t".into(),
+            issued_at_ms: 0,
+            expires_at_ms: 1,
+        };
+        assert_eq!(worker_cpus(&gpus, Some(&claims(&["GPU-a"]))), vec![2, 3]);
+        assert_eq!(worker_cpus(&gpus, Some(&claims(&["GPU-b", "GPU-c"]))), vec![0, 1]);
+        assert_eq!(worker_cpus(&gpus, None), vec![0, 1, 2, 3]);
+        assert!(worker_cpus(&gpus, Some(&claims(&["GPU-z"]))).is_empty());
+        assert!(cpu_set(&[]).is_none());
+        let mine = affinity_of(std::process::id()).expect("own affinity");
+        assert!(!mine.is_empty());
     }
 
     #[test]

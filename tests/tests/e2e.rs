@@ -555,3 +555,38 @@ fn a_quic_session_ends_when_its_program_exits() {
         server.log()
     );
 }
+
+/// A session's worker runs on the CPUs near its GPU (here as the
+/// configuration describes them: the software driver has no PCI device).
+#[test]
+fn a_worker_is_pinned_to_the_cpus_near_its_gpu() {
+    let server = Server::start_configured(&[], Some("[[gpu]]\nordinal = 0\nlocal_cpus = [0]\n"));
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("hold").stdout(std::process::Stdio::piped());
+    let mut program = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(program.stdout.take().unwrap());
+    while !line.contains("HOLDING") {
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    let pinned = server.wait_for_log("worker pinned to the CPUs near its GPUs", Duration::from_secs(10));
+    let log = server.log();
+    let pid: u32 = log
+        .lines()
+        .find(|l| l.contains("session started"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no worker pid in the log:\n{log}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let _ = program.kill();
+    let _ = program.wait();
+    assert!(pinned, "{log}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Cpus_allowed_list:") && l.ends_with("\t0")),
+        "{status}"
+    );
+}

@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Load the driver once at start so a broken installation fails now, with
 /// its reason, rather than at the first client; and say what is served.
-/// With a broker configured, describe the GPUs and NICs for it.
+/// Describe the GPUs and NICs (for the broker, and for pinning workers).
 fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>)>> {
     let driver = gpupool_gpu_server::driver::Driver::load(&cfg.driver)?;
     let count = driver
@@ -101,17 +101,21 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>
         }
     }
     tracing::info!(driver = %driver.path, devices = count, "driver loaded{label}");
-    if cfg.broker.is_empty() {
-        return Ok(None);
-    }
     let nvml = if cfg.simulated {
         ServerNvml::absent()
     } else {
         ServerNvml::load()
     };
-    let (gpus, nics) = inventory::describe(cfg, &driver, &nvml)?;
+    let (gpus, nics) = match inventory::describe(cfg, &driver, &nvml) {
+        Ok(found) => found,
+        Err(e) if cfg.broker.is_empty() => {
+            tracing::warn!("cannot describe this server's GPUs ({e}); workers are not pinned");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     for g in &gpus {
-        tracing::info!(uuid = %g.uuid, model = %g.model, numa_node = g.numa_node, pci = %g.pci_address, nvlink_peers = ?g.nvlink_peers, "GPU for the broker");
+        tracing::info!(uuid = %g.uuid, model = %g.model, numa_node = g.numa_node, pci = %g.pci_address, local_cpus = ?g.local_cpus, nvlink_peers = ?g.nvlink_peers, "GPU topology");
     }
     Ok(Some((gpus, nics)))
 }
