@@ -15,6 +15,9 @@
 //!   request (300 s by default)
 //! - `GPUPOOL_POLL_US`: how long a thread waiting for a reply polls the
 //!   connection before it sleeps (default 100; 0 sleeps at once)
+//! - `GPUPOOL_PIN_IO`: pin the shim's I/O threads (the background reader,
+//!   the QUIC runtime) to the CPUs of the NUMA node of the network device
+//!   that reaches the server (default on; `0` leaves them where they are)
 //! - `GPUPOOL_LOG`: log filter (`warn` by default), e.g. `info`, `gpupool=debug`
 //! - `GPUPOOL_LOG_FORMAT`: `json` for JSON logs
 //! - `GPUPOOL_CALL_REPORT`: when set, print at exit where each call went and
@@ -33,6 +36,7 @@ pub struct Config {
     pub request: String,
     pub broker_wait: std::time::Duration,
     pub poll: std::time::Duration,
+    pub pin_io: bool,
 }
 
 /// Default of `GPUPOOL_POLL_US`: a little more than a loopback or LAN
@@ -71,6 +75,8 @@ impl Config {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(DEFAULT_POLL_US),
             ),
+            pin_io: std::env::var("GPUPOOL_PIN_IO")
+                .map_or(true, |v| !matches!(v.as_str(), "0" | "false" | "no" | "off")),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! has landed.
 
 use crate::error::{CuError, CuResult};
+use gpupool_proto::affinity;
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FLAG_WANTS_REPLY};
 use gpupool_proto::handshake::{ClientInfo, Hello, SessionInfo, Welcome};
@@ -137,6 +138,19 @@ pub struct ConnectOptions {
     /// How long a caller polls a TCP connection for its reply before it
     /// sleeps (`GPUPOOL_POLL_US`).
     pub poll: Duration,
+    /// Pin the I/O threads near the NIC that reaches the server
+    /// (`GPUPOOL_PIN_IO`).
+    pub pin_io: bool,
+}
+
+/// The CPUs near the network device that carries traffic to the server at
+/// `url`; `None` on loopback, virtual devices and machines without NUMA.
+fn io_cpu_set(url: &ServerUrl) -> Option<affinity::CpuSet> {
+    use std::net::ToSocketAddrs;
+    let peer = (url.host.as_str(), url.port).to_socket_addrs().ok()?.next()?;
+    let cpus = affinity::cpus_towards(peer)?;
+    tracing::debug!(cpus = ?cpus, "CPUs near the NIC that reaches the server");
+    affinity::CpuSet::new(&cpus)
 }
 
 impl Remote {
@@ -212,10 +226,24 @@ impl Remote {
             close,
             _keep: keep,
         });
+        let pin = if opts.pin_io { io_cpu_set(&url) } else { None };
         let for_reader = Arc::clone(&remote);
         std::thread::Builder::new()
             .name("gpupool-reader".into())
-            .spawn(move || for_reader.background_reader())?;
+            .spawn(move || {
+                if let Some(set) = pin {
+                    let _ = set.apply(0);
+                }
+                for_reader.background_reader()
+            })?;
+        if let Some(set) = &pin {
+            // The QUIC runtime's thread moves every packet of the session.
+            let quic = affinity::pin_threads_named("gpupool-quic", set);
+            tracing::info!(
+                quic_threads = quic,
+                "I/O threads pinned near the NIC that reaches the server"
+            );
+        }
         Ok(remote)
     }
 

@@ -13,6 +13,7 @@ use crate::config::{GpuTopology, NicTopology, ServerConfig};
 use crate::driver::{DeviceFacts, Driver};
 use crate::nvml::ServerNvml;
 use gpupool_broker::inventory::{Gpu, Nic};
+use gpupool_proto::affinity;
 use gpupool_proto::handshake::gpu_uuid_string;
 use std::path::Path;
 
@@ -75,7 +76,7 @@ pub fn from_facts(facts: &DeviceFacts, simulated: bool, sysfs: &Path) -> Discove
     let numa_node = read_numa_node(&device_dir.join("numa_node"));
     let local_cpus = std::fs::read_to_string(device_dir.join("local_cpulist"))
         .ok()
-        .and_then(|t| parse_cpu_list(&t))
+        .and_then(|t| affinity::parse_cpu_list(&t))
         .unwrap_or_default();
     let model = if simulated {
         "simulated".to_string()
@@ -106,30 +107,7 @@ pub fn model_name(device_name: &str) -> String {
 
 /// A sysfs `numa_node` file; -1 (no NUMA) or unreadable reads as node 0.
 fn read_numa_node(path: &Path) -> u16 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-        .filter(|n| *n >= 0)
-        .map(|n| n as u16)
-        .unwrap_or(0)
-}
-
-/// A kernel CPU list ("0-3,8,10-11").
-pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if a > b || b - a > 65_536 {
-                    return None;
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().ok()?),
-        }
-    }
-    Some(cpus)
+    affinity::read_numa_node(path).unwrap_or(0)
 }
 
 /// NVLink peers from each GPU's active links: a link reaching another of
@@ -274,14 +252,6 @@ mod tests {
         assert_eq!((d.gpu.numa_node, d.gpu.local_cpus.len()), (0, 0));
         assert_eq!(d.gpu.model, "simulated");
         std::fs::remove_dir_all(&sysfs).unwrap();
-    }
-
-    #[test]
-    fn cpu_lists_parse_or_are_refused() {
-        assert_eq!(parse_cpu_list("0-2,5\n"), Some(vec![0, 1, 2, 5]));
-        assert_eq!(parse_cpu_list(""), Some(vec![]));
-        assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpu_list("a"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use crate::config::ServerConfig;
 use crate::images::ImageCache;
 use gpupool_broker::inventory::{Gpu, Nic};
+use gpupool_proto::affinity::{affinity_of, CpuSet};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
 use gpupool_proto::handshake::{Hello, Welcome};
@@ -364,7 +365,7 @@ impl Daemon {
         } else {
             Vec::new()
         };
-        let cpu_set = cpu_set(&cpus);
+        let cpu_set = CpuSet::new(&cpus);
         let raw = fd.as_raw_fd();
         // SAFETY: between fork and exec only async-signal-safe calls run:
         // dup2 puts the session's socket at fd 3 (clearing close-on-exec),
@@ -378,7 +379,7 @@ impl Daemon {
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if let Some(set) = &cpu_set {
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+                    let _ = set.apply(0);
                 }
                 Ok(())
             });
@@ -392,7 +393,7 @@ impl Daemon {
         let lease = lease.map(|c| c.lease_id);
         tracing::info!(session, client = %client, pid, lease = %lease.as_deref().unwrap_or("-"), "session started");
         if cpu_set.is_some() {
-            match affinity_of(pid) {
+            match affinity_of(pid as i32) {
                 Some(now) if now == cpus => {
                     tracing::info!(session, cpus = ?cpus, "worker pinned to the CPUs near its GPUs")
                 }
@@ -466,45 +467,10 @@ pub fn worker_cpus(gpus: &[Gpu], lease: Option<&LeaseClaims>) -> Vec<u32> {
         .iter()
         .filter(|g| lease.is_none_or(|l| l.gpus.iter().any(|lg| lg.uuid == g.uuid)))
         .flat_map(|g| g.local_cpus.iter().copied())
-        .filter(|&c| (c as usize) < libc::CPU_SETSIZE as usize)
         .collect();
     cpus.sort_unstable();
     cpus.dedup();
     cpus
-}
-
-/// A kernel CPU set of `cpus`; `None` for none.
-fn cpu_set(cpus: &[u32]) -> Option<libc::cpu_set_t> {
-    if cpus.is_empty() {
-        return None;
-    }
-    // SAFETY: cpu_set_t is plain bits; all-zero is the empty set, and
-    // CPU_SET is given indices below CPU_SETSIZE (filtered above).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c as usize, &mut set);
-        }
-        Some(set)
-    }
-}
-
-/// The CPUs process `pid` may run on.
-fn affinity_of(pid: u32) -> Option<Vec<u32>> {
-    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes
-    // into `set`, which we own; CPU_ISSET reads it within CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(pid as libc::pid_t, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return None;
-        }
-        Some(
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .map(|c| c as u32)
-                .collect(),
-        )
-    }
 }
 
 /// Wait until the process `pid` (a child) has exited, leaving it to be
@@ -815,9 +781,6 @@ mod tests {
         assert_eq!(worker_cpus(&gpus, Some(&claims(&["GPU-b", "GPU-c"]))), vec![0, 1]);
         assert_eq!(worker_cpus(&gpus, None), vec![0, 1, 2, 3]);
         assert!(worker_cpus(&gpus, Some(&claims(&["GPU-z"]))).is_empty());
-        assert!(cpu_set(&[]).is_none());
-        let mine = affinity_of(std::process::id()).expect("own affinity");
-        assert!(!mine.is_empty());
     }
 
     #[test]

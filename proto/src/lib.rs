@@ -13,6 +13,7 @@
 //! and values. `transport` owns the sockets (TCP, QUIC) and gives both sides
 //! ordered byte streams to carry frames.
 
+pub mod affinity;
 pub mod codec;
 pub mod error;
 pub mod frame;

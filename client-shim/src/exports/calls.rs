@@ -130,6 +130,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
             tls: cfg.tls,
             lease_token,
             poll: cfg.poll,
+            pin_io: cfg.pin_io,
         };
         match Remote::connect(&opts) {
             Ok(remote) => {
