@@ -37,6 +37,8 @@ pub struct Tables {
     pub streams: HashMap<Handle, Handle>,
     /// Event -> context.
     pub events: HashMap<Handle, Handle>,
+    /// Client-named stream or event -> the driver's handle for it.
+    pub real: HashMap<Handle, Handle>,
     /// Base address -> region.
     pub memory: BTreeMap<u64, Region>,
 }
@@ -97,6 +99,9 @@ impl Tables {
         self.functions.retain(|_, m| !modules.contains(m));
         self.streams.retain(|_, c| *c != ctx);
         self.events.retain(|_, c| *c != ctx);
+        let (streams, events) = (&self.streams, &self.events);
+        self.real
+            .retain(|h, _| streams.contains_key(h) || events.contains_key(h));
         self.memory.retain(|_, r| r.ctx != ctx);
     }
 }

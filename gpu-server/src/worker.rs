@@ -14,7 +14,9 @@ use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
-use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, DEVICE_STATUS_NO_SERVER_NVML};
+use gpupool_proto::message::{
+    is_client_handle, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, DEVICE_STATUS_NO_SERVER_NVML,
+};
 use gpupool_proto::ProtoError;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -241,7 +243,7 @@ impl<'d> Worker<'d> {
         match s {
             StreamRef::Legacy => Ok(STREAM_LEGACY),
             StreamRef::Handle(h) => match self.tables.streams.get(&h) {
-                Some(c) if *c == ctx => Ok(as_ptr(h)),
+                Some(c) if *c == ctx => Ok(self.real(h)),
                 _ => Err(INVALID_HANDLE),
             },
             StreamRef::PerThread(t) => {
@@ -505,21 +507,28 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuKernelSetAttribute(attr, value, as_ptr(kernel), device) }
             })),
             R::Occupancy { ctx, func, query } => to_reply(self.occupancy(ctx, func, query)),
-            R::StreamCreate { ctx, flags, priority } => to_reply(self.make_current(ctx).and_then(|()| {
+            R::StreamCreate {
+                ctx,
+                flags,
+                priority,
+                id,
+            } => to_reply(self.make_current(ctx).and_then(|()| {
+                self.check_new_name(id)?;
                 let mut s: Ptr = std::ptr::null_mut();
                 // SAFETY: s is writable.
                 unsafe { d.cuStreamCreateWithPriority(&mut s, flags, priority) }?;
-                self.tables.streams.insert(handle(s), ctx);
-                Ok(Reply::Handle(handle(s)))
+                Ok(Reply::Handle(self.name_new(id, handle(s), ctx, true)))
             })),
             R::StreamDestroy { ctx, stream } => to_reply(self.make_current(ctx).and_then(|()| {
                 match self.tables.streams.get(&stream) {
                     Some(c) if *c == ctx => {}
                     _ => return Err(INVALID_HANDLE),
                 }
+                let real = self.real(stream);
                 self.tables.streams.remove(&stream);
+                self.tables.real.remove(&stream);
                 // SAFETY: the stream belongs to this client.
-                unsafe { d.cuStreamDestroy_v2(as_ptr(stream)) }
+                unsafe { d.cuStreamDestroy_v2(real) }
             })),
             R::StreamSynchronize { ctx, stream } => {
                 let r = self.sync_stream(ctx, stream);
@@ -540,32 +549,34 @@ impl<'d> Worker<'d> {
             } => to_reply(self.enter(ctx, stream).and_then(|s| {
                 self.check_event(event)?;
                 // SAFETY: stream and event belong to this client.
-                unsafe { d.cuStreamWaitEvent(s, as_ptr(event), flags) }
+                unsafe { d.cuStreamWaitEvent(s, self.real(event), flags) }
             })),
-            R::EventCreate { ctx, flags } => to_reply(self.make_current(ctx).and_then(|()| {
+            R::EventCreate { ctx, flags, id } => to_reply(self.make_current(ctx).and_then(|()| {
+                self.check_new_name(id)?;
                 let mut e: Ptr = std::ptr::null_mut();
                 // SAFETY: e is writable.
                 unsafe { d.cuEventCreate(&mut e, flags) }?;
-                self.tables.events.insert(handle(e), ctx);
-                Ok(Reply::Handle(handle(e)))
+                Ok(Reply::Handle(self.name_new(id, handle(e), ctx, false)))
             })),
             R::EventDestroy { event, .. } => to_reply(self.check_event(event).and_then(|()| {
+                let real = self.real(event);
                 self.tables.events.remove(&event);
+                self.tables.real.remove(&event);
                 // SAFETY: the event belongs to this client.
-                unsafe { d.cuEventDestroy_v2(as_ptr(event)) }
+                unsafe { d.cuEventDestroy_v2(real) }
             })),
             R::EventRecord { ctx, event, stream } => {
                 to_reply(self.enter(ctx, stream).and_then(|s| {
                     self.check_event(event)?;
                     // SAFETY: stream and event belong to this client.
-                    unsafe { d.cuEventRecord(as_ptr(event), s) }
+                    unsafe { d.cuEventRecord(self.real(event), s) }
                 }))
             }
             R::EventSynchronize { event, .. } => {
                 let ectx = self.tables.events.get(&event).copied().unwrap_or(ctx);
                 let r = self.check_event(event).and_then(|()| {
                     // SAFETY: the event belongs to this client.
-                    unsafe { d.cuEventSynchronize(as_ptr(event)) }
+                    unsafe { d.cuEventSynchronize(self.real(event)) }
                 });
                 Reply::Status(self.sync_status(ectx, r))
             }
@@ -573,7 +584,7 @@ impl<'d> Worker<'d> {
                 let ectx = self.tables.events.get(&event).copied().unwrap_or(ctx);
                 let r = self.check_event(event).and_then(|()| {
                     // SAFETY: the event belongs to this client.
-                    unsafe { d.cuEventQuery(as_ptr(event)) }
+                    unsafe { d.cuEventQuery(self.real(event)) }
                 });
                 Reply::Status(self.sync_status(ectx, r))
             }
@@ -583,7 +594,8 @@ impl<'d> Worker<'d> {
                     .and_then(|()| {
                         let mut ms = 0f32;
                         // SAFETY: both events belong to this client; ms is writable.
-                        unsafe { d.cuEventElapsedTime(&mut ms, as_ptr(start), as_ptr(end)) }.map(|()| Reply::Float(ms))
+                        unsafe { d.cuEventElapsedTime(&mut ms, self.real(start), self.real(end)) }
+                            .map(|()| Reply::Float(ms))
                     }),
             ),
             R::DeviceStatus { device } => to_reply(self.device_status(device)),
@@ -615,6 +627,37 @@ impl<'d> Worker<'d> {
         } else {
             Err(INVALID_HANDLE)
         }
+    }
+
+    /// The driver's handle for a stream or event the client names `h`.
+    fn real(&self, h: Handle) -> Ptr {
+        as_ptr(self.tables.real.get(&h).copied().unwrap_or(h))
+    }
+
+    /// A name the client gives a new stream or event: 0 (the driver's
+    /// handle is answered instead), or a client handle not in use.
+    fn check_new_name(&self, id: Handle) -> DriverResult {
+        let taken = self.tables.streams.contains_key(&id) || self.tables.events.contains_key(&id);
+        if id == 0 || (is_client_handle(id) && !taken) {
+            Ok(())
+        } else {
+            Err(INVALID_VALUE)
+        }
+    }
+
+    /// Record a new stream (or event) of `ctx` under the client's name, or
+    /// its own handle when the client gave none; returns the name.
+    fn name_new(&mut self, id: Handle, real: Handle, ctx: Handle, stream: bool) -> Handle {
+        let name = if id == 0 { real } else { id };
+        if id != 0 {
+            self.tables.real.insert(id, real);
+        }
+        if stream {
+            self.tables.streams.insert(name, ctx);
+        } else {
+            self.tables.events.insert(name, ctx);
+        }
+        name
     }
 
     fn check_event(&self, event: Handle) -> DriverResult {
@@ -801,7 +844,7 @@ impl<'d> Worker<'d> {
                     .streams
                     .iter()
                     .filter(|(_, c)| **c == ctx)
-                    .map(|(s, _)| as_ptr(*s)),
+                    .map(|(s, _)| self.real(*s)),
             )
             .collect();
         for s in streams {
@@ -811,7 +854,7 @@ impl<'d> Worker<'d> {
         self.per_thread.retain(|(c, _), _| *c != ctx);
         for (e, _) in self.tables.events.iter().filter(|(_, c)| **c == ctx) {
             // SAFETY: e is an event of this client.
-            let _ = unsafe { d.cuEventDestroy_v2(as_ptr(*e)) };
+            let _ = unsafe { d.cuEventDestroy_v2(self.real(*e)) };
         }
         for (m, _) in self.tables.modules.iter().filter(|(_, c)| **c == ctx) {
             // SAFETY: m is a module of this client.

@@ -31,6 +31,16 @@ pub enum StreamRef {
     Handle(Handle),
 }
 
+/// Handles a client names itself (streams and events created without a
+/// round trip) carry this tag in their top 16 bits: no driver hands out a
+/// user-space pointer there, so they cannot collide with the driver's own.
+pub const CLIENT_HANDLE_TAG: Handle = 0xc9a0_0000_0000_0000;
+
+/// Whether `h` is a client-named handle.
+pub fn is_client_handle(h: Handle) -> bool {
+    h & 0xffff_0000_0000_0000 == CLIENT_HANDLE_TAG && h != CLIENT_HANDLE_TAG
+}
+
 /// One requested driver operation. The comment on each says whether the
 /// client waits for it (sync) or streams it (async: status-only, errors kept
 /// for the next synchronising call).
@@ -144,8 +154,15 @@ pub enum Request {
         func: Handle,
         query: OccupancyQuery,
     },
-    /// sync -> `Reply::Handle`.
-    StreamCreate { ctx: Handle, flags: u32, priority: i32 },
+    /// `id` 0: sync -> `Reply::Handle`. Otherwise async: `id` is the
+    /// client's own name for the stream ([`is_client_handle`]), which the
+    /// server maps to the driver's handle, so creating costs no round trip.
+    StreamCreate {
+        ctx: Handle,
+        flags: u32,
+        priority: i32,
+        id: Handle,
+    },
     /// async.
     StreamDestroy { ctx: Handle, stream: Handle },
     /// sync.
@@ -159,8 +176,9 @@ pub enum Request {
         event: Handle,
         flags: u32,
     },
-    /// sync -> `Reply::Handle`.
-    EventCreate { ctx: Handle, flags: u32 },
+    /// As `StreamCreate`: `id` 0 answers the driver's handle, otherwise the
+    /// event is created async under the client's name `id`.
+    EventCreate { ctx: Handle, flags: u32, id: Handle },
     /// async.
     EventDestroy { ctx: Handle, event: Handle },
     /// async.

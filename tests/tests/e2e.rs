@@ -590,3 +590,81 @@ fn a_worker_is_pinned_to_the_cpus_near_its_gpu() {
         "{status}"
     );
 }
+
+/// Streams and events the client names are created without a reply and
+/// used by their names; a name that is not a client handle, or one already
+/// in use, is refused (at the next synchronise, as a streamed call's error).
+#[test]
+fn client_named_streams_and_events_are_checked() {
+    use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let mut s = RawSession::open(&server);
+    let Reply::Handle(ctx) = s.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
+        panic!("no primary context");
+    };
+    let post = |s: &mut RawSession, request: &Request| {
+        s.next_id += 1;
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, s.next_id, 0, request, &[], 1 << 20).unwrap();
+        s.stream.write_all(&out).unwrap();
+    };
+    let stream = CLIENT_HANDLE_TAG | 7;
+    let event = CLIENT_HANDLE_TAG | 8;
+    let create_stream = |id| Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id,
+    };
+    post(&mut s, &create_stream(stream));
+    post(
+        &mut s,
+        &Request::EventCreate {
+            ctx,
+            flags: 0,
+            id: event,
+        },
+    );
+    post(
+        &mut s,
+        &Request::EventRecord {
+            ctx,
+            event,
+            stream: StreamRef::Handle(stream),
+        },
+    );
+    assert!(matches!(
+        s.call(
+            &Request::StreamSynchronize {
+                ctx,
+                stream: StreamRef::Handle(stream)
+            },
+            &[]
+        ),
+        Reply::Status(0)
+    ));
+    assert!(matches!(
+        s.call(&Request::EventQuery { ctx, event }, &[]),
+        Reply::Status(0)
+    ));
+    // A name in use, and one without the client tag, are refused.
+    for bad in [stream, 0x7f00_1234] {
+        post(&mut s, &create_stream(bad));
+        assert!(
+            matches!(s.call(&Request::CtxSynchronize { ctx }, &[]), Reply::Status(1)),
+            "name {bad:#x} was accepted"
+        );
+    }
+    // Destroyed, the name no longer resolves.
+    post(&mut s, &Request::StreamDestroy { ctx, stream });
+    assert!(matches!(
+        s.call(
+            &Request::StreamSynchronize {
+                ctx,
+                stream: StreamRef::Handle(stream)
+            },
+            &[]
+        ),
+        Reply::Status(400)
+    ));
+}

@@ -1542,13 +1542,33 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
     if stream.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::StreamCreate { ctx, flags, priority }, &[])? {
-        Reply::Handle(h) => {
-            write(&s.stream_contexts).insert(h, ctx);
-            unsafe { out(stream, as_ptr(h)) }
-        }
-        _ => Err(CuError::UNKNOWN),
+    // CU_STREAM_DEFAULT or CU_STREAM_NON_BLOCKING: checked here, as the
+    // driver would, since the creation itself does not wait.
+    if flags & !1 != 0 {
+        return Err(CuError::INVALID_VALUE);
     }
+    // Named here and created on the server without a round trip; an error
+    // creating it comes back at the next synchronising call.
+    let id = new_client_handle();
+    s.remote.post(
+        &Request::StreamCreate {
+            ctx,
+            flags,
+            priority,
+            id,
+        },
+        &[],
+    )?;
+    write(&s.stream_contexts).insert(id, ctx);
+    // SAFETY: stream was checked for null; the caller passes a writable slot.
+    unsafe { out(stream, as_ptr(id)) }
+}
+
+/// A new name for a stream or event the shim creates without waiting.
+fn new_client_handle() -> Handle {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    gpupool_proto::message::CLIENT_HANDLE_TAG | (NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff)
 }
 
 pub unsafe fn stream_create(stream: *mut CUstream, flags: u32) -> CuResult {
@@ -1683,10 +1703,15 @@ pub unsafe fn event_create(event: *mut CUevent, flags: u32) -> CuResult {
     if event.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::EventCreate { ctx, flags }, &[])? {
-        Reply::Handle(h) => unsafe { out(event, as_ptr(h)) },
-        _ => Err(CuError::UNKNOWN),
+    // CU_EVENT_BLOCKING_SYNC | DISABLE_TIMING | INTERPROCESS, and an
+    // interprocess event must not time (the driver's own checks).
+    if flags & !0x7 != 0 || (flags & 0x4 != 0 && flags & 0x2 == 0) {
+        return Err(CuError::INVALID_VALUE);
     }
+    let id = new_client_handle();
+    s.remote.post(&Request::EventCreate { ctx, flags, id }, &[])?;
+    // SAFETY: event was checked for null; the caller passes a writable slot.
+    unsafe { out(event, as_ptr(id)) }
 }
 
 fn event_ctx() -> Handle {
