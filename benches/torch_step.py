@@ -1,5 +1,6 @@
 """PyTorch training steps for gpupool's GPU machine script: an MLP
-(1024 -> 4096 -> 4096 -> 10, batch 256) and a small CNN (batch 64, 64x64),
+(1024 -> 4096 -> 4096 -> 10, batch 256), a small CNN (batch 64, 64x64) and
+the MLP again under bf16 autocast,
 with fixed seeds, so a run natively and a run through gpupool can be compared
 loss for loss and step time for step time.
 
@@ -25,7 +26,7 @@ def cnn():
     )
 
 
-def run(name, model, shape, steps, warmup=20):
+def run(name, model, shape, steps, warmup=20, amp=False):
     torch.manual_seed(0)
     dev = torch.device("cuda")
     model = model.to(dev)
@@ -39,7 +40,8 @@ def run(name, model, shape, steps, warmup=20):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
@@ -56,3 +58,6 @@ if __name__ == "__main__":
     print(f"device 0: {torch.cuda.get_device_name(0)}", flush=True)
     run("mlp", mlp(), (256, 1024), steps)
     run("cnn", cnn(), (64, 3, 64, 64), steps)
+    # Mixed precision: cuBLASLt's half-precision paths (and its own export
+    # table) under autocast.
+    run("mlp_bf16", mlp(), (256, 1024), steps, amp=True)

@@ -29,6 +29,7 @@ else
 fi
 mkdir -p "$WORK/shim"
 ln -sf "$BIN/libcuda.so" "$WORK/shim/libcuda.so.1"
+[ -e "$BIN/libnvidia_ml.so" ] && ln -sf "$BIN/libnvidia_ml.so" "$WORK/shim/libnvidia-ml.so.1"
 
 GPUPOOL_STATE_DIR="$WORK/state" GPUPOOL_LOG=warn "$BIN/gpupool-server" --listen-tcp 127.0.0.1:0 --driver "$REAL" > "$WORK/server.out" 2> "$WORK/server.log" &
 SERVER=$!
@@ -75,8 +76,15 @@ fi
 if python3 -c "import torch" 2>/dev/null; then
     echo "== PyTorch (native | through gpupool)"
     n=$(python3 benches/torch_step.py 300 2>&1) || status=1
-    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" python3 benches/torch_step.py 300 2>&1) || status=1
+    r=$(GPUPOOL_SERVER="$URL" GPUPOOL_CALL_REPORT=1 LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" \
+        PYTHONUNBUFFERED=1 python3 benches/torch_step.py 300 2>&1) || status=1
     paste <(grep -E 'LOSS|BENCH' <<<"$n") <(grep -E 'LOSS|BENCH' <<<"$r" | sed 's/^/| /')
+    # Where the remote run's time went: the calls with the most round trips
+    # and time (totals over all models and steps; the script prints its
+    # step count per model).
+    echo "-- gpupool call report of the PyTorch run (top 25 by total time)"
+    awk '/^gpupool call report/ {on=1} on' <<<"$r" | head -27
+    grep -E 'does not (support|serve)|not supported|Error|error' <<<"$r" | sort | uniq -c | head -20 || true
     # Kernels may pick non-deterministic algorithms: compare within 1e-3.
     paste <(grep LOSS <<<"$n") <(grep LOSS <<<"$r") | awk '
         { d = $4 - $8; if (d < 0) d = -d; m = ($4 < 0 ? -$4 : $4); if (m < 1) m = 1;
