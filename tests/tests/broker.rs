@@ -32,9 +32,15 @@ fn start_broker(name: &str) -> Broker {
 }
 
 fn start_broker_with(name: &str, env: &[(&str, &str)]) -> Broker {
+    start_broker_at(name, "127.0.0.1:0", env)
+}
+
+fn start_broker_at(name: &str, listen: &str, env: &[(&str, &str)]) -> Broker {
+    // The signing key is kept per name: a broker restarted under the same
+    // name signs with the same key.
     let dir = scratch_dir().join(format!("broker-{name}"));
     let mut cmd = Command::new(target_dir().join("gpupool-broker"));
-    cmd.args(["--listen", "127.0.0.1:0", "--db", ":memory:"])
+    cmd.args(["--listen", listen, "--db", ":memory:"])
         .env("GPUPOOL_BROKER_ADMIN_TOKEN", ADMIN)
         .env("GPUPOOL_BROKER_SERVER_SECRET", SECRET)
         .env("GPUPOOL_BROKER_SIGNING_KEY_FILE", dir.join("signing.key"))
@@ -411,4 +417,42 @@ fn a_silent_server_is_marked_down_and_its_holders_are_told() {
     })
     .unwrap_or_else(|| panic!("the server did not come back up:\n{}", server.log()));
     assert_runs(brokered(&broker, None, &["vadd"]), "OK vadd", &server);
+}
+
+/// A broker that comes back empty (restarted on an in-memory store) no
+/// longer knows the server: the server's next heartbeat is answered 404 and
+/// it registers again, by itself; while the broker was away it kept serving.
+#[test]
+fn a_server_registers_again_with_a_broker_that_forgot_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let settings = [("GPUPOOL_BROKER_HEARTBEAT_TIMEOUT_MS", "300")];
+    let broker = start_broker_at("forgetful", &listen, &settings);
+    let server = registering_server(&broker, "sim-f", "10");
+    wait_for(Duration::from_secs(20), || server_view(&broker, "sim-f"))
+        .unwrap_or_else(|| panic!("the server did not register:\n{}", server.log()));
+    let url = broker.url.clone();
+    drop(broker);
+    // Away: the server says so once and keeps trying.
+    assert!(
+        server.wait_for_log("heartbeat failed", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let broker = start_broker_at("forgetful", &listen, &settings);
+    assert_eq!(broker.url, url);
+    let view = wait_for(Duration::from_secs(20), || server_view(&broker, "sim-f"))
+        .unwrap_or_else(|| panic!("the server did not register again:\n{}", server.log()));
+    assert_eq!(view["gpus"], 2, "{view}");
+    assert!(
+        server
+            .log()
+            .contains("the broker no longer knows this server; registering again"),
+        "{}",
+        server.log()
+    );
 }
