@@ -6,6 +6,8 @@
 #
 # Needs the release binaries already built (this script does not run cargo):
 #   cargo build --release --workspace
+# or, for a GPU machine without Rust, stripped copies made elsewhere by
+# scripts/gpu-bundle.sh and named with GPUPOOL_BIN=target/gpu-bundle;
 # and, on the GPU machine, the NVIDIA driver (libcuda.so.1) and nvcc or cc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
