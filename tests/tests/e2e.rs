@@ -310,6 +310,23 @@ impl RawSession {
         }
     }
 
+    /// A session with device 0's primary context retained.
+    fn open_with_context(server: &Server) -> (RawSession, u64) {
+        let mut s = RawSession::open(server);
+        let Reply::Handle(ctx) = s.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
+            panic!("no primary context");
+        };
+        (s, ctx)
+    }
+
+    /// Send a request streamed: no reply is asked for.
+    fn post(&mut self, request: &Request) {
+        self.next_id += 1;
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, self.next_id, 0, request, &[], 1 << 20).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
     fn call(&mut self, request: &Request, bulk: &[u8]) -> Reply {
         self.next_id += 1;
         let mut out = Vec::new();
@@ -427,17 +444,13 @@ fn images_are_shipped_once_per_server_and_checked_by_content() {
 #[test]
 fn kept_errors_are_returned_once_by_a_synchronous_copy() {
     let server = Server::start();
-    let mut s = RawSession::open(&server);
-    let Reply::Handle(ctx) = s.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
-        panic!("no primary context");
-    };
+    let (mut s, ctx) = RawSession::open_with_context(&server);
     let Reply::Pointer(ptr) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
         panic!("no allocation");
     };
     // A streamed launch of a function the session never looked up fails on
     // the server; its error is kept for the context.
     let bad_launch = |s: &mut RawSession| {
-        s.next_id += 1;
         let launch = Request::Launch(gpupool_proto::message::Launch {
             ctx,
             func: 0xdead_0000,
@@ -448,9 +461,7 @@ fn kept_errors_are_returned_once_by_a_synchronous_copy() {
             stream: gpupool_proto::message::StreamRef::Legacy,
             attrs: Vec::new(),
         });
-        let mut out = Vec::new();
-        frame::encode_frame(&mut out, s.next_id, 0, &launch, &[], 1 << 20).unwrap();
-        s.stream.write_all(&out).unwrap();
+        s.post(&launch);
     };
     let dtoh = |sync| Request::MemcpyDtoH {
         ctx,
@@ -598,16 +609,7 @@ fn a_worker_is_pinned_to_the_cpus_near_its_gpu() {
 fn client_named_streams_and_events_are_checked() {
     use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG};
     let server = Server::start();
-    let mut s = RawSession::open(&server);
-    let Reply::Handle(ctx) = s.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
-        panic!("no primary context");
-    };
-    let post = |s: &mut RawSession, request: &Request| {
-        s.next_id += 1;
-        let mut out = Vec::new();
-        frame::encode_frame(&mut out, s.next_id, 0, request, &[], 1 << 20).unwrap();
-        s.stream.write_all(&out).unwrap();
-    };
+    let (mut s, ctx) = RawSession::open_with_context(&server);
     let stream = CLIENT_HANDLE_TAG | 7;
     let event = CLIENT_HANDLE_TAG | 8;
     let create_stream = |id| Request::StreamCreate {
@@ -616,23 +618,17 @@ fn client_named_streams_and_events_are_checked() {
         priority: 0,
         id,
     };
-    post(&mut s, &create_stream(stream));
-    post(
-        &mut s,
-        &Request::EventCreate {
-            ctx,
-            flags: 0,
-            id: event,
-        },
-    );
-    post(
-        &mut s,
-        &Request::EventRecord {
-            ctx,
-            event,
-            stream: StreamRef::Handle(stream),
-        },
-    );
+    s.post(&create_stream(stream));
+    s.post(&Request::EventCreate {
+        ctx,
+        flags: 0,
+        id: event,
+    });
+    s.post(&Request::EventRecord {
+        ctx,
+        event,
+        stream: StreamRef::Handle(stream),
+    });
     assert!(matches!(
         s.call(
             &Request::StreamSynchronize {
@@ -649,14 +645,14 @@ fn client_named_streams_and_events_are_checked() {
     ));
     // A name in use, and one without the client tag, are refused.
     for bad in [stream, 0x7f00_1234] {
-        post(&mut s, &create_stream(bad));
+        s.post(&create_stream(bad));
         assert!(
             matches!(s.call(&Request::CtxSynchronize { ctx }, &[]), Reply::Status(1)),
             "name {bad:#x} was accepted"
         );
     }
     // Destroyed, the name no longer resolves.
-    post(&mut s, &Request::StreamDestroy { ctx, stream });
+    s.post(&Request::StreamDestroy { ctx, stream });
     assert!(matches!(
         s.call(
             &Request::StreamSynchronize {
