@@ -13,6 +13,16 @@ use gpupool_softcuda::exports::*;
 
 static PRIMARY: Mutex<()> = Mutex::new(());
 
+/// The tests share one driver in this process, and its device addresses are
+/// host mappings the kernel may hand out again at once: a test checking that
+/// freed memory is refused must not see another test's new allocation there.
+/// So they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const PTX: &str = r#"
 .version 8.0
 .target sm_90
@@ -120,6 +130,7 @@ fn arg<T>(v: &mut T) -> *mut c_void {
 
 #[test]
 fn device_queries() {
+    let _serial = serial();
     ok(cuInit(0));
     assert_eq!(cuInit(1), 1, "cuInit flags must be 0");
     let mut v = 0;
@@ -183,6 +194,7 @@ fn device_queries() {
 
 #[test]
 fn error_names_and_strings() {
+    let _serial = serial();
     let mut p = std::ptr::null();
     // SAFETY: valid out-pointers; returned strings are static.
     unsafe {
@@ -199,6 +211,7 @@ fn error_names_and_strings() {
 
 #[test]
 fn calls_without_a_context_fail() {
+    let _serial = serial();
     ok(cuInit(0));
     std::thread::spawn(|| {
         let mut p = 0;
@@ -218,6 +231,7 @@ fn calls_without_a_context_fail() {
 
 #[test]
 fn memory_alloc_copy_free() {
+    let _serial = serial();
     let ctx = context();
     let a = alloc(1000);
     assert_eq!(a % 256, 0, "device pointers are 256-byte aligned");
@@ -299,6 +313,7 @@ fn download_err(src: CUdeviceptr) -> CUresult {
 
 #[test]
 fn memory_accounting() {
+    let _serial = serial();
     let ctx = context();
     let (mut free0, mut total) = (0usize, 0usize);
     // SAFETY: valid out-pointers.
@@ -322,6 +337,7 @@ fn memory_accounting() {
 
 #[test]
 fn vector_add_with_kernel_params_and_extra() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     let f = function(m, "gp_vector_add").unwrap();
@@ -452,6 +468,7 @@ fn vector_add_with_kernel_params_and_extra() {
 
 #[test]
 fn other_known_kernels() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     let n = 300usize;
@@ -510,6 +527,7 @@ fn other_known_kernels() {
 
 #[test]
 fn unknown_kernels_and_bad_launches() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     assert_eq!(function(m, "nope").unwrap_err(), 500);
@@ -634,6 +652,7 @@ fn unknown_kernels_and_bad_launches() {
 
 #[test]
 fn param_info_and_function_attributes() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     let f = function(m, "mystery").unwrap();
@@ -671,6 +690,7 @@ fn param_info_and_function_attributes() {
 
 #[test]
 fn fault_makes_the_context_sticky() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     let buf = alloc(64);
@@ -696,6 +716,7 @@ fn fault_makes_the_context_sticky() {
 
 #[test]
 fn out_of_bounds_kernel_access_faults() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     let f = function(m, "gp_fill_u32").unwrap();
@@ -731,6 +752,7 @@ fn out_of_bounds_kernel_access_faults() {
 
 #[test]
 fn primary_context_lifecycle_and_reset() {
+    let _serial = serial();
     let _g = PRIMARY.lock().unwrap_or_else(|e| e.into_inner());
     ok(cuInit(0));
     let (mut flags, mut active) = (0u32, 0i32);
@@ -779,6 +801,7 @@ fn primary_context_lifecycle_and_reset() {
 
 #[test]
 fn module_globals() {
+    let _serial = serial();
     let ctx = context();
     let m = load(PTX).unwrap();
     let (mut dptr, mut size) = (0u64, 0usize);
@@ -814,6 +837,7 @@ fn module_globals() {
 
 #[test]
 fn bad_images() {
+    let _serial = serial();
     let ctx = context();
     assert_eq!(load("not ptx at all").unwrap_err(), 200);
     assert_eq!(
@@ -839,6 +863,7 @@ fn bad_images() {
 
 #[test]
 fn libraries_and_kernels() {
+    let _serial = serial();
     ok(cuInit(0));
     let src = CString::new(PTX).unwrap();
     let mut lib = null_mut();
@@ -916,6 +941,7 @@ fn libraries_and_kernels() {
 
 #[test]
 fn streams_and_events() {
+    let _serial = serial();
     let ctx = context();
     let mut s = null_mut();
     let (mut e0, mut e1, mut nt) = (null_mut(), null_mut(), null_mut());
@@ -990,6 +1016,7 @@ fn streams_and_events() {
 
 #[test]
 fn limits_and_occupancy() {
+    let _serial = serial();
     let ctx = context();
     let mut v = 0usize;
     // SAFETY: valid out-pointers throughout.
@@ -1061,6 +1088,7 @@ fn limits_and_occupancy() {
 
 #[test]
 fn concurrent_contexts_on_threads() {
+    let _serial = serial();
     ok(cuInit(0));
     let threads: Vec<_> = (0..4)
         .map(|t| {
