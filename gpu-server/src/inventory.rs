@@ -10,7 +10,7 @@
 //! instead, and they override what was discovered on real machines too.
 
 use crate::config::{GpuTopology, NicTopology, ServerConfig};
-use crate::driver::{DeviceFacts, Driver};
+use crate::driver::DeviceFacts;
 use crate::nvml::ServerNvml;
 use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_proto::affinity;
@@ -34,22 +34,15 @@ pub struct Discovered {
 }
 
 /// The GPUs and NICs of this server, as the broker's registration carries
-/// them.
-pub fn describe(cfg: &ServerConfig, driver: &Driver, nvml: &ServerNvml) -> anyhow::Result<(Vec<Gpu>, Vec<Nic>)> {
-    let count = driver
-        .device_count()
-        .map_err(|s| anyhow::anyhow!("cuDeviceGetCount failed with status {s}"))?;
+/// them, from the driver's facts of each device (by ordinal).
+pub fn describe(
+    cfg: &ServerConfig,
+    devices: &[DeviceFacts],
+    nvml: &ServerNvml,
+) -> anyhow::Result<(Vec<Gpu>, Vec<Nic>)> {
     let sysfs = Path::new("/sys");
-    let mut found = Vec::new();
-    let mut uuids = Vec::new();
-    for ordinal in 0..count {
-        let facts = driver
-            .device_facts(ordinal)
-            .map_err(|s| anyhow::anyhow!("cannot describe device {ordinal}: status {s}"))?;
-        found.push(from_facts(&facts, cfg.simulated, sysfs));
-        uuids.push(facts.uuid);
-    }
-    let remotes: Vec<Vec<(u32, u32, u32)>> = uuids.iter().map(|u| nvml.nvlink_remotes(u)).collect();
+    let found: Vec<Discovered> = devices.iter().map(|f| from_facts(f, cfg.simulated, sysfs)).collect();
+    let remotes: Vec<Vec<(u32, u32, u32)>> = devices.iter().map(|f| nvml.nvlink_remotes(&f.uuid)).collect();
     let mut gpus = nvlink_peers(found, &remotes);
     apply_gpu_overrides(&mut gpus, &cfg.gpu)?;
     let nics = if cfg.nic.is_empty() {

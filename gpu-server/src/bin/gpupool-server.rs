@@ -95,8 +95,11 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>
     } else {
         ""
     };
-    for d in 0..count {
-        if let Ok(f) = driver.device_facts(d) {
+    // Each device's facts, read once: for this log, and to describe the
+    // server (to the broker, and for pinning workers).
+    let facts: Vec<_> = (0..count).map(|d| driver.device_facts(d)).collect();
+    for (d, f) in facts.iter().enumerate() {
+        if let Ok(f) = f {
             tracing::info!(device = d, name = %f.name, memory_mib = f.total_mem >> 20, "serving GPU{label}");
         }
     }
@@ -106,7 +109,13 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>
     } else {
         ServerNvml::load()
     };
-    let (gpus, nics) = match inventory::describe(cfg, &driver, &nvml) {
+    let described = facts
+        .into_iter()
+        .enumerate()
+        .map(|(d, f)| f.map_err(|s| anyhow::anyhow!("cannot describe device {d}: status {s}")))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .and_then(|devices| inventory::describe(cfg, &devices, &nvml));
+    let (gpus, nics) = match described {
         Ok(found) => found,
         Err(e) if cfg.broker.is_empty() => {
             tracing::warn!("cannot describe this server's GPUs ({e}); workers are not pinned");
