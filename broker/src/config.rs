@@ -242,8 +242,8 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid("store = etcd needs etcd_endpoints".into()));
         }
         let name = if self.broker_name.is_empty() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}/{}", host.trim(), self.listen)
+            let host = gpupool_proto::handshake::host_name().unwrap_or_default();
+            format!("{host}/{}", self.listen)
         } else {
             self.broker_name.clone()
         };

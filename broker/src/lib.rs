@@ -13,7 +13,9 @@
 //! compare policies by how much GPU capacity they leave stranded.
 
 pub mod api;
-pub mod client;
+/// The broker's HTTP client (it lives in `proto`, shared with the GPU server
+/// and the client shim).
+pub use gpupool_proto::broker_client as client;
 pub mod config;
 pub mod control;
 pub mod inventory;

@@ -8,24 +8,22 @@
 //! closed with that reason and every later CUDA call fails with
 //! `CUDA_ERROR_DEVICE_UNAVAILABLE`. At exit the lease is released.
 //!
-//! The broker speaks HTTP/1.1 with JSON bodies; this module has its own small
-//! blocking client (one request per connection) so the shim needs no async
-//! runtime.
+//! The broker speaks HTTP/1.1 with JSON bodies, through the blocking client
+//! of `gpupool_proto::broker_client` (one request per connection), so the
+//! shim needs no async runtime.
 //!
 //! `GPUPOOL_BROKER` may list several brokers of one pool (comma-separated):
 //! a call goes to the one that answered last, and on to the next of the list
 //! when it cannot be reached or answers `503 not_leader` (neither changed
 //! anything, so the call is safe to repeat there).
 
+use gpupool_proto::broker_client::{self, Client, ClientError, Response};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Longest a connection attempt to one broker may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer from the broker the shim reads.
+const MAX_ANSWER: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -56,10 +54,8 @@ pub enum BrokerError {
 /// separated by commas.
 #[derive(Debug, Clone)]
 pub struct Broker {
-    addrs: Vec<String>,
-    /// The broker that answered last (an index of `addrs`), shared by clones.
-    current: Arc<AtomicUsize>,
-    token: Option<String>,
+    /// Remembers the broker that answered last, shared by clones.
+    client: Client,
 }
 
 /// A granted lease.
@@ -71,88 +67,47 @@ pub struct Granted {
     pub ttl: Duration,
 }
 
-/// `host:port` of each `http://host:port` of a comma-separated list.
+/// `host:port` of each `http://host:port` of a comma-separated list (the
+/// shim takes only `http://` URLs).
 pub fn parse_urls(text: &str) -> Result<Vec<String>, BrokerError> {
-    let mut addrs = Vec::new();
-    for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| BrokerError::BadUrl(url.into()))?;
-        let addr = rest.trim_end_matches('/');
-        if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
-            return Err(BrokerError::BadUrl(url.into()));
-        }
-        addrs.push(addr.to_string());
+    let bad = || BrokerError::BadUrl(text.into());
+    if text
+        .split(',')
+        .map(str::trim)
+        .any(|u| !u.is_empty() && !u.starts_with("http://"))
+    {
+        return Err(bad());
     }
-    if addrs.is_empty() {
-        return Err(BrokerError::BadUrl(text.into()));
-    }
-    Ok(addrs)
+    broker_client::parse_urls(text).map_err(|_| bad())
 }
 
 impl Broker {
     pub fn new(url: &str, token: Option<String>) -> Result<Broker, BrokerError> {
+        parse_urls(url)?;
+        let client = Client::new(url, token).map_err(|_| BrokerError::BadUrl(url.into()))?;
         Ok(Broker {
-            addrs: parse_urls(url)?,
-            current: Arc::new(AtomicUsize::new(0)),
-            token,
+            client: client.with_max_response(MAX_ANSWER),
         })
     }
 
     /// The broker calls go to first: the one that answered last.
     pub fn url(&self) -> String {
-        let i = self.current.load(Ordering::Relaxed) % self.addrs.len();
-        format!("http://{}", self.addrs[i])
+        self.client.url()
     }
 
     /// One call, at the broker that answered last, passed on down the list
-    /// while brokers cannot be reached or are not the leader.
+    /// while brokers cannot be reached or are not the leader; the JSON body
+    /// of a 2xx answer.
     fn exchange(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, BrokerError> {
-        let n = self.addrs.len();
-        let first = self.current.load(Ordering::Relaxed) % n;
-        let mut passed = Vec::new();
-        for k in 0..n {
-            let i = (first + k) % n;
-            match self.exchange_with(&self.addrs[i], method, path, body) {
-                Err(e @ (BrokerError::Connect(..) | BrokerError::NotLeader(..))) if n > 1 => {
-                    passed.push(e.to_string());
-                }
-                Err(e @ (BrokerError::Connect(..) | BrokerError::NotLeader(..))) => return Err(e),
-                other => {
-                    // This broker serves (or failed in mid-call, when the call
-                    // may have been done: not repeated elsewhere).
-                    self.current.store(i, Ordering::Relaxed);
-                    return other;
-                }
-            }
-        }
-        Err(BrokerError::NoLeader(passed.join("; ")))
-    }
-
-    /// One HTTP exchange with one broker; the JSON body of a 2xx answer.
-    fn exchange_with(&self, addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value, BrokerError> {
-        let io = |e| BrokerError::Io(addr.to_string(), e);
-        let mut s = connect(addr).map_err(|e| BrokerError::Connect(addr.to_string(), e))?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
-        s.set_write_timeout(Some(Duration::from_secs(30))).map_err(io)?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let auth = self
-            .token
-            .as_ref()
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).map_err(io)?;
-        s.write_all(body.as_bytes()).map_err(io)?;
-        let mut answer = Vec::new();
-        s.take(16 << 20).read_to_end(&mut answer).map_err(io)?;
-        parse_response(&answer).map_err(|e| match e {
-            BrokerError::NotLeader(_, why) => BrokerError::NotLeader(addr.to_string(), why),
-            other => other,
-        })
+        let body = body.map(|b| b.to_string().into_bytes());
+        let response = self.client.send(method, path, body.as_deref()).map_err(|e| match e {
+            ClientError::Connect { addr, source } => BrokerError::Connect(addr, source),
+            ClientError::Io { addr, source } => BrokerError::Io(addr, source),
+            ClientError::NoLeader(why) => BrokerError::NoLeader(why),
+            other => BrokerError::Malformed(other.to_string()),
+        })?;
+        let addr = self.client.url().trim_start_matches("http://").to_string();
+        answer(&response, &addr)
     }
 
     /// Ask for a lease and wait (up to `wait`) while the broker queues it.
@@ -220,78 +175,24 @@ fn granted(id: u64, view: &Value) -> Result<Granted, BrokerError> {
     })
 }
 
-/// Status line, headers and body of an HTTP/1.1 answer (`Connection: close`).
-fn parse_response(answer: &[u8]) -> Result<Value, BrokerError> {
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| BrokerError::Malformed("no end of headers".into()))?;
-    let head = std::str::from_utf8(&answer[..split]).map_err(|_| BrokerError::Malformed("headers not UTF-8".into()))?;
-    let mut body = &answer[split + 4..];
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| BrokerError::Malformed(format!("status line {:?}", head.lines().next())))?;
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    };
-    let decoded;
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        decoded = dechunk(body)?;
-        body = &decoded;
-    } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body = body
-            .get(..n)
-            .ok_or_else(|| BrokerError::Malformed("body shorter than declared".into()))?;
-    }
-    let text = String::from_utf8_lossy(body).into_owned();
-    if !(200..300).contains(&status) {
-        let parsed = serde_json::from_str::<Value>(&text).ok();
-        let message = parsed
-            .as_ref()
+/// What an answer of the broker at `addr` means: the JSON body of a 2xx
+/// answer (null when empty), or the broker's refusal.
+fn answer(response: &Response, addr: &str) -> Result<Value, BrokerError> {
+    let text = response.text();
+    if !(200..300).contains(&response.status) {
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or(text);
-        if status == 503 && parsed.is_some_and(|v| v["code"] == "not_leader") {
-            return Err(BrokerError::NotLeader(String::new(), message));
+        if response.is_not_leader() {
+            return Err(BrokerError::NotLeader(addr.to_string(), message));
         }
-        return Err(BrokerError::Status(status, message));
+        return Err(BrokerError::Status(response.status, message));
     }
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
     serde_json::from_str(&text).map_err(|e| BrokerError::Malformed(e.to_string()))
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, BrokerError> {
-    let bad = || BrokerError::Malformed("bad chunked body".into());
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
-        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| bad())?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad())?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(body.get(..size).ok_or_else(bad)?);
-        body = body.get(size + 2..).ok_or_else(bad)?;
-    }
-}
-
-/// Connects to the first address `addr` resolves to that answers.
-fn connect(addr: &str) -> std::io::Result<TcpStream> {
-    let mut last = None;
-    for socket in addr.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address")))
 }
 
 /// `GPUPOOL_REQUEST`: comma-separated `key=value`: `gpus=N`, or a slice with
@@ -397,6 +298,9 @@ pub fn hold(broker: Broker, lease: &Granted, lost: impl Fn(String) + Send + 'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn requests_parse_and_refuse_nonsense() {
@@ -418,6 +322,12 @@ mod tests {
         ] {
             assert!(parse_request(bad, "h").is_err(), "{bad} accepted");
         }
+    }
+
+    /// The whole answer, as the broker client reads it and the shim takes it.
+    fn parse_response(raw: &[u8]) -> Result<Value, BrokerError> {
+        let response = broker_client::parse_response(raw).map_err(|e| BrokerError::Malformed(e.to_string()))?;
+        answer(&response, "broker:7080")
     }
 
     #[test]

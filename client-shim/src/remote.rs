@@ -518,9 +518,7 @@ pub(crate) fn client_info() -> ClientInfo {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host = gpupool_proto::handshake::host_name().unwrap_or_default();
     ClientInfo {
         host,
         pid: std::process::id(),

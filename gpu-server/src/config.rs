@@ -161,9 +161,7 @@ impl ServerConfig {
             ));
         }
         if cfg.server_id.is_empty() {
-            cfg.server_id = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "gpupool-server".into());
+            cfg.server_id = gpupool_proto::handshake::host_name().unwrap_or_else(|| "gpupool-server".into());
         }
         Ok(cfg)
     }

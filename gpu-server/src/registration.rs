@@ -10,15 +10,16 @@
 //! lease granted after the broker answered is not in the answer yet.
 //!
 //! Several broker URLs (the brokers of one pool on etcd) are tried in turn
-//! (`gpupool_broker::client`). The broker unreachable: the server keeps serving the sessions it has
-//! and retries, with growing pauses, logging each outage once. A broker that
+//! (`gpupool_proto::broker_client`). The broker unreachable: the server
+//! keeps serving the sessions it has and retries, with growing pauses,
+//! logging each outage once. A broker that
 //! no longer knows the server (a restart on an empty store) answers the
 //! heartbeat with 404, and the server registers again.
 
 use crate::config::ServerConfig;
-use gpupool_broker::client::{Client, ClientError};
 use gpupool_broker::control::{HeartbeatReply, Registration, ServerView};
 use gpupool_broker::inventory::{Gpu, Nic};
+use gpupool_proto::broker_client::{Client, ClientError};
 use std::time::{Duration, Instant};
 
 /// First pause after a failed registration; doubled up to [`MAX_RETRY`].
@@ -79,9 +80,7 @@ pub fn advertised_url(cfg: &ServerConfig, bound: &crate::session::Bound) -> anyh
     }
     let host = |a: &std::net::SocketAddr| {
         if a.ip().is_unspecified() {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into())
+            gpupool_proto::handshake::host_name().unwrap_or_else(|| "localhost".into())
         } else if a.is_ipv6() {
             format!("[{}]", a.ip())
         } else {

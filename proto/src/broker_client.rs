@@ -1,5 +1,7 @@
 //! A small blocking HTTP/1.1 client for the broker's API: what the `gpupool`
-//! CLI and the tests speak. One request per connection (`Connection:
+//! CLI, the GPU server's registration, the client shim's leases and the
+//! tests speak (here in `proto`, so the shim needs neither the broker crate
+//! nor an async runtime for it). One request per connection (`Connection:
 //! close`), JSON bodies, bearer tokens; plain `http://` only — put the broker
 //! behind a TLS-terminating proxy to reach it across networks.
 //!
@@ -18,7 +20,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-/// Largest response read.
+/// Largest response read unless [`Client::with_max_response`] says less.
 const MAX_RESPONSE: usize = 64 << 20;
 /// Longest a connection attempt to one broker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +95,7 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     token: Option<String>,
     timeout: Duration,
+    max_response: usize,
 }
 
 impl Client {
@@ -104,6 +107,7 @@ impl Client {
             current: Arc::new(AtomicUsize::new(0)),
             token,
             timeout: Duration::from_secs(30),
+            max_response: MAX_RESPONSE,
         })
     }
 
@@ -115,6 +119,14 @@ impl Client {
     pub fn with_timeout(&self, timeout: Duration) -> Client {
         Client {
             timeout,
+            ..self.clone()
+        }
+    }
+
+    /// The largest answer accepted, in bytes.
+    pub fn with_max_response(&self, max_response: usize) -> Client {
+        Client {
+            max_response,
             ..self.clone()
         }
     }
@@ -178,11 +190,10 @@ impl Client {
         request.extend_from_slice(body);
         stream.write_all(&request).map_err(io)?;
         let mut raw = Vec::new();
-        stream.take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw).map_err(io)?;
-        if raw.len() > MAX_RESPONSE {
-            return Err(ClientError::BadResponse(format!(
-                "answer is larger than {MAX_RESPONSE} bytes"
-            )));
+        let max = self.max_response;
+        stream.take(max as u64 + 1).read_to_end(&mut raw).map_err(io)?;
+        if raw.len() > max {
+            return Err(ClientError::BadResponse(format!("answer is larger than {max} bytes")));
         }
         parse_response(&raw)
     }
@@ -228,7 +239,9 @@ fn connect(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address")))
 }
 
-fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
+/// Status and body of a whole HTTP/1.1 answer (`Connection: close`), plain
+/// or chunked.
+pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

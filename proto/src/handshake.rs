@@ -108,6 +108,14 @@ impl Hello {
     }
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`, trimmed);
+/// `None` when it cannot be read.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::gpu_uuid_string;

@@ -14,6 +14,7 @@
 //! ordered byte streams to carry frames.
 
 pub mod affinity;
+pub mod broker_client;
 pub mod codec;
 pub mod error;
 pub mod frame;
