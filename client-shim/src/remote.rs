@@ -238,7 +238,7 @@ impl Remote {
             })?;
         if let Some(set) = &pin {
             // The QUIC runtime's thread moves every packet of the session.
-            let quic = affinity::pin_threads_named("gpupool-quic", set);
+            let quic = affinity::pin_threads_named(transport::QUIC_CLIENT_THREAD, set);
             tracing::info!(
                 quic_threads = quic,
                 "I/O threads pinned near the NIC that reaches the server"

@@ -14,7 +14,7 @@ mod url;
 pub use poll::{PollRead, Polling, SocketRead};
 pub use quic::{
     cert_fingerprint, load_or_create_server_identity, quic_client_connect, quic_server_endpoint, ClientTls,
-    ServerIdentity, ALPN,
+    ServerIdentity, ALPN, QUIC_CLIENT_THREAD,
 };
 pub use quic_direct::{DirectQuicListener, DirectQuicReader, DirectQuicStream, DirectQuicWriter};
 pub use tcp::tcp_client_connect;

@@ -202,6 +202,10 @@ struct QuicKeep {
     _connection: quinn::Connection,
 }
 
+/// The name of a QUIC client's runtime thread (the shim finds it by this
+/// name to pin it).
+pub const QUIC_CLIENT_THREAD: &str = "gpupool-quic";
+
 /// Connect over QUIC and open the session's stream (blocking). The runtime
 /// that drives the connection runs on one thread of its own.
 pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStream, ProtoError> {
@@ -218,7 +222,7 @@ pub fn quic_client_connect(url: &ServerUrl, tls: &ClientTls) -> Result<ClientStr
         .ok_or_else(|| fail("no address".into()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("gpupool-quic")
+        .thread_name(QUIC_CLIENT_THREAD)
         .enable_all()
         .build()?;
     let bind: SocketAddr = if addr.is_ipv6() {
