@@ -234,6 +234,19 @@ impl Drop for Server {
     }
 }
 
+/// The output of a `driver_check hold` program up to its `HOLDING` line (or
+/// its end, when it stopped before holding).
+pub fn output_until_holding(program: &mut Child) -> String {
+    let mut out = String::new();
+    let mut stdout = BufReader::new(program.stdout.take().expect("stdout piped"));
+    while !out.contains("HOLDING") {
+        if stdout.read_line(&mut out).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    out
+}
+
 /// A command that runs `program` with the shim as its `libcuda.so.1`.
 pub fn through_shim(program: &Path, server_url: &str) -> Command {
     let mut cmd = Command::new(program);

@@ -116,18 +116,6 @@ fn assert_runs(cmd: Command, expected: &str, server: &Server) {
     );
 }
 
-/// The program's output up to its `HOLDING` line (or its end).
-fn held(program: &mut Child) -> String {
-    let mut out = String::new();
-    let mut stdout = BufReader::new(program.stdout.take().unwrap());
-    while !out.contains("HOLDING") {
-        if stdout.read_line(&mut out).unwrap_or(0) == 0 {
-            break;
-        }
-    }
-    out
-}
-
 /// Polls `f` until it gives a value or `timeout` passes.
 fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = std::time::Instant::now();
@@ -332,7 +320,7 @@ fn a_session_whose_lease_ends_is_ended_by_its_server() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut program = cmd.spawn().unwrap();
-    let held = held(&mut program);
+    let held = output_until_holding(&mut program);
     assert!(held.contains("HOLDING"), "{held}\n{}", server.log());
 
     http(&broker, "DELETE", &format!("/v1/leases/{}", lease["id"]), ADMIN, None);
@@ -377,7 +365,7 @@ fn a_silent_server_is_marked_down_and_its_holders_are_told() {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    let held = held(&mut program);
+    let held = output_until_holding(&mut program);
     assert!(held.contains("HOLDING"), "{held}\n{}", server.log());
 
     // SAFETY: plain signal to the server process this test started.

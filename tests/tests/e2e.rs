@@ -140,14 +140,7 @@ fn killed_client_memory_is_freed() {
     let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
     cmd.args(["hold", "8"]).stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("HOLDING") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "program ended before holding memory: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let seen = output_until_holding(&mut child);
     let held = 8 * 1024 * 1024 + 4096;
     assert!(seen.contains(&format!("HOLDING {held}")), "{seen}");
     child.kill().unwrap();
@@ -575,13 +568,7 @@ fn a_worker_is_pinned_to_the_cpus_near_its_gpu() {
     let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
     cmd.arg("hold").stdout(std::process::Stdio::piped());
     let mut program = cmd.spawn().unwrap();
-    let mut line = String::new();
-    let mut stdout = std::io::BufReader::new(program.stdout.take().unwrap());
-    while !line.contains("HOLDING") {
-        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap_or(0) == 0 {
-            break;
-        }
-    }
+    output_until_holding(&mut program);
     let pinned = server.wait_for_log("worker pinned to the CPUs near its GPUs", Duration::from_secs(10));
     let log = server.log();
     let pid: u32 = log
@@ -629,16 +616,16 @@ fn client_named_streams_and_events_are_checked() {
         event,
         stream: StreamRef::Handle(stream),
     });
-    assert!(matches!(
+    let sync_stream = |s: &mut RawSession| {
         s.call(
             &Request::StreamSynchronize {
                 ctx,
-                stream: StreamRef::Handle(stream)
+                stream: StreamRef::Handle(stream),
             },
-            &[]
-        ),
-        Reply::Status(0)
-    ));
+            &[],
+        )
+    };
+    assert!(matches!(sync_stream(&mut s), Reply::Status(0)));
     assert!(matches!(
         s.call(&Request::EventQuery { ctx, event }, &[]),
         Reply::Status(0)
@@ -653,14 +640,5 @@ fn client_named_streams_and_events_are_checked() {
     }
     // Destroyed, the name no longer resolves.
     s.post(&Request::StreamDestroy { ctx, stream });
-    assert!(matches!(
-        s.call(
-            &Request::StreamSynchronize {
-                ctx,
-                stream: StreamRef::Handle(stream)
-            },
-            &[]
-        ),
-        Reply::Status(400)
-    ));
+    assert!(matches!(sync_stream(&mut s), Reply::Status(400)));
 }
