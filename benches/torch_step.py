@@ -4,7 +4,8 @@ the MLP again under bf16 autocast,
 with fixed seeds, so a run natively and a run through gpupool can be compared
 loss for loss and step time for step time.
 
-Prints `LOSS <model> <step> <value>` every 50 steps and
+Usage: `torch_step.py [STEPS [MODEL ...]]` (default 300 steps of mlp, cnn
+and mlp_bf16). Prints `LOSS <model> <step> <value>` every 50 steps and
 `BENCH <model>_step_ms <mean over the timed steps>`.
 """
 import sys
@@ -52,12 +53,18 @@ def run(name, model, shape, steps, warmup=20, amp=False):
     print(f"BENCH {name}_step_ms {1000 * sum(times) / len(times):.4f}", flush=True)
 
 
-if __name__ == "__main__":
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    assert torch.cuda.is_available(), "no CUDA device visible to PyTorch"
-    print(f"device 0: {torch.cuda.get_device_name(0)}", flush=True)
-    run("mlp", mlp(), (256, 1024), steps)
-    run("cnn", cnn(), (64, 3, 64, 64), steps)
+MODELS = {
+    "mlp": lambda steps: run("mlp", mlp(), (256, 1024), steps),
+    "cnn": lambda steps: run("cnn", cnn(), (64, 3, 64, 64), steps),
     # Mixed precision: cuBLASLt's half-precision paths (and its own export
     # table) under autocast.
-    run("mlp_bf16", mlp(), (256, 1024), steps, amp=True)
+    "mlp_bf16": lambda steps: run("mlp_bf16", mlp(), (256, 1024), steps, amp=True),
+}
+
+if __name__ == "__main__":
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    names = sys.argv[2:] or list(MODELS)
+    assert torch.cuda.is_available(), "no CUDA device visible to PyTorch"
+    print(f"device 0: {torch.cuda.get_device_name(0)}", flush=True)
+    for name in names:
+        MODELS[name](steps)

@@ -263,10 +263,8 @@ impl Remote {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Writer { stream, scratch } = &mut *w;
         match frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME) {
-            Ok(()) => {
-                self.traffic
-                    .bytes_out
-                    .fetch_add((frame::HEADER_LEN + bulk.len()) as u64, Ordering::Relaxed);
+            Ok(bytes) => {
+                self.traffic.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => Err(CuError::INVALID_VALUE),
@@ -470,9 +468,10 @@ impl Remote {
     fn read_frame(&self, reader: &mut impl Read, msg: &mut Vec<u8>) -> Result<(), ProtoError> {
         let header = frame::read_frame(reader, msg, MAX_FRAME)?;
         let reply: Reply = codec::decode(msg)?;
-        self.traffic
-            .bytes_in
-            .fetch_add(frame::HEADER_LEN as u64 + header.bulk_len, Ordering::Relaxed);
+        self.traffic.bytes_in.fetch_add(
+            frame::HEADER_LEN as u64 + u64::from(header.msg_len) + header.bulk_len,
+            Ordering::Relaxed,
+        );
         if let Reply::Data { offset } = reply {
             let sink = self.lock_pending().get(&header.id).and_then(|p| p.sink);
             let (addr, len) = sink

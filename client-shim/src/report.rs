@@ -119,5 +119,9 @@ fn print() {
             errors
         ));
     }
+    if let Some(total) = crate::exports::traffic_summary() {
+        out.push_str(&total);
+        out.push('\n');
+    }
     eprint!("{out}");
 }

@@ -100,7 +100,16 @@ pub struct Shim {
     /// Occupancy answers: fixed for a function, a context and a question
     /// until a function or kernel attribute is set.
     pub occupancy: RwLock<HashMap<(Handle, Handle, OccupancyQuery), Reply>>,
+    /// The value each settable attribute was last given, by (function or
+    /// kernel, attribute, device; `FUNCTION_SET` for a function), so that
+    /// setting it again to the same value (cuBLAS and PyTorch do, before
+    /// launches) is answered here: setting an attribute to the value it has
+    /// is no change.
+    pub attribute_sets: RwLock<HashMap<(Handle, i32, i32), i32>>,
 }
+
+/// The device slot of a function's entries in [`Shim::attribute_sets`].
+pub const FUNCTION_SET: i32 = i32::MIN;
 
 thread_local! {
     /// This thread's context stack: (context, its device). The top is current.
@@ -144,7 +153,23 @@ impl Shim {
             kernel_names: Mutex::default(),
             kernel_functions: RwLock::default(),
             occupancy: RwLock::default(),
+            attribute_sets: RwLock::default(),
         }
+    }
+
+    /// Forget what is cached under the server's function handles (their
+    /// attributes, parameter layouts, occupancy answers, attribute sets).
+    /// Called when modules, libraries or contexts go away, since the driver
+    /// may give a later function the value of a freed one's handle. (Kernel
+    /// handles are the shim's own and never reused.)
+    pub fn forget_functions(&self) {
+        fn w<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+            l.write().unwrap_or_else(|p| p.into_inner())
+        }
+        w(&self.func_attributes).clear();
+        w(&self.params).retain(|h, _| is_local(*h));
+        w(&self.occupancy).clear();
+        w(&self.attribute_sets).retain(|(_, _, device), _| *device != FUNCTION_SET);
     }
 
     /// Keep a library; its handle.
@@ -181,13 +206,17 @@ impl Shim {
             .remove(&library)?;
         let mut names = self.kernel_names.lock().unwrap_or_else(|p| p.into_inner());
         let mut kernels = self.lazy_kernels.write().unwrap_or_else(|p| p.into_inner());
+        let mut functions = self.kernel_functions.write().unwrap_or_else(|p| p.into_inner());
         names.retain(|(l, _), h| {
             let keep = *l != library;
             if !keep {
                 kernels.remove(h);
+                functions.retain(|(k, _), _| k != h);
             }
             keep
         });
+        drop((names, kernels, functions));
+        self.forget_functions();
         Some(lib)
     }
 
@@ -250,10 +279,7 @@ impl Shim {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, c), _| *c != ctx);
-        self.occupancy
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(_, c, _), _| *c != ctx);
+        self.forget_functions();
     }
 }
 

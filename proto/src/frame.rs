@@ -142,6 +142,7 @@ pub fn encode_frame<T: Serialize>(
 /// Write one frame. `scratch` is reused between calls to avoid allocation.
 /// Small bulk tails go out in the same write as the header (one system call,
 /// one packet); large ones are written from where they are, uncopied.
+/// Returns the bytes written.
 pub fn write_frame<W: Write + ?Sized, T: Serialize>(
     w: &mut W,
     scratch: &mut Vec<u8>,
@@ -150,16 +151,17 @@ pub fn write_frame<W: Write + ?Sized, T: Serialize>(
     msg: &T,
     bulk: &[u8],
     max_body: u64,
-) -> Result<(), ProtoError> {
+) -> Result<usize, ProtoError> {
     if bulk.len() <= COALESCE_LIMIT {
         encode_frame(scratch, id, flags, msg, bulk, max_body)?;
         w.write_all(scratch)?;
+        Ok(scratch.len())
     } else {
         encode_head(scratch, id, flags, msg, bulk.len(), max_body)?;
         w.write_all(scratch)?;
         w.write_all(bulk)?;
+        Ok(scratch.len() + bulk.len())
     }
-    Ok(())
 }
 
 /// Read one frame's header and message bytes into `msg`; the bulk tail

@@ -31,6 +31,8 @@ typedef struct CUkern_st *CUkernel;
 #define CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT 16
 #define CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
 #define CU_MEMORYTYPE_DEVICE 2
+#define CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK 0
+#define CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES 8
 
 typedef CUresult (*PFN_cuGetProcAddress_v2)(const char *, void **, int, uint64_t, int *);
 typedef CUresult (*PFN_cuInit)(unsigned);
@@ -57,6 +59,9 @@ typedef CUresult (*PFN_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfun
 typedef CUresult (*PFN_cuLibraryGetKernel)(CUkernel *, CUlibrary, const char *);
 typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
 typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
+typedef CUresult (*PFN_cuKernelSetAttribute)(int, int, CUkernel, CUdevice);
+typedef CUresult (*PFN_cuKernelGetAttribute)(int *, int, CUkernel, CUdevice);
+typedef CUresult (*PFN_cuFuncSetAttribute)(CUfunction, int, int);
 typedef CUresult (*PFN_cuMemAlloc)(CUdeviceptr *, size_t);
 typedef CUresult (*PFN_cuMemFree)(CUdeviceptr);
 typedef CUresult (*PFN_cuMemGetInfo)(size_t *, size_t *);

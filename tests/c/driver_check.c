@@ -207,6 +207,9 @@ int main(int argc, char **argv) {
     GET(cuLibraryGetKernel, 12000);
     GET(cuKernelGetFunction, 12000);
     GET(cuKernelGetParamInfo, 12040);
+    GET(cuKernelSetAttribute, 12000);
+    GET(cuKernelGetAttribute, 12000);
+    GET(cuFuncSetAttribute, 9000);
     GET(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050);
 
     CHECK(cuInit(0));
@@ -325,6 +328,24 @@ int main(int argc, char **argv) {
         CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks1, fscale, 256, 0));
         CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks2, fscale, 256, 0));
         EXPECT(blocks1 >= 1 && blocks1 == blocks2, "occupancy answers %d then %d", blocks1, blocks2);
+        /* Setting an attribute to the value it was given is no change. */
+        int smem = 0;
+        CHECK(cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1024, kscale, dev));
+        CHECK(cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1024, kscale, dev));
+        CHECK(cuKernelGetAttribute(&smem, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kscale, dev));
+        EXPECT(smem == 1024, "dynamic shared memory %d after setting 1024", smem);
+        CHECK(cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 2048, kscale, dev));
+        CHECK(cuKernelGetAttribute(&smem, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kscale, dev));
+        EXPECT(smem == 2048, "dynamic shared memory %d after setting 2048", smem);
+        r = cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, 64, kscale, dev);
+        EXPECT(r == CUDA_ERROR_INVALID_VALUE, "setting a read-only attribute gave %d", r);
+        r = cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1 << 30, kscale, dev);
+        EXPECT(r == CUDA_ERROR_INVALID_VALUE, "1 GiB of dynamic shared memory gave %d", r);
+        /* A set through the kernel's function may change the kernel's, so
+           the kernel's next set is the driver's to take. */
+        CHECK(cuFuncSetAttribute(fscale, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 4096));
+        CHECK(cuFuncSetAttribute(fscale, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 4096));
+        CHECK(cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 2048, kscale, dev));
         float s = 0.5f;
         void *sargs[] = {&dc, &s, &nn};
         CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, sargs, NULL));

@@ -69,6 +69,11 @@ fn repeated_queries_are_answered_in_the_shim() {
         "the second lookup of a kernel's function went to the server"
     );
     assert_eq!(report_row(&report, "cuDevicePrimaryCtxGetState").1, 0);
+    // A set repeating the value the driver took is answered in the shim;
+    // a new value, a read-only attribute, a refused value, and a set after
+    // one through the kernel's function go to the server.
+    assert_eq!(report_row(&report, "cuKernelSetAttribute"), (6, 5));
+    assert_eq!(report_row(&report, "cuFuncSetAttribute"), (2, 1));
 }
 
 #[test]

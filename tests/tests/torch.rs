@@ -29,6 +29,11 @@ fn python() -> Option<PathBuf> {
 /// Runs `script` with PyTorch through the shim (and the NVML shim); returns
 /// (success, stdout, stderr with the call report).
 fn run_torch(python: &PathBuf, server: &Server, script: &str) -> (bool, String, String) {
+    run_python(python, server, &["-c", script])
+}
+
+/// Runs Python with `args` through the shim, as [`run_torch`] does.
+fn run_python(python: &PathBuf, server: &Server, args: &[&str]) -> (bool, String, String) {
     let dir = scratch_dir().join("torch-libs");
     link_libraries(
         &dir,
@@ -38,8 +43,7 @@ fn run_torch(python: &PathBuf, server: &Server, script: &str) -> (bool, String, 
         ],
     );
     let mut cmd = Command::new(python);
-    cmd.arg("-c")
-        .arg(script)
+    cmd.args(args)
         .env("LD_LIBRARY_PATH", &dir)
         .env("GPUPOOL_SERVER", &server.tcp)
         .env("GPUPOOL_LOG", "warn")
@@ -207,4 +211,44 @@ print("done")
         context()
     );
     assert!(!stderr.contains("does not serve this table"), "{}", context());
+}
+
+/// The round trips a run made, from the last line of its call report.
+fn round_trips(stderr: &str) -> Option<u64> {
+    let line = stderr.lines().rev().find(|l| l.starts_with("to the server: "))?;
+    line.strip_prefix("to the server: ")?.split(' ').next()?.parse().ok()
+}
+
+/// A training step through gpupool waits for the server only where the
+/// program synchronises: the benchmark's steps (`benches/torch_step.py`,
+/// forward, backward and SGD, with `torch.cuda.synchronize()` before and
+/// after each) cost two round trips a step and nothing else; launches,
+/// memsets, attribute sets and the allocator's work all stream or are
+/// answered in the shim. The software driver skips PyTorch's kernels
+/// (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`), so the numbers it computes are
+/// meaningless; the calls are PyTorch's own. Runs of 25 and 50 steps differ
+/// by 25 steps (their `loss.item()` reads, at the first and last step, are
+/// the same in both); a first run fills the server's image cache, so that
+/// both ship the same images.
+#[test]
+fn pytorch_training_steps_wait_only_where_they_synchronise() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let bench = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/torch_step.py");
+    let bench = bench.to_str().expect("a UTF-8 path");
+    for model in ["mlp", "cnn", "mlp_bf16"] {
+        let mut trips = Vec::new();
+        for steps in ["21", "25", "50"] {
+            let (ok, stdout, stderr) = run_python(&python, &server, &[bench, steps, model]);
+            let context = format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+            assert!(ok && stdout.contains(&format!("BENCH {model}_step_ms")), "{context}");
+            trips.push(round_trips(&stderr).unwrap_or_else(|| panic!("no call report: {context}")));
+        }
+        assert_eq!(
+            trips[2] - trips[1],
+            2 * 25,
+            "{model}: 25 more steps cost {} round trips, not 2 per step",
+            trips[2] as i64 - trips[1] as i64
+        );
+    }
 }

@@ -45,6 +45,20 @@ pub(crate) fn server_label() -> String {
     }
 }
 
+/// What crossed the wire in this session, for the call report's last line.
+pub(crate) fn traffic_summary() -> Option<String> {
+    let Some(Ok(s)) = SHIM.get() else { return None };
+    let t = &s.remote.traffic;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Some(format!(
+        "to the server: {} round trips, {} streamed requests; {} bytes sent, {} bytes received",
+        n(&t.round_trips),
+        n(&t.streamed),
+        n(&t.bytes_out),
+        n(&t.bytes_in)
+    ))
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -776,15 +790,15 @@ pub unsafe fn module_load_fat_binary(module: *mut CUmodule, image: *const c_void
 pub unsafe fn module_unload(module: CUmodule) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote
-        .call(
-            &Request::ModuleUnload {
-                ctx,
-                module: handle(module),
-            },
-            &[],
-        )
-        .map(|_| ())
+    s.remote.call(
+        &Request::ModuleUnload {
+            ctx,
+            module: handle(module),
+        },
+        &[],
+    )?;
+    s.forget_functions();
+    Ok(())
 }
 
 pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, name: *const c_char) -> CuResult {
@@ -891,10 +905,48 @@ pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfu
     unsafe { out(value, v) }
 }
 
+/// The attributes `cuFuncSetAttribute` and `cuKernelSetAttribute` may set
+/// (`CUfunction_attribute`: dynamic shared memory, carveout, required
+/// cluster width/height/depth, non-portable clusters, cluster scheduling);
+/// the others are read-only and refused by the driver.
+const SETTABLE_ATTRIBUTES: [i32; 7] = [8, 9, 11, 12, 13, 14, 15];
+
+/// Whether setting `key` to `value` is a repeat of the last set, which the
+/// driver took: no change, answered here.
+fn repeated_set(s: &Shim, key: (Handle, i32, i32), value: i32) -> bool {
+    SETTABLE_ATTRIBUTES.contains(&key.1) && read(&s.attribute_sets).get(&key) == Some(&value)
+}
+
+/// After a set the driver took. One attribute can change others (shared
+/// memory limits), and the occupancy answers depend on them, so the cached
+/// answers of the handle are forgotten; a kernel's functions carry its
+/// attributes and a function may be a kernel's, so those of the other kind
+/// are forgotten too, and so are the other kind's sets, which may no longer
+/// hold.
+fn record_set(s: &Shim, key: (Handle, i32, i32), value: i32) {
+    let (h, _, device) = key;
+    let function = device == state::FUNCTION_SET;
+    if function {
+        write(&s.func_attributes).retain(|(f, _), _| *f != h);
+        write(&s.kernel_attributes).clear();
+    } else {
+        write(&s.kernel_attributes).retain(|(k, _, _), _| *k != h);
+        write(&s.func_attributes).clear();
+    }
+    write(&s.occupancy).clear();
+    let mut sets = write(&s.attribute_sets);
+    sets.retain(|(_, _, d), _| (*d == state::FUNCTION_SET) == function);
+    sets.insert(key, value);
+}
+
 pub unsafe fn func_set_attribute(function: CUfunction, attribute: i32, value: i32) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
     let func = handle(function);
+    let key = (func, attribute, state::FUNCTION_SET);
+    if repeated_set(s, key, value) {
+        return Ok(());
+    }
     s.remote.call(
         &Request::FuncSetAttribute {
             ctx,
@@ -904,10 +956,7 @@ pub unsafe fn func_set_attribute(function: CUfunction, attribute: i32, value: i3
         },
         &[],
     )?;
-    // Setting one attribute can change others (e.g. shared memory limits),
-    // and the occupancy answers that depend on them.
-    write(&s.func_attributes).retain(|(f, _), _| *f != func);
-    write(&s.occupancy).clear();
+    record_set(s, key, value);
     Ok(())
 }
 
@@ -1083,6 +1132,10 @@ pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUke
 pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel, device: CUdevice) -> CuResult {
     let s = shim()?;
     let k = handle(kernel);
+    let key = (k, attribute, device);
+    if repeated_set(s, key, value) {
+        return Ok(());
+    }
     s.remote.call(
         &Request::KernelSetAttribute {
             kernel: resolve(s, k)?,
@@ -1092,10 +1145,7 @@ pub unsafe fn kernel_set_attribute(attribute: i32, value: i32, kernel: CUkernel,
         },
         &[],
     )?;
-    write(&s.kernel_attributes).retain(|(h, _, _), _| *h != k);
-    write(&s.occupancy).clear();
-    // The kernel's functions carry its attributes too.
-    write(&s.func_attributes).clear();
+    record_set(s, key, value);
     Ok(())
 }
 

@@ -106,3 +106,7 @@ pub(crate) fn unsupported(name: &'static str) -> CUresult {
 pub(crate) fn server_label() -> String {
     calls::server_label()
 }
+
+pub(crate) fn traffic_summary() -> Option<String> {
+    calls::traffic_summary()
+}

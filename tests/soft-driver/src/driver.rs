@@ -55,7 +55,9 @@ pub fn with<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuResult<T> {
 /// `GPUPOOL_SOFT_MEMORY_MIB` (memory per device, default 16384),
 /// `GPUPOOL_SOFT_DEVICE_COUNT` (default 1) and `GPUPOOL_SOFT_MACHINE_ID`
 /// (0 to 65535, default 0: goes into the device UUIDs, so that simulated
-/// servers of one pool have GPUs of their own).
+/// servers of one pool have GPUs of their own), and
+/// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS` (`1`: unknown kernels are skipped
+/// instead of refused).
 pub fn init(flags: u32) -> CuResult<()> {
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -80,6 +82,17 @@ pub fn init(flags: u32) -> CuResult<()> {
         let capacity = mib.checked_mul(1 << 20).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let mut driver = Driver::new(count as usize, capacity);
         driver.machine_id = machine as u16;
+        driver.skip_unknown = match std::env::var("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS").as_deref() {
+            Ok("1") => true,
+            Ok("0") | Err(_) => false,
+            Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        if driver.skip_unknown {
+            eprintln!(
+                "gpupool soft driver: GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1: kernels it cannot run are skipped, \
+                 and their results are not computed"
+            );
+        }
         *guard = Some(driver);
     }
     Ok(())
@@ -189,6 +202,11 @@ pub struct Driver {
     devices: Vec<Device>,
     /// Distinguishes this simulated machine's device UUIDs.
     machine_id: u16,
+    /// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`: launches of kernels this
+    /// double cannot run succeed without running (their results are not
+    /// computed). For measuring what a real program asks of the driver
+    /// (calls, round trips, bytes per step) past its first unknown kernel.
+    skip_unknown: bool,
     next_handle: u64,
     contexts: HashMap<u64, Context>,
     /// Handles of destroyed (non-primary) contexts.
@@ -311,6 +329,7 @@ impl Driver {
         let mut d = Driver {
             devices: Vec::new(),
             machine_id: 0,
+            skip_unknown: false,
             next_handle: FIRST_HANDLE,
             contexts: HashMap::new(),
             retired: HashSet::new(),
@@ -1090,6 +1109,7 @@ impl Driver {
                 eprintln!("gpupool soft driver: launch refused (CUDA_ERROR_INVALID_VALUE): {why}");
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
+            Recognised::Unknown if self.skip_unknown => return Ok(()),
             Recognised::Unknown => return Err(CUDA_ERROR_NOT_SUPPORTED),
         };
         let result = kernels::run(known, entry, &params, u64::from(gx) * u64::from(bx), &self.allocs);
