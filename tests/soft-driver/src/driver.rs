@@ -6,8 +6,11 @@
 //! validated against these tables on every call. The current context is
 //! thread-local, as in the real driver.
 //!
-//! Work is executed synchronously when it is enqueued: a stream is always
-//! idle, an event is complete as soon as it is recorded. A kernel fault
+//! Work is executed when it is enqueued, except, with the copy engine on
+//! ([`crate::engine`]), asynchronous copies whose host side is pinned,
+//! which it does on a thread of its own: an event completes, and a stream is idle, when the
+//! copies queued before are done, and every other call waits for them
+//! first ([`with`]). A kernel fault
 //! leaves its context in a sticky error state that every later call using
 //! that context reports, until the context is destroyed or reset.
 
@@ -16,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::engine;
 use crate::kernels::{self, Recognised};
 use crate::memory::{page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN};
 use crate::ptx;
@@ -44,8 +48,17 @@ thread_local! {
 
 static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
 
-/// Runs `f` on the initialised driver (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
+/// Runs `f` on the initialised driver (`CUDA_ERROR_NOT_INITIALIZED` before
+/// `cuInit`), once the copies queued before are done.
 pub fn with<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuResult<T> {
+    engine::drain();
+    with_beside_copies(f)
+}
+
+/// Runs `f` on the driver while queued copies go on: for calls that neither
+/// touch memory nor depend on the copies being done (events, queries, the
+/// current context, asynchronous copies themselves).
+pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuResult<T> {
     let mut guard = DRIVER.lock().unwrap_or_else(|e| e.into_inner());
     let driver = guard.as_mut().ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
     f(driver)
@@ -57,7 +70,8 @@ pub fn with<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuResult<T> {
 /// (0 to 65535, default 0: goes into the device UUIDs, so that simulated
 /// servers of one pool have GPUs of their own), and
 /// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS` (`1`: unknown kernels are skipped
-/// instead of refused).
+/// instead of refused) and `GPUPOOL_SOFT_COPY_ENGINE` (`1`: asynchronous
+/// pinned copies run beside the caller, [`engine`]).
 pub fn init(flags: u32) -> CuResult<()> {
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -87,6 +101,11 @@ pub fn init(flags: u32) -> CuResult<()> {
             Ok("0") | Err(_) => false,
             Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
         };
+        match std::env::var("GPUPOOL_SOFT_COPY_ENGINE").as_deref() {
+            Ok("1") => engine::enable(),
+            Ok("0") | Err(_) => {}
+            Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
         if driver.skip_unknown {
             eprintln!(
                 "gpupool soft driver: GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1: kernels it cannot run are skipped, \
@@ -171,10 +190,13 @@ struct EventObj {
     ctx: u64,
     flags: u32,
     recorded: Option<Instant>,
+    /// The copy engine's last copy when it was recorded.
+    copies: u64,
 }
 
 struct HostAlloc {
     ctx: u64,
+    len: u64,
     _mapping: Mapping,
 }
 
@@ -679,7 +701,14 @@ impl Driver {
             .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         let mapping = Mapping::new(len).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         let addr = mapping.addr();
-        self.host_allocs.insert(addr, HostAlloc { ctx, _mapping: mapping });
+        self.host_allocs.insert(
+            addr,
+            HostAlloc {
+                ctx,
+                len: len as u64,
+                _mapping: mapping,
+            },
+        );
         Ok(addr as *mut u8)
     }
 
@@ -1234,6 +1263,7 @@ impl Driver {
                 ctx,
                 flags,
                 recorded: None,
+                copies: 0,
             },
         );
         Ok(h)
@@ -1251,15 +1281,48 @@ impl Driver {
         }
         if let Some(e) = self.events.get_mut(&event) {
             e.recorded = Some(Instant::now());
+            e.copies = engine::last();
         }
         Ok(())
     }
 
-    /// `cuEventSynchronize` / `cuEventQuery`: work is synchronous, so an
-    /// event is complete once recorded (and trivially so if never recorded).
+    /// `cuEventSynchronize`: an event is complete once the copies queued
+    /// before its record are done (at once if it was never recorded).
     pub fn event_wait(&self, event: u64) -> CuResult<()> {
         let e = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        engine::wait_for(e.copies);
         self.healthy(e.ctx).map(drop)
+    }
+
+    /// `cuEventQuery`: `CUDA_ERROR_NOT_READY` while copies queued before its
+    /// record are still going.
+    pub fn event_query(&self, event: u64) -> CuResult<()> {
+        let e = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.healthy(e.ctx)?;
+        if engine::is_done(e.copies) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_NOT_READY)
+        }
+    }
+
+    /// `cuStreamQuery`: `CUDA_ERROR_NOT_READY` while queued copies are going
+    /// (the engine's queue is shared by all streams).
+    pub fn stream_query(&self, stream: u64) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        if engine::is_done(engine::last()) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_NOT_READY)
+        }
+    }
+
+    /// Whether `ptr..ptr+n` lies in one pinned host allocation.
+    pub fn is_pinned(&self, ptr: u64, n: u64) -> bool {
+        self.host_allocs
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(&start, h)| ptr.checked_add(n).is_some_and(|end| end <= start + h.len))
     }
 
     pub fn event_elapsed(&self, start: u64, end: u64) -> CuResult<f32> {

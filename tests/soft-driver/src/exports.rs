@@ -24,6 +24,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::driver::{self, LaunchConfig};
+use crate::engine;
 use crate::ptx::Param;
 use crate::result::*;
 
@@ -349,13 +350,13 @@ pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
-    ffi(|| driver::with(|d| d.ctx_set_current(h(ctx))))
+    ffi(|| driver::with_beside_copies(|d| d.ctx_set_current(h(ctx))))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
     ffi(|| {
-        let c = driver::with(|d| Ok(d.ctx_get_current()))?;
+        let c = driver::with_beside_copies(|d| Ok(d.ctx_get_current()))?;
         // SAFETY: `pctx` is valid for writes when non-null (API contract).
         unsafe { out(pctx, ptr(c)) }
     })
@@ -676,16 +677,30 @@ pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
 ///
 /// # Safety
 /// A non-null `src` must be valid for reads of `n` bytes.
-unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize, stream: u64) -> CUresult {
+unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize, stream: u64, asynchronous: bool) -> CUresult {
     ffi(|| {
         if n > 0 {
             need(src)?;
         }
-        driver::with(|d| {
+        driver::with_beside_copies(|d| {
+            // From pinned memory an asynchronous copy is the copy engine's;
+            // any other waits for the queued copies and is done here.
+            let queued = asynchronous && engine::enabled() && d.is_pinned(src as u64, n as u64);
+            if !queued {
+                engine::drain();
+            }
             d.memcpy_htod(dst, n as u64, stream, |to| {
-                // SAFETY: `to` addresses `n` checked device bytes; `src` is
-                // valid for `n` bytes (contract); `copy` tolerates overlap.
-                unsafe { std::ptr::copy(src.cast::<u8>(), to, n) }
+                if queued {
+                    // SAFETY: `to` addresses `n` checked device bytes, kept
+                    // until the queue drains (frees drain it first); `src`
+                    // is pinned memory the caller keeps until the copy is
+                    // done (asynchronous copy contract).
+                    unsafe { engine::submit(to, src.cast::<u8>(), n) };
+                } else {
+                    // SAFETY: `to` addresses `n` checked device bytes; `src` is
+                    // valid for `n` bytes (contract); `copy` tolerates overlap.
+                    unsafe { std::ptr::copy(src.cast::<u8>(), to, n) }
+                }
             })
         })
     })
@@ -695,16 +710,25 @@ unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize, stream: u64) -> C
 ///
 /// # Safety
 /// A non-null `dst` must be valid for writes of `n` bytes.
-unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: u64) -> CUresult {
+unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: u64, asynchronous: bool) -> CUresult {
     ffi(|| {
         if n > 0 {
             need(dst)?;
         }
-        driver::with(|d| {
+        driver::with_beside_copies(|d| {
+            let queued = asynchronous && engine::enabled() && d.is_pinned(dst as u64, n as u64);
+            if !queued {
+                engine::drain();
+            }
             d.memcpy_dtoh(src, n as u64, stream, |from| {
-                // SAFETY: `from` addresses `n` checked device bytes; `dst` is
-                // valid for `n` bytes (contract); `copy` tolerates overlap.
-                unsafe { std::ptr::copy(from, dst.cast::<u8>(), n) }
+                if queued {
+                    // SAFETY: as in `htod`, the other way round.
+                    unsafe { engine::submit(dst.cast::<u8>(), from, n) };
+                } else {
+                    // SAFETY: `from` addresses `n` checked device bytes; `dst` is
+                    // valid for `n` bytes (contract); `copy` tolerates overlap.
+                    unsafe { std::ptr::copy(from, dst.cast::<u8>(), n) }
+                }
             })
         })
     })
@@ -713,7 +737,7 @@ unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: u64) -> CUr
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
     // SAFETY: forwarded under the same contract.
-    unsafe { htod(dst, src, n, 0) }
+    unsafe { htod(dst, src, n, 0, false) }
 }
 
 #[no_mangle]
@@ -724,13 +748,13 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     stream: CUstream,
 ) -> CUresult {
     // SAFETY: forwarded under the same contract.
-    unsafe { htod(dst, src, n, h(stream)) }
+    unsafe { htod(dst, src, n, h(stream), true) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
     // SAFETY: forwarded under the same contract.
-    unsafe { dtoh(dst, src, n, 0) }
+    unsafe { dtoh(dst, src, n, 0, false) }
 }
 
 #[no_mangle]
@@ -741,7 +765,7 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     stream: CUstream,
 ) -> CUresult {
     // SAFETY: forwarded under the same contract.
-    unsafe { dtoh(dst, src, n, h(stream)) }
+    unsafe { dtoh(dst, src, n, h(stream), true) }
 }
 
 #[no_mangle]
@@ -815,7 +839,7 @@ pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
-    ffi(|| driver::with(|d| d.stream_synchronize(h(stream))))
+    ffi(|| driver::with_beside_copies(|d| d.stream_query(h(stream))))
 }
 
 #[no_mangle]
@@ -852,17 +876,17 @@ pub extern "C" fn cuEventDestroy_v2(event: CUevent) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
-    ffi(|| driver::with(|d| d.event_record(h(event), h(stream))))
+    ffi(|| driver::with_beside_copies(|d| d.event_record(h(event), h(stream))))
 }
 
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    ffi(|| driver::with(|d| d.event_wait(h(event))))
+    ffi(|| driver::with_beside_copies(|d| d.event_wait(h(event))))
 }
 
 #[no_mangle]
 pub extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
-    ffi(|| driver::with(|d| d.event_wait(h(event))))
+    ffi(|| driver::with_beside_copies(|d| d.event_query(h(event))))
 }
 
 #[no_mangle]

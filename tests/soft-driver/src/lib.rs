@@ -12,7 +12,10 @@
 //!   accounting (`GPUPOOL_SOFT_MEMORY_MIB`, default 16 GiB per device);
 //!   device pointers are host addresses, every device range is
 //!   bounds-checked against the live allocations;
-//! * copies and memsets (synchronous and "async", all executed at enqueue);
+//! * copies and memsets, done at enqueue; with `GPUPOOL_SOFT_COPY_ENGINE=1`
+//!   asynchronous copies to or from pinned host memory run on a simulated
+//!   copy engine ([`engine`]), beside the caller, as DMA does, and every
+//!   other call waits for them;
 //! * modules and libraries loaded from PTX text, cubin ELF images or fat
 //!   binaries ([`image`]), with parameter layouts and `.global` / `.const`
 //!   variables read by a small PTX parser ([`ptx`]) or, for cubins, from
@@ -30,6 +33,7 @@
 //! C entry points live in [`exports`]; the same functions can be called
 //! from Rust through this crate's `rlib`.
 
+pub mod engine;
 pub mod exports;
 pub mod image;
 pub mod kernels;

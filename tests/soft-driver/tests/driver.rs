@@ -939,6 +939,64 @@ fn libraries_and_kernels() {
     ok(cuCtxDestroy_v2(ctx));
 }
 
+/// Asynchronous copies to and from pinned memory run on the copy engine,
+/// beside the caller: an event recorded after one completes when it is done,
+/// a query says `CUDA_ERROR_NOT_READY` until then, and any other call (here
+/// a synchronous copy) waits for the queued copies first.
+#[test]
+fn pinned_async_copies_run_beside_the_caller() {
+    let _serial = serial();
+    // The other tests hold to the driver's rules with the engine on too.
+    gpupool_softcuda::engine::enable();
+    let ctx = context();
+    const N: usize = 64 << 20;
+    let d = alloc(N);
+    let (mut up, mut down) = (null_mut(), null_mut());
+    let (mut s, mut e) = (null_mut(), null_mut());
+    // SAFETY: valid out-pointers; the pinned buffers have N bytes and stay
+    // allocated until the copies into and out of them are done.
+    unsafe {
+        ok(cuStreamCreate(&mut s, 1));
+        ok(cuEventCreate(&mut e, 2));
+        ok(cuMemAllocHost_v2(&mut up, N));
+        ok(cuMemAllocHost_v2(&mut down, N));
+        let up = std::slice::from_raw_parts_mut(up.cast::<u8>(), N);
+        let down = std::slice::from_raw_parts_mut(down.cast::<u8>(), N);
+        for (i, b) in up.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        // Host to device, then a synchronous copy back: it waits.
+        ok(cuMemcpyHtoDAsync_v2(d, up.as_ptr().cast(), N, s));
+        ok(cuEventRecord(e, s));
+        let mut polls = 0u64;
+        loop {
+            match cuEventQuery(e) {
+                0 => break,
+                600 => polls += 1,
+                other => panic!("cuEventQuery: {}", name(other)),
+            }
+        }
+        let back: Vec<u8> = download(d + (N as u64) - 4096, 4096);
+        assert_eq!(&back[..], &up[N - 4096..]);
+        // Device to host into pinned memory, known done by the event.
+        ok(cuMemsetD8_v2(d, 7, N));
+        ok(cuMemcpyDtoHAsync_v2(down.as_mut_ptr().cast(), d, N, s));
+        ok(cuEventRecord(e, s));
+        let busy = cuStreamQuery(s);
+        assert!(busy == 0 || busy == 600, "cuStreamQuery: {}", name(busy));
+        ok(cuEventSynchronize(e));
+        assert!(down.iter().all(|&b| b == 7), "the event completed before its copy");
+        ok(cuStreamQuery(s));
+        eprintln!("polled a 64 MiB copy {polls} times before it was done");
+        ok(cuMemFreeHost(up.as_mut_ptr().cast()));
+        ok(cuMemFreeHost(down.as_mut_ptr().cast()));
+        ok(cuMemFree_v2(d));
+        ok(cuEventDestroy_v2(e));
+        ok(cuStreamDestroy_v2(s));
+        ok(cuCtxDestroy_v2(ctx));
+    }
+}
+
 #[test]
 fn streams_and_events() {
     let _serial = serial();
