@@ -184,7 +184,50 @@ struct KernelObj {
 
 struct StreamObj {
     ctx: u64,
+    /// Set while the stream captures (`cuStreamBeginCapture`).
+    capture: Option<Capture>,
 }
+
+/// Work recorded by a capturing stream instead of run.
+struct Capture {
+    mode: u32,
+    ops: Vec<Op>,
+    /// An operation the capture cannot hold was attempted: ending it fails.
+    invalidated: bool,
+}
+
+/// One node of a captured graph, replayed in order by `cuGraphLaunch`.
+#[derive(Clone)]
+enum Op {
+    /// A kernel (`None`: one this double cannot run) with its packed
+    /// parameters and thread count.
+    Launch {
+        func: u64,
+        kernel: Option<kernels::Known>,
+        params: Vec<u8>,
+        threads: u64,
+    },
+    Memset {
+        dst: u64,
+        pattern: Vec<u8>,
+        count: u64,
+    },
+    CopyDtoD {
+        dst: u64,
+        src: u64,
+        n: u64,
+    },
+}
+
+/// A graph (`cuStreamEndCapture`) or an executable graph
+/// (`cuGraphInstantiate*`).
+struct GraphObj {
+    ctx: u64,
+    ops: Arc<Vec<Op>>,
+}
+
+/// `CUstreamCaptureMode`: global, thread-local, relaxed.
+const CAPTURE_MODE_RELAXED: u32 = 2;
 
 struct EventObj {
     ctx: u64,
@@ -241,6 +284,8 @@ pub struct Driver {
     kernels: HashMap<u64, KernelObj>,
     streams: HashMap<u64, StreamObj>,
     events: HashMap<u64, EventObj>,
+    graphs: HashMap<u64, GraphObj>,
+    execs: HashMap<u64, GraphObj>,
 }
 
 /// Checks `CUctx_flags`: scheduling mode (0, 1, 2 or 4) plus known bits.
@@ -363,6 +408,8 @@ impl Driver {
             kernels: HashMap::new(),
             streams: HashMap::new(),
             events: HashMap::new(),
+            graphs: HashMap::new(),
+            execs: HashMap::new(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -495,6 +542,8 @@ impl Driver {
         self.host_allocs.retain(|_, h| h.ctx != ctx);
         self.streams.retain(|_, s| s.ctx != ctx);
         self.events.retain(|_, e| e.ctx != ctx);
+        self.graphs.retain(|_, g| g.ctx != ctx);
+        self.execs.retain(|_, g| g.ctx != ctx);
         if !c.primary {
             self.retired.insert(ctx);
         }
@@ -535,8 +584,21 @@ impl Driver {
         current()
     }
 
-    pub fn ctx_synchronize(&self) -> CuResult<()> {
-        self.active_ctx().map(drop)
+    /// `cuCtxSynchronize`: not while a stream of the context captures in
+    /// global or thread-local mode (the capture is invalidated).
+    pub fn ctx_synchronize(&mut self) -> CuResult<()> {
+        let ctx = self.active_ctx()?;
+        let mut refused = false;
+        for s in self.streams.values_mut().filter(|s| s.ctx == ctx) {
+            if let Some(c) = s.capture.as_mut().filter(|c| c.mode != CAPTURE_MODE_RELAXED) {
+                c.invalidated = true;
+                refused = true;
+            }
+        }
+        if refused {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        Ok(())
     }
 
     pub fn ctx_get_limit(&self, limit: i32) -> CuResult<u64> {
@@ -740,8 +802,10 @@ impl Driver {
 
     /// `cuMemcpyHtoD`: copies `n` bytes from host `src` into device `dst`.
     /// `copy(dst_host_ptr)` performs the copy once the range is checked.
+    /// A capture cannot hold copies from the host (this double's rule).
     pub fn memcpy_htod(&mut self, dst: u64, n: u64, stream: u64, copy: impl FnOnce(*mut u8)) -> CuResult<()> {
         self.enqueue_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
         if n == 0 {
             return Ok(());
         }
@@ -752,6 +816,7 @@ impl Driver {
     /// `cuMemcpyDtoH`: `copy(src_host_ptr)` copies out once checked.
     pub fn memcpy_dtoh(&mut self, src: u64, n: u64, stream: u64, copy: impl FnOnce(*const u8)) -> CuResult<()> {
         self.enqueue_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
         if n == 0 {
             return Ok(());
         }
@@ -764,6 +829,16 @@ impl Driver {
         if n == 0 {
             return Ok(());
         }
+        self.device_range(dst, n)?;
+        self.device_range(src, n)?;
+        if let Some(c) = self.capture_of(stream) {
+            c.ops.push(Op::CopyDtoD { dst, src, n });
+            return Ok(());
+        }
+        self.run_dtod(dst, src, n)
+    }
+
+    fn run_dtod(&self, dst: u64, src: u64, n: u64) -> CuResult<()> {
         let d = self.device_range(dst, n)?;
         let s = self.device_range(src, n)?;
         // SAFETY: both ranges were checked to lie inside live allocations,
@@ -784,13 +859,30 @@ impl Driver {
             return Ok(());
         }
         let len = count.checked_mul(elem).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.device_range(dst, len)?;
+        if let Some(c) = self.capture_of(stream) {
+            c.ops.push(Op::Memset {
+                dst,
+                pattern: pattern.to_vec(),
+                count,
+            });
+            return Ok(());
+        }
+        self.run_memset(dst, pattern, count)
+    }
+
+    /// Writes `count` elements of `pattern` at `dst` (alignment checked).
+    fn run_memset(&self, dst: u64, pattern: &[u8], count: u64) -> CuResult<()> {
+        let len = count
+            .checked_mul(pattern.len() as u64)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let p = self.device_range(dst, len)?;
         if pattern.iter().all(|&b| b == pattern[0]) {
             // SAFETY: `p .. p + len` was checked to lie in a live, writable allocation.
             unsafe { std::ptr::write_bytes(p, pattern[0], len as usize) };
         } else {
-            // SAFETY: as above; `p` is `elem`-aligned (checked above) and the
-            // slice covers exactly the checked range.
+            // SAFETY: as above; `p` is `elem`-aligned (checked by the caller)
+            // and the slice covers exactly the checked range.
             let dst = unsafe { std::slice::from_raw_parts_mut(p, len as usize) };
             for chunk in dst.chunks_exact_mut(pattern.len()) {
                 chunk.copy_from_slice(pattern);
@@ -1133,21 +1225,184 @@ impl Driver {
         let mut params = vec![0u8; entry.param_bytes()];
         fill(&entry.params, &mut params)?;
         let known = match &func.recognised {
-            Recognised::Known(k) => *k,
+            Recognised::Known(k) => Some(*k),
             Recognised::WrongLayout(why) => {
                 eprintln!("gpupool soft driver: launch refused (CUDA_ERROR_INVALID_VALUE): {why}");
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
-            Recognised::Unknown if self.skip_unknown => return Ok(()),
+            Recognised::Unknown if self.skip_unknown => None,
             Recognised::Unknown => return Err(CUDA_ERROR_NOT_SUPPORTED),
         };
-        let result = kernels::run(known, entry, &params, u64::from(gx) * u64::from(bx), &self.allocs);
-        if let Err(fault) = result {
+        let threads = u64::from(gx) * u64::from(bx);
+        if let Some(c) = self.capture_of(cfg.stream) {
+            c.ops.push(Op::Launch {
+                func: fid,
+                kernel: known,
+                params,
+                threads,
+            });
+            return Ok(());
+        }
+        match known {
+            Some(k) => self.run_kernel(ctx, fid, k, &params, threads),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a known kernel; a fault leaves `ctx` sticky, as on a GPU.
+    fn run_kernel(&mut self, ctx: u64, fid: u64, kernel: kernels::Known, params: &[u8], threads: u64) -> CuResult<()> {
+        let func = self.functions.get(&fid).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let entry = &func.ptx.entries[func.entry];
+        if let Err(fault) = kernels::run(kernel, entry, params, threads, &self.allocs) {
             if let Some(c) = self.contexts.get_mut(&ctx) {
                 c.sticky = Some(fault);
             }
         }
         Ok(())
+    }
+
+    // ----- stream capture and graphs -----
+
+    /// The capture `stream` records into, if it captures.
+    fn capture_of(&mut self, stream: u64) -> Option<&mut Capture> {
+        self.streams.get_mut(&stream).and_then(|s| s.capture.as_mut())
+    }
+
+    /// Work a capture cannot hold (in this double: copies to or from the
+    /// host, event records and waits, synchronising the stream) fails with
+    /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED` and invalidates the capture,
+    /// as the driver does for work it cannot capture.
+    fn refuse_in_capture(&mut self, stream: u64) -> CuResult<()> {
+        match self.capture_of(stream) {
+            Some(c) => {
+                c.invalidated = true;
+                Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// `cuStreamBeginCapture_v2`. The NULL and per-thread streams cannot
+    /// capture here.
+    pub fn stream_begin_capture(&mut self, stream: u64, mode: u32) -> CuResult<()> {
+        if mode > CAPTURE_MODE_RELAXED {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if BUILTIN_STREAMS.contains(&stream) {
+            self.active_ctx()?;
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        self.stream_ctx(stream)?;
+        let s = self.streams.get_mut(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if s.capture.is_some() {
+            return Err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        s.capture = Some(Capture {
+            mode,
+            ops: Vec::new(),
+            invalidated: false,
+        });
+        Ok(())
+    }
+
+    /// `cuStreamEndCapture`: the graph of what the stream recorded.
+    pub fn stream_end_capture(&mut self, stream: u64) -> CuResult<u64> {
+        let ctx = self.stream_ctx(stream)?;
+        let capture = self
+            .streams
+            .get_mut(&stream)
+            .and_then(|s| s.capture.take())
+            .ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        if capture.invalidated {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        }
+        let h = self.handle();
+        self.graphs.insert(
+            h,
+            GraphObj {
+                ctx,
+                ops: Arc::new(capture.ops),
+            },
+        );
+        Ok(h)
+    }
+
+    /// `cuStreamIsCapturing`: none (0), active (1) or invalidated (2).
+    pub fn stream_capture_status(&self, stream: u64) -> CuResult<i32> {
+        self.stream_is_capturing(stream)?;
+        Ok(match self.streams.get(&stream).and_then(|s| s.capture.as_ref()) {
+            None => 0,
+            Some(c) if c.invalidated => 2,
+            Some(_) => 1,
+        })
+    }
+
+    /// `cuGraphInstantiateWithFlags` (auto-free, upload, device launch and
+    /// node priority flags are accepted and change nothing here).
+    pub fn graph_instantiate(&mut self, graph: u64, flags: u64) -> CuResult<u64> {
+        if flags & !0xf != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let exec = GraphObj {
+            ctx: g.ctx,
+            ops: Arc::clone(&g.ops),
+        };
+        self.healthy(exec.ctx)?;
+        let h = self.handle();
+        self.execs.insert(h, exec);
+        Ok(h)
+    }
+
+    /// `cuGraphLaunch`: runs the graph's work in order on `stream`. Work
+    /// that reaches outside live memory faults the context, as on a GPU.
+    pub fn graph_launch(&mut self, exec: u64, stream: u64) -> CuResult<()> {
+        let ctx = self.stream_ctx(stream)?;
+        let g = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if g.ctx != ctx {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let ops = Arc::clone(&g.ops);
+        self.refuse_in_capture(stream)?;
+        for op in ops.iter() {
+            let r = match op {
+                Op::Launch {
+                    func,
+                    kernel: Some(k),
+                    params,
+                    threads,
+                } => self.run_kernel(ctx, *func, *k, params, *threads),
+                Op::Launch { kernel: None, .. } => Ok(()),
+                Op::Memset { dst, pattern, count } => self.run_memset(*dst, pattern, *count),
+                Op::CopyDtoD { dst, src, n } => self.run_dtod(*dst, *src, *n),
+            };
+            if r.is_err() {
+                if let Some(c) = self.contexts.get_mut(&ctx) {
+                    c.sticky = Some(CUDA_ERROR_ILLEGAL_ADDRESS);
+                }
+            }
+            if self.contexts.get(&ctx).is_none_or(|c| c.sticky.is_some()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `cuGraphUpload`: checks the graph and the stream; nothing to upload.
+    pub fn graph_upload(&mut self, exec: u64, stream: u64) -> CuResult<()> {
+        let ctx = self.stream_ctx(stream)?;
+        match self.execs.get(&exec) {
+            Some(g) if g.ctx == ctx => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+
+    pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
+        self.execs.remove(&exec).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    pub fn graph_destroy(&mut self, graph: u64) -> CuResult<()> {
+        self.graphs.remove(&graph).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 
     // ----- occupancy -----
@@ -1207,7 +1462,7 @@ impl Driver {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let h = self.handle();
-        self.streams.insert(h, StreamObj { ctx });
+        self.streams.insert(h, StreamObj { ctx, capture: None });
         Ok(h)
     }
 
@@ -1225,12 +1480,14 @@ impl Driver {
         }
     }
 
-    pub fn stream_synchronize(&self, stream: u64) -> CuResult<()> {
-        self.stream_ctx(stream).map(drop)
+    pub fn stream_synchronize(&mut self, stream: u64) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)
     }
 
-    pub fn stream_wait_event(&self, stream: u64, event: u64, flags: u32) -> CuResult<()> {
+    pub fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> CuResult<()> {
         self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
         if !self.events.contains_key(&event) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
@@ -1279,6 +1536,7 @@ impl Driver {
         if ctx != ev_ctx {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
+        self.refuse_in_capture(stream)?;
         if let Some(e) = self.events.get_mut(&event) {
             e.recorded = Some(Instant::now());
             e.copies = engine::last();
@@ -1308,8 +1566,9 @@ impl Driver {
 
     /// `cuStreamQuery`: `CUDA_ERROR_NOT_READY` while queued copies are going
     /// (the engine's queue is shared by all streams).
-    pub fn stream_query(&self, stream: u64) -> CuResult<()> {
+    pub fn stream_query(&mut self, stream: u64) -> CuResult<()> {
         self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
         if engine::is_done(engine::last()) {
             Ok(())
         } else {

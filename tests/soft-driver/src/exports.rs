@@ -39,6 +39,8 @@ pub type CUlibrary = *mut c_void;
 pub type CUkernel = *mut c_void;
 pub type CUstream = *mut c_void;
 pub type CUevent = *mut c_void;
+pub type CUgraph = *mut c_void;
+pub type CUgraphExec = *mut c_void;
 
 /// `CU_LAUNCH_PARAM_END`
 pub const CU_LAUNCH_PARAM_END: *mut c_void = std::ptr::null_mut();
@@ -851,10 +853,84 @@ pub extern "C" fn cuStreamWaitEvent(stream: CUstream, event: CUevent, flags: u32
 pub unsafe extern "C" fn cuStreamIsCapturing(stream: CUstream, status: *mut i32) -> CUresult {
     ffi(|| {
         need(status)?;
-        let s = driver::with(|d| d.stream_is_capturing(h(stream)))?;
+        let s = driver::with_beside_copies(|d| d.stream_capture_status(h(stream)))?;
         // SAFETY: `status` is non-null and valid for writes (API contract).
         unsafe { out(status, s) }
     })
+}
+
+// ----- stream capture and graphs -----
+
+thread_local! {
+    /// This thread's `CUstreamCaptureMode` (global by default).
+    static CAPTURE_MODE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// The first `cuStreamBeginCapture`, without a mode: global.
+#[no_mangle]
+pub extern "C" fn cuStreamBeginCapture(stream: CUstream) -> CUresult {
+    cuStreamBeginCapture_v2(stream, 0)
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_begin_capture(h(stream), mode)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> CUresult {
+    ffi(|| {
+        need(graph)?;
+        let g = driver::with(|d| d.stream_end_capture(h(stream)))?;
+        // SAFETY: `graph` is non-null and valid for writes (API contract).
+        unsafe { out(graph, g as CUgraph) }
+    })
+}
+
+/// `cuThreadExchangeStreamCaptureMode`: swaps this thread's mode.
+#[no_mangle]
+pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut u32) -> CUresult {
+    ffi(|| {
+        need(mode)?;
+        // SAFETY: `mode` is non-null and valid for reads and writes (API contract).
+        let new = unsafe { *mode };
+        if new > 2 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let old = CAPTURE_MODE.with(|m| m.replace(new));
+        // SAFETY: as above.
+        unsafe { out(mode, old) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut CUgraphExec, graph: CUgraph, flags: u64) -> CUresult {
+    ffi(|| {
+        need(exec)?;
+        let e = driver::with(|d| d.graph_instantiate(h(graph), flags))?;
+        // SAFETY: `exec` is non-null and valid for writes (API contract).
+        unsafe { out(exec, e as CUgraphExec) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_launch(h(exec), h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphUpload(exec: CUgraphExec, stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_upload(h(exec), h(stream))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_exec_destroy(h(exec))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphDestroy(graph: CUgraph) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_destroy(h(graph))))
 }
 
 // ----- events -----

@@ -1168,3 +1168,109 @@ fn concurrent_contexts_on_threads() {
         t.join().unwrap();
     }
 }
+
+/// Launches `f` on `stream` with `kernelParams`.
+fn launch_on(f: CUfunction, stream: CUstream, grid: u32, args: &mut [*mut c_void]) -> CUresult {
+    // SAFETY: `args` holds one pointer per kernel parameter.
+    unsafe { cuLaunchKernel(f, grid, 1, 1, 256, 1, 1, 0, stream, args.as_mut_ptr(), null_mut()) }
+}
+
+/// A capturing stream records its work instead of running it; the graph
+/// replays that work, with the arguments captured, each time it is
+/// launched, reading the inputs as they are then. Work a capture cannot
+/// hold here (copies from the host) invalidates it.
+#[test]
+fn captured_work_replays_from_a_graph() {
+    let _serial = serial();
+    let ctx = context();
+    let m = load(PTX).unwrap();
+    let add = function(m, "gp_vector_add").unwrap();
+    let scale = function(m, "gp_scale").unwrap();
+    let n = 1000usize;
+    let (da, db, dc, dd) = (alloc(n * 4), alloc(n * 4), alloc(n * 4), alloc(n * 4));
+    let mut s = null_mut();
+    let (mut graph, mut exec) = (null_mut(), null_mut());
+    let mut status = -1;
+    // SAFETY: valid out-pointers; kernel arguments point at live locals.
+    unsafe {
+        ok(cuStreamCreate(&mut s, 1));
+        assert_eq!(
+            cuStreamBeginCapture_v2(null_mut(), 0),
+            900,
+            "the NULL stream cannot capture"
+        );
+        assert_eq!(cuStreamEndCapture(s, &mut graph), 401, "not capturing");
+        ok(cuStreamBeginCapture_v2(s, 0));
+        assert_eq!(cuStreamBeginCapture_v2(s, 0), 401, "already capturing");
+        ok(cuStreamIsCapturing(s, &mut status));
+        assert_eq!(status, 1);
+        // c = a + b; c *= 2; d = c; d[0..4] = 0
+        let (mut pa, mut pb, mut pc, mut pn) = (da, db, dc, n as i32);
+        ok(launch_on(
+            add,
+            s,
+            4,
+            &mut [arg(&mut pa), arg(&mut pb), arg(&mut pc), arg(&mut pn)],
+        ));
+        let (mut two, mut pc2) = (2.0f32, dc);
+        ok(launch_on(
+            scale,
+            s,
+            4,
+            &mut [arg(&mut pc2), arg(&mut two), arg(&mut pn)],
+        ));
+        ok(cuMemcpyDtoDAsync_v2(dd, dc, n * 4, s));
+        ok(cuMemsetD32Async(dd, 0, 4, s));
+        // The arguments were captured: changing the locals changes nothing.
+        two = 100.0;
+        ok(cuStreamEndCapture(s, &mut graph));
+        ok(cuStreamIsCapturing(s, &mut status));
+        assert_eq!(status, 0);
+        assert_eq!(two, 100.0);
+        // Nothing ran during the capture.
+        assert!(download::<f32>(dc, n).iter().all(|&v| v == 0.0));
+        ok(cuGraphInstantiateWithFlags(&mut exec, graph, 0));
+        for round in 0..3 {
+            let a: Vec<f32> = (0..n).map(|i| (i + round) as f32).collect();
+            let b: Vec<f32> = (0..n).map(|i| 0.5 * i as f32).collect();
+            upload(da, &a);
+            upload(db, &b);
+            ok(cuGraphLaunch(exec, s));
+            ok(cuStreamSynchronize(s));
+            let d: Vec<f32> = download(dd, n);
+            for i in 0..n {
+                let want = if i < 4 { 0.0 } else { (a[i] + b[i]) * 2.0 };
+                assert_eq!(d[i], want, "round {round}, element {i}");
+            }
+        }
+        ok(cuGraphExecDestroy(exec));
+        assert_eq!(cuGraphLaunch(exec, s), 1, "destroyed");
+        ok(cuGraphDestroy(graph));
+
+        // A copy from the host invalidates the capture.
+        ok(cuStreamBeginCapture_v2(s, 2));
+        let host = [1u8; 16];
+        assert_eq!(cuMemcpyHtoDAsync_v2(da, host.as_ptr().cast(), 16, s), 900);
+        ok(cuStreamIsCapturing(s, &mut status));
+        assert_eq!(status, 2);
+        assert_eq!(cuStreamEndCapture(s, &mut graph), 901);
+        ok(cuStreamIsCapturing(s, &mut status));
+        assert_eq!(status, 0);
+        // A context synchronise during a global capture is refused, and
+        // invalidates it; in relaxed mode it is allowed.
+        ok(cuStreamBeginCapture_v2(s, 0));
+        assert_eq!(cuCtxSynchronize(), 900);
+        assert_eq!(cuStreamEndCapture(s, &mut graph), 901);
+        ok(cuStreamBeginCapture_v2(s, 2));
+        ok(cuCtxSynchronize());
+        ok(cuStreamEndCapture(s, &mut graph));
+        ok(cuGraphDestroy(graph));
+        let mut mode = 2u32;
+        ok(cuThreadExchangeStreamCaptureMode(&mut mode));
+        assert_eq!(mode, 0);
+        ok(cuThreadExchangeStreamCaptureMode(&mut mode));
+        assert_eq!(mode, 2);
+        ok(cuStreamDestroy_v2(s));
+        ok(cuCtxDestroy_v2(ctx));
+    }
+}
