@@ -42,6 +42,15 @@ pub struct DeviceRange {
     pub global: bool,
 }
 
+/// A stream capture under way.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture {
+    /// Unique in the process (`cuStreamGetCaptureInfo`).
+    pub id: u64,
+    /// Work it cannot hold was refused: it fails when it ends.
+    pub invalidated: bool,
+}
+
 /// A function's parameters: (offset, size) in declaration order.
 pub type ParamLayout = Arc<Vec<(u32, u32)>>;
 
@@ -106,6 +115,11 @@ pub struct Shim {
     /// launches) is answered here: setting an attribute to the value it has
     /// is no change.
     pub attribute_sets: RwLock<HashMap<(Handle, i32, i32), i32>>,
+    /// Streams that capture (`cuStreamBeginCapture`), so that capture
+    /// queries are answered here.
+    pub captures: Mutex<HashMap<StreamRef, Capture>>,
+    /// Graphs and executable graphs -> their context.
+    pub graphs: RwLock<HashMap<Handle, Handle>>,
 }
 
 /// The device slot of a function's entries in [`Shim::attribute_sets`].
@@ -154,6 +168,8 @@ impl Shim {
             kernel_functions: RwLock::default(),
             occupancy: RwLock::default(),
             attribute_sets: RwLock::default(),
+            captures: Mutex::default(),
+            graphs: RwLock::default(),
         }
     }
 

@@ -142,6 +142,15 @@ driver_api! {
     cuStreamSynchronize(stream: Ptr);
     cuStreamQuery(stream: Ptr);
     cuStreamWaitEvent(stream: Ptr, event: Ptr, flags: u32);
+    cuStreamBeginCapture_v2(stream: Ptr, mode: u32);
+    cuStreamEndCapture(stream: Ptr, graph: *mut Ptr);
+    cuStreamIsCapturing(stream: Ptr, status: *mut i32);
+    cuThreadExchangeStreamCaptureMode(mode: *mut u32);
+    cuGraphInstantiateWithFlags(exec: *mut Ptr, graph: Ptr, flags: u64);
+    cuGraphLaunch(exec: Ptr, stream: Ptr);
+    cuGraphUpload(exec: Ptr, stream: Ptr);
+    cuGraphExecDestroy(exec: Ptr);
+    cuGraphDestroy(graph: Ptr);
     cuEventCreate(event: *mut Ptr, flags: u32);
     cuEventDestroy_v2(event: Ptr);
     cuEventRecord(event: Ptr, stream: Ptr);

@@ -37,6 +37,10 @@ pub struct Tables {
     pub streams: HashMap<Handle, Handle>,
     /// Event -> context.
     pub events: HashMap<Handle, Handle>,
+    /// Graph -> context.
+    pub graphs: HashMap<Handle, Handle>,
+    /// Executable graph -> context.
+    pub execs: HashMap<Handle, Handle>,
     /// Client-named stream or event -> the driver's handle for it.
     pub real: HashMap<Handle, Handle>,
     /// Base address -> region.
@@ -99,6 +103,8 @@ impl Tables {
         self.functions.retain(|_, m| !modules.contains(m));
         self.streams.retain(|_, c| *c != ctx);
         self.events.retain(|_, c| *c != ctx);
+        self.graphs.retain(|_, c| *c != ctx);
+        self.execs.retain(|_, c| *c != ctx);
         let (streams, events) = (&self.streams, &self.events);
         self.real
             .retain(|h, _| streams.contains_key(h) || events.contains_key(h));

@@ -18,7 +18,7 @@ use gpupool_proto::message::{
     is_client_handle, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, DEVICE_STATUS_NO_SERVER_NVML,
 };
 use gpupool_proto::ProtoError;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CString};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::time::Instant;
@@ -32,6 +32,9 @@ const OUT_OF_MEMORY: Status = 2;
 const INVALID_IMAGE: Status = 200;
 /// CUDA_ERROR_INVALID_DEVICE.
 const INVALID_DEVICE: Status = 101;
+/// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, `_INVALIDATED`.
+const STREAM_CAPTURE_UNSUPPORTED: Status = 900;
+const STREAM_CAPTURE_INVALIDATED: Status = 901;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -90,6 +93,11 @@ pub struct Worker<'d> {
     /// the device's total. None (the whole device) until the broker assigns
     /// slices to sessions.
     memory_limit: Option<u64>,
+    /// Stream captures under way; while there are any, copies through the
+    /// staging buffers check that their stream is not capturing.
+    captures: u32,
+    /// Capturing streams on which a copy was refused: their capture fails.
+    invalidated: HashSet<Ptr>,
     pub session_id: u64,
     pub calls: u64,
 }
@@ -119,6 +127,8 @@ impl<'d> Worker<'d> {
             images: None,
             nvml: None,
             memory_limit: None,
+            captures: 0,
+            invalidated: HashSet::new(),
             session_id,
             calls: 0,
         }
@@ -403,6 +413,9 @@ impl<'d> Worker<'d> {
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } => *ctx,
+                R::StreamBeginCapture { ctx, .. } | R::StreamEndCapture { ctx, .. } => *ctx,
+                R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
+                R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -452,13 +465,15 @@ impl<'d> Worker<'d> {
                 src,
                 len,
             } => {
+                // A device-to-device copy, even the synchronous one, does
+                // not wait for the device (the driver's documented
+                // behaviour), so the worker goes on with the next request.
                 let r = self.enter(ctx, stream).and_then(|s| {
                     self.tables.check_range(dst, len)?;
                     self.tables.check_range(src, len)?;
                     // SAFETY: both ranges lie inside this client's allocations.
                     unsafe { d.cuMemcpyDtoDAsync_v2(dst, src, len as usize, s) }
                 });
-                let r = r.and_then(|()| self.sync_stream(ctx, stream));
                 Reply::Status(self.sync_status(ctx, r))
             }
             R::Memset {
@@ -599,6 +614,51 @@ impl<'d> Worker<'d> {
                     }),
             ),
             R::DeviceStatus { device } => to_reply(self.device_status(device)),
+            R::StreamBeginCapture { ctx, stream, mode } => to_reply(self.enter(ctx, stream).and_then(|s| {
+                // SAFETY: s is resolved from this client's tables.
+                unsafe { d.cuStreamBeginCapture_v2(s, mode) }?;
+                self.captures += 1;
+                Ok(())
+            })),
+            R::StreamEndCapture { ctx, stream } => to_reply(self.end_capture(ctx, stream)),
+            R::GraphInstantiate { ctx, graph, flags } => to_reply(self.make_current(ctx).and_then(|()| {
+                if self.tables.graphs.get(&graph) != Some(&ctx) {
+                    return Err(INVALID_VALUE);
+                }
+                let mut exec: Ptr = std::ptr::null_mut();
+                // SAFETY: the graph belongs to this client; exec is writable.
+                unsafe { d.cuGraphInstantiateWithFlags(&mut exec, as_ptr(graph), flags) }?;
+                self.tables.execs.insert(handle(exec), ctx);
+                Ok(Reply::Handle(handle(exec)))
+            })),
+            R::GraphLaunch { ctx, exec, stream } => to_reply(self.enter(ctx, stream).and_then(|s| {
+                self.check_exec(ctx, exec)?;
+                // SAFETY: the executable graph and the stream belong to this client.
+                unsafe { d.cuGraphLaunch(as_ptr(exec), s) }
+            })),
+            R::GraphUpload { ctx, exec, stream } => to_reply(self.enter(ctx, stream).and_then(|s| {
+                self.check_exec(ctx, exec)?;
+                // SAFETY: as for GraphLaunch.
+                unsafe { d.cuGraphUpload(as_ptr(exec), s) }
+            })),
+            R::GraphExecDestroy { ctx, exec } => to_reply(self.make_current(ctx).and_then(|()| {
+                self.check_exec(ctx, exec)?;
+                self.tables.execs.remove(&exec);
+                // SAFETY: the executable graph belongs to this client.
+                unsafe { d.cuGraphExecDestroy(as_ptr(exec)) }
+            })),
+            R::GraphDestroy { ctx, graph } => to_reply(self.make_current(ctx).and_then(|()| {
+                if self.tables.graphs.remove(&graph) != Some(ctx) {
+                    return Err(INVALID_VALUE);
+                }
+                // SAFETY: the graph belonged to this client.
+                unsafe { d.cuGraphDestroy(as_ptr(graph)) }
+            })),
+            R::SetCaptureMode { mode } => {
+                let mut m = mode;
+                // SAFETY: m is readable and writable; the driver checks the mode.
+                to_reply(unsafe { d.cuThreadExchangeStreamCaptureMode(&mut m) })
+            }
             R::ParamInfo { ctx, func, kernel } => to_reply(
                 self.make_current(ctx)
                     .and_then(|()| self.layout(func, kernel).map(Reply::Params)),
@@ -611,6 +671,50 @@ impl<'d> Worker<'d> {
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
         };
         (ctx, reply)
+    }
+
+    fn check_exec(&self, ctx: Handle, exec: Handle) -> DriverResult {
+        match self.tables.execs.get(&exec) {
+            Some(c) if *c == ctx => Ok(()),
+            _ => Err(INVALID_VALUE),
+        }
+    }
+
+    /// `cuStreamEndCapture`. The capture ends on the driver whatever
+    /// happened; one in which a copy was refused fails as invalidated.
+    fn end_capture(&mut self, ctx: Handle, stream: StreamRef) -> DriverResult<Reply> {
+        let s = self.enter(ctx, stream)?;
+        let mut graph: Ptr = std::ptr::null_mut();
+        // SAFETY: s is resolved from this client's tables; graph is writable.
+        let r = unsafe { self.driver.cuStreamEndCapture(s, &mut graph) };
+        self.captures = self.captures.saturating_sub(1);
+        if self.invalidated.remove(&s) {
+            if !graph.is_null() {
+                // SAFETY: the driver just made this graph for us.
+                let _ = unsafe { self.driver.cuGraphDestroy(graph) };
+            }
+            return Err(STREAM_CAPTURE_INVALIDATED);
+        }
+        r?;
+        self.tables.graphs.insert(handle(graph), ctx);
+        Ok(Reply::Handle(handle(graph)))
+    }
+
+    /// Copies through the staging buffers cannot be captured: a graph would
+    /// keep the buffer's address, which later copies reuse. On a capturing
+    /// stream they are refused and the capture fails at its end.
+    fn refuse_if_capturing(&mut self, s: Ptr) -> DriverResult {
+        if self.captures == 0 {
+            return Ok(());
+        }
+        let mut status = 0i32;
+        // SAFETY: s is resolved from this client's tables; status is writable.
+        unsafe { self.driver.cuStreamIsCapturing(s, &mut status) }?;
+        if status != 0 {
+            self.invalidated.insert(s);
+            return Err(STREAM_CAPTURE_UNSUPPORTED);
+        }
+        Ok(())
     }
 
     fn check_function(&self, func: Handle) -> DriverResult {
@@ -856,6 +960,14 @@ impl<'d> Worker<'d> {
             // SAFETY: e is an event of this client.
             let _ = unsafe { d.cuEventDestroy_v2(self.real(*e)) };
         }
+        for (x, _) in self.tables.execs.iter().filter(|(_, c)| **c == ctx) {
+            // SAFETY: x is an executable graph of this client.
+            let _ = unsafe { d.cuGraphExecDestroy(as_ptr(*x)) };
+        }
+        for (g, _) in self.tables.graphs.iter().filter(|(_, c)| **c == ctx) {
+            // SAFETY: g is a graph of this client.
+            let _ = unsafe { d.cuGraphDestroy(as_ptr(*g)) };
+        }
         for (m, _) in self.tables.modules.iter().filter(|(_, c)| **c == ctx) {
             // SAFETY: m is a module of this client.
             let _ = unsafe { d.cuModuleUnload(as_ptr(*m)) };
@@ -1032,6 +1144,7 @@ impl<'d> Worker<'d> {
                 return Err(INVALID_VALUE);
             }
             self.tables.check_range(target, len)?;
+            self.refuse_if_capturing(s)?;
             Ok((s, target))
         });
         let (s, target) = match checked {
@@ -1081,10 +1194,11 @@ impl<'d> Worker<'d> {
         len: u64,
         writer: &mut W,
     ) -> Result<Status, ProtoError> {
-        let s = match self
-            .enter(ctx, stream)
-            .and_then(|s| self.tables.check_range(src, len).map(|_| s))
-        {
+        let s = match self.enter(ctx, stream).and_then(|s| {
+            self.tables.check_range(src, len)?;
+            self.refuse_if_capturing(s)?;
+            Ok(s)
+        }) {
             Ok(s) => s,
             Err(status) => return Ok(status),
         };

@@ -204,6 +204,33 @@ pub enum Request {
     /// context; an ordinal the session does not have answers
     /// `CUDA_ERROR_INVALID_DEVICE`.
     DeviceStatus { device: i32 },
+    /// sync. `mode` is the `CUstreamCaptureMode`.
+    StreamBeginCapture { ctx: Handle, stream: StreamRef, mode: u32 },
+    /// sync -> `Reply::Handle`, the captured graph. The capture ends even
+    /// when this fails (an invalidated capture answers
+    /// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`).
+    StreamEndCapture { ctx: Handle, stream: StreamRef },
+    /// sync -> `Reply::Handle`, the executable graph.
+    GraphInstantiate { ctx: Handle, graph: Handle, flags: u64 },
+    /// async.
+    GraphLaunch {
+        ctx: Handle,
+        exec: Handle,
+        stream: StreamRef,
+    },
+    /// async.
+    GraphUpload {
+        ctx: Handle,
+        exec: Handle,
+        stream: StreamRef,
+    },
+    /// async.
+    GraphExecDestroy { ctx: Handle, exec: Handle },
+    /// async.
+    GraphDestroy { ctx: Handle, graph: Handle },
+    /// async: the capture mode (`CUstreamCaptureMode`) the server runs the
+    /// client's following calls under (`cuThreadExchangeStreamCaptureMode`).
+    SetCaptureMode { mode: u32 },
 }
 
 /// The launch of one kernel.

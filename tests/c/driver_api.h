@@ -17,6 +17,8 @@ typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
 typedef struct CUlib_st *CUlibrary;
 typedef struct CUkern_st *CUkernel;
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphExec_st *CUgraphExec;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
@@ -24,6 +26,10 @@ typedef struct CUkern_st *CUkernel;
 #define CUDA_ERROR_NOT_READY 600
 #define CUDA_ERROR_ILLEGAL_ADDRESS 700
 #define CUDA_ERROR_NOT_SUPPORTED 801
+#define CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED 900
+#define CUDA_ERROR_STREAM_CAPTURE_INVALIDATED 901
+#define CU_STREAM_CAPTURE_MODE_GLOBAL 0
+#define CU_STREAM_CAPTURE_MODE_RELAXED 2
 #define CU_LAUNCH_PARAM_END ((void *)0x00)
 #define CU_LAUNCH_PARAM_BUFFER_POINTER ((void *)0x01)
 #define CU_LAUNCH_PARAM_BUFFER_SIZE ((void *)0x02)
@@ -77,6 +83,15 @@ typedef CUresult (*PFN_cuMemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream)
 typedef CUresult (*PFN_cuMemsetD32)(CUdeviceptr, unsigned, size_t);
 typedef CUresult (*PFN_cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
 typedef CUresult (*PFN_cuStreamCreate)(CUstream *, unsigned);
+typedef CUresult (*PFN_cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+typedef CUresult (*PFN_cuStreamBeginCapture)(CUstream, int);
+typedef CUresult (*PFN_cuStreamEndCapture)(CUstream, CUgraph *);
+typedef CUresult (*PFN_cuStreamIsCapturing)(CUstream, int *);
+typedef CUresult (*PFN_cuStreamGetCaptureInfo)(CUstream, int *, unsigned long long *);
+typedef CUresult (*PFN_cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph, unsigned long long);
+typedef CUresult (*PFN_cuGraphLaunch)(CUgraphExec, CUstream);
+typedef CUresult (*PFN_cuGraphExecDestroy)(CUgraphExec);
+typedef CUresult (*PFN_cuGraphDestroy)(CUgraph);
 typedef CUresult (*PFN_cuStreamDestroy)(CUstream);
 typedef CUresult (*PFN_cuStreamSynchronize)(CUstream);
 typedef CUresult (*PFN_cuStreamQuery)(CUstream);

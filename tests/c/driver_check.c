@@ -15,6 +15,8 @@
  *                          copies, launches and sync calls, results checked
  *   driver_check library   kernels of a library (cuLibrary*, cuKernel*), launched
  *                          by kernel handle and by function
+ *   driver_check graph     stream capture of launches, a device copy and a memset,
+ *                          replayed from a graph with new inputs each time
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -194,6 +196,17 @@ int main(int argc, char **argv) {
     GET(cuMemsetD32, 3020);
     GET(cuMemsetD8Async, 3020);
     GET(cuStreamCreate, 2000);
+    GET(cuMemcpyDtoDAsync, 3020);
+    GET(cuStreamSynchronize, 2000);
+    /* Version 10010 gives the capture entry points that take a mode. */
+    GET(cuStreamBeginCapture, 10010);
+    GET(cuStreamEndCapture, 10000);
+    GET(cuStreamIsCapturing, 10000);
+    GET(cuStreamGetCaptureInfo, 10010);
+    GET(cuGraphInstantiateWithFlags, 11040);
+    GET(cuGraphLaunch, 10000);
+    GET(cuGraphExecDestroy, 10000);
+    GET(cuGraphDestroy, 10000);
     GET(cuStreamDestroy, 4000);
     GET(cuStreamQuery, 2000);
     GET(cuEventCreate, 2000);
@@ -356,6 +369,77 @@ int main(int argc, char **argv) {
         CHECK(cuMemFree(da));
         CHECK(cuMemFree(dc));
         printf("OK library n=%d\n", n);
+    } else if (!strcmp(mode, "graph")) {
+        CUmodule m;
+        CUfunction fadd, fscale;
+        CHECK(cuModuleLoadData(&m, KERNELS_PTX));
+        CHECK(cuModuleGetFunction(&fadd, m, "gp_vector_add"));
+        CHECK(cuModuleGetFunction(&fscale, m, "gp_scale"));
+        const int n = 4096;
+        size_t bytes = n * sizeof(float);
+        float *a = malloc(bytes), *b = malloc(bytes), *c = malloc(bytes);
+        CUdeviceptr da, db, dc, dd;
+        CHECK(cuMemAlloc(&da, bytes));
+        CHECK(cuMemAlloc(&db, bytes));
+        CHECK(cuMemAlloc(&dc, bytes));
+        CHECK(cuMemAlloc(&dd, bytes));
+        CUstream s;
+        CHECK(cuStreamCreate(&s, 1));
+        int st = -1;
+        unsigned long long id = 0;
+        CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+        CHECK(cuStreamIsCapturing(s, &st));
+        EXPECT(st == 1, "capture status %d while capturing", st);
+        CHECK(cuStreamGetCaptureInfo(s, &st, &id));
+        EXPECT(st == 1 && id != 0, "capture info %d id %llu", st, id);
+        /* d = 2 * (a + b), then d[0..4] = 0 */
+        unsigned nn = n;
+        void *aargs[] = {&da, &db, &dc, &nn};
+        CHECK(cuLaunchKernel(fadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, aargs, NULL));
+        float two = 2.0f;
+        void *sargs[] = {&dc, &two, &nn};
+        CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, sargs, NULL));
+        CHECK(cuMemcpyDtoDAsync(dd, dc, bytes, s));
+        CHECK(cuMemsetD8Async(dd, 0, 4 * sizeof(float), s));
+        two = 100.0f; /* the launch's arguments were taken at capture */
+        CUgraph g;
+        CHECK(cuStreamEndCapture(s, &g));
+        CHECK(cuStreamIsCapturing(s, &st));
+        EXPECT(st == 0, "capture status %d after the capture", st);
+        CUgraphExec ge;
+        CHECK(cuGraphInstantiateWithFlags(&ge, g, 0));
+        for (int round = 0; round < 3; round++) {
+            for (int i = 0; i < n; i++) {
+                a[i] = (float)(i + round);
+                b[i] = 0.25f * i;
+            }
+            CHECK(cuMemcpyHtoD(da, a, bytes));
+            CHECK(cuMemcpyHtoD(db, b, bytes));
+            CHECK(cuGraphLaunch(ge, s));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuMemcpyDtoH(c, dd, bytes));
+            for (int i = 0; i < n; i++) {
+                float want = i < 4 ? 0.0f : (a[i] + b[i]) * 2.0f;
+                EXPECT(c[i] == want, "round %d: d[%d] = %f, expected %f", round, i, c[i], want);
+            }
+        }
+        /* A copy from the program's memory cannot be captured: it fails at
+           once, and so does the capture when it ends. */
+        CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+        CUresult r = cuMemcpyHtoDAsync(da, a, bytes, s);
+        EXPECT(r == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "host copy in a capture gave %d", r);
+        CHECK(cuStreamIsCapturing(s, &st));
+        EXPECT(st == 2, "capture status %d after a refused copy", st);
+        CUgraph bad = NULL;
+        r = cuStreamEndCapture(s, &bad);
+        EXPECT(r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "ending an invalidated capture gave %d", r);
+        CHECK(cuStreamIsCapturing(s, &st));
+        EXPECT(st == 0, "capture status %d after it ended", st);
+        CHECK(cuGraphLaunch(ge, s));
+        CHECK(cuStreamSynchronize(s));
+        CHECK(cuGraphExecDestroy(ge));
+        CHECK(cuGraphDestroy(g));
+        printf("OK graph n=%d\n", n);
     } else if (!strcmp(mode, "fault")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

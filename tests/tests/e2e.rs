@@ -76,6 +76,29 @@ fn repeated_queries_are_answered_in_the_shim() {
     assert_eq!(report_row(&report, "cuFuncSetAttribute"), (2, 1));
 }
 
+/// Stream capture and graphs: launches, a device copy and a memset captured
+/// on a stream replay from the graph on the server with new inputs each
+/// time; a graph launch is one streamed message; a copy from the program's
+/// memory in a capture is refused at once and the capture fails at its end.
+#[test]
+fn captured_graphs_replay_on_the_server() {
+    let server = Server::start();
+    for url in both(&server) {
+        let mut cmd = through_shim(&c_program("driver_check"), &url);
+        cmd.arg("graph").env("GPUPOOL_CALL_REPORT", "1");
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("OK graph n=4096"),
+            "{url}: {stdout}\n{report}"
+        );
+        assert_eq!(report_row(&report, "cuGraphLaunch"), (4, 0), "{url}");
+        assert_eq!(report_row(&report, "cuStreamIsCapturing").1, 0, "{url}");
+        assert_eq!(report_row(&report, "cuStreamGetCaptureInfo").1, 0, "{url}");
+    }
+}
+
 #[test]
 fn asynchronous_error_is_reported_at_the_next_synchronise() {
     let server = Server::start();
@@ -653,4 +676,73 @@ fn client_named_streams_and_events_are_checked() {
     // Destroyed, the name no longer resolves.
     s.post(&Request::StreamDestroy { ctx, stream });
     assert!(matches!(sync_stream(&mut s), Reply::Status(400)));
+}
+
+/// The server keeps copies through its staging buffers out of captures
+/// whatever the client does (a capture would keep the staging buffer's
+/// address, which later copies reuse): a copy on a capturing stream is
+/// refused with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and the capture ends
+/// as invalidated. Graph handles are checked against the client's own.
+#[test]
+fn the_server_keeps_staging_copies_out_of_captures() {
+    use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    let stream = CLIENT_HANDLE_TAG | 9;
+    s.post(&Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id: stream,
+    });
+    let Reply::Pointer(dst) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+        panic!("no allocation");
+    };
+    let sref = StreamRef::Handle(stream);
+    let begin = Request::StreamBeginCapture {
+        ctx,
+        stream: sref,
+        mode: 2,
+    };
+    assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+    let copy = Request::MemcpyHtoD {
+        ctx,
+        stream: sref,
+        dst,
+        offset: 0,
+        total: 16,
+    };
+    assert!(matches!(s.call(&copy, &[7u8; 16]), Reply::Status(900)));
+    assert!(matches!(
+        s.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]),
+        Reply::Status(901)
+    ));
+    // A capture that holds no copy gives a graph; unknown graphs are refused.
+    assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+    let Reply::Handle(graph) = s.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]) else {
+        panic!("no graph");
+    };
+    let instantiate = |graph| Request::GraphInstantiate { ctx, graph, flags: 0 };
+    assert!(matches!(s.call(&instantiate(graph + 16), &[]), Reply::Status(1)));
+    let Reply::Handle(exec) = s.call(&instantiate(graph), &[]) else {
+        panic!("no executable graph");
+    };
+    s.post(&Request::GraphLaunch {
+        ctx,
+        exec: exec + 16,
+        stream: sref,
+    });
+    assert!(matches!(
+        s.call(&Request::CtxSynchronize { ctx }, &[]),
+        Reply::Status(1)
+    ));
+    s.post(&Request::GraphLaunch {
+        ctx,
+        exec,
+        stream: sref,
+    });
+    assert!(matches!(
+        s.call(&Request::StreamSynchronize { ctx, stream: sref }, &[]),
+        Reply::Status(0)
+    ));
 }

@@ -4,8 +4,8 @@
 //! program passed; each checks them for null before use.
 
 use super::{
-    c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUkernel, CUlaunchConfig, CUlibrary, CUmodule,
-    CUresult, CUstream,
+    c_char, CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUgraphInstantiateParams, CUkernel, CUlaunchConfig,
+    CUlibrary, CUmodule, CUresult, CUstream,
 };
 use crate::config::{self, Config};
 use crate::error::{self, CuError, CuResult};
@@ -13,7 +13,7 @@ use crate::remote::{ConnectOptions, Remote};
 use crate::state::{self, DefaultStream, DeviceRange, Shim};
 use gpupool_fatbin::{ImageKind, LenQuery};
 use gpupool_proto::frame::COPY_CHUNK;
-use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request};
+use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef};
 use sha2::{Digest, Sha256};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
@@ -1402,6 +1402,7 @@ unsafe fn htod(
     }
     let ctx = device_range_ctx(s, dst, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
+    refuse_if_capturing(s, stream)?;
     // SAFETY: the program passed `size` readable bytes at src.
     let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
     let chunks = bytes.len().div_ceil(COPY_CHUNK);
@@ -1432,6 +1433,7 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
     }
     let ctx = device_range_ctx(s, src, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
+    refuse_if_capturing(s, stream)?;
     let req = Request::MemcpyDtoH {
         ctx,
         stream,
@@ -1643,6 +1645,7 @@ pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
     let s = shim()?;
     let h = handle(stream);
     let ctx = write(&s.stream_contexts).remove(&h).ok_or(CuError::INVALID_HANDLE)?;
+    lock(&s.captures).remove(&StreamRef::Handle(h));
     s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
 }
 
@@ -1688,14 +1691,43 @@ pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CU
     )
 }
 
-/// `CU_STREAM_CAPTURE_STATUS_NONE`: gpupool does not capture graphs yet, so
-/// no stream is ever capturing (`cuStreamBeginCapture` is not supported).
+/// `CUstreamCaptureStatus`: none, active, invalidated.
 const CAPTURE_NONE: i32 = 0;
+const CAPTURE_ACTIVE: i32 = 1;
+const CAPTURE_INVALIDATED: i32 = 2;
 
-pub unsafe fn stream_is_capturing(_mode: DefaultStream, stream: CUstream, status: *mut i32) -> CuResult {
+/// The capture `stream` is in, if it captures.
+fn capture_of(s: &Shim, stream: StreamRef) -> Option<state::Capture> {
+    lock(&s.captures).get(&stream).copied()
+}
+
+fn capture_id(s: &Shim, mode: DefaultStream, stream: CUstream) -> Option<u64> {
+    capture_of(s, Shim::stream_ref(mode, handle(stream))).map(|c| c.id)
+}
+
+/// Copies between the program's memory and the device cannot be captured:
+/// a graph replayed on the server cannot reach the program's buffers. On a
+/// capturing stream they fail at once, and the capture fails when it ends.
+fn refuse_if_capturing(s: &Shim, stream: StreamRef) -> CuResult {
+    match lock(&s.captures).get_mut(&stream) {
+        Some(c) => {
+            c.invalidated = true;
+            Err(CuError::STREAM_CAPTURE_UNSUPPORTED)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Answered here from the captures the shim began.
+pub unsafe fn stream_is_capturing(mode: DefaultStream, stream: CUstream, status: *mut i32) -> CuResult {
     let s = shim()?;
     stream_ctx(s, stream)?;
-    unsafe { out(status, CAPTURE_NONE) }
+    let v = match capture_of(s, Shim::stream_ref(mode, handle(stream))) {
+        None => CAPTURE_NONE,
+        Some(c) if c.invalidated => CAPTURE_INVALIDATED,
+        Some(_) => CAPTURE_ACTIVE,
+    };
+    unsafe { out(status, v) }
 }
 
 pub unsafe fn stream_get_capture_info(
@@ -1706,7 +1738,7 @@ pub unsafe fn stream_get_capture_info(
 ) -> CuResult {
     unsafe {
         stream_is_capturing(mode, stream, status)?;
-        out_opt(id, 0);
+        out_opt(id, shim().ok().and_then(|s| capture_id(s, mode, stream)).unwrap_or(0));
     }
     Ok(())
 }
@@ -1745,6 +1777,181 @@ pub unsafe fn stream_get_capture_info_v3(
         out_opt(edges, std::ptr::null());
     }
     Ok(())
+}
+
+/// `cuStreamBeginCapture_v2`: a round trip, so that a stream that cannot
+/// capture says so here.
+pub unsafe fn stream_begin_capture(mode: DefaultStream, stream: CUstream, capture_mode: u32) -> CuResult {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    s.remote.call(
+        &Request::StreamBeginCapture {
+            ctx,
+            stream: sref,
+            mode: capture_mode,
+        },
+        &[],
+    )?;
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    lock(&s.captures).insert(sref, state::Capture { id, invalidated: false });
+    Ok(())
+}
+
+/// The first `cuStreamBeginCapture`, without a mode: global.
+pub unsafe fn stream_begin_capture_v1(mode: DefaultStream, stream: CUstream) -> CuResult {
+    unsafe { stream_begin_capture(mode, stream, 0) }
+}
+
+pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *mut *mut c_void) -> CuResult {
+    let s = shim()?;
+    if graph.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    // The capture ends on the server whatever it answers.
+    let reply = s.remote.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]);
+    let capture = lock(&s.captures).remove(&sref);
+    if capture.is_some_and(|c| c.invalidated) {
+        if let Ok(Reply::Handle(graph)) = reply {
+            s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])?;
+        }
+        return Err(CuError::STREAM_CAPTURE_INVALIDATED);
+    }
+    match reply? {
+        Reply::Handle(g) => {
+            write(&s.graphs).insert(g, ctx);
+            unsafe { out(graph, as_ptr(g)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+thread_local! {
+    /// This thread's stream capture mode (`CUstreamCaptureMode`, global by default).
+    static CAPTURE_MODE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `cuThreadExchangeStreamCaptureMode`: kept per thread here; a change is
+/// streamed to the server, which runs the client's calls under it. (The
+/// server runs all of a client's threads on one thread, so the mode is the
+/// last one any of them set.)
+pub unsafe fn thread_exchange_stream_capture_mode(mode: *mut u32) -> CuResult {
+    let s = shim()?;
+    if mode.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null, and readable by the API contract.
+    let new = unsafe { *mode };
+    if new > 2 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let old = CAPTURE_MODE.with(|m| m.replace(new));
+    if old != new {
+        s.remote.post(&Request::SetCaptureMode { mode: new }, &[])?;
+    }
+    unsafe { out(mode, old) }
+}
+
+/// The context of a graph or executable graph this process holds.
+fn graph_ctx(s: &Shim, graph: Handle) -> CuResult<Handle> {
+    read(&s.graphs).get(&graph).copied().ok_or(CuError::INVALID_VALUE)
+}
+
+pub unsafe fn graph_instantiate_with_flags(exec: *mut *mut c_void, graph: *mut c_void, flags: u64) -> CuResult {
+    let s = shim()?;
+    if exec.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let graph = handle(graph);
+    let ctx = graph_ctx(s, graph)?;
+    match s.remote.call(&Request::GraphInstantiate { ctx, graph, flags }, &[])? {
+        Reply::Handle(e) => {
+            write(&s.graphs).insert(e, ctx);
+            unsafe { out(exec, as_ptr(e)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+/// `cuGraphInstantiate` (and `_v2`) of CUDA 11: no flags; no error node
+/// and an empty log are given back.
+pub unsafe fn graph_instantiate(
+    exec: *mut *mut c_void,
+    graph: *mut c_void,
+    error_node: *mut *mut c_void,
+    log: *mut c_char,
+    log_size: usize,
+) -> CuResult {
+    unsafe {
+        out_opt(error_node, std::ptr::null_mut());
+        if !log.is_null() && log_size > 0 {
+            *log = 0;
+        }
+        graph_instantiate_with_flags(exec, graph, 0)
+    }
+}
+
+/// `CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD`: upload on `upload_stream` as part
+/// of the instantiation.
+const INSTANTIATE_FLAG_UPLOAD: u64 = 2;
+
+pub unsafe fn graph_instantiate_with_params(
+    mode: DefaultStream,
+    exec: *mut *mut c_void,
+    graph: *mut c_void,
+    params: *mut CUgraphInstantiateParams,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null, and valid for reads and writes by the API contract.
+    let p = unsafe { &mut *params };
+    p.error_node = std::ptr::null_mut();
+    let upload_stream = p.upload_stream;
+    let r = unsafe { graph_instantiate_with_flags(exec, graph, p.flags & !INSTANTIATE_FLAG_UPLOAD) }.and_then(|()| {
+        if p.flags & INSTANTIATE_FLAG_UPLOAD != 0 {
+            // SAFETY: exec was just written.
+            unsafe { graph_upload(mode, *exec, upload_stream) }
+        } else {
+            Ok(())
+        }
+    });
+    // CUDA_GRAPH_INSTANTIATE_SUCCESS or _ERROR.
+    p.result = u32::from(r.is_err());
+    r
+}
+
+pub unsafe fn graph_launch(mode: DefaultStream, exec: *mut c_void, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let exec = handle(exec);
+    let ctx = graph_ctx(s, exec)?;
+    let stream = Shim::stream_ref(mode, handle(stream));
+    s.remote.post(&Request::GraphLaunch { ctx, exec, stream }, &[])
+}
+
+pub unsafe fn graph_upload(mode: DefaultStream, exec: *mut c_void, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let exec = handle(exec);
+    let ctx = graph_ctx(s, exec)?;
+    let stream = Shim::stream_ref(mode, handle(stream));
+    s.remote.post(&Request::GraphUpload { ctx, exec, stream }, &[])
+}
+
+pub unsafe fn graph_exec_destroy(exec: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let exec = handle(exec);
+    let ctx = write(&s.graphs).remove(&exec).ok_or(CuError::INVALID_VALUE)?;
+    s.remote.post(&Request::GraphExecDestroy { ctx, exec }, &[])
+}
+
+pub unsafe fn graph_destroy(graph: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let graph = handle(graph);
+    let ctx = write(&s.graphs).remove(&graph).ok_or(CuError::INVALID_VALUE)?;
+    s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])
 }
 
 pub unsafe fn event_create(event: *mut CUevent, flags: u32) -> CuResult {

@@ -56,6 +56,15 @@ pub struct CUlaunchAttribute {
     pub value: [u8; 64],
 }
 
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`.
+#[repr(C)]
+pub struct CUgraphInstantiateParams {
+    pub flags: u64,
+    pub upload_stream: CUstream,
+    pub error_node: *mut c_void,
+    pub result: u32,
+}
+
 pub(crate) mod generated {
     use super::*;
     use crate::state::DefaultStream;
