@@ -95,8 +95,11 @@ pub struct Shim {
     pub primaries: Mutex<Vec<Primary>>,
     pub kernels: RwLock<HashSet<Handle>>,
     pub params: RwLock<HashMap<Handle, ParamLayout>>,
-    pub func_attributes: RwLock<HashMap<(Handle, i32), i32>>,
-    pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), i32>>,
+    /// Function and kernel attributes the driver answered (or, for an
+    /// attribute it does not have, refused), by (function, attribute) and
+    /// (kernel, attribute, device).
+    pub func_attributes: RwLock<HashMap<(Handle, i32), CuResult<i32>>>,
+    pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), CuResult<i32>>>,
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
     pub host_memory: Mutex<BTreeMap<usize, usize>>,
     pub stream_contexts: RwLock<HashMap<Handle, Handle>>,

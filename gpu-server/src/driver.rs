@@ -151,6 +151,7 @@ driver_api! {
     cuGraphUpload(exec: Ptr, stream: Ptr);
     cuGraphExecDestroy(exec: Ptr);
     cuGraphDestroy(graph: Ptr);
+    cuGraphGetNodes(graph: Ptr, nodes: *mut Ptr, count: *mut usize);
     cuEventCreate(event: *mut Ptr, flags: u32);
     cuEventDestroy_v2(event: Ptr);
     cuEventRecord(event: Ptr, stream: Ptr);

@@ -415,7 +415,7 @@ impl<'d> Worker<'d> {
                 R::ParamInfo { ctx, .. } => *ctx,
                 R::StreamBeginCapture { ctx, .. } | R::StreamEndCapture { ctx, .. } => *ctx,
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
-                R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } => *ctx,
+                R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -653,6 +653,16 @@ impl<'d> Worker<'d> {
                 }
                 // SAFETY: the graph belonged to this client.
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
+            })),
+            R::GraphNodeCount { ctx, graph } => to_reply(self.make_current(ctx).and_then(|()| {
+                if self.tables.graphs.get(&graph) != Some(&ctx) {
+                    return Err(INVALID_VALUE);
+                }
+                let mut n = 0usize;
+                // SAFETY: the graph belongs to this client; with no node
+                // array the driver only writes the count.
+                unsafe { d.cuGraphGetNodes(as_ptr(graph), std::ptr::null_mut(), &mut n) }?;
+                Ok(Reply::Size(n as u64))
             })),
             R::SetCaptureMode { mode } => {
                 let mut m = mode;

@@ -224,6 +224,8 @@ pub enum Request {
         exec: Handle,
         stream: StreamRef,
     },
+    /// sync -> `Reply::Size`: how many nodes a graph has.
+    GraphNodeCount { ctx: Handle, graph: Handle },
     /// async.
     GraphExecDestroy { ctx: Handle, exec: Handle },
     /// async.

@@ -350,6 +350,11 @@ int main(int argc, char **argv) {
         CHECK(cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 2048, kscale, dev));
         CHECK(cuKernelGetAttribute(&smem, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kscale, dev));
         EXPECT(smem == 2048, "dynamic shared memory %d after setting 2048", smem);
+        /* An attribute the driver does not have is refused, every time. */
+        for (int i = 0; i < 2; i++) {
+            r = cuKernelGetAttribute(&smem, 17, kscale, dev);
+            EXPECT(r == CUDA_ERROR_INVALID_VALUE, "attribute 17 gave %d", r);
+        }
         r = cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, 64, kscale, dev);
         EXPECT(r == CUDA_ERROR_INVALID_VALUE, "setting a read-only attribute gave %d", r);
         r = cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1 << 30, kscale, dev);

@@ -74,6 +74,9 @@ fn repeated_queries_are_answered_in_the_shim() {
     // one through the kernel's function go to the server.
     assert_eq!(report_row(&report, "cuKernelSetAttribute"), (6, 5));
     assert_eq!(report_row(&report, "cuFuncSetAttribute"), (2, 1));
+    // An attribute read after a set of it is asked again; one the driver
+    // does not have is refused from the shim the second time.
+    assert_eq!(report_row(&report, "cuKernelGetAttribute"), (4, 3));
 }
 
 /// Stream capture and graphs: launches, a device copy and a memset captured

@@ -868,18 +868,23 @@ pub unsafe fn module_get_global(
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
-/// An attribute from `map`, fetched once with `fetch` when absent.
+/// An attribute from `map`, fetched once with `fetch` when absent. An
+/// attribute the driver does not have (`CUDA_ERROR_INVALID_VALUE`) is
+/// remembered as such too: cuDNN 9.26 asks for two that the driver may not
+/// know before each convolution.
 fn cached_attribute<K: std::hash::Hash + Eq>(
-    map: &std::sync::RwLock<std::collections::HashMap<K, i32>>,
+    map: &std::sync::RwLock<std::collections::HashMap<K, CuResult<i32>>>,
     key: K,
     fetch: impl FnOnce() -> CuResult<i32>,
 ) -> CuResult<i32> {
     if let Some(v) = read(map).get(&key) {
-        return Ok(*v);
+        return *v;
     }
-    let v = fetch()?;
-    write(map).insert(key, v);
-    Ok(v)
+    let v = fetch();
+    if matches!(v, Ok(_) | Err(CuError::INVALID_VALUE)) {
+        write(map).insert(key, v);
+    }
+    v
 }
 
 pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfunction) -> CuResult {
@@ -917,25 +922,32 @@ fn repeated_set(s: &Shim, key: (Handle, i32, i32), value: i32) -> bool {
     SETTABLE_ATTRIBUTES.contains(&key.1) && read(&s.attribute_sets).get(&key) == Some(&value)
 }
 
-/// After a set the driver took. One attribute can change others (shared
-/// memory limits), and the occupancy answers depend on them, so the cached
-/// answers of the handle are forgotten; a kernel's functions carry its
-/// attributes and a function may be a kernel's, so those of the other kind
-/// are forgotten too, and so are the other kind's sets, which may no longer
-/// hold.
+/// Whether setting attribute `set` may change attribute `other`: itself,
+/// and the cluster attributes (10 to 15) one another. Dynamic shared
+/// memory (8) and the carveout (9) change nothing else.
+fn set_may_change(set: i32, other: i32) -> bool {
+    const CLUSTER: std::ops::RangeInclusive<i32> = 10..=15;
+    other == set || (CLUSTER.contains(&set) && CLUSTER.contains(&other))
+}
+
+/// After a set the driver took: the cached answers it may have changed are
+/// forgotten, on the handle and on every handle of the other kind (a
+/// kernel's functions carry its attributes, and a function may be a
+/// kernel's), and so are the occupancy answers, which depend on them, and
+/// the other kind's recorded sets, which may no longer hold.
 fn record_set(s: &Shim, key: (Handle, i32, i32), value: i32) {
-    let (h, _, device) = key;
+    let (h, attr, device) = key;
     let function = device == state::FUNCTION_SET;
     if function {
-        write(&s.func_attributes).retain(|(f, _), _| *f != h);
-        write(&s.kernel_attributes).clear();
+        write(&s.func_attributes).retain(|(f, a), _| *f != h || !set_may_change(attr, *a));
+        write(&s.kernel_attributes).retain(|(_, a, _), _| !set_may_change(attr, *a));
     } else {
-        write(&s.kernel_attributes).retain(|(k, _, _), _| *k != h);
-        write(&s.func_attributes).clear();
+        write(&s.kernel_attributes).retain(|(k, a, _), _| *k != h || !set_may_change(attr, *a));
+        write(&s.func_attributes).retain(|(_, a), _| !set_may_change(attr, *a));
     }
     write(&s.occupancy).clear();
     let mut sets = write(&s.attribute_sets);
-    sets.retain(|(_, _, d), _| (*d == state::FUNCTION_SET) == function);
+    sets.retain(|(_, a, d), _| (*d == state::FUNCTION_SET) == function || !set_may_change(attr, *a));
     sets.insert(key, value);
 }
 
@@ -1938,6 +1950,28 @@ pub unsafe fn graph_upload(mode: DefaultStream, exec: *mut c_void, stream: CUstr
     let ctx = graph_ctx(s, exec)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     s.remote.post(&Request::GraphUpload { ctx, exec, stream }, &[])
+}
+
+/// `cuGraphGetNodes`: the count (PyTorch asks it to warn of an empty
+/// capture). The nodes themselves are the server's and no node entry point
+/// is served, so asking for them is not supported.
+pub unsafe fn graph_get_nodes(graph: *mut c_void, nodes: *mut *mut c_void, count: *mut usize) -> CuResult {
+    let s = shim()?;
+    if count.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if !nodes.is_null() {
+        tracing::warn!(
+            "cuGraphGetNodes with a node array: graph nodes are not served; returning CUDA_ERROR_NOT_SUPPORTED"
+        );
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let graph = handle(graph);
+    let ctx = graph_ctx(s, graph)?;
+    match s.remote.call(&Request::GraphNodeCount { ctx, graph }, &[])? {
+        Reply::Size(n) => unsafe { out(count, n as usize) },
+        _ => Err(CuError::UNKNOWN),
+    }
 }
 
 pub unsafe fn graph_exec_destroy(exec: *mut c_void) -> CuResult {

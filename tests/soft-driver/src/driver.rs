@@ -1397,6 +1397,14 @@ impl Driver {
         }
     }
 
+    /// `cuGraphGetNodes` without a node array: how many nodes it has.
+    pub fn graph_node_count(&self, graph: u64) -> CuResult<usize> {
+        self.graphs
+            .get(&graph)
+            .map(|g| g.ops.len())
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
     pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
         self.execs.remove(&exec).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }

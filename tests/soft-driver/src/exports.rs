@@ -928,6 +928,20 @@ pub extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
     ffi(|| driver::with(|d| d.graph_exec_destroy(h(exec))))
 }
 
+/// `cuGraphGetNodes`: the count only (this double hands out no nodes).
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphGetNodes(graph: CUgraph, nodes: *mut *mut c_void, count: *mut usize) -> CUresult {
+    ffi(|| {
+        need(count)?;
+        if !nodes.is_null() {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let n = driver::with(|d| d.graph_node_count(h(graph)))?;
+        // SAFETY: `count` is non-null and valid for writes (API contract).
+        unsafe { out(count, n) }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn cuGraphDestroy(graph: CUgraph) -> CUresult {
     ffi(|| driver::with(|d| d.graph_destroy(h(graph))))
