@@ -121,6 +121,9 @@ pub struct Shim {
     /// Streams that capture (`cuStreamBeginCapture`), so that capture
     /// queries are answered here.
     pub captures: Mutex<HashMap<StreamRef, Capture>>,
+    /// Events last recorded in a capture -> the capture's id: a stream that
+    /// waits for one joins that capture, as in the driver.
+    pub capture_events: Mutex<HashMap<Handle, u64>>,
     /// Graphs and executable graphs -> their context.
     pub graphs: RwLock<HashMap<Handle, Handle>>,
 }
@@ -172,6 +175,7 @@ impl Shim {
             occupancy: RwLock::default(),
             attribute_sets: RwLock::default(),
             captures: Mutex::default(),
+            capture_events: Mutex::default(),
             graphs: RwLock::default(),
         }
     }

@@ -94,6 +94,7 @@ typedef CUresult (*PFN_cuGraphExecDestroy)(CUgraphExec);
 typedef CUresult (*PFN_cuGraphDestroy)(CUgraph);
 typedef CUresult (*PFN_cuStreamDestroy)(CUstream);
 typedef CUresult (*PFN_cuStreamSynchronize)(CUstream);
+typedef CUresult (*PFN_cuStreamWaitEvent)(CUstream, CUevent, unsigned);
 typedef CUresult (*PFN_cuStreamQuery)(CUstream);
 typedef CUresult (*PFN_cuEventCreate)(CUevent *, unsigned);
 typedef CUresult (*PFN_cuEventRecord)(CUevent, CUstream);

@@ -16,7 +16,8 @@
  *   driver_check library   kernels of a library (cuLibrary*, cuKernel*), launched
  *                          by kernel handle and by function
  *   driver_check graph     stream capture of launches, a device copy and a memset,
- *                          replayed from a graph with new inputs each time
+ *                          forked to a second stream and joined, replayed from
+ *                          a graph with new inputs each time
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -198,6 +199,7 @@ int main(int argc, char **argv) {
     GET(cuStreamCreate, 2000);
     GET(cuMemcpyDtoDAsync, 3020);
     GET(cuStreamSynchronize, 2000);
+    GET(cuStreamWaitEvent, 3020);
     /* Version 10010 gives the capture entry points that take a mode. */
     GET(cuStreamBeginCapture, 10010);
     GET(cuStreamEndCapture, 10000);
@@ -388,8 +390,12 @@ int main(int argc, char **argv) {
         CHECK(cuMemAlloc(&db, bytes));
         CHECK(cuMemAlloc(&dc, bytes));
         CHECK(cuMemAlloc(&dd, bytes));
-        CUstream s;
+        CUstream s, s2;
         CHECK(cuStreamCreate(&s, 1));
+        CHECK(cuStreamCreate(&s2, 1));
+        CUevent fork, join;
+        CHECK(cuEventCreate(&fork, 0));
+        CHECK(cuEventCreate(&join, 0));
         int st = -1;
         unsigned long long id = 0;
         CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
@@ -406,11 +412,23 @@ int main(int argc, char **argv) {
         CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, sargs, NULL));
         CHECK(cuMemcpyDtoDAsync(dd, dc, bytes, s));
         CHECK(cuMemsetD8Async(dd, 0, 4 * sizeof(float), s));
+        /* Fork to a second stream and join back: d *= 0.5 there. */
+        CHECK(cuEventRecord(fork, s));
+        CHECK(cuStreamWaitEvent(s2, fork, 0));
+        CHECK(cuStreamIsCapturing(s2, &st));
+        EXPECT(st == 1, "a stream waiting for a captured event has capture status %d", st);
+        float half = 0.5f;
+        void *hargs[] = {&dd, &half, &nn};
+        CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s2, hargs, NULL));
+        CHECK(cuEventRecord(join, s2));
+        CHECK(cuStreamWaitEvent(s, join, 0));
         two = 100.0f; /* the launch's arguments were taken at capture */
         CUgraph g;
         CHECK(cuStreamEndCapture(s, &g));
         CHECK(cuStreamIsCapturing(s, &st));
         EXPECT(st == 0, "capture status %d after the capture", st);
+        CHECK(cuStreamIsCapturing(s2, &st));
+        EXPECT(st == 0, "the joined stream's capture status %d after the capture", st);
         CUgraphExec ge;
         CHECK(cuGraphInstantiateWithFlags(&ge, g, 0));
         for (int round = 0; round < 3; round++) {
@@ -424,7 +442,7 @@ int main(int argc, char **argv) {
             CHECK(cuStreamSynchronize(s));
             CHECK(cuMemcpyDtoH(c, dd, bytes));
             for (int i = 0; i < n; i++) {
-                float want = i < 4 ? 0.0f : (a[i] + b[i]) * 2.0f;
+                float want = i < 4 ? 0.0f : (a[i] + b[i]) * 2.0f * 0.5f;
                 EXPECT(c[i] == want, "round %d: d[%d] = %f, expected %f", round, i, c[i], want);
             }
         }

@@ -1689,18 +1689,32 @@ pub unsafe fn stream_query(mode: DefaultStream, stream: CUstream) -> CuResult {
         .map(|_| ())
 }
 
+/// A stream that waits for an event recorded in a capture joins the
+/// capture (the driver's rule; PyTorch's allocator asks whether side streams
+/// capture, to keep their memory in the graph's pool).
 pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CUevent, flags: u32) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
     s.remote.post(
         &Request::StreamWaitEvent {
             ctx,
-            stream: Shim::stream_ref(mode, handle(stream)),
+            stream: sref,
             event: handle(event),
             flags,
         },
         &[],
-    )
+    )?;
+    let joined = lock(&s.capture_events).get(&handle(event)).copied();
+    if let Some(id) = joined {
+        let mut captures = lock(&s.captures);
+        if captures.values().any(|c| c.id == id) {
+            captures
+                .entry(sref)
+                .or_insert(state::Capture { id, invalidated: false });
+        }
+    }
+    Ok(())
 }
 
 /// `CUstreamCaptureStatus`: none, active, invalidated.
@@ -1825,7 +1839,22 @@ pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *
     let sref = Shim::stream_ref(mode, handle(stream));
     // The capture ends on the server whatever it answers.
     let reply = s.remote.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]);
-    let capture = lock(&s.captures).remove(&sref);
+    // The streams that joined it leave it with it.
+    let capture = {
+        let mut captures = lock(&s.captures);
+        captures.remove(&sref).map(|origin| {
+            let mut invalidated = origin.invalidated;
+            captures.retain(|_, c| {
+                let joined = c.id == origin.id;
+                invalidated |= joined && c.invalidated;
+                !joined
+            });
+            state::Capture { invalidated, ..origin }
+        })
+    };
+    if let Some(c) = capture {
+        lock(&s.capture_events).retain(|_, id| *id != c.id);
+    }
     if capture.is_some_and(|c| c.invalidated) {
         if let Ok(Reply::Handle(graph)) = reply {
             s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])?;
@@ -2033,14 +2062,22 @@ pub unsafe fn event_record_with_flags(mode: DefaultStream, event: CUevent, strea
 pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
     s.remote.post(
         &Request::EventRecord {
             ctx,
             event: handle(event),
-            stream: Shim::stream_ref(mode, handle(stream)),
+            stream: sref,
         },
         &[],
-    )
+    )?;
+    let capture = capture_of(s, sref);
+    let mut events = lock(&s.capture_events);
+    match capture {
+        Some(c) => events.insert(handle(event), c.id),
+        None => events.remove(&handle(event)),
+    };
+    Ok(())
 }
 
 pub unsafe fn event_synchronize(event: CUevent) -> CuResult {

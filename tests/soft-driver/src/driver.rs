@@ -186,6 +186,9 @@ struct StreamObj {
     ctx: u64,
     /// Set while the stream captures (`cuStreamBeginCapture`).
     capture: Option<Capture>,
+    /// The stream whose capture this one joined, by waiting for an event
+    /// recorded in it: its work goes into that capture.
+    joined: Option<u64>,
 }
 
 /// Work recorded by a capturing stream instead of run.
@@ -235,6 +238,8 @@ struct EventObj {
     recorded: Option<Instant>,
     /// The copy engine's last copy when it was recorded.
     copies: u64,
+    /// The stream whose capture it was last recorded in, if it was.
+    captured_in: Option<u64>,
 }
 
 struct HostAlloc {
@@ -1264,8 +1269,20 @@ impl Driver {
     // ----- stream capture and graphs -----
 
     /// The capture `stream` records into, if it captures.
+    /// (A stream that joined a capture records into the capture's origin.)
     fn capture_of(&mut self, stream: u64) -> Option<&mut Capture> {
-        self.streams.get_mut(&stream).and_then(|s| s.capture.as_mut())
+        let origin = self.capture_origin(stream)?;
+        self.streams.get_mut(&origin).and_then(|s| s.capture.as_mut())
+    }
+
+    /// The stream whose capture `stream` records into.
+    fn capture_origin(&self, stream: u64) -> Option<u64> {
+        let s = self.streams.get(&stream)?;
+        match (&s.capture, s.joined) {
+            (Some(_), _) => Some(stream),
+            (None, Some(origin)) => Some(origin),
+            (None, None) => None,
+        }
     }
 
     /// Work a capture cannot hold (in this double: copies to or from the
@@ -1313,6 +1330,11 @@ impl Driver {
             .get_mut(&stream)
             .and_then(|s| s.capture.take())
             .ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        for s in self.streams.values_mut() {
+            if s.joined == Some(stream) {
+                s.joined = None;
+            }
+        }
         if capture.invalidated {
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
@@ -1330,11 +1352,17 @@ impl Driver {
     /// `cuStreamIsCapturing`: none (0), active (1) or invalidated (2).
     pub fn stream_capture_status(&self, stream: u64) -> CuResult<i32> {
         self.stream_is_capturing(stream)?;
-        Ok(match self.streams.get(&stream).and_then(|s| s.capture.as_ref()) {
-            None => 0,
-            Some(c) if c.invalidated => 2,
-            Some(_) => 1,
-        })
+        let origin = self.capture_origin(stream);
+        Ok(
+            match origin
+                .and_then(|o| self.streams.get(&o))
+                .and_then(|s| s.capture.as_ref())
+            {
+                None => 0,
+                Some(c) if c.invalidated => 2,
+                Some(_) => 1,
+            },
+        )
     }
 
     /// `cuGraphInstantiateWithFlags` (auto-free, upload, device launch and
@@ -1470,7 +1498,14 @@ impl Driver {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let h = self.handle();
-        self.streams.insert(h, StreamObj { ctx, capture: None });
+        self.streams.insert(
+            h,
+            StreamObj {
+                ctx,
+                capture: None,
+                joined: None,
+            },
+        );
         Ok(h)
     }
 
@@ -1493,16 +1528,29 @@ impl Driver {
         self.refuse_in_capture(stream)
     }
 
+    /// `cuStreamWaitEvent`. Work runs at enqueue, so waiting is nothing,
+    /// except in captures: a stream that waits for an event recorded in a
+    /// capture joins it (its later work is captured there), and a wait
+    /// inside a capture for an event recorded in the same one orders
+    /// nothing more (the capture is one sequence here).
     pub fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> CuResult<()> {
         self.stream_ctx(stream)?;
-        self.refuse_in_capture(stream)?;
-        if !self.events.contains_key(&event) {
-            return Err(CUDA_ERROR_INVALID_HANDLE);
-        }
+        let captured_in = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?.captured_in;
         if flags > 1 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        Ok(())
+        let origin = captured_in.filter(|o| self.streams.get(o).is_some_and(|s| s.capture.is_some()));
+        match (self.capture_origin(stream), origin) {
+            (None, Some(o)) => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.joined = Some(o);
+                }
+                Ok(())
+            }
+            (Some(mine), Some(o)) if mine == o => Ok(()),
+            (Some(_), _) => self.refuse_in_capture(stream),
+            (None, None) => Ok(()),
+        }
     }
 
     pub fn stream_is_capturing(&self, stream: u64) -> CuResult<i32> {
@@ -1529,6 +1577,7 @@ impl Driver {
                 flags,
                 recorded: None,
                 copies: 0,
+                captured_in: None,
             },
         );
         Ok(h)
@@ -1544,10 +1593,13 @@ impl Driver {
         if ctx != ev_ctx {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-        self.refuse_in_capture(stream)?;
+        let origin = self.capture_origin(stream);
         if let Some(e) = self.events.get_mut(&event) {
-            e.recorded = Some(Instant::now());
-            e.copies = engine::last();
+            e.captured_in = origin;
+            if origin.is_none() {
+                e.recorded = Some(Instant::now());
+                e.copies = engine::last();
+            }
         }
         Ok(())
     }
