@@ -1966,19 +1966,33 @@ pub unsafe fn graph_instantiate_with_params(
 }
 
 pub unsafe fn graph_launch(mode: DefaultStream, exec: *mut c_void, stream: CUstream) -> CuResult {
-    let s = shim()?;
-    let exec = handle(exec);
-    let ctx = graph_ctx(s, exec)?;
-    let stream = Shim::stream_ref(mode, handle(stream));
-    s.remote.post(&Request::GraphLaunch { ctx, exec, stream }, &[])
+    post_graph_work(mode, exec, stream, |ctx, exec, stream| Request::GraphLaunch {
+        ctx,
+        exec,
+        stream,
+    })
 }
 
 pub unsafe fn graph_upload(mode: DefaultStream, exec: *mut c_void, stream: CUstream) -> CuResult {
+    post_graph_work(mode, exec, stream, |ctx, exec, stream| Request::GraphUpload {
+        ctx,
+        exec,
+        stream,
+    })
+}
+
+/// Stream work of an executable graph on `stream`, as `request` makes it.
+fn post_graph_work(
+    mode: DefaultStream,
+    exec: *mut c_void,
+    stream: CUstream,
+    request: impl FnOnce(Handle, Handle, StreamRef) -> Request,
+) -> CuResult {
     let s = shim()?;
     let exec = handle(exec);
     let ctx = graph_ctx(s, exec)?;
     let stream = Shim::stream_ref(mode, handle(stream));
-    s.remote.post(&Request::GraphUpload { ctx, exec, stream }, &[])
+    s.remote.post(&request(ctx, exec, stream), &[])
 }
 
 /// `cuGraphGetNodes`: the count (PyTorch asks it to warn of an empty
