@@ -1,11 +1,12 @@
 """PyTorch training steps for gpupool's GPU machine script: an MLP
-(1024 -> 4096 -> 4096 -> 10, batch 256), a small CNN (batch 64, 64x64) and
-the MLP again under bf16 autocast,
+(1024 -> 4096 -> 4096 -> 10, batch 256), a small CNN (batch 64, 64x64), the
+MLP again under bf16 autocast, and the MLP's step captured once as a CUDA
+graph and replayed (`mlp_graph`: one message a step through gpupool),
 with fixed seeds, so a run natively and a run through gpupool can be compared
 loss for loss and step time for step time.
 
-Usage: `torch_step.py [STEPS [MODEL ...]]` (default 300 steps of mlp, cnn
-and mlp_bf16). Prints `LOSS <model> <step> <value>` every 50 steps and
+Usage: `torch_step.py [STEPS [MODEL ...]]` (default 300 steps of mlp, cnn,
+mlp_bf16 and mlp_graph). Prints `LOSS <model> <step> <value>` every 50 steps and
 `BENCH <model>_step_ms <mean over the timed steps>`.
 """
 import sys
@@ -53,12 +54,52 @@ def run(name, model, shape, steps, warmup=20, amp=False):
     print(f"BENCH {name}_step_ms {1000 * sum(times) / len(times):.4f}", flush=True)
 
 
+def run_graph(name, model, shape, steps, warmup=20):
+    """The step of `run`, captured as a CUDA graph after three eager steps
+    on a side stream, then replayed `steps` times; its loss is the same
+    sequence as `run`'s from the fourth step on."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = model.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(*shape, generator=g).to(dev)
+    y = torch.randint(0, 10, (shape[0],), generator=g).to(dev)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    times = []
+    for step in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+        if step % 50 == 0 or step == steps - 1:
+            print(f"LOSS {name} {step} {loss.item():.6f}", flush=True)
+    print(f"BENCH {name}_step_ms {1000 * sum(times) / len(times):.4f}", flush=True)
+
+
 MODELS = {
     "mlp": lambda steps: run("mlp", mlp(), (256, 1024), steps),
     "cnn": lambda steps: run("cnn", cnn(), (64, 3, 64, 64), steps),
     # Mixed precision: cuBLASLt's half-precision paths (and its own export
     # table) under autocast.
     "mlp_bf16": lambda steps: run("mlp_bf16", mlp(), (256, 1024), steps, amp=True),
+    "mlp_graph": lambda steps: run_graph("mlp_graph", mlp(), (256, 1024), steps),
 }
 
 if __name__ == "__main__":
