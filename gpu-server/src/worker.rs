@@ -694,10 +694,17 @@ impl<'d> Worker<'d> {
     /// happened; one in which a copy was refused fails as invalidated.
     fn end_capture(&mut self, ctx: Handle, stream: StreamRef) -> DriverResult<Reply> {
         let s = self.enter(ctx, stream)?;
+        let mut status = 0i32;
+        // SAFETY: s is resolved from this client's tables; status is writable.
+        unsafe { self.driver.cuStreamIsCapturing(s, &mut status) }?;
         let mut graph: Ptr = std::ptr::null_mut();
         // SAFETY: s is resolved from this client's tables; graph is writable.
         let r = unsafe { self.driver.cuStreamEndCapture(s, &mut graph) };
-        self.captures = self.captures.saturating_sub(1);
+        // Only the end of a capture under way counts it ended: the count
+        // keeps copies out of every capture, whatever the client sends.
+        if status != 0 {
+            self.captures = self.captures.saturating_sub(1);
+        }
         if self.invalidated.remove(&s) {
             if !graph.is_null() {
                 // SAFETY: the driver just made this graph for us.
