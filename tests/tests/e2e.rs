@@ -352,9 +352,14 @@ impl RawSession {
 
     /// Send a request streamed: no reply is asked for.
     fn post(&mut self, request: &Request) {
+        self.post_with(request, &[]);
+    }
+
+    /// Send a request with a bulk tail, streamed.
+    fn post_with(&mut self, request: &Request, bulk: &[u8]) {
         self.next_id += 1;
         let mut out = Vec::new();
-        frame::encode_frame(&mut out, self.next_id, 0, request, &[], 1 << 20).unwrap();
+        frame::encode_frame(&mut out, self.next_id, 0, request, bulk, 1 << 30).unwrap();
         self.stream.write_all(&out).unwrap();
     }
 
@@ -707,14 +712,22 @@ fn the_server_keeps_staging_copies_out_of_captures() {
         stream: sref,
         mode: 2,
     };
-    // Ends of captures that are not under way change nothing.
-    for _ in 0..2 {
-        assert!(matches!(
-            s.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]),
-            Reply::Status(401)
-        ));
-    }
     assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+    // Ends on another stream, which is not capturing, change nothing.
+    let other = CLIENT_HANDLE_TAG | 10;
+    s.post(&Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id: other,
+    });
+    for _ in 0..2 {
+        let end_other = Request::StreamEndCapture {
+            ctx,
+            stream: StreamRef::Handle(other),
+        };
+        assert!(matches!(s.call(&end_other, &[]), Reply::Status(401)));
+    }
     let copy = Request::MemcpyHtoD {
         ctx,
         stream: sref,
@@ -722,10 +735,17 @@ fn the_server_keeps_staging_copies_out_of_captures() {
         offset: 0,
         total: 16,
     };
-    assert!(matches!(s.call(&copy, &[7u8; 16]), Reply::Status(900)));
+    // Streamed, so nothing synchronises the capturing stream: a driver
+    // would capture this copy from the pinned staging buffer.
+    s.post_with(&copy, &[7u8; 16]);
     assert!(matches!(
         s.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]),
         Reply::Status(901)
+    ));
+    // The refusal was kept and comes back at the next synchronise.
+    assert!(matches!(
+        s.call(&Request::CtxSynchronize { ctx }, &[]),
+        Reply::Status(900)
     ));
     // A capture that holds no copy gives a graph; unknown graphs are refused.
     assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));

@@ -220,6 +220,18 @@ enum Op {
         src: u64,
         n: u64,
     },
+    /// A copy from pinned host memory (`src`) to the device.
+    CopyIn {
+        dst: u64,
+        src: u64,
+        n: u64,
+    },
+    /// A copy from the device to pinned host memory (`dst`).
+    CopyOut {
+        dst: u64,
+        src: u64,
+        n: u64,
+    },
 }
 
 /// A graph (`cuStreamEndCapture`) or an executable graph
@@ -1299,6 +1311,61 @@ impl Driver {
         }
     }
 
+    /// An asynchronous copy between the host and the device on a capturing
+    /// stream: captured, as the driver does, when the host side is pinned
+    /// memory (the graph reads or writes it when it runs); refused otherwise
+    /// (this double's rule). `None` when the stream does not capture.
+    pub fn capture_host_copy(
+        &mut self,
+        stream: u64,
+        device: u64,
+        host: u64,
+        n: u64,
+        inbound: bool,
+    ) -> Option<CuResult<()>> {
+        self.capture_of(stream)?;
+        if !self.is_pinned(host, n) {
+            return Some(self.refuse_in_capture(stream));
+        }
+        if let Err(e) = self.device_range(device, n) {
+            return Some(Err(e));
+        }
+        let op = if inbound {
+            Op::CopyIn {
+                dst: device,
+                src: host,
+                n,
+            }
+        } else {
+            Op::CopyOut {
+                dst: host,
+                src: device,
+                n,
+            }
+        };
+        self.capture_of(stream)?.ops.push(op);
+        Some(Ok(()))
+    }
+
+    /// A replayed copy between pinned host memory and the device.
+    fn run_host_copy(&self, device: u64, host: u64, n: u64, inbound: bool) -> CuResult<()> {
+        let d = self.device_range(device, n)?;
+        if !self.is_pinned(host, n) {
+            return Err(CUDA_ERROR_ILLEGAL_ADDRESS);
+        }
+        let h = host as *mut u8;
+        // SAFETY: both ranges were checked to lie inside live mappings owned
+        // by the driver; `copy` allows overlap.
+        unsafe {
+            if inbound {
+                std::ptr::copy(h, d, n as usize)
+            } else {
+                std::ptr::copy(d, h, n as usize)
+            }
+        };
+        Ok(())
+    }
+
     /// `cuStreamBeginCapture_v2`. The NULL and per-thread streams cannot
     /// capture here.
     pub fn stream_begin_capture(&mut self, stream: u64, mode: u32) -> CuResult<()> {
@@ -1403,6 +1470,8 @@ impl Driver {
                 Op::Launch { kernel: None, .. } => Ok(()),
                 Op::Memset { dst, pattern, count } => self.run_memset(*dst, pattern, *count),
                 Op::CopyDtoD { dst, src, n } => self.run_dtod(*dst, *src, *n),
+                Op::CopyIn { dst, src, n } => self.run_host_copy(*dst, *src, *n, true),
+                Op::CopyOut { dst, src, n } => self.run_host_copy(*src, *dst, *n, false),
             };
             if r.is_err() {
                 if let Some(c) = self.contexts.get_mut(&ctx) {

@@ -687,6 +687,11 @@ unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize, stream: u64, asyn
         driver::with_beside_copies(|d| {
             // From pinned memory an asynchronous copy is the copy engine's;
             // any other waits for the queued copies and is done here.
+            if asynchronous {
+                if let Some(captured) = d.capture_host_copy(stream, dst, src as u64, n as u64, true) {
+                    return captured;
+                }
+            }
             let queued = asynchronous && engine::enabled() && d.is_pinned(src as u64, n as u64);
             if !queued {
                 engine::drain();
@@ -718,6 +723,11 @@ unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize, stream: u64, asynch
             need(dst)?;
         }
         driver::with_beside_copies(|d| {
+            if asynchronous {
+                if let Some(captured) = d.capture_host_copy(stream, src, dst as u64, n as u64, false) {
+                    return captured;
+                }
+            }
             let queued = asynchronous && engine::enabled() && d.is_pinned(dst as u64, n as u64);
             if !queued {
                 engine::drain();

@@ -1247,7 +1247,23 @@ fn captured_work_replays_from_a_graph() {
         assert_eq!(cuGraphLaunch(exec, s), 1, "destroyed");
         ok(cuGraphDestroy(graph));
 
-        // A copy from the host invalidates the capture.
+        // A copy from pinned memory is captured: the graph reads the
+        // memory when it runs.
+        let mut pinned = null_mut();
+        ok(cuMemAllocHost_v2(&mut pinned, 16));
+        let pinned_bytes = std::slice::from_raw_parts_mut(pinned.cast::<u8>(), 16);
+        ok(cuStreamBeginCapture_v2(s, 2));
+        ok(cuMemcpyHtoDAsync_v2(da, pinned.cast_const(), 16, s));
+        ok(cuStreamEndCapture(s, &mut graph));
+        ok(cuGraphInstantiateWithFlags(&mut exec, graph, 0));
+        pinned_bytes.fill(0x5a);
+        ok(cuGraphLaunch(exec, s));
+        assert_eq!(download::<u8>(da, 16), vec![0x5a; 16]);
+        ok(cuGraphExecDestroy(exec));
+        ok(cuGraphDestroy(graph));
+        ok(cuMemFreeHost(pinned));
+
+        // A copy from pageable memory invalidates the capture.
         ok(cuStreamBeginCapture_v2(s, 2));
         let host = [1u8; 16];
         assert_eq!(cuMemcpyHtoDAsync_v2(da, host.as_ptr().cast(), 16, s), 900);
