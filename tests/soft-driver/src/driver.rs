@@ -819,7 +819,8 @@ impl Driver {
 
     /// `cuMemcpyHtoD`: copies `n` bytes from host `src` into device `dst`.
     /// `copy(dst_host_ptr)` performs the copy once the range is checked.
-    /// A capture cannot hold copies from the host (this double's rule).
+    /// Copies on a capturing stream go to [`Driver::capture_host_copy`]
+    /// first; any that reach here on one are refused.
     pub fn memcpy_htod(&mut self, dst: u64, n: u64, stream: u64, copy: impl FnOnce(*mut u8)) -> CuResult<()> {
         self.enqueue_ctx(stream)?;
         self.refuse_in_capture(stream)?;
@@ -1297,8 +1298,9 @@ impl Driver {
         }
     }
 
-    /// Work a capture cannot hold (in this double: copies to or from the
-    /// host, event records and waits, synchronising the stream) fails with
+    /// Work a capture cannot hold (in this double: copies to or from
+    /// pageable host memory, waits for events of other captures or of none,
+    /// synchronising or querying the stream, graph launches) fails with
     /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED` and invalidates the capture,
     /// as the driver does for work it cannot capture.
     fn refuse_in_capture(&mut self, stream: u64) -> CuResult<()> {

@@ -24,6 +24,10 @@
 //!   ([`kernels`]), recognised by name, plain or C++-mangled; other kernels
 //!   load but fail to launch with `CUDA_ERROR_NOT_SUPPORTED`;
 //! * streams, events with host timestamps, occupancy queries;
+//! * stream capture and graphs: a capturing stream (and any stream that
+//!   waits for an event recorded in its capture) records launches, memsets,
+//!   device copies and copies to or from pinned memory, and a graph launch
+//!   replays them in order;
 //! * sticky errors: a faulting kernel (`gp_fault`, or any out-of-bounds
 //!   access) leaves its context in `CUDA_ERROR_ILLEGAL_ADDRESS` until the
 //!   context is destroyed or the primary context is reset.
