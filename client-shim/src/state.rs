@@ -302,6 +302,10 @@ impl Shim {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, c), _| *c != ctx);
+        self.graphs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| *c != ctx);
         self.forget_functions();
     }
 }
