@@ -258,70 +258,46 @@ fn pytorch_training_steps_wait_only_where_they_synchronise() {
     }
 }
 
-/// A training step captured as a CUDA graph (`torch.cuda.graph`: forward,
-/// backward and SGD, captured on a side stream after warm-up steps) replays
-/// through gpupool as one streamed message and no round trip: runs of 10
-/// and of 40 replays differ by 30 streamed requests and no round trip. The
-/// software driver records the captured launches and replays them, skipping
-/// PyTorch's kernels (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`).
+/// A training step captured as a CUDA graph (`benches/torch_step.py`'s
+/// `mlp_graph`: forward, backward and SGD, captured by `torch.cuda.graph` on
+/// a side stream after warm-up steps) replays through gpupool as one
+/// streamed message and no round trip of its own: runs of 25 and of 50
+/// replays differ by 25 streamed requests and the 2 round trips a step of
+/// the script's synchronises. The software driver records the captured
+/// launches and replays them, skipping PyTorch's kernels
+/// (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`).
 #[test]
 fn pytorch_cuda_graph_replays_cost_one_streamed_message() {
     let Some(python) = python() else { return };
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
-    let script = r#"
-import sys, torch, torch.nn as nn
-n = int(sys.argv[1])
-model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).cuda()
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
-x = torch.randn(32, 64, device="cuda")
-y = torch.randint(0, 10, (32,), device="cuda")
-loss_fn = nn.CrossEntropyLoss()
-s = torch.cuda.Stream()
-s.wait_stream(torch.cuda.current_stream())
-with torch.cuda.stream(s):
-    for _ in range(3):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-torch.cuda.current_stream().wait_stream(s)
-g = torch.cuda.CUDAGraph()
-opt.zero_grad(set_to_none=True)
-with torch.cuda.graph(g):
-    static_loss = loss_fn(model(x), y)
-    static_loss.backward()
-    opt.step()
-torch.cuda.synchronize()
-for i in range(n):
-    g.replay()
-torch.cuda.synchronize()
-print("replayed", n)
-"#;
+    let bench = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/torch_step.py");
+    let bench = bench.to_str().expect("a UTF-8 path");
     let streamed = |stderr: &str| -> Option<u64> {
         let line = stderr.lines().rev().find(|l| l.starts_with("to the server: "))?;
         line.split(", ").nth(1)?.split(' ').next()?.parse().ok()
     };
     let mut runs = Vec::new();
-    for n in ["10", "10", "40"] {
-        let (ok, stdout, stderr) = run_python(&python, &server, &["-c", script, n]);
+    // The first run fills the server's image cache; the other two differ
+    // only in their replays.
+    for steps in ["21", "25", "50"] {
+        let (ok, stdout, stderr) = run_python(&python, &server, &[bench, steps, "mlp_graph"]);
         let context = format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
-        assert!(ok && stdout.contains(&format!("replayed {n}")), "{context}");
+        assert!(ok && stdout.contains("BENCH mlp_graph_step_ms"), "{context}");
         let trips = round_trips(&stderr).unwrap_or_else(|| panic!("no call report: {context}"));
         let posted = streamed(&stderr).unwrap_or_else(|| panic!("no call report: {context}"));
         runs.push((trips, posted));
     }
-    // The first run filled the server's image cache; the other two differ
-    // only in their replays.
     let (short, long) = (runs[1], runs[2]);
     assert_eq!(
-        long.0,
-        short.0,
-        "30 more replays cost {} round trips",
+        long.0 - short.0,
+        2 * 25,
+        "25 more replays cost {} round trips, not the script's 2 a step",
         long.0 as i64 - short.0 as i64
     );
     assert_eq!(
         long.1 - short.1,
-        30,
-        "30 more replays were {} streamed requests",
+        25,
+        "25 more replays were {} streamed requests",
         long.1 as i64 - short.1 as i64
     );
 }
