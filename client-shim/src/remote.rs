@@ -33,8 +33,38 @@ const MAX_FRAME: u64 = frame::DEFAULT_MAX_FRAME;
 /// Where a reply is awaited, and where its data goes.
 struct Pending {
     waiter: Option<Arc<Waiter>>,
-    /// Destination of device-to-host data: (address, length).
-    sink: Option<(usize, usize)>,
+    /// Destination of device-to-host data.
+    sink: Option<Sink>,
+}
+
+/// Where device-to-host data lands: `len` bytes at `addr`, or, for a 2D
+/// copy, packed rows of `width` bytes laid out `pitch` apart.
+#[derive(Clone, Copy)]
+pub struct Sink {
+    addr: usize,
+    len: usize,
+    rows: Option<(usize, usize)>,
+}
+
+impl Sink {
+    /// `len` bytes at `addr`.
+    pub fn linear(addr: *mut u8, len: usize) -> Sink {
+        Sink {
+            addr: addr as usize,
+            len,
+            rows: None,
+        }
+    }
+
+    /// `height` rows of `width` bytes at `addr`, `pitch` apart (`width <=
+    /// pitch`); the data arrives packed.
+    pub fn rows(addr: *mut u8, width: usize, pitch: usize, height: usize) -> Sink {
+        Sink {
+            addr: addr as usize,
+            len: width * height,
+            rows: Some((width, pitch)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -298,15 +328,25 @@ impl Remote {
     /// # Safety
     /// `dst..dst+len` must stay valid and writable until the data has landed.
     pub unsafe fn call_into(&self, req: &Request, dst: *mut u8, len: usize, wait: bool) -> CuResult {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.call_into_sink(req, Sink::linear(dst, len), wait) }
+    }
+
+    /// As [`Remote::call_into`], into any sink.
+    ///
+    /// # Safety
+    /// Every byte the sink names must stay valid and writable until the data
+    /// has landed.
+    pub unsafe fn call_into_sink(&self, req: &Request, sink: Sink, wait: bool) -> CuResult {
         if wait {
-            self.call_with_sink(req, &[], Some((dst as usize, len))).map(|_| ())
+            self.call_with_sink(req, &[], Some(sink)).map(|_| ())
         } else {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             self.lock_pending().insert(
                 id,
                 Pending {
                     waiter: None,
-                    sink: Some((dst as usize, len)),
+                    sink: Some(sink),
                 },
             );
             self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
@@ -320,7 +360,7 @@ impl Remote {
         }
     }
 
-    fn call_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<(usize, usize)>) -> CuResult<Reply> {
+    fn call_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<Sink>) -> CuResult<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter::default());
         self.lock_pending().insert(
@@ -474,7 +514,7 @@ impl Remote {
         );
         if let Reply::Data { offset } = reply {
             let sink = self.lock_pending().get(&header.id).and_then(|p| p.sink);
-            let (addr, len) = sink
+            let Sink { addr, len, rows } = sink
                 .ok_or_else(|| ProtoError::Malformed(format!("data for request {} which expects none", header.id)))?;
             let end = offset
                 .checked_add(header.bulk_len)
@@ -485,13 +525,21 @@ impl Remote {
                         header.bulk_len
                     ))
                 })?;
-            // SAFETY: the caller of `call_into` promised that addr..addr+len
-            // stays valid and writable until the reply completes; the range
-            // offset..end was checked to lie inside it.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut((addr as *mut u8).add(offset as usize), (end - offset) as usize)
-            };
-            return frame::read_bulk(reader, dst);
+            let (width, pitch) = rows.unwrap_or((len.max(1), len.max(1)));
+            let mut at = offset as usize;
+            while at < end as usize {
+                let (row, col) = (at / width, at % width);
+                let n = (width - col).min(end as usize - at);
+                // SAFETY: the caller of `call_into_sink` promised that every
+                // byte the sink names stays valid and writable until the
+                // reply completes; packed byte `at` (checked below `len`)
+                // lies in row `row` at column `col`, and the segment ends
+                // within that row.
+                let dst = unsafe { std::slice::from_raw_parts_mut((addr as *mut u8).add(row * pitch + col), n) };
+                frame::read_bulk(reader, dst)?;
+                at += n;
+            }
+            return Ok(());
         }
         frame::skip_bulk(reader, header.bulk_len)?;
         let pending = self.lock_pending().remove(&header.id);

@@ -51,6 +51,73 @@ pub struct LaunchAttribute {
     pub value: [u8; 64],
 }
 
+/// `CUmemorytype` values a 2D copy names.
+pub const MEMORYTYPE_HOST: u32 = 1;
+pub const MEMORYTYPE_DEVICE: u32 = 2;
+
+/// `CUDA_MEMCPY2D` as the driver lays it out.
+#[repr(C)]
+pub struct Memcpy2D {
+    pub src_x_in_bytes: usize,
+    pub src_y: usize,
+    pub src_memory_type: u32,
+    pub src_host: *const c_void,
+    pub src_device: CUdeviceptr,
+    pub src_array: Ptr,
+    pub src_pitch: usize,
+    pub dst_x_in_bytes: usize,
+    pub dst_y: usize,
+    pub dst_memory_type: u32,
+    pub dst_host: Ptr,
+    pub dst_device: CUdeviceptr,
+    pub dst_array: Ptr,
+    pub dst_pitch: usize,
+    pub width_in_bytes: usize,
+    pub height: usize,
+}
+
+/// One side of a 2D copy: host memory or a device address, with its pitch.
+#[derive(Clone, Copy)]
+pub enum Side {
+    Host(*mut c_void, usize),
+    Device(CUdeviceptr, usize),
+}
+
+impl Memcpy2D {
+    /// A copy of `height` rows of `width` bytes from `src` to `dst`.
+    pub fn new(src: Side, dst: Side, width: usize, height: usize) -> Memcpy2D {
+        let mut c = Memcpy2D {
+            src_x_in_bytes: 0,
+            src_y: 0,
+            src_memory_type: 0,
+            src_host: std::ptr::null(),
+            src_device: 0,
+            src_array: std::ptr::null_mut(),
+            src_pitch: 0,
+            dst_x_in_bytes: 0,
+            dst_y: 0,
+            dst_memory_type: 0,
+            dst_host: std::ptr::null_mut(),
+            dst_device: 0,
+            dst_array: std::ptr::null_mut(),
+            dst_pitch: 0,
+            width_in_bytes: width,
+            height,
+        };
+        match src {
+            Side::Host(p, pitch) => {
+                (c.src_memory_type, c.src_host, c.src_pitch) = (MEMORYTYPE_HOST, p.cast_const(), pitch)
+            }
+            Side::Device(p, pitch) => (c.src_memory_type, c.src_device, c.src_pitch) = (MEMORYTYPE_DEVICE, p, pitch),
+        }
+        match dst {
+            Side::Host(p, pitch) => (c.dst_memory_type, c.dst_host, c.dst_pitch) = (MEMORYTYPE_HOST, p, pitch),
+            Side::Device(p, pitch) => (c.dst_memory_type, c.dst_device, c.dst_pitch) = (MEMORYTYPE_DEVICE, p, pitch),
+        }
+        c
+    }
+}
+
 macro_rules! driver_api {
     ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
         /// Typed entry points of the loaded driver.
@@ -137,6 +204,10 @@ driver_api! {
     cuMemsetD8Async(dst: CUdeviceptr, value: u8, count: usize, stream: Ptr);
     cuMemsetD16Async(dst: CUdeviceptr, value: u16, count: usize, stream: Ptr);
     cuMemsetD32Async(dst: CUdeviceptr, value: u32, count: usize, stream: Ptr);
+    cuMemcpy2DAsync_v2(copy: *const Memcpy2D, stream: Ptr);
+    cuMemsetD2D8Async(dst: CUdeviceptr, pitch: usize, value: u8, width: usize, height: usize, stream: Ptr);
+    cuMemsetD2D16Async(dst: CUdeviceptr, pitch: usize, value: u16, width: usize, height: usize, stream: Ptr);
+    cuMemsetD2D32Async(dst: CUdeviceptr, pitch: usize, value: u32, width: usize, height: usize, stream: Ptr);
     cuStreamCreateWithPriority(stream: *mut Ptr, flags: u32, priority: i32);
     cuStreamDestroy_v2(stream: Ptr);
     cuStreamSynchronize(stream: Ptr);

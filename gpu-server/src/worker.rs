@@ -7,7 +7,7 @@
 //! When the connection ends, for whatever reason, everything the client held
 //! is freed before the process exits.
 
-use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, Ptr, Status};
+use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, Memcpy2D, Ptr, Side, Status};
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
 use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
@@ -289,7 +289,11 @@ impl<'d> Worker<'d> {
         // a protocol violation.
         let carries_bulk = matches!(
             request,
-            Request::MemcpyHtoD { .. } | Request::ModuleLoad { .. } | Request::LibraryLoad { .. } | Request::Launch(_)
+            Request::MemcpyHtoD { .. }
+                | Request::MemcpyHtoD2D { .. }
+                | Request::ModuleLoad { .. }
+                | Request::LibraryLoad { .. }
+                | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
             return Err(ProtoError::Malformed(format!(
@@ -321,14 +325,66 @@ impl<'d> Worker<'d> {
                     return Ok(None);
                 }
             }
-            Request::MemcpyDtoH {
+            Request::MemcpyHtoD2D {
                 ctx,
                 stream,
-                src,
-                len,
-                sync,
+                dst,
+                pitch,
+                width,
+                first_row,
+                rows,
             } => {
-                let status = self.copy_out(header.id, ctx, stream, src, len, writer)?;
+                let band = Band {
+                    base: dst,
+                    pitch,
+                    width,
+                    first_row,
+                    rows,
+                };
+                let status = self.copy_in_2d(ctx, stream, band, header.bulk_len, reader)?;
+                if wants {
+                    let own = if status == 0 {
+                        self.sync_stream(ctx, stream)
+                    } else {
+                        Err(status)
+                    };
+                    Reply::Status(self.sync_status(ctx, own))
+                } else {
+                    if status != 0 {
+                        self.keep(ctx, status);
+                    }
+                    return Ok(None);
+                }
+            }
+            Request::MemcpyDtoH { .. } | Request::MemcpyDtoH2D { .. } => {
+                let (ctx, sync, status) = match request {
+                    Request::MemcpyDtoH {
+                        ctx,
+                        stream,
+                        src,
+                        len,
+                        sync,
+                    } => (ctx, sync, self.copy_out(header.id, ctx, stream, src, len, writer)?),
+                    Request::MemcpyDtoH2D {
+                        ctx,
+                        stream,
+                        src,
+                        pitch,
+                        width,
+                        height,
+                        sync,
+                    } => {
+                        let rows = Band {
+                            base: src,
+                            pitch,
+                            width,
+                            first_row: 0,
+                            rows: height,
+                        };
+                        (ctx, sync, self.copy_out_2d(header.id, ctx, stream, rows, writer)?)
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 // The client reads the data either way. A synchronous copy
                 // reports its own error or the context's kept one, and clears
                 // it; an asynchronous one keeps its own error for the next
@@ -405,6 +461,7 @@ impl<'d> Worker<'d> {
                 | R::CtxSetLimit { ctx, .. } => *ctx,
                 R::MemGetInfo { ctx } | R::MemAlloc { ctx, .. } | R::MemFree { ctx, .. } => *ctx,
                 R::MemcpyDtoD { ctx, .. } | R::Memset { ctx, .. } => *ctx,
+                R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
                 R::FuncGetAttribute { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
@@ -485,6 +542,54 @@ impl<'d> Worker<'d> {
                 count,
             } => {
                 let r = self.memset(ctx, stream, dst, value, elem_size, count);
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::MemcpyDtoD2D {
+                ctx,
+                stream,
+                dst,
+                dst_pitch,
+                src,
+                src_pitch,
+                width,
+                height,
+            } => {
+                // Like the linear device-to-device copy, it does not wait.
+                let r = self.enter(ctx, stream).and_then(|s| {
+                    let rows = |base, pitch| Band {
+                        base,
+                        pitch,
+                        width,
+                        first_row: 0,
+                        rows: height,
+                    };
+                    self.check_band(&rows(dst, dst_pitch))?;
+                    self.check_band(&rows(src, src_pitch))?;
+                    if width == 0 || height == 0 {
+                        return Ok(());
+                    }
+                    let copy = Memcpy2D::new(
+                        Side::Device(src, src_pitch as usize),
+                        Side::Device(dst, dst_pitch as usize),
+                        width as usize,
+                        height as usize,
+                    );
+                    // SAFETY: both row spans lie inside this client's allocations.
+                    unsafe { d.cuMemcpy2DAsync_v2(&copy, s) }
+                });
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::Memset2D {
+                ctx,
+                stream,
+                dst,
+                pitch,
+                value,
+                elem_size,
+                width,
+                height,
+            } => {
+                let r = self.memset_2d(ctx, stream, dst, pitch, value, elem_size, width, height);
                 Reply::Status(self.sync_status(ctx, r))
             }
             R::ModuleUnload { ctx, module } => to_reply(self.module_unload(ctx, module)),
@@ -675,7 +780,9 @@ impl<'d> Worker<'d> {
             ),
             // Bulk-carrying requests are handled by `execute`.
             R::MemcpyHtoD { .. }
+            | R::MemcpyHtoD2D { .. }
             | R::MemcpyDtoH { .. }
+            | R::MemcpyDtoH2D { .. }
             | R::ModuleLoad { .. }
             | R::LibraryLoad { .. }
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
@@ -1063,6 +1170,63 @@ impl<'d> Worker<'d> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn memset_2d(
+        &mut self,
+        ctx: Handle,
+        stream: StreamRef,
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+    ) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(elem_size as u64) {
+            return Err(INVALID_VALUE);
+        }
+        let bytes = width.checked_mul(elem_size as u64).ok_or(INVALID_VALUE)?;
+        self.check_band(&Band {
+            base: dst,
+            pitch,
+            width: bytes,
+            first_row: 0,
+            rows: height,
+        })?;
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        let d = self.driver;
+        let (p, w, h) = (pitch as usize, width as usize, height as usize);
+        // SAFETY: every row lies inside this client's allocations (checked).
+        unsafe {
+            match elem_size {
+                1 => d.cuMemsetD2D8Async(dst, p, value as u8, w, h, s),
+                2 => d.cuMemsetD2D16Async(dst, p, value as u16, w, h, s),
+                _ => d.cuMemsetD2D32Async(dst, p, value, w, h, s),
+            }
+        }
+    }
+
+    /// Checks that every row of `band` lies inside one of the client's
+    /// allocations: the span from its first row's start to its last row's
+    /// end does, and rows do not overlap (`width <= pitch`).
+    fn check_band(&self, band: &Band) -> DriverResult {
+        if band.rows == 0 || band.width == 0 {
+            return Ok(());
+        }
+        if band.rows > 1 && band.width > band.pitch {
+            return Err(INVALID_VALUE);
+        }
+        let start = band.start().ok_or(INVALID_VALUE)?;
+        let span = (band.rows - 1)
+            .checked_mul(band.pitch)
+            .and_then(|x| x.checked_add(band.width))
+            .ok_or(INVALID_VALUE)?;
+        self.tables.check_range(start, span).map(|_| ())
+    }
+
     /// Allocate the staging buffers on first use (pinned by the driver when
     /// it can; plain memory otherwise).
     fn ensure_staging(&mut self) {
@@ -1200,6 +1364,54 @@ impl<'d> Worker<'d> {
         Ok(r.err().unwrap_or(0))
     }
 
+    /// Rows of a 2D host-to-device copy (one band: at most a staging
+    /// buffer), bulk bytes -> staging -> device, as in [`Worker::copy_in`].
+    fn copy_in_2d<R: Read>(
+        &mut self,
+        ctx: Handle,
+        stream: StreamRef,
+        band: Band,
+        len: u64,
+        reader: &mut R,
+    ) -> Result<Status, ProtoError> {
+        let checked = self.enter(ctx, stream).and_then(|s| {
+            if band.width.checked_mul(band.rows) != Some(len) || len > COPY_CHUNK as u64 {
+                return Err(INVALID_VALUE);
+            }
+            self.check_band(&band)?;
+            self.refuse_if_capturing(s)?;
+            Ok(s)
+        });
+        let s = match checked {
+            Ok(s) if len > 0 => s,
+            Ok(_) => return Ok(0),
+            Err(status) => {
+                frame::skip_bulk(reader, len)?;
+                return Ok(status);
+            }
+        };
+        let i = match self.take_staging() {
+            Ok(i) => i,
+            Err(status) => {
+                frame::skip_bulk(reader, len)?;
+                return Ok(status);
+            }
+        };
+        frame::read_bulk(reader, self.staging_slice(i, len as usize))?;
+        let src = self.staging_slice(i, len as usize).as_mut_ptr();
+        let start = band.start().unwrap_or_default();
+        let copy = Memcpy2D::new(
+            Side::Host(src.cast(), band.width as usize),
+            Side::Device(start, band.pitch as usize),
+            band.width as usize,
+            band.rows as usize,
+        );
+        // SAFETY: the rows were checked; the staging buffer stays untouched
+        // until its event says the copy is done.
+        let r = unsafe { self.driver.cuMemcpy2DAsync_v2(&copy, s) }.and_then(|()| self.staging_in_flight(i, s));
+        Ok(r.err().unwrap_or(0))
+    }
+
     /// A device-to-host copy: chunks go device -> staging -> socket, the
     /// device copy of one chunk overlapping the send of the previous one.
     fn copy_out<W: Write>(
@@ -1219,9 +1431,69 @@ impl<'d> Worker<'d> {
             Ok(s) => s,
             Err(status) => return Ok(status),
         };
+        self.stream_out(id, s, len, COPY_CHUNK as u64, writer, |d, dst, offset, n| {
+            // SAFETY: the source range was checked; the staging buffer has n bytes.
+            unsafe { d.cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src + offset, n, s) }
+        })
+    }
+
+    /// A 2D device-to-host copy: bands of whole rows go device -> staging
+    /// (packed) -> socket, as in [`Worker::copy_out`].
+    fn copy_out_2d<W: Write>(
+        &mut self,
+        id: u64,
+        ctx: Handle,
+        stream: StreamRef,
+        rows: Band,
+        writer: &mut W,
+    ) -> Result<Status, ProtoError> {
+        let checked = self.enter(ctx, stream).and_then(|s| {
+            if rows.width > COPY_CHUNK as u64 {
+                return Err(INVALID_VALUE);
+            }
+            self.check_band(&rows)?;
+            self.refuse_if_capturing(s)?;
+            Ok(s)
+        });
+        let s = match checked {
+            Ok(s) => s,
+            Err(status) => return Ok(status),
+        };
+        if rows.width == 0 || rows.rows == 0 {
+            return Ok(0);
+        }
+        let width = rows.width;
+        let len = width * rows.rows;
+        let band = (COPY_CHUNK as u64 / width) * width;
+        self.stream_out(id, s, len, band, writer, |d, dst, offset, n| {
+            let copy = Memcpy2D::new(
+                Side::Device(rows.base + offset / width * rows.pitch, rows.pitch as usize),
+                Side::Host(dst.cast(), width as usize),
+                width as usize,
+                n / width as usize,
+            );
+            // SAFETY: the rows were checked; the staging buffer has n bytes,
+            // n / width rows of width bytes.
+            unsafe { d.cuMemcpy2DAsync_v2(&copy, s) }
+        })
+    }
+
+    /// Sends `len` bytes produced by `issue` in chunks of at most `chunk`
+    /// bytes: `issue(driver, staging, offset, n)` queues on `s` the device
+    /// copy of bytes `offset..offset + n` into a staging buffer, and each
+    /// chunk is sent while the next one's device copy runs.
+    fn stream_out<W: Write>(
+        &mut self,
+        id: u64,
+        s: Ptr,
+        len: u64,
+        chunk: u64,
+        writer: &mut W,
+        issue: impl Fn(&Driver, *mut u8, u64, usize) -> DriverResult,
+    ) -> Result<Status, ProtoError> {
         let chunks: Vec<(u64, usize)> = (0..len)
-            .step_by(COPY_CHUNK)
-            .map(|o| (o, (len - o).min(COPY_CHUNK as u64) as usize))
+            .step_by(chunk as usize)
+            .map(|o| (o, (len - o).min(chunk) as usize))
             .collect();
         let mut queued: Option<(usize, u64, usize)> = None;
         for &(offset, n) in &chunks {
@@ -1230,12 +1502,7 @@ impl<'d> Worker<'d> {
                 Err(status) => return Ok(status),
             };
             let dst = self.staging_slice(i, n).as_mut_ptr();
-            // SAFETY: the source range was checked; the staging buffer has n bytes.
-            let r = unsafe {
-                self.driver
-                    .cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src + offset, n, s)
-            }
-            .and_then(|()| self.staging_in_flight(i, s));
+            let r = issue(self.driver, dst, offset, n).and_then(|()| self.staging_in_flight(i, s));
             if let Err(status) = r {
                 return Ok(status);
             }
@@ -1641,6 +1908,25 @@ impl<'d> Worker<'d> {
 
 /// Read a module image from the bulk tail, with a NUL appended (its form is
 /// checked by `image_kind_ok` before the driver sees it).
+/// Rows `first_row .. first_row + rows` of a pitched region at `base`:
+/// row `r` holds `width` bytes at `base + r * pitch`.
+struct Band {
+    base: u64,
+    pitch: u64,
+    width: u64,
+    first_row: u64,
+    rows: u64,
+}
+
+impl Band {
+    /// The address of the band's first row.
+    fn start(&self) -> Option<u64> {
+        self.first_row
+            .checked_mul(self.pitch)
+            .and_then(|o| self.base.checked_add(o))
+    }
+}
+
 fn read_image<R: Read>(reader: &mut R, len: u64) -> Result<Vec<u8>, ProtoError> {
     let mut image = vec![0u8; len as usize];
     frame::read_bulk(reader, &mut image)?;

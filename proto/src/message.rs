@@ -110,6 +110,55 @@ pub enum Request {
         elem_size: u8,
         count: u64,
     },
+    /// Rows `first_row .. first_row + rows` of a 2D host-to-device copy of
+    /// `width`-byte rows into `dst`, row `r` at `dst + r * pitch`; the rows,
+    /// packed, are the bulk tail (at most a copy chunk: the client sends a
+    /// long copy as several bands). Async unless the frame asks for a reply.
+    MemcpyHtoD2D {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: DevicePtr,
+        pitch: u64,
+        width: u64,
+        first_row: u64,
+        rows: u64,
+    },
+    /// 2D device-to-host copy of `height` rows of `width` bytes from `src`
+    /// (row `r` at `src + r * pitch`): answered as `MemcpyDtoH` is, with the
+    /// rows packed into `Reply::Data` chunks of whole rows. A row wider than
+    /// a copy chunk is refused; the client copies such rows one by one.
+    MemcpyDtoH2D {
+        ctx: Handle,
+        stream: StreamRef,
+        src: DevicePtr,
+        pitch: u64,
+        width: u64,
+        height: u64,
+        sync: bool,
+    },
+    /// 2D device-to-device copy. async (or sync when the frame asks).
+    MemcpyDtoD2D {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: DevicePtr,
+        dst_pitch: u64,
+        src: DevicePtr,
+        src_pitch: u64,
+        width: u64,
+        height: u64,
+    },
+    /// 2D memset of `height` rows of `width` elements of `elem_size` (1, 2
+    /// or 4) bytes, row `r` at `dst + r * pitch`. async (or sync).
+    Memset2D {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: DevicePtr,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+    },
     /// sync -> `Reply::Handle`. The image is the bulk tail; with no tail the
     /// server loads the image it holds under `sha256`, or answers
     /// `Reply::ImageUnknown` so the client sends it.

@@ -797,6 +797,11 @@ impl Driver {
     }
 
     /// Host pointer for a device range that must lie in one allocation.
+    /// Whether `ptr` lies in a device allocation (unified addressing).
+    pub fn is_device(&self, ptr: u64) -> bool {
+        self.allocs.containing(ptr, 1).is_some()
+    }
+
     fn device_range(&self, dptr: u64, len: u64) -> CuResult<*mut u8> {
         self.allocs
             .containing(dptr, len)

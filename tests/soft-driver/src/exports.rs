@@ -820,6 +820,192 @@ pub extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, ui: u32, n: usize, stream: 
     ffi(|| driver::with(|d| d.memset(dst, &ui.to_le_bytes(), n as u64, h(stream))))
 }
 
+// ----- 2D copies and memsets -----
+
+/// `CUDA_MEMCPY2D`.
+#[repr(C)]
+pub struct CudaMemcpy2D {
+    pub src_x_in_bytes: usize,
+    pub src_y: usize,
+    pub src_memory_type: u32,
+    pub src_host: *const c_void,
+    pub src_device: CUdeviceptr,
+    pub src_array: *mut c_void,
+    pub src_pitch: usize,
+    pub dst_x_in_bytes: usize,
+    pub dst_y: usize,
+    pub dst_memory_type: u32,
+    pub dst_host: *mut c_void,
+    pub dst_device: CUdeviceptr,
+    pub dst_array: *mut c_void,
+    pub dst_pitch: usize,
+    pub width_in_bytes: usize,
+    pub height: usize,
+}
+
+/// One side of a 2D copy, resolved: (is device memory, first row's address, pitch).
+fn copy_side(
+    memory_type: u32,
+    host: u64,
+    device: u64,
+    x: usize,
+    y: usize,
+    pitch: usize,
+) -> CuResult<(bool, u64, usize)> {
+    let device_side = match memory_type {
+        1 => false,
+        2 => true,
+        // Unified: whichever the address is.
+        4 => driver::with_beside_copies(|d| Ok(d.is_device(device)))?,
+        // Arrays are not simulated.
+        3 => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    };
+    let base = if device_side || memory_type == 4 { device } else { host };
+    let offset = y.checked_mul(pitch).and_then(|o| o.checked_add(x));
+    let start = offset.and_then(|o| base.checked_add(o as u64));
+    Ok((device_side, start.ok_or(CUDA_ERROR_INVALID_VALUE)?, pitch))
+}
+
+/// A 2D copy, row by row through the linear copies.
+///
+/// # Safety
+/// Host rows named by `p` must be valid for the copy (API contract).
+unsafe fn memcpy_2d(p: *const CudaMemcpy2D, stream: u64, asynchronous: bool) -> CUresult {
+    ffi(|| {
+        need(p)?;
+        // SAFETY: non-null, and points to a CUDA_MEMCPY2D (API contract).
+        let c = unsafe { &*p };
+        let (width, height) = (c.width_in_bytes, c.height);
+        if height > 1 && (width > c.src_pitch || width > c.dst_pitch) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (src_dev, src, src_pitch) = copy_side(
+            c.src_memory_type,
+            c.src_host as u64,
+            c.src_device,
+            c.src_x_in_bytes,
+            c.src_y,
+            c.src_pitch,
+        )?;
+        let (dst_dev, dst, dst_pitch) = copy_side(
+            c.dst_memory_type,
+            c.dst_host as u64,
+            c.dst_device,
+            c.dst_x_in_bytes,
+            c.dst_y,
+            c.dst_pitch,
+        )?;
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        for row in 0..height as u64 {
+            let s = src + row * src_pitch as u64;
+            let d = dst + row * dst_pitch as u64;
+            // SAFETY: each row is `width` bytes of the rows the caller named.
+            let r = unsafe {
+                match (src_dev, dst_dev) {
+                    (false, true) => htod(d, ptr(s), width, stream, asynchronous),
+                    (true, false) => dtoh(ptr(d), s, width, stream, asynchronous),
+                    (true, true) => ffi(|| driver::with(|drv| drv.memcpy_dtod(d, s, width as u64, stream))),
+                    (false, false) => {
+                        std::ptr::copy(s as *const u8, d as *mut u8, width);
+                        CUDA_SUCCESS
+                    }
+                }
+            };
+            if r != CUDA_SUCCESS {
+                return Err(r);
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy2D_v2(p: *const CudaMemcpy2D) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { memcpy_2d(p, 0, false) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy2DUnaligned_v2(p: *const CudaMemcpy2D) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { memcpy_2d(p, 0, false) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy2DAsync_v2(p: *const CudaMemcpy2D, stream: CUstream) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { memcpy_2d(p, h(stream), true) }
+}
+
+/// A 2D memset, row by row.
+fn memset_2d(dst: u64, pitch: usize, pattern: &[u8], width: usize, height: usize, stream: u64) -> CUresult {
+    ffi(|| {
+        if height > 1 && width * pattern.len() > pitch {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        driver::with(|d| {
+            for row in 0..height as u64 {
+                d.memset(dst + row * pitch as u64, pattern, width as u64, stream)?;
+            }
+            Ok(())
+        })
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD2D8_v2(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, hgt: usize) -> CUresult {
+    memset_2d(dst, pitch, &[v], w, hgt, 0)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD2D16_v2(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, hgt: usize) -> CUresult {
+    memset_2d(dst, pitch, &v.to_le_bytes(), w, hgt, 0)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD2D32_v2(dst: CUdeviceptr, pitch: usize, v: u32, w: usize, hgt: usize) -> CUresult {
+    memset_2d(dst, pitch, &v.to_le_bytes(), w, hgt, 0)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD2D8Async(
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u8,
+    w: usize,
+    hgt: usize,
+    s: CUstream,
+) -> CUresult {
+    memset_2d(dst, pitch, &[v], w, hgt, h(s))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD2D16Async(
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u16,
+    w: usize,
+    hgt: usize,
+    s: CUstream,
+) -> CUresult {
+    memset_2d(dst, pitch, &v.to_le_bytes(), w, hgt, h(s))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemsetD2D32Async(
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u32,
+    w: usize,
+    hgt: usize,
+    s: CUstream,
+) -> CUresult {
+    memset_2d(dst, pitch, &v.to_le_bytes(), w, hgt, h(s))
+}
+
 // ----- streams -----
 
 #[no_mangle]
