@@ -42,6 +42,19 @@ pub struct DeviceRange {
     pub global: bool,
 }
 
+/// Host memory the program allocated through the driver (`cuMemAllocHost`,
+/// `cuMemHostAlloc`) or registered (`cuMemHostRegister`): pinned, as far as
+/// the program can tell.
+#[derive(Debug, Clone, Copy)]
+pub struct HostRange {
+    pub size: usize,
+    /// The flags it was allocated or registered with.
+    pub flags: u32,
+    /// Registered memory is the program's own: it is unregistered, never
+    /// freed, by the driver.
+    pub registered: bool,
+}
+
 /// A stream capture under way.
 #[derive(Debug, Clone, Copy)]
 pub struct Capture {
@@ -101,7 +114,7 @@ pub struct Shim {
     pub func_attributes: RwLock<HashMap<(Handle, i32), CuResult<i32>>>,
     pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), CuResult<i32>>>,
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
-    pub host_memory: Mutex<BTreeMap<usize, usize>>,
+    pub host_memory: Mutex<BTreeMap<usize, HostRange>>,
     pub stream_contexts: RwLock<HashMap<Handle, Handle>>,
     pub libraries: RwLock<HashMap<Handle, Arc<LazyLibrary>>>,
     pub lazy_kernels: RwLock<HashMap<Handle, Arc<LazyKernel>>>,
@@ -288,8 +301,8 @@ impl Shim {
     /// The host allocation containing `ptr`, if one does.
     pub fn find_host_range(&self, ptr: usize) -> Option<(usize, usize)> {
         let map = self.host_memory.lock().unwrap_or_else(|p| p.into_inner());
-        let (&base, &size) = map.range(..=ptr).next_back()?;
-        (ptr < base + size).then_some((base, size))
+        let (&base, r) = map.range(..=ptr).next_back()?;
+        (ptr < base + r.size).then_some((base, r.size))
     }
 
     /// Forget everything that belonged to a destroyed or reset context.

@@ -23,6 +23,10 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
 #define CUDA_ERROR_NOT_FOUND 500
+#define CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED 712
+#define CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED 713
+#define CU_MEMORYTYPE_HOST 1
+#define CU_MEMORYTYPE_UNIFIED 4
 #define CUDA_ERROR_NOT_READY 600
 #define CUDA_ERROR_ILLEGAL_ADDRESS 700
 #define CUDA_ERROR_NOT_SUPPORTED 801
@@ -40,6 +44,32 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK 0
 #define CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES 8
 
+typedef struct {
+    size_t srcXInBytes, srcY;
+    int srcMemoryType;
+    const void *srcHost;
+    CUdeviceptr srcDevice;
+    void *srcArray;
+    size_t srcPitch;
+    size_t dstXInBytes, dstY;
+    int dstMemoryType;
+    void *dstHost;
+    CUdeviceptr dstDevice;
+    void *dstArray;
+    size_t dstPitch;
+    size_t WidthInBytes, Height;
+} CUDA_MEMCPY2D;
+typedef CUresult (*PFN_cuMemcpy2D)(const CUDA_MEMCPY2D *);
+typedef CUresult (*PFN_cuMemcpy2DAsync)(const CUDA_MEMCPY2D *, CUstream);
+typedef CUresult (*PFN_cuMemAllocPitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
+typedef CUresult (*PFN_cuMemsetD2D32)(CUdeviceptr, size_t, unsigned, size_t, size_t);
+typedef CUresult (*PFN_cuMemsetD2D8Async)(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
+typedef CUresult (*PFN_cuMemcpy)(CUdeviceptr, CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuMemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+typedef CUresult (*PFN_cuMemHostRegister)(void *, size_t, unsigned);
+typedef CUresult (*PFN_cuMemHostUnregister)(void *);
+typedef CUresult (*PFN_cuMemHostGetFlags)(unsigned *, void *);
+typedef CUresult (*PFN_cuMemGetAddressRange)(CUdeviceptr *, size_t *, CUdeviceptr);
 typedef CUresult (*PFN_cuGetProcAddress_v2)(const char *, void **, int, uint64_t, int *);
 typedef CUresult (*PFN_cuInit)(unsigned);
 typedef CUresult (*PFN_cuDriverGetVersion)(int *);

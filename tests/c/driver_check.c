@@ -15,6 +15,10 @@
  *                          copies, launches and sync calls, results checked
  *   driver_check library   kernels of a library (cuLibrary*, cuKernel*), launched
  *                          by kernel handle and by function
+ *   driver_check copies2d  pitched allocation, 2D copies (host<->device in bands
+ *                          and in rows wider than a chunk, device<->device) and
+ *                          2D memsets, unified-address copies, host memory
+ *                          registration; gaps between rows stay untouched
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -548,6 +552,147 @@ int main(int argc, char **argv) {
         CHECK(cuMemFree(p));
         CHECK(cuMemFreeHost(host));
         printf("OK streams\n");
+    } else if (!strcmp(mode, "copies2d")) {
+        GET(cuMemcpy2D, 3020);
+        GET(cuMemcpy2DAsync, 3020);
+        GET(cuMemAllocPitch, 3020);
+        GET(cuMemsetD2D32, 3020);
+        GET(cuMemsetD2D8Async, 3020);
+        GET(cuMemcpy, 4000);
+        GET(cuMemcpyAsync, 4000);
+        GET(cuMemHostRegister, 6050);
+        GET(cuMemHostUnregister, 4000);
+        GET(cuMemHostGetFlags, 2030);
+        GET(cuMemGetAddressRange, 3020);
+        /* Sizes: a copy of many bands of whole rows, then rows wider than a
+         * copy chunk (1 MiB). */
+        const size_t shapes[2][2] = {{3000, 900}, {(1 << 20) + 24, 3}};
+        for (int k = 0; k < 2; k++) {
+            size_t w = shapes[k][0], h = shapes[k][1], hp = w + 40, bp = w + 72, pitch = 0;
+            CUdeviceptr d, d2;
+            CHECK(cuMemAllocPitch(&d, &pitch, w, h, 4));
+            EXPECT(pitch >= w && pitch % 4 == 0, "pitch %zu for width %zu", pitch, w);
+            CHECK(cuMemAllocPitch(&d2, &pitch, w, h, 4));
+            CUdeviceptr base = 0;
+            size_t range = 0;
+            CHECK(cuMemGetAddressRange(&base, &range, d + 5));
+            EXPECT(base == d && range >= pitch * h, "address range %llx+%zu", base, range);
+            unsigned char *src = malloc(hp * h), *back = malloc(bp * h);
+            for (size_t i = 0; i < hp * h; i++) src[i] = (unsigned char)(i * 13 + (i >> 11));
+            memset(back, 0xee, bp * h);
+            CUDA_MEMCPY2D c;
+            memset(&c, 0, sizeof c);
+            c.srcMemoryType = CU_MEMORYTYPE_HOST;
+            c.srcHost = src;
+            c.srcPitch = hp;
+            c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+            c.dstDevice = d;
+            c.dstPitch = pitch;
+            c.WidthInBytes = w;
+            c.Height = h;
+            CHECK(cuMemcpy2D(&c));
+            /* Device to device on a stream, then zero a 16-byte column in
+             * rows 0..2 of the copy. */
+            CUstream s;
+            CHECK(cuStreamCreate(&s, 0));
+            CUDA_MEMCPY2D dd = c;
+            dd.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            dd.srcHost = NULL;
+            dd.srcDevice = d;
+            dd.srcPitch = pitch;
+            dd.dstDevice = d2;
+            CHECK(cuMemcpy2DAsync(&dd, s));
+            CHECK(cuMemsetD2D8Async(d2 + 8, pitch, 0, 16, 3, s));
+            CUDA_MEMCPY2D out;
+            memset(&out, 0, sizeof out);
+            out.srcMemoryType = CU_MEMORYTYPE_UNIFIED;
+            out.srcDevice = d2;
+            out.srcPitch = pitch;
+            out.dstMemoryType = CU_MEMORYTYPE_HOST;
+            out.dstHost = back;
+            out.dstPitch = bp;
+            out.WidthInBytes = w;
+            out.Height = h;
+            CHECK(cuMemcpy2DAsync(&out, s));
+            CHECK(cuStreamSynchronize(s));
+            for (size_t r = 0; r < h; r++) {
+                for (size_t x = 0; x < bp; x++) {
+                    unsigned char want = x >= w ? 0xee : (r < 3 && x >= 8 && x < 24) ? 0 : src[r * hp + x];
+                    EXPECT(back[r * bp + x] == want, "shape %d row %zu byte %zu = %u, want %u", k, r, x,
+                           back[r * bp + x], want);
+                }
+            }
+            /* A copy whose last row would pass the allocation's end is refused. */
+            c.Height = h + 1;
+            CUresult over = cuMemcpy2D(&c);
+            EXPECT(over == CUDA_ERROR_INVALID_VALUE, "2D copy past the allocation: %d", over);
+            c.Height = h;
+            c.WidthInBytes = pitch + 1;
+            over = cuMemcpy2D(&c);
+            EXPECT(over == CUDA_ERROR_INVALID_VALUE, "row wider than its pitch: %d", over);
+            CHECK(cuStreamDestroy(s));
+            CHECK(cuMemFree(d));
+            CHECK(cuMemFree(d2));
+            free(src);
+            free(back);
+        }
+        /* cuMemsetD2D32 over a pitched region, read back linearly. */
+        {
+            size_t pitch = 0, w = 10, h = 4;
+            CUdeviceptr d;
+            CHECK(cuMemAllocPitch(&d, &pitch, w * 4, h, 4));
+            CHECK(cuMemsetD32(d, 0x11111111, pitch * h / 4));
+            CHECK(cuMemsetD2D32(d, pitch, 0xdeadbeef, w, h));
+            unsigned char *all = malloc(pitch * h);
+            CHECK(cuMemcpyDtoH(all, d, pitch * h));
+            for (size_t r = 0; r < h; r++)
+                for (size_t x = 0; x < pitch; x += 4) {
+                    unsigned v;
+                    memcpy(&v, all + r * pitch + x, 4);
+                    unsigned want = x < w * 4 ? 0xdeadbeef : 0x11111111;
+                    EXPECT(v == want, "memset2D row %zu byte %zu = %08x", r, x, v);
+                }
+            free(all);
+            CHECK(cuMemFree(d));
+        }
+        /* Unified-address copies: the shim tells host from device. */
+        {
+            const size_t n = 5000;
+            unsigned char *a = malloc(n), *b = malloc(n), *c2 = malloc(n);
+            for (size_t i = 0; i < n; i++) a[i] = (unsigned char)(i * 31);
+            CUdeviceptr d, e;
+            CHECK(cuMemAlloc(&d, n));
+            CHECK(cuMemAlloc(&e, n));
+            CHECK(cuMemcpy(d, (CUdeviceptr)a, n));
+            CHECK(cuMemcpy(e, d, n));
+            CHECK(cuMemcpyAsync((CUdeviceptr)b, e, n, NULL));
+            CHECK(cuCtxSynchronize());
+            EXPECT(memcmp(a, b, n) == 0, "unified copies differ");
+            CHECK(cuMemcpy((CUdeviceptr)c2, (CUdeviceptr)b, n));
+            EXPECT(memcmp(a, c2, n) == 0, "host-to-host unified copy differs");
+            CHECK(cuMemFree(d));
+            CHECK(cuMemFree(e));
+            free(a);
+            free(b);
+            free(c2);
+        }
+        /* Registered host memory: pinned as far as the program can tell. */
+        {
+            size_t n = 1 << 16;
+            void *p = malloc(n);
+            unsigned f = 99;
+            CHECK(cuMemHostRegister(p, n, 0x1));
+            CUresult again = cuMemHostRegister((char *)p + 64, 64, 0);
+            EXPECT(again == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "registered twice: %d", again);
+            CHECK(cuMemHostGetFlags(&f, (char *)p + 100));
+            EXPECT(f == 0x1, "host flags %u", f);
+            EXPECT(cuMemFreeHost(p) == CUDA_ERROR_INVALID_VALUE, "freed registered memory");
+            CHECK(cuMemHostUnregister(p));
+            CUresult gone = cuMemHostUnregister(p);
+            EXPECT(gone == CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "unregistered twice: %d", gone);
+            free(p);
+        }
+        printf("OK copies2d\n");
     } else if (!strcmp(mode, "hold")) {
         size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
         CUdeviceptr p1, p2;

@@ -253,7 +253,12 @@ pub fn through_shim(program: &Path, server_url: &str) -> Command {
     cmd.env("LD_LIBRARY_PATH", shim_dir())
         .env("GPUPOOL_SERVER", server_url)
         .env("NO_COLOR", "1")
-        .env("GPUPOOL_LOG", "warn");
+        // GPUPOOL_TEST_SHIM_LOG raises the shim's log level when a test is
+        // being looked into.
+        .env(
+            "GPUPOOL_LOG",
+            std::env::var("GPUPOOL_TEST_SHIM_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     cmd
 }
 

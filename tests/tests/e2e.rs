@@ -136,6 +136,19 @@ fn large_copies_are_chunked_and_exact() {
     }
 }
 
+/// Pitched allocations, 2D copies (bands of whole rows, rows wider than a
+/// copy chunk, device to device) and memsets, unified-address copies and
+/// host registration, checked byte by byte, gaps between rows included.
+#[test]
+fn two_dimensional_and_unified_copies_are_exact() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["copies2d"]);
+        assert!(out.contains("OK copies2d"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn async_copies_land_before_a_query_says_done() {
     let server = Server::start_with(&[COPY_ENGINE]);

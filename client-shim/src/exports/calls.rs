@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
+mod copies;
+pub use copies::*;
+
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
 
 /// Driver API version gpupool presents.
@@ -1218,7 +1221,7 @@ pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CuResult {
 /// Host memory from `cuMemAllocHost`/`cuMemHostAlloc` is ordinary client
 /// memory, page-aligned; it is not pinned on the GPU server (the server
 /// stages copies through pinned buffers of its own).
-unsafe fn alloc_host(host: *mut *mut c_void, size: usize) -> CuResult {
+unsafe fn alloc_host(host: *mut *mut c_void, size: usize, flags: u32) -> CuResult {
     let s = shim()?;
     current_ctx()?;
     if host.is_null() || size == 0 {
@@ -1230,12 +1233,19 @@ unsafe fn alloc_host(host: *mut *mut c_void, size: usize) -> CuResult {
     if rc != 0 || p.is_null() {
         return Err(CuError::OUT_OF_MEMORY);
     }
-    lock(&s.host_memory).insert(p as usize, size);
+    lock(&s.host_memory).insert(
+        p as usize,
+        state::HostRange {
+            size,
+            flags,
+            registered: false,
+        },
+    );
     unsafe { out(host, p) }
 }
 
 pub unsafe fn mem_alloc_host(host: *mut *mut c_void, size: usize) -> CuResult {
-    unsafe { alloc_host(host, size) }
+    unsafe { alloc_host(host, size, 0) }
 }
 
 /// `CU_MEMHOSTALLOC_DEVICEMAP`: the program wants a device alias.
@@ -1250,14 +1260,17 @@ pub unsafe fn mem_host_alloc(host: *mut *mut c_void, size: usize, flags: u32) ->
             "cuMemHostAlloc(DEVICEMAP): the memory is allocated, but kernels on the remote GPU cannot address it"
         );
     }
-    unsafe { alloc_host(host, size) }
+    unsafe { alloc_host(host, size, flags) }
 }
 
 pub unsafe fn mem_free_host(host: *mut c_void) -> CuResult {
     let s = shim()?;
-    let size = lock(&s.host_memory).remove(&(host as usize));
-    if size.is_none() {
-        return Err(CuError::INVALID_VALUE);
+    {
+        let mut map = lock(&s.host_memory);
+        match map.get(&(host as usize)) {
+            Some(r) if !r.registered => map.remove(&(host as usize)),
+            _ => return Err(CuError::INVALID_VALUE),
+        };
     }
     // SAFETY: the pointer came from posix_memalign in alloc_host.
     unsafe { libc::free(host) };

@@ -1,0 +1,466 @@
+//! Copies and memsets beyond the linear ones: unified-address copies
+//! (`cuMemcpy`, `cuMemcpyAsync`), pitched 2D copies and memsets, pitched
+//! allocations, host memory registration and address-range queries.
+
+use super::*;
+use crate::remote::Sink;
+
+/// `CUmemorytype` values a 2D copy may name besides host and device.
+const MEMORYTYPE_ARRAY: u32 = 3;
+const MEMORYTYPE_UNIFIED: u32 = 4;
+
+/// `CUDA_MEMCPY2D` as the driver API lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Memcpy2D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_memory_type: u32,
+    src_host: *const c_void,
+    src_device: CUdeviceptr,
+    src_array: *mut c_void,
+    src_pitch: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_memory_type: u32,
+    dst_host: *mut c_void,
+    dst_device: CUdeviceptr,
+    dst_array: *mut c_void,
+    dst_pitch: usize,
+    width_in_bytes: usize,
+    height: usize,
+}
+
+/// Where one side of a copy is.
+#[derive(Clone, Copy)]
+enum Place {
+    Host(usize),
+    Device(u64),
+}
+
+/// Device memory when the shim knows the address as one of the program's
+/// device ranges; host memory otherwise (unified addressing).
+fn classify(s: &Shim, ptr: u64) -> Place {
+    if s.find_device_range(ptr, 0).is_some() {
+        Place::Device(ptr)
+    } else {
+        Place::Host(ptr as usize)
+    }
+}
+
+/// One side of a 2D copy: its first row, by memory type, offset by
+/// `(x, y)` rows of `pitch`.
+fn side(s: &Shim, memory_type: u32, host: usize, device: u64, x: usize, y: usize, pitch: usize) -> CuResult<Place> {
+    let offset = y
+        .checked_mul(pitch)
+        .and_then(|o| o.checked_add(x))
+        .ok_or(CuError::INVALID_VALUE)?;
+    let base = match memory_type {
+        MEMORYTYPE_HOST => Place::Host(host),
+        MEMORYTYPE_DEVICE => Place::Device(device),
+        MEMORYTYPE_UNIFIED => classify(s, device),
+        MEMORYTYPE_ARRAY => {
+            tracing::warn!("2D copies to or from CUDA arrays are not supported by gpupool");
+            return Err(CuError::NOT_SUPPORTED);
+        }
+        _ => return Err(CuError::INVALID_VALUE),
+    };
+    match base {
+        Place::Host(0) => Err(CuError::INVALID_VALUE),
+        Place::Host(p) => p.checked_add(offset).map(Place::Host).ok_or(CuError::INVALID_VALUE),
+        Place::Device(p) => p
+            .checked_add(offset as u64)
+            .map(Place::Device)
+            .ok_or(CuError::INVALID_VALUE),
+    }
+}
+
+/// Bytes from the start of the first of `height` rows `pitch` apart to the
+/// end of the last one's `width` bytes.
+fn span(pitch: usize, width: usize, height: usize) -> CuResult<usize> {
+    (height - 1)
+        .checked_mul(pitch)
+        .and_then(|x| x.checked_add(width))
+        .ok_or(CuError::INVALID_VALUE)
+}
+
+/// A host-to-host copy on a stream: after the stream's earlier work (which
+/// may write either buffer), in the program's own memory.
+///
+/// # Safety
+/// `dst` and `src` must be valid for `n` bytes (the API contract).
+unsafe fn host_copy(mode: DefaultStream, dst: usize, src: usize, n: usize, stream: CUstream) -> CuResult {
+    if dst == 0 || src == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    unsafe { stream_synchronize(mode, stream) }?;
+    // SAFETY: the program passed n bytes at each; `copy` tolerates overlap.
+    unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, n) };
+    Ok(())
+}
+
+unsafe fn copy_unified(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if size == 0 {
+        return Ok(());
+    }
+    match (classify(s, dst), classify(s, src)) {
+        (Place::Device(d), Place::Device(from)) => dtod(mode, d, from, size, stream, sync),
+        (Place::Device(d), Place::Host(from)) => unsafe { htod(mode, d, from as *const c_void, size, stream, sync) },
+        (Place::Host(d), Place::Device(from)) => unsafe { dtoh(mode, d as *mut c_void, from, size, stream, sync) },
+        (Place::Host(d), Place::Host(from)) => unsafe { host_copy(mode, d, from, size, stream) },
+    }
+}
+
+pub unsafe fn memcpy_unified(mode: DefaultStream, dst: CUdeviceptr, src: CUdeviceptr, size: usize) -> CuResult {
+    unsafe { copy_unified(mode, dst, src, size, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_unified_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    size: usize,
+    stream: CUstream,
+) -> CuResult {
+    unsafe { copy_unified(mode, dst, src, size, stream, false) }
+}
+
+pub unsafe fn memcpy_2d(mode: DefaultStream, copy: *const c_void) -> CuResult {
+    unsafe { copy_2d(mode, copy, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_2d_async(mode: DefaultStream, copy: *const c_void, stream: CUstream) -> CuResult {
+    unsafe { copy_2d(mode, copy, stream, false) }
+}
+
+unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if copy.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUDA_MEMCPY2D; read unaligned to be safe.
+    let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy2D>()) };
+    let (width, height) = (c.width_in_bytes, c.height);
+    if height > 1 && (width > c.src_pitch || width > c.dst_pitch) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let src = side(
+        s,
+        c.src_memory_type,
+        c.src_host as usize,
+        c.src_device,
+        c.src_x_in_bytes,
+        c.src_y,
+        c.src_pitch,
+    )?;
+    let dst = side(
+        s,
+        c.dst_memory_type,
+        c.dst_host as usize,
+        c.dst_device,
+        c.dst_x_in_bytes,
+        c.dst_y,
+        c.dst_pitch,
+    )?;
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    let (sp, dp) = (c.src_pitch, c.dst_pitch);
+    // Rows that touch end to end on both sides are one linear copy.
+    if height == 1 || (width == sp && width == dp) {
+        let total = width.checked_mul(height).ok_or(CuError::INVALID_VALUE)?;
+        return match (dst, src) {
+            (Place::Device(d), Place::Device(f)) => dtod(mode, d, f, total, stream, sync),
+            (Place::Device(d), Place::Host(f)) => unsafe { htod(mode, d, f as *const c_void, total, stream, sync) },
+            (Place::Host(d), Place::Device(f)) => unsafe { dtoh(mode, d as *mut c_void, f, total, stream, sync) },
+            (Place::Host(d), Place::Host(f)) => unsafe { host_copy(mode, d, f, total, stream) },
+        };
+    }
+    let sref = Shim::stream_ref(mode, handle(stream));
+    match (dst, src) {
+        (Place::Host(d), Place::Host(f)) => {
+            unsafe { stream_synchronize(mode, stream) }?;
+            for row in 0..height {
+                // SAFETY: each row is `width` bytes of the rows the program named.
+                unsafe { std::ptr::copy((f + row * sp) as *const u8, (d + row * dp) as *mut u8, width) };
+            }
+            Ok(())
+        }
+        (Place::Device(d), Place::Device(f)) => {
+            let ctx = device_range_ctx(s, d, span(dp, width, height)? as u64)?;
+            device_range_ctx(s, f, span(sp, width, height)? as u64)?;
+            let req = Request::MemcpyDtoD2D {
+                ctx,
+                stream: sref,
+                dst: d,
+                dst_pitch: dp as u64,
+                src: f,
+                src_pitch: sp as u64,
+                width: width as u64,
+                height: height as u64,
+            };
+            if sync {
+                s.remote.call(&req, &[]).map(|_| ())
+            } else {
+                s.remote.post(&req, &[])
+            }
+        }
+        (Place::Device(d), Place::Host(f)) if width > COPY_CHUNK => {
+            // Rows wider than a chunk: each row is a linear copy.
+            for row in 0..height {
+                let last = row + 1 == height;
+                let from = (f + row * sp) as *const c_void;
+                unsafe { htod(mode, d + (row * dp) as u64, from, width, stream, sync && last) }?;
+            }
+            Ok(())
+        }
+        (Place::Device(d), Place::Host(f)) => {
+            let ctx = device_range_ctx(s, d, span(dp, width, height)? as u64)?;
+            refuse_if_capturing(s, sref)?;
+            let band = COPY_CHUNK / width;
+            let mut packed = Vec::with_capacity(band.min(height) * width);
+            let mut first = 0;
+            while first < height {
+                let rows = band.min(height - first);
+                packed.clear();
+                for row in first..first + rows {
+                    // SAFETY: the program passed `height` rows of `width`
+                    // readable bytes, `sp` apart, at f.
+                    packed.extend_from_slice(unsafe { std::slice::from_raw_parts((f + row * sp) as *const u8, width) });
+                }
+                let req = Request::MemcpyHtoD2D {
+                    ctx,
+                    stream: sref,
+                    dst: d,
+                    pitch: dp as u64,
+                    width: width as u64,
+                    first_row: first as u64,
+                    rows: rows as u64,
+                };
+                first += rows;
+                if sync && first == height {
+                    s.remote.call(&req, &packed)?;
+                } else {
+                    s.remote.post(&req, &packed)?;
+                }
+            }
+            Ok(())
+        }
+        (Place::Host(d), Place::Device(f)) if width > COPY_CHUNK => {
+            for row in 0..height {
+                let last = row + 1 == height;
+                let to = (d + row * dp) as *mut c_void;
+                unsafe { dtoh(mode, to, f + (row * sp) as u64, width, stream, sync && last) }?;
+            }
+            Ok(())
+        }
+        (Place::Host(d), Place::Device(f)) => {
+            let ctx = device_range_ctx(s, f, span(sp, width, height)? as u64)?;
+            refuse_if_capturing(s, sref)?;
+            let req = Request::MemcpyDtoH2D {
+                ctx,
+                stream: sref,
+                src: f,
+                pitch: sp as u64,
+                width: width as u64,
+                height: height as u64,
+                sync,
+            };
+            let sink = Sink::rows(d as *mut u8, width, dp, height);
+            // SAFETY: the program gave `height` rows of `width` writable
+            // bytes, `dp` apart, at d, which CUDA lets us fill until the copy
+            // is observed complete.
+            unsafe { s.remote.call_into_sink(&req, sink, sync) }
+        }
+    }
+}
+
+/// A 2D memset of `height` rows of `width` elements, `pitch` bytes apart.
+#[allow(clippy::too_many_arguments)]
+fn memset_2d(
+    mode: DefaultStream,
+    dst: u64,
+    pitch: usize,
+    value: u32,
+    elem_size: u8,
+    width: usize,
+    height: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
+    let s = shim()?;
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    let bytes = width.checked_mul(elem_size as usize).ok_or(CuError::INVALID_VALUE)?;
+    if height > 1 && bytes > pitch {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if height == 1 || bytes == pitch {
+        let count = width.checked_mul(height).ok_or(CuError::INVALID_VALUE)?;
+        return memset(mode, dst, value, elem_size, count, stream, sync);
+    }
+    if !dst.is_multiple_of(elem_size as u64) || !pitch.is_multiple_of(elem_size as usize) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = device_range_ctx(s, dst, span(pitch, bytes, height)? as u64)?;
+    let req = Request::Memset2D {
+        ctx,
+        stream: Shim::stream_ref(mode, handle(stream)),
+        dst,
+        pitch: pitch as u64,
+        value,
+        elem_size,
+        width: width as u64,
+        height: height as u64,
+    };
+    if sync {
+        s.remote.call(&req, &[]).map(|_| ())
+    } else {
+        s.remote.post(&req, &[])
+    }
+}
+
+pub unsafe fn memset_d2d8(mode: DefaultStream, dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) -> CuResult {
+    memset_2d(mode, dst, pitch, v.into(), 1, w, h, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memset_d2d16(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u16,
+    w: usize,
+    h: usize,
+) -> CuResult {
+    memset_2d(mode, dst, pitch, v.into(), 2, w, h, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memset_d2d32(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u32,
+    w: usize,
+    h: usize,
+) -> CuResult {
+    memset_2d(mode, dst, pitch, v, 4, w, h, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memset_d2d8_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u8,
+    w: usize,
+    h: usize,
+    stream: CUstream,
+) -> CuResult {
+    memset_2d(mode, dst, pitch, v.into(), 1, w, h, stream, false)
+}
+
+pub unsafe fn memset_d2d16_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u16,
+    w: usize,
+    h: usize,
+    stream: CUstream,
+) -> CuResult {
+    memset_2d(mode, dst, pitch, v.into(), 2, w, h, stream, false)
+}
+
+pub unsafe fn memset_d2d32_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    pitch: usize,
+    v: u32,
+    w: usize,
+    h: usize,
+    stream: CUstream,
+) -> CuResult {
+    memset_2d(mode, dst, pitch, v, 4, w, h, stream, false)
+}
+
+/// The pitch `cuMemAllocPitch` gives rows: a multiple of 512 bytes, as the
+/// driver gives on current GPUs.
+const PITCH_ALIGNMENT: usize = 512;
+
+pub unsafe fn mem_alloc_pitch(
+    ptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    element_size: u32,
+) -> CuResult {
+    shim()?;
+    if ptr.is_null() || pitch.is_null() || width == 0 || height == 0 || !matches!(element_size, 4 | 8 | 16) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let row = width
+        .checked_next_multiple_of(PITCH_ALIGNMENT)
+        .ok_or(CuError::INVALID_VALUE)?;
+    let bytes = row.checked_mul(height).ok_or(CuError::INVALID_VALUE)?;
+    unsafe { mem_alloc(ptr, bytes) }?;
+    unsafe { out(pitch, row) }
+}
+
+pub unsafe fn mem_get_address_range(base: *mut CUdeviceptr, size: *mut usize, ptr: CUdeviceptr) -> CuResult {
+    let s = shim()?;
+    let (b, r) = s.find_device_range(ptr, 0).ok_or(CuError::NOT_FOUND)?;
+    unsafe {
+        out_opt(base, b);
+        out_opt(size, r.size as usize);
+    }
+    Ok(())
+}
+
+/// `CU_MEMHOSTREGISTER_*`: portable, device-mapped, I/O memory, read-only.
+const HOST_REGISTER_FLAGS: u32 = 0x0f;
+
+pub unsafe fn mem_host_register(host: *mut c_void, size: usize, flags: u32) -> CuResult {
+    let s = shim()?;
+    current_ctx()?;
+    if host.is_null() || size == 0 || flags & !HOST_REGISTER_FLAGS != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let start = host as usize;
+    let end = start.checked_add(size).ok_or(CuError::INVALID_VALUE)?;
+    let mut map = lock(&s.host_memory);
+    let overlaps = map.range(..end).next_back().is_some_and(|(&b, r)| b + r.size > start);
+    if overlaps {
+        return Err(CuError::HOST_MEMORY_ALREADY_REGISTERED);
+    }
+    // The memory stays the program's own: registering it only tells the
+    // shim that it is pinned, as it would be for a local GPU.
+    map.insert(
+        start,
+        state::HostRange {
+            size,
+            flags,
+            registered: true,
+        },
+    );
+    Ok(())
+}
+
+pub unsafe fn mem_host_unregister(host: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let mut map = lock(&s.host_memory);
+    match map.get(&(host as usize)) {
+        Some(r) if r.registered => {
+            map.remove(&(host as usize));
+            Ok(())
+        }
+        _ => Err(CuError::HOST_MEMORY_NOT_REGISTERED),
+    }
+}
+
+pub unsafe fn mem_host_get_flags(flags: *mut u32, host: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let (base, _) = s.find_host_range(host as usize).ok_or(CuError::INVALID_VALUE)?;
+    let f = lock(&s.host_memory).get(&base).map(|r| r.flags).unwrap_or(0);
+    unsafe { out(flags, f) }
+}
