@@ -118,6 +118,39 @@ int main(int argc, char **argv) {
     CHECK(cudaFree(db));
     CHECK(cudaFree(dc));
     CHECK(cudaDeviceSynchronize());
+
+    // Pitched memory and 2D copies, copies by address (cudaMemcpyDefault),
+    // registered host memory: as cudart asks the driver for them.
+    {
+        const size_t w = 1000, h = 300, hp = 1024;
+        unsigned char *src = (unsigned char *)malloc(hp * h), *back = (unsigned char *)malloc(hp * h);
+        for (size_t i = 0; i < hp * h; i++) src[i] = (unsigned char)(i * 7 + (i >> 10));
+        memset(back, 0x5a, hp * h);
+        void *d;
+        size_t pitch = 0;
+        CHECK(cudaMallocPitch(&d, &pitch, w, h));
+        EXPECT(pitch >= w, "pitch %zu", pitch);
+        CHECK(cudaMemcpy2D(d, pitch, src, hp, w, h, cudaMemcpyHostToDevice));
+        CHECK(cudaMemset2D((char *)d + 10, pitch, 0x33, 5, 2));
+        CHECK(cudaHostRegister(back, hp * h, cudaHostRegisterDefault));
+        CHECK(cudaMemcpy2DAsync(back, hp, d, pitch, w, h, cudaMemcpyDefault, 0));
+        CHECK(cudaDeviceSynchronize());
+        for (size_t r = 0; r < h; r++)
+            for (size_t x = 0; x < hp; x++) {
+                unsigned char want = x >= w ? 0x5a : (r < 2 && x >= 10 && x < 15) ? 0x33 : src[r * hp + x];
+                EXPECT(back[r * hp + x] == want, "2D row %zu byte %zu = %u, want %u", r, x, back[r * hp + x], want);
+            }
+        CHECK(cudaHostUnregister(back));
+        unsigned char *lin;
+        CHECK(cudaMalloc(&lin, w));
+        CHECK(cudaMemcpy(lin, src, w, cudaMemcpyDefault));
+        CHECK(cudaMemcpy(back, lin, w, cudaMemcpyDefault));
+        EXPECT(memcmp(back, src, w) == 0, "cudaMemcpyDefault round trip differs");
+        CHECK(cudaFree(lin));
+        CHECK(cudaFree(d));
+        free(src);
+        free(back);
+    }
     printf("OK cudart n=%d\n", n);
     return 0;
 }
