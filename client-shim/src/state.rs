@@ -116,6 +116,10 @@ pub struct Shim {
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
     pub host_memory: Mutex<BTreeMap<usize, HostRange>>,
     pub stream_contexts: RwLock<HashMap<Handle, Handle>>,
+    /// Streams the program created -> (flags, priority).
+    pub stream_params: RwLock<HashMap<Handle, (u32, i32)>>,
+    /// Contexts the program created -> their creation flags.
+    pub context_flags: RwLock<HashMap<Handle, u32>>,
     pub libraries: RwLock<HashMap<Handle, Arc<LazyLibrary>>>,
     pub lazy_kernels: RwLock<HashMap<Handle, Arc<LazyKernel>>>,
     /// (library, kernel name) -> kernel handle, so a name maps to one handle.
@@ -181,6 +185,8 @@ impl Shim {
             device_memory: Mutex::default(),
             host_memory: Mutex::default(),
             stream_contexts: RwLock::default(),
+            stream_params: RwLock::default(),
+            context_flags: RwLock::default(),
             libraries: RwLock::default(),
             lazy_kernels: RwLock::default(),
             kernel_names: Mutex::default(),

@@ -19,6 +19,7 @@
  *                          and in rows wider than a chunk, device<->device) and
  *                          2D memsets, unified-address copies, host memory
  *                          registration; gaps between rows stay untouched
+ *   driver_check queries   stream, context and device queries answered in the shim
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -693,6 +694,53 @@ int main(int argc, char **argv) {
             free(p);
         }
         printf("OK copies2d\n");
+    } else if (!strcmp(mode, "queries")) {
+        GET(cuStreamGetPriority, 5050);
+        GET(cuStreamGetFlags, 5050);
+        GET(cuStreamGetCtx, 9020);
+        GET(cuStreamGetId, 12000);
+        GET(cuStreamCreateWithPriority, 5050);
+        GET(cuCtxGetFlags, 7000);
+        GET(cuDeviceGetPCIBusId, 4010);
+        GET(cuDeviceGetByPCIBusId, 4010);
+        GET(cuDeviceCanAccessPeer, 4000);
+        GET(cuDeviceComputeCapability, 2000);
+        CUstream lo, hi;
+        CHECK(cuStreamCreateWithPriority(&lo, 1, 0));
+        CHECK(cuStreamCreateWithPriority(&hi, 0, -100));
+        int p = 7;
+        unsigned f = 7;
+        CHECK(cuStreamGetPriority(hi, &p));
+        EXPECT(p == -5, "priority %d, want the clamped -5", p);
+        CHECK(cuStreamGetFlags(lo, &f));
+        EXPECT(f == 1, "stream flags %u", f);
+        CHECK(cuStreamGetPriority(NULL, &p));
+        EXPECT(p == 0, "default stream priority %d", p);
+        CUcontext sc = NULL;
+        CHECK(cuStreamGetCtx(lo, &sc));
+        EXPECT(sc == ctx, "stream context");
+        unsigned long long id1 = 0, id2 = 0;
+        CHECK(cuStreamGetId(lo, &id1));
+        CHECK(cuStreamGetId(hi, &id2));
+        EXPECT(id1 != id2, "stream ids equal");
+        CHECK(cuStreamDestroy(lo));
+        EXPECT(cuStreamGetFlags(lo, &f) == 400, "destroyed stream still answers");
+        CHECK(cuStreamDestroy(hi));
+        CHECK(cuDevicePrimaryCtxGetState(dev, &flags, &active));
+        CHECK(cuCtxGetFlags(&f));
+        EXPECT(f == flags, "context flags %u, primary state says %u", f, flags);
+        char bus[32];
+        CHECK(cuDeviceGetPCIBusId(bus, sizeof bus, dev));
+        CUdevice again = -1;
+        CHECK(cuDeviceGetByPCIBusId(&again, bus));
+        EXPECT(again == dev, "device %d for bus id %s", again, bus);
+        EXPECT(cuDeviceGetByPCIBusId(&again, "not a bus id") == CUDA_ERROR_INVALID_VALUE, "bad bus id accepted");
+        int can = 7, major = 0, minor = -1;
+        CHECK(cuDeviceCanAccessPeer(&can, dev, dev));
+        EXPECT(can == 0, "peer access %d", can);
+        CHECK(cuDeviceComputeCapability(&major, &minor, dev));
+        EXPECT(major >= 3 && minor >= 0, "compute capability %d.%d", major, minor);
+        printf("OK queries %s cc %d.%d\n", bus, major, minor);
     } else if (!strcmp(mode, "hold")) {
         size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
         CUdeviceptr p1, p2;

@@ -150,6 +150,13 @@ fn two_dimensional_and_unified_copies_are_exact() {
 }
 
 #[test]
+fn stream_context_and_device_queries_are_answered() {
+    let server = Server::start();
+    let out = driver_check(&server.tcp, &["queries"]);
+    assert!(out.contains("OK queries"), "{out}");
+}
+
+#[test]
 fn async_copies_land_before_a_query_says_done() {
     let server = Server::start_with(&[COPY_ENGINE]);
     for url in both(&server) {

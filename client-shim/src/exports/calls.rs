@@ -19,7 +19,9 @@ use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
 mod copies;
+mod queries;
 pub use copies::*;
+pub use queries::*;
 
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
 
@@ -511,6 +513,7 @@ pub unsafe fn ctx_create(ctx: *mut CUcontext, flags: u32, device: CUdevice) -> C
         return Err(CuError::UNKNOWN);
     };
     write(&s.contexts).insert(h, device);
+    write(&s.context_flags).insert(h, flags);
     state::push_current((h, device));
     unsafe { out(ctx, as_ptr(h)) }
 }
@@ -1637,6 +1640,8 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
         &[],
     )?;
     write(&s.stream_contexts).insert(id, ctx);
+    // The driver clamps a priority to the range it reports (0 to -5).
+    write(&s.stream_params).insert(id, (flags, priority.clamp(-5, 0)));
     // SAFETY: stream was checked for null; the caller passes a writable slot.
     unsafe { out(stream, as_ptr(id)) }
 }
@@ -1670,6 +1675,7 @@ pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
     let s = shim()?;
     let h = handle(stream);
     let ctx = write(&s.stream_contexts).remove(&h).ok_or(CuError::INVALID_HANDLE)?;
+    write(&s.stream_params).remove(&h);
     lock(&s.captures).remove(&StreamRef::Handle(h));
     s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
 }

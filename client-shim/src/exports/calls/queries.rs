@@ -1,0 +1,174 @@
+//! Questions about streams, contexts and devices that the shim answers from
+//! what it holds: none costs a round trip.
+
+use super::*;
+use std::ffi::c_char;
+
+/// What a stream was created with: (flags, priority). Default streams have
+/// neither.
+fn stream_params(s: &Shim, stream: CUstream) -> CuResult<(u32, i32)> {
+    let h = handle(stream);
+    if h <= 2 {
+        current_ctx()?;
+        return Ok((0, 0));
+    }
+    read(&s.stream_params).get(&h).copied().ok_or(CuError::INVALID_HANDLE)
+}
+
+pub unsafe fn stream_get_priority(_mode: DefaultStream, stream: CUstream, priority: *mut i32) -> CuResult {
+    let s = shim()?;
+    let (_, p) = stream_params(s, stream)?;
+    unsafe { out(priority, p) }
+}
+
+pub unsafe fn stream_get_flags(_mode: DefaultStream, stream: CUstream, flags: *mut u32) -> CuResult {
+    let s = shim()?;
+    let (f, _) = stream_params(s, stream)?;
+    unsafe { out(flags, f) }
+}
+
+pub unsafe fn stream_get_ctx(_mode: DefaultStream, stream: CUstream, ctx: *mut CUcontext) -> CuResult {
+    let s = shim()?;
+    let c = stream_ctx(s, stream)?;
+    unsafe { out(ctx, as_ptr(c)) }
+}
+
+pub unsafe fn stream_get_device(_mode: DefaultStream, stream: CUstream, device: *mut CUdevice) -> CuResult {
+    let s = shim()?;
+    let c = stream_ctx(s, stream)?;
+    let d = s.context_device(c)?;
+    unsafe { out(device, d) }
+}
+
+pub unsafe fn stream_get_id(mode: DefaultStream, stream: CUstream, id: *mut u64) -> CuResult {
+    let s = shim()?;
+    stream_params(s, stream)?;
+    // Unique in the process: the legacy stream 0, each thread's per-thread
+    // stream its own number, created streams their name's.
+    let value = match Shim::stream_ref(mode, handle(stream)) {
+        StreamRef::Legacy => 0,
+        StreamRef::PerThread(t) => (1 << 48) | t,
+        StreamRef::Handle(h) => (2 << 48) | (h & 0xffff_ffff_ffff),
+    };
+    unsafe { out(id, value) }
+}
+
+pub unsafe fn ctx_get_id(ctx: CUcontext, id: *mut u64) -> CuResult {
+    let s = shim()?;
+    let h = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    s.context_device(h)?;
+    unsafe { out(id, h) }
+}
+
+pub unsafe fn ctx_get_flags(flags: *mut u32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    let device = s.context_device(ctx)?;
+    let primary = lock(&s.primaries)
+        .get(device as usize)
+        .filter(|p| p.handle == Some(ctx))
+        .map(|p| p.flags);
+    let f = match primary {
+        Some(f) => f,
+        None => read(&s.context_flags).get(&ctx).copied().unwrap_or(0),
+    };
+    unsafe { out(flags, f) }
+}
+
+/// `CU_DEVICE_ATTRIBUTE_PCI_BUS_ID`, `_PCI_DEVICE_ID`, `_PCI_DOMAIN_ID`.
+const PCI_BUS: i32 = 33;
+const PCI_DEVICE: i32 = 34;
+const PCI_DOMAIN: i32 = 50;
+
+/// The remote GPU's PCI address, as the driver writes it.
+fn pci_bus_id(s: &Shim, device: CUdevice) -> CuResult<String> {
+    let (domain, bus, dev) = (
+        s.attribute(device, PCI_DOMAIN)?,
+        s.attribute(device, PCI_BUS)?,
+        s.attribute(device, PCI_DEVICE)?,
+    );
+    Ok(format!("{domain:08x}:{bus:02x}:{dev:02x}.0"))
+}
+
+pub unsafe fn device_get_pci_bus_id(id: *mut c_char, len: i32, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    if id.is_null() || len <= 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let text = pci_bus_id(s, device)?;
+    let n = text.len().min(len as usize - 1);
+    // SAFETY: the program gave `len` writable bytes at id; n + 1 <= len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr().cast::<c_char>(), id, n);
+        *id.add(n) = 0;
+    }
+    Ok(())
+}
+
+/// `[domain:]bus:device[.function]` in hex, as PCI addresses are written.
+fn parse_pci(text: &str) -> Option<(u32, u32, u32)> {
+    let text = text.split('.').next()?;
+    let parts: Vec<&str> = text.split(':').collect();
+    let hex = |p: &str| u32::from_str_radix(p, 16).ok();
+    match parts.as_slice() {
+        [bus, dev] => Some((0, hex(bus)?, hex(dev)?)),
+        [domain, bus, dev] => Some((hex(domain)?, hex(bus)?, hex(dev)?)),
+        _ => None,
+    }
+}
+
+pub unsafe fn device_get_by_pci_bus_id(device: *mut CUdevice, id: *const c_char) -> CuResult {
+    let s = shim()?;
+    if device.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let text = unsafe { c_string(id) }?;
+    let want = parse_pci(&text).ok_or(CuError::INVALID_VALUE)?;
+    for d in 0..s.remote.session.devices.len() as i32 {
+        let have = (
+            s.attribute(d, PCI_DOMAIN)? as u32,
+            s.attribute(d, PCI_BUS)? as u32,
+            s.attribute(d, PCI_DEVICE)? as u32,
+        );
+        if have == want {
+            return unsafe { out(device, d) };
+        }
+    }
+    Err(CuError::INVALID_DEVICE)
+}
+
+pub unsafe fn device_can_access_peer(can: *mut i32, device: CUdevice, peer: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    s.device(peer)?;
+    // Peer access between remote GPUs is not offered (cuCtxEnablePeerAccess
+    // is not supported), so the answer is no.
+    unsafe { out(can, 0) }
+}
+
+/// `CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR` / `_MINOR`.
+const CC_MAJOR: i32 = 75;
+const CC_MINOR: i32 = 76;
+
+pub unsafe fn device_compute_capability(major: *mut i32, minor: *mut i32, device: CUdevice) -> CuResult {
+    let s = shim()?;
+    let (a, b) = (s.attribute(device, CC_MAJOR)?, s.attribute(device, CC_MINOR)?);
+    unsafe {
+        out(major, a)?;
+        out(minor, b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pci;
+
+    #[test]
+    fn pci_addresses_parse_with_and_without_domain() {
+        assert_eq!(parse_pci("00000000:65:00.0"), Some((0, 0x65, 0)));
+        assert_eq!(parse_pci("0001:1a:03"), Some((1, 0x1a, 3)));
+        assert_eq!(parse_pci("65:00.0"), Some((0, 0x65, 0)));
+        assert_eq!(parse_pci("zz:00.0"), None);
+        assert_eq!(parse_pci("1:2:3:4"), None);
+    }
+}
