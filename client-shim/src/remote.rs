@@ -317,6 +317,16 @@ impl Remote {
 
     /// Send a request and wait for its reply. A `Status`/`Done` reply with an
     /// error becomes `Err`.
+    /// A status-only request: waited for (`call`) when `wait`, streamed
+    /// (`post`) otherwise.
+    pub fn call_or_post(&self, req: &Request, bulk: &[u8], wait: bool) -> CuResult {
+        if wait {
+            self.call(req, bulk).map(|_| ())
+        } else {
+            self.post(req, bulk)
+        }
+    }
+
     pub fn call(&self, req: &Request, bulk: &[u8]) -> CuResult<Reply> {
         self.call_with_sink(req, bulk, None)
     }

@@ -55,6 +55,14 @@ pub struct HostRange {
     pub registered: bool,
 }
 
+/// A stream the program created: its context and what it was created with.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamInfo {
+    pub ctx: Handle,
+    pub flags: u32,
+    pub priority: i32,
+}
+
 /// A stream capture under way.
 #[derive(Debug, Clone, Copy)]
 pub struct Capture {
@@ -115,9 +123,8 @@ pub struct Shim {
     pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), CuResult<i32>>>,
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
     pub host_memory: Mutex<BTreeMap<usize, HostRange>>,
-    pub stream_contexts: RwLock<HashMap<Handle, Handle>>,
-    /// Streams the program created -> (flags, priority).
-    pub stream_params: RwLock<HashMap<Handle, (u32, i32)>>,
+    /// Streams the program created.
+    pub streams: RwLock<HashMap<Handle, StreamInfo>>,
     /// Contexts the program created -> their creation flags.
     pub context_flags: RwLock<HashMap<Handle, u32>>,
     pub libraries: RwLock<HashMap<Handle, Arc<LazyLibrary>>>,
@@ -184,8 +191,7 @@ impl Shim {
             kernel_attributes: RwLock::default(),
             device_memory: Mutex::default(),
             host_memory: Mutex::default(),
-            stream_contexts: RwLock::default(),
-            stream_params: RwLock::default(),
+            streams: RwLock::default(),
             context_flags: RwLock::default(),
             libraries: RwLock::default(),
             lazy_kernels: RwLock::default(),

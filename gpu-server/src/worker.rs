@@ -303,45 +303,43 @@ impl<'d> Worker<'d> {
         }
         let d = self.driver;
         let reply = match request {
-            Request::MemcpyHtoD {
-                ctx,
-                stream,
-                dst,
-                offset,
-                total,
-            } => {
-                let status = self.copy_in(ctx, stream, dst, offset, total, header.bulk_len, reader)?;
-                if wants {
-                    let own = if status == 0 {
-                        self.sync_stream(ctx, stream)
-                    } else {
-                        Err(status)
-                    };
-                    Reply::Status(self.sync_status(ctx, own))
-                } else {
-                    if status != 0 {
-                        self.keep(ctx, status);
+            Request::MemcpyHtoD { .. } | Request::MemcpyHtoD2D { .. } => {
+                let (ctx, stream, status) = match request {
+                    Request::MemcpyHtoD {
+                        ctx,
+                        stream,
+                        dst,
+                        offset,
+                        total,
+                    } => (
+                        ctx,
+                        stream,
+                        self.copy_in(ctx, stream, dst, offset, total, header.bulk_len, reader)?,
+                    ),
+                    Request::MemcpyHtoD2D {
+                        ctx,
+                        stream,
+                        dst,
+                        pitch,
+                        width,
+                        first_row,
+                        rows,
+                    } => {
+                        let band = Band {
+                            base: dst,
+                            pitch,
+                            width,
+                            first_row,
+                            rows,
+                        };
+                        (
+                            ctx,
+                            stream,
+                            self.copy_in_2d(ctx, stream, band, header.bulk_len, reader)?,
+                        )
                     }
-                    return Ok(None);
-                }
-            }
-            Request::MemcpyHtoD2D {
-                ctx,
-                stream,
-                dst,
-                pitch,
-                width,
-                first_row,
-                rows,
-            } => {
-                let band = Band {
-                    base: dst,
-                    pitch,
-                    width,
-                    first_row,
-                    rows,
+                    _ => unreachable!("matched above"),
                 };
-                let status = self.copy_in_2d(ctx, stream, band, header.bulk_len, reader)?;
                 if wants {
                     let own = if status == 0 {
                         self.sync_stream(ctx, stream)
@@ -1348,19 +1346,34 @@ impl<'d> Worker<'d> {
             .and_then(|()| unsafe { self.driver.cuStreamSynchronize(s) });
             return Ok(r.err().unwrap_or(0));
         }
+        self.stage_in(s, len as usize, reader, |d, src| {
+            // SAFETY: the target range was checked; the staging buffer stays
+            // untouched until its event says the copy is done.
+            unsafe { d.cuMemcpyHtoDAsync_v2(target, src.cast(), len as usize, s) }
+        })
+    }
+
+    /// Reads `len` (at most a staging buffer's) bulk bytes into a staging
+    /// buffer and has `issue(driver, staging)` queue their copy to the device
+    /// on `s`; the buffer is reused once that copy is done. Returns the
+    /// status; only I/O errors end the session.
+    fn stage_in<R: Read>(
+        &mut self,
+        s: Ptr,
+        len: usize,
+        reader: &mut R,
+        issue: impl FnOnce(&Driver, *mut u8) -> DriverResult,
+    ) -> Result<Status, ProtoError> {
         let i = match self.take_staging() {
             Ok(i) => i,
             Err(status) => {
-                frame::skip_bulk(reader, len)?;
+                frame::skip_bulk(reader, len as u64)?;
                 return Ok(status);
             }
         };
-        frame::read_bulk(reader, self.staging_slice(i, len as usize))?;
-        let src = self.staging_slice(i, len as usize).as_ptr();
-        // SAFETY: the target range was checked; the staging buffer stays
-        // untouched until its event says the copy is done.
-        let r = unsafe { self.driver.cuMemcpyHtoDAsync_v2(target, src.cast(), len as usize, s) }
-            .and_then(|()| self.staging_in_flight(i, s));
+        frame::read_bulk(reader, self.staging_slice(i, len))?;
+        let src = self.staging_slice(i, len).as_mut_ptr();
+        let r = issue(self.driver, src).and_then(|()| self.staging_in_flight(i, s));
         Ok(r.err().unwrap_or(0))
     }
 
@@ -1390,26 +1403,18 @@ impl<'d> Worker<'d> {
                 return Ok(status);
             }
         };
-        let i = match self.take_staging() {
-            Ok(i) => i,
-            Err(status) => {
-                frame::skip_bulk(reader, len)?;
-                return Ok(status);
-            }
-        };
-        frame::read_bulk(reader, self.staging_slice(i, len as usize))?;
-        let src = self.staging_slice(i, len as usize).as_mut_ptr();
         let start = band.start().unwrap_or_default();
-        let copy = Memcpy2D::new(
-            Side::Host(src.cast(), band.width as usize),
-            Side::Device(start, band.pitch as usize),
-            band.width as usize,
-            band.rows as usize,
-        );
-        // SAFETY: the rows were checked; the staging buffer stays untouched
-        // until its event says the copy is done.
-        let r = unsafe { self.driver.cuMemcpy2DAsync_v2(&copy, s) }.and_then(|()| self.staging_in_flight(i, s));
-        Ok(r.err().unwrap_or(0))
+        self.stage_in(s, len as usize, reader, |d, src| {
+            let copy = Memcpy2D::new(
+                Side::Host(src.cast(), band.width as usize),
+                Side::Device(start, band.pitch as usize),
+                band.width as usize,
+                band.rows as usize,
+            );
+            // SAFETY: the rows were checked; the staging buffer stays
+            // untouched until its event says the copy is done.
+            unsafe { d.cuMemcpy2DAsync_v2(&copy, s) }
+        })
     }
 
     /// A device-to-host copy: chunks go device -> staging -> socket, the

@@ -533,6 +533,7 @@ pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
     if removed.is_none() {
         return Err(CuError::INVALID_CONTEXT);
     }
+    write(&s.context_flags).remove(&h);
     super::tables::context_gone(h);
     state::drop_from_stack(h);
     s.forget_context(h);
@@ -1442,11 +1443,7 @@ unsafe fn htod(
             offset: (i * COPY_CHUNK) as u64,
             total: size as u64,
         };
-        if sync && i + 1 == chunks {
-            s.remote.call(&req, chunk)?;
-        } else {
-            s.remote.post(&req, chunk)?;
-        }
+        s.remote.call_or_post(&req, chunk, sync && i + 1 == chunks)?;
     }
     Ok(())
 }
@@ -1488,11 +1485,7 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
         src,
         len: size as u64,
     };
-    if sync {
-        s.remote.call(&req, &[]).map(|_| ())
-    } else {
-        s.remote.post(&req, &[])
-    }
+    s.remote.call_or_post(&req, &[], sync)
 }
 
 fn memset(
@@ -1523,11 +1516,7 @@ fn memset(
         elem_size,
         count: count as u64,
     };
-    if sync {
-        s.remote.call(&req, &[]).map(|_| ())
-    } else {
-        s.remote.post(&req, &[])
-    }
+    s.remote.call_or_post(&req, &[], sync)
 }
 
 pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {
@@ -1639,9 +1628,13 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
         },
         &[],
     )?;
-    write(&s.stream_contexts).insert(id, ctx);
     // The driver clamps a priority to the range it reports (0 to -5).
-    write(&s.stream_params).insert(id, (flags, priority.clamp(-5, 0)));
+    let info = state::StreamInfo {
+        ctx,
+        flags,
+        priority: priority.clamp(-5, 0),
+    };
+    write(&s.streams).insert(id, info);
     // SAFETY: stream was checked for null; the caller passes a writable slot.
     unsafe { out(stream, as_ptr(id)) }
 }
@@ -1664,8 +1657,8 @@ pub unsafe fn stream_create_with_priority(stream: *mut CUstream, flags: u32, pri
 /// The context a stream belongs to (the current one for default streams).
 fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
     let h = handle(stream);
-    match read(&s.stream_contexts).get(&h) {
-        Some(c) => Ok(*c),
+    match read(&s.streams).get(&h) {
+        Some(info) => Ok(info.ctx),
         None if h <= 2 => current_ctx(),
         None => Err(CuError::INVALID_HANDLE),
     }
@@ -1674,8 +1667,7 @@ fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
 pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
     let s = shim()?;
     let h = handle(stream);
-    let ctx = write(&s.stream_contexts).remove(&h).ok_or(CuError::INVALID_HANDLE)?;
-    write(&s.stream_params).remove(&h);
+    let ctx = write(&s.streams).remove(&h).ok_or(CuError::INVALID_HANDLE)?.ctx;
     lock(&s.captures).remove(&StreamRef::Handle(h));
     s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
 }

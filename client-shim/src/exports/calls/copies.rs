@@ -104,11 +104,19 @@ unsafe fn copy_unified(mode: DefaultStream, dst: u64, src: u64, size: usize, str
     if size == 0 {
         return Ok(());
     }
-    match (classify(s, dst), classify(s, src)) {
-        (Place::Device(d), Place::Device(from)) => dtod(mode, d, from, size, stream, sync),
-        (Place::Device(d), Place::Host(from)) => unsafe { htod(mode, d, from as *const c_void, size, stream, sync) },
-        (Place::Host(d), Place::Device(from)) => unsafe { dtoh(mode, d as *mut c_void, from, size, stream, sync) },
-        (Place::Host(d), Place::Host(from)) => unsafe { host_copy(mode, d, from, size, stream) },
+    unsafe { copy_linear(mode, classify(s, dst), classify(s, src), size, stream, sync) }
+}
+
+/// `n` contiguous bytes from `src` to `dst`, by the copy their places call for.
+///
+/// # Safety
+/// Host places must be valid for `n` bytes (the API contract).
+unsafe fn copy_linear(mode: DefaultStream, dst: Place, src: Place, n: usize, stream: CUstream, sync: bool) -> CuResult {
+    match (dst, src) {
+        (Place::Device(d), Place::Device(from)) => dtod(mode, d, from, n, stream, sync),
+        (Place::Device(d), Place::Host(from)) => unsafe { htod(mode, d, from as *const c_void, n, stream, sync) },
+        (Place::Host(d), Place::Device(from)) => unsafe { dtoh(mode, d as *mut c_void, from, n, stream, sync) },
+        (Place::Host(d), Place::Host(from)) => unsafe { host_copy(mode, d, from, n, stream) },
     }
 }
 
@@ -170,12 +178,7 @@ unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     // Rows that touch end to end on both sides are one linear copy.
     if height == 1 || (width == sp && width == dp) {
         let total = width.checked_mul(height).ok_or(CuError::INVALID_VALUE)?;
-        return match (dst, src) {
-            (Place::Device(d), Place::Device(f)) => dtod(mode, d, f, total, stream, sync),
-            (Place::Device(d), Place::Host(f)) => unsafe { htod(mode, d, f as *const c_void, total, stream, sync) },
-            (Place::Host(d), Place::Device(f)) => unsafe { dtoh(mode, d as *mut c_void, f, total, stream, sync) },
-            (Place::Host(d), Place::Host(f)) => unsafe { host_copy(mode, d, f, total, stream) },
-        };
+        return unsafe { copy_linear(mode, dst, src, total, stream, sync) };
     }
     let sref = Shim::stream_ref(mode, handle(stream));
     match (dst, src) {
@@ -200,11 +203,7 @@ unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
                 width: width as u64,
                 height: height as u64,
             };
-            if sync {
-                s.remote.call(&req, &[]).map(|_| ())
-            } else {
-                s.remote.post(&req, &[])
-            }
+            s.remote.call_or_post(&req, &[], sync)
         }
         (Place::Device(d), Place::Host(f)) if width > COPY_CHUNK => {
             // Rows wider than a chunk: each row is a linear copy.
@@ -239,11 +238,7 @@ unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
                     rows: rows as u64,
                 };
                 first += rows;
-                if sync && first == height {
-                    s.remote.call(&req, &packed)?;
-                } else {
-                    s.remote.post(&req, &packed)?;
-                }
+                s.remote.call_or_post(&req, &packed, sync && first == height)?;
             }
             Ok(())
         }
@@ -315,11 +310,7 @@ fn memset_2d(
         width: width as u64,
         height: height as u64,
     };
-    if sync {
-        s.remote.call(&req, &[]).map(|_| ())
-    } else {
-        s.remote.post(&req, &[])
-    }
+    s.remote.call_or_post(&req, &[], sync)
 }
 
 pub unsafe fn memset_d2d8(mode: DefaultStream, dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) -> CuResult {

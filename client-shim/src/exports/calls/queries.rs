@@ -12,7 +12,10 @@ fn stream_params(s: &Shim, stream: CUstream) -> CuResult<(u32, i32)> {
         current_ctx()?;
         return Ok((0, 0));
     }
-    read(&s.stream_params).get(&h).copied().ok_or(CuError::INVALID_HANDLE)
+    read(&s.streams)
+        .get(&h)
+        .map(|info| (info.flags, info.priority))
+        .ok_or(CuError::INVALID_HANDLE)
 }
 
 pub unsafe fn stream_get_priority(_mode: DefaultStream, stream: CUstream, priority: *mut i32) -> CuResult {
