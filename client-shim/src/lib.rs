@@ -9,6 +9,7 @@
 //! call, as CUDA reports asynchronous errors.
 
 pub mod broker;
+pub mod callbacks;
 pub mod config;
 pub mod error;
 pub mod exports;

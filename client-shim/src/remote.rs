@@ -31,10 +31,15 @@ use std::time::Duration;
 const MAX_FRAME: u64 = frame::DEFAULT_MAX_FRAME;
 
 /// Where a reply is awaited, and where its data goes.
+#[derive(Default)]
 struct Pending {
     waiter: Option<Arc<Waiter>>,
     /// Destination of device-to-host data.
     sink: Option<Sink>,
+    /// Called with the reply's status by the thread that reads it (a host
+    /// function's reply, which comes when its stream reaches it); with
+    /// `CUDA_ERROR_DEVICE_UNAVAILABLE` when the connection is lost first.
+    on_reply: Option<Box<dyn FnOnce(u32) + Send>>,
 }
 
 /// Where device-to-host data lands: `len` bytes at `addr`, or, for a 2D
@@ -355,8 +360,8 @@ impl Remote {
             self.lock_pending().insert(
                 id,
                 Pending {
-                    waiter: None,
                     sink: Some(sink),
+                    ..Pending::default()
                 },
             );
             self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
@@ -370,6 +375,35 @@ impl Remote {
         }
     }
 
+    /// Send a request whose reply may come much later, after replies to
+    /// later requests (a host function's, when its stream reaches it), and
+    /// return at once. `on_reply(id)` makes, before the request is sent, what
+    /// the thread that reads the reply calls with its status; it is called
+    /// exactly once, with the error if the request cannot be sent or the
+    /// connection is lost first.
+    pub fn call_later(&self, req: &Request, on_reply: impl FnOnce(u64) -> Box<dyn FnOnce(u32) + Send>) -> CuResult {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock_pending().insert(
+            id,
+            Pending {
+                on_reply: Some(on_reply(id)),
+                ..Pending::default()
+            },
+        );
+        self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
+        crate::report::note_streamed();
+        if let Err(e) = self.send(id, FLAG_WANTS_REPLY, req, &[]) {
+            // Unless the connection's loss already answered it.
+            if let Some(f) = self.lock_pending().remove(&id).and_then(|p| p.on_reply) {
+                f(e.0);
+            }
+            return Err(e);
+        }
+        // Nobody waits for this reply: the background reader takes it.
+        self.wake_background();
+        Ok(())
+    }
+
     fn call_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<Sink>) -> CuResult<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter::default());
@@ -378,6 +412,7 @@ impl Remote {
             Pending {
                 waiter: Some(Arc::clone(&waiter)),
                 sink,
+                ..Pending::default()
             },
         );
         self.traffic.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -421,6 +456,9 @@ impl Remote {
         for p in pending {
             if let Some(w) = p.waiter {
                 w.deliver(Err(self.lost()));
+            }
+            if let Some(f) = p.on_reply {
+                f(self.lost().0);
             }
         }
     }
@@ -555,6 +593,7 @@ impl Remote {
         let pending = self.lock_pending().remove(&header.id);
         match pending {
             Some(Pending { waiter: Some(w), .. }) => w.deliver(Ok(reply)),
+            Some(Pending { on_reply: Some(f), .. }) => f(reply.status()),
             Some(Pending { waiter: None, .. }) => {
                 if reply.status() != 0 {
                     tracing::debug!(

@@ -150,6 +150,8 @@ pub struct Shim {
     pub capture_events: Mutex<HashMap<Handle, u64>>,
     /// Graphs and executable graphs -> their context.
     pub graphs: RwLock<HashMap<Handle, Handle>>,
+    /// Host functions enqueued by the program (`cuLaunchHostFunc`).
+    pub callbacks: crate::callbacks::Callbacks,
 }
 
 /// The device slot of a function's entries in [`Shim::attribute_sets`].
@@ -202,6 +204,7 @@ impl Shim {
             captures: Mutex::default(),
             capture_events: Mutex::default(),
             graphs: RwLock::default(),
+            callbacks: Default::default(),
         }
     }
 

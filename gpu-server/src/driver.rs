@@ -15,6 +15,8 @@ pub type DriverResult<T = ()> = Result<T, Status>;
 
 pub type CUdeviceptr = u64;
 pub type Ptr = *mut c_void;
+/// `CUhostFn`.
+pub type HostFn = unsafe extern "C" fn(Ptr);
 
 /// Failure to load the driver library.
 #[derive(Debug, Error)]
@@ -213,6 +215,7 @@ driver_api! {
     cuStreamSynchronize(stream: Ptr);
     cuStreamQuery(stream: Ptr);
     cuStreamWaitEvent(stream: Ptr, event: Ptr, flags: u32);
+    cuLaunchHostFunc(stream: Ptr, func: HostFn, data: Ptr);
     cuStreamBeginCapture_v2(stream: Ptr, mode: u32);
     cuStreamEndCapture(stream: Ptr, graph: *mut Ptr);
     cuStreamIsCapturing(stream: Ptr, status: *mut i32);

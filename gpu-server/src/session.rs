@@ -664,7 +664,7 @@ fn parse_ticket(text: &str) -> Option<[u8; 32]> {
 
 /// Serve one session: load the driver, welcome the client, run its requests
 /// until it goes, and free what it held.
-fn serve_session<R: Read, W: Write>(
+fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
     cfg: &ServerConfig,
     session_id: u64,
     reader: &mut R,

@@ -17,10 +17,13 @@ use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, DEVICE_STATUS_NO_SERVER_NVML,
 };
+use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CString};
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Output buffer of a session: replies and small copies of one request go out in one write.
@@ -32,6 +35,8 @@ const OUT_OF_MEMORY: Status = 2;
 const INVALID_IMAGE: Status = 200;
 /// CUDA_ERROR_INVALID_DEVICE.
 const INVALID_DEVICE: Status = 101;
+/// CUDA_ERROR_NOT_SUPPORTED.
+const NOT_SUPPORTED: Status = 801;
 /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, `_INVALIDATED`.
 const STREAM_CAPTURE_UNSUPPORTED: Status = 900;
 const STREAM_CAPTURE_INVALIDATED: Status = 901;
@@ -68,6 +73,34 @@ struct Staging {
     busy: bool,
 }
 
+/// Host functions the driver has reached, for the session's thread to tell
+/// the client. The driver calls them on a thread of its own; each pushes
+/// its request id here and wakes the session's thread, which may be waiting
+/// for the client's next request.
+struct Reached {
+    ids: Mutex<Vec<u64>>,
+    any: AtomicBool,
+    wake: Wake,
+}
+
+/// What the driver's host function gets: the request that enqueued it.
+struct HostCall {
+    reached: Arc<Reached>,
+    id: u64,
+}
+
+/// The host function the server enqueues for a client's: tells the session
+/// that the stream has reached it. It returns at once, so the stream does
+/// not wait for the client's function (see the architecture document).
+unsafe extern "C" fn host_call_reached(data: Ptr) {
+    // SAFETY: `data` is the `HostCall` that `launch_host_func` boxed and
+    // handed to the driver, which calls this function once with it.
+    let call = unsafe { Box::from_raw(data.cast::<HostCall>()) };
+    call.reached.ids.lock().unwrap_or_else(|p| p.into_inner()).push(call.id);
+    call.reached.any.store(true, Ordering::Release);
+    call.reached.wake.wake();
+}
+
 /// The executing side of one session.
 pub struct Worker<'d> {
     driver: &'d Driver,
@@ -98,6 +131,11 @@ pub struct Worker<'d> {
     captures: u32,
     /// Capturing streams on which a copy was refused: their capture fails.
     invalidated: HashSet<Ptr>,
+    /// Host functions reached; None when no wake-up could be made (host
+    /// functions are then not supported).
+    reached: Option<Arc<Reached>>,
+    /// Host functions enqueued and not yet told to the client.
+    host_funcs_out: usize,
     pub session_id: u64,
     pub calls: u64,
 }
@@ -129,6 +167,14 @@ impl<'d> Worker<'d> {
             memory_limit: None,
             captures: 0,
             invalidated: HashSet::new(),
+            reached: Wake::new().ok().map(|wake| {
+                Arc::new(Reached {
+                    ids: Mutex::new(Vec::new()),
+                    any: AtomicBool::new(false),
+                    wake,
+                })
+            }),
+            host_funcs_out: 0,
             session_id,
             calls: 0,
         }
@@ -190,13 +236,16 @@ impl<'d> Worker<'d> {
     }
 
     /// Serve frames until the connection ends; then free everything.
-    pub fn serve<R: Read, W: Write>(&mut self, reader: R, writer: W) -> (SessionEnd, Cleanup) {
+    pub fn serve<R: WaitRead, W: Write>(&mut self, reader: R, writer: W) -> (SessionEnd, Cleanup) {
         let mut reader = BufReader::with_capacity(256 << 10, reader);
         // What one request sends (a small copy's data and its reply) leaves
         // in one write; bulk chunks larger than the buffer go straight out.
         let mut writer = BufWriter::with_capacity(OUT_BUFFER, writer);
         let end = loop {
-            match self.serve_one(&mut reader, &mut writer) {
+            match self
+                .idle(&mut reader, &mut writer)
+                .and_then(|()| self.serve_one(&mut reader, &mut writer))
+            {
                 Ok(()) => {}
                 Err(ProtoError::Closed) => break SessionEnd::Disconnected,
                 Err(e) if e.is_disconnect() => break SessionEnd::Disconnected,
@@ -207,6 +256,68 @@ impl<'d> Worker<'d> {
         (end, self.cleanup())
     }
 
+    /// Before reading the next request: while host functions are out and no
+    /// request has begun to arrive, tell the client of those reached, and
+    /// wait for either. (With none out, the read itself waits.)
+    fn idle<R: WaitRead, W: Write>(&mut self, reader: &mut BufReader<R>, writer: &mut W) -> Result<(), ProtoError> {
+        let Some(reached) = self.reached.clone() else {
+            return Ok(());
+        };
+        while self.host_funcs_out > 0 && reader.buffer().is_empty() {
+            self.tell_reached(writer)?;
+            writer.flush()?;
+            if reader.get_mut().wait_readable(&reached.wake)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer the requests whose host functions the driver has reached: the
+    /// client runs them now. Called before every reply, so a synchronising
+    /// call's answer follows the host functions it waited for.
+    fn tell_reached<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
+        let Some(reached) = &self.reached else {
+            return Ok(());
+        };
+        if !reached.any.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
+        self.host_funcs_out = self.host_funcs_out.saturating_sub(ids.len());
+        for id in ids {
+            frame::write_frame(writer, &mut self.scratch, id, 0, &Reply::Status(0), &[], self.max_frame)?;
+        }
+        Ok(())
+    }
+
+    /// Enqueue the client's host function (request `id`) on its stream. Not
+    /// in a capture: a graph's host node would run the client's function at
+    /// every launch, which one reply cannot tell.
+    fn launch_host_func(&mut self, ctx: Handle, stream: StreamRef, id: u64) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        let reached = self.reached.clone().ok_or(NOT_SUPPORTED)?;
+        if self.captures > 0 {
+            let mut status = 0i32;
+            // SAFETY: s is resolved from this client's tables; status is writable.
+            unsafe { self.driver.cuStreamIsCapturing(s, &mut status) }?;
+            if status != 0 {
+                return Err(NOT_SUPPORTED);
+            }
+        }
+        let call = Box::into_raw(Box::new(HostCall { reached, id }));
+        // SAFETY: s is this client's stream in the current context; the
+        // driver calls `host_call_reached` once with `call`, which owns it.
+        let result = unsafe { self.driver.cuLaunchHostFunc(s, host_call_reached, call.cast()) };
+        match result {
+            Ok(()) => self.host_funcs_out += 1,
+            // SAFETY: the driver refused it, so it will never call back with
+            // `call`, which is still ours.
+            Err(_) => drop(unsafe { Box::from_raw(call) }),
+        }
+        result
+    }
+
     fn serve_one<R: Read, W: Write>(&mut self, reader: &mut R, writer: &mut W) -> Result<(), ProtoError> {
         let mut msg = std::mem::take(&mut self.msg);
         let header = frame::read_frame(reader, &mut msg, self.max_frame)?;
@@ -215,6 +326,7 @@ impl<'d> Worker<'d> {
         let request = decoded?;
         self.calls += 1;
         let reply = self.execute(&header, request, reader, writer)?;
+        self.tell_reached(writer)?;
         if let Some(reply) = reply {
             frame::write_frame(writer, &mut self.scratch, header.id, 0, &reply, &[], self.max_frame)?;
         }
@@ -413,6 +525,19 @@ impl<'d> Worker<'d> {
                 }
                 None => Reply::ImageUnknown,
             },
+            Request::LaunchHostFunc { ctx, stream } => {
+                if !wants {
+                    return Err(ProtoError::Malformed("a host function must ask for its reply".into()));
+                }
+                match self.launch_host_func(ctx, stream, header.id) {
+                    // Answered when the stream reaches it (`tell_reached`).
+                    Ok(()) => return Ok(None),
+                    Err(s) => {
+                        self.keep(ctx, s);
+                        Reply::Status(s)
+                    }
+                }
+            }
             Request::Launch(launch) => {
                 let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
                 // SAFETY: viewing the u64 buffer as bytes; the length is within it.
@@ -776,8 +901,10 @@ impl<'d> Worker<'d> {
                 self.make_current(ctx)
                     .and_then(|()| self.layout(func, kernel).map(Reply::Params)),
             ),
-            // Bulk-carrying requests are handled by `execute`.
-            R::MemcpyHtoD { .. }
+            // Bulk-carrying requests and host functions are handled by
+            // `execute`.
+            R::LaunchHostFunc { .. }
+            | R::MemcpyHtoD { .. }
             | R::MemcpyHtoD2D { .. }
             | R::MemcpyDtoH { .. }
             | R::MemcpyDtoH2D { .. }

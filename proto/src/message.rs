@@ -282,6 +282,13 @@ pub enum Request {
     /// async: the capture mode (`CUstreamCaptureMode`) the server runs the
     /// client's following calls under (`cuThreadExchangeStreamCaptureMode`).
     SetCaptureMode { mode: u32 },
+    /// A host function on `stream` (`cuLaunchHostFunc`,
+    /// `cuStreamAddCallback`). Sent asking for a reply, which comes when the
+    /// stream reaches the function (after replies to later requests, maybe):
+    /// `Reply::Status(0)` tells the client to run it now. A failure to
+    /// enqueue it answers at once with the error; the client then does not
+    /// run it.
+    LaunchHostFunc { ctx: Handle, stream: StreamRef },
 }
 
 /// The launch of one kernel.

@@ -20,11 +20,17 @@
  *                          2D memsets, unified-address copies, host memory
  *                          registration; gaps between rows stay untouched
  *   driver_check queries   stream, context and device queries answered in the shim
+ *   driver_check callbacks host functions (cuLaunchHostFunc, cuStreamAddCallback):
+ *                          run in order on a thread of their own, after the data
+ *                          before them landed, delivered with no further call;
+ *                          synchronising calls and queries wait for exactly the
+ *                          functions their work follows
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +84,82 @@ static double now_us(void) {
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The `callbacks` mode: host functions note the order they ran in. */
+static pthread_mutex_t cb_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cb_cond = PTHREAD_COND_INITIALIZER;
+static int cb_order[64];
+static int cb_count;
+static int cb_gate_open;
+static int cb_on_main;
+static pthread_t cb_main;
+static CUstream cb_stream_seen;
+static CUresult cb_status_seen = -1;
+static float cb_first, cb_last;
+
+static void cb_note(int v) {
+    pthread_mutex_lock(&cb_lock);
+    if (cb_count < 64) cb_order[cb_count++] = v;
+    if (pthread_equal(pthread_self(), cb_main)) cb_on_main = 1;
+    pthread_cond_broadcast(&cb_cond);
+    pthread_mutex_unlock(&cb_lock);
+}
+
+static void cb_record(void *p) { cb_note((int)(intptr_t)p); }
+
+/* Waits until the program opens the gate. */
+static void cb_gated(void *p) {
+    pthread_mutex_lock(&cb_lock);
+    while (!cb_gate_open) pthread_cond_wait(&cb_cond, &cb_lock);
+    pthread_mutex_unlock(&cb_lock);
+    cb_note((int)(intptr_t)p);
+}
+
+static void cb_stream_callback(CUstream s, CUresult status, void *p) {
+    cb_stream_seen = s;
+    cb_status_seen = status;
+    cb_note((int)(intptr_t)p);
+}
+
+/* Reads the pinned buffer an earlier copy in the stream filled. */
+static const float *cb_buffer;
+static unsigned cb_buffer_len;
+static void cb_read(void *p) {
+    cb_first = cb_buffer[0];
+    cb_last = cb_buffer[cb_buffer_len - 1];
+    cb_note((int)(intptr_t)p);
+}
+
+static int cb_done(void) {
+    pthread_mutex_lock(&cb_lock);
+    int n = cb_count;
+    pthread_mutex_unlock(&cb_lock);
+    return n;
+}
+
+/* Wait (no CUDA call) until `n` functions ran; 0 after `seconds`. */
+static int cb_wait_count(int n, int seconds) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += seconds;
+    pthread_mutex_lock(&cb_lock);
+    while (cb_count < n) {
+        if (pthread_cond_timedwait(&cb_cond, &cb_lock, &until) == ETIMEDOUT) break;
+    }
+    int ok = cb_count >= n;
+    pthread_mutex_unlock(&cb_lock);
+    return ok;
+}
+
+static void *cb_opener(void *unused) {
+    (void)unused;
+    usleep(50 * 1000);
+    pthread_mutex_lock(&cb_lock);
+    cb_gate_open = 1;
+    pthread_cond_broadcast(&cb_cond);
+    pthread_mutex_unlock(&cb_lock);
+    return NULL;
 }
 
 /* The `threads` mode: what each thread needs. */
@@ -741,6 +823,106 @@ int main(int argc, char **argv) {
         CHECK(cuDeviceComputeCapability(&major, &minor, dev));
         EXPECT(major >= 3 && minor >= 0, "compute capability %d.%d", major, minor);
         printf("OK queries %s cc %d.%d\n", bus, major, minor);
+    } else if (!strcmp(mode, "callbacks")) {
+        GET(cuLaunchHostFunc, 10000);
+        GET(cuStreamAddCallback, 5000);
+        GET(cuEventQuery, 2000);
+        /* A wrong answer here is a hang: fail instead. */
+        alarm(60);
+        cb_main = pthread_self();
+        const unsigned n = 1 << 16;
+        const size_t bytes = n * sizeof(float);
+        float *pinned;
+        CHECK(cuMemAllocHost((void **)&pinned, bytes));
+        for (unsigned i = 0; i < n; i++) pinned[i] = (float)i;
+        CUdeviceptr d;
+        CHECK(cuMemAlloc(&d, bytes));
+        CUstream s, t, u;
+        CHECK(cuStreamCreate(&s, 1));
+        CHECK(cuStreamCreate(&t, 1));
+        CHECK(cuStreamCreate(&u, 1));
+        /* In order, with work between them, on a thread of their own. */
+        CHECK(cuMemcpyHtoDAsync(d, pinned, bytes, s));
+        CHECK(cuLaunchHostFunc(s, cb_record, (void *)1));
+        float three = 3.0f;
+        int count = (int)n;
+        void *args[] = {&d, &three, &count};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, args, NULL));
+        CHECK(cuLaunchHostFunc(s, cb_record, (void *)2));
+        CHECK(cuLaunchHostFunc(s, cb_record, (void *)3));
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(cb_done() == 3, "%d host functions ran before the synchronise returned, want 3", cb_done());
+        EXPECT(cb_order[0] == 1 && cb_order[1] == 2 && cb_order[2] == 3, "order %d %d %d", cb_order[0],
+               cb_order[1], cb_order[2]);
+        EXPECT(!cb_on_main, "a host function ran on the thread that enqueued it");
+        /* Delivered with no later call: the program only waits. */
+        CHECK(cuLaunchHostFunc(s, cb_record, (void *)4));
+        EXPECT(cb_wait_count(4, 20), "a host function did not run while the program waited without calls");
+        /* The data of a copy before the function has landed when it runs. */
+        memset(pinned, 0, bytes);
+        cb_buffer = pinned;
+        cb_buffer_len = n;
+        CHECK(cuMemcpyDtoHAsync(pinned, d, bytes, s));
+        CHECK(cuLaunchHostFunc(s, cb_read, (void *)5));
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(cb_done() == 5, "%d ran", cb_done());
+        EXPECT(cb_first == 0.0f && cb_last == 3.0f * (float)(n - 1), "the function saw %g .. %g, want 0 .. %g",
+               cb_first, cb_last, 3.0f * (float)(n - 1));
+        /* A function that waits: its stream is not done, an event after it
+         * is not done, another stream is not held up, and a stream that
+         * waits for the event is done only once the function returned. */
+        CUevent e;
+        CHECK(cuEventCreate(&e, 0));
+        CHECK(cuLaunchHostFunc(s, cb_gated, (void *)6));
+        CHECK(cuEventRecord(e, s));
+        for (int i = 0; i < 3; i++) {
+            CUresult q = cuStreamQuery(s);
+            EXPECT(q == CUDA_ERROR_NOT_READY, "stream query %d while its host function waits", q);
+        }
+        CUresult eq = cuEventQuery(e);
+        EXPECT(eq == CUDA_ERROR_NOT_READY, "event query %d while the host function before it waits", eq);
+        CHECK(cuMemsetD8Async(d, 0, 64, t));
+        CHECK(cuStreamSynchronize(t));
+        EXPECT(cb_done() == 5, "the waiting function returned early");
+        CHECK(cuStreamWaitEvent(u, e, 0));
+        pthread_t opener;
+        EXPECT(pthread_create(&opener, NULL, cb_opener, NULL) == 0, "pthread_create");
+        CHECK(cuStreamSynchronize(u));
+        EXPECT(cb_done() == 6 && cb_order[5] == 6, "a stream waiting for the event returned before the function");
+        pthread_join(opener, NULL);
+        CHECK(cuEventQuery(e));
+        CHECK(cuStreamQuery(s));
+        /* cuStreamAddCallback gets the stream as named and a status. */
+        CHECK(cuStreamAddCallback(s, cb_stream_callback, (void *)7, 0));
+        CHECK(cuEventRecord(e, s));
+        CHECK(cuEventSynchronize(e));
+        EXPECT(cb_done() == 7 && cb_stream_seen == s && cb_status_seen == CUDA_SUCCESS,
+               "stream callback: ran %d, stream %p, status %d", cb_done(), (void *)cb_stream_seen, cb_status_seen);
+        EXPECT(cuStreamAddCallback(s, cb_stream_callback, NULL, 1) == CUDA_ERROR_INVALID_VALUE, "flags accepted");
+        EXPECT(cuLaunchHostFunc(s, NULL, NULL) == CUDA_ERROR_INVALID_VALUE, "no function accepted");
+        EXPECT(cuLaunchHostFunc((CUstream)(uintptr_t)0x7777, cb_record, NULL) == 400, "unknown stream accepted");
+        /* The legacy stream: a synchronous copy follows it; a context
+         * synchronise follows every stream. */
+        CHECK(cuLaunchHostFunc(NULL, cb_record, (void *)8));
+        CHECK(cuMemcpyDtoH(pinned, d, 64));
+        EXPECT(cb_done() == 8, "a synchronous copy returned before the legacy stream's function");
+        CHECK(cuLaunchHostFunc(t, cb_record, (void *)9));
+        CHECK(cuCtxSynchronize());
+        EXPECT(cb_done() == 9, "a context synchronise returned before a function");
+        /* Not in a capture. */
+        CHECK(cuStreamBeginCapture(t, CU_STREAM_CAPTURE_MODE_RELAXED));
+        EXPECT(cuLaunchHostFunc(t, cb_record, NULL) == CUDA_ERROR_NOT_SUPPORTED, "host function in a capture");
+        CUgraph g;
+        CHECK(cuStreamEndCapture(t, &g));
+        CHECK(cuGraphDestroy(g));
+        CHECK(cuEventDestroy(e));
+        CHECK(cuStreamDestroy(s));
+        CHECK(cuStreamDestroy(t));
+        CHECK(cuStreamDestroy(u));
+        CHECK(cuMemFree(d));
+        CHECK(cuMemFreeHost(pinned));
+        alarm(0);
+        printf("OK callbacks %d host functions\n", cb_done());
     } else if (!strcmp(mode, "hold")) {
         size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
         CUdeviceptr p1, p2;

@@ -149,6 +149,22 @@ fn two_dimensional_and_unified_copies_are_exact() {
     }
 }
 
+/// Host functions run in the program, in order, after the data before them
+/// landed, with no further call needed to deliver them; synchronising calls
+/// and queries wait for exactly the functions their work follows (a
+/// function that waits does not hold up an unrelated stream). Over TCP and
+/// QUIC, and with the copy engine, where the driver's thread calls the
+/// server's host function while the worker may be waiting for a request.
+#[test]
+fn host_functions_run_in_the_program_in_stream_order() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["callbacks"]);
+        assert!(out.contains("OK callbacks 9 host functions"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn stream_context_and_device_queries_are_answered() {
     let server = Server::start();

@@ -19,8 +19,10 @@ use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
 mod copies;
+mod hostfns;
 mod queries;
 pub use copies::*;
+pub use hostfns::*;
 pub use queries::*;
 
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
@@ -590,14 +592,18 @@ pub unsafe fn ctx_get_device_v2(device: *mut CUdevice, ctx: CUcontext) -> CuResu
 pub unsafe fn ctx_synchronize() -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
+    s.remote.call(&Request::CtxSynchronize { ctx }, &[])?;
+    s.callbacks.wait_context(ctx);
+    Ok(())
 }
 
 pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CuResult {
     let s = shim()?;
     let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
     s.context_device(ctx)?;
-    s.remote.call(&Request::CtxSynchronize { ctx }, &[]).map(|_| ())
+    s.remote.call(&Request::CtxSynchronize { ctx }, &[])?;
+    s.callbacks.wait_context(ctx);
+    Ok(())
 }
 
 pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
@@ -1445,6 +1451,7 @@ unsafe fn htod(
         };
         s.remote.call_or_post(&req, chunk, sync && i + 1 == chunks)?;
     }
+    settle(s, ctx, stream, sync);
     Ok(())
 }
 
@@ -1468,7 +1475,9 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
     };
     // SAFETY: the program gave `size` writable bytes at dst, which CUDA lets
     // us fill until the copy is observed complete (a sync call drains them).
-    unsafe { s.remote.call_into(&req, dst.cast(), size, sync) }
+    unsafe { s.remote.call_into(&req, dst.cast(), size, sync) }?;
+    settle(s, ctx, stream, sync);
+    Ok(())
 }
 
 fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
@@ -1478,14 +1487,17 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
     }
     let ctx = device_range_ctx(s, dst, size as u64)?;
     device_range_ctx(s, src, size as u64)?;
+    let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::MemcpyDtoD {
         ctx,
-        stream: Shim::stream_ref(mode, handle(stream)),
+        stream,
         dst,
         src,
         len: size as u64,
     };
-    s.remote.call_or_post(&req, &[], sync)
+    s.remote.call_or_post(&req, &[], sync)?;
+    settle(s, ctx, stream, sync);
+    Ok(())
 }
 
 fn memset(
@@ -1508,15 +1520,18 @@ fn memset(
         .checked_mul(elem_size as u64)
         .ok_or(CuError::INVALID_VALUE)?;
     let ctx = device_range_ctx(s, dst, bytes)?;
+    let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::Memset {
         ctx,
-        stream: Shim::stream_ref(mode, handle(stream)),
+        stream,
         dst,
         value,
         elem_size,
         count: count as u64,
     };
-    s.remote.call_or_post(&req, &[], sync)
+    s.remote.call_or_post(&req, &[], sync)?;
+    settle(s, ctx, stream, sync);
+    Ok(())
 }
 
 pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {
@@ -1669,35 +1684,25 @@ pub unsafe fn stream_destroy(stream: CUstream) -> CuResult {
     let h = handle(stream);
     let ctx = write(&s.streams).remove(&h).ok_or(CuError::INVALID_HANDLE)?.ctx;
     lock(&s.captures).remove(&StreamRef::Handle(h));
+    s.callbacks.forget_stream((ctx, StreamRef::Handle(h)));
     s.remote.post(&Request::StreamDestroy { ctx, stream: h }, &[])
 }
 
 pub unsafe fn stream_synchronize(mode: DefaultStream, stream: CUstream) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
-    s.remote
-        .call(
-            &Request::StreamSynchronize {
-                ctx,
-                stream: Shim::stream_ref(mode, handle(stream)),
-            },
-            &[],
-        )
-        .map(|_| ())
+    let stream = Shim::stream_ref(mode, handle(stream));
+    s.remote.call(&Request::StreamSynchronize { ctx, stream }, &[])?;
+    s.callbacks.wait_stream((ctx, stream));
+    Ok(())
 }
 
 pub unsafe fn stream_query(mode: DefaultStream, stream: CUstream) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
-    s.remote
-        .call(
-            &Request::StreamQuery {
-                ctx,
-                stream: Shim::stream_ref(mode, handle(stream)),
-            },
-            &[],
-        )
-        .map(|_| ())
+    let stream = Shim::stream_ref(mode, handle(stream));
+    s.remote.call(&Request::StreamQuery { ctx, stream }, &[])?;
+    s.callbacks.query_stream((ctx, stream))
 }
 
 /// A stream that waits for an event recorded in a capture joins the
@@ -1716,6 +1721,7 @@ pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CU
         },
         &[],
     )?;
+    s.callbacks.waits((ctx, sref), blocking(s, sref), handle(event));
     let joined = lock(&s.capture_events).get(&handle(event)).copied();
     if let Some(id) = joined {
         let mut captures = lock(&s.captures);
@@ -2065,6 +2071,7 @@ fn event_ctx() -> Handle {
 
 pub unsafe fn event_destroy(event: CUevent) -> CuResult {
     let s = shim()?;
+    s.callbacks.forget_event(handle(event));
     s.remote.post(
         &Request::EventDestroy {
             ctx: event_ctx(),
@@ -2096,6 +2103,7 @@ pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream
         },
         &[],
     )?;
+    s.callbacks.recorded(handle(event), (ctx, sref));
     let capture = capture_of(s, sref);
     let mut events = lock(&s.capture_events);
     match capture {
@@ -2107,28 +2115,29 @@ pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream
 
 pub unsafe fn event_synchronize(event: CUevent) -> CuResult {
     let s = shim()?;
-    s.remote
-        .call(
-            &Request::EventSynchronize {
-                ctx: event_ctx(),
-                event: handle(event),
-            },
-            &[],
-        )
-        .map(|_| ())
+    let event = handle(event);
+    s.remote.call(
+        &Request::EventSynchronize {
+            ctx: event_ctx(),
+            event,
+        },
+        &[],
+    )?;
+    s.callbacks.wait_event(event);
+    Ok(())
 }
 
 pub unsafe fn event_query(event: CUevent) -> CuResult {
     let s = shim()?;
-    s.remote
-        .call(
-            &Request::EventQuery {
-                ctx: event_ctx(),
-                event: handle(event),
-            },
-            &[],
-        )
-        .map(|_| ())
+    let event = handle(event);
+    s.remote.call(
+        &Request::EventQuery {
+            ctx: event_ctx(),
+            event,
+        },
+        &[],
+    )?;
+    s.callbacks.query_event(event)
 }
 
 pub unsafe fn event_elapsed_time(ms: *mut f32, start: CUevent, end: CUevent) -> CuResult {

@@ -10,6 +10,7 @@ mod quic;
 mod quic_direct;
 mod tcp;
 mod url;
+mod wake;
 
 pub use poll::{PollRead, Polling, SocketRead};
 pub use quic::{
@@ -19,6 +20,7 @@ pub use quic::{
 pub use quic_direct::{DirectQuicListener, DirectQuicReader, DirectQuicStream, DirectQuicWriter};
 pub use tcp::tcp_client_connect;
 pub use url::{Scheme, ServerUrl};
+pub use wake::{WaitRead, Wake};
 
 use crate::error::ProtoError;
 use std::any::Any;

@@ -63,6 +63,15 @@ impl<R: PollRead> Polling<R> {
         Polling { inner, spin }
     }
 
+    /// How long reads poll before blocking.
+    pub fn spin(&self) -> Duration {
+        self.spin
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Change how long later reads poll before blocking.
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;

@@ -160,6 +160,8 @@ impl DirectQuicListener {
                 drive: Arc::clone(&self.drive),
                 recv,
                 deadline: None,
+                stash: Vec::new(),
+                stash_at: 0,
                 _guard: Arc::clone(&self.guard),
             },
             writer: DirectQuicWriter {
@@ -176,10 +178,51 @@ pub struct DirectQuicReader {
     drive: Arc<Drive>,
     recv: quinn::RecvStream,
     deadline: Option<Instant>,
+    /// Bytes a wait between frames read ahead (`fill_or`), served first.
+    stash: Vec<u8>,
+    stash_at: usize,
     _guard: Arc<KeeperGuard>,
 }
 
+/// How much a wait between frames reads ahead.
+const STASH: usize = 64 << 10;
+
 impl DirectQuicReader {
+    /// Read ahead into the stash unless `wake` completes first: true when
+    /// bytes (or the end of the stream) are there to read, false when woken.
+    /// A stream read that loses the race has taken nothing (quinn's reads
+    /// are cancel-safe).
+    pub(super) fn fill_or<F: Future>(&mut self, wake: F) -> io::Result<bool> {
+        if self.stash_at < self.stash.len() {
+            return Ok(true);
+        }
+        let mut buf = std::mem::take(&mut self.stash);
+        buf.resize(STASH, 0);
+        let recv = &mut self.recv;
+        let got = self.drive.at_stream(async {
+            tokio::select! {
+                biased;
+                n = recv.read(&mut buf) => Some(n),
+                _ = wake => None,
+            }
+        });
+        let n = match got {
+            None => 0,
+            Some(Ok(Some(n))) => n,
+            // The end of the stream, or its failure, is for the read to tell.
+            Some(Ok(None)) | Some(Err(_)) => {
+                buf.clear();
+                self.stash = buf;
+                self.stash_at = 0;
+                return Ok(true);
+            }
+        };
+        buf.truncate(n);
+        self.stash = buf;
+        self.stash_at = 0;
+        Ok(n > 0)
+    }
+
     /// Reads after `deadline` fail with `TimedOut` (for the hello of a
     /// connection that may never send one); `None` waits as long as it takes.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
@@ -189,6 +232,12 @@ impl DirectQuicReader {
 
 impl Read for DirectQuicReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stash_at < self.stash.len() {
+            let n = buf.len().min(self.stash.len() - self.stash_at);
+            buf[..n].copy_from_slice(&self.stash[self.stash_at..self.stash_at + n]);
+            self.stash_at += n;
+            return Ok(n);
+        }
         let recv = &mut self.recv;
         let read = match self.deadline {
             None => self.drive.at_stream(recv.read(buf)),
@@ -210,6 +259,9 @@ impl Read for DirectQuicReader {
 
 impl PollRead for DirectQuicReader {
     fn read_now(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if self.stash_at < self.stash.len() {
+            return self.read(buf).map(Some);
+        }
         // The bytes this thread has not driven in yet are not there; a read
         // that drives the connection is the way to get them.
         let mut read = std::pin::pin!(self.recv.read(buf));

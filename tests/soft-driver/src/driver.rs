@@ -1604,6 +1604,13 @@ impl Driver {
         self.refuse_in_capture(stream)
     }
 
+    /// `cuLaunchHostFunc`: checks the stream; the caller queues the function
+    /// on the engine's thread. A capture cannot hold it in this double.
+    pub fn launch_host_func(&mut self, stream: u64) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)
+    }
+
     /// `cuStreamWaitEvent`. Work runs at enqueue, so waiting is nothing,
     /// except in captures: a stream that waits for an event recorded in a
     /// capture joins it (its later work is captured there), and a wait

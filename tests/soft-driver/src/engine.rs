@@ -18,16 +18,25 @@
 //! engine's thread costs more than the overlap gains (on two cores, 4 KiB
 //! copies through gpupool ran at a third of their speed with it), so the
 //! benchmarks run without it and the tests of copy ordering with it.
+//!
+//! Host functions (`cuLaunchHostFunc`) always go through the same queue,
+//! engine on or off: the driver calls them on a thread of its own, never in
+//! the caller's, and later work waits for them. Once one has been queued,
+//! every driver call waits for the queue to empty, as for copies.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-/// One queued copy: `len` bytes from `src` to `dst`, both checked live when
-/// it was queued and kept so until it is done (frees drain the queue first).
-struct Job {
-    dst: usize,
-    src: usize,
-    len: usize,
+/// A host function as `cuLaunchHostFunc` takes it.
+pub type HostFn = unsafe extern "C" fn(*mut std::ffi::c_void);
+
+/// One queued piece of work.
+enum Job {
+    /// `len` bytes from `src` to `dst`, both checked live when it was queued
+    /// and kept so until it is done (frees drain the queue first).
+    Copy { dst: usize, src: usize, len: usize },
+    /// A host function and its argument.
+    Host { func: HostFn, data: usize },
 }
 
 #[derive(Default)]
@@ -41,6 +50,8 @@ struct State {
 }
 
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set once a host function has been queued.
+static HOST_FUNCTIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Turn the engine on (`cuInit` does, under `GPUPOOL_SOFT_COPY_ENGINE=1`).
 pub fn enable() {
@@ -73,17 +84,34 @@ fn state() -> MutexGuard<'static, State> {
 /// `src..src+len` must be readable and `dst..dst+len` writable until the copy
 /// is done, i.e. until [`wait_for`] of its number or [`drain`] returns.
 pub unsafe fn submit(dst: *mut u8, src: *const u8, len: usize) -> u64 {
+    queue(Job::Copy {
+        dst: dst as usize,
+        src: src as usize,
+        len,
+    })
+}
+
+/// Queue a call of `func(data)` after the work queued so far; its number.
+pub fn submit_host(func: HostFn, data: *mut std::ffi::c_void) -> u64 {
+    HOST_FUNCTIONS.store(true, std::sync::atomic::Ordering::Release);
+    queue(Job::Host {
+        func,
+        data: data as usize,
+    })
+}
+
+fn queue(job: Job) -> u64 {
     let mut s = state();
     if !s.started {
-        // Without the thread, copies are done where they are queued.
+        // Without the thread, work is done where it is queued.
         let spawned = std::thread::Builder::new()
             .name("soft-copy-engine".into())
             .spawn(run)
             .is_ok();
         if !spawned {
             drop(s);
-            // SAFETY: the caller's contract; done at once.
-            unsafe { std::ptr::copy(src, dst, len) };
+            // SAFETY: the callers' contracts; done at once.
+            unsafe { perform(job) };
             let mut s = state();
             s.queued += 1;
             s.done += 1;
@@ -91,14 +119,25 @@ pub unsafe fn submit(dst: *mut u8, src: *const u8, len: usize) -> u64 {
         }
         s.started = true;
     }
-    s.queue.push_back(Job {
-        dst: dst as usize,
-        src: src as usize,
-        len,
-    });
+    s.queue.push_back(job);
     s.queued += 1;
     WORK.notify_one();
     s.queued
+}
+
+/// Do one piece of work.
+///
+/// # Safety
+/// As `submit` and `submit_host` require of their callers.
+unsafe fn perform(job: Job) {
+    match job {
+        // SAFETY: `submit`'s contract keeps both ranges valid until this copy
+        // is counted done; `copy` tolerates overlap.
+        Job::Copy { dst, src, len } => unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) },
+        // SAFETY: the program handed this function and argument to
+        // `cuLaunchHostFunc` to be called once.
+        Job::Host { func, data } => unsafe { func(data as *mut std::ffi::c_void) },
+    }
 }
 
 /// The number of the last copy queued (0 when none was).
@@ -119,9 +158,9 @@ pub fn wait_for(n: u64) {
     }
 }
 
-/// Wait until every queued copy is done.
+/// Wait until every queued copy and host function is done.
 pub fn drain() {
-    if enabled() {
+    if enabled() || HOST_FUNCTIONS.load(std::sync::atomic::Ordering::Acquire) {
         wait_for(last());
     }
 }
@@ -137,9 +176,9 @@ fn run() {
                 s = WORK.wait(s).unwrap_or_else(|p| p.into_inner());
             }
         };
-        // SAFETY: `submit`'s contract keeps both ranges valid until this
-        // copy is counted done below; `copy` tolerates overlap.
-        unsafe { std::ptr::copy(job.src as *const u8, job.dst as *mut u8, job.len) };
+        // SAFETY: the work was queued under `submit`'s or `submit_host`'s
+        // contract, and is counted done only below.
+        unsafe { perform(job) };
         state().done += 1;
         DONE.notify_all();
     }

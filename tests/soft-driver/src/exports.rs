@@ -1040,6 +1040,18 @@ pub extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
     ffi(|| driver::with_beside_copies(|d| d.stream_query(h(stream))))
 }
 
+/// The function runs on the engine's thread once the work queued before it
+/// is done, never in the caller's thread; later calls wait for it.
+#[no_mangle]
+pub extern "C" fn cuLaunchHostFunc(stream: CUstream, func: Option<engine::HostFn>, data: *mut c_void) -> CUresult {
+    ffi(|| {
+        let func = func.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        driver::with_beside_copies(|d| d.launch_host_func(h(stream)))?;
+        engine::submit_host(func, data);
+        Ok(())
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn cuStreamWaitEvent(stream: CUstream, event: CUevent, flags: u32) -> CUresult {
     ffi(|| driver::with(|d| d.stream_wait_event(h(stream), h(event), flags)))
