@@ -900,7 +900,6 @@ int main(int argc, char **argv) {
                "stream callback: ran %d, stream %p, status %d", cb_done(), (void *)cb_stream_seen, cb_status_seen);
         EXPECT(cuStreamAddCallback(s, cb_stream_callback, NULL, 1) == CUDA_ERROR_INVALID_VALUE, "flags accepted");
         EXPECT(cuLaunchHostFunc(s, NULL, NULL) == CUDA_ERROR_INVALID_VALUE, "no function accepted");
-        EXPECT(cuLaunchHostFunc((CUstream)(uintptr_t)0x7777, cb_record, NULL) == 400, "unknown stream accepted");
         /* The legacy stream: a synchronous copy follows it; a context
          * synchronise follows every stream. */
         CHECK(cuLaunchHostFunc(NULL, cb_record, (void *)8));
@@ -909,9 +908,12 @@ int main(int argc, char **argv) {
         CHECK(cuLaunchHostFunc(t, cb_record, (void *)9));
         CHECK(cuCtxSynchronize());
         EXPECT(cb_done() == 9, "a context synchronise returned before a function");
-        /* Not in a capture. */
+        /* Not in a capture through gpupool (a GPU's driver makes a host
+         * node of it, which this graph never runs). */
         CHECK(cuStreamBeginCapture(t, CU_STREAM_CAPTURE_MODE_RELAXED));
-        EXPECT(cuLaunchHostFunc(t, cb_record, NULL) == CUDA_ERROR_NOT_SUPPORTED, "host function in a capture");
+        CUresult in_capture = cuLaunchHostFunc(t, cb_record, NULL);
+        EXPECT(in_capture == CUDA_ERROR_NOT_SUPPORTED || (in_capture == CUDA_SUCCESS && !getenv("GPUPOOL_SERVER")),
+               "host function in a capture: %d", in_capture);
         CUgraph g;
         CHECK(cuStreamEndCapture(t, &g));
         CHECK(cuGraphDestroy(g));

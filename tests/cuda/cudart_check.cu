@@ -43,6 +43,25 @@ __global__ void gp_fault(unsigned *p) {
         }                                                                                        \
     } while (0)
 
+// Host functions note what they saw; they run on a thread of the driver's.
+static float seen_first = -1, seen_last = -1;
+static int host_calls, stream_callbacks;
+struct Seen {
+    const float *p;
+    int n;
+};
+
+static void read_back(void *arg) {
+    Seen *s = (Seen *)arg;
+    seen_first = s->p[0];
+    seen_last = s->p[s->n - 1];
+    host_calls++;
+}
+
+static void CUDART_CB stream_callback(cudaStream_t, cudaError_t status, void *arg) {
+    if (status == cudaSuccess) stream_callbacks += *(int *)arg;
+}
+
 static int fault() {
     unsigned *p;
     CHECK(cudaMalloc(&p, 256));
@@ -150,6 +169,34 @@ int main(int argc, char **argv) {
         CHECK(cudaFree(d));
         free(src);
         free(back);
+    }
+
+    // Host functions through cudart: after the copy before them, before the
+    // synchronise after them returns.
+    {
+        float *host, *out, *dev;
+        CHECK(cudaMallocHost(&host, bytes));
+        CHECK(cudaMallocHost(&out, bytes));
+        CHECK(cudaMalloc(&dev, bytes));
+        for (int i = 0; i < n; i++) host[i] = (float)i, out[i] = -1.0f;
+        cudaStream_t hs;
+        CHECK(cudaStreamCreateWithFlags(&hs, cudaStreamNonBlocking));
+        CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, hs));
+        gp_scale<<<(n + 255) / 256, 256, 0, hs>>>(dev, 2.0f, n);
+        CHECK(cudaMemcpyAsync(out, dev, bytes, cudaMemcpyDeviceToHost, hs));
+        Seen seen = {out, n};
+        CHECK(cudaLaunchHostFunc(hs, read_back, &seen));
+        int add = 5;
+        CHECK(cudaStreamAddCallback(hs, stream_callback, &add, 0));
+        CHECK(cudaStreamSynchronize(hs));
+        EXPECT(host_calls == 1 && stream_callbacks == 5, "host functions ran %d and %d times", host_calls,
+               stream_callbacks);
+        EXPECT(seen_first == 0.0f && seen_last == 2.0f * (float)(n - 1), "host function saw %g .. %g", seen_first,
+               seen_last);
+        CHECK(cudaStreamDestroy(hs));
+        CHECK(cudaFree(dev));
+        CHECK(cudaFreeHost(host));
+        CHECK(cudaFreeHost(out));
     }
     printf("OK cudart n=%d\n", n);
     return 0;
