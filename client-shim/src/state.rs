@@ -152,6 +152,8 @@ pub struct Shim {
     pub graphs: RwLock<HashMap<Handle, Handle>>,
     /// Host functions enqueued by the program (`cuLaunchHostFunc`).
     pub callbacks: crate::callbacks::Callbacks,
+    /// Memory pools the program was given -> their device.
+    pub pools: RwLock<HashMap<Handle, i32>>,
 }
 
 /// The device slot of a function's entries in [`Shim::attribute_sets`].
@@ -205,6 +207,7 @@ impl Shim {
             capture_events: Mutex::default(),
             graphs: RwLock::default(),
             callbacks: Default::default(),
+            pools: RwLock::default(),
         }
     }
 

@@ -53,6 +53,22 @@ pub struct LaunchAttribute {
     pub value: [u8; 64],
 }
 
+/// `CUmemPoolProps` as the driver lays it out (88 bytes).
+#[repr(C)]
+pub struct MemPoolProps {
+    /// `CUmemAllocationType`: 1, pinned (the only one).
+    pub alloc_type: u32,
+    /// `CUmemAllocationHandleType`: 0, none.
+    pub handle_types: u32,
+    /// `CUmemLocation`: type 1 (device) and the device ordinal.
+    pub location_type: u32,
+    pub location_id: i32,
+    pub win32_security_attributes: Ptr,
+    pub max_size: usize,
+    pub usage: u16,
+    pub reserved: [u8; 54],
+}
+
 /// `CUmemorytype` values a 2D copy names.
 pub const MEMORYTYPE_HOST: u32 = 1;
 pub const MEMORYTYPE_DEVICE: u32 = 2;
@@ -198,6 +214,17 @@ driver_api! {
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);
     cuMemGetInfo_v2(free: *mut usize, total: *mut usize);
+    cuMemAllocAsync(ptr: *mut CUdeviceptr, size: usize, stream: Ptr);
+    cuMemAllocFromPoolAsync(ptr: *mut CUdeviceptr, size: usize, pool: Ptr, stream: Ptr);
+    cuMemFreeAsync(ptr: CUdeviceptr, stream: Ptr);
+    cuDeviceGetDefaultMemPool(pool: *mut Ptr, device: i32);
+    cuDeviceGetMemPool(pool: *mut Ptr, device: i32);
+    cuDeviceSetMemPool(device: i32, pool: Ptr);
+    cuMemPoolCreate(pool: *mut Ptr, props: *const MemPoolProps);
+    cuMemPoolDestroy(pool: Ptr);
+    cuMemPoolSetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
+    cuMemPoolGetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
+    cuMemPoolTrimTo(pool: Ptr, keep: usize);
     cuMemAllocHost_v2(host: *mut Ptr, size: usize);
     cuMemFreeHost(host: Ptr);
     cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, size: usize, stream: Ptr);

@@ -45,6 +45,9 @@ pub struct Tables {
     pub real: HashMap<Handle, Handle>,
     /// Base address -> region.
     pub memory: BTreeMap<u64, Region>,
+    /// Memory pools this client may name -> whether it created the pool
+    /// (and so destroys it at the end).
+    pub pools: HashMap<Handle, bool>,
 }
 
 impl Tables {

@@ -7,7 +7,7 @@
 //! When the connection ends, for whatever reason, everything the client held
 //! is freed before the process exits.
 
-use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, Memcpy2D, Ptr, Side, Status};
+use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, MemPoolProps, Memcpy2D, Ptr, Side, Status};
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
 use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
@@ -583,6 +583,7 @@ impl<'d> Worker<'d> {
                 | R::CtxGetLimit { ctx, .. }
                 | R::CtxSetLimit { ctx, .. } => *ctx,
                 R::MemGetInfo { ctx } | R::MemAlloc { ctx, .. } | R::MemFree { ctx, .. } => *ctx,
+                R::MemAllocAsync { ctx, .. } | R::MemFreeAsync { ctx, .. } => *ctx,
                 R::MemcpyDtoD { ctx, .. } | R::Memset { ctx, .. } => *ctx,
                 R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
@@ -638,6 +639,26 @@ impl<'d> Worker<'d> {
             })),
             R::MemAlloc { ctx, size } => to_reply(self.mem_alloc(ctx, size)),
             R::MemFree { ctx, ptr } => to_reply(self.mem_free(ctx, ptr)),
+            R::MemAllocAsync {
+                ctx,
+                stream,
+                size,
+                pool,
+            } => to_reply(self.mem_alloc_async(ctx, stream, size, pool)),
+            R::MemFreeAsync { ctx, stream, ptr } => to_reply(self.mem_free_async(ctx, stream, ptr)),
+            R::MemPoolOfDevice { device, current } => to_reply(self.pool_of_device(device, current)),
+            R::MemPoolSetCurrent { device, pool } => to_reply(self.check_pool(pool).and_then(|()| {
+                // SAFETY: the pool is one this client may name; the driver
+                // checks that it belongs to the device.
+                unsafe { d.cuDeviceSetMemPool(device, as_ptr(pool)) }
+            })),
+            R::MemPoolCreate { device, max_size } => to_reply(self.pool_create(device, max_size)),
+            R::MemPoolDestroy { pool } => to_reply(self.pool_destroy(pool)),
+            R::MemPoolAttribute { pool, attr, set } => to_reply(self.pool_attribute(pool, attr, set)),
+            R::MemPoolTrimTo { pool, keep } => to_reply(self.check_pool(pool).and_then(|()| {
+                // SAFETY: as for MemPoolSetCurrent.
+                unsafe { d.cuMemPoolTrimTo(as_ptr(pool), keep as usize) }
+            })),
             R::MemcpyDtoD {
                 ctx,
                 stream,
@@ -1236,6 +1257,13 @@ impl<'d> Worker<'d> {
         let mut p = 0u64;
         // SAFETY: p is writable.
         unsafe { self.driver.cuMemAlloc_v2(&mut p, size as usize) }?;
+        self.own_allocation(ctx, p, size, None)
+    }
+
+    /// File new memory at `p` as this client's; on a clash with what the
+    /// tables hold, give it back (in `stream`'s order when it was allocated
+    /// in one).
+    fn own_allocation(&mut self, ctx: Handle, p: u64, size: u64, stream: Option<Ptr>) -> DriverResult<Reply> {
         if self
             .tables
             .add_region(
@@ -1254,10 +1282,129 @@ impl<'d> Worker<'d> {
                 "driver returned memory overlapping an existing allocation"
             );
             // SAFETY: p was just allocated.
-            let _ = unsafe { self.driver.cuMemFree_v2(p) };
+            let _ = unsafe {
+                match stream {
+                    Some(s) => self.driver.cuMemFreeAsync(p, s),
+                    None => self.driver.cuMemFree_v2(p),
+                }
+            };
             return Err(OUT_OF_MEMORY);
         }
         Ok(Reply::Pointer(p))
+    }
+
+    /// Stream-ordered allocation, from the device's current pool or `pool`.
+    fn mem_alloc_async(&mut self, ctx: Handle, stream: StreamRef, size: u64, pool: Handle) -> DriverResult<Reply> {
+        let s = self.enter(ctx, stream)?;
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let mut p = 0u64;
+        if pool == 0 {
+            // SAFETY: p is writable; s is this client's stream in the
+            // current context.
+            unsafe { self.driver.cuMemAllocAsync(&mut p, size as usize, s) }?;
+        } else {
+            self.check_pool(pool)?;
+            // SAFETY: as above; the pool is one this client may name.
+            unsafe {
+                self.driver
+                    .cuMemAllocFromPoolAsync(&mut p, size as usize, as_ptr(pool), s)
+            }?;
+        }
+        self.own_allocation(ctx, p, size, Some(s))
+    }
+
+    /// Stream-ordered free: later requests may not name the memory; work
+    /// before the free in the stream still may use it.
+    fn mem_free_async(&mut self, ctx: Handle, stream: StreamRef, ptr: u64) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        match self.tables.memory.get(&ptr) {
+            Some(r) if r.ctx == ctx && !r.global => {}
+            _ => return Err(INVALID_VALUE),
+        }
+        self.tables.remove_allocation(ptr)?;
+        // SAFETY: ptr is an allocation of this client; s its stream.
+        unsafe { self.driver.cuMemFreeAsync(ptr, s) }
+    }
+
+    fn check_pool(&self, pool: Handle) -> DriverResult {
+        if self.tables.pools.contains_key(&pool) {
+            Ok(())
+        } else {
+            Err(INVALID_VALUE)
+        }
+    }
+
+    /// The device's default or current pool; this client may name it from
+    /// now on.
+    fn pool_of_device(&mut self, device: i32, current: bool) -> DriverResult<Reply> {
+        let mut pool: Ptr = std::ptr::null_mut();
+        // SAFETY: pool is writable; the driver validates the device.
+        unsafe {
+            if current {
+                self.driver.cuDeviceGetMemPool(&mut pool, device)
+            } else {
+                self.driver.cuDeviceGetDefaultMemPool(&mut pool, device)
+            }
+        }?;
+        self.tables.pools.entry(handle(pool)).or_insert(false);
+        Ok(Reply::Handle(handle(pool)))
+    }
+
+    fn pool_create(&mut self, device: i32, max_size: u64) -> DriverResult<Reply> {
+        let props = MemPoolProps {
+            alloc_type: 1,
+            handle_types: 0,
+            location_type: 1,
+            location_id: device,
+            win32_security_attributes: std::ptr::null_mut(),
+            max_size: max_size as usize,
+            usage: 0,
+            reserved: [0; 54],
+        };
+        let mut pool: Ptr = std::ptr::null_mut();
+        // SAFETY: pool is writable and props a complete CUmemPoolProps.
+        unsafe { self.driver.cuMemPoolCreate(&mut pool, &props) }?;
+        self.tables.pools.insert(handle(pool), true);
+        Ok(Reply::Handle(handle(pool)))
+    }
+
+    fn pool_destroy(&mut self, pool: Handle) -> DriverResult {
+        match self.tables.pools.get(&pool) {
+            Some(true) => {}
+            // A device's default pool cannot be destroyed.
+            Some(false) | None => return Err(INVALID_VALUE),
+        }
+        // SAFETY: the pool was created by this client.
+        unsafe { self.driver.cuMemPoolDestroy(as_ptr(pool)) }?;
+        self.tables.pools.remove(&pool);
+        Ok(())
+    }
+
+    /// Set (when asked) and read a pool attribute. The reuse policies (1 to
+    /// 3) are ints; the threshold and the memory figures (4 to 8) 64-bit.
+    fn pool_attribute(&mut self, pool: Handle, attr: i32, set: Option<u64>) -> DriverResult<Reply> {
+        self.check_pool(pool)?;
+        let wide = match attr {
+            1..=3 => false,
+            4..=8 => true,
+            _ => return Err(INVALID_VALUE),
+        };
+        let mut value64: u64 = set.unwrap_or(0);
+        let mut value32: i32 = set.unwrap_or(0) as i32;
+        let slot: *mut c_void = if wide {
+            (&mut value64 as *mut u64).cast()
+        } else {
+            (&mut value32 as *mut i32).cast()
+        };
+        if set.is_some() {
+            // SAFETY: slot holds a value of the attribute's width.
+            unsafe { self.driver.cuMemPoolSetAttribute(as_ptr(pool), attr, slot) }?;
+        }
+        // SAFETY: as above; the driver writes the attribute's width.
+        unsafe { self.driver.cuMemPoolGetAttribute(as_ptr(pool), attr, slot) }?;
+        Ok(Reply::Size(if wide { value64 } else { value32 as u32 as u64 }))
     }
 
     fn mem_free(&mut self, ctx: Handle, ptr: u64) -> DriverResult {
@@ -2031,6 +2178,13 @@ impl<'d> Worker<'d> {
         for l in self.tables.libraries.drain() {
             // SAFETY: the library belongs to this client.
             let _ = unsafe { self.driver.cuLibraryUnload(as_ptr(l)) };
+        }
+        for (pool, created) in std::mem::take(&mut self.tables.pools) {
+            if created {
+                // SAFETY: the pool was created by this client; its memory
+                // went with the contexts above.
+                let _ = unsafe { self.driver.cuMemPoolDestroy(as_ptr(pool)) };
+            }
         }
         self.free_staging();
         tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "cleanup done");

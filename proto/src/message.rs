@@ -70,6 +70,37 @@ pub enum Request {
     MemAlloc { ctx: Handle, size: u64 },
     /// async.
     MemFree { ctx: Handle, ptr: DevicePtr },
+    /// sync -> `Reply::Pointer`: stream-ordered allocation
+    /// (`cuMemAllocAsync`, or `cuMemAllocFromPoolAsync` with a `pool`; 0 is
+    /// the device's current pool).
+    MemAllocAsync {
+        ctx: Handle,
+        stream: StreamRef,
+        size: u64,
+        pool: Handle,
+    },
+    /// async: stream-ordered free (`cuMemFreeAsync`).
+    MemFreeAsync {
+        ctx: Handle,
+        stream: StreamRef,
+        ptr: DevicePtr,
+    },
+    /// sync -> `Reply::Handle`: the device's default pool, or (`current`)
+    /// the pool its stream-ordered allocations come from now.
+    MemPoolOfDevice { device: i32, current: bool },
+    /// sync: `cuDeviceSetMemPool`.
+    MemPoolSetCurrent { device: i32, pool: Handle },
+    /// sync -> `Reply::Handle`: a pool of device memory on `device`, at most
+    /// `max_size` bytes (0: no limit of its own).
+    MemPoolCreate { device: i32, max_size: u64 },
+    /// sync.
+    MemPoolDestroy { pool: Handle },
+    /// sync -> `Reply::Size`: a pool attribute (`CUmemPool_attribute`),
+    /// after setting it to `set` when given. 32-bit attributes travel as
+    /// their value.
+    MemPoolAttribute { pool: Handle, attr: i32, set: Option<u64> },
+    /// sync: `cuMemPoolTrimTo`.
+    MemPoolTrimTo { pool: Handle, keep: u64 },
     /// One chunk of a host-to-device copy; the bytes are the bulk tail.
     /// `offset` is the chunk's position within the whole copy of `total`
     /// bytes starting at `dst`. Async unless the frame asks for a reply (a

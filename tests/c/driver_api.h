@@ -141,6 +141,37 @@ typedef void (*CUstreamCallback)(CUstream, CUresult, void *);
 typedef CUresult (*PFN_cuLaunchHostFunc)(CUstream, CUhostFn, void *);
 typedef CUresult (*PFN_cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned);
 typedef CUresult (*PFN_cuEventQuery)(CUevent);
+typedef struct CUmemPoolHandle_st *CUmemoryPool;
+typedef struct {
+    int type; /* CU_MEM_LOCATION_TYPE_DEVICE = 1 */
+    int id;
+} CUmemLocation;
+typedef struct {
+    int allocType;   /* CU_MEM_ALLOCATION_TYPE_PINNED = 1 */
+    int handleTypes; /* CU_MEM_HANDLE_TYPE_NONE = 0, POSIX_FILE_DESCRIPTOR = 1 */
+    CUmemLocation location;
+    void *win32SecurityAttributes;
+    size_t maxSize;
+    unsigned short usage;
+    unsigned char reserved[54];
+} CUmemPoolProps;
+#define CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED 115
+#define CU_MEMPOOL_ATTR_RELEASE_THRESHOLD 4
+#define CU_MEMPOOL_ATTR_USED_MEM_CURRENT 7
+#define CU_MEMPOOL_ATTR_USED_MEM_HIGH 8
+#define CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC 2
+typedef CUresult (*PFN_cuMemAllocAsync)(CUdeviceptr *, size_t, CUstream);
+typedef CUresult (*PFN_cuMemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+typedef CUresult (*PFN_cuMemFreeAsync)(CUdeviceptr, CUstream);
+typedef CUresult (*PFN_cuDeviceGetDefaultMemPool)(CUmemoryPool *, CUdevice);
+typedef CUresult (*PFN_cuDeviceGetMemPool)(CUmemoryPool *, CUdevice);
+typedef CUresult (*PFN_cuDeviceSetMemPool)(CUdevice, CUmemoryPool);
+typedef CUresult (*PFN_cuMemPoolCreate)(CUmemoryPool *, const CUmemPoolProps *);
+typedef CUresult (*PFN_cuMemPoolDestroy)(CUmemoryPool);
+typedef CUresult (*PFN_cuMemPoolSetAttribute)(CUmemoryPool, int, void *);
+typedef CUresult (*PFN_cuMemPoolGetAttribute)(CUmemoryPool, int, void *);
+typedef CUresult (*PFN_cuMemPoolTrimTo)(CUmemoryPool, size_t);
+typedef CUresult (*PFN_cuMemPoolGetAccess)(unsigned *, CUmemoryPool, CUmemLocation *);
 typedef CUresult (*PFN_cuEventCreate)(CUevent *, unsigned);
 typedef CUresult (*PFN_cuEventRecord)(CUevent, CUstream);
 typedef CUresult (*PFN_cuEventSynchronize)(CUevent);

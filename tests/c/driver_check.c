@@ -25,6 +25,9 @@
  *                          before them landed, delivered with no further call;
  *                          synchronising calls and queries wait for exactly the
  *                          functions their work follows
+ *   driver_check pools     stream-ordered allocation (cuMemAllocAsync, cuMemFreeAsync)
+ *                          from the default pool and from a pool of its own, pool
+ *                          attributes and the device's current pool
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -925,6 +928,107 @@ int main(int argc, char **argv) {
         CHECK(cuMemFreeHost(pinned));
         alarm(0);
         printf("OK callbacks %d host functions\n", cb_done());
+    } else if (!strcmp(mode, "pools")) {
+        GET(cuMemAllocAsync, 11020);
+        GET(cuMemAllocFromPoolAsync, 11020);
+        GET(cuMemFreeAsync, 11020);
+        GET(cuDeviceGetDefaultMemPool, 11020);
+        GET(cuDeviceGetMemPool, 11020);
+        GET(cuDeviceSetMemPool, 11020);
+        GET(cuMemPoolCreate, 11020);
+        GET(cuMemPoolDestroy, 11020);
+        GET(cuMemPoolSetAttribute, 11020);
+        GET(cuMemPoolGetAttribute, 11020);
+        GET(cuMemPoolTrimTo, 11020);
+        GET(cuMemPoolGetAccess, 11020);
+        int pools_supported = 0;
+        CHECK(cuDeviceGetAttribute(&pools_supported, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, dev));
+        EXPECT(pools_supported == 1, "memory pools supported: %d", pools_supported);
+        const unsigned n = 300000;
+        const size_t bytes = n * sizeof(float);
+        float *in, *out;
+        CHECK(cuMemAllocHost((void **)&in, bytes));
+        CHECK(cuMemAllocHost((void **)&out, bytes));
+        for (unsigned i = 0; i < n; i++) in[i] = (float)(i % 1000), out[i] = -1.0f;
+        CUstream s;
+        CHECK(cuStreamCreate(&s, 1));
+        /* From the default pool, in stream order: allocate, fill, scale,
+         * read back, free, all before one synchronise. */
+        CUdeviceptr a;
+        CHECK(cuMemAllocAsync(&a, bytes, s));
+        CHECK(cuMemcpyHtoDAsync(a, in, bytes, s));
+        float two = 2.0f;
+        int count = (int)n;
+        void *args[] = {&a, &two, &count};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, args, NULL));
+        CHECK(cuMemcpyDtoHAsync(out, a, bytes, s));
+        CHECK(cuMemFreeAsync(a, s));
+        CHECK(cuStreamSynchronize(s));
+        for (unsigned i = 0; i < n; i++) EXPECT(out[i] == 2.0f * (float)(i % 1000), "out[%u] = %g", i, out[i]);
+        CUmemoryPool p0 = NULL, cur = NULL;
+        CHECK(cuDeviceGetDefaultMemPool(&p0, dev));
+        CHECK(cuDeviceGetMemPool(&cur, dev));
+        EXPECT(p0 != NULL && cur == p0, "the current pool is not the default one");
+        unsigned long long threshold = ~0ull, got = 0;
+        CHECK(cuMemPoolSetAttribute(p0, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &threshold));
+        CHECK(cuMemPoolGetAttribute(p0, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &got));
+        EXPECT(got == threshold, "release threshold %llu", got);
+        int reuse = 0, reuse_got = 7;
+        CHECK(cuMemPoolSetAttribute(p0, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, &reuse));
+        CHECK(cuMemPoolGetAttribute(p0, CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC, &reuse_got));
+        EXPECT(reuse_got == 0, "opportunistic reuse %d", reuse_got);
+        /* A pool of its own: what it holds is counted, and freed in order. */
+        CUmemPoolProps props;
+        memset(&props, 0, sizeof props);
+        props.allocType = 1;
+        props.location.type = 1;
+        props.location.id = dev;
+        CUmemoryPool p1 = NULL;
+        CHECK(cuMemPoolCreate(&p1, &props));
+        CUdeviceptr b;
+        CHECK(cuMemAllocFromPoolAsync(&b, 1 << 20, p1, s));
+        unsigned long long used = 0;
+        CHECK(cuMemPoolGetAttribute(p1, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used));
+        EXPECT(used >= (1 << 20), "pool in use: %llu", used);
+        CHECK(cuMemsetD8Async(b, 0x5a, 1 << 20, s));
+        unsigned char *probe = (unsigned char *)out;
+        CHECK(cuMemcpyDtoHAsync(probe, b + 4096, 4096, s));
+        CHECK(cuMemFreeAsync(b, s));
+        CHECK(cuStreamSynchronize(s));
+        for (int i = 0; i < 4096; i++) EXPECT(probe[i] == 0x5a, "pool memory byte %d = %u", i, probe[i]);
+        CHECK(cuMemPoolGetAttribute(p1, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used));
+        EXPECT(used == 0, "pool still in use after the free: %llu", used);
+        unsigned long long high = 0, zero = 0;
+        CHECK(cuMemPoolGetAttribute(p1, CU_MEMPOOL_ATTR_USED_MEM_HIGH, &high));
+        EXPECT(high >= (1 << 20), "high-water mark %llu", high);
+        CHECK(cuMemPoolSetAttribute(p1, CU_MEMPOOL_ATTR_USED_MEM_HIGH, &zero));
+        /* The device's current pool serves cuMemAllocAsync. */
+        CHECK(cuDeviceSetMemPool(dev, p1));
+        CHECK(cuDeviceGetMemPool(&cur, dev));
+        EXPECT(cur == p1, "the current pool did not change");
+        CUdeviceptr c;
+        CHECK(cuMemAllocAsync(&c, 8192, s));
+        CHECK(cuMemPoolGetAttribute(p1, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used));
+        EXPECT(used >= 8192, "the current pool did not serve the allocation: %llu", used);
+        CHECK(cuMemFreeAsync(c, s));
+        CHECK(cuStreamSynchronize(s));
+        CHECK(cuDeviceSetMemPool(dev, p0));
+        CUmemLocation here = {1, dev};
+        unsigned access = 0;
+        CHECK(cuMemPoolGetAccess(&access, p1, &here));
+        EXPECT(access == 3, "the pool's device has access %u", access);
+        CHECK(cuMemPoolTrimTo(p1, 0));
+        CHECK(cuMemPoolDestroy(p1));
+        /* Shareable (IPC) pools cannot cross machines. */
+        props.handleTypes = 1;
+        CUmemoryPool ipc = NULL;
+        CUresult r = cuMemPoolCreate(&ipc, &props);
+        if (getenv("GPUPOOL_SERVER")) EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "shareable pool: %d", r);
+        else if (r == CUDA_SUCCESS) CHECK(cuMemPoolDestroy(ipc));
+        CHECK(cuStreamDestroy(s));
+        CHECK(cuMemFreeHost(in));
+        CHECK(cuMemFreeHost(out));
+        printf("OK pools\n");
     } else if (!strcmp(mode, "hold")) {
         size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
         CUdeviceptr p1, p2;

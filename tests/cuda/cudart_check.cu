@@ -198,6 +198,49 @@ int main(int argc, char **argv) {
         CHECK(cudaFreeHost(host));
         CHECK(cudaFreeHost(out));
     }
+    // Stream-ordered allocation through cudart: the device's pool, a
+    // threshold set on it, a pool of the program's own.
+    {
+        int pools = 0;
+        CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, 0));
+        EXPECT(pools == 1, "memory pools supported: %d", pools);
+        cudaStream_t ps;
+        CHECK(cudaStreamCreateWithFlags(&ps, cudaStreamNonBlocking));
+        float *host, *dev;
+        CHECK(cudaMallocHost(&host, bytes));
+        for (int i = 0; i < n; i++) host[i] = (float)i;
+        CHECK(cudaMallocAsync(&dev, bytes, ps));
+        CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, ps));
+        gp_scale<<<(n + 255) / 256, 256, 0, ps>>>(dev, 3.0f, n);
+        CHECK(cudaGetLastError());
+        CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, ps));
+        CHECK(cudaFreeAsync(dev, ps));
+        CHECK(cudaStreamSynchronize(ps));
+        for (int i = 0; i < n; i++) EXPECT(host[i] == 3.0f * (float)i, "async-allocated[%d] = %f", i, host[i]);
+        cudaMemPool_t pool;
+        CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+        unsigned long long threshold = 64ull << 20, got = 0;
+        CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+        CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &got));
+        EXPECT(got == threshold, "release threshold %llu", got);
+        cudaMemPoolProps props = {};
+        props.allocType = cudaMemAllocationTypePinned;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = 0;
+        cudaMemPool_t own;
+        CHECK(cudaMemPoolCreate(&own, &props));
+        void *p;
+        CHECK(cudaMallocFromPoolAsync(&p, 1 << 20, own, ps));
+        CHECK(cudaMemsetAsync(p, 0x11, 1 << 20, ps));
+        unsigned char probe[256];
+        CHECK(cudaMemcpyAsync(probe, (char *)p + 1000, sizeof probe, cudaMemcpyDeviceToHost, ps));
+        CHECK(cudaFreeAsync(p, ps));
+        CHECK(cudaStreamSynchronize(ps));
+        for (unsigned i = 0; i < sizeof probe; i++) EXPECT(probe[i] == 0x11, "pool byte %u = %u", i, probe[i]);
+        CHECK(cudaMemPoolDestroy(own));
+        CHECK(cudaStreamDestroy(ps));
+        CHECK(cudaFreeHost(host));
+    }
     printf("OK cudart n=%d\n", n);
     return 0;
 }

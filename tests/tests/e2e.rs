@@ -165,6 +165,19 @@ fn host_functions_run_in_the_program_in_stream_order() {
     }
 }
 
+/// Stream-ordered allocation from the default pool and from a pool of the
+/// program's own, in stream order before one synchronise; pool attributes
+/// and the device's current pool are the server driver's.
+#[test]
+fn stream_ordered_allocation_and_pools() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["pools"]);
+        assert!(out.contains("OK pools"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn stream_context_and_device_queries_are_answered() {
     let server = Server::start();

@@ -20,9 +20,11 @@ use std::sync::{Arc, OnceLock};
 
 mod copies;
 mod hostfns;
+mod pools;
 mod queries;
 pub use copies::*;
 pub use hostfns::*;
+pub use pools::*;
 pub use queries::*;
 
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();

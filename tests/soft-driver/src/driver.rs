@@ -303,6 +303,29 @@ pub struct Driver {
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
+    /// Memory pools (`cuMemPool*`): each device's default one is made at
+    /// its first use.
+    pools: HashMap<u64, PoolObj>,
+    /// Per device: (default pool, current pool), once made.
+    device_pools: HashMap<usize, (u64, u64)>,
+    /// Stream-ordered allocations -> their pool.
+    pool_allocs: HashMap<u64, u64>,
+}
+
+/// A memory pool. Frees take effect at once here (work runs at enqueue), so
+/// the memory a pool holds is what is in use.
+struct PoolObj {
+    device: usize,
+    /// Made by `cuMemPoolCreate` (a default pool cannot be destroyed).
+    created: bool,
+    /// 0: no limit of its own.
+    max_size: u64,
+    /// `CU_MEMPOOL_ATTR_REUSE_*` (1 to 3) and `RELEASE_THRESHOLD` (4).
+    reuse: [i32; 3],
+    threshold: u64,
+    used: u64,
+    used_high: u64,
+    reserved_high: u64,
 }
 
 /// Checks `CUctx_flags`: scheduling mode (0, 1, 2 or 4) plus known bits.
@@ -400,6 +423,7 @@ fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
         108 => 78_643_200,  // MAX_PERSISTING_L2_CACHE_SIZE
         109 => 134_213_632, // MAX_ACCESS_POLICY_WINDOW_SIZE
         111 => RESERVED_SHARED_PER_BLOCK,
+        115 => 1,        // MEMORY_POOLS_SUPPORTED
         120 => 1,        // CLUSTER_LAUNCH
         126 => 4,        // MEM_SYNC_DOMAIN_COUNT
         131 | 134 => -1, // NUMA_ID, HOST_NUMA_ID
@@ -427,6 +451,9 @@ impl Driver {
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
+            pools: HashMap::new(),
+            device_pools: HashMap::new(),
+            pool_allocs: HashMap::new(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -758,9 +785,178 @@ impl Driver {
             Some(a) if a.kind == AllocKind::Device => {}
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         }
+        self.release(dptr);
+        Ok(())
+    }
+
+    /// Give back device allocation `dptr`, and its pool's share of it.
+    fn release(&mut self, dptr: u64) {
         if let Some(a) = self.allocs.remove(dptr) {
             self.devices[a.device].used -= a.charged;
+            if let Some(pool) = self.pool_allocs.remove(&dptr) {
+                if let Some(p) = self.pools.get_mut(&pool) {
+                    p.used = p.used.saturating_sub(a.size);
+                }
+            }
         }
+    }
+
+    // ----- memory pools and stream-ordered allocation -----
+
+    fn new_pool(&mut self, device: usize, created: bool, max_size: u64) -> u64 {
+        let h = self.handle();
+        self.pools.insert(
+            h,
+            PoolObj {
+                device,
+                created,
+                max_size,
+                reuse: [1, 1, 1],
+                threshold: 0,
+                used: 0,
+                used_high: 0,
+                reserved_high: 0,
+            },
+        );
+        h
+    }
+
+    /// The device's (default, current) pools, made at first use.
+    fn device_pools(&mut self, dev: i32) -> CuResult<(u64, u64)> {
+        let d = self.device(dev)?;
+        if let Some(p) = self.device_pools.get(&d) {
+            return Ok(*p);
+        }
+        let pool = self.new_pool(d, false, 0);
+        self.device_pools.insert(d, (pool, pool));
+        Ok((pool, pool))
+    }
+
+    pub fn device_default_mem_pool(&mut self, dev: i32) -> CuResult<u64> {
+        Ok(self.device_pools(dev)?.0)
+    }
+
+    pub fn device_mem_pool(&mut self, dev: i32) -> CuResult<u64> {
+        Ok(self.device_pools(dev)?.1)
+    }
+
+    pub fn device_set_mem_pool(&mut self, dev: i32, pool: u64) -> CuResult<()> {
+        let (default, _) = self.device_pools(dev)?;
+        let d = self.device(dev)?;
+        match self.pools.get(&pool) {
+            Some(p) if p.device == d => {}
+            Some(_) => return Err(CUDA_ERROR_INVALID_DEVICE),
+            None => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        self.device_pools.insert(d, (default, pool));
+        Ok(())
+    }
+
+    /// `cuMemPoolCreate` for pinned device memory without export handles
+    /// (`alloc_type` 1, `location_type` 1, `handle_types` 0).
+    pub fn mem_pool_create(
+        &mut self,
+        alloc_type: u32,
+        handle_types: u32,
+        location: (u32, i32),
+        max_size: u64,
+    ) -> CuResult<u64> {
+        if alloc_type != 1 || location.0 != 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if handle_types != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let d = self.device(location.1)?;
+        Ok(self.new_pool(d, true, max_size))
+    }
+
+    pub fn mem_pool_destroy(&mut self, pool: u64) -> CuResult<()> {
+        match self.pools.get(&pool) {
+            Some(p) if p.created => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        let device = self.pools.remove(&pool).map(|p| p.device);
+        // A device whose current pool this was goes back to its default.
+        if let Some((default, current)) = device.and_then(|d| self.device_pools.get_mut(&d)) {
+            if *current == pool {
+                *current = *default;
+            }
+        }
+        Ok(())
+    }
+
+    fn pool_mut(&mut self, pool: u64) -> CuResult<&mut PoolObj> {
+        self.pools.get_mut(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    /// Set `CUmemPool_attribute` `attr`: 1 to 3 take an int, 4 a 64-bit
+    /// threshold; the high-water marks (6, 8) may only be reset to 0; the
+    /// current figures (5, 7) are read-only.
+    pub fn mem_pool_set_attribute(&mut self, pool: u64, attr: i32, value: u64) -> CuResult<()> {
+        let p = self.pool_mut(pool)?;
+        match attr {
+            1..=3 => p.reuse[attr as usize - 1] = value as i32,
+            4 => p.threshold = value,
+            6 | 8 if value == 0 => {
+                p.reserved_high = p.used;
+                p.used_high = p.used;
+            }
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        Ok(())
+    }
+
+    pub fn mem_pool_get_attribute(&mut self, pool: u64, attr: i32) -> CuResult<u64> {
+        let p = self.pool_mut(pool)?;
+        Ok(match attr {
+            1..=3 => p.reuse[attr as usize - 1] as u64,
+            4 => p.threshold,
+            5 | 7 => p.used,
+            6 => p.reserved_high,
+            8 => p.used_high,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        })
+    }
+
+    pub fn mem_pool_trim_to(&mut self, pool: u64) -> CuResult<()> {
+        self.pool_mut(pool).map(drop)
+    }
+
+    /// `cuMemAllocAsync` (pool None: the device's current pool) and
+    /// `cuMemAllocFromPoolAsync`. Not in a capture in this double.
+    pub fn mem_alloc_async(&mut self, size: u64, pool: Option<u64>, stream: u64) -> CuResult<u64> {
+        let ctx = self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
+        let device = self.ctx_device(ctx);
+        let pool = match pool {
+            Some(p) => p,
+            None => self.device_mem_pool(device as i32)?,
+        };
+        let p = self.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if p.device != device {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if p.max_size != 0 && p.used.saturating_add(size) > p.max_size {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let ptr = self.allocate(ctx, size, AllocKind::Device)?;
+        self.pool_allocs.insert(ptr, pool);
+        let p = self.pool_mut(pool)?;
+        p.used += size;
+        p.used_high = p.used_high.max(p.used);
+        p.reserved_high = p.reserved_high.max(p.used);
+        Ok(ptr)
+    }
+
+    pub fn mem_free_async(&mut self, dptr: u64, stream: u64) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
+        match self.allocs.get(dptr) {
+            Some(a) if a.kind == AllocKind::Device => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        self.release(dptr);
         Ok(())
     }
 

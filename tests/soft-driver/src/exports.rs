@@ -647,6 +647,144 @@ pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, stream: CUstream) -> CUresult {
+    ffi(|| {
+        need(dptr)?;
+        let p = driver::with(|d| d.mem_alloc_async(bytesize as u64, None, h(stream)))?;
+        // SAFETY: `dptr` is non-null and valid for writes (API contract).
+        unsafe { out(dptr, p) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+    pool: *mut c_void,
+    stream: CUstream,
+) -> CUresult {
+    ffi(|| {
+        need(dptr)?;
+        let p = driver::with(|d| d.mem_alloc_async(bytesize as u64, Some(pool as u64), h(stream)))?;
+        // SAFETY: `dptr` is non-null and valid for writes (API contract).
+        unsafe { out(dptr, p) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_free_async(dptr, h(stream))))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut *mut c_void, dev: CUdevice) -> CUresult {
+    ffi(|| {
+        need(pool)?;
+        let p = driver::with(|d| d.device_default_mem_pool(dev))?;
+        // SAFETY: `pool` is non-null and valid for writes (API contract).
+        unsafe { out(pool, p as *mut c_void) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetMemPool(pool: *mut *mut c_void, dev: CUdevice) -> CUresult {
+    ffi(|| {
+        need(pool)?;
+        let p = driver::with(|d| d.device_mem_pool(dev))?;
+        // SAFETY: `pool` is non-null and valid for writes (API contract).
+        unsafe { out(pool, p as *mut c_void) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuDeviceSetMemPool(dev: CUdevice, pool: *mut c_void) -> CUresult {
+    ffi(|| driver::with(|d| d.device_set_mem_pool(dev, pool as u64)))
+}
+
+/// `CUmemPoolProps`' leading fields: allocation type, handle types, location.
+#[repr(C)]
+pub struct MemPoolPropsHead {
+    alloc_type: u32,
+    handle_types: u32,
+    location_type: u32,
+    location_id: i32,
+    win32_security_attributes: *mut c_void,
+    max_size: usize,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut *mut c_void, props: *const MemPoolPropsHead) -> CUresult {
+    ffi(|| {
+        need(pool)?;
+        if props.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: `props` is non-null and points at a CUmemPoolProps, whose
+        // leading fields are these (API contract).
+        let p = unsafe { &*props };
+        let h = driver::with(|d| {
+            d.mem_pool_create(
+                p.alloc_type,
+                p.handle_types,
+                (p.location_type, p.location_id),
+                p.max_size as u64,
+            )
+        })?;
+        // SAFETY: `pool` is non-null and valid for writes (API contract).
+        unsafe { out(pool, h as *mut c_void) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemPoolDestroy(pool: *mut c_void) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_pool_destroy(pool as u64)))
+}
+
+/// Attributes 1 to 3 are ints; the others 64-bit.
+fn pool_attribute_is_int(attr: i32) -> bool {
+    (1..=3).contains(&attr)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: *mut c_void, attr: i32, value: *mut c_void) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        // SAFETY: `value` is non-null and holds the attribute's type (API
+        // contract).
+        let v = unsafe {
+            if pool_attribute_is_int(attr) {
+                *value.cast::<i32>() as u64
+            } else {
+                *value.cast::<u64>()
+            }
+        };
+        driver::with(|d| d.mem_pool_set_attribute(pool as u64, attr, v))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: *mut c_void, attr: i32, value: *mut c_void) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        let v = driver::with(|d| d.mem_pool_get_attribute(pool as u64, attr))?;
+        // SAFETY: `value` is non-null and valid for writes of the
+        // attribute's type (API contract).
+        unsafe {
+            if pool_attribute_is_int(attr) {
+                out(value.cast::<i32>(), v as i32)
+            } else {
+                out(value.cast::<u64>(), v)
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemPoolTrimTo(pool: *mut c_void, _keep: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_pool_trim_to(pool as u64)))
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     ffi(|| {
         let (f, t) = driver::with(|d| d.mem_get_info())?;

@@ -1,0 +1,322 @@
+//! Stream-ordered allocation and memory pools (`cuMemAllocAsync`,
+//! `cuMemFreeAsync`, `cuMemPool*`): the server's driver runs them, so a
+//! pool's reuse, thresholds and figures are the GPU's own. An allocation
+//! costs a round trip (the driver picks the address); a free streams.
+
+use super::*;
+
+/// `CUmemLocationType` of a device, `CUmemAllocationType` of pinned memory.
+const LOCATION_DEVICE: u32 = 1;
+const ALLOCATION_PINNED: u32 = 1;
+/// `CU_MEM_ACCESS_FLAGS_PROT_READWRITE`.
+const ACCESS_READWRITE: u32 = 3;
+
+/// `CUmemLocation`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemLocation {
+    kind: u32,
+    id: i32,
+}
+
+/// `CUmemPoolProps`' leading fields (the rest are reserved or Windows').
+#[repr(C)]
+struct MemPoolPropsHead {
+    alloc_type: u32,
+    handle_types: u32,
+    location: MemLocation,
+    win32_security_attributes: *mut c_void,
+    max_size: usize,
+}
+
+/// `CUmemAccessDesc`.
+#[repr(C)]
+struct MemAccessDesc {
+    location: MemLocation,
+    flags: u32,
+}
+
+/// A pool's device, as the shim learned it with the pool.
+fn pool_device(s: &Shim, pool: Handle) -> CuResult<i32> {
+    read(&s.pools).get(&pool).copied().ok_or(CuError::INVALID_VALUE)
+}
+
+/// The device a location names; other kinds of memory (host, NUMA node)
+/// are not offered remotely.
+fn location_device(s: &Shim, location: *const MemLocation) -> CuResult<i32> {
+    if location.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUmemLocation; checked not to be null.
+    let l = unsafe { *location };
+    if l.kind != LOCATION_DEVICE {
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    s.device(l.id)?;
+    Ok(l.id)
+}
+
+unsafe fn alloc_async(
+    mode: DefaultStream,
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    pool: Handle,
+    stream: CUstream,
+) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    let device = s.context_device(ctx)?;
+    if ptr.is_null() || size == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if pool != 0 {
+        pool_device(s, pool)?;
+    }
+    let req = Request::MemAllocAsync {
+        ctx,
+        stream: Shim::stream_ref(mode, handle(stream)),
+        size: size as u64,
+        pool,
+    };
+    match s.remote.call(&req, &[])? {
+        Reply::Pointer(p) => {
+            let range = DeviceRange {
+                size: size as u64,
+                ctx,
+                device,
+                global: false,
+            };
+            lock(&s.device_memory).insert(p, range);
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(ptr, p) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn mem_alloc_async(mode: DefaultStream, ptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CuResult {
+    unsafe { alloc_async(mode, ptr, size, 0, stream) }
+}
+
+pub unsafe fn mem_alloc_from_pool_async(
+    mode: DefaultStream,
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    pool: *mut c_void,
+    stream: CUstream,
+) -> CuResult {
+    if pool.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    unsafe { alloc_async(mode, ptr, size, pool as Handle, stream) }
+}
+
+pub unsafe fn mem_free_async(mode: DefaultStream, ptr: CUdeviceptr, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    stream_ctx(s, stream)?;
+    if ptr == 0 {
+        return Ok(());
+    }
+    let range = {
+        let mut map = lock(&s.device_memory);
+        match map.get(&ptr) {
+            Some(r) if !r.global => map.remove(&ptr),
+            _ => None,
+        }
+    };
+    let range = range.ok_or(CuError::INVALID_VALUE)?;
+    let req = Request::MemFreeAsync {
+        ctx: range.ctx,
+        stream: Shim::stream_ref(mode, handle(stream)),
+        ptr,
+    };
+    s.remote.post(&req, &[])
+}
+
+/// Ask the server for a pool and remember its device.
+fn pool_reply(s: &Shim, req: &Request, device: i32, pool: *mut *mut c_void) -> CuResult {
+    if pool.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(req, &[])? {
+        Reply::Handle(h) => {
+            write(&s.pools).insert(h, device);
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(pool, as_ptr(h)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+fn pool_of_device(pool: *mut *mut c_void, device: CUdevice, current: bool) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    pool_reply(s, &Request::MemPoolOfDevice { device, current }, device, pool)
+}
+
+pub unsafe fn device_get_default_mem_pool(pool: *mut *mut c_void, device: CUdevice) -> CuResult {
+    pool_of_device(pool, device, false)
+}
+
+pub unsafe fn device_get_mem_pool(pool: *mut *mut c_void, device: CUdevice) -> CuResult {
+    pool_of_device(pool, device, true)
+}
+
+pub unsafe fn device_set_mem_pool(device: CUdevice, pool: *mut c_void) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    let pool = pool as Handle;
+    if pool_device(s, pool)? != device {
+        return Err(CuError::INVALID_DEVICE);
+    }
+    s.remote
+        .call(&Request::MemPoolSetCurrent { device, pool }, &[])
+        .map(drop)
+}
+
+/// `cuMemGetDefaultMemPool` / `cuMemGetMemPool` (CUDA 13): a location and
+/// an allocation type instead of a device.
+pub unsafe fn mem_get_default_mem_pool(pool: *mut *mut c_void, location: *const c_void, kind: u32) -> CuResult {
+    let s = shim()?;
+    let device = location_device(s, location.cast())?;
+    if kind != ALLOCATION_PINNED {
+        return Err(CuError::INVALID_VALUE);
+    }
+    pool_of_device(pool, device, false)
+}
+
+pub unsafe fn mem_get_mem_pool(pool: *mut *mut c_void, location: *const c_void, kind: u32) -> CuResult {
+    let s = shim()?;
+    let device = location_device(s, location.cast())?;
+    if kind != ALLOCATION_PINNED {
+        return Err(CuError::INVALID_VALUE);
+    }
+    pool_of_device(pool, device, true)
+}
+
+pub unsafe fn mem_set_mem_pool(location: *const c_void, kind: u32, pool: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let device = location_device(s, location.cast())?;
+    if kind != ALLOCATION_PINNED {
+        return Err(CuError::INVALID_VALUE);
+    }
+    unsafe { device_set_mem_pool(device, pool) }
+}
+
+/// Pools of device memory; shareable handles (IPC) cannot cross machines.
+pub unsafe fn mem_pool_create(pool: *mut *mut c_void, props: *const c_void) -> CuResult {
+    let s = shim()?;
+    let props = props.cast::<MemPoolPropsHead>();
+    if props.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUmemPoolProps, which starts with these
+    // fields; checked not to be null.
+    let p = unsafe { &*props };
+    if p.alloc_type != ALLOCATION_PINNED {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let device = location_device(s, &p.location)?;
+    if p.handle_types != 0 {
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let req = Request::MemPoolCreate {
+        device,
+        max_size: p.max_size as u64,
+    };
+    pool_reply(s, &req, device, pool)
+}
+
+pub unsafe fn mem_pool_destroy(pool: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let pool = pool as Handle;
+    pool_device(s, pool)?;
+    s.remote.call(&Request::MemPoolDestroy { pool }, &[])?;
+    write(&s.pools).remove(&pool);
+    Ok(())
+}
+
+/// The reuse policies (1 to 3) are ints; the rest 64-bit.
+fn int_attribute(attr: i32) -> bool {
+    (1..=3).contains(&attr)
+}
+
+pub unsafe fn mem_pool_set_attribute(pool: *mut c_void, attr: i32, value: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let pool = pool as Handle;
+    pool_device(s, pool)?;
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes the attribute's type; checked not null.
+    let v = unsafe {
+        match int_attribute(attr) {
+            true => *value.cast::<i32>() as u32 as u64,
+            false => *value.cast::<u64>(),
+        }
+    };
+    let req = Request::MemPoolAttribute {
+        pool,
+        attr,
+        set: Some(v),
+    };
+    s.remote.call(&req, &[]).map(drop)
+}
+
+pub unsafe fn mem_pool_get_attribute(pool: *mut c_void, attr: i32, value: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let pool = pool as Handle;
+    pool_device(s, pool)?;
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let req = Request::MemPoolAttribute { pool, attr, set: None };
+    match s.remote.call(&req, &[])? {
+        // SAFETY: the program passes room for the attribute's type.
+        Reply::Size(v) => unsafe {
+            match int_attribute(attr) {
+                true => out(value.cast::<i32>(), v as u32 as i32),
+                false => out(value.cast::<u64>(), v),
+            }
+        },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn mem_pool_trim_to(pool: *mut c_void, keep: usize) -> CuResult {
+    let s = shim()?;
+    let pool = pool as Handle;
+    pool_device(s, pool)?;
+    let req = Request::MemPoolTrimTo {
+        pool,
+        keep: keep as u64,
+    };
+    s.remote.call(&req, &[]).map(drop)
+}
+
+/// The pool's own device always reads and writes it; access from another
+/// device would be peer access, which remote GPUs do not offer.
+pub unsafe fn mem_pool_set_access(pool: *mut c_void, map: *const c_void, count: usize) -> CuResult {
+    let s = shim()?;
+    let map = map.cast::<MemAccessDesc>();
+    let device = pool_device(s, pool as Handle)?;
+    if map.is_null() && count > 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    for i in 0..count {
+        // SAFETY: the program passes `count` descriptors at `map`.
+        let d = unsafe { &*map.add(i) };
+        if location_device(s, &d.location)? != device || d.flags != ACCESS_READWRITE {
+            return Err(CuError::NOT_SUPPORTED);
+        }
+    }
+    Ok(())
+}
+
+pub unsafe fn mem_pool_get_access(flags: *mut u32, pool: *mut c_void, location: *const c_void) -> CuResult {
+    let s = shim()?;
+    let device = pool_device(s, pool as Handle)?;
+    let asked = location_device(s, location.cast())?;
+    // CU_MEM_ACCESS_FLAGS_PROT_NONE for any other device.
+    unsafe { out(flags, if asked == device { ACCESS_READWRITE } else { 0 }) }
+}
