@@ -270,6 +270,11 @@ impl Callbacks {
         self.lock().streams.remove(&stream);
     }
 
+    /// The program destroyed context `ctx`: its streams are gone.
+    pub fn forget_context(&self, ctx: Handle) {
+        self.lock().streams.retain(|(c, _), _| *c != ctx);
+    }
+
     pub fn forget_event(&self, event: Handle) {
         self.lock().events.remove(&event);
     }

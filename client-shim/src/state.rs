@@ -337,6 +337,24 @@ impl Shim {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| *c != ctx);
+        // Its streams went with it: they no longer answer queries.
+        let mut gone = Vec::new();
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|h, info| {
+                let keep = info.ctx != ctx;
+                if !keep {
+                    gone.push(StreamRef::Handle(*h));
+                }
+                keep
+            });
+        let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        for stream in &gone {
+            captures.remove(stream);
+        }
+        drop(captures);
+        self.callbacks.forget_context(ctx);
         self.forget_functions();
     }
 }

@@ -142,6 +142,8 @@ typedef CUresult (*PFN_cuLaunchHostFunc)(CUstream, CUhostFn, void *);
 typedef CUresult (*PFN_cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned);
 typedef CUresult (*PFN_cuEventQuery)(CUevent);
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
+typedef CUresult (*PFN_cuCtxCreate)(CUcontext *, unsigned, CUdevice);
+typedef CUresult (*PFN_cuCtxDestroy)(CUcontext);
 typedef struct {
     int type; /* CU_MEM_LOCATION_TYPE_DEVICE = 1 */
     int id;

@@ -825,6 +825,21 @@ int main(int argc, char **argv) {
         EXPECT(can == 0, "peer access %d", can);
         CHECK(cuDeviceComputeCapability(&major, &minor, dev));
         EXPECT(major >= 3 && minor >= 0, "compute capability %d.%d", major, minor);
+        /* A context's streams go with it (through gpupool they then answer
+         * as unknown; a local driver's answer to a dangling handle is not
+         * defined). */
+        if (getenv("GPUPOOL_SERVER")) {
+            GET(cuCtxCreate, 3020);
+            GET(cuCtxDestroy, 4000);
+            CUcontext own;
+            CUstream in_own;
+            CHECK(cuCtxCreate(&own, 0, dev));
+            CHECK(cuStreamCreate(&in_own, 1));
+            CHECK(cuStreamGetFlags(in_own, &f));
+            CHECK(cuCtxDestroy(own));
+            CHECK(cuCtxSetCurrent(ctx));
+            EXPECT(cuStreamGetFlags(in_own, &f) == 400, "a destroyed context's stream still answers");
+        }
         printf("OK queries %s cc %d.%d\n", bus, major, minor);
     } else if (!strcmp(mode, "callbacks")) {
         GET(cuLaunchHostFunc, 10000);
