@@ -67,8 +67,12 @@ fn main() -> Result<()> {
         "tcp: sync call p50",
         "tcp: 4-byte DtoH p50",
         "tcp: sync vs blocking bare",
+        "tcp: host function p50",
+        "tcp: alloc+free async p50",
         "quic: sync call p50",
         "quic: 4-byte DtoH p50",
+        "quic: host function p50",
+        "quic: alloc+free async p50",
     ]
     .iter()
     .map(|n| (n.to_string(), Vec::new(), Vec::new()))
@@ -80,15 +84,19 @@ fn main() -> Result<()> {
         let quic_rtt = quic.ping_pong(opts.iters)?;
         let q = pool.latency(true, opts.iters)?;
         println!(
-            "round {round}: tcp bare {tcp_rtt:.1} µs (blocking {tcp_blocking:.1}), sync {:.1}, dtoh4 {:.1} | quic bare {quic_rtt:.1} µs, sync {:.1}, dtoh4 {:.1}",
-            tcp.0, tcp.1, q.0, q.1
+            "round {round}: tcp bare {tcp_rtt:.1} µs (blocking {tcp_blocking:.1}), sync {:.1}, dtoh4 {:.1}, host fn {:.1}, alloc {:.1} | quic bare {quic_rtt:.1} µs, sync {:.1}, dtoh4 {:.1}, host fn {:.1}, alloc {:.1}",
+            tcp[0], tcp[1], tcp[2], tcp[3], q[0], q[1], q[2], q[3]
         );
         for (row, (value, bare)) in rows.iter_mut().zip([
-            (tcp.0, tcp_rtt),
-            (tcp.1, tcp_rtt),
-            (tcp.0, tcp_blocking),
-            (q.0, quic_rtt),
-            (q.1, quic_rtt),
+            (tcp[0], tcp_rtt),
+            (tcp[1], tcp_rtt),
+            (tcp[0], tcp_blocking),
+            (tcp[2], tcp_rtt),
+            (tcp[3], tcp_rtt),
+            (q[0], quic_rtt),
+            (q[1], quic_rtt),
+            (q[2], quic_rtt),
+            (q[3], quic_rtt),
         ]) {
             row.1.push(value);
             row.2.push(bare);
@@ -447,8 +455,10 @@ impl Pool {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// p50 of a synchronising call and of a 4-byte device-to-host copy, µs.
-    fn latency(&self, quic: bool, iters: usize) -> Result<(f64, f64)> {
+    /// p50s in µs: a synchronising call, a 4-byte device-to-host copy, a
+    /// host function from enqueue to its run, a stream-ordered allocation
+    /// with its free.
+    fn latency(&self, quic: bool, iters: usize) -> Result<[f64; 4]> {
         let out = self.run(quic, &["latency".into(), iters.to_string()])?;
         let p50 = |key: &str| {
             out.lines()
@@ -456,7 +466,12 @@ impl Pool {
                 .and_then(|l| field(l, "p50="))
                 .with_context(|| format!("no {key} line in {out:?}"))
         };
-        Ok((p50("BENCH sync_roundtrip_us")?, p50("BENCH dtoh4_us")?))
+        Ok([
+            p50("BENCH sync_roundtrip_us")?,
+            p50("BENCH dtoh4_us")?,
+            p50("BENCH hostfn_us")?,
+            p50("BENCH alloc_async_us")?,
+        ])
     }
 
     fn launches(&self, quic: bool, iters: usize) -> Result<f64> {

@@ -103,7 +103,8 @@ static float cb_first, cb_last;
 
 static void cb_note(int v) {
     pthread_mutex_lock(&cb_lock);
-    if (cb_count < 64) cb_order[cb_count++] = v;
+    if (cb_count < 64) cb_order[cb_count] = v;
+    cb_count++;
     if (pthread_equal(pthread_self(), cb_main)) cb_on_main = 1;
     pthread_cond_broadcast(&cb_cond);
     pthread_mutex_unlock(&cb_lock);
@@ -1110,6 +1111,35 @@ int main(int argc, char **argv) {
         }
         qsort(lat, iters, sizeof(double), cmp_double);
         printf("BENCH dtoh4_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
+        {
+            /* A host function on an idle stream: enqueue to its run. */
+            GET(cuLaunchHostFunc, 10000);
+            GET(cuMemAllocAsync, 11020);
+            GET(cuMemFreeAsync, 11020);
+            CUstream hs;
+            CHECK(cuStreamCreate(&hs, 1));
+            for (int i = 0; i < iters; i++) {
+                int before = cb_done();
+                double t0 = now_us();
+                CHECK(cuLaunchHostFunc(hs, cb_record, NULL));
+                EXPECT(cb_wait_count(before + 1, 20), "host function %d did not run", i);
+                lat[i] = now_us() - t0;
+            }
+            qsort(lat, iters, sizeof(double), cmp_double);
+            printf("BENCH hostfn_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
+            /* A stream-ordered allocation and its free. */
+            for (int i = 0; i < iters; i++) {
+                CUdeviceptr q;
+                double t0 = now_us();
+                CHECK(cuMemAllocAsync(&q, 4096, hs));
+                CHECK(cuMemFreeAsync(q, hs));
+                lat[i] = now_us() - t0;
+            }
+            CHECK(cuStreamSynchronize(hs));
+            CHECK(cuStreamDestroy(hs));
+            qsort(lat, iters, sizeof(double), cmp_double);
+            printf("BENCH alloc_async_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
+        }
         if (with_launches) {
             int launches = iters * 20;
             double t0 = now_us();
