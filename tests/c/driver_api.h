@@ -60,6 +60,26 @@ typedef struct {
     size_t WidthInBytes, Height;
 } CUDA_MEMCPY2D;
 typedef CUresult (*PFN_cuMemcpy2D)(const CUDA_MEMCPY2D *);
+typedef struct {
+    size_t srcXInBytes, srcY, srcZ, srcLOD;
+    int srcMemoryType;
+    const void *srcHost;
+    CUdeviceptr srcDevice;
+    void *srcArray;
+    void *reserved0;
+    size_t srcPitch, srcHeight;
+    size_t dstXInBytes, dstY, dstZ, dstLOD;
+    int dstMemoryType;
+    void *dstHost;
+    CUdeviceptr dstDevice;
+    void *dstArray;
+    void *reserved1;
+    size_t dstPitch, dstHeight;
+    size_t WidthInBytes, Height, Depth;
+} CUDA_MEMCPY3D;
+#define CU_MEMORYTYPE_ARRAY 3
+typedef CUresult (*PFN_cuMemcpy3D)(const CUDA_MEMCPY3D *);
+typedef CUresult (*PFN_cuMemcpy3DAsync)(const CUDA_MEMCPY3D *, CUstream);
 typedef CUresult (*PFN_cuMemcpy2DAsync)(const CUDA_MEMCPY2D *, CUstream);
 typedef CUresult (*PFN_cuMemAllocPitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
 typedef CUresult (*PFN_cuMemsetD2D32)(CUdeviceptr, size_t, unsigned, size_t, size_t);

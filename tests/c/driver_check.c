@@ -16,7 +16,8 @@
  *   driver_check library   kernels of a library (cuLibrary*, cuKernel*), launched
  *                          by kernel handle and by function
  *   driver_check copies2d  pitched allocation, 2D copies (host<->device in bands
- *                          and in rows wider than a chunk, device<->device) and
+ *                          and in rows wider than a chunk, device<->device), 3D
+ *                          copies of sub-volumes between pitched memories, and
  *                          2D memsets, unified-address copies, host memory
  *                          registration; gaps between rows stay untouched
  *   driver_check queries   stream, context and device queries answered in the shim
@@ -778,6 +779,80 @@ int main(int argc, char **argv) {
             CUresult gone = cuMemHostUnregister(p);
             EXPECT(gone == CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "unregistered twice: %d", gone);
             free(p);
+        }
+        /* 3D: a sub-volume of a host volume (pitch 320, 9 rows a slice)
+         * into a pitched device volume (7 rows a slice), device to device,
+         * and back into a packed host volume; each byte checked. */
+        {
+            GET(cuMemcpy3D, 3020);
+            GET(cuMemcpy3DAsync, 3020);
+            const size_t w = 300, h = 7, depth = 5, hp = 320, hh = 9, hd = 6;
+            unsigned char *vol = malloc(hp * hh * hd), *back = malloc(w * h * depth);
+            for (size_t i = 0; i < hp * hh * hd; i++) vol[i] = (unsigned char)(i * 13 + (i >> 9));
+            memset(back, 0xee, w * h * depth);
+            CUdeviceptr dv, dv2;
+            size_t dpitch = 0, dpitch2 = 0;
+            CHECK(cuMemAllocPitch(&dv, &dpitch, w, h * depth, 4));
+            CHECK(cuMemAllocPitch(&dv2, &dpitch2, w, h * depth, 4));
+            CUDA_MEMCPY3D c3;
+            memset(&c3, 0, sizeof c3);
+            c3.srcMemoryType = CU_MEMORYTYPE_HOST;
+            c3.srcHost = vol;
+            c3.srcPitch = hp;
+            c3.srcHeight = hh;
+            c3.srcXInBytes = 4;
+            c3.srcY = 1;
+            c3.srcZ = 1;
+            c3.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+            c3.dstDevice = dv;
+            c3.dstPitch = dpitch;
+            c3.dstHeight = h;
+            c3.WidthInBytes = w;
+            c3.Height = h;
+            c3.Depth = depth;
+            CHECK(cuMemcpy3D(&c3));
+            CUDA_MEMCPY3D d3;
+            memset(&d3, 0, sizeof d3);
+            d3.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            d3.srcDevice = dv;
+            d3.srcPitch = dpitch;
+            d3.srcHeight = h;
+            d3.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+            d3.dstDevice = dv2;
+            d3.dstPitch = dpitch2;
+            d3.dstHeight = h;
+            d3.WidthInBytes = w;
+            d3.Height = h;
+            d3.Depth = depth;
+            CHECK(cuMemcpy3DAsync(&d3, NULL));
+            CUDA_MEMCPY3D b3;
+            memset(&b3, 0, sizeof b3);
+            b3.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            b3.srcDevice = dv2;
+            b3.srcPitch = dpitch2;
+            b3.srcHeight = h;
+            b3.dstMemoryType = CU_MEMORYTYPE_HOST;
+            b3.dstHost = back;
+            b3.dstPitch = w;
+            b3.dstHeight = h;
+            b3.WidthInBytes = w;
+            b3.Height = h;
+            b3.Depth = depth;
+            CHECK(cuMemcpy3D(&b3));
+            for (size_t z = 0; z < depth; z++)
+                for (size_t y = 0; y < h; y++)
+                    for (size_t x = 0; x < w; x++) {
+                        unsigned char want = vol[(z + 1) * hp * hh + (y + 1) * hp + x + 4];
+                        unsigned char got = back[z * w * h + y * w + x];
+                        EXPECT(got == want, "3D byte (%zu,%zu,%zu) = %u, want %u", x, y, z, got, want);
+                    }
+            c3.srcMemoryType = CU_MEMORYTYPE_ARRAY;
+            EXPECT(cuMemcpy3D(&c3) == CUDA_ERROR_NOT_SUPPORTED || !getenv("GPUPOOL_SERVER"),
+                   "a 3D copy from an array was not refused");
+            CHECK(cuMemFree(dv));
+            CHECK(cuMemFree(dv2));
+            free(vol);
+            free(back);
         }
         printf("OK copies2d\n");
     } else if (!strcmp(mode, "queries")) {

@@ -171,6 +171,45 @@ int main(int argc, char **argv) {
         free(back);
     }
 
+    // 3D: a pitched volume (cudaMalloc3D), set (cudaMemset3D), written and
+    // read back by cudaMemcpy3D.
+    {
+        const size_t w = 200, h = 6, d = 4;
+        cudaExtent extent = make_cudaExtent(w, h, d);
+        cudaPitchedPtr vol;
+        CHECK(cudaMalloc3D(&vol, extent));
+        CHECK(cudaMemset3D(vol, 0x42, extent));
+        unsigned char *host = (unsigned char *)malloc(w * h * d);
+        memset(host, 0, w * h * d);
+        cudaMemcpy3DParms back = {};
+        back.srcPtr = vol;
+        back.dstPtr = make_cudaPitchedPtr(host, w, w, h);
+        back.extent = extent;
+        back.kind = cudaMemcpyDeviceToHost;
+        CHECK(cudaMemcpy3D(&back));
+        for (size_t i = 0; i < w * h * d; i++) EXPECT(host[i] == 0x42, "memset3D byte %zu = %u", i, host[i]);
+        for (size_t i = 0; i < w * h * d; i++) host[i] = (unsigned char)(i * 31 + 7);
+        cudaMemcpy3DParms in = {};
+        in.srcPtr = make_cudaPitchedPtr(host, w, w, h);
+        in.dstPtr = vol;
+        in.extent = make_cudaExtent(w - 8, h, d);
+        in.kind = cudaMemcpyHostToDevice;
+        CHECK(cudaMemcpy3D(&in));
+        unsigned char *again = (unsigned char *)malloc(w * h * d);
+        back.dstPtr = make_cudaPitchedPtr(again, w, w, h);
+        CHECK(cudaMemcpy3D(&back));
+        for (size_t z = 0; z < d; z++)
+            for (size_t y = 0; y < h; y++)
+                for (size_t x = 0; x < w; x++) {
+                    size_t i = (z * h + y) * w + x;
+                    unsigned char want = x < w - 8 ? host[i] : 0x42;
+                    EXPECT(again[i] == want, "3D byte (%zu,%zu,%zu) = %u, want %u", x, y, z, again[i], want);
+                }
+        CHECK(cudaFree(vol.ptr));
+        free(host);
+        free(again);
+    }
+
     // Host functions through cudart: after the copy before them, before the
     // synchronise after them returns.
     {

@@ -1,6 +1,6 @@
 //! Copies and memsets beyond the linear ones: unified-address copies
-//! (`cuMemcpy`, `cuMemcpyAsync`), pitched 2D copies and memsets, pitched
-//! allocations, host memory registration and address-range queries.
+//! (`cuMemcpy`, `cuMemcpyAsync`), pitched 2D and 3D copies and 2D memsets,
+//! pitched allocations, host memory registration and address-range queries.
 
 use super::*;
 use crate::remote::Sink;
@@ -29,6 +29,37 @@ struct Memcpy2D {
     dst_pitch: usize,
     width_in_bytes: usize,
     height: usize,
+}
+
+/// `CUDA_MEMCPY3D` as the driver API lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Memcpy3D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_z: usize,
+    src_lod: usize,
+    src_memory_type: u32,
+    src_host: *const c_void,
+    src_device: CUdeviceptr,
+    src_array: *mut c_void,
+    reserved0: *mut c_void,
+    src_pitch: usize,
+    src_height: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_z: usize,
+    dst_lod: usize,
+    dst_memory_type: u32,
+    dst_host: *mut c_void,
+    dst_device: CUdeviceptr,
+    dst_array: *mut c_void,
+    reserved1: *mut c_void,
+    dst_pitch: usize,
+    dst_height: usize,
+    width_in_bytes: usize,
+    height: usize,
+    depth: usize,
 }
 
 /// Where one side of a copy is.
@@ -143,12 +174,97 @@ pub unsafe fn memcpy_2d_async(mode: DefaultStream, copy: *const c_void, stream: 
 }
 
 unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sync: bool) -> CuResult {
-    let s = shim()?;
     if copy.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
     // SAFETY: the program passes a CUDA_MEMCPY2D; read unaligned to be safe.
     let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy2D>()) };
+    unsafe { copy_2d_of(mode, &c, stream, sync) }?;
+    if sync {
+        let s = shim()?;
+        settle(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
+    }
+    Ok(())
+}
+
+pub unsafe fn memcpy_3d(mode: DefaultStream, copy: *const c_void) -> CuResult {
+    unsafe { copy_3d(mode, copy, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_3d_async(mode: DefaultStream, copy: *const c_void, stream: CUstream) -> CuResult {
+    unsafe { copy_3d(mode, copy, stream, false) }
+}
+
+/// A 3D copy between linear memories is `depth` 2D copies, one per slice
+/// (slice `z` of a side starts `z * height` rows of its pitch further), in
+/// order on the stream; slices whose rows follow on from each other on both
+/// sides (each side's slice height is the copy's height) are one 2D copy.
+/// CUDA arrays and mipmap levels are not supported.
+unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sync: bool) -> CuResult {
+    if copy.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUDA_MEMCPY3D; read unaligned to be safe.
+    let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy3D>()) };
+    if c.src_memory_type == MEMORYTYPE_ARRAY || c.dst_memory_type == MEMORYTYPE_ARRAY {
+        tracing::warn!("a 3D copy to or from a CUDA array is not supported");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    if c.src_lod != 0 || c.dst_lod != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let (width, height, depth) = (c.width_in_bytes, c.height, c.depth);
+    if depth > 1 && (height > c.src_height || height > c.dst_height) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if width == 0 || height == 0 || depth == 0 {
+        return Ok(());
+    }
+    // The first row of slice `z` on each side.
+    let row = |y: usize, z: usize, slice: usize| {
+        z.checked_mul(slice)
+            .and_then(|r| r.checked_add(y))
+            .ok_or(CuError::INVALID_VALUE)
+    };
+    let slice_2d = |z: usize, rows: usize| -> CuResult<Memcpy2D> {
+        Ok(Memcpy2D {
+            src_x_in_bytes: c.src_x_in_bytes,
+            src_y: row(c.src_y, c.src_z + z, c.src_height)?,
+            src_memory_type: c.src_memory_type,
+            src_host: c.src_host,
+            src_device: c.src_device,
+            src_array: std::ptr::null_mut(),
+            src_pitch: c.src_pitch,
+            dst_x_in_bytes: c.dst_x_in_bytes,
+            dst_y: row(c.dst_y, c.dst_z + z, c.dst_height)?,
+            dst_memory_type: c.dst_memory_type,
+            dst_host: c.dst_host,
+            dst_device: c.dst_device,
+            dst_array: std::ptr::null_mut(),
+            dst_pitch: c.dst_pitch,
+            width_in_bytes: width,
+            height: rows,
+        })
+    };
+    let slices: Vec<Memcpy2D> = if depth == 1 || (c.src_height == height && c.dst_height == height) {
+        vec![slice_2d(0, height.checked_mul(depth).ok_or(CuError::INVALID_VALUE)?)?]
+    } else {
+        (0..depth).map(|z| slice_2d(z, height)).collect::<CuResult<_>>()?
+    };
+    let last = slices.len() - 1;
+    for (i, slice) in slices.iter().enumerate() {
+        // Earlier slices stream; the last one waits when the copy does.
+        unsafe { copy_2d_of(mode, slice, stream, sync && i == last) }?;
+    }
+    if sync {
+        let s = shim()?;
+        settle(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
+    }
+    Ok(())
+}
+
+unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
     let (width, height) = (c.width_in_bytes, c.height);
     if height > 1 && (width > c.src_pitch || width > c.dst_pitch) {
         return Err(CuError::INVALID_VALUE);
