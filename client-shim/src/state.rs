@@ -40,6 +40,9 @@ pub struct DeviceRange {
     pub device: i32,
     /// Module globals cannot be freed with `cuMemFree`.
     pub global: bool,
+    /// Physical memory mapped into a reservation (`cuMemMap`): undone with
+    /// `cuMemUnmap`, and one range with the mappings that follow on from it.
+    pub mapped: bool,
 }
 
 /// Host memory the program allocated through the driver (`cuMemAllocHost`,
@@ -154,6 +157,8 @@ pub struct Shim {
     pub callbacks: crate::callbacks::Callbacks,
     /// Memory pools the program was given -> their device.
     pub pools: RwLock<HashMap<Handle, i32>>,
+    /// Physical memory the program created (`cuMemCreate`) -> its device.
+    pub physical: RwLock<HashMap<Handle, i32>>,
 }
 
 /// The device slot of a function's entries in [`Shim::attribute_sets`].
@@ -208,6 +213,7 @@ impl Shim {
             graphs: RwLock::default(),
             callbacks: Default::default(),
             pools: RwLock::default(),
+            physical: RwLock::default(),
         }
     }
 
@@ -313,7 +319,19 @@ impl Shim {
         let map = self.device_memory.lock().unwrap_or_else(|p| p.into_inner());
         let (&base, &range) = map.range(..=ptr).next_back()?;
         let end = ptr.checked_add(len)?;
-        (end <= base + range.size && ptr < base + range.size.max(1)).then_some((base, range))
+        if ptr >= base + range.size.max(1) {
+            return None;
+        }
+        let mut reach = base + range.size;
+        if end > reach && range.mapped {
+            for (&b, r) in map.range(reach..end) {
+                if b != reach || !r.mapped {
+                    break;
+                }
+                reach = b + r.size;
+            }
+        }
+        (end <= reach).then_some((base, range))
     }
 
     /// The host allocation containing `ptr`, if one does.

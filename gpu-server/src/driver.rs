@@ -69,6 +69,47 @@ pub struct MemPoolProps {
     pub reserved: [u8; 54],
 }
 
+/// `CUmemAllocationProp` (32 bytes) for pinned device memory.
+#[repr(C)]
+pub struct MemAllocationProp {
+    /// `CU_MEM_ALLOCATION_TYPE_PINNED`: 1.
+    pub alloc_type: u32,
+    pub requested_handle_types: u32,
+    /// `CU_MEM_LOCATION_TYPE_DEVICE` (1) and the ordinal.
+    pub location_type: u32,
+    pub location_id: i32,
+    pub win32_handle_meta_data: Ptr,
+    pub compression_type: u8,
+    pub gpu_direct_rdma_capable: u8,
+    pub usage: u16,
+    pub reserved: [u8; 4],
+}
+
+impl MemAllocationProp {
+    /// Pinned memory on `device`, shareable as `handle_types` says.
+    pub fn device(device: i32, handle_types: u32) -> MemAllocationProp {
+        MemAllocationProp {
+            alloc_type: 1,
+            requested_handle_types: handle_types,
+            location_type: 1,
+            location_id: device,
+            win32_handle_meta_data: std::ptr::null_mut(),
+            compression_type: 0,
+            gpu_direct_rdma_capable: 0,
+            usage: 0,
+            reserved: [0; 4],
+        }
+    }
+}
+
+/// `CUmemAccessDesc`: a device location and its `CUmemAccess_flags`.
+#[repr(C)]
+pub struct MemAccessDesc {
+    pub location_type: u32,
+    pub location_id: i32,
+    pub flags: u32,
+}
+
 /// `CUmemorytype` values a 2D copy names.
 pub const MEMORYTYPE_HOST: u32 = 1;
 pub const MEMORYTYPE_DEVICE: u32 = 2;
@@ -225,6 +266,14 @@ driver_api! {
     cuMemPoolSetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
     cuMemPoolGetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
     cuMemPoolTrimTo(pool: Ptr, keep: usize);
+    cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64);
+    cuMemAddressFree(ptr: CUdeviceptr, size: usize);
+    cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);
+    cuMemRelease(handle: u64);
+    cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64);
+    cuMemUnmap(ptr: CUdeviceptr, size: usize);
+    cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const MemAccessDesc, count: usize);
+    cuMemGetAllocationGranularity(granularity: *mut usize, prop: *const MemAllocationProp, option: u32);
     cuMemAllocHost_v2(host: *mut Ptr, size: usize);
     cuMemFreeHost(host: Ptr);
     cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, size: usize, stream: Ptr);

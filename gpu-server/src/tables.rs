@@ -17,6 +17,9 @@ pub struct Region {
     pub ctx: Handle,
     /// Module globals belong to their module, not to `cuMemFree`.
     pub global: bool,
+    /// Physical memory mapped into a reserved range (`cuMemMap`): undone
+    /// with `cuMemUnmap`, not `cuMemFree`.
+    pub mapped: bool,
 }
 
 /// What one client holds.
@@ -48,6 +51,10 @@ pub struct Tables {
     /// Memory pools this client may name -> whether it created the pool
     /// (and so destroys it at the end).
     pub pools: HashMap<Handle, bool>,
+    /// Reserved virtual address ranges (`cuMemAddressReserve`): base -> size.
+    pub reservations: BTreeMap<u64, u64>,
+    /// Physical allocations (`cuMemCreate`) -> (size, device).
+    pub physical: HashMap<Handle, (u64, i32)>,
 }
 
 impl Tables {
@@ -55,11 +62,25 @@ impl Tables {
         self.contexts.get(&ctx).copied().ok_or(INVALID_CONTEXT)
     }
 
-    /// Check that `ptr..ptr+len` lies inside one region of this client.
+    /// Check that `ptr..ptr+len` lies inside one region of this client, or
+    /// in mappings that follow on from each other (memory mapped piece by
+    /// piece into one reservation is one range to the program).
     pub fn check_range(&self, ptr: u64, len: u64) -> Result<Region, u32> {
         let (&base, &region) = self.memory.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
         let end = ptr.checked_add(len).ok_or(INVALID_VALUE)?;
-        if ptr >= base + region.size.max(1) || end > base + region.size {
+        if ptr >= base + region.size.max(1) {
+            return Err(INVALID_VALUE);
+        }
+        let mut reach = base + region.size;
+        if end > reach && region.mapped {
+            for (&b, r) in self.memory.range(reach..end) {
+                if b != reach || !r.mapped {
+                    break;
+                }
+                reach = b + r.size;
+            }
+        }
+        if end > reach {
             return Err(INVALID_VALUE);
         }
         Ok(region)
@@ -82,14 +103,25 @@ impl Tables {
     /// Remove an allocation made by `cuMemAlloc`; the base must be exact.
     pub fn remove_allocation(&mut self, base: u64) -> Result<Region, u32> {
         match self.memory.get(&base) {
-            Some(r) if !r.global => Ok(self.memory.remove(&base).expect("present")),
+            Some(r) if !r.global && !r.mapped => Ok(self.memory.remove(&base).expect("present")),
             _ => Err(INVALID_VALUE),
         }
     }
 
+    /// The reservation that holds all of `base .. base + size`.
+    pub fn reservation_of(&self, base: u64, size: u64) -> Option<u64> {
+        let (&b, &len) = self.reservations.range(..=base).next_back()?;
+        let end = base.checked_add(size)?;
+        (end <= b + len).then_some(b)
+    }
+
     /// Bytes of device memory allocated (not counting module globals).
     pub fn allocated_bytes(&self) -> u64 {
-        self.memory.values().filter(|r| !r.global).map(|r| r.size).sum()
+        self.memory
+            .values()
+            .filter(|r| !r.global && !r.mapped)
+            .map(|r| r.size)
+            .sum()
     }
 
     /// Forget everything that lived in `ctx`.
@@ -124,6 +156,7 @@ mod tests {
             size,
             ctx: 1,
             global: false,
+            mapped: false,
         }
     }
 
@@ -143,6 +176,28 @@ mod tests {
     }
 
     #[test]
+    fn mappings_that_follow_on_are_one_range() {
+        let mut t = Tables::default();
+        let mapped = |size| Region {
+            size,
+            ctx: 1,
+            global: false,
+            mapped: true,
+        };
+        t.add_region(0x10000, mapped(0x1000)).unwrap();
+        t.add_region(0x11000, mapped(0x1000)).unwrap();
+        t.add_region(0x13000, mapped(0x1000)).unwrap();
+        assert!(t.check_range(0x10800, 0x1000).is_ok(), "across two mappings");
+        assert_eq!(t.check_range(0x11800, 0x1000), Err(INVALID_VALUE), "across a hole");
+        t.add_region(0x14000, region(0x1000)).unwrap();
+        assert_eq!(
+            t.check_range(0x13800, 0x1000),
+            Err(INVALID_VALUE),
+            "from a mapping into an allocation"
+        );
+    }
+
+    #[test]
     fn free_needs_the_exact_base_and_not_a_global() {
         let mut t = Tables::default();
         t.add_region(0x1000, region(0x100)).unwrap();
@@ -152,6 +207,7 @@ mod tests {
                 size: 8,
                 ctx: 1,
                 global: true,
+                mapped: false,
             },
         )
         .unwrap();
@@ -184,6 +240,7 @@ mod tests {
                 size: 0x10,
                 ctx: 2,
                 global: false,
+                mapped: false,
             },
         )
         .unwrap();

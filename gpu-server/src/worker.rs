@@ -7,7 +7,10 @@
 //! When the connection ends, for whatever reason, everything the client held
 //! is freed before the process exits.
 
-use crate::driver::{Driver, DriverResult, LaunchAttribute, LaunchConfig, MemPoolProps, Memcpy2D, Ptr, Side, Status};
+use crate::driver::{
+    Driver, DriverResult, LaunchAttribute, LaunchConfig, MemAccessDesc, MemAllocationProp, MemPoolProps, Memcpy2D, Ptr,
+    Side, Status,
+};
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
 use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
@@ -659,6 +662,38 @@ impl<'d> Worker<'d> {
                 // SAFETY: as for MemPoolSetCurrent.
                 unsafe { d.cuMemPoolTrimTo(as_ptr(pool), keep as usize) }
             })),
+            R::MemAddressReserve { size, alignment } => to_reply(self.address_reserve(size, alignment)),
+            R::MemAddressFree { ptr, size } => to_reply(self.address_free(ptr, size)),
+            R::MemCreate {
+                device,
+                size,
+                handle_types,
+            } => to_reply(self.physical_create(device, size, handle_types)),
+            R::MemRelease { handle } => to_reply(self.physical_release(handle)),
+            R::MemMap {
+                ctx,
+                ptr,
+                size,
+                offset,
+                handle,
+            } => to_reply(self.map(ctx, ptr, size, offset, handle)),
+            R::MemUnmap { ptr, size } => to_reply(self.unmap(ptr, size)),
+            R::MemSetAccess {
+                ptr,
+                size,
+                device,
+                flags,
+            } => to_reply(self.set_access(ptr, size, device, flags)),
+            R::MemGranularity { device, recommended } => {
+                let prop = MemAllocationProp::device(device, 0);
+                let mut g = 0usize;
+                // SAFETY: g is writable and prop a complete property block;
+                // the driver validates the device.
+                to_reply(
+                    unsafe { d.cuMemGetAllocationGranularity(&mut g, &prop, recommended as u32) }
+                        .map(|()| Reply::Size(g as u64)),
+                )
+            }
             R::MemcpyDtoD {
                 ctx,
                 stream,
@@ -1201,7 +1236,7 @@ impl<'d> Worker<'d> {
             .tables
             .memory
             .iter()
-            .filter(|(_, r)| r.ctx == ctx && !r.global)
+            .filter(|(_, r)| r.ctx == ctx && !r.global && !r.mapped)
             .map(|(b, _)| *b)
             .collect();
         for b in bases {
@@ -1272,6 +1307,7 @@ impl<'d> Worker<'d> {
                     size,
                     ctx,
                     global: false,
+                    mapped: false,
                 },
             )
             .is_err()
@@ -1320,12 +1356,150 @@ impl<'d> Worker<'d> {
     fn mem_free_async(&mut self, ctx: Handle, stream: StreamRef, ptr: u64) -> DriverResult {
         let s = self.enter(ctx, stream)?;
         match self.tables.memory.get(&ptr) {
-            Some(r) if r.ctx == ctx && !r.global => {}
+            Some(r) if r.ctx == ctx && !r.global && !r.mapped => {}
             _ => return Err(INVALID_VALUE),
         }
         self.tables.remove_allocation(ptr)?;
         // SAFETY: ptr is an allocation of this client; s its stream.
         unsafe { self.driver.cuMemFreeAsync(ptr, s) }
+    }
+
+    fn address_reserve(&mut self, size: u64, alignment: u64) -> DriverResult<Reply> {
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let mut p = 0u64;
+        // SAFETY: p is writable; no address hint, flags 0.
+        unsafe {
+            self.driver
+                .cuMemAddressReserve(&mut p, size as usize, alignment as usize, 0, 0)
+        }?;
+        self.tables.reservations.insert(p, size);
+        Ok(Reply::Pointer(p))
+    }
+
+    /// A whole reservation of this session, with nothing mapped in it.
+    fn address_free(&mut self, ptr: u64, size: u64) -> DriverResult {
+        if self.tables.reservations.get(&ptr) != Some(&size) {
+            return Err(INVALID_VALUE);
+        }
+        if self.tables.memory.range(ptr..ptr + size).next().is_some() {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: the range is a reservation of this client.
+        unsafe { self.driver.cuMemAddressFree(ptr, size as usize) }?;
+        self.tables.reservations.remove(&ptr);
+        Ok(())
+    }
+
+    fn physical_create(&mut self, device: i32, size: u64, handle_types: u32) -> DriverResult<Reply> {
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let prop = MemAllocationProp::device(device, handle_types);
+        let mut h = 0u64;
+        // SAFETY: h is writable and prop a complete property block; the
+        // driver validates the device, the size and the handle types.
+        unsafe { self.driver.cuMemCreate(&mut h, size as usize, &prop, 0) }?;
+        self.tables.physical.insert(h, (size, device));
+        Ok(Reply::Handle(h))
+    }
+
+    fn physical_release(&mut self, handle: Handle) -> DriverResult {
+        self.tables.physical.get(&handle).ok_or(INVALID_VALUE)?;
+        // SAFETY: the handle is a physical allocation of this client (its
+        // mappings, if any, keep the memory until they are unmapped).
+        unsafe { self.driver.cuMemRelease(handle) }?;
+        self.tables.physical.remove(&handle);
+        Ok(())
+    }
+
+    /// Map physical memory into a reservation; the range becomes this
+    /// session's device memory.
+    fn map(&mut self, ctx: Handle, ptr: u64, size: u64, offset: u64, handle: Handle) -> DriverResult {
+        self.tables.context(ctx)?;
+        let (len, _) = *self.tables.physical.get(&handle).ok_or(INVALID_VALUE)?;
+        if size == 0 || offset.checked_add(size).is_none_or(|end| end > len) {
+            return Err(INVALID_VALUE);
+        }
+        self.tables.reservation_of(ptr, size).ok_or(INVALID_VALUE)?;
+        let region = Region {
+            size,
+            ctx,
+            global: false,
+            mapped: true,
+        };
+        self.tables.add_region(ptr, region)?;
+        // SAFETY: the range lies in a reservation of this client and clashes
+        // with none of its memory; the handle is its own.
+        let result = unsafe { self.driver.cuMemMap(ptr, size as usize, offset as usize, handle, 0) };
+        if result.is_err() {
+            self.tables.memory.remove(&ptr);
+        }
+        result
+    }
+
+    /// The mappings that make up exactly `ptr .. ptr + size`.
+    fn mappings_covering(&self, ptr: u64, size: u64) -> DriverResult<Vec<u64>> {
+        let end = ptr.checked_add(size).ok_or(INVALID_VALUE)?;
+        let mut at = ptr;
+        let mut bases = Vec::new();
+        for (&b, r) in self.tables.memory.range(ptr..end) {
+            if b != at || !r.mapped || b + r.size > end {
+                return Err(INVALID_VALUE);
+            }
+            bases.push(b);
+            at = b + r.size;
+        }
+        if at != end || bases.is_empty() {
+            return Err(INVALID_VALUE);
+        }
+        Ok(bases)
+    }
+
+    fn unmap(&mut self, ptr: u64, size: u64) -> DriverResult {
+        let bases = self.mappings_covering(ptr, size)?;
+        // SAFETY: the range is exactly mappings of this client.
+        unsafe { self.driver.cuMemUnmap(ptr, size as usize) }?;
+        for b in bases {
+            self.tables.memory.remove(&b);
+        }
+        Ok(())
+    }
+
+    fn set_access(&mut self, ptr: u64, size: u64, device: i32, flags: u32) -> DriverResult {
+        self.mappings_covering(ptr, size)?;
+        let desc = MemAccessDesc {
+            location_type: 1,
+            location_id: device,
+            flags,
+        };
+        // SAFETY: the range is mappings of this client; one descriptor.
+        unsafe { self.driver.cuMemSetAccess(ptr, size as usize, &desc, 1) }
+    }
+
+    /// At the end of the session: mappings, physical memory, reservations.
+    fn release_virtual_memory(&mut self) {
+        let mapped: Vec<(u64, u64)> = self
+            .tables
+            .memory
+            .iter()
+            .filter(|(_, r)| r.mapped)
+            .map(|(b, r)| (*b, r.size))
+            .collect();
+        for (b, size) in mapped {
+            // SAFETY: a mapping of this client.
+            let _ = unsafe { self.driver.cuMemUnmap(b, size as usize) };
+            self.tables.memory.remove(&b);
+        }
+        for (h, _) in std::mem::take(&mut self.tables.physical) {
+            // SAFETY: physical memory of this client, now unmapped.
+            let _ = unsafe { self.driver.cuMemRelease(h) };
+        }
+        for (b, size) in std::mem::take(&mut self.tables.reservations) {
+            // SAFETY: a reservation of this client, now empty.
+            let _ = unsafe { self.driver.cuMemAddressFree(b, size as usize) };
+        }
     }
 
     fn check_pool(&self, pool: Handle) -> DriverResult {
@@ -1410,7 +1584,7 @@ impl<'d> Worker<'d> {
     fn mem_free(&mut self, ctx: Handle, ptr: u64) -> DriverResult {
         self.make_current(ctx)?;
         match self.tables.memory.get(&ptr) {
-            Some(r) if r.ctx == ctx && !r.global => {}
+            Some(r) if r.ctx == ctx && !r.global && !r.mapped => {}
             _ => return Err(INVALID_VALUE),
         }
         self.tables.remove_allocation(ptr)?;
@@ -1910,6 +2084,7 @@ impl<'d> Worker<'d> {
                 size,
                 ctx,
                 global: true,
+                mapped: false,
             },
         );
         Reply::Global { ptr, size }
@@ -2163,6 +2338,7 @@ impl<'d> Worker<'d> {
             modules: self.tables.modules.len(),
             contexts: self.tables.contexts.len(),
         };
+        self.release_virtual_memory();
         let contexts: Vec<(Handle, i32)> = self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
         for (ctx, device) in contexts {
             self.release_context_resources(ctx);

@@ -101,6 +101,38 @@ pub enum Request {
     MemPoolAttribute { pool: Handle, attr: i32, set: Option<u64> },
     /// sync: `cuMemPoolTrimTo`.
     MemPoolTrimTo { pool: Handle, keep: u64 },
+    /// sync -> `Reply::Pointer`: a range of virtual addresses
+    /// (`cuMemAddressReserve`; `alignment` 0: the driver's).
+    MemAddressReserve { size: u64, alignment: u64 },
+    /// sync: `cuMemAddressFree` of a whole reservation with nothing mapped.
+    MemAddressFree { ptr: DevicePtr, size: u64 },
+    /// sync -> `Reply::Handle`: physical memory on `device` (`cuMemCreate`),
+    /// shareable as `handle_types` says (the driver's bits).
+    MemCreate { device: i32, size: u64, handle_types: u32 },
+    /// sync: `cuMemRelease`.
+    MemRelease { handle: Handle },
+    /// sync: map `size` bytes of `handle` from `offset` at `ptr`, inside a
+    /// reservation of the session (`cuMemMap`); the range is then the
+    /// session's device memory, filed under `ctx`.
+    MemMap {
+        ctx: Handle,
+        ptr: DevicePtr,
+        size: u64,
+        offset: u64,
+        handle: Handle,
+    },
+    /// sync: `cuMemUnmap` of whole mappings.
+    MemUnmap { ptr: DevicePtr, size: u64 },
+    /// sync: `cuMemSetAccess` for one device of the session.
+    MemSetAccess {
+        ptr: DevicePtr,
+        size: u64,
+        device: i32,
+        flags: u32,
+    },
+    /// sync -> `Reply::Size`: `cuMemGetAllocationGranularity` for device
+    /// memory on `device`, minimum or (`recommended`) recommended.
+    MemGranularity { device: i32, recommended: bool },
     /// One chunk of a host-to-device copy; the bytes are the bulk tail.
     /// `offset` is the chunk's position within the whole copy of `total`
     /// bytes starting at `dst`. Async unless the frame asks for a reply (a

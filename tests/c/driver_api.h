@@ -194,6 +194,34 @@ typedef CUresult (*PFN_cuMemPoolSetAttribute)(CUmemoryPool, int, void *);
 typedef CUresult (*PFN_cuMemPoolGetAttribute)(CUmemoryPool, int, void *);
 typedef CUresult (*PFN_cuMemPoolTrimTo)(CUmemoryPool, size_t);
 typedef CUresult (*PFN_cuMemPoolGetAccess)(unsigned *, CUmemoryPool, CUmemLocation *);
+typedef unsigned long long CUmemGenericAllocationHandle;
+typedef struct {
+    int type;                 /* CU_MEM_ALLOCATION_TYPE_PINNED = 1 */
+    int requestedHandleTypes; /* CU_MEM_HANDLE_TYPE_NONE = 0 */
+    CUmemLocation location;
+    void *win32HandleMetaData;
+    struct {
+        unsigned char compressionType;
+        unsigned char gpuDirectRDMACapable;
+        unsigned short usage;
+        unsigned char reserved[4];
+    } allocFlags;
+} CUmemAllocationProp;
+typedef struct {
+    CUmemLocation location;
+    int flags; /* CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3 */
+} CUmemAccessDesc;
+#define CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED 102
+typedef CUresult (*PFN_cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+typedef CUresult (*PFN_cuMemAddressFree)(CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
+                                    unsigned long long);
+typedef CUresult (*PFN_cuMemRelease)(CUmemGenericAllocationHandle);
+typedef CUresult (*PFN_cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+typedef CUresult (*PFN_cuMemUnmap)(CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
+typedef CUresult (*PFN_cuMemGetAllocationGranularity)(size_t *, const CUmemAllocationProp *, int);
+typedef CUresult (*PFN_cuMemGetAccess)(unsigned long long *, const CUmemLocation *, CUdeviceptr);
 typedef CUresult (*PFN_cuEventCreate)(CUevent *, unsigned);
 typedef CUresult (*PFN_cuEventRecord)(CUevent, CUstream);
 typedef CUresult (*PFN_cuEventSynchronize)(CUevent);

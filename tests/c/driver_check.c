@@ -29,6 +29,9 @@
  *   driver_check pools     stream-ordered allocation (cuMemAllocAsync, cuMemFreeAsync)
  *                          from the default pool and from a pool of its own, pool
  *                          attributes and the device's current pool
+ *   driver_check vmm       virtual memory management: physical pieces mapped one
+ *                          after another into a reservation, used as one range
+ *                          by copies and a kernel across the pieces' boundary
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -1120,6 +1123,66 @@ int main(int argc, char **argv) {
         CHECK(cuMemFreeHost(in));
         CHECK(cuMemFreeHost(out));
         printf("OK pools\n");
+    } else if (!strcmp(mode, "vmm")) {
+        GET(cuMemAddressReserve, 10020);
+        GET(cuMemAddressFree, 10020);
+        GET(cuMemCreate, 10020);
+        GET(cuMemRelease, 10020);
+        GET(cuMemMap, 10020);
+        GET(cuMemUnmap, 10020);
+        GET(cuMemSetAccess, 10020);
+        GET(cuMemGetAllocationGranularity, 10020);
+        GET(cuMemGetAccess, 10020);
+        int vmm = 0;
+        CHECK(cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev));
+        EXPECT(vmm == 1, "virtual memory management supported: %d", vmm);
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof prop);
+        prop.type = 1;
+        prop.location.type = 1;
+        prop.location.id = dev;
+        size_t g = 0;
+        CHECK(cuMemGetAllocationGranularity(&g, &prop, 0));
+        EXPECT(g > 0 && (g & (g - 1)) == 0, "granularity %zu", g);
+        CUdeviceptr va;
+        CHECK(cuMemAddressReserve(&va, 4 * g, 0, 0, 0));
+        CUmemGenericAllocationHandle h1, h2;
+        CHECK(cuMemCreate(&h1, g, &prop, 0));
+        CHECK(cuMemCreate(&h2, 2 * g, &prop, 0));
+        CHECK(cuMemMap(va, g, 0, h1, 0));
+        CHECK(cuMemMap(va + g, 2 * g, 0, h2, 0));
+        CUmemAccessDesc access = {{1, dev}, 3};
+        CHECK(cuMemSetAccess(va, 3 * g, &access, 1));
+        /* Floats from half-way into the first piece to well into the
+         * second: copies and a kernel cross the boundary. */
+        const unsigned n = (unsigned)(g / sizeof(float));
+        CUdeviceptr x = va + g / 2;
+        float *host = malloc(n * sizeof(float));
+        for (unsigned i = 0; i < n; i++) host[i] = (float)(i % 777);
+        CHECK(cuMemcpyHtoD(x, host, n * sizeof(float)));
+        float five = 5.0f;
+        int count = (int)n;
+        void *args[] = {&x, &five, &count};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        memset(host, 0, n * sizeof(float));
+        CHECK(cuMemcpyDtoH(host, x, n * sizeof(float)));
+        for (unsigned i = 0; i < n; i++) EXPECT(host[i] == 5.0f * (float)(i % 777), "mapped[%u] = %g", i, host[i]);
+        unsigned long long flags_rw = 0;
+        CHECK(cuMemGetAccess(&flags_rw, &access.location, va + g + 64));
+        EXPECT(flags_rw == 3, "access flags %llu", flags_rw);
+        if (getenv("GPUPOOL_SERVER")) {
+            /* Through gpupool: not freeable as an allocation, and nothing
+             * past what is mapped. */
+            EXPECT(cuMemFree(va) == CUDA_ERROR_INVALID_VALUE, "cuMemFree of mapped memory");
+            EXPECT(cuMemcpyHtoD(va + 3 * g - 16, host, 32) == CUDA_ERROR_INVALID_VALUE, "copy past the mappings");
+        }
+        CHECK(cuMemUnmap(va, g));
+        CHECK(cuMemUnmap(va + g, 2 * g));
+        CHECK(cuMemRelease(h1));
+        CHECK(cuMemRelease(h2));
+        CHECK(cuMemAddressFree(va, 4 * g));
+        free(host);
+        printf("OK vmm granularity %zu\n", g);
     } else if (!strcmp(mode, "hold")) {
         size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
         CUdeviceptr p1, p2;

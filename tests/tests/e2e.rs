@@ -178,6 +178,18 @@ fn stream_ordered_allocation_and_pools() {
     }
 }
 
+/// Virtual memory management as PyTorch's expandable segments use it:
+/// physical pieces mapped one after another into a reservation are one
+/// range to copies and kernels.
+#[test]
+fn mapped_pieces_of_a_reservation_are_one_range() {
+    let server = Server::start();
+    for url in both(&server) {
+        let out = driver_check(&url, &["vmm"]);
+        assert!(out.contains("OK vmm"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn stream_context_and_device_queries_are_answered() {
     let server = Server::start();

@@ -22,10 +22,12 @@ mod copies;
 mod hostfns;
 mod pools;
 mod queries;
+mod vmm;
 pub use copies::*;
 pub use hostfns::*;
 pub use pools::*;
 pub use queries::*;
+pub use vmm::*;
 
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
 
@@ -845,6 +847,7 @@ fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
             ctx,
             device,
             global: true,
+            mapped: false,
         },
     );
 }
@@ -1193,6 +1196,7 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
                     ctx,
                     device,
                     global: false,
+                    mapped: false,
                 },
             );
             unsafe { out(ptr, p) }
@@ -1209,7 +1213,7 @@ pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
     let range = {
         let mut map = lock(&s.device_memory);
         match map.get(&ptr) {
-            Some(r) if !r.global => map.remove(&ptr),
+            Some(r) if !r.global && !r.mapped => map.remove(&ptr),
             _ => None,
         }
     };

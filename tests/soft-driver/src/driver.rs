@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crate::engine;
 use crate::kernels::{self, Recognised};
-use crate::memory::{page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN};
+use crate::memory::{page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN, VMM_GRANULARITY};
 use crate::ptx;
 use crate::result::*;
 
@@ -310,6 +310,18 @@ pub struct Driver {
     device_pools: HashMap<usize, (u64, u64)>,
     /// Stream-ordered allocations -> their pool.
     pool_allocs: HashMap<u64, u64>,
+    /// Reserved address ranges (`cuMemAddressReserve`) by base.
+    reservations: BTreeMap<u64, Mapping>,
+    /// Physical memory (`cuMemCreate`) by handle.
+    physical: HashMap<u64, Physical>,
+}
+
+/// Physical memory for `cuMemMap`: a shared-memory file, so that one piece
+/// can be mapped at several addresses.
+struct Physical {
+    fd: std::os::fd::OwnedFd,
+    size: u64,
+    device: usize,
 }
 
 /// A memory pool. Frees take effect at once here (work runs at enqueue), so
@@ -423,6 +435,7 @@ fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
         108 => 78_643_200,  // MAX_PERSISTING_L2_CACHE_SIZE
         109 => 134_213_632, // MAX_ACCESS_POLICY_WINDOW_SIZE
         111 => RESERVED_SHARED_PER_BLOCK,
+        102 => 1,        // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
         115 => 1,        // MEMORY_POOLS_SUPPORTED
         120 => 1,        // CLUSTER_LAUNCH
         126 => 4,        // MEM_SYNC_DOMAIN_COUNT
@@ -454,6 +467,8 @@ impl Driver {
             pools: HashMap::new(),
             device_pools: HashMap::new(),
             pool_allocs: HashMap::new(),
+            reservations: BTreeMap::new(),
+            physical: HashMap::new(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -798,6 +813,138 @@ impl Driver {
                     p.used = p.used.saturating_sub(a.size);
                 }
             }
+        }
+    }
+
+    // ----- virtual memory management -----
+
+    /// `cuMemAddressReserve`: `size` a multiple of the host page, `align` a
+    /// power of two or 0 (the granularity).
+    pub fn mem_address_reserve(&mut self, size: u64, align: u64) -> CuResult<u64> {
+        let page = page_size();
+        if size == 0 || !size.is_multiple_of(page) || (align != 0 && !align.is_power_of_two()) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let align = align.max(VMM_GRANULARITY);
+        let m = Mapping::reserve(size as usize, align as usize).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let base = m.addr();
+        self.reservations.insert(base, m);
+        Ok(base)
+    }
+
+    /// `cuMemAddressFree` of a whole reservation with nothing mapped in it.
+    pub fn mem_address_free(&mut self, ptr: u64, size: u64) -> CuResult<()> {
+        match self.reservations.get(&ptr) {
+            Some(m) if m.bytes() as u64 == size => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        if self.allocs.any_in(ptr, size) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        self.reservations.remove(&ptr);
+        Ok(())
+    }
+
+    /// `cuMemCreate` of pinned device memory, `size` a multiple of the
+    /// granularity.
+    pub fn mem_create(&mut self, size: u64, alloc_type: u32, location: (u32, i32)) -> CuResult<u64> {
+        if alloc_type != 1 || location.0 != 1 || size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let device = self.device(location.1)?;
+        let dv = &self.devices[device];
+        if size > dv.capacity - dv.used {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        // SAFETY: memfd_create takes a NUL-terminated name and flags.
+        let fd = unsafe { libc::memfd_create(c"gpupool-soft-physical".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        // SAFETY: fd was just created and nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: sizes the file just made (its pages are committed on
+        // first touch).
+        if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), size as libc::off_t) } != 0 {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        self.devices[device].used += size;
+        let h = self.handle();
+        self.physical.insert(h, Physical { fd, size, device });
+        Ok(h)
+    }
+
+    /// `cuMemRelease`: mappings of the memory keep it until they go.
+    pub fn mem_release(&mut self, handle: u64) -> CuResult<()> {
+        let p = self.physical.remove(&handle).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.devices[p.device].used -= p.size;
+        Ok(())
+    }
+
+    /// `cuMemMap`: every figure a multiple of the granularity; the range
+    /// inside one reservation and free there.
+    pub fn mem_map(&mut self, ptr: u64, size: u64, offset: u64, handle: u64) -> CuResult<()> {
+        let p = self.physical.get(&handle).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let g = VMM_GRANULARITY;
+        if size == 0
+            || !ptr.is_multiple_of(g)
+            || !size.is_multiple_of(g)
+            || !offset.is_multiple_of(g)
+            || offset.saturating_add(size) > p.size
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let inside = self
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(&b, m)| ptr.checked_add(size).is_some_and(|e| e <= b + m.bytes() as u64));
+        if !inside || self.allocs.any_in(ptr, size) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let device = p.device;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&p.fd);
+        // SAFETY: the range lies in a live reservation and no allocation
+        // (so no other placed mapping) overlaps it.
+        let mapping = unsafe { Mapping::place(ptr, size as usize, fd, offset) }.ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        self.allocs.insert(Allocation {
+            size,
+            charged: 0,
+            // No context owns mapped memory: destroying one leaves it.
+            ctx: 0,
+            device,
+            kind: AllocKind::Mapped { handle },
+            mapping,
+        });
+        Ok(())
+    }
+
+    /// `cuMemUnmap` of whole mappings making up `ptr .. ptr + size`.
+    pub fn mem_unmap(&mut self, ptr: u64, size: u64) -> CuResult<()> {
+        let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut at = ptr;
+        let mut bases = Vec::new();
+        while at < end {
+            match self.allocs.get(at) {
+                Some(a) if matches!(a.kind, AllocKind::Mapped { .. }) && at + a.size <= end => {
+                    bases.push(at);
+                    at += a.size;
+                }
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            }
+        }
+        for b in bases {
+            self.allocs.remove(b);
+        }
+        Ok(())
+    }
+
+    /// `cuMemSetAccess`: the range must be mapped; access is always read
+    /// and write here.
+    pub fn mem_set_access(&mut self, ptr: u64, size: u64) -> CuResult<()> {
+        match self.allocs.containing(ptr, size.max(1)) {
+            Some((_, a)) if matches!(a.kind, AllocKind::Mapped { .. }) => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
 

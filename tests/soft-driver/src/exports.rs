@@ -784,6 +784,107 @@ pub extern "C" fn cuMemPoolTrimTo(pool: *mut c_void, _keep: usize) -> CUresult {
     ffi(|| driver::with(|d| d.mem_pool_trim_to(pool as u64)))
 }
 
+/// `CUmemAllocationProp`'s leading fields: type, handle types, location.
+#[repr(C)]
+pub struct MemAllocationPropHead {
+    alloc_type: u32,
+    requested_handle_types: u32,
+    location_type: u32,
+    location_id: i32,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAddressReserve(
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    alignment: usize,
+    _addr: CUdeviceptr,
+    flags: u64,
+) -> CUresult {
+    ffi(|| {
+        need(ptr)?;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = driver::with(|d| d.mem_address_reserve(size as u64, alignment as u64))?;
+        // SAFETY: `ptr` is non-null and valid for writes (API contract).
+        unsafe { out(ptr, p) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_address_free(ptr, size as u64)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemCreate(
+    handle: *mut u64,
+    size: usize,
+    prop: *const MemAllocationPropHead,
+    flags: u64,
+) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        if prop.is_null() || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: `prop` is non-null and points at a CUmemAllocationProp,
+        // whose leading fields are these (API contract).
+        let p = unsafe { &*prop };
+        let h = driver::with(|d| d.mem_create(size as u64, p.alloc_type, (p.location_type, p.location_id)))?;
+        // SAFETY: `handle` is non-null and valid for writes (API contract).
+        unsafe { out(handle, h) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_release(handle)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64) -> CUresult {
+    ffi(|| {
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        driver::with(|d| d.mem_map(ptr, size as u64, offset as u64, handle))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
+    ffi(|| driver::with(|d| d.mem_unmap(ptr, size as u64)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const c_void, count: usize) -> CUresult {
+    ffi(|| {
+        if desc.is_null() || count == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        driver::with(|d| d.mem_set_access(ptr, size as u64))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetAllocationGranularity(
+    granularity: *mut usize,
+    prop: *const MemAllocationPropHead,
+    _option: u32,
+) -> CUresult {
+    ffi(|| {
+        need(granularity)?;
+        if prop.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: `granularity` is non-null and valid for writes (API
+        // contract).
+        unsafe { out(granularity, crate::memory::VMM_GRANULARITY as usize) }
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     ffi(|| {

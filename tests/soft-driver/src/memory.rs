@@ -11,11 +11,20 @@ use std::collections::BTreeMap;
 /// Alignment guaranteed for device allocations (the real driver gives 256).
 pub const ALLOC_ALIGN: u64 = 256;
 
-/// One anonymous private mapping, unmapped on drop.
+/// Granularity of virtual memory management (`cuMemCreate`, `cuMemMap`),
+/// as on current GPUs.
+pub const VMM_GRANULARITY: u64 = 2 << 20;
+
+/// One host mapping, unmapped on drop: anonymous and private, or (for
+/// `cuMemMap`) shared memory placed inside a reservation, which dropping
+/// gives back to the reservation.
 #[derive(Debug)]
 pub struct Mapping {
     addr: *mut u8,
     len: usize,
+    /// Inside a reservation: on drop, put inaccessible address space back
+    /// instead of unmapping.
+    in_reservation: bool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; the driver only
@@ -43,20 +52,108 @@ impl Mapping {
         if addr == libc::MAP_FAILED || addr.is_null() {
             return None;
         }
-        Some(Mapping { addr: addr.cast(), len })
+        Some(Mapping {
+            addr: addr.cast(),
+            len,
+            in_reservation: false,
+        })
+    }
+
+    /// Reserves `len` (> 0) bytes of inaccessible address space aligned to
+    /// `align` (a power of two, at least a page).
+    pub fn reserve(len: usize, align: usize) -> Option<Mapping> {
+        let total = len.checked_add(align)?;
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; the result is checked against MAP_FAILED.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED || addr.is_null() {
+            return None;
+        }
+        let start = addr as usize;
+        let base = (start + align - 1) & !(align - 1);
+        // SAFETY: trimming the parts of the mapping just made that lie
+        // before and after the aligned range.
+        unsafe {
+            if base > start {
+                libc::munmap(addr, base - start);
+            }
+            let tail = start + total - (base + len);
+            if tail > 0 {
+                libc::munmap((base + len) as *mut libc::c_void, tail);
+            }
+        }
+        Some(Mapping {
+            addr: base as *mut u8,
+            len,
+            in_reservation: false,
+        })
+    }
+
+    /// Maps `len` bytes of the shared memory `fd` from `offset`, readable
+    /// and writable, at `addr`, which must lie in a reservation.
+    ///
+    /// # Safety
+    /// `addr .. addr + len` must be inaccessible address space of a live
+    /// reservation that nothing else maps.
+    pub unsafe fn place(addr: u64, len: usize, fd: i32, offset: u64) -> Option<Mapping> {
+        // SAFETY: the caller's promise; MAP_FIXED replaces only reserved,
+        // unused address space.
+        let got = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if got == libc::MAP_FAILED || got as u64 != addr {
+            return None;
+        }
+        Some(Mapping {
+            addr: addr as *mut u8,
+            len,
+            in_reservation: true,
+        })
     }
 
     pub fn addr(&self) -> u64 {
         self.addr as u64
     }
+
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `addr`/`len` describe a mapping created in `Mapping::new`
-        // and owned solely by this value, so it is unmapped exactly once.
+        // SAFETY: `addr`/`len` describe a mapping this value made and owns
+        // alone, so it is undone exactly once; one placed in a reservation
+        // is replaced by inaccessible address space, as reserved.
         unsafe {
-            libc::munmap(self.addr.cast(), self.len);
+            if self.in_reservation {
+                libc::mmap(
+                    self.addr.cast(),
+                    self.len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                );
+            } else {
+                libc::munmap(self.addr.cast(), self.len);
+            }
         }
     }
 }
@@ -68,6 +165,8 @@ pub enum AllocKind {
     Device,
     /// Storage of a module's `.global` / `.const` variable (owned by the module).
     ModuleVariable { module: u64 },
+    /// Physical memory mapped into a reservation (`cuMemMap`).
+    Mapped { handle: u64 },
 }
 
 #[derive(Debug)]
@@ -110,11 +209,34 @@ impl AllocationMap {
     }
 
     /// The allocation containing all of `addr .. addr + len` (`len` > 0),
-    /// as `(base, allocation)`.
+    /// as `(base, allocation)`; a range may also run on through mappings
+    /// that follow on from each other (as one reservation's pieces do).
     pub fn containing(&self, addr: u64, len: u64) -> Option<(u64, &Allocation)> {
         let (&base, alloc) = self.map.range(..=addr).next_back()?;
         let end = addr.checked_add(len)?;
-        (end <= base + alloc.size).then_some((base, alloc))
+        if addr >= base + alloc.size.max(1) {
+            return None;
+        }
+        let mut reach = base + alloc.size;
+        let mapped = |a: &Allocation| matches!(a.kind, AllocKind::Mapped { .. });
+        if end > reach && mapped(alloc) {
+            for (&b, a) in self.map.range(reach..end) {
+                if b != reach || !mapped(a) {
+                    break;
+                }
+                reach = b + a.size;
+            }
+        }
+        (end <= reach).then_some((base, alloc))
+    }
+
+    /// Whether anything lies in `addr .. addr + len`.
+    pub fn any_in(&self, addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        self.map
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, a)| b + a.size > addr)
     }
 }
 

@@ -85,6 +85,7 @@ unsafe fn alloc_async(
                 ctx,
                 device,
                 global: false,
+                mapped: false,
             };
             lock(&s.device_memory).insert(p, range);
             // SAFETY: checked not to be null; the program passes a slot.
@@ -120,7 +121,7 @@ pub unsafe fn mem_free_async(mode: DefaultStream, ptr: CUdeviceptr, stream: CUst
     let range = {
         let mut map = lock(&s.device_memory);
         match map.get(&ptr) {
-            Some(r) if !r.global => map.remove(&ptr),
+            Some(r) if !r.global && !r.mapped => map.remove(&ptr),
             _ => None,
         }
     };

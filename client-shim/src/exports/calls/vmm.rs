@@ -1,0 +1,200 @@
+//! Virtual memory management (`cuMemAddressReserve`, `cuMemCreate`,
+//! `cuMemMap`, `cuMemSetAccess` and their undoing), as PyTorch's expandable
+//! segments use it: the server's driver reserves, creates and maps, so the
+//! addresses are the GPU's own; each mapped piece is the program's device
+//! memory, and pieces that follow on from each other are one range.
+
+use super::*;
+
+/// `CUmemLocationType` of a device, `CUmemAllocationType` of pinned memory.
+const LOCATION_DEVICE: u32 = 1;
+const ALLOCATION_PINNED: u32 = 1;
+/// `CU_MEM_ALLOC_GRANULARITY_RECOMMENDED`.
+const GRANULARITY_RECOMMENDED: u32 = 1;
+
+/// `CUmemAllocationProp`'s leading fields.
+#[repr(C)]
+struct AllocationPropHead {
+    alloc_type: u32,
+    requested_handle_types: u32,
+    location_type: u32,
+    location_id: i32,
+}
+
+/// `CUmemAccessDesc`.
+#[repr(C)]
+struct AccessDesc {
+    location_type: u32,
+    location_id: i32,
+    flags: u32,
+}
+
+/// The device a `CUmemAllocationProp` names; memory elsewhere (host, NUMA
+/// node) is not offered remotely.
+fn prop_device(s: &Shim, prop: *const c_void) -> CuResult<(i32, u32)> {
+    if prop.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUmemAllocationProp, which starts with
+    // these fields; checked not to be null.
+    let p = unsafe { std::ptr::read_unaligned(prop.cast::<AllocationPropHead>()) };
+    if p.alloc_type != ALLOCATION_PINNED {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if p.location_type != LOCATION_DEVICE {
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    s.device(p.location_id)?;
+    Ok((p.location_id, p.requested_handle_types))
+}
+
+pub unsafe fn mem_address_reserve(
+    ptr: *mut CUdeviceptr,
+    size: usize,
+    alignment: usize,
+    _addr: CUdeviceptr,
+    flags: u64,
+) -> CuResult {
+    let s = shim()?;
+    if ptr.is_null() || size == 0 || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let req = Request::MemAddressReserve {
+        size: size as u64,
+        alignment: alignment as u64,
+    };
+    match s.remote.call(&req, &[])? {
+        // SAFETY: checked not to be null; the program passes a slot.
+        Reply::Pointer(p) => unsafe { out(ptr, p) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn mem_address_free(ptr: CUdeviceptr, size: usize) -> CuResult {
+    let s = shim()?;
+    let req = Request::MemAddressFree { ptr, size: size as u64 };
+    s.remote.call(&req, &[]).map(drop)
+}
+
+/// Physical memory on a device. Handle types (for sharing) are the driver's
+/// to allow; exporting one cannot cross machines and is not supported.
+pub unsafe fn mem_create(handle: *mut u64, size: usize, prop: *const c_void, flags: u64) -> CuResult {
+    let s = shim()?;
+    if handle.is_null() || size == 0 || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let (device, handle_types) = prop_device(s, prop)?;
+    let req = Request::MemCreate {
+        device,
+        size: size as u64,
+        handle_types,
+    };
+    match s.remote.call(&req, &[])? {
+        Reply::Handle(h) => {
+            write(&s.physical).insert(h, device);
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(handle, h) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn mem_release(handle: u64) -> CuResult {
+    let s = shim()?;
+    if !read(&s.physical).contains_key(&handle) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    s.remote.call(&Request::MemRelease { handle }, &[])?;
+    write(&s.physical).remove(&handle);
+    Ok(())
+}
+
+pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if flags != 0 || size == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let device = read(&s.physical).get(&handle).copied().ok_or(CuError::INVALID_VALUE)?;
+    let req = Request::MemMap {
+        ctx,
+        ptr,
+        size: size as u64,
+        offset: offset as u64,
+        handle,
+    };
+    s.remote.call(&req, &[])?;
+    let range = DeviceRange {
+        size: size as u64,
+        ctx,
+        device,
+        global: false,
+        mapped: true,
+    };
+    lock(&s.device_memory).insert(ptr, range);
+    Ok(())
+}
+
+pub unsafe fn mem_unmap(ptr: CUdeviceptr, size: usize) -> CuResult {
+    let s = shim()?;
+    s.remote.call(&Request::MemUnmap { ptr, size: size as u64 }, &[])?;
+    let end = ptr.saturating_add(size as u64);
+    lock(&s.device_memory).retain(|&b, r| !(r.mapped && b >= ptr && b < end));
+    Ok(())
+}
+
+/// Access for devices of the session; each descriptor is one request.
+pub unsafe fn mem_set_access(ptr: CUdeviceptr, size: usize, desc: *const c_void, count: usize) -> CuResult {
+    let s = shim()?;
+    if desc.is_null() || count == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let desc = desc.cast::<AccessDesc>();
+    for i in 0..count {
+        // SAFETY: the program passes `count` descriptors at `desc`.
+        let d = unsafe { std::ptr::read_unaligned(desc.add(i)) };
+        if d.location_type != LOCATION_DEVICE {
+            return Err(CuError::NOT_SUPPORTED);
+        }
+        s.device(d.location_id)?;
+        let req = Request::MemSetAccess {
+            ptr,
+            size: size as u64,
+            device: d.location_id,
+            flags: d.flags,
+        };
+        s.remote.call(&req, &[])?;
+    }
+    Ok(())
+}
+
+pub unsafe fn mem_get_allocation_granularity(granularity: *mut usize, prop: *const c_void, option: u32) -> CuResult {
+    let s = shim()?;
+    let (device, _) = prop_device(s, prop)?;
+    let req = Request::MemGranularity {
+        device,
+        recommended: option == GRANULARITY_RECOMMENDED,
+    };
+    match s.remote.call(&req, &[])? {
+        // SAFETY: the program passes a slot (null is refused by `out`).
+        Reply::Size(g) => unsafe { out(granularity, g as usize) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+/// Mapped memory is read-write for the device it lives on, and nothing for
+/// others (peer access is not offered).
+pub unsafe fn mem_get_access(flags: *mut u64, location: *const c_void, ptr: CUdeviceptr) -> CuResult {
+    let s = shim()?;
+    if location.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUmemLocation (type, id); not null.
+    let (kind, id) = unsafe { std::ptr::read_unaligned(location.cast::<(u32, i32)>()) };
+    let (_, range) = s.find_device_range(ptr, 1).ok_or(CuError::INVALID_VALUE)?;
+    if !range.mapped {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let rw = kind == LOCATION_DEVICE && id == range.device;
+    unsafe { out(flags, if rw { 3 } else { 0 }) }
+}
