@@ -1210,15 +1210,18 @@ pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
     if ptr == 0 {
         return Ok(());
     }
-    let range = {
-        let mut map = lock(&s.device_memory);
-        match map.get(&ptr) {
-            Some(r) if !r.global && !r.mapped => map.remove(&ptr),
-            _ => None,
-        }
-    };
-    let range = range.ok_or(CuError::INVALID_VALUE)?;
+    let range = take_allocation(s, ptr)?;
     s.remote.post(&Request::MemFree { ctx: range.ctx, ptr }, &[])
+}
+
+/// Forget the allocation at `ptr` (not a module global, not mapped
+/// memory), which the program frees.
+pub(super) fn take_allocation(s: &Shim, ptr: CUdeviceptr) -> CuResult<DeviceRange> {
+    let mut map = lock(&s.device_memory);
+    match map.get(&ptr) {
+        Some(r) if !r.global && !r.mapped => map.remove(&ptr).ok_or(CuError::INVALID_VALUE),
+        _ => Err(CuError::INVALID_VALUE),
+    }
 }
 
 pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CuResult {

@@ -118,14 +118,7 @@ pub unsafe fn mem_free_async(mode: DefaultStream, ptr: CUdeviceptr, stream: CUst
     if ptr == 0 {
         return Ok(());
     }
-    let range = {
-        let mut map = lock(&s.device_memory);
-        match map.get(&ptr) {
-            Some(r) if !r.global && !r.mapped => map.remove(&ptr),
-            _ => None,
-        }
-    };
-    let range = range.ok_or(CuError::INVALID_VALUE)?;
+    let range = take_allocation(s, ptr)?;
     let req = Request::MemFreeAsync {
         ctx: range.ctx,
         stream: Shim::stream_ref(mode, handle(stream)),
@@ -177,22 +170,21 @@ pub unsafe fn device_set_mem_pool(device: CUdevice, pool: *mut c_void) -> CuResu
 
 /// `cuMemGetDefaultMemPool` / `cuMemGetMemPool` (CUDA 13): a location and
 /// an allocation type instead of a device.
-pub unsafe fn mem_get_default_mem_pool(pool: *mut *mut c_void, location: *const c_void, kind: u32) -> CuResult {
+fn location_pool(pool: *mut *mut c_void, location: *const c_void, kind: u32, current: bool) -> CuResult {
     let s = shim()?;
     let device = location_device(s, location.cast())?;
     if kind != ALLOCATION_PINNED {
         return Err(CuError::INVALID_VALUE);
     }
-    pool_of_device(pool, device, false)
+    pool_of_device(pool, device, current)
+}
+
+pub unsafe fn mem_get_default_mem_pool(pool: *mut *mut c_void, location: *const c_void, kind: u32) -> CuResult {
+    location_pool(pool, location, kind, false)
 }
 
 pub unsafe fn mem_get_mem_pool(pool: *mut *mut c_void, location: *const c_void, kind: u32) -> CuResult {
-    let s = shim()?;
-    let device = location_device(s, location.cast())?;
-    if kind != ALLOCATION_PINNED {
-        return Err(CuError::INVALID_VALUE);
-    }
-    pool_of_device(pool, device, true)
+    location_pool(pool, location, kind, true)
 }
 
 pub unsafe fn mem_set_mem_pool(location: *const c_void, kind: u32, pool: *mut c_void) -> CuResult {
