@@ -25,7 +25,6 @@ use gpupool_proto::ProtoError;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CString};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -82,7 +81,6 @@ struct Staging {
 /// for the client's next request.
 struct Reached {
     ids: Mutex<Vec<u64>>,
-    any: AtomicBool,
     wake: Wake,
 }
 
@@ -100,7 +98,6 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
     // handed to the driver, which calls this function once with it.
     let call = unsafe { Box::from_raw(data.cast::<HostCall>()) };
     call.reached.ids.lock().unwrap_or_else(|p| p.into_inner()).push(call.id);
-    call.reached.any.store(true, Ordering::Release);
     call.reached.wake.wake();
 }
 
@@ -173,7 +170,6 @@ impl<'d> Worker<'d> {
             reached: Wake::new().ok().map(|wake| {
                 Arc::new(Reached {
                     ids: Mutex::new(Vec::new()),
-                    any: AtomicBool::new(false),
                     wake,
                 })
             }),
@@ -280,12 +276,13 @@ impl<'d> Worker<'d> {
     /// client runs them now. Called before every reply, so a synchronising
     /// call's answer follows the host functions it waited for.
     fn tell_reached<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
+        // With none out, none can have been reached: no lock on the hot path.
+        if self.host_funcs_out == 0 {
+            return Ok(());
+        }
         let Some(reached) = &self.reached else {
             return Ok(());
         };
-        if !reached.any.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
         let ids = std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
         self.host_funcs_out = self.host_funcs_out.saturating_sub(ids.len());
         for id in ids {

@@ -180,6 +180,11 @@ unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     // SAFETY: the program passes a CUDA_MEMCPY2D; read unaligned to be safe.
     let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy2D>()) };
     unsafe { copy_2d_of(mode, &c, stream, sync) }?;
+    settle_copy(mode, stream, sync)
+}
+
+/// After a synchronous 2D or 3D copy, as after a linear one ([`settle`]).
+fn settle_copy(mode: DefaultStream, stream: CUstream, sync: bool) -> CuResult {
     if sync {
         let s = shim()?;
         settle(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
@@ -256,11 +261,7 @@ unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
         // Earlier slices stream; the last one waits when the copy does.
         unsafe { copy_2d_of(mode, slice, stream, sync && i == last) }?;
     }
-    if sync {
-        let s = shim()?;
-        settle(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
-    }
-    Ok(())
+    settle_copy(mode, stream, sync)
 }
 
 unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: bool) -> CuResult {

@@ -6,17 +6,29 @@
 use super::*;
 
 /// `CUmemLocationType` of a device, `CUmemAllocationType` of pinned memory.
-const LOCATION_DEVICE: u32 = 1;
-const ALLOCATION_PINNED: u32 = 1;
+pub(super) const LOCATION_DEVICE: u32 = 1;
+pub(super) const ALLOCATION_PINNED: u32 = 1;
 /// `CU_MEM_ACCESS_FLAGS_PROT_READWRITE`.
 const ACCESS_READWRITE: u32 = 3;
 
 /// `CUmemLocation`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct MemLocation {
-    kind: u32,
-    id: i32,
+pub(super) struct MemLocation {
+    pub(super) kind: u32,
+    pub(super) id: i32,
+}
+
+impl MemLocation {
+    /// The device of the session this location names; other kinds of
+    /// memory (host, NUMA node) are not offered remotely.
+    pub(super) fn device(self, s: &Shim) -> CuResult<i32> {
+        if self.kind != LOCATION_DEVICE {
+            return Err(CuError::NOT_SUPPORTED);
+        }
+        s.device(self.id)?;
+        Ok(self.id)
+    }
 }
 
 /// `CUmemPoolProps`' leading fields (the rest are reserved or Windows').
@@ -41,19 +53,13 @@ fn pool_device(s: &Shim, pool: Handle) -> CuResult<i32> {
     read(&s.pools).get(&pool).copied().ok_or(CuError::INVALID_VALUE)
 }
 
-/// The device a location names; other kinds of memory (host, NUMA node)
-/// are not offered remotely.
+/// The device a location the program passes names ([`MemLocation::device`]).
 fn location_device(s: &Shim, location: *const MemLocation) -> CuResult<i32> {
     if location.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
     // SAFETY: the program passes a CUmemLocation; checked not to be null.
-    let l = unsafe { *location };
-    if l.kind != LOCATION_DEVICE {
-        return Err(CuError::NOT_SUPPORTED);
-    }
-    s.device(l.id)?;
-    Ok(l.id)
+    unsafe { std::ptr::read_unaligned(location) }.device(s)
 }
 
 unsafe fn alloc_async(

@@ -4,11 +4,8 @@
 //! addresses are the GPU's own; each mapped piece is the program's device
 //! memory, and pieces that follow on from each other are one range.
 
+use super::pools::{MemLocation, ALLOCATION_PINNED};
 use super::*;
-
-/// `CUmemLocationType` of a device, `CUmemAllocationType` of pinned memory.
-const LOCATION_DEVICE: u32 = 1;
-const ALLOCATION_PINNED: u32 = 1;
 /// `CU_MEM_ALLOC_GRANULARITY_RECOMMENDED`.
 const GRANULARITY_RECOMMENDED: u32 = 1;
 
@@ -17,15 +14,13 @@ const GRANULARITY_RECOMMENDED: u32 = 1;
 struct AllocationPropHead {
     alloc_type: u32,
     requested_handle_types: u32,
-    location_type: u32,
-    location_id: i32,
+    location: MemLocation,
 }
 
 /// `CUmemAccessDesc`.
 #[repr(C)]
 struct AccessDesc {
-    location_type: u32,
-    location_id: i32,
+    location: MemLocation,
     flags: u32,
 }
 
@@ -41,11 +36,7 @@ fn prop_device(s: &Shim, prop: *const c_void) -> CuResult<(i32, u32)> {
     if p.alloc_type != ALLOCATION_PINNED {
         return Err(CuError::INVALID_VALUE);
     }
-    if p.location_type != LOCATION_DEVICE {
-        return Err(CuError::NOT_SUPPORTED);
-    }
-    s.device(p.location_id)?;
-    Ok((p.location_id, p.requested_handle_types))
+    Ok((p.location.device(s)?, p.requested_handle_types))
 }
 
 pub unsafe fn mem_address_reserve(
@@ -153,14 +144,10 @@ pub unsafe fn mem_set_access(ptr: CUdeviceptr, size: usize, desc: *const c_void,
     for i in 0..count {
         // SAFETY: the program passes `count` descriptors at `desc`.
         let d = unsafe { std::ptr::read_unaligned(desc.add(i)) };
-        if d.location_type != LOCATION_DEVICE {
-            return Err(CuError::NOT_SUPPORTED);
-        }
-        s.device(d.location_id)?;
         let req = Request::MemSetAccess {
             ptr,
             size: size as u64,
-            device: d.location_id,
+            device: d.location.device(s)?,
             flags: d.flags,
         };
         s.remote.call(&req, &[])?;
@@ -189,12 +176,12 @@ pub unsafe fn mem_get_access(flags: *mut u64, location: *const c_void, ptr: CUde
     if location.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    // SAFETY: the program passes a CUmemLocation (type, id); not null.
-    let (kind, id) = unsafe { std::ptr::read_unaligned(location.cast::<(u32, i32)>()) };
+    // SAFETY: the program passes a CUmemLocation; checked not to be null.
+    let l = unsafe { std::ptr::read_unaligned(location.cast::<MemLocation>()) };
     let (_, range) = s.find_device_range(ptr, 1).ok_or(CuError::INVALID_VALUE)?;
     if !range.mapped {
         return Err(CuError::INVALID_VALUE);
     }
-    let rw = kind == LOCATION_DEVICE && id == range.device;
+    let rw = l.kind == super::pools::LOCATION_DEVICE && l.id == range.device;
     unsafe { out(flags, if rw { 3 } else { 0 }) }
 }
