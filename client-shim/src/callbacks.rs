@@ -15,13 +15,22 @@
 //! own ordering: those enqueued on the stream, those its stream waited for
 //! through events, and the legacy default stream's implicit ordering with
 //! blocking streams.
+//!
+//! Later work in the stream that touches the program's memory waits for the
+//! function as CUDA's would: device-to-host data for a copy enqueued behind
+//! an open function is held in the shim and lands, in order on the same
+//! thread, only once the function has returned ([`Callbacks::staged_landing`]);
+//! a copy that reads the program's pinned memory waits for the function
+//! before it reads ([`Callbacks::wait_stream_for`]).
 
 use crate::error::CuError;
+use crate::remote::Staged;
 use gpupool_proto::message::{Handle, StreamRef};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// A stream as the program names it: its context and the stream.
 pub type StreamKey = (Handle, StreamRef);
@@ -61,6 +70,30 @@ impl Call {
     }
 }
 
+/// What the shim's callback thread does, in the order the server's streams
+/// reached it.
+enum Job {
+    /// Run the program's host function.
+    Run(Call),
+    /// Land device-to-host data behind the functions before it.
+    Land(Staged),
+}
+
+impl Job {
+    /// # Safety
+    /// A `Run`'s function was given to be called once; a `Land`'s sink is the
+    /// program's memory, valid until the copy is observed complete, which
+    /// waits for this job.
+    unsafe fn run(self) {
+        match self {
+            // SAFETY: the caller's promise.
+            Job::Run(call) => unsafe { call.run() },
+            // SAFETY: as above.
+            Job::Land(staged) => unsafe { staged.land() },
+        }
+    }
+}
+
 /// The host functions a stream's later work follows.
 #[derive(Default)]
 struct Follows {
@@ -85,7 +118,7 @@ pub struct Callbacks {
     returned: Condvar,
     /// How many are open: while none is, every hook returns at once.
     open: AtomicUsize,
-    runner: Mutex<Option<mpsc::Sender<(u64, Call)>>>,
+    runner: Mutex<Option<mpsc::Sender<(u64, Job)>>>,
 }
 
 impl Callbacks {
@@ -117,16 +150,50 @@ impl Callbacks {
             self.returned_from(id);
             return;
         }
+        self.in_order(id, Job::Run(call));
+    }
+
+    /// Device-to-host data of request `id`, a copy on `stream`, is to be
+    /// held back while the stream's work follows an open host function
+    /// (`None` when it follows none: the data lands as it comes). Until it
+    /// has landed, the copy is open like a host function: synchronising
+    /// calls wait for it and queries answer not ready. The returned closure
+    /// takes the reply's status and the held data.
+    #[allow(clippy::type_complexity)]
+    pub fn staged_landing(
+        &'static self,
+        stream: StreamKey,
+        blocking: bool,
+    ) -> Option<impl FnOnce(u64) -> Box<dyn FnOnce(u32, Staged) + Send>> {
+        if !self.follows_open(stream) {
+            return None;
+        }
+        Some(move |id| {
+            self.enqueued(stream, blocking, id);
+            Box::new(move |status: u32, staged: Staged| match status {
+                // Its functions' jobs were queued before: the server tells
+                // of a function reached before any reply to later work.
+                0 => self.in_order(id, Job::Land(staged)),
+                // A failed copy lands nothing; its error comes back at the
+                // next synchronising call.
+                _ => self.returned_from(id),
+            }) as Box<dyn FnOnce(u32, Staged) + Send>
+        })
+    }
+
+    /// Do `job` on the callback thread after every job before it.
+    fn in_order(&'static self, id: u64, job: Job) {
         let mut runner = self.runner.lock().unwrap_or_else(|p| p.into_inner());
         if runner.is_none() {
-            let (tx, rx) = mpsc::channel::<(u64, Call)>();
+            let (tx, rx) = mpsc::channel::<(u64, Job)>();
             let spawned = std::thread::Builder::new()
                 .name("gpupool-callbacks".into())
                 .spawn(move || {
-                    while let Ok((id, call)) = rx.recv() {
-                        // SAFETY: the program enqueued this function to be
-                        // called once, when its stream reached it.
-                        unsafe { call.run() };
+                    while let Ok((id, job)) = rx.recv() {
+                        // SAFETY: a function the program enqueued to be
+                        // called once, when its stream reached it, or data
+                        // for the program's memory (`Job::run`).
+                        unsafe { job.run() };
                         self.returned_from(id);
                     }
                 });
@@ -135,12 +202,15 @@ impl Callbacks {
                 Err(e) => tracing::error!("cannot start the host function thread: {e}"),
             }
         }
-        let sent = runner.as_ref().is_some_and(|tx| tx.send((id, call)).is_ok());
+        let unsent = match runner.as_ref() {
+            Some(tx) => tx.send((id, job)).err().map(|e| e.0 .1),
+            None => Some(job),
+        };
         drop(runner);
-        if !sent {
+        if let Some(job) = unsent {
             // No thread to run it on: run it here rather than never.
             // SAFETY: as above.
-            unsafe { call.run() };
+            unsafe { job.run() };
             self.returned_from(id);
         }
     }
@@ -224,6 +294,35 @@ impl Callbacks {
     /// Wait until the host functions `stream`'s work follows have returned.
     pub fn wait_stream(&self, stream: StreamKey) {
         self.wait_for(|st| Self::follows(st, stream));
+    }
+
+    /// Whether `stream`'s work so far follows a host function that has not
+    /// returned.
+    pub fn follows_open(&self, stream: StreamKey) -> bool {
+        !self.none_open() && !Self::follows(&self.lock(), stream).is_empty()
+    }
+
+    /// As [`Callbacks::wait_stream`], for at most `limit`: false if a
+    /// function had still not returned by then.
+    pub fn wait_stream_for(&self, stream: StreamKey, limit: Duration) -> bool {
+        if self.none_open() {
+            return true;
+        }
+        let until = Instant::now() + limit;
+        let mut st = self.lock();
+        let ids = Self::follows(&st, stream);
+        while ids.iter().any(|i| st.open.contains_key(i)) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .returned
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Wait until every host function of `ctx` has returned.

@@ -72,6 +72,30 @@ impl Sink {
     }
 }
 
+/// Device-to-host data held in the shim's own buffer until it may land in
+/// the program's memory (behind a host function, [`Remote::call_staged`]).
+pub struct Staged {
+    buf: Vec<u8>,
+    sink: Sink,
+}
+
+impl Staged {
+    /// Write the data where the copy's destination is.
+    ///
+    /// # Safety
+    /// Every byte the sink names is valid and writable.
+    pub unsafe fn land(self) {
+        let Sink { addr, len, rows } = self.sink;
+        let (width, pitch) = rows.unwrap_or((len.max(1), len.max(1)));
+        for (row, bytes) in self.buf.chunks(width).enumerate() {
+            // SAFETY: packed row `row` of the sink lies `row * pitch` from
+            // its start and is `width` bytes (the last one perhaps fewer):
+            // the caller's promise.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (addr as *mut u8).add(row * pitch), bytes.len()) };
+        }
+    }
+}
+
 #[derive(Default)]
 struct Waiter {
     slot: Mutex<Option<Result<Reply, CuError>>>,
@@ -400,6 +424,44 @@ impl Remote {
             return Err(e);
         }
         // Nobody waits for this reply: the background reader takes it.
+        self.wake_background();
+        Ok(())
+    }
+
+    /// Send a streamed device-to-host copy whose data must not land in the
+    /// program's memory as it comes: it is read into a buffer of the shim's,
+    /// and `on_reply(id)` makes, before the request is sent, what the reading
+    /// thread calls with the reply's status and that buffer (the caller lands
+    /// it when it may). Called exactly once, as [`Remote::call_later`]'s.
+    pub fn call_staged(
+        &self,
+        req: &Request,
+        sink: Sink,
+        on_reply: impl FnOnce(u64) -> Box<dyn FnOnce(u32, Staged) + Send>,
+    ) -> CuResult {
+        let mut buf = vec![0u8; sink.len];
+        // The buffer's heap block does not move with the Vec; the reader
+        // fills it through this sink before the reply that hands it on.
+        let staging = Sink::linear(buf.as_mut_ptr(), sink.len);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let land = on_reply(id);
+        let staged = Staged { buf, sink };
+        self.lock_pending().insert(
+            id,
+            Pending {
+                sink: Some(staging),
+                on_reply: Some(Box::new(move |status| land(status, staged))),
+                ..Pending::default()
+            },
+        );
+        self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
+        crate::report::note_streamed();
+        if let Err(e) = self.send(id, FLAG_WANTS_REPLY, req, &[]) {
+            if let Some(f) = self.lock_pending().remove(&id).and_then(|p| p.on_reply) {
+                f(e.0);
+            }
+            return Err(e);
+        }
         self.wake_background();
         Ok(())
     }

@@ -139,6 +139,37 @@ static void cb_read(void *p) {
     cb_note((int)(intptr_t)p);
 }
 
+/* Once the gate opens: notes the first and last bytes of a buffer, then
+ * fills it (a value of -1 leaves it). */
+struct cb_touch {
+    unsigned char *buf;
+    size_t len;
+    int fill;
+    unsigned char first, last;
+};
+static void cb_gated_touch(void *p) {
+    struct cb_touch *t = p;
+    pthread_mutex_lock(&cb_lock);
+    while (!cb_gate_open) pthread_cond_wait(&cb_cond, &cb_lock);
+    pthread_mutex_unlock(&cb_lock);
+    t->first = t->buf[0];
+    t->last = t->buf[t->len - 1];
+    if (t->fill >= 0) memset(t->buf, t->fill, t->len);
+    cb_note(0);
+}
+
+static void cb_close_gate(void) {
+    pthread_mutex_lock(&cb_lock);
+    cb_gate_open = 0;
+    pthread_mutex_unlock(&cb_lock);
+}
+
+static int all_bytes(const unsigned char *p, size_t n, unsigned char v) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != v) return 0;
+    return 1;
+}
+
 static int cb_done(void) {
     pthread_mutex_lock(&cb_lock);
     int n = cb_count;
@@ -1005,6 +1036,73 @@ int main(int argc, char **argv) {
         CHECK(cuLaunchHostFunc(t, cb_record, (void *)9));
         CHECK(cuCtxSynchronize());
         EXPECT(cb_done() == 9, "a context synchronise returned before a function");
+        /* Later work in the stream waits for the function, also where it
+         * touches the program's memory. Device-to-host data (linear and 2D)
+         * enqueued behind a waiting function lands only after it returned:
+         * the function sees the buffer as it was. */
+        {
+            const size_t k = 4096;
+            unsigned char *pb = (unsigned char *)pinned;
+            unsigned char *page = malloc(k), *back = malloc(k);
+            GET(cuMemcpy2DAsync, 3020);
+            GET(cuMemsetD8Async, 3020);
+            CHECK(cuMemsetD8Async(d, 0x5a, k, s));
+            memset(pb, 0xaa, 2 * k);
+            struct cb_touch peek = {pb, k + 1, -1, 0, 0}; /* pb[k]: the 2D copy's first byte */
+            cb_close_gate();
+            CHECK(cuLaunchHostFunc(s, cb_gated_touch, &peek));
+            CHECK(cuMemcpyDtoHAsync(pb, d, k, s));
+            CUDA_MEMCPY2D rows = {0};
+            rows.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            rows.srcDevice = d;
+            rows.srcPitch = 256;
+            rows.dstMemoryType = CU_MEMORYTYPE_HOST;
+            rows.dstHost = pb + k;
+            rows.dstPitch = 512;
+            rows.WidthInBytes = 128;
+            rows.Height = 8;
+            CHECK(cuMemcpy2DAsync(&rows, s));
+            CUresult q = cuStreamQuery(s);
+            EXPECT(q == CUDA_ERROR_NOT_READY, "stream query %d behind a waiting host function", q);
+            EXPECT(pthread_create(&opener, NULL, cb_opener, NULL) == 0, "pthread_create");
+            CHECK(cuStreamSynchronize(s));
+            pthread_join(opener, NULL);
+            EXPECT(peek.first == 0xaa && peek.last == 0xaa,
+                   "a host function saw %#x .. %#x, data of copies enqueued after it", peek.first, peek.last);
+            EXPECT(all_bytes(pb, k, 0x5a), "the device-to-host copy behind the function did not land");
+            int rows_ok = 1;
+            for (int r = 0; r < 8; r++)
+                rows_ok &= all_bytes(pb + k + r * 512, 128, 0x5a) && all_bytes(pb + k + r * 512 + 128, 384, 0xaa);
+            EXPECT(rows_ok, "the 2D copy behind the function landed wrong");
+            /* A copy from pinned memory enqueued behind a function reads
+             * what the function wrote there. */
+            struct cb_touch fill = {pb, k, 0x33, 0, 0};
+            cb_close_gate();
+            CHECK(cuLaunchHostFunc(s, cb_gated_touch, &fill));
+            EXPECT(pthread_create(&opener, NULL, cb_opener, NULL) == 0, "pthread_create");
+            CHECK(cuMemcpyHtoDAsync(d, pb, k, s));
+            CHECK(cuMemcpyDtoH(back, d, k));
+            pthread_join(opener, NULL);
+            EXPECT(all_bytes(back, k, 0x33), "a pinned copy read the buffer before the function wrote it (%#x)",
+                   back[0]);
+            /* A synchronous copy from pageable memory on the legacy stream
+             * reads it after a blocking stream's function wrote it. */
+            CUstream blocking;
+            CHECK(cuStreamCreate(&blocking, 0));
+            memset(page, 0x11, k);
+            struct cb_touch fill_page = {page, k, 0x44, 0, 0};
+            cb_close_gate();
+            CHECK(cuLaunchHostFunc(blocking, cb_gated_touch, &fill_page));
+            EXPECT(pthread_create(&opener, NULL, cb_opener, NULL) == 0, "pthread_create");
+            CHECK(cuMemcpyHtoD(d, page, k));
+            pthread_join(opener, NULL);
+            CHECK(cuMemcpyDtoH(back, d, k));
+            EXPECT(all_bytes(back, k, 0x44), "a synchronous copy read the buffer before the function wrote it (%#x)",
+                   back[0]);
+            CHECK(cuStreamDestroy(blocking));
+            free(page);
+            free(back);
+        }
         /* Not in a capture through gpupool (a GPU's driver makes a host
          * node of it, which this graph never runs). */
         CHECK(cuStreamBeginCapture(t, CU_STREAM_CAPTURE_MODE_RELAXED));

@@ -161,7 +161,7 @@ fn host_functions_run_in_the_program_in_stream_order() {
     let engine = Server::start_with(&[COPY_ENGINE]);
     for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
         let out = driver_check(&url, &["callbacks"]);
-        assert!(out.contains("OK callbacks 9 host functions"), "{url}: {out}");
+        assert!(out.contains("OK callbacks 12 host functions"), "{url}: {out}");
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::config::{self, Config};
 use crate::error::{self, CuError, CuResult};
-use crate::remote::{ConnectOptions, Remote};
+use crate::remote::{ConnectOptions, Remote, Sink};
 use crate::state::{self, DefaultStream, DeviceRange, Shim};
 use gpupool_fatbin::{ImageKind, LenQuery};
 use gpupool_proto::frame::COPY_CHUNK;
@@ -1447,6 +1447,10 @@ unsafe fn htod(
     let ctx = device_range_ctx(s, dst, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
+    match sync {
+        true => before_sync(s, ctx, stream, true),
+        false => before_reading(s, ctx, stream, src as usize),
+    }
     // SAFETY: the program passed `size` readable bytes at src.
     let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
     let chunks = bytes.len().div_ceil(COPY_CHUNK);
@@ -1460,7 +1464,6 @@ unsafe fn htod(
         };
         s.remote.call_or_post(&req, chunk, sync && i + 1 == chunks)?;
     }
-    settle(s, ctx, stream, sync);
     Ok(())
 }
 
@@ -1482,11 +1485,17 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
         len: size as u64,
         sync,
     };
-    // SAFETY: the program gave `size` writable bytes at dst, which CUDA lets
-    // us fill until the copy is observed complete (a sync call drains them).
-    unsafe { s.remote.call_into(&req, dst.cast(), size, sync) }?;
-    settle(s, ctx, stream, sync);
-    Ok(())
+    let sink = Sink::linear(dst.cast(), size);
+    // SAFETY (both): the program gave `size` writable bytes at dst, which
+    // CUDA lets us fill until the copy is observed complete (a sync call
+    // drains them).
+    match sync {
+        true => {
+            before_sync(s, ctx, stream, true);
+            unsafe { s.remote.call_into_sink(&req, sink, true) }
+        }
+        false => unsafe { stream_into(s, &req, ctx, stream, sink) },
+    }
 }
 
 fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, sync: bool) -> CuResult {
@@ -1504,9 +1513,8 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
         src,
         len: size as u64,
     };
-    s.remote.call_or_post(&req, &[], sync)?;
-    settle(s, ctx, stream, sync);
-    Ok(())
+    before_sync(s, ctx, stream, sync);
+    s.remote.call_or_post(&req, &[], sync)
 }
 
 fn memset(
@@ -1538,9 +1546,8 @@ fn memset(
         elem_size,
         count: count as u64,
     };
-    s.remote.call_or_post(&req, &[], sync)?;
-    settle(s, ctx, stream, sync);
-    Ok(())
+    before_sync(s, ctx, stream, sync);
+    s.remote.call_or_post(&req, &[], sync)
 }
 
 pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {

@@ -179,15 +179,16 @@ unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     }
     // SAFETY: the program passes a CUDA_MEMCPY2D; read unaligned to be safe.
     let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy2D>()) };
-    unsafe { copy_2d_of(mode, &c, stream, sync) }?;
-    settle_copy(mode, stream, sync)
+    sync_copy_begins(mode, stream, sync)?;
+    unsafe { copy_2d_of(mode, &c, stream, sync) }
 }
 
-/// After a synchronous 2D or 3D copy, as after a linear one ([`settle`]).
-fn settle_copy(mode: DefaultStream, stream: CUstream, sync: bool) -> CuResult {
+/// Before a synchronous 2D or 3D copy, whose pieces may stream, as before a
+/// linear one ([`before_sync`]).
+fn sync_copy_begins(mode: DefaultStream, stream: CUstream, sync: bool) -> CuResult {
     if sync {
         let s = shim()?;
-        settle(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
+        before_sync(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
     }
     Ok(())
 }
@@ -256,12 +257,13 @@ unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     } else {
         (0..depth).map(|z| slice_2d(z, height)).collect::<CuResult<_>>()?
     };
+    sync_copy_begins(mode, stream, sync)?;
     let last = slices.len() - 1;
     for (i, slice) in slices.iter().enumerate() {
         // Earlier slices stream; the last one waits when the copy does.
         unsafe { copy_2d_of(mode, slice, stream, sync && i == last) }?;
     }
-    settle_copy(mode, stream, sync)
+    Ok(())
 }
 
 unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: bool) -> CuResult {
@@ -334,6 +336,9 @@ unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: 
         (Place::Device(d), Place::Host(f)) => {
             let ctx = device_range_ctx(s, d, span(dp, width, height)? as u64)?;
             refuse_if_capturing(s, sref)?;
+            if !sync {
+                before_reading(s, ctx, sref, f);
+            }
             let band = COPY_CHUNK / width;
             let mut packed = Vec::with_capacity(band.min(height) * width);
             let mut first = 0;
@@ -380,10 +385,13 @@ unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: 
                 sync,
             };
             let sink = Sink::rows(d as *mut u8, width, dp, height);
-            // SAFETY: the program gave `height` rows of `width` writable
-            // bytes, `dp` apart, at d, which CUDA lets us fill until the copy
-            // is observed complete.
-            unsafe { s.remote.call_into_sink(&req, sink, sync) }
+            // SAFETY (both): the program gave `height` rows of `width`
+            // writable bytes, `dp` apart, at d, which CUDA lets us fill until
+            // the copy is observed complete.
+            match sync {
+                true => unsafe { s.remote.call_into_sink(&req, sink, true) },
+                false => unsafe { stream_into(s, &req, ctx, sref, sink) },
+            }
         }
     }
 }
@@ -417,9 +425,11 @@ fn memset_2d(
         return Err(CuError::INVALID_VALUE);
     }
     let ctx = device_range_ctx(s, dst, span(pitch, bytes, height)? as u64)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    before_sync(s, ctx, sref, sync);
     let req = Request::Memset2D {
         ctx,
-        stream: Shim::stream_ref(mode, handle(stream)),
+        stream: sref,
         dst,
         pitch: pitch as u64,
         value,

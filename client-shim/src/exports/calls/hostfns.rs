@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::callbacks::{Call, HostFn, StreamCallback, StreamKey};
+use crate::remote::Sink;
+use std::time::Duration;
 
 /// Whether `stream`'s work waits for the legacy default stream's (every
 /// stream not created `CU_STREAM_NON_BLOCKING`, and the default streams).
@@ -14,11 +16,61 @@ pub(super) fn blocking(s: &Shim, stream: StreamRef) -> bool {
     }
 }
 
-/// After a synchronous copy or memset on `stream` returned: the host
-/// functions its work followed have returned too.
-pub(super) fn settle(s: &Shim, ctx: Handle, stream: StreamRef, sync: bool) {
+/// How long an asynchronous copy from pinned memory waits for the host
+/// functions before it, which may fill its buffer, before it reads anyway.
+const PINNED_READ_WAIT: Duration = Duration::from_secs(5);
+
+/// Before a synchronous copy or memset on `stream`: CUDA runs it after the
+/// stream's earlier work, host functions included, so it reads pageable
+/// memory, and its data lands, only after they have returned. Wait for them
+/// here, before anything is read or sent.
+pub(super) fn before_sync(s: &Shim, ctx: Handle, stream: StreamRef, sync: bool) {
     if sync {
         s.callbacks.wait_stream((ctx, stream));
+    }
+}
+
+/// Before an asynchronous copy on `stream` reads the program's memory at
+/// `src`: from pinned memory CUDA reads when the stream gets there, after
+/// the host functions before it (which may write the buffer), so wait for
+/// those; pageable memory CUDA reads at the call, as the shim does. A
+/// function that has not returned after [`PINNED_READ_WAIT`] (one that waits
+/// for something the program does after this call) is not waited for
+/// longer: the copy reads the buffer then, and says so.
+pub(super) fn before_reading(s: &Shim, ctx: Handle, stream: StreamRef, src: usize) {
+    // Functions first: with none open that is one atomic load.
+    let key = (ctx, stream);
+    if s.callbacks.follows_open(key)
+        && s.find_host_range(src).is_some()
+        && !s.callbacks.wait_stream_for(key, PINNED_READ_WAIT)
+    {
+        tracing::warn!(
+            "an asynchronous copy from pinned memory waited {} s for a host function enqueued before it; \
+             it reads the buffer now, before that function returns",
+            PINNED_READ_WAIT.as_secs()
+        );
+    }
+}
+
+/// Where an asynchronous device-to-host copy on `stream` lands: in the
+/// program's memory as the data comes, or, while the stream's work follows
+/// a host function that has not returned, in the shim, to be written there
+/// once it has (in stream order, on the callback thread).
+///
+/// # Safety
+/// Every byte the sink names stays valid and writable until the copy is
+/// observed complete.
+pub(super) unsafe fn stream_into(
+    s: &'static Shim,
+    req: &Request,
+    ctx: Handle,
+    stream: StreamRef,
+    sink: Sink,
+) -> CuResult {
+    match s.callbacks.staged_landing((ctx, stream), blocking(s, stream)) {
+        Some(land) => s.remote.call_staged(req, sink, land),
+        // SAFETY: the caller's promise, passed on.
+        None => unsafe { s.remote.call_into_sink(req, sink, false) },
     }
 }
 
