@@ -159,6 +159,27 @@ pub struct Shim {
     pub pools: RwLock<HashMap<Handle, i32>>,
     /// Physical memory the program created (`cuMemCreate`) -> its device.
     pub physical: RwLock<HashMap<Handle, i32>>,
+    /// CUDA arrays the program created.
+    pub arrays: RwLock<HashMap<Handle, ArrayEntry>>,
+    /// Texture and surface objects, with the descriptors they were made of.
+    pub textures: RwLock<HashMap<Handle, TextureEntry>>,
+    pub surfaces: RwLock<HashMap<Handle, TextureEntry>>,
+}
+
+/// A CUDA array: its context and descriptor.
+#[derive(Clone, Copy)]
+pub struct ArrayEntry {
+    pub ctx: Handle,
+    pub desc: gpupool_proto::message::ArrayDesc,
+}
+
+/// A texture or surface object: its context, and the program's
+/// `CUDA_RESOURCE_DESC` and `CUDA_TEXTURE_DESC` (zero for a surface), as
+/// given.
+pub struct TextureEntry {
+    pub ctx: Handle,
+    pub resource: [u8; 144],
+    pub texture: [u8; 104],
 }
 
 /// The device slot of a function's entries in [`Shim::attribute_sets`].
@@ -214,6 +235,9 @@ impl Shim {
             callbacks: Default::default(),
             pools: RwLock::default(),
             physical: RwLock::default(),
+            arrays: RwLock::default(),
+            textures: RwLock::default(),
+            surfaces: RwLock::default(),
         }
     }
 
@@ -355,6 +379,16 @@ impl Shim {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| *c != ctx);
+        for objects in [&self.textures, &self.surfaces] {
+            objects
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, t| t.ctx != ctx);
+        }
+        self.arrays
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, a| a.ctx != ctx);
         // Its streams went with it: they no longer answer queries.
         let mut gone = Vec::new();
         self.streams

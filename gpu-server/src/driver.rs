@@ -177,6 +177,118 @@ impl Memcpy2D {
     }
 }
 
+/// `CUDA_ARRAY3D_DESCRIPTOR`.
+#[repr(C)]
+pub struct Array3DDesc {
+    pub width: usize,
+    pub height: usize,
+    pub depth: usize,
+    pub format: u32,
+    pub channels: u32,
+    pub flags: u32,
+}
+
+/// `CUDA_MEMCPY3D` as the driver lays it out.
+#[repr(C)]
+pub struct Memcpy3D {
+    pub src_x_in_bytes: usize,
+    pub src_y: usize,
+    pub src_z: usize,
+    pub src_lod: usize,
+    pub src_memory_type: u32,
+    pub src_host: *const c_void,
+    pub src_device: CUdeviceptr,
+    pub src_array: Ptr,
+    pub reserved0: Ptr,
+    pub src_pitch: usize,
+    pub src_height: usize,
+    pub dst_x_in_bytes: usize,
+    pub dst_y: usize,
+    pub dst_z: usize,
+    pub dst_lod: usize,
+    pub dst_memory_type: u32,
+    pub dst_host: Ptr,
+    pub dst_device: CUdeviceptr,
+    pub dst_array: Ptr,
+    pub reserved1: Ptr,
+    pub dst_pitch: usize,
+    pub dst_height: usize,
+    pub width_in_bytes: usize,
+    pub height: usize,
+    pub depth: usize,
+}
+
+/// One end of a copy that may involve a CUDA array: host memory or device
+/// memory with its pitch, or byte `x` of row `y` of slice `z` of an array.
+#[derive(Clone, Copy)]
+pub enum End {
+    Host(*mut c_void, usize),
+    Device(CUdeviceptr, usize),
+    Array(Ptr, usize, usize, usize),
+}
+
+/// `CU_MEMORYTYPE_ARRAY`.
+const MEMORYTYPE_ARRAY: u32 = 3;
+
+impl Memcpy3D {
+    /// A copy of `height` rows of `width` bytes, one slice, from `src` to
+    /// `dst`.
+    pub fn rows(src: End, dst: End, width: usize, height: usize) -> Memcpy3D {
+        // SAFETY: every field is an integer or a raw pointer, for which all
+        // zeroes is a valid value (null, 0).
+        let mut c: Memcpy3D = unsafe { std::mem::zeroed() };
+        (c.width_in_bytes, c.height, c.depth) = (width, height, 1);
+        match src {
+            End::Host(p, pitch) => {
+                (c.src_memory_type, c.src_host, c.src_pitch) = (MEMORYTYPE_HOST, p.cast_const(), pitch)
+            }
+            End::Device(p, pitch) => (c.src_memory_type, c.src_device, c.src_pitch) = (MEMORYTYPE_DEVICE, p, pitch),
+            End::Array(a, x, y, z) => {
+                (c.src_memory_type, c.src_array, c.src_x_in_bytes, c.src_y, c.src_z) = (MEMORYTYPE_ARRAY, a, x, y, z)
+            }
+        }
+        match dst {
+            End::Host(p, pitch) => (c.dst_memory_type, c.dst_host, c.dst_pitch) = (MEMORYTYPE_HOST, p, pitch),
+            End::Device(p, pitch) => (c.dst_memory_type, c.dst_device, c.dst_pitch) = (MEMORYTYPE_DEVICE, p, pitch),
+            End::Array(a, x, y, z) => {
+                (c.dst_memory_type, c.dst_array, c.dst_x_in_bytes, c.dst_y, c.dst_z) = (MEMORYTYPE_ARRAY, a, x, y, z)
+            }
+        }
+        // One slice: the slice heights only need to cover the rows.
+        (c.src_height, c.dst_height) = (height, height);
+        c
+    }
+}
+
+/// `CUDA_RESOURCE_DESC` (144 bytes): the resource type, then its union of
+/// 128 bytes, then flags.
+#[repr(C)]
+pub struct ResourceDesc {
+    pub res_type: u32,
+    pub res: [u64; 16],
+    pub flags: u32,
+}
+
+/// `CUDA_TEXTURE_DESC` (104 bytes).
+#[repr(C)]
+pub struct TextureDesc {
+    pub address_mode: [u32; 3],
+    pub filter_mode: u32,
+    pub flags: u32,
+    pub max_anisotropy: u32,
+    pub mipmap_filter_mode: u32,
+    pub mipmap_level_bias: f32,
+    pub min_mipmap_level_clamp: f32,
+    pub max_mipmap_level_clamp: f32,
+    pub border_color: [f32; 4],
+    pub reserved: [i32; 12],
+}
+
+const _: () = assert!(std::mem::size_of::<Memcpy3D>() == 200);
+const _: () = assert!(std::mem::size_of::<ResourceDesc>() == 144);
+const _: () = assert!(std::mem::size_of::<TextureDesc>() == 104);
+const _: () = assert!(std::mem::size_of::<Array3DDesc>() == 40);
+
 macro_rules! driver_api {
     ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
         /// Typed entry points of the loaded driver.
@@ -283,6 +395,13 @@ driver_api! {
     cuMemsetD16Async(dst: CUdeviceptr, value: u16, count: usize, stream: Ptr);
     cuMemsetD32Async(dst: CUdeviceptr, value: u32, count: usize, stream: Ptr);
     cuMemcpy2DAsync_v2(copy: *const Memcpy2D, stream: Ptr);
+    cuMemcpy3DAsync_v2(copy: *const Memcpy3D, stream: Ptr);
+    cuArray3DCreate_v2(array: *mut Ptr, desc: *const Array3DDesc);
+    cuArrayDestroy(array: Ptr);
+    cuTexObjectCreate(tex: *mut u64, res: *const ResourceDesc, desc: *const TextureDesc, view: *const c_void);
+    cuTexObjectDestroy(tex: u64);
+    cuSurfObjectCreate(surf: *mut u64, res: *const ResourceDesc);
+    cuSurfObjectDestroy(surf: u64);
     cuMemsetD2D8Async(dst: CUdeviceptr, pitch: usize, value: u8, width: usize, height: usize, stream: Ptr);
     cuMemsetD2D16Async(dst: CUdeviceptr, pitch: usize, value: u16, width: usize, height: usize, stream: Ptr);
     cuMemsetD2D32Async(dst: CUdeviceptr, pitch: usize, value: u32, width: usize, height: usize, stream: Ptr);

@@ -22,6 +22,19 @@ pub struct Region {
     pub mapped: bool,
 }
 
+/// A CUDA array of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrayInfo {
+    pub ctx: Handle,
+    /// Bytes in a row (width in elements times the element's size).
+    pub row_bytes: u64,
+    /// Rows in a slice and slices (or layers), each at least 1.
+    pub rows: u64,
+    pub slices: u64,
+    /// Made for surface load and store (`CUDA_ARRAY3D_SURFACE_LDST`).
+    pub surface: bool,
+}
+
 /// What one client holds.
 #[derive(Debug, Default)]
 pub struct Tables {
@@ -55,6 +68,12 @@ pub struct Tables {
     pub reservations: BTreeMap<u64, u64>,
     /// Physical allocations (`cuMemCreate`) -> (size, device).
     pub physical: HashMap<Handle, (u64, i32)>,
+    /// CUDA arrays.
+    pub arrays: HashMap<Handle, ArrayInfo>,
+    /// Texture and surface objects -> (context, the array they read, if
+    /// one).
+    pub textures: HashMap<Handle, (Handle, Option<Handle>)>,
+    pub surfaces: HashMap<Handle, (Handle, Handle)>,
 }
 
 impl Tables {
@@ -144,6 +163,27 @@ impl Tables {
         self.real
             .retain(|h, _| streams.contains_key(h) || events.contains_key(h));
         self.memory.retain(|_, r| r.ctx != ctx);
+        self.arrays.retain(|_, a| a.ctx != ctx);
+        self.textures.retain(|_, (c, _)| *c != ctx);
+        self.surfaces.retain(|_, (c, _)| *c != ctx);
+    }
+
+    /// Check that `rows` rows of `width` bytes from byte `x` of row `y` of
+    /// slice `z` lie inside array `array` of context `ctx`.
+    pub fn check_array(
+        &self,
+        ctx: Handle,
+        array: Handle,
+        at: (u64, u64, u64),
+        width: u64,
+        rows: u64,
+    ) -> Result<(), u32> {
+        let a = self.arrays.get(&array).filter(|a| a.ctx == ctx).ok_or(INVALID_HANDLE)?;
+        let (x, y, z) = at;
+        let inside = x.checked_add(width).is_some_and(|e| e <= a.row_bytes)
+            && y.checked_add(rows).is_some_and(|e| e <= a.rows)
+            && z < a.slices;
+        inside.then_some(()).ok_or(INVALID_VALUE)
     }
 }
 
@@ -252,5 +292,52 @@ mod tests {
         assert!(t.check_range(0x2000, 1).is_ok());
         assert!(t.modules.is_empty() && t.functions.is_empty() && t.streams.is_empty());
         assert_eq!(t.context(1), Err(INVALID_CONTEXT));
+    }
+
+    #[test]
+    fn array_copies_must_fit_the_array() {
+        let mut t = Tables::default();
+        let info = ArrayInfo {
+            ctx: 1,
+            row_bytes: 148,
+            rows: 19,
+            slices: 3,
+            surface: false,
+        };
+        t.arrays.insert(0xa000, info);
+        assert_eq!(t.check_array(1, 0xa000, (0, 0, 0), 148, 19), Ok(()));
+        assert_eq!(t.check_array(1, 0xa000, (4, 18, 2), 144, 1), Ok(()));
+        assert_eq!(
+            t.check_array(1, 0xa000, (4, 0, 0), 148, 1),
+            Err(INVALID_VALUE),
+            "past the row"
+        );
+        assert_eq!(
+            t.check_array(1, 0xa000, (0, 1, 0), 4, 19),
+            Err(INVALID_VALUE),
+            "past the last row"
+        );
+        assert_eq!(
+            t.check_array(1, 0xa000, (0, 0, 3), 4, 1),
+            Err(INVALID_VALUE),
+            "past the last slice"
+        );
+        assert_eq!(
+            t.check_array(1, 0xa000, (u64::MAX, 0, 0), 2, 1),
+            Err(INVALID_VALUE),
+            "overflow"
+        );
+        assert_eq!(
+            t.check_array(2, 0xa000, (0, 0, 0), 4, 1),
+            Err(INVALID_HANDLE),
+            "another context's"
+        );
+        assert_eq!(
+            t.check_array(1, 0xb000, (0, 0, 0), 4, 1),
+            Err(INVALID_HANDLE),
+            "not an array"
+        );
+        t.drop_context(1);
+        assert!(t.arrays.is_empty());
     }
 }

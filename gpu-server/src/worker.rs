@@ -102,6 +102,8 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
 }
 
 /// The executing side of one session.
+mod arrays;
+
 pub struct Worker<'d> {
     driver: &'d Driver,
     tables: Tables,
@@ -403,6 +405,7 @@ impl<'d> Worker<'d> {
             request,
             Request::MemcpyHtoD { .. }
                 | Request::MemcpyHtoD2D { .. }
+                | Request::MemcpyHtoA { .. }
                 | Request::ModuleLoad { .. }
                 | Request::LibraryLoad { .. }
                 | Request::Launch(_)
@@ -415,7 +418,7 @@ impl<'d> Worker<'d> {
         }
         let d = self.driver;
         let reply = match request {
-            Request::MemcpyHtoD { .. } | Request::MemcpyHtoD2D { .. } => {
+            Request::MemcpyHtoD { .. } | Request::MemcpyHtoD2D { .. } | Request::MemcpyHtoA { .. } => {
                 let (ctx, stream, status) = match request {
                     Request::MemcpyHtoD {
                         ctx,
@@ -450,6 +453,18 @@ impl<'d> Worker<'d> {
                             self.copy_in_2d(ctx, stream, band, header.bulk_len, reader)?,
                         )
                     }
+                    Request::MemcpyHtoA {
+                        ctx,
+                        stream,
+                        dst,
+                        width,
+                        first_row,
+                        rows,
+                    } => {
+                        let band = (width, first_row, rows);
+                        let status = self.copy_into_array(ctx, stream, dst, band, header.bulk_len, reader)?;
+                        (ctx, stream, status)
+                    }
                     _ => unreachable!("matched above"),
                 };
                 if wants {
@@ -466,7 +481,7 @@ impl<'d> Worker<'d> {
                     return Ok(None);
                 }
             }
-            Request::MemcpyDtoH { .. } | Request::MemcpyDtoH2D { .. } => {
+            Request::MemcpyDtoH { .. } | Request::MemcpyDtoH2D { .. } | Request::MemcpyAtoH { .. } => {
                 let (ctx, sync, status) = match request {
                     Request::MemcpyDtoH {
                         ctx,
@@ -492,6 +507,17 @@ impl<'d> Worker<'d> {
                             rows: height,
                         };
                         (ctx, sync, self.copy_out_2d(header.id, ctx, stream, rows, writer)?)
+                    }
+                    Request::MemcpyAtoH {
+                        ctx,
+                        stream,
+                        src,
+                        width,
+                        height,
+                        sync,
+                    } => {
+                        let status = self.copy_out_of_array(header.id, ctx, stream, src, (width, height), writer)?;
+                        (ctx, sync, status)
                     }
                     _ => unreachable!("matched above"),
                 };
@@ -585,7 +611,7 @@ impl<'d> Worker<'d> {
                 R::MemGetInfo { ctx } | R::MemAlloc { ctx, .. } | R::MemFree { ctx, .. } => *ctx,
                 R::MemAllocAsync { ctx, .. } | R::MemFreeAsync { ctx, .. } => *ctx,
                 R::MemcpyDtoD { ctx, .. } | R::Memset { ctx, .. } => *ctx,
-                R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } => *ctx,
+                R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } | R::MemcpyArray { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
                 R::FuncGetAttribute { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
@@ -691,6 +717,23 @@ impl<'d> Worker<'d> {
                         .map(|()| Reply::Size(g as u64)),
                 )
             }
+            R::ArrayCreate { ctx, desc } => to_reply(self.array_create(ctx, desc)),
+            R::ArrayDestroy { array } => to_reply(self.array_destroy(array)),
+            R::MemcpyArray {
+                ctx,
+                stream,
+                dst,
+                src,
+                width,
+                height,
+            } => {
+                let r = self.copy_array(ctx, stream, dst, src, width, height);
+                Reply::Status(self.sync_status(ctx, r))
+            }
+            R::TexObjectCreate { ctx, resource, texture } => to_reply(self.texture_create(ctx, resource, texture)),
+            R::TexObjectDestroy { tex } => to_reply(self.texture_destroy(tex)),
+            R::SurfObjectCreate { ctx, array } => to_reply(self.surface_create(ctx, array)),
+            R::SurfObjectDestroy { surf } => to_reply(self.surface_destroy(surf)),
             R::MemcpyDtoD {
                 ctx,
                 stream,
@@ -959,8 +1002,10 @@ impl<'d> Worker<'d> {
             R::LaunchHostFunc { .. }
             | R::MemcpyHtoD { .. }
             | R::MemcpyHtoD2D { .. }
+            | R::MemcpyHtoA { .. }
             | R::MemcpyDtoH { .. }
             | R::MemcpyDtoH2D { .. }
+            | R::MemcpyAtoH { .. }
             | R::ModuleLoad { .. }
             | R::LibraryLoad { .. }
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
@@ -1229,6 +1274,7 @@ impl<'d> Worker<'d> {
             return;
         }
         let d = self.driver;
+        self.release_arrays(ctx);
         let bases: Vec<u64> = self
             .tables
             .memory

@@ -133,6 +133,59 @@ pub enum Request {
     /// sync -> `Reply::Size`: `cuMemGetAllocationGranularity` for device
     /// memory on `device`, minimum or (`recommended`) recommended.
     MemGranularity { device: i32, recommended: bool },
+    /// sync -> `Reply::Handle`: a CUDA array (`cuArray3DCreate`; a 2D array
+    /// has depth 0, a 1D one height 0 too) in `ctx`.
+    ArrayCreate { ctx: Handle, desc: ArrayDesc },
+    /// sync: `cuArrayDestroy`, once no texture or surface object of the
+    /// session names it.
+    ArrayDestroy { array: Handle },
+    /// Rows `first_row .. first_row + rows` of a host-to-array copy of
+    /// `width`-byte rows: row `r` lands at row `dst.y + r` of slice `dst.z`,
+    /// from byte `dst.x`. The rows, packed, are the bulk tail (at most a copy
+    /// chunk). Async unless the frame asks for a reply.
+    MemcpyHtoA {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: ArrayPos,
+        width: u64,
+        first_row: u64,
+        rows: u64,
+    },
+    /// Array-to-host copy of `height` rows of `width` bytes from `src`:
+    /// answered as `MemcpyDtoH2D` is, rows packed into `Reply::Data` chunks.
+    MemcpyAtoH {
+        ctx: Handle,
+        stream: StreamRef,
+        src: ArrayPos,
+        width: u64,
+        height: u64,
+        sync: bool,
+    },
+    /// Copy of `height` rows of `width` bytes between device memory and
+    /// arrays, at least one end an array. async (or sync when the frame
+    /// asks).
+    MemcpyArray {
+        ctx: Handle,
+        stream: StreamRef,
+        dst: CopyEnd,
+        src: CopyEnd,
+        width: u64,
+        height: u64,
+    },
+    /// sync -> `Reply::Handle`: a texture object (`cuTexObjectCreate`, no
+    /// resource view) over the session's own array or device memory.
+    TexObjectCreate {
+        ctx: Handle,
+        resource: Resource,
+        texture: TextureDesc,
+    },
+    /// sync: `cuTexObjectDestroy`.
+    TexObjectDestroy { tex: Handle },
+    /// sync -> `Reply::Handle`: a surface object over an array of the
+    /// session made for surface load/store (`cuSurfObjectCreate`).
+    SurfObjectCreate { ctx: Handle, array: Handle },
+    /// sync: `cuSurfObjectDestroy`.
+    SurfObjectDestroy { surf: Handle },
     /// One chunk of a host-to-device copy; the bytes are the bulk tail.
     /// `offset` is the chunk's position within the whole copy of `total`
     /// bytes starting at `dst`. Async unless the frame asks for a reply (a
@@ -355,6 +408,83 @@ pub enum Request {
 }
 
 /// The launch of one kernel.
+/// `CUDA_ARRAY3D_DESCRIPTOR`: extent in elements, `CUarray_format`,
+/// channels per element and `CUDA_ARRAY3D_*` flags, as the driver numbers
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayDesc {
+    pub width: u64,
+    pub height: u64,
+    pub depth: u64,
+    pub format: u32,
+    pub channels: u32,
+    pub flags: u32,
+}
+
+/// Bytes of one CUDA array element of `format` (`CUarray_format`: 8, 16
+/// and 32-bit integers, half and float) with `channels` (1, 2 or 4)
+/// channels; None for a format or count the driver does not have.
+pub fn array_element_bytes(format: u32, channels: u32) -> Option<u64> {
+    let one = match format {
+        0x01 | 0x08 => 1,
+        0x02 | 0x09 | 0x10 => 2,
+        0x03 | 0x0a | 0x20 => 4,
+        _ => return None,
+    };
+    matches!(channels, 1 | 2 | 4).then_some(one * u64::from(channels))
+}
+
+/// A place in a CUDA array: byte `x` of row `y` of slice (or layer) `z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayPos {
+    pub array: Handle,
+    pub x: u64,
+    pub y: u64,
+    pub z: u64,
+}
+
+/// One end of a copy on the GPU: rows `pitch` apart from `ptr`, or a place
+/// in an array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyEnd {
+    Device { ptr: DevicePtr, pitch: u64 },
+    Array(ArrayPos),
+}
+
+/// What a texture object reads (`CUDA_RESOURCE_DESC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resource {
+    Array(Handle),
+    Linear {
+        ptr: DevicePtr,
+        format: u32,
+        channels: u32,
+        size: u64,
+    },
+    Pitch2D {
+        ptr: DevicePtr,
+        format: u32,
+        channels: u32,
+        width: u64,
+        height: u64,
+        pitch: u64,
+    },
+}
+
+/// `CUDA_TEXTURE_DESC`'s fields, as the driver numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TextureDesc {
+    pub address_mode: [u32; 3],
+    pub filter_mode: u32,
+    pub flags: u32,
+    pub max_anisotropy: u32,
+    pub mipmap_filter_mode: u32,
+    pub mipmap_level_bias: f32,
+    pub min_mipmap_level_clamp: f32,
+    pub max_mipmap_level_clamp: f32,
+    pub border_color: [f32; 4],
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Launch {
     pub ctx: Handle,
@@ -454,5 +584,89 @@ impl Reply {
             Reply::Status(s) | Reply::Done(s) => *s,
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn array_requests_round_trip() {
+        let at = ArrayPos {
+            array: 0x7f00_1234_5000,
+            x: 12,
+            y: 3,
+            z: 2,
+        };
+        let requests = [
+            Request::ArrayCreate {
+                ctx: 9,
+                desc: ArrayDesc {
+                    width: 37,
+                    height: 19,
+                    depth: 3,
+                    format: 0x20,
+                    channels: 1,
+                    flags: 1,
+                },
+            },
+            Request::MemcpyHtoA {
+                ctx: 9,
+                stream: StreamRef::PerThread(4),
+                dst: at,
+                width: 148,
+                first_row: 5,
+                rows: 7,
+            },
+            Request::MemcpyArray {
+                ctx: 9,
+                stream: StreamRef::Legacy,
+                dst: CopyEnd::Device {
+                    ptr: 0x7000_0000,
+                    pitch: 256,
+                },
+                src: CopyEnd::Array(at),
+                width: 148,
+                height: 19,
+            },
+            Request::TexObjectCreate {
+                ctx: 9,
+                resource: Resource::Pitch2D {
+                    ptr: 0x7000_0000,
+                    format: 0x20,
+                    channels: 1,
+                    width: 37,
+                    height: 19,
+                    pitch: 256,
+                },
+                texture: TextureDesc {
+                    address_mode: [1, 1, 3],
+                    filter_mode: 1,
+                    flags: 2,
+                    max_anisotropy: 0,
+                    mipmap_filter_mode: 0,
+                    mipmap_level_bias: 0.0,
+                    min_mipmap_level_clamp: 0.0,
+                    max_mipmap_level_clamp: 0.0,
+                    border_color: [0.5, 0.0, 0.0, 1.0],
+                },
+            },
+        ];
+        for r in requests {
+            let bytes = codec::encode(&r).unwrap();
+            assert_eq!(codec::decode::<Request>(&bytes).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn element_sizes_are_the_drivers() {
+        assert_eq!(array_element_bytes(0x20, 1), Some(4));
+        assert_eq!(array_element_bytes(0x01, 4), Some(4));
+        assert_eq!(array_element_bytes(0x10, 2), Some(4));
+        assert_eq!(array_element_bytes(0x0a, 4), Some(16));
+        assert_eq!(array_element_bytes(0x20, 3), None, "three channels");
+        assert_eq!(array_element_bytes(0x07, 1), None, "no such format");
     }
 }

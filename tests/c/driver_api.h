@@ -81,6 +81,72 @@ typedef struct {
 typedef CUresult (*PFN_cuMemcpy3D)(const CUDA_MEMCPY3D *);
 typedef CUresult (*PFN_cuMemcpy3DAsync)(const CUDA_MEMCPY3D *, CUstream);
 typedef CUresult (*PFN_cuMemcpy2DAsync)(const CUDA_MEMCPY2D *, CUstream);
+/* CUDA arrays, texture and surface objects. */
+typedef struct CUarray_st *CUarray;
+typedef unsigned long long CUtexObject;
+typedef unsigned long long CUsurfObject;
+#define CU_AD_FORMAT_UNSIGNED_INT8 0x01
+#define CU_AD_FORMAT_FLOAT 0x20
+#define CUDA_ARRAY3D_LAYERED 0x01
+#define CUDA_ARRAY3D_SURFACE_LDST 0x02
+#define CU_RESOURCE_TYPE_ARRAY 0
+#define CU_RESOURCE_TYPE_PITCH2D 3
+#define CU_TR_ADDRESS_MODE_WRAP 0
+#define CU_TR_ADDRESS_MODE_CLAMP 1
+#define CU_TR_ADDRESS_MODE_BORDER 3
+#define CU_TR_FILTER_MODE_POINT 0
+#define CU_TR_FILTER_MODE_LINEAR 1
+#define CU_TRSF_NORMALIZED_COORDINATES 0x02
+typedef struct {
+    size_t Width, Height;
+    int Format;
+    unsigned NumChannels;
+} CUDA_ARRAY_DESCRIPTOR;
+typedef struct {
+    size_t Width, Height, Depth;
+    int Format;
+    unsigned NumChannels;
+    unsigned Flags;
+} CUDA_ARRAY3D_DESCRIPTOR;
+typedef struct {
+    int resType;
+    union {
+        struct {
+            CUarray hArray;
+        } array;
+        struct {
+            CUdeviceptr devPtr;
+            int format;
+            unsigned numChannels;
+            size_t width, height, pitchInBytes;
+        } pitch2D;
+        struct {
+            int reserved[32];
+        } reserved;
+    } res;
+    unsigned flags;
+} CUDA_RESOURCE_DESC;
+typedef struct {
+    int addressMode[3];
+    int filterMode;
+    unsigned flags;
+    unsigned maxAnisotropy;
+    int mipmapFilterMode;
+    float mipmapLevelBias, minMipmapLevelClamp, maxMipmapLevelClamp;
+    float borderColor[4];
+    int reserved[12];
+} CUDA_TEXTURE_DESC;
+typedef CUresult (*PFN_cuArrayCreate)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+typedef CUresult (*PFN_cuArray3DCreate)(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR *);
+typedef CUresult (*PFN_cuArrayDestroy)(CUarray);
+typedef CUresult (*PFN_cuArrayGetDescriptor)(CUDA_ARRAY_DESCRIPTOR *, CUarray);
+typedef CUresult (*PFN_cuArray3DGetDescriptor)(CUDA_ARRAY3D_DESCRIPTOR *, CUarray);
+typedef CUresult (*PFN_cuTexObjectCreate)(CUtexObject *, const CUDA_RESOURCE_DESC *, const CUDA_TEXTURE_DESC *,
+                                          const void *);
+typedef CUresult (*PFN_cuTexObjectDestroy)(CUtexObject);
+typedef CUresult (*PFN_cuTexObjectGetResourceDesc)(CUDA_RESOURCE_DESC *, CUtexObject);
+typedef CUresult (*PFN_cuSurfObjectCreate)(CUsurfObject *, const CUDA_RESOURCE_DESC *);
+typedef CUresult (*PFN_cuSurfObjectDestroy)(CUsurfObject);
 typedef CUresult (*PFN_cuMemAllocPitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
 typedef CUresult (*PFN_cuMemsetD2D32)(CUdeviceptr, size_t, unsigned, size_t, size_t);
 typedef CUresult (*PFN_cuMemsetD2D8Async)(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
@@ -229,6 +295,6 @@ typedef CUresult (*PFN_cuEventElapsedTime)(float *, CUevent, CUevent);
 typedef CUresult (*PFN_cuEventDestroy)(CUevent);
 typedef CUresult (*PFN_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, void **);
 typedef CUresult (*PFN_cuGetErrorName)(CUresult, const char **);
-typedef CUresult (*PFN_cuArrayCreate)(void *, const void *);
+typedef CUresult (*PFN_cuMipmappedArrayCreate)(void *, const void *, unsigned);
 
 #endif

@@ -880,9 +880,10 @@ int main(int argc, char **argv) {
                         unsigned char got = back[z * w * h + y * w + x];
                         EXPECT(got == want, "3D byte (%zu,%zu,%zu) = %u, want %u", x, y, z, got, want);
                     }
+            /* An array end that names no array. */
             c3.srcMemoryType = CU_MEMORYTYPE_ARRAY;
-            EXPECT(cuMemcpy3D(&c3) == CUDA_ERROR_NOT_SUPPORTED || !getenv("GPUPOOL_SERVER"),
-                   "a 3D copy from an array was not refused");
+            c3.srcArray = NULL;
+            EXPECT(cuMemcpy3D(&c3) != CUDA_SUCCESS, "a 3D copy from no array was accepted");
             CHECK(cuMemFree(dv));
             CHECK(cuMemFree(dv2));
             free(vol);
@@ -1221,6 +1222,232 @@ int main(int argc, char **argv) {
         CHECK(cuMemFreeHost(in));
         CHECK(cuMemFreeHost(out));
         printf("OK pools\n");
+    } else if (!strcmp(mode, "arrays")) {
+        GET(cuArray3DCreate, 3020);
+        GET(cuArrayDestroy, 2000);
+        GET(cuArrayGetDescriptor, 3020);
+        GET(cuArray3DGetDescriptor, 3020);
+        GET(cuMemcpy2D, 3020);
+        GET(cuMemcpy2DAsync, 3020);
+        GET(cuMemcpy3D, 3020);
+        GET(cuTexObjectCreate, 5000);
+        GET(cuTexObjectDestroy, 5000);
+        GET(cuTexObjectGetResourceDesc, 5000);
+        GET(cuSurfObjectCreate, 5000);
+        GET(cuSurfObjectDestroy, 5000);
+        CUfunction tex_read, surf_scale;
+        CHECK(cuModuleGetFunction(&tex_read, mod, "gp_tex_read"));
+        CHECK(cuModuleGetFunction(&surf_scale, mod, "gp_surf_scale"));
+        /* Odd sizes: no row is a power of two long. */
+        int w = 37, h = 19;
+        const size_t n = (size_t)w * h, row = (size_t)w * sizeof(float);
+        float *img = malloc(n * sizeof(float)), *img2 = malloc(n * sizeof(float));
+        float *back = malloc(2 * n * sizeof(float));
+        for (size_t i = 0; i < n; i++) img[i] = 1.0f + 0.25f * (float)i, img2[i] = -3.0f * (float)i;
+        CUstream s;
+        CHECK(cuStreamCreate(&s, 1));
+        /* A 2D float array for textures and surfaces. */
+        CUDA_ARRAY3D_DESCRIPTOR ad = {(size_t)w, (size_t)h, 0, CU_AD_FORMAT_FLOAT, 1, CUDA_ARRAY3D_SURFACE_LDST};
+        CUarray arr;
+        CHECK(cuArray3DCreate(&arr, &ad));
+        CUDA_ARRAY_DESCRIPTOR d2;
+        CHECK(cuArrayGetDescriptor(&d2, arr));
+        EXPECT(d2.Width == (size_t)w && d2.Height == (size_t)h && d2.Format == CU_AD_FORMAT_FLOAT && d2.NumChannels == 1,
+               "array descriptor %zux%zu format %#x channels %u", d2.Width, d2.Height, d2.Format, d2.NumChannels);
+        CUDA_ARRAY3D_DESCRIPTOR d3;
+        CHECK(cuArray3DGetDescriptor(&d3, arr));
+        EXPECT(d3.Depth == 0 && d3.Flags == CUDA_ARRAY3D_SURFACE_LDST, "3D descriptor depth %zu flags %#x", d3.Depth,
+               d3.Flags);
+        /* Host to array and back, whole. */
+        CUDA_MEMCPY2D up = {0};
+        up.srcMemoryType = CU_MEMORYTYPE_HOST;
+        up.srcHost = img;
+        up.srcPitch = row;
+        up.dstMemoryType = CU_MEMORYTYPE_ARRAY;
+        up.dstArray = arr;
+        up.WidthInBytes = row;
+        up.Height = h;
+        CHECK(cuMemcpy2D(&up));
+        CUDA_MEMCPY2D down = {0};
+        down.srcMemoryType = CU_MEMORYTYPE_ARRAY;
+        down.srcArray = arr;
+        down.dstMemoryType = CU_MEMORYTYPE_HOST;
+        down.dstHost = back;
+        down.dstPitch = row;
+        down.WidthInBytes = row;
+        down.Height = h;
+        memset(back, 0, n * sizeof(float));
+        CHECK(cuMemcpy2D(&down));
+        EXPECT(!memcmp(back, img, n * sizeof(float)), "host -> array -> host changed the data");
+        /* A sub-rectangle (5 x 4 from x 3, y 2) into wider host rows, on a
+         * stream. */
+        float sub[4 * 8];
+        for (int i = 0; i < 32; i++) sub[i] = -1.0f;
+        CUDA_MEMCPY2D part = down;
+        part.srcXInBytes = 3 * sizeof(float);
+        part.srcY = 2;
+        part.dstHost = sub;
+        part.dstPitch = 8 * sizeof(float);
+        part.WidthInBytes = 5 * sizeof(float);
+        part.Height = 4;
+        CHECK(cuMemcpy2DAsync(&part, s));
+        CHECK(cuStreamSynchronize(s));
+        int sub_ok = 1;
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 8; c++)
+                sub_ok &= sub[r * 8 + c] == (c < 5 ? img[(2 + r) * w + 3 + c] : -1.0f);
+        EXPECT(sub_ok, "a sub-rectangle of the array landed wrong");
+        /* Out of the array's bounds: refused, nothing copied. */
+        CUDA_MEMCPY2D over = up;
+        over.Height = h + 1;
+        EXPECT(cuMemcpy2D(&over) == CUDA_ERROR_INVALID_VALUE, "a copy past the array's last row was accepted");
+        /* A texture over the array: point sampling at texel centres reads
+         * every texel. */
+        CUDA_RESOURCE_DESC rd;
+        memset(&rd, 0, sizeof rd);
+        rd.resType = CU_RESOURCE_TYPE_ARRAY;
+        rd.res.array.hArray = arr;
+        CUDA_TEXTURE_DESC td;
+        memset(&td, 0, sizeof td);
+        td.addressMode[0] = td.addressMode[1] = CU_TR_ADDRESS_MODE_CLAMP;
+        td.filterMode = CU_TR_FILTER_MODE_POINT;
+        CUtexObject tex;
+        CHECK(cuTexObjectCreate(&tex, &rd, &td, NULL));
+        CUDA_RESOURCE_DESC got;
+        CHECK(cuTexObjectGetResourceDesc(&got, tex));
+        EXPECT(got.resType == CU_RESOURCE_TYPE_ARRAY && got.res.array.hArray == arr, "texture resource %d", got.resType);
+        CUdeviceptr out;
+        CHECK(cuMemAlloc(&out, n * sizeof(float)));
+        void *targs[] = {&out, &tex, &w, &h};
+        unsigned blocks = (unsigned)((n + 127) / 128);
+        CHECK(cuLaunchKernel(tex_read, blocks, 1, 1, 128, 1, 1, 0, s, targs, NULL));
+        CHECK(cuMemcpyDtoHAsync(back, out, n * sizeof(float), s));
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(!memcmp(back, img, n * sizeof(float)), "the texture read %g at texel 0, want %g", back[0], img[0]);
+        /* A surface over the same array: scale in place, read back. */
+        CUsurfObject surf;
+        CHECK(cuSurfObjectCreate(&surf, &rd));
+        float two = 2.0f;
+        void *sargs[] = {&surf, &two, &w, &h};
+        CHECK(cuLaunchKernel(surf_scale, blocks, 1, 1, 128, 1, 1, 0, s, sargs, NULL));
+        CHECK(cuStreamSynchronize(s));
+        CHECK(cuMemcpy2D(&down));
+        int scaled = 1;
+        for (size_t i = 0; i < n; i++) scaled &= back[i] == 2.0f * img[i];
+        EXPECT(scaled, "the surface wrote %g at texel 1, want %g", back[1], 2.0f * img[1]);
+        /* Device memory to the array and the array to device memory. */
+        CUdeviceptr lin;
+        CHECK(cuMemAlloc(&lin, n * sizeof(float)));
+        CHECK(cuMemcpyHtoD(lin, img2, n * sizeof(float)));
+        CUDA_MEMCPY2D d2a = {0};
+        d2a.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+        d2a.srcDevice = lin;
+        d2a.srcPitch = row;
+        d2a.dstMemoryType = CU_MEMORYTYPE_ARRAY;
+        d2a.dstArray = arr;
+        d2a.WidthInBytes = row;
+        d2a.Height = h;
+        CHECK(cuMemcpy2D(&d2a));
+        CUDA_MEMCPY2D a2d = {0};
+        a2d.srcMemoryType = CU_MEMORYTYPE_ARRAY;
+        a2d.srcArray = arr;
+        a2d.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+        a2d.dstDevice = out;
+        a2d.dstPitch = row;
+        a2d.WidthInBytes = row;
+        a2d.Height = h;
+        CHECK(cuMemcpy2D(&a2d));
+        CHECK(cuMemcpyDtoH(back, out, n * sizeof(float)));
+        EXPECT(!memcmp(back, img2, n * sizeof(float)), "device -> array -> device changed the data");
+        /* A texture over pitched device memory (rows 256 bytes apart). */
+        const size_t pitch = 256;
+        CUdeviceptr pitched;
+        CHECK(cuMemAlloc(&pitched, pitch * h));
+        CUDA_MEMCPY2D to_pitched = {0};
+        to_pitched.srcMemoryType = CU_MEMORYTYPE_HOST;
+        to_pitched.srcHost = img;
+        to_pitched.srcPitch = row;
+        to_pitched.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+        to_pitched.dstDevice = pitched;
+        to_pitched.dstPitch = pitch;
+        to_pitched.WidthInBytes = row;
+        to_pitched.Height = h;
+        CHECK(cuMemcpy2D(&to_pitched));
+        CUDA_RESOURCE_DESC pd;
+        memset(&pd, 0, sizeof pd);
+        pd.resType = CU_RESOURCE_TYPE_PITCH2D;
+        pd.res.pitch2D.devPtr = pitched;
+        pd.res.pitch2D.format = CU_AD_FORMAT_FLOAT;
+        pd.res.pitch2D.numChannels = 1;
+        pd.res.pitch2D.width = w;
+        pd.res.pitch2D.height = h;
+        pd.res.pitch2D.pitchInBytes = pitch;
+        CUtexObject ptex;
+        CHECK(cuTexObjectCreate(&ptex, &pd, &td, NULL));
+        void *pargs[] = {&out, &ptex, &w, &h};
+        CHECK(cuLaunchKernel(tex_read, blocks, 1, 1, 128, 1, 1, 0, s, pargs, NULL));
+        CHECK(cuMemcpyDtoHAsync(back, out, n * sizeof(float), s));
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(!memcmp(back, img, n * sizeof(float)), "the pitched texture read %g at texel 0, want %g", back[0], img[0]);
+        /* A layered array: two layers written from one host volume by a 3D
+         * copy, read back one layer at a time. */
+        CUDA_ARRAY3D_DESCRIPTOR ld = {(size_t)w, (size_t)h, 3, CU_AD_FORMAT_FLOAT, 1, CUDA_ARRAY3D_LAYERED};
+        CUarray layers;
+        CHECK(cuArray3DCreate(&layers, &ld));
+        float *volume = malloc(2 * n * sizeof(float));
+        memcpy(volume, img, n * sizeof(float));
+        memcpy(volume + n, img2, n * sizeof(float));
+        CUDA_MEMCPY3D c3;
+        memset(&c3, 0, sizeof c3);
+        c3.srcMemoryType = CU_MEMORYTYPE_HOST;
+        c3.srcHost = volume;
+        c3.srcPitch = row;
+        c3.srcHeight = h;
+        c3.dstMemoryType = CU_MEMORYTYPE_ARRAY;
+        c3.dstArray = layers;
+        c3.dstZ = 1;
+        c3.WidthInBytes = row;
+        c3.Height = h;
+        c3.Depth = 2;
+        CHECK(cuMemcpy3D(&c3));
+        for (int layer = 1; layer <= 2; layer++) {
+            CUDA_MEMCPY3D r3;
+            memset(&r3, 0, sizeof r3);
+            r3.srcMemoryType = CU_MEMORYTYPE_ARRAY;
+            r3.srcArray = layers;
+            r3.srcZ = layer;
+            r3.dstMemoryType = CU_MEMORYTYPE_HOST;
+            r3.dstHost = back;
+            r3.dstPitch = row;
+            r3.dstHeight = h;
+            r3.WidthInBytes = row;
+            r3.Height = h;
+            r3.Depth = 1;
+            memset(back, 0, n * sizeof(float));
+            CHECK(cuMemcpy3D(&r3));
+            EXPECT(!memcmp(back, layer == 1 ? img : img2, n * sizeof(float)), "layer %d read back wrong", layer);
+        }
+        c3.dstZ = 2;
+        EXPECT(cuMemcpy3D(&c3) == CUDA_ERROR_INVALID_VALUE, "a 3D copy past the last layer was accepted");
+        CHECK(cuTexObjectDestroy(tex));
+        CHECK(cuTexObjectDestroy(ptex));
+        CHECK(cuSurfObjectDestroy(surf));
+        CHECK(cuArrayDestroy(arr));
+        CHECK(cuArrayDestroy(layers));
+        if (getenv("GPUPOOL_SERVER")) {
+            /* A destroyed array is gone (a local driver's answer to a
+             * dangling handle is not defined). */
+            EXPECT(cuArrayGetDescriptor(&d2, arr) != CUDA_SUCCESS, "a destroyed array still answers");
+        }
+        CHECK(cuMemFree(out));
+        CHECK(cuMemFree(lin));
+        CHECK(cuMemFree(pitched));
+        CHECK(cuStreamDestroy(s));
+        free(img);
+        free(img2);
+        free(back);
+        free(volume);
+        printf("OK arrays %dx%d\n", w, h);
     } else if (!strcmp(mode, "vmm")) {
         GET(cuMemAddressReserve, 10020);
         GET(cuMemAddressFree, 10020);
@@ -1291,9 +1518,9 @@ int main(int argc, char **argv) {
         fflush(stdout);
         for (;;) pause();
     } else if (!strcmp(mode, "unsupported")) {
-        PFN_cuArrayCreate arrayCreate = (PFN_cuArrayCreate)sym("cuArrayCreate", 3020);
-        CUresult r = arrayCreate(NULL, NULL);
-        EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "cuArrayCreate returned %d", r);
+        PFN_cuMipmappedArrayCreate mipmapped = (PFN_cuMipmappedArrayCreate)sym("cuMipmappedArrayCreate", 5000);
+        CUresult r = mipmapped(NULL, NULL, 1);
+        EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "cuMipmappedArrayCreate returned %d", r);
         printf("OK unsupported call refused\n");
     } else if (!strcmp(mode, "threads")) {
         enum { THREADS = 6 };

@@ -21,6 +21,22 @@ __global__ void gp_scale(float *x, float s, int n) {
     if (i < n) x[i] *= s;
 }
 
+// One thread per texel: the texel at (x, y), point-sampled at its centre.
+__global__ void gp_tex_read(float *out, cudaTextureObject_t tex, int w, int h) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < w * h) out[i] = tex2D<float>(tex, (float)(i % w) + 0.5f, (float)(i / w) + 0.5f);
+}
+
+// One thread per element: scale a float surface in place (x in bytes).
+__global__ void gp_surf_scale(cudaSurfaceObject_t surf, float s, int w, int h) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < w * h) {
+        int x = (i % w) * 4, y = i / w;
+        float v = surf2Dread<float>(surf, x, y);
+        surf2Dwrite(v * s, surf, x, y);
+    }
+}
+
 __global__ void gp_fault(unsigned *p) {
     *(volatile unsigned *)(p - (1ull << 40)) = 1;
 }
@@ -279,6 +295,45 @@ int main(int argc, char **argv) {
         CHECK(cudaMemPoolDestroy(own));
         CHECK(cudaStreamDestroy(ps));
         CHECK(cudaFreeHost(host));
+    }
+    // A CUDA array as image code uses one: filled from host rows, read by
+    // a texture object, scaled in place through a surface object, read back.
+    {
+        const int w = 45, h = 13, texels = w * h;
+        float *img = (float *)malloc(texels * sizeof(float)), *back = (float *)malloc(texels * sizeof(float));
+        for (int i = 0; i < texels; i++) img[i] = 0.5f * (float)i - 7.0f;
+        cudaChannelFormatDesc fmt = cudaCreateChannelDesc<float>();
+        cudaArray_t arr;
+        CHECK(cudaMallocArray(&arr, &fmt, w, h, cudaArraySurfaceLoadStore));
+        CHECK(cudaMemcpy2DToArray(arr, 0, 0, img, w * sizeof(float), w * sizeof(float), h, cudaMemcpyHostToDevice));
+        cudaResourceDesc rd = {};
+        rd.resType = cudaResourceTypeArray;
+        rd.res.array.array = arr;
+        cudaTextureDesc td = {};
+        td.addressMode[0] = td.addressMode[1] = cudaAddressModeClamp;
+        td.filterMode = cudaFilterModePoint;
+        td.readMode = cudaReadModeElementType;
+        cudaTextureObject_t tex;
+        CHECK(cudaCreateTextureObject(&tex, &rd, &td, NULL));
+        float *out;
+        CHECK(cudaMalloc(&out, texels * sizeof(float)));
+        gp_tex_read<<<(texels + 127) / 128, 128>>>(out, tex, w, h);
+        CHECK(cudaGetLastError());
+        CHECK(cudaMemcpy(back, out, texels * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int i = 0; i < texels; i++) EXPECT(back[i] == img[i], "texel %d read %g, want %g", i, back[i], img[i]);
+        cudaSurfaceObject_t surf;
+        CHECK(cudaCreateSurfaceObject(&surf, &rd));
+        gp_surf_scale<<<(texels + 127) / 128, 128>>>(surf, -2.0f, w, h);
+        CHECK(cudaGetLastError());
+        CHECK(cudaMemcpy2DFromArray(back, w * sizeof(float), arr, 0, 0, w * sizeof(float), h, cudaMemcpyDeviceToHost));
+        for (int i = 0; i < texels; i++)
+            EXPECT(back[i] == -2.0f * img[i], "surface texel %d = %g, want %g", i, back[i], -2.0f * img[i]);
+        CHECK(cudaDestroySurfaceObject(surf));
+        CHECK(cudaDestroyTextureObject(tex));
+        CHECK(cudaFreeArray(arr));
+        CHECK(cudaFree(out));
+        free(img);
+        free(back);
     }
     printf("OK cudart n=%d\n", n);
     return 0;

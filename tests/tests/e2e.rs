@@ -190,6 +190,20 @@ fn mapped_pieces_of_a_reservation_are_one_range() {
     }
 }
 
+/// CUDA arrays, 2D and layered: copies between host memory, device memory
+/// and arrays (whole, a sub-rectangle, layers by 3D copies, out of bounds
+/// refused), a texture over an array and one over pitched device memory read
+/// by a kernel, and a surface written in place by one.
+#[test]
+fn arrays_textures_and_surfaces() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["arrays"]);
+        assert!(out.contains("OK arrays 37x19"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn stream_context_and_device_queries_are_answered() {
     let server = Server::start();
@@ -228,7 +242,7 @@ fn unsupported_call_fails_loudly_by_name() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("does not support cuArrayCreate_v2"),
+        stderr.contains("does not support cuMipmappedArrayCreate"),
         "the log must name the call: {stderr}"
     );
 }

@@ -18,11 +18,13 @@ use sha2::{Digest, Sha256};
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
+mod arrays;
 mod copies;
 mod hostfns;
 mod pools;
 mod queries;
 mod vmm;
+pub use arrays::*;
 pub use copies::*;
 pub use hostfns::*;
 pub use pools::*;

@@ -24,6 +24,7 @@ use crate::kernels::{self, Recognised};
 use crate::memory::{page_size, round_up, AllocKind, Allocation, AllocationMap, Mapping, ALLOC_ALIGN, VMM_GRANULARITY};
 use crate::ptx;
 use crate::result::*;
+use crate::texture::{self, ArrayShape, Image, Sampler};
 
 /// `cuDriverGetVersion` / `cuCtxGetApiVersion`: CUDA 13.0.
 pub const DRIVER_VERSION: i32 = 13000;
@@ -260,6 +261,115 @@ struct HostAlloc {
     _mapping: Mapping,
 }
 
+/// A CUDA array: packed texels in a mapping of its own (not a device
+/// allocation, so no device pointer reaches it).
+struct ArrayObj {
+    ctx: u64,
+    device: usize,
+    shape: ArrayShape,
+    charged: u64,
+    mapping: Mapping,
+}
+
+/// What a texture or surface object reads (`CUDA_RESOURCE_DESC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `CU_RESOURCE_TYPE_ARRAY`.
+    Array(u64),
+    /// `CU_RESOURCE_TYPE_LINEAR`.
+    Linear {
+        ptr: u64,
+        format: u32,
+        channels: u32,
+        size: u64,
+    },
+    /// `CU_RESOURCE_TYPE_PITCH2D`.
+    Pitch2D {
+        ptr: u64,
+        format: u32,
+        channels: u32,
+        width: u64,
+        height: u64,
+        pitch: u64,
+    },
+}
+
+/// `CUDA_TEXTURE_DESC`, as given.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TexDesc {
+    pub address: [u32; 3],
+    pub filter: u32,
+    pub flags: u32,
+    pub max_anisotropy: u32,
+    pub mipmap_filter: u32,
+    pub mipmap_bias: f32,
+    pub min_mipmap_clamp: f32,
+    pub max_mipmap_clamp: f32,
+    pub border: [f32; 4],
+}
+
+struct TexObj {
+    ctx: u64,
+    resource: Resource,
+    desc: TexDesc,
+}
+
+struct SurfObj {
+    ctx: u64,
+    array: u64,
+}
+
+/// One side of a 2D or 3D copy (`CUDA_MEMCPY2D` / `CUDA_MEMCPY3D`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    Host(u64),
+    Device(u64),
+    Array(u64),
+    /// `CU_MEMORYTYPE_UNIFIED`: device memory if the address is in an
+    /// allocation, host memory otherwise.
+    Unified(u64),
+}
+
+/// One side of a copy with its offsets: `x` in bytes, `y` rows, `z`
+/// slices; `pitch` and `rows` (rows per slice) for host and device sides
+/// (arrays have their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyEnd {
+    pub memory: Memory,
+    pub x: u64,
+    pub y: u64,
+    pub z: u64,
+    pub pitch: u64,
+    pub rows: u64,
+}
+
+/// A 2D (`depth` 1) or 3D copy of `width` bytes × `height` rows × `depth`
+/// slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copy3d {
+    pub src: CopyEnd,
+    pub dst: CopyEnd,
+    pub width: u64,
+    pub height: u64,
+    pub depth: u64,
+}
+
+/// A copy side checked and placed: first byte, row and slice strides, and
+/// for host memory the range it spans.
+struct Placed {
+    addr: u64,
+    pitch: u64,
+    slice: u64,
+    host: Option<(u64, u64)>,
+}
+
+/// `CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT` and `_TEXTURE_PITCH_ALIGNMENT`.
+const TEXTURE_ALIGNMENT: u64 = 512;
+const TEXTURE_PITCH_ALIGNMENT: u64 = 32;
+/// `CU_DEVICE_ATTRIBUTE_MAXIMUM_TEXTURE1D_LINEAR_WIDTH`, `TEXTURE2D_LINEAR_*`.
+const MAX_TEXTURE_LINEAR_ELEMENTS: u64 = 1 << 28;
+const MAX_TEXTURE_PITCH2D: (u64, u64, u64) = (131_072, 65_000, 2_097_120);
+
 /// `CUlimit` defaults (0 stack size … 6 persisting L2 cache size, then 7
 /// shared memory size, 8 CIG enabled and 9 CIG shared-memory fallback: 0 in
 /// a context that is not a CUDA-in-graphics one; cuBLAS reads 8).
@@ -314,6 +424,10 @@ pub struct Driver {
     reservations: BTreeMap<u64, Mapping>,
     /// Physical memory (`cuMemCreate`) by handle.
     physical: HashMap<u64, Physical>,
+    /// CUDA arrays, texture objects and surface objects by handle.
+    arrays: HashMap<u64, ArrayObj>,
+    textures: HashMap<u64, TexObj>,
+    surfaces: HashMap<u64, SurfObj>,
 }
 
 /// Physical memory for `cuMemMap`: a shared-memory file, so that one piece
@@ -445,6 +559,41 @@ fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
     })
 }
 
+/// The texture and surface objects of one launch's context.
+struct LaunchObjects<'a> {
+    driver: &'a Driver,
+    ctx: u64,
+}
+
+impl texture::Objects for LaunchObjects<'_> {
+    fn texture(&self, tex: u64) -> CuResult<(Image, Sampler)> {
+        let t = self
+            .driver
+            .textures
+            .get(&tex)
+            .filter(|t| t.ctx == self.ctx)
+            .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+        let image = self.driver.image(self.ctx, &t.resource)?;
+        let sampler = Sampler {
+            normalized: t.desc.flags & texture::TRSF_NORMALIZED_COORDINATES != 0,
+            address: [t.desc.address[0], t.desc.address[1]],
+            linear: t.desc.filter == 1,
+            border: t.desc.border[0],
+        };
+        Ok((image, sampler))
+    }
+
+    fn surface(&self, surf: u64) -> CuResult<Image> {
+        let s = self
+            .driver
+            .surfaces
+            .get(&surf)
+            .filter(|s| s.ctx == self.ctx)
+            .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+        self.driver.image(self.ctx, &Resource::Array(s.array))
+    }
+}
+
 impl Driver {
     fn new(count: usize, capacity: u64) -> Driver {
         let mut d = Driver {
@@ -469,6 +618,9 @@ impl Driver {
             pool_allocs: HashMap::new(),
             reservations: BTreeMap::new(),
             physical: HashMap::new(),
+            arrays: HashMap::new(),
+            textures: HashMap::new(),
+            surfaces: HashMap::new(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -599,6 +751,15 @@ impl Driver {
             self.devices[a.device].used -= a.charged;
         }
         self.host_allocs.retain(|_, h| h.ctx != ctx);
+        let devices = &mut self.devices;
+        self.arrays.retain(|_, a| {
+            if a.ctx == ctx {
+                devices[a.device].used -= a.charged;
+            }
+            a.ctx != ctx
+        });
+        self.textures.retain(|_, t| t.ctx != ctx);
+        self.surfaces.retain(|_, t| t.ctx != ctx);
         self.streams.retain(|_, s| s.ctx != ctx);
         self.events.retain(|_, e| e.ctx != ctx);
         self.graphs.retain(|_, g| g.ctx != ctx);
@@ -1257,6 +1418,338 @@ impl Driver {
         Ok(())
     }
 
+    /// Checks that `rows` rows of `width` bytes, `pitch` apart from
+    /// `start`, lie in one device allocation (2D copies check this before
+    /// copying a row).
+    pub fn check_device_rows(&self, start: u64, pitch: u64, width: u64, rows: u64) -> CuResult<()> {
+        if width == 0 || rows == 0 {
+            return Ok(());
+        }
+        let span = pitch
+            .checked_mul(rows - 1)
+            .and_then(|s| s.checked_add(width))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.device_range(start, span).map(drop)
+    }
+
+    // ----- arrays, textures and surfaces -----
+
+    /// `cuArrayCreate` / `cuArray3DCreate`: packed, zeroed texels charged
+    /// against the device's memory.
+    pub fn array_create(&mut self, shape: ArrayShape) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        let bytes = shape.validate()?;
+        let device = self.ctx_device(ctx);
+        let charged = round_up(bytes, ALLOC_ALIGN).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dv = &self.devices[device];
+        if charged > dv.capacity - dv.used {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let len = round_up(bytes, page_size())
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let mapping = Mapping::new(len).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        self.devices[device].used += charged;
+        let h = self.handle();
+        self.arrays.insert(
+            h,
+            ArrayObj {
+                ctx,
+                device,
+                shape,
+                charged,
+                mapping,
+            },
+        );
+        Ok(h)
+    }
+
+    /// `cuArrayGetDescriptor` / `cuArray3DGetDescriptor`.
+    pub fn array_descriptor(&self, array: u64) -> CuResult<ArrayShape> {
+        let a = self.arrays.get(&array).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.healthy(a.ctx)?;
+        Ok(a.shape)
+    }
+
+    /// `cuArrayDestroy`. Texture and surface objects of the array stay, and
+    /// fault when a kernel uses them (undefined on a GPU).
+    pub fn array_destroy(&mut self, array: u64) -> CuResult<()> {
+        let a = self.arrays.remove(&array).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.devices[a.device].used -= a.charged;
+        Ok(())
+    }
+
+    /// Checks a resource for a texture object in `ctx`.
+    fn check_resource(&self, ctx: u64, res: &Resource) -> CuResult<()> {
+        match *res {
+            Resource::Array(a) => match self.arrays.get(&a) {
+                Some(a) if a.ctx == ctx => Ok(()),
+                _ => Err(CUDA_ERROR_INVALID_VALUE),
+            },
+            Resource::Linear {
+                ptr,
+                format,
+                channels,
+                size,
+            } => {
+                let elem = texture::element_size(format, channels).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+                if size == 0 || ptr % TEXTURE_ALIGNMENT != 0 || size / elem > MAX_TEXTURE_LINEAR_ELEMENTS {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                self.device_range(ptr, size).map(drop)
+            }
+            Resource::Pitch2D {
+                ptr,
+                format,
+                channels,
+                width,
+                height,
+                pitch,
+            } => {
+                let elem = texture::element_size(format, channels).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+                let (max_w, max_h, max_pitch) = MAX_TEXTURE_PITCH2D;
+                if width == 0
+                    || height == 0
+                    || width > max_w
+                    || height > max_h
+                    || pitch > max_pitch
+                    || ptr % TEXTURE_ALIGNMENT != 0
+                    || pitch % TEXTURE_PITCH_ALIGNMENT != 0
+                    || width * elem > pitch
+                {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                self.check_device_rows(ptr, pitch, width * elem, height)
+            }
+        }
+    }
+
+    /// `cuTexObjectCreate` (the caller has refused mipmapped arrays and
+    /// resource views).
+    pub fn tex_create(&mut self, resource: Resource, desc: TexDesc) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        self.check_resource(ctx, &resource)?;
+        if desc.address.iter().any(|&m| m > texture::ADDRESS_BORDER)
+            || desc.filter > 1
+            || desc.mipmap_filter > 1
+            || desc.flags & !texture::TRSF_KNOWN != 0
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = self.handle();
+        self.textures.insert(h, TexObj { ctx, resource, desc });
+        Ok(h)
+    }
+
+    pub fn tex_destroy(&mut self, tex: u64) -> CuResult<()> {
+        self.textures.remove(&tex).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    /// `cuTexObjectGetResourceDesc` / `cuTexObjectGetTextureDesc`.
+    pub fn tex_get(&self, tex: u64) -> CuResult<(Resource, TexDesc)> {
+        let t = self.textures.get(&tex).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.healthy(t.ctx)?;
+        Ok((t.resource, t.desc))
+    }
+
+    /// `cuSurfObjectCreate`: an array made with `CUDA_ARRAY3D_SURFACE_LDST`.
+    pub fn surf_create(&mut self, resource: Resource) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        let Resource::Array(array) = resource else {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        };
+        match self.arrays.get(&array) {
+            Some(a) if a.ctx == ctx && a.shape.flags & texture::ARRAY3D_SURFACE_LDST != 0 => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        let h = self.handle();
+        self.surfaces.insert(h, SurfObj { ctx, array });
+        Ok(h)
+    }
+
+    pub fn surf_destroy(&mut self, surf: u64) -> CuResult<()> {
+        self.surfaces.remove(&surf).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    pub fn surf_get(&self, surf: u64) -> CuResult<Resource> {
+        let s = self.surfaces.get(&surf).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.healthy(s.ctx)?;
+        Ok(Resource::Array(s.array))
+    }
+
+    /// The texels of a resource for a kernel: an array's one 2D slice (a
+    /// 1D array is one row), or pitched device memory still allocated.
+    /// Gone: a fault; 3D, layered or linear: not supported here.
+    fn image(&self, ctx: u64, res: &Resource) -> CuResult<Image> {
+        match *res {
+            Resource::Array(a) => {
+                let a = self
+                    .arrays
+                    .get(&a)
+                    .filter(|a| a.ctx == ctx)
+                    .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+                let sh = a.shape;
+                if sh.depth > 0 || sh.flags & texture::ARRAY3D_LAYERED != 0 {
+                    return Err(CUDA_ERROR_NOT_SUPPORTED);
+                }
+                // SAFETY: the mapping holds at least `row_bytes * rows`
+                // bytes (the array's size) and lives while the driver lock,
+                // held for the whole launch, keeps the array in the table.
+                unsafe {
+                    Image::new(
+                        a.mapping.addr() as *mut u8,
+                        sh.width,
+                        sh.rows(),
+                        sh.row_bytes(),
+                        sh.format,
+                        sh.channels,
+                    )
+                }
+                .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)
+            }
+            Resource::Pitch2D {
+                ptr,
+                format,
+                channels,
+                width,
+                height,
+                pitch,
+            } => {
+                let elem = texture::element_size(format, channels).ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+                self.check_device_rows(ptr, pitch, width * elem, height)
+                    .map_err(|_| CUDA_ERROR_ILLEGAL_ADDRESS)?;
+                // SAFETY: the rows were just checked to lie in one live
+                // allocation, which the driver lock keeps for the launch.
+                unsafe { Image::new(ptr as *mut u8, width, height, pitch, format, channels) }
+                    .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)
+            }
+            Resource::Linear { .. } => Err(CUDA_ERROR_NOT_SUPPORTED),
+        }
+    }
+
+    /// Checks one side of a copy of `ext` = (width bytes, rows, slices),
+    /// all non-zero, and places it.
+    fn place(&self, ctx: u64, end: &CopyEnd, ext: (u64, u64, u64)) -> CuResult<Placed> {
+        let (w, h, d) = ext;
+        let bad = CUDA_ERROR_INVALID_VALUE;
+        let memory = match end.memory {
+            Memory::Unified(p) if self.is_device(p) => Memory::Device(p),
+            Memory::Unified(p) => Memory::Host(p),
+            m => m,
+        };
+        match memory {
+            Memory::Array(a) => {
+                let a = self.arrays.get(&a).filter(|a| a.ctx == ctx).ok_or(bad)?;
+                let sh = a.shape;
+                let (elem, row, rows) = (sh.element(), sh.row_bytes(), sh.rows());
+                let fits = |off: u64, n: u64, limit: u64| off.checked_add(n).is_some_and(|e| e <= limit);
+                if end.x % elem != 0
+                    || w % elem != 0
+                    || !fits(end.x, w, row)
+                    || !fits(end.y, h, rows)
+                    || !fits(end.z, d, sh.slices())
+                {
+                    return Err(bad);
+                }
+                // In range of the array's size, so no overflow.
+                let slice = row * rows;
+                let addr = a.mapping.addr() + end.z * slice + end.y * row + end.x;
+                Ok(Placed {
+                    addr,
+                    pitch: row,
+                    slice,
+                    host: None,
+                })
+            }
+            Memory::Host(p) | Memory::Device(p) => {
+                if p == 0 || ((h > 1 || d > 1) && end.pitch < w) {
+                    return Err(bad);
+                }
+                if d > 1 && end.y.checked_add(h).is_none_or(|rows| end.rows < rows) {
+                    return Err(bad);
+                }
+                let slice = if d > 1 { end.pitch.checked_mul(end.rows).ok_or(bad)? } else { 0 };
+                let offset = end
+                    .z
+                    .checked_mul(slice)
+                    .and_then(|o| o.checked_add(end.y.checked_mul(end.pitch)?))
+                    .and_then(|o| o.checked_add(end.x))
+                    .ok_or(bad)?;
+                let addr = p.checked_add(offset).ok_or(bad)?;
+                let span = (d - 1)
+                    .checked_mul(slice)
+                    .and_then(|s| s.checked_add((h - 1).checked_mul(end.pitch)?))
+                    .and_then(|s| s.checked_add(w))
+                    .ok_or(bad)?;
+                addr.checked_add(span).ok_or(bad)?;
+                let host = if let Memory::Device(_) = memory {
+                    self.device_range(addr, span)?;
+                    None
+                } else {
+                    Some((addr, span))
+                };
+                Ok(Placed {
+                    addr,
+                    pitch: end.pitch,
+                    slice,
+                    host,
+                })
+            }
+            Memory::Unified(_) => Err(bad),
+        }
+    }
+
+    /// A 2D or 3D copy with any of host, device, array (and unified) on
+    /// each side, every side checked before a byte moves. Asynchronous ones
+    /// whose host sides are all pinned go to the copy engine when it is on;
+    /// the rest are done here, after the queued copies. Not in a capture.
+    pub fn memcpy_3d(&mut self, c: &Copy3d, stream: u64, asynchronous: bool) -> CuResult<()> {
+        let ctx = self.enqueue_ctx(stream)?;
+        for end in [&c.src, &c.dst] {
+            if let Memory::Array(a) = end.memory {
+                self.arrays
+                    .get(&a)
+                    .filter(|a| a.ctx == ctx)
+                    .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            }
+        }
+        if c.width == 0 || c.height == 0 || c.depth == 0 {
+            return Ok(());
+        }
+        let ext = (c.width, c.height, c.depth);
+        let src = self.place(ctx, &c.src, ext)?;
+        let dst = self.place(ctx, &c.dst, ext)?;
+        self.refuse_in_capture(stream)?;
+        let hosts: Vec<(u64, u64)> = [src.host, dst.host].into_iter().flatten().collect();
+        let queued =
+            asynchronous && engine::enabled() && !hosts.is_empty() && hosts.iter().all(|&(p, n)| self.is_pinned(p, n));
+        if !queued {
+            engine::drain();
+        }
+        let width = c.width as usize;
+        for z in 0..c.depth {
+            for y in 0..c.height {
+                // Inside the spans `place` checked, so no overflow.
+                let s = (src.addr + z * src.slice + y * src.pitch) as *const u8;
+                let d = (dst.addr + z * dst.slice + y * dst.pitch) as *mut u8;
+                if queued {
+                    // SAFETY: device and array rows were checked live, and
+                    // stay so until the queue drains (frees and destroys
+                    // drain it first); host rows are pinned memory the
+                    // caller keeps until the copy is done (asynchronous
+                    // copy contract).
+                    unsafe { engine::submit(d, s, width) };
+                } else {
+                    // SAFETY: device and array rows were checked to lie in
+                    // live mappings of the driver's; host rows are valid for
+                    // the copy (API contract); `copy` tolerates overlap.
+                    unsafe { std::ptr::copy(s, d, width) };
+                }
+            }
+        }
+        Ok(())
+    }
+
     // ----- modules -----
 
     /// Loads a parsed module into `ctx`: allocates its variables and makes
@@ -1619,7 +2112,8 @@ impl Driver {
     fn run_kernel(&mut self, ctx: u64, fid: u64, kernel: kernels::Known, params: &[u8], threads: u64) -> CuResult<()> {
         let func = self.functions.get(&fid).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let entry = &func.ptx.entries[func.entry];
-        if let Err(fault) = kernels::run(kernel, entry, params, threads, &self.allocs) {
+        let objects = LaunchObjects { driver: self, ctx };
+        if let Err(fault) = kernels::run(kernel, entry, params, threads, &self.allocs, &objects) {
             if let Some(c) = self.contexts.get_mut(&ctx) {
                 c.sticky = Some(fault);
             }

@@ -23,7 +23,8 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::driver::{self, LaunchConfig};
+use crate::driver::{self, Copy3d, CopyEnd, LaunchConfig, Memory, Resource, TexDesc};
+use crate::texture::ArrayShape;
 use crate::engine;
 use crate::ptx::Param;
 use crate::result::*;
@@ -41,6 +42,9 @@ pub type CUstream = *mut c_void;
 pub type CUevent = *mut c_void;
 pub type CUgraph = *mut c_void;
 pub type CUgraphExec = *mut c_void;
+pub type CUarray = *mut c_void;
+pub type CUtexObject = u64;
+pub type CUsurfObject = u64;
 
 /// `CU_LAUNCH_PARAM_END`
 pub const CU_LAUNCH_PARAM_END: *mut c_void = std::ptr::null_mut();
@@ -1063,6 +1067,7 @@ pub extern "C" fn cuMemsetD32Async(dst: CUdeviceptr, ui: u32, n: usize, stream: 
 
 /// `CUDA_MEMCPY2D`.
 #[repr(C)]
+#[derive(Debug, Clone, Copy)]
 pub struct CudaMemcpy2D {
     pub src_x_in_bytes: usize,
     pub src_y: usize,
@@ -1082,6 +1087,14 @@ pub struct CudaMemcpy2D {
     pub height: usize,
 }
 
+impl Default for CudaMemcpy2D {
+    fn default() -> Self {
+        // SAFETY: all fields are integers and raw pointers, for which zero
+        // bytes are valid (null pointers).
+        unsafe { std::mem::zeroed() }
+    }
+}
+
 /// One side of a 2D copy, resolved: (is device memory, first row's address, pitch).
 fn copy_side(
     memory_type: u32,
@@ -1096,8 +1109,8 @@ fn copy_side(
         2 => true,
         // Unified: whichever the address is.
         4 => driver::with_beside_copies(|d| Ok(d.is_device(device)))?,
-        // Arrays are not simulated.
-        3 => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        // Copies with an array side take `memcpy_3d`'s path.
+        3 => return Err(CUDA_ERROR_INVALID_VALUE),
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     };
     let base = if device_side || memory_type == 4 { device } else { host };
@@ -1114,7 +1127,33 @@ unsafe fn memcpy_2d(p: *const CudaMemcpy2D, stream: u64, asynchronous: bool) -> 
     ffi(|| {
         need(p)?;
         // SAFETY: non-null, and points to a CUDA_MEMCPY2D (API contract).
-        let c = unsafe { &*p };
+        let c = unsafe { p.read_unaligned() };
+        if c.src_memory_type == MEMORY_TYPE_ARRAY || c.dst_memory_type == MEMORY_TYPE_ARRAY {
+            let copy = Copy3d {
+                src: copy_end(
+                    c.src_memory_type,
+                    c.src_host as u64,
+                    c.src_device,
+                    h(c.src_array),
+                    [c.src_x_in_bytes, c.src_y, 0],
+                    c.src_pitch,
+                    0,
+                )?,
+                dst: copy_end(
+                    c.dst_memory_type,
+                    c.dst_host as u64,
+                    c.dst_device,
+                    h(c.dst_array),
+                    [c.dst_x_in_bytes, c.dst_y, 0],
+                    c.dst_pitch,
+                    0,
+                )?,
+                width: c.width_in_bytes as u64,
+                height: c.height as u64,
+                depth: 1,
+            };
+            return driver::with_beside_copies(|d| d.memcpy_3d(&copy, stream, asynchronous));
+        }
         let (width, height) = (c.width_in_bytes, c.height);
         if height > 1 && (width > c.src_pitch || width > c.dst_pitch) {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1137,6 +1176,12 @@ unsafe fn memcpy_2d(p: *const CudaMemcpy2D, stream: u64, asynchronous: bool) -> 
         )?;
         if width == 0 || height == 0 {
             return Ok(());
+        }
+        // Every device row is checked before the first is copied.
+        for (dev, start, pitch) in [(src_dev, src, src_pitch), (dst_dev, dst, dst_pitch)] {
+            if dev {
+                driver::with_beside_copies(|d| d.check_device_rows(start, pitch as u64, width as u64, height as u64))?;
+            }
         }
         for row in 0..height as u64 {
             let s = src + row * src_pitch as u64;
@@ -1177,6 +1222,534 @@ pub unsafe extern "C" fn cuMemcpy2DUnaligned_v2(p: *const CudaMemcpy2D) -> CUres
 pub unsafe extern "C" fn cuMemcpy2DAsync_v2(p: *const CudaMemcpy2D, stream: CUstream) -> CUresult {
     // SAFETY: forwarded under the same contract.
     unsafe { memcpy_2d(p, h(stream), true) }
+}
+
+// ----- CUDA arrays and 3D copies -----
+
+/// `CU_MEMORYTYPE_ARRAY`.
+const MEMORY_TYPE_ARRAY: u32 = 3;
+
+/// One side of a 2D or 3D copy (`x` in bytes, `y` rows, `z` slices;
+/// `rows`: rows per slice of host or device memory).
+fn copy_end(
+    memory_type: u32,
+    host: u64,
+    device: u64,
+    array: u64,
+    [x, y, z]: [usize; 3],
+    pitch: usize,
+    rows: usize,
+) -> CuResult<CopyEnd> {
+    let memory = match memory_type {
+        1 => Memory::Host(host),
+        2 => Memory::Device(device),
+        MEMORY_TYPE_ARRAY => Memory::Array(array),
+        4 => Memory::Unified(device),
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    };
+    Ok(CopyEnd {
+        memory,
+        x: x as u64,
+        y: y as u64,
+        z: z as u64,
+        pitch: pitch as u64,
+        rows: rows as u64,
+    })
+}
+
+/// `CUDA_ARRAY_DESCRIPTOR`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaArrayDescriptor {
+    pub width: usize,
+    pub height: usize,
+    pub format: u32,
+    pub num_channels: u32,
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaArray3DDescriptor {
+    pub width: usize,
+    pub height: usize,
+    pub depth: usize,
+    pub format: u32,
+    pub num_channels: u32,
+    pub flags: u32,
+}
+
+/// `CUDA_MEMCPY3D`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CudaMemcpy3D {
+    pub src_x_in_bytes: usize,
+    pub src_y: usize,
+    pub src_z: usize,
+    pub src_lod: usize,
+    pub src_memory_type: u32,
+    pub src_host: *const c_void,
+    pub src_device: CUdeviceptr,
+    pub src_array: CUarray,
+    pub reserved0: *mut c_void,
+    pub src_pitch: usize,
+    pub src_height: usize,
+    pub dst_x_in_bytes: usize,
+    pub dst_y: usize,
+    pub dst_z: usize,
+    pub dst_lod: usize,
+    pub dst_memory_type: u32,
+    pub dst_host: *mut c_void,
+    pub dst_device: CUdeviceptr,
+    pub dst_array: CUarray,
+    pub reserved1: *mut c_void,
+    pub dst_pitch: usize,
+    pub dst_height: usize,
+    pub width_in_bytes: usize,
+    pub height: usize,
+    pub depth: usize,
+}
+
+impl Default for CudaMemcpy3D {
+    fn default() -> Self {
+        // SAFETY: all fields are integers and raw pointers, for which zero
+        // bytes are valid (null pointers).
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<CudaArrayDescriptor>() == 24);
+    assert!(std::mem::size_of::<CudaArray3DDescriptor>() == 40);
+    assert!(std::mem::size_of::<CudaMemcpy2D>() == 128);
+    assert!(std::mem::size_of::<CudaMemcpy3D>() == 200);
+    assert!(std::mem::offset_of!(CudaMemcpy3D, dst_x_in_bytes) == 88);
+    assert!(std::mem::offset_of!(CudaMemcpy3D, width_in_bytes) == 176);
+};
+
+fn shape_from_3d(d: &CudaArray3DDescriptor) -> ArrayShape {
+    ArrayShape {
+        width: d.width as u64,
+        height: d.height as u64,
+        depth: d.depth as u64,
+        format: d.format,
+        channels: d.num_channels,
+        flags: d.flags,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayCreate_v2(handle: *mut CUarray, desc: *const CudaArrayDescriptor) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        need(desc)?;
+        // SAFETY: `desc` is non-null and points to a CUDA_ARRAY_DESCRIPTOR (API contract).
+        let d = unsafe { desc.read_unaligned() };
+        let shape = shape_from_3d(&CudaArray3DDescriptor {
+            width: d.width,
+            height: d.height,
+            depth: 0,
+            format: d.format,
+            num_channels: d.num_channels,
+            flags: 0,
+        });
+        let a = driver::with(|drv| drv.array_create(shape))?;
+        // SAFETY: `handle` is non-null and valid for writes (API contract).
+        unsafe { out(handle, ptr(a)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArray3DCreate_v2(handle: *mut CUarray, desc: *const CudaArray3DDescriptor) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        need(desc)?;
+        // SAFETY: `desc` is non-null and points to a CUDA_ARRAY3D_DESCRIPTOR (API contract).
+        let d = unsafe { desc.read_unaligned() };
+        let a = driver::with(|drv| drv.array_create(shape_from_3d(&d)))?;
+        // SAFETY: `handle` is non-null and valid for writes (API contract).
+        unsafe { out(handle, ptr(a)) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuArrayDestroy(array: CUarray) -> CUresult {
+    ffi(|| driver::with(|d| d.array_destroy(h(array))))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayGetDescriptor_v2(desc: *mut CudaArrayDescriptor, array: CUarray) -> CUresult {
+    ffi(|| {
+        need(desc)?;
+        let s = driver::with_beside_copies(|d| d.array_descriptor(h(array)))?;
+        let v = CudaArrayDescriptor {
+            width: s.width as usize,
+            height: s.height as usize,
+            format: s.format,
+            num_channels: s.channels,
+        };
+        // SAFETY: `desc` is non-null and valid for writes (API contract).
+        unsafe { out(desc, v) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArray3DGetDescriptor_v2(desc: *mut CudaArray3DDescriptor, array: CUarray) -> CUresult {
+    ffi(|| {
+        need(desc)?;
+        let s = driver::with_beside_copies(|d| d.array_descriptor(h(array)))?;
+        let v = CudaArray3DDescriptor {
+            width: s.width as usize,
+            height: s.height as usize,
+            depth: s.depth as usize,
+            format: s.format,
+            num_channels: s.channels,
+            flags: s.flags,
+        };
+        // SAFETY: `desc` is non-null and valid for writes (API contract).
+        unsafe { out(desc, v) }
+    })
+}
+
+/// A 3D copy: any of host, device, array and unified memory on each side.
+///
+/// # Safety
+/// Host memory named by `p` must be valid for the copy (API contract).
+unsafe fn memcpy_3d(p: *const CudaMemcpy3D, stream: u64, asynchronous: bool) -> CUresult {
+    ffi(|| {
+        need(p)?;
+        // SAFETY: non-null, and points to a CUDA_MEMCPY3D (API contract).
+        let c = unsafe { p.read_unaligned() };
+        if c.src_lod != 0 || c.dst_lod != 0 || !c.reserved0.is_null() || !c.reserved1.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let copy = Copy3d {
+            src: copy_end(
+                c.src_memory_type,
+                c.src_host as u64,
+                c.src_device,
+                h(c.src_array),
+                [c.src_x_in_bytes, c.src_y, c.src_z],
+                c.src_pitch,
+                c.src_height,
+            )?,
+            dst: copy_end(
+                c.dst_memory_type,
+                c.dst_host as u64,
+                c.dst_device,
+                h(c.dst_array),
+                [c.dst_x_in_bytes, c.dst_y, c.dst_z],
+                c.dst_pitch,
+                c.dst_height,
+            )?,
+            width: c.width_in_bytes as u64,
+            height: c.height as u64,
+            depth: c.depth as u64,
+        };
+        driver::with_beside_copies(|d| d.memcpy_3d(&copy, stream, asynchronous))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy3D_v2(p: *const CudaMemcpy3D) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { memcpy_3d(p, 0, false) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy3DAsync_v2(p: *const CudaMemcpy3D, stream: CUstream) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { memcpy_3d(p, h(stream), true) }
+}
+
+// ----- texture and surface objects -----
+
+/// `CUDA_RESOURCE_DESC::res.array`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CudaResourceArray {
+    pub h_array: CUarray,
+}
+
+/// `CUDA_RESOURCE_DESC::res.linear`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CudaResourceLinear {
+    pub dev_ptr: CUdeviceptr,
+    pub format: u32,
+    pub num_channels: u32,
+    pub size_in_bytes: usize,
+}
+
+/// `CUDA_RESOURCE_DESC::res.pitch2D`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CudaResourcePitch2D {
+    pub dev_ptr: CUdeviceptr,
+    pub format: u32,
+    pub num_channels: u32,
+    pub width: usize,
+    pub height: usize,
+    pub pitch_in_bytes: usize,
+}
+
+/// `CUDA_RESOURCE_DESC::res`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union CudaResourceUnion {
+    pub array: CudaResourceArray,
+    pub linear: CudaResourceLinear,
+    pub pitch_2d: CudaResourcePitch2D,
+    pub reserved: [i32; 32],
+}
+
+/// `CUDA_RESOURCE_DESC`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CudaResourceDesc {
+    pub res_type: u32,
+    pub res: CudaResourceUnion,
+    pub flags: u32,
+}
+
+impl Default for CudaResourceDesc {
+    fn default() -> Self {
+        // SAFETY: integers, raw pointers and a union of them: zero bytes
+        // are valid for all.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+/// `CUDA_TEXTURE_DESC`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CudaTextureDesc {
+    pub address_mode: [u32; 3],
+    pub filter_mode: u32,
+    pub flags: u32,
+    pub max_anisotropy: u32,
+    pub mipmap_filter_mode: u32,
+    pub mipmap_level_bias: f32,
+    pub min_mipmap_level_clamp: f32,
+    pub max_mipmap_level_clamp: f32,
+    pub border_color: [f32; 4],
+    pub reserved: [i32; 12],
+}
+
+/// `CUDA_RESOURCE_VIEW_DESC`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaResourceViewDesc {
+    pub format: u32,
+    pub width: usize,
+    pub height: usize,
+    pub depth: usize,
+    pub first_mipmap_level: u32,
+    pub last_mipmap_level: u32,
+    pub first_layer: u32,
+    pub last_layer: u32,
+    pub reserved: [u32; 16],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<CudaResourceDesc>() == 144);
+    assert!(std::mem::offset_of!(CudaResourceDesc, res) == 8);
+    assert!(std::mem::offset_of!(CudaResourceDesc, flags) == 136);
+    assert!(std::mem::size_of::<CudaTextureDesc>() == 104);
+    assert!(std::mem::offset_of!(CudaTextureDesc, border_color) == 40);
+    assert!(std::mem::size_of::<CudaResourceViewDesc>() == 112);
+};
+
+/// A resource description as the driver keeps it. Mipmapped arrays are not
+/// simulated: `CUDA_ERROR_NOT_SUPPORTED`.
+fn resource_from(d: &CudaResourceDesc) -> CuResult<Resource> {
+    if d.flags != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: (this union read and each below) every member is made of integers and
+    // raw pointers, valid for any bytes, and the caller's structure is
+    // whole (API contract); the member read is the one `res_type` names.
+    Ok(match d.res_type {
+        0 => Resource::Array(h(unsafe { d.res.array }.h_array)),
+        1 => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        2 => {
+            // SAFETY: as above.
+            let l = unsafe { d.res.linear };
+            Resource::Linear {
+                ptr: l.dev_ptr,
+                format: l.format,
+                channels: l.num_channels,
+                size: l.size_in_bytes as u64,
+            }
+        }
+        3 => {
+            // SAFETY: as above.
+            let p = unsafe { d.res.pitch_2d };
+            Resource::Pitch2D {
+                ptr: p.dev_ptr,
+                format: p.format,
+                channels: p.num_channels,
+                width: p.width as u64,
+                height: p.height as u64,
+                pitch: p.pitch_in_bytes as u64,
+            }
+        }
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    })
+}
+
+/// The `CUDA_RESOURCE_DESC` of a resource (the rest zero).
+fn resource_to(r: &Resource) -> CudaResourceDesc {
+    let mut d = CudaResourceDesc::default();
+    match *r {
+        Resource::Array(a) => {
+            d.res_type = 0;
+            d.res.array = CudaResourceArray { h_array: ptr(a) };
+        }
+        Resource::Linear {
+            ptr,
+            format,
+            channels,
+            size,
+        } => {
+            d.res_type = 2;
+            d.res.linear = CudaResourceLinear {
+                dev_ptr: ptr,
+                format,
+                num_channels: channels,
+                size_in_bytes: size as usize,
+            };
+        }
+        Resource::Pitch2D {
+            ptr,
+            format,
+            channels,
+            width,
+            height,
+            pitch,
+        } => {
+            d.res_type = 3;
+            d.res.pitch_2d = CudaResourcePitch2D {
+                dev_ptr: ptr,
+                format,
+                num_channels: channels,
+                width: width as usize,
+                height: height as usize,
+                pitch_in_bytes: pitch as usize,
+            };
+        }
+    }
+    d
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuTexObjectCreate(
+    tex: *mut CUtexObject,
+    res_desc: *const CudaResourceDesc,
+    tex_desc: *const CudaTextureDesc,
+    view_desc: *const CudaResourceViewDesc,
+) -> CUresult {
+    ffi(|| {
+        need(tex)?;
+        need(res_desc)?;
+        need(tex_desc)?;
+        // SAFETY: non-null, and points to a CUDA_RESOURCE_DESC (API contract).
+        let res = resource_from(&unsafe { res_desc.read_unaligned() })?;
+        // SAFETY: non-null, and points to a CUDA_TEXTURE_DESC (API contract).
+        let t = unsafe { tex_desc.read_unaligned() };
+        if !view_desc.is_null() {
+            // SAFETY: non-null, and points to a CUDA_RESOURCE_VIEW_DESC (API contract).
+            let v = unsafe { view_desc.read_unaligned() };
+            if v != CudaResourceViewDesc::default() {
+                // Resource views are not simulated.
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+        }
+        let desc = TexDesc {
+            address: t.address_mode,
+            filter: t.filter_mode,
+            flags: t.flags,
+            max_anisotropy: t.max_anisotropy,
+            mipmap_filter: t.mipmap_filter_mode,
+            mipmap_bias: t.mipmap_level_bias,
+            min_mipmap_clamp: t.min_mipmap_level_clamp,
+            max_mipmap_clamp: t.max_mipmap_level_clamp,
+            border: t.border_color,
+        };
+        let obj = driver::with(|d| d.tex_create(res, desc))?;
+        // SAFETY: `tex` is non-null and valid for writes (API contract).
+        unsafe { out(tex, obj) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuTexObjectDestroy(tex: CUtexObject) -> CUresult {
+    ffi(|| driver::with(|d| d.tex_destroy(tex)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuTexObjectGetResourceDesc(desc: *mut CudaResourceDesc, tex: CUtexObject) -> CUresult {
+    ffi(|| {
+        need(desc)?;
+        let (res, _) = driver::with_beside_copies(|d| d.tex_get(tex))?;
+        // SAFETY: `desc` is non-null and valid for writes (API contract).
+        unsafe { out(desc, resource_to(&res)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuTexObjectGetTextureDesc(desc: *mut CudaTextureDesc, tex: CUtexObject) -> CUresult {
+    ffi(|| {
+        need(desc)?;
+        let (_, t) = driver::with_beside_copies(|d| d.tex_get(tex))?;
+        let v = CudaTextureDesc {
+            address_mode: t.address,
+            filter_mode: t.filter,
+            flags: t.flags,
+            max_anisotropy: t.max_anisotropy,
+            mipmap_filter_mode: t.mipmap_filter,
+            mipmap_level_bias: t.mipmap_bias,
+            min_mipmap_level_clamp: t.min_mipmap_clamp,
+            max_mipmap_level_clamp: t.max_mipmap_clamp,
+            border_color: t.border,
+            reserved: [0; 12],
+        };
+        // SAFETY: `desc` is non-null and valid for writes (API contract).
+        unsafe { out(desc, v) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuSurfObjectCreate(surf: *mut CUsurfObject, res_desc: *const CudaResourceDesc) -> CUresult {
+    ffi(|| {
+        need(surf)?;
+        need(res_desc)?;
+        // SAFETY: non-null, and points to a CUDA_RESOURCE_DESC (API contract).
+        let d = unsafe { res_desc.read_unaligned() };
+        if d.res_type != 0 {
+            // Surfaces are of arrays only.
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let res = resource_from(&d)?;
+        let obj = driver::with(|drv| drv.surf_create(res))?;
+        // SAFETY: `surf` is non-null and valid for writes (API contract).
+        unsafe { out(surf, obj) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuSurfObjectDestroy(surf: CUsurfObject) -> CUresult {
+    ffi(|| driver::with(|d| d.surf_destroy(surf)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuSurfObjectGetResourceDesc(desc: *mut CudaResourceDesc, surf: CUsurfObject) -> CUresult {
+    ffi(|| {
+        need(desc)?;
+        let res = driver::with_beside_copies(|d| d.surf_get(surf))?;
+        // SAFETY: `desc` is non-null and valid for writes (API contract).
+        unsafe { out(desc, resource_to(&res)) }
+    })
 }
 
 /// A 2D memset, row by row.

@@ -7,6 +7,7 @@
 //! the context into a sticky error exactly as a faulting GPU kernel would.
 
 use crate::memory::AllocationMap;
+pub(crate) use crate::texture::Objects;
 use crate::ptx::Entry;
 use crate::result::*;
 
@@ -25,6 +26,12 @@ pub enum Known {
     Saxpy,
     /// `gp_fault(unsigned* p)`: always performs an illegal access.
     Fault,
+    /// `gp_tex_read(float* out, CUtexObject tex, int w, int h)`:
+    /// `out[i] = tex2D<float>(tex, i % w + 0.5f, i / w + 0.5f)`.
+    TexRead,
+    /// `gp_surf_scale(CUsurfObject surf, float s, int w, int h)`: element
+    /// `(i % w, i / w)` of the surface is multiplied by `s` in place.
+    SurfScale,
 }
 
 /// `(name, kernel, parameter sizes)` of every known kernel.
@@ -35,6 +42,8 @@ pub const KNOWN_KERNELS: &[(&str, Known, &[usize])] = &[
     ("gp_fill_u32", Known::FillU32, &[8, 4, 4]),
     ("gp_saxpy", Known::Saxpy, &[4, 4, 8, 8]),
     ("gp_fault", Known::Fault, &[8]),
+    ("gp_tex_read", Known::TexRead, &[8, 8, 4, 4]),
+    ("gp_surf_scale", Known::SurfScale, &[8, 4, 4, 4]),
 ];
 
 /// How a kernel entry relates to the known kernels.
@@ -178,6 +187,7 @@ pub(crate) fn run(
     params: &[u8],
     threads: u64,
     mem: &AllocationMap,
+    objects: &dyn Objects,
 ) -> Result<(), CUresult> {
     let args = Args { buf: params, entry };
     let mut dev = DeviceAccess::new(mem);
@@ -220,13 +230,64 @@ pub(crate) fn run(
             Ok(())
         }
         Known::Fault => Err(CUDA_ERROR_ILLEGAL_ADDRESS),
+        Known::TexRead => {
+            let (out, tex, w, h) = (args.u64(0), args.u64(1), args.i32(2), args.i32(3));
+            let n = grid_elements(w, h, threads);
+            if n == 0 {
+                return Ok(());
+            }
+            let (image, sampler) = objects.texture(tex)?;
+            if image.format != crate::texture::FORMAT_FLOAT || image.channels != 1 {
+                // A documented limit of this double: only 1-channel float
+                // textures are sampled.
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+            for i in 0..n {
+                // `i < n <= i32::MAX`, and `w != 0` since `w * h > 0`; the
+                // PTX's `rem.s32` / `div.s32` truncate as Rust's do.
+                let i = i as i32;
+                let (x, y) = (i % w, i / w);
+                let v = crate::texture::sample_2d(&image, &sampler, x as f32 + 0.5, y as f32 + 0.5);
+                dev.write_f32(out.wrapping_add(i as u64 * 4), v)?;
+            }
+            Ok(())
+        }
+        Known::SurfScale => {
+            let (surf, s, w, h) = (args.u64(0), args.f32(1), args.i32(2), args.i32(3));
+            let n = grid_elements(w, h, threads);
+            if n == 0 {
+                return Ok(());
+            }
+            let image = objects.surface(surf)?;
+            if image.element_size() != Some(4) {
+                // `suld.b.2d.b32` reads 4-byte elements; other element
+                // sizes are a documented limit of this double.
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+            for i in 0..n {
+                let i = i as i32;
+                let (x, y) = (i % w, i / w);
+                // `shl.b32` of the element index: the byte coordinate.
+                let xb = x.wrapping_mul(4);
+                let v = f32::from_bits(image.surface_read_b32(xb, y)?);
+                image.surface_write_b32(xb, y, (v * s).to_bits())?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// How many threads of a `w * h` kernel do work: `min(w * h, threads)`,
+/// with `w * h` wrapping in 32 bits as the PTX's `mul.lo.s32` does.
+fn grid_elements(w: i32, h: i32, threads: u64) -> u64 {
+    u64::try_from(w.wrapping_mul(h)).unwrap_or(0).min(threads)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ptx::Param;
+    use crate::texture::Image;
 
     fn entry(name: &str, sizes: &[usize]) -> Entry {
         let mut offset = 0usize;
@@ -261,6 +322,164 @@ mod tests {
         assert_eq!(base_name("_Z"), "_Z");
         assert_eq!(base_name("_Zx"), "_Zx");
         assert_eq!(base_name("_Z99999999999999999999999a"), "_Z99999999999999999999999a");
+    }
+
+    /// Objects over host buffers: texture 1 and surface 2 name `image`
+    /// (a 1-channel float `w × h` image), texture 3 is an int texture.
+    struct TestObjects {
+        texels: std::cell::RefCell<Vec<f32>>,
+        w: u64,
+        h: u64,
+        sampler: crate::texture::Sampler,
+    }
+
+    impl Objects for TestObjects {
+        fn texture(&self, tex: u64) -> Result<(Image, crate::texture::Sampler), CUresult> {
+            let format = match tex {
+                1 => crate::texture::FORMAT_FLOAT,
+                3 => 0x03,
+                _ => return Err(CUDA_ERROR_ILLEGAL_ADDRESS),
+            };
+            let base = self.texels.borrow_mut().as_mut_ptr().cast();
+            // SAFETY: the buffer holds `w * h` floats and outlives the launch.
+            let img = unsafe { Image::new(base, self.w, self.h, self.w * 4, format, 1) }.unwrap();
+            Ok((img, self.sampler))
+        }
+        fn surface(&self, surf: u64) -> Result<Image, CUresult> {
+            if surf != 2 {
+                return Err(CUDA_ERROR_ILLEGAL_ADDRESS);
+            }
+            let base = self.texels.borrow_mut().as_mut_ptr().cast();
+            // SAFETY: as in `texture`.
+            Ok(unsafe { Image::new(base, self.w, self.h, self.w * 4, crate::texture::FORMAT_FLOAT, 1) }.unwrap())
+        }
+    }
+
+    fn objects(w: u64, h: u64, normalized: bool, mode: u32, linear: bool) -> TestObjects {
+        TestObjects {
+            texels: std::cell::RefCell::new((0..w * h).map(|k| (100 * (k / w) + k % w) as f32).collect()),
+            w,
+            h,
+            sampler: crate::texture::Sampler {
+                normalized,
+                address: [mode, mode],
+                linear,
+                border: -7.0,
+            },
+        }
+    }
+
+    /// Runs `gp_tex_read` over a `w × h` grid into a fresh allocation.
+    fn tex_read(objects: &TestObjects, tex: u64, w: i32, h: i32, threads: u64) -> (Result<(), CUresult>, Vec<f32>) {
+        use crate::memory::{AllocKind, Allocation, Mapping};
+        let n = (w.max(1) * h.max(1)) as usize;
+        let mut mem = AllocationMap::default();
+        let out = mem.insert(Allocation {
+            size: n as u64 * 4,
+            charged: 0,
+            ctx: 1,
+            device: 0,
+            kind: AllocKind::Device,
+            mapping: Mapping::new(n * 4).unwrap(),
+        });
+        let e = entry("gp_tex_read", &[8, 8, 4, 4]);
+        let mut params = Vec::new();
+        params.extend_from_slice(&out.to_le_bytes());
+        params.extend_from_slice(&tex.to_le_bytes());
+        params.extend_from_slice(&w.to_le_bytes());
+        params.extend_from_slice(&h.to_le_bytes());
+        let r = run(Known::TexRead, &e, &params, threads, &mem, objects);
+        // SAFETY: `out` is the live `n * 4`-byte mapping made above.
+        let v = unsafe { std::slice::from_raw_parts(out as *const f32, n) }.to_vec();
+        (r, v)
+    }
+
+    #[test]
+    fn tex_read_kernel() {
+        use crate::texture::{ADDRESS_BORDER, ADDRESS_CLAMP, ADDRESS_WRAP};
+        // Point, unnormalised: every texel, row by row.
+        let o = objects(3, 2, false, ADDRESS_CLAMP, false);
+        let (r, v) = tex_read(&o, 1, 3, 2, 64);
+        assert_eq!(r, Ok(()));
+        assert_eq!(v, [0.0, 1.0, 2.0, 100.0, 101.0, 102.0]);
+        // Fewer threads than elements: the rest untouched.
+        let (_, v) = tex_read(&o, 1, 3, 2, 4);
+        assert_eq!(v, [0.0, 1.0, 2.0, 100.0, 0.0, 0.0]);
+        // A grid wider than the texture: clamped, or the border colour.
+        let (_, v) = tex_read(&o, 1, 5, 1, 64);
+        assert_eq!(v, [0.0, 1.0, 2.0, 2.0, 2.0]);
+        let o = objects(3, 2, false, ADDRESS_BORDER, false);
+        let (_, v) = tex_read(&o, 1, 5, 3, 64);
+        assert_eq!(v[3..5], [-7.0, -7.0]);
+        assert_eq!(v[10..15], [-7.0; 5]);
+        // Normalised wrap: u = x + 0.5 wraps to 0.5, the middle texel of
+        // each dimension (4 × 2: texel (2, 1)).
+        let o = objects(4, 2, true, ADDRESS_WRAP, false);
+        let (_, v) = tex_read(&o, 1, 3, 2, 64);
+        assert_eq!(v, [102.0; 6]);
+        // Normalised, bilinear, wrap: u = 0.5 is midway between the centres
+        // of texels 1 and 2, v = 0.5 between rows 0 and 1.
+        let o = objects(4, 2, true, ADDRESS_WRAP, true);
+        let (_, v) = tex_read(&o, 1, 2, 1, 64);
+        let mid = (1.0 + 2.0 + 101.0 + 102.0) / 4.0;
+        assert_eq!(v, [mid, mid]);
+        // Normalised clamp: x >= 1 is past the edge.
+        let o = objects(4, 2, true, ADDRESS_CLAMP, false);
+        let (_, v) = tex_read(&o, 1, 3, 1, 64);
+        assert_eq!(v, [102.0, 103.0, 103.0]);
+        // Unknown handle: a fault; an int texture: not supported.
+        assert_eq!(tex_read(&o, 9, 2, 1, 64).0, Err(CUDA_ERROR_ILLEGAL_ADDRESS));
+        assert_eq!(tex_read(&o, 3, 2, 1, 64).0, Err(CUDA_ERROR_NOT_SUPPORTED));
+        // Nothing to do: the handle is never looked at.
+        assert_eq!(tex_read(&o, 9, 0, 5, 64).0, Ok(()));
+        assert_eq!(tex_read(&o, 9, -2, 3, 64).0, Ok(()));
+    }
+
+    #[test]
+    fn surf_scale_kernel() {
+        use crate::texture::ADDRESS_CLAMP;
+        let run_scale = |o: &TestObjects, surf: u64, s: f32, w: i32, h: i32| {
+            let e = entry("gp_surf_scale", &[8, 4, 4, 4]);
+            let mut params = Vec::new();
+            params.extend_from_slice(&surf.to_le_bytes());
+            params.extend_from_slice(&s.to_le_bytes());
+            params.extend_from_slice(&w.to_le_bytes());
+            params.extend_from_slice(&h.to_le_bytes());
+            run(Known::SurfScale, &e, &params, 1024, &AllocationMap::default(), o)
+        };
+        let o = objects(3, 2, false, ADDRESS_CLAMP, false);
+        assert_eq!(run_scale(&o, 2, 2.0, 3, 2), Ok(()));
+        assert_eq!(*o.texels.borrow(), [0.0, 2.0, 4.0, 200.0, 202.0, 204.0]);
+        // A 2 × 2 grid on the 3 × 2 surface touches its left two columns.
+        assert_eq!(run_scale(&o, 2, 0.5, 2, 2), Ok(()));
+        assert_eq!(*o.texels.borrow(), [0.0, 1.0, 4.0, 100.0, 101.0, 204.0]);
+        // Past the right edge: a fault (after the elements before it).
+        assert_eq!(run_scale(&o, 2, 10.0, 4, 1), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
+        assert_eq!(o.texels.borrow()[..3], [0.0, 10.0, 40.0]);
+        assert_eq!(run_scale(&o, 2, 1.0, 3, 3), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
+        assert_eq!(run_scale(&o, 7, 1.0, 3, 2), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
+    }
+
+    #[test]
+    fn the_c_test_module_declares_the_known_kernels() {
+        let header = include_str!("../../c/kernels.ptx.h");
+        let mut text = String::new();
+        for line in header.lines().filter(|l| l.starts_with('"')) {
+            let body = line.trim_end_matches(';').trim().trim_matches('"');
+            text.push_str(&body.replace("\\n", "\n"));
+        }
+        let module = crate::ptx::parse(&text).expect("kernels.ptx.h parses");
+        for (name, kernel) in [
+            ("gp_null", Known::Null),
+            ("gp_vector_add", Known::VectorAdd),
+            ("gp_scale", Known::Scale),
+            ("gp_fault", Known::Fault),
+            ("gp_tex_read", Known::TexRead),
+            ("gp_surf_scale", Known::SurfScale),
+        ] {
+            let e = module.entry(name).unwrap_or_else(|| panic!("{name} missing"));
+            assert_eq!(lookup(e), Some(kernel), "{name}");
+        }
     }
 
     #[test]

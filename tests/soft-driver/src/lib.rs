@@ -23,6 +23,9 @@
 //! * launches of a fixed set of known kernels executed on the host
 //!   ([`kernels`]), recognised by name, plain or C++-mangled; other kernels
 //!   load but fail to launch with `CUDA_ERROR_NOT_SUPPORTED`;
+//! * CUDA arrays (packed host memory), 2D and 3D copies to and from them,
+//!   texture objects sampled by the known kernel `gp_tex_read` and surface
+//!   objects read and written by `gp_surf_scale` ([`texture`]);
 //! * streams, events with host timestamps, occupancy queries;
 //! * stream capture and graphs: a capturing stream (and any stream that
 //!   waits for an event recorded in its capture) records launches, memsets,
@@ -43,6 +46,7 @@ pub mod image;
 pub mod kernels;
 pub mod ptx;
 pub mod result;
+pub mod texture;
 
 mod driver;
 mod memory;

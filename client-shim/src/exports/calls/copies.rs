@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::remote::Sink;
+use gpupool_proto::message::{ArrayPos, CopyEnd};
 
 /// `CUmemorytype` values a 2D copy may name besides host and device.
 const MEMORYTYPE_ARRAY: u32 = 3;
@@ -90,10 +91,7 @@ fn side(s: &Shim, memory_type: u32, host: usize, device: u64, x: usize, y: usize
         MEMORYTYPE_HOST => Place::Host(host),
         MEMORYTYPE_DEVICE => Place::Device(device),
         MEMORYTYPE_UNIFIED => classify(s, device),
-        MEMORYTYPE_ARRAY => {
-            tracing::warn!("2D copies to or from CUDA arrays are not supported by gpupool");
-            return Err(CuError::NOT_SUPPORTED);
-        }
+        // Copies with an array end go by `copy_2d_array`.
         _ => return Err(CuError::INVALID_VALUE),
     };
     match base {
@@ -212,15 +210,17 @@ unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     }
     // SAFETY: the program passes a CUDA_MEMCPY3D; read unaligned to be safe.
     let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy3D>()) };
-    if c.src_memory_type == MEMORYTYPE_ARRAY || c.dst_memory_type == MEMORYTYPE_ARRAY {
-        tracing::warn!("a 3D copy to or from a CUDA array is not supported");
-        return Err(CuError::NOT_SUPPORTED);
-    }
     if c.src_lod != 0 || c.dst_lod != 0 {
         return Err(CuError::INVALID_VALUE);
     }
     let (width, height, depth) = (c.width_in_bytes, c.height, c.depth);
-    if depth > 1 && (height > c.src_height || height > c.dst_height) {
+    let (src_array, dst_array) = (
+        c.src_memory_type == MEMORYTYPE_ARRAY,
+        c.dst_memory_type == MEMORYTYPE_ARRAY,
+    );
+    // An array's slices are its own; a linear side's are its slice height
+    // of rows.
+    if depth > 1 && ((!src_array && height > c.src_height) || (!dst_array && height > c.dst_height)) {
         return Err(CuError::INVALID_VALUE);
     }
     if width == 0 || height == 0 || depth == 0 {
@@ -235,23 +235,57 @@ unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     let slice_2d = |z: usize, rows: usize| -> CuResult<Memcpy2D> {
         Ok(Memcpy2D {
             src_x_in_bytes: c.src_x_in_bytes,
-            src_y: row(c.src_y, c.src_z + z, c.src_height)?,
+            src_y: if src_array {
+                c.src_y
+            } else {
+                row(c.src_y, c.src_z + z, c.src_height)?
+            },
             src_memory_type: c.src_memory_type,
             src_host: c.src_host,
             src_device: c.src_device,
-            src_array: std::ptr::null_mut(),
+            src_array: c.src_array,
             src_pitch: c.src_pitch,
             dst_x_in_bytes: c.dst_x_in_bytes,
-            dst_y: row(c.dst_y, c.dst_z + z, c.dst_height)?,
+            dst_y: if dst_array {
+                c.dst_y
+            } else {
+                row(c.dst_y, c.dst_z + z, c.dst_height)?
+            },
             dst_memory_type: c.dst_memory_type,
             dst_host: c.dst_host,
             dst_device: c.dst_device,
-            dst_array: std::ptr::null_mut(),
+            dst_array: c.dst_array,
             dst_pitch: c.dst_pitch,
             width_in_bytes: width,
             height: rows,
         })
     };
+    if src_array || dst_array {
+        let s = shim()?;
+        if src_array {
+            check_array_extent(
+                s,
+                handle(c.src_array),
+                (c.src_x_in_bytes, c.src_y, c.src_z),
+                (width, height, depth),
+            )?;
+        }
+        if dst_array {
+            check_array_extent(
+                s,
+                handle(c.dst_array),
+                (c.dst_x_in_bytes, c.dst_y, c.dst_z),
+                (width, height, depth),
+            )?;
+        }
+        sync_copy_begins(mode, stream, sync)?;
+        for z in 0..depth {
+            let slice = slice_2d(z, height)?;
+            let zs = (c.src_z + z, c.dst_z + z);
+            unsafe { copy_2d_array(mode, &slice, zs, stream, sync && z + 1 == depth) }?;
+        }
+        return Ok(());
+    }
     let slices: Vec<Memcpy2D> = if depth == 1 || (c.src_height == height && c.dst_height == height) {
         vec![slice_2d(0, height.checked_mul(depth).ok_or(CuError::INVALID_VALUE)?)?]
     } else {
@@ -269,6 +303,9 @@ unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
 unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: bool) -> CuResult {
     let s = shim()?;
     let (width, height) = (c.width_in_bytes, c.height);
+    if c.src_memory_type == MEMORYTYPE_ARRAY || c.dst_memory_type == MEMORYTYPE_ARRAY {
+        return unsafe { copy_2d_array(mode, c, (0, 0), stream, sync) };
+    }
     if height > 1 && (width > c.src_pitch || width > c.dst_pitch) {
         return Err(CuError::INVALID_VALUE);
     }
@@ -393,6 +430,179 @@ unsafe fn copy_2d_of(mode: DefaultStream, c: &Memcpy2D, stream: CUstream, sync: 
                 false => unsafe { stream_into(s, &req, ctx, sref, sink) },
             }
         }
+    }
+}
+
+/// One end of a 2D copy with an array end: host memory with its pitch, or
+/// on the GPU.
+#[derive(Clone, Copy)]
+enum ArrayCopyEnd {
+    Host(usize, usize),
+    Gpu(CopyEnd),
+}
+
+/// A 2D copy of which one end (or both) is a CUDA array, in slice `z` of
+/// each array end (`zs`: source, destination). Between the GPU's ends it is
+/// one request; host memory goes in bands of rows of at most a copy chunk,
+/// rows wider than a chunk in pieces of columns.
+unsafe fn copy_2d_array(
+    mode: DefaultStream,
+    c: &Memcpy2D,
+    zs: (usize, usize),
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
+    let s = shim()?;
+    let (width, height) = (c.width_in_bytes, c.height);
+    let mut array_ctx = None;
+    let mut end =
+        |kind: u32, host: usize, device: u64, array: *mut c_void, (x, y, z): (usize, usize, usize), pitch: usize| {
+            let linear = |base: u64| {
+                y.checked_mul(pitch)
+                    .and_then(|o| o.checked_add(x))
+                    .and_then(|o| base.checked_add(o as u64))
+                    .ok_or(CuError::INVALID_VALUE)
+            };
+            // Unified addressing: the pointer (in the device field) says which.
+            let (kind, host) = match (kind, classify(s, device)) {
+                (MEMORYTYPE_UNIFIED, Place::Host(p)) => (MEMORYTYPE_HOST, p),
+                (MEMORYTYPE_UNIFIED, Place::Device(_)) => (MEMORYTYPE_DEVICE, host),
+                (k, _) => (k, host),
+            };
+            if kind == MEMORYTYPE_HOST && host == 0 {
+                return Err(CuError::INVALID_VALUE);
+            }
+            Ok(match kind {
+                MEMORYTYPE_HOST => ArrayCopyEnd::Host(linear(host as u64)? as usize, pitch),
+                MEMORYTYPE_DEVICE => ArrayCopyEnd::Gpu(CopyEnd::Device {
+                    ptr: linear(device)?,
+                    pitch: pitch as u64,
+                }),
+                MEMORYTYPE_ARRAY => {
+                    let entry = array_entry(s, handle(array))?;
+                    check_array_extent(s, handle(array), (x, y, z), (width, height, 1))?;
+                    array_ctx = Some(entry.ctx);
+                    ArrayCopyEnd::Gpu(CopyEnd::Array(ArrayPos {
+                        array: handle(array),
+                        x: x as u64,
+                        y: y as u64,
+                        z: z as u64,
+                    }))
+                }
+                _ => return Err(CuError::INVALID_VALUE),
+            })
+        };
+    let src = end(
+        c.src_memory_type,
+        c.src_host as usize,
+        c.src_device,
+        c.src_array,
+        (c.src_x_in_bytes, c.src_y, zs.0),
+        c.src_pitch,
+    )?;
+    let dst = end(
+        c.dst_memory_type,
+        c.dst_host as usize,
+        c.dst_device,
+        c.dst_array,
+        (c.dst_x_in_bytes, c.dst_y, zs.1),
+        c.dst_pitch,
+    )?;
+    let ctx = array_ctx.ok_or(CuError::INVALID_VALUE)?;
+    if height > 1 {
+        let narrow = |e: ArrayCopyEnd| match e {
+            ArrayCopyEnd::Host(_, pitch) => width > pitch,
+            ArrayCopyEnd::Gpu(CopyEnd::Device { pitch, .. }) => width as u64 > pitch,
+            ArrayCopyEnd::Gpu(CopyEnd::Array(_)) => false,
+        };
+        if narrow(src) || narrow(dst) {
+            return Err(CuError::INVALID_VALUE);
+        }
+    }
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    let sref = Shim::stream_ref(mode, handle(stream));
+    // Column pieces of at most a chunk, and bands of rows of each.
+    let pieces: Vec<(usize, usize)> = (0..width)
+        .step_by(COPY_CHUNK)
+        .map(|x| (x, COPY_CHUNK.min(width - x)))
+        .collect();
+    let at = |p: ArrayPos, dx: usize| ArrayPos {
+        x: p.x + dx as u64,
+        ..p
+    };
+    match (dst, src) {
+        (ArrayCopyEnd::Gpu(d), ArrayCopyEnd::Gpu(f)) => {
+            let req = Request::MemcpyArray {
+                ctx,
+                stream: sref,
+                dst: d,
+                src: f,
+                width: width as u64,
+                height: height as u64,
+            };
+            s.remote.call_or_post(&req, &[], sync)
+        }
+        (ArrayCopyEnd::Gpu(CopyEnd::Array(pos)), ArrayCopyEnd::Host(f, sp)) => {
+            refuse_if_capturing(s, sref)?;
+            if !sync {
+                before_reading(s, ctx, sref, f);
+            }
+            let mut packed = Vec::new();
+            for (i, &(px, cw)) in pieces.iter().enumerate() {
+                let band = (COPY_CHUNK / cw).max(1);
+                let mut first = 0;
+                while first < height {
+                    let rows = band.min(height - first);
+                    packed.clear();
+                    for r in first..first + rows {
+                        // SAFETY: the program passed `height` rows of
+                        // `width` readable bytes, `sp` apart, at f.
+                        packed.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts((f + r * sp + px) as *const u8, cw)
+                        });
+                    }
+                    let req = Request::MemcpyHtoA {
+                        ctx,
+                        stream: sref,
+                        dst: at(pos, px),
+                        width: cw as u64,
+                        first_row: first as u64,
+                        rows: rows as u64,
+                    };
+                    first += rows;
+                    let last = i + 1 == pieces.len() && first == height;
+                    s.remote.call_or_post(&req, &packed, sync && last)?;
+                }
+            }
+            Ok(())
+        }
+        (ArrayCopyEnd::Host(d, dp), ArrayCopyEnd::Gpu(CopyEnd::Array(pos))) => {
+            refuse_if_capturing(s, sref)?;
+            for (i, &(px, cw)) in pieces.iter().enumerate() {
+                let wait = sync && i + 1 == pieces.len();
+                let req = Request::MemcpyAtoH {
+                    ctx,
+                    stream: sref,
+                    src: at(pos, px),
+                    width: cw as u64,
+                    height: height as u64,
+                    sync: wait,
+                };
+                let sink = Sink::rows((d + px) as *mut u8, cw, dp, height);
+                // SAFETY (both): the program gave `height` rows of `width`
+                // writable bytes, `dp` apart, at d, which CUDA lets us fill
+                // until the copy is observed complete.
+                match wait {
+                    true => unsafe { s.remote.call_into_sink(&req, sink, true) }?,
+                    false => unsafe { stream_into(s, &req, ctx, sref, sink) }?,
+                }
+            }
+            Ok(())
+        }
+        // One end is an array; host memory to device memory is not this.
+        _ => Err(CuError::INVALID_VALUE),
     }
 }
 
