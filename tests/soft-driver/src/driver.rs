@@ -1643,8 +1643,8 @@ impl Driver {
                 let sh = a.shape;
                 let (elem, row, rows) = (sh.element(), sh.row_bytes(), sh.rows());
                 let fits = |off: u64, n: u64, limit: u64| off.checked_add(n).is_some_and(|e| e <= limit);
-                if end.x % elem != 0
-                    || w % elem != 0
+                if !end.x.is_multiple_of(elem)
+                    || !w.is_multiple_of(elem)
                     || !fits(end.x, w, row)
                     || !fits(end.y, h, rows)
                     || !fits(end.z, d, sh.slices())
@@ -1668,7 +1668,11 @@ impl Driver {
                 if d > 1 && end.y.checked_add(h).is_none_or(|rows| end.rows < rows) {
                     return Err(bad);
                 }
-                let slice = if d > 1 { end.pitch.checked_mul(end.rows).ok_or(bad)? } else { 0 };
+                let slice = if d > 1 {
+                    end.pitch.checked_mul(end.rows).ok_or(bad)?
+                } else {
+                    0
+                };
                 let offset = end
                     .z
                     .checked_mul(slice)

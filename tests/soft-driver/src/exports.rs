@@ -24,10 +24,10 @@ use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::driver::{self, Copy3d, CopyEnd, LaunchConfig, Memory, Resource, TexDesc};
-use crate::texture::ArrayShape;
 use crate::engine;
 use crate::ptx::Param;
 use crate::result::*;
+use crate::texture::ArrayShape;
 
 pub use crate::result::CUresult;
 

@@ -7,9 +7,9 @@
 //! the context into a sticky error exactly as a faulting GPU kernel would.
 
 use crate::memory::AllocationMap;
-pub(crate) use crate::texture::Objects;
 use crate::ptx::Entry;
 use crate::result::*;
+pub(crate) use crate::texture::Objects;
 
 /// The kernels this double can execute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -116,7 +116,7 @@ impl ArrayShape {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let fits = if self.flags & ARRAY3D_LAYERED != 0 {
-            d >= 1 && d <= MAX_LAYERS && w <= MAX_LAYERED && h <= MAX_LAYERED
+            (1..=MAX_LAYERS).contains(&d) && w <= MAX_LAYERED && h <= MAX_LAYERED
         } else if d > 0 {
             w <= MAX_3D && h <= MAX_3D && d <= MAX_3D
         } else if h > 0 {
@@ -353,14 +353,23 @@ mod tests {
         assert_eq!(s(4, 0, 5, 0x03, 1, ARRAY3D_LAYERED).validate(), Ok(4 * 4 * 5));
         assert_eq!(s(0, 1, 0, 0x20, 1, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(s(4, 0, 3, 0x20, 1, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(s(4, 4, 0, 0x20, 1, ARRAY3D_LAYERED).validate(), Err(CUDA_ERROR_INVALID_VALUE));
+        assert_eq!(
+            s(4, 4, 0, 0x20, 1, ARRAY3D_LAYERED).validate(),
+            Err(CUDA_ERROR_INVALID_VALUE)
+        );
         assert_eq!(s(4, 4, 0, 0x20, 3, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(s(4, 4, 0, 0x21, 1, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(s(4, 4, 0, 0xc0, 1, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(s(u64::MAX, 1, 0, 0x20, 4, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(s(131_073, 0, 0, 0x20, 1, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(s(16_384, 16_384, 16_385, 0x20, 1, 0).validate(), Err(CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(s(8, 8, 6, 0x20, 1, ARRAY3D_CUBEMAP).validate(), Err(CUDA_ERROR_NOT_SUPPORTED));
+        assert_eq!(
+            s(16_384, 16_384, 16_385, 0x20, 1, 0).validate(),
+            Err(CUDA_ERROR_INVALID_VALUE)
+        );
+        assert_eq!(
+            s(8, 8, 6, 0x20, 1, ARRAY3D_CUBEMAP).validate(),
+            Err(CUDA_ERROR_NOT_SUPPORTED)
+        );
         assert_eq!(s(8, 8, 0, 0x20, 1, 0x40).validate(), Err(CUDA_ERROR_NOT_SUPPORTED));
         assert_eq!(s(8, 8, 0, 0x20, 1, 0x1000).validate(), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(
@@ -415,9 +424,18 @@ mod tests {
         // Normalised centres: (x + 0.5) / w.
         assert_eq!(sample_2d(&img, &s, 2.5 / 4.0, 1.5 / 3.0), 12.0);
         // NaN reads as 0.
-        assert_eq!(sample_2d(&img, &sampler(false, ADDRESS_CLAMP, false), f32::NAN, 0.5), 0.0);
+        assert_eq!(
+            sample_2d(&img, &sampler(false, ADDRESS_CLAMP, false), f32::NAN, 0.5),
+            0.0
+        );
         // Infinities stay in range.
-        assert!(sample_2d(&img, &sampler(true, ADDRESS_WRAP, true), f32::INFINITY, f32::NEG_INFINITY).is_finite());
+        assert!(sample_2d(
+            &img,
+            &sampler(true, ADDRESS_WRAP, true),
+            f32::INFINITY,
+            f32::NEG_INFINITY
+        )
+        .is_finite());
     }
 
     #[test]
@@ -452,7 +470,11 @@ mod tests {
         img.surface_write_b32(12, 2, 7.5f32.to_bits()).unwrap();
         assert_eq!(img.surface_read_b32(12, 2).map(f32::from_bits), Ok(7.5));
         assert_eq!(buf[2 * 5 + 3], 7.5);
-        assert_eq!(img.surface_read_b32(16, 0), Err(CUDA_ERROR_ILLEGAL_ADDRESS), "past the row (pitch padding)");
+        assert_eq!(
+            img.surface_read_b32(16, 0),
+            Err(CUDA_ERROR_ILLEGAL_ADDRESS),
+            "past the row (pitch padding)"
+        );
         assert_eq!(img.surface_read_b32(13, 0), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
         assert_eq!(img.surface_read_b32(0, 3), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
         assert_eq!(img.surface_write_b32(-4, 0, 0), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
