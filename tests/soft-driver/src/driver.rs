@@ -522,7 +522,33 @@ fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
         22 => 131072,
         23 => 65536,
         24..=26 => 16384,
+        27 | 28 => 32_768,           // MAXIMUM_TEXTURE2D_LAYERED_WIDTH / _HEIGHT
+        29 => 2048,                  // MAXIMUM_TEXTURE2D_LAYERED_LAYERS
         30 => 512,                   // SURFACE_ALIGNMENT
+        42 => 32_768,                // MAXIMUM_TEXTURE1D_LAYERED_WIDTH
+        43 => 2048,                  // MAXIMUM_TEXTURE1D_LAYERED_LAYERS
+        44 => 1,                     // CAN_TEX2D_GATHER
+        45 | 46 => 32_768,           // MAXIMUM_TEXTURE2D_GATHER_WIDTH / _HEIGHT
+        47 | 48 => 8192,             // MAXIMUM_TEXTURE3D_WIDTH / _HEIGHT_ALTERNATE
+        49 => 32_768,                // MAXIMUM_TEXTURE3D_DEPTH_ALTERNATE
+        52 | 53 => 32_768,           // MAXIMUM_TEXTURECUBEMAP(_LAYERED)_WIDTH
+        54 => 2046,                  // MAXIMUM_TEXTURECUBEMAP_LAYERED_LAYERS
+        55 => 32_768,                // MAXIMUM_SURFACE1D_WIDTH
+        56 => 131_072,               // MAXIMUM_SURFACE2D_WIDTH
+        57 => 65_536,                // MAXIMUM_SURFACE2D_HEIGHT
+        58..=60 => 16_384,           // MAXIMUM_SURFACE3D_*
+        61 => 32_768,                // MAXIMUM_SURFACE1D_LAYERED_WIDTH
+        62 => 2048,                  // MAXIMUM_SURFACE1D_LAYERED_LAYERS
+        63 | 64 => 32_768,           // MAXIMUM_SURFACE2D_LAYERED_WIDTH / _HEIGHT
+        65 => 2048,                  // MAXIMUM_SURFACE2D_LAYERED_LAYERS
+        66 | 67 => 32_768,           // MAXIMUM_SURFACECUBEMAP(_LAYERED)_WIDTH
+        68 => 2046,                  // MAXIMUM_SURFACECUBEMAP_LAYERED_LAYERS
+        69 => 1 << 28,               // MAXIMUM_TEXTURE1D_LINEAR_WIDTH
+        70 => 131_072,               // MAXIMUM_TEXTURE2D_LINEAR_WIDTH
+        71 => 65_000,                // MAXIMUM_TEXTURE2D_LINEAR_HEIGHT
+        72 => 2_097_120,             // MAXIMUM_TEXTURE2D_LINEAR_PITCH
+        73 | 74 => 32_768,           // MAXIMUM_TEXTURE2D_MIPMAPPED_WIDTH / _HEIGHT
+        77 => 32_768,                // MAXIMUM_TEXTURE1D_MIPMAPPED_WIDTH
         31 => 1,                     // CONCURRENT_KERNELS
         32 => 1,                     // ECC_ENABLED
         33 => 0x18 + ordinal as i32, // PCI_BUS_ID

@@ -1,5 +1,3 @@
-// Calls into the driver are written inside `unsafe` even where the binding is safe to call.
-#![allow(unused_unsafe, unused_assignments, clippy::field_reassign_with_default)]
 //! CUDA arrays, 2D/3D copies with array sides, texture and surface objects
 //! and the kernels that use them, through the exported C API.
 //!
@@ -234,11 +232,8 @@ fn arrays_are_created_described_and_destroyed() {
     assert_eq!(bad3(8, 8, 0, 1), 1, "layered without layers");
     assert_eq!(bad3(16_385, 2, 2, 0), 1, "3D too wide");
     assert_eq!(bad3(8, 8, 0, 8), 0, "texture gather 2D");
-    // SAFETY: destroys a live array; then the context.
-    unsafe {
-        ok(cuArrayDestroy(b));
-        ok(cuCtxDestroy_v2(ctx));
-    }
+    ok(cuArrayDestroy(b));
+    ok(cuCtxDestroy_v2(ctx));
 }
 
 #[test]
@@ -353,8 +348,7 @@ fn copies_between_host_device_and_arrays() {
     // SAFETY: the host rows lie in `host`.
     assert_eq!(unsafe { cuMemcpy2D_v2(&rows) }, 1);
     assert_eq!(dtoh(small, 64), vec![0u8; 64]);
-    // SAFETY: the context.
-    ok(unsafe { cuCtxDestroy_v2(ctx) });
+    ok(cuCtxDestroy_v2(ctx));
 }
 
 #[test]
@@ -483,23 +477,24 @@ fn three_d_copies_with_offsets() {
     assert!(after[16..48].iter().all(|&b| b == 0x5a));
     assert_eq!(after[..16], before[..16]);
     assert_eq!(after[48..], before[48..]);
-    // SAFETY: the stream and context.
-    unsafe {
-        ok(cuStreamDestroy_v2(stream));
-        ok(cuCtxDestroy_v2(ctx));
-    }
+    ok(cuStreamDestroy_v2(stream));
+    ok(cuCtxDestroy_v2(ctx));
 }
 
 fn resource_array(a: CUarray) -> CudaResourceDesc {
-    let mut r = CudaResourceDesc::default();
-    r.res_type = 0;
+    let mut r = CudaResourceDesc {
+        res_type: 0,
+        ..Default::default()
+    };
     r.res.array = CudaResourceArray { h_array: a };
     r
 }
 
 fn resource_pitch(ptr: CUdeviceptr, w: usize, h: usize, pitch: usize) -> CudaResourceDesc {
-    let mut r = CudaResourceDesc::default();
-    r.res_type = 3;
+    let mut r = CudaResourceDesc {
+        res_type: 3,
+        ..Default::default()
+    };
     r.res.pitch_2d = CudaResourcePitch2D {
         dev_ptr: ptr,
         format: FLOAT,
@@ -607,8 +602,10 @@ fn texture_and_surface_objects() {
         1,
         "past the allocation"
     );
-    let mut lin = CudaResourceDesc::default();
-    lin.res_type = 2;
+    let mut lin = CudaResourceDesc {
+        res_type: 2,
+        ..Default::default()
+    };
     lin.res.linear = CudaResourceLinear {
         dev_ptr: dev,
         format: FLOAT,
@@ -695,8 +692,7 @@ fn tex_read(f: CUfunction, out: CUdeviceptr, tex: u64, w: i32, h: i32) -> Vec<f3
         (&mut h_v as *mut i32).cast(),
     ];
     ok(launch(f, (w * h) as u32, &mut args));
-    // SAFETY: synchronise the null stream's work.
-    ok(unsafe { cuCtxSynchronize() });
+    ok(cuCtxSynchronize());
     floats(&dtoh(out, (w * h) as usize * 4))
 }
 
@@ -743,11 +739,8 @@ fn kernels_sample_textures_and_scale_surfaces() {
         let (r, tl) = tex_create(&res, &tex_desc(0, 1, 2), null());
         ok(r);
         assert_eq!(tex_read(read, out, tl, 2, 1), [11.5, 11.5]);
-        // SAFETY: live texture objects.
-        unsafe {
-            for t in [t, tb, tw, tl] {
-                ok(cuTexObjectDestroy(t));
-            }
+        for t in [t, tb, tw, tl] {
+            ok(cuTexObjectDestroy(t));
         }
     }
 
@@ -772,13 +765,11 @@ fn kernels_sample_textures_and_scale_surfaces() {
     assert_eq!(got, want);
 
     // Past the surface's edge: the context faults, sticky.
-    w = 5;
+    // SAFETY: args[2] points at `w`, live for the whole test.
+    unsafe { args[2].cast::<i32>().write(5) };
     ok(launch(scale, 5, &mut args));
-    // SAFETY: plain calls.
-    unsafe {
-        assert_eq!(cuCtxSynchronize(), 700);
-        ok(cuCtxDestroy_v2(ctx));
-    }
+    assert_eq!(cuCtxSynchronize(), 700);
+    ok(cuCtxDestroy_v2(ctx));
 }
 
 #[test]
@@ -795,11 +786,8 @@ fn unknown_textures_fault_and_int_textures_are_not_supported() {
         (&mut h as *mut i32).cast(),
     ];
     ok(launch(read, 4, &mut args));
-    // SAFETY: plain calls.
-    unsafe {
-        assert_eq!(cuCtxSynchronize(), 700);
-        ok(cuCtxDestroy_v2(ctx));
-    }
+    assert_eq!(cuCtxSynchronize(), 700);
+    ok(cuCtxDestroy_v2(ctx));
 
     let (_g2, ctx) = {
         drop(_g);
@@ -820,11 +808,8 @@ fn unknown_textures_fault_and_int_textures_are_not_supported() {
         (&mut h as *mut i32).cast(),
     ];
     ok(launch(read, 4, &mut args));
-    // SAFETY: plain calls.
-    unsafe {
-        assert_eq!(cuCtxSynchronize(), 801);
-        ok(cuCtxDestroy_v2(ctx));
-    }
+    assert_eq!(cuCtxSynchronize(), 801);
+    ok(cuCtxDestroy_v2(ctx));
 }
 
 #[test]
@@ -846,6 +831,16 @@ fn texture_limits_are_h100_like() {
     );
     assert_eq!(attr(30), 512, "SURFACE_ALIGNMENT");
     assert_eq!(attr(51), 32, "TEXTURE_PITCH_ALIGNMENT");
-    // SAFETY: the context.
-    ok(unsafe { cuCtxDestroy_v2(ctx) });
+    assert_eq!(
+        (attr(27), attr(28), attr(29)),
+        (32_768, 32_768, 2_048),
+        "TEXTURE2D_LAYERED"
+    );
+    assert_eq!((attr(56), attr(57)), (131_072, 65_536), "SURFACE2D");
+    assert_eq!(
+        (attr(69), attr(70), attr(71), attr(72)),
+        (1 << 28, 131_072, 65_000, 2_097_120),
+        "TEXTURE_LINEAR"
+    );
+    ok(cuCtxDestroy_v2(ctx));
 }
