@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod exports;
 pub mod integrity;
+pub mod pages;
 pub mod procaddr;
 pub mod remote;
 pub mod report;

@@ -21,12 +21,14 @@ use std::sync::{Arc, OnceLock};
 mod arrays;
 mod copies;
 mod hostfns;
+mod managed;
 mod pools;
 mod queries;
 mod vmm;
 pub use arrays::*;
 pub use copies::*;
 pub use hostfns::*;
+pub use managed::*;
 pub use pools::*;
 pub use queries::*;
 pub use vmm::*;
@@ -36,7 +38,7 @@ static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
 /// Driver API version gpupool presents.
 const API_VERSION: u32 = 13000;
 
-pub(super) fn shim() -> CuResult<&'static Shim> {
+pub(crate) fn shim() -> CuResult<&'static Shim> {
     match SHIM.get() {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) => Err(*e),
@@ -401,9 +403,36 @@ pub unsafe fn device_total_mem(bytes: *mut usize, device: CUdevice) -> CuResult 
     unsafe { out(bytes, d.total_mem as usize) }
 }
 
+/// `CUdevice_attribute` numbers the shim answers itself.
+mod attr {
+    pub const MANAGED_MEMORY: i32 = 83;
+    pub const HOST_NATIVE_ATOMIC_SUPPORTED: i32 = 86;
+    pub const PAGEABLE_MEMORY_ACCESS: i32 = 88;
+    pub const CONCURRENT_MANAGED_ACCESS: i32 = 89;
+    pub const PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES: i32 = 100;
+    pub const DIRECT_MANAGED_MEM_ACCESS_FROM_HOST: i32 = 101;
+}
+
 pub unsafe fn device_get_attribute(value: *mut i32, attribute: i32, device: CUdevice) -> CuResult {
     let s = shim()?;
-    let v = s.attribute(device, attribute)?;
+    let v = match attribute {
+        // Managed memory, kept coherent by the shim (`managed`), also
+        // while kernels run.
+        attr::MANAGED_MEMORY | attr::CONCURRENT_MANAGED_ACCESS => {
+            s.device(device)?;
+            1
+        }
+        // A GPU on another machine cannot reach this process's pageable
+        // memory, nor can this process reach device memory directly.
+        attr::PAGEABLE_MEMORY_ACCESS
+        | attr::HOST_NATIVE_ATOMIC_SUPPORTED
+        | attr::PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES
+        | attr::DIRECT_MANAGED_MEM_ACCESS_FROM_HOST => {
+            s.device(device)?;
+            0
+        }
+        _ => s.attribute(device, attribute)?,
+    };
     unsafe { out(value, v) }
 }
 
@@ -463,7 +492,7 @@ pub unsafe fn primary_ctx_release(device: CUdevice) -> CuResult {
     if let Some(h) = gone {
         super::tables::context_gone(h);
         write(&s.contexts).remove(&h);
-        s.forget_context(h);
+        forget_context(s, h);
         s.remote.post(&Request::PrimaryCtxRelease { device }, &[])?;
     }
     Ok(())
@@ -503,7 +532,7 @@ pub unsafe fn primary_ctx_reset(device: CUdevice) -> CuResult {
     if let Some(h) = gone {
         super::tables::context_gone(h);
         write(&s.contexts).remove(&h);
-        s.forget_context(h);
+        forget_context(s, h);
     }
     s.remote.call(&Request::PrimaryCtxReset { device }, &[])?;
     Ok(())
@@ -534,6 +563,12 @@ pub unsafe fn ctx_create_v4(ctx: *mut CUcontext, params: *mut c_void, flags: u32
     unsafe { ctx_create(ctx, flags, device) }
 }
 
+/// Forget what the shim held for a context that went.
+fn forget_context(s: &Shim, ctx: Handle) {
+    s.forget_context(ctx);
+    managed::forget_context(ctx);
+}
+
 pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
     let s = shim()?;
     let h = handle(ctx);
@@ -544,7 +579,7 @@ pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
     write(&s.context_flags).remove(&h);
     super::tables::context_gone(h);
     state::drop_from_stack(h);
-    s.forget_context(h);
+    forget_context(s, h);
     s.remote.post(&Request::CtxDestroy { ctx: h }, &[])
 }
 
@@ -1212,6 +1247,9 @@ pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
     if ptr == 0 {
         return Ok(());
     }
+    if let Some(done) = managed::free(s, ptr) {
+        return done;
+    }
     let range = take_allocation(s, ptr)?;
     s.remote.post(&Request::MemFree { ctx: range.ctx, ptr }, &[])
 }
@@ -1219,6 +1257,9 @@ pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {
 /// Forget the allocation at `ptr` (not a module global, not mapped
 /// memory), which the program frees.
 pub(super) fn take_allocation(s: &Shim, ptr: CUdeviceptr) -> CuResult<DeviceRange> {
+    if managed::is_managed(ptr as usize) {
+        return Err(CuError::INVALID_VALUE);
+    }
     let mut map = lock(&s.device_memory);
     match map.get(&ptr) {
         Some(r) if !r.global && !r.mapped => map.remove(&ptr).ok_or(CuError::INVALID_VALUE),
@@ -1335,10 +1376,11 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
                 CONTEXT => out(data.cast::<*mut c_void>(), as_ptr(r.ctx)),
                 MEMORY_TYPE => out(data.cast::<u32>(), MEMORYTYPE_DEVICE),
                 DEVICE_POINTER => out(data.cast::<u64>(), ptr),
+                HOST_POINTER if managed::is_managed(ptr as usize) => out(data.cast::<u64>(), ptr),
                 HOST_POINTER => Err(CuError::INVALID_VALUE),
                 SYNC_MEMOPS | MAPPED => out(data.cast::<i32>(), 1),
                 BUFFER_ID => out(data.cast::<u64>(), base),
-                IS_MANAGED => out(data.cast::<i32>(), 0),
+                IS_MANAGED => out(data.cast::<i32>(), managed::is_managed(ptr as usize) as i32),
                 DEVICE_ORDINAL => out(data.cast::<i32>(), r.device),
                 RANGE_START_ADDR => out(data.cast::<u64>(), base),
                 RANGE_SIZE => out(data.cast::<usize>(), r.size as usize),
@@ -1446,9 +1488,14 @@ unsafe fn htod(
     if src.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
+    if managed::is_managed(src as usize) {
+        // Managed memory is device memory at the same address.
+        return dtod(mode, dst, src as u64, size, stream, sync);
+    }
     let ctx = device_range_ctx(s, dst, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
+    managed::settle_for(s, stream)?;
     match sync {
         true => before_sync(s, ctx, stream, true),
         false => before_reading(s, ctx, stream, src as usize),
@@ -1477,9 +1524,13 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
     if dst.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
+    if managed::is_managed(dst as usize) {
+        return dtod(mode, dst as u64, src, size, stream, sync);
+    }
     let ctx = device_range_ctx(s, src, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
+    managed::settle_for(s, stream)?;
     let req = Request::MemcpyDtoH {
         ctx,
         stream,
@@ -1515,6 +1566,7 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
         src,
         len: size as u64,
     };
+    managed::settle_for(s, stream)?;
     before_sync(s, ctx, stream, sync);
     s.remote.call_or_post(&req, &[], sync)
 }
@@ -1548,6 +1600,7 @@ fn memset(
         elem_size,
         count: count as u64,
     };
+    managed::settle_for(s, stream)?;
     before_sync(s, ctx, stream, sync);
     s.remote.call_or_post(&req, &[], sync)
 }
@@ -2027,6 +2080,7 @@ fn post_graph_work(
     let exec = handle(exec);
     let ctx = graph_ctx(s, exec)?;
     let stream = Shim::stream_ref(mode, handle(stream));
+    managed::settle_for(s, stream)?;
     s.remote.post(&request(ctx, exec, stream), &[])
 }
 
@@ -2301,6 +2355,7 @@ unsafe fn launch(
         stream: Shim::stream_ref(mode, handle(stream)),
         attrs,
     };
+    managed::settle_for(s, launch.stream)?;
     s.remote.post(&Request::Launch(launch), &block_bytes)
 }
 

@@ -88,6 +88,8 @@ fn side(s: &Shim, memory_type: u32, host: usize, device: u64, x: usize, y: usize
         .and_then(|o| o.checked_add(x))
         .ok_or(CuError::INVALID_VALUE)?;
     let base = match memory_type {
+        // Managed memory is device memory at the same address.
+        MEMORYTYPE_HOST if managed::is_managed(host) => Place::Device(host as u64),
         MEMORYTYPE_HOST => Place::Host(host),
         MEMORYTYPE_DEVICE => Place::Device(device),
         MEMORYTYPE_UNIFIED => classify(s, device),
@@ -181,12 +183,15 @@ unsafe fn copy_2d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sy
     unsafe { copy_2d_of(mode, &c, stream, sync) }
 }
 
-/// Before a synchronous 2D or 3D copy, whose pieces may stream, as before a
-/// linear one ([`before_sync`]).
+/// Before a 2D or 3D copy, whose pieces may stream: managed memory goes to
+/// the device, and a synchronous copy waits as a linear one does
+/// ([`before_sync`]).
 fn sync_copy_begins(mode: DefaultStream, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    managed::settle_for(s, sref)?;
     if sync {
-        let s = shim()?;
-        before_sync(s, stream_ctx(s, stream)?, Shim::stream_ref(mode, handle(stream)), true);
+        before_sync(s, stream_ctx(s, stream)?, sref, true);
     }
     Ok(())
 }
@@ -473,6 +478,10 @@ unsafe fn copy_2d_array(
                 return Err(CuError::INVALID_VALUE);
             }
             Ok(match kind {
+                MEMORYTYPE_HOST if managed::is_managed(host) => ArrayCopyEnd::Gpu(CopyEnd::Device {
+                    ptr: linear(host as u64)?,
+                    pitch: pitch as u64,
+                }),
                 MEMORYTYPE_HOST => ArrayCopyEnd::Host(linear(host as u64)? as usize, pitch),
                 MEMORYTYPE_DEVICE => ArrayCopyEnd::Gpu(CopyEnd::Device {
                     ptr: linear(device)?,
@@ -636,6 +645,7 @@ fn memset_2d(
     }
     let ctx = device_range_ctx(s, dst, span(pitch, bytes, height)? as u64)?;
     let sref = Shim::stream_ref(mode, handle(stream));
+    managed::settle_for(s, sref)?;
     before_sync(s, ctx, sref, sync);
     let req = Request::Memset2D {
         ctx,

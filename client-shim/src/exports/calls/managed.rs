@@ -1,0 +1,707 @@
+//! Managed memory (`cuMemAllocManaged`): one pointer that the program
+//! dereferences on the host and passes to kernels, kept coherent by the
+//! shim.
+//!
+//! The server allocates ordinary device memory; the shim maps the program's
+//! host copy at the very same address ([`crate::pages`]). Each 64 KiB block
+//! is held by the device, or by the host clean (read-only, the same as the
+//! device's) or dirty (writable, newer than the device's):
+//! - a first read of a block the device holds faults; the handler fetches
+//!   the device's data (up to 1 MiB of neighbouring device-held blocks at
+//!   once) and puts it in place in one step, read-only;
+//! - a first write of a clean block faults and makes it dirty, writable;
+//! - before any work that may touch device memory (launches, graph
+//!   launches, copies, memsets), dirty blocks are written to the device and
+//!   every block the host holds goes back to the device (inaccessible to
+//!   the host) — one atomic load when there are none.
+//!
+//! The shim's own traffic for this goes on a non-blocking stream of its own
+//! per context, finished before the work that needs it is sent. A program
+//! that synchronises before it reads what a kernel wrote (as CUDA asks) sees
+//! the kernel's data. Copies whose host side is managed memory are made as
+//! device copies, so the shim never touches managed pages itself.
+
+use super::*;
+use crate::pages::{self, Access, Scratch};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// The unit of coherence.
+const BLOCK: usize = 64 << 10;
+/// Blocks one fault fetches at most (neighbours the device holds, within
+/// one aligned window).
+const FETCH_BLOCKS: usize = 16;
+/// Addresses tried before an allocation gives up on finding its device
+/// address free in this process.
+const PLACEMENT_TRIES: usize = 4;
+
+/// `CUmemAttach_flags`.
+const ATTACH_GLOBAL: u32 = 1;
+const ATTACH_HOST: u32 = 2;
+const ATTACH_SINGLE: u32 = 4;
+
+/// `CU_DEVICE_CPU` and `CU_DEVICE_INVALID`.
+const DEVICE_CPU: i32 = -1;
+const DEVICE_INVALID: i32 = -2;
+
+/// `CUmemLocationType`.
+const LOCATION_INVALID: u32 = 0;
+const LOCATION_DEVICE: u32 = 1;
+const LOCATION_HOST: u32 = 2;
+const LOCATION_HOST_NUMA: u32 = 3;
+const LOCATION_HOST_NUMA_CURRENT: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Device,
+    Clean,
+    Dirty,
+}
+
+/// Where advice or a prefetch names: (`CUmemLocationType`, id).
+type Location = (u32, i32);
+
+/// What the program advised for an allocation (`cuMemAdvise`), and where
+/// it last prefetched it, for `cuMemRangeGetAttribute`.
+#[derive(Debug, Default, Clone)]
+struct Advice {
+    read_mostly: bool,
+    preferred: Option<Location>,
+    accessed_by: Vec<Location>,
+    last_prefetch: Option<Location>,
+}
+
+struct Managed {
+    ctx: Handle,
+    /// The server's allocation, which holds `base .. base + len`.
+    alloc: u64,
+    /// Bytes the program asked for.
+    size: usize,
+    /// Bytes mapped at the base: `size` up to whole pages.
+    len: usize,
+    blocks: Vec<Held>,
+    /// The shim's stream for this context.
+    stream: Handle,
+    advice: Advice,
+}
+
+impl Managed {
+    /// The bytes of blocks `first .. first + n` of the range at `base`.
+    fn span(&self, base: usize, first: usize, n: usize) -> (usize, usize) {
+        let start = first * BLOCK;
+        let end = ((first + n) * BLOCK).min(self.len);
+        (base + start, end - start)
+    }
+
+    fn resident(&self) -> usize {
+        self.blocks.iter().filter(|b| **b != Held::Device).count()
+    }
+}
+
+struct Table {
+    ranges: BTreeMap<usize, Managed>,
+    /// Context -> the shim's non-blocking stream in it.
+    streams: BTreeMap<Handle, Handle>,
+}
+
+static TABLE: Mutex<Table> = Mutex::new(Table {
+    ranges: BTreeMap::new(),
+    streams: BTreeMap::new(),
+});
+/// Managed allocations there are.
+static RANGES: AtomicUsize = AtomicUsize::new(0);
+/// Blocks the host holds, over all of them.
+static RESIDENT: AtomicUsize = AtomicUsize::new(0);
+
+fn table() -> std::sync::MutexGuard<'static, Table> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `(first, n)` of consecutive blocks that `pick` selects.
+fn runs(blocks: &[Held], pick: impl Fn(Held) -> bool) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < blocks.len() {
+        if !pick(blocks[i]) {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i < blocks.len() && pick(blocks[i]) {
+            i += 1;
+        }
+        out.push((first, i - first));
+    }
+    out
+}
+
+fn os_error(what: &str, e: std::io::Error) -> CuError {
+    tracing::error!("managed memory: {what}: {e}");
+    CuError::UNKNOWN
+}
+
+/// Whether `addr` lies in managed memory.
+pub(super) fn is_managed(addr: usize) -> bool {
+    RANGES.load(Ordering::Acquire) != 0 && find(&table(), addr).is_some()
+}
+
+fn find(t: &Table, addr: usize) -> Option<usize> {
+    let (&base, m) = t.ranges.range(..=addr).next_back()?;
+    (addr < base + m.len).then_some(base)
+}
+
+/// Wait until everything sent on the shim's `stream` is done, without
+/// taking the context's kept errors from the program: a one-byte read at
+/// `addr` behind it, whose reply is its own status only.
+fn fence(s: &Shim, ctx: Handle, stream: Handle, addr: u64) -> CuResult {
+    let mut byte = 0u8;
+    let req = Request::MemcpyDtoH {
+        ctx,
+        stream: StreamRef::Handle(stream),
+        src: addr,
+        len: 1,
+        sync: false,
+    };
+    // SAFETY: `byte` outlives the call, which waits for the data.
+    unsafe { s.remote.call_into_sink(&req, Sink::linear(&mut byte, 1), true) }
+}
+
+/// Write `len` bytes of the host copy at `addr` (read-only now) to the device.
+fn flush(s: &Shim, m: &Managed, addr: usize, len: usize) -> CuResult {
+    // SAFETY: the range is mapped, readable and the shim's own.
+    let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+    for (i, chunk) in bytes.chunks(COPY_CHUNK).enumerate() {
+        let req = Request::MemcpyHtoD {
+            ctx: m.ctx,
+            stream: StreamRef::Handle(m.stream),
+            dst: addr as u64,
+            offset: (i * COPY_CHUNK) as u64,
+            total: len as u64,
+        };
+        s.remote.post(&req, chunk)?;
+    }
+    Ok(())
+}
+
+/// Fetch blocks `first .. first + n` (all held by the device) and put them
+/// in place, read-only, in one step.
+fn fetch(s: &Shim, base: usize, m: &mut Managed, first: usize, n: usize) -> CuResult {
+    let (addr, len) = m.span(base, first, n);
+    let mut scratch = Scratch::new(len).map_err(|e| os_error("scratch pages", e))?;
+    let req = Request::MemcpyDtoH {
+        ctx: m.ctx,
+        stream: StreamRef::Handle(m.stream),
+        src: addr as u64,
+        len: len as u64,
+        sync: false,
+    };
+    // SAFETY: the scratch pages are writable and live until installed.
+    unsafe { s.remote.call_into_sink(&req, Sink::linear(scratch.as_mut_ptr(), len), true) }?;
+    // SAFETY: the target is inside this allocation's mapping.
+    unsafe { scratch.install(addr) }.map_err(|e| os_error("installing fetched pages", e))?;
+    m.blocks[first..first + n].fill(Held::Clean);
+    RESIDENT.fetch_add(n, Ordering::AcqRel);
+    Ok(())
+}
+
+/// The fault handler's question: a fault at `addr` in managed memory is
+/// resolved (the access is retried); any other is not the shim's.
+fn resolve_fault(addr: usize) -> bool {
+    if RANGES.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let Ok(s) = shim() else { return false };
+    let mut t = table();
+    let Some(base) = find(&t, addr) else { return false };
+    let Some(m) = t.ranges.get_mut(&base) else { return false };
+    let b = (addr - base) / BLOCK;
+    match m.blocks[b] {
+        // Another thread resolved it first.
+        Held::Dirty => true,
+        Held::Clean => {
+            // Only a write faults on a readable block. Dirty first, then
+            // writable: no write can land unnoticed.
+            m.blocks[b] = Held::Dirty;
+            let (a, len) = m.span(base, b, 1);
+            // SAFETY: the block is inside this allocation's mapping.
+            unsafe { pages::protect(a, len, Access::ReadWrite) }.is_ok()
+        }
+        Held::Device => {
+            let window = b / FETCH_BLOCKS * FETCH_BLOCKS;
+            let window_end = (window + FETCH_BLOCKS).min(m.blocks.len());
+            let mut first = b;
+            while first > window && m.blocks[first - 1] == Held::Device {
+                first -= 1;
+            }
+            let mut end = b + 1;
+            while end < window_end && m.blocks[end] == Held::Device {
+                end += 1;
+            }
+            match fetch(s, base, m, first, end - first) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Nothing can be returned to the program from here.
+                    eprintln!(
+                        "gpupool: managed memory at {addr:#x} could not be fetched from the GPU server \
+                         ({e}); the program cannot go on"
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Before work that may touch device memory: dirty blocks to the device,
+/// then every block back to the device. Work a stream capture records runs
+/// later, when its graph is launched, which settles then.
+pub(super) fn settle_for(s: &Shim, stream: StreamRef) -> CuResult {
+    if RESIDENT.load(Ordering::Acquire) == 0 || capture_of(s, stream).is_some() {
+        return Ok(());
+    }
+    settle(s)
+}
+
+fn settle(s: &Shim) -> CuResult {
+    let mut t = table();
+    let mut fences = Vec::new();
+    for (&base, m) in t.ranges.iter_mut() {
+        let dirty = runs(&m.blocks, |h| h == Held::Dirty);
+        for &(first, n) in &dirty {
+            let (addr, len) = m.span(base, first, n);
+            // SAFETY: inside this allocation's mapping. Read-only first, so
+            // that a write from now on faults (and waits for the table).
+            unsafe { pages::protect(addr, len, Access::Read) }.map_err(|e| os_error("protecting pages", e))?;
+            flush(s, m, addr, len)?;
+            m.blocks[first..first + n].fill(Held::Clean);
+        }
+        if !dirty.is_empty() {
+            fences.push((m.ctx, m.stream, base as u64));
+        }
+    }
+    for (ctx, stream, addr) in fences {
+        fence(s, ctx, stream, addr)?;
+    }
+    for (&base, m) in t.ranges.iter_mut() {
+        for (first, n) in runs(&m.blocks, |h| h != Held::Device) {
+            let (addr, len) = m.span(base, first, n);
+            // SAFETY: inside this allocation's mapping.
+            unsafe { pages::protect(addr, len, Access::None) }.map_err(|e| os_error("protecting pages", e))?;
+            m.blocks[first..first + n].fill(Held::Device);
+            RESIDENT.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+    Ok(())
+}
+
+/// The shim's non-blocking stream in `ctx`, made on first use.
+fn private_stream(s: &Shim, t: &mut Table, ctx: Handle) -> CuResult<Handle> {
+    if let Some(&h) = t.streams.get(&ctx) {
+        return Ok(h);
+    }
+    let id = new_client_handle();
+    let req = Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id,
+    };
+    s.remote.post(&req, &[])?;
+    t.streams.insert(ctx, id);
+    Ok(id)
+}
+
+pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) -> CuResult {
+    let s = shim()?;
+    let (ctx, device) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    if ptr.is_null() || size == 0 || (flags != ATTACH_GLOBAL && flags != ATTACH_HOST) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    pages::install_fault_handler(resolve_fault).map_err(|e| {
+        tracing::warn!("managed memory needs a SIGSEGV handler, which could not be installed: {e}");
+        CuError::NOT_SUPPORTED
+    })?;
+    let page = pages::page_size();
+    let len = size.checked_next_multiple_of(page).ok_or(CuError::OUT_OF_MEMORY)?;
+    let asked = len.checked_add(page).ok_or(CuError::OUT_OF_MEMORY)? as u64;
+    let stream = private_stream(s, &mut table(), ctx)?;
+    // The device address, up to a page boundary, must be free here too.
+    let mut refused = Vec::new();
+    let mut placed = None;
+    while placed.is_none() && refused.len() < PLACEMENT_TRIES {
+        let d = match s.remote.call(&Request::MemAlloc { ctx, size: asked }, &[])? {
+            Reply::Pointer(p) => p,
+            _ => return Err(CuError::UNKNOWN),
+        };
+        let base = (d as usize).next_multiple_of(page);
+        match pages::map_zeroed_at(base, len) {
+            Ok(()) => placed = Some((d, base)),
+            Err(e) => {
+                tracing::debug!("managed memory: device address {base:#x} is taken in this process ({e})");
+                refused.push(d);
+            }
+        }
+    }
+    for d in refused {
+        s.remote.post(&Request::MemFree { ctx, ptr: d }, &[])?;
+    }
+    let Some((alloc, base)) = placed else {
+        tracing::warn!(
+            "cuMemAllocManaged: {PLACEMENT_TRIES} device addresses were all in use in this process; \
+             returning CUDA_ERROR_OUT_OF_MEMORY"
+        );
+        return Err(CuError::OUT_OF_MEMORY);
+    };
+    // Both copies start as zeros: the host's pages are zero, the device's
+    // are set so, before any later work on any stream.
+    let zero = Request::Memset {
+        ctx,
+        stream: StreamRef::Handle(stream),
+        dst: base as u64,
+        value: 0,
+        elem_size: 1,
+        count: len as u64,
+    };
+    let zeroed = s
+        .remote
+        .post(&zero, &[])
+        .and_then(|()| fence(s, ctx, stream, base as u64));
+    if let Err(e) = zeroed {
+        // SAFETY: the mapping was just made and is nobody's yet.
+        unsafe { pages::unmap(base, len) };
+        let _ = s.remote.post(&Request::MemFree { ctx, ptr: alloc }, &[]);
+        return Err(e);
+    }
+    lock(&s.device_memory).insert(
+        base as u64,
+        DeviceRange {
+            size: size as u64,
+            ctx,
+            device,
+            global: false,
+            mapped: false,
+        },
+    );
+    let blocks = len.div_ceil(BLOCK);
+    table().ranges.insert(
+        base,
+        Managed {
+            ctx,
+            alloc,
+            size,
+            len,
+            blocks: vec![Held::Clean; blocks],
+            stream,
+            advice: Advice::default(),
+        },
+    );
+    RANGES.fetch_add(1, Ordering::AcqRel);
+    RESIDENT.fetch_add(blocks, Ordering::AcqRel);
+    unsafe { out(ptr, base as u64) }
+}
+
+/// `cuMemFree` of managed memory: `None` when `ptr` is not the start of a
+/// managed allocation.
+pub(super) fn free(s: &Shim, ptr: CUdeviceptr) -> Option<CuResult> {
+    if RANGES.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let m = table().ranges.remove(&(ptr as usize))?;
+    RANGES.fetch_sub(1, Ordering::AcqRel);
+    RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
+    lock(&s.device_memory).remove(&ptr);
+    // SAFETY: the allocation is gone; its pages are the shim's.
+    unsafe { pages::unmap(ptr as usize, m.len) };
+    Some(s.remote.post(
+        &Request::MemFree {
+            ctx: m.ctx,
+            ptr: m.alloc,
+        },
+        &[],
+    ))
+}
+
+/// A context went: so did its managed memory and the shim's stream in it.
+pub(super) fn forget_context(ctx: Handle) {
+    if RANGES.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut t = table();
+    t.streams.remove(&ctx);
+    let gone: Vec<usize> = t.ranges.iter().filter(|(_, m)| m.ctx == ctx).map(|(b, _)| *b).collect();
+    for base in gone {
+        if let Some(m) = t.ranges.remove(&base) {
+            RANGES.fetch_sub(1, Ordering::AcqRel);
+            RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
+            // SAFETY: the memory went with its context.
+            unsafe { pages::unmap(base, m.len) };
+        }
+    }
+}
+
+/// The managed allocation holding all of `ptr .. ptr + count`.
+fn range_base(t: &Table, ptr: u64, count: usize) -> CuResult<usize> {
+    let base = find(t, ptr as usize).ok_or(CuError::INVALID_VALUE)?;
+    let end = (ptr as usize).checked_add(count).ok_or(CuError::INVALID_VALUE)?;
+    if count == 0 || end > base + t.ranges[&base].size {
+        return Err(CuError::INVALID_VALUE);
+    }
+    Ok(base)
+}
+
+/// A `CUmemLocation` passed by value: its type in the low half, id high.
+fn location(raw: u64) -> Location {
+    (raw as u32, (raw >> 32) as i32)
+}
+
+/// A device ordinal or `CU_DEVICE_CPU` as a location.
+fn device_location(device: i32) -> Location {
+    match device {
+        DEVICE_CPU => (LOCATION_HOST, 0),
+        d => (LOCATION_DEVICE, d),
+    }
+}
+
+/// Check a location advice or a prefetch may name; whether it is the host.
+fn check_location(s: &Shim, (kind, id): Location) -> CuResult<bool> {
+    match kind {
+        LOCATION_DEVICE => s.device(id).map(|_| false).map_err(|_| CuError::INVALID_DEVICE),
+        LOCATION_HOST | LOCATION_HOST_NUMA | LOCATION_HOST_NUMA_CURRENT => Ok(true),
+        _ => Err(CuError::INVALID_VALUE),
+    }
+}
+
+unsafe fn prefetch(mode: DefaultStream, ptr: u64, count: usize, to: Location, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let to_host = check_location(s, to)?;
+    let base = range_base(&table(), ptr, count)?;
+    stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    if let Some(m) = table().ranges.get_mut(&base) {
+        m.advice.last_prefetch = Some(to);
+    }
+    if !to_host {
+        return settle_for(s, sref);
+    }
+    // To the host: after the stream's earlier work, which may write it.
+    unsafe { stream_synchronize(mode, stream) }?;
+    let mut t = table();
+    let Some(m) = t.ranges.get_mut(&base) else { return Ok(()) };
+    let first = (ptr as usize - base) / BLOCK;
+    let last = (ptr as usize - base + count - 1) / BLOCK;
+    for (f, n) in runs(&m.blocks[first..=last], |h| h == Held::Device) {
+        fetch(s, base, m, first + f, n)?;
+    }
+    Ok(())
+}
+
+pub unsafe fn mem_prefetch_async(mode: DefaultStream, ptr: CUdeviceptr, count: usize, device: i32, stream: CUstream) -> CuResult {
+    unsafe { prefetch(mode, ptr, count, device_location(device), stream) }
+}
+
+pub unsafe fn mem_prefetch_async_v2(
+    mode: DefaultStream,
+    ptr: CUdeviceptr,
+    count: usize,
+    location: u64,
+    flags: u32,
+    stream: CUstream,
+) -> CuResult {
+    if flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    unsafe { prefetch(mode, ptr, count, self::location(location), stream) }
+}
+
+/// `CUmem_advise`.
+mod advise {
+    pub const SET_READ_MOSTLY: u32 = 1;
+    pub const UNSET_READ_MOSTLY: u32 = 2;
+    pub const SET_PREFERRED_LOCATION: u32 = 3;
+    pub const UNSET_PREFERRED_LOCATION: u32 = 4;
+    pub const SET_ACCESSED_BY: u32 = 5;
+    pub const UNSET_ACCESSED_BY: u32 = 6;
+}
+
+fn advise(ptr: u64, count: usize, advice: u32, at: Location) -> CuResult {
+    use advise::*;
+    let s = shim()?;
+    if matches!(advice, SET_PREFERRED_LOCATION | SET_ACCESSED_BY | UNSET_ACCESSED_BY) {
+        check_location(s, at)?;
+    }
+    let mut t = table();
+    let base = range_base(&t, ptr, count)?;
+    let a = &mut t.ranges.get_mut(&base).ok_or(CuError::INVALID_VALUE)?.advice;
+    match advice {
+        SET_READ_MOSTLY => a.read_mostly = true,
+        UNSET_READ_MOSTLY => a.read_mostly = false,
+        SET_PREFERRED_LOCATION => a.preferred = Some(at),
+        UNSET_PREFERRED_LOCATION => a.preferred = None,
+        SET_ACCESSED_BY if !a.accessed_by.contains(&at) => a.accessed_by.push(at),
+        SET_ACCESSED_BY => {}
+        UNSET_ACCESSED_BY => a.accessed_by.retain(|l| *l != at),
+        _ => return Err(CuError::INVALID_VALUE),
+    }
+    Ok(())
+}
+
+pub unsafe fn mem_advise(ptr: CUdeviceptr, count: usize, advice: u32, device: i32) -> CuResult {
+    advise(ptr, count, advice, device_location(device))
+}
+
+pub unsafe fn mem_advise_v2(ptr: CUdeviceptr, count: usize, advice: u32, location: u64) -> CuResult {
+    advise(ptr, count, advice, self::location(location))
+}
+
+/// A location as the device-ordinal attributes answer it.
+fn as_device(l: Option<Location>) -> i32 {
+    match l {
+        Some((LOCATION_DEVICE, d)) => d,
+        Some(_) => DEVICE_CPU,
+        None => DEVICE_INVALID,
+    }
+}
+
+/// `CUmem_range_attribute`.
+mod range_attr {
+    pub const READ_MOSTLY: i32 = 1;
+    pub const PREFERRED_LOCATION: i32 = 2;
+    pub const ACCESSED_BY: i32 = 3;
+    pub const LAST_PREFETCH_LOCATION: i32 = 4;
+    pub const PREFERRED_LOCATION_TYPE: i32 = 5;
+    pub const PREFERRED_LOCATION_ID: i32 = 6;
+    pub const LAST_PREFETCH_LOCATION_TYPE: i32 = 7;
+    pub const LAST_PREFETCH_LOCATION_ID: i32 = 8;
+}
+
+/// The 32-bit values of a range attribute (advice is kept per allocation).
+fn range_attribute(ptr: u64, count: usize, attribute: i32, slots: usize) -> CuResult<Vec<i32>> {
+    use range_attr::*;
+    let t = table();
+    let base = range_base(&t, ptr, count)?;
+    let a = &t.ranges[&base].advice;
+    let one = |v: i32| if slots == 1 { Ok(vec![v]) } else { Err(CuError::INVALID_VALUE) };
+    match attribute {
+        READ_MOSTLY => one(a.read_mostly as i32),
+        PREFERRED_LOCATION => one(as_device(a.preferred)),
+        LAST_PREFETCH_LOCATION => one(as_device(a.last_prefetch)),
+        PREFERRED_LOCATION_TYPE => one(a.preferred.map_or(LOCATION_INVALID, |l| l.0) as i32),
+        PREFERRED_LOCATION_ID => one(a.preferred.map_or(0, |l| l.1)),
+        LAST_PREFETCH_LOCATION_TYPE => one(a.last_prefetch.map_or(LOCATION_INVALID, |l| l.0) as i32),
+        LAST_PREFETCH_LOCATION_ID => one(a.last_prefetch.map_or(0, |l| l.1)),
+        ACCESSED_BY if slots >= 1 => {
+            let mut v: Vec<i32> = a.accessed_by.iter().map(|l| as_device(Some(*l))).collect();
+            v.truncate(slots);
+            v.resize(slots, DEVICE_INVALID);
+            Ok(v)
+        }
+        _ => Err(CuError::INVALID_VALUE),
+    }
+}
+
+pub unsafe fn mem_range_get_attribute(
+    data: *mut c_void,
+    data_size: usize,
+    attribute: i32,
+    ptr: CUdeviceptr,
+    count: usize,
+) -> CuResult {
+    shim()?;
+    if data.is_null() || data_size == 0 || !data_size.is_multiple_of(4) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let values = range_attribute(ptr, count, attribute, data_size / 4)?;
+    // SAFETY: the program gave `data_size` writable bytes at data; the
+    // values fill exactly that many.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), data.cast::<u8>(), data_size) };
+    Ok(())
+}
+
+pub unsafe fn mem_range_get_attributes(
+    data: *mut *mut c_void,
+    data_sizes: *mut usize,
+    attributes: *mut i32,
+    num: usize,
+    ptr: CUdeviceptr,
+    count: usize,
+) -> CuResult {
+    shim()?;
+    if data.is_null() || data_sizes.is_null() || attributes.is_null() || num == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    for i in 0..num {
+        // SAFETY: the program passes `num` of each (API contract); each
+        // array was checked for null.
+        let (slot, size, attribute) = unsafe { (*data.add(i), *data_sizes.add(i), *attributes.add(i)) };
+        // SAFETY: the slot holds `size` writable bytes (API contract).
+        unsafe { mem_range_get_attribute(slot, size, attribute, ptr, count) }?;
+    }
+    Ok(())
+}
+
+pub unsafe fn stream_attach_mem_async(
+    _mode: DefaultStream,
+    stream: CUstream,
+    ptr: CUdeviceptr,
+    length: usize,
+    flags: u32,
+) -> CuResult {
+    let s = shim()?;
+    stream_ctx(s, stream)?;
+    if !matches!(flags, ATTACH_GLOBAL | ATTACH_HOST | ATTACH_SINGLE) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // The whole allocation (length 0) or all of it named: coherence does
+    // not depend on which streams may touch it, so nothing else changes.
+    let t = table();
+    let base = find(&t, ptr as usize).ok_or(CuError::INVALID_VALUE)?;
+    let size = t.ranges[&base].size;
+    if base as u64 != ptr || (length != 0 && length != size) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_pick_consecutive_blocks() {
+        use Held::*;
+        let b = [Device, Clean, Clean, Device, Dirty, Dirty, Clean];
+        assert_eq!(runs(&b, |h| h == Device), vec![(0, 1), (3, 1)]);
+        assert_eq!(runs(&b, |h| h != Device), vec![(1, 2), (4, 3)]);
+        assert_eq!(runs(&b, |h| h == Dirty), vec![(4, 2)]);
+        assert!(runs(&[], |_| true).is_empty());
+    }
+
+    #[test]
+    fn locations_by_value_and_by_ordinal() {
+        assert_eq!(location(1 | (3u64 << 32)), (LOCATION_DEVICE, 3));
+        assert_eq!(location(2), (LOCATION_HOST, 0));
+        assert_eq!(device_location(DEVICE_CPU), (LOCATION_HOST, 0));
+        assert_eq!(device_location(0), (LOCATION_DEVICE, 0));
+        assert_eq!(as_device(None), DEVICE_INVALID);
+        assert_eq!(as_device(Some((LOCATION_HOST, 0))), DEVICE_CPU);
+        assert_eq!(as_device(Some((LOCATION_DEVICE, 1))), 1);
+    }
+
+    #[test]
+    fn spans_end_at_the_mapping() {
+        let m = Managed {
+            ctx: 1,
+            alloc: 0,
+            size: BLOCK + 10,
+            len: BLOCK + 4096,
+            blocks: vec![Held::Clean; 2],
+            stream: 2,
+            advice: Advice::default(),
+        };
+        assert_eq!(m.span(0x10000, 0, 1), (0x10000, BLOCK));
+        assert_eq!(m.span(0x10000, 1, 1), (0x10000 + BLOCK, 4096));
+        assert_eq!(m.span(0x10000, 0, 2), (0x10000, BLOCK + 4096));
+        assert_eq!(m.resident(), 2);
+    }
+}
