@@ -112,7 +112,10 @@ impl Scratch {
         if got == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Scratch { addr: got as usize, len })
+        Ok(Scratch {
+            addr: got as usize,
+            len,
+        })
     }
 
     pub fn as_mut_ptr(&mut self) -> *mut u8 {

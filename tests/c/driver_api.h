@@ -234,6 +234,20 @@ typedef struct {
     int type; /* CU_MEM_LOCATION_TYPE_DEVICE = 1 */
     int id;
 } CUmemLocation;
+typedef CUresult (*PFN_cuMemAllocManaged)(CUdeviceptr *, size_t, unsigned);
+typedef CUresult (*PFN_cuMemPrefetchAsync)(CUdeviceptr, size_t, CUmemLocation, unsigned, CUstream);
+typedef CUresult (*PFN_cuMemAdvise)(CUdeviceptr, size_t, int, CUmemLocation);
+typedef CUresult (*PFN_cuMemRangeGetAttribute)(void *, size_t, int, CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuStreamAttachMemAsync)(CUstream, CUdeviceptr, size_t, unsigned);
+#define CU_MEM_ATTACH_GLOBAL 1
+#define CU_POINTER_ATTRIBUTE_IS_MANAGED 8
+#define CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY 83
+#define CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS 88
+#define CU_MEM_ADVISE_SET_READ_MOSTLY 1
+#define CU_MEM_ADVISE_SET_PREFERRED_LOCATION 3
+#define CU_MEM_RANGE_ATTRIBUTE_READ_MOSTLY 1
+#define CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION 2
+#define CU_MEM_RANGE_ATTRIBUTE_LAST_PREFETCH_LOCATION 4
 typedef struct {
     int allocType;   /* CU_MEM_ALLOCATION_TYPE_PINNED = 1 */
     int handleTypes; /* CU_MEM_HANDLE_TYPE_NONE = 0, POSIX_FILE_DESCRIPTOR = 1 */

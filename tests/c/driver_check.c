@@ -32,6 +32,9 @@
  *   driver_check vmm       virtual memory management: physical pieces mapped one
  *                          after another into a reservation, used as one range
  *                          by copies and a kernel across the pieces' boundary
+ *   driver_check managed   managed memory (cuMemAllocManaged): written and read on the
+ *                          host around kernels, copies and memsets, read by threads
+ *                          at once, prefetch, advice and pointer attributes
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -91,6 +94,21 @@ static double now_us(void) {
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The `managed` mode: threads read a managed result at once. */
+struct managed_reader {
+    const float *p;
+    int n;
+    float want_scale;
+    int bad;
+};
+
+static void *managed_read(void *arg) {
+    struct managed_reader *r = arg;
+    for (int i = r->n - 1; i >= 0; i--)
+        if (r->p[i] != (float)i * r->want_scale) r->bad++;
+    return NULL;
 }
 
 /* The `callbacks` mode: host functions note the order they ran in. */
@@ -502,6 +520,113 @@ int main(int argc, char **argv) {
         CHECK(cuMemFree(da));
         CHECK(cuMemFree(dc));
         printf("OK library n=%d\n", n);
+    } else if (!strcmp(mode, "managed")) {
+        GET(cuMemAllocManaged, 6000);
+        GET(cuMemPrefetchAsync, 12020);
+        GET(cuMemAdvise, 12020);
+        GET(cuMemRangeGetAttribute, 8000);
+        GET(cuStreamAttachMemAsync, 6000);
+        int managed = 0, pageable = 1;
+        CHECK(cuDeviceGetAttribute(&managed, CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, dev));
+        CHECK(cuDeviceGetAttribute(&pageable, CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS, dev));
+        EXPECT(managed == 1 && pageable == 0, "managed %d pageable access %d", managed, pageable);
+        /* Past a fetch window (1 MiB) and a block (64 KiB), not a whole page. */
+        const int n = 300001;
+        size_t bytes = n * sizeof(float);
+        CUdeviceptr ma, mb, mc, plain;
+        CHECK(cuMemAllocManaged(&ma, bytes, CU_MEM_ATTACH_GLOBAL));
+        CHECK(cuMemAllocManaged(&mb, bytes, CU_MEM_ATTACH_GLOBAL));
+        CHECK(cuMemAllocManaged(&mc, bytes, CU_MEM_ATTACH_GLOBAL));
+        CHECK(cuMemAlloc(&plain, bytes));
+        float *a = (float *)ma, *b = (float *)mb, *c = (float *)mc;
+        EXPECT(a[0] == 0.0f && a[n - 1] == 0.0f, "fresh managed memory reads %f %f", a[0], a[n - 1]);
+        int is_managed = -1;
+        CHECK(cuPointerGetAttribute(&is_managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, ma + 100));
+        EXPECT(is_managed == 1, "managed pointer attribute %d", is_managed);
+        CHECK(cuPointerGetAttribute(&is_managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, plain));
+        EXPECT(is_managed == 0, "device pointer reads as managed");
+
+        /* Host writes, a kernel reads them and writes c; the host reads c. */
+        for (int i = 0; i < n; i++) {
+            a[i] = (float)i * 0.5f;
+            b[i] = (float)i * 0.25f;
+        }
+        unsigned nn = n;
+        void *args[] = {&ma, &mb, &mc, &nn};
+        CHECK(cuLaunchKernel(vadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CHECK(cuCtxSynchronize());
+        for (int i = 0; i < n; i++)
+            EXPECT(c[i] == (float)i * 0.75f, "c[%d] = %f after the kernel", i, c[i]);
+
+        /* A host write between kernels reaches the next kernel; threads
+         * reading at once all see the kernel's result. */
+        c[7] = 1000.0f;
+        float s2 = 2.0f;
+        void *sargs[] = {&mc, &s2, &nn};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, sargs, NULL));
+        CHECK(cuCtxSynchronize());
+        EXPECT(c[7] == 2000.0f, "c[7] = %f: the host's write did not reach the kernel", c[7]);
+        c[7] = 7.0f * 0.75f * 2.0f;
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, sargs, NULL));
+        CHECK(cuCtxSynchronize());
+        pthread_t readers[4];
+        struct managed_reader r[4];
+        for (int t = 0; t < 4; t++) {
+            r[t] = (struct managed_reader){c, n, 3.0f, 0};
+            pthread_create(&readers[t], NULL, managed_read, &r[t]);
+        }
+        for (int t = 0; t < 4; t++) {
+            pthread_join(readers[t], NULL);
+            EXPECT(r[t].bad == 0, "reader %d saw %d wrong values", t, r[t].bad);
+        }
+
+        /* Copies: host-written managed data to device memory, device data
+         * into managed memory, a memset of managed memory. */
+        a[3] = -1.0f;
+        CHECK(cuMemcpyHtoD(plain, a, bytes));
+        float *host = malloc(bytes);
+        CHECK(cuMemcpyDtoH(host, plain, bytes));
+        EXPECT(host[3] == -1.0f && host[n - 1] == (float)(n - 1) * 0.5f, "managed to device copy: %f %f", host[3],
+               host[n - 1]);
+        CHECK(cuMemsetD32(plain, 0x3f800000u, n)); /* 1.0f */
+        CHECK(cuMemcpyDtoH(b, plain, bytes));
+        for (int i = 0; i < n; i++) EXPECT(b[i] == 1.0f, "b[%d] = %f after a copy into managed memory", i, b[i]);
+        CHECK(cuMemsetD32(ma, 0x40000000u, n)); /* 2.0f */
+        CHECK(cuCtxSynchronize());
+        for (int i = 0; i < n; i++) EXPECT(a[i] == 2.0f, "a[%d] = %f after a memset", i, a[i]);
+
+        /* Prefetch, advice, attach; and what they refuse. */
+        CUmemLocation host_loc = {2, 0}, dev_loc = {1, 0};
+        a[0] = 5.0f;
+        CHECK(cuMemPrefetchAsync(ma, bytes, dev_loc, 0, NULL));
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, (void *[]){&ma, &s2, &nn}, NULL));
+        CHECK(cuMemPrefetchAsync(ma, bytes, host_loc, 0, NULL));
+        CHECK(cuStreamSynchronize(NULL));
+        EXPECT(a[0] == 10.0f && a[n - 1] == 4.0f, "after prefetch to the host: %f %f", a[0], a[n - 1]);
+        int last = 99, preferred = 99, mostly = 99;
+        CHECK(cuMemRangeGetAttribute(&last, 4, CU_MEM_RANGE_ATTRIBUTE_LAST_PREFETCH_LOCATION, ma, bytes));
+        EXPECT(last == -1, "last prefetch location %d", last);
+        CHECK(cuMemAdvise(ma, bytes, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, dev_loc));
+        CHECK(cuMemAdvise(ma, 4096, CU_MEM_ADVISE_SET_READ_MOSTLY, dev_loc));
+        CHECK(cuMemRangeGetAttribute(&preferred, 4, CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION, ma, bytes));
+        CHECK(cuMemRangeGetAttribute(&mostly, 4, CU_MEM_RANGE_ATTRIBUTE_READ_MOSTLY, ma, 16));
+        EXPECT(preferred == 0 && mostly == 1, "preferred %d read mostly %d", preferred, mostly);
+        CHECK(cuStreamAttachMemAsync(NULL, mb, 0, CU_MEM_ATTACH_GLOBAL));
+        CUdeviceptr bad;
+        EXPECT(cuMemAllocManaged(&bad, bytes, 0) == CUDA_ERROR_INVALID_VALUE, "flags 0 accepted");
+        EXPECT(cuMemAllocManaged(&bad, 0, CU_MEM_ATTACH_GLOBAL) == CUDA_ERROR_INVALID_VALUE, "size 0 accepted");
+        EXPECT(cuMemPrefetchAsync(plain, bytes, host_loc, 0, NULL) == CUDA_ERROR_INVALID_VALUE,
+               "prefetch of device memory accepted");
+        EXPECT(cuMemPrefetchAsync(ma, bytes + 4096, host_loc, 0, NULL) == CUDA_ERROR_INVALID_VALUE,
+               "prefetch past the allocation accepted");
+        EXPECT(cuMemAdvise(ma, bytes, 77, dev_loc) == CUDA_ERROR_INVALID_VALUE, "unknown advice accepted");
+        EXPECT(cuMemFree(ma + 4096) != CUDA_SUCCESS, "free inside a managed allocation accepted");
+        CHECK(cuMemFree(ma));
+        CHECK(cuMemFree(mb));
+        CHECK(cuMemFree(mc));
+        CHECK(cuMemFree(plain));
+        free(host);
+        printf("OK managed n=%d\n", n);
     } else if (!strcmp(mode, "graph")) {
         CUmodule m;
         CUfunction fadd, fscale;

@@ -204,6 +204,19 @@ fn arrays_textures_and_surfaces() {
     }
 }
 
+/// Managed memory is one pointer on both sides: host writes reach kernels
+/// and copies, kernels' results reach host reads (by several threads at
+/// once), over each transport.
+#[test]
+fn managed_memory_is_coherent_between_host_and_kernels() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["managed"]);
+        assert!(out.contains("OK managed n=300001"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn stream_context_and_device_queries_are_answered() {
     let server = Server::start();

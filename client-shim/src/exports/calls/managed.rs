@@ -197,7 +197,10 @@ fn fetch(s: &Shim, base: usize, m: &mut Managed, first: usize, n: usize) -> CuRe
         sync: false,
     };
     // SAFETY: the scratch pages are writable and live until installed.
-    unsafe { s.remote.call_into_sink(&req, Sink::linear(scratch.as_mut_ptr(), len), true) }?;
+    unsafe {
+        s.remote
+            .call_into_sink(&req, Sink::linear(scratch.as_mut_ptr(), len), true)
+    }?;
     // SAFETY: the target is inside this allocation's mapping.
     unsafe { scratch.install(addr) }.map_err(|e| os_error("installing fetched pages", e))?;
     m.blocks[first..first + n].fill(Held::Clean);
@@ -487,7 +490,9 @@ unsafe fn prefetch(mode: DefaultStream, ptr: u64, count: usize, to: Location, st
     // To the host: after the stream's earlier work, which may write it.
     unsafe { stream_synchronize(mode, stream) }?;
     let mut t = table();
-    let Some(m) = t.ranges.get_mut(&base) else { return Ok(()) };
+    let Some(m) = t.ranges.get_mut(&base) else {
+        return Ok(());
+    };
     let first = (ptr as usize - base) / BLOCK;
     let last = (ptr as usize - base + count - 1) / BLOCK;
     for (f, n) in runs(&m.blocks[first..=last], |h| h == Held::Device) {
@@ -496,7 +501,13 @@ unsafe fn prefetch(mode: DefaultStream, ptr: u64, count: usize, to: Location, st
     Ok(())
 }
 
-pub unsafe fn mem_prefetch_async(mode: DefaultStream, ptr: CUdeviceptr, count: usize, device: i32, stream: CUstream) -> CuResult {
+pub unsafe fn mem_prefetch_async(
+    mode: DefaultStream,
+    ptr: CUdeviceptr,
+    count: usize,
+    device: i32,
+    stream: CUstream,
+) -> CuResult {
     unsafe { prefetch(mode, ptr, count, device_location(device), stream) }
 }
 
@@ -581,7 +592,13 @@ fn range_attribute(ptr: u64, count: usize, attribute: i32, slots: usize) -> CuRe
     let t = table();
     let base = range_base(&t, ptr, count)?;
     let a = &t.ranges[&base].advice;
-    let one = |v: i32| if slots == 1 { Ok(vec![v]) } else { Err(CuError::INVALID_VALUE) };
+    let one = |v: i32| {
+        if slots == 1 {
+            Ok(vec![v])
+        } else {
+            Err(CuError::INVALID_VALUE)
+        }
+    };
     match attribute {
         READ_MOSTLY => one(a.read_mostly as i32),
         PREFERRED_LOCATION => one(as_device(a.preferred)),
