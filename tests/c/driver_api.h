@@ -241,6 +241,8 @@ typedef CUresult (*PFN_cuMemRangeGetAttribute)(void *, size_t, int, CUdeviceptr,
 typedef CUresult (*PFN_cuStreamAttachMemAsync)(CUstream, CUdeviceptr, size_t, unsigned);
 #define CU_MEM_ATTACH_GLOBAL 1
 #define CU_POINTER_ATTRIBUTE_IS_MANAGED 8
+#define CU_POINTER_ATTRIBUTE_ACCESS_FLAGS 16
+#define CU_POINTER_ATTRIBUTE_LOCALITY_DOMAIN_ORDINAL 22
 #define CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY 83
 #define CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS 88
 #define CU_MEM_ADVISE_SET_READ_MOSTLY 1

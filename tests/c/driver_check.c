@@ -545,6 +545,11 @@ int main(int argc, char **argv) {
         EXPECT(is_managed == 1, "managed pointer attribute %d", is_managed);
         CHECK(cuPointerGetAttribute(&is_managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, plain));
         EXPECT(is_managed == 0, "device pointer reads as managed");
+        /* What cudart 13.5 asks of every pointer it describes. */
+        int flags = -1, domain = 0;
+        CHECK(cuPointerGetAttribute(&flags, CU_POINTER_ATTRIBUTE_ACCESS_FLAGS, ma));
+        CHECK(cuPointerGetAttribute(&domain, CU_POINTER_ATTRIBUTE_LOCALITY_DOMAIN_ORDINAL, mb + 8));
+        EXPECT(flags == 3 && domain == -1, "managed access flags %d, locality domain %d", flags, domain);
 
         /* Host writes, a kernel reads them and writes c; the host reads c. */
         for (int i = 0; i < n; i++) {

@@ -335,6 +335,41 @@ int main(int argc, char **argv) {
         free(img);
         free(back);
     }
+    // Managed memory as cudart programs use it: written by the host, read
+    // and written by kernels, read by the host after a synchronise, with
+    // prefetches and advice on the way.
+    {
+        const int m = 100003;
+        float *x, *y;
+        CHECK(cudaMallocManaged(&x, m * sizeof(float)));
+        CHECK(cudaMallocManaged(&y, m * sizeof(float)));
+        for (int i = 0; i < m; i++) {
+            x[i] = (float)(i % 1000);
+            y[i] = 1.0f;
+        }
+        cudaMemLocation gpu = {};
+        gpu.type = cudaMemLocationTypeDevice;
+        gpu.id = 0;
+        CHECK(cudaMemAdvise(x, m * sizeof(float), cudaMemAdviseSetReadMostly, gpu));
+        CHECK(cudaMemPrefetchAsync(x, m * sizeof(float), gpu, 0, 0));
+        gp_vector_add<<<(m + 255) / 256, 256>>>(x, y, y, m);
+        CHECK(cudaGetLastError());
+        CHECK(cudaDeviceSynchronize());
+        for (int i = 0; i < m; i++) EXPECT(y[i] == x[i] + 1.0f, "managed y[%d] = %g", i, y[i]);
+        y[5] = 100.0f;
+        gp_scale<<<(m + 255) / 256, 256>>>(y, 2.0f, m);
+        CHECK(cudaDeviceSynchronize());
+        EXPECT(y[5] == 200.0f && y[m - 1] == 2.0f * (x[m - 1] + 1.0f), "managed after scale: %g %g", y[5], y[m - 1]);
+        cudaPointerAttributes pa;
+        CHECK(cudaPointerGetAttributes(&pa, y));
+        EXPECT(pa.type == cudaMemoryTypeManaged, "managed pointer type %d", (int)pa.type);
+        int read_mostly = 0;
+        CHECK(cudaMemRangeGetAttribute(&read_mostly, sizeof read_mostly, cudaMemRangeAttributeReadMostly, x,
+                                       m * sizeof(float)));
+        EXPECT(read_mostly == 1, "read-mostly advice not kept: %d", read_mostly);
+        CHECK(cudaFree(x));
+        CHECK(cudaFree(y));
+    }
     printf("OK cudart n=%d\n", n);
     return 0;
 }

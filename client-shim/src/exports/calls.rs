@@ -1359,6 +1359,13 @@ mod pointer_attr {
     pub const RANGE_START_ADDR: i32 = 11;
     pub const RANGE_SIZE: i32 = 12;
     pub const MAPPED: i32 = 13;
+    pub const LEGACY_IPC_CAPABLE: i32 = 10;
+    pub const ALLOWED_HANDLE_TYPES: i32 = 14;
+    pub const GPU_DIRECT_RDMA_CAPABLE: i32 = 15;
+    pub const ACCESS_FLAGS: i32 = 16;
+    pub const HW_DECOMPRESS_CAPABLE: i32 = 21;
+    pub const LOCALITY_DOMAIN_ORDINAL: i32 = 22;
+    pub const ACCESS_FLAG_READWRITE: i32 = 3;
 }
 
 const MEMORYTYPE_HOST: u32 = 1;
@@ -1384,7 +1391,20 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
                 DEVICE_ORDINAL => out(data.cast::<i32>(), r.device),
                 RANGE_START_ADDR => out(data.cast::<u64>(), base),
                 RANGE_SIZE => out(data.cast::<usize>(), r.size as usize),
-                _ => Err(CuError::NOT_SUPPORTED),
+                // Nothing the program has can be shared by legacy IPC, a
+                // handle type, GPUDirect RDMA or decompression engines here.
+                LEGACY_IPC_CAPABLE | GPU_DIRECT_RDMA_CAPABLE | HW_DECOMPRESS_CAPABLE => out(data.cast::<i32>(), 0),
+                ALLOWED_HANDLE_TYPES => out(data.cast::<u64>(), 0),
+                ACCESS_FLAGS => out(data.cast::<i32>(), ACCESS_FLAG_READWRITE),
+                // Not localised to a locality domain.
+                LOCALITY_DOMAIN_ORDINAL => out(data.cast::<i32>(), -1),
+                _ => {
+                    tracing::debug!(
+                        attribute,
+                        "cuPointerGetAttribute: attribute not served for device memory"
+                    );
+                    Err(CuError::NOT_SUPPORTED)
+                }
             }
         };
     }
@@ -1401,6 +1421,9 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
                 DEVICE_POINTER => Err(CuError::NOT_SUPPORTED),
                 IS_MANAGED => out(data.cast::<i32>(), 0),
                 MAPPED => out(data.cast::<i32>(), 1),
+                LEGACY_IPC_CAPABLE | GPU_DIRECT_RDMA_CAPABLE | HW_DECOMPRESS_CAPABLE => out(data.cast::<i32>(), 0),
+                ALLOWED_HANDLE_TYPES => out(data.cast::<u64>(), 0),
+                LOCALITY_DOMAIN_ORDINAL => out(data.cast::<i32>(), -1),
                 DEVICE_ORDINAL => out(data.cast::<i32>(), device),
                 BUFFER_ID => out(data.cast::<u64>(), base as u64),
                 RANGE_START_ADDR => out(data.cast::<u64>(), base as u64),
@@ -1419,7 +1442,7 @@ fn pointer_attribute_size(attribute: i32) -> usize {
         // CUDA_POINTER_ATTRIBUTE_P2P_TOKENS
         5 => 16,
         // Memory type, and the int-valued flags and ordinals.
-        2 | 6 | 8 | 9 | 10 | 13 | 15 | 16 | 21 => 4,
+        2 | 6 | 8 | 9 | 10 | 13 | 15 | 16 | 21 | 22 => 4,
         _ => 8,
     }
 }
