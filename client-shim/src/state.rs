@@ -10,6 +10,7 @@ use gpupool_proto::handshake::DeviceInfo;
 use gpupool_proto::message::{Handle, OccupancyQuery, Reply, StreamRef};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -92,6 +93,9 @@ pub struct LazyLibrary {
 pub struct LazyKernel {
     pub library: Arc<LazyLibrary>,
     pub name: String,
+    /// The name as `cuKernelGetName` hands it out: valid while the
+    /// library is loaded.
+    pub c_name: CString,
     pub remote: Mutex<Option<Handle>>,
 }
 
@@ -164,6 +168,21 @@ pub struct Shim {
     /// Texture and surface objects, with the descriptors they were made of.
     pub textures: RwLock<HashMap<Handle, TextureEntry>>,
     pub surfaces: RwLock<HashMap<Handle, TextureEntry>>,
+    /// Functions the server made for the program (`cuModuleGetFunction`,
+    /// `cuKernelGetFunction`): their names and modules.
+    pub functions: RwLock<HashMap<Handle, FunctionInfo>>,
+    /// The kernel names of each module the program loaded, in image order
+    /// (`None` where the shim could not read the image).
+    pub module_kernels: RwLock<HashMap<Handle, Option<Arc<Vec<String>>>>>,
+    /// Each context's cache preference (`cuCtxSetCacheConfig`).
+    pub cache_configs: RwLock<HashMap<Handle, u32>>,
+}
+
+/// A function the server made: its name as `cuFuncGetName` hands it out
+/// (valid while the function is), and its module where it came from one.
+pub struct FunctionInfo {
+    pub name: CString,
+    pub module: Option<Handle>,
 }
 
 /// A CUDA array: its context and descriptor.
@@ -238,6 +257,9 @@ impl Shim {
             arrays: RwLock::default(),
             textures: RwLock::default(),
             surfaces: RwLock::default(),
+            functions: RwLock::default(),
+            module_kernels: RwLock::default(),
+            cache_configs: RwLock::default(),
         }
     }
 
@@ -271,6 +293,7 @@ impl Shim {
             let k = LazyKernel {
                 library: Arc::clone(lib),
                 name: name.to_owned(),
+                c_name: CString::new(name).unwrap_or_default(),
                 remote: Mutex::new(None),
             };
             self.lazy_kernels
@@ -367,6 +390,10 @@ impl Shim {
 
     /// Forget everything that belonged to a destroyed or reset context.
     pub fn forget_context(&self, ctx: Handle) {
+        self.cache_configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ctx);
         self.device_memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())

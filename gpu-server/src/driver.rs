@@ -363,6 +363,9 @@ driver_api! {
     cuKernelGetParamInfo(kernel: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuFuncGetAttribute(value: *mut i32, attribute: i32, function: Ptr);
     cuFuncSetAttribute(function: Ptr, attribute: i32, value: i32);
+    cuFuncSetCacheConfig(function: Ptr, config: u32);
+    cuKernelSetCacheConfig(kernel: Ptr, config: u32, device: i32);
+    cuCtxSetCacheConfig(config: u32);
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);

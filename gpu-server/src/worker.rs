@@ -18,7 +18,8 @@ use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
-    is_client_handle, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, DEVICE_STATUS_NO_SERVER_NVML,
+    is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef,
+    DEVICE_STATUS_NO_SERVER_NVML,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
@@ -619,7 +620,7 @@ impl<'d> Worker<'d> {
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
-                R::ParamInfo { ctx, .. } => *ctx,
+                R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
                 R::StreamBeginCapture { ctx, .. } | R::StreamEndCapture { ctx, .. } => *ctx,
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
@@ -846,6 +847,7 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuKernelSetAttribute(attr, value, as_ptr(kernel), device) }
             })),
             R::Occupancy { ctx, func, query } => to_reply(self.occupancy(ctx, func, query)),
+            R::SetCacheConfig { ctx, target, config } => to_reply(self.set_cache_config(d, ctx, target, config)),
             R::StreamCreate {
                 ctx,
                 flags,
@@ -1062,6 +1064,27 @@ impl<'d> Worker<'d> {
             return Err(STREAM_CAPTURE_UNSUPPORTED);
         }
         Ok(())
+    }
+
+    fn set_cache_config(&mut self, d: &Driver, ctx: Handle, target: CacheTarget, config: u32) -> DriverResult {
+        match target {
+            CacheTarget::Context => {
+                self.make_current(ctx)?;
+                // SAFETY: a plain value; the driver validates it.
+                unsafe { d.cuCtxSetCacheConfig(config) }
+            }
+            CacheTarget::Function(func) => {
+                self.make_current(ctx)?;
+                self.check_function(func)?;
+                // SAFETY: func is this client's function.
+                unsafe { d.cuFuncSetCacheConfig(as_ptr(func), config) }
+            }
+            CacheTarget::Kernel { kernel, device } => {
+                self.check_kernel(kernel)?;
+                // SAFETY: kernel is this client's.
+                unsafe { d.cuKernelSetCacheConfig(as_ptr(kernel), config, device) }
+            }
+        }
     }
 
     fn check_function(&self, func: Handle) -> DriverResult {

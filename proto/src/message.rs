@@ -405,6 +405,26 @@ pub enum Request {
     /// enqueue it answers at once with the error; the client then does not
     /// run it.
     LaunchHostFunc { ctx: Handle, stream: StreamRef },
+    /// sync: the L1 / shared memory preference (`CUfunc_cache`) of a
+    /// context, a function or a kernel (`cuCtxSetCacheConfig`,
+    /// `cuFuncSetCacheConfig`, `cuKernelSetCacheConfig`).
+    SetCacheConfig {
+        ctx: Handle,
+        target: CacheTarget,
+        config: u32,
+    },
+}
+
+/// What a cache preference is set on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheTarget {
+    /// The context `ctx` itself.
+    Context,
+    Function(Handle),
+    Kernel {
+        kernel: Handle,
+        device: i32,
+    },
 }
 
 /// The launch of one kernel.

@@ -22,6 +22,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
+#define CUDA_ERROR_INVALID_DEVICE 101
 #define CUDA_ERROR_NOT_FOUND 500
 #define CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED 712
 #define CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED 713
@@ -193,6 +194,26 @@ typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
 typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
 typedef CUresult (*PFN_cuKernelSetAttribute)(int, int, CUkernel, CUdevice);
 typedef CUresult (*PFN_cuKernelGetAttribute)(int *, int, CUkernel, CUdevice);
+typedef CUresult (*PFN_cuFuncGetName)(const char **, CUfunction);
+typedef CUresult (*PFN_cuKernelGetName)(const char **, CUkernel);
+typedef CUresult (*PFN_cuFuncGetModule)(CUmodule *, CUfunction);
+typedef CUresult (*PFN_cuKernelGetLibrary)(CUlibrary *, CUkernel);
+typedef CUresult (*PFN_cuFuncIsLoaded)(int *, CUfunction);
+typedef CUresult (*PFN_cuFuncLoad)(CUfunction);
+typedef CUresult (*PFN_cuLibraryGetKernelCount)(unsigned *, CUlibrary);
+typedef CUresult (*PFN_cuLibraryEnumerateKernels)(CUkernel *, unsigned, CUlibrary);
+typedef CUresult (*PFN_cuModuleGetFunctionCount)(unsigned *, CUmodule);
+typedef CUresult (*PFN_cuModuleEnumerateFunctions)(CUfunction *, unsigned, CUmodule);
+typedef CUresult (*PFN_cuCtxSetCacheConfig)(int);
+typedef CUresult (*PFN_cuCtxGetCacheConfig)(int *);
+typedef CUresult (*PFN_cuFuncSetCacheConfig)(CUfunction, int);
+typedef CUresult (*PFN_cuKernelSetCacheConfig)(CUkernel, int, CUdevice);
+typedef CUresult (*PFN_cuCtxGetSharedMemConfig)(int *);
+#define CU_FUNC_CACHE_PREFER_SHARED 1
+#define CU_FUNC_CACHE_PREFER_L1 2
+#define CU_FUNC_CACHE_PREFER_EQUAL 3
+#define CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE 1
+#define CU_FUNCTION_LOADING_STATE_LOADED 1
 typedef CUresult (*PFN_cuFuncSetAttribute)(CUfunction, int, int);
 typedef CUresult (*PFN_cuMemAlloc)(CUdeviceptr *, size_t);
 typedef CUresult (*PFN_cuMemFree)(CUdeviceptr);

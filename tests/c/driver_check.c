@@ -369,6 +369,21 @@ int main(int argc, char **argv) {
     GET(cuKernelSetAttribute, 12000);
     GET(cuKernelGetAttribute, 12000);
     GET(cuFuncSetAttribute, 9000);
+    GET(cuFuncGetName, 12030);
+    GET(cuKernelGetName, 12030);
+    GET(cuFuncGetModule, 11000);
+    GET(cuKernelGetLibrary, 12050);
+    GET(cuFuncIsLoaded, 12040);
+    GET(cuFuncLoad, 12040);
+    GET(cuLibraryGetKernelCount, 12040);
+    GET(cuLibraryEnumerateKernels, 12040);
+    GET(cuModuleGetFunctionCount, 12040);
+    GET(cuModuleEnumerateFunctions, 12040);
+    GET(cuCtxSetCacheConfig, 3020);
+    GET(cuCtxGetCacheConfig, 3020);
+    GET(cuFuncSetCacheConfig, 3000);
+    GET(cuKernelSetCacheConfig, 12000);
+    GET(cuCtxGetSharedMemConfig, 4020);
     GET(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050);
 
     CHECK(cuInit(0));
@@ -516,6 +531,69 @@ int main(int argc, char **argv) {
         CHECK(cuMemcpyDtoH(c, dc, bytes));
         for (int i = 0; i < n; i++)
             EXPECT(c[i] == a[i], "c[%d] = %f, expected %f", i, c[i], a[i]);
+        /* Names, owners and lists of kernels and functions. */
+        const char *name = NULL;
+        CHECK(cuKernelGetName(&name, kscale));
+        EXPECT(name && !strcmp(name, "gp_scale"), "kernel name %s", name ? name : "(null)");
+        CHECK(cuFuncGetName(&name, fscale));
+        EXPECT(!strcmp(name, "gp_scale"), "name of the kernel's function %s", name);
+        CHECK(cuFuncGetName(&name, (CUfunction)kadd));
+        EXPECT(!strcmp(name, "gp_vector_add"), "name of a kernel as a function %s", name);
+        CHECK(cuFuncGetName(&name, vadd));
+        EXPECT(!strcmp(name, "gp_vector_add"), "name of a module's function %s", name);
+        CUlibrary owner = NULL;
+        CHECK(cuKernelGetLibrary(&owner, kadd));
+        EXPECT(owner == l, "kernel's library %p, loaded %p", (void *)owner, (void *)l);
+        CUmodule fmod = NULL;
+        CHECK(cuFuncGetModule(&fmod, scale));
+        EXPECT(fmod == mod, "function's module %p, loaded %p", (void *)fmod, (void *)mod);
+        const unsigned entries = 6; /* the .entry lines of kernels.ptx.h */
+        unsigned count = 0;
+        CHECK(cuLibraryGetKernelCount(&count, l));
+        EXPECT(count == entries, "library kernel count %u", count);
+        CUkernel ks[8] = {0};
+        CHECK(cuLibraryEnumerateKernels(ks, count, l));
+        int seen_add = 0, seen_names = 0;
+        for (unsigned i = 0; i < count; i++) {
+            EXPECT(ks[i] != NULL, "enumerated kernel %u is null", i);
+            seen_add += ks[i] == kadd;
+            CHECK(cuKernelGetName(&name, ks[i]));
+            seen_names += !strcmp(name, "gp_null") + !strcmp(name, "gp_fault") + !strcmp(name, "gp_tex_read");
+        }
+        EXPECT(seen_add == 1 && seen_names == 3, "enumeration: gp_vector_add %d times, 3 names seen %d", seen_add,
+               seen_names);
+        count = 0;
+        CHECK(cuModuleGetFunctionCount(&count, mod));
+        EXPECT(count == entries, "module function count %u", count);
+        CUfunction fs[8] = {0};
+        CHECK(cuModuleEnumerateFunctions(fs, count, mod));
+        int seen_vadd = 0;
+        for (unsigned i = 0; i < count; i++) {
+            EXPECT(fs[i] != NULL, "enumerated function %u is null", i);
+            seen_vadd += fs[i] == vadd;
+        }
+        EXPECT(seen_vadd == 1, "module enumeration holds gp_vector_add's function %d times", seen_vadd);
+        int loaded = -1;
+        CHECK(cuFuncLoad(vadd));
+        CHECK(cuFuncIsLoaded(&loaded, vadd));
+        EXPECT(loaded == CU_FUNCTION_LOADING_STATE_LOADED, "loaded function state %d", loaded);
+        /* Cache preferences: taken, judged, read back. */
+        int pref = -1;
+        CHECK(cuCtxSetCacheConfig(CU_FUNC_CACHE_PREFER_SHARED));
+        r = cuCtxSetCacheConfig(7);
+        EXPECT(r == CUDA_ERROR_INVALID_VALUE, "cache preference 7 gave %d", r);
+        CHECK(cuCtxGetCacheConfig(&pref));
+        EXPECT(pref == CU_FUNC_CACHE_PREFER_SHARED, "context cache preference %d", pref);
+        CHECK(cuCtxSetCacheConfig(0));
+        CHECK(cuFuncSetCacheConfig(fscale, CU_FUNC_CACHE_PREFER_L1));
+        CHECK(cuFuncSetCacheConfig((CUfunction)kadd, CU_FUNC_CACHE_PREFER_EQUAL));
+        r = cuFuncSetCacheConfig(fscale, 9);
+        EXPECT(r == CUDA_ERROR_INVALID_VALUE, "function cache preference 9 gave %d", r);
+        CHECK(cuKernelSetCacheConfig(kscale, CU_FUNC_CACHE_PREFER_EQUAL, dev));
+        r = cuKernelSetCacheConfig(kscale, CU_FUNC_CACHE_PREFER_EQUAL, 99);
+        EXPECT(r == CUDA_ERROR_INVALID_DEVICE, "kernel cache preference on device 99 gave %d", r);
+        CHECK(cuCtxGetSharedMemConfig(&pref));
+        EXPECT(pref == CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE, "shared memory bank config %d", pref);
         CHECK(cuLibraryUnload(l));
         CHECK(cuMemFree(da));
         CHECK(cuMemFree(dc));

@@ -370,6 +370,18 @@ int main(int argc, char **argv) {
         CHECK(cudaFree(x));
         CHECK(cudaFree(y));
     }
+    // Cache preferences and kernel names, as cudart hands them on.
+    {
+        CHECK(cudaDeviceSetCacheConfig(cudaFuncCachePreferShared));
+        cudaFuncCache pref = cudaFuncCachePreferNone;
+        CHECK(cudaDeviceGetCacheConfig(&pref));
+        EXPECT(pref == cudaFuncCachePreferShared, "device cache preference %d", (int)pref);
+        CHECK(cudaDeviceSetCacheConfig(cudaFuncCachePreferNone));
+        CHECK(cudaFuncSetCacheConfig(gp_scale, cudaFuncCachePreferL1));
+        const char *name = NULL;
+        CHECK(cudaFuncGetName(&name, gp_vector_add));
+        EXPECT(name && strstr(name, "gp_vector_add"), "kernel name %s", name ? name : "(null)");
+    }
     printf("OK cudart n=%d\n", n);
     return 0;
 }

@@ -565,6 +565,70 @@ fn images_are_shipped_once_per_server_and_checked_by_content() {
     ));
 }
 
+/// Cache preferences reach the server's driver, which judges the value;
+/// the server takes them only for the session's own kernels and functions.
+#[test]
+fn cache_preferences_reach_the_driver_for_the_sessions_own_kernels() {
+    use gpupool_proto::message::CacheTarget;
+    let server = Server::start();
+    let image = test_ptx();
+    let sha256: [u8; 32] = Sha256::digest(&image).into();
+    let mut a = RawSession::open(&server);
+    let Reply::Handle(ctx) = a.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
+        panic!("no context");
+    };
+    let Reply::Handle(lib) = a.call(&Request::LibraryLoad { sha256 }, &image) else {
+        panic!("library load failed\n{}", server.log());
+    };
+    let Reply::Handle(kernel) = a.call(
+        &Request::LibraryGetKernel {
+            library: lib,
+            name: "gp_scale".into(),
+        },
+        &[],
+    ) else {
+        panic!("kernel lookup failed");
+    };
+    let Reply::Handle(func) = a.call(&Request::KernelGetFunction { ctx, kernel }, &[]) else {
+        panic!("no function for the kernel");
+    };
+    let set = |target, config| Request::SetCacheConfig { ctx, target, config };
+    let on_kernel = CacheTarget::Kernel { kernel, device: 0 };
+    for target in [CacheTarget::Context, CacheTarget::Function(func), on_kernel] {
+        assert!(
+            matches!(a.call(&set(target, 2), &[]), Reply::Status(0)),
+            "{target:?}: prefer L1 refused\n{}",
+            server.log()
+        );
+        // The driver judges the value (CUDA_ERROR_INVALID_VALUE).
+        assert!(
+            matches!(a.call(&set(target, 9), &[]), Reply::Status(1)),
+            "{target:?}: preference 9 taken"
+        );
+    }
+    // Another session cannot name this one's kernel or function.
+    let mut b = RawSession::open(&server);
+    let Reply::Handle(ctx_b) = b.call(&Request::PrimaryCtxRetain { device: 0 }, &[]) else {
+        panic!("no context");
+    };
+    for target in [CacheTarget::Function(func), on_kernel] {
+        assert!(
+            matches!(
+                b.call(
+                    &Request::SetCacheConfig {
+                        ctx: ctx_b,
+                        target,
+                        config: 1
+                    },
+                    &[]
+                ),
+                Reply::Status(400)
+            ),
+            "{target:?} of another session taken"
+        );
+    }
+}
+
 #[test]
 fn kept_errors_are_returned_once_by_a_synchronous_copy() {
     let server = Server::start();

@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 mod arrays;
 mod copies;
+mod functions;
 mod hostfns;
 mod managed;
 mod pools;
@@ -27,6 +28,7 @@ mod queries;
 mod vmm;
 pub use arrays::*;
 pub use copies::*;
+pub use functions::*;
 pub use hostfns::*;
 pub use managed::*;
 pub use pools::*;
@@ -747,6 +749,7 @@ pub(super) unsafe fn load_module(module: *mut CUmodule, image: *const c_void) ->
     }
     let bytes = unsafe { image_bytes(image)? };
     let h = ship_image(s, bytes, |sha256| Request::ModuleLoad { ctx, sha256 })?;
+    functions::loaded_module(s, h, bytes);
     unsafe { out(module, as_ptr(h)) }
 }
 
@@ -852,6 +855,7 @@ pub unsafe fn module_unload(module: CUmodule) -> CuResult {
         &[],
     )?;
     s.forget_functions();
+    functions::unloaded_module(s, handle(module));
     Ok(())
 }
 
@@ -866,11 +870,14 @@ pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, n
         &Request::ModuleGetFunction {
             ctx,
             module: handle(module),
-            name,
+            name: name.clone(),
         },
         &[],
     )? {
-        Reply::Handle(h) => unsafe { out(function, as_ptr(h)) },
+        Reply::Handle(h) => {
+            functions::made_function(s, h, &name, Some(handle(module)));
+            unsafe { out(function, as_ptr(h)) }
+        }
         _ => Err(CuError::UNKNOWN),
     }
 }
@@ -1164,10 +1171,14 @@ pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -
     if let Some(&f) = read(&s.kernel_functions).get(&key) {
         return unsafe { out(function, as_ptr(f)) };
     }
+    let name = read(&s.lazy_kernels).get(&key.0).map(|k| k.name.clone());
     let kernel = resolve(s, handle(kernel))?;
     match s.remote.call(&Request::KernelGetFunction { ctx, kernel }, &[])? {
         Reply::Handle(h) => {
             write(&s.kernel_functions).insert(key, h);
+            if let Some(name) = name {
+                functions::made_function(s, h, &name, None);
+            }
             unsafe { out(function, as_ptr(h)) }
         }
         _ => Err(CuError::UNKNOWN),

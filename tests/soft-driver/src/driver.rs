@@ -140,6 +140,8 @@ struct Context {
     primary: bool,
     sticky: Option<CUresult>,
     limits: [u64; LIMITS.len()],
+    /// `cuCtxSetCacheConfig`'s preference (`CUfunc_cache`).
+    cache_config: u32,
 }
 
 struct ModuleObj {
@@ -166,6 +168,8 @@ struct FunctionObj {
     entry: usize,
     recognised: Recognised,
     attrs: FuncAttrs,
+    /// `cuFuncSetCacheConfig`'s preference.
+    cache_config: u32,
 }
 
 struct LibraryObj {
@@ -181,6 +185,8 @@ struct KernelObj {
     entry: usize,
     /// Attributes set per device with `cuKernelSetAttribute`.
     attrs: HashMap<usize, FuncAttrs>,
+    /// `cuKernelSetCacheConfig`'s preference per device.
+    cache_configs: HashMap<usize, u32>,
 }
 
 struct StreamObj {
@@ -475,6 +481,17 @@ fn default_attrs(module: &ptx::Module, entry: &ptx::Entry) -> FuncAttrs {
 }
 
 /// Applies `cuFuncSetAttribute` / `cuKernelSetAttribute` to an attribute set.
+/// `CU_FUNC_CACHE_PREFER_NONE`; `CU_FUNC_CACHE_PREFER_EQUAL` (3) is the last.
+const FUNC_CACHE_PREFER_NONE: u32 = 0;
+
+fn cache_config(config: u32) -> CuResult<u32> {
+    if config <= 3 {
+        Ok(config)
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
+}
+
 fn set_attr(attrs: &mut FuncAttrs, attrib: i32, value: i32) -> CuResult<()> {
     let ok = match attrib {
         8 => (0..=MAX_SHARED_PER_BLOCK_OPTIN).contains(&value),
@@ -755,6 +772,7 @@ impl Driver {
                 primary,
                 sticky: None,
                 limits: LIMITS,
+                cache_config: FUNC_CACHE_PREFER_NONE,
             },
         );
     }
@@ -877,6 +895,20 @@ impl Driver {
             c.limits[i] = value;
         }
         Ok(())
+    }
+
+    pub fn ctx_set_cache_config(&mut self, config: u32) -> CuResult<()> {
+        let ctx = self.active_ctx()?;
+        let config = cache_config(config)?;
+        if let Some(c) = self.contexts.get_mut(&ctx) {
+            c.cache_config = config;
+        }
+        Ok(())
+    }
+
+    pub fn ctx_get_cache_config(&self) -> CuResult<u32> {
+        let ctx = self.active_ctx()?;
+        Ok(self.contexts[&ctx].cache_config)
     }
 
     pub fn ctx_api_version(&self, ctx: u64) -> CuResult<u32> {
@@ -1827,6 +1859,7 @@ impl Driver {
                     entry: i,
                     recognised: kernels::recognise(entry),
                     attrs,
+                    cache_config: FUNC_CACHE_PREFER_NONE,
                 },
             );
             functions.push(f);
@@ -1909,6 +1942,7 @@ impl Driver {
                     library: h,
                     entry: i,
                     attrs: HashMap::new(),
+                    cache_configs: HashMap::new(),
                 },
             );
             kernels.push(k);
@@ -2057,6 +2091,20 @@ impl Driver {
 
     pub fn func_set_attribute(&mut self, f: u64, attrib: i32, value: i32) -> CuResult<()> {
         set_attr(&mut self.function(f)?.attrs, attrib, value)
+    }
+
+    pub fn func_set_cache_config(&mut self, f: u64, config: u32) -> CuResult<()> {
+        let config = cache_config(config)?;
+        self.function(f)?.cache_config = config;
+        Ok(())
+    }
+
+    pub fn kernel_set_cache_config(&mut self, kernel: u64, config: u32, dev: i32) -> CuResult<()> {
+        let d = self.device(dev)?;
+        let config = cache_config(config)?;
+        let k = self.kernels.get_mut(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        k.cache_configs.insert(d, config);
+        Ok(())
     }
 
     pub fn func_param_info(&mut self, f: u64, index: usize) -> CuResult<(usize, usize)> {

@@ -609,6 +609,31 @@ pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut i32, attrib: i32, func: CUf
 }
 
 #[no_mangle]
+pub extern "C" fn cuFuncSetCacheConfig(func: CUfunction, config: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.func_set_cache_config(h(func), config)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuKernelSetCacheConfig(kernel: CUkernel, config: u32, dev: CUdevice) -> CUresult {
+    ffi(|| driver::with(|d| d.kernel_set_cache_config(h(kernel), config, dev)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSetCacheConfig(config: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_set_cache_config(config)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetCacheConfig(config: *mut u32) -> CUresult {
+    ffi(|| {
+        need(config)?;
+        let c = driver::with(|d| d.ctx_get_cache_config())?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(config, c) }
+    })
+}
+
+#[no_mangle]
 pub extern "C" fn cuFuncSetAttribute(func: CUfunction, attrib: i32, value: i32) -> CUresult {
     ffi(|| driver::with(|d| d.func_set_attribute(h(func), attrib, value)))
 }
