@@ -138,6 +138,13 @@ typedef struct {
     int reserved[12];
 } CUDA_TEXTURE_DESC;
 typedef CUresult (*PFN_cuArrayCreate)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+typedef CUresult (*PFN_cuMemcpyHtoA)(CUarray, size_t, const void *, size_t);
+typedef CUresult (*PFN_cuMemcpyHtoAAsync)(CUarray, size_t, const void *, size_t, CUstream);
+typedef CUresult (*PFN_cuMemcpyAtoH)(void *, CUarray, size_t, size_t);
+typedef CUresult (*PFN_cuMemcpyAtoHAsync)(void *, CUarray, size_t, size_t, CUstream);
+typedef CUresult (*PFN_cuMemcpyDtoA)(CUarray, size_t, CUdeviceptr, size_t);
+typedef CUresult (*PFN_cuMemcpyAtoD)(CUdeviceptr, CUarray, size_t, size_t);
+typedef CUresult (*PFN_cuMemcpyAtoA)(CUarray, size_t, CUarray, size_t, size_t);
 typedef CUresult (*PFN_cuArray3DCreate)(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR *);
 typedef CUresult (*PFN_cuArrayDestroy)(CUarray);
 typedef CUresult (*PFN_cuArrayGetDescriptor)(CUDA_ARRAY_DESCRIPTOR *, CUarray);

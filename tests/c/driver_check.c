@@ -1637,6 +1637,54 @@ int main(int argc, char **argv) {
         }
         c3.dstZ = 2;
         EXPECT(cuMemcpy3D(&c3) == CUDA_ERROR_INVALID_VALUE, "a 3D copy past the last layer was accepted");
+        /* A 1D array through the 1D copies: in from the host, array to
+         * array at offsets, device to array and back, out to the host on a
+         * stream; copies past the end are refused. */
+        {
+            GET(cuMemcpyHtoA, 3020);
+            GET(cuMemcpyHtoAAsync, 3020);
+            GET(cuMemcpyAtoH, 3020);
+            GET(cuMemcpyAtoHAsync, 3020);
+            GET(cuMemcpyDtoA, 3020);
+            GET(cuMemcpyAtoD, 3020);
+            GET(cuMemcpyAtoA, 3020);
+            enum { M = 1000 };
+            float v[M], want[M], got[M];
+            for (int i = 0; i < M; i++) v[i] = 0.5f * (float)i - 3.0f;
+            CUDA_ARRAY3D_DESCRIPTOR d1 = {M, 0, 0, CU_AD_FORMAT_FLOAT, 1, 0};
+            CUarray a1, b1;
+            CHECK(cuArray3DCreate(&a1, &d1));
+            CHECK(cuArray3DCreate(&b1, &d1));
+            CHECK(cuMemcpyHtoA(a1, 0, v, sizeof v));
+            /* b1 = v rotated by 10: its first 10 from v's last, the rest
+             * from a1's first 990. */
+            CHECK(cuMemcpyAtoA(b1, 10 * sizeof(float), a1, 0, (M - 10) * sizeof(float)));
+            CHECK(cuMemcpyHtoA(b1, 0, v + M - 10, 10 * sizeof(float)));
+            for (int i = 0; i < M; i++) want[i] = i < 10 ? v[M - 10 + i] : v[i - 10];
+            memset(got, 0, sizeof got);
+            CHECK(cuMemcpyAtoH(got, b1, 0, sizeof got));
+            for (int i = 0; i < M; i++) EXPECT(got[i] == want[i], "1D array b[%d] = %g, want %g", i, got[i], want[i]);
+            CUdeviceptr dv;
+            CHECK(cuMemAlloc(&dv, sizeof v));
+            CHECK(cuMemcpyAtoD(dv, b1, 0, sizeof v));
+            /* a1's second half = b1's first half, through device memory. */
+            CHECK(cuMemcpyDtoA(a1, (M / 2) * sizeof(float), dv, (M / 2) * sizeof(float)));
+            CHECK(cuMemcpyHtoAAsync(a1, 2 * sizeof(float), v + 100, 3 * sizeof(float), s));
+            memset(got, 0, sizeof got);
+            CHECK(cuMemcpyAtoHAsync(got, a1, 0, sizeof got, s));
+            CHECK(cuStreamSynchronize(s));
+            for (int i = 0; i < M; i++) {
+                float w1 = i >= M / 2 ? want[i - M / 2] : (i >= 2 && i < 5) ? v[100 + i - 2] : v[i];
+                EXPECT(got[i] == w1, "1D array a[%d] = %g, want %g", i, got[i], w1);
+            }
+            EXPECT(cuMemcpyHtoA(a1, (M - 1) * sizeof(float), v, 2 * sizeof(float)) == CUDA_ERROR_INVALID_VALUE,
+                   "a 1D copy past the array's end was accepted");
+            EXPECT(cuMemcpyAtoH(got, a1, M * sizeof(float), sizeof(float)) == CUDA_ERROR_INVALID_VALUE,
+                   "a 1D copy from past the array's end was accepted");
+            CHECK(cuMemFree(dv));
+            CHECK(cuArrayDestroy(a1));
+            CHECK(cuArrayDestroy(b1));
+        }
         CHECK(cuTexObjectDestroy(tex));
         CHECK(cuTexObjectDestroy(ptex));
         CHECK(cuSurfObjectDestroy(surf));

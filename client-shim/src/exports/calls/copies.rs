@@ -196,6 +196,148 @@ fn sync_copy_begins(mode: DefaultStream, stream: CUstream, sync: bool) -> CuResu
     Ok(())
 }
 
+/// One end of a 1D array copy.
+#[derive(Clone, Copy)]
+enum End {
+    Host(usize),
+    Device(CUdeviceptr),
+    /// An array and a byte offset into its first row.
+    Array(*mut c_void, usize),
+}
+
+/// The 1D array copies (`cuMemcpyHtoA` and the rest): one row of `count`
+/// bytes as a 2D copy, which checks the row against the array's extent.
+unsafe fn copy_1d_array(
+    mode: DefaultStream,
+    dst: End,
+    src: End,
+    count: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
+    shim()?;
+    let ends = [dst, src];
+    if !ends.iter().any(|e| matches!(e, End::Array(..))) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    for e in ends {
+        if matches!(e, End::Array(a, _) if a.is_null()) {
+            return Err(CuError::INVALID_VALUE);
+        }
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    // (memory type, x in bytes, host, device, array)
+    let fields = |e: End| match e {
+        End::Host(p) => (MEMORYTYPE_HOST, 0, p, 0, std::ptr::null_mut()),
+        End::Device(p) => (MEMORYTYPE_DEVICE, 0, 0, p, std::ptr::null_mut()),
+        End::Array(a, offset) => (MEMORYTYPE_ARRAY, offset, 0, 0, a),
+    };
+    let (dst_type, dst_x, dst_host, dst_device, dst_array) = fields(dst);
+    let (src_type, src_x, src_host, src_device, src_array) = fields(src);
+    let c = Memcpy2D {
+        src_x_in_bytes: src_x,
+        src_y: 0,
+        src_memory_type: src_type,
+        src_host: src_host as *const c_void,
+        src_device,
+        src_array,
+        src_pitch: count,
+        dst_x_in_bytes: dst_x,
+        dst_y: 0,
+        dst_memory_type: dst_type,
+        dst_host: dst_host as *mut c_void,
+        dst_device,
+        dst_array,
+        dst_pitch: count,
+        width_in_bytes: count,
+        height: 1,
+    };
+    sync_copy_begins(mode, stream, sync)?;
+    unsafe { copy_2d_of(mode, &c, stream, sync) }
+}
+
+pub unsafe fn memcpy_htoa(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    offset: usize,
+    src: *const c_void,
+    count: usize,
+) -> CuResult {
+    let (dst, src) = (End::Array(dst, offset), End::Host(src as usize));
+    unsafe { copy_1d_array(mode, dst, src, count, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_htoa_async(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    offset: usize,
+    src: *const c_void,
+    count: usize,
+    stream: CUstream,
+) -> CuResult {
+    let (dst, src) = (End::Array(dst, offset), End::Host(src as usize));
+    unsafe { copy_1d_array(mode, dst, src, count, stream, false) }
+}
+
+pub unsafe fn memcpy_atoh(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    src: *mut c_void,
+    offset: usize,
+    count: usize,
+) -> CuResult {
+    let (dst, src) = (End::Host(dst as usize), End::Array(src, offset));
+    unsafe { copy_1d_array(mode, dst, src, count, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_atoh_async(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    src: *mut c_void,
+    offset: usize,
+    count: usize,
+    stream: CUstream,
+) -> CuResult {
+    let (dst, src) = (End::Host(dst as usize), End::Array(src, offset));
+    unsafe { copy_1d_array(mode, dst, src, count, stream, false) }
+}
+
+pub unsafe fn memcpy_dtoa(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    offset: usize,
+    src: CUdeviceptr,
+    count: usize,
+) -> CuResult {
+    let (dst, src) = (End::Array(dst, offset), End::Device(src));
+    unsafe { copy_1d_array(mode, dst, src, count, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_atod(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    src: *mut c_void,
+    offset: usize,
+    count: usize,
+) -> CuResult {
+    let (dst, src) = (End::Device(dst), End::Array(src, offset));
+    unsafe { copy_1d_array(mode, dst, src, count, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_atoa(
+    mode: DefaultStream,
+    dst: *mut c_void,
+    dst_offset: usize,
+    src: *mut c_void,
+    src_offset: usize,
+    count: usize,
+) -> CuResult {
+    let (dst, src) = (End::Array(dst, dst_offset), End::Array(src, src_offset));
+    unsafe { copy_1d_array(mode, dst, src, count, std::ptr::null_mut(), true) }
+}
+
 pub unsafe fn memcpy_3d(mode: DefaultStream, copy: *const c_void) -> CuResult {
     unsafe { copy_3d(mode, copy, std::ptr::null_mut(), true) }
 }
