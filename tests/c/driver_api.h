@@ -23,6 +23,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
 #define CUDA_ERROR_INVALID_DEVICE 101
+#define CUDA_ERROR_INVALID_CONTEXT 201
 #define CUDA_ERROR_NOT_FOUND 500
 #define CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED 712
 #define CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED 713
@@ -258,6 +259,14 @@ typedef CUresult (*PFN_cuEventQuery)(CUevent);
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef CUresult (*PFN_cuCtxCreate)(CUcontext *, unsigned, CUdevice);
 typedef CUresult (*PFN_cuCtxDestroy)(CUcontext);
+typedef CUresult (*PFN_cuMemcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
+typedef CUresult (*PFN_cuMemcpyPeerAsync)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream);
+typedef CUresult (*PFN_cuCtxEnablePeerAccess)(CUcontext, unsigned);
+typedef CUresult (*PFN_cuCtxDisablePeerAccess)(CUcontext);
+typedef CUresult (*PFN_cuDeviceGetP2PAttribute)(int *, int, CUdevice, CUdevice);
+#define CUDA_ERROR_PEER_ACCESS_UNSUPPORTED 217
+#define CUDA_ERROR_PEER_ACCESS_NOT_ENABLED 705
+#define CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED 2
 typedef struct {
     int type; /* CU_MEM_LOCATION_TYPE_DEVICE = 1 */
     int id;

@@ -1159,6 +1159,54 @@ int main(int argc, char **argv) {
             CHECK(cuCtxSetCurrent(ctx));
             EXPECT(cuStreamGetFlags(in_own, &f) == 400, "a destroyed context's stream still answers");
         }
+        /* Copies between two contexts' memory; no peer access to enable. */
+        {
+            GET(cuCtxCreate, 3020);
+            GET(cuCtxDestroy, 4000);
+            GET(cuMemcpyPeer, 4000);
+            GET(cuMemcpyPeerAsync, 4000);
+            GET(cuCtxEnablePeerAccess, 4000);
+            GET(cuCtxDisablePeerAccess, 4000);
+            GET(cuDeviceGetP2PAttribute, 8000);
+            int v = 7;
+            EXPECT(cuDeviceGetP2PAttribute(&v, CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED, dev, dev) ==
+                       CUDA_ERROR_INVALID_DEVICE,
+                   "a device's link to itself answered");
+            enum { K = 3000 };
+            unsigned char src[K], back[K];
+            for (int i = 0; i < K; i++) src[i] = (unsigned char)(i * 7 + 1);
+            CUdeviceptr mine, theirs;
+            CHECK(cuMemAlloc(&mine, K));
+            CHECK(cuMemcpyHtoD(mine, src, K));
+            CUcontext other;
+            CHECK(cuCtxCreate(&other, 0, dev));
+            CHECK(cuMemAlloc(&theirs, 2 * K));
+            CHECK(cuCtxSetCurrent(ctx));
+            CHECK(cuMemcpyPeer(theirs + K, other, mine, ctx, K));
+            CUstream ps;
+            CHECK(cuStreamCreate(&ps, 1));
+            CHECK(cuMemsetD32(mine, 0, K / 4));
+            CHECK(cuMemcpyPeerAsync(mine, ctx, theirs + K, other, K, ps));
+            CHECK(cuStreamSynchronize(ps));
+            memset(back, 0, K);
+            CHECK(cuMemcpyDtoH(back, mine, K));
+            EXPECT(!memcmp(back, src, K), "peer copies there and back changed the data");
+            EXPECT(cuCtxEnablePeerAccess(ctx, 0) == CUDA_ERROR_INVALID_CONTEXT, "peer access to itself");
+            if (getenv("GPUPOOL_SERVER")) {
+                EXPECT(cuMemcpyPeer(mine, other, theirs, ctx, K) == CUDA_ERROR_INVALID_VALUE,
+                       "a peer copy with its contexts swapped was taken");
+                EXPECT(cuCtxEnablePeerAccess(other, 0) == CUDA_ERROR_PEER_ACCESS_UNSUPPORTED,
+                       "peer access enabled where no device can access a peer");
+                EXPECT(cuCtxDisablePeerAccess(other) == CUDA_ERROR_PEER_ACCESS_NOT_ENABLED,
+                       "peer access disabled that was never enabled");
+            }
+            CHECK(cuStreamDestroy(ps));
+            CHECK(cuMemFree(mine));
+            CHECK(cuCtxSetCurrent(other));
+            CHECK(cuMemFree(theirs));
+            CHECK(cuCtxDestroy(other));
+            CHECK(cuCtxSetCurrent(ctx));
+        }
         printf("OK queries %s cc %d.%d\n", bus, major, minor);
     } else if (!strcmp(mode, "callbacks")) {
         GET(cuLaunchHostFunc, 10000);

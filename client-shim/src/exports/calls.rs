@@ -1681,6 +1681,60 @@ pub unsafe fn memcpy_dtod_async(
     dtod(mode, dst, src, size, stream, false)
 }
 
+/// A copy between memory of two contexts (`cuMemcpyPeer`): each range must
+/// be of its context; the server's driver copies between them (staged
+/// through the server's memory where its GPUs have no link).
+#[allow(clippy::too_many_arguments)]
+fn peer_copy(
+    mode: DefaultStream,
+    dst: u64,
+    dst_ctx: CUcontext,
+    src: u64,
+    src_ctx: CUcontext,
+    size: usize,
+    stream: CUstream,
+    sync: bool,
+) -> CuResult {
+    let s = shim()?;
+    for ctx in [dst_ctx, src_ctx] {
+        if !read(&s.contexts).contains_key(&handle(ctx)) {
+            return Err(CuError::INVALID_CONTEXT);
+        }
+    }
+    if size == 0 {
+        return Ok(());
+    }
+    if device_range_ctx(s, dst, size as u64)? != handle(dst_ctx)
+        || device_range_ctx(s, src, size as u64)? != handle(src_ctx)
+    {
+        return Err(CuError::INVALID_VALUE);
+    }
+    dtod(mode, dst, src, size, stream, sync)
+}
+
+pub unsafe fn memcpy_peer(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    size: usize,
+) -> CuResult {
+    peer_copy(mode, dst, dst_ctx, src, src_ctx, size, std::ptr::null_mut(), true)
+}
+
+pub unsafe fn memcpy_peer_async(
+    mode: DefaultStream,
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    size: usize,
+    stream: CUstream,
+) -> CuResult {
+    peer_copy(mode, dst, dst_ctx, src, src_ctx, size, stream, false)
+}
+
 pub unsafe fn memset_d8(mode: DefaultStream, dst: CUdeviceptr, value: u8, count: usize) -> CuResult {
     memset(mode, dst, value as u32, 1, count, std::ptr::null_mut(), true)
 }

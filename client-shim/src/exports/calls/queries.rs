@@ -149,6 +149,55 @@ pub unsafe fn device_can_access_peer(can: *mut i32, device: CUdevice, peer: CUde
     unsafe { out(can, 0) }
 }
 
+/// `CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK` ..
+/// `_ONLY_PARTIAL_NATIVE_ATOMIC_SUPPORTED`.
+const P2P_ATTRIBUTES: std::ops::RangeInclusive<i32> = 1..=5;
+
+/// No link between remote GPUs is offered: every peer attribute is 0.
+pub unsafe fn device_get_p2p_attribute(value: *mut i32, attribute: i32, src: CUdevice, dst: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(src)?;
+    s.device(dst)?;
+    if src == dst {
+        return Err(CuError::INVALID_DEVICE);
+    }
+    if value.is_null() || !P2P_ATTRIBUTES.contains(&attribute) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    unsafe { out(value, 0) }
+}
+
+/// The device of a context the program holds.
+fn context_device(s: &Shim, ctx: CUcontext) -> CuResult<i32> {
+    read(&s.contexts)
+        .get(&handle(ctx))
+        .copied()
+        .ok_or(CuError::INVALID_CONTEXT)
+}
+
+/// `cuDeviceCanAccessPeer` answers no for every pair, so enabling access
+/// to any other context is unsupported, as the driver answers then.
+pub unsafe fn ctx_enable_peer_access(peer: CUcontext, flags: u32) -> CuResult {
+    let s = shim()?;
+    let (current, _) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    context_device(s, peer)?;
+    if handle(peer) == current {
+        return Err(CuError::INVALID_CONTEXT);
+    }
+    if flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    tracing::debug!("cuCtxEnablePeerAccess: peer access between remote GPUs is not offered");
+    Err(CuError::PEER_ACCESS_UNSUPPORTED)
+}
+
+pub unsafe fn ctx_disable_peer_access(peer: CUcontext) -> CuResult {
+    let s = shim()?;
+    state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    context_device(s, peer)?;
+    Err(CuError::PEER_ACCESS_NOT_ENABLED)
+}
+
 /// `CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR` / `_MINOR`.
 const CC_MAJOR: i32 = 75;
 const CC_MINOR: i32 = 76;
