@@ -202,6 +202,27 @@ typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
 typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
 typedef CUresult (*PFN_cuKernelSetAttribute)(int, int, CUkernel, CUdevice);
 typedef CUresult (*PFN_cuKernelGetAttribute)(int *, int, CUkernel, CUdevice);
+typedef struct {
+    int id;
+    char pad[4];
+    union {
+        int cooperative;
+        char bytes[64];
+    } value;
+} CUlaunchAttribute;
+typedef struct {
+    unsigned gridDimX, gridDimY, gridDimZ;
+    unsigned blockDimX, blockDimY, blockDimZ;
+    unsigned sharedMemBytes;
+    CUstream hStream;
+    CUlaunchAttribute *attrs;
+    unsigned numAttrs;
+} CUlaunchConfig;
+#define CU_LAUNCH_ATTRIBUTE_COOPERATIVE 2
+#define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720
+typedef CUresult (*PFN_cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
+typedef CUresult (*PFN_cuLaunchCooperativeKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                                  unsigned, unsigned, CUstream, void **);
 typedef CUresult (*PFN_cuFuncGetName)(const char **, CUfunction);
 typedef CUresult (*PFN_cuKernelGetName)(const char **, CUkernel);
 typedef CUresult (*PFN_cuFuncGetModule)(CUmodule *, CUfunction);

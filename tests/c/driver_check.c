@@ -464,6 +464,32 @@ int main(int argc, char **argv) {
         CHECK(cuMemcpyDtoH(c, da, bytes));
         for (int i = 0; i < n; i++)
             EXPECT(c[i] == (a[i] + b[i]) * 3.0f, "scaled c[%d] = %f", i, c[i]);
+        /* Cooperative launches: all of the grid's blocks must fit at once.
+         * One block per multiprocessor does; 64 of 256 threads each do not. */
+        {
+            GET(cuLaunchCooperativeKernel, 9000);
+            GET(cuLaunchKernelEx, 11060);
+            int sms = 0;
+            CHECK(cuDeviceGetAttribute(&sms, 16, dev));
+            unsigned m = (unsigned)sms * 256 < nn ? (unsigned)sms * 256 : nn;
+            float half = 0.5f;
+            void *hargs[] = {&da, &half, &m};
+            CHECK(cuLaunchCooperativeKernel(scale, sms, 1, 1, 256, 1, 1, 0, NULL, hargs));
+            CHECK(cuMemcpyDtoH(c, da, bytes));
+            for (int i = 0; i < n; i++) {
+                float w = (a[i] + b[i]) * 3.0f * ((unsigned)i < m ? 0.5f : 1.0f);
+                EXPECT(c[i] == w, "after a cooperative launch c[%d] = %f, want %f", i, c[i], w);
+            }
+            CUresult r = cuLaunchCooperativeKernel(scale, sms * 64, 1, 1, 256, 1, 1, 0, NULL, hargs);
+            EXPECT(r == CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE, "an oversized cooperative launch gave %d", r);
+            CUlaunchAttribute coop = {0};
+            coop.id = CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            coop.value.cooperative = 1;
+            CUlaunchConfig lc = {(unsigned)sms * 64, 1, 1, 256, 1, 1, 0, NULL, &coop, 1};
+            r = cuLaunchKernelEx(&lc, scale, hargs, NULL);
+            EXPECT(r == CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE, "an oversized cooperative cuLaunchKernelEx gave %d", r);
+            CHECK(cuCtxSynchronize());
+        }
         CHECK(cuMemFree(da));
         CHECK(cuMemFree(db));
         CHECK(cuMemFree(dc));

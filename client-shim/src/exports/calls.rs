@@ -2492,6 +2492,68 @@ unsafe fn launch_attrs(config: &CUlaunchConfig) -> CuResult<Vec<(u32, Vec<u8>)>>
     Ok(attrs.iter().map(|a| (a.id, a.value.to_vec())).collect())
 }
 
+/// `CU_LAUNCH_ATTRIBUTE_COOPERATIVE`.
+const LAUNCH_ATTRIBUTE_COOPERATIVE: u32 = 2;
+/// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`.
+const MULTIPROCESSOR_COUNT: i32 = 16;
+
+/// The blocks of a cooperative launch must all be resident at once. The
+/// driver refuses one too large at the call; the shim does the same from
+/// the occupancy answer (one round trip the first time, then cached), so
+/// that the refusal does not wait for the next synchronise.
+fn check_cooperative(function: CUfunction, grid: [u32; 3], block: [u32; 3], shared_mem: u32) -> CuResult {
+    let s = shim()?;
+    let (_, device) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    let threads: u64 = block.iter().map(|&b| b as u64).product();
+    let blocks: u64 = grid.iter().map(|&g| g as u64).product();
+    let query = OccupancyQuery::MaxActiveBlocksPerMultiprocessor {
+        block_size: i32::try_from(threads).map_err(|_| CuError::INVALID_VALUE)?,
+        dynamic_smem: shared_mem as u64,
+        flags: 0,
+    };
+    let per_sm = int_reply(occupancy(function, query)?)?.max(0) as u64;
+    let sms = s.attribute(device, MULTIPROCESSOR_COUNT)?.max(0) as u64;
+    if blocks > per_sm * sms {
+        return Err(CuError::COOPERATIVE_LAUNCH_TOO_LARGE);
+    }
+    Ok(())
+}
+
+/// `cuLaunchCooperativeKernel`: a launch with the cooperative attribute.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn launch_cooperative_kernel(
+    mode: DefaultStream,
+    function: CUfunction,
+    grid_x: u32,
+    grid_y: u32,
+    grid_z: u32,
+    block_x: u32,
+    block_y: u32,
+    block_z: u32,
+    shared_mem: u32,
+    stream: CUstream,
+    params: *mut *mut c_void,
+) -> CuResult {
+    let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
+    check_cooperative(function, grid, block, shared_mem)?;
+    let mut value = vec![0u8; 64];
+    value[..4].copy_from_slice(&1i32.to_le_bytes());
+    let attrs = vec![(LAUNCH_ATTRIBUTE_COOPERATIVE, value)];
+    unsafe {
+        launch(
+            mode,
+            function,
+            grid,
+            block,
+            shared_mem,
+            stream,
+            params,
+            std::ptr::null_mut(),
+            attrs,
+        )
+    }
+}
+
 pub unsafe fn launch_kernel_ex(
     mode: DefaultStream,
     config: *const CUlaunchConfig,
@@ -2505,6 +2567,17 @@ pub unsafe fn launch_kernel_ex(
     // SAFETY: non-null, and the API passes a CUlaunchConfig.
     let c = unsafe { &*config };
     let attrs = unsafe { launch_attrs(c)? };
+    let cooperative = attrs
+        .iter()
+        .any(|(id, v)| *id == LAUNCH_ATTRIBUTE_COOPERATIVE && v.get(..4).is_some_and(|b| b != [0; 4]));
+    if cooperative {
+        check_cooperative(
+            function,
+            [c.grid_dim_x, c.grid_dim_y, c.grid_dim_z],
+            [c.block_dim_x, c.block_dim_y, c.block_dim_z],
+            c.shared_mem_bytes,
+        )?;
+    }
     unsafe {
         launch(
             mode,

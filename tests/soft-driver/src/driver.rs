@@ -2454,6 +2454,17 @@ impl Driver {
         Ok(blocks.max(0))
     }
 
+    /// A cooperative launch's blocks must all be resident at once.
+    pub fn check_cooperative(&mut self, f: u64, cfg: &LaunchConfig) -> CuResult<()> {
+        let threads = cfg.block.iter().map(|&b| b as u64).product::<u64>();
+        let blocks = cfg.grid.iter().map(|&g| g as u64).product::<u64>();
+        let per_sm = self.occupancy_max_blocks(f, threads.min(i32::MAX as u64) as i32, cfg.shared_mem as u64, 0)?;
+        if blocks > per_sm as u64 * SM_COUNT as u64 {
+            return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+        }
+        Ok(())
+    }
+
     pub fn occupancy_max_potential_block_size(&mut self, f: u64, dyn_smem: u64, limit: i32) -> CuResult<(i32, i32)> {
         let max_threads = self.function(f)?.attrs[ATTR_MAX_THREADS];
         let mut block = max_threads.min(MAX_THREADS_PER_BLOCK as i32);

@@ -66,6 +66,9 @@ pub struct CUlaunchAttribute {
     pub value: [u8; 64],
 }
 
+/// `CU_LAUNCH_ATTRIBUTE_COOPERATIVE`.
+const LAUNCH_ATTRIBUTE_COOPERATIVE: u32 = 2;
+
 /// `CUlaunchConfig`.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -2156,6 +2159,15 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
         if c.numAttrs > 0 && c.attrs.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        let attrs = if c.numAttrs == 0 {
+            &[][..]
+        } else {
+            // SAFETY: non-null, and `numAttrs` attributes (contract).
+            unsafe { std::slice::from_raw_parts(c.attrs, c.numAttrs as usize) }
+        };
+        let cooperative = attrs
+            .iter()
+            .any(|a| a.id == LAUNCH_ATTRIBUTE_COOPERATIVE && a.value[..4] != [0; 4]);
         let cfg = LaunchConfig {
             grid: [c.gridDimX, c.gridDimY, c.gridDimZ],
             block: [c.blockDimX, c.blockDimY, c.blockDimZ],
@@ -2163,6 +2175,9 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
             stream: h(c.hStream),
         };
         driver::with(|d| {
+            if cooperative {
+                d.check_cooperative(h(f), &cfg)?;
+            }
             d.launch(h(f), &cfg, |params, buf| {
                 // SAFETY: `kernel_params` / `extra` follow the launch contract.
                 unsafe { pack_params(kernel_params, extra, params, buf) }
