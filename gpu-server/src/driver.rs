@@ -366,6 +366,9 @@ driver_api! {
     cuFuncSetCacheConfig(function: Ptr, config: u32);
     cuKernelSetCacheConfig(kernel: Ptr, config: u32, device: i32);
     cuCtxSetCacheConfig(config: u32);
+    cuStreamGetAttribute(stream: Ptr, attr: u32, value: *mut c_void);
+    cuStreamSetAttribute(stream: Ptr, attr: u32, value: *const c_void);
+    cuStreamCopyAttributes(dst: Ptr, src: Ptr);
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);

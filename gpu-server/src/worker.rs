@@ -18,7 +18,7 @@ use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
-    is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef,
+    is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, ATTRIBUTE_VALUE_BYTES,
     DEVICE_STATUS_NO_SERVER_NVML,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
@@ -621,6 +621,7 @@ impl<'d> Worker<'d> {
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
+                R::StreamAttribute { ctx, .. } | R::StreamCopyAttributes { ctx, .. } => *ctx,
                 R::StreamBeginCapture { ctx, .. } | R::StreamEndCapture { ctx, .. } => *ctx,
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
@@ -848,6 +849,12 @@ impl<'d> Worker<'d> {
             })),
             R::Occupancy { ctx, func, query } => to_reply(self.occupancy(ctx, func, query)),
             R::SetCacheConfig { ctx, target, config } => to_reply(self.set_cache_config(d, ctx, target, config)),
+            R::StreamAttribute { ctx, stream, attr, set } => to_reply(self.stream_attribute(d, ctx, stream, attr, set)),
+            R::StreamCopyAttributes { ctx, dst, src } => to_reply(self.enter(ctx, dst).and_then(|dst| {
+                let src = self.stream(ctx, src)?;
+                // SAFETY: both streams are resolved from this client's tables.
+                unsafe { d.cuStreamCopyAttributes(dst, src) }
+            })),
             R::StreamCreate {
                 ctx,
                 flags,
@@ -1085,6 +1092,34 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuKernelSetCacheConfig(as_ptr(kernel), config, device) }
             }
         }
+    }
+
+    /// A stream attribute, set first when `set` holds a value; answered
+    /// with the value the driver then reports.
+    fn stream_attribute(
+        &mut self,
+        d: &Driver,
+        ctx: Handle,
+        stream: StreamRef,
+        attr: u32,
+        set: Option<Vec<u8>>,
+    ) -> DriverResult<Reply> {
+        let s = self.enter(ctx, stream)?;
+        // The union is 64 bytes, 8-aligned.
+        let mut value = [0u64; ATTRIBUTE_VALUE_BYTES / 8];
+        if let Some(bytes) = set {
+            if bytes.len() != ATTRIBUTE_VALUE_BYTES {
+                return Err(INVALID_VALUE);
+            }
+            for (v, b) in value.iter_mut().zip(bytes.chunks_exact(8)) {
+                *v = u64::from_ne_bytes(b.try_into().unwrap_or_default());
+            }
+            // SAFETY: s is this client's stream; value holds a whole union.
+            unsafe { d.cuStreamSetAttribute(s, attr, value.as_ptr().cast()) }?;
+        }
+        // SAFETY: as above; the driver writes at most the union.
+        unsafe { d.cuStreamGetAttribute(s, attr, value.as_mut_ptr().cast()) }?;
+        Ok(Reply::Bytes(value.iter().flat_map(|v| v.to_ne_bytes()).collect()))
     }
 
     fn check_function(&self, func: Handle) -> DriverResult {

@@ -413,7 +413,25 @@ pub enum Request {
         target: CacheTarget,
         config: u32,
     },
+    /// sync -> `Reply::Bytes`: a stream attribute (`CUstreamAttrValue`,
+    /// 64 bytes), set first when `set` holds a value
+    /// (`cuStreamGetAttribute`, `cuStreamSetAttribute`).
+    StreamAttribute {
+        ctx: Handle,
+        stream: StreamRef,
+        attr: u32,
+        set: Option<Vec<u8>>,
+    },
+    /// sync: `cuStreamCopyAttributes`.
+    StreamCopyAttributes {
+        ctx: Handle,
+        dst: StreamRef,
+        src: StreamRef,
+    },
 }
+
+/// Bytes of a `CUstreamAttrValue` / `CUlaunchAttributeValue`.
+pub const ATTRIBUTE_VALUE_BYTES: usize = 64;
 
 /// What a cache preference is set on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,6 +594,8 @@ pub enum Reply {
     Done(Status),
     /// The server holds no image with the hash a load named: send it.
     ImageUnknown,
+    /// A value as the driver laid it out.
+    Bytes(Vec<u8>),
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.
     DeviceStatus {

@@ -219,6 +219,22 @@ typedef struct {
     unsigned numAttrs;
 } CUlaunchConfig;
 #define CU_LAUNCH_ATTRIBUTE_COOPERATIVE 2
+#define CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW 1
+#define CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY 3
+#define CU_LAUNCH_ATTRIBUTE_PRIORITY 8
+typedef union {
+    char bytes[64];
+    int value;
+    struct {
+        void *base_ptr;
+        size_t num_bytes;
+        float hitRatio;
+        int hitProp, missProp;
+    } accessPolicyWindow;
+} CUstreamAttrValue;
+typedef CUresult (*PFN_cuStreamGetAttribute)(CUstream, int, CUstreamAttrValue *);
+typedef CUresult (*PFN_cuStreamSetAttribute)(CUstream, int, const CUstreamAttrValue *);
+typedef CUresult (*PFN_cuStreamCopyAttributes)(CUstream, CUstream);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720
 typedef CUresult (*PFN_cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
 typedef CUresult (*PFN_cuLaunchCooperativeKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,

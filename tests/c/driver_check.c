@@ -1153,6 +1153,57 @@ int main(int argc, char **argv) {
         CHECK(cuStreamGetId(lo, &id1));
         CHECK(cuStreamGetId(hi, &id2));
         EXPECT(id1 != id2, "stream ids equal");
+        /* Stream attributes: kept by the driver, checked, copied. */
+        {
+            GET(cuStreamGetAttribute, 11000);
+            GET(cuStreamSetAttribute, 11000);
+            GET(cuStreamCopyAttributes, 11000);
+            CUstreamAttrValue v;
+            memset(&v, 0, sizeof v);
+            CHECK(cuStreamGetAttribute(hi, CU_LAUNCH_ATTRIBUTE_PRIORITY, &v));
+            EXPECT(v.value == -5, "priority attribute %d, want -5", v.value);
+            v.value = -3;
+            CHECK(cuStreamSetAttribute(lo, CU_LAUNCH_ATTRIBUTE_PRIORITY, &v));
+            CHECK(cuStreamGetPriority(lo, &p));
+            EXPECT(p == -3, "priority %d after setting the attribute to -3", p);
+            memset(&v, 0, sizeof v);
+            v.value = 4; /* CU_SYNC_POLICY_BLOCKING_SYNC */
+            CHECK(cuStreamSetAttribute(lo, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY, &v));
+            v.value = 9;
+            EXPECT(cuStreamSetAttribute(lo, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY, &v) == CUDA_ERROR_INVALID_VALUE,
+                   "synchronization policy 9 taken");
+            CUdeviceptr window;
+            CHECK(cuMemAlloc(&window, 1 << 20));
+            memset(&v, 0, sizeof v);
+            v.accessPolicyWindow.base_ptr = (void *)(uintptr_t)window;
+            v.accessPolicyWindow.num_bytes = 1 << 20;
+            v.accessPolicyWindow.hitRatio = 0.625f;
+            v.accessPolicyWindow.hitProp = 2;  /* persisting */
+            v.accessPolicyWindow.missProp = 1; /* streaming */
+            CHECK(cuStreamSetAttribute(lo, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, &v));
+            v.accessPolicyWindow.hitRatio = 1.5f;
+            EXPECT(cuStreamSetAttribute(lo, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, &v) == CUDA_ERROR_INVALID_VALUE,
+                   "a hit ratio of 1.5 taken");
+            memset(&v, 0, sizeof v);
+            CHECK(cuStreamGetAttribute(lo, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, &v));
+            EXPECT(v.accessPolicyWindow.base_ptr == (void *)(uintptr_t)window &&
+                       v.accessPolicyWindow.num_bytes == 1 << 20 && v.accessPolicyWindow.hitRatio == 0.625f &&
+                       v.accessPolicyWindow.hitProp == 2 && v.accessPolicyWindow.missProp == 1,
+                   "access policy window read back %p %zu %g %d %d", v.accessPolicyWindow.base_ptr,
+                   v.accessPolicyWindow.num_bytes, v.accessPolicyWindow.hitRatio, v.accessPolicyWindow.hitProp,
+                   v.accessPolicyWindow.missProp);
+            CHECK(cuStreamCopyAttributes(hi, lo));
+            memset(&v, 0, sizeof v);
+            CHECK(cuStreamGetAttribute(hi, CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY, &v));
+            EXPECT(v.value == 4, "copied synchronization policy %d", v.value);
+            EXPECT(cuStreamGetAttribute(hi, CU_LAUNCH_ATTRIBUTE_COOPERATIVE, &v) == CUDA_ERROR_INVALID_VALUE,
+                   "a launch-only attribute answered for a stream");
+            memset(&v, 0, sizeof v);
+            v.value = 0;
+            CHECK(cuStreamSetAttribute(hi, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, &v));
+            CHECK(cuStreamSetAttribute(lo, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, &v));
+            CHECK(cuMemFree(window));
+        }
         CHECK(cuStreamDestroy(lo));
         EXPECT(cuStreamGetFlags(lo, &f) == 400, "destroyed stream still answers");
         CHECK(cuStreamDestroy(hi));

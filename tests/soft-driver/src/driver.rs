@@ -416,6 +416,9 @@ pub struct Driver {
     libraries: HashMap<u64, LibraryObj>,
     kernels: HashMap<u64, KernelObj>,
     streams: HashMap<u64, StreamObj>,
+    /// Stream attributes set (`cuStreamSetAttribute`), by (context,
+    /// stream): the built-in streams have theirs per context.
+    stream_attrs: HashMap<(u64, u64), HashMap<u32, [u8; STREAM_ATTR_BYTES]>>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -481,6 +484,26 @@ fn default_attrs(module: &ptx::Module, entry: &ptx::Entry) -> FuncAttrs {
 }
 
 /// Applies `cuFuncSetAttribute` / `cuKernelSetAttribute` to an attribute set.
+/// Bytes of a `CUstreamAttrValue`.
+pub const STREAM_ATTR_BYTES: usize = 64;
+/// The `CUlaunchAttributeID`s valid for streams.
+const STREAM_ATTR_ACCESS_POLICY_WINDOW: u32 = 1;
+const STREAM_ATTR_SYNCHRONIZATION_POLICY: u32 = 3;
+const STREAM_ATTR_PRIORITY: u32 = 8;
+const STREAM_ATTR_MEM_SYNC_DOMAIN_MAP: u32 = 9;
+const STREAM_ATTR_MEM_SYNC_DOMAIN: u32 = 10;
+const STREAM_ATTR_NVLINK_UTIL_CENTRIC: u32 = 16;
+const STREAM_ATTRS: [u32; 6] = [
+    STREAM_ATTR_ACCESS_POLICY_WINDOW,
+    STREAM_ATTR_SYNCHRONIZATION_POLICY,
+    STREAM_ATTR_PRIORITY,
+    STREAM_ATTR_MEM_SYNC_DOMAIN_MAP,
+    STREAM_ATTR_MEM_SYNC_DOMAIN,
+    STREAM_ATTR_NVLINK_UTIL_CENTRIC,
+];
+/// An H100's `CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE`.
+const MAX_ACCESS_POLICY_WINDOW: u64 = 134_213_632;
+
 /// `CU_FUNC_CACHE_PREFER_NONE`; `CU_FUNC_CACHE_PREFER_EQUAL` (3) is the last.
 const FUNC_CACHE_PREFER_NONE: u32 = 0;
 
@@ -653,6 +676,7 @@ impl Driver {
             libraries: HashMap::new(),
             kernels: HashMap::new(),
             streams: HashMap::new(),
+            stream_attrs: HashMap::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -2516,6 +2540,59 @@ impl Driver {
     }
 
     /// The context `stream` belongs to, which must be healthy.
+    /// `cuStreamSetAttribute`: the stream attributes a GPU has, checked as
+    /// the driver checks them.
+    pub fn stream_set_attribute(&mut self, stream: u64, attr: u32, value: &[u8; STREAM_ATTR_BYTES]) -> CuResult<()> {
+        let ctx = self.stream_ctx(stream)?;
+        let int = |at: usize| i32::from_ne_bytes(value[at..at + 4].try_into().unwrap_or_default());
+        let mut stored = *value;
+        match attr {
+            STREAM_ATTR_ACCESS_POLICY_WINDOW => {
+                let bytes = u64::from_ne_bytes(value[8..16].try_into().unwrap_or_default());
+                let hit_ratio = f32::from_ne_bytes(value[16..20].try_into().unwrap_or_default());
+                let props_ok = (0..=2).contains(&int(20)) && (0..=2).contains(&int(24));
+                if bytes > MAX_ACCESS_POLICY_WINDOW || !(0.0..=1.0).contains(&hit_ratio) || !props_ok {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+            }
+            STREAM_ATTR_SYNCHRONIZATION_POLICY if !(1..=4).contains(&int(0)) => return Err(CUDA_ERROR_INVALID_VALUE),
+            STREAM_ATTR_PRIORITY => {
+                let p = int(0).clamp(-5, 0);
+                stored = [0; STREAM_ATTR_BYTES];
+                stored[..4].copy_from_slice(&p.to_ne_bytes());
+            }
+            STREAM_ATTR_MEM_SYNC_DOMAIN if !(0..=1).contains(&int(0)) => return Err(CUDA_ERROR_INVALID_VALUE),
+            STREAM_ATTR_SYNCHRONIZATION_POLICY
+            | STREAM_ATTR_MEM_SYNC_DOMAIN_MAP
+            | STREAM_ATTR_MEM_SYNC_DOMAIN
+            | STREAM_ATTR_NVLINK_UTIL_CENTRIC => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        self.stream_attrs.entry((ctx, stream)).or_default().insert(attr, stored);
+        Ok(())
+    }
+
+    pub fn stream_get_attribute(&self, stream: u64, attr: u32) -> CuResult<[u8; STREAM_ATTR_BYTES]> {
+        let ctx = self.stream_ctx(stream)?;
+        if !STREAM_ATTRS.contains(&attr) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let set = self.stream_attrs.get(&(ctx, stream)).and_then(|a| a.get(&attr));
+        let mut value = set.copied().unwrap_or([0; STREAM_ATTR_BYTES]);
+        if set.is_none() && attr == STREAM_ATTR_SYNCHRONIZATION_POLICY {
+            value[..4].copy_from_slice(&1i32.to_ne_bytes()); // CU_SYNC_POLICY_AUTO
+        }
+        Ok(value)
+    }
+
+    pub fn stream_copy_attributes(&mut self, dst: u64, src: u64) -> CuResult<()> {
+        let dst_ctx = self.stream_ctx(dst)?;
+        let src_ctx = self.stream_ctx(src)?;
+        let attrs = self.stream_attrs.get(&(src_ctx, src)).cloned().unwrap_or_default();
+        self.stream_attrs.insert((dst_ctx, dst), attrs);
+        Ok(())
+    }
+
     fn stream_ctx(&self, stream: u64) -> CuResult<u64> {
         if BUILTIN_STREAMS.contains(&stream) {
             self.active_ctx()

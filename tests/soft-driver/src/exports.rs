@@ -1859,10 +1859,46 @@ pub unsafe extern "C" fn cuStreamCreate(pstream: *mut CUstream, flags: u32) -> C
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamCreateWithPriority(pstream: *mut CUstream, flags: u32, _priority: i32) -> CUresult {
+pub unsafe extern "C" fn cuStreamCreateWithPriority(pstream: *mut CUstream, flags: u32, priority: i32) -> CUresult {
     // SAFETY: same contract as `cuStreamCreate`; every priority is valid
     // (the driver clamps it) and all streams run work synchronously.
-    unsafe { cuStreamCreate(pstream, flags) }
+    let r = unsafe { cuStreamCreate(pstream, flags) };
+    if r != CUDA_SUCCESS || priority == 0 {
+        return r;
+    }
+    let mut v = [0u8; driver::STREAM_ATTR_BYTES];
+    v[..4].copy_from_slice(&priority.to_ne_bytes());
+    // SAFETY: `cuStreamCreate` wrote the new stream to `pstream`.
+    let stream = unsafe { pstream.read() };
+    ffi(|| driver::with(|d| d.stream_set_attribute(h(stream), STREAM_ATTRIBUTE_PRIORITY, &v)))
+}
+
+/// `CU_LAUNCH_ATTRIBUTE_PRIORITY`, which streams have too.
+const STREAM_ATTRIBUTE_PRIORITY: u32 = 8;
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamSetAttribute(stream: CUstream, attr: u32, value: *const c_void) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        // SAFETY: `value` points at a CUstreamAttrValue (API contract).
+        let v = unsafe { value.cast::<[u8; driver::STREAM_ATTR_BYTES]>().read_unaligned() };
+        driver::with(|d| d.stream_set_attribute(h(stream), attr, &v))
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetAttribute(stream: CUstream, attr: u32, value: *mut c_void) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        let v = driver::with(|d| d.stream_get_attribute(h(stream), attr))?;
+        // SAFETY: `value` has room for a CUstreamAttrValue (API contract).
+        unsafe { out(value.cast::<[u8; driver::STREAM_ATTR_BYTES]>(), v) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamCopyAttributes(dst: CUstream, src: CUstream) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_copy_attributes(h(dst), h(src))))
 }
 
 #[no_mangle]

@@ -1,7 +1,9 @@
 //! Questions about streams, contexts and devices that the shim answers from
-//! what it holds: none costs a round trip.
+//! what it holds: none costs a round trip. Stream attributes, which the
+//! server's driver keeps, are here too: one round trip each.
 
 use super::*;
+use gpupool_proto::message::ATTRIBUTE_VALUE_BYTES;
 use std::ffi::c_char;
 
 /// What a stream was created with: (flags, priority). Default streams have
@@ -16,6 +18,78 @@ fn stream_params(s: &Shim, stream: CUstream) -> CuResult<(u32, i32)> {
         .get(&h)
         .map(|info| (info.flags, info.priority))
         .ok_or(CuError::INVALID_HANDLE)
+}
+
+/// `CU_LAUNCH_ATTRIBUTE_PRIORITY`, which streams have too.
+const STREAM_ATTRIBUTE_PRIORITY: u32 = 8;
+
+/// A stream attribute through the server's driver, set first when `set`
+/// holds a value; the value it then has.
+fn stream_attribute(mode: DefaultStream, stream: CUstream, attr: u32, set: Option<Vec<u8>>) -> CuResult<Vec<u8>> {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    let setting = set.is_some();
+    match s.remote.call(
+        &Request::StreamAttribute {
+            ctx,
+            stream: sref,
+            attr,
+            set,
+        },
+        &[],
+    )? {
+        Reply::Bytes(v) if v.len() == ATTRIBUTE_VALUE_BYTES => {
+            if setting && attr == STREAM_ATTRIBUTE_PRIORITY {
+                // What cuStreamGetPriority answers follows.
+                let p = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+                if let Some(info) = write(&s.streams).get_mut(&handle(stream)) {
+                    info.priority = p;
+                }
+            }
+            Ok(v)
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn stream_get_attribute(mode: DefaultStream, stream: CUstream, attr: u32, value: *mut c_void) -> CuResult {
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let v = stream_attribute(mode, stream, attr, None)?;
+    // SAFETY: `value` has room for a CUstreamAttrValue (API contract).
+    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), value.cast::<u8>(), ATTRIBUTE_VALUE_BYTES) };
+    Ok(())
+}
+
+pub unsafe fn stream_set_attribute(mode: DefaultStream, stream: CUstream, attr: u32, value: *const c_void) -> CuResult {
+    if value.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: `value` points at a CUstreamAttrValue (API contract).
+    let v = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), ATTRIBUTE_VALUE_BYTES) }.to_vec();
+    stream_attribute(mode, stream, attr, Some(v)).map(|_| ())
+}
+
+pub unsafe fn stream_copy_attributes(mode: DefaultStream, dst: CUstream, src: CUstream) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, dst)?;
+    stream_ctx(s, src)?;
+    s.remote.call(
+        &Request::StreamCopyAttributes {
+            ctx,
+            dst: Shim::stream_ref(mode, handle(dst)),
+            src: Shim::stream_ref(mode, handle(src)),
+        },
+        &[],
+    )?;
+    // The priority went with the rest.
+    let p = stream_params(s, src)?.1;
+    if let Some(info) = write(&s.streams).get_mut(&handle(dst)) {
+        info.priority = p;
+    }
+    Ok(())
 }
 
 pub unsafe fn stream_get_priority(_mode: DefaultStream, stream: CUstream, priority: *mut i32) -> CuResult {
