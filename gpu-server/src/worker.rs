@@ -615,6 +615,7 @@ impl<'d> Worker<'d> {
                 R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } | R::MemcpyArray { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
+                R::LibraryGetManaged { ctx, .. } => *ctx,
                 R::FuncGetAttribute { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
                 R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
@@ -818,7 +819,8 @@ impl<'d> Worker<'d> {
             R::ModuleGetGlobal { ctx, module, name } => to_reply(self.module_get_global(ctx, module, &name)),
             R::LibraryUnload { library } => to_reply(self.library_unload(library)),
             R::LibraryGetKernel { library, name } => to_reply(self.library_get_kernel(library, &name)),
-            R::LibraryGetGlobal { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name)),
+            R::LibraryGetGlobal { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, false)),
+            R::LibraryGetManaged { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, true)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
             R::FuncGetAttribute { ctx, func, attr } => {
                 to_reply(self.make_current(ctx).and_then(|()| {
@@ -2235,17 +2237,22 @@ impl<'d> Worker<'d> {
         Ok(Reply::Handle(handle(k)))
     }
 
-    fn library_get_global(&mut self, ctx: Handle, library: Handle, name: &str) -> DriverResult<Reply> {
+    /// A library's global, or (`managed`) its `__managed__` variable.
+    fn library_get_global(&mut self, ctx: Handle, library: Handle, name: &str, managed: bool) -> DriverResult<Reply> {
         self.make_current(ctx)?;
         if !self.tables.libraries.contains(&library) {
             return Err(INVALID_HANDLE);
         }
         let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
         let (mut p, mut size) = (0u64, 0usize);
-        // SAFETY: as above.
+        let lib = as_ptr(library);
+        // SAFETY: the library is this client's; both outputs are writable.
         unsafe {
-            self.driver
-                .cuLibraryGetGlobal(&mut p, &mut size, as_ptr(library), name.as_ptr())
+            if managed {
+                self.driver.cuLibraryGetManaged(&mut p, &mut size, lib, name.as_ptr())
+            } else {
+                self.driver.cuLibraryGetGlobal(&mut p, &mut size, lib, name.as_ptr())
+            }
         }?;
         Ok(self.register_global(ctx, p, size as u64))
     }

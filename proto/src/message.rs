@@ -428,6 +428,9 @@ pub enum Request {
         dst: StreamRef,
         src: StreamRef,
     },
+    /// sync -> `Reply::Global`: a `__managed__` variable of a library
+    /// (`cuLibraryGetManaged`).
+    LibraryGetManaged { ctx: Handle, library: Handle, name: String },
 }
 
 /// Bytes of a `CUstreamAttrValue` / `CUlaunchAttributeValue`.

@@ -11,6 +11,10 @@
 #include <cstring>
 #include <cuda_runtime.h>
 
+// `__managed__` variables: cudart maps them at start-up, before main.
+__managed__ float m_table[3000];
+__managed__ int m_count = 11;
+
 __global__ void gp_vector_add(const float *a, const float *b, float *c, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) c[i] = a[i] + b[i];
@@ -369,6 +373,24 @@ int main(int argc, char **argv) {
         EXPECT(read_mostly == 1, "read-mostly advice not kept: %d", read_mostly);
         CHECK(cudaFree(x));
         CHECK(cudaFree(y));
+    }
+    // __managed__ variables: the device's initial values, host writes that
+    // kernels read, kernel writes the host reads after a synchronise, and a
+    // copy from one.
+    {
+        EXPECT(m_count == 11, "__managed__ initial value %d", m_count);
+        for (int i = 0; i < 3000; i++) m_table[i] = 0.5f * (float)i;
+        gp_scale<<<(3000 + 255) / 256, 256>>>(m_table, 4.0f, 3000);
+        CHECK(cudaGetLastError());
+        CHECK(cudaDeviceSynchronize());
+        for (int i = 0; i < 3000; i++) EXPECT(m_table[i] == 2.0f * (float)i, "m_table[%d] = %g", i, m_table[i]);
+        m_count += 5;
+        int back = 0;
+        CHECK(cudaMemcpy(&back, &m_count, sizeof back, cudaMemcpyDefault));
+        EXPECT(back == 16, "copy of a __managed__ variable read %d", back);
+        cudaPointerAttributes pa;
+        CHECK(cudaPointerGetAttributes(&pa, m_table));
+        EXPECT(pa.type == cudaMemoryTypeManaged, "__managed__ pointer type %d", (int)pa.type);
     }
     // Cache preferences and kernel names, as cudart hands them on.
     {

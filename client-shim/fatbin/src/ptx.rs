@@ -498,6 +498,15 @@ impl Parser {
 
     /// After `.global` / `.const`: one or more variables through the `;`.
     fn variables(&mut self) -> Result<Vec<GlobalInfo>, Error> {
+        // `.attribute(.managed)` and the like: nothing the shim needs.
+        if self.eat_word(".attribute") {
+            self.expect_punct('(')?;
+            while !self.eat_punct(')') {
+                if self.next().is_none() {
+                    return err(self.line(), "unterminated variable attribute");
+                }
+            }
+        }
         if self.eat_word(".align") {
             self.align()?;
         }
@@ -594,6 +603,7 @@ mod tests {
         let src = b".version 9.0\n.target sm_90\n.address_size 64\n\
             .global .align 4 .b8 table[64];\n.visible .const .align 4 .f32 k[] = {1.0, 2.0, 3.0};\n\
             .extern .global .align 4 .u32 ext;\n.global .u32 a, b[4] = {1, 2};\n\
+            .global .attribute(.managed) .align 4 .b8 shared[40];\n\
             .visible .entry mixed(.param .u8 c, .param .align 8 .b8 p[16], .param .u16 s, \
               .param .u64 .ptr .global .align 8 out, .param .f32 f)\n.maxntid 128, 1, 1\n{ ret; }\n\
             .extern .entry ext_k(.param .u32 x);\n\
@@ -604,7 +614,7 @@ mod tests {
         assert_eq!(layout(&m.kernels[0]), [(0, 1), (8, 16), (24, 2), (32, 8), (40, 4)]);
         assert!(layout(&m.kernels[1]).is_empty());
         let g: Vec<_> = m.globals.iter().map(|g| (g.name.as_str(), g.size)).collect();
-        assert_eq!(g, [("table", 64), ("k", 12), ("a", 4), ("b", 16)]);
+        assert_eq!(g, [("table", 64), ("k", 12), ("a", 4), ("b", 16), ("shared", 40)]);
     }
 
     #[test]

@@ -1115,6 +1115,7 @@ pub unsafe fn library_load_data(
 pub unsafe fn library_unload(library: CUlibrary) -> CuResult {
     let s = shim()?;
     let lib = s.remove_library(handle(library)).ok_or(CuError::INVALID_HANDLE)?;
+    managed::forget_library(handle(library));
     let remote = *lock(&lib.remote);
     match remote {
         Some(h) => s.remote.post(&Request::LibraryUnload { library: h }, &[]),
@@ -1158,6 +1159,48 @@ pub unsafe fn library_get_global(
         .ok_or(CuError::INVALID_HANDLE)?;
     let library = remote_library(s, &lib)?;
     let reply = s.remote.call(&Request::LibraryGetGlobal { ctx, library, name }, &[])?;
+    unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
+}
+
+/// `cuLibraryGetManaged`: a `__managed__` variable, which host code then
+/// reads and writes through the pointer (cudart sets its shadow to it), so
+/// the shim maps it as managed memory.
+pub unsafe fn library_get_managed(
+    ptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    library: CUlibrary,
+    name: *const c_char,
+) -> CuResult {
+    let s = shim()?;
+    let ctx = match state::current() {
+        Some((ctx, _)) => ctx,
+        // cudart asks at start-up, before any context is current: the
+        // variables then live in device 0's primary context, which the shim
+        // retains for them.
+        None => {
+            let mut primaries = lock(&s.primaries);
+            let p = &mut primaries[0];
+            let h = primary_handle(s, p, 0)?;
+            p.retains += 1;
+            h
+        }
+    };
+    let name = unsafe { c_string(name)? };
+    let lh = handle(library);
+    let lib = read(&s.libraries).get(&lh).cloned().ok_or(CuError::INVALID_HANDLE)?;
+    let remote = remote_library(s, &lib)?;
+    let reply = s.remote.call(
+        &Request::LibraryGetManaged {
+            ctx,
+            library: remote,
+            name,
+        },
+        &[],
+    )?;
+    let Reply::Global { ptr: p, size } = reply else {
+        return Err(CuError::UNKNOWN);
+    };
+    managed::adopt_variable(s, ctx, lh, p, size)?;
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 

@@ -79,16 +79,22 @@ pub(crate) fn guard(name: &'static str, f: impl FnOnce() -> Result<(), CuError>)
     let run = std::panic::AssertUnwindSafe(|| crate::report::measure(name, f));
     match std::panic::catch_unwind(run) {
         Ok(Ok(())) => 0,
+        // Logging itself may panic while the process exits (the log
+        // writer's thread-local state is gone by then): that too stays here.
         Ok(Err(e)) => {
-            tracing::debug!(call = name, status = e.0, "call failed");
-            crate::report::note_error(name, e.0);
+            let _ = std::panic::catch_unwind(|| {
+                tracing::debug!(call = name, status = e.0, "call failed");
+                crate::report::note_error(name, e.0);
+            });
             e.0
         }
         Err(_) => {
-            tracing::error!(
-                call = name,
-                "internal error in the gpupool shim (panic caught); returning CUDA_ERROR_UNKNOWN"
-            );
+            let _ = std::panic::catch_unwind(|| {
+                tracing::error!(
+                    call = name,
+                    "internal error in the gpupool shim (panic caught); returning CUDA_ERROR_UNKNOWN"
+                )
+            });
             CuError::UNKNOWN.0
         }
     }

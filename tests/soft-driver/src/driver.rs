@@ -2034,6 +2034,22 @@ impl Driver {
         self.module_get_global(m, name)
     }
 
+    /// `cuLibraryGetManaged`: a `__managed__` variable; other globals are
+    /// not found by it.
+    pub fn library_get_managed(&mut self, lib: u64, name: &str) -> CuResult<(u64, u64)> {
+        let managed = self
+            .libraries
+            .get(&lib)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?
+            .ptx
+            .variable(name)
+            .is_some_and(|v| v.managed);
+        if !managed {
+            return Err(CUDA_ERROR_NOT_FOUND);
+        }
+        self.library_get_global(lib, name)
+    }
+
     pub fn kernel_get_function(&mut self, kernel: u64) -> CuResult<u64> {
         let k = self.kernels.get(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let entry = k.entry;

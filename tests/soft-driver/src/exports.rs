@@ -555,6 +555,27 @@ pub unsafe extern "C" fn cuLibraryGetGlobal(
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetManaged(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    library: CUlibrary,
+    gname: *const c_char,
+) -> CUresult {
+    ffi(|| {
+        // SAFETY: `gname` is NUL-terminated when non-null (API contract).
+        let n = unsafe { name(gname) }?;
+        let (addr, size) = driver::with(|d| d.library_get_managed(h(library), n))?;
+        // SAFETY: either out-pointer may be null; non-null ones are valid
+        // for writes (API contract).
+        unsafe {
+            out_opt(dptr, addr);
+            out_opt(bytes, size as usize);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuKernelGetFunction(func: *mut CUfunction, kernel: CUkernel) -> CUresult {
     ffi(|| {
         need(func)?;

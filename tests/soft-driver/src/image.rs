@@ -94,6 +94,7 @@ fn from_elf(image: &[u8]) -> CuResult<ptx::Module> {
             size: g.size as usize,
             align: 8,
             init: Vec::new(),
+            managed: false,
         })
         .collect();
     Ok(ptx::Module {

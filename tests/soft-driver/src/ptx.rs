@@ -94,6 +94,8 @@ pub struct Variable {
     pub align: usize,
     /// Initial contents, little-endian; shorter than `size` means the rest is zero.
     pub init: Vec<u8>,
+    /// Declared `.attribute(.managed)` (a CUDA `__managed__` variable).
+    pub managed: bool,
 }
 
 /// What the simulated driver knows about a loaded PTX module.
@@ -714,6 +716,17 @@ impl Parser {
 
     /// Variables after `.global` / `.const`, through the `;`.
     fn variables(&mut self, space: Space) -> Result<Vec<Variable>, PtxError> {
+        let mut managed = false;
+        if self.eat_word(".attribute") {
+            self.expect_punct('(')?;
+            loop {
+                managed |= self.word("variable attribute")? == ".managed";
+                if self.eat_punct(')') {
+                    break;
+                }
+                self.expect_punct(',')?;
+            }
+        }
         let mut align = None;
         if self.eat_word(".align") {
             align = Some(self.align_value()?);
@@ -757,6 +770,7 @@ impl Parser {
                 size,
                 align,
                 init,
+                managed,
             });
             if self.eat_punct(';') {
                 return Ok(vars);
@@ -880,6 +894,8 @@ mod tests {
 	// .globl	gp_saxpy
 .global .align 4 .b8 table[64];
 .global .align 4 .u32 counter = 7;
+.global .attribute(.managed) .align 4 .b8 shared_table[4000];
+.global .attribute(.managed) .align 4 .u32 shared_count = 3;
 .const .align 4 .f32 coeffs[3] = {0f3F800000, 2.5, -1};
 
 .visible .entry gp_saxpy(
@@ -926,7 +942,14 @@ $L__BB0_2:
         let t = m.variable("table").unwrap();
         assert_eq!((t.size, t.align, t.space), (64, 4, Space::Global));
         let c = m.variable("counter").unwrap();
-        assert_eq!((c.size, c.init.clone()), (4, 7u32.to_le_bytes().to_vec()));
+        assert_eq!(
+            (c.size, c.init.clone(), c.managed),
+            (4, 7u32.to_le_bytes().to_vec(), false)
+        );
+        let st = m.variable("shared_table").unwrap();
+        assert_eq!((st.size, st.align, st.managed), (4000, 4, true));
+        let sc = m.variable("shared_count").unwrap();
+        assert_eq!((sc.init.clone(), sc.managed), (3u32.to_le_bytes().to_vec(), true));
         let k = m.variable("coeffs").unwrap();
         assert_eq!(k.space, Space::Const);
         let vals: Vec<f32> = k

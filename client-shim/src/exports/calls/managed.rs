@@ -74,19 +74,53 @@ struct Advice {
 
 struct Managed {
     ctx: Handle,
-    /// The server's allocation, which holds `base .. base + len`.
-    alloc: u64,
-    /// Bytes the program asked for.
+    /// The server's allocation, which holds `base .. base + len`; `None`
+    /// for a module's `__managed__` variables.
+    alloc: Option<u64>,
+    /// Bytes the program asked for (for variables, all that is mapped).
     size: usize,
     /// Bytes mapped at the base: `size` up to whole pages.
     len: usize,
+    /// Where the data is, for variables: they share pages with memory that
+    /// is not theirs, which the shim never reads or writes. Empty for an
+    /// allocation, which is data throughout.
+    variables: Vec<Variable>,
     blocks: Vec<Held>,
     /// The shim's stream for this context.
     stream: Handle,
     advice: Advice,
 }
 
+/// One `__managed__` variable: its bytes and the library it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Variable {
+    start: usize,
+    end: usize,
+    library: Handle,
+}
+
 impl Managed {
+    /// The pieces of `addr .. addr + len` that hold data: all of it for an
+    /// allocation, the variables' bytes in it otherwise.
+    fn data_in(&self, addr: usize, len: usize) -> Vec<(usize, usize)> {
+        if self.variables.is_empty() {
+            return vec![(addr, len)];
+        }
+        let end = addr + len;
+        self.variables
+            .iter()
+            .filter_map(|v| {
+                let (a, b) = (v.start.max(addr), v.end.min(end));
+                (a < b).then(|| (a, b - a))
+            })
+            .collect()
+    }
+
+    /// A device address the range surely has, for fences.
+    fn probe(&self, base: usize) -> u64 {
+        self.variables.first().map_or(base, |v| v.start) as u64
+    }
+
     /// The bytes of blocks `first .. first + n` of the range at `base`.
     fn span(&self, base: usize, first: usize, n: usize) -> (usize, usize) {
         let start = first * BLOCK;
@@ -167,19 +201,22 @@ fn fence(s: &Shim, ctx: Handle, stream: Handle, addr: u64) -> CuResult {
     unsafe { s.remote.call_into_sink(&req, Sink::linear(&mut byte, 1), true) }
 }
 
-/// Write `len` bytes of the host copy at `addr` (read-only now) to the device.
+/// Write the data in `len` bytes of the host copy at `addr` (read-only
+/// now) to the device.
 fn flush(s: &Shim, m: &Managed, addr: usize, len: usize) -> CuResult {
-    // SAFETY: the range is mapped, readable and the shim's own.
-    let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
-    for (i, chunk) in bytes.chunks(COPY_CHUNK).enumerate() {
-        let req = Request::MemcpyHtoD {
-            ctx: m.ctx,
-            stream: StreamRef::Handle(m.stream),
-            dst: addr as u64,
-            offset: (i * COPY_CHUNK) as u64,
-            total: len as u64,
-        };
-        s.remote.post(&req, chunk)?;
+    for (at, n) in m.data_in(addr, len) {
+        // SAFETY: the range is mapped, readable and the shim's own.
+        let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, n) };
+        for (i, chunk) in bytes.chunks(COPY_CHUNK).enumerate() {
+            let req = Request::MemcpyHtoD {
+                ctx: m.ctx,
+                stream: StreamRef::Handle(m.stream),
+                dst: at as u64,
+                offset: (i * COPY_CHUNK) as u64,
+                total: n as u64,
+            };
+            s.remote.post(&req, chunk)?;
+        }
     }
     Ok(())
 }
@@ -189,18 +226,21 @@ fn flush(s: &Shim, m: &Managed, addr: usize, len: usize) -> CuResult {
 fn fetch(s: &Shim, base: usize, m: &mut Managed, first: usize, n: usize) -> CuResult {
     let (addr, len) = m.span(base, first, n);
     let mut scratch = Scratch::new(len).map_err(|e| os_error("scratch pages", e))?;
-    let req = Request::MemcpyDtoH {
-        ctx: m.ctx,
-        stream: StreamRef::Handle(m.stream),
-        src: addr as u64,
-        len: len as u64,
-        sync: false,
-    };
-    // SAFETY: the scratch pages are writable and live until installed.
-    unsafe {
-        s.remote
-            .call_into_sink(&req, Sink::linear(scratch.as_mut_ptr(), len), true)
-    }?;
+    for (at, n) in m.data_in(addr, len) {
+        let req = Request::MemcpyDtoH {
+            ctx: m.ctx,
+            stream: StreamRef::Handle(m.stream),
+            src: at as u64,
+            len: n as u64,
+            sync: false,
+        };
+        // SAFETY: the scratch pages are writable, hold `at - addr + n`
+        // bytes and live until installed.
+        unsafe {
+            s.remote
+                .call_into_sink(&req, Sink::linear(scratch.as_mut_ptr().add(at - addr), n), true)
+        }?;
+    }
     // SAFETY: the target is inside this allocation's mapping.
     unsafe { scratch.install(addr) }.map_err(|e| os_error("installing fetched pages", e))?;
     m.blocks[first..first + n].fill(Held::Clean);
@@ -267,7 +307,10 @@ pub(super) fn settle_for(s: &Shim, stream: StreamRef) -> CuResult {
 }
 
 fn settle(s: &Shim) -> CuResult {
-    let mut t = table();
+    settle_locked(s, &mut table())
+}
+
+fn settle_locked(s: &Shim, t: &mut Table) -> CuResult {
     let mut fences = Vec::new();
     for (&base, m) in t.ranges.iter_mut() {
         let dirty = runs(&m.blocks, |h| h == Held::Dirty);
@@ -280,7 +323,7 @@ fn settle(s: &Shim) -> CuResult {
             m.blocks[first..first + n].fill(Held::Clean);
         }
         if !dirty.is_empty() {
-            fences.push((m.ctx, m.stream, base as u64));
+            fences.push((m.ctx, m.stream, m.probe(base)));
         }
     }
     for (ctx, stream, addr) in fences {
@@ -391,9 +434,10 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
         base,
         Managed {
             ctx,
-            alloc,
+            alloc: Some(alloc),
             size,
             len,
+            variables: Vec::new(),
             blocks: vec![Held::Clean; blocks],
             stream,
             advice: Advice::default(),
@@ -404,25 +448,160 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
     unsafe { out(ptr, base as u64) }
 }
 
+/// Pieces of `lo .. hi` that none of `taken` (sorted `(start, end)`
+/// ranges) covers.
+fn gaps(lo: usize, hi: usize, taken: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = lo;
+    for &(a, b) in taken {
+        if a > at {
+            out.push((at, a.min(hi)));
+        }
+        at = at.max(b);
+    }
+    if at < hi {
+        out.push((at, hi));
+    }
+    out.retain(|(a, b)| a < b);
+    out
+}
+
+/// A module's `__managed__` variable at `ptr .. ptr + size` (from
+/// `cuLibraryGetManaged`): the host maps its pages at the same address,
+/// device-held, as for an allocation. Variables share pages with one
+/// another (and with memory that is not managed), so one range holds all
+/// the variables whose pages touch, and only the variables' bytes ever
+/// move.
+pub(super) fn adopt_variable(s: &Shim, ctx: Handle, library: Handle, ptr: u64, size: u64) -> CuResult {
+    if size == 0 {
+        return Ok(());
+    }
+    pages::install_fault_handler(resolve_fault).map_err(|e| {
+        tracing::warn!("managed memory needs a SIGSEGV handler, which could not be installed: {e}");
+        CuError::NOT_SUPPORTED
+    })?;
+    let page = pages::page_size();
+    let start = ptr as usize;
+    let end = start.checked_add(size as usize).ok_or(CuError::INVALID_VALUE)?;
+    let var = Variable { start, end, library };
+    let mut t = table();
+    let known =
+        find(&t, start).is_some_and(|b| t.ranges[&b].variables.iter().any(|v| v.start == start && v.end == end));
+    if known {
+        return Ok(());
+    }
+    let (lo, hi) = (start / page * page, end.next_multiple_of(page));
+    let touching: Vec<usize> = t
+        .ranges
+        .iter()
+        .filter(|(b, m)| **b < hi && lo < **b + m.len)
+        .map(|(b, _)| *b)
+        .collect();
+    if touching.iter().any(|b| t.ranges[b].alloc.is_some()) {
+        tracing::warn!("a __managed__ variable at {start:#x} shares pages with a managed allocation; not mapped");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    // Everything back to the device first: the merged range starts with
+    // every block there.
+    if !touching.is_empty() {
+        settle_locked(s, &mut t)?;
+    }
+    let taken: Vec<(usize, usize)> = touching.iter().map(|b| (*b, b + t.ranges[b].len)).collect();
+    let lo = taken.first().map_or(lo, |r| r.0.min(lo));
+    let hi = taken.iter().map(|r| r.1).max().unwrap_or(hi).max(hi);
+    let mut mapped = Vec::new();
+    for (a, b) in gaps(lo, hi, &taken) {
+        let made = pages::map_zeroed_at(a, b - a).and_then(|()| {
+            // SAFETY: just mapped, the shim's own.
+            unsafe { pages::protect(a, b - a, Access::None) }
+        });
+        if let Err(e) = made {
+            for (a, b) in mapped {
+                // SAFETY: mapped above and nobody's yet.
+                unsafe { pages::unmap(a, b - a) };
+            }
+            tracing::warn!(
+                "the __managed__ variable at {start:#x} cannot be mapped at its device address in this process \
+                 ({e}); returning CUDA_ERROR_OUT_OF_MEMORY"
+            );
+            return Err(CuError::OUT_OF_MEMORY);
+        }
+        mapped.push((a, b));
+    }
+    let stream = private_stream(s, &mut t, ctx)?;
+    let mut variables = vec![var];
+    let mut advice = Advice::default();
+    for b in &touching {
+        if let Some(m) = t.ranges.remove(b) {
+            variables.extend(m.variables);
+            advice = m.advice;
+            RANGES.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    variables.sort_by_key(|v| v.start);
+    let len = hi - lo;
+    t.ranges.insert(
+        lo,
+        Managed {
+            ctx,
+            alloc: None,
+            size: len,
+            len,
+            variables,
+            blocks: vec![Held::Device; len.div_ceil(BLOCK)],
+            stream,
+            advice,
+        },
+    );
+    RANGES.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// A library went: so did its `__managed__` variables.
+pub(super) fn forget_library(library: Handle) {
+    if RANGES.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut t = table();
+    let mut empty = Vec::new();
+    for (&base, m) in t.ranges.iter_mut() {
+        if m.alloc.is_none() {
+            m.variables.retain(|v| v.library != library);
+            if m.variables.is_empty() {
+                empty.push(base);
+            }
+        }
+    }
+    for base in empty {
+        if let Some(m) = t.ranges.remove(&base) {
+            RANGES.fetch_sub(1, Ordering::AcqRel);
+            RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
+            // SAFETY: the variables went with their library.
+            unsafe { pages::unmap(base, m.len) };
+        }
+    }
+}
+
 /// `cuMemFree` of managed memory: `None` when `ptr` is not the start of a
 /// managed allocation.
 pub(super) fn free(s: &Shim, ptr: CUdeviceptr) -> Option<CuResult> {
     if RANGES.load(Ordering::Acquire) == 0 {
         return None;
     }
-    let m = table().ranges.remove(&(ptr as usize))?;
+    let mut t = table();
+    let alloc = t.ranges.get(&(ptr as usize))?.alloc;
+    let Some(alloc) = alloc else {
+        // A module's variable: it goes with its module.
+        return Some(Err(CuError::INVALID_VALUE));
+    };
+    let m = t.ranges.remove(&(ptr as usize))?;
+    drop(t);
     RANGES.fetch_sub(1, Ordering::AcqRel);
     RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
     lock(&s.device_memory).remove(&ptr);
     // SAFETY: the allocation is gone; its pages are the shim's.
     unsafe { pages::unmap(ptr as usize, m.len) };
-    Some(s.remote.post(
-        &Request::MemFree {
-            ctx: m.ctx,
-            ptr: m.alloc,
-        },
-        &[],
-    ))
+    Some(s.remote.post(&Request::MemFree { ctx: m.ctx, ptr: alloc }, &[]))
 }
 
 /// A context went: so did its managed memory and the shim's stream in it.
@@ -685,6 +864,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gaps_are_what_no_range_covers() {
+        assert_eq!(gaps(0, 100, &[]), vec![(0, 100)]);
+        assert_eq!(gaps(0, 100, &[(0, 40)]), vec![(40, 100)]);
+        assert_eq!(gaps(0, 100, &[(20, 40), (60, 100)]), vec![(0, 20), (40, 60)]);
+        assert!(gaps(10, 50, &[(0, 60)]).is_empty());
+    }
+
+    #[test]
+    fn variables_move_only_their_own_bytes() {
+        let v = |start, end| Variable { start, end, library: 1 };
+        let m = Managed {
+            ctx: 1,
+            alloc: None,
+            size: 8192,
+            len: 8192,
+            variables: vec![v(0x1010, 0x1020), v(0x1ff0, 0x2100)],
+            blocks: vec![Held::Device],
+            stream: 2,
+            advice: Advice::default(),
+        };
+        assert_eq!(m.data_in(0x1000, 0x2000), vec![(0x1010, 0x10), (0x1ff0, 0x110)]);
+        assert_eq!(m.data_in(0x2000, 0x1000), vec![(0x2000, 0x100)]);
+        assert!(m.data_in(0x1100, 0x100).is_empty());
+        assert_eq!(m.probe(0x1000), 0x1010);
+        let whole = Managed {
+            variables: Vec::new(),
+            ..m
+        };
+        assert_eq!(whole.data_in(0x1000, 0x2000), vec![(0x1000, 0x2000)]);
+    }
+
+    #[test]
     fn runs_pick_consecutive_blocks() {
         use Held::*;
         let b = [Device, Clean, Clean, Device, Dirty, Dirty, Clean];
@@ -709,9 +920,10 @@ mod tests {
     fn spans_end_at_the_mapping() {
         let m = Managed {
             ctx: 1,
-            alloc: 0,
+            alloc: Some(0),
             size: BLOCK + 10,
             len: BLOCK + 4096,
+            variables: Vec::new(),
             blocks: vec![Held::Clean; 2],
             stream: 2,
             advice: Advice::default(),
