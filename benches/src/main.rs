@@ -2,7 +2,8 @@
 //! bare transports (TCP and QUIC ping-pong and bulk streams on loopback) and
 //! the same operations through gpupool (a driver-API program through the
 //! shim to a GPU server), and prints each gpupool figure beside the bare
-//! transport's, with the ratio.
+//! transport's, with the ratio; managed memory is set beside explicit
+//! copies of the same size.
 //!
 //! ```text
 //! gpupool-e2e-bench [--driver PATH] [--max-mib N] [--iters N] [--rounds N]
@@ -69,6 +70,8 @@ fn main() -> Result<()> {
         "tcp: sync vs blocking bare",
         "tcp: host function p50",
         "tcp: alloc+free async p50",
+        "tcp: managed 1 MiB read vs DtoH",
+        "tcp: managed 1 MiB write vs HtoD",
         "quic: sync call p50",
         "quic: 4-byte DtoH p50",
         "quic: host function p50",
@@ -93,6 +96,8 @@ fn main() -> Result<()> {
             (tcp[0], tcp_blocking),
             (tcp[2], tcp_rtt),
             (tcp[3], tcp_rtt),
+            (tcp[4], tcp[5]),
+            (tcp[6], tcp[7]),
             (q[0], quic_rtt),
             (q[1], quic_rtt),
             (q[2], quic_rtt),
@@ -107,21 +112,21 @@ fn main() -> Result<()> {
 
     println!();
     println!(
-        "{:<26} {:>12} {:>12} {:>14}",
-        "what (median of rounds)", "gpupool", "bare RTT", "ratio (median)"
+        "{:<34} {:>12} {:>12} {:>14}",
+        "what (median of rounds)", "gpupool", "baseline", "ratio (median)"
     );
     for (name, values, bares) in &rows {
         let ratios: Vec<f64> = values.iter().zip(bares).map(|(v, b)| v / b).collect();
         println!(
-            "{:<26} {:>10.1}µs {:>10.1}µs {:>13.2}x",
+            "{:<34} {:>10.1}µs {:>10.1}µs {:>13.2}x",
             name,
             median(values.clone()),
             median(bares.clone()),
             median(ratios)
         );
     }
-    println!("{:<26} {:>12.0}", "tcp: async launches / s", launches_tcp);
-    println!("{:<26} {:>12.0}", "quic: async launches / s", launches_quic);
+    println!("{:<34} {:>12.0}", "tcp: async launches / s", launches_tcp);
+    println!("{:<34} {:>12.0}", "quic: async launches / s", launches_quic);
 
     // Bandwidth: per transport and round, the bare stream at every size,
     // then gpupool's copies at every size; each figure is the median over
@@ -457,8 +462,10 @@ impl Pool {
 
     /// p50s in µs: a synchronising call, a 4-byte device-to-host copy, a
     /// host function from enqueue to its run, a stream-ordered allocation
-    /// with its free.
-    fn latency(&self, quic: bool, iters: usize) -> Result<[f64; 4]> {
+    /// with its free; a host read of 1 MiB of device-held managed memory
+    /// and a 1 MiB device-to-host copy; a launch after the host wrote
+    /// 1 MiB of managed memory and a 1 MiB host-to-device copy.
+    fn latency(&self, quic: bool, iters: usize) -> Result<[f64; 8]> {
         let out = self.run(quic, &["latency".into(), iters.to_string()])?;
         let p50 = |key: &str| {
             out.lines()
@@ -471,6 +478,10 @@ impl Pool {
             p50("BENCH dtoh4_us")?,
             p50("BENCH hostfn_us")?,
             p50("BENCH alloc_async_us")?,
+            p50("BENCH managed_read_1mib_us")?,
+            p50("BENCH dtoh_1mib_us")?,
+            p50("BENCH managed_writeback_1mib_us")?,
+            p50("BENCH htod_1mib_us")?,
         ])
     }
 

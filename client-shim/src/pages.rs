@@ -65,6 +65,68 @@ pub fn map_zeroed_at(addr: usize, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Map `len` bytes of zeroed pages twice over one memory file: read-only at
+/// exactly `addr` (page aligned) for the program, as [`map_zeroed_at`]
+/// does, and writable wherever the kernel puts it for the shim. Returns the
+/// shim's view. The shim fills device data into its view while the
+/// program's pages stay inaccessible, then opens them: no fresh pages for
+/// every fetch, and no thread of the program sees a half-filled page.
+/// Neither mapping is inherited by a forked child (which cannot use CUDA).
+pub fn map_shared_at(addr: usize, len: usize) -> io::Result<usize> {
+    if !addr.is_multiple_of(page_size()) || len == 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: the name is NUL-terminated; the file is new and the caller's.
+    let fd = unsafe { libc::memfd_create(c"gpupool-managed".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mapped = (|| {
+        // SAFETY: fd is the new file's.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        let got = unsafe { libc::mmap(addr as *mut c_void, len, libc::PROT_READ, flags, fd, 0) };
+        if got == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if got as usize != addr {
+            // A kernel older than MAP_FIXED_NOREPLACE mapped elsewhere.
+            // SAFETY: just made, nothing else knows it.
+            unsafe { libc::munmap(got, len) };
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        // SAFETY: a new shared mapping of the same file, anywhere.
+        let view = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if view == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // SAFETY: made above, nothing else knows it.
+            unsafe { libc::munmap(addr as *mut c_void, len) };
+            return Err(e);
+        }
+        for at in [addr as *mut c_void, view] {
+            // SAFETY: both are the mappings just made. Failing only keeps
+            // them in a child, which is harmless.
+            unsafe { libc::madvise(at, len, libc::MADV_DONTFORK) };
+        }
+        Ok(view as usize)
+    })();
+    // SAFETY: the mappings keep the file; the descriptor is not needed.
+    unsafe { libc::close(fd) };
+    mapped
+}
+
 /// Change what the program may do with `len` bytes at `addr`.
 ///
 /// # Safety
@@ -97,7 +159,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(len: usize) -> io::Result<Scratch> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        // Populated at once: the fetch writes every page, and one call that
+        // makes them all costs less than a fault for each.
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
         // SAFETY: a new anonymous mapping wherever the kernel puts it.
         let got = unsafe {
             libc::mmap(

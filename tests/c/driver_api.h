@@ -235,6 +235,8 @@ typedef union {
 typedef CUresult (*PFN_cuStreamGetAttribute)(CUstream, int, CUstreamAttrValue *);
 typedef CUresult (*PFN_cuStreamSetAttribute)(CUstream, int, const CUstreamAttrValue *);
 typedef CUresult (*PFN_cuStreamCopyAttributes)(CUstream, CUstream);
+typedef CUresult (*PFN_cuProfilerStart)(void);
+typedef CUresult (*PFN_cuProfilerStop)(void);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720
 typedef CUresult (*PFN_cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
 typedef CUresult (*PFN_cuLaunchCooperativeKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,

@@ -1236,6 +1236,13 @@ int main(int argc, char **argv) {
             CHECK(cuCtxSetCurrent(ctx));
             EXPECT(cuStreamGetFlags(in_own, &f) == 400, "a destroyed context's stream still answers");
         }
+        /* With no profiler attached, profiling starts and stops. */
+        {
+            GET(cuProfilerStart, 4000);
+            GET(cuProfilerStop, 4000);
+            CHECK(cuProfilerStart());
+            CHECK(cuProfilerStop());
+        }
         /* Copies between two contexts' memory; no peer access to enable. */
         {
             GET(cuCtxCreate, 3020);
@@ -1983,6 +1990,60 @@ int main(int argc, char **argv) {
             CHECK(cuStreamDestroy(hs));
             qsort(lat, iters, sizeof(double), cmp_double);
             printf("BENCH alloc_async_us p50=%.1f p99=%.1f\n", lat[iters / 2], lat[iters * 99 / 100]);
+        }
+        {
+            /* Managed memory against explicit copies of the same size: a
+             * host read of device-held memory (one fault that fetches
+             * 1 MiB) against a 1 MiB device-to-host copy, and a launch
+             * after the host wrote 1 MiB (written back first) against a
+             * 1 MiB host-to-device copy. */
+            GET(cuMemAllocManaged, 6000);
+            int rounds = iters < 200 ? iters : 200;
+            const size_t mib = 1 << 20;
+            CUdeviceptr m;
+            CHECK(cuMemAllocManaged(&m, 16 * mib, CU_MEM_ATTACH_GLOBAL));
+            volatile unsigned char *hm = (volatile unsigned char *)(uintptr_t)m;
+            unsigned char *big = malloc(mib);
+            memset(big, 3, mib);
+            for (int i = 0; i < rounds; i++) {
+                /* A launch gives every block back to the device. */
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+                CHECK(cuCtxSynchronize());
+                size_t at = (size_t)(i % 16) * mib;
+                double t0 = now_us();
+                (void)hm[at];
+                lat[i] = now_us() - t0;
+            }
+            qsort(lat, rounds, sizeof(double), cmp_double);
+            printf("BENCH managed_read_1mib_us p50=%.1f p99=%.1f\n", lat[rounds / 2], lat[rounds * 99 / 100]);
+            for (int i = 0; i < rounds; i++) {
+                double t0 = now_us();
+                CHECK(cuMemcpyDtoH(big, p, mib));
+                lat[i] = now_us() - t0;
+            }
+            qsort(lat, rounds, sizeof(double), cmp_double);
+            printf("BENCH dtoh_1mib_us p50=%.1f p99=%.1f\n", lat[rounds / 2], lat[rounds * 99 / 100]);
+            for (int i = 0; i < rounds; i++) {
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+                CHECK(cuCtxSynchronize());
+                size_t at = (size_t)(i % 16) * mib;
+                for (size_t b = 0; b < mib; b += 64 << 10) hm[at + b] = (unsigned char)i;
+                double t0 = now_us();
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+                lat[i] = now_us() - t0;
+            }
+            qsort(lat, rounds, sizeof(double), cmp_double);
+            printf("BENCH managed_writeback_1mib_us p50=%.1f p99=%.1f\n", lat[rounds / 2], lat[rounds * 99 / 100]);
+            for (int i = 0; i < rounds; i++) {
+                double t0 = now_us();
+                CHECK(cuMemcpyHtoD(p, big, mib));
+                lat[i] = now_us() - t0;
+            }
+            qsort(lat, rounds, sizeof(double), cmp_double);
+            printf("BENCH htod_1mib_us p50=%.1f p99=%.1f\n", lat[rounds / 2], lat[rounds * 99 / 100]);
+            CHECK(cuCtxSynchronize());
+            CHECK(cuMemFree(m));
+            free(big);
         }
         if (with_launches) {
             int launches = iters * 20;

@@ -81,6 +81,9 @@ struct Managed {
     size: usize,
     /// Bytes mapped at the base: `size` up to whole pages.
     len: usize,
+    /// The shim's own writable view of the same pages, for an allocation
+    /// ([`pages::map_shared_at`]). Variables have none.
+    view: Option<usize>,
     /// Where the data is, for variables: they share pages with memory that
     /// is not theirs, which the shim never reads or writes. Empty for an
     /// allocation, which is data throughout.
@@ -100,6 +103,20 @@ struct Variable {
 }
 
 impl Managed {
+    /// Unmap the range (and the shim's view of it).
+    ///
+    /// # Safety
+    /// The range is gone for the program: nothing uses its pages any more.
+    unsafe fn unmap(&self, base: usize) {
+        // SAFETY: the caller's promise; both mappings are the shim's.
+        unsafe {
+            pages::unmap(base, self.len);
+            if let Some(view) = self.view {
+                pages::unmap(view, self.len);
+            }
+        }
+    }
+
     /// The pieces of `addr .. addr + len` that hold data: all of it for an
     /// allocation, the variables' bytes in it otherwise.
     fn data_in(&self, addr: usize, len: usize) -> Vec<(usize, usize)> {
@@ -225,6 +242,27 @@ fn flush(s: &Shim, m: &Managed, addr: usize, len: usize) -> CuResult {
 /// in place, read-only, in one step.
 fn fetch(s: &Shim, base: usize, m: &mut Managed, first: usize, n: usize) -> CuResult {
     let (addr, len) = m.span(base, first, n);
+    if let Some(view) = m.view {
+        // Into the shim's view while the program's pages stay closed, then
+        // open them.
+        let req = Request::MemcpyDtoH {
+            ctx: m.ctx,
+            stream: StreamRef::Handle(m.stream),
+            src: addr as u64,
+            len: len as u64,
+            sync: false,
+        };
+        // SAFETY: the view is writable and holds the whole range.
+        unsafe {
+            s.remote
+                .call_into_sink(&req, Sink::linear((view + (addr - base)) as *mut u8, len), true)
+        }?;
+        // SAFETY: the blocks are inside this allocation's mapping.
+        unsafe { pages::protect(addr, len, Access::Read) }.map_err(|e| os_error("opening fetched pages", e))?;
+        m.blocks[first..first + n].fill(Held::Clean);
+        RESIDENT.fetch_add(n, Ordering::AcqRel);
+        return Ok(());
+    }
     let mut scratch = Scratch::new(len).map_err(|e| os_error("scratch pages", e))?;
     for (at, n) in m.data_in(addr, len) {
         let req = Request::MemcpyDtoH {
@@ -381,8 +419,8 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
             _ => return Err(CuError::UNKNOWN),
         };
         let base = (d as usize).next_multiple_of(page);
-        match pages::map_zeroed_at(base, len) {
-            Ok(()) => placed = Some((d, base)),
+        match pages::map_shared_at(base, len) {
+            Ok(view) => placed = Some((d, base, view)),
             Err(e) => {
                 tracing::debug!("managed memory: device address {base:#x} is taken in this process ({e})");
                 refused.push(d);
@@ -392,7 +430,7 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
     for d in refused {
         s.remote.post(&Request::MemFree { ctx, ptr: d }, &[])?;
     }
-    let Some((alloc, base)) = placed else {
+    let Some((alloc, base, view)) = placed else {
         tracing::warn!(
             "cuMemAllocManaged: {PLACEMENT_TRIES} device addresses were all in use in this process; \
              returning CUDA_ERROR_OUT_OF_MEMORY"
@@ -414,8 +452,11 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
         .post(&zero, &[])
         .and_then(|()| fence(s, ctx, stream, base as u64));
     if let Err(e) = zeroed {
-        // SAFETY: the mapping was just made and is nobody's yet.
-        unsafe { pages::unmap(base, len) };
+        // SAFETY: the mappings were just made and are nobody's yet.
+        unsafe {
+            pages::unmap(base, len);
+            pages::unmap(view, len);
+        }
         let _ = s.remote.post(&Request::MemFree { ctx, ptr: alloc }, &[]);
         return Err(e);
     }
@@ -437,6 +478,7 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
             alloc: Some(alloc),
             size,
             len,
+            view: Some(view),
             variables: Vec::new(),
             blocks: vec![Held::Clean; blocks],
             stream,
@@ -547,6 +589,7 @@ pub(super) fn adopt_variable(s: &Shim, ctx: Handle, library: Handle, ptr: u64, s
             alloc: None,
             size: len,
             len,
+            view: None,
             variables,
             blocks: vec![Held::Device; len.div_ceil(BLOCK)],
             stream,
@@ -577,7 +620,7 @@ pub(super) fn forget_library(library: Handle) {
             RANGES.fetch_sub(1, Ordering::AcqRel);
             RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
             // SAFETY: the variables went with their library.
-            unsafe { pages::unmap(base, m.len) };
+            unsafe { m.unmap(base) };
         }
     }
 }
@@ -600,7 +643,7 @@ pub(super) fn free(s: &Shim, ptr: CUdeviceptr) -> Option<CuResult> {
     RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
     lock(&s.device_memory).remove(&ptr);
     // SAFETY: the allocation is gone; its pages are the shim's.
-    unsafe { pages::unmap(ptr as usize, m.len) };
+    unsafe { m.unmap(ptr as usize) };
     Some(s.remote.post(&Request::MemFree { ctx: m.ctx, ptr: alloc }, &[]))
 }
 
@@ -617,7 +660,7 @@ pub(super) fn forget_context(ctx: Handle) {
             RANGES.fetch_sub(1, Ordering::AcqRel);
             RESIDENT.fetch_sub(m.resident(), Ordering::AcqRel);
             // SAFETY: the memory went with its context.
-            unsafe { pages::unmap(base, m.len) };
+            unsafe { m.unmap(base) };
         }
     }
 }
@@ -879,6 +922,7 @@ mod tests {
             alloc: None,
             size: 8192,
             len: 8192,
+            view: None,
             variables: vec![v(0x1010, 0x1020), v(0x1ff0, 0x2100)],
             blocks: vec![Held::Device],
             stream: 2,
@@ -923,6 +967,7 @@ mod tests {
             alloc: Some(0),
             size: BLOCK + 10,
             len: BLOCK + 4096,
+            view: None,
             variables: Vec::new(),
             blocks: vec![Held::Clean; 2],
             stream: 2,
