@@ -370,6 +370,9 @@ driver_api! {
     cuStreamGetAttribute(stream: Ptr, attr: u32, value: *mut c_void);
     cuStreamSetAttribute(stream: Ptr, attr: u32, value: *const c_void);
     cuStreamCopyAttributes(dst: Ptr, src: Ptr);
+    cuTensorMapEncodeTiled(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, box_dims: *const u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
+    cuTensorMapEncodeIm2col(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, lower: *const i32, upper: *const i32, channels: u32, pixels: u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
+    cuTensorMapReplaceAddress(map: *mut c_void, address: *mut c_void);
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);

@@ -18,8 +18,8 @@ use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
-    is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, ATTRIBUTE_VALUE_BYTES,
-    DEVICE_STATUS_NO_SERVER_NVML,
+    is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, TensorMapDesc,
+    TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
@@ -821,6 +821,8 @@ impl<'d> Worker<'d> {
             R::LibraryGetKernel { library, name } => to_reply(self.library_get_kernel(library, &name)),
             R::LibraryGetGlobal { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, false)),
             R::LibraryGetManaged { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, true)),
+            R::TensorMapEncode(desc) => to_reply(tensor_map_encode(d, &desc)),
+            R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
             R::FuncGetAttribute { ctx, func, attr } => {
                 to_reply(self.make_current(ctx).and_then(|()| {
@@ -2538,6 +2540,93 @@ impl IntoReply for DriverResult {
     fn into_reply(self) -> Reply {
         Reply::Status(self.err().unwrap_or(0))
     }
+}
+
+/// A `CUtensorMap`: 128 bytes, 64-aligned.
+#[repr(C, align(64))]
+struct TensorMap([u8; TENSOR_MAP_BYTES]);
+
+/// Encode a tensor map with the driver: a pure function of its arguments,
+/// which need no context (the address is only written into the map).
+fn tensor_map_encode(d: &Driver, t: &TensorMapDesc) -> DriverResult<Reply> {
+    let rank = t.rank as usize;
+    let sized = |n: usize, want: usize| if n == want { Ok(()) } else { Err(INVALID_VALUE) };
+    if !(1..=5).contains(&rank) {
+        return Err(INVALID_VALUE);
+    }
+    sized(t.dims.len(), rank)?;
+    sized(t.strides.len(), rank - 1)?;
+    sized(t.element_strides.len(), rank)?;
+    let mut map = TensorMap([0; TENSOR_MAP_BYTES]);
+    let out = map.0.as_mut_ptr().cast::<c_void>();
+    let address = t.address as usize as *mut c_void;
+    match &t.kind {
+        TensorMapKind::Tiled { box_dims } => {
+            sized(box_dims.len(), rank)?;
+            // SAFETY: every array holds what the rank asks (checked above);
+            // `out` is a 64-aligned CUtensorMap.
+            unsafe {
+                d.cuTensorMapEncodeTiled(
+                    out,
+                    t.data_type,
+                    t.rank,
+                    address,
+                    t.dims.as_ptr(),
+                    t.strides.as_ptr(),
+                    box_dims.as_ptr(),
+                    t.element_strides.as_ptr(),
+                    t.interleave,
+                    t.swizzle,
+                    t.l2_promotion,
+                    t.oob_fill,
+                )
+            }?;
+        }
+        TensorMapKind::Im2col {
+            lower,
+            upper,
+            channels,
+            pixels,
+        } => {
+            if rank < 3 {
+                return Err(INVALID_VALUE);
+            }
+            sized(lower.len(), rank - 2)?;
+            sized(upper.len(), rank - 2)?;
+            // SAFETY: as above.
+            unsafe {
+                d.cuTensorMapEncodeIm2col(
+                    out,
+                    t.data_type,
+                    t.rank,
+                    address,
+                    t.dims.as_ptr(),
+                    t.strides.as_ptr(),
+                    lower.as_ptr(),
+                    upper.as_ptr(),
+                    *channels,
+                    *pixels,
+                    t.element_strides.as_ptr(),
+                    t.interleave,
+                    t.swizzle,
+                    t.l2_promotion,
+                    t.oob_fill,
+                )
+            }?;
+        }
+    }
+    Ok(Reply::Bytes(map.0.to_vec()))
+}
+
+fn tensor_map_replace(d: &Driver, map: &[u8], address: u64) -> DriverResult<Reply> {
+    let mut m = TensorMap([0; TENSOR_MAP_BYTES]);
+    if map.len() != TENSOR_MAP_BYTES {
+        return Err(INVALID_VALUE);
+    }
+    m.0.copy_from_slice(map);
+    // SAFETY: a whole, 64-aligned CUtensorMap; the address is only encoded.
+    unsafe { d.cuTensorMapReplaceAddress(m.0.as_mut_ptr().cast(), address as usize as *mut c_void) }?;
+    Ok(Reply::Bytes(m.0.to_vec()))
 }
 
 fn to_reply(r: impl IntoReply) -> Reply {

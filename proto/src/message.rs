@@ -431,6 +431,47 @@ pub enum Request {
     /// sync -> `Reply::Global`: a `__managed__` variable of a library
     /// (`cuLibraryGetManaged`).
     LibraryGetManaged { ctx: Handle, library: Handle, name: String },
+    /// sync -> `Reply::Bytes`: a TMA tensor map (`CUtensorMap`, 128 bytes)
+    /// the server's driver encodes (`cuTensorMapEncodeTiled`,
+    /// `cuTensorMapEncodeIm2col`).
+    TensorMapEncode(TensorMapDesc),
+    /// sync -> `Reply::Bytes`: `map` with its global address replaced
+    /// (`cuTensorMapReplaceAddress`).
+    TensorMapReplaceAddress { map: Vec<u8>, address: u64 },
+}
+
+/// Bytes of a `CUtensorMap`.
+pub const TENSOR_MAP_BYTES: usize = 128;
+
+/// What a tensor map describes, as the program passed it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TensorMapDesc {
+    pub data_type: u32,
+    pub rank: u32,
+    pub address: u64,
+    /// `rank` sizes, and the byte strides of all but the first dimension.
+    pub dims: Vec<u64>,
+    pub strides: Vec<u64>,
+    pub element_strides: Vec<u32>,
+    pub interleave: u32,
+    pub swizzle: u32,
+    pub l2_promotion: u32,
+    pub oob_fill: u32,
+    pub kind: TensorMapKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TensorMapKind {
+    /// `rank` box sizes.
+    Tiled { box_dims: Vec<u32> },
+    /// The pixel box corners (`rank - 2` each), channels per pixel and
+    /// pixels per column.
+    Im2col {
+        lower: Vec<i32>,
+        upper: Vec<i32>,
+        channels: u32,
+        pixels: u32,
+    },
 }
 
 /// Bytes of a `CUstreamAttrValue` / `CUlaunchAttributeValue`.

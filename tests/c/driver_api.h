@@ -235,6 +235,17 @@ typedef union {
 typedef CUresult (*PFN_cuStreamGetAttribute)(CUstream, int, CUstreamAttrValue *);
 typedef CUresult (*PFN_cuStreamSetAttribute)(CUstream, int, const CUstreamAttrValue *);
 typedef CUresult (*PFN_cuStreamCopyAttributes)(CUstream, CUstream);
+typedef struct {
+    _Alignas(64) unsigned char opaque[128];
+} CUtensorMap;
+typedef CUresult (*PFN_cuTensorMapEncodeTiled)(CUtensorMap *, int, unsigned, void *, const uint64_t *, const uint64_t *,
+                                               const unsigned *, const unsigned *, int, int, int, int);
+typedef CUresult (*PFN_cuTensorMapEncodeIm2col)(CUtensorMap *, int, unsigned, void *, const uint64_t *,
+                                                const uint64_t *, const int *, const int *, unsigned, unsigned,
+                                                const unsigned *, int, int, int, int);
+typedef CUresult (*PFN_cuTensorMapReplaceAddress)(CUtensorMap *, void *);
+#define CU_TENSOR_MAP_DATA_TYPE_FLOAT32 7
+#define CU_TENSOR_MAP_DATA_TYPE_FLOAT16 6
 typedef CUresult (*PFN_cuProfilerStart)(void);
 typedef CUresult (*PFN_cuProfilerStop)(void);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720

@@ -1236,6 +1236,49 @@ int main(int argc, char **argv) {
             CHECK(cuCtxSetCurrent(ctx));
             EXPECT(cuStreamGetFlags(in_own, &f) == 400, "a destroyed context's stream still answers");
         }
+        /* TMA tensor maps over device memory: encoded, the same again for
+         * the same arguments, moved to another address; arguments outside
+         * the documented rules refused. */
+        {
+            GET(cuTensorMapEncodeTiled, 12000);
+            GET(cuTensorMapEncodeIm2col, 12000);
+            GET(cuTensorMapReplaceAddress, 12000);
+            CUdeviceptr t;
+            CHECK(cuMemAlloc(&t, 1 << 20));
+            void *ta = (void *)(uintptr_t)t;
+            uint64_t dims[2] = {256, 64}, strides[1] = {1024};
+            unsigned box[2] = {32, 8}, es[2] = {1, 1};
+            CUtensorMap m1, m2, m3;
+            CHECK(cuTensorMapEncodeTiled(&m1, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, ta, dims, strides, box, es, 0, 0, 0, 0));
+            CHECK(cuTensorMapEncodeTiled(&m2, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, ta, dims, strides, box, es, 0, 0, 0, 0));
+            EXPECT(!memcmp(&m1, &m2, sizeof m1), "one set of arguments, two tensor maps");
+            m3 = m1;
+            CHECK(cuTensorMapReplaceAddress(&m3, (char *)ta + 65536));
+            EXPECT(memcmp(&m1, &m3, sizeof m1) != 0, "replacing the address changed nothing");
+            CHECK(cuTensorMapReplaceAddress(&m3, ta));
+            EXPECT(!memcmp(&m1, &m3, sizeof m1), "the address put back does not give the first map");
+            uint64_t bad_strides[1] = {1000};
+            unsigned big_box[2] = {32, 300};
+            EXPECT(cuTensorMapEncodeTiled(&m2, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, (char *)ta + 4, dims, strides, box, es,
+                                          0, 0, 0, 0) == CUDA_ERROR_INVALID_VALUE,
+                   "a tensor map at an address not 16-byte aligned");
+            EXPECT(cuTensorMapEncodeTiled(&m2, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, ta, dims, bad_strides, box, es, 0, 0,
+                                          0, 0) == CUDA_ERROR_INVALID_VALUE,
+                   "a stride not a multiple of 16");
+            EXPECT(cuTensorMapEncodeTiled(&m2, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, ta, dims, strides, big_box, es, 0, 0,
+                                          0, 0) == CUDA_ERROR_INVALID_VALUE,
+                   "a box of 300");
+            EXPECT(cuTensorMapEncodeTiled(&m2, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 6, ta, dims, strides, box, es, 0, 0, 0,
+                                          0) == CUDA_ERROR_INVALID_VALUE,
+                   "a rank of 6");
+            /* An NHWC half-precision image for a convolution. */
+            uint64_t idims[4] = {64, 16, 16, 4}, istrides[3] = {128, 2048, 32768};
+            int lower[2] = {-1, -1}, upper[2] = {1, 1};
+            unsigned ies[4] = {1, 1, 1, 1};
+            CHECK(cuTensorMapEncodeIm2col(&m2, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, ta, idims, istrides, lower, upper, 64,
+                                          32, ies, 0, 0, 0, 0));
+            CHECK(cuMemFree(t));
+        }
         /* With no profiler attached, profiling starts and stops. */
         {
             GET(cuProfilerStart, 4000);

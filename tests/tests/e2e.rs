@@ -47,6 +47,23 @@ fn report_row(report: &str, call: &str) -> (u64, u64) {
     (cols[1].parse().unwrap(), cols[4].parse().unwrap())
 }
 
+/// A tensor map encoded again with the same arguments is the shim's
+/// answer; a refusal the shim can judge (rank 6) costs no round trip.
+#[test]
+fn tensor_maps_are_encoded_once_per_arguments() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("queries").env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stderr);
+    // Two encodes of one map (one round trip), three refused by the
+    // driver, one by the shim.
+    assert_eq!(report_row(&report, "cuTensorMapEncodeTiled"), (6, 4));
+    assert_eq!(report_row(&report, "cuTensorMapReplaceAddress"), (2, 2));
+    assert_eq!(report_row(&report, "cuTensorMapEncodeIm2col"), (1, 1));
+}
+
 #[test]
 fn repeated_queries_are_answered_in_the_shim() {
     let server = Server::start();

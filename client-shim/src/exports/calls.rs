@@ -25,6 +25,7 @@ mod hostfns;
 mod managed;
 mod pools;
 mod queries;
+mod tensormap;
 mod vmm;
 pub use arrays::*;
 pub use copies::*;
@@ -33,6 +34,7 @@ pub use hostfns::*;
 pub use managed::*;
 pub use pools::*;
 pub use queries::*;
+pub use tensormap::*;
 pub use vmm::*;
 
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();

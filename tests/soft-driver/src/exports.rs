@@ -27,6 +27,7 @@ use crate::driver::{self, Copy3d, CopyEnd, LaunchConfig, Memory, Resource, TexDe
 use crate::engine;
 use crate::ptx::Param;
 use crate::result::*;
+use crate::tensormap;
 use crate::texture::ArrayShape;
 
 pub use crate::result::CUresult;
@@ -2346,5 +2347,141 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(
         let n = driver::with(|d| d.occupancy_max_active_clusters(h(func)))?;
         // SAFETY: `num_clusters` is non-null and valid for writes (API contract).
         unsafe { out(num_clusters, n) }
+    })
+}
+
+// ----- tensor maps -----
+
+/// Reads `n` values the caller passes (`n` at most 5, the largest rank).
+///
+/// # Safety
+/// `p` points at `n` values when `n > 0` (API contract).
+unsafe fn slice_of<'a, T>(p: *const T, n: usize) -> CuResult<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    need(p)?;
+    // SAFETY: the caller's promise.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+fn map_out(map: *mut c_void) -> CuResult<*mut [u8; tensormap::MAP_BYTES]> {
+    need(map)?;
+    if !(map as usize).is_multiple_of(64) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(map.cast())
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuTensorMapEncodeTiled(
+    map: *mut c_void,
+    data_type: u32,
+    rank: u32,
+    address: *mut c_void,
+    dims: *const u64,
+    strides: *const u64,
+    box_dims: *const u32,
+    element_strides: *const u32,
+    interleave: u32,
+    swizzle: u32,
+    l2_promotion: u32,
+    oob_fill: u32,
+) -> CUresult {
+    ffi(|| {
+        let out = map_out(map)?;
+        if !(1..=5).contains(&rank) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = rank as usize;
+        // SAFETY: each array holds what the rank asks (API contract).
+        let (dims, strides, box_dims, es) = unsafe {
+            (
+                slice_of(dims, r)?,
+                slice_of(strides, r - 1)?,
+                slice_of(box_dims, r)?,
+                slice_of(element_strides, r)?,
+            )
+        };
+        let c = tensormap::Common {
+            data_type,
+            rank,
+            address: address as u64,
+            dims,
+            strides,
+            element_strides: es,
+            interleave,
+            swizzle,
+            l2_promotion,
+            oob_fill,
+        };
+        let m = tensormap::encode_tiled(&c, box_dims)?;
+        // SAFETY: `out` is non-null, 64-aligned and holds a CUtensorMap.
+        unsafe { out.write(m) };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuTensorMapEncodeIm2col(
+    map: *mut c_void,
+    data_type: u32,
+    rank: u32,
+    address: *mut c_void,
+    dims: *const u64,
+    strides: *const u64,
+    lower: *const i32,
+    upper: *const i32,
+    channels: u32,
+    pixels: u32,
+    element_strides: *const u32,
+    interleave: u32,
+    swizzle: u32,
+    l2_promotion: u32,
+    oob_fill: u32,
+) -> CUresult {
+    ffi(|| {
+        let out = map_out(map)?;
+        if !(3..=5).contains(&rank) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = rank as usize;
+        // SAFETY: each array holds what the rank asks (API contract).
+        let (dims, strides, lower, upper, es) = unsafe {
+            (
+                slice_of(dims, r)?,
+                slice_of(strides, r - 1)?,
+                slice_of(lower, r - 2)?,
+                slice_of(upper, r - 2)?,
+                slice_of(element_strides, r)?,
+            )
+        };
+        let c = tensormap::Common {
+            data_type,
+            rank,
+            address: address as u64,
+            dims,
+            strides,
+            element_strides: es,
+            interleave,
+            swizzle,
+            l2_promotion,
+            oob_fill,
+        };
+        let m = tensormap::encode_im2col(&c, lower, upper, channels, pixels)?;
+        // SAFETY: `out` is non-null, 64-aligned and holds a CUtensorMap.
+        unsafe { out.write(m) };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuTensorMapReplaceAddress(map: *mut c_void, address: *mut c_void) -> CUresult {
+    ffi(|| {
+        let m = map_out(map)?;
+        // SAFETY: non-null, 64-aligned, a CUtensorMap (API contract).
+        tensormap::replace_address(unsafe { &mut *m }, address as u64)
     })
 }

@@ -26,6 +26,8 @@
 //! * CUDA arrays (packed host memory), 2D and 3D copies to and from them,
 //!   texture objects sampled by the known kernel `gp_tex_read` and surface
 //!   objects read and written by `gp_surf_scale` ([`texture`]);
+//! * TMA tensor maps, checked as the driver documents and packed in this
+//!   double's own layout ([`tensormap`]);
 //! * streams, events with host timestamps, occupancy queries;
 //! * stream capture and graphs: a capturing stream (and any stream that
 //!   waits for an event recorded in its capture) records launches, memsets,
@@ -46,6 +48,7 @@ pub mod image;
 pub mod kernels;
 pub mod ptx;
 pub mod result;
+pub mod tensormap;
 pub mod texture;
 
 mod driver;

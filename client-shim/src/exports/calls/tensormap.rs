@@ -1,0 +1,198 @@
+//! TMA tensor maps (`cuTensorMapEncodeTiled`, `cuTensorMapEncodeIm2col`,
+//! `cuTensorMapReplaceAddress`). A map is the GPU's own opaque encoding, so
+//! the server's driver makes it. Encoding is a function of the arguments
+//! alone, so the shim keeps each answer: a program that encodes the same
+//! map before every launch (as Triton's host-side descriptors do) pays one
+//! round trip for the first only.
+
+use super::*;
+use gpupool_proto::message::{TensorMapDesc, TensorMapKind, TENSOR_MAP_BYTES};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+type Map = [u8; TENSOR_MAP_BYTES];
+
+/// Answers kept at most; the cache starts over when full.
+const CACHE_LIMIT: usize = 4096;
+
+#[derive(Default)]
+struct Cache {
+    encoded: HashMap<TensorMapDesc, Map>,
+    replaced: HashMap<(Map, u64), Map>,
+}
+
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+
+fn cached<T>(f: impl FnOnce(&mut Cache) -> T) -> T {
+    let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    f(c.get_or_insert_with(Cache::default))
+}
+
+/// `n` values the program passed (`n` is at most 5, the largest rank).
+///
+/// # Safety
+/// `p` points at `n` values when `n > 0` (API contract).
+unsafe fn values<T: Copy>(p: *const T, n: usize) -> CuResult<Vec<T>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
+}
+
+/// The program's map: non-null and 64-byte aligned, as the driver asks.
+fn map_ptr(map: *mut c_void) -> CuResult<*mut Map> {
+    if map.is_null() || !(map as usize).is_multiple_of(64) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    Ok(map.cast())
+}
+
+fn map_of(reply: Reply) -> CuResult<Map> {
+    match reply {
+        Reply::Bytes(v) => v.try_into().map_err(|_| CuError::UNKNOWN),
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+fn encode(out: *mut Map, desc: TensorMapDesc) -> CuResult {
+    let s = shim()?;
+    let known = cached(|c| c.encoded.get(&desc).copied());
+    let m = match known {
+        Some(m) => m,
+        None => {
+            let m = map_of(s.remote.call(&Request::TensorMapEncode(desc.clone()), &[])?)?;
+            cached(|c| {
+                if c.encoded.len() >= CACHE_LIMIT {
+                    c.encoded.clear();
+                }
+                c.encoded.insert(desc, m);
+            });
+            m
+        }
+    };
+    // SAFETY: `out` is the program's 64-aligned CUtensorMap (checked
+    // non-null).
+    unsafe { out.write(m) };
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tensor_map_encode_tiled(
+    map: *mut c_void,
+    data_type: u32,
+    rank: u32,
+    address: *mut c_void,
+    dims: *const u64,
+    strides: *const u64,
+    box_dims: *const u32,
+    element_strides: *const u32,
+    interleave: u32,
+    swizzle: u32,
+    l2_promotion: u32,
+    oob_fill: u32,
+) -> CuResult {
+    let out = map_ptr(map)?;
+    if !(1..=5).contains(&rank) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let r = rank as usize;
+    // SAFETY: each array holds what the rank asks (API contract).
+    let desc = unsafe {
+        TensorMapDesc {
+            data_type,
+            rank,
+            address: address as u64,
+            dims: values(dims, r)?,
+            strides: values(strides, r - 1)?,
+            element_strides: values(element_strides, r)?,
+            interleave,
+            swizzle,
+            l2_promotion,
+            oob_fill,
+            kind: TensorMapKind::Tiled {
+                box_dims: values(box_dims, r)?,
+            },
+        }
+    };
+    encode(out, desc)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tensor_map_encode_im2col(
+    map: *mut c_void,
+    data_type: u32,
+    rank: u32,
+    address: *mut c_void,
+    dims: *const u64,
+    strides: *const u64,
+    lower: *const i32,
+    upper: *const i32,
+    channels: u32,
+    pixels: u32,
+    element_strides: *const u32,
+    interleave: u32,
+    swizzle: u32,
+    l2_promotion: u32,
+    oob_fill: u32,
+) -> CuResult {
+    let out = map_ptr(map)?;
+    if !(3..=5).contains(&rank) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let r = rank as usize;
+    // SAFETY: each array holds what the rank asks (API contract).
+    let desc = unsafe {
+        TensorMapDesc {
+            data_type,
+            rank,
+            address: address as u64,
+            dims: values(dims, r)?,
+            strides: values(strides, r - 1)?,
+            element_strides: values(element_strides, r)?,
+            interleave,
+            swizzle,
+            l2_promotion,
+            oob_fill,
+            kind: TensorMapKind::Im2col {
+                lower: values(lower, r - 2)?,
+                upper: values(upper, r - 2)?,
+                channels,
+                pixels,
+            },
+        }
+    };
+    encode(out, desc)
+}
+
+pub unsafe fn tensor_map_replace_address(map: *mut c_void, address: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let p = map_ptr(map)?;
+    // SAFETY: the program's CUtensorMap, checked non-null and aligned.
+    let old = unsafe { p.read() };
+    let key = (old, address as u64);
+    let known = cached(|c| c.replaced.get(&key).copied());
+    let m = match known {
+        Some(m) => m,
+        None => {
+            let request = Request::TensorMapReplaceAddress {
+                map: old.to_vec(),
+                address: address as u64,
+            };
+            let m = map_of(s.remote.call(&request, &[])?)?;
+            cached(|c| {
+                if c.replaced.len() >= CACHE_LIMIT {
+                    c.replaced.clear();
+                }
+                c.replaced.insert(key, m);
+            });
+            m
+        }
+    };
+    // SAFETY: as above.
+    unsafe { p.write(m) };
+    Ok(())
+}
