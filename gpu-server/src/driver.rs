@@ -373,6 +373,10 @@ driver_api! {
     cuTensorMapEncodeTiled(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, box_dims: *const u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
     cuTensorMapEncodeIm2col(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, lower: *const i32, upper: *const i32, channels: u32, pixels: u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
     cuTensorMapReplaceAddress(map: *mut c_void, address: *mut c_void);
+    cuLinkCreate_v2(count: u32, options: *mut u32, values: *mut Ptr, link: *mut Ptr);
+    cuLinkAddData_v2(link: Ptr, kind: u32, data: Ptr, size: usize, name: *const c_char, count: u32, options: *mut u32, values: *mut Ptr);
+    cuLinkComplete(link: Ptr, image: *mut Ptr, size: *mut usize);
+    cuLinkDestroy(link: Ptr);
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);

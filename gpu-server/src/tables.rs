@@ -74,6 +74,8 @@ pub struct Tables {
     /// one).
     pub textures: HashMap<Handle, (Handle, Option<Handle>)>,
     pub surfaces: HashMap<Handle, (Handle, Handle)>,
+    /// JIT linkers (`cuLinkCreate`).
+    pub links: HashSet<Handle>,
 }
 
 impl Tables {

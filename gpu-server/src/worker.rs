@@ -19,7 +19,7 @@ use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, TensorMapDesc,
-    TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, TENSOR_MAP_BYTES,
+    TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
@@ -409,6 +409,7 @@ impl<'d> Worker<'d> {
                 | Request::MemcpyHtoA { .. }
                 | Request::ModuleLoad { .. }
                 | Request::LibraryLoad { .. }
+                | Request::LinkAddData { .. }
                 | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
@@ -552,6 +553,10 @@ impl<'d> Worker<'d> {
                 }
                 None => Reply::ImageUnknown,
             },
+            Request::LinkAddData { ctx, link, kind, name } => {
+                let data = read_image(reader, header.bulk_len)?;
+                to_reply(self.link_add_data(ctx, link, kind, &name, &data))
+            }
             Request::LaunchHostFunc { ctx, stream } => {
                 if !wants {
                     return Err(ProtoError::Malformed("a host function must ask for its reply".into()));
@@ -615,7 +620,7 @@ impl<'d> Worker<'d> {
                 R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } | R::MemcpyArray { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
-                R::LibraryGetManaged { ctx, .. } => *ctx,
+                R::LibraryGetManaged { ctx, .. } | R::LinkCreate { ctx, .. } | R::LinkComplete { ctx, .. } => *ctx,
                 R::FuncGetAttribute { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
                 R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
@@ -822,6 +827,9 @@ impl<'d> Worker<'d> {
             R::LibraryGetGlobal { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, false)),
             R::LibraryGetManaged { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, true)),
             R::TensorMapEncode(desc) => to_reply(tensor_map_encode(d, &desc)),
+            R::LinkCreate { ctx, options } => to_reply(self.link_create(ctx, &options)),
+            R::LinkComplete { ctx, link } => to_reply(self.link_complete(ctx, link)),
+            R::LinkDestroy { link } => to_reply(self.link_destroy(link)),
             R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
             R::FuncGetAttribute { ctx, func, attr } => {
@@ -1021,6 +1029,7 @@ impl<'d> Worker<'d> {
             | R::MemcpyAtoH { .. }
             | R::ModuleLoad { .. }
             | R::LibraryLoad { .. }
+            | R::LinkAddData { .. }
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
         };
         (ctx, reply)
@@ -2129,6 +2138,75 @@ impl<'d> Worker<'d> {
         }
     }
 
+    // ---- the JIT linker ----
+
+    /// The linker compiles for the GPU of the context current at each step.
+    fn link_create(&mut self, ctx: Handle, options: &[(u32, u64)]) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        // Only numbers: an address would be the server's to write.
+        if options.len() > SCALAR_JIT_OPTIONS.len() || options.iter().any(|(o, _)| !SCALAR_JIT_OPTIONS.contains(o)) {
+            return Err(INVALID_VALUE);
+        }
+        let mut keys: Vec<u32> = options.iter().map(|(o, _)| *o).collect();
+        let mut values: Vec<Ptr> = options.iter().map(|(_, v)| *v as usize as Ptr).collect();
+        let mut link: Ptr = std::ptr::null_mut();
+        // SAFETY: both arrays hold `options.len()` entries; every value is
+        // a number the driver reads (or overwrites) in place.
+        unsafe {
+            self.driver
+                .cuLinkCreate_v2(keys.len() as u32, keys.as_mut_ptr(), values.as_mut_ptr(), &mut link)
+        }?;
+        self.tables.links.insert(handle(link));
+        Ok(Reply::Handle(handle(link)))
+    }
+
+    fn link_add_data(&mut self, ctx: Handle, link: Handle, kind: u32, name: &str, data: &[u8]) -> DriverResult {
+        self.make_current(ctx)?;
+        if !self.tables.links.contains(&link) {
+            return Err(INVALID_HANDLE);
+        }
+        let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
+        // `data` ends with a NUL the client did not send (read_image).
+        let len = data.len() - 1;
+        // SAFETY: the linker is this client's; the data outlives the call.
+        unsafe {
+            self.driver.cuLinkAddData_v2(
+                as_ptr(link),
+                kind,
+                data.as_ptr() as Ptr,
+                len,
+                name.as_ptr(),
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    fn link_complete(&mut self, ctx: Handle, link: Handle) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        if !self.tables.links.contains(&link) {
+            return Err(INVALID_HANDLE);
+        }
+        let (mut image, mut size): (Ptr, usize) = (std::ptr::null_mut(), 0);
+        // SAFETY: the linker is this client's; both outputs are writable.
+        unsafe { self.driver.cuLinkComplete(as_ptr(link), &mut image, &mut size) }?;
+        if image.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        // SAFETY: the driver's image lives until the linker is destroyed.
+        let bytes = unsafe { std::slice::from_raw_parts(image.cast::<u8>(), size) };
+        Ok(Reply::Bytes(bytes.to_vec()))
+    }
+
+    fn link_destroy(&mut self, link: Handle) -> DriverResult {
+        if !self.tables.links.remove(&link) {
+            return Err(INVALID_HANDLE);
+        }
+        // SAFETY: the linker was this client's.
+        unsafe { self.driver.cuLinkDestroy(as_ptr(link)) }
+    }
+
     fn module_load(&mut self, ctx: Handle, image: &[u8]) -> DriverResult<Reply> {
         self.make_current(ctx)?;
         image_kind_ok(&image[..image.len() - 1])?;
@@ -2464,6 +2542,10 @@ impl<'d> Worker<'d> {
         for l in self.tables.libraries.drain() {
             // SAFETY: the library belongs to this client.
             let _ = unsafe { self.driver.cuLibraryUnload(as_ptr(l)) };
+        }
+        for l in self.tables.links.drain() {
+            // SAFETY: the linker belongs to this client.
+            let _ = unsafe { self.driver.cuLinkDestroy(as_ptr(l)) };
         }
         for (pool, created) in std::mem::take(&mut self.tables.pools) {
             if created {

@@ -438,7 +438,29 @@ pub enum Request {
     /// sync -> `Reply::Bytes`: `map` with its global address replaced
     /// (`cuTensorMapReplaceAddress`).
     TensorMapReplaceAddress { map: Vec<u8>, address: u64 },
+    /// sync -> `Reply::Handle`: a JIT linker (`cuLinkCreate`) with the
+    /// program's scalar JIT options as (option, value). Options that name
+    /// client memory (log buffers, symbol tables) never travel.
+    LinkCreate { ctx: Handle, options: Vec<(u32, u64)> },
+    /// sync: an input for the linker, its bytes the bulk tail
+    /// (`cuLinkAddData`; the client reads the file of `cuLinkAddFile`).
+    LinkAddData {
+        ctx: Handle,
+        link: Handle,
+        kind: u32,
+        name: String,
+    },
+    /// sync -> `Reply::Bytes`: the linked image (`cuLinkComplete`).
+    LinkComplete { ctx: Handle, link: Handle },
+    /// sync: `cuLinkDestroy`.
+    LinkDestroy { link: Handle },
 }
+
+/// JIT options whose value is a number, not an address: the ones a link
+/// may carry to the server (`CUjit_option`).
+pub const SCALAR_JIT_OPTIONS: [u32; 25] = [
+    0, 1, 2, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 29, 30, 31, 32, 33, 34, 35,
+];
 
 /// Bytes of a `CUtensorMap`.
 pub const TENSOR_MAP_BYTES: usize = 128;

@@ -246,6 +246,19 @@ typedef CUresult (*PFN_cuTensorMapEncodeIm2col)(CUtensorMap *, int, unsigned, vo
 typedef CUresult (*PFN_cuTensorMapReplaceAddress)(CUtensorMap *, void *);
 #define CU_TENSOR_MAP_DATA_TYPE_FLOAT32 7
 #define CU_TENSOR_MAP_DATA_TYPE_FLOAT16 6
+typedef struct CUlinkState_st *CUlinkState;
+typedef CUresult (*PFN_cuLinkCreate)(unsigned, int *, void **, CUlinkState *);
+typedef CUresult (*PFN_cuLinkAddData)(CUlinkState, int, void *, size_t, const char *, unsigned, int *, void **);
+typedef CUresult (*PFN_cuLinkAddFile)(CUlinkState, int, const char *, unsigned, int *, void **);
+typedef CUresult (*PFN_cuLinkComplete)(CUlinkState, void **, size_t *);
+typedef CUresult (*PFN_cuLinkDestroy)(CUlinkState);
+#define CU_JIT_INFO_LOG_BUFFER 3
+#define CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES 4
+#define CU_JIT_ERROR_LOG_BUFFER 5
+#define CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES 6
+#define CU_JIT_OPTIMIZATION_LEVEL 7
+#define CU_JIT_INPUT_PTX 1
+#define CUDA_ERROR_FILE_NOT_FOUND 301
 typedef CUresult (*PFN_cuProfilerStart)(void);
 typedef CUresult (*PFN_cuProfilerStop)(void);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720

@@ -557,6 +557,60 @@ int main(int argc, char **argv) {
         CHECK(cuMemcpyDtoH(c, dc, bytes));
         for (int i = 0; i < n; i++)
             EXPECT(c[i] == a[i], "c[%d] = %f, expected %f", i, c[i], a[i]);
+        /* The JIT linker: PTX in, from memory and from a file; an image
+         * out that loads and runs; inputs that are not there or not PTX
+         * refused. */
+        {
+            GET(cuLinkCreate, 6050);
+            GET(cuLinkAddData, 6050);
+            GET(cuLinkAddFile, 6050);
+            GET(cuLinkComplete, 5050);
+            GET(cuLinkDestroy, 5050);
+            char info[256], err[256];
+            int jit[] = {CU_JIT_INFO_LOG_BUFFER, CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES, CU_JIT_ERROR_LOG_BUFFER,
+                         CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES, CU_JIT_OPTIMIZATION_LEVEL};
+            void *jit_values[] = {info, (void *)(uintptr_t)sizeof info, err, (void *)(uintptr_t)sizeof err,
+                                  (void *)(uintptr_t)3};
+            CUlinkState ls;
+            CHECK(cuLinkCreate(5, jit, jit_values, &ls));
+            CHECK(cuLinkAddData(ls, CU_JIT_INPUT_PTX, (void *)KERNELS_PTX, sizeof KERNELS_PTX, "kernels.ptx", 0, NULL,
+                                NULL));
+            void *linked = NULL;
+            size_t linked_size = 0;
+            CHECK(cuLinkComplete(ls, &linked, &linked_size));
+            EXPECT(linked != NULL && linked_size > 0, "linked image %p of %zu bytes", linked, linked_size);
+            CUmodule lm;
+            CHECK(cuModuleLoadData(&lm, linked));
+            CUfunction ladd;
+            CHECK(cuModuleGetFunction(&ladd, lm, "gp_vector_add"));
+            void *largs[] = {&da, &da, &dc, &nn};
+            CHECK(cuLaunchKernel(ladd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, largs, NULL));
+            CHECK(cuMemcpyDtoH(c, dc, bytes));
+            for (int i = 0; i < n; i++) EXPECT(c[i] == 2 * a[i], "linked kernel: c[%d] = %f", i, c[i]);
+            CHECK(cuModuleUnload(lm));
+            CHECK(cuLinkDestroy(ls));
+            char path[] = "/tmp/gpupool-link-XXXXXX";
+            int fd = mkstemp(path);
+            EXPECT(fd >= 0, "no temporary file");
+            EXPECT(write(fd, KERNELS_PTX, sizeof KERNELS_PTX) == (ssize_t)sizeof KERNELS_PTX, "temporary file write");
+            close(fd);
+            CHECK(cuLinkCreate(0, NULL, NULL, &ls));
+            CHECK(cuLinkAddFile(ls, CU_JIT_INPUT_PTX, path, 0, NULL, NULL));
+            CHECK(cuLinkComplete(ls, &linked, &linked_size));
+            EXPECT(linked_size > 0, "image linked from a file is empty");
+            EXPECT(cuLinkAddFile(ls, CU_JIT_INPUT_PTX, "/nonexistent/gpupool.ptx", 0, NULL, NULL) ==
+                       CUDA_ERROR_FILE_NOT_FOUND,
+                   "a missing file was linked");
+            CHECK(cuLinkDestroy(ls));
+            unlink(path);
+            CHECK(cuLinkCreate(0, NULL, NULL, &ls));
+            static const char junk[] = "this is not PTX";
+            EXPECT(cuLinkAddData(ls, CU_JIT_INPUT_PTX, (void *)junk, sizeof junk, "junk", 0, NULL, NULL) != CUDA_SUCCESS,
+                   "text that is not PTX was linked");
+            CHECK(cuLinkDestroy(ls));
+            if (getenv("GPUPOOL_SERVER"))
+                EXPECT(cuLinkDestroy(ls) == 400, "a destroyed linker still answers");
+        }
         /* Names, owners and lists of kernels and functions. */
         const char *name = NULL;
         CHECK(cuKernelGetName(&name, kscale));

@@ -189,6 +189,9 @@ struct KernelObj {
     cache_configs: HashMap<usize, u32>,
 }
 
+/// A JIT linker: its inputs, and the image once linked.
+type LinkObj = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 struct StreamObj {
     ctx: u64,
     /// Set while the stream captures (`cuStreamBeginCapture`).
@@ -419,6 +422,8 @@ pub struct Driver {
     /// Stream attributes set (`cuStreamSetAttribute`), by (context,
     /// stream): the built-in streams have theirs per context.
     stream_attrs: HashMap<(u64, u64), HashMap<u32, [u8; STREAM_ATTR_BYTES]>>,
+    /// JIT linkers.
+    links: HashMap<u64, LinkObj>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -484,6 +489,11 @@ fn default_attrs(module: &ptx::Module, entry: &ptx::Entry) -> FuncAttrs {
 }
 
 /// Applies `cuFuncSetAttribute` / `cuKernelSetAttribute` to an attribute set.
+/// `CUjitInputType`.
+const JIT_INPUT_CUBIN: u32 = 0;
+const JIT_INPUT_PTX: u32 = 1;
+const JIT_INPUT_FATBINARY: u32 = 2;
+
 /// Bytes of a `CUstreamAttrValue`.
 pub const STREAM_ATTR_BYTES: usize = 64;
 /// The `CUlaunchAttributeID`s valid for streams.
@@ -677,6 +687,7 @@ impl Driver {
             kernels: HashMap::new(),
             streams: HashMap::new(),
             stream_attrs: HashMap::new(),
+            links: HashMap::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -1950,6 +1961,79 @@ impl Driver {
         let module = self.modules.get(&m).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         self.healthy(module.ctx)?;
         module.variables.get(name).copied().ok_or(CUDA_ERROR_NOT_FOUND)
+    }
+
+    // ----- the JIT linker -----
+
+    pub fn link_create(&mut self) -> CuResult<u64> {
+        self.active_ctx()?;
+        let h = self.handle();
+        self.links.insert(h, (Vec::new(), None));
+        Ok(h)
+    }
+
+    /// `cuLinkAddData`: PTX text (checked by parsing it now, as the driver
+    /// compiles it now), or a cubin or fat binary when it is the only input.
+    pub fn link_add_data(&mut self, link: u64, kind: u32, data: &[u8]) -> CuResult<()> {
+        self.active_ctx()?;
+        let (inputs, out) = self.links.get_mut(&link).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if out.is_some() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        match kind {
+            JIT_INPUT_PTX => {
+                crate::image::load(data).map_err(|_| CUDA_ERROR_INVALID_PTX)?;
+            }
+            JIT_INPUT_CUBIN | JIT_INPUT_FATBINARY => {
+                crate::image::load(data)?;
+            }
+            // Objects, libraries and NVVM IR are not modelled.
+            _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        }
+        inputs.push(data.to_vec());
+        Ok(())
+    }
+
+    /// `cuLinkComplete`: one input is its own image; several PTX inputs are
+    /// one module of all their declarations (a symbol defined twice fails
+    /// as a link does).
+    pub fn link_complete(&mut self, link: u64) -> CuResult<&[u8]> {
+        self.active_ctx()?;
+        let (inputs, out) = self.links.get_mut(&link).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if out.is_none() {
+            let image = match inputs.as_slice() {
+                [] => return Err(CUDA_ERROR_INVALID_VALUE),
+                [one] => one.clone(),
+                many => {
+                    let mut text = Vec::new();
+                    for (i, input) in many.iter().enumerate() {
+                        let body = input.split(|&b| b == 0).next().unwrap_or_default();
+                        if gpupool_fatbin::detect(body).ok() != Some(gpupool_fatbin::ImageKind::Ptx) {
+                            return Err(CUDA_ERROR_NOT_SUPPORTED);
+                        }
+                        for line in body.split(|&b| b == b'\n') {
+                            let directive = line.trim_ascii_start();
+                            let header = [&b".version"[..], b".target", b".address_size"]
+                                .iter()
+                                .any(|d| directive.starts_with(d));
+                            if i == 0 || !header {
+                                text.extend_from_slice(line);
+                                text.push(b'\n');
+                            }
+                        }
+                    }
+                    text.push(0);
+                    crate::image::load(&text).map_err(|_| CUDA_ERROR_INVALID_PTX)?;
+                    text
+                }
+            };
+            *out = Some(image);
+        }
+        Ok(out.as_deref().unwrap_or_default())
+    }
+
+    pub fn link_destroy(&mut self, link: u64) -> CuResult<()> {
+        self.links.remove(&link).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
     // ----- libraries and kernels -----

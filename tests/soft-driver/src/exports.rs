@@ -2485,3 +2485,68 @@ pub unsafe extern "C" fn cuTensorMapReplaceAddress(map: *mut c_void, address: *m
         tensormap::replace_address(unsafe { &mut *m }, address as u64)
     })
 }
+
+// ----- the JIT linker -----
+
+/// `cuLinkCreate`: JIT options (optimisation level, target and the rest)
+/// change nothing in this double; log buffers are left empty.
+#[no_mangle]
+pub unsafe extern "C" fn cuLinkCreate_v2(
+    num_options: u32,
+    _options: *mut u32,
+    _values: *mut *mut c_void,
+    state: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        need(state)?;
+        if num_options > 64 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let l = driver::with(|d| d.link_create())?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(state, ptr(l)) }
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLinkAddData_v2(
+    state: *mut c_void,
+    kind: u32,
+    data: *mut c_void,
+    size: usize,
+    _name: *const c_char,
+    _num_options: u32,
+    _options: *mut u32,
+    _values: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        need(data)?;
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: `data` holds `size` bytes (API contract).
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+        driver::with(|d| d.link_add_data(h(state), kind, bytes))
+    })
+}
+
+/// The image stays the linker's until `cuLinkDestroy`, as the driver's does.
+#[no_mangle]
+pub unsafe extern "C" fn cuLinkComplete(state: *mut c_void, image: *mut *mut c_void, size: *mut usize) -> CUresult {
+    ffi(|| {
+        need(image)?;
+        need(size)?;
+        let (p, n) = driver::with(|d| d.link_complete(h(state)).map(|i| (i.as_ptr(), i.len())))?;
+        // SAFETY: both are non-null and valid for writes (API contract).
+        unsafe {
+            out(image, p as *mut c_void)?;
+            out(size, n)
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuLinkDestroy(state: *mut c_void) -> CUresult {
+    ffi(|| driver::with(|d| d.link_destroy(h(state))))
+}
