@@ -233,6 +233,10 @@ pub type FaultResolver = fn(usize) -> bool;
 
 static RESOLVER: OnceLock<FaultResolver> = OnceLock::new();
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+/// The process that installed the handler. A forked child inherits the
+/// handler but not the managed pages (nor a session of its own): its
+/// faults are never the shim's to serve.
+static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Install the handler for `SIGSEGV` once: faults `resolve` claims are
 /// retried; any other goes to the handler that was there before (the
@@ -241,6 +245,8 @@ pub fn install_fault_handler(resolve: FaultResolver) -> io::Result<()> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     let done = INSTALLED.get_or_init(|| {
         RESOLVER.get_or_init(|| resolve);
+        // SAFETY: getpid has no preconditions.
+        OWNER.store(unsafe { libc::getpid() }, std::sync::atomic::Ordering::Release);
         // SAFETY: a zeroed sigaction is a valid value to fill in.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = on_fault as *const () as usize;
@@ -264,10 +270,13 @@ extern "C" fn on_fault(signal: i32, info: *mut libc::siginfo_t, context: *mut c_
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
+    // SAFETY: getpid is async-signal-safe and has no preconditions.
+    let ours = unsafe { libc::getpid() } == OWNER.load(std::sync::atomic::Ordering::Acquire);
     // A resolver that panics must not unwind into the faulting frame.
-    let resolved = RESOLVER
-        .get()
-        .is_some_and(|r| std::panic::catch_unwind(|| r(addr)).unwrap_or(false));
+    let resolved = ours
+        && RESOLVER
+            .get()
+            .is_some_and(|r| std::panic::catch_unwind(|| r(addr)).unwrap_or(false));
     if resolved {
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };

@@ -42,10 +42,12 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "driver_api.h"
@@ -784,6 +786,26 @@ int main(int argc, char **argv) {
                "prefetch past the allocation accepted");
         EXPECT(cuMemAdvise(ma, bytes, 77, dev_loc) == CUDA_ERROR_INVALID_VALUE, "unknown advice accepted");
         EXPECT(cuMemFree(ma + 4096) != CUDA_SUCCESS, "free inside a managed allocation accepted");
+        if (getenv("GPUPOOL_SERVER")) {
+            /* A forked child has no CUDA: managed memory is not its to
+             * touch (it ends as any bad access ends), and the parent's
+             * session goes on untouched. */
+            float before = a[3];
+            CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+            CHECK(cuCtxSynchronize());
+            pid_t child = fork();
+            if (child == 0) {
+                volatile float touched = a[3];
+                (void)touched;
+                _exit(0);
+            }
+            int status = 0;
+            EXPECT(child > 0 && waitpid(child, &status, 0) == child, "fork or wait failed");
+            EXPECT(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV, "a forked child read managed memory (status %#x)",
+                   status);
+            CHECK(cuCtxSynchronize());
+            EXPECT(a[3] == before, "managed memory read %g after a child's fault, %g before", a[3], before);
+        }
         CHECK(cuMemFree(ma));
         CHECK(cuMemFree(mb));
         CHECK(cuMemFree(mc));
