@@ -188,6 +188,31 @@ pub struct Array3DDesc {
     pub flags: u32,
 }
 
+/// `CUDA_KERNEL_NODE_PARAMS` (the `_v2` layout: a kernel, or a function,
+/// and the context it runs in).
+#[repr(C)]
+pub struct KernelNodeParams {
+    pub func: Ptr,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+    pub params: *mut Ptr,
+    pub extra: *mut Ptr,
+    pub kern: Ptr,
+    pub ctx: Ptr,
+}
+
+/// `CUDA_MEMSET_NODE_PARAMS`.
+#[repr(C)]
+pub struct MemsetNodeParams {
+    pub dst: CUdeviceptr,
+    pub pitch: usize,
+    pub value: u32,
+    pub elem_size: u32,
+    pub width: usize,
+    pub height: usize,
+}
+
 /// `CUDA_MEMCPY3D` as the driver lays it out.
 #[repr(C)]
 pub struct Memcpy3D {
@@ -377,6 +402,12 @@ driver_api! {
     cuLinkAddData_v2(link: Ptr, kind: u32, data: Ptr, size: usize, name: *const c_char, count: u32, options: *mut u32, values: *mut Ptr);
     cuLinkComplete(link: Ptr, image: *mut Ptr, size: *mut usize);
     cuLinkDestroy(link: Ptr);
+    cuGraphCreate(graph: *mut Ptr, flags: u32);
+    cuGraphAddEmptyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize);
+    cuGraphAddKernelNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const KernelNodeParams);
+    cuGraphAddMemsetNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const MemsetNodeParams, ctx: Ptr);
+    cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
+    cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);

@@ -76,6 +76,8 @@ pub struct Tables {
     pub surfaces: HashMap<Handle, (Handle, Handle)>,
     /// JIT linkers (`cuLinkCreate`).
     pub links: HashSet<Handle>,
+    /// Nodes of graphs the client builds -> their graph.
+    pub nodes: HashMap<Handle, Handle>,
 }
 
 impl Tables {
@@ -160,6 +162,8 @@ impl Tables {
         self.streams.retain(|_, c| *c != ctx);
         self.events.retain(|_, c| *c != ctx);
         self.graphs.retain(|_, c| *c != ctx);
+        let graphs = &self.graphs;
+        self.nodes.retain(|_, g| graphs.contains_key(g));
         self.execs.retain(|_, c| *c != ctx);
         let (streams, events) = (&self.streams, &self.events);
         self.real

@@ -8,8 +8,8 @@
 //! is freed before the process exits.
 
 use crate::driver::{
-    Driver, DriverResult, LaunchAttribute, LaunchConfig, MemAccessDesc, MemAllocationProp, MemPoolProps, Memcpy2D, Ptr,
-    Side, Status,
+    Driver, DriverResult, KernelNodeParams, LaunchAttribute, LaunchConfig, MemAccessDesc, MemAllocationProp,
+    MemPoolProps, Memcpy2D, Memcpy3D, MemsetNodeParams, Ptr, Side, Status,
 };
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
@@ -18,7 +18,7 @@ use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
-    is_client_handle, CacheTarget, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, TensorMapDesc,
+    is_client_handle, CacheTarget, GraphNode, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, TensorMapDesc,
     TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
@@ -410,6 +410,7 @@ impl<'d> Worker<'d> {
                 | Request::ModuleLoad { .. }
                 | Request::LibraryLoad { .. }
                 | Request::LinkAddData { .. }
+                | Request::GraphAddNode { .. }
                 | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
@@ -553,6 +554,16 @@ impl<'d> Worker<'d> {
                 }
                 None => Reply::ImageUnknown,
             },
+            Request::GraphAddNode { ctx, graph, deps, node } => {
+                let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
+                // SAFETY: viewing the u64 buffer as bytes; the length is within it.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(params.as_mut_ptr().cast::<u8>(), header.bulk_len as usize)
+                };
+                frame::read_bulk(reader, bytes)?;
+                let len = header.bulk_len as usize;
+                to_reply(self.graph_add_node(ctx, graph, &deps, &node, &mut params, len))
+            }
             Request::LinkAddData { ctx, link, kind, name } => {
                 let data = read_image(reader, header.bulk_len)?;
                 to_reply(self.link_add_data(ctx, link, kind, &name, &data))
@@ -631,6 +642,7 @@ impl<'d> Worker<'d> {
                 R::StreamBeginCapture { ctx, .. } | R::StreamEndCapture { ctx, .. } => *ctx,
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
+                R::GraphCreate { ctx } | R::GraphAddDependencies { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -828,6 +840,10 @@ impl<'d> Worker<'d> {
             R::LibraryGetManaged { ctx, library, name } => to_reply(self.library_get_global(ctx, library, &name, true)),
             R::TensorMapEncode(desc) => to_reply(tensor_map_encode(d, &desc)),
             R::LinkCreate { ctx, options } => to_reply(self.link_create(ctx, &options)),
+            R::GraphCreate { ctx } => to_reply(self.graph_create(ctx)),
+            R::GraphAddDependencies { ctx, graph, from, to } => {
+                to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
+            }
             R::LinkComplete { ctx, link } => to_reply(self.link_complete(ctx, link)),
             R::LinkDestroy { link } => to_reply(self.link_destroy(link)),
             R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
@@ -996,6 +1012,7 @@ impl<'d> Worker<'d> {
                 if self.tables.graphs.remove(&graph) != Some(ctx) {
                     return Err(INVALID_VALUE);
                 }
+                self.tables.nodes.retain(|_, g| *g != graph);
                 // SAFETY: the graph belonged to this client.
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
             })),
@@ -1030,6 +1047,7 @@ impl<'d> Worker<'d> {
             | R::ModuleLoad { .. }
             | R::LibraryLoad { .. }
             | R::LinkAddData { .. }
+            | R::GraphAddNode { .. }
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
         };
         (ctx, reply)
@@ -2135,6 +2153,149 @@ impl<'d> Worker<'d> {
     fn cache_loaded(&self, result: &DriverResult<Reply>, image: &[u8], fresh: bool) {
         if let (Ok(_), true, Some(cache)) = (result, fresh, &self.images) {
             cache.put(&image[..image.len() - 1]);
+        }
+    }
+
+    // ---- graphs the client builds node by node ----
+
+    fn graph_create(&mut self, ctx: Handle) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        let mut g: Ptr = std::ptr::null_mut();
+        // SAFETY: g is writable; flags must be 0.
+        unsafe { self.driver.cuGraphCreate(&mut g, 0) }?;
+        self.tables.graphs.insert(handle(g), ctx);
+        Ok(Reply::Handle(handle(g)))
+    }
+
+    /// The driver's handles of `nodes`, all of `graph`.
+    fn graph_nodes(&self, graph: Handle, nodes: &[Handle]) -> DriverResult<Vec<Ptr>> {
+        nodes
+            .iter()
+            .map(|n| match self.tables.nodes.get(n) {
+                Some(g) if *g == graph => Ok(as_ptr(*n)),
+                _ => Err(INVALID_VALUE),
+            })
+            .collect()
+    }
+
+    fn check_graph(&mut self, ctx: Handle, graph: Handle) -> DriverResult {
+        self.make_current(ctx)?;
+        if self.tables.graphs.get(&graph) == Some(&ctx) {
+            Ok(())
+        } else {
+            Err(INVALID_VALUE)
+        }
+    }
+
+    fn graph_add_node(
+        &mut self,
+        ctx: Handle,
+        graph: Handle,
+        deps: &[Handle],
+        node: &GraphNode,
+        params: &mut [u64],
+        len: usize,
+    ) -> DriverResult<Reply> {
+        self.check_graph(ctx, graph)?;
+        let deps = self.graph_nodes(graph, deps)?;
+        let (g, dp, nd) = (as_ptr(graph), deps.as_ptr(), deps.len());
+        let d = self.driver;
+        let mut n: Ptr = std::ptr::null_mut();
+        match node {
+            // SAFETY: the graph and the dependencies are this client's.
+            GraphNode::Empty => unsafe { d.cuGraphAddEmptyNode(&mut n, g, dp, nd) }?,
+            GraphNode::Kernel(l) => {
+                let layout = self.layout(l.func, l.kernel)?;
+                let extent = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
+                if len < extent || !l.attrs.is_empty() {
+                    return Err(INVALID_VALUE);
+                }
+                let base = params.as_mut_ptr().cast::<u8>();
+                // SAFETY: every offset + size is within `extent` <= len bytes.
+                let mut args: Vec<Ptr> = layout
+                    .iter()
+                    .map(|&(o, _)| unsafe { base.add(o as usize) }.cast())
+                    .collect();
+                let (func, kern) = if l.kernel {
+                    (std::ptr::null_mut(), as_ptr(l.func))
+                } else {
+                    (as_ptr(l.func), std::ptr::null_mut())
+                };
+                let p = KernelNodeParams {
+                    func,
+                    grid: l.grid,
+                    block: l.block,
+                    shared_mem: l.shared_mem,
+                    params: if args.is_empty() {
+                        std::ptr::null_mut()
+                    } else {
+                        args.as_mut_ptr()
+                    },
+                    extra: std::ptr::null_mut(),
+                    kern,
+                    ctx: as_ptr(ctx),
+                };
+                // SAFETY: as above; the driver copies the parameters now.
+                unsafe { d.cuGraphAddKernelNode_v2(&mut n, g, dp, nd, &p) }?;
+            }
+            &GraphNode::Memset {
+                dst,
+                pitch,
+                value,
+                elem_size,
+                width,
+                height,
+            } => {
+                if !matches!(elem_size, 1 | 2 | 4) || width == 0 || height == 0 {
+                    return Err(INVALID_VALUE);
+                }
+                let row = width.checked_mul(elem_size as u64).ok_or(INVALID_VALUE)?;
+                let pitch = if height == 1 { row } else { pitch };
+                self.check_band(&Band {
+                    base: dst,
+                    pitch,
+                    width: row,
+                    first_row: 0,
+                    rows: height,
+                })?;
+                let p = MemsetNodeParams {
+                    dst,
+                    pitch: pitch as usize,
+                    value,
+                    elem_size: elem_size as u32,
+                    width: width as usize,
+                    height: height as usize,
+                };
+                // SAFETY: the rows lie inside this client's allocations.
+                unsafe { d.cuGraphAddMemsetNode(&mut n, g, dp, nd, &p, as_ptr(ctx)) }?;
+            }
+            &GraphNode::Copy { dst, src, len } => {
+                if len == 0 {
+                    return Err(INVALID_VALUE);
+                }
+                self.tables.check_range(dst, len)?;
+                self.tables.check_range(src, len)?;
+                let n_bytes = len as usize;
+                use crate::driver::End;
+                let c = Memcpy3D::rows(End::Device(src, n_bytes), End::Device(dst, n_bytes), n_bytes, 1);
+                // SAFETY: both ranges lie inside this client's allocations.
+                unsafe { d.cuGraphAddMemcpyNode(&mut n, g, dp, nd, &c, as_ptr(ctx)) }?;
+            }
+        }
+        self.tables.nodes.insert(handle(n), graph);
+        Ok(Reply::Handle(handle(n)))
+    }
+
+    fn graph_add_dependencies(&mut self, ctx: Handle, graph: Handle, from: &[Handle], to: &[Handle]) -> DriverResult {
+        self.check_graph(ctx, graph)?;
+        if from.len() != to.len() {
+            return Err(INVALID_VALUE);
+        }
+        let (from, to) = (self.graph_nodes(graph, from)?, self.graph_nodes(graph, to)?);
+        // SAFETY: every node is of this client's graph.
+        unsafe {
+            self.driver
+                .cuGraphAddDependencies(as_ptr(graph), from.as_ptr(), to.as_ptr(), from.len())
         }
     }
 

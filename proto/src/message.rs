@@ -454,6 +454,47 @@ pub enum Request {
     LinkComplete { ctx: Handle, link: Handle },
     /// sync: `cuLinkDestroy`.
     LinkDestroy { link: Handle },
+    /// sync -> `Reply::Handle`: an empty graph (`cuGraphCreate`).
+    GraphCreate { ctx: Handle },
+    /// sync -> `Reply::Handle`: a node added to `graph` after the nodes
+    /// `deps` (`cuGraphAdd*Node`). A kernel node's packed parameters are
+    /// the bulk tail, as for a launch.
+    GraphAddNode {
+        ctx: Handle,
+        graph: Handle,
+        deps: Vec<Handle>,
+        node: GraphNode,
+    },
+    /// sync: edges `from[i] -> to[i]` (`cuGraphAddDependencies`).
+    GraphAddDependencies {
+        ctx: Handle,
+        graph: Handle,
+        from: Vec<Handle>,
+        to: Vec<Handle>,
+    },
+}
+
+/// A node of a graph the program builds itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GraphNode {
+    Empty,
+    /// A kernel; the launch's stream is not used.
+    Kernel(Launch),
+    /// `height` rows of `width` elements, `pitch` bytes apart.
+    Memset {
+        dst: DevicePtr,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+    },
+    /// A device-to-device copy.
+    Copy {
+        dst: DevicePtr,
+        src: DevicePtr,
+        len: u64,
+    },
 }
 
 /// JIT options whose value is a number, not an address: the ones a link

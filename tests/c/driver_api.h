@@ -310,6 +310,33 @@ typedef CUresult (*PFN_cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph, unsi
 typedef CUresult (*PFN_cuGraphLaunch)(CUgraphExec, CUstream);
 typedef CUresult (*PFN_cuGraphExecDestroy)(CUgraphExec);
 typedef CUresult (*PFN_cuGraphDestroy)(CUgraph);
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct {
+    CUfunction func;
+    unsigned gridDimX, gridDimY, gridDimZ;
+    unsigned blockDimX, blockDimY, blockDimZ;
+    unsigned sharedMemBytes;
+    void **kernelParams;
+    void **extra;
+    CUkernel kern;
+    CUcontext ctx;
+} CUDA_KERNEL_NODE_PARAMS;
+typedef struct {
+    CUdeviceptr dst;
+    size_t pitch;
+    unsigned value, elementSize;
+    size_t width, height;
+} CUDA_MEMSET_NODE_PARAMS;
+typedef CUresult (*PFN_cuGraphCreate)(CUgraph *, unsigned);
+typedef CUresult (*PFN_cuGraphAddEmptyNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t);
+typedef CUresult (*PFN_cuGraphAddKernelNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                             const CUDA_KERNEL_NODE_PARAMS *);
+typedef CUresult (*PFN_cuGraphAddMemsetNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                             const CUDA_MEMSET_NODE_PARAMS *, CUcontext);
+typedef CUresult (*PFN_cuGraphAddMemcpyNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                             const CUDA_MEMCPY3D *, CUcontext);
+typedef CUresult (*PFN_cuGraphAddDependencies)(CUgraph, const CUgraphNode *, const CUgraphNode *, size_t);
+typedef CUresult (*PFN_cuGraphGetNodes)(CUgraph, CUgraphNode *, size_t *);
 typedef CUresult (*PFN_cuStreamDestroy)(CUstream);
 typedef CUresult (*PFN_cuStreamSynchronize)(CUstream);
 typedef CUresult (*PFN_cuStreamWaitEvent)(CUstream, CUevent, unsigned);

@@ -898,6 +898,79 @@ int main(int argc, char **argv) {
         CHECK(cuStreamSynchronize(s));
         CHECK(cuGraphExecDestroy(ge));
         CHECK(cuGraphDestroy(g));
+        /* A graph built node by node: a = 1 (memset), a *= 3 (kernel),
+         * b = a (copy), c = a + b (kernel); d = 7 beside them (memset),
+         * joined with the last kernel by an empty node. Launched twice. */
+        {
+            GET(cuGraphCreate, 10000);
+            GET(cuGraphAddEmptyNode, 10000);
+            GET(cuGraphAddKernelNode, 12000);
+            GET(cuGraphAddMemsetNode, 10000);
+            GET(cuGraphAddMemcpyNode, 10000);
+            GET(cuGraphAddDependencies, 10000);
+            GET(cuGraphGetNodes, 10000);
+            CUgraph bg;
+            CHECK(cuGraphCreate(&bg, 0));
+            CUDA_MEMSET_NODE_PARAMS ms = {da, 0, 0x3f800000u, 4, (size_t)n, 1};
+            CUgraphNode set_a, scale_a, copy_b, add_c, set_d, join_all;
+            CHECK(cuGraphAddMemsetNode(&set_a, bg, NULL, 0, &ms, ctx));
+            float three = 3.0f;
+            void *sargs[] = {&da, &three, &nn};
+            CUDA_KERNEL_NODE_PARAMS kp = {fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, sargs, NULL, NULL, NULL};
+            CHECK(cuGraphAddKernelNode(&scale_a, bg, &set_a, 1, &kp));
+            CUDA_MEMCPY3D cp = {0};
+            cp.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            cp.srcDevice = da;
+            cp.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+            cp.dstDevice = db;
+            cp.WidthInBytes = bytes;
+            cp.Height = 1;
+            cp.Depth = 1;
+            CHECK(cuGraphAddMemcpyNode(&copy_b, bg, &scale_a, 1, &cp, ctx));
+            void *vargs[] = {&da, &db, &dc, &nn};
+            CUDA_KERNEL_NODE_PARAMS kv = {fadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, vargs, NULL, NULL, NULL};
+            CHECK(cuGraphAddKernelNode(&add_c, bg, &copy_b, 1, &kv));
+            CUDA_MEMSET_NODE_PARAMS md = {dd, 0, 7, 4, (size_t)n, 1};
+            CHECK(cuGraphAddMemsetNode(&set_d, bg, NULL, 0, &md, ctx));
+            CHECK(cuGraphAddEmptyNode(&join_all, bg, &add_c, 1));
+            CHECK(cuGraphAddDependencies(bg, &set_d, &join_all, 1));
+            size_t count = 0;
+            CHECK(cuGraphGetNodes(bg, NULL, &count));
+            EXPECT(count == 6, "a graph of six nodes has %zu", count);
+            CUgraphExec bx;
+            CHECK(cuGraphInstantiateWithFlags(&bx, bg, 0));
+            unsigned *dw = malloc(bytes);
+            for (int round = 0; round < 2; round++) {
+                CHECK(cuMemsetD32(dc, 0, n));
+                CHECK(cuMemsetD32(dd, 0, n));
+                CHECK(cuGraphLaunch(bx, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, dc, bytes));
+                CHECK(cuMemcpyDtoH(dw, dd, bytes));
+                for (int i = 0; i < n; i++) {
+                    EXPECT(c[i] == 6.0f, "round %d: built graph c[%d] = %f, want 6", round, i, c[i]);
+                    EXPECT(dw[i] == 7, "round %d: built graph d[%d] = %u, want 7", round, i, dw[i]);
+                }
+            }
+            free(dw);
+            if (getenv("GPUPOOL_SERVER")) {
+                /* A copy node from the program's own memory cannot be the
+                 * server's; nodes of another graph are no dependencies. */
+                CUDA_MEMCPY3D up = cp;
+                up.srcMemoryType = CU_MEMORYTYPE_HOST;
+                up.srcHost = a;
+                CUgraphNode bad_node;
+                EXPECT(cuGraphAddMemcpyNode(&bad_node, bg, NULL, 0, &up, ctx) == CUDA_ERROR_NOT_SUPPORTED,
+                       "a copy node from host memory was taken");
+                CUgraph other;
+                CHECK(cuGraphCreate(&other, 0));
+                EXPECT(cuGraphAddEmptyNode(&bad_node, other, &set_a, 1) == CUDA_ERROR_INVALID_VALUE,
+                       "a node of another graph taken as a dependency");
+                CHECK(cuGraphDestroy(other));
+            }
+            CHECK(cuGraphExecDestroy(bx));
+            CHECK(cuGraphDestroy(bg));
+        }
         printf("OK graph n=%d\n", n);
     } else if (!strcmp(mode, "fault")) {
         CUdeviceptr p;

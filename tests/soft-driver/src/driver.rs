@@ -424,6 +424,8 @@ pub struct Driver {
     stream_attrs: HashMap<(u64, u64), HashMap<u32, [u8; STREAM_ATTR_BYTES]>>,
     /// JIT linkers.
     links: HashMap<u64, LinkObj>,
+    /// Nodes of graphs built node by node -> their graph.
+    nodes: HashMap<u64, u64>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -688,6 +690,7 @@ impl Driver {
             streams: HashMap::new(),
             stream_attrs: HashMap::new(),
             links: HashMap::new(),
+            nodes: HashMap::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -2251,6 +2254,31 @@ impl Driver {
         fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
     ) -> CuResult<()> {
         let ctx = self.enqueue_ctx(cfg.stream)?;
+        let op = self.launch_op(ctx, f, cfg, fill)?;
+        if let Some(c) = self.capture_of(cfg.stream) {
+            c.ops.push(op);
+            return Ok(());
+        }
+        match op {
+            Op::Launch {
+                func,
+                kernel: Some(k),
+                params,
+                threads,
+            } => self.run_kernel(ctx, func, k, &params, threads),
+            _ => Ok(()),
+        }
+    }
+
+    /// A launch checked as the driver checks it, as the operation that runs
+    /// it (now, or from a graph).
+    fn launch_op(
+        &mut self,
+        ctx: u64,
+        f: u64,
+        cfg: &LaunchConfig,
+        fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
+    ) -> CuResult<Op> {
         let fid = self.resolve_function(f)?;
         let func = &self.functions[&fid];
         if func.ctx != ctx {
@@ -2295,19 +2323,12 @@ impl Driver {
             Recognised::Unknown => return Err(CUDA_ERROR_NOT_SUPPORTED),
         };
         let threads = u64::from(gx) * u64::from(bx);
-        if let Some(c) = self.capture_of(cfg.stream) {
-            c.ops.push(Op::Launch {
-                func: fid,
-                kernel: known,
-                params,
-                threads,
-            });
-            return Ok(());
-        }
-        match known {
-            Some(k) => self.run_kernel(ctx, fid, k, &params, threads),
-            None => Ok(()),
-        }
+        Ok(Op::Launch {
+            func: fid,
+            kernel: known,
+            params,
+            threads,
+        })
     }
 
     /// Runs a known kernel; a fault leaves `ctx` sticky, as on a GPU.
@@ -2541,18 +2562,139 @@ impl Driver {
     }
 
     /// `cuGraphGetNodes` without a node array: how many nodes it has.
+    /// The nodes of a graph built node by node, or the operations of a
+    /// captured one.
     pub fn graph_node_count(&self, graph: u64) -> CuResult<usize> {
-        self.graphs
-            .get(&graph)
-            .map(|g| g.ops.len())
-            .ok_or(CUDA_ERROR_INVALID_VALUE)
+        let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let built = self.nodes.values().filter(|n| **n == graph).count();
+        Ok(if built > 0 { built } else { g.ops.len() })
     }
 
     pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
         self.execs.remove(&exec).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 
+    // ----- graphs built node by node -----
+
+    pub fn graph_create(&mut self, flags: u32) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = self.handle();
+        self.graphs.insert(
+            h,
+            GraphObj {
+                ctx,
+                ops: Arc::new(Vec::new()),
+            },
+        );
+        Ok(h)
+    }
+
+    /// Adds `op` (none for an empty node) after `deps`, all nodes of
+    /// `graph`. Nodes run in the order they were added, which every set of
+    /// dependencies allows: a node's dependencies are added before it.
+    fn add_node(&mut self, graph: u64, deps: &[u64], op: Option<Op>) -> CuResult<u64> {
+        if !self.graphs.contains_key(&graph) || deps.iter().any(|d| self.nodes.get(d) != Some(&graph)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if let Some(op) = op {
+            let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            Arc::make_mut(&mut g.ops).push(op);
+        }
+        let h = self.handle();
+        self.nodes.insert(h, graph);
+        Ok(h)
+    }
+
+    pub fn graph_add_empty_node(&mut self, graph: u64, deps: &[u64]) -> CuResult<u64> {
+        self.add_node(graph, deps, None)
+    }
+
+    pub fn graph_add_kernel_node(
+        &mut self,
+        graph: u64,
+        deps: &[u64],
+        f: u64,
+        cfg: &LaunchConfig,
+        fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
+    ) -> CuResult<u64> {
+        let ctx = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
+        let op = self.launch_op(ctx, f, cfg, fill)?;
+        self.add_node(graph, deps, Some(op))
+    }
+
+    /// A memset node: `height` rows of `width` elements of `elem_size`
+    /// bytes, `pitch` apart, checked against the allocations now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn graph_add_memset_node(
+        &mut self,
+        graph: u64,
+        deps: &[u64],
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u32,
+        width: u64,
+        height: u64,
+    ) -> CuResult<u64> {
+        if !matches!(elem_size, 1 | 2 | 4) || width == 0 || height == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let row = width * elem_size as u64;
+        if height > 1 && pitch < row {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let pattern = value.to_le_bytes()[..elem_size as usize].to_vec();
+        let mut ops = Vec::new();
+        for r in 0..height {
+            let at = dst.checked_add(r * pitch).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            self.device_range(at, row)?;
+            ops.push(Op::Memset {
+                dst: at,
+                pattern: pattern.clone(),
+                count: width,
+            });
+        }
+        let last = ops.pop();
+        let node = self.add_node(graph, deps, last)?;
+        if !ops.is_empty() {
+            let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            let all = Arc::make_mut(&mut g.ops);
+            let at = all.len() - 1;
+            all.splice(at..at, ops);
+        }
+        Ok(node)
+    }
+
+    pub fn graph_add_copy_node(&mut self, graph: u64, deps: &[u64], dst: u64, src: u64, n: u64) -> CuResult<u64> {
+        if n == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        self.device_range(dst, n)?;
+        self.device_range(src, n)?;
+        self.add_node(graph, deps, Some(Op::CopyDtoD { dst, src, n }))
+    }
+
+    pub fn graph_add_dependencies(&mut self, graph: u64, from: &[u64], to: &[u64]) -> CuResult<()> {
+        if from.len() != to.len() || !self.graphs.contains_key(&graph) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let of_graph = |n: &u64| self.nodes.get(n) == Some(&graph);
+        if !from.iter().all(of_graph) || !to.iter().all(of_graph) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // Nodes run in the order added; an edge against that order is one
+        // this double cannot honour.
+        if from.iter().zip(to).any(|(f, t)| f >= t) {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        Ok(())
+    }
+
     pub fn graph_destroy(&mut self, graph: u64) -> CuResult<()> {
+        self.nodes.retain(|_, g| *g != graph);
         self.graphs.remove(&graph).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 

@@ -2550,3 +2550,187 @@ pub unsafe extern "C" fn cuLinkComplete(state: *mut c_void, image: *mut *mut c_v
 pub extern "C" fn cuLinkDestroy(state: *mut c_void) -> CUresult {
     ffi(|| driver::with(|d| d.link_destroy(h(state))))
 }
+
+// ----- graphs built node by node -----
+
+/// `CUDA_KERNEL_NODE_PARAMS` (`_v2`).
+#[repr(C)]
+pub struct CUDA_KERNEL_NODE_PARAMS {
+    pub func: CUfunction,
+    pub gridDimX: u32,
+    pub gridDimY: u32,
+    pub gridDimZ: u32,
+    pub blockDimX: u32,
+    pub blockDimY: u32,
+    pub blockDimZ: u32,
+    pub sharedMemBytes: u32,
+    pub kernelParams: *mut *mut c_void,
+    pub extra: *mut *mut c_void,
+    pub kern: CUkernel,
+    pub ctx: CUcontext,
+}
+
+/// `CUDA_MEMSET_NODE_PARAMS`.
+#[repr(C)]
+pub struct CUDA_MEMSET_NODE_PARAMS {
+    pub dst: CUdeviceptr,
+    pub pitch: usize,
+    pub value: u32,
+    pub elementSize: u32,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The dependencies a node is added after.
+///
+/// # Safety
+/// `deps` holds `n` node handles when `n > 0` (API contract).
+unsafe fn nodes(deps: *const *mut c_void, n: usize) -> CuResult<Vec<u64>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    need(deps)?;
+    // SAFETY: the caller's promise.
+    Ok(unsafe { std::slice::from_raw_parts(deps, n) }
+        .iter()
+        .map(|d| h(*d))
+        .collect())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphCreate(graph: *mut *mut c_void, flags: u32) -> CUresult {
+    ffi(|| {
+        need(graph)?;
+        let g = driver::with(|d| d.graph_create(flags))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(graph, ptr(g)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddEmptyNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        // SAFETY: API contract.
+        let deps = unsafe { nodes(deps, n) }?;
+        let x = driver::with(|d| d.graph_add_empty_node(h(graph), &deps))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddKernelNode_v2(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    params: *const CUDA_KERNEL_NODE_PARAMS,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        need(params)?;
+        // SAFETY: API contract.
+        let (deps, p) = (unsafe { nodes(deps, n) }?, unsafe { &*params });
+        let f = if p.func.is_null() { h(p.kern) } else { h(p.func) };
+        let cfg = LaunchConfig {
+            grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
+            block: [p.blockDimX, p.blockDimY, p.blockDimZ],
+            shared_mem: p.sharedMemBytes,
+            stream: 0,
+        };
+        let (kp, extra) = (p.kernelParams, p.extra);
+        let x = driver::with(|d| {
+            d.graph_add_kernel_node(h(graph), &deps, f, &cfg, |params, buf| {
+                // SAFETY: the node's parameters follow the launch contract.
+                unsafe { pack_params(kp, extra, params, buf) }
+            })
+        })?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddMemsetNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    params: *const CUDA_MEMSET_NODE_PARAMS,
+    _ctx: CUcontext,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        need(params)?;
+        // SAFETY: API contract.
+        let (deps, p) = (unsafe { nodes(deps, n) }?, unsafe { &*params });
+        let x = driver::with(|d| {
+            d.graph_add_memset_node(
+                h(graph),
+                &deps,
+                p.dst,
+                p.pitch as u64,
+                p.value,
+                p.elementSize,
+                p.width as u64,
+                p.height as u64,
+            )
+        })?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+/// A copy node: device to device, one row, in this double.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddMemcpyNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    copy: *const CudaMemcpy3D,
+    _ctx: CUcontext,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        need(copy)?;
+        // SAFETY: API contract.
+        let (deps, c) = (unsafe { nodes(deps, n) }?, unsafe { copy.read_unaligned() });
+        // `CU_MEMORYTYPE_DEVICE` and `_UNIFIED`.
+        let device = |t: u32| t == 2 || t == 4;
+        if !device(c.src_memory_type) || !device(c.dst_memory_type) || c.height > 1 || c.depth > 1 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let at = |base: u64, x: usize, y: usize, pitch: usize| {
+            y.checked_mul(pitch)
+                .and_then(|o| o.checked_add(x))
+                .and_then(|o| base.checked_add(o as u64))
+                .ok_or(CUDA_ERROR_INVALID_VALUE)
+        };
+        let src = at(c.src_device, c.src_x_in_bytes, c.src_y, c.src_pitch)?;
+        let dst = at(c.dst_device, c.dst_x_in_bytes, c.dst_y, c.dst_pitch)?;
+        let x = driver::with(|d| d.graph_add_copy_node(h(graph), &deps, dst, src, c.width_in_bytes as u64))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddDependencies(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    n: usize,
+) -> CUresult {
+    ffi(|| {
+        // SAFETY: API contract.
+        let (from, to) = unsafe { (nodes(from, n)?, nodes(to, n)?) };
+        driver::with(|d| d.graph_add_dependencies(h(graph), &from, &to))
+    })
+}

@@ -338,6 +338,59 @@ pub unsafe fn memcpy_atoa(
     unsafe { copy_1d_array(mode, dst, src, count, std::ptr::null_mut(), true) }
 }
 
+/// A graph's copy node (`CUDA_MEMCPY3D`) as a device-to-device copy:
+/// `(dst, src, len)`. A node with a host end cannot be held by the
+/// server's graph (the host's bytes are the client's, read when the graph
+/// runs), nor one with an array end or more than one row yet.
+///
+/// # Safety
+/// `copy` points at a `CUDA_MEMCPY3D` when non-null (API contract).
+pub(super) unsafe fn device_copy_of(copy: *const c_void) -> CuResult<(u64, u64, u64)> {
+    let s = shim()?;
+    if copy.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise; read unaligned to be safe.
+    let c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy3D>()) };
+    if c.width_in_bytes == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if c.height > 1 || c.depth > 1 {
+        tracing::warn!("a graph copy node of more than one row is not offered yet; returning CUDA_ERROR_NOT_SUPPORTED");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let (src, dst) = (
+        side(
+            s,
+            c.src_memory_type,
+            c.src_host as usize,
+            c.src_device,
+            c.src_x_in_bytes,
+            c.src_y,
+            c.src_pitch,
+        ),
+        side(
+            s,
+            c.dst_memory_type,
+            c.dst_host as usize,
+            c.dst_device,
+            c.dst_x_in_bytes,
+            c.dst_y,
+            c.dst_pitch,
+        ),
+    );
+    match (dst, src) {
+        (Ok(Place::Device(d)), Ok(Place::Device(from))) => Ok((d, from, c.width_in_bytes as u64)),
+        _ => {
+            tracing::warn!(
+                "a graph copy node with a host or array end cannot be held by the server's graph; \
+                 returning CUDA_ERROR_NOT_SUPPORTED"
+            );
+            Err(CuError::NOT_SUPPORTED)
+        }
+    }
+}
+
 pub unsafe fn memcpy_3d(mode: DefaultStream, copy: *const c_void) -> CuResult {
     unsafe { copy_3d(mode, copy, std::ptr::null_mut(), true) }
 }

@@ -1,0 +1,280 @@
+//! Graphs the program builds node by node (`cuGraphCreate`,
+//! `cuGraphAdd*Node`, `cuGraphAddDependencies`), as XLA's command buffers
+//! and the CUDA samples do. Each node is made in the server's graph (one
+//! round trip: the node's handle is the driver's); instantiating and
+//! launching are those of captured graphs. Kernel, memset, device-to-device
+//! copy and empty nodes are offered.
+
+use super::*;
+use gpupool_proto::message::GraphNode;
+
+/// `CUDA_KERNEL_NODE_PARAMS`: the first layout, and the `_v2` one, which
+/// adds a kernel handle and the context to run it in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelNodeParams {
+    func: CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_mem: u32,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelNodeParamsV2 {
+    first: KernelNodeParams,
+    kern: CUkernel,
+    ctx: CUcontext,
+}
+
+/// `CUDA_MEMSET_NODE_PARAMS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemsetNodeParams {
+    dst: CUdeviceptr,
+    pitch: usize,
+    value: u32,
+    elem_size: u32,
+    width: usize,
+    height: usize,
+}
+
+/// Most dependencies one call may name.
+const MAX_DEPENDENCIES: usize = 1 << 16;
+
+/// The node handles the program passed.
+///
+/// # Safety
+/// `nodes` holds `count` handles when `count > 0` (API contract).
+unsafe fn handles(nodes: *const *mut c_void, count: usize) -> CuResult<Vec<Handle>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if nodes.is_null() || count > MAX_DEPENDENCIES {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise.
+    Ok(unsafe { std::slice::from_raw_parts(nodes, count) }
+        .iter()
+        .map(|n| handle(*n))
+        .collect())
+}
+
+/// The context a graph was made in.
+fn graph_ctx(s: &Shim, graph: *mut c_void) -> CuResult<Handle> {
+    read(&s.graphs)
+        .get(&handle(graph))
+        .copied()
+        .ok_or(CuError::INVALID_VALUE)
+}
+
+/// Add `node` to the server's graph; the node's handle to the program.
+unsafe fn add(
+    out_node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    node: GraphNode,
+    bulk: &[u8],
+) -> CuResult {
+    let s = shim()?;
+    if out_node.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = graph_ctx(s, graph)?;
+    let deps = unsafe { handles(deps, count) }?;
+    let request = Request::GraphAddNode {
+        ctx,
+        graph: handle(graph),
+        deps,
+        node,
+    };
+    match s.remote.call(&request, bulk)? {
+        Reply::Handle(n) => unsafe { out(out_node, as_ptr(n)) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn graph_create(graph: *mut *mut c_void, flags: u32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if graph.is_null() || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let Reply::Handle(g) = s.remote.call(&Request::GraphCreate { ctx }, &[])? else {
+        return Err(CuError::UNKNOWN);
+    };
+    write(&s.graphs).insert(g, ctx);
+    unsafe { out(graph, as_ptr(g)) }
+}
+
+pub unsafe fn graph_add_empty_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+) -> CuResult {
+    unsafe { add(node, graph, deps, count, GraphNode::Empty, &[]) }
+}
+
+/// A kernel node, as a launch would be sent (the parameters packed by the
+/// function's layout) but held by the graph.
+unsafe fn kernel_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    p: KernelNodeParams,
+    kern: CUkernel,
+) -> CuResult {
+    let s = shim()?;
+    let ctx = graph_ctx(s, graph)?;
+    let func = if p.func.is_null() { handle(kern) } else { handle(p.func) };
+    if func == 0 || p.grid.contains(&0) || p.block.contains(&0) || (!p.params.is_null() && !p.extra.is_null()) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    check_launch_dims(s, ctx, p.grid, p.block)?;
+    let kernel = is_kernel(s, func);
+    let bulk = unsafe { pack_params(s, func, kernel, p.params, p.extra)? };
+    let launch = Launch {
+        ctx,
+        func: resolve(s, func)?,
+        kernel,
+        grid: p.grid,
+        block: p.block,
+        shared_mem: p.shared_mem,
+        stream: StreamRef::Legacy,
+        attrs: Vec::new(),
+    };
+    unsafe { add(node, graph, deps, count, GraphNode::Kernel(launch), &bulk) }
+}
+
+pub unsafe fn graph_add_kernel_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *const c_void,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes the first layout here.
+    let p = unsafe { params.cast::<KernelNodeParams>().read_unaligned() };
+    unsafe { kernel_node(node, graph, deps, count, p, std::ptr::null_mut()) }
+}
+
+pub unsafe fn graph_add_kernel_node_v2(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *const c_void,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes the `_v2` layout here.
+    let p = unsafe { params.cast::<KernelNodeParamsV2>().read_unaligned() };
+    let s = shim()?;
+    if !p.ctx.is_null() && Some(&handle(p.ctx)) != read(&s.graphs).get(&handle(graph)) {
+        // The server's graph is made in one context.
+        tracing::warn!("a kernel node for another context than its graph's; returning CUDA_ERROR_NOT_SUPPORTED");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    unsafe { kernel_node(node, graph, deps, count, p.first, p.kern) }
+}
+
+pub unsafe fn graph_add_memset_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *const c_void,
+    _ctx: CUcontext,
+) -> CuResult {
+    let s = shim()?;
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes a CUDA_MEMSET_NODE_PARAMS.
+    let p = unsafe { params.cast::<MemsetNodeParams>().read_unaligned() };
+    let elem_size = u8::try_from(p.elem_size).map_err(|_| CuError::INVALID_VALUE)?;
+    if !matches!(elem_size, 1 | 2 | 4) || p.width == 0 || p.height == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let row = p.width.checked_mul(elem_size as usize).ok_or(CuError::INVALID_VALUE)?;
+    let span = (p.height - 1)
+        .checked_mul(p.pitch)
+        .and_then(|x| x.checked_add(row))
+        .ok_or(CuError::INVALID_VALUE)?;
+    if p.height > 1 && p.pitch < row {
+        return Err(CuError::INVALID_VALUE);
+    }
+    device_range_ctx(s, p.dst, span as u64)?;
+    let memset = GraphNode::Memset {
+        dst: p.dst,
+        pitch: p.pitch as u64,
+        value: p.value,
+        elem_size,
+        width: p.width as u64,
+        height: p.height as u64,
+    };
+    unsafe { add(node, graph, deps, count, memset, &[]) }
+}
+
+pub unsafe fn graph_add_memcpy_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    copy: *const c_void,
+    _ctx: CUcontext,
+) -> CuResult {
+    let s = shim()?;
+    let (dst, src, len) = unsafe { super::copies::device_copy_of(copy) }?;
+    device_range_ctx(s, dst, len)?;
+    device_range_ctx(s, src, len)?;
+    unsafe { add(node, graph, deps, count, GraphNode::Copy { dst, src, len }, &[]) }
+}
+
+pub unsafe fn graph_add_dependencies(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    count: usize,
+) -> CuResult {
+    let s = shim()?;
+    let ctx = graph_ctx(s, graph)?;
+    let (from, to) = unsafe { (handles(from, count)?, handles(to, count)?) };
+    let request = Request::GraphAddDependencies {
+        ctx,
+        graph: handle(graph),
+        from,
+        to,
+    };
+    s.remote.call(&request, &[]).map(|_| ())
+}
+
+/// `cuGraphAddDependencies_v2`: edges with data; only the default edge
+/// (all zeroes) is offered.
+pub unsafe fn graph_add_dependencies_v2(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    edges: *const u64,
+    count: usize,
+) -> CuResult {
+    if !edges.is_null() && count > 0 {
+        // SAFETY: `edges` holds `count` CUgraphEdgeData, 8 bytes each (API
+        // contract).
+        let data = unsafe { std::slice::from_raw_parts(edges, count) };
+        if data.iter().any(|e| *e != 0) {
+            tracing::warn!("graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED");
+            return Err(CuError::NOT_SUPPORTED);
+        }
+    }
+    unsafe { graph_add_dependencies(graph, from, to, count) }
+}
