@@ -392,6 +392,45 @@ int main(int argc, char **argv) {
         CHECK(cudaPointerGetAttributes(&pa, m_table));
         EXPECT(pa.type == cudaMemoryTypeManaged, "__managed__ pointer type %d", (int)pa.type);
     }
+    // A graph built node by node through cudart: memset, kernel, copy.
+    {
+        const int m = 5000;
+        float *x, *y;
+        CHECK(cudaMalloc(&x, m * sizeof(float)));
+        CHECK(cudaMalloc(&y, m * sizeof(float)));
+        cudaGraph_t g;
+        CHECK(cudaGraphCreate(&g, 0));
+        cudaMemsetParams ms = {};
+        ms.dst = x;
+        ms.value = 0x40000000u; // 2.0f
+        ms.elementSize = 4;
+        ms.width = m;
+        ms.height = 1;
+        cudaGraphNode_t set, scale, copy;
+        CHECK(cudaGraphAddMemsetNode(&set, g, NULL, 0, &ms));
+        float f = 2.5f;
+        int count = m;
+        void *args[] = {&x, &f, &count};
+        cudaKernelNodeParams kp = {};
+        kp.func = (void *)gp_scale;
+        kp.gridDim = dim3((m + 255) / 256);
+        kp.blockDim = dim3(256);
+        kp.kernelParams = args;
+        CHECK(cudaGraphAddKernelNode(&scale, g, &set, 1, &kp));
+        CHECK(cudaGraphAddMemcpyNode1D(&copy, g, &scale, 1, y, x, m * sizeof(float), cudaMemcpyDeviceToDevice));
+        cudaGraphExec_t ge;
+        CHECK(cudaGraphInstantiate(&ge, g, 0));
+        CHECK(cudaGraphLaunch(ge, 0));
+        CHECK(cudaStreamSynchronize(0));
+        float *back = (float *)malloc(m * sizeof(float));
+        CHECK(cudaMemcpy(back, y, m * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int i = 0; i < m; i++) EXPECT(back[i] == 5.0f, "built graph y[%d] = %g", i, back[i]);
+        free(back);
+        CHECK(cudaGraphExecDestroy(ge));
+        CHECK(cudaGraphDestroy(g));
+        CHECK(cudaFree(x));
+        CHECK(cudaFree(y));
+    }
     // Cache preferences and kernel names, as cudart hands them on.
     {
         CHECK(cudaDeviceSetCacheConfig(cudaFuncCachePreferShared));
