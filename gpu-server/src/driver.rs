@@ -408,6 +408,9 @@ driver_api! {
     cuGraphAddMemsetNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const MemsetNodeParams, ctx: Ptr);
     cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
+    cuGraphAddChildGraphNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, child: Ptr);
+    cuGraphAddEventRecordNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
+    cuGraphAddEventWaitNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);

@@ -2281,6 +2281,28 @@ impl<'d> Worker<'d> {
                 // SAFETY: both ranges lie inside this client's allocations.
                 unsafe { d.cuGraphAddMemcpyNode(&mut n, g, dp, nd, &c, as_ptr(ctx)) }?;
             }
+            &GraphNode::Child { graph: child } => {
+                if self.tables.graphs.get(&child) != Some(&ctx) || child == graph {
+                    return Err(INVALID_VALUE);
+                }
+                // SAFETY: both graphs are this client's; the driver copies
+                // the child into the node.
+                unsafe { d.cuGraphAddChildGraphNode(&mut n, g, dp, nd, as_ptr(child)) }?;
+            }
+            &GraphNode::EventRecord { event } | &GraphNode::EventWait { event } => {
+                if self.tables.events.get(&event) != Some(&ctx) {
+                    return Err(INVALID_HANDLE);
+                }
+                let e = self.real(event);
+                // SAFETY: the event is this client's.
+                unsafe {
+                    if matches!(node, GraphNode::EventRecord { .. }) {
+                        d.cuGraphAddEventRecordNode(&mut n, g, dp, nd, e)
+                    } else {
+                        d.cuGraphAddEventWaitNode(&mut n, g, dp, nd, e)
+                    }
+                }?;
+            }
         }
         self.tables.nodes.insert(handle(n), graph);
         Ok(Reply::Handle(handle(n)))

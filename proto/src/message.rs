@@ -495,6 +495,17 @@ pub enum GraphNode {
         src: DevicePtr,
         len: u64,
     },
+    /// A copy of another graph of the session, made now.
+    Child {
+        graph: Handle,
+    },
+    /// Records or waits for an event of the session.
+    EventRecord {
+        event: Handle,
+    },
+    EventWait {
+        event: Handle,
+    },
 }
 
 /// JIT options whose value is a number, not an address: the ones a link

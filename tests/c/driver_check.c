@@ -934,9 +934,26 @@ int main(int argc, char **argv) {
             CHECK(cuGraphAddMemsetNode(&set_d, bg, NULL, 0, &md, ctx));
             CHECK(cuGraphAddEmptyNode(&join_all, bg, &add_c, 1));
             CHECK(cuGraphAddDependencies(bg, &set_d, &join_all, 1));
+            /* A child graph (b = 9, after the sum), copied into the node;
+             * an event recorded when everything is done, and waited for. */
+            GET(cuGraphAddChildGraphNode, 10000);
+            GET(cuGraphAddEventRecordNode, 11010);
+            GET(cuGraphAddEventWaitNode, 11010);
+            GET(cuEventQuery, 2000);
+            CUgraph child;
+            CHECK(cuGraphCreate(&child, 0));
+            CUDA_MEMSET_NODE_PARAMS mb = {db, 0, 9, 4, (size_t)n, 1};
+            CUgraphNode child_set, child_node, record, wait;
+            CHECK(cuGraphAddMemsetNode(&child_set, child, NULL, 0, &mb, ctx));
+            CHECK(cuGraphAddChildGraphNode(&child_node, bg, &join_all, 1, child));
+            CHECK(cuGraphDestroy(child));
+            CUevent done;
+            CHECK(cuEventCreate(&done, 0));
+            CHECK(cuGraphAddEventRecordNode(&record, bg, &child_node, 1, done));
+            CHECK(cuGraphAddEventWaitNode(&wait, bg, &record, 1, done));
             size_t count = 0;
             CHECK(cuGraphGetNodes(bg, NULL, &count));
-            EXPECT(count == 6, "a graph of six nodes has %zu", count);
+            EXPECT(count == 9, "a graph of nine nodes has %zu", count);
             CUgraphExec bx;
             CHECK(cuGraphInstantiateWithFlags(&bx, bg, 0));
             unsigned *dw = malloc(bytes);
@@ -951,6 +968,9 @@ int main(int argc, char **argv) {
                     EXPECT(c[i] == 6.0f, "round %d: built graph c[%d] = %f, want 6", round, i, c[i]);
                     EXPECT(dw[i] == 7, "round %d: built graph d[%d] = %u, want 7", round, i, dw[i]);
                 }
+                CHECK(cuMemcpyDtoH(dw, db, bytes));
+                for (int i = 0; i < n; i++) EXPECT(dw[i] == 9, "round %d: child graph b[%d] = %u", round, i, dw[i]);
+                CHECK(cuEventQuery(done));
             }
             free(dw);
             if (getenv("GPUPOOL_SERVER")) {
@@ -970,6 +990,7 @@ int main(int argc, char **argv) {
             }
             CHECK(cuGraphExecDestroy(bx));
             CHECK(cuGraphDestroy(bg));
+            CHECK(cuEventDestroy(done));
         }
         printf("OK graph n=%d\n", n);
     } else if (!strcmp(mode, "fault")) {

@@ -242,6 +242,10 @@ enum Op {
         src: u64,
         n: u64,
     },
+    /// An event record node: the event completes when the graph gets here.
+    Record {
+        event: u64,
+    },
 }
 
 /// A graph (`cuStreamEndCapture`) or an executable graph
@@ -2539,6 +2543,13 @@ impl Driver {
                 Op::CopyDtoD { dst, src, n } => self.run_dtod(*dst, *src, *n),
                 Op::CopyIn { dst, src, n } => self.run_host_copy(*dst, *src, *n, true),
                 Op::CopyOut { dst, src, n } => self.run_host_copy(*src, *dst, *n, false),
+                Op::Record { event } => {
+                    if let Some(e) = self.events.get_mut(event) {
+                        e.recorded = Some(Instant::now());
+                        e.copies = engine::last();
+                    }
+                    Ok(())
+                }
             };
             if r.is_err() {
                 if let Some(c) = self.contexts.get_mut(&ctx) {
@@ -2675,6 +2686,29 @@ impl Driver {
         self.device_range(dst, n)?;
         self.device_range(src, n)?;
         self.add_node(graph, deps, Some(Op::CopyDtoD { dst, src, n }))
+    }
+
+    /// A child graph node: the child's operations, copied now (later
+    /// changes to the child do not reach the node).
+    pub fn graph_add_child_node(&mut self, graph: u64, deps: &[u64], child: u64) -> CuResult<u64> {
+        if child == graph {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let ops = self.graphs.get(&child).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.to_vec();
+        let node = self.add_node(graph, deps, None)?;
+        let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Arc::make_mut(&mut g.ops).extend(ops);
+        Ok(node)
+    }
+
+    /// Event nodes: a record completes the event where the graph reaches
+    /// it; a wait needs nothing here, where a graph's work runs in order.
+    pub fn graph_add_event_node(&mut self, graph: u64, deps: &[u64], event: u64, record: bool) -> CuResult<u64> {
+        let ctx = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
+        if self.events.get(&event).is_none_or(|e| e.ctx != ctx) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        self.add_node(graph, deps, record.then_some(Op::Record { event }))
     }
 
     pub fn graph_add_dependencies(&mut self, graph: u64, from: &[u64], to: &[u64]) -> CuResult<()> {

@@ -2734,3 +2734,67 @@ pub unsafe extern "C" fn cuGraphAddDependencies(
         driver::with(|d| d.graph_add_dependencies(h(graph), &from, &to))
     })
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddChildGraphNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    child: *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        // SAFETY: API contract.
+        let deps = unsafe { nodes(deps, n) }?;
+        let x = driver::with(|d| d.graph_add_child_node(h(graph), &deps, h(child)))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+/// Event record and wait nodes.
+///
+/// # Safety
+/// As for the other node functions (API contract).
+unsafe fn event_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    event: CUevent,
+    record: bool,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        // SAFETY: API contract.
+        let deps = unsafe { nodes(deps, n) }?;
+        let x = driver::with(|d| d.graph_add_event_node(h(graph), &deps, h(event), record))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddEventRecordNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    event: CUevent,
+) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { event_node(node, graph, deps, n, event, true) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddEventWaitNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    event: CUevent,
+) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { event_node(node, graph, deps, n, event, false) }
+}

@@ -3,7 +3,7 @@
 //! and the CUDA samples do. Each node is made in the server's graph (one
 //! round trip: the node's handle is the driver's); instantiating and
 //! launching are those of captured graphs. Kernel, memset, device-to-device
-//! copy and empty nodes are offered.
+//! copy, empty, child-graph and event record and wait nodes are offered.
 
 use super::*;
 use gpupool_proto::message::GraphNode;
@@ -277,4 +277,41 @@ pub unsafe fn graph_add_dependencies_v2(
         }
     }
     unsafe { graph_add_dependencies(graph, from, to, count) }
+}
+
+pub unsafe fn graph_add_child_graph_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    child: *mut c_void,
+) -> CuResult {
+    let s = shim()?;
+    if graph_ctx(s, child)? != graph_ctx(s, graph)? {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let child = GraphNode::Child { graph: handle(child) };
+    unsafe { add(node, graph, deps, count, child, &[]) }
+}
+
+pub unsafe fn graph_add_event_record_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    event: CUevent,
+) -> CuResult {
+    let record = GraphNode::EventRecord { event: handle(event) };
+    unsafe { add(node, graph, deps, count, record, &[]) }
+}
+
+pub unsafe fn graph_add_event_wait_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    event: CUevent,
+) -> CuResult {
+    let wait = GraphNode::EventWait { event: handle(event) };
+    unsafe { add(node, graph, deps, count, wait, &[]) }
 }
