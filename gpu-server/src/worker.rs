@@ -2205,17 +2205,10 @@ impl<'d> Worker<'d> {
             // SAFETY: the graph and the dependencies are this client's.
             GraphNode::Empty => unsafe { d.cuGraphAddEmptyNode(&mut n, g, dp, nd) }?,
             GraphNode::Kernel(l) => {
-                let layout = self.layout(l.func, l.kernel)?;
-                let extent = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
-                if len < extent || !l.attrs.is_empty() {
+                if !l.attrs.is_empty() {
                     return Err(INVALID_VALUE);
                 }
-                let base = params.as_mut_ptr().cast::<u8>();
-                // SAFETY: every offset + size is within `extent` <= len bytes.
-                let mut args: Vec<Ptr> = layout
-                    .iter()
-                    .map(|&(o, _)| unsafe { base.add(o as usize) }.cast())
-                    .collect();
+                let mut args = self.kernel_args(l, params, len)?;
                 let (func, kern) = if l.kernel {
                     (std::ptr::null_mut(), as_ptr(l.func))
                 } else {
@@ -2564,19 +2557,25 @@ impl<'d> Worker<'d> {
         Ok(layout)
     }
 
-    fn launch(&mut self, l: &Launch, params: &mut [u64], len: usize) -> DriverResult {
-        let s = self.enter(l.ctx, l.stream)?;
+    /// The `kernelParams` of a launch: a pointer to each parameter in the
+    /// packed block (`len` bytes of `params`), by the driver's own layout.
+    fn kernel_args(&mut self, l: &Launch, params: &mut [u64], len: usize) -> DriverResult<Vec<Ptr>> {
         let layout = self.layout(l.func, l.kernel)?;
         let extent = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
-        if len < extent {
+        if len < extent || len > params.len() * 8 {
             return Err(INVALID_VALUE);
         }
         let base = params.as_mut_ptr().cast::<u8>();
         // SAFETY: every offset + size is within `extent` <= len bytes of params.
-        let mut args: Vec<Ptr> = layout
+        Ok(layout
             .iter()
             .map(|&(o, _)| unsafe { base.add(o as usize) }.cast())
-            .collect();
+            .collect())
+    }
+
+    fn launch(&mut self, l: &Launch, params: &mut [u64], len: usize) -> DriverResult {
+        let s = self.enter(l.ctx, l.stream)?;
+        let mut args = self.kernel_args(l, params, len)?;
         let args_ptr = if args.is_empty() {
             std::ptr::null_mut()
         } else {

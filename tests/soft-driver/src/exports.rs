@@ -534,17 +534,27 @@ pub unsafe extern "C" fn cuLibraryGetKernel(
     })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn cuLibraryGetGlobal(
+/// A library's global, or (`managed`) its `__managed__` variable.
+///
+/// # Safety
+/// The API contract of `cuLibraryGetGlobal`.
+unsafe fn library_variable(
     dptr: *mut CUdeviceptr,
     bytes: *mut usize,
     library: CUlibrary,
     gname: *const c_char,
+    managed: bool,
 ) -> CUresult {
     ffi(|| {
         // SAFETY: `gname` is NUL-terminated when non-null (API contract).
         let n = unsafe { name(gname) }?;
-        let (addr, size) = driver::with(|d| d.library_get_global(h(library), n))?;
+        let (addr, size) = driver::with(|d| {
+            if managed {
+                d.library_get_managed(h(library), n)
+            } else {
+                d.library_get_global(h(library), n)
+            }
+        })?;
         // SAFETY: either out-pointer may be null; non-null ones are valid
         // for writes (API contract).
         unsafe {
@@ -556,24 +566,25 @@ pub unsafe extern "C" fn cuLibraryGetGlobal(
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetGlobal(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    library: CUlibrary,
+    gname: *const c_char,
+) -> CUresult {
+    // SAFETY: forwarded under the same contract.
+    unsafe { library_variable(dptr, bytes, library, gname, false) }
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuLibraryGetManaged(
     dptr: *mut CUdeviceptr,
     bytes: *mut usize,
     library: CUlibrary,
     gname: *const c_char,
 ) -> CUresult {
-    ffi(|| {
-        // SAFETY: `gname` is NUL-terminated when non-null (API contract).
-        let n = unsafe { name(gname) }?;
-        let (addr, size) = driver::with(|d| d.library_get_managed(h(library), n))?;
-        // SAFETY: either out-pointer may be null; non-null ones are valid
-        // for writes (API contract).
-        unsafe {
-            out_opt(dptr, addr);
-            out_opt(bytes, size as usize);
-        }
-        Ok(())
-    })
+    // SAFETY: forwarded under the same contract.
+    unsafe { library_variable(dptr, bytes, library, gname, true) }
 }
 
 #[no_mangle]

@@ -80,6 +80,49 @@ fn encode(out: *mut Map, desc: TensorMapDesc) -> CuResult {
     Ok(())
 }
 
+/// A map's description from the program's arguments, encoded.
+///
+/// # Safety
+/// Each array holds what `rank` asks (API contract): `rank` dimensions and
+/// element strides, `rank - 1` strides.
+#[allow(clippy::too_many_arguments)]
+unsafe fn encode_map(
+    map: *mut c_void,
+    data_type: u32,
+    rank: u32,
+    min_rank: u32,
+    address: *mut c_void,
+    dims: *const u64,
+    strides: *const u64,
+    element_strides: *const u32,
+    modes: [u32; 4],
+    kind: impl FnOnce(usize) -> CuResult<TensorMapKind>,
+) -> CuResult {
+    let out = map_ptr(map)?;
+    if !(min_rank..=5).contains(&rank) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let r = rank as usize;
+    let [interleave, swizzle, l2_promotion, oob_fill] = modes;
+    // SAFETY: the caller's promise.
+    let desc = unsafe {
+        TensorMapDesc {
+            data_type,
+            rank,
+            address: address as u64,
+            dims: values(dims, r)?,
+            strides: values(strides, r - 1)?,
+            element_strides: values(element_strides, r)?,
+            interleave,
+            swizzle,
+            l2_promotion,
+            oob_fill,
+            kind: kind(r)?,
+        }
+    };
+    encode(out, desc)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tensor_map_encode_tiled(
     map: *mut c_void,
@@ -95,30 +138,27 @@ pub unsafe fn tensor_map_encode_tiled(
     l2_promotion: u32,
     oob_fill: u32,
 ) -> CuResult {
-    let out = map_ptr(map)?;
-    if !(1..=5).contains(&rank) {
-        return Err(CuError::INVALID_VALUE);
-    }
-    let r = rank as usize;
+    let modes = [interleave, swizzle, l2_promotion, oob_fill];
     // SAFETY: each array holds what the rank asks (API contract).
-    let desc = unsafe {
-        TensorMapDesc {
+    let kind = |r| {
+        Ok(TensorMapKind::Tiled {
+            box_dims: unsafe { values(box_dims, r)? },
+        })
+    };
+    unsafe {
+        encode_map(
+            map,
             data_type,
             rank,
-            address: address as u64,
-            dims: values(dims, r)?,
-            strides: values(strides, r - 1)?,
-            element_strides: values(element_strides, r)?,
-            interleave,
-            swizzle,
-            l2_promotion,
-            oob_fill,
-            kind: TensorMapKind::Tiled {
-                box_dims: values(box_dims, r)?,
-            },
-        }
-    };
-    encode(out, desc)
+            1,
+            address,
+            dims,
+            strides,
+            element_strides,
+            modes,
+            kind,
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -139,33 +179,30 @@ pub unsafe fn tensor_map_encode_im2col(
     l2_promotion: u32,
     oob_fill: u32,
 ) -> CuResult {
-    let out = map_ptr(map)?;
-    if !(3..=5).contains(&rank) {
-        return Err(CuError::INVALID_VALUE);
-    }
-    let r = rank as usize;
+    let modes = [interleave, swizzle, l2_promotion, oob_fill];
     // SAFETY: each array holds what the rank asks (API contract).
-    let desc = unsafe {
-        TensorMapDesc {
+    let kind = |r: usize| unsafe {
+        Ok(TensorMapKind::Im2col {
+            lower: values(lower, r - 2)?,
+            upper: values(upper, r - 2)?,
+            channels,
+            pixels,
+        })
+    };
+    unsafe {
+        encode_map(
+            map,
             data_type,
             rank,
-            address: address as u64,
-            dims: values(dims, r)?,
-            strides: values(strides, r - 1)?,
-            element_strides: values(element_strides, r)?,
-            interleave,
-            swizzle,
-            l2_promotion,
-            oob_fill,
-            kind: TensorMapKind::Im2col {
-                lower: values(lower, r - 2)?,
-                upper: values(upper, r - 2)?,
-                channels,
-                pixels,
-            },
-        }
-    };
-    encode(out, desc)
+            3,
+            address,
+            dims,
+            strides,
+            element_strides,
+            modes,
+            kind,
+        )
+    }
 }
 
 pub unsafe fn tensor_map_replace_address(map: *mut c_void, address: *mut c_void) -> CuResult {
