@@ -19,7 +19,8 @@ use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, CacheTarget, GraphNode, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, TensorMapDesc,
-    TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
+    TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK, SCALAR_JIT_OPTIONS,
+    TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
@@ -114,6 +115,9 @@ pub struct Worker<'d> {
     per_thread: HashMap<(Handle, u64), Ptr>,
     /// Parameter layouts of functions and kernels.
     layouts: HashMap<Handle, Vec<(u32, u32)>>,
+    /// Linked images (`cuLinkComplete`): the driver's, until the linker
+    /// is destroyed.
+    linked: HashMap<Handle, (Ptr, usize)>,
     current: Option<Handle>,
     staging: Vec<Staging>,
     next_staging: usize,
@@ -159,6 +163,7 @@ impl<'d> Worker<'d> {
             kept: HashMap::new(),
             per_thread: HashMap::new(),
             layouts: HashMap::new(),
+            linked: HashMap::new(),
             current: None,
             staging: Vec::new(),
             next_staging: 0,
@@ -845,6 +850,7 @@ impl<'d> Worker<'d> {
                 to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
             }
             R::LinkComplete { ctx, link } => to_reply(self.link_complete(ctx, link)),
+            R::LinkImage { link, offset } => to_reply(self.link_image(link, offset)),
             R::LinkDestroy { link } => to_reply(self.link_destroy(link)),
             R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
@@ -2370,8 +2376,20 @@ impl<'d> Worker<'d> {
         if image.is_null() {
             return Err(INVALID_VALUE);
         }
-        // SAFETY: the driver's image lives until the linker is destroyed.
-        let bytes = unsafe { std::slice::from_raw_parts(image.cast::<u8>(), size) };
+        self.linked.insert(link, (image, size));
+        Ok(Reply::Size(size as u64))
+    }
+
+    fn link_image(&mut self, link: Handle, offset: u64) -> DriverResult<Reply> {
+        let &(image, size) = self.linked.get(&link).ok_or(INVALID_HANDLE)?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&o| o <= size)
+            .ok_or(INVALID_VALUE)?;
+        let end = size.min(start + LINK_IMAGE_CHUNK);
+        // SAFETY: the driver's image lives until the linker is destroyed,
+        // and start..end lies inside its `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(image.cast::<u8>().add(start), end - start) };
         Ok(Reply::Bytes(bytes.to_vec()))
     }
 
@@ -2379,6 +2397,7 @@ impl<'d> Worker<'d> {
         if !self.tables.links.remove(&link) {
             return Err(INVALID_HANDLE);
         }
+        self.linked.remove(&link);
         // SAFETY: the linker was this client's.
         unsafe { self.driver.cuLinkDestroy(as_ptr(link)) }
     }

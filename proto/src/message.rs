@@ -450,8 +450,12 @@ pub enum Request {
         kind: u32,
         name: String,
     },
-    /// sync -> `Reply::Bytes`: the linked image (`cuLinkComplete`).
+    /// sync -> `Reply::Size`: link (`cuLinkComplete`); the image's bytes,
+    /// which `LinkImage` then reads.
     LinkComplete { ctx: Handle, link: Handle },
+    /// sync -> `Reply::Bytes`: up to [`LINK_IMAGE_CHUNK`] bytes of the
+    /// linked image from `offset` (messages are small; images need not be).
+    LinkImage { link: Handle, offset: u64 },
     /// sync: `cuLinkDestroy`.
     LinkDestroy { link: Handle },
     /// sync -> `Reply::Handle`: an empty graph (`cuGraphCreate`).
@@ -507,6 +511,9 @@ pub enum GraphNode {
         event: Handle,
     },
 }
+
+/// Bytes of a linked image one `LinkImage` answer carries at most.
+pub const LINK_IMAGE_CHUNK: usize = 512 << 10;
 
 /// JIT options whose value is a number, not an address: the ones a link
 /// may carry to the server (`CUjit_option`).

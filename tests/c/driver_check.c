@@ -591,6 +591,26 @@ int main(int argc, char **argv) {
             for (int i = 0; i < n; i++) EXPECT(c[i] == 2 * a[i], "linked kernel: c[%d] = %f", i, c[i]);
             CHECK(cuModuleUnload(lm));
             CHECK(cuLinkDestroy(ls));
+            /* A large input (a long comment), so that an image linked from
+             * it may come back in pieces. */
+            size_t big_len = sizeof KERNELS_PTX - 1 + 4 + 700000 + 2;
+            char *big = malloc(big_len);
+            memcpy(big, KERNELS_PTX, sizeof KERNELS_PTX - 1);
+            memcpy(big + sizeof KERNELS_PTX - 1, "\n// ", 4);
+            memset(big + sizeof KERNELS_PTX - 1 + 4, 'x', 700000);
+            memcpy(big + big_len - 2, "\n", 2);
+            CHECK(cuLinkCreate(0, NULL, NULL, &ls));
+            CHECK(cuLinkAddData(ls, CU_JIT_INPUT_PTX, big, big_len, "big.ptx", 0, NULL, NULL));
+            CHECK(cuLinkComplete(ls, &linked, &linked_size));
+            CHECK(cuModuleLoadData(&lm, linked));
+            CHECK(cuModuleGetFunction(&ladd, lm, "gp_vector_add"));
+            CHECK(cuMemsetD32(dc, 0, n));
+            CHECK(cuLaunchKernel(ladd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, largs, NULL));
+            CHECK(cuMemcpyDtoH(c, dc, bytes));
+            for (int i = 0; i < n; i++) EXPECT(c[i] == 2 * a[i], "kernel linked from a large input: c[%d] = %f", i, c[i]);
+            CHECK(cuModuleUnload(lm));
+            CHECK(cuLinkDestroy(ls));
+            free(big);
             char path[] = "/tmp/gpupool-link-XXXXXX";
             int fd = mkstemp(path);
             EXPECT(fd >= 0, "no temporary file");

@@ -170,10 +170,22 @@ pub unsafe fn link_complete(state: *mut c_void, image: *mut *mut c_void, size: *
     }
     let link = handle(state);
     known(link)?;
-    let bytes = match s.remote.call(&Request::LinkComplete { ctx, link }, &[])? {
-        Reply::Bytes(b) => b,
+    let size_of = match s.remote.call(&Request::LinkComplete { ctx, link }, &[])? {
+        Reply::Size(n) => usize::try_from(n).map_err(|_| CuError::OUT_OF_MEMORY)?,
         _ => return Err(CuError::UNKNOWN),
     };
+    // The image in pieces: one message is small, an image need not be.
+    let mut bytes = Vec::with_capacity(size_of);
+    while bytes.len() < size_of {
+        let piece = Request::LinkImage {
+            link,
+            offset: bytes.len() as u64,
+        };
+        match s.remote.call(&piece, &[])? {
+            Reply::Bytes(b) if !b.is_empty() => bytes.extend_from_slice(&b),
+            _ => return Err(CuError::UNKNOWN),
+        }
+    }
     let (p, n) = links(|l| {
         let kept = l.entry(link).or_default().insert(bytes);
         (kept.as_ptr(), kept.len())
