@@ -259,6 +259,15 @@ typedef CUresult (*PFN_cuLinkDestroy)(CUlinkState);
 #define CU_JIT_OPTIMIZATION_LEVEL 7
 #define CU_JIT_INPUT_PTX 1
 #define CUDA_ERROR_FILE_NOT_FOUND 301
+typedef struct {
+    int srcAccessOrder;
+    int srcLocHint[2], dstLocHint[2];
+    unsigned flags;
+} CUmemcpyAttributes;
+typedef CUresult (*PFN_cuMemcpyBatchAsync)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t, CUmemcpyAttributes *,
+                                           size_t *, size_t, CUstream);
+#define CU_MEMCPY_SRC_ACCESS_ORDER_STREAM 1
+#define CU_MEMCPY_SRC_ACCESS_ORDER_DURING_API_CALL 2
 typedef CUresult (*PFN_cuProfilerStart)(void);
 typedef CUresult (*PFN_cuProfilerStop)(void);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720

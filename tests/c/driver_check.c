@@ -1089,6 +1089,34 @@ int main(int argc, char **argv) {
         CHECK(cuEventSynchronize(e1));
         CHECK(cuEventElapsedTime(&ms, e0, e1));
         EXPECT(ms >= 0, "elapsed %f", ms);
+        /* A batch of copies: up from a stack buffer, across, and down,
+         * in stream order as a whole. */
+        {
+            GET(cuMemcpyBatchAsync, 13000);
+            unsigned char up[4096], down[4096];
+            for (int i = 0; i < 4096; i++) up[i] = (unsigned char)(i * 7 + 3);
+            CUdeviceptr dsts[3] = {p, p + 8192, (CUdeviceptr)(uintptr_t)down};
+            CUdeviceptr srcs[3] = {(CUdeviceptr)(uintptr_t)up, p, p + 8192};
+            size_t sizes[3] = {4096, 4096, 4096};
+            CUmemcpyAttributes at[2] = {{CU_MEMCPY_SRC_ACCESS_ORDER_DURING_API_CALL, {0, 0}, {0, 0}, 0},
+                                        {CU_MEMCPY_SRC_ACCESS_ORDER_STREAM, {0, 0}, {0, 0}, 0}};
+            size_t idxs[2] = {0, 1};
+            CHECK(cuMemcpyBatchAsync(dsts, srcs, sizes, 3, at, idxs, 2, s));
+            memset(up, 0, sizeof up);
+            CHECK(cuStreamSynchronize(s));
+            EXPECT(down[0] == 3 && down[4095] == (unsigned char)(4095 * 7 + 3), "batch copies read back %u %u", down[0],
+                   down[4095]);
+            for (int i = 0; i < 4096; i++) EXPECT(down[i] == (unsigned char)(i * 7 + 3), "batch down[%d] = %u", i, down[i]);
+            size_t bad_idxs[2] = {1, 2};
+            EXPECT(cuMemcpyBatchAsync(dsts, srcs, sizes, 3, at, bad_idxs, 2, s) == CUDA_ERROR_INVALID_VALUE,
+                   "attribute indices not starting at 0 taken");
+            at[0].srcAccessOrder = 0;
+            EXPECT(cuMemcpyBatchAsync(dsts, srcs, sizes, 3, at, idxs, 2, s) == CUDA_ERROR_INVALID_VALUE,
+                   "an invalid source access order taken");
+            at[0].srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+            EXPECT(cuMemcpyBatchAsync(dsts, srcs, sizes, 3, at, idxs, 2, NULL) == CUDA_ERROR_INVALID_VALUE,
+                   "a batch on the legacy stream taken");
+        }
         CUdeviceptr mapped;
         CUresult zc = cuMemHostGetDevicePointer(&mapped, host, 0);
         EXPECT(zc == CUDA_ERROR_NOT_SUPPORTED || zc == CUDA_SUCCESS, "host device pointer %d", zc);

@@ -165,6 +165,117 @@ pub unsafe fn memcpy_unified_async(
     unsafe { copy_unified(mode, dst, src, size, stream, false) }
 }
 
+/// `CUmemcpyAttributes`: the source access order (`CUmemcpySrcAccessOrder`,
+/// 1 to 3), location hints and flags.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemcpyAttributes {
+    src_access_order: u32,
+    src_location: [u32; 2],
+    dst_location: [u32; 2],
+    flags: u32,
+}
+
+/// Copies a batch may hold at most.
+const MAX_BATCH: usize = 1 << 20;
+
+/// `cuMemcpyBatchAsync`: each copy as `cuMemcpyAsync` makes it, in order
+/// on the stream (CUDA leaves the order within a batch open, so this is one
+/// of the orders it allows). The location hints and flags are hints; every
+/// source access order is met, since host sources are read at the call or
+/// in stream order as for any asynchronous copy.
+///
+/// # Safety
+/// The arrays hold `count` and `num_attrs` entries (API contract).
+#[allow(clippy::too_many_arguments)]
+unsafe fn batch(
+    mode: DefaultStream,
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const c_void,
+    attr_idxs: *const usize,
+    num_attrs: usize,
+    stream: CUstream,
+) -> CuResult {
+    shim()?;
+    // The legacy default stream is not allowed (`CU_STREAM_LEGACY` is 1).
+    if (mode == DefaultStream::Legacy && handle(stream) == 0) || handle(stream) == 1 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if count == 0 || count > MAX_BATCH || num_attrs == 0 || num_attrs > count {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if [
+        dsts.is_null(),
+        srcs.is_null(),
+        sizes.is_null(),
+        attrs.is_null(),
+        attr_idxs.is_null(),
+    ]
+    .contains(&true)
+    {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise.
+    let (dsts, srcs, sizes, attrs, idxs) = unsafe {
+        (
+            std::slice::from_raw_parts(dsts, count),
+            std::slice::from_raw_parts(srcs, count),
+            std::slice::from_raw_parts(sizes, count),
+            std::slice::from_raw_parts(attrs.cast::<MemcpyAttributes>(), num_attrs),
+            std::slice::from_raw_parts(attr_idxs, num_attrs),
+        )
+    };
+    let ordered = idxs[0] == 0 && idxs.windows(2).all(|w| w[0] < w[1]) && idxs[num_attrs - 1] < count;
+    if !ordered || attrs.iter().any(|a| !(1..=3).contains(&a.src_access_order)) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    for i in 0..count {
+        unsafe { copy_unified(mode, dsts[i], srcs[i], sizes[i], stream, false) }?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn memcpy_batch_async(
+    mode: DefaultStream,
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const c_void,
+    attr_idxs: *const usize,
+    num_attrs: usize,
+    stream: CUstream,
+) -> CuResult {
+    unsafe { batch(mode, dsts, srcs, sizes, count, attrs, attr_idxs, num_attrs, stream) }
+}
+
+/// The CUDA 12.8 form, which also names the failing copy (`SIZE_MAX`:
+/// none in particular).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn memcpy_batch_async_fail_idx(
+    mode: DefaultStream,
+    dsts: *const CUdeviceptr,
+    srcs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    attrs: *const c_void,
+    attr_idxs: *const usize,
+    num_attrs: usize,
+    fail_idx: *mut usize,
+    stream: CUstream,
+) -> CuResult {
+    let r = unsafe { batch(mode, dsts, srcs, sizes, count, attrs, attr_idxs, num_attrs, stream) };
+    if r.is_err() && !fail_idx.is_null() {
+        // SAFETY: a writable size_t when non-null (API contract).
+        unsafe { fail_idx.write(usize::MAX) };
+    }
+    r
+}
+
 pub unsafe fn memcpy_2d(mode: DefaultStream, copy: *const c_void) -> CuResult {
     unsafe { copy_2d(mode, copy, std::ptr::null_mut(), true) }
 }
