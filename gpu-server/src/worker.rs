@@ -74,6 +74,9 @@ struct Staging {
     pinned: bool,
     fallback: Vec<u8>,
     event: Ptr,
+    /// The context the event was made in: a stream of another context
+    /// cannot record it, so it is made again there.
+    event_ctx: Option<Handle>,
     busy: bool,
 }
 
@@ -1832,6 +1835,7 @@ impl<'d> Worker<'d> {
                 pinned,
                 fallback,
                 event,
+                event_ctx: self.current,
                 busy: false,
             });
         }
@@ -1855,12 +1859,30 @@ impl<'d> Worker<'d> {
         self.ensure_staging();
         let i = self.next_staging;
         self.next_staging = (i + 1) % self.staging.len();
+        let current = self.current;
         let s = &mut self.staging[i];
         if s.busy && !s.event.is_null() {
             // SAFETY: the event was recorded after the copy that used this buffer.
             unsafe { self.driver.cuEventSynchronize(s.event) }?;
         }
         s.busy = false;
+        if s.event_ctx != current {
+            // The copy runs in another context than the event's (a second
+            // device, or a context of the program's own): its event is
+            // made again in this one. The buffer itself serves every
+            // context (pinned memory is portable with unified addressing).
+            if !s.event.is_null() {
+                // SAFETY: the event is idle (waited for above) and unused.
+                let _ = unsafe { self.driver.cuEventDestroy_v2(s.event) };
+            }
+            let mut event: Ptr = std::ptr::null_mut();
+            // SAFETY: event is writable; as in ensure_staging.
+            if unsafe { self.driver.cuEventCreate(&mut event, 0x2) }.is_err() {
+                event = std::ptr::null_mut();
+            }
+            s.event = event;
+            s.event_ctx = current;
+        }
         Ok(i)
     }
 

@@ -362,6 +362,9 @@ typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef CUresult (*PFN_cuCtxCreate)(CUcontext *, unsigned, CUdevice);
 typedef CUresult (*PFN_cuCtxDestroy)(CUcontext);
 typedef CUresult (*PFN_cuMemcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
+/* CUDA_MEMCPY3D_PEER: CUDA_MEMCPY3D with each end's context in place of
+ * its reserved word. */
+typedef CUresult (*PFN_cuMemcpy3DPeer)(const CUDA_MEMCPY3D *);
 typedef CUresult (*PFN_cuMemcpyPeerAsync)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream);
 typedef CUresult (*PFN_cuCtxEnablePeerAccess)(CUcontext, unsigned);
 typedef CUresult (*PFN_cuCtxDisablePeerAccess)(CUcontext);

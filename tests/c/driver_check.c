@@ -1536,6 +1536,29 @@ int main(int argc, char **argv) {
             memset(back, 0, K);
             CHECK(cuMemcpyDtoH(back, mine, K));
             EXPECT(!memcmp(back, src, K), "peer copies there and back changed the data");
+            /* The 3D form: rows of 1000 bytes out of their K-byte rows. */
+            GET(cuMemcpy3DPeer, 4000);
+            CUDA_MEMCPY3D p3 = {0};
+            p3.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            p3.srcDevice = mine;
+            p3.reserved0 = ctx;
+            p3.srcPitch = 1000;
+            p3.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+            p3.dstDevice = theirs;
+            p3.reserved1 = other;
+            p3.dstPitch = 1000;
+            p3.WidthInBytes = 1000;
+            p3.Height = 3;
+            p3.Depth = 1;
+            CHECK(cuMemsetD32(theirs, 0, 2 * K / 4));
+            CHECK(cuMemcpy3DPeer(&p3));
+            memset(back, 0, K);
+            CHECK(cuMemcpyDtoH(back, theirs, K));
+            EXPECT(!memcmp(back, src, 3000), "a 3D peer copy changed the data");
+            if (getenv("GPUPOOL_SERVER")) {
+                p3.reserved1 = (CUcontext)(uintptr_t)0x1230;
+                EXPECT(cuMemcpy3DPeer(&p3) == CUDA_ERROR_INVALID_CONTEXT, "a 3D peer copy to an unknown context");
+            }
             EXPECT(cuCtxEnablePeerAccess(ctx, 0) == CUDA_ERROR_INVALID_CONTEXT, "peer access to itself");
             if (getenv("GPUPOOL_SERVER")) {
                 EXPECT(cuMemcpyPeer(mine, other, theirs, ctx, K) == CUDA_ERROR_INVALID_VALUE,

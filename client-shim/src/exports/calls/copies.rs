@@ -515,6 +515,34 @@ pub unsafe fn memcpy_3d_async(mode: DefaultStream, copy: *const c_void, stream: 
 /// order on the stream; slices whose rows follow on from each other on both
 /// sides (each side's slice height is the copy's height) are one 2D copy.
 /// CUDA arrays and mipmap levels are not supported.
+/// `cuMemcpy3DPeer`: `CUDA_MEMCPY3D_PEER` is `CUDA_MEMCPY3D` with each
+/// end's context where the latter has a reserved word. The contexts must be
+/// the program's; the copy is then made by address, as the server's driver
+/// copies between its devices.
+unsafe fn copy_3d_peer(mode: DefaultStream, copy: *const c_void, stream: CUstream, sync: bool) -> CuResult {
+    let s = shim()?;
+    if copy.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUDA_MEMCPY3D_PEER; read unaligned.
+    let mut c = unsafe { std::ptr::read_unaligned(copy.cast::<Memcpy3D>()) };
+    for ctx in [c.reserved0, c.reserved1] {
+        if !read(&s.contexts).contains_key(&handle(ctx)) {
+            return Err(CuError::INVALID_CONTEXT);
+        }
+    }
+    (c.reserved0, c.reserved1) = (std::ptr::null_mut(), std::ptr::null_mut());
+    unsafe { copy_3d(mode, (&raw const c).cast(), stream, sync) }
+}
+
+pub unsafe fn memcpy_3d_peer(mode: DefaultStream, copy: *const c_void) -> CuResult {
+    unsafe { copy_3d_peer(mode, copy, std::ptr::null_mut(), true) }
+}
+
+pub unsafe fn memcpy_3d_peer_async(mode: DefaultStream, copy: *const c_void, stream: CUstream) -> CuResult {
+    unsafe { copy_3d_peer(mode, copy, stream, false) }
+}
+
 unsafe fn copy_3d(mode: DefaultStream, copy: *const c_void, stream: CUstream, sync: bool) -> CuResult {
     if copy.is_null() {
         return Err(CuError::INVALID_VALUE);
