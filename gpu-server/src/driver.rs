@@ -408,6 +408,7 @@ driver_api! {
     cuGraphAddMemsetNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const MemsetNodeParams, ctx: Ptr);
     cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
+    cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphAddChildGraphNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, child: Ptr);
     cuGraphAddEventRecordNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
     cuGraphAddEventWaitNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);

@@ -419,6 +419,7 @@ impl<'d> Worker<'d> {
                 | Request::LibraryLoad { .. }
                 | Request::LinkAddData { .. }
                 | Request::GraphAddNode { .. }
+                | Request::GraphExecKernelNodeSet { .. }
                 | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
@@ -563,14 +564,17 @@ impl<'d> Worker<'d> {
                 None => Reply::ImageUnknown,
             },
             Request::GraphAddNode { ctx, graph, deps, node } => {
-                let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
-                // SAFETY: viewing the u64 buffer as bytes; the length is within it.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(params.as_mut_ptr().cast::<u8>(), header.bulk_len as usize)
-                };
-                frame::read_bulk(reader, bytes)?;
-                let len = header.bulk_len as usize;
+                let (mut params, len) = read_params(reader, header.bulk_len)?;
                 to_reply(self.graph_add_node(ctx, graph, &deps, &node, &mut params, len))
+            }
+            Request::GraphExecKernelNodeSet {
+                ctx,
+                exec,
+                node,
+                launch,
+            } => {
+                let (mut params, len) = read_params(reader, header.bulk_len)?;
+                to_reply(self.graph_exec_kernel_node_set(ctx, exec, node, &launch, &mut params, len))
             }
             Request::LinkAddData { ctx, link, kind, name } => {
                 let data = read_image(reader, header.bulk_len)?;
@@ -590,14 +594,9 @@ impl<'d> Worker<'d> {
                 }
             }
             Request::Launch(launch) => {
-                let mut params = vec![0u64; (header.bulk_len as usize).div_ceil(8)];
-                // SAFETY: viewing the u64 buffer as bytes; the length is within it.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(params.as_mut_ptr().cast::<u8>(), header.bulk_len as usize)
-                };
-                frame::read_bulk(reader, bytes)?;
+                let (mut params, len) = read_params(reader, header.bulk_len)?;
                 let ctx = launch.ctx;
-                let result = self.launch(&launch, &mut params, header.bulk_len as usize);
+                let result = self.launch(&launch, &mut params, len);
                 if wants {
                     Reply::Status(self.sync_status(ctx, result))
                 } else {
@@ -1057,6 +1056,7 @@ impl<'d> Worker<'d> {
             | R::LibraryLoad { .. }
             | R::LinkAddData { .. }
             | R::GraphAddNode { .. }
+            | R::GraphExecKernelNodeSet { .. }
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
         };
         (ctx, reply)
@@ -2237,25 +2237,7 @@ impl<'d> Worker<'d> {
                     return Err(INVALID_VALUE);
                 }
                 let mut args = self.kernel_args(l, params, len)?;
-                let (func, kern) = if l.kernel {
-                    (std::ptr::null_mut(), as_ptr(l.func))
-                } else {
-                    (as_ptr(l.func), std::ptr::null_mut())
-                };
-                let p = KernelNodeParams {
-                    func,
-                    grid: l.grid,
-                    block: l.block,
-                    shared_mem: l.shared_mem,
-                    params: if args.is_empty() {
-                        std::ptr::null_mut()
-                    } else {
-                        args.as_mut_ptr()
-                    },
-                    extra: std::ptr::null_mut(),
-                    kern,
-                    ctx: as_ptr(ctx),
-                };
+                let p = Self::kernel_node_params(l, ctx, &mut args);
                 // SAFETY: as above; the driver copies the parameters now.
                 unsafe { d.cuGraphAddKernelNode_v2(&mut n, g, dp, nd, &p) }?;
             }
@@ -2327,6 +2309,54 @@ impl<'d> Worker<'d> {
         }
         self.tables.nodes.insert(handle(n), graph);
         Ok(Reply::Handle(handle(n)))
+    }
+
+    /// The kernel node parameters of a launch: a kernel or a function, in
+    /// `ctx`, with `args` its parameter pointers.
+    fn kernel_node_params(l: &Launch, ctx: Handle, args: &mut [Ptr]) -> KernelNodeParams {
+        let (func, kern) = if l.kernel {
+            (std::ptr::null_mut(), as_ptr(l.func))
+        } else {
+            (as_ptr(l.func), std::ptr::null_mut())
+        };
+        KernelNodeParams {
+            func,
+            grid: l.grid,
+            block: l.block,
+            shared_mem: l.shared_mem,
+            params: if args.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                args.as_mut_ptr()
+            },
+            extra: std::ptr::null_mut(),
+            kern,
+            ctx: as_ptr(ctx),
+        }
+    }
+
+    fn graph_exec_kernel_node_set(
+        &mut self,
+        ctx: Handle,
+        exec: Handle,
+        node: Handle,
+        launch: &Launch,
+        params: &mut [u64],
+        len: usize,
+    ) -> DriverResult {
+        self.make_current(ctx)?;
+        self.check_exec(ctx, exec)?;
+        if !self.tables.nodes.contains_key(&node) || !launch.attrs.is_empty() {
+            return Err(INVALID_VALUE);
+        }
+        let mut args = self.kernel_args(launch, params, len)?;
+        let p = Self::kernel_node_params(launch, ctx, &mut args);
+        // SAFETY: the executable graph and the node are this client's; the
+        // driver copies the parameters now.
+        unsafe {
+            self.driver
+                .cuGraphExecKernelNodeSetParams_v2(as_ptr(exec), as_ptr(node), &p)
+        }
     }
 
     fn graph_add_dependencies(&mut self, ctx: Handle, graph: Handle, from: &[Handle], to: &[Handle]) -> DriverResult {
@@ -2802,6 +2832,17 @@ impl Band {
             .checked_mul(self.pitch)
             .and_then(|o| self.base.checked_add(o))
     }
+}
+
+/// A launch's packed parameters from the bulk tail, in a buffer of words
+/// (parameters are aligned as the driver lays them out); its length.
+fn read_params<R: Read>(reader: &mut R, len: u64) -> Result<(Vec<u64>, usize), ProtoError> {
+    let len = len as usize;
+    let mut params = vec![0u64; len.div_ceil(8)];
+    // SAFETY: viewing the u64 buffer as bytes; the length is within it.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(params.as_mut_ptr().cast::<u8>(), len) };
+    frame::read_bulk(reader, bytes)?;
+    Ok((params, len))
 }
 
 fn read_image<R: Read>(reader: &mut R, len: u64) -> Result<Vec<u8>, ProtoError> {

@@ -469,6 +469,15 @@ pub enum Request {
         deps: Vec<Handle>,
         node: GraphNode,
     },
+    /// sync: a kernel node's launch in an executable graph, replaced
+    /// (`cuGraphExecKernelNodeSetParams`); the packed parameters are the
+    /// bulk tail.
+    GraphExecKernelNodeSet {
+        ctx: Handle,
+        exec: Handle,
+        node: Handle,
+        launch: Launch,
+    },
     /// sync: edges `from[i] -> to[i]` (`cuGraphAddDependencies`).
     GraphAddDependencies {
         ctx: Handle,

@@ -992,6 +992,23 @@ int main(int argc, char **argv) {
                 for (int i = 0; i < n; i++) EXPECT(dw[i] == 9, "round %d: child graph b[%d] = %u", round, i, dw[i]);
                 CHECK(cuEventQuery(done));
             }
+            /* The executable's scale, changed from 3 to 5: c = 10; the
+             * graph it came from keeps its own (a new executable gives 6). */
+            GET(cuGraphExecKernelNodeSetParams, 12000);
+            float five = 5.0f;
+            void *fargs[] = {&da, &five, &nn};
+            kp.kernelParams = fargs;
+            CHECK(cuGraphExecKernelNodeSetParams(bx, scale_a, &kp));
+            CUgraphExec fresh;
+            CHECK(cuGraphInstantiateWithFlags(&fresh, bg, 0));
+            for (int pass = 0; pass < 2; pass++) {
+                float want = pass == 0 ? 10.0f : 6.0f;
+                CHECK(cuGraphLaunch(pass == 0 ? bx : fresh, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, dc, bytes));
+                for (int i = 0; i < n; i++) EXPECT(c[i] == want, "pass %d: c[%d] = %f, want %f", pass, i, c[i], want);
+            }
+            CHECK(cuGraphExecDestroy(fresh));
             free(dw);
             if (getenv("GPUPOOL_SERVER")) {
                 /* A copy node from the program's own memory cannot be the

@@ -253,6 +253,9 @@ enum Op {
 struct GraphObj {
     ctx: u64,
     ops: Arc<Vec<Op>>,
+    /// For an executable graph, the graph it was made from (whose nodes
+    /// name its operations); for a graph, itself or 0.
+    source: u64,
 }
 
 /// `CUstreamCaptureMode`: global, thread-local, relaxed.
@@ -430,6 +433,8 @@ pub struct Driver {
     links: HashMap<u64, LinkObj>,
     /// Nodes of graphs built node by node -> their graph.
     nodes: HashMap<u64, u64>,
+    /// Kernel nodes -> the index of their launch in their graph.
+    node_ops: HashMap<u64, usize>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -695,6 +700,7 @@ impl Driver {
             stream_attrs: HashMap::new(),
             links: HashMap::new(),
             nodes: HashMap::new(),
+            node_ops: HashMap::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -2482,6 +2488,7 @@ impl Driver {
             GraphObj {
                 ctx,
                 ops: Arc::new(capture.ops),
+                source: 0,
             },
         );
         Ok(h)
@@ -2513,6 +2520,7 @@ impl Driver {
         let exec = GraphObj {
             ctx: g.ctx,
             ops: Arc::clone(&g.ops),
+            source: graph,
         };
         self.healthy(exec.ctx)?;
         let h = self.handle();
@@ -2598,6 +2606,7 @@ impl Driver {
             GraphObj {
                 ctx,
                 ops: Arc::new(Vec::new()),
+                source: h,
             },
         );
         Ok(h)
@@ -2633,7 +2642,32 @@ impl Driver {
     ) -> CuResult<u64> {
         let ctx = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
         let op = self.launch_op(ctx, f, cfg, fill)?;
-        self.add_node(graph, deps, Some(op))
+        let node = self.add_node(graph, deps, Some(op))?;
+        let at = self.graphs[&graph].ops.len() - 1;
+        self.node_ops.insert(node, at);
+        Ok(node)
+    }
+
+    /// `cuGraphExecKernelNodeSetParams`: the kernel node's launch in an
+    /// executable graph, replaced (the graph it came from keeps its own).
+    pub fn graph_exec_kernel_node_set(
+        &mut self,
+        exec: u64,
+        node: u64,
+        f: u64,
+        cfg: &LaunchConfig,
+        fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
+    ) -> CuResult<()> {
+        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (ctx, source) = (x.ctx, x.source);
+        let at = match (self.nodes.get(&node), self.node_ops.get(&node)) {
+            (Some(g), Some(&at)) if *g == source && at < x.ops.len() => at,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        let op = self.launch_op(ctx, f, cfg, fill)?;
+        let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Arc::make_mut(&mut x.ops)[at] = op;
+        Ok(())
     }
 
     /// A memset node: `height` rows of `width` elements of `elem_size`

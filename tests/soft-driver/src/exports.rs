@@ -2809,3 +2809,30 @@ pub unsafe extern "C" fn cuGraphAddEventWaitNode(
     // SAFETY: forwarded under the same contract.
     unsafe { event_node(node, graph, deps, n, event, false) }
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecKernelNodeSetParams_v2(
+    exec: *mut c_void,
+    node: *mut c_void,
+    params: *const CUDA_KERNEL_NODE_PARAMS,
+) -> CUresult {
+    ffi(|| {
+        need(params)?;
+        // SAFETY: API contract.
+        let p = unsafe { &*params };
+        let f = if p.func.is_null() { h(p.kern) } else { h(p.func) };
+        let cfg = LaunchConfig {
+            grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
+            block: [p.blockDimX, p.blockDimY, p.blockDimZ],
+            shared_mem: p.sharedMemBytes,
+            stream: 0,
+        };
+        let (kp, extra) = (p.kernelParams, p.extra);
+        driver::with(|d| {
+            d.graph_exec_kernel_node_set(h(exec), h(node), f, &cfg, |params, buf| {
+                // SAFETY: the node's parameters follow the launch contract.
+                unsafe { pack_params(kp, extra, params, buf) }
+            })
+        })
+    })
+}

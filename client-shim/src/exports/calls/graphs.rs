@@ -315,3 +315,61 @@ pub unsafe fn graph_add_event_wait_node(
     let wait = GraphNode::EventWait { event: handle(event) };
     unsafe { add(node, graph, deps, count, wait, &[]) }
 }
+
+/// `cuGraphExecKernelNodeSetParams`: a kernel node's launch in an
+/// executable graph, replaced (one round trip; the server's driver checks
+/// that the node is of the graph the executable was made from).
+unsafe fn exec_kernel_node_set(exec: *mut c_void, node: *mut c_void, p: KernelNodeParams, kern: CUkernel) -> CuResult {
+    let s = shim()?;
+    let ctx = graph_ctx(s, exec)?;
+    let func = if p.func.is_null() { handle(kern) } else { handle(p.func) };
+    if func == 0 || p.grid.contains(&0) || p.block.contains(&0) || (!p.params.is_null() && !p.extra.is_null()) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    check_launch_dims(s, ctx, p.grid, p.block)?;
+    let kernel = is_kernel(s, func);
+    let bulk = unsafe { pack_params(s, func, kernel, p.params, p.extra)? };
+    let launch = Launch {
+        ctx,
+        func: resolve(s, func)?,
+        kernel,
+        grid: p.grid,
+        block: p.block,
+        shared_mem: p.shared_mem,
+        stream: StreamRef::Legacy,
+        attrs: Vec::new(),
+    };
+    let request = Request::GraphExecKernelNodeSet {
+        ctx,
+        exec: handle(exec),
+        node: handle(node),
+        launch,
+    };
+    s.remote.call(&request, &bulk).map(|_| ())
+}
+
+pub unsafe fn graph_exec_kernel_node_set_params(
+    exec: *mut c_void,
+    node: *mut c_void,
+    params: *const c_void,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes the first layout here.
+    let p = unsafe { params.cast::<KernelNodeParams>().read_unaligned() };
+    unsafe { exec_kernel_node_set(exec, node, p, std::ptr::null_mut()) }
+}
+
+pub unsafe fn graph_exec_kernel_node_set_params_v2(
+    exec: *mut c_void,
+    node: *mut c_void,
+    params: *const c_void,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes the `_v2` layout here.
+    let p = unsafe { params.cast::<KernelNodeParamsV2>().read_unaligned() };
+    unsafe { exec_kernel_node_set(exec, node, p.first, p.kern) }
+}
