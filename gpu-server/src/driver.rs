@@ -409,6 +409,10 @@ driver_api! {
     cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
+    cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
+    cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
+    cuStreamWaitValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
+    cuStreamWaitValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
     cuGraphAddChildGraphNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, child: Ptr);
     cuGraphAddEventRecordNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
     cuGraphAddEventWaitNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);

@@ -18,9 +18,9 @@ use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
-    is_client_handle, CacheTarget, GraphNode, Handle, Launch, OccupancyQuery, Reply, Request, StreamRef, TensorMapDesc,
-    TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK, SCALAR_JIT_OPTIONS,
-    TENSOR_MAP_BYTES,
+    is_client_handle, CacheTarget, GraphNode, Handle, Launch, MemOp, OccupancyQuery, Reply, Request, StreamRef,
+    TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK,
+    SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
@@ -650,6 +650,7 @@ impl<'d> Worker<'d> {
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
                 R::GraphCreate { ctx } | R::GraphAddDependencies { ctx, .. } => *ctx,
+                R::StreamMemOps { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -848,6 +849,7 @@ impl<'d> Worker<'d> {
             R::TensorMapEncode(desc) => to_reply(tensor_map_encode(d, &desc)),
             R::LinkCreate { ctx, options } => to_reply(self.link_create(ctx, &options)),
             R::GraphCreate { ctx } => to_reply(self.graph_create(ctx)),
+            R::StreamMemOps { ctx, stream, ops } => to_reply(self.stream_mem_ops(ctx, stream, &ops)),
             R::GraphAddDependencies { ctx, graph, from, to } => {
                 to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
             }
@@ -2182,6 +2184,48 @@ impl<'d> Worker<'d> {
         if let (Ok(_), true, Some(cache)) = (result, fresh, &self.images) {
             cache.put(&image[..image.len() - 1]);
         }
+    }
+
+    // ---- stream memory operations ----
+
+    fn stream_mem_ops(&mut self, ctx: Handle, stream: StreamRef, ops: &[MemOp]) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        let d = self.driver;
+        for op in ops {
+            let (MemOp::Write { addr, wide, .. } | MemOp::Wait { addr, wide, .. }) = *op;
+            self.tables.check_range(addr, if wide { 8 } else { 4 })?;
+            // SAFETY: the word lies inside this client's allocations; the
+            // stream is this client's.
+            unsafe {
+                match *op {
+                    MemOp::Write {
+                        addr,
+                        value,
+                        wide: false,
+                        flags,
+                    } => d.cuStreamWriteValue32_v2(s, addr, value as u32, flags),
+                    MemOp::Write {
+                        addr,
+                        value,
+                        wide: true,
+                        flags,
+                    } => d.cuStreamWriteValue64_v2(s, addr, value, flags),
+                    MemOp::Wait {
+                        addr,
+                        value,
+                        wide: false,
+                        flags,
+                    } => d.cuStreamWaitValue32_v2(s, addr, value as u32, flags),
+                    MemOp::Wait {
+                        addr,
+                        value,
+                        wide: true,
+                        flags,
+                    } => d.cuStreamWaitValue64_v2(s, addr, value, flags),
+                }
+            }?;
+        }
+        Ok(())
     }
 
     // ---- graphs the client builds node by node ----

@@ -478,12 +478,37 @@ pub enum Request {
         node: Handle,
         launch: Launch,
     },
+    /// async: memory operations on a stream (`cuStreamWriteValue*`,
+    /// `cuStreamWaitValue*`, `cuStreamBatchMemOp`), in order.
+    StreamMemOps {
+        ctx: Handle,
+        stream: StreamRef,
+        ops: Vec<MemOp>,
+    },
     /// sync: edges `from[i] -> to[i]` (`cuGraphAddDependencies`).
     GraphAddDependencies {
         ctx: Handle,
         graph: Handle,
         from: Vec<Handle>,
         to: Vec<Handle>,
+    },
+}
+
+/// One stream memory operation: a 32- or 64-bit (`wide`) write or wait
+/// at a device address, with the driver's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemOp {
+    Write {
+        addr: DevicePtr,
+        value: u64,
+        wide: bool,
+        flags: u32,
+    },
+    Wait {
+        addr: DevicePtr,
+        value: u64,
+        wide: bool,
+        flags: u32,
     },
 }
 

@@ -268,6 +268,30 @@ typedef CUresult (*PFN_cuMemcpyBatchAsync)(CUdeviceptr *, CUdeviceptr *, size_t 
                                            size_t *, size_t, CUstream);
 #define CU_MEMCPY_SRC_ACCESS_ORDER_STREAM 1
 #define CU_MEMCPY_SRC_ACCESS_ORDER_DURING_API_CALL 2
+typedef CUresult (*PFN_cuStreamWriteValue32)(CUstream, CUdeviceptr, unsigned, unsigned);
+typedef CUresult (*PFN_cuStreamWriteValue64)(CUstream, CUdeviceptr, uint64_t, unsigned);
+typedef CUresult (*PFN_cuStreamWaitValue32)(CUstream, CUdeviceptr, unsigned, unsigned);
+typedef CUresult (*PFN_cuStreamWaitValue64)(CUstream, CUdeviceptr, uint64_t, unsigned);
+typedef union {
+    int operation;
+    struct {
+        int operation;
+        CUdeviceptr address;
+        union {
+            unsigned value;
+            uint64_t value64;
+        };
+        unsigned flags;
+        CUdeviceptr alias;
+    } value_op;
+    uint64_t pad[6];
+} CUstreamBatchMemOpParams;
+typedef CUresult (*PFN_cuStreamBatchMemOp)(CUstream, unsigned, CUstreamBatchMemOpParams *, unsigned);
+#define CU_STREAM_MEM_OP_WAIT_VALUE_32 1
+#define CU_STREAM_MEM_OP_WRITE_VALUE_32 2
+#define CU_STREAM_MEM_OP_WRITE_VALUE_64 5
+#define CU_STREAM_WAIT_VALUE_GEQ 0
+#define CU_STREAM_WAIT_VALUE_EQ 1
 typedef CUresult (*PFN_cuProfilerStart)(void);
 typedef CUresult (*PFN_cuProfilerStop)(void);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720

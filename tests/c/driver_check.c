@@ -1134,6 +1134,48 @@ int main(int argc, char **argv) {
             EXPECT(cuMemcpyBatchAsync(dsts, srcs, sizes, 3, at, idxs, 2, NULL) == CUDA_ERROR_INVALID_VALUE,
                    "a batch on the legacy stream taken");
         }
+        /* Stream memory operations: words written and waited on in stream
+         * order, one by one and in a batch. */
+        {
+            GET(cuStreamWriteValue32, 11070);
+            GET(cuStreamWriteValue64, 11070);
+            GET(cuStreamWaitValue32, 11070);
+            GET(cuStreamWaitValue64, 11070);
+            GET(cuStreamBatchMemOp, 11070);
+            CUdeviceptr w;
+            CHECK(cuMemAlloc(&w, 64));
+            CHECK(cuMemsetD32(w, 0, 16));
+            CHECK(cuStreamWriteValue32(s, w, 0xdeadbeefu, 0));
+            CHECK(cuStreamWriteValue64(s, w + 8, 0x0123456789abcdefull, 0));
+            CHECK(cuStreamWaitValue32(s, w, 0xdeadbeefu, CU_STREAM_WAIT_VALUE_EQ));
+            CHECK(cuStreamWaitValue64(s, w + 8, 0x0123456789abcdefull, CU_STREAM_WAIT_VALUE_EQ));
+            CUstreamBatchMemOpParams ops[3];
+            memset(ops, 0, sizeof ops);
+            ops[0].value_op.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+            ops[0].value_op.address = w + 16;
+            ops[0].value_op.value = 41;
+            ops[1].value_op.operation = CU_STREAM_MEM_OP_WAIT_VALUE_32;
+            ops[1].value_op.address = w + 16;
+            ops[1].value_op.value = 40;
+            ops[1].value_op.flags = CU_STREAM_WAIT_VALUE_GEQ;
+            ops[2].value_op.operation = CU_STREAM_MEM_OP_WRITE_VALUE_64;
+            ops[2].value_op.address = w + 24;
+            ops[2].value_op.value64 = 0xfedcba9876543210ull;
+            CHECK(cuStreamBatchMemOp(s, 3, ops, 0));
+            CHECK(cuStreamSynchronize(s));
+            uint32_t words[8];
+            CHECK(cuMemcpyDtoH(words, w, sizeof words));
+            EXPECT(words[0] == 0xdeadbeefu && words[2] == 0x89abcdefu && words[3] == 0x01234567u && words[4] == 41 &&
+                       words[6] == 0x76543210u && words[7] == 0xfedcba98u,
+                   "stream memory operations wrote %#x %#x:%#x %u %#x:%#x", words[0], words[3], words[2], words[4],
+                   words[7], words[6]);
+            if (getenv("GPUPOOL_SERVER")) {
+                uint32_t on_host = 0;
+                EXPECT(cuStreamWriteValue32(s, (CUdeviceptr)(uintptr_t)&on_host, 1, 0) == CUDA_ERROR_NOT_SUPPORTED,
+                       "a stream write to the client's own memory");
+            }
+            CHECK(cuMemFree(w));
+        }
         CUdeviceptr mapped;
         CUresult zc = cuMemHostGetDevicePointer(&mapped, host, 0);
         EXPECT(zc == CUDA_ERROR_NOT_SUPPORTED || zc == CUDA_SUCCESS, "host device pointer %d", zc);

@@ -2593,6 +2593,60 @@ impl Driver {
         self.execs.remove(&exec).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 
+    // ----- stream memory operations -----
+
+    /// `cuStreamWriteValue*`: the word written at once, as all work here.
+    pub fn stream_write_value(&mut self, stream: u64, addr: u64, value: u64, wide: bool, flags: u32) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
+        if flags > 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let n = if wide { 8 } else { 4 };
+        let p = self.device_range(addr, n)?;
+        // SAFETY: `device_range` checked `n` bytes at `addr` are allocated.
+        unsafe { std::ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), p, n as usize) };
+        Ok(())
+    }
+
+    /// `cuStreamWaitValue*`: work here runs as it is enqueued, so a wait is
+    /// met by what is already written or never; one that is not met is
+    /// refused rather than left to hang.
+    pub fn stream_wait_value(&mut self, stream: u64, addr: u64, value: u64, wide: bool, flags: u32) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        self.refuse_in_capture(stream)?;
+        const FLUSH: u32 = 1 << 30;
+        let n = if wide { 8 } else { 4 };
+        let p = self.device_range(addr, n)?;
+        let mut bytes = [0u8; 8];
+        // SAFETY: `device_range` checked `n` bytes at `addr` are allocated.
+        unsafe { std::ptr::copy_nonoverlapping(p, bytes.as_mut_ptr(), n as usize) };
+        let (now, value) = if wide {
+            (u64::from_le_bytes(bytes), value)
+        } else {
+            (
+                u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+                value & 0xffff_ffff,
+            )
+        };
+        let met = match flags & !FLUSH {
+            // GEQ: (now - value) >= 0 as a signed word.
+            0 if wide => (now.wrapping_sub(value) as i64) >= 0,
+            0 => (now.wrapping_sub(value) as u32 as i32) >= 0,
+            1 => now == value,
+            2 => now & value != 0,
+            3 if wide => !(now | value) != 0,
+            3 => !(now as u32 | value as u32) != 0,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        if met {
+            Ok(())
+        } else {
+            eprintln!("gpupool soft driver: a stream wait that nothing enqueued before it meets; refused (this double cannot wait)");
+            Err(CUDA_ERROR_NOT_SUPPORTED)
+        }
+    }
+
     // ----- graphs built node by node -----
 
     pub fn graph_create(&mut self, flags: u32) -> CuResult<u64> {

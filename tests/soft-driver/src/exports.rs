@@ -2836,3 +2836,25 @@ pub unsafe extern "C" fn cuGraphExecKernelNodeSetParams_v2(
         })
     })
 }
+
+// ----- stream memory operations -----
+
+#[no_mangle]
+pub extern "C" fn cuStreamWriteValue32_v2(stream: CUstream, addr: CUdeviceptr, value: u32, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_write_value(h(stream), addr, value as u64, false, flags)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamWriteValue64_v2(stream: CUstream, addr: CUdeviceptr, value: u64, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_write_value(h(stream), addr, value, true, flags)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamWaitValue32_v2(stream: CUstream, addr: CUdeviceptr, value: u32, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_wait_value(h(stream), addr, value as u64, false, flags)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamWaitValue64_v2(stream: CUstream, addr: CUdeviceptr, value: u64, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.stream_wait_value(h(stream), addr, value, true, flags)))
+}
