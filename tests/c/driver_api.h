@@ -370,6 +370,7 @@ typedef CUresult (*PFN_cuGraphAddMemcpyNode)(CUgraphNode *, CUgraph, const CUgra
                                              const CUDA_MEMCPY3D *, CUcontext);
 typedef CUresult (*PFN_cuGraphAddDependencies)(CUgraph, const CUgraphNode *, const CUgraphNode *, size_t);
 typedef CUresult (*PFN_cuGraphGetNodes)(CUgraph, CUgraphNode *, size_t *);
+typedef CUresult (*PFN_cuGraphNodeGetType)(CUgraphNode, int *);
 typedef CUresult (*PFN_cuGraphExecKernelNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_KERNEL_NODE_PARAMS *);
 typedef CUresult (*PFN_cuGraphAddChildGraphNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUgraph);
 typedef CUresult (*PFN_cuGraphAddEventRecordNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUevent);

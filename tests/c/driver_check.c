@@ -974,6 +974,24 @@ int main(int argc, char **argv) {
             size_t count = 0;
             CHECK(cuGraphGetNodes(bg, NULL, &count));
             EXPECT(count == 9, "a graph of nine nodes has %zu", count);
+            {
+                GET(cuGraphNodeGetType, 10000);
+                CUgraphNode listed[10];
+                size_t room = 10;
+                CHECK(cuGraphGetNodes(bg, listed, &room));
+                CUgraphNode mine[9] = {set_a, scale_a, copy_b, add_c, set_d, join_all, child_node, record, wait};
+                int types[9] = {2, 0, 1, 0, 2, 5, 4, 7, 6};
+                int seen = 0;
+                for (int i = 0; i < 9; i++)
+                    for (int j = 0; j < 9; j++) seen += listed[i] == mine[j];
+                EXPECT(room == 9 && seen == 9 && listed[9] == NULL, "cuGraphGetNodes listed %zu nodes, %d of ours", room,
+                       seen);
+                for (int j = 0; j < 9; j++) {
+                    int t = -1;
+                    CHECK(cuGraphNodeGetType(mine[j], &t));
+                    EXPECT(t == types[j], "node %d has type %d, want %d", j, t, types[j]);
+                }
+            }
             CUgraphExec bx;
             CHECK(cuGraphInstantiateWithFlags(&bx, bg, 0));
             unsigned *dw = malloc(bytes);

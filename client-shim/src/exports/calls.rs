@@ -2231,9 +2231,24 @@ pub unsafe fn graph_get_nodes(graph: *mut c_void, nodes: *mut *mut c_void, count
     if count.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
+    if let Some(list) = graphs::nodes_of(handle(graph)) {
+        // A graph the program built: its nodes are known here.
+        if !nodes.is_null() {
+            // SAFETY: the program passes room for `*count` nodes (API
+            // contract); the rest of that room is set to null.
+            let room = unsafe { *count };
+            for i in 0..room {
+                let n = list.get(i).map_or(std::ptr::null_mut(), |h| as_ptr(*h));
+                unsafe { nodes.add(i).write(n) };
+            }
+            return unsafe { out(count, list.len().min(room)) };
+        }
+        return unsafe { out(count, list.len()) };
+    }
     if !nodes.is_null() {
         tracing::warn!(
-            "cuGraphGetNodes with a node array: graph nodes are not served; returning CUDA_ERROR_NOT_SUPPORTED"
+            "cuGraphGetNodes with a node array for a captured graph: its nodes are not served; returning \
+             CUDA_ERROR_NOT_SUPPORTED"
         );
         return Err(CuError::NOT_SUPPORTED);
     }
@@ -2256,6 +2271,7 @@ pub unsafe fn graph_destroy(graph: *mut c_void) -> CuResult {
     let s = shim()?;
     let graph = handle(graph);
     let ctx = write(&s.graphs).remove(&graph).ok_or(CuError::INVALID_VALUE)?;
+    graphs::forget(graph);
     s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])
 }
 

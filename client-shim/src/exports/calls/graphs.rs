@@ -7,6 +7,55 @@
 
 use super::*;
 use gpupool_proto::message::GraphNode;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// `CUgraphNodeType` of the nodes offered.
+const TYPE_KERNEL: u32 = 0;
+const TYPE_MEMCPY: u32 = 1;
+const TYPE_MEMSET: u32 = 2;
+const TYPE_GRAPH: u32 = 4;
+const TYPE_EMPTY: u32 = 5;
+const TYPE_WAIT_EVENT: u32 = 6;
+const TYPE_EVENT_RECORD: u32 = 7;
+
+/// The nodes of each graph the program built, in the order added, with
+/// their types: `cuGraphGetNodes` and `cuGraphNodeGetType` are answered
+/// from here.
+static BUILT: Mutex<Option<HashMap<Handle, Vec<(Handle, u32)>>>> = Mutex::new(None);
+
+fn built<T>(f: impl FnOnce(&mut HashMap<Handle, Vec<(Handle, u32)>>) -> T) -> T {
+    let mut b = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    f(b.get_or_insert_with(HashMap::new))
+}
+
+/// A graph went (`cuGraphDestroy`).
+pub(super) fn forget(graph: Handle) {
+    built(|b| b.remove(&graph));
+}
+
+/// The nodes of a graph the program built, if it built it.
+pub(super) fn nodes_of(graph: Handle) -> Option<Vec<Handle>> {
+    built(|b| b.get(&graph).map(|n| n.iter().map(|(h, _)| *h).collect()))
+}
+
+pub unsafe fn graph_node_get_type(node: *mut c_void, kind: *mut u32) -> CuResult {
+    shim()?;
+    if kind.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let n = handle(node);
+    let found = built(|b| b.values().flatten().find(|(h, _)| *h == n).map(|(_, t)| *t));
+    match found {
+        Some(t) => unsafe { out(kind, t) },
+        None => {
+            tracing::warn!(
+                "cuGraphNodeGetType of a node of a captured graph: not served; returning CUDA_ERROR_NOT_SUPPORTED"
+            );
+            Err(CuError::NOT_SUPPORTED)
+        }
+    }
+}
 
 /// `CUDA_KERNEL_NODE_PARAMS`: the first layout, and the `_v2` one, which
 /// adds a kernel handle and the context to run it in.
@@ -85,6 +134,15 @@ unsafe fn add(
     }
     let ctx = graph_ctx(s, graph)?;
     let deps = unsafe { handles(deps, count) }?;
+    let kind = match &node {
+        GraphNode::Empty => TYPE_EMPTY,
+        GraphNode::Kernel(_) => TYPE_KERNEL,
+        GraphNode::Memset { .. } => TYPE_MEMSET,
+        GraphNode::Copy { .. } => TYPE_MEMCPY,
+        GraphNode::Child { .. } => TYPE_GRAPH,
+        GraphNode::EventRecord { .. } => TYPE_EVENT_RECORD,
+        GraphNode::EventWait { .. } => TYPE_WAIT_EVENT,
+    };
     let request = Request::GraphAddNode {
         ctx,
         graph: handle(graph),
@@ -92,7 +150,10 @@ unsafe fn add(
         node,
     };
     match s.remote.call(&request, bulk)? {
-        Reply::Handle(n) => unsafe { out(out_node, as_ptr(n)) },
+        Reply::Handle(n) => {
+            built(|b| b.entry(handle(graph)).or_default().push((n, kind)));
+            unsafe { out(out_node, as_ptr(n)) }
+        }
         _ => Err(CuError::UNKNOWN),
     }
 }
@@ -107,6 +168,7 @@ pub unsafe fn graph_create(graph: *mut *mut c_void, flags: u32) -> CuResult {
         return Err(CuError::UNKNOWN);
     };
     write(&s.graphs).insert(g, ctx);
+    built(|b| b.insert(g, Vec::new()));
     unsafe { out(graph, as_ptr(g)) }
 }
 
