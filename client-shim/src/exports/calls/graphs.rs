@@ -22,9 +22,12 @@ const TYPE_EVENT_RECORD: u32 = 7;
 /// The nodes of each graph the program built, in the order added, with
 /// their types: `cuGraphGetNodes` and `cuGraphNodeGetType` are answered
 /// from here.
-static BUILT: Mutex<Option<HashMap<Handle, Vec<(Handle, u32)>>>> = Mutex::new(None);
+static BUILT: Mutex<Option<Built>> = Mutex::new(None);
 
-fn built<T>(f: impl FnOnce(&mut HashMap<Handle, Vec<(Handle, u32)>>) -> T) -> T {
+/// Graph -> its (node, type) in the order added.
+type Built = HashMap<Handle, Vec<(Handle, u32)>>;
+
+fn built<T>(f: impl FnOnce(&mut Built) -> T) -> T {
     let mut b = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     f(b.get_or_insert_with(HashMap::new))
 }
