@@ -410,6 +410,7 @@ driver_api! {
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
+    cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr);
     cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
     cuStreamWaitValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
     cuStreamWaitValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);

@@ -2545,7 +2545,21 @@ impl<'d> Worker<'d> {
             self.driver
                 .cuModuleGetGlobal_v2(&mut p, &mut size, as_ptr(module), name.as_ptr())
         }?;
-        Ok(self.register_global(ctx, p, size as u64))
+        let reply = self.register_global(ctx, p, size as u64);
+        // A `__managed__` variable: the client maps it for host code.
+        let mut managed = 0i32;
+        // SAFETY: p is the driver's own address; managed is writable.
+        let is_managed = unsafe {
+            self.driver
+                .cuPointerGetAttribute((&raw mut managed).cast(), POINTER_ATTRIBUTE_IS_MANAGED, p)
+        };
+        Ok(match is_managed {
+            Ok(()) if managed != 0 => Reply::ManagedGlobal {
+                ptr: p,
+                size: size as u64,
+            },
+            _ => reply,
+        })
     }
 
     /// Let the client address a module or library global it looked up. A
@@ -2931,6 +2945,9 @@ impl IntoReply for DriverResult {
         Reply::Status(self.err().unwrap_or(0))
     }
 }
+
+/// `CU_POINTER_ATTRIBUTE_IS_MANAGED`.
+const POINTER_ATTRIBUTE_IS_MANAGED: i32 = 8;
 
 /// A `CUtensorMap`: 128 bytes, 64-aligned.
 #[repr(C, align(64))]

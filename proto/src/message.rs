@@ -755,6 +755,12 @@ pub enum Reply {
     ImageUnknown,
     /// A value as the driver laid it out.
     Bytes(Vec<u8>),
+    /// A module global that is a `__managed__` variable (answers
+    /// `ModuleGetGlobal` as `Global` does).
+    ManagedGlobal {
+        ptr: DevicePtr,
+        size: u64,
+    },
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.
     DeviceStatus {

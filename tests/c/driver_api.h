@@ -292,6 +292,7 @@ typedef CUresult (*PFN_cuStreamBatchMemOp)(CUstream, unsigned, CUstreamBatchMemO
 #define CU_STREAM_MEM_OP_WRITE_VALUE_64 5
 #define CU_STREAM_WAIT_VALUE_GEQ 0
 #define CU_STREAM_WAIT_VALUE_EQ 1
+typedef CUresult (*PFN_cuModuleGetGlobal)(CUdeviceptr *, size_t *, CUmodule, const char *);
 typedef CUresult (*PFN_cuProfilerStart)(void);
 typedef CUresult (*PFN_cuProfilerStop)(void);
 #define CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE 720

@@ -806,6 +806,36 @@ int main(int argc, char **argv) {
                "prefetch past the allocation accepted");
         EXPECT(cuMemAdvise(ma, bytes, 77, dev_loc) == CUDA_ERROR_INVALID_VALUE, "unknown advice accepted");
         EXPECT(cuMemFree(ma + 4096) != CUDA_SUCCESS, "free inside a managed allocation accepted");
+        /* A module's __managed__ variables, found with cuModuleGetGlobal:
+         * their initial value, host writes a kernel reads, kernel writes
+         * the host reads. */
+        {
+            GET(cuModuleGetGlobal, 3020);
+            static const char MANAGED_PTX[] = ".version 8.0\n.target sm_70\n.address_size 64\n"
+                                              ".global .attribute(.managed) .align 4 .b8 m_table[4096];\n"
+                                              ".global .attribute(.managed) .align 4 .u32 m_count = 5;\n";
+            CUmodule mm;
+            CHECK(cuModuleLoadData(&mm, MANAGED_PTX));
+            CUdeviceptr mt, mcount;
+            size_t mt_size = 0, mcount_size = 0;
+            CHECK(cuModuleGetGlobal(&mt, &mt_size, mm, "m_table"));
+            CHECK(cuModuleGetGlobal(&mcount, &mcount_size, mm, "m_count"));
+            EXPECT(mt_size == 4096 && mcount_size == 4, "managed variable sizes %zu %zu", mt_size, mcount_size);
+            EXPECT(*(unsigned *)(uintptr_t)mcount == 5, "managed variable initial value %u",
+                   *(unsigned *)(uintptr_t)mcount);
+            float *t = (float *)(uintptr_t)mt;
+            for (int i = 0; i < 1024; i++) t[i] = (float)i;
+            float two = 2.0f;
+            unsigned k = 1024;
+            void *targs[] = {&mt, &two, &k};
+            CHECK(cuLaunchKernel(scale, 4, 1, 1, 256, 1, 1, 0, NULL, targs, NULL));
+            CHECK(cuCtxSynchronize());
+            for (int i = 0; i < 1024; i++) EXPECT(t[i] == 2.0f * (float)i, "managed variable t[%d] = %f", i, t[i]);
+            int im = 0;
+            CHECK(cuPointerGetAttribute(&im, CU_POINTER_ATTRIBUTE_IS_MANAGED, mt + 64));
+            EXPECT(im == 1, "a managed variable reads as not managed");
+            CHECK(cuModuleUnload(mm));
+        }
         if (getenv("GPUPOOL_SERVER")) {
             /* A forked child has no CUDA: managed memory is not its to
              * touch (it ends as any bad access ends), and the parent's

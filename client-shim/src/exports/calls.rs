@@ -864,6 +864,7 @@ pub unsafe fn module_unload(module: CUmodule) -> CuResult {
     )?;
     s.forget_functions();
     functions::unloaded_module(s, handle(module));
+    managed::forget_library(handle(module));
     Ok(())
 }
 
@@ -935,6 +936,16 @@ pub unsafe fn module_get_global(
         },
         &[],
     )?;
+    let reply = match reply {
+        // A `__managed__` variable, which host code reads and writes
+        // through the pointer: mapped here as managed memory, and gone with
+        // its module.
+        Reply::ManagedGlobal { ptr: p, size } => {
+            managed::adopt_variable(s, ctx, handle(module), p, size)?;
+            Reply::Global { ptr: p, size }
+        }
+        r => r,
+    };
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 

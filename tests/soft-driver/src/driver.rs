@@ -1970,6 +1970,20 @@ impl Driver {
             .ok_or(CUDA_ERROR_NOT_FOUND)
     }
 
+    /// `cuPointerGetAttribute(CU_POINTER_ATTRIBUTE_IS_MANAGED)`: whether
+    /// `ptr` lies in a module's `__managed__` variable (the only managed
+    /// memory of this double; the server asks only this).
+    pub fn pointer_is_managed(&self, ptr: u64) -> CuResult<bool> {
+        let (_, alloc) = self.allocs.containing(ptr, 1).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let AllocKind::ModuleVariable { module } = alloc.kind else {
+            return Ok(false);
+        };
+        let m = self.modules.get(&module).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Ok(m.variables.iter().any(|(name, &(addr, size))| {
+            (addr..addr + size).contains(&ptr) && m.ptx.variable(name).is_some_and(|v| v.managed)
+        }))
+    }
+
     pub fn module_get_global(&self, m: u64, name: &str) -> CuResult<(u64, u64)> {
         let module = self.modules.get(&m).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         self.healthy(module.ctx)?;

@@ -2858,3 +2858,23 @@ pub extern "C" fn cuStreamWaitValue32_v2(stream: CUstream, addr: CUdeviceptr, va
 pub extern "C" fn cuStreamWaitValue64_v2(stream: CUstream, addr: CUdeviceptr, value: u64, flags: u32) -> CUresult {
     ffi(|| driver::with(|d| d.stream_wait_value(h(stream), addr, value, true, flags)))
 }
+
+// ----- pointer attributes -----
+
+/// `CU_POINTER_ATTRIBUTE_IS_MANAGED`.
+const POINTER_ATTRIBUTE_IS_MANAGED: i32 = 8;
+
+/// `cuPointerGetAttribute`: whether a pointer is managed memory; other
+/// attributes are not modelled.
+#[no_mangle]
+pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr) -> CUresult {
+    ffi(|| {
+        need(data)?;
+        if attribute != POINTER_ATTRIBUTE_IS_MANAGED {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let managed = driver::with(|d| d.pointer_is_managed(ptr))?;
+        // SAFETY: `data` has room for an int (API contract).
+        unsafe { out(data.cast::<i32>(), managed as i32) }
+    })
+}

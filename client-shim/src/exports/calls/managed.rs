@@ -94,7 +94,8 @@ struct Managed {
     advice: Advice,
 }
 
-/// One `__managed__` variable: its bytes and the library it came from.
+/// One `__managed__` variable: its bytes and the library (or module) it
+/// came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Variable {
     start: usize,
@@ -600,7 +601,7 @@ pub(super) fn adopt_variable(s: &Shim, ctx: Handle, library: Handle, ptr: u64, s
     Ok(())
 }
 
-/// A library went: so did its `__managed__` variables.
+/// A library or module went: so did its `__managed__` variables.
 pub(super) fn forget_library(library: Handle) {
     if RANGES.load(Ordering::Acquire) == 0 {
         return;
