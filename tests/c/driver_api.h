@@ -372,6 +372,29 @@ typedef CUresult (*PFN_cuGraphAddMemcpyNode)(CUgraphNode *, CUgraph, const CUgra
 typedef CUresult (*PFN_cuGraphAddDependencies)(CUgraph, const CUgraphNode *, const CUgraphNode *, size_t);
 typedef CUresult (*PFN_cuGraphGetNodes)(CUgraph, CUgraphNode *, size_t *);
 typedef CUresult (*PFN_cuGraphNodeGetType)(CUgraphNode, int *);
+typedef struct {
+    int type;
+    int reserved0[3];
+    union {
+        long long reserved1[29];
+        CUDA_KERNEL_NODE_PARAMS kernel;
+        struct {
+            CUDA_MEMSET_NODE_PARAMS params;
+            CUcontext ctx;
+        } memset;
+        struct {
+            int flags, reserved;
+            CUcontext copyCtx;
+            CUDA_MEMCPY3D copyParams;
+        } memcpy;
+    };
+    long long reserved2;
+} CUgraphNodeParams;
+typedef CUresult (*PFN_cuGraphAddNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUgraphNodeParams *);
+#define CU_GRAPH_NODE_TYPE_KERNEL 0
+#define CU_GRAPH_NODE_TYPE_MEMCPY 1
+#define CU_GRAPH_NODE_TYPE_MEMSET 2
+#define CU_GRAPH_NODE_TYPE_EMPTY 5
 typedef CUresult (*PFN_cuGraphExecKernelNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_KERNEL_NODE_PARAMS *);
 typedef CUresult (*PFN_cuGraphAddChildGraphNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUgraph);
 typedef CUresult (*PFN_cuGraphAddEventRecordNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUevent);

@@ -1076,6 +1076,43 @@ int main(int argc, char **argv) {
             CHECK(cuGraphExecDestroy(bx));
             CHECK(cuGraphDestroy(bg));
             CHECK(cuEventDestroy(done));
+            /* The generic form (cuGraphAddNode, a tagged union): a = 2
+             * (memset), a *= 4 (kernel), b = a (copy), an empty node last. */
+            {
+                GET(cuGraphAddNode, 12020);
+                CUgraph gg;
+                CHECK(cuGraphCreate(&gg, 0));
+                CUgraphNodeParams np;
+                CUgraphNode gset, gscale, gcopy, gend;
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_MEMSET;
+                np.memset.params = (CUDA_MEMSET_NODE_PARAMS){da, 0, 0x40000000u, 4, (size_t)n, 1};
+                np.memset.ctx = ctx;
+                CHECK(cuGraphAddNode(&gset, gg, NULL, 0, &np));
+                float four = 4.0f;
+                void *gargs[] = {&da, &four, &nn};
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_KERNEL;
+                np.kernel = (CUDA_KERNEL_NODE_PARAMS){fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, gargs, NULL, NULL, NULL};
+                CHECK(cuGraphAddNode(&gscale, gg, &gset, 1, &np));
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_MEMCPY;
+                np.memcpy.copyCtx = ctx;
+                np.memcpy.copyParams = cp;
+                CHECK(cuGraphAddNode(&gcopy, gg, &gscale, 1, &np));
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_EMPTY;
+                CHECK(cuGraphAddNode(&gend, gg, &gcopy, 1, &np));
+                CUgraphExec gx;
+                CHECK(cuGraphInstantiateWithFlags(&gx, gg, 0));
+                CHECK(cuMemsetD32(db, 0, n));
+                CHECK(cuGraphLaunch(gx, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, db, bytes));
+                for (int i = 0; i < n; i++) EXPECT(c[i] == 8.0f, "generic graph b[%d] = %f, want 8", i, c[i]);
+                CHECK(cuGraphExecDestroy(gx));
+                CHECK(cuGraphDestroy(gg));
+            }
         }
         printf("OK graph n=%d\n", n);
     } else if (!strcmp(mode, "fault")) {

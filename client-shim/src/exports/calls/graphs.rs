@@ -438,3 +438,81 @@ pub unsafe fn graph_exec_kernel_node_set_params_v2(
     let p = unsafe { params.cast::<KernelNodeParamsV2>().read_unaligned() };
     unsafe { exec_kernel_node_set(exec, node, p.first, p.kern) }
 }
+
+/// Where a `CUgraphNodeParams`'s union begins (after the type and three
+/// reserved words).
+const NODE_PARAMS_UNION: usize = 16;
+
+/// `cuGraphAddNode`: a node described by a tagged `CUgraphNodeParams`, made
+/// as the typed call for its type makes it.
+///
+/// # Safety
+/// `params` points at a `CUgraphNodeParams` (API contract).
+unsafe fn add_generic(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *const u8,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise; the type is the first word.
+    let (kind, body) = unsafe { (params.cast::<u32>().read_unaligned(), params.add(NODE_PARAMS_UNION)) };
+    // SAFETY: every member read lies inside the union's 232 bytes.
+    let word = |at: usize| unsafe { body.add(at).cast::<*mut c_void>().read_unaligned() };
+    unsafe {
+        match kind {
+            // `CUDA_KERNEL_NODE_PARAMS_v3`: the `_v2` layout.
+            TYPE_KERNEL => graph_add_kernel_node_v2(node, graph, deps, count, body.cast()),
+            // `CUDA_MEMCPY_NODE_PARAMS`: flags, reserved, context, then the copy.
+            TYPE_MEMCPY => graph_add_memcpy_node(node, graph, deps, count, body.add(16).cast(), word(8)),
+            // `CUDA_MEMSET_NODE_PARAMS_v2`: the first layout, then the context.
+            TYPE_MEMSET => graph_add_memset_node(node, graph, deps, count, body.cast(), word(40)),
+            TYPE_GRAPH => graph_add_child_graph_node(node, graph, deps, count, word(0)),
+            TYPE_EMPTY => graph_add_empty_node(node, graph, deps, count),
+            TYPE_WAIT_EVENT => graph_add_event_wait_node(node, graph, deps, count, word(0)),
+            TYPE_EVENT_RECORD => graph_add_event_record_node(node, graph, deps, count, word(0)),
+            other => {
+                tracing::warn!(
+                    kind = other,
+                    "cuGraphAddNode of a node type gpupool does not offer; returning CUDA_ERROR_NOT_SUPPORTED"
+                );
+                Err(CuError::NOT_SUPPORTED)
+            }
+        }
+    }
+}
+
+pub unsafe fn graph_add_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *const c_void,
+) -> CuResult {
+    unsafe { add_generic(node, graph, deps, count, params.cast()) }
+}
+
+/// `cuGraphAddNode_v2`: with edge data, of which only the default (all
+/// zeroes) is offered.
+pub unsafe fn graph_add_node_v2(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    edges: *const u64,
+    count: usize,
+    params: *const c_void,
+) -> CuResult {
+    if !edges.is_null() && count > 0 {
+        // SAFETY: `edges` holds `count` CUgraphEdgeData, 8 bytes each (API
+        // contract).
+        let data = unsafe { std::slice::from_raw_parts(edges, count) };
+        if data.iter().any(|e| *e != 0) {
+            tracing::warn!("graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED");
+            return Err(CuError::NOT_SUPPORTED);
+        }
+    }
+    unsafe { add_generic(node, graph, deps, count, params.cast()) }
+}
