@@ -202,6 +202,14 @@ pub struct KernelNodeParams {
     pub ctx: Ptr,
 }
 
+/// `CUgraphExecUpdateResultInfo`.
+#[repr(C)]
+pub struct GraphExecUpdateResultInfo {
+    pub result: u32,
+    pub error_node: Ptr,
+    pub error_from_node: Ptr,
+}
+
 /// `CUDA_MEMSET_NODE_PARAMS`.
 #[repr(C)]
 pub struct MemsetNodeParams {
@@ -409,6 +417,7 @@ driver_api! {
     cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
+    cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
     cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr);
     cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);

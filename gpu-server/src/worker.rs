@@ -8,8 +8,8 @@
 //! is freed before the process exits.
 
 use crate::driver::{
-    Driver, DriverResult, KernelNodeParams, LaunchAttribute, LaunchConfig, MemAccessDesc, MemAllocationProp,
-    MemPoolProps, Memcpy2D, Memcpy3D, MemsetNodeParams, Ptr, Side, Status,
+    Driver, DriverResult, GraphExecUpdateResultInfo, KernelNodeParams, LaunchAttribute, LaunchConfig, MemAccessDesc,
+    MemAllocationProp, MemPoolProps, Memcpy2D, Memcpy3D, MemsetNodeParams, Ptr, Side, Status,
 };
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
@@ -650,7 +650,7 @@ impl<'d> Worker<'d> {
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
                 R::GraphCreate { ctx } | R::GraphAddDependencies { ctx, .. } => *ctx,
-                R::StreamMemOps { ctx, .. } => *ctx,
+                R::StreamMemOps { ctx, .. } | R::GraphExecUpdate { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -849,6 +849,7 @@ impl<'d> Worker<'d> {
             R::TensorMapEncode(desc) => to_reply(tensor_map_encode(d, &desc)),
             R::LinkCreate { ctx, options } => to_reply(self.link_create(ctx, &options)),
             R::GraphCreate { ctx } => to_reply(self.graph_create(ctx)),
+            R::GraphExecUpdate { ctx, exec, graph } => to_reply(self.graph_exec_update(ctx, exec, graph)),
             R::StreamMemOps { ctx, stream, ops } => to_reply(self.stream_mem_ops(ctx, stream, &ops)),
             R::GraphAddDependencies { ctx, graph, from, to } => {
                 to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
@@ -2401,6 +2402,25 @@ impl<'d> Worker<'d> {
             self.driver
                 .cuGraphExecKernelNodeSetParams_v2(as_ptr(exec), as_ptr(node), &p)
         }
+    }
+
+    fn graph_exec_update(&mut self, ctx: Handle, exec: Handle, graph: Handle) -> DriverResult<Reply> {
+        self.check_exec(ctx, exec)?;
+        self.check_graph(ctx, graph)?;
+        let mut info = GraphExecUpdateResultInfo {
+            result: 0,
+            error_node: std::ptr::null_mut(),
+            error_from_node: std::ptr::null_mut(),
+        };
+        // SAFETY: both graphs are this client's; info is writable.
+        let status = unsafe { self.driver.cuGraphExecUpdate_v2(as_ptr(exec), as_ptr(graph), &mut info) }
+            .err()
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&status.to_le_bytes());
+        out.extend_from_slice(&info.result.to_le_bytes());
+        out.extend_from_slice(&(handle(info.error_node)).to_le_bytes());
+        Ok(Reply::Bytes(out))
     }
 
     fn graph_add_dependencies(&mut self, ctx: Handle, graph: Handle, from: &[Handle], to: &[Handle]) -> DriverResult {

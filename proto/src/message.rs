@@ -478,6 +478,10 @@ pub enum Request {
         node: Handle,
         launch: Launch,
     },
+    /// sync -> `Reply::Bytes`: an executable graph updated from `graph`
+    /// (`cuGraphExecUpdate`): the driver's status, the update result and
+    /// the error node, as three little-endian words of 4, 4 and 8 bytes.
+    GraphExecUpdate { ctx: Handle, exec: Handle, graph: Handle },
     /// async: memory operations on a stream (`cuStreamWriteValue*`,
     /// `cuStreamWaitValue*`, `cuStreamBatchMemOp`), in order.
     StreamMemOps {

@@ -391,6 +391,13 @@ typedef struct {
     long long reserved2;
 } CUgraphNodeParams;
 typedef CUresult (*PFN_cuGraphAddNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUgraphNodeParams *);
+typedef struct {
+    int result;
+    CUgraphNode errorNode, errorFromNode;
+} CUgraphExecUpdateResultInfo;
+typedef CUresult (*PFN_cuGraphExecUpdate)(CUgraphExec, CUgraph, CUgraphExecUpdateResultInfo *);
+#define CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE 910
+#define CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED 2
 #define CU_GRAPH_NODE_TYPE_KERNEL 0
 #define CU_GRAPH_NODE_TYPE_MEMCPY 1
 #define CU_GRAPH_NODE_TYPE_MEMSET 2

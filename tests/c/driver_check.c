@@ -1110,6 +1110,45 @@ int main(int argc, char **argv) {
                 CHECK(cuStreamSynchronize(s));
                 CHECK(cuMemcpyDtoH(c, db, bytes));
                 for (int i = 0; i < n; i++) EXPECT(c[i] == 8.0f, "generic graph b[%d] = %f, want 8", i, c[i]);
+                /* The executable updated from a graph of the same shape
+                 * (a = 3 instead of 2): b = 12. One of another shape is
+                 * refused, and the executable keeps what it had. */
+                GET(cuGraphExecUpdate, 12000);
+                GET(cuGraphAddMemsetNode, 10000);
+                CUgraph same, other;
+                CHECK(cuGraphCreate(&same, 0));
+                CUgraphNode s_set, s_scale, s_copy, s_end;
+                CUDA_MEMSET_NODE_PARAMS three_ms = {da, 0, 0x40400000u, 4, (size_t)n, 1};
+                CHECK(cuGraphAddMemsetNode(&s_set, same, NULL, 0, &three_ms, ctx));
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_KERNEL;
+                np.kernel = (CUDA_KERNEL_NODE_PARAMS){fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, gargs, NULL, NULL, NULL};
+                CHECK(cuGraphAddNode(&s_scale, same, &s_set, 1, &np));
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_MEMCPY;
+                np.memcpy.copyCtx = ctx;
+                np.memcpy.copyParams = cp;
+                CHECK(cuGraphAddNode(&s_copy, same, &s_scale, 1, &np));
+                memset(&np, 0, sizeof np);
+                np.type = CU_GRAPH_NODE_TYPE_EMPTY;
+                CHECK(cuGraphAddNode(&s_end, same, &s_copy, 1, &np));
+                CUgraphExecUpdateResultInfo info;
+                memset(&info, 0xff, sizeof info);
+                CHECK(cuGraphExecUpdate(gx, same, &info));
+                EXPECT(info.result == 0, "update result %d", info.result);
+                CHECK(cuGraphCreate(&other, 0));
+                CUgraphNode o_set;
+                CHECK(cuGraphAddMemsetNode(&o_set, other, NULL, 0, &three_ms, ctx));
+                CUresult ur = cuGraphExecUpdate(gx, other, &info);
+                EXPECT(ur == CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE && info.result == CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED,
+                       "an update to another shape gave %d, result %d", ur, info.result);
+                CHECK(cuMemsetD32(db, 0, n));
+                CHECK(cuGraphLaunch(gx, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, db, bytes));
+                for (int i = 0; i < n; i++) EXPECT(c[i] == 12.0f, "updated graph b[%d] = %f, want 12", i, c[i]);
+                CHECK(cuGraphDestroy(same));
+                CHECK(cuGraphDestroy(other));
                 CHECK(cuGraphExecDestroy(gx));
                 CHECK(cuGraphDestroy(gg));
             }

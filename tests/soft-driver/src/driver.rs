@@ -2716,6 +2716,27 @@ impl Driver {
         Ok(node)
     }
 
+    /// `cuGraphExecUpdate`: an executable graph takes `graph`'s operations
+    /// when the two have the same shape (the same operations, kernels of
+    /// the same functions); otherwise nothing changes and the result says
+    /// the topology changed (`CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED`).
+    pub fn graph_exec_update(&mut self, exec: u64, graph: u64) -> CuResult<u32> {
+        let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let same = |a: &Op, b: &Op| match (a, b) {
+            (Op::Launch { func: f, .. }, Op::Launch { func: h, .. }) => f == h,
+            _ => std::mem::discriminant(a) == std::mem::discriminant(b),
+        };
+        if g.ctx != x.ctx || g.ops.len() != x.ops.len() || !g.ops.iter().zip(x.ops.iter()).all(|(a, b)| same(a, b)) {
+            return Ok(2);
+        }
+        let ops = Arc::clone(&g.ops);
+        if let Some(x) = self.execs.get_mut(&exec) {
+            x.ops = ops;
+        }
+        Ok(0)
+    }
+
     /// `cuGraphExecKernelNodeSetParams`: the kernel node's launch in an
     /// executable graph, replaced (the graph it came from keeps its own).
     pub fn graph_exec_kernel_node_set(

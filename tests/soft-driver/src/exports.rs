@@ -2878,3 +2878,39 @@ pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attribute: i32
         unsafe { out(data.cast::<i32>(), managed as i32) }
     })
 }
+
+/// `CUgraphExecUpdateResultInfo`.
+#[repr(C)]
+pub struct CUgraphExecUpdateResultInfo {
+    pub result: u32,
+    pub errorNode: *mut c_void,
+    pub errorFromNode: *mut c_void,
+}
+
+/// `CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE`.
+const GRAPH_EXEC_UPDATE_FAILURE: CUresult = 910;
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecUpdate_v2(
+    exec: *mut c_void,
+    graph: *mut c_void,
+    info: *mut CUgraphExecUpdateResultInfo,
+) -> CUresult {
+    ffi(|| {
+        need(info)?;
+        let result = driver::with(|d| d.graph_exec_update(h(exec), h(graph)))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe {
+            info.write(CUgraphExecUpdateResultInfo {
+                result,
+                errorNode: std::ptr::null_mut(),
+                errorFromNode: std::ptr::null_mut(),
+            })
+        };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(GRAPH_EXEC_UPDATE_FAILURE)
+        }
+    })
+}

@@ -516,3 +516,70 @@ pub unsafe fn graph_add_node_v2(
     }
     unsafe { add_generic(node, graph, deps, count, params.cast()) }
 }
+
+/// `cuGraphExecUpdate` through the server's driver: (status, update
+/// result, error node).
+fn exec_update(exec: *mut c_void, graph: *mut c_void) -> CuResult<(u32, u32, Handle)> {
+    let s = shim()?;
+    let ctx = graph_ctx(s, exec)?;
+    if graph_ctx(s, graph)? != ctx {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let request = Request::GraphExecUpdate {
+        ctx,
+        exec: handle(exec),
+        graph: handle(graph),
+    };
+    match s.remote.call(&request, &[])? {
+        Reply::Bytes(b) if b.len() == 16 => Ok((
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        )),
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+fn status(code: u32) -> CuResult {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(CuError(code))
+    }
+}
+
+/// `cuGraphExecUpdate_v2`: the result in a `CUgraphExecUpdateResultInfo`
+/// (result, error node, error-from node).
+pub unsafe fn graph_exec_update_v2(exec: *mut c_void, graph: *mut c_void, info: *mut c_void) -> CuResult {
+    if info.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let (code, result, node) = exec_update(exec, graph)?;
+    // SAFETY: `info` points at a CUgraphExecUpdateResultInfo (API
+    // contract): a 4-byte result, then two node handles from byte 8.
+    unsafe {
+        info.cast::<u32>().write_unaligned(result);
+        info.cast::<u8>().add(8).cast::<u64>().write_unaligned(node);
+        info.cast::<u8>().add(16).cast::<u64>().write_unaligned(0);
+    }
+    status(code)
+}
+
+/// `cuGraphExecUpdate`, the CUDA 10.2 form: the error node and the result
+/// through two pointers.
+pub unsafe fn graph_exec_update(
+    exec: *mut c_void,
+    graph: *mut c_void,
+    error_node: *mut *mut c_void,
+    result: *mut u32,
+) -> CuResult {
+    if error_node.is_null() || result.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let (code, r, node) = exec_update(exec, graph)?;
+    unsafe {
+        out(result, r)?;
+        out(error_node, as_ptr(node))?;
+    }
+    status(code)
+}
