@@ -418,6 +418,8 @@ driver_api! {
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
+    cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);
+    cuGraphExecMemcpyNodeSetParams(exec: Ptr, node: Ptr, copy: *const Memcpy3D, ctx: Ptr);
     cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
     cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr);
     cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);

@@ -650,7 +650,7 @@ impl<'d> Worker<'d> {
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
                 R::GraphCreate { ctx } | R::GraphAddDependencies { ctx, .. } => *ctx,
-                R::StreamMemOps { ctx, .. } | R::GraphExecUpdate { ctx, .. } => *ctx,
+                R::StreamMemOps { ctx, .. } | R::GraphExecUpdate { ctx, .. } | R::GraphExecNodeSet { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -850,6 +850,12 @@ impl<'d> Worker<'d> {
             R::LinkCreate { ctx, options } => to_reply(self.link_create(ctx, &options)),
             R::GraphCreate { ctx } => to_reply(self.graph_create(ctx)),
             R::GraphExecUpdate { ctx, exec, graph } => to_reply(self.graph_exec_update(ctx, exec, graph)),
+            R::GraphExecNodeSet {
+                ctx,
+                exec,
+                node,
+                params,
+            } => to_reply(self.graph_exec_node_set(ctx, exec, node, &params)),
             R::StreamMemOps { ctx, stream, ops } => to_reply(self.stream_mem_ops(ctx, stream, &ops)),
             R::GraphAddDependencies { ctx, graph, from, to } => {
                 to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
@@ -2401,6 +2407,50 @@ impl<'d> Worker<'d> {
         unsafe {
             self.driver
                 .cuGraphExecKernelNodeSetParams_v2(as_ptr(exec), as_ptr(node), &p)
+        }
+    }
+
+    /// A memset or copy node of an executable graph, given new work: one
+    /// row, checked against the session's allocations as a new node is.
+    fn graph_exec_node_set(&mut self, ctx: Handle, exec: Handle, node: Handle, params: &GraphNode) -> DriverResult {
+        self.make_current(ctx)?;
+        self.check_exec(ctx, exec)?;
+        if !self.tables.nodes.contains_key(&node) {
+            return Err(INVALID_VALUE);
+        }
+        let (x, n, c) = (as_ptr(exec), as_ptr(node), as_ptr(ctx));
+        match *params {
+            GraphNode::Memset {
+                dst,
+                value,
+                elem_size,
+                width,
+                height: 1,
+                ..
+            } if matches!(elem_size, 1 | 2 | 4) && width > 0 => {
+                let row = width.checked_mul(elem_size as u64).ok_or(INVALID_VALUE)?;
+                self.tables.check_range(dst, row)?;
+                let p = MemsetNodeParams {
+                    dst,
+                    pitch: row as usize,
+                    value,
+                    elem_size: elem_size as u32,
+                    width: width as usize,
+                    height: 1,
+                };
+                // SAFETY: the row lies inside this client's allocations.
+                unsafe { self.driver.cuGraphExecMemsetNodeSetParams(x, n, &p, c) }
+            }
+            GraphNode::Copy { dst, src, len } if len > 0 => {
+                self.tables.check_range(dst, len)?;
+                self.tables.check_range(src, len)?;
+                use crate::driver::End;
+                let l = len as usize;
+                let copy = Memcpy3D::rows(End::Device(src, l), End::Device(dst, l), l, 1);
+                // SAFETY: both ranges lie inside this client's allocations.
+                unsafe { self.driver.cuGraphExecMemcpyNodeSetParams(x, n, &copy, c) }
+            }
+            _ => Err(INVALID_VALUE),
         }
     }
 

@@ -478,6 +478,14 @@ pub enum Request {
         node: Handle,
         launch: Launch,
     },
+    /// sync: a memset or copy node's work in an executable graph, replaced
+    /// (`cuGraphExecMemsetNodeSetParams`, `cuGraphExecMemcpyNodeSetParams`).
+    GraphExecNodeSet {
+        ctx: Handle,
+        exec: Handle,
+        node: Handle,
+        params: GraphNode,
+    },
     /// sync -> `Reply::Bytes`: an executable graph updated from `graph`
     /// (`cuGraphExecUpdate`): the driver's status, the update result and
     /// the error node, as three little-endian words of 4, 4 and 8 bytes.

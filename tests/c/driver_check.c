@@ -1057,6 +1057,24 @@ int main(int argc, char **argv) {
                 for (int i = 0; i < n; i++) EXPECT(c[i] == want, "pass %d: c[%d] = %f, want %f", pass, i, c[i], want);
             }
             CHECK(cuGraphExecDestroy(fresh));
+            /* The executable's memset (a = 2, so 10 after the scale) and
+             * copy (only the first half of b) changed: c = 20 for the
+             * first half; for the rest b keeps the child's bits from the
+             * last launch (the word 9, a float of about 1e-44), so c = 10. */
+            GET(cuGraphExecMemsetNodeSetParams, 10020);
+            GET(cuGraphExecMemcpyNodeSetParams, 10020);
+            CUDA_MEMSET_NODE_PARAMS ms2 = {da, 0, 0x40000000u, 4, (size_t)n, 1};
+            CHECK(cuGraphExecMemsetNodeSetParams(bx, set_a, &ms2, ctx));
+            CUDA_MEMCPY3D half = cp;
+            half.WidthInBytes = bytes / 2;
+            CHECK(cuGraphExecMemcpyNodeSetParams(bx, copy_b, &half, ctx));
+            CHECK(cuGraphLaunch(bx, s));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuMemcpyDtoH(c, dc, bytes));
+            for (int i = 0; i < n; i++) {
+                float want = i < n / 2 ? 20.0f : 10.0f;
+                EXPECT(c[i] == want, "after node updates c[%d] = %f, want %f", i, c[i], want);
+            }
             free(dw);
             if (getenv("GPUPOOL_SERVER")) {
                 /* A copy node from the program's own memory cannot be the

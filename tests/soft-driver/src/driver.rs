@@ -2792,7 +2792,12 @@ impl Driver {
             });
         }
         let last = ops.pop();
+        let one_row = ops.is_empty();
         let node = self.add_node(graph, deps, last)?;
+        if one_row {
+            let at = self.graphs[&graph].ops.len() - 1;
+            self.node_ops.insert(node, at);
+        }
         if !ops.is_empty() {
             let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
             let all = Arc::make_mut(&mut g.ops);
@@ -2808,7 +2813,66 @@ impl Driver {
         }
         self.device_range(dst, n)?;
         self.device_range(src, n)?;
-        self.add_node(graph, deps, Some(Op::CopyDtoD { dst, src, n }))
+        let node = self.add_node(graph, deps, Some(Op::CopyDtoD { dst, src, n }))?;
+        let at = self.graphs[&graph].ops.len() - 1;
+        self.node_ops.insert(node, at);
+        Ok(node)
+    }
+
+    /// The index in an executable graph of the operation of `node`, a node
+    /// of the graph it was made from, if that operation is of the kind
+    /// `same` accepts.
+    fn exec_op(&self, exec: u64, node: u64, same: impl Fn(&Op) -> bool) -> CuResult<usize> {
+        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match (self.nodes.get(&node), self.node_ops.get(&node)) {
+            (Some(g), Some(&at)) if *g == x.source && at < x.ops.len() && same(&x.ops[at]) => Ok(at),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+
+    fn set_exec_op(&mut self, exec: u64, at: usize, op: Op) -> CuResult<()> {
+        let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Arc::make_mut(&mut x.ops)[at] = op;
+        Ok(())
+    }
+
+    /// `cuGraphExecMemsetNodeSetParams`: one row, as the driver asks.
+    pub fn graph_exec_memset_node_set(
+        &mut self,
+        exec: u64,
+        node: u64,
+        dst: u64,
+        value: u32,
+        elem_size: u32,
+        width: u64,
+        height: u64,
+    ) -> CuResult<()> {
+        if !matches!(elem_size, 1 | 2 | 4) || width == 0 || height != 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let at = self.exec_op(exec, node, |op| matches!(op, Op::Memset { .. }))?;
+        self.device_range(dst, width * elem_size as u64)?;
+        let pattern = value.to_le_bytes()[..elem_size as usize].to_vec();
+        self.set_exec_op(
+            exec,
+            at,
+            Op::Memset {
+                dst,
+                pattern,
+                count: width,
+            },
+        )
+    }
+
+    /// `cuGraphExecMemcpyNodeSetParams`: a device copy of one row.
+    pub fn graph_exec_copy_node_set(&mut self, exec: u64, node: u64, dst: u64, src: u64, n: u64) -> CuResult<()> {
+        if n == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let at = self.exec_op(exec, node, |op| matches!(op, Op::CopyDtoD { .. }))?;
+        self.device_range(dst, n)?;
+        self.device_range(src, n)?;
+        self.set_exec_op(exec, at, Op::CopyDtoD { dst, src, n })
     }
 
     /// A child graph node: the child's operations, copied now (later

@@ -2914,3 +2914,56 @@ pub unsafe extern "C" fn cuGraphExecUpdate_v2(
         }
     })
 }
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecMemsetNodeSetParams(
+    exec: *mut c_void,
+    node: *mut c_void,
+    params: *const CUDA_MEMSET_NODE_PARAMS,
+    _ctx: CUcontext,
+) -> CUresult {
+    ffi(|| {
+        need(params)?;
+        // SAFETY: API contract.
+        let p = unsafe { &*params };
+        driver::with(|d| {
+            d.graph_exec_memset_node_set(
+                h(exec),
+                h(node),
+                p.dst,
+                p.value,
+                p.elementSize,
+                p.width as u64,
+                p.height as u64,
+            )
+        })
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphExecMemcpyNodeSetParams(
+    exec: *mut c_void,
+    node: *mut c_void,
+    copy: *const CudaMemcpy3D,
+    _ctx: CUcontext,
+) -> CUresult {
+    ffi(|| {
+        need(copy)?;
+        // SAFETY: API contract.
+        let c = unsafe { copy.read_unaligned() };
+        // `CU_MEMORYTYPE_DEVICE` and `_UNIFIED`.
+        let device = |t: u32| t == 2 || t == 4;
+        if !device(c.src_memory_type) || !device(c.dst_memory_type) || c.height > 1 || c.depth > 1 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let src = c
+            .src_device
+            .checked_add(c.src_x_in_bytes as u64)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dst = c
+            .dst_device
+            .checked_add(c.dst_x_in_bytes as u64)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        driver::with(|d| d.graph_exec_copy_node_set(h(exec), h(node), dst, src, c.width_in_bytes as u64))
+    })
+}

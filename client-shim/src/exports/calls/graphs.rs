@@ -583,3 +583,60 @@ pub unsafe fn graph_exec_update(
     }
     status(code)
 }
+
+/// New work for a memset or copy node of an executable graph.
+fn exec_node_set(exec: *mut c_void, node: *mut c_void, params: GraphNode) -> CuResult {
+    let s = shim()?;
+    let ctx = graph_ctx(s, exec)?;
+    let request = Request::GraphExecNodeSet {
+        ctx,
+        exec: handle(exec),
+        node: handle(node),
+        params,
+    };
+    s.remote.call(&request, &[]).map(|_| ())
+}
+
+/// `cuGraphExecMemsetNodeSetParams`: one row, as the driver asks.
+pub unsafe fn graph_exec_memset_node_set_params(
+    exec: *mut c_void,
+    node: *mut c_void,
+    params: *const c_void,
+    _ctx: CUcontext,
+) -> CuResult {
+    let s = shim()?;
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes a CUDA_MEMSET_NODE_PARAMS.
+    let p = unsafe { params.cast::<MemsetNodeParams>().read_unaligned() };
+    let elem_size = u8::try_from(p.elem_size).map_err(|_| CuError::INVALID_VALUE)?;
+    if !matches!(elem_size, 1 | 2 | 4) || p.width == 0 || p.height != 1 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let row = p.width.checked_mul(elem_size as usize).ok_or(CuError::INVALID_VALUE)?;
+    device_range_ctx(s, p.dst, row as u64)?;
+    let memset = GraphNode::Memset {
+        dst: p.dst,
+        pitch: row as u64,
+        value: p.value,
+        elem_size,
+        width: p.width as u64,
+        height: 1,
+    };
+    exec_node_set(exec, node, memset)
+}
+
+/// `cuGraphExecMemcpyNodeSetParams`: a device-to-device copy of one row.
+pub unsafe fn graph_exec_memcpy_node_set_params(
+    exec: *mut c_void,
+    node: *mut c_void,
+    copy: *const c_void,
+    _ctx: CUcontext,
+) -> CuResult {
+    let s = shim()?;
+    let (dst, src, len) = unsafe { super::copies::device_copy_of(copy) }?;
+    device_range_ctx(s, dst, len)?;
+    device_range_ctx(s, src, len)?;
+    exec_node_set(exec, node, GraphNode::Copy { dst, src, len })
+}
