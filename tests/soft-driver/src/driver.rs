@@ -2837,6 +2837,7 @@ impl Driver {
     }
 
     /// `cuGraphExecMemsetNodeSetParams`: one row, as the driver asks.
+    #[allow(clippy::too_many_arguments)]
     pub fn graph_exec_memset_node_set(
         &mut self,
         exec: u64,
