@@ -818,9 +818,19 @@ fn remote_library(s: &Shim, lib: &state::LazyLibrary) -> CuResult<Handle> {
 }
 
 /// The kernel names an image defines, when the shim can read them.
-fn image_kernels(bytes: &[u8]) -> Option<std::collections::HashSet<String>> {
+/// The kernel names an image defines, each once, in image order; `None`
+/// when the shim cannot read the image.
+fn image_kernels(bytes: &[u8]) -> Option<Vec<String>> {
     match gpupool_fatbin::kernels(bytes) {
-        Ok(k) => Some(k.into_iter().map(|k| k.name).collect()),
+        Ok(k) => {
+            let mut seen = std::collections::HashSet::new();
+            Some(
+                k.into_iter()
+                    .map(|k| k.name)
+                    .filter(|n| seen.insert(n.clone()))
+                    .collect(),
+            )
+        }
         Err(e) => {
             tracing::debug!("cannot list the kernels of an image ({e}); the server will be asked");
             None
@@ -1117,7 +1127,7 @@ pub unsafe fn library_load_data(
         return Err(CuError::INVALID_VALUE);
     }
     let bytes = unsafe { image_bytes(code)? };
-    let kernels = image_kernels(bytes);
+    let kernels = image_kernels(bytes).map(|k| k.into_iter().collect());
     let lib = Arc::new(state::LazyLibrary {
         image: bytes.to_vec(),
         kernels,
@@ -2501,14 +2511,49 @@ unsafe fn launch(
 ) -> CuResult {
     let s = shim()?;
     let func = handle(function);
-    if func == 0 || grid.contains(&0) || block.contains(&0) {
-        return Err(CuError::INVALID_VALUE);
-    }
-    if !params.is_null() && !extra.is_null() {
-        return Err(CuError::INVALID_VALUE);
-    }
-    let kernel = is_kernel(s, func);
+    check_launch_args(func, grid, block, params, extra)?;
     let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    let (launch, block_bytes) =
+        unsafe { packed_launch(s, ctx, func, grid, block, shared_mem, params, extra, sref, attrs)? };
+    managed::settle_for(s, launch.stream)?;
+    s.remote.post(&Request::Launch(launch), &block_bytes)
+}
+
+/// What a launch's arguments must be before anything else is looked at.
+fn check_launch_args(
+    func: Handle,
+    grid: [u32; 3],
+    block: [u32; 3],
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
+    if func == 0 || grid.contains(&0) || block.contains(&0) || (!params.is_null() && !extra.is_null()) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    Ok(())
+}
+
+/// A launch of `func` in `ctx`, its dimensions checked against the device
+/// and its parameters packed by the function's layout: what a launch, a
+/// graph's kernel node and a change of one send.
+///
+/// # Safety
+/// `params` / `extra` follow the launch contract.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn packed_launch(
+    s: &Shim,
+    ctx: Handle,
+    func: Handle,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_mem: u32,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    stream: StreamRef,
+    attrs: Vec<(u32, Vec<u8>)>,
+) -> CuResult<(Launch, Vec<u8>)> {
+    let kernel = is_kernel(s, func);
     check_launch_dims(s, ctx, grid, block)?;
     let block_bytes = unsafe { pack_params(s, func, kernel, params, extra)? };
     let launch = Launch {
@@ -2518,11 +2563,10 @@ unsafe fn launch(
         grid,
         block,
         shared_mem,
-        stream: Shim::stream_ref(mode, handle(stream)),
+        stream,
         attrs,
     };
-    managed::settle_for(s, launch.stream)?;
-    s.remote.post(&Request::Launch(launch), &block_bytes)
+    Ok((launch, block_bytes))
 }
 
 #[allow(clippy::too_many_arguments)]

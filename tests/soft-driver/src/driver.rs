@@ -2747,16 +2747,10 @@ impl Driver {
         cfg: &LaunchConfig,
         fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
     ) -> CuResult<()> {
-        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let (ctx, source) = (x.ctx, x.source);
-        let at = match (self.nodes.get(&node), self.node_ops.get(&node)) {
-            (Some(g), Some(&at)) if *g == source && at < x.ops.len() => at,
-            _ => return Err(CUDA_ERROR_INVALID_VALUE),
-        };
+        let ctx = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
+        let at = self.exec_op(exec, node, |op| matches!(op, Op::Launch { .. }))?;
         let op = self.launch_op(ctx, f, cfg, fill)?;
-        let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        Arc::make_mut(&mut x.ops)[at] = op;
-        Ok(())
+        self.set_exec_op(exec, at, op)
     }
 
     /// A memset node: `height` rows of `width` elements of `elem_size`

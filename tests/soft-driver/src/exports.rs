@@ -2384,6 +2384,57 @@ fn map_out(map: *mut c_void) -> CuResult<*mut [u8; tensormap::MAP_BYTES]> {
     Ok(map.cast())
 }
 
+/// A tensor map from the program's arguments: the arrays the rank asks
+/// read, then `encode` given the common parts and the rank.
+///
+/// # Safety
+/// Each array holds what `rank` asks (API contract).
+#[allow(clippy::too_many_arguments)]
+unsafe fn encode_map(
+    map: *mut c_void,
+    data_type: u32,
+    rank: u32,
+    min_rank: u32,
+    address: *mut c_void,
+    dims: *const u64,
+    strides: *const u64,
+    element_strides: *const u32,
+    [interleave, swizzle, l2_promotion, oob_fill]: [u32; 4],
+    encode: impl FnOnce(&tensormap::Common, usize) -> CuResult<[u8; tensormap::MAP_BYTES]>,
+) -> CUresult {
+    ffi(|| {
+        let out = map_out(map)?;
+        if !(min_rank..=5).contains(&rank) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = rank as usize;
+        // SAFETY: each array holds what the rank asks (API contract).
+        let (dims, strides, es) = unsafe {
+            (
+                slice_of(dims, r)?,
+                slice_of(strides, r - 1)?,
+                slice_of(element_strides, r)?,
+            )
+        };
+        let c = tensormap::Common {
+            data_type,
+            rank,
+            address: address as u64,
+            dims,
+            strides,
+            element_strides: es,
+            interleave,
+            swizzle,
+            l2_promotion,
+            oob_fill,
+        };
+        let m = encode(&c, r)?;
+        // SAFETY: `out` is non-null, 64-aligned and holds a CUtensorMap.
+        unsafe { out.write(m) };
+        Ok(())
+    })
+}
+
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn cuTensorMapEncodeTiled(
@@ -2400,38 +2451,23 @@ pub unsafe extern "C" fn cuTensorMapEncodeTiled(
     l2_promotion: u32,
     oob_fill: u32,
 ) -> CUresult {
-    ffi(|| {
-        let out = map_out(map)?;
-        if !(1..=5).contains(&rank) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let r = rank as usize;
-        // SAFETY: each array holds what the rank asks (API contract).
-        let (dims, strides, box_dims, es) = unsafe {
-            (
-                slice_of(dims, r)?,
-                slice_of(strides, r - 1)?,
-                slice_of(box_dims, r)?,
-                slice_of(element_strides, r)?,
-            )
-        };
-        let c = tensormap::Common {
+    let modes = [interleave, swizzle, l2_promotion, oob_fill];
+    // SAFETY: each array holds what the rank asks (API contract).
+    let encode = |c: &tensormap::Common, r| tensormap::encode_tiled(c, unsafe { slice_of(box_dims, r)? });
+    unsafe {
+        encode_map(
+            map,
             data_type,
             rank,
-            address: address as u64,
+            1,
+            address,
             dims,
             strides,
-            element_strides: es,
-            interleave,
-            swizzle,
-            l2_promotion,
-            oob_fill,
-        };
-        let m = tensormap::encode_tiled(&c, box_dims)?;
-        // SAFETY: `out` is non-null, 64-aligned and holds a CUtensorMap.
-        unsafe { out.write(m) };
-        Ok(())
-    })
+            element_strides,
+            modes,
+            encode,
+        )
+    }
 }
 
 #[no_mangle]
@@ -2453,39 +2489,25 @@ pub unsafe extern "C" fn cuTensorMapEncodeIm2col(
     l2_promotion: u32,
     oob_fill: u32,
 ) -> CUresult {
-    ffi(|| {
-        let out = map_out(map)?;
-        if !(3..=5).contains(&rank) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let r = rank as usize;
-        // SAFETY: each array holds what the rank asks (API contract).
-        let (dims, strides, lower, upper, es) = unsafe {
-            (
-                slice_of(dims, r)?,
-                slice_of(strides, r - 1)?,
-                slice_of(lower, r - 2)?,
-                slice_of(upper, r - 2)?,
-                slice_of(element_strides, r)?,
-            )
-        };
-        let c = tensormap::Common {
+    let modes = [interleave, swizzle, l2_promotion, oob_fill];
+    // SAFETY: each array holds what the rank asks (API contract).
+    let encode = |c: &tensormap::Common, r: usize| unsafe {
+        tensormap::encode_im2col(c, slice_of(lower, r - 2)?, slice_of(upper, r - 2)?, channels, pixels)
+    };
+    unsafe {
+        encode_map(
+            map,
             data_type,
             rank,
-            address: address as u64,
+            3,
+            address,
             dims,
             strides,
-            element_strides: es,
-            interleave,
-            swizzle,
-            l2_promotion,
-            oob_fill,
-        };
-        let m = tensormap::encode_im2col(&c, lower, upper, channels, pixels)?;
-        // SAFETY: `out` is non-null, 64-aligned and holds a CUtensorMap.
-        unsafe { out.write(m) };
-        Ok(())
-    })
+            element_strides,
+            modes,
+            encode,
+        )
+    }
 }
 
 #[no_mangle]

@@ -5,7 +5,6 @@
 
 use super::*;
 use gpupool_proto::message::CacheTarget;
-use std::collections::HashSet;
 use std::ffi::CString;
 
 /// `CU_FUNC_CACHE_PREFER_EQUAL`, the last `CUfunc_cache`.
@@ -20,22 +19,7 @@ const FUNCTION_LOADED: i32 = 1;
 /// A module was loaded as `module`: keep its kernel names, in image order,
 /// when the image can be read.
 pub(super) fn loaded_module(s: &Shim, module: Handle, bytes: &[u8]) {
-    let names = match gpupool_fatbin::kernels(bytes) {
-        Ok(kernels) => {
-            let mut seen = HashSet::new();
-            let names: Vec<String> = kernels
-                .into_iter()
-                .map(|k| k.name)
-                .filter(|n| seen.insert(n.clone()))
-                .collect();
-            Some(Arc::new(names))
-        }
-        Err(e) => {
-            tracing::debug!("cannot list the kernels of a module ({e}); enumeration is not offered for it");
-            None
-        }
-    };
-    write(&s.module_kernels).insert(module, names);
+    write(&s.module_kernels).insert(module, image_kernels(bytes).map(Arc::new));
 }
 
 pub(super) fn unloaded_module(s: &Shim, module: Handle) {

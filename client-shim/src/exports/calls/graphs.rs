@@ -184,6 +184,31 @@ pub unsafe fn graph_add_empty_node(
     unsafe { add(node, graph, deps, count, GraphNode::Empty, &[]) }
 }
 
+/// A kernel node's launch in `ctx` (its stream unused): the kernel when
+/// the node names no function.
+///
+/// # Safety
+/// The node's parameters follow the launch contract.
+unsafe fn node_launch(s: &Shim, ctx: Handle, p: KernelNodeParams, kern: CUkernel) -> CuResult<(Launch, Vec<u8>)> {
+    let func = if p.func.is_null() { handle(kern) } else { handle(p.func) };
+    check_launch_args(func, p.grid, p.block, p.params, p.extra)?;
+    let legacy = StreamRef::Legacy;
+    unsafe {
+        packed_launch(
+            s,
+            ctx,
+            func,
+            p.grid,
+            p.block,
+            p.shared_mem,
+            p.params,
+            p.extra,
+            legacy,
+            Vec::new(),
+        )
+    }
+}
+
 /// A kernel node, as a launch would be sent (the parameters packed by the
 /// function's layout) but held by the graph.
 unsafe fn kernel_node(
@@ -196,23 +221,7 @@ unsafe fn kernel_node(
 ) -> CuResult {
     let s = shim()?;
     let ctx = graph_ctx(s, graph)?;
-    let func = if p.func.is_null() { handle(kern) } else { handle(p.func) };
-    if func == 0 || p.grid.contains(&0) || p.block.contains(&0) || (!p.params.is_null() && !p.extra.is_null()) {
-        return Err(CuError::INVALID_VALUE);
-    }
-    check_launch_dims(s, ctx, p.grid, p.block)?;
-    let kernel = is_kernel(s, func);
-    let bulk = unsafe { pack_params(s, func, kernel, p.params, p.extra)? };
-    let launch = Launch {
-        ctx,
-        func: resolve(s, func)?,
-        kernel,
-        grid: p.grid,
-        block: p.block,
-        shared_mem: p.shared_mem,
-        stream: StreamRef::Legacy,
-        attrs: Vec::new(),
-    };
+    let (launch, bulk) = unsafe { node_launch(s, ctx, p, kern) }?;
     unsafe { add(node, graph, deps, count, GraphNode::Kernel(launch), &bulk) }
 }
 
@@ -323,6 +332,23 @@ pub unsafe fn graph_add_dependencies(
     s.remote.call(&request, &[]).map(|_| ())
 }
 
+/// Edge data (`CUgraphEdgeData`, 8 bytes each): only the default, all
+/// zeroes, is offered.
+///
+/// # Safety
+/// `edges` holds `count` entries when non-null (API contract).
+unsafe fn default_edges(edges: *const u64, count: usize) -> CuResult {
+    if !edges.is_null() && count > 0 {
+        // SAFETY: the caller's promise.
+        let data = unsafe { std::slice::from_raw_parts(edges, count) };
+        if data.iter().any(|e| *e != 0) {
+            tracing::warn!("graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED");
+            return Err(CuError::NOT_SUPPORTED);
+        }
+    }
+    Ok(())
+}
+
 /// `cuGraphAddDependencies_v2`: edges with data; only the default edge
 /// (all zeroes) is offered.
 pub unsafe fn graph_add_dependencies_v2(
@@ -332,15 +358,7 @@ pub unsafe fn graph_add_dependencies_v2(
     edges: *const u64,
     count: usize,
 ) -> CuResult {
-    if !edges.is_null() && count > 0 {
-        // SAFETY: `edges` holds `count` CUgraphEdgeData, 8 bytes each (API
-        // contract).
-        let data = unsafe { std::slice::from_raw_parts(edges, count) };
-        if data.iter().any(|e| *e != 0) {
-            tracing::warn!("graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED");
-            return Err(CuError::NOT_SUPPORTED);
-        }
-    }
+    unsafe { default_edges(edges, count) }?;
     unsafe { graph_add_dependencies(graph, from, to, count) }
 }
 
@@ -387,23 +405,7 @@ pub unsafe fn graph_add_event_wait_node(
 unsafe fn exec_kernel_node_set(exec: *mut c_void, node: *mut c_void, p: KernelNodeParams, kern: CUkernel) -> CuResult {
     let s = shim()?;
     let ctx = graph_ctx(s, exec)?;
-    let func = if p.func.is_null() { handle(kern) } else { handle(p.func) };
-    if func == 0 || p.grid.contains(&0) || p.block.contains(&0) || (!p.params.is_null() && !p.extra.is_null()) {
-        return Err(CuError::INVALID_VALUE);
-    }
-    check_launch_dims(s, ctx, p.grid, p.block)?;
-    let kernel = is_kernel(s, func);
-    let bulk = unsafe { pack_params(s, func, kernel, p.params, p.extra)? };
-    let launch = Launch {
-        ctx,
-        func: resolve(s, func)?,
-        kernel,
-        grid: p.grid,
-        block: p.block,
-        shared_mem: p.shared_mem,
-        stream: StreamRef::Legacy,
-        attrs: Vec::new(),
-    };
+    let (launch, bulk) = unsafe { node_launch(s, ctx, p, kern) }?;
     let request = Request::GraphExecKernelNodeSet {
         ctx,
         exec: handle(exec),
@@ -505,15 +507,7 @@ pub unsafe fn graph_add_node_v2(
     count: usize,
     params: *const c_void,
 ) -> CuResult {
-    if !edges.is_null() && count > 0 {
-        // SAFETY: `edges` holds `count` CUgraphEdgeData, 8 bytes each (API
-        // contract).
-        let data = unsafe { std::slice::from_raw_parts(edges, count) };
-        if data.iter().any(|e| *e != 0) {
-            tracing::warn!("graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED");
-            return Err(CuError::NOT_SUPPORTED);
-        }
-    }
+    unsafe { default_edges(edges, count) }?;
     unsafe { add_generic(node, graph, deps, count, params.cast()) }
 }
 

@@ -58,22 +58,34 @@ fn map_of(reply: Reply) -> CuResult<Map> {
     }
 }
 
+/// The map kept for `key` in the `table` of the cache, or the one `ask`
+/// fetches, then kept.
+fn remembered<K: std::hash::Hash + Eq>(
+    table: fn(&mut Cache) -> &mut HashMap<K, Map>,
+    key: K,
+    ask: impl FnOnce(&K) -> CuResult<Map>,
+) -> CuResult<Map> {
+    if let Some(m) = cached(|c| table(c).get(&key).copied()) {
+        return Ok(m);
+    }
+    let m = ask(&key)?;
+    cached(|c| {
+        let t = table(c);
+        if t.len() >= CACHE_LIMIT {
+            t.clear();
+        }
+        t.insert(key, m);
+    });
+    Ok(m)
+}
+
 fn encode(out: *mut Map, desc: TensorMapDesc) -> CuResult {
     let s = shim()?;
-    let known = cached(|c| c.encoded.get(&desc).copied());
-    let m = match known {
-        Some(m) => m,
-        None => {
-            let m = map_of(s.remote.call(&Request::TensorMapEncode(desc.clone()), &[])?)?;
-            cached(|c| {
-                if c.encoded.len() >= CACHE_LIMIT {
-                    c.encoded.clear();
-                }
-                c.encoded.insert(desc, m);
-            });
-            m
-        }
-    };
+    let m = remembered(
+        |c| &mut c.encoded,
+        desc,
+        |d| map_of(s.remote.call(&Request::TensorMapEncode(d.clone()), &[])?),
+    )?;
     // SAFETY: `out` is the program's 64-aligned CUtensorMap (checked
     // non-null).
     unsafe { out.write(m) };
@@ -210,25 +222,17 @@ pub unsafe fn tensor_map_replace_address(map: *mut c_void, address: *mut c_void)
     let p = map_ptr(map)?;
     // SAFETY: the program's CUtensorMap, checked non-null and aligned.
     let old = unsafe { p.read() };
-    let key = (old, address as u64);
-    let known = cached(|c| c.replaced.get(&key).copied());
-    let m = match known {
-        Some(m) => m,
-        None => {
+    let m = remembered(
+        |c| &mut c.replaced,
+        (old, address as u64),
+        |&(map, address)| {
             let request = Request::TensorMapReplaceAddress {
-                map: old.to_vec(),
-                address: address as u64,
+                map: map.to_vec(),
+                address,
             };
-            let m = map_of(s.remote.call(&request, &[])?)?;
-            cached(|c| {
-                if c.replaced.len() >= CACHE_LIMIT {
-                    c.replaced.clear();
-                }
-                c.replaced.insert(key, m);
-            });
-            m
-        }
-    };
+            map_of(s.remote.call(&request, &[])?)
+        },
+    )?;
     // SAFETY: as above.
     unsafe { p.write(m) };
     Ok(())
