@@ -39,11 +39,22 @@ pub struct DeviceRange {
     pub size: u64,
     pub ctx: Handle,
     pub device: i32,
-    /// Module globals cannot be freed with `cuMemFree`.
-    pub global: bool,
+    pub kind: RangeKind,
+}
+
+/// How a device range came to the program, which says how it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeKind {
+    /// `cuMemAlloc` and its kin: freed with `cuMemFree`.
+    Allocated,
+    /// A module global: cannot be freed with `cuMemFree`.
+    Global,
     /// Physical memory mapped into a reservation (`cuMemMap`): undone with
     /// `cuMemUnmap`, and one range with the mappings that follow on from it.
-    pub mapped: bool,
+    Mapped,
+    /// Memory of another process opened with `cuIpcOpenMemHandle`: closed
+    /// with `cuIpcCloseMemHandle`.
+    Opened,
 }
 
 /// Host memory the program allocated through the driver (`cuMemAllocHost`,
@@ -370,9 +381,9 @@ impl Shim {
             return None;
         }
         let mut reach = base + range.size;
-        if end > reach && range.mapped {
+        if end > reach && (range.kind == RangeKind::Mapped) {
             for (&b, r) in map.range(reach..end) {
-                if b != reach || !r.mapped {
+                if b != reach || r.kind != RangeKind::Mapped {
                     break;
                 }
                 reach = b + r.size;

@@ -317,6 +317,14 @@ pub struct TextureDesc {
     pub reserved: [i32; 12],
 }
 
+/// `CUipcMemHandle` and `CUipcEventHandle`: 64 bytes the driver makes,
+/// passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IpcHandle {
+    pub reserved: [u8; 64],
+}
+
 const _: () = assert!(std::mem::size_of::<Memcpy3D>() == 200);
 const _: () = assert!(std::mem::size_of::<ResourceDesc>() == 144);
 const _: () = assert!(std::mem::size_of::<TextureDesc>() == 104);
@@ -431,6 +439,12 @@ driver_api! {
     cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
     cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
     cuMemFree_v2(ptr: CUdeviceptr);
+    cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, ptr: CUdeviceptr);
+    cuIpcGetMemHandle(handle: *mut IpcHandle, ptr: CUdeviceptr);
+    cuIpcOpenMemHandle_v2(ptr: *mut CUdeviceptr, handle: IpcHandle, flags: u32);
+    cuIpcCloseMemHandle(ptr: CUdeviceptr);
+    cuIpcGetEventHandle(handle: *mut IpcHandle, event: Ptr);
+    cuIpcOpenEventHandle(event: *mut Ptr, handle: IpcHandle);
     cuMemGetInfo_v2(free: *mut usize, total: *mut usize);
     cuMemAllocAsync(ptr: *mut CUdeviceptr, size: usize, stream: Ptr);
     cuMemAllocFromPoolAsync(ptr: *mut CUdeviceptr, size: usize, pool: Ptr, stream: Ptr);

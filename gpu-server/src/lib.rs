@@ -6,7 +6,8 @@
 //! (`worker`) executes the client's calls in order on the driver (`driver`,
 //! the only module that calls `libcuda.so.1`; `nvml` reads what only NVML
 //! knows, such as utilisation), checking every handle and
-//! address against the client's own tables (`tables`). A client's crash,
+//! address against the client's own tables (`tables`); sessions of one
+//! server share memory and events through `ipc`. A client's crash,
 //! sticky error or leak stays in its own process, and everything it held is
 //! freed when its connection ends.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod driver;
 pub mod images;
 pub mod inventory;
+pub mod ipc;
 pub mod nvml;
 pub mod registration;
 pub mod session;

@@ -6,6 +6,7 @@
 
 use crate::config::ServerConfig;
 use crate::images::ImageCache;
+use crate::ipc::Registry;
 use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_proto::affinity::{affinity_of, CpuSet};
 use gpupool_proto::codec;
@@ -45,6 +46,8 @@ enum SessionSocket {
 const RELAY_BUFFER: usize = 1 << 20;
 /// Largest hello accepted.
 const MAX_HELLO: u64 = 64 << 10;
+/// The IPC registry, under the state folder.
+const IPC_DIR: &str = "ipc";
 
 /// How to start a worker process.
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ struct Daemon {
     /// The broker's key, when lease tokens are verified.
     lease_key: Option<LeasePublicKey>,
     launcher: WorkerLauncher,
+    /// Where workers file the IPC handles of their sessions.
+    ipc: Option<Registry>,
     next_session: AtomicU64,
     live: AtomicUsize,
 }
@@ -139,6 +144,14 @@ pub async fn serve(
         _ => None,
     };
     let gpus = inventory.as_ref().map(|(g, _)| g.clone()).unwrap_or_default();
+    // Made before the first session, so every worker finds it.
+    let ipc = match Registry::create(&cfg.state_dir.join(IPC_DIR)) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(dir = %cfg.state_dir.join(IPC_DIR).display(), "no IPC between sessions: cannot make its registry: {e}");
+            None
+        }
+    };
     on_ready(&bound);
     let daemon = Arc::new(Daemon {
         lease_key,
@@ -146,6 +159,7 @@ pub async fn serve(
         sessions: Default::default(),
         gpus,
         launcher,
+        ipc,
         next_session: AtomicU64::new(1),
         live: AtomicUsize::new(0),
     });
@@ -417,6 +431,10 @@ impl Daemon {
                 wait_without_reaping(pid);
                 d.sessions_lock().remove(&session);
                 let status = child.wait();
+                // Its handles name nothing any more, however it ended.
+                if let Some(ipc) = &d.ipc {
+                    ipc.remove_session(session);
+                }
                 d.live.fetch_sub(1, Ordering::Relaxed);
                 match status {
                     Ok(s) if s.success() => tracing::info!(session, "worker exited"),
@@ -691,7 +709,16 @@ fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
     };
     let info = Worker::session_info(&driver, session_id, &cfg.server_id, cfg.simulated);
     let images = ImageCache::open(&cfg.state_dir.join("images"), cfg.image_cache_mib << 20);
-    let mut worker = Worker::new(&driver, session_id, cfg.max_frame).with_image_cache(images);
+    let ipc = match Registry::open(&cfg.state_dir.join(IPC_DIR)) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!("no IPC registry: {e}");
+            None
+        }
+    };
+    let mut worker = Worker::new(&driver, session_id, cfg.max_frame)
+        .with_image_cache(images)
+        .with_ipc(ipc);
     worker.welcome(writer, info)?;
     let (end, freed) = worker.serve(reader, writer);
     let how = match &end {

@@ -15,11 +15,22 @@ pub const INVALID_HANDLE: u32 = 400;
 pub struct Region {
     pub size: u64,
     pub ctx: Handle,
-    /// Module globals belong to their module, not to `cuMemFree`.
-    pub global: bool,
+    pub kind: RegionKind,
+}
+
+/// How a region came to the client, which says how it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// `cuMemAlloc` and its kin: undone with `cuMemFree`.
+    Allocated,
+    /// A module global: belongs to its module, not to `cuMemFree`.
+    Global,
     /// Physical memory mapped into a reserved range (`cuMemMap`): undone
-    /// with `cuMemUnmap`, not `cuMemFree`.
-    pub mapped: bool,
+    /// with `cuMemUnmap`.
+    Mapped,
+    /// Another session's memory opened here (`cuIpcOpenMemHandle`): undone
+    /// with `cuIpcCloseMemHandle`, and not this client's to count.
+    Opened,
 }
 
 /// A CUDA array of the client.
@@ -95,9 +106,9 @@ impl Tables {
             return Err(INVALID_VALUE);
         }
         let mut reach = base + region.size;
-        if end > reach && region.mapped {
+        if end > reach && region.kind == RegionKind::Mapped {
             for (&b, r) in self.memory.range(reach..end) {
-                if b != reach || !r.mapped {
+                if b != reach || r.kind != RegionKind::Mapped {
                     break;
                 }
                 reach = b + r.size;
@@ -114,7 +125,8 @@ impl Tables {
     pub fn add_region(&mut self, base: u64, region: Region) -> Result<(), u32> {
         if let Some((&b, r)) = self.memory.range(..base.saturating_add(region.size)).next_back() {
             let overlaps = b + r.size > base;
-            let same_global = r.global && region.global && b == base && r.size == region.size;
+            let same_global =
+                r.kind == RegionKind::Global && region.kind == RegionKind::Global && b == base && r.size == region.size;
             if overlaps && !same_global {
                 return Err(INVALID_VALUE);
             }
@@ -126,7 +138,7 @@ impl Tables {
     /// Remove an allocation made by `cuMemAlloc`; the base must be exact.
     pub fn remove_allocation(&mut self, base: u64) -> Result<Region, u32> {
         match self.memory.get(&base) {
-            Some(r) if !r.global && !r.mapped => Ok(self.memory.remove(&base).expect("present")),
+            Some(r) if r.kind == RegionKind::Allocated => Ok(self.memory.remove(&base).expect("present")),
             _ => Err(INVALID_VALUE),
         }
     }
@@ -142,7 +154,7 @@ impl Tables {
     pub fn allocated_bytes(&self) -> u64 {
         self.memory
             .values()
-            .filter(|r| !r.global && !r.mapped)
+            .filter(|r| r.kind == RegionKind::Allocated)
             .map(|r| r.size)
             .sum()
     }
@@ -201,8 +213,7 @@ mod tests {
         Region {
             size,
             ctx: 1,
-            global: false,
-            mapped: false,
+            kind: RegionKind::Allocated,
         }
     }
 
@@ -227,8 +238,7 @@ mod tests {
         let mapped = |size| Region {
             size,
             ctx: 1,
-            global: false,
-            mapped: true,
+            kind: RegionKind::Mapped,
         };
         t.add_region(0x10000, mapped(0x1000)).unwrap();
         t.add_region(0x11000, mapped(0x1000)).unwrap();
@@ -252,8 +262,7 @@ mod tests {
             Region {
                 size: 8,
                 ctx: 1,
-                global: true,
-                mapped: false,
+                kind: RegionKind::Global,
             },
         )
         .unwrap();
@@ -285,8 +294,7 @@ mod tests {
             Region {
                 size: 0x10,
                 ctx: 2,
-                global: false,
-                mapped: false,
+                kind: RegionKind::Allocated,
             },
         )
         .unwrap();

@@ -13,7 +13,7 @@ use crate::driver::{
 };
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
-use crate::tables::{Region, Tables, INVALID_HANDLE, INVALID_VALUE};
+use crate::tables::{Region, RegionKind, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
@@ -108,6 +108,7 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
 
 /// The executing side of one session.
 mod arrays;
+mod ipc;
 
 pub struct Worker<'d> {
     driver: &'d Driver,
@@ -146,6 +147,10 @@ pub struct Worker<'d> {
     reached: Option<Arc<Reached>>,
     /// Host functions enqueued and not yet told to the client.
     host_funcs_out: usize,
+    /// The server's IPC registry, when it has one.
+    ipc: Option<crate::ipc::Registry>,
+    /// What this session shares with others, and has opened of theirs.
+    shared: ipc::Shared,
     pub session_id: u64,
     pub calls: u64,
 }
@@ -185,6 +190,8 @@ impl<'d> Worker<'d> {
                 })
             }),
             host_funcs_out: 0,
+            ipc: None,
+            shared: ipc::Shared::default(),
             session_id,
             calls: 0,
         }
@@ -199,6 +206,12 @@ impl<'d> Worker<'d> {
     /// Use `nvml` for `DeviceStatus` instead of loading NVML at first use.
     pub fn with_nvml(mut self, nvml: ServerNvml) -> Self {
         self.nvml = Some(nvml);
+        self
+    }
+
+    /// Share memory and events with other sessions through `registry`.
+    pub fn with_ipc(mut self, registry: Option<crate::ipc::Registry>) -> Self {
+        self.ipc = registry;
         self
     }
 
@@ -651,6 +664,10 @@ impl<'d> Worker<'d> {
                 R::GraphExecDestroy { ctx, .. } | R::GraphDestroy { ctx, .. } | R::GraphNodeCount { ctx, .. } => *ctx,
                 R::GraphCreate { ctx } | R::GraphAddDependencies { ctx, .. } => *ctx,
                 R::StreamMemOps { ctx, .. } | R::GraphExecUpdate { ctx, .. } | R::GraphExecNodeSet { ctx, .. } => *ctx,
+                R::IpcGetMemHandle { ctx, .. } | R::IpcOpenMemHandle { ctx, .. } | R::IpcCloseMemHandle { ctx, .. } => {
+                    *ctx
+                }
+                R::IpcGetEventHandle { ctx, .. } | R::IpcOpenEventHandle { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -861,6 +878,11 @@ impl<'d> Worker<'d> {
                 to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
             }
             R::LinkComplete { ctx, link } => to_reply(self.link_complete(ctx, link)),
+            R::IpcGetMemHandle { ctx, ptr } => to_reply(self.ipc_get_mem_handle(ctx, ptr)),
+            R::IpcOpenMemHandle { ctx, handle, flags } => to_reply(self.ipc_open_mem_handle(ctx, &handle, flags)),
+            R::IpcCloseMemHandle { ctx, ptr } => to_reply(self.ipc_close_mem_handle(ctx, ptr)),
+            R::IpcGetEventHandle { ctx, event } => to_reply(self.ipc_get_event_handle(ctx, event)),
+            R::IpcOpenEventHandle { ctx, handle, id } => to_reply(self.ipc_open_event_handle(ctx, &handle, id)),
             R::LinkImage { link, offset } => to_reply(self.link_image(link, offset)),
             R::LinkDestroy { link } => to_reply(self.link_destroy(link)),
             R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
@@ -952,6 +974,7 @@ impl<'d> Worker<'d> {
                 Ok(Reply::Handle(self.name_new(id, handle(e), ctx, false)))
             })),
             R::EventDestroy { event, .. } => to_reply(self.check_event(event).and_then(|()| {
+                self.ipc_forget_event(event);
                 let real = self.real(event);
                 self.tables.events.remove(&event);
                 self.tables.real.remove(&event);
@@ -1302,7 +1325,10 @@ impl<'d> Worker<'d> {
         self.tables
             .memory
             .values()
-            .filter(|r| !r.global && self.tables.contexts.get(&r.ctx) == Some(&device))
+            .filter(|r| {
+                matches!(r.kind, RegionKind::Allocated | RegionKind::Mapped)
+                    && self.tables.contexts.get(&r.ctx) == Some(&device)
+            })
             .map(|r| r.size)
             .sum()
     }
@@ -1382,14 +1408,16 @@ impl<'d> Worker<'d> {
         }
         let d = self.driver;
         self.release_arrays(ctx);
+        self.ipc_close_context(ctx);
         let bases: Vec<u64> = self
             .tables
             .memory
             .iter()
-            .filter(|(_, r)| r.ctx == ctx && !r.global && !r.mapped)
+            .filter(|(_, r)| r.ctx == ctx && r.kind == RegionKind::Allocated)
             .map(|(b, _)| *b)
             .collect();
         for b in bases {
+            self.ipc_forget_memory(b);
             // SAFETY: b is an allocation of this client.
             let _ = unsafe { d.cuMemFree_v2(b) };
         }
@@ -1456,8 +1484,7 @@ impl<'d> Worker<'d> {
                 Region {
                     size,
                     ctx,
-                    global: false,
-                    mapped: false,
+                    kind: RegionKind::Allocated,
                 },
             )
             .is_err()
@@ -1506,10 +1533,11 @@ impl<'d> Worker<'d> {
     fn mem_free_async(&mut self, ctx: Handle, stream: StreamRef, ptr: u64) -> DriverResult {
         let s = self.enter(ctx, stream)?;
         match self.tables.memory.get(&ptr) {
-            Some(r) if r.ctx == ctx && !r.global && !r.mapped => {}
+            Some(r) if r.ctx == ctx && r.kind == RegionKind::Allocated => {}
             _ => return Err(INVALID_VALUE),
         }
         self.tables.remove_allocation(ptr)?;
+        self.ipc_forget_memory(ptr);
         // SAFETY: ptr is an allocation of this client; s its stream.
         unsafe { self.driver.cuMemFreeAsync(ptr, s) }
     }
@@ -1576,8 +1604,7 @@ impl<'d> Worker<'d> {
         let region = Region {
             size,
             ctx,
-            global: false,
-            mapped: true,
+            kind: RegionKind::Mapped,
         };
         self.tables.add_region(ptr, region)?;
         // SAFETY: the range lies in a reservation of this client and clashes
@@ -1595,7 +1622,7 @@ impl<'d> Worker<'d> {
         let mut at = ptr;
         let mut bases = Vec::new();
         for (&b, r) in self.tables.memory.range(ptr..end) {
-            if b != at || !r.mapped || b + r.size > end {
+            if b != at || r.kind != RegionKind::Mapped || b + r.size > end {
                 return Err(INVALID_VALUE);
             }
             bases.push(b);
@@ -1634,7 +1661,7 @@ impl<'d> Worker<'d> {
             .tables
             .memory
             .iter()
-            .filter(|(_, r)| r.mapped)
+            .filter(|(_, r)| r.kind == RegionKind::Mapped)
             .map(|(b, r)| (*b, r.size))
             .collect();
         for (b, size) in mapped {
@@ -1734,10 +1761,11 @@ impl<'d> Worker<'d> {
     fn mem_free(&mut self, ctx: Handle, ptr: u64) -> DriverResult {
         self.make_current(ctx)?;
         match self.tables.memory.get(&ptr) {
-            Some(r) if r.ctx == ctx && !r.global && !r.mapped => {}
+            Some(r) if r.ctx == ctx && r.kind == RegionKind::Allocated => {}
             _ => return Err(INVALID_VALUE),
         }
         self.tables.remove_allocation(ptr)?;
+        self.ipc_forget_memory(ptr);
         // SAFETY: ptr is an allocation of this client.
         unsafe { self.driver.cuMemFree_v2(ptr) }
     }
@@ -2641,8 +2669,7 @@ impl<'d> Worker<'d> {
             Region {
                 size,
                 ctx,
-                global: true,
-                mapped: false,
+                kind: RegionKind::Global,
             },
         );
         Reply::Global { ptr, size }
@@ -2900,7 +2927,12 @@ impl<'d> Worker<'d> {
     pub fn cleanup(&mut self) -> Cleanup {
         let started = Instant::now();
         let c = Cleanup {
-            allocations: self.tables.memory.values().filter(|r| !r.global).count(),
+            allocations: self
+                .tables
+                .memory
+                .values()
+                .filter(|r| r.kind == RegionKind::Allocated)
+                .count(),
             bytes: self.tables.allocated_bytes(),
             streams: self.tables.streams.len() + self.per_thread.len(),
             events: self.tables.events.len(),
@@ -2936,6 +2968,7 @@ impl<'d> Worker<'d> {
             }
         }
         self.free_staging();
+        self.ipc_end();
         tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "cleanup done");
         c
     }

@@ -504,7 +504,24 @@ pub enum Request {
         from: Vec<Handle>,
         to: Vec<Handle>,
     },
+    /// sync: a handle another session of this server can open for the
+    /// allocation holding `ptr` (`cuIpcGetMemHandle`): `Bytes`, 64 of them.
+    IpcGetMemHandle { ctx: Handle, ptr: DevicePtr },
+    /// sync: open another session's memory in `ctx` (`cuIpcOpenMemHandle`):
+    /// `Global` with the base the driver mapped it at and its size.
+    IpcOpenMemHandle { ctx: Handle, handle: Vec<u8>, flags: u32 },
+    /// sync: close memory opened with `IpcOpenMemHandle`.
+    IpcCloseMemHandle { ctx: Handle, ptr: DevicePtr },
+    /// sync: a handle for an interprocess event (`cuIpcGetEventHandle`):
+    /// `Bytes`, 64 of them.
+    IpcGetEventHandle { ctx: Handle, event: Handle },
+    /// sync: open another session's event in `ctx` under the client's name
+    /// `id` (`cuIpcOpenEventHandle`).
+    IpcOpenEventHandle { ctx: Handle, handle: Vec<u8>, id: Handle },
 }
+
+/// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
+pub const IPC_HANDLE_LEN: usize = 64;
 
 /// One stream memory operation: a 32- or 64-bit (`wide`) write or wait
 /// at a device address, with the driver's flags.

@@ -165,6 +165,20 @@ typedef CUresult (*PFN_cuMemHostRegister)(void *, size_t, unsigned);
 typedef CUresult (*PFN_cuMemHostUnregister)(void *);
 typedef CUresult (*PFN_cuMemHostGetFlags)(unsigned *, void *);
 typedef CUresult (*PFN_cuMemGetAddressRange)(CUdeviceptr *, size_t *, CUdeviceptr);
+typedef struct {
+    char reserved[64];
+} CUipcMemHandle;
+typedef struct {
+    char reserved[64];
+} CUipcEventHandle;
+#define CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS 1
+#define CU_EVENT_DISABLE_TIMING 2
+#define CU_EVENT_INTERPROCESS 4
+typedef CUresult (*PFN_cuIpcGetMemHandle)(CUipcMemHandle *, CUdeviceptr);
+typedef CUresult (*PFN_cuIpcOpenMemHandle)(CUdeviceptr *, CUipcMemHandle, unsigned);
+typedef CUresult (*PFN_cuIpcCloseMemHandle)(CUdeviceptr);
+typedef CUresult (*PFN_cuIpcGetEventHandle)(CUipcEventHandle *, CUevent);
+typedef CUresult (*PFN_cuIpcOpenEventHandle)(CUevent *, CUipcEventHandle);
 typedef CUresult (*PFN_cuStreamGetPriority)(CUstream, int *);
 typedef CUresult (*PFN_cuStreamGetFlags)(CUstream, unsigned *);
 typedef CUresult (*PFN_cuStreamGetCtx)(CUstream, CUcontext *);

@@ -35,6 +35,12 @@
  *   driver_check managed   managed memory (cuMemAllocManaged): written and read on the
  *                          host around kernels, copies and memsets, read by threads
  *                          at once, prefetch, advice and pointer attributes
+ *   driver_check ipc       memory and an event shared with a second process (this
+ *                          program again, `ipc-child`): it reads what a kernel here
+ *                          wrote, waits for the event, writes back through the
+ *                          opened memory; handles of freed memory are refused
+ *   driver_check ipc-hold  share memory, print `HANDLE <hex>` and HOLDING, wait
+ *   driver_check ipc-refused HEX CODE  opening the memory handle HEX gives CODE
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -86,6 +92,37 @@ static void *sym(const char *name, int version) {
             exit(1);                             \
         }                                        \
     } while (0)
+
+/* The `ipc` modes: handles travel between processes as hex text. */
+static void to_hex(const void *bytes, size_t n, char *out) {
+    const unsigned char *b = bytes;
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
+    out[2 * n] = 0;
+}
+
+static int from_hex(const char *text, void *bytes, size_t n) {
+    unsigned char *b = bytes;
+    if (strlen(text) != 2 * n) return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(text + 2 * i, "%2x", &v) != 1) return -1;
+        b[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+/* Run this program again with `args` and wait for it: its exit status. */
+static int run_self(char *const args[]) {
+    extern char **environ;
+    pid_t pid = fork();
+    if (pid == 0) {
+        execve("/proc/self/exe", args, environ);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 static double now_us(void) {
     struct timespec t;
@@ -2381,6 +2418,131 @@ int main(int argc, char **argv) {
         CHECK(cuMemAddressFree(va, 4 * g));
         free(host);
         printf("OK vmm granularity %zu\n", g);
+    } else if (!strcmp(mode, "ipc") || !strcmp(mode, "ipc-hold")) {
+        GET(cuIpcGetMemHandle, 4010);
+        GET(cuIpcOpenMemHandle, 11000);
+        GET(cuIpcGetEventHandle, 4010);
+        const int n = 4096;
+        size_t bytes = n * sizeof(float);
+        float *host = malloc(bytes);
+        for (int i = 0; i < n; i++) host[i] = (float)i;
+        CUdeviceptr d;
+        CHECK(cuMemAlloc(&d, bytes));
+        CHECK(cuMemcpyHtoD(d, host, bytes));
+        float two = 2.0f;
+        unsigned un = (unsigned)n;
+        void *args[] = {&d, &two, &un};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CUipcMemHandle mh, again;
+        CHECK(cuIpcGetMemHandle(&mh, d));
+        CHECK(cuIpcGetMemHandle(&again, d));
+        char mhex[129], ehex[129];
+        to_hex(&mh, sizeof mh, mhex);
+        if (!strcmp(mode, "ipc-hold")) {
+            CHECK(cuCtxSynchronize());
+            printf("HANDLE %s\nHOLDING\n", mhex);
+            fflush(stdout);
+            for (;;) pause();
+        }
+        /* A process cannot open its own handle; an event that is not
+         * interprocess has no handle. */
+        CUdeviceptr own = 0;
+        CUresult r = cuIpcOpenMemHandle(&own, mh, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+        EXPECT(r != CUDA_SUCCESS, "a process opened its own IPC handle");
+        CUevent plain, shared;
+        CUipcEventHandle eh;
+        CHECK(cuEventCreate(&plain, CU_EVENT_DISABLE_TIMING));
+        r = cuIpcGetEventHandle(&eh, plain);
+        EXPECT(r != CUDA_SUCCESS, "an event that is not interprocess got a handle");
+        CHECK(cuEventDestroy(plain));
+        r = cuIpcGetMemHandle(&again, d + bytes);
+        EXPECT(r != CUDA_SUCCESS, "a handle for memory past the allocation");
+        CHECK(cuEventCreate(&shared, CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS));
+        CHECK(cuEventRecord(shared, NULL));
+        CHECK(cuIpcGetEventHandle(&eh, shared));
+        to_hex(&eh, sizeof eh, ehex);
+        char count[16];
+        snprintf(count, sizeof count, "%d", n);
+        char *child[] = {"driver_check", "ipc-child", mhex, ehex, count, NULL};
+        int status = run_self(child);
+        EXPECT(status == 0, "the ipc child failed with status %d", status);
+        /* The child doubled it again through the opened memory. */
+        CHECK(cuMemcpyDtoH(host, d, bytes));
+        for (int i = 0; i < n; i++) EXPECT(host[i] == 4.0f * i, "after the child: [%d] = %f", i, host[i]);
+        /* Freed memory's handle opens nothing. */
+        CHECK(cuMemFree(d));
+        char *gone[] = {"driver_check", "ipc-gone", mhex, NULL};
+        status = run_self(gone);
+        EXPECT(status == 0, "the ipc-gone child failed with status %d", status);
+        CHECK(cuEventDestroy(shared));
+        free(host);
+        printf("OK ipc: memory and an event shared with another process\n");
+    } else if (!strcmp(mode, "ipc-child")) {
+        GET(cuIpcOpenMemHandle, 11000);
+        GET(cuIpcCloseMemHandle, 4010);
+        GET(cuIpcOpenEventHandle, 4010);
+        GET(cuEventQuery, 2000);
+        GET(cuMemGetAddressRange, 3020);
+        EXPECT(argc == 5, "usage: ipc-child MEMHEX EVENTHEX N");
+        CUipcMemHandle mh;
+        CUipcEventHandle eh;
+        EXPECT(from_hex(argv[2], &mh, sizeof mh) == 0 && from_hex(argv[3], &eh, sizeof eh) == 0, "bad handles");
+        int n = atoi(argv[4]);
+        size_t bytes = n * sizeof(float);
+        /* The exporter's event: wait for it, then its work is done. */
+        CUevent e;
+        CHECK(cuIpcOpenEventHandle(&e, eh));
+        CHECK(cuStreamWaitEvent(NULL, e, 0));
+        CHECK(cuEventSynchronize(e));
+        CHECK(cuEventQuery(e));
+        CUdeviceptr p, p2;
+        CHECK(cuIpcOpenMemHandle(&p, mh, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+        CUdeviceptr base = 0;
+        size_t size = 0;
+        CHECK(cuMemGetAddressRange(&base, &size, p + 8));
+        EXPECT(base == p && size >= bytes, "opened range %llx+%zu for %llx", (unsigned long long)base, size,
+               (unsigned long long)p);
+        float *host = malloc(bytes);
+        CHECK(cuMemcpyDtoH(host, p, bytes));
+        for (int i = 0; i < n; i++) EXPECT(host[i] == 2.0f * i, "opened [%d] = %f", i, host[i]);
+        /* A second open of the handle is the same memory, closed once each. */
+        CHECK(cuIpcOpenMemHandle(&p2, mh, 0));
+        EXPECT(p2 == p, "a second open mapped %llx, not %llx", (unsigned long long)p2, (unsigned long long)p);
+        CHECK(cuIpcCloseMemHandle(p2));
+        float two = 2.0f;
+        unsigned un = (unsigned)n;
+        void *args[] = {&p, &two, &un};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CHECK(cuCtxSynchronize());
+        /* Opened memory is not freed, it is closed; once closed, it is gone. */
+        EXPECT(cuMemFree(p) != CUDA_SUCCESS, "cuMemFree of opened memory succeeded");
+        CHECK(cuIpcCloseMemHandle(p));
+        EXPECT(cuMemcpyDtoH(host, p, 4) != CUDA_SUCCESS, "a copy from closed memory succeeded");
+        EXPECT(cuIpcCloseMemHandle(p) != CUDA_SUCCESS, "closed twice");
+        /* Bytes no driver made open nothing. */
+        CUipcMemHandle junk;
+        memset(&junk, 0x5a, sizeof junk);
+        EXPECT(cuIpcOpenMemHandle(&p2, junk, 0) != CUDA_SUCCESS, "a made-up handle opened");
+        CHECK(cuEventDestroy(e));
+        free(host);
+        printf("OK ipc-child\n");
+    } else if (!strcmp(mode, "ipc-gone")) {
+        GET(cuIpcOpenMemHandle, 11000);
+        CUipcMemHandle mh;
+        EXPECT(argc == 3 && from_hex(argv[2], &mh, sizeof mh) == 0, "usage: ipc-gone MEMHEX");
+        CUdeviceptr p = 0;
+        CUresult r = cuIpcOpenMemHandle(&p, mh, 0);
+        EXPECT(r != CUDA_SUCCESS, "the handle of freed memory opened at %llx", (unsigned long long)p);
+        fprintf(stderr, "freed memory's handle: %d\n", r);
+        printf("OK ipc-gone\n");
+    } else if (!strcmp(mode, "ipc-refused")) {
+        GET(cuIpcOpenMemHandle, 11000);
+        CUipcMemHandle mh;
+        EXPECT(argc == 4 && from_hex(argv[2], &mh, sizeof mh) == 0, "usage: ipc-refused MEMHEX CODE");
+        CUdeviceptr p = 0;
+        CUresult r = cuIpcOpenMemHandle(&p, mh, 0);
+        EXPECT(r == (CUresult)atoi(argv[3]), "opening gave %d, not %s", r, argv[3]);
+        printf("OK ipc-refused %d\n", r);
     } else if (!strcmp(mode, "hold")) {
         size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 8;
         CUdeviceptr p1, p2;

@@ -6,10 +6,14 @@
 //
 //   cudart_check          allocations, copies, kernels, streams, events
 //   cudart_check fault    a faulting kernel: error 700 at the next synchronise
+//   cudart_check ipc      memory and an event shared with a second process
+//                         (this program again, `ipc-child`) through cudaIpc*
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <cuda_runtime.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 // `__managed__` variables: cudart maps them at start-up, before main.
 __managed__ float m_table[3000];
@@ -96,6 +100,90 @@ static int fault() {
     return 0;
 }
 
+static void to_hex(const void *bytes, size_t n, char *out) {
+    const unsigned char *b = (const unsigned char *)bytes;
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
+}
+
+static bool from_hex(const char *text, void *bytes, size_t n) {
+    unsigned char *b = (unsigned char *)bytes;
+    if (strlen(text) != 2 * n) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(text + 2 * i, "%2x", &v) != 1) return false;
+        b[i] = (unsigned char)v;
+    }
+    return true;
+}
+
+// The exporter: a kernel's result and an interprocess event recorded after
+// it, for the child to open; then the child's writes are read back here.
+static int ipc() {
+    const int n = 1 << 12;
+    const size_t bytes = n * sizeof(float);
+    float *host = (float *)malloc(bytes), *d;
+    for (int i = 0; i < n; i++) host[i] = (float)i;
+    CHECK(cudaMalloc(&d, bytes));
+    CHECK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    gp_scale<<<(n + 255) / 256, 256>>>(d, 3.0f, n);
+    CHECK(cudaGetLastError());
+    cudaEvent_t e;
+    CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventInterprocess));
+    CHECK(cudaEventRecord(e, 0));
+    cudaIpcMemHandle_t mh;
+    cudaIpcEventHandle_t eh;
+    CHECK(cudaIpcGetMemHandle(&mh, d));
+    CHECK(cudaIpcGetEventHandle(&eh, e));
+    char mhex[2 * sizeof mh + 1] = {0}, ehex[2 * sizeof eh + 1] = {0}, count[16];
+    to_hex(&mh, sizeof mh, mhex);
+    to_hex(&eh, sizeof eh, ehex);
+    snprintf(count, sizeof count, "%d", n);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *args[] = {(char *)"cudart_check", (char *)"ipc-child", mhex, ehex, count, NULL};
+        execv("/proc/self/exe", args);
+        _exit(127);
+    }
+    int status = 0;
+    EXPECT(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "the ipc child failed (status %x)", status);
+    CHECK(cudaMemcpy(host, d, bytes, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; i++) EXPECT(host[i] == 6.0f * i, "after the child: [%d] = %f", i, host[i]);
+    CHECK(cudaEventDestroy(e));
+    CHECK(cudaFree(d));
+    free(host);
+    printf("OK cudart ipc\n");
+    return 0;
+}
+
+static int ipc_child(int argc, char **argv) {
+    cudaIpcMemHandle_t mh;
+    cudaIpcEventHandle_t eh;
+    EXPECT(argc == 5 && from_hex(argv[2], &mh, sizeof mh) && from_hex(argv[3], &eh, sizeof eh), "bad handles");
+    int n = atoi(argv[4]);
+    size_t bytes = n * sizeof(float);
+    cudaEvent_t e;
+    CHECK(cudaIpcOpenEventHandle(&e, eh));
+    CHECK(cudaStreamWaitEvent(0, e, 0));
+    CHECK(cudaEventSynchronize(e));
+    float *d, *host = (float *)malloc(bytes);
+    CHECK(cudaIpcOpenMemHandle((void **)&d, mh, cudaIpcMemLazyEnablePeerAccess));
+    cudaPointerAttributes attr;
+    CHECK(cudaPointerGetAttributes(&attr, d));
+    EXPECT(attr.type == cudaMemoryTypeDevice, "opened memory is of type %d", (int)attr.type);
+    CHECK(cudaMemcpy(host, d, bytes, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n; i++) EXPECT(host[i] == 3.0f * i, "opened [%d] = %f", i, host[i]);
+    gp_scale<<<(n + 255) / 256, 256>>>(d, 2.0f, n);
+    CHECK(cudaGetLastError());
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaIpcCloseMemHandle(d));
+    CHECK(cudaEventDestroy(e));
+    free(host);
+    printf("OK cudart ipc-child\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "all";
     int runtime = 0, driver = 0, count = 0;
@@ -108,6 +196,8 @@ int main(int argc, char **argv) {
     EXPECT(prop.multiProcessorCount >= 1 && prop.maxThreadsPerBlock >= 256, "implausible properties");
     printf("device 0: %s, cc %d.%d, runtime %d, driver %d\n", prop.name, prop.major, prop.minor, runtime, driver);
     if (!strcmp(mode, "fault")) return fault();
+    if (!strcmp(mode, "ipc")) return ipc();
+    if (!strcmp(mode, "ipc-child")) return ipc_child(argc, argv);
 
     const int n = 1 << 16;
     const size_t bytes = n * sizeof(float);

@@ -234,6 +234,58 @@ fn managed_memory_is_coherent_between_host_and_kernels() {
     }
 }
 
+/// Two processes, two sessions of one server: a handle made in one opens the
+/// same memory in the other, which reads what a kernel wrote there and
+/// writes back what the first then reads; an interprocess event is waited
+/// for across them; freed memory's handle opens nothing.
+#[test]
+fn memory_and_events_are_shared_between_sessions_of_one_server() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["ipc"]);
+        assert!(out.contains("OK ipc-child"), "{url}: {out}");
+        assert!(out.contains("OK ipc-gone"), "{url}: {out}");
+        assert!(out.contains("OK ipc: memory and an event"), "{url}: {out}");
+    }
+}
+
+/// An IPC handle opens on the server that made it, in any session there,
+/// while its session lives; another server (or the same one after the
+/// session ended) refuses it, telling which.
+#[test]
+fn ipc_handles_open_only_on_their_server_while_their_session_lives() {
+    let home = Server::start();
+    let other = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &home.tcp);
+    cmd.arg("ipc-hold").stdout(std::process::Stdio::piped());
+    let mut holder = cmd.spawn().unwrap();
+    let seen = output_until_holding(&mut holder);
+    let handle = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("HANDLE "))
+        .unwrap_or_else(|| panic!("no handle: {seen}"))
+        .to_string();
+    assert_eq!(handle.len(), 128, "{seen}");
+    let opened = driver_check(&home.tcp, &["ipc-refused", &handle, "0"]);
+    let elsewhere = driver_check(&other.tcp, &["ipc-refused", &handle, "801"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(opened.contains("OK ipc-refused 0"), "{opened}");
+    assert!(elsewhere.contains("OK ipc-refused 801"), "{elsewhere}");
+    assert!(
+        other.wait_for_log("made by another server", Duration::from_secs(5)),
+        "{}",
+        other.log()
+    );
+    let start = std::time::Instant::now();
+    while home.log().matches("worker exited").count() < 2 && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = driver_check(&home.tcp, &["ipc-refused", &handle, "400"]);
+    assert!(after.contains("OK ipc-refused 400"), "{after}");
+}
+
 #[test]
 fn stream_context_and_device_queries_are_answered() {
     let server = Server::start();

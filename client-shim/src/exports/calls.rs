@@ -10,7 +10,7 @@ use super::{
 use crate::config::{self, Config};
 use crate::error::{self, CuError, CuResult};
 use crate::remote::{ConnectOptions, Remote, Sink};
-use crate::state::{self, DefaultStream, DeviceRange, Shim};
+use crate::state::{self, DefaultStream, DeviceRange, RangeKind, Shim};
 use gpupool_fatbin::{ImageKind, LenQuery};
 use gpupool_proto::frame::COPY_CHUNK;
 use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef};
@@ -23,6 +23,7 @@ mod copies;
 mod functions;
 mod graphs;
 mod hostfns;
+mod ipc;
 mod link;
 mod managed;
 mod memops;
@@ -35,6 +36,7 @@ pub use copies::*;
 pub use functions::*;
 pub use graphs::*;
 pub use hostfns::*;
+pub use ipc::*;
 pub use link::*;
 pub use managed::*;
 pub use memops::*;
@@ -909,8 +911,7 @@ fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
             size,
             ctx,
             device,
-            global: true,
-            mapped: false,
+            kind: RangeKind::Global,
         },
     );
 }
@@ -1315,8 +1316,7 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
                     size: size as u64,
                     ctx,
                     device,
-                    global: false,
-                    mapped: false,
+                    kind: RangeKind::Allocated,
                 },
             );
             unsafe { out(ptr, p) }
@@ -1345,7 +1345,7 @@ pub(super) fn take_allocation(s: &Shim, ptr: CUdeviceptr) -> CuResult<DeviceRang
     }
     let mut map = lock(&s.device_memory);
     match map.get(&ptr) {
-        Some(r) if !r.global && !r.mapped => map.remove(&ptr).ok_or(CuError::INVALID_VALUE),
+        Some(r) if r.kind == RangeKind::Allocated => map.remove(&ptr).ok_or(CuError::INVALID_VALUE),
         _ => Err(CuError::INVALID_VALUE),
     }
 }

@@ -56,6 +56,14 @@ pub struct CUlaunchAttribute {
     pub value: [u8; 64],
 }
 
+/// `CUipcMemHandle` and `CUipcEventHandle`: 64 opaque bytes, passed by
+/// value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUipcHandle {
+    pub reserved: [u8; 64],
+}
+
 /// `CUDA_GRAPH_INSTANTIATE_PARAMS`.
 #[repr(C)]
 pub struct CUgraphInstantiateParams {

@@ -26,6 +26,8 @@ use crate::ptx;
 use crate::result::*;
 use crate::texture::{self, ArrayShape, Image, Sampler};
 
+mod ipc;
+
 /// `cuDriverGetVersion` / `cuCtxGetApiVersion`: CUDA 13.0.
 pub const DRIVER_VERSION: i32 = 13000;
 /// Default simulated memory per device (16 GiB).
@@ -453,6 +455,8 @@ pub struct Driver {
     arrays: HashMap<u64, ArrayObj>,
     textures: HashMap<u64, TexObj>,
     surfaces: HashMap<u64, SurfObj>,
+    /// Memory and events shared with other processes.
+    ipc: ipc::Ipc,
 }
 
 /// Physical memory for `cuMemMap`: a shared-memory file, so that one piece
@@ -712,6 +716,7 @@ impl Driver {
             arrays: HashMap::new(),
             textures: HashMap::new(),
             surfaces: HashMap::new(),
+            ipc: ipc::Ipc::default(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -842,6 +847,7 @@ impl Driver {
         for a in self.allocs.remove_where(|a| a.ctx == ctx) {
             self.devices[a.device].used -= a.charged;
         }
+        self.ipc_forget_gone();
         self.host_allocs.retain(|_, h| h.ctx != ctx);
         let devices = &mut self.devices;
         self.arrays.retain(|_, a| {
@@ -1075,6 +1081,7 @@ impl Driver {
     fn release(&mut self, dptr: u64) {
         if let Some(a) = self.allocs.remove(dptr) {
             self.devices[a.device].used -= a.charged;
+            self.ipc_forget_gone();
             if let Some(pool) = self.pool_allocs.remove(&dptr) {
                 if let Some(p) = self.pools.get_mut(&pool) {
                     p.used = p.used.saturating_sub(a.size);
@@ -3143,6 +3150,10 @@ impl Driver {
             if origin.is_none() {
                 e.recorded = Some(Instant::now());
                 e.copies = engine::last();
+                // Another process sees it done: so it is (see `ipc`).
+                if e.flags & EVENT_INTERPROCESS != 0 {
+                    engine::wait_for(e.copies);
+                }
             }
         }
         Ok(())

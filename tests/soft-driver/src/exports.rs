@@ -2989,3 +2989,82 @@ pub unsafe extern "C" fn cuGraphExecMemcpyNodeSetParams(
         driver::with(|d| d.graph_exec_copy_node_set(h(exec), h(node), dst, src, c.width_in_bytes as u64))
     })
 }
+
+// ----- address ranges and IPC -----
+
+/// `CUipcMemHandle` / `CUipcEventHandle`, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUipcHandle {
+    pub reserved: [u8; 64],
+}
+
+/// `cuMemGetAddressRange`: the allocation holding `ptr`.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetAddressRange_v2(
+    base: *mut CUdeviceptr,
+    size: *mut usize,
+    ptr: CUdeviceptr,
+) -> CUresult {
+    ffi(|| {
+        let (b, s) = driver::with(|d| d.address_range(ptr))?;
+        // SAFETY: each output, when non-null, is valid for writes (API
+        // contract).
+        unsafe {
+            out_opt(base, b);
+            out_opt(size, s as usize);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuIpcGetMemHandle(handle: *mut CUipcHandle, dptr: CUdeviceptr) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        let reserved = driver::with(|d| d.ipc_get_mem_handle(dptr))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(handle, CUipcHandle { reserved }) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuIpcOpenMemHandle_v2(dptr: *mut CUdeviceptr, handle: CUipcHandle, flags: u32) -> CUresult {
+    ffi(|| {
+        need(dptr)?;
+        let p = driver::with(|d| d.ipc_open_mem_handle(&handle.reserved, flags))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(dptr, p) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuIpcOpenMemHandle(dptr: *mut CUdeviceptr, handle: CUipcHandle, flags: u32) -> CUresult {
+    // SAFETY: the same contract.
+    unsafe { cuIpcOpenMemHandle_v2(dptr, handle, flags) }
+}
+
+#[no_mangle]
+pub extern "C" fn cuIpcCloseMemHandle(dptr: CUdeviceptr) -> CUresult {
+    ffi(|| driver::with(|d| d.ipc_close_mem_handle(dptr)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuIpcGetEventHandle(handle: *mut CUipcHandle, event: CUevent) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        let reserved = driver::with_beside_copies(|d| d.ipc_get_event_handle(h(event)))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(handle, CUipcHandle { reserved }) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuIpcOpenEventHandle(event: *mut CUevent, handle: CUipcHandle) -> CUresult {
+    ffi(|| {
+        need(event)?;
+        let e = driver::with_beside_copies(|d| d.ipc_open_event_handle(&handle.reserved))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(event, ptr(e)) }
+    })
+}

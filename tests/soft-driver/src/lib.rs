@@ -29,6 +29,9 @@
 //! * TMA tensor maps, checked as the driver documents and packed in this
 //!   double's own layout ([`tensormap`]);
 //! * streams, events with host timestamps, occupancy queries;
+//! * memory and events shared with other processes (`cuIpc*`): an exported
+//!   allocation moves onto a shared-memory file that the opening process
+//!   maps through `/proc`;
 //! * stream capture and graphs: a capturing stream (and any stream that
 //!   waits for an event recorded in its capture) records launches, memsets,
 //!   device copies and copies to or from pinned memory, and a graph launch

@@ -127,6 +127,80 @@ impl Mapping {
         })
     }
 
+    /// Back this (anonymous, private) mapping with a shared-memory file,
+    /// at the same address and with the same contents, and give the file,
+    /// which another process may map too (`cuIpcGetMemHandle`).
+    ///
+    /// # Safety
+    /// Nothing may touch the mapping while it is moved onto the file.
+    pub unsafe fn share(&mut self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        if self.in_reservation {
+            return None;
+        }
+        // SAFETY: memfd_create takes a NUL-terminated name and flags.
+        let fd = unsafe { libc::memfd_create(c"gpupool-soft-ipc".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just made and is owned here alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut file = std::fs::File::from(fd);
+        // SAFETY: addr .. addr + len is this mapping, readable; the caller
+        // promises nothing writes it meanwhile.
+        let contents = unsafe { std::slice::from_raw_parts(self.addr, self.len) };
+        if std::io::Write::write_all(&mut file, contents).is_err() {
+            return None;
+        }
+        let fd = OwnedFd::from(file);
+        // SAFETY: MAP_FIXED replaces exactly this value's own mapping with
+        // the file, which now holds the same bytes.
+        let got = unsafe {
+            libc::mmap(
+                self.addr.cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        (got == self.addr.cast()).then_some(fd)
+    }
+
+    /// Map `len` bytes of the shared-memory file at `path` (another
+    /// process's, through `/proc`), wherever the kernel puts them.
+    pub fn open_shared(path: &std::path::Path, len: usize) -> std::io::Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        if len == 0 || file.metadata()?.len() < len as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "shorter than the handle says",
+            ));
+        }
+        // SAFETY: a shared mapping of an open file with no address hint has
+        // no preconditions; the result is checked against MAP_FAILED.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED || addr.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: addr.cast(),
+            len,
+            in_reservation: false,
+        })
+    }
+
     pub fn addr(&self) -> u64 {
         self.addr as u64
     }
@@ -167,6 +241,9 @@ pub enum AllocKind {
     ModuleVariable { module: u64 },
     /// Physical memory mapped into a reservation (`cuMemMap`).
     Mapped { handle: u64 },
+    /// Another process's allocation at `base` opened here
+    /// (`cuIpcOpenMemHandle`); charged to that process.
+    Opened { pid: u32, base: u64 },
 }
 
 #[derive(Debug)]
@@ -196,6 +273,10 @@ impl AllocationMap {
 
     pub fn get(&self, base: u64) -> Option<&Allocation> {
         self.map.get(&base)
+    }
+
+    pub fn get_mut(&mut self, base: u64) -> Option<&mut Allocation> {
+        self.map.get_mut(&base)
     }
 
     pub fn remove(&mut self, base: u64) -> Option<Allocation> {

@@ -467,8 +467,7 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
             size: size as u64,
             ctx,
             device,
-            global: false,
-            mapped: false,
+            kind: RangeKind::Allocated,
         },
     );
     let blocks = len.div_ceil(BLOCK);

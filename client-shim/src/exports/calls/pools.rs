@@ -90,8 +90,7 @@ unsafe fn alloc_async(
                 size: size as u64,
                 ctx,
                 device,
-                global: false,
-                mapped: false,
+                kind: RangeKind::Allocated,
             };
             lock(&s.device_memory).insert(p, range);
             // SAFETY: checked not to be null; the program passes a slot.

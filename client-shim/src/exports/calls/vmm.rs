@@ -119,8 +119,7 @@ pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64,
         size: size as u64,
         ctx,
         device,
-        global: false,
-        mapped: true,
+        kind: RangeKind::Mapped,
     };
     lock(&s.device_memory).insert(ptr, range);
     Ok(())
@@ -130,7 +129,7 @@ pub unsafe fn mem_unmap(ptr: CUdeviceptr, size: usize) -> CuResult {
     let s = shim()?;
     s.remote.call(&Request::MemUnmap { ptr, size: size as u64 }, &[])?;
     let end = ptr.saturating_add(size as u64);
-    lock(&s.device_memory).retain(|&b, r| !(r.mapped && b >= ptr && b < end));
+    lock(&s.device_memory).retain(|&b, r| !(r.kind == RangeKind::Mapped && b >= ptr && b < end));
     Ok(())
 }
 
@@ -179,7 +178,7 @@ pub unsafe fn mem_get_access(flags: *mut u64, location: *const c_void, ptr: CUde
     // SAFETY: the program passes a CUmemLocation; checked not to be null.
     let l = unsafe { std::ptr::read_unaligned(location.cast::<MemLocation>()) };
     let (_, range) = s.find_device_range(ptr, 1).ok_or(CuError::INVALID_VALUE)?;
-    if !range.mapped {
+    if range.kind != RangeKind::Mapped {
         return Err(CuError::INVALID_VALUE);
     }
     let rw = l.kind == super::pools::LOCATION_DEVICE && l.id == range.device;

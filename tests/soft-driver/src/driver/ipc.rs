@@ -1,0 +1,178 @@
+//! Memory and events shared between processes (`cuIpc*`), as the double
+//! models them.
+//!
+//! - **Memory.** The first handle made for an allocation moves it onto a
+//!   shared-memory file, at the same address and with the same contents;
+//!   the handle names the process and the file's descriptor, and another
+//!   process opens it through `/proc/<pid>/fd`, mapping the very same
+//!   pages. Opening a handle again in one process answers the mapping it
+//!   already has (counted; each open is closed once).
+//! - **Events.** Work here runs when it is enqueued, so an event is done
+//!   once recorded; an interprocess event's record also waits for the copy
+//!   engine, so that what it stands for is done before any process can see
+//!   it. An opened event is therefore always complete: waiting on it,
+//!   synchronising or querying it succeeds at once.
+//! - A process cannot open a handle it made (`CUDA_ERROR_INVALID_CONTEXT`,
+//!   as the driver answers).
+//!
+//! The double's own handle (64 bytes): `b"softipc"`, the kind (1 memory, 2
+//! event), the process id (4 bytes), the descriptor (4), the allocation's
+//! base or the event (8), the mapping's length (8), zeros.
+
+use super::*;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+const MAGIC: &[u8; 7] = b"softipc";
+const KIND_MEMORY: u8 = 1;
+const KIND_EVENT: u8 = 2;
+/// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
+const LAZY_ENABLE_PEER_ACCESS: u32 = 1;
+
+pub type IpcHandle = [u8; 64];
+
+/// What this process shares and has opened.
+#[derive(Default)]
+pub(super) struct Ipc {
+    /// Allocations moved onto shared memory: base -> the file.
+    exports: HashMap<u64, OwnedFd>,
+    /// Other processes' allocations opened here: (pid, base) -> (address
+    /// here, opens not yet closed).
+    opened: HashMap<(u32, u64), (u64, u32)>,
+}
+
+struct Parsed {
+    kind: u8,
+    pid: u32,
+    fd: i32,
+    id: u64,
+    len: u64,
+}
+
+fn pack(kind: u8, fd: i32, id: u64, len: u64) -> IpcHandle {
+    let mut h = [0u8; 64];
+    h[..7].copy_from_slice(MAGIC);
+    h[7] = kind;
+    h[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    h[12..16].copy_from_slice(&fd.to_le_bytes());
+    h[16..24].copy_from_slice(&id.to_le_bytes());
+    h[24..32].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+fn parse(h: &IpcHandle, kind: u8) -> CuResult<Parsed> {
+    if &h[..7] != MAGIC || h[7] != kind || h[32..].iter().any(|&b| b != 0) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let word = |r: std::ops::Range<usize>| -> u64 {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&h[r]);
+        u64::from_le_bytes(b)
+    };
+    let p = Parsed {
+        kind,
+        pid: word(8..12) as u32,
+        fd: word(12..16) as u32 as i32,
+        id: word(16..24),
+        len: word(24..32),
+    };
+    if p.pid == std::process::id() {
+        return Err(CUDA_ERROR_INVALID_CONTEXT);
+    }
+    Ok(p)
+}
+
+impl Driver {
+    /// `cuIpcGetMemHandle`: for the `cuMemAlloc` allocation holding `dptr`.
+    pub fn ipc_get_mem_handle(&mut self, dptr: u64) -> CuResult<IpcHandle> {
+        self.active_ctx()?;
+        let (base, alloc) = self.allocs.containing(dptr, 1).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if alloc.kind != AllocKind::Device || self.pool_allocs.contains_key(&base) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let len = alloc.mapping.bytes() as u64;
+        if !self.ipc.exports.contains_key(&base) {
+            engine::drain();
+            let alloc = self.allocs.get_mut(base).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            // SAFETY: the driver lock is held and the copy engine drained,
+            // so nothing touches the allocation while it moves.
+            let fd = unsafe { alloc.mapping.share() }.ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+            self.ipc.exports.insert(base, fd);
+        }
+        let fd = self.ipc.exports[&base].as_raw_fd();
+        Ok(pack(KIND_MEMORY, fd, base, len))
+    }
+
+    /// `cuIpcOpenMemHandle`: map another process's allocation here.
+    pub fn ipc_open_mem_handle(&mut self, handle: &IpcHandle, flags: u32) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        if flags & !LAZY_ENABLE_PEER_ACCESS != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = parse(handle, KIND_MEMORY)?;
+        if let Some((addr, count)) = self.ipc.opened.get_mut(&(p.pid, p.id)) {
+            *count += 1;
+            return Ok(*addr);
+        }
+        let len = usize::try_from(p.len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let path = std::path::PathBuf::from(format!("/proc/{}/fd/{}", p.pid, p.fd));
+        let mapping = Mapping::open_shared(&path, len).map_err(|_| CUDA_ERROR_MAP_FAILED)?;
+        let addr = self.allocs.insert(Allocation {
+            size: p.len,
+            charged: 0,
+            ctx,
+            device: self.ctx_device(ctx),
+            kind: AllocKind::Opened { pid: p.pid, base: p.id },
+            mapping,
+        });
+        self.ipc.opened.insert((p.pid, p.id), (addr, 1));
+        debug_assert_eq!(p.kind, KIND_MEMORY);
+        Ok(addr)
+    }
+
+    /// `cuIpcCloseMemHandle`.
+    pub fn ipc_close_mem_handle(&mut self, dptr: u64) -> CuResult<()> {
+        self.active_ctx()?;
+        let Some(AllocKind::Opened { pid, base }) = self.allocs.get(dptr).map(|a| a.kind) else {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        };
+        let entry = self.ipc.opened.get_mut(&(pid, base)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            self.ipc.opened.remove(&(pid, base));
+            self.allocs.remove(dptr);
+        }
+        Ok(())
+    }
+
+    /// `cuIpcGetEventHandle`: for an interprocess event.
+    pub fn ipc_get_event_handle(&mut self, event: u64) -> CuResult<IpcHandle> {
+        let e = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if e.flags & EVENT_INTERPROCESS == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(pack(KIND_EVENT, -1, event, 0))
+    }
+
+    /// `cuIpcOpenEventHandle`: an event of this process standing for
+    /// another's (always complete here, see above).
+    pub fn ipc_open_event_handle(&mut self, handle: &IpcHandle) -> CuResult<u64> {
+        parse(handle, KIND_EVENT)?;
+        self.event_create(EVENT_DISABLE_TIMING | EVENT_INTERPROCESS)
+    }
+
+    /// `cuMemGetAddressRange`: base and size of the allocation holding
+    /// `ptr`.
+    pub fn address_range(&self, ptr: u64) -> CuResult<(u64, u64)> {
+        self.current_ctx()?;
+        let (base, a) = self.allocs.containing(ptr, 1).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        Ok((base, a.size))
+    }
+
+    /// Forget what names allocations that are gone (freed, or their
+    /// context destroyed).
+    pub(super) fn ipc_forget_gone(&mut self) {
+        let allocs = &self.allocs;
+        self.ipc.exports.retain(|base, _| allocs.get(*base).is_some());
+        self.ipc.opened.retain(|_, (addr, _)| allocs.get(*addr).is_some());
+    }
+}
