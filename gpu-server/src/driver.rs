@@ -629,3 +629,31 @@ impl Driver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every entry point the server loads is one the real driver exports
+    /// (the list the shim is generated from: `libcuda.so.1` of driver 580,
+    /// CUDA 13.0): a name it lacks would stop the server from starting on a
+    /// GPU, which the software driver, exporting whatever it is given,
+    /// cannot show.
+    #[test]
+    fn every_entry_point_is_one_the_real_driver_exports() {
+        let exports: std::collections::HashSet<&str> = include_str!("../../client-shim/api/exports.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let source = include_str!("driver.rs");
+        let start = source.find("\ndriver_api! {").expect("the entry point list");
+        let list = &source[start..start + source[start..].find("\n}\n").expect("its end")];
+        let names: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.trim().split_once('(').map(|(n, _)| n))
+            .filter(|n| n.starts_with("cu"))
+            .collect();
+        assert!(names.len() > 100, "read {} entry points", names.len());
+        let missing: Vec<&&str> = names.iter().filter(|n| !exports.contains(**n)).collect();
+        assert!(missing.is_empty(), "not exported by the driver: {missing:?}");
+    }
+}
