@@ -428,6 +428,9 @@ driver_api! {
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);
     cuGraphExecMemcpyNodeSetParams(exec: Ptr, node: Ptr, copy: *const Memcpy3D, ctx: Ptr);
+    cuGraphExecChildGraphNodeSetParams(exec: Ptr, node: Ptr, child: Ptr);
+    cuGraphExecEventRecordNodeSetEvent(exec: Ptr, node: Ptr, event: Ptr);
+    cuGraphExecEventWaitNodeSetEvent(exec: Ptr, node: Ptr, event: Ptr);
     cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
     cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr);
     cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);

@@ -2478,6 +2478,21 @@ impl<'d> Worker<'d> {
                 // SAFETY: both ranges lie inside this client's allocations.
                 unsafe { self.driver.cuGraphExecMemcpyNodeSetParams(x, n, &copy, c) }
             }
+            GraphNode::Child { graph } => {
+                self.check_graph(ctx, graph)?;
+                // SAFETY: exec, node and the child graph are this client's.
+                unsafe { self.driver.cuGraphExecChildGraphNodeSetParams(x, n, as_ptr(graph)) }
+            }
+            GraphNode::EventRecord { event } => {
+                self.check_event(event)?;
+                // SAFETY: exec, node and the event are this client's.
+                unsafe { self.driver.cuGraphExecEventRecordNodeSetEvent(x, n, self.real(event)) }
+            }
+            GraphNode::EventWait { event } => {
+                self.check_event(event)?;
+                // SAFETY: exec, node and the event are this client's.
+                unsafe { self.driver.cuGraphExecEventWaitNodeSetEvent(x, n, self.real(event)) }
+            }
             _ => Err(INVALID_VALUE),
         }
     }

@@ -1112,6 +1112,43 @@ int main(int argc, char **argv) {
                 float want = i < n / 2 ? 20.0f : 10.0f;
                 EXPECT(c[i] == want, "after node updates c[%d] = %f, want %f", i, c[i], want);
             }
+            /* The child node runs another child of its shape (b = 11); one
+             * of another shape is refused. The event nodes take another
+             * event: the graph records that one now. */
+            GET(cuGraphExecChildGraphNodeSetParams, 11010);
+            GET(cuGraphExecEventRecordNodeSetEvent, 11010);
+            GET(cuGraphExecEventWaitNodeSetEvent, 11010);
+            CUgraph child2, child3;
+            CHECK(cuGraphCreate(&child2, 0));
+            CUDA_MEMSET_NODE_PARAMS mb2 = {db, 0, 11, 4, (size_t)n, 1};
+            CUgraphNode c2, c3a, c3b;
+            CHECK(cuGraphAddMemsetNode(&c2, child2, NULL, 0, &mb2, ctx));
+            CHECK(cuGraphCreate(&child3, 0));
+            CHECK(cuGraphAddMemsetNode(&c3a, child3, NULL, 0, &mb2, ctx));
+            CHECK(cuGraphAddMemsetNode(&c3b, child3, &c3a, 1, &mb2, ctx));
+            EXPECT(cuGraphExecChildGraphNodeSetParams(bx, child_node, child3) != CUDA_SUCCESS,
+                   "a child of another shape was taken");
+            CHECK(cuGraphExecChildGraphNodeSetParams(bx, child_node, child2));
+            CUevent t0, done2;
+            CHECK(cuEventCreate(&t0, 0));
+            CHECK(cuEventCreate(&done2, 0));
+            float elapsed = -1;
+            EXPECT(cuEventElapsedTime(&elapsed, t0, done2) != CUDA_SUCCESS, "elapsed time of events never recorded");
+            CHECK(cuGraphExecEventRecordNodeSetEvent(bx, record, done2));
+            CHECK(cuGraphExecEventWaitNodeSetEvent(bx, wait, done2));
+            EXPECT(cuGraphExecEventWaitNodeSetEvent(bx, record, done2) != CUDA_SUCCESS,
+                   "a record node was given a wait's event");
+            CHECK(cuEventRecord(t0, s));
+            CHECK(cuGraphLaunch(bx, s));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuEventElapsedTime(&elapsed, t0, done2));
+            EXPECT(elapsed >= 0, "elapsed %f ms", elapsed);
+            CHECK(cuMemcpyDtoH(dw, db, bytes));
+            for (int i = 0; i < n; i++) EXPECT(dw[i] == 11, "new child graph b[%d] = %u", i, dw[i]);
+            CHECK(cuGraphDestroy(child2));
+            CHECK(cuGraphDestroy(child3));
+            CHECK(cuEventDestroy(t0));
+            CHECK(cuEventDestroy(done2));
             free(dw);
             if (getenv("GPUPOOL_SERVER")) {
                 /* A copy node from the program's own memory cannot be the

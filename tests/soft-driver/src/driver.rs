@@ -250,6 +250,17 @@ enum Op {
     },
 }
 
+/// Whether two lists of operations have the same shape: the same
+/// operations in order, kernels of the same functions (what an executable
+/// graph's update asks of the new work).
+fn same_shape(a: &[Op], b: &[Op]) -> bool {
+    let same = |a: &Op, b: &Op| match (a, b) {
+        (Op::Launch { func: f, .. }, Op::Launch { func: h, .. }) => f == h,
+        _ => std::mem::discriminant(a) == std::mem::discriminant(b),
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
+}
+
 /// A graph (`cuStreamEndCapture`) or an executable graph
 /// (`cuGraphInstantiate*`).
 struct GraphObj {
@@ -437,6 +448,11 @@ pub struct Driver {
     nodes: HashMap<u64, u64>,
     /// Kernel nodes -> the index of their launch in their graph.
     node_ops: HashMap<u64, usize>,
+    /// Child graph nodes -> the range of their graph's operations that are
+    /// the child's (start, count).
+    child_ops: HashMap<u64, (usize, usize)>,
+    /// Event wait nodes (they have no operation here).
+    event_waits: HashSet<u64>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -705,6 +721,8 @@ impl Driver {
             links: HashMap::new(),
             nodes: HashMap::new(),
             node_ops: HashMap::new(),
+            child_ops: HashMap::new(),
+            event_waits: HashSet::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -2730,11 +2748,7 @@ impl Driver {
     pub fn graph_exec_update(&mut self, exec: u64, graph: u64) -> CuResult<u32> {
         let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let same = |a: &Op, b: &Op| match (a, b) {
-            (Op::Launch { func: f, .. }, Op::Launch { func: h, .. }) => f == h,
-            _ => std::mem::discriminant(a) == std::mem::discriminant(b),
-        };
-        if g.ctx != x.ctx || g.ops.len() != x.ops.len() || !g.ops.iter().zip(x.ops.iter()).all(|(a, b)| same(a, b)) {
+        if g.ctx != x.ctx || !same_shape(&g.ops, &x.ops) {
             return Ok(2);
         }
         let ops = Arc::clone(&g.ops);
@@ -2886,8 +2900,50 @@ impl Driver {
         let ops = self.graphs.get(&child).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.to_vec();
         let node = self.add_node(graph, deps, None)?;
         let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let start = g.ops.len();
+        let len = ops.len();
         Arc::make_mut(&mut g.ops).extend(ops);
+        self.child_ops.insert(node, (start, len));
         Ok(node)
+    }
+
+    /// `cuGraphExecChildGraphNodeSetParams`: the child node of an
+    /// executable graph runs `child`'s operations from now on; the child
+    /// must have the shape of the graph the node was made with.
+    pub fn graph_exec_child_node_set(&mut self, exec: u64, node: u64, child: u64) -> CuResult<()> {
+        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (start, len) = match (self.nodes.get(&node), self.child_ops.get(&node)) {
+            (Some(g), Some(&r)) if *g == x.source && r.0 + r.1 <= x.ops.len() => r,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        let c = self.graphs.get(&child).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if c.ctx != x.ctx || !same_shape(&c.ops, &x.ops[start..start + len]) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let ops = c.ops.to_vec();
+        let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Arc::make_mut(&mut x.ops).splice(start..start + len, ops);
+        Ok(())
+    }
+
+    /// `cuGraphExecEventRecordNodeSetEvent` and
+    /// `cuGraphExecEventWaitNodeSetEvent`: the event node of an executable
+    /// graph records (or waits for) `event` from now on.
+    pub fn graph_exec_event_node_set(&mut self, exec: u64, node: u64, event: u64, record: bool) -> CuResult<()> {
+        let ctx = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
+        if self.events.get(&event).is_none_or(|e| e.ctx != ctx) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        if record {
+            let at = self.exec_op(exec, node, |op| matches!(op, Op::Record { .. }))?;
+            self.set_exec_op(exec, at, Op::Record { event })
+        } else {
+            let source = self.execs[&exec].source;
+            match self.nodes.get(&node) {
+                Some(g) if *g == source && self.event_waits.contains(&node) => Ok(()),
+                _ => Err(CUDA_ERROR_INVALID_VALUE),
+            }
+        }
     }
 
     /// Event nodes: a record completes the event where the graph reaches
@@ -2897,7 +2953,14 @@ impl Driver {
         if self.events.get(&event).is_none_or(|e| e.ctx != ctx) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-        self.add_node(graph, deps, record.then_some(Op::Record { event }))
+        let node = self.add_node(graph, deps, record.then_some(Op::Record { event }))?;
+        if record {
+            let at = self.graphs[&graph].ops.len() - 1;
+            self.node_ops.insert(node, at);
+        } else {
+            self.event_waits.insert(node);
+        }
+        Ok(node)
     }
 
     pub fn graph_add_dependencies(&mut self, graph: u64, from: &[u64], to: &[u64]) -> CuResult<()> {
@@ -2918,6 +2981,10 @@ impl Driver {
 
     pub fn graph_destroy(&mut self, graph: u64) -> CuResult<()> {
         self.nodes.retain(|_, g| *g != graph);
+        let nodes = &self.nodes;
+        self.node_ops.retain(|n, _| nodes.contains_key(n));
+        self.child_ops.retain(|n, _| nodes.contains_key(n));
+        self.event_waits.retain(|n| nodes.contains_key(n));
         self.graphs.remove(&graph).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 

@@ -2990,6 +2990,25 @@ pub unsafe extern "C" fn cuGraphExecMemcpyNodeSetParams(
     })
 }
 
+#[no_mangle]
+pub extern "C" fn cuGraphExecChildGraphNodeSetParams(
+    exec: *mut c_void,
+    node: *mut c_void,
+    child: *mut c_void,
+) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_exec_child_node_set(h(exec), h(node), h(child))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphExecEventRecordNodeSetEvent(exec: *mut c_void, node: *mut c_void, event: CUevent) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_exec_event_node_set(h(exec), h(node), h(event), true)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphExecEventWaitNodeSetEvent(exec: *mut c_void, node: *mut c_void, event: CUevent) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_exec_event_node_set(h(exec), h(node), h(event), false)))
+}
+
 // ----- address ranges and IPC -----
 
 /// `CUipcMemHandle` / `CUipcEventHandle`, passed by value.

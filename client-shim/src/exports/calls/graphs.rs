@@ -634,3 +634,27 @@ pub unsafe fn graph_exec_memcpy_node_set_params(
     device_range_ctx(s, src, len)?;
     exec_node_set(exec, node, GraphNode::Copy { dst, src, len })
 }
+
+/// `cuGraphExecChildGraphNodeSetParams`: the child graph node of an
+/// executable graph runs `child`'s work (of the same shape) from now on.
+pub unsafe fn graph_exec_child_graph_node_set_params(
+    exec: *mut c_void,
+    node: *mut c_void,
+    child: *mut c_void,
+) -> CuResult {
+    let s = shim()?;
+    if graph_ctx(s, child)? != graph_ctx(s, exec)? {
+        return Err(CuError::INVALID_VALUE);
+    }
+    exec_node_set(exec, node, GraphNode::Child { graph: handle(child) })
+}
+
+/// `cuGraphExecEventRecordNodeSetEvent`.
+pub unsafe fn graph_exec_event_record_node_set_event(exec: *mut c_void, node: *mut c_void, event: CUevent) -> CuResult {
+    exec_node_set(exec, node, GraphNode::EventRecord { event: handle(event) })
+}
+
+/// `cuGraphExecEventWaitNodeSetEvent`.
+pub unsafe fn graph_exec_event_wait_node_set_event(exec: *mut c_void, node: *mut c_void, event: CUevent) -> CuResult {
+    exec_node_set(exec, node, GraphNode::EventWait { event: handle(event) })
+}
