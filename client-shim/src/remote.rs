@@ -428,6 +428,44 @@ impl Remote {
         Ok(())
     }
 
+    /// Stream the request `req(ids)` makes of `n` new request ids, each of
+    /// which the server answers later as it answers a host function's
+    /// request (`Request::GraphHostCalls`): `on_reply(i, id)` makes, before
+    /// anything is sent, what the reading thread calls with the `i`th's
+    /// status, exactly once (with the send's error if it fails).
+    pub fn post_with_replies(
+        &self,
+        n: usize,
+        mut on_reply: impl FnMut(usize, u64) -> Box<dyn FnOnce(u32) + Send>,
+        req: impl FnOnce(&[u64]) -> Request,
+    ) -> CuResult {
+        let ids: Vec<u64> = (0..n).map(|_| self.next_id.fetch_add(1, Ordering::Relaxed)).collect();
+        {
+            let mut pending = self.lock_pending();
+            for (i, &id) in ids.iter().enumerate() {
+                pending.insert(
+                    id,
+                    Pending {
+                        on_reply: Some(on_reply(i, id)),
+                        ..Pending::default()
+                    },
+                );
+            }
+        }
+        if let Err(e) = self.post(&req(&ids), &[]) {
+            for id in ids {
+                // Unless the connection's loss already answered it.
+                if let Some(f) = self.lock_pending().remove(&id).and_then(|p| p.on_reply) {
+                    f(e.0);
+                }
+            }
+            return Err(e);
+        }
+        // Nobody waits for these replies: the background reader takes them.
+        self.wake_background();
+        Ok(())
+    }
+
     /// Send a streamed device-to-host copy whose data must not land in the
     /// program's memory as it comes: it is read into a buffer of the shim's,
     /// and `on_reply(id)` makes, before the request is sent, what the reading

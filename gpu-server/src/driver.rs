@@ -325,6 +325,13 @@ pub struct IpcHandle {
     pub reserved: [u8; 64],
 }
 
+/// `CUDA_HOST_NODE_PARAMS`.
+#[repr(C)]
+pub struct HostNodeParams {
+    pub func: HostFn,
+    pub user_data: Ptr,
+}
+
 const _: () = assert!(std::mem::size_of::<Memcpy3D>() == 200);
 const _: () = assert!(std::mem::size_of::<ResourceDesc>() == 144);
 const _: () = assert!(std::mem::size_of::<TextureDesc>() == 104);
@@ -424,6 +431,7 @@ driver_api! {
     cuGraphAddMemsetNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const MemsetNodeParams, ctx: Ptr);
     cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
+    cuGraphAddHostNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const HostNodeParams);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);

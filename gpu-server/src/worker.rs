@@ -85,8 +85,17 @@ struct Staging {
 /// its request id here and wakes the session's thread, which may be waiting
 /// for the client's next request.
 struct Reached {
-    ids: Mutex<Vec<u64>>,
+    ids: Mutex<Vec<Reach>>,
     wake: Wake,
+}
+
+/// One host function the driver reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The client's `LaunchHostFunc` with this request id.
+    Request(u64),
+    /// A graph's host node, by its token (`hostnodes`).
+    Node(u64),
 }
 
 /// What the driver's host function gets: the request that enqueued it.
@@ -102,12 +111,17 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
     // SAFETY: `data` is the `HostCall` that `launch_host_func` boxed and
     // handed to the driver, which calls this function once with it.
     let call = unsafe { Box::from_raw(data.cast::<HostCall>()) };
-    call.reached.ids.lock().unwrap_or_else(|p| p.into_inner()).push(call.id);
+    call.reached
+        .ids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Reach::Request(call.id));
     call.reached.wake.wake();
 }
 
 /// The executing side of one session.
 mod arrays;
+mod hostnodes;
 mod ipc;
 
 pub struct Worker<'d> {
@@ -151,6 +165,8 @@ pub struct Worker<'d> {
     ipc: Option<crate::ipc::Registry>,
     /// What this session shares with others, and has opened of theirs.
     shared: ipc::Shared,
+    /// Host nodes of the session's graphs, and the launches they answer.
+    host_nodes: hostnodes::HostNodes,
     pub session_id: u64,
     pub calls: u64,
 }
@@ -192,6 +208,7 @@ impl<'d> Worker<'d> {
             host_funcs_out: 0,
             ipc: None,
             shared: ipc::Shared::default(),
+            host_nodes: hostnodes::HostNodes::default(),
             session_id,
             calls: 0,
         }
@@ -307,17 +324,32 @@ impl<'d> Worker<'d> {
         let Some(reached) = &self.reached else {
             return Ok(());
         };
-        let ids = std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
-        self.host_funcs_out = self.host_funcs_out.saturating_sub(ids.len());
-        for id in ids {
+        for id in self.host_nodes.take_refused() {
+            self.host_funcs_out = self.host_funcs_out.saturating_sub(1);
+            let refused = Reply::Status(INVALID_VALUE);
+            frame::write_frame(writer, &mut self.scratch, id, 0, &refused, &[], self.max_frame)?;
+        }
+        let reaches = std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
+        for reach in reaches {
+            let id = match reach {
+                Reach::Request(id) => id,
+                Reach::Node(token) => match self.host_nodes.next_call(token) {
+                    Some(id) => id,
+                    None => {
+                        tracing::warn!(token, "a graph's host node was reached with no launch of it told");
+                        continue;
+                    }
+                },
+            };
+            self.host_funcs_out = self.host_funcs_out.saturating_sub(1);
             frame::write_frame(writer, &mut self.scratch, id, 0, &Reply::Status(0), &[], self.max_frame)?;
         }
         Ok(())
     }
 
     /// Enqueue the client's host function (request `id`) on its stream. Not
-    /// in a capture: a graph's host node would run the client's function at
-    /// every launch, which one reply cannot tell.
+    /// in a capture: a graph's host node runs at every launch, which one
+    /// reply cannot tell (the client sends `CaptureHostFunc` for those).
     fn launch_host_func(&mut self, ctx: Handle, stream: StreamRef, id: u64) -> DriverResult {
         let s = self.enter(ctx, stream)?;
         let reached = self.reached.clone().ok_or(NOT_SUPPORTED)?;
@@ -668,6 +700,7 @@ impl<'d> Worker<'d> {
                     *ctx
                 }
                 R::IpcGetEventHandle { ctx, .. } | R::IpcOpenEventHandle { ctx, .. } => *ctx,
+                R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -878,6 +911,8 @@ impl<'d> Worker<'d> {
                 to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
             }
             R::LinkComplete { ctx, link } => to_reply(self.link_complete(ctx, link)),
+            R::CaptureHostFunc { ctx, stream, token } => to_reply(self.capture_host_func(ctx, stream, token)),
+            R::GraphHostCalls { calls, .. } => to_reply(self.graph_host_calls(&calls)),
             R::IpcGetMemHandle { ctx, ptr } => to_reply(self.ipc_get_mem_handle(ctx, ptr)),
             R::IpcOpenMemHandle { ctx, handle, flags } => to_reply(self.ipc_open_mem_handle(ctx, &handle, flags)),
             R::IpcCloseMemHandle { ctx, ptr } => to_reply(self.ipc_close_mem_handle(ctx, ptr)),
@@ -1032,11 +1067,19 @@ impl<'d> Worker<'d> {
                 self.tables.execs.insert(handle(exec), ctx);
                 Ok(Reply::Handle(handle(exec)))
             })),
-            R::GraphLaunch { ctx, exec, stream } => to_reply(self.enter(ctx, stream).and_then(|s| {
-                self.check_exec(ctx, exec)?;
-                // SAFETY: the executable graph and the stream belong to this client.
-                unsafe { d.cuGraphLaunch(as_ptr(exec), s) }
-            })),
+            R::GraphLaunch { ctx, exec, stream } => {
+                let told = self.host_nodes.take_told();
+                let r = self.enter(ctx, stream).and_then(|s| {
+                    self.check_exec(ctx, exec)?;
+                    // SAFETY: the executable graph and the stream belong to this client.
+                    unsafe { d.cuGraphLaunch(as_ptr(exec), s) }
+                });
+                if r.is_err() {
+                    // Its host nodes will not be reached: the client is told.
+                    self.host_nodes.refuse(&told);
+                }
+                to_reply(r)
+            }
             R::GraphUpload { ctx, exec, stream } => to_reply(self.enter(ctx, stream).and_then(|s| {
                 self.check_exec(ctx, exec)?;
                 // SAFETY: as for GraphLaunch.
@@ -2370,6 +2413,12 @@ impl<'d> Worker<'d> {
                 // SAFETY: both graphs are this client's; the driver copies
                 // the child into the node.
                 unsafe { d.cuGraphAddChildGraphNode(&mut n, g, dp, nd, as_ptr(child)) }?;
+            }
+            &GraphNode::Host { token } => {
+                let params = self.host_node_params(token)?;
+                // SAFETY: the graph and dependencies are this client's; the
+                // node's data lives until the session ends.
+                unsafe { d.cuGraphAddHostNode(&mut n, g, dp, nd, &params) }?;
             }
             &GraphNode::EventRecord { event } | &GraphNode::EventWait { event } => {
                 if self.tables.events.get(&event) != Some(&ctx) {

@@ -518,6 +518,17 @@ pub enum Request {
     /// sync: open another session's event in `ctx` under the client's name
     /// `id` (`cuIpcOpenEventHandle`).
     IpcOpenEventHandle { ctx: Handle, handle: Vec<u8>, id: Handle },
+    /// async: a host function on a capturing `stream`: it becomes a host
+    /// node of the graph, named `token` (unique in the session), and runs
+    /// at every launch of the graph (see `GraphHostCalls`).
+    CaptureHostFunc { ctx: Handle, stream: StreamRef, token: u64 },
+    /// async, sent just before a `GraphLaunch` whose graph has host nodes:
+    /// for each `(token, id)`, when the launch reaches the host node
+    /// `token`, the server answers the (never sent) request `id` with
+    /// `Reply::Status(0)`, as it answers `LaunchHostFunc`, and the client
+    /// runs the node's function. A node reached more than once in a launch
+    /// (a child graph copied twice) is named as often.
+    GraphHostCalls { ctx: Handle, calls: Vec<(u64, u64)> },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -572,6 +583,11 @@ pub enum GraphNode {
     },
     EventWait {
         event: Handle,
+    },
+    /// A host node (`cuGraphAddHostNode`), named `token` as
+    /// `Request::CaptureHostFunc` names one.
+    Host {
+        token: u64,
     },
 }
 

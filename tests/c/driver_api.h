@@ -433,6 +433,12 @@ typedef CUresult (*PFN_cuStreamQuery)(CUstream);
 typedef void (*CUhostFn)(void *);
 typedef void (*CUstreamCallback)(CUstream, CUresult, void *);
 typedef CUresult (*PFN_cuLaunchHostFunc)(CUstream, CUhostFn, void *);
+typedef struct {
+    CUhostFn fn;
+    void *userData;
+} CUDA_HOST_NODE_PARAMS;
+typedef CUresult (*PFN_cuGraphAddHostNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                           const CUDA_HOST_NODE_PARAMS *);
 typedef CUresult (*PFN_cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned);
 typedef CUresult (*PFN_cuEventQuery)(CUevent);
 typedef struct CUmemPoolHandle_st *CUmemoryPool;

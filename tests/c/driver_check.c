@@ -41,6 +41,10 @@
  *                          opened memory; handles of freed memory are refused
  *   driver_check ipc-hold  share memory, print `HANDLE <hex>` and HOLDING, wait
  *   driver_check ipc-refused HEX CODE  opening the memory handle HEX gives CODE
+ *   driver_check hostnodes host nodes of graphs (cuLaunchHostFunc in a capture,
+ *                          cuGraphAddHostNode, a child graph's copied twice): they
+ *                          run at every launch, in order, and synchronising waits
+ *                          for them
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -92,6 +96,27 @@ static void *sym(const char *name, int version) {
             exit(1);                             \
         }                                        \
     } while (0)
+
+/* The `hostnodes` mode: host functions that count, note what they saw,
+ * and one that takes its time. */
+static volatile int host_count, host_seen[64], host_slow_done;
+
+static void host_count_fn(void *p) {
+    (void)p;
+    host_count++;
+}
+
+static void host_note_fn(void *p) {
+    int *n = p;
+    if (*n < 64) host_seen[(*n)++] = host_count;
+}
+
+static void host_slow_fn(void *p) {
+    (void)p;
+    struct timespec t = {0, 300 * 1000 * 1000};
+    nanosleep(&t, NULL);
+    host_slow_done = 1;
+}
 
 /* The `ipc` modes: handles travel between processes as hex text. */
 static void to_hex(const void *bytes, size_t n, char *out) {
@@ -2003,12 +2028,10 @@ int main(int argc, char **argv) {
             free(page);
             free(back);
         }
-        /* Not in a capture through gpupool (a GPU's driver makes a host
-         * node of it, which this graph never runs). */
+        /* In a capture it becomes a host node, which this graph, never
+         * launched, never runs (`hostnodes` launches such graphs). */
         CHECK(cuStreamBeginCapture(t, CU_STREAM_CAPTURE_MODE_RELAXED));
-        CUresult in_capture = cuLaunchHostFunc(t, cb_record, NULL);
-        EXPECT(in_capture == CUDA_ERROR_NOT_SUPPORTED || (in_capture == CUDA_SUCCESS && !getenv("GPUPOOL_SERVER")),
-               "host function in a capture: %d", in_capture);
+        CHECK(cuLaunchHostFunc(t, cb_record, NULL));
         CUgraph g;
         CHECK(cuStreamEndCapture(t, &g));
         CHECK(cuGraphDestroy(g));
@@ -2455,6 +2478,104 @@ int main(int argc, char **argv) {
         CHECK(cuMemAddressFree(va, 4 * g));
         free(host);
         printf("OK vmm granularity %zu\n", g);
+    } else if (!strcmp(mode, "hostnodes")) {
+        GET(cuLaunchHostFunc, 10000);
+        GET(cuGraphCreate, 10000);
+        GET(cuGraphAddHostNode, 10000);
+        GET(cuGraphAddMemsetNode, 10000);
+        GET(cuGraphAddChildGraphNode, 10000);
+        GET(cuGraphExecUpdate, 12000);
+        const int n = 4096;
+        size_t bytes = n * sizeof(float);
+        CUdeviceptr d;
+        CHECK(cuMemAlloc(&d, bytes));
+        CUstream s;
+        CHECK(cuStreamCreate(&s, 1));
+        /* Captured: scale, count, scale, note the count; launched 5 times. */
+        int notes = 0;
+        float two = 2.0f;
+        unsigned un = (unsigned)n;
+        void *args[] = {&d, &two, &un};
+        CHECK(cuStreamBeginCapture(s, 0));
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, args, NULL));
+        CHECK(cuLaunchHostFunc(s, host_count_fn, NULL));
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, args, NULL));
+        CHECK(cuLaunchHostFunc(s, host_note_fn, &notes));
+        CUgraph g;
+        CHECK(cuStreamEndCapture(s, &g));
+        EXPECT(host_count == 0, "a captured host function ran at capture");
+        CUgraphExec gx;
+        CHECK(cuGraphInstantiateWithFlags(&gx, g, 0));
+        float *host = malloc(bytes);
+        for (int i = 0; i < n; i++) host[i] = 1.0f;
+        CHECK(cuMemcpyHtoD(d, host, bytes));
+        for (int launch = 1; launch <= 5; launch++) {
+            CHECK(cuGraphLaunch(gx, s));
+            CHECK(cuStreamSynchronize(s));
+            EXPECT(host_count == launch && notes == launch, "after launch %d: %d counts, %d notes", launch, host_count,
+                   notes);
+            EXPECT(host_seen[launch - 1] == launch, "launch %d's note saw %d counts", launch, host_seen[launch - 1]);
+        }
+        CHECK(cuMemcpyDtoH(host, d, bytes));
+        for (int i = 0; i < n; i++) EXPECT(host[i] == 1024.0f, "after 5 launches [%d] = %f", i, host[i]);
+        /* Built: a memset, then a host node; a child graph holding a host
+         * node, copied in twice. Each launch counts three. */
+        CUgraph b, child;
+        CHECK(cuGraphCreate(&b, 0));
+        CHECK(cuGraphCreate(&child, 0));
+        CUDA_HOST_NODE_PARAMS count_params = {host_count_fn, NULL};
+        CUDA_MEMSET_NODE_PARAMS ms = {d, 0, 0, 4, (size_t)n, 1};
+        CUgraphNode set, counted, in_child, c1, c2;
+        CHECK(cuGraphAddMemsetNode(&set, b, NULL, 0, &ms, ctx));
+        CHECK(cuGraphAddHostNode(&counted, b, &set, 1, &count_params));
+        CHECK(cuGraphAddHostNode(&in_child, child, NULL, 0, &count_params));
+        CHECK(cuGraphAddChildGraphNode(&c1, b, &counted, 1, child));
+        CHECK(cuGraphAddChildGraphNode(&c2, b, &c1, 1, child));
+        CUgraphExec bx;
+        CHECK(cuGraphInstantiateWithFlags(&bx, b, 0));
+        int before = host_count;
+        for (int launch = 0; launch < 3; launch++) CHECK(cuGraphLaunch(bx, s));
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(host_count == before + 9, "3 launches of 3 host nodes counted %d", host_count - before);
+        /* Synchronising waits for a host node that takes its time, and a
+         * query while it runs says not ready. */
+        CUgraph slow;
+        CHECK(cuGraphCreate(&slow, 0));
+        CUDA_HOST_NODE_PARAMS slow_params = {host_slow_fn, NULL};
+        CUgraphNode slow_node;
+        CHECK(cuGraphAddHostNode(&slow_node, slow, NULL, 0, &slow_params));
+        CUgraphExec sx;
+        CHECK(cuGraphInstantiateWithFlags(&sx, slow, 0));
+        CHECK(cuGraphLaunch(sx, s));
+        CUresult q = cuStreamQuery(s);
+        EXPECT(q == CUDA_ERROR_NOT_READY, "a query while a host node runs gave %d", q);
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(host_slow_done == 1, "the stream synchronised before its host node returned");
+        /* An update from a graph of the same shape runs the new graph's
+         * function: the notes count again. */
+        CUgraph b2;
+        CHECK(cuGraphCreate(&b2, 0));
+        CUDA_HOST_NODE_PARAMS note_params = {host_note_fn, &notes};
+        CUgraphNode n1;
+        CHECK(cuGraphAddHostNode(&n1, b2, NULL, 0, &note_params));
+        CUgraphExecUpdateResultInfo info;
+        CHECK(cuGraphExecUpdate(sx, b2, &info));
+        int notes_before = notes;
+        CHECK(cuGraphLaunch(sx, s));
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(notes == notes_before + 1, "the updated graph's host node ran %d times", notes - notes_before);
+        CHECK(cuGraphExecDestroy(sx));
+        CHECK(cuGraphExecDestroy(bx));
+        CHECK(cuGraphExecDestroy(gx));
+        CHECK(cuGraphDestroy(b2));
+        CHECK(cuGraphDestroy(slow));
+        CHECK(cuGraphDestroy(child));
+        CHECK(cuGraphDestroy(b));
+        CHECK(cuGraphDestroy(g));
+        CHECK(cuStreamDestroy(s));
+        CHECK(cuMemFree(d));
+        free(host);
+        printf("OK hostnodes counted=%d\n", host_count);
     } else if (!strcmp(mode, "ipc") || !strcmp(mode, "ipc-hold")) {
         GET(cuIpcGetMemHandle, 4010);
         GET(cuIpcOpenMemHandle, 11000);

@@ -119,6 +119,20 @@ fn captured_graphs_replay_on_the_server() {
     }
 }
 
+/// Host nodes of graphs, captured and built (a child graph's copied in
+/// twice): the program's functions run at every launch, in order behind the
+/// work before them, and synchronising waits for them; an update gives the
+/// executable graph the new graph's functions.
+#[test]
+fn graph_host_nodes_run_in_the_program_at_every_launch() {
+    let plain = Server::start();
+    let engine = Server::start_with(&[COPY_ENGINE]);
+    for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
+        let out = driver_check(&url, &["hostnodes"]);
+        assert!(out.contains("OK hostnodes counted=14"), "{url}: {out}");
+    }
+}
+
 #[test]
 fn asynchronous_error_is_reported_at_the_next_synchronise() {
     let server = Server::start();

@@ -23,6 +23,7 @@ mod copies;
 mod functions;
 mod graphs;
 mod hostfns;
+mod hostnodes;
 mod ipc;
 mod link;
 mod managed;
@@ -2103,6 +2104,13 @@ pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *
     if let Some(c) = capture {
         lock(&s.capture_events).retain(|_, id| *id != c.id);
     }
+    let made = match (&reply, capture) {
+        (Ok(Reply::Handle(g)), Some(c)) if !c.invalidated => Some(*g),
+        _ => None,
+    };
+    if let Some(c) = capture {
+        hostnodes::capture_ended(c.id, made);
+    }
     if capture.is_some_and(|c| c.invalidated) {
         if let Ok(Reply::Handle(graph)) = reply {
             s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])?;
@@ -2159,6 +2167,7 @@ pub unsafe fn graph_instantiate_with_flags(exec: *mut *mut c_void, graph: *mut c
     match s.remote.call(&Request::GraphInstantiate { ctx, graph, flags }, &[])? {
         Reply::Handle(e) => {
             write(&s.graphs).insert(e, ctx);
+            hostnodes::copy(graph, e);
             unsafe { out(exec, as_ptr(e)) }
         }
         _ => Err(CuError::UNKNOWN),
@@ -2214,7 +2223,7 @@ pub unsafe fn graph_instantiate_with_params(
 }
 
 pub unsafe fn graph_launch(mode: DefaultStream, exec: *mut c_void, stream: CUstream) -> CuResult {
-    post_graph_work(mode, exec, stream, |ctx, exec, stream| Request::GraphLaunch {
+    post_graph_work(mode, exec, stream, true, |ctx, exec, stream| Request::GraphLaunch {
         ctx,
         exec,
         stream,
@@ -2222,18 +2231,20 @@ pub unsafe fn graph_launch(mode: DefaultStream, exec: *mut c_void, stream: CUstr
 }
 
 pub unsafe fn graph_upload(mode: DefaultStream, exec: *mut c_void, stream: CUstream) -> CuResult {
-    post_graph_work(mode, exec, stream, |ctx, exec, stream| Request::GraphUpload {
+    post_graph_work(mode, exec, stream, false, |ctx, exec, stream| Request::GraphUpload {
         ctx,
         exec,
         stream,
     })
 }
 
-/// Stream work of an executable graph on `stream`, as `request` makes it.
+/// Stream work of an executable graph on `stream`, as `request` makes it;
+/// a `launch` runs the graph's host nodes.
 fn post_graph_work(
     mode: DefaultStream,
     exec: *mut c_void,
     stream: CUstream,
+    launch: bool,
     request: impl FnOnce(Handle, Handle, StreamRef) -> Request,
 ) -> CuResult {
     let s = shim()?;
@@ -2241,6 +2252,9 @@ fn post_graph_work(
     let ctx = graph_ctx(s, exec)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     managed::settle_for(s, stream)?;
+    if launch {
+        hostnodes::before_launch(s, ctx, exec, stream)?;
+    }
     s.remote.post(&request(ctx, exec, stream), &[])
 }
 
@@ -2285,6 +2299,7 @@ pub unsafe fn graph_exec_destroy(exec: *mut c_void) -> CuResult {
     let s = shim()?;
     let exec = handle(exec);
     let ctx = write(&s.graphs).remove(&exec).ok_or(CuError::INVALID_VALUE)?;
+    hostnodes::forget(exec);
     s.remote.post(&Request::GraphExecDestroy { ctx, exec }, &[])
 }
 
@@ -2293,6 +2308,7 @@ pub unsafe fn graph_destroy(graph: *mut c_void) -> CuResult {
     let graph = handle(graph);
     let ctx = write(&s.graphs).remove(&graph).ok_or(CuError::INVALID_VALUE)?;
     graphs::forget(graph);
+    hostnodes::forget(graph);
     s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])
 }
 

@@ -248,6 +248,11 @@ enum Op {
     Record {
         event: u64,
     },
+    /// A host node: `func(data)`, queued after the work before it.
+    Host {
+        func: engine::HostFn,
+        data: usize,
+    },
 }
 
 /// Whether two lists of operations have the same shape: the same
@@ -2597,6 +2602,10 @@ impl Driver {
                     }
                     Ok(())
                 }
+                Op::Host { func, data } => {
+                    engine::submit_host(*func, *data as *mut std::ffi::c_void);
+                    Ok(())
+                }
             };
             if r.is_err() {
                 if let Some(c) = self.contexts.get_mut(&ctx) {
@@ -3141,9 +3150,29 @@ impl Driver {
 
     /// `cuLaunchHostFunc`: checks the stream; the caller queues the function
     /// on the engine's thread. A capture cannot hold it in this double.
-    pub fn launch_host_func(&mut self, stream: u64) -> CuResult<()> {
+    /// `cuLaunchHostFunc`: true when the function is to be queued now;
+    /// false when the stream captures, and the capture took it as a host
+    /// node.
+    pub fn launch_host_func(&mut self, stream: u64, func: engine::HostFn, data: usize) -> CuResult<bool> {
         self.stream_ctx(stream)?;
-        self.refuse_in_capture(stream)
+        match self.capture_of(stream) {
+            Some(c) => {
+                c.ops.push(Op::Host { func, data });
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// `cuGraphAddHostNode`.
+    pub fn graph_add_host_node(
+        &mut self,
+        graph: u64,
+        deps: &[u64],
+        func: engine::HostFn,
+        data: usize,
+    ) -> CuResult<u64> {
+        self.add_node(graph, deps, Some(Op::Host { func, data }))
     }
 
     /// `cuStreamWaitEvent`. Work runs at enqueue, so waiting is nothing,

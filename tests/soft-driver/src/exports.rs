@@ -1955,8 +1955,9 @@ pub extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
 pub extern "C" fn cuLaunchHostFunc(stream: CUstream, func: Option<engine::HostFn>, data: *mut c_void) -> CUresult {
     ffi(|| {
         let func = func.ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        driver::with_beside_copies(|d| d.launch_host_func(h(stream)))?;
-        engine::submit_host(func, data);
+        if driver::with_beside_copies(|d| d.launch_host_func(h(stream), func, data as usize))? {
+            engine::submit_host(func, data);
+        }
         Ok(())
     })
 }
@@ -2803,6 +2804,33 @@ unsafe fn event_node(
         // SAFETY: API contract.
         let deps = unsafe { nodes(deps, n) }?;
         let x = driver::with(|d| d.graph_add_event_node(h(graph), &deps, h(event), record))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+/// `CUDA_HOST_NODE_PARAMS`.
+#[repr(C)]
+pub struct CudaHostNodeParams {
+    pub func: Option<engine::HostFn>,
+    pub user_data: *mut c_void,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddHostNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    params: *const CudaHostNodeParams,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        need(params)?;
+        // SAFETY: API contract.
+        let (p, deps) = unsafe { (params.read(), nodes(deps, n)?) };
+        let func = p.func.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let x = driver::with(|d| d.graph_add_host_node(h(graph), &deps, func, p.user_data as usize))?;
         // SAFETY: non-null and valid for writes (API contract).
         unsafe { out(node, ptr(x)) }
     })

@@ -3,7 +3,8 @@
 //! and the CUDA samples do. Each node is made in the server's graph (one
 //! round trip: the node's handle is the driver's); instantiating and
 //! launching are those of captured graphs. Kernel, memset, device-to-device
-//! copy, empty, child-graph and event record and wait nodes are offered.
+//! copy, empty, child-graph, event record and wait, and host nodes
+//! (`hostnodes`) are offered.
 
 use super::*;
 use gpupool_proto::message::GraphNode;
@@ -14,6 +15,7 @@ use std::sync::Mutex;
 const TYPE_KERNEL: u32 = 0;
 const TYPE_MEMCPY: u32 = 1;
 const TYPE_MEMSET: u32 = 2;
+const TYPE_HOST: u32 = 3;
 const TYPE_GRAPH: u32 = 4;
 const TYPE_EMPTY: u32 = 5;
 const TYPE_WAIT_EVENT: u32 = 6;
@@ -145,6 +147,7 @@ unsafe fn add(
         GraphNode::Child { .. } => TYPE_GRAPH,
         GraphNode::EventRecord { .. } => TYPE_EVENT_RECORD,
         GraphNode::EventWait { .. } => TYPE_WAIT_EVENT,
+        GraphNode::Host { .. } => TYPE_HOST,
     };
     let request = Request::GraphAddNode {
         ctx,
@@ -373,8 +376,49 @@ pub unsafe fn graph_add_child_graph_node(
     if graph_ctx(s, child)? != graph_ctx(s, graph)? {
         return Err(CuError::INVALID_VALUE);
     }
-    let child = GraphNode::Child { graph: handle(child) };
-    unsafe { add(node, graph, deps, count, child, &[]) }
+    let child_graph = handle(child);
+    let child = GraphNode::Child { graph: child_graph };
+    unsafe { add(node, graph, deps, count, child, &[]) }?;
+    // SAFETY: `add` wrote the new node there.
+    hostnodes::child_added(handle(graph), handle(unsafe { *node }), child_graph);
+    Ok(())
+}
+
+/// `CUDA_HOST_NODE_PARAMS` (the first two members of its `_v2`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HostNodeParams {
+    func: *mut c_void,
+    data: *mut c_void,
+}
+
+/// `cuGraphAddHostNode`: the program's function runs at every launch of
+/// the graph (`hostnodes`).
+pub unsafe fn graph_add_host_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *const c_void,
+) -> CuResult {
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the API passes a CUDA_HOST_NODE_PARAMS.
+    let p = unsafe { params.cast::<HostNodeParams>().read_unaligned() };
+    if p.func.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a `CUhostFn`, checked not to be null.
+    let func = unsafe { std::mem::transmute::<*mut c_void, crate::callbacks::HostFn>(p.func) };
+    let token = hostnodes::token();
+    unsafe { add(node, graph, deps, count, GraphNode::Host { token }, &[]) }?;
+    let call = crate::callbacks::Call::Host {
+        func,
+        data: p.data as usize,
+    };
+    hostnodes::added(handle(graph), token, call);
+    Ok(())
 }
 
 pub unsafe fn graph_add_event_record_node(
@@ -473,6 +517,8 @@ unsafe fn add_generic(
             // `CUDA_MEMSET_NODE_PARAMS_v2`: the first layout, then the context.
             TYPE_MEMSET => graph_add_memset_node(node, graph, deps, count, body.cast(), word(40)),
             TYPE_GRAPH => graph_add_child_graph_node(node, graph, deps, count, word(0)),
+            // `CUDA_HOST_NODE_PARAMS_v2`: the function, its argument, flags.
+            TYPE_HOST => graph_add_host_node(node, graph, deps, count, body.cast()),
             TYPE_EMPTY => graph_add_empty_node(node, graph, deps, count),
             TYPE_WAIT_EVENT => graph_add_event_wait_node(node, graph, deps, count, word(0)),
             TYPE_EVENT_RECORD => graph_add_event_record_node(node, graph, deps, count, word(0)),
@@ -524,14 +570,19 @@ fn exec_update(exec: *mut c_void, graph: *mut c_void) -> CuResult<(u32, u32, Han
         exec: handle(exec),
         graph: handle(graph),
     };
-    match s.remote.call(&request, &[])? {
-        Reply::Bytes(b) if b.len() == 16 => Ok((
+    let (status, result, node) = match s.remote.call(&request, &[])? {
+        Reply::Bytes(b) if b.len() == 16 => (
             u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
-        )),
-        _ => Err(CuError::UNKNOWN),
+        ),
+        _ => return Err(CuError::UNKNOWN),
+    };
+    if status == 0 && result == 0 {
+        // The executable now runs the graph's nodes, host nodes included.
+        hostnodes::copy(handle(graph), handle(exec));
     }
+    Ok((status, result, node))
 }
 
 fn status(code: u32) -> CuResult {
@@ -645,6 +696,13 @@ pub unsafe fn graph_exec_child_graph_node_set_params(
     let s = shim()?;
     if graph_ctx(s, child)? != graph_ctx(s, exec)? {
         return Err(CuError::INVALID_VALUE);
+    }
+    if hostnodes::has(handle(child)) || hostnodes::child_has(handle(node)) {
+        tracing::warn!(
+            "cuGraphExecChildGraphNodeSetParams with host nodes in either child is not supported; returning \
+             CUDA_ERROR_NOT_SUPPORTED"
+        );
+        return Err(CuError::NOT_SUPPORTED);
     }
     exec_node_set(exec, node, GraphNode::Child { graph: handle(child) })
 }

@@ -78,12 +78,22 @@ fn enqueue(mode: DefaultStream, stream: CUstream, call: Call) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
     let sref = Shim::stream_ref(mode, handle(stream));
-    if capture_of(s, sref).is_some() {
-        // A graph's host node would run the function at every launch of the
-        // graph, which the server does not report (see the architecture
-        // document).
-        tracing::warn!("a host function in a stream capture is not supported");
-        return Err(CuError::NOT_SUPPORTED);
+    if let Some(capture) = capture_of(s, sref) {
+        // A host node of the graph: it runs at every launch
+        // (`hostnodes`). `cuStreamAddCallback` cannot be captured.
+        if matches!(call, Call::Stream { .. }) {
+            return Err(CuError::STREAM_CAPTURE_UNSUPPORTED);
+        }
+        let token = hostnodes::token();
+        hostnodes::captured(capture.id, token, call);
+        return s.remote.post(
+            &Request::CaptureHostFunc {
+                ctx,
+                stream: sref,
+                token,
+            },
+            &[],
+        );
     }
     let key: StreamKey = (ctx, sref);
     let blocking = blocking(s, sref);
