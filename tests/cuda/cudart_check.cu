@@ -82,6 +82,9 @@ static void read_back(void *arg) {
     host_calls++;
 }
 
+static int graph_host_calls;
+static void count_graph_host(void *) { graph_host_calls++; }
+
 static void CUDART_CB stream_callback(cudaStream_t, cudaError_t status, void *arg) {
     if (status == cudaSuccess) stream_callbacks += *(int *)arg;
 }
@@ -518,6 +521,26 @@ int main(int argc, char **argv) {
         free(back);
         CHECK(cudaGraphExecDestroy(ge));
         CHECK(cudaGraphDestroy(g));
+        // Host nodes: a host function captured behind a kernel, and one
+        // added to a built graph; each runs at every launch.
+        cudaStream_t cs;
+        CHECK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+        CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal));
+        gp_scale<<<(m + 255) / 256, 256, 0, cs>>>(x, 1.0f, m);
+        CHECK(cudaLaunchHostFunc(cs, count_graph_host, NULL));
+        cudaGraph_t hg;
+        CHECK(cudaStreamEndCapture(cs, &hg));
+        cudaHostNodeParams hp = {count_graph_host, NULL};
+        cudaGraphNode_t extra;
+        CHECK(cudaGraphAddHostNode(&extra, hg, NULL, 0, &hp));
+        cudaGraphExec_t hx;
+        CHECK(cudaGraphInstantiate(&hx, hg, 0));
+        for (int i = 0; i < 3; i++) CHECK(cudaGraphLaunch(hx, cs));
+        CHECK(cudaStreamSynchronize(cs));
+        EXPECT(graph_host_calls == 6, "host nodes ran %d times in 3 launches of 2", graph_host_calls);
+        CHECK(cudaGraphExecDestroy(hx));
+        CHECK(cudaGraphDestroy(hg));
+        CHECK(cudaStreamDestroy(cs));
         CHECK(cudaFree(x));
         CHECK(cudaFree(y));
     }
