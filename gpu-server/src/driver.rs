@@ -511,6 +511,7 @@ driver_api! {
     cuGraphExecDestroy(exec: Ptr);
     cuGraphDestroy(graph: Ptr);
     cuGraphGetNodes(graph: Ptr, nodes: *mut Ptr, count: *mut usize);
+    cuGraphNodeGetType(node: Ptr, kind: *mut u32);
     cuEventCreate(event: *mut Ptr, flags: u32);
     cuEventDestroy_v2(event: Ptr);
     cuEventRecord(event: Ptr, stream: Ptr);

@@ -701,6 +701,7 @@ impl<'d> Worker<'d> {
                 }
                 R::IpcGetEventHandle { ctx, .. } | R::IpcOpenEventHandle { ctx, .. } => *ctx,
                 R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
+                R::GraphListNodes { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1099,6 +1100,7 @@ impl<'d> Worker<'d> {
                 // SAFETY: the graph belonged to this client.
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
             })),
+            R::GraphListNodes { ctx, graph } => to_reply(self.graph_list_nodes(ctx, graph)),
             R::GraphNodeCount { ctx, graph } => to_reply(self.make_current(ctx).and_then(|()| {
                 if self.tables.graphs.get(&graph) != Some(&ctx) {
                     return Err(INVALID_VALUE);
@@ -2544,6 +2546,30 @@ impl<'d> Worker<'d> {
             }
             _ => Err(INVALID_VALUE),
         }
+    }
+
+    /// The nodes of one of the session's graphs, which it may name from now
+    /// on.
+    fn graph_list_nodes(&mut self, ctx: Handle, graph: Handle) -> DriverResult<Reply> {
+        self.check_graph(ctx, graph)?;
+        let g = as_ptr(graph);
+        let mut n = 0usize;
+        // SAFETY: the graph belongs to this client; with no node array the
+        // driver only writes the count.
+        unsafe { self.driver.cuGraphGetNodes(g, std::ptr::null_mut(), &mut n) }?;
+        let mut nodes: Vec<Ptr> = vec![std::ptr::null_mut(); n];
+        // SAFETY: as above; the array has room for `n` nodes.
+        unsafe { self.driver.cuGraphGetNodes(g, nodes.as_mut_ptr(), &mut n) }?;
+        nodes.truncate(n);
+        let mut listed = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let mut kind = 0u32;
+            // SAFETY: a node the driver just listed; kind is writable.
+            unsafe { self.driver.cuGraphNodeGetType(node, &mut kind) }?;
+            self.tables.nodes.insert(handle(node), graph);
+            listed.push((handle(node), kind));
+        }
+        Ok(Reply::Nodes(listed))
     }
 
     fn graph_exec_update(&mut self, ctx: Handle, exec: Handle, graph: Handle) -> DriverResult<Reply> {

@@ -529,6 +529,11 @@ pub enum Request {
     /// runs the node's function. A node reached more than once in a launch
     /// (a child graph copied twice) is named as often.
     GraphHostCalls { ctx: Handle, calls: Vec<(u64, u64)> },
+    /// sync: the nodes of a graph, with their types (`CUgraphNodeType`),
+    /// in the driver's order: `Reply::Nodes`. The session may name them
+    /// from then on (a captured graph's nodes, to change them in an
+    /// executable graph).
+    GraphListNodes { ctx: Handle, graph: Handle },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -806,6 +811,8 @@ pub enum Reply {
         ptr: DevicePtr,
         size: u64,
     },
+    /// Nodes of a graph and their types (`Request::GraphListNodes`).
+    Nodes(Vec<(Handle, u32)>),
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.
     DeviceStatus {

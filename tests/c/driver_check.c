@@ -994,6 +994,40 @@ int main(int argc, char **argv) {
                 EXPECT(c[i] == want, "round %d: d[%d] = %f, expected %f", round, i, c[i], want);
             }
         }
+        /* The captured graph's nodes, listed: three kernels, a copy and a
+         * memset; the memset, changed in the executable graph, writes
+         * 0x3f bytes where it wrote zeroes (halved by the last kernel). */
+        {
+            GET(cuGraphGetNodes, 10000);
+            GET(cuGraphNodeGetType, 10000);
+            GET(cuGraphExecMemsetNodeSetParams, 10020);
+            size_t count = 0;
+            CHECK(cuGraphGetNodes(g, NULL, &count));
+            CUgraphNode listed[8] = {0};
+            size_t room = 8;
+            CHECK(cuGraphGetNodes(g, listed, &room));
+            EXPECT(count == 5 && room == 5, "the captured graph has %zu nodes, %zu listed", count, room);
+            int kinds[8] = {0};
+            CUgraphNode memset_node = NULL;
+            for (size_t i = 0; i < room; i++) {
+                int t = -1;
+                CHECK(cuGraphNodeGetType(listed[i], &t));
+                EXPECT(t >= 0 && t < 8, "node %zu has type %d", i, t);
+                kinds[t]++;
+                if (t == 2) memset_node = listed[i];
+            }
+            EXPECT(kinds[0] == 3 && kinds[1] == 1 && kinds[2] == 1, "captured node types: %d kernels, %d copies, %d memsets",
+                   kinds[0], kinds[1], kinds[2]);
+            CUDA_MEMSET_NODE_PARAMS ms = {dd, 0, 0x3f, 1, 4 * sizeof(float), 1};
+            CHECK(cuGraphExecMemsetNodeSetParams(ge, memset_node, &ms, ctx));
+            CHECK(cuGraphLaunch(ge, s));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuMemcpyDtoH(c, dd, bytes));
+            unsigned bits = 0x3f3f3f3fu;
+            float f;
+            memcpy(&f, &bits, sizeof f);
+            for (int i = 0; i < 4; i++) EXPECT(c[i] == f * 0.5f, "changed memset: d[%d] = %g, want %g", i, c[i], f * 0.5f);
+        }
         /* A copy from the program's memory cannot be captured: it fails at
            once, and so does the capture when it ends. */
         CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_RELAXED));

@@ -2258,15 +2258,19 @@ fn post_graph_work(
     s.remote.post(&request(ctx, exec, stream), &[])
 }
 
-/// `cuGraphGetNodes`: the count (PyTorch asks it to warn of an empty
-/// capture). The nodes themselves are the server's and no node entry point
-/// is served, so asking for them is not supported.
+/// `cuGraphGetNodes`. A captured graph's count is the server's (one round
+/// trip: PyTorch asks it to warn of an empty capture); its nodes, when
+/// asked for, are listed by the server once and known here from then on.
 pub unsafe fn graph_get_nodes(graph: *mut c_void, nodes: *mut *mut c_void, count: *mut usize) -> CuResult {
     let s = shim()?;
     if count.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    if let Some(list) = graphs::nodes_of(handle(graph)) {
+    let known = match graphs::nodes_of(handle(graph)) {
+        None if !nodes.is_null() => Some(graphs::list_captured(s, graph_ctx(s, handle(graph))?, handle(graph))?),
+        known => known,
+    };
+    if let Some(list) = known {
         // A graph the program built: its nodes are known here.
         if !nodes.is_null() {
             // SAFETY: the program passes room for `*count` nodes (API
@@ -2279,13 +2283,6 @@ pub unsafe fn graph_get_nodes(graph: *mut c_void, nodes: *mut *mut c_void, count
             return unsafe { out(count, list.len().min(room)) };
         }
         return unsafe { out(count, list.len()) };
-    }
-    if !nodes.is_null() {
-        tracing::warn!(
-            "cuGraphGetNodes with a node array for a captured graph: its nodes are not served; returning \
-             CUDA_ERROR_NOT_SUPPORTED"
-        );
-        return Err(CuError::NOT_SUPPORTED);
     }
     let graph = handle(graph);
     let ctx = graph_ctx(s, graph)?;

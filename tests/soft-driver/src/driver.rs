@@ -266,6 +266,29 @@ fn same_shape(a: &[Op], b: &[Op]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
 }
 
+/// `CUgraphNodeType`s.
+const NODE_KERNEL: u32 = 0;
+const NODE_MEMCPY: u32 = 1;
+const NODE_MEMSET: u32 = 2;
+const NODE_HOST: u32 = 3;
+const NODE_GRAPH: u32 = 4;
+const NODE_EMPTY: u32 = 5;
+const NODE_WAIT_EVENT: u32 = 6;
+const NODE_EVENT_RECORD: u32 = 7;
+
+impl Op {
+    /// The type of the node this operation is.
+    fn node_type(&self) -> u32 {
+        match self {
+            Op::Launch { .. } => NODE_KERNEL,
+            Op::Memset { .. } => NODE_MEMSET,
+            Op::CopyDtoD { .. } | Op::CopyIn { .. } | Op::CopyOut { .. } => NODE_MEMCPY,
+            Op::Record { .. } => NODE_EVENT_RECORD,
+            Op::Host { .. } => NODE_HOST,
+        }
+    }
+}
+
 /// A graph (`cuStreamEndCapture`) or an executable graph
 /// (`cuGraphInstantiate*`).
 struct GraphObj {
@@ -458,6 +481,8 @@ pub struct Driver {
     child_ops: HashMap<u64, (usize, usize)>,
     /// Event wait nodes (they have no operation here).
     event_waits: HashSet<u64>,
+    /// Every node's `CUgraphNodeType`.
+    node_types: HashMap<u64, u32>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -728,6 +753,7 @@ impl Driver {
             node_ops: HashMap::new(),
             child_ops: HashMap::new(),
             event_waits: HashSet::new(),
+            node_types: HashMap::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -2527,6 +2553,13 @@ impl Driver {
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
         let h = self.handle();
+        // One node for each captured operation, in order.
+        for (at, op) in capture.ops.iter().enumerate() {
+            let node = self.handle();
+            self.nodes.insert(node, h);
+            self.node_ops.insert(node, at);
+            self.node_types.insert(node, op.node_type());
+        }
         self.graphs.insert(
             h,
             GraphObj {
@@ -2631,6 +2664,25 @@ impl Driver {
     /// `cuGraphGetNodes` without a node array: how many nodes it has.
     /// The nodes of a graph built node by node, or the operations of a
     /// captured one.
+    /// `cuGraphGetNodes` with a node array: the graph's nodes in the order
+    /// made.
+    pub fn graph_nodes(&self, graph: u64) -> CuResult<Vec<u64>> {
+        self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut nodes: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, g)| **g == graph)
+            .map(|(n, _)| *n)
+            .collect();
+        nodes.sort_unstable();
+        Ok(nodes)
+    }
+
+    /// `cuGraphNodeGetType`.
+    pub fn graph_node_type(&self, node: u64) -> CuResult<u32> {
+        self.node_types.get(&node).copied().ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
     pub fn graph_node_count(&self, graph: u64) -> CuResult<usize> {
         let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let built = self.nodes.values().filter(|n| **n == graph).count();
@@ -2721,12 +2773,14 @@ impl Driver {
         if !self.graphs.contains_key(&graph) || deps.iter().any(|d| self.nodes.get(d) != Some(&graph)) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        let kind = op.as_ref().map_or(NODE_EMPTY, Op::node_type);
         if let Some(op) = op {
             let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
             Arc::make_mut(&mut g.ops).push(op);
         }
         let h = self.handle();
         self.nodes.insert(h, graph);
+        self.node_types.insert(h, kind);
         Ok(h)
     }
 
@@ -2913,6 +2967,7 @@ impl Driver {
         let len = ops.len();
         Arc::make_mut(&mut g.ops).extend(ops);
         self.child_ops.insert(node, (start, len));
+        self.node_types.insert(node, NODE_GRAPH);
         Ok(node)
     }
 
@@ -2968,6 +3023,7 @@ impl Driver {
             self.node_ops.insert(node, at);
         } else {
             self.event_waits.insert(node);
+            self.node_types.insert(node, NODE_WAIT_EVENT);
         }
         Ok(node)
     }
@@ -2994,6 +3050,7 @@ impl Driver {
         self.node_ops.retain(|n, _| nodes.contains_key(n));
         self.child_ops.retain(|n, _| nodes.contains_key(n));
         self.event_waits.retain(|n| nodes.contains_key(n));
+        self.node_types.retain(|n, _| nodes.contains_key(n));
         self.graphs.remove(&graph).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
     }
 

@@ -2051,12 +2051,33 @@ pub extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
 pub unsafe extern "C" fn cuGraphGetNodes(graph: CUgraph, nodes: *mut *mut c_void, count: *mut usize) -> CUresult {
     ffi(|| {
         need(count)?;
-        if !nodes.is_null() {
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        if nodes.is_null() {
+            let n = driver::with(|d| d.graph_node_count(h(graph)))?;
+            // SAFETY: `count` is non-null and valid for writes (API contract).
+            return unsafe { out(count, n) };
         }
-        let n = driver::with(|d| d.graph_node_count(h(graph)))?;
-        // SAFETY: `count` is non-null and valid for writes (API contract).
-        unsafe { out(count, n) }
+        let list = driver::with(|d| d.graph_nodes(h(graph)))?;
+        // SAFETY: `count` is readable and writable and `nodes` has room for
+        // `*count` nodes (API contract); the room left over is nulled.
+        unsafe {
+            let room = *count;
+            for i in 0..room {
+                nodes
+                    .add(i)
+                    .write(list.get(i).map_or(std::ptr::null_mut(), |n| ptr(*n)));
+            }
+            out(count, list.len().min(room))
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphNodeGetType(node: *mut c_void, kind: *mut u32) -> CUresult {
+    ffi(|| {
+        need(kind)?;
+        let t = driver::with(|d| d.graph_node_type(h(node)))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(kind, t) }
     })
 }
 

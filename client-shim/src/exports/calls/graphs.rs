@@ -39,9 +39,23 @@ pub(super) fn forget(graph: Handle) {
     built(|b| b.remove(&graph));
 }
 
-/// The nodes of a graph the program built, if it built it.
+/// The nodes of a graph the program built, or of a captured one listed
+/// before, if known here.
 pub(super) fn nodes_of(graph: Handle) -> Option<Vec<Handle>> {
     built(|b| b.get(&graph).map(|n| n.iter().map(|(h, _)| *h).collect()))
+}
+
+/// The nodes of a captured graph, from the server (one round trip; known
+/// here from then on, with later nodes added to it).
+pub(super) fn list_captured(s: &Shim, ctx: Handle, graph: Handle) -> CuResult<Vec<Handle>> {
+    match s.remote.call(&Request::GraphListNodes { ctx, graph }, &[])? {
+        Reply::Nodes(list) => {
+            let nodes = list.iter().map(|(h, _)| *h).collect();
+            built(|b| b.insert(graph, list));
+            Ok(nodes)
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
 }
 
 pub unsafe fn graph_node_get_type(node: *mut c_void, kind: *mut u32) -> CuResult {
@@ -55,7 +69,8 @@ pub unsafe fn graph_node_get_type(node: *mut c_void, kind: *mut u32) -> CuResult
         Some(t) => unsafe { out(kind, t) },
         None => {
             tracing::warn!(
-                "cuGraphNodeGetType of a node of a captured graph: not served; returning CUDA_ERROR_NOT_SUPPORTED"
+                "cuGraphNodeGetType of a node gpupool has not listed (a captured graph's nodes are known once \
+                 cuGraphGetNodes listed them); returning CUDA_ERROR_NOT_SUPPORTED"
             );
             Err(CuError::NOT_SUPPORTED)
         }
@@ -157,7 +172,12 @@ unsafe fn add(
     };
     match s.remote.call(&request, bulk)? {
         Reply::Handle(n) => {
-            built(|b| b.entry(handle(graph)).or_default().push((n, kind)));
+            // A captured graph's nodes are known here once listed.
+            built(|b| {
+                if let Some(list) = b.get_mut(&handle(graph)) {
+                    list.push((n, kind));
+                }
+            });
             unsafe { out(out_node, as_ptr(n)) }
         }
         _ => Err(CuError::UNKNOWN),
