@@ -85,6 +85,8 @@ pub struct Capture {
     pub id: u64,
     /// Work it cannot hold was refused: it fails when it ends.
     pub invalidated: bool,
+    /// The program's graph it captures into (`cuStreamBeginCaptureToGraph`).
+    pub into: Option<Handle>,
 }
 
 /// A function's parameters: (offset, size) in declaration order.

@@ -503,6 +503,7 @@ driver_api! {
     cuLaunchHostFunc(stream: Ptr, func: HostFn, data: Ptr);
     cuStreamBeginCapture_v2(stream: Ptr, mode: u32);
     cuStreamEndCapture(stream: Ptr, graph: *mut Ptr);
+    cuStreamBeginCaptureToGraph(stream: Ptr, graph: Ptr, deps: *const Ptr, edges: *const c_void, count: usize, mode: u32);
     cuStreamIsCapturing(stream: Ptr, status: *mut i32);
     cuThreadExchangeStreamCaptureMode(mode: *mut u32);
     cuGraphInstantiateWithFlags(exec: *mut Ptr, graph: Ptr, flags: u64);

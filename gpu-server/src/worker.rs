@@ -156,6 +156,10 @@ pub struct Worker<'d> {
     captures: u32,
     /// Capturing streams on which a copy was refused: their capture fails.
     invalidated: HashSet<Ptr>,
+    /// Streams capturing into a graph of the session's
+    /// (`cuStreamBeginCaptureToGraph`): the graph stays, however the
+    /// capture ends.
+    capturing_into: HashMap<Ptr, Handle>,
     /// Host functions reached; None when no wake-up could be made (host
     /// functions are then not supported).
     reached: Option<Arc<Reached>>,
@@ -199,6 +203,7 @@ impl<'d> Worker<'d> {
             memory_limit: None,
             captures: 0,
             invalidated: HashSet::new(),
+            capturing_into: HashMap::new(),
             reached: Wake::new().ok().map(|wake| {
                 Arc::new(Reached {
                     ids: Mutex::new(Vec::new()),
@@ -701,7 +706,7 @@ impl<'d> Worker<'d> {
                 }
                 R::IpcGetEventHandle { ctx, .. } | R::IpcOpenEventHandle { ctx, .. } => *ctx,
                 R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
-                R::GraphListNodes { ctx, .. } => *ctx,
+                R::GraphListNodes { ctx, .. } | R::StreamBeginCaptureToGraph { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1101,6 +1106,13 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
             })),
             R::GraphListNodes { ctx, graph } => to_reply(self.graph_list_nodes(ctx, graph)),
+            R::StreamBeginCaptureToGraph {
+                ctx,
+                stream,
+                graph,
+                deps,
+                mode,
+            } => to_reply(self.begin_capture_to_graph(ctx, stream, graph, &deps, mode)),
             R::GraphNodeCount { ctx, graph } => to_reply(self.make_current(ctx).and_then(|()| {
                 if self.tables.graphs.get(&graph) != Some(&ctx) {
                     return Err(INVALID_VALUE);
@@ -1161,8 +1173,9 @@ impl<'d> Worker<'d> {
         if status != 0 {
             self.captures = self.captures.saturating_sub(1);
         }
+        let into = self.capturing_into.remove(&s);
         if self.invalidated.remove(&s) {
-            if !graph.is_null() {
+            if !graph.is_null() && into.is_none() {
                 // SAFETY: the driver just made this graph for us.
                 let _ = unsafe { self.driver.cuGraphDestroy(graph) };
             }
@@ -1171,6 +1184,34 @@ impl<'d> Worker<'d> {
         r?;
         self.tables.graphs.insert(handle(graph), ctx);
         Ok(Reply::Handle(handle(graph)))
+    }
+
+    /// `cuStreamBeginCaptureToGraph`: capture on `stream` into `graph`,
+    /// after its nodes `deps`.
+    fn begin_capture_to_graph(
+        &mut self,
+        ctx: Handle,
+        stream: StreamRef,
+        graph: Handle,
+        deps: &[Handle],
+        mode: u32,
+    ) -> DriverResult {
+        self.check_graph(ctx, graph)?;
+        if deps.iter().any(|n| self.tables.nodes.get(n) != Some(&graph)) {
+            return Err(INVALID_VALUE);
+        }
+        let s = self.enter(ctx, stream)?;
+        let dp: Vec<Ptr> = deps.iter().map(|n| as_ptr(*n)).collect();
+        let dptr = if dp.is_empty() { std::ptr::null() } else { dp.as_ptr() };
+        // SAFETY: the stream, the graph and its nodes are this client's;
+        // no edge data (the default edges).
+        unsafe {
+            self.driver
+                .cuStreamBeginCaptureToGraph(s, as_ptr(graph), dptr, std::ptr::null(), dp.len(), mode)
+        }?;
+        self.captures += 1;
+        self.capturing_into.insert(s, graph);
+        Ok(())
     }
 
     /// Copies through the staging buffers cannot be captured: a graph would

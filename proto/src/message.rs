@@ -534,6 +534,16 @@ pub enum Request {
     /// from then on (a captured graph's nodes, to change them in an
     /// executable graph).
     GraphListNodes { ctx: Handle, graph: Handle },
+    /// sync: begin a capture on `stream` into the session's `graph`, after
+    /// its nodes `deps` (`cuStreamBeginCaptureToGraph`); `StreamEndCapture`
+    /// answers that graph.
+    StreamBeginCaptureToGraph {
+        ctx: Handle,
+        stream: StreamRef,
+        graph: Handle,
+        deps: Vec<Handle>,
+        mode: u32,
+    },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).

@@ -359,6 +359,8 @@ typedef CUresult (*PFN_cuGraphLaunch)(CUgraphExec, CUstream);
 typedef CUresult (*PFN_cuGraphExecDestroy)(CUgraphExec);
 typedef CUresult (*PFN_cuGraphDestroy)(CUgraph);
 typedef struct CUgraphNode_st *CUgraphNode;
+typedef CUresult (*PFN_cuStreamBeginCaptureToGraph)(CUstream, CUgraph, const CUgraphNode *, const void *, size_t,
+                                                    int);
 typedef CUresult (*PFN_cuGraphExecChildGraphNodeSetParams)(CUgraphExec, CUgraphNode, CUgraph);
 typedef CUresult (*PFN_cuGraphExecEventRecordNodeSetEvent)(CUgraphExec, CUgraphNode, CUevent);
 typedef CUresult (*PFN_cuGraphExecEventWaitNodeSetEvent)(CUgraphExec, CUgraphNode, CUevent);

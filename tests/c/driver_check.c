@@ -1304,6 +1304,49 @@ int main(int argc, char **argv) {
                 CHECK(cuGraphDestroy(gg));
             }
         }
+        /* Capture into a graph already holding a node: a = 1 (the built
+         * memset), then a *= 3 (captured after it); the graph has both. */
+        {
+            GET(cuGraphCreate, 10000);
+            GET(cuGraphAddMemsetNode, 10000);
+            GET(cuGraphGetNodes, 10000);
+            GET(cuGraphNodeGetType, 10000);
+            GET(cuStreamBeginCaptureToGraph, 12030);
+            CUgraph into;
+            CHECK(cuGraphCreate(&into, 0));
+            CUDA_MEMSET_NODE_PARAMS one = {da, 0, 0x3f800000u, 4, (size_t)n, 1};
+            CUgraphNode first;
+            CHECK(cuGraphAddMemsetNode(&first, into, NULL, 0, &one, ctx));
+            CHECK(cuStreamBeginCaptureToGraph(s, into, &first, NULL, 1, CU_STREAM_CAPTURE_MODE_GLOBAL));
+            CHECK(cuStreamIsCapturing(s, &st));
+            EXPECT(st == 1, "capture status %d capturing into a graph", st);
+            float three = 3.0f;
+            void *targs[] = {&da, &three, &nn};
+            CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, targs, NULL));
+            CUgraph ended = NULL;
+            CHECK(cuStreamEndCapture(s, &ended));
+            EXPECT(ended == into, "a capture into a graph ended with another graph");
+            CUgraphNode nodes[4] = {0};
+            size_t room = 4;
+            CHECK(cuGraphGetNodes(into, nodes, &room));
+            int types = 0;
+            for (size_t i = 0; i < room; i++) {
+                int t = -1;
+                CHECK(cuGraphNodeGetType(nodes[i], &t));
+                types |= 1 << t;
+            }
+            EXPECT(room == 2 && types == ((1 << 0) | (1 << 2)), "the graph captured into has %zu nodes (types %#x)",
+                   room, types);
+            CUgraphExec ix;
+            CHECK(cuGraphInstantiateWithFlags(&ix, into, 0));
+            CHECK(cuMemsetD32(da, 0, n));
+            CHECK(cuGraphLaunch(ix, s));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuMemcpyDtoH(c, da, bytes));
+            for (int i = 0; i < n; i++) EXPECT(c[i] == 3.0f, "captured into a graph: a[%d] = %f, want 3", i, c[i]);
+            CHECK(cuGraphExecDestroy(ix));
+            CHECK(cuGraphDestroy(into));
+        }
         printf("OK graph n=%d\n", n);
     } else if (!strcmp(mode, "fault")) {
         CUdeviceptr p;

@@ -1958,9 +1958,11 @@ pub unsafe fn stream_wait_event(mode: DefaultStream, stream: CUstream, event: CU
     if let Some(id) = joined {
         let mut captures = lock(&s.captures);
         if captures.values().any(|c| c.id == id) {
-            captures
-                .entry(sref)
-                .or_insert(state::Capture { id, invalidated: false });
+            captures.entry(sref).or_insert(state::Capture {
+                id,
+                invalidated: false,
+                into: None,
+            });
         }
     }
     Ok(())
@@ -2057,7 +2059,6 @@ pub unsafe fn stream_get_capture_info_v3(
 /// `cuStreamBeginCapture_v2`: a round trip, so that a stream that cannot
 /// capture says so here.
 pub unsafe fn stream_begin_capture(mode: DefaultStream, stream: CUstream, capture_mode: u32) -> CuResult {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
     let sref = Shim::stream_ref(mode, handle(stream));
@@ -2069,8 +2070,58 @@ pub unsafe fn stream_begin_capture(mode: DefaultStream, stream: CUstream, captur
         },
         &[],
     )?;
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    lock(&s.captures).insert(sref, state::Capture { id, invalidated: false });
+    let id = new_capture_id();
+    lock(&s.captures).insert(
+        sref,
+        state::Capture {
+            id,
+            invalidated: false,
+            into: None,
+        },
+    );
+    Ok(())
+}
+
+/// A capture's id, unique in the process (`cuStreamGetCaptureInfo`).
+fn new_capture_id() -> u64 {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `cuStreamBeginCaptureToGraph`: the capture's work joins `graph`, after
+/// its nodes `deps` (default edges only).
+pub unsafe fn stream_begin_capture_to_graph(
+    mode: DefaultStream,
+    stream: CUstream,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    edges: *const u64,
+    count: usize,
+    capture_mode: u32,
+) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    let g = handle(graph);
+    if graph_ctx(s, g)? != ctx {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let deps = unsafe { graphs::edges_to(deps, edges, count) }?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    let request = Request::StreamBeginCaptureToGraph {
+        ctx,
+        stream: sref,
+        graph: g,
+        deps,
+        mode: capture_mode,
+    };
+    s.remote.call(&request, &[])?;
+    let id = new_capture_id();
+    let capture = state::Capture {
+        id,
+        invalidated: false,
+        into: Some(g),
+    };
+    lock(&s.captures).insert(sref, capture);
     Ok(())
 }
 
@@ -2112,10 +2163,18 @@ pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *
         hostnodes::capture_ended(c.id, made);
     }
     if capture.is_some_and(|c| c.invalidated) {
-        if let Ok(Reply::Handle(graph)) = reply {
+        // A graph captured into is the program's, and stays.
+        if let (Ok(Reply::Handle(graph)), None) = (reply, capture.and_then(|c| c.into)) {
             s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])?;
         }
         return Err(CuError::STREAM_CAPTURE_INVALIDATED);
+    }
+    if let Some(g) = capture.and_then(|c| c.into) {
+        // The graph has the captured nodes too: listed again, so that the
+        // nodes known here are all of them.
+        reply?;
+        graphs::list_captured(s, ctx, g)?;
+        return unsafe { out(graph, as_ptr(g)) };
     }
     match reply? {
         Reply::Handle(g) => {

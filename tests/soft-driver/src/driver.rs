@@ -207,6 +207,8 @@ struct StreamObj {
 struct Capture {
     mode: u32,
     ops: Vec<Op>,
+    /// Capturing into this existing graph (`cuStreamBeginCaptureToGraph`).
+    into: Option<u64>,
     /// An operation the capture cannot hold was attempted: ending it fails.
     invalidated: bool,
 }
@@ -2531,8 +2533,28 @@ impl Driver {
         s.capture = Some(Capture {
             mode,
             ops: Vec::new(),
+            into: None,
             invalidated: false,
         });
+        Ok(())
+    }
+
+    /// `cuStreamBeginCaptureToGraph`: a capture whose work joins `graph`
+    /// after `deps`, nodes of it (work runs in the order added here, which
+    /// any dependencies allow).
+    pub fn stream_begin_capture_to_graph(&mut self, stream: u64, graph: u64, deps: &[u64], mode: u32) -> CuResult<()> {
+        let ctx = self.stream_ctx(stream)?;
+        match self.graphs.get(&graph) {
+            Some(g) if g.ctx == ctx => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        if deps.iter().any(|d| self.nodes.get(d) != Some(&graph)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        self.stream_begin_capture(stream, mode)?;
+        if let Some(c) = self.streams.get_mut(&stream).and_then(|s| s.capture.as_mut()) {
+            c.into = Some(graph);
+        }
         Ok(())
     }
 
@@ -2551,6 +2573,19 @@ impl Driver {
         }
         if capture.invalidated {
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        }
+        if let Some(g) = capture.into {
+            // The work joins the existing graph, one node per operation.
+            let base = self.graphs.get(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.len();
+            for (at, op) in capture.ops.iter().enumerate() {
+                let node = self.handle();
+                self.nodes.insert(node, g);
+                self.node_ops.insert(node, base + at);
+                self.node_types.insert(node, op.node_type());
+            }
+            let graph = self.graphs.get_mut(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            Arc::make_mut(&mut graph.ops).extend(capture.ops);
+            return Ok(g);
         }
         let h = self.handle();
         // One node for each captured operation, in order.

@@ -1996,6 +1996,25 @@ pub extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: u32) -> CUresu
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuStreamBeginCaptureToGraph(
+    stream: CUstream,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    edges: *const u64,
+    n: usize,
+    mode: u32,
+) -> CUresult {
+    ffi(|| {
+        if !edges.is_null() {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        // SAFETY: API contract.
+        let deps = unsafe { nodes(deps, n) }?;
+        driver::with(|d| d.stream_begin_capture_to_graph(h(stream), h(graph), &deps, mode))
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> CUresult {
     ffi(|| {
         need(graph)?;

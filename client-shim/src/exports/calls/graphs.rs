@@ -360,6 +360,15 @@ pub unsafe fn graph_add_dependencies(
 ///
 /// # Safety
 /// `edges` holds `count` entries when non-null (API contract).
+/// Dependencies `deps` with default edges (`edges` null or all zeroes).
+///
+/// # Safety
+/// `deps` and `edges`, when not null, point at `count` entries.
+pub(super) unsafe fn edges_to(deps: *const *mut c_void, edges: *const u64, count: usize) -> CuResult<Vec<Handle>> {
+    unsafe { default_edges(edges, count) }?;
+    unsafe { handles(deps, count) }
+}
+
 unsafe fn default_edges(edges: *const u64, count: usize) -> CuResult {
     if !edges.is_null() && count > 0 {
         // SAFETY: the caller's promise.

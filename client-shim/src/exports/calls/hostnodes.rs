@@ -49,7 +49,8 @@ pub(super) fn capture_ended(capture: u64, graph: Option<Handle>) {
     state(|st| {
         let hosts = st.captures.remove(&capture).unwrap_or_default();
         if let Some(g) = graph.filter(|_| !hosts.is_empty()) {
-            st.graphs.insert(g, hosts);
+            // A capture into an existing graph adds to its nodes.
+            st.graphs.entry(g).or_default().extend(hosts);
         }
     });
 }
