@@ -301,3 +301,51 @@ fn pytorch_cuda_graph_replays_cost_one_streamed_message() {
         long.1 as i64 - short.1 as i64
     );
 }
+
+/// `torch.multiprocessing` hands a CUDA tensor to a spawned process (its
+/// own session of the server): the child reads it, writes into it, and the
+/// parent sees the write. PyTorch shares the caching allocator's block with
+/// `cudaIpcGetMemHandle` and orders it with an interprocess event.
+#[test]
+fn pytorch_shares_a_cuda_tensor_with_another_process() {
+    let Some(python) = python() else { return };
+    let server = Server::start();
+    let script = scratch_dir().join("torch_ipc.py");
+    std::fs::write(
+        &script,
+        r#"
+import torch
+import torch.multiprocessing as mp
+
+def child(inbox, outbox):
+    t = inbox.get()
+    outbox.put(float(t.cpu().sum()))
+    t.copy_(torch.full((1000,), 2.0))
+    torch.cuda.synchronize()
+    outbox.put("written")
+    del t
+
+if __name__ == "__main__":
+    mp.set_start_method("spawn")
+    inbox, outbox = mp.Queue(), mp.Queue()
+    x = torch.arange(1000, dtype=torch.float32).cuda()
+    p = mp.Process(target=child, args=(inbox, outbox))
+    p.start()
+    inbox.put(x)
+    print("child sum", outbox.get(timeout=120))
+    print("child", outbox.get(timeout=120))
+    torch.cuda.synchronize()
+    print("parent sees", float(x.cpu().sum()))
+    p.join()
+    print("exit", p.exitcode)
+"#,
+    )
+    .expect("write the script");
+    let (ok, stdout, stderr) = run_python(&python, &server, &[script.to_str().unwrap()]);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("child sum 499500.0"), "{}", context());
+    assert!(stdout.contains("child written"), "{}", context());
+    assert!(stdout.contains("parent sees 2000.0"), "{}", context());
+    assert!(stdout.contains("exit 0"), "{}", context());
+}

@@ -48,6 +48,26 @@ impl Worker<'_> {
         })
     }
 
+    /// File the driver's handle of `kind` in the registry: gpupool's handle.
+    fn file(&self, kind: Kind, driver_handle: &IpcHandle) -> DriverResult<[u8; IPC_HANDLE_LEN]> {
+        self.registry()?
+            .export(self.session_id, kind, &driver_handle.reserved)
+            .map_err(|e| {
+                tracing::warn!("cannot file an IPC handle: {e}");
+                OUT_OF_MEMORY
+            })
+    }
+
+    /// The driver's handle that gpupool's handle `ours` of `kind` names,
+    /// with the session that made it.
+    fn find(&self, ours: &[u8], kind: Kind) -> DriverResult<(u64, IpcHandle)> {
+        let (exporter, reserved) = self.registry()?.lookup(ours, kind).map_err(|e| {
+            tracing::warn!("cannot open an IPC {kind:?} handle: {e}");
+            open_error(&e)
+        })?;
+        Ok((exporter, IpcHandle { reserved }))
+    }
+
     /// `cuIpcGetMemHandle` for the allocation holding `ptr`.
     pub(super) fn ipc_get_mem_handle(&mut self, ctx: Handle, ptr: u64) -> DriverResult<Reply> {
         self.make_current(ctx)?;
@@ -61,13 +81,7 @@ impl Worker<'_> {
         let mut driver_handle = IpcHandle { reserved: [0; 64] };
         // SAFETY: base is an allocation of this client; the handle is writable.
         unsafe { self.driver.cuIpcGetMemHandle(&mut driver_handle, base) }?;
-        let ours = self
-            .registry()?
-            .export(self.session_id, Kind::Memory, &driver_handle.reserved)
-            .map_err(|e| {
-                tracing::warn!("cannot file an IPC handle: {e}");
-                OUT_OF_MEMORY
-            })?;
+        let ours = self.file(Kind::Memory, &driver_handle)?;
         self.shared.memory.insert(base, ours);
         Ok(Reply::Bytes(ours.to_vec()))
     }
@@ -78,22 +92,11 @@ impl Worker<'_> {
         if flags & !IPC_LAZY_ENABLE_PEER_ACCESS != 0 {
             return Err(INVALID_VALUE);
         }
-        let (exporter, driver_handle) = self.registry()?.lookup(ours, Kind::Memory).map_err(|e| {
-            tracing::warn!("cannot open an IPC memory handle: {e}");
-            open_error(&e)
-        })?;
+        let (exporter, driver_handle) = self.find(ours, Kind::Memory)?;
         let mut p = 0u64;
         // SAFETY: the handle is one the driver made for a session of this
         // server; p is writable.
-        unsafe {
-            self.driver.cuIpcOpenMemHandle_v2(
-                &mut p,
-                IpcHandle {
-                    reserved: driver_handle,
-                },
-                flags,
-            )
-        }?;
+        unsafe { self.driver.cuIpcOpenMemHandle_v2(&mut p, driver_handle, flags) }?;
         let (mut base, mut size) = (0u64, 0usize);
         // SAFETY: p was just mapped by the driver; both outputs are writable.
         let range = unsafe { self.driver.cuMemGetAddressRange_v2(&mut base, &mut size, p) };
@@ -149,13 +152,7 @@ impl Worker<'_> {
         let mut driver_handle = IpcHandle { reserved: [0; 64] };
         // SAFETY: the event belongs to this client; the handle is writable.
         unsafe { self.driver.cuIpcGetEventHandle(&mut driver_handle, self.real(event)) }?;
-        let ours = self
-            .registry()?
-            .export(self.session_id, Kind::Event, &driver_handle.reserved)
-            .map_err(|e| {
-                tracing::warn!("cannot file an IPC handle: {e}");
-                OUT_OF_MEMORY
-            })?;
+        let ours = self.file(Kind::Event, &driver_handle)?;
         self.shared.events.insert(event, ours);
         Ok(Reply::Bytes(ours.to_vec()))
     }
@@ -167,21 +164,11 @@ impl Worker<'_> {
         if id == 0 {
             return Err(INVALID_VALUE);
         }
-        let (exporter, driver_handle) = self.registry()?.lookup(ours, Kind::Event).map_err(|e| {
-            tracing::warn!("cannot open an IPC event handle: {e}");
-            open_error(&e)
-        })?;
+        let (exporter, driver_handle) = self.find(ours, Kind::Event)?;
         let mut e: Ptr = std::ptr::null_mut();
         // SAFETY: the handle is one the driver made for a session of this
         // server; e is writable.
-        unsafe {
-            self.driver.cuIpcOpenEventHandle(
-                &mut e,
-                IpcHandle {
-                    reserved: driver_handle,
-                },
-            )
-        }?;
+        unsafe { self.driver.cuIpcOpenEventHandle(&mut e, driver_handle) }?;
         self.name_new(id, handle(e), ctx, false);
         self.shared.opened_events.insert(id);
         tracing::debug!(exporter, flags = OPENED_EVENT_FLAGS, "opened another session's event");
