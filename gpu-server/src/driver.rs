@@ -512,6 +512,9 @@ driver_api! {
     cuGraphExecDestroy(exec: Ptr);
     cuGraphDestroy(graph: Ptr);
     cuGraphGetNodes(graph: Ptr, nodes: *mut Ptr, count: *mut usize);
+    cuDeviceGetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
+    cuDeviceSetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
+    cuDeviceGraphMemTrim(device: i32);
     cuGraphNodeGetType(node: Ptr, kind: *mut u32);
     cuEventCreate(event: *mut Ptr, flags: u32);
     cuEventDestroy_v2(event: Ptr);

@@ -765,6 +765,11 @@ impl<'d> Worker<'d> {
             R::MemPoolCreate { device, max_size } => to_reply(self.pool_create(device, max_size)),
             R::MemPoolDestroy { pool } => to_reply(self.pool_destroy(pool)),
             R::MemPoolAttribute { pool, attr, set } => to_reply(self.pool_attribute(pool, attr, set)),
+            R::GraphMemAttribute { device, attr, set } => to_reply(self.graph_mem_attribute(device, attr, set)),
+            R::GraphMemTrim { device } => to_reply(self.check_device(device).and_then(|()| {
+                // SAFETY: a device of this server.
+                unsafe { d.cuDeviceGraphMemTrim(device) }
+            })),
             R::MemPoolTrimTo { pool, keep } => to_reply(self.check_pool(pool).and_then(|()| {
                 // SAFETY: as for MemPoolSetCurrent.
                 unsafe { d.cuMemPoolTrimTo(as_ptr(pool), keep as usize) }
@@ -1342,6 +1347,29 @@ impl<'d> Worker<'d> {
     }
 
     // ---- device status ----
+
+    fn check_device(&self, device: i32) -> DriverResult {
+        if (0..self.driver.device_count()?).contains(&device) {
+            Ok(())
+        } else {
+            Err(INVALID_DEVICE)
+        }
+    }
+
+    /// A graph memory attribute of `device` (each a 64-bit value), set to
+    /// `set` first when given.
+    fn graph_mem_attribute(&mut self, device: i32, attr: i32, set: Option<u64>) -> DriverResult<Reply> {
+        self.check_device(device)?;
+        let mut value = set.unwrap_or(0);
+        let slot = (&mut value as *mut u64).cast::<c_void>();
+        if set.is_some() {
+            // SAFETY: the attribute's value is a 64-bit word, readable here.
+            unsafe { self.driver.cuDeviceSetGraphMemAttribute(device, attr, slot) }?;
+        }
+        // SAFETY: as above; the driver writes the word.
+        unsafe { self.driver.cuDeviceGetGraphMemAttribute(device, attr, slot) }?;
+        Ok(Reply::Size(value))
+    }
 
     /// `DeviceStatus`: memory as this session sees it, and what NVML reads.
     fn device_status(&mut self, device: i32) -> DriverResult<Reply> {

@@ -99,6 +99,12 @@ pub enum Request {
     /// after setting it to `set` when given. 32-bit attributes travel as
     /// their value.
     MemPoolAttribute { pool: Handle, attr: i32, set: Option<u64> },
+    /// sync -> `Reply::Size`: a graph memory attribute of a device
+    /// (`cuDeviceGetGraphMemAttribute`), after setting it to `set` when
+    /// given (`cuDeviceSetGraphMemAttribute`).
+    GraphMemAttribute { device: i32, attr: i32, set: Option<u64> },
+    /// sync: `cuDeviceGraphMemTrim`.
+    GraphMemTrim { device: i32 },
     /// sync: `cuMemPoolTrimTo`.
     MemPoolTrimTo { pool: Handle, keep: u64 },
     /// sync -> `Reply::Pointer`: a range of virtual addresses

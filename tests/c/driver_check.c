@@ -2220,6 +2220,26 @@ int main(int argc, char **argv) {
         CHECK(cuStreamDestroy(s));
         CHECK(cuMemFreeHost(in));
         CHECK(cuMemFreeHost(out));
+        /* Graph memory attributes and trimming (PyTorch's cudaMallocAsync
+         * backend reads them): used and reserved, now and highest; only the
+         * highs may be reset. */
+        {
+            typedef CUresult (*PFN_graphMemAttr)(CUdevice, int, void *);
+            typedef CUresult (*PFN_graphMemTrim)(CUdevice);
+            PFN_graphMemAttr getAttr = (PFN_graphMemAttr)sym("cuDeviceGetGraphMemAttribute", 11040);
+            PFN_graphMemAttr setAttr = (PFN_graphMemAttr)sym("cuDeviceSetGraphMemAttribute", 11040);
+            PFN_graphMemTrim trim = (PFN_graphMemTrim)sym("cuDeviceGraphMemTrim", 11040);
+            for (int attr = 0; attr < 4; attr++) {
+                unsigned long long v = ~0ull;
+                CHECK(getAttr(dev, attr, &v));
+                EXPECT(v < (1ull << 48), "graph memory attribute %d = %llu", attr, v);
+            }
+            unsigned long long zero = 0;
+            CHECK(setAttr(dev, 1, &zero));
+            CHECK(setAttr(dev, 3, &zero));
+            EXPECT(setAttr(dev, 0, &zero) == CUDA_ERROR_INVALID_VALUE, "the current use was set");
+            CHECK(trim(dev));
+        }
         printf("OK pools\n");
     } else if (!strcmp(mode, "arrays")) {
         GET(cuArray3DCreate, 3020);

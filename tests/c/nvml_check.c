@@ -151,6 +151,7 @@ int main(int argc, char **argv) {
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetComputeRunningProcesses_v3,
          (nvmlDevice_t, unsigned *, nvmlProcessInfo_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkState, (nvmlDevice_t, unsigned, int *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetGpuFabricInfoV, (nvmlDevice_t, void *));
 
     /* Before nvmlInit: everything is refused as uninitialised. */
     unsigned count = 12345;
@@ -331,6 +332,24 @@ int main(int argc, char **argv) {
     NV(NVML_ERROR_NOT_FOUND, nvmlDeviceGetHandleByPciBusId_v2("0000:ff:1f.0", &by));
     int active = 0;
     NV(NVML_ERROR_NOT_SUPPORTED, nvmlDeviceGetNvLinkState(h, 0, &active));
+    /* No NVLink fabric: the state is NOT_SUPPORTED (0), as PyTorch reads it
+     * at start-up (version 2: version, cluster UUID, status, clique id,
+     * state, health mask). */
+    struct {
+        unsigned version;
+        unsigned char uuid[16];
+        int status;
+        unsigned clique;
+        unsigned char state;
+        unsigned health;
+    } fabric;
+    memset(&fabric, 0x5a, sizeof fabric);
+    fabric.version = (unsigned)sizeof fabric | (2u << 24);
+    NV(NVML_SUCCESS, nvmlDeviceGetGpuFabricInfoV(h, &fabric));
+    EXPECT(fabric.state == 0 && fabric.status == 0 && fabric.uuid[0] == 0 && fabric.health == 0,
+           "fabric state %u status %d", fabric.state, fabric.status);
+    fabric.version = (unsigned)sizeof fabric | (1u << 24);
+    NV(NVML_ERROR_ARGUMENT_VERSION_MISMATCH, nvmlDeviceGetGpuFabricInfoV(h, &fabric));
     EXPECT(strcmp(nvmlErrorString(NVML_ERROR_INVALID_ARGUMENT), "Invalid Argument") == 0, "error string \"%s\"",
            nvmlErrorString(NVML_ERROR_INVALID_ARGUMENT));
     printf("OK error paths\n");

@@ -658,6 +658,53 @@ process_queries! {
     nvmlDeviceGetMPSComputeRunningProcesses_v3,
 }
 
+// ---- fabric -------------------------------------------------------------------
+
+/// `nvmlGpuFabricInfo_t`: cluster UUID (16 bytes), status, clique id, state.
+const FABRIC_INFO_V1: usize = 28;
+/// `nvmlGpuFabricInfo_v2_t`, the smallest versioned form: the version word,
+/// then the first form's members and a health mask.
+const FABRIC_INFO_V2: usize = 36;
+
+/// `nvmlDeviceGetGpuFabricInfo`: no NVLink fabric reaches the program
+/// through gpupool, so the state is `NVML_GPU_FABRIC_STATE_NOT_SUPPORTED`
+/// (0), as a GPU outside an NVSwitch fabric answers: every member is zero.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfo(device: nvmlDevice_t, info: *mut u8) -> nvmlReturn_t {
+    guard("nvmlDeviceGetGpuFabricInfo", || {
+        self::device(device)?;
+        if info.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        // SAFETY: the caller passes an `nvmlGpuFabricInfo_t`.
+        unsafe { info.write_bytes(0, FABRIC_INFO_V1) };
+        Ok(())
+    })
+}
+
+/// `nvmlDeviceGetGpuFabricInfoV`: as above, for the versioned structure
+/// (version 2 and later, which add members after the first ones; all are
+/// zero here). PyTorch asks this at start-up on sm90 devices and warns when
+/// it fails.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfoV(device: nvmlDevice_t, info: *mut u8) -> nvmlReturn_t {
+    guard("nvmlDeviceGetGpuFabricInfoV", || {
+        self::device(device)?;
+        if info.is_null() {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        // SAFETY: the structure begins with its version word.
+        let version = unsafe { info.cast::<u32>().read_unaligned() };
+        let (size, number) = ((version & 0x00ff_ffff) as usize, version >> 24);
+        if number < 2 || !(FABRIC_INFO_V2..=4096).contains(&size) {
+            return Err(NvmlError::ARGUMENT_VERSION_MISMATCH);
+        }
+        // SAFETY: the version says the caller's structure has `size` bytes.
+        unsafe { info.add(4).write_bytes(0, size - 4) };
+        Ok(())
+    })
+}
+
 // ---- what gpupool cannot answer ---------------------------------------------
 
 /// A known NVML entry point gpupool does not answer.
@@ -698,8 +745,6 @@ not_supported! {
     nvmlDeviceGetNvLinkRemotePciInfo_v2,
     nvmlDeviceGetNvLinkRemoteDeviceType,
     nvmlDeviceGetNvLinkErrorCounter,
-    nvmlDeviceGetGpuFabricInfo,
-    nvmlDeviceGetGpuFabricInfoV,
     // Topology and affinity of a device on another machine.
     nvmlDeviceGetTopologyCommonAncestor,
     nvmlDeviceGetTopologyNearestGpus,

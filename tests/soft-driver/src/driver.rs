@@ -790,6 +790,11 @@ impl Driver {
 
     // ----- devices -----
 
+    /// Whether `dev` is a device here (`CUDA_ERROR_INVALID_DEVICE` if not).
+    pub fn check_device(&self, dev: i32) -> CuResult<()> {
+        self.device(dev).map(drop)
+    }
+
     fn device(&self, dev: i32) -> CuResult<usize> {
         usize::try_from(dev)
             .ok()

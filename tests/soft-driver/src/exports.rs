@@ -3155,3 +3155,40 @@ pub unsafe extern "C" fn cuIpcOpenEventHandle(event: *mut CUevent, handle: CUipc
         unsafe { out(event, ptr(e)) }
     })
 }
+
+// ----- graph memory -----
+
+/// `cuDeviceGetGraphMemAttribute`: graphs here allocate no memory of their
+/// own, so every attribute (used and reserved, now and highest) is 0.
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetGraphMemAttribute(device: CUdevice, attr: i32, value: *mut c_void) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        driver::with(|d| d.check_device(device))?;
+        if !(0..=3).contains(&attr) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: the attributes are 64-bit words (API contract).
+        unsafe { out(value.cast::<u64>(), 0u64) }
+    })
+}
+
+/// `cuDeviceSetGraphMemAttribute`: only the highs (1, 3) may be reset, to 0.
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceSetGraphMemAttribute(device: CUdevice, attr: i32, value: *mut c_void) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        driver::with(|d| d.check_device(device))?;
+        // SAFETY: non-null; a 64-bit word (API contract).
+        let v = unsafe { value.cast::<u64>().read_unaligned() };
+        if !matches!(attr, 1 | 3) || v != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuDeviceGraphMemTrim(device: CUdevice) -> CUresult {
+    ffi(|| driver::with(|d| d.check_device(device)))
+}

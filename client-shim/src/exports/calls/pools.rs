@@ -318,3 +318,52 @@ pub unsafe fn mem_pool_get_access(flags: *mut u32, pool: *mut c_void, location: 
     // CU_MEM_ACCESS_FLAGS_PROT_NONE for any other device.
     unsafe { out(flags, if asked == device { ACCESS_READWRITE } else { 0 }) }
 }
+
+/// `CUgraphMem_attribute`: used and reserved memory of graphs, now and at
+/// their highest; only the highs may be set (to zero, which resets them).
+const GRAPH_MEM_ATTR_USED_HIGH: i32 = 1;
+const GRAPH_MEM_ATTR_RESERVED_HIGH: i32 = 3;
+
+/// `cuDeviceGetGraphMemAttribute`: the server's driver's (one round trip;
+/// PyTorch's `cudaMallocAsync` backend reads them for its memory stats).
+pub unsafe fn device_get_graph_mem_attribute(device: CUdevice, attr: i32, value: *mut c_void) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    if value.is_null() || !(0..=GRAPH_MEM_ATTR_RESERVED_HIGH).contains(&attr) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match s.remote.call(
+        &Request::GraphMemAttribute {
+            device,
+            attr,
+            set: None,
+        },
+        &[],
+    )? {
+        // SAFETY: the attributes are 64-bit words (`cuuint64_t`).
+        Reply::Size(v) => unsafe { out(value.cast::<u64>(), v) },
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn device_set_graph_mem_attribute(device: CUdevice, attr: i32, value: *mut c_void) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    if value.is_null() || !matches!(attr, GRAPH_MEM_ATTR_USED_HIGH | GRAPH_MEM_ATTR_RESERVED_HIGH) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null; the attributes are 64-bit words.
+    let set = unsafe { value.cast::<u64>().read_unaligned() };
+    let request = Request::GraphMemAttribute {
+        device,
+        attr,
+        set: Some(set),
+    };
+    s.remote.call(&request, &[]).map(drop)
+}
+
+pub unsafe fn device_graph_mem_trim(device: CUdevice) -> CuResult {
+    let s = shim()?;
+    s.device(device)?;
+    s.remote.call(&Request::GraphMemTrim { device }, &[]).map(drop)
+}
