@@ -348,6 +348,7 @@ typedef CUresult (*PFN_cuMemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUs
 typedef CUresult (*PFN_cuMemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
 typedef CUresult (*PFN_cuMemsetD32)(CUdeviceptr, unsigned, size_t);
 typedef CUresult (*PFN_cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
+typedef CUresult (*PFN_cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
 typedef CUresult (*PFN_cuStreamCreate)(CUstream *, unsigned);
 typedef CUresult (*PFN_cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
 typedef CUresult (*PFN_cuStreamBeginCapture)(CUstream, int);

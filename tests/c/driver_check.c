@@ -1304,6 +1304,35 @@ int main(int argc, char **argv) {
                 CHECK(cuGraphDestroy(gg));
             }
         }
+        /* Stream-ordered memory in a capture is the graph's: t = alloc;
+         * t = 2 (memset); t *= 4; b = t; free t. Each launch gives b = 8. */
+        {
+            GET(cuMemAllocAsync, 11020);
+            GET(cuMemFreeAsync, 11020);
+            GET(cuMemsetD32Async, 3020);
+            CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+            CUdeviceptr t = 0;
+            CHECK(cuMemAllocAsync(&t, bytes, s));
+            CHECK(cuMemsetD32Async(t, 0x40000000u, n, s));
+            float four = 4.0f;
+            void *margs[] = {&t, &four, &nn};
+            CHECK(cuLaunchKernel(fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, margs, NULL));
+            CHECK(cuMemcpyDtoDAsync(db, t, bytes, s));
+            CHECK(cuMemFreeAsync(t, s));
+            CUgraph mg;
+            CHECK(cuStreamEndCapture(s, &mg));
+            CUgraphExec mx;
+            CHECK(cuGraphInstantiateWithFlags(&mx, mg, 1 /* CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH */));
+            for (int round = 0; round < 3; round++) {
+                CHECK(cuMemsetD32(db, 0, n));
+                CHECK(cuGraphLaunch(mx, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, db, bytes));
+                for (int i = 0; i < n; i++) EXPECT(c[i] == 8.0f, "round %d: graph memory b[%d] = %f", round, i, c[i]);
+            }
+            CHECK(cuGraphExecDestroy(mx));
+            CHECK(cuGraphDestroy(mg));
+        }
         /* Capture into a graph already holding a node: a = 1 (the built
          * memset), then a *= 3 (captured after it); the graph has both. */
         {

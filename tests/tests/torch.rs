@@ -34,6 +34,11 @@ fn run_torch(python: &PathBuf, server: &Server, script: &str) -> (bool, String, 
 
 /// Runs Python with `args` through the shim, as [`run_torch`] does.
 fn run_python(python: &PathBuf, server: &Server, args: &[&str]) -> (bool, String, String) {
+    run_python_with(python, server, args, &[])
+}
+
+/// [`run_python`] with more environment variables.
+fn run_python_with(python: &PathBuf, server: &Server, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     // Made once: the tests run at once and would race to replace the links.
     static LIBS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = LIBS.get_or_init(|| {
@@ -53,7 +58,8 @@ fn run_python(python: &PathBuf, server: &Server, args: &[&str]) -> (bool, String
         .env("GPUPOOL_SERVER", &server.tcp)
         .env("GPUPOOL_LOG", "warn")
         .env("GPUPOOL_CALL_REPORT", "1")
-        .env("PYTHONUNBUFFERED", "1");
+        .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().copied());
     let out = run_with_timeout(cmd, Duration::from_secs(300));
     (
         out.status.success(),
@@ -350,4 +356,49 @@ if __name__ == "__main__":
     assert!(stdout.contains("child written"), "{}", context());
     assert!(stdout.contains("parent sees 2000.0"), "{}", context());
     assert!(stdout.contains("exit 0"), "{}", context());
+}
+
+/// A CUDA graph under PyTorch's `cudaMallocAsync` allocator backend: its
+/// allocations in the capture become the graph's memory, and the training
+/// step replays, each replay one streamed launch.
+#[test]
+fn pytorch_cuda_graph_with_the_cuda_malloc_async_backend() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+x = torch.randn(256, 256, device="cuda")
+m = torch.nn.Linear(256, 256).cuda()
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+s = torch.cuda.Stream()
+s.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(s):
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        m(x).sum().backward()
+        opt.step()
+torch.cuda.current_stream().wait_stream(s)
+g = torch.cuda.CUDAGraph()
+opt.zero_grad(set_to_none=True)
+with torch.cuda.graph(g):
+    y = m(x).sum()
+    y.backward()
+    opt.step()
+for _ in range(5):
+    g.replay()
+torch.cuda.synchronize()
+print("backend", torch.cuda.get_allocator_backend())
+print("replayed")
+"#;
+    let (ok, stdout, stderr) = run_python_with(
+        &python,
+        &server,
+        &["-c", script],
+        &[("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")],
+    );
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("backend cudaMallocAsync"), "{}", context());
+    assert!(stdout.contains("replayed"), "{}", context());
+    assert!(!stderr.contains("does not support"), "{}", context());
 }

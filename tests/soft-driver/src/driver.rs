@@ -209,6 +209,8 @@ struct Capture {
     ops: Vec<Op>,
     /// Capturing into this existing graph (`cuStreamBeginCaptureToGraph`).
     into: Option<u64>,
+    /// Stream-ordered allocations made in the capture: the graph's memory.
+    allocs: Vec<u64>,
     /// An operation the capture cannot hold was attempted: ending it fails.
     invalidated: bool,
 }
@@ -296,6 +298,10 @@ impl Op {
 struct GraphObj {
     ctx: u64,
     ops: Arc<Vec<Op>>,
+    /// Memory the graph allocated (stream-ordered allocations captured in
+    /// it), held too by the executable graphs made of it: it is freed when
+    /// the last of them goes (`graph_memory`).
+    memory: Vec<u64>,
     /// For an executable graph, the graph it was made from (whose nodes
     /// name its operations); for a graph, itself or 0.
     source: u64,
@@ -485,6 +491,11 @@ pub struct Driver {
     event_waits: HashSet<u64>,
     /// Every node's `CUgraphNodeType`.
     node_types: HashMap<u64, u32>,
+    /// Allocations that are graphs' memory (made in a capture), until freed
+    /// outside one or their graphs go.
+    graph_owned: HashSet<u64>,
+    /// Graph memory -> how many graphs and executable graphs hold it.
+    graph_memory: HashMap<u64, u32>,
     events: HashMap<u64, EventObj>,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
@@ -756,6 +767,8 @@ impl Driver {
             child_ops: HashMap::new(),
             event_waits: HashSet::new(),
             node_types: HashMap::new(),
+            graph_owned: HashSet::new(),
+            graph_memory: HashMap::new(),
             events: HashMap::new(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
@@ -904,6 +917,9 @@ impl Driver {
             self.devices[a.device].used -= a.charged;
         }
         self.ipc_forget_gone();
+        let allocs = &self.allocs;
+        self.graph_owned.retain(|p| allocs.get(*p).is_some());
+        self.graph_memory.retain(|p, _| allocs.get(*p).is_some());
         self.host_allocs.retain(|_, h| h.ctx != ctx);
         let devices = &mut self.devices;
         self.arrays.retain(|_, a| {
@@ -1401,10 +1417,19 @@ impl Driver {
     }
 
     /// `cuMemAllocAsync` (pool None: the device's current pool) and
-    /// `cuMemAllocFromPoolAsync`. Not in a capture in this double.
+    /// `cuMemAllocFromPoolAsync`. In a capture the memory is the graph's:
+    /// made now, and the same at every launch (a GPU maps it at the
+    /// allocation node), until the graph and its executables are gone.
     pub fn mem_alloc_async(&mut self, size: u64, pool: Option<u64>, stream: u64) -> CuResult<u64> {
         let ctx = self.stream_ctx(stream)?;
-        self.refuse_in_capture(stream)?;
+        if self.capture_of(stream).is_some() {
+            let ptr = self.allocate(ctx, size, AllocKind::Device)?;
+            self.graph_owned.insert(ptr);
+            if let Some(c) = self.capture_of(stream) {
+                c.allocs.push(ptr);
+            }
+            return Ok(ptr);
+        }
         let device = self.ctx_device(ctx);
         let pool = match pool {
             Some(p) => p,
@@ -1426,15 +1451,46 @@ impl Driver {
         Ok(ptr)
     }
 
+    /// `cuMemFreeAsync`. In a capture, of the graph's own memory: its free
+    /// node, which changes nothing here (the memory stays the graph's);
+    /// other memory cannot be freed in a capture in this double.
     pub fn mem_free_async(&mut self, dptr: u64, stream: u64) -> CuResult<()> {
         self.stream_ctx(stream)?;
+        if self.capture_of(stream).is_some() && self.graph_owned.contains(&dptr) {
+            return Ok(());
+        }
         self.refuse_in_capture(stream)?;
         match self.allocs.get(dptr) {
             Some(a) if a.kind == AllocKind::Device => {}
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         }
+        self.graph_owned.remove(&dptr);
         self.release(dptr);
         Ok(())
+    }
+
+    /// A graph or executable graph holds `memory`.
+    fn hold_graph_memory(&mut self, memory: &[u64]) {
+        for p in memory {
+            *self.graph_memory.entry(*p).or_insert(0) += 1;
+        }
+    }
+
+    /// A graph or executable graph went: memory no other holds goes too
+    /// (unless it was freed outside a graph before).
+    fn drop_graph_memory(&mut self, memory: Vec<u64>) {
+        for p in memory {
+            let Some(n) = self.graph_memory.get_mut(&p) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.graph_memory.remove(&p);
+                if self.graph_owned.remove(&p) {
+                    self.release(p);
+                }
+            }
+        }
     }
 
     pub fn mem_get_info(&self) -> CuResult<(u64, u64)> {
@@ -2539,6 +2595,7 @@ impl Driver {
             mode,
             ops: Vec::new(),
             into: None,
+            allocs: Vec::new(),
             invalidated: false,
         });
         Ok(())
@@ -2577,6 +2634,9 @@ impl Driver {
             }
         }
         if capture.invalidated {
+            // No graph holds what the capture allocated.
+            self.hold_graph_memory(&capture.allocs);
+            self.drop_graph_memory(capture.allocs);
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
         if let Some(g) = capture.into {
@@ -2590,6 +2650,8 @@ impl Driver {
             }
             let graph = self.graphs.get_mut(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
             Arc::make_mut(&mut graph.ops).extend(capture.ops);
+            graph.memory.extend(&capture.allocs);
+            self.hold_graph_memory(&capture.allocs);
             return Ok(g);
         }
         let h = self.handle();
@@ -2600,12 +2662,14 @@ impl Driver {
             self.node_ops.insert(node, at);
             self.node_types.insert(node, op.node_type());
         }
+        self.hold_graph_memory(&capture.allocs);
         self.graphs.insert(
             h,
             GraphObj {
                 ctx,
                 ops: Arc::new(capture.ops),
                 source: 0,
+                memory: capture.allocs,
             },
         );
         Ok(h)
@@ -2638,7 +2702,9 @@ impl Driver {
             ctx: g.ctx,
             ops: Arc::clone(&g.ops),
             source: graph,
+            memory: g.memory.clone(),
         };
+        self.hold_graph_memory(&exec.memory);
         self.healthy(exec.ctx)?;
         let h = self.handle();
         self.execs.insert(h, exec);
@@ -2730,7 +2796,9 @@ impl Driver {
     }
 
     pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
-        self.execs.remove(&exec).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+        let x = self.execs.remove(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.drop_graph_memory(x.memory);
+        Ok(())
     }
 
     // ----- stream memory operations -----
@@ -2801,6 +2869,7 @@ impl Driver {
                 ctx,
                 ops: Arc::new(Vec::new()),
                 source: h,
+                memory: Vec::new(),
             },
         );
         Ok(h)
@@ -3000,7 +3069,12 @@ impl Driver {
         if child == graph {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let ops = self.graphs.get(&child).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.to_vec();
+        let c = self.graphs.get(&child).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // A graph with memory nodes cannot be a child, as with the driver.
+        if !c.memory.is_empty() {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let ops = c.ops.to_vec();
         let node = self.add_node(graph, deps, None)?;
         let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let start = g.ops.len();
@@ -3091,7 +3165,9 @@ impl Driver {
         self.child_ops.retain(|n, _| nodes.contains_key(n));
         self.event_waits.retain(|n| nodes.contains_key(n));
         self.node_types.retain(|n, _| nodes.contains_key(n));
-        self.graphs.remove(&graph).map(drop).ok_or(CUDA_ERROR_INVALID_VALUE)
+        let g = self.graphs.remove(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.drop_graph_memory(g.memory);
+        Ok(())
     }
 
     // ----- occupancy -----
