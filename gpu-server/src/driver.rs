@@ -454,6 +454,8 @@ driver_api! {
     cuIpcGetMemHandle(handle: *mut IpcHandle, ptr: CUdeviceptr);
     cuIpcOpenMemHandle_v2(ptr: *mut CUdeviceptr, handle: IpcHandle, flags: u32);
     cuIpcCloseMemHandle(ptr: CUdeviceptr);
+    cuMemExportToShareableHandle(shareable: *mut c_void, handle: u64, handle_type: u32, flags: u64);
+    cuMemImportFromShareableHandle(handle: *mut u64, os_handle: *mut c_void, handle_type: u32);
     cuIpcGetEventHandle(handle: *mut IpcHandle, event: Ptr);
     cuIpcOpenEventHandle(event: *mut Ptr, handle: IpcHandle);
     cuMemGetInfo_v2(free: *mut usize, total: *mut usize);

@@ -35,6 +35,16 @@ const RUN_FILE: &str = "run";
 pub enum Kind {
     Memory = 1,
     Event = 2,
+    /// Physical memory (`cuMemExportToShareableHandle`): the entry holds
+    /// its size and device; the file descriptor itself is handed over by
+    /// the exporting worker ([`fd_socket_name`]).
+    Physical = 3,
+}
+
+/// The abstract Unix socket on which the worker of `session` hands over the
+/// file descriptors it exported, in the server run `run`.
+pub fn fd_socket_name(run: &[u8; 8], session: u64) -> String {
+    format!("gpupool-{}-{session}-fds", hex(run))
 }
 
 /// Why a handle cannot be opened here.
@@ -97,6 +107,17 @@ impl Registry {
             dir: dir.to_path_buf(),
             run,
         })
+    }
+
+    /// This server run's identity.
+    pub fn run(&self) -> &[u8; 8] {
+        &self.run
+    }
+
+    /// The secret a gpupool handle carries (after checking it is one of
+    /// this run's).
+    pub fn secret_of(&self, ours: &[u8]) -> Result<[u8; 16], OpenError> {
+        self.parse(ours).map(|(_, secret, _)| secret)
     }
 
     fn session_dir(&self, session: u64) -> PathBuf {
@@ -178,6 +199,7 @@ impl Registry {
         let kind = match ours[7] {
             1 => Kind::Memory,
             2 => Kind::Event,
+            3 => Kind::Physical,
             _ => return Err(OpenError::Foreign),
         };
         if ours[8..16] != self.run {

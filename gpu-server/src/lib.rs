@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod fdpass;
 pub mod images;
 pub mod inventory;
 pub mod ipc;

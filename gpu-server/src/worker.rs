@@ -782,6 +782,8 @@ impl<'d> Worker<'d> {
                 handle_types,
             } => to_reply(self.physical_create(device, size, handle_types)),
             R::MemRelease { handle } => to_reply(self.physical_release(handle)),
+            R::MemExport { handle } => to_reply(self.mem_export(handle)),
+            R::MemImport { token } => to_reply(self.mem_import(&token)),
             R::MemMap {
                 ctx,
                 ptr,
@@ -1703,6 +1705,7 @@ impl<'d> Worker<'d> {
         // mappings, if any, keep the memory until they are unmapped).
         unsafe { self.driver.cuMemRelease(handle) }?;
         self.tables.physical.remove(&handle);
+        self.ipc_forget_physical(handle);
         Ok(())
     }
 

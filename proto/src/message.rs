@@ -105,6 +105,14 @@ pub enum Request {
     GraphMemAttribute { device: i32, attr: i32, set: Option<u64> },
     /// sync: `cuDeviceGraphMemTrim`.
     GraphMemTrim { device: i32 },
+    /// sync -> `Reply::Bytes` (64): a handle another session of this server
+    /// can import for the session's physical memory `handle`
+    /// (`cuMemExportToShareableHandle` of a file descriptor).
+    MemExport { handle: Handle },
+    /// sync -> `Reply::Pair(handle, device)`: physical memory of another
+    /// session imported from the handle `MemExport` made
+    /// (`cuMemImportFromShareableHandle`).
+    MemImport { token: Vec<u8> },
     /// sync: `cuMemPoolTrimTo`.
     MemPoolTrimTo { pool: Handle, keep: u64 },
     /// sync -> `Reply::Pointer`: a range of virtual addresses

@@ -527,6 +527,10 @@ typedef CUresult (*PFN_cuMemAddressFree)(CUdeviceptr, size_t);
 typedef CUresult (*PFN_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
                                     unsigned long long);
 typedef CUresult (*PFN_cuMemRelease)(CUmemGenericAllocationHandle);
+typedef CUresult (*PFN_cuMemExportToShareableHandle)(void *, CUmemGenericAllocationHandle, int, unsigned long long);
+typedef CUresult (*PFN_cuMemImportFromShareableHandle)(CUmemGenericAllocationHandle *, void *, int);
+#define CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR 1
+#define CU_MEM_HANDLE_TYPE_FABRIC 8
 typedef CUresult (*PFN_cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
 typedef CUresult (*PFN_cuMemUnmap)(CUdeviceptr, size_t);
 typedef CUresult (*PFN_cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);

@@ -39,6 +39,9 @@
  *                          program again, `ipc-child`): it reads what a kernel here
  *                          wrote, waits for the event, writes back through the
  *                          opened memory; handles of freed memory are refused
+ *   driver_check vmm-ipc   physical memory exported as a file descriptor
+ *                          (cuMemExportToShareableHandle) and mapped by a second
+ *                          process (`vmm-ipc-child`), which reads and writes it
  *   driver_check ipc-hold  share memory, print `HANDLE <hex>` and HOLDING, wait
  *   driver_check ipc-refused HEX CODE  opening the memory handle HEX gives CODE
  *   driver_check hostnodes host nodes of graphs (cuLaunchHostFunc in a capture,
@@ -51,6 +54,7 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -2604,6 +2608,95 @@ int main(int argc, char **argv) {
         CHECK(cuMemAddressFree(va, 4 * g));
         free(host);
         printf("OK vmm granularity %zu\n", g);
+    } else if (!strcmp(mode, "vmm-ipc") || !strcmp(mode, "vmm-ipc-child")) {
+        GET(cuMemAddressReserve, 10020);
+        GET(cuMemAddressFree, 10020);
+        GET(cuMemCreate, 10020);
+        GET(cuMemRelease, 10020);
+        GET(cuMemMap, 10020);
+        GET(cuMemUnmap, 10020);
+        GET(cuMemSetAccess, 10020);
+        GET(cuMemGetAllocationGranularity, 10020);
+        GET(cuMemExportToShareableHandle, 10020);
+        GET(cuMemImportFromShareableHandle, 10020);
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof prop);
+        prop.type = 1;
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        prop.location.type = 1;
+        prop.location.id = dev;
+        size_t g = 0;
+        CHECK(cuMemGetAllocationGranularity(&g, &prop, 0));
+        const unsigned n = (unsigned)(g / sizeof(float));
+        float *host = malloc(g);
+        CUmemGenericAllocationHandle h;
+        int child = !strcmp(mode, "vmm-ipc-child");
+        int fd = -1;
+        if (child) {
+            EXPECT(argc == 3, "usage: vmm-ipc-child FD");
+            fd = atoi(argv[2]);
+            CHECK(cuMemImportFromShareableHandle(&h, (void *)(long)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR));
+            close(fd);
+        } else {
+            CHECK(cuMemCreate(&h, g, &prop, 0));
+        }
+        CUdeviceptr va;
+        CHECK(cuMemAddressReserve(&va, g, 0, 0, 0));
+        CHECK(cuMemMap(va, g, 0, h, 0));
+        CUmemAccessDesc access = {{1, dev}, 3};
+        CHECK(cuMemSetAccess(va, g, &access, 1));
+        if (child) {
+            CHECK(cuMemcpyDtoH(host, va, g));
+            for (unsigned i = 0; i < n; i++) EXPECT(host[i] == (float)(i % 1000), "imported[%u] = %g", i, host[i]);
+            float three = 3.0f;
+            int count = (int)n;
+            void *args[] = {&va, &three, &count};
+            CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+            CHECK(cuCtxSynchronize());
+            printf("OK vmm-ipc-child\n");
+        } else {
+            for (unsigned i = 0; i < n; i++) host[i] = (float)(i % 1000);
+            CHECK(cuMemcpyHtoD(va, host, g));
+            /* Memory made without the handle type has no descriptor; other
+             * handle types do not cross machines. */
+            CUmemAllocationProp plain = prop;
+            plain.requestedHandleTypes = 0;
+            CUmemGenericAllocationHandle hp;
+            CHECK(cuMemCreate(&hp, g, &plain, 0));
+            int bad = -1;
+            EXPECT(cuMemExportToShareableHandle(&bad, hp, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0) != CUDA_SUCCESS,
+                   "memory made without a handle type was exported");
+            CHECK(cuMemRelease(hp));
+            char fabric[64];
+            EXPECT(cuMemExportToShareableHandle(fabric, h, CU_MEM_HANDLE_TYPE_FABRIC, 0) != CUDA_SUCCESS,
+                   "a fabric handle was exported");
+            /* A descriptor of something else imports nothing. */
+            int pipefd[2];
+            EXPECT(pipe(pipefd) == 0, "pipe");
+            CUmemGenericAllocationHandle junk;
+            EXPECT(cuMemImportFromShareableHandle(&junk, (void *)(long)pipefd[0], CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) !=
+                       CUDA_SUCCESS,
+                   "a pipe was imported as memory");
+            close(pipefd[0]);
+            close(pipefd[1]);
+            CHECK(cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0));
+            /* Handed to the child by inheritance. */
+            EXPECT(fcntl(fd, F_SETFD, 0) == 0, "fcntl");
+            char fdtext[16];
+            snprintf(fdtext, sizeof fdtext, "%d", fd);
+            char *args[] = {"driver_check", "vmm-ipc-child", fdtext, NULL};
+            int status = run_self(args);
+            EXPECT(status == 0, "the vmm-ipc child failed with status %d", status);
+            close(fd);
+            CHECK(cuMemcpyDtoH(host, va, g));
+            for (unsigned i = 0; i < n; i++)
+                EXPECT(host[i] == 3.0f * (float)(i % 1000), "after the child: [%u] = %g", i, host[i]);
+            printf("OK vmm-ipc granularity %zu\n", g);
+        }
+        CHECK(cuMemUnmap(va, g));
+        CHECK(cuMemRelease(h));
+        CHECK(cuMemAddressFree(va, g));
+        free(host);
     } else if (!strcmp(mode, "hostnodes")) {
         GET(cuLaunchHostFunc, 10000);
         GET(cuGraphCreate, 10000);

@@ -264,6 +264,19 @@ fn memory_and_events_are_shared_between_sessions_of_one_server() {
     }
 }
 
+/// Physical memory exported as a file descriptor (as PyTorch's expandable
+/// segments share it) is mapped by another process, another session of the
+/// server, which reads it and writes it; the first sees the write.
+#[test]
+fn physical_memory_travels_as_a_file_descriptor_between_sessions() {
+    let server = Server::start();
+    for url in both(&server) {
+        let out = driver_check(&url, &["vmm-ipc"]);
+        assert!(out.contains("OK vmm-ipc-child"), "{url}: {out}");
+        assert!(out.contains("OK vmm-ipc granularity"), "{url}: {out}");
+    }
+}
+
 /// An IPC handle opens on the server that made it, in any session there,
 /// while its session lives; another server (or the same one after the
 /// session ended) refuses it, telling which.

@@ -313,7 +313,9 @@ fn pytorch_cuda_graph_replays_cost_one_streamed_message() {
 /// `torch.multiprocessing` hands a CUDA tensor to a spawned process (its
 /// own session of the server): the child reads it, writes into it, and the
 /// parent sees the write. PyTorch shares the caching allocator's block with
-/// `cudaIpcGetMemHandle` and orders it with an interprocess event.
+/// `cudaIpcGetMemHandle` and orders it with an interprocess event; with
+/// expandable segments it shares the segment's physical memory as a file
+/// descriptor (`cuMemExportToShareableHandle`).
 #[test]
 fn pytorch_shares_a_cuda_tensor_with_another_process() {
     let Some(python) = python() else { return };
@@ -349,13 +351,20 @@ if __name__ == "__main__":
 "#,
     )
     .expect("write the script");
-    let (ok, stdout, stderr) = run_python(&python, &server, &[script.to_str().unwrap()]);
-    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
-    assert!(ok, "{}", context());
-    assert!(stdout.contains("child sum 499500.0"), "{}", context());
-    assert!(stdout.contains("child written"), "{}", context());
-    assert!(stdout.contains("parent sees 2000.0"), "{}", context());
-    assert!(stdout.contains("exit 0"), "{}", context());
+    for conf in ["", "expandable_segments:True"] {
+        let (ok, stdout, stderr) = run_python_with(
+            &python,
+            &server,
+            &[script.to_str().unwrap()],
+            &[("PYTORCH_CUDA_ALLOC_CONF", conf)],
+        );
+        let context = || format!("{conf}: stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+        assert!(ok, "{}", context());
+        assert!(stdout.contains("child sum 499500.0"), "{}", context());
+        assert!(stdout.contains("child written"), "{}", context());
+        assert!(stdout.contains("parent sees 2000.0"), "{}", context());
+        assert!(stdout.contains("exit 0"), "{}", context());
+    }
 }
 
 /// A CUDA graph under PyTorch's `cudaMallocAsync` allocator backend: its

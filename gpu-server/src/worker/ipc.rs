@@ -11,6 +11,7 @@ use super::*;
 use crate::driver::IpcHandle;
 use crate::ipc::{Kind, OpenError};
 use gpupool_proto::message::IPC_HANDLE_LEN;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`, the only flag.
 const IPC_LAZY_ENABLE_PEER_ACCESS: u32 = 1;
@@ -30,7 +31,21 @@ pub(super) struct Shared {
     opened: HashMap<u64, u32>,
     /// Events of other sessions opened here (they go with `EventDestroy`).
     opened_events: HashSet<Handle>,
+    /// Physical memory exported as a file descriptor: handle -> the handle
+    /// the client got.
+    physical: HashMap<Handle, [u8; IPC_HANDLE_LEN]>,
+    /// The exported descriptors by their handles' secrets, which this
+    /// worker's socket hands over (`crate::fdpass`); started at the first
+    /// export.
+    fds: Option<FdTable>,
 }
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
+
+/// Exported descriptors by their handles' secrets, shared with the thread
+/// that hands them over.
+type FdTable = Arc<Mutex<HashMap<[u8; 16], OwnedFd>>>;
 
 fn open_error(e: &OpenError) -> Status {
     match e {
@@ -210,6 +225,112 @@ impl Worker<'_> {
             }
             self.shared.opened.remove(&p);
             self.tables.memory.remove(&p);
+        }
+    }
+
+    /// The descriptors this worker hands over, its socket started at the
+    /// first call.
+    fn fd_table(&mut self) -> DriverResult<FdTable> {
+        if let Some(t) = &self.shared.fds {
+            return Ok(Arc::clone(t));
+        }
+        let name = crate::ipc::fd_socket_name(self.registry()?.run(), self.session_id);
+        let listener = crate::fdpass::listen(&name).map_err(|e| {
+            tracing::warn!("cannot listen for IPC descriptors on {name}: {e}");
+            NOT_SUPPORTED
+        })?;
+        let table = FdTable::default();
+        let served = Arc::clone(&table);
+        std::thread::Builder::new()
+            .name("ipc-fds".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    // The table is locked only to look up, never while the
+                    // other side is waited for.
+                    let _ = crate::fdpass::answer(conn, |key| {
+                        let t = served.lock().unwrap_or_else(|p| p.into_inner());
+                        t.get(key).and_then(|f| f.try_clone().ok())
+                    });
+                }
+            })
+            .map_err(|_| NOT_SUPPORTED)?;
+        self.shared.fds = Some(Arc::clone(&table));
+        Ok(table)
+    }
+
+    /// `cuMemExportToShareableHandle` (a file descriptor) of the session's
+    /// physical memory `handle`: gpupool's handle, which names its size and
+    /// device; the descriptor stays here, for the importing worker to fetch.
+    pub(super) fn mem_export(&mut self, handle: Handle) -> DriverResult<Reply> {
+        let (size, device) = *self.tables.physical.get(&handle).ok_or(INVALID_VALUE)?;
+        if let Some(h) = self.shared.physical.get(&handle) {
+            return Ok(Reply::Bytes(h.to_vec()));
+        }
+        let table = self.fd_table()?;
+        let mut fd: i32 = -1;
+        // SAFETY: the handle is physical memory of this client; the driver
+        // writes a descriptor into fd.
+        unsafe {
+            self.driver
+                .cuMemExportToShareableHandle((&mut fd as *mut i32).cast(), handle, HANDLE_TYPE_POSIX_FD, 0)
+        }?;
+        // SAFETY: the driver just made this descriptor for us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut entry = IpcHandle { reserved: [0; 64] };
+        entry.reserved[..8].copy_from_slice(&size.to_le_bytes());
+        entry.reserved[8..12].copy_from_slice(&device.to_le_bytes());
+        let ours = self.file(Kind::Physical, &entry)?;
+        let secret = self.registry()?.secret_of(&ours).map_err(|_| INVALID_VALUE)?;
+        table.lock().unwrap_or_else(|p| p.into_inner()).insert(secret, fd);
+        self.shared.physical.insert(handle, ours);
+        Ok(Reply::Bytes(ours.to_vec()))
+    }
+
+    /// `cuMemImportFromShareableHandle` of gpupool's handle `ours`: the
+    /// descriptor fetched from the exporting worker, imported by the
+    /// driver; the new handle is the session's physical memory.
+    pub(super) fn mem_import(&mut self, ours: &[u8]) -> DriverResult<Reply> {
+        let (exporter, entry) = self.find(ours, Kind::Physical)?;
+        let registry = self.registry()?;
+        let secret = registry.secret_of(ours).map_err(|_| INVALID_VALUE)?;
+        let name = crate::ipc::fd_socket_name(registry.run(), exporter);
+        let fd = match crate::fdpass::fetch(&name, &secret) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Err(INVALID_HANDLE),
+            Err(e) => {
+                tracing::warn!(exporter, "cannot fetch an exported descriptor: {e}");
+                return Err(INVALID_HANDLE);
+            }
+        };
+        let size = u64::from_le_bytes(entry.reserved[..8].try_into().expect("8 bytes"));
+        let device = i32::from_le_bytes(entry.reserved[8..12].try_into().expect("4 bytes"));
+        let mut h = 0u64;
+        // SAFETY: fd is a descriptor the driver exported for a session of
+        // this server, open here; h is writable. The driver keeps what it
+        // needs; the descriptor is closed after.
+        unsafe {
+            self.driver.cuMemImportFromShareableHandle(
+                &mut h,
+                fd.as_raw_fd() as usize as *mut c_void,
+                HANDLE_TYPE_POSIX_FD,
+            )
+        }?;
+        drop(fd);
+        self.tables.physical.insert(h, (size, device));
+        Ok(Reply::Pair(h as i64, device as i64))
+    }
+
+    /// Physical memory `handle` is being released: its handle names
+    /// nothing now.
+    pub(super) fn ipc_forget_physical(&mut self, handle: Handle) {
+        let Some(h) = self.shared.physical.remove(&handle) else {
+            return;
+        };
+        if let Some(r) = &self.ipc {
+            if let (Ok(secret), Some(t)) = (r.secret_of(&h), &self.shared.fds) {
+                t.lock().unwrap_or_else(|p| p.into_inner()).remove(&secret);
+            }
+            r.withdraw(&h);
         }
     }
 

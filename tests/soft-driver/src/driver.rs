@@ -524,7 +524,15 @@ struct Physical {
     fd: std::os::fd::OwnedFd,
     size: u64,
     device: usize,
+    /// `CUmemAllocationHandleType`s it may be exported as.
+    handle_types: u32,
+    /// Imported from another process (`cuMemImportFromShareableHandle`):
+    /// charged there, not here.
+    imported: bool,
 }
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
 
 /// A memory pool. Frees take effect at once here (work runs at enqueue), so
 /// the memory a pool holds is what is in use.
@@ -1193,9 +1201,12 @@ impl Driver {
 
     /// `cuMemCreate` of pinned device memory, `size` a multiple of the
     /// granularity.
-    pub fn mem_create(&mut self, size: u64, alloc_type: u32, location: (u32, i32)) -> CuResult<u64> {
+    pub fn mem_create(&mut self, size: u64, alloc_type: u32, location: (u32, i32), handle_types: u32) -> CuResult<u64> {
         if alloc_type != 1 || location.0 != 1 || size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
             return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if handle_types & !HANDLE_TYPE_POSIX_FD != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         let device = self.device(location.1)?;
         let dv = &self.devices[device];
@@ -1216,15 +1227,68 @@ impl Driver {
         }
         self.devices[device].used += size;
         let h = self.handle();
-        self.physical.insert(h, Physical { fd, size, device });
+        self.physical.insert(
+            h,
+            Physical {
+                fd,
+                size,
+                device,
+                handle_types,
+                imported: false,
+            },
+        );
         Ok(h)
     }
 
     /// `cuMemRelease`: mappings of the memory keep it until they go.
     pub fn mem_release(&mut self, handle: u64) -> CuResult<()> {
         let p = self.physical.remove(&handle).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        self.devices[p.device].used -= p.size;
+        if !p.imported {
+            self.devices[p.device].used -= p.size;
+        }
         Ok(())
+    }
+
+    /// `cuMemExportToShareableHandle` as a file descriptor (the caller's to
+    /// close): the memory file itself, for memory made exportable so.
+    pub fn mem_export_fd(&mut self, handle: u64, handle_type: u32) -> CuResult<i32> {
+        let p = self.physical.get(&handle).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if p.handle_types & HANDLE_TYPE_POSIX_FD == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let fd = p.fd.try_clone().map_err(|_| CUDA_ERROR_OUT_OF_MEMORY)?;
+        Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    }
+
+    /// `cuMemImportFromShareableHandle` of a descriptor another process's
+    /// `mem_export_fd` made (the caller keeps its descriptor).
+    pub fn mem_import_fd(&mut self, fd: i32, handle_type: u32) -> CuResult<u64> {
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        // SAFETY: only borrowed, to duplicate; a bad descriptor fails below.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let fd = borrowed.try_clone_to_owned().map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let file = std::fs::File::from(fd);
+        let size = file.metadata().map_err(|_| CUDA_ERROR_INVALID_VALUE)?.len();
+        if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = self.handle();
+        self.physical.insert(
+            h,
+            Physical {
+                fd: file.into(),
+                size,
+                device: 0,
+                handle_types: HANDLE_TYPE_POSIX_FD,
+                imported: true,
+            },
+        );
+        Ok(h)
     }
 
     /// `cuMemMap`: every figure a multiple of the granularity; the range

@@ -897,8 +897,47 @@ pub unsafe extern "C" fn cuMemCreate(
         // SAFETY: `prop` is non-null and points at a CUmemAllocationProp,
         // whose leading fields are these (API contract).
         let p = unsafe { &*prop };
-        let h = driver::with(|d| d.mem_create(size as u64, p.alloc_type, (p.location_type, p.location_id)))?;
+        let h = driver::with(|d| {
+            d.mem_create(
+                size as u64,
+                p.alloc_type,
+                (p.location_type, p.location_id),
+                p.requested_handle_types,
+            )
+        })?;
         // SAFETY: `handle` is non-null and valid for writes (API contract).
+        unsafe { out(handle, h) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemExportToShareableHandle(
+    shareable: *mut c_void,
+    handle: u64,
+    handle_type: u32,
+    flags: u64,
+) -> CUresult {
+    ffi(|| {
+        need(shareable)?;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let fd = driver::with(|d| d.mem_export_fd(handle, handle_type))?;
+        // SAFETY: for a file descriptor the handle is an int (API contract).
+        unsafe { out(shareable.cast::<i32>(), fd) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemImportFromShareableHandle(
+    handle: *mut u64,
+    os_handle: *mut c_void,
+    handle_type: u32,
+) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        let h = driver::with(|d| d.mem_import_fd(os_handle as usize as i32, handle_type))?;
+        // SAFETY: non-null and valid for writes (API contract).
         unsafe { out(handle, h) }
     })
 }

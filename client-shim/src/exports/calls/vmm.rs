@@ -184,3 +184,92 @@ pub unsafe fn mem_get_access(flags: *mut u64, location: *const c_void, ptr: CUde
     let rw = l.kind == super::pools::LOCATION_DEVICE && l.id == range.device;
     unsafe { out(flags, if rw { 3 } else { 0 }) }
 }
+
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
+
+/// `cuMemExportToShareableHandle` as a file descriptor, as PyTorch's
+/// expandable segments share memory between processes: the server's
+/// worker keeps the driver's descriptor and answers gpupool's handle for
+/// it; the program gets a descriptor of its own, a small memory file
+/// holding that handle, to pass on as it would the driver's (inherited,
+/// over a Unix socket, or fetched with `pidfd_getfd`). Other handle types
+/// cannot travel and answer `CUDA_ERROR_NOT_SUPPORTED`.
+pub unsafe fn mem_export_to_shareable_handle(
+    shareable: *mut c_void,
+    handle: u64,
+    handle_type: u32,
+    flags: u64,
+) -> CuResult {
+    let s = shim()?;
+    if shareable.is_null() || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if handle_type != HANDLE_TYPE_POSIX_FD {
+        tracing::warn!(handle_type, "only file descriptors are offered as shareable handles");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    if !read(&s.physical).contains_key(&handle) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let token = match s.remote.call(&Request::MemExport { handle }, &[])? {
+        Reply::Bytes(b) if b.len() == gpupool_proto::message::IPC_HANDLE_LEN => b,
+        _ => return Err(CuError::UNKNOWN),
+    };
+    let fd = token_file(&token).map_err(|e| {
+        tracing::warn!("cannot make the shareable handle's file: {e}");
+        CuError::OUT_OF_MEMORY
+    })?;
+    // SAFETY: for a file descriptor the shareable handle is an int (API
+    // contract); checked not to be null.
+    unsafe { out(shareable.cast::<i32>(), std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+/// A memory file holding `token`, closed on exec as the driver's are.
+fn token_file(token: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags.
+    let fd = unsafe { libc::memfd_create(c"gpupool-shareable".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just made and is owned here alone.
+    let mut file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    file.write_all(token)?;
+    Ok(file.into())
+}
+
+/// `cuMemImportFromShareableHandle` of a descriptor that
+/// `cuMemExportToShareableHandle` made (here or in another process of a
+/// session of the same server): the handle is read from it, and the
+/// server's worker imports the memory from the exporting worker.
+pub unsafe fn mem_import_from_shareable_handle(handle: *mut u64, os_handle: *mut c_void, handle_type: u32) -> CuResult {
+    let s = shim()?;
+    if handle.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if handle_type != HANDLE_TYPE_POSIX_FD {
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let fd = os_handle as usize as i32;
+    let mut token = vec![0u8; gpupool_proto::message::IPC_HANDLE_LEN + 1];
+    // SAFETY: reads into the local buffer from the program's descriptor
+    // (its offset untouched); a bad descriptor fails.
+    let n = unsafe { libc::pread(fd, token.as_mut_ptr().cast(), token.len(), 0) };
+    if n != gpupool_proto::message::IPC_HANDLE_LEN as isize {
+        // Not a handle gpupool made (the driver's of another machine, or
+        // any other file).
+        return Err(CuError::INVALID_VALUE);
+    }
+    token.truncate(gpupool_proto::message::IPC_HANDLE_LEN);
+    match s.remote.call(&Request::MemImport { token }, &[])? {
+        Reply::Pair(h, device) => {
+            let h = h as u64;
+            write(&s.physical).insert(h, device as i32);
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(handle, h) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
