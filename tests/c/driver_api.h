@@ -209,6 +209,9 @@ typedef CUresult (*PFN_cuModuleUnload)(CUmodule);
 typedef CUresult (*PFN_cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
 typedef CUresult (*PFN_cuFuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *);
 typedef CUresult (*PFN_cuLibraryLoadData)(CUlibrary *, const void *, void *, void *, unsigned, void *, void *, unsigned);
+typedef CUresult (*PFN_cuLibraryLoadFromFile)(CUlibrary *, const char *, void *, void *, unsigned, void *, void *, unsigned);
+typedef CUresult (*PFN_cuModuleLoad)(CUmodule *, const char *);
+#define CUDA_ERROR_FILE_NOT_FOUND 301
 typedef CUresult (*PFN_cuLibraryUnload)(CUlibrary);
 typedef CUresult (*PFN_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
 typedef CUresult (*PFN_cuLibraryGetKernel)(CUkernel *, CUlibrary, const char *);

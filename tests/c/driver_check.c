@@ -762,6 +762,41 @@ int main(int argc, char **argv) {
         EXPECT(r == CUDA_ERROR_INVALID_DEVICE, "kernel cache preference on device 99 gave %d", r);
         CHECK(cuCtxGetSharedMemConfig(&pref));
         EXPECT(pref == CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE, "shared memory bank config %d", pref);
+        /* Code from a file, as torch.compile's kernels load: cuModuleLoad
+         * and cuLibraryLoadFromFile of the same PTX, written out. */
+        {
+            GET(cuModuleLoad, 2000);
+            GET(cuLibraryLoadFromFile, 12000);
+            char path[] = "/tmp/gpupool-kernels-XXXXXX";
+            int fd = mkstemp(path);
+            EXPECT(fd >= 0, "mkstemp");
+            size_t len = strlen(KERNELS_PTX);
+            EXPECT(write(fd, KERNELS_PTX, len) == (ssize_t)len, "write the PTX file");
+            close(fd);
+            CUmodule fm;
+            CHECK(cuModuleLoad(&fm, path));
+            CUfunction fadd;
+            CHECK(cuModuleGetFunction(&fadd, fm, "gp_vector_add"));
+            CUlibrary fl;
+            CHECK(cuLibraryLoadFromFile(&fl, path, NULL, NULL, 0, NULL, NULL, 0));
+            CUkernel kfile;
+            CHECK(cuLibraryGetKernel(&kfile, fl, "gp_scale"));
+            unlink(path);
+            CHECK(cuMemcpyHtoD(da, a, bytes));
+            int fn_ = n;
+            void *fargs[] = {&da, &da, &dc, &fn_};
+            CHECK(cuLaunchKernel(fadd, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, fargs, NULL));
+            float half = 0.5f;
+            void *hargs[] = {&dc, &half, &fn_};
+            CHECK(cuLaunchKernel((CUfunction)kfile, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, hargs, NULL));
+            CHECK(cuMemcpyDtoH(c, dc, bytes));
+            for (int i = 0; i < n; i++) EXPECT(c[i] == a[i], "from files: c[%d] = %f, want %f", i, c[i], a[i]);
+            CUmodule none;
+            CUresult r = cuModuleLoad(&none, "/nonexistent/gpupool-kernels.ptx");
+            EXPECT(r == CUDA_ERROR_FILE_NOT_FOUND, "loading a missing file gave %d", r);
+            CHECK(cuLibraryUnload(fl));
+            CHECK(cuModuleUnload(fm));
+        }
         CHECK(cuLibraryUnload(l));
         CHECK(cuMemFree(da));
         CHECK(cuMemFree(dc));

@@ -411,3 +411,44 @@ print("replayed")
     assert!(stdout.contains("replayed"), "{}", context());
     assert!(!stderr.contains("does not support"), "{}", context());
 }
+
+/// `torch.compile` through gpupool: Inductor compiles Triton kernels on the
+/// client (the client has no GPU; Triton asks the remote device's
+/// attributes) and loads each from the cubin file it wrote
+/// (`cuModuleLoad`), which the shim reads and ships like any image. The
+/// software driver skips the kernels (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`).
+#[test]
+fn pytorch_compile_loads_its_kernels_through_gpupool() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let cache = scratch_dir().join("inductor-cache");
+    let script = r#"
+import torch
+@torch.compile
+def f(x, y):
+    return torch.sin(x) * y + 1
+x = torch.randn(1024, device="cuda")
+y = torch.randn(1024, device="cuda")
+z = f(x, y)
+torch.cuda.synchronize()
+print("compiled", tuple(z.shape), z.device.type)
+"#;
+    let (ok, stdout, stderr) = run_python_with(
+        &python,
+        &server,
+        &["-c", script],
+        &[
+            ("TORCHINDUCTOR_CACHE_DIR", cache.to_str().unwrap()),
+            ("TRITON_DEFAULT_FP_FUSION", "1"),
+        ],
+    );
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("compiled (1024,) cuda"), "{}", context());
+    assert!(!stderr.contains("does not support"), "{}", context());
+    assert!(
+        stderr.lines().any(|l| l.starts_with("cuModuleLoad ")),
+        "the kernel was not loaded from its file: {}",
+        context()
+    );
+}

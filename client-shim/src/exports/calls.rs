@@ -865,6 +865,56 @@ pub unsafe fn module_load_fat_binary(module: *mut CUmodule, image: *const c_void
     unsafe { load_module(module, image) }
 }
 
+/// A code image from a file of the program's (PTX, cubin or fat binary),
+/// with a NUL after it: PTX files are text without one, and the other
+/// forms say their own length.
+unsafe fn image_file(path: *const c_char) -> CuResult<Vec<u8>> {
+    let path = unsafe { c_string(path)? };
+    let mut bytes = std::fs::read(&path).map_err(|e| {
+        tracing::debug!("cannot read the code image {path}: {e}");
+        CuError::FILE_NOT_FOUND
+    })?;
+    if bytes.is_empty() {
+        return Err(CuError::INVALID_IMAGE);
+    }
+    bytes.push(0);
+    Ok(bytes)
+}
+
+/// `cuModuleLoad`: the file is the program's, so the shim reads it and
+/// loads it as `cuModuleLoadData` does (Inductor's kernels of
+/// `torch.compile` are loaded so, from the cubins it writes).
+pub unsafe fn module_load(module: *mut CUmodule, path: *const c_char) -> CuResult {
+    let image = unsafe { image_file(path)? };
+    unsafe { load_module(module, image.as_ptr().cast()) }
+}
+
+/// `cuLibraryLoadFromFile`: as `cuLibraryLoadData` of the file's bytes.
+pub unsafe fn library_load_from_file(
+    library: *mut CUlibrary,
+    path: *const c_char,
+    jit_options: *mut i32,
+    jit_values: *mut *mut c_void,
+    num_jit: u32,
+    library_options: *mut i32,
+    library_values: *mut *mut c_void,
+    num_library: u32,
+) -> CuResult {
+    let image = unsafe { image_file(path)? };
+    unsafe {
+        library_load_data(
+            library,
+            image.as_ptr().cast(),
+            jit_options,
+            jit_values,
+            num_jit,
+            library_options,
+            library_values,
+            num_library,
+        )
+    }
+}
+
 pub unsafe fn module_unload(module: CUmodule) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
