@@ -214,6 +214,8 @@ typedef CUresult (*PFN_cuModuleLoad)(CUmodule *, const char *);
 #define CUDA_ERROR_FILE_NOT_FOUND 301
 typedef CUresult (*PFN_cuLibraryUnload)(CUlibrary);
 typedef CUresult (*PFN_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
+typedef size_t (*CUoccupancyB2DSize)(int);
+typedef CUresult (*PFN_cuOccupancyMaxPotentialBlockSize)(int *, int *, CUfunction, CUoccupancyB2DSize, size_t, int);
 typedef CUresult (*PFN_cuLibraryGetKernel)(CUkernel *, CUlibrary, const char *);
 typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
 typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);

@@ -122,6 +122,19 @@ static void host_slow_fn(void *p) {
     host_slow_done = 1;
 }
 
+/* The `library` mode: dynamic shared memory for a block size, none or 8
+ * bytes a thread; counts its calls. */
+static int smem_calls;
+static size_t smem_none(int block) {
+    (void)block;
+    smem_calls++;
+    return 0;
+}
+static size_t smem_8_per_thread(int block) {
+    smem_calls++;
+    return (size_t)block * 8;
+}
+
 /* The `ipc` modes: handles travel between processes as hex text. */
 static void to_hex(const void *bytes, size_t n, char *out) {
     const unsigned char *b = bytes;
@@ -762,6 +775,21 @@ int main(int argc, char **argv) {
         EXPECT(r == CUDA_ERROR_INVALID_DEVICE, "kernel cache preference on device 99 gave %d", r);
         CHECK(cuCtxGetSharedMemConfig(&pref));
         EXPECT(pref == CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE, "shared memory bank config %d", pref);
+        /* The occupancy calculator with a shared-memory callback (numba
+         * passes one): with none needed it agrees with the plain form; with
+         * 8 bytes a thread, the block it picks fits in the 4 KiB of dynamic
+         * shared memory the function was allowed above. */
+        {
+            GET(cuOccupancyMaxPotentialBlockSize, 6050);
+            int g0 = 0, b0 = 0, g1 = 0, b1 = 0, g2 = 0, b2 = 0;
+            CHECK(cuOccupancyMaxPotentialBlockSize(&g0, &b0, fscale, NULL, 0, 0));
+            CHECK(cuOccupancyMaxPotentialBlockSize(&g1, &b1, fscale, smem_none, 0, 0));
+            EXPECT(smem_calls > 0 && g1 == g0 && b1 == b0, "with a callback of none: %d x %d, without: %d x %d", g1, b1,
+                   g0, b0);
+            CHECK(cuOccupancyMaxPotentialBlockSize(&g2, &b2, fscale, smem_8_per_thread, 0, 0));
+            EXPECT(b2 > 0 && b2 % 32 == 0 && (size_t)b2 * 8 <= 4096 && g2 > 0,
+                   "with 8 bytes a thread: %d blocks of %d", g2, b2);
+        }
         /* Code from a file, as torch.compile's kernels load: cuModuleLoad
          * and cuLibraryLoadFromFile of the same PTX, written out. */
         {

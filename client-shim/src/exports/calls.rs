@@ -2927,9 +2927,14 @@ pub unsafe fn occupancy_max_potential_block_size_with_flags(
         return Err(CuError::INVALID_VALUE);
     }
     if !smem_callback.is_null() {
-        // The callback is code in this process; the server cannot call it.
-        tracing::warn!("cuOccupancyMaxPotentialBlockSize with a shared-memory callback is not supported remotely");
-        return Err(CuError::NOT_SUPPORTED);
+        // SAFETY: the program passes a `CUoccupancyB2DSize`, a C function
+        // of the block size; checked not to be null.
+        let callback = unsafe { std::mem::transmute::<*const c_void, SmemForBlock>(smem_callback) };
+        let (grid, block) = potential_block_size_with(function, callback, block_size_limit, flags)?;
+        return unsafe {
+            out(min_grid, grid)?;
+            out(block_size, block)
+        };
     }
     let q = OccupancyQuery::MaxPotentialBlockSize {
         dynamic_smem: dynamic_smem as u64,
@@ -2943,6 +2948,65 @@ pub unsafe fn occupancy_max_potential_block_size_with_flags(
         },
         _ => Err(CuError::UNKNOWN),
     }
+}
+
+/// `CUoccupancyB2DSize`: the dynamic shared memory a block of so many
+/// threads uses.
+type SmemForBlock = unsafe extern "C" fn(i32) -> usize;
+
+/// `CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK`; the device's maximum threads
+/// per block and per multiprocessor, and its multiprocessor count.
+const FUNC_MAX_THREADS_PER_BLOCK: i32 = 0;
+const DEVICE_MAX_THREADS_PER_BLOCK: i32 = 1;
+const DEVICE_MAX_THREADS_PER_SM: i32 = 39;
+const DEVICE_SM_COUNT: i32 = 16;
+const WARP: i32 = 32;
+
+/// The block size of most resident threads when a block of `b` threads
+/// uses `callback(b)` bytes of dynamic shared memory: the occupancy
+/// calculator's search (block sizes from the largest allowed down, in
+/// warps, stopping at full occupancy), run here because the callback is
+/// the program's code. Each size tried asks the server's occupancy once
+/// (the answers are kept).
+fn potential_block_size_with(
+    function: CUfunction,
+    callback: SmemForBlock,
+    limit: i32,
+    flags: u32,
+) -> CuResult<(i32, i32)> {
+    let s = shim()?;
+    let (_, device) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    let mut func_max = 0;
+    // SAFETY: a local slot; the function is the program's.
+    unsafe { func_get_attribute(&mut func_max, FUNC_MAX_THREADS_PER_BLOCK, function) }?;
+    let mut max_block = func_max.min(s.attribute(device, DEVICE_MAX_THREADS_PER_BLOCK)?);
+    if limit > 0 {
+        max_block = max_block.min(limit);
+    }
+    let per_sm = s.attribute(device, DEVICE_MAX_THREADS_PER_SM)?;
+    let sms = s.attribute(device, DEVICE_SM_COUNT)?;
+    let (mut best_threads, mut best_block, mut best_blocks) = (0i64, 0i32, 0i32);
+    let mut aligned = (max_block + WARP - 1) / WARP * WARP;
+    while aligned > 0 {
+        let block = aligned.min(max_block);
+        // SAFETY: the program's callback, called as the driver calls it.
+        let smem = unsafe { callback(block) };
+        let q = OccupancyQuery::MaxActiveBlocksPerMultiprocessor {
+            block_size: block,
+            dynamic_smem: smem as u64,
+            flags,
+        };
+        let blocks = int_reply(occupancy(function, q)?)? as i32;
+        let threads = block as i64 * blocks as i64;
+        if threads > best_threads {
+            (best_threads, best_block, best_blocks) = (threads, block, blocks);
+        }
+        if threads >= per_sm as i64 {
+            break;
+        }
+        aligned -= WARP;
+    }
+    Ok((best_blocks * sms, best_block))
 }
 
 pub unsafe fn occupancy_available_dynamic_smem(
