@@ -112,9 +112,11 @@ pub struct LazyKernel {
     pub remote: Mutex<Option<Handle>>,
 }
 
-/// Handles the shim makes itself carry this tag: addresses in the upper half,
-/// which no user-space pointer of the server can have.
-const LOCAL_TAG: u64 = 0xffff_c000_0000_0000;
+/// Handles the shim makes itself carry this tag: bits 46 to 62 set, above
+/// every user-space pointer of the server (below 2^47, or 2^56 with
+/// five-level paging), yet positive as a signed 64-bit value, as bindings
+/// that keep handles in an `intptr_t` (cuda-python's) need them to be.
+const LOCAL_TAG: u64 = 0x7fff_c000_0000_0000;
 
 pub fn is_local(h: Handle) -> bool {
     h & LOCAL_TAG == LOCAL_TAG
@@ -492,6 +494,25 @@ pub fn drop_from_stack(ctx: Handle) {
 
 #[cfg(test)]
 mod tests {
+    /// Handles the shim and the client make are positive as signed values
+    /// (bindings keep handles in an `intptr_t`) and lie above every
+    /// user-space address (below 2^56 even with five-level paging), so
+    /// they meet no handle or pointer of the server's driver.
+    #[test]
+    fn made_handles_are_positive_and_above_user_space() {
+        for _ in 0..3 {
+            for h in [new_local_handle(), crate::exports::calls::new_client_handle_for_tests()] {
+                assert!((h as i64) > 0, "{h:#x} is negative as a signed value");
+                assert!(h >= 1 << 56, "{h:#x} could be a user-space address");
+            }
+        }
+        assert!(is_local(new_local_handle()));
+        assert!(!is_local(0x7fff_ffff_f000));
+        assert!(gpupool_proto::message::is_client_handle(
+            crate::exports::calls::new_client_handle_for_tests()
+        ));
+    }
+
     use super::*;
 
     #[test]

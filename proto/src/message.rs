@@ -34,7 +34,9 @@ pub enum StreamRef {
 /// Handles a client names itself (streams and events created without a
 /// round trip) carry this tag in their top 16 bits: no driver hands out a
 /// user-space pointer there, so they cannot collide with the driver's own.
-pub const CLIENT_HANDLE_TAG: Handle = 0xc9a0_0000_0000_0000;
+/// The top bit is clear: bindings keep handles in an `intptr_t`
+/// (cuda-python's refuse negative ones).
+pub const CLIENT_HANDLE_TAG: Handle = 0x49a0_0000_0000_0000;
 
 /// Whether `h` is a client-named handle.
 pub fn is_client_handle(h: Handle) -> bool {

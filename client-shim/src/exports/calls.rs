@@ -1936,6 +1936,12 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
     unsafe { out(stream, as_ptr(id)) }
 }
 
+/// `new_client_handle`, for the tests of the handles' ranges.
+#[cfg(test)]
+pub(crate) fn new_client_handle_for_tests() -> Handle {
+    new_client_handle()
+}
+
 /// A new name for a stream or event the shim creates without waiting.
 fn new_client_handle() -> Handle {
     use std::sync::atomic::{AtomicU64, Ordering};
