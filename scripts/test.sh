@@ -47,6 +47,8 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     venv=target/torch-venv
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q "torch==2.15.0"
+    # numba's CUDA target, for the numba test beside PyTorch's.
+    "$venv/bin/python" -c "import numba_cuda" 2>/dev/null || "$venv/bin/pip" install -q "numba-cuda[cu13]==0.30.4"
     export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
 fi
 # The etcd tests fail, rather than skip, without an etcd to run.

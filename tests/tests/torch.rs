@@ -452,3 +452,51 @@ print("compiled", tuple(z.shape), z.device.type)
         context()
     );
 }
+
+/// numba (`numba-cuda`, installed beside PyTorch by the opt-in test
+/// command): a `@cuda.jit` kernel is compiled on the client, linked and
+/// loaded through gpupool (cuda-python's bindings, which keep handles as
+/// signed integers), and launched on the server; device arrays go there and
+/// back. The software driver skips the kernel.
+#[test]
+fn numba_kernels_load_and_launch_through_gpupool() {
+    let Some(python) = python() else { return };
+    let has_numba = Command::new(&python)
+        .args(["-c", "import numba_cuda"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_numba {
+        eprintln!("numba-cuda is not installed beside PyTorch; the numba test did not run");
+        return;
+    }
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import numpy as np
+from numba import cuda
+@cuda.jit
+def add(a, b, c):
+    i = cuda.grid(1)
+    if i < a.size:
+        c[i] = a[i] + b[i]
+a = np.arange(1000, dtype=np.float32)
+b = np.ones(1000, dtype=np.float32)
+da, db = cuda.to_device(a), cuda.to_device(b)
+dc = cuda.device_array_like(a)
+add[8, 128](da, db, dc)
+cuda.synchronize()
+print("back", np.array_equal(da.copy_to_host(), a), dc.copy_to_host().shape)
+print("device", cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) else cuda.get_current_device().name)
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("back True (1000,)"), "{}", context());
+    assert!(stdout.contains("device gpupool simulated GPU 0"), "{}", context());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("cuLaunchKernel ") || l.starts_with("cuLaunchKernelEx ")),
+        "the kernel did not launch: {}",
+        context()
+    );
+}
