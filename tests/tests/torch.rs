@@ -500,3 +500,30 @@ print("device", cuda.get_current_device().name.decode() if isinstance(cuda.get_c
         context()
     );
 }
+
+/// PyTorch's profiler with CUDA activities loads CUPTI, which asks the
+/// driver for a tools export table and crashed the process without it; the
+/// profile now completes (with the CPU's events: a remote GPU's activity
+/// records are not offered), and a jiterator kernel (NVRTC on the client)
+/// loads and launches.
+#[test]
+fn pytorch_profiler_and_jiterator_run_through_gpupool() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+from torch.profiler import profile, ProfilerActivity
+x = torch.randn(256, 256, device="cuda")
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    y = x @ x
+    torch.cuda.synchronize()
+print("profiled", len(p.events()) > 0)
+double = torch.cuda.jiterator._create_jit_fn("template <typename T> T double_it(T x) { return x * 2; }")
+print("jiterator", tuple(double(x).shape))
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("profiled True"), "{}", context());
+    assert!(stdout.contains("jiterator (256, 256)"), "{}", context());
+}

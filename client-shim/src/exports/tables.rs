@@ -58,6 +58,7 @@ const EARLY_ID: [u8; 16] = uuid(0xf8cff951_21468b4e_b9e2fb46_9e7c0dd9);
 const CUBLAS_CONTEXT_ID: [u8; 16] = uuid(0x21318c60_97143248_8ca641ff_7324c8f2);
 const TORCH_TABLE_ID: [u8; 16] = uuid(0x69a28e9f_24498b47_b030c5da_330ea4e9);
 const CUBLASLT_TABLE_ID: [u8; 16] = uuid(0x1734dc26_800d4745_8726c0f1_e7dd8bca);
+const CUPTI_TABLE_ID: [u8; 16] = uuid(0x7cb63f9b_9ca48e42_a484beb6_6e6aed7f);
 
 const fn uuid(v: u128) -> [u8; 16] {
     v.to_be_bytes()
@@ -423,6 +424,10 @@ extern "C" fn cublaslt_slot<const I: usize>() -> usize {
     std::panic::catch_unwind(|| undescribed("1734dc26 (cuBLASLt)", I)).unwrap_or(0)
 }
 
+extern "C" fn cupti_slot<const I: usize>() -> usize {
+    std::panic::catch_unwind(|| undescribed("7cb63f9b (CUPTI)", I)).unwrap_or(0)
+}
+
 macro_rules! logged_table {
     ($f:ident; $($i:literal)*) => {
         [$( $f::<$i> as *const c_void ),*]
@@ -457,6 +462,13 @@ static CUBLASLT_TABLE: Table<64> = with_size(logged_table!(cublaslt_slot;
     1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
     40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63));
 
+/// `7cb63f9b…`: requested by CUPTI (PyTorch's profiler), which asks for it
+/// again and again and then crashes when it is missing; with it, CUPTI
+/// goes on without calling it.
+static CUPTI_TABLE: Table<64> = with_size(logged_table!(cupti_slot;
+    1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
+    40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63));
+
 /// `f8cff951…`: requested first by cudart; its answer makes no observable
 /// difference, so its entries do nothing.
 static EARLY: Table<3> = Table([size_word(3), zero as *const c_void, zero as *const c_void]);
@@ -474,6 +486,7 @@ pub(crate) fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
         CUBLAS_CONTEXT_ID => CUBLAS_CONTEXT.start(),
         TORCH_TABLE_ID => TORCH_TABLE.start(),
         CUBLASLT_TABLE_ID => CUBLASLT_TABLE.start(),
+        CUPTI_TABLE_ID => CUPTI_TABLE.start(),
         _ => return None,
     })
 }
@@ -499,6 +512,7 @@ mod tests {
             (CUBLAS_CONTEXT_ID, 744),
             (TORCH_TABLE_ID, 272),
             (CUBLASLT_TABLE_ID, 512),
+            (CUPTI_TABLE_ID, 512),
         ] {
             let t = lookup(&id).expect("served");
             assert_eq!(words(t, 1)[0], size, "table {id:02x?}");
