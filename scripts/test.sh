@@ -49,6 +49,8 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     "$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q "torch==2.15.0"
     # numba's CUDA target, for the numba test beside PyTorch's.
     "$venv/bin/python" -c "import numba_cuda" 2>/dev/null || "$venv/bin/pip" install -q "numba-cuda[cu13]==0.30.4"
+    # CuPy, for its test.
+    "$venv/bin/python" -c "import cupy" 2>/dev/null || "$venv/bin/pip" install -q "cupy-cuda13x==14.2.0"
     export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
 fi
 # The etcd tests fail, rather than skip, without an etcd to run.

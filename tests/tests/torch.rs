@@ -527,3 +527,39 @@ print("jiterator", tuple(double(x).shape))
     assert!(stdout.contains("profiled True"), "{}", context());
     assert!(stdout.contains("jiterator (256, 256)"), "{}", context());
 }
+
+/// CuPy (`cupy-cuda13x`, installed beside PyTorch by the opt-in test
+/// command): a `RawKernel` compiled by NVRTC on the client loads and runs
+/// on the server, with its result checked; the kernel is one the software
+/// driver knows by name, so it computes.
+#[test]
+fn cupy_raw_kernel_computes_through_gpupool() {
+    let Some(python) = python() else { return };
+    let has_cupy = Command::new(&python)
+        .args(["-c", "import cupy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_cupy {
+        eprintln!("CuPy is not installed beside PyTorch; the CuPy test did not run");
+        return;
+    }
+    let server = Server::start();
+    let script = r#"
+import cupy as cp
+src = r'''
+extern "C" __global__ void gp_fill_u32(unsigned *p, unsigned v, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] = v;
+}'''
+fill = cp.RawKernel(src, "gp_fill_u32")
+d = cp.zeros(1000, dtype=cp.uint32)
+fill((4,), (256,), (d, cp.uint32(7), cp.int32(1000)))
+cp.cuda.Device().synchronize()
+h = d.get()
+print("filled", int(h.sum()), int(h.min()), int(h.max()))
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("filled 7000 7 7"), "{}", context());
+}
