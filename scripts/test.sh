@@ -47,11 +47,14 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     venv=target/torch-venv
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q "torch==2.15.0"
-    # numba's CUDA target, for the numba test beside PyTorch's.
-    "$venv/bin/python" -c "import numba_cuda" 2>/dev/null || "$venv/bin/pip" install -q "numba-cuda[cu13]==0.30.4"
-    # CuPy, for its test.
-    "$venv/bin/python" -c "import cupy" 2>/dev/null || "$venv/bin/pip" install -q "cupy-cuda13x==14.2.0"
     export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
+    # numba's CUDA target and CuPy, in an environment of their own (beside
+    # PyTorch they would load numpy into its tests).
+    nvenv=target/numba-venv
+    [ -x "$nvenv/bin/python" ] || python3 -m venv "$nvenv"
+    "$nvenv/bin/python" -c "import numba_cuda, cupy" 2>/dev/null ||
+        "$nvenv/bin/pip" install -q "numba-cuda[cu13]==0.30.4" "cupy-cuda13x==14.2.0"
+    export GPUPOOL_TEST_NUMBA_PYTHON="$PWD/$nvenv/bin/python"
 fi
 # The etcd tests fail, rather than skip, without an etcd to run.
 export GPUPOOL_REQUIRE_ETCD=1

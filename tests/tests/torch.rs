@@ -14,6 +14,17 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+/// The Python with numba's CUDA target and CuPy (`GPUPOOL_TEST_NUMBA_PYTHON`,
+/// a virtual environment of its own: with them beside PyTorch, numpy and
+/// their libraries load into every PyTorch test's process).
+fn numba_python() -> Option<PathBuf> {
+    let python = std::env::var_os("GPUPOOL_TEST_NUMBA_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        eprintln!("no Python with numba and CuPy given (GPUPOOL_TEST_NUMBA_PYTHON); their tests did not run");
+    }
+    python
+}
+
 fn python() -> Option<PathBuf> {
     let python = std::env::var_os("GPUPOOL_TEST_TORCH_PYTHON").map(PathBuf::from);
     if python.is_none() {
@@ -453,22 +464,14 @@ print("compiled", tuple(z.shape), z.device.type)
     );
 }
 
-/// numba (`numba-cuda`, installed beside PyTorch by the opt-in test
-/// command): a `@cuda.jit` kernel is compiled on the client, linked and
+/// numba (`numba-cuda`, which the opt-in test command installs in a
+/// virtual environment of its own): a `@cuda.jit` kernel is compiled on the client, linked and
 /// loaded through gpupool (cuda-python's bindings, which keep handles as
 /// signed integers), and launched on the server; device arrays go there and
 /// back. The software driver skips the kernel.
 #[test]
 fn numba_kernels_load_and_launch_through_gpupool() {
-    let Some(python) = python() else { return };
-    let has_numba = Command::new(&python)
-        .args(["-c", "import numba_cuda"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_numba {
-        eprintln!("numba-cuda is not installed beside PyTorch; the numba test did not run");
-        return;
-    }
+    let Some(python) = numba_python() else { return };
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let script = r#"
 import numpy as np
@@ -528,21 +531,12 @@ print("jiterator", tuple(double(x).shape))
     assert!(stdout.contains("jiterator (256, 256)"), "{}", context());
 }
 
-/// CuPy (`cupy-cuda13x`, installed beside PyTorch by the opt-in test
-/// command): a `RawKernel` compiled by NVRTC on the client loads and runs
+/// CuPy (`cupy-cuda13x`, installed with numba): a `RawKernel` compiled by NVRTC on the client loads and runs
 /// on the server, with its result checked; the kernel is one the software
 /// driver knows by name, so it computes.
 #[test]
 fn cupy_raw_kernel_computes_through_gpupool() {
-    let Some(python) = python() else { return };
-    let has_cupy = Command::new(&python)
-        .args(["-c", "import cupy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_cupy {
-        eprintln!("CuPy is not installed beside PyTorch; the CuPy test did not run");
-        return;
-    }
+    let Some(python) = numba_python() else { return };
     let server = Server::start();
     let script = r#"
 import cupy as cp
