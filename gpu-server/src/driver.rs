@@ -518,6 +518,7 @@ driver_api! {
     cuDeviceSetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
     cuDeviceGraphMemTrim(device: i32);
     cuGraphNodeGetType(node: Ptr, kind: *mut u32);
+    cuGraphDebugDotPrint(graph: Ptr, path: *const c_char, flags: u32);
     cuEventCreate(event: *mut Ptr, flags: u32);
     cuEventDestroy_v2(event: Ptr);
     cuEventRecord(event: Ptr, stream: Ptr);

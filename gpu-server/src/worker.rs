@@ -41,6 +41,8 @@ const INVALID_IMAGE: Status = 200;
 const INVALID_DEVICE: Status = 101;
 /// CUDA_ERROR_NOT_SUPPORTED.
 const NOT_SUPPORTED: Status = 801;
+/// CUDA_ERROR_OPERATING_SYSTEM.
+const OPERATING_SYSTEM: Status = 304;
 /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, `_INVALIDATED`.
 const STREAM_CAPTURE_UNSUPPORTED: Status = 900;
 const STREAM_CAPTURE_INVALIDATED: Status = 901;
@@ -707,6 +709,7 @@ impl<'d> Worker<'d> {
                 R::IpcGetEventHandle { ctx, .. } | R::IpcOpenEventHandle { ctx, .. } => *ctx,
                 R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
                 R::GraphListNodes { ctx, .. } | R::StreamBeginCaptureToGraph { ctx, .. } => *ctx,
+                R::GraphDebugDot { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1113,6 +1116,7 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
             })),
             R::GraphListNodes { ctx, graph } => to_reply(self.graph_list_nodes(ctx, graph)),
+            R::GraphDebugDot { ctx, graph, flags } => to_reply(self.graph_debug_dot(ctx, graph, flags)),
             R::StreamBeginCaptureToGraph {
                 ctx,
                 stream,
@@ -2618,6 +2622,24 @@ impl<'d> Worker<'d> {
             }
             _ => Err(INVALID_VALUE),
         }
+    }
+
+    /// `cuGraphDebugDotPrint` into a file of the worker's, read back.
+    fn graph_debug_dot(&mut self, ctx: Handle, graph: Handle, flags: u32) -> DriverResult<Reply> {
+        self.check_graph(ctx, graph)?;
+        let path = std::env::temp_dir().join(format!("gpupool-graph-{}-{graph:x}.dot", std::process::id()));
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| INVALID_VALUE)?;
+        // SAFETY: the graph is this client's; the path is a NUL-terminated
+        // string of the worker's.
+        let r = unsafe { self.driver.cuGraphDebugDotPrint(as_ptr(graph), cpath.as_ptr(), flags) };
+        let dot = std::fs::read(&path);
+        let _ = std::fs::remove_file(&path);
+        r?;
+        let dot = dot.map_err(|_| OPERATING_SYSTEM)?;
+        if dot.len() as u64 > self.max_frame / 2 {
+            return Err(NOT_SUPPORTED);
+        }
+        Ok(Reply::Bytes(dot))
     }
 
     /// The nodes of one of the session's graphs, which it may name from now

@@ -550,6 +550,10 @@ pub enum Request {
     /// from then on (a captured graph's nodes, to change them in an
     /// executable graph).
     GraphListNodes { ctx: Handle, graph: Handle },
+    /// sync -> `Reply::Bytes`: the graph described in Graphviz DOT by the
+    /// server's driver (`cuGraphDebugDotPrint` with `flags`); the client
+    /// writes it to the program's file.
+    GraphDebugDot { ctx: Handle, graph: Handle, flags: u32 },
     /// sync: begin a capture on `stream` into the session's `graph`, after
     /// its nodes `deps` (`cuStreamBeginCaptureToGraph`); `StreamEndCapture`
     /// answers that graph.

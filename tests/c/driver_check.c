@@ -1094,6 +1094,19 @@ int main(int argc, char **argv) {
             float f;
             memcpy(&f, &bits, sizeof f);
             for (int i = 0; i < 4; i++) EXPECT(c[i] == f * 0.5f, "changed memset: d[%d] = %g, want %g", i, c[i], f * 0.5f);
+            /* The graph described for Graphviz, in the program's file. */
+            typedef CUresult (*PFN_dot)(CUgraph, const char *, unsigned);
+            PFN_dot dotPrint = (PFN_dot)sym("cuGraphDebugDotPrint", 11030);
+            char dot_path[] = "/tmp/gpupool-graph-XXXXXX";
+            int dfd = mkstemp(dot_path);
+            EXPECT(dfd >= 0, "mkstemp");
+            close(dfd);
+            CHECK(dotPrint(g, dot_path, 0));
+            FILE *df = fopen(dot_path, "r");
+            char head[16] = {0};
+            EXPECT(df && fread(head, 1, 7, df) == 7 && !strncmp(head, "digraph", 7), "the DOT file starts %s", head);
+            fclose(df);
+            unlink(dot_path);
         }
         /* A copy from the program's memory cannot be captured: it fails at
            once, and so does the capture when it ends. */

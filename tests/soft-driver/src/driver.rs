@@ -2848,6 +2848,28 @@ impl Driver {
         Ok(nodes)
     }
 
+    /// `cuGraphDebugDotPrint`: the graph's operations, in the order they
+    /// run here, as a chain of Graphviz nodes.
+    pub fn graph_dot(&self, graph: u64) -> CuResult<String> {
+        let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut dot = format!("digraph gpupool_soft_graph_{graph:x} {{\n");
+        for (i, op) in g.ops.iter().enumerate() {
+            let kind = match op.node_type() {
+                NODE_KERNEL => "kernel",
+                NODE_MEMCPY => "memcpy",
+                NODE_MEMSET => "memset",
+                NODE_HOST => "host",
+                _ => "event record",
+            };
+            dot.push_str(&format!("  n{i} [label=\"{kind}\"];\n"));
+            if i > 0 {
+                dot.push_str(&format!("  n{} -> n{i};\n", i - 1));
+            }
+        }
+        dot.push_str("}\n");
+        Ok(dot)
+    }
+
     /// `cuGraphNodeGetType`.
     pub fn graph_node_type(&self, node: u64) -> CuResult<u32> {
         self.node_types.get(&node).copied().ok_or(CUDA_ERROR_INVALID_VALUE)

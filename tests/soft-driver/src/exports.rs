@@ -2130,6 +2130,20 @@ pub unsafe extern "C" fn cuGraphGetNodes(graph: CUgraph, nodes: *mut *mut c_void
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuGraphDebugDotPrint(graph: CUgraph, path: *const std::ffi::c_char, _flags: u32) -> CUresult {
+    ffi(|| {
+        need(path)?;
+        let dot = driver::with(|d| d.graph_dot(h(graph)))?;
+        // SAFETY: the API passes a NUL-terminated path.
+        let path = unsafe { std::ffi::CStr::from_ptr(path) };
+        let path = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            path.to_bytes(),
+        ));
+        std::fs::write(path, dot).map_err(|_| CUDA_ERROR_OPERATING_SYSTEM)
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuGraphNodeGetType(node: *mut c_void, kind: *mut u32) -> CUresult {
     ffi(|| {
         need(kind)?;

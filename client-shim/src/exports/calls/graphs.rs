@@ -745,3 +745,24 @@ pub unsafe fn graph_exec_event_record_node_set_event(exec: *mut c_void, node: *m
 pub unsafe fn graph_exec_event_wait_node_set_event(exec: *mut c_void, node: *mut c_void, event: CUevent) -> CuResult {
     exec_node_set(exec, node, GraphNode::EventWait { event: handle(event) })
 }
+
+/// `cuGraphDebugDotPrint`: the server's driver describes the graph (one
+/// round trip), and the description is written to the program's file
+/// (PyTorch's `CUDAGraph.debug_dump` asks for it).
+pub unsafe fn graph_debug_dot_print(graph: *mut c_void, path: *const c_char, flags: u32) -> CuResult {
+    let s = shim()?;
+    let ctx = graph_ctx(s, graph)?;
+    let path = unsafe { c_string(path)? };
+    let request = Request::GraphDebugDot {
+        ctx,
+        graph: handle(graph),
+        flags,
+    };
+    match s.remote.call(&request, &[])? {
+        Reply::Bytes(dot) => std::fs::write(&path, dot).map_err(|e| {
+            tracing::warn!("cuGraphDebugDotPrint cannot write {path}: {e}");
+            CuError::OPERATING_SYSTEM
+        }),
+        _ => Err(CuError::UNKNOWN),
+    }
+}
