@@ -44,7 +44,7 @@ native() { "$WORK/driver_check" "$@"; }
 
 status=0
 printf "%-12s %-8s %-8s %s\n" mode native remote same-output
-for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools vmm arrays managed graph ipc; do
+for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools vmm arrays managed graph ipc hostnodes vmm-ipc; do
     n=$(native $mode 2>&1) && nr=ok || nr=fail
     r=$(remote $mode 2>&1) && rr=ok || rr=fail
     same=no; [ "$(grep -v '^device' <<<"$n" | grep OK)" = "$(grep -v '^device' <<<"$r" | grep OK)" ] && same=yes
