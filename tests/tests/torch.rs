@@ -380,7 +380,8 @@ if __name__ == "__main__":
 
 /// A CUDA graph under PyTorch's `cudaMallocAsync` allocator backend: its
 /// allocations in the capture become the graph's memory, and the training
-/// step replays, each replay one streamed launch.
+/// step replays, each replay one streamed launch; `debug_dump` writes the
+/// graph's description.
 #[test]
 fn pytorch_cuda_graph_with_the_cuda_malloc_async_backend() {
     let Some(python) = python() else { return };
@@ -399,6 +400,7 @@ with torch.cuda.stream(s):
         opt.step()
 torch.cuda.current_stream().wait_stream(s)
 g = torch.cuda.CUDAGraph()
+g.enable_debug_mode()
 opt.zero_grad(set_to_none=True)
 with torch.cuda.graph(g):
     y = m(x).sum()
@@ -409,17 +411,24 @@ for _ in range(5):
 torch.cuda.synchronize()
 print("backend", torch.cuda.get_allocator_backend())
 print("replayed")
+import os, sys
+path = sys.argv[1]
+g.debug_dump(path)
+print("dumped", open(path).read().startswith("digraph"))
 "#;
+    let dot = scratch_dir().join("torch-graph.dot");
     let (ok, stdout, stderr) = run_python_with(
         &python,
         &server,
-        &["-c", script],
+        &["-c", script, dot.to_str().unwrap()],
         &[("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")],
     );
     let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
     assert!(ok, "{}", context());
     assert!(stdout.contains("backend cudaMallocAsync"), "{}", context());
     assert!(stdout.contains("replayed"), "{}", context());
+    // `debug_dump` (cuGraphDebugDotPrint) wrote the graph to the file.
+    assert!(stdout.contains("dumped True"), "{}", context());
     assert!(!stderr.contains("does not support"), "{}", context());
 }
 
