@@ -43,6 +43,19 @@ pub fn fetch(name: &str, key: &[u8; 16]) -> std::io::Result<Option<OwnedFd>> {
 /// Room for one descriptor's control message.
 const CMSG_ROOM: usize = 64;
 
+/// A message of the one byte `iov` names, with the control buffer
+/// `control`, of which `controllen` bytes are used.
+fn message(iov: &mut libc::iovec, control: &mut [u8; CMSG_ROOM], controllen: usize) -> libc::msghdr {
+    // SAFETY: a zeroed msghdr is a valid empty message; its buffers are set
+    // below to the caller's, which outlive its use.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = controllen;
+    msg
+}
+
 fn send_fd(conn: &UnixStream, fd: RawFd) -> std::io::Result<()> {
     let mut byte = [1u8];
     let mut iov = libc::iovec {
@@ -50,14 +63,9 @@ fn send_fd(conn: &UnixStream, fd: RawFd) -> std::io::Result<()> {
         iov_len: 1,
     };
     let mut control = [0u8; CMSG_ROOM];
-    // SAFETY: a zeroed msghdr is a valid empty message; its buffers are set
-    // below to live local arrays.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let msg = message(&mut iov, &mut control, space);
     // SAFETY: the control buffer has room for one header and one
     // descriptor (CMSG_SPACE of it, which CMSG_ROOM exceeds); CMSG_FIRSTHDR
     // points into it, and the descriptor is written into its data.
@@ -83,12 +91,7 @@ fn recv_fd(conn: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
         iov_len: 1,
     };
     let mut control = [0u8; CMSG_ROOM];
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_ROOM;
+    let mut msg = message(&mut iov, &mut control, CMSG_ROOM);
     // SAFETY: msg describes the local buffers above; descriptors received
     // are closed on exec.
     let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
