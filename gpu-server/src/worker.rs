@@ -177,6 +177,24 @@ pub struct Worker<'d> {
     pub calls: u64,
 }
 
+/// The NVIDIA kernel driver's version, from `/proc/driver/nvidia/version`
+/// (`NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  …`).
+fn kernel_driver_version() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+    parse_kernel_driver_version(&text)
+}
+
+fn parse_kernel_driver_version(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("NVRM version:"))?;
+    line.split_whitespace()
+        .find(|w| {
+            w.split('.').count() >= 2
+                && w.split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
 fn as_ptr(h: Handle) -> Ptr {
     h as usize as Ptr
 }
@@ -262,6 +280,11 @@ impl<'d> Worker<'d> {
             server_id: server_id.to_string(),
             session_id,
             driver_version: driver.version().unwrap_or(0),
+            kernel_driver: if simulated {
+                String::new()
+            } else {
+                kernel_driver_version().unwrap_or_default()
+            },
             simulated,
             devices,
         }
@@ -3337,5 +3360,20 @@ pub fn image_kind_ok(image: &[u8]) -> Result<(), Status> {
         Ok(())
     } else {
         Err(INVALID_IMAGE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_kernel_driver_version;
+
+    #[test]
+    fn the_kernel_driver_version_is_read_from_the_nvrm_line() {
+        let text = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)  Thu Oct  2 2025\nGCC version:  gcc version 12.3.0\n";
+        assert_eq!(parse_kernel_driver_version(text).as_deref(), Some("580.159.04"));
+        let old = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n";
+        assert_eq!(parse_kernel_driver_version(old).as_deref(), Some("535.104.05"));
+        assert_eq!(parse_kernel_driver_version("GCC version: 12.3.0\n"), None);
+        assert_eq!(parse_kernel_driver_version("NVRM version: unknown\n"), None);
     }
 }

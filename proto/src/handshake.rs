@@ -51,6 +51,10 @@ pub struct SessionInfo {
     pub server_id: String,
     pub session_id: u64,
     pub driver_version: i32,
+    /// The version of the server's NVIDIA kernel driver (`580.159.04`),
+    /// what NVML's `nvmlSystemGetDriverVersion` answers; empty when the
+    /// server has none (the software driver).
+    pub kernel_driver: String,
     /// True when the server runs on the software driver (no real GPU).
     pub simulated: bool,
     pub devices: Vec<DeviceInfo>,

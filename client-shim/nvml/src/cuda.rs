@@ -59,6 +59,7 @@ type UuidFn = unsafe extern "C" fn(*mut u8, i32) -> CuResult;
 type TotalMemFn = unsafe extern "C" fn(*mut usize, i32) -> CuResult;
 type AttributeFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
 type StatusFn = unsafe extern "C" fn(i32, *mut DeviceStatus) -> CuResult;
+type KernelDriverFn = unsafe extern "C" fn(*mut std::ffi::c_char, u32) -> CuResult;
 
 /// `CUdevice_attribute` numbers NVML's answers come from.
 const ATTRIBUTE_CLOCK_RATE: i32 = 13;
@@ -81,6 +82,8 @@ pub struct Cuda {
     device_total_mem: TotalMemFn,
     device_get_attribute: AttributeFn,
     device_status: StatusFn,
+    /// `gpupoolKernelDriverVersion`, in shims that have it.
+    kernel_driver: Option<KernelDriverFn>,
     // Keeps the function pointers above valid.
     _library: libloading::Library,
 }
@@ -114,7 +117,13 @@ impl Cuda {
                 *f
             }};
         }
+        // SAFETY: gpupoolKernelDriverVersion has the KernelDriverFn
+        // signature in every gpupool shim that exports it.
+        let kernel_driver = unsafe { library.get::<KernelDriverFn>(b"gpupoolKernelDriverVersion\0") }
+            .ok()
+            .map(|f| *f);
         Ok(Cuda {
+            kernel_driver,
             init: entry!("cuInit", InitFn),
             driver_get_version: entry!("cuDriverGetVersion", IntOutFn),
             device_get_count: entry!("cuDeviceGetCount", IntOutFn),
@@ -132,6 +141,17 @@ impl Cuda {
     pub fn init(&self) -> Result<(), CuResult> {
         // SAFETY: cuInit takes a flags word.
         check(unsafe { (self.init)(0) })
+    }
+
+    /// The server's NVIDIA kernel driver version, when it has one.
+    pub fn kernel_driver_version(&self) -> Option<String> {
+        let f = self.kernel_driver?;
+        let mut buf = [0 as std::ffi::c_char; 96];
+        // SAFETY: buf has the 96 bytes the call is told of.
+        check(unsafe { f(buf.as_mut_ptr(), buf.len() as u32) }).ok()?;
+        // SAFETY: on success the shim wrote a NUL-terminated string there.
+        let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        text.to_str().ok().map(str::to_string)
     }
 
     pub fn driver_version(&self) -> Result<i32, CuResult> {

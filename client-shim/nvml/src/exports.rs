@@ -214,7 +214,12 @@ pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
 pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
     guard("nvmlSystemGetDriverVersion", || {
         let b = session::backend()?;
-        let text = format!("gpupool (CUDA {})", cuda_version(b.cuda_version));
+        // The server's driver, as tools parse it (`580.159.04`); a server
+        // without one (the software driver) says what it is instead.
+        let text = match &b.kernel_driver {
+            Some(v) => v.clone(),
+            None => format!("gpupool (CUDA {})", cuda_version(b.cuda_version)),
+        };
         // SAFETY: the caller gave `length` writable bytes at `version`.
         unsafe { out_string(version, length, &text) }
     })

@@ -15,6 +15,8 @@ pub struct Backend {
     pub devices: DeviceTable,
     /// `cuDriverGetVersion`.
     pub cuda_version: i32,
+    /// The server's NVIDIA kernel driver version, when it has one.
+    pub kernel_driver: Option<String>,
 }
 
 impl Backend {
@@ -38,10 +40,12 @@ impl Backend {
         let devices = (0..count)
             .map(|i| cuda.device(i).map_err(|s| fail("to describe a device", s)))
             .collect::<NvmlResult<Vec<_>>>()?;
+        let kernel_driver = cuda.kernel_driver_version();
         Ok(Backend {
             cuda,
             devices: DeviceTable::new(devices),
             cuda_version,
+            kernel_driver,
         })
     }
 

@@ -6,6 +6,9 @@
 //! - `gpupoolDeviceStatus(ordinal, *out)`: memory, utilisation, temperature
 //!   and power of a session device, asked of the server and kept for
 //!   `STATUS_TTL` so a tool polling NVML does not flood the server.
+//! - `gpupoolKernelDriverVersion(buf, len)`: the version of the server's
+//!   NVIDIA kernel driver (`580.159.04`), as its handshake told;
+//!   `CUDA_ERROR_NOT_FOUND` when it has none (the software driver).
 
 use super::{guard, CUresult};
 use crate::error::{CuError, CuResult};
@@ -49,6 +52,33 @@ pub unsafe extern "C" fn gpupoolDeviceStatus(ordinal: i32, out: *mut GpupoolDevi
         // SAFETY: `out` is the caller's, NULL-checked by `out`, and points to
         // a writable GpupoolDeviceStatus by this function's contract.
         unsafe { super::calls::out(out, status) }
+    })
+}
+
+/// Write the server's kernel driver version, NUL-terminated, into the
+/// `len` bytes at `buf`: `CUDA_ERROR_NOT_FOUND` when the server has no
+/// NVIDIA kernel driver, `CUDA_ERROR_INVALID_VALUE` when it does not fit.
+///
+/// # Safety
+/// `buf` is NULL or points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn gpupoolKernelDriverVersion(buf: *mut std::ffi::c_char, len: u32) -> CUresult {
+    guard("gpupoolKernelDriverVersion", || {
+        let s = super::calls::shim()?;
+        let version = s.remote.session.kernel_driver.as_bytes();
+        if version.is_empty() {
+            return Err(CuError::NOT_FOUND);
+        }
+        if buf.is_null() || version.len() >= len as usize {
+            return Err(CuError::INVALID_VALUE);
+        }
+        // SAFETY: the caller gave `len` writable bytes, more than the
+        // version and its NUL.
+        unsafe {
+            std::ptr::copy_nonoverlapping(version.as_ptr(), buf.cast::<u8>(), version.len());
+            *buf.add(version.len()) = 0;
+        }
+        Ok(())
     })
 }
 
