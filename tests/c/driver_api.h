@@ -447,6 +447,8 @@ typedef struct {
 } CUDA_HOST_NODE_PARAMS;
 typedef CUresult (*PFN_cuGraphAddHostNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
                                            const CUDA_HOST_NODE_PARAMS *);
+typedef CUresult (*PFN_cuGraphHostNodeGetParams)(CUgraphNode, CUDA_HOST_NODE_PARAMS *);
+typedef CUresult (*PFN_cuGraphExecHostNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_HOST_NODE_PARAMS *);
 typedef CUresult (*PFN_cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned);
 typedef CUresult (*PFN_cuEventQuery)(CUevent);
 typedef struct CUmemPoolHandle_st *CUmemoryPool;

@@ -2832,6 +2832,25 @@ int main(int argc, char **argv) {
         for (int launch = 0; launch < 3; launch++) CHECK(cuGraphLaunch(bx, s));
         CHECK(cuStreamSynchronize(s));
         EXPECT(host_count == before + 9, "3 launches of 3 host nodes counted %d", host_count - before);
+        /* A host node's function, read back and changed in the executable
+         * graph: the node notes instead of counting. */
+        {
+            GET(cuGraphHostNodeGetParams, 10000);
+            GET(cuGraphExecHostNodeSetParams, 10020);
+            CUDA_HOST_NODE_PARAMS got = {NULL, NULL};
+            CHECK(cuGraphHostNodeGetParams(counted, &got));
+            EXPECT(got.fn == host_count_fn && got.userData == NULL, "a host node's function read back wrong");
+            int changed_notes = 0;
+            CUDA_HOST_NODE_PARAMS noting = {host_note_fn, &changed_notes};
+            CHECK(cuGraphExecHostNodeSetParams(bx, counted, &noting));
+            int counted_before = host_count;
+            CHECK(cuGraphLaunch(bx, s));
+            CHECK(cuStreamSynchronize(s));
+            EXPECT(changed_notes == 1 && host_count == counted_before + 2, "after the change: %d notes, %d counts",
+                   changed_notes, host_count - counted_before);
+            CHECK(cuGraphHostNodeGetParams(counted, &got));
+            EXPECT(got.fn == host_count_fn, "the graph's own node changed with the executable's");
+        }
         /* Synchronising waits for a host node that takes its time, and a
          * query while it runs says not ready. */
         CUgraph slow;

@@ -129,7 +129,7 @@ fn graph_host_nodes_run_in_the_program_at_every_launch() {
     let engine = Server::start_with(&[COPY_ENGINE]);
     for url in both(&plain).into_iter().chain([engine.tcp.clone()]) {
         let out = driver_check(&url, &["hostnodes"]);
-        assert!(out.contains("OK hostnodes counted=14"), "{url}: {out}");
+        assert!(out.contains("OK hostnodes counted=16"), "{url}: {out}");
     }
 }
 

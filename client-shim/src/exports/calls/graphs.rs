@@ -430,6 +430,16 @@ pub unsafe fn graph_add_host_node(
     count: usize,
     params: *const c_void,
 ) -> CuResult {
+    let call = unsafe { host_call(params) }?;
+    let token = hostnodes::token();
+    unsafe { add(node, graph, deps, count, GraphNode::Host { token }, &[]) }?;
+    // SAFETY: `add` wrote the new node there.
+    hostnodes::added(handle(graph), handle(unsafe { *node }), token, call);
+    Ok(())
+}
+
+/// The program's host function a `CUDA_HOST_NODE_PARAMS` names.
+unsafe fn host_call(params: *const c_void) -> CuResult<crate::callbacks::Call> {
     if params.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
@@ -440,14 +450,54 @@ pub unsafe fn graph_add_host_node(
     }
     // SAFETY: the program passes a `CUhostFn`, checked not to be null.
     let func = unsafe { std::mem::transmute::<*mut c_void, crate::callbacks::HostFn>(p.func) };
-    let token = hostnodes::token();
-    unsafe { add(node, graph, deps, count, GraphNode::Host { token }, &[]) }?;
-    let call = crate::callbacks::Call::Host {
+    Ok(crate::callbacks::Call::Host {
         func,
         data: p.data as usize,
-    };
-    hostnodes::added(handle(graph), token, call);
-    Ok(())
+    })
+}
+
+/// `cuGraphHostNodeGetParams`: answered in the shim, for host nodes of
+/// built graphs.
+pub unsafe fn graph_host_node_get_params(node: *mut c_void, params: *mut c_void) -> CuResult {
+    shim()?;
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    match hostnodes::params_of(handle(node)) {
+        Some(crate::callbacks::Call::Host { func, data }) => {
+            let p = HostNodeParams {
+                func: func as *mut c_void,
+                data: data as *mut c_void,
+            };
+            // SAFETY: the program passes room for a CUDA_HOST_NODE_PARAMS.
+            unsafe { params.cast::<HostNodeParams>().write_unaligned(p) };
+            Ok(())
+        }
+        _ => Err(CuError::INVALID_VALUE),
+    }
+}
+
+/// `cuGraphHostNodeSetParams`: the node's function in its graph (the
+/// server's node names only the node, so nothing travels).
+pub unsafe fn graph_host_node_set_params(node: *mut c_void, params: *const c_void) -> CuResult {
+    shim()?;
+    let call = unsafe { host_call(params) }?;
+    match hostnodes::set(handle(node), None, call) {
+        true => Ok(()),
+        false => Err(CuError::INVALID_VALUE),
+    }
+}
+
+/// `cuGraphExecHostNodeSetParams`: the node's function in an executable
+/// graph made of its graph.
+pub unsafe fn graph_exec_host_node_set_params(exec: *mut c_void, node: *mut c_void, params: *const c_void) -> CuResult {
+    let s = shim()?;
+    graph_ctx(s, exec)?;
+    let call = unsafe { host_call(params) }?;
+    match hostnodes::set(handle(node), Some(handle(exec)), call) {
+        true => Ok(()),
+        false => Err(CuError::INVALID_VALUE),
+    }
 }
 
 pub unsafe fn graph_add_event_record_node(

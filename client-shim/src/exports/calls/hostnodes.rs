@@ -25,6 +25,10 @@ struct State {
     graphs: HashMap<Handle, Hosts>,
     /// Child graph nodes whose graph had host nodes.
     children: HashSet<Handle>,
+    /// Host nodes added to built graphs -> (graph, token).
+    nodes: HashMap<Handle, (Handle, u64)>,
+    /// Executable graphs -> the graph they were made from.
+    sources: HashMap<Handle, Handle>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -55,9 +59,47 @@ pub(super) fn capture_ended(capture: u64, graph: Option<Handle>) {
     });
 }
 
-/// `graph` got the host node `token`.
-pub(super) fn added(graph: Handle, token: u64, call: Call) {
-    state(|st| st.graphs.entry(graph).or_default().push((token, call)));
+/// `graph` got the host node `node`, named `token`.
+pub(super) fn added(graph: Handle, node: Handle, token: u64, call: Call) {
+    state(|st| {
+        st.graphs.entry(graph).or_default().push((token, call));
+        st.nodes.insert(node, (graph, token));
+    });
+}
+
+/// The function of host node `node` of a built graph.
+pub(super) fn params_of(node: Handle) -> Option<Call> {
+    state(|st| {
+        let (graph, token) = *st.nodes.get(&node)?;
+        st.graphs
+            .get(&graph)?
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, c)| *c)
+    })
+}
+
+/// Host node `node` runs `call` from now on: in its graph, or, given
+/// `exec`, in that executable graph made of it. False when `node` is no
+/// host node of a built graph (or not of `exec`'s graph).
+pub(super) fn set(node: Handle, exec: Option<Handle>, call: Call) -> bool {
+    state(|st| {
+        let Some(&(graph, token)) = st.nodes.get(&node) else {
+            return false;
+        };
+        let target = match exec {
+            Some(x) if st.sources.get(&x) == Some(&graph) => x,
+            Some(_) => return false,
+            None => graph,
+        };
+        let Some(list) = st.graphs.get_mut(&target) else {
+            return false;
+        };
+        for entry in list.iter_mut().filter(|(t, _)| *t == token) {
+            entry.1 = call;
+        }
+        true
+    })
 }
 
 /// `graph` got `node`, a copy of `child`, with the child's host nodes.
@@ -73,12 +115,15 @@ pub(super) fn child_added(graph: Handle, node: Handle, child: Handle) {
 
 /// `to` (an executable graph) now runs `from`'s nodes.
 pub(super) fn copy(from: Handle, to: Handle) {
-    state(|st| match st.graphs.get(&from).cloned() {
-        Some(h) => {
-            st.graphs.insert(to, h);
-        }
-        None => {
-            st.graphs.remove(&to);
+    state(|st| {
+        st.sources.insert(to, from);
+        match st.graphs.get(&from).cloned() {
+            Some(h) => {
+                st.graphs.insert(to, h);
+            }
+            None => {
+                st.graphs.remove(&to);
+            }
         }
     });
 }
@@ -100,7 +145,11 @@ pub(super) fn of(exec: Handle) -> Hosts {
 
 /// A graph or executable graph went.
 pub(super) fn forget(graph: Handle) {
-    state(|st| st.graphs.remove(&graph));
+    state(|st| {
+        st.graphs.remove(&graph);
+        st.sources.remove(&graph);
+        st.nodes.retain(|_, (g, _)| *g != graph);
+    });
 }
 
 /// Before a launch of `exec` on `stream`: tell the server which request
