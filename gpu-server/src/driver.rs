@@ -332,7 +332,18 @@ pub struct HostNodeParams {
     pub user_data: Ptr,
 }
 
+/// `CUDA_MEM_ALLOC_NODE_PARAMS` (120 bytes).
+#[repr(C)]
+pub struct MemAllocNodeParams {
+    pub pool_props: MemPoolProps,
+    pub access_descs: *const c_void,
+    pub access_desc_count: usize,
+    pub bytesize: usize,
+    pub dptr: CUdeviceptr,
+}
+
 const _: () = assert!(std::mem::size_of::<Memcpy3D>() == 200);
+const _: () = assert!(std::mem::size_of::<MemAllocNodeParams>() == 120);
 const _: () = assert!(std::mem::size_of::<ResourceDesc>() == 144);
 const _: () = assert!(std::mem::size_of::<TextureDesc>() == 104);
 const _: () = assert!(std::mem::size_of::<Array3DDesc>() == 40);
@@ -432,6 +443,8 @@ driver_api! {
     cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
     cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
     cuGraphAddHostNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const HostNodeParams);
+    cuGraphAddMemAllocNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *mut MemAllocNodeParams);
+    cuGraphAddMemFreeNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, ptr: CUdeviceptr);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);

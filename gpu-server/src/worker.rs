@@ -2521,6 +2521,46 @@ impl<'d> Worker<'d> {
                 // node's data lives until the session ends.
                 unsafe { d.cuGraphAddHostNode(&mut n, g, dp, nd, &params) }?;
             }
+            &GraphNode::MemAlloc { device, size } => {
+                if size == 0 || self.tables.contexts.get(&ctx) != Some(&device) {
+                    return Err(INVALID_VALUE);
+                }
+                let mut p = crate::driver::MemAllocNodeParams {
+                    pool_props: MemPoolProps {
+                        alloc_type: 1,
+                        handle_types: 0,
+                        location_type: 1,
+                        location_id: device,
+                        win32_security_attributes: std::ptr::null_mut(),
+                        max_size: 0,
+                        usage: 0,
+                        reserved: [0; 54],
+                    },
+                    access_descs: std::ptr::null(),
+                    access_desc_count: 0,
+                    bytesize: size as usize,
+                    dptr: 0,
+                };
+                // SAFETY: the graph and dependencies are this client's; p
+                // is a complete parameter block, its address written back.
+                unsafe { d.cuGraphAddMemAllocNode(&mut n, g, dp, nd, &mut p) }?;
+                // The graph's memory is the session's to name, as a
+                // stream-ordered allocation in a capture is.
+                self.own_allocation(ctx, p.dptr, size, None)?;
+                self.tables.nodes.insert(handle(n), graph);
+                return Ok(Reply::Pair(handle(n) as i64, p.dptr as i64));
+            }
+            &GraphNode::MemFree { ptr } => {
+                match self.tables.memory.get(&ptr) {
+                    Some(r) if r.ctx == ctx && r.kind == RegionKind::Allocated => {}
+                    _ => return Err(INVALID_VALUE),
+                }
+                // SAFETY: the graph and dependencies are this client's; ptr
+                // is memory of the session (the driver checks it is a
+                // graph's allocation).
+                unsafe { d.cuGraphAddMemFreeNode(&mut n, g, dp, nd, ptr) }?;
+                self.tables.memory.remove(&ptr);
+            }
             &GraphNode::EventRecord { event } | &GraphNode::EventWait { event } => {
                 if self.tables.events.get(&event) != Some(&ctx) {
                     return Err(INVALID_HANDLE);

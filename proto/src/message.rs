@@ -624,6 +624,16 @@ pub enum GraphNode {
     Host {
         token: u64,
     },
+    /// An allocation node of `size` bytes of `device`'s memory
+    /// (`cuGraphAddMemAllocNode`): answered `Reply::Pair(node, address)`.
+    MemAlloc {
+        device: i32,
+        size: u64,
+    },
+    /// A free node of a graph allocation (`cuGraphAddMemFreeNode`).
+    MemFree {
+        ptr: DevicePtr,
+    },
 }
 
 /// Bytes of a linked image one `LinkImage` answer carries at most.

@@ -1413,6 +1413,67 @@ int main(int argc, char **argv) {
             CHECK(cuGraphExecDestroy(mx));
             CHECK(cuGraphDestroy(mg));
         }
+        /* The same with memory nodes added by hand: t = alloc; t = 2;
+         * t *= 4; b = t; free t. */
+        {
+            typedef struct {
+                int type, handleTypes;
+                int locType, locId;
+                unsigned char rest[72];
+                const void *accessDescs;
+                size_t accessDescCount;
+                size_t bytesize;
+                CUdeviceptr dptr;
+            } MemAllocNodeParams;
+            typedef CUresult (*PFN_allocNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                               MemAllocNodeParams *);
+            typedef CUresult (*PFN_freeNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUdeviceptr);
+            GET(cuGraphCreate, 10000);
+            GET(cuGraphAddMemsetNode, 10000);
+            GET(cuGraphAddKernelNode, 12000);
+            GET(cuGraphAddMemcpyNode, 10000);
+            PFN_allocNode allocNode = (PFN_allocNode)sym("cuGraphAddMemAllocNode", 11040);
+            PFN_freeNode freeNode = (PFN_freeNode)sym("cuGraphAddMemFreeNode", 11040);
+            CUgraph mg;
+            CHECK(cuGraphCreate(&mg, 0));
+            MemAllocNodeParams ap;
+            memset(&ap, 0, sizeof ap);
+            ap.type = 1;
+            ap.locType = 1;
+            ap.locId = dev;
+            ap.bytesize = bytes;
+            CUgraphNode n_alloc, n_set, n_scale, n_copy, n_free;
+            CHECK(allocNode(&n_alloc, mg, NULL, 0, &ap));
+            EXPECT(ap.dptr != 0, "an allocation node gave no address");
+            CUdeviceptr t = ap.dptr;
+            CUDA_MEMSET_NODE_PARAMS tm = {t, 0, 0x40000000u, 4, (size_t)n, 1};
+            CHECK(cuGraphAddMemsetNode(&n_set, mg, &n_alloc, 1, &tm, ctx));
+            float four = 4.0f;
+            void *targs[] = {&t, &four, &nn};
+            CUDA_KERNEL_NODE_PARAMS tk = {fscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, targs, NULL, NULL, NULL};
+            CHECK(cuGraphAddKernelNode(&n_scale, mg, &n_set, 1, &tk));
+            CUDA_MEMCPY3D tc = {0};
+            tc.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+            tc.srcDevice = t;
+            tc.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+            tc.dstDevice = db;
+            tc.WidthInBytes = bytes;
+            tc.Height = 1;
+            tc.Depth = 1;
+            CHECK(cuGraphAddMemcpyNode(&n_copy, mg, &n_scale, 1, &tc, ctx));
+            CHECK(freeNode(&n_free, mg, &n_copy, 1, t));
+            CUgraphExec mx;
+            CHECK(cuGraphInstantiateWithFlags(&mx, mg, 0));
+            for (int round = 0; round < 2; round++) {
+                CHECK(cuMemsetD32(db, 0, n));
+                CHECK(cuGraphLaunch(mx, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, db, bytes));
+                for (int i = 0; i < n; i++) EXPECT(c[i] == 8.0f, "round %d: memory nodes b[%d] = %f", round, i, c[i]);
+            }
+            CHECK(cuGraphExecDestroy(mx));
+            CHECK(cuGraphDestroy(mg));
+        }
         /* Capture into a graph already holding a node: a = 1 (the built
          * memset), then a *= 3 (captured after it); the graph has both. */
         {

@@ -279,6 +279,8 @@ const NODE_GRAPH: u32 = 4;
 const NODE_EMPTY: u32 = 5;
 const NODE_WAIT_EVENT: u32 = 6;
 const NODE_EVENT_RECORD: u32 = 7;
+const NODE_MEM_ALLOC: u32 = 10;
+const NODE_MEM_FREE: u32 = 11;
 
 impl Op {
     /// The type of the node this operation is.
@@ -3421,6 +3423,47 @@ impl Driver {
             }
             None => Ok(true),
         }
+    }
+
+    /// `cuGraphAddMemAllocNode`: the graph's memory, made now and the same
+    /// at every launch (as a capture's allocations are here).
+    pub fn graph_add_mem_alloc_node(
+        &mut self,
+        graph: u64,
+        deps: &[u64],
+        device: i32,
+        size: u64,
+    ) -> CuResult<(u64, u64)> {
+        let ctx = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
+        if self.device(device)? != self.ctx_device(ctx) || size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let node = self.add_node(graph, deps, None)?;
+        let ptr = self.allocate(ctx, size, AllocKind::Device)?;
+        self.graph_owned.insert(ptr);
+        self.hold_graph_memory(&[ptr]);
+        if let Some(g) = self.graphs.get_mut(&graph) {
+            g.memory.push(ptr);
+        }
+        self.node_types.insert(node, NODE_MEM_ALLOC);
+        Ok((node, ptr))
+    }
+
+    /// `cuGraphAddMemFreeNode` of the graph's own memory: nothing happens
+    /// here when it runs (the memory stays the graph's).
+    pub fn graph_add_mem_free_node(&mut self, graph: u64, deps: &[u64], ptr: u64) -> CuResult<u64> {
+        if !self
+            .graphs
+            .get(&graph)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?
+            .memory
+            .contains(&ptr)
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let node = self.add_node(graph, deps, None)?;
+        self.node_types.insert(node, NODE_MEM_FREE);
+        Ok(node)
     }
 
     /// `cuGraphAddHostNode`.

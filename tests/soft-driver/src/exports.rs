@@ -2902,6 +2902,64 @@ unsafe fn event_node(
     })
 }
 
+/// `CUDA_MEM_ALLOC_NODE_PARAMS`: pool properties (88 bytes, of which the
+/// allocation type, handle types and location lead), access descriptors,
+/// size, and the address given back.
+#[repr(C)]
+pub struct CudaMemAllocNodeParams {
+    pub alloc_type: u32,
+    pub handle_types: u32,
+    pub location_type: u32,
+    pub location_id: i32,
+    pub rest_of_pool_props: [u8; 72],
+    pub access_descs: *const c_void,
+    pub access_desc_count: usize,
+    pub bytesize: usize,
+    pub dptr: CUdeviceptr,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddMemAllocNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    params: *mut CudaMemAllocNodeParams,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        need(params)?;
+        // SAFETY: API contract.
+        let (p, deps) = unsafe { (&mut *params, nodes(deps, n)?) };
+        if p.alloc_type != 1 || p.location_type != 1 || p.handle_types != 0 || p.access_desc_count != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let (x, address) =
+            driver::with(|d| d.graph_add_mem_alloc_node(h(graph), &deps, p.location_id, p.bytesize as u64))?;
+        p.dptr = address;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddMemFreeNode(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    n: usize,
+    dptr: CUdeviceptr,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        // SAFETY: API contract.
+        let deps = unsafe { nodes(deps, n) }?;
+        let x = driver::with(|d| d.graph_add_mem_free_node(h(graph), &deps, dptr))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
 /// `CUDA_HOST_NODE_PARAMS`.
 #[repr(C)]
 pub struct CudaHostNodeParams {

@@ -20,6 +20,8 @@ const TYPE_GRAPH: u32 = 4;
 const TYPE_EMPTY: u32 = 5;
 const TYPE_WAIT_EVENT: u32 = 6;
 const TYPE_EVENT_RECORD: u32 = 7;
+const TYPE_MEM_ALLOC: u32 = 10;
+const TYPE_MEM_FREE: u32 = 11;
 
 /// The nodes of each graph the program built, in the order added, with
 /// their types: `cuGraphGetNodes` and `cuGraphNodeGetType` are answered
@@ -148,6 +150,18 @@ unsafe fn add(
     node: GraphNode,
     bulk: &[u8],
 ) -> CuResult {
+    unsafe { add_answering(out_node, graph, deps, count, node, bulk) }.map(drop)
+}
+
+/// As [`add`]; also the address an allocation node's memory has.
+unsafe fn add_answering(
+    out_node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    node: GraphNode,
+    bulk: &[u8],
+) -> CuResult<Option<u64>> {
     let s = shim()?;
     if out_node.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -163,6 +177,8 @@ unsafe fn add(
         GraphNode::EventRecord { .. } => TYPE_EVENT_RECORD,
         GraphNode::EventWait { .. } => TYPE_WAIT_EVENT,
         GraphNode::Host { .. } => TYPE_HOST,
+        GraphNode::MemAlloc { .. } => TYPE_MEM_ALLOC,
+        GraphNode::MemFree { .. } => TYPE_MEM_FREE,
     };
     let request = Request::GraphAddNode {
         ctx,
@@ -170,18 +186,91 @@ unsafe fn add(
         deps,
         node,
     };
-    match s.remote.call(&request, bulk)? {
-        Reply::Handle(n) => {
-            // A captured graph's nodes are known here once listed.
-            built(|b| {
-                if let Some(list) = b.get_mut(&handle(graph)) {
-                    list.push((n, kind));
-                }
-            });
-            unsafe { out(out_node, as_ptr(n)) }
+    let (n, address) = match s.remote.call(&request, bulk)? {
+        Reply::Handle(n) => (n, None),
+        Reply::Pair(n, address) => (n as Handle, Some(address as u64)),
+        _ => return Err(CuError::UNKNOWN),
+    };
+    // A captured graph's nodes are known here once listed.
+    built(|b| {
+        if let Some(list) = b.get_mut(&handle(graph)) {
+            list.push((n, kind));
         }
-        _ => Err(CuError::UNKNOWN),
+    });
+    unsafe { out(out_node, as_ptr(n)) }?;
+    Ok(address)
+}
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS`: the pool's properties (88 bytes), access
+/// descriptors, the size, and the address the driver gives back.
+#[repr(C)]
+struct MemAllocNodeParams {
+    alloc_type: u32,
+    handle_types: u32,
+    location: super::pools::MemLocation,
+    rest_of_pool_props: [u8; 72],
+    access_descs: *const c_void,
+    access_desc_count: usize,
+    bytesize: usize,
+    dptr: CUdeviceptr,
+}
+
+const _: () = assert!(std::mem::size_of::<MemAllocNodeParams>() == 120);
+
+/// `cuGraphAddMemAllocNode`: the server's driver allocates the graph's
+/// memory (one round trip) and says where; the memory is the program's to
+/// name, as a stream-ordered allocation's in a capture is. Pinned device
+/// memory of the graph's device, without access for others.
+pub unsafe fn graph_add_mem_alloc_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    params: *mut c_void,
+) -> CuResult {
+    let s = shim()?;
+    if params.is_null() {
+        return Err(CuError::INVALID_VALUE);
     }
+    // SAFETY: the API passes a CUDA_MEM_ALLOC_NODE_PARAMS.
+    let p = unsafe { &mut *params.cast::<MemAllocNodeParams>() };
+    if p.alloc_type != super::pools::ALLOCATION_PINNED || p.bytesize == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if p.handle_types != 0 || p.access_desc_count != 0 {
+        tracing::warn!("graph allocations with handle types or access for other devices are not offered");
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let device = p.location.device(s)?;
+    let ctx = graph_ctx(s, graph)?;
+    let size = p.bytesize as u64;
+    let alloc = GraphNode::MemAlloc { device, size };
+    let address = unsafe { add_answering(node, graph, deps, count, alloc, &[]) }?.ok_or(CuError::UNKNOWN)?;
+    p.dptr = address;
+    lock(&s.device_memory).insert(
+        address,
+        DeviceRange {
+            size,
+            ctx,
+            device,
+            kind: RangeKind::Allocated,
+        },
+    );
+    Ok(())
+}
+
+/// `cuGraphAddMemFreeNode` of a graph allocation.
+pub unsafe fn graph_add_mem_free_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    ptr: CUdeviceptr,
+) -> CuResult {
+    let s = shim()?;
+    unsafe { add(node, graph, deps, count, GraphNode::MemFree { ptr }, &[]) }?;
+    lock(&s.device_memory).remove(&ptr);
+    Ok(())
 }
 
 pub unsafe fn graph_create(graph: *mut *mut c_void, flags: u32) -> CuResult {
@@ -598,6 +687,11 @@ unsafe fn add_generic(
             TYPE_GRAPH => graph_add_child_graph_node(node, graph, deps, count, word(0)),
             // `CUDA_HOST_NODE_PARAMS_v2`: the function, its argument, flags.
             TYPE_HOST => graph_add_host_node(node, graph, deps, count, body.cast()),
+            // `CUDA_MEM_ALLOC_NODE_PARAMS_v2`: the first layout; the address
+            // is written back into the union.
+            TYPE_MEM_ALLOC => graph_add_mem_alloc_node(node, graph, deps, count, body.cast_mut().cast()),
+            // `CUDA_MEM_FREE_NODE_PARAMS`: the address.
+            TYPE_MEM_FREE => graph_add_mem_free_node(node, graph, deps, count, word(0) as CUdeviceptr),
             TYPE_EMPTY => graph_add_empty_node(node, graph, deps, count),
             TYPE_WAIT_EVENT => graph_add_event_wait_node(node, graph, deps, count, word(0)),
             TYPE_EVENT_RECORD => graph_add_event_record_node(node, graph, deps, count, word(0)),
