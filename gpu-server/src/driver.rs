@@ -532,6 +532,8 @@ driver_api! {
     cuDeviceGraphMemTrim(device: i32);
     cuGraphNodeGetType(node: Ptr, kind: *mut u32);
     cuGraphDebugDotPrint(graph: Ptr, path: *const c_char, flags: u32);
+    cuGraphNodeSetEnabled(exec: Ptr, node: Ptr, enabled: u32);
+    cuGraphNodeGetEnabled(exec: Ptr, node: Ptr, enabled: *mut u32);
     cuEventCreate(event: *mut Ptr, flags: u32);
     cuEventDestroy_v2(event: Ptr);
     cuEventRecord(event: Ptr, stream: Ptr);

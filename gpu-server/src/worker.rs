@@ -732,7 +732,7 @@ impl<'d> Worker<'d> {
                 R::IpcGetEventHandle { ctx, .. } | R::IpcOpenEventHandle { ctx, .. } => *ctx,
                 R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
                 R::GraphListNodes { ctx, .. } | R::StreamBeginCaptureToGraph { ctx, .. } => *ctx,
-                R::GraphDebugDot { ctx, .. } => *ctx,
+                R::GraphDebugDot { ctx, .. } | R::GraphNodeEnabled { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1140,6 +1140,20 @@ impl<'d> Worker<'d> {
             })),
             R::GraphListNodes { ctx, graph } => to_reply(self.graph_list_nodes(ctx, graph)),
             R::GraphDebugDot { ctx, graph, flags } => to_reply(self.graph_debug_dot(ctx, graph, flags)),
+            R::GraphNodeEnabled { ctx, exec, node, set } => to_reply(self.check_exec(ctx, exec).and_then(|()| {
+                if !self.tables.nodes.contains_key(&node) {
+                    return Err(INVALID_VALUE);
+                }
+                if let Some(on) = set {
+                    // SAFETY: the executable graph and the node are this
+                    // client's (the driver checks they belong together).
+                    unsafe { d.cuGraphNodeSetEnabled(as_ptr(exec), as_ptr(node), on as u32) }?;
+                }
+                let mut enabled = 0u32;
+                // SAFETY: as above; enabled is writable.
+                unsafe { d.cuGraphNodeGetEnabled(as_ptr(exec), as_ptr(node), &mut enabled) }?;
+                Ok(Reply::Int(enabled as i64))
+            })),
             R::StreamBeginCaptureToGraph {
                 ctx,
                 stream,

@@ -550,6 +550,15 @@ pub enum Request {
     /// from then on (a captured graph's nodes, to change them in an
     /// executable graph).
     GraphListNodes { ctx: Handle, graph: Handle },
+    /// sync -> `Reply::Int` (1 enabled, 0 not): whether a node of an
+    /// executable graph runs, after setting it to `set` when given
+    /// (`cuGraphNodeSetEnabled`, `cuGraphNodeGetEnabled`).
+    GraphNodeEnabled {
+        ctx: Handle,
+        exec: Handle,
+        node: Handle,
+        set: Option<bool>,
+    },
     /// sync -> `Reply::Bytes`: the graph described in Graphviz DOT by the
     /// server's driver (`cuGraphDebugDotPrint` with `flags`); the client
     /// writes it to the program's file.

@@ -1471,6 +1471,23 @@ int main(int argc, char **argv) {
                 CHECK(cuMemcpyDtoH(c, db, bytes));
                 for (int i = 0; i < n; i++) EXPECT(c[i] == 8.0f, "round %d: memory nodes b[%d] = %f", round, i, c[i]);
             }
+            /* The kernel node disabled in the executable graph: b = 2; and
+             * enabled again: 8. */
+            typedef CUresult (*PFN_setEnabled)(CUgraphExec, CUgraphNode, unsigned);
+            typedef CUresult (*PFN_getEnabled)(CUgraphExec, CUgraphNode, unsigned *);
+            PFN_setEnabled setEnabled = (PFN_setEnabled)sym("cuGraphNodeSetEnabled", 11060);
+            PFN_getEnabled getEnabled = (PFN_getEnabled)sym("cuGraphNodeGetEnabled", 11060);
+            for (unsigned on = 0; on < 2; on++) {
+                unsigned now = 7;
+                CHECK(setEnabled(mx, n_scale, on));
+                CHECK(getEnabled(mx, n_scale, &now));
+                EXPECT(now == on, "the kernel node is enabled %u, set %u", now, on);
+                CHECK(cuGraphLaunch(mx, s));
+                CHECK(cuStreamSynchronize(s));
+                CHECK(cuMemcpyDtoH(c, db, bytes));
+                float want = on ? 8.0f : 2.0f;
+                for (int i = 0; i < n; i++) EXPECT(c[i] == want, "enabled %u: b[%d] = %f, want %f", on, i, c[i], want);
+            }
             CHECK(cuGraphExecDestroy(mx));
             CHECK(cuGraphDestroy(mg));
         }

@@ -113,7 +113,7 @@ fn captured_graphs_replay_on_the_server() {
             out.status.success() && stdout.contains("OK graph n=4096"),
             "{url}: {stdout}\n{report}"
         );
-        assert_eq!(report_row(&report, "cuGraphLaunch"), (19, 0), "{url}");
+        assert_eq!(report_row(&report, "cuGraphLaunch"), (21, 0), "{url}");
         assert_eq!(report_row(&report, "cuStreamIsCapturing").1, 0, "{url}");
         assert_eq!(report_row(&report, "cuStreamGetCaptureInfo").1, 0, "{url}");
     }

@@ -304,6 +304,9 @@ struct GraphObj {
     /// it), held too by the executable graphs made of it: it is freed when
     /// the last of them goes (`graph_memory`).
     memory: Vec<u64>,
+    /// For an executable graph, the operations of nodes disabled in it
+    /// (`cuGraphNodeSetEnabled`).
+    disabled: HashSet<usize>,
     /// For an executable graph, the graph it was made from (whose nodes
     /// name its operations); for a graph, itself or 0.
     source: u64,
@@ -2736,6 +2739,7 @@ impl Driver {
                 ops: Arc::new(capture.ops),
                 source: 0,
                 memory: capture.allocs,
+                disabled: HashSet::new(),
             },
         );
         Ok(h)
@@ -2769,6 +2773,7 @@ impl Driver {
             ops: Arc::clone(&g.ops),
             source: graph,
             memory: g.memory.clone(),
+            disabled: HashSet::new(),
         };
         self.hold_graph_memory(&exec.memory);
         self.healthy(exec.ctx)?;
@@ -2786,8 +2791,12 @@ impl Driver {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let ops = Arc::clone(&g.ops);
+        let disabled = g.disabled.clone();
         self.refuse_in_capture(stream)?;
-        for op in ops.iter() {
+        for (at, op) in ops.iter().enumerate() {
+            if disabled.contains(&at) {
+                continue;
+            }
             let r = match op {
                 Op::Launch {
                     func,
@@ -2958,6 +2967,7 @@ impl Driver {
                 ops: Arc::new(Vec::new()),
                 source: h,
                 memory: Vec::new(),
+                disabled: HashSet::new(),
             },
         );
         Ok(h)
@@ -3190,6 +3200,25 @@ impl Driver {
         let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         Arc::make_mut(&mut x.ops).splice(start..start + len, ops);
         Ok(())
+    }
+
+    /// `cuGraphNodeSetEnabled` / `cuGraphNodeGetEnabled` (`set` None) of a
+    /// kernel, memset or copy node in an executable graph.
+    pub fn graph_node_enabled(&mut self, exec: u64, node: u64, set: Option<bool>) -> CuResult<bool> {
+        let at = self.exec_op(exec, node, |op| {
+            matches!(op, Op::Launch { .. } | Op::Memset { .. } | Op::CopyDtoD { .. })
+        })?;
+        let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match set {
+            Some(true) => {
+                x.disabled.remove(&at);
+            }
+            Some(false) => {
+                x.disabled.insert(at);
+            }
+            None => {}
+        }
+        Ok(!x.disabled.contains(&at))
     }
 
     /// `cuGraphExecEventRecordNodeSetEvent` and

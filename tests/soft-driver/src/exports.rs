@@ -3170,6 +3170,21 @@ pub unsafe extern "C" fn cuGraphExecMemcpyNodeSetParams(
 }
 
 #[no_mangle]
+pub extern "C" fn cuGraphNodeSetEnabled(exec: *mut c_void, node: *mut c_void, enabled: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.graph_node_enabled(h(exec), h(node), Some(enabled != 0))).map(drop))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphNodeGetEnabled(exec: *mut c_void, node: *mut c_void, enabled: *mut u32) -> CUresult {
+    ffi(|| {
+        need(enabled)?;
+        let e = driver::with(|d| d.graph_node_enabled(h(exec), h(node), None))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(enabled, e as u32) }
+    })
+}
+
+#[no_mangle]
 pub extern "C" fn cuGraphExecChildGraphNodeSetParams(
     exec: *mut c_void,
     node: *mut c_void,

@@ -910,3 +910,33 @@ pub unsafe fn graph_debug_dot_print(graph: *mut c_void, path: *const c_char, fla
         _ => Err(CuError::UNKNOWN),
     }
 }
+
+/// `cuGraphNodeSetEnabled` and `cuGraphNodeGetEnabled`: whether a kernel,
+/// memset or copy node of an executable graph runs, on the server's driver
+/// (one round trip each).
+fn node_enabled(exec: *mut c_void, node: *mut c_void, set: Option<bool>) -> CuResult<bool> {
+    let s = shim()?;
+    let ctx = graph_ctx(s, exec)?;
+    let request = Request::GraphNodeEnabled {
+        ctx,
+        exec: handle(exec),
+        node: handle(node),
+        set,
+    };
+    match s.remote.call(&request, &[])? {
+        Reply::Int(v) => Ok(v != 0),
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+pub unsafe fn graph_node_set_enabled(exec: *mut c_void, node: *mut c_void, enabled: u32) -> CuResult {
+    node_enabled(exec, node, Some(enabled != 0)).map(drop)
+}
+
+pub unsafe fn graph_node_get_enabled(exec: *mut c_void, node: *mut c_void, enabled: *mut u32) -> CuResult {
+    if enabled.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let e = node_enabled(exec, node, None)?;
+    unsafe { out(enabled, e as u32) }
+}
