@@ -25,6 +25,18 @@ fn numba_python() -> Option<PathBuf> {
     python
 }
 
+/// Held by the tests that load the machine most (`torch.compile` and the
+/// training steps), so that they do not run at once: under that load the
+/// training script sometimes aborted at exit ("terminate called without an
+/// active exception"). That is PyTorch's own race at interpreter exit
+/// (pytorch/pytorch#38228): its autograd device thread, started late,
+/// takes the GIL during finalisation and CPython ends it with
+/// `pthread_exit`, which unwinds through a C++ frame that may not throw.
+fn one_heavy_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn python() -> Option<PathBuf> {
     let python = std::env::var_os("GPUPOOL_TEST_TORCH_PYTHON").map(PathBuf::from);
     if python.is_none() {
@@ -257,6 +269,7 @@ fn round_trips(stderr: &str) -> Option<u64> {
 #[test]
 fn pytorch_training_steps_wait_only_where_they_synchronise() {
     let Some(python) = python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let bench = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/torch_step.py");
     let bench = bench.to_str().expect("a UTF-8 path");
@@ -440,6 +453,7 @@ print("dumped", open(path).read().startswith("digraph"))
 #[test]
 fn pytorch_compile_loads_its_kernels_through_gpupool() {
     let Some(python) = python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let cache = scratch_dir().join("inductor-cache");
     let script = r#"
