@@ -85,6 +85,23 @@ pub struct MemAllocationProp {
     pub reserved: [u8; 4],
 }
 
+impl MemPoolProps {
+    /// Pinned memory on `device`, with no handle types, up to `max_size`
+    /// bytes (0: no limit).
+    pub fn device(device: i32, max_size: usize) -> MemPoolProps {
+        MemPoolProps {
+            alloc_type: 1,
+            handle_types: 0,
+            location_type: 1,
+            location_id: device,
+            win32_security_attributes: std::ptr::null_mut(),
+            max_size,
+            usage: 0,
+            reserved: [0; 54],
+        }
+    }
+}
+
 impl MemAllocationProp {
     /// Pinned memory on `device`, shareable as `handle_types` says.
     pub fn device(device: i32, handle_types: u32) -> MemAllocationProp {

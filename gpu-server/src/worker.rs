@@ -1416,10 +1416,7 @@ impl<'d> Worker<'d> {
 
     /// `DeviceStatus`: memory as this session sees it, and what NVML reads.
     fn device_status(&mut self, device: i32) -> DriverResult<Reply> {
-        let count = self.driver.device_count()?;
-        if !(0..count).contains(&device) {
-            return Err(INVALID_DEVICE);
-        }
+        self.check_device(device)?;
         let uuid = self.driver.device_uuid(device)?;
         let sample = self.nvml.get_or_insert_with(ServerNvml::load).sample(&uuid);
         let (mut total, mut free) = match sample.as_ref().and_then(|s| s.memory) {
@@ -1862,16 +1859,7 @@ impl<'d> Worker<'d> {
     }
 
     fn pool_create(&mut self, device: i32, max_size: u64) -> DriverResult<Reply> {
-        let props = MemPoolProps {
-            alloc_type: 1,
-            handle_types: 0,
-            location_type: 1,
-            location_id: device,
-            win32_security_attributes: std::ptr::null_mut(),
-            max_size: max_size as usize,
-            usage: 0,
-            reserved: [0; 54],
-        };
+        let props = MemPoolProps::device(device, max_size as usize);
         let mut pool: Ptr = std::ptr::null_mut();
         // SAFETY: pool is writable and props a complete CUmemPoolProps.
         unsafe { self.driver.cuMemPoolCreate(&mut pool, &props) }?;
@@ -2540,16 +2528,7 @@ impl<'d> Worker<'d> {
                     return Err(INVALID_VALUE);
                 }
                 let mut p = crate::driver::MemAllocNodeParams {
-                    pool_props: MemPoolProps {
-                        alloc_type: 1,
-                        handle_types: 0,
-                        location_type: 1,
-                        location_id: device,
-                        win32_security_attributes: std::ptr::null_mut(),
-                        max_size: 0,
-                        usage: 0,
-                        reserved: [0; 54],
-                    },
+                    pool_props: MemPoolProps::device(device, 0),
                     access_descs: std::ptr::null(),
                     access_desc_count: 0,
                     bytesize: size as usize,

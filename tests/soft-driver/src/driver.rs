@@ -1152,6 +1152,14 @@ impl Driver {
         self.allocate(ctx, size, AllocKind::Device)
     }
 
+    /// `cuMemGetAddressRange`: base and size of the allocation holding
+    /// `ptr`.
+    pub fn address_range(&self, ptr: u64) -> CuResult<(u64, u64)> {
+        self.current_ctx()?;
+        let (base, a) = self.allocs.containing(ptr, 1).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        Ok((base, a.size))
+    }
+
     pub fn mem_free(&mut self, dptr: u64) -> CuResult<()> {
         self.active_ctx()?;
         match self.allocs.get(dptr) {
@@ -2711,12 +2719,7 @@ impl Driver {
         if let Some(g) = capture.into {
             // The work joins the existing graph, one node per operation.
             let base = self.graphs.get(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.len();
-            for (at, op) in capture.ops.iter().enumerate() {
-                let node = self.handle();
-                self.nodes.insert(node, g);
-                self.node_ops.insert(node, base + at);
-                self.node_types.insert(node, op.node_type());
-            }
+            self.node_per_op(g, base, &capture.ops);
             let graph = self.graphs.get_mut(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
             Arc::make_mut(&mut graph.ops).extend(capture.ops);
             graph.memory.extend(&capture.allocs);
@@ -2724,13 +2727,7 @@ impl Driver {
             return Ok(g);
         }
         let h = self.handle();
-        // One node for each captured operation, in order.
-        for (at, op) in capture.ops.iter().enumerate() {
-            let node = self.handle();
-            self.nodes.insert(node, h);
-            self.node_ops.insert(node, at);
-            self.node_types.insert(node, op.node_type());
-        }
+        self.node_per_op(h, 0, &capture.ops);
         self.hold_graph_memory(&capture.allocs);
         self.graphs.insert(
             h,
@@ -2743,6 +2740,17 @@ impl Driver {
             },
         );
         Ok(h)
+    }
+
+    /// A node of `graph` for each captured operation, in order, the first
+    /// being the graph's operation `base`.
+    fn node_per_op(&mut self, graph: u64, base: usize, ops: &[Op]) {
+        for (at, op) in ops.iter().enumerate() {
+            let node = self.handle();
+            self.nodes.insert(node, graph);
+            self.node_ops.insert(node, base + at);
+            self.node_types.insert(node, op.node_type());
+        }
     }
 
     /// `cuStreamIsCapturing`: none (0), active (1) or invalidated (2).

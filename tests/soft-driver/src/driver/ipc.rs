@@ -160,14 +160,6 @@ impl Driver {
         self.event_create(EVENT_DISABLE_TIMING | EVENT_INTERPROCESS)
     }
 
-    /// `cuMemGetAddressRange`: base and size of the allocation holding
-    /// `ptr`.
-    pub fn address_range(&self, ptr: u64) -> CuResult<(u64, u64)> {
-        self.current_ctx()?;
-        let (base, a) = self.allocs.containing(ptr, 1).ok_or(CUDA_ERROR_NOT_FOUND)?;
-        Ok((base, a.size))
-    }
-
     /// Forget what names allocations that are gone (freed, or their
     /// context destroyed).
     pub(super) fn ipc_forget_gone(&mut self) {
