@@ -359,6 +359,27 @@ pub struct MemAllocNodeParams {
     pub dptr: CUdeviceptr,
 }
 
+/// `CUgraphNodeParams` (256 bytes) holding a conditional node's
+/// `CUDA_CONDITIONAL_NODE_PARAMS`, the only node this server makes through
+/// `cuGraphAddNode`: the type, the handle, its kind and body count, the
+/// body array the driver writes back, and the context.
+#[repr(C)]
+pub struct ConditionalNodeParams {
+    pub node_type: u32,
+    pub reserved0: [i32; 3],
+    pub handle: u64,
+    pub kind: u32,
+    pub size: u32,
+    pub bodies: *mut Ptr,
+    pub ctx: Ptr,
+    pub rest_of_union: [u64; 25],
+    pub reserved2: i64,
+}
+
+/// `CU_GRAPH_NODE_TYPE_CONDITIONAL`.
+pub const NODE_TYPE_CONDITIONAL: u32 = 13;
+
+const _: () = assert!(std::mem::size_of::<ConditionalNodeParams>() == 256);
 const _: () = assert!(std::mem::size_of::<Memcpy3D>() == 200);
 const _: () = assert!(std::mem::size_of::<MemAllocNodeParams>() == 120);
 const _: () = assert!(std::mem::size_of::<ResourceDesc>() == 144);
@@ -462,6 +483,8 @@ driver_api! {
     cuGraphAddHostNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const HostNodeParams);
     cuGraphAddMemAllocNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *mut MemAllocNodeParams);
     cuGraphAddMemFreeNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, ptr: CUdeviceptr);
+    cuGraphConditionalHandleCreate(handle: *mut u64, graph: Ptr, ctx: Ptr, default: u32, flags: u32);
+    cuGraphAddNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, edges: *const c_void, count: usize, params: *mut ConditionalNodeParams);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);

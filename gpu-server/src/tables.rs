@@ -89,9 +89,33 @@ pub struct Tables {
     pub links: HashSet<Handle>,
     /// Nodes of graphs the client builds -> their graph.
     pub nodes: HashMap<Handle, Handle>,
+    /// Conditional handles (the driver's values) -> the graph they were
+    /// made for.
+    pub conditionals: HashMap<u64, Handle>,
+    /// Body graphs of conditional nodes -> the graph holding the node. The
+    /// driver owns them: they go with that graph, never on their own.
+    pub bodies: HashMap<Handle, Handle>,
 }
 
 impl Tables {
+    /// `graph` went (with its nodes, conditional handles and the bodies
+    /// of its conditional nodes, theirs too).
+    pub fn forget_graph(&mut self, graph: Handle) {
+        self.graphs.remove(&graph);
+        self.nodes.retain(|_, g| *g != graph);
+        self.conditionals.retain(|_, g| *g != graph);
+        let bodies: Vec<Handle> = self
+            .bodies
+            .iter()
+            .filter(|(_, holder)| **holder == graph)
+            .map(|(b, _)| *b)
+            .collect();
+        for b in bodies {
+            self.bodies.remove(&b);
+            self.forget_graph(b);
+        }
+    }
+
     pub fn context(&self, ctx: Handle) -> Result<i32, u32> {
         self.contexts.get(&ctx).copied().ok_or(INVALID_CONTEXT)
     }

@@ -46,6 +46,8 @@ const OPERATING_SYSTEM: Status = 304;
 /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, `_INVALIDATED`.
 const STREAM_CAPTURE_UNSUPPORTED: Status = 900;
 const STREAM_CAPTURE_INVALIDATED: Status = 901;
+/// `CUDA_ERROR_UNKNOWN`.
+const UNKNOWN: Status = 999;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -733,6 +735,7 @@ impl<'d> Worker<'d> {
                 R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
                 R::GraphListNodes { ctx, .. } | R::StreamBeginCaptureToGraph { ctx, .. } => *ctx,
                 R::GraphDebugDot { ctx, .. } | R::GraphNodeEnabled { ctx, .. } => *ctx,
+                R::GraphConditionalHandleCreate { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1131,12 +1134,26 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuGraphExecDestroy(as_ptr(exec)) }
             })),
             R::GraphDestroy { ctx, graph } => to_reply(self.make_current(ctx).and_then(|()| {
-                if self.tables.graphs.remove(&graph) != Some(ctx) {
+                // A conditional node's body goes with the node's graph.
+                if self.tables.graphs.get(&graph) != Some(&ctx) || self.tables.bodies.contains_key(&graph) {
                     return Err(INVALID_VALUE);
                 }
-                self.tables.nodes.retain(|_, g| *g != graph);
+                self.tables.forget_graph(graph);
                 // SAFETY: the graph belonged to this client.
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
+            })),
+            R::GraphConditionalHandleCreate {
+                ctx,
+                graph,
+                default,
+                flags,
+            } => to_reply(self.check_graph(ctx, graph).and_then(|()| {
+                let mut h = 0u64;
+                // SAFETY: the graph and context are this client's; h is
+                // writable; the driver checks the flags.
+                unsafe { d.cuGraphConditionalHandleCreate(&mut h, as_ptr(graph), as_ptr(ctx), default, flags) }?;
+                self.tables.conditionals.insert(h, graph);
+                Ok(Reply::Handle(h))
             })),
             R::GraphListNodes { ctx, graph } => to_reply(self.graph_list_nodes(ctx, graph)),
             R::GraphDebugDot { ctx, graph, flags } => to_reply(self.graph_debug_dot(ctx, graph, flags)),
@@ -1601,8 +1618,15 @@ impl<'d> Worker<'d> {
             // SAFETY: x is an executable graph of this client.
             let _ = unsafe { d.cuGraphExecDestroy(as_ptr(*x)) };
         }
-        for (g, _) in self.tables.graphs.iter().filter(|(_, c)| **c == ctx) {
-            // SAFETY: g is a graph of this client.
+        let bodies = &self.tables.bodies;
+        for (g, _) in self
+            .tables
+            .graphs
+            .iter()
+            .filter(|(g, c)| **c == ctx && !bodies.contains_key(*g))
+        {
+            // SAFETY: g is a graph of this client (bodies of conditional
+            // nodes go with the graph holding the node).
             let _ = unsafe { d.cuGraphDestroy(as_ptr(*g)) };
         }
         for (m, _) in self.tables.modules.iter().filter(|(_, c)| **c == ctx) {
@@ -2554,6 +2578,9 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuGraphAddMemFreeNode(&mut n, g, dp, nd, ptr) }?;
                 self.tables.memory.remove(&ptr);
             }
+            &GraphNode::Conditional { handle: h, kind, size } => {
+                return self.add_conditional(ctx, graph, &deps, h, kind, size)
+            }
             &GraphNode::EventRecord { event } | &GraphNode::EventWait { event } => {
                 if self.tables.events.get(&event) != Some(&ctx) {
                     return Err(INVALID_HANDLE);
@@ -2571,6 +2598,73 @@ impl<'d> Worker<'d> {
         }
         self.tables.nodes.insert(handle(n), graph);
         Ok(Reply::Handle(handle(n)))
+    }
+
+    /// A conditional node on the session's handle `h` after `deps`; its
+    /// bodies become graphs of the session, the node's to the end.
+    fn add_conditional(
+        &mut self,
+        ctx: Handle,
+        graph: Handle,
+        deps: &[Ptr],
+        h: u64,
+        kind: u32,
+        size: u32,
+    ) -> DriverResult<Reply> {
+        use gpupool_proto::message::{CONDITIONAL_IF, CONDITIONAL_SWITCH, CONDITIONAL_WHILE, MAX_CONDITIONAL_BODIES};
+        let sized = match kind {
+            CONDITIONAL_IF => matches!(size, 1 | 2),
+            CONDITIONAL_WHILE => size == 1,
+            CONDITIONAL_SWITCH => (1..=MAX_CONDITIONAL_BODIES).contains(&size),
+            _ => false,
+        };
+        // The driver checks that the handle is the graph's; here, that it
+        // is one of this session's.
+        if !sized || !self.tables.conditionals.contains_key(&h) {
+            return Err(INVALID_VALUE);
+        }
+        let mut p = crate::driver::ConditionalNodeParams {
+            node_type: crate::driver::NODE_TYPE_CONDITIONAL,
+            reserved0: [0; 3],
+            handle: h,
+            kind,
+            size,
+            bodies: std::ptr::null_mut(),
+            ctx: as_ptr(ctx),
+            rest_of_union: [0; 25],
+            reserved2: 0,
+        };
+        let mut n: Ptr = std::ptr::null_mut();
+        // SAFETY: the graph and dependencies are this client's; p is a
+        // complete parameter block whose body array the driver writes.
+        unsafe {
+            self.driver.cuGraphAddNode_v2(
+                &mut n,
+                as_ptr(graph),
+                deps.as_ptr(),
+                std::ptr::null(),
+                deps.len(),
+                &mut p,
+            )
+        }?;
+        if p.bodies.is_null() {
+            return Err(UNKNOWN);
+        }
+        // SAFETY: the driver's array of `size` graphs, alive as long as
+        // the node.
+        let bodies: Vec<Handle> = unsafe { std::slice::from_raw_parts(p.bodies, size as usize) }
+            .iter()
+            .map(|b| handle(*b))
+            .collect();
+        for &b in &bodies {
+            self.tables.graphs.insert(b, ctx);
+            self.tables.bodies.insert(b, graph);
+        }
+        self.tables.nodes.insert(handle(n), graph);
+        Ok(Reply::Conditional {
+            node: handle(n),
+            bodies,
+        })
     }
 
     /// The kernel node parameters of a launch: a kernel or a function, in

@@ -573,6 +573,16 @@ pub enum Request {
         deps: Vec<Handle>,
         mode: u32,
     },
+    /// sync -> `Reply::Handle`: a conditional handle for `graph`, the
+    /// driver's value (kernels pass it to `cudaGraphSetConditional`, so it
+    /// travels unchanged), with `default` and `flags` as given
+    /// (`cuGraphConditionalHandleCreate`).
+    GraphConditionalHandleCreate {
+        ctx: Handle,
+        graph: Handle,
+        default: u32,
+        flags: u32,
+    },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -643,7 +653,23 @@ pub enum GraphNode {
     MemFree {
         ptr: DevicePtr,
     },
+    /// A conditional node (`CUgraphConditionalNodeType` `kind`: if, while,
+    /// switch) on the session's conditional `handle`, with `size` body
+    /// graphs the driver makes: answered `Reply::Conditional`.
+    Conditional {
+        handle: u64,
+        kind: u32,
+        size: u32,
+    },
 }
+
+/// `CUgraphConditionalNodeType`s.
+pub const CONDITIONAL_IF: u32 = 0;
+pub const CONDITIONAL_WHILE: u32 = 1;
+pub const CONDITIONAL_SWITCH: u32 = 2;
+
+/// Most body graphs one switch node may have here.
+pub const MAX_CONDITIONAL_BODIES: u32 = 1024;
 
 /// Bytes of a linked image one `LinkImage` answer carries at most.
 pub const LINK_IMAGE_CHUNK: usize = 512 << 10;
@@ -862,6 +888,13 @@ pub enum Reply {
     },
     /// Nodes of a graph and their types (`Request::GraphListNodes`).
     Nodes(Vec<(Handle, u32)>),
+    /// A conditional node and its body graphs, in the driver's order
+    /// (`GraphNode::Conditional`). The bodies are the node's: the session
+    /// adds nodes to them, and they go with the graph holding the node.
+    Conditional {
+        node: Handle,
+        bodies: Vec<Handle>,
+    },
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.
     DeviceStatus {

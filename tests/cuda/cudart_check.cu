@@ -8,6 +8,9 @@
 //   cudart_check fault    a faulting kernel: error 700 at the next synchronise
 //   cudart_check ipc      memory and an event shared with a second process
 //                         (this program again, `ipc-child`) through cudaIpc*
+//   cudart_check conditional
+//                         graphs with if/else, while and switch nodes whose
+//                         condition kernels set (cudaGraphSetConditional)
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +45,25 @@ __global__ void gp_surf_scale(cudaSurfaceObject_t surf, float s, int w, int h) {
         int x = (i % w) * 4, y = i / w;
         float v = surf2Dread<float>(surf, x, y);
         surf2Dwrite(v * s, surf, x, y);
+    }
+}
+
+__global__ void gp_fill_u32(unsigned *p, unsigned v, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] = v;
+}
+
+// Conditional nodes' kernels: the condition is the value at v; a countdown
+// that keeps a while node going until the counter reaches zero.
+__global__ void gp_set_condition(cudaGraphConditionalHandle h, const unsigned *v) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) cudaGraphSetConditional(h, *v);
+}
+
+__global__ void gp_countdown(cudaGraphConditionalHandle h, int *counter) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        int left = *counter - 1;
+        *counter = left;
+        cudaGraphSetConditional(h, left > 0);
     }
 }
 
@@ -117,6 +139,173 @@ static bool from_hex(const char *text, void *bytes, size_t n) {
         b[i] = (unsigned char)v;
     }
     return true;
+}
+
+// A kernel node of `g` after `deps` (NULL for none) running `func` on one
+// block of `threads` threads.
+static cudaError_t kernel_node(cudaGraphNode_t *node, cudaGraph_t g, const cudaGraphNode_t *dep, void *func,
+                               unsigned threads, void **args) {
+    cudaKernelNodeParams kp = {};
+    kp.func = func;
+    kp.gridDim = dim3(1);
+    kp.blockDim = dim3(threads);
+    kp.kernelParams = args;
+    return cudaGraphAddKernelNode(node, g, dep, dep ? 1 : 0, &kp);
+}
+
+// A conditional node of `g` after `dep`; its bodies in `bodies`.
+static cudaError_t conditional_node(cudaGraphNode_t *node, cudaGraph_t g, cudaGraphNode_t dep,
+                                    cudaGraphConditionalHandle h, cudaGraphConditionalNodeType type, unsigned size,
+                                    cudaGraph_t *bodies) {
+    cudaGraphNodeParams cp = {};
+    cp.type = cudaGraphNodeTypeConditional;
+    cp.conditional.handle = h;
+    cp.conditional.type = type;
+    cp.conditional.size = size;
+    cudaError_t e = cudaGraphAddNode(node, g, &dep, NULL, 1, &cp);
+    if (e == cudaSuccess)
+        for (unsigned i = 0; i < size; i++) bodies[i] = cp.conditional.phGraph_out[i];
+    return e;
+}
+
+static int read_u32(const unsigned *d, unsigned *out, int n) {
+    CHECK(cudaMemcpy(out, d, n * sizeof(unsigned), cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+// If/else, while and switch nodes, their conditions set by kernels on the
+// device; a body filled by stream capture; a body's destruction refused.
+static int conditional() {
+    const int n = 256;
+    unsigned *flag, *out, host[n];
+    int *counter;
+    float *x;
+    CHECK(cudaMalloc(&flag, sizeof(unsigned)));
+    CHECK(cudaMalloc(&out, n * sizeof(unsigned)));
+    CHECK(cudaMalloc(&counter, sizeof(int)));
+    CHECK(cudaMalloc(&x, n * sizeof(float)));
+    cudaStream_t s;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    int count = n;
+
+    // if/else: body 0 writes 1 where the flag is non-zero, body 1 writes 2.
+    {
+        cudaGraph_t g, bodies[2];
+        CHECK(cudaGraphCreate(&g, 0));
+        cudaGraphConditionalHandle h;
+        CHECK(cudaGraphConditionalHandleCreate(&h, g, 0, 0));
+        cudaGraphNode_t set, cond, fill;
+        void *set_args[] = {&h, &flag};
+        CHECK(kernel_node(&set, g, NULL, (void *)gp_set_condition, 32, set_args));
+        CHECK(conditional_node(&cond, g, set, h, cudaGraphCondTypeIf, 2, bodies));
+        unsigned one = 1, two = 2;
+        void *then_args[] = {&out, &one, &count}, *else_args[] = {&out, &two, &count};
+        CHECK(kernel_node(&fill, bodies[0], NULL, (void *)gp_fill_u32, n, then_args));
+        CHECK(kernel_node(&fill, bodies[1], NULL, (void *)gp_fill_u32, n, else_args));
+        // A body is the node's: destroying it alone is refused.
+        EXPECT(cudaGraphDestroy(bodies[0]) != cudaSuccess, "a conditional body was destroyed alone");
+        cudaGetLastError();
+        size_t nodes = 0;
+        CHECK(cudaGraphGetNodes(bodies[1], NULL, &nodes));
+        EXPECT(nodes == 1, "else body has %zu nodes", nodes);
+        cudaGraphNodeType type;
+        CHECK(cudaGraphNodeGetType(cond, &type));
+        EXPECT(type == cudaGraphNodeTypeConditional, "conditional node type %d", (int)type);
+        cudaGraphExec_t ge;
+        CHECK(cudaGraphInstantiate(&ge, g, 0));
+        const unsigned flags[] = {1, 0, 7, 0};
+        for (unsigned f : flags) {
+            CHECK(cudaMemcpyAsync(flag, &f, sizeof f, cudaMemcpyHostToDevice, s));
+            CHECK(cudaGraphLaunch(ge, s));
+            CHECK(cudaStreamSynchronize(s));
+            if (read_u32(out, host, n)) return 1;
+            unsigned want = f ? 1 : 2;
+            for (int i = 0; i < n; i++) EXPECT(host[i] == want, "if/else flag %u: out[%d] = %u", f, i, host[i]);
+        }
+        CHECK(cudaGraphExecDestroy(ge));
+        CHECK(cudaGraphDestroy(g));
+    }
+
+    // while: the body scales x by 2 and counts down from 5; the handle
+    // starts at 1 at every launch (cudaGraphCondAssignDefault).
+    {
+        cudaGraph_t g, body;
+        CHECK(cudaGraphCreate(&g, 0));
+        cudaGraphConditionalHandle h;
+        CHECK(cudaGraphConditionalHandleCreate(&h, g, 1, cudaGraphCondAssignDefault));
+        cudaGraphNode_t start, loop, scale, down;
+        CHECK(cudaGraphAddEmptyNode(&start, g, NULL, 0));
+        CHECK(conditional_node(&loop, g, start, h, cudaGraphCondTypeWhile, 1, &body));
+        float two = 2.0f;
+        void *scale_args[] = {&x, &two, &count}, *down_args[] = {&h, &counter};
+        CHECK(kernel_node(&scale, body, NULL, (void *)gp_scale, n, scale_args));
+        CHECK(kernel_node(&down, body, &scale, (void *)gp_countdown, 32, down_args));
+        cudaGraphExec_t ge;
+        CHECK(cudaGraphInstantiate(&ge, g, 0));
+        float xs[n];
+        for (int launch = 0; launch < 2; launch++) {
+            const int rounds = 5 - 2 * launch;
+            for (int i = 0; i < n; i++) xs[i] = (float)i;
+            CHECK(cudaMemcpyAsync(x, xs, sizeof xs, cudaMemcpyHostToDevice, s));
+            CHECK(cudaMemcpyAsync(counter, &rounds, sizeof rounds, cudaMemcpyHostToDevice, s));
+            CHECK(cudaGraphLaunch(ge, s));
+            CHECK(cudaStreamSynchronize(s));
+            int left = -1;
+            CHECK(cudaMemcpy(xs, x, sizeof xs, cudaMemcpyDeviceToHost));
+            CHECK(cudaMemcpy(&left, counter, sizeof left, cudaMemcpyDeviceToHost));
+            EXPECT(left == 0, "while: counter %d after %d rounds", left, rounds);
+            for (int i = 0; i < n; i++)
+                EXPECT(xs[i] == (float)i * (float)(1 << rounds), "while %d rounds: x[%d] = %g", rounds, i, xs[i]);
+        }
+        CHECK(cudaGraphExecDestroy(ge));
+        CHECK(cudaGraphDestroy(g));
+    }
+
+    // switch: body k writes 10 * (k + 1); a value past the bodies runs
+    // none. Body 2 is filled by capturing a stream into it.
+    {
+        cudaGraph_t g, bodies[3];
+        CHECK(cudaGraphCreate(&g, 0));
+        cudaGraphConditionalHandle h;
+        CHECK(cudaGraphConditionalHandleCreate(&h, g, 0, 0));
+        cudaGraphNode_t set, cond, fill;
+        void *set_args[] = {&h, &flag};
+        CHECK(kernel_node(&set, g, NULL, (void *)gp_set_condition, 32, set_args));
+        CHECK(conditional_node(&cond, g, set, h, cudaGraphCondTypeSwitch, 3, bodies));
+        unsigned v0 = 10, v1 = 20, v2 = 30;
+        void *a0[] = {&out, &v0, &count}, *a1[] = {&out, &v1, &count};
+        CHECK(kernel_node(&fill, bodies[0], NULL, (void *)gp_fill_u32, n, a0));
+        CHECK(kernel_node(&fill, bodies[1], NULL, (void *)gp_fill_u32, n, a1));
+        cudaStream_t cs;
+        CHECK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+        CHECK(cudaStreamBeginCaptureToGraph(cs, bodies[2], NULL, NULL, 0, cudaStreamCaptureModeGlobal));
+        gp_fill_u32<<<1, n, 0, cs>>>(out, v2, n);
+        cudaGraph_t captured;
+        CHECK(cudaStreamEndCapture(cs, &captured));
+        EXPECT(captured == bodies[2], "capture into a body answered another graph");
+        CHECK(cudaStreamDestroy(cs));
+        cudaGraphExec_t ge;
+        CHECK(cudaGraphInstantiate(&ge, g, 0));
+        const unsigned picks[] = {2, 0, 1, 9};
+        const unsigned want[] = {30, 10, 20, 20};
+        for (int k = 0; k < 4; k++) {
+            CHECK(cudaMemcpyAsync(flag, &picks[k], sizeof picks[k], cudaMemcpyHostToDevice, s));
+            CHECK(cudaGraphLaunch(ge, s));
+            CHECK(cudaStreamSynchronize(s));
+            if (read_u32(out, host, n)) return 1;
+            for (int i = 0; i < n; i++)
+                EXPECT(host[i] == want[k], "switch %u: out[%d] = %u, want %u", picks[k], i, host[i], want[k]);
+        }
+        CHECK(cudaGraphExecDestroy(ge));
+        CHECK(cudaGraphDestroy(g));
+    }
+    CHECK(cudaStreamDestroy(s));
+    CHECK(cudaFree(flag));
+    CHECK(cudaFree(out));
+    CHECK(cudaFree(counter));
+    CHECK(cudaFree(x));
+    printf("OK cudart conditional\n");
+    return 0;
 }
 
 // The exporter: a kernel's result and an interprocess event recorded after
@@ -201,6 +390,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "fault")) return fault();
     if (!strcmp(mode, "ipc")) return ipc();
     if (!strcmp(mode, "ipc-child")) return ipc_child(argc, argv);
+    if (!strcmp(mode, "conditional")) return conditional();
 
     const int n = 1 << 16;
     const size_t bytes = n * sizeof(float);

@@ -122,6 +122,13 @@ fn nvcc_programs_run_with_static_and_shared_cudart() {
                 "{} (shared={shared}): {out}",
                 version_of(home)
             );
+            // Conditional nodes (if/else, while, switch) set on the device.
+            let out = run(home, &program, &server, &["conditional"]);
+            assert!(
+                out.contains("OK cudart conditional"),
+                "{} (shared={shared}): {out}",
+                version_of(home)
+            );
             // cudaIpc* between two processes (two sessions of the server).
             let out = run(home, &program, &server, &["ipc"]);
             assert!(

@@ -19,6 +19,7 @@ use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
 mod arrays;
+mod conditionals;
 mod copies;
 mod functions;
 mod graphs;
@@ -33,6 +34,7 @@ mod queries;
 mod tensormap;
 mod vmm;
 pub use arrays::*;
+pub use conditionals::*;
 pub use copies::*;
 pub use functions::*;
 pub use graphs::*;
@@ -2418,9 +2420,16 @@ pub unsafe fn graph_exec_destroy(exec: *mut c_void) -> CuResult {
 pub unsafe fn graph_destroy(graph: *mut c_void) -> CuResult {
     let s = shim()?;
     let graph = handle(graph);
+    // A conditional node's body goes with the graph holding the node.
+    if conditionals::is_body(graph) {
+        return Err(CuError::INVALID_VALUE);
+    }
     let ctx = write(&s.graphs).remove(&graph).ok_or(CuError::INVALID_VALUE)?;
-    graphs::forget(graph);
-    hostnodes::forget(graph);
+    for g in std::iter::once(graph).chain(conditionals::forget(graph)) {
+        write(&s.graphs).remove(&g);
+        graphs::forget(g);
+        hostnodes::forget(g);
+    }
     s.remote.post(&Request::GraphDestroy { ctx, graph }, &[])
 }
 

@@ -26,7 +26,10 @@ use crate::ptx;
 use crate::result::*;
 use crate::texture::{self, ArrayShape, Image, Sampler};
 
+mod conditionals;
 mod ipc;
+
+use conditionals::{Body, CondNode, CondObj};
 
 /// `cuDriverGetVersion` / `cuCtxGetApiVersion`: CUDA 13.0.
 pub const DRIVER_VERSION: i32 = 13000;
@@ -257,6 +260,13 @@ enum Op {
         func: engine::HostFn,
         data: usize,
     },
+    /// A conditional node (`conditionals`): the bodies handle `handle`'s
+    /// value picks run where the launch gets here.
+    Conditional {
+        handle: u64,
+        kind: u32,
+        bodies: Vec<Body>,
+    },
 }
 
 /// Whether two lists of operations have the same shape: the same
@@ -281,6 +291,7 @@ const NODE_WAIT_EVENT: u32 = 6;
 const NODE_EVENT_RECORD: u32 = 7;
 const NODE_MEM_ALLOC: u32 = 10;
 const NODE_MEM_FREE: u32 = 11;
+const NODE_CONDITIONAL: u32 = 13;
 
 impl Op {
     /// The type of the node this operation is.
@@ -291,6 +302,7 @@ impl Op {
             Op::CopyDtoD { .. } | Op::CopyIn { .. } | Op::CopyOut { .. } => NODE_MEMCPY,
             Op::Record { .. } => NODE_EVENT_RECORD,
             Op::Host { .. } => NODE_HOST,
+            Op::Conditional { .. } => NODE_CONDITIONAL,
         }
     }
 }
@@ -521,6 +533,11 @@ pub struct Driver {
     surfaces: HashMap<u64, SurfObj>,
     /// Memory and events shared with other processes.
     ipc: ipc::Ipc,
+    /// Conditional handles, conditional nodes, and the bodies of those
+    /// nodes -> the graph holding the node.
+    conditionals: HashMap<u64, CondObj>,
+    cond_nodes: HashMap<u64, CondNode>,
+    body_of: HashMap<u64, u64>,
 }
 
 /// Physical memory for `cuMemMap`: a shared-memory file, so that one piece
@@ -746,6 +763,16 @@ impl texture::Objects for LaunchObjects<'_> {
         Ok((image, sampler))
     }
 
+    fn set_conditional(&self, handle: u64, value: u32) -> CuResult<()> {
+        let c = self
+            .driver
+            .conditionals
+            .get(&handle)
+            .ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+        c.value.store(value, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     fn surface(&self, surf: u64) -> CuResult<Image> {
         let s = self
             .driver
@@ -794,6 +821,9 @@ impl Driver {
             textures: HashMap::new(),
             surfaces: HashMap::new(),
             ipc: ipc::Ipc::default(),
+            conditionals: HashMap::new(),
+            cond_nodes: HashMap::new(),
+            body_of: HashMap::new(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -2778,7 +2808,7 @@ impl Driver {
         let g = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let exec = GraphObj {
             ctx: g.ctx,
-            ops: Arc::clone(&g.ops),
+            ops: self.resolve(&g.ops),
             source: graph,
             memory: g.memory.clone(),
             disabled: HashSet::new(),
@@ -2801,8 +2831,16 @@ impl Driver {
         let ops = Arc::clone(&g.ops);
         let disabled = g.disabled.clone();
         self.refuse_in_capture(stream)?;
+        self.assign_defaults(&ops);
+        self.run_ops(ctx, &ops, Some(&disabled));
+        Ok(())
+    }
+
+    /// Runs a launch's operations in order (but those `disabled`), until
+    /// one faults the context; false then.
+    fn run_ops(&mut self, ctx: u64, ops: &[Op], disabled: Option<&HashSet<usize>>) -> bool {
         for (at, op) in ops.iter().enumerate() {
-            if disabled.contains(&at) {
+            if disabled.is_some_and(|d| d.contains(&at)) {
                 continue;
             }
             let r = match op {
@@ -2828,6 +2866,12 @@ impl Driver {
                     engine::submit_host(*func, *data as *mut std::ffi::c_void);
                     Ok(())
                 }
+                Op::Conditional { handle, kind, bodies } => {
+                    if !self.run_conditional(ctx, *handle, *kind, bodies) {
+                        return false;
+                    }
+                    Ok(())
+                }
             };
             if r.is_err() {
                 if let Some(c) = self.contexts.get_mut(&ctx) {
@@ -2835,10 +2879,10 @@ impl Driver {
                 }
             }
             if self.contexts.get(&ctx).is_none_or(|c| c.sticky.is_some()) {
-                break;
+                return false;
             }
         }
-        Ok(())
+        true
     }
 
     /// `cuGraphUpload`: checks the graph and the stream; nothing to upload.
@@ -2878,6 +2922,7 @@ impl Driver {
                 NODE_MEMCPY => "memcpy",
                 NODE_MEMSET => "memset",
                 NODE_HOST => "host",
+                NODE_CONDITIONAL => "conditional",
                 _ => "event record",
             };
             dot.push_str(&format!("  n{i} [label=\"{kind}\"];\n"));
@@ -3029,7 +3074,7 @@ impl Driver {
         if g.ctx != x.ctx || !same_shape(&g.ops, &x.ops) {
             return Ok(2);
         }
-        let ops = Arc::clone(&g.ops);
+        let ops = self.resolve(&g.ops);
         if let Some(x) = self.execs.get_mut(&exec) {
             x.ops = ops;
         }
@@ -3180,7 +3225,7 @@ impl Driver {
         if !c.memory.is_empty() {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
-        let ops = c.ops.to_vec();
+        let ops = self.resolve(&c.ops).to_vec();
         let node = self.add_node(graph, deps, None)?;
         let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let start = g.ops.len();
@@ -3204,7 +3249,7 @@ impl Driver {
         if c.ctx != x.ctx || !same_shape(&c.ops, &x.ops[start..start + len]) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let ops = c.ops.to_vec();
+        let ops = self.resolve(&c.ops).to_vec();
         let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         Arc::make_mut(&mut x.ops).splice(start..start + len, ops);
         Ok(())
@@ -3253,6 +3298,10 @@ impl Driver {
     /// it; a wait needs nothing here, where a graph's work runs in order.
     pub fn graph_add_event_node(&mut self, graph: u64, deps: &[u64], event: u64, record: bool) -> CuResult<u64> {
         let ctx = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
+        // Not in a conditional node's body (CUDA's rule).
+        if self.is_body(graph) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         if self.events.get(&event).is_none_or(|e| e.ctx != ctx) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
@@ -3284,15 +3333,26 @@ impl Driver {
     }
 
     pub fn graph_destroy(&mut self, graph: u64) -> CuResult<()> {
+        // A conditional node's body goes with the graph holding the node.
+        if self.is_body(graph) || !self.graphs.contains_key(&graph) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        self.forget_graph(graph);
+        Ok(())
+    }
+
+    /// `graph` goes, with its nodes and conditional bodies.
+    fn forget_graph(&mut self, graph: u64) {
+        self.drop_bodies(graph);
         self.nodes.retain(|_, g| *g != graph);
         let nodes = &self.nodes;
         self.node_ops.retain(|n, _| nodes.contains_key(n));
         self.child_ops.retain(|n, _| nodes.contains_key(n));
         self.event_waits.retain(|n| nodes.contains_key(n));
         self.node_types.retain(|n, _| nodes.contains_key(n));
-        let g = self.graphs.remove(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        self.drop_graph_memory(g.memory);
-        Ok(())
+        if let Some(g) = self.graphs.remove(&graph) {
+            self.drop_graph_memory(g.memory);
+        }
     }
 
     // ----- occupancy -----
@@ -3472,7 +3532,7 @@ impl Driver {
         size: u64,
     ) -> CuResult<(u64, u64)> {
         let ctx = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
-        if self.device(device)? != self.ctx_device(ctx) || size == 0 {
+        if self.device(device)? != self.ctx_device(ctx) || size == 0 || self.is_body(graph) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let node = self.add_node(graph, deps, None)?;
@@ -3511,6 +3571,10 @@ impl Driver {
         func: engine::HostFn,
         data: usize,
     ) -> CuResult<u64> {
+        // Not in a conditional node's body (CUDA's rule).
+        if self.is_body(graph) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         self.add_node(graph, deps, Some(Op::Host { func, data }))
     }
 

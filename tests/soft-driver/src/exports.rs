@@ -2943,6 +2943,71 @@ pub unsafe extern "C" fn cuGraphAddMemAllocNode(
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuGraphConditionalHandleCreate(
+    handle: *mut u64,
+    graph: *mut c_void,
+    ctx: CUcontext,
+    default: u32,
+    flags: u32,
+) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        let x = driver::with(|d| d.graph_conditional_handle_create(h(graph), h(ctx), default, flags))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(handle, x) }
+    })
+}
+
+/// `CUgraphNodeParams` holding a `CUDA_CONDITIONAL_NODE_PARAMS`.
+#[repr(C)]
+pub struct CudaConditionalNodeParams {
+    pub node_type: u32,
+    pub reserved0: [i32; 3],
+    pub handle: u64,
+    pub kind: u32,
+    pub size: u32,
+    pub bodies: *mut *mut c_void,
+    pub ctx: CUcontext,
+    pub rest_of_union: [u64; 25],
+    pub reserved2: i64,
+}
+
+/// `CU_GRAPH_NODE_TYPE_CONDITIONAL`.
+const NODE_TYPE_CONDITIONAL: u32 = 13;
+
+/// `cuGraphAddNode_v2`: conditional nodes only in this double (every other
+/// node has its typed call); edge data must be the default.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddNode_v2(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    edges: *const c_void,
+    n: usize,
+    params: *mut CudaConditionalNodeParams,
+) -> CUresult {
+    ffi(|| {
+        need(node)?;
+        need(params)?;
+        if !edges.is_null() {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        // SAFETY: API contract.
+        let (p, deps) = unsafe { (&mut *params, nodes(deps, n)?) };
+        if p.node_type != NODE_TYPE_CONDITIONAL {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if !p.ctx.is_null() && driver::with(|d| d.graph_ctx(h(graph)))? != h(p.ctx) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (x, bodies) = driver::with(|d| d.graph_add_conditional_node(h(graph), &deps, p.handle, p.kind, p.size))?;
+        p.bodies = bodies.cast_mut().cast();
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(node, ptr(x)) }
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuGraphAddMemFreeNode(
     node: *mut *mut c_void,
     graph: *mut c_void,

@@ -32,6 +32,13 @@ pub enum Known {
     /// `gp_surf_scale(CUsurfObject surf, float s, int w, int h)`: element
     /// `(i % w, i / w)` of the surface is multiplied by `s` in place.
     SurfScale,
+    /// `gp_set_condition(cudaGraphConditionalHandle h, const unsigned* v)`:
+    /// thread 0 calls `cudaGraphSetConditional(h, *v)`.
+    SetCondition,
+    /// `gp_countdown(cudaGraphConditionalHandle h, int* counter)`: thread 0
+    /// decrements `*counter` and sets `h` to whether it is still positive
+    /// (the body of a while node that runs `*counter` times).
+    Countdown,
 }
 
 /// `(name, kernel, parameter sizes)` of every known kernel.
@@ -44,6 +51,8 @@ pub const KNOWN_KERNELS: &[(&str, Known, &[usize])] = &[
     ("gp_fault", Known::Fault, &[8]),
     ("gp_tex_read", Known::TexRead, &[8, 8, 4, 4]),
     ("gp_surf_scale", Known::SurfScale, &[8, 4, 4, 4]),
+    ("gp_set_condition", Known::SetCondition, &[8, 8]),
+    ("gp_countdown", Known::Countdown, &[8, 8]),
 ];
 
 /// How a kernel entry relates to the known kernels.
@@ -230,6 +239,17 @@ pub(crate) fn run(
             Ok(())
         }
         Known::Fault => Err(CUDA_ERROR_ILLEGAL_ADDRESS),
+        Known::SetCondition if threads > 0 => {
+            let v = dev.read_u32(args.u64(1))?;
+            objects.set_conditional(args.u64(0), v)
+        }
+        Known::Countdown if threads > 0 => {
+            let counter = args.u64(1);
+            let left = (dev.read_u32(counter)? as i32).wrapping_sub(1);
+            dev.write_u32(counter, left as u32)?;
+            objects.set_conditional(args.u64(0), (left > 0) as u32)
+        }
+        Known::SetCondition | Known::Countdown => Ok(()),
         Known::TexRead => {
             let (out, tex, w, h) = (args.u64(0), args.u64(1), args.i32(2), args.i32(3));
             let n = grid_elements(w, h, threads);
@@ -328,6 +348,8 @@ mod tests {
     /// (a 1-channel float `w × h` image), texture 3 is an int texture.
     struct TestObjects {
         texels: std::cell::RefCell<Vec<f32>>,
+        /// Conditional values set: (handle, value); handle 5 is known.
+        conditions: std::cell::RefCell<Vec<(u64, u32)>>,
         w: u64,
         h: u64,
         sampler: crate::texture::Sampler,
@@ -353,11 +375,19 @@ mod tests {
             // SAFETY: as in `texture`.
             Ok(unsafe { Image::new(base, self.w, self.h, self.w * 4, crate::texture::FORMAT_FLOAT, 1) }.unwrap())
         }
+        fn set_conditional(&self, handle: u64, value: u32) -> Result<(), CUresult> {
+            if handle != 5 {
+                return Err(CUDA_ERROR_ILLEGAL_ADDRESS);
+            }
+            self.conditions.borrow_mut().push((handle, value));
+            Ok(())
+        }
     }
 
     fn objects(w: u64, h: u64, normalized: bool, mode: u32, linear: bool) -> TestObjects {
         TestObjects {
             texels: std::cell::RefCell::new((0..w * h).map(|k| (100 * (k / w) + k % w) as f32).collect()),
+            conditions: std::cell::RefCell::new(Vec::new()),
             w,
             h,
             sampler: crate::texture::Sampler {
@@ -392,6 +422,45 @@ mod tests {
         // SAFETY: `out` is the live `n * 4`-byte mapping made above.
         let v = unsafe { std::slice::from_raw_parts(out as *const f32, n) }.to_vec();
         (r, v)
+    }
+
+    /// `gp_set_condition` sets the handle to the word it reads;
+    /// `gp_countdown` decrements its counter and sets whether it is still
+    /// positive; an unknown handle faults; no thread, nothing happens.
+    #[test]
+    fn conditional_kernels() {
+        use crate::memory::{AllocKind, Allocation, Mapping};
+        let mut mem = AllocationMap::default();
+        let word = mem.insert(Allocation {
+            size: 4,
+            charged: 0,
+            ctx: 1,
+            device: 0,
+            kind: AllocKind::Device,
+            mapping: Mapping::new(4).unwrap(),
+        });
+        let o = objects(1, 1, false, 0, false);
+        let params = |h: u64| [h.to_le_bytes(), word.to_le_bytes()].concat();
+        let set = entry("gp_set_condition", &[8, 8]);
+        let down = entry("gp_countdown", &[8, 8]);
+        // SAFETY: `word` is the live 4-byte mapping made above.
+        let store = |v: u32| unsafe { (word as *mut u32).write(v) };
+        // SAFETY: as above.
+        let load = || unsafe { (word as *const u32).read() };
+        store(7);
+        assert_eq!(run(Known::SetCondition, &set, &params(5), 32, &mem, &o), Ok(()));
+        store(2);
+        assert_eq!(run(Known::Countdown, &down, &params(5), 32, &mem, &o), Ok(()));
+        assert_eq!(load(), 1);
+        assert_eq!(run(Known::Countdown, &down, &params(5), 1, &mem, &o), Ok(()));
+        assert_eq!(load(), 0);
+        assert_eq!(run(Known::Countdown, &down, &params(5), 0, &mem, &o), Ok(()));
+        assert_eq!(load(), 0, "no thread ran");
+        assert_eq!(*o.conditions.borrow(), [(5, 7), (5, 1), (5, 0)]);
+        assert_eq!(
+            run(Known::SetCondition, &set, &params(6), 1, &mem, &o),
+            Err(CUDA_ERROR_ILLEGAL_ADDRESS)
+        );
     }
 
     #[test]

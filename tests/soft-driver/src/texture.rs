@@ -240,6 +240,9 @@ pub trait Objects {
     fn texture(&self, tex: u64) -> CuResult<(Image, Sampler)>;
     /// Surface object `surf`'s array, as `texture`.
     fn surface(&self, surf: u64) -> CuResult<Image>;
+    /// `cudaGraphSetConditional`: conditional handle `handle` takes
+    /// `value`; an unknown handle faults (`CUDA_ERROR_ILLEGAL_ADDRESS`).
+    fn set_conditional(&self, handle: u64, value: u32) -> CuResult<()>;
 }
 
 /// Objects of a launch that names none.
@@ -250,6 +253,9 @@ impl Objects for NoObjects {
         Err(CUDA_ERROR_ILLEGAL_ADDRESS)
     }
     fn surface(&self, _: u64) -> CuResult<Image> {
+        Err(CUDA_ERROR_ILLEGAL_ADDRESS)
+    }
+    fn set_conditional(&self, _: u64, _: u32) -> CuResult<()> {
         Err(CUDA_ERROR_ILLEGAL_ADDRESS)
     }
 }

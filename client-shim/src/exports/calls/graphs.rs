@@ -22,6 +22,7 @@ const TYPE_WAIT_EVENT: u32 = 6;
 const TYPE_EVENT_RECORD: u32 = 7;
 const TYPE_MEM_ALLOC: u32 = 10;
 const TYPE_MEM_FREE: u32 = 11;
+const TYPE_CONDITIONAL: u32 = 13;
 
 /// The nodes of each graph the program built, in the order added, with
 /// their types: `cuGraphGetNodes` and `cuGraphNodeGetType` are answered
@@ -34,6 +35,12 @@ type Built = HashMap<Handle, Vec<(Handle, u32)>>;
 fn built<T>(f: impl FnOnce(&mut Built) -> T) -> T {
     let mut b = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     f(b.get_or_insert_with(HashMap::new))
+}
+
+/// A graph whose nodes are all made here from now on (a new graph, a
+/// conditional node's body).
+pub(super) fn track_built(graph: Handle) {
+    built(|b| b.insert(graph, Vec::new()));
 }
 
 /// A graph went (`cuGraphDestroy`).
@@ -134,7 +141,7 @@ unsafe fn handles(nodes: *const *mut c_void, count: usize) -> CuResult<Vec<Handl
 }
 
 /// The context a graph was made in.
-fn graph_ctx(s: &Shim, graph: *mut c_void) -> CuResult<Handle> {
+pub(super) fn graph_ctx(s: &Shim, graph: *mut c_void) -> CuResult<Handle> {
     read(&s.graphs)
         .get(&handle(graph))
         .copied()
@@ -162,6 +169,23 @@ unsafe fn add_answering(
     node: GraphNode,
     bulk: &[u8],
 ) -> CuResult<Option<u64>> {
+    Ok(
+        match unsafe { add_replying(out_node, graph, deps, count, node, bulk) }? {
+            Reply::Pair(_, address) => Some(address as u64),
+            _ => None,
+        },
+    )
+}
+
+/// As [`add`]; the server's answer.
+pub(super) unsafe fn add_replying(
+    out_node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    node: GraphNode,
+    bulk: &[u8],
+) -> CuResult<Reply> {
     let s = shim()?;
     if out_node.is_null() {
         return Err(CuError::INVALID_VALUE);
@@ -179,6 +203,7 @@ unsafe fn add_answering(
         GraphNode::Host { .. } => TYPE_HOST,
         GraphNode::MemAlloc { .. } => TYPE_MEM_ALLOC,
         GraphNode::MemFree { .. } => TYPE_MEM_FREE,
+        GraphNode::Conditional { .. } => TYPE_CONDITIONAL,
     };
     let request = Request::GraphAddNode {
         ctx,
@@ -186,9 +211,11 @@ unsafe fn add_answering(
         deps,
         node,
     };
-    let (n, address) = match s.remote.call(&request, bulk)? {
-        Reply::Handle(n) => (n, None),
-        Reply::Pair(n, address) => (n as Handle, Some(address as u64)),
+    let reply = s.remote.call(&request, bulk)?;
+    let n = match reply {
+        Reply::Handle(n) => n,
+        Reply::Pair(n, _) => n as Handle,
+        Reply::Conditional { node, .. } => node,
         _ => return Err(CuError::UNKNOWN),
     };
     // A captured graph's nodes are known here once listed.
@@ -198,7 +225,7 @@ unsafe fn add_answering(
         }
     });
     unsafe { out(out_node, as_ptr(n)) }?;
-    Ok(address)
+    Ok(reply)
 }
 
 /// `CUDA_MEM_ALLOC_NODE_PARAMS`: the pool's properties (88 bytes), access
@@ -283,7 +310,7 @@ pub unsafe fn graph_create(graph: *mut *mut c_void, flags: u32) -> CuResult {
         return Err(CuError::UNKNOWN);
     };
     write(&s.graphs).insert(g, ctx);
-    built(|b| b.insert(g, Vec::new()));
+    track_built(g);
     unsafe { out(graph, as_ptr(g)) }
 }
 
@@ -495,6 +522,9 @@ pub unsafe fn graph_add_child_graph_node(
         return Err(CuError::INVALID_VALUE);
     }
     let child_graph = handle(child);
+    if hostnodes::has(child_graph) {
+        refuse_host_nodes_in_body(handle(graph))?;
+    }
     let child = GraphNode::Child { graph: child_graph };
     unsafe { add(node, graph, deps, count, child, &[]) }?;
     // SAFETY: `add` wrote the new node there.
@@ -520,10 +550,24 @@ pub unsafe fn graph_add_host_node(
     params: *const c_void,
 ) -> CuResult {
     let call = unsafe { host_call(params) }?;
+    refuse_host_nodes_in_body(handle(graph))?;
     let token = hostnodes::token();
     unsafe { add(node, graph, deps, count, GraphNode::Host { token }, &[]) }?;
     // SAFETY: `add` wrote the new node there.
     hostnodes::added(handle(graph), handle(unsafe { *node }), token, call);
+    Ok(())
+}
+
+/// Host nodes cannot be in a conditional node's body, CUDA's rule; the
+/// shim could not tell which of them a launch reaches.
+fn refuse_host_nodes_in_body(graph: Handle) -> CuResult {
+    if conditionals::is_body(graph) {
+        tracing::warn!(
+            "a host node in a conditional node's body (CUDA allows kernel, empty, memset, memcpy, child graph \
+             and conditional nodes there); returning CUDA_ERROR_INVALID_VALUE"
+        );
+        return Err(CuError::INVALID_VALUE);
+    }
     Ok(())
 }
 
@@ -695,6 +739,10 @@ unsafe fn add_generic(
             TYPE_EMPTY => graph_add_empty_node(node, graph, deps, count),
             TYPE_WAIT_EVENT => graph_add_event_wait_node(node, graph, deps, count, word(0)),
             TYPE_EVENT_RECORD => graph_add_event_record_node(node, graph, deps, count, word(0)),
+            // `CUDA_CONDITIONAL_NODE_PARAMS`: the bodies are written back.
+            TYPE_CONDITIONAL => {
+                conditionals::graph_add_conditional_node(node, graph, deps, count, body.cast_mut().cast())
+            }
             other => {
                 tracing::warn!(
                     kind = other,
