@@ -359,27 +359,53 @@ pub struct MemAllocNodeParams {
     pub dptr: CUdeviceptr,
 }
 
-/// `CUgraphNodeParams` (256 bytes) holding a conditional node's
-/// `CUDA_CONDITIONAL_NODE_PARAMS`, the only node this server makes through
-/// `cuGraphAddNode`: the type, the handle, its kind and body count, the
-/// body array the driver writes back, and the context.
+/// `CUgraphNodeParams` (256 bytes): a node's type and its parameters in a
+/// 232-byte union, for `cuGraphAddNode_v2` (the nodes made with edge data
+/// or none of their own call: kernels with programmatic edges,
+/// conditional nodes).
 #[repr(C)]
-pub struct ConditionalNodeParams {
+pub struct GraphNodeParams<T> {
     pub node_type: u32,
     pub reserved0: [i32; 3],
+    pub params: T,
+    pub rest_of_union: [u8; 232 - 72],
+    pub reserved2: i64,
+}
+
+/// `CUDA_CONDITIONAL_NODE_PARAMS`: the handle, its kind and body count,
+/// the body array the driver writes back, and the context.
+#[repr(C)]
+pub struct ConditionalNodeParams {
     pub handle: u64,
     pub kind: u32,
     pub size: u32,
     pub bodies: *mut Ptr,
     pub ctx: Ptr,
-    pub rest_of_union: [u64; 25],
-    pub reserved2: i64,
+    pub pad: [u64; 5],
 }
 
-/// `CU_GRAPH_NODE_TYPE_CONDITIONAL`.
+/// `CU_GRAPH_NODE_TYPE_KERNEL`, `CU_GRAPH_NODE_TYPE_CONDITIONAL`.
+pub const NODE_TYPE_KERNEL: u32 = 0;
 pub const NODE_TYPE_CONDITIONAL: u32 = 13;
 
-const _: () = assert!(std::mem::size_of::<ConditionalNodeParams>() == 256);
+impl<T> GraphNodeParams<T> {
+    /// A node of `node_type` with `params` (72 bytes, the kernel and
+    /// conditional layouts' size here), the rest of the union zero.
+    pub fn new(node_type: u32, params: T) -> Self {
+        const { assert!(std::mem::size_of::<T>() == 72) };
+        GraphNodeParams {
+            node_type,
+            reserved0: [0; 3],
+            params,
+            rest_of_union: [0; 232 - 72],
+            reserved2: 0,
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<KernelNodeParams>() == 72);
+const _: () = assert!(std::mem::size_of::<GraphNodeParams<KernelNodeParams>>() == 256);
+const _: () = assert!(std::mem::size_of::<GraphNodeParams<ConditionalNodeParams>>() == 256);
 const _: () = assert!(std::mem::size_of::<Memcpy3D>() == 200);
 const _: () = assert!(std::mem::size_of::<MemAllocNodeParams>() == 120);
 const _: () = assert!(std::mem::size_of::<ResourceDesc>() == 144);
@@ -484,7 +510,8 @@ driver_api! {
     cuGraphAddMemAllocNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *mut MemAllocNodeParams);
     cuGraphAddMemFreeNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, ptr: CUdeviceptr);
     cuGraphConditionalHandleCreate(handle: *mut u64, graph: Ptr, ctx: Ptr, default: u32, flags: u32);
-    cuGraphAddNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, edges: *const c_void, count: usize, params: *mut ConditionalNodeParams);
+    cuGraphAddNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, edges: *const u64, count: usize, params: *mut c_void);
+    cuGraphAddDependencies_v2(graph: Ptr, from: *const Ptr, to: *const Ptr, edges: *const u64, count: usize);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);

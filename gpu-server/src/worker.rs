@@ -640,9 +640,15 @@ impl<'d> Worker<'d> {
                 }
                 None => Reply::ImageUnknown,
             },
-            Request::GraphAddNode { ctx, graph, deps, node } => {
+            Request::GraphAddNode {
+                ctx,
+                graph,
+                deps,
+                edges,
+                node,
+            } => {
                 let (mut params, len) = read_params(reader, header.bulk_len)?;
-                to_reply(self.graph_add_node(ctx, graph, &deps, &node, &mut params, len))
+                to_reply(self.graph_add_node(ctx, graph, (&deps, &edges), &node, &mut params, len))
             }
             Request::GraphExecKernelNodeSet {
                 ctx,
@@ -949,9 +955,13 @@ impl<'d> Worker<'d> {
                 params,
             } => to_reply(self.graph_exec_node_set(ctx, exec, node, &params)),
             R::StreamMemOps { ctx, stream, ops } => to_reply(self.stream_mem_ops(ctx, stream, &ops)),
-            R::GraphAddDependencies { ctx, graph, from, to } => {
-                to_reply(self.graph_add_dependencies(ctx, graph, &from, &to))
-            }
+            R::GraphAddDependencies {
+                ctx,
+                graph,
+                from,
+                to,
+                edges,
+            } => to_reply(self.graph_add_dependencies(ctx, graph, &from, &to, &edges)),
             R::LinkComplete { ctx, link } => to_reply(self.link_complete(ctx, link)),
             R::CaptureHostFunc { ctx, stream, token } => to_reply(self.capture_host_func(ctx, stream, token)),
             R::GraphHostCalls { calls, .. } => to_reply(self.graph_host_calls(&calls)),
@@ -2464,17 +2474,23 @@ impl<'d> Worker<'d> {
         }
     }
 
+    /// A node after `deps`, with `edges` their data (none: default edges;
+    /// kernel nodes only).
     fn graph_add_node(
         &mut self,
         ctx: Handle,
         graph: Handle,
-        deps: &[Handle],
+        (deps, edges): (&[Handle], &[u64]),
         node: &GraphNode,
         params: &mut [u64],
         len: usize,
     ) -> DriverResult<Reply> {
         self.check_graph(ctx, graph)?;
         let deps = self.graph_nodes(graph, deps)?;
+        let with_edges = !edges.is_empty();
+        if with_edges && (edges.len() != deps.len() || !matches!(node, GraphNode::Kernel(_))) {
+            return Err(INVALID_VALUE);
+        }
         let (g, dp, nd) = (as_ptr(graph), deps.as_ptr(), deps.len());
         let d = self.driver;
         let mut n: Ptr = std::ptr::null_mut();
@@ -2487,8 +2503,16 @@ impl<'d> Worker<'d> {
                 }
                 let mut args = self.kernel_args(l, params, len)?;
                 let p = Self::kernel_node_params(l, ctx, &mut args);
-                // SAFETY: as above; the driver copies the parameters now.
-                unsafe { d.cuGraphAddKernelNode_v2(&mut n, g, dp, nd, &p) }?;
+                if with_edges {
+                    let mut generic = crate::driver::GraphNodeParams::new(crate::driver::NODE_TYPE_KERNEL, p);
+                    let gp = (&mut generic as *mut crate::driver::GraphNodeParams<KernelNodeParams>).cast();
+                    // SAFETY: as above, with one edge datum per dependency
+                    // (the driver checks them); a complete parameter block.
+                    unsafe { d.cuGraphAddNode_v2(&mut n, g, dp, edges.as_ptr(), nd, gp) }?;
+                } else {
+                    // SAFETY: as above; the driver copies the parameters now.
+                    unsafe { d.cuGraphAddKernelNode_v2(&mut n, g, dp, nd, &p) }?;
+                }
             }
             &GraphNode::Memset {
                 dst,
@@ -2623,36 +2647,31 @@ impl<'d> Worker<'d> {
         if !sized || !self.tables.conditionals.contains_key(&h) {
             return Err(INVALID_VALUE);
         }
-        let mut p = crate::driver::ConditionalNodeParams {
-            node_type: crate::driver::NODE_TYPE_CONDITIONAL,
-            reserved0: [0; 3],
+        use crate::driver::{ConditionalNodeParams, GraphNodeParams, NODE_TYPE_CONDITIONAL};
+        let cond = ConditionalNodeParams {
             handle: h,
             kind,
             size,
             bodies: std::ptr::null_mut(),
             ctx: as_ptr(ctx),
-            rest_of_union: [0; 25],
-            reserved2: 0,
+            pad: [0; 5],
         };
+        let mut p = GraphNodeParams::new(NODE_TYPE_CONDITIONAL, cond);
+        let pp = (&mut p as *mut GraphNodeParams<ConditionalNodeParams>).cast();
         let mut n: Ptr = std::ptr::null_mut();
         // SAFETY: the graph and dependencies are this client's; p is a
         // complete parameter block whose body array the driver writes.
         unsafe {
-            self.driver.cuGraphAddNode_v2(
-                &mut n,
-                as_ptr(graph),
-                deps.as_ptr(),
-                std::ptr::null(),
-                deps.len(),
-                &mut p,
-            )
+            self.driver
+                .cuGraphAddNode_v2(&mut n, as_ptr(graph), deps.as_ptr(), std::ptr::null(), deps.len(), pp)
         }?;
-        if p.bodies.is_null() {
+        let bodies = p.params.bodies;
+        if bodies.is_null() {
             return Err(UNKNOWN);
         }
         // SAFETY: the driver's array of `size` graphs, alive as long as
         // the node.
-        let bodies: Vec<Handle> = unsafe { std::slice::from_raw_parts(p.bodies, size as usize) }
+        let bodies: Vec<Handle> = unsafe { std::slice::from_raw_parts(bodies, size as usize) }
             .iter()
             .map(|b| handle(*b))
             .collect();
@@ -2835,16 +2854,30 @@ impl<'d> Worker<'d> {
         Ok(Reply::Bytes(out))
     }
 
-    fn graph_add_dependencies(&mut self, ctx: Handle, graph: Handle, from: &[Handle], to: &[Handle]) -> DriverResult {
+    fn graph_add_dependencies(
+        &mut self,
+        ctx: Handle,
+        graph: Handle,
+        from: &[Handle],
+        to: &[Handle],
+        edges: &[u64],
+    ) -> DriverResult {
         self.check_graph(ctx, graph)?;
-        if from.len() != to.len() {
+        if from.len() != to.len() || !(edges.is_empty() || edges.len() == from.len()) {
             return Err(INVALID_VALUE);
         }
         let (from, to) = (self.graph_nodes(graph, from)?, self.graph_nodes(graph, to)?);
-        // SAFETY: every node is of this client's graph.
+        let g = as_ptr(graph);
+        // SAFETY: every node is of this client's graph; there is one edge
+        // datum per edge when there are any (the driver checks them).
         unsafe {
-            self.driver
-                .cuGraphAddDependencies(as_ptr(graph), from.as_ptr(), to.as_ptr(), from.len())
+            if edges.is_empty() {
+                self.driver
+                    .cuGraphAddDependencies(g, from.as_ptr(), to.as_ptr(), from.len())
+            } else {
+                self.driver
+                    .cuGraphAddDependencies_v2(g, from.as_ptr(), to.as_ptr(), edges.as_ptr(), from.len())
+            }
         }
     }
 

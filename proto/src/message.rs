@@ -478,11 +478,14 @@ pub enum Request {
     GraphCreate { ctx: Handle },
     /// sync -> `Reply::Handle`: a node added to `graph` after the nodes
     /// `deps` (`cuGraphAdd*Node`). A kernel node's packed parameters are
-    /// the bulk tail, as for a launch.
+    /// the bulk tail, as for a launch. `edges` is empty for default edges,
+    /// or holds one `CUgraphEdgeData` (8 bytes, little endian) per
+    /// dependency (kernel nodes only: programmatic launch edges).
     GraphAddNode {
         ctx: Handle,
         graph: Handle,
         deps: Vec<Handle>,
+        edges: Vec<u64>,
         node: GraphNode,
     },
     /// sync: a kernel node's launch in an executable graph, replaced
@@ -513,12 +516,14 @@ pub enum Request {
         stream: StreamRef,
         ops: Vec<MemOp>,
     },
-    /// sync: edges `from[i] -> to[i]` (`cuGraphAddDependencies`).
+    /// sync: edges `from[i] -> to[i]` (`cuGraphAddDependencies`), with
+    /// `edges[i]` their data when not empty (`cuGraphAddDependencies_v2`).
     GraphAddDependencies {
         ctx: Handle,
         graph: Handle,
         from: Vec<Handle>,
         to: Vec<Handle>,
+        edges: Vec<u64>,
     },
     /// sync: a handle another session of this server can open for the
     /// allocation holding `ptr` (`cuIpcGetMemHandle`): `Bytes`, 64 of them.

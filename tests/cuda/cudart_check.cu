@@ -10,7 +10,8 @@
 //                         (this program again, `ipc-child`) through cudaIpc*
 //   cudart_check conditional
 //                         graphs with if/else, while and switch nodes whose
-//                         condition kernels set (cudaGraphSetConditional)
+//                         condition kernels set (cudaGraphSetConditional),
+//                         and kernel nodes joined by programmatic edges
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -194,14 +195,14 @@ static int conditional() {
         CHECK(cudaGraphCreate(&g, 0));
         cudaGraphConditionalHandle h;
         CHECK(cudaGraphConditionalHandleCreate(&h, g, 0, 0));
-        cudaGraphNode_t set, cond, fill;
+        cudaGraphNode_t set, cond, then_fill, else_fill;
         void *set_args[] = {&h, &flag};
         CHECK(kernel_node(&set, g, NULL, (void *)gp_set_condition, 32, set_args));
         CHECK(conditional_node(&cond, g, set, h, cudaGraphCondTypeIf, 2, bodies));
         unsigned one = 1, two = 2;
         void *then_args[] = {&out, &one, &count}, *else_args[] = {&out, &two, &count};
-        CHECK(kernel_node(&fill, bodies[0], NULL, (void *)gp_fill_u32, n, then_args));
-        CHECK(kernel_node(&fill, bodies[1], NULL, (void *)gp_fill_u32, n, else_args));
+        CHECK(kernel_node(&then_fill, bodies[0], NULL, (void *)gp_fill_u32, n, then_args));
+        CHECK(kernel_node(&else_fill, bodies[1], NULL, (void *)gp_fill_u32, n, else_args));
         // A body is the node's: destroying it alone is refused.
         EXPECT(cudaGraphDestroy(bodies[0]) != cudaSuccess, "a conditional body was destroyed alone");
         cudaGetLastError();
@@ -221,6 +222,29 @@ static int conditional() {
             if (read_u32(out, host, n)) return 1;
             unsigned want = f ? 1 : 2;
             for (int i = 0; i < n; i++) EXPECT(host[i] == want, "if/else flag %u: out[%d] = %u", f, i, host[i]);
+        }
+        // A body's kernel node changed in the executable graph (XLA updates
+        // its command buffers so): the new value there, the graph's own
+        // node untouched.
+        unsigned five = 5;
+        void *five_args[] = {&out, &five, &count};
+        cudaKernelNodeParams kp = {};
+        kp.func = (void *)gp_fill_u32;
+        kp.gridDim = dim3(1);
+        kp.blockDim = dim3(n);
+        kp.kernelParams = five_args;
+        CHECK(cudaGraphExecKernelNodeSetParams(ge, then_fill, &kp));
+        for (int round = 0; round < 2; round++) {
+            const unsigned f = 1;
+            CHECK(cudaMemcpyAsync(flag, &f, sizeof f, cudaMemcpyHostToDevice, s));
+            cudaGraphExec_t run = ge;
+            if (round == 1) CHECK(cudaGraphInstantiate(&run, g, 0));
+            CHECK(cudaGraphLaunch(run, s));
+            CHECK(cudaStreamSynchronize(s));
+            if (read_u32(out, host, n)) return 1;
+            unsigned want = round == 0 ? 5 : 1;
+            for (int i = 0; i < n; i++) EXPECT(host[i] == want, "changed body node, round %d: out[%d] = %u", round, i, host[i]);
+            if (round == 1) CHECK(cudaGraphExecDestroy(run));
         }
         CHECK(cudaGraphExecDestroy(ge));
         CHECK(cudaGraphDestroy(g));
@@ -296,6 +320,48 @@ static int conditional() {
             for (int i = 0; i < n; i++)
                 EXPECT(host[i] == want[k], "switch %u: out[%d] = %u, want %u", picks[k], i, host[i], want[k]);
         }
+        CHECK(cudaGraphExecDestroy(ge));
+        CHECK(cudaGraphDestroy(g));
+    }
+    // Programmatic launch edges between kernel nodes, as XLA's command
+    // buffers make them: a fill (2.0f), then x3 on an edge given with the
+    // node (cudaGraphAddNode), then x0.5 on one added after
+    // (cudaGraphAddDependencies): 3.0 everywhere, in that order only.
+    {
+        cudaGraph_t g;
+        CHECK(cudaGraphCreate(&g, 0));
+        cudaGraphNode_t fill, triple, half;
+        unsigned two_bits = 0x40000000u;
+        float three = 3.0f, a_half = 0.5f;
+        void *fill_args[] = {&x, &two_bits, &count}, *triple_args[] = {&x, &three, &count},
+             *half_args[] = {&x, &a_half, &count};
+        CHECK(kernel_node(&fill, g, NULL, (void *)gp_fill_u32, n, fill_args));
+        cudaGraphEdgeData edge = {};
+        edge.from_port = cudaGraphKernelNodePortProgrammatic;
+        edge.type = cudaGraphDependencyTypeProgrammatic;
+        cudaGraphNodeParams kp = {};
+        kp.type = cudaGraphNodeTypeKernel;
+        kp.kernel.func = (void *)gp_scale;
+        kp.kernel.gridDim = dim3(1);
+        kp.kernel.blockDim = dim3(n);
+        kp.kernel.kernelParams = triple_args;
+        CHECK(cudaGraphAddNode(&triple, g, &fill, &edge, 1, &kp));
+        CHECK(kernel_node(&half, g, NULL, (void *)gp_scale, n, half_args));
+        CHECK(cudaGraphAddDependencies(g, &triple, &half, &edge, 1));
+        // Edge data with reserved bytes set is refused.
+        cudaGraphEdgeData bad = edge;
+        bad.reserved[0] = 1;
+        cudaGraphNode_t extra;
+        CHECK(cudaGraphAddEmptyNode(&extra, g, NULL, 0));
+        EXPECT(cudaGraphAddDependencies(g, &half, &extra, &bad, 1) != cudaSuccess, "reserved edge bytes taken");
+        cudaGetLastError();
+        cudaGraphExec_t ge;
+        CHECK(cudaGraphInstantiate(&ge, g, 0));
+        CHECK(cudaGraphLaunch(ge, s));
+        CHECK(cudaStreamSynchronize(s));
+        float xs[n];
+        CHECK(cudaMemcpy(xs, x, sizeof xs, cudaMemcpyDeviceToHost));
+        for (int i = 0; i < n; i++) EXPECT(xs[i] == 3.0f, "programmatic edges: x[%d] = %g", i, xs[i]);
         CHECK(cudaGraphExecDestroy(ge));
         CHECK(cudaGraphDestroy(g));
     }

@@ -3092,7 +3092,7 @@ impl Driver {
         fill: impl FnOnce(&[ptx::Param], &mut [u8]) -> CuResult<()>,
     ) -> CuResult<()> {
         let ctx = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?.ctx;
-        let at = self.exec_op(exec, node, |op| matches!(op, Op::Launch { .. }))?;
+        let at = self.exec_site(exec, node, |op| matches!(op, Op::Launch { .. }))?;
         let op = self.launch_op(ctx, f, cfg, fill)?;
         self.set_exec_op(exec, at, op)
     }
@@ -3160,17 +3160,36 @@ impl Driver {
     /// The index in an executable graph of the operation of `node`, a node
     /// of the graph it was made from, if that operation is of the kind
     /// `same` accepts.
+    /// The operation of `node` in the top level of executable graph
+    /// `exec`, if it is one `same` accepts.
     fn exec_op(&self, exec: u64, node: u64, same: impl Fn(&Op) -> bool) -> CuResult<usize> {
-        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        match (self.nodes.get(&node), self.node_ops.get(&node)) {
-            (Some(g), Some(&at)) if *g == x.source && at < x.ops.len() && same(&x.ops[at]) => Ok(at),
+        match self.exec_site(exec, node, same)? {
+            (path, at) if path.is_empty() => Ok(at),
             _ => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
 
-    fn set_exec_op(&mut self, exec: u64, at: usize, op: Op) -> CuResult<()> {
+    /// Where the operation of `node` lies in executable graph `exec` (at
+    /// its top level, or in a conditional body: `conditionals::Site`), if
+    /// it is one `same` accepts.
+    fn exec_site(&self, exec: u64, node: u64, same: impl Fn(&Op) -> bool) -> CuResult<conditionals::Site> {
+        let x = self.execs.get(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (graph, at) = match (self.nodes.get(&node), self.node_ops.get(&node)) {
+            (Some(g), Some(&at)) => (*g, at),
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        let path = self.body_path(x.source, graph)?;
+        let ops = conditionals::ops_at(&x.ops, &path)?;
+        match ops.get(at) {
+            Some(op) if same(op) => Ok((path, at)),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+
+    fn set_exec_op(&mut self, exec: u64, (path, at): conditionals::Site, op: Op) -> CuResult<()> {
         let x = self.execs.get_mut(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        Arc::make_mut(&mut x.ops)[at] = op;
+        let ops = conditionals::ops_at_mut(&mut x.ops, &path)?;
+        *Arc::make_mut(ops).get_mut(at).ok_or(CUDA_ERROR_INVALID_VALUE)? = op;
         Ok(())
     }
 
@@ -3189,7 +3208,7 @@ impl Driver {
         if !matches!(elem_size, 1 | 2 | 4) || width == 0 || height != 1 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let at = self.exec_op(exec, node, |op| matches!(op, Op::Memset { .. }))?;
+        let at = self.exec_site(exec, node, |op| matches!(op, Op::Memset { .. }))?;
         self.device_range(dst, width * elem_size as u64)?;
         let pattern = value.to_le_bytes()[..elem_size as usize].to_vec();
         self.set_exec_op(
@@ -3208,7 +3227,7 @@ impl Driver {
         if n == 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let at = self.exec_op(exec, node, |op| matches!(op, Op::CopyDtoD { .. }))?;
+        let at = self.exec_site(exec, node, |op| matches!(op, Op::CopyDtoD { .. }))?;
         self.device_range(dst, n)?;
         self.device_range(src, n)?;
         self.set_exec_op(exec, at, Op::CopyDtoD { dst, src, n })
@@ -3283,7 +3302,7 @@ impl Driver {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         if record {
-            let at = self.exec_op(exec, node, |op| matches!(op, Op::Record { .. }))?;
+            let at = self.exec_site(exec, node, |op| matches!(op, Op::Record { .. }))?;
             self.set_exec_op(exec, at, Op::Record { event })
         } else {
             let source = self.execs[&exec].source;

@@ -2862,6 +2862,24 @@ pub unsafe extern "C" fn cuGraphAddDependencies(
     })
 }
 
+/// `cuGraphAddDependencies_v2`: edges with data, which order here as
+/// default edges do.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphAddDependencies_v2(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    edges: *const u64,
+    n: usize,
+) -> CUresult {
+    // SAFETY: API contract.
+    match unsafe { check_edges(edges, n) } {
+        // SAFETY: API contract.
+        Ok(()) => unsafe { cuGraphAddDependencies(graph, from, to, n) },
+        Err(e) => e,
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphAddChildGraphNode(
     node: *mut *mut c_void,
@@ -2958,45 +2976,89 @@ pub unsafe extern "C" fn cuGraphConditionalHandleCreate(
     })
 }
 
-/// `CUgraphNodeParams` holding a `CUDA_CONDITIONAL_NODE_PARAMS`.
+/// `CUDA_CONDITIONAL_NODE_PARAMS`.
 #[repr(C)]
 pub struct CudaConditionalNodeParams {
-    pub node_type: u32,
-    pub reserved0: [i32; 3],
     pub handle: u64,
     pub kind: u32,
     pub size: u32,
     pub bodies: *mut *mut c_void,
     pub ctx: CUcontext,
-    pub rest_of_union: [u64; 25],
-    pub reserved2: i64,
 }
 
-/// `CU_GRAPH_NODE_TYPE_CONDITIONAL`.
+/// `CU_GRAPH_NODE_TYPE_KERNEL`, `CU_GRAPH_NODE_TYPE_CONDITIONAL`.
+const NODE_TYPE_KERNEL: u32 = 0;
 const NODE_TYPE_CONDITIONAL: u32 = 13;
+/// Where the parameters' union starts in a `CUgraphNodeParams`.
+const NODE_PARAMS_UNION: usize = 16;
 
-/// `cuGraphAddNode_v2`: conditional nodes only in this double (every other
-/// node has its typed call); edge data must be the default.
+/// Edge data (`CUgraphEdgeData`, 8 bytes each): ports 0 to 2, types 0 and
+/// 1 (programmatic), reserved bytes zero. Work runs in order here, so a
+/// programmatic edge orders as a default one does.
+///
+/// # Safety
+/// `edges` holds `n` entries when non-null (API contract).
+unsafe fn check_edges(edges: *const u64, n: usize) -> CuResult<()> {
+    if edges.is_null() || n == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller's promise.
+    let data = unsafe { std::slice::from_raw_parts(edges, n) };
+    let valid = |e: &u64| {
+        let b = e.to_le_bytes();
+        b[0] <= 2 && b[1] <= 2 && b[2] <= 1 && b[3..].iter().all(|r| *r == 0)
+    };
+    if data.iter().all(valid) {
+        Ok(())
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
+}
+
+/// `cuGraphAddNode_v2` of a kernel node (the `_v2` layout) or a
+/// conditional node; other node types have their typed calls here.
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphAddNode_v2(
     node: *mut *mut c_void,
     graph: *mut c_void,
     deps: *const *mut c_void,
-    edges: *const c_void,
+    edges: *const u64,
+    n: usize,
+    params: *mut c_void,
+) -> CUresult {
+    if params.is_null() {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    // SAFETY: API contract.
+    if let Err(e) = unsafe { check_edges(edges, n) } {
+        return e;
+    }
+    // SAFETY: a CUgraphNodeParams leads with its type; the union follows.
+    let (kind, body) = unsafe { (params.cast::<u32>().read(), params.cast::<u8>().add(NODE_PARAMS_UNION)) };
+    match kind {
+        // SAFETY: the union is a CUDA_KERNEL_NODE_PARAMS_v2 (API contract).
+        NODE_TYPE_KERNEL => unsafe { cuGraphAddKernelNode_v2(node, graph, deps, n, body.cast()) },
+        // SAFETY: the union is a CUDA_CONDITIONAL_NODE_PARAMS (API contract).
+        NODE_TYPE_CONDITIONAL => unsafe { conditional_node(node, graph, deps, n, body.cast()) },
+        _ => CUDA_ERROR_NOT_SUPPORTED,
+    }
+}
+
+/// A conditional node; its bodies are written back into `params`.
+///
+/// # Safety
+/// As for the other node functions (API contract).
+unsafe fn conditional_node(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
     n: usize,
     params: *mut CudaConditionalNodeParams,
 ) -> CUresult {
     ffi(|| {
         need(node)?;
-        need(params)?;
-        if !edges.is_null() {
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
-        }
         // SAFETY: API contract.
         let (p, deps) = unsafe { (&mut *params, nodes(deps, n)?) };
-        if p.node_type != NODE_TYPE_CONDITIONAL {
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
-        }
         if !p.ctx.is_null() && driver::with(|d| d.graph_ctx(h(graph)))? != h(p.ctx) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }

@@ -374,16 +374,32 @@ impl Parser {
     }
 
     /// Skips a declaration up to its `;`, or a definition through its body.
+    /// A prototype's `;` may be missing (ptxas takes XLA's
+    /// `.extern .func cudaGraphSetConditional (...)` followed directly by
+    /// the kernel): after a parameter list, a directive that opens a new
+    /// declaration ends it.
     fn skip_declaration(&mut self) -> Result<(), PtxError> {
         let mut parens = 0usize;
+        let mut after_params = false;
         loop {
             match self.peek() {
                 None => return syntax("unterminated declaration"),
+                Some(Tok::Word(w))
+                    if parens == 0
+                        && after_params
+                        && matches!(
+                            w.as_str(),
+                            ".visible" | ".extern" | ".weak" | ".common" | ".entry" | ".func" | ".global" | ".const"
+                        ) =>
+                {
+                    return Ok(());
+                }
                 Some(Tok::Punct('(')) => parens += 1,
                 Some(Tok::Punct(')')) => {
                     parens = parens
                         .checked_sub(1)
-                        .ok_or_else(|| PtxError::Syntax("unbalanced `)`".into()))?
+                        .ok_or_else(|| PtxError::Syntax("unbalanced `)`".into()))?;
+                    after_params = parens == 0;
                 }
                 Some(Tok::Punct(';')) if parens == 0 => {
                     self.pos += 1;
@@ -972,6 +988,14 @@ $L__BB0_2:
 
     #[test]
     fn entry_without_param_list_and_prototype() {
+        // A prototype without its `;`, as XLA's conditional kernels have.
+        let m = module(
+            ".extern .func cudaGraphSetConditional\n(\n .param .b64 p0,\n .param .b32 p1\n)\n\n\
+             .visible .entry set_while_condition(\n .param .u64 a,\n .param .u64 b\n)\n{\n ret;\n}\n",
+        );
+        assert_eq!(m.entry("set_while_condition").unwrap().params.len(), 2);
+        let m = module(".func (.param .b32 r) f(.param .b32 x)\n.entry k() { ret; }\n");
+        assert!(m.entry("k").is_some());
         let m = module(".extern .entry ext(.param .u32 x);\n.entry bare\n{\n ret;\n}\n");
         assert!(m.entry("ext").is_none());
         assert!(m.entry("bare").unwrap().params.is_empty());

@@ -129,7 +129,7 @@ pub(super) unsafe fn graph_add_conditional_node(
         size: p.size,
     };
     let Reply::Conditional { node: n, bodies } =
-        (unsafe { graphs::add_replying(node, graph, deps, count, cond, &[]) })?
+        (unsafe { graphs::add_replying(node, graph, deps, count, Vec::new(), cond, &[]) })?
     else {
         return Err(CuError::UNKNOWN);
     };

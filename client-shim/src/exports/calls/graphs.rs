@@ -157,7 +157,7 @@ unsafe fn add(
     node: GraphNode,
     bulk: &[u8],
 ) -> CuResult {
-    unsafe { add_answering(out_node, graph, deps, count, node, bulk) }.map(drop)
+    unsafe { add_replying(out_node, graph, deps, count, Vec::new(), node, bulk) }.map(drop)
 }
 
 /// As [`add`]; also the address an allocation node's memory has.
@@ -170,19 +170,21 @@ unsafe fn add_answering(
     bulk: &[u8],
 ) -> CuResult<Option<u64>> {
     Ok(
-        match unsafe { add_replying(out_node, graph, deps, count, node, bulk) }? {
+        match unsafe { add_replying(out_node, graph, deps, count, Vec::new(), node, bulk) }? {
             Reply::Pair(_, address) => Some(address as u64),
             _ => None,
         },
     )
 }
 
-/// As [`add`]; the server's answer.
+/// As [`add`], with the edges' data (`CUgraphEdgeData`, one per
+/// dependency, or none for default edges); the server's answer.
 pub(super) unsafe fn add_replying(
     out_node: *mut *mut c_void,
     graph: *mut c_void,
     deps: *const *mut c_void,
     count: usize,
+    edges: Vec<u64>,
     node: GraphNode,
     bulk: &[u8],
 ) -> CuResult<Reply> {
@@ -209,6 +211,7 @@ pub(super) unsafe fn add_replying(
         ctx,
         graph: handle(graph),
         deps,
+        edges,
         node,
     };
     let reply = s.remote.call(&request, bulk)?;
@@ -355,13 +358,15 @@ unsafe fn kernel_node(
     graph: *mut c_void,
     deps: *const *mut c_void,
     count: usize,
+    edges: Vec<u64>,
     p: KernelNodeParams,
     kern: CUkernel,
 ) -> CuResult {
     let s = shim()?;
     let ctx = graph_ctx(s, graph)?;
     let (launch, bulk) = unsafe { node_launch(s, ctx, p, kern) }?;
-    unsafe { add(node, graph, deps, count, GraphNode::Kernel(launch), &bulk) }
+    let kernel = GraphNode::Kernel(launch);
+    unsafe { add_replying(node, graph, deps, count, edges, kernel, &bulk) }.map(drop)
 }
 
 pub unsafe fn graph_add_kernel_node(
@@ -376,7 +381,7 @@ pub unsafe fn graph_add_kernel_node(
     }
     // SAFETY: the API passes the first layout here.
     let p = unsafe { params.cast::<KernelNodeParams>().read_unaligned() };
-    unsafe { kernel_node(node, graph, deps, count, p, std::ptr::null_mut()) }
+    unsafe { kernel_node(node, graph, deps, count, Vec::new(), p, std::ptr::null_mut()) }
 }
 
 pub unsafe fn graph_add_kernel_node_v2(
@@ -384,6 +389,18 @@ pub unsafe fn graph_add_kernel_node_v2(
     graph: *mut c_void,
     deps: *const *mut c_void,
     count: usize,
+    params: *const c_void,
+) -> CuResult {
+    unsafe { kernel_node_v2(node, graph, deps, count, Vec::new(), params) }
+}
+
+/// A kernel node of the `_v2` layout after `deps`, with the edges' data.
+unsafe fn kernel_node_v2(
+    node: *mut *mut c_void,
+    graph: *mut c_void,
+    deps: *const *mut c_void,
+    count: usize,
+    edges: Vec<u64>,
     params: *const c_void,
 ) -> CuResult {
     if params.is_null() {
@@ -397,7 +414,7 @@ pub unsafe fn graph_add_kernel_node_v2(
         tracing::warn!("a kernel node for another context than its graph's; returning CUDA_ERROR_NOT_SUPPORTED");
         return Err(CuError::NOT_SUPPORTED);
     }
-    unsafe { kernel_node(node, graph, deps, count, p.first, p.kern) }
+    unsafe { kernel_node(node, graph, deps, count, edges, p.first, p.kern) }
 }
 
 pub unsafe fn graph_add_memset_node(
@@ -459,6 +476,18 @@ pub unsafe fn graph_add_dependencies(
     to: *const *mut c_void,
     count: usize,
 ) -> CuResult {
+    unsafe { graph_add_dependencies_v2(graph, from, to, std::ptr::null(), count) }
+}
+
+/// `cuGraphAddDependencies_v2`: edges with data (programmatic launch
+/// edges, as XLA's command buffers make) pass to the server's driver.
+pub unsafe fn graph_add_dependencies_v2(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    edges: *const u64,
+    count: usize,
+) -> CuResult {
     let s = shim()?;
     let ctx = graph_ctx(s, graph)?;
     let (from, to) = unsafe { (handles(from, count)?, handles(to, count)?) };
@@ -467,6 +496,7 @@ pub unsafe fn graph_add_dependencies(
         graph: handle(graph),
         from,
         to,
+        edges: unsafe { edge_data(edges, count) }?,
     };
     s.remote.call(&request, &[]).map(|_| ())
 }
@@ -485,29 +515,48 @@ pub(super) unsafe fn edges_to(deps: *const *mut c_void, edges: *const u64, count
     unsafe { handles(deps, count) }
 }
 
+/// Edge data (`CUgraphEdgeData`: from port, to port, type, five reserved
+/// bytes) to send: none when every edge is the default. Reserved bytes
+/// must be zero, types and ports those the driver defines.
+///
+/// # Safety
+/// `edges` holds `count` entries when non-null (API contract).
+unsafe fn edge_data(edges: *const u64, count: usize) -> CuResult<Vec<u64>> {
+    if edges.is_null() || count == 0 {
+        return Ok(Vec::new());
+    }
+    if count > MAX_DEPENDENCIES {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise.
+    let data = unsafe { std::slice::from_raw_parts(edges, count) };
+    if data.iter().all(|e| *e == 0) {
+        return Ok(Vec::new());
+    }
+    // Ports 0..=2 (default, programmatic, launch order), types 0..=1.
+    let valid = |e: u64| {
+        let b = e.to_le_bytes();
+        b[0] <= 2 && b[1] <= 2 && b[2] <= 1 && b[3..].iter().all(|r| *r == 0)
+    };
+    if !data.iter().all(|e| valid(*e)) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    Ok(data.to_vec())
+}
+
 unsafe fn default_edges(edges: *const u64, count: usize) -> CuResult {
     if !edges.is_null() && count > 0 {
         // SAFETY: the caller's promise.
         let data = unsafe { std::slice::from_raw_parts(edges, count) };
-        if data.iter().any(|e| *e != 0) {
-            tracing::warn!("graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED");
+        if let Some(e) = data.iter().find(|e| **e != 0) {
+            tracing::warn!(
+                edge = format!("{e:#018x}"),
+                "graph edges with data are not offered; returning CUDA_ERROR_NOT_SUPPORTED"
+            );
             return Err(CuError::NOT_SUPPORTED);
         }
     }
     Ok(())
-}
-
-/// `cuGraphAddDependencies_v2`: edges with data; only the default edge
-/// (all zeroes) is offered.
-pub unsafe fn graph_add_dependencies_v2(
-    graph: *mut c_void,
-    from: *const *mut c_void,
-    to: *const *mut c_void,
-    edges: *const u64,
-    count: usize,
-) -> CuResult {
-    unsafe { default_edges(edges, count) }?;
-    unsafe { graph_add_dependencies(graph, from, to, count) }
 }
 
 pub unsafe fn graph_add_child_graph_node(
@@ -711,6 +760,7 @@ unsafe fn add_generic(
     graph: *mut c_void,
     deps: *const *mut c_void,
     count: usize,
+    edges: Vec<u64>,
     params: *const u8,
 ) -> CuResult {
     if params.is_null() {
@@ -718,12 +768,19 @@ unsafe fn add_generic(
     }
     // SAFETY: the caller's promise; the type is the first word.
     let (kind, body) = unsafe { (params.cast::<u32>().read_unaligned(), params.add(NODE_PARAMS_UNION)) };
+    if !edges.is_empty() && kind != TYPE_KERNEL {
+        tracing::warn!(
+            kind,
+            "graph edges with data to a node other than a kernel are not offered; returning CUDA_ERROR_NOT_SUPPORTED"
+        );
+        return Err(CuError::NOT_SUPPORTED);
+    }
     // SAFETY: every member read lies inside the union's 232 bytes.
     let word = |at: usize| unsafe { body.add(at).cast::<*mut c_void>().read_unaligned() };
     unsafe {
         match kind {
             // `CUDA_KERNEL_NODE_PARAMS_v3`: the `_v2` layout.
-            TYPE_KERNEL => graph_add_kernel_node_v2(node, graph, deps, count, body.cast()),
+            TYPE_KERNEL => kernel_node_v2(node, graph, deps, count, edges, body.cast()),
             // `CUDA_MEMCPY_NODE_PARAMS`: flags, reserved, context, then the copy.
             TYPE_MEMCPY => graph_add_memcpy_node(node, graph, deps, count, body.add(16).cast(), word(8)),
             // `CUDA_MEMSET_NODE_PARAMS_v2`: the first layout, then the context.
@@ -761,11 +818,10 @@ pub unsafe fn graph_add_node(
     count: usize,
     params: *const c_void,
 ) -> CuResult {
-    unsafe { add_generic(node, graph, deps, count, params.cast()) }
+    unsafe { add_generic(node, graph, deps, count, Vec::new(), params.cast()) }
 }
 
-/// `cuGraphAddNode_v2`: with edge data, of which only the default (all
-/// zeroes) is offered.
+/// `cuGraphAddNode_v2`: with edge data (to kernel nodes only).
 pub unsafe fn graph_add_node_v2(
     node: *mut *mut c_void,
     graph: *mut c_void,
@@ -774,8 +830,8 @@ pub unsafe fn graph_add_node_v2(
     count: usize,
     params: *const c_void,
 ) -> CuResult {
-    unsafe { default_edges(edges, count) }?;
-    unsafe { add_generic(node, graph, deps, count, params.cast()) }
+    let edges = unsafe { edge_data(edges, count) }?;
+    unsafe { add_generic(node, graph, deps, count, edges, params.cast()) }
 }
 
 /// `cuGraphExecUpdate` through the server's driver: (status, update

@@ -34,11 +34,43 @@ pub(super) enum Body {
     Ops(Arc<Vec<Op>>),
 }
 
+/// Where an operation lies in an executable graph: the (conditional
+/// operation, body) indices from the top level down, and its index there.
+pub(super) type Site = (Vec<(usize, usize)>, usize);
+
+/// The operations at `path` below `ops`.
+pub(super) fn ops_at<'a>(mut ops: &'a Arc<Vec<Op>>, path: &[(usize, usize)]) -> CuResult<&'a Arc<Vec<Op>>> {
+    for &(at, body) in path {
+        ops = match ops.get(at) {
+            Some(Op::Conditional { bodies, .. }) => match bodies.get(body) {
+                Some(Body::Ops(o)) => o,
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            },
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+    }
+    Ok(ops)
+}
+
+/// [`ops_at`], to change (each level copied if shared).
+pub(super) fn ops_at_mut<'a>(mut ops: &'a mut Arc<Vec<Op>>, path: &[(usize, usize)]) -> CuResult<&'a mut Arc<Vec<Op>>> {
+    for &(at, body) in path {
+        ops = match Arc::make_mut(ops).get_mut(at) {
+            Some(Op::Conditional { bodies, .. }) => match bodies.get_mut(body) {
+                Some(Body::Ops(o)) => o,
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            },
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+    }
+    Ok(ops)
+}
+
 /// A conditional node: its bodies, and the array of them the program was
 /// given (`phGraph_out`), which lives as long as the node.
 pub(super) struct CondNode {
     pub(super) holder: u64,
-    pub(super) _array: Box<[usize]>,
+    pub(super) bodies: Box<[usize]>,
 }
 
 impl Driver {
@@ -116,11 +148,13 @@ impl Driver {
         }
         let array: Box<[usize]> = bodies.iter().map(|b| *b as usize).collect();
         let at = array.as_ptr();
+        let op_at = self.graphs[&graph].ops.len() - 1;
+        self.node_ops.insert(node, op_at);
         self.cond_nodes.insert(
             node,
             CondNode {
                 holder: graph,
-                _array: array,
+                bodies: array,
             },
         );
         Ok((node, at))
@@ -129,6 +163,29 @@ impl Driver {
     /// The context a graph was made in.
     pub fn graph_ctx(&self, graph: u64) -> CuResult<u64> {
         self.graphs.get(&graph).map(|g| g.ctx).ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    /// The path from graph `top` down to `graph`, through the conditional
+    /// nodes whose bodies hold it: empty when `graph` is `top`.
+    pub(super) fn body_path(&self, top: u64, graph: u64) -> CuResult<Vec<(usize, usize)>> {
+        let mut path = Vec::new();
+        let mut g = graph;
+        while g != top {
+            let holder = *self.body_of.get(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            let (node, body) = self
+                .cond_nodes
+                .iter()
+                .find_map(|(n, c)| {
+                    let i = c.bodies.iter().position(|b| *b as u64 == g)?;
+                    Some((*n, i))
+                })
+                .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            let at = *self.node_ops.get(&node).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            path.push((at, body));
+            g = holder;
+        }
+        path.reverse();
+        Ok(path)
     }
 
     /// Whether `graph` is a conditional node's body.
