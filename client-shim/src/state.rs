@@ -504,6 +504,7 @@ mod tests {
             for h in [new_local_handle(), crate::exports::calls::new_client_handle_for_tests()] {
                 assert!((h as i64) > 0, "{h:#x} is negative as a signed value");
                 assert!(h >= 1 << 56, "{h:#x} could be a user-space address");
+                assert_eq!(h % 16, 0, "{h:#x} is not aligned as a pointer");
             }
         }
         assert!(is_local(new_local_handle()));

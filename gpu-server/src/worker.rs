@@ -48,6 +48,8 @@ const STREAM_CAPTURE_UNSUPPORTED: Status = 900;
 const STREAM_CAPTURE_INVALIDATED: Status = 901;
 /// `CUDA_ERROR_UNKNOWN`.
 const UNKNOWN: Status = 999;
+/// `CUDA_ERROR_ILLEGAL_STATE`.
+const ILLEGAL_STATE: Status = 401;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -164,6 +166,9 @@ pub struct Worker<'d> {
     /// (`cuStreamBeginCaptureToGraph`): the graph stays, however the
     /// capture ends.
     capturing_into: HashMap<Ptr, Handle>,
+    /// Captures whose graph the client has seen (`StreamCaptureInfo`):
+    /// stream -> that graph, which the driver destroys if the capture fails.
+    capture_graphs: HashMap<Ptr, Handle>,
     /// Host functions reached; None when no wake-up could be made (host
     /// functions are then not supported).
     reached: Option<Arc<Reached>>,
@@ -226,6 +231,7 @@ impl<'d> Worker<'d> {
             captures: 0,
             invalidated: HashSet::new(),
             capturing_into: HashMap::new(),
+            capture_graphs: HashMap::new(),
             reached: Wake::new().ok().map(|wake| {
                 Arc::new(Reached {
                     ids: Mutex::new(Vec::new()),
@@ -741,7 +747,8 @@ impl<'d> Worker<'d> {
                 R::CaptureHostFunc { ctx, .. } | R::GraphHostCalls { ctx, .. } => *ctx,
                 R::GraphListNodes { ctx, .. } | R::StreamBeginCaptureToGraph { ctx, .. } => *ctx,
                 R::GraphDebugDot { ctx, .. } | R::GraphNodeEnabled { ctx, .. } => *ctx,
-                R::GraphConditionalHandleCreate { ctx, .. } => *ctx,
+                R::GraphConditionalHandleCreate { ctx, .. } | R::StreamCaptureInfo { ctx, .. } => *ctx,
+                R::StreamUpdateCaptureDependencies { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1152,6 +1159,14 @@ impl<'d> Worker<'d> {
                 // SAFETY: the graph belonged to this client.
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
             })),
+            R::StreamCaptureInfo { ctx, stream } => to_reply(self.capture_info(ctx, stream)),
+            R::StreamUpdateCaptureDependencies {
+                ctx,
+                stream,
+                deps,
+                edges,
+                flags,
+            } => to_reply(self.update_capture_deps(ctx, stream, &deps, &edges, flags)),
             R::GraphConditionalHandleCreate {
                 ctx,
                 graph,
@@ -1249,16 +1264,116 @@ impl<'d> Worker<'d> {
             self.captures = self.captures.saturating_sub(1);
         }
         let into = self.capturing_into.remove(&s);
-        if self.invalidated.remove(&s) {
-            if !graph.is_null() && into.is_none() {
-                // SAFETY: the driver just made this graph for us.
-                let _ = unsafe { self.driver.cuGraphDestroy(graph) };
+        let seen = self.capture_graphs.remove(&s);
+        if self.invalidated.remove(&s) || r.is_err() {
+            if into.is_none() {
+                if !graph.is_null() {
+                    // SAFETY: the driver just made this graph for us.
+                    let _ = unsafe { self.driver.cuGraphDestroy(graph) };
+                }
+                // The graph the client saw under way went with the capture.
+                if let Some(g) = seen {
+                    self.tables.forget_graph(g);
+                }
             }
+            r?;
             return Err(STREAM_CAPTURE_INVALIDATED);
         }
-        r?;
         self.tables.graphs.insert(handle(graph), ctx);
         Ok(Reply::Handle(handle(graph)))
+    }
+
+    /// `cuStreamGetCaptureInfo` of the graph and dependencies of a capture
+    /// under way, which the session may name from now on.
+    fn capture_info(&mut self, ctx: Handle, stream: StreamRef) -> DriverResult<Reply> {
+        let s = self.enter(ctx, stream)?;
+        let (mut status, mut id, mut graph, mut count) = (0i32, 0u64, std::ptr::null_mut(), 0usize);
+        let (mut deps, mut edges): (*const Ptr, *const u64) = (std::ptr::null(), std::ptr::null());
+        // SAFETY: s is resolved from this client's tables; every out
+        // pointer is writable.
+        unsafe {
+            self.driver.cuStreamGetCaptureInfo_v3(
+                s,
+                &mut status,
+                &mut id,
+                &mut graph,
+                &mut deps,
+                &mut edges,
+                &mut count,
+            )
+        }?;
+        match status {
+            1 if !graph.is_null() => {}
+            // Not capturing.
+            0 => return Err(ILLEGAL_STATE),
+            _ => return Err(STREAM_CAPTURE_INVALIDATED),
+        }
+        let list = |p: *const Ptr| -> Vec<Handle> {
+            if p.is_null() || count == 0 {
+                return Vec::new();
+            }
+            // SAFETY: the driver's array of `count` nodes, valid until the
+            // next call on the stream.
+            unsafe { std::slice::from_raw_parts(p, count) }
+                .iter()
+                .map(|n| handle(*n))
+                .collect()
+        };
+        let deps = list(deps);
+        let edges: Vec<u64> = if edges.is_null() || count == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: as above, `count` edge data.
+            unsafe { std::slice::from_raw_parts(edges, count) }.to_vec()
+        };
+        let edges = if edges.iter().all(|e| *e == 0) {
+            Vec::new()
+        } else {
+            edges
+        };
+        let g = handle(graph);
+        self.tables.graphs.insert(g, ctx);
+        for d in &deps {
+            self.tables.nodes.insert(*d, g);
+        }
+        if !self.capturing_into.contains_key(&s) {
+            self.capture_graphs.insert(s, g);
+        }
+        Ok(Reply::CaptureInfo { graph: g, deps, edges })
+    }
+
+    /// `cuStreamUpdateCaptureDependencies`: nodes of the capture's graph.
+    fn update_capture_deps(
+        &mut self,
+        ctx: Handle,
+        stream: StreamRef,
+        deps: &[Handle],
+        edges: &[u64],
+        flags: u32,
+    ) -> DriverResult {
+        let s = self.enter(ctx, stream)?;
+        if flags > 1 || !(edges.is_empty() || edges.len() == deps.len()) {
+            return Err(INVALID_VALUE);
+        }
+        // The graph is the one the client was told of.
+        let graph = self
+            .capture_graphs
+            .get(&s)
+            .or_else(|| self.capturing_into.get(&s))
+            .copied()
+            .ok_or(ILLEGAL_STATE)?;
+        let nodes = self.graph_nodes(graph, deps)?;
+        let e = if edges.is_empty() {
+            std::ptr::null()
+        } else {
+            edges.as_ptr()
+        };
+        // SAFETY: the stream is this client's, the nodes its capture's
+        // graph's; one edge datum per node when any.
+        unsafe {
+            self.driver
+                .cuStreamUpdateCaptureDependencies_v2(s, nodes.as_ptr(), e, nodes.len(), flags)
+        }
     }
 
     /// `cuStreamBeginCaptureToGraph`: capture on `stream` into `graph`,

@@ -588,6 +588,21 @@ pub enum Request {
         default: u32,
         flags: u32,
     },
+    /// sync -> `Reply::CaptureInfo`: the graph a capture on `stream` builds
+    /// and the nodes its next work will follow (`cuStreamGetCaptureInfo`
+    /// asked for them). The session may name that graph and those nodes
+    /// from then on: add nodes to the graph while it is captured into.
+    StreamCaptureInfo { ctx: Handle, stream: StreamRef },
+    /// sync: the nodes a capture's next work follows, replaced (`flags` 1)
+    /// or added to (0), with their edges' data when not empty
+    /// (`cuStreamUpdateCaptureDependencies`).
+    StreamUpdateCaptureDependencies {
+        ctx: Handle,
+        stream: StreamRef,
+        deps: Vec<Handle>,
+        edges: Vec<u64>,
+        flags: u32,
+    },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -899,6 +914,14 @@ pub enum Reply {
     Conditional {
         node: Handle,
         bodies: Vec<Handle>,
+    },
+    /// The graph a capture builds and the nodes its next work follows,
+    /// with their edges' data (empty: default edges)
+    /// (`Request::StreamCaptureInfo`).
+    CaptureInfo {
+        graph: Handle,
+        deps: Vec<Handle>,
+        edges: Vec<u64>,
     },
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.

@@ -11,7 +11,9 @@
 //   cudart_check conditional
 //                         graphs with if/else, while and switch nodes whose
 //                         condition kernels set (cudaGraphSetConditional),
-//                         and kernel nodes joined by programmatic edges
+//                         one put into a stream capture by hand (as
+//                         PyTorch's torch.cond does), and kernel nodes
+//                         joined by programmatic edges
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -323,6 +325,70 @@ static int conditional() {
         CHECK(cudaGraphExecDestroy(ge));
         CHECK(cudaGraphDestroy(g));
     }
+    // A conditional node put into a stream capture, as PyTorch does for
+    // torch.cond: the capture's graph and dependencies asked for, the node
+    // added there, the capture made to follow it, its body captured on
+    // another stream; then more work captured after it.
+    {
+        cudaStream_t cs, bs;
+        CHECK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+        CHECK(cudaStreamCreateWithFlags(&bs, cudaStreamNonBlocking));
+        CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal));
+        cudaStreamCaptureStatus status;
+        unsigned long long id = 0;
+        cudaGraph_t capturing = NULL;
+        const cudaGraphNode_t *deps = NULL;
+        const cudaGraphEdgeData *edges = NULL;
+        size_t ndeps = 7;
+        CHECK(cudaStreamGetCaptureInfo(cs, &status, &id, &capturing, &deps, &edges, &ndeps));
+        EXPECT(status == cudaStreamCaptureStatusActive && capturing && ndeps == 0, "capture info at the start: %d %zu",
+               (int)status, ndeps);
+        cudaGraphConditionalHandle h;
+        CHECK(cudaGraphConditionalHandleCreate(&h, capturing, 0, cudaGraphCondAssignDefault));
+        gp_set_condition<<<1, 32, 0, cs>>>(h, flag);
+        CHECK(cudaStreamGetCaptureInfo(cs, &status, &id, &capturing, &deps, &edges, &ndeps));
+        EXPECT(ndeps == 1 && deps, "capture info after a kernel: %zu dependencies", ndeps);
+        cudaGraphNodeParams cp = {};
+        cp.type = cudaGraphNodeTypeConditional;
+        cp.conditional.handle = h;
+        cp.conditional.type = cudaGraphCondTypeIf;
+        cp.conditional.size = 1;
+        cudaGraphNode_t cond;
+        CHECK(cudaGraphAddNode(&cond, capturing, deps, NULL, ndeps, &cp));
+        CHECK(cudaStreamUpdateCaptureDependencies(cs, &cond, NULL, 1, cudaStreamSetCaptureDependencies));
+        cudaGraph_t body = cp.conditional.phGraph_out[0];
+        CHECK(cudaStreamBeginCaptureToGraph(bs, body, NULL, NULL, 0, cudaStreamCaptureModeRelaxed));
+        unsigned seven = 7;
+        gp_fill_u32<<<1, n, 0, bs>>>(out, seven, n);
+        CHECK(cudaStreamEndCapture(bs, &body));
+        float four = 4.0f;
+        gp_scale<<<1, n, 0, cs>>>(x, four, n);
+        cudaGraph_t g;
+        CHECK(cudaStreamEndCapture(cs, &g));
+        EXPECT(g == capturing, "the capture ended with another graph than it built");
+        cudaGraphExec_t ge;
+        CHECK(cudaGraphInstantiate(&ge, g, 0));
+        float xs[n];
+        for (int i = 0; i < n; i++) xs[i] = 1.0f;
+        CHECK(cudaMemcpy(x, xs, sizeof xs, cudaMemcpyHostToDevice));
+        const unsigned flags[] = {1, 0};
+        for (int k = 0; k < 2; k++) {
+            unsigned zero = 0;
+            CHECK(cudaMemcpy(out, &zero, sizeof zero, cudaMemcpyHostToDevice));
+            CHECK(cudaMemcpyAsync(flag, &flags[k], sizeof flags[k], cudaMemcpyHostToDevice, s));
+            CHECK(cudaGraphLaunch(ge, s));
+            CHECK(cudaStreamSynchronize(s));
+            if (read_u32(out, host, 1)) return 1;
+            EXPECT(host[0] == (flags[k] ? 7u : 0u), "captured if, flag %u: out[0] = %u", flags[k], host[0]);
+        }
+        CHECK(cudaMemcpy(xs, x, sizeof xs, cudaMemcpyDeviceToHost));
+        for (int i = 0; i < n; i++) EXPECT(xs[i] == 16.0f, "work captured after the if: x[%d] = %g", i, xs[i]);
+        CHECK(cudaGraphExecDestroy(ge));
+        CHECK(cudaGraphDestroy(g));
+        CHECK(cudaStreamDestroy(bs));
+        CHECK(cudaStreamDestroy(cs));
+    }
+
     // Programmatic launch edges between kernel nodes, as XLA's command
     // buffers make them: a fill (2.0f), then x3 on an edge given with the
     // node (cudaGraphAddNode), then x0.5 on one added after

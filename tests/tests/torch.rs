@@ -445,6 +445,71 @@ print("dumped", open(path).read().startswith("digraph"))
     assert!(!stderr.contains("does not support"), "{}", context());
 }
 
+/// `torch.cond` and `while_loop` captured in a CUDA graph (PyTorch's
+/// conditional-node path): PyTorch asks the capture for its graph and
+/// dependencies, adds a conditional node there, makes the capture follow
+/// it, and captures each body on a stream of its own into the node's body
+/// graph; the graph then replays with the predicate changed. The software
+/// driver skips PyTorch's kernels (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`),
+/// so the values are not computed; the calls are checked.
+#[test]
+fn pytorch_cond_and_while_loop_in_a_cuda_graph() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+from torch._higher_order_ops.cudagraph_conditional_nodes import (
+    CUDAGraphCaptureControlFlowOpDispatchMode, ControlFlowOpWarmupDispatchMode)
+from torch._higher_order_ops.while_loop import while_loop
+x = torch.ones(8, device="cuda")
+pred = torch.tensor(True, device="cuda")
+i0 = torch.tensor(0, device="cuda")
+def f(pred, x, i0):
+    y = torch.cond(pred, lambda v: v * 2, lambda v: v - 1, (x,))
+    i, z = while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v + 1), (i0, y))
+    return z
+s = torch.cuda.Stream()
+with torch.cuda.stream(s), ControlFlowOpWarmupDispatchMode():
+    f(pred, x, i0)
+torch.cuda.synchronize()
+g = torch.cuda.CUDAGraph()
+with torch.cuda.graph(g), CUDAGraphCaptureControlFlowOpDispatchMode():
+    out = f(pred, x, i0)
+for p in (True, False):
+    pred.fill_(p)
+    g.replay()
+torch.cuda.synchronize()
+print("replayed", out.shape[0])
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok && stdout.contains("replayed 8"), "{}", context());
+    let row = |call: &str| {
+        let line = stderr.lines().find(|l| l.split_whitespace().next() == Some(call));
+        let cols: Vec<u64> = line
+            .map(|l| l.split_whitespace().skip(1).filter_map(|c| c.parse().ok()).collect())
+            .unwrap_or_default();
+        (
+            cols.first().copied().unwrap_or(0),
+            line.is_some_and(|l| l.contains(" 0  server")),
+        )
+    };
+    // Warm-up and capture each make an if node and a while node.
+    for call in [
+        "cuGraphConditionalHandleCreate",
+        "cuStreamUpdateCaptureDependencies_v2",
+        "cuStreamBeginCaptureToGraph",
+    ] {
+        let (count, clean) = row(call);
+        assert!(
+            count >= 4 && clean,
+            "{call}: {count} calls, without errors {clean}\n{}",
+            context()
+        );
+    }
+    assert!(!stderr.contains("does not support"), "{}", context());
+}
+
 /// `torch.compile` through gpupool: Inductor compiles Triton kernels on the
 /// client (the client has no GPU; Triton asks the remote device's
 /// attributes) and loads each from the cubin file it wrote

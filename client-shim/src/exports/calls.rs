@@ -19,6 +19,7 @@ use std::ffi::{c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
 mod arrays;
+mod captureinfo;
 mod conditionals;
 mod copies;
 mod functions;
@@ -34,6 +35,7 @@ mod queries;
 mod tensormap;
 mod vmm;
 pub use arrays::*;
+pub use captureinfo::*;
 pub use conditionals::*;
 pub use copies::*;
 pub use functions::*;
@@ -1944,11 +1946,13 @@ pub(crate) fn new_client_handle_for_tests() -> Handle {
     new_client_handle()
 }
 
-/// A new name for a stream or event the shim creates without waiting.
+/// A new name for a stream or event the shim creates without waiting:
+/// aligned as the driver's pointers are (PyTorch takes a foreign stream's
+/// address as its stream id, which must be even).
 fn new_client_handle() -> Handle {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    gpupool_proto::message::CLIENT_HANDLE_TAG | (NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff)
+    gpupool_proto::message::CLIENT_HANDLE_TAG | ((NEXT.fetch_add(1, Ordering::Relaxed) << 4) & 0xffff_ffff_fff0)
 }
 
 pub unsafe fn stream_create(stream: *mut CUstream, flags: u32) -> CuResult {
@@ -2087,31 +2091,7 @@ pub unsafe fn stream_get_capture_info_v2(
     deps: *mut *const c_void,
     count: *mut usize,
 ) -> CuResult {
-    unsafe {
-        stream_get_capture_info(mode, stream, status, id)?;
-        out_opt(graph, std::ptr::null_mut());
-        out_opt(deps, std::ptr::null());
-        out_opt(count, 0);
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn stream_get_capture_info_v3(
-    mode: DefaultStream,
-    stream: CUstream,
-    status: *mut i32,
-    id: *mut u64,
-    graph: *mut *mut c_void,
-    deps: *mut *const c_void,
-    edges: *mut *const c_void,
-    count: *mut usize,
-) -> CuResult {
-    unsafe {
-        stream_get_capture_info_v2(mode, stream, status, id, graph, deps, count)?;
-        out_opt(edges, std::ptr::null());
-    }
-    Ok(())
+    unsafe { stream_get_capture_info_v3(mode, stream, status, id, graph, deps, std::ptr::null_mut(), count) }
 }
 
 /// `cuStreamBeginCapture_v2`: a round trip, so that a stream that cannot
@@ -2190,11 +2170,13 @@ pub unsafe fn stream_begin_capture_v1(mode: DefaultStream, stream: CUstream) -> 
 
 pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *mut *mut c_void) -> CuResult {
     let s = shim()?;
-    if graph.is_null() {
-        return Err(CuError::INVALID_VALUE);
-    }
     let ctx = stream_ctx(s, stream)?;
     let sref = Shim::stream_ref(mode, handle(stream));
+    // A capture into the program's graph may leave the graph unanswered
+    // (PyTorch ends a conditional node's body so); another must take it.
+    if graph.is_null() && lock(&s.captures).get(&sref).is_none_or(|c| c.into.is_none()) {
+        return Err(CuError::INVALID_VALUE);
+    }
     // The capture ends on the server whatever it answers.
     let reply = s.remote.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]);
     // The streams that joined it leave it with it.
@@ -2219,6 +2201,11 @@ pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *
     };
     if let Some(c) = capture {
         hostnodes::capture_ended(c.id, made);
+        // The graph the program saw under way goes with a failed capture.
+        if let Some(seen) = captureinfo::ended(c.id, sref).filter(|_| made.is_none() && c.into.is_none()) {
+            write(&s.graphs).remove(&seen);
+            graphs::forget(seen);
+        }
     }
     if capture.is_some_and(|c| c.invalidated) {
         // A graph captured into is the program's, and stays.
@@ -2232,7 +2219,8 @@ pub unsafe fn stream_end_capture(mode: DefaultStream, stream: CUstream, graph: *
         // nodes known here are all of them.
         reply?;
         graphs::list_captured(s, ctx, g)?;
-        return unsafe { out(graph, as_ptr(g)) };
+        unsafe { out_opt(graph, as_ptr(g)) };
+        return Ok(());
     }
     match reply? {
         Reply::Handle(g) => {

@@ -216,6 +216,12 @@ struct Capture {
     allocs: Vec<u64>,
     /// An operation the capture cannot hold was attempted: ending it fails.
     invalidated: bool,
+    /// `into` was made for the capture when its graph was first asked
+    /// for (`cuStreamGetCaptureInfo`): it goes if the capture fails.
+    made: bool,
+    /// The nodes the next work follows, as last told
+    /// (`cuStreamGetCaptureInfo`, `cuStreamUpdateCaptureDependencies`).
+    frontier: Vec<u64>,
 }
 
 /// One node of a captured graph, replayed in order by `cuGraphLaunch`.
@@ -2704,6 +2710,8 @@ impl Driver {
             into: None,
             allocs: Vec::new(),
             invalidated: false,
+            made: false,
+            frontier: Vec::new(),
         });
         Ok(())
     }
@@ -2723,6 +2731,7 @@ impl Driver {
         self.stream_begin_capture(stream, mode)?;
         if let Some(c) = self.streams.get_mut(&stream).and_then(|s| s.capture.as_mut()) {
             c.into = Some(graph);
+            c.frontier = deps.to_vec();
         }
         Ok(())
     }
@@ -2744,6 +2753,9 @@ impl Driver {
             // No graph holds what the capture allocated.
             self.hold_graph_memory(&capture.allocs);
             self.drop_graph_memory(capture.allocs);
+            if let Some(g) = capture.into.filter(|_| capture.made) {
+                self.forget_graph(g);
+            }
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
         if let Some(g) = capture.into {
@@ -2774,13 +2786,90 @@ impl Driver {
 
     /// A node of `graph` for each captured operation, in order, the first
     /// being the graph's operation `base`.
-    fn node_per_op(&mut self, graph: u64, base: usize, ops: &[Op]) {
-        for (at, op) in ops.iter().enumerate() {
-            let node = self.handle();
-            self.nodes.insert(node, graph);
-            self.node_ops.insert(node, base + at);
-            self.node_types.insert(node, op.node_type());
+    fn node_per_op(&mut self, graph: u64, base: usize, ops: &[Op]) -> Vec<u64> {
+        ops.iter()
+            .enumerate()
+            .map(|(at, op)| {
+                let node = self.handle();
+                self.nodes.insert(node, graph);
+                self.node_ops.insert(node, base + at);
+                self.node_types.insert(node, op.node_type());
+                node
+            })
+            .collect()
+    }
+
+    /// `cuStreamGetCaptureInfo` of a capture's graph: (graph, the nodes the
+    /// next work follows). The graph is made at the first ask, and the
+    /// work captured so far becomes its nodes, so that the program may add
+    /// nodes after them (they run in the order added).
+    pub fn capture_graph(&mut self, stream: u64) -> CuResult<(u64, Vec<u64>)> {
+        let ctx = self.stream_ctx(stream)?;
+        let origin = self.capture_origin(stream).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        let made = match self.streams.get(&origin).and_then(|s| s.capture.as_ref()) {
+            Some(c) if c.invalidated => return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+            Some(c) => c.into,
+            None => return Err(CUDA_ERROR_ILLEGAL_STATE),
+        };
+        let graph = match made {
+            Some(g) => g,
+            None => {
+                let h = self.handle();
+                self.graphs.insert(
+                    h,
+                    GraphObj {
+                        ctx,
+                        ops: Arc::new(Vec::new()),
+                        source: h,
+                        memory: Vec::new(),
+                        disabled: HashSet::new(),
+                    },
+                );
+                h
+            }
+        };
+        let c = self.capture_of(origin).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        c.made |= made.is_none();
+        c.into = Some(graph);
+        let ops = std::mem::take(&mut c.ops);
+        if !ops.is_empty() {
+            let base = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.len();
+            let nodes = self.node_per_op(graph, base, &ops);
+            let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            Arc::make_mut(&mut g.ops).extend(ops);
+            if let (Some(last), Some(c)) = (nodes.last(), self.capture_of(origin)) {
+                c.frontier = vec![*last];
+            }
         }
+        let frontier = self.capture_of(origin).map(|c| c.frontier.clone()).unwrap_or_default();
+        Ok((graph, frontier))
+    }
+
+    /// `cuStreamUpdateCaptureDependencies`: nodes of the capture's graph
+    /// (asked for before) replace (`flags` 1) or join (0) the ones the next
+    /// work follows. Work runs in the order added here, so only the
+    /// frontier changes.
+    pub fn capture_update_deps(&mut self, stream: u64, deps: &[u64], flags: u32) -> CuResult<()> {
+        self.stream_ctx(stream)?;
+        if flags > 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let origin = self.capture_origin(stream).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        let graph = self
+            .streams
+            .get(&origin)
+            .and_then(|s| s.capture.as_ref())
+            .and_then(|c| c.into)
+            .ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        if deps.iter().any(|d| self.nodes.get(d) != Some(&graph)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let c = self.capture_of(origin).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        if flags == 1 {
+            c.frontier.clear();
+        }
+        c.frontier.extend(deps);
+        Ok(())
     }
 
     /// `cuStreamIsCapturing`: none (0), active (1) or invalidated (2).

@@ -2862,6 +2862,79 @@ pub unsafe extern "C" fn cuGraphAddDependencies(
     })
 }
 
+/// `cuStreamGetCaptureInfo_v3`: the status and id, and the capture's
+/// graph and the nodes its next work follows (default edges here).
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
+    stream: CUstream,
+    status: *mut i32,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    deps: *mut *const *mut c_void,
+    edges: *mut *const u64,
+    count: *mut usize,
+) -> CUresult {
+    // The node array, valid until the next call (one thread's at a time).
+    thread_local! {
+        static NODES: std::cell::RefCell<(Vec<*mut c_void>, Vec<u64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    ffi(|| {
+        need(status)?;
+        let st = driver::with(|d| d.stream_capture_status(h(stream)))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(status, st) }?;
+        let (g, nodes) = if st == 1 {
+            driver::with(|d| d.capture_graph(h(stream)))?
+        } else {
+            (0, Vec::new())
+        };
+        let (dp, ep) = NODES.with(|n| {
+            let mut n = n.borrow_mut();
+            n.0 = nodes.iter().map(|x| ptr(*x)).collect();
+            n.1 = vec![0; nodes.len()];
+            (n.0.as_ptr(), n.1.as_ptr())
+        });
+        let some = !nodes.is_empty();
+        // SAFETY: each out pointer, when not null, is writable (API contract).
+        unsafe {
+            if !id.is_null() {
+                out(id, if st == 0 { 0 } else { h(stream) })?;
+            }
+            if !graph.is_null() {
+                out(graph, ptr(g))?;
+            }
+            if !deps.is_null() {
+                out(deps, if some { dp } else { std::ptr::null() })?;
+            }
+            if !edges.is_null() {
+                out(edges, if some { ep } else { std::ptr::null() })?;
+            }
+            if !count.is_null() {
+                out(count, nodes.len())?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `cuStreamUpdateCaptureDependencies_v2`.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamUpdateCaptureDependencies_v2(
+    stream: CUstream,
+    deps: *const *mut c_void,
+    edges: *const u64,
+    n: usize,
+    flags: u32,
+) -> CUresult {
+    ffi(|| {
+        // SAFETY: API contract.
+        unsafe { check_edges(edges, n) }?;
+        // SAFETY: API contract.
+        let deps = unsafe { nodes(deps, n) }?;
+        driver::with(|d| d.capture_update_deps(h(stream), &deps, flags))
+    })
+}
+
 /// `cuGraphAddDependencies_v2`: edges with data, which order here as
 /// default edges do.
 #[no_mangle]

@@ -126,7 +126,7 @@ const MAX_DEPENDENCIES: usize = 1 << 16;
 ///
 /// # Safety
 /// `nodes` holds `count` handles when `count > 0` (API contract).
-unsafe fn handles(nodes: *const *mut c_void, count: usize) -> CuResult<Vec<Handle>> {
+pub(super) unsafe fn handles(nodes: *const *mut c_void, count: usize) -> CuResult<Vec<Handle>> {
     if count == 0 {
         return Ok(Vec::new());
     }
@@ -521,7 +521,7 @@ pub(super) unsafe fn edges_to(deps: *const *mut c_void, edges: *const u64, count
 ///
 /// # Safety
 /// `edges` holds `count` entries when non-null (API contract).
-unsafe fn edge_data(edges: *const u64, count: usize) -> CuResult<Vec<u64>> {
+pub(super) unsafe fn edge_data(edges: *const u64, count: usize) -> CuResult<Vec<u64>> {
     if edges.is_null() || count == 0 {
         return Ok(Vec::new());
     }
