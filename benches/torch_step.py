@@ -109,3 +109,8 @@ if __name__ == "__main__":
     print(f"device 0: {torch.cuda.get_device_name(0)}", flush=True)
     for name in names:
         MODELS[name](steps)
+    # PyTorch's autograd device thread may still hold the last backward's
+    # graph task, whose release takes the GIL: if the interpreter is
+    # finalising by then, PyTorch aborts the process (pytorch/pytorch#38228;
+    # seen on two busy cores). Let the thread finish before exiting.
+    time.sleep(0.2)

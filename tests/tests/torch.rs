@@ -29,9 +29,12 @@ fn numba_python() -> Option<PathBuf> {
 /// training steps), so that they do not run at once: under that load the
 /// training script sometimes aborted at exit ("terminate called without an
 /// active exception"). That is PyTorch's own race at interpreter exit
-/// (pytorch/pytorch#38228): its autograd device thread, started late,
-/// takes the GIL during finalisation and CPython ends it with
-/// `pthread_exit`, which unwinds through a C++ frame that may not throw.
+/// (pytorch/pytorch#38228): its autograd device thread takes the GIL
+/// during finalisation (starting late, or releasing the last backward's
+/// graph task, whose thread-local state holds a Python object) and CPython
+/// ends it with `pthread_exit`, which unwinds through a C++ frame that may
+/// not throw. `benches/torch_step.py` also lets that thread finish before
+/// it exits: without, the race hit even a lone run about one time in two.
 fn one_heavy_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
