@@ -57,12 +57,16 @@ done
 cuda_case() { # name, nvcc flags...
     local name=$1; shift
     nvcc -O2 -arch=sm_90 "$@" -o "$WORK/$name" "tests/cuda/${name%%-*}.cu" || { echo "$name: nvcc failed"; status=1; return; }
+    cuda_run "$name"
+}
+cuda_run() { # name, program arguments...
+    local name=$1; shift
     local n r nr=ok rr=ok
-    n=$("$WORK/$name" 2>&1) || nr=fail
-    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" "$WORK/$name" 2>&1) || rr=fail
+    n=$("$WORK/$name" "$@" 2>&1) || nr=fail
+    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" "$WORK/$name" "$@" 2>&1) || rr=fail
     local same=no
     [ "$(grep OK <<<"$n")" = "$(grep OK <<<"$r")" ] && same=yes
-    printf "%-24s %-8s %-8s %s\n" "$name" "$nr" "$rr" "$same"
+    printf "%-24s %-8s %-8s %s\n" "$name $*" "$nr" "$rr" "$same"
     [ "$nr$rr$same" = "okokyes" ] || { status=1; echo "--- native:"; echo "$n"; echo "--- remote:"; echo "$r"; }
     paste <(grep BENCH <<<"$n") <(grep BENCH <<<"$r" | sed 's/^BENCH /| /') || true
 }
@@ -70,6 +74,11 @@ if command -v nvcc >/dev/null 2>&1; then
     echo "== nvcc programs (native | through gpupool)"
     cuda_case cudart_check-static -cudart static
     cuda_case cudart_check-shared -cudart shared
+    # Conditional nodes (if/else, while, switch, one put into a capture) and
+    # programmatic edges on the real driver; memory shared between processes.
+    cuda_run cudart_check-static conditional
+    cuda_run cudart_check-shared conditional
+    cuda_run cudart_check-static ipc
     cuda_case sgemm_check-static -lcublas
 else
     echo "== no nvcc: runtime-API programs skipped"
@@ -77,6 +86,12 @@ fi
 # (d) PyTorch training steps, loss compared step for step.
 if python3 -c "import torch" 2>/dev/null; then
     echo "== PyTorch (native | through gpupool)"
+    # torch.cond and while_loop in a CUDA graph (conditional nodes).
+    n=$(python3 tests/python/torch_cond_graph.py 2>&1 | grep RESULT) || status=1
+    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" python3 tests/python/torch_cond_graph.py 2>&1 | grep RESULT) || status=1
+    echo "torch_cond_graph native: $n"
+    echo "torch_cond_graph remote: $r"
+    [ -n "$n" ] && [ "$n" = "$r" ] || { echo "torch_cond_graph: remote differs from native"; status=1; }
     n=$(python3 benches/torch_step.py 300 2>&1) || status=1
     r=$(GPUPOOL_SERVER="$URL" GPUPOOL_CALL_REPORT=1 LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" \
         PYTHONUNBUFFERED=1 python3 benches/torch_step.py 300 2>&1) || status=1

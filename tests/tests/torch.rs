@@ -459,32 +459,8 @@ print("dumped", open(path).read().startswith("digraph"))
 fn pytorch_cond_and_while_loop_in_a_cuda_graph() {
     let Some(python) = python() else { return };
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
-    let script = r#"
-import torch
-from torch._higher_order_ops.cudagraph_conditional_nodes import (
-    CUDAGraphCaptureControlFlowOpDispatchMode, ControlFlowOpWarmupDispatchMode)
-from torch._higher_order_ops.while_loop import while_loop
-x = torch.ones(8, device="cuda")
-pred = torch.tensor(True, device="cuda")
-i0 = torch.tensor(0, device="cuda")
-def f(pred, x, i0):
-    y = torch.cond(pred, lambda v: v * 2, lambda v: v - 1, (x,))
-    i, z = while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, v + 1), (i0, y))
-    return z
-s = torch.cuda.Stream()
-with torch.cuda.stream(s), ControlFlowOpWarmupDispatchMode():
-    f(pred, x, i0)
-torch.cuda.synchronize()
-g = torch.cuda.CUDAGraph()
-with torch.cuda.graph(g), CUDAGraphCaptureControlFlowOpDispatchMode():
-    out = f(pred, x, i0)
-for p in (True, False):
-    pred.fill_(p)
-    g.replay()
-torch.cuda.synchronize()
-print("replayed", out.shape[0])
-"#;
-    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/torch_cond_graph.py");
+    let (ok, stdout, stderr) = run_python(&python, &server, &[script.to_str().expect("a UTF-8 path")]);
     let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
     assert!(ok && stdout.contains("replayed 8"), "{}", context());
     let row = |call: &str| {
