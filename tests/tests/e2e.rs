@@ -1024,3 +1024,148 @@ fn the_server_keeps_staging_copies_out_of_captures() {
         Reply::Status(0)
     ));
 }
+
+/// Conditional nodes, edge data and a capture's graph, as the server checks
+/// them whatever the client sends: handles it did not make, shapes the
+/// driver does not have, a body destroyed alone or used after its graph
+/// went, edge data that does not match, and capture calls on a stream that
+/// is not capturing, each refused with `CUDA_ERROR_INVALID_VALUE` (or
+/// `CUDA_ERROR_ILLEGAL_STATE`), the session going on.
+#[test]
+fn conditional_nodes_and_capture_graphs_are_checked() {
+    use gpupool_proto::message::{GraphNode, StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    let status = |r: Reply| match r {
+        Reply::Status(st) => st,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    let Reply::Handle(graph) = s.call(&Request::GraphCreate { ctx }, &[]) else {
+        panic!("no graph");
+    };
+    let make_handle = |graph| Request::GraphConditionalHandleCreate {
+        ctx,
+        graph,
+        default: 0,
+        flags: 0,
+    };
+    // A graph the session does not have.
+    assert_eq!(status(s.call(&make_handle(graph ^ 0x10), &[])), 1);
+    let Reply::Handle(h) = s.call(&make_handle(graph), &[]) else {
+        panic!("no conditional handle");
+    };
+    let add = |graph, node| Request::GraphAddNode {
+        ctx,
+        graph,
+        deps: Vec::new(),
+        edges: Vec::new(),
+        node,
+    };
+    let cond = |handle, kind, size| GraphNode::Conditional { handle, kind, size };
+    // A handle the session never made; kinds and sizes the driver lacks.
+    for bad in [
+        cond(h ^ 0x5a5a, 0, 1),
+        cond(h, 7, 1),
+        cond(h, 0, 3),
+        cond(h, 1, 2),
+        cond(h, 2, 0),
+    ] {
+        assert_eq!(status(s.call(&add(graph, bad.clone()), &[])), 1, "{bad:?} was accepted");
+    }
+    let Reply::Conditional { node, bodies } = s.call(&add(graph, cond(h, 0, 2)), &[]) else {
+        panic!("no conditional node");
+    };
+    assert_eq!(bodies.len(), 2);
+    // A body is a graph of the session: nodes go into it.
+    assert!(matches!(
+        s.call(&add(bodies[0], GraphNode::Empty), &[]),
+        Reply::Handle(_)
+    ));
+    // Edge data: one per dependency, and for kernel nodes only.
+    let with_edges = |deps: Vec<u64>, edges: Vec<u64>| Request::GraphAddNode {
+        ctx,
+        graph,
+        deps,
+        edges,
+        node: GraphNode::Empty,
+    };
+    assert_eq!(status(s.call(&with_edges(vec![node], vec![0x1_0001]), &[])), 1);
+    assert_eq!(status(s.call(&with_edges(vec![node], vec![0x1_0001, 0]), &[])), 1);
+    let dependency = |edges: Vec<u64>| Request::GraphAddDependencies {
+        ctx,
+        graph,
+        from: vec![node],
+        to: vec![node],
+        edges,
+    };
+    assert_eq!(status(s.call(&dependency(vec![0, 0]), &[])), 1);
+    // Destroying a body alone is refused; with its graph it goes.
+    assert!(matches!(
+        s.call(&Request::GraphDestroy { ctx, graph: bodies[1] }, &[]),
+        Reply::Status(1)
+    ));
+    assert!(matches!(
+        s.call(&Request::GraphDestroy { ctx, graph }, &[]),
+        Reply::Status(0)
+    ));
+    assert_eq!(status(s.call(&add(bodies[0], GraphNode::Empty), &[])), 1);
+    assert_eq!(status(s.call(&make_handle(bodies[0]), &[])), 1);
+    // A capture's graph, asked of a stream that is not capturing.
+    let stream = CLIENT_HANDLE_TAG | 0x70;
+    s.post(&Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id: stream,
+    });
+    let sref = StreamRef::Handle(stream);
+    assert_eq!(
+        status(s.call(&Request::StreamCaptureInfo { ctx, stream: sref }, &[])),
+        401
+    );
+    let update = |deps: Vec<u64>, flags| Request::StreamUpdateCaptureDependencies {
+        ctx,
+        stream: sref,
+        deps,
+        edges: Vec::new(),
+        flags,
+    };
+    assert_eq!(status(s.call(&update(Vec::new(), 1), &[])), 401);
+    // Capturing: the graph comes back and takes nodes; dependencies must
+    // be its nodes, and the flags the driver's.
+    let begin = Request::StreamBeginCapture {
+        ctx,
+        stream: sref,
+        mode: 2,
+    };
+    assert_eq!(status(s.call(&begin, &[])), 0);
+    let Reply::CaptureInfo {
+        graph: captured, deps, ..
+    } = s.call(&Request::StreamCaptureInfo { ctx, stream: sref }, &[])
+    else {
+        panic!("no capture info");
+    };
+    assert!(deps.is_empty());
+    let Reply::Handle(added) = s.call(&add(captured, GraphNode::Empty), &[]) else {
+        panic!("no node added to the capture's graph");
+    };
+    assert_eq!(status(s.call(&update(vec![added], 2), &[])), 1);
+    assert_eq!(
+        status(s.call(&update(vec![node], 1), &[])),
+        1,
+        "a node of a destroyed graph"
+    );
+    assert_eq!(status(s.call(&update(vec![added], 1), &[])), 0);
+    let Reply::CaptureInfo { deps, .. } = s.call(&Request::StreamCaptureInfo { ctx, stream: sref }, &[]) else {
+        panic!("no capture info");
+    };
+    assert_eq!(deps, vec![added]);
+    let Reply::Handle(ended) = s.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]) else {
+        panic!("the capture did not end with a graph");
+    };
+    assert_eq!(ended, captured);
+    assert!(matches!(
+        s.call(&Request::CtxSynchronize { ctx }, &[]),
+        Reply::Status(0)
+    ));
+}
