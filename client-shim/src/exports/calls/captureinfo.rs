@@ -4,7 +4,8 @@
 //! conditional node into the graph it captures (`torch.cond` under CUDA
 //! graphs), and libraries do to add nodes by hand beside captured work.
 //! Each is one round trip; asking for the status and id alone stays in the
-//! shim.
+//! shim, and so does asking for the graph once it is known (cudart asks for
+//! it at every status query during a capture).
 
 use super::*;
 use std::collections::HashMap;
@@ -66,6 +67,15 @@ pub unsafe fn stream_get_capture_info_v3(
         }
         return Ok(());
     }
+    let capture = capture_id(s, mode, stream);
+    // cudart asks for the graph at every status query; it stays the same
+    // through a capture, so once known it is answered here.
+    if deps.is_null() && edges.is_null() && count.is_null() {
+        if let Some(g) = capture.and_then(|c| state(|st| st.seen.get(&c).copied())) {
+            unsafe { out_opt(graph, as_ptr(g)) };
+            return Ok(());
+        }
+    }
     let ctx = stream_ctx(s, stream)?;
     let sref = Shim::stream_ref(mode, handle(stream));
     let Reply::CaptureInfo {
@@ -77,7 +87,6 @@ pub unsafe fn stream_get_capture_info_v3(
         return Err(CuError::UNKNOWN);
     };
     write(&s.graphs).entry(g).or_insert(ctx);
-    let capture = capture_id(s, mode, stream);
     let n = nodes.len();
     let (dep_ptr, edge_ptr) = state(|st| {
         if let Some(c) = capture {
