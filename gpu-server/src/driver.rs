@@ -514,6 +514,7 @@ driver_api! {
     cuGraphAddDependencies_v2(graph: Ptr, from: *const Ptr, to: *const Ptr, edges: *const u64, count: usize);
     cuStreamGetCaptureInfo_v3(stream: Ptr, status: *mut i32, id: *mut u64, graph: *mut Ptr, deps: *mut *const Ptr, edges: *mut *const u64, count: *mut usize);
     cuStreamUpdateCaptureDependencies_v2(stream: Ptr, deps: *const Ptr, edges: *const u64, count: usize, flags: u32);
+    cuGraphGetEdges_v2(graph: Ptr, from: *mut Ptr, to: *mut Ptr, edges: *mut u64, count: *mut usize);
     cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
     cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
     cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);

@@ -748,7 +748,7 @@ impl<'d> Worker<'d> {
                 R::GraphListNodes { ctx, .. } | R::StreamBeginCaptureToGraph { ctx, .. } => *ctx,
                 R::GraphDebugDot { ctx, .. } | R::GraphNodeEnabled { ctx, .. } => *ctx,
                 R::GraphConditionalHandleCreate { ctx, .. } | R::StreamCaptureInfo { ctx, .. } => *ctx,
-                R::StreamUpdateCaptureDependencies { ctx, .. } => *ctx,
+                R::StreamUpdateCaptureDependencies { ctx, .. } | R::GraphEdges { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1160,6 +1160,7 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuGraphDestroy(as_ptr(graph)) }
             })),
             R::StreamCaptureInfo { ctx, stream } => to_reply(self.capture_info(ctx, stream)),
+            R::GraphEdges { ctx, graph } => to_reply(self.graph_edges(ctx, graph)),
             R::StreamUpdateCaptureDependencies {
                 ctx,
                 stream,
@@ -1340,6 +1341,38 @@ impl<'d> Worker<'d> {
             self.capture_graphs.insert(s, g);
         }
         Ok(Reply::CaptureInfo { graph: g, deps, edges })
+    }
+
+    /// Every edge of one of the session's graphs, whose nodes the session
+    /// may name from now on.
+    fn graph_edges(&mut self, ctx: Handle, graph: Handle) -> DriverResult<Reply> {
+        self.check_graph(ctx, graph)?;
+        let g = as_ptr(graph);
+        let mut n = 0usize;
+        let none: *mut Ptr = std::ptr::null_mut();
+        // SAFETY: the graph is this client's; with no arrays the driver
+        // only writes the count.
+        unsafe {
+            self.driver
+                .cuGraphGetEdges_v2(g, none, none, std::ptr::null_mut(), &mut n)
+        }?;
+        let null: Ptr = std::ptr::null_mut();
+        let (mut from, mut to, mut edges) = (vec![null; n], vec![null; n], vec![0u64; n]);
+        // SAFETY: as above; each array has room for `n` edges.
+        unsafe {
+            self.driver
+                .cuGraphGetEdges_v2(g, from.as_mut_ptr(), to.as_mut_ptr(), edges.as_mut_ptr(), &mut n)
+        }?;
+        let n = n.min(from.len());
+        let (from, to): (Vec<Handle>, Vec<Handle>) = (
+            from[..n].iter().map(|p| handle(*p)).collect(),
+            to[..n].iter().map(|p| handle(*p)).collect(),
+        );
+        for node in from.iter().chain(&to) {
+            self.tables.nodes.insert(*node, graph);
+        }
+        edges.truncate(n);
+        Ok(Reply::Edges { from, to, edges })
     }
 
     /// `cuStreamUpdateCaptureDependencies`: nodes of the capture's graph.

@@ -603,6 +603,10 @@ pub enum Request {
         edges: Vec<u64>,
         flags: u32,
     },
+    /// sync -> `Reply::Edges`: every edge of one of the session's graphs,
+    /// as the driver lists them (`cuGraphGetEdges`); the session may name
+    /// their nodes from then on.
+    GraphEdges { ctx: Handle, graph: Handle },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -914,6 +918,13 @@ pub enum Reply {
     Conditional {
         node: Handle,
         bodies: Vec<Handle>,
+    },
+    /// Edges `from[i] -> to[i]` of a graph with their data (`edges[i]`,
+    /// `CUgraphEdgeData` as a little-endian word) (`Request::GraphEdges`).
+    Edges {
+        from: Vec<Handle>,
+        to: Vec<Handle>,
+        edges: Vec<u64>,
     },
     /// The graph a capture builds and the nodes its next work follows,
     /// with their edges' data (empty: default edges)

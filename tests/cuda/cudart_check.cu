@@ -421,6 +421,36 @@ static int conditional() {
         CHECK(cudaGraphAddEmptyNode(&extra, g, NULL, 0));
         EXPECT(cudaGraphAddDependencies(g, &half, &extra, &bad, 1) != cudaSuccess, "reserved edge bytes taken");
         cudaGetLastError();
+        // The edges read back, with their data.
+        cudaGraphNode_t from[4], to[4];
+        cudaGraphEdgeData data[4];
+        size_t count = 0;
+        CHECK(cudaGraphGetEdges(g, NULL, NULL, NULL, &count));
+        EXPECT(count == 2, "%zu edges", count);
+        count = 4;
+        CHECK(cudaGraphGetEdges(g, from, to, data, &count));
+        EXPECT(count == 2 && to[2] == NULL, "%zu edges read", count);
+        for (int k = 0; k < 2; k++) {
+            int first = from[k] == fill && to[k] == triple, second = from[k] == triple && to[k] == half;
+            EXPECT((first || second) && data[k].type == cudaGraphDependencyTypeProgrammatic &&
+                       data[k].from_port == cudaGraphKernelNodePortProgrammatic,
+                   "edge %d: %p -> %p type %d port %d", k, (void *)from[k], (void *)to[k], (int)data[k].type,
+                   (int)data[k].from_port);
+        }
+        count = 4;
+        EXPECT(cudaGraphGetEdges(g, from, to, NULL, &count) == cudaErrorLossyQuery, "edge data dropped silently");
+        cudaGetLastError();
+        count = 4;
+        CHECK(cudaGraphNodeGetDependencies(half, from, data, &count));
+        EXPECT(count == 1 && from[0] == triple && data[0].type == cudaGraphDependencyTypeProgrammatic,
+               "half follows %zu nodes", count);
+        count = 4;
+        CHECK(cudaGraphNodeGetDependentNodes(fill, to, data, &count));
+        EXPECT(count == 1 && to[0] == triple, "%zu nodes follow the fill", count);
+        count = 4;
+        CHECK(cudaGraphGetRootNodes(g, from, &count));
+        EXPECT(count == 2 && ((from[0] == fill && from[1] == extra) || (from[0] == extra && from[1] == fill)),
+               "%zu root nodes", count);
         cudaGraphExec_t ge;
         CHECK(cudaGraphInstantiate(&ge, g, 0));
         CHECK(cudaGraphLaunch(ge, s));

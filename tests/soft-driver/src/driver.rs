@@ -514,6 +514,9 @@ pub struct Driver {
     event_waits: HashSet<u64>,
     /// Every node's `CUgraphNodeType`.
     node_types: HashMap<u64, u32>,
+    /// Node -> the nodes it follows, with the edges' data
+    /// (`CUgraphEdgeData` as a word; 0 for a default edge).
+    node_deps: HashMap<u64, Vec<(u64, u64)>>,
     /// Allocations that are graphs' memory (made in a capture), until freed
     /// outside one or their graphs go.
     graph_owned: HashSet<u64>,
@@ -813,6 +816,7 @@ impl Driver {
             child_ops: HashMap::new(),
             event_waits: HashSet::new(),
             node_types: HashMap::new(),
+            node_deps: HashMap::new(),
             graph_owned: HashSet::new(),
             graph_memory: HashMap::new(),
             events: HashMap::new(),
@@ -2761,7 +2765,7 @@ impl Driver {
         if let Some(g) = capture.into {
             // The work joins the existing graph, one node per operation.
             let base = self.graphs.get(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.len();
-            self.node_per_op(g, base, &capture.ops);
+            self.node_per_op(g, base, &capture.ops, &capture.frontier);
             let graph = self.graphs.get_mut(&g).ok_or(CUDA_ERROR_INVALID_VALUE)?;
             Arc::make_mut(&mut graph.ops).extend(capture.ops);
             graph.memory.extend(&capture.allocs);
@@ -2769,7 +2773,7 @@ impl Driver {
             return Ok(g);
         }
         let h = self.handle();
-        self.node_per_op(h, 0, &capture.ops);
+        self.node_per_op(h, 0, &capture.ops, &[]);
         self.hold_graph_memory(&capture.allocs);
         self.graphs.insert(
             h,
@@ -2786,7 +2790,10 @@ impl Driver {
 
     /// A node of `graph` for each captured operation, in order, the first
     /// being the graph's operation `base`.
-    fn node_per_op(&mut self, graph: u64, base: usize, ops: &[Op]) -> Vec<u64> {
+    /// Each follows the one before it; the first follows `first` (the
+    /// capture's dependencies).
+    fn node_per_op(&mut self, graph: u64, base: usize, ops: &[Op], first: &[u64]) -> Vec<u64> {
+        let mut before: Vec<u64> = first.to_vec();
         ops.iter()
             .enumerate()
             .map(|(at, op)| {
@@ -2794,9 +2801,43 @@ impl Driver {
                 self.nodes.insert(node, graph);
                 self.node_ops.insert(node, base + at);
                 self.node_types.insert(node, op.node_type());
+                self.node_deps.insert(node, before.iter().map(|d| (*d, 0)).collect());
+                before = vec![node];
                 node
             })
             .collect()
+    }
+
+    /// `cuGraphGetEdges_v2`: every edge of `graph` as (from, to, data), in
+    /// the order the nodes were made.
+    pub fn graph_edges(&self, graph: u64) -> CuResult<Vec<(u64, u64, u64)>> {
+        self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut nodes: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, g)| **g == graph)
+            .map(|(n, _)| *n)
+            .collect();
+        nodes.sort_unstable();
+        Ok(nodes
+            .iter()
+            .flat_map(|to| {
+                self.node_deps
+                    .get(to)
+                    .into_iter()
+                    .flatten()
+                    .map(move |(from, data)| (*from, *to, *data))
+            })
+            .collect())
+    }
+
+    /// The data of the edges `deps[i] -> node` (given with the node).
+    pub fn set_edge_data(&mut self, node: u64, edges: &[u64]) {
+        if let Some(deps) = self.node_deps.get_mut(&node) {
+            for (d, e) in deps.iter_mut().zip(edges) {
+                d.1 = *e;
+            }
+        }
     }
 
     /// `cuStreamGetCaptureInfo` of a capture's graph: (graph, the nodes the
@@ -2834,7 +2875,8 @@ impl Driver {
         let ops = std::mem::take(&mut c.ops);
         if !ops.is_empty() {
             let base = self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.ops.len();
-            let nodes = self.node_per_op(graph, base, &ops);
+            let first = self.capture_of(origin).map(|c| c.frontier.clone()).unwrap_or_default();
+            let nodes = self.node_per_op(graph, base, &ops, &first);
             let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
             Arc::make_mut(&mut g.ops).extend(ops);
             if let (Some(last), Some(c)) = (nodes.last(), self.capture_of(origin)) {
@@ -3130,6 +3172,7 @@ impl Driver {
         let h = self.handle();
         self.nodes.insert(h, graph);
         self.node_types.insert(h, kind);
+        self.node_deps.insert(h, deps.iter().map(|d| (*d, 0)).collect());
         Ok(h)
     }
 
@@ -3424,8 +3467,10 @@ impl Driver {
         Ok(node)
     }
 
-    pub fn graph_add_dependencies(&mut self, graph: u64, from: &[u64], to: &[u64]) -> CuResult<()> {
-        if from.len() != to.len() || !self.graphs.contains_key(&graph) {
+    /// `cuGraphAddDependencies` (`edges`: the edges' data, or none).
+    pub fn graph_add_dependencies(&mut self, graph: u64, from: &[u64], to: &[u64], edges: &[u64]) -> CuResult<()> {
+        if from.len() != to.len() || !(edges.is_empty() || edges.len() == to.len()) || !self.graphs.contains_key(&graph)
+        {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let of_graph = |n: &u64| self.nodes.get(n) == Some(&graph);
@@ -3436,6 +3481,10 @@ impl Driver {
         // this double cannot honour.
         if from.iter().zip(to).any(|(f, t)| f >= t) {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        for (i, (f, t)) in from.iter().zip(to).enumerate() {
+            let data = edges.get(i).copied().unwrap_or(0);
+            self.node_deps.entry(*t).or_default().push((*f, data));
         }
         Ok(())
     }
@@ -3458,6 +3507,7 @@ impl Driver {
         self.child_ops.retain(|n, _| nodes.contains_key(n));
         self.event_waits.retain(|n| nodes.contains_key(n));
         self.node_types.retain(|n, _| nodes.contains_key(n));
+        self.node_deps.retain(|n, _| nodes.contains_key(n));
         if let Some(g) = self.graphs.remove(&graph) {
             self.drop_graph_memory(g.memory);
         }

@@ -2858,7 +2858,7 @@ pub unsafe extern "C" fn cuGraphAddDependencies(
     ffi(|| {
         // SAFETY: API contract.
         let (from, to) = unsafe { (nodes(from, n)?, nodes(to, n)?) };
-        driver::with(|d| d.graph_add_dependencies(h(graph), &from, &to))
+        driver::with(|d| d.graph_add_dependencies(h(graph), &from, &to, &[]))
     })
 }
 
@@ -2945,12 +2945,56 @@ pub unsafe extern "C" fn cuGraphAddDependencies_v2(
     edges: *const u64,
     n: usize,
 ) -> CUresult {
-    // SAFETY: API contract.
-    match unsafe { check_edges(edges, n) } {
+    ffi(|| {
         // SAFETY: API contract.
-        Ok(()) => unsafe { cuGraphAddDependencies(graph, from, to, n) },
-        Err(e) => e,
-    }
+        unsafe { check_edges(edges, n) }?;
+        // SAFETY: API contract.
+        let (from, to) = unsafe { (nodes(from, n)?, nodes(to, n)?) };
+        let data = if edges.is_null() || n == 0 {
+            &[][..]
+        } else {
+            // SAFETY: `edges` holds `n` entries (API contract).
+            unsafe { std::slice::from_raw_parts(edges, n) }
+        };
+        driver::with(|d| d.graph_add_dependencies(h(graph), &from, &to, data))
+    })
+}
+
+/// `cuGraphGetEdges_v2`: with null arrays, how many edges; else up to
+/// `*count` of them (and their data when asked).
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphGetEdges_v2(
+    graph: *mut c_void,
+    from: *mut *mut c_void,
+    to: *mut *mut c_void,
+    edges: *mut u64,
+    count: *mut usize,
+) -> CUresult {
+    ffi(|| {
+        need(count)?;
+        let all = driver::with(|d| d.graph_edges(h(graph)))?;
+        // SAFETY: non-null (checked) and read/write (API contract).
+        let room = unsafe { *count };
+        if from.is_null() && to.is_null() {
+            // SAFETY: as above.
+            return unsafe { out(count, all.len()) };
+        }
+        if from.is_null() || to.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        for (i, (f, t, e)) in all.iter().take(room).enumerate() {
+            // SAFETY: each array holds `room` entries (API contract).
+            unsafe {
+                from.add(i).write(ptr(*f));
+                to.add(i).write(ptr(*t));
+                if !edges.is_null() {
+                    edges.add(i).write(*e);
+                }
+            }
+        }
+        // SAFETY: as above.
+        unsafe { out(count, all.len().min(room)) }
+    })
 }
 
 #[no_mangle]
@@ -3109,8 +3153,19 @@ pub unsafe extern "C" fn cuGraphAddNode_v2(
     // SAFETY: a CUgraphNodeParams leads with its type; the union follows.
     let (kind, body) = unsafe { (params.cast::<u32>().read(), params.cast::<u8>().add(NODE_PARAMS_UNION)) };
     match kind {
-        // SAFETY: the union is a CUDA_KERNEL_NODE_PARAMS_v2 (API contract).
-        NODE_TYPE_KERNEL => unsafe { cuGraphAddKernelNode_v2(node, graph, deps, n, body.cast()) },
+        NODE_TYPE_KERNEL => {
+            // SAFETY: the union is a CUDA_KERNEL_NODE_PARAMS_v2 (API contract).
+            let r = unsafe { cuGraphAddKernelNode_v2(node, graph, deps, n, body.cast()) };
+            if r == CUDA_SUCCESS && !edges.is_null() && n > 0 {
+                // SAFETY: the node was written; `edges` holds `n` entries.
+                let (x, data) = unsafe { (h(*node), std::slice::from_raw_parts(edges, n)) };
+                let _ = driver::with(|d| {
+                    d.set_edge_data(x, data);
+                    Ok(())
+                });
+            }
+            r
+        }
         // SAFETY: the union is a CUDA_CONDITIONAL_NODE_PARAMS (API contract).
         NODE_TYPE_CONDITIONAL => unsafe { conditional_node(node, graph, deps, n, body.cast()) },
         _ => CUDA_ERROR_NOT_SUPPORTED,

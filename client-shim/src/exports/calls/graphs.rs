@@ -48,6 +48,15 @@ pub(super) fn forget(graph: Handle) {
     built(|b| b.remove(&graph));
 }
 
+/// The graph of a node made or listed here.
+pub(super) fn graph_of(node: Handle) -> Option<Handle> {
+    built(|b| {
+        b.iter()
+            .find(|(_, n)| n.iter().any(|(h, _)| *h == node))
+            .map(|(g, _)| *g)
+    })
+}
+
 /// The nodes of a graph the program built, or of a captured one listed
 /// before, if known here.
 pub(super) fn nodes_of(graph: Handle) -> Option<Vec<Handle>> {
