@@ -1290,3 +1290,166 @@ fn captured_work_replays_from_a_graph() {
         ok(cuCtxDestroy_v2(ctx));
     }
 }
+
+const COND_PTX: &str = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+.extern .func cudaGraphSetConditional (.param .b64 h, .param .b32 v)
+.visible .entry gp_set_condition(.param .u64 h, .param .u64 v) { ret; }
+.visible .entry gp_countdown(.param .u64 h, .param .u64 c) { ret; }
+.visible .entry gp_scale(.param .u64 x, .param .f32 s, .param .u32 n) { ret; }
+"#;
+
+/// A kernel node of `graph` after `deps`, one block of 32 threads.
+fn kernel_node(graph: *mut c_void, deps: &[*mut c_void], f: CUfunction, args: &mut [*mut c_void]) -> *mut c_void {
+    let p = CUDA_KERNEL_NODE_PARAMS {
+        func: f,
+        gridDimX: 1,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: 32,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        kernelParams: args.as_mut_ptr(),
+        extra: null_mut(),
+        kern: null_mut(),
+        ctx: null_mut(),
+    };
+    let mut node = null_mut();
+    // SAFETY: valid out-pointer, dependencies and parameters.
+    ok(unsafe { cuGraphAddKernelNode_v2(&mut node, graph, deps.as_ptr(), deps.len(), &p) });
+    node
+}
+
+/// A conditional node (`CUgraphNodeParams`) of `graph` after `deps`: its
+/// bodies.
+fn conditional(graph: *mut c_void, deps: &[*mut c_void], handle: u64, kind: u32, size: u32) -> Vec<*mut c_void> {
+    #[repr(C)]
+    struct Params {
+        node_type: u32,
+        reserved: [i32; 3],
+        handle: u64,
+        kind: u32,
+        size: u32,
+        bodies: *mut *mut c_void,
+        ctx: *mut c_void,
+        rest: [u64; 25],
+        reserved2: i64,
+    }
+    let mut p = Params {
+        node_type: 13,
+        reserved: [0; 3],
+        handle,
+        kind,
+        size,
+        bodies: null_mut(),
+        ctx: null_mut(),
+        rest: [0; 25],
+        reserved2: 0,
+    };
+    let mut node = null_mut();
+    // SAFETY: valid out-pointer, dependencies and a complete parameter block.
+    ok(unsafe {
+        cuGraphAddNode_v2(
+            &mut node,
+            graph,
+            deps.as_ptr(),
+            std::ptr::null(),
+            deps.len(),
+            (&mut p as *mut Params).cast(),
+        )
+    });
+    // SAFETY: the driver wrote an array of `size` bodies.
+    unsafe { std::slice::from_raw_parts(p.bodies, size as usize) }.to_vec()
+}
+
+/// Conditional nodes nest (an if inside a while's body, its handle made
+/// for that body), run where the graph copies them as a child, take their
+/// bodies as they are at instantiation, and go with their graph.
+#[test]
+fn conditional_nodes_nest_and_copy() {
+    let _g = serial();
+    let ctx = context();
+    let m = load(COND_PTX).unwrap();
+    let (set, down, scale) = (
+        function(m, "gp_set_condition").unwrap(),
+        function(m, "gp_countdown").unwrap(),
+        function(m, "gp_scale").unwrap(),
+    );
+    let (x, counter, flag) = (alloc(4 * 8), alloc(4), alloc(4));
+    let mut graph = null_mut();
+    // SAFETY: valid out-pointers throughout.
+    ok(unsafe { cuGraphCreate(&mut graph, 0) });
+    let (mut hw, mut hi) = (0u64, 0u64);
+    ok(unsafe { cuGraphConditionalHandleCreate(&mut hw, graph, null_mut(), 1, 1) });
+    let body = conditional(graph, &[], hw, 1, 1)[0];
+    // A handle of the body, for the if inside it.
+    ok(unsafe { cuGraphConditionalHandleCreate(&mut hi, body, null_mut(), 0, 0) });
+    let (mut xp, mut cp, mut fp, mut n, mut two) = (x, counter, flag, 8u32, 2.0f32);
+    let countdown = kernel_node(body, &[], down, &mut [arg(&mut hw), arg(&mut cp)]);
+    let pick = kernel_node(body, &[countdown], set, &mut [arg(&mut hi), arg(&mut fp)]);
+    let inner = conditional(body, &[pick], hi, 0, 1)[0];
+    // Added after the node was made: the body is read at instantiation.
+    kernel_node(inner, &[], scale, &mut [arg(&mut xp), arg(&mut two), arg(&mut n)]);
+    // A handle of another graph does not make a node here.
+    assert_eq!(
+        {
+            let mut node = null_mut();
+            let mut p = [0u64; 32];
+            p[0] = 13;
+            p[2] = hi;
+            p[3] = 1;
+            // SAFETY: a complete parameter block.
+            unsafe {
+                cuGraphAddNode_v2(
+                    &mut node,
+                    graph,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    0,
+                    p.as_mut_ptr().cast(),
+                )
+            }
+        },
+        1
+    );
+    let run = |exec: *mut c_void, rounds: i32, pick: u32| -> Vec<f32> {
+        upload(x, &[1.0f32; 8]);
+        upload(counter, &[rounds]);
+        upload(flag, &[pick]);
+        // SAFETY: exec is live; the legacy stream.
+        ok(unsafe { cuGraphLaunch(exec, null_mut()) });
+        ok(unsafe { cuCtxSynchronize() });
+        download(x, 8)
+    };
+    let mut exec = null_mut();
+    ok(unsafe { cuGraphInstantiateWithFlags(&mut exec, graph, 0) });
+    assert_eq!(run(exec, 3, 1), [8.0; 8], "three rounds, each doubling");
+    assert_eq!(run(exec, 3, 0), [1.0; 8], "the if ran nothing");
+    assert_eq!(download::<i32>(counter, 1), [0]);
+    // Copied as a child of another graph, the nodes run there.
+    let mut outer = null_mut();
+    ok(unsafe { cuGraphCreate(&mut outer, 0) });
+    let mut child = null_mut();
+    ok(unsafe { cuGraphAddChildGraphNode(&mut child, outer, std::ptr::null(), 0, graph) });
+    let mut outer_exec = null_mut();
+    ok(unsafe { cuGraphInstantiateWithFlags(&mut outer_exec, outer, 0) });
+    assert_eq!(run(outer_exec, 2, 1), [4.0; 8]);
+    // A body cannot go alone; with its graph it does, handles too.
+    assert_eq!(unsafe { cuGraphDestroy(body) }, 1);
+    ok(unsafe { cuGraphDestroy(graph) });
+    let mut again = 0u64;
+    assert_eq!(
+        unsafe { cuGraphConditionalHandleCreate(&mut again, body, null_mut(), 0, 0) },
+        1
+    );
+    // The executable graphs keep what they were made of.
+    assert_eq!(run(exec, 1, 1), [2.0; 8]);
+    assert_eq!(run(outer_exec, 1, 1), [2.0; 8]);
+    ok(unsafe { cuGraphExecDestroy(exec) });
+    ok(unsafe { cuGraphExecDestroy(outer_exec) });
+    ok(unsafe { cuGraphDestroy(outer) });
+    ok(unsafe { cuCtxDestroy_v2(ctx) });
+}

@@ -194,9 +194,9 @@ impl Driver {
     }
 
     /// The bodies of the conditional nodes of `graph` (and of theirs), which
-    /// go with it, and their handles.
+    /// go with it. Its conditional handles stay: executable graphs made of
+    /// it still set and read them.
     pub(super) fn drop_bodies(&mut self, graph: u64) {
-        self.conditionals.retain(|_, c| c.graph != graph);
         self.cond_nodes.retain(|_, n| n.holder != graph);
         let bodies: Vec<u64> = self
             .body_of
