@@ -1383,9 +1383,11 @@ fn conditional_nodes_nest_and_copy() {
     // SAFETY: valid out-pointers throughout.
     ok(unsafe { cuGraphCreate(&mut graph, 0) });
     let (mut hw, mut hi) = (0u64, 0u64);
+    // SAFETY: valid out-pointers and handles of this test.
     ok(unsafe { cuGraphConditionalHandleCreate(&mut hw, graph, null_mut(), 1, 1) });
     let body = conditional(graph, &[], hw, 1, 1)[0];
     // A handle of the body, for the if inside it.
+    // SAFETY: valid out-pointers and handles of this test.
     ok(unsafe { cuGraphConditionalHandleCreate(&mut hi, body, null_mut(), 0, 0) });
     let (mut xp, mut cp, mut fp, mut n, mut two) = (x, counter, flag, 8u32, 2.0f32);
     let countdown = kernel_node(body, &[], down, &mut [arg(&mut hw), arg(&mut cp)]);
@@ -1419,37 +1421,41 @@ fn conditional_nodes_nest_and_copy() {
         upload(x, &[1.0f32; 8]);
         upload(counter, &[rounds]);
         upload(flag, &[pick]);
-        // SAFETY: exec is live; the legacy stream.
-        ok(unsafe { cuGraphLaunch(exec, null_mut()) });
-        ok(unsafe { cuCtxSynchronize() });
+        ok(cuGraphLaunch(exec, null_mut()));
+        ok(cuCtxSynchronize());
         download(x, 8)
     };
     let mut exec = null_mut();
+    // SAFETY: valid out-pointers and handles of this test.
     ok(unsafe { cuGraphInstantiateWithFlags(&mut exec, graph, 0) });
     assert_eq!(run(exec, 3, 1), [8.0; 8], "three rounds, each doubling");
     assert_eq!(run(exec, 3, 0), [1.0; 8], "the if ran nothing");
     assert_eq!(download::<i32>(counter, 1), [0]);
     // Copied as a child of another graph, the nodes run there.
     let mut outer = null_mut();
+    // SAFETY: valid out-pointers and handles of this test.
     ok(unsafe { cuGraphCreate(&mut outer, 0) });
     let mut child = null_mut();
+    // SAFETY: valid out-pointers and handles of this test.
     ok(unsafe { cuGraphAddChildGraphNode(&mut child, outer, std::ptr::null(), 0, graph) });
     let mut outer_exec = null_mut();
+    // SAFETY: valid out-pointers and handles of this test.
     ok(unsafe { cuGraphInstantiateWithFlags(&mut outer_exec, outer, 0) });
     assert_eq!(run(outer_exec, 2, 1), [4.0; 8]);
     // A body cannot go alone; with its graph it does, handles too.
-    assert_eq!(unsafe { cuGraphDestroy(body) }, 1);
-    ok(unsafe { cuGraphDestroy(graph) });
+    assert_eq!(cuGraphDestroy(body), 1);
+    ok(cuGraphDestroy(graph));
     let mut again = 0u64;
     assert_eq!(
+        // SAFETY: valid out-pointers and handles of this test.
         unsafe { cuGraphConditionalHandleCreate(&mut again, body, null_mut(), 0, 0) },
         1
     );
     // The executable graphs keep what they were made of.
     assert_eq!(run(exec, 1, 1), [2.0; 8]);
     assert_eq!(run(outer_exec, 1, 1), [2.0; 8]);
-    ok(unsafe { cuGraphExecDestroy(exec) });
-    ok(unsafe { cuGraphExecDestroy(outer_exec) });
-    ok(unsafe { cuGraphDestroy(outer) });
-    ok(unsafe { cuCtxDestroy_v2(ctx) });
+    ok(cuGraphExecDestroy(exec));
+    ok(cuGraphExecDestroy(outer_exec));
+    ok(cuGraphDestroy(outer));
+    ok(cuCtxDestroy_v2(ctx));
 }
