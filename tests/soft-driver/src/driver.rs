@@ -2854,20 +2854,7 @@ impl Driver {
         };
         let graph = match made {
             Some(g) => g,
-            None => {
-                let h = self.handle();
-                self.graphs.insert(
-                    h,
-                    GraphObj {
-                        ctx,
-                        ops: Arc::new(Vec::new()),
-                        source: h,
-                        memory: Vec::new(),
-                        disabled: HashSet::new(),
-                    },
-                );
-                h
-            }
+            None => self.empty_graph(ctx),
         };
         let c = self.capture_of(origin).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
         c.made |= made.is_none();
@@ -3143,6 +3130,12 @@ impl Driver {
         if flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        Ok(self.empty_graph(ctx))
+    }
+
+    /// A new graph of `ctx` without nodes (`cuGraphCreate`, a capture's
+    /// graph asked for, a conditional node's body).
+    fn empty_graph(&mut self, ctx: u64) -> u64 {
         let h = self.handle();
         self.graphs.insert(
             h,
@@ -3154,7 +3147,7 @@ impl Driver {
                 disabled: HashSet::new(),
             },
         );
-        Ok(h)
+        h
     }
 
     /// Adds `op` (none for an empty node) after `deps`, all nodes of

@@ -113,22 +113,7 @@ impl Driver {
         if !sized || self.conditionals.get(&handle).is_none_or(|c| c.graph != graph) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let bodies: Vec<u64> = (0..size)
-            .map(|_| {
-                let h = self.handle();
-                self.graphs.insert(
-                    h,
-                    GraphObj {
-                        ctx,
-                        ops: Arc::new(Vec::new()),
-                        source: h,
-                        memory: Vec::new(),
-                        disabled: HashSet::new(),
-                    },
-                );
-                h
-            })
-            .collect();
+        let bodies: Vec<u64> = (0..size).map(|_| self.empty_graph(ctx)).collect();
         let op = Op::Conditional {
             handle,
             kind,
