@@ -291,6 +291,12 @@ impl Callbacks {
         }
     }
 
+    /// Wait until every host function enqueued so far has returned (or
+    /// was abandoned).
+    pub fn wait_all(&self) {
+        self.wait_for(|st| st.open.keys().copied().collect());
+    }
+
     /// Wait until the host functions `stream`'s work follows have returned.
     pub fn wait_stream(&self, stream: StreamKey) {
         self.wait_for(|st| Self::follows(st, stream));

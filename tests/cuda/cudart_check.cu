@@ -896,6 +896,41 @@ int main(int argc, char **argv) {
         CHECK(cudaFree(x));
         CHECK(cudaFree(y));
     }
+    // Pinned host memory set by the driver's memsets (unified addressing
+    // makes it an address they reach; XLA's redzone checks rely on it): in
+    // stream order, and synchronously.
+    {
+        const int words = 4096;
+        unsigned *hp;
+        CHECK(cudaMallocHost(&hp, words * sizeof(unsigned)));
+        for (int i = 0; i < words; i++) hp[i] = 1;
+        cudaStream_t ms;
+        CHECK(cudaStreamCreateWithFlags(&ms, cudaStreamNonBlocking));
+        CHECK(cudaMemsetAsync(hp + 16, 0x7f, 64 * sizeof(unsigned), ms));
+        CHECK(cudaStreamSynchronize(ms));
+        for (int i = 0; i < words; i++) {
+            unsigned want = i >= 16 && i < 80 ? 0x7f7f7f7fu : 1u;
+            EXPECT(hp[i] == want, "pinned memset: word %d = %#x", i, hp[i]);
+        }
+        CHECK(cudaMemset(hp, 0, sizeof(unsigned)));
+        EXPECT(hp[0] == 0 && hp[1] == 1, "synchronous pinned memset: %#x %#x", hp[0], hp[1]);
+        // Copies naming pinned memory as device memory, each way.
+        unsigned back[64], in[8] = {5, 6, 7, 8, 9, 10, 11, 12}, *dbuf;
+        CHECK(cudaMalloc(&dbuf, 64 * sizeof(unsigned)));
+        CHECK(cudaMemcpyAsync(back, hp + 16, sizeof back, cudaMemcpyDeviceToHost, ms));
+        CHECK(cudaMemcpyAsync(hp + 100, in, sizeof in, cudaMemcpyHostToDevice, ms));
+        CHECK(cudaMemcpyAsync(dbuf, hp + 16, sizeof back, cudaMemcpyDeviceToDevice, ms));
+        CHECK(cudaMemcpyAsync(hp + 200, dbuf, 8 * sizeof(unsigned), cudaMemcpyDeviceToDevice, ms));
+        CHECK(cudaStreamSynchronize(ms));
+        for (int i = 0; i < 64; i++) EXPECT(back[i] == 0x7f7f7f7fu, "pinned as source: %d = %#x", i, back[i]);
+        for (int i = 0; i < 8; i++) {
+            EXPECT(hp[100 + i] == in[i], "pinned as destination: %d = %u", i, hp[100 + i]);
+            EXPECT(hp[200 + i] == 0x7f7f7f7fu, "device to pinned: %d = %#x", i, hp[200 + i]);
+        }
+        CHECK(cudaFree(dbuf));
+        CHECK(cudaStreamDestroy(ms));
+        CHECK(cudaFreeHost(hp));
+    }
     // Cache preferences and kernel names, as cudart hands them on.
     {
         CHECK(cudaDeviceSetCacheConfig(cudaFuncCachePreferShared));

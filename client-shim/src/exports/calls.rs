@@ -1467,6 +1467,7 @@ pub unsafe fn mem_host_alloc(host: *mut *mut c_void, size: usize, flags: u32) ->
 
 pub unsafe fn mem_free_host(host: *mut c_void) -> CuResult {
     let s = shim()?;
+    hostfns::settle_host_work(s);
     {
         let mut map = lock(&s.host_memory);
         match map.get(&(host as usize)) {
@@ -1655,6 +1656,9 @@ unsafe fn htod(
         // Managed memory is device memory at the same address.
         return dtod(mode, dst, src as u64, size, stream, sync);
     }
+    if pinned_not_device(s, dst, size as u64) {
+        return host_copy(mode, dst, src as u64, size, stream, sync);
+    }
     let ctx = device_range_ctx(s, dst, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
@@ -1690,6 +1694,9 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
     if managed::is_managed(dst as usize) {
         return dtod(mode, dst as u64, src, size, stream, sync);
     }
+    if pinned_not_device(s, src, size as u64) {
+        return host_copy(mode, dst as u64, src, size, stream, sync);
+    }
     let ctx = device_range_ctx(s, src, size as u64)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
@@ -1718,6 +1725,17 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
     let s = shim()?;
     if size == 0 {
         return Ok(());
+    }
+    let (host_dst, host_src) = (
+        pinned_not_device(s, dst, size as u64),
+        pinned_not_device(s, src, size as u64),
+    );
+    match (host_dst, host_src) {
+        (true, true) => return host_copy(mode, dst, src, size, stream, sync),
+        // SAFETY (both): pinned host memory of the program, `size` bytes.
+        (false, true) => return unsafe { htod(mode, dst, src as *const c_void, size, stream, sync) },
+        (true, false) => return unsafe { dtoh(mode, dst as *mut c_void, src, size, stream, sync) },
+        (false, false) => {}
     }
     let ctx = device_range_ctx(s, dst, size as u64)?;
     device_range_ctx(s, src, size as u64)?;
@@ -1753,6 +1771,15 @@ fn memset(
     let bytes = (count as u64)
         .checked_mul(elem_size as u64)
         .ok_or(CuError::INVALID_VALUE)?;
+    if pinned_not_device(s, dst, bytes) {
+        let fill = hostfns::HostWork::Fill {
+            dst,
+            value,
+            elem_size,
+            count,
+        };
+        return hostfns::host_work(mode, stream, fill, sync);
+    }
     let ctx = device_range_ctx(s, dst, bytes)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::Memset {
@@ -1766,6 +1793,30 @@ fn memset(
     managed::settle_for(s, stream)?;
     before_sync(s, ctx, stream, sync);
     s.remote.call_or_post(&req, &[], sync)
+}
+
+/// Whether `ptr..ptr+len` is no device memory of the session but lies in
+/// one range of the program's pinned host memory, which with unified
+/// addressing the driver's memsets and copies reach as device memory
+/// (device memory comes first: the server's addresses are another
+/// process's and may be the program's too).
+fn pinned_not_device(s: &Shim, ptr: u64, len: u64) -> bool {
+    let Some(end) = ptr.checked_add(len) else {
+        return false;
+    };
+    device_range_ctx(s, ptr, len).is_err()
+        && lock(&s.host_memory)
+            .range(..=ptr as usize)
+            .next_back()
+            .is_some_and(|(base, r)| end <= *base as u64 + r.size as u64)
+}
+
+/// A copy between the program's memory and pinned host memory named as
+/// device memory: done by the shim in stream order.
+fn host_copy(mode: DefaultStream, dst: u64, src: u64, len: usize, stream: CUstream, sync: bool) -> CuResult {
+    shim()?;
+    let copy = hostfns::HostWork::Copy { dst, src, len };
+    hostfns::host_work(mode, stream, copy, sync)
 }
 
 pub unsafe fn memcpy_htod(mode: DefaultStream, dst: CUdeviceptr, src: *const c_void, size: usize) -> CuResult {

@@ -1120,6 +1120,7 @@ pub unsafe fn mem_host_register(host: *mut c_void, size: usize, flags: u32) -> C
 
 pub unsafe fn mem_host_unregister(host: *mut c_void) -> CuResult {
     let s = shim()?;
+    hostfns::settle_host_work(s);
     let mut map = lock(&s.host_memory);
     match map.get(&(host as usize)) {
         Some(r) if r.registered => {

@@ -105,6 +105,112 @@ fn enqueue(mode: DefaultStream, stream: CUstream, call: Call) -> CuResult {
         })
 }
 
+/// Work on the program's pinned host memory that the driver does as if it
+/// were device memory (unified addressing makes it an address memsets and
+/// copies reach; XLA's redzone checks set and read pinned buffers so).
+#[derive(Clone, Copy)]
+pub(super) enum HostWork {
+    /// `count` elements of `elem_size` bytes of `value` at `dst`.
+    Fill {
+        dst: u64,
+        value: u32,
+        elem_size: u8,
+        count: usize,
+    },
+    /// `len` bytes from `src` to `dst` (ranges that do not overlap).
+    Copy { dst: u64, src: u64, len: usize },
+}
+
+impl HostWork {
+    /// # Safety
+    /// The ranges are the program's memory, valid until the stream has done
+    /// this work (as with the driver).
+    unsafe fn run(self) {
+        match self {
+            HostWork::Fill {
+                dst,
+                value,
+                elem_size,
+                count,
+            } => {
+                let bytes = value.to_le_bytes();
+                let pattern = &bytes[..elem_size as usize];
+                // SAFETY: the caller's promise.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, count * pattern.len()) };
+                for chunk in out.chunks_exact_mut(pattern.len()) {
+                    chunk.copy_from_slice(pattern);
+                }
+            }
+            // SAFETY: the caller's promise.
+            HostWork::Copy { dst, src, len } => unsafe {
+                std::ptr::copy(src as *const u8, dst as *mut u8, len);
+            },
+        }
+    }
+}
+
+/// Host work enqueued and not yet run (work that never runs, its stream
+/// having failed, keeps this above zero: frees then wait a little more).
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Before pinned host memory goes (`cuMemFreeHost`, `cuMemHostUnregister`):
+/// the host work enqueued into it must have run, as the driver's free
+/// waits for the work before it. It runs as host functions, which the
+/// stream's work reaches in order.
+pub(super) fn settle_host_work(s: &Shim) {
+    if PENDING.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        s.callbacks.wait_all();
+    }
+}
+
+/// `work` on pinned host memory, done by the shim when `stream` gets there
+/// (the server's GPU cannot reach that memory), as a host function; a
+/// synchronous call then waits for it. In a capture it becomes a host node,
+/// which does the work at every launch (its description then lives as long
+/// as the process: a graph may be launched at any time).
+pub(super) fn host_work(mode: DefaultStream, stream: CUstream, work: HostWork, sync: bool) -> CuResult {
+    /// The work, and whether it is freed once run (and counted in
+    /// `PENDING` until then).
+    struct Job {
+        work: HostWork,
+        once: bool,
+    }
+    unsafe extern "C" fn run(data: *mut c_void) {
+        let job = data.cast::<Job>();
+        // SAFETY: made by Box::into_raw below; a `once` job runs once, a
+        // captured one is never freed.
+        let (work, once) = unsafe { ((*job).work, (*job).once) };
+        if once {
+            // SAFETY: as above, this is its only run.
+            drop(unsafe { Box::from_raw(job) });
+        }
+        // SAFETY: the ranges were checked to lie in the program's memory,
+        // which it keeps until the stream has done this work.
+        unsafe { work.run() };
+        if once {
+            PENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    let s = shim()?;
+    let once = capture_of(s, Shim::stream_ref(mode, handle(stream))).is_none();
+    let job = Box::into_raw(Box::new(Job { work, once }));
+    if once {
+        PENDING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    enqueue(
+        mode,
+        stream,
+        Call::Host {
+            func: run,
+            data: job as usize,
+        },
+    )?;
+    if sync {
+        unsafe { stream_synchronize(mode, stream) }?;
+    }
+    Ok(())
+}
+
 pub unsafe fn launch_host_func(
     mode: DefaultStream,
     stream: CUstream,

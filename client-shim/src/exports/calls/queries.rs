@@ -110,6 +110,15 @@ pub unsafe fn stream_get_ctx(_mode: DefaultStream, stream: CUstream, ctx: *mut C
     unsafe { out(ctx, as_ptr(c)) }
 }
 
+/// `cuStreamGetGreenCtx`: gpupool makes no green contexts, so no stream
+/// belongs to one (null, as the driver answers for a stream of an ordinary
+/// context).
+pub unsafe fn stream_get_green_ctx(stream: CUstream, green: *mut *mut c_void) -> CuResult {
+    let s = shim()?;
+    stream_ctx(s, stream)?;
+    unsafe { out(green, std::ptr::null_mut()) }
+}
+
 pub unsafe fn stream_get_device(_mode: DefaultStream, stream: CUstream, device: *mut CUdevice) -> CuResult {
     let s = shim()?;
     let c = stream_ctx(s, stream)?;
