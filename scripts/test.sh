@@ -55,6 +55,12 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     "$nvenv/bin/python" -c "import numba_cuda, cupy" 2>/dev/null ||
         "$nvenv/bin/pip" install -q "numba-cuda[cu13]==0.30.4" "cupy-cuda13x==14.2.0"
     export GPUPOOL_TEST_NUMBA_PYTHON="$PWD/$nvenv/bin/python"
+    # JAX's CUDA 13 build (about 4 GB), in an environment of its own.
+    jvenv=target/jax-venv
+    [ -x "$jvenv/bin/python" ] || python3 -m venv "$jvenv"
+    "$jvenv/bin/python" -c "import jax_plugins.xla_cuda13" 2>/dev/null ||
+        "$jvenv/bin/pip" install -q "jax[cuda13]==0.10.2"
+    export GPUPOOL_TEST_JAX_PYTHON="$PWD/$jvenv/bin/python"
 fi
 # The etcd tests fail, rather than skip, without an etcd to run.
 export GPUPOOL_REQUIRE_ETCD=1

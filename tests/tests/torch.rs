@@ -8,6 +8,9 @@
 //! asked: `GPUPOOL_TEST_TORCH_PYTHON` names a Python with torch
 //! (`GPUPOOL_TEST_TORCH=1 ./scripts/test.sh` installs one and sets it).
 //! Without it the tests say so and pass, unless `GPUPOOL_REQUIRE_TORCH=1`.
+//! numba with CuPy, and JAX, have environments of their own
+//! (`GPUPOOL_TEST_NUMBA_PYTHON`, `GPUPOOL_TEST_JAX_PYTHON`, which the same
+//! command sets up).
 
 use gpupool_tests::*;
 use std::path::PathBuf;
@@ -623,4 +626,56 @@ print("filled", int(h.sum()), int(h.min()), int(h.max()))
     let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
     assert!(ok, "{}", context());
     assert!(stdout.contains("filled 7000 7 7"), "{}", context());
+}
+
+/// The Python with JAX's CUDA 13 build (`GPUPOOL_TEST_JAX_PYTHON`, a
+/// virtual environment of its own).
+fn jax_python() -> Option<PathBuf> {
+    let python = std::env::var_os("GPUPOOL_TEST_JAX_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        eprintln!("no Python with JAX given (GPUPOOL_TEST_JAX_PYTHON); its test did not run");
+    }
+    python
+}
+
+/// JAX 0.10 through gpupool (`tests/python/jax_through_gpupool.py`): jitted
+/// training steps with XLA's GEMM autotuning (its redzone checks set and
+/// read pinned host memory as device memory), a scan of steps, and a
+/// `while_loop` and a `cond` run as CUDA graphs with conditional nodes and
+/// programmatic edges (XLA's command buffers for them, asked in
+/// `XLA_FLAGS`). The software driver skips XLA's kernels
+/// (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`); every call must succeed but the
+/// one gpupool documents it refuses (`cuMemHostGetDevicePointer`).
+#[test]
+fn jax_runs_training_steps_and_control_flow_through_gpupool() {
+    let Some(python) = jax_python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/jax_through_gpupool.py");
+    let flags = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1";
+    let (ok, stdout, stderr) = run_python_with(
+        &python,
+        &server,
+        &[script.to_str().expect("a UTF-8 path")],
+        &[("XLA_FLAGS", flags)],
+    );
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok && stdout.contains("JAX done"), "{}", context());
+    // Rows of the call report: name, count, total, mean, round trips,
+    // errors (and the last error in parentheses), where.
+    let rows: Vec<Vec<&str>> = stderr
+        .lines()
+        .filter(|l| l.starts_with("cu"))
+        .map(|l| l.split_whitespace().collect())
+        .filter(|c: &Vec<&str>| c.len() > 6 && c[1].parse::<u64>().is_ok())
+        .collect();
+    let failing: Vec<&str> = rows
+        .iter()
+        .filter(|c| c[5] != "0" && c[0] != "cuMemHostGetDevicePointer_v2")
+        .map(|c| c[0])
+        .collect();
+    assert!(failing.is_empty(), "calls that failed: {failing:?}\n{}", context());
+    for call in ["cuGraphConditionalHandleCreate", "cuGraphAddNode_v2", "cuGraphLaunch"] {
+        assert!(rows.iter().any(|c| c[0] == call), "no {call}\n{}", context());
+    }
 }
