@@ -1656,10 +1656,13 @@ unsafe fn htod(
         // Managed memory is device memory at the same address.
         return dtod(mode, dst, src as u64, size, stream, sync);
     }
-    if pinned_not_device(s, dst, size as u64) {
-        return host_copy(mode, dst, src as u64, size, stream, sync);
-    }
-    let ctx = device_range_ctx(s, dst, size as u64)?;
+    let ctx = match device_range_ctx(s, dst, size as u64) {
+        Ok(ctx) => ctx,
+        Err(_) if in_pinned_host_memory(s, dst, size as u64) => {
+            return host_copy(mode, dst, src as u64, size, stream, sync);
+        }
+        Err(e) => return Err(e),
+    };
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
     managed::settle_for(s, stream)?;
@@ -1694,10 +1697,13 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
     if managed::is_managed(dst as usize) {
         return dtod(mode, dst as u64, src, size, stream, sync);
     }
-    if pinned_not_device(s, src, size as u64) {
-        return host_copy(mode, dst as u64, src, size, stream, sync);
-    }
-    let ctx = device_range_ctx(s, src, size as u64)?;
+    let ctx = match device_range_ctx(s, src, size as u64) {
+        Ok(ctx) => ctx,
+        Err(_) if in_pinned_host_memory(s, src, size as u64) => {
+            return host_copy(mode, dst as u64, src, size, stream, sync);
+        }
+        Err(e) => return Err(e),
+    };
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
     managed::settle_for(s, stream)?;
@@ -1726,19 +1732,20 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
     if size == 0 {
         return Ok(());
     }
-    let (host_dst, host_src) = (
-        pinned_not_device(s, dst, size as u64),
-        pinned_not_device(s, src, size as u64),
+    let (to, from) = (
+        device_range_ctx(s, dst, size as u64),
+        device_range_ctx(s, src, size as u64),
     );
-    match (host_dst, host_src) {
+    let pinned = |r: &CuResult<Handle>, p: u64| r.is_err() && in_pinned_host_memory(s, p, size as u64);
+    match (pinned(&to, dst), pinned(&from, src)) {
         (true, true) => return host_copy(mode, dst, src, size, stream, sync),
         // SAFETY (both): pinned host memory of the program, `size` bytes.
         (false, true) => return unsafe { htod(mode, dst, src as *const c_void, size, stream, sync) },
         (true, false) => return unsafe { dtoh(mode, dst as *mut c_void, src, size, stream, sync) },
         (false, false) => {}
     }
-    let ctx = device_range_ctx(s, dst, size as u64)?;
-    device_range_ctx(s, src, size as u64)?;
+    let ctx = to?;
+    from?;
     let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::MemcpyDtoD {
         ctx,
@@ -1771,16 +1778,19 @@ fn memset(
     let bytes = (count as u64)
         .checked_mul(elem_size as u64)
         .ok_or(CuError::INVALID_VALUE)?;
-    if pinned_not_device(s, dst, bytes) {
-        let fill = hostfns::HostWork::Fill {
-            dst,
-            value,
-            elem_size,
-            count,
-        };
-        return hostfns::host_work(mode, stream, fill, sync);
-    }
-    let ctx = device_range_ctx(s, dst, bytes)?;
+    let ctx = match device_range_ctx(s, dst, bytes) {
+        Ok(ctx) => ctx,
+        Err(_) if in_pinned_host_memory(s, dst, bytes) => {
+            let fill = hostfns::HostWork::Fill {
+                dst,
+                value,
+                elem_size,
+                count,
+            };
+            return hostfns::host_work(mode, stream, fill, sync);
+        }
+        Err(e) => return Err(e),
+    };
     let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::Memset {
         ctx,
@@ -1795,20 +1805,19 @@ fn memset(
     s.remote.call_or_post(&req, &[], sync)
 }
 
-/// Whether `ptr..ptr+len` is no device memory of the session but lies in
-/// one range of the program's pinned host memory, which with unified
-/// addressing the driver's memsets and copies reach as device memory
-/// (device memory comes first: the server's addresses are another
-/// process's and may be the program's too).
-fn pinned_not_device(s: &Shim, ptr: u64, len: u64) -> bool {
+/// Whether `ptr..ptr+len` lies in one range of the program's pinned host
+/// memory, which with unified addressing the driver's memsets and copies
+/// reach as device memory. Asked only of ranges that are no device memory
+/// of the session (device memory comes first: the server's addresses are
+/// another process's and may be the program's too).
+fn in_pinned_host_memory(s: &Shim, ptr: u64, len: u64) -> bool {
     let Some(end) = ptr.checked_add(len) else {
         return false;
     };
-    device_range_ctx(s, ptr, len).is_err()
-        && lock(&s.host_memory)
-            .range(..=ptr as usize)
-            .next_back()
-            .is_some_and(|(base, r)| end <= *base as u64 + r.size as u64)
+    lock(&s.host_memory)
+        .range(..=ptr as usize)
+        .next_back()
+        .is_some_and(|(base, r)| end <= *base as u64 + r.size as u64)
 }
 
 /// A copy between the program's memory and pinned host memory named as
