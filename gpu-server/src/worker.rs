@@ -2783,13 +2783,7 @@ impl<'d> Worker<'d> {
         kind: u32,
         size: u32,
     ) -> DriverResult<Reply> {
-        use gpupool_proto::message::{CONDITIONAL_IF, CONDITIONAL_SWITCH, CONDITIONAL_WHILE, MAX_CONDITIONAL_BODIES};
-        let sized = match kind {
-            CONDITIONAL_IF => matches!(size, 1 | 2),
-            CONDITIONAL_WHILE => size == 1,
-            CONDITIONAL_SWITCH => (1..=MAX_CONDITIONAL_BODIES).contains(&size),
-            _ => false,
-        };
+        let sized = gpupool_proto::message::conditional_shape_ok(kind, size);
         // The driver checks that the handle is the graph's; here, that it
         // is one of this session's.
         if !sized || !self.tables.conditionals.contains_key(&h) {

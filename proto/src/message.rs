@@ -695,6 +695,17 @@ pub const CONDITIONAL_SWITCH: u32 = 2;
 /// Most body graphs one switch node may have here.
 pub const MAX_CONDITIONAL_BODIES: u32 = 1024;
 
+/// Whether a conditional node of `kind` may have `size` bodies: 1 or 2
+/// for if, 1 for while, 1 to [`MAX_CONDITIONAL_BODIES`] for switch.
+pub fn conditional_shape_ok(kind: u32, size: u32) -> bool {
+    match kind {
+        CONDITIONAL_IF => matches!(size, 1 | 2),
+        CONDITIONAL_WHILE => size == 1,
+        CONDITIONAL_SWITCH => (1..=MAX_CONDITIONAL_BODIES).contains(&size),
+        _ => false,
+    }
+}
+
 /// Bytes of a linked image one `LinkImage` answer carries at most.
 pub const LINK_IMAGE_CHUNK: usize = 512 << 10;
 

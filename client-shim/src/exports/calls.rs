@@ -1823,7 +1823,6 @@ fn in_pinned_host_memory(s: &Shim, ptr: u64, len: u64) -> bool {
 /// A copy between the program's memory and pinned host memory named as
 /// device memory: done by the shim in stream order.
 fn host_copy(mode: DefaultStream, dst: u64, src: u64, len: usize, stream: CUstream, sync: bool) -> CuResult {
-    shim()?;
     let copy = hostfns::HostWork::Copy { dst, src, len };
     hostfns::host_work(mode, stream, copy, sync)
 }

@@ -2811,15 +2811,8 @@ impl Driver {
     /// `cuGraphGetEdges_v2`: every edge of `graph` as (from, to, data), in
     /// the order the nodes were made.
     pub fn graph_edges(&self, graph: u64) -> CuResult<Vec<(u64, u64, u64)>> {
-        self.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let mut nodes: Vec<u64> = self
-            .nodes
-            .iter()
-            .filter(|(_, g)| **g == graph)
-            .map(|(n, _)| *n)
-            .collect();
-        nodes.sort_unstable();
-        Ok(nodes
+        Ok(self
+            .graph_nodes(graph)?
             .iter()
             .flat_map(|to| {
                 self.node_deps

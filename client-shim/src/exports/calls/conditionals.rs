@@ -8,9 +8,7 @@
 //! them) like any graph, and they go when the graph holding the node goes.
 
 use super::*;
-use gpupool_proto::message::{
-    GraphNode, CONDITIONAL_IF, CONDITIONAL_SWITCH, CONDITIONAL_WHILE, MAX_CONDITIONAL_BODIES,
-};
+use gpupool_proto::message::{conditional_shape_ok, GraphNode};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -110,13 +108,7 @@ pub(super) unsafe fn graph_add_conditional_node(
     let s = shim()?;
     // SAFETY: the caller's promise.
     let p = unsafe { &mut *params.cast::<ConditionalNodeParams>() };
-    let sized = match p.kind {
-        CONDITIONAL_IF => matches!(p.size, 1 | 2),
-        CONDITIONAL_WHILE => p.size == 1,
-        CONDITIONAL_SWITCH => (1..=MAX_CONDITIONAL_BODIES).contains(&p.size),
-        _ => false,
-    };
-    if !sized {
+    if !conditional_shape_ok(p.kind, p.size) {
         return Err(CuError::INVALID_VALUE);
     }
     let ctx = graphs::graph_ctx(s, graph)?;
