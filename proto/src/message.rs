@@ -607,6 +607,56 @@ pub enum Request {
     /// as the driver lists them (`cuGraphGetEdges`); the session may name
     /// their nodes from then on.
     GraphEdges { ctx: Handle, graph: Handle },
+    /// sync -> `Reply::Node`: a kernel, memset, copy, child graph, event,
+    /// allocation or free node's work as its graph holds it
+    /// (`cuGraphKernelNodeGetParams` and its kin). A child graph node's
+    /// graph becomes a graph of the session, the node's to the end.
+    GraphNodeGet { ctx: Handle, node: Handle },
+    /// sync: a kernel, memset, copy or event node's work in its graph,
+    /// replaced (`cuGraphKernelNodeSetParams` and its kin); a kernel's
+    /// packed parameters are the bulk tail.
+    GraphNodeSet {
+        ctx: Handle,
+        node: Handle,
+        params: GraphNode,
+    },
+    /// sync: a node of one of the session's graphs removed, with its edges
+    /// (`cuGraphDestroyNode`). Conditional, allocation and free nodes go
+    /// only with their graph.
+    GraphDestroyNode { ctx: Handle, node: Handle },
+    /// sync: edges `from[i] -> to[i]` removed, with `edges[i]` their data
+    /// when not empty (`cuGraphRemoveDependencies`).
+    GraphRemoveDependencies {
+        ctx: Handle,
+        graph: Handle,
+        from: Vec<Handle>,
+        to: Vec<Handle>,
+        edges: Vec<u64>,
+    },
+    /// sync -> `Reply::Cloned`: a copy of one of the session's graphs
+    /// (`cuGraphClone`). Each host node of the copy's top level named by a
+    /// token of `tokens` (old, new) is named by the new one.
+    GraphClone {
+        ctx: Handle,
+        graph: Handle,
+        tokens: Vec<(u64, u64)>,
+    },
+    /// sync -> `Reply::Handle`: the node of `clone` that `node` of the
+    /// cloned graph became (`cuGraphNodeFindInClone`).
+    GraphFindInClone { ctx: Handle, node: Handle, clone: Handle },
+    /// sync -> `Reply::Bytes` (64 bytes, `CUlaunchAttributeValue`): a
+    /// kernel node's launch attribute `attr`, after setting it to `set`
+    /// when given (`cuGraphKernelNodeGetAttribute`,
+    /// `cuGraphKernelNodeSetAttribute`).
+    GraphKernelNodeAttribute {
+        ctx: Handle,
+        node: Handle,
+        attr: u32,
+        set: Option<Vec<u8>>,
+    },
+    /// sync: kernel node `dst` takes the launch attributes of `src`
+    /// (`cuGraphKernelNodeCopyAttributes`).
+    GraphKernelNodeCopyAttributes { ctx: Handle, dst: Handle, src: Handle },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -944,6 +994,20 @@ pub enum Reply {
         graph: Handle,
         deps: Vec<Handle>,
         edges: Vec<u64>,
+    },
+    /// A node's work (`Request::GraphNodeGet`): for a kernel, `params` are
+    /// its packed parameters; for an allocation node, `address` is where
+    /// its memory lies.
+    Node {
+        node: GraphNode,
+        params: Vec<u8>,
+        address: u64,
+    },
+    /// A copy of a graph (`Request::GraphClone`) and the tokens of the
+    /// host nodes renamed in it (the old names).
+    Cloned {
+        graph: Handle,
+        renamed: Vec<u64>,
     },
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.

@@ -27,6 +27,7 @@ use crate::result::*;
 use crate::texture::{self, ArrayShape, Image, Sampler};
 
 mod conditionals;
+pub mod graphedit;
 mod ipc;
 
 use conditionals::{Body, CondNode, CondObj};
@@ -234,7 +235,11 @@ enum Op {
         kernel: Option<kernels::Known>,
         params: Vec<u8>,
         threads: u64,
+        /// The launch's shape, as given (a node's parameters read back).
+        cfg: NodeShape,
     },
+    /// A node removed from its graph (`cuGraphDestroyNode`): nothing runs.
+    Removed,
     Memset {
         dst: u64,
         pattern: Vec<u8>,
@@ -309,6 +314,7 @@ impl Op {
             Op::Record { .. } => NODE_EVENT_RECORD,
             Op::Host { .. } => NODE_HOST,
             Op::Conditional { .. } => NODE_CONDITIONAL,
+            Op::Removed => NODE_EMPTY,
         }
     }
 }
@@ -477,6 +483,14 @@ pub struct LaunchConfig {
     pub stream: u64,
 }
 
+/// A launch's grid, block and dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeShape {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+}
+
 /// The whole simulated driver.
 pub struct Driver {
     devices: Vec<Device>,
@@ -510,10 +524,20 @@ pub struct Driver {
     /// Child graph nodes -> the range of their graph's operations that are
     /// the child's (start, count).
     child_ops: HashMap<u64, (usize, usize)>,
-    /// Event wait nodes (they have no operation here).
-    event_waits: HashSet<u64>,
+    /// Event wait nodes -> the event they wait for (they have no
+    /// operation here).
+    event_waits: HashMap<u64, u64>,
     /// Every node's `CUgraphNodeType`.
     node_types: HashMap<u64, u32>,
+    /// Allocation nodes -> (address, size); free nodes -> (address, 0).
+    node_memory: HashMap<u64, (u64, u64)>,
+    /// Kernel nodes' launch attributes set (`cuGraphKernelNodeSetAttribute`).
+    node_attrs: HashMap<u64, HashMap<u32, [u8; graphedit::ATTR_VALUE_BYTES]>>,
+    /// (node, clone) -> the node it became in that clone (`cuGraphClone`).
+    clones: HashMap<(u64, u64), u64>,
+    /// Child graph nodes -> their graph, once asked for
+    /// (`cuGraphChildGraphNodeGetGraph`).
+    child_graphs: HashMap<u64, u64>,
     /// Node -> the nodes it follows, with the edges' data
     /// (`CUgraphEdgeData` as a word; 0 for a default edge).
     node_deps: HashMap<u64, Vec<(u64, u64)>>,
@@ -814,8 +838,12 @@ impl Driver {
             nodes: HashMap::new(),
             node_ops: HashMap::new(),
             child_ops: HashMap::new(),
-            event_waits: HashSet::new(),
+            event_waits: HashMap::new(),
             node_types: HashMap::new(),
+            node_memory: HashMap::new(),
+            node_attrs: HashMap::new(),
+            clones: HashMap::new(),
+            child_graphs: HashMap::new(),
             node_deps: HashMap::new(),
             graph_owned: HashSet::new(),
             graph_memory: HashMap::new(),
@@ -2525,6 +2553,7 @@ impl Driver {
                 kernel: Some(k),
                 params,
                 threads,
+                ..
             } => self.run_kernel(ctx, func, k, &params, threads),
             _ => Ok(()),
         }
@@ -2588,6 +2617,11 @@ impl Driver {
             kernel: known,
             params,
             threads,
+            cfg: NodeShape {
+                grid: cfg.grid,
+                block: cfg.block,
+                shared_mem: cfg.shared_mem,
+            },
         })
     }
 
@@ -2960,8 +2994,9 @@ impl Driver {
                     kernel: Some(k),
                     params,
                     threads,
+                    ..
                 } => self.run_kernel(ctx, *func, *k, params, *threads),
-                Op::Launch { kernel: None, .. } => Ok(()),
+                Op::Launch { kernel: None, .. } | Op::Removed => Ok(()),
                 Op::Memset { dst, pattern, count } => self.run_memset(*dst, pattern, *count),
                 Op::CopyDtoD { dst, src, n } => self.run_dtod(*dst, *src, *n),
                 Op::CopyIn { dst, src, n } => self.run_host_copy(*dst, *src, *n, true),
@@ -3034,6 +3069,7 @@ impl Driver {
                 NODE_MEMSET => "memset",
                 NODE_HOST => "host",
                 NODE_CONDITIONAL => "conditional",
+                NODE_EMPTY => "removed",
                 _ => "event record",
             };
             dot.push_str(&format!("  n{i} [label=\"{kind}\"];\n"));
@@ -3425,7 +3461,7 @@ impl Driver {
         } else {
             let source = self.execs[&exec].source;
             match self.nodes.get(&node) {
-                Some(g) if *g == source && self.event_waits.contains(&node) => Ok(()),
+                Some(g) if *g == source && self.event_waits.contains_key(&node) => Ok(()),
                 _ => Err(CUDA_ERROR_INVALID_VALUE),
             }
         }
@@ -3447,7 +3483,7 @@ impl Driver {
             let at = self.graphs[&graph].ops.len() - 1;
             self.node_ops.insert(node, at);
         } else {
-            self.event_waits.insert(node);
+            self.event_waits.insert(node, event);
             self.node_types.insert(node, NODE_WAIT_EVENT);
         }
         Ok(node)
@@ -3476,8 +3512,9 @@ impl Driver {
     }
 
     pub fn graph_destroy(&mut self, graph: u64) -> CuResult<()> {
-        // A conditional node's body goes with the graph holding the node.
-        if self.is_body(graph) || !self.graphs.contains_key(&graph) {
+        // A conditional node's body goes with the graph holding the node,
+        // and a child graph node's graph with the node.
+        if self.is_body(graph) || self.is_child_graph(graph) || !self.graphs.contains_key(&graph) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         self.forget_graph(graph);
@@ -3491,12 +3528,16 @@ impl Driver {
         let nodes = &self.nodes;
         self.node_ops.retain(|n, _| nodes.contains_key(n));
         self.child_ops.retain(|n, _| nodes.contains_key(n));
-        self.event_waits.retain(|n| nodes.contains_key(n));
+        self.event_waits.retain(|n, _| nodes.contains_key(n));
         self.node_types.retain(|n, _| nodes.contains_key(n));
         self.node_deps.retain(|n, _| nodes.contains_key(n));
+        self.node_memory.retain(|n, _| nodes.contains_key(n));
+        self.node_attrs.retain(|n, _| nodes.contains_key(n));
+        self.clones.retain(|(n, c), _| nodes.contains_key(n) && *c != graph);
         if let Some(g) = self.graphs.remove(&graph) {
             self.drop_graph_memory(g.memory);
         }
+        self.drop_orphan_child_graphs();
     }
 
     // ----- occupancy -----
@@ -3687,6 +3728,7 @@ impl Driver {
             g.memory.push(ptr);
         }
         self.node_types.insert(node, NODE_MEM_ALLOC);
+        self.node_memory.insert(node, (ptr, size));
         Ok((node, ptr))
     }
 
@@ -3704,6 +3746,7 @@ impl Driver {
         }
         let node = self.add_node(graph, deps, None)?;
         self.node_types.insert(node, NODE_MEM_FREE);
+        self.node_memory.insert(node, (ptr, 0));
         Ok(node)
     }
 
@@ -3719,7 +3762,10 @@ impl Driver {
         if self.is_body(graph) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        self.add_node(graph, deps, Some(Op::Host { func, data }))
+        let node = self.add_node(graph, deps, Some(Op::Host { func, data }))?;
+        let at = self.graphs[&graph].ops.len() - 1;
+        self.node_ops.insert(node, at);
+        Ok(node)
     }
 
     /// `cuStreamWaitEvent`. Work runs at enqueue, so waiting is nothing,

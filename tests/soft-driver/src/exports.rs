@@ -30,6 +30,8 @@ use crate::result::*;
 use crate::tensormap;
 use crate::texture::ArrayShape;
 
+mod graphedit;
+
 pub use crate::result::CUresult;
 
 pub type CUdevice = i32;
