@@ -95,6 +95,10 @@ pub struct Tables {
     /// Body graphs of conditional nodes -> the graph holding the node. The
     /// driver owns them: they go with that graph, never on their own.
     pub bodies: HashMap<Handle, Handle>,
+    /// Child graph nodes -> their graph, once the session asked for it
+    /// (`cuGraphChildGraphNodeGetGraph`; also in `bodies`: it goes with
+    /// the node's graph, or the node).
+    pub child_graphs: HashMap<Handle, Handle>,
 }
 
 impl Tables {
@@ -103,6 +107,8 @@ impl Tables {
     pub fn forget_graph(&mut self, graph: Handle) {
         self.graphs.remove(&graph);
         self.nodes.retain(|_, g| *g != graph);
+        let nodes = &self.nodes;
+        self.child_graphs.retain(|n, _| nodes.contains_key(n));
         self.conditionals.retain(|_, g| *g != graph);
         let bodies: Vec<Handle> = self
             .bodies

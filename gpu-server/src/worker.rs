@@ -127,6 +127,7 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
 
 /// The executing side of one session.
 mod arrays;
+mod graphedit;
 mod hostnodes;
 mod ipc;
 
@@ -503,6 +504,7 @@ impl<'d> Worker<'d> {
                 | Request::LinkAddData { .. }
                 | Request::GraphAddNode { .. }
                 | Request::GraphExecKernelNodeSet { .. }
+                | Request::GraphNodeSet { .. }
                 | Request::Launch(_)
         );
         if !carries_bulk && header.bulk_len != 0 {
@@ -665,6 +667,14 @@ impl<'d> Worker<'d> {
                 let (mut params, len) = read_params(reader, header.bulk_len)?;
                 to_reply(self.graph_exec_kernel_node_set(ctx, exec, node, &launch, &mut params, len))
             }
+            Request::GraphNodeSet {
+                ctx,
+                node,
+                params: work,
+            } => {
+                let (mut params, len) = read_params(reader, header.bulk_len)?;
+                to_reply(self.graph_node_set(ctx, node, &work, &mut params, len))
+            }
             Request::LinkAddData { ctx, link, kind, name } => {
                 let data = read_image(reader, header.bulk_len)?;
                 to_reply(self.link_add_data(ctx, link, kind, &name, &data))
@@ -749,6 +759,10 @@ impl<'d> Worker<'d> {
                 R::GraphDebugDot { ctx, .. } | R::GraphNodeEnabled { ctx, .. } => *ctx,
                 R::GraphConditionalHandleCreate { ctx, .. } | R::StreamCaptureInfo { ctx, .. } => *ctx,
                 R::StreamUpdateCaptureDependencies { ctx, .. } | R::GraphEdges { ctx, .. } => *ctx,
+                R::GraphNodeGet { ctx, .. } | R::GraphDestroyNode { ctx, .. } => *ctx,
+                R::GraphRemoveDependencies { ctx, .. } | R::GraphClone { ctx, .. } => *ctx,
+                R::GraphFindInClone { ctx, .. } | R::GraphKernelNodeAttribute { ctx, .. } => *ctx,
+                R::GraphKernelNodeCopyAttributes { ctx, .. } => *ctx,
                 _ => 0,
             }
         };
@@ -1161,6 +1175,23 @@ impl<'d> Worker<'d> {
             })),
             R::StreamCaptureInfo { ctx, stream } => to_reply(self.capture_info(ctx, stream)),
             R::GraphEdges { ctx, graph } => to_reply(self.graph_edges(ctx, graph)),
+            R::GraphNodeGet { ctx, node } => to_reply(self.graph_node_get(ctx, node)),
+            R::GraphDestroyNode { ctx, node } => to_reply(self.graph_destroy_node(ctx, node)),
+            R::GraphRemoveDependencies {
+                ctx,
+                graph,
+                from,
+                to,
+                edges,
+            } => to_reply(self.graph_remove_dependencies(ctx, graph, (&from, &to), &edges)),
+            R::GraphClone { ctx, graph, tokens } => to_reply(self.graph_clone(ctx, graph, &tokens)),
+            R::GraphFindInClone { ctx, node, clone } => to_reply(self.graph_find_in_clone(ctx, node, clone)),
+            R::GraphKernelNodeAttribute { ctx, node, attr, set } => {
+                to_reply(self.graph_kernel_node_attribute(ctx, node, attr, set.as_deref()))
+            }
+            R::GraphKernelNodeCopyAttributes { ctx, dst, src } => {
+                to_reply(self.graph_kernel_node_copy_attributes(ctx, dst, src))
+            }
             R::StreamUpdateCaptureDependencies {
                 ctx,
                 stream,
@@ -1237,6 +1268,7 @@ impl<'d> Worker<'d> {
             | R::LinkAddData { .. }
             | R::GraphAddNode { .. }
             | R::GraphExecKernelNodeSet { .. }
+            | R::GraphNodeSet { .. }
             | R::Launch(_) => Reply::Status(INVALID_VALUE),
         };
         (ctx, reply)
@@ -2886,36 +2918,13 @@ impl<'d> Worker<'d> {
         }
         let (x, n, c) = (as_ptr(exec), as_ptr(node), as_ptr(ctx));
         match *params {
-            GraphNode::Memset {
-                dst,
-                value,
-                elem_size,
-                width,
-                height: 1,
-                ..
-            } if matches!(elem_size, 1 | 2 | 4) && width > 0 => {
-                let row = width.checked_mul(elem_size as u64).ok_or(INVALID_VALUE)?;
-                self.tables.check_range(dst, row)?;
-                let p = MemsetNodeParams {
-                    dst,
-                    pitch: row as usize,
-                    value,
-                    elem_size: elem_size as u32,
-                    width: width as usize,
-                    height: 1,
-                };
-                // SAFETY: the row lies inside this client's allocations.
-                unsafe { self.driver.cuGraphExecMemsetNodeSetParams(x, n, &p, c) }
-            }
-            GraphNode::Copy { dst, src, len } if len > 0 => {
-                self.tables.check_range(dst, len)?;
-                self.tables.check_range(src, len)?;
-                use crate::driver::End;
-                let l = len as usize;
-                let copy = Memcpy3D::rows(End::Device(src, l), End::Device(dst, l), l, 1);
-                // SAFETY: both ranges lie inside this client's allocations.
-                unsafe { self.driver.cuGraphExecMemcpyNodeSetParams(x, n, &copy, c) }
-            }
+            GraphNode::Memset { .. } | GraphNode::Copy { .. } => match self.row_work(params)? {
+                // SAFETY: exec and node are this client's; the row lies
+                // inside its allocations.
+                graphedit::RowWork::Memset(p) => unsafe { self.driver.cuGraphExecMemsetNodeSetParams(x, n, &p, c) },
+                // SAFETY: as above, both ranges.
+                graphedit::RowWork::Copy(copy) => unsafe { self.driver.cuGraphExecMemcpyNodeSetParams(x, n, &copy, c) },
+            },
             GraphNode::Child { graph } => {
                 self.check_graph(ctx, graph)?;
                 // SAFETY: exec, node and the child graph are this client's.

@@ -91,6 +91,15 @@ impl Worker<'_> {
         })
     }
 
+    /// The token of the session's host node whose data is `data`.
+    pub(super) fn host_node_token(&self, data: Ptr) -> Option<u64> {
+        self.host_nodes
+            .nodes
+            .iter()
+            .find(|(_, n)| std::ptr::eq(&***n, data.cast::<HostNode>()))
+            .map(|(t, _)| *t)
+    }
+
     /// A host function on a capturing stream: a host node named `token` in
     /// the graph being captured.
     pub(super) fn capture_host_func(&mut self, ctx: Handle, stream: StreamRef, token: u64) -> DriverResult {
