@@ -14,6 +14,11 @@
 //                         one put into a stream capture by hand (as
 //                         PyTorch's torch.cond does), and kernel nodes
 //                         joined by programmatic edges
+//   cudart_check graphedit
+//                         graphs changed after they are built: nodes'
+//                         parameters read back and set, nodes and edges
+//                         removed, clones (with host nodes), kernel node
+//                         attributes, an executable graph's flags
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -538,6 +543,231 @@ static int ipc_child(int argc, char **argv) {
     return 0;
 }
 
+
+static int expect_all(const unsigned *d, unsigned *host, int n, unsigned want, const char *what) {
+    if (read_u32(d, host, n)) return 1;
+    for (int i = 0; i < n; i++) EXPECT(host[i] == want, "%s: [%d] = %u, not %u", what, i, host[i], want);
+    return 0;
+}
+
+static int launch_once(cudaGraph_t g, cudaStream_t s) {
+    cudaGraphExec_t ge;
+    CHECK(cudaGraphInstantiate(&ge, g, 0));
+    CHECK(cudaGraphLaunch(ge, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaGraphExecDestroy(ge));
+    return 0;
+}
+
+static size_t node_count(cudaGraph_t g) {
+    size_t n = 0;
+    if (cudaGraphGetNodes(g, NULL, &n) != cudaSuccess) return (size_t)-1;
+    return n;
+}
+
+static size_t edge_count(cudaGraph_t g) {
+    size_t n = 0;
+    if (cudaGraphGetEdges(g, NULL, NULL, NULL, &n) != cudaSuccess) return (size_t)-1;
+    return n;
+}
+
+// Graphs changed after they are built.
+static int graphedit() {
+    const int n = 256;
+    unsigned *a, *b, host[n];
+    CHECK(cudaMalloc(&a, n * sizeof(unsigned)));
+    CHECK(cudaMalloc(&b, n * sizeof(unsigned)));
+    cudaStream_t s;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    int count = n;
+
+    // fill a with 7 -> memset b to 3 -> copy a to b -> an empty node: b
+    // ends as a.
+    cudaGraph_t g;
+    CHECK(cudaGraphCreate(&g, 0));
+    cudaGraphNode_t fill, memset_node, copy, empty;
+    unsigned seven = 7;
+    void *fill_args[] = {&a, &seven, &count};
+    CHECK(kernel_node(&fill, g, NULL, (void *)gp_fill_u32, n, fill_args));
+    cudaMemsetParams mp = {};
+    mp.dst = b;
+    mp.value = 3;
+    mp.elementSize = 4;
+    mp.width = n;
+    mp.height = 1;
+    CHECK(cudaGraphAddMemsetNode(&memset_node, g, &fill, 1, &mp));
+    CHECK(cudaGraphAddMemcpyNode1D(&copy, g, &memset_node, 1, b, a, n * sizeof(unsigned), cudaMemcpyDeviceToDevice));
+    CHECK(cudaGraphAddEmptyNode(&empty, g, &copy, 1));
+
+    // The kernel node's parameters, read back.
+    cudaKernelNodeParams kp = {};
+    CHECK(cudaGraphKernelNodeGetParams(fill, &kp));
+    EXPECT(kp.func == (void *)gp_fill_u32, "kernel node function %p, not %p", kp.func, (void *)gp_fill_u32);
+    EXPECT(kp.gridDim.x == 1 && kp.blockDim.x == (unsigned)n && kp.sharedMemBytes == 0, "kernel node shape %u/%u/%u",
+           kp.gridDim.x, kp.blockDim.x, kp.sharedMemBytes);
+    EXPECT(kp.kernelParams != NULL, "no kernel parameters read back");
+    EXPECT(*(unsigned **)kp.kernelParams[0] == a && *(unsigned *)kp.kernelParams[1] == 7 &&
+               *(int *)kp.kernelParams[2] == n,
+           "kernel parameters read back: %p %u %d", *(void **)kp.kernelParams[0], *(unsigned *)kp.kernelParams[1],
+           *(int *)kp.kernelParams[2]);
+    // The memset's and the copy's.
+    cudaMemsetParams mq = {};
+    CHECK(cudaGraphMemsetNodeGetParams(memset_node, &mq));
+    EXPECT(mq.dst == b && mq.value == 3 && mq.elementSize == 4 && mq.width == (size_t)n,
+           "memset node read back: %p %u %u %zu", mq.dst, mq.value, mq.elementSize, mq.width);
+    cudaMemcpy3DParms cq = {};
+    CHECK(cudaGraphMemcpyNodeGetParams(copy, &cq));
+    EXPECT(cq.srcPtr.ptr == a && cq.dstPtr.ptr == b && cq.extent.width == n * sizeof(unsigned),
+           "copy node read back: %p -> %p, %zu", cq.srcPtr.ptr, cq.dstPtr.ptr, cq.extent.width);
+
+    if (launch_once(g, s) || expect_all(b, host, n, 7, "built graph")) return 1;
+
+    // Set in the graph: fill with 9; then the memset writes 5 over a, and
+    // the copy still takes a to b.
+    unsigned nine = 9;
+    void *nine_args[] = {&a, &nine, &count};
+    kp.kernelParams = nine_args;
+    CHECK(cudaGraphKernelNodeSetParams(fill, &kp));
+    if (launch_once(g, s) || expect_all(b, host, n, 9, "kernel node set")) return 1;
+    mp.value = 5;
+    mp.dst = a;
+    CHECK(cudaGraphMemsetNodeSetParams(memset_node, &mp));
+    CHECK(cudaGraphMemcpyNodeSetParams1D(copy, b, a, n * sizeof(unsigned), cudaMemcpyDeviceToDevice));
+    if (launch_once(g, s) || expect_all(b, host, n, 5, "memset and copy nodes set")) return 1;
+    // The generic call: the kernel node fills with 4 (which the memset
+    // then overwrites), read back.
+    unsigned four = 4;
+    void *four_args[] = {&a, &four, &count};
+    cudaGraphNodeParams np = {};
+    np.type = cudaGraphNodeTypeKernel;
+    np.kernel.func = (void *)gp_fill_u32;
+    np.kernel.gridDim = dim3(1);
+    np.kernel.blockDim = dim3(n);
+    np.kernel.kernelParams = four_args;
+    CHECK(cudaGraphNodeSetParams(fill, &np));
+    CHECK(cudaGraphKernelNodeGetParams(fill, &kp));
+    EXPECT(*(unsigned *)kp.kernelParams[1] == 4, "generic set: value %u", *(unsigned *)kp.kernelParams[1]);
+
+    // Nodes and edges removed: the empty node (with its edge), then the
+    // edge memset -> copy, which is put back after.
+    size_t nodes = node_count(g), edges = edge_count(g);
+    EXPECT(nodes == 4 && edges == 3, "graph has %zu nodes and %zu edges", nodes, edges);
+    CHECK(cudaGraphDestroyNode(empty));
+    EXPECT(node_count(g) == 3 && edge_count(g) == 2, "after removing a node: %zu nodes, %zu edges", node_count(g),
+           edge_count(g));
+    CHECK(cudaGraphRemoveDependencies(g, &memset_node, &copy, NULL, 1));
+    EXPECT(edge_count(g) == 1, "after removing an edge: %zu edges", edge_count(g));
+    EXPECT(cudaGraphRemoveDependencies(g, &memset_node, &copy, NULL, 1) != cudaSuccess, "an absent edge was removed");
+    cudaGetLastError();
+    CHECK(cudaGraphAddDependencies(g, &memset_node, &copy, NULL, 1));
+
+    // A clone: its kernel node found and changed; the original keeps its own.
+    cudaGraph_t c;
+    CHECK(cudaGraphClone(&c, g));
+    EXPECT(node_count(c) == 3, "clone has %zu nodes", node_count(c));
+    cudaGraphNode_t cfill, cmemset;
+    CHECK(cudaGraphNodeFindInClone(&cfill, fill, c));
+    CHECK(cudaGraphNodeFindInClone(&cmemset, memset_node, c));
+    CHECK(cudaGraphKernelNodeGetParams(cfill, &kp));
+    EXPECT(*(unsigned *)kp.kernelParams[1] == 4, "clone's kernel node value %u", *(unsigned *)kp.kernelParams[1]);
+    mp.value = 8;
+    CHECK(cudaGraphMemsetNodeSetParams(cmemset, &mp));
+    if (launch_once(c, s) || expect_all(b, host, n, 8, "clone")) return 1;
+    if (launch_once(g, s) || expect_all(b, host, n, 5, "original after its clone changed")) return 1;
+
+    // Kernel node attributes.
+    cudaLaunchAttributeValue v = {};
+    v.priority = 1;
+    CHECK(cudaGraphKernelNodeSetAttribute(fill, cudaLaunchAttributePriority, &v));
+    cudaLaunchAttributeValue w = {};
+    CHECK(cudaGraphKernelNodeGetAttribute(fill, cudaLaunchAttributePriority, &w));
+    EXPECT(w.priority == 1, "kernel node priority %d", w.priority);
+    CHECK(cudaGraphKernelNodeCopyAttributes(cfill, fill));
+    cudaLaunchAttributeValue x = {};
+    CHECK(cudaGraphKernelNodeGetAttribute(cfill, cudaLaunchAttributePriority, &x));
+    EXPECT(x.priority == 1, "copied kernel node priority %d", x.priority);
+
+    // An executable graph's flags.
+    cudaGraphExec_t ge;
+    CHECK(cudaGraphInstantiateWithFlags(&ge, g, cudaGraphInstantiateFlagUseNodePriority));
+    unsigned long long flags = 0;
+    CHECK(cudaGraphExecGetFlags(ge, &flags));
+    EXPECT(flags == cudaGraphInstantiateFlagUseNodePriority, "executable graph flags %llu", flags);
+    CHECK(cudaGraphExecDestroy(ge));
+
+    // A child graph node's graph: the node's own, changed through it.
+    cudaGraph_t inner, holder, got;
+    CHECK(cudaGraphCreate(&inner, 0));
+    cudaGraphNode_t inner_fill, child;
+    unsigned two = 2;
+    void *two_args[] = {&b, &two, &count};
+    CHECK(kernel_node(&inner_fill, inner, NULL, (void *)gp_fill_u32, n, two_args));
+    CHECK(cudaGraphCreate(&holder, 0));
+    CHECK(cudaGraphAddChildGraphNode(&child, holder, NULL, 0, inner));
+    CHECK(cudaGraphChildGraphNodeGetGraph(child, &got));
+    EXPECT(node_count(got) == 1, "child graph node's graph has %zu nodes", node_count(got));
+    EXPECT(cudaGraphDestroy(got) != cudaSuccess, "a child graph node's graph was destroyed alone");
+    cudaGetLastError();
+    if (launch_once(holder, s) || expect_all(b, host, n, 2, "child graph node")) return 1;
+    cudaGraphNode_t got_fill;
+    size_t one = 1;
+    CHECK(cudaGraphGetNodes(got, &got_fill, &one));
+    unsigned six = 6;
+    void *six_args[] = {&b, &six, &count};
+    kp = {};
+    kp.func = (void *)gp_fill_u32;
+    kp.gridDim = dim3(1);
+    kp.blockDim = dim3(n);
+    kp.kernelParams = six_args;
+    CHECK(cudaGraphKernelNodeSetParams(got_fill, &kp));
+    if (launch_once(holder, s) || expect_all(b, host, n, 6, "child graph node's graph changed")) return 1;
+    CHECK(cudaGraphDestroy(holder));
+    CHECK(cudaGraphDestroy(inner));
+
+    // Host nodes: a clone's run for its own launches; a host node removed
+    // runs no more (and nothing waits for it).
+    cudaGraph_t hg, hc;
+    CHECK(cudaGraphCreate(&hg, 0));
+    cudaGraphNode_t host_node, after;
+    cudaHostNodeParams hp = {};
+    hp.fn = count_graph_host;
+    CHECK(cudaGraphAddHostNode(&host_node, hg, NULL, 0, &hp));
+    CHECK(kernel_node(&after, hg, &host_node, (void *)gp_fill_u32, n, two_args));
+    CHECK(cudaGraphClone(&hc, hg));
+    graph_host_calls = 0;
+    cudaGraphExec_t he, hce;
+    CHECK(cudaGraphInstantiate(&he, hg, 0));
+    CHECK(cudaGraphInstantiate(&hce, hc, 0));
+    cudaStream_t s2;
+    CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    for (int i = 0; i < 3; i++) {
+        CHECK(cudaGraphLaunch(he, s));
+        CHECK(cudaGraphLaunch(hce, s2));
+    }
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaStreamSynchronize(s2));
+    EXPECT(graph_host_calls == 6, "host nodes of a graph and its clone ran %d times, not 6", graph_host_calls);
+    CHECK(cudaGraphExecDestroy(he));
+    CHECK(cudaGraphDestroyNode(host_node));
+    graph_host_calls = 0;
+    if (launch_once(hg, s)) return 1;
+    EXPECT(graph_host_calls == 0, "a removed host node ran %d times", graph_host_calls);
+    CHECK(cudaGraphLaunch(hce, s2));
+    CHECK(cudaStreamSynchronize(s2));
+    EXPECT(graph_host_calls == 1, "the clone's host node ran %d times after the original's went", graph_host_calls);
+    CHECK(cudaGraphExecDestroy(hce));
+    CHECK(cudaGraphDestroy(hc));
+    CHECK(cudaGraphDestroy(hg));
+    CHECK(cudaGraphDestroy(c));
+    CHECK(cudaGraphDestroy(g));
+    CHECK(cudaStreamDestroy(s2));
+    CHECK(cudaStreamDestroy(s));
+    CHECK(cudaFree(a));
+    CHECK(cudaFree(b));
+    printf("OK cudart graphedit\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "all";
     int runtime = 0, driver = 0, count = 0;
@@ -553,6 +783,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "ipc")) return ipc();
     if (!strcmp(mode, "ipc-child")) return ipc_child(argc, argv);
     if (!strcmp(mode, "conditional")) return conditional();
+    if (!strcmp(mode, "graphedit")) return graphedit();
 
     const int n = 1 << 16;
     const size_t bytes = n * sizeof(float);

@@ -129,6 +129,13 @@ fn nvcc_programs_run_with_static_and_shared_cudart() {
                 "{} (shared={shared}): {out}",
                 version_of(home)
             );
+            // Graphs changed after they are built.
+            let out = run(home, &program, &server, &["graphedit"]);
+            assert!(
+                out.contains("OK cudart graphedit"),
+                "{} (shared={shared}): {out}",
+                version_of(home)
+            );
             // cudaIpc* between two processes (two sessions of the server).
             let out = run(home, &program, &server, &["ipc"]);
             assert!(

@@ -1169,3 +1169,212 @@ fn conditional_nodes_and_capture_graphs_are_checked() {
         Reply::Status(0)
     ));
 }
+
+/// Graphs changed after they are built, as the server checks them: a node
+/// read back as the driver holds it; work of another kind, nodes and edges
+/// the session does not have, conditional and memory nodes removed alone,
+/// a child graph node's graph destroyed alone, and launch attributes that
+/// are not a kernel node's, each refused, the session going on; a clone's
+/// host nodes renamed as asked.
+#[test]
+fn graph_edits_are_checked() {
+    use gpupool_proto::message::{GraphNode, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    let status = |r: Reply| match r {
+        Reply::Status(st) => st,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    let Reply::Pointer(ptr) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+        panic!("no memory");
+    };
+    let Reply::Handle(graph) = s.call(&Request::GraphCreate { ctx }, &[]) else {
+        panic!("no graph");
+    };
+    let add = |graph, deps: Vec<u64>, node| Request::GraphAddNode {
+        ctx,
+        graph,
+        deps,
+        edges: Vec::new(),
+        node,
+    };
+    let memset = GraphNode::Memset {
+        dst: ptr,
+        pitch: 0,
+        value: 0x11,
+        elem_size: 1,
+        width: 64,
+        height: 1,
+    };
+    let Reply::Handle(set) = s.call(&add(graph, Vec::new(), memset.clone()), &[]) else {
+        panic!("no memset node");
+    };
+    let copy = GraphNode::Copy {
+        dst: ptr + 2048,
+        src: ptr,
+        len: 64,
+    };
+    let Reply::Handle(cp) = s.call(&add(graph, vec![set], copy.clone()), &[]) else {
+        panic!("no copy node");
+    };
+    // Read back as made.
+    let get = |node| Request::GraphNodeGet { ctx, node };
+    let Reply::Node { node: got, .. } = s.call(&get(set), &[]) else {
+        panic!("no memset read back");
+    };
+    assert!(matches!(got, GraphNode::Memset { dst, value: 0x11, elem_size: 1, width: 64, .. } if dst == ptr));
+    let Reply::Node { node: got, .. } = s.call(&get(cp), &[]) else {
+        panic!("no copy read back");
+    };
+    assert_eq!(got, copy);
+    // Nodes the session does not have; work of another kind; a copy
+    // outside the session's memory.
+    assert_eq!(status(s.call(&get(set + 0x1000_0000), &[])), 1);
+    let node_set = |node, params| Request::GraphNodeSet { ctx, node, params };
+    assert_eq!(status(s.call(&node_set(set, copy.clone()), &[])), 1);
+    let outside = GraphNode::Copy {
+        dst: ptr + 4090,
+        src: ptr,
+        len: 64,
+    };
+    assert_eq!(status(s.call(&node_set(cp, outside), &[])), 1);
+    let moved = GraphNode::Copy {
+        dst: ptr + 1024,
+        src: ptr,
+        len: 32,
+    };
+    assert_eq!(status(s.call(&node_set(cp, moved.clone()), &[])), 0);
+    let Reply::Node { node: got, .. } = s.call(&get(cp), &[]) else {
+        panic!("no copy read back");
+    };
+    assert_eq!(got, moved);
+    // Edges: lengths must match, and the edge be there.
+    let remove = |from: Vec<u64>, to: Vec<u64>| Request::GraphRemoveDependencies {
+        ctx,
+        graph,
+        from,
+        to,
+        edges: Vec::new(),
+    };
+    assert_eq!(status(s.call(&remove(vec![set, set], vec![cp]), &[])), 1);
+    assert_eq!(status(s.call(&remove(vec![set], vec![cp + 0x1000_0000]), &[])), 1);
+    assert_eq!(status(s.call(&remove(vec![set], vec![cp]), &[])), 0);
+    assert_ne!(
+        status(s.call(&remove(vec![set], vec![cp]), &[])),
+        0,
+        "an edge removed twice"
+    );
+    // Launch attributes are a kernel node's, and events are not among them.
+    let attr = |node, attr, set| Request::GraphKernelNodeAttribute { ctx, node, attr, set };
+    assert_eq!(status(s.call(&attr(set, 8, None), &[])), 1);
+    // Memory and conditional nodes go only with their graph.
+    let Reply::Pair(alloc, _) = s.call(
+        &add(graph, Vec::new(), GraphNode::MemAlloc { device: 0, size: 4096 }),
+        &[],
+    ) else {
+        panic!("no allocation node");
+    };
+    let destroy = |node| Request::GraphDestroyNode { ctx, node };
+    assert_eq!(status(s.call(&destroy(alloc as u64), &[])), 801);
+    let Reply::Handle(h) = s.call(
+        &Request::GraphConditionalHandleCreate {
+            ctx,
+            graph,
+            default: 0,
+            flags: 0,
+        },
+        &[],
+    ) else {
+        panic!("no conditional handle");
+    };
+    let cond = GraphNode::Conditional {
+        handle: h,
+        kind: 0,
+        size: 1,
+    };
+    let Reply::Conditional { node: cn, .. } = s.call(&add(graph, Vec::new(), cond), &[]) else {
+        panic!("no conditional node");
+    };
+    assert_eq!(status(s.call(&destroy(cn), &[])), 801);
+    // Other nodes go, answered with their graph.
+    let Reply::Pair(of, token) = s.call(&destroy(cp), &[]) else {
+        panic!("the copy node was not removed");
+    };
+    assert_eq!((of as u64, token), (graph, 0));
+    assert_eq!(status(s.call(&get(cp), &[])), 1, "a removed node read back");
+    // A child graph node's graph is the node's: not destroyed alone.
+    let Reply::Handle(inner) = s.call(&Request::GraphCreate { ctx }, &[]) else {
+        panic!("no graph");
+    };
+    assert!(matches!(
+        s.call(&add(inner, Vec::new(), memset.clone()), &[]),
+        Reply::Handle(_)
+    ));
+    let Reply::Handle(holder) = s.call(&Request::GraphCreate { ctx }, &[]) else {
+        panic!("no graph");
+    };
+    let Reply::Handle(child) = s.call(&add(holder, Vec::new(), GraphNode::Child { graph: inner }), &[]) else {
+        panic!("no child graph node");
+    };
+    let Reply::Node {
+        node: GraphNode::Child { graph: own },
+        ..
+    } = s.call(&get(child), &[])
+    else {
+        panic!("no child graph read back");
+    };
+    assert_ne!(own, inner, "the node's graph is a copy");
+    assert_eq!(status(s.call(&Request::GraphDestroy { ctx, graph: own }, &[])), 1);
+    // A clone: host nodes named by the tokens given are renamed.
+    let token = CLIENT_HANDLE_TAG | 0x4000;
+    let Reply::Handle(host) = s.call(&add(holder, Vec::new(), GraphNode::Host { token }), &[]) else {
+        panic!("no host node");
+    };
+    let fresh = CLIENT_HANDLE_TAG | 0x4010;
+    let clone = |tokens| Request::GraphClone {
+        ctx,
+        graph: holder,
+        tokens,
+    };
+    // A new name already taken is refused, and no clone is made.
+    assert_eq!(status(s.call(&clone(vec![(token, token)]), &[])), 1);
+    let Reply::Cloned {
+        graph: copy_of,
+        renamed,
+    } = s.call(&clone(vec![(token, fresh)]), &[])
+    else {
+        panic!("no clone");
+    };
+    assert_eq!(renamed, vec![token]);
+    let Reply::Handle(found) = s.call(
+        &Request::GraphFindInClone {
+            ctx,
+            node: host,
+            clone: copy_of,
+        },
+        &[],
+    ) else {
+        panic!("the host node was not found in the clone");
+    };
+    assert_ne!(found, host);
+    assert_eq!(
+        status(s.call(
+            &Request::GraphFindInClone {
+                ctx,
+                node: host + 0x1000_0000,
+                clone: copy_of,
+            },
+            &[]
+        )),
+        1
+    );
+    // The host node of the original goes with its token told.
+    let Reply::Pair(_, gone) = s.call(&destroy(host), &[]) else {
+        panic!("the host node was not removed");
+    };
+    assert_eq!(gone, token as i64);
+    for g in [copy_of, holder, inner, graph] {
+        assert_eq!(status(s.call(&Request::GraphDestroy { ctx, graph: g }, &[])), 0);
+    }
+    assert_eq!(status(s.call(&Request::CtxSynchronize { ctx }, &[])), 0);
+}

@@ -24,6 +24,7 @@ mod conditionals;
 mod copies;
 mod edges;
 mod functions;
+mod graphedit;
 mod graphs;
 mod hostfns;
 mod hostnodes;
@@ -41,6 +42,7 @@ pub use conditionals::*;
 pub use copies::*;
 pub use edges::*;
 pub use functions::*;
+pub use graphedit::*;
 pub use graphs::*;
 pub use hostfns::*;
 pub use ipc::*;
@@ -2334,6 +2336,7 @@ pub unsafe fn graph_instantiate_with_flags(exec: *mut *mut c_void, graph: *mut c
         Reply::Handle(e) => {
             write(&s.graphs).insert(e, ctx);
             hostnodes::copy(graph, e);
+            graphedit::instantiated(e, flags);
             unsafe { out(exec, as_ptr(e)) }
         }
         _ => Err(CuError::UNKNOWN),
@@ -2383,6 +2386,10 @@ pub unsafe fn graph_instantiate_with_params(
             Ok(())
         }
     });
+    if r.is_ok() {
+        // SAFETY: exec was just written.
+        graphedit::instantiated(handle(unsafe { *exec }), p.flags);
+    }
     // CUDA_GRAPH_INSTANTIATE_SUCCESS or _ERROR.
     p.result = u32::from(r.is_err());
     r
@@ -2463,6 +2470,7 @@ pub unsafe fn graph_exec_destroy(exec: *mut c_void) -> CuResult {
     let exec = handle(exec);
     let ctx = write(&s.graphs).remove(&exec).ok_or(CuError::INVALID_VALUE)?;
     hostnodes::forget(exec);
+    graphedit::forget(exec);
     s.remote.post(&Request::GraphExecDestroy { ctx, exec }, &[])
 }
 
@@ -2476,6 +2484,7 @@ pub unsafe fn graph_destroy(graph: *mut c_void) -> CuResult {
     let ctx = write(&s.graphs).remove(&graph).ok_or(CuError::INVALID_VALUE)?;
     for g in std::iter::once(graph).chain(conditionals::forget(graph)) {
         write(&s.graphs).remove(&g);
+        graphedit::forget(g);
         graphs::forget(g);
         hostnodes::forget(g);
     }

@@ -356,13 +356,29 @@ impl Worker<'_> {
         }
     }
 
-    /// `GraphDestroyNode`. Conditional nodes (whose bodies are graphs of
-    /// the session) and memory nodes (whose memory is) go only with their
-    /// graph.
-    pub(super) fn graph_destroy_node(&mut self, ctx: Handle, node: Handle) -> DriverResult {
-        self.node_graph(ctx, node)?;
-        if matches!(self.node_type(node)?, NODE_CONDITIONAL | NODE_MEM_ALLOC | NODE_MEM_FREE) {
+    /// `GraphDestroyNode`: answers the node's graph and, for a host node,
+    /// its token (0 otherwise). Conditional nodes (whose bodies are graphs
+    /// of the session) and memory nodes (whose memory is) go only with
+    /// their graph; host nodes of a child graph node's graph stay, as the
+    /// client counts them with the graph holding the node.
+    pub(super) fn graph_destroy_node(&mut self, ctx: Handle, node: Handle) -> DriverResult<Reply> {
+        let graph = self.node_graph(ctx, node)?;
+        let kind = self.node_type(node)?;
+        if matches!(kind, NODE_CONDITIONAL | NODE_MEM_ALLOC | NODE_MEM_FREE) {
             return Err(NOT_SUPPORTED);
+        }
+        let mut token = 0;
+        if kind == NODE_HOST {
+            if self.tables.child_graphs.values().any(|g| *g == graph) {
+                return Err(NOT_SUPPORTED);
+            }
+            let mut p = HostNodeParams {
+                func: host_node_placeholder,
+                user_data: std::ptr::null_mut(),
+            };
+            // SAFETY: a host node of the session; p is writable.
+            unsafe { self.driver.cuGraphHostNodeGetParams(as_ptr(node), &mut p) }?;
+            token = self.host_node_token(p.user_data).unwrap_or(0);
         }
         // SAFETY: a node of the session.
         unsafe { self.driver.cuGraphDestroyNode(as_ptr(node)) }?;
@@ -371,7 +387,7 @@ impl Worker<'_> {
             self.tables.bodies.remove(&child);
             self.tables.forget_graph(child);
         }
-        Ok(())
+        Ok(Reply::Pair(graph as i64, token as i64))
     }
 
     /// `GraphRemoveDependencies`.

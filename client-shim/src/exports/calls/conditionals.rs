@@ -46,6 +46,21 @@ pub(super) fn is_body(graph: Handle) -> bool {
 
 /// `graph` went: the bodies of its conditional nodes (and theirs) with it.
 /// Answers the bodies that went, for the caller's own tables.
+/// `graph` is held by `holder` (a child graph node's graph, asked for):
+/// it goes with it, never alone.
+pub(super) fn hold(graph: Handle, holder: Handle) {
+    state(|st| st.holders.insert(graph, holder));
+}
+
+/// A held graph went with its node (`cuGraphDestroyNode`): it and the
+/// graphs it held.
+pub(super) fn release(graph: Handle) -> Vec<Handle> {
+    let mut gone = forget(graph);
+    state(|st| st.holders.remove(&graph));
+    gone.push(graph);
+    gone
+}
+
 pub(super) fn forget(graph: Handle) -> Vec<Handle> {
     state(|st| {
         let mut gone = Vec::new();

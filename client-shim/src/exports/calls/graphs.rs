@@ -12,17 +12,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// `CUgraphNodeType` of the nodes offered.
-const TYPE_KERNEL: u32 = 0;
-const TYPE_MEMCPY: u32 = 1;
-const TYPE_MEMSET: u32 = 2;
-const TYPE_HOST: u32 = 3;
-const TYPE_GRAPH: u32 = 4;
-const TYPE_EMPTY: u32 = 5;
-const TYPE_WAIT_EVENT: u32 = 6;
-const TYPE_EVENT_RECORD: u32 = 7;
-const TYPE_MEM_ALLOC: u32 = 10;
-const TYPE_MEM_FREE: u32 = 11;
-const TYPE_CONDITIONAL: u32 = 13;
+pub(super) const TYPE_KERNEL: u32 = 0;
+pub(super) const TYPE_MEMCPY: u32 = 1;
+pub(super) const TYPE_MEMSET: u32 = 2;
+pub(super) const TYPE_HOST: u32 = 3;
+pub(super) const TYPE_GRAPH: u32 = 4;
+pub(super) const TYPE_EMPTY: u32 = 5;
+pub(super) const TYPE_WAIT_EVENT: u32 = 6;
+pub(super) const TYPE_EVENT_RECORD: u32 = 7;
+pub(super) const TYPE_MEM_ALLOC: u32 = 10;
+pub(super) const TYPE_MEM_FREE: u32 = 11;
+pub(super) const TYPE_CONDITIONAL: u32 = 13;
 
 /// The nodes of each graph the program built, in the order added, with
 /// their types: `cuGraphGetNodes` and `cuGraphNodeGetType` are answered
@@ -30,9 +30,9 @@ const TYPE_CONDITIONAL: u32 = 13;
 static BUILT: Mutex<Option<Built>> = Mutex::new(None);
 
 /// Graph -> its (node, type) in the order added.
-type Built = HashMap<Handle, Vec<(Handle, u32)>>;
+pub(super) type Built = HashMap<Handle, Vec<(Handle, u32)>>;
 
-fn built<T>(f: impl FnOnce(&mut Built) -> T) -> T {
+pub(super) fn built<T>(f: impl FnOnce(&mut Built) -> T) -> T {
     let mut b = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     f(b.get_or_insert_with(HashMap::new))
 }
@@ -99,33 +99,33 @@ pub unsafe fn graph_node_get_type(node: *mut c_void, kind: *mut u32) -> CuResult
 /// adds a kernel handle and the context to run it in.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct KernelNodeParams {
-    func: CUfunction,
-    grid: [u32; 3],
-    block: [u32; 3],
-    shared_mem: u32,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
+pub(super) struct KernelNodeParams {
+    pub(super) func: CUfunction,
+    pub(super) grid: [u32; 3],
+    pub(super) block: [u32; 3],
+    pub(super) shared_mem: u32,
+    pub(super) params: *mut *mut c_void,
+    pub(super) extra: *mut *mut c_void,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct KernelNodeParamsV2 {
-    first: KernelNodeParams,
-    kern: CUkernel,
-    ctx: CUcontext,
+pub(super) struct KernelNodeParamsV2 {
+    pub(super) first: KernelNodeParams,
+    pub(super) kern: CUkernel,
+    pub(super) ctx: CUcontext,
 }
 
 /// `CUDA_MEMSET_NODE_PARAMS`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct MemsetNodeParams {
-    dst: CUdeviceptr,
-    pitch: usize,
-    value: u32,
-    elem_size: u32,
-    width: usize,
-    height: usize,
+pub(super) struct MemsetNodeParams {
+    pub(super) dst: CUdeviceptr,
+    pub(super) pitch: usize,
+    pub(super) value: u32,
+    pub(super) elem_size: u32,
+    pub(super) width: usize,
+    pub(super) height: usize,
 }
 
 /// Most dependencies one call may name.
@@ -243,15 +243,15 @@ pub(super) unsafe fn add_replying(
 /// `CUDA_MEM_ALLOC_NODE_PARAMS`: the pool's properties (88 bytes), access
 /// descriptors, the size, and the address the driver gives back.
 #[repr(C)]
-struct MemAllocNodeParams {
-    alloc_type: u32,
-    handle_types: u32,
-    location: super::pools::MemLocation,
-    rest_of_pool_props: [u8; 72],
-    access_descs: *const c_void,
-    access_desc_count: usize,
-    bytesize: usize,
-    dptr: CUdeviceptr,
+pub(super) struct MemAllocNodeParams {
+    pub(super) alloc_type: u32,
+    pub(super) handle_types: u32,
+    pub(super) location: super::pools::MemLocation,
+    pub(super) rest_of_pool_props: [u8; 72],
+    pub(super) access_descs: *const c_void,
+    pub(super) access_desc_count: usize,
+    pub(super) bytesize: usize,
+    pub(super) dptr: CUdeviceptr,
 }
 
 const _: () = assert!(std::mem::size_of::<MemAllocNodeParams>() == 120);
@@ -340,7 +340,12 @@ pub unsafe fn graph_add_empty_node(
 ///
 /// # Safety
 /// The node's parameters follow the launch contract.
-unsafe fn node_launch(s: &Shim, ctx: Handle, p: KernelNodeParams, kern: CUkernel) -> CuResult<(Launch, Vec<u8>)> {
+pub(super) unsafe fn node_launch(
+    s: &Shim,
+    ctx: Handle,
+    p: KernelNodeParams,
+    kern: CUkernel,
+) -> CuResult<(Launch, Vec<u8>)> {
     let func = if p.func.is_null() { handle(kern) } else { handle(p.func) };
     check_launch_args(func, p.grid, p.block, p.params, p.extra)?;
     let legacy = StreamRef::Legacy;
@@ -622,7 +627,7 @@ fn refuse_host_nodes_in_body(graph: Handle) -> CuResult {
     if conditionals::is_body(graph) {
         tracing::warn!(
             "a host node in a conditional node's body (CUDA allows kernel, empty, memset, memcpy, child graph \
-             and conditional nodes there); returning CUDA_ERROR_INVALID_VALUE"
+             and conditional nodes there) or in a child graph node's graph; returning CUDA_ERROR_INVALID_VALUE"
         );
         return Err(CuError::INVALID_VALUE);
     }
@@ -757,7 +762,7 @@ pub unsafe fn graph_exec_kernel_node_set_params_v2(
 
 /// Where a `CUgraphNodeParams`'s union begins (after the type and three
 /// reserved words).
-const NODE_PARAMS_UNION: usize = 16;
+pub(super) const NODE_PARAMS_UNION: usize = 16;
 
 /// `cuGraphAddNode`: a node described by a tagged `CUgraphNodeParams`, made
 /// as the typed call for its type makes it.
@@ -916,7 +921,7 @@ pub unsafe fn graph_exec_update(
 }
 
 /// New work for a memset or copy node of an executable graph.
-fn exec_node_set(exec: *mut c_void, node: *mut c_void, params: GraphNode) -> CuResult {
+pub(super) fn exec_node_set(exec: *mut c_void, node: *mut c_void, params: GraphNode) -> CuResult {
     let s = shim()?;
     let ctx = graph_ctx(s, exec)?;
     let request = Request::GraphExecNodeSet {

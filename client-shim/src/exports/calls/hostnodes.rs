@@ -29,6 +29,8 @@ struct State {
     nodes: HashMap<Handle, (Handle, u64)>,
     /// Executable graphs -> the graph they were made from.
     sources: HashMap<Handle, Handle>,
+    /// Clones -> the tokens their host nodes were renamed with (old, new).
+    renames: HashMap<Handle, Vec<(u64, u64)>>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -113,6 +115,63 @@ pub(super) fn child_added(graph: Handle, node: Handle, child: Handle) {
     });
 }
 
+/// The tokens of `graph`'s host nodes.
+pub(super) fn tokens_of(graph: Handle) -> Vec<u64> {
+    state(|st| {
+        st.graphs
+            .get(&graph)
+            .map(|h| h.iter().map(|(t, _)| *t).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// `graph`'s host node named `token` went (`cuGraphDestroyNode`).
+pub(super) fn removed(graph: Handle, token: u64) {
+    state(|st| {
+        if let Some(list) = st.graphs.get_mut(&graph) {
+            list.retain(|(t, _)| *t != token);
+            if list.is_empty() {
+                st.graphs.remove(&graph);
+            }
+        }
+        st.nodes.retain(|_, (g, t)| !(*g == graph && *t == token));
+    });
+}
+
+/// `clone` is a copy of `graph` whose host nodes named by the first of
+/// each pair of `renames` are named by the second.
+pub(super) fn cloned(graph: Handle, clone: Handle, renames: Vec<(u64, u64)>) {
+    state(|st| {
+        if let Some(hosts) = st.graphs.get(&graph).cloned() {
+            let renamed = hosts
+                .into_iter()
+                .map(|(t, call)| {
+                    let t = renames.iter().find(|(old, _)| *old == t).map_or(t, |(_, new)| *new);
+                    (t, call)
+                })
+                .collect();
+            st.graphs.insert(clone, renamed);
+        }
+        st.renames.insert(clone, renames);
+    });
+}
+
+/// `found` is the node of `clone` that `node` became: a host node of a
+/// built graph is one here too.
+pub(super) fn found_in_clone(node: Handle, clone: Handle, found: Handle) {
+    state(|st| {
+        let Some(&(_, token)) = st.nodes.get(&node) else {
+            return;
+        };
+        let renamed = st
+            .renames
+            .get(&clone)
+            .and_then(|r| r.iter().find(|(old, _)| *old == token))
+            .map_or(token, |(_, new)| *new);
+        st.nodes.insert(found, (clone, renamed));
+    });
+}
+
 /// `to` (an executable graph) now runs `from`'s nodes.
 pub(super) fn copy(from: Handle, to: Handle) {
     state(|st| {
@@ -148,6 +207,7 @@ pub(super) fn forget(graph: Handle) {
     state(|st| {
         st.graphs.remove(&graph);
         st.sources.remove(&graph);
+        st.renames.remove(&graph);
         st.nodes.retain(|_, (g, _)| *g != graph);
     });
 }

@@ -5,8 +5,9 @@
 //! This double keeps a graph as its operations in order, each node naming
 //! the operation it is (`node_ops`). So a removed node leaves an operation
 //! that does nothing in its place, and a child graph node's graph, asked
-//! for, is a copy of the child's operations made then: changes to it do not
-//! reach the node (the driver's child graph is the node's own).
+//! for, is a copy of the child's operations made then, whose changes are
+//! made in the node's copy too (nodes added to it are not: the driver's
+//! child graph is the node's own).
 
 use super::*;
 
@@ -17,6 +18,16 @@ pub const ATTR_VALUE_BYTES: usize = 64;
 /// window, cooperative, priority, cluster dimension and scheduling, memory
 /// synchronisation domain and its map, preferred shared memory carveout.
 const NODE_ATTRS: [u32; 8] = [1, 2, 4, 5, 8, 9, 10, 14];
+
+/// A kernel node's parameters (`cuGraphKernelNodeGetParams`).
+pub struct KernelNodeWork {
+    pub func: u64,
+    pub shape: NodeShape,
+    /// The packed parameters, and each one's (offset, size).
+    pub params: Vec<u8>,
+    pub layout: Vec<(usize, usize)>,
+    pub ctx: u64,
+}
 
 impl Driver {
     /// The operation of `node`, in its graph, if it is one `same` accepts.
@@ -31,15 +42,24 @@ impl Driver {
         }
     }
 
+    /// The operation at `at` of `graph` replaced; in a child graph node's
+    /// graph, in the graph holding the node too (where the child's
+    /// operations were copied).
     fn set_node_op(&mut self, (graph, at): (u64, usize), op: Op) -> CuResult<()> {
         let g = self.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        *Arc::make_mut(&mut g.ops).get_mut(at).ok_or(CUDA_ERROR_INVALID_VALUE)? = op;
+        *Arc::make_mut(&mut g.ops).get_mut(at).ok_or(CUDA_ERROR_INVALID_VALUE)? = op.clone();
+        let holder = self.child_graphs.iter().find(|(_, g)| **g == graph).map(|(n, _)| *n);
+        if let Some(node) = holder {
+            match (self.nodes.get(&node), self.child_ops.get(&node)) {
+                (Some(&parent), Some(&(start, len))) if at < len => return self.set_node_op((parent, start + at), op),
+                _ => {}
+            }
+        }
         Ok(())
     }
 
-    /// `cuGraphKernelNodeGetParams`: the function, the launch's shape, the
-    /// packed parameters and their (offset, size) layout, and the context.
-    pub fn graph_kernel_node_get(&self, node: u64) -> CuResult<(u64, NodeShape, Vec<u8>, Vec<(usize, usize)>, u64)> {
+    /// `cuGraphKernelNodeGetParams`.
+    pub fn graph_kernel_node_get(&self, node: u64) -> CuResult<KernelNodeWork> {
         let (graph, at) = self.node_op(node, |op| matches!(op, Op::Launch { .. }))?;
         let Op::Launch { func, params, cfg, .. } = &self.graphs[&graph].ops[at] else {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -50,7 +70,13 @@ impl Driver {
             .iter()
             .map(|p| (p.offset, p.size))
             .collect();
-        Ok((*func, *cfg, params.clone(), layout, self.graphs[&graph].ctx))
+        Ok(KernelNodeWork {
+            func: *func,
+            shape: *cfg,
+            params: params.clone(),
+            layout,
+            ctx: self.graphs[&graph].ctx,
+        })
     }
 
     /// `cuGraphKernelNodeSetParams`: the node launches `f` so from now on

@@ -10,7 +10,10 @@ use std::sync::Mutex;
 /// Kernel nodes' parameters as last read back: the packed block and one
 /// address into it per parameter, which the caller's `kernelParams`
 /// points at until the next read of the same node.
-static READ_BACK: Mutex<Option<HashMap<u64, (Box<[u8]>, Box<[usize]>)>>> = Mutex::new(None);
+static READ_BACK: Mutex<Option<ReadBack>> = Mutex::new(None);
+
+/// Node -> (packed block, an address into it per parameter).
+type ReadBack = HashMap<u64, (Box<[u8]>, Box<[usize]>)>;
 
 /// `CU_MEMORYTYPE_DEVICE`.
 const MEMORY_DEVICE: u32 = 2;
@@ -22,7 +25,8 @@ pub unsafe extern "C" fn cuGraphKernelNodeGetParams_v2(
 ) -> CUresult {
     ffi(|| {
         need(params)?;
-        let (func, shape, packed, layout, ctx) = driver::with(|d| d.graph_kernel_node_get(h(node)))?;
+        let k = driver::with(|d| d.graph_kernel_node_get(h(node)))?;
+        let (func, shape, packed, layout, ctx) = (k.func, k.shape, k.params, k.layout, k.ctx);
         let mut block: Box<[u8]> = packed.into_boxed_slice();
         let base = block.as_mut_ptr() as usize;
         let args: Box<[usize]> = layout.iter().map(|(offset, _)| base + offset).collect();
