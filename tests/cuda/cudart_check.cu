@@ -571,6 +571,62 @@ static size_t edge_count(cudaGraph_t g) {
     return n;
 }
 
+static int user_objects_destroyed;
+static void destroy_user_object(void *count) { __atomic_add_fetch((int *)count, 1, __ATOMIC_SEQ_CST); }
+
+// Whether the destructor has run `want` times within a few seconds (it
+// runs on a thread of the driver's, after the call that released it).
+static bool destroyed_within(int want) {
+    for (int i = 0; i < 500; i++) {
+        if (__atomic_load_n(&user_objects_destroyed, __ATOMIC_SEQ_CST) == want) return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+// User objects: references held by the program, by a graph and by the
+// executable graph made of it; the destructor runs once the last goes.
+static int user_objects(cudaStream_t s, unsigned *b, int *count) {
+    cudaUserObject_t obj;
+    CHECK(cudaUserObjectCreate(&obj, &user_objects_destroyed, destroy_user_object, 2,
+                               cudaUserObjectNoDestructorSync));
+    CHECK(cudaUserObjectRelease(obj, 1));
+    usleep(50000);
+    EXPECT(user_objects_destroyed == 0, "a user object was destroyed with a reference left");
+    cudaGraph_t g;
+    CHECK(cudaGraphCreate(&g, 0));
+    cudaGraphNode_t k;
+    unsigned one = 1;
+    void *args[] = {&b, &one, count};
+    CHECK(kernel_node(&k, g, NULL, (void *)gp_fill_u32, 256, args));
+    // The program's last reference moves to the graph; the executable graph
+    // takes one of its own.
+    CHECK(cudaGraphRetainUserObject(g, obj, 1, cudaGraphUserObjectMove));
+    cudaGraphExec_t ge;
+    CHECK(cudaGraphInstantiate(&ge, g, 0));
+    CHECK(cudaGraphLaunch(ge, s));
+    CHECK(cudaGraphDestroy(g));
+    CHECK(cudaStreamSynchronize(s));
+    usleep(50000);
+    EXPECT(user_objects_destroyed == 0, "a user object was destroyed while an executable graph held it");
+    CHECK(cudaGraphExecDestroy(ge));
+    EXPECT(destroyed_within(1), "the user object was destroyed %d times, not once", user_objects_destroyed);
+    // A graph's reference, released by the program.
+    CHECK(cudaUserObjectCreate(&obj, &user_objects_destroyed, destroy_user_object, 1,
+                               cudaUserObjectNoDestructorSync));
+    CHECK(cudaGraphCreate(&g, 0));
+    CHECK(cudaGraphRetainUserObject(g, obj, 2, 0));
+    CHECK(cudaUserObjectRelease(obj, 1));
+    CHECK(cudaGraphReleaseUserObject(g, obj, 1));
+    EXPECT(cudaGraphReleaseUserObject(g, obj, 2) != cudaSuccess, "a graph released more than it held");
+    cudaGetLastError();
+    usleep(50000);
+    EXPECT(user_objects_destroyed == 1, "destroyed with the graph's reference left");
+    CHECK(cudaGraphDestroy(g));
+    EXPECT(destroyed_within(2), "the second user object was destroyed %d times", user_objects_destroyed - 1);
+    return 0;
+}
+
 // Graphs changed after they are built.
 static int graphedit() {
     const int n = 256;
@@ -758,6 +814,7 @@ static int graphedit() {
     CHECK(cudaGraphExecDestroy(hce));
     CHECK(cudaGraphDestroy(hc));
     CHECK(cudaGraphDestroy(hg));
+    if (user_objects(s, b, &count)) return 1;
     CHECK(cudaGraphDestroy(c));
     CHECK(cudaGraphDestroy(g));
     CHECK(cudaStreamDestroy(s2));

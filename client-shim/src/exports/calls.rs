@@ -35,6 +35,7 @@ mod memops;
 mod pools;
 mod queries;
 mod tensormap;
+mod userobjects;
 mod vmm;
 pub use arrays::*;
 pub use captureinfo::*;
@@ -52,6 +53,7 @@ pub use memops::*;
 pub use pools::*;
 pub use queries::*;
 pub use tensormap::*;
+pub use userobjects::*;
 pub use vmm::*;
 
 static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
@@ -2336,6 +2338,7 @@ pub unsafe fn graph_instantiate_with_flags(exec: *mut *mut c_void, graph: *mut c
         Reply::Handle(e) => {
             write(&s.graphs).insert(e, ctx);
             hostnodes::copy(graph, e);
+            userobjects::copied(graph, e);
             graphedit::instantiated(e, flags);
             unsafe { out(exec, as_ptr(e)) }
         }
@@ -2423,12 +2426,17 @@ fn post_graph_work(
     let s = shim()?;
     let exec = handle(exec);
     let ctx = graph_ctx(s, exec)?;
+    let stream_ptr = stream;
     let stream = Shim::stream_ref(mode, handle(stream));
     managed::settle_for(s, stream)?;
     if launch {
         hostnodes::before_launch(s, ctx, exec, stream)?;
     }
-    s.remote.post(&request(ctx, exec, stream), &[])
+    s.remote.post(&request(ctx, exec, stream), &[])?;
+    if launch {
+        userobjects::launched(exec, mode, stream_ptr);
+    }
+    Ok(())
 }
 
 /// `cuGraphGetNodes`. A captured graph's count is the server's (one round
@@ -2471,6 +2479,7 @@ pub unsafe fn graph_exec_destroy(exec: *mut c_void) -> CuResult {
     let ctx = write(&s.graphs).remove(&exec).ok_or(CuError::INVALID_VALUE)?;
     hostnodes::forget(exec);
     graphedit::forget(exec);
+    userobjects::exec_gone(s, exec);
     s.remote.post(&Request::GraphExecDestroy { ctx, exec }, &[])
 }
 
@@ -2485,6 +2494,7 @@ pub unsafe fn graph_destroy(graph: *mut c_void) -> CuResult {
     for g in std::iter::once(graph).chain(conditionals::forget(graph)) {
         write(&s.graphs).remove(&g);
         graphedit::forget(g);
+        userobjects::graph_gone(g);
         graphs::forget(g);
         hostnodes::forget(g);
     }

@@ -534,6 +534,7 @@ pub unsafe fn graph_clone(clone: *mut *mut c_void, graph: *mut c_void) -> CuResu
     write(&s.graphs).insert(c, ctx);
     let renames = tokens.into_iter().filter(|(old, _)| renamed.contains(old)).collect();
     hostnodes::cloned(handle(graph), c, renames);
+    userobjects::copied(handle(graph), c);
     unsafe { out(clone, as_ptr(c)) }
 }
 

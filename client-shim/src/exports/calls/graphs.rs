@@ -592,6 +592,7 @@ pub unsafe fn graph_add_child_graph_node(
     unsafe { add(node, graph, deps, count, child, &[]) }?;
     // SAFETY: `add` wrote the new node there.
     hostnodes::child_added(handle(graph), handle(unsafe { *node }), child_graph);
+    userobjects::copied(child_graph, handle(graph));
     Ok(())
 }
 

@@ -74,7 +74,7 @@ pub(super) unsafe fn stream_into(
     }
 }
 
-fn enqueue(mode: DefaultStream, stream: CUstream, call: Call) -> CuResult {
+pub(super) fn enqueue(mode: DefaultStream, stream: CUstream, call: Call) -> CuResult {
     let s = shim()?;
     let ctx = stream_ctx(s, stream)?;
     let sref = Shim::stream_ref(mode, handle(stream));
