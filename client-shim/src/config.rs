@@ -82,6 +82,35 @@ impl Config {
 }
 
 /// Start logging to standard error, once.
+/// Set once the process exits (the shim's exit handlers ran).
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Mark the process as exiting: from now on the shim logs nothing.
+pub fn exiting() {
+    EXITING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Dropped when this thread's thread-local storage is torn down, which at
+/// `exit` happens before the exit handlers (the program's library
+/// destructors among them, which may still call the driver) run.
+struct Sentinel;
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {}
+}
+
+thread_local! {
+    static SENTINEL: Sentinel = const { Sentinel };
+}
+
+/// Whether logging is still safe here: the log writer keeps thread-local
+/// state, and touching it once that is gone (in exit handlers, or in other
+/// thread-local destructors) panics. Checked on the paths that log from
+/// within a driver call, never on the hot path.
+pub fn may_log() -> bool {
+    !EXITING.load(std::sync::atomic::Ordering::Relaxed) && SENTINEL.try_with(|_| ()).is_ok()
+}
+
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -99,4 +128,6 @@ pub fn init_logging() {
             builder.try_init()
         };
     });
+    // Registered after the subscriber, so torn down before its state.
+    let _ = SENTINEL.try_with(|_| ());
 }

@@ -458,38 +458,42 @@ pub fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
+/// This thread's context stack, unless the thread's storage is already torn
+/// down (calls from exit handlers, or from other thread-local destructors):
+/// then the thread has no context, and changes to its stack are dropped.
+fn with_stack<T: Default>(f: impl FnOnce(&mut Vec<(Handle, i32)>) -> T) -> T {
+    CONTEXT_STACK.try_with(|s| f(&mut s.borrow_mut())).unwrap_or_default()
+}
+
 /// The current context and its device.
 pub fn current() -> Option<(Handle, i32)> {
-    CONTEXT_STACK.with(|s| s.borrow().last().copied())
+    with_stack(|s| s.last().copied())
 }
 
 /// `cuCtxSetCurrent`: replace the top of the stack (NULL pops it).
 pub fn set_current(entry: Option<(Handle, i32)>) {
-    CONTEXT_STACK.with(|s| {
-        let mut s = s.borrow_mut();
-        match entry {
-            Some(e) => match s.last_mut() {
-                Some(top) => *top = e,
-                None => s.push(e),
-            },
-            None => {
-                s.pop();
-            }
+    with_stack(|s| match entry {
+        Some(e) => match s.last_mut() {
+            Some(top) => *top = e,
+            None => s.push(e),
+        },
+        None => {
+            s.pop();
         }
     })
 }
 
 pub fn push_current(entry: (Handle, i32)) {
-    CONTEXT_STACK.with(|s| s.borrow_mut().push(entry))
+    with_stack(|s| s.push(entry))
 }
 
 pub fn pop_current() -> Option<(Handle, i32)> {
-    CONTEXT_STACK.with(|s| s.borrow_mut().pop())
+    with_stack(|s| s.pop())
 }
 
 /// Remove a destroyed context from this thread's stack.
 pub fn drop_from_stack(ctx: Handle) {
-    CONTEXT_STACK.with(|s| s.borrow_mut().retain(|(c, _)| *c != ctx))
+    with_stack(|s| s.retain(|(c, _)| *c != ctx))
 }
 
 #[cfg(test)]

@@ -380,8 +380,21 @@ static void *threads_body(void *p) {
     return NULL;
 }
 
+/* Driver calls from an exit handler that runs after the shim's own (it is
+ * registered before cuInit), as a program's library destructors make them:
+ * they fail cleanly, and nothing is logged from the torn-down process. */
+static PFN_cuMemFree late_free;
+static PFN_cuCtxSynchronize late_sync;
+static void late_calls(void) {
+    CUresult freed = late_free((CUdeviceptr)0xdead0000);
+    CUresult synced = late_sync();
+    printf("OK late calls returned %d %d\n", freed, synced);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "vadd";
+    if (!strcmp(mode, "exit-calls")) atexit(late_calls);
     void *lib = dlopen("libcuda.so.1", RTLD_NOW);
     if (!lib) {
         fprintf(stderr, "FAIL dlopen(libcuda.so.1): %s\n", dlerror());
@@ -1535,6 +1548,13 @@ int main(int argc, char **argv) {
             CHECK(cuGraphDestroy(into));
         }
         printf("OK graph n=%d\n", n);
+    } else if (!strcmp(mode, "exit-calls")) {
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, 4096));
+        EXPECT(cuMemFree(p + 1) == CUDA_ERROR_INVALID_VALUE, "a bad free succeeded");
+        late_free = cuMemFree;
+        late_sync = cuCtxSynchronize;
+        printf("OK before exit\n");
     } else if (!strcmp(mode, "fault")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

@@ -47,6 +47,32 @@ fn report_row(report: &str, call: &str) -> (u64, u64) {
     (cols[1].parse().unwrap(), cols[4].parse().unwrap())
 }
 
+/// Driver calls made after the shim's exit handlers ran (a program's
+/// library destructors at `exit`, after thread-local storage is gone) fail
+/// cleanly, and the shim logs nothing from the torn-down process: before,
+/// at debug level, each failed call's log line panicked (caught) in the log
+/// writer, and the panic's message reached the program's standard error.
+#[test]
+fn calls_from_exit_handlers_fail_quietly() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("exit-calls").env("GPUPOOL_LOG", "debug");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("OK before exit"), "stdout: {stdout}\nstderr: {stderr}");
+    // The session has ended: both calls fail (the free with no device).
+    let late = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("OK late calls returned "))
+        .unwrap_or_else(|| panic!("the exit handler did not run: {stdout}"));
+    assert!(late.split(' ').all(|code| code != "0"), "late calls returned {late}");
+    // Debug logging reached the log before exit, and nothing panicked.
+    assert!(stderr.contains("call failed"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// A tensor map encoded again with the same arguments is the shim's
 /// answer; a refusal the shim can judge (rank 6) costs no round trip.
 #[test]

@@ -216,6 +216,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
 /// At exit, end the session so the server frees it now (a QUIC peer would
 /// otherwise wait for its idle timeout).
 extern "C" fn end_session_at_exit() {
+    crate::config::exiting();
     let _ = std::panic::catch_unwind(|| {
         if let Some(Ok(s)) = SHIM.get() {
             s.remote.end();

@@ -91,13 +91,18 @@ pub(crate) fn guard(name: &'static str, f: impl FnOnce() -> Result<(), CuError>)
         // writer's thread-local state is gone by then): that too stays here.
         Ok(Err(e)) => {
             let _ = std::panic::catch_unwind(|| {
-                tracing::debug!(call = name, status = e.0, "call failed");
+                if crate::config::may_log() {
+                    tracing::debug!(call = name, status = e.0, "call failed");
+                }
                 crate::report::note_error(name, e.0);
             });
             e.0
         }
         Err(_) => {
             let _ = std::panic::catch_unwind(|| {
+                if !crate::config::may_log() {
+                    return;
+                }
                 tracing::error!(
                     call = name,
                     "internal error in the gpupool shim (panic caught); returning CUDA_ERROR_UNKNOWN"
@@ -114,7 +119,7 @@ static UNSUPPORTED_SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None)
 pub(crate) fn unsupported(name: &'static str) -> CUresult {
     let _ = std::panic::catch_unwind(|| {
         let mut seen = UNSUPPORTED_SEEN.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get_or_insert_with(HashSet::new).insert(name) {
+        if seen.get_or_insert_with(HashSet::new).insert(name) && crate::config::may_log() {
             crate::config::init_logging();
             tracing::warn!(
                 call = name,
