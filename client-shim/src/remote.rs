@@ -18,7 +18,7 @@ use gpupool_proto::affinity;
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FLAG_WANTS_REPLY};
 use gpupool_proto::handshake::{ClientInfo, Hello, SessionInfo, Welcome};
-use gpupool_proto::message::{Reply, Request};
+use gpupool_proto::message::{Reply, Request, NOTICE_ID};
 use gpupool_proto::transport::{self, ClientStream, ClientTls, PollRead, Polling, ServerUrl};
 use gpupool_proto::ProtoError;
 use std::collections::HashMap;
@@ -187,7 +187,13 @@ pub struct Remote {
     pub traffic: Traffic,
     close: Box<dyn Fn() + Send + Sync>,
     _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Takes the server's notices of completed watched event records
+    /// (`Reply::EventsDone`): (event, generation).
+    events_done: OnceLock<EventsDoneFn>,
 }
+
+/// What takes `Reply::EventsDone`'s (event, generation) pairs.
+pub type EventsDoneFn = fn(&[(u64, u64)]);
 
 /// What the connection needs from configuration.
 pub struct ConnectOptions {
@@ -284,6 +290,7 @@ impl Remote {
             traffic: Traffic::default(),
             close,
             _keep: keep,
+            events_done: OnceLock::new(),
         });
         let pin = if opts.pin_io { io_cpu_set(&url) } else { None };
         let for_reader = Arc::clone(&remote);
@@ -528,6 +535,11 @@ impl Remote {
         }
     }
 
+    /// Who takes the server's notices of completed event records (once).
+    pub fn on_events_done(&self, f: EventsDoneFn) {
+        let _ = self.events_done.set(f);
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -660,6 +672,18 @@ impl Remote {
             frame::HEADER_LEN as u64 + u64::from(header.msg_len) + header.bulk_len,
             Ordering::Relaxed,
         );
+        if header.id == NOTICE_ID {
+            frame::skip_bulk(reader, header.bulk_len)?;
+            return match reply {
+                Reply::EventsDone { events } => {
+                    if let Some(f) = self.events_done.get() {
+                        f(&events);
+                    }
+                    Ok(())
+                }
+                other => Err(ProtoError::Malformed(format!("unknown notice {other:?}"))),
+            };
+        }
         if let Reply::Data { offset } = reply {
             let sink = self.lock_pending().get(&header.id).and_then(|p| p.sink);
             let Sink { addr, len, rows } = sink

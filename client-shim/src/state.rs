@@ -170,6 +170,9 @@ pub struct Shim {
     /// Events last recorded in a capture -> the capture's id: a stream that
     /// waits for one joins that capture, as in the driver.
     pub capture_events: Mutex<HashMap<Handle, u64>>,
+    /// What the shim knows of events' records, to answer their queries
+    /// (`calls::completions`).
+    pub event_notes: Mutex<HashMap<Handle, EventNote>>,
     /// Graphs and executable graphs -> their context.
     pub graphs: RwLock<HashMap<Handle, Handle>>,
     /// Host functions enqueued by the program (`cuLaunchHostFunc`).
@@ -214,6 +217,41 @@ pub struct TextureEntry {
     pub ctx: Handle,
     pub resource: [u8; 144],
     pub texture: [u8; 104],
+}
+
+/// What the shim knows of one event's records (`calls::completions`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EventNote {
+    /// Queried or synchronised at least once: its records are watched.
+    pub asked: bool,
+    /// Never answered here: it may be recorded where the shim does not see
+    /// it (another process, a graph).
+    pub elsewhere: bool,
+    /// Records sent so far; the latest is the one a query asks of.
+    pub recorded: u64,
+    /// The latest record the server told done.
+    pub done: u64,
+}
+
+impl EventNote {
+    /// A record of the event is sent: the generation the server is to tell
+    /// the completion of, when the record is watched.
+    pub fn record(&mut self) -> Option<u64> {
+        self.recorded += 1;
+        (self.asked && !self.elsewhere).then_some(self.recorded)
+    }
+
+    /// The server told the watched record `generation` done.
+    pub fn told(&mut self, generation: u64) {
+        self.done = self.done.max(generation);
+    }
+
+    /// The program asks of the event: whether the answer (done) is known
+    /// here. Its later records are watched.
+    pub fn ask(&mut self) -> bool {
+        self.asked = true;
+        !self.elsewhere && self.recorded > 0 && self.done == self.recorded
+    }
 }
 
 /// The device slot of a function's entries in [`Shim::attribute_sets`].
@@ -265,6 +303,7 @@ impl Shim {
             attribute_sets: RwLock::default(),
             captures: Mutex::default(),
             capture_events: Mutex::default(),
+            event_notes: Mutex::default(),
             graphs: RwLock::default(),
             callbacks: Default::default(),
             pools: RwLock::default(),
@@ -519,6 +558,44 @@ mod tests {
     }
 
     use super::*;
+
+    /// An event's queries are answered here only when its latest record was
+    /// told done: not before it was ever asked of (its records are not
+    /// watched), not after a later record, not on an older record's answer
+    /// or an error, and never for an event recorded elsewhere.
+    #[test]
+    fn event_notes_answer_only_the_latest_record_told_done() {
+        let mut n = EventNote::default();
+        assert!(!n.ask(), "never recorded");
+        assert_eq!(n.record(), Some(1), "asked of, so watched");
+        assert!(!n.ask(), "not yet told");
+        n.told(1);
+        assert!(n.ask());
+        assert!(n.ask(), "done stays done");
+        assert_eq!(n.record(), Some(2));
+        assert!(!n.ask(), "recorded again: the older answer no longer counts");
+        assert_eq!(n.record(), Some(3));
+        n.told(2);
+        assert!(!n.ask(), "an older record's answer");
+        n.told(3);
+        assert!(n.ask());
+        n.told(2);
+        assert!(n.ask(), "a late older answer changes nothing");
+
+        let mut fresh = EventNote::default();
+        assert_eq!(fresh.record(), None, "not asked of: not watched");
+        assert!(!fresh.ask(), "recorded, never told");
+        assert_eq!(fresh.record(), Some(2), "asked of: watched from now on");
+
+        let mut elsewhere = EventNote {
+            elsewhere: true,
+            ..EventNote::default()
+        };
+        assert!(!elsewhere.ask());
+        assert_eq!(elsewhere.record(), None, "recorded elsewhere: not watched");
+        elsewhere.told(1);
+        assert!(!elsewhere.ask());
+    }
 
     #[test]
     fn context_stack_follows_cuda_rules() {

@@ -19,7 +19,7 @@ use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, CacheTarget, GraphNode, Handle, Launch, MemOp, OccupancyQuery, Reply, Request, StreamRef,
-    TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK,
+    TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK, NOTICE_ID,
     SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
@@ -127,6 +127,7 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
 
 /// The executing side of one session.
 mod arrays;
+mod eventwatch;
 mod graphedit;
 mod hostnodes;
 mod ipc;
@@ -175,6 +176,8 @@ pub struct Worker<'d> {
     reached: Option<Arc<Reached>>,
     /// Host functions enqueued and not yet told to the client.
     host_funcs_out: usize,
+    /// Watched event records (`eventwatch`), once the session has one.
+    watcher: Option<eventwatch::Watcher>,
     /// The server's IPC registry, when it has one.
     ipc: Option<crate::ipc::Registry>,
     /// What this session shares with others, and has opened of theirs.
@@ -240,6 +243,7 @@ impl<'d> Worker<'d> {
                 })
             }),
             host_funcs_out: 0,
+            watcher: None,
             ipc: None,
             shared: ipc::Shared::default(),
             host_nodes: hostnodes::HostNodes::default(),
@@ -423,6 +427,10 @@ impl<'d> Worker<'d> {
         let reply = self.execute(&header, request, reader, writer)?;
         self.tell_reached(writer)?;
         if let Some(reply) = reply {
+            // The client reads what completed as it reads this reply.
+            if let Some(done) = self.events_done() {
+                frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
+            }
             frame::write_frame(writer, &mut self.scratch, header.id, 0, &reply, &[], self.max_frame)?;
         }
         writer.flush()?;
@@ -742,6 +750,7 @@ impl<'d> Worker<'d> {
                 R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
+                R::EventRecordWatched { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
                 R::StreamAttribute { ctx, .. } | R::StreamCopyAttributes { ctx, .. } => *ctx,
@@ -1082,6 +1091,7 @@ impl<'d> Worker<'d> {
                 Ok(Reply::Handle(self.name_new(id, handle(e), ctx, false)))
             })),
             R::EventDestroy { event, .. } => to_reply(self.check_event(event).and_then(|()| {
+                self.unwatch_event(event);
                 self.ipc_forget_event(event);
                 let real = self.real(event);
                 self.tables.events.remove(&event);
@@ -1096,6 +1106,12 @@ impl<'d> Worker<'d> {
                     unsafe { d.cuEventRecord(self.real(event), s) }
                 }))
             }
+            R::EventRecordWatched {
+                ctx,
+                event,
+                stream,
+                generation,
+            } => to_reply(self.record_watched(ctx, event, stream, generation)),
             R::EventSynchronize { event, .. } => {
                 let ectx = self.tables.events.get(&event).copied().unwrap_or(ctx);
                 let r = self.check_event(event).and_then(|()| {
@@ -1713,6 +1729,7 @@ impl<'d> Worker<'d> {
             .get(&device)
             .copied()
             .ok_or(crate::tables::INVALID_CONTEXT)?;
+        self.unwatch_context(ctx);
         self.release_context_resources(ctx);
         self.tables.drop_context(ctx);
         if self.current == Some(ctx) {
@@ -1724,6 +1741,7 @@ impl<'d> Worker<'d> {
 
     fn primary_reset(&mut self, device: i32) -> DriverResult {
         if let Some(ctx) = self.tables.primaries.get(&device).copied() {
+            self.unwatch_context(ctx);
             self.per_thread.retain(|(c, _), _| *c != ctx);
             self.tables.drop_context(ctx);
             self.kept.remove(&ctx);
@@ -1750,6 +1768,7 @@ impl<'d> Worker<'d> {
         if self.tables.primaries.values().any(|c| *c == ctx) {
             return Err(crate::tables::INVALID_CONTEXT);
         }
+        self.unwatch_context(ctx);
         self.per_thread.retain(|(c, _), _| *c != ctx);
         self.tables.drop_context(ctx);
         self.kept.remove(&ctx);
@@ -3457,6 +3476,10 @@ impl<'d> Worker<'d> {
             modules: self.tables.modules.len(),
             contexts: self.tables.contexts.len(),
         };
+        // No event is queried once the session's go.
+        if let Some(mut w) = self.watcher.take() {
+            w.stop();
+        }
         self.release_virtual_memory();
         let contexts: Vec<(Handle, i32)> = self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
         for (ctx, device) in contexts {

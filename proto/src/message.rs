@@ -657,6 +657,18 @@ pub enum Request {
     /// sync: kernel node `dst` takes the launch attributes of `src`
     /// (`cuGraphKernelNodeCopyAttributes`).
     GraphKernelNodeCopyAttributes { ctx: Handle, dst: Handle, src: Handle },
+    /// async: `EventRecord`, after which the server tells the client when
+    /// the event completes: `Reply::EventsDone` with (event, `generation`),
+    /// once the record is done and the event's context kept no error. A
+    /// later record, the event's destruction or a record into a capture
+    /// ends the watch with nothing told. The client answers queries of an
+    /// event whose latest record was told done itself.
+    EventRecordWatched {
+        ctx: Handle,
+        event: Handle,
+        stream: StreamRef,
+        generation: u64,
+    },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -1022,7 +1034,18 @@ pub enum Reply {
         /// `DEVICE_STATUS_*` bits.
         flags: u32,
     },
+    /// Not a reply: sent by the server in a frame of its own with id
+    /// [`NOTICE_ID`], just before the reply to a request that asked for
+    /// one (so the client reads it as it reads that reply, and nothing is
+    /// sent while no one reads). Watched event records
+    /// (`Request::EventRecordWatched`) that completed: (event, generation).
+    EventsDone {
+        events: Vec<(Handle, u64)>,
+    },
 }
+
+/// The frame id of server notices (`Reply::EventsDone`): no request has it.
+pub const NOTICE_ID: u64 = 0;
 
 /// `Reply::DeviceStatus` flag: the device is simulated (software driver).
 pub const DEVICE_STATUS_SIMULATED: u32 = 1 << 0;

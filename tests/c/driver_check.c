@@ -1548,6 +1548,121 @@ int main(int argc, char **argv) {
             CHECK(cuGraphDestroy(into));
         }
         printf("OK graph n=%d\n", n);
+    } else if (!strcmp(mode, "completions")) {
+        /* Event queries after the server told the record done. The phase
+         * (argv[2]) picks what the call report of the run shows. */
+        const char *phase = argc > 2 ? argv[2] : "local";
+        GET(cuEventQuery, 2000);
+        alarm(60);
+        CUevent e;
+        CHECK(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING));
+        /* Asked of once: its later records are watched. */
+        CHECK(cuEventRecord(e, NULL));
+        CHECK(cuEventSynchronize(e));
+        if (!strcmp(phase, "local")) {
+            /* Done long before the queries: they are answered in the shim
+             * once the server's answer is in. */
+            CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+            CHECK(cuEventRecord(e, NULL));
+            usleep(20000);
+            for (int i = 0; i < 100; i++) CHECK(cuEventQuery(e));
+            CHECK(cuEventSynchronize(e));
+            printf("OK completions local\n");
+        } else if (!strcmp(phase, "again")) {
+            /* The first record is told done; each record after it is a new
+             * question, which the older answer does not settle. */
+            CHECK(cuEventRecord(e, NULL));
+            usleep(20000);
+            CHECK(cuEventQuery(e));
+            for (int i = 0; i < 10; i++) {
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+                CHECK(cuEventRecord(e, NULL));
+                CUresult q = cuEventQuery(e);
+                EXPECT(q == CUDA_SUCCESS || q == CUDA_ERROR_NOT_READY, "query after a new record: %d", q);
+            }
+            printf("OK completions again\n");
+        } else if (!strcmp(phase, "data")) {
+            /* Device-to-host data behind a record has landed when a query
+             * says done, whoever answers it. */
+            GET(cuMemsetD32Async, 3020);
+            const unsigned n = 1 << 18;
+            unsigned *host;
+            CHECK(cuMemAllocHost((void **)&host, n * 4));
+            CUdeviceptr d;
+            CHECK(cuMemAlloc(&d, n * 4));
+            CUstream st;
+            CHECK(cuStreamCreate(&st, 1));
+            int local_done = 0;
+            for (unsigned round = 1; round <= 8; round++) {
+                memset(host, 0, n * 4);
+                CHECK(cuMemsetD32Async(d, round * 0x01010101u, n, st));
+                CHECK(cuMemcpyDtoHAsync(host, d, n * 4, st));
+                CHECK(cuEventRecord(e, st));
+                CUresult q;
+                int polls = 0;
+                while ((q = cuEventQuery(e)) == CUDA_ERROR_NOT_READY) {
+                    polls++;
+                    usleep(200);
+                }
+                CHECK(q);
+                for (unsigned i = 0; i < n; i++)
+                    EXPECT(host[i] == round * 0x01010101u, "round %u: word %u is %#x after the query said done",
+                           round, i, host[i]);
+                /* Later queries of the same record. */
+                usleep(5000);
+                for (int i = 0; i < 5; i++) CHECK(cuEventQuery(e));
+                local_done += polls == 0;
+            }
+            printf("OK completions data (%d of 8 rounds done at the first query)\n", local_done);
+        } else if (!strcmp(phase, "fault")) {
+            /* Told done, then the context breaks: the query tells the
+             * fault, as every call after it does. */
+            CHECK(cuEventRecord(e, NULL));
+            usleep(20000);
+            CHECK(cuEventQuery(e));
+            CHECK(cuEventQuery(e));
+            CUdeviceptr p;
+            CHECK(cuMemAlloc(&p, 4096));
+            void *args[] = {&p};
+            CHECK(cuLaunchKernel(fault, 1, 1, 1, 1, 1, 1, 0, NULL, args, NULL));
+            CUresult sync = cuCtxSynchronize();
+            EXPECT(sync == CUDA_ERROR_ILLEGAL_ADDRESS, "synchronize after a fault returned %d", sync);
+            CUresult q = cuEventQuery(e);
+            EXPECT(q == CUDA_ERROR_ILLEGAL_ADDRESS, "a query after the fault returned %d", q);
+            printf("OK completions fault\n");
+            return 0;
+        } else if (!strcmp(phase, "elsewhere")) {
+            /* Events the shim may not see recorded: an interprocess event,
+             * and one a graph's event record node records. Every question
+             * goes to the server. */
+            GET(cuGraphCreate, 10000);
+            GET(cuGraphAddEventRecordNode, 11010);
+            CUevent shared;
+            CHECK(cuEventCreate(&shared, CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS));
+            CHECK(cuEventRecord(shared, NULL));
+            CHECK(cuEventSynchronize(shared));
+            CHECK(cuEventRecord(shared, NULL));
+            usleep(20000);
+            for (int i = 0; i < 5; i++) CHECK(cuEventQuery(shared));
+            CUgraph g;
+            CUgraphNode node;
+            CUgraphExec ge;
+            CHECK(cuGraphCreate(&g, 0));
+            CHECK(cuGraphAddEventRecordNode(&node, g, NULL, 0, e));
+            CHECK(cuGraphInstantiateWithFlags(&ge, g, 0));
+            CHECK(cuEventRecord(e, NULL));
+            usleep(20000);
+            CHECK(cuGraphLaunch(ge, NULL));
+            for (int i = 0; i < 5; i++) {
+                CUresult q = cuEventQuery(e);
+                EXPECT(q == CUDA_SUCCESS || q == CUDA_ERROR_NOT_READY, "query of a graph's event: %d", q);
+            }
+            CHECK(cuCtxSynchronize());
+            printf("OK completions elsewhere\n");
+        } else {
+            fprintf(stderr, "FAIL unknown completions phase %s\n", phase);
+            return 2;
+        }
     } else if (!strcmp(mode, "exit-calls")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

@@ -73,6 +73,176 @@ fn calls_from_exit_handlers_fail_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// The call report of `driver_check completions <phase>` through the shim.
+fn completions_report(server: &Server, phase: &str) -> String {
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.args(["completions", phase]).env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(&format!("OK completions {phase}")),
+        "{phase}: stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+    stderr
+}
+
+/// Once the program has asked of an event, the server tells when each of
+/// its records completes, and queries of a record told done are answered
+/// in the shim (PyTorch's pinned-memory allocator queries an event per
+/// block every step). A new record is a new question: the older answer
+/// does not settle it. Device-to-host data behind a record is in the
+/// program's memory when a query says done. Events the shim may not see
+/// recorded (interprocess events, events of a graph's record node) are
+/// always asked of the server, and so is every event once the context
+/// broke (a kernel fault). The software driver runs pinned copies
+/// beside the caller here, so records are not all done at once.
+#[test]
+fn event_queries_after_a_told_completion_cost_no_round_trip() {
+    let server = Server::start_with(&[("GPUPOOL_SOFT_COPY_ENGINE", "1")]);
+    let report = completions_report(&server, "local");
+    let (queries, trips) = report_row(&report, "cuEventQuery");
+    assert_eq!(queries, 100, "{report}");
+    // Told long before (20 ms): at most the first few wait for the answer
+    // on a loaded machine; without the notices all 100 were round trips.
+    assert!(
+        trips <= 20,
+        "{trips} of 100 queries of a completed record were round trips:\n{report}"
+    );
+    let (syncs, sync_trips) = report_row(&report, "cuEventSynchronize");
+    assert_eq!(syncs, 2, "{report}");
+    assert!(
+        sync_trips >= 1,
+        "the first synchronise was answered without the server:\n{report}"
+    );
+
+    let report = completions_report(&server, "again");
+    let (queries, trips) = report_row(&report, "cuEventQuery");
+    assert_eq!(queries, 11, "{report}");
+    assert!(
+        trips >= 10,
+        "queries after new records were answered from older answers:\n{report}"
+    );
+
+    completions_report(&server, "data");
+    // A query after a kernel fault tells the fault.
+    completions_report(&server, "fault");
+
+    let report = completions_report(&server, "elsewhere");
+    assert_eq!(report_row(&report, "cuEventQuery"), (10, 10), "{report}");
+}
+
+/// The server's side of watched records: their completions are told in a
+/// notice just before the next reply to a request that asked for one (and
+/// never while no such request comes); not while the context keeps an
+/// error (the reply that tells the error clears it); not for a record into
+/// a capture; and a new record ends the older record's watch.
+#[test]
+fn watched_event_records_are_told_before_replies() {
+    use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG, NOTICE_ID};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    // A missing reply fails the test instead of hanging it.
+    s.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let event = CLIENT_HANDLE_TAG | 21;
+    s.post(&Request::EventCreate {
+        ctx,
+        flags: 2,
+        id: event,
+    });
+    let watched = |event, stream, generation| Request::EventRecordWatched {
+        ctx,
+        event,
+        stream,
+        generation,
+    };
+    // (the generations told before its reply, the reply) of a request.
+    let ask = |s: &mut RawSession, request: &Request| -> (Vec<(u64, u64)>, Reply) {
+        let id = s.send(request);
+        let mut told = Vec::new();
+        loop {
+            match s.next_reply() {
+                (NOTICE_ID, Reply::EventsDone { events }) => told.extend(events),
+                (got, reply) if got == id => return (told, reply),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(50));
+    let query = Request::EventQuery { ctx, event };
+    s.post(&watched(event, StreamRef::Legacy, 1));
+    settle();
+    assert_eq!(ask(&mut s, &query), (vec![(event, 1)], Reply::Status(0)));
+    // Nothing is sent until a reply is.
+    s.post(&watched(event, StreamRef::Legacy, 2));
+    settle();
+    s.stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = s.stream.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the server sent before any reply: {early:?}"
+    );
+    s.stream.set_nonblocking(false).unwrap();
+    assert_eq!(ask(&mut s, &query), (vec![(event, 2)], Reply::Status(0)));
+    // While the context keeps an error, completions are not told; the
+    // synchronising call that tells the error tells them after it.
+    let unknown = CLIENT_HANDLE_TAG | 99;
+    s.post(&watched(unknown, StreamRef::Legacy, 1));
+    s.post(&watched(event, StreamRef::Legacy, 3));
+    settle();
+    let (told, info) = ask(&mut s, &Request::MemGetInfo { ctx });
+    assert!(told.is_empty() && info.status() == 0, "{told:?} {info:?}");
+    assert_eq!(ask(&mut s, &query), (vec![(event, 3)], Reply::Status(400)));
+    s.post(&watched(event, StreamRef::Legacy, 4));
+    settle();
+    assert_eq!(ask(&mut s, &query), (vec![(event, 4)], Reply::Status(0)));
+    // Into a capture: a node, not a record.
+    let stream = CLIENT_HANDLE_TAG | 22;
+    s.post(&Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id: stream,
+    });
+    let sref = StreamRef::Handle(stream);
+    assert_eq!(
+        ask(
+            &mut s,
+            &Request::StreamBeginCapture {
+                ctx,
+                stream: sref,
+                mode: 2
+            }
+        ),
+        (vec![], Reply::Status(0))
+    );
+    s.post(&watched(event, sref, 5));
+    let (told, ended) = ask(&mut s, &Request::StreamEndCapture { ctx, stream: sref });
+    assert!(matches!(ended, Reply::Handle(_)), "{ended:?}");
+    settle();
+    let (later, _) = ask(&mut s, &query);
+    assert!(
+        !told.contains(&(event, 5)) && !later.contains(&(event, 5)),
+        "a captured record was told done"
+    );
+    // A new record ends the older one's watch; only the latest counts.
+    for generation in 6..=9 {
+        s.post(&watched(event, StreamRef::Legacy, generation));
+    }
+    settle();
+    let (told, reply) = ask(&mut s, &query);
+    assert_eq!(reply, Reply::Status(0));
+    assert!(told.contains(&(event, 9)), "{told:?}");
+    // Destroyed while watched: the session goes on.
+    s.post(&watched(event, StreamRef::Legacy, 10));
+    s.post(&Request::EventDestroy { ctx, event });
+    settle();
+    let (_, reply) = ask(&mut s, &query);
+    assert_eq!(reply, Reply::Status(400), "the destroyed event is gone");
+}
+
 /// A tensor map encoded again with the same arguments is the shim's
 /// answer; a refusal the shim can judge (rank 6) costs no round trip.
 #[test]
@@ -571,6 +741,24 @@ impl RawSession {
         let mut out = Vec::new();
         frame::encode_frame(&mut out, self.next_id, 0, request, bulk, 1 << 30).unwrap();
         self.stream.write_all(&out).unwrap();
+    }
+
+    /// Send a request that wants a reply without waiting for it; returns
+    /// its id.
+    fn send(&mut self, request: &Request) -> u64 {
+        self.next_id += 1;
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, self.next_id, FLAG_WANTS_REPLY, request, &[], 1 << 30).unwrap();
+        self.stream.write_all(&out).unwrap();
+        self.next_id
+    }
+
+    /// The next reply, whichever request it answers: (its id, the reply).
+    fn next_reply(&mut self) -> (u64, Reply) {
+        let h = frame::read_frame(&mut self.stream, &mut self.msg, 1 << 20)
+            .unwrap_or_else(|e| panic!("{e:?}; server log:\n{}", self.log.lock().unwrap()));
+        frame::skip_bulk(&mut self.stream, h.bulk_len).unwrap();
+        (h.id, codec::decode(&self.msg).unwrap())
     }
 
     fn call(&mut self, request: &Request, bulk: &[u8]) -> Reply {

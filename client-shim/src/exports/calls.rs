@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 mod arrays;
 mod captureinfo;
+mod completions;
 mod conditionals;
 mod copies;
 mod edges;
@@ -39,6 +40,7 @@ mod userobjects;
 mod vmm;
 pub use arrays::*;
 pub use captureinfo::*;
+pub use completions::*;
 pub use conditionals::*;
 pub use copies::*;
 pub use edges::*;
@@ -199,6 +201,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
                     tracing::error!(server = %url, "the server offers no GPU to this session");
                     return Err(CuError::NO_DEVICE);
                 }
+                remote.on_events_done(completions::events_done);
                 Ok(Shim::new(remote))
             }
             Err(e) => {
@@ -2515,6 +2518,7 @@ pub unsafe fn event_create(event: *mut CUevent, flags: u32) -> CuResult {
     }
     let id = new_client_handle();
     s.remote.post(&Request::EventCreate { ctx, flags, id }, &[])?;
+    completions::created(s, id, flags);
     // SAFETY: event was checked for null; the caller passes a writable slot.
     unsafe { out(event, as_ptr(id)) }
 }
@@ -2526,6 +2530,7 @@ fn event_ctx() -> Handle {
 pub unsafe fn event_destroy(event: CUevent) -> CuResult {
     let s = shim()?;
     s.callbacks.forget_event(handle(event));
+    completions::destroyed(s, handle(event));
     s.remote.post(
         &Request::EventDestroy {
             ctx: event_ctx(),
@@ -2543,55 +2548,6 @@ pub unsafe fn event_record_with_flags(mode: DefaultStream, event: CUevent, strea
     }
     // SAFETY: same contract as cuEventRecord.
     unsafe { event_record(mode, event, stream) }
-}
-
-pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
-    let s = shim()?;
-    let ctx = stream_ctx(s, stream)?;
-    let sref = Shim::stream_ref(mode, handle(stream));
-    s.remote.post(
-        &Request::EventRecord {
-            ctx,
-            event: handle(event),
-            stream: sref,
-        },
-        &[],
-    )?;
-    s.callbacks.recorded(handle(event), (ctx, sref));
-    let capture = capture_of(s, sref);
-    let mut events = lock(&s.capture_events);
-    match capture {
-        Some(c) => events.insert(handle(event), c.id),
-        None => events.remove(&handle(event)),
-    };
-    Ok(())
-}
-
-pub unsafe fn event_synchronize(event: CUevent) -> CuResult {
-    let s = shim()?;
-    let event = handle(event);
-    s.remote.call(
-        &Request::EventSynchronize {
-            ctx: event_ctx(),
-            event,
-        },
-        &[],
-    )?;
-    s.callbacks.wait_event(event);
-    Ok(())
-}
-
-pub unsafe fn event_query(event: CUevent) -> CuResult {
-    let s = shim()?;
-    let event = handle(event);
-    s.remote.call(
-        &Request::EventQuery {
-            ctx: event_ctx(),
-            event,
-        },
-        &[],
-    )?;
-    s.callbacks.query_event(event)
 }
 
 pub unsafe fn event_elapsed_time(ms: *mut f32, start: CUevent, end: CUevent) -> CuResult {

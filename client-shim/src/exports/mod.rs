@@ -90,6 +90,7 @@ pub(crate) fn guard(name: &'static str, f: impl FnOnce() -> Result<(), CuError>)
         // Logging itself may panic while the process exits (the log
         // writer's thread-local state is gone by then): that too stays here.
         Ok(Err(e)) => {
+            calls::call_failed(e.0);
             let _ = std::panic::catch_unwind(|| {
                 if crate::config::may_log() {
                     tracing::debug!(call = name, status = e.0, "call failed");

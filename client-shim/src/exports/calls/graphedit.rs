@@ -309,6 +309,7 @@ pub unsafe fn graph_event_wait_node_get_event(node: *mut c_void, event: *mut CUe
 }
 
 pub unsafe fn graph_event_record_node_set_event(node: *mut c_void, event: CUevent) -> CuResult {
+    super::completions::recorded_elsewhere(shim()?, handle(event));
     set_work(node, GraphNode::EventRecord { event: handle(event) }, &[])
 }
 
@@ -420,7 +421,10 @@ pub unsafe fn graph_exec_node_set_params(exec: *mut c_void, node: *mut c_void, p
             TYPE_HOST => graph_exec_host_node_set_params(exec, node, body.cast()),
             TYPE_GRAPH => graph_exec_child_graph_node_set_params(exec, node, word(0)),
             TYPE_WAIT_EVENT => exec_node_set(exec, node, GraphNode::EventWait { event: handle(word(0)) }),
-            TYPE_EVENT_RECORD => exec_node_set(exec, node, GraphNode::EventRecord { event: handle(word(0)) }),
+            TYPE_EVENT_RECORD => {
+                super::completions::recorded_elsewhere(shim()?, handle(word(0)));
+                exec_node_set(exec, node, GraphNode::EventRecord { event: handle(word(0)) })
+            }
             other => {
                 tracing::warn!(
                     kind = other,

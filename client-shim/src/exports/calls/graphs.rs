@@ -704,6 +704,9 @@ pub unsafe fn graph_add_event_record_node(
     count: usize,
     event: CUevent,
 ) -> CuResult {
+    if let Ok(s) = shim() {
+        super::completions::recorded_elsewhere(s, handle(event));
+    }
     let record = GraphNode::EventRecord { event: handle(event) };
     unsafe { add(node, graph, deps, count, record, &[]) }
 }
@@ -1001,6 +1004,7 @@ pub unsafe fn graph_exec_child_graph_node_set_params(
 
 /// `cuGraphExecEventRecordNodeSetEvent`.
 pub unsafe fn graph_exec_event_record_node_set_event(exec: *mut c_void, node: *mut c_void, event: CUevent) -> CuResult {
+    super::completions::recorded_elsewhere(shim()?, handle(event));
     exec_node_set(exec, node, GraphNode::EventRecord { event: handle(event) })
 }
 

@@ -108,6 +108,8 @@ pub unsafe fn ipc_get_event_handle(handle: *mut CUipcHandle, event: CUevent) -> 
         ctx,
         event: super::handle(event),
     };
+    // Other processes may record it from now on.
+    super::completions::recorded_elsewhere(s, super::handle(event));
     get_handle(s, &request, handle)
 }
 
@@ -124,6 +126,8 @@ pub unsafe fn ipc_open_event_handle(event: *mut CUevent, handle: CUipcHandle) ->
         id,
     };
     s.remote.call(&request, &[])?;
+    // Recorded by the process that shared it.
+    super::completions::created(s, id, super::completions::EVENT_INTERPROCESS);
     // SAFETY: event was checked for null; the program passes a writable
     // slot.
     unsafe { out(event, as_ptr(id)) }

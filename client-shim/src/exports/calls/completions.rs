@@ -1,0 +1,151 @@
+//! Event queries answered in the shim. PyTorch's pinned-memory allocator
+//! records an event behind each block's copy and queries it before reusing
+//! the block (`cudaEventQuery`, every step of a training loop that feeds
+//! pinned batches, as `DataLoader(pin_memory=True)` does); through gpupool
+//! each query was a round trip.
+//!
+//! Once the program has asked of an event (a query or a synchronise), its
+//! later records go as `Request::EventRecordWatched`, streamed as before,
+//! with the record's generation (the count of its records). The server
+//! tells which watched records completed in a notice just before its next
+//! reply to a request that asked for one (`Reply::EventsDone`), which the
+//! shim reads with that reply: no thread of the shim's waits for notices,
+//! and the server sends none while no one reads. A query or synchronise of
+//! an event whose latest record was told done is answered here: the event
+//! is done, and stays done until it is recorded again. Any other case asks
+//! the server, as before: the first question, a record not yet told (the
+//! answer to that question then brings the notices of what else completed),
+//! a record the server did not tell (an error, or an error its context
+//! keeps: the server tells it when asked), and events that may be recorded
+//! where the shim does not see it: interprocess events (another process may
+//! record them), and events recorded in a capture or by a graph's event
+//! record node.
+//!
+//! Nothing the program can observe changes: device-to-host data behind the
+//! record came before the notice on the same connection, and host functions
+//! before it are waited for as a round trip's answer would be
+//! ([`crate::callbacks`]). An error that a streamed call after the record
+//! left in the context is told at the next call that asks the server, as
+//! every streamed call's error is. Once a call fails with an error that
+//! breaks the context (a kernel fault), nothing is answered here any more.
+
+use super::*;
+use crate::state::EventNote;
+
+/// `CU_EVENT_INTERPROCESS`.
+pub(super) const EVENT_INTERPROCESS: u32 = 0x4;
+
+/// A new event of the program (`cuEventCreate`, `cuIpcOpenEventHandle`).
+pub(super) fn created(s: &Shim, event: Handle, flags: u32) {
+    let note = EventNote {
+        elsewhere: flags & EVENT_INTERPROCESS != 0,
+        ..EventNote::default()
+    };
+    lock(&s.event_notes).insert(event, note);
+}
+
+pub(super) fn destroyed(s: &Shim, event: Handle) {
+    lock(&s.event_notes).remove(&event);
+}
+
+/// The event may be recorded where the shim does not see it: a graph's
+/// event record node, a capture, another process.
+pub(super) fn recorded_elsewhere(s: &Shim, event: Handle) {
+    if let Some(n) = lock(&s.event_notes).get_mut(&event) {
+        n.elsewhere = true;
+    }
+}
+
+/// The server's notice of completed watched records (read with the reply
+/// it came before): (event, generation).
+pub(crate) fn events_done(done: &[(u64, u64)]) {
+    let Ok(s) = shim() else { return };
+    let mut notes = lock(&s.event_notes);
+    for &(event, generation) in done {
+        if let Some(n) = notes.get_mut(&event) {
+            n.told(generation);
+        }
+    }
+}
+
+/// Set once a call failed with an error that breaks the context for good
+/// (a kernel fault): from then on every call goes to the server, which
+/// answers it with that error as the driver does.
+static CONTEXT_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A call of the program failed with `status` (on every failure, off the
+/// hot path).
+pub(crate) fn call_failed(status: u32) {
+    // CUDA_ERROR_ECC_UNCORRECTABLE, ILLEGAL_ADDRESS, LAUNCH_TIMEOUT, and
+    // the hardware faults HARDWARE_STACK_ERROR .. LAUNCH_FAILED.
+    if matches!(status, 214 | 700 | 702 | 714..=719) {
+        CONTEXT_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a question about `event` is answered here.
+fn answered_here(s: &Shim, event: Handle) -> bool {
+    let known = lock(&s.event_notes).get_mut(&event).is_some_and(EventNote::ask);
+    known && !CONTEXT_BROKEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
+    let s = shim()?;
+    let ctx = stream_ctx(s, stream)?;
+    let sref = Shim::stream_ref(mode, handle(stream));
+    let ev = handle(event);
+    let capture = capture_of(s, sref);
+    if capture.is_some() {
+        recorded_elsewhere(s, ev);
+    }
+    // The record's generation when the server is to tell its completion.
+    let watched = lock(&s.event_notes).get_mut(&ev).and_then(EventNote::record);
+    let request = match watched {
+        Some(generation) => Request::EventRecordWatched {
+            ctx,
+            event: ev,
+            stream: sref,
+            generation,
+        },
+        None => Request::EventRecord {
+            ctx,
+            event: ev,
+            stream: sref,
+        },
+    };
+    s.remote.post(&request, &[])?;
+    s.callbacks.recorded(ev, (ctx, sref));
+    let mut events = lock(&s.capture_events);
+    match capture {
+        Some(c) => events.insert(ev, c.id),
+        None => events.remove(&ev),
+    };
+    Ok(())
+}
+
+pub unsafe fn event_synchronize(event: CUevent) -> CuResult {
+    let s = shim()?;
+    let event = handle(event);
+    if !answered_here(s, event) {
+        let request = Request::EventSynchronize {
+            ctx: event_ctx(),
+            event,
+        };
+        s.remote.call(&request, &[])?;
+    }
+    s.callbacks.wait_event(event);
+    Ok(())
+}
+
+pub unsafe fn event_query(event: CUevent) -> CuResult {
+    let s = shim()?;
+    let event = handle(event);
+    if !answered_here(s, event) {
+        let request = Request::EventQuery {
+            ctx: event_ctx(),
+            event,
+        };
+        s.remote.call(&request, &[])?;
+    }
+    s.callbacks.query_event(event)
+}
