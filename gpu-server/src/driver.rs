@@ -653,14 +653,6 @@ unsafe impl Send for Driver {}
 // SAFETY: as above.
 unsafe impl Sync for Driver {}
 
-impl Driver {
-    /// `cuEventQuery` itself, for a thread that polls events: callable as
-    /// long as this driver is loaded.
-    pub fn event_query_fn(&self) -> unsafe extern "C" fn(Ptr) -> Status {
-        self.fns.cuEventQuery
-    }
-}
-
 /// `CUdevice_attribute` numbers are below this.
 const MAX_DEVICE_ATTRIBUTE: i32 = 160;
 

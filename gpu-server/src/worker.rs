@@ -176,8 +176,8 @@ pub struct Worker<'d> {
     reached: Option<Arc<Reached>>,
     /// Host functions enqueued and not yet told to the client.
     host_funcs_out: usize,
-    /// Watched event records (`eventwatch`), once the session has one.
-    watcher: Option<eventwatch::Watcher>,
+    /// Watched event records not yet told done (`eventwatch`).
+    watches: Vec<eventwatch::Watch>,
     /// The server's IPC registry, when it has one.
     ipc: Option<crate::ipc::Registry>,
     /// What this session shares with others, and has opened of theirs.
@@ -243,7 +243,7 @@ impl<'d> Worker<'d> {
                 })
             }),
             host_funcs_out: 0,
-            watcher: None,
+            watches: Vec::new(),
             ipc: None,
             shared: ipc::Shared::default(),
             host_nodes: hostnodes::HostNodes::default(),
@@ -3476,10 +3476,6 @@ impl<'d> Worker<'d> {
             modules: self.tables.modules.len(),
             contexts: self.tables.contexts.len(),
         };
-        // No event is queried once the session's go.
-        if let Some(mut w) = self.watcher.take() {
-            w.stop();
-        }
         self.release_virtual_memory();
         let contexts: Vec<(Handle, i32)> = self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
         for (ctx, device) in contexts {
