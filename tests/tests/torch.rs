@@ -296,6 +296,54 @@ fn pytorch_training_steps_wait_only_where_they_synchronise() {
     }
 }
 
+/// Training steps fed pinned batches (`pin_memory()` then
+/// `.cuda(non_blocking=True)`, in a step function whose batch is freed when
+/// it returns): PyTorch's pinned-memory allocator records an event for each
+/// block when it is freed and queries it at the next allocation. Once an
+/// event has been asked of, the server tells its records' completions with
+/// its replies, so the query of the second block each step is answered in
+/// the shim (the first one's round trip brings the notice): half the
+/// queries, where each was a round trip before. (A query that comes right
+/// after its own record, with no reply between, still asks the server.)
+/// The values are meaningless (the software driver skips PyTorch's
+/// kernels); the calls are PyTorch's own.
+#[test]
+fn pytorch_pinned_batches_ask_the_server_of_half_their_events() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).cuda()
+opt = torch.optim.Adam(m.parameters(), lr=0.01)
+def step():
+    xb = torch.randn(32, 64).pin_memory()
+    yb = torch.randint(0, 10, (32,)).pin_memory()
+    x, y = xb.cuda(non_blocking=True), yb.cuda(non_blocking=True)
+    loss = torch.nn.functional.cross_entropy(m(x), y)
+    opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(60):
+    step()
+torch.cuda.synchronize()
+print("pinned steps done")
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok && stdout.contains("pinned steps done"), "{}", context());
+    let row: Vec<&str> = stderr
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cuEventQuery"))
+        .unwrap_or_else(|| panic!("no cuEventQuery in the call report: {}", context()))
+        .split_whitespace()
+        .collect();
+    let (queries, trips): (u64, u64) = (row[1].parse().unwrap(), row[4].parse().unwrap());
+    assert!(queries >= 100, "{queries} queries in 60 steps: {}", context());
+    assert!(
+        trips <= queries / 2 + 2,
+        "{trips} of {queries} event queries were round trips: {}",
+        context()
+    );
+}
+
 /// A training step captured as a CUDA graph (`benches/torch_step.py`'s
 /// `mlp_graph`: forward, backward and SGD, captured by `torch.cuda.graph` on
 /// a side stream after warm-up steps) replays through gpupool as one
