@@ -109,6 +109,8 @@ struct State {
     streams: HashMap<StreamKey, Follows>,
     /// What an event's completion follows, as of its last record.
     events: HashMap<Handle, Vec<u64>>,
+    /// What all of a context's later work follows (`cuCtxWaitEvent`).
+    contexts: HashMap<Handle, Vec<u64>>,
 }
 
 /// The host functions of one connection.
@@ -237,6 +239,12 @@ impl Callbacks {
         if let Some(f) = st.streams.get(&stream) {
             add(f);
         }
+        if let Some(waited) = st.contexts.get(&ctx) {
+            add(&Follows {
+                ids: waited.clone(),
+                blocking: true,
+            });
+        }
         match sref {
             // The legacy stream waits for every blocking stream.
             StreamRef::Legacy => st
@@ -264,6 +272,33 @@ impl Callbacks {
         let mut st = self.lock();
         let ids = Self::follows(&st, stream);
         st.events.insert(event, ids);
+    }
+
+    /// An event was recorded for all of `ctx`'s work (`cuCtxRecordEvent`):
+    /// its completion follows every host function of the context.
+    pub fn recorded_in_context(&self, event: Handle, ctx: Handle) {
+        if self.none_open() {
+            return;
+        }
+        let mut st = self.lock();
+        let ids = st.open.iter().filter(|(_, c)| **c == ctx).map(|(i, _)| *i).collect();
+        st.events.insert(event, ids);
+    }
+
+    /// All of `ctx`'s later work waits for `event` (`cuCtxWaitEvent`).
+    pub fn context_waits(&self, ctx: Handle, event: Handle) {
+        if self.none_open() {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(ids) = st.events.get(&event).cloned() else {
+            return;
+        };
+        let st = &mut *st;
+        let waited = st.contexts.entry(ctx).or_default();
+        // Those returned are followed by nothing any more.
+        waited.retain(|i| st.open.contains_key(i) && !ids.contains(i));
+        waited.extend(ids.into_iter().filter(|i| st.open.contains_key(i)));
     }
 
     /// `stream` waits for `event`: its later work follows what the event does.
@@ -377,7 +412,9 @@ impl Callbacks {
 
     /// The program destroyed context `ctx`: its streams are gone.
     pub fn forget_context(&self, ctx: Handle) {
-        self.lock().streams.retain(|(c, _), _| *c != ctx);
+        let mut st = self.lock();
+        st.streams.retain(|(c, _), _| *c != ctx);
+        st.contexts.remove(&ctx);
     }
 
     pub fn forget_event(&self, event: Handle) {

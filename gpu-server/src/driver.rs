@@ -631,6 +631,9 @@ driver_api! {
     cuEventRecord(event: Ptr, stream: Ptr);
     cuEventSynchronize(event: Ptr);
     cuEventQuery(event: Ptr);
+    cuCtxRecordEvent(ctx: Ptr, event: Ptr);
+    cuCtxWaitEvent(ctx: Ptr, event: Ptr);
+    cuOccupancyMaxPotentialClusterSize(size: *mut i32, func: Ptr, config: *const LaunchConfig);
     cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr);
     cuLaunchKernel(function: Ptr, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared_mem: u32, stream: Ptr, params: *mut Ptr, extra: *mut Ptr);
     cuLaunchKernelEx(config: *const LaunchConfig, function: Ptr, params: *mut Ptr, extra: *mut Ptr);

@@ -750,7 +750,7 @@ impl<'d> Worker<'d> {
                 R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
-                R::EventRecordWatched { ctx, .. } => *ctx,
+                R::EventRecordWatched { ctx, .. } | R::CtxRecordEvent { ctx, .. } | R::CtxWaitEvent { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
                 R::StreamAttribute { ctx, .. } | R::StreamCopyAttributes { ctx, .. } => *ctx,
@@ -1112,6 +1112,20 @@ impl<'d> Worker<'d> {
                 stream,
                 generation,
             } => to_reply(self.record_watched(ctx, event, stream, generation)),
+            R::CtxRecordEvent { ctx, event } | R::CtxWaitEvent { ctx, event } => {
+                let record = matches!(request, R::CtxRecordEvent { .. });
+                to_reply(self.make_current(ctx).and_then(|()| {
+                    self.check_event(event)?;
+                    if record {
+                        self.unwatch_event(event);
+                        // SAFETY: context and event belong to this client.
+                        unsafe { d.cuCtxRecordEvent(as_ptr(ctx), self.real(event)) }
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { d.cuCtxWaitEvent(as_ptr(ctx), self.real(event)) }
+                    }
+                }))
+            }
             R::EventSynchronize { event, .. } => {
                 let ectx = self.tables.events.get(&event).copied().unwrap_or(ctx);
                 let r = self.check_event(event).and_then(|()| {
@@ -3433,6 +3447,12 @@ impl<'d> Worker<'d> {
                 block,
                 shared_mem,
                 cluster,
+            }
+            | OccupancyQuery::MaxPotentialClusterSize {
+                grid,
+                block,
+                shared_mem,
+                cluster,
             } => {
                 let mut value = [0u8; 64];
                 for (i, c) in cluster.iter().enumerate() {
@@ -3444,17 +3464,25 @@ impl<'d> Worker<'d> {
                     pad: [0; 4],
                     value,
                 }];
+                // A potential cluster size asked of a launch that names no
+                // cluster goes without the attribute.
+                let named = cluster != [0; 3];
                 let config = LaunchConfig {
                     grid,
                     block,
                     shared_mem,
                     stream: std::ptr::null_mut(),
                     attrs: attrs.as_ptr(),
-                    num_attrs: 1,
+                    num_attrs: u32::from(named),
                 };
                 let mut v = 0;
-                // SAFETY: config and attrs outlive the call.
-                unsafe { d.cuOccupancyMaxActiveClusters(&mut v, f, &config) }?;
+                if matches!(query, OccupancyQuery::MaxActiveClusters { .. }) {
+                    // SAFETY: config and attrs outlive the call.
+                    unsafe { d.cuOccupancyMaxActiveClusters(&mut v, f, &config) }?;
+                } else {
+                    // SAFETY: as above.
+                    unsafe { d.cuOccupancyMaxPotentialClusterSize(&mut v, f, &config) }?;
+                }
                 Ok(Reply::Int(v as i64))
             }
         }

@@ -669,6 +669,12 @@ pub enum Request {
         stream: StreamRef,
         generation: u64,
     },
+    /// async: `cuCtxRecordEvent`, the event records all the context's work
+    /// so far.
+    CtxRecordEvent { ctx: Handle, event: Handle },
+    /// async: `cuCtxWaitEvent`, all the context's later work waits for the
+    /// event.
+    CtxWaitEvent { ctx: Handle, event: Handle },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -938,6 +944,14 @@ pub enum OccupancyQuery {
         block_size: i32,
     },
     MaxActiveClusters {
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        cluster: [u32; 3],
+    },
+    /// `cuOccupancyMaxPotentialClusterSize`; `cluster` all 0 when the
+    /// launch names none.
+    MaxPotentialClusterSize {
         grid: [u32; 3],
         block: [u32; 3],
         shared_mem: u32,

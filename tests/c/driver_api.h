@@ -551,5 +551,15 @@ typedef CUresult (*PFN_cuEventDestroy)(CUevent);
 typedef CUresult (*PFN_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, void **);
 typedef CUresult (*PFN_cuGetErrorName)(CUresult, const char **);
 typedef CUresult (*PFN_cuMipmappedArrayCreate)(void *, const void *, unsigned);
+/* Calls of CUDA 12.5 and 13 that cudart looks up. */
+typedef CUresult (*PFN_cuStreamGetCtx_v2)(CUstream, CUcontext *, void **);
+typedef CUresult (*PFN_cuOccupancyMaxPotentialClusterSize)(int *, CUfunction, const CUlaunchConfig *);
+typedef CUresult (*PFN_cuMemPrefetchBatchAsync)(CUdeviceptr *, size_t *, size_t, CUmemLocation *, size_t *, size_t,
+                                                unsigned long long, CUstream);
+typedef CUresult (*PFN_cuMemDiscardBatchAsync)(CUdeviceptr *, size_t *, size_t, unsigned long long, CUstream);
+typedef CUresult (*PFN_cuMemDiscardAndPrefetchBatchAsync)(CUdeviceptr *, size_t *, size_t, CUmemLocation *, size_t *,
+                                                          size_t, unsigned long long, CUstream);
+typedef CUresult (*PFN_cuCtxRecordEvent)(CUcontext, CUevent);
+typedef CUresult (*PFN_cuCtxWaitEvent)(CUcontext, CUevent);
 
 #endif

@@ -1663,6 +1663,114 @@ int main(int argc, char **argv) {
             fprintf(stderr, "FAIL unknown completions phase %s\n", phase);
             return 2;
         }
+    } else if (!strcmp(mode, "cuda13-calls")) {
+        /* Calls cudart 12.5 and 13 look up. */
+        GET(cuMemAllocManaged, 6000);
+        GET(cuLaunchHostFunc, 10000);
+        GET(cuEventQuery, 2000);
+        PFN_cuStreamGetCtx_v2 cuStreamGetCtx_v2 = (PFN_cuStreamGetCtx_v2)sym("cuStreamGetCtx", 12050);
+        GET(cuOccupancyMaxPotentialClusterSize, 11070);
+        GET(cuMemPrefetchBatchAsync, 13000);
+        GET(cuMemDiscardBatchAsync, 13000);
+        GET(cuMemDiscardAndPrefetchBatchAsync, 13000);
+        GET(cuCtxRecordEvent, 12050);
+        GET(cuCtxWaitEvent, 12050);
+        alarm(60);
+        CUstream st;
+        CHECK(cuStreamCreate(&st, 1));
+        /* A stream's context, and no green context. */
+        CUcontext got = NULL;
+        void *green = (void *)1;
+        CHECK(cuStreamGetCtx_v2(st, &got, &green));
+        EXPECT(got == ctx && green == NULL, "stream context %p green %p", (void *)got, green);
+        CHECK(cuStreamGetCtx_v2(NULL, &got, NULL));
+        EXPECT(got == ctx, "the NULL stream's context %p", (void *)got);
+        EXPECT(cuStreamGetCtx_v2(st, NULL, NULL) == CUDA_ERROR_INVALID_VALUE, "no slot taken");
+
+        /* Cluster sizes: asked twice, answered by the server once. */
+        CUlaunchConfig cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.gridDimX = 132;
+        cfg.blockDimX = 256;
+        cfg.gridDimY = cfg.gridDimZ = cfg.blockDimY = cfg.blockDimZ = 1;
+        int cluster = 0, again = 0;
+        CHECK(cuOccupancyMaxPotentialClusterSize(&cluster, vadd, &cfg));
+        CHECK(cuOccupancyMaxPotentialClusterSize(&again, vadd, &cfg));
+        EXPECT(cluster >= 1 && cluster == again, "potential cluster sizes %d then %d", cluster, again);
+        EXPECT(cuOccupancyMaxPotentialClusterSize(NULL, vadd, &cfg) == CUDA_ERROR_INVALID_VALUE, "no slot");
+
+        /* Managed ranges prefetched in a batch: two to the device, one to
+         * the host, on a stream; contents kept. */
+        const size_t n = 1 << 16;
+        CUdeviceptr m[3];
+        for (int i = 0; i < 3; i++) {
+            CHECK(cuMemAllocManaged(&m[i], n * 4, CU_MEM_ATTACH_GLOBAL));
+            unsigned *w = (unsigned *)m[i];
+            for (size_t j = 0; j < n; j++) w[j] = (unsigned)(i * 1000003 + j);
+        }
+        size_t sizes[3] = {n * 4, n * 4, n * 4};
+        CUmemLocation locs[2] = {{1, dev}, {2 /* host */, 0}};
+        size_t starts[2] = {0, 2};
+        CHECK(cuMemPrefetchBatchAsync(m, sizes, 3, locs, starts, 2, 0, st));
+        CHECK(cuStreamSynchronize(st));
+        for (int i = 0; i < 3; i++) {
+            unsigned *w = (unsigned *)m[i];
+            for (size_t j = 0; j < n; j += 997)
+                EXPECT(w[j] == (unsigned)(i * 1000003 + j), "range %d word %zu is %u after the batch", i, j, w[j]);
+        }
+        CHECK(cuMemDiscardBatchAsync(m, sizes, 3, 0, st));
+        CHECK(cuMemDiscardAndPrefetchBatchAsync(m, sizes, 3, locs, starts, 2, 0, st));
+        CHECK(cuStreamSynchronize(st));
+        /* Refused: the legacy stream, flags, a first run not at 0, runs out
+         * of order or past the batch, memory that is not managed. */
+        size_t bad_first[2] = {1, 2}, bad_order[2] = {0, 0}, bad_end[2] = {0, 3};
+        CUdeviceptr plain;
+        CHECK(cuMemAlloc(&plain, n * 4));
+        CUdeviceptr mixed[3] = {m[0], plain, m[2]};
+        CUresult r[8] = {
+            cuMemPrefetchBatchAsync(m, sizes, 3, locs, starts, 2, 0, NULL),
+            cuMemPrefetchBatchAsync(m, sizes, 3, locs, starts, 2, 1, st),
+            cuMemPrefetchBatchAsync(m, sizes, 3, locs, bad_first, 2, 0, st),
+            cuMemPrefetchBatchAsync(m, sizes, 3, locs, bad_order, 2, 0, st),
+            cuMemPrefetchBatchAsync(m, sizes, 3, locs, bad_end, 2, 0, st),
+            cuMemPrefetchBatchAsync(mixed, sizes, 3, locs, starts, 2, 0, st),
+            cuMemDiscardBatchAsync(m, sizes, 3, 0, NULL),
+            cuMemDiscardBatchAsync(mixed, sizes, 3, 0, st),
+        };
+        for (int i = 0; i < 8; i++)
+            EXPECT(r[i] == CUDA_ERROR_INVALID_VALUE, "bad batch %d answered %d", i, r[i]);
+
+        /* An event for all of the context's work: it follows a host
+         * function still running on another stream. */
+        CUevent e;
+        CHECK(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING));
+        cb_gate_open = 0;
+        CHECK(cuLaunchHostFunc(st, cb_gated, (void *)41));
+        CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+        CHECK(cuCtxRecordEvent(ctx, e));
+        usleep(20000);
+        CUresult q = cuEventQuery(e);
+        EXPECT(q == CUDA_ERROR_NOT_READY, "the context's event is %d while a host function runs", q);
+        pthread_mutex_lock(&cb_lock);
+        cb_gate_open = 1;
+        pthread_cond_broadcast(&cb_cond);
+        pthread_mutex_unlock(&cb_lock);
+        CHECK(cuEventSynchronize(e));
+        EXPECT(cb_done() >= 1, "the event completed before the host function returned");
+        /* All later work of the context waits for it. */
+        CUstream other;
+        CHECK(cuStreamCreate(&other, 1));
+        CHECK(cuCtxWaitEvent(ctx, e));
+        CHECK(cuStreamSynchronize(other));
+        /* Not while a stream of the context captures; that capture fails. */
+        CHECK(cuStreamBeginCapture(other, 0));
+        CUresult rec = cuCtxRecordEvent(ctx, e);
+        EXPECT(rec == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "a context record during a capture: %d", rec);
+        CUgraph g = NULL;
+        CUresult end = cuStreamEndCapture(other, &g);
+        EXPECT(end == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "the capture ended with %d", end);
+        CHECK(cuEventDestroy(e));
+        printf("OK cuda13 calls (cluster %d)\n", cluster);
     } else if (!strcmp(mode, "exit-calls")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

@@ -73,6 +73,33 @@ fn calls_from_exit_handlers_fail_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Calls of CUDA 12.5 and 13 that cudart looks up: a stream's context
+/// with its (absent) green context, the potential cluster size (kept in the
+/// shim as other occupancy answers), managed memory prefetched and
+/// discarded in batches (and the batches it refuses), and an event for all
+/// of a context's work, which follows a host function still running and
+/// is refused while a stream of the context captures.
+#[test]
+fn cuda13_calls_cudart_looks_up() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("cuda13-calls").env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK cuda13 calls (cluster 8)"),
+        "stdout: {stdout}\nstderr: {report}\nserver: {}",
+        server.log()
+    );
+    assert_eq!(
+        report_row(&report, "cuOccupancyMaxPotentialClusterSize"),
+        (3, 1),
+        "{report}"
+    );
+    assert_eq!(report_row(&report, "cuStreamGetCtx_v2"), (3, 0), "{report}");
+}
+
 /// The call report of `driver_check completions <phase>` through the shim.
 fn completions_report(server: &Server, phase: &str) -> String {
     let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);

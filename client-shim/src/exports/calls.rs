@@ -3068,6 +3068,36 @@ pub unsafe fn occupancy_available_dynamic_smem(
 /// `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`.
 const LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: u32 = 4;
 
+/// `cuOccupancyMaxPotentialClusterSize`: the server driver's answer for
+/// the launch's shape (and its cluster, if it names one), kept as the other
+/// occupancy answers are.
+pub unsafe fn occupancy_max_potential_cluster_size(
+    size: *mut i32,
+    function: CUfunction,
+    config: *const CUlaunchConfig,
+) -> CuResult {
+    if size.is_null() || config.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: non-null CUlaunchConfig.
+    let c = unsafe { &*config };
+    let attrs = unsafe { launch_attrs(c)? };
+    let mut cluster = [0u32; 3];
+    if let Some((_, v)) = attrs.iter().find(|(id, _)| *id == LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+        for (i, slot) in cluster.iter_mut().enumerate() {
+            *slot = u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+    }
+    let q = OccupancyQuery::MaxPotentialClusterSize {
+        grid: [c.grid_dim_x, c.grid_dim_y, c.grid_dim_z],
+        block: [c.block_dim_x, c.block_dim_y, c.block_dim_z],
+        shared_mem: c.shared_mem_bytes,
+        cluster,
+    };
+    let v = int_reply(occupancy(function, q)?)?;
+    unsafe { out(size, v as i32) }
+}
+
 pub unsafe fn occupancy_max_active_clusters(
     clusters: *mut i32,
     function: CUfunction,

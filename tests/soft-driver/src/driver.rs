@@ -3600,6 +3600,44 @@ impl Driver {
         Ok(SM_COUNT)
     }
 
+    /// `cuOccupancyMaxPotentialClusterSize`: the portable most (8) for any
+    /// block the device can run.
+    pub fn occupancy_max_potential_cluster_size(&mut self, f: u64, block: [u32; 3]) -> CuResult<i32> {
+        self.function(f)?;
+        let threads = block.iter().map(|&b| u64::from(b)).product::<u64>();
+        if threads == 0 || threads > 1024 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(8)
+    }
+
+    /// `cuCtxRecordEvent`: the event follows all the context's work, which
+    /// here is all done but for queued copies; refused while a stream of the
+    /// context captures.
+    pub fn ctx_record_event(&mut self, ctx: u64, event: u64) -> CuResult<()> {
+        self.healthy(ctx)?;
+        let ev_ctx = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
+        if ev_ctx != ctx {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        if self.streams.values().any(|s| s.ctx == ctx && s.capture.is_some()) {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        if let Some(e) = self.events.get_mut(&event) {
+            e.captured_in = None;
+            e.recorded = Some(Instant::now());
+            e.copies = engine::last();
+        }
+        Ok(())
+    }
+
+    /// `cuCtxWaitEvent`: work here runs in order, so only checked.
+    pub fn ctx_wait_event(&mut self, ctx: u64, event: u64) -> CuResult<()> {
+        self.healthy(ctx)?;
+        self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        Ok(())
+    }
+
     // ----- streams -----
 
     pub fn stream_create(&mut self, flags: u32) -> CuResult<u64> {

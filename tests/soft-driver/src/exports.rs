@@ -2183,6 +2183,16 @@ pub extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
 }
 
 #[no_mangle]
+pub extern "C" fn cuCtxRecordEvent(ctx: CUcontext, event: CUevent) -> CUresult {
+    ffi(|| driver::with_beside_copies(|d| d.ctx_record_event(h(ctx), h(event))))
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxWaitEvent(ctx: CUcontext, event: CUevent) -> CUresult {
+    ffi(|| driver::with_beside_copies(|d| d.ctx_wait_event(h(ctx), h(event))))
+}
+
+#[no_mangle]
 pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
     ffi(|| driver::with_beside_copies(|d| d.event_wait(h(event))))
 }
@@ -2454,6 +2464,25 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(
         let n = driver::with(|d| d.occupancy_max_active_clusters(h(func)))?;
         // SAFETY: `num_clusters` is non-null and valid for writes (API contract).
         unsafe { out(num_clusters, n) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuOccupancyMaxPotentialClusterSize(
+    size: *mut i32,
+    func: CUfunction,
+    config: *const CUlaunchConfig,
+) -> CUresult {
+    ffi(|| {
+        need(size)?;
+        need(config)?;
+        // SAFETY: `config` is non-null and points at a CUlaunchConfig (API
+        // contract).
+        let c = unsafe { &*config };
+        let block = [c.blockDimX, c.blockDimY, c.blockDimZ];
+        let n = driver::with(|d| d.occupancy_max_potential_cluster_size(h(func), block))?;
+        // SAFETY: `size` is non-null and valid for writes (API contract).
+        unsafe { out(size, n) }
     })
 }
 

@@ -1,4 +1,5 @@
-//! Event queries answered in the shim. PyTorch's pinned-memory allocator
+//! Event records (by stream and by context) and event queries, answered in
+//! the shim where the server told the answer. PyTorch's pinned-memory allocator
 //! records an event behind each block's copy and queries it before reusing
 //! the block (`cudaEventQuery`, every step of a training loop that feeds
 //! pinned batches, as `DataLoader(pin_memory=True)` does); through gpupool
@@ -148,4 +149,56 @@ pub unsafe fn event_query(event: CUevent) -> CuResult {
         s.remote.call(&request, &[])?;
     }
     s.callbacks.query_event(event)
+}
+
+/// Whether a stream of `ctx` captures (`cuCtxRecordEvent` is refused then,
+/// and those captures fail when they end, as in the driver).
+fn refuse_if_context_captures(s: &Shim, ctx: Handle) -> CuResult {
+    let mut captures = lock(&s.captures);
+    let mut refused = false;
+    for (sref, c) in captures.iter_mut() {
+        let of = match *sref {
+            StreamRef::Handle(h) => stream_ctx(s, as_ptr(h)).ok(),
+            _ => state::current().map(|(c, _)| c),
+        };
+        if of == Some(ctx) {
+            c.invalidated = true;
+            refused = true;
+        }
+    }
+    if refused {
+        return Err(CuError::STREAM_CAPTURE_UNSUPPORTED);
+    }
+    Ok(())
+}
+
+/// `cuCtxRecordEvent`: the event records all of the context's work so
+/// far, host functions included. Streamed; a record of the shim's notes
+/// like any other (not watched: its queries ask the server until the next
+/// watched record is told done).
+pub unsafe fn ctx_record_event(ctx: CUcontext, event: CUevent) -> CuResult {
+    let s = shim()?;
+    let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    s.context_device(ctx)?;
+    let ev = handle(event);
+    refuse_if_context_captures(s, ctx)?;
+    s.remote.post(&Request::CtxRecordEvent { ctx, event: ev }, &[])?;
+    if let Some(n) = lock(&s.event_notes).get_mut(&ev) {
+        n.record();
+    }
+    s.callbacks.recorded_in_context(ev, ctx);
+    lock(&s.capture_events).remove(&ev);
+    Ok(())
+}
+
+/// `cuCtxWaitEvent`: all of the context's later work waits for the event
+/// (and for the host functions it follows).
+pub unsafe fn ctx_wait_event(ctx: CUcontext, event: CUevent) -> CuResult {
+    let s = shim()?;
+    let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    s.context_device(ctx)?;
+    let ev = handle(event);
+    s.remote.post(&Request::CtxWaitEvent { ctx, event: ev }, &[])?;
+    s.callbacks.context_waits(ctx, ev);
+    Ok(())
 }

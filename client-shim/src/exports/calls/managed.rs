@@ -747,6 +747,97 @@ pub unsafe fn mem_prefetch_async_v2(
     unsafe { prefetch(mode, ptr, count, self::location(location), stream) }
 }
 
+/// The ranges of a batch (`cuMemPrefetchBatchAsync` and its kin), each of
+/// managed memory, on a stream other than the legacy one.
+unsafe fn batch_ranges(
+    mode: DefaultStream,
+    ptrs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    flags: u64,
+    stream: CUstream,
+) -> CuResult<Vec<(u64, usize)>> {
+    if count == 0 || ptrs.is_null() || sizes.is_null() || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if Shim::stream_ref(mode, handle(stream)) == StreamRef::Legacy {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes `count` pointers and sizes (API contract);
+    // checked not to be null.
+    let ranges: Vec<(u64, usize)> = (0..count).map(|i| unsafe { (*ptrs.add(i), *sizes.add(i)) }).collect();
+    let t = table();
+    for &(ptr, size) in &ranges {
+        range_base(&t, ptr, size)?;
+    }
+    Ok(ranges)
+}
+
+/// `cuMemPrefetchBatchAsync`, and `cuMemDiscardAndPrefetchBatchAsync`
+/// (discarding keeps the contents here, which a discarded range may hold):
+/// each range to the location whose run of operations it is in
+/// (`location_starts`: the first operation of each, from 0, increasing,
+/// below `count`). All is checked before anything moves.
+pub unsafe fn mem_prefetch_batch_async(
+    mode: DefaultStream,
+    ptrs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    locations: *const u64,
+    location_starts: *const usize,
+    location_count: usize,
+    flags: u64,
+    stream: CUstream,
+) -> CuResult {
+    let s = shim()?;
+    // SAFETY: as `batch_ranges` requires (the program's arrays).
+    let ranges = unsafe { batch_ranges(mode, ptrs, sizes, count, flags, stream) }?;
+    if locations.is_null() || location_starts.is_null() || location_count == 0 || location_count > count {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes `location_count` of each (API contract);
+    // checked not to be null. A CUmemLocation is 8 bytes: type, then id.
+    let runs: Vec<(usize, Location)> = (0..location_count)
+        .map(|i| unsafe {
+            (
+                *location_starts.add(i),
+                location(std::ptr::read_unaligned(locations.add(i))),
+            )
+        })
+        .collect();
+    let increasing = runs.windows(2).all(|w| w[0].0 < w[1].0);
+    if runs[0].0 != 0 || !increasing || runs[location_count - 1].0 >= count {
+        return Err(CuError::INVALID_VALUE);
+    }
+    for &(_, at) in &runs {
+        check_location(s, at)?;
+    }
+    for (k, &(start, at)) in runs.iter().enumerate() {
+        let end = runs.get(k + 1).map_or(count, |r| r.0);
+        for &(ptr, size) in &ranges[start..end] {
+            // SAFETY: a checked range of the program's, on its stream.
+            unsafe { prefetch(mode, ptr, size, at, stream) }?;
+        }
+    }
+    Ok(())
+}
+
+/// `cuMemDiscardBatchAsync`: the ranges' contents become indeterminate;
+/// here they keep what they hold, which is one of the values allowed.
+pub unsafe fn mem_discard_batch_async(
+    mode: DefaultStream,
+    ptrs: *const CUdeviceptr,
+    sizes: *const usize,
+    count: usize,
+    flags: u64,
+    stream: CUstream,
+) -> CuResult {
+    let s = shim()?;
+    // SAFETY: as `batch_ranges` requires (the program's arrays).
+    unsafe { batch_ranges(mode, ptrs, sizes, count, flags, stream) }?;
+    stream_ctx(s, stream).map(drop)
+}
+
 /// `CUmem_advise`.
 mod advise {
     pub const SET_READ_MOSTLY: u32 = 1;

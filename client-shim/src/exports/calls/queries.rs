@@ -119,6 +119,30 @@ pub unsafe fn stream_get_green_ctx(stream: CUstream, green: *mut *mut c_void) ->
     unsafe { out(green, std::ptr::null_mut()) }
 }
 
+/// `cuStreamGetCtx_v2`: the stream's context, and no green context (gpupool
+/// makes none).
+pub unsafe fn stream_get_ctx_v2(
+    _mode: DefaultStream,
+    stream: CUstream,
+    ctx: *mut CUcontext,
+    green: *mut *mut c_void,
+) -> CuResult {
+    let s = shim()?;
+    if ctx.is_null() && green.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let c = stream_ctx(s, stream)?;
+    if !ctx.is_null() {
+        // SAFETY: checked not to be null; the program passes a slot.
+        unsafe { out(ctx, as_ptr(c)) }?;
+    }
+    if !green.is_null() {
+        // SAFETY: as above.
+        unsafe { out(green, std::ptr::null_mut()) }?;
+    }
+    Ok(())
+}
+
 pub unsafe fn stream_get_device(_mode: DefaultStream, stream: CUstream, device: *mut CUdevice) -> CuResult {
     let s = shim()?;
     let c = stream_ctx(s, stream)?;
