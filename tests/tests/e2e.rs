@@ -101,8 +101,8 @@ fn cuda13_calls_cudart_looks_up() {
 }
 
 /// The call report of `driver_check completions <phase>` through the shim.
-fn completions_report(server: &Server, phase: &str) -> String {
-    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+fn completions_report(server: &Server, url: &str, phase: &str) -> String {
+    let mut cmd = through_shim(&c_program("driver_check"), url);
     cmd.args(["completions", phase]).env("GPUPOOL_CALL_REPORT", "1");
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -128,20 +128,21 @@ fn completions_report(server: &Server, phase: &str) -> String {
 #[test]
 fn event_queries_after_a_told_completion_cost_no_round_trip() {
     let server = Server::start_with(&[("GPUPOOL_SOFT_COPY_ENGINE", "1")]);
-    let report = completions_report(&server, "local");
-    let (queries, trips) = report_row(&report, "cuEventQuery");
-    assert_eq!(queries, 100, "{report}");
-    // The first asks the server, and its answer brings the notice; the
-    // other 99 are answered here (without the notices all 100 were round
-    // trips). So is the synchronise after them; the first one, the
-    // question that starts the watching, is a round trip.
-    assert_eq!(
-        trips, 1,
-        "{trips} of 100 queries of a completed record were round trips:\n{report}"
-    );
-    assert_eq!(report_row(&report, "cuEventSynchronize"), (2, 1), "{report}");
+    for url in both(&server) {
+        let report = completions_report(&server, &url, "local");
+        let (queries, trips) = report_row(&report, "cuEventQuery");
+        assert_eq!(queries, 100, "{url}: {report}");
+        // The first asks the server, and its answer brings the notice; the
+        // other 99 are answered here (without the notices all 100 were
+        // round trips). So is the synchronise after them; the first one,
+        // the question that starts the watching, is a round trip.
+        assert_eq!(trips, 1, "{url}: {trips} of 100 queries were round trips:\n{report}");
+        assert_eq!(report_row(&report, "cuEventSynchronize"), (2, 1), "{url}: {report}");
+        completions_report(&server, &url, "data");
+    }
+    let url = &server.tcp;
 
-    let report = completions_report(&server, "again");
+    let report = completions_report(&server, url, "again");
     let (queries, trips) = report_row(&report, "cuEventQuery");
     assert_eq!(queries, 11, "{report}");
     assert!(
@@ -149,11 +150,10 @@ fn event_queries_after_a_told_completion_cost_no_round_trip() {
         "queries after new records were answered from older answers:\n{report}"
     );
 
-    completions_report(&server, "data");
     // A query after a kernel fault tells the fault.
-    completions_report(&server, "fault");
+    completions_report(&server, url, "fault");
 
-    let report = completions_report(&server, "elsewhere");
+    let report = completions_report(&server, url, "elsewhere");
     assert_eq!(report_row(&report, "cuEventQuery"), (10, 10), "{report}");
 }
 
