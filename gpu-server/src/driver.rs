@@ -633,6 +633,8 @@ driver_api! {
     cuEventQuery(event: Ptr);
     cuCtxRecordEvent(ctx: Ptr, event: Ptr);
     cuCtxWaitEvent(ctx: Ptr, event: Ptr);
+    cuCtxResetPersistingL2Cache();
+    cuDeviceGetTexture1DLinearMaxWidth(width: *mut usize, format: u32, channels: u32, device: i32);
     cuOccupancyMaxPotentialClusterSize(size: *mut i32, func: Ptr, config: *const LaunchConfig);
     cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr);
     cuLaunchKernel(function: Ptr, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared_mem: u32, stream: Ptr, params: *mut Ptr, extra: *mut Ptr);

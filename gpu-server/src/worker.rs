@@ -751,6 +751,7 @@ impl<'d> Worker<'d> {
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
                 R::EventRecordWatched { ctx, .. } | R::CtxRecordEvent { ctx, .. } | R::CtxWaitEvent { ctx, .. } => *ctx,
+                R::CtxResetPersistingL2Cache { ctx } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
                 R::StreamAttribute { ctx, .. } | R::StreamCopyAttributes { ctx, .. } => *ctx,
@@ -1153,6 +1154,20 @@ impl<'d> Worker<'d> {
                     }),
             ),
             R::DeviceStatus { device } => to_reply(self.device_status(device)),
+            R::DeviceTexture1DLinearMaxWidth {
+                device,
+                format,
+                channels,
+            } => to_reply(self.check_device(device).and_then(|()| {
+                let mut width = 0usize;
+                // SAFETY: width is writable; the driver checks the rest.
+                unsafe { d.cuDeviceGetTexture1DLinearMaxWidth(&mut width, format, channels, device) }?;
+                Ok(Reply::Size(width as u64))
+            })),
+            R::CtxResetPersistingL2Cache { ctx } => to_reply(self.make_current(ctx).and_then(|()| {
+                // SAFETY: no arguments; ctx is current.
+                unsafe { d.cuCtxResetPersistingL2Cache() }
+            })),
             R::StreamBeginCapture { ctx, stream, mode } => to_reply(self.enter(ctx, stream).and_then(|s| {
                 // SAFETY: s is resolved from this client's tables.
                 unsafe { d.cuStreamBeginCapture_v2(s, mode) }?;

@@ -675,6 +675,11 @@ pub enum Request {
     /// async: `cuCtxWaitEvent`, all the context's later work waits for the
     /// event.
     CtxWaitEvent { ctx: Handle, event: Handle },
+    /// sync: `cuCtxResetPersistingL2Cache`.
+    CtxResetPersistingL2Cache { ctx: Handle },
+    /// sync: `cuDeviceGetTexture1DLinearMaxWidth`, answered `Reply::Size`.
+    /// Needs no context.
+    DeviceTexture1DLinearMaxWidth { device: i32, format: u32, channels: u32 },
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).

@@ -561,5 +561,9 @@ typedef CUresult (*PFN_cuMemDiscardAndPrefetchBatchAsync)(CUdeviceptr *, size_t 
                                                           size_t, unsigned long long, CUstream);
 typedef CUresult (*PFN_cuCtxRecordEvent)(CUcontext, CUevent);
 typedef CUresult (*PFN_cuCtxWaitEvent)(CUcontext, CUevent);
+typedef CUresult (*PFN_cuCtxResetPersistingL2Cache)(void);
+typedef CUresult (*PFN_cuDeviceGetHostAtomicCapabilities)(unsigned *, const int *, unsigned, CUdevice);
+typedef CUresult (*PFN_cuDeviceGetP2PAtomicCapabilities)(unsigned *, const int *, unsigned, CUdevice, CUdevice);
+typedef CUresult (*PFN_cuDeviceGetTexture1DLinearMaxWidth)(size_t *, int, unsigned, CUdevice);
 
 #endif

@@ -1770,6 +1770,31 @@ int main(int argc, char **argv) {
         CUresult end = cuStreamEndCapture(other, &g);
         EXPECT(end == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "the capture ended with %d", end);
         CHECK(cuEventDestroy(e));
+
+        /* Persisting L2 lines reset; the linear texture width, asked twice
+         * (one round trip); atomics over the host link and between GPUs:
+         * none natively. */
+        GET(cuCtxResetPersistingL2Cache, 11000);
+        GET(cuDeviceGetTexture1DLinearMaxWidth, 11010);
+        GET(cuDeviceGetHostAtomicCapabilities, 13000);
+        GET(cuDeviceGetP2PAtomicCapabilities, 13000);
+        CHECK(cuCtxResetPersistingL2Cache());
+        size_t width = 0, width2 = 0;
+        CHECK(cuDeviceGetTexture1DLinearMaxWidth(&width, 0x20 /* FLOAT */, 4, dev));
+        CHECK(cuDeviceGetTexture1DLinearMaxWidth(&width2, 0x20, 4, dev));
+        EXPECT(width > 0 && width == width2, "linear texture widths %zu then %zu", width, width2);
+        EXPECT(cuDeviceGetTexture1DLinearMaxWidth(&width, 0x20, 3, dev) == CUDA_ERROR_INVALID_VALUE,
+               "three channels taken");
+        int ops[3] = {0 /* INTEGER_ADD */, 9 /* CAS */, 10 /* FLOAT_ADD */};
+        unsigned caps[3] = {7, 7, 7};
+        CHECK(cuDeviceGetHostAtomicCapabilities(caps, ops, 3, dev));
+        EXPECT(caps[0] == 0 && caps[1] == 0 && caps[2] == 0, "host atomics %u %u %u", caps[0], caps[1], caps[2]);
+        int bad_op = 13;
+        EXPECT(cuDeviceGetHostAtomicCapabilities(caps, &bad_op, 1, dev) == CUDA_ERROR_INVALID_VALUE,
+               "an unknown operation taken");
+        EXPECT(cuDeviceGetHostAtomicCapabilities(caps, ops, 3, 7) == CUDA_ERROR_INVALID_DEVICE, "device 7");
+        EXPECT(cuDeviceGetP2PAtomicCapabilities(caps, ops, 3, dev, dev) == CUDA_ERROR_INVALID_DEVICE,
+               "a device's link to itself");
         printf("OK cuda13 calls (cluster %d)\n", cluster);
     } else if (!strcmp(mode, "exit-calls")) {
         CUdeviceptr p;

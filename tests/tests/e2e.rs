@@ -78,7 +78,9 @@ fn calls_from_exit_handlers_fail_quietly() {
 /// shim as other occupancy answers), managed memory prefetched and
 /// discarded in batches (and the batches it refuses), and an event for all
 /// of a context's work, which follows a host function still running and
-/// is refused while a stream of the context captures.
+/// is refused while a stream of the context captures; the persisting L2
+/// lines reset, the linear texture width (kept), and atomic capabilities
+/// over the host link and between GPUs (none: neither is offered).
 #[test]
 fn cuda13_calls_cudart_looks_up() {
     let server = Server::start();
@@ -98,6 +100,16 @@ fn cuda13_calls_cudart_looks_up() {
         "{report}"
     );
     assert_eq!(report_row(&report, "cuStreamGetCtx_v2"), (3, 0), "{report}");
+    assert_eq!(
+        report_row(&report, "cuDeviceGetTexture1DLinearMaxWidth"),
+        (3, 2),
+        "{report}"
+    );
+    assert_eq!(
+        report_row(&report, "cuDeviceGetHostAtomicCapabilities"),
+        (3, 0),
+        "{report}"
+    );
 }
 
 /// The call report of `driver_check completions <phase>` through the shim.

@@ -3611,6 +3611,20 @@ impl Driver {
         Ok(8)
     }
 
+    /// `cuCtxResetPersistingL2Cache`: nothing persists here.
+    pub fn ctx_reset_persisting_l2_cache(&mut self) -> CuResult<()> {
+        self.active_ctx().map(drop)
+    }
+
+    /// `cuDeviceGetTexture1DLinearMaxWidth`: 2^28 elements
+    /// (`MAXIMUM_TEXTURE1D_LINEAR_WIDTH`) of any valid format and channel
+    /// count.
+    pub fn texture_1d_linear_max_width(&self, format: u32, channels: u32, dev: i32) -> CuResult<usize> {
+        self.check_device(dev)?;
+        crate::texture::element_size(format, channels).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Ok(1 << 28)
+    }
+
     /// `cuCtxRecordEvent`: the event follows all the context's work, which
     /// here is all done but for queued copies; refused while a stream of the
     /// context captures.

@@ -2182,6 +2182,27 @@ pub extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
     ffi(|| driver::with_beside_copies(|d| d.event_record(h(event), h(stream))))
 }
 
+/// Nothing persists in this double's (absent) L2 cache.
+#[no_mangle]
+pub extern "C" fn cuCtxResetPersistingL2Cache() -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_reset_persisting_l2_cache()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetTexture1DLinearMaxWidth(
+    width: *mut usize,
+    format: u32,
+    channels: u32,
+    device: CUdevice,
+) -> CUresult {
+    ffi(|| {
+        need(width)?;
+        let w = driver::with(|d| d.texture_1d_linear_max_width(format, channels, device))?;
+        // SAFETY: `width` is non-null and valid for writes (API contract).
+        unsafe { out(width, w) }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn cuCtxRecordEvent(ctx: CUcontext, event: CUevent) -> CUresult {
     ffi(|| driver::with_beside_copies(|d| d.ctx_record_event(h(ctx), h(event))))

@@ -274,6 +274,106 @@ pub unsafe fn device_get_p2p_attribute(value: *mut i32, attribute: i32, src: CUd
     unsafe { out(value, 0) }
 }
 
+/// `CU_ATOMIC_OPERATION_MAX`: operations are below it.
+const ATOMIC_OPERATIONS: u32 = 13;
+
+/// Checks the operations of an atomic capability query and answers that
+/// the link supports none of them natively.
+///
+/// # Safety
+/// `capabilities` and `operations` hold `count` values when not null.
+unsafe fn no_atomic_capabilities(capabilities: *mut u32, operations: *const u32, count: u32) -> CuResult {
+    if capabilities.is_null() || operations.is_null() || count == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the caller's promise.
+    let ops = unsafe { std::slice::from_raw_parts(operations, count as usize) };
+    if ops.iter().any(|&op| op >= ATOMIC_OPERATIONS) {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: as above.
+    unsafe { std::ptr::write_bytes(capabilities, 0, count as usize) };
+    Ok(())
+}
+
+/// `cuDeviceGetHostAtomicCapabilities`: the program's host memory is not
+/// the device's to reach (`cuMemHostGetDevicePointer` is not supported), so
+/// no atomic operation crosses that link.
+pub unsafe fn device_get_host_atomic_capabilities(
+    capabilities: *mut u32,
+    operations: *const u32,
+    count: u32,
+    device: CUdevice,
+) -> CuResult {
+    shim()?.device(device)?;
+    // SAFETY: the program passes `count` of each (API contract).
+    unsafe { no_atomic_capabilities(capabilities, operations, count) }
+}
+
+/// `cuDeviceGetP2PAtomicCapabilities`: no link between remote GPUs is
+/// offered (as `cuDeviceGetP2PAttribute` answers), so none.
+pub unsafe fn device_get_p2p_atomic_capabilities(
+    capabilities: *mut u32,
+    operations: *const u32,
+    count: u32,
+    src: CUdevice,
+    dst: CUdevice,
+) -> CuResult {
+    let s = shim()?;
+    s.device(src)?;
+    s.device(dst)?;
+    if src == dst {
+        return Err(CuError::INVALID_DEVICE);
+    }
+    // SAFETY: the program passes `count` of each (API contract).
+    unsafe { no_atomic_capabilities(capabilities, operations, count) }
+}
+
+/// `cuDeviceGetTexture1DLinearMaxWidth`: the server driver's answer, kept
+/// per (device, format, channels).
+pub unsafe fn device_get_texture_1d_linear_max_width(
+    width: *mut usize,
+    format: u32,
+    channels: u32,
+    device: CUdevice,
+) -> CuResult {
+    static KNOWN: std::sync::Mutex<Vec<((i32, u32, u32), u64)>> = std::sync::Mutex::new(Vec::new());
+    let s = shim()?;
+    s.device(device)?;
+    if width.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let key = (device, format, channels);
+    let known = lock(&KNOWN).iter().find(|(k, _)| *k == key).map(|(_, w)| *w);
+    let w = match known {
+        Some(w) => w,
+        None => {
+            let request = Request::DeviceTexture1DLinearMaxWidth {
+                device,
+                format,
+                channels,
+            };
+            let Reply::Size(w) = s.remote.call(&request, &[])? else {
+                return Err(CuError::UNKNOWN);
+            };
+            lock(&KNOWN).push((key, w));
+            w
+        }
+    };
+    // SAFETY: checked not to be null; the program passes a slot.
+    unsafe { out(width, w as usize) }
+}
+
+/// `cuCtxResetPersistingL2Cache`, on the server's driver for the current
+/// context (one round trip).
+pub unsafe fn ctx_reset_persisting_l2_cache() -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    s.remote
+        .call(&Request::CtxResetPersistingL2Cache { ctx }, &[])
+        .map(drop)
+}
+
 /// The device of a context the program holds.
 fn context_device(s: &Shim, ctx: CUcontext) -> CuResult<i32> {
     read(&s.contexts)
