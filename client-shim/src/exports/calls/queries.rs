@@ -337,7 +337,9 @@ pub unsafe fn device_get_texture_1d_linear_max_width(
     channels: u32,
     device: CUdevice,
 ) -> CuResult {
-    static KNOWN: std::sync::Mutex<Vec<((i32, u32, u32), u64)>> = std::sync::Mutex::new(Vec::new());
+    /// (device, format, channels) and the width.
+    type Known = Vec<((i32, u32, u32), u64)>;
+    static KNOWN: std::sync::Mutex<Known> = std::sync::Mutex::new(Vec::new());
     let s = shim()?;
     s.device(device)?;
     if width.is_null() {
