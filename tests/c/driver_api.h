@@ -22,6 +22,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
+#define CUDA_ERROR_OUT_OF_MEMORY 2
 #define CUDA_ERROR_INVALID_DEVICE 101
 #define CUDA_ERROR_INVALID_CONTEXT 201
 #define CUDA_ERROR_NOT_FOUND 500
@@ -565,5 +566,13 @@ typedef CUresult (*PFN_cuCtxResetPersistingL2Cache)(void);
 typedef CUresult (*PFN_cuDeviceGetHostAtomicCapabilities)(unsigned *, const int *, unsigned, CUdevice);
 typedef CUresult (*PFN_cuDeviceGetP2PAtomicCapabilities)(unsigned *, const int *, unsigned, CUdevice, CUdevice);
 typedef CUresult (*PFN_cuDeviceGetTexture1DLinearMaxWidth)(size_t *, int, unsigned, CUdevice);
+typedef unsigned CUlogIterator;
+typedef void (*CUlogsCallback)(void *, int, char *, size_t);
+typedef struct CUlogsCallbackEntry_st *CUlogsCallbackHandle;
+typedef CUresult (*PFN_cuLogsCurrent)(CUlogIterator *, unsigned);
+typedef CUresult (*PFN_cuLogsDumpToMemory)(CUlogIterator *, char *, size_t *, unsigned);
+typedef CUresult (*PFN_cuLogsDumpToFile)(CUlogIterator *, const char *, unsigned);
+typedef CUresult (*PFN_cuLogsRegisterCallback)(CUlogsCallback, void *, CUlogsCallbackHandle *);
+typedef CUresult (*PFN_cuLogsUnregisterCallback)(CUlogsCallbackHandle);
 
 #endif

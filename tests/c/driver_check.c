@@ -48,6 +48,10 @@
  *                          cuGraphAddHostNode, a child graph's copied twice): they
  *                          run at every launch, in order, and synchronising waits
  *                          for them
+ *   driver_check logs FILE the driver's error log: failed calls told to callbacks
+ *                          (once, also when a callback's own call fails), dumped
+ *                          to memory from an iterator and to FILE, the oldest
+ *                          messages overwritten past the log's capacity
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -390,6 +394,28 @@ static void late_calls(void) {
     CUresult synced = late_sync();
     printf("OK late calls returned %d %d\n", freed, synced);
     fflush(stdout);
+}
+
+/* The error log's callback: counts the messages told, keeps the last, and
+ * makes a failing call of its own, which must not be told again. */
+struct told {
+    int count, level_ok, length_ok;
+    char last[512];
+    PFN_cuMemFree free;
+};
+static void on_log(void *data, int level, char *message, size_t length) {
+    struct told *t = data;
+    t->count++;
+    t->level_ok += level == 0;
+    t->length_ok += strlen(message) == length;
+    snprintf(t->last, sizeof t->last, "%s", message);
+    t->free((CUdeviceptr)0x10);
+}
+
+static int count_lines(const char *text) {
+    int n = 0;
+    for (; *text; text++) n += *text == '\n';
+    return n;
 }
 
 int main(int argc, char **argv) {
@@ -1796,6 +1822,81 @@ int main(int argc, char **argv) {
         EXPECT(cuDeviceGetP2PAtomicCapabilities(caps, ops, 3, dev, dev) == CUDA_ERROR_INVALID_DEVICE,
                "a device's link to itself");
         printf("OK cuda13 calls (cluster %d)\n", cluster);
+    } else if (!strcmp(mode, "logs")) {
+        GET(cuLogsCurrent, 12090);
+        GET(cuLogsDumpToMemory, 12090);
+        GET(cuLogsDumpToFile, 12090);
+        GET(cuLogsRegisterCallback, 12090);
+        GET(cuLogsUnregisterCallback, 12090);
+        GET(cuMemFree, 3020);
+        EXPECT(argc > 2, "usage: driver_check logs FILE");
+        static char text[65536];
+        size_t size = sizeof text;
+        CUlogIterator it = 12345, start;
+        EXPECT(cuLogsCurrent(&it, 1) == CUDA_ERROR_INVALID_VALUE, "flags taken");
+        CHECK(cuLogsCurrent(&it, 0));
+        start = it;
+        struct told t = {0};
+        t.free = cuMemFree;
+        CUlogsCallbackHandle cb = NULL;
+        CHECK(cuLogsRegisterCallback(on_log, &t, &cb));
+        EXPECT(cb != NULL, "no callback handle");
+
+        /* A refusal of the shim's and a failure of the server's. */
+        EXPECT(cuMemFree((CUdeviceptr)0x20) == CUDA_ERROR_INVALID_VALUE, "a bad free");
+        CUdeviceptr huge;
+        EXPECT(cuMemAlloc(&huge, (size_t)1 << 50) == CUDA_ERROR_OUT_OF_MEMORY, "a petabyte allocated");
+        EXPECT(t.count == 2 && t.level_ok == 2 && t.length_ok == 2, "told %d (%d errors, %d lengths)", t.count,
+               t.level_ok, t.length_ok);
+        EXPECT(strstr(t.last, "[CUDA][E] Returning 2 (CUDA_ERROR_OUT_OF_MEMORY) from cuMemAlloc_v2"), "told %s",
+               t.last);
+        /* Each told failure and the callback's own: four messages. */
+        CHECK(cuLogsDumpToMemory(&it, text, &size, 0));
+        EXPECT(size == strlen(text) && count_lines(text) == 4, "dumped %zu bytes, %d lines:\n%s", size,
+               count_lines(text), text);
+        EXPECT(strstr(text, "Returning 1 (CUDA_ERROR_INVALID_VALUE) from cuMemFree_v2\n") &&
+                   strstr(text, "from cuMemAlloc_v2\n"),
+               "dumped:\n%s", text);
+        CUlogIterator now;
+        CHECK(cuLogsCurrent(&now, 0));
+        EXPECT(it == now && it == start + 4, "iterator %u, current %u, start %u", it, now, start);
+        size = sizeof text;
+        CHECK(cuLogsDumpToMemory(&it, text, &size, 0));
+        EXPECT(size == 0 && text[0] == 0, "nothing new, yet %zu bytes", size);
+
+        /* Unregistered: nothing more is told. A buffer too small for any
+         * message is refused, and the refusal is logged too. */
+        CHECK(cuLogsUnregisterCallback(cb));
+        EXPECT(cuLogsUnregisterCallback(cb) == CUDA_ERROR_INVALID_VALUE, "unregistered twice");
+        EXPECT(cuMemFree((CUdeviceptr)0x30) == CUDA_ERROR_INVALID_VALUE, "a bad free");
+        EXPECT(t.count == 2, "told %d after unregistering", t.count);
+        size = 16;
+        EXPECT(cuLogsDumpToMemory(&it, text, &size, 0) == CUDA_ERROR_INVALID_VALUE && size == 0,
+               "a 16-byte dump: size %zu", size);
+        EXPECT(cuLogsDumpToMemory(&it, NULL, &size, 0) == CUDA_ERROR_INVALID_VALUE, "no buffer");
+        size = sizeof text;
+        CHECK(cuLogsDumpToMemory(&it, text, &size, 0));
+        EXPECT(count_lines(text) == 4 && strstr(text, "from cuLogsDumpToMemory\n") &&
+                   strstr(text, "from cuLogsUnregisterCallback\n"),
+               "dumped:\n%s", text);
+
+        /* Past the log's capacity the oldest go, and a dump from before
+         * says so; its last line is the newest message. */
+        for (int i = 0; i < 500; i++) cuMemFree((CUdeviceptr)0x40);
+        size = sizeof text;
+        CHECK(cuLogsDumpToMemory(&start, text, &size, 0));
+        EXPECT(size <= 25600 + 200 && strstr(text, "earlier log messages were truncated\n"), "dumped %zu bytes", size);
+        EXPECT(count_lines(text) > 250 && count_lines(text) < 500, "%d lines kept", count_lines(text));
+        /* A small buffer: the notice, then the newest that fit. */
+        size = 400;
+        CHECK(cuLogsDumpToMemory(NULL, text, &size, 0));
+        EXPECT(size < 400 && strstr(text, "truncated\n") && count_lines(text) >= 3, "small dump:\n%s", text);
+
+        /* The whole kept log to a file (appended). */
+        CHECK(cuLogsDumpToFile(NULL, argv[2], 0));
+        EXPECT(cuLogsDumpToFile(NULL, "/nonexistent-dir/x/log", 0) == CUDA_ERROR_FILE_NOT_FOUND,
+               "a file in no directory");
+        printf("OK logs (%d told)\n", t.count);
     } else if (!strcmp(mode, "exit-calls")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

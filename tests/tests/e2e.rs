@@ -112,6 +112,57 @@ fn cuda13_calls_cudart_looks_up() {
     );
 }
 
+/// The driver's error log, kept in the shim: failed calls (refused by the
+/// shim or failed on the server) reach callbacks and dumps in the driver's
+/// format, the oldest are overwritten past 25,600 bytes, and every message
+/// goes to `CUDA_LOG_FILE` as it is made.
+#[test]
+fn failed_calls_reach_the_error_log() {
+    let server = Server::start();
+    let dir = scratch_dir();
+    let dump = dir.join("error-log-dump.log");
+    let live = dir.join("error-log-live.log");
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("logs").arg(&dump).env("CUDA_LOG_FILE", &live);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK logs (2 told)"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+    let dumped = std::fs::read_to_string(&dump).unwrap();
+    assert!(dumped.len() <= 25_600 + 200, "{} bytes dumped", dumped.len());
+    assert!(
+        dumped
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("earlier log messages were truncated"),
+        "{dumped}"
+    );
+    let last = dumped.lines().last().unwrap();
+    assert!(
+        last.ends_with("[CUDA][E] Returning 1 (CUDA_ERROR_INVALID_VALUE) from cuMemFree_v2"),
+        "{last}"
+    );
+    // The live log has every message, the overwritten ones too: the flags
+    // refused, 4 and 4 read by iterator, 500 more, the file refused.
+    let live = std::fs::read_to_string(&live).unwrap();
+    let lines: Vec<&str> = live.lines().collect();
+    assert_eq!(lines.len(), 1 + 4 + 4 + 500 + 1, "{live}");
+    assert!(lines[0].ends_with("from cuLogsCurrent"), "{live}");
+    assert!(
+        lines[1].contains("from cuMemFree_v2") && lines[3].contains("from cuMemAlloc_v2"),
+        "{live}"
+    );
+    assert!(lines
+        .last()
+        .unwrap()
+        .ends_with("Returning 301 (CUDA_ERROR_FILE_NOT_FOUND) from cuLogsDumpToFile"));
+}
+
 /// The call report of `driver_check completions <phase>` through the shim.
 fn completions_report(server: &Server, url: &str, phase: &str) -> String {
     let mut cmd = through_shim(&c_program("driver_check"), url);

@@ -31,6 +31,7 @@ mod hostfns;
 mod hostnodes;
 mod ipc;
 mod link;
+mod logs;
 mod managed;
 mod memops;
 mod pools;
@@ -50,6 +51,7 @@ pub use graphs::*;
 pub use hostfns::*;
 pub use ipc::*;
 pub use link::*;
+pub use logs::*;
 pub use managed::*;
 pub use memops::*;
 pub use pools::*;
@@ -346,32 +348,6 @@ pub unsafe fn get_export_table(table: *mut *const c_void, uuid: *const u8) -> Cu
             unsafe { out(table, std::ptr::null()) }?;
             Err(CuError::NOT_SUPPORTED)
         }
-    }
-}
-
-/// Registered driver-log callbacks. The driver's own log messages are about
-/// the server's GPU and stay there (in the server's log); a program that
-/// registers a callback gets a handle, and no calls.
-static LOG_CALLBACKS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
-
-pub unsafe fn logs_register_callback(callback: *mut c_void, _user: *mut c_void, handle: *mut *mut c_void) -> CuResult {
-    if callback.is_null() || handle.is_null() {
-        return Err(CuError::INVALID_VALUE);
-    }
-    let mut callbacks = lock(&LOG_CALLBACKS);
-    callbacks.push(callback as usize);
-    // Handles are 1-based positions: never NULL.
-    unsafe { out(handle, callbacks.len() as *mut c_void) }
-}
-
-pub unsafe fn logs_unregister_callback(handle: *mut c_void) -> CuResult {
-    let mut callbacks = lock(&LOG_CALLBACKS);
-    match (handle as usize).checked_sub(1).and_then(|i| callbacks.get_mut(i)) {
-        Some(slot) if *slot != 0 => {
-            *slot = 0;
-            Ok(())
-        }
-        _ => Err(CuError::INVALID_VALUE),
     }
 }
 

@@ -96,6 +96,7 @@ pub(crate) fn guard(name: &'static str, f: impl FnOnce() -> Result<(), CuError>)
                     tracing::debug!(call = name, status = e.0, "call failed");
                 }
                 crate::report::note_error(name, e.0);
+                calls::log_failure(name, e.0);
             });
             e.0
         }
