@@ -179,8 +179,9 @@ pub struct Shim {
     pub callbacks: crate::callbacks::Callbacks,
     /// Memory pools the program was given -> their device.
     pub pools: RwLock<HashMap<Handle, i32>>,
-    /// Physical memory the program created (`cuMemCreate`) -> its device.
-    pub physical: RwLock<HashMap<Handle, i32>>,
+    /// Physical memory the program holds handles to (`cuMemCreate`,
+    /// `cuMemImportFromShareableHandle`).
+    pub physical: RwLock<HashMap<Handle, PhysicalEntry>>,
     /// CUDA arrays the program created.
     pub arrays: RwLock<HashMap<Handle, ArrayEntry>>,
     /// Texture and surface objects, with the descriptors they were made of.
@@ -201,6 +202,17 @@ pub struct Shim {
 pub struct FunctionInfo {
     pub name: CString,
     pub module: Option<Handle>,
+}
+
+/// Physical memory the program holds a handle to.
+#[derive(Debug, Clone, Copy)]
+pub struct PhysicalEntry {
+    pub device: i32,
+    /// The `CUmemAllocationHandleType`s it was made exportable as.
+    pub handle_types: u32,
+    /// References to the handle: its creation or import and each
+    /// `cuMemRetainAllocationHandle`, each given up by a `cuMemRelease`.
+    pub refs: u32,
 }
 
 /// A CUDA array: its context and descriptor.

@@ -579,6 +579,7 @@ driver_api! {
     cuMemAddressFree(ptr: CUdeviceptr, size: usize);
     cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);
     cuMemRelease(handle: u64);
+    cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void);
     cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64);
     cuMemUnmap(ptr: CUdeviceptr, size: usize);
     cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const MemAccessDesc, count: usize);

@@ -79,6 +79,11 @@ pub struct Tables {
     pub reservations: BTreeMap<u64, u64>,
     /// Physical allocations (`cuMemCreate`) -> (size, device).
     pub physical: HashMap<Handle, (u64, i32)>,
+    /// References `cuMemRetainAllocationHandle` added to a physical
+    /// allocation, each released by one `cuMemRelease` before the last.
+    pub physical_retained: HashMap<Handle, u32>,
+    /// Base of each mapping -> the physical allocation it maps.
+    pub mapped_from: HashMap<u64, Handle>,
     /// CUDA arrays.
     pub arrays: HashMap<Handle, ArrayInfo>,
     /// Texture and surface objects -> (context, the array they read, if

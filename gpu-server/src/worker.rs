@@ -848,6 +848,7 @@ impl<'d> Worker<'d> {
                 handle_types,
             } => to_reply(self.physical_create(device, size, handle_types)),
             R::MemRelease { handle } => to_reply(self.physical_release(handle)),
+            R::MemRetainAllocationHandle { ptr } => to_reply(self.physical_retain(ptr)),
             R::MemExport { handle } => to_reply(self.mem_export(handle)),
             R::MemImport { token } => to_reply(self.mem_import(&token)),
             R::MemMap {
@@ -2004,9 +2005,44 @@ impl<'d> Worker<'d> {
         // SAFETY: the handle is a physical allocation of this client (its
         // mappings, if any, keep the memory until they are unmapped).
         unsafe { self.driver.cuMemRelease(handle) }?;
+        if let Some(n) = self.tables.physical_retained.get_mut(&handle) {
+            // One of the references `physical_retain` gave.
+            *n -= 1;
+            if *n == 0 {
+                self.tables.physical_retained.remove(&handle);
+            }
+            return Ok(());
+        }
         self.tables.physical.remove(&handle);
         self.ipc_forget_physical(handle);
         Ok(())
+    }
+
+    /// `cuMemRetainAllocationHandle` of any address in a mapping of this
+    /// session whose physical memory it still holds: the mapping's handle,
+    /// with one more reference. (Memory whose last handle was released
+    /// while mapped is the mapping's alone, and is not handed out again.)
+    fn physical_retain(&mut self, ptr: u64) -> DriverResult<Reply> {
+        let (&base, region) = self.tables.memory.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
+        if region.kind != RegionKind::Mapped || ptr >= base + region.size {
+            return Err(INVALID_VALUE);
+        }
+        let handle = *self.tables.mapped_from.get(&base).ok_or(INVALID_VALUE)?;
+        let (_, device) = *self.tables.physical.get(&handle).ok_or(INVALID_VALUE)?;
+        let mut h = 0u64;
+        // SAFETY: h is writable; ptr lies in a mapping of this client.
+        unsafe {
+            self.driver
+                .cuMemRetainAllocationHandle(&mut h, ptr as usize as *mut c_void)
+        }?;
+        if h != handle {
+            // Not the handle the mapping was made from: give it back.
+            // SAFETY: the reference was just taken.
+            let _ = unsafe { self.driver.cuMemRelease(h) };
+            return Err(UNKNOWN);
+        }
+        *self.tables.physical_retained.entry(handle).or_default() += 1;
+        Ok(Reply::Pair(handle as i64, device as i64))
     }
 
     /// Map physical memory into a reservation; the range becomes this
@@ -2027,8 +2063,13 @@ impl<'d> Worker<'d> {
         // SAFETY: the range lies in a reservation of this client and clashes
         // with none of its memory; the handle is its own.
         let result = unsafe { self.driver.cuMemMap(ptr, size as usize, offset as usize, handle, 0) };
-        if result.is_err() {
-            self.tables.memory.remove(&ptr);
+        match result {
+            Ok(()) => {
+                self.tables.mapped_from.insert(ptr, handle);
+            }
+            Err(_) => {
+                self.tables.memory.remove(&ptr);
+            }
         }
         result
     }
@@ -2057,6 +2098,7 @@ impl<'d> Worker<'d> {
         unsafe { self.driver.cuMemUnmap(ptr, size as usize) }?;
         for b in bases {
             self.tables.memory.remove(&b);
+            self.tables.mapped_from.remove(&b);
         }
         Ok(())
     }
@@ -2086,9 +2128,14 @@ impl<'d> Worker<'d> {
             let _ = unsafe { self.driver.cuMemUnmap(b, size as usize) };
             self.tables.memory.remove(&b);
         }
+        self.tables.mapped_from.clear();
+        let retained = std::mem::take(&mut self.tables.physical_retained);
         for (h, _) in std::mem::take(&mut self.tables.physical) {
-            // SAFETY: physical memory of this client, now unmapped.
-            let _ = unsafe { self.driver.cuMemRelease(h) };
+            for _ in 0..=retained.get(&h).copied().unwrap_or(0) {
+                // SAFETY: physical memory of this client, now unmapped; once
+                // for each reference it holds.
+                let _ = unsafe { self.driver.cuMemRelease(h) };
+            }
         }
         for (b, size) in std::mem::take(&mut self.tables.reservations) {
             // SAFETY: a reservation of this client, now empty.

@@ -127,6 +127,10 @@ pub enum Request {
     MemCreate { device: i32, size: u64, handle_types: u32 },
     /// sync: `cuMemRelease`.
     MemRelease { handle: Handle },
+    /// sync -> `Reply::Pair(handle, device)`: `cuMemRetainAllocationHandle`
+    /// of an address the session mapped, whose physical memory it still
+    /// holds a handle to; one more reference, released by `MemRelease`.
+    MemRetainAllocationHandle { ptr: DevicePtr },
     /// sync: map `size` bytes of `handle` from `offset` at `ptr`, inside a
     /// reservation of the session (`cuMemMap`); the range is then the
     /// session's device memory, filed under `ctx`.

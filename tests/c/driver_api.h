@@ -43,6 +43,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK 1
 #define CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT 16
 #define CU_POINTER_ATTRIBUTE_MEMORY_TYPE 2
+#define CU_POINTER_ATTRIBUTE_SYNC_MEMOPS 6
 #define CU_MEMORYTYPE_DEVICE 2
 #define CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK 0
 #define CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES 8
@@ -436,6 +437,7 @@ typedef CUresult (*PFN_cuGraphAddChildGraphNode)(CUgraphNode *, CUgraph, const C
 typedef CUresult (*PFN_cuGraphAddEventRecordNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUevent);
 typedef CUresult (*PFN_cuGraphAddEventWaitNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUevent);
 typedef CUresult (*PFN_cuStreamDestroy)(CUstream);
+typedef CUresult (*PFN_cuPointerSetAttribute)(const void *, int, CUdeviceptr);
 typedef CUresult (*PFN_cuStreamSynchronize)(CUstream);
 typedef CUresult (*PFN_cuStreamWaitEvent)(CUstream, CUevent, unsigned);
 typedef CUresult (*PFN_cuStreamQuery)(CUstream);
@@ -535,6 +537,8 @@ typedef CUresult (*PFN_cuMemAddressFree)(CUdeviceptr, size_t);
 typedef CUresult (*PFN_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
                                     unsigned long long);
 typedef CUresult (*PFN_cuMemRelease)(CUmemGenericAllocationHandle);
+typedef CUresult (*PFN_cuMemRetainAllocationHandle)(CUmemGenericAllocationHandle *, void *);
+typedef CUresult (*PFN_cuMemGetAllocationPropertiesFromHandle)(CUmemAllocationProp *, CUmemGenericAllocationHandle);
 typedef CUresult (*PFN_cuMemExportToShareableHandle)(void *, CUmemGenericAllocationHandle, int, unsigned long long);
 typedef CUresult (*PFN_cuMemImportFromShareableHandle)(CUmemGenericAllocationHandle *, void *, int);
 #define CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR 1

@@ -562,6 +562,23 @@ int main(int argc, char **argv) {
         unsigned mt = 0;
         CHECK(cuPointerGetAttribute(&mt, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, db + 16));
         EXPECT(mt == CU_MEMORYTYPE_DEVICE, "pointer attribute memory type %u", mt);
+        /* Synchronous memory operations may be asked for (they are). */
+        GET(cuPointerSetAttribute, 2000);
+        unsigned sync_on = 1;
+        CHECK(cuPointerSetAttribute(&sync_on, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, db));
+        CHECK(cuPointerGetAttribute(&sync_on, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, db));
+        EXPECT(sync_on == 1, "synchronous memory operations %u", sync_on);
+        if (getenv("GPUPOOL_SERVER"))
+            EXPECT(cuPointerSetAttribute(&sync_on, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, db) == CUDA_ERROR_INVALID_VALUE &&
+                       cuPointerSetAttribute(&sync_on, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, (CUdeviceptr)a) ==
+                           CUDA_ERROR_INVALID_VALUE,
+                   "set a memory type, or an attribute of host memory");
+        /* The first names of calls that got a `_v2` (same arguments), as
+         * programs built against old headers call them. */
+        PFN_cuStreamDestroy destroy_v1 = (PFN_cuStreamDestroy)dlsym(lib, "cuStreamDestroy");
+        CUstream old_style;
+        CHECK(cuStreamCreate(&old_style, 0));
+        EXPECT(destroy_v1 && destroy_v1(old_style) == CUDA_SUCCESS, "cuStreamDestroy (the first version)");
         CHECK(cuMemcpyHtoD(da, a, bytes));
         CHECK(cuMemcpyHtoD(db, b, bytes));
         CHECK(cuMemsetD32(dc, 0xffffffffu, n));
@@ -3118,6 +3135,23 @@ int main(int argc, char **argv) {
         unsigned long long flags_rw = 0;
         CHECK(cuMemGetAccess(&flags_rw, &access.location, va + g + 64));
         EXPECT(flags_rw == 3, "access flags %llu", flags_rw);
+        /* The handle behind any mapped address, retained (as NCCL finds
+         * its buffers' handles back), and what it was made with. */
+        GET(cuMemRetainAllocationHandle, 11000);
+        GET(cuMemGetAllocationPropertiesFromHandle, 10020);
+        CUmemGenericAllocationHandle back = 0;
+        CHECK(cuMemRetainAllocationHandle(&back, (void *)(va + g + 100)));
+        EXPECT(back == h2, "retained %llx, mapped %llx", back, h2);
+        CUmemAllocationProp got;
+        memset(&got, 0xab, sizeof got);
+        CHECK(cuMemGetAllocationPropertiesFromHandle(&got, back));
+        EXPECT(got.type == 1 && got.requestedHandleTypes == 0 && got.location.type == 1 && got.location.id == dev &&
+                   got.win32HandleMetaData == NULL,
+               "properties: type %d handle types %d location %d/%d", got.type, got.requestedHandleTypes,
+               got.location.type, got.location.id);
+        EXPECT(cuMemRetainAllocationHandle(&back, (void *)(va + 3 * g)) == CUDA_ERROR_INVALID_VALUE,
+               "retained the handle of an unmapped address");
+        EXPECT(cuMemGetAllocationPropertiesFromHandle(NULL, h1) == CUDA_ERROR_INVALID_VALUE, "no slot");
         if (getenv("GPUPOOL_SERVER")) {
             /* Through gpupool: not freeable as an allocation, and nothing
              * past what is mapped. */
@@ -3127,7 +3161,26 @@ int main(int argc, char **argv) {
         CHECK(cuMemUnmap(va, g));
         CHECK(cuMemUnmap(va + g, 2 * g));
         CHECK(cuMemRelease(h1));
+        /* Two references to h2: its creation's and the retained one. */
         CHECK(cuMemRelease(h2));
+        CHECK(cuMemGetAllocationPropertiesFromHandle(&got, h2));
+        CHECK(cuMemMap(va, 2 * g, 0, h2, 0));
+        CHECK(cuMemUnmap(va, 2 * g));
+        CHECK(cuMemRelease(h2));
+        if (getenv("GPUPOOL_SERVER")) {
+            EXPECT(cuMemRelease(h2) == CUDA_ERROR_INVALID_VALUE, "a third release");
+            EXPECT(cuMemGetAllocationPropertiesFromHandle(&got, h2) == CUDA_ERROR_INVALID_VALUE,
+                   "properties of a released handle");
+            /* Memory whose handle went while it stayed mapped has no
+             * handle left to give through gpupool. */
+            CUmemGenericAllocationHandle h3;
+            CHECK(cuMemCreate(&h3, g, &prop, 0));
+            CHECK(cuMemMap(va, g, 0, h3, 0));
+            CHECK(cuMemRelease(h3));
+            EXPECT(cuMemRetainAllocationHandle(&back, (void *)va) == CUDA_ERROR_INVALID_VALUE,
+                   "the handle of memory released while mapped");
+            CHECK(cuMemUnmap(va, g));
+        }
         CHECK(cuMemAddressFree(va, 4 * g));
         free(host);
         printf("OK vmm granularity %zu\n", g);

@@ -1496,6 +1496,19 @@ mod pointer_attr {
 const MEMORYTYPE_HOST: u32 = 1;
 const MEMORYTYPE_DEVICE: u32 = 2;
 
+/// `cuPointerSetAttribute`: only `CU_POINTER_ATTRIBUTE_SYNC_MEMOPS` may be
+/// set, on device memory. Synchronous copies and memsets through gpupool
+/// always synchronise (they are answered once done), so the attribute
+/// stays on, as `cuPointerGetAttribute` reports it, whatever is set.
+pub unsafe fn pointer_set_attribute(value: *const c_void, attribute: i32, ptr: CUdeviceptr) -> CuResult {
+    let s = shim()?;
+    if value.is_null() || attribute != pointer_attr::SYNC_MEMOPS {
+        return Err(CuError::INVALID_VALUE);
+    }
+    s.find_device_range(ptr, 0).ok_or(CuError::INVALID_VALUE)?;
+    Ok(())
+}
+
 pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr) -> CuResult {
     use pointer_attr::*;
     let s = shim()?;

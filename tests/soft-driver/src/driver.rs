@@ -584,6 +584,9 @@ struct Physical {
     /// Imported from another process (`cuMemImportFromShareableHandle`):
     /// charged there, not here.
     imported: bool,
+    /// References to the handle: its creation or import, and each
+    /// `cuMemRetainAllocationHandle`; each `cuMemRelease` gives one up.
+    refs: u32,
 }
 
 /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
@@ -1311,6 +1314,7 @@ impl Driver {
         self.physical.insert(
             h,
             Physical {
+                refs: 1,
                 fd,
                 size,
                 device,
@@ -1323,6 +1327,11 @@ impl Driver {
 
     /// `cuMemRelease`: mappings of the memory keep it until they go.
     pub fn mem_release(&mut self, handle: u64) -> CuResult<()> {
+        let p = self.physical.get_mut(&handle).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        p.refs -= 1;
+        if p.refs > 0 {
+            return Ok(());
+        }
         let p = self.physical.remove(&handle).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if !p.imported {
             self.devices[p.device].used -= p.size;
@@ -1362,6 +1371,7 @@ impl Driver {
         self.physical.insert(
             h,
             Physical {
+                refs: 1,
                 fd: file.into(),
                 size,
                 device: 0,
@@ -1428,6 +1438,23 @@ impl Driver {
             self.allocs.remove(b);
         }
         Ok(())
+    }
+
+    /// `cuMemRetainAllocationHandle`: the handle of the physical memory
+    /// mapped at any address of a mapping, with one more reference. Memory
+    /// whose handles were all released while mapped has no handle left to
+    /// give here (the real driver's handle lives on with the mapping).
+    pub fn mem_retain_allocation_handle(&mut self, addr: u64) -> CuResult<u64> {
+        let handle = match self.allocs.containing(addr, 1) {
+            Some((_, a)) => match a.kind {
+                AllocKind::Mapped { handle } => handle,
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            },
+            None => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        let p = self.physical.get_mut(&handle).ok_or(CUDA_ERROR_NOT_SUPPORTED)?;
+        p.refs += 1;
+        Ok(handle)
     }
 
     /// `cuMemSetAccess`: the range must be mapped; access is always read

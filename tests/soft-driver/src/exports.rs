@@ -950,6 +950,16 @@ pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void) -> CUresult {
+    ffi(|| {
+        need(handle)?;
+        let h = driver::with(|d| d.mem_retain_allocation_handle(addr as u64))?;
+        // SAFETY: `handle` is non-null and valid for writes (API contract).
+        unsafe { out(handle, h) }
+    })
+}
+
+#[no_mangle]
 pub extern "C" fn cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64) -> CUresult {
     ffi(|| {
         if flags != 0 {

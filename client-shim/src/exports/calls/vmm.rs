@@ -6,6 +6,7 @@
 
 use super::pools::{MemLocation, ALLOCATION_PINNED};
 use super::*;
+use crate::state::PhysicalEntry;
 /// `CU_MEM_ALLOC_GRANULARITY_RECOMMENDED`.
 const GRANULARITY_RECOMMENDED: u32 = 1;
 
@@ -82,7 +83,12 @@ pub unsafe fn mem_create(handle: *mut u64, size: usize, prop: *const c_void, fla
     };
     match s.remote.call(&req, &[])? {
         Reply::Handle(h) => {
-            write(&s.physical).insert(h, device);
+            let entry = PhysicalEntry {
+                device,
+                handle_types,
+                refs: 1,
+            };
+            write(&s.physical).insert(h, entry);
             // SAFETY: checked not to be null; the program passes a slot.
             unsafe { out(handle, h) }
         }
@@ -96,8 +102,79 @@ pub unsafe fn mem_release(handle: u64) -> CuResult {
         return Err(CuError::INVALID_VALUE);
     }
     s.remote.call(&Request::MemRelease { handle }, &[])?;
-    write(&s.physical).remove(&handle);
+    let mut physical = write(&s.physical);
+    if let Some(entry) = physical.get_mut(&handle) {
+        entry.refs -= 1;
+        if entry.refs == 0 {
+            physical.remove(&handle);
+        }
+    }
     Ok(())
+}
+
+/// `cuMemRetainAllocationHandle`: the handle of the physical memory mapped
+/// at any address of a mapping, with one more reference (the server's
+/// driver takes it). Memory whose handles were all released while it stayed
+/// mapped is the mapping's alone: asking for it is refused
+/// (`CUDA_ERROR_INVALID_VALUE`).
+pub unsafe fn mem_retain_allocation_handle(handle: *mut u64, addr: *mut c_void) -> CuResult {
+    let s = shim()?;
+    if handle.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ptr = addr as u64;
+    match s.find_device_range(ptr, 1) {
+        Some((_, r)) if r.kind == RangeKind::Mapped => {}
+        _ => return Err(CuError::INVALID_VALUE),
+    }
+    match s.remote.call(&Request::MemRetainAllocationHandle { ptr }, &[])? {
+        Reply::Pair(h, _) => {
+            let h = h as u64;
+            let mut physical = write(&s.physical);
+            let entry = physical.get_mut(&h).ok_or(CuError::UNKNOWN)?;
+            entry.refs += 1;
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(handle, h) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+/// `CUmemAllocationProp`, whole.
+#[repr(C)]
+struct AllocationProp {
+    head: AllocationPropHead,
+    win32_handle_meta_data: *mut c_void,
+    compression_type: u8,
+    gpu_direct_rdma_capable: u8,
+    usage: u16,
+    reserved: [u8; 4],
+}
+
+/// `cuMemGetAllocationPropertiesFromHandle`, answered here: what the
+/// memory was made with on the server (pinned device memory, the handle
+/// types asked for; no compression, no GPUDirect RDMA, no usage hints,
+/// which gpupool does not pass on).
+pub unsafe fn mem_get_allocation_properties_from_handle(prop: *mut c_void, handle: u64) -> CuResult {
+    let s = shim()?;
+    let entry = *read(&s.physical).get(&handle).ok_or(CuError::INVALID_VALUE)?;
+    let value = AllocationProp {
+        head: AllocationPropHead {
+            alloc_type: ALLOCATION_PINNED,
+            requested_handle_types: entry.handle_types,
+            location: MemLocation {
+                kind: super::pools::LOCATION_DEVICE,
+                id: entry.device,
+            },
+        },
+        win32_handle_meta_data: std::ptr::null_mut(),
+        compression_type: 0,
+        gpu_direct_rdma_capable: 0,
+        usage: 0,
+        reserved: [0; 4],
+    };
+    // SAFETY: the program passes a CUmemAllocationProp (null refused).
+    unsafe { out(prop.cast::<AllocationProp>(), value) }
 }
 
 pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64) -> CuResult {
@@ -106,7 +183,7 @@ pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64,
     if flags != 0 || size == 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    let device = read(&s.physical).get(&handle).copied().ok_or(CuError::INVALID_VALUE)?;
+    let device = read(&s.physical).get(&handle).ok_or(CuError::INVALID_VALUE)?.device;
     let req = Request::MemMap {
         ctx,
         ptr,
@@ -266,7 +343,12 @@ pub unsafe fn mem_import_from_shareable_handle(handle: *mut u64, os_handle: *mut
     match s.remote.call(&Request::MemImport { token }, &[])? {
         Reply::Pair(h, device) => {
             let h = h as u64;
-            write(&s.physical).insert(h, device as i32);
+            let entry = PhysicalEntry {
+                device: device as i32,
+                handle_types: HANDLE_TYPE_POSIX_FD,
+                refs: 1,
+            };
+            write(&s.physical).insert(h, entry);
             // SAFETY: checked not to be null; the program passes a slot.
             unsafe { out(handle, h) }
         }
