@@ -69,6 +69,43 @@ pub struct MemPoolProps {
     pub reserved: [u8; 54],
 }
 
+/// `CUdevResource` (144 bytes): the driver's own, kept whole.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DevResource(pub [u64; 18]);
+
+impl DevResource {
+    pub const EMPTY: DevResource = DevResource([0; 18]);
+    /// `CU_DEV_RESOURCE_TYPE_SM`.
+    pub const TYPE_SM: u32 = 1;
+
+    fn word(&self, i: usize) -> u32 {
+        let w = self.0[i / 2];
+        if i.is_multiple_of(2) {
+            w as u32
+        } else {
+            (w >> 32) as u32
+        }
+    }
+
+    pub fn kind(&self) -> u32 {
+        self.word(0)
+    }
+
+    /// The public fields of an SM resource (`CUdevSmResource`, at byte 96):
+    /// SM count, minimum partition, co-scheduled alignment, flags and
+    /// locality domain.
+    pub fn sm_fields(&self) -> [u32; 5] {
+        [
+            self.word(24),
+            self.word(25),
+            self.word(26),
+            self.word(27),
+            self.word(28),
+        ]
+    }
+}
+
 /// `CUmemAllocationProp` (32 bytes) for pinned device memory.
 #[repr(C)]
 pub struct MemAllocationProp {
@@ -579,6 +616,14 @@ driver_api! {
     cuMemAddressFree(ptr: CUdeviceptr, size: usize);
     cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);
     cuMemRelease(handle: u64);
+    cuDeviceGetDevResource(device: i32, resource: *mut DevResource, kind: u32);
+    cuCtxGetDevResource(ctx: Ptr, resource: *mut DevResource, kind: u32);
+    cuDevSmResourceSplitByCount(result: *mut DevResource, groups: *mut u32, input: *const DevResource, remainder: *mut DevResource, flags: u32, min_count: u32);
+    cuDevResourceGenerateDesc(desc: *mut Ptr, resources: *mut DevResource, count: u32);
+    cuGreenCtxCreate(green: *mut Ptr, desc: Ptr, device: i32, flags: u32);
+    cuGreenCtxDestroy(green: Ptr);
+    cuCtxFromGreenCtx(ctx: *mut Ptr, green: Ptr);
+    cuGreenCtxStreamCreate(stream: *mut Ptr, green: Ptr, flags: u32, priority: i32);
     cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void);
     cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64);
     cuMemUnmap(ptr: CUdeviceptr, size: usize);

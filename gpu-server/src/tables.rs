@@ -84,6 +84,15 @@ pub struct Tables {
     pub physical_retained: HashMap<Handle, u32>,
     /// Base of each mapping -> the physical allocation it maps.
     pub mapped_from: HashMap<u64, Handle>,
+    /// SM resources handed to the client, by number (one more than the
+    /// index), and each resource's number.
+    pub resources: Vec<crate::driver::DevResource>,
+    pub resource_ids: HashMap<crate::driver::DevResource, u32>,
+    /// Resource descriptors made for the client (the driver frees them
+    /// with the process).
+    pub resource_descs: HashSet<Handle>,
+    /// Green contexts -> the context each is (also in `contexts`).
+    pub greens: HashMap<Handle, Handle>,
     /// CUDA arrays.
     pub arrays: HashMap<Handle, ArrayInfo>,
     /// Texture and surface objects -> (context, the array they read, if

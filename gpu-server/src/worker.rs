@@ -129,6 +129,7 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
 mod arrays;
 mod eventwatch;
 mod graphedit;
+mod green;
 mod hostnodes;
 mod ipc;
 
@@ -1165,6 +1166,24 @@ impl<'d> Worker<'d> {
                 unsafe { d.cuDeviceGetTexture1DLinearMaxWidth(&mut width, format, channels, device) }?;
                 Ok(Reply::Size(width as u64))
             })),
+            R::DevResource { device, ctx } => to_reply(self.dev_resource(device, ctx)),
+            R::DevSmResourceSplitByCount {
+                input,
+                groups,
+                simulate,
+                remainder,
+                flags,
+                min_count,
+            } => to_reply(self.sm_split(input, groups, simulate, remainder, flags, min_count)),
+            R::DevResourceGenerateDesc { resources } => to_reply(self.resource_desc(&resources)),
+            R::GreenCtxCreate { desc, device, flags } => to_reply(self.green_create(desc, device, flags)),
+            R::GreenCtxDestroy { green } => to_reply(self.green_destroy(green)),
+            R::GreenCtxStreamCreate {
+                green,
+                flags,
+                priority,
+                id,
+            } => to_reply(self.green_stream_create(green, flags, priority, id)),
             R::CtxResetPersistingL2Cache { ctx } => to_reply(self.make_current(ctx).and_then(|()| {
                 // SAFETY: no arguments; ctx is current.
                 unsafe { d.cuCtxResetPersistingL2Cache() }
@@ -1795,9 +1814,17 @@ impl<'d> Worker<'d> {
 
     fn ctx_destroy(&mut self, ctx: Handle) -> DriverResult {
         self.tables.context(ctx)?;
-        if self.tables.primaries.values().any(|c| *c == ctx) {
+        // A primary context is released, a green one destroyed as such.
+        if self.tables.primaries.values().any(|c| *c == ctx) || self.green_of(ctx).is_some() {
             return Err(crate::tables::INVALID_CONTEXT);
         }
+        self.forget_context(ctx);
+        // SAFETY: the context was created by this client.
+        unsafe { self.driver.cuCtxDestroy_v2(as_ptr(ctx)) }
+    }
+
+    /// Drop what the worker knows of a context that goes.
+    fn forget_context(&mut self, ctx: Handle) {
         self.unwatch_context(ctx);
         self.per_thread.retain(|(c, _), _| *c != ctx);
         self.tables.drop_context(ctx);
@@ -1805,8 +1832,6 @@ impl<'d> Worker<'d> {
         if self.current == Some(ctx) {
             self.current = None;
         }
-        // SAFETY: the context was created by this client.
-        unsafe { self.driver.cuCtxDestroy_v2(as_ptr(ctx)) }
     }
 
     /// Free what a context holds before it is released (its allocations,
@@ -3567,6 +3592,13 @@ impl<'d> Worker<'d> {
             contexts: self.tables.contexts.len(),
         };
         self.release_virtual_memory();
+        // Green contexts first: each holds its device's primary context.
+        for (green, ctx) in std::mem::take(&mut self.tables.greens) {
+            self.release_context_resources(ctx);
+            // SAFETY: the green context was made for this client.
+            let _ = unsafe { self.driver.cuGreenCtxDestroy(as_ptr(green)) };
+            self.tables.drop_context(ctx);
+        }
         let contexts: Vec<(Handle, i32)> = self.tables.contexts.iter().map(|(c, d)| (*c, *d)).collect();
         for (ctx, device) in contexts {
             self.release_context_resources(ctx);

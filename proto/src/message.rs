@@ -684,6 +684,51 @@ pub enum Request {
     /// sync: `cuDeviceGetTexture1DLinearMaxWidth`, answered `Reply::Size`.
     /// Needs no context.
     DeviceTexture1DLinearMaxWidth { device: i32, format: u32, channels: u32 },
+    /// sync -> `Reply::SmResources` (one): the SM resource of a device
+    /// (`cuDeviceGetDevResource`) or, with `ctx`, of a context
+    /// (`cuCtxGetDevResource`, `cuGreenCtxGetDevResource`). Green contexts
+    /// and their resources: version 14.
+    DevResource { device: i32, ctx: Option<Handle> },
+    /// sync -> `Reply::SmSplit`: `cuDevSmResourceSplitByCount` of the
+    /// session's resource `input` into at most `groups` groups (with
+    /// `simulate`, only their count is answered, and no group is kept).
+    DevSmResourceSplitByCount {
+        input: u32,
+        groups: u32,
+        simulate: bool,
+        remainder: bool,
+        flags: u32,
+        min_count: u32,
+    },
+    /// sync -> `Reply::Handle`: `cuDevResourceGenerateDesc` of resources of
+    /// the session.
+    DevResourceGenerateDesc { resources: Vec<u32> },
+    /// sync -> `Reply::Pair(green, ctx)`: `cuGreenCtxCreate`, and the
+    /// context it is as a `CUcontext` (`cuCtxFromGreenCtx`), which the
+    /// session may name as any of its contexts.
+    GreenCtxCreate { desc: Handle, device: i32, flags: u32 },
+    /// sync: `cuGreenCtxDestroy`, with everything its context holds.
+    GreenCtxDestroy { green: Handle },
+    /// async: `cuGreenCtxStreamCreate`, a stream named `id` by the client.
+    GreenCtxStreamCreate {
+        green: Handle,
+        flags: u32,
+        priority: i32,
+        id: Handle,
+    },
+}
+
+/// An SM resource (`CUdevResource` of `CU_DEV_RESOURCE_TYPE_SM`) the
+/// server holds for the session, by its number there, with its public
+/// fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmResource {
+    pub id: u32,
+    pub sm_count: u32,
+    pub min_partition: u32,
+    pub alignment: u32,
+    pub flags: u32,
+    pub locality: u32,
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
@@ -1043,6 +1088,15 @@ pub enum Reply {
     Cloned {
         graph: Handle,
         renamed: Vec<u64>,
+    },
+    /// SM resources (`Request::DevResource`).
+    SmResources(Vec<SmResource>),
+    /// The groups of a split, how many there are (all of them when only
+    /// simulated), and what remains (`Request::DevSmResourceSplitByCount`).
+    SmSplit {
+        groups: Vec<SmResource>,
+        count: u32,
+        remainder: Option<SmResource>,
     },
     /// Answer to `Request::DeviceStatus`. Memory is the session's view: the
     /// whole device, or the slice assigned to the session.

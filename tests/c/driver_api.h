@@ -25,6 +25,7 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CUDA_ERROR_OUT_OF_MEMORY 2
 #define CUDA_ERROR_INVALID_DEVICE 101
 #define CUDA_ERROR_INVALID_CONTEXT 201
+#define CUDA_ERROR_INVALID_RESOURCE_TYPE 914
 #define CUDA_ERROR_NOT_FOUND 500
 #define CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED 712
 #define CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED 713
@@ -570,6 +571,35 @@ typedef CUresult (*PFN_cuCtxResetPersistingL2Cache)(void);
 typedef CUresult (*PFN_cuDeviceGetHostAtomicCapabilities)(unsigned *, const int *, unsigned, CUdevice);
 typedef CUresult (*PFN_cuDeviceGetP2PAtomicCapabilities)(unsigned *, const int *, unsigned, CUdevice, CUdevice);
 typedef CUresult (*PFN_cuDeviceGetTexture1DLinearMaxWidth)(size_t *, int, unsigned, CUdevice);
+typedef struct {
+    unsigned smCount, minSmPartitionSize, smCoscheduledAlignment, flags, localityDomainId;
+} CUdevSmResource;
+typedef struct CUdevResource_st {
+    int type; /* CU_DEV_RESOURCE_TYPE_SM = 1 */
+    unsigned char _internal_padding[92];
+    union {
+        CUdevSmResource sm;
+        unsigned char _oversize[40];
+    };
+    struct CUdevResource_st *nextResource;
+} CUdevResource;
+typedef struct CUdevResourceDesc_st *CUdevResourceDesc;
+typedef struct CUgreenCtx_st *CUgreenCtx;
+typedef CUresult (*PFN_cuCtxPushCurrent)(CUcontext);
+typedef CUresult (*PFN_cuCtxPopCurrent)(CUcontext *);
+typedef CUresult (*PFN_cuCtxDestroy)(CUcontext);
+typedef CUresult (*PFN_cuDeviceGetDevResource)(CUdevice, CUdevResource *, int);
+typedef CUresult (*PFN_cuCtxGetDevResource)(CUcontext, CUdevResource *, int);
+typedef CUresult (*PFN_cuGreenCtxGetDevResource)(CUgreenCtx, CUdevResource *, int);
+typedef CUresult (*PFN_cuDevSmResourceSplitByCount)(CUdevResource *, unsigned *, const CUdevResource *, CUdevResource *,
+                                                    unsigned, unsigned);
+typedef CUresult (*PFN_cuDevResourceGenerateDesc)(CUdevResourceDesc *, CUdevResource *, unsigned);
+typedef CUresult (*PFN_cuGreenCtxCreate)(CUgreenCtx *, CUdevResourceDesc, CUdevice, unsigned);
+typedef CUresult (*PFN_cuGreenCtxDestroy)(CUgreenCtx);
+typedef CUresult (*PFN_cuCtxFromGreenCtx)(CUcontext *, CUgreenCtx);
+typedef CUresult (*PFN_cuGreenCtxStreamCreate)(CUstream *, CUgreenCtx, unsigned, int);
+typedef CUresult (*PFN_cuGreenCtxRecordEvent)(CUgreenCtx, CUevent);
+typedef CUresult (*PFN_cuGreenCtxWaitEvent)(CUgreenCtx, CUevent);
 typedef unsigned CUlogIterator;
 typedef void (*CUlogsCallback)(void *, int, char *, size_t);
 typedef struct CUlogsCallbackEntry_st *CUlogsCallbackHandle;

@@ -52,6 +52,10 @@
  *                          (once, also when a callback's own call fails), dumped
  *                          to memory from an iterator and to FILE, the oldest
  *                          messages overwritten past the log's capacity
+ *   driver_check green     green contexts: the device's SMs split, a green context
+ *                          of one group running a kernel on its default stream
+ *                          and on a stream of its own over memory of the primary
+ *                          context, its events, its resource and streams' contexts
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -1839,6 +1843,118 @@ int main(int argc, char **argv) {
         EXPECT(cuDeviceGetP2PAtomicCapabilities(caps, ops, 3, dev, dev) == CUDA_ERROR_INVALID_DEVICE,
                "a device's link to itself");
         printf("OK cuda13 calls (cluster %d)\n", cluster);
+    } else if (!strcmp(mode, "green")) {
+        GET(cuDeviceGetDevResource, 12040);
+        GET(cuCtxGetDevResource, 12040);
+        GET(cuGreenCtxGetDevResource, 12040);
+        GET(cuDevSmResourceSplitByCount, 12040);
+        GET(cuDevResourceGenerateDesc, 12040);
+        GET(cuGreenCtxCreate, 12040);
+        GET(cuGreenCtxDestroy, 12040);
+        GET(cuCtxFromGreenCtx, 12040);
+        GET(cuGreenCtxStreamCreate, 12050);
+        GET(cuGreenCtxRecordEvent, 12040);
+        GET(cuGreenCtxWaitEvent, 12040);
+        GET(cuCtxPushCurrent, 4000);
+        GET(cuCtxPopCurrent, 4000);
+        GET(cuCtxDestroy, 4000);
+        PFN_cuStreamGetCtx_v2 cuStreamGetCtx_v2 = (PFN_cuStreamGetCtx_v2)sym("cuStreamGetCtx", 12050);
+        alarm(60);
+        CUdevResource whole;
+        memset(&whole, 0, sizeof whole);
+        EXPECT(cuDeviceGetDevResource(dev, &whole, 1000) == CUDA_ERROR_INVALID_RESOURCE_TYPE ||
+                   cuDeviceGetDevResource(dev, &whole, 1000) == CUDA_SUCCESS,
+               "a workqueue configuration");
+        CHECK(cuDeviceGetDevResource(dev, &whole, 1));
+        EXPECT(whole.type == 1 && (int)whole.sm.smCount == sms && whole.sm.minSmPartitionSize > 0 &&
+                   whole.sm.smCoscheduledAlignment > 0,
+               "device resource: type %d, %u SMs (of %d), minimum %u, alignment %u", whole.type, whole.sm.smCount,
+               sms, whole.sm.minSmPartitionSize, whole.sm.smCoscheduledAlignment);
+        /* How many groups of 16 SMs there would be, then two of them. */
+        unsigned possible = 0;
+        CHECK(cuDevSmResourceSplitByCount(NULL, &possible, &whole, NULL, 0, 16));
+        EXPECT(possible >= 2 && possible * 16 <= (unsigned)sms, "%u groups of 16 SMs", possible);
+        CUdevResource groups[2], rest;
+        unsigned two = 2;
+        CHECK(cuDevSmResourceSplitByCount(groups, &two, &whole, &rest, 0, 16));
+        EXPECT(two == 2 && groups[0].sm.smCount >= 16 && groups[1].sm.smCount == groups[0].sm.smCount &&
+                   rest.sm.smCount == (unsigned)sms - 2 * groups[0].sm.smCount,
+               "split: %u groups of %u SMs, %u left", two, groups[0].sm.smCount, rest.sm.smCount);
+        EXPECT(cuDevSmResourceSplitByCount(NULL, &possible, &whole, NULL, 0, (unsigned)sms + 1) != CUDA_SUCCESS,
+               "groups larger than the device");
+        CUdevResourceDesc desc;
+        CHECK(cuDevResourceGenerateDesc(&desc, groups, 1));
+        CUgreenCtx g;
+        EXPECT(cuGreenCtxCreate(&g, desc, dev, 0) == CUDA_ERROR_INVALID_VALUE, "a green context without its stream");
+        CHECK(cuGreenCtxCreate(&g, desc, dev, 1 /* CU_GREEN_CTX_DEFAULT_STREAM */));
+        CUcontext gctx = NULL;
+        CHECK(cuCtxFromGreenCtx(&gctx, g));
+        EXPECT(gctx != NULL && gctx != ctx, "green context %p, primary %p", (void *)gctx, (void *)ctx);
+        CUdevResource mine;
+        CHECK(cuGreenCtxGetDevResource(g, &mine, 1));
+        EXPECT(mine.sm.smCount == groups[0].sm.smCount, "the green context has %u SMs", mine.sm.smCount);
+        CHECK(cuCtxGetDevResource(gctx, &mine, 1));
+        EXPECT(mine.sm.smCount == groups[0].sm.smCount, "its context has %u SMs", mine.sm.smCount);
+        CHECK(cuCtxGetDevResource(ctx, &mine, 1));
+        EXPECT((int)mine.sm.smCount == sms, "the primary context has %u SMs", mine.sm.smCount);
+
+        /* Memory of the primary context, scaled by 5 on the green
+         * context's default stream and by 2 on a stream of its own. */
+        const unsigned n = 1 << 16;
+        float *host = malloc(n * sizeof(float));
+        for (unsigned i = 0; i < n; i++) host[i] = (float)(i % 1000);
+        CUdeviceptr buf;
+        CHECK(cuMemAlloc(&buf, n * sizeof(float)));
+        CHECK(cuMemcpyHtoD(buf, host, n * sizeof(float)));
+        CHECK(cuCtxPushCurrent(gctx));
+        CUmodule gmod;
+        CUfunction gscale;
+        CHECK(cuModuleLoadData(&gmod, KERNELS_PTX));
+        CHECK(cuModuleGetFunction(&gscale, gmod, "gp_scale"));
+        float factor = 5.0f;
+        int count = (int)n;
+        void *args[] = {&buf, &factor, &count};
+        CHECK(cuLaunchKernel(gscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CUstream gs, other;
+        EXPECT(cuGreenCtxStreamCreate(&other, g, 0, 0) == CUDA_ERROR_INVALID_VALUE, "a blocking green stream");
+        CHECK(cuGreenCtxStreamCreate(&gs, g, 1 /* CU_STREAM_NON_BLOCKING */, 0));
+        CUcontext sctx = NULL;
+        void *sgreen = NULL;
+        CHECK(cuStreamGetCtx_v2(gs, &sctx, &sgreen));
+        EXPECT(sgreen == (void *)g && sctx == ctx, "green stream's contexts %p and %p", (void *)sctx, sgreen);
+        CHECK(cuStreamGetCtx_v2(NULL, &sctx, &sgreen));
+        EXPECT(sgreen == (void *)g && sctx == ctx, "NULL stream's contexts %p and %p", (void *)sctx, sgreen);
+        CUevent done;
+        CHECK(cuEventCreate(&done, 0));
+        CHECK(cuGreenCtxRecordEvent(g, done));
+        CHECK(cuGreenCtxWaitEvent(g, done));
+        CHECK(cuStreamWaitEvent(gs, done, 0));
+        factor = 2.0f;
+        CHECK(cuLaunchKernel(gscale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, gs, args, NULL));
+        CHECK(cuStreamSynchronize(gs));
+        CUdeviceptr kept;
+        CHECK(cuMemAlloc(&kept, 4096));
+        CHECK(cuEventDestroy(done));
+        CHECK(cuStreamDestroy(gs));
+        CHECK(cuModuleUnload(gmod));
+        CUcontext popped = NULL;
+        CHECK(cuCtxPopCurrent(&popped));
+        EXPECT(popped == gctx, "popped %p", (void *)popped);
+        CHECK(cuStreamGetCtx_v2(NULL, &sctx, &sgreen));
+        EXPECT(sgreen == NULL && sctx == ctx, "NULL stream's contexts back home %p and %p", (void *)sctx, sgreen);
+        CHECK(cuMemcpyDtoH(host, buf, n * sizeof(float)));
+        for (unsigned i = 0; i < n; i++)
+            EXPECT(host[i] == 10.0f * (float)(i % 1000), "buf[%u] = %g", i, host[i]);
+        if (getenv("GPUPOOL_SERVER"))
+            EXPECT(cuCtxDestroy(gctx) == CUDA_ERROR_INVALID_CONTEXT, "a green context destroyed as a context");
+        CHECK(cuGreenCtxDestroy(g));
+        /* What was allocated in it is the primary context's. */
+        CHECK(cuMemcpyHtoD(kept, host, 4096));
+        CHECK(cuMemFree(kept));
+        EXPECT(cuCtxFromGreenCtx(&gctx, g) != CUDA_SUCCESS, "a destroyed green context");
+        CHECK(cuMemFree(buf));
+        free(host);
+        printf("OK green %u of %d SMs\n", groups[0].sm.smCount, sms);
     } else if (!strcmp(mode, "logs")) {
         GET(cuLogsCurrent, 12090);
         GET(cuLogsDumpToMemory, 12090);

@@ -112,6 +112,26 @@ fn cuda13_calls_cudart_looks_up() {
     );
 }
 
+/// Green contexts: the server's driver splits the device's SMs; a green
+/// context of one group is a context of the session, running a kernel on
+/// its default stream and on a stream of its own over the primary
+/// context's memory, recording its work in an event; streams name it and
+/// the primary context; what was allocated in it outlives it.
+#[test]
+fn green_contexts_partition_the_devices_sms() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("green");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK green 16 of 132 SMs"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+}
+
 /// The driver's error log, kept in the shim: failed calls (refused by the
 /// shim or failed on the server) reach callbacks and dumps in the driver's
 /// format, the oldest are overwritten past 25,600 bytes, and every message

@@ -27,6 +27,7 @@ mod edges;
 mod functions;
 mod graphedit;
 mod graphs;
+mod green;
 mod hostfns;
 mod hostnodes;
 mod ipc;
@@ -48,6 +49,7 @@ pub use edges::*;
 pub use functions::*;
 pub use graphedit::*;
 pub use graphs::*;
+pub use green::*;
 pub use hostfns::*;
 pub use ipc::*;
 pub use link::*;
@@ -575,6 +577,10 @@ fn forget_context(s: &Shim, ctx: Handle) {
 pub unsafe fn ctx_destroy(ctx: CUcontext) -> CuResult {
     let s = shim()?;
     let h = handle(ctx);
+    if green::green_of(h).is_some() {
+        // A green context goes with cuGreenCtxDestroy.
+        return Err(CuError::INVALID_CONTEXT);
+    }
     let removed = write(&s.contexts).remove(&h);
     if removed.is_none() {
         return Err(CuError::INVALID_CONTEXT);

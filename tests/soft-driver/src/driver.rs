@@ -28,6 +28,7 @@ use crate::texture::{self, ArrayShape, Image, Sampler};
 
 mod conditionals;
 pub mod graphedit;
+pub mod green;
 mod ipc;
 
 use conditionals::{Body, CondNode, CondObj};
@@ -571,6 +572,8 @@ pub struct Driver {
     conditionals: HashMap<u64, CondObj>,
     cond_nodes: HashMap<u64, CondNode>,
     body_of: HashMap<u64, u64>,
+    /// Green contexts and resource descriptors.
+    green: green::Green,
 }
 
 /// Physical memory for `cuMemMap`: a shared-memory file, so that one piece
@@ -865,6 +868,7 @@ impl Driver {
             conditionals: HashMap::new(),
             cond_nodes: HashMap::new(),
             body_of: HashMap::new(),
+            green: green::Green::default(),
         };
         for _ in 0..count {
             let primary_handle = d.handle();
@@ -1037,7 +1041,7 @@ impl Driver {
 
     pub fn ctx_destroy(&mut self, ctx: u64) -> CuResult<()> {
         match self.contexts.get(&ctx) {
-            Some(c) if !c.primary => {
+            Some(c) if !c.primary && !self.is_green_context(ctx) => {
                 self.drop_context(ctx);
                 Ok(())
             }

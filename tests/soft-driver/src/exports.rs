@@ -31,6 +31,7 @@ use crate::tensormap;
 use crate::texture::ArrayShape;
 
 mod graphedit;
+mod green;
 
 pub use crate::result::CUresult;
 

@@ -283,6 +283,11 @@ impl AllocationMap {
         self.map.remove(&base)
     }
 
+    /// The bases of every allocation matching `pred`.
+    pub fn bases_where(&self, mut pred: impl FnMut(&Allocation) -> bool) -> Vec<u64> {
+        self.map.iter().filter(|(_, a)| pred(a)).map(|(b, _)| *b).collect()
+    }
+
     /// Removes every allocation matching `pred`, returning them.
     pub fn remove_where(&mut self, mut pred: impl FnMut(&Allocation) -> bool) -> Vec<Allocation> {
         let bases: Vec<u64> = self.map.iter().filter(|(_, a)| pred(a)).map(|(b, _)| *b).collect();

@@ -132,13 +132,14 @@ pub unsafe fn stream_get_ctx_v2(
         return Err(CuError::INVALID_VALUE);
     }
     let c = stream_ctx(s, stream)?;
+    let (c, g) = super::green::stream_contexts(handle(stream), c, s.context_device(c)?)?;
     if !ctx.is_null() {
         // SAFETY: checked not to be null; the program passes a slot.
         unsafe { out(ctx, as_ptr(c)) }?;
     }
     if !green.is_null() {
         // SAFETY: as above.
-        unsafe { out(green, std::ptr::null_mut()) }?;
+        unsafe { out(green, as_ptr(g)) }?;
     }
     Ok(())
 }
