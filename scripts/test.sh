@@ -46,7 +46,9 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     echo "== PyTorch from PyPI (GPUPOOL_TEST_TORCH=1)"
     venv=target/torch-venv
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q "torch==2.15.0"
+    # cuda-bindings: what torch.cuda.green_contexts drives the driver with.
+    "$venv/bin/python" -c "import torch, cuda.bindings" 2>/dev/null ||
+        "$venv/bin/pip" install -q "torch==2.15.0" "cuda-bindings==13.5.0"
     export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
     # numba's CUDA target and CuPy, in an environment of their own (beside
     # PyTorch they would load numpy into its tests).

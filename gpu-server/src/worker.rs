@@ -470,6 +470,12 @@ impl<'d> Worker<'d> {
             StreamRef::Legacy => Ok(STREAM_LEGACY),
             StreamRef::Handle(h) => match self.tables.streams.get(&h) {
                 Some(c) if *c == ctx => Ok(self.real(h)),
+                // A green context's streams take work from any context of
+                // their device, and a green context's work may go to its
+                // device's other streams (the driver runs it in the
+                // stream's context), as PyTorch uses green streams with
+                // the primary context current.
+                Some(&c) if self.same_device_with_green(c, ctx) => Ok(self.real(h)),
                 _ => Err(INVALID_HANDLE),
             },
             StreamRef::PerThread(t) => {
@@ -487,10 +493,19 @@ impl<'d> Worker<'d> {
         }
     }
 
-    /// Make `ctx` current and resolve the stream.
+    /// Make `ctx` current and resolve the stream; work for a stream of
+    /// another context (a green context's, see [`Worker::stream`]) runs in
+    /// the stream's context, so that one is made current.
     fn enter(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<Ptr> {
         self.make_current(ctx)?;
-        self.stream(ctx, s)
+        let p = self.stream(ctx, s)?;
+        if let StreamRef::Handle(h) = s {
+            match self.tables.streams.get(&h) {
+                Some(&owner) if owner != ctx => self.make_current(owner)?,
+                _ => {}
+            }
+        }
+        Ok(p)
     }
 
     fn execute<R: Read, W: Write>(

@@ -1935,14 +1935,16 @@ int main(int argc, char **argv) {
         CUdeviceptr kept;
         CHECK(cuMemAlloc(&kept, 4096));
         CHECK(cuEventDestroy(done));
-        CHECK(cuStreamDestroy(gs));
         CHECK(cuModuleUnload(gmod));
         CUcontext popped = NULL;
         CHECK(cuCtxPopCurrent(&popped));
         EXPECT(popped == gctx, "popped %p", (void *)popped);
         CHECK(cuStreamGetCtx_v2(NULL, &sctx, &sgreen));
         EXPECT(sgreen == NULL && sctx == ctx, "NULL stream's contexts back home %p and %p", (void *)sctx, sgreen);
-        CHECK(cuMemcpyDtoH(host, buf, n * sizeof(float)));
+        /* A green stream takes work with the primary context current. */
+        CHECK(cuMemcpyDtoHAsync(host, buf, n * sizeof(float), gs));
+        CHECK(cuStreamSynchronize(gs));
+        CHECK(cuStreamDestroy(gs));
         for (unsigned i = 0; i < n; i++)
             EXPECT(host[i] == 10.0f * (float)(i % 1000), "buf[%u] = %g", i, host[i]);
         if (getenv("GPUPOOL_SERVER"))

@@ -649,6 +649,45 @@ print("jiterator", tuple(double(x).shape))
     assert!(stdout.contains("jiterator (256, 256)"), "{}", context());
 }
 
+/// `torch.cuda.green_contexts` (driving the driver through cuda-bindings):
+/// a green context of 16 SMs, made of the server driver's split of the
+/// device, runs a stream of its own and its default stream; tensors copied
+/// there and back keep their values (copies compute on the software
+/// driver; PyTorch's kernels are skipped, so nothing else is checked), and
+/// the stream names the green context as its own.
+#[test]
+fn pytorch_green_context_runs_through_gpupool() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+from cuda.bindings import driver
+from torch.cuda.green_contexts import GreenContext
+host = torch.arange(1 << 16, dtype=torch.float32)
+x = host.cuda()
+g = GreenContext(num_sms=16)
+s = g.Stream()
+with torch.cuda.stream(s):
+    y = x.clone()
+    back = y.cpu()
+s.synchronize()
+err, ctx, green = driver.cuStreamGetCtx_v2(s.cuda_stream)
+print("stream green", int(green) == int(g._green_ctx), int(ctx) != int(g._context))
+err, res = driver.cuGreenCtxGetDevResource(g._green_ctx, driver.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM)
+print("sms", res.sm.smCount)
+print("copied", torch.equal(back, host))
+del s, g
+torch.cuda.synchronize()
+print("done")
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok && stdout.contains("done"), "{}", context());
+    assert!(stdout.contains("stream green True True"), "{}", context());
+    assert!(stdout.contains("sms 16"), "{}", context());
+    assert!(stdout.contains("copied True"), "{}", context());
+}
+
 /// CuPy (`cupy-cuda13x`, installed with numba): a `RawKernel` compiled by NVRTC on the client loads and runs
 /// on the server, with its result checked; the kernel is one the software
 /// driver knows by name, so it computes.

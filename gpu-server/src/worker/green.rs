@@ -169,6 +169,13 @@ impl Worker<'_> {
         Ok(Reply::Pair(handle(green) as i64, handle(ctx) as i64))
     }
 
+    /// Whether two contexts of the session are of one device and one of
+    /// them is a green context's.
+    pub(super) fn same_device_with_green(&self, a: Handle, b: Handle) -> bool {
+        let device = |c| self.tables.contexts.get(&c).copied();
+        device(a).is_some() && device(a) == device(b) && (self.green_of(a).is_some() || self.green_of(b).is_some())
+    }
+
     /// The green context a context of the session is, if it is one.
     pub(super) fn green_of(&self, ctx: Handle) -> Option<Handle> {
         self.tables.greens.iter().find(|(_, c)| **c == ctx).map(|(g, _)| *g)
