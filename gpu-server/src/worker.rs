@@ -146,6 +146,11 @@ pub struct Worker<'d> {
     /// is destroyed.
     linked: HashMap<Handle, (Ptr, usize)>,
     current: Option<Handle>,
+    /// The context the request being handled runs its work in, when that
+    /// is its stream's rather than the one it names (a green context's
+    /// stream): a streamed error is kept for it, where a synchronisation
+    /// of that stream looks.
+    work_ctx: Option<Handle>,
     staging: Vec<Staging>,
     next_staging: usize,
     max_frame: u64,
@@ -225,6 +230,7 @@ impl<'d> Worker<'d> {
             layouts: HashMap::new(),
             linked: HashMap::new(),
             current: None,
+            work_ctx: None,
             staging: Vec::new(),
             next_staging: 0,
             max_frame,
@@ -440,6 +446,7 @@ impl<'d> Worker<'d> {
 
     /// Keep a streamed call's error for its context.
     fn keep(&mut self, ctx: Handle, status: Status) {
+        let ctx = self.work_ctx.take().unwrap_or(ctx);
         self.kept.entry(ctx).or_insert(status);
     }
 
@@ -501,7 +508,10 @@ impl<'d> Worker<'d> {
         let p = self.stream(ctx, s)?;
         if let StreamRef::Handle(h) = s {
             match self.tables.streams.get(&h) {
-                Some(&owner) if owner != ctx => self.make_current(owner)?,
+                Some(&owner) if owner != ctx => {
+                    self.make_current(owner)?;
+                    self.work_ctx = Some(owner);
+                }
                 _ => {}
             }
         }
@@ -516,6 +526,7 @@ impl<'d> Worker<'d> {
         writer: &mut W,
     ) -> Result<Option<Reply>, ProtoError> {
         let wants = header.wants_reply();
+        self.work_ctx = None;
         // Requests that carry bulk data read it themselves; any other bulk is
         // a protocol violation.
         let carries_bulk = matches!(

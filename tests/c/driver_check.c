@@ -52,10 +52,13 @@
  *                          (once, also when a callback's own call fails), dumped
  *                          to memory from an iterator and to FILE, the oldest
  *                          messages overwritten past the log's capacity
- *   driver_check green     green contexts: the device's SMs split, a green context
- *                          of one group running a kernel on its default stream
- *                          and on a stream of its own over memory of the primary
- *                          context, its events, its resource and streams' contexts
+ *   driver_check green [fault]  green contexts: the device's SMs split, a green
+ *                          context of one group running a kernel on its default
+ *                          stream and on a stream of its own over memory of the
+ *                          primary context, its events, its resource and streams'
+ *                          contexts; with `fault`, a kernel faulting on a green
+ *                          stream with the primary context current is reported
+ *                          by that stream's synchronisation
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -1956,6 +1959,28 @@ int main(int argc, char **argv) {
         EXPECT(cuCtxFromGreenCtx(&gctx, g) != CUDA_SUCCESS, "a destroyed green context");
         CHECK(cuMemFree(buf));
         free(host);
+        if (argc > 2 && !strcmp(argv[2], "fault")) {
+            CUgreenCtx g2;
+            CUcontext g2ctx;
+            CUstream fs;
+            CUmodule fmod;
+            CUfunction gfault;
+            CHECK(cuGreenCtxCreate(&g2, desc, dev, 1));
+            CHECK(cuCtxFromGreenCtx(&g2ctx, g2));
+            CHECK(cuGreenCtxStreamCreate(&fs, g2, 1, 0));
+            CHECK(cuCtxPushCurrent(g2ctx));
+            CHECK(cuModuleLoadData(&fmod, KERNELS_PTX));
+            CHECK(cuModuleGetFunction(&gfault, fmod, "gp_fault"));
+            CUdeviceptr p;
+            CHECK(cuMemAlloc(&p, 4096));
+            CHECK(cuCtxPopCurrent(NULL));
+            void *fargs[] = {&p};
+            CHECK(cuLaunchKernel(gfault, 1, 1, 1, 1, 1, 1, 0, fs, fargs, NULL));
+            CUresult r = cuStreamSynchronize(fs);
+            EXPECT(r == CUDA_ERROR_ILLEGAL_ADDRESS, "the green stream's synchronisation returned %d", r);
+            printf("OK green fault reported: %d\n", r);
+            return 0;
+        }
         printf("OK green %u of %d SMs\n", groups[0].sm.smCount, sms);
     } else if (!strcmp(mode, "logs")) {
         GET(cuLogsCurrent, 12090);

@@ -130,6 +130,19 @@ fn green_contexts_partition_the_devices_sms() {
         "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
         server.log()
     );
+    // A fault on a green stream, launched with the primary context
+    // current, is kept for the stream's context and reported by its
+    // synchronisation.
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.args(["green", "fault"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK green fault reported: 700"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
 }
 
 /// The driver's error log, kept in the shim: failed calls (refused by the
