@@ -136,6 +136,15 @@ fn nvcc_programs_run_with_static_and_shared_cudart() {
                 "{} (shared={shared}): {out}",
                 version_of(home)
             );
+            // Green contexts (execution contexts of CUDA 13.1 runtimes).
+            let out = run(home, &program, &server, &["green"]);
+            let minor = version_of(home).split('.').nth(1).and_then(|m| m.parse::<u32>().ok());
+            let want = if minor.is_some_and(|m| m >= 1) {
+                "OK cudart green 16 SMs"
+            } else {
+                "OK cudart green: not in this runtime"
+            };
+            assert!(out.contains(want), "{} (shared={shared}): {out}", version_of(home));
             // cudaIpc* between two processes (two sessions of the server).
             let out = run(home, &program, &server, &["ipc"]);
             assert!(

@@ -3662,7 +3662,7 @@ impl Driver {
     pub fn ctx_record_event(&mut self, ctx: u64, event: u64) -> CuResult<()> {
         self.healthy(ctx)?;
         let ev_ctx = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
-        if ev_ctx != ctx {
+        if !self.events_may_cross(ev_ctx, ctx) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         if self.streams.values().any(|s| s.ctx == ctx && s.capture.is_some()) {
@@ -3913,7 +3913,7 @@ impl Driver {
     pub fn event_record(&mut self, event: u64, stream: u64) -> CuResult<()> {
         let ev_ctx = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
         let ctx = self.stream_ctx(stream)?;
-        if ctx != ev_ctx {
+        if !self.events_may_cross(ev_ctx, ctx) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         let origin = self.capture_origin(stream);

@@ -181,6 +181,7 @@ impl Driver {
     pub fn green_create(&mut self, desc: u64, dev: i32, flags: u32) -> CuResult<u64> {
         let device = self.device(dev)?;
         let (desc_device, runs) = self.green.descs.get(&desc).cloned().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // CUDA 13.0 requires the default stream (13.1 also takes none).
         if flags != GREEN_CTX_DEFAULT_STREAM {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -223,6 +224,17 @@ impl Driver {
             set_current(0);
         }
         self.primary_release(device as i32)
+    }
+
+    /// Whether an event of context `a` may record work of context `b`:
+    /// the same context, or contexts of one device one of which is a green
+    /// context's (an event made with the primary context current records a
+    /// green context's work, as cudart's `cudaExecutionCtxRecordEvent` and
+    /// PyTorch's green streams use it).
+    pub fn events_may_cross(&self, a: u64, b: u64) -> bool {
+        let device = |c| self.contexts.get(&c).map(|c| c.device);
+        a == b
+            || (device(a).is_some() && device(a) == device(b) && (self.is_green_context(a) || self.is_green_context(b)))
     }
 
     /// Whether a context is a green context's (cuCtxDestroy refuses it).
