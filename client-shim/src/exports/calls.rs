@@ -1993,6 +1993,15 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
         },
         &[],
     )?;
+    // SAFETY: stream was checked for null; the caller passes a writable slot.
+    unsafe { file_stream(s, stream, id, ctx, flags, priority) }
+}
+
+/// File a stream the server was asked to make and hand its name out.
+///
+/// # Safety
+/// `stream` is a writable, non-NULL slot.
+unsafe fn file_stream(s: &Shim, stream: *mut CUstream, id: Handle, ctx: Handle, flags: u32, priority: i32) -> CuResult {
     // The driver clamps a priority to the range it reports (0 to -5).
     let info = state::StreamInfo {
         ctx,
@@ -2000,7 +2009,6 @@ unsafe fn create_stream(stream: *mut CUstream, flags: u32, priority: i32) -> CuR
         priority: priority.clamp(-5, 0),
     };
     write(&s.streams).insert(id, info);
-    // SAFETY: stream was checked for null; the caller passes a writable slot.
     unsafe { out(stream, as_ptr(id)) }
 }
 

@@ -3690,6 +3690,11 @@ impl Driver {
         if flags & !1 != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        Ok(self.new_stream(ctx))
+    }
+
+    /// A new stream of `ctx`.
+    fn new_stream(&mut self, ctx: u64) -> u64 {
         let h = self.handle();
         self.streams.insert(
             h,
@@ -3699,7 +3704,7 @@ impl Driver {
                 joined: None,
             },
         );
-        Ok(h)
+        h
     }
 
     pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {

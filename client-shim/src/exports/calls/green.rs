@@ -268,14 +268,8 @@ pub unsafe fn green_ctx_stream_create(stream: *mut CUstream, g: *mut c_void, fla
         id,
     };
     s.remote.post(&req, &[])?;
-    let info = state::StreamInfo {
-        ctx,
-        flags,
-        priority: priority.clamp(-5, 0),
-    };
-    write(&s.streams).insert(id, info);
     // SAFETY: checked not to be null.
-    unsafe { out(stream, as_ptr(id)) }
+    unsafe { super::file_stream(s, stream, id, ctx, flags, priority) }
 }
 
 pub unsafe fn green_ctx_record_event(g: *mut c_void, event: CUevent) -> CuResult {

@@ -248,15 +248,6 @@ impl Driver {
         if flags != STREAM_NON_BLOCKING {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = self.handle();
-        self.streams.insert(
-            h,
-            StreamObj {
-                ctx,
-                capture: None,
-                joined: None,
-            },
-        );
-        Ok(h)
+        Ok(self.new_stream(ctx))
     }
 }
