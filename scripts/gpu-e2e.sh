@@ -44,7 +44,7 @@ native() { "$WORK/driver_check" "$@"; }
 
 status=0
 printf "%-12s %-8s %-8s %s\n" mode native remote same-output
-for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools vmm arrays managed graph ipc hostnodes vmm-ipc; do
+for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools vmm arrays managed graph ipc hostnodes vmm-ipc green; do
     n=$(native $mode 2>&1) && nr=ok || nr=fail
     r=$(remote $mode 2>&1) && rr=ok || rr=fail
     same=no; [ "$(grep -v '^device' <<<"$n" | grep OK)" = "$(grep -v '^device' <<<"$r" | grep OK)" ] && same=yes
@@ -79,6 +79,8 @@ if command -v nvcc >/dev/null 2>&1; then
     cuda_run cudart_check-static conditional
     cuda_run cudart_check-shared conditional
     cuda_run cudart_check-static ipc
+    # Green contexts through cudart's execution contexts (CUDA 13.1 and later).
+    cuda_run cudart_check-shared green
     cuda_case sgemm_check-static -lcublas
 else
     echo "== no nvcc: runtime-API programs skipped"
