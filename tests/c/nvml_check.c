@@ -152,6 +152,7 @@ int main(int argc, char **argv) {
          (nvmlDevice_t, unsigned *, nvmlProcessInfo_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkState, (nvmlDevice_t, unsigned, int *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetGpuFabricInfoV, (nvmlDevice_t, void *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetP2PStatus, (nvmlDevice_t, nvmlDevice_t, unsigned, unsigned *));
 
     /* Before nvmlInit: everything is refused as uninitialised. */
     unsigned count = 12345;
@@ -350,6 +351,16 @@ int main(int argc, char **argv) {
            "fabric state %u status %d", fabric.state, fabric.status);
     fabric.version = (unsigned)sizeof fabric | (1u << 24);
     NV(NVML_ERROR_ARGUMENT_VERSION_MISMATCH, nvmlDeviceGetGpuFabricInfoV(h, &fabric));
+    /* Peer-to-peer: a GPU and itself, every capability (NCCL asks at
+     * start-up); no link to another is offered. */
+    for (unsigned cap = 0; cap <= 5; cap++) {
+        unsigned p2p = 99;
+        NV(NVML_SUCCESS, nvmlDeviceGetP2PStatus(h, h, cap, &p2p));
+        EXPECT(p2p == 0, "P2P status of a GPU and itself, capability %u: %u", cap, p2p);
+    }
+    unsigned p2p = 0;
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetP2PStatus(h, h, 6, &p2p));
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetP2PStatus(h, h, 0, NULL));
     EXPECT(strcmp(nvmlErrorString(NVML_ERROR_INVALID_ARGUMENT), "Invalid Argument") == 0, "error string \"%s\"",
            nvmlErrorString(NVML_ERROR_INVALID_ARGUMENT));
     printf("OK error paths\n");

@@ -156,6 +156,58 @@ fn nvcc_programs_run_with_static_and_shared_cudart() {
     }
 }
 
+/// Relocatable device code (`nvcc -rdc=true`, two files): cudart registers
+/// it with a version 2 wrapper. A SASS build carries its device-linked code;
+/// a PTX-only build carries an empty linked fat binary, and the objects are
+/// linked by the server's driver at load, as the driver does natively.
+#[test]
+fn relocatable_device_code_runs_through_gpupool() {
+    let homes = cuda_homes();
+    if homes.is_empty() {
+        return;
+    }
+    let server = Server::start();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+    for home in &homes {
+        for (label, arch, shared) in [
+            ("sass", "arch=compute_90,code=sm_90", false),
+            ("ptx", "arch=compute_90,code=compute_90", false),
+            ("ptx-shared", "arch=compute_90,code=compute_90", true),
+        ] {
+            let out = scratch_dir().join(format!("rdc_check-{}-{label}", version_of(home)));
+            let bin = home.join("bin");
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+            let built = Command::new(bin.join("nvcc"))
+                .env("PATH", path)
+                .args([
+                    "-rdc=true",
+                    "-gencode",
+                    arch,
+                    "-cudart",
+                    if shared { "shared" } else { "static" },
+                    "-o",
+                ])
+                .arg(&out)
+                .arg(dir.join("rdc_check.cu"))
+                .arg(dir.join("rdc_part.cu"))
+                .arg(format!("-L{}", home.join("lib").display()))
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
+            assert!(
+                built.status.success(),
+                "nvcc -rdc failed: {}",
+                String::from_utf8_lossy(&built.stderr)
+            );
+            let stdout = run(home, &out, &server, &[]);
+            assert!(
+                stdout.contains("OK rdc n=4096"),
+                "{} ({label}): {stdout}",
+                version_of(home)
+            );
+        }
+    }
+}
+
 #[test]
 fn cudart_reports_a_kernel_fault_at_the_next_synchronise() {
     let homes = cuda_homes();

@@ -40,14 +40,6 @@ pub enum Error {
     #[error("{what} declares {size} bytes, more than the limit of {limit} bytes")]
     TooLarge { what: &'static str, size: u64, limit: u64 },
 
-    /// A fat-binary wrapper of version 2: its second pointer is an array of
-    /// prelinked fat binaries (relocatable device code), which is not handled.
-    #[error(
-        "fat-binary wrapper version 2 (an array of prelinked fat binaries from relocatable device code) \
-         is not supported; only version 1 (one fat binary) is"
-    )]
-    PrelinkedWrapper,
-
     /// The wrapper holds only pointers: the fat binary it points to has to
     /// be read from memory first.
     #[error("a fat-binary wrapper only points at a fat binary; pass the fat binary it points to instead")]

@@ -44,16 +44,21 @@ pub const MAX_PAYLOAD_LEN: u64 = 1 << 30;
 /// A fat-binary wrapper as cudart passes it to `__cudaRegisterFatBinary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wrapper {
-    /// 1: `data` points at a fat binary.
+    /// 1: `data` points at a fat binary; 2: at the device-linked fat
+    /// binary of relocatable device code.
     pub version: u32,
     /// Address of the fat binary in the process that holds it.
     pub data: u64,
-    /// Address of a file name (version 1), unused by the driver.
+    /// Address of a file name (version 1), unused by the driver; in
+    /// version 2 the address of the array of prelinked fat binaries.
     pub filename_or_fatbins: u64,
 }
 
-/// Reads a wrapper. Version 2 (prelinked fat binaries) is refused with
-/// [`Error::PrelinkedWrapper`]; the caller follows `data` itself.
+/// Reads a wrapper; the caller follows its pointers itself. In version 2
+/// (relocatable device code, `nvcc -rdc`), `data` is the device-linked fat
+/// binary and `filename_or_fatbins` a NULL-terminated array of the
+/// objects' own fat binaries, which a driver links itself when the linked
+/// one holds no code for its GPU (PTX-only builds leave it empty).
 pub fn parse_wrapper(bytes: &[u8]) -> Result<Wrapper, Error> {
     const WHAT: &str = "fat-binary wrapper";
     let magic = u32_at(bytes, 0, WHAT)?;
@@ -68,16 +73,15 @@ pub fn parse_wrapper(bytes: &[u8]) -> Result<Wrapper, Error> {
     let data = u64_at(bytes, 8, WHAT)?;
     let filename_or_fatbins = u64_at(bytes, 16, WHAT)?;
     match version {
-        1 => Ok(Wrapper {
+        1 | 2 => Ok(Wrapper {
             version,
             data,
             filename_or_fatbins,
         }),
-        2 => Err(Error::PrelinkedWrapper),
         v => Err(Error::BadField {
             field: "fat-binary wrapper version",
             found: v.into(),
-            expected: "1 (or 2, prelinked, which is not supported)",
+            expected: "1 or 2",
         }),
     }
 }
@@ -311,6 +315,19 @@ impl FatBinary<'_> {
     /// Whether it has no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether a device of compute capability `major.minor` can run some
+    /// entry: PTX of that architecture or an earlier one (the driver
+    /// compiles it), or an ELF of the same major version and a minor one
+    /// no later than the device's.
+    pub fn runs_on(&self, major: u32, minor: u32) -> bool {
+        let device = major * 10 + minor;
+        self.entries.iter().any(|e| match e.kind {
+            EntryKind::Ptx => e.sm_arch <= device,
+            EntryKind::Elf => e.sm_arch / 10 == major && e.sm_arch % 10 <= minor,
+            EntryKind::Other(_) => false,
+        })
     }
 }
 

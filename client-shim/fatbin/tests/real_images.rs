@@ -120,6 +120,12 @@ fn fat_binary_entries() {
         assert_eq!(e.compression(), Ok(Compression::Zstd));
         assert_eq!(e.payload().unwrap().len() as u64, e.uncompressed_size);
     }
+    // sm_80 and sm_90 code and compute_90 PTX: runs on 8.x from 8.0 and
+    // on anything from 9.0, not on 7.5.
+    assert!(zstd.runs_on(8, 0) && zstd.runs_on(8, 6) && zstd.runs_on(9, 0) && zstd.runs_on(12, 0));
+    assert!(!zstd.runs_on(7, 5));
+    // sm_90 code and compute_90 PTX: not on 8.6.
+    assert!(plain.runs_on(9, 0) && plain.runs_on(10, 0) && !plain.runs_on(8, 6));
     let lz4 = parse_fatbin(LZ4).unwrap();
     assert_eq!(lz4.entries.len(), 1);
     assert_eq!(lz4.entries[0].compression(), Ok(Compression::Lz4));
@@ -186,9 +192,19 @@ fn wrapper() {
         })
     );
     assert_eq!(kernels(&w), Err(Error::WrapperNotImage));
+    // Version 2 (relocatable device code): `data` is the device-linked fat
+    // binary, the second pointer the objects' own.
     w[4] = 2;
-    assert_eq!(parse_wrapper(&w), Err(Error::PrelinkedWrapper));
-    assert_eq!(required_len(&w), Err(Error::PrelinkedWrapper));
+    w[16..24].copy_from_slice(&0x7f00_0000_1000u64.to_le_bytes());
+    assert_eq!(
+        parse_wrapper(&w),
+        Ok(Wrapper {
+            version: 2,
+            data: 0x7f00_1234_5678,
+            filename_or_fatbins: 0x7f00_0000_1000
+        })
+    );
+    assert_eq!(required_len(&w), Ok(LenQuery::Exact(WRAPPER_LEN)));
     w[4] = 3;
     assert!(matches!(parse_wrapper(&w), Err(Error::BadField { .. })));
 }

@@ -372,6 +372,39 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_
 
 /// The device file number has no meaning on a machine without the GPU; the
 /// index stands in for it.
+/// `NVML_P2P_CAPS_INDEX_READ` .. `NVML_P2P_CAPS_INDEX_UNKNOWN`.
+const P2P_CAPS_INDICES: std::ops::RangeInclusive<c_uint> = 0..=5;
+/// `NVML_P2P_STATUS_OK`, `NVML_P2P_STATUS_NOT_SUPPORTED`.
+const P2P_STATUS_OK: c_uint = 0;
+const P2P_STATUS_NOT_SUPPORTED: c_uint = 5;
+
+/// No link between the GPUs a program has through gpupool is offered (as
+/// `cuDeviceCanAccessPeer` answers): each pair of GPUs answers
+/// `NVML_P2P_STATUS_NOT_SUPPORTED` for every capability, a GPU and itself
+/// `NVML_P2P_STATUS_OK`. NCCL asks it of every pair at start-up.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
+    device1: nvmlDevice_t,
+    device2: nvmlDevice_t,
+    index: c_uint,
+    status: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetP2PStatus", || {
+        let (_, a) = self::device(device1)?;
+        let (_, b) = self::device(device2)?;
+        if !P2P_CAPS_INDICES.contains(&index) {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let answer = if a.index == b.index {
+            P2P_STATUS_OK
+        } else {
+            P2P_STATUS_NOT_SUPPORTED
+        };
+        // SAFETY: `status` is the caller's, NULL-checked by `out`.
+        unsafe { out(status, answer) }
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor: *mut c_uint) -> nvmlReturn_t {
     guard("nvmlDeviceGetMinorNumber", || {
@@ -754,7 +787,6 @@ not_supported! {
     nvmlDeviceGetTopologyCommonAncestor,
     nvmlDeviceGetTopologyNearestGpus,
     nvmlSystemGetTopologyGpuSet,
-    nvmlDeviceGetP2PStatus,
     nvmlDeviceGetCpuAffinity,
     nvmlDeviceGetCpuAffinityWithinScope,
     nvmlDeviceGetMemoryAffinity,

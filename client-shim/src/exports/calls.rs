@@ -707,44 +707,108 @@ pub unsafe fn ctx_get_stream_priority_range(least: *mut i32, greatest: *mut i32)
 /// The bytes of the code image at `image`: PTX text, a cubin, a fat binary,
 /// or a fat-binary wrapper (followed to its fat binary). The image's own
 /// headers say how long it is (`gpupool_fatbin::required_len`); the shim
-/// reads no further than they say.
-unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
+/// reads no further than they say. The wrapper of relocatable device code
+/// (version 2) whose linked fat binary holds nothing the GPU can run (a
+/// PTX-only `nvcc -rdc` build) has its objects linked by the server's
+/// driver, as the driver does at load: the linked image is answered.
+unsafe fn image_bytes<'a>(image: *const c_void) -> CuResult<std::borrow::Cow<'a, [u8]>> {
     let mut p = image.cast::<u8>();
     for _hop in 0..2 {
-        if p.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
-        let mut have = 1usize;
-        let len = loop {
-            // SAFETY: `have` bytes were vouched for by the image's headers
-            // read so far (one byte to start: every image has one).
-            let prefix = unsafe { std::slice::from_raw_parts(p, have) };
-            match gpupool_fatbin::required_len(prefix) {
-                Ok(LenQuery::NeedAtLeast(n)) if (n as usize) > have => have = n as usize,
-                Ok(LenQuery::Exact(n)) => break n as usize,
-                Ok(LenQuery::NulTerminated) => {
-                    // SAFETY: PTX images are NUL-terminated strings.
-                    break unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
-                }
-                Ok(LenQuery::NeedAtLeast(_)) => return Err(CuError::INVALID_IMAGE),
-                Err(e) => {
-                    tracing::warn!("not a code image gpupool can read: {e}");
-                    return Err(CuError::INVALID_IMAGE);
-                }
-            }
-        };
-        // SAFETY: the image's headers say it occupies `len` bytes from p.
-        let bytes = unsafe { std::slice::from_raw_parts(p, len) };
+        // SAFETY: the caller passes an image (checked for NULL there).
+        let bytes = unsafe { measured_image(p) }?;
         if gpupool_fatbin::detect(bytes) != Ok(ImageKind::Wrapper) {
-            return Ok(bytes);
+            return Ok(bytes.into());
         }
         let wrapper = gpupool_fatbin::parse_wrapper(bytes).map_err(|e| {
             tracing::warn!("fat-binary wrapper refused: {e}");
             CuError::INVALID_IMAGE
         })?;
         p = wrapper.data as usize as *const u8;
+        if wrapper.version == 2 && wrapper.filename_or_fatbins != 0 {
+            // SAFETY: a version 2 wrapper's data is the linked fat binary.
+            let linked = unsafe { measured_image(p) }?;
+            if runs_here(linked)? {
+                return Ok(linked.into());
+            }
+            // SAFETY: its second pointer is the NULL-terminated array of
+            // the objects' fat binaries.
+            let objects = unsafe { prelinked_objects(wrapper.filename_or_fatbins as usize as *const *const u8) }?;
+            let s = shim()?;
+            let ctx = match state::current() {
+                Some((c, _)) => c,
+                None => primary_context(0)?,
+            };
+            return link::link_objects(s, ctx, &objects).map(Into::into);
+        }
     }
     // A wrapper pointing at a wrapper.
+    Err(CuError::INVALID_IMAGE)
+}
+
+/// The image at `p`, as long as its headers say.
+///
+/// # Safety
+/// `p` is NULL or the start of a code image.
+unsafe fn measured_image<'a>(p: *const u8) -> CuResult<&'a [u8]> {
+    if p.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let mut have = 1usize;
+    let len = loop {
+        // SAFETY: `have` bytes were vouched for by the image's headers
+        // read so far (one byte to start: every image has one).
+        let prefix = unsafe { std::slice::from_raw_parts(p, have) };
+        match gpupool_fatbin::required_len(prefix) {
+            Ok(LenQuery::NeedAtLeast(n)) if (n as usize) > have => have = n as usize,
+            Ok(LenQuery::Exact(n)) => break n as usize,
+            Ok(LenQuery::NulTerminated) => {
+                // SAFETY: PTX images are NUL-terminated strings.
+                break unsafe { CStr::from_ptr(p.cast()) }.to_bytes_with_nul().len();
+            }
+            Ok(LenQuery::NeedAtLeast(_)) => return Err(CuError::INVALID_IMAGE),
+            Err(e) => {
+                tracing::warn!("not a code image gpupool can read: {e}");
+                return Err(CuError::INVALID_IMAGE);
+            }
+        }
+    };
+    // SAFETY: the image's headers say it occupies `len` bytes from p.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Whether the device-linked fat binary of relocatable device code holds
+/// code the session's GPU (of the current context, else device 0) runs.
+fn runs_here(linked: &[u8]) -> CuResult<bool> {
+    let s = shim()?;
+    let device = state::current().map_or(0, |(_, d)| d);
+    let major = s.attribute(device, 75)? as u32;
+    let minor = s.attribute(device, 76)? as u32;
+    let fatbin = gpupool_fatbin::parse_fatbin(linked).map_err(|e| {
+        tracing::warn!("the linked fat binary of relocatable device code is unreadable: {e}");
+        CuError::INVALID_IMAGE
+    })?;
+    Ok(fatbin.runs_on(major, minor))
+}
+
+/// The most objects one program's relocatable device code may hold.
+const MOST_PRELINKED: usize = 4096;
+
+/// The objects' fat binaries of relocatable device code.
+///
+/// # Safety
+/// `array` is a NULL-terminated array of pointers to fat binaries.
+unsafe fn prelinked_objects<'a>(array: *const *const u8) -> CuResult<Vec<&'a [u8]>> {
+    let mut objects = Vec::new();
+    for i in 0..MOST_PRELINKED {
+        // SAFETY: the array holds pointers up to its NULL.
+        let p = unsafe { array.add(i).read() };
+        if p.is_null() {
+            return Ok(objects);
+        }
+        // SAFETY: each is a fat binary.
+        objects.push(unsafe { measured_image(p) }?);
+    }
+    tracing::warn!("relocatable device code of more than {MOST_PRELINKED} objects is refused");
     Err(CuError::INVALID_IMAGE)
 }
 
@@ -755,8 +819,8 @@ pub(super) unsafe fn load_module(module: *mut CUmodule, image: *const c_void) ->
         return Err(CuError::INVALID_VALUE);
     }
     let bytes = unsafe { image_bytes(image)? };
-    let h = ship_image(s, bytes, |sha256| Request::ModuleLoad { ctx, sha256 })?;
-    functions::loaded_module(s, h, bytes);
+    let h = ship_image(s, &bytes, |sha256| Request::ModuleLoad { ctx, sha256 })?;
+    functions::loaded_module(s, h, &bytes);
     unsafe { out(module, as_ptr(h)) }
 }
 
@@ -1175,7 +1239,7 @@ pub unsafe fn library_load_data(
         return Err(CuError::INVALID_VALUE);
     }
     let bytes = unsafe { image_bytes(code)? };
-    let kernels = image_kernels(bytes).map(|k| k.into_iter().collect());
+    let kernels = image_kernels(&bytes).map(|k| k.into_iter().collect());
     let lib = Arc::new(state::LazyLibrary {
         image: bytes.to_vec(),
         kernels,

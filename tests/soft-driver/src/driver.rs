@@ -2296,23 +2296,33 @@ impl Driver {
 
     /// `cuLinkAddData`: PTX text (checked by parsing it now, as the driver
     /// compiles it now), or a cubin or fat binary when it is the only input.
+    /// A fat binary holding PTX (an object of relocatable device code)
+    /// takes part as that PTX; one holding only ELF code (a relocatable
+    /// library such as the device runtime's), which the double cannot link,
+    /// takes part only as the sole input.
     pub fn link_add_data(&mut self, link: u64, kind: u32, data: &[u8]) -> CuResult<()> {
         self.active_ctx()?;
         let (inputs, out) = self.links.get_mut(&link).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         if out.is_some() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        match kind {
+        let input = match kind {
             JIT_INPUT_PTX => {
                 crate::image::load(data).map_err(|_| CUDA_ERROR_INVALID_PTX)?;
+                data.to_vec()
             }
-            JIT_INPUT_CUBIN | JIT_INPUT_FATBINARY => {
+            JIT_INPUT_FATBINARY => match crate::image::fatbin_ptx(data)? {
+                Some(ptx) => ptx,
+                None => data.to_vec(),
+            },
+            JIT_INPUT_CUBIN => {
                 crate::image::load(data)?;
+                data.to_vec()
             }
             // Objects, libraries and NVVM IR are not modelled.
             _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
-        }
-        inputs.push(data.to_vec());
+        };
+        inputs.push(input);
         Ok(())
     }
 
@@ -2323,14 +2333,25 @@ impl Driver {
         self.active_ctx()?;
         let (inputs, out) = self.links.get_mut(&link).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         if out.is_none() {
-            let image = match inputs.as_slice() {
+            let is_ptx = |input: &[u8]| {
+                let body = input.split(|&b| b == 0).next().unwrap_or_default();
+                gpupool_fatbin::detect(body).ok() == Some(gpupool_fatbin::ImageKind::Ptx)
+            };
+            let elf_library =
+                |input: &[u8]| gpupool_fatbin::detect(input).ok() == Some(gpupool_fatbin::ImageKind::FatBinary);
+            // Libraries of ELF code only take no part beside PTX.
+            let ptx: Vec<&Vec<u8>> = inputs
+                .iter()
+                .filter(|i| !(elf_library(i) && inputs.iter().any(|j| is_ptx(j))))
+                .collect();
+            let image = match ptx.as_slice() {
                 [] => return Err(CUDA_ERROR_INVALID_VALUE),
-                [one] => one.clone(),
+                [one] => (*one).clone(),
                 many => {
                     let mut text = Vec::new();
                     for (i, input) in many.iter().enumerate() {
                         let body = input.split(|&b| b == 0).next().unwrap_or_default();
-                        if gpupool_fatbin::detect(body).ok() != Some(gpupool_fatbin::ImageKind::Ptx) {
+                        if !is_ptx(input) {
                             return Err(CUDA_ERROR_NOT_SUPPORTED);
                         }
                         for line in body.split(|&b| b == b'\n') {

@@ -118,6 +118,23 @@ fn natural_align(offset: u32, size: u32) -> usize {
 }
 
 /// A module from the best entry of a fat binary (or of several back to back).
+/// The newest PTX text of a fat binary the device can compile (checked by
+/// parsing it), for the JIT linker; `None` when it holds no PTX.
+pub fn fatbin_ptx(image: &[u8]) -> CuResult<Option<Vec<u8>>> {
+    let all = fatbin::parse_fatbins(image).map_err(|e| refuse(CUDA_ERROR_INVALID_IMAGE, e))?;
+    let newest = all
+        .iter()
+        .flat_map(|f| f.entries.iter())
+        .filter(|e| e.kind == EntryKind::Ptx && e.sm_arch <= DEVICE_SM)
+        .max_by_key(|e| e.sm_arch);
+    let Some(entry) = newest else { return Ok(None) };
+    let text = entry.payload().map_err(|e| refuse(CUDA_ERROR_INVALID_IMAGE, e))?;
+    let mut text = fatbin::ptx_text(&text).unwrap_or(&text).to_vec();
+    ptx::parse_image(&text).map_err(ptx_error)?;
+    text.push(0);
+    Ok(Some(text))
+}
+
 fn from_fatbin(image: &[u8]) -> CuResult<ptx::Module> {
     let all = fatbin::parse_fatbins(image).map_err(|e| refuse(CUDA_ERROR_INVALID_IMAGE, e))?;
     let entries: Vec<_> = all.iter().flat_map(|f| f.entries.iter()).collect();

@@ -162,14 +162,8 @@ pub unsafe fn link_add_file(
     add(handle(state), kind, path, &bytes)
 }
 
-pub unsafe fn link_complete(state: *mut c_void, image: *mut *mut c_void, size: *mut usize) -> CuResult {
-    let s = shim()?;
-    let ctx = current_ctx()?;
-    if image.is_null() || size.is_null() {
-        return Err(CuError::INVALID_VALUE);
-    }
-    let link = handle(state);
-    known(link)?;
+/// Complete a link on the server and fetch the image.
+fn complete(s: &Shim, ctx: Handle, link: Handle) -> CuResult<Vec<u8>> {
     let size_of = match s.remote.call(&Request::LinkComplete { ctx, link }, &[])? {
         Reply::Size(n) => usize::try_from(n).map_err(|_| CuError::OUT_OF_MEMORY)?,
         _ => return Err(CuError::UNKNOWN),
@@ -186,6 +180,56 @@ pub unsafe fn link_complete(state: *mut c_void, image: *mut *mut c_void, size: *
             _ => return Err(CuError::UNKNOWN),
         }
     }
+    Ok(bytes)
+}
+
+/// `CU_JIT_INPUT_FATBINARY`.
+const INPUT_FATBINARY: u32 = 2;
+
+/// Link the objects of relocatable device code (each a fat binary) on the
+/// server, in `ctx`, as the driver does when a program's linked device code
+/// holds nothing its GPU runs; the linker is gone again afterwards.
+pub(super) fn link_objects(s: &Shim, ctx: Handle, objects: &[&[u8]]) -> CuResult<Vec<u8>> {
+    let Reply::Handle(link) = s.remote.call(
+        &Request::LinkCreate {
+            ctx,
+            options: Vec::new(),
+        },
+        &[],
+    )?
+    else {
+        return Err(CuError::UNKNOWN);
+    };
+    let linked = objects
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, object)| {
+            let name = format!("relocatable device code object {i}");
+            let add = Request::LinkAddData {
+                ctx,
+                link,
+                kind: INPUT_FATBINARY,
+                name,
+            };
+            s.remote.call(&add, object).map(drop)
+        })
+        .and_then(|()| complete(s, ctx, link));
+    let _ = s.remote.call(&Request::LinkDestroy { link }, &[]);
+    if let Err(e) = &linked {
+        tracing::warn!("linking relocatable device code on the server failed: {e}");
+    }
+    linked
+}
+
+pub unsafe fn link_complete(state: *mut c_void, image: *mut *mut c_void, size: *mut usize) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if image.is_null() || size.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let link = handle(state);
+    known(link)?;
+    let bytes = complete(s, ctx, link)?;
     let (p, n) = links(|l| {
         let kept = l.entry(link).or_default().insert(bytes);
         (kept.as_ptr(), kept.len())
