@@ -81,6 +81,16 @@ if command -v nvcc >/dev/null 2>&1; then
     cuda_run cudart_check-static ipc
     # Green contexts through cudart's execution contexts (CUDA 13.1 and later).
     cuda_run cudart_check-shared green
+    # Relocatable device code: linked at build (SASS) or by the driver at
+    # load (PTX only).
+    for variant in "sass arch=compute_90,code=sm_90" "ptx arch=compute_90,code=compute_90"; do
+        set -- $variant
+        if nvcc -O2 -rdc=true -gencode "$2" -o "$WORK/rdc_check-$1" tests/cuda/rdc_check.cu tests/cuda/rdc_part.cu; then
+            cuda_run "rdc_check-$1"
+        else
+            echo "rdc_check-$1: nvcc failed"; status=1
+        fi
+    done
     cuda_case sgemm_check-static -lcublas
 else
     echo "== no nvcc: runtime-API programs skipped"
