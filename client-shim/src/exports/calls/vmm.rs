@@ -125,7 +125,10 @@ pub unsafe fn mem_retain_allocation_handle(handle: *mut u64, addr: *mut c_void) 
     let ptr = addr as u64;
     match s.find_device_range(ptr, 1) {
         Some((_, r)) if r.kind == RangeKind::Mapped => {}
-        _ => return Err(CuError::INVALID_VALUE),
+        found => {
+            tracing::debug!(ptr = format_args!("{ptr:#x}"), kind = ?found.map(|(_, r)| r.kind), "cuMemRetainAllocationHandle: not mapped memory");
+            return Err(CuError::INVALID_VALUE);
+        }
     }
     match s.remote.call(&Request::MemRetainAllocationHandle { ptr }, &[])? {
         Reply::Pair(h, _) => {
