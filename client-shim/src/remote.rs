@@ -190,10 +190,16 @@ pub struct Remote {
     /// Takes the server's notices of completed watched event records
     /// (`Reply::EventsDone`): (event, generation).
     events_done: OnceLock<EventsDoneFn>,
+    /// Who takes what the server's driver wrote for the program
+    /// (`Reply::Output`): (fd, bytes).
+    output: OnceLock<OutputFn>,
 }
 
 /// What takes `Reply::EventsDone`'s (event, generation) pairs.
 pub type EventsDoneFn = fn(&[(u64, u64)]);
+
+/// What takes `Reply::Output`'s bytes for a standard stream.
+pub type OutputFn = fn(u8, &[u8]);
 
 /// What the connection needs from configuration.
 pub struct ConnectOptions {
@@ -291,6 +297,7 @@ impl Remote {
             close,
             _keep: keep,
             events_done: OnceLock::new(),
+            output: OnceLock::new(),
         });
         let pin = if opts.pin_io { io_cpu_set(&url) } else { None };
         let for_reader = Arc::clone(&remote);
@@ -540,6 +547,11 @@ impl Remote {
         let _ = self.events_done.set(f);
     }
 
+    /// Who takes what the server's driver wrote for the program (once).
+    pub fn on_output(&self, f: OutputFn) {
+        let _ = self.output.set(f);
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -678,6 +690,12 @@ impl Remote {
                 Reply::EventsDone { events } => {
                     if let Some(f) = self.events_done.get() {
                         f(&events);
+                    }
+                    Ok(())
+                }
+                Reply::Output { fd, bytes } => {
+                    if let Some(f) = self.output.get() {
+                        f(fd, &bytes);
                     }
                     Ok(())
                 }

@@ -716,9 +716,15 @@ fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
             None
         }
     };
+    // A kernel's printf output goes to the client (this is the session's
+    // own process: its standard output is the client's from now on).
+    let output = crate::worker::output::Captured::stdout()
+        .map_err(|e| tracing::warn!("the driver's output stays on the server: {e}"))
+        .ok();
     let mut worker = Worker::new(&driver, session_id, cfg.max_frame)
         .with_image_cache(images)
-        .with_ipc(ipc);
+        .with_ipc(ipc)
+        .with_output(output);
     worker.welcome(writer, info)?;
     let (end, freed) = worker.serve(reader, writer);
     let how = match &end {

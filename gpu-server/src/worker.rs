@@ -132,6 +132,7 @@ mod graphedit;
 mod green;
 mod hostnodes;
 mod ipc;
+pub mod output;
 
 pub struct Worker<'d> {
     driver: &'d Driver,
@@ -151,6 +152,8 @@ pub struct Worker<'d> {
     /// stream): a streamed error is kept for it, where a synchronisation
     /// of that stream looks.
     work_ctx: Option<Handle>,
+    /// This process's standard output, captured for the client.
+    output: Option<output::Captured>,
     staging: Vec<Staging>,
     next_staging: usize,
     max_frame: u64,
@@ -231,6 +234,7 @@ impl<'d> Worker<'d> {
             linked: HashMap::new(),
             current: None,
             work_ctx: None,
+            output: None,
             staging: Vec::new(),
             next_staging: 0,
             max_frame,
@@ -274,6 +278,13 @@ impl<'d> Worker<'d> {
     /// Share memory and events with other sessions through `registry`.
     pub fn with_ipc(mut self, registry: Option<crate::ipc::Registry>) -> Self {
         self.ipc = registry;
+        self
+    }
+
+    /// Send what the driver writes to this process's standard output to the
+    /// client (see [`output`]).
+    pub fn with_output(mut self, output: Option<output::Captured>) -> Self {
+        self.output = output;
         self
     }
 
@@ -431,17 +442,43 @@ impl<'d> Worker<'d> {
         self.msg = msg;
         let request = decoded?;
         self.calls += 1;
+        let synchronises = matches!(
+            request,
+            Request::CtxSynchronize { .. } | Request::StreamSynchronize { .. } | Request::EventSynchronize { .. }
+        );
         let reply = self.execute(&header, request, reader, writer)?;
         self.tell_reached(writer)?;
         if let Some(reply) = reply {
-            // The client reads what completed as it reads this reply.
+            // The client reads what completed, and what the driver wrote
+            // for it, as it reads this reply.
             if let Some(done) = self.events_done() {
                 frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
             }
+            self.send_output(writer, synchronises)?;
             frame::write_frame(writer, &mut self.scratch, header.id, 0, &reply, &[], self.max_frame)?;
         }
         writer.flush()?;
         Ok(())
+    }
+
+    /// Notices of what the driver wrote to standard output since the last
+    /// reply (after a synchronisation, what its C library still buffers
+    /// too).
+    fn send_output<W: Write>(&mut self, writer: &mut W, synchronised: bool) -> Result<(), ProtoError> {
+        let Some(output) = self.output.as_mut() else {
+            return Ok(());
+        };
+        if synchronised {
+            output::Captured::flush_streams();
+        }
+        loop {
+            let bytes = output.take(gpupool_proto::message::OUTPUT_CHUNK);
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            let notice = Reply::Output { fd: 1, bytes };
+            frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &notice, &[], self.max_frame)?;
+        }
     }
 
     /// Keep a streamed call's error for its context.

@@ -1119,7 +1119,18 @@ pub enum Reply {
     EventsDone {
         events: Vec<(Handle, u64)>,
     },
+    /// Not a reply: a notice, as `EventsDone` (version 14). What the
+    /// server's driver wrote to the worker's standard output (`fd` 1), as
+    /// a kernel's `printf` output at synchronisation, in order, at most
+    /// [`OUTPUT_CHUNK`] bytes a notice. The client writes it to its own.
+    Output {
+        fd: u8,
+        bytes: Vec<u8>,
+    },
 }
+
+/// The most bytes of one `Reply::Output` notice.
+pub const OUTPUT_CHUNK: usize = 64 << 10;
 
 /// The frame id of server notices (`Reply::EventsDone`): no request has it.
 pub const NOTICE_ID: u64 = 0;

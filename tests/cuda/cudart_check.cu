@@ -19,6 +19,9 @@
 //                         parameters read back and set, nodes and edges
 //                         removed, clones (with host nodes), kernel node
 //                         attributes, an executable graph's flags
+//   cudart_check printf   a kernel's printf output, on this program's
+//                         standard output at the next synchronisation,
+//                         among its own lines
 //   cudart_check green    (CUDA 13.1 runtimes and later) a green context
 //                         of 16 SMs split from the device (cudaGreenCtxCreate,
 //                         an execution context), a kernel on a stream of its
@@ -829,6 +832,17 @@ static int graphedit() {
     return 0;
 }
 
+__global__ void gp_hello(int n) { printf("hello %d from thread %d\n", n, (int)(blockIdx.x * blockDim.x + threadIdx.x)); }
+
+static int hello() {
+    printf("before the kernel\n");
+    gp_hello<<<1, 4>>>(7);
+    CHECK(cudaGetLastError());
+    CHECK(cudaDeviceSynchronize());
+    printf("OK cudart printf\n");
+    return 0;
+}
+
 #if CUDART_VERSION >= 13010
 static int green() {
     cudaDevResource whole;
@@ -899,6 +913,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "conditional")) return conditional();
     if (!strcmp(mode, "graphedit")) return graphedit();
     if (!strcmp(mode, "green")) return green();
+    if (!strcmp(mode, "printf")) return hello();
 
     const int n = 1 << 16;
     const size_t bytes = n * sizeof(float);

@@ -136,6 +136,23 @@ fn nvcc_programs_run_with_static_and_shared_cudart() {
                 "{} (shared={shared}): {out}",
                 version_of(home)
             );
+            // A kernel's printf: the server's driver writes it; it comes out
+            // here, at the synchronisation, between the program's lines.
+            let out = run(home, &program, &server, &["printf"]);
+            let lines: Vec<&str> = out.lines().skip_while(|l| l.starts_with("device 0")).collect();
+            assert_eq!(
+                lines,
+                [
+                    "before the kernel",
+                    "hello 7 from thread 0",
+                    "hello 7 from thread 1",
+                    "hello 7 from thread 2",
+                    "hello 7 from thread 3",
+                    "OK cudart printf"
+                ],
+                "{} (shared={shared}): {out}",
+                version_of(home)
+            );
             // Green contexts (execution contexts of CUDA 13.1 runtimes).
             let out = run(home, &program, &server, &["green"]);
             let minor = version_of(home).split('.').nth(1).and_then(|m| m.parse::<u32>().ok());

@@ -35,6 +35,7 @@ mod link;
 mod logs;
 mod managed;
 mod memops;
+mod output;
 mod pools;
 mod queries;
 mod tensormap;
@@ -206,6 +207,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
                     return Err(CuError::NO_DEVICE);
                 }
                 remote.on_events_done(completions::events_done);
+                remote.on_output(output::write_output);
                 Ok(Shim::new(remote))
             }
             Err(e) => {

@@ -377,7 +377,9 @@ pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    ffi(|| driver::with(|d| d.ctx_synchronize()))
+    let r = ffi(|| driver::with(|d| d.ctx_synchronize()));
+    crate::kernels::flush_printf();
+    r
 }
 
 #[no_mangle]
@@ -1993,7 +1995,9 @@ pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    ffi(|| driver::with(|d| d.stream_synchronize(h(stream))))
+    let r = ffi(|| driver::with(|d| d.stream_synchronize(h(stream))));
+    crate::kernels::flush_printf();
+    r
 }
 
 #[no_mangle]
@@ -2226,7 +2230,9 @@ pub extern "C" fn cuCtxWaitEvent(ctx: CUcontext, event: CUevent) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    ffi(|| driver::with_beside_copies(|d| d.event_wait(h(event))))
+    let r = ffi(|| driver::with_beside_copies(|d| d.event_wait(h(event))));
+    crate::kernels::flush_printf();
+    r
 }
 
 #[no_mangle]

@@ -39,6 +39,25 @@ pub enum Known {
     /// decrements `*counter` and sets `h` to whether it is still positive
     /// (the body of a while node that runs `*counter` times).
     Countdown,
+    /// `gp_hello(int n)`: each thread `i` (of the whole grid) calls
+    /// `printf("hello %d from thread %d\n", n, i)`; the lines come out, in
+    /// thread order, when the host next synchronises.
+    Hello,
+}
+
+/// Output of `printf` in kernels, until the host synchronises.
+static PRINTF: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Write what kernels printed to standard output, as the driver does when
+/// the host synchronises.
+pub(crate) fn flush_printf() {
+    use std::io::Write;
+    let text = std::mem::take(&mut *PRINTF.lock().unwrap_or_else(|p| p.into_inner()));
+    if !text.is_empty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&text);
+        let _ = out.flush();
+    }
 }
 
 /// `(name, kernel, parameter sizes)` of every known kernel.
@@ -53,6 +72,7 @@ pub const KNOWN_KERNELS: &[(&str, Known, &[usize])] = &[
     ("gp_surf_scale", Known::SurfScale, &[8, 4, 4, 4]),
     ("gp_set_condition", Known::SetCondition, &[8, 8]),
     ("gp_countdown", Known::Countdown, &[8, 8]),
+    ("gp_hello", Known::Hello, &[4]),
 ];
 
 /// How a kernel entry relates to the known kernels.
@@ -250,6 +270,15 @@ pub(crate) fn run(
             objects.set_conditional(args.u64(0), (left > 0) as u32)
         }
         Known::SetCondition | Known::Countdown => Ok(()),
+        Known::Hello => {
+            let n = args.i32(0);
+            let mut out = PRINTF.lock().unwrap_or_else(|p| p.into_inner());
+            // The device's printf buffer holds 1 MiB by default.
+            for i in 0..threads.min(1 << 14) {
+                out.extend_from_slice(format!("hello {n} from thread {i}\n").as_bytes());
+            }
+            Ok(())
+        }
         Known::TexRead => {
             let (out, tex, w, h) = (args.u64(0), args.u64(1), args.i32(2), args.i32(3));
             let n = grid_elements(w, h, threads);
