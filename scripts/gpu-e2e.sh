@@ -79,6 +79,11 @@ if command -v nvcc >/dev/null 2>&1; then
     cuda_run cudart_check-static conditional
     cuda_run cudart_check-shared conditional
     cuda_run cudart_check-static ipc
+    # A kernel's printf, on the program's standard output among its lines.
+    n=$("$WORK/cudart_check-static" printf 2>&1 | grep -v '^device')
+    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" "$WORK/cudart_check-static" printf 2>&1 | grep -v '^device')
+    if [ -n "$n" ] && [ "$n" = "$r" ]; then echo "cudart_check printf: same output"; else
+        echo "cudart_check printf differs"; echo "--- native:"; echo "$n"; echo "--- remote:"; echo "$r"; status=1; fi
     # Green contexts through cudart's execution contexts (CUDA 13.1 and later).
     cuda_run cudart_check-shared green
     # Relocatable device code: linked at build (SASS) or by the driver at
