@@ -125,8 +125,8 @@ if python3 -c "import torch" 2>/dev/null; then
     # and time (totals over all models and steps; the script prints its
     # step count per model).
     echo "-- gpupool call report of the PyTorch run (top 25 by total time)"
-    awk '/^gpupool call report/ {on=1} on' <<<"$r" | head -27
-    grep -E 'does not (support|serve)|not supported|Error|error' <<<"$r" | sort | uniq -c | head -20 || true
+    awk '/^gpupool call report/ {on=1} on' <<<"$r" | head -27 || true
+    grep -E 'does not (support|serve)|not supported|Error|error' <<<"$r" | grep -v '^call ' | sort | uniq -c | head -20 || true
     # Kernels may pick non-deterministic algorithms: compare within 1e-3.
     paste <(grep LOSS <<<"$n") <(grep LOSS <<<"$r") | awk '
         { d = $4 - $8; if (d < 0) d = -d; m = ($4 < 0 ? -$4 : $4); if (m < 1) m = 1;
