@@ -15,6 +15,9 @@
 //!   request (300 s by default)
 //! - `GPUPOOL_POLL_US`: how long a thread waiting for a reply polls the
 //!   connection before it sleeps (default 100; 0 sleeps at once)
+//! - `GPUPOOL_HOLD_US`: the most a streamed request (a launch, an async
+//!   copy or memset, an event record) waits in the shim for the ones after
+//!   it to go in one write (default 0: each is written at once)
 //! - `GPUPOOL_PIN_IO`: pin the shim's I/O threads (the background reader,
 //!   the QUIC runtime) to the CPUs of the NUMA node of the network device
 //!   that reaches the server (default on; `0` leaves them where they are)
@@ -36,12 +39,18 @@ pub struct Config {
     pub request: String,
     pub broker_wait: std::time::Duration,
     pub poll: std::time::Duration,
+    pub hold: std::time::Duration,
     pub pin_io: bool,
 }
 
 /// Default of `GPUPOOL_POLL_US`: a little more than a loopback or LAN
 /// round trip through the server.
 const DEFAULT_POLL_US: u64 = 100;
+
+/// Default of `GPUPOOL_HOLD_US`: off until measured on a GPU machine (on
+/// a client with one core to itself, waking the flusher thread costs more
+/// than the writes it saves).
+const DEFAULT_HOLD_US: u64 = 0;
 
 impl Config {
     pub fn from_env() -> Config {
@@ -74,6 +83,12 @@ impl Config {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(DEFAULT_POLL_US),
+            ),
+            hold: std::time::Duration::from_micros(
+                std::env::var("GPUPOOL_HOLD_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DEFAULT_HOLD_US),
             ),
             pin_io: std::env::var("GPUPOOL_PIN_IO")
                 .map_or(true, |v| !matches!(v.as_str(), "0" | "false" | "no" | "off")),

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Frames larger than this are refused from the server.
 const MAX_FRAME: u64 = frame::DEFAULT_MAX_FRAME;
@@ -147,7 +147,18 @@ impl Waiter {
 struct Writer {
     stream: Box<dyn Write + Send>,
     scratch: Vec<u8>,
+    /// Streamed frames held back to go in one write (see [`Remote::send`]).
+    held: Vec<u8>,
+    /// When the held frames must be written by (the flusher's deadline).
+    flush_by: Option<Instant>,
+    /// When the stream was last written.
+    last_write: Instant,
 }
+
+/// The most bytes of streamed frames held back before they are written.
+const HOLD_LIMIT: usize = 64 << 10;
+/// Frames with more bulk data than this are written at once.
+const HOLD_BULK: usize = 4 << 10;
 
 /// The read side of the connection: held by the one thread reading frames.
 struct ReadSide {
@@ -169,12 +180,17 @@ pub struct Traffic {
     pub round_trips: AtomicU64,
     pub streamed: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Writes to the connection (of one or more frames each).
+    pub writes: AtomicU64,
     pub bytes_in: AtomicU64,
 }
 
 /// The connection to one GPU server.
 pub struct Remote {
     writer: Mutex<Writer>,
+    /// Wakes the flusher when frames are held, and when the connection dies.
+    flusher: Condvar,
+    hold: Duration,
     read_side: Mutex<ReadSide>,
     wake: Wake,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -212,6 +228,9 @@ pub struct ConnectOptions {
     /// Pin the I/O threads near the NIC that reaches the server
     /// (`GPUPOOL_PIN_IO`).
     pub pin_io: bool,
+    /// The most a streamed request waits in the shim for others to go with
+    /// it in one write (`GPUPOOL_HOLD_US`; zero writes each at once).
+    pub hold: Duration,
 }
 
 /// The CPUs near the network device that carries traffic to the server at
@@ -274,7 +293,12 @@ impl Remote {
             writer: Mutex::new(Writer {
                 stream: writer,
                 scratch,
+                held: Vec::new(),
+                flush_by: None,
+                last_write: Instant::now(),
             }),
+            flusher: Condvar::new(),
+            hold: opts.hold,
             read_side: Mutex::new(ReadSide {
                 stream: reader,
                 msg: Vec::new(),
@@ -300,6 +324,12 @@ impl Remote {
             output: OnceLock::new(),
         });
         let pin = if opts.pin_io { io_cpu_set(&url) } else { None };
+        if !opts.hold.is_zero() {
+            let for_flusher = Arc::clone(&remote);
+            std::thread::Builder::new()
+                .name("gpupool-flusher".into())
+                .spawn(move || for_flusher.flusher())?;
+        }
         let for_reader = Arc::clone(&remote);
         std::thread::Builder::new()
             .name("gpupool-reader".into())
@@ -329,13 +359,73 @@ impl Remote {
         self.dead_reason.get().map(String::as_str)
     }
 
+    /// Send one frame. A streamed frame (no reply asked for) that follows
+    /// another within the hold time is held back and goes in one write
+    /// with those after it: before any request that waits for its reply,
+    /// once `HOLD_LIMIT` bytes are held, or by the flusher thread at most
+    /// the hold time after it was held. A write costs a system call, which
+    /// on loopback costs more than the launch it carries; a streamed
+    /// request after a quiet spell goes at once.
     fn send(&self, id: u64, flags: u32, req: &Request, bulk: &[u8]) -> CuResult {
         if self.dead.load(Ordering::Acquire) {
             return Err(self.lost());
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer { stream, scratch } = &mut *w;
-        match frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME) {
+        let Writer {
+            stream,
+            scratch,
+            held,
+            flush_by,
+            last_write,
+        } = &mut *w;
+        let now = Instant::now();
+        let streamed = flags & FLAG_WANTS_REPLY == 0;
+        let small = bulk.len() <= HOLD_BULK;
+        let hold = streamed
+            && small
+            && !self.hold.is_zero()
+            && (!held.is_empty() || now.saturating_duration_since(*last_write) < self.hold);
+        let result = if hold {
+            frame::encode_frame(scratch, id, flags, req, bulk, MAX_FRAME).and_then(|()| {
+                held.extend_from_slice(scratch);
+                // Frames held for the hold time go now, from this thread:
+                // the flusher is only for the last ones of a burst.
+                let due = flush_by.is_some_and(|by| now >= by);
+                if held.len() >= HOLD_LIMIT || due {
+                    self.traffic.writes.fetch_add(1, Ordering::Relaxed);
+                    stream.write_all(held)?;
+                    held.clear();
+                    *flush_by = None;
+                    *last_write = now;
+                } else if flush_by.is_none() {
+                    *flush_by = Some(now + self.hold);
+                    self.flusher.notify_one();
+                }
+                Ok(scratch.len())
+            })
+        } else {
+            let mut write = || {
+                self.traffic.writes.fetch_add(1, Ordering::Relaxed);
+                let bytes = if held.is_empty() {
+                    frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME)?
+                } else if small {
+                    // The held frames and this one in one write.
+                    frame::encode_frame(scratch, id, flags, req, bulk, MAX_FRAME)?;
+                    held.extend_from_slice(scratch);
+                    stream.write_all(held)?;
+                    scratch.len()
+                } else {
+                    stream.write_all(held)?;
+                    frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME)?
+                };
+                held.clear();
+                *flush_by = None;
+                *last_write = now;
+                Ok(bytes)
+            };
+            write()
+        };
+        match result {
             Ok(bytes) => {
                 self.traffic.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
                 Ok(())
@@ -345,6 +435,50 @@ impl Remote {
                 drop(w);
                 self.mark_dead(format!("sending to {} failed: {e}", self.peer));
                 Err(self.lost())
+            }
+        }
+    }
+
+    /// The flusher thread: writes held frames by their deadline.
+    fn flusher(&self) {
+        // Wake-ups come within a microsecond or so of the deadline, not the
+        // 50 µs the kernel's default timer slack allows.
+        // SAFETY: PR_SET_TIMERSLACK sets this thread's timer slack (ns).
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.dead.load(Ordering::Acquire) {
+            let Some(by) = w.flush_by else {
+                w = self.flusher.wait(w).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            let now = Instant::now();
+            if now < by {
+                w = self
+                    .flusher
+                    .wait_timeout(w, by - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            let Writer {
+                stream,
+                held,
+                flush_by,
+                last_write,
+                ..
+            } = &mut *w;
+            *flush_by = None;
+            if held.is_empty() {
+                continue;
+            }
+            self.traffic.writes.fetch_add(1, Ordering::Relaxed);
+            let written = stream.write_all(held);
+            held.clear();
+            *last_write = now;
+            if let Err(e) = written {
+                drop(w);
+                self.mark_dead(format!("sending to {} failed: {e}", self.peer));
+                return;
             }
         }
     }
@@ -572,6 +706,7 @@ impl Remote {
     }
 
     fn mark_dead(&self, reason: String) {
+        self.flusher.notify_all();
         if !self.dead.swap(true, Ordering::AcqRel) {
             tracing::error!(server = %self.peer, "{reason}; every later CUDA call fails with CUDA_ERROR_DEVICE_UNAVAILABLE");
             let _ = self.dead_reason.set(reason);

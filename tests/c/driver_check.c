@@ -3592,6 +3592,45 @@ int main(int argc, char **argv) {
         CHECK(cuEventDestroy(shared));
         free(host);
         printf("OK ipc: memory and an event shared with another process\n");
+    } else if (!strcmp(mode, "ipc-late")) {
+        /* The last work before the program waits for another process with
+         * no further CUDA call: a kernel and an interprocess event's record
+         * are its last requests, and the child waits for that event and
+         * reads what the kernel wrote. Through gpupool with streamed
+         * requests held back, they must still go out. */
+        GET(cuIpcGetMemHandle, 4010);
+        GET(cuIpcGetEventHandle, 4010);
+        const int n = 4096;
+        size_t bytes = n * sizeof(float);
+        float *host = malloc(bytes);
+        for (int i = 0; i < n; i++) host[i] = (float)i;
+        CUdeviceptr d;
+        CHECK(cuMemAlloc(&d, bytes));
+        CHECK(cuMemcpyHtoD(d, host, bytes));
+        CUipcMemHandle mh;
+        CUipcEventHandle eh;
+        CUevent shared;
+        CHECK(cuIpcGetMemHandle(&mh, d));
+        CHECK(cuEventCreate(&shared, CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS));
+        CHECK(cuIpcGetEventHandle(&eh, shared));
+        char mhex[129], ehex[129], count[16];
+        to_hex(&mh, sizeof mh, mhex);
+        to_hex(&eh, sizeof eh, ehex);
+        snprintf(count, sizeof count, "%d", n);
+        float two = 2.0f;
+        unsigned un = (unsigned)n;
+        void *args[] = {&d, &two, &un};
+        CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+        CHECK(cuEventRecord(shared, NULL));
+        char *child[] = {"driver_check", "ipc-child", mhex, ehex, count, NULL};
+        int status = run_self(child);
+        EXPECT(status == 0, "the child, waiting for this process's last work, failed with status %d", status);
+        CHECK(cuMemcpyDtoH(host, d, bytes));
+        for (int i = 0; i < n; i++) EXPECT(host[i] == 4.0f * i, "after the child: [%d] = %f", i, host[i]);
+        CHECK(cuEventDestroy(shared));
+        CHECK(cuMemFree(d));
+        free(host);
+        printf("OK ipc-late: the last work before a wait without calls went out\n");
     } else if (!strcmp(mode, "ipc-child")) {
         GET(cuIpcOpenMemHandle, 11000);
         GET(cuIpcCloseMemHandle, 4010);

@@ -112,6 +112,74 @@ fn cuda13_calls_cudart_looks_up() {
     );
 }
 
+/// (round trips, streamed requests, writes) from a call report's last line.
+fn traffic(report: &str) -> (u64, u64, u64) {
+    let line = report
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("to the server: "))
+        .unwrap_or_else(|| panic!("no traffic line: {report}"));
+    let words: Vec<&str> = line.split(' ').collect();
+    let at = |label: &str| -> u64 {
+        let i = words
+            .iter()
+            .position(|w| w.trim_end_matches([',', ';']) == label)
+            .unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    let writes = words[words.iter().position(|w| *w == "writes,").unwrap() - 1]
+        .parse()
+        .unwrap();
+    (at("round"), at("streamed"), writes)
+}
+
+/// Streamed requests held back to go out in one write (`GPUPOOL_HOLD_US`)
+/// keep their order and still go out in time: the programs' results are
+/// the same as with every frame written at once, a host function the
+/// program waits for with no further call runs (the flusher writes what
+/// was held), and fewer writes carry the same frames.
+#[test]
+fn held_back_streamed_requests_keep_order_and_go_out_in_time() {
+    let server = Server::start();
+    for mode in ["vadd", "streams", "callbacks", "graph", "hostnodes", "ipc-late"] {
+        let mut seen = Vec::new();
+        for hold in ["0", "200"] {
+            let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+            cmd.arg(mode)
+                .env("GPUPOOL_HOLD_US", hold)
+                .env("GPUPOOL_CALL_REPORT", "1");
+            let out = run_with_timeout(cmd, Duration::from_secs(60));
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                out.status.success() && stdout.contains("OK "),
+                "{mode} (hold {hold} µs): stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+                server.log()
+            );
+            let (trips, streamed, writes) = traffic(&stderr);
+            if hold == "0" {
+                assert!(
+                    writes >= trips + streamed,
+                    "{mode}: {writes} writes for {trips} + {streamed} frames"
+                );
+            } else {
+                assert!(
+                    writes < trips + streamed,
+                    "{mode}: nothing was held back ({writes} writes)"
+                );
+            }
+            seen.push(
+                stdout
+                    .lines()
+                    .filter(|l| l.starts_with("OK"))
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(seen[0], seen[1], "{mode}: held back or not, the same results");
+    }
+}
+
 /// Green contexts: the server's driver splits the device's SMs; a green
 /// context of one group is a context of the session, running a kernel on
 /// its default stream and on a stream of its own over the primary

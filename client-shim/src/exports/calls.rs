@@ -96,10 +96,11 @@ pub(crate) fn traffic_summary() -> Option<String> {
     let t = &s.remote.traffic;
     let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Some(format!(
-        "to the server: {} round trips, {} streamed requests; {} bytes sent, {} bytes received",
+        "to the server: {} round trips, {} streamed requests; {} bytes sent in {} writes, {} bytes received",
         n(&t.round_trips),
         n(&t.streamed),
         n(&t.bytes_out),
+        n(&t.writes),
         n(&t.bytes_in)
     ))
 }
@@ -190,6 +191,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
             lease_token,
             poll: cfg.poll,
             pin_io: cfg.pin_io,
+            hold: cfg.hold,
         };
         match Remote::connect(&opts) {
             Ok(remote) => {
