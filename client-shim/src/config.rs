@@ -17,7 +17,7 @@
 //!   connection before it sleeps (default 100; 0 sleeps at once)
 //! - `GPUPOOL_HOLD_US`: the most a streamed request (a launch, an async
 //!   copy or memset, an event record) waits in the shim for the ones after
-//!   it to go in one write (default 0: each is written at once)
+//!   it to go in one write (default 20; 0 writes each at once)
 //! - `GPUPOOL_PIN_IO`: pin the shim's I/O threads (the background reader,
 //!   the QUIC runtime) to the CPUs of the NUMA node of the network device
 //!   that reaches the server (default on; `0` leaves them where they are)
@@ -47,10 +47,8 @@ pub struct Config {
 /// round trip through the server.
 const DEFAULT_POLL_US: u64 = 100;
 
-/// Default of `GPUPOOL_HOLD_US`: off until measured on a GPU machine (on
-/// a client with one core to itself, waking the flusher thread costs more
-/// than the writes it saves).
-const DEFAULT_HOLD_US: u64 = 0;
+/// Default of `GPUPOOL_HOLD_US`.
+const DEFAULT_HOLD_US: u64 = 20;
 
 impl Config {
     pub fn from_env() -> Config {

@@ -149,11 +149,31 @@ struct Writer {
     scratch: Vec<u8>,
     /// Streamed frames held back to go in one write (see [`Remote::send`]).
     held: Vec<u8>,
-    /// When the held frames must be written by (the flusher's deadline).
+    /// When the first of the held frames was held.
+    held_since: Option<Instant>,
+    /// When the flusher writes the held frames if nothing else has.
     flush_by: Option<Instant>,
     /// When the stream was last written.
     last_write: Instant,
+    /// Bursts of held frames in a row that the program's own later requests
+    /// took along; past [`TRUST_CALLS`] the flusher is not woken for each
+    /// burst (its tick is the backstop).
+    ended_by_calls: u32,
+    /// The flusher waits without a timeout (nothing written for a while).
+    flusher_asleep: bool,
+    /// When the flusher last wrote held frames: if the program's next
+    /// request comes soon after, it would have taken them along anyway.
+    flusher_wrote: Option<Instant>,
 }
+
+/// Bursts ended by waiting requests after which the flusher is no longer
+/// woken for each one.
+const TRUST_CALLS: u32 = 16;
+/// The flusher's tick while the connection is busy: the most held frames
+/// wait when it was not woken for them.
+const FLUSHER_TICK: Duration = Duration::from_millis(1);
+/// Quiet time after which the flusher stops ticking.
+const FLUSHER_IDLE: Duration = Duration::from_millis(100);
 
 /// The most bytes of streamed frames held back before they are written.
 const HOLD_LIMIT: usize = 64 << 10;
@@ -294,8 +314,12 @@ impl Remote {
                 stream: writer,
                 scratch,
                 held: Vec::new(),
+                held_since: None,
                 flush_by: None,
                 last_write: Instant::now(),
+                ended_by_calls: 0,
+                flusher_asleep: false,
+                flusher_wrote: None,
             }),
             flusher: Condvar::new(),
             hold: opts.hold,
@@ -375,10 +399,23 @@ impl Remote {
             stream,
             scratch,
             held,
+            held_since,
             flush_by,
             last_write,
+            ended_by_calls,
+            flusher_asleep,
+            flusher_wrote,
         } = &mut *w;
         let now = Instant::now();
+        // Was the flusher's last write one the program would soon have made
+        // itself? Then it does not count against trusting the program.
+        if let Some(at) = flusher_wrote.take() {
+            if now.saturating_duration_since(at) < FLUSHER_TICK {
+                *ended_by_calls = ended_by_calls.saturating_add(1);
+            } else {
+                *ended_by_calls = 0;
+            }
+        }
         let streamed = flags & FLAG_WANTS_REPLY == 0;
         let small = bulk.len() <= HOLD_BULK;
         let hold = streamed
@@ -390,16 +427,26 @@ impl Remote {
                 held.extend_from_slice(scratch);
                 // Frames held for the hold time go now, from this thread:
                 // the flusher is only for the last ones of a burst.
-                let due = flush_by.is_some_and(|by| now >= by);
+                let due = held_since.is_some_and(|since| now.saturating_duration_since(since) >= self.hold);
                 if held.len() >= HOLD_LIMIT || due {
                     self.traffic.writes.fetch_add(1, Ordering::Relaxed);
                     stream.write_all(held)?;
                     held.clear();
+                    *held_since = None;
                     *flush_by = None;
                     *last_write = now;
-                } else if flush_by.is_none() {
-                    *flush_by = Some(now + self.hold);
-                    self.flusher.notify_one();
+                    *ended_by_calls = ended_by_calls.saturating_add(1);
+                } else if held_since.is_none() {
+                    *held_since = Some(now);
+                    // Waking the flusher costs two context switches; while
+                    // the program's own requests take the bursts along, the
+                    // flusher's tick is enough of a backstop.
+                    if *flusher_asleep || *ended_by_calls < TRUST_CALLS {
+                        *flush_by = Some(now + self.hold);
+                        self.flusher.notify_one();
+                    } else {
+                        *flush_by = Some(now + FLUSHER_TICK);
+                    }
                 }
                 Ok(scratch.len())
             })
@@ -410,6 +457,7 @@ impl Remote {
                     frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME)?
                 } else if small {
                     // The held frames and this one in one write.
+                    *ended_by_calls = ended_by_calls.saturating_add(1);
                     frame::encode_frame(scratch, id, flags, req, bulk, MAX_FRAME)?;
                     held.extend_from_slice(scratch);
                     stream.write_all(held)?;
@@ -419,6 +467,7 @@ impl Remote {
                     frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME)?
                 };
                 held.clear();
+                *held_since = None;
                 *flush_by = None;
                 *last_write = now;
                 Ok(bytes)
@@ -447,30 +496,43 @@ impl Remote {
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         while !self.dead.load(Ordering::Acquire) {
+            let now = Instant::now();
             let Some(by) = w.flush_by else {
-                w = self.flusher.wait(w).unwrap_or_else(|p| p.into_inner());
+                if w.held.is_empty() && now.saturating_duration_since(w.last_write) >= FLUSHER_IDLE {
+                    w.flusher_asleep = true;
+                    w = self.flusher.wait(w).unwrap_or_else(|p| p.into_inner());
+                    w.flusher_asleep = false;
+                } else {
+                    w = self
+                        .flusher
+                        .wait_timeout(w, FLUSHER_TICK)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
                 continue;
             };
-            let now = Instant::now();
             if now < by {
-                w = self
-                    .flusher
-                    .wait_timeout(w, by - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                let wait = (by - now).min(FLUSHER_TICK);
+                w = self.flusher.wait_timeout(w, wait).unwrap_or_else(|p| p.into_inner()).0;
                 continue;
             }
             let Writer {
                 stream,
                 held,
+                held_since,
                 flush_by,
                 last_write,
+                flusher_wrote,
                 ..
             } = &mut *w;
             *flush_by = None;
+            *held_since = None;
             if held.is_empty() {
                 continue;
             }
+            // Whether the program needed this write shows at its next
+            // request (see `send`).
+            *flusher_wrote = Some(now);
             self.traffic.writes.fetch_add(1, Ordering::Relaxed);
             let written = stream.write_all(held);
             held.clear();
