@@ -755,7 +755,18 @@ impl Remote {
     /// End the session at process exit: the server frees what it held at
     /// once.
     pub fn end(&self) {
+        // What is held still goes: the server runs it before it sees the
+        // connection close, as it would have had it been written at once.
+        if let Ok(mut w) = self.writer.try_lock() {
+            let Writer { stream, held, .. } = &mut *w;
+            if !held.is_empty() && !self.dead.load(Ordering::Acquire) {
+                self.traffic.writes.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.write_all(held).and_then(|()| stream.flush());
+                held.clear();
+            }
+        }
         self.dead.store(true, Ordering::Release);
+        self.flusher.notify_all();
         (self.close)();
     }
 
