@@ -249,6 +249,7 @@ pub unsafe fn green_ctx_destroy(g: *mut c_void) -> CuResult {
 pub unsafe fn ctx_from_green_ctx(ctx: *mut CUcontext, g: *mut c_void) -> CuResult {
     shim()?;
     let (c, _) = green(g)?;
+    // SAFETY: the program passes a slot (NULL is refused by `out`).
     unsafe { out(ctx, as_ptr(c)) }
 }
 
@@ -274,16 +275,19 @@ pub unsafe fn green_ctx_stream_create(stream: *mut CUstream, g: *mut c_void, fla
 
 pub unsafe fn green_ctx_record_event(g: *mut c_void, event: CUevent) -> CuResult {
     let (ctx, _) = green(g)?;
+    // SAFETY: the program's event, passed on with the green context's own.
     unsafe { ctx_record_event(as_ptr(ctx), event) }
 }
 
 pub unsafe fn green_ctx_wait_event(g: *mut c_void, event: CUevent) -> CuResult {
     let (ctx, _) = green(g)?;
+    // SAFETY: as for the record.
     unsafe { ctx_wait_event(as_ptr(ctx), event) }
 }
 
 pub unsafe fn green_ctx_get_id(g: *mut c_void, id: *mut u64) -> CuResult {
     let (ctx, _) = green(g)?;
+    // SAFETY: the program's slot, passed on.
     unsafe { ctx_get_id(as_ptr(ctx), id) }
 }
 

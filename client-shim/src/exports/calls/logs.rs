@@ -246,6 +246,7 @@ pub unsafe fn logs_register_callback(callback: *mut c_void, user: *mut c_void, h
     }));
     ANY_CALLBACK.store(true, Ordering::Relaxed);
     // Handles are 1-based positions: never NULL.
+    // SAFETY: checked not to be NULL; the program passes a slot.
     unsafe { out(handle, callbacks.len() as *mut c_void) }
 }
 
@@ -265,6 +266,7 @@ pub unsafe fn logs_current(iterator: *mut u32, flags: u32) -> CuResult {
         return Err(CuError::INVALID_VALUE);
     }
     let next = lock(&LOG).next();
+    // SAFETY: the program passes a slot (NULL is refused by `out`).
     unsafe { out(iterator, next) }
 }
 
@@ -281,13 +283,15 @@ pub unsafe fn logs_dump_to_memory(iterator: *mut u32, buffer: *mut c_char, size:
     // SAFETY: checked non-NULL; the program passes its buffer's size.
     let capacity = unsafe { size.read() };
     let log = lock(&LOG);
-    let (lost, messages) = unsafe { log.since(start(iterator)) }.ok_or(CuError::INVALID_VALUE)?;
+    // SAFETY: a non-NULL iterator is the program's CUlogIterator.
+    let (lost, messages) = log.since(unsafe { start(iterator) }).ok_or(CuError::INVALID_VALUE)?;
     let text = if messages.is_empty() && lost == 0 {
         String::new()
     } else {
         match fit(lost, &messages, capacity) {
             Some(text) => text,
             None => {
+                // SAFETY: checked not to be NULL above.
                 unsafe { size.write(0) };
                 return Err(CuError::INVALID_VALUE);
             }
@@ -301,8 +305,12 @@ pub unsafe fn logs_dump_to_memory(iterator: *mut u32, buffer: *mut c_char, size:
             buffer.add(text.len()).write(0);
         }
     }
-    unsafe { size.write(text.len()) };
-    unsafe { out_opt(iterator, log.next()) };
+    // SAFETY: `size` was checked not to be NULL; a non-NULL iterator is
+    // the program's CUlogIterator.
+    unsafe {
+        size.write(text.len());
+        out_opt(iterator, log.next());
+    }
     Ok(())
 }
 
@@ -317,7 +325,8 @@ pub unsafe fn logs_dump_to_file(iterator: *mut u32, path: *const c_char, flags: 
     ));
     let text = {
         let log = lock(&LOG);
-        let (lost, messages) = unsafe { log.since(start(iterator)) }.ok_or(CuError::INVALID_VALUE)?;
+        // SAFETY: as in `logs_dump_to_memory`.
+        let (lost, messages) = log.since(unsafe { start(iterator) }).ok_or(CuError::INVALID_VALUE)?;
         let mut text = String::new();
         if lost > 0 {
             text.push_str(&notice(lost as usize));
@@ -341,6 +350,7 @@ pub unsafe fn logs_dump_to_file(iterator: *mut u32, path: *const c_char, flags: 
             _ => CuError::OPERATING_SYSTEM,
         });
     }
+    // SAFETY: a non-NULL iterator is the program's CUlogIterator.
     unsafe { out_opt(iterator, text.1) };
     Ok(())
 }
