@@ -166,6 +166,23 @@ struct Writer {
     flusher_wrote: Option<Instant>,
 }
 
+impl Writer {
+    /// Write the held frames (if any) and forget them; `now` is when.
+    /// Counts the write in `writes`.
+    fn write_held(&mut self, now: Instant, writes: &AtomicU64) -> std::io::Result<()> {
+        if !self.held.is_empty() {
+            writes.fetch_add(1, Ordering::Relaxed);
+            let written = self.stream.write_all(&self.held);
+            self.held.clear();
+            self.last_write = now;
+            written?;
+        }
+        self.held_since = None;
+        self.flush_by = None;
+        Ok(())
+    }
+}
+
 /// Bursts ended by waiting requests after which the flusher is no longer
 /// woken for each one.
 const TRUST_CALLS: u32 = 16;
@@ -384,36 +401,28 @@ impl Remote {
     }
 
     /// Send one frame. A streamed frame (no reply asked for) that follows
-    /// another within the hold time is held back and goes in one write
-    /// with those after it: before any request that waits for its reply,
-    /// once `HOLD_LIMIT` bytes are held, or by the flusher thread at most
-    /// the hold time after it was held. A write costs a system call, which
-    /// on loopback costs more than the launch it carries; a streamed
-    /// request after a quiet spell goes at once.
+    /// a write within the hold time is held back and goes in one write
+    /// with those after it: with the next request that waits for its reply,
+    /// once `HOLD_LIMIT` bytes are held, with the first streamed request
+    /// that finds them held for the hold time, or from the flusher thread
+    /// (by the hold time when woken for the burst, else at its tick). A
+    /// write costs a system call, which on loopback costs more than the
+    /// launch it carries; a streamed request after a quiet spell goes at
+    /// once.
     fn send(&self, id: u64, flags: u32, req: &Request, bulk: &[u8]) -> CuResult {
         if self.dead.load(Ordering::Acquire) {
             return Err(self.lost());
         }
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let Writer {
-            stream,
-            scratch,
-            held,
-            held_since,
-            flush_by,
-            last_write,
-            ended_by_calls,
-            flusher_asleep,
-            flusher_wrote,
-        } = &mut *w;
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *guard;
         let now = Instant::now();
         // Was the flusher's last write one the program would soon have made
         // itself? Then it does not count against trusting the program.
-        if let Some(at) = flusher_wrote.take() {
+        if let Some(at) = w.flusher_wrote.take() {
             if now.saturating_duration_since(at) < FLUSHER_TICK {
-                *ended_by_calls = ended_by_calls.saturating_add(1);
+                w.ended_by_calls = w.ended_by_calls.saturating_add(1);
             } else {
-                *ended_by_calls = 0;
+                w.ended_by_calls = 0;
             }
         }
         let streamed = flags & FLAG_WANTS_REPLY == 0;
@@ -421,58 +430,49 @@ impl Remote {
         let hold = streamed
             && small
             && !self.hold.is_zero()
-            && (!held.is_empty() || now.saturating_duration_since(*last_write) < self.hold);
+            && (!w.held.is_empty() || now.saturating_duration_since(w.last_write) < self.hold);
+        let writes = &self.traffic.writes;
         let result = if hold {
-            frame::encode_frame(scratch, id, flags, req, bulk, MAX_FRAME).and_then(|()| {
-                held.extend_from_slice(scratch);
+            frame::encode_frame(&mut w.scratch, id, flags, req, bulk, MAX_FRAME).and_then(|()| {
+                w.held.extend_from_slice(&w.scratch);
                 // Frames held for the hold time go now, from this thread:
                 // the flusher is only for the last ones of a burst.
-                let due = held_since.is_some_and(|since| now.saturating_duration_since(since) >= self.hold);
-                if held.len() >= HOLD_LIMIT || due {
-                    self.traffic.writes.fetch_add(1, Ordering::Relaxed);
-                    stream.write_all(held)?;
-                    held.clear();
-                    *held_since = None;
-                    *flush_by = None;
-                    *last_write = now;
-                    *ended_by_calls = ended_by_calls.saturating_add(1);
-                } else if held_since.is_none() {
-                    *held_since = Some(now);
+                let due = w
+                    .held_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= self.hold);
+                if w.held.len() >= HOLD_LIMIT || due {
+                    w.write_held(now, writes)?;
+                    w.ended_by_calls = w.ended_by_calls.saturating_add(1);
+                } else if w.held_since.is_none() {
+                    w.held_since = Some(now);
                     // Waking the flusher costs two context switches; while
                     // the program's own requests take the bursts along, the
                     // flusher's tick is enough of a backstop.
-                    if *flusher_asleep || *ended_by_calls < TRUST_CALLS {
-                        *flush_by = Some(now + self.hold);
+                    if w.flusher_asleep || w.ended_by_calls < TRUST_CALLS {
+                        w.flush_by = Some(now + self.hold);
                         self.flusher.notify_one();
                     } else {
-                        *flush_by = Some(now + FLUSHER_TICK);
+                        w.flush_by = Some(now + FLUSHER_TICK);
                     }
                 }
-                Ok(scratch.len())
+                Ok(w.scratch.len())
+            })
+        } else if !w.held.is_empty() && small {
+            // The held frames and this one in one write.
+            w.ended_by_calls = w.ended_by_calls.saturating_add(1);
+            frame::encode_frame(&mut w.scratch, id, flags, req, bulk, MAX_FRAME).and_then(|()| {
+                w.held.extend_from_slice(&w.scratch);
+                w.write_held(now, writes)?;
+                Ok(w.scratch.len())
             })
         } else {
-            let mut write = || {
-                self.traffic.writes.fetch_add(1, Ordering::Relaxed);
-                let bytes = if held.is_empty() {
-                    frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME)?
-                } else if small {
-                    // The held frames and this one in one write.
-                    *ended_by_calls = ended_by_calls.saturating_add(1);
-                    frame::encode_frame(scratch, id, flags, req, bulk, MAX_FRAME)?;
-                    held.extend_from_slice(scratch);
-                    stream.write_all(held)?;
-                    scratch.len()
-                } else {
-                    stream.write_all(held)?;
-                    frame::write_frame(&mut **stream, scratch, id, flags, req, bulk, MAX_FRAME)?
-                };
-                held.clear();
-                *held_since = None;
-                *flush_by = None;
-                *last_write = now;
-                Ok(bytes)
-            };
-            write()
+            w.write_held(now, writes)
+                .map_err(ProtoError::from)
+                .and_then(|()| {
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    frame::write_frame(&mut *w.stream, &mut w.scratch, id, flags, req, bulk, MAX_FRAME)
+                })
+                .inspect(|_| w.last_write = now)
         };
         match result {
             Ok(bytes) => {
@@ -481,7 +481,7 @@ impl Remote {
             }
             Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => Err(CuError::INVALID_VALUE),
             Err(e) => {
-                drop(w);
+                drop(guard);
                 self.mark_dead(format!("sending to {} failed: {e}", self.peer));
                 Err(self.lost())
             }
@@ -516,28 +516,12 @@ impl Remote {
                 w = self.flusher.wait_timeout(w, wait).unwrap_or_else(|p| p.into_inner()).0;
                 continue;
             }
-            let Writer {
-                stream,
-                held,
-                held_since,
-                flush_by,
-                last_write,
-                flusher_wrote,
-                ..
-            } = &mut *w;
-            *flush_by = None;
-            *held_since = None;
-            if held.is_empty() {
-                continue;
+            if !w.held.is_empty() {
+                // Whether the program needed this write shows at its next
+                // request (see `send`).
+                w.flusher_wrote = Some(now);
             }
-            // Whether the program needed this write shows at its next
-            // request (see `send`).
-            *flusher_wrote = Some(now);
-            self.traffic.writes.fetch_add(1, Ordering::Relaxed);
-            let written = stream.write_all(held);
-            held.clear();
-            *last_write = now;
-            if let Err(e) = written {
+            if let Err(e) = w.write_held(now, &self.traffic.writes) {
                 drop(w);
                 self.mark_dead(format!("sending to {} failed: {e}", self.peer));
                 return;
@@ -758,11 +742,10 @@ impl Remote {
         // What is held still goes: the server runs it before it sees the
         // connection close, as it would have had it been written at once.
         if let Ok(mut w) = self.writer.try_lock() {
-            let Writer { stream, held, .. } = &mut *w;
-            if !held.is_empty() && !self.dead.load(Ordering::Acquire) {
-                self.traffic.writes.fetch_add(1, Ordering::Relaxed);
-                let _ = stream.write_all(held).and_then(|()| stream.flush());
-                held.clear();
+            if !self.dead.load(Ordering::Acquire) {
+                let _ = w
+                    .write_held(Instant::now(), &self.traffic.writes)
+                    .and_then(|()| w.stream.flush());
             }
         }
         self.dead.store(true, Ordering::Release);
