@@ -30,6 +30,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <cuda_runtime.h>
+
+#include "check.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,24 +87,6 @@ __global__ void gp_countdown(cudaGraphConditionalHandle h, int *counter) {
 __global__ void gp_fault(unsigned *p) {
     *(volatile unsigned *)(p - (1ull << 40)) = 1;
 }
-
-#define CHECK(call)                                                                              \
-    do {                                                                                         \
-        cudaError_t e_ = (call);                                                                 \
-        if (e_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "FAIL %s:%d %s = %d (%s)\n", __FILE__, __LINE__, #call, (int)e_,     \
-                    cudaGetErrorString(e_));                                                     \
-            return 1;                                                                            \
-        }                                                                                        \
-    } while (0)
-#define EXPECT(cond, ...)                                                                        \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "FAIL " __VA_ARGS__);                                                \
-            fprintf(stderr, "\n");                                                               \
-            return 1;                                                                            \
-        }                                                                                        \
-    } while (0)
 
 // Host functions note what they saw; they run on a thread of the driver's.
 static float seen_first = -1, seen_last = -1;

@@ -7,22 +7,14 @@
 #include <cstdio>
 #include <cuda_runtime.h>
 
+#include "check.h"
+
 __device__ float gp_twice(float x);
 
 __global__ void gp_scale(float *x, float s, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = gp_twice(x[i]) * s * 0.5f;
 }
-
-#define CHECK(call)                                                                         \
-    do {                                                                                    \
-        cudaError_t e_ = (call);                                                            \
-        if (e_ != cudaSuccess) {                                                            \
-            fprintf(stderr, "FAIL %s:%d %s = %d (%s)\n", __FILE__, __LINE__, #call, (int)e_, \
-                    cudaGetErrorString(e_));                                                \
-            return 1;                                                                       \
-        }                                                                                   \
-    } while (0)
 
 int main() {
     const int n = 1 << 12;
@@ -34,12 +26,8 @@ int main() {
     gp_scale<<<(n + 255) / 256, 256>>>(x, 3.0f, n);
     CHECK(cudaGetLastError());
     CHECK(cudaMemcpy(host, x, n * sizeof(float), cudaMemcpyDeviceToHost));
-    for (int i = 0; i < n; i++) {
-        if (host[i] != 3.0f * (float)(i % 100)) {
-            fprintf(stderr, "FAIL x[%d] = %g, expected %g\n", i, host[i], 3.0f * (float)(i % 100));
-            return 1;
-        }
-    }
+    for (int i = 0; i < n; i++)
+        EXPECT(host[i] == 3.0f * (float)(i % 100), "x[%d] = %g, expected %g", i, host[i], 3.0f * (float)(i % 100));
     CHECK(cudaFree(x));
     printf("OK rdc n=%d\n", n);
     return 0;
