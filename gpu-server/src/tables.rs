@@ -144,11 +144,8 @@ impl Tables {
     /// in mappings that follow on from each other (memory mapped piece by
     /// piece into one reservation is one range to the program).
     pub fn check_range(&self, ptr: u64, len: u64) -> Result<Region, u32> {
-        let (&base, &region) = self.memory.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
+        let (base, region) = self.region_at(ptr).ok_or(INVALID_VALUE)?;
         let end = ptr.checked_add(len).ok_or(INVALID_VALUE)?;
-        if ptr >= base + region.size.max(1) {
-            return Err(INVALID_VALUE);
-        }
         let mut reach = base + region.size;
         if end > reach && region.kind == RegionKind::Mapped {
             for (&b, r) in self.memory.range(reach..end) {
@@ -162,6 +159,12 @@ impl Tables {
             return Err(INVALID_VALUE);
         }
         Ok(region)
+    }
+
+    /// The region of this client holding `ptr`, and its base.
+    pub fn region_at(&self, ptr: u64) -> Option<(u64, Region)> {
+        let (&base, &region) = self.memory.range(..=ptr).next_back()?;
+        (ptr < base + region.size.max(1)).then_some((base, region))
     }
 
     /// Record an allocation; refuses overlap with anything already held

@@ -2111,8 +2111,8 @@ impl<'d> Worker<'d> {
     /// with one more reference. (Memory whose last handle was released
     /// while mapped is the mapping's alone, and is not handed out again.)
     fn physical_retain(&mut self, ptr: u64) -> DriverResult<Reply> {
-        let (&base, region) = self.tables.memory.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
-        if region.kind != RegionKind::Mapped || ptr >= base + region.size {
+        let (base, region) = self.tables.region_at(ptr).ok_or(INVALID_VALUE)?;
+        if region.kind != RegionKind::Mapped {
             return Err(INVALID_VALUE);
         }
         let handle = *self.tables.mapped_from.get(&base).ok_or(INVALID_VALUE)?;

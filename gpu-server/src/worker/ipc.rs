@@ -86,8 +86,8 @@ impl Worker<'_> {
     /// `cuIpcGetMemHandle` for the allocation holding `ptr`.
     pub(super) fn ipc_get_mem_handle(&mut self, ctx: Handle, ptr: u64) -> DriverResult<Reply> {
         self.make_current(ctx)?;
-        let (&base, region) = self.tables.memory.range(..=ptr).next_back().ok_or(INVALID_VALUE)?;
-        if ptr >= base + region.size.max(1) || region.kind != RegionKind::Allocated {
+        let (base, region) = self.tables.region_at(ptr).ok_or(INVALID_VALUE)?;
+        if region.kind != RegionKind::Allocated {
             return Err(INVALID_VALUE);
         }
         if let Some(h) = self.shared.memory.get(&base) {
