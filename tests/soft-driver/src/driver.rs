@@ -2340,10 +2340,8 @@ impl Driver {
             let elf_library =
                 |input: &[u8]| gpupool_fatbin::detect(input).ok() == Some(gpupool_fatbin::ImageKind::FatBinary);
             // Libraries of ELF code only take no part beside PTX.
-            let ptx: Vec<&Vec<u8>> = inputs
-                .iter()
-                .filter(|i| !(elf_library(i) && inputs.iter().any(|j| is_ptx(j))))
-                .collect();
+            let any_ptx = inputs.iter().any(|i| is_ptx(i));
+            let ptx: Vec<&Vec<u8>> = inputs.iter().filter(|i| !(any_ptx && elf_library(i))).collect();
             let image = match ptx.as_slice() {
                 [] => return Err(CUDA_ERROR_INVALID_VALUE),
                 [one] => (*one).clone(),
