@@ -137,7 +137,8 @@ fn traffic(report: &str) -> (u64, u64, u64) {
 /// keep their order and still go out in time: the programs' results are
 /// the same as with every frame written at once, a host function the
 /// program waits for with no further call runs (the flusher writes what
-/// was held), and fewer writes carry the same frames.
+/// was held), and where the program posts back to back, fewer writes
+/// carry the same frames.
 #[test]
 fn held_back_streamed_requests_keep_order_and_go_out_in_time() {
     let server = Server::start();
@@ -162,7 +163,11 @@ fn held_back_streamed_requests_keep_order_and_go_out_in_time() {
                     writes >= trips + streamed,
                     "{mode}: {writes} writes for {trips} + {streamed} frames"
                 );
-            } else {
+            } else if matches!(mode, "streams" | "graph") {
+                // These post streamed requests back to back, so some share
+                // a write however slow the machine; the others post a few
+                // between waiting calls, and whether two fall within the
+                // hold time is up to the machine's timing.
                 assert!(
                     writes < trips + streamed,
                     "{mode}: nothing was held back ({writes} writes)"
