@@ -92,6 +92,14 @@ if command -v nvcc >/dev/null 2>&1; then
     r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" "$WORK/cudart_check-static" printf 2>&1 | grep -v '^device') || true
     if [ -n "$n" ] && [ "$n" = "$r" ]; then echo "cudart_check printf: same output"; else
         echo "cudart_check printf differs"; echo "--- native:"; echo "$n"; echo "--- remote:"; echo "$r"; status=1; fi
+    # A failed device assert: its message on the program's standard error,
+    # between its own lines there (the driver's wording names the source
+    # line), and error 710.
+    cuda_run cudart_check-static assert
+    n=$("$WORK/cudart_check-static" assert 2>&1 >/dev/null) || true
+    r=$(GPUPOOL_SERVER="$URL" LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" "$WORK/cudart_check-static" assert 2>&1 >/dev/null) || true
+    if [ -n "$n" ] && [ "$n" = "$r" ]; then echo "cudart_check assert: same standard error"; else
+        echo "cudart_check assert: standard error differs"; echo "--- native:"; echo "$n"; echo "--- remote:"; echo "$r"; status=1; fi
     # Green contexts through cudart's execution contexts (CUDA 13.1 and later).
     cuda_run cudart_check-shared green
     # Relocatable device code: linked at build (SASS) or by the driver at

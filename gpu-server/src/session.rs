@@ -716,15 +716,21 @@ fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
             None
         }
     };
-    // A kernel's printf output goes to the client (this is the session's
-    // own process: its standard output is the client's from now on).
+    // A kernel's printf output, and a failed device assert's message, go to
+    // the client (this is the session's own process: its standard output
+    // and standard error are the client's from now on; its log lines keep
+    // going where standard error went).
     let output = crate::worker::output::Captured::stdout()
         .map_err(|e| tracing::warn!("the driver's output stays on the server: {e}"))
+        .ok();
+    let errors = crate::move_logs_off_stderr()
+        .and_then(|()| crate::worker::output::Captured::stderr())
+        .map_err(|e| tracing::warn!("the driver's error output stays on the server: {e}"))
         .ok();
     let mut worker = Worker::new(&driver, session_id, cfg.max_frame)
         .with_image_cache(images)
         .with_ipc(ipc)
-        .with_output(output);
+        .with_output(output.into_iter().chain(errors).collect());
     worker.welcome(writer, info)?;
     let (end, freed) = worker.serve(reader, writer);
     let how = match &end {

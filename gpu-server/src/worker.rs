@@ -152,8 +152,9 @@ pub struct Worker<'d> {
     /// stream): a streamed error is kept for it, where a synchronisation
     /// of that stream looks.
     work_ctx: Option<Handle>,
-    /// This process's standard output, captured for the client.
-    output: Option<output::Captured>,
+    /// This process's standard output and standard error, captured for
+    /// the client.
+    output: Vec<output::Captured>,
     staging: Vec<Staging>,
     next_staging: usize,
     max_frame: u64,
@@ -234,7 +235,7 @@ impl<'d> Worker<'d> {
             linked: HashMap::new(),
             current: None,
             work_ctx: None,
-            output: None,
+            output: Vec::new(),
             staging: Vec::new(),
             next_staging: 0,
             max_frame,
@@ -281,9 +282,9 @@ impl<'d> Worker<'d> {
         self
     }
 
-    /// Send what the driver writes to this process's standard output to the
-    /// client (see [`output`]).
-    pub fn with_output(mut self, output: Option<output::Captured>) -> Self {
+    /// Send what the driver writes to this process's standard streams, as
+    /// captured, to the client (see [`output`]).
+    pub fn with_output(mut self, output: Vec<output::Captured>) -> Self {
         self.output = output;
         self
     }
@@ -461,24 +462,30 @@ impl<'d> Worker<'d> {
         Ok(())
     }
 
-    /// Notices of what the driver wrote to standard output since the last
-    /// reply (after a synchronisation, what its C library still buffers
-    /// too).
+    /// Notices of what the driver wrote to standard output and standard
+    /// error since the last reply (after a synchronisation, what its C
+    /// library still buffers too).
     fn send_output<W: Write>(&mut self, writer: &mut W, synchronised: bool) -> Result<(), ProtoError> {
-        let Some(output) = self.output.as_mut() else {
+        if self.output.is_empty() {
             return Ok(());
-        };
+        }
         if synchronised {
             output::Captured::flush_streams();
         }
-        loop {
-            let bytes = output.take(gpupool_proto::message::OUTPUT_CHUNK);
-            if bytes.is_empty() {
-                return Ok(());
+        for captured in &mut self.output {
+            loop {
+                let bytes = captured.take(gpupool_proto::message::OUTPUT_CHUNK);
+                if bytes.is_empty() {
+                    break;
+                }
+                let notice = Reply::Output {
+                    fd: captured.stream(),
+                    bytes,
+                };
+                frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &notice, &[], self.max_frame)?;
             }
-            let notice = Reply::Output { fd: 1, bytes };
-            frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &notice, &[], self.max_frame)?;
         }
+        Ok(())
     }
 
     /// Keep a streamed call's error for its context.

@@ -1120,9 +1120,11 @@ pub enum Reply {
         events: Vec<(Handle, u64)>,
     },
     /// Not a reply: a notice, as `EventsDone` (version 14). What the
-    /// server's driver wrote to the worker's standard output (`fd` 1), as
-    /// a kernel's `printf` output at synchronisation, in order, at most
-    /// [`OUTPUT_CHUNK`] bytes a notice. The client writes it to its own.
+    /// server's driver wrote to the worker's standard output (`fd` 1: a
+    /// kernel's `printf` output at synchronisation) or standard error
+    /// (`fd` 2: a failed device-side `assert`'s message), in order for each
+    /// stream, at most [`OUTPUT_CHUNK`] bytes a notice. The client writes
+    /// it to its own stream of that number, and ignores other numbers.
     Output {
         fd: u8,
         bytes: Vec<u8>,

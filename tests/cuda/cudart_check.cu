@@ -6,6 +6,9 @@
 //
 //   cudart_check          allocations, copies, kernels, streams, events
 //   cudart_check fault    a faulting kernel: error 700 at the next synchronise
+//   cudart_check assert   a failed device-side assert: its message on
+//                         standard error at the next synchronise, between
+//                         this program's own lines there, and error 710
 //   cudart_check ipc      memory and an event shared with a second process
 //                         (this program again, `ipc-child`) through cudaIpc*
 //   cudart_check conditional
@@ -26,6 +29,7 @@
 //                         of 16 SMs split from the device (cudaGreenCtxCreate,
 //                         an execution context), a kernel on a stream of its
 //                         own, its events, resource and synchronisation
+#include <cassert>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -121,6 +125,30 @@ static int fault() {
     e = cudaDeviceSynchronize();
     EXPECT(e == cudaErrorIllegalAddress, "the fault is not sticky: %d", (int)e);
     printf("OK fault\n");
+    return 0;
+}
+
+__global__ void gp_assert(const int *v, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) assert(v[i] != 0);
+}
+
+// A failed device-side assert: its message on standard error at the
+// synchronisation, cudaErrorAssert then and after.
+static int device_assert() {
+    const int n = 4, host[n] = {1, 1, 0, 1};
+    int *v;
+    CHECK(cudaMalloc(&v, sizeof host));
+    CHECK(cudaMemcpy(v, host, sizeof host, cudaMemcpyHostToDevice));
+    fprintf(stderr, "before the kernel\n");
+    gp_assert<<<1, n>>>(v, n);
+    CHECK(cudaGetLastError());
+    cudaError_t e = cudaDeviceSynchronize();
+    EXPECT(e == cudaErrorAssert, "synchronise after a failed assert gave %d (%s)", (int)e, cudaGetErrorString(e));
+    fprintf(stderr, "after the synchronisation\n");
+    e = cudaMemcpy((void *)host, v, sizeof host, cudaMemcpyDeviceToHost);
+    EXPECT(e == cudaErrorAssert, "the failed assert is not sticky: %d", (int)e);
+    printf("OK assert\n");
     return 0;
 }
 
@@ -892,6 +920,7 @@ int main(int argc, char **argv) {
     EXPECT(prop.multiProcessorCount >= 1 && prop.maxThreadsPerBlock >= 256, "implausible properties");
     printf("device 0: %s, cc %d.%d, runtime %d, driver %d\n", prop.name, prop.major, prop.minor, runtime, driver);
     if (!strcmp(mode, "fault")) return fault();
+    if (!strcmp(mode, "assert")) return device_assert();
     if (!strcmp(mode, "ipc")) return ipc();
     if (!strcmp(mode, "ipc-child")) return ipc_child(argc, argv);
     if (!strcmp(mode, "conditional")) return conditional();

@@ -237,6 +237,50 @@ fn cudart_reports_a_kernel_fault_at_the_next_synchronise() {
     assert!(out.contains("OK fault"), "{out}");
 }
 
+#[test]
+fn a_failed_device_assert_prints_its_message_on_the_programs_stderr() {
+    let homes = cuda_homes();
+    let Some(home) = homes.first() else {
+        return;
+    };
+    let server = Server::start();
+    for shared in [false, true] {
+        let program = nvcc_build(home, "cudart_check", shared);
+        let mut cmd = through_shim(&program, &server.tcp);
+        cmd.env(
+            "LD_LIBRARY_PATH",
+            format!("{}:{}", shim_dir().display(), home.join("lib").display()),
+        )
+        .arg("assert");
+        let out = run_with_timeout(cmd, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("OK assert"),
+            "shared={shared} ({}):\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
+            out.status,
+            server.log()
+        );
+        // The driver's message (the software driver's own wording; a GPU's
+        // names the source line and block too) comes out at the
+        // synchronisation, between the program's own lines on stderr, once.
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("kernel") || l.contains("Assertion") || l.contains("synchronisation"))
+            .collect();
+        assert_eq!(lines.len(), 3, "shared={shared}: {stderr}");
+        assert_eq!(lines[0], "before the kernel", "shared={shared}: {stderr}");
+        assert!(
+            lines[1].contains("thread: [2,0,0]") && lines[1].ends_with("Assertion `v[i] != 0` failed."),
+            "shared={shared}: {stderr}"
+        );
+        assert_eq!(lines[2], "after the synchronisation", "shared={shared}: {stderr}");
+        assert!(!stdout.contains("Assertion"), "shared={shared}: {stdout}");
+        // The server's log is its own: the message is not in it.
+        assert!(!server.log().contains("Assertion"), "{}", server.log());
+    }
+}
+
 /// cuBLAS installed beside a toolchain (`<toolchain>/cublas/nvidia/cu13`;
 /// the test command installs it for 13.0).
 fn cublas_home(home: &Path) -> Option<PathBuf> {

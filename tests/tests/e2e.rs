@@ -959,11 +959,15 @@ impl RawSession {
         let mut out = Vec::new();
         frame::encode_frame(&mut out, self.next_id, FLAG_WANTS_REPLY, request, bulk, 1 << 30).unwrap();
         self.stream.write_all(&out).unwrap();
-        // Data frames of a device-to-host copy come before its final reply.
+        // Data frames of a device-to-host copy come before its final reply;
+        // notices (the driver's output) may too.
         loop {
             let h = frame::read_frame(&mut self.stream, &mut self.msg, 1 << 20)
                 .unwrap_or_else(|e| panic!("{e:?}; server log:\n{}", self.log.lock().unwrap()));
             frame::skip_bulk(&mut self.stream, h.bulk_len).unwrap();
+            if h.id == gpupool_proto::message::NOTICE_ID {
+                continue;
+            }
             assert_eq!(h.id, self.next_id);
             match codec::decode(&self.msg).unwrap() {
                 Reply::Data { .. } => continue,

@@ -1,21 +1,25 @@
 //! The driver's output for the program: what a kernel's `printf` prints,
 //! which the driver writes to its process's standard output when the host
-//! synchronises. A worker's standard output is a memory file, so the
-//! driver's writes never block (a pipe nobody drains would stall the
-//! synchronisation that writes it); before each reply the session's thread
-//! sends what was written since the last one in notices
-//! (`Reply::Output`), and the client writes it to its own standard output
-//! as it reads the reply, so a kernel's output comes out where, and when,
-//! it would on a local GPU.
+//! synchronises, and a failed device-side `assert`'s message, which it
+//! writes to standard error. A worker's standard output and standard error
+//! are memory files, so the driver's writes never block (a pipe nobody
+//! drains would stall the synchronisation that writes it); before each
+//! reply the session's thread sends what was written since the last one in
+//! notices (`Reply::Output`), and the client writes it to its own stream
+//! as it reads the reply, so the driver's output comes out where, and
+//! when, it would on a local GPU. The worker's own log lines go to the
+//! standard error it was started with ([`crate::move_logs_off_stderr`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Past this much read, the file starts again from empty.
 const RESTART_AT: u64 = 1 << 20;
 
 pub struct Captured {
     file: OwnedFd,
+    /// The standard stream captured (1 or 2).
+    stream: RawFd,
     /// Bytes of the file already sent.
     sent: u64,
 }
@@ -23,6 +27,16 @@ pub struct Captured {
 impl Captured {
     /// Point this process's standard output (fd 1) at a new memory file.
     pub fn stdout() -> io::Result<Captured> {
+        Self::capture(1)
+    }
+
+    /// Point this process's standard error (fd 2) at a new memory file.
+    /// Log lines must have moved off it first.
+    pub fn stderr() -> io::Result<Captured> {
+        Self::capture(2)
+    }
+
+    fn capture(stream: RawFd) -> io::Result<Captured> {
         // SAFETY: memfd_create takes a NUL-terminated name and flags.
         let fd = unsafe { libc::memfd_create(c"gpupool-device-output".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -30,13 +44,18 @@ impl Captured {
         }
         // SAFETY: fd was just made and is owned here alone.
         let file = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: both descriptors are open; fd 1 becomes a second
+        // SAFETY: both descriptors are open; `stream` becomes a second
         // descriptor of the file (sharing its offset, which its writers
         // advance), without close-on-exec.
-        if unsafe { libc::dup2(file.as_raw_fd(), 1) } < 0 {
+        if unsafe { libc::dup2(file.as_raw_fd(), stream) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Captured { file, sent: 0 })
+        Ok(Captured { file, stream, sent: 0 })
+    }
+
+    /// The standard stream captured: 1 (output) or 2 (error).
+    pub fn stream(&self) -> u8 {
+        self.stream as u8
     }
 
     /// Flush the C library's buffered streams, the driver's among them.
@@ -49,9 +68,9 @@ impl Captured {
     /// when nothing was. Once everything written is sent and the file has
     /// grown past [`RESTART_AT`], it starts again from empty.
     pub fn take(&mut self, max: usize) -> Vec<u8> {
-        // SAFETY: fd 1 is open (this process's standard output); the
-        // offset of the file's writers is where the next write goes.
-        let end = unsafe { libc::lseek(1, 0, libc::SEEK_CUR) };
+        // SAFETY: `stream` is open (a descriptor of the file); the offset
+        // of the file's writers is where the next write goes.
+        let end = unsafe { libc::lseek(self.stream, 0, libc::SEEK_CUR) };
         let Ok(end) = u64::try_from(end) else { return Vec::new() };
         if end <= self.sent {
             if self.sent >= RESTART_AT && end == self.sent {
@@ -82,7 +101,7 @@ impl Captured {
         // is written (the driver writes from within calls of this thread).
         unsafe {
             libc::ftruncate(self.file.as_raw_fd(), 0);
-            libc::lseek(1, 0, libc::SEEK_SET);
+            libc::lseek(self.stream, 0, libc::SEEK_SET);
         }
         self.sent = 0;
     }

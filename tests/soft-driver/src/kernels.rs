@@ -43,20 +43,35 @@ pub enum Known {
     /// `printf("hello %d from thread %d\n", n, i)`; the lines come out, in
     /// thread order, when the host next synchronises.
     Hello,
+    /// `gp_assert(const int* v, int n)`: each thread `i < n` asserts
+    /// `v[i] != 0`. A failed assertion's message comes out on standard
+    /// error when the host next synchronises, and the context is left in
+    /// `CUDA_ERROR_ASSERT` (710), as on a GPU. The message is this double's
+    /// own: `gp_assert: thread: [i,0,0] Assertion `v[i] != 0` failed.`
+    Assert,
 }
 
 /// Output of `printf` in kernels, until the host synchronises.
 static PRINTF: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
-/// Write what kernels printed to standard output, as the driver does when
-/// the host synchronises.
-pub(crate) fn flush_printf() {
+/// Messages of failed device-side assertions, until the host synchronises.
+static ASSERTS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Write what kernels printed to standard output, and the messages of
+/// their failed assertions to standard error, as the driver does when the
+/// host synchronises.
+pub(crate) fn flush_device_output() {
     use std::io::Write;
-    let text = std::mem::take(&mut *PRINTF.lock().unwrap_or_else(|p| p.into_inner()));
+    let take = |buf: &std::sync::Mutex<Vec<u8>>| std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+    let text = take(&PRINTF);
     if !text.is_empty() {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(&text);
         let _ = out.flush();
+    }
+    let text = take(&ASSERTS);
+    if !text.is_empty() {
+        let _ = std::io::stderr().lock().write_all(&text);
     }
 }
 
@@ -73,6 +88,7 @@ pub const KNOWN_KERNELS: &[(&str, Known, &[usize])] = &[
     ("gp_set_condition", Known::SetCondition, &[8, 8]),
     ("gp_countdown", Known::Countdown, &[8, 8]),
     ("gp_hello", Known::Hello, &[4]),
+    ("gp_assert", Known::Assert, &[8, 4]),
 ];
 
 /// How a kernel entry relates to the known kernels.
@@ -208,7 +224,7 @@ impl Args<'_> {
 /// `entry.params` says (the caller has checked its length and that `entry`
 /// matches `kernel`); `threads` is `gridDim.x * blockDim.x`.
 ///
-/// `Err` is the fault the kernel hit (700 or 716): the caller makes it the
+/// `Err` is the fault the kernel hit (700, 716, or 710 for a failed assertion): the caller makes it the
 /// context's sticky error.
 pub(crate) fn run(
     kernel: Known,
@@ -278,6 +294,24 @@ pub(crate) fn run(
                 out.extend_from_slice(format!("hello {n} from thread {i}\n").as_bytes());
             }
             Ok(())
+        }
+        Known::Assert => {
+            let v = args.u64(0);
+            let mut failed = false;
+            for i in 0..count(args.i32(1)) {
+                if dev.read_u32(v.wrapping_add(i * 4))? == 0 {
+                    let mut out = ASSERTS.lock().unwrap_or_else(|p| p.into_inner());
+                    out.extend_from_slice(
+                        format!("gp_assert: thread: [{i},0,0] Assertion `v[i] != 0` failed.\n").as_bytes(),
+                    );
+                    failed = true;
+                }
+            }
+            if failed {
+                Err(CUDA_ERROR_ASSERT)
+            } else {
+                Ok(())
+            }
         }
         Known::TexRead => {
             let (out, tex, w, h) = (args.u64(0), args.u64(1), args.i32(2), args.i32(3));
