@@ -71,6 +71,27 @@ pub fn link_libraries(dir: &Path, links: &[(&str, PathBuf)]) {
     }
 }
 
+/// A loopback TCP port free now that stays this test's to reuse: below
+/// the kernel's ephemeral range, so no socket bound to port 0 and no
+/// outgoing connection's local end takes it while the test leaves it
+/// unbound (and a connection to it while nothing listens is refused, never
+/// connected to itself, as one to an unbound ephemeral port can be).
+pub fn fixed_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(10_000).max(1);
+    let seed = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+    (0..200u64)
+        .map(|i| low - 1 - ((seed + i * 104_729) % span as u64) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no free loopback port below the ephemeral range")
+}
+
 /// A per-process scratch directory under the target dir.
 pub fn scratch_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -412,11 +412,9 @@ fn a_silent_server_is_marked_down_and_its_holders_are_told() {
 /// it registers again, by itself; while the broker was away it kept serving.
 #[test]
 fn a_server_registers_again_with_a_broker_that_forgot_it() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The broker comes back at the same address: a port no other socket
+    // can take meanwhile.
+    let port = fixed_port();
     let listen = format!("127.0.0.1:{port}");
     let settings = [("GPUPOOL_BROKER_HEARTBEAT_TIMEOUT_MS", "300")];
     let broker = start_broker_at("forgetful", &listen, &settings);
