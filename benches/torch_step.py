@@ -1,13 +1,15 @@
 """PyTorch training steps for gpupool's GPU machine script: an MLP
 (1024 -> 4096 -> 4096 -> 10, batch 256), a small CNN (batch 64, 64x64), the
-MLP again under bf16 autocast, and the MLP's step captured once as a CUDA
-graph and replayed (`mlp_graph`: one message a step through gpupool),
-with fixed seeds, so a run natively and a run through gpupool can be compared
-loss for loss and step time for step time.
+MLP again under bf16 autocast, the MLP's step captured once as a CUDA graph
+and replayed (`mlp_graph`: one message a step through gpupool), and a small
+GPT (`gpt`: 4 pre-norm transformer blocks of width 512, causal attention,
+AdamW, bf16 autocast, 16 sequences of 256 tokens), with fixed seeds, so a
+run natively and a run through gpupool can be compared loss for loss and
+step time for step time.
 
 Usage: `torch_step.py [STEPS [MODEL ...]]` (default 300 steps of mlp, cnn,
-mlp_bf16 and mlp_graph). Prints `LOSS <model> <step> <value>` every 50 steps and
-`BENCH <model>_step_ms <mean over the timed steps>`.
+mlp_bf16, mlp_graph and gpt). Prints `LOSS <model> <step> <value>` every 50
+steps and `BENCH <model>_step_ms <mean over the timed steps>`.
 """
 import sys
 import time
@@ -28,22 +30,63 @@ def cnn():
     )
 
 
-def run(name, model, shape, steps, warmup=20, amp=False):
+class TinyGPT(nn.Module):
+    """A decoder-only transformer: token and position embeddings, pre-norm
+    blocks (causal self-attention through scaled_dot_product_attention, a
+    GELU MLP), a final norm and the vocabulary's logits."""
+
+    def __init__(self, vocab=8192, width=512, heads=8, layers=4, context=256):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(context, width)
+        block = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab, bias=False)
+
+    def forward(self, idx):
+        t = idx.shape[1]
+        h = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
+        return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
+
+
+def images(shape, classes=10):
+    """Random inputs of `shape` and a class for each."""
+    def make(g):
+        return torch.randn(*shape, generator=g), torch.randint(0, classes, (shape[0],), generator=g)
+    return make
+
+
+def tokens(batch, context, vocab=8192):
+    """Random token sequences; each position's target is the next token."""
+    def make(g):
+        seq = torch.randint(0, vocab, (batch, context + 1), generator=g)
+        return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+    return make
+
+
+def run(name, model, data, steps, warmup=20, amp=False, adamw=False):
     torch.manual_seed(0)
     dev = torch.device("cuda")
     model = model.to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    if adamw:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator(device="cpu").manual_seed(1)
-    x = torch.randn(*shape, generator=g).to(dev)
-    y = torch.randint(0, 10, (shape[0],), generator=g).to(dev)
+    x, y = (t.to(dev) for t in data(g))
     times = []
     for step in range(steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            loss = loss_fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
@@ -94,12 +137,15 @@ def run_graph(name, model, shape, steps, warmup=20):
 
 
 MODELS = {
-    "mlp": lambda steps: run("mlp", mlp(), (256, 1024), steps),
-    "cnn": lambda steps: run("cnn", cnn(), (64, 3, 64, 64), steps),
+    "mlp": lambda steps: run("mlp", mlp(), images((256, 1024)), steps),
+    "cnn": lambda steps: run("cnn", cnn(), images((64, 3, 64, 64)), steps),
     # Mixed precision: cuBLASLt's half-precision paths (and its own export
     # table) under autocast.
-    "mlp_bf16": lambda steps: run("mlp_bf16", mlp(), (256, 1024), steps, amp=True),
+    "mlp_bf16": lambda steps: run("mlp_bf16", mlp(), images((256, 1024)), steps, amp=True),
     "mlp_graph": lambda steps: run_graph("mlp_graph", mlp(), (256, 1024), steps),
+    # Attention (flash attention on a GPU), layer norms, embeddings and
+    # AdamW's multi-tensor kernels.
+    "gpt": lambda steps: run("gpt", TinyGPT(), tokens(16, 256), steps, amp=True, adamw=True),
 }
 
 if __name__ == "__main__":

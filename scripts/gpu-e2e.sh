@@ -140,12 +140,17 @@ if python3 -c "import torch" 2>/dev/null; then
     h=$(GPUPOOL_SERVER="$URL" GPUPOOL_HOLD_US=0 LD_LIBRARY_PATH="$WORK/shim:${LD_LIBRARY_PATH:-}" \
         python3 benches/torch_step.py 300 2>&1 | grep BENCH | sed 's/^BENCH /BENCH written at once /') || true
     echo "$h"
-    # Kernels may pick non-deterministic algorithms: compare within 1e-3.
+    # Kernels may pick non-deterministic algorithms: compare within 1e-3;
+    # the GPT's within 5e-2 (flash attention's backward adds in no fixed
+    # order, and 300 bf16 AdamW steps carry the difference on).
     paste <(grep LOSS <<<"$n") <(grep LOSS <<<"$r") | awk '
         { d = $4 - $8; if (d < 0) d = -d; m = ($4 < 0 ? -$4 : $4); if (m < 1) m = 1;
-          if (d / m > worst) worst = d / m; rows++ }
-        END { printf "losses compared: %d, largest relative difference %.2e\n", rows, worst;
-              exit (rows == 0 || worst > 1e-3) }' || { echo "losses differ"; status=1; }
+          tol = ($2 == "gpt") ? 5e-2 : 1e-3; rows++
+          if (d / m > worst[$2]) worst[$2] = d / m
+          if (d / m > tol) bad++ }
+        END { for (k in worst) printf "losses of %s: largest relative difference %.2e\n", k, worst[k];
+              printf "losses compared: %d, %d beyond tolerance\n", rows, bad;
+              exit (rows == 0 || bad > 0) }' || { echo "losses differ"; status=1; }
 else
     echo "== no PyTorch: training steps skipped"
 fi

@@ -195,6 +195,22 @@ pub struct Shim {
     pub module_kernels: RwLock<HashMap<Handle, Option<Arc<Vec<String>>>>>,
     /// Each context's cache preference (`cuCtxSetCacheConfig`).
     pub cache_configs: RwLock<HashMap<Handle, u32>>,
+    /// Context limits the driver answered (`cuCtxGetLimit`), by (context,
+    /// limit): they change only when the program sets one, which forgets
+    /// the context's answers, as its destruction or reset does. Never the
+    /// stack size, which the driver raises itself for a launch that needs
+    /// more. cuDNN's runtime-compiled engines ask whether the context is a
+    /// CIG one at every execution.
+    pub limits: RwLock<Limits>,
+}
+
+/// The context limits the driver answered ([`Shim::limits`]).
+#[derive(Default)]
+pub struct Limits {
+    pub answers: HashMap<(Handle, i32), usize>,
+    /// Counts forgettings, so that an answer asked before one is not kept
+    /// after it.
+    pub forgotten: u64,
 }
 
 /// A function the server made: its name as `cuFuncGetName` hands it out
@@ -326,6 +342,7 @@ impl Shim {
             functions: RwLock::default(),
             module_kernels: RwLock::default(),
             cache_configs: RwLock::default(),
+            limits: RwLock::default(),
         }
     }
 
@@ -454,12 +471,20 @@ impl Shim {
         (ptr < base + r.size).then_some((base, r.size))
     }
 
+    /// Forget the limits the driver answered for a context.
+    pub fn forget_limits(&self, ctx: Handle) {
+        let mut limits = self.limits.write().unwrap_or_else(|p| p.into_inner());
+        limits.answers.retain(|(c, _), _| *c != ctx);
+        limits.forgotten += 1;
+    }
+
     /// Forget everything that belonged to a destroyed or reset context.
     pub fn forget_context(&self, ctx: Handle) {
         self.cache_configs
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ctx);
+        self.forget_limits(ctx);
         self.device_memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -608,5 +608,10 @@ typedef CUresult (*PFN_cuLogsDumpToMemory)(CUlogIterator *, char *, size_t *, un
 typedef CUresult (*PFN_cuLogsDumpToFile)(CUlogIterator *, const char *, unsigned);
 typedef CUresult (*PFN_cuLogsRegisterCallback)(CUlogsCallback, void *, CUlogsCallbackHandle *);
 typedef CUresult (*PFN_cuLogsUnregisterCallback)(CUlogsCallbackHandle);
+#define CU_LIMIT_STACK_SIZE 0
+#define CU_LIMIT_PRINTF_FIFO_SIZE 1
+typedef CUresult (*PFN_cuCtxGetLimit)(size_t *, int);
+typedef CUresult (*PFN_cuCtxSetLimit)(int, size_t);
+typedef CUresult (*PFN_cuDevicePrimaryCtxReset)(CUdevice);
 
 #endif

@@ -48,6 +48,9 @@
  *                          cuGraphAddHostNode, a child graph's copied twice): they
  *                          run at every launch, in order, and synchronising waits
  *                          for them
+ *   driver_check limits    context limits: asked once, then the same until one is
+ *                          set; the stack size asked every time; a reset context's
+ *                          back to its defaults
  *   driver_check logs FILE the driver's error log: failed calls told to callbacks
  *                          (once, also when a callback's own call fails), dumped
  *                          to memory from an iterator and to FILE, the oldest
@@ -2057,6 +2060,34 @@ int main(int argc, char **argv) {
         EXPECT(cuLogsDumpToFile(NULL, "/nonexistent-dir/x/log", 0) == CUDA_ERROR_FILE_NOT_FOUND,
                "a file in no directory");
         printf("OK logs (%d told)\n", t.count);
+    } else if (!strcmp(mode, "limits")) {
+        GET(cuCtxGetLimit, 2000);
+        GET(cuCtxSetLimit, 3010);
+        GET(cuDevicePrimaryCtxReset, 11000);
+        size_t first = 0, v = 0;
+        CHECK(cuCtxGetLimit(&first, CU_LIMIT_PRINTF_FIFO_SIZE));
+        EXPECT(first > 0, "no printf FIFO");
+        for (int i = 0; i < 50; i++) {
+            CHECK(cuCtxGetLimit(&v, CU_LIMIT_PRINTF_FIFO_SIZE));
+            EXPECT(v == first, "the FIFO's size went from %zu to %zu", first, v);
+        }
+        /* Set: the next answer is the new size. */
+        size_t bigger = first * 4;
+        CHECK(cuCtxSetLimit(CU_LIMIT_PRINTF_FIFO_SIZE, bigger));
+        CHECK(cuCtxGetLimit(&v, CU_LIMIT_PRINTF_FIFO_SIZE));
+        EXPECT(v == bigger, "set to %zu, the FIFO has %zu", bigger, v);
+        /* The driver raises the stack size itself: always asked. */
+        size_t stack = 0;
+        for (int i = 0; i < 10; i++) CHECK(cuCtxGetLimit(&stack, CU_LIMIT_STACK_SIZE));
+        EXPECT(stack > 0, "no stack");
+        /* A reset context starts again from the defaults. */
+        CHECK(cuDevicePrimaryCtxReset(dev));
+        CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
+        CHECK(cuCtxSetCurrent(ctx));
+        CHECK(cuCtxGetLimit(&v, CU_LIMIT_PRINTF_FIFO_SIZE));
+        EXPECT(v == first, "after a reset the FIFO has %zu, not %zu", v, first);
+        printf("OK limits\n");
+        return 0; /* the reset took the module with it */
     } else if (!strcmp(mode, "exit-calls")) {
         CUdeviceptr p;
         CHECK(cuMemAlloc(&p, 4096));

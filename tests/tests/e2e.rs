@@ -47,6 +47,29 @@ fn report_row(report: &str, call: &str) -> (u64, u64) {
     (cols[1].parse().unwrap(), cols[4].parse().unwrap())
 }
 
+/// Context limits are asked of the server once and answered in the shim
+/// after that (cuDNN's runtime-compiled engines ask one at every execution,
+/// 16 round trips a step of a small transformer): a set is seen by the next
+/// question, a reset context is back to its defaults, and the stack size,
+/// which the driver raises itself, is always asked.
+#[test]
+fn context_limits_are_asked_once_until_set() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("limits").env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK limits"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+    // 1 + 50 + 1 + 10 + 1 questions; the first, the one after the set,
+    // the ten of the stack size and the one after the reset ask.
+    assert_eq!(report_row(&stderr, "cuCtxGetLimit"), (63, 13), "{stderr}");
+}
+
 /// Driver calls made after the shim's exit handlers ran (a program's
 /// library destructors at `exit`, after thread-local storage is gone) fail
 /// cleanly, and the shim logs nothing from the torn-down process: before,

@@ -263,10 +263,11 @@ fn round_trips(stderr: &str) -> Option<u64> {
 
 /// A training step through gpupool waits for the server only where the
 /// program synchronises: the benchmark's steps (`benches/torch_step.py`,
-/// forward, backward and SGD, with `torch.cuda.synchronize()` before and
-/// after each) cost two round trips a step and nothing else; launches,
-/// memsets, attribute sets and the allocator's work all stream or are
-/// answered in the shim. The software driver skips PyTorch's kernels
+/// forward, backward and SGD or AdamW, with `torch.cuda.synchronize()`
+/// before and after each) cost two round trips a step and nothing else;
+/// launches, memsets, attribute sets, the allocator's work and cuDNN's
+/// questions of the context's limits (the small GPT's attention) all
+/// stream or are answered in the shim. The software driver skips PyTorch's kernels
 /// (`GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS=1`), so the numbers it computes are
 /// meaningless; the calls are PyTorch's own. Runs of 25 and 50 steps differ
 /// by 25 steps (their `loss.item()` reads, at the first and last step, are
@@ -279,7 +280,7 @@ fn pytorch_training_steps_wait_only_where_they_synchronise() {
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let bench = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/torch_step.py");
     let bench = bench.to_str().expect("a UTF-8 path");
-    for model in ["mlp", "cnn", "mlp_bf16"] {
+    for model in ["mlp", "cnn", "mlp_bf16", "gpt"] {
         let mut trips = Vec::new();
         for steps in ["21", "25", "50"] {
             let (ok, stdout, stderr) = run_python(&python, &server, &[bench, steps, model]);

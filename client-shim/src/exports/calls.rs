@@ -666,25 +666,44 @@ pub unsafe fn ctx_get_limit(value: *mut usize, limit: i32) -> CuResult {
     if value.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
+    let asked = {
+        let limits = read(&s.limits);
+        if let Some(&v) = limits.answers.get(&(ctx, limit)) {
+            return unsafe { out(value, v) };
+        }
+        limits.forgotten
+    };
     match s.remote.call(&Request::CtxGetLimit { ctx, limit }, &[])? {
-        Reply::Size(v) => unsafe { out(value, v as usize) },
+        Reply::Size(v) => {
+            let mut limits = write(&s.limits);
+            if limit != CU_LIMIT_STACK_SIZE && limits.forgotten == asked {
+                limits.answers.insert((ctx, limit), v as usize);
+            }
+            drop(limits);
+            unsafe { out(value, v as usize) }
+        }
         _ => Err(CuError::UNKNOWN),
     }
 }
 
+/// `CU_LIMIT_STACK_SIZE`: the one limit the driver changes by itself.
+const CU_LIMIT_STACK_SIZE: i32 = 0;
+
 pub unsafe fn ctx_set_limit(limit: i32, value: usize) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote
-        .call(
-            &Request::CtxSetLimit {
-                ctx,
-                limit,
-                value: value as u64,
-            },
-            &[],
-        )
-        .map(|_| ())
+    let set = s.remote.call(
+        &Request::CtxSetLimit {
+            ctx,
+            limit,
+            value: value as u64,
+        },
+        &[],
+    );
+    // The driver may round the value (or, failing, change nothing): the
+    // next question asks it.
+    s.forget_limits(ctx);
+    set.map(|_| ())
 }
 
 pub unsafe fn ctx_get_api_version(ctx: CUcontext, version: *mut u32) -> CuResult {
