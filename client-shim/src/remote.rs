@@ -16,13 +16,13 @@
 use crate::error::{CuError, CuResult};
 use gpupool_proto::affinity;
 use gpupool_proto::codec;
-use gpupool_proto::frame::{self, FLAG_WANTS_REPLY};
+use gpupool_proto::frame::{self, FLAG_NOTICES_TAKEN, FLAG_WANTS_REPLY};
 use gpupool_proto::handshake::{ClientInfo, Hello, SessionInfo, Welcome};
 use gpupool_proto::message::{Reply, Request, NOTICE_ID};
-use gpupool_proto::transport::{self, ClientStream, ClientTls, PollRead, Polling, ServerUrl};
+use gpupool_proto::transport::{self, ClientStream, ClientTls, FrameReader, PollRead, Polling, ServerUrl};
 use gpupool_proto::ProtoError;
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -199,7 +199,7 @@ const HOLD_BULK: usize = 4 << 10;
 
 /// The read side of the connection: held by the one thread reading frames.
 struct ReadSide {
-    stream: BufReader<Polling<Box<dyn PollRead>>>,
+    stream: FrameReader<Polling<Box<dyn PollRead>>>,
     msg: Vec<u8>,
 }
 
@@ -234,6 +234,10 @@ pub struct Remote {
     next_id: AtomicU64,
     dead: AtomicBool,
     dead_reason: OnceLock<String>,
+    /// Frames were taken in without a caller waiting for them
+    /// ([`Remote::take_arrived`]): the next request says so
+    /// (`FLAG_NOTICES_TAKEN`), and the server may send more notices unasked.
+    notices_taken: AtomicBool,
     poll: Duration,
     pub session: SessionInfo,
     pub peer: String,
@@ -295,7 +299,7 @@ impl Remote {
                 close,
                 peer,
             } = transport::connect(&url, &opts.tls)?;
-            let mut reader = BufReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
+            let mut reader = FrameReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
             let mut hello = Hello::new(opts.lease_token.clone(), client_info());
             hello.session_ticket = ticket;
             let mut scratch = Vec::new();
@@ -349,6 +353,7 @@ impl Remote {
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             dead_reason: OnceLock::new(),
+            notices_taken: AtomicBool::new(false),
             // Polling pays off where the kernel hands the bytes over (TCP).
             // A QUIC stream's bytes come through the runtime's own thread,
             // which a polling caller would starve of a core.
@@ -415,6 +420,11 @@ impl Remote {
         }
         let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let w = &mut *guard;
+        let flags = if self.notices_taken.swap(false, Ordering::Relaxed) {
+            flags | FLAG_NOTICES_TAKEN
+        } else {
+            flags
+        };
         let now = Instant::now();
         // Was the flusher's last write one the program would soon have made
         // itself? Then it does not count against trusting the program.
@@ -806,6 +816,44 @@ impl Remote {
             // go (`hand_over`).
         }
         waiter.wait()
+    }
+
+    /// Take in the frames the server has already sent (notices of completed
+    /// event records among them), without waiting for any: whether any was.
+    /// Nothing is taken while another thread reads the connection, and a
+    /// frame not wholly arrived is left for the next reader.
+    pub fn take_arrived(&self) -> bool {
+        if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut side = match self.read_side.try_lock() {
+            Ok(side) => side,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        let mut took = false;
+        loop {
+            if !side.stream.frame_buffered() {
+                match side.stream.take_arrived() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    // The reader that waits next tells the failure.
+                    Err(_) => break,
+                }
+            }
+            if let Err(reason) = self.read_one(&mut side) {
+                drop(side);
+                self.mark_dead(reason);
+                return took;
+            }
+            took = true;
+        }
+        drop(side);
+        if took {
+            self.notices_taken.store(true, Ordering::Relaxed);
+        }
+        self.hand_over();
+        took
     }
 
     /// After letting go of the read side: if replies are still outstanding,

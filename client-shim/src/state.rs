@@ -259,6 +259,8 @@ pub struct EventNote {
     pub recorded: u64,
     /// The latest record the server told done.
     pub done: u64,
+    /// The latest record sent watched (the server tells its completion).
+    pub watched: u64,
 }
 
 impl EventNote {
@@ -266,7 +268,17 @@ impl EventNote {
     /// the completion of, when the record is watched.
     pub fn record(&mut self) -> Option<u64> {
         self.recorded += 1;
-        (self.asked && !self.elsewhere).then_some(self.recorded)
+        let watched = self.asked && !self.elsewhere;
+        if watched {
+            self.watched = self.recorded;
+        }
+        watched.then_some(self.recorded)
+    }
+
+    /// Whether the server is to tell the latest record's completion, and
+    /// has not yet (as far as the frames read so far say).
+    pub fn told_later(&self) -> bool {
+        !self.elsewhere && self.recorded > 0 && self.watched == self.recorded && self.done < self.recorded
     }
 
     /// The server told the watched record `generation` done.

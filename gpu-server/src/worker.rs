@@ -188,6 +188,11 @@ pub struct Worker<'d> {
     host_funcs_out: usize,
     /// Watched event records not yet told done (`eventwatch`).
     watches: Vec<eventwatch::Watch>,
+    /// Notices sent unasked since the client last showed it reads
+    /// (`eventwatch`).
+    unasked: usize,
+    /// When the session, idle, next looks at watched records.
+    next_look: Instant,
     /// The server's IPC registry, when it has one.
     ipc: Option<crate::ipc::Registry>,
     /// What this session shares with others, and has opened of theirs.
@@ -256,6 +261,8 @@ impl<'d> Worker<'d> {
             }),
             host_funcs_out: 0,
             watches: Vec::new(),
+            unasked: 0,
+            next_look: Instant::now(),
             ipc: None,
             shared: ipc::Shared::default(),
             host_nodes: hostnodes::HostNodes::default(),
@@ -358,17 +365,39 @@ impl<'d> Worker<'d> {
         (end, self.cleanup())
     }
 
-    /// Before reading the next request: while host functions are out and no
-    /// request has begun to arrive, tell the client of those reached, and
-    /// wait for either. (With none out, the read itself waits.)
+    /// Before reading the next request, while none has begun to arrive:
+    /// tell the client of the host functions reached while any are out, and
+    /// of watched event records that completed while any are watched (see
+    /// `eventwatch`), waiting for a request, a host function or the next
+    /// look at the events. (With neither, the read itself waits.)
     fn idle<R: WaitRead, W: Write>(&mut self, reader: &mut BufReader<R>, writer: &mut W) -> Result<(), ProtoError> {
         let Some(reached) = self.reached.clone() else {
             return Ok(());
         };
-        while self.host_funcs_out > 0 && reader.buffer().is_empty() {
+        // Looks at the events come at most every FIRST_LOOK while the
+        // client streams requests, and at doubling intervals while it is
+        // quiet.
+        let mut look = eventwatch::FIRST_LOOK;
+        while reader.buffer().is_empty() {
             self.tell_reached(writer)?;
+            if self.watching_unasked() && Instant::now() >= self.next_look {
+                self.tell_done_unasked(writer)?;
+                self.next_look = Instant::now() + look;
+                look = (look * 2).min(eventwatch::LAST_LOOK);
+            }
             writer.flush()?;
-            if reader.get_mut().wait_readable(&reached.wake)? {
+            if self.watching_unasked() {
+                let left = self.next_look.saturating_duration_since(Instant::now());
+                // Bytes: the request. Woken: a host function was reached
+                // (told at the top). Neither: time to look again.
+                if reader.get_mut().wait_readable_for(&reached.wake, left)? == Some(true) {
+                    break;
+                }
+            } else if self.host_funcs_out > 0 {
+                if reader.get_mut().wait_readable(&reached.wake)? {
+                    break;
+                }
+            } else {
                 break;
             }
         }
@@ -443,6 +472,9 @@ impl<'d> Worker<'d> {
         self.msg = msg;
         let request = decoded?;
         self.calls += 1;
+        if header.flags & frame::FLAG_NOTICES_TAKEN != 0 {
+            self.client_reads();
+        }
         let synchronises = matches!(
             request,
             Request::CtxSynchronize { .. } | Request::StreamSynchronize { .. } | Request::EventSynchronize { .. }
@@ -457,6 +489,7 @@ impl<'d> Worker<'d> {
             }
             self.send_output(writer, synchronises)?;
             frame::write_frame(writer, &mut self.scratch, header.id, 0, &reply, &[], self.max_frame)?;
+            self.client_reads();
         }
         writer.flush()?;
         Ok(())

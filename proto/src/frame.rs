@@ -21,6 +21,11 @@ use std::io::{Read, Write};
 pub const HEADER_LEN: usize = 20;
 /// Flag bit: the client waits for a reply to this request.
 pub const FLAG_WANTS_REPLY: u32 = 1;
+/// Flag bit (version 15): since its previous request the client took in
+/// the notices the server had sent, so the server may send more unasked.
+pub const FLAG_NOTICES_TAKEN: u32 = 2;
+/// Every flag bit a frame may carry.
+const KNOWN_FLAGS: u32 = FLAG_WANTS_REPLY | FLAG_NOTICES_TAKEN;
 /// Default cap on a frame's body; both ends enforce their own limit.
 pub const DEFAULT_MAX_FRAME: u64 = 64 << 20;
 /// Size of the chunks bulk copies are cut into, so that network transfer
@@ -81,7 +86,7 @@ impl FrameHeader {
         if msg_len == 0 {
             return Err(ProtoError::Malformed("empty message".into()));
         }
-        if flags & !FLAG_WANTS_REPLY != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(ProtoError::Malformed(format!("unknown flags {flags:#x}")));
         }
         Ok(FrameHeader {

@@ -307,11 +307,12 @@ fn completions_report(server: &Server, url: &str, phase: &str) -> String {
     stderr
 }
 
-/// Once the program has asked of an event, the server tells, before its
-/// next reply, which of its records completed, and queries of a record told
-/// done are answered in the shim (PyTorch's pinned-memory allocator queries an event per
-/// block every step). A new record is a new question: the older answer
-/// does not settle it. Device-to-host data behind a record is in the
+/// Once the program has asked of an event, the server tells which of its
+/// records completed, before its next reply and unasked while the session
+/// is idle, and queries of a record told done are answered in the shim
+/// (PyTorch's pinned-memory allocator queries an event per block every
+/// step). A new record is a new question: the older answer does not
+/// settle it. Device-to-host data behind a record is in the
 /// program's memory when a query says done. Events the shim may not see
 /// recorded (interprocess events, events of a graph's record node) are
 /// always asked of the server, and so is every event once the context
@@ -324,11 +325,13 @@ fn event_queries_after_a_told_completion_cost_no_round_trip() {
         let report = completions_report(&server, &url, "local");
         let (queries, trips) = report_row(&report, "cuEventQuery");
         assert_eq!(queries, 100, "{url}: {report}");
-        // The first asks the server, and its answer brings the notice; the
-        // other 99 are answered here (without the notices all 100 were
-        // round trips). So is the synchronise after them; the first one,
-        // the question that starts the watching, is a round trip.
-        assert_eq!(trips, 1, "{url}: {trips} of 100 queries were round trips:\n{report}");
+        // The record completed while the program slept: the server told it
+        // unasked, and the first query takes that notice in, so all 100
+        // are answered here (without unasked notices the first was a round
+        // trip, whose answer brought the notice; without notices all 100
+        // were). So is the synchronise after them; the first one, the
+        // question that starts the watching, is a round trip.
+        assert_eq!(trips, 0, "{url}: {trips} of 100 queries were round trips:\n{report}");
         assert_eq!(report_row(&report, "cuEventSynchronize"), (2, 1), "{url}: {report}");
         completions_report(&server, &url, "data");
     }
@@ -350,10 +353,12 @@ fn event_queries_after_a_told_completion_cost_no_round_trip() {
 }
 
 /// The server's side of watched records: their completions are told in a
-/// notice just before the next reply to a request that asked for one (and
-/// never while no such request comes); not while the context keeps an
-/// error (the reply that tells the error clears it); not for a record into
-/// a capture; and a new record ends the older record's watch.
+/// notice just before the next reply to a request that asked for one, and
+/// unasked while the session is idle (at most 16 notices until the client
+/// shows it reads: a reply, or a request flagged `FLAG_NOTICES_TAKEN`);
+/// not while the context keeps an error (the reply that tells the error
+/// clears it); not for a record into a capture; and a new record ends the
+/// older record's watch.
 #[test]
 fn watched_event_records_are_told_before_replies() {
     use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG, NOTICE_ID};
@@ -390,18 +395,19 @@ fn watched_event_records_are_told_before_replies() {
     s.post(&watched(event, StreamRef::Legacy, 1));
     settle();
     assert_eq!(ask(&mut s, &query), (vec![(event, 1)], Reply::Status(0)));
-    // Nothing is sent until a reply is.
+    // Told unasked: the record completed while the session was idle.
     s.post(&watched(event, StreamRef::Legacy, 2));
     settle();
-    s.stream.set_nonblocking(true).unwrap();
-    let mut byte = [0u8; 1];
-    let early = s.stream.read(&mut byte);
-    assert!(
-        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "the server sent before any reply: {early:?}"
+    assert_eq!(
+        s.frames_within(Duration::from_millis(100)),
+        [(
+            NOTICE_ID,
+            Reply::EventsDone {
+                events: vec![(event, 2)]
+            }
+        )]
     );
-    s.stream.set_nonblocking(false).unwrap();
-    assert_eq!(ask(&mut s, &query), (vec![(event, 2)], Reply::Status(0)));
+    assert_eq!(ask(&mut s, &query), (vec![], Reply::Status(0)));
     // While the context keeps an error, completions are not told; the
     // synchronising call that tells the error tells them after it.
     let unknown = CLIENT_HANDLE_TAG | 99;
@@ -451,6 +457,28 @@ fn watched_event_records_are_told_before_replies() {
     let (told, reply) = ask(&mut s, &query);
     assert_eq!(reply, Reply::Status(0));
     assert!(told.contains(&(event, 9)), "{told:?}");
+    // At most 16 notices go unasked until the client shows that it reads:
+    // a reply, or a request flagged FLAG_NOTICES_TAKEN.
+    let quiet = || std::thread::sleep(Duration::from_millis(10));
+    for generation in 11..=30 {
+        s.post(&watched(event, StreamRef::Legacy, generation));
+        quiet();
+    }
+    let unasked = s.frames_within(Duration::from_millis(100));
+    assert_eq!(unasked.len(), 16, "{unasked:?}");
+    assert!(unasked
+        .iter()
+        .all(|f| matches!(f, (NOTICE_ID, Reply::EventsDone { events }) if events.len() == 1)));
+    s.post_flagged(&watched(event, StreamRef::Legacy, 31), frame::FLAG_NOTICES_TAKEN);
+    assert_eq!(
+        s.frames_within(Duration::from_millis(100)),
+        [(
+            NOTICE_ID,
+            Reply::EventsDone {
+                events: vec![(event, 31)]
+            }
+        )]
+    );
     // Destroyed while watched: the session goes on.
     s.post(&watched(event, StreamRef::Legacy, 10));
     s.post(&Request::EventDestroy { ctx, event });
@@ -949,6 +977,37 @@ impl RawSession {
     /// Send a request streamed: no reply is asked for.
     fn post(&mut self, request: &Request) {
         self.post_with(request, &[]);
+    }
+
+    /// Send a request streamed, with frame flags.
+    fn post_flagged(&mut self, request: &Request, flags: u32) {
+        self.next_id += 1;
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, self.next_id, flags, request, &[], 1 << 30).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// The frames the server sends within `wait`, without asking: (id,
+    /// reply) each.
+    fn frames_within(&mut self, wait: Duration) -> Vec<(u64, Reply)> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut frames = Vec::new();
+        loop {
+            match frame::read_frame(&mut self.stream, &mut self.msg, 1 << 20) {
+                Ok(h) => {
+                    frame::skip_bulk(&mut self.stream, h.bulk_len).unwrap();
+                    frames.push((h.id, codec::decode(&self.msg).unwrap()));
+                }
+                Err(gpupool_proto::ProtoError::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    break
+                }
+                Err(e) => panic!("{e:?}; server log:\n{}", self.log.lock().unwrap()),
+            }
+        }
+        self.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        frames
     }
 
     /// Send a request with a bulk tail, streamed.

@@ -345,6 +345,50 @@ print("pinned steps done")
     );
 }
 
+/// Training steps that clip their gradients
+/// (`torch.nn.utils.clip_grad_norm_`): PyTorch stages a scalar through
+/// pinned memory each step and queries that block's event at the next
+/// step, a step's work after its record. The server tells the completion
+/// unasked while the program streams the step, and the shim takes the
+/// notice in before it would ask: before unasked notices every one of
+/// these queries was a round trip. The values are meaningless (the
+/// software driver skips PyTorch's kernels); the calls are PyTorch's own.
+#[test]
+fn pytorch_gradient_clipping_steps_answer_their_event_queries_in_the_shim() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+m = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10)).cuda()
+opt = torch.optim.AdamW(m.parameters())
+x = torch.randn(64, 1024, device="cuda")
+y = torch.randint(0, 10, (64,), device="cuda")
+for _ in range(60):
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(m(x), y).backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+    opt.step()
+torch.cuda.synchronize()
+print("clipped steps done")
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok && stdout.contains("clipped steps done"), "{}", context());
+    let row: Vec<&str> = stderr
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cuEventQuery"))
+        .unwrap_or_else(|| panic!("no cuEventQuery in the call report: {}", context()))
+        .split_whitespace()
+        .collect();
+    let (queries, trips): (u64, u64) = (row[1].parse().unwrap(), row[4].parse().unwrap());
+    assert!(queries >= 50, "{queries} queries in 60 steps: {}", context());
+    assert!(
+        trips <= queries / 4,
+        "{trips} of {queries} event queries were round trips: {}",
+        context()
+    );
+}
+
 /// A training step captured as a CUDA graph (`benches/torch_step.py`'s
 /// `mlp_graph`: forward, backward and SGD, captured by `torch.cuda.graph` on
 /// a side stream after warm-up steps) replays through gpupool as one

@@ -5,15 +5,27 @@
 //! each block's event before it reuses the block) are answered in the shim
 //! instead of costing a round trip each.
 //!
-//! The server tells completions only in a notice just before a reply to a
-//! request that asked for one (`Reply::EventsDone`), which the client reads
-//! as it reads that reply: notices never wait in a connection nobody reads,
-//! and the client needs no thread of its own for them. So the session's
-//! thread asks the driver of the watched events (`cuEventQuery`, oldest
-//! first, at most [`CHECKED_PER_REPLY`] of them) just before it writes such
-//! a reply: the notice is as fresh as the reply, nothing polls while the
-//! client does not ask, and nothing is added to the program's streams (a
-//! host function there would stall each stream at every record).
+//! The server tells completions in notices (`Reply::EventsDone`), asking
+//! the driver of the watched events (`cuEventQuery`, oldest first, at most
+//! [`CHECKED_PER_REPLY`] of them) at two points:
+//! - just before it writes a reply, which the client reads as it reads
+//!   that reply, so the notice is as fresh as the reply;
+//! - while the session waits for the client's next request, for as long
+//!   as records are watched: at most every [`FIRST_LOOK`] while the client
+//!   streams requests (so between two of its writes), at intervals
+//!   doubling up to [`LAST_LOOK`] while it is quiet, and asking of at most
+//!   [`CHECKED_UNASKED`] records a look. These notices come unasked: the client takes
+//!   them in, without waiting, before it would ask the server of an event,
+//!   so a query of a record that completed while the program did other
+//!   work costs no round trip even when nothing else was answered since.
+//!   So that notices never fill a connection nobody reads, at most
+//!   [`UNASKED_MAX`] go between two signs that the client reads: a reply
+//!   (whoever waits for it reads all before it), or a request flagged
+//!   `FLAG_NOTICES_TAKEN` (the client took in notices since its last
+//!   request).
+//!
+//! Nothing is added to the program's streams (a host function there would
+//! stall each stream at every record).
 //!
 //! A watch ends with nothing told when its event is recorded again or
 //! destroyed, its context goes, or the driver answers an error (the client
@@ -22,12 +34,24 @@
 
 use super::Worker;
 use crate::driver::{DriverResult, Status};
-use gpupool_proto::message::{Handle, Reply, StreamRef};
+use gpupool_proto::error::ProtoError;
+use gpupool_proto::frame;
+use gpupool_proto::message::{Handle, Reply, StreamRef, NOTICE_ID};
+use std::io::Write;
+use std::time::Duration;
 
 /// `CUDA_ERROR_NOT_READY`.
 const NOT_READY: Status = 600;
 /// The most watched events asked of before one reply.
 const CHECKED_PER_REPLY: usize = 64;
+/// The first look at watched events after the session fell idle.
+pub(super) const FIRST_LOOK: Duration = Duration::from_micros(20);
+/// The longest wait between two looks while records are watched.
+pub(super) const LAST_LOOK: Duration = Duration::from_millis(5);
+/// The most notices sent unasked between two signs that the client reads.
+const UNASKED_MAX: usize = 16;
+/// The most watched events asked of in one look while idle.
+const CHECKED_UNASKED: usize = 8;
 
 /// One watched record: the event (the client's name), its context, and the
 /// record's generation (the client's count of its records).
@@ -77,9 +101,37 @@ impl Worker<'_> {
         self.watches.retain(|w| w.ctx != ctx);
     }
 
+    /// Whether, while idle, the session should look at watched records.
+    pub(super) fn watching_unasked(&self) -> bool {
+        !self.watches.is_empty() && self.unasked < UNASKED_MAX
+    }
+
+    /// While idle: tell the watched records that completed, unasked.
+    pub(super) fn tell_done_unasked<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
+        if !self.watching_unasked() {
+            return Ok(());
+        }
+        if let Some(done) = self.events_checked(CHECKED_UNASKED) {
+            frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
+            self.unasked += 1;
+        }
+        Ok(())
+    }
+
+    /// The client reads what was sent before now.
+    pub(super) fn client_reads(&mut self) {
+        self.unasked = 0;
+    }
+
     /// The notice to send before the next reply, if a watched record
     /// completed (in a context that keeps no error).
     pub(super) fn events_done(&mut self) -> Option<Reply> {
+        self.events_checked(CHECKED_PER_REPLY)
+    }
+
+    /// The notice of the watched records that completed, asking the driver
+    /// of at most `most` of them.
+    fn events_checked(&mut self, most: usize) -> Option<Reply> {
         if self.watches.is_empty() {
             return None;
         }
@@ -87,7 +139,7 @@ impl Worker<'_> {
         let driver = self.driver;
         let mut watches = std::mem::take(&mut self.watches);
         // Those not asked of this time go first next time.
-        let rest = watches.split_off(watches.len().min(CHECKED_PER_REPLY));
+        let rest = watches.split_off(watches.len().min(most));
         let mut waiting = Vec::new();
         for w in watches {
             if self.check_event(w.event).is_err() {

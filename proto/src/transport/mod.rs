@@ -12,7 +12,7 @@ mod tcp;
 mod url;
 mod wake;
 
-pub use poll::{PollRead, Polling, SocketRead};
+pub use poll::{FrameReader, PollRead, Polling, SocketRead};
 pub use quic::{
     cert_fingerprint, load_or_create_server_identity, quic_client_connect, quic_server_endpoint, ClientTls,
     ServerIdentity, ALPN, QUIC_CLIENT_THREAD,

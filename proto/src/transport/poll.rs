@@ -102,11 +102,138 @@ impl PollRead for Box<dyn PollRead> {
     }
 }
 
+impl<R: PollRead> PollRead for Polling<R> {
+    fn read_now(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.inner.read_now(buf)
+    }
+}
+
+/// Buffered reading of a peer's frames that can also take in what has
+/// arrived without waiting ([`FrameReader::take_arrived`]) and tell
+/// whether a whole frame is in ([`FrameReader::frame_buffered`]), so that
+/// a reader can handle the frames already sent and stop before one it
+/// would wait for. Reads must end at frame boundaries for the second to
+/// hold (a reader of whole frames does).
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl<R> FrameReader<R> {
+    pub fn with_capacity(capacity: usize, inner: R) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: vec![0u8; capacity.max(crate::frame::HEADER_LEN)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Whether the buffer holds a whole frame, header and body.
+    pub fn frame_buffered(&self) -> bool {
+        let bytes = &self.buf[self.start..self.end];
+        if bytes.len() < crate::frame::HEADER_LEN {
+            return false;
+        }
+        let body = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        bytes.len() - crate::frame::HEADER_LEN >= body
+    }
+}
+
+impl<R: PollRead> FrameReader<R> {
+    /// Take into the buffer what has arrived, without waiting: whether
+    /// anything came (nothing at the end of the stream, which the next read
+    /// tells, or when the buffer is full).
+    pub fn take_arrived(&mut self) -> io::Result<bool> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.buf.len() {
+            return Ok(false);
+        }
+        match self.inner.read_now(&mut self.buf[self.end..])? {
+            Some(n) if n > 0 => {
+                self.end += n;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl<R: Read> Read for FrameReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            // Large reads (bulk data) go straight to their destination.
+            if out.len() >= self.buf.len() {
+                return self.inner.read(out);
+            }
+            self.end = self.inner.read(&mut self.buf)?;
+            self.start = 0;
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_frame_reader_takes_what_arrived_and_knows_a_whole_frame() {
+        use crate::frame;
+        use crate::message::Reply;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::with_capacity(64, Polling::new(SocketRead(a), Duration::ZERO));
+        assert!(!r.take_arrived().unwrap(), "nothing sent yet");
+        assert!(!r.frame_buffered());
+        let mut one = Vec::new();
+        frame::encode_frame(&mut one, 7, 0, &Reply::Status(3), &[], 1 << 20).unwrap();
+        // Half a frame: taken in, but not whole.
+        b.write_all(&one[..one.len() / 2]).unwrap();
+        assert!(r.take_arrived().unwrap());
+        assert!(!r.frame_buffered());
+        b.write_all(&one[one.len() / 2..]).unwrap();
+        b.write_all(&one).unwrap();
+        while r.take_arrived().unwrap() {}
+        assert!(r.frame_buffered());
+        let mut msg = Vec::new();
+        for _ in 0..2 {
+            assert!(r.frame_buffered());
+            let h = frame::read_frame(&mut r, &mut msg, 1 << 20).unwrap();
+            assert_eq!(h.id, 7);
+        }
+        assert!(!r.frame_buffered(), "both frames read");
+        // A frame larger than the buffer is never whole in it, and reads
+        // (blocking) as any other.
+        let mut big = Vec::new();
+        frame::encode_frame(&mut big, 8, 0, &Reply::Status(0), &[9u8; 200], 1 << 20).unwrap();
+        b.write_all(&big).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        while r.take_arrived().unwrap() {}
+        assert!(!r.frame_buffered());
+        let h = frame::read_frame(&mut r, &mut msg, 1 << 20).unwrap();
+        assert_eq!((h.id, h.bulk_len), (8, 200));
+        let mut bulk = vec![0u8; 200];
+        r.read_exact(&mut bulk).unwrap();
+        assert!(bulk.iter().all(|&x| x == 9));
+        drop(b);
+        assert!(!r.take_arrived().unwrap(), "the end of the stream is no bytes");
+    }
 
     #[test]
     fn read_now_says_none_until_bytes_arrive_then_eof() {

@@ -13,7 +13,7 @@ use super::poll::{Polling, SocketRead};
 use super::quic_direct::DirectQuicReader;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A wake-up another thread can give to a reader waiting between frames.
 pub struct Wake {
@@ -59,18 +59,31 @@ pub trait WaitRead: Read {
     /// Wait until bytes (or the end of the stream, or an error) can be read,
     /// `true`, or until `wake` is woken, `false`. Reads nothing.
     fn wait_readable(&mut self, wake: &Wake) -> io::Result<bool>;
+
+    /// As [`WaitRead::wait_readable`], for at most `timeout`: `None` when it
+    /// passed. A source that cannot time its wait may also answer `false`
+    /// (woken) when it passed.
+    fn wait_readable_for(&mut self, wake: &Wake, timeout: Duration) -> io::Result<Option<bool>>;
 }
 
 impl<T: WaitRead + ?Sized> WaitRead for &mut T {
     fn wait_readable(&mut self, wake: &Wake) -> io::Result<bool> {
         (**self).wait_readable(wake)
     }
+
+    fn wait_readable_for(&mut self, wake: &Wake, timeout: Duration) -> io::Result<Option<bool>> {
+        (**self).wait_readable_for(wake, timeout)
+    }
 }
 
-/// Poll `fd` and the wake-up's descriptor for `timeout_ms` (-1: as long as
+/// Poll `fd` and the wake-up's descriptor for `timeout` (`None`: as long as
 /// it takes): Some(true) when `fd` is readable, Some(false) when woken, None
 /// at the timeout.
-fn poll_both(fd: i32, wake: &Wake, timeout_ms: i32) -> io::Result<Option<bool>> {
+fn poll_both(fd: i32, wake: &Wake, timeout: Option<Duration>) -> io::Result<Option<bool>> {
+    let limit = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
     let mut fds = [
         libc::pollfd {
             fd,
@@ -84,9 +97,10 @@ fn poll_both(fd: i32, wake: &Wake, timeout_ms: i32) -> io::Result<Option<bool>> 
         },
     ];
     loop {
-        // SAFETY: `fds` is an array of two pollfd structures that live
-        // across the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        let limit = limit.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `fds` is an array of two pollfd structures and `limit`
+        // null or a timespec, all living across the call; no signal mask.
+        let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, limit, std::ptr::null()) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -108,31 +122,54 @@ fn poll_both(fd: i32, wake: &Wake, timeout_ms: i32) -> io::Result<Option<bool>> 
 
 impl<S: Read + AsRawFd> WaitRead for SocketRead<S> {
     fn wait_readable(&mut self, wake: &Wake) -> io::Result<bool> {
-        Ok(poll_both(self.0.as_raw_fd(), wake, -1)?.unwrap_or(true))
+        Ok(poll_both(self.0.as_raw_fd(), wake, None)?.unwrap_or(true))
+    }
+
+    fn wait_readable_for(&mut self, wake: &Wake, timeout: Duration) -> io::Result<Option<bool>> {
+        poll_both(self.0.as_raw_fd(), wake, Some(timeout))
     }
 }
 
-impl<S: Read + AsRawFd + Send> WaitRead for Polling<SocketRead<S>> {
-    /// Polls without sleeping for the reader's spin time, then sleeps.
-    fn wait_readable(&mut self, wake: &Wake) -> io::Result<bool> {
+impl<S: Read + AsRawFd + Send> Polling<SocketRead<S>> {
+    /// Polls without sleeping for the reader's spin time (within
+    /// `timeout`), then sleeps for what is left of it.
+    fn wait_polling(&mut self, wake: &Wake, timeout: Option<Duration>) -> io::Result<Option<bool>> {
         let fd = self.get_ref().0.as_raw_fd();
-        let spin = self.spin();
+        let spin = timeout.map_or(self.spin(), |t| t.min(self.spin()));
+        let start = Instant::now();
         if !spin.is_zero() {
-            let start = Instant::now();
             while start.elapsed() < spin {
-                if let Some(ready) = poll_both(fd, wake, 0)? {
-                    return Ok(ready);
+                if let Some(ready) = poll_both(fd, wake, Some(Duration::ZERO))? {
+                    return Ok(Some(ready));
                 }
                 std::hint::spin_loop();
             }
         }
-        Ok(poll_both(fd, wake, -1)?.unwrap_or(true))
+        poll_both(fd, wake, timeout.map(|t| t.saturating_sub(start.elapsed())))
+    }
+}
+
+impl<S: Read + AsRawFd + Send> WaitRead for Polling<SocketRead<S>> {
+    fn wait_readable(&mut self, wake: &Wake) -> io::Result<bool> {
+        Ok(self.wait_polling(wake, None)?.unwrap_or(true))
+    }
+
+    fn wait_readable_for(&mut self, wake: &Wake, timeout: Duration) -> io::Result<Option<bool>> {
+        self.wait_polling(wake, Some(timeout))
     }
 }
 
 impl WaitRead for DirectQuicReader {
     fn wait_readable(&mut self, wake: &Wake) -> io::Result<bool> {
         self.fill_or(wake.notify.notified())
+    }
+
+    /// A timeout reads as a wake-up.
+    fn wait_readable_for(&mut self, wake: &Wake, timeout: Duration) -> io::Result<Option<bool>> {
+        let woken_or_late = async {
+            let _ = tokio::time::timeout(timeout, wake.notify.notified()).await;
+        };
+        self.fill_or(woken_or_late).map(Some)
     }
 }
 

@@ -8,10 +8,13 @@
 //! Once the program has asked of an event (a query or a synchronise), its
 //! later records go as `Request::EventRecordWatched`, streamed as before,
 //! with the record's generation (the count of its records). The server
-//! tells which watched records completed in a notice just before its next
-//! reply to a request that asked for one (`Reply::EventsDone`), which the
-//! shim reads with that reply: no thread of the shim's waits for notices,
-//! and the server sends none while no one reads. A query or synchronise of
+//! tells which watched records completed in a notice (`Reply::EventsDone`)
+//! just before its next reply to a request that asked for one, which the
+//! shim reads with that reply, and also unasked while the session is idle
+//! (the server's `eventwatch`). No thread of the shim's waits for notices:
+//! before it would ask the server of a watched record not yet told, the
+//! shim takes in what the server has sent, without waiting
+//! ([`crate::remote::Remote::take_arrived`]). A query or synchronise of
 //! an event whose latest record was told done is answered here: the event
 //! is done, and stays done until it is recorded again. Any other case asks
 //! the server, as before: the first question, a record not yet told (the
@@ -84,10 +87,21 @@ pub(crate) fn call_failed(status: u32) {
     }
 }
 
-/// Whether a question about `event` is answered here.
+/// Whether a question about `event` is answered here. When the latest
+/// record is watched and not yet told, the notices the server sent unasked
+/// since the last read are taken in first.
 fn answered_here(s: &Shim, event: Handle) -> bool {
-    let known = lock(&s.event_notes).get_mut(&event).is_some_and(EventNote::ask);
-    known && !CONTEXT_BROKEN.load(std::sync::atomic::Ordering::Relaxed)
+    let (known, later) = match lock(&s.event_notes).get_mut(&event) {
+        Some(n) => (n.ask(), n.told_later()),
+        None => (false, false),
+    };
+    if CONTEXT_BROKEN.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    if known {
+        return true;
+    }
+    later && s.remote.take_arrived() && lock(&s.event_notes).get_mut(&event).is_some_and(EventNote::ask)
 }
 
 pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
