@@ -40,6 +40,9 @@ struct Pending {
     /// function's reply, which comes when its stream reaches it); with
     /// `CUDA_ERROR_DEVICE_UNAVAILABLE` when the connection is lost first.
     on_reply: Option<Box<dyn FnOnce(u32) + Send>>,
+    /// The request's place in the order the server gets requests
+    /// ([`Remote::answered_up_to`]).
+    sent: u64,
 }
 
 /// Where device-to-host data lands: `len` bytes at `addr`, or, for a 2D
@@ -164,6 +167,9 @@ struct Writer {
     /// When the flusher last wrote held frames: if the program's next
     /// request comes soon after, it would have taken them along anyway.
     flusher_wrote: Option<Instant>,
+    /// Requests given to the stream (written or held), counted: each
+    /// request's place in the order the server gets them.
+    sent: u64,
 }
 
 impl Writer {
@@ -238,6 +244,8 @@ pub struct Remote {
     /// ([`Remote::take_arrived`]): the next request says so
     /// (`FLAG_NOTICES_TAKEN`), and the server may send more notices unasked.
     notices_taken: AtomicBool,
+    /// See [`Remote::answered_up_to`].
+    answered: AtomicU64,
     poll: Duration,
     pub session: SessionInfo,
     pub peer: String,
@@ -341,6 +349,7 @@ impl Remote {
                 ended_by_calls: 0,
                 flusher_asleep: false,
                 flusher_wrote: None,
+                sent: 0,
             }),
             flusher: Condvar::new(),
             hold: opts.hold,
@@ -354,6 +363,7 @@ impl Remote {
             dead: AtomicBool::new(false),
             dead_reason: OnceLock::new(),
             notices_taken: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
             // Polling pays off where the kernel hands the bytes over (TCP).
             // A QUIC stream's bytes come through the runtime's own thread,
             // which a polling caller would starve of a core.
@@ -415,6 +425,13 @@ impl Remote {
     /// launch it carries; a streamed request after a quiet spell goes at
     /// once.
     fn send(&self, id: u64, flags: u32, req: &Request, bulk: &[u8]) -> CuResult {
+        self.send_placed(id, flags, req, bulk, &[]).map(|_| ())
+    }
+
+    /// As `send`, answering the request's place in the order the server
+    /// gets requests, which is recorded in its pending entry (when it wants
+    /// a reply) and in those of `answered_by`, for their answers.
+    fn send_placed(&self, id: u64, flags: u32, req: &Request, bulk: &[u8], answered_by: &[u64]) -> CuResult<u64> {
         if self.dead.load(Ordering::Acquire) {
             return Err(self.lost());
         }
@@ -426,6 +443,16 @@ impl Remote {
             flags
         };
         let now = Instant::now();
+        w.sent += 1;
+        let place = w.sent;
+        if flags & FLAG_WANTS_REPLY != 0 || !answered_by.is_empty() {
+            let mut pending = self.lock_pending();
+            for i in answered_by.iter().chain((flags & FLAG_WANTS_REPLY != 0).then_some(&id)) {
+                if let Some(p) = pending.get_mut(i) {
+                    p.sent = place;
+                }
+            }
+        }
         // Was the flusher's last write one the program would soon have made
         // itself? Then it does not count against trusting the program.
         if let Some(at) = w.flusher_wrote.take() {
@@ -487,7 +514,7 @@ impl Remote {
         match result {
             Ok(bytes) => {
                 self.traffic.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-                Ok(())
+                Ok(place)
             }
             Err(ProtoError::FrameTooLarge { .. }) | Err(ProtoError::Encode(_)) => Err(CuError::INVALID_VALUE),
             Err(e) => {
@@ -542,10 +569,24 @@ impl Remote {
     /// Stream a status-only request: no reply is asked for; a failure is kept
     /// by the server and returned by the next synchronising call.
     pub fn post(&self, req: &Request, bulk: &[u8]) -> CuResult {
+        self.post_placed(req, bulk).map(|_| ())
+    }
+
+    /// As [`Remote::post`], answering the request's place in the order the
+    /// server gets requests: an answer the server gives to a request placed
+    /// before it cannot tell of its work ([`Remote::answered_up_to`]).
+    pub fn post_placed(&self, req: &Request, bulk: &[u8]) -> CuResult<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
         crate::report::note_streamed();
-        self.send(id, 0, req, bulk)
+        self.send_placed(id, 0, req, bulk, &[])
+    }
+
+    /// The latest place (see [`Remote::post_placed`]) of a request whose
+    /// answer has been read (a reply, copy data): the server answers in
+    /// order, so no answer read can tell of work placed after it.
+    pub fn answered_up_to(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
     }
 
     /// Send a request and wait for its reply. A `Status`/`Done` reply with an
@@ -656,7 +697,10 @@ impl Remote {
                 );
             }
         }
-        if let Err(e) = self.post(&req(&ids), &[]) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.traffic.streamed.fetch_add(1, Ordering::Relaxed);
+        crate::report::note_streamed();
+        if let Err(e) = self.send_placed(id, 0, &req(&ids), &[], &ids) {
             for id in ids {
                 // Unless the connection's loss already answered it.
                 if let Some(f) = self.lock_pending().remove(&id).and_then(|p| p.on_reply) {
@@ -942,7 +986,11 @@ impl Remote {
             };
         }
         if let Reply::Data { offset } = reply {
-            let sink = self.lock_pending().get(&header.id).and_then(|p| p.sink);
+            let (sink, sent) = self
+                .lock_pending()
+                .get(&header.id)
+                .map_or((None, 0), |p| (p.sink, p.sent));
+            self.answered.fetch_max(sent, Ordering::AcqRel);
             let Sink { addr, len, rows } = sink
                 .ok_or_else(|| ProtoError::Malformed(format!("data for request {} which expects none", header.id)))?;
             let end = offset
@@ -972,6 +1020,9 @@ impl Remote {
         }
         frame::skip_bulk(reader, header.bulk_len)?;
         let pending = self.lock_pending().remove(&header.id);
+        if let Some(p) = &pending {
+            self.answered.fetch_max(p.sent, Ordering::AcqRel);
+        }
         match pending {
             Some(Pending { waiter: Some(w), .. }) => w.deliver(Ok(reply)),
             Some(Pending { on_reply: Some(f), .. }) => f(reply.status()),

@@ -261,6 +261,9 @@ pub struct EventNote {
     pub done: u64,
     /// The latest record sent watched (the server tells its completion).
     pub watched: u64,
+    /// When the latest watched record was sent, and its place in the order
+    /// the server gets requests.
+    pub sent: Option<(std::time::Instant, u64)>,
 }
 
 impl EventNote {
@@ -268,11 +271,26 @@ impl EventNote {
     /// the completion of, when the record is watched.
     pub fn record(&mut self) -> Option<u64> {
         self.recorded += 1;
+        self.sent = None;
         let watched = self.asked && !self.elsewhere;
         if watched {
             self.watched = self.recorded;
         }
         watched.then_some(self.recorded)
+    }
+
+    /// The watched record `generation` was sent at `place`, just now.
+    pub fn placed(&mut self, generation: u64, place: u64) {
+        if self.recorded == generation {
+            self.sent = Some((std::time::Instant::now(), place));
+        }
+    }
+
+    /// A record the server does not watch (a context's record): questions
+    /// of it ask the server.
+    pub fn record_unwatched(&mut self) {
+        self.recorded += 1;
+        self.sent = None;
     }
 
     /// Whether the server is to tell the latest record's completion, and

@@ -1634,6 +1634,39 @@ int main(int argc, char **argv) {
                 EXPECT(q == CUDA_SUCCESS || q == CUDA_ERROR_NOT_READY, "query after a new record: %d", q);
             }
             printf("OK completions again\n");
+        } else if (!strcmp(phase, "young")) {
+            /* A query right after its record, before the server can have
+             * told it: not ready, without asking. A synchronisation tells
+             * the program the work is done: the query after it is done. */
+            int not_ready = 0;
+            for (int i = 0; i < 10; i++) {
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+                CHECK(cuEventRecord(e, NULL));
+                CUresult q = cuEventQuery(e);
+                EXPECT(q == CUDA_SUCCESS || q == CUDA_ERROR_NOT_READY, "query after a new record: %d", q);
+                not_ready += q == CUDA_ERROR_NOT_READY;
+                CHECK(cuCtxSynchronize());
+                q = cuEventQuery(e);
+                EXPECT(q == CUDA_SUCCESS, "query %d after a synchronisation: %d", i, q);
+            }
+            /* An event recorded after it said done: the work before that
+             * is done too, so the older record's query is done. */
+            CUevent later;
+            CHECK(cuEventCreate(&later, CU_EVENT_DISABLE_TIMING));
+            CHECK(cuEventRecord(later, NULL));
+            CHECK(cuEventSynchronize(later));
+            for (int i = 0; i < 10; i++) {
+                CHECK(cuEventRecord(e, NULL));
+                CHECK(cuLaunchKernel(null_kernel, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+                CHECK(cuEventRecord(later, NULL));
+                CUresult q;
+                while ((q = cuEventQuery(later)) == CUDA_ERROR_NOT_READY) {
+                }
+                CHECK(q);
+                q = cuEventQuery(e);
+                EXPECT(q == CUDA_SUCCESS, "query %d of a record before one done: %d", i, q);
+            }
+            printf("OK completions young (%d of 10 not ready)\n", not_ready);
         } else if (!strcmp(phase, "data")) {
             /* Device-to-host data behind a record has landed when a query
              * says done, whoever answers it. */

@@ -25,6 +25,10 @@
 //! record them), and events recorded in a capture or by a graph's event
 //! record node.
 //!
+//! A query that comes right after its record, before the server can have
+//! told it, is answered "not ready" here while the record is young and
+//! nothing told to the program can speak of it ([`young`]).
+//!
 //! Nothing the program can observe changes: device-to-host data behind the
 //! record came before the notice on the same connection, and host functions
 //! before it are waited for as a round trip's answer would be
@@ -87,6 +91,28 @@ pub(crate) fn call_failed(status: u32) {
     }
 }
 
+/// The latest place (in the order the server gets requests) of an event
+/// record this shim answered done: the program knows the work before it
+/// completed.
+static TOLD_HERE_UP_TO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The latest place of a request whose completion, or that of work before
+/// it, the program may have been told: an answer of the server read (a
+/// synchronisation, a query, a host function to run, copy data), or an
+/// event answered done here. Nothing told can speak of work placed later:
+/// the server answers in order, and work can wait only for work enqueued
+/// before it.
+fn told_up_to(s: &Shim) -> u64 {
+    s.remote
+        .answered_up_to()
+        .max(TOLD_HERE_UP_TO.load(std::sync::atomic::Ordering::Acquire))
+}
+
+/// How long after a watched record's sending a query may be answered "not
+/// ready" here ([`young`]): about how long the server's notice of a record
+/// that completes at once takes to come back.
+const YOUNG: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// Whether a question about `event` is answered here. When the latest
 /// record is watched and not yet told, the notices the server sent unasked
 /// since the last read are taken in first.
@@ -98,10 +124,36 @@ fn answered_here(s: &Shim, event: Handle) -> bool {
     if CONTEXT_BROKEN.load(std::sync::atomic::Ordering::Relaxed) {
         return false;
     }
-    if known {
-        return true;
+    let done =
+        known || (later && s.remote.take_arrived() && lock(&s.event_notes).get_mut(&event).is_some_and(EventNote::ask));
+    if done {
+        if let Some((_, place)) = lock(&s.event_notes).get(&event).and_then(|n| n.sent) {
+            TOLD_HERE_UP_TO.fetch_max(place, std::sync::atomic::Ordering::AcqRel);
+        }
     }
-    later && s.remote.take_arrived() && lock(&s.event_notes).get_mut(&event).is_some_and(EventNote::ask)
+    done
+}
+
+/// Whether a query of `event` is answered "not ready" here: its latest
+/// record is watched, was sent less than [`YOUNG`] ago and is not told
+/// done, and nothing told to the program since can speak of it (no answer
+/// about a request placed after it: [`told_up_to`]). A local GPU could
+/// answer the same (the record's work may take that long), and nothing the
+/// program knows contradicts it: a synchronisation or a query answered
+/// done after the record ends it. PyTorch's allocators query
+/// the event of a block freed a moment before (the pinned-memory
+/// allocator's, a block used on another stream); such a query was a round
+/// trip, and "not ready" makes the allocator take another block, as it
+/// does on a GPU that has not finished.
+fn young(s: &Shim, event: Handle) -> bool {
+    if CONTEXT_BROKEN.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    let notes = lock(&s.event_notes);
+    let Some(n) = notes.get(&event) else { return false };
+    n.told_later()
+        && n.sent
+            .is_some_and(|(at, place)| at.elapsed() < YOUNG && told_up_to(s) < place)
 }
 
 pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream) -> CuResult {
@@ -128,7 +180,12 @@ pub unsafe fn event_record(mode: DefaultStream, event: CUevent, stream: CUstream
             stream: sref,
         },
     };
-    s.remote.post(&request, &[])?;
+    let place = s.remote.post_placed(&request, &[])?;
+    if let Some(generation) = watched {
+        if let Some(n) = lock(&s.event_notes).get_mut(&ev) {
+            n.placed(generation, place);
+        }
+    }
     s.callbacks.recorded(ev, (ctx, sref));
     let mut events = lock(&s.capture_events);
     match capture {
@@ -156,6 +213,9 @@ pub unsafe fn event_query(event: CUevent) -> CuResult {
     let s = shim()?;
     let event = handle(event);
     if !answered_here(s, event) {
+        if young(s, event) {
+            return Err(CuError::NOT_READY);
+        }
         let request = Request::EventQuery {
             ctx: event_ctx(),
             event,
@@ -198,7 +258,7 @@ pub unsafe fn ctx_record_event(ctx: CUcontext, event: CUevent) -> CuResult {
     refuse_if_context_captures(s, ctx)?;
     s.remote.post(&Request::CtxRecordEvent { ctx, event: ev }, &[])?;
     if let Some(n) = lock(&s.event_notes).get_mut(&ev) {
-        n.record();
+        n.record_unwatched();
     }
     s.callbacks.recorded_in_context(ev, ctx);
     lock(&s.capture_events).remove(&ev);
