@@ -297,6 +297,16 @@ fn pytorch_training_steps_wait_only_where_they_synchronise() {
     }
 }
 
+/// (calls, round trips) of `cuEventQuery` in the shim's call report.
+fn event_queries(stderr: &str) -> Option<(u64, u64)> {
+    let row: Vec<&str> = stderr
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cuEventQuery"))?
+        .split_whitespace()
+        .collect();
+    Some((row.get(1)?.parse().ok()?, row.get(4)?.parse().ok()?))
+}
+
 /// Training steps fed pinned batches (`pin_memory()` then
 /// `.cuda(non_blocking=True)`, in a step function whose batch is freed when
 /// it returns): PyTorch's pinned-memory allocator records an event for each
@@ -331,13 +341,8 @@ print("pinned steps done")
     let (ok, stdout, stderr) = run_torch(&python, &server, script);
     let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
     assert!(ok && stdout.contains("pinned steps done"), "{}", context());
-    let row: Vec<&str> = stderr
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some("cuEventQuery"))
-        .unwrap_or_else(|| panic!("no cuEventQuery in the call report: {}", context()))
-        .split_whitespace()
-        .collect();
-    let (queries, trips): (u64, u64) = (row[1].parse().unwrap(), row[4].parse().unwrap());
+    let (queries, trips) =
+        event_queries(&stderr).unwrap_or_else(|| panic!("no cuEventQuery in the call report: {}", context()));
     assert!(queries >= 100, "{queries} queries in 60 steps: {}", context());
     assert!(
         trips <= queries / 8,
@@ -386,13 +391,8 @@ print("clipped steps done")
     let (ok, stdout, stderr) = run_torch(&python, &server, script);
     let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
     assert!(ok && stdout.contains("clipped steps done"), "{}", context());
-    let row: Vec<&str> = stderr
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some("cuEventQuery"))
-        .unwrap_or_else(|| panic!("no cuEventQuery in the call report: {}", context()))
-        .split_whitespace()
-        .collect();
-    let (queries, trips): (u64, u64) = (row[1].parse().unwrap(), row[4].parse().unwrap());
+    let (queries, trips) =
+        event_queries(&stderr).unwrap_or_else(|| panic!("no cuEventQuery in the call report: {}", context()));
     assert!(queries >= 100, "{queries} queries in 60 steps: {}", context());
     assert!(
         trips <= queries / 4,
