@@ -39,12 +39,18 @@ fn library_kernels_resolve_and_launch() {
 
 /// (count, round trips) of one call in the shim's call report.
 fn report_row(report: &str, call: &str) -> (u64, u64) {
-    let row = report
+    let cols = report_cols(report, call);
+    (cols[1].parse().unwrap(), cols[4].parse().unwrap())
+}
+
+/// The columns of `call`'s row of the call report.
+fn report_cols<'a>(report: &'a str, call: &str) -> Vec<&'a str> {
+    report
         .lines()
         .find(|l| l.split_whitespace().next() == Some(call))
-        .unwrap_or_else(|| panic!("{call} missing from the call report:\n{report}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    (cols[1].parse().unwrap(), cols[4].parse().unwrap())
+        .unwrap_or_else(|| panic!("{call} missing from the call report:\n{report}"))
+        .split_whitespace()
+        .collect()
 }
 
 /// Context limits are asked of the server once and answered in the shim
@@ -295,11 +301,7 @@ fn failed_calls_reach_the_error_log() {
 /// How many calls of `call` answered `CUDA_ERROR_NOT_READY`, from the
 /// call report's errors column (`N (600)`: N errors, the last one 600).
 fn not_ready_answers(report: &str, call: &str) -> u64 {
-    let row = report
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(call))
-        .unwrap_or_else(|| panic!("{call} missing from the call report:\n{report}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
+    let cols = report_cols(report, call);
     match (cols[5].parse::<u64>(), cols.get(6)) {
         (Ok(n), Some(&"(600)")) => n,
         _ => 0,
