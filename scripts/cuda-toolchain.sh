@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the CUDA compiler and runtime from PyPI (no GPU needed to compile)
 # for the tests that run unmodified nvcc programs through gpupool, and cuBLAS
-# for the 13.0 toolchain (target/cuda/13.0/cublas). Each
+# and cuFFT for the 13.0 toolchain (target/cuda/13.0/libs). Each
 # toolchain goes to target/cuda/<version>; prints the list of homes, joined
 # by ':', for GPUPOOL_TEST_CUDA_HOMES. Two cudart minor versions are tested
 # because they ask different things of the driver at start-up.
@@ -33,17 +33,19 @@ for v in 13.0 13.5; do
     homes+=("$home/nvidia/cu13")
 done
 
-# cuBLAS for the 13.0 toolchain, in its own folder beside it (the wheels share
-# the nvidia/cu13 namespace, which pip --target will not merge): the shared
-# library, and the CCCL headers that cublas_v2.h includes.
-blas="$PWD/target/cuda/13.0/cublas"
-stamp="$blas/.installed-13.0.2.14"
+# cuBLAS and cuFFT for the 13.0 toolchain, in their own folder beside it (the
+# wheels share the nvidia/cu13 namespace, which pip --target will not merge
+# into an existing folder): the shared libraries, and the CCCL headers that
+# cublas_v2.h includes.
+libs="$PWD/target/cuda/13.0/libs"
+stamp="$libs/.installed-13.0.2.14-12.0.0.61"
 if [ ! -f "$stamp" ]; then
-    rm -rf "$blas"
+    rm -rf "$libs" "$PWD/target/cuda/13.0/cublas"
     python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
-        --no-deps --target "$blas" "nvidia-cublas==13.0.2.14" "nvidia-cuda-cccl==13.0.85" >&2
-    ln -sf libcublas.so.13 "$blas/nvidia/cu13/lib/libcublas.so"
-    ln -sf libcublasLt.so.13 "$blas/nvidia/cu13/lib/libcublasLt.so"
+        --no-deps --target "$libs" "nvidia-cublas==13.0.2.14" "nvidia-cuda-cccl==13.0.85" \
+        "nvidia-cufft==12.0.0.61" >&2
+    for l in cublas cublasLt; do ln -sf "lib$l.so.13" "$libs/nvidia/cu13/lib/lib$l.so"; done
+    ln -sf libcufft.so.12 "$libs/nvidia/cu13/lib/libcufft.so"
     touch "$stamp"
 fi
 (IFS=:; echo "${homes[*]}")

@@ -113,6 +113,7 @@ if command -v nvcc >/dev/null 2>&1; then
         fi
     done
     cuda_case sgemm_check-static -lcublas
+    cuda_case fft_check-static -lcufft
 else
     echo "== no nvcc: runtime-API programs skipped"
 fi

@@ -281,11 +281,51 @@ fn a_failed_device_assert_prints_its_message_on_the_programs_stderr() {
     }
 }
 
-/// cuBLAS installed beside a toolchain (`<toolchain>/cublas/nvidia/cu13`;
-/// the test command installs it for 13.0).
-fn cublas_home(home: &Path) -> Option<PathBuf> {
-    let blas = home.ancestors().nth(2)?.join("cublas").join("nvidia").join("cu13");
-    blas.join("lib").join("libcublas.so.13").exists().then_some(blas)
+/// cuBLAS and cuFFT installed beside a toolchain
+/// (`<toolchain>/libs/nvidia/cu13`; the test command installs them for 13.0).
+fn libs_home(home: &Path) -> Option<PathBuf> {
+    let libs = home.ancestors().nth(2)?.join("libs").join("nvidia").join("cu13");
+    let have = ["libcublas.so.13", "libcufft.so.12"]
+        .iter()
+        .all(|l| libs.join("lib").join(l).exists());
+    have.then_some(libs)
+}
+
+/// The 13.0 toolchain and the libraries beside it, when installed (a
+/// missing install fails under `GPUPOOL_REQUIRE_CUDA=1`).
+fn toolchain_with_libs() -> Option<(PathBuf, PathBuf)> {
+    let home = cuda_homes().into_iter().find(|h| version_of(h) == "13.0")?;
+    let Some(libs) = libs_home(&home) else {
+        assert!(
+            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "GPUPOOL_REQUIRE_CUDA=1 but cuBLAS and cuFFT are not installed beside {}: run scripts/cuda-toolchain.sh",
+            home.display()
+        );
+        eprintln!("cuBLAS and cuFFT not installed; the library tests did not run");
+        return None;
+    };
+    Some((home, libs))
+}
+
+/// Build `tests/cuda/<name>.cu` (static cudart) against one of the
+/// libraries and run it through the shim with the call report on: its
+/// standard error, and the server's log.
+fn run_with_library(home: &Path, libs: &Path, name: &str, lib: &str) -> (String, String) {
+    let extra = [
+        format!("-I{}", libs.join("include").display()),
+        format!("-L{}", libs.join("lib").display()),
+        format!("-l{lib}"),
+    ];
+    let program = nvcc_build_with(home, name, false, &extra);
+    let server = Server::start();
+    let mut cmd = through_shim(&program, &server.tcp);
+    cmd.env(
+        "LD_LIBRARY_PATH",
+        format!("{}:{}", shim_dir().display(), libs.join("lib").display()),
+    )
+    .env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    (String::from_utf8_lossy(&out.stderr).into_owned(), server.log())
 }
 
 /// (count, round trips, errors) of one call in the shim's call report.
@@ -308,36 +348,11 @@ fn report_row(report: &str, call: &str) -> Option<(u64, u64, u64)> {
 /// the same program to a checked result.
 #[test]
 fn cublas_starts_and_its_first_gemm_reaches_the_server() {
-    let homes = cuda_homes();
-    let Some(home) = homes.iter().find(|h| version_of(h) == "13.0") else {
+    let Some((home, libs)) = toolchain_with_libs() else {
         return;
     };
-    let Some(blas) = cublas_home(home) else {
-        assert!(
-            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "GPUPOOL_REQUIRE_CUDA=1 but cuBLAS is not installed beside {}: run scripts/cuda-toolchain.sh",
-            home.display()
-        );
-        eprintln!("cuBLAS not installed; the cuBLAS test did not run");
-        return;
-    };
-    let include = blas.join("include");
-    let extra = [
-        format!("-I{}", include.display()),
-        format!("-L{}", blas.join("lib").display()),
-        "-lcublas".to_string(),
-    ];
-    let program = nvcc_build_with(home, "sgemm_check", false, &extra);
-    let server = Server::start();
-    let mut cmd = through_shim(&program, &server.tcp);
-    cmd.env(
-        "LD_LIBRARY_PATH",
-        format!("{}:{}", shim_dir().display(), blas.join("lib").display()),
-    )
-    .env("GPUPOOL_CALL_REPORT", "1");
-    let out = run_with_timeout(cmd, Duration::from_secs(120));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let context = || format!("stderr: {stderr}\nserver: {}", server.log());
+    let (stderr, log) = run_with_library(&home, &libs, "sgemm_check", "cublas");
+    let context = || format!("stderr: {stderr}\nserver: {log}");
     assert!(
         stderr.contains("FAIL cudaDeviceSynchronize() = 801"),
         "cuBLAS should get as far as its first GEMM, refused by the software driver at the synchronise:\n{}",
@@ -364,4 +379,31 @@ fn cublas_starts_and_its_first_gemm_reaches_the_server() {
         .or_else(|| report_row(&stderr, "cuCtxSynchronize"))
         .unwrap_or_else(|| panic!("no synchronise:\n{}", context()));
     assert!(syncs >= 1 && sync_errors == 1, "{}", context());
+}
+
+/// cuFFT 12 (CUDA 13.0) plans through gpupool: each plan loads its kernel
+/// module with `cuModuleLoadData` and asks the driver's tools module table
+/// (`6e163fbe…`, slot 7) for the module's function, which the shim answers
+/// from the module's image; without the table cuFFT refuses the plan
+/// (`CUFFT_INTERNAL_ERROR`). The software driver knows no cuFFT kernel, so
+/// the first transform is refused at the synchronise after it; on a GPU the
+/// script runs the same program to results checked against a DFT.
+#[test]
+fn cufft_plans_find_their_kernels_through_the_tools_module_table() {
+    let Some((home, libs)) = toolchain_with_libs() else {
+        return;
+    };
+    let (stderr, log) = run_with_library(&home, &libs, "fft_check", "cufft");
+    let context = || format!("stderr: {stderr}\nserver: {log}");
+    assert!(
+        stderr.contains("FAIL cudaDeviceSynchronize() = 801"),
+        "the plan should be made and its transform reach the software driver, which refuses it at the synchronise:\n{}",
+        context()
+    );
+    let (asked, _, errors) = report_row(&stderr, "tools module: the functions of a module")
+        .unwrap_or_else(|| panic!("cuFFT did not ask for its module's functions:\n{}", context()));
+    assert!(asked >= 1 && errors == 0, "{}", context());
+    let (launches, _, launch_errors) =
+        report_row(&stderr, "cuLaunchKernel").unwrap_or_else(|| panic!("no launch arrived:\n{}", context()));
+    assert!(launches >= 1 && launch_errors == 0, "{}", context());
 }

@@ -29,7 +29,10 @@ fn numba_python() -> Option<PathBuf> {
 }
 
 /// Held by the tests that load the machine most (`torch.compile` and the
-/// training steps), so that they do not run at once: under that load the
+/// training steps) and by those whose counts depend on the server keeping
+/// up with the program (the event queries answered in the shim: on two
+/// cores beside another PyTorch test, more than a quarter were round trips),
+/// so that they do not run at once. Under the heaviest load the
 /// training script sometimes aborted at exit ("terminate called without an
 /// active exception"). That is PyTorch's own race at interpreter exit
 /// (pytorch/pytorch#38228): its autograd device thread takes the GIL
@@ -322,6 +325,7 @@ fn event_queries(stderr: &str) -> Option<(u64, u64)> {
 #[test]
 fn pytorch_pinned_batches_answer_their_event_queries_in_the_shim() {
     let Some(python) = python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let script = r#"
 import torch
@@ -366,6 +370,7 @@ print("pinned steps done")
 #[test]
 fn pytorch_gradient_clipping_steps_answer_their_event_queries_in_the_shim() {
     let Some(python) = python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let script = r#"
 import torch
@@ -704,6 +709,43 @@ print("jiterator", tuple(double(x).shape))
     assert!(ok, "{}", context());
     assert!(stdout.contains("profiled True"), "{}", context());
     assert!(stdout.contains("jiterator (256, 256)"), "{}", context());
+}
+
+/// PyTorch's other CUDA libraries start and launch through gpupool: cuFFT
+/// (`torch.fft`, whose plans ask the driver's tools module table for their
+/// kernels and were refused with `CUFFT_INTERNAL_ERROR` without it),
+/// cuSOLVER (`torch.linalg`) and cuSPARSE (a CSR product). The software
+/// driver skips their kernels, so only shapes are checked; every call on the
+/// way must succeed.
+#[test]
+fn pytorch_fft_linear_algebra_and_sparse_libraries_run_through_gpupool() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import torch
+d = torch.device("cuda")
+x = torch.randn(64, 64, device=d)
+print("fft", tuple(torch.fft.fft(x).shape), tuple(torch.fft.rfft2(x).shape),
+      tuple(torch.fft.irfft(torch.fft.rfft(x, n=100), n=100).shape))
+a = x @ x.T + 64 * torch.eye(64, device=d)
+u, sv, v = torch.linalg.svd(x)
+print("linalg", tuple(torch.linalg.solve(a, x).shape), tuple(torch.linalg.cholesky(a).shape),
+      tuple(sv.shape), tuple(torch.linalg.eigh(a).eigenvalues.shape), tuple(torch.linalg.qr(x).R.shape))
+i = torch.tensor([[0, 1, 2], [2, 0, 1]], device=d)
+s = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0, 3.0], device=d), (64, 64)).to_sparse_csr()
+print("sparse", tuple((s @ x).shape))
+torch.cuda.synchronize()
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("fft (64, 64) (64, 33) (64, 100)"), "{}", context());
+    assert!(
+        stdout.contains("linalg (64, 64) (64, 64) (64,) (64,) (64, 64)"),
+        "{}",
+        context()
+    );
+    assert!(stdout.contains("sparse (64, 64)"), "{}", context());
 }
 
 /// `torch.cuda.green_contexts` (driving the driver through cuda-bindings):

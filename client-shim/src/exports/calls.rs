@@ -1021,17 +1021,23 @@ pub unsafe fn module_get_function(function: *mut CUfunction, module: CUmodule, n
         return Err(CuError::INVALID_VALUE);
     }
     let name = unsafe { c_string(name)? };
+    let f = function_in(s, ctx, module, &name)?;
+    unsafe { out(function, f) }
+}
+
+/// A module's function by name, made by the server in `ctx`.
+fn function_in(s: &Shim, ctx: Handle, module: CUmodule, name: &str) -> CuResult<CUfunction> {
     match s.remote.call(
         &Request::ModuleGetFunction {
             ctx,
             module: handle(module),
-            name: name.clone(),
+            name: name.to_owned(),
         },
         &[],
     )? {
         Reply::Handle(h) => {
-            functions::made_function(s, h, &name, Some(handle(module)));
-            unsafe { out(function, as_ptr(h)) }
+            functions::made_function(s, h, name, Some(handle(module)));
+            Ok(as_ptr(h))
         }
         _ => Err(CuError::UNKNOWN),
     }

@@ -59,6 +59,7 @@ const CUBLAS_CONTEXT_ID: [u8; 16] = uuid(0x21318c60_97143248_8ca641ff_7324c8f2);
 const TORCH_TABLE_ID: [u8; 16] = uuid(0x69a28e9f_24498b47_b030c5da_330ea4e9);
 const CUBLASLT_TABLE_ID: [u8; 16] = uuid(0x1734dc26_800d4745_8726c0f1_e7dd8bca);
 const CUPTI_TABLE_ID: [u8; 16] = uuid(0x7cb63f9b_9ca48e42_a484beb6_6e6aed7f);
+const TOOLS_MODULE_ID: [u8; 16] = uuid(0x6e163fbe_b958444d_835ce182_aff1991e);
 
 const fn uuid(v: u128) -> [u8; 16] {
     v.to_be_bytes()
@@ -215,7 +216,21 @@ unsafe extern "C" fn hooks_buffer_b(ptr: *mut *mut c_void, size: *mut usize) {
 
 // ---- tools TLS (42d85a81…): called hundreds of times, kept trivial -------
 
-static TOOLS_TLS: Table<3> = Table([size_word(3), zero as *const c_void, zero as *const c_void]);
+static TOOLS_TLS: Table<3> = Table([size_word(3), zero as *const c_void, thread_context as *const c_void]);
+
+/// [2]: the calling thread's current context (NULL when it has none), as
+/// `cuCtxGetCurrent` answers. cuBLASLt reads it back unconditionally and
+/// hands it to the cuBLAS context table's slot 4.
+unsafe extern "C" fn thread_context(ctx: *mut CUcontext) -> CUresult {
+    if ctx.is_null() {
+        return CuError::INVALID_VALUE.0;
+    }
+    let current = std::panic::catch_unwind(crate::state::current).ok().flatten();
+    let h = current.map_or(0, |(h, _)| h);
+    // SAFETY: a writable context slot, NULL checked.
+    unsafe { ctx.write(h as usize as CUcontext) };
+    0
+}
 
 // ---- context-local storage (c693336e…): no size word, NULL-terminated ----
 
@@ -429,6 +444,10 @@ extern "C" fn cublaslt_slot<const I: usize>() -> usize {
     std::panic::catch_unwind(|| undescribed("1734dc26 (cuBLASLt)", I)).unwrap_or(0)
 }
 
+extern "C" fn tools_module_slot<const I: usize>() -> usize {
+    std::panic::catch_unwind(|| undescribed("6e163fbe (tools module)", I)).unwrap_or(0)
+}
+
 extern "C" fn cupti_slot<const I: usize>() -> usize {
     std::panic::catch_unwind(|| undescribed("7cb63f9b (CUPTI)", I)).unwrap_or(0)
 }
@@ -450,12 +469,71 @@ const fn with_size<const N: usize, const M: usize>(slots: [*const c_void; M]) ->
     Table(t)
 }
 
-/// `21318c60…`: requested by cuBLAS and, at start-up, by cudart 13.5, which
-/// crashes when it is missing. 93 words.
-static CUBLAS_CONTEXT: Table<93> = with_size(logged_table!(cublas_slot;
-    1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
-    40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76
-    77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92));
+/// A table with one slot's entry replaced.
+const fn with_entry<const N: usize>(mut t: Table<N>, slot: usize, entry: *const c_void) -> Table<N> {
+    t.0[slot] = entry;
+    t
+}
+
+/// `21318c60…`: requested by cuBLAS, cuFFT and, at start-up, by cudart 13.5,
+/// which crashes when it is missing. 93 words.
+static CUBLAS_CONTEXT: Table<93> = with_entry(
+    with_size(logged_table!(cublas_slot;
+        1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
+        40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75
+        76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92)),
+    4,
+    context_number as *const c_void,
+);
+
+/// `21318c60…` [4]: a number naming the context for as long as the process
+/// lives (cuFFT keys its per-context kernel cache by the context and this
+/// number, so a context made again at an old address is told apart): the
+/// answer `cuCtxGetId` gives.
+unsafe extern "C" fn context_number(ctx: CUcontext, number: *mut u64) -> CUresult {
+    // SAFETY: the caller passes a writable u64; ctx_get_id checks NULL.
+    guard("cuBLAS context: context number", || unsafe {
+        calls::ctx_get_id(ctx, number)
+    })
+}
+
+/// `6e163fbe…`: the driver's module and function internals (the tools'
+/// `CU_ETID_ToolsModule`), requested by cuFFT. Real size unknown: cuFFT
+/// checks only that it holds slot 7.
+static TOOLS_MODULE: Table<64> = with_entry(
+    with_size(logged_table!(tools_module_slot;
+        1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
+        40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63)),
+    7,
+    module_functions as *const c_void,
+);
+
+/// Called once for each function of a module, with the caller's pointer.
+type FunctionVisitor = unsafe extern "C" fn(user: *mut c_void, function: super::CUfunction);
+
+/// `6e163fbe…` [7]: call `visit(user, function)` for each function of a
+/// module. Answers 1 when every function was visited, 0 otherwise (an
+/// unknown context or module, a module whose image the shim cannot read,
+/// no visitor); cuFFT, which asks this of each kernel module it loads and
+/// keeps the function it is given, takes anything but 1 as failure.
+unsafe extern "C" fn module_functions(
+    ctx: CUcontext,
+    module: CUmodule,
+    visit: Option<FunctionVisitor>,
+    user: *mut c_void,
+) -> u32 {
+    let visited = guard("tools module: the functions of a module", || {
+        let visit = visit.ok_or(CuError::INVALID_VALUE)?;
+        // SAFETY: the shim's own handles; the functions are the server's.
+        for f in unsafe { calls::module_functions(ctx, module) }? {
+            // SAFETY: the caller's visitor, called as it asked, with its
+            // own pointer.
+            unsafe { visit(user, f) };
+        }
+        Ok(())
+    });
+    u32::from(visited == 0)
+}
 
 /// `69a28e9f…`: requested by PyTorch. 34 words.
 static TORCH_TABLE: Table<34> = with_size(logged_table!(torch_slot;
@@ -492,6 +570,7 @@ pub(crate) fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
         TORCH_TABLE_ID => TORCH_TABLE.start(),
         CUBLASLT_TABLE_ID => CUBLASLT_TABLE.start(),
         CUPTI_TABLE_ID => CUPTI_TABLE.start(),
+        TOOLS_MODULE_ID => TOOLS_MODULE.start(),
         _ => return None,
     })
 }
@@ -518,6 +597,7 @@ mod tests {
             (TORCH_TABLE_ID, 272),
             (CUBLASLT_TABLE_ID, 512),
             (CUPTI_TABLE_ID, 512),
+            (TOOLS_MODULE_ID, 512),
         ] {
             let t = lookup(&id).expect("served");
             assert_eq!(words(t, 1)[0], size, "table {id:02x?}");
@@ -527,6 +607,49 @@ mod tests {
         assert!(cls[..3].iter().all(|&w| w > 4096));
         assert_eq!(cls[3], 0);
         assert!(lookup(&[0; 16]).is_none());
+    }
+
+    /// cuBLASLt reads slot 2's answer whatever it returns: it must always be
+    /// written, NULL without a current context, the top of the thread's
+    /// context stack otherwise.
+    #[test]
+    fn tools_tls_gives_the_threads_current_context() {
+        let t = words(lookup(&TOOLS_TLS_ID).unwrap(), 3);
+        // SAFETY: slot 2 is thread_context.
+        let f: unsafe extern "C" fn(*mut CUcontext) -> CUresult = unsafe { std::mem::transmute(t[2]) };
+        std::thread::spawn(move || {
+            let mut ctx = 0x0040_0000_0040_usize as CUcontext;
+            // SAFETY: a writable slot; NULL is refused.
+            unsafe {
+                assert_eq!(f(&mut ctx), 0);
+                assert!(ctx.is_null());
+                crate::state::push_current((0x5eed_0000_1000, 0));
+                assert_eq!(f(&mut ctx), 0);
+                assert_eq!(ctx as usize, 0x5eed_0000_1000);
+                assert_eq!(f(std::ptr::null_mut()), CuError::INVALID_VALUE.0);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Without a connection the tools module table's iteration fails as the
+    /// caller expects failure told: 0, and the visitor is never called.
+    #[test]
+    fn module_functions_answers_0_when_it_cannot_list() {
+        unsafe extern "C" fn never(_user: *mut c_void, _f: super::super::CUfunction) {
+            panic!("visited");
+        }
+        let t = words(lookup(&TOOLS_MODULE_ID).unwrap(), 8);
+        type Iterate = unsafe extern "C" fn(CUcontext, CUmodule, Option<FunctionVisitor>, *mut c_void) -> u32;
+        // SAFETY: slot 7 is module_functions.
+        let f: Iterate = unsafe { std::mem::transmute(t[7]) };
+        let m = 0x5eed_0000_1170usize as CUmodule;
+        // SAFETY: the handles are unknown; nothing is dereferenced.
+        unsafe {
+            assert_eq!(f(std::ptr::null_mut(), m, Some(never), std::ptr::null_mut()), 0);
+            assert_eq!(f(std::ptr::null_mut(), m, None, std::ptr::null_mut()), 0);
+        }
     }
 
     #[test]

@@ -200,14 +200,24 @@ pub unsafe fn module_enumerate_functions(functions: *mut CUfunction, count: u32,
     if functions.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
+    let ctx = current_ctx()?;
     let names = module_names(s, module)?;
     for (i, name) in names.iter().take(count as usize).enumerate() {
-        let name = CString::new(name.as_str()).map_err(|_| CuError::INVALID_VALUE)?;
-        // SAFETY: the caller's buffer holds `count` handles (API
-        // contract); `name` is NUL-terminated.
-        unsafe { module_get_function(functions.add(i), module, name.as_ptr()) }?;
+        let f = function_in(s, ctx, module, name)?;
+        // SAFETY: the caller's buffer holds `count` handles (API contract).
+        unsafe { functions.add(i).write(f) };
     }
     Ok(())
+}
+
+/// Every function of a module, made in `ctx` (the current context when
+/// NULL), in the order of its image: the tools module table's iteration.
+pub unsafe fn module_functions(ctx: CUcontext, module: CUmodule) -> CuResult<Vec<CUfunction>> {
+    let s = shim()?;
+    let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
+    s.context_device(ctx)?;
+    let names = module_names(s, module)?;
+    names.iter().map(|name| function_in(s, ctx, module, name)).collect()
 }
 
 fn check_cache_config(config: u32) -> CuResult {
