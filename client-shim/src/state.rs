@@ -40,6 +40,9 @@ pub struct DeviceRange {
     pub ctx: Handle,
     pub device: i32,
     pub kind: RangeKind,
+    /// `cuMemAlloc` memory, which legacy IPC (`cuIpcGetMemHandle`) can
+    /// share: what `CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE` says.
+    pub legacy_ipc: bool,
 }
 
 /// How a device range came to the program, which says how it goes.

@@ -572,6 +572,11 @@ int main(int argc, char **argv) {
         unsigned mt = 0;
         CHECK(cuPointerGetAttribute(&mt, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, db + 16));
         EXPECT(mt == CU_MEMORYTYPE_DEVICE, "pointer attribute memory type %u", mt);
+        /* cuMemAlloc memory can be shared by legacy IPC (NCCL asks before
+         * it registers a buffer). */
+        int legacy_ipc = -1;
+        CHECK(cuPointerGetAttribute(&legacy_ipc, CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE, db + 16));
+        EXPECT(legacy_ipc == 1, "cuMemAlloc memory legacy IPC capable %d", legacy_ipc);
         /* Synchronous memory operations may be asked for (they are). */
         GET(cuPointerSetAttribute, 2000);
         unsigned sync_on = 1;
@@ -2928,6 +2933,10 @@ int main(int argc, char **argv) {
          * read back, free, all before one synchronise. */
         CUdeviceptr a;
         CHECK(cuMemAllocAsync(&a, bytes, s));
+        /* Pool memory is shared through the pool, not by legacy IPC. */
+        int legacy_ipc = -1;
+        CHECK(cuPointerGetAttribute(&legacy_ipc, CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE, a));
+        EXPECT(legacy_ipc == 0, "pool memory legacy IPC capable %d", legacy_ipc);
         CHECK(cuMemcpyHtoDAsync(a, in, bytes, s));
         float two = 2.0f;
         int count = (int)n;

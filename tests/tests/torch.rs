@@ -748,6 +748,38 @@ torch.cuda.synchronize()
     assert!(stdout.contains("sparse (64, 64)"), "{}", context());
 }
 
+/// A NCCL process group of one rank initialises, all-reduces and is
+/// destroyed through gpupool. NCCL asks whether a tensor's memory can be
+/// shared by legacy IPC (`CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE`)
+/// before it registers it; the shim answered 0 for `cuMemAlloc` memory, so
+/// NCCL took it for memory mapped with `cuMemMap` and failed to register it
+/// ("Cuda failure 1 'invalid argument'" from `cuMemRetainAllocationHandle`).
+/// The software driver skips NCCL's kernels.
+#[test]
+fn pytorch_nccl_process_group_of_one_runs_through_gpupool() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let port = fixed_port();
+    let script = format!(
+        r#"
+import os, torch
+import torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}")
+dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+t = torch.ones(1024, device="cuda")
+dist.all_reduce(t)
+dist.barrier()
+torch.cuda.synchronize()
+print("all_reduce", tuple(t.shape), dist.get_world_size())
+dist.destroy_process_group()
+"#
+    );
+    let (ok, stdout, stderr) = run_torch(&python, &server, &script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("all_reduce (1024,) 1"), "{}", context());
+}
+
 /// `torch.cuda.green_contexts` (driving the driver through cuda-bindings):
 /// a green context of 16 SMs, made of the server driver's split of the
 /// device, runs a stream of its own and its default stream; tensors copied

@@ -1052,6 +1052,7 @@ fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
             ctx,
             device,
             kind: RangeKind::Global,
+            legacy_ipc: false,
         },
     );
 }
@@ -1457,6 +1458,7 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
                     ctx,
                     device,
                     kind: RangeKind::Allocated,
+                    legacy_ipc: true,
                 },
             );
             unsafe { out(ptr, p) }
@@ -1628,9 +1630,12 @@ pub unsafe fn pointer_get_attribute(data: *mut c_void, attribute: i32, ptr: CUde
                 DEVICE_ORDINAL => out(data.cast::<i32>(), r.device),
                 RANGE_START_ADDR => out(data.cast::<u64>(), base),
                 RANGE_SIZE => out(data.cast::<usize>(), r.size as usize),
-                // Nothing the program has can be shared by legacy IPC, a
-                // handle type, GPUDirect RDMA or decompression engines here.
-                LEGACY_IPC_CAPABLE | GPU_DIRECT_RDMA_CAPABLE | HW_DECOMPRESS_CAPABLE => out(data.cast::<i32>(), 0),
+                // cuMemAlloc memory is shared by legacy IPC through the
+                // server, as with the driver (NCCL reads this to tell it
+                // from memory mapped with cuMemMap); nothing can be reached
+                // by GPUDirect RDMA or decompression engines here.
+                LEGACY_IPC_CAPABLE => out(data.cast::<i32>(), r.legacy_ipc as i32),
+                GPU_DIRECT_RDMA_CAPABLE | HW_DECOMPRESS_CAPABLE => out(data.cast::<i32>(), 0),
                 ALLOWED_HANDLE_TYPES => out(data.cast::<u64>(), 0),
                 ACCESS_FLAGS => out(data.cast::<i32>(), ACCESS_FLAG_READWRITE),
                 // Not localised to a locality domain.

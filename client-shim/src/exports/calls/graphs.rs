@@ -293,6 +293,7 @@ pub unsafe fn graph_add_mem_alloc_node(
             ctx,
             device,
             kind: RangeKind::Allocated,
+            legacy_ipc: false,
         },
     );
     Ok(())

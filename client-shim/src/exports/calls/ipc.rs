@@ -37,9 +37,10 @@ pub unsafe fn ipc_get_mem_handle(handle: *mut CUipcHandle, ptr: CUdeviceptr) -> 
     if handle.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
-    // Managed memory has no handle, as with the driver.
+    // Only cuMemAlloc memory has one: not pool, graph, mapped or managed
+    // memory, as with the driver.
     match s.find_device_range(ptr, 0) {
-        Some((_, r)) if r.kind == RangeKind::Allocated && !managed::is_managed(ptr as usize) => {}
+        Some((_, r)) if r.legacy_ipc => {}
         _ => return Err(CuError::INVALID_VALUE),
     }
     get_handle(s, &Request::IpcGetMemHandle { ctx, ptr }, handle)
@@ -66,6 +67,7 @@ pub unsafe fn ipc_open_mem_handle(ptr: *mut CUdeviceptr, handle: CUipcHandle, fl
                     ctx,
                     device,
                     kind: RangeKind::Opened,
+                    legacy_ipc: false,
                 },
             );
             // SAFETY: ptr was checked for null; the program passes a

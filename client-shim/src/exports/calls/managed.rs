@@ -468,6 +468,7 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
             ctx,
             device,
             kind: RangeKind::Allocated,
+            legacy_ipc: false,
         },
     );
     let blocks = len.div_ceil(BLOCK);

@@ -91,6 +91,7 @@ unsafe fn alloc_async(
                 ctx,
                 device,
                 kind: RangeKind::Allocated,
+                legacy_ipc: false,
             };
             lock(&s.device_memory).insert(p, range);
             // SAFETY: checked not to be null; the program passes a slot.

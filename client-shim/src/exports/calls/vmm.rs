@@ -200,6 +200,7 @@ pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64,
         ctx,
         device,
         kind: RangeKind::Mapped,
+        legacy_ipc: false,
     };
     lock(&s.device_memory).insert(ptr, range);
     Ok(())
