@@ -146,6 +146,9 @@ pub struct Shim {
     /// (kernel, attribute, device).
     pub func_attributes: RwLock<HashMap<(Handle, i32), CuResult<i32>>>,
     pub kernel_attributes: RwLock<HashMap<(Handle, i32, i32), CuResult<i32>>>,
+    /// `cuMemGetAllocationGranularity`'s answers per (device, recommended):
+    /// the driver's granularity of device memory does not change.
+    pub granularity: RwLock<HashMap<(i32, bool), u64>>,
     pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
     pub host_memory: Mutex<BTreeMap<usize, HostRange>>,
     /// Streams the program created.
@@ -352,6 +355,7 @@ impl Shim {
             params: RwLock::default(),
             func_attributes: RwLock::default(),
             kernel_attributes: RwLock::default(),
+            granularity: RwLock::default(),
             device_memory: Mutex::default(),
             host_memory: Mutex::default(),
             streams: RwLock::default(),

@@ -19,8 +19,8 @@ use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, CacheTarget, GraphNode, Handle, Launch, MemOp, OccupancyQuery, Reply, Request, StreamRef,
-    TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK, NOTICE_ID,
-    SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
+    TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK,
+    MAX_ATTRIBUTES, NOTICE_ID, SCALAR_JIT_OPTIONS, TENSOR_MAP_BYTES,
 };
 use gpupool_proto::transport::{WaitRead, Wake};
 use gpupool_proto::ProtoError;
@@ -850,7 +850,7 @@ impl<'d> Worker<'d> {
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
                 R::LibraryGetManaged { ctx, .. } | R::LinkCreate { ctx, .. } | R::LinkComplete { ctx, .. } => *ctx,
-                R::FuncGetAttribute { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
+                R::FuncGetAttributes { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
                 R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
@@ -1110,23 +1110,23 @@ impl<'d> Worker<'d> {
             R::LinkDestroy { link } => to_reply(self.link_destroy(link)),
             R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
-            R::FuncGetAttribute { ctx, func, attr } => {
-                to_reply(self.make_current(ctx).and_then(|()| {
-                    self.check_function(func)?;
-                    let mut v = 0;
+            R::FuncGetAttributes { ctx, func, attrs } => to_reply(self.make_current(ctx).and_then(|()| {
+                self.check_function(func)?;
+                attributes(&attrs, |v, a| {
                     // SAFETY: func is this client's function; v is writable.
-                    unsafe { d.cuFuncGetAttribute(&mut v, attr, as_ptr(func)) }.map(|()| Reply::Int(v as i64))
-                }))
-            }
+                    unsafe { d.cuFuncGetAttribute(v, a, as_ptr(func)) }
+                })
+            })),
             R::FuncSetAttribute { ctx, func, attr, value } => to_reply(self.make_current(ctx).and_then(|()| {
                 self.check_function(func)?;
                 // SAFETY: func is this client's function.
                 unsafe { d.cuFuncSetAttribute(as_ptr(func), attr, value) }
             })),
-            R::KernelGetAttribute { kernel, attr, device } => to_reply(self.check_kernel(kernel).and_then(|()| {
-                let mut v = 0;
-                // SAFETY: kernel is this client's; v is writable.
-                unsafe { d.cuKernelGetAttribute(&mut v, attr, as_ptr(kernel), device) }.map(|()| Reply::Int(v as i64))
+            R::KernelGetAttributes { kernel, attrs, device } => to_reply(self.check_kernel(kernel).and_then(|()| {
+                attributes(&attrs, |v, a| {
+                    // SAFETY: kernel is this client's; v is writable.
+                    unsafe { d.cuKernelGetAttribute(v, a, as_ptr(kernel), device) }
+                })
             })),
             R::KernelSetAttribute {
                 kernel,
@@ -3905,6 +3905,25 @@ fn to_reply(r: impl IntoReply) -> Reply {
     r.into_reply()
 }
 
+/// Each of `attrs` asked of the driver by `get(value, attribute)`: its
+/// status and value, in order. More than [`MAX_ATTRIBUTES`] is refused.
+fn attributes(attrs: &[i32], mut get: impl FnMut(&mut i32, i32) -> DriverResult) -> DriverResult<Reply> {
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(INVALID_VALUE);
+    }
+    let answers = attrs
+        .iter()
+        .map(|&a| {
+            let mut v = 0;
+            match get(&mut v, a) {
+                Ok(()) => (0, v),
+                Err(e) => (e, 0),
+            }
+        })
+        .collect();
+    Ok(Reply::Attributes(answers))
+}
+
 /// Whether an image looks like one the driver can load.
 pub fn image_kind_ok(image: &[u8]) -> Result<(), Status> {
     if image.starts_with(b"\x7fELF") || image.starts_with(&0xBA55_ED50u32.to_le_bytes()) {
@@ -3921,6 +3940,21 @@ pub fn image_kind_ok(image: &[u8]) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::parse_kernel_driver_version;
+
+    #[test]
+    fn attributes_answer_each_in_order_and_refuse_too_many() {
+        use super::{attributes, Reply, INVALID_VALUE, MAX_ATTRIBUTES};
+        let r = attributes(&[0, 17, 4], |v, a| {
+            if a == 17 {
+                return Err(INVALID_VALUE);
+            }
+            *v = a * 10 + 1;
+            Ok(())
+        });
+        assert!(matches!(r, Ok(Reply::Attributes(ref a)) if a == &[(0, 1), (INVALID_VALUE, 0), (0, 41)]));
+        let many = vec![0; MAX_ATTRIBUTES + 1];
+        assert_eq!(attributes(&many, |_, _| Ok(())).err(), Some(INVALID_VALUE));
+    }
 
     #[test]
     fn the_kernel_driver_version_is_read_from_the_nvrm_line() {

@@ -26,4 +26,4 @@ pub mod transport;
 pub use error::ProtoError;
 
 /// Version of the wire protocol; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 15;
+pub const PROTOCOL_VERSION: u32 = 16;

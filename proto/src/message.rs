@@ -315,8 +315,11 @@ pub enum Request {
     LibraryGetGlobal { ctx: Handle, library: Handle, name: String },
     /// sync -> `Reply::Handle`: the kernel's function in the current context.
     KernelGetFunction { ctx: Handle, kernel: Handle },
-    /// sync -> `Reply::Int`.
-    FuncGetAttribute { ctx: Handle, func: Handle, attr: i32 },
+    /// sync -> `Reply::Attributes`: the driver's status and value of each of
+    /// `attrs` (`CUfunction_attribute`, at most [`MAX_ATTRIBUTES`]) of a
+    /// function, in order: the client asks every attribute at its first
+    /// question about a function, a round trip for all of them.
+    FuncGetAttributes { ctx: Handle, func: Handle, attrs: Vec<i32> },
     /// sync.
     FuncSetAttribute {
         ctx: Handle,
@@ -324,8 +327,13 @@ pub enum Request {
         attr: i32,
         value: i32,
     },
-    /// sync -> `Reply::Int`.
-    KernelGetAttribute { kernel: Handle, attr: i32, device: i32 },
+    /// sync -> `Reply::Attributes`: as `FuncGetAttributes`, of a kernel on
+    /// a device.
+    KernelGetAttributes {
+        kernel: Handle,
+        attrs: Vec<i32>,
+        device: i32,
+    },
     /// sync.
     KernelSetAttribute {
         kernel: Handle,
@@ -874,6 +882,9 @@ pub enum TensorMapKind {
 /// Bytes of a `CUstreamAttrValue` / `CUlaunchAttributeValue`.
 pub const ATTRIBUTE_VALUE_BYTES: usize = 64;
 
+/// Most attributes one `FuncGetAttributes` or `KernelGetAttributes` may ask.
+pub const MAX_ATTRIBUTES: usize = 64;
+
 /// What a cache preference is set on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheTarget {
@@ -1024,6 +1035,8 @@ pub enum Reply {
     Int(i64),
     Pair(i64, i64),
     Float(f32),
+    /// (status, value) of each attribute asked, in the order asked.
+    Attributes(Vec<(Status, i32)>),
     MemInfo {
         free: u64,
         total: u64,

@@ -48,6 +48,9 @@ typedef struct CUgraphExec_st *CUgraphExec;
 #define CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE 10
 #define CU_MEMORYTYPE_DEVICE 2
 #define CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK 0
+#define CU_FUNC_ATTRIBUTE_NUM_REGS 4
+#define CU_FUNC_ATTRIBUTE_PTX_VERSION 5
+#define CU_FUNC_ATTRIBUTE_BINARY_VERSION 6
 #define CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES 8
 
 typedef struct {
@@ -225,6 +228,7 @@ typedef CUresult (*PFN_cuKernelGetFunction)(CUfunction *, CUkernel);
 typedef CUresult (*PFN_cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
 typedef CUresult (*PFN_cuKernelSetAttribute)(int, int, CUkernel, CUdevice);
 typedef CUresult (*PFN_cuKernelGetAttribute)(int *, int, CUkernel, CUdevice);
+typedef CUresult (*PFN_cuFuncGetAttribute)(int *, int, CUfunction);
 typedef struct {
     int id;
     char pad[4];

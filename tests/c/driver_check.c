@@ -698,6 +698,22 @@ int main(int argc, char **argv) {
         EXPECT(r == CUDA_ERROR_INVALID_VALUE, "setting a read-only attribute gave %d", r);
         r = cuKernelSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1 << 30, kscale, dev);
         EXPECT(r == CUDA_ERROR_INVALID_VALUE, "1 GiB of dynamic shared memory gave %d", r);
+        /* The kernel's other attributes came with the first answer. */
+        int threads = 0, regs = -1, ptx = 0, binary = 0;
+        CHECK(cuKernelGetAttribute(&threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, kscale, dev));
+        CHECK(cuKernelGetAttribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, kscale, dev));
+        CHECK(cuKernelGetAttribute(&ptx, CU_FUNC_ATTRIBUTE_PTX_VERSION, kscale, dev));
+        CHECK(cuKernelGetAttribute(&binary, CU_FUNC_ATTRIBUTE_BINARY_VERSION, kscale, dev));
+        EXPECT(threads >= 256 && regs >= 0 && ptx >= 10 && binary >= 10,
+               "kernel attributes: %d threads, %d registers, PTX %d, binary %d", threads, regs, ptx, binary);
+        /* The ten attributes cudaFuncGetAttributes asks, of the function:
+           the same answers as the kernel's. */
+        GET(cuFuncGetAttribute, 2020);
+        int fattr[10];
+        for (int i = 0; i < 10; i++) CHECK(cuFuncGetAttribute(&fattr[i], i, fscale));
+        EXPECT(fattr[0] == threads && fattr[4] == regs && fattr[5] == ptx && fattr[6] == binary,
+               "function attributes: %d threads, %d registers, PTX %d, binary %d", fattr[0], fattr[4], fattr[5],
+               fattr[6]);
         /* A set through the kernel's function may change the kernel's, so
            the kernel's next set is the driver's to take. */
         CHECK(cuFuncSetAttribute(fscale, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 4096));

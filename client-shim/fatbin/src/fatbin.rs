@@ -331,6 +331,28 @@ impl FatBinary<'_> {
     }
 }
 
+impl<'a> FatBinary<'a> {
+    /// The entry a device of compute capability `major.minor` loads, as its
+    /// driver picks: an ELF of the same major version and the latest minor
+    /// no later than the device's; failing that, the latest PTX no later
+    /// than the device (compiled by the driver); `None` when neither is
+    /// there. Among equals, the first.
+    pub fn entry_for(&self, major: u32, minor: u32) -> Option<&Entry<'a>> {
+        let device = major * 10 + minor;
+        let best = |fits: &dyn Fn(&Entry<'a>) -> bool| {
+            self.entries
+                .iter()
+                .filter(|e| fits(e))
+                .fold(None::<&Entry<'a>>, |b, e| match b {
+                    Some(b) if b.sm_arch >= e.sm_arch => Some(b),
+                    _ => Some(e),
+                })
+        };
+        best(&|e| e.kind == EntryKind::Elf && e.sm_arch / 10 == major && e.sm_arch % 10 <= minor)
+            .or_else(|| best(&|e| e.kind == EntryKind::Ptx && e.sm_arch <= device))
+    }
+}
+
 /// Parses the fat binary at the start of `bytes` (bytes after its
 /// `header_size + fat_size` are not looked at).
 pub fn parse_fatbin(bytes: &[u8]) -> Result<FatBinary<'_>, Error> {

@@ -236,6 +236,42 @@ pub fn kernels(image: &[u8]) -> Result<Vec<KernelInfo>, Error> {
     }
 }
 
+/// The kernels of the code a device of compute capability `major.minor`
+/// runs from an image. For a fat binary that is, in each of its fat
+/// binaries, the one entry the driver picks: the ELF of the device's major
+/// version with the latest minor no later than the device's, else the
+/// latest PTX no later than the device. Only that entry is decompressed
+/// (NCCL's libraries hold a compressed ELF for each of a dozen
+/// architectures). A fat binary with no entry for the device is read
+/// whole, as [`kernels`] does: the driver refuses it at load.
+pub fn kernels_for(image: &[u8], major: u32, minor: u32) -> Result<Vec<KernelInfo>, Error> {
+    if detect(image)? != ImageKind::FatBinary {
+        return kernels(image);
+    }
+    let mut out = Vec::new();
+    for fatbin in parse_fatbins(image)? {
+        let chosen: Vec<&Entry<'_>> = match fatbin.entry_for(major, minor) {
+            Some(e) => vec![e],
+            None => fatbin
+                .entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::Ptx | EntryKind::Elf))
+                .collect(),
+        };
+        for entry in chosen {
+            let payload = entry.payload()?;
+            let found = match entry.kind {
+                EntryKind::Ptx => ptx::scan(&payload)?.kernels,
+                _ => elf::Elf::parse(&payload)?.kernels()?,
+            };
+            for k in found {
+                merge_kernel(&mut out, k);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The module-scope variables an image defines (best effort: `.global` and
 /// `.const` PTX variables, `STT_OBJECT` cubin symbols).
 pub fn globals(image: &[u8]) -> Result<Vec<GlobalInfo>, Error> {

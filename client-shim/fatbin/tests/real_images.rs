@@ -157,6 +157,44 @@ fn kernels_from_every_format() {
     assert_eq!(from_elf, from_ptx);
 }
 
+/// The entry a device loads, as its driver picks it, and the kernels read
+/// from that entry alone.
+#[test]
+fn the_entry_a_device_loads() {
+    let zstd = parse_fatbin(ZSTD).unwrap();
+    let pick = |major, minor| zstd.entry_for(major, minor).map(|e| (e.kind, e.sm_arch));
+    // An ELF of the device's major version, the latest minor no later
+    // than the device's, before any PTX.
+    assert_eq!(pick(8, 0), Some((EntryKind::Elf, 80)));
+    assert_eq!(pick(8, 6), Some((EntryKind::Elf, 80)));
+    assert_eq!(pick(9, 0), Some((EntryKind::Elf, 90)));
+    // No ELF of its major version: the PTX, compiled by the driver.
+    assert_eq!(pick(10, 0), Some((EntryKind::Ptx, 90)));
+    assert_eq!(pick(7, 5), None);
+    let lz4 = parse_fatbin(LZ4).unwrap();
+    assert_eq!(lz4.entry_for(9, 0).map(|e| e.kind), Some(EntryKind::Ptx));
+    assert_eq!(lz4.entry_for(8, 9).map(|e| e.kind), None);
+    // The same kernels, with their layouts, from the entry alone, whatever
+    // the device; a device no entry fits reads every entry.
+    for (major, minor) in [(8, 0), (9, 0), (10, 0), (7, 5)] {
+        let mut picked = kernels_for(ZSTD, major, minor).unwrap();
+        let mut all = kernels(ZSTD).unwrap();
+        picked.sort_by(|a, b| a.name.cmp(&b.name));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(picked, all, "{major}.{minor}");
+    }
+    // Concatenated fat binaries: each one's entry.
+    let names: Vec<String> = kernels_for(TWO_UNITS, 9, 0)
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["_Z13unit_a_kernelPi", "unit_b_kernel"]);
+    // Images that are not fat binaries read as themselves.
+    assert_eq!(kernels_for(CUBIN, 9, 0).unwrap(), kernels(CUBIN).unwrap());
+    assert_eq!(kernels_for(&ptx_image(), 9, 0).unwrap(), kernels(&ptx_image()).unwrap());
+}
+
 #[test]
 fn globals_from_every_format() {
     for image in [&ptx_image()[..], CUBIN, PLAIN, ZSTD, LZ4] {

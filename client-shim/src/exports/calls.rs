@@ -903,11 +903,18 @@ fn remote_library(s: &Shim, lib: &state::LazyLibrary) -> CuResult<Handle> {
     Ok(h)
 }
 
-/// The kernel names an image defines, when the shim can read them.
 /// The kernel names an image defines, each once, in image order; `None`
 /// when the shim cannot read the image.
 fn image_kernels(bytes: &[u8]) -> Option<Vec<String>> {
-    match gpupool_fatbin::kernels(bytes) {
+    // A fat binary's kernels are read from the entry the GPU (of the
+    // current context, else device 0) loads, the only one decompressed.
+    let device = state::current().map_or(0, |(_, d)| d);
+    let capability = shim().and_then(|s| Ok((s.attribute(device, 75)? as u32, s.attribute(device, 76)? as u32)));
+    let listed = match capability {
+        Ok((major, minor)) => gpupool_fatbin::kernels_for(bytes, major, minor),
+        Err(_) => gpupool_fatbin::kernels(bytes),
+    };
+    match listed {
         Ok(k) => {
             let mut seen = std::collections::HashSet::new();
             Some(
@@ -1101,23 +1108,47 @@ pub unsafe fn module_get_global(
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
-/// An attribute from `map`, fetched once with `fetch` when absent. An
-/// attribute the driver does not have (`CUDA_ERROR_INVALID_VALUE`) is
-/// remembered as such too: cuDNN 9.26 asks for two that the driver may not
-/// know before each convolution.
+/// Every `CUfunction_attribute` (`CU_FUNC_ATTRIBUTE_MAX` is 16): all are
+/// asked at the first question about a function or kernel, in one round
+/// trip. cudart's `cudaFuncGetAttributes` asks ten of them, and NCCL eight
+/// of each of its kernels, one after another.
+const FUNCTION_ATTRIBUTES: std::ops::Range<i32> = 0..16;
+
+/// An attribute from `map` (keyed by `key(attribute)`), all of them fetched
+/// at once with `fetch` when it is absent. An attribute the driver does
+/// not have (`CUDA_ERROR_INVALID_VALUE`) is remembered as such too: cuDNN
+/// 9.26 asks for two that the driver may not know before each convolution.
 fn cached_attribute<K: std::hash::Hash + Eq>(
     map: &std::sync::RwLock<std::collections::HashMap<K, CuResult<i32>>>,
-    key: K,
-    fetch: impl FnOnce() -> CuResult<i32>,
+    key: impl Fn(i32) -> K,
+    attribute: i32,
+    fetch: impl FnOnce(Vec<i32>) -> CuResult<Reply>,
 ) -> CuResult<i32> {
-    if let Some(v) = read(map).get(&key) {
+    if let Some(v) = read(map).get(&key(attribute)) {
         return *v;
     }
-    let v = fetch();
-    if matches!(v, Ok(_) | Err(CuError::INVALID_VALUE)) {
-        write(map).insert(key, v);
+    let mut attrs: Vec<i32> = FUNCTION_ATTRIBUTES.collect();
+    if !FUNCTION_ATTRIBUTES.contains(&attribute) {
+        attrs.push(attribute);
     }
-    v
+    let Reply::Attributes(answers) = fetch(attrs.clone())? else {
+        return Err(CuError::UNKNOWN);
+    };
+    if answers.len() != attrs.len() {
+        return Err(CuError::UNKNOWN);
+    }
+    let mut known = write(map);
+    let mut asked = Err(CuError::UNKNOWN);
+    for (&a, (status, v)) in attrs.iter().zip(answers) {
+        let answer = if status == 0 { Ok(v) } else { Err(CuError(status)) };
+        if matches!(answer, Ok(_) | Err(CuError::INVALID_VALUE)) {
+            known.insert(key(a), answer);
+        }
+        if a == attribute {
+            asked = answer;
+        }
+    }
+    asked
 }
 
 pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfunction) -> CuResult {
@@ -1126,20 +1157,22 @@ pub unsafe fn func_get_attribute(value: *mut i32, attribute: i32, function: CUfu
         return Err(CuError::INVALID_VALUE);
     }
     let func = handle(function);
-    let v = cached_attribute(&s.func_attributes, (func, attribute), || {
-        let ctx = current_ctx()?;
-        match s.remote.call(
-            &Request::FuncGetAttribute {
-                ctx,
-                func: resolve(s, func)?,
-                attr: attribute,
-            },
-            &[],
-        )? {
-            Reply::Int(v) => Ok(v as i32),
-            _ => Err(CuError::UNKNOWN),
-        }
-    })?;
+    let v = cached_attribute(
+        &s.func_attributes,
+        |a| (func, a),
+        attribute,
+        |attrs| {
+            let ctx = current_ctx()?;
+            s.remote.call(
+                &Request::FuncGetAttributes {
+                    ctx,
+                    func: resolve(s, func)?,
+                    attrs,
+                },
+                &[],
+            )
+        },
+    )?;
     unsafe { out(value, v) }
 }
 
@@ -1405,19 +1438,21 @@ pub unsafe fn kernel_get_attribute(value: *mut i32, attribute: i32, kernel: CUke
         return Err(CuError::INVALID_VALUE);
     }
     let kernel = handle(kernel);
-    let v = cached_attribute(&s.kernel_attributes, (kernel, attribute, device), || {
-        match s.remote.call(
-            &Request::KernelGetAttribute {
-                kernel: resolve(s, kernel)?,
-                attr: attribute,
-                device,
-            },
-            &[],
-        )? {
-            Reply::Int(v) => Ok(v as i32),
-            _ => Err(CuError::UNKNOWN),
-        }
-    })?;
+    let v = cached_attribute(
+        &s.kernel_attributes,
+        |a| (kernel, a, device),
+        attribute,
+        |attrs| {
+            s.remote.call(
+                &Request::KernelGetAttributes {
+                    kernel: resolve(s, kernel)?,
+                    attrs,
+                    device,
+                },
+                &[],
+            )
+        },
+    )?;
     unsafe { out(value, v) }
 }
 

@@ -238,15 +238,22 @@ pub unsafe fn mem_set_access(ptr: CUdeviceptr, size: usize, desc: *const c_void,
 pub unsafe fn mem_get_allocation_granularity(granularity: *mut usize, prop: *const c_void, option: u32) -> CuResult {
     let s = shim()?;
     let (device, _) = prop_device(s, prop)?;
-    let req = Request::MemGranularity {
-        device,
-        recommended: option == GRANULARITY_RECOMMENDED,
+    let recommended = option == GRANULARITY_RECOMMENDED;
+    // Asked once per device and option: NCCL asks before each of the
+    // hundreds of buffers it maps at start-up.
+    let known = read(&s.granularity).get(&(device, recommended)).copied();
+    let g = match known {
+        Some(g) => g,
+        None => match s.remote.call(&Request::MemGranularity { device, recommended }, &[])? {
+            Reply::Size(g) => {
+                write(&s.granularity).insert((device, recommended), g);
+                g
+            }
+            _ => return Err(CuError::UNKNOWN),
+        },
     };
-    match s.remote.call(&req, &[])? {
-        // SAFETY: the program passes a slot (null is refused by `out`).
-        Reply::Size(g) => unsafe { out(granularity, g as usize) },
-        _ => Err(CuError::UNKNOWN),
-    }
+    // SAFETY: the program passes a slot (null is refused by `out`).
+    unsafe { out(granularity, g as usize) }
 }
 
 /// Mapped memory is read-write for the device it lives on, and nothing for
