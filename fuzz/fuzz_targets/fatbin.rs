@@ -3,7 +3,7 @@
 //! `cargo fuzz run fatbin` (nightly).
 #![no_main]
 
-use gpupool_fatbin::{detect, globals, kernels, parse_fatbins, parse_wrapper, required_len, LenQuery};
+use gpupool_fatbin::{detect, globals, kernels, kernels_for, parse_fatbins, parse_wrapper, required_len, LenQuery};
 use libfuzzer_sys::fuzz_target;
 
 /// Decompressed entries are capped well below the library default so a
@@ -30,5 +30,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = kernels(data);
+    let _ = kernels_for(data, 9, 0);
     let _ = globals(data);
 });

@@ -17,9 +17,11 @@ fn exercise(bytes: &[u8]) {
     let _ = required_len(bytes);
     let _ = parse_wrapper(bytes);
     let _ = kernels(bytes);
+    let _ = kernels_for(bytes, 9, 0);
     let _ = globals(bytes);
     if let Ok(all) = parse_fatbins(bytes) {
         for fatbin in all {
+            let _ = fatbin.entry_for(8, 6);
             for entry in &fatbin.entries {
                 let _ = entry.payload_with_limit(1 << 20);
             }
