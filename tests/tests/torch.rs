@@ -29,10 +29,7 @@ fn numba_python() -> Option<PathBuf> {
 }
 
 /// Held by the tests that load the machine most (`torch.compile` and the
-/// training steps) and by those whose counts depend on the server keeping
-/// up with the program (the event queries answered in the shim: on two
-/// cores beside another PyTorch test, more than a quarter were round trips),
-/// so that they do not run at once. Under the heaviest load the
+/// training steps), so that they do not run at once. Under that load the
 /// training script sometimes aborted at exit ("terminate called without an
 /// active exception"). That is PyTorch's own race at interpreter exit
 /// (pytorch/pytorch#38228): its autograd device thread takes the GIL
@@ -44,6 +41,34 @@ fn numba_python() -> Option<PathBuf> {
 fn one_heavy_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every Python run holds this shared, except within a test that holds it
+/// alone: those whose counts depend on the server keeping up with the
+/// program (the event queries answered in the shim). On two cores beside
+/// other PyTorch runs, more than a quarter of their queries were round
+/// trips; alone, none of them fails.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    static MACHINE_ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The machine to this test alone, until the guard goes.
+struct Alone {
+    _guard: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        MACHINE_ALONE.with(|a| a.set(false));
+    }
+}
+
+fn machine_alone() -> Alone {
+    let guard = MACHINE.write().unwrap_or_else(|p| p.into_inner());
+    MACHINE_ALONE.with(|a| a.set(true));
+    Alone { _guard: guard }
 }
 
 fn python() -> Option<PathBuf> {
@@ -84,6 +109,7 @@ fn run_python_with(python: &PathBuf, server: &Server, args: &[&str], env: &[(&st
         );
         dir
     });
+    let _shared = (!MACHINE_ALONE.with(|a| a.get())).then(|| MACHINE.read().unwrap_or_else(|p| p.into_inner()));
     let mut cmd = Command::new(python);
     cmd.args(args)
         .env("LD_LIBRARY_PATH", dir)
@@ -325,7 +351,7 @@ fn event_queries(stderr: &str) -> Option<(u64, u64)> {
 #[test]
 fn pytorch_pinned_batches_answer_their_event_queries_in_the_shim() {
     let Some(python) = python() else { return };
-    let _heavy = one_heavy_test_at_a_time();
+    let _alone = machine_alone();
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let script = r#"
 import torch
@@ -370,7 +396,7 @@ print("pinned steps done")
 #[test]
 fn pytorch_gradient_clipping_steps_answer_their_event_queries_in_the_shim() {
     let Some(python) = python() else { return };
-    let _heavy = one_heavy_test_at_a_time();
+    let _alone = machine_alone();
     let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
     let script = r#"
 import torch
