@@ -246,6 +246,10 @@ static HELD: Mutex<Option<(Broker, u64)>> = Mutex::new(None);
 static AT_EXIT: OnceLock<()> = OnceLock::new();
 
 extern "C" fn release_at_exit() {
+    if crate::config::forked() {
+        // The lease is the parent's.
+        return;
+    }
     let held = HELD.lock().map(|mut h| h.take()).unwrap_or(None);
     if let Some((broker, id)) = held {
         if let Err(e) = broker.release(id) {

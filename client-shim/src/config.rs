@@ -94,7 +94,6 @@ impl Config {
     }
 }
 
-/// Start logging to standard error, once.
 /// Set once the process exits (the shim's exit handlers ran).
 static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -121,9 +120,39 @@ thread_local! {
 /// thread-local destructors) panics. Checked on the paths that log from
 /// within a driver call, never on the hot path.
 pub fn may_log() -> bool {
-    !EXITING.load(std::sync::atomic::Ordering::Relaxed) && SENTINEL.try_with(|_| ()).is_ok()
+    !EXITING.load(std::sync::atomic::Ordering::Relaxed) && !forked() && SENTINEL.try_with(|_| ()).is_ok()
 }
 
+/// Set in a child forked after the shim connected.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called in the child of a `fork` (registered with `pthread_atfork`).
+extern "C" fn in_forked_child() {
+    FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// From now on, tell a forked child apart: it shares the parent's
+/// connection to the server, which only the parent may use (a child's
+/// exit handlers ending the session, or its calls writing requests, would
+/// break the parent's session), and it has none of the shim's threads.
+pub fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain extern "C" function, with no captured
+        // state, that only stores to an atomic (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) };
+    });
+}
+
+/// Whether this process is a child forked after the shim connected: every
+/// driver call there fails (`CUDA_ERROR_NOT_INITIALIZED`), as CUDA gives
+/// a forked child nothing of its parent's, and the exit handlers leave the
+/// parent's session, lease and call report alone.
+pub fn forked() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Start logging to standard error, once.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -46,7 +46,10 @@ pub fn enable() {
         return;
     }
     extern "C" fn at_exit() {
-        let _ = std::panic::catch_unwind(print);
+        // A forked child holds a copy of the parent's counts.
+        if !crate::config::forked() {
+            let _ = std::panic::catch_unwind(print);
+        }
     }
     // SAFETY: registering a plain extern "C" function with no captured state.
     unsafe {

@@ -48,6 +48,8 @@
  *                          cuGraphAddHostNode, a child graph's copied twice): they
  *                          run at every launch, in order, and synchronising waits
  *                          for them
+ *   driver_check fork      children forked after start-up: their calls fail, and
+ *                          their exit leaves the parent's session working
  *   driver_check limits    context limits: asked once, then the same until one is
  *                          set; the stack size asked every time; a reset context's
  *                          back to its defaults
@@ -2114,6 +2116,36 @@ int main(int argc, char **argv) {
         EXPECT(cuLogsDumpToFile(NULL, "/nonexistent-dir/x/log", 0) == CUDA_ERROR_FILE_NOT_FOUND,
                "a file in no directory");
         printf("OK logs (%d told)\n", t.count);
+    } else if (!strcmp(mode, "fork")) {
+        /* Children forked after start-up share the parent's connection to
+         * the server: their calls fail, and their exit, with or without
+         * exit handlers, leaves the parent's session working. */
+        unsigned char in[4096], back[4096];
+        for (unsigned i = 0; i < sizeof in; i++) in[i] = (unsigned char)(i * 7 + 1);
+        CUdeviceptr d;
+        CHECK(cuMemAlloc(&d, sizeof in));
+        CHECK(cuMemcpyHtoD(d, in, sizeof in));
+        fflush(stdout);
+        fflush(stderr);
+        for (int k = 0; k < 2; k++) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                CUdeviceptr c = 0;
+                CUresult r = cuMemAlloc(&c, 64);
+                int bad = getenv("GPUPOOL_SERVER") && r != CUDA_ERROR_NOT_INITIALIZED;
+                if (k == 0) exit(bad ? 3 : 0);
+                _exit(bad ? 3 : 0);
+            }
+            int status = 0;
+            EXPECT(pid > 0 && waitpid(pid, &status, 0) == pid, "fork %d", k);
+            EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d (3: its call did not fail)", k,
+                   status);
+        }
+        CHECK(cuMemcpyDtoH(back, d, sizeof back));
+        CHECK(cuCtxSynchronize());
+        EXPECT(!memcmp(in, back, sizeof in), "the parent's memory changed");
+        CHECK(cuMemFree(d));
+        printf("OK fork\n");
     } else if (!strcmp(mode, "limits")) {
         GET(cuCtxGetLimit, 2000);
         GET(cuCtxSetLimit, 3010);

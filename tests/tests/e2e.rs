@@ -76,6 +76,29 @@ fn context_limits_are_asked_once_until_set() {
     assert_eq!(report_row(&stderr, "cuCtxGetLimit"), (63, 13), "{stderr}");
 }
 
+/// A child forked after the shim connected shares the parent's
+/// connection: its calls fail (`CUDA_ERROR_NOT_INITIALIZED`) and its exit
+/// handlers leave the parent's session alone. Before, a child that exited
+/// normally ended the parent's session, and the parent's next call failed
+/// with `CUDA_ERROR_DEVICE_UNAVAILABLE`.
+#[test]
+fn forked_children_leave_the_parents_session_alone() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("fork").env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK fork"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+    // The parent's call report only: the children print none.
+    assert_eq!(stderr.matches("gpupool call report").count(), 1, "{stderr}");
+    assert_eq!(stdout.matches("OK fork").count(), 1, "{stdout}");
+}
+
 /// Driver calls made after the shim's exit handlers ran (a program's
 /// library destructors at `exit`, after thread-local storage is gone) fail
 /// cleanly, and the shim logs nothing from the torn-down process: before,

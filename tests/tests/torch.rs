@@ -806,6 +806,38 @@ dist.destroy_process_group()
     assert!(stdout.contains("all_reduce (1024,) 1"), "{}", context());
 }
 
+/// Processes forked after CUDA started (a child that exits normally, and
+/// the data loader's workers) leave the parent's session working: before,
+/// the child's exit handlers ended it, and the parent's next call failed
+/// with "CUDA-capable device(s) is/are busy or unavailable".
+#[test]
+fn pytorch_forked_children_leave_the_parents_session_alone() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let script = r#"
+import os, sys, torch
+x = torch.arange(1024.0).cuda()
+torch.cuda.synchronize()
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    os.waitpid(pid, 0)
+ds = torch.utils.data.TensorDataset(torch.arange(256.0).reshape(64, 4))
+batches = [b.cuda(non_blocking=True) for (b,) in torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2, pin_memory=True)]
+torch.cuda.synchronize()
+print("parent", x.cpu()[:2].tolist(), len(batches), batches[-1].cpu()[-1].tolist())
+"#;
+    let (ok, stdout, stderr) = run_torch(&python, &server, script);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(
+        stdout.contains("parent [0.0, 1.0] 4 [252.0, 253.0, 254.0, 255.0]"),
+        "{}",
+        context()
+    );
+}
+
 /// `torch.cuda.green_contexts` (driving the driver through cuda-bindings):
 /// a green context of 16 SMs, made of the server driver's split of the
 /// device, runs a stream of its own and its default stream; tensors copied

@@ -69,6 +69,9 @@ static SHIM: OnceLock<Result<Shim, CuError>> = OnceLock::new();
 const API_VERSION: u32 = 13000;
 
 pub(crate) fn shim() -> CuResult<&'static Shim> {
+    if crate::config::forked() {
+        return Err(forked_child());
+    }
     match SHIM.get() {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) => Err(*e),
@@ -162,6 +165,9 @@ pub unsafe fn init(flags: u32) -> CuResult {
     if flags != 0 {
         return Err(CuError::INVALID_VALUE);
     }
+    if crate::config::forked() {
+        return Err(forked_child());
+    }
     let result = SHIM.get_or_init(|| {
         config::init_logging();
         let cfg = Config::from_env();
@@ -202,6 +208,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
                 // SAFETY: registering a plain extern "C" function with no
                 // captured state.
                 unsafe { libc::atexit(end_session_at_exit) };
+                crate::config::watch_forks();
                 let s = &remote.session;
                 tracing::info!(server = %url, session = s.session_id, devices = s.devices.len(), simulated = s.simulated, "connected to gpupool server");
                 if s.devices.is_empty() {
@@ -228,11 +235,23 @@ pub unsafe fn init(flags: u32) -> CuResult {
 /// otherwise wait for its idle timeout).
 extern "C" fn end_session_at_exit() {
     crate::config::exiting();
+    if crate::config::forked() {
+        // The session is the parent's.
+        return;
+    }
     let _ = std::panic::catch_unwind(|| {
         if let Some(Ok(s)) = SHIM.get() {
             s.remote.end();
         }
     });
+}
+
+/// The error of every call in a child forked after the shim connected.
+/// Nothing is logged: PyTorch's data-loader workers are such children, and
+/// their exit makes calls that fail natively too, unseen.
+#[cold]
+fn forked_child() -> CuError {
+    CuError::NOT_INITIALIZED
 }
 
 /// The driver version the program is told (and the integrity hash covers).
