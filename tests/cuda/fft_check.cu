@@ -6,18 +6,11 @@
 #include <complex>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <cufft.h>
 #include <cuda_runtime.h>
 
-#define CHECK(call)                                                                         \
-    do {                                                                                    \
-        cudaError_t e_ = (call);                                                            \
-        if (e_ != cudaSuccess) {                                                            \
-            fprintf(stderr, "FAIL %s = %d (%s)\n", #call, (int)e_, cudaGetErrorString(e_)); \
-            return 1;                                                                       \
-        }                                                                                   \
-    } while (0)
+#include "check.h"
+
 #define CHECK_FFT(call)                                        \
     do {                                                       \
         cufftResult r_ = (call);                               \
@@ -27,14 +20,8 @@
         }                                                      \
     } while (0)
 
-static double now_ms() {
-    timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-// The largest error of `got` (n outputs of each of `batch` rows, stride
-// `out_stride`) against the DFT of `in` (rows of n, complex or real).
+// The largest error of `got` (`outputs` values for each of `batch` rows)
+// against the DFT of `in` (rows of n values, complex or real).
 template <typename In>
 static double dft_error(const In *in, const cufftComplex *got, int n, int outputs, int batch) {
     double worst = 0;

@@ -3,18 +3,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#define CHECK(call)                                                                         \
-    do {                                                                                    \
-        cudaError_t e_ = (call);                                                            \
-        if (e_ != cudaSuccess) {                                                            \
-            fprintf(stderr, "FAIL %s = %d (%s)\n", #call, (int)e_, cudaGetErrorString(e_)); \
-            return 1;                                                                       \
-        }                                                                                   \
-    } while (0)
+#include "check.h"
+
 #define CHECK_BLAS(call)                                         \
     do {                                                         \
         cublasStatus_t s_ = (call);                              \
@@ -23,12 +16,6 @@
             return 1;                                            \
         }                                                        \
     } while (0)
-
-static double now_ms() {
-    timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 int main() {
     const int n = 512, reps = 10;
