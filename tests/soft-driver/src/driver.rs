@@ -763,6 +763,7 @@ fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
         85 => ordinal as i32, // MULTI_GPU_BOARD_GROUP_ID
         87 => 2,              // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
         90 => 1,              // COMPUTE_PREEMPTION_SUPPORTED
+        95 => 1,              // COOPERATIVE_LAUNCH (cuLaunchCooperativeKernel runs)
         97 => MAX_SHARED_PER_BLOCK_OPTIN,
         106 => 32,          // MAX_BLOCKS_PER_MULTIPROCESSOR
         108 => 78_643_200,  // MAX_PERSISTING_L2_CACHE_SIZE
