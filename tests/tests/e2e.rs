@@ -76,6 +76,36 @@ fn context_limits_are_asked_once_until_set() {
     assert_eq!(report_row(&stderr, "cuCtxGetLimit"), (63, 13), "{stderr}");
 }
 
+/// `CUDA_VISIBLE_DEVICES` that shows no device makes `cuInit` answer
+/// `CUDA_ERROR_NO_DEVICE`, as the driver does, without a session: empty,
+/// `-1`, or an index the session does not have (asked of the server). One
+/// that shows the session's devices runs as without it.
+#[test]
+fn cuda_visible_devices_that_show_none_hide_the_gpu() {
+    let server = Server::start();
+    let run = |value: &str| {
+        let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+        cmd.env("CUDA_VISIBLE_DEVICES", value);
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for value in ["", "-1", "4"] {
+        let (ok, _, stderr) = run(value);
+        assert!(
+            !ok && stderr.contains("cuInit(0) = 100 (CUDA_ERROR_NO_DEVICE)"),
+            "CUDA_VISIBLE_DEVICES={value:?}: {stderr}"
+        );
+    }
+    // Only the index the server was asked about made a session.
+    assert_eq!(server.log().matches("session started").count(), 1, "{}", server.log());
+    let (ok, stdout, stderr) = run("0");
+    assert!(ok && stdout.contains("OK"), "stdout: {stdout}\nstderr: {stderr}");
+}
+
 /// A child forked after the shim connected shares the parent's
 /// connection: its calls fail (`CUDA_ERROR_NOT_INITIALIZED`) and its exit
 /// handlers leave the parent's session alone. Before, a child that exited
