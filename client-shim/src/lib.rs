@@ -19,4 +19,3 @@ pub mod procaddr;
 pub mod remote;
 pub mod report;
 pub mod state;
-pub mod visible;

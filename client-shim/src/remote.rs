@@ -280,6 +280,8 @@ pub struct ConnectOptions {
     /// The most a streamed request waits in the shim for others to go with
     /// it in one write (`GPUPOOL_HOLD_US`; zero writes each at once).
     pub hold: Duration,
+    /// The program's `CUDA_VISIBLE_DEVICES`, told in the hello.
+    pub visible_devices: Option<String>,
 }
 
 /// The CPUs near the network device that carries traffic to the server at
@@ -310,6 +312,7 @@ impl Remote {
             let mut reader = FrameReader::with_capacity(256 << 10, Polling::new(reader, Duration::ZERO));
             let mut hello = Hello::new(opts.lease_token.clone(), client_info());
             hello.session_ticket = ticket;
+            hello.visible_devices = opts.visible_devices.clone();
             let mut scratch = Vec::new();
             frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
             writer.flush()?;

@@ -14,6 +14,7 @@ use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
 use gpupool_proto::handshake::{Hello, Welcome};
 use gpupool_proto::lease::{unix_ms_now, LeaseClaims, LeasePublicKey};
 use gpupool_proto::transport::{self, ServerIdentity};
+use gpupool_proto::visible;
 use gpupool_proto::ProtoError;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -364,6 +365,19 @@ impl Daemon {
             cmd.arg("--config").arg(c);
         }
         cmd.env("GPUPOOL_CLIENT", &client);
+        // The devices the client's CUDA_VISIBLE_DEVICES shows, read against
+        // those this daemon's own shows: the worker's driver numbers them
+        // from 0 for the session, as for a local program.
+        match &hello.visible_devices {
+            Some(v) if v.len() <= visible::MAX_LEN && !v.contains('\0') => {
+                let own = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                cmd.env("CUDA_VISIBLE_DEVICES", visible::compose(own.as_deref(), v));
+            }
+            Some(_) => {
+                tracing::warn!(client = %client, "ignoring a CUDA_VISIBLE_DEVICES too long or holding a NUL byte")
+            }
+            None => {}
+        }
         cmd.env_remove(RELAYED_ENV).env_remove(TICKET_ENV);
         match socket {
             SessionSocket::Tcp => {}
@@ -692,8 +706,22 @@ fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
     let driver = match crate::driver::Driver::load(&cfg.driver) {
         Ok(d) => d,
         Err(e) => {
-            let reason = format!("server {} cannot serve GPUs: {e}", cfg.server_id);
-            tracing::error!("{reason}");
+            let reason = match (&e, std::env::var("CUDA_VISIBLE_DEVICES")) {
+                // The client's CUDA_VISIBLE_DEVICES (its worker's) shows none.
+                (crate::driver::LoadError::Init(100), Ok(v)) => {
+                    let reason = format!(
+                        "CUDA_VISIBLE_DEVICES={v:?} shows none of server {}'s GPUs",
+                        cfg.server_id
+                    );
+                    tracing::info!("{reason}");
+                    reason
+                }
+                _ => {
+                    let reason = format!("server {} cannot serve GPUs: {e}", cfg.server_id);
+                    tracing::error!("{reason}");
+                    reason
+                }
+            };
             let mut scratch = Vec::new();
             gpupool_proto::frame::write_frame(
                 writer,

@@ -18,6 +18,9 @@ pub struct Hello {
     /// The ticket of a `Welcome::Redirect`, presented on the connection it
     /// redirected to.
     pub session_ticket: Option<[u8; 32]>,
+    /// The client's `CUDA_VISIBLE_DEVICES`, when set: the session shows
+    /// those of the server's devices ([`crate::visible`]).
+    pub visible_devices: Option<String>,
 }
 
 /// Who the client is, for logs and accounting.
@@ -94,6 +97,7 @@ impl Hello {
             lease_token,
             client,
             session_ticket: None,
+            visible_devices: None,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod handshake;
 pub mod lease;
 pub mod message;
 pub mod transport;
+pub mod visible;
 
 pub use error::ProtoError;
 

@@ -534,6 +534,7 @@ int main(int argc, char **argv) {
     CHECK(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
     EXPECT(threads >= 256 && sms >= 1, "implausible attributes %d %d", threads, sms);
     printf("device 0: %s, %zu MiB, %d SMs, driver %d\n", name, total >> 20, sms, version);
+    printf("devices: %d\n", count);
 
     CUcontext ctx, cur = NULL;
     unsigned flags;

@@ -106,6 +106,39 @@ fn cuda_visible_devices_that_show_none_hide_the_gpu() {
     assert!(ok && stdout.contains("OK"), "stdout: {stdout}\nstderr: {stderr}");
 }
 
+/// `CUDA_VISIBLE_DEVICES` picks and orders the server's devices for the
+/// session, numbered from 0, as the driver does for a local program: the
+/// daemon hands the client's value to the session's worker, whose driver
+/// reads it.
+#[test]
+fn cuda_visible_devices_picks_and_orders_the_servers_devices() {
+    let server = Server::start_with(&[("GPUPOOL_SOFT_DEVICE_COUNT", "3")]);
+    for (value, first, count) in [
+        ("2", "GPU 2", 1),
+        ("1,0", "GPU 1", 2),
+        ("0,1,2", "GPU 0", 3),
+        ("2,7,0", "GPU 2", 1),
+    ] {
+        let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+        cmd.env("CUDA_VISIBLE_DEVICES", value);
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let context = || {
+            format!(
+                "CUDA_VISIBLE_DEVICES={value}\nstdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        assert!(out.status.success(), "{}", context());
+        assert!(
+            stdout.contains(&format!("device 0: gpupool simulated {first} (soft driver)")),
+            "{}",
+            context()
+        );
+        assert!(stdout.contains(&format!("devices: {count}\n")), "{}", context());
+    }
+}
+
 /// A child forked after the shim connected shares the parent's
 /// connection: its calls fail (`CUDA_ERROR_NOT_INITIALIZED`) and its exit
 /// handlers leave the parent's session alone. Before, a child that exited

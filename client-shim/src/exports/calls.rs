@@ -171,7 +171,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
     let result = SHIM.get_or_init(|| {
         config::init_logging();
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        if visible.as_deref().is_some_and(crate::visible::shows_none) {
+        if visible.as_deref().is_some_and(gpupool_proto::visible::shows_none) {
             // As the driver: no device, and no server asked.
             tracing::info!("CUDA_VISIBLE_DEVICES shows no device; cuInit answers CUDA_ERROR_NO_DEVICE");
             return Err(CuError::NO_DEVICE);
@@ -204,6 +204,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
             poll: cfg.poll,
             pin_io: cfg.pin_io,
             hold: cfg.hold,
+            visible_devices: visible.clone(),
         };
         match Remote::connect(&opts) {
             Ok(remote) => {
@@ -218,20 +219,12 @@ pub unsafe fn init(flags: u32) -> CuResult {
                 let s = &remote.session;
                 tracing::info!(server = %url, session = s.session_id, devices = s.devices.len(), simulated = s.simulated, "connected to gpupool server");
                 if s.devices.is_empty() {
-                    tracing::error!(server = %url, "the server offers no GPU to this session");
+                    match &visible {
+                        Some(v) => tracing::info!(server = %url, value = %v, "CUDA_VISIBLE_DEVICES shows none of the server's devices; cuInit answers CUDA_ERROR_NO_DEVICE"),
+                        None => tracing::error!(server = %url, "the server offers no GPU to this session"),
+                    }
+                    remote.end();
                     return Err(CuError::NO_DEVICE);
-                }
-                if let Some(v) = &visible {
-                    let uuids: Vec<[u8; 16]> = s.devices.iter().map(|d| d.uuid).collect();
-                    let chosen = crate::visible::select(v, &uuids);
-                    if chosen.is_empty() {
-                        tracing::info!(value = %v, "CUDA_VISIBLE_DEVICES shows none of the session's devices; cuInit answers CUDA_ERROR_NO_DEVICE");
-                        remote.end();
-                        return Err(CuError::NO_DEVICE);
-                    }
-                    if chosen != (0..uuids.len()).collect::<Vec<_>>() {
-                        tracing::warn!(value = %v, shown = ?chosen, devices = uuids.len(), "CUDA_VISIBLE_DEVICES shows some of the session's devices, or reorders them; gpupool does not apply that yet, and the program sees all of them in the server's order");
-                    }
                 }
                 remote.on_events_done(completions::events_done);
                 remote.on_output(output::write_output);

@@ -76,7 +76,8 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
 /// `GPUPOOL_SOFT_MEMORY_MIB` (memory per device, default 16384),
 /// `GPUPOOL_SOFT_DEVICE_COUNT` (default 1) and `GPUPOOL_SOFT_MACHINE_ID`
 /// (0 to 65535, default 0: goes into the device UUIDs, so that simulated
-/// servers of one pool have GPUs of their own), and
+/// servers of one pool have GPUs of their own), `CUDA_VISIBLE_DEVICES` (as
+/// the driver reads it: which of those GPUs it shows, in which order), and
 /// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS` (`1`: unknown kernels are skipped
 /// instead of refused) and `GPUPOOL_SOFT_COPY_ENGINE` (`1`: asynchronous
 /// pinned copies run beside the caller, [`engine`]).
@@ -104,6 +105,11 @@ pub fn init(flags: u32) -> CuResult<()> {
         let capacity = mib.checked_mul(1 << 20).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let mut driver = Driver::new(count as usize, capacity);
         driver.machine_id = machine as u16;
+        if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+            if !driver.show_only(&v) {
+                return Err(100); // CUDA_ERROR_NO_DEVICE
+            }
+        }
         driver.skip_unknown = match std::env::var("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS").as_deref() {
             Ok("1") => true,
             Ok("0") | Err(_) => false,
@@ -134,6 +140,9 @@ fn set_current(ctx: u64) {
 }
 
 struct Device {
+    /// Which simulated GPU of the machine this is (its UUID and PCI bus
+    /// say so), whatever place `CUDA_VISIBLE_DEVICES` gives it.
+    physical: usize,
     capacity: u64,
     used: u64,
     primary_handle: u64,
@@ -871,9 +880,10 @@ impl Driver {
             body_of: HashMap::new(),
             green: green::Green::default(),
         };
-        for _ in 0..count {
+        for physical in 0..count {
             let primary_handle = d.handle();
             d.devices.push(Device {
+                physical,
                 capacity,
                 used: 0,
                 primary_handle,
@@ -914,17 +924,35 @@ impl Driver {
 
     pub fn device_name(&self, dev: i32) -> CuResult<String> {
         let d = self.device(dev)?;
-        Ok(format!("gpupool simulated GPU {d} (soft driver)"))
+        Ok(format!(
+            "gpupool simulated GPU {} (soft driver)",
+            self.devices[d].physical
+        ))
     }
 
     pub fn device_uuid(&self, dev: i32) -> CuResult<[u8; 16]> {
         let d = self.device(dev)?;
+        Ok(self.physical_uuid(self.devices[d].physical))
+    }
+
+    /// The UUID of the machine's simulated GPU `physical`.
+    fn physical_uuid(&self, physical: usize) -> [u8; 16] {
         let mut uuid = *b"gpupool-softgpu\0";
         if self.machine_id != 0 {
             uuid[13..15].copy_from_slice(&self.machine_id.to_be_bytes());
         }
-        uuid[15] = d as u8;
-        Ok(uuid)
+        uuid[15] = physical as u8;
+        uuid
+    }
+
+    /// Show only the GPUs `CUDA_VISIBLE_DEVICES` names, in its order, as
+    /// the driver does; `false` when it names none.
+    fn show_only(&mut self, value: &str) -> bool {
+        let uuids: Vec<[u8; 16]> = (0..self.devices.len()).map(|p| self.physical_uuid(p)).collect();
+        let chosen = gpupool_proto::visible::select(value, &uuids);
+        let mut all: Vec<Option<Device>> = std::mem::take(&mut self.devices).into_iter().map(Some).collect();
+        self.devices = chosen.iter().filter_map(|&p| all[p].take()).collect();
+        !self.devices.is_empty()
     }
 
     pub fn device_total_mem(&self, dev: i32) -> CuResult<u64> {
@@ -934,7 +962,7 @@ impl Driver {
 
     pub fn device_attribute(&self, attrib: i32, dev: i32) -> CuResult<i32> {
         let d = self.device(dev)?;
-        device_attribute(attrib, d)
+        device_attribute(attrib, self.devices[d].physical)
     }
 
     // ----- contexts -----

@@ -5,13 +5,14 @@
 //! a device named twice, or anything else), and the devices named before it
 //! are the visible ones, in that order. An empty value shows none.
 //!
-//! gpupool applies the part a program most relies on: a value that shows
-//! no device (`""`, `-1`) makes `cuInit` answer `CUDA_ERROR_NO_DEVICE`
-//! without connecting, as programs and test suites use it to keep off the
-//! GPU. Showing a subset of a session's devices, or reordering them, is not
-//! applied yet: the program sees all of them, and the shim says so once.
+//! The client sends its value in its hello. A value that shows no device
+//! (`""`, `-1`) makes the shim's `cuInit` answer `CUDA_ERROR_NO_DEVICE`
+//! without connecting; any other, the daemon hands to the session's worker
+//! as the worker's own `CUDA_VISIBLE_DEVICES` ([`compose`]), so the
+//! server's driver shows the session just those devices, in that order,
+//! numbered from 0, as it would show a local program.
 
-use gpupool_proto::handshake::gpu_uuid_string;
+use crate::handshake::gpu_uuid_string;
 
 /// One entry of the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,31 @@ pub fn select(value: &str, uuids: &[[u8; 16]]) -> Vec<usize> {
     chosen
 }
 
+/// The longest value a hello may carry.
+pub const MAX_LEN: usize = 4096;
+
+/// The `CUDA_VISIBLE_DEVICES` of a session's worker: the client's `value`
+/// read against the devices the server shows (`server`, the daemon's own
+/// `CUDA_VISIBLE_DEVICES`, when it has one). Without one, the client's
+/// value as it is: the worker's driver reads it as a local one would. With
+/// one, each index the client gives is the server's entry at that place,
+/// and the list ends where an index goes past the server's entries, or at
+/// a UUID (which could name a GPU the server does not show).
+pub fn compose(server: Option<&str>, value: &str) -> String {
+    let Some(server) = server else {
+        return value.to_string();
+    };
+    let shown: Vec<&str> = server.split(',').map(str::trim).take(entries(server).len()).collect();
+    let mut out = Vec::new();
+    for e in entries(value) {
+        match e {
+            Entry::Index(i) if i < shown.len() => out.push(shown[i]),
+            _ => break,
+        }
+    }
+    out.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +124,18 @@ mod tests {
         assert_eq!(select("GPU-a,0", &devs), Vec::<usize>::new());
         assert_eq!(select("GPU-aaaaaaaa-aaaa,1", &devs), [0, 1]);
         assert_eq!(select("", &devs), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_server_that_shows_some_gpus_is_the_frame_of_the_clients_indices() {
+        assert_eq!(compose(None, "1,GPU-ab"), "1,GPU-ab");
+        assert_eq!(compose(Some("2,3"), "1"), "3");
+        assert_eq!(compose(Some("2, 3"), "1,0"), "3,2");
+        assert_eq!(compose(Some("GPU-aa,GPU-bb"), "1"), "GPU-bb");
+        // Past the server's entries, or at a UUID, the list ends.
+        assert_eq!(compose(Some("2,3"), "0,2,1"), "2");
+        assert_eq!(compose(Some("2,3"), "GPU-aa,0"), "");
+        assert_eq!(compose(Some("2,-1,3"), "1"), "");
+        assert_eq!(compose(Some(""), "0"), "");
     }
 }
