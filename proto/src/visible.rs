@@ -67,6 +67,21 @@ pub fn select(value: &str, uuids: &[[u8; 16]]) -> Vec<usize> {
     chosen
 }
 
+/// The places `value` gives the devices it shows, when it names them all
+/// by index: the `p`-th device the program sees is the server's (and NVML's)
+/// device `indices[p]`. `None` when it names one by UUID.
+pub fn indices(value: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for e in entries(value) {
+        match e {
+            Entry::Index(i) if !out.contains(&i) => out.push(i),
+            Entry::Index(_) => break,
+            Entry::Uuid(_) => return None,
+        }
+    }
+    Some(out)
+}
+
 /// The longest value a hello may carry.
 pub const MAX_LEN: usize = 4096;
 
@@ -124,6 +139,15 @@ mod tests {
         assert_eq!(select("GPU-a,0", &devs), Vec::<usize>::new());
         assert_eq!(select("GPU-aaaaaaaa-aaaa,1", &devs), [0, 1]);
         assert_eq!(select("", &devs), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn indices_of_an_index_list() {
+        assert_eq!(indices("2,0"), Some(vec![2, 0]));
+        assert_eq!(indices("1,1,0"), Some(vec![1]));
+        assert_eq!(indices("1,-1,0"), Some(vec![1]));
+        assert_eq!(indices("1,GPU-ab"), None);
+        assert_eq!(indices(""), Some(vec![]));
     }
 
     #[test]

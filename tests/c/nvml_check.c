@@ -25,6 +25,7 @@ typedef struct nvmlDevice_st *nvmlDevice_t;
 #define NVML_ERROR_UNINITIALIZED 1
 #define NVML_ERROR_INVALID_ARGUMENT 2
 #define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NO_PERMISSION 4
 #define NVML_ERROR_NOT_FOUND 6
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
@@ -129,6 +130,36 @@ int main(int argc, char **argv) {
         nvmlReturn_t r = nvmlInit_v2();
         EXPECT(r == want, "nvmlInit_v2 = %d (%s), expected %d", r, nvmlErrorString(r), want);
         printf("OK init fails: %d %s\n", r, nvmlErrorString(r));
+        return 0;
+    }
+
+    if (argc == 2 && strcmp(argv[1], "indices") == 0) {
+        /* What NVML shows at each index, beside CUDA's devices: run with
+         * CUDA_VISIBLE_DEVICES. */
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCount_v2, (unsigned *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByIndex_v2, (unsigned, nvmlDevice_t *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetName, (nvmlDevice_t, char *, unsigned));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetIndex, (nvmlDevice_t, unsigned *));
+        NV(NVML_SUCCESS, nvmlInit_v2());
+        unsigned count = 0;
+        NV(NVML_SUCCESS, nvmlDeviceGetCount_v2(&count));
+        printf("nvml count %u\n", count);
+        for (unsigned i = 0; i < count; i++) {
+            nvmlDevice_t h = NULL;
+            nvmlReturn_t r = nvmlDeviceGetHandleByIndex_v2(i, &h);
+            if (r == NVML_ERROR_NO_PERMISSION) {
+                printf("nvml %u: hidden\n", i);
+                continue;
+            }
+            EXPECT(r == NVML_SUCCESS, "handle %u: %d", i, r);
+            char name[96];
+            unsigned back = 99;
+            NV(NVML_SUCCESS, nvmlDeviceGetName(h, name, sizeof name));
+            NV(NVML_SUCCESS, nvmlDeviceGetIndex(h, &back));
+            EXPECT(back == i, "index %u reads back as %u", i, back);
+            printf("nvml %u: %s\n", i, name);
+        }
+        NV(NVML_SUCCESS, nvmlShutdown());
         return 0;
     }
 

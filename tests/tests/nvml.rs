@@ -40,6 +40,28 @@ fn nvml_answers_what_the_driver_answers() {
     }
 }
 
+/// NVML numbers a machine's GPUs whatever `CUDA_VISIBLE_DEVICES` shows
+/// CUDA; PyTorch maps CUDA device `i` to NVML index `CUDA_VISIBLE_DEVICES[i]`
+/// (and counts its devices so). With `2,0` on a 3-GPU server, CUDA's device
+/// 0 (the server's GPU 2) is NVML's index 2, and NVML's index 1, a GPU this
+/// program does not see, answers `NVML_ERROR_NO_PERMISSION`.
+#[test]
+fn nvml_numbers_the_devices_cuda_visible_devices_names_by_index() {
+    let server = Server::start_with(&[("GPUPOOL_SOFT_DEVICE_COUNT", "3")]);
+    let mut cmd = through_shim(&c_program("nvml_check"), &server.tcp);
+    cmd.arg("indices").env("CUDA_VISIBLE_DEVICES", "2,0");
+    let (ok, out, err) = nvml_check(cmd);
+    assert!(ok, "stdout: {out}\nstderr: {err}");
+    for line in [
+        "nvml count 3\n",
+        "nvml 0: gpupool simulated GPU 0 (soft driver)\n",
+        "nvml 1: hidden\n",
+        "nvml 2: gpupool simulated GPU 2 (soft driver)\n",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
 #[test]
 fn the_server_answers_device_status_for_session_devices_only() {
     use gpupool_proto::codec;

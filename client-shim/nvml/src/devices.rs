@@ -11,8 +11,12 @@ use std::ffi::c_void;
 /// What NVML answers about a device that cannot change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
-    /// The CUDA ordinal, which is also NVML's index.
+    /// NVML's index: the CUDA ordinal, unless `CUDA_VISIBLE_DEVICES`
+    /// picks devices by index, when it is the index the program named
+    /// (NVML numbers all of a machine's GPUs whatever CUDA shows).
     pub index: u32,
+    /// The CUDA ordinal in this process.
+    pub ordinal: u32,
     pub name: String,
     pub uuid: [u8; 16],
     /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -34,6 +38,7 @@ impl Device {
     pub fn new(index: u32, name: String, uuid: [u8; 16], total_mem: u64, pci: PciAddress) -> Device {
         Device {
             index,
+            ordinal: index,
             name,
             uuid,
             uuid_text: gpu_uuid_string(&uuid),
@@ -53,6 +58,16 @@ pub struct DeviceTable {
     devices: Box<[Device]>,
 }
 
+/// What NVML says of an index.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Slot<'a> {
+    Device(&'a Device),
+    /// A GPU of the server that `CUDA_VISIBLE_DEVICES` keeps from this
+    /// program: counted, but nothing is known of it here.
+    Hidden,
+    Beyond,
+}
+
 impl DeviceTable {
     pub fn new(devices: Vec<Device>) -> DeviceTable {
         DeviceTable {
@@ -60,17 +75,45 @@ impl DeviceTable {
         }
     }
 
+    /// The session's devices placed at the NVML indices `visible` (the
+    /// program's `CUDA_VISIBLE_DEVICES`) gives them, when it names them by
+    /// index: `CUDA_VISIBLE_DEVICES=1` shows CUDA device 0, which NVML
+    /// numbers 1, as PyTorch expects when it maps one to the other.
+    pub fn placed(mut devices: Vec<Device>, visible: Option<&str>) -> DeviceTable {
+        if let Some(places) = visible.and_then(gpupool_proto::visible::indices) {
+            if places.len() >= devices.len() {
+                for (d, &place) in devices.iter_mut().zip(&places) {
+                    d.index = place as u32;
+                }
+            }
+        }
+        DeviceTable::new(devices)
+    }
+
+    /// NVML's device count: one past the highest index.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.devices.iter().map(|d| d.index as usize + 1).max().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
     }
 
+    /// What is at NVML index `index`.
+    pub fn slot(&self, index: u32) -> Slot<'_> {
+        match self.devices.iter().find(|d| d.index == index) {
+            Some(d) => Slot::Device(d),
+            None if (index as usize) < self.len() => Slot::Hidden,
+            None => Slot::Beyond,
+        }
+    }
+
     /// The handle of the device at `index`.
     pub fn handle(&self, index: u32) -> Option<*mut c_void> {
-        self.devices.get(index as usize).map(Self::handle_of)
+        match self.slot(index) {
+            Slot::Device(d) => Some(Self::handle_of(d)),
+            _ => None,
+        }
     }
 
     /// The handle of a device of this table.
@@ -137,6 +180,24 @@ mod tests {
         assert_eq!(t.handle(2), None);
         // Stable: asking again gives the same handle.
         assert_eq!(t.handle(1), Some(h1));
+    }
+
+    #[test]
+    fn devices_sit_at_the_indices_cuda_visible_devices_names() {
+        let devs = || table().devices.into_vec();
+        let t = DeviceTable::placed(devs(), Some("3,1"));
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.slot(3), Slot::Device(&t.devices[0]));
+        assert_eq!(t.devices[0].ordinal, 0);
+        assert_eq!(t.slot(1), Slot::Device(&t.devices[1]));
+        assert_eq!(t.slot(0), Slot::Hidden);
+        assert_eq!(t.slot(2), Slot::Hidden);
+        assert_eq!(t.slot(4), Slot::Beyond);
+        // By UUID, or fewer places than devices: CUDA's numbering.
+        for v in [Some("GPU-00,1"), Some("1"), None] {
+            let t = DeviceTable::placed(devs(), v);
+            assert_eq!((t.len(), t.devices[1].index), (2, 1), "{v:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 #![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc)]
 
 use crate::cuda::{DeviceStatus, STATUS_NO_SERVER_NVML};
-use crate::devices::{Device, DeviceTable};
+use crate::devices::{Device, DeviceTable, Slot};
 use crate::error::{self, NvmlError, NvmlResult, NvmlReturn};
 use crate::format::cuda_version;
 use crate::session::{self, Backend};
@@ -167,7 +167,7 @@ fn device(handle: nvmlDevice_t) -> NvmlResult<(&'static Backend, &'static Device
 
 /// A device's status, refusing the fields the server could not read.
 fn sensors(b: &Backend, d: &Device) -> NvmlResult<DeviceStatus> {
-    let s = b.status(d.index)?;
+    let s = b.status(d.ordinal)?;
     if s.flags & STATUS_NO_SERVER_NVML != 0 {
         return Err(NvmlError::NOT_SUPPORTED);
     }
@@ -289,7 +289,12 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn
 
 unsafe fn handle_by_index(index: c_uint, device: *mut nvmlDevice_t) -> NvmlResult {
     let b = session::backend()?;
-    let h = b.devices.handle(index).ok_or(NvmlError::INVALID_ARGUMENT)?;
+    let h = match b.devices.slot(index) {
+        Slot::Device(d) => DeviceTable::handle_of(d),
+        // A GPU CUDA_VISIBLE_DEVICES keeps from this program.
+        Slot::Hidden => return Err(NvmlError::NO_PERMISSION),
+        Slot::Beyond => return Err(NvmlError::INVALID_ARGUMENT),
+    };
     // SAFETY: `device` is the caller's, NULL-checked by `out`.
     unsafe { out(device, h) }
 }
@@ -572,7 +577,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *
         if memory.is_null() {
             return Err(NvmlError::INVALID_ARGUMENT);
         }
-        let s = b.status(d.index)?;
+        let s = b.status(d.ordinal)?;
         let m = nvmlMemory_t {
             total: s.total_bytes,
             free: s.free_bytes,
@@ -599,7 +604,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if version != NVML_MEMORY_V2 {
             return Err(NvmlError::ARGUMENT_VERSION_MISMATCH);
         }
-        let s = b.status(d.index)?;
+        let s = b.status(d.ordinal)?;
         let m = nvmlMemory_v2_t {
             version,
             total: s.total_bytes,

@@ -34,7 +34,15 @@ impl Backend {
             ));
             from_cuda(status)
         };
-        cuda.init().map_err(|s| fail("cuInit", s))?;
+        cuda.init().map_err(|s| {
+            let hidden = std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| gpupool_proto::visible::shows_none(&v));
+            if s == 100 && hidden {
+                // The program hid every GPU: nothing to report.
+                from_cuda(s)
+            } else {
+                fail("cuInit", s)
+            }
+        })?;
         let cuda_version = cuda.driver_version().map_err(|s| fail("cuDriverGetVersion", s))?;
         let count = cuda.device_count().map_err(|s| fail("cuDeviceGetCount", s))?;
         let devices = (0..count)
@@ -43,7 +51,7 @@ impl Backend {
         let kernel_driver = cuda.kernel_driver_version();
         Ok(Backend {
             cuda,
-            devices: DeviceTable::new(devices),
+            devices: DeviceTable::placed(devices, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref()),
             cuda_version,
             kernel_driver,
         })
