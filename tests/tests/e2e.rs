@@ -53,6 +53,20 @@ fn report_cols<'a>(report: &'a str, call: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `driver_check` with `args` and environment `env` through the shim:
+/// (success, standard output, standard error), for the tests that look at
+/// a failure or at the call report.
+fn driver_check_run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.args(args).envs(env.iter().copied());
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Context limits are asked of the server once and answered in the shim
 /// after that (cuDNN's runtime-compiled engines ask one at every execution,
 /// 16 round trips a step of a small transformer): a set is seen by the next
@@ -61,13 +75,9 @@ fn report_cols<'a>(report: &'a str, call: &str) -> Vec<&'a str> {
 #[test]
 fn context_limits_are_asked_once_until_set() {
     let server = Server::start();
-    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
-    cmd.arg("limits").env("GPUPOOL_CALL_REPORT", "1");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stdout, stderr) = driver_check_run(&server, &["limits"], &[("GPUPOOL_CALL_REPORT", "1")]);
     assert!(
-        out.status.success() && stdout.contains("OK limits"),
+        ok && stdout.contains("OK limits"),
         "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
         server.log()
     );
@@ -83,16 +93,7 @@ fn context_limits_are_asked_once_until_set() {
 #[test]
 fn cuda_visible_devices_that_show_none_hide_the_gpu() {
     let server = Server::start();
-    let run = |value: &str| {
-        let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
-        cmd.env("CUDA_VISIBLE_DEVICES", value);
-        let out = run_with_timeout(cmd, Duration::from_secs(60));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |value: &str| driver_check_run(&server, &[], &[("CUDA_VISIBLE_DEVICES", value)]);
     for value in ["", "-1", "4"] {
         let (ok, _, stderr) = run(value);
         assert!(
@@ -119,17 +120,9 @@ fn cuda_visible_devices_picks_and_orders_the_servers_devices() {
         ("0,1,2", "GPU 0", 3),
         ("2,7,0", "GPU 2", 1),
     ] {
-        let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
-        cmd.env("CUDA_VISIBLE_DEVICES", value);
-        let out = run_with_timeout(cmd, Duration::from_secs(60));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let context = || {
-            format!(
-                "CUDA_VISIBLE_DEVICES={value}\nstdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        };
-        assert!(out.status.success(), "{}", context());
+        let (ok, stdout, stderr) = driver_check_run(&server, &[], &[("CUDA_VISIBLE_DEVICES", value)]);
+        let context = || format!("CUDA_VISIBLE_DEVICES={value}\nstdout: {stdout}\nstderr: {stderr}");
+        assert!(ok, "{}", context());
         assert!(
             stdout.contains(&format!("device 0: gpupool simulated {first} (soft driver)")),
             "{}",
@@ -147,13 +140,9 @@ fn cuda_visible_devices_picks_and_orders_the_servers_devices() {
 #[test]
 fn forked_children_leave_the_parents_session_alone() {
     let server = Server::start();
-    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
-    cmd.arg("fork").env("GPUPOOL_CALL_REPORT", "1");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stdout, stderr) = driver_check_run(&server, &["fork"], &[("GPUPOOL_CALL_REPORT", "1")]);
     assert!(
-        out.status.success() && stdout.contains("OK fork"),
+        ok && stdout.contains("OK fork"),
         "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
         server.log()
     );
@@ -170,12 +159,8 @@ fn forked_children_leave_the_parents_session_alone() {
 #[test]
 fn calls_from_exit_handlers_fail_quietly() {
     let server = Server::start();
-    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
-    cmd.arg("exit-calls").env("GPUPOOL_LOG", "debug");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let (ok, stdout, stderr) = driver_check_run(&server, &["exit-calls"], &[("GPUPOOL_LOG", "debug")]);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("OK before exit"), "stdout: {stdout}\nstderr: {stderr}");
     // The session has ended: both calls fail (the free with no device).
     let late = stdout

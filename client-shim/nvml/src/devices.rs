@@ -108,14 +108,6 @@ impl DeviceTable {
         }
     }
 
-    /// The handle of the device at `index`.
-    pub fn handle(&self, index: u32) -> Option<*mut c_void> {
-        match self.slot(index) {
-            Slot::Device(d) => Some(Self::handle_of(d)),
-            _ => None,
-        }
-    }
-
     /// The handle of a device of this table.
     pub fn handle_of(device: &Device) -> *mut c_void {
         device as *const Device as *mut c_void
@@ -148,6 +140,14 @@ impl DeviceTable {
 mod tests {
     use super::*;
 
+    /// The handle of the device at NVML index `index`.
+    fn handle(t: &DeviceTable, index: u32) -> Option<*mut c_void> {
+        match t.slot(index) {
+            Slot::Device(d) => Some(DeviceTable::handle_of(d)),
+            _ => None,
+        }
+    }
+
     fn table() -> DeviceTable {
         let dev = |i: u32, bus: u32| {
             let mut uuid = [0u8; 16];
@@ -171,15 +171,15 @@ mod tests {
     fn handles_are_distinct_non_null_and_resolve() {
         let t = table();
         assert_eq!(t.len(), 2);
-        let h0 = t.handle(0).unwrap();
-        let h1 = t.handle(1).unwrap();
+        let h0 = handle(&t, 0).unwrap();
+        let h1 = handle(&t, 1).unwrap();
         assert!(!h0.is_null() && !h1.is_null());
         assert_ne!(h0, h1);
         assert_eq!(t.get(h0).unwrap().index, 0);
         assert_eq!(t.get(h1).unwrap().index, 1);
-        assert_eq!(t.handle(2), None);
+        assert_eq!(handle(&t, 2), None);
         // Stable: asking again gives the same handle.
-        assert_eq!(t.handle(1), Some(h1));
+        assert_eq!(handle(&t, 1), Some(h1));
     }
 
     #[test]
@@ -204,10 +204,10 @@ mod tests {
     fn foreign_handles_are_refused() {
         let t = table();
         assert!(t.get(std::ptr::null()).is_none());
-        let h0 = t.handle(0).unwrap() as usize;
+        let h0 = handle(&t, 0).unwrap() as usize;
         assert!(t.get((h0 + 1) as *const c_void).is_none());
         let other = table();
-        assert!(t.get(other.handle(0).unwrap()).is_none());
+        assert!(t.get(handle(&other, 0).unwrap()).is_none());
     }
 
     #[test]

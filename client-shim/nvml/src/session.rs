@@ -34,9 +34,9 @@ impl Backend {
             ));
             from_cuda(status)
         };
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         cuda.init().map_err(|s| {
-            let hidden = std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| gpupool_proto::visible::shows_none(&v));
-            if s == 100 && hidden {
+            if s == 100 && visible.as_deref().is_some_and(gpupool_proto::visible::shows_none) {
                 // The program hid every GPU: nothing to report.
                 from_cuda(s)
             } else {
@@ -51,7 +51,7 @@ impl Backend {
         let kernel_driver = cuda.kernel_driver_version();
         Ok(Backend {
             cuda,
-            devices: DeviceTable::placed(devices, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref()),
+            devices: DeviceTable::placed(devices, visible.as_deref()),
             cuda_version,
             kernel_driver,
         })

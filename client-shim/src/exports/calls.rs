@@ -640,7 +640,12 @@ pub unsafe fn ctx_set_current(ctx: CUcontext) -> CuResult {
 
 pub unsafe fn ctx_get_current(ctx: *mut CUcontext) -> CuResult {
     shim()?;
-    unsafe { out(ctx, state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))) }
+    unsafe { out(ctx, current_context()) }
+}
+
+/// The calling thread's current context, NULL when it has none.
+pub(crate) fn current_context() -> CUcontext {
+    state::current().map_or(std::ptr::null_mut(), |(c, _)| as_ptr(c))
 }
 
 pub unsafe fn ctx_push_current(ctx: CUcontext) -> CuResult {

@@ -225,10 +225,9 @@ unsafe extern "C" fn thread_context(ctx: *mut CUcontext) -> CUresult {
     if ctx.is_null() {
         return CuError::INVALID_VALUE.0;
     }
-    let current = std::panic::catch_unwind(crate::state::current).ok().flatten();
-    let h = current.map_or(0, |(h, _)| h);
+    let current = std::panic::catch_unwind(calls::current_context).unwrap_or(std::ptr::null_mut());
     // SAFETY: a writable context slot, NULL checked.
-    unsafe { ctx.write(h as usize as CUcontext) };
+    unsafe { ctx.write(current) };
     0
 }
 
