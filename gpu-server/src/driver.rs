@@ -499,6 +499,10 @@ driver_api! {
     cuDeviceGetUuid_v2(uuid: *mut u8, device: i32);
     cuDeviceTotalMem_v2(bytes: *mut usize, device: i32);
     cuDeviceGetAttribute(value: *mut i32, attribute: i32, device: i32);
+    cuDeviceCanAccessPeer(can: *mut i32, device: i32, peer: i32);
+    cuDeviceGetP2PAttribute(value: *mut i32, attribute: i32, src: i32, dst: i32);
+    cuCtxEnablePeerAccess(peer: Ptr, flags: u32);
+    cuCtxDisablePeerAccess(peer: Ptr);
     cuDevicePrimaryCtxRetain(ctx: *mut Ptr, device: i32);
     cuDevicePrimaryCtxRelease_v2(device: i32);
     cuDevicePrimaryCtxSetFlags_v2(device: i32, flags: u32);
@@ -708,6 +712,10 @@ unsafe impl Sync for Driver {}
 const MAX_DEVICE_ATTRIBUTE: i32 = 160;
 
 /// What a device tells about itself.
+/// `CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK` (1) to
+/// `_ONLY_PARTIAL_NATIVE_ATOMIC_SUPPORTED` (5).
+pub const P2P_ATTRIBUTES: std::ops::RangeInclusive<i32> = 1..=5;
+
 pub struct DeviceFacts {
     pub name: String,
     pub uuid: [u8; 16],
@@ -772,6 +780,28 @@ impl Driver {
             self.cuDeviceTotalMem_v2(&mut total, dev)?;
         }
         Ok(total as u64)
+    }
+
+    /// Whether device `ordinal` can address the memory of device `peer`,
+    /// and every peer attribute (`CUdevice_P2PAttribute` 1 to 5) the driver
+    /// answers for the link.
+    pub fn peer_link(&self, ordinal: i32, peer: i32) -> DriverResult<(bool, Vec<(i32, i32)>)> {
+        let (mut dev, mut other, mut can) = (0, 0, 0);
+        // SAFETY: each out-pointer is a writable int.
+        unsafe {
+            self.cuDeviceGet(&mut dev, ordinal)?;
+            self.cuDeviceGet(&mut other, peer)?;
+            self.cuDeviceCanAccessPeer(&mut can, dev, other)?;
+        }
+        let mut attributes = Vec::new();
+        for a in P2P_ATTRIBUTES {
+            let mut v = 0;
+            // SAFETY: v is a writable int.
+            if unsafe { self.cuDeviceGetP2PAttribute(&mut v, a, dev, other) }.is_ok() {
+                attributes.push((a, v));
+            }
+        }
+        Ok((can != 0, attributes))
     }
 
     /// Everything that cannot change about device `ordinal`.

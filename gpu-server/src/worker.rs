@@ -16,7 +16,7 @@ use crate::nvml::ServerNvml;
 use crate::tables::{Region, RegionKind, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
-use gpupool_proto::handshake::{DeviceInfo, SessionInfo, Welcome};
+use gpupool_proto::handshake::{DeviceInfo, PeerLink, SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, CacheTarget, GraphNode, Handle, Launch, MemOp, OccupancyQuery, Reply, Request, StreamRef,
     TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK,
@@ -306,12 +306,23 @@ impl<'d> Worker<'d> {
     pub fn session_info(driver: &Driver, session_id: u64, server_id: &str, simulated: bool) -> SessionInfo {
         let count = driver.device_count().unwrap_or(0);
         let devices = (0..count)
-            .filter_map(|d| driver.device_facts(d).ok())
-            .map(|f| DeviceInfo {
+            .filter_map(|d| Some((d, driver.device_facts(d).ok()?)))
+            .map(|(d, f)| DeviceInfo {
                 name: f.name,
                 uuid: f.uuid,
                 total_mem: f.total_mem,
                 attributes: f.attributes,
+                peers: (0..count)
+                    .filter(|&p| p != d)
+                    .filter_map(|p| {
+                        let (can_access, attributes) = driver.peer_link(d, p).ok()?;
+                        Some(PeerLink {
+                            peer: p,
+                            can_access,
+                            attributes,
+                        })
+                    })
+                    .collect(),
             })
             .collect();
         SessionInfo {
@@ -547,6 +558,21 @@ impl<'d> Worker<'d> {
             self.current = Some(ctx);
         }
         Ok(())
+    }
+
+    /// `cuCtxEnablePeerAccess` / `cuCtxDisablePeerAccess` of `peer`, one
+    /// of this client's contexts, with `ctx` current.
+    fn peer_access(&mut self, ctx: Handle, peer: Handle, enable: bool, flags: u32) -> DriverResult {
+        self.tables.context(peer)?;
+        self.make_current(ctx)?;
+        // SAFETY: peer is a live context of this client (checked above).
+        unsafe {
+            if enable {
+                self.driver.cuCtxEnablePeerAccess(as_ptr(peer), flags)
+            } else {
+                self.driver.cuCtxDisablePeerAccess(as_ptr(peer))
+            }
+        }
     }
 
     fn stream(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<Ptr> {
@@ -855,7 +881,7 @@ impl<'d> Worker<'d> {
                 R::StreamQuery { ctx, .. } | R::StreamWaitEvent { ctx, .. } => *ctx,
                 R::EventCreate { ctx, .. } | R::EventDestroy { ctx, .. } | R::EventRecord { ctx, .. } => *ctx,
                 R::EventRecordWatched { ctx, .. } | R::CtxRecordEvent { ctx, .. } | R::CtxWaitEvent { ctx, .. } => *ctx,
-                R::CtxResetPersistingL2Cache { ctx } => *ctx,
+                R::CtxResetPersistingL2Cache { ctx } | R::CtxPeerAccess { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
                 R::StreamAttribute { ctx, .. } | R::StreamCopyAttributes { ctx, .. } => *ctx,
@@ -1287,6 +1313,12 @@ impl<'d> Worker<'d> {
                 priority,
                 id,
             } => to_reply(self.green_stream_create(green, flags, priority, id)),
+            R::CtxPeerAccess {
+                ctx,
+                peer,
+                enable,
+                flags,
+            } => to_reply(self.peer_access(ctx, peer, enable, flags)),
             R::CtxResetPersistingL2Cache { ctx } => to_reply(self.make_current(ctx).and_then(|()| {
                 // SAFETY: no arguments; ctx is current.
                 unsafe { d.cuCtxResetPersistingL2Cache() }

@@ -73,6 +73,22 @@ pub struct DeviceInfo {
     /// `(attribute number, value)` for every `CUdevice_attribute` the server's
     /// driver answered.
     pub attributes: Vec<(i32, i32)>,
+    /// How this device reaches each other device of the session, as the
+    /// server's driver answers (`cuDeviceCanAccessPeer`,
+    /// `cuDeviceGetP2PAttribute`): one entry per other device.
+    pub peers: Vec<PeerLink>,
+}
+
+/// What the server's driver says of one device's link to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLink {
+    /// The other device's ordinal in the session.
+    pub peer: i32,
+    /// `cuDeviceCanAccessPeer(device, peer)`.
+    pub can_access: bool,
+    /// `(CUdevice_P2PAttribute, value)` for each attribute the driver
+    /// answered.
+    pub attributes: Vec<(i32, i32)>,
 }
 
 /// NVML's spelling of a device UUID (also the pool's, in the broker): `GPU-`

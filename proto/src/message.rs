@@ -689,6 +689,15 @@ pub enum Request {
     CtxWaitEvent { ctx: Handle, event: Handle },
     /// sync: `cuCtxResetPersistingL2Cache`.
     CtxResetPersistingL2Cache { ctx: Handle },
+    /// sync: `cuCtxEnablePeerAccess(peer, flags)` (`enable`) or
+    /// `cuCtxDisablePeerAccess(peer)` with `ctx` current: whether `ctx`'s
+    /// work may address the memory of `peer`'s device. Version 17.
+    CtxPeerAccess {
+        ctx: Handle,
+        peer: Handle,
+        enable: bool,
+        flags: u32,
+    },
     /// sync: `cuDeviceGetTexture1DLinearMaxWidth`, answered `Reply::Size`.
     /// Needs no context.
     DeviceTexture1DLinearMaxWidth { device: i32, format: u32, channels: u32 },

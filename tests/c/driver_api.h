@@ -474,7 +474,9 @@ typedef CUresult (*PFN_cuCtxDisablePeerAccess)(CUcontext);
 typedef CUresult (*PFN_cuDeviceGetP2PAttribute)(int *, int, CUdevice, CUdevice);
 #define CUDA_ERROR_PEER_ACCESS_UNSUPPORTED 217
 #define CUDA_ERROR_PEER_ACCESS_NOT_ENABLED 705
+#define CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED 704
 #define CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED 2
+#define CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK 1
 typedef struct {
     int type; /* CU_MEM_LOCATION_TYPE_DEVICE = 1 */
     int id;

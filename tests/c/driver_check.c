@@ -50,6 +50,11 @@
  *                          for them
  *   driver_check fork      children forked after start-up: their calls fail, and
  *                          their exit leaves the parent's session working
+ *   driver_check peers     peer access between devices 0 and 1: the answers agree,
+ *                          and once given access, device 0's kernel writes device
+ *                          1's memory (GPUPOOL_EXPECT_PEER_ACCESS: the answer
+ *                          expected; GPUPOOL_CHECK_PEER_FAULT: a context without
+ *                          access faults there)
  *   driver_check limits    context limits: asked once, then the same until one is
  *                          set; the stack size asked every time; a reset context's
  *                          back to its defaults
@@ -2147,6 +2152,84 @@ int main(int argc, char **argv) {
         EXPECT(!memcmp(in, back, sizeof in), "the parent's memory changed");
         CHECK(cuMemFree(d));
         printf("OK fork\n");
+    } else if (!strcmp(mode, "peers")) {
+        /* Peer access between the first two devices, as the machine's
+         * driver offers it: once device 0's context is given access, its
+         * kernel reads device 0's memory and writes device 1's. */
+        GET(cuDeviceCanAccessPeer, 4000);
+        GET(cuDeviceGetP2PAttribute, 8000);
+        GET(cuCtxEnablePeerAccess, 4000);
+        GET(cuCtxDisablePeerAccess, 4000);
+        GET(cuCtxCreate, 3020);
+        GET(cuCtxDestroy, 4000);
+        EXPECT(count >= 2, "peers needs two devices, found %d", count);
+        CUdevice d1;
+        CHECK(cuDeviceGet(&d1, 1));
+        int can = -1, back_can = -1, access = -1, rank = -1;
+        CHECK(cuDeviceCanAccessPeer(&can, dev, d1));
+        CHECK(cuDeviceCanAccessPeer(&back_can, d1, dev));
+        CHECK(cuDeviceGetP2PAttribute(&access, CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED, dev, d1));
+        CHECK(cuDeviceGetP2PAttribute(&rank, CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK, dev, d1));
+        EXPECT(access == can, "access supported %d, but can access peer %d", access, can);
+        const char *want = getenv("GPUPOOL_EXPECT_PEER_ACCESS");
+        EXPECT(!want || can == atoi(want), "can access peer %d, expected %s", can, want);
+        CUcontext c1;
+        CHECK(cuDevicePrimaryCtxRetain(&c1, d1));
+        enum { N = 4096 };
+        float a[N], b[N], c[N];
+        for (int i = 0; i < N; i++) {
+            a[i] = (float)i;
+            b[i] = (float)(3 * i + 1);
+        }
+        CUdeviceptr da, db, far;
+        CHECK(cuCtxSetCurrent(c1));
+        CHECK(cuMemAlloc(&far, sizeof c));
+        CHECK(cuMemsetD32(far, 0, N));
+        CHECK(cuCtxSetCurrent(ctx));
+        CHECK(cuMemAlloc(&da, sizeof a));
+        CHECK(cuMemAlloc(&db, sizeof b));
+        CHECK(cuMemcpyHtoD(da, a, sizeof a));
+        CHECK(cuMemcpyHtoD(db, b, sizeof b));
+        unsigned nn = N;
+        void *args[] = {&da, &db, &far, &nn};
+        EXPECT(cuCtxDisablePeerAccess(c1) == CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "disabled what was never enabled");
+        if (!can) {
+            EXPECT(cuCtxEnablePeerAccess(c1, 0) == CUDA_ERROR_PEER_ACCESS_UNSUPPORTED,
+                   "peer access enabled between devices that cannot access each other");
+            printf("OK peers none\n");
+        } else {
+            EXPECT(back_can == 1, "device 0 can access device 1, but not the other way");
+            if (getenv("GPUPOOL_CHECK_PEER_FAULT")) {
+                /* A context not given access faults at the other device's
+                 * memory (in a context of its own: the fault is sticky). */
+                CUcontext lone;
+                CUmodule lm;
+                CUfunction ladd;
+                CHECK(cuCtxCreate(&lone, 0, dev));
+                CHECK(cuModuleLoadData(&lm, KERNELS_PTX));
+                CHECK(cuModuleGetFunction(&ladd, lm, "gp_vector_add"));
+                CHECK(cuLaunchKernel(ladd, N / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+                CUresult r = cuCtxSynchronize();
+                EXPECT(r == CUDA_ERROR_ILLEGAL_ADDRESS, "a kernel reached a peer's memory without access: %d", r);
+                CHECK(cuCtxDestroy(lone));
+                CHECK(cuCtxSetCurrent(ctx));
+            }
+            CHECK(cuCtxEnablePeerAccess(c1, 0));
+            EXPECT(cuCtxEnablePeerAccess(c1, 0) == CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED, "enabled twice");
+            CHECK(cuLaunchKernel(vadd, N / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+            CHECK(cuCtxSynchronize());
+            CHECK(cuMemcpyDtoH(c, far, sizeof c));
+            for (int i = 0; i < N; i++)
+                EXPECT(c[i] == a[i] + b[i], "peer memory c[%d] = %f, want %f", i, c[i], a[i] + b[i]);
+            CHECK(cuCtxDisablePeerAccess(c1));
+            EXPECT(cuCtxDisablePeerAccess(c1) == CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "disabled twice");
+            printf("OK peers rank %d\n", rank);
+        }
+        CHECK(cuMemFree(da));
+        CHECK(cuMemFree(db));
+        CHECK(cuCtxSetCurrent(c1));
+        CHECK(cuMemFree(far));
+        CHECK(cuCtxSetCurrent(ctx));
     } else if (!strcmp(mode, "limits")) {
         GET(cuCtxGetLimit, 2000);
         GET(cuCtxSetLimit, 3010);

@@ -163,6 +163,34 @@ int main(int argc, char **argv) {
         return 0;
     }
 
+    if (argc == 2 && strcmp(argv[1], "peers") == 0) {
+        /* What NVML says of the link between GPUs 0 and 1, each way, for
+         * reads, writes and atomics, beside the driver's answer. */
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByIndex_v2, (unsigned, nvmlDevice_t *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetP2PStatus, (nvmlDevice_t, nvmlDevice_t, unsigned, unsigned *));
+        NV(NVML_SUCCESS, nvmlInit_v2());
+        nvmlDevice_t d[2];
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByIndex_v2(0, &d[0]));
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByIndex_v2(1, &d[1]));
+        void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+        if (cuda == NULL)
+            FAIL("dlopen(libcuda.so.1): %s", dlerror());
+        int (*cuDeviceCanAccessPeer)(int *, int, int) = (int (*)(int *, int, int))need(cuda, "cuDeviceCanAccessPeer");
+        for (int from = 0; from < 2; from++) {
+            int can = -1;
+            EXPECT(cuDeviceCanAccessPeer(&can, from, 1 - from) == 0, "cuDeviceCanAccessPeer");
+            unsigned read = 99, write = 99, atomics = 99;
+            NV(NVML_SUCCESS, nvmlDeviceGetP2PStatus(d[from], d[1 - from], 0, &read));
+            NV(NVML_SUCCESS, nvmlDeviceGetP2PStatus(d[from], d[1 - from], 1, &write));
+            NV(NVML_SUCCESS, nvmlDeviceGetP2PStatus(d[from], d[1 - from], 3, &atomics));
+            EXPECT((read == 0) == (can == 1) && (write == 0) == (can == 1),
+                   "NVML says read %u write %u from %d, the driver can access %d", read, write, from, can);
+            printf("p2p %d->%d read %u write %u atomics %u\n", from, 1 - from, read, write, atomics);
+        }
+        NV(NVML_SUCCESS, nvmlShutdown());
+        return 0;
+    }
+
     LOAD(nvml, nvmlReturn_t, nvmlSystemGetDriverVersion, (char *, unsigned));
     LOAD(nvml, nvmlReturn_t, nvmlSystemGetCudaDriverVersion_v2, (int *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCount_v2, (unsigned *));

@@ -132,6 +132,25 @@ fn cuda_visible_devices_picks_and_orders_the_servers_devices() {
     }
 }
 
+/// Peer access between two GPUs of one server is the server's driver's:
+/// the shim answers `cuDeviceCanAccessPeer` and the peer attributes as that
+/// driver does, and `cuCtxEnablePeerAccess` gives a context's kernels the
+/// other device's memory there (a context not given it faults). Where the
+/// driver links no devices, enabling is refused.
+#[test]
+fn peer_access_between_a_servers_gpus_is_its_drivers() {
+    for (links, want, says) in [("1", "1", "OK peers rank 0"), ("0", "0", "OK peers none")] {
+        let server = Server::start_with(&[("GPUPOOL_SOFT_DEVICE_COUNT", "2"), ("GPUPOOL_SOFT_PEER_ACCESS", links)]);
+        let env = [("GPUPOOL_EXPECT_PEER_ACCESS", want), ("GPUPOOL_CHECK_PEER_FAULT", "1")];
+        let (ok, stdout, stderr) = driver_check_run(&server, &["peers"], &env);
+        assert!(
+            ok && stdout.contains(says),
+            "links {links}\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
+            server.log()
+        );
+    }
+}
+
 /// A child forked after the shim connected shares the parent's
 /// connection: its calls fail (`CUDA_ERROR_NOT_INITIALIZED`) and its exit
 /// handlers leave the parent's session alone. Before, a child that exited

@@ -62,6 +62,25 @@ fn nvml_numbers_the_devices_cuda_visible_devices_names_by_index() {
     }
 }
 
+/// NVML's peer-to-peer status is the server driver's peer access: NCCL
+/// moves data between two GPUs directly only where NVML says reads and
+/// writes between them are OK (it fell back to host memory, which GPUs
+/// across the network cannot reach, while every pair answered
+/// `NVML_P2P_STATUS_NOT_SUPPORTED`).
+#[test]
+fn nvml_peer_status_is_the_servers_peer_access() {
+    for (links, status) in [("1", "read 0 write 0 atomics 0"), ("0", "read 5 write 5 atomics 5")] {
+        let server = Server::start_with(&[("GPUPOOL_SOFT_DEVICE_COUNT", "2"), ("GPUPOOL_SOFT_PEER_ACCESS", links)]);
+        let mut cmd = through_shim(&c_program("nvml_check"), &server.tcp);
+        cmd.arg("peers");
+        let (ok, out, err) = nvml_check(cmd);
+        assert!(ok, "links {links}\nstdout: {out}\nstderr: {err}");
+        for line in [format!("p2p 0->1 {status}\n"), format!("p2p 1->0 {status}\n")] {
+            assert!(out.contains(&line), "links {links}: missing {line:?} in:\n{out}");
+        }
+    }
+}
+
 #[test]
 fn the_server_answers_device_status_for_session_devices_only() {
     use gpupool_proto::codec;

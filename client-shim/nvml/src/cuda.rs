@@ -60,6 +60,11 @@ type TotalMemFn = unsafe extern "C" fn(*mut usize, i32) -> CuResult;
 type AttributeFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
 type StatusFn = unsafe extern "C" fn(i32, *mut DeviceStatus) -> CuResult;
 type KernelDriverFn = unsafe extern "C" fn(*mut std::ffi::c_char, u32) -> CuResult;
+type CanAccessPeerFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
+type P2PAttributeFn = unsafe extern "C" fn(*mut i32, i32, i32, i32) -> CuResult;
+
+/// `CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED`.
+const P2P_NATIVE_ATOMIC: i32 = 3;
 
 /// `CUdevice_attribute` numbers NVML's answers come from.
 const ATTRIBUTE_CLOCK_RATE: i32 = 13;
@@ -81,6 +86,8 @@ pub struct Cuda {
     device_get_uuid: UuidFn,
     device_total_mem: TotalMemFn,
     device_get_attribute: AttributeFn,
+    device_can_access_peer: CanAccessPeerFn,
+    device_get_p2p_attribute: P2PAttributeFn,
     device_status: StatusFn,
     /// `gpupoolKernelDriverVersion`, in shims that have it.
     kernel_driver: Option<KernelDriverFn>,
@@ -132,6 +139,8 @@ impl Cuda {
             device_get_uuid: entry!("cuDeviceGetUuid_v2", UuidFn),
             device_total_mem: entry!("cuDeviceTotalMem_v2", TotalMemFn),
             device_get_attribute: entry!("cuDeviceGetAttribute", AttributeFn),
+            device_can_access_peer: entry!("cuDeviceCanAccessPeer", CanAccessPeerFn),
+            device_get_p2p_attribute: entry!("cuDeviceGetP2PAttribute", P2PAttributeFn),
             device_status,
             _library: library,
         })
@@ -175,8 +184,27 @@ impl Cuda {
         Some(v)
     }
 
-    /// Everything NVML answers about device `ordinal` that cannot change.
-    pub fn device(&self, ordinal: i32) -> Result<Device, CuResult> {
+    /// Whether device `ordinal` can address `peer`'s memory, and whether
+    /// atomics cross the link natively, as the driver answers.
+    fn peer_link(&self, ordinal: i32, peer: i32) -> (bool, bool) {
+        let (mut can, mut atomics) = (0, 0);
+        // SAFETY: both are writable ints.
+        let asked = unsafe {
+            check((self.device_can_access_peer)(&mut can, ordinal, peer)).and_then(|()| {
+                check((self.device_get_p2p_attribute)(
+                    &mut atomics,
+                    P2P_NATIVE_ATOMIC,
+                    ordinal,
+                    peer,
+                ))
+            })
+        };
+        (asked.is_ok() && can != 0, asked.is_ok() && atomics != 0)
+    }
+
+    /// Everything NVML answers about device `ordinal` of `count` that cannot
+    /// change.
+    pub fn device(&self, ordinal: i32, count: i32) -> Result<Device, CuResult> {
         let mut device = 0;
         let mut name = [0 as c_char; 256];
         let mut uuid = [0u8; 16];
@@ -207,6 +235,15 @@ impl Cuda {
         d.clock_khz = attribute(ATTRIBUTE_CLOCK_RATE).filter(|&v| v > 0);
         d.memory_clock_khz = attribute(ATTRIBUTE_MEMORY_CLOCK_RATE).filter(|&v| v > 0);
         d.compute_mode = attribute(ATTRIBUTE_COMPUTE_MODE);
+        for peer in (0..count).filter(|&p| p != ordinal) {
+            let (access, atomics) = self.peer_link(device, peer);
+            if access {
+                d.peers.push(peer as u32);
+            }
+            if atomics {
+                d.peer_atomics.push(peer as u32);
+            }
+        }
         Ok(d)
     }
 

@@ -31,6 +31,11 @@ pub struct Device {
     pub memory_clock_khz: Option<i32>,
     /// `CUcomputemode`, numbered as `nvmlComputeMode_t` is.
     pub compute_mode: Option<i32>,
+    /// The CUDA ordinals of the devices whose memory this one can address
+    /// (`cuDeviceCanAccessPeer`), and of those it reaches with native
+    /// atomics.
+    pub peers: Vec<u32>,
+    pub peer_atomics: Vec<u32>,
 }
 
 impl Device {
@@ -48,6 +53,8 @@ impl Device {
             clock_khz: None,
             memory_clock_khz: None,
             compute_mode: None,
+            peers: Vec::new(),
+            peer_atomics: Vec::new(),
         }
     }
 }

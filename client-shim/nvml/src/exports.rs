@@ -375,18 +375,25 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_
     })
 }
 
-/// The device file number has no meaning on a machine without the GPU; the
-/// index stands in for it.
 /// `NVML_P2P_CAPS_INDEX_READ` .. `NVML_P2P_CAPS_INDEX_UNKNOWN`.
 const P2P_CAPS_INDICES: std::ops::RangeInclusive<c_uint> = 0..=5;
+/// `NVML_P2P_CAPS_INDEX_READ`, `_WRITE`, `_ATOMICS`, `_PCI`.
+const P2P_CAPS_READ: c_uint = 0;
+const P2P_CAPS_WRITE: c_uint = 1;
+const P2P_CAPS_ATOMICS: c_uint = 3;
+const P2P_CAPS_PCI: c_uint = 4;
 /// `NVML_P2P_STATUS_OK`, `NVML_P2P_STATUS_NOT_SUPPORTED`.
 const P2P_STATUS_OK: c_uint = 0;
 const P2P_STATUS_NOT_SUPPORTED: c_uint = 5;
 
-/// No link between the GPUs a program has through gpupool is offered (as
-/// `cuDeviceCanAccessPeer` answers): each pair of GPUs answers
-/// `NVML_P2P_STATUS_NOT_SUPPORTED` for every capability, a GPU and itself
-/// `NVML_P2P_STATUS_OK`. NCCL asks it of every pair at start-up.
+/// As the server's driver links the two GPUs (`cuDeviceCanAccessPeer`,
+/// through the shim): reads, writes and PCI peer traffic are OK where the
+/// first GPU can access the second, atomics where they cross the link
+/// natively; NVLink is not told (the driver does not say which link it
+/// is), so it and the unknown capability answer
+/// `NVML_P2P_STATUS_NOT_SUPPORTED`. A GPU and itself is OK for every
+/// capability. NCCL asks it of every pair at start-up and uses peer
+/// transport only where reads and writes are OK.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
     device1: nvmlDevice_t,
@@ -400,7 +407,13 @@ pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
         if !P2P_CAPS_INDICES.contains(&index) {
             return Err(NvmlError::INVALID_ARGUMENT);
         }
-        let answer = if a.index == b.index {
+        let linked = match index {
+            _ if a.index == b.index => true,
+            P2P_CAPS_READ | P2P_CAPS_WRITE | P2P_CAPS_PCI => a.peers.contains(&b.ordinal),
+            P2P_CAPS_ATOMICS => a.peer_atomics.contains(&b.ordinal),
+            _ => false,
+        };
+        let answer = if linked {
             P2P_STATUS_OK
         } else {
             P2P_STATUS_NOT_SUPPORTED
@@ -410,6 +423,8 @@ pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
     })
 }
 
+/// The device file number has no meaning on a machine without the GPU; the
+/// index stands in for it.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(device: nvmlDevice_t, minor: *mut c_uint) -> nvmlReturn_t {
     guard("nvmlDeviceGetMinorNumber", || {

@@ -46,7 +46,7 @@ impl Backend {
         let cuda_version = cuda.driver_version().map_err(|s| fail("cuDriverGetVersion", s))?;
         let count = cuda.device_count().map_err(|s| fail("cuDeviceGetCount", s))?;
         let devices = (0..count)
-            .map(|i| cuda.device(i).map_err(|s| fail("to describe a device", s)))
+            .map(|i| cuda.device(i, count).map_err(|s| fail("to describe a device", s)))
             .collect::<NvmlResult<Vec<_>>>()?;
         let kernel_driver = cuda.kernel_driver_version();
         Ok(Backend {

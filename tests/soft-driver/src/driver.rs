@@ -30,6 +30,7 @@ mod conditionals;
 pub mod graphedit;
 pub mod green;
 mod ipc;
+mod peer;
 
 use conditionals::{Body, CondNode, CondObj};
 
@@ -79,8 +80,9 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
 /// servers of one pool have GPUs of their own), `CUDA_VISIBLE_DEVICES` (as
 /// the driver reads it: which of those GPUs it shows, in which order), and
 /// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS` (`1`: unknown kernels are skipped
-/// instead of refused) and `GPUPOOL_SOFT_COPY_ENGINE` (`1`: asynchronous
-/// pinned copies run beside the caller, [`engine`]).
+/// instead of refused), `GPUPOOL_SOFT_PEER_ACCESS` (`0`: no device can
+/// access another's memory, [`peer`]) and `GPUPOOL_SOFT_COPY_ENGINE` (`1`:
+/// asynchronous pinned copies run beside the caller, [`engine`]).
 pub fn init(flags: u32) -> CuResult<()> {
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -113,6 +115,11 @@ pub fn init(flags: u32) -> CuResult<()> {
         driver.skip_unknown = match std::env::var("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS").as_deref() {
             Ok("1") => true,
             Ok("0") | Err(_) => false,
+            Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        driver.peer_links = match std::env::var("GPUPOOL_SOFT_PEER_ACCESS").as_deref() {
+            Ok("1") | Err(_) => true,
+            Ok("0") => false,
             Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
         };
         match std::env::var("GPUPOOL_SOFT_COPY_ENGINE").as_deref() {
@@ -512,6 +519,11 @@ pub struct Driver {
     /// (calls, round trips, bytes per step) past its first unknown kernel.
     skip_unknown: bool,
     next_handle: u64,
+    /// Whether the devices are linked, each to each
+    /// (`GPUPOOL_SOFT_PEER_ACCESS`, on unless `0`): see [`peer`].
+    peer_links: bool,
+    /// `(context, peer context)` pairs whose peer access is enabled.
+    peers: HashSet<(u64, u64)>,
     contexts: HashMap<u64, Context>,
     /// Handles of destroyed (non-primary) contexts.
     retired: HashSet<u64>,
@@ -840,6 +852,8 @@ impl Driver {
             machine_id: 0,
             skip_unknown: false,
             next_handle: FIRST_HANDLE,
+            peer_links: true,
+            peers: HashSet::new(),
             contexts: HashMap::new(),
             retired: HashSet::new(),
             allocs: AllocationMap::default(),
@@ -1021,6 +1035,7 @@ impl Driver {
         let Some(c) = self.contexts.remove(&ctx) else {
             return;
         };
+        self.forget_peers(ctx);
         let modules: Vec<u64> = self
             .modules
             .iter()
@@ -2709,7 +2724,8 @@ impl Driver {
         let func = self.functions.get(&fid).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let entry = &func.ptx.entries[func.entry];
         let objects = LaunchObjects { driver: self, ctx };
-        if let Err(fault) = kernels::run(kernel, entry, params, threads, &self.allocs, &objects) {
+        let reach = self.reach(ctx);
+        if let Err(fault) = kernels::run(kernel, entry, params, threads, &self.allocs, reach, &objects) {
             if let Some(c) = self.contexts.get_mut(&ctx) {
                 c.sticky = Some(fault);
             }

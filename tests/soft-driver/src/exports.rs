@@ -303,6 +303,43 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(pi: *mut i32, attrib: i32, dev: CU
     })
 }
 
+// ----- peer access -----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut i32, dev: CUdevice, peer: CUdevice) -> CUresult {
+    ffi(|| {
+        need(can)?;
+        let v = driver::with(|d| d.can_access_peer(dev, peer))?;
+        // SAFETY: `can` is valid for writes when non-null (API contract).
+        unsafe { out(can, v as i32) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetP2PAttribute(
+    value: *mut i32,
+    attrib: i32,
+    src: CUdevice,
+    dst: CUdevice,
+) -> CUresult {
+    ffi(|| {
+        need(value)?;
+        let v = driver::with(|d| d.p2p_attribute(attrib, src, dst))?;
+        // SAFETY: `value` is valid for writes when non-null (API contract).
+        unsafe { out(value, v) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxEnablePeerAccess(peer: CUcontext, flags: u32) -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_enable_peer_access(peer as u64, flags)))
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxDisablePeerAccess(peer: CUcontext) -> CUresult {
+    ffi(|| driver::with(|d| d.ctx_disable_peer_access(peer as u64)))
+}
+
 // ----- primary contexts -----
 
 #[no_mangle]

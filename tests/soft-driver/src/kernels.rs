@@ -6,7 +6,7 @@
 //! every memory access goes through [`DeviceAccess`], so a bad pointer puts
 //! the context into a sticky error exactly as a faulting GPU kernel would.
 
-use crate::memory::AllocationMap;
+use crate::memory::{AllocKind, AllocationMap};
 use crate::ptx::Entry;
 use crate::result::*;
 pub(crate) use crate::texture::Objects;
@@ -147,13 +147,20 @@ pub fn lookup(entry: &Entry) -> Option<Known> {
 /// Bounds- and alignment-checked access to simulated device memory.
 pub(crate) struct DeviceAccess<'a> {
     mem: &'a AllocationMap,
+    /// The devices whose own memory (allocations and module variables) the
+    /// kernel may address, one bit each: its context's, and its peers'.
+    reach: u64,
     /// Last allocation range found (`lo .. hi`), to keep loops cheap.
     cached: (u64, u64),
 }
 
 impl<'a> DeviceAccess<'a> {
-    pub(crate) fn new(mem: &'a AllocationMap) -> Self {
-        DeviceAccess { mem, cached: (0, 0) }
+    pub(crate) fn new(mem: &'a AllocationMap, reach: u64) -> Self {
+        DeviceAccess {
+            mem,
+            reach,
+            cached: (0, 0),
+        }
     }
 
     /// Host pointer for a naturally aligned `size`-byte access at `addr`.
@@ -165,6 +172,11 @@ impl<'a> DeviceAccess<'a> {
         let end = addr.checked_add(size).ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
         if !(addr >= self.cached.0 && end <= self.cached.1) {
             let (base, alloc) = self.mem.containing(addr, size).ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
+            let own = matches!(alloc.kind, AllocKind::Device | AllocKind::ModuleVariable { .. });
+            if own && self.reach & (1 << alloc.device) == 0 {
+                // Another device's memory, whose access was not given.
+                return Err(CUDA_ERROR_ILLEGAL_ADDRESS);
+            }
             self.cached = (base, base + alloc.size);
         }
         Ok(addr as *mut u8)
@@ -232,10 +244,11 @@ pub(crate) fn run(
     params: &[u8],
     threads: u64,
     mem: &AllocationMap,
+    reach: u64,
     objects: &dyn Objects,
 ) -> Result<(), CUresult> {
     let args = Args { buf: params, entry };
-    let mut dev = DeviceAccess::new(mem);
+    let mut dev = DeviceAccess::new(mem, reach);
     let count = |n: i32| u64::try_from(n).unwrap_or(0).min(threads);
     match kernel {
         Known::Null => Ok(()),
@@ -481,10 +494,37 @@ mod tests {
         params.extend_from_slice(&tex.to_le_bytes());
         params.extend_from_slice(&w.to_le_bytes());
         params.extend_from_slice(&h.to_le_bytes());
-        let r = run(Known::TexRead, &e, &params, threads, &mem, objects);
+        let r = run(Known::TexRead, &e, &params, threads, &mem, 1, objects);
         // SAFETY: `out` is the live `n * 4`-byte mapping made above.
         let v = unsafe { std::slice::from_raw_parts(out as *const f32, n) }.to_vec();
         (r, v)
+    }
+
+    /// A kernel reaches the memory of its own device and of the devices in
+    /// its reach (peer access given), and faults at any other's.
+    #[test]
+    fn other_devices_memory_is_reached_only_with_peer_access() {
+        use crate::memory::{AllocKind, Allocation, Mapping};
+        let mut mem = AllocationMap::default();
+        let far = mem.insert(Allocation {
+            size: 64,
+            charged: 0,
+            ctx: 2,
+            device: 1,
+            kind: AllocKind::Device,
+            mapping: Mapping::new(64).unwrap(),
+        });
+        let o = objects(1, 1, false, 0, false);
+        let fill = entry("gp_fill_u32", &[8, 4, 4]);
+        let params = [&far.to_le_bytes()[..], &7u32.to_le_bytes(), &16i32.to_le_bytes()].concat();
+        assert_eq!(
+            run(Known::FillU32, &fill, &params, 16, &mem, 0b01, &o),
+            Err(CUDA_ERROR_ILLEGAL_ADDRESS)
+        );
+        assert_eq!(run(Known::FillU32, &fill, &params, 16, &mem, 0b11, &o), Ok(()));
+        // SAFETY: `far` is the live 64-byte mapping made above.
+        let v = unsafe { std::slice::from_raw_parts(far as *const u32, 16) };
+        assert!(v.iter().all(|&x| x == 7), "{v:?}");
     }
 
     /// `gp_set_condition` sets the handle to the word it reads;
@@ -511,17 +551,17 @@ mod tests {
         // SAFETY: as above.
         let load = || unsafe { (word as *const u32).read() };
         store(7);
-        assert_eq!(run(Known::SetCondition, &set, &params(5), 32, &mem, &o), Ok(()));
+        assert_eq!(run(Known::SetCondition, &set, &params(5), 32, &mem, 1, &o), Ok(()));
         store(2);
-        assert_eq!(run(Known::Countdown, &down, &params(5), 32, &mem, &o), Ok(()));
+        assert_eq!(run(Known::Countdown, &down, &params(5), 32, &mem, 1, &o), Ok(()));
         assert_eq!(load(), 1);
-        assert_eq!(run(Known::Countdown, &down, &params(5), 1, &mem, &o), Ok(()));
+        assert_eq!(run(Known::Countdown, &down, &params(5), 1, &mem, 1, &o), Ok(()));
         assert_eq!(load(), 0);
-        assert_eq!(run(Known::Countdown, &down, &params(5), 0, &mem, &o), Ok(()));
+        assert_eq!(run(Known::Countdown, &down, &params(5), 0, &mem, 1, &o), Ok(()));
         assert_eq!(load(), 0, "no thread ran");
         assert_eq!(*o.conditions.borrow(), [(5, 7), (5, 1), (5, 0)]);
         assert_eq!(
-            run(Known::SetCondition, &set, &params(6), 1, &mem, &o),
+            run(Known::SetCondition, &set, &params(6), 1, &mem, 1, &o),
             Err(CUDA_ERROR_ILLEGAL_ADDRESS)
         );
     }
@@ -577,7 +617,7 @@ mod tests {
             params.extend_from_slice(&s.to_le_bytes());
             params.extend_from_slice(&w.to_le_bytes());
             params.extend_from_slice(&h.to_le_bytes());
-            run(Known::SurfScale, &e, &params, 1024, &AllocationMap::default(), o)
+            run(Known::SurfScale, &e, &params, 1024, &AllocationMap::default(), 1, o)
         };
         let o = objects(3, 2, false, ADDRESS_CLAMP, false);
         assert_eq!(run_scale(&o, 2, 2.0, 3, 2), Ok(()));

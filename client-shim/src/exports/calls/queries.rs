@@ -3,6 +3,7 @@
 //! server's driver keeps, are here too: one round trip each.
 
 use super::*;
+use gpupool_proto::handshake::PeerLink;
 use gpupool_proto::message::ATTRIBUTE_VALUE_BYTES;
 use std::ffi::c_char;
 
@@ -250,29 +251,44 @@ pub unsafe fn device_get_by_pci_bus_id(device: *mut CUdevice, id: *const c_char)
 
 pub unsafe fn device_can_access_peer(can: *mut i32, device: CUdevice, peer: CUdevice) -> CuResult {
     let s = shim()?;
-    s.device(device)?;
+    let link = peer_link(s, device, peer)?;
+    // The server's driver's answer for its two devices (none for a device
+    // and itself).
+    unsafe { out(can, link.is_some_and(|l| l.can_access) as i32) }
+}
+
+/// The server's word on `device`'s link to `peer`, from the handshake;
+/// `None` for a device and itself.
+fn peer_link(s: &Shim, device: CUdevice, peer: CUdevice) -> CuResult<Option<&PeerLink>> {
+    let info = s.device(device)?;
     s.device(peer)?;
-    // Peer access between remote GPUs is not offered (cuCtxEnablePeerAccess
-    // is not supported), so the answer is no.
-    unsafe { out(can, 0) }
+    if device == peer {
+        return Ok(None);
+    }
+    // A server that could not ask its driver about the link offers none.
+    Ok(info.peers.iter().find(|l| l.peer == peer))
 }
 
 /// `CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK` ..
 /// `_ONLY_PARTIAL_NATIVE_ATOMIC_SUPPORTED`.
 const P2P_ATTRIBUTES: std::ops::RangeInclusive<i32> = 1..=5;
 
-/// No link between remote GPUs is offered: every peer attribute is 0.
+/// The server's driver's answer for the link between two of its devices,
+/// from the handshake (0 for an attribute it did not answer).
 pub unsafe fn device_get_p2p_attribute(value: *mut i32, attribute: i32, src: CUdevice, dst: CUdevice) -> CuResult {
     let s = shim()?;
-    s.device(src)?;
-    s.device(dst)?;
     if src == dst {
+        s.device(src)?;
         return Err(CuError::INVALID_DEVICE);
     }
+    let link = peer_link(s, src, dst)?;
     if value.is_null() || !P2P_ATTRIBUTES.contains(&attribute) {
         return Err(CuError::INVALID_VALUE);
     }
-    unsafe { out(value, 0) }
+    let v = link
+        .and_then(|l| l.attributes.iter().find(|(a, _)| *a == attribute))
+        .map_or(0, |(_, v)| *v);
+    unsafe { out(value, v) }
 }
 
 /// `CU_ATOMIC_OPERATION_MAX`: operations are below it.
@@ -385,27 +401,46 @@ fn context_device(s: &Shim, ctx: CUcontext) -> CuResult<i32> {
         .ok_or(CuError::INVALID_CONTEXT)
 }
 
-/// `cuDeviceCanAccessPeer` answers no for every pair, so enabling access
-/// to any other context is unsupported, as the driver answers then.
+/// `cuCtxEnablePeerAccess`: on the server's driver, for two of the
+/// session's contexts (one round trip; programs enable each pair once). A
+/// pair of devices the server's driver links not is refused here, as the
+/// driver refuses it.
 pub unsafe fn ctx_enable_peer_access(peer: CUcontext, flags: u32) -> CuResult {
     let s = shim()?;
-    let (current, _) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
-    context_device(s, peer)?;
+    let (current, device) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    let peer_device = context_device(s, peer)?;
     if handle(peer) == current {
         return Err(CuError::INVALID_CONTEXT);
     }
     if flags != 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    tracing::debug!("cuCtxEnablePeerAccess: peer access between remote GPUs is not offered");
-    Err(CuError::PEER_ACCESS_UNSUPPORTED)
+    if !peer_link(s, device, peer_device)?.is_some_and(|l| l.can_access) {
+        return Err(CuError::PEER_ACCESS_UNSUPPORTED);
+    }
+    peer_access(s, current, peer, true)
 }
 
+/// `cuCtxDisablePeerAccess`: on the server's driver, which knows what was
+/// enabled.
 pub unsafe fn ctx_disable_peer_access(peer: CUcontext) -> CuResult {
     let s = shim()?;
-    state::current().ok_or(CuError::INVALID_CONTEXT)?;
-    context_device(s, peer)?;
-    Err(CuError::PEER_ACCESS_NOT_ENABLED)
+    let (current, device) = state::current().ok_or(CuError::INVALID_CONTEXT)?;
+    let peer_device = context_device(s, peer)?;
+    if !peer_link(s, device, peer_device)?.is_some_and(|l| l.can_access) {
+        return Err(CuError::PEER_ACCESS_NOT_ENABLED);
+    }
+    peer_access(s, current, peer, false)
+}
+
+fn peer_access(s: &Shim, ctx: Handle, peer: CUcontext, enable: bool) -> CuResult {
+    let request = Request::CtxPeerAccess {
+        ctx,
+        peer: handle(peer),
+        enable,
+        flags: 0,
+    };
+    s.remote.call(&request, &[]).map(drop)
 }
 
 /// `CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR` / `_MINOR`.
