@@ -143,6 +143,9 @@ pub struct Worker<'d> {
     per_thread: HashMap<(Handle, u64), Ptr>,
     /// Parameter layouts of functions and kernels.
     layouts: HashMap<Handle, Vec<(u32, u32)>>,
+    /// A launch's parameters padded out to all that its kernel declares,
+    /// when the program packed fewer ([`Worker::kernel_args`]).
+    padded_params: Vec<u64>,
     /// Linked images (`cuLinkComplete`): the driver's, until the linker
     /// is destroyed.
     linked: HashMap<Handle, (Ptr, usize)>,
@@ -237,6 +240,7 @@ impl<'d> Worker<'d> {
             kept: HashMap::new(),
             per_thread: HashMap::new(),
             layouts: HashMap::new(),
+            padded_params: Vec::new(),
             linked: HashMap::new(),
             current: None,
             work_ctx: None,
@@ -533,7 +537,12 @@ impl<'d> Worker<'d> {
     }
 
     /// Keep a streamed call's error for its context.
-    fn keep(&mut self, ctx: Handle, status: Status) {
+    fn keep(&mut self, ctx: Handle, status: Status, what: &str) {
+        tracing::debug!(
+            request = what,
+            status,
+            "a streamed request failed: the context's next synchronising call reports it"
+        );
         let ctx = self.work_ctx.take().unwrap_or(ctx);
         self.kept.entry(ctx).or_insert(status);
     }
@@ -711,7 +720,7 @@ impl<'d> Worker<'d> {
                     Reply::Status(self.sync_status(ctx, own))
                 } else {
                     if status != 0 {
-                        self.keep(ctx, status);
+                        self.keep(ctx, status, "copy to the device");
                     }
                     return Ok(None);
                 }
@@ -765,7 +774,7 @@ impl<'d> Worker<'d> {
                     Reply::Done(self.sync_status(ctx, own))
                 } else {
                     if status != 0 {
-                        self.keep(ctx, status);
+                        self.keep(ctx, status, "copy from the device");
                     }
                     Reply::Done(status)
                 }
@@ -825,7 +834,7 @@ impl<'d> Worker<'d> {
                     // Answered when the stream reaches it (`tell_reached`).
                     Ok(()) => return Ok(None),
                     Err(s) => {
-                        self.keep(ctx, s);
+                        self.keep(ctx, s, "LaunchHostFunc");
                         Reply::Status(s)
                     }
                 }
@@ -838,18 +847,23 @@ impl<'d> Worker<'d> {
                     Reply::Status(self.sync_status(ctx, result))
                 } else {
                     if let Err(s) = result {
-                        self.keep(ctx, s);
+                        self.keep(ctx, s, "Launch");
                     }
                     return Ok(None);
                 }
             }
             other => {
+                // The request's name, for the log of a streamed failure.
+                let name = (!wants && tracing::enabled!(tracing::Level::DEBUG)).then(|| {
+                    let text = format!("{other:?}");
+                    text.split([' ', '(', '{']).next().unwrap_or_default().to_string()
+                });
                 let (ctx, result) = self.call(d, other);
                 match (wants, result) {
                     (true, r) => r,
                     (false, r) => {
                         if r.status() != 0 {
-                            self.keep(ctx, r.status());
+                            self.keep(ctx, r.status(), name.as_deref().unwrap_or("streamed request"));
                         }
                         return Ok(None);
                     }
@@ -3558,14 +3572,31 @@ impl<'d> Worker<'d> {
 
     /// The `kernelParams` of a launch: a pointer to each parameter in the
     /// packed block (`len` bytes of `params`), by the driver's own layout.
+    ///
+    /// A block packed by the program (`extra`) may be shorter than the
+    /// parameters the kernel declares: NCCL declares a 4 KiB argument
+    /// structure and passes the part it filled, which the driver takes (the
+    /// rest is not defined). Such a block is padded with zeros here.
     fn kernel_args(&mut self, l: &Launch, params: &mut [u64], len: usize) -> DriverResult<Vec<Ptr>> {
         let layout = self.layout(l.func, l.kernel)?;
         let extent = layout.iter().map(|&(o, n)| (o + n) as usize).max().unwrap_or(0);
-        if len < extent || len > params.len() * 8 {
+        if len > params.len() * 8 {
             return Err(INVALID_VALUE);
         }
-        let base = params.as_mut_ptr().cast::<u8>();
-        // SAFETY: every offset + size is within `extent` <= len bytes of params.
+        let base = if len < extent {
+            let words = extent.div_ceil(8);
+            self.padded_params.clear();
+            self.padded_params.resize(words, 0);
+            let copied = len.div_ceil(8);
+            self.padded_params[..copied].copy_from_slice(&params[..copied]);
+            self.padded_params.as_mut_ptr().cast::<u8>()
+        } else {
+            params.as_mut_ptr().cast::<u8>()
+        };
+        // SAFETY: every offset + size is within `extent` bytes, which the
+        // parameter block or its padded copy holds (the copy lives in the
+        // worker until the next launch; the driver reads the parameters
+        // during the call that takes them).
         Ok(layout
             .iter()
             .map(|&(o, _)| unsafe { base.add(o as usize) }.cast())

@@ -624,6 +624,19 @@ int main(int argc, char **argv) {
         CHECK(cuMemcpyDtoH(c, da, bytes));
         for (int i = 0; i < n; i++)
             EXPECT(c[i] == (a[i] + b[i]) * 3.0f, "scaled c[%d] = %f", i, c[i]);
+        if (getenv("GPUPOOL_SERVER")) {
+            /* A packed block shorter than the kernel's parameters is taken
+             * (NCCL passes only what it filled of its argument structure);
+             * the driver leaves the rest undefined, gpupool zeros it: here
+             * the count, so nothing is scaled. */
+            size_t short_size = 12;
+            void *short_extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, &packed, CU_LAUNCH_PARAM_BUFFER_SIZE, &short_size,
+                                   CU_LAUNCH_PARAM_END};
+            CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, NULL, short_extra));
+            CHECK(cuMemcpyDtoH(c, dc, bytes));
+            for (int i = 0; i < n; i++)
+                EXPECT(c[i] == (a[i] + b[i]) * 3.0f, "after a short parameter block c[%d] = %f", i, c[i]);
+        }
         /* Cooperative launches: all of the grid's blocks must fit at once.
          * One block per multiprocessor does; 64 of 256 threads each do not. */
         {

@@ -2357,11 +2357,12 @@ unsafe fn pack_params(
     need(size)?;
     // SAFETY: `size` points to a `size_t` (contract).
     let size = unsafe { size.read_unaligned() };
-    if size < buf.len() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    // SAFETY: `buffer` holds `size >= buf.len()` readable bytes (contract).
-    unsafe { std::ptr::copy_nonoverlapping(buffer, buf.as_mut_ptr(), buf.len()) };
+    // A buffer shorter than the parameters the kernel declares is taken, as
+    // the driver takes it (NCCL fills only the start of its 4 KiB argument
+    // structure); the rest stays zero here.
+    let n = size.min(buf.len());
+    // SAFETY: `buffer` holds `size >= n` readable bytes (contract).
+    unsafe { std::ptr::copy_nonoverlapping(buffer, buf.as_mut_ptr(), n) };
     Ok(())
 }
 
