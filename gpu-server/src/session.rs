@@ -330,6 +330,8 @@ impl Daemon {
         .map(|claims| lease = claims)
         {
             Some(reason)
+        } else if let Some(Err(reason)) = lease.as_ref().map(|l| lease_devices(&self.gpus, l)) {
+            Some(format!("server {}: {reason}", self.cfg.server_id))
         } else if self.live.load(Ordering::Relaxed) >= self.cfg.max_sessions {
             Some(format!(
                 "server {} is at its limit of {} sessions",
@@ -365,18 +367,30 @@ impl Daemon {
             cmd.arg("--config").arg(c);
         }
         cmd.env("GPUPOOL_CLIENT", &client);
-        // The devices the client's CUDA_VISIBLE_DEVICES shows, read against
-        // those this daemon's own shows: the worker's driver numbers them
-        // from 0 for the session, as for a local program.
-        match &hello.visible_devices {
-            Some(v) if v.len() <= visible::MAX_LEN && !v.contains('\0') => {
-                let own = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        // The devices the session may use: its lease's GPUs (by UUID, which
+        // the worker's driver finds whatever this daemon shows), else those
+        // this daemon's own CUDA_VISIBLE_DEVICES shows, else all. The
+        // client's CUDA_VISIBLE_DEVICES picks among them, read against that
+        // list; the worker's driver numbers them from 0 for the session, as
+        // for a local program.
+        let leased = lease.as_ref().and_then(|l| lease_devices(&self.gpus, l).ok());
+        let own = leased.or_else(|| std::env::var("CUDA_VISIBLE_DEVICES").ok());
+        let client_value = match &hello.visible_devices {
+            Some(v) if v.len() <= visible::MAX_LEN && !v.contains('\0') => Some(v.as_str()),
+            Some(_) => {
+                tracing::warn!(client = %client, "ignoring a CUDA_VISIBLE_DEVICES too long or holding a NUL byte");
+                None
+            }
+            None => None,
+        };
+        match (client_value, own) {
+            (Some(v), own) => {
                 cmd.env("CUDA_VISIBLE_DEVICES", visible::compose(own.as_deref(), v));
             }
-            Some(_) => {
-                tracing::warn!(client = %client, "ignoring a CUDA_VISIBLE_DEVICES too long or holding a NUL byte")
+            (None, Some(own)) if lease.is_some() => {
+                cmd.env("CUDA_VISIBLE_DEVICES", own);
             }
-            None => {}
+            (None, _) => {}
         }
         cmd.env_remove(RELAYED_ENV).env_remove(TICKET_ENV);
         match socket {
@@ -503,6 +517,29 @@ pub fn worker_cpus(gpus: &[Gpu], lease: Option<&LeaseClaims>) -> Vec<u32> {
     cpus.sort_unstable();
     cpus.dedup();
     cpus
+}
+
+/// The `CUDA_VISIBLE_DEVICES` that shows a session the GPUs of its lease,
+/// in the lease's order: their UUIDs. A lease naming a GPU this server does
+/// not have is refused, with the reason.
+pub fn lease_devices(gpus: &[Gpu], lease: &LeaseClaims) -> Result<String, String> {
+    if lease.gpus.is_empty() {
+        return Err(format!("lease {} names no GPU", lease.lease_id));
+    }
+    let mut uuids = Vec::with_capacity(lease.gpus.len());
+    for g in &lease.gpus {
+        if !gpus.iter().any(|own| own.uuid == g.uuid) {
+            return Err(format!(
+                "lease {} names GPU {}, which this server does not have",
+                lease.lease_id, g.uuid
+            ));
+        }
+        if g.uuid.contains(',') {
+            return Err(format!("lease {} names a GPU as {:?}", lease.lease_id, g.uuid));
+        }
+        uuids.push(g.uuid.as_str());
+    }
+    Ok(uuids.join(","))
 }
 
 /// Wait until the process `pid` (a child) has exited, leaving it to be
@@ -823,7 +860,7 @@ mod tests {
     }
 
     #[test]
-    fn workers_run_near_the_gpus_of_their_lease() {
+    fn workers_run_near_and_show_the_gpus_of_their_lease() {
         let gpu = |uuid: &str, cpus: &[u32]| Gpu {
             local_cpus: cpus.to_vec(),
             ..Gpu::plain(uuid, "H100", 80 << 10)
@@ -848,6 +885,15 @@ mod tests {
         assert_eq!(worker_cpus(&gpus, Some(&claims(&["GPU-b", "GPU-c"]))), vec![0, 1]);
         assert_eq!(worker_cpus(&gpus, None), vec![0, 1, 2, 3]);
         assert!(worker_cpus(&gpus, Some(&claims(&["GPU-z"]))).is_empty());
+        // A session's worker shows the lease's GPUs, in the lease's order;
+        // a lease naming a GPU this server lacks, or none, is refused.
+        assert_eq!(
+            lease_devices(&gpus, &claims(&["GPU-c", "GPU-a"])).unwrap(),
+            "GPU-c,GPU-a"
+        );
+        let refused = lease_devices(&gpus, &claims(&["GPU-a", "GPU-z"])).unwrap_err();
+        assert!(refused.contains("GPU-z, which this server does not have"), "{refused}");
+        assert!(lease_devices(&gpus, &claims(&[])).is_err());
     }
 
     #[test]

@@ -189,7 +189,9 @@ fn a_program_gets_its_gpu_through_a_broker_lease() {
             "name": "sim-a",
             "endpoint": server.tcp,
             "gpus": [{
-                "uuid": "GPU-sim-a-0", "model": "simulated", "memory_mib": 16384,
+                // The software driver's first GPU (machine 0): the server
+                // shows a leased session the GPUs its lease names.
+                "uuid": "GPU-67707570-6f6f-6c2d-736f-667467707500", "model": "simulated", "memory_mib": 16384,
                 "compute_capability": [9, 0], "numa_node": 0, "local_cpus": [0],
                 "pci_address": "0000:01:00.0", "nvlink_peers": []
             }],
@@ -295,6 +297,59 @@ fn a_server_registers_itself_and_serves_the_leases_of_its_gpus() {
         "the session's lease is not in the log:\n{}",
         server.log()
     );
+}
+
+/// A session sees the GPUs of its lease and no other GPU of its server: a
+/// lease of one of two GPUs shows one device, the leased one, and the
+/// program's `CUDA_VISIBLE_DEVICES` picks among the leased GPUs only (an
+/// index past them shows none). Before, a leased session saw every GPU of
+/// its server.
+#[test]
+fn a_leased_session_sees_only_the_gpus_of_its_lease() {
+    let broker = start_broker("lease-gpus");
+    let server = registering_server(&broker, "sim-l", "9");
+    wait_for(Duration::from_secs(20), || server_view(&broker, "sim-l"))
+        .unwrap_or_else(|| panic!("the server did not register:\n{}", server.log()));
+    for _ in 0..2 {
+        // The first lease takes one GPU; while it holds it, the second
+        // takes the other.
+        let lease = http(
+            &broker,
+            "POST",
+            "/v1/leases",
+            ADMIN,
+            Some(json!({ "gpus": 1, "holder": "test/visible" })),
+        );
+        assert_eq!(lease["state"], "active", "{lease}");
+        let uuid = lease["gpus"][0]["uuid"].as_str().unwrap().to_string();
+        let gpu = u8::from_str_radix(&uuid[uuid.len() - 2..], 16).unwrap();
+        let run = |visible: Option<&str>| {
+            let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+            cmd.env("GPUPOOL_LEASE_TOKEN", lease["token"].as_str().unwrap());
+            if let Some(v) = visible {
+                cmd.env("CUDA_VISIBLE_DEVICES", v);
+            }
+            let out = run_with_timeout(cmd, Duration::from_secs(60));
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        for visible in [None, Some("0")] {
+            let (ok, stdout, stderr) = run(visible);
+            let context = || format!("lease of {uuid}, CUDA_VISIBLE_DEVICES {visible:?}\n{stdout}\n{stderr}");
+            assert!(ok, "{}", context());
+            assert!(stdout.contains("devices: 1\n"), "{}", context());
+            assert!(
+                stdout.contains(&format!("device 0: gpupool simulated GPU {gpu} (soft driver)")),
+                "{}",
+                context()
+            );
+        }
+        let (ok, stdout, stderr) = run(Some("1"));
+        assert!(!ok, "an index past the lease's GPUs showed one:\n{stdout}\n{stderr}");
+    }
 }
 
 /// A session whose lease the broker no longer holds active is ended by its
