@@ -152,6 +152,14 @@ pub fn forked() -> bool {
     FORKED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `CUDA_LAUNCH_BLOCKING=1`: each kernel launch returns once the kernel
+/// ran, with its error, as the driver does for debugging; through gpupool
+/// each launch then waits for the server's answer (read once).
+pub fn launch_blocking() -> bool {
+    static BLOCKING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BLOCKING.get_or_init(|| std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1"))
+}
+
 /// Start logging to standard error, once.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;

@@ -282,6 +282,8 @@ pub struct ConnectOptions {
     pub hold: Duration,
     /// The program's `CUDA_VISIBLE_DEVICES`, told in the hello.
     pub visible_devices: Option<String>,
+    /// The driver's variables the program set, told in the hello.
+    pub driver_env: Vec<(String, String)>,
 }
 
 /// The CPUs near the network device that carries traffic to the server at
@@ -313,6 +315,7 @@ impl Remote {
             let mut hello = Hello::new(opts.lease_token.clone(), client_info());
             hello.session_ticket = ticket;
             hello.visible_devices = opts.visible_devices.clone();
+            hello.driver_env = opts.driver_env.clone();
             let mut scratch = Vec::new();
             frame::write_frame(&mut *writer, &mut scratch, 0, FLAG_WANTS_REPLY, &hello, &[], MAX_FRAME)?;
             writer.flush()?;

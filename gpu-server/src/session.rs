@@ -392,6 +392,11 @@ impl Daemon {
             }
             (None, _) => {}
         }
+        // The driver's own variables the program set (CUDA_LAUNCH_BLOCKING,
+        // CUDA_DEVICE_MAX_CONNECTIONS, ...) are the worker's driver's.
+        for (name, value) in gpupool_proto::handshake::accepted_driver_env(&hello.driver_env) {
+            cmd.env(name, value);
+        }
         cmd.env_remove(RELAYED_ENV).env_remove(TICKET_ENV);
         match socket {
             SessionSocket::Tcp => {}

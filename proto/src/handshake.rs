@@ -21,6 +21,54 @@ pub struct Hello {
     /// The client's `CUDA_VISIBLE_DEVICES`, when set: the session shows
     /// those of the server's devices ([`crate::visible`]).
     pub visible_devices: Option<String>,
+    /// The driver's own environment variables the program set (those of
+    /// [`DRIVER_ENV`]), which the session's driver on the server reads as a
+    /// local driver would. Version 17.
+    pub driver_env: Vec<(String, String)>,
+}
+
+/// The driver's environment variables that change how it runs a program's
+/// work, and that mean the same on the server: the session's worker runs
+/// its driver with the program's values. (Those naming paths of the
+/// program's machine, such as `CUDA_CACHE_PATH`, are not among them.)
+pub const DRIVER_ENV: &[&str] = &[
+    "CUDA_LAUNCH_BLOCKING",
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+    "CUDA_DEVICE_MAX_COPY_CONNECTIONS",
+    "CUDA_MODULE_LOADING",
+    "CUDA_MODULE_DATA_LOADING",
+    "CUDA_AUTO_BOOST",
+    "CUDA_SCALE_LAUNCH_QUEUES",
+    "CUDA_GRAPHS_USE_NODE_PRIORITY",
+    "CUDA_DISABLE_PTX_JIT",
+    "CUDA_FORCE_PTX_JIT",
+    "CUDA_CACHE_DISABLE",
+    "CUDA_CACHE_MAXSIZE",
+];
+
+/// The longest value of a driver variable a hello may carry.
+pub const MAX_DRIVER_ENV_VALUE: usize = 256;
+
+/// The driver variables this process has, to tell in the hello.
+pub fn driver_env_of_process() -> Vec<(String, String)> {
+    DRIVER_ENV
+        .iter()
+        .filter_map(|&name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect()
+}
+
+/// Those of `env` a server passes on: named in [`DRIVER_ENV`], each once,
+/// with a value of at most [`MAX_DRIVER_ENV_VALUE`] bytes and no NUL.
+pub fn accepted_driver_env(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for (name, value) in env {
+        let known = DRIVER_ENV.contains(&name.as_str());
+        let fits = value.len() <= MAX_DRIVER_ENV_VALUE && !value.contains('\0');
+        if known && fits && !out.iter().any(|(n, _)| n == name) {
+            out.push((name, value));
+        }
+    }
+    out
 }
 
 /// Who the client is, for logs and accounting.
@@ -114,6 +162,7 @@ impl Hello {
             client,
             session_ticket: None,
             visible_devices: None,
+            driver_env: Vec::new(),
         }
     }
 
@@ -142,7 +191,28 @@ pub fn host_name() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::gpu_uuid_string;
+    use super::*;
+
+    #[test]
+    fn only_the_drivers_own_variables_pass_once_each() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        let long = "1".repeat(MAX_DRIVER_ENV_VALUE + 1);
+        let given = env(&[
+            ("CUDA_LAUNCH_BLOCKING", "1"),
+            ("CUDA_CACHE_PATH", "/home/x/.nv"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+            ("CUDA_LAUNCH_BLOCKING", "0"),
+            ("CUDA_DEVICE_MAX_CONNECTIONS", &long),
+            ("CUDA_MODULE_LOADING", "LA\0ZY"),
+            ("CUDA_AUTO_BOOST", "0"),
+        ]);
+        assert_eq!(
+            accepted_driver_env(&given),
+            [("CUDA_LAUNCH_BLOCKING", "1"), ("CUDA_AUTO_BOOST", "0")]
+        );
+    }
 
     #[test]
     fn uuid_is_spelled_as_nvml_does() {

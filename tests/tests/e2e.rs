@@ -714,6 +714,70 @@ fn asynchronous_error_is_reported_at_the_next_synchronise() {
     }
 }
 
+/// `CUDA_LAUNCH_BLOCKING=1`, which PyTorch's every CUDA error message
+/// suggests for debugging, makes a faulting kernel's launch return its
+/// fault, through gpupool as with a local driver: the shim waits for each
+/// launch's answer, and the program's value is the server's driver's (the
+/// hello carries the driver's variables the program set). Before, it was
+/// ignored and the fault surfaced at a later call.
+#[test]
+fn cuda_launch_blocking_makes_a_launch_return_its_kernels_fault() {
+    let server = Server::start();
+    let (ok, stdout, stderr) = driver_check_run(
+        &server,
+        &["fault"],
+        &[("CUDA_LAUNCH_BLOCKING", "1"), ("GPUPOOL_CALL_REPORT", "1")],
+    );
+    assert!(
+        ok && stdout.contains("OK fault reported at synchronize: 700"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+    // The launch itself answered the fault, after a round trip.
+    let cols = report_cols(&stderr, "cuLaunchKernel");
+    assert_eq!(cols[5..7], ["1", "(700)"], "{stderr}");
+    assert!(stderr.contains("0 streamed requests"), "{stderr}");
+}
+
+/// The driver's variables the program sets are its session's driver's
+/// on the server (`CUDA_DEVICE_MAX_CONNECTIONS`, which Megatron-LM sets to
+/// 1 to order its kernels); variables naming the program's paths, and
+/// others, are not passed on.
+#[test]
+fn the_programs_driver_variables_reach_its_worker() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.args(["hold", "1"])
+        .env("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+        .env("CUDA_MODULE_LOADING", "EAGER")
+        .env("CUDA_CACHE_PATH", "/nonexistent/cache")
+        .stdout(std::process::Stdio::piped());
+    let mut holder = cmd.spawn().unwrap();
+    let seen = output_until_holding(&mut holder);
+    let pid = server
+        .log()
+        .lines()
+        .find(|l| l.contains("session started"))
+        .and_then(|l| l.split(" pid=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no worker pid: {seen}\n{}", server.log()));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let vars: Vec<String> = environ
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for want in ["CUDA_DEVICE_MAX_CONNECTIONS=1", "CUDA_MODULE_LOADING=EAGER"] {
+        assert!(
+            vars.iter().any(|v| v == want),
+            "{want} missing from the worker's environment: {vars:?}"
+        );
+    }
+    assert!(!vars.iter().any(|v| v.starts_with("CUDA_CACHE_PATH=")), "{vars:?}");
+}
+
 #[test]
 fn out_of_bounds_copies_are_refused() {
     let server = Server::start();

@@ -205,6 +205,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
             pin_io: cfg.pin_io,
             hold: cfg.hold,
             visible_devices: visible.clone(),
+            driver_env: gpupool_proto::handshake::driver_env_of_process(),
         };
         match Remote::connect(&opts) {
             Ok(remote) => {
@@ -2850,7 +2851,10 @@ unsafe fn launch(
     let (launch, block_bytes) =
         unsafe { packed_launch(s, ctx, func, grid, block, shared_mem, params, extra, sref, attrs)? };
     managed::settle_for(s, launch.stream)?;
-    s.remote.post(&Request::Launch(launch), &block_bytes)
+    // Under CUDA_LAUNCH_BLOCKING=1 the server's driver runs each launch to
+    // its end and answers the kernel's error, which the launch returns.
+    s.remote
+        .call_or_post(&Request::Launch(launch), &block_bytes, config::launch_blocking())
 }
 
 /// What a launch's arguments must be before anything else is looked at.

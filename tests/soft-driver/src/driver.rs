@@ -80,7 +80,8 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
 /// servers of one pool have GPUs of their own), `CUDA_VISIBLE_DEVICES` (as
 /// the driver reads it: which of those GPUs it shows, in which order), and
 /// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS` (`1`: unknown kernels are skipped
-/// instead of refused), `GPUPOOL_SOFT_PEER_ACCESS` (`0`: no device can
+/// instead of refused), `CUDA_LAUNCH_BLOCKING` (`1`: a launch answers its
+/// kernel's fault), `GPUPOOL_SOFT_PEER_ACCESS` (`0`: no device can
 /// access another's memory, [`peer`]) and `GPUPOOL_SOFT_COPY_ENGINE` (`1`:
 /// asynchronous pinned copies run beside the caller, [`engine`]).
 pub fn init(flags: u32) -> CuResult<()> {
@@ -117,6 +118,7 @@ pub fn init(flags: u32) -> CuResult<()> {
             Ok("0") | Err(_) => false,
             Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
         };
+        driver.launch_blocking = std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1");
         driver.peer_links = match std::env::var("GPUPOOL_SOFT_PEER_ACCESS").as_deref() {
             Ok("1") | Err(_) => true,
             Ok("0") => false,
@@ -522,6 +524,8 @@ pub struct Driver {
     /// Whether the devices are linked, each to each
     /// (`GPUPOOL_SOFT_PEER_ACCESS`, on unless `0`): see [`peer`].
     peer_links: bool,
+    /// `CUDA_LAUNCH_BLOCKING=1`: a launch answers the fault its kernel hit.
+    launch_blocking: bool,
     /// `(context, peer context)` pairs whose peer access is enabled.
     peers: HashSet<(u64, u64)>,
     contexts: HashMap<u64, Context>,
@@ -853,6 +857,7 @@ impl Driver {
             skip_unknown: false,
             next_handle: FIRST_HANDLE,
             peer_links: true,
+            launch_blocking: false,
             peers: HashSet::new(),
             contexts: HashMap::new(),
             retired: HashSet::new(),
@@ -2648,7 +2653,15 @@ impl Driver {
                 params,
                 threads,
                 ..
-            } => self.run_kernel(ctx, func, k, &params, threads),
+            } => {
+                self.run_kernel(ctx, func, k, &params, threads)?;
+                // CUDA_LAUNCH_BLOCKING=1: the launch returns once the kernel
+                // ran, with the fault it hit.
+                match self.contexts.get(&ctx).and_then(|c| c.sticky) {
+                    Some(fault) if self.launch_blocking => Err(fault),
+                    _ => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
