@@ -185,6 +185,9 @@ pub struct Shim {
     pub callbacks: crate::callbacks::Callbacks,
     /// Memory pools the program was given -> their device.
     pub pools: RwLock<HashMap<Handle, i32>>,
+    /// The access (`CUmemAccess_flags`) other devices were given to a
+    /// pool: (pool, device) -> flags; a device not here has none.
+    pub pool_access: RwLock<HashMap<(Handle, i32), u32>>,
     /// Physical memory the program holds handles to (`cuMemCreate`,
     /// `cuMemImportFromShareableHandle`).
     pub physical: RwLock<HashMap<Handle, PhysicalEntry>>,
@@ -372,6 +375,7 @@ impl Shim {
             graphs: RwLock::default(),
             callbacks: Default::default(),
             pools: RwLock::default(),
+            pool_access: RwLock::default(),
             physical: RwLock::default(),
             arrays: RwLock::default(),
             textures: RwLock::default(),

@@ -616,6 +616,7 @@ driver_api! {
     cuMemPoolSetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
     cuMemPoolGetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
     cuMemPoolTrimTo(pool: Ptr, keep: usize);
+    cuMemPoolSetAccess(pool: Ptr, map: *const MemAccessDesc, count: usize);
     cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64);
     cuMemAddressFree(ptr: CUdeviceptr, size: usize);
     cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);

@@ -984,6 +984,15 @@ impl<'d> Worker<'d> {
                 // SAFETY: as for MemPoolSetCurrent.
                 unsafe { d.cuMemPoolTrimTo(as_ptr(pool), keep as usize) }
             })),
+            R::MemPoolSetAccess { pool, device, flags } => to_reply(self.check_pool(pool).and_then(|()| {
+                let desc = MemAccessDesc {
+                    location_type: 1,
+                    location_id: device,
+                    flags,
+                };
+                // SAFETY: the pool is this client's (checked); one descriptor.
+                unsafe { d.cuMemPoolSetAccess(as_ptr(pool), &desc, 1) }
+            })),
             R::MemAddressReserve { size, alignment } => to_reply(self.address_reserve(size, alignment)),
             R::MemAddressFree { ptr, size } => to_reply(self.address_free(ptr, size)),
             R::MemCreate {

@@ -117,6 +117,9 @@ pub enum Request {
     MemImport { token: Vec<u8> },
     /// sync: `cuMemPoolTrimTo`.
     MemPoolTrimTo { pool: Handle, keep: u64 },
+    /// sync: `cuMemPoolSetAccess` of one device other than the pool's own
+    /// (`CUmemAccess_flags`: 0 none, 3 read-write). Version 17.
+    MemPoolSetAccess { pool: Handle, device: i32, flags: u32 },
     /// sync -> `Reply::Pointer`: a range of virtual addresses
     /// (`cuMemAddressReserve`; `alignment` 0: the driver's).
     MemAddressReserve { size: u64, alignment: u64 },

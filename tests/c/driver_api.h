@@ -540,6 +540,7 @@ typedef struct {
     CUmemLocation location;
     int flags; /* CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3 */
 } CUmemAccessDesc;
+typedef CUresult (*PFN_cuMemPoolSetAccess)(CUmemoryPool, const CUmemAccessDesc *, size_t);
 #define CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED 102
 typedef CUresult (*PFN_cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
 typedef CUresult (*PFN_cuMemAddressFree)(CUdeviceptr, size_t);

@@ -2205,6 +2205,26 @@ int main(int argc, char **argv) {
         CHECK(cuMemcpyHtoD(db, b, sizeof b));
         unsigned nn = N;
         void *args[] = {&da, &db, &far, &nn};
+        /* Copies and memsets of one device's memory on a stream of the other
+         * device's context (PyTorch copies between GPUs on the source GPU's
+         * stream), with or without peer access. */
+        {
+            CUstream s1;
+            CHECK(cuCtxSetCurrent(c1));
+            CHECK(cuStreamCreate(&s1, 1));
+            CHECK(cuMemcpyDtoDAsync(far, da, sizeof a, s1));
+            CHECK(cuMemsetD8Async(da, 0, sizeof a, s1));
+            CHECK(cuMemcpyDtoHAsync(c, far, sizeof c, s1));
+            CHECK(cuStreamSynchronize(s1));
+            for (int i = 0; i < N; i++) EXPECT(c[i] == a[i], "copied across devices c[%d] = %f", i, c[i]);
+            CHECK(cuMemcpyHtoDAsync(da, a, sizeof a, s1));
+            CHECK(cuMemsetD8Async(far, 0, sizeof c, s1));
+            CHECK(cuMemcpyDtoHAsync(c, da, sizeof c, s1));
+            CHECK(cuStreamSynchronize(s1));
+            for (int i = 0; i < N; i++) EXPECT(c[i] == a[i], "written across devices c[%d] = %f", i, c[i]);
+            CHECK(cuStreamDestroy(s1));
+            CHECK(cuCtxSetCurrent(ctx));
+        }
         EXPECT(cuCtxDisablePeerAccess(c1) == CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "disabled what was never enabled");
         if (!can) {
             EXPECT(cuCtxEnablePeerAccess(c1, 0) == CUDA_ERROR_PEER_ACCESS_UNSUPPORTED,
@@ -2236,6 +2256,43 @@ int main(int argc, char **argv) {
                 EXPECT(c[i] == a[i] + b[i], "peer memory c[%d] = %f, want %f", i, c[i], a[i] + b[i]);
             CHECK(cuCtxDisablePeerAccess(c1));
             EXPECT(cuCtxDisablePeerAccess(c1) == CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "disabled twice");
+            /* Device 1's pool given to device 0: device 0's kernel writes
+             * memory of the pool with no peer access between contexts. */
+            GET(cuDeviceGetDefaultMemPool, 11020);
+            GET(cuMemPoolSetAccess, 11020);
+            GET(cuMemPoolGetAccess, 11020);
+            GET(cuMemAllocFromPoolAsync, 11020);
+            GET(cuMemFreeAsync, 11020);
+            CUmemoryPool pool1;
+            CHECK(cuDeviceGetDefaultMemPool(&pool1, d1));
+            CUmemLocation at0 = {1, dev};
+            unsigned got = 9;
+            CHECK(cuMemPoolGetAccess(&got, pool1, &at0));
+            EXPECT(got == 0, "device 0 has access %u to device 1's pool before it is given", got);
+            CUdeviceptr pooled;
+            CHECK(cuCtxSetCurrent(c1));
+            CHECK(cuMemAllocFromPoolAsync(&pooled, sizeof c, pool1, NULL));
+            CHECK(cuMemsetD32(pooled, 0, N));
+            CHECK(cuCtxSetCurrent(ctx));
+            CUmemAccessDesc give = {{1, dev}, 3};
+            CHECK(cuMemPoolSetAccess(pool1, &give, 1));
+            CHECK(cuMemPoolGetAccess(&got, pool1, &at0));
+            EXPECT(got == 3, "device 0 has access %u to device 1's pool once given", got);
+            void *pargs[] = {&da, &db, &pooled, &nn};
+            CHECK(cuLaunchKernel(vadd, N / 256, 1, 1, 256, 1, 1, 0, NULL, pargs, NULL));
+            CHECK(cuCtxSynchronize());
+            memset(c, 0, sizeof c);
+            CHECK(cuMemcpyDtoH(c, pooled, sizeof c));
+            for (int i = 0; i < N; i++)
+                EXPECT(c[i] == a[i] + b[i], "pool memory c[%d] = %f, want %f", i, c[i], a[i] + b[i]);
+            give.flags = 0;
+            CHECK(cuMemPoolSetAccess(pool1, &give, 1));
+            CHECK(cuMemPoolGetAccess(&got, pool1, &at0));
+            EXPECT(got == 0, "device 0 kept access %u to device 1's pool", got);
+            CHECK(cuCtxSetCurrent(c1));
+            CHECK(cuMemFreeAsync(pooled, NULL));
+            CHECK(cuCtxSynchronize());
+            CHECK(cuCtxSetCurrent(ctx));
             printf("OK peers rank %d\n", rank);
         }
         CHECK(cuMemFree(da));

@@ -806,6 +806,45 @@ dist.destroy_process_group()
     assert!(stdout.contains("all_reduce (1024,) 1"), "{}", context());
 }
 
+/// Tensors move between two GPUs of one server as on a local machine: PyTorch
+/// asks whether the GPUs reach each other (the server's driver says yes on
+/// this double), enables peer access, and with the `cudaMallocAsync`
+/// allocator gives the other GPU access to its pool, which the shim refused
+/// before ("CUDA error: operation not supported" at the first copy).
+#[test]
+fn pytorch_copies_between_two_gpus_of_a_server() {
+    let Some(python) = python() else { return };
+    let server = Server::start_with(&[
+        ("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1"),
+        ("GPUPOOL_SOFT_DEVICE_COUNT", "2"),
+    ]);
+    let script = r#"
+import torch
+print("peer", torch.cuda.can_device_access_peer(0, 1))
+a = torch.arange(4096, dtype=torch.float32).to("cuda:0")
+b = a.to("cuda:1")
+with torch.cuda.device(1):
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        c = b.to("cuda:0", non_blocking=True)
+    s.synchronize()
+print("moved", b.device, c.device, torch.equal(c.cpu(), torch.arange(4096, dtype=torch.float32)))
+"#;
+    for alloc in ["", "backend:cudaMallocAsync"] {
+        let (ok, stdout, stderr) =
+            run_python_with(&python, &server, &["-c", script], &[("PYTORCH_CUDA_ALLOC_CONF", alloc)]);
+        let context = || {
+            format!(
+                "allocator {alloc:?}\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
+                server.log()
+            )
+        };
+        assert!(ok, "{}", context());
+        assert!(stdout.contains("peer True"), "{}", context());
+        assert!(stdout.contains("moved cuda:1 cuda:0 True"), "{}", context());
+    }
+}
+
 /// A NCCL group of two ranks, two processes on two GPUs of one server,
 /// forms through gpupool and connects each way directly between the GPUs
 /// (NCCL's peer transport over memory the other rank's session exports as

@@ -1835,6 +1835,7 @@ unsafe fn htod(
         }
         Err(e) => return Err(e),
     };
+    let ctx = ordering_ctx(s, stream, ctx)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
     managed::settle_for(s, stream)?;
@@ -1876,6 +1877,7 @@ unsafe fn dtoh(mode: DefaultStream, dst: *mut c_void, src: u64, size: usize, str
         }
         Err(e) => return Err(e),
     };
+    let ctx = ordering_ctx(s, stream, ctx)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     refuse_if_capturing(s, stream)?;
     managed::settle_for(s, stream)?;
@@ -1916,8 +1918,8 @@ fn dtod(mode: DefaultStream, dst: u64, src: u64, size: usize, stream: CUstream, 
         (true, false) => return unsafe { dtoh(mode, dst as *mut c_void, src, size, stream, sync) },
         (false, false) => {}
     }
-    let ctx = to?;
     from?;
+    let ctx = ordering_ctx(s, stream, to?)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::MemcpyDtoD {
         ctx,
@@ -1963,6 +1965,7 @@ fn memset(
         }
         Err(e) => return Err(e),
     };
+    let ctx = ordering_ctx(s, stream, ctx)?;
     let stream = Shim::stream_ref(mode, handle(stream));
     let req = Request::Memset {
         ctx,
@@ -2205,6 +2208,21 @@ pub unsafe fn stream_create_with_priority(stream: *mut CUstream, flags: u32, pri
 }
 
 /// The context a stream belongs to (the current one for default streams).
+/// The context a copy or memset on `stream` runs in: a stream the
+/// program made runs its work in its own context, which need not be that
+/// of the memory (PyTorch copies from one GPU to another on the source
+/// GPU's stream); the built-in streams, in the memory's (`range_ctx`).
+fn ordering_ctx(s: &Shim, stream: CUstream, range_ctx: Handle) -> CuResult<Handle> {
+    let h = handle(stream);
+    if h <= 2 {
+        return Ok(range_ctx);
+    }
+    read(&s.streams)
+        .get(&h)
+        .map(|info| info.ctx)
+        .ok_or(CuError::INVALID_HANDLE)
+}
+
 fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
     let h = handle(stream);
     match read(&s.streams).get(&h) {

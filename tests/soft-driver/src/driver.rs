@@ -634,6 +634,9 @@ struct PoolObj {
     used: u64,
     used_high: u64,
     reserved_high: u64,
+    /// The other devices given access to the pool's memory
+    /// (`cuMemPoolSetAccess`), one bit each.
+    access: u64,
 }
 
 /// Checks `CUctx_flags`: scheduling mode (0, 1, 2 or 4) plus known bits.
@@ -811,6 +814,16 @@ struct LaunchObjects<'a> {
 }
 
 impl texture::Objects for LaunchObjects<'_> {
+    fn pool_access(&self, base: u64) -> bool {
+        let device = self.driver.ctx_device(self.ctx);
+        let pool = self
+            .driver
+            .pool_allocs
+            .get(&base)
+            .and_then(|p| self.driver.pools.get(p));
+        pool.is_some_and(|p| p.access & (1 << device) != 0)
+    }
+
     fn texture(&self, tex: u64) -> CuResult<(Image, Sampler)> {
         let t = self
             .driver
@@ -1526,6 +1539,7 @@ impl Driver {
         self.pools.insert(
             h,
             PoolObj {
+                access: 0,
                 device,
                 created,
                 max_size,

@@ -886,6 +886,49 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: *mut c_void, attr: i32, val
     })
 }
 
+/// `CUmemAccessDesc`: a location (type, id) and `CUmemAccess_flags`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MemAccessDesc {
+    pub location_type: i32,
+    pub location_id: i32,
+    pub flags: u32,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolSetAccess(pool: *mut c_void, map: *const MemAccessDesc, count: usize) -> CUresult {
+    ffi(|| {
+        if map.is_null() && count > 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        for i in 0..count {
+            // SAFETY: the caller passes `count` descriptors (API contract).
+            let d = unsafe { map.add(i).read_unaligned() };
+            if d.location_type != 1 {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            driver::with(|drv| drv.mem_pool_set_access(h(pool), d.location_id, d.flags))?;
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolGetAccess(flags: *mut u32, pool: *mut c_void, location: *const [i32; 2]) -> CUresult {
+    ffi(|| {
+        need(flags)?;
+        need(location)?;
+        // SAFETY: non-null, a CUmemLocation (API contract).
+        let [kind, id] = unsafe { location.read_unaligned() };
+        if kind != 1 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let v = driver::with(|d| d.mem_pool_get_access(h(pool), id))?;
+        // SAFETY: `flags` is non-null and valid for writes (API contract).
+        unsafe { out(flags, v) }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn cuMemPoolTrimTo(pool: *mut c_void, _keep: usize) -> CUresult {
     ffi(|| driver::with(|d| d.mem_pool_trim_to(pool as u64)))

@@ -147,6 +147,8 @@ pub fn lookup(entry: &Entry) -> Option<Known> {
 /// Bounds- and alignment-checked access to simulated device memory.
 pub(crate) struct DeviceAccess<'a> {
     mem: &'a AllocationMap,
+    /// Tells which pools' memory the kernel's device was given.
+    objects: &'a dyn Objects,
     /// The devices whose own memory (allocations and module variables) the
     /// kernel may address, one bit each: its context's, and its peers'.
     reach: u64,
@@ -155,9 +157,10 @@ pub(crate) struct DeviceAccess<'a> {
 }
 
 impl<'a> DeviceAccess<'a> {
-    pub(crate) fn new(mem: &'a AllocationMap, reach: u64) -> Self {
+    pub(crate) fn new(mem: &'a AllocationMap, reach: u64, objects: &'a dyn Objects) -> Self {
         DeviceAccess {
             mem,
+            objects,
             reach,
             cached: (0, 0),
         }
@@ -173,7 +176,7 @@ impl<'a> DeviceAccess<'a> {
         if !(addr >= self.cached.0 && end <= self.cached.1) {
             let (base, alloc) = self.mem.containing(addr, size).ok_or(CUDA_ERROR_ILLEGAL_ADDRESS)?;
             let own = matches!(alloc.kind, AllocKind::Device | AllocKind::ModuleVariable { .. });
-            if own && self.reach & (1 << alloc.device) == 0 {
+            if own && self.reach & (1 << alloc.device) == 0 && !self.objects.pool_access(base) {
                 // Another device's memory, whose access was not given.
                 return Err(CUDA_ERROR_ILLEGAL_ADDRESS);
             }
@@ -248,7 +251,7 @@ pub(crate) fn run(
     objects: &dyn Objects,
 ) -> Result<(), CUresult> {
     let args = Args { buf: params, entry };
-    let mut dev = DeviceAccess::new(mem, reach);
+    let mut dev = DeviceAccess::new(mem, reach, objects);
     let count = |n: i32| u64::try_from(n).unwrap_or(0).min(threads);
     match kernel {
         Known::Null => Ok(()),

@@ -243,6 +243,11 @@ pub trait Objects {
     /// `cudaGraphSetConditional`: conditional handle `handle` takes
     /// `value`; an unknown handle faults (`CUDA_ERROR_ILLEGAL_ADDRESS`).
     fn set_conditional(&self, handle: u64, value: u32) -> CuResult<()>;
+    /// Whether the launching context's device was given access to the pool
+    /// whose allocation starts at `base` (`cuMemPoolSetAccess`).
+    fn pool_access(&self, _base: u64) -> bool {
+        false
+    }
 }
 
 /// Objects of a launch that names none.

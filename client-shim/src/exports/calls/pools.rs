@@ -232,6 +232,7 @@ pub unsafe fn mem_pool_destroy(pool: *mut c_void) -> CuResult {
     pool_device(s, pool)?;
     s.remote.call(&Request::MemPoolDestroy { pool }, &[])?;
     write(&s.pools).remove(&pool);
+    write(&s.pool_access).retain(|(p, _), _| *p != pool);
     Ok(())
 }
 
@@ -293,31 +294,60 @@ pub unsafe fn mem_pool_trim_to(pool: *mut c_void, keep: usize) -> CuResult {
     s.remote.call(&req, &[]).map(drop)
 }
 
-/// The pool's own device always reads and writes it; access from another
-/// device would be peer access, which remote GPUs do not offer.
+/// The pool's own device always reads and writes it. Access from another
+/// device of the session is peer access, given on the server's driver (one
+/// round trip per device; PyTorch's `cudaMallocAsync` backend gives it when
+/// it first copies between two GPUs) and kept here for
+/// `cuMemPoolGetAccess`.
 pub unsafe fn mem_pool_set_access(pool: *mut c_void, map: *const c_void, count: usize) -> CuResult {
     let s = shim()?;
     let map = map.cast::<MemAccessDesc>();
-    let device = pool_device(s, pool as Handle)?;
+    let pool = pool as Handle;
+    let device = pool_device(s, pool)?;
     if map.is_null() && count > 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    for i in 0..count {
-        // SAFETY: the program passes `count` descriptors at `map`.
-        let d = unsafe { &*map.add(i) };
-        if location_device(s, &d.location)? != device || d.flags != ACCESS_READWRITE {
-            return Err(CuError::NOT_SUPPORTED);
+    // SAFETY: the program passes `count` descriptors at `map`.
+    let descs = (0..count).map(|i| unsafe { &*map.add(i) });
+    let mut wanted = Vec::with_capacity(count);
+    for d in descs {
+        let to = location_device(s, &d.location)?;
+        // CU_MEM_ACCESS_FLAGS_PROT_NONE, _READ or _READWRITE.
+        if ![0, 1, ACCESS_READWRITE].contains(&d.flags) {
+            return Err(CuError::INVALID_VALUE);
         }
+        if to == device {
+            if d.flags != ACCESS_READWRITE {
+                return Err(CuError::NOT_SUPPORTED);
+            }
+            continue;
+        }
+        wanted.push((to, d.flags));
+    }
+    for (to, flags) in wanted {
+        let req = Request::MemPoolSetAccess {
+            pool,
+            device: to,
+            flags,
+        };
+        s.remote.call(&req, &[])?;
+        write(&s.pool_access).insert((pool, to), flags);
     }
     Ok(())
 }
 
 pub unsafe fn mem_pool_get_access(flags: *mut u32, pool: *mut c_void, location: *const c_void) -> CuResult {
     let s = shim()?;
-    let device = pool_device(s, pool as Handle)?;
+    let pool = pool as Handle;
+    let device = pool_device(s, pool)?;
     let asked = location_device(s, location.cast())?;
-    // CU_MEM_ACCESS_FLAGS_PROT_NONE for any other device.
-    unsafe { out(flags, if asked == device { ACCESS_READWRITE } else { 0 }) }
+    let given = if asked == device {
+        ACCESS_READWRITE
+    } else {
+        // CU_MEM_ACCESS_FLAGS_PROT_NONE unless given.
+        read(&s.pool_access).get(&(pool, asked)).copied().unwrap_or(0)
+    };
+    unsafe { out(flags, given) }
 }
 
 /// `CUgraphMem_attribute`: used and reserved memory of graphs, now and at

@@ -10,7 +10,8 @@
 //! context was given access to. Anything else faults with
 //! `CUDA_ERROR_ILLEGAL_ADDRESS`, as a GPU's access to a peer it was not
 //! given does. Copies between devices need no peer access (the driver
-//! stages them), as with the driver.
+//! stages them), as with the driver. A pool's memory is also reached from
+//! the devices given access to the pool (`cuMemPoolSetAccess`).
 
 use super::*;
 
@@ -85,6 +86,41 @@ impl Driver {
             .filter(|(c, _)| *c == ctx)
             .filter_map(|(_, p)| self.contexts.get(p))
             .fold(own, |r, p| r | 1 << p.device)
+    }
+
+    /// `cuMemPoolSetAccess` for one device: the pool's own always reads and
+    /// writes it (`CUDA_ERROR_INVALID_VALUE` for anything else); another
+    /// linked device gets access (`flags` 1 or 3) or loses it (0).
+    pub fn mem_pool_set_access(&mut self, pool: u64, dev: i32, flags: u32) -> CuResult<()> {
+        let d = self.device(dev)?;
+        let linked = self.peer_links;
+        let p = self.pools.get_mut(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match flags {
+            3 if d == p.device => Ok(()),
+            _ if d == p.device => Err(CUDA_ERROR_INVALID_VALUE),
+            0 | 1 | 3 if !linked => Err(CUDA_ERROR_INVALID_DEVICE),
+            0 => {
+                p.access &= !(1 << d);
+                Ok(())
+            }
+            1 | 3 => {
+                p.access |= 1 << d;
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+
+    /// `cuMemPoolGetAccess`: read-write for the pool's own device and those
+    /// given access, none for the others.
+    pub fn mem_pool_get_access(&self, pool: u64, dev: i32) -> CuResult<u32> {
+        let d = self.device(dev)?;
+        let p = self.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Ok(if d == p.device || p.access & (1 << d) != 0 {
+            3
+        } else {
+            0
+        })
     }
 
     /// Forget the access given to or by a context that goes.
