@@ -717,6 +717,7 @@ const MAX_DEVICE_ATTRIBUTE: i32 = 160;
 /// `_ONLY_PARTIAL_NATIVE_ATOMIC_SUPPORTED` (5).
 pub const P2P_ATTRIBUTES: std::ops::RangeInclusive<i32> = 1..=5;
 
+#[derive(Debug, Clone)]
 pub struct DeviceFacts {
     pub name: String,
     pub uuid: [u8; 16],

@@ -14,7 +14,7 @@ use crate::driver::DeviceFacts;
 use crate::nvml::ServerNvml;
 use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_proto::affinity;
-use gpupool_proto::handshake::gpu_uuid_string;
+use gpupool_proto::handshake::{gpu_uuid_string, MachineGpu};
 use std::path::Path;
 
 /// `CU_DEVICE_ATTRIBUTE_PCI_BUS_ID`, `_PCI_DEVICE_ID`, `_PCI_DOMAIN_ID`,
@@ -89,6 +89,40 @@ pub fn from_facts(facts: &DeviceFacts, simulated: bool, sysfs: &Path) -> Discove
         },
         pci,
     }
+}
+
+/// The machine's GPUs as NVML numbers them (the driver's order here): each
+/// with its static facts and, from the driver, the GPUs whose memory it can
+/// access (`cuDeviceCanAccessPeer`) and reaches with native atomics.
+pub fn machine_gpus(driver: &crate::driver::Driver, devices: &[DeviceFacts]) -> Vec<MachineGpu> {
+    const P2P_NATIVE_ATOMIC: i32 = 3;
+    devices
+        .iter()
+        .enumerate()
+        .map(|(d, f)| {
+            let attr = |a: i32| f.attributes.iter().find(|(k, _)| *k == a).map_or(0, |(_, v)| *v);
+            let (mut peers, mut atomic_peers) = (Vec::new(), Vec::new());
+            for p in (0..devices.len()).filter(|&p| p != d) {
+                if let Ok((can, attributes)) = driver.peer_link(d as i32, p as i32) {
+                    if can {
+                        peers.push(p as u32);
+                    }
+                    if attributes.contains(&(P2P_NATIVE_ATOMIC, 1)) {
+                        atomic_peers.push(p as u32);
+                    }
+                }
+            }
+            MachineGpu {
+                name: f.name.clone(),
+                uuid: f.uuid,
+                total_mem: f.total_mem,
+                pci: [ATTR_PCI_DOMAIN, ATTR_PCI_BUS, ATTR_PCI_DEVICE].map(|a| attr(a).max(0) as u32),
+                compute_capability: [attr(ATTR_CC_MAJOR), attr(ATTR_CC_MINOR)],
+                peers,
+                atomic_peers,
+            }
+        })
+        .collect()
 }
 
 /// The pool's name for a GPU model: the device name without the vendor

@@ -11,7 +11,7 @@ use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_proto::affinity::{affinity_of, CpuSet};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{FrameHeader, HEADER_LEN};
-use gpupool_proto::handshake::{Hello, Welcome};
+use gpupool_proto::handshake::{gpu_uuid_string, Hello, MachineGpu, Welcome};
 use gpupool_proto::lease::{unix_ms_now, LeaseClaims, LeasePublicKey};
 use gpupool_proto::transport::{self, ServerIdentity};
 use gpupool_proto::visible;
@@ -31,6 +31,9 @@ const RELAYED_ENV: &str = "GPUPOOL_SESSION_RELAYED";
 /// Set (hex) for a worker that terminates QUIC itself on the UDP socket at
 /// fd 3: the ticket its client must present.
 const TICKET_ENV: &str = "GPUPOOL_SESSION_TICKET";
+/// The machine's GPUs the session's NVML describes (JSON of
+/// `MachineGpu`s), from the daemon to its worker.
+const MACHINE_ENV: &str = "GPUPOOL_SESSION_MACHINE";
 /// How long a redirected client has to reach its worker.
 const REDIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,6 +79,8 @@ struct Daemon {
     cfg: ServerConfig,
     /// This server's GPUs, by ordinal (their local CPUs pin workers).
     gpus: Vec<Gpu>,
+    /// The machine's GPUs as NVML numbers them, with their peer links.
+    machine: Vec<MachineGpu>,
     /// Sessions whose workers run (entries leave before the worker is
     /// reaped, so a pid here is never another process's).
     sessions: std::sync::Mutex<std::collections::HashMap<u64, LiveSession>>,
@@ -97,6 +102,7 @@ pub async fn serve(
     cfg: ServerConfig,
     launcher: WorkerLauncher,
     inventory: Option<(Vec<Gpu>, Vec<Nic>)>,
+    machine: Vec<MachineGpu>,
     on_ready: impl FnOnce(&Bound),
 ) -> anyhow::Result<()> {
     let tcp = if cfg.listen_tcp.is_empty() {
@@ -159,6 +165,7 @@ pub async fn serve(
         cfg,
         sessions: Default::default(),
         gpus,
+        machine,
         launcher,
         ipc,
         next_session: AtomicU64::new(1),
@@ -391,6 +398,23 @@ impl Daemon {
                 cmd.env("CUDA_VISIBLE_DEVICES", own);
             }
             (None, _) => {}
+        }
+        // The GPUs NVML describes to the session: the machine's, or its
+        // lease's.
+        let machine = match &lease {
+            Some(l) => {
+                let uuids: Vec<[u8; 16]> = self
+                    .machine
+                    .iter()
+                    .map(|g| g.uuid)
+                    .filter(|u| l.gpus.iter().any(|lg| lg.uuid == gpu_uuid_string(u)))
+                    .collect();
+                MachineGpu::keep_only(&self.machine, &uuids)
+            }
+            None => self.machine.clone(),
+        };
+        if let Ok(text) = serde_json::to_string(&machine) {
+            cmd.env(MACHINE_ENV, text);
         }
         // The driver's own variables the program set (CUDA_LAUNCH_BLOCKING,
         // CUDA_DEVICE_MAX_CONNECTIONS, ...) are the worker's driver's.
@@ -777,7 +801,13 @@ fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
             return Ok(());
         }
     };
-    let info = Worker::session_info(&driver, session_id, &cfg.server_id, cfg.simulated);
+    let mut info = Worker::session_info(&driver, session_id, &cfg.server_id, cfg.simulated);
+    if let Some(machine) = std::env::var(MACHINE_ENV)
+        .ok()
+        .and_then(|m| serde_json::from_str::<Vec<MachineGpu>>(&m).ok())
+    {
+        info.machine = machine;
+    }
     let images = ImageCache::open(&cfg.state_dir.join("images"), cfg.image_cache_mib << 20);
     let ipc = match Registry::open(&cfg.state_dir.join(IPC_DIR)) {
         Ok(r) => Some(r),

@@ -109,6 +109,53 @@ pub struct SessionInfo {
     /// True when the server runs on the software driver (no real GPU).
     pub simulated: bool,
     pub devices: Vec<DeviceInfo>,
+    /// Every GPU of the server's machine that the session may know of, as
+    /// NVML numbers them there (the daemon's order): the session's devices
+    /// and those `CUDA_VISIBLE_DEVICES` keeps from it, which NVML still
+    /// describes (NCCL finds its peers' GPUs so). A leased session's machine
+    /// is its lease's GPUs. Version 17.
+    pub machine: Vec<MachineGpu>,
+}
+
+/// A GPU of the server's machine, as NVML describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineGpu {
+    pub name: String,
+    pub uuid: [u8; 16],
+    pub total_mem: u64,
+    /// PCI domain, bus and device.
+    pub pci: [u32; 3],
+    /// Compute capability (major, minor).
+    pub compute_capability: [i32; 2],
+    /// The indices (in the machine's list) of the GPUs whose memory this
+    /// one can access, and of those it reaches with native atomics.
+    pub peers: Vec<u32>,
+    pub atomic_peers: Vec<u32>,
+}
+
+impl MachineGpu {
+    /// Those of `machine` that `keep` (UUIDs) names, in the machine's
+    /// order, with their peers renumbered within the list kept.
+    pub fn keep_only(machine: &[MachineGpu], keep: &[[u8; 16]]) -> Vec<MachineGpu> {
+        let kept: Vec<usize> = (0..machine.len())
+            .filter(|&i| keep.contains(&machine[i].uuid))
+            .collect();
+        let renumber = |old: &[u32]| -> Vec<u32> {
+            old.iter()
+                .filter_map(|&o| kept.iter().position(|&k| k == o as usize).map(|n| n as u32))
+                .collect()
+        };
+        kept.iter()
+            .map(|&i| {
+                let g = &machine[i];
+                MachineGpu {
+                    peers: renumber(&g.peers),
+                    atomic_peers: renumber(&g.atomic_peers),
+                    ..g.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 /// A device as the client sees it. Everything the driver would answer about
@@ -192,6 +239,24 @@ pub fn host_name() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_machine_kept_to_some_gpus_renumbers_their_peers() {
+        let gpu = |n: u8, peers: &[u32]| MachineGpu {
+            name: format!("GPU {n}"),
+            uuid: [n; 16],
+            total_mem: 1,
+            pci: [0, n as u32, 0],
+            compute_capability: [9, 0],
+            peers: peers.to_vec(),
+            atomic_peers: vec![],
+        };
+        let machine = vec![gpu(0, &[1, 2]), gpu(1, &[0, 2]), gpu(2, &[0, 1])];
+        let kept = MachineGpu::keep_only(&machine, &[[2; 16], [0; 16]]);
+        assert_eq!(kept.iter().map(|g| g.uuid[0]).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(kept[0].peers, [1]);
+        assert_eq!(kept[1].peers, [0]);
+    }
 
     #[test]
     fn only_the_drivers_own_variables_pass_once_each() {

@@ -140,6 +140,7 @@ int main(int argc, char **argv) {
         LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByIndex_v2, (unsigned, nvmlDevice_t *));
         LOAD(nvml, nvmlReturn_t, nvmlDeviceGetName, (nvmlDevice_t, char *, unsigned));
         LOAD(nvml, nvmlReturn_t, nvmlDeviceGetIndex, (nvmlDevice_t, unsigned *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetMemoryInfo, (nvmlDevice_t, nvmlMemory_t *));
         NV(NVML_SUCCESS, nvmlInit_v2());
         unsigned count = 0;
         NV(NVML_SUCCESS, nvmlDeviceGetCount_v2(&count));
@@ -157,7 +158,12 @@ int main(int argc, char **argv) {
             NV(NVML_SUCCESS, nvmlDeviceGetName(h, name, sizeof name));
             NV(NVML_SUCCESS, nvmlDeviceGetIndex(h, &back));
             EXPECT(back == i, "index %u reads back as %u", i, back);
-            printf("nvml %u: %s\n", i, name);
+            /* A GPU the program does not see is described, but what it does
+             * now is not told. */
+            nvmlMemory_t mem;
+            nvmlReturn_t m = nvmlDeviceGetMemoryInfo(h, &mem);
+            EXPECT(m == NVML_SUCCESS || m == NVML_ERROR_NO_PERMISSION, "memory of %u: %d", i, m);
+            printf("nvml %u: %s%s\n", i, name, m == NVML_SUCCESS ? "" : " (not the program's)");
         }
         NV(NVML_SUCCESS, nvmlShutdown());
         return 0;

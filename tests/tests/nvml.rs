@@ -44,7 +44,9 @@ fn nvml_answers_what_the_driver_answers() {
 /// CUDA; PyTorch maps CUDA device `i` to NVML index `CUDA_VISIBLE_DEVICES[i]`
 /// (and counts its devices so). With `2,0` on a 3-GPU server, CUDA's device
 /// 0 (the server's GPU 2) is NVML's index 2, and NVML's index 1, a GPU this
-/// program does not see, answers `NVML_ERROR_NO_PERMISSION`.
+/// program does not see, is described (NCCL finds its peers' GPUs through
+/// NVML, and failed its start-up while that index answered
+/// `NVML_ERROR_NO_PERMISSION`), but what it does now is not told.
 #[test]
 fn nvml_numbers_the_devices_cuda_visible_devices_names_by_index() {
     let server = Server::start_with(&[("GPUPOOL_SOFT_DEVICE_COUNT", "3")]);
@@ -55,7 +57,7 @@ fn nvml_numbers_the_devices_cuda_visible_devices_names_by_index() {
     for line in [
         "nvml count 3\n",
         "nvml 0: gpupool simulated GPU 0 (soft driver)\n",
-        "nvml 1: hidden\n",
+        "nvml 1: gpupool simulated GPU 1 (soft driver) (not the program's)\n",
         "nvml 2: gpupool simulated GPU 2 (soft driver)\n",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");

@@ -848,13 +848,15 @@ print("moved", b.device, c.device, torch.equal(c.cpu(), torch.arange(4096, dtype
 /// A NCCL group of two ranks, two processes on two GPUs of one server,
 /// forms through gpupool and connects each way directly between the GPUs
 /// (NCCL's peer transport over memory the other rank's session exports as
-/// a file descriptor). Before, the server's peer access was not offered and
-/// NVML answered no link, so NCCL fell back to host memory the GPUs map,
-/// which a GPU across the network cannot reach, and the first collective
-/// failed; then NCCL's kernel launch, whose packed argument block is
-/// shorter than the 4 KiB its kernel declares, was refused. The software
-/// driver does not run NCCL's kernels, so the collective's values are not
-/// checked.
+/// a file descriptor), whether each rank sees both GPUs or, with its own
+/// `CUDA_VISIBLE_DEVICES`, only its own (as SLURM binds them). Before, the
+/// server's peer access was not offered and NVML answered no link, so NCCL
+/// fell back to host memory the GPUs map, which a GPU across the network
+/// cannot reach, and the first collective failed; NCCL's kernel launch,
+/// whose packed argument block is shorter than the 4 KiB its kernel
+/// declares, was refused; and a rank seeing one GPU failed its start-up
+/// when NVML refused the other GPU's index. The software driver does not
+/// run NCCL's kernels, so the collective's values are not checked.
 #[test]
 fn pytorch_nccl_group_of_two_ranks_connects_through_gpupool() {
     let Some(python) = python() else { return };
@@ -865,47 +867,53 @@ fn pytorch_nccl_group_of_two_ranks_connects_through_gpupool() {
     let port = fixed_port();
     let script = format!(
         r#"
-import os, torch
+import os, sys, torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-def run(rank):
+def run(rank, own):
+    if own:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(rank)
+    device = 0 if own else rank
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}")
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", rank=rank, world_size=2, device_id=torch.device("cuda", rank))
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", rank=rank, world_size=2, device_id=torch.device("cuda", device))
     t = torch.ones(4096, device="cuda")
     dist.all_reduce(t)
     dist.broadcast(t, 0)
     torch.cuda.synchronize()
-    print("rank", rank, "all_reduce", tuple(t.shape), flush=True)
+    print("rank", rank, "sees", torch.cuda.device_count(), "all_reduce", tuple(t.shape), flush=True)
     dist.destroy_process_group()
 if __name__ == "__main__":
-    print("peer", torch.cuda.can_device_access_peer(0, 1), torch.cuda.can_device_access_peer(1, 0))
-    mp.spawn(run, nprocs=2)
+    own = sys.argv[1] == "own"
+    if not own:
+        print("peer", torch.cuda.can_device_access_peer(0, 1), torch.cuda.can_device_access_peer(1, 0))
+    mp.spawn(run, args=(own,), nprocs=2)
 "#
     );
     // The ranks are spawned processes, which find `run` in the script's file.
     let file = scratch_dir().join("nccl_two_ranks.py");
     std::fs::write(&file, script).unwrap();
     let env = [("NCCL_DEBUG", "INFO"), ("NCCL_DEBUG_SUBSYS", "INIT,P2P")];
-    let (ok, stdout, stderr) = run_python_with(&python, &server, &[file.to_str().unwrap()], &env);
-    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
-    assert!(ok, "{}", context());
-    assert!(stdout.contains("peer True True"), "{}", context());
-    for rank in 0..2 {
-        assert!(
-            stdout.contains(&format!("rank {rank} all_reduce (4096,)")),
-            "{}",
-            context()
-        );
+    for (mode, sees) in [("shared", 2), ("own", 1)] {
+        let (ok, stdout, stderr) = run_python_with(&python, &server, &[file.to_str().unwrap(), mode], &env);
+        let context = || format!("{mode}\nstdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+        assert!(ok, "{}", context());
+        if mode == "shared" {
+            assert!(stdout.contains("peer True True"), "{}", context());
+        }
+        for rank in 0..2 {
+            let line = format!("rank {rank} sees {sees} all_reduce (4096,)");
+            assert!(stdout.contains(&line), "{}", context());
+        }
+        // Each rank's channels to the other go directly between the GPUs.
+        let direct = |from: u32, to: u32| {
+            stdout
+                .lines()
+                .chain(stderr.lines())
+                .any(|l| l.contains(&format!(" : {from}[{from}] -> {to}[{to}] via P2P")))
+        };
+        assert!(direct(0, 1) && direct(1, 0), "{}", context());
     }
-    // Each rank's channels to the other go directly between the GPUs.
-    let direct = |from: u32, to: u32| {
-        stdout
-            .lines()
-            .chain(stderr.lines())
-            .any(|l| l.contains(&format!(" : {from}[{from}] -> {to}[{to}] via P2P")))
-    };
-    assert!(direct(0, 1) && direct(1, 0), "{}", context());
 }
 
 /// Processes forked after CUDA started (a child that exits normally, and

@@ -61,6 +61,26 @@ type AttributeFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
 type StatusFn = unsafe extern "C" fn(i32, *mut DeviceStatus) -> CuResult;
 type KernelDriverFn = unsafe extern "C" fn(*mut std::ffi::c_char, u32) -> CuResult;
 type CanAccessPeerFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
+type MachineFn = unsafe extern "C" fn(*mut MachineGpu, u32, *mut u32) -> CuResult;
+
+/// `GpupoolMachineGpu`, as the client shim defines it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MachineGpu {
+    pub uuid: [u8; 16],
+    pub name: [c_char; 96],
+    pub total_mem: u64,
+    pub pci_domain: u32,
+    pub pci_bus: u32,
+    pub pci_device: u32,
+    pub cc_major: i32,
+    pub cc_minor: i32,
+    pub peers: u64,
+    pub atomic_peers: u64,
+}
+
+/// The most GPUs of a machine read.
+const MAX_MACHINE_GPUS: usize = 64;
 type P2PAttributeFn = unsafe extern "C" fn(*mut i32, i32, i32, i32) -> CuResult;
 
 /// `CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED`.
@@ -91,6 +111,8 @@ pub struct Cuda {
     device_status: StatusFn,
     /// `gpupoolKernelDriverVersion`, in shims that have it.
     kernel_driver: Option<KernelDriverFn>,
+    /// `gpupoolMachineGpus`, in shims that have it.
+    machine: Option<MachineFn>,
     // Keeps the function pointers above valid.
     _library: libloading::Library,
 }
@@ -129,8 +151,14 @@ impl Cuda {
         let kernel_driver = unsafe { library.get::<KernelDriverFn>(b"gpupoolKernelDriverVersion\0") }
             .ok()
             .map(|f| *f);
+        // SAFETY: gpupoolMachineGpus has the MachineFn signature in every
+        // gpupool shim that exports it.
+        let machine = unsafe { library.get::<MachineFn>(b"gpupoolMachineGpus\0") }
+            .ok()
+            .map(|f| *f);
         Ok(Cuda {
             kernel_driver,
+            machine,
             init: entry!("cuInit", InitFn),
             driver_get_version: entry!("cuDriverGetVersion", IntOutFn),
             device_get_count: entry!("cuDeviceGetCount", IntOutFn),
@@ -161,6 +189,51 @@ impl Cuda {
         // SAFETY: on success the shim wrote a NUL-terminated string there.
         let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
         text.to_str().ok().map(str::to_string)
+    }
+
+    /// The GPUs of the server's machine NVML describes, in NVML's order
+    /// (their peers as indices in that order), when the shim tells them.
+    pub fn machine(&self) -> Option<Vec<Device>> {
+        let f = self.machine?;
+        let zero = MachineGpu {
+            uuid: [0; 16],
+            name: [0; 96],
+            total_mem: 0,
+            pci_domain: 0,
+            pci_bus: 0,
+            pci_device: 0,
+            cc_major: 0,
+            cc_minor: 0,
+            peers: 0,
+            atomic_peers: 0,
+        };
+        let mut buf = vec![zero; MAX_MACHINE_GPUS];
+        let mut count = 0u32;
+        // SAFETY: buf holds the MAX_MACHINE_GPUS entries the call is told of.
+        check(unsafe { f(buf.as_mut_ptr(), buf.len() as u32, &mut count) }).ok()?;
+        let bits = |mask: u64| (0..64u32).filter(|i| mask & 1 << i != 0).collect::<Vec<_>>();
+        let gpus = buf
+            .iter()
+            .take((count as usize).min(MAX_MACHINE_GPUS))
+            .enumerate()
+            .map(|(i, g)| {
+                let mut name = g.name;
+                name[name.len() - 1] = 0;
+                // SAFETY: `name` holds a NUL within its bounds.
+                let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+                let pci = PciAddress {
+                    domain: g.pci_domain,
+                    bus: g.pci_bus,
+                    device: g.pci_device,
+                };
+                let mut d = Device::new(i as u32, name, g.uuid, g.total_mem, pci);
+                d.compute_capability = (g.cc_major, g.cc_minor);
+                d.peers = bits(g.peers);
+                d.peer_atomics = bits(g.atomic_peers);
+                d
+            })
+            .collect();
+        Some(gpus)
     }
 
     pub fn driver_version(&self) -> Result<i32, CuResult> {

@@ -15,8 +15,11 @@ pub struct Device {
     /// picks devices by index, when it is the index the program named
     /// (NVML numbers all of a machine's GPUs whatever CUDA shows).
     pub index: u32,
-    /// The CUDA ordinal in this process.
-    pub ordinal: u32,
+    /// The CUDA ordinal in this process; `None` for a GPU of the machine
+    /// that the session does not have (`CUDA_VISIBLE_DEVICES` keeps it
+    /// from the program): NVML describes it, but tells nothing of what it
+    /// does now.
+    pub ordinal: Option<u32>,
     pub name: String,
     pub uuid: [u8; 16],
     /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -31,7 +34,7 @@ pub struct Device {
     pub memory_clock_khz: Option<i32>,
     /// `CUcomputemode`, numbered as `nvmlComputeMode_t` is.
     pub compute_mode: Option<i32>,
-    /// The CUDA ordinals of the devices whose memory this one can address
+    /// The NVML indices of the devices whose memory this one can address
     /// (`cuDeviceCanAccessPeer`), and of those it reaches with native
     /// atomics.
     pub peers: Vec<u32>,
@@ -43,7 +46,7 @@ impl Device {
     pub fn new(index: u32, name: String, uuid: [u8; 16], total_mem: u64, pci: PciAddress) -> Device {
         Device {
             index,
-            ordinal: index,
+            ordinal: Some(index),
             name,
             uuid,
             uuid_text: gpu_uuid_string(&uuid),
@@ -86,6 +89,7 @@ impl DeviceTable {
     /// program's `CUDA_VISIBLE_DEVICES`) gives them, when it names them by
     /// index: `CUDA_VISIBLE_DEVICES=1` shows CUDA device 0, which NVML
     /// numbers 1, as PyTorch expects when it maps one to the other.
+    /// The devices' `peers` are CUDA ordinals here, and become NVML indices.
     pub fn placed(mut devices: Vec<Device>, visible: Option<&str>) -> DeviceTable {
         if let Some(places) = visible.and_then(gpupool_proto::visible::indices) {
             if places.len() >= devices.len() {
@@ -94,7 +98,45 @@ impl DeviceTable {
                 }
             }
         }
+        let index_of: Vec<u32> = devices.iter().map(|d| d.index).collect();
+        let to_index = |ordinals: &mut Vec<u32>| {
+            *ordinals = ordinals
+                .iter()
+                .filter_map(|&o| index_of.get(o as usize).copied())
+                .collect();
+        };
+        for d in &mut devices {
+            to_index(&mut d.peers);
+            to_index(&mut d.peer_atomics);
+        }
         DeviceTable::new(devices)
+    }
+
+    /// The machine's GPUs (`machine`, in NVML's order, each index in the
+    /// list its NVML index), each of the session's `devices` in its place
+    /// by UUID; a session device the list lacks goes after them.
+    pub fn from_machine(machine: Vec<Device>, mut devices: Vec<Device>) -> DeviceTable {
+        let mut table = Vec::with_capacity(machine.len().max(devices.len()));
+        for (i, m) in machine.into_iter().enumerate() {
+            let d = match devices.iter().position(|d| d.uuid == m.uuid) {
+                Some(p) => {
+                    let mut d = devices.remove(p);
+                    d.peers = m.peers;
+                    d.peer_atomics = m.peer_atomics;
+                    d
+                }
+                None => Device { ordinal: None, ..m },
+            };
+            table.push(Device { index: i as u32, ..d });
+        }
+        let next = table.len() as u32;
+        for (k, mut d) in devices.into_iter().enumerate() {
+            d.index = next + k as u32;
+            d.peers.clear();
+            d.peer_atomics.clear();
+            table.push(d);
+        }
+        DeviceTable::new(table)
     }
 
     /// NVML's device count: one past the highest index.
@@ -190,12 +232,40 @@ mod tests {
     }
 
     #[test]
+    fn the_machines_gpus_take_their_places_and_the_sessions_fill_theirs() {
+        let machine = |i: u32, peers: &[u32]| {
+            let mut uuid = [0u8; 16];
+            uuid[15] = i as u8 + 1;
+            let mut d = Device::new(i, format!("machine GPU {i}"), uuid, 1 << 30, PciAddress::default());
+            d.peers = peers.to_vec();
+            d
+        };
+        // The session has the machine's GPU 1, as its CUDA device 0.
+        let mut mine = table().devices.into_vec()[1].clone();
+        mine.ordinal = Some(0);
+        mine.uuid[15] = 2;
+        let t = DeviceTable::from_machine(vec![machine(0, &[1]), machine(1, &[0])], vec![mine]);
+        assert_eq!(t.len(), 2);
+        let Slot::Device(other) = t.slot(0) else {
+            panic!("index 0")
+        };
+        assert_eq!((other.ordinal, other.name.as_str()), (None, "machine GPU 0"));
+        let Slot::Device(ours) = t.slot(1) else {
+            panic!("index 1")
+        };
+        assert_eq!(
+            (ours.ordinal, ours.name.as_str(), ours.peers.as_slice()),
+            (Some(0), "GPU 1", &[0][..])
+        );
+    }
+
+    #[test]
     fn devices_sit_at_the_indices_cuda_visible_devices_names() {
         let devs = || table().devices.into_vec();
         let t = DeviceTable::placed(devs(), Some("3,1"));
         assert_eq!(t.len(), 4);
         assert_eq!(t.slot(3), Slot::Device(&t.devices[0]));
-        assert_eq!(t.devices[0].ordinal, 0);
+        assert_eq!(t.devices[0].ordinal, Some(0));
         assert_eq!(t.slot(1), Slot::Device(&t.devices[1]));
         assert_eq!(t.slot(0), Slot::Hidden);
         assert_eq!(t.slot(2), Slot::Hidden);

@@ -167,7 +167,7 @@ fn device(handle: nvmlDevice_t) -> NvmlResult<(&'static Backend, &'static Device
 
 /// A device's status, refusing the fields the server could not read.
 fn sensors(b: &Backend, d: &Device) -> NvmlResult<DeviceStatus> {
-    let s = b.status(d.ordinal)?;
+    let s = b.status(d)?;
     if s.flags & STATUS_NO_SERVER_NVML != 0 {
         return Err(NvmlError::NOT_SUPPORTED);
     }
@@ -409,8 +409,8 @@ pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
         }
         let linked = match index {
             _ if a.index == b.index => true,
-            P2P_CAPS_READ | P2P_CAPS_WRITE | P2P_CAPS_PCI => a.peers.contains(&b.ordinal),
-            P2P_CAPS_ATOMICS => a.peer_atomics.contains(&b.ordinal),
+            P2P_CAPS_READ | P2P_CAPS_WRITE | P2P_CAPS_PCI => a.peers.contains(&b.index),
+            P2P_CAPS_ATOMICS => a.peer_atomics.contains(&b.index),
             _ => false,
         };
         let answer = if linked {
@@ -592,7 +592,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *
         if memory.is_null() {
             return Err(NvmlError::INVALID_ARGUMENT);
         }
-        let s = b.status(d.ordinal)?;
+        let s = b.status(d)?;
         let m = nvmlMemory_t {
             total: s.total_bytes,
             free: s.free_bytes,
@@ -619,7 +619,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if version != NVML_MEMORY_V2 {
             return Err(NvmlError::ARGUMENT_VERSION_MISMATCH);
         }
-        let s = b.status(d.ordinal)?;
+        let s = b.status(d)?;
         let m = nvmlMemory_v2_t {
             version,
             total: s.total_bytes,

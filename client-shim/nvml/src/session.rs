@@ -5,7 +5,7 @@
 //! stay valid across a shutdown and a new initialisation, as NVML's do.
 
 use crate::cuda::{Cuda, DeviceStatus, LoadError};
-use crate::devices::DeviceTable;
+use crate::devices::{Device, DeviceTable};
 use crate::error::{from_cuda, NvmlError, NvmlResult};
 use std::sync::{Mutex, OnceLock};
 
@@ -49,17 +49,25 @@ impl Backend {
             .map(|i| cuda.device(i, count).map_err(|s| fail("to describe a device", s)))
             .collect::<NvmlResult<Vec<_>>>()?;
         let kernel_driver = cuda.kernel_driver_version();
+        // The machine's GPUs, where the shim tells them, each at its NVML
+        // index; else the session's alone, placed by CUDA_VISIBLE_DEVICES.
+        let devices = match cuda.machine() {
+            Some(machine) if !machine.is_empty() => DeviceTable::from_machine(machine, devices),
+            _ => DeviceTable::placed(devices, visible.as_deref()),
+        };
         Ok(Backend {
             cuda,
-            devices: DeviceTable::placed(devices, visible.as_deref()),
+            devices,
             cuda_version,
             kernel_driver,
         })
     }
 
-    /// What device `index` holds and does now.
-    pub fn status(&self, index: u32) -> NvmlResult<DeviceStatus> {
-        self.cuda.status(index).map_err(from_cuda)
+    /// What `device` holds and does now: `NVML_ERROR_NO_PERMISSION` for a
+    /// GPU of the machine the session does not have.
+    pub fn status(&self, device: &Device) -> NvmlResult<DeviceStatus> {
+        let ordinal = device.ordinal.ok_or(NvmlError::NO_PERMISSION)?;
+        self.cuda.status(ordinal).map_err(from_cuda)
     }
 }
 

@@ -9,6 +9,9 @@
 //! - `gpupoolKernelDriverVersion(buf, len)`: the version of the server's
 //!   NVIDIA kernel driver (`580.159.04`), as its handshake told;
 //!   `CUDA_ERROR_NOT_FOUND` when it has none (the software driver).
+//! - `gpupoolMachineGpus(out, capacity, *count)`: the GPUs of the server's
+//!   machine that NVML describes, in NVML's order, with their links: the
+//!   session's devices and those `CUDA_VISIBLE_DEVICES` keeps from it.
 
 use super::{guard, CUresult};
 use crate::error::{CuError, CuResult};
@@ -78,6 +81,66 @@ pub unsafe extern "C" fn gpupoolKernelDriverVersion(buf: *mut std::ffi::c_char, 
             std::ptr::copy_nonoverlapping(version.as_ptr(), buf.cast::<u8>(), version.len());
             *buf.add(version.len()) = 0;
         }
+        Ok(())
+    })
+}
+
+/// `GpupoolMachineGpu`, as the NVML shim declares it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct GpupoolMachineGpu {
+    pub uuid: [u8; 16],
+    /// NUL-terminated.
+    pub name: [std::ffi::c_char; 96],
+    pub total_mem: u64,
+    pub pci_domain: u32,
+    pub pci_bus: u32,
+    pub pci_device: u32,
+    pub cc_major: i32,
+    pub cc_minor: i32,
+    /// Bit `i`: this GPU can access the memory of the machine's GPU `i`.
+    pub peers: u64,
+    /// Bit `i`: atomics reach the machine's GPU `i` natively.
+    pub atomic_peers: u64,
+}
+
+/// Write up to `capacity` of the machine's GPUs at `out` and their number
+/// at `count` (`out` may be NULL with `capacity` 0, to ask the number).
+///
+/// # Safety
+/// `out` points to `capacity` writable entries when `capacity` > 0;
+/// `count` is NULL or points to a writable `u32`.
+#[no_mangle]
+pub unsafe extern "C" fn gpupoolMachineGpus(out: *mut GpupoolMachineGpu, capacity: u32, count: *mut u32) -> CUresult {
+    guard("gpupoolMachineGpus", || {
+        let s = super::calls::shim()?;
+        let machine = &s.remote.session.machine;
+        if count.is_null() || (out.is_null() && capacity > 0) {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let bits = |list: &[u32]| list.iter().filter(|&&i| i < 64).fold(0u64, |m, &i| m | 1 << i);
+        for (i, g) in machine.iter().take(capacity as usize).enumerate() {
+            let mut name = [0 as std::ffi::c_char; 96];
+            for (d, &b) in name.iter_mut().zip(g.name.as_bytes().iter().take(95)) {
+                *d = b as std::ffi::c_char;
+            }
+            let entry = GpupoolMachineGpu {
+                uuid: g.uuid,
+                name,
+                total_mem: g.total_mem,
+                pci_domain: g.pci[0],
+                pci_bus: g.pci[1],
+                pci_device: g.pci[2],
+                cc_major: g.compute_capability[0],
+                cc_minor: g.compute_capability[1],
+                peers: bits(&g.peers),
+                atomic_peers: bits(&g.atomic_peers),
+            };
+            // SAFETY: the caller gave `capacity` > i writable entries.
+            unsafe { out.add(i).write(entry) };
+        }
+        // SAFETY: checked not to be NULL; the caller's writable u32.
+        unsafe { count.write(machine.len() as u32) };
         Ok(())
     })
 }

@@ -11,6 +11,7 @@ use gpupool_gpu_server::config::ServerConfig;
 use gpupool_gpu_server::inventory;
 use gpupool_gpu_server::nvml::ServerNvml;
 use gpupool_gpu_server::session::{self, WorkerLauncher};
+use gpupool_proto::handshake::MachineGpu;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find this program's path to start workers")?;
     let launcher = WorkerLauncher { exe, config_file };
-    let inventory = check_driver(&cfg)?;
+    let (inventory, machine) = check_driver(&cfg)?;
     // One runtime thread: the daemon only accepts, checks hellos and relays
     // QUIC sessions, and a QUIC packet, its connection and its relay task
     // handled on one thread cross no thread boundary (QUIC sync call p50
@@ -69,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(session::serve(cfg, launcher, inventory, |bound| {
+    runtime.block_on(session::serve(cfg, launcher, inventory, machine, |bound| {
         let mut line = String::from("gpupool-server ready:");
         if let Some(a) = bound.tcp {
             line += &format!(" tcp://{a}");
@@ -85,7 +86,10 @@ fn main() -> anyhow::Result<()> {
 /// Load the driver once at start so a broken installation fails now, with
 /// its reason, rather than at the first client; and say what is served.
 /// Describe the GPUs and NICs (for the broker, and for pinning workers).
-fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>)>> {
+/// The GPUs and NICs the broker is told of, when they could be described.
+type Inventory = Option<(Vec<Gpu>, Vec<Nic>)>;
+
+fn check_driver(cfg: &ServerConfig) -> anyhow::Result<(Inventory, Vec<MachineGpu>)> {
     let driver = gpupool_gpu_server::driver::Driver::load(&cfg.driver)?;
     let count = driver
         .device_count()
@@ -109,6 +113,10 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>
     } else {
         ServerNvml::load()
     };
+    let machine = {
+        let known: Vec<_> = facts.iter().filter_map(|f| f.as_ref().ok().cloned()).collect();
+        inventory::machine_gpus(&driver, &known)
+    };
     let described = facts
         .into_iter()
         .enumerate()
@@ -119,12 +127,12 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<Option<(Vec<Gpu>, Vec<Nic>
         Ok(found) => found,
         Err(e) if cfg.broker.is_empty() => {
             tracing::warn!("cannot describe this server's GPUs ({e}); workers are not pinned");
-            return Ok(None);
+            return Ok((None, machine));
         }
         Err(e) => return Err(e),
     };
     for g in &gpus {
         tracing::info!(uuid = %g.uuid, model = %g.model, numa_node = g.numa_node, pci = %g.pci_address, local_cpus = ?g.local_cpus, nvlink_peers = ?g.nvlink_peers, "GPU topology");
     }
-    Ok(Some((gpus, nics)))
+    Ok((Some((gpus, nics)), machine))
 }
