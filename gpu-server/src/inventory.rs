@@ -120,9 +120,27 @@ pub fn machine_gpus(driver: &crate::driver::Driver, devices: &[DeviceFacts]) -> 
                 compute_capability: [attr(ATTR_CC_MAJOR), attr(ATTR_CC_MINOR)],
                 peers,
                 atomic_peers,
+                nvlinks: Vec::new(),
             }
         })
         .collect()
+}
+
+/// Each GPU's active NVLinks, by the PCI address at their far end: as the
+/// server's NVML reads them, else one link to each NVLink peer the
+/// configuration names (`gpus`, as described; the software driver's
+/// topology).
+pub fn fill_nvlinks(machine: &mut [MachineGpu], nvml: &ServerNvml, gpus: &[Gpu]) {
+    let pcis: Vec<[u32; 3]> = machine.iter().map(|g| g.pci).collect();
+    for (i, g) in machine.iter_mut().enumerate() {
+        let remotes = nvml.nvlink_remotes(&g.uuid);
+        g.nvlinks = if remotes.is_empty() {
+            let peers = gpus.get(i).map(|d| d.nvlink_peers.as_slice()).unwrap_or_default();
+            peers.iter().filter_map(|&p| pcis.get(p as usize).copied()).collect()
+        } else {
+            remotes.into_iter().map(|(d, b, v)| [d, b, v]).collect()
+        };
+    }
 }
 
 /// The pool's name for a GPU model: the device name without the vendor

@@ -367,6 +367,7 @@ impl<'d> Worker<'d> {
                     .filter(|l| l.attributes.contains(&(P2P_NATIVE_ATOMIC, 1)))
                     .map(|l| l.peer as u32)
                     .collect(),
+                nvlinks: Vec::new(),
             })
             .collect()
     }

@@ -131,6 +131,9 @@ pub struct MachineGpu {
     /// one can access, and of those it reaches with native atomics.
     pub peers: Vec<u32>,
     pub atomic_peers: Vec<u32>,
+    /// The PCI address (domain, bus, device) at the far end of each of its
+    /// active NVLinks: another GPU, or an NVSwitch.
+    pub nvlinks: Vec<[u32; 3]>,
 }
 
 impl MachineGpu {
@@ -250,6 +253,7 @@ mod tests {
             compute_capability: [9, 0],
             peers: peers.to_vec(),
             atomic_peers: vec![],
+            nvlinks: vec![],
         };
         let machine = vec![gpu(0, &[1, 2]), gpu(1, &[0, 2]), gpu(2, &[0, 1])];
         let kept = MachineGpu::keep_only(&machine, &[[2; 16], [0; 16]]);

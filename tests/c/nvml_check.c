@@ -169,6 +169,64 @@ int main(int argc, char **argv) {
         return 0;
     }
 
+    if (argc == 2 && strcmp(argv[1], "nvlinks") == 0) {
+        typedef struct {
+            unsigned fieldId, scopeId;
+            long long timestamp, latencyUsec;
+            int valueType;
+            nvmlReturn_t nvmlReturn;
+            unsigned long long value;
+        } field_t;
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetFieldValues, (nvmlDevice_t, int, field_t *));
+        /* Each GPU's active NVLinks as NCCL reads them: state, P2P
+         * capability, what is at the far end and its bus id. */
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCount_v2, (unsigned *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByIndex_v2, (unsigned, nvmlDevice_t *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkState, (nvmlDevice_t, unsigned, unsigned *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkCapability, (nvmlDevice_t, unsigned, unsigned, unsigned *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkRemotePciInfo_v2, (nvmlDevice_t, unsigned, nvmlPciInfo_t *));
+        LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkRemoteDeviceType, (nvmlDevice_t, unsigned, unsigned *));
+        NV(NVML_SUCCESS, nvmlInit_v2());
+        unsigned count = 0;
+        NV(NVML_SUCCESS, nvmlDeviceGetCount_v2(&count));
+        for (unsigned i = 0; i < count; i++) {
+            nvmlDevice_t h;
+            NV(NVML_SUCCESS, nvmlDeviceGetHandleByIndex_v2(i, &h));
+            unsigned active = 0;
+            for (unsigned l = 0; l < 18; l++) {
+                unsigned on = 9, p2p = 9, type = 9;
+                NV(NVML_SUCCESS, nvmlDeviceGetNvLinkState(h, l, &on));
+                NV(NVML_SUCCESS, nvmlDeviceGetNvLinkCapability(h, l, 0, &p2p));
+                EXPECT(on == p2p, "link %u of %u: state %u, P2P %u", l, i, on, p2p);
+                if (!on) {
+                    nvmlPciInfo_t none;
+                    NV(NVML_ERROR_NOT_SUPPORTED, nvmlDeviceGetNvLinkRemotePciInfo_v2(h, l, &none));
+                    continue;
+                }
+                nvmlPciInfo_t far;
+                NV(NVML_SUCCESS, nvmlDeviceGetNvLinkRemotePciInfo_v2(h, l, &far));
+                NV(NVML_SUCCESS, nvmlDeviceGetNvLinkRemoteDeviceType(h, l, &type));
+                printf("nvlink %u.%u: %s %s\n", i, l, type == 0 ? "gpu" : type == 2 ? "switch" : "?", far.busId);
+                active++;
+            }
+            unsigned dummy;
+            NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetNvLinkState(h, 18, &dummy));
+            /* The same through field values (NVML_FI_DEV_NVLINK_LINK_COUNT,
+             * NVML_FI_DEV_NVLINK_GET_STATE of link 0), as NCCL reads them on
+             * Hopper; an unknown field answers in its own status. */
+            field_t f[3] = {{91, 0}, {165, 0}, {1, 0}};
+            NV(NVML_SUCCESS, nvmlDeviceGetFieldValues(h, 3, f));
+            EXPECT(f[0].nvmlReturn == NVML_SUCCESS && (unsigned)f[0].value == active, "link count field %u (%d)",
+                   (unsigned)f[0].value, f[0].nvmlReturn);
+            EXPECT(f[1].nvmlReturn == NVML_SUCCESS && (unsigned)f[1].value == (active > 0), "link 0 state field %u",
+                   (unsigned)f[1].value);
+            EXPECT(f[2].nvmlReturn == NVML_ERROR_NOT_SUPPORTED, "field 1 answered %d", f[2].nvmlReturn);
+            printf("nvlinks %u: %u\n", i, active);
+        }
+        NV(NVML_SUCCESS, nvmlShutdown());
+        return 0;
+    }
+
     if (argc == 2 && strcmp(argv[1], "peers") == 0) {
         /* What NVML says of the link between GPUs 0 and 1, each way, for
          * reads, writes and atomics, beside the driver's answer. */
@@ -396,8 +454,12 @@ int main(int argc, char **argv) {
     nvmlDevice_t by = NULL;
     NV(NVML_ERROR_NOT_FOUND, nvmlDeviceGetHandleByUUID("GPU-00000000-0000-0000-0000-0000000000ff", &by));
     NV(NVML_ERROR_NOT_FOUND, nvmlDeviceGetHandleByPciBusId_v2("0000:ff:1f.0", &by));
-    int active = 0;
-    NV(NVML_ERROR_NOT_SUPPORTED, nvmlDeviceGetNvLinkState(h, 0, &active));
+    int active = 9;
+    /* A server without NVLinks: link 0 is inactive; past the last link,
+     * an invalid argument. */
+    NV(NVML_SUCCESS, nvmlDeviceGetNvLinkState(h, 0, &active));
+    EXPECT(active == 0, "NVLink 0 active %d on a server without NVLinks", active);
+    NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetNvLinkState(h, 18, &active));
     /* No NVLink fabric: the state is NOT_SUPPORTED (0), as PyTorch reads it
      * at start-up (version 2: version, cluster UUID, status, clique id,
      * state, health mask). */

@@ -83,6 +83,45 @@ fn nvml_peer_status_is_the_servers_peer_access() {
     }
 }
 
+/// NVML tells each GPU's active NVLinks and what is at their far end, as
+/// the server's machine has them (here its configured topology: two GPUs
+/// linked to each other), so NCCL sees NVLink between a server's GPUs and
+/// sizes its channels for it; before, every NVLink query answered
+/// `NVML_ERROR_NOT_SUPPORTED`. Without links, none is active.
+#[test]
+fn nvml_tells_the_nvlinks_of_the_servers_gpus() {
+    let linked = r#"
+[[gpu]]
+ordinal = 0
+nvlink_peers = [1]
+
+[[gpu]]
+ordinal = 1
+nvlink_peers = [0]
+"#;
+    for (topology, lines) in [
+        (
+            Some(linked),
+            &[
+                "nvlink 0.0: gpu 00000000:19:00.0\n",
+                "nvlinks 0: 1\n",
+                "nvlink 1.0: gpu 00000000:18:00.0\n",
+                "nvlinks 1: 1\n",
+            ][..],
+        ),
+        (None, &["nvlinks 0: 0\n", "nvlinks 1: 0\n"][..]),
+    ] {
+        let server = Server::start_configured(&[("GPUPOOL_SOFT_DEVICE_COUNT", "2")], topology);
+        let mut cmd = through_shim(&c_program("nvml_check"), &server.tcp);
+        cmd.arg("nvlinks");
+        let (ok, out, err) = nvml_check(cmd);
+        assert!(ok, "stdout: {out}\nstderr: {err}");
+        for line in lines {
+            assert!(out.contains(line), "missing {line:?} in:\n{out}");
+        }
+    }
+}
+
 #[test]
 fn the_server_answers_device_status_for_session_devices_only() {
     use gpupool_proto::codec;

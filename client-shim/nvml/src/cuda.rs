@@ -77,7 +77,12 @@ pub struct MachineGpu {
     pub cc_minor: i32,
     pub peers: u64,
     pub atomic_peers: u64,
+    pub nvlink_count: u32,
+    pub nvlinks: [[u32; 3]; MAX_NVLINKS],
 }
+
+/// `NVML_NVLINK_MAX_LINKS`.
+pub const MAX_NVLINKS: usize = 18;
 
 /// The most GPUs of a machine read.
 const MAX_MACHINE_GPUS: usize = 64;
@@ -206,6 +211,8 @@ impl Cuda {
             cc_minor: 0,
             peers: 0,
             atomic_peers: 0,
+            nvlink_count: 0,
+            nvlinks: [[0; 3]; MAX_NVLINKS],
         };
         let mut buf = vec![zero; MAX_MACHINE_GPUS];
         let mut count = 0u32;
@@ -230,6 +237,11 @@ impl Cuda {
                 d.compute_capability = (g.cc_major, g.cc_minor);
                 d.peers = bits(g.peers);
                 d.peer_atomics = bits(g.atomic_peers);
+                let links = (g.nvlink_count as usize).min(MAX_NVLINKS);
+                d.nvlinks = g.nvlinks[..links]
+                    .iter()
+                    .map(|&[domain, bus, device]| PciAddress { domain, bus, device })
+                    .collect();
                 d
             })
             .collect();

@@ -39,6 +39,8 @@ pub struct Device {
     /// atomics.
     pub peers: Vec<u32>,
     pub peer_atomics: Vec<u32>,
+    /// The PCI address at the far end of each active NVLink.
+    pub nvlinks: Vec<PciAddress>,
 }
 
 impl Device {
@@ -58,6 +60,7 @@ impl Device {
             compute_mode: None,
             peers: Vec::new(),
             peer_atomics: Vec::new(),
+            nvlinks: Vec::new(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl DeviceTable {
                     let mut d = devices.remove(p);
                     d.peers = m.peers;
                     d.peer_atomics = m.peer_atomics;
+                    d.nvlinks = m.nvlinks;
                     d
                 }
                 None => Device { ordinal: None, ..m },

@@ -18,7 +18,7 @@
 use crate::cuda::{DeviceStatus, STATUS_NO_SERVER_NVML};
 use crate::devices::{Device, DeviceTable, Slot};
 use crate::error::{self, NvmlError, NvmlResult, NvmlReturn};
-use crate::format::cuda_version;
+use crate::format::{cuda_version, PciAddress};
 use crate::session::{self, Backend};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
@@ -491,18 +491,238 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
 }
 
 fn pci_info(d: &Device) -> nvmlPciInfo_t {
+    pci_info_at(d.pci, PCI_VENDOR_NVIDIA)
+}
+
+/// PCI information of the device at `pci`, with `device_id` as its
+/// `pciDeviceId`.
+fn pci_info_at(pci: PciAddress, device_id: c_uint) -> nvmlPciInfo_t {
     let mut p = nvmlPciInfo_t {
         busIdLegacy: [0; 16],
-        domain: d.pci.domain,
-        bus: d.pci.bus,
-        device: d.pci.device,
-        pciDeviceId: PCI_VENDOR_NVIDIA,
+        domain: pci.domain,
+        bus: pci.bus,
+        device: pci.device,
+        pciDeviceId: device_id,
         pciSubSystemId: 0,
         busId: [0; 32],
     };
-    fill(&mut p.busIdLegacy, &d.pci.bus_id_legacy());
-    fill(&mut p.busId, &d.pci.bus_id());
+    fill(&mut p.busIdLegacy, &pci.bus_id_legacy());
+    fill(&mut p.busId, &pci.bus_id());
     p
+}
+
+// ---- NVLink ------------------------------------------------------------------
+
+/// `NVML_NVLINK_MAX_LINKS`.
+const NVLINK_MAX_LINKS: c_uint = 18;
+/// `nvmlNvLinkCapability_t`: `NVML_NVLINK_CAP_P2P_SUPPORTED` ..
+/// `NVML_NVLINK_CAP_VALID`.
+const NVLINK_CAP_P2P_SUPPORTED: c_uint = 0;
+const NVLINK_CAP_P2P_ATOMICS: c_uint = 2;
+const NVLINK_CAP_VALID: c_uint = 5;
+/// `nvmlIntNvLinkDeviceType_t`: `NVML_NVLINK_DEVICE_TYPE_GPU`, `_SWITCH`.
+const NVLINK_DEVICE_TYPE_GPU: c_uint = 0;
+const NVLINK_DEVICE_TYPE_SWITCH: c_uint = 2;
+
+/// NVLink `link` of `device`: the device, and the PCI address at the far
+/// end when the link is active. Links are those the server's machine has
+/// active (from its NVML, or its configured topology), numbered from 0.
+fn nvlink(device: nvmlDevice_t, link: c_uint) -> NvmlResult<(&'static Backend, &'static Device, Option<PciAddress>)> {
+    let (b, d) = self::device(device)?;
+    if link >= NVLINK_MAX_LINKS {
+        return Err(NvmlError::INVALID_ARGUMENT);
+    }
+    Ok((b, d, d.nvlinks.get(link as usize).copied()))
+}
+
+/// The GPU of the machine at `pci`, if the far end of a link is one (else
+/// it is an NVSwitch).
+fn gpu_at(b: &Backend, pci: PciAddress) -> Option<&Device> {
+    b.devices.by_pci_bus_id(&pci.bus_id())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkState(
+    device: nvmlDevice_t,
+    link: c_uint,
+    active: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetNvLinkState", || {
+        let (_, _, far) = nvlink(device, link)?;
+        // `NVML_FEATURE_ENABLED` or `_DISABLED`.
+        // SAFETY: `active` is the caller's, NULL-checked by `out`.
+        unsafe { out(active, far.is_some() as c_uint) }
+    })
+}
+
+/// The NVLink generation of the device's architecture (Volta 2 .. Blackwell
+/// 5), for an active link.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkVersion(
+    device: nvmlDevice_t,
+    link: c_uint,
+    version: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetNvLinkVersion", || {
+        let (_, d, far) = nvlink(device, link)?;
+        far.ok_or(NvmlError::NOT_SUPPORTED)?;
+        let v = nvlink_version(d)?;
+        // SAFETY: `version` is the caller's, NULL-checked by `out`.
+        unsafe { out(version, v) }
+    })
+}
+
+/// The NVLink generation of `d`'s architecture.
+fn nvlink_version(d: &Device) -> NvmlResult<c_uint> {
+    match d.compute_capability.0 {
+        6 => Ok(1),
+        7 => Ok(2),
+        8 => Ok(3),
+        9 => Ok(4),
+        m if m >= 10 => Ok(5),
+        _ => Err(NvmlError::NOT_SUPPORTED),
+    }
+}
+
+/// An active link carries peer traffic and, where the GPUs at its ends
+/// reach each other with native atomics (or through a switch), peer
+/// atomics; it reaches no system memory (x86 hosts).
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkCapability(
+    device: nvmlDevice_t,
+    link: c_uint,
+    capability: c_uint,
+    result: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetNvLinkCapability", || {
+        let (b, d, far) = nvlink(device, link)?;
+        if capability > NVLINK_CAP_VALID {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        let answer = match (far, capability) {
+            (None, _) => false,
+            (Some(_), NVLINK_CAP_P2P_SUPPORTED | NVLINK_CAP_VALID) => true,
+            (Some(pci), NVLINK_CAP_P2P_ATOMICS) => gpu_at(b, pci).is_none_or(|g| d.peer_atomics.contains(&g.index)),
+            (Some(_), _) => false,
+        };
+        // SAFETY: `result` is the caller's, NULL-checked by `out`.
+        unsafe { out(result, answer as c_uint) }
+    })
+}
+
+/// What is at the far end of an active link: a GPU of the machine (its
+/// PCI information) or an NVSwitch (its address).
+unsafe fn nvlink_remote_pci(device: nvmlDevice_t, link: c_uint, pci: *mut nvmlPciInfo_t) -> NvmlResult {
+    let (b, _, far) = nvlink(device, link)?;
+    let far = far.ok_or(NvmlError::NOT_SUPPORTED)?;
+    let info = match gpu_at(b, far) {
+        Some(g) => pci_info(g),
+        None => pci_info_at(far, 0),
+    };
+    // SAFETY: `pci` is the caller's, NULL-checked by `out`.
+    unsafe { out(pci, info) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemotePciInfo(
+    device: nvmlDevice_t,
+    link: c_uint,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetNvLinkRemotePciInfo", || unsafe {
+        nvlink_remote_pci(device, link, pci)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemotePciInfo_v2(
+    device: nvmlDevice_t,
+    link: c_uint,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
+    // SAFETY: the caller's arguments, passed on.
+    guard("nvmlDeviceGetNvLinkRemotePciInfo_v2", || unsafe {
+        nvlink_remote_pci(device, link, pci)
+    })
+}
+
+/// `nvmlFieldValue_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlFieldValue_t {
+    pub fieldId: c_uint,
+    pub scopeId: c_uint,
+    pub timestamp: i64,
+    pub latencyUsec: i64,
+    pub valueType: c_uint,
+    pub nvmlReturn: nvmlReturn_t,
+    /// `nvmlValue_t`, a union of 8 bytes; written as an unsigned int.
+    pub value: u64,
+}
+
+/// Field ids answered: `NVML_FI_DEV_NVLINK_LINK_COUNT`, and per link
+/// (`scopeId`) `NVML_FI_DEV_NVLINK_GET_STATE` and `_GET_VERSION`.
+const FI_DEV_NVLINK_LINK_COUNT: c_uint = 91;
+const FI_DEV_NVLINK_GET_STATE: c_uint = 165;
+const FI_DEV_NVLINK_GET_VERSION: c_uint = 166;
+/// `NVML_VALUE_TYPE_UNSIGNED_INT`.
+const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
+
+/// The NVLink fields NCCL reads (on Hopper and later it reads a link's
+/// state so): the number of links, and a link's state and version. Every
+/// other field answers `NVML_ERROR_NOT_SUPPORTED` in its own `nvmlReturn`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    device: nvmlDevice_t,
+    count: i32,
+    values: *mut nvmlFieldValue_t,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetFieldValues", || {
+        let (_, d) = self::device(device)?;
+        if values.is_null() || count < 0 {
+            return Err(NvmlError::INVALID_ARGUMENT);
+        }
+        for i in 0..count as usize {
+            // SAFETY: the caller passes `count` entries at `values`.
+            let v = unsafe { &mut *values.add(i) };
+            let link = d.nvlinks.get(v.scopeId as usize);
+            let answer = match v.fieldId {
+                FI_DEV_NVLINK_LINK_COUNT => Ok(d.nvlinks.len() as u64),
+                FI_DEV_NVLINK_GET_STATE if v.scopeId < NVLINK_MAX_LINKS => Ok(link.is_some() as u64),
+                FI_DEV_NVLINK_GET_VERSION if link.is_some() => nvlink_version(d).map(u64::from),
+                _ => Err(NvmlError::NOT_SUPPORTED),
+            };
+            match answer {
+                Ok(value) => {
+                    v.valueType = VALUE_TYPE_UNSIGNED_INT;
+                    v.value = value;
+                    v.nvmlReturn = 0; // NVML_SUCCESS
+                }
+                Err(e) => v.nvmlReturn = e.0,
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemoteDeviceType(
+    device: nvmlDevice_t,
+    link: c_uint,
+    kind: *mut c_uint,
+) -> nvmlReturn_t {
+    guard("nvmlDeviceGetNvLinkRemoteDeviceType", || {
+        let (b, _, far) = nvlink(device, link)?;
+        let far = far.ok_or(NvmlError::NOT_SUPPORTED)?;
+        let t = if gpu_at(b, far).is_some() {
+            NVLINK_DEVICE_TYPE_GPU
+        } else {
+            NVLINK_DEVICE_TYPE_SWITCH
+        };
+        // SAFETY: `kind` is the caller's, NULL-checked by `out`.
+        unsafe { out(kind, t) }
+    })
 }
 
 unsafe fn device_pci_info(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> NvmlResult {
@@ -795,13 +1015,7 @@ macro_rules! not_supported {
 }
 
 not_supported! {
-    // NVLink and fabric: no NVLink is visible through gpupool.
-    nvmlDeviceGetNvLinkState,
-    nvmlDeviceGetNvLinkVersion,
-    nvmlDeviceGetNvLinkCapability,
-    nvmlDeviceGetNvLinkRemotePciInfo,
-    nvmlDeviceGetNvLinkRemotePciInfo_v2,
-    nvmlDeviceGetNvLinkRemoteDeviceType,
+    // NVLink error counters of a device on another machine.
     nvmlDeviceGetNvLinkErrorCounter,
     // Topology and affinity of a device on another machine.
     nvmlDeviceGetTopologyCommonAncestor,
@@ -909,7 +1123,6 @@ not_supported! {
     nvmlDeviceGetAccountingStats,
     nvmlDeviceGetAccountingPids,
     nvmlDeviceGetAccountingBufferSize,
-    nvmlDeviceGetFieldValues,
     nvmlDeviceGetSupportedEventTypes,
     nvmlDeviceRegisterEvents,
     nvmlEventSetCreate,
@@ -1023,10 +1236,10 @@ mod tests {
             let mut h: nvmlDevice_t = std::ptr::null_mut();
             assert_eq!(nvmlDeviceGetHandleByIndex_v2(0, &mut h), NvmlError::UNINITIALIZED.0);
             assert_eq!(nvmlShutdown(), NvmlError::UNINITIALIZED.0);
-            assert_eq!(nvmlDeviceGetNvLinkState(), NvmlError::UNINITIALIZED.0);
+            assert_eq!(nvmlDeviceGetNvLinkErrorCounter(), NvmlError::UNINITIALIZED.0);
             assert_eq!(CStr::from_ptr(nvmlErrorString(7)).to_str(), Ok("Insufficient Size"));
             assert_eq!(CStr::from_ptr(nvmlErrorString(4242)).to_str(), Ok("Unknown Error"));
         }
-        assert!(NOT_SUPPORTED.contains(&"nvmlDeviceGetNvLinkRemoteDeviceType"));
+        assert!(NOT_SUPPORTED.contains(&"nvmlDeviceGetNvLinkErrorCounter"));
     }
 }

@@ -102,7 +102,14 @@ pub struct GpupoolMachineGpu {
     pub peers: u64,
     /// Bit `i`: atomics reach the machine's GPU `i` natively.
     pub atomic_peers: u64,
+    /// Its active NVLinks (at most `MAX_NVLINKS`), and the PCI address
+    /// (domain, bus, device) at the far end of each.
+    pub nvlink_count: u32,
+    pub nvlinks: [[u32; 3]; MAX_NVLINKS],
 }
+
+/// `NVML_NVLINK_MAX_LINKS`.
+pub const MAX_NVLINKS: usize = 18;
 
 /// Write up to `capacity` of the machine's GPUs at `out` and their number
 /// at `count` (`out` may be NULL with `capacity` 0, to ask the number).
@@ -124,7 +131,13 @@ pub unsafe extern "C" fn gpupoolMachineGpus(out: *mut GpupoolMachineGpu, capacit
             for (d, &b) in name.iter_mut().zip(g.name.as_bytes().iter().take(95)) {
                 *d = b as std::ffi::c_char;
             }
+            let mut nvlinks = [[0u32; 3]; MAX_NVLINKS];
+            for (d, l) in nvlinks.iter_mut().zip(&g.nvlinks) {
+                *d = *l;
+            }
             let entry = GpupoolMachineGpu {
+                nvlink_count: g.nvlinks.len().min(MAX_NVLINKS) as u32,
+                nvlinks,
                 uuid: g.uuid,
                 name,
                 total_mem: g.total_mem,

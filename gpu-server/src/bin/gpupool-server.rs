@@ -113,7 +113,7 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<(Inventory, Vec<MachineGpu
     } else {
         ServerNvml::load()
     };
-    let machine = {
+    let mut machine = {
         let known: Vec<_> = facts.iter().filter_map(|f| f.as_ref().ok().cloned()).collect();
         inventory::machine_gpus(&driver, &known)
     };
@@ -127,10 +127,12 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<(Inventory, Vec<MachineGpu
         Ok(found) => found,
         Err(e) if cfg.broker.is_empty() => {
             tracing::warn!("cannot describe this server's GPUs ({e}); workers are not pinned");
+            inventory::fill_nvlinks(&mut machine, &nvml, &[]);
             return Ok((None, machine));
         }
         Err(e) => return Err(e),
     };
+    inventory::fill_nvlinks(&mut machine, &nvml, &gpus);
     for g in &gpus {
         tracing::info!(uuid = %g.uuid, model = %g.model, numa_node = g.numa_node, pci = %g.pci_address, local_cpus = ?g.local_cpus, nvlink_peers = ?g.nvlink_peers, "GPU topology");
     }
