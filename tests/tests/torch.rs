@@ -881,7 +881,9 @@ def run(rank, own):
     dist.all_reduce(t)
     dist.broadcast(t, 0)
     torch.cuda.synchronize()
-    print("rank", rank, "sees", torch.cuda.device_count(), "all_reduce", tuple(t.shape), flush=True)
+    # One write, so the two ranks' lines do not interleave.
+    sys.stdout.write(f"rank {{rank}} sees {{torch.cuda.device_count()}} all_reduce {{tuple(t.shape)}}\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 if __name__ == "__main__":
     own = sys.argv[1] == "own"
