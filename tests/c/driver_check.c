@@ -2802,6 +2802,15 @@ int main(int argc, char **argv) {
         CHECK(cuDeviceGetByPCIBusId(&again, bus));
         EXPECT(again == dev, "device %d for bus id %s", again, bus);
         EXPECT(cuDeviceGetByPCIBusId(&again, "not a bus id") == CUDA_ERROR_INVALID_VALUE, "bad bus id accepted");
+        if (getenv("GPUPOOL_SERVER")) {
+            /* What gpupool does not offer reads 0, whatever the server's GPU
+             * has: GPUDirect RDMA, dma-buf export, multicast objects. */
+            int offered[3] = {7, 7, 7}, which[3] = {116, 124, 132};
+            for (int i = 0; i < 3; i++) {
+                CHECK(cuDeviceGetAttribute(&offered[i], which[i], dev));
+                EXPECT(offered[i] == 0, "attribute %d reads %d through gpupool", which[i], offered[i]);
+            }
+        }
         int can = 7, major = 0, minor = -1;
         CHECK(cuDeviceCanAccessPeer(&can, dev, dev));
         EXPECT(can == 0, "peer access %d", can);

@@ -451,6 +451,29 @@ mod attr {
     pub const CONCURRENT_MANAGED_ACCESS: i32 = 89;
     pub const PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES: i32 = 100;
     pub const DIRECT_MANAGED_MEM_ACCESS_FROM_HOST: i32 = 101;
+    /// Features the server's GPU may have that gpupool does not offer the
+    /// program: GPUDirect RDMA and dma-buf export to this machine's devices
+    /// (`cuMemGetHandleForAddressRange`), fabric handles, multicast objects
+    /// (NVLink SHARP), memory decompression, host and host-NUMA memory in
+    /// the virtual memory and pool APIs, and partial host atomics. Each
+    /// answers 0, so a program that asks before it uses one (NCCL asks of
+    /// all of them) does not take a path that would fail.
+    pub const NOT_OFFERED: [i32; 14] = [
+        110, // GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED
+        116, // GPU_DIRECT_RDMA_SUPPORTED
+        124, // DMA_BUF_SUPPORTED
+        128, // HANDLE_TYPE_FABRIC_SUPPORTED
+        132, // MULTICAST_SUPPORTED
+        136, // MEM_DECOMPRESS_ALGORITHM_MASK
+        137, // MEM_DECOMPRESS_MAXIMUM_LENGTH
+        141, // HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
+        142, // HOST_NUMA_MEMORY_POOLS_SUPPORTED
+        143, // HOST_NUMA_MULTINODE_IPC_SUPPORTED
+        144, // HOST_MEMORY_POOLS_SUPPORTED
+        146, // HOST_ALLOC_DMA_BUF_SUPPORTED
+        147, // ONLY_PARTIAL_HOST_NATIVE_ATOMIC_SUPPORTED
+        161, // GPU_DIRECT_RDMA_WITH_LOCALIZED_MEMORY_SUPPORTED
+    ];
 }
 
 pub unsafe fn device_get_attribute(value: *mut i32, attribute: i32, device: CUdevice) -> CuResult {
@@ -469,6 +492,11 @@ pub unsafe fn device_get_attribute(value: *mut i32, attribute: i32, device: CUde
         | attr::PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES
         | attr::DIRECT_MANAGED_MEM_ACCESS_FROM_HOST => {
             s.device(device)?;
+            0
+        }
+        a if attr::NOT_OFFERED.contains(&a) => {
+            // An attribute the server's driver does not know stays unknown.
+            s.attribute(device, attribute)?;
             0
         }
         _ => s.attribute(device, attribute)?,

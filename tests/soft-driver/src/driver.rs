@@ -797,8 +797,11 @@ fn device_attribute(attrib: i32, ordinal: usize) -> CuResult<i32> {
         108 => 78_643_200,  // MAX_PERSISTING_L2_CACHE_SIZE
         109 => 134_213_632, // MAX_ACCESS_POLICY_WINDOW_SIZE
         111 => RESERVED_SHARED_PER_BLOCK,
-        102 => 1,        // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
-        115 => 1,        // MEMORY_POOLS_SUPPORTED
+        102 => 1, // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
+        115 => 1, // MEMORY_POOLS_SUPPORTED
+        // GPUDIRECT_RDMA_SUPPORTED, DMA_BUF_SUPPORTED, MULTICAST_SUPPORTED:
+        // as an H100 of an NVSwitch system reports them.
+        116 | 124 | 132 => 1,
         120 => 1,        // CLUSTER_LAUNCH
         126 => 4,        // MEM_SYNC_DOMAIN_COUNT
         131 | 134 => -1, // NUMA_ID, HOST_NUMA_ID
