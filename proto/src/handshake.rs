@@ -33,6 +33,7 @@ pub struct Hello {
 /// program's machine, such as `CUDA_CACHE_PATH`, are not among them.)
 pub const DRIVER_ENV: &[&str] = &[
     "CUDA_LAUNCH_BLOCKING",
+    "CUDA_DEVICE_ORDER",
     "CUDA_DEVICE_MAX_CONNECTIONS",
     "CUDA_DEVICE_MAX_COPY_CONNECTIONS",
     "CUDA_MODULE_LOADING",
