@@ -918,6 +918,77 @@ if __name__ == "__main__":
     }
 }
 
+/// A NCCL ring of four ranks on four GPUs of one server connects every
+/// rank to the next directly between the GPUs: where the server's GPUs are
+/// joined by NVLink (NVML tells the links, so NCCL's topology has NVLink
+/// paths), and, on a server without NVLink, with `NCCL_P2P_LEVEL=SYS`.
+/// Without NVLink and that setting NCCL takes two GPUs behind different host
+/// bridges for too far apart for its peer transport (every remote GPU is
+/// behind a host bridge of its own in the topology NCCL reads on the
+/// client), moves data through shared host memory instead, and its first
+/// collective fails (ARCHITECTURE.md, "Peer access between a server's
+/// GPUs").
+#[test]
+fn pytorch_nccl_ring_of_four_ranks_connects_through_gpupool() {
+    let Some(python) = python() else { return };
+    let linked = (0..4)
+        .map(|g| {
+            let peers: Vec<String> = (0..4).filter(|p| *p != g).map(|p| p.to_string()).collect();
+            format!("[[gpu]]\nordinal = {g}\nnvlink_peers = [{}]\n", peers.join(", "))
+        })
+        .collect::<String>();
+    let port = fixed_port();
+    let script = format!(
+        r#"
+import os, sys, torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+def run(rank):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}")
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=4, device_id=torch.device("cuda", rank))
+    t = torch.ones(4096, device="cuda")
+    dist.all_reduce(t)
+    torch.cuda.synchronize()
+    sys.stdout.write(f"rank {{rank}} all_reduce {{tuple(t.shape)}}\n")
+    sys.stdout.flush()
+    dist.destroy_process_group()
+if __name__ == "__main__":
+    mp.spawn(run, nprocs=4)
+"#
+    );
+    let file = scratch_dir().join("nccl_four_ranks.py");
+    std::fs::write(&file, script).unwrap();
+    for (topology, level) in [(Some(linked.as_str()), None), (None, Some("SYS"))] {
+        let server = Server::start_configured(
+            &[
+                ("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1"),
+                ("GPUPOOL_SOFT_DEVICE_COUNT", "4"),
+            ],
+            topology,
+        );
+        let mut env = vec![("NCCL_DEBUG", "INFO"), ("NCCL_DEBUG_SUBSYS", "INIT,P2P")];
+        env.extend(level.map(|l| ("NCCL_P2P_LEVEL", l)));
+        let (ok, stdout, stderr) = run_python_with(&python, &server, &[file.to_str().unwrap()], &env);
+        let context = || format!("NVLink {}\nstdout: {stdout}\nstderr: {stderr}", topology.is_some());
+        assert!(ok, "{}", context());
+        for rank in 0..4u32 {
+            assert!(
+                stdout.contains(&format!("rank {rank} all_reduce (4096,)")),
+                "{}",
+                context()
+            );
+            let next = (rank + 1) % 4;
+            let direct = format!(" : {rank}[{rank}] -> {next}[{next}] via P2P");
+            assert!(
+                stdout.lines().chain(stderr.lines()).any(|l| l.contains(&direct)),
+                "{}",
+                context()
+            );
+        }
+    }
+}
+
 /// Processes forked after CUDA started (a child that exits normally, and
 /// the data loader's workers) leave the parent's session working: before,
 /// the child's exit handlers ended it, and the parent's next call failed
