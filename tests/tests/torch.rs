@@ -860,10 +860,16 @@ print("moved", b.device, c.device, torch.equal(c.cpu(), torch.arange(4096, dtype
 #[test]
 fn pytorch_nccl_group_of_two_ranks_connects_through_gpupool() {
     let Some(python) = python() else { return };
-    let server = Server::start_with(&[
-        ("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1"),
-        ("GPUPOOL_SOFT_DEVICE_COUNT", "2"),
-    ]);
+    // Two GPUs joined by NVLink, as NCCL then takes its peer transport on
+    // any host (without NVLink it does so for two GPUs on AMD hosts only).
+    let linked = "[[gpu]]\nordinal = 0\nnvlink_peers = [1]\n[[gpu]]\nordinal = 1\nnvlink_peers = [0]\n";
+    let server = Server::start_configured(
+        &[
+            ("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1"),
+            ("GPUPOOL_SOFT_DEVICE_COUNT", "2"),
+        ],
+        Some(linked),
+    );
     let port = fixed_port();
     let script = format!(
         r#"
