@@ -347,6 +347,7 @@ pub unsafe fn mem_pool_get_access(flags: *mut u32, pool: *mut c_void, location: 
         // CU_MEM_ACCESS_FLAGS_PROT_NONE unless given.
         read(&s.pool_access).get(&(pool, asked)).copied().unwrap_or(0)
     };
+    // SAFETY: `out` checks `flags` for NULL; the program passes a slot.
     unsafe { out(flags, given) }
 }
 

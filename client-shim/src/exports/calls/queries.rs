@@ -254,6 +254,7 @@ pub unsafe fn device_can_access_peer(can: *mut i32, device: CUdevice, peer: CUde
     let link = peer_link(s, device, peer)?;
     // The server's driver's answer for its two devices (none for a device
     // and itself).
+    // SAFETY: `out` checks `can` for NULL; the program passes a slot.
     unsafe { out(can, link.is_some_and(|l| l.can_access) as i32) }
 }
 
@@ -288,6 +289,7 @@ pub unsafe fn device_get_p2p_attribute(value: *mut i32, attribute: i32, src: CUd
     let v = link
         .and_then(|l| l.attributes.iter().find(|(a, _)| *a == attribute))
         .map_or(0, |(_, v)| *v);
+    // SAFETY: checked not to be NULL above; the program passes a slot.
     unsafe { out(value, v) }
 }
 
