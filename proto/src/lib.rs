@@ -17,6 +17,7 @@ pub mod affinity;
 pub mod broker_client;
 pub mod codec;
 pub mod error;
+pub mod ext;
 pub mod frame;
 pub mod handshake;
 pub mod lease;

@@ -208,6 +208,16 @@ int main(int argc, char **argv) {
                 NV(NVML_SUCCESS, nvmlDeviceGetNvLinkRemoteDeviceType(h, l, &type));
                 printf("nvlink %u.%u: %s %s\n", i, l, type == 0 ? "gpu" : type == 2 ? "switch" : "?", far.busId);
                 active++;
+                if (type == 0) {
+                    /* The GPU at the far end: NVML's P2P status says NVLink. */
+                    nvmlDevice_t peer;
+                    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByPciBusId_v2, (const char *, nvmlDevice_t *));
+                    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetP2PStatus, (nvmlDevice_t, nvmlDevice_t, unsigned, unsigned *));
+                    NV(NVML_SUCCESS, nvmlDeviceGetHandleByPciBusId_v2(far.busId, &peer));
+                    unsigned nvl = 9;
+                    NV(NVML_SUCCESS, nvmlDeviceGetP2PStatus(h, peer, 2, &nvl));
+                    EXPECT(nvl == 0, "NVLink P2P status %u from %u across link %u", nvl, i, l);
+                }
             }
             unsigned dummy;
             NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetNvLinkState(h, 18, &dummy));

@@ -7,6 +7,7 @@
 
 use crate::devices::Device;
 use crate::format::PciAddress;
+use gpupool_proto::ext::MachineGpuRecord;
 use std::ffi::{c_char, CStr};
 use thiserror::Error;
 
@@ -61,28 +62,7 @@ type AttributeFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
 type StatusFn = unsafe extern "C" fn(i32, *mut DeviceStatus) -> CuResult;
 type KernelDriverFn = unsafe extern "C" fn(*mut std::ffi::c_char, u32) -> CuResult;
 type CanAccessPeerFn = unsafe extern "C" fn(*mut i32, i32, i32) -> CuResult;
-type MachineFn = unsafe extern "C" fn(*mut MachineGpu, u32, *mut u32) -> CuResult;
-
-/// `GpupoolMachineGpu`, as the client shim defines it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MachineGpu {
-    pub uuid: [u8; 16],
-    pub name: [c_char; 96],
-    pub total_mem: u64,
-    pub pci_domain: u32,
-    pub pci_bus: u32,
-    pub pci_device: u32,
-    pub cc_major: i32,
-    pub cc_minor: i32,
-    pub peers: u64,
-    pub atomic_peers: u64,
-    pub nvlink_count: u32,
-    pub nvlinks: [[u32; 3]; MAX_NVLINKS],
-}
-
-/// `NVML_NVLINK_MAX_LINKS`.
-pub const MAX_NVLINKS: usize = 18;
+type MachineFn = unsafe extern "C" fn(*mut MachineGpuRecord, u32, *mut u32) -> CuResult;
 
 /// The most GPUs of a machine read.
 const MAX_MACHINE_GPUS: usize = 64;
@@ -200,45 +180,26 @@ impl Cuda {
     /// (their peers as indices in that order), when the shim tells them.
     pub fn machine(&self) -> Option<Vec<Device>> {
         let f = self.machine?;
-        let zero = MachineGpu {
-            uuid: [0; 16],
-            name: [0; 96],
-            total_mem: 0,
-            pci_domain: 0,
-            pci_bus: 0,
-            pci_device: 0,
-            cc_major: 0,
-            cc_minor: 0,
-            peers: 0,
-            atomic_peers: 0,
-            nvlink_count: 0,
-            nvlinks: [[0; 3]; MAX_NVLINKS],
-        };
-        let mut buf = vec![zero; MAX_MACHINE_GPUS];
+        let mut buf = vec![MachineGpuRecord::EMPTY; MAX_MACHINE_GPUS];
         let mut count = 0u32;
         // SAFETY: buf holds the MAX_MACHINE_GPUS entries the call is told of.
         check(unsafe { f(buf.as_mut_ptr(), buf.len() as u32, &mut count) }).ok()?;
-        let bits = |mask: u64| (0..64u32).filter(|i| mask & 1 << i != 0).collect::<Vec<_>>();
         let gpus = buf
             .iter()
             .take((count as usize).min(MAX_MACHINE_GPUS))
             .enumerate()
             .map(|(i, g)| {
-                let mut name = g.name;
-                name[name.len() - 1] = 0;
-                // SAFETY: `name` holds a NUL within its bounds.
-                let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
                 let pci = PciAddress {
                     domain: g.pci_domain,
                     bus: g.pci_bus,
                     device: g.pci_device,
                 };
-                let mut d = Device::new(i as u32, name, g.uuid, g.total_mem, pci);
+                let mut d = Device::new(i as u32, g.name(), g.uuid, g.total_mem, pci);
                 d.compute_capability = (g.cc_major, g.cc_minor);
-                d.peers = bits(g.peers);
-                d.peer_atomics = bits(g.atomic_peers);
-                let links = (g.nvlink_count as usize).min(MAX_NVLINKS);
-                d.nvlinks = g.nvlinks[..links]
+                d.peers = MachineGpuRecord::indices(g.peers);
+                d.peer_atomics = MachineGpuRecord::indices(g.atomic_peers);
+                d.nvlinks = g
+                    .links()
                     .iter()
                     .map(|&[domain, bus, device]| PciAddress { domain, bus, device })
                     .collect();

@@ -377,9 +377,10 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_
 
 /// `NVML_P2P_CAPS_INDEX_READ` .. `NVML_P2P_CAPS_INDEX_UNKNOWN`.
 const P2P_CAPS_INDICES: std::ops::RangeInclusive<c_uint> = 0..=5;
-/// `NVML_P2P_CAPS_INDEX_READ`, `_WRITE`, `_ATOMICS`, `_PCI`.
+/// `NVML_P2P_CAPS_INDEX_READ`, `_WRITE`, `_NVLINK`, `_ATOMICS`, `_PCI`.
 const P2P_CAPS_READ: c_uint = 0;
 const P2P_CAPS_WRITE: c_uint = 1;
+const P2P_CAPS_NVLINK: c_uint = 2;
 const P2P_CAPS_ATOMICS: c_uint = 3;
 const P2P_CAPS_PCI: c_uint = 4;
 /// `NVML_P2P_STATUS_OK`, `NVML_P2P_STATUS_NOT_SUPPORTED`.
@@ -389,8 +390,8 @@ const P2P_STATUS_NOT_SUPPORTED: c_uint = 5;
 /// As the server's driver links the two GPUs (`cuDeviceCanAccessPeer`,
 /// through the shim): reads, writes and PCI peer traffic are OK where the
 /// first GPU can access the second, atomics where they cross the link
-/// natively; NVLink is not told (the driver does not say which link it
-/// is), so it and the unknown capability answer
+/// natively, NVLink where an NVLink joins them (directly, or both reach
+/// NVSwitches); the unknown capability answers
 /// `NVML_P2P_STATUS_NOT_SUPPORTED`. A GPU and itself is OK for every
 /// capability. NCCL asks it of every pair at start-up and uses peer
 /// transport only where reads and writes are OK.
@@ -402,15 +403,17 @@ pub unsafe extern "C" fn nvmlDeviceGetP2PStatus(
     status: *mut c_uint,
 ) -> nvmlReturn_t {
     guard("nvmlDeviceGetP2PStatus", || {
-        let (_, a) = self::device(device1)?;
+        let (backend, a) = self::device(device1)?;
         let (_, b) = self::device(device2)?;
         if !P2P_CAPS_INDICES.contains(&index) {
             return Err(NvmlError::INVALID_ARGUMENT);
         }
+        let to_switch = |d: &Device| d.nvlinks.iter().any(|&far| gpu_at(backend, far).is_none());
         let linked = match index {
             _ if a.index == b.index => true,
             P2P_CAPS_READ | P2P_CAPS_WRITE | P2P_CAPS_PCI => a.peers.contains(&b.index),
             P2P_CAPS_ATOMICS => a.peer_atomics.contains(&b.index),
+            P2P_CAPS_NVLINK => a.nvlinks.contains(&b.pci) || (to_switch(a) && to_switch(b)),
             _ => false,
         };
         let answer = if linked {

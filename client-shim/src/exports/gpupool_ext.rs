@@ -15,6 +15,7 @@
 
 use super::{guard, CUresult};
 use crate::error::{CuError, CuResult};
+use gpupool_proto::ext::MachineGpuRecord;
 use gpupool_proto::message::{Reply, Request, DEVICE_STATUS_SIMULATED};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -85,32 +86,6 @@ pub unsafe extern "C" fn gpupoolKernelDriverVersion(buf: *mut std::ffi::c_char, 
     })
 }
 
-/// `GpupoolMachineGpu`, as the NVML shim declares it.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct GpupoolMachineGpu {
-    pub uuid: [u8; 16],
-    /// NUL-terminated.
-    pub name: [std::ffi::c_char; 96],
-    pub total_mem: u64,
-    pub pci_domain: u32,
-    pub pci_bus: u32,
-    pub pci_device: u32,
-    pub cc_major: i32,
-    pub cc_minor: i32,
-    /// Bit `i`: this GPU can access the memory of the machine's GPU `i`.
-    pub peers: u64,
-    /// Bit `i`: atomics reach the machine's GPU `i` natively.
-    pub atomic_peers: u64,
-    /// Its active NVLinks (at most `MAX_NVLINKS`), and the PCI address
-    /// (domain, bus, device) at the far end of each.
-    pub nvlink_count: u32,
-    pub nvlinks: [[u32; 3]; MAX_NVLINKS],
-}
-
-/// `NVML_NVLINK_MAX_LINKS`.
-pub const MAX_NVLINKS: usize = 18;
-
 /// Write up to `capacity` of the machine's GPUs at `out` and their number
 /// at `count` (`out` may be NULL with `capacity` 0, to ask the number).
 ///
@@ -118,39 +93,16 @@ pub const MAX_NVLINKS: usize = 18;
 /// `out` points to `capacity` writable entries when `capacity` > 0;
 /// `count` is NULL or points to a writable `u32`.
 #[no_mangle]
-pub unsafe extern "C" fn gpupoolMachineGpus(out: *mut GpupoolMachineGpu, capacity: u32, count: *mut u32) -> CUresult {
+pub unsafe extern "C" fn gpupoolMachineGpus(out: *mut MachineGpuRecord, capacity: u32, count: *mut u32) -> CUresult {
     guard("gpupoolMachineGpus", || {
         let s = super::calls::shim()?;
         let machine = &s.remote.session.machine;
         if count.is_null() || (out.is_null() && capacity > 0) {
             return Err(CuError::INVALID_VALUE);
         }
-        let bits = |list: &[u32]| list.iter().filter(|&&i| i < 64).fold(0u64, |m, &i| m | 1 << i);
         for (i, g) in machine.iter().take(capacity as usize).enumerate() {
-            let mut name = [0 as std::ffi::c_char; 96];
-            for (d, &b) in name.iter_mut().zip(g.name.as_bytes().iter().take(95)) {
-                *d = b as std::ffi::c_char;
-            }
-            let mut nvlinks = [[0u32; 3]; MAX_NVLINKS];
-            for (d, l) in nvlinks.iter_mut().zip(&g.nvlinks) {
-                *d = *l;
-            }
-            let entry = GpupoolMachineGpu {
-                nvlink_count: g.nvlinks.len().min(MAX_NVLINKS) as u32,
-                nvlinks,
-                uuid: g.uuid,
-                name,
-                total_mem: g.total_mem,
-                pci_domain: g.pci[0],
-                pci_bus: g.pci[1],
-                pci_device: g.pci[2],
-                cc_major: g.compute_capability[0],
-                cc_minor: g.compute_capability[1],
-                peers: bits(&g.peers),
-                atomic_peers: bits(&g.atomic_peers),
-            };
             // SAFETY: the caller gave `capacity` > i writable entries.
-            unsafe { out.add(i).write(entry) };
+            unsafe { out.add(i).write(MachineGpuRecord::of(g)) };
         }
         // SAFETY: checked not to be NULL; the caller's writable u32.
         unsafe { count.write(machine.len() as u32) };
