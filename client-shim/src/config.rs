@@ -160,6 +160,36 @@ pub fn launch_blocking() -> bool {
     *BLOCKING.get_or_init(|| std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1"))
 }
 
+/// On a session whose server has several GPUs, tell NCCL to take its peer
+/// transport between any two of them the driver lets reach each other
+/// (`NCCL_P2P_LEVEL=SYS`), unless the program chose a level itself or
+/// `GPUPOOL_NCCL_P2P_LEVEL=0`. NCCL reads its GPUs' PCI topology on this
+/// machine, where a remote GPU has none (each seems behind a host bridge of
+/// its own), and would otherwise keep two GPUs without NVLink apart and
+/// move data through shared host memory, which GPUs across the network
+/// cannot reach: every collective would fail. The driver still decides
+/// (`cuDeviceCanAccessPeer`); NCCL reads the variable when a
+/// communicator starts, after `cuInit`.
+pub fn steer_nccl_to_peer_transport(machine_gpus: usize) {
+    let off = std::env::var("GPUPOOL_NCCL_P2P_LEVEL").is_ok_and(|v| v.trim() == "0");
+    let chosen = ["NCCL_P2P_LEVEL", "NCCL_P2P_DISABLE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if machine_gpus < 2 || off || chosen {
+        return;
+    }
+    // SAFETY: both strings are NUL-terminated literals; setenv copies them
+    // and, with overwrite 0, leaves a value set meanwhile. It runs once, in
+    // cuInit, before any NCCL communicator can read the variable.
+    let r = unsafe { libc::setenv(c"NCCL_P2P_LEVEL".as_ptr(), c"SYS".as_ptr(), 0) };
+    if r == 0 {
+        tracing::info!(
+            machine_gpus,
+            "NCCL_P2P_LEVEL=SYS: NCCL takes its peer transport between this session's GPUs"
+        );
+    }
+}
+
 /// Start logging to standard error, once.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;

@@ -2176,6 +2176,8 @@ int main(int argc, char **argv) {
         GET(cuCtxCreate, 3020);
         GET(cuCtxDestroy, 4000);
         EXPECT(count >= 2, "peers needs two devices, found %d", count);
+        const char *level = getenv("NCCL_P2P_LEVEL");
+        printf("nccl p2p level %s\n", level ? level : "unset");
         CUdevice d1;
         CHECK(cuDeviceGet(&d1, 1));
         int can = -1, back_can = -1, access = -1, rank = -1;

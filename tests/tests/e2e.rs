@@ -148,6 +148,21 @@ fn peer_access_between_a_servers_gpus_is_its_drivers() {
             "links {links}\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
             server.log()
         );
+        // NCCL is told to take its peer transport between the session's
+        // GPUs (it cannot see their PCI paths here), unless the program
+        // chose a level or gpupool is told not to.
+        assert!(stdout.contains("nccl p2p level SYS\n"), "{stdout}");
+        for (var, value, level) in [
+            ("NCCL_P2P_LEVEL", "PIX", "PIX"),
+            ("GPUPOOL_NCCL_P2P_LEVEL", "0", "unset"),
+        ] {
+            let env = [(var, value), ("GPUPOOL_EXPECT_PEER_ACCESS", want)];
+            let (ok, stdout, stderr) = driver_check_run(&server, &["peers"], &env);
+            assert!(
+                ok && stdout.contains(&format!("nccl p2p level {level}\n")),
+                "{var}={value}\n{stdout}\n{stderr}"
+            );
+        }
     }
 }
 

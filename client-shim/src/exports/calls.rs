@@ -229,6 +229,7 @@ pub unsafe fn init(flags: u32) -> CuResult {
                 }
                 remote.on_events_done(completions::events_done);
                 remote.on_output(output::write_output);
+                crate::config::steer_nccl_to_peer_transport(s.machine.len());
                 Ok(Shim::new(remote))
             }
             Err(e) => {
