@@ -1102,6 +1102,49 @@ fn jax_python() -> Option<PathBuf> {
     python
 }
 
+/// JAX runs one computation over two GPUs of a server through gpupool: a
+/// `pmap` whose `psum` XLA carries out with NCCL inside the process (peer
+/// access between the GPUs enabled on the server's driver), and an array
+/// moved from one GPU to the other. The software driver names its GPUs
+/// alike here (`GPUPOOL_SOFT_ONE_MODEL=1`), as a real server's GPUs share
+/// their model's name: XLA refuses to run one computation on devices of
+/// different kinds. The software driver skips XLA's kernels, so values are
+/// not checked.
+#[test]
+fn jax_pmap_runs_across_two_gpus_through_gpupool() {
+    let Some(python) = jax_python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
+    let server = Server::start_with(&[
+        ("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1"),
+        ("GPUPOOL_SOFT_DEVICE_COUNT", "2"),
+        ("GPUPOOL_SOFT_ONE_MODEL", "1"),
+    ]);
+    // As in tests/python/jax_through_gpupool.py, the check for a local
+    // /dev/nvidiactl stands in for the device plugin's placeholder.
+    let script = r#"
+import jax._src.hardware_utils as hardware_utils
+hardware_utils.has_visible_nvidia_gpu = lambda: True
+import jax, jax.numpy as jnp
+assert len(jax.devices()) == 2, jax.devices()
+r = jax.pmap(lambda v: jax.lax.psum(v, "i"), axis_name="i")(jnp.arange(8.0).reshape(2, 4))
+r.block_until_ready()
+print("pmap", r.shape, sorted(d.id for d in r.devices()))
+z = jax.device_put(jax.device_put(jnp.ones(16), jax.devices()[1]), jax.devices()[0])
+z.block_until_ready()
+print("moved", sorted(d.id for d in z.devices()))
+"#;
+    let (ok, stdout, stderr) = run_python_with(&python, &server, &["-c", script], &[]);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    assert!(stdout.contains("pmap (2, 4) [0, 1]"), "{}", context());
+    assert!(stdout.contains("moved [0]"), "{}", context());
+    assert!(
+        stderr.lines().any(|l| l.starts_with("cuCtxEnablePeerAccess ")),
+        "no peer access was enabled: {}",
+        context()
+    );
+}
+
 /// JAX 0.10 through gpupool (`tests/python/jax_through_gpupool.py`): jitted
 /// training steps with XLA's GEMM autotuning (its redzone checks set and
 /// read pinned host memory as device memory), a scan of steps, and a

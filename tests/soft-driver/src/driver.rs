@@ -119,6 +119,7 @@ pub fn init(flags: u32) -> CuResult<()> {
             Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
         };
         driver.launch_blocking = std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1");
+        driver.one_model = std::env::var("GPUPOOL_SOFT_ONE_MODEL").is_ok_and(|v| v.trim() == "1");
         driver.peer_links = match std::env::var("GPUPOOL_SOFT_PEER_ACCESS").as_deref() {
             Ok("1") | Err(_) => true,
             Ok("0") => false,
@@ -526,6 +527,9 @@ pub struct Driver {
     peer_links: bool,
     /// `CUDA_LAUNCH_BLOCKING=1`: a launch answers the fault its kernel hit.
     launch_blocking: bool,
+    /// `GPUPOOL_SOFT_ONE_MODEL=1`: every GPU has one name
+    /// ([`Driver::device_name`]).
+    one_model: bool,
     /// `(context, peer context)` pairs whose peer access is enabled.
     peers: HashSet<(u64, u64)>,
     contexts: HashMap<u64, Context>,
@@ -874,6 +878,7 @@ impl Driver {
             next_handle: FIRST_HANDLE,
             peer_links: true,
             launch_blocking: false,
+            one_model: false,
             peers: HashSet::new(),
             contexts: HashMap::new(),
             retired: HashSet::new(),
@@ -957,12 +962,18 @@ impl Driver {
         self.device(ordinal).map(|d| d as i32)
     }
 
+    /// Each GPU's own name, `gpupool simulated GPU <n> (soft driver)`, so
+    /// that tests tell them apart; with `GPUPOOL_SOFT_ONE_MODEL=1` one name
+    /// for all, `gpupool simulated GPU (soft driver)`, as the GPUs of a real
+    /// server share their model's (XLA runs one computation over several
+    /// devices only if they are of one kind).
     pub fn device_name(&self, dev: i32) -> CuResult<String> {
         let d = self.device(dev)?;
-        Ok(format!(
-            "gpupool simulated GPU {} (soft driver)",
-            self.devices[d].physical
-        ))
+        Ok(if self.one_model {
+            "gpupool simulated GPU (soft driver)".to_string()
+        } else {
+            format!("gpupool simulated GPU {} (soft driver)", self.devices[d].physical)
+        })
     }
 
     pub fn device_uuid(&self, dev: i32) -> CuResult<[u8; 16]> {
