@@ -712,11 +712,11 @@ unsafe impl Sync for Driver {}
 /// `CUdevice_attribute` numbers are below this.
 const MAX_DEVICE_ATTRIBUTE: i32 = 160;
 
-/// What a device tells about itself.
 /// `CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK` (1) to
 /// `_ONLY_PARTIAL_NATIVE_ATOMIC_SUPPORTED` (5).
 pub const P2P_ATTRIBUTES: std::ops::RangeInclusive<i32> = 1..=5;
 
+/// What a device tells about itself.
 #[derive(Debug, Clone)]
 pub struct DeviceFacts {
     pub name: String,

@@ -14,7 +14,7 @@ use crate::driver::DeviceFacts;
 use crate::nvml::ServerNvml;
 use gpupool_broker::inventory::{Gpu, Nic};
 use gpupool_proto::affinity;
-use gpupool_proto::handshake::{gpu_uuid_string, MachineGpu};
+use gpupool_proto::handshake::{gpu_uuid_string, DeviceInfo, MachineGpu, PeerLink};
 use std::path::Path;
 
 /// `CU_DEVICE_ATTRIBUTE_PCI_BUS_ID`, `_PCI_DEVICE_ID`, `_PCI_DOMAIN_ID`,
@@ -91,35 +91,60 @@ pub fn from_facts(facts: &DeviceFacts, simulated: bool, sysfs: &Path) -> Discove
     }
 }
 
-/// The machine's GPUs as NVML numbers them (the driver's order here): each
-/// with its static facts and, from the driver, the GPUs whose memory it can
-/// access (`cuDeviceCanAccessPeer`) and reaches with native atomics.
-pub fn machine_gpus(driver: &crate::driver::Driver, devices: &[DeviceFacts]) -> Vec<MachineGpu> {
-    const P2P_NATIVE_ATOMIC: i32 = 3;
+/// `CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED`.
+const P2P_NATIVE_ATOMIC: i32 = 3;
+
+/// Devices as the handshake describes them, from the driver's facts of each
+/// (`facts`: ordinal and facts, in order), each with its link to every other
+/// as the driver answers (`cuDeviceCanAccessPeer`, the peer attributes). A
+/// peer is named by its place in the list: the ordinal the session knows
+/// it by.
+pub fn described_devices(driver: &crate::driver::Driver, facts: Vec<(i32, DeviceFacts)>) -> Vec<DeviceInfo> {
+    let ordinals: Vec<i32> = facts.iter().map(|(o, _)| *o).collect();
+    facts
+        .into_iter()
+        .map(|(ordinal, f)| DeviceInfo {
+            name: f.name,
+            uuid: f.uuid,
+            total_mem: f.total_mem,
+            attributes: f.attributes,
+            peers: ordinals
+                .iter()
+                .enumerate()
+                .filter(|&(_, &p)| p != ordinal)
+                .filter_map(|(place, &p)| {
+                    let (can_access, attributes) = driver.peer_link(ordinal, p).ok()?;
+                    Some(PeerLink {
+                        peer: place as i32,
+                        can_access,
+                        attributes,
+                    })
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The GPUs as NVML describes them, in the order of `devices` (as
+/// [`described_devices`] makes them): each with its static facts, the GPUs
+/// whose memory it can access and those it reaches with native atomics.
+/// Its NVLinks are [`fill_nvlinks`]'s.
+pub fn machine_gpus(devices: &[DeviceInfo]) -> Vec<MachineGpu> {
     devices
         .iter()
-        .enumerate()
-        .map(|(d, f)| {
-            let attr = |a: i32| f.attributes.iter().find(|(k, _)| *k == a).map_or(0, |(_, v)| *v);
-            let (mut peers, mut atomic_peers) = (Vec::new(), Vec::new());
-            for p in (0..devices.len()).filter(|&p| p != d) {
-                if let Ok((can, attributes)) = driver.peer_link(d as i32, p as i32) {
-                    if can {
-                        peers.push(p as u32);
-                    }
-                    if attributes.contains(&(P2P_NATIVE_ATOMIC, 1)) {
-                        atomic_peers.push(p as u32);
-                    }
-                }
-            }
+        .map(|d| {
+            let attr = |a: i32| d.attributes.iter().find(|(k, _)| *k == a).map_or(0, |(_, v)| *v);
+            let peers = |keep: &dyn Fn(&PeerLink) -> bool| -> Vec<u32> {
+                d.peers.iter().filter(|l| keep(l)).map(|l| l.peer as u32).collect()
+            };
             MachineGpu {
-                name: f.name.clone(),
-                uuid: f.uuid,
-                total_mem: f.total_mem,
+                name: d.name.clone(),
+                uuid: d.uuid,
+                total_mem: d.total_mem,
                 pci: [ATTR_PCI_DOMAIN, ATTR_PCI_BUS, ATTR_PCI_DEVICE].map(|a| attr(a).max(0) as u32),
                 compute_capability: [attr(ATTR_CC_MAJOR), attr(ATTR_CC_MINOR)],
-                peers,
-                atomic_peers,
+                peers: peers(&|l| l.can_access),
+                atomic_peers: peers(&|l| l.attributes.contains(&(P2P_NATIVE_ATOMIC, 1))),
                 nvlinks: Vec::new(),
             }
         })

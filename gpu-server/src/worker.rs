@@ -16,7 +16,7 @@ use crate::nvml::ServerNvml;
 use crate::tables::{Region, RegionKind, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
-use gpupool_proto::handshake::{DeviceInfo, MachineGpu, PeerLink, SessionInfo, Welcome};
+use gpupool_proto::handshake::{SessionInfo, Welcome};
 use gpupool_proto::message::{
     is_client_handle, CacheTarget, GraphNode, Handle, Launch, MemOp, OccupancyQuery, Reply, Request, StreamRef,
     TensorMapDesc, TensorMapKind, ATTRIBUTE_VALUE_BYTES, DEVICE_STATUS_NO_SERVER_NVML, LINK_IMAGE_CHUNK,
@@ -309,26 +309,10 @@ impl<'d> Worker<'d> {
     /// The devices this session offers, as the handshake describes them.
     pub fn session_info(driver: &Driver, session_id: u64, server_id: &str, simulated: bool) -> SessionInfo {
         let count = driver.device_count().unwrap_or(0);
-        let devices: Vec<DeviceInfo> = (0..count)
+        let facts = (0..count)
             .filter_map(|d| Some((d, driver.device_facts(d).ok()?)))
-            .map(|(d, f)| DeviceInfo {
-                name: f.name,
-                uuid: f.uuid,
-                total_mem: f.total_mem,
-                attributes: f.attributes,
-                peers: (0..count)
-                    .filter(|&p| p != d)
-                    .filter_map(|p| {
-                        let (can_access, attributes) = driver.peer_link(d, p).ok()?;
-                        Some(PeerLink {
-                            peer: p,
-                            can_access,
-                            attributes,
-                        })
-                    })
-                    .collect(),
-            })
             .collect();
+        let devices = crate::inventory::described_devices(driver, facts);
         SessionInfo {
             version: gpupool_proto::PROTOCOL_VERSION,
             server_id: server_id.to_string(),
@@ -340,36 +324,9 @@ impl<'d> Worker<'d> {
                 kernel_driver_version().unwrap_or_default()
             },
             simulated,
-            machine: Self::machine_of(&devices),
+            machine: crate::inventory::machine_gpus(&devices),
             devices,
         }
-    }
-
-    /// The machine as the session's own devices make it, where the daemon
-    /// told none: each device with its links to the others.
-    fn machine_of(devices: &[DeviceInfo]) -> Vec<MachineGpu> {
-        const PCI: [i32; 3] = [50, 33, 34];
-        const CC: [i32; 2] = [75, 76];
-        const P2P_NATIVE_ATOMIC: i32 = 3;
-        let attr = |d: &DeviceInfo, a: i32| d.attributes.iter().find(|(k, _)| *k == a).map_or(0, |(_, v)| *v);
-        devices
-            .iter()
-            .map(|d| MachineGpu {
-                name: d.name.clone(),
-                uuid: d.uuid,
-                total_mem: d.total_mem,
-                pci: PCI.map(|a| attr(d, a).max(0) as u32),
-                compute_capability: CC.map(|a| attr(d, a)),
-                peers: d.peers.iter().filter(|l| l.can_access).map(|l| l.peer as u32).collect(),
-                atomic_peers: d
-                    .peers
-                    .iter()
-                    .filter(|l| l.attributes.contains(&(P2P_NATIVE_ATOMIC, 1)))
-                    .map(|l| l.peer as u32)
-                    .collect(),
-                nvlinks: Vec::new(),
-            })
-            .collect()
     }
 
     /// Send the handshake answer.

@@ -83,12 +83,13 @@ fn main() -> anyhow::Result<()> {
     }))
 }
 
-/// Load the driver once at start so a broken installation fails now, with
-/// its reason, rather than at the first client; and say what is served.
-/// Describe the GPUs and NICs (for the broker, and for pinning workers).
 /// The GPUs and NICs the broker is told of, when they could be described.
 type Inventory = Option<(Vec<Gpu>, Vec<Nic>)>;
 
+/// Load the driver once at start so a broken installation fails now, with
+/// its reason, rather than at the first client; and say what is served.
+/// Describe the GPUs and NICs (for the broker, and for pinning workers),
+/// and the machine's GPUs as sessions' NVML tells them.
 fn check_driver(cfg: &ServerConfig) -> anyhow::Result<(Inventory, Vec<MachineGpu>)> {
     let driver = gpupool_gpu_server::driver::Driver::load(&cfg.driver)?;
     let count = driver
@@ -114,8 +115,11 @@ fn check_driver(cfg: &ServerConfig) -> anyhow::Result<(Inventory, Vec<MachineGpu
         ServerNvml::load()
     };
     let mut machine = {
-        let known: Vec<_> = facts.iter().filter_map(|f| f.as_ref().ok().cloned()).collect();
-        inventory::machine_gpus(&driver, &known)
+        let known = facts
+            .iter()
+            .enumerate()
+            .filter_map(|(d, f)| Some((d as i32, f.as_ref().ok()?.clone())));
+        inventory::machine_gpus(&inventory::described_devices(&driver, known.collect()))
     };
     let described = facts
         .into_iter()
