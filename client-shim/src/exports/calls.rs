@@ -2236,22 +2236,19 @@ pub unsafe fn stream_create_with_priority(stream: *mut CUstream, flags: u32, pri
     unsafe { create_stream(stream, flags, priority) }
 }
 
-/// The context a stream belongs to (the current one for default streams).
 /// The context a copy or memset on `stream` runs in: a stream the
-/// program made runs its work in its own context, which need not be that
-/// of the memory (PyTorch copies from one GPU to another on the source
-/// GPU's stream); the built-in streams, in the memory's (`range_ctx`).
+/// program made runs its work in its own context ([`stream_ctx`]), which
+/// need not be that of the memory (PyTorch copies from one GPU to another
+/// on the source GPU's stream); the built-in streams, in the memory's
+/// (`range_ctx`).
 fn ordering_ctx(s: &Shim, stream: CUstream, range_ctx: Handle) -> CuResult<Handle> {
-    let h = handle(stream);
-    if h <= 2 {
+    if handle(stream) <= 2 {
         return Ok(range_ctx);
     }
-    read(&s.streams)
-        .get(&h)
-        .map(|info| info.ctx)
-        .ok_or(CuError::INVALID_HANDLE)
+    stream_ctx(s, stream)
 }
 
+/// The context a stream belongs to (the current one for default streams).
 fn stream_ctx(s: &Shim, stream: CUstream) -> CuResult<Handle> {
     let h = handle(stream);
     match read(&s.streams).get(&h) {
