@@ -248,9 +248,25 @@ impl Cuda {
         (asked.is_ok() && can != 0, asked.is_ok() && atomics != 0)
     }
 
-    /// Everything NVML answers about device `ordinal` of `count` that cannot
-    /// change.
-    pub fn device(&self, ordinal: i32, count: i32) -> Result<Device, CuResult> {
+    /// The CUDA ordinals of the devices (of `count`) that `d` can access,
+    /// and of those it reaches with native atomics, as the driver answers.
+    pub fn fill_peers(&self, d: &mut Device, count: i32) {
+        let Some(ordinal) = d.ordinal.map(|o| o as i32) else {
+            return;
+        };
+        for peer in (0..count).filter(|&p| p != ordinal) {
+            let (access, atomics) = self.peer_link(ordinal, peer);
+            if access {
+                d.peers.push(peer as u32);
+            }
+            if atomics {
+                d.peer_atomics.push(peer as u32);
+            }
+        }
+    }
+
+    /// Everything NVML answers about device `ordinal` that cannot change.
+    pub fn device(&self, ordinal: i32) -> Result<Device, CuResult> {
         let mut device = 0;
         let mut name = [0 as c_char; 256];
         let mut uuid = [0u8; 16];
@@ -281,15 +297,6 @@ impl Cuda {
         d.clock_khz = attribute(ATTRIBUTE_CLOCK_RATE).filter(|&v| v > 0);
         d.memory_clock_khz = attribute(ATTRIBUTE_MEMORY_CLOCK_RATE).filter(|&v| v > 0);
         d.compute_mode = attribute(ATTRIBUTE_COMPUTE_MODE);
-        for peer in (0..count).filter(|&p| p != ordinal) {
-            let (access, atomics) = self.peer_link(device, peer);
-            if access {
-                d.peers.push(peer as u32);
-            }
-            if atomics {
-                d.peer_atomics.push(peer as u32);
-            }
-        }
         Ok(d)
     }
 

@@ -45,15 +45,21 @@ impl Backend {
         })?;
         let cuda_version = cuda.driver_version().map_err(|s| fail("cuDriverGetVersion", s))?;
         let count = cuda.device_count().map_err(|s| fail("cuDeviceGetCount", s))?;
-        let devices = (0..count)
-            .map(|i| cuda.device(i, count).map_err(|s| fail("to describe a device", s)))
+        let mut devices = (0..count)
+            .map(|i| cuda.device(i).map_err(|s| fail("to describe a device", s)))
             .collect::<NvmlResult<Vec<_>>>()?;
         let kernel_driver = cuda.kernel_driver_version();
-        // The machine's GPUs, where the shim tells them, each at its NVML
-        // index; else the session's alone, placed by CUDA_VISIBLE_DEVICES.
+        // The machine's GPUs, with their links, where the shim tells them,
+        // each at its NVML index; else the session's alone, placed by
+        // CUDA_VISIBLE_DEVICES, with the links the driver tells between them.
         let devices = match cuda.machine() {
             Some(machine) if !machine.is_empty() => DeviceTable::from_machine(machine, devices),
-            _ => DeviceTable::placed(devices, visible.as_deref()),
+            _ => {
+                for d in &mut devices {
+                    cuda.fill_peers(d, count);
+                }
+                DeviceTable::placed(devices, visible.as_deref())
+            }
         };
         Ok(Backend {
             cuda,
