@@ -196,12 +196,23 @@ fn merge_global(out: &mut Vec<GlobalInfo>, g: GlobalInfo) {
     }
 }
 
-/// Calls `f` with the kind and (decompressed) payload of every PTX and ELF
-/// entry of every fat binary in `image`.
-fn for_each_code_entry(image: &[u8], mut f: impl FnMut(EntryKind, &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+/// Calls `f` with the kind and (decompressed) payload of the PTX and ELF
+/// entries of every fat binary in `image`: all of them, or, for a device
+/// of compute capability `device` (major, minor), the one entry its
+/// driver picks ([`FatBinary::entry_for`]) where there is one.
+fn for_each_code_entry(
+    image: &[u8],
+    device: Option<(u32, u32)>,
+    mut f: impl FnMut(EntryKind, &[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
     for fatbin in parse_fatbins(image)? {
+        let picked = device.and_then(|(major, minor)| fatbin.entry_for(major, minor));
         for entry in &fatbin.entries {
-            if matches!(entry.kind, EntryKind::Ptx | EntryKind::Elf) {
+            let chosen = match picked {
+                Some(p) => std::ptr::eq(p, entry),
+                None => matches!(entry.kind, EntryKind::Ptx | EntryKind::Elf),
+            };
+            if chosen {
                 f(entry.kind, &entry.payload()?)?;
             }
         }
@@ -215,13 +226,30 @@ fn for_each_code_entry(image: &[u8], mut f: impl FnMut(EntryKind, &[u8]) -> Resu
 /// over concatenated fat binaries), one per name, in first-seen order.
 /// A wrapper is refused: it only points at the fat binary.
 pub fn kernels(image: &[u8]) -> Result<Vec<KernelInfo>, Error> {
+    kernels_of(image, None)
+}
+
+/// The kernels of the code a device of compute capability `major.minor`
+/// runs from an image. For a fat binary that is, in each of its fat
+/// binaries, the one entry the driver picks: the ELF of the device's major
+/// version with the latest minor no later than the device's, else the
+/// latest PTX no later than the device. Only that entry is decompressed
+/// (NCCL's libraries hold a compressed ELF for each of a dozen
+/// architectures). A fat binary with no entry for the device is read
+/// whole, as [`kernels`] does: the driver refuses it at load.
+pub fn kernels_for(image: &[u8], major: u32, minor: u32) -> Result<Vec<KernelInfo>, Error> {
+    kernels_of(image, Some((major, minor)))
+}
+
+/// [`kernels`], or [`kernels_for`] a device of compute capability `device`.
+fn kernels_of(image: &[u8], device: Option<(u32, u32)>) -> Result<Vec<KernelInfo>, Error> {
     match detect(image)? {
         ImageKind::Wrapper => Err(Error::WrapperNotImage),
         ImageKind::Ptx => Ok(ptx::scan(image)?.kernels),
         ImageKind::Elf => elf::Elf::parse(image)?.kernels(),
         ImageKind::FatBinary => {
             let mut out = Vec::new();
-            for_each_code_entry(image, |kind, payload| {
+            for_each_code_entry(image, device, |kind, payload| {
                 let found = match kind {
                     EntryKind::Ptx => ptx::scan(payload)?.kernels,
                     _ => elf::Elf::parse(payload)?.kernels()?,
@@ -236,42 +264,6 @@ pub fn kernels(image: &[u8]) -> Result<Vec<KernelInfo>, Error> {
     }
 }
 
-/// The kernels of the code a device of compute capability `major.minor`
-/// runs from an image. For a fat binary that is, in each of its fat
-/// binaries, the one entry the driver picks: the ELF of the device's major
-/// version with the latest minor no later than the device's, else the
-/// latest PTX no later than the device. Only that entry is decompressed
-/// (NCCL's libraries hold a compressed ELF for each of a dozen
-/// architectures). A fat binary with no entry for the device is read
-/// whole, as [`kernels`] does: the driver refuses it at load.
-pub fn kernels_for(image: &[u8], major: u32, minor: u32) -> Result<Vec<KernelInfo>, Error> {
-    if detect(image)? != ImageKind::FatBinary {
-        return kernels(image);
-    }
-    let mut out = Vec::new();
-    for fatbin in parse_fatbins(image)? {
-        let chosen: Vec<&Entry<'_>> = match fatbin.entry_for(major, minor) {
-            Some(e) => vec![e],
-            None => fatbin
-                .entries
-                .iter()
-                .filter(|e| matches!(e.kind, EntryKind::Ptx | EntryKind::Elf))
-                .collect(),
-        };
-        for entry in chosen {
-            let payload = entry.payload()?;
-            let found = match entry.kind {
-                EntryKind::Ptx => ptx::scan(&payload)?.kernels,
-                _ => elf::Elf::parse(&payload)?.kernels()?,
-            };
-            for k in found {
-                merge_kernel(&mut out, k);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// The module-scope variables an image defines (best effort: `.global` and
 /// `.const` PTX variables, `STT_OBJECT` cubin symbols).
 pub fn globals(image: &[u8]) -> Result<Vec<GlobalInfo>, Error> {
@@ -281,7 +273,7 @@ pub fn globals(image: &[u8]) -> Result<Vec<GlobalInfo>, Error> {
         ImageKind::Elf => elf::Elf::parse(image)?.globals(),
         ImageKind::FatBinary => {
             let mut out = Vec::new();
-            for_each_code_entry(image, |kind, payload| {
+            for_each_code_entry(image, None, |kind, payload| {
                 let found = match kind {
                     EntryKind::Ptx => ptx::scan(payload)?.globals,
                     _ => elf::Elf::parse(payload)?.globals()?,
