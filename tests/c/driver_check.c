@@ -2798,8 +2798,15 @@ int main(int argc, char **argv) {
         CHECK(cuDevicePrimaryCtxGetState(dev, &flags, &active));
         CHECK(cuCtxGetFlags(&f));
         EXPECT(f == flags, "context flags %u, primary state says %u", f, flags);
-        char bus[32];
+        /* The documented 13 bytes hold the whole address: the driver writes
+         * a four-digit domain, "0000:3B:00.0". */
+        char bus[13];
         CHECK(cuDeviceGetPCIBusId(bus, sizeof bus, dev));
+        int pci_bus = -1;
+        CHECK(cuDeviceGetAttribute(&pci_bus, 33 /* PCI_BUS_ID */, dev));
+        unsigned dom = 99, b = 999, d = 99, fn = 9;
+        EXPECT(strlen(bus) == 12 && sscanf(bus, "%4x:%2x:%2x.%1x", &dom, &b, &d, &fn) == 4 && (int)b == pci_bus,
+               "bus id \"%s\" for PCI bus %d", bus, pci_bus);
         CUdevice again = -1;
         CHECK(cuDeviceGetByPCIBusId(&again, bus));
         EXPECT(again == dev, "device %d for bus id %s", again, bus);

@@ -192,14 +192,17 @@ const PCI_BUS: i32 = 33;
 const PCI_DEVICE: i32 = 34;
 const PCI_DOMAIN: i32 = 50;
 
-/// The remote GPU's PCI address, as the driver writes it.
+/// The remote GPU's PCI address, as the driver writes it: a four-digit
+/// domain in upper-case hex (`0000:3B:00.0`), twelve characters, so that it
+/// fits the 13-byte buffer the driver's documentation asks for. (NVML's
+/// `busId` is the one with an eight-digit domain.)
 fn pci_bus_id(s: &Shim, device: CUdevice) -> CuResult<String> {
     let (domain, bus, dev) = (
         s.attribute(device, PCI_DOMAIN)?,
         s.attribute(device, PCI_BUS)?,
         s.attribute(device, PCI_DEVICE)?,
     );
-    Ok(format!("{domain:08x}:{bus:02x}:{dev:02x}.0"))
+    Ok(format!("{domain:04X}:{bus:02X}:{dev:02X}.0"))
 }
 
 pub unsafe fn device_get_pci_bus_id(id: *mut c_char, len: i32, device: CUdevice) -> CuResult {
