@@ -58,7 +58,7 @@ pub struct LaunchAttribute {
 pub struct MemPoolProps {
     /// `CUmemAllocationType`: 1, pinned (the only one).
     pub alloc_type: u32,
-    /// `CUmemAllocationHandleType`: 0, none.
+    /// `CUmemAllocationHandleType` bits: 0, none; 1, a file descriptor.
     pub handle_types: u32,
     /// `CUmemLocation`: type 1 (device) and the device ordinal.
     pub location_type: u32,
@@ -123,12 +123,12 @@ pub struct MemAllocationProp {
 }
 
 impl MemPoolProps {
-    /// Pinned memory on `device`, with no handle types, up to `max_size`
-    /// bytes (0: no limit).
-    pub fn device(device: i32, max_size: usize) -> MemPoolProps {
+    /// Pinned memory on `device`, exportable as `handle_types` says, up to
+    /// `max_size` bytes (0: no limit).
+    pub fn device(device: i32, max_size: usize, handle_types: u32) -> MemPoolProps {
         MemPoolProps {
             alloc_type: 1,
-            handle_types: 0,
+            handle_types,
             location_type: 1,
             location_id: device,
             win32_security_attributes: std::ptr::null_mut(),
@@ -617,6 +617,10 @@ driver_api! {
     cuMemPoolGetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
     cuMemPoolTrimTo(pool: Ptr, keep: usize);
     cuMemPoolSetAccess(pool: Ptr, map: *const MemAccessDesc, count: usize);
+    cuMemPoolExportToShareableHandle(shareable: *mut c_void, pool: Ptr, handle_type: u32, flags: u64);
+    cuMemPoolImportFromShareableHandle(pool: *mut Ptr, os_handle: *mut c_void, handle_type: u32, flags: u64);
+    cuMemPoolExportPointer(data: *mut IpcHandle, ptr: CUdeviceptr);
+    cuMemPoolImportPointer(ptr: *mut CUdeviceptr, pool: Ptr, data: *mut IpcHandle);
     cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64);
     cuMemAddressFree(ptr: CUdeviceptr, size: usize);
     cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);

@@ -15,8 +15,8 @@
 //!
 //! Layout of a gpupool handle (64 bytes):
 //! `magic (8) | run of the server (8) | exporting session (8, LE) |
-//! secret (16) | zeros (24)`; the magic's last byte says memory (1) or
-//! event (2). Entries live at `<registry>/<session>/<secret in hex>` and hold
+//! secret (16) | zeros (24)`; the magic's last byte says what it names
+//! ([`Kind`]). Entries live at `<registry>/<session>/<secret in hex>` and hold
 //! the kind and the driver's handle; a session's folder goes when the
 //! session ends, whether its worker exits or dies.
 
@@ -39,6 +39,12 @@ pub enum Kind {
     /// its size and device; the file descriptor itself is handed over by
     /// the exporting worker ([`fd_socket_name`]).
     Physical = 3,
+    /// A memory pool (`cuMemPoolExportToShareableHandle`): the entry holds
+    /// its device; the descriptor is handed over as a physical memory's is.
+    Pool = 4,
+    /// An allocation of an exported pool (`cuMemPoolExportPointer`): the
+    /// entry holds the driver's export data.
+    PoolPointer = 5,
 }
 
 /// The abstract Unix socket on which the worker of `session` hands over the
@@ -200,6 +206,8 @@ impl Registry {
             1 => Kind::Memory,
             2 => Kind::Event,
             3 => Kind::Physical,
+            4 => Kind::Pool,
+            5 => Kind::PoolPointer,
             _ => return Err(OpenError::Foreign),
         };
         if ours[8..16] != self.run {

@@ -10,6 +10,16 @@ pub const INVALID_VALUE: u32 = 1;
 pub const INVALID_CONTEXT: u32 = 201;
 pub const INVALID_HANDLE: u32 = 400;
 
+/// A memory pool the client may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolEntry {
+    /// Made (`cuMemPoolCreate`) or imported by this client, which destroys
+    /// it at the end; a device's default or current pool is not.
+    pub created: bool,
+    /// The device whose memory it holds.
+    pub device: i32,
+}
+
 /// A device memory range the client may address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
@@ -72,9 +82,8 @@ pub struct Tables {
     pub real: HashMap<Handle, Handle>,
     /// Base address -> region.
     pub memory: BTreeMap<u64, Region>,
-    /// Memory pools this client may name -> whether it created the pool
-    /// (and so destroys it at the end).
-    pub pools: HashMap<Handle, bool>,
+    /// Memory pools this client may name.
+    pub pools: HashMap<Handle, PoolEntry>,
     /// Reserved virtual address ranges (`cuMemAddressReserve`): base -> size.
     pub reservations: BTreeMap<u64, u64>,
     /// Physical allocations (`cuMemCreate`) -> (size, device).

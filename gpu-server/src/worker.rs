@@ -13,7 +13,7 @@ use crate::driver::{
 };
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
-use crate::tables::{Region, RegionKind, Tables, INVALID_HANDLE, INVALID_VALUE};
+use crate::tables::{PoolEntry, Region, RegionKind, Tables, INVALID_HANDLE, INVALID_VALUE};
 use gpupool_proto::codec;
 use gpupool_proto::frame::{self, FrameHeader, COPY_CHUNK};
 use gpupool_proto::handshake::{SessionInfo, Welcome};
@@ -870,6 +870,7 @@ impl<'d> Worker<'d> {
                 | R::CtxSetLimit { ctx, .. } => *ctx,
                 R::MemGetInfo { ctx } | R::MemAlloc { ctx, .. } | R::MemFree { ctx, .. } => *ctx,
                 R::MemAllocAsync { ctx, .. } | R::MemFreeAsync { ctx, .. } => *ctx,
+                R::MemPoolExportPointer { ctx, .. } | R::MemPoolImportPointer { ctx, .. } => *ctx,
                 R::MemcpyDtoD { ctx, .. } | R::Memset { ctx, .. } => *ctx,
                 R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } | R::MemcpyArray { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
@@ -957,7 +958,15 @@ impl<'d> Worker<'d> {
                 // checks that it belongs to the device.
                 unsafe { d.cuDeviceSetMemPool(device, as_ptr(pool)) }
             })),
-            R::MemPoolCreate { device, max_size } => to_reply(self.pool_create(device, max_size)),
+            R::MemPoolCreate {
+                device,
+                max_size,
+                handle_types,
+            } => to_reply(self.pool_create(device, max_size, handle_types)),
+            R::MemPoolExport { pool } => to_reply(self.pool_export(pool)),
+            R::MemPoolImport { token } => to_reply(self.pool_import(&token)),
+            R::MemPoolExportPointer { ctx, ptr } => to_reply(self.pool_export_pointer(ctx, ptr)),
+            R::MemPoolImportPointer { ctx, pool, token } => to_reply(self.pool_import_pointer(ctx, pool, &token)),
             R::MemPoolDestroy { pool } => to_reply(self.pool_destroy(pool)),
             R::MemPoolAttribute { pool, attr, set } => to_reply(self.pool_attribute(pool, attr, set)),
             R::GraphMemAttribute { device, attr, set } => to_reply(self.graph_mem_attribute(device, attr, set)),
@@ -2331,28 +2340,38 @@ impl<'d> Worker<'d> {
                 self.driver.cuDeviceGetDefaultMemPool(&mut pool, device)
             }
         }?;
-        self.tables.pools.entry(handle(pool)).or_insert(false);
+        self.tables
+            .pools
+            .entry(handle(pool))
+            .or_insert(PoolEntry { created: false, device });
         Ok(Reply::Handle(handle(pool)))
     }
 
-    fn pool_create(&mut self, device: i32, max_size: u64) -> DriverResult<Reply> {
-        let props = MemPoolProps::device(device, max_size as usize);
+    fn pool_create(&mut self, device: i32, max_size: u64, handle_types: u32) -> DriverResult<Reply> {
+        // Only a file descriptor can reach another session (of this server).
+        if handle_types & !ipc::HANDLE_TYPE_POSIX_FD != 0 {
+            return Err(NOT_SUPPORTED);
+        }
+        let props = MemPoolProps::device(device, max_size as usize, handle_types);
         let mut pool: Ptr = std::ptr::null_mut();
         // SAFETY: pool is writable and props a complete CUmemPoolProps.
         unsafe { self.driver.cuMemPoolCreate(&mut pool, &props) }?;
-        self.tables.pools.insert(handle(pool), true);
+        self.tables
+            .pools
+            .insert(handle(pool), PoolEntry { created: true, device });
         Ok(Reply::Handle(handle(pool)))
     }
 
     fn pool_destroy(&mut self, pool: Handle) -> DriverResult {
         match self.tables.pools.get(&pool) {
-            Some(true) => {}
+            Some(p) if p.created => {}
             // A device's default pool cannot be destroyed.
-            Some(false) | None => return Err(INVALID_VALUE),
+            _ => return Err(INVALID_VALUE),
         }
-        // SAFETY: the pool was created by this client.
+        // SAFETY: the pool was created (or imported) by this client.
         unsafe { self.driver.cuMemPoolDestroy(as_ptr(pool)) }?;
         self.tables.pools.remove(&pool);
+        self.ipc_forget_pool(pool);
         Ok(())
     }
 
@@ -3019,7 +3038,7 @@ impl<'d> Worker<'d> {
                     return Err(INVALID_VALUE);
                 }
                 let mut p = crate::driver::MemAllocNodeParams {
-                    pool_props: MemPoolProps::device(device, 0),
+                    pool_props: MemPoolProps::device(device, 0, 0),
                     access_descs: std::ptr::null(),
                     access_desc_count: 0,
                     bytesize: size as usize,
@@ -3779,8 +3798,8 @@ impl<'d> Worker<'d> {
             // SAFETY: the linker belongs to this client.
             let _ = unsafe { self.driver.cuLinkDestroy(as_ptr(l)) };
         }
-        for (pool, created) in std::mem::take(&mut self.tables.pools) {
-            if created {
+        for (pool, entry) in std::mem::take(&mut self.tables.pools) {
+            if entry.created {
                 // SAFETY: the pool was created by this client; its memory
                 // went with the contexts above.
                 let _ = unsafe { self.driver.cuMemPoolDestroy(as_ptr(pool)) };

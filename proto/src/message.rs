@@ -93,8 +93,14 @@ pub enum Request {
     /// sync: `cuDeviceSetMemPool`.
     MemPoolSetCurrent { device: i32, pool: Handle },
     /// sync -> `Reply::Handle`: a pool of device memory on `device`, at most
-    /// `max_size` bytes (0: no limit of its own).
-    MemPoolCreate { device: i32, max_size: u64 },
+    /// `max_size` bytes (0: no limit of its own), exportable as
+    /// `handle_types` says (`CUmemAllocationHandleType` bits; only the file
+    /// descriptor, 1, is offered; version 18).
+    MemPoolCreate {
+        device: i32,
+        max_size: u64,
+        handle_types: u32,
+    },
     /// sync.
     MemPoolDestroy { pool: Handle },
     /// sync -> `Reply::Size`: a pool attribute (`CUmemPool_attribute`),
@@ -120,6 +126,22 @@ pub enum Request {
     /// sync: `cuMemPoolSetAccess` of one device other than the pool's own
     /// (`CUmemAccess_flags`: 0 none, 3 read-write). Version 17.
     MemPoolSetAccess { pool: Handle, device: i32, flags: u32 },
+    /// sync -> `Reply::Bytes` (64): a handle another session of this server
+    /// can import the session's exportable pool `pool` with
+    /// (`cuMemPoolExportToShareableHandle` of a file descriptor). Version 18.
+    MemPoolExport { pool: Handle },
+    /// sync -> `Reply::Pair(pool, device)`: another session's pool imported
+    /// from the handle `MemPoolExport` made
+    /// (`cuMemPoolImportFromShareableHandle`). Version 18.
+    MemPoolImport { token: Vec<u8> },
+    /// sync -> `Reply::Bytes` (64): what another session that imported the
+    /// pool of the session's allocation `ptr` imports the allocation with
+    /// (`cuMemPoolExportPointer`). Version 18.
+    MemPoolExportPointer { ctx: Handle, ptr: DevicePtr },
+    /// sync -> `Reply::Global`: the allocation `token` names, from the
+    /// imported pool `pool`, mapped in `ctx` (`cuMemPoolImportPointer`).
+    /// The session frees it as its own. Version 18.
+    MemPoolImportPointer { ctx: Handle, pool: Handle, token: Vec<u8> },
     /// sync -> `Reply::Pointer`: a range of virtual addresses
     /// (`cuMemAddressReserve`; `alignment` 0: the driver's).
     MemAddressReserve { size: u64, alignment: u64 },

@@ -3224,11 +3224,16 @@ int main(int argc, char **argv) {
         EXPECT(access == 3, "the pool's device has access %u", access);
         CHECK(cuMemPoolTrimTo(p1, 0));
         CHECK(cuMemPoolDestroy(p1));
-        /* Shareable (IPC) pools cannot cross machines. */
+        /* A pool shareable as a file descriptor is made (see pool-ipc);
+         * through gpupool other handle types, which cannot travel, are
+         * refused. */
         props.handleTypes = 1;
         CUmemoryPool ipc = NULL;
+        CHECK(cuMemPoolCreate(&ipc, &props));
+        CHECK(cuMemPoolDestroy(ipc));
+        props.handleTypes = 8; /* CU_MEM_HANDLE_TYPE_FABRIC */
         CUresult r = cuMemPoolCreate(&ipc, &props);
-        if (getenv("GPUPOOL_SERVER")) EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "shareable pool: %d", r);
+        if (getenv("GPUPOOL_SERVER")) EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "fabric pool: %d", r);
         else if (r == CUDA_SUCCESS) CHECK(cuMemPoolDestroy(ipc));
         CHECK(cuStreamDestroy(s));
         CHECK(cuMemFreeHost(in));
@@ -3712,6 +3717,113 @@ int main(int argc, char **argv) {
         CHECK(cuMemUnmap(va, g));
         CHECK(cuMemRelease(h));
         CHECK(cuMemAddressFree(va, g));
+        free(host);
+    } else if (!strcmp(mode, "pool-ipc") || !strcmp(mode, "pool-ipc-child")) {
+        /* A pool shared with another process as a file descriptor, and an
+         * allocation of it by its export data, as cuda.core and RMM share
+         * memory between processes. */
+        typedef CUresult (*PFN_poolExport)(void *, CUmemoryPool, int, unsigned long long);
+        typedef CUresult (*PFN_poolImport)(CUmemoryPool *, void *, int, unsigned long long);
+        typedef CUresult (*PFN_ptrExport)(unsigned char *, CUdeviceptr);
+        typedef CUresult (*PFN_ptrImport)(CUdeviceptr *, CUmemoryPool, unsigned char *);
+        GET(cuMemAllocFromPoolAsync, 11020);
+        GET(cuMemFreeAsync, 11020);
+        GET(cuMemPoolCreate, 11020);
+        GET(cuMemPoolDestroy, 11020);
+        PFN_poolExport poolExport = (PFN_poolExport)sym("cuMemPoolExportToShareableHandle", 11020);
+        PFN_poolImport poolImport = (PFN_poolImport)sym("cuMemPoolImportFromShareableHandle", 11020);
+        PFN_ptrExport ptrExport = (PFN_ptrExport)sym("cuMemPoolExportPointer", 11020);
+        PFN_ptrImport ptrImport = (PFN_ptrImport)sym("cuMemPoolImportPointer", 11020);
+        const unsigned n = 65536;
+        const size_t bytes = n * sizeof(float);
+        float *host = malloc(bytes);
+        CUstream s;
+        CHECK(cuStreamCreate(&s, 1));
+        unsigned char data[64];
+        if (!strcmp(mode, "pool-ipc-child")) {
+            EXPECT(argc == 4 && strlen(argv[3]) == 128, "usage: pool-ipc-child FD EXPORT-DATA");
+            int fd = atoi(argv[2]);
+            for (int i = 0; i < 64; i++) sscanf(argv[3] + 2 * i, "%2hhx", &data[i]);
+            CUmemoryPool pool = NULL;
+            CHECK(poolImport(&pool, (void *)(long)fd, 1, 0));
+            close(fd);
+            /* Nothing is allocated from an imported pool; export data that
+             * names nothing imports nothing. */
+            CUdeviceptr none = 0;
+            EXPECT(cuMemAllocFromPoolAsync(&none, 4096, pool, s) != CUDA_SUCCESS, "allocated from an imported pool");
+            unsigned char junk[64];
+            memset(junk, 0x5a, sizeof junk);
+            EXPECT(ptrImport(&none, pool, junk) != CUDA_SUCCESS, "junk export data was imported");
+            CUdeviceptr p = 0;
+            CHECK(ptrImport(&p, pool, data));
+            CHECK(cuMemcpyDtoH(host, p, bytes));
+            for (unsigned i = 0; i < n; i++) EXPECT(host[i] == (float)(i % 1000), "imported[%u] = %g", i, host[i]);
+            float three = 3.0f;
+            int count = (int)n;
+            void *args[] = {&p, &three, &count};
+            CHECK(cuLaunchKernel(scale, (n + 255) / 256, 1, 1, 256, 1, 1, 0, s, args, NULL));
+            CHECK(cuMemFreeAsync(p, s));
+            CHECK(cuStreamSynchronize(s));
+            EXPECT(cuMemcpyDtoH(host, p, 4) != CUDA_SUCCESS, "freed imported memory was read");
+            CHECK(cuMemPoolDestroy(pool));
+            printf("OK pool-ipc-child\n");
+        } else {
+            CUmemPoolProps props;
+            memset(&props, 0, sizeof props);
+            props.allocType = 1;
+            props.location.type = 1;
+            props.location.id = dev;
+            /* A pool made without the handle type, and memory not of an
+             * exportable pool, export nothing. */
+            CUmemoryPool plain = NULL;
+            CHECK(cuMemPoolCreate(&plain, &props));
+            int bad = -1;
+            EXPECT(poolExport(&bad, plain, 1, 0) != CUDA_SUCCESS, "a pool made without a handle type was exported");
+            CUdeviceptr q = 0;
+            CHECK(cuMemAllocFromPoolAsync(&q, 4096, plain, s));
+            EXPECT(ptrExport(data, q) != CUDA_SUCCESS, "memory of a plain pool was exported");
+            CHECK(cuMemFreeAsync(q, s));
+            CHECK(cuMemAlloc(&q, 4096));
+            EXPECT(ptrExport(data, q) != CUDA_SUCCESS, "cuMemAlloc memory was exported as a pool's");
+            CHECK(cuMemFree(q));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuMemPoolDestroy(plain));
+            /* A descriptor of something else imports no pool. */
+            int pipefd[2];
+            EXPECT(pipe(pipefd) == 0, "pipe");
+            CUmemoryPool junk = NULL;
+            EXPECT(poolImport(&junk, (void *)(long)pipefd[0], 1, 0) != CUDA_SUCCESS, "a pipe was imported as a pool");
+            close(pipefd[0]);
+            close(pipefd[1]);
+            props.handleTypes = 1;
+            CUmemoryPool pool = NULL;
+            CHECK(cuMemPoolCreate(&pool, &props));
+            CUdeviceptr p = 0;
+            CHECK(cuMemAllocFromPoolAsync(&p, bytes, pool, s));
+            for (unsigned i = 0; i < n; i++) host[i] = (float)(i % 1000);
+            CHECK(cuMemcpyHtoDAsync(p, host, bytes, s));
+            CHECK(cuStreamSynchronize(s));
+            int fd = -1;
+            CHECK(poolExport(&fd, pool, 1, 0));
+            CHECK(ptrExport(data, p));
+            /* Handed to the child by inheritance, the data as text. */
+            EXPECT(fcntl(fd, F_SETFD, 0) == 0, "fcntl");
+            char fdtext[16], hex[129];
+            snprintf(fdtext, sizeof fdtext, "%d", fd);
+            for (int i = 0; i < 64; i++) snprintf(hex + 2 * i, 3, "%02x", data[i]);
+            char *args[] = {"driver_check", "pool-ipc-child", fdtext, hex, NULL};
+            int status = run_self(args);
+            EXPECT(status == 0, "the pool-ipc child failed with status %d", status);
+            close(fd);
+            CHECK(cuMemcpyDtoH(host, p, bytes));
+            for (unsigned i = 0; i < n; i++)
+                EXPECT(host[i] == 3.0f * (float)(i % 1000), "after the child: [%u] = %g", i, host[i]);
+            CHECK(cuMemFreeAsync(p, s));
+            CHECK(cuStreamSynchronize(s));
+            CHECK(cuMemPoolDestroy(pool));
+            printf("OK pool-ipc\n");
+        }
+        CHECK(cuStreamDestroy(s));
         free(host);
     } else if (!strcmp(mode, "hostnodes")) {
         GET(cuLaunchHostFunc, 10000);

@@ -928,6 +928,21 @@ fn physical_memory_travels_as_a_file_descriptor_between_sessions() {
     }
 }
 
+/// A pool made shareable as a file descriptor travels to another session
+/// of the same server (a child process), and so does an allocation of it,
+/// by its export data: the child reads what the parent wrote and scales
+/// it, the parent sees the result. Pools and memory that were not made
+/// exportable, and descriptors or data that name nothing, are refused.
+#[test]
+fn memory_pools_travel_as_file_descriptors_between_sessions() {
+    let server = Server::start();
+    for url in both(&server) {
+        let out = driver_check(&url, &["pool-ipc"]);
+        assert!(out.contains("OK pool-ipc-child"), "{url}: {out}");
+        assert!(out.contains("OK pool-ipc\n"), "{url}: {out}");
+    }
+}
+
 /// An IPC handle opens on the server that made it, in any session there,
 /// while its session lives; another server (or the same one after the
 /// session ended) refuses it, telling which.

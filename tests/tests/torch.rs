@@ -1092,6 +1092,35 @@ print("filled", int(h.sum()), int(h.min()), int(h.max()))
     assert!(stdout.contains("filled 7000 7 7"), "{}", context());
 }
 
+/// cuda.core, NVIDIA's Python API over the driver, in the numba
+/// environment (`tests/python/cuda_core_through_gpupool.py`): NVRTC's
+/// cubin and PTX launched with pool memory, a captured graph between timed
+/// events, the PCI address as the driver writes it, and a pool shared with
+/// a spawned child process (`cuMemPoolExportToShareableHandle`,
+/// `cuMemPoolExportPointer`), whose write the parent reads.
+#[test]
+fn cuda_core_compiles_launches_and_shares_a_pool_through_gpupool() {
+    let Some(python) = numba_python() else { return };
+    let server = Server::start();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/cuda_core_through_gpupool.py");
+    let (ok, stdout, stderr) = run_python(&python, &server, &[script.to_str().unwrap()]);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    for line in [
+        "saxpy cubin True",
+        "saxpy ptx True",
+        "graph and timing True",
+        "shared pool True 0 True",
+    ] {
+        assert!(stdout.contains(line), "{line}: {}", context());
+    }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("pci ") && l.ends_with(" True")),
+        "{}",
+        context()
+    );
+}
+
 /// The Python with JAX's CUDA 13 build (`GPUPOOL_TEST_JAX_PYTHON`, a
 /// virtual environment of its own).
 fn jax_python() -> Option<PathBuf> {

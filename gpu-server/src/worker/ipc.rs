@@ -34,6 +34,12 @@ pub(super) struct Shared {
     /// Physical memory exported as a file descriptor: handle -> the handle
     /// the client got.
     physical: HashMap<Handle, [u8; IPC_HANDLE_LEN]>,
+    /// Pools exported as a file descriptor: pool -> the handle the client
+    /// got.
+    pools: HashMap<Handle, [u8; IPC_HANDLE_LEN]>,
+    /// Allocations of exported pools whose export data the client got:
+    /// base -> handle.
+    pool_pointers: HashMap<u64, [u8; IPC_HANDLE_LEN]>,
     /// The exported descriptors by their handles' secrets, which this
     /// worker's socket hands over (`crate::fdpass`); started at the first
     /// export.
@@ -41,7 +47,7 @@ pub(super) struct Shared {
 }
 
 /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
-const HANDLE_TYPE_POSIX_FD: u32 = 1;
+pub(super) const HANDLE_TYPE_POSIX_FD: u32 = 1;
 
 /// Exported descriptors by their handles' secrets, shared with the thread
 /// that hands them over.
@@ -200,9 +206,14 @@ impl Worker<'_> {
         }
     }
 
-    /// The allocation at `base` is being freed: its handle names nothing now.
+    /// The allocation at `base` is being freed: its handles name nothing
+    /// now.
     pub(super) fn ipc_forget_memory(&mut self, base: u64) {
-        if let Some(h) = self.shared.memory.remove(&base) {
+        let handles = [
+            self.shared.memory.remove(&base),
+            self.shared.pool_pointers.remove(&base),
+        ];
+        for h in handles.into_iter().flatten() {
             if let Some(r) = &self.ipc {
                 r.withdraw(&h);
             }
@@ -258,6 +269,43 @@ impl Worker<'_> {
         Ok(table)
     }
 
+    /// File `entry` under `kind` and keep `fd` for the worker that opens
+    /// it: gpupool's handle for both.
+    fn export_fd(&mut self, kind: Kind, entry: &IpcHandle, fd: OwnedFd) -> DriverResult<[u8; IPC_HANDLE_LEN]> {
+        let table = self.fd_table()?;
+        let ours = self.file(kind, entry)?;
+        let secret = self.registry()?.secret_of(&ours).map_err(|_| INVALID_VALUE)?;
+        table.lock().unwrap_or_else(|p| p.into_inner()).insert(secret, fd);
+        Ok(ours)
+    }
+
+    /// The entry and the descriptor gpupool's handle `ours` of `kind`
+    /// names, the descriptor fetched from the exporting worker.
+    fn fetch_fd(&self, ours: &[u8], kind: Kind) -> DriverResult<(IpcHandle, OwnedFd)> {
+        let (exporter, entry) = self.find(ours, kind)?;
+        let registry = self.registry()?;
+        let secret = registry.secret_of(ours).map_err(|_| INVALID_VALUE)?;
+        let name = crate::ipc::fd_socket_name(registry.run(), exporter);
+        match crate::fdpass::fetch(&name, &secret) {
+            Ok(Some(fd)) => Ok((entry, fd)),
+            Ok(None) => Err(INVALID_HANDLE),
+            Err(e) => {
+                tracing::warn!(exporter, "cannot fetch an exported descriptor: {e}");
+                Err(INVALID_HANDLE)
+            }
+        }
+    }
+
+    /// Stop handing over the descriptor of `ours` and withdraw its entry.
+    fn withdraw_fd(&self, ours: &[u8; IPC_HANDLE_LEN]) {
+        if let Some(r) = &self.ipc {
+            if let (Ok(secret), Some(t)) = (r.secret_of(ours), &self.shared.fds) {
+                t.lock().unwrap_or_else(|p| p.into_inner()).remove(&secret);
+            }
+            r.withdraw(ours);
+        }
+    }
+
     /// `cuMemExportToShareableHandle` (a file descriptor) of the session's
     /// physical memory `handle`: gpupool's handle, which names its size and
     /// device; the descriptor stays here, for the importing worker to fetch.
@@ -266,7 +314,6 @@ impl Worker<'_> {
         if let Some(h) = self.shared.physical.get(&handle) {
             return Ok(Reply::Bytes(h.to_vec()));
         }
-        let table = self.fd_table()?;
         let mut fd: i32 = -1;
         // SAFETY: the handle is physical memory of this client; the driver
         // writes a descriptor into fd.
@@ -279,9 +326,7 @@ impl Worker<'_> {
         let mut entry = IpcHandle { reserved: [0; 64] };
         entry.reserved[..8].copy_from_slice(&size.to_le_bytes());
         entry.reserved[8..12].copy_from_slice(&device.to_le_bytes());
-        let ours = self.file(Kind::Physical, &entry)?;
-        let secret = self.registry()?.secret_of(&ours).map_err(|_| INVALID_VALUE)?;
-        table.lock().unwrap_or_else(|p| p.into_inner()).insert(secret, fd);
+        let ours = self.export_fd(Kind::Physical, &entry, fd)?;
         self.shared.physical.insert(handle, ours);
         Ok(Reply::Bytes(ours.to_vec()))
     }
@@ -290,18 +335,7 @@ impl Worker<'_> {
     /// descriptor fetched from the exporting worker, imported by the
     /// driver; the new handle is the session's physical memory.
     pub(super) fn mem_import(&mut self, ours: &[u8]) -> DriverResult<Reply> {
-        let (exporter, entry) = self.find(ours, Kind::Physical)?;
-        let registry = self.registry()?;
-        let secret = registry.secret_of(ours).map_err(|_| INVALID_VALUE)?;
-        let name = crate::ipc::fd_socket_name(registry.run(), exporter);
-        let fd = match crate::fdpass::fetch(&name, &secret) {
-            Ok(Some(fd)) => fd,
-            Ok(None) => return Err(INVALID_HANDLE),
-            Err(e) => {
-                tracing::warn!(exporter, "cannot fetch an exported descriptor: {e}");
-                return Err(INVALID_HANDLE);
-            }
-        };
+        let (entry, fd) = self.fetch_fd(ours, Kind::Physical)?;
         let size = u64::from_le_bytes(entry.reserved[..8].try_into().expect("8 bytes"));
         let device = i32::from_le_bytes(entry.reserved[8..12].try_into().expect("4 bytes"));
         let mut h = 0u64;
@@ -320,17 +354,131 @@ impl Worker<'_> {
         Ok(Reply::Pair(h as i64, device as i64))
     }
 
+    /// `cuMemPoolExportToShareableHandle` (a file descriptor) of a pool the
+    /// session made exportable: gpupool's handle, which names its device;
+    /// the descriptor stays here, for the importing worker to fetch.
+    pub(super) fn pool_export(&mut self, pool: Handle) -> DriverResult<Reply> {
+        let device = self.tables.pools.get(&pool).ok_or(INVALID_VALUE)?.device;
+        if let Some(h) = self.shared.pools.get(&pool) {
+            return Ok(Reply::Bytes(h.to_vec()));
+        }
+        let mut fd: i32 = -1;
+        // SAFETY: the pool is one this client may name; the driver writes a
+        // descriptor into fd (or refuses a pool made without that type).
+        unsafe {
+            self.driver.cuMemPoolExportToShareableHandle(
+                (&mut fd as *mut i32).cast(),
+                as_ptr(pool),
+                HANDLE_TYPE_POSIX_FD,
+                0,
+            )
+        }?;
+        // SAFETY: the driver just made this descriptor for us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut entry = IpcHandle { reserved: [0; 64] };
+        entry.reserved[..4].copy_from_slice(&device.to_le_bytes());
+        let ours = self.export_fd(Kind::Pool, &entry, fd)?;
+        self.shared.pools.insert(pool, ours);
+        Ok(Reply::Bytes(ours.to_vec()))
+    }
+
+    /// `cuMemPoolImportFromShareableHandle` of gpupool's handle `ours`: the
+    /// pool, imported by the driver from the exporting worker's descriptor,
+    /// is the session's to name and to destroy.
+    pub(super) fn pool_import(&mut self, ours: &[u8]) -> DriverResult<Reply> {
+        let (entry, fd) = self.fetch_fd(ours, Kind::Pool)?;
+        let device = i32::from_le_bytes(entry.reserved[..4].try_into().expect("4 bytes"));
+        let mut pool: Ptr = std::ptr::null_mut();
+        // SAFETY: fd is a descriptor the driver exported for a session of
+        // this server, open here; pool is writable. The descriptor is closed
+        // after.
+        unsafe {
+            self.driver.cuMemPoolImportFromShareableHandle(
+                &mut pool,
+                fd.as_raw_fd() as usize as *mut c_void,
+                HANDLE_TYPE_POSIX_FD,
+                0,
+            )
+        }?;
+        drop(fd);
+        self.tables
+            .pools
+            .insert(handle(pool), crate::tables::PoolEntry { created: true, device });
+        Ok(Reply::Pair(handle(pool) as i64, device as i64))
+    }
+
+    /// `cuMemPoolExportPointer` of the session's allocation at `ptr` (from
+    /// an exportable pool, as the driver checks): gpupool's handle for the
+    /// driver's export data.
+    pub(super) fn pool_export_pointer(&mut self, ctx: Handle, ptr: u64) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        match self.tables.memory.get(&ptr) {
+            Some(r) if r.kind == RegionKind::Allocated => {}
+            _ => return Err(INVALID_VALUE),
+        }
+        if let Some(h) = self.shared.pool_pointers.get(&ptr) {
+            return Ok(Reply::Bytes(h.to_vec()));
+        }
+        let mut data = IpcHandle { reserved: [0; 64] };
+        // SAFETY: ptr is an allocation of this client; data is writable.
+        unsafe { self.driver.cuMemPoolExportPointer(&mut data, ptr) }?;
+        let ours = self.file(Kind::PoolPointer, &data)?;
+        self.shared.pool_pointers.insert(ptr, ours);
+        Ok(Reply::Bytes(ours.to_vec()))
+    }
+
+    /// `cuMemPoolImportPointer` from the imported pool `pool`: the base and
+    /// size of the allocation, which the session frees as its own.
+    pub(super) fn pool_import_pointer(&mut self, ctx: Handle, pool: Handle, ours: &[u8]) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        self.check_pool(pool)?;
+        let (exporter, mut data) = self.find(ours, Kind::PoolPointer)?;
+        let mut p = 0u64;
+        // SAFETY: the pool is one this client may name; data is export data
+        // the driver made for a session of this server; p is writable.
+        unsafe { self.driver.cuMemPoolImportPointer(&mut p, as_ptr(pool), &mut data) }?;
+        let (mut base, mut size) = (0u64, 0usize);
+        // SAFETY: p was just imported by the driver; both outputs are writable.
+        let range = unsafe { self.driver.cuMemGetAddressRange_v2(&mut base, &mut size, p) };
+        if range.is_err() || base != p || size == 0 {
+            // SAFETY: p was imported above.
+            let _ = unsafe { self.driver.cuMemFree_v2(p) };
+            return Err(range.err().unwrap_or(INVALID_HANDLE));
+        }
+        let region = Region {
+            size: size as u64,
+            ctx,
+            kind: RegionKind::Allocated,
+        };
+        if self.tables.add_region(p, region).is_err() {
+            tracing::error!(
+                ptr = p,
+                size,
+                "driver imported pool memory over memory the session holds"
+            );
+            // SAFETY: p was imported above.
+            let _ = unsafe { self.driver.cuMemFree_v2(p) };
+            return Err(INVALID_VALUE);
+        }
+        tracing::debug!(ptr = p, size, exporter, "imported another session's pool allocation");
+        Ok(Reply::Global {
+            ptr: p,
+            size: size as u64,
+        })
+    }
+
+    /// The pool `pool` is being destroyed: its handle names nothing now.
+    pub(super) fn ipc_forget_pool(&mut self, pool: Handle) {
+        if let Some(h) = self.shared.pools.remove(&pool) {
+            self.withdraw_fd(&h);
+        }
+    }
+
     /// Physical memory `handle` is being released: its handle names
     /// nothing now.
     pub(super) fn ipc_forget_physical(&mut self, handle: Handle) {
-        let Some(h) = self.shared.physical.remove(&handle) else {
-            return;
-        };
-        if let Some(r) = &self.ipc {
-            if let (Ok(secret), Some(t)) = (r.secret_of(&h), &self.shared.fds) {
-                t.lock().unwrap_or_else(|p| p.into_inner()).remove(&secret);
-            }
-            r.withdraw(&h);
+        if let Some(h) = self.shared.physical.remove(&handle) {
+            self.withdraw_fd(&h);
         }
     }
 

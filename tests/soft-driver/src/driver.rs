@@ -638,6 +638,11 @@ struct PoolObj {
     used: u64,
     used_high: u64,
     reserved_high: u64,
+    /// `CUmemAllocationHandleType`s it may be exported as.
+    handle_types: u32,
+    /// Imported from another process (`cuMemPoolImportFromShareableHandle`):
+    /// that process and its pool. Nothing is allocated from it here.
+    imported: Option<(u32, u64)>,
     /// The other devices given access to the pool's memory
     /// (`cuMemPoolSetAccess`), one bit each.
     access: u64,
@@ -1314,7 +1319,7 @@ impl Driver {
     pub fn mem_free(&mut self, dptr: u64) -> CuResult<()> {
         self.active_ctx()?;
         match self.allocs.get(dptr) {
-            Some(a) if a.kind == AllocKind::Device => {}
+            Some(a) if matches!(a.kind, AllocKind::Device | AllocKind::PoolImported { .. }) => {}
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         }
         self.release(dptr);
@@ -1553,6 +1558,8 @@ impl Driver {
         self.pools.insert(
             h,
             PoolObj {
+                handle_types: 0,
+                imported: None,
                 access: 0,
                 device,
                 created,
@@ -1598,8 +1605,8 @@ impl Driver {
         Ok(())
     }
 
-    /// `cuMemPoolCreate` for pinned device memory without export handles
-    /// (`alloc_type` 1, `location_type` 1, `handle_types` 0).
+    /// `cuMemPoolCreate` for pinned device memory (`alloc_type` 1,
+    /// `location_type` 1), exportable as a file descriptor or not at all.
     pub fn mem_pool_create(
         &mut self,
         alloc_type: u32,
@@ -1610,11 +1617,13 @@ impl Driver {
         if alloc_type != 1 || location.0 != 1 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        if handle_types != 0 {
+        if handle_types & !HANDLE_TYPE_POSIX_FD != 0 {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         let d = self.device(location.1)?;
-        Ok(self.new_pool(d, true, max_size))
+        let pool = self.new_pool(d, true, max_size);
+        self.pool_mut(pool)?.handle_types = handle_types;
+        Ok(pool)
     }
 
     pub fn mem_pool_destroy(&mut self, pool: u64) -> CuResult<()> {
@@ -1689,7 +1698,7 @@ impl Driver {
             None => self.device_mem_pool(device as i32)?,
         };
         let p = self.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if p.device != device {
+        if p.device != device || p.imported.is_some() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         if p.max_size != 0 && p.used.saturating_add(size) > p.max_size {
@@ -1714,7 +1723,7 @@ impl Driver {
         }
         self.refuse_in_capture(stream)?;
         match self.allocs.get(dptr) {
-            Some(a) if a.kind == AllocKind::Device => {}
+            Some(a) if matches!(a.kind, AllocKind::Device | AllocKind::PoolImported { .. }) => {}
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         }
         self.graph_owned.remove(&dptr);

@@ -843,6 +843,71 @@ pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut *mut c_void, props: *const M
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuMemPoolExportToShareableHandle(
+    shareable: *mut c_void,
+    pool: *mut c_void,
+    handle_type: u32,
+    flags: u64,
+) -> CUresult {
+    ffi(|| {
+        need(shareable)?;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let fd = driver::with(|d| d.mem_pool_export_fd(pool as u64, handle_type))?;
+        // SAFETY: for a file descriptor the handle is an int (API contract).
+        unsafe { out(shareable.cast::<i32>(), fd) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolImportFromShareableHandle(
+    pool: *mut *mut c_void,
+    os_handle: *mut c_void,
+    handle_type: u32,
+    flags: u64,
+) -> CUresult {
+    ffi(|| {
+        need(pool)?;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = driver::with(|d| d.mem_pool_import_fd(os_handle as usize as i32, handle_type))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(pool, h as *mut c_void) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolExportPointer(data: *mut [u8; 64], ptr: CUdeviceptr) -> CUresult {
+    ffi(|| {
+        need(data)?;
+        let h = driver::with(|d| d.mem_pool_export_pointer(ptr))?;
+        // SAFETY: non-null; a CUmemPoolPtrExportData is 64 bytes (API
+        // contract).
+        unsafe { out(data, h) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolImportPointer(
+    ptr: *mut CUdeviceptr,
+    pool: *mut c_void,
+    data: *mut [u8; 64],
+) -> CUresult {
+    ffi(|| {
+        need(ptr)?;
+        need(data)?;
+        // SAFETY: non-null; a CUmemPoolPtrExportData is 64 bytes (API
+        // contract).
+        let h = unsafe { data.read_unaligned() };
+        let p = driver::with(|d| d.mem_pool_import_pointer(pool as u64, &h))?;
+        // SAFETY: non-null and valid for writes (API contract).
+        unsafe { out(ptr, p) }
+    })
+}
+
+#[no_mangle]
 pub extern "C" fn cuMemPoolDestroy(pool: *mut c_void) -> CUresult {
     ffi(|| driver::with(|d| d.mem_pool_destroy(pool as u64)))
 }

@@ -244,6 +244,10 @@ pub enum AllocKind {
     /// Another process's allocation at `base` opened here
     /// (`cuIpcOpenMemHandle`); charged to that process.
     Opened { pid: u32, base: u64 },
+    /// Another process's allocation at `base` imported from its pool
+    /// (`cuMemPoolImportPointer`); freed here with `cuMemFree(Async)`,
+    /// charged to that process.
+    PoolImported { pid: u32, base: u64 },
 }
 
 #[derive(Debug)]

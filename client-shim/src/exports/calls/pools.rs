@@ -3,6 +3,7 @@
 //! pool's reuse, thresholds and figures are the GPU's own. An allocation
 //! costs a round trip (the driver picks the address); a free streams.
 
+use super::vmm::{read_token, token_file, HANDLE_TYPE_POSIX_FD};
 use super::*;
 
 /// `CUmemLocationType` of a device, `CUmemAllocationType` of pinned memory.
@@ -202,7 +203,8 @@ pub unsafe fn mem_set_mem_pool(location: *const c_void, kind: u32, pool: *mut c_
     unsafe { device_set_mem_pool(device, pool) }
 }
 
-/// Pools of device memory; shareable handles (IPC) cannot cross machines.
+/// Pools of device memory, exportable as a file descriptor to the
+/// sessions of the same server; other handle types cannot travel.
 pub unsafe fn mem_pool_create(pool: *mut *mut c_void, props: *const c_void) -> CuResult {
     let s = shim()?;
     let props = props.cast::<MemPoolPropsHead>();
@@ -216,12 +218,17 @@ pub unsafe fn mem_pool_create(pool: *mut *mut c_void, props: *const c_void) -> C
         return Err(CuError::INVALID_VALUE);
     }
     let device = location_device(s, &p.location)?;
-    if p.handle_types != 0 {
+    if p.handle_types & !HANDLE_TYPE_POSIX_FD != 0 {
+        tracing::warn!(
+            handle_types = p.handle_types,
+            "only file descriptors are offered as a pool's shareable handles"
+        );
         return Err(CuError::NOT_SUPPORTED);
     }
     let req = Request::MemPoolCreate {
         device,
         max_size: p.max_size as u64,
+        handle_types: p.handle_types,
     };
     pool_reply(s, &req, device, pool)
 }
@@ -234,6 +241,128 @@ pub unsafe fn mem_pool_destroy(pool: *mut c_void) -> CuResult {
     write(&s.pools).remove(&pool);
     write(&s.pool_access).retain(|(p, _), _| *p != pool);
     Ok(())
+}
+
+/// `cuMemPoolExportToShareableHandle` as a file descriptor, as cuda.core
+/// and RMM share a pool between processes: the server's worker keeps the
+/// driver's descriptor and answers gpupool's handle for it, which the
+/// program gets in a small memory file of its own (as with
+/// `cuMemExportToShareableHandle`).
+pub unsafe fn mem_pool_export_to_shareable_handle(
+    shareable: *mut c_void,
+    pool: *mut c_void,
+    handle_type: u32,
+    flags: u64,
+) -> CuResult {
+    let s = shim()?;
+    let pool = pool as Handle;
+    pool_device(s, pool)?;
+    if shareable.is_null() || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if handle_type != HANDLE_TYPE_POSIX_FD {
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let token = match s.remote.call(&Request::MemPoolExport { pool }, &[])? {
+        Reply::Bytes(b) if b.len() == gpupool_proto::message::IPC_HANDLE_LEN => b,
+        _ => return Err(CuError::UNKNOWN),
+    };
+    let fd = token_file(&token).map_err(|e| {
+        tracing::warn!("cannot make the shareable handle's file: {e}");
+        CuError::OUT_OF_MEMORY
+    })?;
+    // SAFETY: for a file descriptor the shareable handle is an int (API
+    // contract); checked not to be null.
+    unsafe { out(shareable.cast::<i32>(), std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+/// `cuMemPoolImportFromShareableHandle` of a descriptor
+/// `cuMemPoolExportToShareableHandle` made in a process whose session is on
+/// the same server: the server's worker imports the pool from the
+/// exporting worker. The program destroys it with `cuMemPoolDestroy`.
+pub unsafe fn mem_pool_import_from_shareable_handle(
+    pool: *mut *mut c_void,
+    os_handle: *mut c_void,
+    handle_type: u32,
+    flags: u64,
+) -> CuResult {
+    let s = shim()?;
+    if pool.is_null() || flags != 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    if handle_type != HANDLE_TYPE_POSIX_FD {
+        return Err(CuError::NOT_SUPPORTED);
+    }
+    let token = read_token(os_handle as usize as i32)?;
+    match s.remote.call(&Request::MemPoolImport { token }, &[])? {
+        Reply::Pair(h, device) => {
+            let h = h as Handle;
+            write(&s.pools).insert(h, device as i32);
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(pool, as_ptr(h)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+/// `CUmemPoolPtrExportData`: 64 opaque bytes.
+const POOL_PTR_EXPORT_LEN: usize = 64;
+
+/// `cuMemPoolExportPointer` of an allocation from an exportable pool: what
+/// the program passes to the importing process is gpupool's handle for the
+/// driver's export data (64 bytes, as the driver's).
+pub unsafe fn mem_pool_export_pointer(data: *mut c_void, ptr: CUdeviceptr) -> CuResult {
+    let s = shim()?;
+    if data.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = match lock(&s.device_memory).get(&ptr) {
+        Some(r) if r.kind == RangeKind::Allocated => r.ctx,
+        _ => return Err(CuError::INVALID_VALUE),
+    };
+    match s.remote.call(&Request::MemPoolExportPointer { ctx, ptr }, &[])? {
+        Reply::Bytes(b) if b.len() == POOL_PTR_EXPORT_LEN => {
+            // SAFETY: the program passes a CUmemPoolPtrExportData (64
+            // bytes); checked not to be null.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), data.cast::<u8>(), POOL_PTR_EXPORT_LEN) };
+            Ok(())
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
+/// `cuMemPoolImportPointer` from a pool this process imported: the
+/// allocation, in the current context, is the program's until it frees it
+/// (`cuMemFree` / `cuMemFreeAsync`), as with the driver.
+pub unsafe fn mem_pool_import_pointer(ptr: *mut CUdeviceptr, pool: *mut c_void, data: *mut c_void) -> CuResult {
+    let s = shim()?;
+    let pool = pool as Handle;
+    let device = pool_device(s, pool)?;
+    let ctx = current_ctx()?;
+    if ptr.is_null() || data.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: the program passes a CUmemPoolPtrExportData (64 bytes);
+    // checked not to be null.
+    let token = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), POOL_PTR_EXPORT_LEN) }.to_vec();
+    match s
+        .remote
+        .call(&Request::MemPoolImportPointer { ctx, pool, token }, &[])?
+    {
+        Reply::Global { ptr: p, size } => {
+            let range = DeviceRange {
+                size,
+                ctx,
+                device,
+                kind: RangeKind::Allocated,
+                legacy_ipc: false,
+            };
+            lock(&s.device_memory).insert(p, range);
+            // SAFETY: checked not to be null; the program passes a slot.
+            unsafe { out(ptr, p) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
 }
 
 /// The reuse policies (1 to 3) are ints; the rest 64-bit.

@@ -274,7 +274,7 @@ pub unsafe fn mem_get_access(flags: *mut u64, location: *const c_void, ptr: CUde
 }
 
 /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`.
-const HANDLE_TYPE_POSIX_FD: u32 = 1;
+pub(super) const HANDLE_TYPE_POSIX_FD: u32 = 1;
 
 /// `cuMemExportToShareableHandle` as a file descriptor, as PyTorch's
 /// expandable segments share memory between processes: the server's
@@ -314,7 +314,7 @@ pub unsafe fn mem_export_to_shareable_handle(
 }
 
 /// A memory file holding `token`, closed on exec as the driver's are.
-fn token_file(token: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+pub(super) fn token_file(token: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     // SAFETY: memfd_create takes a NUL-terminated name and flags.
@@ -326,6 +326,21 @@ fn token_file(token: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
     let mut file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
     file.write_all(token)?;
     Ok(file.into())
+}
+
+/// The gpupool handle a descriptor [`token_file`] made holds; any other
+/// file (the driver's descriptor of another machine, say) answers
+/// `CUDA_ERROR_INVALID_VALUE`.
+pub(super) fn read_token(fd: i32) -> CuResult<Vec<u8>> {
+    let mut token = vec![0u8; gpupool_proto::message::IPC_HANDLE_LEN + 1];
+    // SAFETY: reads into the local buffer from the program's descriptor
+    // (its offset untouched); a bad descriptor fails.
+    let n = unsafe { libc::pread(fd, token.as_mut_ptr().cast(), token.len(), 0) };
+    if n != gpupool_proto::message::IPC_HANDLE_LEN as isize {
+        return Err(CuError::INVALID_VALUE);
+    }
+    token.truncate(gpupool_proto::message::IPC_HANDLE_LEN);
+    Ok(token)
 }
 
 /// `cuMemImportFromShareableHandle` of a descriptor that
@@ -340,17 +355,7 @@ pub unsafe fn mem_import_from_shareable_handle(handle: *mut u64, os_handle: *mut
     if handle_type != HANDLE_TYPE_POSIX_FD {
         return Err(CuError::NOT_SUPPORTED);
     }
-    let fd = os_handle as usize as i32;
-    let mut token = vec![0u8; gpupool_proto::message::IPC_HANDLE_LEN + 1];
-    // SAFETY: reads into the local buffer from the program's descriptor
-    // (its offset untouched); a bad descriptor fails.
-    let n = unsafe { libc::pread(fd, token.as_mut_ptr().cast(), token.len(), 0) };
-    if n != gpupool_proto::message::IPC_HANDLE_LEN as isize {
-        // Not a handle gpupool made (the driver's of another machine, or
-        // any other file).
-        return Err(CuError::INVALID_VALUE);
-    }
-    token.truncate(gpupool_proto::message::IPC_HANDLE_LEN);
+    let token = read_token(os_handle as usize as i32)?;
     match s.remote.call(&Request::MemImport { token }, &[])? {
         Reply::Pair(h, device) => {
             let h = h as u64;

@@ -15,9 +15,19 @@
 //! - A process cannot open a handle it made (`CUDA_ERROR_INVALID_CONTEXT`,
 //!   as the driver answers).
 //!
+//! - **Pools** (`cuMemPoolExportToShareableHandle` of a file descriptor):
+//!   the descriptor is a small memory file holding a handle that names the
+//!   process and its pool. An allocation's export data
+//!   (`cuMemPoolExportPointer`) moves it onto a shared-memory file as a
+//!   memory handle does, and names the pool too; the importing process
+//!   maps it through `/proc/<pid>/fd` (`cuMemPoolImportPointer`) and frees
+//!   it with `cuMemFree(Async)`. Nothing is allocated from an imported pool.
+//!
 //! The double's own handle (64 bytes): `b"softipc"`, the kind (1 memory, 2
-//! event), the process id (4 bytes), the descriptor (4), the allocation's
-//! base or the event (8), the mapping's length (8), zeros.
+//! event, 3 pool, 4 pool allocation), the process id (4 bytes), the
+//! descriptor (4), the allocation's base, the event or the pool (8), the
+//! mapping's length or the pool's device (8), the pool of an allocation (8),
+//! zeros.
 
 use super::*;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,6 +35,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 const MAGIC: &[u8; 7] = b"softipc";
 const KIND_MEMORY: u8 = 1;
 const KIND_EVENT: u8 = 2;
+const KIND_POOL: u8 = 3;
+const KIND_POOL_POINTER: u8 = 4;
 /// `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
 const LAZY_ENABLE_PEER_ACCESS: u32 = 1;
 
@@ -46,6 +58,8 @@ struct Parsed {
     fd: i32,
     id: u64,
     len: u64,
+    /// The pool of an allocation's export data.
+    pool: u64,
 }
 
 fn pack(kind: u8, fd: i32, id: u64, len: u64) -> IpcHandle {
@@ -60,7 +74,8 @@ fn pack(kind: u8, fd: i32, id: u64, len: u64) -> IpcHandle {
 }
 
 fn parse(h: &IpcHandle, kind: u8) -> CuResult<Parsed> {
-    if &h[..7] != MAGIC || h[7] != kind || h[32..].iter().any(|&b| b != 0) {
+    let tail = if kind == KIND_POOL_POINTER { 40 } else { 32 };
+    if &h[..7] != MAGIC || h[7] != kind || h[tail..].iter().any(|&b| b != 0) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let word = |r: std::ops::Range<usize>| -> u64 {
@@ -74,11 +89,27 @@ fn parse(h: &IpcHandle, kind: u8) -> CuResult<Parsed> {
         fd: word(12..16) as u32 as i32,
         id: word(16..24),
         len: word(24..32),
+        pool: word(32..40),
     };
     if p.pid == std::process::id() {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
     Ok(p)
+}
+
+/// A memory file holding `bytes`, closed on exec.
+fn memory_file(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags.
+    let fd = unsafe { libc::memfd_create(c"softcuda-pool".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just made and is owned here alone.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    Ok(file.into())
 }
 
 impl Driver {
@@ -89,6 +120,14 @@ impl Driver {
         if alloc.kind != AllocKind::Device || self.pool_allocs.contains_key(&base) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        let (fd, len) = self.share_allocation(base)?;
+        Ok(pack(KIND_MEMORY, fd, base, len))
+    }
+
+    /// The allocation at `base` on a shared-memory file (moved there at
+    /// the first call): the file's descriptor and the mapping's length.
+    fn share_allocation(&mut self, base: u64) -> CuResult<(i32, u64)> {
+        let alloc = self.allocs.get_mut(base).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let len = alloc.mapping.bytes() as u64;
         if !self.ipc.exports.contains_key(&base) {
             engine::drain();
@@ -98,8 +137,82 @@ impl Driver {
             let fd = unsafe { alloc.mapping.share() }.ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
             self.ipc.exports.insert(base, fd);
         }
-        let fd = self.ipc.exports[&base].as_raw_fd();
-        Ok(pack(KIND_MEMORY, fd, base, len))
+        Ok((self.ipc.exports[&base].as_raw_fd(), len))
+    }
+
+    /// `cuMemPoolExportToShareableHandle` as a file descriptor (the
+    /// caller's to close), for a pool made exportable so.
+    pub fn mem_pool_export_fd(&mut self, pool: u64, handle_type: u32) -> CuResult<i32> {
+        let p = self.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if p.handle_types & HANDLE_TYPE_POSIX_FD == 0 || p.imported.is_some() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let h = pack(KIND_POOL, -1, pool, p.device as u64);
+        let file = memory_file(&h).map_err(|_| CUDA_ERROR_OUT_OF_MEMORY)?;
+        Ok(std::os::fd::IntoRawFd::into_raw_fd(file))
+    }
+
+    /// `cuMemPoolImportFromShareableHandle` of a descriptor another
+    /// process's `mem_pool_export_fd` made (the caller keeps its
+    /// descriptor).
+    pub fn mem_pool_import_fd(&mut self, fd: i32, handle_type: u32) -> CuResult<u64> {
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let mut h = [0u8; 64];
+        // SAFETY: reads into the local buffer from the caller's descriptor;
+        // a bad descriptor fails.
+        let n = unsafe { libc::pread(fd, h.as_mut_ptr().cast(), h.len(), 0) };
+        if n != h.len() as isize {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = parse(&h, KIND_POOL)?;
+        let device = usize::try_from(p.len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        self.device(i32::try_from(device).map_err(|_| CUDA_ERROR_INVALID_VALUE)?)?;
+        let pool = self.new_pool(device, true, 0);
+        self.pool_mut(pool)?.imported = Some((p.pid, p.id));
+        Ok(pool)
+    }
+
+    /// `cuMemPoolExportPointer` of an allocation from an exportable pool.
+    pub fn mem_pool_export_pointer(&mut self, ptr: u64) -> CuResult<IpcHandle> {
+        let pool = *self.pool_allocs.get(&ptr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let exportable = self
+            .pools
+            .get(&pool)
+            .map(|p| p.handle_types & HANDLE_TYPE_POSIX_FD != 0);
+        if exportable != Some(true) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (fd, len) = self.share_allocation(ptr)?;
+        let mut h = pack(KIND_POOL_POINTER, fd, ptr, len);
+        h[32..40].copy_from_slice(&pool.to_le_bytes());
+        Ok(h)
+    }
+
+    /// `cuMemPoolImportPointer`: map the allocation `data` names, from the
+    /// process and pool that `pool` was imported from.
+    pub fn mem_pool_import_pointer(&mut self, pool: u64, data: &IpcHandle) -> CuResult<u64> {
+        let ctx = self.active_ctx()?;
+        let from = self.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?.imported;
+        let p = parse(data, KIND_POOL_POINTER)?;
+        if from != Some((p.pid, p.pool)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let len = usize::try_from(p.len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let path = std::path::PathBuf::from(format!("/proc/{}/fd/{}", p.pid, p.fd));
+        let mapping = Mapping::open_shared(&path, len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        Ok(self.allocs.insert(Allocation {
+            size: p.len,
+            charged: 0,
+            ctx,
+            device: self.ctx_device(ctx),
+            kind: AllocKind::PoolImported { pid: p.pid, base: p.id },
+            mapping,
+        }))
     }
 
     /// `cuIpcOpenMemHandle`: map another process's allocation here.
