@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the CUDA compiler and runtime from PyPI (no GPU needed to compile)
 # for the tests that run unmodified nvcc programs through gpupool, and cuBLAS
-# and cuFFT for the 13.0 toolchain (target/cuda/13.0/libs). Each
+# and cuFFT for the 13.0 toolchain (target/cuda/13.0/libs), and the CUDA 12
+# runtime (target/cuda/12.8). Each
 # toolchain goes to target/cuda/<version>; prints the list of homes, joined
 # by ':', for GPUPOOL_TEST_CUDA_HOMES. Two cudart minor versions are tested
 # because they ask different things of the driver at start-up.
@@ -46,6 +47,17 @@ if [ ! -f "$stamp" ]; then
         "nvidia-cufft==12.0.0.61" >&2
     for l in cublas cublasLt; do ln -sf "lib$l.so.13" "$libs/nvidia/cu13/lib/lib$l.so"; done
     ln -sf libcufft.so.12 "$libs/nvidia/cu13/lib/libcufft.so"
+    touch "$stamp"
+fi
+# The CUDA 12 runtime alone (no CUDA 12 compiler is on PyPI), for the test
+# that runs its start-up and a launch of a kernel it registers, built by
+# the 13.0 compiler: beside the 13.0 toolchain, in target/cuda/12.8.
+rt12="$PWD/target/cuda/12.8"
+stamp="$rt12/.installed-12.8.90"
+if [ ! -f "$stamp" ]; then
+    rm -rf "$rt12"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+        --no-deps --target "$rt12" "nvidia-cuda-runtime-cu12==12.8.90" >&2
     touch "$stamp"
 fi
 (IFS=:; echo "${homes[*]}")

@@ -161,6 +161,9 @@ pub struct Shim {
     pub kernel_names: Mutex<HashMap<(Handle, String), Handle>>,
     /// (kernel, context) -> the kernel's function in that context.
     pub kernel_functions: RwLock<HashMap<(Handle, Handle), Handle>>,
+    /// (library, context) -> the library's module in that context
+    /// (`cuLibraryGetModule`).
+    pub library_modules: RwLock<HashMap<(Handle, Handle), Handle>>,
     /// Occupancy answers: fixed for a function, a context and a question
     /// until a function or kernel attribute is set.
     pub occupancy: RwLock<HashMap<(Handle, Handle, OccupancyQuery), Reply>>,
@@ -367,6 +370,7 @@ impl Shim {
             lazy_kernels: RwLock::default(),
             kernel_names: Mutex::default(),
             kernel_functions: RwLock::default(),
+            library_modules: RwLock::default(),
             occupancy: RwLock::default(),
             attribute_sets: RwLock::default(),
             captures: Mutex::default(),
@@ -447,6 +451,10 @@ impl Shim {
             keep
         });
         drop((names, kernels, functions));
+        self.library_modules
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(l, _), _| *l != library);
         self.forget_functions();
         Some(lib)
     }
@@ -531,6 +539,10 @@ impl Shim {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, r| r.ctx != ctx);
         self.kernel_functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, c), _| *c != ctx);
+        self.library_modules
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, c), _| *c != ctx);

@@ -522,6 +522,7 @@ driver_api! {
     cuLibraryGetKernel(kernel: *mut Ptr, library: Ptr, name: *const c_char);
     cuLibraryGetGlobal(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
     cuLibraryGetManaged(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
+    cuLibraryGetModule(module: *mut Ptr, library: Ptr);
     cuKernelGetFunction(function: *mut Ptr, kernel: Ptr);
     cuKernelGetAttribute(value: *mut i32, attribute: i32, kernel: Ptr, device: i32);
     cuKernelSetAttribute(attribute: i32, value: i32, kernel: Ptr, device: i32);

@@ -282,7 +282,10 @@ mod tests {
         let data = reg.export(2, Kind::PoolPointer, &[5; 64]).unwrap();
         assert_eq!(reg.lookup(&pool, Kind::Pool), Ok((2, [4; 64])));
         assert_eq!(reg.lookup(&data, Kind::PoolPointer), Ok((2, [5; 64])));
-        assert!(matches!(reg.lookup(&data, Kind::Pool), Err(OpenError::WrongKind { .. })));
+        assert!(matches!(
+            reg.lookup(&data, Kind::Pool),
+            Err(OpenError::WrongKind { .. })
+        ));
         // Removing what is already gone is not an error.
         reg.remove_session(1);
         let _ = std::fs::remove_dir_all(&dir);

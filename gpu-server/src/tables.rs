@@ -68,6 +68,9 @@ pub struct Tables {
     /// Function -> module (0 for functions of library kernels).
     pub functions: HashMap<Handle, Handle>,
     pub libraries: HashSet<Handle>,
+    /// A library's module in a context (`cuLibraryGetModule`) -> (library,
+    /// context): named as a module, owned by the library.
+    pub library_modules: HashMap<Handle, (Handle, Handle)>,
     /// Kernel -> library.
     pub kernels: HashMap<Handle, Handle>,
     /// Stream -> context.
@@ -224,8 +227,15 @@ impl Tables {
             .iter()
             .filter(|(_, c)| **c == ctx)
             .map(|(m, _)| *m)
+            .chain(
+                self.library_modules
+                    .iter()
+                    .filter(|(_, (_, c))| *c == ctx)
+                    .map(|(m, _)| *m),
+            )
             .collect();
         self.modules.retain(|m, _| !modules.contains(m));
+        self.library_modules.retain(|m, _| !modules.contains(m));
         self.functions.retain(|_, m| !modules.contains(m));
         self.streams.retain(|_, c| *c != ctx);
         self.events.retain(|_, c| *c != ctx);

@@ -875,6 +875,7 @@ impl<'d> Worker<'d> {
                 R::MemcpyDtoD2D { ctx, .. } | R::Memset2D { ctx, .. } | R::MemcpyArray { ctx, .. } => *ctx,
                 R::ModuleUnload { ctx, .. } | R::ModuleGetFunction { ctx, .. } | R::ModuleGetGlobal { ctx, .. } => *ctx,
                 R::LibraryGetGlobal { ctx, .. } | R::KernelGetFunction { ctx, .. } => *ctx,
+                R::LibraryGetModule { ctx, .. } => *ctx,
                 R::LibraryGetManaged { ctx, .. } | R::LinkCreate { ctx, .. } | R::LinkComplete { ctx, .. } => *ctx,
                 R::FuncGetAttributes { ctx, .. } | R::FuncSetAttribute { ctx, .. } | R::Occupancy { ctx, .. } => *ctx,
                 R::StreamCreate { ctx, .. } | R::StreamDestroy { ctx, .. } | R::StreamSynchronize { ctx, .. } => *ctx,
@@ -1153,6 +1154,7 @@ impl<'d> Worker<'d> {
             R::LinkDestroy { link } => to_reply(self.link_destroy(link)),
             R::TensorMapReplaceAddress { map, address } => to_reply(tensor_map_replace(d, &map, address)),
             R::KernelGetFunction { ctx, kernel } => to_reply(self.kernel_get_function(ctx, kernel)),
+            R::LibraryGetModule { ctx, library } => to_reply(self.library_get_module(ctx, library)),
             R::FuncGetAttributes { ctx, func, attrs } => to_reply(self.make_current(ctx).and_then(|()| {
                 self.check_function(func)?;
                 attributes(&attrs, |v, a| {
@@ -3420,9 +3422,7 @@ impl<'d> Worker<'d> {
 
     fn module_get_function(&mut self, ctx: Handle, module: Handle, name: &str) -> DriverResult<Reply> {
         self.make_current(ctx)?;
-        if !self.tables.modules.contains_key(&module) {
-            return Err(INVALID_HANDLE);
-        }
+        self.check_module(module)?;
         let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
         let mut f: Ptr = std::ptr::null_mut();
         // SAFETY: the module belongs to this client; name is NUL-terminated.
@@ -3433,9 +3433,7 @@ impl<'d> Worker<'d> {
 
     fn module_get_global(&mut self, ctx: Handle, module: Handle, name: &str) -> DriverResult<Reply> {
         self.make_current(ctx)?;
-        if !self.tables.modules.contains_key(&module) {
-            return Err(INVALID_HANDLE);
-        }
+        self.check_module(module)?;
         let name = CString::new(name).map_err(|_| INVALID_VALUE)?;
         let (mut p, mut size) = (0u64, 0usize);
         // SAFETY: as above; p and size are writable.
@@ -3504,6 +3502,17 @@ impl<'d> Worker<'d> {
         unsafe { self.driver.cuLibraryUnload(as_ptr(library)) }?;
         self.tables.libraries.remove(&library);
         self.tables.kernels.retain(|_, l| *l != library);
+        let gone: Vec<Handle> = self
+            .tables
+            .library_modules
+            .iter()
+            .filter(|(_, (l, _))| *l == library)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in gone {
+            self.tables.library_modules.remove(&m);
+            self.tables.functions.retain(|_, owner| *owner != m);
+        }
         Ok(())
     }
 
@@ -3537,6 +3546,30 @@ impl<'d> Worker<'d> {
             }
         }?;
         Ok(self.register_global(ctx, p, size as u64))
+    }
+
+    /// `cuLibraryGetModule`: the library's module in `ctx`, which the
+    /// session names as a module (its functions, its globals) but cannot
+    /// unload.
+    fn library_get_module(&mut self, ctx: Handle, library: Handle) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        if !self.tables.libraries.contains(&library) {
+            return Err(INVALID_HANDLE);
+        }
+        let mut m: Ptr = std::ptr::null_mut();
+        // SAFETY: the library belongs to this client; m is writable.
+        unsafe { self.driver.cuLibraryGetModule(&mut m, as_ptr(library)) }?;
+        self.tables.library_modules.insert(handle(m), (library, ctx));
+        Ok(Reply::Handle(handle(m)))
+    }
+
+    /// A module the session may name: one it loaded, or a library's.
+    fn check_module(&self, module: Handle) -> DriverResult {
+        if self.tables.modules.contains_key(&module) || self.tables.library_modules.contains_key(&module) {
+            Ok(())
+        } else {
+            Err(INVALID_HANDLE)
+        }
     }
 
     fn kernel_get_function(&mut self, ctx: Handle, kernel: Handle) -> DriverResult<Reply> {

@@ -340,6 +340,10 @@ pub enum Request {
     LibraryGetGlobal { ctx: Handle, library: Handle, name: String },
     /// sync -> `Reply::Handle`: the kernel's function in the current context.
     KernelGetFunction { ctx: Handle, kernel: Handle },
+    /// sync -> `Reply::Handle`: the library's module in `ctx`
+    /// (`cuLibraryGetModule`, which cudart 12 asks before it launches a
+    /// kernel it registered). The library owns it. Version 18.
+    LibraryGetModule { ctx: Handle, library: Handle },
     /// sync -> `Reply::Attributes`: the driver's status and value of each of
     /// `attrs` (`CUfunction_attribute`, at most [`MAX_ATTRIBUTES`]) of a
     /// function, in order: the client asks every attribute at its first

@@ -281,6 +281,69 @@ fn a_failed_device_assert_prints_its_message_on_the_programs_stderr() {
     }
 }
 
+/// The CUDA 12 runtime (12.8, `libcudart.so.12`) through gpupool: its
+/// start-up, memory, streams, timed events, stream-ordered allocation, a
+/// kernel it registers from a fat binary (built by the 13.0 nvcc; PyPI has
+/// no CUDA 12 compiler) launched directly and from a captured graph. It
+/// asks the driver for what cudart 13 does not (`cuLibraryGetModule`, then
+/// the module's function, before its first launch).
+#[test]
+fn cuda_12_runtime_starts_and_launches_through_gpupool() {
+    let Some(home) = cuda_homes().into_iter().find(|h| version_of(h) == "13.0") else {
+        return;
+    };
+    let rt12 = home
+        .ancestors()
+        .nth(3)
+        .map(|cuda| cuda.join("12.8").join("nvidia").join("cuda_runtime").join("lib"))
+        .filter(|lib| lib.join("libcudart.so.12").exists());
+    let Some(rt12) = rt12 else {
+        assert!(
+            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "GPUPOOL_REQUIRE_CUDA=1 but the CUDA 12 runtime is not installed beside {}: run scripts/cuda-toolchain.sh",
+            home.display()
+        );
+        eprintln!("the CUDA 12 runtime is not installed; its test did not run");
+        return;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("cuda")
+        .join("scale_kernel.cu");
+    let fatbin = scratch_dir().join("scale_kernel.fatbin");
+    let bin = home.join("bin");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let built = Command::new(bin.join("nvcc"))
+        .env("PATH", path)
+        .args(["-fatbin", "-arch=sm_90", "-o"])
+        .arg(&fatbin)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("cudart12_check"), &server.tcp);
+    cmd.env(
+        "LD_LIBRARY_PATH",
+        format!("{}:{}", shim_dir().display(), rt12.display()),
+    )
+    .env("GPUPOOL_CALL_REPORT", "1")
+    .arg(&fatbin);
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(out.status.success(), "{}", context());
+    assert!(
+        stdout.contains("OK cudart12 runtime 12080 driver 13000"),
+        "{}",
+        context()
+    );
+    // The runtime asked for the library's module, which the server made.
+    let module = stderr.lines().find(|l| l.starts_with("cuLibraryGetModule "));
+    assert!(module.is_some_and(|l| l.contains("server")), "{}", context());
+    assert!(!stderr.contains("does not support"), "{}", context());
+}
+
 /// cuBLAS and cuFFT installed beside a toolchain
 /// (`<toolchain>/libs/nvidia/cu13`; the test command installs them for 13.0).
 fn libs_home(home: &Path) -> Option<PathBuf> {

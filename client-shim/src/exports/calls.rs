@@ -1473,6 +1473,32 @@ pub unsafe fn library_get_managed(
     unsafe { deliver_global(s, ctx, reply, ptr, bytes) }
 }
 
+/// `cuLibraryGetModule`: the library's module in the current context, made
+/// by the server at the first question in each context (cudart 12 asks it
+/// before it launches a kernel it registered, then asks the module for the
+/// function).
+pub unsafe fn library_get_module(module: *mut CUmodule, library: CUlibrary) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    if module.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let lh = handle(library);
+    let key = (lh, ctx);
+    if let Some(&m) = read(&s.library_modules).get(&key) {
+        return unsafe { out(module, as_ptr(m)) };
+    }
+    let lib = read(&s.libraries).get(&lh).cloned().ok_or(CuError::INVALID_HANDLE)?;
+    let library = remote_library(s, &lib)?;
+    match s.remote.call(&Request::LibraryGetModule { ctx, library }, &[])? {
+        Reply::Handle(m) => {
+            write(&s.library_modules).insert(key, m);
+            unsafe { out(module, as_ptr(m)) }
+        }
+        _ => Err(CuError::UNKNOWN),
+    }
+}
+
 pub unsafe fn kernel_get_function(function: *mut CUfunction, kernel: CUkernel) -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;

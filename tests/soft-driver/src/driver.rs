@@ -2561,6 +2561,11 @@ impl Driver {
         self.library_get_global(lib, name)
     }
 
+    /// `cuLibraryGetModule`: the library's module in the current context.
+    pub fn library_get_module(&mut self, lib: u64) -> CuResult<u64> {
+        self.library_module(lib)
+    }
+
     pub fn kernel_get_function(&mut self, kernel: u64) -> CuResult<u64> {
         let k = self.kernels.get(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let entry = k.entry;

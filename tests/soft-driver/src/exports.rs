@@ -630,6 +630,16 @@ pub unsafe extern "C" fn cuLibraryGetManaged(
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetModule(module: *mut CUmodule, library: CUlibrary) -> CUresult {
+    ffi(|| {
+        need(module)?;
+        let m = driver::with(|d| d.library_get_module(h(library)))?;
+        // SAFETY: `module` is non-null and valid for writes (API contract).
+        unsafe { out(module, ptr(m)) }
+    })
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cuKernelGetFunction(func: *mut CUfunction, kernel: CUkernel) -> CUresult {
     ffi(|| {
         need(func)?;
