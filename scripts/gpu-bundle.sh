@@ -11,4 +11,8 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 for f in gpupool-server libcuda.so libnvidia_ml.so gpupool-e2e-bench; do
     strip -o "$OUT/$f" "target/release/$f"
 done
+# The CUDA 12 runtime, for the GPU script's cudart 12 check, when the test
+# command has installed it (scripts/cuda-toolchain.sh).
+rt12=target/cuda/12.8/nvidia/cuda_runtime/lib/libcudart.so.12
+[ -e "$rt12" ] && cp "$rt12" "$OUT/"
 du -sh "$OUT"

@@ -52,7 +52,7 @@ native() { "$WORK/driver_check" "$@"; }
 
 status=0
 printf "%-12s %-8s %-8s %s\n" mode native remote same-output
-for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools vmm arrays managed graph ipc hostnodes vmm-ipc green; do
+for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools pool-ipc vmm arrays managed graph ipc hostnodes vmm-ipc green; do
     n=$(native $mode 2>&1) && nr=ok || nr=fail
     r=$(remote $mode 2>&1) && rr=ok || rr=fail
     same=no; [ "$(grep -v '^device' <<<"$n" | grep OK)" = "$(grep -v '^device' <<<"$r" | grep OK)" ] && same=yes
@@ -114,6 +114,19 @@ if command -v nvcc >/dev/null 2>&1; then
     done
     cuda_case sgemm_check-static -lcublas
     cuda_case fft_check-static -lcufft
+    # The CUDA 12 runtime (carried in the bundle) with a kernel it
+    # registers from a fat binary this nvcc builds.
+    if [ -e "$BIN/libcudart.so.12" ]; then
+        ln -sf "$BIN/libcudart.so.12" "$WORK/native/libcudart.so.12"
+        if nvcc -fatbin -arch=sm_90 -o "$WORK/scale_kernel.fatbin" tests/cuda/scale_kernel.cu &&
+            cc -O2 -o "$WORK/cudart12_check" tests/c/cudart12_check.c -ldl; then
+            cuda_run cudart12_check "$WORK/scale_kernel.fatbin"
+        else
+            echo "cudart12_check: build failed"; status=1
+        fi
+    else
+        echo "no libcudart.so.12 in $BIN: the CUDA 12 runtime check skipped"
+    fi
 else
     echo "== no nvcc: runtime-API programs skipped"
 fi
