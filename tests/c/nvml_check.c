@@ -281,6 +281,7 @@ int main(int argc, char **argv) {
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetPowerUsage, (nvmlDevice_t, unsigned *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetPciInfo_v3, (nvmlDevice_t, nvmlPciInfo_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCudaComputeCapability, (nvmlDevice_t, int *, int *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetArchitecture, (nvmlDevice_t, unsigned *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetComputeRunningProcesses_v3,
          (nvmlDevice_t, unsigned *, nvmlProcessInfo_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetNvLinkState, (nvmlDevice_t, unsigned, int *));
@@ -382,6 +383,10 @@ int main(int argc, char **argv) {
         EXPECT(nv_major == major && nv_minor == minor, "compute capability %d.%d, driver %d.%d", nv_major,
                nv_minor, major, minor);
 
+        /* Hopper (sm_90) is NVML's architecture 9. */
+        unsigned arch = 0;
+        NV(NVML_SUCCESS, nvmlDeviceGetArchitecture(h, &arch));
+        EXPECT(major != 9 || arch == 9, "architecture %u for sm_%d%d", arch, major, minor);
         unsigned procs = 5;
         NV(NVML_SUCCESS, nvmlDeviceGetComputeRunningProcesses_v3(h, &procs, NULL));
         EXPECT(procs == 0, "%u processes", procs);

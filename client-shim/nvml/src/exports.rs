@@ -493,6 +493,33 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     })
 }
 
+/// `nvmlDeviceArchitecture_t` of a compute capability (major, minor):
+/// Kepler 2 to Blackwell 10; `NVML_DEVICE_ARCH_UNKNOWN` otherwise.
+fn architecture((major, minor): (i32, i32)) -> c_uint {
+    match (major, minor) {
+        (3, _) => 2,
+        (5, _) => 3,
+        (6, _) => 4,
+        (7, 0..=4) => 5,
+        (7, _) => 6,
+        (8, 9) => 8,
+        (8, _) => 7,
+        (9, _) => 9,
+        (10 | 11 | 12, _) => 10,
+        _ => 0xffff_ffff,
+    }
+}
+
+/// From the compute capability the driver reports.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetArchitecture(device: nvmlDevice_t, arch: *mut c_uint) -> nvmlReturn_t {
+    guard("nvmlDeviceGetArchitecture", || {
+        let (_, d) = self::device(device)?;
+        // SAFETY: `out` checks `arch` for NULL; it is the caller's.
+        unsafe { out(arch, architecture(d.compute_capability)) }
+    })
+}
+
 fn pci_info(d: &Device) -> nvmlPciInfo_t {
     pci_info_at(d.pci, PCI_VENDOR_NVIDIA)
 }
@@ -1036,7 +1063,6 @@ not_supported! {
     nvmlDeviceGetVbiosVersion,
     nvmlDeviceGetInforomVersion,
     nvmlDeviceGetInforomImageVersion,
-    nvmlDeviceGetArchitecture,
     nvmlDeviceGetAttributes,
     nvmlDeviceGetAttributes_v2,
     nvmlDeviceGetModuleId,
