@@ -165,6 +165,11 @@ pub struct Worker<'d> {
     msg: Vec<u8>,
     /// Images by content, shared with the server's other workers.
     images: Option<ImageCache>,
+    /// Images arriving in pieces (`ImagePart`): hash -> the bytes so far and
+    /// the whole length.
+    arriving: HashMap<[u8; 32], (Vec<u8>, u64)>,
+    /// Images that arrived whole in pieces, for the load that names them.
+    arrived: HashMap<[u8; 32], Vec<u8>>,
     /// NVML, loaded at the first `DeviceStatus`.
     nvml: Option<ServerNvml>,
     /// The memory this session may use on each device, when it holds a slice
@@ -251,6 +256,8 @@ impl<'d> Worker<'d> {
             scratch: Vec::new(),
             msg: Vec::new(),
             images: None,
+            arriving: HashMap::new(),
+            arrived: HashMap::new(),
             nvml: None,
             memory_limit: None,
             captures: 0,
@@ -633,6 +640,7 @@ impl<'d> Worker<'d> {
                 | Request::MemcpyHtoA { .. }
                 | Request::ModuleLoad { .. }
                 | Request::LibraryLoad { .. }
+                | Request::ImagePart { .. }
                 | Request::LinkAddData { .. }
                 | Request::GraphAddNode { .. }
                 | Request::GraphExecKernelNodeSet { .. }
@@ -767,14 +775,39 @@ impl<'d> Worker<'d> {
             Request::ModuleLoad { ctx, sha256 } => match self.image(reader, header.bulk_len, &sha256)? {
                 Some((image, fresh)) => {
                     let r = self.module_load(ctx, &image);
+                    if let Err(status) = &r {
+                        tracing::debug!(
+                            status,
+                            bytes = image.len() - 1,
+                            "the driver refused a code image (ModuleLoad)"
+                        );
+                    }
                     self.cache_loaded(&r, &image, fresh);
                     to_reply(r)
                 }
                 None => Reply::ImageUnknown,
             },
+            Request::ImagePart { sha256, offset, total } => {
+                let piece = read_image(reader, header.bulk_len)?;
+                let status = self.image_part(sha256, offset, total, &piece[..piece.len() - 1]);
+                // A refused piece is told by the load that names the image
+                // (`ImageUnknown`), not kept for a context.
+                if wants {
+                    Reply::Done(status)
+                } else {
+                    return Ok(None);
+                }
+            }
             Request::LibraryLoad { sha256 } => match self.image(reader, header.bulk_len, &sha256)? {
                 Some((image, fresh)) => {
                     let r = self.library_load(&image);
+                    if let Err(status) = &r {
+                        tracing::debug!(
+                            status,
+                            bytes = image.len() - 1,
+                            "the driver refused a code image (LibraryLoad)"
+                        );
+                    }
                     self.cache_loaded(&r, &image, fresh);
                     to_reply(r)
                 }
@@ -838,14 +871,19 @@ impl<'d> Worker<'d> {
                 }
             }
             other => {
-                // The request's name, for the log of a streamed failure.
-                let name = (!wants && tracing::enabled!(tracing::Level::DEBUG)).then(|| {
+                // The request's name, for the log of a failure.
+                let name = tracing::enabled!(tracing::Level::DEBUG).then(|| {
                     let text = format!("{other:?}");
                     text.split([' ', '(', '{']).next().unwrap_or_default().to_string()
                 });
                 let (ctx, result) = self.call(d, other);
                 match (wants, result) {
-                    (true, r) => r,
+                    (true, r) => {
+                        if r.status() != 0 {
+                            tracing::debug!(request = name.as_deref(), status = r.status(), "a request failed");
+                        }
+                        r
+                    }
                     (false, r) => {
                         if r.status() != 0 {
                             self.keep(ctx, r.status(), name.as_deref().unwrap_or("streamed request"));
@@ -1484,6 +1522,7 @@ impl<'d> Worker<'d> {
             | R::MemcpyAtoH { .. }
             | R::ModuleLoad { .. }
             | R::LibraryLoad { .. }
+            | R::ImagePart { .. }
             | R::LinkAddData { .. }
             | R::GraphAddNode { .. }
             | R::GraphExecKernelNodeSet { .. }
@@ -2850,11 +2889,52 @@ impl<'d> Worker<'d> {
         if bulk_len > 0 {
             return Ok(Some((read_image(reader, bulk_len)?, true)));
         }
+        if let Some(mut image) = self.arrived.remove(sha256) {
+            image.push(0);
+            return Ok(Some((image, true)));
+        }
         let cached = self.images.as_ref().and_then(|c| c.get(sha256));
         Ok(cached.map(|mut image| {
             image.push(0);
             (image, false)
         }))
+    }
+
+    /// A piece of an image too large for one frame (`ImagePart`). Pieces
+    /// out of order, past the announced length or the limit, or an image
+    /// whose hash does not hold, are dropped with what came before
+    /// (`CUDA_ERROR_INVALID_IMAGE`); the load that names it then answers
+    /// `ImageUnknown`.
+    fn image_part(&mut self, sha256: [u8; 32], offset: u64, total: u64, piece: &[u8]) -> Status {
+        if offset == 0 {
+            if total == 0 || total > gpupool_proto::message::MAX_IMAGE_BYTES {
+                tracing::warn!(total, "an image in pieces over the limit was refused");
+                return INVALID_IMAGE;
+            }
+            self.arriving.insert(sha256, (Vec::new(), total));
+        }
+        let Some((bytes, want)) = self.arriving.get_mut(&sha256) else {
+            return INVALID_IMAGE;
+        };
+        let end = offset.saturating_add(piece.len() as u64);
+        if offset != bytes.len() as u64 || end > *want || (piece.is_empty() && end < *want) {
+            tracing::warn!(offset, total, "a piece of an image out of order was refused");
+            self.arriving.remove(&sha256);
+            return INVALID_IMAGE;
+        }
+        bytes.extend_from_slice(piece);
+        if end < *want {
+            return 0;
+        }
+        let Some((bytes, _)) = self.arriving.remove(&sha256) else {
+            return INVALID_IMAGE;
+        };
+        if crate::images::sha256(&bytes) != sha256 {
+            tracing::warn!(total, "an image in pieces did not match its hash");
+            return INVALID_IMAGE;
+        }
+        self.arrived.insert(sha256, bytes);
+        0
     }
 
     /// Keep an image the driver accepted, so that the next client that names

@@ -340,6 +340,13 @@ pub enum Request {
     LibraryGetGlobal { ctx: Handle, library: Handle, name: String },
     /// sync -> `Reply::Handle`: the kernel's function in the current context.
     KernelGetFunction { ctx: Handle, kernel: Handle },
+    /// streamed, with a piece of a code image in the bulk tail: the bytes
+    /// at `offset` of the image of `total` bytes whose SHA-256 is `sha256`,
+    /// for an image too large for one frame. Pieces come in order; once all
+    /// are there and the hash holds, the next `ModuleLoad` or `LibraryLoad`
+    /// naming it with an empty bulk tail loads it. At most
+    /// [`MAX_IMAGE_BYTES`] in all. Version 18.
+    ImagePart { sha256: [u8; 32], offset: u64, total: u64 },
     /// sync -> `Reply::Handle`: the library's module in `ctx`
     /// (`cuLibraryGetModule`, which cudart 12 asks before it launches a
     /// kernel it registered). The library owns it. Version 18.
@@ -776,6 +783,10 @@ pub struct SmResource {
     pub flags: u32,
     pub locality: u32,
 }
+
+/// The largest code image a session may send in pieces
+/// ([`Request::ImagePart`]).
+pub const MAX_IMAGE_BYTES: u64 = 2 << 30;
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
 pub const IPC_HANDLE_LEN: usize = 64;

@@ -2388,6 +2388,40 @@ int main(int argc, char **argv) {
         EXPECT(memcmp(src, dst, bytes) == 0, "big round trip differs");
         CHECK(cuMemFree(p));
         printf("OK big %zu MiB\n", mib);
+    } else if (!strcmp(mode, "big-image")) {
+        /* A module image larger than a frame (a 48 MiB comment after the
+         * kernels): it goes in pieces, and its kernels run. */
+        const size_t pad = (size_t)48 << 20;
+        size_t len = sizeof KERNELS_PTX - 1 + 4 + pad + 2;
+        char *big = malloc(len);
+        memcpy(big, KERNELS_PTX, sizeof KERNELS_PTX - 1);
+        memcpy(big + sizeof KERNELS_PTX - 1, "\n// ", 4);
+        memset(big + sizeof KERNELS_PTX - 1 + 4, 'x', pad);
+        memcpy(big + len - 2, "\n", 2);
+        const int n = 4096;
+        float host[4096];
+        for (int i = 0; i < n; i++) host[i] = (float)i;
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, sizeof host));
+        for (int round = 0; round < 2; round++) {
+            /* The second load names the image the server now holds. */
+            CUmodule m;
+            CUfunction f;
+            CHECK(cuModuleLoadData(&m, big));
+            CHECK(cuModuleGetFunction(&f, m, "gp_scale"));
+            CHECK(cuMemcpyHtoD(p, host, sizeof host));
+            float two = 2.0f;
+            int count = n;
+            void *args[] = {&p, &two, &count};
+            CHECK(cuLaunchKernel(f, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+            float back[4096];
+            CHECK(cuMemcpyDtoH(back, p, sizeof back));
+            for (int i = 0; i < n; i++) EXPECT(back[i] == 2.0f * (float)i, "round %d: [%d] = %g", round, i, back[i]);
+            CHECK(cuModuleUnload(m));
+        }
+        CHECK(cuMemFree(p));
+        free(big);
+        printf("OK big-image %zu MiB\n", len >> 20);
     } else if (!strcmp(mode, "streams")) {
         const size_t n = 3 << 20;
         unsigned char *host;

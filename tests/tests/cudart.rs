@@ -344,6 +344,65 @@ fn cuda_12_runtime_starts_and_launches_through_gpupool() {
     assert!(!stderr.contains("does not support"), "{}", context());
 }
 
+/// A program built for several architectures (sm_80, sm_90 and sm_100
+/// code, compute_90 PTX) runs as before, and its fat binary crosses the
+/// network cut down to what the server's GPU (sm_90) can load.
+#[test]
+fn fat_binaries_travel_with_the_servers_architecture_only() {
+    let Some(home) = cuda_homes().into_iter().find(|h| version_of(h) == "13.0") else {
+        return;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("cuda")
+        .join("cudart_check.cu");
+    let out = scratch_dir().join("cudart_check-three-archs");
+    let bin = home.join("bin");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let built = Command::new(bin.join("nvcc"))
+        .env("PATH", path)
+        .args([
+            "-gencode",
+            "arch=compute_80,code=sm_80",
+            "-gencode",
+            "arch=compute_90,code=[sm_90,compute_90]",
+            "-gencode",
+            "arch=compute_100,code=sm_100",
+            "-cudart",
+            "static",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .arg(format!("-L{}", home.join("lib").display()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let server = Server::start();
+    let mut cmd = through_shim(&out, &server.tcp);
+    cmd.env("GPUPOOL_LOG", "debug");
+    let run = run_with_timeout(cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(run.status.success(), "{}", context());
+    assert!(stdout.contains("OK cudart n=65536"), "{}", context());
+    // bytes=<whole> sent=<cut>: about a third goes.
+    let cut = stderr
+        .lines()
+        .find(|l| l.contains("a fat binary goes with the code of the session's GPUs only"))
+        .unwrap_or_else(|| panic!("no fat binary was cut: {}", context()));
+    let field = |name: &str| -> u64 {
+        let at = cut.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name}: {cut}")) + name.len() + 1;
+        cut[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("sent") < field("bytes"), "{cut}");
+}
+
 /// cuBLAS and cuFFT installed beside a toolchain
 /// (`<toolchain>/libs/nvidia/cu13`; the test command installs them for 13.0).
 fn libs_home(home: &Path) -> Option<PathBuf> {

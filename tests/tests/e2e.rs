@@ -928,6 +928,37 @@ fn physical_memory_travels_as_a_file_descriptor_between_sessions() {
     }
 }
 
+/// A code image larger than a frame (48 MiB) reaches the server in pieces
+/// and its kernel runs; loaded again, it is named, not sent.
+#[test]
+fn a_code_image_larger_than_a_frame_goes_in_pieces() {
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("big-image").env("GPUPOOL_CALL_REPORT", "1");
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK big-image 48 MiB"),
+        "{stdout}\n{stderr}\n{}",
+        server.log()
+    );
+    // Sent once: about 48 MiB in all, not twice that.
+    let sent: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.split(" bytes sent")
+                .next()
+                .filter(|_| l.starts_with("to the server"))?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no traffic line: {stderr}"));
+    assert!((48 << 20..80 << 20).contains(&sent), "{sent} bytes sent: {stderr}");
+}
+
 /// A pool made shareable as a file descriptor travels to another session
 /// of the same server (a child process), and so does an allocation of it,
 /// by its export data: the child reads what the parent wrote and scales

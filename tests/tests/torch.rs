@@ -104,6 +104,8 @@ fn run_python_with(python: &PathBuf, server: &Server, args: &[&str], env: &[(&st
             &dir,
             &[
                 ("libcuda.so.1", shim_dir().join("libcuda.so.1")),
+                // What a linker finds for -lcuda (Triton 3.4 links so).
+                ("libcuda.so", shim_dir().join("libcuda.so.1")),
                 ("libnvidia-ml.so.1", nvml_shim()),
             ],
         );

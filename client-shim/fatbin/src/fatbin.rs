@@ -322,13 +322,54 @@ impl FatBinary<'_> {
     /// compiles it), or an ELF of the same major version and a minor one
     /// no later than the device's.
     pub fn runs_on(&self, major: u32, minor: u32) -> bool {
-        let device = major * 10 + minor;
-        self.entries.iter().any(|e| match e.kind {
-            EntryKind::Ptx => e.sm_arch <= device,
-            EntryKind::Elf => e.sm_arch / 10 == major && e.sm_arch % 10 <= minor,
-            EntryKind::Other(_) => false,
-        })
+        self.entries.iter().any(|e| e.runs_on(major, minor))
     }
+}
+
+impl Entry<'_> {
+    /// Whether a device of compute capability `major.minor` can load this
+    /// entry: PTX of that architecture or an earlier one, or an ELF of the
+    /// same major version and a minor one no later than the device's.
+    pub fn runs_on(&self, major: u32, minor: u32) -> bool {
+        match self.kind {
+            EntryKind::Ptx => self.sm_arch <= major * 10 + minor,
+            EntryKind::Elf => self.sm_arch / 10 == major && self.sm_arch % 10 <= minor,
+            EntryKind::Other(_) => false,
+        }
+    }
+}
+
+/// The fat binary at the start of `bytes` with only the entries that a
+/// device of one of the compute capabilities `devices` can load (see
+/// [`Entry::runs_on`]), in their order, bytes unchanged: what a driver of
+/// such devices may pick from is all there, and nothing else. `None` when
+/// it would keep every entry or none (the driver then judges the image
+/// whole), or when an entry is not a multiple of 8 bytes long (the entries
+/// kept would not stay aligned).
+pub fn only_for(bytes: &[u8], devices: &[(u32, u32)]) -> Result<Option<Vec<u8>>, Error> {
+    let fatbin = parse_fatbin(bytes)?;
+    let kept: Vec<&Entry<'_>> = fatbin
+        .entries
+        .iter()
+        .filter(|e| devices.iter().any(|&(major, minor)| e.runs_on(major, minor)))
+        .collect();
+    if kept.is_empty() || kept.len() == fatbin.entries.len() {
+        return Ok(None);
+    }
+    let head = usize::from(fatbin.header_size);
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..head]);
+    for e in kept {
+        let len = u64::from(e.header_size) + e.payload_size;
+        if !len.is_multiple_of(8) {
+            return Ok(None);
+        }
+        // `parse_fatbin` checked that each entry lies inside the image.
+        out.extend_from_slice(&bytes[e.offset as usize..(e.offset + len) as usize]);
+    }
+    let fat_size = (out.len() - head) as u64;
+    out[8..16].copy_from_slice(&fat_size.to_le_bytes());
+    Ok(Some(out))
 }
 
 impl<'a> FatBinary<'a> {

@@ -25,8 +25,8 @@ mod read;
 
 pub use error::Error;
 pub use fatbin::{
-    parse_fatbin, parse_fatbins, parse_wrapper, Compression, Entry, EntryKind, FatBinary, Wrapper, FATBIN_MAGIC,
-    FLAG_64BIT, FLAG_LZ4, FLAG_ZSTD, MAX_PAYLOAD_LEN, WRAPPER_LEN, WRAPPER_MAGIC,
+    only_for, parse_fatbin, parse_fatbins, parse_wrapper, Compression, Entry, EntryKind, FatBinary, Wrapper,
+    FATBIN_MAGIC, FLAG_64BIT, FLAG_LZ4, FLAG_ZSTD, MAX_PAYLOAD_LEN, WRAPPER_LEN, WRAPPER_MAGIC,
 };
 
 /// Largest image accepted (4 GiB): anything claiming more is corrupt.

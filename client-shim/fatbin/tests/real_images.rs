@@ -195,6 +195,36 @@ fn the_entry_a_device_loads() {
     assert_eq!(kernels_for(&ptx_image(), 9, 0).unwrap(), kernels(&ptx_image()).unwrap());
 }
 
+/// A fat binary cut down to what given devices can load: the entries kept
+/// are the original bytes, in order; the result parses, measures and
+/// lists the same kernels for those devices.
+#[test]
+fn fat_binary_only_for_some_devices() {
+    let zstd = parse_fatbin(ZSTD).unwrap();
+    let shape =
+        |f: &FatBinary<'_>| -> Vec<(EntryKind, u32)> { f.entries.iter().map(|e| (e.kind, e.sm_arch)).collect() };
+    // An H100: the sm_90 code and the compute_90 PTX; not the sm_80 code.
+    let h100 = only_for(ZSTD, &[(9, 0)]).unwrap().expect("the sm_80 entry goes");
+    let cut = parse_fatbin(&h100).unwrap();
+    assert_eq!(shape(&cut), [(EntryKind::Elf, 90), (EntryKind::Ptx, 90)]);
+    assert_eq!(measured_len(&h100), h100.len() as u64);
+    assert!(h100.len() < ZSTD.len());
+    for (kept, original) in cut.entries.iter().zip(&zstd.entries[1..]) {
+        assert_eq!(kept.raw_payload(), original.raw_payload());
+        assert_eq!(kept.payload().unwrap(), original.payload().unwrap());
+    }
+    assert_eq!(kernels_for(&h100, 9, 0).unwrap(), kernels_for(ZSTD, 9, 0).unwrap());
+    // An A10 (8.6): the sm_80 code only; the compute_90 PTX is too new.
+    let a10 = only_for(ZSTD, &[(8, 6)]).unwrap().unwrap();
+    assert_eq!(shape(&parse_fatbin(&a10).unwrap()), [(EntryKind::Elf, 80)]);
+    // Both at once: every entry stays, so nothing is cut.
+    assert_eq!(only_for(ZSTD, &[(8, 6), (9, 0)]).unwrap(), None);
+    // Nothing loads on 7.5: the image stays whole, for the driver to refuse.
+    assert_eq!(only_for(ZSTD, &[(7, 5)]).unwrap(), None);
+    // Not a fat binary: an error, as parse_fatbin gives.
+    assert!(only_for(CUBIN, &[(9, 0)]).is_err());
+}
+
 #[test]
 fn globals_from_every_format() {
     for image in [&ptx_image()[..], CUBIN, PLAIN, ZSTD, LZ4] {

@@ -915,19 +915,71 @@ pub(super) unsafe fn load_module(module: *mut CUmodule, image: *const c_void) ->
 /// Images up to this size go with the first request; larger ones are named
 /// by hash first and sent only when the server does not hold them.
 const INLINE_IMAGE: usize = 64 << 10;
+/// Images up to this size travel in one frame; larger ones in pieces of
+/// [`IMAGE_PIECE`] bytes (`ImagePart`).
+const WHOLE_IMAGE: usize = 32 << 20;
+const IMAGE_PIECE: usize = 16 << 20;
 
 /// Load an image on the server, sending its bytes only when needed.
 fn ship_image(s: &Shim, bytes: &[u8], request: impl Fn([u8; 32]) -> Request) -> CuResult<Handle> {
+    let cut = for_session_gpus(s, bytes);
+    let bytes = cut.as_deref().unwrap_or(bytes);
     let sha256: [u8; 32] = Sha256::digest(bytes).into();
     let first: &[u8] = if bytes.len() <= INLINE_IMAGE { bytes } else { &[] };
     let reply = match s.remote.call(&request(sha256), first)? {
-        Reply::ImageUnknown if first.is_empty() => s.remote.call(&request(sha256), bytes)?,
+        Reply::ImageUnknown if first.is_empty() && bytes.len() <= WHOLE_IMAGE => {
+            s.remote.call(&request(sha256), bytes)?
+        }
+        Reply::ImageUnknown if first.is_empty() => {
+            // Too large for one frame (NCCL's device code for every
+            // architecture is hundreds of MiB): in pieces, then named.
+            if bytes.len() as u64 > gpupool_proto::message::MAX_IMAGE_BYTES {
+                tracing::warn!(bytes = bytes.len(), "a code image over gpupool's limit was refused");
+                return Err(CuError::INVALID_IMAGE);
+            }
+            let total = bytes.len() as u64;
+            for (i, piece) in bytes.chunks(IMAGE_PIECE).enumerate() {
+                let offset = (i * IMAGE_PIECE) as u64;
+                s.remote.post(&Request::ImagePart { sha256, offset, total }, piece)?;
+            }
+            match s.remote.call(&request(sha256), &[])? {
+                Reply::ImageUnknown => {
+                    tracing::warn!(
+                        bytes = bytes.len(),
+                        "the server did not take a code image sent in pieces"
+                    );
+                    return Err(CuError::INVALID_IMAGE);
+                }
+                r => r,
+            }
+        }
         r => r,
     };
     match reply {
         Reply::Handle(h) => Ok(h),
         _ => Err(CuError::UNKNOWN),
     }
+}
+
+/// A fat binary cut down to the entries the session's GPUs can load
+/// (`gpupool_fatbin::only_for`), which is all their driver may pick from:
+/// libraries built for every architecture (NCCL's, PyTorch's) then cross
+/// the network with one architecture's code, not a dozen. `None` for other
+/// images, or when nothing would be cut.
+fn for_session_gpus(s: &Shim, bytes: &[u8]) -> Option<Vec<u8>> {
+    if gpupool_fatbin::detect(bytes) != Ok(ImageKind::FatBinary) {
+        return None;
+    }
+    let devices: Vec<(u32, u32)> = (0..s.remote.session.devices.len() as i32)
+        .filter_map(|d| Some((s.attribute(d, 75).ok()? as u32, s.attribute(d, 76).ok()? as u32)))
+        .collect();
+    let cut = gpupool_fatbin::only_for(bytes, &devices).ok().flatten()?;
+    tracing::debug!(
+        bytes = bytes.len(),
+        sent = cut.len(),
+        "a fat binary goes with the code of the session's GPUs only"
+    );
+    Some(cut)
 }
 
 /// The server's handle for a function or kernel handle the program holds:

@@ -2249,7 +2249,9 @@ impl Driver {
         let h = self.handle();
         let mut variables = HashMap::new();
         for v in &ptx.variables {
-            match self.allocate(ctx, v.size as u64, AllocKind::ModuleVariable { module: h }) {
+            // A variable of no size (an empty array NCCL's code declares)
+            // still has an address.
+            match self.allocate(ctx, v.size.max(1) as u64, AllocKind::ModuleVariable { module: h }) {
                 Ok(addr) => {
                     if !v.init.is_empty() {
                         let n = v.init.len().min(v.size);
