@@ -50,6 +50,12 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     "$venv/bin/python" -c "import torch, cuda.bindings" 2>/dev/null ||
         "$venv/bin/pip" install -q "torch==2.15.0" "cuda-bindings==13.5.0"
     export GPUPOOL_TEST_TORCH_PYTHON="$PWD/$venv/bin/python" GPUPOOL_REQUIRE_TORCH=1
+    # A CUDA 12 build of PyTorch (2.8, CUDA 12.8: cudart 12, cuBLAS 12,
+    # cuDNN 9 for CUDA 12, NCCL 2.27, Triton 3.4), in an environment of its own.
+    t12venv=target/torch12-venv
+    [ -x "$t12venv/bin/python" ] || python3 -m venv "$t12venv"
+    "$t12venv/bin/python" -c "import torch" 2>/dev/null || "$t12venv/bin/pip" install -q "torch==2.8.0"
+    export GPUPOOL_TEST_TORCH12_PYTHON="$PWD/$t12venv/bin/python"
     # numba's CUDA target and CuPy, in an environment of their own (beside
     # PyTorch they would load numpy into its tests).
     nvenv=target/numba-venv

@@ -1123,6 +1123,78 @@ fn cuda_core_compiles_launches_and_shares_a_pool_through_gpupool() {
     );
 }
 
+/// The Python with PyTorch's CUDA 12 build (`GPUPOOL_TEST_TORCH12_PYTHON`:
+/// torch 2.8 for CUDA 12.8, in a virtual environment of its own).
+fn torch12_python() -> Option<PathBuf> {
+    let python = std::env::var_os("GPUPOOL_TEST_TORCH12_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        eprintln!("no Python with PyTorch for CUDA 12 given (GPUPOOL_TEST_TORCH12_PYTHON); its test did not run");
+    }
+    python
+}
+
+/// PyTorch 2.8 built for CUDA 12.8 (cudart 12, cuBLAS 12, cuDNN 9 for CUDA
+/// 12, NCCL 2.27, Triton 3.4): training steps of an MLP and a CNN,
+/// `torch.compile` (Triton 3.4 links its launcher with `-lcuda`), and a
+/// one-rank NCCL group, whose device code for every architecture (hundreds
+/// of MiB) goes cut down to the server's and, where still large, in
+/// pieces. Before, NCCL's first image was refused (over the frame limit).
+#[test]
+fn pytorch_for_cuda_12_trains_compiles_and_forms_an_nccl_group() {
+    let Some(python) = torch12_python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let port = fixed_port();
+    let cache = scratch_dir().join("inductor-cache-cu12");
+    let script = format!(
+        r#"
+import os, torch
+import torch.distributed as dist
+assert torch.version.cuda.startswith("12."), torch.version.cuda
+mlp = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).cuda()
+cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 10)).cuda()
+for model, shape in ((mlp, (64, 256)), (cnn, (8, 3, 16, 16))):
+    opt = torch.optim.AdamW(model.parameters())
+    for _ in range(5):
+        loss = model(torch.randn(*shape, device="cuda")).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loss.item()
+print("trained")
+f = torch.compile(lambda x, y: torch.sin(x) * y + 1)
+z = f(torch.randn(1024, device="cuda"), torch.randn(1024, device="cuda"))
+torch.cuda.synchronize()
+print("compiled", tuple(z.shape))
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}")
+dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+t = torch.ones(1024, device="cuda")
+dist.all_reduce(t)
+torch.cuda.synchronize()
+dist.destroy_process_group()
+print("nccl group of one")
+"#
+    );
+    let (ok, stdout, stderr) = run_python_with(
+        &python,
+        &server,
+        &["-c", &script],
+        &[("TORCHINDUCTOR_CACHE_DIR", cache.to_str().unwrap())],
+    );
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    for line in ["trained", "compiled (1024,)", "nccl group of one"] {
+        assert!(stdout.contains(line), "{line}: {}", context());
+    }
+    assert!(!stderr.contains("does not support"), "{}", context());
+    // cudart 12 asks for each library's module before its first launch.
+    assert!(
+        stderr.lines().any(|l| l.starts_with("cuLibraryGetModule ")),
+        "{}",
+        context()
+    );
+}
+
 /// The Python with JAX's CUDA 13 build (`GPUPOOL_TEST_JAX_PYTHON`, a
 /// virtual environment of its own).
 fn jax_python() -> Option<PathBuf> {
