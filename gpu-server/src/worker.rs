@@ -2901,8 +2901,9 @@ impl<'d> Worker<'d> {
     }
 
     /// A piece of an image too large for one frame (`ImagePart`). Pieces
-    /// out of order, past the announced length or the limit, or an image
-    /// whose hash does not hold, are dropped with what came before
+    /// out of order, past the announced length or the limit (for one image,
+    /// and for all the session holds unloaded), or an image whose hash does
+    /// not hold, are dropped with what came before
     /// (`CUDA_ERROR_INVALID_IMAGE`); the load that names it then answers
     /// `ImageUnknown`.
     fn image_part(&mut self, sha256: [u8; 32], offset: u64, total: u64, piece: &[u8]) -> Status {
@@ -2922,6 +2923,18 @@ impl<'d> Worker<'d> {
             self.arriving.remove(&sha256);
             return INVALID_IMAGE;
         }
+        // What a session holds in images not yet loaded stays under the
+        // limit of one image, however many it starts.
+        let held: u64 = self.arriving.values().map(|(b, _)| b.len() as u64).sum::<u64>()
+            + self.arrived.values().map(|b| b.len() as u64).sum::<u64>();
+        if held + piece.len() as u64 > gpupool_proto::message::MAX_IMAGE_BYTES {
+            tracing::warn!(held, total, "images in pieces over the session's limit were refused");
+            self.arriving.remove(&sha256);
+            return INVALID_IMAGE;
+        }
+        let Some((bytes, want)) = self.arriving.get_mut(&sha256) else {
+            return INVALID_IMAGE;
+        };
         bytes.extend_from_slice(piece);
         if end < *want {
             return 0;

@@ -1330,6 +1330,83 @@ fn test_ptx() -> Vec<u8> {
     ptx.into_bytes()
 }
 
+/// An image sent in pieces (`ImagePart`) loads once all its pieces are
+/// there and its hash holds; pieces out of order, past the announced
+/// length, over the limit, or an image whose bytes do not have the hash
+/// named, leave nothing to load, and the session goes on.
+#[test]
+fn images_in_pieces_load_only_whole_and_as_named() {
+    let server = Server::start();
+    let image = test_ptx();
+    let sha256: [u8; 32] = Sha256::digest(&image).into();
+    let total = image.len() as u64;
+    let half = image.len() / 2;
+    let mut s = RawSession::open(&server);
+    let part = |offset: usize| Request::ImagePart {
+        sha256,
+        offset: offset as u64,
+        total,
+    };
+    // The second half first: nothing to load.
+    s.post_with(&part(half), &image[half..]);
+    assert!(matches!(
+        s.call(&Request::LibraryLoad { sha256 }, &[]),
+        Reply::ImageUnknown
+    ));
+    // A gap between the pieces.
+    s.post_with(&part(0), &image[..half - 1]);
+    s.post_with(&part(half), &image[half..]);
+    assert!(matches!(
+        s.call(&Request::LibraryLoad { sha256 }, &[]),
+        Reply::ImageUnknown
+    ));
+    // More than announced.
+    let short = Request::ImagePart {
+        sha256,
+        offset: 0,
+        total: half as u64,
+    };
+    s.post_with(&short, &image);
+    assert!(matches!(
+        s.call(&Request::LibraryLoad { sha256 }, &[]),
+        Reply::ImageUnknown
+    ));
+    // Bytes that do not have the hash named.
+    let mut other = image.clone();
+    other[10] ^= 1;
+    s.post_with(&part(0), &other[..half]);
+    s.post_with(&part(half), &other[half..]);
+    assert!(matches!(
+        s.call(&Request::LibraryLoad { sha256 }, &[]),
+        Reply::ImageUnknown
+    ));
+    // Over the limit.
+    let huge = Request::ImagePart {
+        sha256,
+        offset: 0,
+        total: gpupool_proto::message::MAX_IMAGE_BYTES + 1,
+    };
+    s.post_with(&huge, &image[..16]);
+    assert!(matches!(
+        s.call(&Request::LibraryLoad { sha256 }, &[]),
+        Reply::ImageUnknown
+    ));
+    // In order and whole: it loads, and its kernels are there.
+    s.post_with(&part(0), &image[..half]);
+    s.post_with(&part(half), &image[half..]);
+    let Reply::Handle(lib) = s.call(&Request::LibraryLoad { sha256 }, &[]) else {
+        panic!("the image sent in pieces did not load:\n{}", server.log());
+    };
+    let found = s.call(
+        &Request::LibraryGetKernel {
+            library: lib,
+            name: "gp_vector_add".into(),
+        },
+        &[],
+    );
+    assert!(matches!(found, Reply::Handle(_)), "{found:?}");
+}
+
 #[test]
 fn images_are_shipped_once_per_server_and_checked_by_content() {
     let server = Server::start();
