@@ -56,6 +56,11 @@ if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     [ -x "$t12venv/bin/python" ] || python3 -m venv "$t12venv"
     "$t12venv/bin/python" -c "import torch" 2>/dev/null || "$t12venv/bin/pip" install -q "torch==2.8.0"
     export GPUPOOL_TEST_TORCH12_PYTHON="$PWD/$t12venv/bin/python"
+    # TensorFlow's CUDA 12 build (about 3 GB), in an environment of its own.
+    tfvenv=target/tf-venv
+    [ -x "$tfvenv/bin/python" ] || python3 -m venv "$tfvenv"
+    "$tfvenv/bin/python" -c "import tensorflow" 2>/dev/null || "$tfvenv/bin/pip" install -q "tensorflow[and-cuda]==2.21.0"
+    export GPUPOOL_TEST_TF_PYTHON="$PWD/$tfvenv/bin/python"
     # numba's CUDA target and CuPy, in an environment of their own (beside
     # PyTorch they would load numpy into its tests).
     nvenv=target/numba-venv

@@ -86,6 +86,17 @@ fn context_limits_are_asked_once_until_set() {
     assert_eq!(report_row(&stderr, "cuCtxGetLimit"), (63, 13), "{stderr}");
 }
 
+/// A cache preference for a function or kernel the shim knows streams (no
+/// round trip); a bad preference is refused in the shim.
+#[test]
+fn cache_preferences_stream() {
+    let server = Server::start();
+    let (ok, stdout, stderr) = driver_check_run(&server, &["library"], &[("GPUPOOL_CALL_REPORT", "1")]);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    let (calls, trips) = report_row(&stderr, "cuFuncSetCacheConfig");
+    assert!(calls >= 3 && trips == 0, "{calls} calls, {trips} round trips: {stderr}");
+}
+
 /// `CUDA_VISIBLE_DEVICES` that shows no device makes `cuInit` answer
 /// `CUDA_ERROR_NO_DEVICE`, as the driver does, without a session: empty,
 /// `-1`, or an index the session does not have (asked of the server). One

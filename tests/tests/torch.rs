@@ -96,21 +96,7 @@ fn run_python(python: &PathBuf, server: &Server, args: &[&str]) -> (bool, String
 
 /// [`run_python`] with more environment variables.
 fn run_python_with(python: &PathBuf, server: &Server, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    // Made once: the tests run at once and would race to replace the links.
-    static LIBS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let dir = LIBS.get_or_init(|| {
-        let dir = scratch_dir().join("torch-libs");
-        link_libraries(
-            &dir,
-            &[
-                ("libcuda.so.1", shim_dir().join("libcuda.so.1")),
-                // What a linker finds for -lcuda (Triton 3.4 links so).
-                ("libcuda.so", shim_dir().join("libcuda.so.1")),
-                ("libnvidia-ml.so.1", nvml_shim()),
-            ],
-        );
-        dir
-    });
+    let dir = shim_libs();
     let _shared = (!MACHINE_ALONE.with(|a| a.get())).then(|| MACHINE.read().unwrap_or_else(|p| p.into_inner()));
     let mut cmd = Command::new(python);
     cmd.args(args)
@@ -126,6 +112,26 @@ fn run_python_with(python: &PathBuf, server: &Server, args: &[&str], env: &[(&st
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The folder the Python tests find the shims in (`libcuda.so.1`, its
+/// `libcuda.so` link, `libnvidia-ml.so.1`).
+fn shim_libs() -> &'static PathBuf {
+    // Made once: the tests run at once and would race to replace the links.
+    static LIBS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIBS.get_or_init(|| {
+        let dir = scratch_dir().join("torch-libs");
+        link_libraries(
+            &dir,
+            &[
+                ("libcuda.so.1", shim_dir().join("libcuda.so.1")),
+                // What a linker finds for -lcuda (Triton 3.4 links so).
+                ("libcuda.so", shim_dir().join("libcuda.so.1")),
+                ("libnvidia-ml.so.1", nvml_shim()),
+            ],
+        );
+        dir
+    })
 }
 
 /// Tensors go to the (simulated) GPU and back through PyTorch's own paths:
@@ -1193,6 +1199,69 @@ print("nccl group of one")
         "{}",
         context()
     );
+}
+
+/// The Python with TensorFlow's CUDA 12 build (`GPUPOOL_TEST_TF_PYTHON`:
+/// `tensorflow[and-cuda]` 2.21, in a virtual environment of its own).
+fn tf_python() -> Option<PathBuf> {
+    let python = std::env::var_os("GPUPOOL_TEST_TF_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        eprintln!("no Python with TensorFlow given (GPUPOOL_TEST_TF_PYTHON); its test did not run");
+    }
+    python
+}
+
+/// TensorFlow 2.21 (XLA's StreamExecutor over the driver, CUDA 12.5
+/// libraries from PyPI): the remote GPU is found and registered, a matmul
+/// runs on it, and a Keras model fits an epoch. Its CUDA libraries are
+/// named on the library path, as their wheels' folders are not all on
+/// TensorFlow's own search path (cuSOLVER's is not).
+#[test]
+fn tensorflow_finds_the_gpu_and_fits_a_model_through_gpupool() {
+    let Some(python) = tf_python() else { return };
+    let _heavy = one_heavy_test_at_a_time();
+    let server = Server::start_with(&[("GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS", "1")]);
+    let site = python
+        .parent()
+        .and_then(|bin| bin.parent())
+        .map(|venv| venv.join("lib"))
+        .and_then(|lib| {
+            std::fs::read_dir(&lib)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("site-packages").is_dir())
+        })
+        .map(|py| py.join("site-packages").join("nvidia"))
+        .unwrap_or_else(|| panic!("no site-packages beside {}", python.display()));
+    let mut path = vec![shim_libs().display().to_string()];
+    for entry in std::fs::read_dir(&site).unwrap().flatten() {
+        if entry.path().join("lib").is_dir() {
+            path.push(entry.path().join("lib").display().to_string());
+        }
+    }
+    let script = r#"
+import numpy as np
+import tensorflow as tf
+gpus = tf.config.list_physical_devices("GPU")
+print("gpus", len(gpus))
+with tf.device("/GPU:0"):
+    a = tf.random.normal((256, 256))
+    b = tf.matmul(a, a)
+print("matmul on", b.device.split(":")[-2])
+m = tf.keras.Sequential([tf.keras.layers.Dense(64, activation="relu"), tf.keras.layers.Dense(10)])
+m.compile(optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+m.fit(np.random.randn(256, 32).astype("float32"), np.random.randint(0, 10, 256), epochs=1, batch_size=64, verbose=0)
+print("fitted")
+"#;
+    let path = path.join(":");
+    let (ok, stdout, stderr) = run_python_with(&python, &server, &["-c", script], &[("LD_LIBRARY_PATH", &path)]);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+    assert!(ok, "{}", context());
+    for line in ["gpus 1", "matmul on GPU", "fitted"] {
+        assert!(stdout.contains(line), "{line}: {}", context());
+    }
+    assert!(!stderr.contains("does not support"), "{}", context());
 }
 
 /// The Python with JAX's CUDA 13 build (`GPUPOOL_TEST_JAX_PYTHON`, a

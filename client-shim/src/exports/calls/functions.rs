@@ -228,8 +228,22 @@ fn check_cache_config(config: u32) -> CuResult {
     }
 }
 
+/// Streamed when the shim knows the target (a function the server made, a
+/// kernel it resolved, the current context): the driver then has nothing
+/// to refuse, as the preference is checked here. TensorFlow sets it before
+/// the first launch of each of its kernels. A function the shim does not
+/// know waits for the server's answer.
 fn set_cache_config(s: &Shim, ctx: Handle, target: CacheTarget, config: u32) -> CuResult {
-    s.remote.call(&Request::SetCacheConfig { ctx, target, config }, &[])?;
+    let known = match target {
+        CacheTarget::Function(f) => read(&s.functions).contains_key(&f),
+        CacheTarget::Kernel { .. } | CacheTarget::Context => true,
+    };
+    let request = Request::SetCacheConfig { ctx, target, config };
+    if known {
+        s.remote.post(&request, &[])?;
+    } else {
+        s.remote.call(&request, &[])?;
+    }
     // The preference may change what the occupancy calculator answers.
     write(&s.occupancy).clear();
     Ok(())
