@@ -4149,6 +4149,26 @@ int main(int argc, char **argv) {
         printf("HOLDING %zu\n", (mib << 20) + 4096);
         fflush(stdout);
         for (;;) pause();
+    } else if (!strcmp(mode, "outlive")) {
+        /* The server goes while the program holds a session: told on
+         * standard input, the program's calls then fail with an error, at
+         * once, and it exits normally. */
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, 1 << 20));
+        CHECK(cuCtxSynchronize());
+        printf("HOLDING\n");
+        fflush(stdout);
+        char line[16];
+        if (!fgets(line, sizeof line, stdin)) return 1;
+        double start = now_us();
+        static unsigned char host[1 << 20];
+        CUresult copy = cuMemcpyHtoDAsync(p, host, sizeof host, NULL);
+        CUresult sync = cuCtxSynchronize();
+        CUdeviceptr q = 0;
+        CUresult alloc = cuMemAlloc(&q, 4096);
+        CUresult copy2 = cuMemcpyDtoH(host, p, 4096);
+        printf("AFTER copy=%d sync=%d alloc=%d copy2=%d in %.0f ms\n", copy, sync, alloc, copy2, (now_us() - start) / 1000);
+        return 0;
     } else if (!strcmp(mode, "unsupported")) {
         PFN_cuMipmappedArrayCreate mipmapped = (PFN_cuMipmappedArrayCreate)sym("cuMipmappedArrayCreate", 5000);
         CUresult r = mipmapped(NULL, NULL, 1);

@@ -86,6 +86,64 @@ fn context_limits_are_asked_once_until_set() {
     assert_eq!(report_row(&stderr, "cuCtxGetLimit"), (63, 13), "{stderr}");
 }
 
+/// The server's worker dies while a program holds a session: the
+/// program's next calls fail with `CUDA_ERROR_DEVICE_UNAVAILABLE` (46), at
+/// once, and it goes on to exit normally: no hang, no signal (a write to
+/// the closed connection raises no `SIGPIPE`).
+#[test]
+fn a_dead_server_fails_the_programs_calls_without_a_hang() {
+    use std::io::Write as _;
+    let server = Server::start();
+    let mut cmd = through_shim(&c_program("driver_check"), &server.tcp);
+    cmd.arg("outlive")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut program = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(program.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("HOLDING") {
+        if std::io::BufRead::read_line(&mut stdout, &mut seen).unwrap_or(0) == 0 {
+            panic!("the program ended before it held its session: {seen}\n{}", server.log());
+        }
+    }
+    let log = server.log();
+    let worker: i32 = log
+        .lines()
+        .find(|l| l.contains("session started"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no worker pid in the log:\n{log}"));
+    // SAFETY: kill(2) with the worker's pid and a signal number.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    assert!(
+        server.wait_for_log("worker exited", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    program.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = program.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the program hangs after its server died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    let after = rest
+        .lines()
+        .find(|l| l.starts_with("AFTER"))
+        .unwrap_or_else(|| panic!("{rest}"));
+    for call in ["sync=46", "alloc=46", "copy2=46"] {
+        assert!(after.contains(call), "{call}: {after}");
+    }
+}
+
 /// A cache preference for a function or kernel the shim knows streams (no
 /// round trip); a bad preference is refused in the shim.
 #[test]
