@@ -85,6 +85,23 @@ fn nvcc_compile(home: &Path, name: &str, shared: bool, extra: &[String]) -> Path
     out
 }
 
+/// Run the toolchain's nvcc (its folder first on `PATH`) with `args`; a
+/// failed build fails the test with nvcc's message.
+fn run_nvcc(home: &Path, args: &[&std::ffi::OsStr]) {
+    let bin = home.join("bin");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let output = Command::new(bin.join("nvcc"))
+        .env("PATH", path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
+    assert!(
+        output.status.success(),
+        "nvcc {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn run(home: &Path, program: &Path, server: &Server, args: &[&str]) -> String {
     let mut cmd = through_shim(program, &server.tcp);
     // The shim first; then the toolchain's libcudart.so.13 for shared builds.
@@ -310,16 +327,16 @@ fn cuda_12_runtime_starts_and_launches_through_gpupool() {
         .join("cuda")
         .join("scale_kernel.cu");
     let fatbin = scratch_dir().join("scale_kernel.fatbin");
-    let bin = home.join("bin");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let built = Command::new(bin.join("nvcc"))
-        .env("PATH", path)
-        .args(["-fatbin", "-arch=sm_90", "-o"])
-        .arg(&fatbin)
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    run_nvcc(
+        &home,
+        &[
+            "-fatbin".as_ref(),
+            "-arch=sm_90".as_ref(),
+            "-o".as_ref(),
+            fatbin.as_os_str(),
+            src.as_os_str(),
+        ],
+    );
     let server = Server::start();
     let mut cmd = through_shim(&c_program("cudart12_check"), &server.tcp);
     cmd.env(
@@ -356,27 +373,21 @@ fn fat_binaries_travel_with_the_servers_architecture_only() {
         .join("cuda")
         .join("cudart_check.cu");
     let out = scratch_dir().join("cudart_check-three-archs");
-    let bin = home.join("bin");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let built = Command::new(bin.join("nvcc"))
-        .env("PATH", path)
-        .args([
-            "-gencode",
-            "arch=compute_80,code=sm_80",
-            "-gencode",
-            "arch=compute_90,code=[sm_90,compute_90]",
-            "-gencode",
-            "arch=compute_100,code=sm_100",
-            "-cudart",
-            "static",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(&src)
-        .arg(format!("-L{}", home.join("lib").display()))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let lib = format!("-L{}", home.join("lib").display());
+    let args = [
+        "-gencode",
+        "arch=compute_80,code=sm_80",
+        "-gencode",
+        "arch=compute_90,code=[sm_90,compute_90]",
+        "-gencode",
+        "arch=compute_100,code=sm_100",
+        "-cudart",
+        "static",
+        "-o",
+    ];
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    all.extend([out.as_os_str(), src.as_os_str(), lib.as_ref()]);
+    run_nvcc(&home, &all);
     let server = Server::start();
     let mut cmd = through_shim(&out, &server.tcp);
     cmd.env("GPUPOOL_LOG", "debug");

@@ -3,7 +3,7 @@
 //! pool's reuse, thresholds and figures are the GPU's own. An allocation
 //! costs a round trip (the driver picks the address); a free streams.
 
-use super::vmm::{read_token, token_file, HANDLE_TYPE_POSIX_FD};
+use super::vmm::{export_descriptor, read_token, HANDLE_TYPE_POSIX_FD};
 use super::*;
 
 /// `CUmemLocationType` of a device, `CUmemAllocationType` of pinned memory.
@@ -86,20 +86,35 @@ unsafe fn alloc_async(
         pool,
     };
     match s.remote.call(&req, &[])? {
-        Reply::Pointer(p) => {
-            let range = DeviceRange {
-                size: size as u64,
-                ctx,
-                device,
-                kind: RangeKind::Allocated,
-                legacy_ipc: false,
-            };
-            lock(&s.device_memory).insert(p, range);
-            // SAFETY: checked not to be null; the program passes a slot.
-            unsafe { out(ptr, p) }
-        }
+        // SAFETY: checked not to be null; the program passes a slot.
+        Reply::Pointer(p) => unsafe { deliver_pool_memory(s, ptr, p, size as u64, ctx, device) },
         _ => Err(CuError::UNKNOWN),
     }
+}
+
+/// Memory of a pool at `p`, `size` bytes in `ctx` on `device`: the
+/// program's, freed with `cuMemFree(Async)`; written to `ptr`.
+///
+/// # Safety
+/// `ptr` is NULL or the program's slot for a device pointer.
+unsafe fn deliver_pool_memory(
+    s: &Shim,
+    ptr: *mut CUdeviceptr,
+    p: CUdeviceptr,
+    size: u64,
+    ctx: Handle,
+    device: i32,
+) -> CuResult {
+    let range = DeviceRange {
+        size,
+        ctx,
+        device,
+        kind: RangeKind::Allocated,
+        legacy_ipc: false,
+    };
+    lock(&s.device_memory).insert(p, range);
+    // SAFETY: the caller's contract; `out` checks for NULL.
+    unsafe { out(ptr, p) }
 }
 
 pub unsafe fn mem_alloc_async(mode: DefaultStream, ptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CuResult {
@@ -263,17 +278,8 @@ pub unsafe fn mem_pool_export_to_shareable_handle(
     if handle_type != HANDLE_TYPE_POSIX_FD {
         return Err(CuError::NOT_SUPPORTED);
     }
-    let token = match s.remote.call(&Request::MemPoolExport { pool }, &[])? {
-        Reply::Bytes(b) if b.len() == gpupool_proto::message::IPC_HANDLE_LEN => b,
-        _ => return Err(CuError::UNKNOWN),
-    };
-    let fd = token_file(&token).map_err(|e| {
-        tracing::warn!("cannot make the shareable handle's file: {e}");
-        CuError::OUT_OF_MEMORY
-    })?;
-    // SAFETY: for a file descriptor the shareable handle is an int (API
-    // contract); checked not to be null.
-    unsafe { out(shareable.cast::<i32>(), std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+    // SAFETY: checked not to be null; the program passes an int's room.
+    unsafe { export_descriptor(s, &Request::MemPoolExport { pool }, shareable.cast()) }
 }
 
 /// `cuMemPoolImportFromShareableHandle` of a descriptor
@@ -349,18 +355,8 @@ pub unsafe fn mem_pool_import_pointer(ptr: *mut CUdeviceptr, pool: *mut c_void, 
         .remote
         .call(&Request::MemPoolImportPointer { ctx, pool, token }, &[])?
     {
-        Reply::Global { ptr: p, size } => {
-            let range = DeviceRange {
-                size,
-                ctx,
-                device,
-                kind: RangeKind::Allocated,
-                legacy_ipc: false,
-            };
-            lock(&s.device_memory).insert(p, range);
-            // SAFETY: checked not to be null; the program passes a slot.
-            unsafe { out(ptr, p) }
-        }
+        // SAFETY: checked not to be null; the program passes a slot.
+        Reply::Global { ptr: p, size } => unsafe { deliver_pool_memory(s, ptr, p, size, ctx, device) },
         _ => Err(CuError::UNKNOWN),
     }
 }

@@ -300,21 +300,32 @@ pub unsafe fn mem_export_to_shareable_handle(
     if !read(&s.physical).contains_key(&handle) {
         return Err(CuError::INVALID_VALUE);
     }
-    let token = match s.remote.call(&Request::MemExport { handle }, &[])? {
+    // SAFETY: checked not to be null; for a file descriptor the shareable
+    // handle is an int (API contract).
+    unsafe { export_descriptor(s, &Request::MemExport { handle }, shareable.cast()) }
+}
+
+/// Ask the server for the gpupool handle of what `request` exports, and
+/// give the program a descriptor of its own for it (a memory file holding
+/// the handle) in `fd`.
+///
+/// # Safety
+/// `fd` is the program's room for an int.
+pub(super) unsafe fn export_descriptor(s: &Shim, request: &Request, fd: *mut i32) -> CuResult {
+    let token = match s.remote.call(request, &[])? {
         Reply::Bytes(b) if b.len() == gpupool_proto::message::IPC_HANDLE_LEN => b,
         _ => return Err(CuError::UNKNOWN),
     };
-    let fd = token_file(&token).map_err(|e| {
+    let file = token_file(&token).map_err(|e| {
         tracing::warn!("cannot make the shareable handle's file: {e}");
         CuError::OUT_OF_MEMORY
     })?;
-    // SAFETY: for a file descriptor the shareable handle is an int (API
-    // contract); checked not to be null.
-    unsafe { out(shareable.cast::<i32>(), std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+    // SAFETY: the caller's contract; `out` checks for NULL.
+    unsafe { out(fd, std::os::fd::IntoRawFd::into_raw_fd(file)) }
 }
 
 /// A memory file holding `token`, closed on exec as the driver's are.
-pub(super) fn token_file(token: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+fn token_file(token: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::io::Write;
     use std::os::fd::FromRawFd;
     // SAFETY: memfd_create takes a NUL-terminated name and flags.
