@@ -65,23 +65,12 @@ fn nvcc_compile(home: &Path, name: &str, shared: bool, extra: &[String]) -> Path
         .join(format!("{name}.cu"));
     let kind = if shared { "shared" } else { "static" };
     let out = scratch_dir().join(format!("{name}-{}-{kind}", version_of(home)));
-    let bin = home.join("bin");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let output = Command::new(bin.join("nvcc"))
-        .env("PATH", path)
-        .args(["-arch=sm_90", "-cudart", kind, "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg(format!("-L{}", home.join("lib").display()))
-        .args(extra)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run nvcc from {}: {e}", bin.display()));
-    assert!(
-        output.status.success(),
-        "nvcc failed for {}:\n{}",
-        src.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let lib = format!("-L{}", home.join("lib").display());
+    let fixed = ["-arch=sm_90", "-cudart", kind, "-o"];
+    let mut args: Vec<&std::ffi::OsStr> = fixed.iter().map(|a| a.as_ref()).collect();
+    args.extend([out.as_os_str(), src.as_os_str(), lib.as_ref()]);
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_nvcc(home, &args);
     out
 }
 
