@@ -923,6 +923,7 @@ impl<'d> Worker<'d> {
                 R::CtxResetPersistingL2Cache { ctx } | R::CtxPeerAccess { ctx, .. } => *ctx,
                 R::EventSynchronize { ctx, .. } | R::EventQuery { ctx, .. } | R::EventElapsedTime { ctx, .. } => *ctx,
                 R::ParamInfo { ctx, .. } | R::SetCacheConfig { ctx, .. } => *ctx,
+                R::OccupancyClusters { ctx, .. } => *ctx,
                 R::StreamAttribute { ctx, .. } | R::StreamCopyAttributes { ctx, .. } => *ctx,
                 R::StreamBeginCapture { ctx, .. } | R::StreamEndCapture { ctx, .. } => *ctx,
                 R::GraphInstantiate { ctx, .. } | R::GraphLaunch { ctx, .. } | R::GraphUpload { ctx, .. } => *ctx,
@@ -1222,6 +1223,13 @@ impl<'d> Worker<'d> {
             })),
             R::Occupancy { ctx, func, query } => to_reply(self.occupancy(ctx, func, query)),
             R::SetCacheConfig { ctx, target, config } => to_reply(self.set_cache_config(d, ctx, target, config)),
+            R::OccupancyClusters {
+                ctx,
+                func,
+                block,
+                shared_mem,
+                sizes,
+            } => to_reply(self.occupancy_clusters(ctx, func, block, shared_mem, &sizes)),
             R::StreamAttribute { ctx, stream, attr, set } => to_reply(self.stream_attribute(d, ctx, stream, attr, set)),
             R::StreamCopyAttributes { ctx, dst, src } => to_reply(self.enter(ctx, dst).and_then(|dst| {
                 let src = self.stream(ctx, src)?;
@@ -3846,38 +3854,31 @@ impl<'d> Worker<'d> {
                 shared_mem,
                 cluster,
             } => {
-                let mut value = [0u8; 64];
-                for (i, c) in cluster.iter().enumerate() {
-                    value[i * 4..i * 4 + 4].copy_from_slice(&c.to_le_bytes());
-                }
-                // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-                let attrs = [LaunchAttribute {
-                    id: 4,
-                    pad: [0; 4],
-                    value,
-                }];
-                // A potential cluster size asked of a launch that names no
-                // cluster goes without the attribute.
-                let named = cluster != [0; 3];
-                let config = LaunchConfig {
-                    grid,
-                    block,
-                    shared_mem,
-                    stream: std::ptr::null_mut(),
-                    attrs: attrs.as_ptr(),
-                    num_attrs: u32::from(named),
-                };
-                let mut v = 0;
-                if matches!(query, OccupancyQuery::MaxActiveClusters { .. }) {
-                    // SAFETY: config and attrs outlive the call.
-                    unsafe { d.cuOccupancyMaxActiveClusters(&mut v, f, &config) }?;
-                } else {
-                    // SAFETY: as above.
-                    unsafe { d.cuOccupancyMaxPotentialClusterSize(&mut v, f, &config) }?;
-                }
+                let active = matches!(query, OccupancyQuery::MaxActiveClusters { .. });
+                let v = cluster_occupancy(d, f, active, grid, block, shared_mem, cluster)?;
                 Ok(Reply::Int(v as i64))
             }
         }
+    }
+
+    /// `OccupancyClusters`: the active clusters of each size, a grid of one
+    /// cluster each.
+    fn occupancy_clusters(
+        &mut self,
+        ctx: Handle,
+        func: Handle,
+        block: [u32; 3],
+        shared_mem: u32,
+        sizes: &[u32],
+    ) -> DriverResult<Reply> {
+        self.make_current(ctx)?;
+        self.check_function(func).or_else(|_| self.check_kernel(func))?;
+        let f = as_ptr(func);
+        attributes(&sizes.iter().map(|&k| k as i32).collect::<Vec<_>>(), |v, k| {
+            let size = [k as u32, 1, 1];
+            *v = cluster_occupancy(self.driver, f, true, size, block, shared_mem, size)?;
+            Ok(())
+        })
     }
 
     /// Free everything the client held, context by context.
@@ -4105,6 +4106,49 @@ fn tensor_map_replace(d: &Driver, map: &[u8], address: u64) -> DriverResult<Repl
 
 fn to_reply(r: impl IntoReply) -> Reply {
     r.into_reply()
+}
+
+/// `cuOccupancyMaxActiveClusters` (`active`) or
+/// `cuOccupancyMaxPotentialClusterSize` of function `f` for a launch of
+/// `grid` and `block` with `shared_mem` bytes, in clusters of `cluster`
+/// (all 0: the launch names none, as a potential size may be asked).
+fn cluster_occupancy(
+    d: &Driver,
+    f: Ptr,
+    active: bool,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_mem: u32,
+    cluster: [u32; 3],
+) -> DriverResult<i32> {
+    let mut value = [0u8; 64];
+    for (i, c) in cluster.iter().enumerate() {
+        value[i * 4..i * 4 + 4].copy_from_slice(&c.to_le_bytes());
+    }
+    // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    let attrs = [LaunchAttribute {
+        id: 4,
+        pad: [0; 4],
+        value,
+    }];
+    let named = cluster != [0; 3];
+    let config = LaunchConfig {
+        grid,
+        block,
+        shared_mem,
+        stream: std::ptr::null_mut(),
+        attrs: attrs.as_ptr(),
+        num_attrs: u32::from(named),
+    };
+    let mut v = 0;
+    if active {
+        // SAFETY: config and attrs outlive the call; f is the client's.
+        unsafe { d.cuOccupancyMaxActiveClusters(&mut v, f, &config) }?;
+    } else {
+        // SAFETY: as above.
+        unsafe { d.cuOccupancyMaxPotentialClusterSize(&mut v, f, &config) }?;
+    }
+    Ok(v)
 }
 
 /// Each of `attrs` asked of the driver by `get(value, attribute)`: its

@@ -383,6 +383,19 @@ pub enum Request {
         func: Handle,
         query: OccupancyQuery,
     },
+    /// sync -> `Reply::Attributes`: `cuOccupancyMaxActiveClusters` of a
+    /// launch of `block` threads and `shared_mem` bytes whose grid is one
+    /// cluster of `size` blocks along x, for each of `sizes` (at most
+    /// [`MAX_ATTRIBUTES`]), in order: the driver's status and answer each.
+    /// cuBLASLt asks every size from 1 to 16 of each kernel, one call each.
+    /// Version 18.
+    OccupancyClusters {
+        ctx: Handle,
+        func: Handle,
+        block: [u32; 3],
+        shared_mem: u32,
+        sizes: Vec<u32>,
+    },
     /// `id` 0: sync -> `Reply::Handle`. Otherwise async: `id` is the
     /// client's own name for the stream ([`is_client_handle`]), which the
     /// server maps to the driver's handle, so creating costs no round trip.

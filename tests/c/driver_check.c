@@ -1826,6 +1826,31 @@ int main(int argc, char **argv) {
         CHECK(cuOccupancyMaxPotentialClusterSize(&again, vadd, &cfg));
         EXPECT(cluster >= 1 && cluster == again, "potential cluster sizes %d then %d", cluster, again);
         EXPECT(cuOccupancyMaxPotentialClusterSize(NULL, vadd, &cfg) == CUDA_ERROR_INVALID_VALUE, "no slot");
+        /* Active clusters of 1 to 8 blocks, each a grid of one cluster, as
+         * cuBLASLt asks them of every kernel: through gpupool, one round
+         * trip for all. */
+        {
+            typedef CUresult (*PFN_activeClusters)(int *, CUfunction, const CUlaunchConfig *);
+            PFN_activeClusters activeClusters = (PFN_activeClusters)sym("cuOccupancyMaxActiveClusters", 11070);
+            CUlaunchAttribute dim;
+            memset(&dim, 0, sizeof dim);
+            dim.id = 4; /* CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION */
+            CUlaunchConfig cc = cfg;
+            cc.attrs = &dim;
+            cc.numAttrs = 1;
+            int last = 1 << 30;
+            for (unsigned k = 1; k <= 8; k++) {
+                unsigned size[3] = {k, 1, 1};
+                memcpy(dim.value.bytes, size, sizeof size);
+                cc.gridDimX = k;
+                int active = -1;
+                CHECK(activeClusters(&active, vadd, &cc));
+                /* Larger clusters: no more of them fit. */
+                EXPECT(active >= 1 && active <= last, "%d active clusters of %u blocks, %d of one fewer", active, k,
+                       last);
+                last = active;
+            }
+        }
 
         /* Managed ranges prefetched in a batch: two to the device, one to
          * the host, on a stream; contents kept. */

@@ -302,6 +302,8 @@ fn cuda13_calls_cudart_looks_up() {
         (3, 1),
         "{report}"
     );
+    // Cluster sizes probed as cuBLASLt does: one round trip for eight.
+    assert_eq!(report_row(&report, "cuOccupancyMaxActiveClusters"), (8, 1), "{report}");
     assert_eq!(report_row(&report, "cuStreamGetCtx_v2"), (3, 0), "{report}");
     assert_eq!(
         report_row(&report, "cuDeviceGetTexture1DLinearMaxWidth"),

@@ -3412,12 +3412,66 @@ pub unsafe fn occupancy_max_active_clusters(
             *slot = u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().unwrap());
         }
     }
+    let grid = [c.grid_dim_x, c.grid_dim_y, c.grid_dim_z];
+    let block = [c.block_dim_x, c.block_dim_y, c.block_dim_z];
+    let shared_mem = c.shared_mem_bytes;
+    if grid == cluster && cluster[1] == 1 && cluster[2] == 1 && cluster[0] >= 1 {
+        cluster_probes(function, block, shared_mem, cluster[0])?;
+    }
     let q = OccupancyQuery::MaxActiveClusters {
-        grid: [c.grid_dim_x, c.grid_dim_y, c.grid_dim_z],
-        block: [c.block_dim_x, c.block_dim_y, c.block_dim_z],
-        shared_mem: c.shared_mem_bytes,
+        grid,
+        block,
+        shared_mem,
         cluster,
     };
     let v = int_reply(occupancy(function, q)?)?;
     unsafe { out(clusters, v as i32) }
+}
+
+/// The cluster sizes asked at once when one is asked of a grid of one
+/// cluster: cuBLASLt asks each of 1 to 16 of every kernel so, one call
+/// each (112 round trips at the start-up of `benches/torch_step.py`'s
+/// small GPT on the software driver before, 51 now: an attribute set
+/// between questions forgets the answers, as it must).
+const CLUSTER_PROBES: u32 = 16;
+
+/// Fill the occupancy answers of clusters of 1 to [`CLUSTER_PROBES`] blocks
+/// (and of `size`), each a grid of one cluster, with one question, unless
+/// `size`'s is known. Sizes the driver refuses are left to be asked alone.
+fn cluster_probes(function: CUfunction, block: [u32; 3], shared_mem: u32, size: u32) -> CuResult {
+    let s = shim()?;
+    let ctx = current_ctx()?;
+    let query = |k: u32| OccupancyQuery::MaxActiveClusters {
+        grid: [k, 1, 1],
+        block,
+        shared_mem,
+        cluster: [k, 1, 1],
+    };
+    if read(&s.occupancy).contains_key(&(handle(function), ctx, query(size))) {
+        return Ok(());
+    }
+    let mut sizes: Vec<u32> = (1..=CLUSTER_PROBES).collect();
+    if size > CLUSTER_PROBES {
+        sizes.push(size);
+    }
+    let request = Request::OccupancyClusters {
+        ctx,
+        func: resolve(s, handle(function))?,
+        block,
+        shared_mem,
+        sizes: sizes.clone(),
+    };
+    let Reply::Attributes(answers) = s.remote.call(&request, &[])? else {
+        return Err(CuError::UNKNOWN);
+    };
+    if answers.len() != sizes.len() {
+        return Err(CuError::UNKNOWN);
+    }
+    let mut known = write(&s.occupancy);
+    for (k, (status, v)) in sizes.into_iter().zip(answers) {
+        if status == 0 {
+            known.insert((handle(function), ctx, query(k)), Reply::Int(v as i64));
+        }
+    }
+    Ok(())
 }
