@@ -2922,29 +2922,28 @@ impl<'d> Worker<'d> {
             }
             self.arriving.insert(sha256, (Vec::new(), total));
         }
-        let Some((bytes, want)) = self.arriving.get_mut(&sha256) else {
-            return INVALID_IMAGE;
-        };
-        let end = offset.saturating_add(piece.len() as u64);
-        if offset != bytes.len() as u64 || end > *want || (piece.is_empty() && end < *want) {
-            tracing::warn!(offset, total, "a piece of an image out of order was refused");
-            self.arriving.remove(&sha256);
-            return INVALID_IMAGE;
-        }
         // What a session holds in images not yet loaded stays under the
         // limit of one image, however many it starts.
         let held: u64 = self.arriving.values().map(|(b, _)| b.len() as u64).sum::<u64>()
             + self.arrived.values().map(|b| b.len() as u64).sum::<u64>();
-        if held + piece.len() as u64 > gpupool_proto::message::MAX_IMAGE_BYTES {
-            tracing::warn!(held, total, "images in pieces over the session's limit were refused");
-            self.arriving.remove(&sha256);
-            return INVALID_IMAGE;
-        }
         let Some((bytes, want)) = self.arriving.get_mut(&sha256) else {
             return INVALID_IMAGE;
         };
+        let want = *want;
+        let end = offset.saturating_add(piece.len() as u64);
+        let in_order = offset == bytes.len() as u64 && end <= want && !(piece.is_empty() && end < want);
+        let within = held + piece.len() as u64 <= gpupool_proto::message::MAX_IMAGE_BYTES;
+        if !in_order || !within {
+            if !in_order {
+                tracing::warn!(offset, total, "a piece of an image out of order was refused");
+            } else {
+                tracing::warn!(held, total, "images in pieces over the session's limit were refused");
+            }
+            self.arriving.remove(&sha256);
+            return INVALID_IMAGE;
+        }
         bytes.extend_from_slice(piece);
-        if end < *want {
+        if end < want {
             return 0;
         }
         let Some((bytes, _)) = self.arriving.remove(&sha256) else {
