@@ -403,6 +403,133 @@ fn fat_binaries_travel_with_the_servers_architecture_only() {
     assert!(field("sent") < field("bytes"), "{cut}");
 }
 
+/// cuobjdump, installed by the test command in `target/cuda/tools`.
+fn cuobjdump(home: &Path) -> Option<PathBuf> {
+    let tool = home.ancestors().nth(3)?.join("tools/nvidia/cu13/bin/cuobjdump");
+    if !tool.exists() {
+        assert!(
+            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "GPUPOOL_REQUIRE_CUDA=1 but cuobjdump is not at {}: run scripts/cuda-toolchain.sh",
+            tool.display()
+        );
+        eprintln!("cuobjdump is not installed; its test did not run");
+        return None;
+    }
+    Some(tool)
+}
+
+/// `cuobjdump ARGS` in `dir`; its standard output, failing the test when
+/// it fails.
+fn run_cuobjdump(tool: &Path, dir: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(tool)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run cuobjdump");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cuobjdump {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The fat binaries the shim cuts down to the server's GPUs
+/// (`gpupool_fatbin::only_for`) are read by NVIDIA's own reader, cuobjdump,
+/// as fat binaries holding just the entries kept, each of which it
+/// extracts (decompressed) byte for byte as it extracts that entry of the
+/// whole image: of a build for sm_80, sm_90 (code and PTX) and sm_100, with
+/// entries plain and compressed.
+#[test]
+fn cut_fat_binaries_read_as_nvidia_reads_them() {
+    let Some(home) = cuda_homes().into_iter().find(|h| version_of(h) == "13.0") else {
+        return;
+    };
+    let Some(tool) = cuobjdump(&home) else {
+        return;
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("cuda")
+        .join("scale_kernel.cu");
+    for (name, extra) in [("plain", &[][..]), ("compressed", &["-Xfatbin", "-compress-all"][..])] {
+        let dir = scratch_dir().join(format!("cut-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let whole = dir.join("whole.fatbin");
+        let mut args: Vec<&std::ffi::OsStr> = [
+            "-fatbin",
+            "-gencode",
+            "arch=compute_80,code=sm_80",
+            "-gencode",
+            "arch=compute_90,code=[sm_90,compute_90]",
+            "-gencode",
+            "arch=compute_100,code=sm_100",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.as_ref())
+        .collect();
+        args.extend(["-o".as_ref(), whole.as_os_str(), src.as_os_str()]);
+        run_nvcc(&home, &args);
+        let bytes = std::fs::read(&whole).unwrap();
+        let listed = |file: &str| {
+            let mut l: Vec<String> = run_cuobjdump(&tool, &dir, &["-lelf".as_ref(), "-lptx".as_ref(), file.as_ref()])
+                .lines()
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+                .collect();
+            l.sort();
+            l
+        };
+        assert_eq!(
+            listed("whole.fatbin"),
+            [
+                "whole.1.sm_80.cubin",
+                "whole.1.sm_90.ptx",
+                "whole.2.sm_90.cubin",
+                "whole.3.sm_100.cubin"
+            ],
+            "{name}"
+        );
+        run_cuobjdump(
+            &tool,
+            &dir,
+            &["-xelf", "all", "-xptx", "all", "whole.fatbin"].map(std::ffi::OsStr::new),
+        );
+        // An H100 (9.0) keeps the sm_90 code and PTX; an A10 (8.6) the
+        // sm_80 code.
+        let cases = [
+            (
+                (9, 0),
+                "h100",
+                vec![
+                    ("whole.2.sm_90.cubin", "h100.1.sm_90.cubin"),
+                    ("whole.1.sm_90.ptx", "h100.1.sm_90.ptx"),
+                ],
+            ),
+            ((8, 6), "a10", vec![("whole.1.sm_80.cubin", "a10.1.sm_80.cubin")]),
+        ];
+        for (cc, device, pairs) in cases {
+            let cut = gpupool_fatbin::only_for(&bytes, &[cc]).unwrap().expect("entries go");
+            assert!(cut.len() < bytes.len());
+            let file = format!("{device}.fatbin");
+            std::fs::write(dir.join(&file), &cut).unwrap();
+            let mut want: Vec<&str> = pairs.iter().map(|(_, c)| *c).collect();
+            want.sort();
+            assert_eq!(listed(&file), want, "{name} {device}");
+            run_cuobjdump(
+                &tool,
+                &dir,
+                &["-xelf", "all", "-xptx", "all", &file].map(std::ffi::OsStr::new),
+            );
+            for (original, kept) in pairs {
+                let a = std::fs::read(dir.join(original)).unwrap();
+                let b = std::fs::read(dir.join(kept)).unwrap();
+                assert!(!a.is_empty() && a == b, "{name}: {kept} differs from {original}");
+            }
+        }
+    }
+}
+
 /// cuBLAS and cuFFT installed beside a toolchain
 /// (`<toolchain>/libs/nvidia/cu13`; the test command installs them for 13.0).
 fn libs_home(home: &Path) -> Option<PathBuf> {
