@@ -6,6 +6,8 @@
 //! The tests need `cargo build --workspace` to have run first (the README's
 //! test command does it).
 
+pub mod layouts;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

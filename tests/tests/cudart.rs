@@ -530,6 +530,23 @@ fn cut_fat_binaries_read_as_nvidia_reads_them() {
     }
 }
 
+/// The parameter layout the fat-binary parser reads of every sm_90 kernel
+/// of cuBLAS 13 (the library the test command installs) is the one
+/// cuobjdump prints of it.
+#[test]
+fn cublas_kernel_layouts_agree_with_cuobjdump() {
+    let Some((home, libs)) = toolchain_with_libs() else {
+        return;
+    };
+    let Some(tool) = cuobjdump(&home) else {
+        return;
+    };
+    let library = libs.join("lib").join("libcublas.so.13");
+    let agreed = layouts::agree_with_cuobjdump(&tool, &library, (9, 0)).unwrap_or_else(|e| panic!("{e}"));
+    // cuBLAS 13.0 has some 3,500 distinct sm_90 kernels.
+    assert!(agreed > 1000, "only {agreed} kernels compared");
+}
+
 /// cuBLAS and cuFFT installed beside a toolchain
 /// (`<toolchain>/libs/nvidia/cu13`; the test command installs them for 13.0).
 fn libs_home(home: &Path) -> Option<PathBuf> {

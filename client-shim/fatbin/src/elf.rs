@@ -15,7 +15,11 @@
 //!
 //! A `KPARAM_INFO` value is 12 bytes: `u32` index (0), `u16` ordinal,
 //! `u16` byte offset in the parameter buffer, `u32` packed word whose top
-//! 14 bits (bits 18..32) are the parameter's size in bytes.
+//! 14 bits (bits 18..32) are the parameter's size in bytes. Kernels whose
+//! parameters pass the old 4 KiB limit (CUDA 12.1 and later allow 32764
+//! bytes; PyTorch's foreach and AMP kernels take a 25 KiB tensor list) have
+//! `KPARAM_INFO_V2` records (0x45) instead: 12 bytes too, the index, ordinal
+//! and offset as before, then a `u16` size in bytes and a `u16` of flags.
 
 use crate::read::{add, mul, slice, u16_at, u32_at, u64_at, u8_at};
 use crate::{Error, GlobalInfo, KernelInfo, LenQuery, ParamInfo, MAX_IMAGE_LEN};
@@ -37,6 +41,8 @@ pub const EM_CUDA: u16 = 190;
 
 /// `EIATTR_KPARAM_INFO`.
 const EIATTR_KPARAM_INFO: u8 = 0x17;
+/// `EIATTR_KPARAM_INFO_V2`, of kernels with more than 4 KiB of parameters.
+const EIATTR_KPARAM_INFO_V2: u8 = 0x45;
 const EIFMT_NVAL: u8 = 1;
 const EIFMT_BVAL: u8 = 2;
 const EIFMT_HVAL: u8 = 3;
@@ -389,7 +395,7 @@ fn kparams(info: &[u8], kernel: &str) -> Result<Vec<ParamInfo>, Error> {
             EIFMT_NVAL | EIFMT_BVAL | EIFMT_HVAL => at += 4,
             EIFMT_SVAL => {
                 let data = slice(info, at as u64 + 4, value.into(), "an .nv.info record value")?;
-                if attribute == EIATTR_KPARAM_INFO {
+                if attribute == EIATTR_KPARAM_INFO || attribute == EIATTR_KPARAM_INFO_V2 {
                     if data.len() < 12 {
                         return Err(Error::Elf(format!(
                             "KPARAM_INFO record of `{kernel}` is {} bytes, expected 12",
@@ -398,7 +404,11 @@ fn kparams(info: &[u8], kernel: &str) -> Result<Vec<ParamInfo>, Error> {
                     }
                     let ordinal = u16_at(data, 4, what)?;
                     let offset = u16_at(data, 6, what)?;
-                    let size = u32_at(data, 8, what)? >> 18;
+                    let size = if attribute == EIATTR_KPARAM_INFO {
+                        u32_at(data, 8, what)? >> 18
+                    } else {
+                        u16_at(data, 8, what)?.into()
+                    };
                     if by_ordinal.iter().any(|(o, _)| *o == ordinal) {
                         return Err(Error::Elf(format!("`{kernel}` describes parameter {ordinal} twice")));
                     }

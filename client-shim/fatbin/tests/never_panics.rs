@@ -3,12 +3,13 @@
 use gpupool_fatbin::*;
 use proptest::prelude::*;
 
-const FIXTURES: [&[u8]; 5] = [
+const FIXTURES: [&[u8]; 6] = [
     include_bytes!("fixtures/kernels.ptx"),
     include_bytes!("fixtures/kernels_sm90.cubin"),
     include_bytes!("fixtures/kernels_zstd.fatbin"),
     include_bytes!("fixtures/kernels_lz4.fatbin"),
     include_bytes!("fixtures/two_units.nv_fatbin"),
+    include_bytes!("fixtures/large_param_sm90.cubin"),
 ];
 
 /// Everything a caller may do with untrusted bytes.

@@ -8,6 +8,7 @@ const PLAIN: &[u8] = include_bytes!("fixtures/kernels_plain.fatbin");
 const ZSTD: &[u8] = include_bytes!("fixtures/kernels_zstd.fatbin");
 const LZ4: &[u8] = include_bytes!("fixtures/kernels_lz4.fatbin");
 const TWO_UNITS: &[u8] = include_bytes!("fixtures/two_units.nv_fatbin");
+const LARGE_PARAM: &[u8] = include_bytes!("fixtures/large_param_sm90.cubin");
 
 const VECTOR_ADD: &str = "_Z13gp_vector_addPKfS0_Pfi";
 const MIXED: &str = "_Z8gp_mixedc4PairsPdf";
@@ -223,6 +224,17 @@ fn fat_binary_only_for_some_devices() {
     assert_eq!(only_for(ZSTD, &[(7, 5)]).unwrap(), None);
     // Not a fat binary: an error, as parse_fatbin gives.
     assert!(only_for(CUBIN, &[(9, 0)]).is_err());
+}
+
+/// Parameters past 4 KiB (`KPARAM_INFO_V2` records, as PyTorch's foreach
+/// and AMP kernels have): their layout is read as from the old records, in
+/// the image beside a kernel with the old records.
+#[test]
+fn layout_of_parameters_past_4_kib() {
+    let ks = kernels(LARGE_PARAM).unwrap();
+    let by = |n: &str| ks.iter().find(|k| k.name == n).unwrap_or_else(|| panic!("{n}: {ks:?}"));
+    assert_eq!(layout(by("gp_big_sum")), [(0, 8000), (8000, 8), (8008, 4)]);
+    assert_eq!(layout(by("gp_small")), [(0, 8), (8, 4)]);
 }
 
 #[test]
