@@ -2,7 +2,8 @@
 # Installs the CUDA compiler and runtime from PyPI (no GPU needed to compile)
 # for the tests that run unmodified nvcc programs through gpupool, and cuBLAS
 # and cuFFT for the 13.0 toolchain (target/cuda/13.0/libs), the CUDA 12
-# runtime (target/cuda/12.8) and cuobjdump (target/cuda/tools). Each
+# runtime (target/cuda/12.8) and cuobjdump and NVML's header
+# (target/cuda/tools). Each
 # toolchain goes to target/cuda/<version>; prints the list of homes, joined
 # by ':', for GPUPOOL_TEST_CUDA_HOMES. Two cudart minor versions are tested
 # because they ask different things of the driver at start-up.
@@ -60,14 +61,16 @@ if [ ! -f "$stamp" ]; then
         --no-deps --target "$rt12" "nvidia-cuda-runtime-cu12==12.8.90" >&2
     touch "$stamp"
 fi
-# cuobjdump, NVIDIA's reader of fat binaries, for the test that checks the
-# fat binaries the shim cuts down against it: in target/cuda/tools.
+# cuobjdump, NVIDIA's reader of fat binaries, for the tests that check the
+# fat binaries the shim cuts down and the kernel layouts the parser reads
+# against it, and NVML's header, for the test that the NVML shim exports
+# every entry point it declares: in target/cuda/tools.
 tools="$PWD/target/cuda/tools"
-stamp="$tools/.installed-13.5.37"
+stamp="$tools/.installed-13.5.37-13.4.92"
 if [ ! -f "$stamp" ]; then
     rm -rf "$tools"
     python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
-        --no-deps --target "$tools" "nvidia-cuda-cuobjdump==13.5.37" >&2
+        --no-deps --target "$tools" "nvidia-cuda-cuobjdump==13.5.37" "nvidia-nvml-dev==13.4.92" >&2
     touch "$stamp"
 fi
 (IFS=:; echo "${homes[*]}")

@@ -55,6 +55,18 @@ typedef struct {
 } nvmlMemory_v2_t;
 #define nvmlMemory_v2 ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2 << 24)))
 
+#define NVML_UUID_TYPE_ASCII 1
+#define NVML_UUID_TYPE_BINARY 2
+typedef struct {
+    unsigned int version;
+    unsigned int type;
+    union {
+        char str[41];
+        unsigned char bytes[16];
+    } value;
+} nvmlUUID_t;
+#define nvmlUUID_v1 ((unsigned int)(sizeof(nvmlUUID_t) | (1 << 24)))
+
 typedef struct {
     unsigned int gpu;
     unsigned int memory;
@@ -270,6 +282,7 @@ int main(int argc, char **argv) {
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetCount_v2, (unsigned *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByIndex_v2, (unsigned, nvmlDevice_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByUUID, (const char *, nvmlDevice_t *));
+    LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByUUIDV, (const nvmlUUID_t *, nvmlDevice_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetHandleByPciBusId_v2, (const char *, nvmlDevice_t *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetIndex, (nvmlDevice_t, unsigned *));
     LOAD(nvml, nvmlReturn_t, nvmlDeviceGetName, (nvmlDevice_t, char *, unsigned));
@@ -357,6 +370,29 @@ int main(int argc, char **argv) {
         nvmlDevice_t by = NULL;
         NV(NVML_SUCCESS, nvmlDeviceGetHandleByUUID(nv_uuid, &by));
         EXPECT(by == h, "handle by UUID differs");
+        /* The versioned lookup, by the text and by the 16 bytes. */
+        nvmlUUID_t uv;
+        memset(&uv, 0, sizeof uv);
+        uv.version = nvmlUUID_v1;
+        uv.type = NVML_UUID_TYPE_ASCII;
+        snprintf(uv.value.str, sizeof uv.value.str, "%s", nv_uuid);
+        by = NULL;
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByUUIDV(&uv, &by));
+        EXPECT(by == h, "handle by UUID text (V) differs");
+        memset(&uv.value, 0, sizeof uv.value);
+        uv.type = NVML_UUID_TYPE_BINARY;
+        memcpy(uv.value.bytes, u, 16);
+        by = NULL;
+        NV(NVML_SUCCESS, nvmlDeviceGetHandleByUUIDV(&uv, &by));
+        EXPECT(by == h, "handle by UUID bytes (V) differs");
+        uv.version = nvmlUUID_v1 + 1;
+        NV(NVML_ERROR_ARGUMENT_VERSION_MISMATCH, nvmlDeviceGetHandleByUUIDV(&uv, &by));
+        uv.version = nvmlUUID_v1;
+        uv.type = 7;
+        NV(NVML_ERROR_INVALID_ARGUMENT, nvmlDeviceGetHandleByUUIDV(&uv, &by));
+        uv.type = NVML_UUID_TYPE_BINARY;
+        uv.value.bytes[15] ^= 0xff;
+        NV(NVML_ERROR_NOT_FOUND, nvmlDeviceGetHandleByUUIDV(&uv, &by));
 
         int bus, slot, domain, major, minor;
         CU(cuDeviceGetAttribute(&bus, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, dev));

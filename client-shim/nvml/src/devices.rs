@@ -179,6 +179,11 @@ impl DeviceTable {
             .find(|d| d.uuid_text.eq_ignore_ascii_case(text.trim()))
     }
 
+    /// The device with this UUID, in its 16 bytes.
+    pub fn by_uuid_bytes(&self, bytes: &[u8]) -> Option<&Device> {
+        self.devices.iter().find(|d| d.uuid[..] == *bytes)
+    }
+
     /// The device at this PCI bus id, in any form NVML accepts.
     pub fn by_pci_bus_id(&self, text: &str) -> Option<&Device> {
         let (address, function) = PciAddress::parse(text)?;
