@@ -1,6 +1,7 @@
 //! Generates the shim's C boundary from the checked-in tables in `api/`:
 //! - `driver.api`: the implemented entry points with their Rust signatures;
-//! - `exports.txt`: every function symbol the real driver exports (each one
+//! - `exports.txt`: every function symbol the real driver exports (the CUDA
+//!   13.0 driver, and the entry points CUDA 13.5's `cuda.h` adds; each one
 //!   not implemented becomes a stub answering CUDA_ERROR_NOT_SUPPORTED);
 //! - `proc_address.txt`: which symbol `cuGetProcAddress` answers for a name,
 //!   version and flag kind.

@@ -69,6 +69,9 @@
  *                          contexts; with `fault`, a kernel faulting on a green
  *                          stream with the primary context current is reported
  *                          by that stream's synchronisation
+ *   driver_check cuda135   entry points CUDA 13.5's cuda.h adds, linked by name as a
+ *                          program built with it links them: parameter counts of a
+ *                          function and a kernel, host functions with a sync mode
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -3021,6 +3024,39 @@ int main(int argc, char **argv) {
             CHECK(cuCtxSetCurrent(ctx));
         }
         printf("OK queries %s cc %d.%d\n", bus, major, minor);
+    } else if (!strcmp(mode, "cuda135")) {
+        typedef CUresult (*ParamCount)(void *, size_t *);
+        typedef CUresult (*HostFuncV2)(CUstream, CUhostFn, void *, unsigned);
+        ParamCount funcCount = (ParamCount)dlsym(lib, "cuFuncGetParamCount");
+        ParamCount kernelCount = (ParamCount)dlsym(lib, "cuKernelGetParamCount");
+        HostFuncV2 hostFuncV2 = (HostFuncV2)dlsym(lib, "cuLaunchHostFunc_v2");
+        EXPECT(funcCount && kernelCount && hostFuncV2, "a CUDA 13.5 entry point is not exported");
+        alarm(60);
+        size_t count = 0;
+        CHECK(funcCount(vadd, &count));
+        EXPECT(count == 4, "gp_vector_add has %zu parameters, want 4", count);
+        CHECK(funcCount(null_kernel, &count));
+        EXPECT(count == 0, "gp_null has %zu parameters, want 0", count);
+        EXPECT(funcCount(vadd, NULL) == CUDA_ERROR_INVALID_VALUE, "a NULL count was taken");
+        CUlibrary l;
+        CUkernel kscale;
+        CHECK(cuLibraryLoadData(&l, KERNELS_PTX, NULL, NULL, 0, NULL, NULL, 0));
+        CHECK(cuLibraryGetKernel(&kscale, l, "gp_scale"));
+        CHECK(kernelCount(kscale, &count));
+        EXPECT(count == 3, "gp_scale has %zu parameters, want 3", count);
+        /* Host functions in order, blocking (0) and spin-waiting (1); any
+         * other mode is refused and nothing runs. */
+        cb_main = pthread_self();
+        CUstream s;
+        CHECK(cuStreamCreate(&s, 1));
+        CHECK(hostFuncV2(s, cb_record, (void *)1, 0));
+        CHECK(hostFuncV2(s, cb_record, (void *)2, 1));
+        EXPECT(hostFuncV2(s, cb_record, (void *)9, 2) == CUDA_ERROR_INVALID_VALUE, "sync mode 2 was taken");
+        CHECK(cuStreamSynchronize(s));
+        EXPECT(cb_done() == 2 && cb_order[0] == 1 && cb_order[1] == 2, "%d host functions ran", cb_done());
+        CHECK(cuStreamDestroy(s));
+        CHECK(cuLibraryUnload(l));
+        printf("OK cuda135 params 4 0 3 host functions 2\n");
     } else if (!strcmp(mode, "callbacks")) {
         GET(cuLaunchHostFunc, 10000);
         GET(cuStreamAddCallback, 5000);

@@ -6,6 +6,7 @@
 //! The tests need `cargo build --workspace` to have run first (the README's
 //! test command does it).
 
+pub mod headers;
 pub mod layouts;
 
 use std::io::{BufRead, BufReader, Read};

@@ -403,6 +403,41 @@ fn fat_binaries_travel_with_the_servers_architecture_only() {
     assert!(field("sent") < field("bytes"), "{cut}");
 }
 
+/// Every entry point the `cuda.h` of each toolchain (CUDA 13.0 and 13.5)
+/// declares, with the versioned and per-thread default-stream names its
+/// macros call them by, is exported by the shim: a program built with
+/// either header and linked against `libcuda.so` finds each name it calls.
+#[test]
+fn every_entry_point_cuda_h_declares_is_exported() {
+    let shim = shim_dir().join("libcuda.so.1");
+    for home in cuda_homes() {
+        let header = home.join("include").join("cuda.h");
+        let text = std::fs::read_to_string(&header).unwrap_or_else(|e| panic!("{}: {e}", header.display()));
+        let names = headers::declared_entry_points(&text, "CUDAAPI", "cu");
+        assert!(
+            names.len() > 500,
+            "only {} entry points read from {}",
+            names.len(),
+            header.display()
+        );
+        for name in [
+            "cuInit",
+            "cuCtxCreate_v4",
+            "cuMemcpyHtoD_v2_ptds",
+            "cuLaunchKernel_ptsz",
+        ] {
+            assert!(names.contains(name), "{name} not read from {}", header.display());
+        }
+        let missing = headers::not_exported(&shim, &names);
+        assert!(
+            missing.is_empty(),
+            "{} entry points of {} not exported: {missing:?}",
+            missing.len(),
+            header.display()
+        );
+    }
+}
+
 /// cuobjdump, installed by the test command in `target/cuda/tools`.
 fn cuobjdump(home: &Path) -> Option<PathBuf> {
     let tool = home.ancestors().nth(3)?.join("tools/nvidia/cu13/bin/cuobjdump");

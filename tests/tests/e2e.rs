@@ -918,6 +918,17 @@ fn host_functions_run_in_the_program_in_stream_order() {
     }
 }
 
+/// The entry points CUDA 13.5's `cuda.h` adds are exported, so a program
+/// built with it that links them by name loads; those gpupool implements
+/// answer: the parameter counts of a function and of a kernel (from the
+/// server driver's layout), and host functions with a sync mode, in order.
+#[test]
+fn cuda_13_5_entry_points_are_exported_and_answered() {
+    let server = Server::start();
+    let out = driver_check(&server.tcp, &["cuda135"]);
+    assert!(out.contains("OK cuda135 params 4 0 3 host functions 2"), "{out}");
+}
+
 /// Stream-ordered allocation from the default pool and from a pool of the
 /// program's own, in stream order before one synchronise; pool attributes
 /// and the device's current pool are the server driver's.

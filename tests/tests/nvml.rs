@@ -226,39 +226,6 @@ fn nvml_header() -> Option<std::path::PathBuf> {
     header
 }
 
-/// The entry points a header declares (`... DECLDIR name(`), and the
-/// versioned names its `#define`s call them by (`#define nvmlInit
-/// nvmlInit_v2`), which programs built with it link against.
-fn declared_entry_points(header: &str) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
-    for line in header.lines().map(str::trim) {
-        if let Some(before) = line
-            .split_once("DECLDIR")
-            .and_then(|(_, rest)| rest.split_once('('))
-            .map(|(b, _)| b)
-        {
-            if let Some(name) = before.rsplit(|c: char| c.is_whitespace() || c == '*').next() {
-                if name.starts_with("nvml") {
-                    names.insert(name.to_owned());
-                }
-            }
-        } else if let Some(rest) = line
-            .strip_prefix('#')
-            .map(str::trim_start)
-            .and_then(|l| l.strip_prefix("define"))
-        {
-            let mut words = rest.split_whitespace();
-            if let (Some(alias), Some(target), None) = (words.next(), words.next(), words.next()) {
-                let versioned = target.rsplit_once("_v").is_some_and(|(_, v)| v.parse::<u32>().is_ok());
-                if alias.starts_with("nvml") && target.starts_with("nvml") && versioned && !target.ends_with("_t") {
-                    names.insert(target.to_owned());
-                }
-            }
-        }
-    }
-    names
-}
-
 /// Every entry point NVML 13.4's `nvml.h` declares, and every versioned
 /// name it calls one by, is exported by gpupool's NVML, answered or as an
 /// `NVML_ERROR_NOT_SUPPORTED` stub: a program linked against NVML finds
@@ -269,7 +236,7 @@ fn every_entry_point_nvml_h_declares_is_exported() {
     let Some(header) = nvml_header() else {
         return;
     };
-    let names = declared_entry_points(&std::fs::read_to_string(&header).unwrap());
+    let names = headers::declared_entry_points(&std::fs::read_to_string(&header).unwrap(), "DECLDIR", "nvml");
     assert!(
         names.len() > 300,
         "only {} entry points read from {}",
@@ -280,21 +247,7 @@ fn every_entry_point_nvml_h_declares_is_exported() {
         names.contains("nvmlInit_v2") && names.contains("nvmlErrorString"),
         "{names:?}"
     );
-    let path = std::ffi::CString::new(nvml_shim().into_os_string().into_encoded_bytes()).unwrap();
-    // SAFETY: dlopen of gpupool's NVML, a library with no load-time side
-    // effects beyond its statics; the handle is closed below.
-    let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
-    assert!(!lib.is_null(), "dlopen {}", path.to_string_lossy());
-    let missing: Vec<&String> = names
-        .iter()
-        .filter(|name| {
-            let c = std::ffi::CString::new(name.as_str()).unwrap();
-            // SAFETY: `lib` is the open handle; only the address is looked up.
-            unsafe { libc::dlsym(lib, c.as_ptr()) }.is_null()
-        })
-        .collect();
-    // SAFETY: the handle from dlopen above, no symbol of it used after.
-    unsafe { libc::dlclose(lib) };
+    let missing = headers::not_exported(&nvml_shim(), &names);
     assert!(
         missing.is_empty(),
         "{} entry points of nvml.h not exported: {missing:?}",

@@ -1404,6 +1404,26 @@ pub unsafe fn kernel_get_param_info(kernel: CUkernel, index: usize, offset: *mut
     unsafe { param_info(handle(kernel), true, index, offset, size) }
 }
 
+/// `cuFuncGetParamCount` and `cuKernelGetParamCount` (CUDA 13.5): the
+/// length of the parameter layout `cuFuncGetParamInfo` reads from.
+unsafe fn param_count(func: Handle, kernel: bool, count: *mut usize) -> CuResult {
+    let s = shim()?;
+    if count.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let layout = param_layout(s, func, kernel)?;
+    unsafe { out(count, layout.len()) }
+}
+
+pub unsafe fn func_get_param_count(function: CUfunction, count: *mut usize) -> CuResult {
+    let kernel = shim().is_ok_and(|s| is_kernel(s, handle(function)));
+    unsafe { param_count(handle(function), kernel, count) }
+}
+
+pub unsafe fn kernel_get_param_count(kernel: CUkernel, count: *mut usize) -> CuResult {
+    unsafe { param_count(handle(kernel), true, count) }
+}
+
 pub unsafe fn library_load_data(
     library: *mut CUlibrary,
     code: *const c_void,

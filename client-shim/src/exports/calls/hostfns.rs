@@ -211,6 +211,23 @@ pub(super) fn host_work(mode: DefaultStream, stream: CUstream, work: HostWork, s
     Ok(())
 }
 
+/// `cuLaunchHostFunc_v2` (CUDA 13.5): as `cuLaunchHostFunc`. Its sync
+/// mode (`CU_HOST_TASK_BLOCKING` 0, `CU_HOST_TASK_SPINWAIT` 1) says how the
+/// driver's thread waits for host tasks; the shim's host functions run on a
+/// thread of its own, which waits for the server's word either way.
+pub unsafe fn launch_host_func_v2(
+    mode: DefaultStream,
+    stream: CUstream,
+    func: *mut c_void,
+    data: *mut c_void,
+    sync_mode: u32,
+) -> CuResult {
+    if sync_mode > 1 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    unsafe { launch_host_func(mode, stream, func, data) }
+}
+
 pub unsafe fn launch_host_func(
     mode: DefaultStream,
     stream: CUstream,
