@@ -352,7 +352,8 @@ fn cuda_12_runtime_starts_and_launches_through_gpupool() {
 
 /// A program built for several architectures (sm_80, sm_90 and sm_100
 /// code, compute_90 PTX) runs as before, and its fat binary crosses the
-/// network cut down to what the server's GPU (sm_90) can load.
+/// network cut down to what the server's GPU (sm_90) can load; where the
+/// server's driver refuses the cut image, it goes whole.
 #[test]
 fn fat_binaries_travel_with_the_servers_architecture_only() {
     let Some(home) = cuda_homes().into_iter().find(|h| version_of(h) == "13.0") else {
@@ -401,6 +402,23 @@ fn fat_binaries_travel_with_the_servers_architecture_only() {
             .unwrap()
     };
     assert!(field("sent") < field("bytes"), "{cut}");
+    // A driver that refuses the cut image (a test double's knob: no fat
+    // binary without sm_80 code): the shim sends it whole, and the program
+    // runs as before.
+    let refusing = Server::start_with(&[("GPUPOOL_SOFT_REFUSE_FATBIN_WITHOUT_SM", "80")]);
+    let mut cmd = through_shim(&out, &refusing.tcp);
+    cmd.env("GPUPOOL_LOG", "debug");
+    let run = run_with_timeout(cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", refusing.log());
+    assert!(run.status.success(), "{}", context());
+    assert!(stdout.contains("OK cudart n=65536"), "{}", context());
+    assert!(
+        stderr.contains("refused a fat binary cut to its GPUs' code; sending it"),
+        "{}",
+        context()
+    );
 }
 
 /// Every entry point the `cuda.h` of each toolchain (CUDA 13.0 and 13.5)

@@ -16,6 +16,7 @@ use gpupool_proto::frame::COPY_CHUNK;
 use gpupool_proto::message::{Handle, Launch, OccupancyQuery, Reply, Request, StreamRef};
 use sha2::{Digest, Sha256};
 use std::ffi::{c_void, CStr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 mod arrays;
@@ -922,8 +923,44 @@ const IMAGE_PIECE: usize = 16 << 20;
 
 /// Load an image on the server, sending its bytes only when needed.
 fn ship_image(s: &Shim, bytes: &[u8], request: impl Fn([u8; 32]) -> Request) -> CuResult<Handle> {
-    let cut = for_session_gpus(s, bytes);
-    let bytes = cut.as_deref().unwrap_or(bytes);
+    let Some(cut) = for_session_gpus(s, bytes) else {
+        return send_image(s, bytes, &request);
+    };
+    match send_image(s, &cut, &request) {
+        // The server's driver refused the image as cut: the whole image, as
+        // the program gave it, is the driver's to judge, and the images
+        // after it go whole too.
+        Err(e) if REFUSED_IMAGE.contains(&e) => {
+            tracing::warn!(
+                error = e.0,
+                bytes = bytes.len(),
+                sent = cut.len(),
+                "the server's driver refused a fat binary cut to its GPUs' code; sending it and the images after it whole"
+            );
+            CUT_REFUSED.store(true, Ordering::Relaxed);
+            send_image(s, bytes, &request)
+        }
+        r => r,
+    }
+}
+
+/// Errors by which a driver refuses a code image itself.
+const REFUSED_IMAGE: [CuError; 5] = [
+    CuError::INVALID_IMAGE,
+    CuError::NO_BINARY_FOR_GPU,
+    CuError::INVALID_PTX,
+    CuError::UNSUPPORTED_PTX_VERSION,
+    CuError::INVALID_SOURCE,
+];
+
+/// Set once the server's driver refused an image the shim cut: from then
+/// on fat binaries go whole.
+static CUT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Sends a code image (named by its hash first when it is large, so that
+/// an image the server holds is not sent again) and loads it with
+/// `request`.
+fn send_image(s: &Shim, bytes: &[u8], request: &impl Fn([u8; 32]) -> Request) -> CuResult<Handle> {
     let sha256: [u8; 32] = Sha256::digest(bytes).into();
     let first: &[u8] = if bytes.len() <= INLINE_IMAGE { bytes } else { &[] };
     let reply = match s.remote.call(&request(sha256), first)? {
@@ -967,7 +1004,7 @@ fn ship_image(s: &Shim, bytes: &[u8], request: impl Fn([u8; 32]) -> Request) -> 
 /// the network with one architecture's code, not a dozen. `None` for other
 /// images, or when nothing would be cut.
 fn for_session_gpus(s: &Shim, bytes: &[u8]) -> Option<Vec<u8>> {
-    if gpupool_fatbin::detect(bytes) != Ok(ImageKind::FatBinary) {
+    if CUT_REFUSED.load(Ordering::Relaxed) || gpupool_fatbin::detect(bytes) != Ok(ImageKind::FatBinary) {
         return None;
     }
     let devices: Vec<(u32, u32)> = (0..s.remote.session.devices.len() as i32)

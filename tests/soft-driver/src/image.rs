@@ -138,6 +138,21 @@ pub fn fatbin_ptx(image: &[u8]) -> CuResult<Option<Vec<u8>>> {
 fn from_fatbin(image: &[u8]) -> CuResult<ptx::Module> {
     let all = fatbin::parse_fatbins(image).map_err(|e| refuse(CUDA_ERROR_INVALID_IMAGE, e))?;
     let entries: Vec<_> = all.iter().flat_map(|f| f.entries.iter()).collect();
+    // `GPUPOOL_SOFT_REFUSE_FATBIN_WITHOUT_SM=<arch>`: a driver that refuses
+    // any fat binary holding no code for `arch` (as a driver might refuse
+    // one the shim cut down), so that tests reach the shim's fallback of
+    // sending the image whole.
+    if let Some(arch) = std::env::var("GPUPOOL_SOFT_REFUSE_FATBIN_WITHOUT_SM")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
+        if !entries.iter().any(|e| e.kind == EntryKind::Elf && e.sm_arch == arch) {
+            return Err(refuse(
+                CUDA_ERROR_INVALID_IMAGE,
+                format!("GPUPOOL_SOFT_REFUSE_FATBIN_WITHOUT_SM={arch}: a fat binary without sm_{arch} code"),
+            ));
+        }
+    }
     // The newest PTX the device can compile, then an exact-match cubin.
     let ptx_entry = entries
         .iter()
