@@ -432,6 +432,14 @@ impl Shim {
         })
     }
 
+    /// Forget the handle made for a kernel name the library does not have.
+    pub fn forget_lazy_kernel(&self, library: Handle, name: &str) {
+        let mut names = self.kernel_names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = names.remove(&(library, name.to_owned())) {
+            self.lazy_kernels.write().unwrap_or_else(|p| p.into_inner()).remove(&h);
+        }
+    }
+
     /// Forget a library and its kernels; the library, if it was found.
     pub fn remove_library(&self, library: Handle) -> Option<Arc<LazyLibrary>> {
         let lib = self

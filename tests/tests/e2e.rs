@@ -727,8 +727,11 @@ fn repeated_queries_are_answered_in_the_shim() {
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report = String::from_utf8_lossy(&out.stderr);
-    // Kernel names come from the image itself: no round trip at all.
-    assert_eq!(report_row(&report, "cuLibraryGetKernel"), (5, 0));
+    // Kernel names come from the image itself: no round trip for the four
+    // it has; the one it lacks the server's driver is asked of (the
+    // library's load, then the lookup), so that a name the shim's reading
+    // missed is still found.
+    assert_eq!(report_row(&report, "cuLibraryGetKernel"), (5, 2));
     // The same question twice costs one round trip.
     assert_eq!(
         report_row(&report, "cuOccupancyMaxActiveBlocksPerMultiprocessor"),

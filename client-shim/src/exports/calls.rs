@@ -1509,15 +1509,19 @@ pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name
     let name = unsafe { c_string(name)? };
     let lh = handle(library);
     let lib = read(&s.libraries).get(&lh).cloned().ok_or(CuError::INVALID_HANDLE)?;
-    if let Some(names) = &lib.kernels {
-        if !names.contains(&name) {
-            return Err(CuError::NOT_FOUND);
-        }
-    }
+    // A name the shim read in the image is answered here; any other, or
+    // any name of an image the shim could not read, the server's driver
+    // answers (so that a name the shim's reading missed is still found).
+    let listed = lib.kernels.as_ref().is_some_and(|names| names.contains(&name));
     let h = s.lazy_kernel(lh, &lib, &name);
-    if lib.kernels.is_none() {
-        // Names unknown to the shim: the server answers whether it exists.
-        resolve(s, h)?;
+    if !listed {
+        if let Err(e) = resolve(s, h) {
+            s.forget_lazy_kernel(lh, &name);
+            return Err(e);
+        }
+        if lib.kernels.is_some() {
+            tracing::warn!(kernel = %name, "the server's driver found a kernel the shim did not read in its image");
+        }
     }
     unsafe { out(kernel, as_ptr(h)) }
 }
