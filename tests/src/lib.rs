@@ -95,6 +95,17 @@ pub fn fixed_port() -> u16 {
         .expect("no free loopback port below the ephemeral range")
 }
 
+/// A CUDA install a test needs is missing (`what`, e.g. "cuobjdump at
+/// ..."): under `GPUPOOL_REQUIRE_CUDA=1` (the test command sets it) the
+/// test fails; otherwise it says so, and the caller skips it.
+pub fn cuda_install_missing(what: &str) {
+    assert!(
+        std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
+        "GPUPOOL_REQUIRE_CUDA=1 but {what} is not installed: run scripts/cuda-toolchain.sh"
+    );
+    eprintln!("{what} is not installed; the tests that need it did not run");
+}
+
 /// A per-process scratch directory under the target dir.
 pub fn scratch_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -22,11 +22,7 @@ fn cuda_homes() -> Vec<PathBuf> {
         .map(PathBuf::from)
         .collect();
     if homes.is_empty() {
-        assert!(
-            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "GPUPOOL_REQUIRE_CUDA=1 but GPUPOOL_TEST_CUDA_HOMES is empty: run scripts/cuda-toolchain.sh"
-        );
-        eprintln!("no CUDA toolchain given (GPUPOOL_TEST_CUDA_HOMES); the nvcc tests did not run");
+        cuda_install_missing("a CUDA toolchain (GPUPOOL_TEST_CUDA_HOMES)");
     }
     homes
 }
@@ -304,12 +300,7 @@ fn cuda_12_runtime_starts_and_launches_through_gpupool() {
         .map(|cuda| cuda.join("12.8").join("nvidia").join("cuda_runtime").join("lib"))
         .filter(|lib| lib.join("libcudart.so.12").exists());
     let Some(rt12) = rt12 else {
-        assert!(
-            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "GPUPOOL_REQUIRE_CUDA=1 but the CUDA 12 runtime is not installed beside {}: run scripts/cuda-toolchain.sh",
-            home.display()
-        );
-        eprintln!("the CUDA 12 runtime is not installed; its test did not run");
+        cuda_install_missing(&format!("the CUDA 12 runtime beside {}", home.display()));
         return;
     };
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -350,6 +341,16 @@ fn cuda_12_runtime_starts_and_launches_through_gpupool() {
     assert!(!stderr.contains("does not support"), "{}", context());
 }
 
+/// nvcc's arguments for sm_80, sm_90 and sm_100 code and compute_90 PTX.
+const THREE_ARCHS: [&str; 6] = [
+    "-gencode",
+    "arch=compute_80,code=sm_80",
+    "-gencode",
+    "arch=compute_90,code=[sm_90,compute_90]",
+    "-gencode",
+    "arch=compute_100,code=sm_100",
+];
+
 /// A program built for several architectures (sm_80, sm_90 and sm_100
 /// code, compute_90 PTX) runs as before, and its fat binary crosses the
 /// network cut down to what the server's GPU (sm_90) can load; where the
@@ -364,34 +365,34 @@ fn fat_binaries_travel_with_the_servers_architecture_only() {
         .join("cudart_check.cu");
     let out = scratch_dir().join("cudart_check-three-archs");
     let lib = format!("-L{}", home.join("lib").display());
-    let args = [
-        "-gencode",
-        "arch=compute_80,code=sm_80",
-        "-gencode",
-        "arch=compute_90,code=[sm_90,compute_90]",
-        "-gencode",
-        "arch=compute_100,code=sm_100",
-        "-cudart",
-        "static",
-        "-o",
-    ];
-    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let mut all: Vec<&std::ffi::OsStr> = THREE_ARCHS
+        .iter()
+        .chain(&["-cudart", "static", "-o"])
+        .map(|a| a.as_ref())
+        .collect();
     all.extend([out.as_os_str(), src.as_os_str(), lib.as_ref()]);
     run_nvcc(&home, &all);
-    let server = Server::start();
-    let mut cmd = through_shim(&out, &server.tcp);
-    cmd.env("GPUPOOL_LOG", "debug");
-    let run = run_with_timeout(cmd, Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
-    assert!(run.status.success(), "{}", context());
-    assert!(stdout.contains("OK cudart n=65536"), "{}", context());
+    // The program through a server; its standard error (the shim's debug
+    // log), having checked that it ran as natively.
+    let run_on = |server: &Server| -> String {
+        let mut cmd = through_shim(&out, &server.tcp);
+        cmd.env("GPUPOOL_LOG", "debug");
+        let run = run_with_timeout(cmd, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        let context = format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", server.log());
+        assert!(
+            run.status.success() && stdout.contains("OK cudart n=65536"),
+            "{context}"
+        );
+        stderr
+    };
+    let stderr = run_on(&Server::start());
     // bytes=<whole> sent=<cut>: about a third goes.
     let cut = stderr
         .lines()
         .find(|l| l.contains("a fat binary goes with the code of the session's GPUs only"))
-        .unwrap_or_else(|| panic!("no fat binary was cut: {}", context()));
+        .unwrap_or_else(|| panic!("no fat binary was cut: {stderr}"));
     let field = |name: &str| -> u64 {
         let at = cut.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name}: {cut}")) + name.len() + 1;
         cut[at..]
@@ -405,19 +406,10 @@ fn fat_binaries_travel_with_the_servers_architecture_only() {
     // A driver that refuses the cut image (a test double's knob: no fat
     // binary without sm_80 code): the shim sends it whole, and the program
     // runs as before.
-    let refusing = Server::start_with(&[("GPUPOOL_SOFT_REFUSE_FATBIN_WITHOUT_SM", "80")]);
-    let mut cmd = through_shim(&out, &refusing.tcp);
-    cmd.env("GPUPOOL_LOG", "debug");
-    let run = run_with_timeout(cmd, Duration::from_secs(120));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    let context = || format!("stdout: {stdout}\nstderr: {stderr}\nserver: {}", refusing.log());
-    assert!(run.status.success(), "{}", context());
-    assert!(stdout.contains("OK cudart n=65536"), "{}", context());
+    let stderr = run_on(&Server::start_with(&[("GPUPOOL_SOFT_REFUSE_FATBIN_WITHOUT_SM", "80")]));
     assert!(
         stderr.contains("refused a fat binary cut to its GPUs' code; sending it"),
-        "{}",
-        context()
+        "{stderr}"
     );
 }
 
@@ -460,12 +452,7 @@ fn every_entry_point_cuda_h_declares_is_exported() {
 fn cuobjdump(home: &Path) -> Option<PathBuf> {
     let tool = home.ancestors().nth(3)?.join("tools/nvidia/cu13/bin/cuobjdump");
     if !tool.exists() {
-        assert!(
-            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "GPUPOOL_REQUIRE_CUDA=1 but cuobjdump is not at {}: run scripts/cuda-toolchain.sh",
-            tool.display()
-        );
-        eprintln!("cuobjdump is not installed; its test did not run");
+        cuda_install_missing(&format!("cuobjdump at {}", tool.display()));
         return None;
     }
     Some(tool)
@@ -509,19 +496,12 @@ fn cut_fat_binaries_read_as_nvidia_reads_them() {
         let dir = scratch_dir().join(format!("cut-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let whole = dir.join("whole.fatbin");
-        let mut args: Vec<&std::ffi::OsStr> = [
-            "-fatbin",
-            "-gencode",
-            "arch=compute_80,code=sm_80",
-            "-gencode",
-            "arch=compute_90,code=[sm_90,compute_90]",
-            "-gencode",
-            "arch=compute_100,code=sm_100",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|a| a.as_ref())
-        .collect();
+        let mut args: Vec<&std::ffi::OsStr> = ["-fatbin"]
+            .iter()
+            .chain(&THREE_ARCHS)
+            .chain(extra)
+            .map(|a| a.as_ref())
+            .collect();
         args.extend(["-o".as_ref(), whole.as_os_str(), src.as_os_str()]);
         run_nvcc(&home, &args);
         let bytes = std::fs::read(&whole).unwrap();
@@ -615,12 +595,7 @@ fn libs_home(home: &Path) -> Option<PathBuf> {
 fn toolchain_with_libs() -> Option<(PathBuf, PathBuf)> {
     let home = cuda_homes().into_iter().find(|h| version_of(h) == "13.0")?;
     let Some(libs) = libs_home(&home) else {
-        assert!(
-            std::env::var("GPUPOOL_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "GPUPOOL_REQUIRE_CUDA=1 but cuBLAS and cuFFT are not installed beside {}: run scripts/cuda-toolchain.sh",
-            home.display()
-        );
-        eprintln!("cuBLAS and cuFFT not installed; the library tests did not run");
+        cuda_install_missing(&format!("cuBLAS and cuFFT beside {}", home.display()));
         return None;
     };
     Some((home, libs))
