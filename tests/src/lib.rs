@@ -240,6 +240,17 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process id of the worker of the first session the log tells of
+    /// (`session started ... pid=N`); fails the test when there is none.
+    pub fn first_worker_pid(&self) -> u32 {
+        let log = self.log();
+        log.lines()
+            .find(|l| l.contains("session started"))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no worker pid in the log:\n{log}"))
+    }
+
     /// Wait until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let start = Instant::now();

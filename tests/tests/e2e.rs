@@ -106,13 +106,7 @@ fn a_dead_server_fails_the_programs_calls_without_a_hang() {
             panic!("the program ended before it held its session: {seen}\n{}", server.log());
         }
     }
-    let log = server.log();
-    let worker: i32 = log
-        .lines()
-        .find(|l| l.contains("session started"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no worker pid in the log:\n{log}"));
+    let worker = server.first_worker_pid() as i32;
     // SAFETY: kill(2) with the worker's pid and a signal number.
     assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
     assert!(
@@ -1773,17 +1767,11 @@ fn a_worker_is_pinned_to_the_cpus_near_its_gpu() {
     let mut program = cmd.spawn().unwrap();
     output_until_holding(&mut program);
     let pinned = server.wait_for_log("worker pinned to the CPUs near its GPUs", Duration::from_secs(10));
-    let log = server.log();
-    let pid: u32 = log
-        .lines()
-        .find(|l| l.contains("session started"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no worker pid in the log:\n{log}"));
+    let pid = server.first_worker_pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let _ = program.kill();
     let _ = program.wait();
-    assert!(pinned, "{log}");
+    assert!(pinned, "{}", server.log());
     assert!(
         status
             .lines()
