@@ -1515,11 +1515,12 @@ pub unsafe fn library_get_kernel(kernel: *mut CUkernel, library: CUlibrary, name
     let listed = lib.kernels.as_ref().is_some_and(|names| names.contains(&name));
     let h = s.lazy_kernel(lh, &lib, &name);
     if !listed {
+        let found_before = read(&s.lazy_kernels).get(&h).is_some_and(|k| lock(&k.remote).is_some());
         if let Err(e) = resolve(s, h) {
             s.forget_lazy_kernel(lh, &name);
             return Err(e);
         }
-        if lib.kernels.is_some() {
+        if lib.kernels.is_some() && !found_before {
             tracing::warn!(kernel = %name, "the server's driver found a kernel the shim did not read in its image");
         }
     }
