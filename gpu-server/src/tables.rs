@@ -73,6 +73,11 @@ pub struct Tables {
     pub library_modules: HashMap<Handle, (Handle, Handle)>,
     /// Kernel -> library.
     pub kernels: HashMap<Handle, Handle>,
+    /// Parameter layouts of functions and kernels, as the driver gave them.
+    /// Forgotten whenever a module, library or context goes away: the
+    /// driver may give a later function or kernel the handle of a freed
+    /// one, whose layout would then be taken for it.
+    pub layouts: HashMap<Handle, Vec<(u32, u32)>>,
     /// Stream -> context.
     pub streams: HashMap<Handle, Handle>,
     /// Event -> context.
@@ -237,6 +242,7 @@ impl Tables {
         self.modules.retain(|m, _| !modules.contains(m));
         self.library_modules.retain(|m, _| !modules.contains(m));
         self.functions.retain(|_, m| !modules.contains(m));
+        self.layouts.clear();
         self.streams.retain(|_, c| *c != ctx);
         self.events.retain(|_, c| *c != ctx);
         self.graphs.retain(|_, c| *c != ctx);

@@ -141,8 +141,6 @@ pub struct Worker<'d> {
     kept: HashMap<Handle, Status>,
     /// Per-thread default streams: (context, client thread) -> stream.
     per_thread: HashMap<(Handle, u64), Ptr>,
-    /// Parameter layouts of functions and kernels.
-    layouts: HashMap<Handle, Vec<(u32, u32)>>,
     /// A launch's parameters padded out to all that its kernel declares,
     /// when the program packed fewer ([`Worker::kernel_args`]).
     padded_params: Vec<u64>,
@@ -244,7 +242,6 @@ impl<'d> Worker<'d> {
             tables: Tables::default(),
             kept: HashMap::new(),
             per_thread: HashMap::new(),
-            layouts: HashMap::new(),
             padded_params: Vec::new(),
             linked: HashMap::new(),
             current: None,
@@ -3517,6 +3514,7 @@ impl<'d> Worker<'d> {
         unsafe { self.driver.cuModuleUnload(as_ptr(module)) }?;
         self.tables.modules.remove(&module);
         self.tables.functions.retain(|_, m| *m != module);
+        self.tables.layouts.clear();
         Ok(())
     }
 
@@ -3602,6 +3600,7 @@ impl<'d> Worker<'d> {
         unsafe { self.driver.cuLibraryUnload(as_ptr(library)) }?;
         self.tables.libraries.remove(&library);
         self.tables.kernels.retain(|_, l| *l != library);
+        self.tables.layouts.clear();
         let gone: Vec<Handle> = self
             .tables
             .library_modules
@@ -3684,7 +3683,7 @@ impl<'d> Worker<'d> {
 
     /// A function's parameter layout, from the driver once, then cached.
     fn layout(&mut self, func: Handle, kernel: bool) -> DriverResult<Vec<(u32, u32)>> {
-        if let Some(l) = self.layouts.get(&func) {
+        if let Some(l) = self.tables.layouts.get(&func) {
             return Ok(l.clone());
         }
         if kernel {
@@ -3712,7 +3711,7 @@ impl<'d> Worker<'d> {
                 Err(s) => return Err(s),
             }
         }
-        self.layouts.insert(func, layout.clone());
+        self.tables.layouts.insert(func, layout.clone());
         Ok(layout)
     }
 

@@ -301,6 +301,25 @@ static int cb_done(void) {
 }
 
 /* Wait (no CUDA call) until `n` functions ran; 0 after `seconds`. */
+/* KERNELS_PTX with one of its kernels only: its header and that entry. */
+static char *ptx_only(const char *name) {
+    const char *first = strstr(KERNELS_PTX, "\n.visible");
+    char decl[128];
+    snprintf(decl, sizeof decl, ".visible .entry %s(", name);
+    const char *start = strstr(KERNELS_PTX, decl);
+    const char *end = start ? strstr(start, "\n}\n") : NULL;
+    if (!first || !end) {
+        fprintf(stderr, "FAIL: no kernel %s in the test module\n", name);
+        exit(1);
+    }
+    size_t head = (size_t)(first - KERNELS_PTX) + 1, body = (size_t)(end - start) + 3;
+    char *out = malloc(head + body + 1);
+    memcpy(out, KERNELS_PTX, head);
+    memcpy(out + head, start, body);
+    out[head + body] = 0;
+    return out;
+}
+
 static int cb_wait_count(int n, int seconds) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -3057,6 +3076,62 @@ int main(int argc, char **argv) {
         CHECK(cuStreamDestroy(s));
         CHECK(cuLibraryUnload(l));
         printf("OK cuda135 params 4 0 3 host functions 2\n");
+    } else if (!strcmp(mode, "reuse")) {
+        /* Modules, then libraries, each holding one kernel, loaded, run and
+         * unloaded in turn with kernels of different parameter layouts. A
+         * driver may give a later function the handle of a freed one (the
+         * software driver does under GPUPOOL_SOFT_REUSE_HANDLES=1): what
+         * was known of the freed function must not be taken for it. */
+        alarm(60);
+        char *only[2] = {ptx_only("gp_scale"), ptx_only("gp_vector_add")};
+        const char *names[2] = {"gp_scale", "gp_vector_add"};
+        unsigned n = 4096;
+        size_t bytes = n * sizeof(float);
+        float *h = malloc(bytes), *got = malloc(bytes);
+        for (unsigned i = 0; i < n; i++) h[i] = (float)i * 0.5f;
+        CUdeviceptr x, z;
+        CHECK(cuMemAlloc(&x, bytes));
+        CHECK(cuMemAlloc(&z, bytes));
+        CUfunction seen[2] = {NULL, NULL};
+        int reused = 0;
+        for (int round = 0; round < 8; round++) {
+            int k = round % 2, library = round >= 4;
+            CUmodule m = NULL;
+            CUlibrary l = NULL;
+            CUfunction f;
+            if (library) {
+                CUkernel kk;
+                CHECK(cuLibraryLoadData(&l, only[k], NULL, NULL, 0, NULL, NULL, 0));
+                CHECK(cuLibraryGetKernel(&kk, l, names[k]));
+                f = (CUfunction)kk;
+            } else {
+                CHECK(cuModuleLoadData(&m, only[k]));
+                CHECK(cuModuleGetFunction(&f, m, names[k]));
+                if (f == seen[1 - k]) reused++;
+                seen[k] = f;
+            }
+            CHECK(cuMemcpyHtoD(x, h, bytes));
+            float s = 2.0f + (float)round;
+            void *scale_args[] = {&x, &s, &n};
+            void *add_args[] = {&x, &x, &z, &n};
+            CHECK(cuLaunchKernel(f, (n + 255) / 256, 1, 1, 256, 1, 1, 0, NULL, k ? add_args : scale_args, NULL));
+            CHECK(cuMemcpyDtoH(got, k ? z : x, bytes));
+            for (unsigned i = 0; i < n; i++) {
+                float want = k ? 2.0f * h[i] : s * h[i];
+                EXPECT(got[i] == want, "round %d (%s of a %s): element %u is %f, want %f", round, names[k],
+                       library ? "library" : "module", i, got[i], want);
+            }
+            if (library)
+                CHECK(cuLibraryUnload(l));
+            else
+                CHECK(cuModuleUnload(m));
+        }
+        free(only[0]);
+        free(only[1]);
+        /* Apart from the OK line: a real driver reuses as its allocator
+         * happens to. */
+        printf("reuse: a freed function's handle was given to another %d times\n", reused);
+        printf("OK reuse 8 rounds\n");
     } else if (!strcmp(mode, "callbacks")) {
         GET(cuLaunchHostFunc, 10000);
         GET(cuStreamAddCallback, 5000);

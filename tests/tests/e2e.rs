@@ -926,6 +926,23 @@ fn cuda_13_5_entry_points_are_exported_and_answered() {
     assert!(out.contains("OK cuda135 params 4 0 3 host functions 2"), "{out}");
 }
 
+/// A driver may give a function the handle of one whose module was
+/// unloaded (a real driver's allocator does; the software driver does under
+/// `GPUPOOL_SOFT_REUSE_HANDLES=1`): what the server and the shim knew of
+/// the freed function (its parameter layout) is not taken for the new one.
+/// Modules and then libraries of one kernel each, with different layouts,
+/// are loaded, run and unloaded in turn.
+#[test]
+fn a_freed_functions_handle_given_to_another_is_not_mistaken_for_it() {
+    let server = Server::start_with(&[("GPUPOOL_SOFT_REUSE_HANDLES", "1")]);
+    let out = driver_check(&server.tcp, &["reuse"]);
+    assert!(out.contains("OK reuse 8 rounds"), "{out}");
+    assert!(
+        out.contains("a freed function's handle was given to another 3 times"),
+        "the double must have reused the handles for the test to mean anything: {out}"
+    );
+}
+
 /// Stream-ordered allocation from the default pool and from a pool of the
 /// program's own, in stream order before one synchronise; pool attributes
 /// and the device's current pool are the server driver's.

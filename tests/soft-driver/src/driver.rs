@@ -82,8 +82,10 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
 /// `GPUPOOL_SOFT_SKIP_UNKNOWN_KERNELS` (`1`: unknown kernels are skipped
 /// instead of refused), `CUDA_LAUNCH_BLOCKING` (`1`: a launch answers its
 /// kernel's fault), `GPUPOOL_SOFT_PEER_ACCESS` (`0`: no device can
-/// access another's memory, [`peer`]) and `GPUPOOL_SOFT_COPY_ENGINE` (`1`:
-/// asynchronous pinned copies run beside the caller, [`engine`]).
+/// access another's memory, [`peer`]), `GPUPOOL_SOFT_COPY_ENGINE` (`1`:
+/// asynchronous pinned copies run beside the caller, [`engine`]) and
+/// `GPUPOOL_SOFT_REUSE_HANDLES` (`1`: the handles of unloaded modules and
+/// libraries are given out again).
 pub fn init(flags: u32) -> CuResult<()> {
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -120,6 +122,11 @@ pub fn init(flags: u32) -> CuResult<()> {
         };
         driver.launch_blocking = std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1");
         driver.one_model = std::env::var("GPUPOOL_SOFT_ONE_MODEL").is_ok_and(|v| v.trim() == "1");
+        match std::env::var("GPUPOOL_SOFT_REUSE_HANDLES").as_deref() {
+            Ok("1") => driver.reusable = Some(Vec::new()),
+            Ok("0") | Err(_) => {}
+            Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
         driver.peer_links = match std::env::var("GPUPOOL_SOFT_PEER_ACCESS").as_deref() {
             Ok("1") | Err(_) => true,
             Ok("0") => false,
@@ -522,6 +529,11 @@ pub struct Driver {
     /// (calls, round trips, bytes per step) past its first unknown kernel.
     skip_unknown: bool,
     next_handle: u64,
+    /// `GPUPOOL_SOFT_REUSE_HANDLES=1`: handles of unloaded modules, their
+    /// functions, and unloaded libraries and their kernels, are given out
+    /// again, last freed first, as a real driver's allocator gives a later
+    /// object the address of a freed one. None: every handle is new.
+    reusable: Option<Vec<u64>>,
     /// Whether the devices are linked, each to each
     /// (`GPUPOOL_SOFT_PEER_ACCESS`, on unless `0`): see [`peer`].
     peer_links: bool,
@@ -881,6 +893,7 @@ impl Driver {
             machine_id: 0,
             skip_unknown: false,
             next_handle: FIRST_HANDLE,
+            reusable: None,
             peer_links: true,
             launch_blocking: false,
             one_model: false,
@@ -940,9 +953,20 @@ impl Driver {
     }
 
     fn handle(&mut self) -> u64 {
+        if let Some(h) = self.reusable.as_mut().and_then(Vec::pop) {
+            return h;
+        }
         let h = self.next_handle;
         self.next_handle += 0x10;
         h
+    }
+
+    /// Handles no object holds any more: given out again under
+    /// `GPUPOOL_SOFT_REUSE_HANDLES=1` (the last one first).
+    fn free_handles(&mut self, gone: impl Iterator<Item = u64>) {
+        if let Some(free) = self.reusable.as_mut() {
+            free.extend(gone);
+        }
     }
 
     // ----- devices -----
@@ -2315,6 +2339,7 @@ impl Driver {
         for f in &module.functions {
             self.functions.remove(f);
         }
+        self.free_handles(module.functions.iter().rev().copied().chain([m]));
         for a in self
             .allocs
             .remove_where(|a| a.kind == AllocKind::ModuleVariable { module: m })
@@ -2502,10 +2527,11 @@ impl Driver {
         for m in modules {
             self.drop_module(m);
         }
-        for k in kernels {
-            self.kernels.remove(&k);
+        for k in &kernels {
+            self.kernels.remove(k);
         }
         self.libraries.remove(&lib);
+        self.free_handles(kernels.into_iter().rev().chain([lib]));
         Ok(())
     }
 
