@@ -40,6 +40,9 @@ cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 echo "== CUDA toolchains from PyPI (for the nvcc program tests)"
 GPUPOOL_TEST_CUDA_HOMES="$(./scripts/cuda-toolchain.sh)"
 export GPUPOOL_TEST_CUDA_HOMES GPUPOOL_REQUIRE_CUDA=1
+echo "== NVIDIA's drivers as Debian packages them (loaded without a GPU by the driver tests)"
+GPUPOOL_TEST_NVIDIA_DRIVERS="$(./scripts/nvidia-driver.sh)"
+export GPUPOOL_TEST_NVIDIA_DRIVERS
 if [ "${GPUPOOL_TEST_TORCH:-0}" = "1" ]; then
     # Opt-in: PyTorch through gpupool (a cu13 wheel and its CUDA libraries,
     # about 5 GB), in a virtual environment of its own.

@@ -13,6 +13,10 @@ use thiserror::Error;
 pub type Status = u32;
 pub type DriverResult<T = ()> = Result<T, Status>;
 
+/// `CUDA_ERROR_NOT_SUPPORTED`: what a call of an entry point the driver
+/// lacks answers.
+pub const NOT_SUPPORTED: Status = 801;
+
 pub type CUdeviceptr = u64;
 pub type Ptr = *mut c_void;
 /// `CUhostFn`.
@@ -29,8 +33,8 @@ pub enum LoadError {
         symbol: &'static str,
         source: libloading::Error,
     },
-    #[error("cuInit failed with status {0}")]
-    Init(Status),
+    #[error("the CUDA driver {path} did not start: cuInit failed: {name} ({status})")]
+    Init { path: String, status: Status, name: String },
 }
 
 /// `CUlaunchConfig` as the driver lays it out.
@@ -450,24 +454,50 @@ const _: () = assert!(std::mem::size_of::<TextureDesc>() == 104);
 const _: () = assert!(std::mem::size_of::<Array3DDesc>() == 40);
 
 macro_rules! driver_api {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ); )*) => {
-        /// Typed entry points of the loaded driver.
+    (
+        required {
+            $( $name:ident ( $($arg:ident : $ty:ty),* ); )*
+        }
+        optional {
+            $( $oname:ident ( $($oarg:ident : $oty:ty),* ); )*
+        }
+    ) => {
+        /// Typed entry points of the loaded driver; the optional ones where
+        /// it has them.
         struct Fns {
             $( $name: unsafe extern "C" fn($($ty),*) -> Status, )*
+            $( $oname: Option<unsafe extern "C" fn($($oty),*) -> Status>, )*
         }
+
+        /// The entry points a driver may lack (newer than CUDA 12.2's).
+        pub const OPTIONAL_ENTRY_POINTS: &[&str] = &[$( stringify!($oname), )*];
 
         impl Fns {
             fn load(lib: &libloading::Library, path: &str) -> Result<Fns, LoadError> {
                 Ok(Fns {
                     $( $name: {
                         // SAFETY: the symbol has this C signature in every
-                        // driver that exports it (CUDA driver API, 12.4+).
+                        // driver that exports it (CUDA driver API, 12.2+).
                         let sym = unsafe {
                             lib.get::<unsafe extern "C" fn($($ty),*) -> Status>(concat!(stringify!($name), "\0").as_bytes())
                         }.map_err(|source| LoadError::Symbol { path: path.to_string(), symbol: stringify!($name), source })?;
                         *sym
                     }, )*
+                    $( $oname: {
+                        // SAFETY: as above, for the drivers that export it.
+                        let sym = unsafe {
+                            lib.get::<unsafe extern "C" fn($($oty),*) -> Status>(concat!(stringify!($oname), "\0").as_bytes())
+                        };
+                        sym.ok().map(|s| *s)
+                    }, )*
                 })
+            }
+
+            /// The optional entry points this driver lacks.
+            fn missing(&self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$oname.is_none() { out.push(stringify!($oname)); } )*
+                out
             }
         }
 
@@ -486,219 +516,358 @@ macro_rules! driver_api {
                     }
                 }
             )*
+            $(
+                /// Calls the driver's entry point of the same name;
+                /// `CUDA_ERROR_NOT_SUPPORTED` where the driver lacks it.
+                ///
+                /// # Safety
+                /// Pointer arguments must be valid as the driver API requires.
+                #[inline]
+                pub unsafe fn $oname(&self, $($oarg: $oty),*) -> DriverResult {
+                    let f = self.fns.$oname.ok_or(NOT_SUPPORTED)?;
+                    // SAFETY: the caller upholds the driver API's contract.
+                    match unsafe { f($($oarg),*) } {
+                        0 => Ok(()),
+                        s => Err(s),
+                    }
+                }
+            )*
         }
     };
 }
 
 driver_api! {
-    cuInit(flags: u32);
-    cuDriverGetVersion(version: *mut i32);
-    cuDeviceGetCount(count: *mut i32);
-    cuDeviceGet(device: *mut i32, ordinal: i32);
-    cuDeviceGetName(name: *mut c_char, len: i32, device: i32);
-    cuDeviceGetUuid_v2(uuid: *mut u8, device: i32);
-    cuDeviceTotalMem_v2(bytes: *mut usize, device: i32);
-    cuDeviceGetAttribute(value: *mut i32, attribute: i32, device: i32);
-    cuDeviceCanAccessPeer(can: *mut i32, device: i32, peer: i32);
-    cuDeviceGetP2PAttribute(value: *mut i32, attribute: i32, src: i32, dst: i32);
-    cuCtxEnablePeerAccess(peer: Ptr, flags: u32);
-    cuCtxDisablePeerAccess(peer: Ptr);
-    cuDevicePrimaryCtxRetain(ctx: *mut Ptr, device: i32);
-    cuDevicePrimaryCtxRelease_v2(device: i32);
-    cuDevicePrimaryCtxSetFlags_v2(device: i32, flags: u32);
-    cuDevicePrimaryCtxReset_v2(device: i32);
-    cuCtxCreate_v2(ctx: *mut Ptr, flags: u32, device: i32);
-    cuCtxDestroy_v2(ctx: Ptr);
-    cuCtxSetCurrent(ctx: Ptr);
-    cuCtxSynchronize();
-    cuCtxGetLimit(value: *mut usize, limit: i32);
-    cuCtxSetLimit(limit: i32, value: usize);
-    cuModuleLoadData(module: *mut Ptr, image: *const c_void);
-    cuModuleUnload(module: Ptr);
-    cuModuleGetFunction(function: *mut Ptr, module: Ptr, name: *const c_char);
-    cuModuleGetGlobal_v2(ptr: *mut CUdeviceptr, bytes: *mut usize, module: Ptr, name: *const c_char);
-    cuLibraryLoadData(library: *mut Ptr, code: *const c_void, jit_options: *mut i32, jit_values: *mut Ptr, num_jit: u32, library_options: *mut i32, library_values: *mut Ptr, num_library: u32);
-    cuLibraryUnload(library: Ptr);
-    cuLibraryGetKernel(kernel: *mut Ptr, library: Ptr, name: *const c_char);
-    cuLibraryGetGlobal(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
-    cuLibraryGetManaged(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
-    cuLibraryGetModule(module: *mut Ptr, library: Ptr);
-    cuKernelGetFunction(function: *mut Ptr, kernel: Ptr);
-    cuKernelGetAttribute(value: *mut i32, attribute: i32, kernel: Ptr, device: i32);
-    cuKernelSetAttribute(attribute: i32, value: i32, kernel: Ptr, device: i32);
-    cuKernelGetParamInfo(kernel: Ptr, index: usize, offset: *mut usize, size: *mut usize);
-    cuFuncGetAttribute(value: *mut i32, attribute: i32, function: Ptr);
-    cuFuncSetAttribute(function: Ptr, attribute: i32, value: i32);
-    cuFuncSetCacheConfig(function: Ptr, config: u32);
-    cuKernelSetCacheConfig(kernel: Ptr, config: u32, device: i32);
-    cuCtxSetCacheConfig(config: u32);
-    cuStreamGetAttribute(stream: Ptr, attr: u32, value: *mut c_void);
-    cuStreamSetAttribute(stream: Ptr, attr: u32, value: *const c_void);
-    cuStreamCopyAttributes(dst: Ptr, src: Ptr);
-    cuTensorMapEncodeTiled(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, box_dims: *const u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
-    cuTensorMapEncodeIm2col(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, lower: *const i32, upper: *const i32, channels: u32, pixels: u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
-    cuTensorMapReplaceAddress(map: *mut c_void, address: *mut c_void);
-    cuLinkCreate_v2(count: u32, options: *mut u32, values: *mut Ptr, link: *mut Ptr);
-    cuLinkAddData_v2(link: Ptr, kind: u32, data: Ptr, size: usize, name: *const c_char, count: u32, options: *mut u32, values: *mut Ptr);
-    cuLinkComplete(link: Ptr, image: *mut Ptr, size: *mut usize);
-    cuLinkDestroy(link: Ptr);
-    cuGraphCreate(graph: *mut Ptr, flags: u32);
-    cuGraphAddEmptyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize);
-    cuGraphAddKernelNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const KernelNodeParams);
-    cuGraphAddMemsetNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const MemsetNodeParams, ctx: Ptr);
-    cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
-    cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
-    cuGraphAddHostNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const HostNodeParams);
-    cuGraphAddMemAllocNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *mut MemAllocNodeParams);
-    cuGraphAddMemFreeNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, ptr: CUdeviceptr);
-    cuGraphConditionalHandleCreate(handle: *mut u64, graph: Ptr, ctx: Ptr, default: u32, flags: u32);
-    cuGraphAddNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, edges: *const u64, count: usize, params: *mut c_void);
-    cuGraphAddDependencies_v2(graph: Ptr, from: *const Ptr, to: *const Ptr, edges: *const u64, count: usize);
-    cuStreamGetCaptureInfo_v3(stream: Ptr, status: *mut i32, id: *mut u64, graph: *mut Ptr, deps: *mut *const Ptr, edges: *mut *const u64, count: *mut usize);
-    cuStreamUpdateCaptureDependencies_v2(stream: Ptr, deps: *const Ptr, edges: *const u64, count: usize, flags: u32);
-    cuGraphGetEdges_v2(graph: Ptr, from: *mut Ptr, to: *mut Ptr, edges: *mut u64, count: *mut usize);
-    cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
-    cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
-    cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);
-    cuGraphExecMemcpyNodeSetParams(exec: Ptr, node: Ptr, copy: *const Memcpy3D, ctx: Ptr);
-    cuGraphExecChildGraphNodeSetParams(exec: Ptr, node: Ptr, child: Ptr);
-    cuGraphExecEventRecordNodeSetEvent(exec: Ptr, node: Ptr, event: Ptr);
-    cuGraphExecEventWaitNodeSetEvent(exec: Ptr, node: Ptr, event: Ptr);
-    cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
-    cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr);
-    cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
-    cuStreamWaitValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
-    cuStreamWaitValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
-    cuGraphAddChildGraphNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, child: Ptr);
-    cuGraphKernelNodeGetParams_v2(node: Ptr, params: *mut KernelNodeParams);
-    cuGraphKernelNodeSetParams_v2(node: Ptr, params: *const KernelNodeParams);
-    cuGraphMemsetNodeGetParams(node: Ptr, params: *mut MemsetNodeParams);
-    cuGraphMemsetNodeSetParams(node: Ptr, params: *const MemsetNodeParams);
-    cuGraphMemcpyNodeGetParams(node: Ptr, copy: *mut Memcpy3D);
-    cuGraphMemcpyNodeSetParams(node: Ptr, copy: *const Memcpy3D);
-    cuGraphEventRecordNodeGetEvent(node: Ptr, event: *mut Ptr);
-    cuGraphEventRecordNodeSetEvent(node: Ptr, event: Ptr);
-    cuGraphEventWaitNodeGetEvent(node: Ptr, event: *mut Ptr);
-    cuGraphEventWaitNodeSetEvent(node: Ptr, event: Ptr);
-    cuGraphChildGraphNodeGetGraph(node: Ptr, graph: *mut Ptr);
-    cuGraphMemAllocNodeGetParams(node: Ptr, params: *mut MemAllocNodeParams);
-    cuGraphMemFreeNodeGetParams(node: Ptr, dptr: *mut CUdeviceptr);
-    cuGraphHostNodeGetParams(node: Ptr, params: *mut HostNodeParams);
-    cuGraphHostNodeSetParams(node: Ptr, params: *const HostNodeParams);
-    cuGraphDestroyNode(node: Ptr);
-    cuGraphRemoveDependencies_v2(graph: Ptr, from: *const Ptr, to: *const Ptr, edges: *const u64, count: usize);
-    cuGraphClone(clone: *mut Ptr, graph: Ptr);
-    cuGraphNodeFindInClone(found: *mut Ptr, node: Ptr, clone: Ptr);
-    cuGraphKernelNodeGetAttribute(node: Ptr, attr: u32, value: *mut u8);
-    cuGraphKernelNodeSetAttribute(node: Ptr, attr: u32, value: *const u8);
-    cuGraphKernelNodeCopyAttributes(dst: Ptr, src: Ptr);
-    cuGraphAddEventRecordNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
-    cuGraphAddEventWaitNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
-    cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
-    cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
-    cuMemFree_v2(ptr: CUdeviceptr);
-    cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, ptr: CUdeviceptr);
-    cuIpcGetMemHandle(handle: *mut IpcHandle, ptr: CUdeviceptr);
-    cuIpcOpenMemHandle_v2(ptr: *mut CUdeviceptr, handle: IpcHandle, flags: u32);
-    cuIpcCloseMemHandle(ptr: CUdeviceptr);
-    cuMemExportToShareableHandle(shareable: *mut c_void, handle: u64, handle_type: u32, flags: u64);
-    cuMemImportFromShareableHandle(handle: *mut u64, os_handle: *mut c_void, handle_type: u32);
-    cuIpcGetEventHandle(handle: *mut IpcHandle, event: Ptr);
-    cuIpcOpenEventHandle(event: *mut Ptr, handle: IpcHandle);
-    cuMemGetInfo_v2(free: *mut usize, total: *mut usize);
-    cuMemAllocAsync(ptr: *mut CUdeviceptr, size: usize, stream: Ptr);
-    cuMemAllocFromPoolAsync(ptr: *mut CUdeviceptr, size: usize, pool: Ptr, stream: Ptr);
-    cuMemFreeAsync(ptr: CUdeviceptr, stream: Ptr);
-    cuDeviceGetDefaultMemPool(pool: *mut Ptr, device: i32);
-    cuDeviceGetMemPool(pool: *mut Ptr, device: i32);
-    cuDeviceSetMemPool(device: i32, pool: Ptr);
-    cuMemPoolCreate(pool: *mut Ptr, props: *const MemPoolProps);
-    cuMemPoolDestroy(pool: Ptr);
-    cuMemPoolSetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
-    cuMemPoolGetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
-    cuMemPoolTrimTo(pool: Ptr, keep: usize);
-    cuMemPoolSetAccess(pool: Ptr, map: *const MemAccessDesc, count: usize);
-    cuMemPoolExportToShareableHandle(shareable: *mut c_void, pool: Ptr, handle_type: u32, flags: u64);
-    cuMemPoolImportFromShareableHandle(pool: *mut Ptr, os_handle: *mut c_void, handle_type: u32, flags: u64);
-    cuMemPoolExportPointer(data: *mut IpcHandle, ptr: CUdeviceptr);
-    cuMemPoolImportPointer(ptr: *mut CUdeviceptr, pool: Ptr, data: *mut IpcHandle);
-    cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64);
-    cuMemAddressFree(ptr: CUdeviceptr, size: usize);
-    cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);
-    cuMemRelease(handle: u64);
-    cuDeviceGetDevResource(device: i32, resource: *mut DevResource, kind: u32);
-    cuCtxGetDevResource(ctx: Ptr, resource: *mut DevResource, kind: u32);
-    cuDevSmResourceSplitByCount(result: *mut DevResource, groups: *mut u32, input: *const DevResource, remainder: *mut DevResource, flags: u32, min_count: u32);
-    cuDevResourceGenerateDesc(desc: *mut Ptr, resources: *mut DevResource, count: u32);
-    cuGreenCtxCreate(green: *mut Ptr, desc: Ptr, device: i32, flags: u32);
-    cuGreenCtxDestroy(green: Ptr);
-    cuCtxFromGreenCtx(ctx: *mut Ptr, green: Ptr);
-    cuGreenCtxStreamCreate(stream: *mut Ptr, green: Ptr, flags: u32, priority: i32);
-    cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void);
-    cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64);
-    cuMemUnmap(ptr: CUdeviceptr, size: usize);
-    cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const MemAccessDesc, count: usize);
-    cuMemGetAllocationGranularity(granularity: *mut usize, prop: *const MemAllocationProp, option: u32);
-    cuMemAllocHost_v2(host: *mut Ptr, size: usize);
-    cuMemFreeHost(host: Ptr);
-    cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, size: usize, stream: Ptr);
-    cuMemcpyDtoHAsync_v2(dst: Ptr, src: CUdeviceptr, size: usize, stream: Ptr);
-    cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, size: usize, stream: Ptr);
-    cuMemsetD8Async(dst: CUdeviceptr, value: u8, count: usize, stream: Ptr);
-    cuMemsetD16Async(dst: CUdeviceptr, value: u16, count: usize, stream: Ptr);
-    cuMemsetD32Async(dst: CUdeviceptr, value: u32, count: usize, stream: Ptr);
-    cuMemcpy2DAsync_v2(copy: *const Memcpy2D, stream: Ptr);
-    cuMemcpy3DAsync_v2(copy: *const Memcpy3D, stream: Ptr);
-    cuArray3DCreate_v2(array: *mut Ptr, desc: *const Array3DDesc);
-    cuArrayDestroy(array: Ptr);
-    cuTexObjectCreate(tex: *mut u64, res: *const ResourceDesc, desc: *const TextureDesc, view: *const c_void);
-    cuTexObjectDestroy(tex: u64);
-    cuSurfObjectCreate(surf: *mut u64, res: *const ResourceDesc);
-    cuSurfObjectDestroy(surf: u64);
-    cuMemsetD2D8Async(dst: CUdeviceptr, pitch: usize, value: u8, width: usize, height: usize, stream: Ptr);
-    cuMemsetD2D16Async(dst: CUdeviceptr, pitch: usize, value: u16, width: usize, height: usize, stream: Ptr);
-    cuMemsetD2D32Async(dst: CUdeviceptr, pitch: usize, value: u32, width: usize, height: usize, stream: Ptr);
-    cuStreamCreateWithPriority(stream: *mut Ptr, flags: u32, priority: i32);
-    cuStreamDestroy_v2(stream: Ptr);
-    cuStreamSynchronize(stream: Ptr);
-    cuStreamQuery(stream: Ptr);
-    cuStreamWaitEvent(stream: Ptr, event: Ptr, flags: u32);
-    cuLaunchHostFunc(stream: Ptr, func: HostFn, data: Ptr);
-    cuStreamBeginCapture_v2(stream: Ptr, mode: u32);
-    cuStreamEndCapture(stream: Ptr, graph: *mut Ptr);
-    cuStreamBeginCaptureToGraph(stream: Ptr, graph: Ptr, deps: *const Ptr, edges: *const c_void, count: usize, mode: u32);
-    cuStreamIsCapturing(stream: Ptr, status: *mut i32);
-    cuThreadExchangeStreamCaptureMode(mode: *mut u32);
-    cuGraphInstantiateWithFlags(exec: *mut Ptr, graph: Ptr, flags: u64);
-    cuGraphLaunch(exec: Ptr, stream: Ptr);
-    cuGraphUpload(exec: Ptr, stream: Ptr);
-    cuGraphExecDestroy(exec: Ptr);
-    cuGraphDestroy(graph: Ptr);
-    cuGraphGetNodes(graph: Ptr, nodes: *mut Ptr, count: *mut usize);
-    cuDeviceGetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
-    cuDeviceSetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
-    cuDeviceGraphMemTrim(device: i32);
-    cuGraphNodeGetType(node: Ptr, kind: *mut u32);
-    cuGraphDebugDotPrint(graph: Ptr, path: *const c_char, flags: u32);
-    cuGraphNodeSetEnabled(exec: Ptr, node: Ptr, enabled: u32);
-    cuGraphNodeGetEnabled(exec: Ptr, node: Ptr, enabled: *mut u32);
-    cuEventCreate(event: *mut Ptr, flags: u32);
-    cuEventDestroy_v2(event: Ptr);
-    cuEventRecord(event: Ptr, stream: Ptr);
-    cuEventSynchronize(event: Ptr);
-    cuEventQuery(event: Ptr);
-    cuCtxRecordEvent(ctx: Ptr, event: Ptr);
-    cuCtxWaitEvent(ctx: Ptr, event: Ptr);
-    cuCtxResetPersistingL2Cache();
-    cuDeviceGetTexture1DLinearMaxWidth(width: *mut usize, format: u32, channels: u32, device: i32);
-    cuOccupancyMaxPotentialClusterSize(size: *mut i32, func: Ptr, config: *const LaunchConfig);
-    cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr);
-    cuLaunchKernel(function: Ptr, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared_mem: u32, stream: Ptr, params: *mut Ptr, extra: *mut Ptr);
-    cuLaunchKernelEx(config: *const LaunchConfig, function: Ptr, params: *mut Ptr, extra: *mut Ptr);
-    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, function: Ptr, block_size: i32, smem: usize, flags: u32);
-    cuOccupancyMaxPotentialBlockSizeWithFlags(min_grid: *mut i32, block_size: *mut i32, function: Ptr, callback: *const c_void, smem: usize, limit: i32, flags: u32);
-    cuOccupancyAvailableDynamicSMemPerBlock(smem: *mut usize, function: Ptr, num_blocks: i32, block_size: i32);
-    cuOccupancyMaxActiveClusters(clusters: *mut i32, function: Ptr, config: *const LaunchConfig);
+    required {
+        cuInit(flags: u32);
+        cuGetErrorName(error: Status, name: *mut *const c_char);
+        cuGetErrorString(error: Status, text: *mut *const c_char);
+        cuDriverGetVersion(version: *mut i32);
+        cuDeviceGetCount(count: *mut i32);
+        cuDeviceGet(device: *mut i32, ordinal: i32);
+        cuDeviceGetName(name: *mut c_char, len: i32, device: i32);
+        cuDeviceGetUuid_v2(uuid: *mut u8, device: i32);
+        cuDeviceTotalMem_v2(bytes: *mut usize, device: i32);
+        cuDeviceGetAttribute(value: *mut i32, attribute: i32, device: i32);
+        cuDeviceCanAccessPeer(can: *mut i32, device: i32, peer: i32);
+        cuDeviceGetP2PAttribute(value: *mut i32, attribute: i32, src: i32, dst: i32);
+        cuCtxEnablePeerAccess(peer: Ptr, flags: u32);
+        cuCtxDisablePeerAccess(peer: Ptr);
+        cuDevicePrimaryCtxRetain(ctx: *mut Ptr, device: i32);
+        cuDevicePrimaryCtxRelease_v2(device: i32);
+        cuDevicePrimaryCtxSetFlags_v2(device: i32, flags: u32);
+        cuDevicePrimaryCtxReset_v2(device: i32);
+        cuCtxCreate_v2(ctx: *mut Ptr, flags: u32, device: i32);
+        cuCtxDestroy_v2(ctx: Ptr);
+        cuCtxSetCurrent(ctx: Ptr);
+        cuCtxSynchronize();
+        cuCtxGetLimit(value: *mut usize, limit: i32);
+        cuCtxSetLimit(limit: i32, value: usize);
+        cuModuleLoadData(module: *mut Ptr, image: *const c_void);
+        cuModuleUnload(module: Ptr);
+        cuModuleGetFunction(function: *mut Ptr, module: Ptr, name: *const c_char);
+        cuModuleGetGlobal_v2(ptr: *mut CUdeviceptr, bytes: *mut usize, module: Ptr, name: *const c_char);
+        cuLibraryLoadData(library: *mut Ptr, code: *const c_void, jit_options: *mut i32, jit_values: *mut Ptr, num_jit: u32, library_options: *mut i32, library_values: *mut Ptr, num_library: u32);
+        cuLibraryUnload(library: Ptr);
+        cuLibraryGetKernel(kernel: *mut Ptr, library: Ptr, name: *const c_char);
+        cuLibraryGetGlobal(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
+        cuLibraryGetManaged(ptr: *mut CUdeviceptr, bytes: *mut usize, library: Ptr, name: *const c_char);
+        cuLibraryGetModule(module: *mut Ptr, library: Ptr);
+        cuKernelGetFunction(function: *mut Ptr, kernel: Ptr);
+        cuKernelGetAttribute(value: *mut i32, attribute: i32, kernel: Ptr, device: i32);
+        cuKernelSetAttribute(attribute: i32, value: i32, kernel: Ptr, device: i32);
+        cuFuncGetAttribute(value: *mut i32, attribute: i32, function: Ptr);
+        cuFuncSetAttribute(function: Ptr, attribute: i32, value: i32);
+        cuFuncSetCacheConfig(function: Ptr, config: u32);
+        cuKernelSetCacheConfig(kernel: Ptr, config: u32, device: i32);
+        cuCtxSetCacheConfig(config: u32);
+        cuStreamGetAttribute(stream: Ptr, attr: u32, value: *mut c_void);
+        cuStreamSetAttribute(stream: Ptr, attr: u32, value: *const c_void);
+        cuStreamCopyAttributes(dst: Ptr, src: Ptr);
+        cuTensorMapEncodeTiled(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, box_dims: *const u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
+        cuTensorMapEncodeIm2col(map: *mut c_void, data_type: u32, rank: u32, address: *mut c_void, dims: *const u64, strides: *const u64, lower: *const i32, upper: *const i32, channels: u32, pixels: u32, element_strides: *const u32, interleave: u32, swizzle: u32, l2_promotion: u32, oob_fill: u32);
+        cuTensorMapReplaceAddress(map: *mut c_void, address: *mut c_void);
+        cuLinkCreate_v2(count: u32, options: *mut u32, values: *mut Ptr, link: *mut Ptr);
+        cuLinkAddData_v2(link: Ptr, kind: u32, data: Ptr, size: usize, name: *const c_char, count: u32, options: *mut u32, values: *mut Ptr);
+        cuLinkComplete(link: Ptr, image: *mut Ptr, size: *mut usize);
+        cuLinkDestroy(link: Ptr);
+        cuGraphCreate(graph: *mut Ptr, flags: u32);
+        cuGraphAddEmptyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize);
+        cuGraphAddKernelNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const KernelNodeParams);
+        cuGraphAddMemsetNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const MemsetNodeParams, ctx: Ptr);
+        cuGraphAddMemcpyNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, copy: *const Memcpy3D, ctx: Ptr);
+        cuGraphAddDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
+        cuGraphAddHostNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *const HostNodeParams);
+        cuGraphAddMemAllocNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, params: *mut MemAllocNodeParams);
+        cuGraphAddMemFreeNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, ptr: CUdeviceptr);
+        cuGraphExecKernelNodeSetParams_v2(exec: Ptr, node: Ptr, params: *const KernelNodeParams);
+        cuGraphExecUpdate_v2(exec: Ptr, graph: Ptr, info: *mut GraphExecUpdateResultInfo);
+        cuGraphExecMemsetNodeSetParams(exec: Ptr, node: Ptr, params: *const MemsetNodeParams, ctx: Ptr);
+        cuGraphExecMemcpyNodeSetParams(exec: Ptr, node: Ptr, copy: *const Memcpy3D, ctx: Ptr);
+        cuGraphExecChildGraphNodeSetParams(exec: Ptr, node: Ptr, child: Ptr);
+        cuGraphExecEventRecordNodeSetEvent(exec: Ptr, node: Ptr, event: Ptr);
+        cuGraphExecEventWaitNodeSetEvent(exec: Ptr, node: Ptr, event: Ptr);
+        cuStreamWriteValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
+        cuPointerGetAttribute(data: *mut c_void, attribute: i32, ptr: CUdeviceptr);
+        cuStreamWriteValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
+        cuStreamWaitValue32_v2(stream: Ptr, addr: CUdeviceptr, value: u32, flags: u32);
+        cuStreamWaitValue64_v2(stream: Ptr, addr: CUdeviceptr, value: u64, flags: u32);
+        cuGraphAddChildGraphNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, child: Ptr);
+        cuGraphKernelNodeGetParams_v2(node: Ptr, params: *mut KernelNodeParams);
+        cuGraphKernelNodeSetParams_v2(node: Ptr, params: *const KernelNodeParams);
+        cuGraphMemsetNodeGetParams(node: Ptr, params: *mut MemsetNodeParams);
+        cuGraphMemsetNodeSetParams(node: Ptr, params: *const MemsetNodeParams);
+        cuGraphMemcpyNodeGetParams(node: Ptr, copy: *mut Memcpy3D);
+        cuGraphMemcpyNodeSetParams(node: Ptr, copy: *const Memcpy3D);
+        cuGraphEventRecordNodeGetEvent(node: Ptr, event: *mut Ptr);
+        cuGraphEventRecordNodeSetEvent(node: Ptr, event: Ptr);
+        cuGraphEventWaitNodeGetEvent(node: Ptr, event: *mut Ptr);
+        cuGraphEventWaitNodeSetEvent(node: Ptr, event: Ptr);
+        cuGraphChildGraphNodeGetGraph(node: Ptr, graph: *mut Ptr);
+        cuGraphMemAllocNodeGetParams(node: Ptr, params: *mut MemAllocNodeParams);
+        cuGraphMemFreeNodeGetParams(node: Ptr, dptr: *mut CUdeviceptr);
+        cuGraphHostNodeGetParams(node: Ptr, params: *mut HostNodeParams);
+        cuGraphHostNodeSetParams(node: Ptr, params: *const HostNodeParams);
+        cuGraphDestroyNode(node: Ptr);
+        cuGraphClone(clone: *mut Ptr, graph: Ptr);
+        cuGraphNodeFindInClone(found: *mut Ptr, node: Ptr, clone: Ptr);
+        cuGraphKernelNodeGetAttribute(node: Ptr, attr: u32, value: *mut u8);
+        cuGraphKernelNodeSetAttribute(node: Ptr, attr: u32, value: *const u8);
+        cuGraphKernelNodeCopyAttributes(dst: Ptr, src: Ptr);
+        cuGraphAddEventRecordNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
+        cuGraphAddEventWaitNode(node: *mut Ptr, graph: Ptr, deps: *const Ptr, count: usize, event: Ptr);
+        cuMemAlloc_v2(ptr: *mut CUdeviceptr, size: usize);
+        cuMemFree_v2(ptr: CUdeviceptr);
+        cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, ptr: CUdeviceptr);
+        cuIpcGetMemHandle(handle: *mut IpcHandle, ptr: CUdeviceptr);
+        cuIpcOpenMemHandle_v2(ptr: *mut CUdeviceptr, handle: IpcHandle, flags: u32);
+        cuIpcCloseMemHandle(ptr: CUdeviceptr);
+        cuMemExportToShareableHandle(shareable: *mut c_void, handle: u64, handle_type: u32, flags: u64);
+        cuMemImportFromShareableHandle(handle: *mut u64, os_handle: *mut c_void, handle_type: u32);
+        cuIpcGetEventHandle(handle: *mut IpcHandle, event: Ptr);
+        cuIpcOpenEventHandle(event: *mut Ptr, handle: IpcHandle);
+        cuMemGetInfo_v2(free: *mut usize, total: *mut usize);
+        cuMemAllocAsync(ptr: *mut CUdeviceptr, size: usize, stream: Ptr);
+        cuMemAllocFromPoolAsync(ptr: *mut CUdeviceptr, size: usize, pool: Ptr, stream: Ptr);
+        cuMemFreeAsync(ptr: CUdeviceptr, stream: Ptr);
+        cuDeviceGetDefaultMemPool(pool: *mut Ptr, device: i32);
+        cuDeviceGetMemPool(pool: *mut Ptr, device: i32);
+        cuDeviceSetMemPool(device: i32, pool: Ptr);
+        cuMemPoolCreate(pool: *mut Ptr, props: *const MemPoolProps);
+        cuMemPoolDestroy(pool: Ptr);
+        cuMemPoolSetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
+        cuMemPoolGetAttribute(pool: Ptr, attr: i32, value: *mut c_void);
+        cuMemPoolTrimTo(pool: Ptr, keep: usize);
+        cuMemPoolSetAccess(pool: Ptr, map: *const MemAccessDesc, count: usize);
+        cuMemPoolExportToShareableHandle(shareable: *mut c_void, pool: Ptr, handle_type: u32, flags: u64);
+        cuMemPoolImportFromShareableHandle(pool: *mut Ptr, os_handle: *mut c_void, handle_type: u32, flags: u64);
+        cuMemPoolExportPointer(data: *mut IpcHandle, ptr: CUdeviceptr);
+        cuMemPoolImportPointer(ptr: *mut CUdeviceptr, pool: Ptr, data: *mut IpcHandle);
+        cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: u64);
+        cuMemAddressFree(ptr: CUdeviceptr, size: usize);
+        cuMemCreate(handle: *mut u64, size: usize, prop: *const MemAllocationProp, flags: u64);
+        cuMemRelease(handle: u64);
+        cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void);
+        cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: u64);
+        cuMemUnmap(ptr: CUdeviceptr, size: usize);
+        cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: *const MemAccessDesc, count: usize);
+        cuMemGetAllocationGranularity(granularity: *mut usize, prop: *const MemAllocationProp, option: u32);
+        cuMemAllocHost_v2(host: *mut Ptr, size: usize);
+        cuMemFreeHost(host: Ptr);
+        cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, size: usize, stream: Ptr);
+        cuMemcpyDtoHAsync_v2(dst: Ptr, src: CUdeviceptr, size: usize, stream: Ptr);
+        cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, size: usize, stream: Ptr);
+        cuMemsetD8Async(dst: CUdeviceptr, value: u8, count: usize, stream: Ptr);
+        cuMemsetD16Async(dst: CUdeviceptr, value: u16, count: usize, stream: Ptr);
+        cuMemsetD32Async(dst: CUdeviceptr, value: u32, count: usize, stream: Ptr);
+        cuMemcpy2DAsync_v2(copy: *const Memcpy2D, stream: Ptr);
+        cuMemcpy3DAsync_v2(copy: *const Memcpy3D, stream: Ptr);
+        cuArray3DCreate_v2(array: *mut Ptr, desc: *const Array3DDesc);
+        cuArrayDestroy(array: Ptr);
+        cuTexObjectCreate(tex: *mut u64, res: *const ResourceDesc, desc: *const TextureDesc, view: *const c_void);
+        cuTexObjectDestroy(tex: u64);
+        cuSurfObjectCreate(surf: *mut u64, res: *const ResourceDesc);
+        cuSurfObjectDestroy(surf: u64);
+        cuMemsetD2D8Async(dst: CUdeviceptr, pitch: usize, value: u8, width: usize, height: usize, stream: Ptr);
+        cuMemsetD2D16Async(dst: CUdeviceptr, pitch: usize, value: u16, width: usize, height: usize, stream: Ptr);
+        cuMemsetD2D32Async(dst: CUdeviceptr, pitch: usize, value: u32, width: usize, height: usize, stream: Ptr);
+        cuStreamCreateWithPriority(stream: *mut Ptr, flags: u32, priority: i32);
+        cuStreamDestroy_v2(stream: Ptr);
+        cuStreamSynchronize(stream: Ptr);
+        cuStreamQuery(stream: Ptr);
+        cuStreamWaitEvent(stream: Ptr, event: Ptr, flags: u32);
+        cuLaunchHostFunc(stream: Ptr, func: HostFn, data: Ptr);
+        cuStreamBeginCapture_v2(stream: Ptr, mode: u32);
+        cuStreamEndCapture(stream: Ptr, graph: *mut Ptr);
+        cuStreamIsCapturing(stream: Ptr, status: *mut i32);
+        cuThreadExchangeStreamCaptureMode(mode: *mut u32);
+        cuGraphInstantiateWithFlags(exec: *mut Ptr, graph: Ptr, flags: u64);
+        cuGraphLaunch(exec: Ptr, stream: Ptr);
+        cuGraphUpload(exec: Ptr, stream: Ptr);
+        cuGraphExecDestroy(exec: Ptr);
+        cuGraphDestroy(graph: Ptr);
+        cuGraphGetNodes(graph: Ptr, nodes: *mut Ptr, count: *mut usize);
+        cuDeviceGetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
+        cuDeviceSetGraphMemAttribute(device: i32, attr: i32, value: *mut c_void);
+        cuDeviceGraphMemTrim(device: i32);
+        cuGraphNodeGetType(node: Ptr, kind: *mut u32);
+        cuGraphDebugDotPrint(graph: Ptr, path: *const c_char, flags: u32);
+        cuGraphNodeSetEnabled(exec: Ptr, node: Ptr, enabled: u32);
+        cuGraphNodeGetEnabled(exec: Ptr, node: Ptr, enabled: *mut u32);
+        cuEventCreate(event: *mut Ptr, flags: u32);
+        cuEventDestroy_v2(event: Ptr);
+        cuEventRecord(event: Ptr, stream: Ptr);
+        cuEventSynchronize(event: Ptr);
+        cuEventQuery(event: Ptr);
+        cuCtxResetPersistingL2Cache();
+        cuDeviceGetTexture1DLinearMaxWidth(width: *mut usize, format: u32, channels: u32, device: i32);
+        cuOccupancyMaxPotentialClusterSize(size: *mut i32, func: Ptr, config: *const LaunchConfig);
+        cuEventElapsedTime(ms: *mut f32, start: Ptr, end: Ptr);
+        cuLaunchKernel(function: Ptr, gx: u32, gy: u32, gz: u32, bx: u32, by: u32, bz: u32, shared_mem: u32, stream: Ptr, params: *mut Ptr, extra: *mut Ptr);
+        cuLaunchKernelEx(config: *const LaunchConfig, function: Ptr, params: *mut Ptr, extra: *mut Ptr);
+        cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, function: Ptr, block_size: i32, smem: usize, flags: u32);
+        cuOccupancyMaxPotentialBlockSizeWithFlags(min_grid: *mut i32, block_size: *mut i32, function: Ptr, callback: *const c_void, smem: usize, limit: i32, flags: u32);
+        cuOccupancyAvailableDynamicSMemPerBlock(smem: *mut usize, function: Ptr, num_blocks: i32, block_size: i32);
+        cuOccupancyMaxActiveClusters(clusters: *mut i32, function: Ptr, config: *const LaunchConfig);
+    }
+    optional {
+        cuCtxFromGreenCtx(ctx: *mut Ptr, green: Ptr);
+        cuCtxGetDevResource(ctx: Ptr, resource: *mut DevResource, kind: u32);
+        cuCtxRecordEvent(ctx: Ptr, event: Ptr);
+        cuCtxWaitEvent(ctx: Ptr, event: Ptr);
+        cuDevResourceGenerateDesc(desc: *mut Ptr, resources: *mut DevResource, count: u32);
+        cuDevSmResourceSplitByCount(result: *mut DevResource, groups: *mut u32, input: *const DevResource, remainder: *mut DevResource, flags: u32, min_count: u32);
+        cuDeviceGetDevResource(device: i32, resource: *mut DevResource, kind: u32);
+        cuFuncGetParamInfo(function: Ptr, index: usize, offset: *mut usize, size: *mut usize);
+        cuGraphAddDependencies_v2(graph: Ptr, from: *const Ptr, to: *const Ptr, edges: *const u64, count: usize);
+        cuGraphAddNode_v2(node: *mut Ptr, graph: Ptr, deps: *const Ptr, edges: *const u64, count: usize, params: *mut c_void);
+        cuGraphConditionalHandleCreate(handle: *mut u64, graph: Ptr, ctx: Ptr, default: u32, flags: u32);
+        cuGraphGetEdges_v2(graph: Ptr, from: *mut Ptr, to: *mut Ptr, edges: *mut u64, count: *mut usize);
+        cuGraphRemoveDependencies_v2(graph: Ptr, from: *const Ptr, to: *const Ptr, edges: *const u64, count: usize);
+        cuGreenCtxCreate(green: *mut Ptr, desc: Ptr, device: i32, flags: u32);
+        cuGreenCtxDestroy(green: Ptr);
+        cuGreenCtxStreamCreate(stream: *mut Ptr, green: Ptr, flags: u32, priority: i32);
+        cuKernelGetParamInfo(kernel: Ptr, index: usize, offset: *mut usize, size: *mut usize);
+        cuStreamBeginCaptureToGraph(stream: Ptr, graph: Ptr, deps: *const Ptr, edges: *const c_void, count: usize, mode: u32);
+        cuStreamGetCaptureInfo_v3(stream: Ptr, status: *mut i32, id: *mut u64, graph: *mut Ptr, deps: *mut *const Ptr, edges: *mut *const u64, count: *mut usize);
+        cuStreamUpdateCaptureDependencies_v2(stream: Ptr, deps: *const Ptr, edges: *const u64, count: usize, flags: u32);
+        // The forms without edge data, for drivers older than CUDA 12.3.
+        cuGraphGetEdges(graph: Ptr, from: *mut Ptr, to: *mut Ptr, count: *mut usize);
+        cuGraphRemoveDependencies(graph: Ptr, from: *const Ptr, to: *const Ptr, count: usize);
+        cuStreamGetCaptureInfo_v2(stream: Ptr, status: *mut i32, id: *mut u64, graph: *mut Ptr, deps: *mut *const Ptr, count: *mut usize);
+        cuStreamUpdateCaptureDependencies(stream: Ptr, deps: *const Ptr, count: usize, flags: u32);
+    }
+}
+
+/// The calls of graphs and captures that carry edge data (CUDA 12.3), on
+/// a driver without them: the older form where every edge is the default
+/// one (edge data of zeros), `CUDA_ERROR_NOT_SUPPORTED` where one is not.
+impl Driver {
+    /// `cuGraphGetEdges`: from an older driver every edge's datum is 0.
+    ///
+    /// # Safety
+    /// As `cuGraphGetEdges_v2`: with arrays, each has room for `*count`.
+    pub unsafe fn graph_get_edges(
+        &self,
+        graph: Ptr,
+        from: *mut Ptr,
+        to: *mut Ptr,
+        edges: *mut u64,
+        count: *mut usize,
+    ) -> DriverResult {
+        if self.fns.cuGraphGetEdges_v2.is_some() {
+            // SAFETY: the caller's contract.
+            return unsafe { self.cuGraphGetEdges_v2(graph, from, to, edges, count) };
+        }
+        // SAFETY: the caller's contract, less the edge data.
+        let room = if from.is_null() { 0 } else { unsafe { *count } };
+        unsafe { self.cuGraphGetEdges(graph, from, to, count) }?;
+        if !edges.is_null() {
+            // SAFETY: `edges` has room for the `room` edges asked for.
+            unsafe { std::ptr::write_bytes(edges, 0, room.min(*count)) };
+        }
+        Ok(())
+    }
+
+    /// `cuGraphRemoveDependencies` (`edges` null: the default edges).
+    ///
+    /// # Safety
+    /// As `cuGraphRemoveDependencies_v2`.
+    pub unsafe fn graph_remove_dependencies(
+        &self,
+        graph: Ptr,
+        from: *const Ptr,
+        to: *const Ptr,
+        edges: *const u64,
+        count: usize,
+    ) -> DriverResult {
+        if self.fns.cuGraphRemoveDependencies_v2.is_some() || !edges.is_null() {
+            // SAFETY: the caller's contract.
+            return unsafe { self.cuGraphRemoveDependencies_v2(graph, from, to, edges, count) };
+        }
+        // SAFETY: as above, without edge data.
+        unsafe { self.cuGraphRemoveDependencies(graph, from, to, count) }
+    }
+
+    /// `cuStreamGetCaptureInfo`: from an older driver `*edges` is null (the
+    /// default edges).
+    ///
+    /// # Safety
+    /// As `cuStreamGetCaptureInfo_v3`.
+    pub unsafe fn stream_capture_info(
+        &self,
+        stream: Ptr,
+        status: *mut i32,
+        id: *mut u64,
+        graph: *mut Ptr,
+        deps: *mut *const Ptr,
+        edges: *mut *const u64,
+        count: *mut usize,
+    ) -> DriverResult {
+        if self.fns.cuStreamGetCaptureInfo_v3.is_some() {
+            // SAFETY: the caller's contract.
+            return unsafe { self.cuStreamGetCaptureInfo_v3(stream, status, id, graph, deps, edges, count) };
+        }
+        // SAFETY: the caller's contract, less the edge data.
+        unsafe {
+            *edges = std::ptr::null();
+            self.cuStreamGetCaptureInfo_v2(stream, status, id, graph, deps, count)
+        }
+    }
+
+    /// `cuStreamUpdateCaptureDependencies` (`edges` null: the default
+    /// edges).
+    ///
+    /// # Safety
+    /// As `cuStreamUpdateCaptureDependencies_v2`.
+    pub unsafe fn update_capture_dependencies(
+        &self,
+        stream: Ptr,
+        deps: *const Ptr,
+        edges: *const u64,
+        count: usize,
+        flags: u32,
+    ) -> DriverResult {
+        if self.fns.cuStreamUpdateCaptureDependencies_v2.is_some() || !edges.is_null() {
+            // SAFETY: the caller's contract.
+            return unsafe { self.cuStreamUpdateCaptureDependencies_v2(stream, deps, edges, count, flags) };
+        }
+        // SAFETY: as above, without edge data.
+        unsafe { self.cuStreamUpdateCaptureDependencies(stream, deps, count, flags) }
+    }
+
+    /// Whether the driver gives parameter layouts (`cuFuncGetParamInfo`,
+    /// `cuKernelGetParamInfo`: CUDA 12.4). Without them the server reads
+    /// layouts from the code it loads.
+    pub fn gives_param_info(&self) -> bool {
+        self.fns.cuFuncGetParamInfo.is_some() && self.fns.cuKernelGetParamInfo.is_some()
+    }
+
+    /// The optional entry points ([`OPTIONAL_ENTRY_POINTS`]) this driver
+    /// lacks; their calls answer `CUDA_ERROR_NOT_SUPPORTED` (or take the
+    /// older forms above).
+    pub fn missing_entry_points(&self) -> Vec<&'static str> {
+        self.fns.missing()
+    }
 }
 
 /// The loaded driver.
@@ -747,8 +916,34 @@ impl Driver {
             _lib: lib,
         };
         // SAFETY: cuInit takes a flags word.
-        unsafe { driver.cuInit(0) }.map_err(LoadError::Init)?;
+        unsafe { driver.cuInit(0) }.map_err(|status| LoadError::Init {
+            path: driver.path.clone(),
+            status,
+            name: driver.error_name(status),
+        })?;
         Ok(driver)
+    }
+
+    /// The driver's name of a status (`CUDA_ERROR_NO_DEVICE`), and its
+    /// description where it has one.
+    pub fn error_name(&self, status: Status) -> String {
+        let (mut name, mut text): (*const c_char, *const c_char) = (std::ptr::null(), std::ptr::null());
+        // SAFETY: both out-pointers are writable; the driver points them at
+        // its own static strings, or fails for a status it does not know
+        // (cuGetErrorString works before cuInit).
+        let (named, told) = unsafe {
+            (
+                self.cuGetErrorName(status, &mut name).is_ok() && !name.is_null(),
+                self.cuGetErrorString(status, &mut text).is_ok() && !text.is_null(),
+            )
+        };
+        // SAFETY: the driver's strings are NUL-terminated and static.
+        let read = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        match (named, told) {
+            (true, true) => format!("{}, {}", read(name), read(text)),
+            (true, false) => read(name),
+            _ => format!("status {status}"),
+        }
     }
 
     pub fn version(&self) -> DriverResult<i32> {

@@ -774,7 +774,7 @@ fn serve_session<R: gpupool_proto::transport::WaitRead, W: Write>(
         Err(e) => {
             let reason = match (&e, std::env::var("CUDA_VISIBLE_DEVICES")) {
                 // The client's CUDA_VISIBLE_DEVICES (its worker's) shows none.
-                (crate::driver::LoadError::Init(100), Ok(v)) => {
+                (crate::driver::LoadError::Init { status: 100, .. }, Ok(v)) => {
                     let reason = format!(
                         "CUDA_VISIBLE_DEVICES={v:?} shows none of server {}'s GPUs",
                         cfg.server_id

@@ -73,11 +73,15 @@ pub struct Tables {
     pub library_modules: HashMap<Handle, (Handle, Handle)>,
     /// Kernel -> library.
     pub kernels: HashMap<Handle, Handle>,
-    /// Parameter layouts of functions and kernels, as the driver gave them.
-    /// Forgotten whenever a module, library or context goes away: the
-    /// driver may give a later function or kernel the handle of a freed
-    /// one, whose layout would then be taken for it.
+    /// Parameter layouts of functions and kernels. Each is forgotten when
+    /// its function goes, and when the driver hands its handle out again:
+    /// a real driver may give a later function or kernel the handle of a
+    /// freed one, whose layout would otherwise be taken for it.
     pub layouts: HashMap<Handle, Vec<(u32, u32)>>,
+    /// Parameter layouts by kernel name, read from the code of each module
+    /// and library the client loaded, when the driver cannot give them
+    /// (`cuFuncGetParamInfo` is CUDA 12.4's).
+    pub code_layouts: HashMap<Handle, HashMap<String, Vec<(u32, u32)>>>,
     /// Stream -> context.
     pub streams: HashMap<Handle, Handle>,
     /// Event -> context.
@@ -223,6 +227,20 @@ impl Tables {
             .sum()
     }
 
+    /// Forget the functions of `modules`, with their layouts, and the
+    /// modules' code layouts.
+    pub fn forget_functions_of(&mut self, modules: &HashSet<Handle>) {
+        let layouts = &mut self.layouts;
+        self.functions.retain(|f, m| {
+            let keep = !modules.contains(m);
+            if !keep {
+                layouts.remove(f);
+            }
+            keep
+        });
+        self.code_layouts.retain(|m, _| !modules.contains(m));
+    }
+
     /// Forget everything that lived in `ctx`.
     pub fn drop_context(&mut self, ctx: Handle) {
         self.contexts.remove(&ctx);
@@ -241,8 +259,7 @@ impl Tables {
             .collect();
         self.modules.retain(|m, _| !modules.contains(m));
         self.library_modules.retain(|m, _| !modules.contains(m));
-        self.functions.retain(|_, m| !modules.contains(m));
-        self.layouts.clear();
+        self.forget_functions_of(&modules);
         self.streams.retain(|_, c| *c != ctx);
         self.events.retain(|_, c| *c != ctx);
         self.graphs.retain(|_, c| *c != ctx);

@@ -9,7 +9,7 @@
 
 use crate::driver::{
     Driver, DriverResult, GraphExecUpdateResultInfo, KernelNodeParams, LaunchAttribute, LaunchConfig, MemAccessDesc,
-    MemAllocationProp, MemPoolProps, Memcpy2D, Memcpy3D, MemsetNodeParams, Ptr, Side, Status,
+    MemAllocationProp, MemPoolProps, Memcpy2D, Memcpy3D, MemsetNodeParams, Ptr, Side, Status, NOT_SUPPORTED,
 };
 use crate::images::ImageCache;
 use crate::nvml::ServerNvml;
@@ -39,8 +39,6 @@ const OUT_OF_MEMORY: Status = 2;
 const INVALID_IMAGE: Status = 200;
 /// CUDA_ERROR_INVALID_DEVICE.
 const INVALID_DEVICE: Status = 101;
-/// CUDA_ERROR_NOT_SUPPORTED.
-const NOT_SUPPORTED: Status = 801;
 /// CUDA_ERROR_OPERATING_SYSTEM.
 const OPERATING_SYSTEM: Status = 304;
 /// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, `_INVALIDATED`.
@@ -1588,15 +1586,8 @@ impl<'d> Worker<'d> {
         // SAFETY: s is resolved from this client's tables; every out
         // pointer is writable.
         unsafe {
-            self.driver.cuStreamGetCaptureInfo_v3(
-                s,
-                &mut status,
-                &mut id,
-                &mut graph,
-                &mut deps,
-                &mut edges,
-                &mut count,
-            )
+            self.driver
+                .stream_capture_info(s, &mut status, &mut id, &mut graph, &mut deps, &mut edges, &mut count)
         }?;
         match status {
             1 if !graph.is_null() => {}
@@ -1647,16 +1638,13 @@ impl<'d> Worker<'d> {
         let none: *mut Ptr = std::ptr::null_mut();
         // SAFETY: the graph is this client's; with no arrays the driver
         // only writes the count.
-        unsafe {
-            self.driver
-                .cuGraphGetEdges_v2(g, none, none, std::ptr::null_mut(), &mut n)
-        }?;
+        unsafe { self.driver.graph_get_edges(g, none, none, std::ptr::null_mut(), &mut n) }?;
         let null: Ptr = std::ptr::null_mut();
         let (mut from, mut to, mut edges) = (vec![null; n], vec![null; n], vec![0u64; n]);
         // SAFETY: as above; each array has room for `n` edges.
         unsafe {
             self.driver
-                .cuGraphGetEdges_v2(g, from.as_mut_ptr(), to.as_mut_ptr(), edges.as_mut_ptr(), &mut n)
+                .graph_get_edges(g, from.as_mut_ptr(), to.as_mut_ptr(), edges.as_mut_ptr(), &mut n)
         }?;
         let n = n.min(from.len());
         let (from, to): (Vec<Handle>, Vec<Handle>) = (
@@ -1700,7 +1688,7 @@ impl<'d> Worker<'d> {
         // graph's; one edge datum per node when any.
         unsafe {
             self.driver
-                .cuStreamUpdateCaptureDependencies_v2(s, nodes.as_ptr(), e, nodes.len(), flags)
+                .update_capture_dependencies(s, nodes.as_ptr(), e, nodes.len(), flags)
         }
     }
 
@@ -3502,6 +3490,7 @@ impl<'d> Worker<'d> {
         // SAFETY: image is a complete, NUL-terminated buffer (read_image).
         unsafe { self.driver.cuModuleLoadData(&mut m, image.as_ptr().cast()) }?;
         self.tables.modules.insert(handle(m), ctx);
+        self.read_code_layouts(handle(m), image);
         Ok(Reply::Handle(handle(m)))
     }
 
@@ -3513,8 +3502,7 @@ impl<'d> Worker<'d> {
         // SAFETY: the module belongs to this client.
         unsafe { self.driver.cuModuleUnload(as_ptr(module)) }?;
         self.tables.modules.remove(&module);
-        self.tables.functions.retain(|_, m| *m != module);
-        self.tables.layouts.clear();
+        self.tables.forget_functions_of(&HashSet::from([module]));
         Ok(())
     }
 
@@ -3526,6 +3514,11 @@ impl<'d> Worker<'d> {
         // SAFETY: the module belongs to this client; name is NUL-terminated.
         unsafe { self.driver.cuModuleGetFunction(&mut f, as_ptr(module), name.as_ptr()) }?;
         self.tables.functions.insert(handle(f), module);
+        let owner = match self.tables.library_modules.get(&module) {
+            Some(&(library, _)) => library,
+            None => module,
+        };
+        self.handed_out(handle(f), owner, &name);
         Ok(Reply::Handle(handle(f)))
     }
 
@@ -3589,6 +3582,7 @@ impl<'d> Worker<'d> {
             )
         }?;
         self.tables.libraries.insert(handle(l));
+        self.read_code_layouts(handle(l), image);
         Ok(Reply::Handle(handle(l)))
     }
 
@@ -3599,19 +3593,24 @@ impl<'d> Worker<'d> {
         // SAFETY: the library belongs to this client.
         unsafe { self.driver.cuLibraryUnload(as_ptr(library)) }?;
         self.tables.libraries.remove(&library);
-        self.tables.kernels.retain(|_, l| *l != library);
-        self.tables.layouts.clear();
-        let gone: Vec<Handle> = self
-            .tables
+        let t = &mut self.tables;
+        let layouts = &mut t.layouts;
+        t.kernels.retain(|k, l| {
+            let keep = *l != library;
+            if !keep {
+                layouts.remove(k);
+            }
+            keep
+        });
+        let mut gone: HashSet<Handle> = t
             .library_modules
             .iter()
             .filter(|(_, (l, _))| *l == library)
             .map(|(m, _)| *m)
             .collect();
-        for m in gone {
-            self.tables.library_modules.remove(&m);
-            self.tables.functions.retain(|_, owner| *owner != m);
-        }
+        t.library_modules.retain(|m, _| !gone.contains(m));
+        gone.insert(library);
+        t.forget_functions_of(&gone);
         Ok(())
     }
 
@@ -3624,6 +3623,7 @@ impl<'d> Worker<'d> {
         // SAFETY: the library belongs to this client; name is NUL-terminated.
         unsafe { self.driver.cuLibraryGetKernel(&mut k, as_ptr(library), name.as_ptr()) }?;
         self.tables.kernels.insert(handle(k), library);
+        self.handed_out(handle(k), library, &name);
         Ok(Reply::Handle(handle(k)))
     }
 
@@ -3678,7 +3678,77 @@ impl<'d> Worker<'d> {
         // SAFETY: the kernel belongs to this client.
         unsafe { self.driver.cuKernelGetFunction(&mut f, as_ptr(kernel)) }?;
         self.tables.functions.insert(handle(f), 0);
+        // The kernel's function has the kernel's parameters.
+        match self.tables.layouts.get(&kernel).cloned() {
+            Some(l) if !self.driver.gives_param_info() => self.tables.layouts.insert(handle(f), l),
+            _ => self.tables.layouts.remove(&handle(f)),
+        };
         Ok(Reply::Handle(handle(f)))
+    }
+
+    /// The driver handed out `func` (a function or kernel) for kernel
+    /// `name` of `owner` (a module or library): whatever was known under
+    /// that handle was of a freed function. Where the driver gives no
+    /// parameter layouts, the layout read from the owner's code is kept.
+    fn handed_out(&mut self, func: Handle, owner: Handle, name: &std::ffi::CStr) {
+        let read = self
+            .tables
+            .code_layouts
+            .get(&owner)
+            .and_then(|names| names.get(name.to_str().ok()?))
+            .cloned();
+        match read {
+            Some(layout) => self.tables.layouts.insert(func, layout),
+            None => self.tables.layouts.remove(&func),
+        };
+    }
+
+    /// Where the driver gives no parameter layouts, read them from the code
+    /// just loaded as `owner` (`image`, NUL-terminated). Parameter layouts
+    /// are the kernel's signature's, the same in each architecture's code,
+    /// so the code of the device of the current context is read.
+    fn read_code_layouts(&mut self, owner: Handle, image: &[u8]) {
+        if self.driver.gives_param_info() {
+            return;
+        }
+        let device = self
+            .current
+            .and_then(|c| self.tables.contexts.get(&c).copied())
+            .unwrap_or(0);
+        let (major, minor) = self.compute_capability(device);
+        let code = &image[..image.len().saturating_sub(1)];
+        match gpupool_fatbin::kernels_for(code, major, minor) {
+            Ok(kernels) => {
+                let names = kernels
+                    .into_iter()
+                    .filter_map(|k| {
+                        let layout = k.params?.iter().map(|p| (p.offset, p.size)).collect();
+                        Some((k.name, layout))
+                    })
+                    .collect();
+                self.tables.code_layouts.insert(owner, names);
+            }
+            Err(e) => tracing::warn!(
+                "cannot read the parameter layouts of a code image ({e}); its kernels cannot be launched \
+                 on this driver, which does not give them"
+            ),
+        }
+    }
+
+    /// A device's compute capability, (0, 0) where the driver does not say.
+    fn compute_capability(&self, ordinal: i32) -> (u32, u32) {
+        let (mut dev, mut major, mut minor) = (0, 0, 0);
+        // SAFETY: each out-pointer is a writable int.
+        let ok = unsafe {
+            self.driver.cuDeviceGet(&mut dev, ordinal).is_ok()
+                && self.driver.cuDeviceGetAttribute(&mut major, 75, dev).is_ok()
+                && self.driver.cuDeviceGetAttribute(&mut minor, 76, dev).is_ok()
+        };
+        if ok {
+            (major as u32, minor as u32)
+        } else {
+            (0, 0)
+        }
     }
 
     /// A function's parameter layout, from the driver once, then cached.

@@ -106,6 +106,41 @@ pub fn cuda_install_missing(what: &str) {
     eprintln!("{what} is not installed; the tests that need it did not run");
 }
 
+/// A copy of the software driver that exports none of `names`, as a driver
+/// of an older CUDA version lacks the entry points that came later. Each
+/// name's first letter is changed in the copy's dynamic string table (the
+/// names its dynamic symbols have), so that `dlsym` does not find it.
+pub fn soft_driver_lacking(names: &[&str]) -> PathBuf {
+    let mut bytes = std::fs::read(soft_driver()).expect("read the software driver");
+    let dynstr = dynamic_strings(&bytes).expect("the software driver's dynamic string table");
+    for name in names {
+        let whole = format!("\0{name}\0").into_bytes();
+        let table = &mut bytes[dynstr.clone()];
+        let at = table
+            .windows(whole.len())
+            .position(|w| w == whole.as_slice())
+            .unwrap_or_else(|| panic!("the software driver does not export {name}"));
+        table[at + 1] = b'x';
+    }
+    let out = scratch_dir().join(format!("libgpupool_softcuda-lacking-{}.so", names.len()));
+    std::fs::write(&out, bytes).expect("write the driver copy");
+    out
+}
+
+/// Where an ELF64 shared object's dynamic symbols' string table lies: the
+/// section a `SHT_DYNSYM` section links to.
+fn dynamic_strings(elf: &[u8]) -> Option<std::ops::Range<usize>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?) as usize);
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?) as usize);
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
+    let (table, entry, count) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?);
+    let section = |i: usize| table + i * entry;
+    let dynsym = (0..count).map(section).find(|&s| u32_at(s + 4) == Some(11))?;
+    let strings = section(u32_at(dynsym + 0x28)?);
+    let (offset, size) = (u64_at(strings + 0x18)?, u64_at(strings + 0x20)?);
+    (offset + size <= elf.len()).then_some(offset..offset + size)
+}
+
 /// A per-process scratch directory under the target dir.
 pub fn scratch_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -162,6 +197,12 @@ impl Server {
     /// A server with `config` as its TOML configuration file (the flags of
     /// [`Server::start_with`] still apply over it).
     pub fn start_configured(env: &[(&str, &str)], config: Option<&str>) -> Server {
+        Server::start_on(&soft_driver(), env, config)
+    }
+
+    /// A server on `driver` (a software driver of another build, such as
+    /// [`soft_driver_lacking`]'s), labelled simulated.
+    pub fn start_on(driver: &Path, env: &[(&str, &str)], config: Option<&str>) -> Server {
         let state = scratch_dir().join(format!(
             "server-{}",
             std::time::SystemTime::now()
@@ -178,7 +219,7 @@ impl Server {
             "--simulated",
             "--driver",
         ])
-        .arg(soft_driver())
+        .arg(driver)
         .env("GPUPOOL_STATE_DIR", &state)
         .env("GPUPOOL_LOG", "info")
         .env("NO_COLOR", "1")

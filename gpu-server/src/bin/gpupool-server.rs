@@ -92,6 +92,21 @@ type Inventory = Option<(Vec<Gpu>, Vec<Nic>)>;
 /// and the machine's GPUs as sessions' NVML tells them.
 fn check_driver(cfg: &ServerConfig) -> anyhow::Result<(Inventory, Vec<MachineGpu>)> {
     let driver = gpupool_gpu_server::driver::Driver::load(&cfg.driver)?;
+    let missing = driver.missing_entry_points();
+    if !missing.is_empty() {
+        tracing::warn!(
+            driver_version = driver.version().unwrap_or(0),
+            "the driver lacks {} entry points of later CUDA versions; programs' calls of them answer \
+             CUDA_ERROR_NOT_SUPPORTED{}: {}",
+            missing.len(),
+            if driver.gives_param_info() {
+                ""
+            } else {
+                ", and kernels' parameter layouts are read from the code programs load"
+            },
+            missing.join(", ")
+        );
+    }
     let count = driver
         .device_count()
         .map_err(|s| anyhow::anyhow!("cuDeviceGetCount failed with status {s}"))?;

@@ -412,7 +412,7 @@ impl Worker<'_> {
         // edge when any.
         unsafe {
             self.driver
-                .cuGraphRemoveDependencies_v2(as_ptr(graph), from.as_ptr(), to.as_ptr(), e, from.len())
+                .graph_remove_dependencies(as_ptr(graph), from.as_ptr(), to.as_ptr(), e, from.len())
         }
     }
 

@@ -3099,6 +3099,22 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
     edges: *mut *const u64,
     count: *mut usize,
 ) -> CUresult {
+    // SAFETY: the caller's contract.
+    unsafe { capture_info(stream, status, id, graph, deps, edges, count) }
+}
+
+/// The capture's status, graph and dependencies, for both forms (each
+/// export calls this rather than the other, so that a copy of this driver
+/// without one still loads).
+unsafe fn capture_info(
+    stream: CUstream,
+    status: *mut i32,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    deps: *mut *const *mut c_void,
+    edges: *mut *const u64,
+    count: *mut usize,
+) -> CUresult {
     // The node array, valid until the next call (one thread's at a time).
     thread_local! {
         static NODES: std::cell::RefCell<(Vec<*mut c_void>, Vec<u64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -3151,6 +3167,18 @@ pub unsafe extern "C" fn cuStreamUpdateCaptureDependencies_v2(
     n: usize,
     flags: u32,
 ) -> CUresult {
+    // SAFETY: the caller's contract.
+    unsafe { update_capture_deps(stream, deps, edges, n, flags) }
+}
+
+/// Both forms of `cuStreamUpdateCaptureDependencies`.
+unsafe fn update_capture_deps(
+    stream: CUstream,
+    deps: *const *mut c_void,
+    edges: *const u64,
+    n: usize,
+    flags: u32,
+) -> CUresult {
     ffi(|| {
         // SAFETY: API contract.
         unsafe { check_edges(edges, n) }?;
@@ -3195,6 +3223,18 @@ pub unsafe extern "C" fn cuGraphGetEdges_v2(
     edges: *mut u64,
     count: *mut usize,
 ) -> CUresult {
+    // SAFETY: the caller's contract.
+    unsafe { graph_edges(graph, from, to, edges, count) }
+}
+
+/// Both forms of `cuGraphGetEdges`.
+unsafe fn graph_edges(
+    graph: *mut c_void,
+    from: *mut *mut c_void,
+    to: *mut *mut c_void,
+    edges: *mut u64,
+    count: *mut usize,
+) -> CUresult {
     ffi(|| {
         need(count)?;
         let all = driver::with(|d| d.graph_edges(h(graph)))?;
@@ -3220,6 +3260,44 @@ pub unsafe extern "C" fn cuGraphGetEdges_v2(
         // SAFETY: as above.
         unsafe { out(count, all.len().min(room)) }
     })
+}
+
+/// `cuGraphGetEdges`, CUDA 12.2's form without edge data.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphGetEdges(
+    graph: *mut c_void,
+    from: *mut *mut c_void,
+    to: *mut *mut c_void,
+    count: *mut usize,
+) -> CUresult {
+    // SAFETY: the caller's contract, with no edge data asked.
+    unsafe { graph_edges(graph, from, to, std::ptr::null_mut(), count) }
+}
+
+/// `cuStreamGetCaptureInfo_v2`, CUDA 12.2's form without edge data.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(
+    stream: CUstream,
+    status: *mut i32,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    deps: *mut *const *mut c_void,
+    count: *mut usize,
+) -> CUresult {
+    // SAFETY: the caller's contract, with no edge data asked.
+    unsafe { capture_info(stream, status, id, graph, deps, std::ptr::null_mut(), count) }
+}
+
+/// `cuStreamUpdateCaptureDependencies`, CUDA 12.2's form without edge data.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamUpdateCaptureDependencies(
+    stream: CUstream,
+    deps: *const *mut c_void,
+    n: usize,
+    flags: u32,
+) -> CUresult {
+    // SAFETY: the caller's contract, with default edges.
+    unsafe { update_capture_deps(stream, deps, std::ptr::null(), n, flags) }
 }
 
 #[no_mangle]

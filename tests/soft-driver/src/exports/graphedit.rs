@@ -284,6 +284,18 @@ pub unsafe extern "C" fn cuGraphRemoveDependencies_v2(
     edges: *const u64,
     n: usize,
 ) -> CUresult {
+    // SAFETY: the caller's contract.
+    unsafe { remove_dependencies(graph, from, to, edges, n) }
+}
+
+/// Both forms of `cuGraphRemoveDependencies`.
+unsafe fn remove_dependencies(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    edges: *const u64,
+    n: usize,
+) -> CUresult {
     ffi(|| {
         // SAFETY: API contract: `n` of each, edge data optional.
         let (from, to) = unsafe { (nodes(from, n)?, nodes(to, n)?) };
@@ -295,6 +307,18 @@ pub unsafe extern "C" fn cuGraphRemoveDependencies_v2(
         };
         driver::with(|d| d.graph_remove_dependencies(h(graph), &from, &to, &data))
     })
+}
+
+/// `cuGraphRemoveDependencies`, CUDA 12.2's form without edge data.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphRemoveDependencies(
+    graph: *mut c_void,
+    from: *const *mut c_void,
+    to: *const *mut c_void,
+    n: usize,
+) -> CUresult {
+    // SAFETY: the caller's contract, with default edges.
+    unsafe { remove_dependencies(graph, from, to, std::ptr::null(), n) }
 }
 
 #[no_mangle]
