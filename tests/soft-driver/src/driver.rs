@@ -84,8 +84,9 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
 /// kernel's fault), `GPUPOOL_SOFT_PEER_ACCESS` (`0`: no device can
 /// access another's memory, [`peer`]), `GPUPOOL_SOFT_COPY_ENGINE` (`1`:
 /// asynchronous pinned copies run beside the caller, [`engine`]) and
-/// `GPUPOOL_SOFT_REUSE_HANDLES` (`1`: the handles of unloaded modules and
-/// libraries are given out again).
+/// `GPUPOOL_SOFT_REUSE_HANDLES` (`0`: the handles of unloaded modules and
+/// libraries and of destroyed streams, events and executable graphs are
+/// not given out again).
 pub fn init(flags: u32) -> CuResult<()> {
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -123,8 +124,8 @@ pub fn init(flags: u32) -> CuResult<()> {
         driver.launch_blocking = std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1");
         driver.one_model = std::env::var("GPUPOOL_SOFT_ONE_MODEL").is_ok_and(|v| v.trim() == "1");
         match std::env::var("GPUPOOL_SOFT_REUSE_HANDLES").as_deref() {
-            Ok("1") => driver.reusable = Some(Vec::new()),
-            Ok("0") | Err(_) => {}
+            Ok("1") | Err(_) => driver.reusable = Some(Vec::new()),
+            Ok("0") => {}
             Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
         }
         driver.peer_links = match std::env::var("GPUPOOL_SOFT_PEER_ACCESS").as_deref() {
@@ -529,10 +530,11 @@ pub struct Driver {
     /// (calls, round trips, bytes per step) past its first unknown kernel.
     skip_unknown: bool,
     next_handle: u64,
-    /// `GPUPOOL_SOFT_REUSE_HANDLES=1`: handles of unloaded modules, their
-    /// functions, and unloaded libraries and their kernels, are given out
-    /// again, last freed first, as a real driver's allocator gives a later
-    /// object the address of a freed one. None: every handle is new.
+    /// `GPUPOOL_SOFT_REUSE_HANDLES` (on unless `0`): handles of unloaded modules, their
+    /// functions, unloaded libraries and their kernels, and destroyed
+    /// streams, events and executable graphs, are given out again, last
+    /// freed first, as a real driver's allocator gives a later object the
+    /// address of a freed one. None: every handle is new.
     reusable: Option<Vec<u64>>,
     /// Whether the devices are linked, each to each
     /// (`GPUPOOL_SOFT_PEER_ACCESS`, on unless `0`): see [`peer`].
@@ -3273,6 +3275,7 @@ impl Driver {
     pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
         let x = self.execs.remove(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         self.drop_graph_memory(x.memory);
+        self.free_handles([exec].into_iter());
         Ok(())
     }
 
@@ -3855,7 +3858,10 @@ impl Driver {
     }
 
     pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {
-        self.streams.remove(&stream).map(drop).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        self.streams.remove(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.stream_attrs.retain(|(_, s), _| *s != stream);
+        self.free_handles([stream].into_iter());
+        Ok(())
     }
 
     /// The context `stream` belongs to, which must be healthy.
@@ -4059,7 +4065,9 @@ impl Driver {
     }
 
     pub fn event_destroy(&mut self, event: u64) -> CuResult<()> {
-        self.events.remove(&event).map(drop).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        self.events.remove(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.free_handles([event].into_iter());
+        Ok(())
     }
 
     pub fn event_record(&mut self, event: u64, stream: u64) -> CuResult<()> {
