@@ -19,3 +19,4 @@ pub mod procaddr;
 pub mod remote;
 pub mod report;
 pub mod state;
+pub mod uva;

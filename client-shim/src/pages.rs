@@ -65,6 +65,30 @@ pub fn map_zeroed_at(addr: usize, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Hold `len` bytes at exactly `addr` (page aligned) with pages of no
+/// access and no memory behind them, so that nothing else of the process
+/// is mapped there; `AlreadyExists` where anything is mapped already.
+pub fn hold_at(addr: usize, len: usize) -> io::Result<()> {
+    if !addr.is_multiple_of(page_size()) || len == 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
+    // new one is owned by the caller from here on.
+    let got = unsafe { libc::mmap(addr as *mut c_void, len, libc::PROT_NONE, flags, -1, 0) };
+    if got == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if got as usize != addr {
+        // A kernel older than MAP_FIXED_NOREPLACE took the address as a
+        // hint and mapped elsewhere.
+        // SAFETY: the mapping was just made, and nothing else knows it.
+        unsafe { libc::munmap(got, len) };
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    Ok(())
+}
+
 /// Map `len` bytes of zeroed pages twice over one memory file: read-only at
 /// exactly `addr` (page aligned) for the program, as [`map_zeroed_at`]
 /// does, and writable wherever the kernel puts it for the shim. Returns the
@@ -143,8 +167,8 @@ pub unsafe fn protect(addr: usize, len: usize, access: Access) -> io::Result<()>
 /// Unmap `len` bytes at `addr`.
 ///
 /// # Safety
-/// The range is a mapping made by [`map_zeroed_at`] that nothing uses any
-/// more.
+/// The range is a mapping made by [`map_zeroed_at`] or [`hold_at`] that
+/// nothing uses any more.
 pub unsafe fn unmap(addr: usize, len: usize) {
     // SAFETY: the caller's promise.
     unsafe { libc::munmap(addr as *mut c_void, len) };

@@ -149,7 +149,9 @@ pub struct Shim {
     /// `cuMemGetAllocationGranularity`'s answers per (device, recommended):
     /// the driver's granularity of device memory does not change.
     pub granularity: RwLock<HashMap<(i32, bool), u64>>,
-    pub device_memory: Mutex<BTreeMap<u64, DeviceRange>>,
+    /// Device memory the program may address, held in its address space
+    /// too ([`crate::uva`]).
+    pub device_memory: Mutex<crate::uva::DeviceMap>,
     pub host_memory: Mutex<BTreeMap<usize, HostRange>>,
     /// Streams the program created.
     pub streams: RwLock<HashMap<Handle, StreamInfo>>,

@@ -72,6 +72,10 @@
  *   driver_check cuda135   entry points CUDA 13.5's cuda.h adds, linked by name as a
  *                          program built with it links them: parameter counts of a
  *                          function and a kernel, host functions with a sync mode
+ *   driver_check reuse     modules and libraries of one kernel each, of different
+ *                          parameter layouts, loaded, run and unloaded in turn
+ *   driver_check uva       no page of the program at device memory; an allocation
+ *                          never placed on a page the program mapped
  *   driver_check graph     stream capture of launches, a device copy and a memset,
  *                          forked to a second stream and joined, replayed from
  *                          a graph with new inputs each time
@@ -85,6 +89,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -3132,6 +3137,41 @@ int main(int argc, char **argv) {
          * happens to. */
         printf("reuse: a freed function's handle was given to another %d times\n", reused);
         printf("OK reuse 8 rounds\n");
+    } else if (!strcmp(mode, "uva")) {
+        /* With unified addressing a pointer is host or device memory, never
+         * both: nothing of the program can be mapped where device memory
+         * lies. Then, where the program maps a page at an address freed
+         * device memory had (natively the driver keeps its addresses, so
+         * that part does not apply), a new allocation does not lie on it. */
+        alarm(60);
+        const size_t bytes = 1 << 20;
+        long page = sysconf(_SC_PAGESIZE);
+        CUdeviceptr d;
+        CHECK(cuMemAlloc(&d, bytes));
+        uintptr_t first = (uintptr_t)d - (uintptr_t)d % page;
+        void *probe = mmap((void *)first, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        EXPECT(probe == MAP_FAILED || probe != (void *)first, "a page was mapped at device memory %#lx", (unsigned long)d);
+        CHECK(cuMemFree(d));
+        char *mine = mmap((void *)first, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                          -1, 0);
+        int tried = mine == (char *)first;
+        if (mine != MAP_FAILED && !tried) munmap(mine, page);
+        if (tried) {
+            memset(mine, 0x5a, page);
+            CUdeviceptr again[4];
+            for (int i = 0; i < 4; i++) {
+                CHECK(cuMemAlloc(&again[i], bytes));
+                EXPECT(again[i] + bytes <= first || again[i] >= first + page,
+                       "device memory %#lx lies on the program's page %#lx", (unsigned long)again[i],
+                       (unsigned long)first);
+                CHECK(cuMemsetD32(again[i], 0x11111111u, bytes / 4));
+            }
+            for (long i = 0; i < page; i++) EXPECT(mine[i] == 0x5a, "the program's page changed at %ld", i);
+            for (int i = 0; i < 4; i++) CHECK(cuMemFree(again[i]));
+            munmap(mine, page);
+        }
+        printf("uva: the program mapped a page where freed device memory was: %s\n", tried ? "yes" : "no");
+        printf("OK uva\n");
     } else if (!strcmp(mode, "callbacks")) {
         GET(cuLaunchHostFunc, 10000);
         GET(cuStreamAddCallback, 5000);

@@ -1206,16 +1206,16 @@ fn function_in(s: &Shim, ctx: Handle, module: CUmodule, name: &str) -> CuResult<
 
 fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
     let device = s.context_device(ctx).unwrap_or(0);
-    lock(&s.device_memory).insert(
-        ptr,
-        DeviceRange {
-            size,
-            ctx,
-            device,
-            kind: RangeKind::Global,
-            legacy_ipc: false,
-        },
-    );
+    let range = DeviceRange {
+        size,
+        ctx,
+        device,
+        kind: RangeKind::Global,
+        legacy_ipc: false,
+    };
+    if !lock(&s.device_memory).insert(ptr, range) {
+        uva_clash("a module global", ptr, size);
+    }
 }
 
 /// Record a module or library global the server reported and hand its
@@ -1689,22 +1689,62 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
     if ptr.is_null() || size == 0 {
         return Err(CuError::INVALID_VALUE);
     }
-    match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[])? {
-        Reply::Pointer(p) => {
-            lock(&s.device_memory).insert(
-                p,
-                DeviceRange {
-                    size: size as u64,
-                    ctx,
-                    device,
-                    kind: RangeKind::Allocated,
-                    legacy_ipc: true,
-                },
-            );
-            unsafe { out(ptr, p) }
+    let range = DeviceRange {
+        size: size as u64,
+        ctx,
+        device,
+        kind: RangeKind::Allocated,
+        legacy_ipc: true,
+    };
+    // An allocation that lies on memory of the program's is allocated
+    // again (the first kept meanwhile, so the driver gives another
+    // address), so that no program pointer is also a device pointer.
+    let mut clashed = Vec::new();
+    let placed = loop {
+        let p = match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[]) {
+            Ok(Reply::Pointer(p)) => p,
+            Ok(_) => break Err(CuError::UNKNOWN),
+            Err(e) => break Err(e),
+        };
+        if lock(&s.device_memory).insert(p, range) || clashed.len() >= PLACEMENT_TRIES {
+            break Ok(p);
         }
-        _ => Err(CuError::UNKNOWN),
+        clashed.push(p);
+    };
+    // Another allocation failing, the first is kept.
+    let placed = match (placed, clashed.first()) {
+        (Err(_), Some(&first)) => Ok(first),
+        (placed, _) => placed,
+    };
+    for p in clashed.iter().filter(|&&p| placed != Ok(p)) {
+        lock(&s.device_memory).remove(p);
+        let _ = s.remote.post(&Request::MemFree { ctx, ptr: *p }, &[]);
     }
+    if let Ok(p) = placed {
+        if clashed.contains(&p) {
+            uva_clash("cuMemAlloc", p, size as u64);
+        } else if !clashed.is_empty() {
+            tracing::debug!(
+                "cuMemAlloc: {} device addresses lay on the program's memory; allocated again",
+                clashed.len()
+            );
+        }
+    }
+    unsafe { out(ptr, placed?) }
+}
+
+/// How many allocations lying on the program's memory `cuMemAlloc` makes
+/// before it keeps one.
+const PLACEMENT_TRIES: usize = 8;
+
+/// Say that device memory lies where the program has memory mapped: calls
+/// that take either kind by address then take that memory for device
+/// memory.
+pub(super) fn uva_clash(call: &str, base: u64, size: u64) {
+    tracing::warn!(
+        "{call}: device memory at {base:#x} ({size} bytes) lies where this process has memory mapped; \
+         calls given an address of either kind take those addresses for device memory"
+    );
 }
 
 pub unsafe fn mem_free(ptr: CUdeviceptr) -> CuResult {

@@ -286,16 +286,16 @@ pub unsafe fn graph_add_mem_alloc_node(
     let alloc = GraphNode::MemAlloc { device, size };
     let address = unsafe { add_answering(node, graph, deps, count, alloc, &[]) }?.ok_or(CuError::UNKNOWN)?;
     p.dptr = address;
-    lock(&s.device_memory).insert(
-        address,
-        DeviceRange {
-            size,
-            ctx,
-            device,
-            kind: RangeKind::Allocated,
-            legacy_ipc: false,
-        },
-    );
+    let range = DeviceRange {
+        size,
+        ctx,
+        device,
+        kind: RangeKind::Allocated,
+        legacy_ipc: false,
+    };
+    if !lock(&s.device_memory).insert(address, range) {
+        super::uva_clash("a graph's allocation node", address, size);
+    }
     Ok(())
 }
 

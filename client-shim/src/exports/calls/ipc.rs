@@ -60,16 +60,16 @@ pub unsafe fn ipc_open_mem_handle(ptr: *mut CUdeviceptr, handle: CUipcHandle, fl
     match s.remote.call(&request, &[])? {
         Reply::Global { ptr: p, size } => {
             *lock(&OPENS).entry(p).or_insert(0) += 1;
-            lock(&s.device_memory).insert(
-                p,
-                DeviceRange {
-                    size,
-                    ctx,
-                    device,
-                    kind: RangeKind::Opened,
-                    legacy_ipc: false,
-                },
-            );
+            let range = DeviceRange {
+                size,
+                ctx,
+                device,
+                kind: RangeKind::Opened,
+                legacy_ipc: false,
+            };
+            if !lock(&s.device_memory).insert(p, range) {
+                super::uva_clash("cuIpcOpenMemHandle", p, size);
+            }
             // SAFETY: ptr was checked for null; the program passes a
             // writable slot.
             unsafe { out(ptr, p) }

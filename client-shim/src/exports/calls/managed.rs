@@ -461,6 +461,8 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
         let _ = s.remote.post(&Request::MemFree { ctx, ptr: alloc }, &[]);
         return Err(e);
     }
+    // Its pages are the shim's managed mapping already, which the map
+    // cannot hold and leaves alone.
     lock(&s.device_memory).insert(
         base as u64,
         DeviceRange {

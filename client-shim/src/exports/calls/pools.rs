@@ -112,7 +112,9 @@ unsafe fn deliver_pool_memory(
         kind: RangeKind::Allocated,
         legacy_ipc: false,
     };
-    lock(&s.device_memory).insert(p, range);
+    if !lock(&s.device_memory).insert(p, range) {
+        super::uva_clash("stream-ordered allocation", p, size);
+    }
     // SAFETY: the caller's contract; `out` checks for NULL.
     unsafe { out(ptr, p) }
 }

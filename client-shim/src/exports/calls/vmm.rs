@@ -202,7 +202,9 @@ pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64,
         kind: RangeKind::Mapped,
         legacy_ipc: false,
     };
-    lock(&s.device_memory).insert(ptr, range);
+    if !lock(&s.device_memory).insert(ptr, range) {
+        super::uva_clash("cuMemMap", ptr, size as u64);
+    }
     Ok(())
 }
 
