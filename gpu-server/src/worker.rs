@@ -1251,6 +1251,17 @@ impl<'d> Worker<'d> {
                 let real = self.real(stream);
                 self.tables.streams.remove(&stream);
                 self.tables.real.remove(&stream);
+                // A capture under way ends with its stream; what was kept of
+                // it must not be taken for a later stream's, which the
+                // driver may give the same handle.
+                let mut capturing = 0i32;
+                // SAFETY: the stream belongs to this client; capturing is writable.
+                if unsafe { d.cuStreamIsCapturing(real, &mut capturing) }.is_ok() && capturing != 0 {
+                    self.captures = self.captures.saturating_sub(1);
+                }
+                self.invalidated.remove(&real);
+                self.capture_graphs.remove(&real);
+                self.capturing_into.remove(&real);
                 // SAFETY: the stream belongs to this client.
                 unsafe { d.cuStreamDestroy_v2(real) }
             })),

@@ -1960,6 +1960,32 @@ fn the_server_keeps_staging_copies_out_of_captures() {
         s.call(&Request::StreamSynchronize { ctx, stream: sref }, &[]),
         Reply::Status(0)
     ));
+    // A capture refused a copy, then its stream destroyed under it: a new
+    // stream the driver gives the same handle (the software driver gives
+    // freed handles again) captures as any other.
+    assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+    s.post_with(&copy, &[7u8; 16]);
+    assert!(matches!(
+        s.call(&Request::StreamDestroy { ctx, stream }, &[]),
+        Reply::Status(_)
+    ));
+    let fresh = CLIENT_HANDLE_TAG | 11;
+    s.post(&Request::StreamCreate {
+        ctx,
+        flags: 1,
+        priority: 0,
+        id: fresh,
+    });
+    let fresh_ref = StreamRef::Handle(fresh);
+    let begin_fresh = Request::StreamBeginCapture {
+        ctx,
+        stream: fresh_ref,
+        mode: 2,
+    };
+    assert!(matches!(s.call(&begin_fresh, &[]), Reply::Status(0)));
+    let end_fresh = Request::StreamEndCapture { ctx, stream: fresh_ref };
+    let ended = s.call(&end_fresh, &[]);
+    assert!(matches!(ended, Reply::Handle(_)), "the new stream's capture: {ended:?}");
 }
 
 /// Conditional nodes, edge data and a capture's graph, as the server checks
