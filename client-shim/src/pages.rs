@@ -45,37 +45,25 @@ impl Access {
 /// aligned), failing with `AlreadyExists` where anything is mapped there
 /// already: nothing of the process is ever replaced.
 pub fn map_zeroed_at(addr: usize, len: usize) -> io::Result<()> {
-    if !addr.is_multiple_of(page_size()) || len == 0 {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
-    // new one is anonymous and owned by the caller from here on.
-    let got = unsafe { libc::mmap(addr as *mut c_void, len, libc::PROT_READ, flags, -1, 0) };
-    if got == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    if got as usize != addr {
-        // A kernel older than MAP_FIXED_NOREPLACE took the address as a
-        // hint and mapped elsewhere.
-        // SAFETY: the mapping was just made, and nothing else knows it.
-        unsafe { libc::munmap(got, len) };
-        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-    }
-    Ok(())
+    map_anonymous_at(addr, len, libc::PROT_READ)
 }
 
 /// Hold `len` bytes at exactly `addr` (page aligned) with pages of no
 /// access and no memory behind them, so that nothing else of the process
 /// is mapped there; `AlreadyExists` where anything is mapped already.
 pub fn hold_at(addr: usize, len: usize) -> io::Result<()> {
+    map_anonymous_at(addr, len, libc::PROT_NONE)
+}
+
+/// Fresh anonymous pages at exactly `addr`, never replacing anything.
+fn map_anonymous_at(addr: usize, len: usize, prot: i32) -> io::Result<()> {
     if !addr.is_multiple_of(page_size()) || len == 0 {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
-    // new one is owned by the caller from here on.
-    let got = unsafe { libc::mmap(addr as *mut c_void, len, libc::PROT_NONE, flags, -1, 0) };
+    // new one is anonymous and owned by the caller from here on.
+    let got = unsafe { libc::mmap(addr as *mut c_void, len, prot, flags, -1, 0) };
     if got == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
