@@ -7,7 +7,11 @@
 //! is therefore held here with pages of no access ([`pages::hold_at`]):
 //! nothing the program maps later lands in it, and a range that falls on
 //! memory the program already has is told to the caller, which allocates
-//! again where it can.
+//! again where it can. Pages stay held when their range goes: the driver
+//! gives freed addresses out again (a pool's, at every allocation), which
+//! then cost no system call, and holding costs no memory. Only the shim's
+//! managed memory, which maps pages of its own at device addresses, gives
+//! held pages back ([`DeviceMap::give_back`]).
 
 use crate::pages;
 use crate::state::DeviceRange;
@@ -60,7 +64,7 @@ impl DeviceMap {
             .zip(usize::try_from(b - a).ok())
             .is_some_and(|(addr, len)| pages::hold_at(addr, len).is_ok());
         if held {
-            self.held.insert(a, b);
+            self.note_held(a, b);
             return true;
         }
         if b - a <= page {
@@ -71,27 +75,14 @@ impl DeviceMap {
         self.hold(mid, b) && first
     }
 
-    /// Forget the range at `base`, and give back the pages no other range
-    /// touches.
+    /// Forget the range at `base` (its pages stay held).
     pub fn remove(&mut self, base: &u64) -> Option<DeviceRange> {
-        let range = self.ranges.remove(base)?;
-        self.release(*base, range.size);
-        Some(range)
+        self.ranges.remove(base)
     }
 
-    /// Keep only the ranges `keep` says, giving back the others' pages.
-    pub fn retain(&mut self, mut keep: impl FnMut(&u64, &mut DeviceRange) -> bool) {
-        let mut gone = Vec::new();
-        self.ranges.retain(|b, r| {
-            let k = keep(b, r);
-            if !k {
-                gone.push((*b, r.size));
-            }
-            k
-        });
-        for (b, size) in gone {
-            self.release(b, size);
-        }
+    /// Keep only the ranges `keep` says (the others' pages stay held).
+    pub fn retain(&mut self, keep: impl FnMut(&u64, &mut DeviceRange) -> bool) {
+        self.ranges.retain(keep);
     }
 
     /// The ranges, to change what they say (not where they lie).
@@ -125,24 +116,24 @@ impl DeviceMap {
         out
     }
 
-    /// Give back the held pages of `base..base+size` that no remaining
-    /// range touches.
-    fn release(&mut self, base: u64, size: u64) {
-        let (mut start, mut end) = span(base, size);
-        // Ranges never share bytes, so another can touch only the first
-        // and the last page.
-        let page = pages::page_size() as u64;
-        let before = self.ranges.range(..base).next_back();
-        if before.is_some_and(|(&b, r)| span(b, r.size).1 > start) {
-            start += page;
+    /// Note `a..b` held, joined to the held intervals it touches.
+    fn note_held(&mut self, mut a: u64, mut b: u64) {
+        if let Some((&pa, &pb)) = self.held.range(..a).next_back() {
+            if pb == a {
+                self.held.remove(&pa);
+                a = pa;
+            }
         }
-        let after = self.ranges.range(base..).next();
-        if after.is_some_and(|(&b, _)| b < end) {
-            end -= page;
+        if let Some(nb) = self.held.remove(&b) {
+            b = nb;
         }
-        if start >= end {
-            return;
-        }
+        self.held.insert(a, b);
+    }
+
+    /// Give back the held pages among `addr..addr+len` (page aligned), for
+    /// the shim to map its own there. No range may lie there.
+    pub fn give_back(&mut self, addr: u64, len: u64) {
+        let (start, end) = (addr, addr.saturating_add(len));
         let overlapping: Vec<(u64, u64)> = self
             .held
             .range(..end)
@@ -156,7 +147,7 @@ impl DeviceMap {
                 continue;
             }
             // SAFETY: from..to lies in an interval this map held with
-            // `hold_at`, which no range uses any more.
+            // `hold_at`, where (the caller's promise) no range lies.
             unsafe { pages::unmap(from as usize, (to - from) as usize) };
             self.held.remove(&a);
             if a < from {
@@ -199,26 +190,28 @@ mod tests {
         }
     }
 
-    /// A free stretch of address space of `len` bytes, page aligned.
+    /// The tests map and unmap at addresses they found free: one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A free stretch of address space of `len` bytes, page aligned, far
+    /// below where the kernel places mappings of its own choosing (top
+    /// down from the top of the address space), so that no thread's stack
+    /// or allocation lands in it while a test runs.
     fn free_area(len: usize) -> u64 {
-        // SAFETY: a fresh anonymous mapping anywhere, unmapped at once.
-        unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            libc::munmap(p, len);
-            p as u64
+        let mut at = 0x1000_0000_0000u64 + (std::process::id() as u64 % 4096) * (1 << 30);
+        loop {
+            if pages::hold_at(at as usize, len).is_ok() {
+                // SAFETY: the probe was just made here.
+                unsafe { pages::unmap(at as usize, len) };
+                return at;
+            }
+            at += 1 << 30;
         }
     }
 
     #[test]
-    fn device_ranges_hold_their_pages_until_no_range_touches_them() {
+    fn device_ranges_hold_their_pages_until_given_back() {
+        let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let page = pages::page_size() as u64;
         let area = free_area(16 * page as usize);
         let mut map = DeviceMap::default();
@@ -230,18 +223,25 @@ mod tests {
             assert!(taken(p), "page {:#x} not held", p - area);
         }
         assert!(!taken(area + 2 * page) && !taken(area + 7 * page));
-        // The first goes: the page it shares stays held for the second.
+        // Gone ranges leave their pages held, and a range there again
+        // holds nothing new.
         assert!(map.remove(&(area + 100)).is_some());
-        assert!(taken(area) && taken(area + page));
-        assert!(map.remove(&(area + 400)).is_some());
-        assert!(!taken(area) && !taken(area + page));
         map.retain(|_, _| false);
-        assert!(!taken(area + 4 * page) && !taken(area + 6 * page));
         assert!(map.is_empty());
+        assert!(taken(area) && taken(area + 5 * page));
+        assert!(map.insert(area + 4 * page, range(page)));
+        assert_eq!(map.held.len(), 2, "adjacent holds are one: {:?}", map.held);
+        // Given back for the shim's own mapping: just those pages.
+        map.remove(&(area + 4 * page));
+        map.give_back(area + 5 * page, page);
+        assert!(!taken(area + 5 * page) && taken(area + 4 * page) && taken(area + 6 * page));
+        map.give_back(area, 16 * page);
+        assert!(!taken(area) && !taken(area + 6 * page) && map.held.is_empty());
     }
 
     #[test]
     fn a_range_on_the_programs_memory_is_told_and_its_memory_left_alone() {
+        let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let page = pages::page_size() as u64;
         let area = free_area(8 * page as usize);
         // The program's own memory on the third page.
@@ -250,6 +250,7 @@ mod tests {
         assert!(!map.insert(area + page, range(3 * page)), "a clash must be told");
         assert!(taken(area + page) && taken(area + 3 * page));
         map.remove(&(area + page));
+        map.give_back(area, 8 * page);
         assert!(!taken(area + page) && !taken(area + 3 * page));
         // The program's page is still its own, readable.
         // SAFETY: the page was mapped readable above and is still mapped.

@@ -3140,37 +3140,38 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "uva")) {
         /* With unified addressing a pointer is host or device memory, never
          * both: nothing of the program can be mapped where device memory
-         * lies. Then, where the program maps a page at an address freed
-         * device memory had (natively the driver keeps its addresses, so
-         * that part does not apply), a new allocation does not lie on it. */
+         * lies. Under the software driver with GPUPOOL_SOFT_DEVICE_ADDRESS
+         * (where it puts device memory), the program first maps a page of
+         * its own there: the allocations made after it must not lie on it. */
         alarm(60);
         const size_t bytes = 1 << 20;
         long page = sysconf(_SC_PAGESIZE);
-        CUdeviceptr d;
-        CHECK(cuMemAlloc(&d, bytes));
-        uintptr_t first = (uintptr_t)d - (uintptr_t)d % page;
-        void *probe = mmap((void *)first, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-        EXPECT(probe == MAP_FAILED || probe != (void *)first, "a page was mapped at device memory %#lx", (unsigned long)d);
-        CHECK(cuMemFree(d));
-        char *mine = mmap((void *)first, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                          -1, 0);
-        int tried = mine == (char *)first;
-        if (mine != MAP_FAILED && !tried) munmap(mine, page);
-        if (tried) {
+        const char *at = getenv("GPUPOOL_SOFT_DEVICE_ADDRESS");
+        uintptr_t first = at ? (uintptr_t)strtoull(at, NULL, 16) : 0;
+        char *mine = NULL;
+        if (first) {
+            mine = mmap((void *)first, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                        -1, 0);
+            EXPECT(mine == (char *)first, "cannot map the program's page at %#lx", (unsigned long)first);
             memset(mine, 0x5a, page);
-            CUdeviceptr again[4];
-            for (int i = 0; i < 4; i++) {
-                CHECK(cuMemAlloc(&again[i], bytes));
-                EXPECT(again[i] + bytes <= first || again[i] >= first + page,
-                       "device memory %#lx lies on the program's page %#lx", (unsigned long)again[i],
-                       (unsigned long)first);
-                CHECK(cuMemsetD32(again[i], 0x11111111u, bytes / 4));
-            }
-            for (long i = 0; i < page; i++) EXPECT(mine[i] == 0x5a, "the program's page changed at %ld", i);
-            for (int i = 0; i < 4; i++) CHECK(cuMemFree(again[i]));
-            munmap(mine, page);
         }
-        printf("uva: the program mapped a page where freed device memory was: %s\n", tried ? "yes" : "no");
+        CUdeviceptr d[4];
+        for (int i = 0; i < 4; i++) {
+            CHECK(cuMemAlloc(&d[i], bytes));
+            uintptr_t lo = (uintptr_t)d[i] - (uintptr_t)d[i] % page;
+            void *probe = mmap((void *)lo, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            EXPECT(probe == MAP_FAILED || probe != (void *)lo, "a page could be mapped at device memory %#lx",
+                   (unsigned long)d[i]);
+            if (probe != MAP_FAILED && probe != (void *)lo) munmap(probe, page);
+            EXPECT(!first || d[i] + bytes <= first || d[i] >= first + page,
+                   "device memory %#lx lies on the program's page %#lx", (unsigned long)d[i], (unsigned long)first);
+            CHECK(cuMemsetD32(d[i], 0x11111111u, bytes / 4));
+        }
+        CHECK(cuCtxSynchronize());
+        for (long i = 0; mine && i < page; i++) EXPECT(mine[i] == 0x5a, "the program's page changed at %ld", i);
+        for (int i = 0; i < 4; i++) CHECK(cuMemFree(d[i]));
+        if (mine) munmap(mine, page);
+        printf("uva: the program had a page where device memory was to go: %s\n", mine ? "yes" : "no");
         printf("OK uva\n");
     } else if (!strcmp(mode, "callbacks")) {
         GET(cuLaunchHostFunc, 10000);

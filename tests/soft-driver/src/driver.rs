@@ -83,8 +83,9 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
 /// instead of refused), `CUDA_LAUNCH_BLOCKING` (`1`: a launch answers its
 /// kernel's fault), `GPUPOOL_SOFT_PEER_ACCESS` (`0`: no device can
 /// access another's memory, [`peer`]), `GPUPOOL_SOFT_COPY_ENGINE` (`1`:
-/// asynchronous pinned copies run beside the caller, [`engine`]) and
-/// `GPUPOOL_SOFT_REUSE_HANDLES` (`0`: the handles of unloaded modules and
+/// asynchronous pinned copies run beside the caller, [`engine`]),
+/// `GPUPOOL_SOFT_DEVICE_ADDRESS` (hex: device memory is asked for from
+/// there up) and `GPUPOOL_SOFT_REUSE_HANDLES` (`0`: the handles of unloaded modules and
 /// libraries and of destroyed streams, events and executable graphs are
 /// not given out again).
 pub fn init(flags: u32) -> CuResult<()> {
@@ -123,6 +124,11 @@ pub fn init(flags: u32) -> CuResult<()> {
         };
         driver.launch_blocking = std::env::var("CUDA_LAUNCH_BLOCKING").is_ok_and(|v| v.trim() == "1");
         driver.one_model = std::env::var("GPUPOOL_SOFT_ONE_MODEL").is_ok_and(|v| v.trim() == "1");
+        if let Ok(v) = std::env::var("GPUPOOL_SOFT_DEVICE_ADDRESS") {
+            let base =
+                u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+            crate::memory::place_from(base);
+        }
         match std::env::var("GPUPOOL_SOFT_REUSE_HANDLES").as_deref() {
             Ok("1") | Err(_) => driver.reusable = Some(Vec::new()),
             Ok("0") => {}

@@ -31,17 +31,34 @@ pub struct Mapping {
 // touches it while holding the global driver lock.
 unsafe impl Send for Mapping {}
 
+/// Where the next device memory is asked to go (`GPUPOOL_SOFT_DEVICE_ADDRESS`),
+/// 0 where the kernel chooses.
+static NEXT_PLACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ask for device memory from `base` up (a hint the kernel takes where the
+/// addresses are free), so that a test knows where it will lie.
+pub fn place_from(base: u64) {
+    NEXT_PLACE.store(base, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Mapping {
     /// Maps `len` (> 0) zeroed bytes; pages are committed on first touch.
     pub fn new(len: usize) -> Option<Mapping> {
+        use std::sync::atomic::Ordering;
         if len == 0 {
             return None;
         }
-        // SAFETY: an anonymous private mapping with no address hint has no
-        // preconditions; the result is checked against MAP_FAILED.
+        let step = (len as u64).div_ceil(1 << 21) << 21;
+        let hint = match NEXT_PLACE.load(Ordering::Relaxed) {
+            0 => 0,
+            _ => NEXT_PLACE.fetch_add(step, Ordering::Relaxed),
+        };
+        // SAFETY: an anonymous private mapping with at most an address hint
+        // (never replacing anything) has no preconditions; the result is
+        // checked against MAP_FAILED.
         let addr = unsafe {
             libc::mmap(
-                std::ptr::null_mut(),
+                hint as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,

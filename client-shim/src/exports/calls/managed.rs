@@ -420,6 +420,9 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
             _ => return Err(CuError::UNKNOWN),
         };
         let base = (d as usize).next_multiple_of(page);
+        // Pages held for freed device memory that lay there go back: the
+        // new allocation's own pages, which no other range touches.
+        lock(&s.device_memory).give_back(base as u64, len as u64);
         match pages::map_shared_at(base, len) {
             Ok(view) => placed = Some((d, base, view)),
             Err(e) => {
@@ -462,7 +465,7 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
         return Err(e);
     }
     // Its pages are the shim's managed mapping already, which the map
-    // cannot hold and leaves alone.
+    // cannot hold and leaves alone (the insert says so).
     lock(&s.device_memory).insert(
         base as u64,
         DeviceRange {
