@@ -1696,14 +1696,38 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
         kind: RangeKind::Allocated,
         legacy_ipc: true,
     };
-    // An allocation that lies on memory of the program's is allocated
-    // again (the first kept meanwhile, so the driver gives another
-    // address), so that no program pointer is also a device pointer.
+    let p = place_allocation(
+        s,
+        "cuMemAlloc",
+        range,
+        || match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[])? {
+            Reply::Pointer(p) => Ok(p),
+            _ => Err(CuError::UNKNOWN),
+        },
+        |p| {
+            let _ = s.remote.post(&Request::MemFree { ctx, ptr: p }, &[]);
+        },
+    )?;
+    unsafe { out(ptr, p) }
+}
+
+/// Record device memory `alloc` makes as `range`. Memory that lies on
+/// memory of the program's is made again (the first kept meanwhile, so the
+/// driver gives another address), so that no program pointer is also a
+/// device pointer; what lay there is then given back with `free`. After
+/// [`PLACEMENT_TRIES`], or where another allocation fails, the first is
+/// kept, with a warning.
+pub(super) fn place_allocation(
+    s: &Shim,
+    call: &str,
+    range: DeviceRange,
+    mut alloc: impl FnMut() -> CuResult<u64>,
+    mut free: impl FnMut(u64),
+) -> CuResult<u64> {
     let mut clashed = Vec::new();
     let placed = loop {
-        let p = match s.remote.call(&Request::MemAlloc { ctx, size: size as u64 }, &[]) {
-            Ok(Reply::Pointer(p)) => p,
-            Ok(_) => break Err(CuError::UNKNOWN),
+        let p = match alloc() {
+            Ok(p) => p,
             Err(e) => break Err(e),
         };
         if lock(&s.device_memory).insert(p, range) || clashed.len() >= PLACEMENT_TRIES {
@@ -1711,26 +1735,25 @@ pub unsafe fn mem_alloc(ptr: *mut CUdeviceptr, size: usize) -> CuResult {
         }
         clashed.push(p);
     };
-    // Another allocation failing, the first is kept.
     let placed = match (placed, clashed.first()) {
         (Err(_), Some(&first)) => Ok(first),
         (placed, _) => placed,
     };
-    for p in clashed.iter().filter(|&&p| placed != Ok(p)) {
-        lock(&s.device_memory).remove(p);
-        let _ = s.remote.post(&Request::MemFree { ctx, ptr: *p }, &[]);
+    for &p in clashed.iter().filter(|&&p| placed != Ok(p)) {
+        lock(&s.device_memory).remove(&p);
+        free(p);
     }
     if let Ok(p) = placed {
         if clashed.contains(&p) {
-            uva_clash("cuMemAlloc", p, size as u64);
+            uva_clash(call, p, range.size);
         } else if !clashed.is_empty() {
             tracing::debug!(
-                "cuMemAlloc: {} device addresses lay on the program's memory; allocated again",
+                "{call}: {} device addresses lay on the program's memory; allocated again",
                 clashed.len()
             );
         }
     }
-    unsafe { out(ptr, placed?) }
+    placed
 }
 
 /// How many allocations lying on the program's memory `cuMemAlloc` makes

@@ -79,17 +79,42 @@ unsafe fn alloc_async(
     if pool != 0 {
         pool_device(s, pool)?;
     }
+    let sref = Shim::stream_ref(mode, handle(stream));
     let req = Request::MemAllocAsync {
         ctx,
-        stream: Shim::stream_ref(mode, handle(stream)),
+        stream: sref,
         size: size as u64,
         pool,
     };
-    match s.remote.call(&req, &[])? {
-        // SAFETY: checked not to be null; the program passes a slot.
-        Reply::Pointer(p) => unsafe { deliver_pool_memory(s, ptr, p, size as u64, ctx, device) },
-        _ => Err(CuError::UNKNOWN),
-    }
+    let range = DeviceRange {
+        size: size as u64,
+        ctx,
+        device,
+        kind: RangeKind::Allocated,
+        legacy_ipc: false,
+    };
+    let p = super::place_allocation(
+        s,
+        "stream-ordered allocation",
+        range,
+        || match s.remote.call(&req, &[])? {
+            Reply::Pointer(p) => Ok(p),
+            _ => Err(CuError::UNKNOWN),
+        },
+        // In stream order, after the allocation kept.
+        |p| {
+            let _ = s.remote.post(
+                &Request::MemFreeAsync {
+                    ctx,
+                    stream: sref,
+                    ptr: p,
+                },
+                &[],
+            );
+        },
+    )?;
+    // SAFETY: the caller's contract; `out` checks for NULL.
+    unsafe { out(ptr, p) }
 }
 
 /// Memory of a pool at `p`, `size` bytes in `ctx` on `device`: the
