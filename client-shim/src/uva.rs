@@ -56,16 +56,32 @@ impl DeviceMap {
     }
 
     /// Hold the pages `a..b`, or where something is mapped among them, the
-    /// rest of them (halving around what is there); whether all were held.
+    /// rest of them (halving around what is there); false where something
+    /// is. Where the system refuses for another reason (a limit on the
+    /// process's address space), the pages are left unheld, as the program
+    /// would have had them without gpupool, and that is said once.
     fn hold(&mut self, a: u64, b: u64) -> bool {
         let page = pages::page_size() as u64;
-        let held = usize::try_from(a)
-            .ok()
-            .zip(usize::try_from(b - a).ok())
-            .is_some_and(|(addr, len)| pages::hold_at(addr, len).is_ok());
-        if held {
-            self.note_held(a, b);
+        let Some((addr, len)) = usize::try_from(a).ok().zip(usize::try_from(b - a).ok()) else {
             return true;
+        };
+        match pages::hold_at(addr, len) {
+            Ok(()) => {
+                self.note_held(a, b);
+                return true;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "cannot hold device memory's addresses in this process ({e}); a program buffer may come \
+                         to lie at a device address, which calls given an address of either kind then take \
+                         for device memory"
+                    )
+                });
+                return true;
+            }
+            Err(_) => {}
         }
         if b - a <= page {
             return false;
@@ -237,6 +253,20 @@ mod tests {
         assert!(!taken(area + 5 * page) && taken(area + 4 * page) && taken(area + 6 * page));
         map.give_back(area, 16 * page);
         assert!(!taken(area) && !taken(area + 6 * page) && map.held.is_empty());
+    }
+
+    #[test]
+    fn pages_the_system_will_not_hold_are_no_clash() {
+        let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        // Above the top of the user address space: refused, but not
+        // because anything is mapped there.
+        let mut map = DeviceMap::default();
+        let top = 1u64 << 60;
+        assert!(
+            map.insert(top, range(1 << 20)),
+            "a refusal other than a clash is no clash"
+        );
+        assert!(map.held.is_empty());
     }
 
     #[test]
