@@ -1977,6 +1977,7 @@ impl<'d> Worker<'d> {
             .ok_or(crate::tables::INVALID_CONTEXT)?;
         self.unwatch_context(ctx);
         self.release_context_resources(ctx);
+        self.forget_captures_in(ctx);
         self.tables.drop_context(ctx);
         if self.current == Some(ctx) {
             self.current = None;
@@ -1987,13 +1988,7 @@ impl<'d> Worker<'d> {
 
     fn primary_reset(&mut self, device: i32) -> DriverResult {
         if let Some(ctx) = self.tables.primaries.get(&device).copied() {
-            self.unwatch_context(ctx);
-            self.per_thread.retain(|(c, _), _| *c != ctx);
-            self.tables.drop_context(ctx);
-            self.kept.remove(&ctx);
-            if self.current == Some(ctx) {
-                self.current = None;
-            }
+            self.forget_context(ctx);
         }
         // SAFETY: plain value; the driver frees everything in the context.
         unsafe { self.driver.cuDevicePrimaryCtxReset_v2(device) }
@@ -2023,11 +2018,30 @@ impl<'d> Worker<'d> {
     /// Drop what the worker knows of a context that goes.
     fn forget_context(&mut self, ctx: Handle) {
         self.unwatch_context(ctx);
+        self.forget_captures_in(ctx);
         self.per_thread.retain(|(c, _), _| *c != ctx);
         self.tables.drop_context(ctx);
         self.kept.remove(&ctx);
         if self.current == Some(ctx) {
             self.current = None;
+        }
+    }
+
+    /// Drop what was kept of the captures on `ctx`'s streams, which go with
+    /// it: the driver may give a later stream one of their handles.
+    fn forget_captures_in(&mut self, ctx: Handle) {
+        let mut streams: Vec<Ptr> = self
+            .tables
+            .streams
+            .iter()
+            .filter(|(_, c)| **c == ctx)
+            .map(|(s, _)| as_ptr(self.tables.real.get(s).copied().unwrap_or(*s)))
+            .collect();
+        streams.extend(self.per_thread.iter().filter(|((c, _), _)| *c == ctx).map(|(_, p)| *p));
+        for s in streams {
+            self.invalidated.remove(&s);
+            self.capture_graphs.remove(&s);
+            self.capturing_into.remove(&s);
         }
     }
 

@@ -943,6 +943,62 @@ fn a_freed_functions_handle_given_to_another_is_not_mistaken_for_it() {
     );
 }
 
+/// A capture that refused a copy, abandoned with its context: a stream of a
+/// later context that the driver gives the same handle (the software
+/// driver gives freed handles again) captures as any other.
+#[test]
+fn a_capture_abandoned_with_its_context_is_not_taken_for_a_later_streams() {
+    use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, _primary) = RawSession::open_with_context(&server);
+    let mut ids = CLIENT_HANDLE_TAG | 40;
+    let mut capture_in_new_context = |s: &mut RawSession, copy: bool| {
+        let Reply::Handle(ctx) = s.call(&Request::CtxCreate { device: 0, flags: 0 }, &[]) else {
+            panic!("no context");
+        };
+        ids += 1;
+        let stream = ids;
+        s.post(&Request::StreamCreate {
+            ctx,
+            flags: 1,
+            priority: 0,
+            id: stream,
+        });
+        let sref = StreamRef::Handle(stream);
+        let begin = Request::StreamBeginCapture {
+            ctx,
+            stream: sref,
+            mode: 2,
+        };
+        assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+        if copy {
+            let Reply::Pointer(dst) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+                panic!("no allocation");
+            };
+            let copy = Request::MemcpyHtoD {
+                ctx,
+                stream: sref,
+                dst,
+                offset: 0,
+                total: 16,
+            };
+            s.post_with(&copy, &[7u8; 16]);
+            let info = s.call(&Request::StreamCaptureInfo { ctx, stream: sref }, &[]);
+            assert!(matches!(info, Reply::CaptureInfo { .. } | Reply::Status(_)), "{info:?}");
+            assert!(matches!(s.call(&Request::CtxDestroy { ctx }, &[]), Reply::Status(_)));
+            None
+        } else {
+            Some(s.call(&Request::StreamEndCapture { ctx, stream: sref }, &[]))
+        }
+    };
+    capture_in_new_context(&mut s, true);
+    let ended = capture_in_new_context(&mut s, false).expect("an end");
+    assert!(
+        matches!(ended, Reply::Handle(_)),
+        "the later stream's capture: {ended:?}"
+    );
+}
+
 /// A pointer is host or device memory, never both: device memory is held
 /// in the program's address space, so nothing of the program is mapped
 /// there; and an allocation the server's driver places on a page the

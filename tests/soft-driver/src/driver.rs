@@ -130,7 +130,7 @@ pub fn init(flags: u32) -> CuResult<()> {
             crate::memory::place_from(base);
         }
         match std::env::var("GPUPOOL_SOFT_REUSE_HANDLES").as_deref() {
-            Ok("1") | Err(_) => driver.reusable = Some(Vec::new()),
+            Ok("1") | Err(_) => driver.reusable = Some(HashMap::new()),
             Ok("0") => {}
             Ok(_) => return Err(CUDA_ERROR_INVALID_VALUE),
         }
@@ -526,6 +526,20 @@ pub struct NodeShape {
 }
 
 /// The whole simulated driver.
+/// The kinds of object whose handles are given again, each from its own
+/// freed ones, as a real driver's allocator reuses memory of one size for
+/// objects of one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Module,
+    Function,
+    Library,
+    Kernel,
+    Stream,
+    Event,
+    Exec,
+}
+
 pub struct Driver {
     devices: Vec<Device>,
     /// Distinguishes this simulated machine's device UUIDs.
@@ -541,7 +555,7 @@ pub struct Driver {
     /// streams, events and executable graphs, are given out again, last
     /// freed first, as a real driver's allocator gives a later object the
     /// address of a freed one. None: every handle is new.
-    reusable: Option<Vec<u64>>,
+    reusable: Option<HashMap<Kind, Vec<u64>>>,
     /// Whether the devices are linked, each to each
     /// (`GPUPOOL_SOFT_PEER_ACCESS`, on unless `0`): see [`peer`].
     peer_links: bool,
@@ -961,19 +975,25 @@ impl Driver {
     }
 
     fn handle(&mut self) -> u64 {
-        if let Some(h) = self.reusable.as_mut().and_then(Vec::pop) {
-            return h;
-        }
         let h = self.next_handle;
         self.next_handle += 0x10;
         h
     }
 
-    /// Handles no object holds any more: given out again under
-    /// `GPUPOOL_SOFT_REUSE_HANDLES=1` (the last one first).
-    fn free_handles(&mut self, gone: impl Iterator<Item = u64>) {
+    /// A handle for a new object of `kind`: the last freed one of that
+    /// kind, where handles are given again, else a new one.
+    fn handle_of(&mut self, kind: Kind) -> u64 {
+        match self.reusable.as_mut().and_then(|r| r.get_mut(&kind)).and_then(Vec::pop) {
+            Some(h) => h,
+            None => self.handle(),
+        }
+    }
+
+    /// Handles of `kind` no object holds any more: given out again (the
+    /// last one first) unless `GPUPOOL_SOFT_REUSE_HANDLES=0`.
+    fn free_handles(&mut self, kind: Kind, gone: impl Iterator<Item = u64>) {
         if let Some(free) = self.reusable.as_mut() {
-            free.extend(gone);
+            free.entry(kind).or_default().extend(gone);
         }
     }
 
@@ -1131,7 +1151,15 @@ impl Driver {
         });
         self.textures.retain(|_, t| t.ctx != ctx);
         self.surfaces.retain(|_, t| t.ctx != ctx);
+        let gone: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.ctx == ctx)
+            .map(|(h, _)| *h)
+            .collect();
         self.streams.retain(|_, s| s.ctx != ctx);
+        self.stream_attrs.retain(|(c, _), _| *c != ctx);
+        self.free_handles(Kind::Stream, gone.into_iter());
         self.events.retain(|_, e| e.ctx != ctx);
         self.graphs.retain(|_, g| g.ctx != ctx);
         self.execs.retain(|_, g| g.ctx != ctx);
@@ -2278,7 +2306,7 @@ impl Driver {
     /// Loads a parsed module into `ctx`: allocates its variables and makes
     /// a function for each entry.
     fn instantiate(&mut self, ctx: u64, ptx: Arc<ptx::Module>, library: Option<u64>) -> CuResult<u64> {
-        let h = self.handle();
+        let h = self.handle_of(Kind::Module);
         let mut variables = HashMap::new();
         for v in &ptx.variables {
             // A variable of no size (an empty array NCCL's code declares)
@@ -2306,7 +2334,7 @@ impl Driver {
         }
         let mut functions = Vec::with_capacity(ptx.entries.len());
         for (i, entry) in ptx.entries.iter().enumerate() {
-            let f = self.handle();
+            let f = self.handle_of(Kind::Function);
             let mut attrs = default_attrs(&ptx, entry);
             if let Some(lib) = library {
                 let kernel = self.libraries[&lib].kernels[i];
@@ -2347,7 +2375,8 @@ impl Driver {
         for f in &module.functions {
             self.functions.remove(f);
         }
-        self.free_handles(module.functions.iter().rev().copied().chain([m]));
+        self.free_handles(Kind::Function, module.functions.iter().rev().copied());
+        self.free_handles(Kind::Module, [m].into_iter());
         for a in self
             .allocs
             .remove_where(|a| a.kind == AllocKind::ModuleVariable { module: m })
@@ -2502,10 +2531,10 @@ impl Driver {
 
     pub fn library_load(&mut self, image: &[u8]) -> CuResult<u64> {
         let ptx = Arc::new(crate::image::load(image)?);
-        let h = self.handle();
+        let h = self.handle_of(Kind::Library);
         let mut kernels = Vec::with_capacity(ptx.entries.len());
         for i in 0..ptx.entries.len() {
-            let k = self.handle();
+            let k = self.handle_of(Kind::Kernel);
             self.kernels.insert(
                 k,
                 KernelObj {
@@ -2539,7 +2568,8 @@ impl Driver {
             self.kernels.remove(k);
         }
         self.libraries.remove(&lib);
-        self.free_handles(kernels.into_iter().rev().chain([lib]));
+        self.free_handles(Kind::Kernel, kernels.into_iter().rev());
+        self.free_handles(Kind::Library, [lib].into_iter());
         Ok(())
     }
 
@@ -3146,7 +3176,7 @@ impl Driver {
         };
         self.hold_graph_memory(&exec.memory);
         self.healthy(exec.ctx)?;
-        let h = self.handle();
+        let h = self.handle_of(Kind::Exec);
         self.execs.insert(h, exec);
         Ok(h)
     }
@@ -3281,7 +3311,7 @@ impl Driver {
     pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
         let x = self.execs.remove(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         self.drop_graph_memory(x.memory);
-        self.free_handles([exec].into_iter());
+        self.free_handles(Kind::Exec, [exec].into_iter());
         Ok(())
     }
 
@@ -3851,7 +3881,7 @@ impl Driver {
 
     /// A new stream of `ctx`.
     fn new_stream(&mut self, ctx: u64) -> u64 {
-        let h = self.handle();
+        let h = self.handle_of(Kind::Stream);
         self.streams.insert(
             h,
             StreamObj {
@@ -3866,7 +3896,7 @@ impl Driver {
     pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {
         self.streams.remove(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         self.stream_attrs.retain(|(_, s), _| *s != stream);
-        self.free_handles([stream].into_iter());
+        self.free_handles(Kind::Stream, [stream].into_iter());
         Ok(())
     }
 
@@ -4056,7 +4086,7 @@ impl Driver {
         if flags & !0x7 != 0 || (flags & EVENT_INTERPROCESS != 0 && flags & EVENT_DISABLE_TIMING == 0) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let h = self.handle();
+        let h = self.handle_of(Kind::Event);
         self.events.insert(
             h,
             EventObj {
@@ -4072,7 +4102,7 @@ impl Driver {
 
     pub fn event_destroy(&mut self, event: u64) -> CuResult<()> {
         self.events.remove(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        self.free_handles([event].into_iter());
+        self.free_handles(Kind::Event, [event].into_iter());
         Ok(())
     }
 
