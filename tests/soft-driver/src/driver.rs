@@ -538,6 +538,7 @@ enum Kind {
     Stream,
     Event,
     Exec,
+    Graph,
 }
 
 pub struct Driver {
@@ -552,7 +553,7 @@ pub struct Driver {
     next_handle: u64,
     /// `GPUPOOL_SOFT_REUSE_HANDLES` (on unless `0`): handles of unloaded modules, their
     /// functions, unloaded libraries and their kernels, and destroyed
-    /// streams, events and executable graphs, are given out again, last
+    /// streams, events, graphs and executable graphs, are given out again, last
     /// freed first, as a real driver's allocator gives a later object the
     /// address of a freed one. None: every handle is new.
     reusable: Option<HashMap<Kind, Vec<u64>>>,
@@ -3382,7 +3383,7 @@ impl Driver {
     /// A new graph of `ctx` without nodes (`cuGraphCreate`, a capture's
     /// graph asked for, a conditional node's body).
     fn empty_graph(&mut self, ctx: u64) -> u64 {
-        let h = self.handle();
+        let h = self.handle_of(Kind::Graph);
         self.graphs.insert(
             h,
             GraphObj {
@@ -3753,6 +3754,7 @@ impl Driver {
         self.clones.retain(|(n, c), _| nodes.contains_key(n) && *c != graph);
         if let Some(g) = self.graphs.remove(&graph) {
             self.drop_graph_memory(g.memory);
+            self.free_handles(Kind::Graph, [graph].into_iter());
         }
         self.drop_orphan_child_graphs();
     }
