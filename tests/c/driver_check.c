@@ -73,7 +73,9 @@
  *                          program built with it links them: parameter counts of a
  *                          function and a kernel, host functions with a sync mode
  *   driver_check reuse     modules and libraries of one kernel each, of different
- *                          parameter layouts, loaded, run and unloaded in turn
+ *                          parameter layouts, loaded, run and unloaded in turn; then
+ *                          contexts, the first with a limit set, made and destroyed
+ *                          in turn
  *   driver_check uva       no page of the program at device memory; an allocation
  *                          never placed on a page the program mapped
  *   driver_check graph     stream capture of launches, a device copy and a memset,
@@ -3133,6 +3135,30 @@ int main(int argc, char **argv) {
         }
         free(only[0]);
         free(only[1]);
+        /* Contexts made and destroyed in turn: what one was told (a limit
+         * set) is not the next one's, whatever handle the driver gives it. */
+        GET(cuCtxCreate, 3020);
+        GET(cuCtxDestroy, 4000);
+        GET(cuCtxGetLimit, 2000);
+        GET(cuCtxSetLimit, 3010);
+        CUcontext made[2];
+        size_t fifo_default = 0;
+        for (int round = 0; round < 2; round++) {
+            CHECK(cuCtxCreate(&made[round], 0, dev));
+            size_t fifo = 0;
+            CHECK(cuCtxGetLimit(&fifo, CU_LIMIT_PRINTF_FIFO_SIZE));
+            if (round == 0) {
+                fifo_default = fifo;
+                CHECK(cuCtxSetLimit(CU_LIMIT_PRINTF_FIFO_SIZE, fifo_default * 2));
+                CHECK(cuCtxGetLimit(&fifo, CU_LIMIT_PRINTF_FIFO_SIZE));
+                EXPECT(fifo >= fifo_default * 2, "the limit set reads %zu", fifo);
+            } else {
+                EXPECT(fifo == fifo_default, "a new context's limit reads %zu, not its default %zu", fifo, fifo_default);
+            }
+            CHECK(cuCtxDestroy(made[round]));
+        }
+        CHECK(cuCtxSetCurrent(ctx));
+        printf("reuse: a destroyed context's handle was given to the next: %s\n", made[0] == made[1] ? "yes" : "no");
         /* Apart from the OK line: a real driver reuses as its allocator
          * happens to. */
         printf("reuse: a freed function's handle was given to another %d times\n", reused);

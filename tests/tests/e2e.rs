@@ -941,6 +941,10 @@ fn a_freed_functions_handle_given_to_another_is_not_mistaken_for_it() {
         out.contains("a freed function's handle was given to another 3 times"),
         "the double must have reused the handles for the test to mean anything: {out}"
     );
+    assert!(
+        out.contains("a destroyed context's handle was given to the next: yes"),
+        "{out}"
+    );
 }
 
 /// A capture that refused a copy, abandoned with its context: a stream of a

@@ -539,6 +539,7 @@ enum Kind {
     Event,
     Exec,
     Graph,
+    Context,
 }
 
 pub struct Driver {
@@ -553,7 +554,7 @@ pub struct Driver {
     next_handle: u64,
     /// `GPUPOOL_SOFT_REUSE_HANDLES` (on unless `0`): handles of unloaded modules, their
     /// functions, unloaded libraries and their kernels, and destroyed
-    /// streams, events, graphs and executable graphs, are given out again, last
+    /// contexts, streams, events, graphs and executable graphs, are given out again, last
     /// freed first, as a real driver's allocator gives a later object the
     /// address of a freed one. None: every handle is new.
     reusable: Option<HashMap<Kind, Vec<u64>>>,
@@ -1166,6 +1167,7 @@ impl Driver {
         self.execs.retain(|_, g| g.ctx != ctx);
         if !c.primary {
             self.retired.insert(ctx);
+            self.free_handles(Kind::Context, [ctx].into_iter());
         }
         if current() == ctx && !c.primary {
             set_current(0);
@@ -1175,7 +1177,8 @@ impl Driver {
     pub fn ctx_create(&mut self, flags: u32, dev: i32) -> CuResult<u64> {
         let d = self.device(dev)?;
         check_ctx_flags(flags)?;
-        let h = self.handle();
+        let h = self.handle_of(Kind::Context);
+        self.retired.remove(&h);
         self.new_context(h, d, flags, false);
         set_current(h);
         Ok(h)
