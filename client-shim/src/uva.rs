@@ -33,6 +33,11 @@ impl Deref for DeviceMap {
     }
 }
 
+/// The smallest stretch around a mapping of the program's that holding
+/// halves down to: the system calls stay few (two per stretch) however
+/// large the clash.
+const HALVE_DOWN_TO: u64 = 2 << 20;
+
 /// The pages `base..base+size` touch (a range of no size, one byte's).
 fn span(base: u64, size: u64) -> (u64, u64) {
     let page = pages::page_size() as u64;
@@ -55,9 +60,15 @@ impl DeviceMap {
         clear
     }
 
+    /// Keep a range whose pages the shim has mapped itself (managed
+    /// memory), holding nothing for it.
+    pub fn insert_mapped(&mut self, base: u64, range: DeviceRange) {
+        self.ranges.insert(base, range);
+    }
+
     /// Hold the pages `a..b`, or where something is mapped among them, the
-    /// rest of them (halving around what is there); false where something
-    /// is. Where the system refuses for another reason (a limit on the
+    /// rest of them (halving around what is there, down to stretches of
+    /// [`HALVE_DOWN_TO`]); false where something is. Where the system refuses for another reason (a limit on the
     /// process's address space), the pages are left unheld, as the program
     /// would have had them without gpupool, and that is said once.
     fn hold(&mut self, a: u64, b: u64) -> bool {
@@ -83,7 +94,7 @@ impl DeviceMap {
             }
             Err(_) => {}
         }
-        if b - a <= page {
+        if b - a <= HALVE_DOWN_TO.max(page) {
             return false;
         }
         let mid = a + (b - a) / page / 2 * page;
@@ -273,19 +284,23 @@ mod tests {
     fn a_range_on_the_programs_memory_is_told_and_its_memory_left_alone() {
         let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let page = pages::page_size() as u64;
-        let area = free_area(8 * page as usize);
-        // The program's own memory on the third page.
-        pages::map_zeroed_at((area + 2 * page) as usize, page as usize).unwrap();
+        let mib = 1 << 20;
+        let area = free_area(8 * mib as usize);
+        // The program's own page 3 MiB in.
+        let mine = area + 3 * mib + page;
+        pages::map_zeroed_at(mine as usize, page as usize).unwrap();
         let mut map = DeviceMap::default();
-        assert!(!map.insert(area + page, range(3 * page)), "a clash must be told");
-        assert!(taken(area + page) && taken(area + 3 * page));
-        map.remove(&(area + page));
-        map.give_back(area, 8 * page);
-        assert!(!taken(area + page) && !taken(area + 3 * page));
+        assert!(!map.insert(area, range(8 * mib)), "a clash must be told");
+        // Held around it, in the halves that hold none of it.
+        assert!(taken(area) && taken(area + 2 * mib - page) && taken(area + 4 * mib) && taken(area + 8 * mib - page));
+        assert!(!taken(area + 2 * mib) && !taken(area + 4 * mib - page));
+        map.remove(&area);
+        map.give_back(area, 8 * mib);
+        assert!(!taken(area) && !taken(area + 4 * mib));
         // The program's page is still its own, readable.
         // SAFETY: the page was mapped readable above and is still mapped.
-        assert_eq!(unsafe { *((area + 2 * page) as *const u8) }, 0);
+        assert_eq!(unsafe { *(mine as *const u8) }, 0);
         // SAFETY: the test's own mapping.
-        unsafe { pages::unmap((area + 2 * page) as usize, page as usize) };
+        unsafe { pages::unmap(mine as usize, page as usize) };
     }
 }

@@ -464,9 +464,8 @@ pub unsafe fn mem_alloc_managed(ptr: *mut CUdeviceptr, size: usize, flags: u32) 
         let _ = s.remote.post(&Request::MemFree { ctx, ptr: alloc }, &[]);
         return Err(e);
     }
-    // Its pages are the shim's managed mapping already, which the map
-    // cannot hold and leaves alone (the insert says so).
-    lock(&s.device_memory).insert(
+    // Its pages are the shim's managed mapping, not held.
+    lock(&s.device_memory).insert_mapped(
         base as u64,
         DeviceRange {
             size: size as u64,
