@@ -3786,6 +3786,14 @@ impl<'d> Worker<'d> {
         } else {
             self.check_function(func)?
         }
+        if !self.driver.gives_param_info() {
+            // Neither the driver nor the code loaded gave it.
+            tracing::warn!(
+                "no parameter layout for function {func:#x}: the driver does not give layouts and its code \
+                 did not say; its launches answer CUDA_ERROR_NOT_SUPPORTED"
+            );
+            return Err(NOT_SUPPORTED);
+        }
         let mut layout = Vec::new();
         for index in 0..4096usize {
             let (mut offset, mut size) = (0usize, 0usize);
