@@ -105,6 +105,14 @@ fn run(home: &Path, program: &Path, server: &Server, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
+    // No device range lay on the program's memory: the shim's own managed
+    // mappings (`__managed__` variables) are not such.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("lies where this process has memory mapped"),
+        "{} {args:?}: {stderr}",
+        program.display()
+    );
     stdout
 }
 

@@ -1213,7 +1213,10 @@ fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
         kind: RangeKind::Global,
         legacy_ipc: false,
     };
-    if !lock(&s.device_memory).insert(ptr, range) {
+    if managed::is_managed(ptr as usize) {
+        // A `__managed__` variable: its pages are the shim's managed mapping.
+        lock(&s.device_memory).insert_mapped(ptr, range);
+    } else if !lock(&s.device_memory).insert(ptr, range) {
         uva_clash("a module global", ptr, size);
     }
 }
