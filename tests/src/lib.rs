@@ -387,5 +387,12 @@ pub fn driver_check(server_url: &str, args: &[&str]) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    // No device range lay on the program's memory (the shim's own managed
+    // mappings are not such).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("lies where this process has memory mapped"),
+        "driver_check {args:?}: {stderr}"
+    );
     stdout
 }
