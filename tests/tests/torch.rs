@@ -107,10 +107,17 @@ fn run_python_with(python: &PathBuf, server: &Server, args: &[&str], env: &[(&st
         .env("PYTHONUNBUFFERED", "1")
         .envs(env.iter().copied());
     let out = run_with_timeout(cmd, Duration::from_secs(300));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // No device range lay on the program's memory (the shim's own managed
+    // mappings are not such).
+    assert!(
+        !stderr.contains("lies where this process has memory mapped"),
+        "{args:?}: {stderr}"
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     )
 }
 
