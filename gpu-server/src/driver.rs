@@ -984,6 +984,25 @@ impl Driver {
         Ok(total as u64)
     }
 
+    /// The device's compute capability, (0, 0) where the driver does not
+    /// say.
+    pub fn compute_capability(&self, ordinal: i32) -> (u32, u32) {
+        const CC_MAJOR: i32 = 75;
+        const CC_MINOR: i32 = 76;
+        let (mut dev, mut major, mut minor) = (0, 0, 0);
+        // SAFETY: each out-pointer is a writable int.
+        let ok = unsafe {
+            self.cuDeviceGet(&mut dev, ordinal).is_ok()
+                && self.cuDeviceGetAttribute(&mut major, CC_MAJOR, dev).is_ok()
+                && self.cuDeviceGetAttribute(&mut minor, CC_MINOR, dev).is_ok()
+        };
+        if ok {
+            (major as u32, minor as u32)
+        } else {
+            (0, 0)
+        }
+    }
+
     /// Whether device `ordinal` can address the memory of device `peer`,
     /// and every peer attribute (`CUdevice_P2PAttribute` 1 to 5) the driver
     /// answers for the link.

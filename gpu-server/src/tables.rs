@@ -241,6 +241,29 @@ impl Tables {
         self.code_layouts.retain(|m, _| !modules.contains(m));
     }
 
+    /// Forget an unloaded library: its kernels, its modules and their
+    /// functions, with their layouts.
+    pub fn forget_library(&mut self, library: Handle) {
+        self.libraries.remove(&library);
+        let layouts = &mut self.layouts;
+        self.kernels.retain(|k, l| {
+            let keep = *l != library;
+            if !keep {
+                layouts.remove(k);
+            }
+            keep
+        });
+        let mut gone: HashSet<Handle> = self
+            .library_modules
+            .iter()
+            .filter(|(_, (l, _))| *l == library)
+            .map(|(m, _)| *m)
+            .collect();
+        self.library_modules.retain(|m, _| !gone.contains(m));
+        gone.insert(library);
+        self.forget_functions_of(&gone);
+    }
+
     /// Forget everything that lived in `ctx`.
     pub fn drop_context(&mut self, ctx: Handle) {
         self.contexts.remove(&ctx);

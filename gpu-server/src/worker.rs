@@ -1259,9 +1259,7 @@ impl<'d> Worker<'d> {
                 if unsafe { d.cuStreamIsCapturing(real, &mut capturing) }.is_ok() && capturing != 0 {
                     self.captures = self.captures.saturating_sub(1);
                 }
-                self.invalidated.remove(&real);
-                self.capture_graphs.remove(&real);
-                self.capturing_into.remove(&real);
+                self.forget_capture(real);
                 // SAFETY: the stream belongs to this client.
                 unsafe { d.cuStreamDestroy_v2(real) }
             })),
@@ -2035,14 +2033,20 @@ impl<'d> Worker<'d> {
             .streams
             .iter()
             .filter(|(_, c)| **c == ctx)
-            .map(|(s, _)| as_ptr(self.tables.real.get(s).copied().unwrap_or(*s)))
+            .map(|(s, _)| self.real(*s))
             .collect();
         streams.extend(self.per_thread.iter().filter(|((c, _), _)| *c == ctx).map(|(_, p)| *p));
         for s in streams {
-            self.invalidated.remove(&s);
-            self.capture_graphs.remove(&s);
-            self.capturing_into.remove(&s);
+            self.forget_capture(s);
         }
+    }
+
+    /// Drop what was kept of a capture on stream `s` (a refused copy, the
+    /// graphs the client saw or gave), which goes.
+    fn forget_capture(&mut self, s: Ptr) {
+        self.invalidated.remove(&s);
+        self.capture_graphs.remove(&s);
+        self.capturing_into.remove(&s);
     }
 
     /// Free what a context holds before it is released (its allocations,
@@ -3617,25 +3621,7 @@ impl<'d> Worker<'d> {
         }
         // SAFETY: the library belongs to this client.
         unsafe { self.driver.cuLibraryUnload(as_ptr(library)) }?;
-        self.tables.libraries.remove(&library);
-        let t = &mut self.tables;
-        let layouts = &mut t.layouts;
-        t.kernels.retain(|k, l| {
-            let keep = *l != library;
-            if !keep {
-                layouts.remove(k);
-            }
-            keep
-        });
-        let mut gone: HashSet<Handle> = t
-            .library_modules
-            .iter()
-            .filter(|(_, (l, _))| *l == library)
-            .map(|(m, _)| *m)
-            .collect();
-        t.library_modules.retain(|m, _| !gone.contains(m));
-        gone.insert(library);
-        t.forget_functions_of(&gone);
+        self.tables.forget_library(library);
         Ok(())
     }
 
@@ -3703,10 +3689,11 @@ impl<'d> Worker<'d> {
         // SAFETY: the kernel belongs to this client.
         unsafe { self.driver.cuKernelGetFunction(&mut f, as_ptr(kernel)) }?;
         self.tables.functions.insert(handle(f), 0);
-        // The kernel's function has the kernel's parameters.
+        // The kernel's function has the kernel's parameters (and whatever
+        // was known under that handle was of a freed function).
         match self.tables.layouts.get(&kernel).cloned() {
-            Some(l) if !self.driver.gives_param_info() => self.tables.layouts.insert(handle(f), l),
-            _ => self.tables.layouts.remove(&handle(f)),
+            Some(l) => self.tables.layouts.insert(handle(f), l),
+            None => self.tables.layouts.remove(&handle(f)),
         };
         Ok(Reply::Handle(handle(f)))
     }
@@ -3740,7 +3727,7 @@ impl<'d> Worker<'d> {
             .current
             .and_then(|c| self.tables.contexts.get(&c).copied())
             .unwrap_or(0);
-        let (major, minor) = self.compute_capability(device);
+        let (major, minor) = self.driver.compute_capability(device);
         let code = &image[..image.len().saturating_sub(1)];
         match gpupool_fatbin::kernels_for(code, major, minor) {
             Ok(kernels) => {
@@ -3757,22 +3744,6 @@ impl<'d> Worker<'d> {
                 "cannot read the parameter layouts of a code image ({e}); its kernels cannot be launched \
                  on this driver, which does not give them"
             ),
-        }
-    }
-
-    /// A device's compute capability, (0, 0) where the driver does not say.
-    fn compute_capability(&self, ordinal: i32) -> (u32, u32) {
-        let (mut dev, mut major, mut minor) = (0, 0, 0);
-        // SAFETY: each out-pointer is a writable int.
-        let ok = unsafe {
-            self.driver.cuDeviceGet(&mut dev, ordinal).is_ok()
-                && self.driver.cuDeviceGetAttribute(&mut major, 75, dev).is_ok()
-                && self.driver.cuDeviceGetAttribute(&mut minor, 76, dev).is_ok()
-        };
-        if ok {
-            (major as u32, minor as u32)
-        } else {
-            (0, 0)
         }
     }
 

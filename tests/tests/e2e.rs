@@ -952,7 +952,7 @@ fn a_freed_functions_handle_given_to_another_is_not_mistaken_for_it() {
 /// driver gives freed handles again) captures as any other.
 #[test]
 fn a_capture_abandoned_with_its_context_is_not_taken_for_a_later_streams() {
-    use gpupool_proto::message::{StreamRef, CLIENT_HANDLE_TAG};
+    use gpupool_proto::message::CLIENT_HANDLE_TAG;
     let server = Server::start();
     let (mut s, _primary) = RawSession::open_with_context(&server);
     let mut ids = CLIENT_HANDLE_TAG | 40;
@@ -961,20 +961,8 @@ fn a_capture_abandoned_with_its_context_is_not_taken_for_a_later_streams() {
             panic!("no context");
         };
         ids += 1;
-        let stream = ids;
-        s.post(&Request::StreamCreate {
-            ctx,
-            flags: 1,
-            priority: 0,
-            id: stream,
-        });
-        let sref = StreamRef::Handle(stream);
-        let begin = Request::StreamBeginCapture {
-            ctx,
-            stream: sref,
-            mode: 2,
-        };
-        assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+        let sref = s.create_stream(ctx, ids);
+        s.begin_capture(ctx, sref);
         if copy {
             let Reply::Pointer(dst) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
                 panic!("no allocation");
@@ -1384,6 +1372,23 @@ struct RawSession {
 }
 
 impl RawSession {
+    /// A non-blocking stream of `ctx` that the client names `id`.
+    fn create_stream(&mut self, ctx: u64, id: u64) -> gpupool_proto::message::StreamRef {
+        self.post(&Request::StreamCreate {
+            ctx,
+            flags: 1,
+            priority: 0,
+            id,
+        });
+        gpupool_proto::message::StreamRef::Handle(id)
+    }
+
+    /// Begin a capture (relaxed mode) on `stream`, which the server takes.
+    fn begin_capture(&mut self, ctx: u64, stream: gpupool_proto::message::StreamRef) {
+        let begin = Request::StreamBeginCapture { ctx, stream, mode: 2 };
+        assert!(matches!(self.call(&begin, &[]), Reply::Status(0)));
+    }
+
     fn open(server: &Server) -> RawSession {
         let mut stream = TcpStream::connect(server.tcp_addr()).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -2022,26 +2027,14 @@ fn the_server_keeps_staging_copies_out_of_captures() {
     // A capture refused a copy, then its stream destroyed under it: a new
     // stream the driver gives the same handle (the software driver gives
     // freed handles again) captures as any other.
-    assert!(matches!(s.call(&begin, &[]), Reply::Status(0)));
+    s.begin_capture(ctx, sref);
     s.post_with(&copy, &[7u8; 16]);
     assert!(matches!(
         s.call(&Request::StreamDestroy { ctx, stream }, &[]),
         Reply::Status(_)
     ));
-    let fresh = CLIENT_HANDLE_TAG | 11;
-    s.post(&Request::StreamCreate {
-        ctx,
-        flags: 1,
-        priority: 0,
-        id: fresh,
-    });
-    let fresh_ref = StreamRef::Handle(fresh);
-    let begin_fresh = Request::StreamBeginCapture {
-        ctx,
-        stream: fresh_ref,
-        mode: 2,
-    };
-    assert!(matches!(s.call(&begin_fresh, &[]), Reply::Status(0)));
+    let fresh_ref = s.create_stream(ctx, CLIENT_HANDLE_TAG | 11);
+    s.begin_capture(ctx, fresh_ref);
     let end_fresh = Request::StreamEndCapture { ctx, stream: fresh_ref };
     let ended = s.call(&end_fresh, &[]);
     assert!(matches!(ended, Reply::Handle(_)), "the new stream's capture: {ended:?}");

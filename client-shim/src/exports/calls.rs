@@ -1216,8 +1216,8 @@ fn record_global(s: &Shim, ctx: Handle, ptr: u64, size: u64) {
     if managed::is_managed(ptr as usize) {
         // A `__managed__` variable: its pages are the shim's managed mapping.
         lock(&s.device_memory).insert_mapped(ptr, range);
-    } else if !lock(&s.device_memory).insert(ptr, range) {
-        uva_clash("a module global", ptr, size);
+    } else {
+        keep_device_range(s, "a module global", ptr, range);
     }
 }
 
@@ -1763,10 +1763,18 @@ pub(super) fn place_allocation(
 /// before it keeps one.
 const PLACEMENT_TRIES: usize = 8;
 
+/// Record device memory `call` gave the program, holding its pages; where
+/// it lies on the program's memory, say so.
+pub(super) fn keep_device_range(s: &Shim, call: &str, base: u64, range: DeviceRange) {
+    if !lock(&s.device_memory).insert(base, range) {
+        uva_clash(call, base, range.size);
+    }
+}
+
 /// Say that device memory lies where the program has memory mapped: calls
 /// that take either kind by address then take that memory for device
 /// memory.
-pub(super) fn uva_clash(call: &str, base: u64, size: u64) {
+fn uva_clash(call: &str, base: u64, size: u64) {
     tracing::warn!(
         "{call}: device memory at {base:#x} ({size} bytes) lies where this process has memory mapped; \
          calls given an address of either kind take those addresses for device memory"

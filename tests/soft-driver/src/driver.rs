@@ -993,7 +993,7 @@ impl Driver {
 
     /// Handles of `kind` no object holds any more: given out again (the
     /// last one first) unless `GPUPOOL_SOFT_REUSE_HANDLES=0`.
-    fn free_handles(&mut self, kind: Kind, gone: impl Iterator<Item = u64>) {
+    fn free_handles(&mut self, kind: Kind, gone: impl IntoIterator<Item = u64>) {
         if let Some(free) = self.reusable.as_mut() {
             free.entry(kind).or_default().extend(gone);
         }
@@ -1161,13 +1161,13 @@ impl Driver {
             .collect();
         self.streams.retain(|_, s| s.ctx != ctx);
         self.stream_attrs.retain(|(c, _), _| *c != ctx);
-        self.free_handles(Kind::Stream, gone.into_iter());
+        self.free_handles(Kind::Stream, gone);
         self.events.retain(|_, e| e.ctx != ctx);
         self.graphs.retain(|_, g| g.ctx != ctx);
         self.execs.retain(|_, g| g.ctx != ctx);
         if !c.primary {
             self.retired.insert(ctx);
-            self.free_handles(Kind::Context, [ctx].into_iter());
+            self.free_handles(Kind::Context, [ctx]);
         }
         if current() == ctx && !c.primary {
             set_current(0);
@@ -2380,7 +2380,7 @@ impl Driver {
             self.functions.remove(f);
         }
         self.free_handles(Kind::Function, module.functions.iter().rev().copied());
-        self.free_handles(Kind::Module, [m].into_iter());
+        self.free_handles(Kind::Module, [m]);
         for a in self
             .allocs
             .remove_where(|a| a.kind == AllocKind::ModuleVariable { module: m })
@@ -2573,7 +2573,7 @@ impl Driver {
         }
         self.libraries.remove(&lib);
         self.free_handles(Kind::Kernel, kernels.into_iter().rev());
-        self.free_handles(Kind::Library, [lib].into_iter());
+        self.free_handles(Kind::Library, [lib]);
         Ok(())
     }
 
@@ -3315,7 +3315,7 @@ impl Driver {
     pub fn graph_exec_destroy(&mut self, exec: u64) -> CuResult<()> {
         let x = self.execs.remove(&exec).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         self.drop_graph_memory(x.memory);
-        self.free_handles(Kind::Exec, [exec].into_iter());
+        self.free_handles(Kind::Exec, [exec]);
         Ok(())
     }
 
@@ -3757,7 +3757,7 @@ impl Driver {
         self.clones.retain(|(n, c), _| nodes.contains_key(n) && *c != graph);
         if let Some(g) = self.graphs.remove(&graph) {
             self.drop_graph_memory(g.memory);
-            self.free_handles(Kind::Graph, [graph].into_iter());
+            self.free_handles(Kind::Graph, [graph]);
         }
         self.drop_orphan_child_graphs();
     }
@@ -3901,7 +3901,7 @@ impl Driver {
     pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {
         self.streams.remove(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         self.stream_attrs.retain(|(_, s), _| *s != stream);
-        self.free_handles(Kind::Stream, [stream].into_iter());
+        self.free_handles(Kind::Stream, [stream]);
         Ok(())
     }
 
@@ -4107,7 +4107,7 @@ impl Driver {
 
     pub fn event_destroy(&mut self, event: u64) -> CuResult<()> {
         self.events.remove(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        self.free_handles(Kind::Event, [event].into_iter());
+        self.free_handles(Kind::Event, [event]);
         Ok(())
     }
 

@@ -293,9 +293,7 @@ pub unsafe fn graph_add_mem_alloc_node(
         kind: RangeKind::Allocated,
         legacy_ipc: false,
     };
-    if !lock(&s.device_memory).insert(address, range) {
-        super::uva_clash("a graph's allocation node", address, size);
-    }
+    super::keep_device_range(s, "a graph's allocation node", address, range);
     Ok(())
 }
 

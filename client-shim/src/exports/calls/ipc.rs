@@ -67,9 +67,7 @@ pub unsafe fn ipc_open_mem_handle(ptr: *mut CUdeviceptr, handle: CUipcHandle, fl
                 kind: RangeKind::Opened,
                 legacy_ipc: false,
             };
-            if !lock(&s.device_memory).insert(p, range) {
-                super::uva_clash("cuIpcOpenMemHandle", p, size);
-            }
+            super::keep_device_range(s, "cuIpcOpenMemHandle", p, range);
             // SAFETY: ptr was checked for null; the program passes a
             // writable slot.
             unsafe { out(ptr, p) }

@@ -137,9 +137,7 @@ unsafe fn deliver_pool_memory(
         kind: RangeKind::Allocated,
         legacy_ipc: false,
     };
-    if !lock(&s.device_memory).insert(p, range) {
-        super::uva_clash("stream-ordered allocation", p, size);
-    }
+    super::keep_device_range(s, "a pool's imported memory", p, range);
     // SAFETY: the caller's contract; `out` checks for NULL.
     unsafe { out(ptr, p) }
 }

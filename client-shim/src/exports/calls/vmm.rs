@@ -202,9 +202,7 @@ pub unsafe fn mem_map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64,
         kind: RangeKind::Mapped,
         legacy_ipc: false,
     };
-    if !lock(&s.device_memory).insert(ptr, range) {
-        super::uva_clash("cuMemMap", ptr, size as u64);
-    }
+    super::keep_device_range(s, "cuMemMap", ptr, range);
     Ok(())
 }
 
