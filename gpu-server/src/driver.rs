@@ -883,6 +883,46 @@ unsafe impl Send for Driver {}
 // SAFETY: as above.
 unsafe impl Sync for Driver {}
 
+/// The driver's blocking waits, for a thread that waits for a session while
+/// the session's own thread goes on (`worker::syncs`). It holds only entry
+/// points, which stay valid for the life of the process: the driver's
+/// library is never unloaded ([`Driver::load`]).
+#[derive(Clone, Copy)]
+pub struct Waits {
+    event_synchronize: unsafe extern "C" fn(Ptr) -> Status,
+    ctx_set_current: unsafe extern "C" fn(Ptr) -> Status,
+    ctx_synchronize: unsafe extern "C" fn() -> Status,
+}
+
+impl Waits {
+    /// `cuEventSynchronize`.
+    ///
+    /// # Safety
+    /// `event` must be a live event.
+    pub unsafe fn event_synchronize(&self, event: Ptr) -> DriverResult {
+        // SAFETY: the caller's promise; the entry point stays loaded.
+        status(unsafe { (self.event_synchronize)(event) })
+    }
+
+    /// `cuCtxSynchronize` of `ctx`, made current on the calling thread.
+    ///
+    /// # Safety
+    /// `ctx` must be a live context.
+    pub unsafe fn ctx_synchronize(&self, ctx: Ptr) -> DriverResult {
+        // SAFETY: the caller's promise; the entry points stay loaded.
+        status(unsafe { (self.ctx_set_current)(ctx) })?;
+        // SAFETY: no arguments; the context is current on this thread.
+        status(unsafe { (self.ctx_synchronize)() })
+    }
+}
+
+fn status(s: Status) -> DriverResult {
+    match s {
+        0 => Ok(()),
+        s => Err(s),
+    }
+}
+
 /// `CUdevice_attribute` numbers are below this.
 const MAX_DEVICE_ATTRIBUTE: i32 = 160;
 
@@ -904,8 +944,17 @@ impl Driver {
     pub fn load(path: &Path) -> Result<Driver, LoadError> {
         let shown = path.display().to_string();
         // SAFETY: loading the driver runs its initialisers, which is what
-        // loading libcuda is for.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|source| LoadError::Library {
+        // loading libcuda is for. It is never unloaded (RTLD_NODELETE): the
+        // threads that wait in it for a session ([`Waits`]) may outlive the
+        // Driver, and NVIDIA's driver is not made to be unloaded.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(
+                Some(path),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | libc::RTLD_NODELETE,
+            )
+        }
+        .map(libloading::Library::from)
+        .map_err(|source| LoadError::Library {
             path: shown.clone(),
             source,
         })?;
@@ -922,6 +971,15 @@ impl Driver {
             name: driver.error_name(status),
         })?;
         Ok(driver)
+    }
+
+    /// The blocking waits, for threads of their own ([`Waits`]).
+    pub fn waits(&self) -> Waits {
+        Waits {
+            event_synchronize: self.fns.cuEventSynchronize,
+            ctx_set_current: self.fns.cuCtxSetCurrent,
+            ctx_synchronize: self.fns.cuCtxSynchronize,
+        }
     }
 
     /// The driver's name of a status (`CUDA_ERROR_NO_DEVICE`), and its

@@ -100,6 +100,9 @@ enum Reach {
     Request(u64),
     /// A graph's host node, by its token (`hostnodes`).
     Node(u64),
+    /// Not a host function: the driver's wait for a parked synchronise
+    /// (request `id`) returned `status` (`syncs`).
+    Synced { id: u64, status: Status },
 }
 
 /// What the driver's host function gets: the request that enqueued it.
@@ -131,6 +134,7 @@ mod green;
 mod hostnodes;
 mod ipc;
 pub mod output;
+mod syncs;
 
 pub struct Worker<'d> {
     driver: &'d Driver,
@@ -190,6 +194,13 @@ pub struct Worker<'d> {
     reached: Option<Arc<Reached>>,
     /// Host functions enqueued and not yet told to the client.
     host_funcs_out: usize,
+    /// Synchronises answered once a helper tells they are done (`syncs`).
+    parked: Vec<syncs::Parked>,
+    /// The threads that wait for them, once one was needed.
+    helpers: Option<syncs::Helpers>,
+    /// The server's events for parked stream synchronises, spare, by
+    /// context.
+    sync_events: HashMap<Handle, Vec<Ptr>>,
     /// Watched event records not yet told done (`eventwatch`).
     watches: Vec<eventwatch::Watch>,
     /// Notices sent unasked since the client last showed it reads
@@ -266,6 +277,9 @@ impl<'d> Worker<'d> {
                 })
             }),
             host_funcs_out: 0,
+            parked: Vec::new(),
+            helpers: None,
+            sync_events: HashMap::new(),
             watches: Vec::new(),
             unasked: 0,
             next_look: Instant::now(),
@@ -395,7 +409,7 @@ impl<'d> Worker<'d> {
                 if reader.get_mut().wait_readable_for(&reached.wake, left)? == Some(true) {
                     break;
                 }
-            } else if self.host_funcs_out > 0 {
+            } else if self.host_funcs_out > 0 || !self.parked.is_empty() {
                 if reader.get_mut().wait_readable(&reached.wake)? {
                     break;
                 }
@@ -411,7 +425,7 @@ impl<'d> Worker<'d> {
     /// call's answer follows the host functions it waited for.
     fn tell_reached<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
         // With none out, none can have been reached: no lock on the hot path.
-        if self.host_funcs_out == 0 {
+        if self.host_funcs_out == 0 && self.parked.is_empty() {
             return Ok(());
         }
         let Some(reached) = &self.reached else {
@@ -433,6 +447,10 @@ impl<'d> Worker<'d> {
                         continue;
                     }
                 },
+                Reach::Synced { id, status } => {
+                    self.answer_parked(writer, id, status)?;
+                    continue;
+                }
             };
             self.host_funcs_out = self.host_funcs_out.saturating_sub(1);
             frame::write_frame(writer, &mut self.scratch, id, 0, &Reply::Status(0), &[], self.max_frame)?;
@@ -467,7 +485,11 @@ impl<'d> Worker<'d> {
         result
     }
 
-    fn serve_one<R: Read, W: Write>(&mut self, reader: &mut R, writer: &mut W) -> Result<(), ProtoError> {
+    fn serve_one<R: WaitRead, W: Write>(
+        &mut self,
+        reader: &mut BufReader<R>,
+        writer: &mut W,
+    ) -> Result<(), ProtoError> {
         let mut msg = std::mem::take(&mut self.msg);
         let header = frame::read_frame(reader, &mut msg, self.max_frame)?;
         let decoded = codec::decode::<Request>(&msg);
@@ -481,7 +503,12 @@ impl<'d> Worker<'d> {
             request,
             Request::CtxSynchronize { .. } | Request::StreamSynchronize { .. } | Request::EventSynchronize { .. }
         );
-        let reply = self.execute(&header, request, reader, writer)?;
+        let reply = if synchronises && header.wants_reply() && header.bulk_len == 0 {
+            self.work_ctx = None;
+            self.synchronise(header.id, request, reader, writer)?
+        } else {
+            self.execute(&header, request, reader, writer)?
+        };
         self.tell_reached(writer)?;
         if let Some(reply) = reply {
             // The client reads what completed, and what the driver wrote
@@ -2015,6 +2042,7 @@ impl<'d> Worker<'d> {
 
     /// Drop what the worker knows of a context that goes.
     fn forget_context(&mut self, ctx: Handle) {
+        self.settle_parked(ctx);
         self.unwatch_context(ctx);
         self.forget_captures_in(ctx);
         self.per_thread.retain(|(c, _), _| *c != ctx);
@@ -2056,6 +2084,7 @@ impl<'d> Worker<'d> {
         if self.make_current(ctx).is_err() {
             return;
         }
+        self.settle_parked(ctx);
         let d = self.driver;
         self.release_arrays(ctx);
         self.ipc_close_context(ctx);
@@ -3969,6 +3998,7 @@ impl<'d> Worker<'d> {
             modules: self.tables.modules.len(),
             contexts: self.tables.contexts.len(),
         };
+        self.settle_all_parked();
         self.release_virtual_memory();
         // Green contexts first: each holds its device's primary context.
         for (green, ctx) in std::mem::take(&mut self.tables.greens) {

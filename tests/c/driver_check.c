@@ -350,6 +350,54 @@ static void *cb_opener(void *unused) {
     return NULL;
 }
 
+/* The `sync-threads` mode: a second thread's calls while the first waits in
+ * a synchronise, ending with the stream write that meets the first's wait. */
+struct sync_helper {
+    CUcontext ctx;
+    CUstream waiting; /* the first thread's stream, behind the wait */
+    CUdeviceptr flag; /* the word it waits for */
+    CUdeviceptr scratch;
+    unsigned value; /* what meets the wait */
+    int done;       /* set once every call before the write returned */
+    PFN_cuCtxSetCurrent setCurrent;
+    PFN_cuStreamCreate streamCreate;
+    PFN_cuStreamDestroy streamDestroy;
+    PFN_cuStreamQuery streamQuery;
+    PFN_cuStreamSynchronize streamSync;
+    PFN_cuMemcpyHtoDAsync htodAsync;
+    PFN_cuMemcpyDtoHAsync dtohAsync;
+    PFN_cuEventCreate eventCreate;
+    PFN_cuEventDestroy eventDestroy;
+    PFN_cuStreamWriteValue32 writeValue;
+};
+
+static void *sync_helper_run(void *arg) {
+    struct sync_helper *h = arg;
+    CHECK(h->setCurrent(h->ctx));
+    /* Time for the first thread to be in its synchronise: without it the
+     * test would pass whether calls are served meanwhile or not. */
+    usleep(100 * 1000);
+    CUstream s;
+    CHECK(h->streamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */));
+    unsigned char up[4096], down[4096];
+    for (int i = 0; i < 4096; i++) up[i] = (unsigned char)(i * 13 + h->value);
+    memset(down, 0, sizeof down);
+    CHECK(h->htodAsync(h->scratch, up, sizeof up, s));
+    CHECK(h->dtohAsync(down, h->scratch, sizeof down, s));
+    CHECK(h->streamSync(s));
+    EXPECT(!memcmp(up, down, sizeof up), "the second thread's copies read back wrong while the first waited");
+    CUevent e;
+    CHECK(h->eventCreate(&e, 0x2));
+    CHECK(h->eventDestroy(e));
+    CUresult q = h->streamQuery(h->waiting);
+    EXPECT(q == CUDA_ERROR_NOT_READY, "the waiting stream's query from another thread = %d, want not ready", q);
+    __atomic_store_n(&h->done, 1, __ATOMIC_SEQ_CST);
+    CHECK(h->writeValue(s, h->flag, h->value, 0));
+    CHECK(h->streamSync(s));
+    CHECK(h->streamDestroy(s));
+    return NULL;
+}
+
 /* The `threads` mode: what each thread needs. */
 struct threads_arg {
     int id;
@@ -4377,6 +4425,63 @@ int main(int argc, char **argv) {
         CUresult r = mipmapped(NULL, NULL, 1);
         EXPECT(r == CUDA_ERROR_NOT_SUPPORTED, "cuMipmappedArrayCreate returned %d", r);
         printf("OK unsupported call refused\n");
+    } else if (!strcmp(mode, "sync-threads")) {
+        /* A stream waits for a word that another thread writes later. Each
+         * kind of synchronise must wait for that write, while the other
+         * thread's own calls (copies, a query of the waiting stream) are
+         * answered meanwhile, as a GPU's driver serves each thread. */
+        GET(cuStreamWriteValue32, 11070);
+        GET(cuStreamWaitValue32, 11070);
+        GET(cuEventQuery, 2000);
+        CUstream waiting;
+        CHECK(cuStreamCreate(&waiting, 1 /* CU_STREAM_NON_BLOCKING */));
+        CUdeviceptr flag, scratch;
+        CHECK(cuMemAlloc(&flag, 4));
+        CHECK(cuMemAlloc(&scratch, 4096));
+        CHECK(cuMemsetD32(flag, 0, 1));
+        CUevent e;
+        CHECK(cuEventCreate(&e, 0x2));
+        const char *kinds[3] = {"stream", "event", "context"};
+        for (unsigned round = 1; round <= 3; round++) {
+            CHECK(cuStreamWaitValue32(waiting, flag, round, CU_STREAM_WAIT_VALUE_GEQ));
+            CHECK(cuEventRecord(e, waiting));
+            CUresult q = cuStreamQuery(waiting);
+            EXPECT(q == CUDA_ERROR_NOT_READY, "a stream behind an unmet wait answered %d to a query", q);
+            q = cuEventQuery(e);
+            EXPECT(q == CUDA_ERROR_NOT_READY, "an event behind an unmet wait answered %d to a query", q);
+            struct sync_helper h = {
+                .ctx = ctx,
+                .waiting = waiting,
+                .flag = flag,
+                .scratch = scratch,
+                .value = round,
+                .setCurrent = cuCtxSetCurrent,
+                .streamCreate = cuStreamCreate,
+                .streamDestroy = cuStreamDestroy,
+                .streamQuery = cuStreamQuery,
+                .streamSync = cuStreamSynchronize,
+                .htodAsync = cuMemcpyHtoDAsync,
+                .dtohAsync = cuMemcpyDtoHAsync,
+                .eventCreate = cuEventCreate,
+                .eventDestroy = cuEventDestroy,
+                .writeValue = cuStreamWriteValue32,
+            };
+            pthread_t helper;
+            EXPECT(pthread_create(&helper, NULL, sync_helper_run, &h) == 0, "pthread_create");
+            if (round == 1) CHECK(cuStreamSynchronize(waiting));
+            if (round == 2) CHECK(cuEventSynchronize(e));
+            if (round == 3) CHECK(cuCtxSynchronize());
+            EXPECT(__atomic_load_n(&h.done, __ATOMIC_SEQ_CST) == 1,
+                   "a %s synchronise returned before the write its stream waits for", kinds[round - 1]);
+            pthread_join(helper, NULL);
+            CHECK(cuStreamQuery(waiting));
+            CHECK(cuEventQuery(e));
+        }
+        CHECK(cuEventDestroy(e));
+        CHECK(cuStreamDestroy(waiting));
+        CHECK(cuMemFree(scratch));
+        CHECK(cuMemFree(flag));
+        printf("OK sync-threads\n");
     } else if (!strcmp(mode, "threads")) {
         enum { THREADS = 6 };
         pthread_t tid[THREADS];

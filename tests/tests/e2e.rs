@@ -947,6 +947,105 @@ fn a_freed_functions_handle_given_to_another_is_not_mistaken_for_it() {
     );
 }
 
+/// A synchronise does not hold the program's other threads: while one
+/// thread's stream waits for a word that another thread writes later, the
+/// other thread's copies and queries are answered, and each kind of
+/// synchronise (stream, event, context) returns once the write is done.
+/// Before synchronises were waited for off the session's thread, this
+/// hung. Over TCP and QUIC.
+#[test]
+fn a_synchronise_waits_without_holding_the_programs_other_threads() {
+    let server = Server::start();
+    for url in [&server.tcp, &server.quic] {
+        let out = driver_check(url, &["sync-threads"]);
+        assert!(out.contains("OK sync-threads"), "{url}: {out}");
+    }
+}
+
+/// A synchronise answered late keeps its place in the request order: it
+/// answers the error a streamed call left before it, not one left by a
+/// call after it (the next synchronise answers that one), and requests
+/// sent after it are answered first while its stream waits.
+#[test]
+fn a_synchronise_answered_late_answers_the_errors_before_it() {
+    use gpupool_proto::message::{MemOp, StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    let Reply::Pointer(flag) = s.call(&Request::MemAlloc { ctx, size: 4 }, &[]) else {
+        panic!("no allocation");
+    };
+    let set = |value| Request::Memset {
+        ctx,
+        stream: StreamRef::Legacy,
+        dst: flag,
+        value,
+        elem_size: 4,
+        count: 1,
+    };
+    assert!(matches!(s.call(&set(0), &[]), Reply::Status(0)));
+    let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 60);
+    let other = s.create_stream(ctx, CLIENT_HANDLE_TAG | 61);
+    let mem_op = |stream, write| {
+        let (addr, value, wide, flags) = (flag, 1, false, 0);
+        Request::StreamMemOps {
+            ctx,
+            stream,
+            ops: vec![if write {
+                MemOp::Write {
+                    addr,
+                    value,
+                    wide,
+                    flags,
+                }
+            } else {
+                MemOp::Wait {
+                    addr,
+                    value,
+                    wide,
+                    flags,
+                }
+            }],
+        }
+    };
+    // A streamed error before the synchronise: a memset out of bounds.
+    s.post(&Request::Memset {
+        ctx,
+        stream: other,
+        dst: flag,
+        value: 0,
+        elem_size: 4,
+        count: 1 << 20,
+    });
+    s.post(&mem_op(waiting, false));
+    let sync = s.send(&Request::StreamSynchronize { ctx, stream: waiting });
+    let query = s.send(&Request::StreamQuery { ctx, stream: waiting });
+    // A streamed error after it: a wait for an event that does not exist.
+    s.post(&Request::StreamWaitEvent {
+        ctx,
+        stream: other,
+        event: CLIENT_HANDLE_TAG | 62,
+        flags: 0,
+    });
+    let (first, answer) = s.next_reply();
+    assert_eq!(
+        (first, answer),
+        (query, Reply::Status(600)),
+        "the query after the waiting synchronise is answered first, not ready"
+    );
+    s.post(&mem_op(other, true));
+    let (id, answer) = s.next_reply();
+    assert_eq!((id, answer), (sync, Reply::Status(1)), "the error before it");
+    assert_eq!(
+        s.call(&Request::StreamSynchronize { ctx, stream: other }, &[]),
+        Reply::Status(400),
+        "the error after it, at the next synchronise"
+    );
+    assert_eq!(
+        s.call(&Request::StreamQuery { ctx, stream: waiting }, &[]),
+        Reply::Status(0)
+    );
+}
+
 /// A capture that refused a copy, abandoned with its context: a stream of a
 /// later context that the driver gives the same handle (the software
 /// driver gives freed handles again) captures as any other.

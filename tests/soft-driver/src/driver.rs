@@ -73,6 +73,28 @@ pub fn with_beside_copies<T>(f: impl FnOnce(&mut Driver) -> CuResult<T>) -> CuRe
     f(driver)
 }
 
+/// Stream waits met so far, and the signal that one was ([`synchronize`]).
+static WAITS_MET: Mutex<u64> = Mutex::new(0);
+static WAIT_MET: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A synchronising call: runs `f` (through [`with`], or beside the copies
+/// when `beside`), which checks its arguments and answers the unmet stream
+/// waits ([`crate::waits`]) the call must wait for; until it answers none,
+/// waits outside the driver's lock for a wait to be met, and asks again.
+pub fn synchronize(beside: bool, f: impl Fn(&mut Driver) -> CuResult<Vec<u64>>) -> CuResult<()> {
+    loop {
+        let seen = *WAITS_MET.lock().unwrap_or_else(|e| e.into_inner());
+        let unmet = if beside { with_beside_copies(&f)? } else { with(&f)? };
+        if unmet.is_empty() {
+            return Ok(());
+        }
+        let mut met = WAITS_MET.lock().unwrap_or_else(|e| e.into_inner());
+        while *met == seen {
+            met = WAIT_MET.wait(met).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// `cuInit`: creates the driver state on first call. Reads
 /// `GPUPOOL_SOFT_MEMORY_MIB` (memory per device, default 16384),
 /// `GPUPOOL_SOFT_DEVICE_COUNT` (default 1) and `GPUPOOL_SOFT_MACHINE_ID`
@@ -613,6 +635,9 @@ pub struct Driver {
     /// Graph memory -> how many graphs and executable graphs hold it.
     graph_memory: HashMap<u64, u32>,
     events: HashMap<u64, EventObj>,
+    /// Stream waits for a value not yet written, and the streams and
+    /// event records behind them ([`crate::waits`]).
+    waits: crate::waits::Waits,
     graphs: HashMap<u64, GraphObj>,
     execs: HashMap<u64, GraphObj>,
     /// Memory pools (`cuMemPool*`): each device's default one is made at
@@ -946,6 +971,7 @@ impl Driver {
             graph_owned: HashSet::new(),
             graph_memory: HashMap::new(),
             events: HashMap::new(),
+            waits: crate::waits::Waits::default(),
             graphs: HashMap::new(),
             execs: HashMap::new(),
             pools: HashMap::new(),
@@ -1209,7 +1235,8 @@ impl Driver {
 
     /// `cuCtxSynchronize`: not while a stream of the context captures in
     /// global or thread-local mode (the capture is invalidated).
-    pub fn ctx_synchronize(&mut self) -> CuResult<()> {
+    /// Answers the unmet stream waits its streams are behind.
+    pub fn ctx_synchronize(&mut self) -> CuResult<Vec<u64>> {
         let ctx = self.active_ctx()?;
         let mut refused = false;
         for s in self.streams.values_mut().filter(|s| s.ctx == ctx) {
@@ -1221,7 +1248,13 @@ impl Driver {
         if refused {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
-        Ok(())
+        let streams: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.ctx == ctx)
+            .map(|(h, _)| *h)
+            .collect();
+        Ok(self.waits.of_streams(streams))
     }
 
     pub fn ctx_get_limit(&self, limit: i32) -> CuResult<u64> {
@@ -3332,15 +3365,42 @@ impl Driver {
         let p = self.device_range(addr, n)?;
         // SAFETY: `device_range` checked `n` bytes at `addr` are allocated.
         unsafe { std::ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), p, n as usize) };
+        let mut waits = std::mem::take(&mut self.waits);
+        // A wait on memory freed since is met: nothing can meet it now.
+        let any = waits.recheck(|w| self.wait_met(w.addr, w.value, w.wide, w.flags).unwrap_or(true));
+        self.waits = waits;
+        if any {
+            *WAITS_MET.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            WAIT_MET.notify_all();
+        }
         Ok(())
     }
 
-    /// `cuStreamWaitValue*`: work here runs as it is enqueued, so a wait is
-    /// met by what is already written or never; one that is not met is
-    /// refused rather than left to hang.
+    /// `cuStreamWaitValue*`: met by what is already written, or by a later
+    /// stream write of a value ([`crate::waits`]).
     pub fn stream_wait_value(&mut self, stream: u64, addr: u64, value: u64, wide: bool, flags: u32) -> CuResult<()> {
         self.stream_ctx(stream)?;
         self.refuse_in_capture(stream)?;
+        if self.wait_met(addr, value, wide, flags)? {
+            return Ok(());
+        }
+        if BUILTIN_STREAMS.contains(&stream) {
+            eprintln!("gpupool soft driver: a wait on a built-in stream that nothing written meets; refused (this double cannot wait there)");
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let wait = crate::waits::Unmet {
+            addr,
+            value,
+            wide,
+            flags,
+        };
+        self.waits.add(stream, wait);
+        Ok(())
+    }
+
+    /// Whether the word at `addr` meets a stream wait for `value` as
+    /// `flags` say.
+    fn wait_met(&self, addr: u64, value: u64, wide: bool, flags: u32) -> CuResult<bool> {
         const FLUSH: u32 = 1 << 30;
         let n = if wide { 8 } else { 4 };
         let p = self.device_range(addr, n)?;
@@ -3355,7 +3415,7 @@ impl Driver {
                 value & 0xffff_ffff,
             )
         };
-        let met = match flags & !FLUSH {
+        Ok(match flags & !FLUSH {
             // GEQ: (now - value) >= 0 as a signed word.
             0 if wide => (now.wrapping_sub(value) as i64) >= 0,
             0 => (now.wrapping_sub(value) as u32 as i32) >= 0,
@@ -3364,13 +3424,7 @@ impl Driver {
             3 if wide => !(now | value) != 0,
             3 => !(now as u32 | value as u32) != 0,
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
-        };
-        if met {
-            Ok(())
-        } else {
-            eprintln!("gpupool soft driver: a stream wait that nothing enqueued before it meets; refused (this double cannot wait)");
-            Err(CUDA_ERROR_NOT_SUPPORTED)
-        }
+        })
     }
 
     // ----- graphs built node by node -----
@@ -3900,6 +3954,7 @@ impl Driver {
 
     pub fn stream_destroy(&mut self, stream: u64) -> CuResult<()> {
         self.streams.remove(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.waits.forget_stream(stream);
         self.stream_attrs.retain(|(_, s), _| *s != stream);
         self.free_handles(Kind::Stream, [stream]);
         Ok(())
@@ -3968,9 +4023,11 @@ impl Driver {
         }
     }
 
-    pub fn stream_synchronize(&mut self, stream: u64) -> CuResult<()> {
+    /// Answers the unmet stream waits the stream is behind.
+    pub fn stream_synchronize(&mut self, stream: u64) -> CuResult<Vec<u64>> {
         self.stream_ctx(stream)?;
-        self.refuse_in_capture(stream)
+        self.refuse_in_capture(stream)?;
+        Ok(self.waits.of_stream(stream))
     }
 
     /// `cuLaunchHostFunc`: checks the stream; the caller queues the function
@@ -4071,7 +4128,10 @@ impl Driver {
             }
             (Some(mine), Some(o)) if mine == o => Ok(()),
             (Some(_), _) => self.refuse_in_capture(stream),
-            (None, None) => Ok(()),
+            (None, None) => {
+                self.waits.follow(stream, event);
+                Ok(())
+            }
         }
     }
 
@@ -4107,6 +4167,7 @@ impl Driver {
 
     pub fn event_destroy(&mut self, event: u64) -> CuResult<()> {
         self.events.remove(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.waits.forget_event(event);
         self.free_handles(Kind::Event, [event]);
         Ok(())
     }
@@ -4123,9 +4184,11 @@ impl Driver {
             if origin.is_none() {
                 e.recorded = Some(Instant::now());
                 e.copies = engine::last();
+                self.waits.record(event, stream);
                 // Another process sees it done: so it is (see `ipc`).
                 if e.flags & EVENT_INTERPROCESS != 0 {
                     engine::wait_for(e.copies);
+                    self.waits.forget_event(event);
                 }
             }
         }
@@ -4133,19 +4196,21 @@ impl Driver {
     }
 
     /// `cuEventSynchronize`: an event is complete once the copies queued
-    /// before its record are done (at once if it was never recorded).
-    pub fn event_wait(&self, event: u64) -> CuResult<()> {
+    /// before its record are done (at once if it was never recorded) and
+    /// the stream waits it is behind are met: answers those not yet met.
+    pub fn event_wait(&mut self, event: u64) -> CuResult<Vec<u64>> {
         let e = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         engine::wait_for(e.copies);
-        self.healthy(e.ctx).map(drop)
+        self.healthy(e.ctx)?;
+        Ok(self.waits.of_event(event))
     }
 
     /// `cuEventQuery`: `CUDA_ERROR_NOT_READY` while copies queued before its
-    /// record are still going.
-    pub fn event_query(&self, event: u64) -> CuResult<()> {
+    /// record are still going, or a stream wait it is behind is unmet.
+    pub fn event_query(&mut self, event: u64) -> CuResult<()> {
         let e = self.events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         self.healthy(e.ctx)?;
-        if engine::is_done(e.copies) {
+        if engine::is_done(e.copies) && self.waits.of_event(event).is_empty() {
             Ok(())
         } else {
             Err(CUDA_ERROR_NOT_READY)
@@ -4157,7 +4222,7 @@ impl Driver {
     pub fn stream_query(&mut self, stream: u64) -> CuResult<()> {
         self.stream_ctx(stream)?;
         self.refuse_in_capture(stream)?;
-        if engine::is_done(engine::last()) {
+        if engine::is_done(engine::last()) && self.waits.of_stream(stream).is_empty() {
             Ok(())
         } else {
             Err(CUDA_ERROR_NOT_READY)

@@ -414,7 +414,7 @@ pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    let r = ffi(|| driver::with(|d| d.ctx_synchronize()));
+    let r = ffi(|| driver::synchronize(false, |d| d.ctx_synchronize()));
     crate::kernels::flush_device_output();
     r
 }
@@ -2150,7 +2150,7 @@ pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    let r = ffi(|| driver::with(|d| d.stream_synchronize(h(stream))));
+    let r = ffi(|| driver::synchronize(false, |d| d.stream_synchronize(h(stream))));
     crate::kernels::flush_device_output();
     r
 }
@@ -2385,7 +2385,7 @@ pub extern "C" fn cuCtxWaitEvent(ctx: CUcontext, event: CUevent) -> CUresult {
 
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    let r = ffi(|| driver::with_beside_copies(|d| d.event_wait(h(event))));
+    let r = ffi(|| driver::synchronize(true, |d| d.event_wait(h(event))));
     crate::kernels::flush_device_output();
     r
 }

@@ -28,7 +28,9 @@
 //!   objects read and written by `gp_surf_scale` ([`texture`]);
 //! * TMA tensor maps, checked as the driver documents and packed in this
 //!   double's own layout ([`tensormap`]);
-//! * streams, events with host timestamps, occupancy queries;
+//! * streams, events with host timestamps, occupancy queries; stream
+//!   waits for a value that another thread's stream write meets
+//!   ([`waits`]);
 //! * memory and events shared with other processes (`cuIpc*`): an exported
 //!   allocation moves onto a shared-memory file that the opening process
 //!   maps through `/proc`;
@@ -53,6 +55,7 @@ pub mod ptx;
 pub mod result;
 pub mod tensormap;
 pub mod texture;
+pub mod waits;
 
 mod driver;
 mod memory;

@@ -1469,3 +1469,60 @@ fn conditional_nodes_nest_and_copy() {
     ok(cuGraphDestroy(outer));
     ok(cuCtxDestroy_v2(ctx));
 }
+
+/// A stream wait for a word another thread writes later: queries of the
+/// stream, and of an event recorded behind the wait, answer not ready; each
+/// kind of synchronise waits, outside the driver's lock (the other thread's
+/// calls go on), until the write meets it.
+#[test]
+fn a_stream_wait_holds_synchronises_until_another_threads_write_meets_it() {
+    let _serial = serial();
+    let ctx = context();
+    let flag = alloc(4);
+    ok(cuMemsetD32_v2(flag, 0, 1));
+    let mut waiting = null_mut();
+    // SAFETY: valid out-pointer.
+    ok(unsafe { cuStreamCreate(&mut waiting, 1) });
+    let mut e = null_mut();
+    // SAFETY: valid out-pointer.
+    ok(unsafe { cuEventCreate(&mut e, 2) });
+    const NOT_READY: CUresult = 600;
+    for round in 1..=3u32 {
+        ok(cuStreamWaitValue32_v2(waiting, flag, round, 0));
+        ok(cuEventRecord(e, waiting));
+        assert_eq!(cuStreamQuery(waiting), NOT_READY);
+        assert_eq!(cuEventQuery(e), NOT_READY);
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w, ctx_addr) = (written.clone(), ctx as usize);
+        let writer = std::thread::spawn(move || {
+            ok(cuCtxSetCurrent(ctx_addr as CUcontext));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // Served while the first thread waits.
+            let p = alloc(64);
+            ok(cuMemFree_v2(p));
+            let mut s = null_mut();
+            // SAFETY: valid out-pointer.
+            ok(unsafe { cuStreamCreate(&mut s, 1) });
+            w.store(true, std::sync::atomic::Ordering::SeqCst);
+            ok(cuStreamWriteValue32_v2(s, flag, round, 0));
+            ok(cuStreamSynchronize(s));
+            ok(cuStreamDestroy_v2(s));
+        });
+        match round {
+            1 => ok(cuStreamSynchronize(waiting)),
+            2 => ok(cuEventSynchronize(e)),
+            _ => ok(cuCtxSynchronize()),
+        }
+        assert!(
+            written.load(std::sync::atomic::Ordering::SeqCst),
+            "round {round}: the synchronise returned before the write"
+        );
+        writer.join().unwrap();
+        ok(cuStreamQuery(waiting));
+        ok(cuEventQuery(e));
+    }
+    ok(cuEventDestroy_v2(e));
+    ok(cuStreamDestroy_v2(waiting));
+    ok(cuMemFree_v2(flag));
+    ok(cuCtxDestroy_v2(ctx));
+}
