@@ -68,7 +68,7 @@ status=0
 
 section_driver() {
     printf "%-12s %-8s %-8s %s\n" mode native remote same-output
-    for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools pool-ipc vmm arrays managed graph ipc hostnodes vmm-ipc green reuse uva; do
+    for mode in vadd library fault oob "big 256" streams copies2d queries callbacks pools pool-ipc vmm arrays managed graph ipc hostnodes vmm-ipc green reuse uva sync-threads; do
         n=$(native $mode 2>&1) && nr=ok || nr=fail
         r=$(remote $mode 2>&1) && rr=ok || rr=fail
         same=no; [ "$(grep -v '^device' <<<"$n" | grep OK)" = "$(grep -v '^device' <<<"$r" | grep OK)" ] && same=yes
