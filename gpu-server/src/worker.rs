@@ -201,6 +201,10 @@ pub struct Worker<'d> {
     /// The server's events for parked stream synchronises, spare, by
     /// context.
     sync_events: HashMap<Handle, Vec<Ptr>>,
+    /// Streams named by a request since their context's last synchronise
+    /// (context, stream) -> the request's place (`calls`): what a context
+    /// synchronise polls (`syncs`).
+    busy: HashMap<(Handle, Ptr), u64>,
     /// Watched event records not yet told done (`eventwatch`).
     watches: Vec<eventwatch::Watch>,
     /// Notices sent unasked since the client last showed it reads
@@ -280,6 +284,7 @@ impl<'d> Worker<'d> {
             parked: Vec::new(),
             helpers: None,
             sync_events: HashMap::new(),
+            busy: HashMap::new(),
             watches: Vec::new(),
             unasked: 0,
             next_look: Instant::now(),
@@ -599,21 +604,30 @@ impl<'d> Worker<'d> {
     }
 
     fn stream(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<Ptr> {
+        let (owner, p) = self.resolve_stream(ctx, s)?;
+        // Whatever names a stream may have given it work.
+        self.busy.insert((owner, p), self.calls);
+        Ok(p)
+    }
+
+    /// The stream `s` names for a request of `ctx`, and the context it
+    /// belongs to.
+    fn resolve_stream(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<(Handle, Ptr)> {
         match s {
-            StreamRef::Legacy => Ok(STREAM_LEGACY),
+            StreamRef::Legacy => Ok((ctx, STREAM_LEGACY)),
             StreamRef::Handle(h) => match self.tables.streams.get(&h) {
-                Some(c) if *c == ctx => Ok(self.real(h)),
+                Some(c) if *c == ctx => Ok((ctx, self.real(h))),
                 // A green context's streams take work from any context of
                 // their device, and a green context's work may go to its
                 // device's other streams (the driver runs it in the
                 // stream's context), as PyTorch uses green streams with
                 // the primary context current.
-                Some(&c) if self.same_device_with_green(c, ctx) => Ok(self.real(h)),
+                Some(&c) if self.same_device_with_green(c, ctx) => Ok((c, self.real(h))),
                 _ => Err(INVALID_HANDLE),
             },
             StreamRef::PerThread(t) => {
                 if let Some(p) = self.per_thread.get(&(ctx, t)) {
-                    return Ok(*p);
+                    return Ok((ctx, *p));
                 }
                 let mut p: Ptr = std::ptr::null_mut();
                 // SAFETY: p is writable; flags 0 make a stream that
@@ -621,7 +635,7 @@ impl<'d> Worker<'d> {
                 // default stream does.
                 unsafe { self.driver.cuStreamCreateWithPriority(&mut p, 0, 0) }?;
                 self.per_thread.insert((ctx, t), p);
-                Ok(p)
+                Ok((ctx, p))
             }
         }
     }
@@ -1287,6 +1301,7 @@ impl<'d> Worker<'d> {
                     self.captures = self.captures.saturating_sub(1);
                 }
                 self.forget_capture(real);
+                self.busy.retain(|(_, b), _| *b != real);
                 // SAFETY: the stream belongs to this client.
                 unsafe { d.cuStreamDestroy_v2(real) }
             })),
@@ -2043,6 +2058,7 @@ impl<'d> Worker<'d> {
     /// Drop what the worker knows of a context that goes.
     fn forget_context(&mut self, ctx: Handle) {
         self.settle_parked(ctx);
+        self.busy.retain(|(c, _), _| *c != ctx);
         self.unwatch_context(ctx);
         self.forget_captures_in(ctx);
         self.per_thread.retain(|(c, _), _| *c != ctx);
@@ -2085,6 +2101,7 @@ impl<'d> Worker<'d> {
             return;
         }
         self.settle_parked(ctx);
+        self.busy.retain(|(c, _), _| *c != ctx);
         let d = self.driver;
         self.release_arrays(ctx);
         self.ipc_close_context(ctx);

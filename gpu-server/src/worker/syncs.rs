@@ -13,13 +13,22 @@
 //! - **Polled by the session's thread** ([`SPIN`] at most), as the driver
 //!   polls by default, while no other request arrives: a single-threaded
 //!   program's synchronise (a training step's) is answered as soon as its
-//!   work is done, with no hand-over between threads.
+//!   work is done, with no hand-over between threads. A stream's and an
+//!   event's are polled with their queries. A context has no query: the
+//!   session polls an event of its own recorded on each of the context's
+//!   streams that a request named since the context's last synchronise
+//!   (`Worker::busy`; typically one or two in a training loop).
 //! - **Parked** once another request arrives, or the time is up: a thread
 //!   of the session's (`gpupool-sync`, one per parked synchronise, kept
 //!   for the next) waits in the driver, and tells the session when it is
 //!   done through the same hand-over as host functions ([`Reach::Synced`]).
 //!   The session goes on with later requests, and answers the synchronise
 //!   when told, after the host functions it waited for.
+//!
+//! What polling finds done is then asked of the driver by its own call,
+//! on the session's thread, which returns at once: the answer (its errors
+//! included) is always the driver's, and a context's work that no stream
+//! named can only make the call wait, never answer early.
 //!
 //! What a parked synchronise waits for is fixed at its place in the
 //! request order, as the driver fixes it when the call is made:
@@ -55,6 +64,9 @@ use std::time::{Duration, Instant};
 /// other request arrives. A longer wait costs one hand-over between
 /// threads (some microseconds) on top of it.
 pub(super) const SPIN: Duration = Duration::from_millis(5);
+/// How often polling looks for another request (and host functions
+/// reached).
+const LOOK: Duration = Duration::from_micros(5);
 /// How long a context that goes, or a session that ends, waits for the
 /// synchronises that wait on it.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -77,6 +89,9 @@ pub(super) struct Parked {
     own: Option<(Handle, Ptr)>,
     /// Set by the helper when the driver's wait returned.
     done: Arc<AtomicBool>,
+    /// A context synchronise's place: once it succeeds, the context's
+    /// streams named before it are idle.
+    place: Option<u64>,
 }
 
 /// What a helper waits for.
@@ -96,9 +111,15 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Helpers waiting for a job.
-    idle: usize,
+    /// Helpers not waiting in the driver (spinning or asleep): each takes
+    /// the next job.
+    free: usize,
     closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    work: Condvar,
 }
 
 /// The session's helper threads, which wait in the driver for parked
@@ -107,80 +128,84 @@ struct Queue {
 /// turn.
 pub(super) struct Helpers {
     waits: Waits,
-    queue: Arc<(Mutex<Queue>, Condvar)>,
+    shared: Arc<Shared>,
 }
 
 impl Helpers {
     pub(super) fn new(waits: Waits) -> Helpers {
         Helpers {
             waits,
-            queue: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                work: Condvar::new(),
+            }),
         }
     }
 
     /// Have a helper wait; false when no thread could be started.
     fn submit(&self, job: Job) -> bool {
-        let (lock, cv) = &*self.queue;
-        let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if q.jobs.len() >= q.idle {
-            let queue = Arc::clone(&self.queue);
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.jobs.len() >= q.free {
+            let shared = Arc::clone(&self.shared);
             let waits = self.waits;
             let started = std::thread::Builder::new()
                 .name("gpupool-sync".into())
-                .spawn(move || helper(waits, &queue));
+                .spawn(move || helper(waits, &shared));
             if started.is_err() {
                 return false;
             }
+            q.free += 1;
         }
         q.jobs.push_back(job);
-        cv.notify_one();
+        self.shared.work.notify_one();
         true
     }
 }
 
 impl Drop for Helpers {
     fn drop(&mut self) {
-        let (lock, cv) = &*self.queue;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
-        cv.notify_all();
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.shared.work.notify_all();
     }
 }
 
 /// A helper thread: waits in the driver for each job it takes, and tells
 /// the session. It ends when the session's helpers go; one still waiting
 /// then goes with the session's process.
-fn helper(waits: Waits, queue: &(Mutex<Queue>, Condvar)) {
-    let (lock, cv) = queue;
-    let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
+fn helper(waits: Waits, shared: &Shared) {
     loop {
-        if let Some(job) = q.jobs.pop_front() {
-            drop(q);
-            let result = match job.wait {
-                // SAFETY: the event is live until the session is told
-                // (the server's own goes back to its spares only then; a
-                // program's is the program's, which waits for this).
-                Wait::Event(e) => unsafe { waits.event_synchronize(e as Ptr) },
-                // SAFETY: a context waited on does not go before this is
-                // told (`settle_parked`).
-                Wait::Context(c) => unsafe { waits.ctx_synchronize(c as Ptr) },
-            };
-            job.done.store(true, Ordering::Release);
-            let status = result.err().unwrap_or(0);
-            job.reached
-                .ids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Reach::Synced { id: job.id, status });
-            job.reached.wake.wake();
-            q = lock.lock().unwrap_or_else(|p| p.into_inner());
-            continue;
-        }
-        if q.closed {
-            return;
-        }
-        q.idle += 1;
-        q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
-        q.idle -= 1;
+        let job = {
+            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    q.free -= 1;
+                    break job;
+                }
+                if q.closed {
+                    return;
+                }
+                q = shared.work.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let result = match job.wait {
+            // SAFETY: the event is live until the session is told (the
+            // server's own goes back to its spares only then; a program's
+            // is the program's, which waits for this).
+            Wait::Event(e) => unsafe { waits.event_synchronize(e as Ptr) },
+            // SAFETY: a context waited on does not go before this is told
+            // (`settle_parked`).
+            Wait::Context(c) => unsafe { waits.ctx_synchronize(c as Ptr) },
+        };
+        let status = result.err().unwrap_or(0);
+        job.reached
+            .ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Reach::Synced { id: job.id, status });
+        // After the push: a session that sees `done` finds the answer.
+        job.done.store(true, Ordering::Release);
+        job.reached.wake.wake();
+        shared.queue.lock().unwrap_or_else(|p| p.into_inner()).free += 1;
     }
 }
 
@@ -240,12 +265,43 @@ impl Worker<'_> {
                 if let Err(e) = self.make_current(ctx) {
                     return Ok(Some(Reply::Status(self.sync_status(ctx, Err(e)))));
                 }
+                // The context's streams that took work since its last
+                // synchronise, each with an event of the server's.
+                let place = self.calls;
+                let busy: Vec<Ptr> = self
+                    .busy
+                    .iter()
+                    .filter(|((c, _), _)| *c == ctx)
+                    .map(|((_, s), _)| *s)
+                    .collect();
+                let mut own = Vec::with_capacity(busy.len());
+                for s in busy {
+                    match self.record_own(s) {
+                        Some(o) => own.push(o),
+                        None => break,
+                    }
+                }
+                let polled = self.poll_while_alone(reader, writer, |w| {
+                    own.iter()
+                        // SAFETY: the server's events, live.
+                        .all(|(_, e)| unsafe { w.driver.cuEventQuery(*e) } != Err(NOT_READY))
+                })?;
+                for (c, e) in own {
+                    self.sync_events.entry(c).or_default().push(e);
+                }
+                if polled {
+                    // The driver's own answer (at once, unless work went
+                    // where no stream named it).
+                    let reply = self.synchronise_here(request);
+                    if reply == Reply::Status(0) {
+                        self.busy.retain(|(c, _), at| *c != ctx || *at > place);
+                    }
+                    return Ok(Some(reply));
+                }
                 let kept = self.kept.remove(&ctx);
                 let parked = self.park(id, ctx, kept, None, Wait::Context(ctx as usize), request)?;
-                if parked.is_none() {
-                    // Told as soon as the helper is done, while no other
-                    // request arrives.
-                    self.poll_while_alone(reader, writer, |w| !w.parked.iter().any(|p| p.id == id))?;
+                if let Some(p) = self.parked.last_mut().filter(|p| p.id == id) {
+                    p.place = Some(place);
                 }
                 Ok(parked)
             }
@@ -298,6 +354,7 @@ impl Worker<'_> {
             kept,
             own,
             done,
+            place: None,
         });
         Ok(None)
     }
@@ -314,6 +371,7 @@ impl Worker<'_> {
             return Ok(false);
         };
         let start = Instant::now();
+        let mut looked = start;
         loop {
             if done(self) {
                 return Ok(true);
@@ -321,16 +379,22 @@ impl Worker<'_> {
             if !reader.buffer().is_empty() {
                 return Ok(false);
             }
-            match reader.get_mut().wait_readable_for(&reached.wake, Duration::ZERO)? {
-                Some(true) => return Ok(false),
-                Some(false) => {
-                    self.tell_reached(writer)?;
-                    writer.flush()?;
+            // The socket and the wake-up cost a system call to look at:
+            // every LOOK, not at every poll of the work.
+            let now = Instant::now();
+            if now.duration_since(looked) >= LOOK {
+                looked = now;
+                match reader.get_mut().wait_readable_for(&reached.wake, Duration::ZERO)? {
+                    Some(true) => return Ok(false),
+                    Some(false) => {
+                        self.tell_reached(writer)?;
+                        writer.flush()?;
+                    }
+                    None => {}
                 }
-                None => {}
-            }
-            if start.elapsed() >= SPIN {
-                return Ok(false);
+                if now.duration_since(start) >= SPIN {
+                    return Ok(false);
+                }
             }
             std::hint::spin_loop();
         }
@@ -375,6 +439,9 @@ impl Worker<'_> {
         let p = self.parked.swap_remove(at);
         if let Some((ctx, e)) = p.own {
             self.sync_events.entry(ctx).or_default().push(e);
+        }
+        if let (0, Some(place)) = (status, p.place) {
+            self.busy.retain(|(c, _), at| *c != p.ctx || *at > place);
         }
         let status = if status != 0 { status } else { p.kept.unwrap_or(0) };
         self.send_output(writer, true)?;
