@@ -32,6 +32,9 @@ use std::time::Instant;
 
 /// Output buffer of a session: replies and small copies of one request go out in one write.
 const OUT_BUFFER: usize = 64 << 10;
+/// Staging buffers a session makes, besides those that copies hold while
+/// their data waits to be sent, before a copy waits for one in use.
+const STAGING_SPARE: usize = 4;
 /// `CU_STREAM_LEGACY`.
 const STREAM_LEGACY: Ptr = 0x1 as Ptr;
 /// CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_INVALID_IMAGE.
@@ -82,6 +85,9 @@ struct Staging {
     /// cannot record it, so it is made again there.
     event_ctx: Option<Handle>,
     busy: bool,
+    /// Held by a device-to-host copy whose data waits to be sent
+    /// (`copies`): no other copy takes it.
+    held: bool,
 }
 
 /// Host functions the driver has reached, for the session's thread to tell
@@ -128,6 +134,7 @@ unsafe extern "C" fn host_call_reached(data: Ptr) {
 
 /// The executing side of one session.
 mod arrays;
+mod copies;
 mod eventwatch;
 mod graphedit;
 mod green;
@@ -201,6 +208,10 @@ pub struct Worker<'d> {
     /// The server's events for parked stream synchronises, spare, by
     /// context.
     sync_events: HashMap<Handle, Vec<Ptr>>,
+    /// The device-to-host copy being made, issued whole (`copies`).
+    deferred: Option<copies::CopyOut>,
+    /// Copies issued whole whose data waits to be sent.
+    copies: Vec<copies::CopyOut>,
     /// Streams named by a request since their context's last synchronise
     /// (context, stream) -> the request's place (`calls`): what a context
     /// synchronise polls (`syncs`).
@@ -285,6 +296,8 @@ impl<'d> Worker<'d> {
             helpers: None,
             sync_events: HashMap::new(),
             busy: HashMap::new(),
+            deferred: None,
+            copies: Vec::new(),
             watches: Vec::new(),
             unasked: 0,
             next_look: Instant::now(),
@@ -414,7 +427,7 @@ impl<'d> Worker<'d> {
                 if reader.get_mut().wait_readable_for(&reached.wake, left)? == Some(true) {
                     break;
                 }
-            } else if self.host_funcs_out > 0 || !self.parked.is_empty() {
+            } else if self.host_funcs_out > 0 || !self.parked.is_empty() || !self.copies.is_empty() {
                 if reader.get_mut().wait_readable(&reached.wake)? {
                     break;
                 }
@@ -430,7 +443,7 @@ impl<'d> Worker<'d> {
     /// call's answer follows the host functions it waited for.
     fn tell_reached<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
         // With none out, none can have been reached: no lock on the hot path.
-        if self.host_funcs_out == 0 && self.parked.is_empty() {
+        if self.host_funcs_out == 0 && self.parked.is_empty() && self.copies.is_empty() {
             return Ok(());
         }
         let Some(reached) = &self.reached else {
@@ -442,6 +455,8 @@ impl<'d> Worker<'d> {
             frame::write_frame(writer, &mut self.scratch, id, 0, &refused, &[], self.max_frame)?;
         }
         let reaches = std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
+        // The data of copies before the functions reached goes first.
+        self.flush_copies(writer)?;
         for reach in reaches {
             let id = match reach {
                 Reach::Request(id) => id,
@@ -512,13 +527,17 @@ impl<'d> Worker<'d> {
             self.work_ctx = None;
             self.synchronise(header.id, request, reader, writer)?
         } else {
-            self.execute(&header, request, reader, writer)?
+            let reply = self.execute(&header, request, reader, writer)?;
+            self.finish_copy(reply, reader, writer)?
         };
         self.tell_reached(writer)?;
         if let Some(reply) = reply {
             // The client reads what completed, and what the driver wrote
-            // for it, as it reads this reply.
-            if let Some(done) = self.events_done() {
+            // for it, as it reads this reply (after the data of copies
+            // before those records).
+            let done = self.events_done();
+            self.flush_copies(writer)?;
+            if let Some(done) = done {
                 frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
             }
             self.send_output(writer, synchronises)?;
@@ -2605,27 +2624,32 @@ impl<'d> Worker<'d> {
     /// Allocate the staging buffers on first use (pinned by the driver when
     /// it can; plain memory otherwise).
     fn ensure_staging(&mut self) {
-        if !self.staging.is_empty() {
-            return;
+        while self.staging.len() < 2 {
+            let buffer = self.new_staging();
+            self.staging.push(buffer);
         }
-        for _ in 0..2 {
-            let mut host: Ptr = std::ptr::null_mut();
-            // SAFETY: host is writable.
-            let pinned = unsafe { self.driver.cuMemAllocHost_v2(&mut host, COPY_CHUNK) }.is_ok();
-            let mut event: Ptr = std::ptr::null_mut();
-            // SAFETY: event is writable; flag 0x2 (CU_EVENT_DISABLE_TIMING) keeps it cheap.
-            if unsafe { self.driver.cuEventCreate(&mut event, 0x2) }.is_err() {
-                event = std::ptr::null_mut();
-            }
-            let fallback = if pinned { Vec::new() } else { vec![0u8; COPY_CHUNK] };
-            self.staging.push(Staging {
-                host,
-                pinned,
-                fallback,
-                event,
-                event_ctx: self.current,
-                busy: false,
-            });
+    }
+
+    /// A staging buffer of COPY_CHUNK bytes, pinned when the driver allows,
+    /// with its event (in the current context).
+    fn new_staging(&mut self) -> Staging {
+        let mut host: Ptr = std::ptr::null_mut();
+        // SAFETY: host is writable.
+        let pinned = unsafe { self.driver.cuMemAllocHost_v2(&mut host, COPY_CHUNK) }.is_ok();
+        let mut event: Ptr = std::ptr::null_mut();
+        // SAFETY: event is writable; flag 0x2 (CU_EVENT_DISABLE_TIMING) keeps it cheap.
+        if unsafe { self.driver.cuEventCreate(&mut event, 0x2) }.is_err() {
+            event = std::ptr::null_mut();
+        }
+        let fallback = if pinned { Vec::new() } else { vec![0u8; COPY_CHUNK] };
+        Staging {
+            host,
+            pinned,
+            fallback,
+            event,
+            event_ctx: self.current,
+            busy: false,
+            held: false,
         }
     }
 
@@ -2642,11 +2666,52 @@ impl<'d> Worker<'d> {
         }
     }
 
-    /// Take the next staging buffer, waiting until the device is done with it.
+    /// Take a staging buffer: one no copy holds whose last use is done (the
+    /// next in turn first), else a new one while the session has fewer
+    /// than [`STAGING_SPARE`] besides those held, else the next in turn,
+    /// waiting until the device is done with it. So a copy does not wait
+    /// behind another stream's work while buffers can be had.
     fn take_staging(&mut self) -> DriverResult<usize> {
         self.ensure_staging();
-        let i = self.next_staging;
+        let i = match self.idle_staging() {
+            Some(i) => i,
+            None if self.staging.len() - self.held_staging() < STAGING_SPARE => {
+                let buffer = self.new_staging();
+                self.staging.push(buffer);
+                self.staging.len() - 1
+            }
+            None => {
+                let n = self.staging.len();
+                (0..n)
+                    .map(|k| (self.next_staging + k) % n)
+                    .find(|&i| !self.staging[i].held)
+                    .ok_or(OUT_OF_MEMORY)?
+            }
+        };
         self.next_staging = (i + 1) % self.staging.len();
+        self.ready_staging(i)?;
+        Ok(i)
+    }
+
+    /// A staging buffer no copy holds whose last use is done (or that
+    /// never had one), the next in turn first.
+    fn idle_staging(&self) -> Option<usize> {
+        let n = self.staging.len();
+        (0..n).map(|k| (self.next_staging + k) % n).find(|&i| {
+            let s = &self.staging[i];
+            // SAFETY: the event is the buffer's own, live.
+            !s.held && (!s.busy || s.event.is_null() || unsafe { self.driver.cuEventQuery(s.event) }.is_ok())
+        })
+    }
+
+    /// How many staging buffers copies hold.
+    pub(super) fn held_staging(&self) -> usize {
+        self.staging.iter().filter(|s| s.held).count()
+    }
+
+    /// Wait until the device is done with staging buffer `i`, and give it
+    /// an event of the current context.
+    fn ready_staging(&mut self, i: usize) -> DriverResult {
         let current = self.current;
         let s = &mut self.staging[i];
         if s.busy && !s.event.is_null() {
@@ -2664,14 +2729,14 @@ impl<'d> Worker<'d> {
                 let _ = unsafe { self.driver.cuEventDestroy_v2(s.event) };
             }
             let mut event: Ptr = std::ptr::null_mut();
-            // SAFETY: event is writable; as in ensure_staging.
+            // SAFETY: event is writable; as in new_staging.
             if unsafe { self.driver.cuEventCreate(&mut event, 0x2) }.is_err() {
                 event = std::ptr::null_mut();
             }
             s.event = event;
             s.event_ctx = current;
         }
-        Ok(i)
+        Ok(())
     }
 
     fn staging_slice(&mut self, i: usize, len: usize) -> &mut [u8] {
@@ -2896,6 +2961,26 @@ impl<'d> Worker<'d> {
             .step_by(chunk as usize)
             .map(|o| (o, (len - o).min(chunk) as usize))
             .collect();
+        if self.may_defer_copy(chunks.len()) {
+            // Issued whole now; sent when done (`copies`).
+            for &(offset, n) in &chunks {
+                let i = match self.take_staging() {
+                    Ok(i) => i,
+                    Err(status) => {
+                        self.drop_deferred();
+                        return Ok(status);
+                    }
+                };
+                let dst = self.staging_slice(i, n).as_mut_ptr();
+                let r = issue(self.driver, dst, offset, n).and_then(|()| self.staging_in_flight(i, s));
+                if let Err(status) = r {
+                    self.drop_deferred();
+                    return Ok(status);
+                }
+                self.defer_chunk(id, i, offset, n);
+            }
+            return Ok(0);
+        }
         let mut queued: Option<(usize, u64, usize)> = None;
         for &(offset, n) in &chunks {
             let i = match self.take_staging() {

@@ -4441,9 +4441,20 @@ int main(int argc, char **argv) {
         CHECK(cuMemsetD32(flag, 0, 1));
         CUevent e;
         CHECK(cuEventCreate(&e, 0x2));
-        const char *kinds[3] = {"stream", "event", "context"};
-        for (unsigned round = 1; round <= 3; round++) {
+        /* Round 4 copies back behind the wait: its data, and the
+         * synchronise after it, wait for the write. */
+        enum { BACK = 3 << 20 };
+        unsigned char *pattern = malloc(BACK), *back;
+        CHECK(cuMemAllocHost((void **)&back, BACK));
+        for (int i = 0; i < BACK; i++) pattern[i] = (unsigned char)(i * 7 + 1);
+        CUdeviceptr src;
+        CHECK(cuMemAlloc(&src, BACK));
+        CHECK(cuMemcpyHtoD(src, pattern, BACK));
+        memset(back, 0, BACK);
+        const char *kinds[4] = {"stream", "event", "context", "copy's stream"};
+        for (unsigned round = 1; round <= 4; round++) {
             CHECK(cuStreamWaitValue32(waiting, flag, round, CU_STREAM_WAIT_VALUE_GEQ));
+            if (round == 4) CHECK(cuMemcpyDtoHAsync(back, src, BACK, waiting));
             CHECK(cuEventRecord(e, waiting));
             CUresult q = cuStreamQuery(waiting);
             EXPECT(q == CUDA_ERROR_NOT_READY, "a stream behind an unmet wait answered %d to a query", q);
@@ -4468,7 +4479,7 @@ int main(int argc, char **argv) {
             };
             pthread_t helper;
             EXPECT(pthread_create(&helper, NULL, sync_helper_run, &h) == 0, "pthread_create");
-            if (round == 1) CHECK(cuStreamSynchronize(waiting));
+            if (round == 1 || round == 4) CHECK(cuStreamSynchronize(waiting));
             if (round == 2) CHECK(cuEventSynchronize(e));
             if (round == 3) CHECK(cuCtxSynchronize());
             EXPECT(__atomic_load_n(&h.done, __ATOMIC_SEQ_CST) == 1,
@@ -4477,6 +4488,10 @@ int main(int argc, char **argv) {
             CHECK(cuStreamQuery(waiting));
             CHECK(cuEventQuery(e));
         }
+        EXPECT(!memcmp(back, pattern, BACK), "the copy back behind the wait brought the wrong bytes");
+        CHECK(cuMemFreeHost(back));
+        CHECK(cuMemFree(src));
+        free(pattern);
         CHECK(cuEventDestroy(e));
         CHECK(cuStreamDestroy(waiting));
         CHECK(cuMemFree(scratch));

@@ -111,7 +111,10 @@ impl Worker<'_> {
         if !self.watching_unasked() {
             return Ok(());
         }
-        if let Some(done) = self.events_checked(CHECKED_UNASKED) {
+        let done = self.events_checked(CHECKED_UNASKED);
+        // The data of copies before those records goes first (`copies`).
+        self.flush_copies(writer)?;
+        if let Some(done) = done {
             frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
             self.unasked += 1;
         }

@@ -209,6 +209,22 @@ fn helper(waits: Waits, shared: &Shared) {
     }
 }
 
+/// Have a helper wait for `event` and tell `id` (a parked device-to-host
+/// copy, `copies`); false when no helper could be had.
+pub(super) fn wait_for_event(w: &mut Worker<'_>, id: u64, event: Ptr, done: Arc<AtomicBool>) -> bool {
+    let Some(reached) = w.reached.clone() else {
+        return false;
+    };
+    let driver = w.driver;
+    let helpers = w.helpers.get_or_insert_with(|| Helpers::new(driver.waits()));
+    helpers.submit(Job {
+        id,
+        wait: Wait::Event(event as usize),
+        done,
+        reached,
+    })
+}
+
 impl Worker<'_> {
     /// A synchronising request that wants its answer: `Some` when it is
     /// answered now, `None` when it was parked (answered later, by
@@ -361,7 +377,7 @@ impl Worker<'_> {
 
     /// Poll `done` while no other request arrives (telling host functions
     /// reached meanwhile), for at most [`SPIN`]: whether it answered true.
-    fn poll_while_alone<R: WaitRead, W: Write>(
+    pub(super) fn poll_while_alone<R: WaitRead, W: Write>(
         &mut self,
         reader: &mut BufReader<R>,
         writer: &mut W,
@@ -433,8 +449,8 @@ impl Worker<'_> {
         status: Status,
     ) -> Result<(), ProtoError> {
         let Some(at) = self.parked.iter().position(|p| p.id == id) else {
-            tracing::warn!(id, "a synchronise was told done that no request waits for");
-            return Ok(());
+            // A parked copy's event is done: the copies are looked at.
+            return self.flush_copies(writer);
         };
         let p = self.parked.swap_remove(at);
         if let Some((ctx, e)) = p.own {
@@ -444,6 +460,7 @@ impl Worker<'_> {
             self.busy.retain(|(c, _), at| *c != p.ctx || *at > place);
         }
         let status = if status != 0 { status } else { p.kept.unwrap_or(0) };
+        self.flush_copies(writer)?;
         self.send_output(writer, true)?;
         frame::write_frame(
             writer,
@@ -462,6 +479,7 @@ impl Worker<'_> {
     /// (they are answered later, as told), and destroy its spare events.
     pub(super) fn settle_parked(&mut self, ctx: Handle) {
         self.wait_parked(SETTLE, |p| p.ctx == ctx || p.own.is_some_and(|(c, _)| c == ctx));
+        wait_flags(&self.copies_in(ctx), SETTLE);
         for p in self.parked.iter_mut().filter(|p| p.own.is_some_and(|(c, _)| c == ctx)) {
             if let Some((_, e)) = p.own.take() {
                 // SAFETY: the server's event; its helper's wait returned
@@ -477,6 +495,7 @@ impl Worker<'_> {
 
     /// At the session's end: give the synchronises still waiting a moment.
     pub(super) fn settle_all_parked(&mut self) {
+        wait_flags(&self.all_copies(), SETTLE_AT_END);
         if !self.parked.is_empty() {
             self.wait_parked(SETTLE_AT_END, |_| true);
             let waiting = self.parked.iter().filter(|p| !p.done.load(Ordering::Acquire)).count();
@@ -498,5 +517,13 @@ impl Worker<'_> {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
+    }
+}
+
+/// Wait until every flag is set, for at most `limit`.
+fn wait_flags(flags: &[Arc<AtomicBool>], limit: Duration) {
+    let start = Instant::now();
+    while flags.iter().any(|f| !f.load(Ordering::Acquire)) && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
