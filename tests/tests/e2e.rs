@@ -1046,6 +1046,68 @@ fn a_synchronise_answered_late_answers_the_errors_before_it() {
     );
 }
 
+/// A device-to-host copy behind a stream wait is answered when its stream
+/// gets there, and requests after it are answered meanwhile; its data
+/// comes before any answer that tells of work after it (here an event
+/// recorded behind it), and before its own answer.
+#[test]
+fn a_copy_back_answered_late_comes_before_what_tells_of_work_after_it() {
+    use gpupool_proto::message::{MemOp, StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    let Reply::Pointer(flag) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+        panic!("no allocation");
+    };
+    let zero = Request::Memset {
+        ctx,
+        stream: StreamRef::Legacy,
+        dst: flag,
+        value: 0,
+        elem_size: 4,
+        count: 1024,
+    };
+    assert!(matches!(s.call(&zero, &[]), Reply::Status(0)));
+    let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 70);
+    let other = s.create_stream(ctx, CLIENT_HANDLE_TAG | 71);
+    let event = CLIENT_HANDLE_TAG | 72;
+    s.post(&Request::EventCreate { ctx, flags: 2, id: event });
+    let (addr, value, wide, flags) = (flag, 1, false, 0);
+    s.post(&Request::StreamMemOps {
+        ctx,
+        stream: waiting,
+        ops: vec![MemOp::Wait { addr, value, wide, flags }],
+    });
+    let copy = s.send(&Request::MemcpyDtoH {
+        ctx,
+        stream: waiting,
+        src: flag,
+        len: 4096,
+        sync: false,
+    });
+    s.post(&Request::EventRecord { ctx, event, stream: waiting });
+    let query = s.send(&Request::EventQuery { ctx, event });
+    assert_eq!(s.next_reply(), (query, Reply::Status(600)), "answered while the copy waits");
+    s.post(&Request::StreamMemOps {
+        ctx,
+        stream: other,
+        ops: vec![MemOp::Write { addr, value, wide, flags }],
+    });
+    let sync = s.send(&Request::EventSynchronize { ctx, event });
+    let mut frames = Vec::new();
+    while frames.last().map(|(id, _)| *id) != Some(sync) {
+        frames.push(s.next_reply());
+    }
+    assert_eq!(
+        frames,
+        vec![
+            (copy, Reply::Data { offset: 0 }),
+            (copy, Reply::Done(0)),
+            (sync, Reply::Status(0))
+        ],
+        "the copy's data and answer before the synchronise of the event behind it"
+    );
+}
+
 /// A capture that refused a copy, abandoned with its context: a stream of a
 /// later context that the driver gives the same handle (the software
 /// driver gives freed handles again) captures as any other.
