@@ -246,6 +246,8 @@ pub struct Remote {
     notices_taken: AtomicBool,
     /// See [`Remote::answered_up_to`].
     answered: AtomicU64,
+    /// See [`Remote::last_place`].
+    placed: AtomicU64,
     poll: Duration,
     pub session: SessionInfo,
     pub peer: String,
@@ -370,6 +372,7 @@ impl Remote {
             dead_reason: OnceLock::new(),
             notices_taken: AtomicBool::new(false),
             answered: AtomicU64::new(0),
+            placed: AtomicU64::new(0),
             // Polling pays off where the kernel hands the bytes over (TCP).
             // A QUIC stream's bytes come through the runtime's own thread,
             // which a polling caller would starve of a core.
@@ -451,6 +454,7 @@ impl Remote {
         let now = Instant::now();
         w.sent += 1;
         let place = w.sent;
+        self.placed.store(place, Ordering::Release);
         if flags & FLAG_WANTS_REPLY != 0 || !answered_by.is_empty() {
             let mut pending = self.lock_pending();
             for i in answered_by.iter().chain((flags & FLAG_WANTS_REPLY != 0).then_some(&id)) {
@@ -759,6 +763,22 @@ impl Remote {
     }
 
     fn call_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<Sink>) -> CuResult<Reply> {
+        self.call_placed_with_sink(req, bulk, sink).map(|(reply, _)| reply)
+    }
+
+    /// As [`Remote::call`], answering also the request's place in the
+    /// order the server gets requests ([`Remote::last_place`]).
+    pub fn call_placed(&self, req: &Request, bulk: &[u8]) -> CuResult<(Reply, u64)> {
+        self.call_placed_with_sink(req, bulk, None)
+    }
+
+    /// The place of the latest request sent, by any thread: a request
+    /// placed at `p` is the latest sent while this answers `p`.
+    pub fn last_place(&self) -> u64 {
+        self.placed.load(Ordering::Acquire)
+    }
+
+    fn call_placed_with_sink(&self, req: &Request, bulk: &[u8], sink: Option<Sink>) -> CuResult<(Reply, u64)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter::default());
         self.lock_pending().insert(
@@ -771,13 +791,16 @@ impl Remote {
         );
         self.traffic.round_trips.fetch_add(1, Ordering::Relaxed);
         crate::report::note_round_trip();
-        if let Err(e) = self.send(id, FLAG_WANTS_REPLY, req, bulk) {
-            self.lock_pending().remove(&id);
-            return Err(e);
-        }
+        let place = match self.send_placed(id, FLAG_WANTS_REPLY, req, bulk, &[]) {
+            Ok(place) => place,
+            Err(e) => {
+                self.lock_pending().remove(&id);
+                return Err(e);
+            }
+        };
         let reply = self.await_reply(&waiter)?;
         match reply.status() {
-            0 => Ok(reply),
+            0 => Ok((reply, place)),
             s => Err(CuError(s)),
         }
     }

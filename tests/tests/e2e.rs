@@ -962,6 +962,22 @@ fn a_synchronise_waits_without_holding_the_programs_other_threads() {
     }
 }
 
+/// A context synchronise with nothing sent since the context's last one
+/// succeeded is answered in the shim: of seven synchronises, the first, the
+/// one after a memset and the two after a faulting kernel ask the server
+/// (the fault is told by both, as by the driver).
+#[test]
+fn an_idle_contexts_synchronise_is_answered_in_the_shim() {
+    let server = Server::start();
+    let (ok, stdout, stderr) = driver_check_run(&server, &["ctx-sync-idle"], &[("GPUPOOL_CALL_REPORT", "1")]);
+    assert!(
+        ok && stdout.contains("OK ctx-sync-idle"),
+        "stdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.log()
+    );
+    assert_eq!(report_row(&stderr, "cuCtxSynchronize"), (7, 4), "{stderr}");
+}
+
 /// A synchronise answered late keeps its place in the request order: it
 /// answers the error a streamed call left before it, not one left by a
 /// call after it (the next synchronise answers that one), and requests
@@ -1070,12 +1086,21 @@ fn a_copy_back_answered_late_comes_before_what_tells_of_work_after_it() {
     let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 70);
     let other = s.create_stream(ctx, CLIENT_HANDLE_TAG | 71);
     let event = CLIENT_HANDLE_TAG | 72;
-    s.post(&Request::EventCreate { ctx, flags: 2, id: event });
+    s.post(&Request::EventCreate {
+        ctx,
+        flags: 2,
+        id: event,
+    });
     let (addr, value, wide, flags) = (flag, 1, false, 0);
     s.post(&Request::StreamMemOps {
         ctx,
         stream: waiting,
-        ops: vec![MemOp::Wait { addr, value, wide, flags }],
+        ops: vec![MemOp::Wait {
+            addr,
+            value,
+            wide,
+            flags,
+        }],
     });
     let copy = s.send(&Request::MemcpyDtoH {
         ctx,
@@ -1084,13 +1109,26 @@ fn a_copy_back_answered_late_comes_before_what_tells_of_work_after_it() {
         len: 4096,
         sync: false,
     });
-    s.post(&Request::EventRecord { ctx, event, stream: waiting });
+    s.post(&Request::EventRecord {
+        ctx,
+        event,
+        stream: waiting,
+    });
     let query = s.send(&Request::EventQuery { ctx, event });
-    assert_eq!(s.next_reply(), (query, Reply::Status(600)), "answered while the copy waits");
+    assert_eq!(
+        s.next_reply(),
+        (query, Reply::Status(600)),
+        "answered while the copy waits"
+    );
     s.post(&Request::StreamMemOps {
         ctx,
         stream: other,
-        ops: vec![MemOp::Write { addr, value, wide, flags }],
+        ops: vec![MemOp::Write {
+            addr,
+            value,
+            wide,
+            flags,
+        }],
     });
     let sync = s.send(&Request::EventSynchronize { ctx, event });
     let mut frames = Vec::new();

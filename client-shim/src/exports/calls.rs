@@ -712,16 +712,35 @@ pub unsafe fn ctx_get_device_v2(device: *mut CUdevice, ctx: CUcontext) -> CuResu
 pub unsafe fn ctx_synchronize() -> CuResult {
     let s = shim()?;
     let ctx = current_ctx()?;
-    s.remote.call(&Request::CtxSynchronize { ctx }, &[])?;
-    s.callbacks.wait_context(ctx);
-    Ok(())
+    synchronize_context(s, ctx)
 }
 
 pub unsafe fn ctx_synchronize_v2(ctx: CUcontext) -> CuResult {
     let s = shim()?;
     let ctx = if ctx.is_null() { current_ctx()? } else { handle(ctx) };
     s.context_device(ctx)?;
-    s.remote.call(&Request::CtxSynchronize { ctx }, &[])?;
+    synchronize_context(s, ctx)
+}
+
+/// The context whose synchronise last succeeded, and that request's place
+/// in the order the server gets requests.
+static CONTEXT_SYNCED: std::sync::Mutex<Option<(Handle, u64)>> = std::sync::Mutex::new(None);
+
+/// `cuCtxSynchronize` of `ctx`. While no request of any thread was sent
+/// since the context's last synchronise succeeded, nothing can have been
+/// given to it since (work, and the streamed calls whose errors a
+/// synchronise answers, are all requests): it is idle, and the answer is
+/// given here. A loop that synchronises before and after each step (a
+/// benchmark's `torch.cuda.synchronize()`) waits for the server once a
+/// step.
+fn synchronize_context(s: &Shim, ctx: Handle) -> CuResult {
+    let idle = lock(&CONTEXT_SYNCED).is_some_and(|(c, place)| c == ctx && s.remote.last_place() == place)
+        && s.remote.dead_reason().is_none();
+    if !idle {
+        *lock(&CONTEXT_SYNCED) = None;
+        let (_, place) = s.remote.call_placed(&Request::CtxSynchronize { ctx }, &[])?;
+        *lock(&CONTEXT_SYNCED) = Some((ctx, place));
+    }
     s.callbacks.wait_context(ctx);
     Ok(())
 }
