@@ -758,6 +758,46 @@ driver_api! {
     }
 }
 
+/// Optional entry points the server answers `CUDA_ERROR_NOT_SUPPORTED` for
+/// where the driver lacks them, each the function of its own name.
+const ALONE_UNSERVED: &[&str] = &[
+    "cuCtxRecordEvent",
+    "cuCtxWaitEvent",
+    "cuGraphConditionalHandleCreate",
+    "cuStreamBeginCaptureToGraph",
+];
+
+/// The optional entry points green contexts need.
+const GREEN_ENTRY_POINTS: &[&str] = &[
+    "cuCtxFromGreenCtx",
+    "cuCtxGetDevResource",
+    "cuDevResourceGenerateDesc",
+    "cuDevSmResourceSplitByCount",
+    "cuDeviceGetDevResource",
+    "cuGreenCtxCreate",
+    "cuGreenCtxDestroy",
+    "cuGreenCtxStreamCreate",
+];
+
+/// The functions of green contexts, which none serves without them.
+const GREEN_FUNCTIONS: &[&str] = &[
+    "cuCtxFromGreenCtx",
+    "cuCtxGetDevResource",
+    "cuDevResourceGenerateDesc",
+    "cuDevSmResourceSplitByCount",
+    "cuDevSmResourceSplit",
+    "cuDeviceGetDevResource",
+    "cuGreenCtxCreate",
+    "cuGreenCtxDestroy",
+    "cuGreenCtxGetDevResource",
+    "cuGreenCtxGetId",
+    "cuGreenCtxRecordEvent",
+    "cuGreenCtxStreamCreate",
+    "cuGreenCtxWaitEvent",
+    "cuStreamGetDevResource",
+    "cuStreamGetGreenCtx",
+];
+
 /// The calls of graphs and captures that carry edge data (CUDA 12.3), on
 /// a driver without them: the older form where every edge is the default
 /// one (edge data of zeros), `CUDA_ERROR_NOT_SUPPORTED` where one is not.
@@ -860,6 +900,21 @@ impl Driver {
     /// layouts from the code it loads.
     pub fn gives_param_info(&self) -> bool {
         self.fns.cuFuncGetParamInfo.is_some() && self.fns.cuKernelGetParamInfo.is_some()
+    }
+
+    /// The driver functions, by the names `cuGetProcAddress` takes, that
+    /// this driver lacks and the server does not stand in for: those the
+    /// server answers `CUDA_ERROR_NOT_SUPPORTED` whatever their arguments
+    /// (not those it serves with older forms, or from the code loaded).
+    /// Green contexts go together: without one of their entry points none
+    /// of them serves.
+    pub fn unserved_entry_points(&self) -> Vec<&'static str> {
+        let missing = self.missing_entry_points();
+        let mut out: Vec<&'static str> = ALONE_UNSERVED.iter().copied().filter(|n| missing.contains(n)).collect();
+        if GREEN_ENTRY_POINTS.iter().any(|n| missing.contains(n)) {
+            out.extend_from_slice(GREEN_FUNCTIONS);
+        }
+        out
     }
 
     /// The optional entry points ([`OPTIONAL_ENTRY_POINTS`]) this driver

@@ -212,6 +212,9 @@ pub struct Worker<'d> {
     deferred: Option<copies::CopyOut>,
     /// Copies issued whole whose data waits to be sent.
     copies: Vec<copies::CopyOut>,
+    /// Answers of copies whose data went, to follow the host functions
+    /// reached before them.
+    copy_replies: Vec<(u64, Reply)>,
     /// Streams named by a request since their context's last synchronise
     /// (context, stream) -> the request's place (`calls`): what a context
     /// synchronise polls (`syncs`).
@@ -298,6 +301,7 @@ impl<'d> Worker<'d> {
             busy: HashMap::new(),
             deferred: None,
             copies: Vec::new(),
+            copy_replies: Vec::new(),
             watches: Vec::new(),
             unasked: 0,
             next_look: Instant::now(),
@@ -360,6 +364,7 @@ impl<'d> Worker<'d> {
             simulated,
             machine: crate::inventory::machine_gpus(&devices),
             devices,
+            unserved: driver.unserved_entry_points().into_iter().map(String::from).collect(),
         }
     }
 
@@ -443,10 +448,11 @@ impl<'d> Worker<'d> {
     /// call's answer follows the host functions it waited for.
     fn tell_reached<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
         // With none out, none can have been reached: no lock on the hot path.
-        if self.host_funcs_out == 0 && self.parked.is_empty() && self.copies.is_empty() {
+        if self.host_funcs_out == 0 && self.parked.is_empty() && self.copies.is_empty() && self.copy_replies.is_empty()
+        {
             return Ok(());
         }
-        let Some(reached) = &self.reached else {
+        let Some(reached) = self.reached.clone() else {
             return Ok(());
         };
         for id in self.host_nodes.take_refused() {
@@ -454,28 +460,39 @@ impl<'d> Worker<'d> {
             let refused = Reply::Status(INVALID_VALUE);
             frame::write_frame(writer, &mut self.scratch, id, 0, &refused, &[], self.max_frame)?;
         }
-        let reaches = std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
-        // The data of copies before the functions reached goes first.
-        self.flush_copies(writer)?;
-        for reach in reaches {
-            let id = match reach {
-                Reach::Request(id) => id,
-                Reach::Node(token) => match self.host_nodes.next_call(token) {
-                    Some(id) => id,
-                    None => {
-                        tracing::warn!(token, "a graph's host node was reached with no launch of it told");
+        // The data of copies done goes first; then every function reached
+        // before them (the stream got to those first: until a look finds
+        // none more), then the copies' answers.
+        loop {
+            let take = || std::mem::take(&mut *reached.ids.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut reaches = take();
+            if !self.copies.is_empty() {
+                self.flush_copies(writer)?;
+                reaches.extend(take());
+            }
+            if reaches.is_empty() {
+                break;
+            }
+            for reach in reaches {
+                let id = match reach {
+                    Reach::Request(id) => id,
+                    Reach::Node(token) => match self.host_nodes.next_call(token) {
+                        Some(id) => id,
+                        None => {
+                            tracing::warn!(token, "a graph's host node was reached with no launch of it told");
+                            continue;
+                        }
+                    },
+                    Reach::Synced { id, status } => {
+                        self.answer_parked(writer, id, status)?;
                         continue;
                     }
-                },
-                Reach::Synced { id, status } => {
-                    self.answer_parked(writer, id, status)?;
-                    continue;
-                }
-            };
-            self.host_funcs_out = self.host_funcs_out.saturating_sub(1);
-            frame::write_frame(writer, &mut self.scratch, id, 0, &Reply::Status(0), &[], self.max_frame)?;
+                };
+                self.host_funcs_out = self.host_funcs_out.saturating_sub(1);
+                frame::write_frame(writer, &mut self.scratch, id, 0, &Reply::Status(0), &[], self.max_frame)?;
+            }
         }
-        Ok(())
+        self.send_copy_replies(writer)
     }
 
     /// Enqueue the client's host function (request `id`) on its stream. Not
@@ -536,7 +553,7 @@ impl<'d> Worker<'d> {
             // for it, as it reads this reply (after the data of copies
             // before those records).
             let done = self.events_done();
-            self.flush_copies(writer)?;
+            self.tell_reached(writer)?;
             if let Some(done) = done {
                 frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
             }

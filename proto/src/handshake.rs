@@ -116,6 +116,11 @@ pub struct SessionInfo {
     /// describes (NCCL finds its peers' GPUs so). A leased session's machine
     /// is its lease's GPUs. Version 17.
     pub machine: Vec<MachineGpu>,
+    /// Driver functions, by the names `cuGetProcAddress` takes, that the
+    /// server's driver lacks and the server does not stand in for (a driver
+    /// older than CUDA 12.5: green contexts, context-wide events, ...).
+    /// Version 19.
+    pub unserved: Vec<String>,
 }
 
 /// A GPU of the server's machine, as NVML describes it.

@@ -28,4 +28,4 @@ pub mod visible;
 pub use error::ProtoError;
 
 /// Version of the wire protocol; both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 18;
+pub const PROTOCOL_VERSION: u32 = 19;

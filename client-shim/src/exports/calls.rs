@@ -357,7 +357,19 @@ pub unsafe fn get_proc_address_v2(
         unsafe { out_opt(status, SYMBOL_SUCCESS) };
         return Ok(());
     }
-    match crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address) {
+    // A function the server's driver lacks (and the server does not stand
+    // in for) is not found, as a driver of that version answers.
+    let unserved = match SHIM.get() {
+        Some(Ok(s)) => s.remote.session.unserved.contains(&name),
+        _ => false,
+    };
+    let found = if unserved {
+        tracing::debug!(symbol = %name, "cuGetProcAddress: the server's driver lacks it");
+        None
+    } else {
+        crate::procaddr::resolve(&name, version, flags).and_then(super::generated::symbol_address)
+    };
+    match found {
         Some(f) => {
             unsafe { out(pfn, f)? };
             unsafe { out_opt(status, SYMBOL_SUCCESS) };

@@ -144,10 +144,15 @@ impl Worker<'_> {
         Ok(None)
     }
 
-    /// Send the parked copies whose data is done, in order, with their
-    /// answers; free the buffers of those whose helpers are done too.
-    /// Called after any answer that can tell of completed work was made,
-    /// before it is sent.
+    /// Send the data of the parked copies that are done, in order, and keep
+    /// their answers for [`Worker::send_copy_replies`]; free the buffers of
+    /// those whose helpers are done too. Called after any answer that can
+    /// tell of completed work was made, before it is sent.
+    ///
+    /// The answers wait for the host functions reached before them
+    /// (`tell_reached` sends those first): the shim lands data held back
+    /// behind a function when the copy's answer comes, in the order of the
+    /// answers.
     pub(super) fn flush_copies<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
         if self.copies.is_empty() {
             return Ok(());
@@ -167,8 +172,7 @@ impl Worker<'_> {
                 (s, _) => Some(Reply::Done(s)),
             };
             if let Some(reply) = reply {
-                frame::write_frame(writer, &mut self.scratch, copy.id, 0, &reply, &[], self.max_frame)?;
-                self.client_reads();
+                self.copy_replies.push((copy.id, reply));
             }
             copy.sent = true;
         }
@@ -182,6 +186,15 @@ impl Worker<'_> {
         // Copies parked meanwhile (none: nothing here parks) go after.
         copies.append(&mut self.copies);
         self.copies = copies;
+        Ok(())
+    }
+
+    /// Write the answers of copies whose data went.
+    pub(super) fn send_copy_replies<W: Write>(&mut self, writer: &mut W) -> Result<(), ProtoError> {
+        for (id, reply) in std::mem::take(&mut self.copy_replies) {
+            frame::write_frame(writer, &mut self.scratch, id, 0, &reply, &[], self.max_frame)?;
+            self.client_reads();
+        }
         Ok(())
     }
 

@@ -113,7 +113,7 @@ impl Worker<'_> {
         }
         let done = self.events_checked(CHECKED_UNASKED);
         // The data of copies before those records goes first (`copies`).
-        self.flush_copies(writer)?;
+        self.tell_reached(writer)?;
         if let Some(done) = done {
             frame::write_frame(writer, &mut self.scratch, NOTICE_ID, 0, &done, &[], self.max_frame)?;
             self.unasked += 1;
