@@ -219,6 +219,8 @@ pub struct Worker<'d> {
     /// (context, stream) -> the request's place (`calls`): what a context
     /// synchronise polls (`syncs`).
     busy: HashMap<(Handle, Ptr), u64>,
+    /// The stream marked in `busy` last.
+    last_busy: Option<(Handle, Ptr)>,
     /// Watched event records not yet told done (`eventwatch`).
     watches: Vec<eventwatch::Watch>,
     /// Notices sent unasked since the client last showed it reads
@@ -299,6 +301,7 @@ impl<'d> Worker<'d> {
             helpers: None,
             sync_events: HashMap::new(),
             busy: HashMap::new(),
+            last_busy: None,
             deferred: None,
             copies: Vec::new(),
             copy_replies: Vec::new(),
@@ -641,9 +644,20 @@ impl<'d> Worker<'d> {
 
     fn stream(&mut self, ctx: Handle, s: StreamRef) -> DriverResult<Ptr> {
         let (owner, p) = self.resolve_stream(ctx, s)?;
-        // Whatever names a stream may have given it work.
-        self.busy.insert((owner, p), self.calls);
+        // Whatever names a stream may have given it work. The stream named
+        // last is marked already (from a place after the context's last
+        // synchronise: those forget `last_busy`).
+        if self.last_busy != Some((owner, p)) {
+            self.busy.insert((owner, p), self.calls);
+            self.last_busy = Some((owner, p));
+        }
         Ok(p)
+    }
+
+    /// Forget the streams marked busy that `keep` does not keep.
+    fn forget_busy(&mut self, keep: impl FnMut(&(Handle, Ptr), &mut u64) -> bool) {
+        self.busy.retain(keep);
+        self.last_busy = None;
     }
 
     /// The stream `s` names for a request of `ctx`, and the context it
@@ -1337,7 +1351,7 @@ impl<'d> Worker<'d> {
                     self.captures = self.captures.saturating_sub(1);
                 }
                 self.forget_capture(real);
-                self.busy.retain(|(_, b), _| *b != real);
+                self.forget_busy(|(_, b), _| *b != real);
                 // SAFETY: the stream belongs to this client.
                 unsafe { d.cuStreamDestroy_v2(real) }
             })),
@@ -2094,7 +2108,7 @@ impl<'d> Worker<'d> {
     /// Drop what the worker knows of a context that goes.
     fn forget_context(&mut self, ctx: Handle) {
         self.settle_parked(ctx);
-        self.busy.retain(|(c, _), _| *c != ctx);
+        self.forget_busy(|(c, _), _| *c != ctx);
         self.unwatch_context(ctx);
         self.forget_captures_in(ctx);
         self.per_thread.retain(|(c, _), _| *c != ctx);
@@ -2137,7 +2151,7 @@ impl<'d> Worker<'d> {
             return;
         }
         self.settle_parked(ctx);
-        self.busy.retain(|(c, _), _| *c != ctx);
+        self.forget_busy(|(c, _), _| *c != ctx);
         let d = self.driver;
         self.release_arrays(ctx);
         self.ipc_close_context(ctx);

@@ -119,29 +119,26 @@ impl Worker<'_> {
         let d = self.driver;
         // SAFETY: the staging buffer's own event, live while held.
         let polled = self.poll_while_alone(reader, writer, |_| unsafe { d.cuEventQuery(event) } != Err(NOT_READY))?;
-        if polled {
-            let reply = copy.reply.take();
-            let status = self.send_copy_data(&copy, writer)?;
-            self.release_copy(&copy);
-            return Ok(match status {
-                0 => reply,
-                s => Some(Reply::Done(s)),
-            });
-        }
         let done = Arc::new(AtomicBool::new(false));
-        if !self.wait_on_helper(copy.id, event, Arc::clone(&done)) {
-            // No helper: wait here, as for a larger copy.
-            let reply = copy.reply.take();
-            let status = self.send_copy_data(&copy, writer)?;
-            self.release_copy(&copy);
-            return Ok(match status {
-                0 => reply,
-                s => Some(Reply::Done(s)),
-            });
+        // Without a helper, the data is waited for here, as for a larger copy.
+        if polled || !self.wait_on_helper(copy.id, event, Arc::clone(&done)) {
+            return self.send_copy_now(copy, writer);
         }
         copy.done = Some(done);
         self.copies.push(copy);
         Ok(None)
+    }
+
+    /// Send a copy's data (waited for if need be), free its buffers, and
+    /// answer its answer.
+    fn send_copy_now<W: Write>(&mut self, mut copy: CopyOut, writer: &mut W) -> Result<Option<Reply>, ProtoError> {
+        let reply = copy.reply.take();
+        let status = self.send_copy_data(&copy, writer)?;
+        self.release_copy(&copy);
+        Ok(match status {
+            0 => reply,
+            s => Some(Reply::Done(s)),
+        })
     }
 
     /// Send the data of the parked copies that are done, in order, and keep

@@ -282,8 +282,10 @@ impl Worker<'_> {
                     return Ok(Some(Reply::Status(self.sync_status(ctx, Err(e)))));
                 }
                 // The context's streams that took work since its last
-                // synchronise, each with an event of the server's.
+                // synchronise, each with an event of the server's. Later
+                // requests mark their streams afresh.
                 let place = self.calls;
+                self.last_busy = None;
                 let busy: Vec<Ptr> = self
                     .busy
                     .iter()
@@ -310,7 +312,7 @@ impl Worker<'_> {
                     // where no stream named it).
                     let reply = self.synchronise_here(request);
                     if reply == Reply::Status(0) {
-                        self.busy.retain(|(c, _), at| *c != ctx || *at > place);
+                        self.forget_busy(|(c, _), at| *c != ctx || *at > place);
                     }
                     return Ok(Some(reply));
                 }
@@ -457,7 +459,7 @@ impl Worker<'_> {
             self.sync_events.entry(ctx).or_default().push(e);
         }
         if let (0, Some(place)) = (status, p.place) {
-            self.busy.retain(|(c, _), at| *c != p.ctx || *at > place);
+            self.forget_busy(|(c, _), at| *c != p.ctx || *at > place);
         }
         let status = if status != 0 { status } else { p.kept.unwrap_or(0) };
         self.flush_copies(writer)?;
