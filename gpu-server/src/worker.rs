@@ -2685,7 +2685,9 @@ impl<'d> Worker<'d> {
     }
 
     fn free_staging(&mut self) {
-        for s in self.staging.drain(..) {
+        // A buffer still held is one a helper may still wait on (a copy
+        // left at the session's end): it goes with the process.
+        for s in self.staging.drain(..).filter(|s| !s.held) {
             if s.pinned {
                 // SAFETY: allocated with cuMemAllocHost.
                 let _ = unsafe { self.driver.cuMemFreeHost(s.host) };

@@ -1062,6 +1062,63 @@ fn a_synchronise_answered_late_answers_the_errors_before_it() {
     );
 }
 
+/// A client that goes while its synchronise and its copy back wait, for a
+/// write that will never come, loses nothing: the session ends, and frees
+/// what it held, without waiting for them.
+#[test]
+fn a_session_whose_synchronise_waits_for_good_still_ends_and_frees() {
+    use gpupool_proto::message::{MemOp, StreamRef, CLIENT_HANDLE_TAG};
+    let server = Server::start();
+    let (mut s, ctx) = RawSession::open_with_context(&server);
+    let Reply::Pointer(flag) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+        panic!("no allocation");
+    };
+    let zero = Request::Memset {
+        ctx,
+        stream: StreamRef::Legacy,
+        dst: flag,
+        value: 0,
+        elem_size: 4,
+        count: 1024,
+    };
+    assert!(matches!(s.call(&zero, &[]), Reply::Status(0)));
+    let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 80);
+    let (addr, value, wide, flags) = (flag, 1, false, 0);
+    s.post(&Request::StreamMemOps {
+        ctx,
+        stream: waiting,
+        ops: vec![MemOp::Wait {
+            addr,
+            value,
+            wide,
+            flags,
+        }],
+    });
+    s.send(&Request::MemcpyDtoH {
+        ctx,
+        stream: waiting,
+        src: flag,
+        len: 4096,
+        sync: false,
+    });
+    s.send(&Request::StreamSynchronize { ctx, stream: waiting });
+    s.send(&Request::CtxSynchronize { ctx });
+    // Answered: the three above are parked.
+    let query = s.send(&Request::StreamQuery { ctx, stream: waiting });
+    assert_eq!(s.next_reply(), (query, Reply::Status(600)));
+    drop(s);
+    assert!(
+        server.wait_for_log("session ended (client disconnected)", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log("freed 1 allocations (4096 bytes), 1 streams", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+}
+
 /// A device-to-host copy behind a stream wait is answered when its stream
 /// gets there, and requests after it are answered meanwhile; its data
 /// comes before any answer that tells of work after it (here an event

@@ -214,6 +214,17 @@ impl Worker<'_> {
         }
     }
 
+    /// At the session's end: forget the parked copies. The buffers of
+    /// those whose helpers still wait stay held, so that they are never
+    /// freed under the helper.
+    pub(super) fn abandon_copies(&mut self) {
+        for copy in std::mem::take(&mut self.copies) {
+            if copy.done.as_ref().is_none_or(|d| d.load(Ordering::Acquire)) {
+                self.release_copy(&copy);
+            }
+        }
+    }
+
     /// Whether a parked copy's buffers have events of `ctx`.
     pub(super) fn copies_in(&self, ctx: Handle) -> Vec<Arc<AtomicBool>> {
         self.copies

@@ -477,11 +477,22 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Before `ctx` goes: wait for the parked synchronises that wait on it
-    /// (they are answered later, as told), and destroy its spare events.
+    /// Before `ctx` goes: wait for the parked synchronises and copies that
+    /// wait on it (they are answered later, as told), and destroy its
+    /// spare events.
     pub(super) fn settle_parked(&mut self, ctx: Handle) {
-        self.wait_parked(SETTLE, |p| p.ctx == ctx || p.own.is_some_and(|(c, _)| c == ctx));
-        wait_flags(&self.copies_in(ctx), SETTLE);
+        let mut flags: Vec<Arc<AtomicBool>> = self
+            .parked
+            .iter()
+            .filter(|p| p.ctx == ctx || p.own.is_some_and(|(c, _)| c == ctx))
+            .map(|p| Arc::clone(&p.done))
+            .collect();
+        flags.extend(self.copies_in(ctx));
+        if !wait_flags(&flags, SETTLE) {
+            tracing::warn!(
+                "a context goes while a synchronise or copy of another thread of the program still waits on it"
+            );
+        }
         for p in self.parked.iter_mut().filter(|p| p.own.is_some_and(|(c, _)| c == ctx)) {
             if let Some((_, e)) = p.own.take() {
                 // SAFETY: the server's event; its helper's wait returned
@@ -495,37 +506,35 @@ impl Worker<'_> {
         }
     }
 
-    /// At the session's end: give the synchronises still waiting a moment.
+    /// At the session's end: give the synchronises and copies still waiting
+    /// a moment, then leave them. What a helper still waits on (the
+    /// server's event, a copy's staging buffer) is not destroyed: it goes
+    /// with the session's process, which ends next.
     pub(super) fn settle_all_parked(&mut self) {
-        wait_flags(&self.all_copies(), SETTLE_AT_END);
-        if !self.parked.is_empty() {
-            self.wait_parked(SETTLE_AT_END, |_| true);
-            let waiting = self.parked.iter().filter(|p| !p.done.load(Ordering::Acquire)).count();
-            if waiting > 0 {
-                tracing::info!(
-                    waiting,
-                    "the session ended with synchronises still waiting in the driver"
-                );
-            }
+        let mut flags: Vec<Arc<AtomicBool>> = self.parked.iter().map(|p| Arc::clone(&p.done)).collect();
+        flags.extend(self.all_copies());
+        if !wait_flags(&flags, SETTLE_AT_END) {
+            let waiting = flags.iter().filter(|f| !f.load(Ordering::Acquire)).count();
+            tracing::info!(
+                waiting,
+                "the session ended with synchronises or copies still waiting in the driver; they are left to the end of its process"
+            );
         }
-    }
-
-    fn wait_parked(&self, limit: Duration, which: impl Fn(&Parked) -> bool) {
-        let start = Instant::now();
-        while self.parked.iter().any(|p| which(p) && !p.done.load(Ordering::Acquire)) {
-            if start.elapsed() >= limit {
-                tracing::warn!("a context goes while a synchronise of another thread of the program still waits on it");
-                return;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
+        self.parked.clear();
+        self.abandon_copies();
     }
 }
 
-/// Wait until every flag is set, for at most `limit`.
-fn wait_flags(flags: &[Arc<AtomicBool>], limit: Duration) {
+/// Wait until every flag is set, for at most `limit`: whether they all were.
+fn wait_flags(flags: &[Arc<AtomicBool>], limit: Duration) -> bool {
     let start = Instant::now();
-    while flags.iter().any(|f| !f.load(Ordering::Acquire)) && start.elapsed() < limit {
+    loop {
+        if flags.iter().all(|f| f.load(Ordering::Acquire)) {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_micros(100));
     }
 }
