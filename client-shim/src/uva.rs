@@ -52,7 +52,14 @@ impl DeviceMap {
     /// there (or the shim's managed memory, which holds its own pages).
     pub fn insert(&mut self, base: u64, range: DeviceRange) -> bool {
         self.ranges.insert(base, range);
-        let (start, end) = span(base, range.size);
+        self.hold_range(base, range.size)
+    }
+
+    /// Hold the pages of `base..base+size` without keeping a range there
+    /// (an address reservation, whose mappings are kept as they come).
+    /// False where some of them could not be held, as for [`DeviceMap::insert`].
+    pub fn hold_range(&mut self, base: u64, size: u64) -> bool {
+        let (start, end) = span(base, size);
         let mut clear = true;
         for (a, b) in self.gaps(start, end) {
             clear &= self.hold(a, b);

@@ -3244,6 +3244,20 @@ int main(int argc, char **argv) {
         CHECK(cuCtxSynchronize());
         for (long i = 0; mine && i < page; i++) EXPECT(mine[i] == 0x5a, "the program's page changed at %ld", i);
         for (int i = 0; i < 4; i++) CHECK(cuMemFree(d[i]));
+        /* A reserved range is held from the reservation on: the program
+         * cannot map a page where its mappings will go. */
+        {
+            GET(cuMemAddressReserve, 10020);
+            GET(cuMemAddressFree, 10020);
+            CUdeviceptr r;
+            CHECK(cuMemAddressReserve(&r, 4 << 20, 0, 0, 0));
+            uintptr_t mid = (uintptr_t)r + (2 << 20);
+            void *probe = mmap((void *)mid, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            EXPECT(probe == MAP_FAILED || probe != (void *)mid, "a page could be mapped in reserved range %#lx",
+                   (unsigned long)r);
+            if (probe != MAP_FAILED && probe != (void *)mid) munmap(probe, page);
+            CHECK(cuMemAddressFree(r, 4 << 20));
+        }
         if (mine) munmap(mine, page);
         printf("uva: the program had a page where device memory was to go: %s\n", mine ? "yes" : "no");
         printf("OK uva\n");

@@ -1755,6 +1755,19 @@ pub(super) fn place_allocation(
     s: &Shim,
     call: &str,
     range: DeviceRange,
+    alloc: impl FnMut() -> CuResult<u64>,
+    free: impl FnMut(u64),
+) -> CuResult<u64> {
+    place_range(s, call, Some(range), range.size, alloc, free)
+}
+
+/// As [`place_allocation`], for a range kept as `range`, or only held
+/// (`None`: an address reservation, whose mappings are kept as they come).
+pub(super) fn place_range(
+    s: &Shim,
+    call: &str,
+    range: Option<DeviceRange>,
+    size: u64,
     mut alloc: impl FnMut() -> CuResult<u64>,
     mut free: impl FnMut(u64),
 ) -> CuResult<u64> {
@@ -1764,7 +1777,11 @@ pub(super) fn place_allocation(
             Ok(p) => p,
             Err(e) => break Err(e),
         };
-        if lock(&s.device_memory).insert(p, range) || clashed.len() >= PLACEMENT_TRIES {
+        let clear = match range {
+            Some(range) => lock(&s.device_memory).insert(p, range),
+            None => lock(&s.device_memory).hold_range(p, size),
+        };
+        if clear || clashed.len() >= PLACEMENT_TRIES {
             break Ok(p);
         }
         clashed.push(p);
@@ -1774,12 +1791,14 @@ pub(super) fn place_allocation(
         (placed, _) => placed,
     };
     for &p in clashed.iter().filter(|&&p| placed != Ok(p)) {
-        lock(&s.device_memory).remove(&p);
+        if range.is_some() {
+            lock(&s.device_memory).remove(&p);
+        }
         free(p);
     }
     if let Ok(p) = placed {
         if clashed.contains(&p) {
-            uva_clash(call, p, range.size);
+            uva_clash(call, p, size);
         } else if !clashed.is_empty() {
             tracing::debug!(
                 "{call}: {} device addresses lay on the program's memory; allocated again",

@@ -55,11 +55,25 @@ pub unsafe fn mem_address_reserve(
         size: size as u64,
         alignment: alignment as u64,
     };
-    match s.remote.call(&req, &[])? {
-        // SAFETY: checked not to be null; the program passes a slot.
-        Reply::Pointer(p) => unsafe { out(ptr, p) },
+    // Its pages are held at once, so that what the program maps meanwhile
+    // does not land where its mappings will; a reservation on memory the
+    // program has is made again.
+    let reserve = || match s.remote.call(&req, &[])? {
+        Reply::Pointer(p) => Ok(p),
         _ => Err(CuError::UNKNOWN),
-    }
+    };
+    let free = |p| {
+        let _ = s.remote.call(
+            &Request::MemAddressFree {
+                ptr: p,
+                size: size as u64,
+            },
+            &[],
+        );
+    };
+    let p = super::place_range(s, "cuMemAddressReserve", None, size as u64, reserve, free)?;
+    // SAFETY: checked not to be null; the program passes a slot.
+    unsafe { out(ptr, p) }
 }
 
 pub unsafe fn mem_address_free(ptr: CUdeviceptr, size: usize) -> CuResult {
