@@ -984,45 +984,12 @@ fn an_idle_contexts_synchronise_is_answered_in_the_shim() {
 /// sent after it are answered first while its stream waits.
 #[test]
 fn a_synchronise_answered_late_answers_the_errors_before_it() {
-    use gpupool_proto::message::{MemOp, StreamRef, CLIENT_HANDLE_TAG};
+    use gpupool_proto::message::CLIENT_HANDLE_TAG;
     let server = Server::start();
     let (mut s, ctx) = RawSession::open_with_context(&server);
-    let Reply::Pointer(flag) = s.call(&Request::MemAlloc { ctx, size: 4 }, &[]) else {
-        panic!("no allocation");
-    };
-    let set = |value| Request::Memset {
-        ctx,
-        stream: StreamRef::Legacy,
-        dst: flag,
-        value,
-        elem_size: 4,
-        count: 1,
-    };
-    assert!(matches!(s.call(&set(0), &[]), Reply::Status(0)));
+    let flag = s.zeroed_word(ctx);
     let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 60);
     let other = s.create_stream(ctx, CLIENT_HANDLE_TAG | 61);
-    let mem_op = |stream, write| {
-        let (addr, value, wide, flags) = (flag, 1, false, 0);
-        Request::StreamMemOps {
-            ctx,
-            stream,
-            ops: vec![if write {
-                MemOp::Write {
-                    addr,
-                    value,
-                    wide,
-                    flags,
-                }
-            } else {
-                MemOp::Wait {
-                    addr,
-                    value,
-                    wide,
-                    flags,
-                }
-            }],
-        }
-    };
     // A streamed error before the synchronise: a memset out of bounds.
     s.post(&Request::Memset {
         ctx,
@@ -1032,7 +999,7 @@ fn a_synchronise_answered_late_answers_the_errors_before_it() {
         elem_size: 4,
         count: 1 << 20,
     });
-    s.post(&mem_op(waiting, false));
+    s.word_op(ctx, waiting, flag, false);
     let sync = s.send(&Request::StreamSynchronize { ctx, stream: waiting });
     let query = s.send(&Request::StreamQuery { ctx, stream: waiting });
     // A streamed error after it: a wait for an event that does not exist.
@@ -1048,7 +1015,7 @@ fn a_synchronise_answered_late_answers_the_errors_before_it() {
         (query, Reply::Status(600)),
         "the query after the waiting synchronise is answered first, not ready"
     );
-    s.post(&mem_op(other, true));
+    s.word_op(ctx, other, flag, true);
     let (id, answer) = s.next_reply();
     assert_eq!((id, answer), (sync, Reply::Status(1)), "the error before it");
     assert_eq!(
@@ -1067,33 +1034,12 @@ fn a_synchronise_answered_late_answers_the_errors_before_it() {
 /// what it held, without waiting for them.
 #[test]
 fn a_session_whose_synchronise_waits_for_good_still_ends_and_frees() {
-    use gpupool_proto::message::{MemOp, StreamRef, CLIENT_HANDLE_TAG};
+    use gpupool_proto::message::CLIENT_HANDLE_TAG;
     let server = Server::start();
     let (mut s, ctx) = RawSession::open_with_context(&server);
-    let Reply::Pointer(flag) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
-        panic!("no allocation");
-    };
-    let zero = Request::Memset {
-        ctx,
-        stream: StreamRef::Legacy,
-        dst: flag,
-        value: 0,
-        elem_size: 4,
-        count: 1024,
-    };
-    assert!(matches!(s.call(&zero, &[]), Reply::Status(0)));
+    let flag = s.zeroed_word(ctx);
     let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 80);
-    let (addr, value, wide, flags) = (flag, 1, false, 0);
-    s.post(&Request::StreamMemOps {
-        ctx,
-        stream: waiting,
-        ops: vec![MemOp::Wait {
-            addr,
-            value,
-            wide,
-            flags,
-        }],
-    });
+    s.word_op(ctx, waiting, flag, false);
     s.send(&Request::MemcpyDtoH {
         ctx,
         stream: waiting,
@@ -1125,21 +1071,10 @@ fn a_session_whose_synchronise_waits_for_good_still_ends_and_frees() {
 /// recorded behind it), and before its own answer.
 #[test]
 fn a_copy_back_answered_late_comes_before_what_tells_of_work_after_it() {
-    use gpupool_proto::message::{MemOp, StreamRef, CLIENT_HANDLE_TAG};
+    use gpupool_proto::message::CLIENT_HANDLE_TAG;
     let server = Server::start();
     let (mut s, ctx) = RawSession::open_with_context(&server);
-    let Reply::Pointer(flag) = s.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
-        panic!("no allocation");
-    };
-    let zero = Request::Memset {
-        ctx,
-        stream: StreamRef::Legacy,
-        dst: flag,
-        value: 0,
-        elem_size: 4,
-        count: 1024,
-    };
-    assert!(matches!(s.call(&zero, &[]), Reply::Status(0)));
+    let flag = s.zeroed_word(ctx);
     let waiting = s.create_stream(ctx, CLIENT_HANDLE_TAG | 70);
     let other = s.create_stream(ctx, CLIENT_HANDLE_TAG | 71);
     let event = CLIENT_HANDLE_TAG | 72;
@@ -1148,17 +1083,7 @@ fn a_copy_back_answered_late_comes_before_what_tells_of_work_after_it() {
         flags: 2,
         id: event,
     });
-    let (addr, value, wide, flags) = (flag, 1, false, 0);
-    s.post(&Request::StreamMemOps {
-        ctx,
-        stream: waiting,
-        ops: vec![MemOp::Wait {
-            addr,
-            value,
-            wide,
-            flags,
-        }],
-    });
+    s.word_op(ctx, waiting, flag, false);
     let copy = s.send(&Request::MemcpyDtoH {
         ctx,
         stream: waiting,
@@ -1177,16 +1102,7 @@ fn a_copy_back_answered_late_comes_before_what_tells_of_work_after_it() {
         (query, Reply::Status(600)),
         "answered while the copy waits"
     );
-    s.post(&Request::StreamMemOps {
-        ctx,
-        stream: other,
-        ops: vec![MemOp::Write {
-            addr,
-            value,
-            wide,
-            flags,
-        }],
-    });
+    s.word_op(ctx, other, flag, true);
     let sync = s.send(&Request::EventSynchronize { ctx, event });
     let mut frames = Vec::new();
     while frames.last().map(|(id, _)| *id) != Some(sync) {
@@ -1637,6 +1553,51 @@ impl RawSession {
             id,
         });
         gpupool_proto::message::StreamRef::Handle(id)
+    }
+
+    /// A zeroed 4 KiB allocation of `ctx`, whose first word streams wait
+    /// for.
+    fn zeroed_word(&mut self, ctx: u64) -> u64 {
+        let Reply::Pointer(word) = self.call(&Request::MemAlloc { ctx, size: 4096 }, &[]) else {
+            panic!("no allocation");
+        };
+        let zero = Request::Memset {
+            ctx,
+            stream: gpupool_proto::message::StreamRef::Legacy,
+            dst: word,
+            value: 0,
+            elem_size: 4,
+            count: 1024,
+        };
+        assert!(matches!(self.call(&zero, &[]), Reply::Status(0)));
+        word
+    }
+
+    /// Stream `stream` waits until the word at `addr` is at least 1, or
+    /// (`write`) writes 1 there; streamed.
+    fn word_op(&mut self, ctx: u64, stream: gpupool_proto::message::StreamRef, addr: u64, write: bool) {
+        use gpupool_proto::message::MemOp;
+        let (value, wide, flags) = (1, false, 0);
+        let op = if write {
+            MemOp::Write {
+                addr,
+                value,
+                wide,
+                flags,
+            }
+        } else {
+            MemOp::Wait {
+                addr,
+                value,
+                wide,
+                flags,
+            }
+        };
+        self.post(&Request::StreamMemOps {
+            ctx,
+            stream,
+            ops: vec![op],
+        });
     }
 
     /// Begin a capture (relaxed mode) on `stream`, which the server takes.
