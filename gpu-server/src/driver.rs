@@ -510,10 +510,7 @@ macro_rules! driver_api {
                 #[inline]
                 pub unsafe fn $name(&self, $($arg: $ty),*) -> DriverResult {
                     // SAFETY: the caller upholds the driver API's contract.
-                    match unsafe { (self.fns.$name)($($arg),*) } {
-                        0 => Ok(()),
-                        s => Err(s),
-                    }
+                    status(unsafe { (self.fns.$name)($($arg),*) })
                 }
             )*
             $(
@@ -526,10 +523,7 @@ macro_rules! driver_api {
                 pub unsafe fn $oname(&self, $($oarg: $oty),*) -> DriverResult {
                     let f = self.fns.$oname.ok_or(NOT_SUPPORTED)?;
                     // SAFETY: the caller upholds the driver API's contract.
-                    match unsafe { f($($oarg),*) } {
-                        0 => Ok(()),
-                        s => Err(s),
-                    }
+                    status(unsafe { f($($oarg),*) })
                 }
             )*
         }
@@ -971,6 +965,8 @@ impl Waits {
     }
 }
 
+/// A driver status as a result.
+#[inline]
 fn status(s: Status) -> DriverResult {
     match s {
         0 => Ok(()),

@@ -27,8 +27,8 @@
 //! are held, are sent chunk by chunk as the stream gets to them, holding
 //! the session meanwhile.
 
-use super::{syncs, Worker};
-use crate::driver::{Ptr, Status};
+use super::Worker;
+use crate::driver::Status;
 use gpupool_proto::frame;
 use gpupool_proto::message::{Handle, Reply};
 use gpupool_proto::transport::WaitRead;
@@ -121,7 +121,7 @@ impl Worker<'_> {
         let polled = self.poll_while_alone(reader, writer, |_| unsafe { d.cuEventQuery(event) } != Err(NOT_READY))?;
         let done = Arc::new(AtomicBool::new(false));
         // Without a helper, the data is waited for here, as for a larger copy.
-        if polled || !self.wait_on_helper(copy.id, event, Arc::clone(&done)) {
+        if polled || !self.helper_waits_for_event(copy.id, event, Arc::clone(&done)) {
             return self.send_copy_now(copy, writer);
         }
         copy.done = Some(done);
@@ -180,8 +180,6 @@ impl Worker<'_> {
             }
             !finished
         });
-        // Copies parked meanwhile (none: nothing here parks) go after.
-        copies.append(&mut self.copies);
         self.copies = copies;
         Ok(())
     }
@@ -225,7 +223,8 @@ impl Worker<'_> {
         }
     }
 
-    /// Whether a parked copy's buffers have events of `ctx`.
+    /// The helpers' flags of the parked copies whose staging events are of
+    /// `ctx`.
     pub(super) fn copies_in(&self, ctx: Handle) -> Vec<Arc<AtomicBool>> {
         self.copies
             .iter()
@@ -237,10 +236,5 @@ impl Worker<'_> {
     /// Every parked copy's helper flag.
     pub(super) fn all_copies(&self) -> Vec<Arc<AtomicBool>> {
         self.copies.iter().filter_map(|c| c.done.clone()).collect()
-    }
-
-    /// The staging event a parked copy's helper waits for.
-    fn wait_on_helper(&mut self, id: u64, event: Ptr, done: Arc<AtomicBool>) -> bool {
-        syncs::wait_for_event(self, id, event, done)
     }
 }

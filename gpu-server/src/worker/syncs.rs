@@ -89,9 +89,12 @@ pub(super) struct Parked {
     own: Option<(Handle, Ptr)>,
     /// Set by the helper when the driver's wait returned.
     done: Arc<AtomicBool>,
-    /// A context synchronise's place: once it succeeds, the context's
-    /// streams named before it are idle.
-    place: Option<u64>,
+    /// Its place in the request order (`calls`): once a context's
+    /// synchronise succeeds, the context's streams named before it are
+    /// idle.
+    place: u64,
+    /// A context's synchronise.
+    whole_context: bool,
 }
 
 /// What a helper waits for.
@@ -209,22 +212,6 @@ fn helper(waits: Waits, shared: &Shared) {
     }
 }
 
-/// Have a helper wait for `event` and tell `id` (a parked device-to-host
-/// copy, `copies`); false when no helper could be had.
-pub(super) fn wait_for_event(w: &mut Worker<'_>, id: u64, event: Ptr, done: Arc<AtomicBool>) -> bool {
-    let Some(reached) = w.reached.clone() else {
-        return false;
-    };
-    let driver = w.driver;
-    let helpers = w.helpers.get_or_insert_with(|| Helpers::new(driver.waits()));
-    helpers.submit(Job {
-        id,
-        wait: Wait::Event(event as usize),
-        done,
-        reached,
-    })
-}
-
 impl Worker<'_> {
     /// A synchronising request that wants its answer: `Some` when it is
     /// answered now, `None` when it was parked (answered later, by
@@ -317,11 +304,7 @@ impl Worker<'_> {
                     return Ok(Some(reply));
                 }
                 let kept = self.kept.remove(&ctx);
-                let parked = self.park(id, ctx, kept, None, Wait::Context(ctx as usize), request)?;
-                if let Some(p) = self.parked.last_mut().filter(|p| p.id == id) {
-                    p.place = Some(place);
-                }
-                Ok(parked)
+                self.park(id, ctx, kept, None, Wait::Context(ctx as usize), request)
             }
             other => Ok(Some(self.synchronise_here(other))),
         }
@@ -345,18 +328,8 @@ impl Worker<'_> {
         wait: Wait,
         request: Request,
     ) -> Result<Option<Reply>, ProtoError> {
-        let Some(reached) = self.reached.clone() else {
-            return Ok(Some(self.synchronise_here(request)));
-        };
-        let helpers = self.helpers.get_or_insert_with(|| Helpers::new(self.driver.waits()));
         let done = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            id,
-            wait,
-            done: Arc::clone(&done),
-            reached,
-        };
-        if !helpers.submit(job) {
+        if !self.hand_to_helper(id, wait, Arc::clone(&done)) {
             tracing::warn!("no thread could be started to wait for a synchronise: the session waits for it itself");
             if let Some((c, e)) = own {
                 self.sync_events.entry(c).or_default().push(e);
@@ -372,9 +345,32 @@ impl Worker<'_> {
             kept,
             own,
             done,
-            place: None,
+            place: self.calls,
+            whole_context: matches!(wait, Wait::Context(_)),
         });
         Ok(None)
+    }
+
+    /// Have a helper wait for `event` and tell `id` (a parked device-to-host
+    /// copy, `copies`); false when no helper could be had.
+    pub(super) fn helper_waits_for_event(&mut self, id: u64, event: Ptr, done: Arc<AtomicBool>) -> bool {
+        self.hand_to_helper(id, Wait::Event(event as usize), done)
+    }
+
+    /// Have a helper wait for `wait`, then tell `id` and set `done`; false
+    /// when no helper could be had.
+    fn hand_to_helper(&mut self, id: u64, wait: Wait, done: Arc<AtomicBool>) -> bool {
+        let Some(reached) = self.reached.clone() else {
+            return false;
+        };
+        let driver = self.driver;
+        let helpers = self.helpers.get_or_insert_with(|| Helpers::new(driver.waits()));
+        helpers.submit(Job {
+            id,
+            wait,
+            done,
+            reached,
+        })
     }
 
     /// Poll `done` while no other request arrives (telling host functions
@@ -458,8 +454,8 @@ impl Worker<'_> {
         if let Some((ctx, e)) = p.own {
             self.sync_events.entry(ctx).or_default().push(e);
         }
-        if let (0, Some(place)) = (status, p.place) {
-            self.forget_busy(|(c, _), at| *c != p.ctx || *at > place);
+        if status == 0 && p.whole_context {
+            self.forget_busy(|(c, _), at| *c != p.ctx || *at > p.place);
         }
         let status = if status != 0 { status } else { p.kept.unwrap_or(0) };
         self.flush_copies(writer)?;
