@@ -106,6 +106,22 @@ pub fn cuda_install_missing(what: &str) {
     eprintln!("{what} is not installed; the tests that need it did not run");
 }
 
+/// The paths, colon-separated, in environment variable `var`, where the
+/// test command put an install the test needs (`what`); where there are
+/// none, [`cuda_install_missing`] says so.
+pub fn installed_paths(var: &str, what: &str) -> Vec<PathBuf> {
+    let found: Vec<PathBuf> = std::env::var(var)
+        .unwrap_or_default()
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if found.is_empty() {
+        cuda_install_missing(what);
+    }
+    found
+}
+
 /// A copy of the software driver that exports none of `names`, as a driver
 /// of an older CUDA version lacks the entry points that came later. Each
 /// name's first letter is changed in the copy's dynamic string table (the

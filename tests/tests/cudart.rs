@@ -15,16 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 fn cuda_homes() -> Vec<PathBuf> {
-    let homes: Vec<PathBuf> = std::env::var("GPUPOOL_TEST_CUDA_HOMES")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    if homes.is_empty() {
-        cuda_install_missing("a CUDA toolchain (GPUPOOL_TEST_CUDA_HOMES)");
-    }
-    homes
+    installed_paths("GPUPOOL_TEST_CUDA_HOMES", "a CUDA toolchain (GPUPOOL_TEST_CUDA_HOMES)")
 }
 
 /// The toolchain's version, from its directory name (`target/cuda/<v>/...`).

@@ -39,16 +39,10 @@ const LACKING_IN_CUDA_12_2: &[&str] = &[
 /// NVIDIA's drivers the test command fetched, colon-separated in
 /// `GPUPOOL_TEST_NVIDIA_DRIVERS`.
 fn nvidia_drivers() -> Vec<PathBuf> {
-    let found: Vec<PathBuf> = std::env::var("GPUPOOL_TEST_NVIDIA_DRIVERS")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    if found.is_empty() {
-        cuda_install_missing("NVIDIA's driver packages (scripts/nvidia-driver.sh)");
-    }
-    found
+    installed_paths(
+        "GPUPOOL_TEST_NVIDIA_DRIVERS",
+        "NVIDIA's driver packages (scripts/nvidia-driver.sh)",
+    )
 }
 
 /// Every entry point the server needs is in NVIDIA's drivers back to 535
